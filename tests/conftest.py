@@ -1,0 +1,8 @@
+"""Shared pytest set-up. Each harness lives in its own fixtures_*.py module, listed here."""
+import pathlib
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+BUILD = ROOT / "build"
+
+pytest_plugins: list[str] = [
+]
