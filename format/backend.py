@@ -1,0 +1,136 @@
+"""Where repository objects live: a flat namespace of names ("chunks/ab/ab12…") to bytes.
+
+``LocalBackend`` keeps them as files below one directory. Every write is crash-safe: the
+bytes go to a unique temporary file in the same directory, are fsynced, renamed into place
+and the directory is fsynced; a reader sees the old object or the whole new one. Writing an
+object that already exists is harmless (content-addressed objects have the same bytes).
+Other backends (object storage) implement the same small protocol.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+import secrets
+from typing import Iterator, Protocol
+
+from .errors import ObjectMissing, StorageFull
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+class Backend(Protocol):
+    def get(self, name: str) -> bytes: ...
+    def put(self, name: str, data: bytes | memoryview, *, sync: bool = True) -> None: ...
+    def sync(self) -> None: ...
+    def exists(self, name: str) -> bool: ...
+    def size(self, name: str) -> int: ...
+    def list(self, prefix: str) -> Iterator[str]: ...
+    def delete(self, name: str) -> None: ...
+
+
+class LocalBackend:
+    """Objects as files below ``root``; names use ``/`` and map to sub-directories."""
+
+    TMP_SUFFIX = ".tmp"
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = os.fspath(root)
+        self._made_dirs: set[str] = set()
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.root, *name.split("/"))
+
+    def get(self, name: str) -> bytes:
+        try:
+            with open(self.path(name), "rb") as f:
+                return f.read()
+        except FileNotFoundError:
+            raise ObjectMissing(name) from None
+
+    def size(self, name: str) -> int:
+        try:
+            return os.stat(self.path(name)).st_size
+        except FileNotFoundError:
+            raise ObjectMissing(name) from None
+
+    def exists(self, name: str) -> bool:
+        return os.path.exists(self.path(name))
+
+    def put(self, name: str, data: bytes | memoryview, *, sync: bool = True) -> None:
+        """Store ``data`` under ``name`` atomically.
+
+        With ``sync=False`` the file is renamed into place without fsync; the caller must call
+        ``sync()`` before anything durable refers to it (ingest does this for chunks, so a
+        backup pays one filesystem sync instead of one fsync per chunk)."""
+        final = self.path(name)
+        directory = os.path.dirname(final)
+        self._ensure_dir(directory)
+        tmp = f"{final}.{os.getpid()}-{secrets.token_hex(4)}{self.TMP_SUFFIX}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                if sync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, final)
+            if sync:
+                _fsync_dir(directory)
+        except OSError as e:
+            _unlink_quietly(tmp)
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise StorageFull(f"no space left in {self.root} while writing {name}") from None
+            raise
+
+    def sync(self) -> None:
+        """Make every earlier write durable (syncfs of the repository's filesystem)."""
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            if _libc.syncfs(fd) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, os.strerror(err), self.root)
+        finally:
+            os.close(fd)
+
+    def list(self, prefix: str) -> Iterator[str]:
+        """Names below the folder ``prefix`` (recursively), temporary files excluded."""
+        base = self.path(prefix)
+        for dirpath, _dirs, files in os.walk(base):
+            rel = os.path.relpath(dirpath, self.root).replace(os.sep, "/")
+            for f in files:
+                if not f.endswith(self.TMP_SUFFIX):
+                    yield f"{rel}/{f}" if rel != "." else f
+
+    def delete(self, name: str) -> None:
+        try:
+            os.unlink(self.path(name))
+        except FileNotFoundError:
+            raise ObjectMissing(name) from None
+
+    def _ensure_dir(self, directory: str) -> None:
+        if directory in self._made_dirs:
+            return
+        if not os.path.isdir(directory):
+            os.makedirs(directory, exist_ok=True)
+            _fsync_dir(os.path.dirname(directory))
+        self._made_dirs.add(directory)
+
+
+def _fsync_dir(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass

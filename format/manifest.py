@@ -1,0 +1,70 @@
+"""The manifest of one generation: what was backed up, when, and how to rebuild it.
+
+Plaintext encoding (inside a sealed object with magic ``RFMF``): a UTF-8 JSON object::
+
+    {"format": 1,
+     "vm": "web01",                        # the VM (or image set) name
+     "generation": "2026-11-25T140300Z",   # unique per VM, sorts by time
+     "time": "2026-11-25T14:03:00.123456Z", "time_ns": 1795…,
+     "parent": "<manifest name>" | null,   # the generation this one was built on
+     "disks": [{"label": "disk0", "capacity": 4294967296, "chunk_size": 1048576,
+                "index": "<64 hex: index object id>", "data_bytes": …, "new_bytes": …,
+                "new_chunks": …, "source": {…}}],
+     "metadata": {…}}                      # the VM's configuration; {} for local images
+
+A generation exists exactly when its manifest object exists.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .errors import CorruptObject, UnsupportedFormat
+
+MANIFEST_FORMAT = 1
+
+
+@dataclass
+class DiskEntry:
+    label: str
+    capacity: int
+    chunk_size: int
+    index: str                 # hex id of the index object
+    data_bytes: int = 0        # bytes in non-hole chunks
+    new_bytes: int = 0         # stored bytes this generation added (sealed sizes)
+    new_chunks: int = 0
+    source: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Manifest:
+    vm: str
+    generation: str
+    time: str
+    time_ns: int
+    parent: str | None
+    disks: list[DiskEntry]
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def disk(self, label: str) -> DiskEntry | None:
+        return next((d for d in self.disks if d.label == label), None)
+
+    def encode(self) -> bytes:
+        doc = {"format": MANIFEST_FORMAT, **asdict(self)}
+        return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, data: bytes, label: str) -> "Manifest":
+        try:
+            doc = json.loads(data)
+            fmt = doc.pop("format")
+        except (ValueError, KeyError, AttributeError):
+            raise CorruptObject(label, "manifest is not a JSON object with a format") from None
+        if fmt != MANIFEST_FORMAT:
+            raise UnsupportedFormat(f"manifest {label} has format {fmt}")
+        try:
+            disks = [DiskEntry(**d) for d in doc.pop("disks")]
+            return cls(disks=disks, **doc)
+        except (TypeError, KeyError):
+            raise CorruptObject(label, "manifest fields are malformed") from None

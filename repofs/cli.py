@@ -1,0 +1,238 @@
+"""The ``repofs`` command: thin commands over the layers below; the one place that wires all.
+
+Errors are translated once, in ``main()``, through ``exitcodes``: one line on stderr and a
+distinct exit code, never a traceback.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+from format.check import check as check_repository
+from format.repository import DEFAULT_CHUNK_SIZE, Repository
+
+from . import exitcodes
+from .ingest import BackupReport, backup as ingest_backup
+from .passphrase import read_passphrase
+from .progress import Progress
+from .restorefile import FORMATS, restore_to_dir
+from .sources import LocalImage, SourceError, load_changed_extents, sanitize_label
+from .views import RepositoryView
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="repofs: VM backups in a deduplicated, compressed, encrypted repository you can mount.")
+
+RepoOpt = Annotated[Optional[str], typer.Option("--repo", "-r", envvar="REPOFS_REPOSITORY",
+                                                help="Repository directory.")]
+PasswordFileOpt = Annotated[Optional[str], typer.Option("--password-file", envvar="REPOFS_PASSWORD_FILE",
+                                                        help="File holding the repository passphrase.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
+
+
+class UsageProblem(typer.BadParameter):
+    """A command line that cannot be carried out (exit code 2, like typer's own)."""
+
+
+def _repo_path(repo: str | None) -> str:
+    if not repo:
+        raise UsageProblem("no repository given: use --repo/-r or REPOFS_REPOSITORY")
+    return repo
+
+
+def open_repository(repo: str | None, password_file: str | None) -> Repository:
+    path = _repo_path(repo)
+    passphrase = read_passphrase(password_file) if Repository.is_encrypted(path) else None
+    return Repository.open(path, passphrase)
+
+
+def _emit(obj: object) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+@app.command()
+def init(repo_arg: Annotated[Optional[str], typer.Argument(metavar="[REPO]", help="Directory to create.")] = None,
+         repo: RepoOpt = None, password_file: PasswordFileOpt = None,
+         encryption: Annotated[str, typer.Option(help="'aes-256-gcm', or 'none' for an unencrypted repository.")] = "aes-256-gcm",
+         chunk_size: Annotated[int, typer.Option(help="Chunk size in bytes.")] = DEFAULT_CHUNK_SIZE) -> None:
+    """Create a new repository."""
+    path = _repo_path(repo_arg or repo)
+    if encryption not in ("aes-256-gcm", "none"):
+        raise UsageProblem(f"unknown encryption {encryption!r}: use 'aes-256-gcm' or 'none'")
+    encrypted = encryption != "none"
+    if encrypted and os.path.exists(os.path.join(path, "config")):
+        Repository.init(path, None)  # raises RepositoryExists before asking for a passphrase
+    passphrase = read_passphrase(password_file, confirm=True) if encrypted else None
+    try:
+        Repository.init(path, passphrase, encrypted=encrypted, chunk_size=chunk_size)
+    except ValueError as e:
+        raise UsageProblem(str(e)) from None
+    typer.echo(f"created {'an encrypted' if encrypted else 'an UNENCRYPTED'} repository at {path}")
+
+
+def _parse_changed(specs: list[str], labels: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for spec in specs:
+        label, sep, path = spec.partition("=")
+        if sep and label in labels:
+            out[label] = path
+        elif len(labels) == 1:
+            out[labels[0]] = spec
+        else:
+            raise UsageProblem("with several disks, give --changed-extents LABEL=FILE")
+    return out
+
+
+@app.command()
+def backup(sources: Annotated[list[str], typer.Argument(metavar="SOURCE...", help="file:PATH (one per disk).")],
+           vm: Annotated[Optional[str], typer.Option("--vm", help="Name of the VM the disks belong to.")] = None,
+           repo: RepoOpt = None, password_file: PasswordFileOpt = None,
+           changed_extents: Annotated[Optional[list[str]], typer.Option(
+               "--changed-extents", help="JSON list of [offset, length] to read (LABEL=FILE with several disks).")] = None,
+           json_out: JsonOpt = False) -> None:
+    """Back up disks into a new generation."""
+    paths = []
+    for spec in sources:
+        kind, sep, rest = spec.partition(":")
+        if kind != "file" or not sep or not rest:
+            raise UsageProblem(f"unknown source {spec!r}: use file:PATH")
+        paths.append(rest)
+    if not vm:
+        raise UsageProblem("give --vm NAME for file sources")
+    repository = open_repository(repo, password_file)
+    images: list[LocalImage] = []
+    try:
+        used: set[str] = set()
+        for path in paths:
+            image = LocalImage.open(path)
+            label, n = image.label, 1
+            while label in used:
+                label, n = f"{image.label}_{n}", n + 1
+            image.label = sanitize_label(label)
+            used.add(image.label)
+            images.append(image)
+        for label, path in _parse_changed(changed_extents or [], [i.label for i in images]).items():
+            next(i for i in images if i.label == label).limit_to_changes(load_changed_extents(path))
+        progress = Progress()
+        report = ingest_backup(repository, vm, images, progress=progress)
+        progress.finish()
+    finally:
+        for image in images:
+            image.close()
+    _print_backup(report, json_out)
+
+
+def _print_backup(report: BackupReport, json_out: bool) -> None:
+    if json_out:
+        _emit({"vm": report.vm, "generation": report.generation, "manifest": report.manifest,
+               "seconds": round(report.seconds, 3),
+               "disks": [vars(d) for d in report.disks]})
+        return
+    typer.echo(f"{report.vm}: generation {report.generation} written in {report.seconds:.1f}s")
+    for d in report.disks:
+        typer.echo(f"  {d.label}: {d.capacity} bytes, {d.mode}, read {d.read_bytes}, "
+                   f"stored {d.new_bytes} new in {d.new_chunks} chunks")
+
+
+@app.command()
+def generations(vm: Annotated[Optional[str], typer.Argument(help="Only this VM.")] = None,
+                repo: RepoOpt = None, password_file: PasswordFileOpt = None, json_out: JsonOpt = False) -> None:
+    """List the generations in the repository."""
+    view = RepositoryView(open_repository(repo, password_file))
+    vms = [vm] if vm else view.vms()
+    rows = []
+    for name in vms:
+        gens = view.generations(name)
+        if vm and not gens:
+            view.generation(name)  # raises VMNotFound
+        for g in gens:
+            rows.append({"vm": g.vm, "generation": g.name, "time": g.manifest.time, "manifest": g.manifest_name,
+                         "disks": [{"label": d.label, "capacity": d.capacity, "data_bytes": d.entry.data_bytes}
+                                   for d in g.disks]})
+    if json_out:
+        _emit(rows)
+        return
+    for r in rows:
+        disks = ", ".join(f"{d['label']} {d['capacity'] / 2**30:.2f} GiB" for d in r["disks"])
+        typer.echo(f"{r['vm']}\t{r['generation']}\t{disks}")
+
+
+def _vm_target(target: str) -> str:
+    kind, sep, name = target.partition(":")
+    if kind != "vm" or not sep or not name:
+        raise UsageProblem(f"unknown target {target!r}: use vm:NAME")
+    return name
+
+
+@app.command()
+def restore(target: Annotated[str, typer.Argument(metavar="vm:NAME")],
+            to_dir: Annotated[Optional[str], typer.Option("--to-dir", help="Write the disks as files here.")] = None,
+            generation: Annotated[Optional[str], typer.Option("--generation", "-g")] = None,
+            fmt: Annotated[str, typer.Option("--format", help="raw or vmdk.")] = "raw",
+            repo: RepoOpt = None, password_file: PasswordFileOpt = None, json_out: JsonOpt = False) -> None:
+    """Restore a generation's disks (to local files with --to-dir)."""
+    vm = _vm_target(target)
+    if fmt not in FORMATS:
+        raise UsageProblem(f"unknown format {fmt!r}: use raw or vmdk")
+    if not to_dir:
+        raise UsageProblem("give --to-dir DIR")
+    view = RepositoryView(open_repository(repo, password_file))
+    gen = view.generation(vm, generation)
+    progress = Progress()
+    done = restore_to_dir(gen, to_dir, fmt, progress=progress)
+    progress.finish()
+    if json_out:
+        _emit({"vm": vm, "generation": gen.name, "disks": [vars(d) for d in done]})
+    else:
+        for d in done:
+            typer.echo(f"{d.label}: {', '.join(d.paths)} ({d.written_bytes} bytes of data)")
+
+
+@app.command()
+def check(repo: RepoOpt = None, password_file: PasswordFileOpt = None,
+          read_data: Annotated[bool, typer.Option("--read-data", help="Decrypt and re-hash every chunk.")] = False,
+          json_out: JsonOpt = False) -> None:
+    """Verify the repository; exit 1 when anything is damaged."""
+    repository = open_repository(repo, password_file)
+    report = check_repository(repository, read_data=read_data)
+    if json_out:
+        _emit({"ok": report.ok, "generations": report.generations, "disks": report.disks,
+               "chunks": report.chunks, "chunks_read": report.chunks_read,
+               "problems": [vars(p) | {"text": p.describe()} for p in report.problems]})
+    else:
+        for p in report.problems:
+            typer.echo(f"DAMAGED {p.describe()}")
+        state = "OK" if report.ok else f"{len(report.problems)} problem(s)"
+        typer.echo(f"{state}: {report.generations} generations, {report.disks} disks, "
+                   f"{report.chunks} chunks{' read and verified' if read_data else ''}")
+    if not report.ok:
+        raise typer.Exit(exitcodes.FAILURE)
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        rc = app(args=argv, standalone_mode=False, prog_name="repofs")
+    except typer.Exit as e:
+        rc = e.exit_code
+    except typer.Abort:
+        sys.stderr.write("repofs: error: interrupted\n")
+        rc = exitcodes.INTERRUPTED
+    except typer.TyperException as e:  # usage errors, typer's own or ours
+        sys.stderr.write(f"repofs: error: {e.format_message()}\n")
+        rc = exitcodes.USAGE
+    except KeyboardInterrupt:
+        sys.stderr.write("repofs: error: interrupted\n")
+        rc = exitcodes.INTERRUPTED
+    except Exception as e:  # translated once, here
+        rc = exitcodes.classify(e)
+        sys.stderr.write(f"repofs: error: {exitcodes.message(e)}\n")
+        if rc == exitcodes.INTERNAL and os.environ.get("REPOFS_DEBUG"):
+            raise
+    sys.exit(rc if isinstance(rc, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

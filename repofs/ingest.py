@@ -1,0 +1,180 @@
+"""Backup ingest: turn disk sources into a new generation of a repository.
+
+For each disk the chunks to read are the chunk-aligned cover of the source's extents. Each
+read chunk is checked for zeros (a hole: never stored), hashed, and stored unless the
+repository already has it. Chunks not read come from the previous generation's index when
+the extents are changes, and are holes otherwise.
+
+Throughput: the calling thread reads; a pool of workers (one per core) hashes, compresses,
+encrypts and writes, with a bounded number of chunks in flight so memory does not grow with
+the disk. Chunks are written without a per-file fsync; one filesystem sync makes them
+durable before the index and the manifest (each fsynced) refer to them. A crash therefore
+leaves, at worst, unreferenced chunks.
+"""
+from __future__ import annotations
+
+import collections
+import os
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator, Sequence
+
+from format.fixedindex import FixedIndex, chunk_count
+from format.manifest import DiskEntry, Manifest
+from format.repository import Repository
+
+from .sources import DiskSource
+
+Progress = Callable[[str, int, int], None]  # (disk label, bytes done, bytes to do)
+
+
+class IngestError(Exception):
+    pass
+
+
+@dataclass
+class DiskReport:
+    label: str
+    capacity: int
+    read_bytes: int = 0
+    new_bytes: int = 0
+    new_chunks: int = 0
+    data_bytes: int = 0
+    mode: str = "full"          # "full", "changed" or "full (reason)"
+
+
+@dataclass
+class BackupReport:
+    vm: str
+    generation: str
+    manifest: str
+    disks: list[DiskReport] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def chunks_covering(extents: Iterable[tuple[int, int]], chunk_size: int, capacity: int) -> Iterator[int]:
+    """Chunk numbers touched by ``extents``, ascending, each once."""
+    last = -1
+    limit = chunk_count(capacity, chunk_size)
+    for offset, length in sorted(extents):
+        if length <= 0:
+            continue
+        first = max(offset // chunk_size, last + 1)
+        end = min((offset + length - 1) // chunk_size, limit - 1)
+        for n in range(first, end + 1):
+            yield n
+        last = max(last, end)
+
+
+def latest_generation(repo: Repository, vm: str) -> tuple[str, Manifest] | None:
+    gens = [(m.time_ns, m.generation, name, m) for name, m in repo.manifests().items() if m.vm == vm]
+    if not gens:
+        return None
+    _t, _g, name, manifest = max(gens)
+    return name, manifest
+
+
+class _DiskIngest:
+    def __init__(self, repo: Repository, pool: ThreadPoolExecutor, in_flight: int):
+        self.repo = repo
+        self.pool = pool
+        self.in_flight = in_flight
+        self.zero = bytes(repo.chunk_size)
+
+    def _store(self, data: bytes, known: set[bytes]) -> tuple[bytes | None, int]:
+        if data == self.zero[:len(data)]:
+            return None, 0
+        cid = self.repo.chunk_id(data)
+        if cid in known or self.repo.has_chunk(cid):
+            return cid, 0
+        return cid, self.repo.put_chunk(cid, data, sync=False)
+
+    def run(self, source: DiskSource, index: FixedIndex, numbers: Iterable[int],
+            known: set[bytes], report: DiskReport, progress: Progress | None, total: int) -> None:
+        pending: collections.deque[tuple[int, Future]] = collections.deque()
+
+        def settle(n: int, fut: Future) -> None:
+            cid, stored = fut.result()
+            index.set(n, cid)
+            if stored:
+                report.new_bytes += stored
+                report.new_chunks += 1
+                known.add(cid)  # type: ignore[arg-type]
+
+        for n in numbers:
+            offset, length = index.chunk_range(n)
+            data = source.read(offset, length)
+            report.read_bytes += length
+            pending.append((n, self.pool.submit(self._store, data, known)))
+            while len(pending) >= self.in_flight:
+                settle(*pending.popleft())
+            if progress:
+                progress(source.label, report.read_bytes, total)
+        while pending:
+            settle(*pending.popleft())
+
+
+def backup(repo: Repository, vm: str, sources: Sequence[DiskSource], *,
+           metadata: dict | None = None, progress: Progress | None = None,
+           workers: int | None = None) -> BackupReport:
+    """Write a new generation of ``vm`` from ``sources``; returns what was done."""
+    labels = [s.label for s in sources]
+    if len(set(labels)) != len(labels):
+        raise IngestError(f"two disks share a label: {labels}")
+    started = time.monotonic()
+    workers = workers or max(2, os.cpu_count() or 2)
+    with repo.vm_lock(vm), ThreadPoolExecutor(workers, thread_name_prefix="ingest") as pool:
+        parent = latest_generation(repo, vm)
+        parent_manifest = parent[1] if parent else None
+        when_ns = time.time_ns()
+        ingest = _DiskIngest(repo, pool, in_flight=workers * 3)
+        entries, reports = [], []
+        for source in sources:
+            report = DiskReport(source.label, source.capacity)
+            entry_parent = parent_manifest.disk(source.label) if parent_manifest else None
+            index, numbers, known = _plan(repo, source, entry_parent, report)
+            total = sum(index.chunk_range(n)[1] for n in numbers) if progress else 0
+            ingest.run(source, index, numbers, known, report, progress, total)
+            report.data_bytes = sum(index.chunk_range(n)[1] for n, _ in index.stored())
+            reports.append(report)
+            entries.append((source, index, report))
+        repo.sync()  # every chunk durable before an index refers to it
+        disks = []
+        for source, index, report in entries:
+            disks.append(DiskEntry(label=source.label, capacity=source.capacity,
+                                   chunk_size=repo.chunk_size, index=repo.put_index(index),
+                                   data_bytes=report.data_bytes, new_bytes=report.new_bytes,
+                                   new_chunks=report.new_chunks,
+                                   source={**source.info, "mode": report.mode}))
+        manifest = Manifest(vm=vm, generation=repo.new_generation_name(vm, when_ns),
+                            time=_iso(when_ns), time_ns=when_ns,
+                            parent=parent[0] if parent else None, disks=disks,
+                            metadata=metadata or {})
+        name = repo.put_manifest(manifest)
+    return BackupReport(vm, manifest.generation, name, reports, time.monotonic() - started)
+
+
+def _plan(repo: Repository, source: DiskSource, parent: DiskEntry | None,
+          report: DiskReport) -> tuple[FixedIndex, list[int], set[bytes]]:
+    """The starting index, the chunk numbers to read, and the chunk ids known to be stored."""
+    cs = repo.chunk_size
+    parent_index = repo.get_index(parent.index) if parent else None
+    known = {cid for _, cid in parent_index.stored()} if parent_index else set()
+    if source.extents_are_changes:
+        if parent_index is None:
+            raise IngestError(f"disk {source.label}: changed extents were given but there is "
+                              "no previous generation of this disk to apply them to")
+        if parent_index.capacity != source.capacity:
+            raise IngestError(f"disk {source.label}: capacity changed from "
+                              f"{parent_index.capacity} to {source.capacity}; read it in full")
+        report.mode = "changed"
+        return (FixedIndex(parent_index.capacity, cs, bytearray(parent_index.ids)),
+                list(chunks_covering(source.extents(), cs, source.capacity)), known)
+    index = FixedIndex.empty(source.capacity, cs)
+    return index, list(chunks_covering(source.extents(), cs, source.capacity)), known
+
+
+def _iso(ns: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns // 1_000_000_000)) + \
+        f".{ns % 1_000_000_000 // 1000:06d}Z"

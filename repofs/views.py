@@ -1,0 +1,268 @@
+"""Views of a repository: the read-only tree that the mount shows and the restore reads.
+
+    <vm>/                      one folder per VM (a "/" in a VM name shows as "%2F")
+      latest -> <generation>   link to the newest generation
+      <generation>/            e.g. 2026-11-25T140300Z; files never change
+        <disk>.vmdk            monolithicFlat descriptor naming the flat file
+        <disk>-flat.vmdk       the disk's bytes, readable at any offset
+        <vm>.vmx               the VM's configuration
+        <vm>.json              the generation's whole metadata document
+
+Plain synchronous Python, no FUSE: the mount translates these objects, the restore and the
+CLI read them directly. The store is anything with ``manifests()``, ``get_index(id)`` and
+``get_chunk(id)`` (a ``format.Repository``). Offset -> chunk is a division; holes are
+zeros without storage I/O; chunks go through one bounded ``ChunkCache``.
+"""
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable, Iterator, Protocol
+
+from format.errors import CorruptObject, GenerationNotFound, ObjectMissing, VMNotFound
+from format.fixedindex import FixedIndex
+from format.manifest import DiskEntry, Manifest
+
+from .chunkcache import DEFAULT_CACHE_BYTES, ChunkCache
+from .vmdk import render_descriptor
+from .vmx import render_vmx
+
+LATEST = "latest"
+
+
+class Store(Protocol):
+    def manifests(self) -> dict[str, Manifest]: ...
+    def get_index(self, hex_id: str) -> FixedIndex: ...
+    def get_chunk(self, cid: bytes) -> bytes: ...
+
+
+class DiskReadError(Exception):
+    """A read touched a damaged or missing chunk."""
+
+    def __init__(self, vm: str, generation: str, disk: str, offset: int, cause: Exception):
+        super().__init__(f"{vm} generation {generation} disk {disk}: chunk at offset {offset} "
+                         f"is unreadable ({cause})")
+        self.vm, self.generation, self.disk, self.offset, self.cause = vm, generation, disk, offset, cause
+
+
+def vm_folder_name(vm: str) -> str:
+    return vm.replace("%", "%25").replace("/", "%2F") or "%00"
+
+
+class DiskView:
+    """One disk of one generation: a read-only byte array of ``capacity`` bytes."""
+
+    def __init__(self, gen: "GenerationView", entry: DiskEntry):
+        self.gen = gen
+        self.entry = entry
+        self.label = entry.label
+        self.capacity = entry.capacity
+        self.chunk_size = entry.chunk_size
+        self._index: FixedIndex | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def index(self) -> FixedIndex:
+        if self._index is None:
+            with self._lock:
+                if self._index is None:
+                    self._index = self.gen.repo.store.get_index(self.entry.index)
+        return self._index
+
+    def _chunk(self, number: int) -> bytes | None:
+        cid = self.index.get(number)
+        if cid is None:
+            return None
+        try:
+            return self.gen.repo.cache.get(cid)
+        except (CorruptObject, ObjectMissing) as e:
+            raise DiskReadError(self.gen.vm, self.gen.name, self.label,
+                                number * self.chunk_size, e) from None
+
+    def chunk_is_cached(self, number: int) -> bool:
+        cid = self.index.get(number)
+        return cid is None or self.gen.repo.cache.peek(cid) is not None
+
+    def read(self, offset: int, size: int) -> bytes:
+        """Bytes [offset, offset+size) clipped to the capacity; holes read as zeros."""
+        end = min(offset + size, self.capacity)
+        if offset >= end:
+            return b""
+        cs = self.chunk_size
+        parts = []
+        pos = offset
+        while pos < end:
+            number, inner = divmod(pos, cs)
+            take = min(cs - inner, end - pos)
+            data = self._chunk(number)
+            parts.append(bytes(take) if data is None else data[inner:inner + take])
+            pos += take
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def chunks_for(self, offset: int, size: int) -> range:
+        end = min(offset + size, self.capacity)
+        if offset >= end:
+            return range(0)
+        return range(offset // self.chunk_size, (end - 1) // self.chunk_size + 1)
+
+    def prefetch(self, number: int) -> None:
+        """Load chunk ``number`` into the cache (for read-ahead); errors surface on read."""
+        if 0 <= number < self.index.count:
+            try:
+                self._chunk(number)
+            except DiskReadError:
+                pass
+
+    def extents(self) -> list[tuple[int, int]]:
+        """(offset, length) runs that hold stored data; everything else is zeros."""
+        runs: list[tuple[int, int]] = []
+        for n, _cid in self.index.stored():
+            start, length = self.index.chunk_range(n)
+            if runs and runs[-1][0] + runs[-1][1] == start:
+                runs[-1] = (runs[-1][0], runs[-1][1] + length)
+            else:
+                runs.append((start, length))
+        return runs
+
+    def stored_bytes(self) -> int:
+        return self.entry.data_bytes
+
+    def iter_chunks(self, workers: int = 2, lookahead: int = 8) -> Iterator[tuple[int, bytes]]:
+        """(offset, data) of every stored chunk in disk order, fetched by ``workers`` threads,
+        verified (ids re-hashed) and bypassing the shared cache: for restores."""
+        store = self.gen.repo.store
+        numbers = [(n, cid) for n, cid in self.index.stored()]
+
+        def fetch(item: tuple[int, bytes]) -> tuple[int, bytes]:
+            n, cid = item
+            try:
+                return n, store.get_chunk(cid)
+            except (CorruptObject, ObjectMissing) as e:
+                raise DiskReadError(self.gen.vm, self.gen.name, self.label, n * self.chunk_size, e) from None
+
+        with ThreadPoolExecutor(workers, thread_name_prefix="restore-read") as pool:
+            pending = []
+            it = iter(numbers)
+            for item in it:
+                pending.append(pool.submit(fetch, item))
+                if len(pending) >= lookahead:
+                    break
+            while pending:
+                n, data = pending.pop(0).result()
+                nxt = next(it, None)
+                if nxt is not None:
+                    pending.append(pool.submit(fetch, nxt))
+                yield n * self.chunk_size, data
+
+
+@dataclass
+class FileNode:
+    """A regular file of a generation folder."""
+    name: str
+    size: int
+    stored: int                     # bytes of storage behind it (for st_blocks)
+    read: Callable[[int, int], bytes]
+    disk: DiskView | None = None    # set for flat extents
+
+
+class GenerationView:
+    def __init__(self, repo: "RepositoryView", manifest_name: str, manifest: Manifest):
+        self.repo = repo
+        self.manifest_name = manifest_name
+        self.manifest = manifest
+        self.vm = manifest.vm
+        self.name = manifest.generation
+        self.time_ns = manifest.time_ns
+        self.disks = [DiskView(self, d) for d in manifest.disks]
+        self._files: dict[str, FileNode] | None = None
+
+    @property
+    def metadata(self) -> dict:
+        return self.manifest.metadata
+
+    def disk(self, label: str) -> DiskView:
+        for d in self.disks:
+            if d.label == label:
+                return d
+        raise GenerationNotFound(f"{self.vm} generation {self.name} has no disk {label!r} "
+                                 f"(disks: {', '.join(d.label for d in self.disks)})")
+
+    def files(self) -> dict[str, FileNode]:
+        if self._files is None:
+            self._files = self._build_files()
+        return self._files
+
+    def _build_files(self) -> dict[str, FileNode]:
+        files: dict[str, FileNode] = {}
+        descriptors = []
+        for disk in self.disks:
+            flat = f"{disk.label}-flat.vmdk"
+            seed = f"{self.manifest_name}/{disk.label}"
+            disk_uuid = (disk.entry.source or {}).get("uuid") or str(uuid.uuid5(uuid.NAMESPACE_URL, seed))
+            desc = render_descriptor(disk.capacity, flat, cid=zlib.crc32(seed.encode()),
+                                     disk_uuid=disk_uuid,
+                                     adapter=(disk.entry.source or {}).get("adapter", "lsilogic"))
+            files[f"{disk.label}.vmdk"] = _static(f"{disk.label}.vmdk", desc)
+            files[flat] = FileNode(flat, disk.capacity, disk.stored_bytes(), disk.read, disk)
+            descriptors.append(f"{disk.label}.vmdk")
+        base = vm_folder_name(self.vm)
+        files[f"{base}.vmx"] = _static(f"{base}.vmx", render_vmx(self.vm, self.metadata, descriptors))
+        files[f"{base}.json"] = _static(f"{base}.json", self.json_document())
+        return files
+
+    def json_document(self) -> bytes:
+        m = self.manifest
+        doc = {"vm": m.vm, "generation": m.generation, "time": m.time, "manifest": self.manifest_name,
+               "parent": m.parent,
+               "disks": [{"label": d.label, "capacity": d.capacity, "chunk_size": d.chunk_size,
+                          "data_bytes": d.data_bytes, "new_bytes": d.new_bytes, "source": d.source}
+                         for d in m.disks],
+               "metadata": m.metadata}
+        return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
+
+
+def _static(name: str, data: bytes) -> FileNode:
+    return FileNode(name, len(data), len(data), lambda off, size: data[off:off + size])
+
+
+class RepositoryView:
+    """All VMs and generations of a store. ``refresh()`` picks up generations added since."""
+
+    def __init__(self, store: Store, cache_bytes: int = DEFAULT_CACHE_BYTES):
+        self.store = store
+        self.cache = ChunkCache(store.get_chunk, cache_bytes)
+        self._gens: dict[str, GenerationView] = {}
+        self._lock = threading.Lock()
+        self.refresh()
+
+    def refresh(self) -> None:
+        manifests = self.store.manifests()
+        with self._lock:
+            for name, manifest in manifests.items():
+                if name not in self._gens:
+                    self._gens[name] = GenerationView(self, name, manifest)
+            for gone in set(self._gens) - set(manifests):
+                del self._gens[gone]
+
+    def vms(self) -> list[str]:
+        return sorted({g.vm for g in self._gens.values()})
+
+    def generations(self, vm: str) -> list[GenerationView]:
+        gens = [g for g in self._gens.values() if g.vm == vm]
+        return sorted(gens, key=lambda g: (g.time_ns, g.name))
+
+    def generation(self, vm: str, name: str | None = None) -> GenerationView:
+        gens = self.generations(vm)
+        if not gens:
+            raise VMNotFound(f"no generations of VM {vm!r} in this repository")
+        if name in (None, LATEST):
+            return gens[-1]
+        for g in gens:
+            if g.name == name or g.manifest_name == name:
+                return g
+        raise GenerationNotFound(f"VM {vm!r} has no generation {name!r} "
+                                 f"(newest: {gens[-1].name})")
