@@ -5,4 +5,6 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 BUILD = ROOT / "build"
 
 pytest_plugins: list[str] = [
+    "fixtures_repo",
+    "fixtures_vcsim",
 ]

@@ -1,0 +1,390 @@
+"""The test vCenter: our wrapper of the govmomi simulator (tests/vcsim/), run as a subprocess.
+
+Fixtures:
+  - ``vcsim`` (session): one simulator for the whole run; tests must not change its inventory in
+    ways that other tests would notice (create their own VMs with unique names instead).
+  - ``fresh_vcsim`` (function): a new simulator per test, for tests that change the inventory.
+
+Helpers: ``connect(vcsim)`` returns a pyVmomi ``ServiceInstance`` with the certificate pinned
+(``disconnect(si)`` or ``connected(vcsim)`` end the session), ``wait_task(si, task)`` waits for a
+task through the property collector, ``get_properties(si, obj, paths)`` reads properties that may
+be unset, and ``running_vcsim(...)`` starts a simulator outside the fixtures.
+
+The binary is built into ``build/vcsim`` when missing or older than its Go sources, with the
+project's command (no Go modules, Debian's govmomi sources). Tests are skipped, with the reason,
+when ``go`` or those sources are missing. See docs/vcsim.md.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import json
+import os
+import selectors
+import shutil
+import signal
+import ssl
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import pytest
+from pyVim import connect as pyvim_connect
+from pyVmomi import SoapStubAdapter, vim, vmodl
+
+ROOT = Path(__file__).resolve().parent.parent
+SOURCES = ROOT / "tests" / "vcsim"
+BUILD = ROOT / "build"
+BINARY = BUILD / "vcsim"
+GOPATH = Path("/usr/share/gocode")
+GOVMOMI_SIMULATOR = GOPATH / "src" / "github.com" / "vmware" / "govmomi" / "simulator"
+
+START_TIMEOUT = 60.0  # seconds to wait for the JSON line
+STOP_TIMEOUT = 15.0  # seconds between SIGTERM and SIGKILL
+TASK_TIMEOUT = 120.0
+
+
+class VCSimError(Exception):
+    """The simulator could not be built or did not start."""
+
+
+class TaskFailed(Exception):
+    """A vSphere task ended in error; ``fault`` is the vim fault it reported."""
+
+    def __init__(self, task: vim.Task, fault: Any) -> None:
+        super().__init__(f"{task._moId}: {getattr(fault, 'msg', None) or fault}")
+        self.fault = fault
+
+
+@dataclasses.dataclass(frozen=True)
+class VCSim:
+    """What the simulator announced on its JSON line."""
+
+    url: str  # https://127.0.0.1:PORT/sdk
+    server: str  # 127.0.0.1:PORT
+    user: str
+    password: str
+    thumbprint: str  # SHA-1 of the certificate, AA:BB:...
+    cert_pem: str
+    datacenter: str
+    datastores: dict[str, Path]  # datastore name -> its local folder
+    pid: int = 0
+
+    @property
+    def host(self) -> str:
+        return self.server.rsplit(":", 1)[0]
+
+    @property
+    def port(self) -> int:
+        return int(self.server.rsplit(":", 1)[1])
+
+    def local_path(self, datastore_path: str) -> Path:
+        """``[LocalDS_0] vm/vm.vmdk`` -> the file in that datastore's folder."""
+        if not datastore_path.startswith("[") or "]" not in datastore_path:
+            raise ValueError(f"not a datastore path: {datastore_path!r}")
+        name, _, rel = datastore_path[1:].partition("]")
+        return self.datastores[name] / rel.strip()
+
+
+# --- building -----------------------------------------------------------------------------------
+
+def missing_toolchain() -> str | None:
+    """Why the simulator cannot be built here, or None."""
+    if shutil.which("go") is None:
+        return "the Go toolchain (Debian golang-go) is not installed"
+    if not GOVMOMI_SIMULATOR.is_dir():
+        return f"the govmomi sources (Debian golang-github-vmware-govmomi-dev) are missing: {GOVMOMI_SIMULATOR}"
+    return None
+
+
+def _stale() -> bool:
+    if not BINARY.exists():
+        return True
+    built = BINARY.stat().st_mtime
+    return any(p.stat().st_mtime > built for p in SOURCES.glob("*.go"))
+
+
+def build_vcsim() -> Path:
+    """Build build/vcsim if missing or older than tests/vcsim/*.go; return its path."""
+    BUILD.mkdir(parents=True, exist_ok=True)
+    with open(BUILD / "vcsim.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one build at a time across processes
+        if not _stale():
+            return BINARY
+        env = dict(os.environ, GO111MODULE="off", GOPATH=str(GOPATH), GOCACHE=str(BUILD / "gocache"))
+        done = subprocess.run(
+            ["go", "build", "-o", str(BINARY), "."],
+            cwd=SOURCES, env=env, capture_output=True, text=True, check=False,
+        )
+        if done.returncode != 0:
+            raise VCSimError(f"go build of tests/vcsim failed:\n{done.stdout}{done.stderr}")
+    return BINARY
+
+
+# --- running ------------------------------------------------------------------------------------
+
+class VCSimProcess:
+    """One running simulator: start() reads its JSON line, stop() sends SIGTERM and waits."""
+
+    def __init__(self, args: Sequence[str] = (), tmpdir: Path | None = None) -> None:
+        self.args = list(args)
+        self.tmpdir = tmpdir
+        self.process: subprocess.Popen[bytes] | None = None
+        self.info: VCSim | None = None
+        self._stderr: Any = None
+
+    def start(self) -> VCSim:
+        binary = build_vcsim()
+        env = dict(os.environ)
+        if self.tmpdir is not None:
+            # The datastore folders are made under TMPDIR; keep them in pytest's temp tree.
+            self.tmpdir.mkdir(parents=True, exist_ok=True)
+            env["TMPDIR"] = str(self.tmpdir)
+            self._stderr = open(self.tmpdir / "vcsim.stderr", "w+b")
+        else:
+            self._stderr = subprocess.DEVNULL
+        self.process = subprocess.Popen(
+            [str(binary), *self.args], stdout=subprocess.PIPE, stderr=self._stderr, env=env,
+        )
+        try:
+            line = self._read_line(START_TIMEOUT)
+            raw = json.loads(line)
+            self.info = VCSim(
+                url=raw["url"], server=raw["server"], user=raw["user"], password=raw["password"],
+                thumbprint=raw["thumbprint"], cert_pem=raw["cert_pem"], datacenter=raw["datacenter"],
+                datastores={name: Path(folder) for name, folder in raw["datastores"].items()},
+                pid=raw.get("pid", self.process.pid),
+            )
+        except BaseException:
+            self.stop()
+            raise
+        return self.info
+
+    def _read_line(self, timeout: float) -> bytes:
+        assert self.process is not None and self.process.stdout is not None
+        deadline = time.monotonic() + timeout
+        buf = b""
+        with selectors.DefaultSelector() as sel:
+            sel.register(self.process.stdout, selectors.EVENT_READ)
+            while b"\n" not in buf:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise VCSimError(f"vcsim printed no JSON line within {timeout:.0f} s{self._stderr_tail()}")
+                if not sel.select(left):
+                    continue
+                chunk = os.read(self.process.stdout.fileno(), 65536)
+                if not chunk:
+                    self.process.wait()
+                    raise VCSimError(
+                        f"vcsim exited with status {self.process.returncode} before it listened"
+                        f"{self._stderr_tail()}")
+                buf += chunk
+        return buf.split(b"\n", 1)[0]
+
+    def _stderr_tail(self) -> str:
+        if self._stderr in (None, subprocess.DEVNULL):
+            return ""
+        self._stderr.flush()
+        self._stderr.seek(0)
+        return "\n--- vcsim stderr ---\n" + self._stderr.read()[-4000:].decode(errors="replace")
+
+    def stop(self) -> int | None:
+        """SIGTERM, wait, SIGKILL if it does not stop; returns the exit status."""
+        proc = self.process
+        if proc is None:
+            return None
+        try:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(STOP_TIMEOUT)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        finally:
+            if proc.stdout is not None:
+                proc.stdout.close()
+            if self._stderr not in (None, subprocess.DEVNULL):
+                self._stderr.close()
+                self._stderr = None
+        return proc.returncode
+
+
+@contextlib.contextmanager
+def running_vcsim(*args: str, tmpdir: Path | None = None) -> Iterator[VCSim]:
+    """Run a simulator for the duration of the block (args go to the Go program, e.g.
+    ``"-cbt-page-size", "1048576"``)."""
+    proc = VCSimProcess(args, tmpdir)
+    info = proc.start()
+    try:
+        yield info
+    finally:
+        proc.stop()
+
+
+def _skip_without_toolchain() -> None:
+    reason = missing_toolchain()
+    if reason:
+        pytest.skip(f"test vCenter unavailable: {reason}")
+
+
+@pytest.fixture(scope="session")
+def vcsim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VCSim]:
+    """One simulator shared by the session."""
+    _skip_without_toolchain()
+    with running_vcsim(tmpdir=tmp_path_factory.mktemp("vcsim")) as info:
+        yield info
+
+
+@pytest.fixture
+def fresh_vcsim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VCSim]:
+    """A simulator of its own for one test."""
+    _skip_without_toolchain()
+    with running_vcsim(tmpdir=tmp_path_factory.mktemp("vcsim")) as info:
+        yield info
+
+
+# --- talking to it ------------------------------------------------------------------------------
+
+def ssl_context(info: VCSim) -> ssl.SSLContext:
+    """A TLS context that trusts exactly the simulator's certificate."""
+    return ssl.create_default_context(cadata=info.cert_pem)
+
+
+# The govmomi 0.24.2 simulator serves the vSphere 6.5 API (urn:vim25/6.5).
+SIMULATOR_API_VERSION = "vim.version.version11"
+
+
+def connect(info: VCSim, user: str | None = None, password: str | None = None) -> vim.ServiceInstance:
+    """Log in with pyVmomi, TLS verified against the simulator's own certificate and its
+    thumbprint pinned. End the session with ``disconnect(si)``.
+
+    The stub is built here rather than by pyVim's SmartConnect so that a refused login
+    closes its connections (SmartConnect leaves them to the garbage collector)."""
+    stub = SoapStubAdapter(
+        host=info.host, port=info.port, path="/sdk", version=SIMULATOR_API_VERSION,
+        sslContext=ssl_context(info), thumbprint=info.thumbprint,
+    )
+    si = vim.ServiceInstance("ServiceInstance", stub)
+    try:
+        si.content.sessionManager.Login(
+            info.user if user is None else user, info.password if password is None else password, None)
+    except BaseException:
+        stub.DropConnections()
+        raise
+    return si
+
+
+def disconnect(si: vim.ServiceInstance) -> None:
+    """Log out and close the pooled connections."""
+    pyvim_connect.Disconnect(si)
+
+
+@contextlib.contextmanager
+def connected(info: VCSim) -> Iterator[vim.ServiceInstance]:
+    si = connect(info)
+    try:
+        yield si
+    finally:
+        disconnect(si)
+
+
+def get_properties(si: vim.ServiceInstance, obj: Any, paths: Sequence[str]) -> dict[str, Any]:
+    """Read properties of one managed object through the property collector; unset
+    properties are absent from the answer (reading them as attributes can fail here)."""
+    pc = si.content.propertyCollector
+    spec = vmodl.query.PropertyCollector.FilterSpec(
+        objectSet=[vmodl.query.PropertyCollector.ObjectSpec(obj=obj)],
+        propSet=[vmodl.query.PropertyCollector.PropertySpec(type=type(obj), pathSet=list(paths))],
+    )
+    result = pc.RetrievePropertiesEx([spec], vmodl.query.PropertyCollector.RetrieveOptions())
+    out: dict[str, Any] = {}
+    if result is not None:
+        for content in result.objects:
+            for prop in content.propSet:
+                out[prop.name] = prop.val
+    return out
+
+
+def wait_task(si: vim.ServiceInstance, task: vim.Task, timeout: float = TASK_TIMEOUT) -> Any:
+    """Wait for a task by polling ``info.state`` through the property collector (pyVim's
+    WaitForTask can raise TypeError on snapshot tasks here); return ``info.result``, raise
+    ``TaskFailed`` carrying ``info.error``."""
+    deadline = time.monotonic() + timeout
+    delay = 0.01
+    while True:
+        props = get_properties(si, task, ["info.state", "info.error", "info.result"])
+        state = props.get("info.state")
+        if state == vim.TaskInfo.State.success:
+            return props.get("info.result")
+        if state == vim.TaskInfo.State.error:
+            raise TaskFailed(task, props.get("info.error"))
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"task {task._moId} still {state} after {timeout:.0f} s")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.5)
+
+
+# --- inventory helpers --------------------------------------------------------------------------
+
+def find_by_name(si: vim.ServiceInstance, kind: type, name: str) -> Any:
+    """The managed entity of type ``kind`` named ``name`` (exactly one), anywhere in the inventory."""
+    view = si.content.viewManager.CreateContainerView(si.content.rootFolder, [kind], True)
+    try:
+        found = [obj for obj in view.view if obj.name == name]
+    finally:
+        view.Destroy()
+    if len(found) != 1:
+        raise LookupError(f"{len(found)} {kind.__name__} named {name!r}")
+    return found[0]
+
+
+def create_vm(
+    si: vim.ServiceInstance,
+    name: str,
+    disks: Sequence[int] = (64 * 2**20,),
+    *,
+    datastore: str = "LocalDS_0",
+    datacenter: str = "DC0",
+    cluster: str = "DC0_C0",
+    network: str | None = "VM Network",
+    change_tracking: bool = False,
+) -> vim.VirtualMachine:
+    """Create a powered-off VM with one SCSI controller and thin disks of the given sizes in
+    bytes (their files land in ``[datastore] name/``), and a NIC on ``network``."""
+    dc = find_by_name(si, vim.Datacenter, datacenter)
+    pool = find_by_name(si, vim.ClusterComputeResource, cluster).resourcePool
+    changes: list[vim.vm.device.VirtualDeviceSpec] = [
+        vim.vm.device.VirtualDeviceSpec(
+            operation="add",
+            device=vim.vm.device.ParaVirtualSCSIController(key=-100, busNumber=0, sharedBus="noSharing"),
+        )
+    ]
+    for unit, size in enumerate(disks):
+        disk = vim.vm.device.VirtualDisk(
+            key=-101 - unit, controllerKey=-100, unitNumber=unit if unit < 7 else unit + 1,
+            capacityInKB=size // 1024, capacityInBytes=size,
+            backing=vim.vm.device.VirtualDisk.FlatVer2BackingInfo(
+                fileName=f"[{datastore}]", diskMode="persistent", thinProvisioned=True),
+        )
+        changes.append(vim.vm.device.VirtualDeviceSpec(operation="add", fileOperation="create", device=disk))
+    if network is not None:
+        nic = vim.vm.device.VirtualVmxnet3(
+            key=-200,
+            backing=vim.vm.device.VirtualEthernetCard.NetworkBackingInfo(deviceName=network),
+            connectable=vim.vm.device.VirtualDevice.ConnectInfo(startConnected=True, connected=True),
+        )
+        changes.append(vim.vm.device.VirtualDeviceSpec(operation="add", device=nic))
+    config = vim.vm.ConfigSpec(
+        name=name, guestId="otherGuest64", numCPUs=1, memoryMB=128,
+        files=vim.vm.FileInfo(vmPathName=f"[{datastore}]"),
+        changeTrackingEnabled=change_tracking, deviceChange=changes,
+    )
+    return wait_task(si, dc.vmFolder.CreateVM_Task(config=config, pool=pool))
+
+
+def vm_disks(vm_or_snapshot_config: Any) -> list[vim.vm.device.VirtualDisk]:
+    """The virtual disks of a ``config`` (of a VM or of a snapshot)."""
+    return [d for d in vm_or_snapshot_config.hardware.device if isinstance(d, vim.vm.device.VirtualDisk)]

@@ -1,0 +1,236 @@
+package main
+
+// frontHandler sits in front of the simulator's HTTP handler. It reads the
+// SOAP method of each /sdk request and
+//
+//   - answers QueryChangedDiskAreas itself (the simulator lacks it);
+//   - translates CreateSnapshotEx_Task (missing too) into CreateSnapshot_Task;
+//   - before a snapshot, issues change ids; after it, detaches the snapshot's
+//     config from the VM's;
+//   - after calls that create or resize disks, gives every disk its files.
+//
+// Everything else passes through untouched. The simulator is used
+// in-process (simulator.Map), never modified.
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"log"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/vmware/govmomi/simulator"
+	"github.com/vmware/govmomi/vim25/types"
+)
+
+// diskMethods may create, copy or grow virtual disks.
+var diskMethods = map[string]bool{
+	"CreateVM_Task":          true,
+	"ReconfigVM_Task":        true,
+	"RegisterVM_Task":        true,
+	"CreateChildVM_Task":     true,
+	"CloneVM_Task":           true,
+	"RelocateVM_Task":        true,
+	"CopyVirtualDisk_Task":   true,
+	"CreateVirtualDisk_Task": true,
+	"MoveVirtualDisk_Task":   true,
+	"ImportVApp":             true,
+	"HttpNfcLeaseComplete":   true,
+}
+
+type frontHandler struct {
+	next http.Handler
+	// mu serializes our own bookkeeping (disk files, change ids, snapshots).
+	mu sync.Mutex
+}
+
+func (h *frontHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodPost || !strings.HasPrefix(r.URL.Path, "/sdk") {
+		h.next.ServeHTTP(w, r)
+		return
+	}
+	body, err := io.ReadAll(r.Body)
+	_ = r.Body.Close()
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	r.Body = io.NopCloser(bytes.NewReader(body))
+
+	method, err := simulator.UnmarshalBody(types.TypeFunc(), body)
+	if err != nil {
+		h.next.ServeHTTP(w, r) // the simulator answers with its own fault
+		return
+	}
+
+	switch req := method.Body.(type) {
+	case *types.QueryChangedDiskAreas:
+		if !h.authenticated(r) {
+			h.next.ServeHTTP(w, r) // NotAuthenticated, from the simulator
+			return
+		}
+		h.mu.Lock()
+		info, fault := queryChangedDiskAreas(req)
+		h.mu.Unlock()
+		if fault != nil {
+			writeFault(w, fault)
+			return
+		}
+		writeDiskChangeInfo(w, info)
+	case *types.CreateSnapshotEx_Task:
+		h.snapshot(w, r, req.This, createSnapshotBody(req), "CreateSnapshotEx_Task")
+	case *types.CreateSnapshot_Task:
+		h.snapshot(w, r, req.This, nil, "")
+	default:
+		if !diskMethods[method.Name] {
+			rec, panicked := h.forwardSafely(r)
+			if panicked != nil {
+				answerPanic(w, method.Name, panicked)
+				return
+			}
+			copyResponse(w, rec, "", "")
+			return
+		}
+		rec := h.forward(r, nil)
+		if rec.Code == http.StatusOK {
+			h.mu.Lock()
+			h.afterDiskCall(method.Body)
+			h.mu.Unlock()
+		}
+		copyResponse(w, rec, "", "")
+	}
+}
+
+// snapshot takes a snapshot with change ids (see cbt.go). body, if not nil,
+// replaces the request's body; renamed is the method name the client called,
+// when it was translated.
+func (h *frontHandler) snapshot(w http.ResponseWriter, r *http.Request, vm types.ManagedObjectReference, body []byte, renamed string) {
+	if !h.authenticated(r) {
+		h.next.ServeHTTP(w, r)
+		return
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	before := currentSnapshot(vm)
+	prepareSnapshot(vm)
+	rec := h.forward(r, body)
+	if after := currentSnapshot(vm); after != nil && (before == nil || *after != *before) {
+		if err := detachSnapshotConfig(*after); err != nil {
+			log.Printf("snapshot %s: %v", after, err)
+		}
+	}
+	if renamed != "" {
+		copyResponse(w, rec, "CreateSnapshot_TaskResponse", renamed+"Response")
+		return
+	}
+	copyResponse(w, rec, "", "")
+}
+
+// createSnapshotBody translates CreateSnapshotEx_Task into the simulator's CreateSnapshot_Task.
+func createSnapshotBody(req *types.CreateSnapshotEx_Task) []byte {
+	quiesce := req.QuiesceSpec != nil
+	inner := fmt.Sprintf(`<CreateSnapshot_Task xmlns="urn:vim25"><_this type="%s">%s</_this>`+
+		`<name>%s</name><description>%s</description><memory>%t</memory><quiesce>%t</quiesce></CreateSnapshot_Task>`,
+		escape(req.This.Type), escape(req.This.Value), escape(req.Name), escape(req.Description), req.Memory, quiesce)
+	return []byte(envelopeOpen + inner + envelopeClose)
+}
+
+// afterDiskCall gives every disk of the inventory its files, and those named
+// by a VirtualDiskManager call too (they belong to no VM).
+func (h *frontHandler) afterDiskCall(body interface{}) {
+	switch req := body.(type) {
+	case *types.CreateVirtualDisk_Task:
+		capacity, adapter := int64(0), "lsilogic"
+		if spec, ok := req.Spec.(*types.FileBackedVirtualDiskSpec); ok {
+			capacity = spec.CapacityKb * 1024
+		}
+		if spec, ok := req.Spec.(types.BaseVirtualDiskSpec); ok && spec.GetVirtualDiskSpec().AdapterType == "ide" {
+			adapter = "ide"
+		}
+		ensureNamed(req.Name, capacity, adapter)
+	case *types.CopyVirtualDisk_Task:
+		capacity := int64(0)
+		if src, err := localPath(req.SourceName); err == nil {
+			if st, err := os.Stat(filepath.Join(filepath.Dir(src), flatName(src))); err == nil {
+				capacity = st.Size()
+			}
+		}
+		ensureNamed(req.DestName, capacity, "lsilogic")
+	}
+	ensureAllDisks()
+}
+
+func ensureNamed(datastorePath string, capacity int64, adapter string) {
+	p, err := localPath(datastorePath)
+	if err == nil {
+		err = ensureDisk(p, capacity, adapter)
+	}
+	if err != nil {
+		log.Printf("disk %s: %v", datastorePath, err)
+	}
+}
+
+// forward runs the request through the simulator and records the answer.
+func (h *frontHandler) forward(r *http.Request, body []byte) *httptest.ResponseRecorder {
+	if body != nil {
+		r = r.Clone(r.Context())
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		r.ContentLength = int64(len(body))
+		r.Header.Set("Content-Length", strconv.Itoa(len(body)))
+	}
+	rec := httptest.NewRecorder()
+	h.next.ServeHTTP(rec, r)
+	return rec
+}
+
+// forwardSafely is forward for calls that may crash the simulator's handler.
+// Reading an unset property with PropertyCollector.Fetch (what pyVmomi does
+// for vm.snapshot on a VM without snapshots) indexes an empty slice there.
+func (h *frontHandler) forwardSafely(r *http.Request) (rec *httptest.ResponseRecorder, panicked interface{}) {
+	defer func() {
+		if p := recover(); p != nil {
+			rec, panicked = nil, p
+		}
+	}()
+	return h.forward(r, nil), nil
+}
+
+// answerPanic answers a call whose handler crashed: an unset property for
+// Fetch (what vCenter answers), a SystemError otherwise.
+func answerPanic(w http.ResponseWriter, method string, p interface{}) {
+	if method == "Fetch" {
+		writeSOAP(w, http.StatusOK, `<FetchResponse xmlns="urn:vim25"></FetchResponse>`)
+		return
+	}
+	log.Printf("%s: the simulator crashed: %v", method, p)
+	writeFault(w, &cbtFault{kind: "SystemError", message: fmt.Sprintf("simulator crashed in %s: %v", method, p), field: fmt.Sprint(p)})
+}
+
+// authenticated asks the simulator whether the request's session is logged
+// in, by sending it CurrentTime (which needs a session) with the same cookies.
+func (h *frontHandler) authenticated(r *http.Request) bool {
+	probe := []byte(envelopeOpen + `<CurrentTime xmlns="urn:vim25">` +
+		`<_this type="ServiceInstance">ServiceInstance</_this></CurrentTime>` + envelopeClose)
+	return h.forward(r, probe).Code == http.StatusOK
+}
+
+// copyResponse sends a recorded answer to the client, renaming the response
+// element when the request was translated.
+func copyResponse(w http.ResponseWriter, rec *httptest.ResponseRecorder, from, to string) {
+	body := rec.Body.Bytes()
+	if from != "" {
+		body = bytes.ReplaceAll(body, []byte(from), []byte(to))
+	}
+	for k, v := range rec.Header() {
+		w.Header()[k] = v
+	}
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+	w.WriteHeader(rec.Code)
+	_, _ = w.Write(body)
+}

@@ -1,0 +1,162 @@
+// Command vcsim is repofs' test vCenter: the govmomi simulator (Debian's
+// golang-github-vmware-govmomi-dev) served on loopback over TLS, plus what the
+// simulator lacks and a vSphere backup or restore depends on:
+//
+//   - disks with real files: every virtual disk the simulator knows gets a
+//     monolithicFlat VMDK descriptor and a sparse flat extent of its capacity
+//     (disks.go), so the VDDK stand-in can read and write them;
+//   - changed-block tracking: change ids on snapshots and QueryChangedDiskAreas
+//     answered from a log of writes beside each disk (cbt.go);
+//   - CreateSnapshotEx_Task, translated to CreateSnapshot_Task (front.go).
+//
+// All of it sits in an HTTP handler placed in front of the simulator's own
+// handler (front.go); the simulator itself is not modified.
+//
+// Build (no modules, no downloads):
+//
+//	cd tests/vcsim && GO111MODULE=off GOPATH=/usr/share/gocode go build -o ../../build/vcsim .
+//
+// Once it listens it prints one line of JSON on stdout (see docs/vcsim.md);
+// it serves until SIGTERM or SIGINT, then removes its datastore folders and
+// exits 0.
+package main
+
+import (
+	"crypto/sha1"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"log"
+	"net/url"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	_ "github.com/vmware/govmomi/pbm/simulator" // registers the /pbm endpoint (storage profiles)
+	"github.com/vmware/govmomi/simulator"
+)
+
+// announcement is the single JSON line printed on stdout once the server listens.
+type announcement struct {
+	URL        string            `json:"url"`
+	Server     string            `json:"server"`
+	User       string            `json:"user"`
+	Password   string            `json:"password"`
+	Thumbprint string            `json:"thumbprint"`
+	CertPEM    string            `json:"cert_pem"`
+	Datacenter string            `json:"datacenter"`
+	Datastores map[string]string `json:"datastores"`
+	PID        int               `json:"pid"`
+}
+
+func main() {
+	user := flag.String("user", "administrator@vsphere.local", "user name that may log in")
+	password := flag.String("password", "repofs-vcsim", "password of -user")
+	machines := flag.Int("vm", 2, "VMs created in the cluster's resource pool")
+	datastores := flag.Int("ds", 2, "local datastores (LocalDS_0, LocalDS_1, ...)")
+	pageSize := flag.Int64("cbt-page-size", defaultCBTPageSize,
+		"bytes of the disk covered by one QueryChangedDiskAreas answer")
+	trace := flag.Bool("trace", false, "log SOAP traffic to stderr")
+	flag.Parse()
+
+	log.SetPrefix("vcsim: ")
+	if *pageSize < cbtGranularity || *pageSize%cbtGranularity != 0 {
+		log.Fatalf("-cbt-page-size must be a positive multiple of %d", cbtGranularity)
+	}
+	cbtPageSize = *pageSize
+	simulator.Trace = *trace
+
+	model := simulator.VPX()
+	model.Datacenter = 1
+	model.Cluster = 1
+	model.ClusterHost = 2
+	model.Host = 1 // one standalone host besides the cluster
+	model.Portgroup = 1
+	model.Datastore = *datastores
+	model.Machine = *machines
+	if err := model.Create(); err != nil {
+		log.Fatalf("creating the inventory: %v", err)
+	}
+	// model.Remove deletes the datastore folders, on every way out below.
+	defer model.Remove()
+
+	tlsConfig, certPEM, certDER, err := selfSignedTLS()
+	if err != nil {
+		log.Fatalf("certificate: %v", err)
+	}
+	model.Service.TLS = tlsConfig
+	// Without a host the simulator advertises a non-loopback address; without
+	// our own Userinfo it accepts any user and password.
+	model.Service.Listen = &url.URL{Host: "127.0.0.1:0", User: url.UserPassword(*user, *password)}
+	model.Service.RegisterEndpoints = true
+
+	// Give the disks the model created real files before anyone can connect.
+	ensureAllDisks()
+
+	server := model.Service.NewServer()
+	// The simulator starts serving inside NewServer and offers no hook in
+	// front of its mux, so the handler is swapped right after; no client can
+	// have connected yet, as nobody knows the port before the line below.
+	server.Config.Handler = &frontHandler{next: server.Config.Handler}
+
+	host := server.URL.Host
+	dsFolders := datastoreFolders()
+	line := announcement{
+		URL:        "https://" + host + "/sdk",
+		Server:     host,
+		User:       *user,
+		Password:   *password,
+		Thumbprint: thumbprint(certDER),
+		CertPEM:    certPEM,
+		Datacenter: "DC0",
+		Datastores: dsFolders,
+		PID:        os.Getpid(),
+	}
+	out, err := json.Marshal(line)
+	if err != nil {
+		log.Fatalf("announcement: %v", err)
+	}
+	fmt.Println(string(out))
+
+	signals := make(chan os.Signal, 1)
+	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT)
+	sig := <-signals
+	log.Printf("%s: stopping", sig)
+
+	// Close waits for requests in flight; a client blocked in WaitForUpdates
+	// would hold it forever, so give up waiting after a few seconds.
+	closed := make(chan struct{})
+	go func() {
+		server.Close()
+		close(closed)
+	}()
+	select {
+	case <-closed:
+	case <-time.After(5 * time.Second):
+		log.Print("requests still in flight; exiting anyway")
+	}
+	model.Remove()
+	os.Exit(0)
+}
+
+// thumbprint is the SHA-1 of the certificate's DER bytes as vSphere shows it:
+// upper-case hex pairs separated by colons.
+func thumbprint(der []byte) string {
+	sum := sha1.Sum(der)
+	parts := make([]string, len(sum))
+	for i, b := range sum {
+		parts[i] = fmt.Sprintf("%02X", b)
+	}
+	return strings.Join(parts, ":")
+}
+
+// datastoreFolders maps each datastore's name to its local folder.
+func datastoreFolders() map[string]string {
+	folders := map[string]string{}
+	for _, ds := range allDatastores() {
+		folders[ds.Name] = dsFolder(ds)
+	}
+	return folders
+}
