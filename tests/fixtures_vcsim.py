@@ -388,3 +388,44 @@ def create_vm(
 def vm_disks(vm_or_snapshot_config: Any) -> list[vim.vm.device.VirtualDisk]:
     """The virtual disks of a ``config`` (of a VM or of a snapshot)."""
     return [d for d in vm_or_snapshot_config.hardware.device if isinstance(d, vim.vm.device.VirtualDisk)]
+
+
+# --- disk files and changed-block tracking ------------------------------------------------------
+
+def flat_path(descriptor: Path) -> Path:
+    """``vm.vmdk`` -> ``vm-flat.vmdk`` beside it (the extent the descriptor names)."""
+    return descriptor.with_name(descriptor.name.removesuffix(".vmdk") + "-flat.vmdk")
+
+
+def ctk_log_path(descriptor: Path) -> Path:
+    """``vm.vmdk`` -> ``vm-ctk.log`` beside it: the log of written ranges behind change ids."""
+    return descriptor.with_name(descriptor.name.removesuffix(".vmdk") + "-ctk.log")
+
+
+def write_disk(info: VCSim, datastore_path: str, offset: int, data: bytes) -> None:
+    """Write into a disk's flat file as the VDDK stand-in would, and record the write in the
+    disk's ctk log ("<offset> <length>" per line) so that changed-block tracking sees it."""
+    descriptor = info.local_path(datastore_path)
+    with open(flat_path(descriptor), "r+b") as f:
+        f.seek(offset)
+        f.write(data)
+    with open(ctk_log_path(descriptor), "a") as log:
+        log.write(f"{offset} {len(data)}\n")
+
+
+def changed_areas(
+    vm: vim.VirtualMachine, snapshot: vim.vm.Snapshot, disk: vim.vm.device.VirtualDisk, change_id: str,
+) -> tuple[list[tuple[int, int]], int]:
+    """All of QueryChangedDiskAreas for one disk, looping until the disk is covered;
+    returns the (start, length) areas and the number of calls it took."""
+    capacity = disk.capacityInBytes or disk.capacityInKB * 1024
+    areas: list[tuple[int, int]] = []
+    offset, calls = 0, 0
+    while offset < capacity:
+        info = vm.QueryChangedDiskAreas(snapshot=snapshot, deviceKey=disk.key, startOffset=offset, changeId=change_id)
+        calls += 1
+        if info.length <= 0:
+            raise AssertionError(f"QueryChangedDiskAreas at {offset} covered nothing")
+        areas.extend((a.start, a.length) for a in info.changedArea)
+        offset = info.startOffset + info.length
+    return areas, calls

@@ -13,11 +13,13 @@ import uuid
 from pathlib import Path
 
 import pytest
-from pyVmomi import vim
+from pyVmomi import SoapStubAdapter, vim, vmodl
 
 from fixtures_vcsim import (
+    SIMULATOR_API_VERSION,
     VCSim,
     VCSimProcess,
+    changed_areas,
     connect,
     connected,
     create_vm,
@@ -26,6 +28,7 @@ from fixtures_vcsim import (
     missing_toolchain,
     vm_disks,
     wait_task,
+    write_disk,
 )
 
 MiB = 2**20
@@ -237,3 +240,152 @@ def test_sigterm_stops_and_removes_the_datastore_folders(tmp_path: Path) -> None
     assert proc.process is not None and proc.process.poll() == 0
     with pytest.raises(ProcessLookupError):
         os.kill(info.pid, 0)
+
+
+# --- changed-block tracking ---------------------------------------------------------------------
+
+def snapshot_disk(snapshot: vim.vm.Snapshot, key: int) -> vim.vm.device.VirtualDisk:
+    [disk] = [d for d in vm_disks(snapshot.config) if d.key == key]
+    return disk
+
+
+def take_snapshot(si: vim.ServiceInstance, vm: vim.VirtualMachine, name: str, ex: bool = False) -> vim.vm.Snapshot:
+    if ex:
+        task = vm.CreateSnapshotEx_Task(name=name, memory=False)
+    else:
+        task = vm.CreateSnapshot_Task(name=name, memory=False, quiesce=False)
+    snapshot = wait_task(si, task)
+    assert isinstance(snapshot, vim.vm.Snapshot)
+    return snapshot
+
+
+def round_out(start: int, length: int) -> tuple[int, int]:
+    lo = start // CBT_GRANULARITY * CBT_GRANULARITY
+    hi = -(-(start + length) // CBT_GRANULARITY) * CBT_GRANULARITY
+    return lo, hi - lo
+
+
+def test_snapshot_of_a_tracked_vm_carries_change_ids(vcsim: VCSim) -> None:
+    with connected(vcsim) as si:
+        vm = create_vm(si, unique("cbt-ids"), [16 * MiB, 8 * MiB], change_tracking=True)
+        assert vm.config.changeTrackingEnabled
+        first = take_snapshot(si, vm, "first")
+        ids = {d.key: d.backing.changeId for d in vm_disks(first.config)}
+        assert all(ids.values()) and len(set(ids.values())) == 2  # one per disk
+        assert {d.key: d.backing.changeId for d in vm_disks(vm.config)} == ids
+        for disk in vm_disks(vm.config):
+            write_disk(vcsim, disk.backing.fileName, 0, b"x" * 512)
+        second = take_snapshot(si, vm, "second", ex=True)
+        moved = {d.key: d.backing.changeId for d in vm_disks(second.config)}
+        assert all(moved[k] != ids[k] for k in ids)  # change ids move on each snapshot
+        # The first snapshot keeps its own config: the second did not rewrite it.
+        assert {d.key: d.backing.changeId for d in vm_disks(first.config)} == ids
+
+
+def test_snapshot_of_an_untracked_vm_has_no_change_ids(vcsim: VCSim) -> None:
+    with connected(vcsim) as si:
+        vm = create_vm(si, unique("no-cbt"), [16 * MiB])
+        snapshot = take_snapshot(si, vm, "plain")
+        [disk] = vm_disks(snapshot.config)
+        assert not disk.backing.changeId
+        with pytest.raises(vim.fault.FileFault):
+            vm.QueryChangedDiskAreas(snapshot=snapshot, deviceKey=disk.key, startOffset=0, changeId="x/0")
+
+
+def test_changed_areas_since_a_change_id_in_pages(vcsim: VCSim) -> None:
+    capacity = GiB  # several 256 MiB pages: the client has to loop
+    with connected(vcsim) as si:
+        vm = create_vm(si, unique("cbt-query"), [capacity], change_tracking=True)
+        [disk] = vm_disks(vm.config)
+        write_disk(vcsim, disk.backing.fileName, 900 * MiB, b"before the first snapshot")
+        first = take_snapshot(si, vm, "first")
+        since = snapshot_disk(first, disk.key).backing.changeId
+
+        writes = [(0, 4096), (3 * CBT_GRANULARITY + 100, 10), (3 * CBT_GRANULARITY + 5000, 70000),
+                  (300 * MiB, MiB), (capacity - 512, 512)]
+        for offset, length in writes:
+            write_disk(vcsim, disk.backing.fileName, offset, os.urandom(length))
+        second = take_snapshot(si, vm, "second")
+
+        areas, calls = changed_areas(vm, second, snapshot_disk(second, disk.key), since)
+        assert calls == 4
+        assert areas == [
+            (0, CBT_GRANULARITY),
+            (3 * CBT_GRANULARITY, 2 * CBT_GRANULARITY),  # two writes, rounded out and merged
+            round_out(300 * MiB, MiB),
+            (capacity - CBT_GRANULARITY, CBT_GRANULARITY),
+        ]
+        # Nothing changed between a snapshot and its own change id.
+        assert changed_areas(vm, second, snapshot_disk(second, disk.key),
+                             snapshot_disk(second, disk.key).backing.changeId)[0] == []
+        assert changed_areas(vm, first, snapshot_disk(first, disk.key), since)[0] == []
+        # A page ends where it says, and starts where asked.
+        page = vm.QueryChangedDiskAreas(snapshot=second, deviceKey=disk.key, startOffset=256 * MiB, changeId=since)
+        assert (page.startOffset, page.length) == (256 * MiB, 256 * MiB)
+        assert [(a.start, a.length) for a in page.changedArea] == [round_out(300 * MiB, MiB)]
+
+
+def test_star_answers_the_allocated_areas(vcsim: VCSim) -> None:
+    capacity = 512 * MiB
+    with connected(vcsim) as si:
+        vm = create_vm(si, unique("cbt-star"), [capacity], change_tracking=True)
+        [disk] = vm_disks(vm.config)
+        write_disk(vcsim, disk.backing.fileName, 0, b"\x01" * 4096)
+        write_disk(vcsim, disk.backing.fileName, 400 * MiB + 8192, b"\x02" * 100_000)
+        snapshot = take_snapshot(si, vm, "full")
+        areas, calls = changed_areas(vm, snapshot, snapshot_disk(snapshot, disk.key), "*")
+    assert calls == 2
+    assert areas == [(0, CBT_GRANULARITY), round_out(400 * MiB, 8192 + 100_000)]
+
+
+def test_bad_change_ids_are_refused(vcsim: VCSim) -> None:
+    with connected(vcsim) as si:
+        vm = create_vm(si, unique("cbt-bad"), [16 * MiB, 16 * MiB], change_tracking=True)
+        snapshot = take_snapshot(si, vm, "s")
+        one, two = vm_disks(snapshot.config)
+
+        def query(change_id: str, key: int = one.key, offset: int = 0) -> object:
+            return vm.QueryChangedDiskAreas(snapshot=snapshot, deviceKey=key, startOffset=offset, changeId=change_id)
+
+        with pytest.raises(vmodl.fault.InvalidArgument):
+            query("not a change id")
+        with pytest.raises(vim.fault.FileFault):
+            query(two.backing.changeId)  # another disk's
+        uuid_part, _, position = one.backing.changeId.rpartition("/")
+        with pytest.raises(vim.fault.FileFault):
+            query(f"{uuid_part}/{int(position) + 1000}")  # from the future
+        with pytest.raises(vmodl.fault.InvalidArgument):
+            query(one.backing.changeId, key=99999)  # not a disk
+        with pytest.raises(vmodl.fault.InvalidArgument):
+            query(one.backing.changeId, offset=16 * MiB)  # past the end
+        assert query(one.backing.changeId) is not None  # the connection is still fine
+
+
+def test_query_needs_a_session(vcsim: VCSim) -> None:
+    with connected(vcsim) as si:
+        vm = create_vm(si, unique("cbt-auth"), [16 * MiB], change_tracking=True)
+        snapshot = take_snapshot(si, vm, "s")
+        [disk] = vm_disks(snapshot.config)
+        stub = SoapStubAdapter(host=vcsim.host, port=vcsim.port, path="/sdk", version=SIMULATOR_API_VERSION,
+                               sslContext=ssl.create_default_context(cadata=vcsim.cert_pem))
+        try:
+            anonymous = vim.VirtualMachine(vm._moId, stub)
+            with pytest.raises(vim.fault.NotAuthenticated):
+                anonymous.QueryChangedDiskAreas(snapshot=vim.vm.Snapshot(snapshot._moId, stub), deviceKey=disk.key,
+                                                startOffset=0, changeId=disk.backing.changeId)
+            with pytest.raises(vim.fault.NotAuthenticated):
+                anonymous.CreateSnapshot_Task(name="nope", memory=False, quiesce=False)
+        finally:
+            stub.DropConnections()
+
+
+def test_snapshot_removal_leaves_no_snapshot(vcsim: VCSim) -> None:
+    with connected(vcsim) as si:
+        vm = create_vm(si, unique("cbt-remove"), [16 * MiB], change_tracking=True)
+        first = take_snapshot(si, vm, "first")
+        second = take_snapshot(si, vm, "second")
+        wait_task(si, second.RemoveSnapshot_Task(removeChildren=False, consolidate=True))
+        assert vm.snapshot.currentSnapshot == first
+        wait_task(si, first.RemoveSnapshot_Task(removeChildren=False, consolidate=True))
+        assert vm.snapshot is None
+        assert "snapshot" not in get_properties(si, vm, ["snapshot"])
