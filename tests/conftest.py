@@ -7,4 +7,5 @@ BUILD = ROOT / "build"
 pytest_plugins: list[str] = [
     "fixtures_repo",
     "fixtures_vcsim",
+    "fixtures_vddk",
 ]

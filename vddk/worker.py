@@ -1,0 +1,594 @@
+"""VixDiskLib in a worker process, behind the same API as the in-process binding.
+
+Why: VDDK bundles its own OpenSSL and libstdc++, which clash with Python's ``ssl`` (pyvmomi)
+in one process. ``IsolatedLibrary`` starts a fresh interpreter (``python -c``, no fork of the
+caller's state) that loads the library; ``IsolatedConnection`` and ``IsolatedDisk`` mirror
+``Connection`` and ``Disk``.
+
+How: one control socket (socketpair) for the library and connections; per open disk, its own
+socket, a serving thread in the child (so disks run in parallel) and a shared memory area (a
+``memfd`` passed with SCM_RIGHTS and mapped by both sides: nothing named to leak if a process
+dies) split in two slots, so the child fills one slot while the parent copies the other.
+Messages are length-prefixed pickles between our two processes only. The child's log records
+(the library's callbacks included) come back over its stderr and are re-logged here under the
+same logger names. Errors come back as the same exception classes, code and text.
+
+Limits: Linux (memfd, SCM_RIGHTS). Data is copied once between the shared area and the caller's
+buffer. Log records arrive asynchronously; all have arrived once ``close()`` returns.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import mmap
+import os
+import pathlib
+import pickle
+import socket
+import struct
+import subprocess
+import sys
+import threading
+from typing import Any, Callable
+
+from vddk.disk import DiskInfo
+from vddk.errors import VddkError, WorkerFailed, error_class
+from vddk.library import load
+from vddk.params import ConnectParams
+from vddk.session import Library
+
+logger = logging.getLogger("vddk.worker")
+
+WINDOW_BYTES = 8 << 20        # one slot of a disk's shared area
+_HEADER = struct.Struct("!I")
+_LOG_TAG = "\x1evddk-log\t"   # a stderr line that carries a log record
+
+
+# ---- the wire ------------------------------------------------------------------------------
+
+class _Channel:
+    """Length-prefixed pickled messages over a stream socket, with optional file descriptors."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def send(self, obj: Any, fds: tuple[int, ...] = ()) -> None:
+        data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+        header = _HEADER.pack(len(data))
+        if fds:
+            socket.send_fds(self.sock, [header], list(fds))
+        else:
+            self.sock.sendall(header)
+        self.sock.sendall(data)
+
+    def recv(self) -> tuple[Any, list[int]]:
+        header, fds, _flags, _addr = socket.recv_fds(self.sock, _HEADER.size, 4)
+        if not header:
+            raise EOFError
+        header += self._exact(_HEADER.size - len(header))
+        (size,) = _HEADER.unpack(header)
+        return pickle.loads(self._exact(size)), fds
+
+    def _exact(self, size: int) -> bytes:
+        buf = bytearray(size)
+        view = memoryview(buf)
+        got = 0
+        while got < size:
+            n = self.sock.recv_into(view[got:])
+            if n == 0:
+                raise EOFError
+            got += n
+        return bytes(buf)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _reply_error(e: BaseException) -> tuple[Any, ...]:
+    if isinstance(e, VddkError):
+        return ("err", type(e).__name__, e.code, e.text, e.call)
+    return ("err", "VddkError", 1, f"worker: {type(e).__name__}: {e}", None)
+
+
+def _raise_reply(reply: tuple[Any, ...]) -> Any:
+    if reply[0] == "ok":
+        return reply[1]
+    _tag, name, code, text, call = reply
+    cls = error_class(name)
+    error = VddkError.__new__(cls)
+    VddkError.__init__(error, code, text, call)
+    raise error
+
+
+# ---- the parent's side ---------------------------------------------------------------------
+
+class IsolatedLibrary:
+    """``Library``'s methods, with VixDiskLib running in a child process."""
+
+    def __init__(self, path: str | os.PathLike[str], *,
+                 config_file: str | os.PathLike[str] | None = None,
+                 window_bytes: int = WINDOW_BYTES) -> None:
+        self.path = pathlib.Path(path)
+        self.window_bytes = window_bytes
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        package_root = str(pathlib.Path(__file__).resolve().parent.parent)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (package_root, env.get("PYTHONPATH")) if p)
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-c",
+                 "import sys, vddk.worker; sys.exit(vddk.worker.child_main(int(sys.argv[1])))",
+                 str(theirs.fileno())],
+                pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE, env=env, close_fds=True,
+            )
+        finally:
+            theirs.close()
+        self._ctl = _Channel(ours)
+        self._lock = threading.Lock()
+        self._connections: set[IsolatedConnection] = set()
+        self._stderr = threading.Thread(target=self._relay_logs, name="vddk-worker-stderr",
+                                        daemon=True)
+        self._stderr.start()
+        self._open = True
+        try:
+            self._has: dict[str, bool] = self.call(
+                "init", str(self.path), os.fspath(config_file) if config_file else None)
+        except BaseException:
+            self._shutdown()
+            raise
+
+    def _relay_logs(self) -> None:
+        assert self._proc.stderr is not None
+        for raw in self._proc.stderr:
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            if line.startswith(_LOG_TAG):
+                try:
+                    level, name, message = json.loads(line[len(_LOG_TAG):])
+                    logging.getLogger(name).log(level, "%s", message)
+                    continue
+                except ValueError:
+                    pass
+            if line:
+                logger.warning("worker: %s", line)
+
+    def call(self, op: str, *args: Any, fds: tuple[int, ...] = ()) -> Any:
+        """One request on the control channel."""
+        with self._lock:
+            if not self._open:
+                raise WorkerFailed("the isolated library has been closed")
+            try:
+                self._ctl.send((op, *args), fds)
+                reply, _ = self._ctl.recv()
+            except (EOFError, OSError):
+                raise WorkerFailed(self._death_note()) from None
+        return _raise_reply(reply)
+
+    def _death_note(self) -> str:
+        try:
+            rc = self._proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            return "the VixDiskLib worker process stopped answering"
+        return f"the VixDiskLib worker process exited (status {rc})"
+
+    def has(self, name: str) -> bool:
+        full = name if name.startswith("VixDiskLib_") else f"VixDiskLib_{name}"
+        return self._has.get(full, False)
+
+    def transport_modes(self) -> list[str]:
+        return self.call("modes")
+
+    def connect(self, params: ConnectParams | None = None, *, read_only: bool = True,
+                snapshot_moref: str | None = None, transports: str | None = None
+                ) -> IsolatedConnection:
+        conn_id = self.call("connect", params, read_only, snapshot_moref, transports)
+        conn = IsolatedConnection(self, conn_id, params, read_only)
+        self._connections.add(conn)
+        return conn
+
+    def prepare_for_access(self, params: ConnectParams, identity: str = "repofs") -> None:
+        self.call("prepare", params, identity)
+
+    def end_access(self, params: ConnectParams, identity: str = "repofs") -> None:
+        self.call("end", params, identity)
+
+    def prepared(self, params: ConnectParams, identity: str = "repofs") -> _Prepared:
+        return _Prepared(self, params, identity)
+
+    def cleanup(self, params: ConnectParams) -> tuple[int, int]:
+        return tuple(self.call("cleanup", params))  # type: ignore[return-value]
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    def close(self) -> None:
+        """Disconnect what is left, Exit in the child, and wait for it (idempotent)."""
+        if not self._open:
+            return
+        for conn in list(self._connections):
+            if not conn.closed:
+                try:
+                    conn.__exit__(None, None, None)
+                except VddkError:
+                    logger.exception("disconnecting at exit failed")
+        try:
+            self.call("exit")
+        finally:
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        with self._lock:
+            self._open = False
+            self._ctl.close()
+        try:
+            self._proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+        self._stderr.join()
+        assert self._proc.stderr is not None
+        self._proc.stderr.close()
+
+    def __enter__(self) -> IsolatedLibrary:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _Prepared:
+    def __init__(self, lib: IsolatedLibrary, params: ConnectParams, identity: str) -> None:
+        self._lib, self._params, self._identity = lib, params, identity
+
+    def __enter__(self) -> None:
+        self._lib.prepare_for_access(self._params, self._identity)
+
+    def __exit__(self, *exc: object) -> None:
+        self._lib.end_access(self._params, self._identity)
+
+
+class IsolatedConnection:
+    """``Connection``'s methods, for a connection held by the worker."""
+
+    def __init__(self, lib: IsolatedLibrary, conn_id: int, params: ConnectParams | None,
+                 read_only: bool) -> None:
+        self._lib = lib
+        self._id: int | None = conn_id
+        self.params = params
+        self.read_only = read_only
+        self._disks: set[IsolatedDisk] = set()
+
+    @property
+    def closed(self) -> bool:
+        return self._id is None
+
+    def open(self, path: str, *, read_only: bool = True, unbuffered: bool = False,
+             single_link: bool = False) -> IsolatedDisk:
+        disk = IsolatedDisk(self._lib, self, path, read_only=read_only, unbuffered=unbuffered,
+                            single_link=single_link)
+        self._disks.add(disk)
+        return disk
+
+    def create(self, path: str, capacity: int, *, adapter: str = "lsilogic",
+               hw_version: int = 14) -> None:
+        self._lib.call("create", self._id, path, capacity, adapter, hw_version)
+
+    def close(self) -> None:
+        if self._id is None:
+            return
+        self._lib.call("disconnect", self._id)
+        self._id = None
+        self._lib._connections.discard(self)
+
+    def __enter__(self) -> IsolatedConnection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for disk in list(self._disks):
+            if exc[0] is None:
+                logger.warning("closing %s, left open at disconnect", disk.path)
+            disk.close()
+        self.close()
+
+
+class IsolatedDisk:
+    """``Disk``'s methods; data passes through a shared memory area of two slots."""
+
+    def __init__(self, lib: IsolatedLibrary, conn: IsolatedConnection, path: str, *,
+                 read_only: bool, unbuffered: bool, single_link: bool) -> None:
+        self._lib = lib
+        self._conn = conn
+        self.path = path
+        self.read_only = read_only
+        self._slot = lib.window_bytes
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        memfd = os.memfd_create("vddk-disk", os.MFD_CLOEXEC)
+        try:
+            os.ftruncate(memfd, 2 * self._slot)
+            self._map = mmap.mmap(memfd, 2 * self._slot)
+            reply = lib.call("open", conn._id, path, read_only, unbuffered, single_link,
+                             fds=(theirs.fileno(), memfd))
+        except BaseException:
+            ours.close()
+            if hasattr(self, "_map"):
+                self._map.close()
+            raise
+        finally:
+            theirs.close()
+            os.close(memfd)
+        self._chan: _Channel | None = _Channel(ours)
+        self._view = memoryview(self._map)
+        self._lock = threading.Lock()
+        self.info: DiskInfo = reply["info"]
+        self.capacity: int = self.info.capacity
+        self.transport_mode: str = reply["transport_mode"]
+
+    @property
+    def closed(self) -> bool:
+        return self._chan is None
+
+    def _send(self, *msg: Any) -> None:
+        if self._chan is None:
+            raise WorkerFailed(f"{self.path} is closed")
+        try:
+            self._chan.send(msg)
+        except OSError:
+            raise WorkerFailed(self._lib._death_note()) from None
+
+    def _recv(self) -> tuple[Any, ...]:
+        assert self._chan is not None
+        try:
+            reply, _ = self._chan.recv()
+        except (EOFError, OSError):
+            raise WorkerFailed(self._lib._death_note()) from None
+        return reply
+
+    def _rpc(self, *msg: Any) -> Any:
+        with self._lock:
+            self._send(*msg)
+            return _raise_reply(self._recv())
+
+    def read_into(self, offset: int, buffer: Any) -> int:
+        """Fill ``buffer`` from the disk at ``offset``; returns its size."""
+        dest = memoryview(buffer).cast("B")
+        size = dest.nbytes
+        pieces = _pieces(offset, size, self._slot)
+        with self._lock:
+            if not pieces:
+                self._send("read", offset, 0, 0)
+                _raise_reply(self._recv())
+                return 0
+            self._send("read", pieces[0][0], pieces[0][1], 0)
+            for i, (off, n) in enumerate(pieces):
+                if i + 1 < len(pieces):
+                    nxt = pieces[i + 1]
+                    self._send("read", nxt[0], nxt[1], ((i + 1) % 2) * self._slot)
+                reply = self._recv()
+                if reply[0] != "ok":
+                    if i + 1 < len(pieces):
+                        self._recv()  # the request already under way
+                    _raise_reply(reply)
+                base = (i % 2) * self._slot
+                start = off - offset
+                dest[start:start + n] = self._view[base:base + n]
+        return size
+
+    def write_from(self, offset: int, buffer: Any) -> int:
+        """Write all of ``buffer`` to the disk at ``offset``; returns its size."""
+        src = memoryview(buffer).cast("B")
+        size = src.nbytes
+        pieces = _pieces(offset, size, self._slot)
+        with self._lock:
+            if not pieces:
+                self._send("write", offset, 0, 0)
+                _raise_reply(self._recv())
+                return 0
+            pending: list[tuple[Any, ...]] = []
+            error: tuple[Any, ...] | None = None
+            for i, (off, n) in enumerate(pieces):
+                if i >= 2:
+                    reply = self._recv()  # slot i % 2 is free again
+                    if reply[0] != "ok":
+                        error = reply
+                        break
+                base = (i % 2) * self._slot
+                start = off - offset
+                self._view[base:base + n] = src[start:start + n]
+                self._send("write", off, n, base)
+                pending.append((off, n))
+            outstanding = min(len(pending), 2)
+            for _ in range(outstanding):
+                reply = self._recv()
+                if reply[0] != "ok" and error is None:
+                    error = reply
+            if error is not None:
+                _raise_reply(error)
+        return size
+
+    def read(self, offset: int, size: int) -> bytes:
+        buf = bytearray(size)
+        self.read_into(offset, buf)
+        return bytes(buf)
+
+    def flush(self) -> None:
+        self._rpc("flush")
+
+    def allocated_extents(self, chunk_bytes: int = 1 << 20, offset: int = 0,
+                          length: int | None = None) -> list[tuple[int, int]]:
+        return [tuple(e) for e in self._rpc("extents", chunk_bytes, offset, length)]  # type: ignore[misc]
+
+    def metadata_keys(self) -> list[str]:
+        return self._rpc("keys")
+
+    def read_metadata(self, key: str) -> str:
+        return self._rpc("meta_read", key)
+
+    def write_metadata(self, key: str, value: str) -> None:
+        self._rpc("meta_write", key, value)
+
+    def close(self) -> None:
+        """Close the disk in the worker and release the shared area (idempotent)."""
+        with self._lock:
+            if self._chan is None:
+                return
+            try:
+                self._chan.send(("close",))
+                reply = self._recv()
+            except (OSError, WorkerFailed):
+                reply = ("ok", None)  # the worker is gone: nothing left to close
+            finally:
+                self._chan.close()
+                self._chan = None
+                self._view.release()
+                self._map.close()
+                self._conn._disks.discard(self)
+        _raise_reply(reply)
+
+    def __enter__(self) -> IsolatedDisk:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _pieces(offset: int, size: int, step: int) -> list[tuple[int, int]]:
+    return [(offset + d, min(step, size - d)) for d in range(0, size, step)]
+
+
+# ---- the child's side ----------------------------------------------------------------------
+
+class _StderrRecords(logging.Handler):
+    """Send log records to the parent as tagged JSON lines on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = _LOG_TAG + json.dumps([record.levelno, record.name, record.getMessage()])
+            sys.stderr.write(line + "\n")
+            sys.stderr.flush()
+        except Exception:
+            pass
+
+
+def _serve_disk(chan: _Channel, disk: Any, area: mmap.mmap) -> None:
+    view = memoryview(area)
+    handlers: dict[str, Callable[..., Any]] = {
+        "read": lambda off, n, base: disk.read_into(off, view[base:base + n]),
+        "write": lambda off, n, base: disk.write_from(off, view[base:base + n]),
+        "flush": disk.flush,
+        "extents": disk.allocated_extents,
+        "keys": disk.metadata_keys,
+        "meta_read": disk.read_metadata,
+        "meta_write": disk.write_metadata,
+        "close": disk.close,
+    }
+    try:
+        while True:
+            try:
+                msg, _ = chan.recv()
+            except (EOFError, OSError):
+                disk.close()
+                return
+            try:
+                reply: tuple[Any, ...] = ("ok", handlers[msg[0]](*msg[1:]))
+            except Exception as e:  # noqa: BLE001 - every failure goes back to the caller
+                reply = _reply_error(e)
+            chan.send(reply)
+            if msg[0] == "close":
+                return
+    finally:
+        view.release()
+        area.close()
+        chan.close()
+
+
+def child_main(fd: int) -> int:
+    """The worker's main loop: serve the control channel until "exit" or EOF."""
+    handler = _StderrRecords()
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    ctl = _Channel(socket.socket(fileno=fd))
+    library: Library | None = None
+    connections: dict[int, Any] = {}
+    disk_threads: list[threading.Thread] = []
+
+    def init(path: str, config_file: str | None) -> dict[str, bool]:
+        nonlocal library
+        bindings = load(path)
+        library = Library(bindings, config_file=config_file)
+        return {name: True for name in bindings.functions}
+
+    def connect(params: ConnectParams | None, read_only: bool, snapshot: str | None,
+                transports: str | None) -> int:
+        assert library is not None
+        conn = library.connect(params, read_only=read_only, snapshot_moref=snapshot,
+                               transports=transports)
+        connections[id(conn)] = conn
+        return id(conn)
+
+    def disconnect(conn_id: int) -> None:
+        connections[conn_id].close()
+        del connections[conn_id]
+
+    def open_disk(conn_id: int, path: str, read_only: bool, unbuffered: bool, single_link: bool,
+                  *, fds: list[int]) -> dict[str, Any]:
+        sock_fd, memfd = fds
+        try:
+            disk = connections[conn_id].open(path, read_only=read_only, unbuffered=unbuffered,
+                                             single_link=single_link)
+        except BaseException:
+            os.close(sock_fd)
+            os.close(memfd)
+            raise
+        area = mmap.mmap(memfd, 0)
+        os.close(memfd)
+        thread = threading.Thread(target=_serve_disk,
+                                  args=(_Channel(socket.socket(fileno=sock_fd)), disk, area),
+                                  name=f"vddk-disk-{path}", daemon=True)
+        thread.start()
+        disk_threads.append(thread)
+        return {"info": disk.info, "transport_mode": disk.transport_mode}
+
+    def need() -> Library:
+        if library is None:
+            raise WorkerFailed("the worker's library is not initialized")
+        return library
+
+    handlers: dict[str, Callable[..., Any]] = {
+        "init": init,
+        "modes": lambda: need().transport_modes(),
+        "connect": connect,
+        "disconnect": disconnect,
+        "prepare": lambda params, identity: need().prepare_for_access(params, identity),
+        "end": lambda params, identity: need().end_access(params, identity),
+        "cleanup": lambda params: need().cleanup(params),
+        "create": lambda cid, path, cap, adapter, hw: connections[cid].create(
+            path, cap, adapter=adapter, hw_version=hw),
+        "exit": lambda: library.close() if library is not None else None,
+    }
+    while True:
+        try:
+            msg, fds = ctl.recv()
+        except (EOFError, OSError):
+            break
+        op = msg[0]
+        try:
+            if op == "open":
+                result = open_disk(*msg[1:], fds=fds)
+            else:
+                result = handlers[op](*msg[1:])
+            reply: tuple[Any, ...] = ("ok", result)
+        except Exception as e:  # noqa: BLE001 - every failure goes back to the caller
+            reply = _reply_error(e)
+        ctl.send(reply)
+        if op == "exit":
+            break
+    if library is not None:
+        library.close()
+    for thread in disk_threads:
+        thread.join(timeout=5)
+    ctl.close()
+    root.removeHandler(handler)
+    return 0
