@@ -131,9 +131,15 @@ class LocalImage:
             return self.changed
         runs: list[tuple[int, int]] = []
         for p in self.pieces:
+            self._check_size(p)
             for off, length in data_extents(p.fd, p.file_offset, p.file_offset + p.length):
                 runs.append((p.disk_offset + off - p.file_offset, length))
         return runs
+
+    def _check_size(self, p: _Piece) -> None:
+        now = _size_of(p.fd)
+        if not p.pad_short and now < p.file_offset + p.length:
+            raise SourceError(f"{p.path} shrank during the backup (now {now} bytes, was {self.capacity})")
 
     def read(self, offset: int, size: int) -> bytes:
         out = []
@@ -148,9 +154,7 @@ class LocalImage:
             except OSError as e:
                 raise SourceError(f"{p.path}: read failed at offset {lo}: {e.strerror}") from None
             if len(data) < want:
-                if not p.pad_short:
-                    raise SourceError(f"{p.path} shrank during the backup (now "
-                                      f"{_size_of(p.fd)} bytes, was {self.capacity})")
+                self._check_size(p)
                 data += bytes(want - len(data))
             out.append(data)
         return out[0] if len(out) == 1 else b"".join(out)
