@@ -18,12 +18,14 @@ from pyVmomi import SoapStubAdapter, vim, vmodl
 from fixtures_vcsim import (
     SIMULATOR_API_VERSION,
     VCSim,
+    TaskFailed,
     VCSimProcess,
     changed_areas,
     connect,
     connected,
     create_vm,
     disconnect,
+    find_by_name,
     get_properties,
     missing_toolchain,
     vm_disks,
@@ -217,6 +219,86 @@ def test_added_disk_gets_files(vcsim: VCSim) -> None:
     second = [d for d in disks if d.key != first.key][0]
     assert second.backing.fileName.startswith("[LocalDS_1] ")
     check_descriptor(vcsim.local_path(second.backing.fileName), 8 * MiB)
+
+
+def test_virtual_disk_manager_disks_get_files_only_on_success(vcsim: VCSim) -> None:
+    folder = unique("loose")
+    with connected(vcsim) as si:
+        dc = find_by_name(si, vim.Datacenter, vcsim.datacenter)
+        vdm = si.content.virtualDiskManager
+        spec = vim.VirtualDiskManager.FileBackedVirtualDiskSpec(capacityKb=4096, adapterType="lsiLogic", diskType="thin")
+        name = f"[LocalDS_1] {folder}/loose.vmdk"
+        with pytest.raises(TaskFailed):  # no such folder yet, as in vCenter
+            wait_task(si, vdm.CreateVirtualDisk_Task(name=name, datacenter=dc, spec=spec))
+        assert not (vcsim.datastores["LocalDS_1"] / folder).exists()
+
+        si.content.fileManager.MakeDirectory(name=f"[LocalDS_1] {folder}", datacenter=dc)
+        wait_task(si, vdm.CreateVirtualDisk_Task(name=name, datacenter=dc, spec=spec))
+        original = vcsim.local_path(name)
+        check_descriptor(original, 4 * MiB)
+        write_disk(vcsim, name, MiB, b"copied along")
+
+        copy = f"[LocalDS_1] {folder}/copy.vmdk"
+        wait_task(si, vdm.CopyVirtualDisk_Task(sourceName=name, sourceDatacenter=dc, destName=copy, destDatacenter=dc))
+    copied = vcsim.local_path(copy)
+    flat = check_descriptor(copied, 4 * MiB)  # names its own extent
+    with open(flat, "rb") as f:
+        f.seek(MiB)
+        assert f.read(12) == b"copied along"
+    uuids = {line for p in (original, copied) for line in p.read_text().splitlines() if line.startswith("ddb.uuid")}
+    assert len(uuids) == 2  # a copy is another disk
+
+
+def test_first_class_disk_gets_files(vcsim: VCSim) -> None:
+    with connected(vcsim) as si:
+        manager = vim.vslm.vcenter.VStorageObjectManager("VStorageObjectManager", si._stub)
+        ds = find_by_name(si, vim.Datastore, "LocalDS_0")
+        spec = vim.vslm.CreateSpec(
+            name=unique("fcd"), capacityInMB=16,
+            backingSpec=vim.vslm.CreateSpec.DiskFileBackingSpec(datastore=ds, provisioningType="thin"))
+        disk = wait_task(si, manager.CreateDisk_Task(spec=spec))
+    check_descriptor(vcsim.local_path(disk.config.backing.filePath), 16 * MiB)
+
+
+def test_datastore_files_need_a_session(vcsim: VCSim) -> None:
+    import urllib.error
+    import urllib.request
+
+    with connected(vcsim) as si:
+        vm = create_vm(si, unique("download"), [MiB])
+        [disk] = vm_disks(vm.config)
+        rel = disk.backing.fileName.split("] ", 1)[1]
+        url = f"https://{vcsim.server}/folder/{rel}?dcPath={vcsim.datacenter}&dsName=LocalDS_0"
+        ctx = ssl.create_default_context(cadata=vcsim.cert_pem)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(url, context=ctx)
+        refused.value.close()
+        assert refused.value.code == 401
+        cookie = si._stub.cookie.split(";", 1)[0]
+        with urllib.request.urlopen(urllib.request.Request(url, headers={"Cookie": cookie}), context=ctx) as r:
+            assert r.read().startswith(b"# Disk DescriptorFile")
+
+
+def test_vapi_login_checks_the_password(vcsim: VCSim) -> None:
+    import base64
+    import urllib.error
+    import urllib.request
+
+    ctx = ssl.create_default_context(cadata=vcsim.cert_pem)
+
+    def login(password: str) -> int:
+        token = base64.b64encode(f"{vcsim.user}:{password}".encode()).decode()
+        req = urllib.request.Request(f"https://{vcsim.server}/rest/com/vmware/cis/session", method="POST",
+                                     headers={"Authorization": f"Basic {token}"})
+        try:
+            with urllib.request.urlopen(req, context=ctx) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            e.close()
+            return e.code
+
+    assert login(vcsim.password) == 200
+    assert login("wrong") == 401
 
 
 # --- shutdown -----------------------------------------------------------------------------------

@@ -1,13 +1,15 @@
 package main
 
-// frontHandler sits in front of the simulator's HTTP handler. It reads the
-// SOAP method of each /sdk request and
+// frontHandler sits in front of the simulator's HTTP handler. It refuses
+// vAPI (/rest) logins with wrong credentials, reads the SOAP method of each
+// /sdk request and
 //
 //   - answers QueryChangedDiskAreas itself (the simulator lacks it);
 //   - translates CreateSnapshotEx_Task (missing too) into CreateSnapshot_Task;
 //   - before a snapshot, issues change ids; after it, detaches the snapshot's
 //     config from the VM's;
-//   - after calls that create or resize disks, gives every disk its files.
+//   - after calls that create or resize disks, gives every disk its files;
+//   - serves datastore files (/folder) only to logged-in clients.
 //
 // Everything else passes through untouched. The simulator is used
 // in-process (simulator.Map), never modified.
@@ -21,6 +23,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -40,17 +43,36 @@ var diskMethods = map[string]bool{
 	"CopyVirtualDisk_Task":   true,
 	"CreateVirtualDisk_Task": true,
 	"MoveVirtualDisk_Task":   true,
+	"CreateDisk_Task":        true,
+	"AttachDisk_Task":        true,
 	"ImportVApp":             true,
 	"HttpNfcLeaseComplete":   true,
 }
 
 type frontHandler struct {
 	next http.Handler
+	// user and password are what vAPI (/rest) logins are checked against: the
+	// vAPI simulator accepts any non-empty user and password.
+	user, password string
 	// mu serializes our own bookkeeping (disk files, change ids, snapshots).
 	mu sync.Mutex
 }
 
 func (h *frontHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if user, password, ok := r.BasicAuth(); ok && (user != h.user || password != h.password) {
+		w.WriteHeader(http.StatusUnauthorized)
+		return
+	}
+	if strings.HasPrefix(r.URL.Path, "/folder/") {
+		// vCenter serves datastore files to a logged-in session (or basic
+		// auth, checked above); the simulator serves them to anyone.
+		if _, _, basic := r.BasicAuth(); !basic && !h.authenticated(r) {
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		h.next.ServeHTTP(w, r)
+		return
+	}
 	if r.Method != http.MethodPost || !strings.HasPrefix(r.URL.Path, "/sdk") {
 		h.next.ServeHTTP(w, r)
 		return
@@ -98,13 +120,33 @@ func (h *frontHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		rec := h.forward(r, nil)
-		if rec.Code == http.StatusOK {
+		if task := finishedTask(rec); task != nil && task.Info.State == types.TaskInfoStateSuccess {
 			h.mu.Lock()
-			h.afterDiskCall(method.Body)
+			h.afterDiskCall(method.Body, task.Info.Result)
+			h.mu.Unlock()
+		} else if rec.Code == http.StatusOK && !strings.HasSuffix(method.Name, "_Task") {
+			h.mu.Lock()
+			h.afterDiskCall(method.Body, nil)
 			h.mu.Unlock()
 		}
 		copyResponse(w, rec, "", "")
 	}
+}
+
+var taskReturnval = regexp.MustCompile(`<returnval type="Task">([^<]+)</returnval>`)
+
+// finishedTask is the task a recorded *_Task answer returned, if any. The
+// simulator runs tasks before it answers, so its state is final.
+func finishedTask(rec *httptest.ResponseRecorder) *simulator.Task {
+	if rec.Code != http.StatusOK {
+		return nil
+	}
+	m := taskReturnval.FindSubmatch(rec.Body.Bytes())
+	if m == nil {
+		return nil
+	}
+	task, _ := simulator.Map.Get(types.ManagedObjectReference{Type: "Task", Value: string(m[1])}).(*simulator.Task)
+	return task
 }
 
 // snapshot takes a snapshot with change ids (see cbt.go). body, if not nil,
@@ -143,8 +185,15 @@ func createSnapshotBody(req *types.CreateSnapshotEx_Task) []byte {
 
 // afterDiskCall gives every disk of the inventory its files, and those named
 // by a VirtualDiskManager call too (they belong to no VM).
-func (h *frontHandler) afterDiskCall(body interface{}) {
+func (h *frontHandler) afterDiskCall(body interface{}, result types.AnyType) {
 	switch req := body.(type) {
+	case *types.CreateDisk_Task:
+		// A first-class disk: the simulator makes empty files.
+		if obj, ok := result.(*types.VStorageObject); ok && obj != nil {
+			if b, ok := obj.Config.Backing.(*types.BaseConfigInfoDiskFileBackingInfo); ok {
+				ensureNamed(b.FilePath, obj.Config.CapacityInMB*1024*1024, "lsilogic")
+			}
+		}
 	case *types.CreateVirtualDisk_Task:
 		capacity, adapter := int64(0), "lsilogic"
 		if spec, ok := req.Spec.(*types.FileBackedVirtualDiskSpec); ok {
@@ -217,7 +266,10 @@ func answerPanic(w http.ResponseWriter, method string, p interface{}) {
 func (h *frontHandler) authenticated(r *http.Request) bool {
 	probe := []byte(envelopeOpen + `<CurrentTime xmlns="urn:vim25">` +
 		`<_this type="ServiceInstance">ServiceInstance</_this></CurrentTime>` + envelopeClose)
-	return h.forward(r, probe).Code == http.StatusOK
+	req := r.Clone(r.Context())
+	req.Method = http.MethodPost
+	req.URL.Path, req.URL.RawQuery = "/sdk", ""
+	return h.forward(req, probe).Code == http.StatusOK
 }
 
 // copyResponse sends a recorded answer to the client, renaming the response

@@ -7,7 +7,10 @@
 //     (disks.go), so the VDDK stand-in can read and write them;
 //   - changed-block tracking: change ids on snapshots and QueryChangedDiskAreas
 //     answered from a log of writes beside each disk (cbt.go);
-//   - CreateSnapshotEx_Task, translated to CreateSnapshot_Task (front.go).
+//   - CreateSnapshotEx_Task, translated to CreateSnapshot_Task (front.go);
+//   - answers for PropertyCollector.Fetch of unset properties, where the
+//     simulator's handler crashes (front.go);
+//   - credentials checked on vAPI (/rest) logins too (front.go).
 //
 // All of it sits in an HTTP handler placed in front of the simulator's own
 // handler (front.go); the simulator itself is not modified.
@@ -36,6 +39,7 @@ import (
 
 	_ "github.com/vmware/govmomi/pbm/simulator" // registers the /pbm endpoint (storage profiles)
 	"github.com/vmware/govmomi/simulator"
+	_ "github.com/vmware/govmomi/vapi/simulator" // registers /rest (tags, categories, content library)
 )
 
 // announcement is the single JSON line printed on stdout once the server listens.
@@ -99,7 +103,7 @@ func main() {
 	// The simulator starts serving inside NewServer and offers no hook in
 	// front of its mux, so the handler is swapped right after; no client can
 	// have connected yet, as nobody knows the port before the line below.
-	server.Config.Handler = &frontHandler{next: server.Config.Handler}
+	server.Config.Handler = &frontHandler{next: server.Config.Handler, user: *user, password: *password}
 
 	host := server.URL.Host
 	dsFolders := datastoreFolders()
