@@ -87,6 +87,45 @@ class DiskView:
         cid = self.index.get(number)
         return cid is None or self.gen.repo.cache.peek(cid) is not None
 
+    @property
+    def index_loaded(self) -> bool:
+        return self._index is not None
+
+    def read_if_cached(self, offset: int, size: int) -> bytes | None:
+        """Like ``read`` but without any storage I/O: the bytes when every chunk they touch
+        is a hole or already cached (and the index is loaded), else None. Cheap enough to
+        call on an event loop."""
+        index = self._index
+        if index is None:
+            return None
+        end = min(offset + size, self.capacity)
+        if offset >= end:
+            return b""
+        cs = self.chunk_size
+        cache = self.gen.repo.cache
+        parts = []
+        pos = offset
+        while pos < end:
+            number, inner = divmod(pos, cs)
+            take = min(cs - inner, end - pos)
+            cid = index.get(number)
+            if cid is None:
+                parts.append(bytes(take))
+            else:
+                data = cache.peek(cid)
+                if data is None:
+                    return None
+                parts.append(data if inner == 0 and take == len(data) else data[inner:inner + take])
+            pos += take
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def needs_fetch(self, number: int) -> bool:
+        """Whether chunk ``number`` exists, is stored (not a hole) and is not cached."""
+        if not 0 <= number < self.index.count:
+            return False
+        cid = self.index.get(number)
+        return cid is not None and self.gen.repo.cache.peek(cid) is None
+
     def read(self, offset: int, size: int) -> bytes:
         """Bytes [offset, offset+size) clipped to the capacity; holes read as zeros."""
         end = min(offset + size, self.capacity)
@@ -99,7 +138,10 @@ class DiskView:
             number, inner = divmod(pos, cs)
             take = min(cs - inner, end - pos)
             data = self._chunk(number)
-            parts.append(bytes(take) if data is None else data[inner:inner + take])
+            if data is None:
+                parts.append(bytes(take))
+            else:
+                parts.append(data if inner == 0 and take == len(data) else data[inner:inner + take])
             pos += take
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
@@ -240,13 +282,17 @@ class RepositoryView:
         self.refresh()
 
     def refresh(self) -> None:
+        """Pick up new generations and drop removed ones. Existing GenerationView objects
+        are kept (their files never change); the table is swapped whole, so readers on other
+        threads never see it half-updated."""
         manifests = self.store.manifests()
         with self._lock:
-            for name, manifest in manifests.items():
-                if name not in self._gens:
-                    self._gens[name] = GenerationView(self, name, manifest)
-            for gone in set(self._gens) - set(manifests):
-                del self._gens[gone]
+            old = self._gens
+            self._gens = {name: old.get(name) or GenerationView(self, name, manifest)
+                          for name, manifest in manifests.items()}
+
+    def by_manifest(self, manifest_name: str) -> GenerationView | None:
+        return self._gens.get(manifest_name)
 
     def vms(self) -> list[str]:
         return sorted({g.vm for g in self._gens.values()})
