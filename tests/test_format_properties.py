@@ -1,0 +1,98 @@
+"""Round-trip properties of the frozen encodings: sealed objects, fixed indexes, manifests."""
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from format.errors import CorruptObject, UnsupportedFormat
+from format.fixedindex import FixedIndex, chunk_count
+from format.keys import KeyMaterial
+from format.manifest import DiskEntry, Manifest
+from format.sealed import MAGIC_CHUNK, MAGIC_INDEX, Sealer
+
+SEALERS = {
+    "aes": Sealer(KeyMaterial.generate(encrypted=True)),
+    "none": Sealer(KeyMaterial.generate(encrypted=False)),
+}
+
+
+@pytest.mark.parametrize("kind", SEALERS)
+@given(data=st.binary(max_size=70_000) | st.builds(lambda n, b: b * n, st.integers(0, 5000), st.binary(min_size=1, max_size=16)))
+@settings(max_examples=60, suppress_health_check=[HealthCheck.too_slow])
+def test_chunk_codec_round_trip(kind, data):
+    s = SEALERS[kind]
+    cid = s.object_id(data)
+    sealed = s.seal(MAGIC_CHUNK, cid, data)
+    assert s.open(MAGIC_CHUNK, cid, sealed, "c") == data
+
+
+@pytest.mark.parametrize("kind", SEALERS)
+@given(data=st.binary(min_size=1, max_size=5000), where=st.integers(min_value=0), bit=st.integers(0, 7))
+@settings(max_examples=80)
+def test_any_flipped_bit_is_detected(kind, data, where, bit):
+    s = SEALERS[kind]
+    cid = s.object_id(data)
+    sealed = bytearray(s.seal(MAGIC_CHUNK, cid, data))
+    sealed[where % len(sealed)] ^= 1 << bit
+    # a flipped version byte reads as an object from another format version: also refused
+    with pytest.raises((CorruptObject, UnsupportedFormat)):
+        s.open(MAGIC_CHUNK, cid, bytes(sealed), "c")
+
+
+@given(data=st.binary(min_size=1, max_size=2000))
+@settings(max_examples=30)
+def test_object_bound_to_its_name_and_kind(data):
+    s = SEALERS["aes"]
+    cid = s.object_id(data)
+    sealed = s.seal(MAGIC_CHUNK, cid, data)
+    with pytest.raises(CorruptObject):
+        s.open(MAGIC_CHUNK, bytes(32), sealed, "renamed")
+    with pytest.raises(CorruptObject):
+        s.open(MAGIC_INDEX, cid, sealed, "wrong kind")
+    with pytest.raises(CorruptObject):
+        s.open(MAGIC_CHUNK, cid, sealed[:-1], "truncated")
+
+
+@given(capacity=st.integers(0, 1 << 40), chunk_pow=st.integers(16, 24), picks=st.lists(st.integers(min_value=0), max_size=20))
+@settings(max_examples=60)
+def test_fixed_index_round_trip_and_arithmetic(capacity, chunk_pow, picks):
+    cs = 1 << chunk_pow
+    if chunk_count(capacity, cs) > 200_000:
+        capacity = 200_000 * cs - 7
+    idx = FixedIndex.empty(capacity, cs)
+    expected = {}
+    for p in picks:
+        if idx.count:
+            n = p % idx.count
+            cid = p.to_bytes(32, "little") if p else None
+            idx.set(n, cid)
+            expected[n] = cid
+    back = FixedIndex.decode(idx.encode(), "i")
+    assert (back.capacity, back.chunk_size, back.count) == (capacity, cs, chunk_count(capacity, cs))
+    for n, cid in expected.items():
+        assert back.get(n) == cid
+    assert sum(back.chunk_range(n)[1] for n in range(back.count)) == capacity
+    if capacity:
+        off = picks[0] % capacity if picks else capacity - 1
+        n, inner = back.chunk_from_offset(off)
+        start, length = back.chunk_range(n)
+        assert start + inner == off and inner < length
+
+
+def test_index_rejects_inconsistent_headers():
+    idx = FixedIndex.empty(10 << 20, 1 << 20)
+    enc = bytearray(idx.encode())
+    with pytest.raises(CorruptObject):
+        FixedIndex.decode(bytes(enc[:-1]), "i")
+    enc[16] = 99  # entry count
+    with pytest.raises(CorruptObject):
+        FixedIndex.decode(bytes(enc), "i")
+
+
+@given(vm=st.text(min_size=1, max_size=40), meta=st.dictionaries(st.text(max_size=10), st.integers() | st.text(max_size=20), max_size=5))
+@settings(max_examples=40)
+def test_manifest_round_trip(vm, meta):
+    m = Manifest(vm=vm, generation="2026-11-25T140300Z", time="t", time_ns=5, parent=None,
+                 disks=[DiskEntry("disk0", 123, 1 << 20, "ab" * 32, source={"type": "file"})], metadata=meta)
+    assert Manifest.decode(m.encode(), "m") == m
