@@ -15,6 +15,16 @@ from typing import Iterator
 
 import pytest
 
+import vddk
+
+SERVER = "vc.test"
+USER = "backup@vsphere.local"
+PASSWORD = "s3cret-Pa55"
+THUMBPRINT = "AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD"
+DEFAULTS: dict[str, object] = {
+    "server": SERVER, "user": USER, "password": PASSWORD, "thumbprint": THUMBPRINT,
+}
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 STANDIN_SRC = ROOT / "tests" / "vddk_standin"
 BUILD = ROOT / "build"
@@ -97,10 +107,24 @@ class Standin:
     settings: dict[str, object] = field(default_factory=dict)
 
     def configure(self, **settings: object) -> None:
-        """Rewrite the config with these settings (read by the next InitEx)."""
-        self.settings = settings
+        """Rewrite the config: the defaults (server, credentials) updated with ``settings``
+        (a value of None drops a key). Read by the next InitEx."""
+        self.settings = {**DEFAULTS, **settings}
         write_standin_config(self.config, datastores={"LocalDS_0": self.datastore},
-                             stats=self.stats, **settings)
+                             stats=self.stats, **self.settings)
+
+    def params(self, **overrides: object) -> vddk.ConnectParams:
+        """Connect parameters that the configured stand-in accepts, with overrides."""
+        values: dict[str, object] = {"server": SERVER, "vmx_spec": "moref=vm-42",
+                                     "thumbprint": THUMBPRINT, "user": USER,
+                                     "password": PASSWORD}
+        values.update(overrides)
+        return vddk.ConnectParams(**values)  # type: ignore[arg-type]
+
+    def disk(self, name: str, size: int, data: bytes | None = None, at: int = 0) -> str:
+        """A disk in LocalDS_0; returns its datastore path "[LocalDS_0] name"."""
+        make_flat_disk(self.datastore / name, size, data, at)
+        return f"[LocalDS_0] {name}"
 
     def stat_lines(self, kind: str | None = None) -> list[list[str]]:
         return [w for w in read_stats(self.stats) if kind is None or w[0] == kind]
@@ -121,3 +145,10 @@ def standin(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> Iterator
     s.configure()
     monkeypatch.setenv("VDDK_STANDIN_CONFIG", str(s.config))
     yield s
+
+
+@pytest.fixture
+def vddk_lib(vddk_libdir: pathlib.Path, standin: Standin) -> Iterator[vddk.Library]:
+    """The stand-in, initialized in this process with the ``standin`` configuration."""
+    with vddk.open_library(vddk_libdir) as lib:
+        yield lib

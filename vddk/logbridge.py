@@ -5,7 +5,7 @@ VixDiskLib calls back with a printf format and a ``va_list``. cffi (ABI mode) ca
 cffi with the ``va_list`` declared as a pointer, which is how it is passed on x86_64 and aarch64)
 and logs the formatted text on the ``vddk.library`` logger: log -> DEBUG (VDDK is chatty),
 warn -> WARNING, panic -> CRITICAL. Registered secrets (passwords, cookies) are masked before a
-message reaches any handler.
+message reaches any handler, until Exit.
 
 Limits: messages longer than 4 KiB are truncated; the ``va_list`` is consumed once.
 """
@@ -33,6 +33,12 @@ def register_secret(secret: str | None) -> None:
     if secret:
         with _secrets_lock:
             _secrets.add(secret)
+
+
+def forget_secrets() -> None:
+    """Drop the registered secrets (at Exit: no later message can contain them)."""
+    with _secrets_lock:
+        _secrets.clear()
 
 
 def scrub(message: str) -> str:

@@ -17,7 +17,7 @@ from typing import Any, Iterator
 from vddk.disk import OPEN_CLOSE_LOCK, Connection
 from vddk.errors import Busy, InvalidArgument, VIX_E_INVALID_ARG, VIX_E_OBJECT_IS_BUSY
 from vddk.library import Bindings
-from vddk.logbridge import make_callbacks
+from vddk.logbridge import forget_secrets, make_callbacks
 from vddk.params import ConnectParams, CParams
 
 logger = logging.getLogger("vddk")
@@ -137,6 +137,7 @@ class Library:
         with self._b.state_lock, OPEN_CLOSE_LOCK:
             self._b.Exit()
             self._b.initialized = False
+        forget_secrets()
         self._open = False
 
     def __enter__(self) -> Library:

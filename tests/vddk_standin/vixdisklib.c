@@ -180,10 +180,14 @@ EXPORT void VixDiskLib_FreeErrorText(char *text)
     free(text);
 }
 
+/* Built with -DSTANDIN_VDDK_6_5 the stand-in lacks the functions VDDK 6.7 added, so that
+ * the binding's degraded paths can be tested. */
+#ifndef STANDIN_VDDK_6_5
 EXPORT VixDiskLibConnectParams *VixDiskLib_AllocateConnectParams(void)
 {
     return calloc(1, sizeof(VixDiskLibConnectParams));
 }
+#endif
 
 /* Frees the structure only: the strings in it belong to whoever set them. */
 EXPORT void VixDiskLib_FreeConnectParams(VixDiskLibConnectParams *params)
@@ -764,6 +768,7 @@ EXPORT VixError VixDiskLib_Flush(VixDiskLibHandle handle)
 }
 
 /* ---- allocated blocks -------------------------------------------------------------------- */
+#ifndef STANDIN_VDDK_6_5
 
 EXPORT VixError VixDiskLib_QueryAllocatedBlocks(VixDiskLibHandle handle, uint64_t startSector,
                                                 uint64_t numSectors, uint64_t chunkSize,
@@ -840,6 +845,7 @@ EXPORT VixError VixDiskLib_FreeBlockList(VixDiskLibBlockList *blockList)
     free(blockList);
     return VIX_OK;
 }
+#endif
 
 /* ---- metadata ---------------------------------------------------------------------------- */
 

@@ -1,0 +1,86 @@
+"""Finding and loading libvixDiskLib: search order, versioned names, the symbol table."""
+from __future__ import annotations
+
+import pathlib
+import shutil
+import subprocess
+
+import pytest
+
+import vddk
+from vddk import library
+from fixtures_vddk import STANDIN_SRC
+
+
+def test_explicit_libdir_wins(vddk_libdir: pathlib.Path, tmp_path: pathlib.Path,
+                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VDDK_LIBDIR", str(tmp_path))
+    assert vddk.find_library(vddk_libdir) == vddk_libdir / "libvixDiskLib.so.8"
+
+
+def test_env_libdir_and_vddk_root(vddk_libdir: pathlib.Path, tmp_path: pathlib.Path,
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    # A VDDK root has the library in lib64/; the versioned name comes before the bare one.
+    (tmp_path / "lib64").mkdir()
+    shutil.copy(vddk_libdir / "libvixDiskLib.so.8", tmp_path / "lib64" / "libvixDiskLib.so.7")
+    (tmp_path / "lib64" / "libvixDiskLib.so").symlink_to("libvixDiskLib.so.7")
+    monkeypatch.setenv("VDDK_LIBDIR", str(tmp_path))
+    assert vddk.find_library() == tmp_path / "lib64" / "libvixDiskLib.so.7"
+
+
+def test_usual_paths_when_nothing_given(monkeypatch: pytest.MonkeyPatch,
+                                        tmp_path: pathlib.Path) -> None:
+    monkeypatch.delenv("VDDK_LIBDIR", raising=False)
+    monkeypatch.setattr(library, "INSTALL_DIRS", (str(tmp_path / "a"), str(tmp_path / "b")))
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "libvixDiskLib.so.6").write_bytes(b"")
+    assert vddk.find_library() == tmp_path / "b" / "libvixDiskLib.so.6"
+
+
+def test_not_found_is_one_clear_line(tmp_path: pathlib.Path,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("VDDK_LIBDIR", raising=False)
+    with pytest.raises(vddk.LibraryNotFound) as info:
+        vddk.open_library(tmp_path)
+    text = str(info.value)
+    assert "\n" not in text
+    assert str(tmp_path) in text and "VDDK_LIBDIR" in text
+    assert info.value.code == 4
+
+
+def _build(tmp_path: pathlib.Path, name: str, *extra: str) -> pathlib.Path:
+    out = tmp_path / name
+    subprocess.run(["make", "-s", "-C", str(STANDIN_SRC), f"OUT={out}",
+                    f"CFLAGS=-O2 {' '.join(extra)}"], check=True)
+    return out
+
+
+def test_missing_required_symbol_names_minimum_version(tmp_path: pathlib.Path) -> None:
+    src = tmp_path / "tiny.c"
+    src.write_text("unsigned long VixDiskLib_InitEx(void) { return 0; }\n")
+    lib = tmp_path / "libvixDiskLib.so.8"
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(lib), str(src)], check=True)
+    with pytest.raises(vddk.MissingSymbol) as info:
+        vddk.load(lib)
+    assert info.value.symbol == "VixDiskLib_Exit"
+    assert "VDDK 5.5 or newer is required" in str(info.value)
+
+
+def test_missing_optional_symbols_degrade(tmp_path: pathlib.Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A VDDK 6.5-like library: no QueryAllocatedBlocks, no AllocateConnectParams."""
+    from fixtures_vddk import make_flat_disk, write_standin_config
+
+    libdir = _build(tmp_path, "old", "-DSTANDIN_VDDK_6_5")
+    ds = tmp_path / "ds"
+    make_flat_disk(ds / "d.vmdk", 4 << 20, b"\x01" * 512, at=1 << 20)
+    write_standin_config(tmp_path / "c.conf", datastores={"DS": ds}, server="vc", user="u",
+                         password="p")
+    monkeypatch.setenv("VDDK_STANDIN_CONFIG", str(tmp_path / "c.conf"))
+    with vddk.open_library(libdir) as lib:
+        assert not lib.has("QueryAllocatedBlocks") and not lib.has("AllocateConnectParams")
+        assert lib.has("Flush")
+        params = vddk.ConnectParams(server="vc", vmx_spec="moref=vm-1", user="u", password="p")
+        with lib.connect(params) as conn, conn.open("[DS] d.vmdk") as disk:
+            assert disk.allocated_extents() == [(0, 4 << 20)]
+            assert disk.read(1 << 20, 512) == b"\x01" * 512
