@@ -429,3 +429,16 @@ def changed_areas(
         areas.extend((a.start, a.length) for a in info.changedArea)
         offset = info.startOffset + info.length
     return areas, calls
+
+
+# --- fault injection ----------------------------------------------------------------------------
+
+# Set to "TRUE" in a VM's extraConfig (``set_extra_config``); "" turns it off again.
+QUIESCE_FAULT_KEY = "repofs.vcsim.quiesceFault"  # quiesced snapshots fail: ApplicationQuiesceFault
+SNAPSHOT_FAULT_KEY = "repofs.vcsim.snapshotFault"  # every snapshot fails: SnapshotFault
+
+
+def set_extra_config(si: vim.ServiceInstance, vm: vim.VirtualMachine, key: str, value: str) -> None:
+    """Set one extraConfig key of a VM (the simulator keeps the last value of a key)."""
+    spec = vim.vm.ConfigSpec(extraConfig=[vim.option.OptionValue(key=key, value=value)])
+    wait_task(si, vm.ReconfigVM_Task(spec=spec))

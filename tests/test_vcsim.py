@@ -16,6 +16,8 @@ import pytest
 from pyVmomi import SoapStubAdapter, vim, vmodl
 
 from fixtures_vcsim import (
+    QUIESCE_FAULT_KEY,
+    SNAPSHOT_FAULT_KEY,
     SIMULATOR_API_VERSION,
     VCSim,
     TaskFailed,
@@ -28,6 +30,7 @@ from fixtures_vcsim import (
     find_by_name,
     get_properties,
     missing_toolchain,
+    set_extra_config,
     vm_disks,
     wait_task,
     write_disk,
@@ -459,6 +462,27 @@ def test_query_needs_a_session(vcsim: VCSim) -> None:
                 anonymous.CreateSnapshot_Task(name="nope", memory=False, quiesce=False)
         finally:
             stub.DropConnections()
+
+
+def test_injected_snapshot_faults(vcsim: VCSim) -> None:
+    with connected(vcsim) as si:
+        vm = create_vm(si, unique("faults"), [MiB], change_tracking=True)
+        set_extra_config(si, vm, QUIESCE_FAULT_KEY, "TRUE")
+        with pytest.raises(TaskFailed) as failed:
+            wait_task(si, vm.CreateSnapshot_Task(name="q", memory=False, quiesce=True))
+        assert isinstance(failed.value.fault, vim.fault.ApplicationQuiesceFault)
+        with pytest.raises(TaskFailed):
+            wait_task(si, vm.CreateSnapshotEx_Task(name="q", memory=False, quiesceSpec=vim.vm.GuestQuiesceSpec()))
+        assert vm.snapshot is None
+        take_snapshot(si, vm, "without quiescing")  # the retry a backup makes
+
+        set_extra_config(si, vm, SNAPSHOT_FAULT_KEY, "TRUE")
+        with pytest.raises(TaskFailed) as failed:
+            take_snapshot(si, vm, "any")
+        assert isinstance(failed.value.fault, vim.fault.SnapshotFault)
+        set_extra_config(si, vm, SNAPSHOT_FAULT_KEY, "")
+        take_snapshot(si, vm, "works again")
+        assert len(vm.snapshot.rootSnapshotList[0].childSnapshotList) == 1
 
 
 def test_snapshot_removal_leaves_no_snapshot(vcsim: VCSim) -> None:

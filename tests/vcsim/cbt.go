@@ -139,8 +139,8 @@ func loggedChanges(descPath string, from, to int64) ([]extent, error) {
 	return out, scanner.Err()
 }
 
-// allocatedExtents lists the data (non-hole) regions of a file up to limit.
-func allocatedExtents(path string, limit int64) ([]extent, error) {
+// allocatedExtents lists the data (non-hole) regions of a file in [from, limit).
+func allocatedExtents(path string, from, limit int64) ([]extent, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
@@ -149,7 +149,7 @@ func allocatedExtents(path string, limit int64) ([]extent, error) {
 	const seekData, seekHole = 3, 4 // SEEK_DATA, SEEK_HOLE (Linux)
 	fd := int(f.Fd())
 	var out []extent
-	pos := int64(0)
+	pos := from
 	for pos < limit {
 		start, err := syscall.Seek(fd, pos, seekData)
 		if errors.Is(err, syscall.ENXIO) {
@@ -287,9 +287,15 @@ func queryChangedDiskAreas(req *types.QueryChangedDiskAreas) (*types.DiskChangeI
 		return nil, invalidArgument("startOffset", fmt.Sprintf("startOffset %d is outside the disk (%d bytes)", req.StartOffset, capacity))
 	}
 
+	end := req.StartOffset + cbtPageSize
+	if end > capacity {
+		end = capacity
+	}
 	var changed []extent
 	if req.ChangeId == "*" {
-		changed, err = allocatedExtents(filepath.Join(filepath.Dir(descPath), flatName(descPath)), capacity)
+		// Only this page's part of the file (from its 64 KiB boundary, as areas round out).
+		from := req.StartOffset / cbtGranularity * cbtGranularity
+		changed, err = allocatedExtents(filepath.Join(filepath.Dir(descPath), flatName(descPath)), from, end)
 		if err != nil {
 			return nil, fileFault(descPath, err.Error())
 		}
@@ -319,10 +325,6 @@ func queryChangedDiskAreas(req *types.QueryChangedDiskAreas) (*types.DiskChangeI
 		}
 	}
 
-	end := req.StartOffset + cbtPageSize
-	if end > capacity {
-		end = capacity
-	}
 	info := &types.DiskChangeInfo{StartOffset: req.StartOffset, Length: end - req.StartOffset}
 	for _, e := range clip(normalize(changed, capacity), req.StartOffset, end) {
 		info.ChangedArea = append(info.ChangedArea, types.DiskChangeExtent{Start: e.start, Length: e.length})
@@ -410,4 +412,50 @@ func detachSnapshotConfig(snapRef types.ManagedObjectReference) error {
 		}
 	})
 	return err
+}
+
+// Fault injection for snapshots, set per VM in its extraConfig (ReconfigVM_Task
+// with extraConfig; the last value of a key wins, "" or "FALSE" turns it off):
+//
+//	repofs.vcsim.quiesceFault  = "TRUE"  quiesced snapshots fail (ApplicationQuiesceFault)
+//	repofs.vcsim.snapshotFault = "TRUE"  every snapshot fails (SnapshotFault)
+const (
+	quiesceFaultKey  = "repofs.vcsim.quiesceFault"
+	snapshotFaultKey = "repofs.vcsim.snapshotFault"
+)
+
+func extraConfigTrue(vm *simulator.VirtualMachine, key string) bool {
+	value := ""
+	for _, o := range vm.Config.ExtraConfig {
+		if v := o.GetOptionValue(); v.Key == key {
+			value = fmt.Sprint(v.Value)
+		}
+	}
+	return strings.EqualFold(value, "true")
+}
+
+// injectedSnapshotFault returns a failed snapshot task when the VM asks for one.
+func injectedSnapshotFault(vmRef types.ManagedObjectReference, quiesce bool) *types.ManagedObjectReference {
+	vm, ok := simulator.Map.Get(vmRef).(*simulator.VirtualMachine)
+	if !ok {
+		return nil
+	}
+	var fault types.BaseMethodFault
+	simulator.Map.WithLock(vm, func() {
+		switch {
+		case vm.Config == nil:
+		case extraConfigTrue(vm, snapshotFaultKey):
+			fault = &types.SnapshotFault{}
+		case quiesce && extraConfigTrue(vm, quiesceFaultKey):
+			fault = &types.ApplicationQuiesceFault{}
+		}
+	})
+	if fault == nil {
+		return nil
+	}
+	task := simulator.CreateTask(vm, "createSnapshot", func(*simulator.Task) (types.AnyType, types.BaseMethodFault) {
+		return nil, fault
+	})
+	ref := task.Run()
+	return &ref
 }

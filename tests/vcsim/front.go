@@ -106,9 +106,9 @@ func (h *frontHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		writeDiskChangeInfo(w, info)
 	case *types.CreateSnapshotEx_Task:
-		h.snapshot(w, r, req.This, createSnapshotBody(req), "CreateSnapshotEx_Task")
+		h.snapshot(w, r, req.This, req.QuiesceSpec != nil, createSnapshotBody(req), "CreateSnapshotEx_Task")
 	case *types.CreateSnapshot_Task:
-		h.snapshot(w, r, req.This, nil, "")
+		h.snapshot(w, r, req.This, req.Quiesce, nil, "")
 	default:
 		if !diskMethods[method.Name] {
 			rec, panicked := h.forwardSafely(r)
@@ -152,13 +152,22 @@ func finishedTask(rec *httptest.ResponseRecorder) *simulator.Task {
 // snapshot takes a snapshot with change ids (see cbt.go). body, if not nil,
 // replaces the request's body; renamed is the method name the client called,
 // when it was translated.
-func (h *frontHandler) snapshot(w http.ResponseWriter, r *http.Request, vm types.ManagedObjectReference, body []byte, renamed string) {
+func (h *frontHandler) snapshot(w http.ResponseWriter, r *http.Request, vm types.ManagedObjectReference, quiesce bool, body []byte, renamed string) {
 	if !h.authenticated(r) {
 		h.next.ServeHTTP(w, r)
 		return
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	response := "CreateSnapshot_TaskResponse"
+	if renamed != "" {
+		response = renamed + "Response"
+	}
+	if task := injectedSnapshotFault(vm, quiesce); task != nil {
+		writeSOAP(w, http.StatusOK, fmt.Sprintf(`<%s xmlns="urn:vim25"><returnval type="Task">%s</returnval></%s>`,
+			response, escape(task.Value), response))
+		return
+	}
 	before := currentSnapshot(vm)
 	prepareSnapshot(vm)
 	rec := h.forward(r, body)
@@ -167,11 +176,7 @@ func (h *frontHandler) snapshot(w http.ResponseWriter, r *http.Request, vm types
 			log.Printf("snapshot %s: %v", after, err)
 		}
 	}
-	if renamed != "" {
-		copyResponse(w, rec, "CreateSnapshot_TaskResponse", renamed+"Response")
-		return
-	}
-	copyResponse(w, rec, "", "")
+	copyResponse(w, rec, "CreateSnapshot_TaskResponse", response)
 }
 
 // createSnapshotBody translates CreateSnapshotEx_Task into the simulator's CreateSnapshot_Task.
