@@ -8,4 +8,5 @@ pytest_plugins: list[str] = [
     "fixtures_repo",
     "fixtures_vcsim",
     "fixtures_vddk",
+    "fixtures_mount",
 ]
