@@ -6,6 +6,7 @@ import gc
 import hashlib
 import json
 import os
+import shutil
 import socket
 import ssl
 import subprocess
@@ -156,6 +157,9 @@ def check_descriptor(descriptor: Path, capacity: int) -> Path:
     info = qemu_img_info(descriptor)
     assert info["format"] == "vmdk"
     assert info["virtual-size"] == capacity
+    if shutil.which("vmdkinfo"):
+        out = subprocess.run(["vmdkinfo", str(descriptor)], capture_output=True, text=True, check=True).stdout
+        assert "Monolithic flat" in out and f"({capacity} bytes)" in out
     return flat
 
 
