@@ -1,0 +1,263 @@
+"""The FUSE handlers called directly under trio, without a kernel mount: the fast rung."""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import random
+import stat
+import threading
+from pathlib import Path
+
+import pyfuse3
+import pytest
+import trio
+
+from fixtures_mount import PASSPHRASE, backup_image, make_repo
+from format.repository import Repository, chunk_name
+from repofs.fusefs import MountSettings, RepofsOperations
+from repofs.views import RepositoryView
+
+CS = 64 << 10
+VM = "vm/one"          # a "/" in a VM name shows as %2F
+FOLDER = "vm%2Fone"
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Store:
+    """A repository seen through the narrow store protocol, counting and optionally
+    blocking chunk reads (a backend that stops answering)."""
+
+    def __init__(self, repo: Repository):
+        self.repo = repo
+        self.chunk_reads = 0
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def manifests(self):
+        return self.repo.manifests()
+
+    def get_index(self, hex_id):
+        return self.repo.get_index(hex_id)
+
+    def get_chunk(self, cid):
+        self.gate.wait()
+        self.chunk_reads += 1
+        return self.repo.get_chunk(cid)
+
+
+@pytest.fixture
+def disk_image(tmp_path: Path) -> Path:
+    """2 MiB + 1000 bytes: random chunks, a hole in the middle, a short last chunk."""
+    rng = random.Random(7)
+    data = bytearray((2 << 20) + 1000)
+    for n in (0, 1, 2, 5, 9, 20, 31, 32):
+        data[n * CS:(n + 1) * CS] = rng.randbytes(CS)[:len(data[n * CS:(n + 1) * CS])]
+    path = tmp_path / "d.img"
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.fixture
+def ops_env(tmp_path: Path, disk_image: Path):
+    make_repo(tmp_path / "repo", chunk_size=CS)
+    gen = backup_image(tmp_path / "repo", disk_image, vm=VM, label="d0")
+    store = Store(Repository.open(tmp_path / "repo", PASSPHRASE))
+    clock = FakeClock()
+    view = RepositoryView(store, 8 << 20)
+    ops = RepofsOperations(view, MountSettings(io_timeout=0.5, readahead_chunks=4), clock=clock)
+    return ops, store, clock, gen, disk_image.read_bytes(), tmp_path
+
+
+async def _lookup_path(ops: RepofsOperations, *names: str) -> pyfuse3.EntryAttributes:
+    inode = pyfuse3.ROOT_INODE
+    attr = None
+    for n in names:
+        attr = await ops.lookup(inode, n.encode(), None)
+        inode = attr.st_ino
+    return attr
+
+
+async def _listdir(ops: RepofsOperations, inode: int, monkeypatch) -> list[str]:
+    names: list[str] = []
+
+    def reply(token, name, attr, next_id):
+        names.append(name.decode())
+        return True
+    monkeypatch.setattr(pyfuse3, "readdir_reply", reply)
+    fh = await ops.opendir(inode, None)
+    await ops.readdir(fh, 0, None)
+    await ops.releasedir(fh)
+    return names
+
+
+def test_tree_and_attributes(ops_env, monkeypatch) -> None:
+    ops, store, clock, gen, image, _ = ops_env
+
+    async def main():
+        assert await _listdir(ops, pyfuse3.ROOT_INODE, monkeypatch) == [FOLDER]
+        vm = await _lookup_path(ops, FOLDER)
+        assert stat.S_ISDIR(vm.st_mode) and stat.S_IMODE(vm.st_mode) == 0o555
+        assert await _listdir(ops, vm.st_ino, monkeypatch) == ["latest", gen]
+        latest = await _lookup_path(ops, FOLDER, "latest")
+        assert stat.S_ISLNK(latest.st_mode)
+        assert await ops.readlink(latest.st_ino, None) == gen.encode()
+        gdir = await _lookup_path(ops, FOLDER, gen)
+        names = await _listdir(ops, gdir.st_ino, monkeypatch)
+        assert names == sorted(["d0.vmdk", "d0-flat.vmdk", "vm%2Fone.vmx", "vm%2Fone.json"])
+        flat = await _lookup_path(ops, FOLDER, gen, "d0-flat.vmdk")
+        assert stat.S_IMODE(flat.st_mode) == 0o444 and flat.st_size == len(image)
+        assert flat.st_blocks == -(-(7 * CS + 1000) // 512)   # 7 full chunks + the short last one
+        assert flat.st_mtime_ns == gdir.st_mtime_ns == ops.view.generation(VM).time_ns
+        assert (await ops.getattr(flat.st_ino, None)).st_ino == flat.st_ino
+        with pytest.raises(pyfuse3.FUSEError) as e:
+            await ops.lookup(gdir.st_ino, b"nope", None)
+        assert e.value.errno == errno.ENOENT
+        with pytest.raises(pyfuse3.FUSEError) as e:
+            await ops.open(flat.st_ino, os.O_RDWR, None)
+        assert e.value.errno == errno.EROFS
+        with pytest.raises(pyfuse3.FUSEError) as e:
+            await ops.getattr(123456, None)
+        assert e.value.errno == errno.ENOENT
+    trio.run(main)
+
+
+def test_inodes_are_stable_between_instances(ops_env) -> None:
+    ops, store, clock, gen, image, _ = ops_env
+    other = RepofsOperations(RepositoryView(store), MountSettings())
+
+    async def main():
+        for path in [(FOLDER,), (FOLDER, "latest"), (FOLDER, gen), (FOLDER, gen, "d0.vmdk")]:
+            assert (await _lookup_path(ops, *path)).st_ino == (await _lookup_path(other, *path)).st_ino
+    trio.run(main)
+
+
+def test_reads_match_and_holes_cost_nothing(ops_env) -> None:
+    ops, store, clock, gen, image, _ = ops_env
+    rng = random.Random(1)
+
+    async def main():
+        flat = await _lookup_path(ops, FOLDER, gen, "d0-flat.vmdk")
+        fh = (await ops.open(flat.st_ino, os.O_RDONLY, None)).fh
+        before = store.chunk_reads
+        assert await ops.read(fh, 10 * CS, 3 * CS) == bytes(3 * CS)    # chunks 10-12: holes
+        assert await ops.read(fh, 31 * CS - 10, 10) == bytes(10)
+        assert await ops.read(fh, len(image) + 5, 100) == b""
+        assert store.chunk_reads == before
+        for _ in range(200):
+            off = rng.randrange(len(image))
+            size = rng.choice([1, 4096, CS, CS + 1, 3 * CS + 7])
+            assert await ops.read(fh, off, size) == image[off:off + size]
+        await ops.release(fh)
+        desc = await _lookup_path(ops, FOLDER, gen, "d0.vmdk")
+        fh = (await ops.open(desc.st_ino, os.O_RDONLY, None)).fh
+        text = await ops.read(fh, 0, 1 << 20)
+        assert b'createType="monolithicFlat"' in text and len(text) == desc.st_size
+    trio.run(main)
+
+
+def test_sequential_reader_gets_read_ahead(ops_env) -> None:
+    ops, store, clock, gen, image, _ = ops_env
+    disk = ops.view.generation(VM).disk("d0")
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            ops.attach(nursery)
+            flat = await _lookup_path(ops, FOLDER, gen, "d0-flat.vmdk")
+            fh = (await ops.open(flat.st_ino, os.O_RDONLY, None)).fh
+            assert await ops.read(fh, 0, CS) == image[:CS]
+            assert await ops.read(fh, CS, CS) == image[CS:2 * CS]
+            # chunks 2..5 were queued; wait for the background threads to land them
+            with trio.fail_after(10):
+                while not (disk.chunk_is_cached(2) and disk.chunk_is_cached(5)):
+                    await trio.sleep(0.01)
+            reads = store.chunk_reads
+            assert await ops.read(fh, 2 * CS, 4 * CS) == image[2 * CS:6 * CS]
+            assert store.chunk_reads == reads          # served from what read-ahead fetched
+            nursery.cancel_scope.cancel()
+    trio.run(main)
+
+
+def test_damaged_chunk_is_eio_and_logged_once(ops_env, caplog) -> None:
+    ops, store, clock, gen, image, tmp = ops_env
+    disk = ops.view.generation(VM).disk("d0")
+    path = tmp / "repo" / chunk_name(disk.index.get(5))
+    raw = bytearray(path.read_bytes())
+    raw[-5] ^= 1
+    path.write_bytes(bytes(raw))
+
+    async def main():
+        flat = await _lookup_path(ops, FOLDER, gen, "d0-flat.vmdk")
+        fh = (await ops.open(flat.st_ino, os.O_RDONLY, None)).fh
+        for _ in range(3):
+            with pytest.raises(pyfuse3.FUSEError) as e:
+                await ops.read(fh, 5 * CS + 10, 100)
+            assert e.value.errno == errno.EIO
+        assert await ops.read(fh, 4 * CS, CS) == image[4 * CS:5 * CS]
+        assert await ops.read(fh, 6 * CS, CS) == image[6 * CS:7 * CS]
+    with caplog.at_level(logging.ERROR, logger="repofs.mount"):
+        trio.run(main)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1, lines
+    assert gen in lines[0] and "d0" in lines[0] and str(5 * CS) in lines[0]
+
+
+def test_backend_that_stops_answering_gives_eio(ops_env, caplog) -> None:
+    ops, store, clock, gen, image, _ = ops_env
+
+    async def main():
+        flat = await _lookup_path(ops, FOLDER, gen, "d0-flat.vmdk")
+        fh = (await ops.open(flat.st_ino, os.O_RDONLY, None)).fh
+        assert await ops.read(fh, 0, 100) == image[:100]     # chunk 0 now cached
+        store.gate.clear()
+        with trio.fail_after(5):
+            with pytest.raises(pyfuse3.FUSEError) as e:
+                await ops.read(fh, 9 * CS, 100)
+        assert e.value.errno == errno.EIO
+        assert await ops.read(fh, 0, 100) == image[:100]     # cached data still answers
+        assert await ops.read(fh, 11 * CS, 100) == bytes(100)  # and so do holes
+        store.gate.set()
+        assert await ops.read(fh, 9 * CS, 100) == image[9 * CS:9 * CS + 100]
+    with caplog.at_level(logging.ERROR, logger="repofs.mount"):
+        trio.run(main)
+    assert any("did not answer" in r.getMessage() for r in caplog.records)
+
+
+def test_new_generation_shows_after_the_refresh_interval(ops_env, disk_image: Path, monkeypatch) -> None:
+    ops, store, clock, gen, image, tmp = ops_env
+
+    async def main():
+        vm = await _lookup_path(ops, FOLDER)
+        assert await _listdir(ops, vm.st_ino, monkeypatch) == ["latest", gen]
+        await trio.sleep(1.1)                        # generation names have second resolution
+        new = await trio.to_thread.run_sync(backup_image, tmp / "repo", disk_image, VM, "d0")
+        assert await _listdir(ops, vm.st_ino, monkeypatch) == ["latest", gen]   # rate-limited
+        clock.now += 5
+        assert await _listdir(ops, vm.st_ino, monkeypatch) == ["latest", gen, new]
+        latest = await _lookup_path(ops, FOLDER, "latest")
+        assert await ops.readlink(latest.st_ino, None) == new.encode()
+    trio.run(main)
+
+
+def test_unexpected_errors_become_eio(ops_env, caplog) -> None:
+    ops, store, clock, gen, image, _ = ops_env
+
+    def broken(*a):
+        raise ZeroDivisionError("bug")
+
+    async def main():
+        vm = await _lookup_path(ops, FOLDER)
+        ops.view.generations = broken
+        with pytest.raises(pyfuse3.FUSEError) as e:
+            await ops.lookup(vm.st_ino, b"latest", None)
+        assert e.value.errno == errno.EIO
+    with caplog.at_level(logging.ERROR, logger="repofs.mount"):
+        trio.run(main)
+    assert any("internal error" in r.getMessage() for r in caplog.records)
