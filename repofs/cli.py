@@ -16,6 +16,7 @@ from format.check import check as check_repository
 from format.repository import DEFAULT_CHUNK_SIZE, Repository
 
 from . import exitcodes
+from .filescmd import build_app as build_files_app
 from .fusefs import MountSettings
 from .ingest import BackupReport, backup as ingest_backup
 from .mount import MountError, MountRequest, parse_size, split_options, unmount as unmount_fs
@@ -265,6 +266,10 @@ def umount(mountpoint: Annotated[str, typer.Argument(help="Where a repository is
            lazy: Annotated[bool, typer.Option("--lazy", "-z", help="Detach now, even if busy.")] = False) -> None:
     """End a mount made by 'repofs mount'."""
     unmount_fs(mountpoint, lazy=lazy)
+
+
+# `repofs files ...`: guest files of a generation (repofs/filescmd.py)
+app.add_typer(build_files_app(open_repository, RepoOpt, PasswordFileOpt), name="files")
 
 
 def main(argv: list[str] | None = None) -> None:

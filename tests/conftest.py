@@ -5,6 +5,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 BUILD = ROOT / "build"
 
 pytest_plugins: list[str] = [
+    "fixtures_images",
     "fixtures_repo",
     "fixtures_vcsim",
     "fixtures_vddk",

@@ -1,0 +1,224 @@
+"""repofs files: guest files read rootlessly out of a generation (ls, cat, stat, get) and the
+model behind them (``repofs.guestfs``), on images built by ``fixtures_images``."""
+from __future__ import annotations
+
+import os
+import stat as st
+from pathlib import Path
+
+import pytest
+
+from fixtures_images import LVM_LV, LVM_VG, Tree
+from repofs.guestfs import (EncryptedVolume, GuestGeneration, GuestNotFound, PartitionTableDamaged,
+                            UnsupportedVolume)
+
+# --- a filesystem snapshot, comparable between the rootless reader, the mount and the kernel --
+
+IGNORED = {"lost+found"}
+
+
+def snapshot_guest(g: GuestGeneration, root: str) -> dict[str, tuple]:
+    out: dict[str, tuple] = {}
+
+    def walk(rel: str) -> None:
+        for name, s in g.listdir(f"{root}/{rel}" if rel else root):
+            if not rel and name in IGNORED:
+                continue
+            path = f"{rel}/{name}" if rel else name
+            full = f"{root}/{path}"
+            if s.is_dir:
+                out[path] = ("dir", st.S_IMODE(s.mode), s.mtime_ns // 10**9)
+                walk(path)
+            elif s.is_symlink:
+                out[path] = ("link", g.readlink(full))
+            else:
+                f = g.open(full)
+                out[path] = ("file", st.S_IMODE(s.mode), s.mtime_ns // 10**9, f.read(0, s.size + 1))
+    walk("")
+    return out
+
+
+def snapshot_local(root: Path) -> dict[str, tuple]:
+    out: dict[str, tuple] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel_dir = os.path.relpath(dirpath, root)
+        if rel_dir == ".":
+            dirnames[:] = [d for d in dirnames if d not in IGNORED]
+            filenames = [f for f in filenames if f not in IGNORED]
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            rel = name if rel_dir == "." else f"{rel_dir}/{name}"
+            s = p.lstat()
+            if st.S_ISLNK(s.st_mode):
+                out[rel] = ("link", os.readlink(p))
+            elif st.S_ISDIR(s.st_mode):
+                out[rel] = ("dir", st.S_IMODE(s.st_mode), s.st_mtime_ns // 10**9)
+            else:
+                out[rel] = ("file", st.S_IMODE(s.st_mode), s.st_mtime_ns // 10**9, p.read_bytes())
+        dirnames[:] = [d for d in dirnames if not (Path(dirpath) / d).is_symlink()]
+    return out
+
+
+def expected(tree: Tree, posix: bool = True) -> dict[str, tuple]:
+    """What a snapshot of ``tree`` must show (directory modes are whatever mkdir gave)."""
+    out: dict[str, tuple] = {}
+    for p, data in tree.files.items():
+        out[p] = ("file", tree.modes.get(p, 0o644), tree.mtimes[p], data)
+    for d in tree.dirs:
+        out[d] = ("dir", None, tree.mtimes[d])
+    for p, target in tree.links.items():
+        out[p] = ("link", target)
+    if not posix:
+        out = {p: (v[0], None, *v[2:]) if v[0] != "link" else v for p, v in out.items()}
+    return out
+
+
+def same(snap: dict[str, tuple], want: dict[str, tuple]) -> None:
+    assert sorted(snap) == sorted(want)
+    for p, w in want.items():
+        got = snap[p]
+        if w[0] == "link":
+            assert got == w, p
+            continue
+        assert got[0] == w[0], p
+        if w[1] is not None:
+            assert got[1] == w[1], (p, oct(got[1]), oct(w[1]))
+        assert got[2] == w[2], (p, "mtime")
+        if w[0] == "file":
+            assert got[3] == w[3], (p, "content")
+
+
+# --- volumes -----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def gen(guest_repo):
+    return GuestGeneration(guest_repo.open_generation())
+
+
+def test_volumes_are_named_by_partition_number_lvm_and_whole_disk(gen, guest_images):
+    names = {d: [(v.name, v.fstype) for v in gen.volumes(d)] for d in gen.disk_labels() if d != "broken_gpt"}
+    assert names["gpt_ext4"] == [("p1", "ext"), ("p2", "ext")]
+    assert names["mbr_fat"] == [("p1", "vfat")]
+    assert names["mbr_ntfs"] == [("p1", "ntfs"), ("p2", "luks")]
+    if "whole_xfs" in names:
+        assert names["whole_xfs"] == [("whole", "xfs")]
+    if "gpt_lvm" in names:
+        assert names["gpt_lvm"] == [("p1", "lvm2"), (f"{LVM_VG}/{LVM_LV}", "ext")]
+        assert [n for n, _s in gen.listdir("gpt_lvm")] == ["p1", LVM_VG]
+        assert [n for n, _s in gen.listdir(f"gpt_lvm/{LVM_VG}")] == [LVM_LV]
+    p1 = gen.volumes("gpt_ext4")[0]
+    assert (p1.offset, p1.size, p1.description) == (1 << 20, 64 << 20, "root")
+
+
+# --- the same tree, byte for byte, from every filesystem -----------------------------------------
+
+CASES = [  # volume, which tree, POSIX modes?
+    ("gpt_ext4/p1", "tree", True),
+    ("gpt_ext4/p2", "small", True),
+    ("whole_xfs/whole", "small", True),
+    (f"gpt_lvm/{LVM_VG}/{LVM_LV}", "small", True),
+    ("mbr_fat/p1", "fat_tree", False),
+    ("mbr_ntfs/p1", "fat_tree", False),
+]
+
+
+@pytest.mark.parametrize("volume,which,posix", CASES, ids=[c[0].split("/")[0] + "-" + c[0].split("/")[1] for c in CASES])
+def test_rootless_tree_matches_what_was_written(gen, guest_images, volume, which, posix):
+    guest_images.need(volume.split("/")[0])
+    if volume.startswith("mbr_ntfs") and not guest_images.ntfs_populated:
+        assert [n for n, _ in gen.listdir(volume)] == []
+        pytest.skip("ntfs-3g could not populate the NTFS volume: listing of an empty one only")
+    same(snapshot_guest(gen, volume), expected(getattr(guest_images, which), posix))
+
+
+def test_sparse_file_reads_zeros_in_holes_and_symlinks_resolve_inside_the_guest(gen, guest_images):
+    tree = guest_images.tree
+    f = gen.open("gpt_ext4/p1/sparse.img")
+    assert f.read(0, 4096) == bytes(4096)
+    assert f.read(5 << 20, 8192) == tree.files["sparse.img"][5 << 20:(5 << 20) + 8192]
+    assert gen.read("gpt_ext4/p1/abs-link", 0, 100) == tree.files["café/naïve ✓.txt"]
+    assert gen.read("gpt_ext4/p1/dir-link/d2/../../../hello.txt", 0, 100) == b"hello world\n"
+    assert gen.stat("gpt_ext4/p1/dir-link", follow=True).is_dir
+    with pytest.raises(GuestNotFound):
+        gen.read("gpt_ext4/p1/dangling", 0, 1)
+
+
+def test_bad_addresses_raise_named_errors(gen, guest_images):
+    with pytest.raises(GuestNotFound, match="no disk"):
+        gen.listdir("nodisk")
+    with pytest.raises(GuestNotFound, match="no volume 'p9'"):
+        gen.listdir("gpt_ext4/p9")
+    with pytest.raises(GuestNotFound, match="no such file"):
+        gen.stat("gpt_ext4/p1/café/missing")
+    with pytest.raises(EncryptedVolume, match="luks"):
+        gen.listdir("mbr_ntfs/p2")
+    if "gpt_lvm" in guest_images.images:
+        with pytest.raises(UnsupportedVolume, match="LVM physical volume"):
+            gen.listdir("gpt_lvm/p1")
+    with pytest.raises(PartitionTableDamaged):
+        gen.listdir("broken_gpt")
+
+
+# --- the command line ------------------------------------------------------------------------
+
+def test_cli_ls_cat_stat(guest_repo, guest_images):
+    r = guest_repo
+    disks = r.run("files", "ls", "vm:guest").stdout.decode().split()
+    assert "gpt_ext4" in disks and "mbr_fat" in disks
+    vols = r.run("files", "ls", "-l", "vm:guest@latest:gpt_ext4").stdout.decode().splitlines()
+    assert vols[0].split("\t")[:3] == ["p1", "64.0M", "ext"]
+    names = r.run("files", "ls", "vm:guest:gpt_ext4/p1/").stdout.decode().splitlines()
+    assert "name with spaces" in names and "日本語" in names and "rel-link" in names
+    long = r.run("files", "ls", "-l", "vm:guest:gpt_ext4/p1").stdout.decode()
+    assert "-rwxr-xr-x" in long and "abs-link -> /café/naïve ✓.txt" in long
+    assert r.run("files", "cat", "vm:guest:gpt_ext4/p1/日本語/ファイル.bin").stdout == \
+        guest_images.tree.files["日本語/ファイル.bin"]
+    assert r.run("files", "cat", "vm:guest:mbr_fat/p1/name with spaces/a file.txt").stdout == \
+        guest_images.fat_tree.files["name with spaces/a file.txt"]
+    out = r.run("files", "stat", "vm:guest:gpt_ext4/p1/secret").stdout.decode()
+    assert "0o600" in out and "Size: 11" in out
+
+
+@pytest.mark.parametrize("args,code,text", [
+    (["ls", "vm:guest:nodisk"], 8, "no disk 'nodisk'"),
+    (["ls", "vm:guest:gpt_ext4/p7"], 8, "no volume 'p7'"),
+    (["cat", "vm:guest:gpt_ext4/p1/nope"], 8, "no such file"),
+    (["ls", "vm:nobody:gpt_ext4"], 8, "no generations"),
+    (["ls", "vm:guest@1999:gpt_ext4"], 8, "no generation '1999'"),
+    (["ls", "vm:guest:mbr_ntfs/p2"], 12, "encrypted (luks)"),
+    (["ls", "vm:guest:broken_gpt"], 1, "partition table is damaged"),
+    (["cat", "vm:guest:gpt_ext4/p1/deep"], 1, "is a directory"),
+    (["ls", "guest:gpt_ext4"], 2, "unknown address"),
+])
+def test_cli_errors_are_one_line(guest_repo, args, code, text):
+    proc = guest_repo.run("files", *args, check=False)
+    err = proc.stderr.decode()
+    assert proc.returncode == code, err
+    assert err.count("\n") == 1 and err.startswith("repofs: error: ") and text in err
+
+
+def test_cli_get_keeps_names_modes_times_symlinks_and_holes(guest_repo, guest_images, tmp_path):
+    r = guest_repo
+    r.run("files", "get", "vm:guest:gpt_ext4/p1", str(tmp_path))
+    got = tmp_path / "p1"
+    same(snapshot_local(got), expected(guest_images.tree))
+    sparse = (got / "sparse.img").stat()
+    assert sparse.st_blocks * 512 < sparse.st_size // 2          # holes stayed holes
+    # refuses to overwrite, then --force does
+    proc = r.run("files", "get", "vm:guest:gpt_ext4/p1/hello.txt", str(got), check=False)
+    assert proc.returncode == 1 and "already exists" in proc.stderr.decode()
+    (got / "hello.txt").write_bytes(b"changed")
+    r.run("files", "get", "--force", "vm:guest:gpt_ext4/p1/hello.txt", str(got))
+    assert (got / "hello.txt").read_bytes() == b"hello world\n"
+    # one file to a new name; a symlink stays a symlink
+    r.run("files", "get", "vm:guest:gpt_ext4/p1/café/naïve ✓.txt", str(tmp_path / "copy.txt"))
+    assert (tmp_path / "copy.txt").read_bytes() == guest_images.tree.files["café/naïve ✓.txt"]
+    r.run("files", "get", "vm:guest:gpt_ext4/p1/dir-link", str(tmp_path))
+    assert os.readlink(tmp_path / "dir-link") == "deep/d1"
+
+
+def test_cli_get_from_fat(guest_repo, guest_images, tmp_path):
+    guest_repo.run("files", "get", "vm:guest:mbr_fat/p1/deep", str(tmp_path))
+    want = {p[len("deep/"):]: v for p, v in expected(guest_images.fat_tree, posix=False).items()
+            if p.startswith("deep/")}
+    same(snapshot_local(tmp_path / "deep"), want)
