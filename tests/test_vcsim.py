@@ -308,6 +308,56 @@ def test_vapi_login_checks_the_password(vcsim: VCSim) -> None:
     assert login("wrong") == 401
 
 
+def download(vcsim: VCSim, si: vim.ServiceInstance, datastore_path: str, body: bytes | None = None) -> bytes:
+    """GET (or PUT, with body) a datastore file over /folder with the session's cookie."""
+    import urllib.parse
+    import urllib.request
+
+    ds, _, rel = datastore_path[1:].partition("] ")
+    query = urllib.parse.urlencode({"dcPath": vcsim.datacenter, "dsName": ds})
+    url = f"https://{vcsim.server}/folder/{urllib.parse.quote(rel)}?{query}"
+    req = urllib.request.Request(url, data=body, method="PUT" if body is not None else "GET",
+                                 headers={"Cookie": si._stub.cookie.split(";", 1)[0]})
+    with urllib.request.urlopen(req, context=ssl.create_default_context(cadata=vcsim.cert_pem)) as r:
+        return r.read()
+
+
+def test_vmx_and_nvram_have_content(vcsim: VCSim) -> None:
+    name = unique("vmx")
+    with connected(vcsim) as si:
+        vm = create_vm(si, name, [16 * MiB, 8 * MiB])
+        vmx_path = vm.config.files.vmPathName
+        assert vmx_path == f"[LocalDS_0] {name}/{name}.vmx"
+        vmx = download(vcsim, si, vmx_path).decode()
+        assert f'displayName = "{name}"' in vmx
+        assert f'scsi0:0.fileName = "{name}.vmdk"' in vmx
+        assert f'scsi0:1.fileName = "{name}_1.vmdk"' in vmx
+        assert 'ethernet0.networkName = "VM Network"' in vmx
+        assert 'ctkEnabled = "FALSE"' in vmx
+        nvram = download(vcsim, si, f"[LocalDS_0] {name}/{name}.nvram")
+        assert len(nvram) == 8684 and nvram.strip(b"\0")
+
+        wait_task(si, vm.ReconfigVM_Task(spec=vim.vm.ConfigSpec(changeTrackingEnabled=True)))
+        vmx = download(vcsim, si, vmx_path).decode()
+        assert 'ctkEnabled = "TRUE"' in vmx and 'scsi0:0.ctkEnabled = "TRUE"' in vmx
+        assert download(vcsim, si, f"[LocalDS_0] {name}/{name}.nvram") == nvram
+
+
+def test_uploaded_vmx_is_left_alone(vcsim: VCSim) -> None:
+    name = unique("upload")
+    ours = f'.encoding = "UTF-8"\ndisplayName = "{name}"\nmemSize = "64"\n'.encode()
+    with connected(vcsim) as si:
+        dc = find_by_name(si, vim.Datacenter, vcsim.datacenter)
+        pool = find_by_name(si, vim.ClusterComputeResource, "DC0_C0").resourcePool
+        si.content.fileManager.MakeDirectory(name=f"[LocalDS_1] {name}", datacenter=dc)
+        download(vcsim, si, f"[LocalDS_1] {name}/{name}.vmx", body=ours)
+        vm = wait_task(si, dc.vmFolder.RegisterVM_Task(
+            path=f"[LocalDS_1] {name}/{name}.vmx", name=name, asTemplate=False, pool=pool))
+        assert vm.name == name
+        wait_task(si, vm.ReconfigVM_Task(spec=vim.vm.ConfigSpec(annotation="touched")))
+        assert download(vcsim, si, f"[LocalDS_1] {name}/{name}.vmx") == ours
+
+
 # --- shutdown -----------------------------------------------------------------------------------
 
 def test_sigterm_stops_and_removes_the_datastore_folders(tmp_path: Path) -> None:

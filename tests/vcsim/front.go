@@ -8,8 +8,10 @@ package main
 //   - translates CreateSnapshotEx_Task (missing too) into CreateSnapshot_Task;
 //   - before a snapshot, issues change ids; after it, detaches the snapshot's
 //     config from the VM's;
-//   - after calls that create or resize disks, gives every disk its files;
-//   - serves datastore files (/folder) only to logged-in clients.
+//   - after calls that create or resize disks, gives every disk its files
+//     and every VM a .vmx and an .nvram with content;
+//   - serves datastore files (/folder) only to logged-in clients;
+//   - lets RegisterVM_Task register a .vmx without .nvram and vmware.log.
 //
 // Everything else passes through untouched. The simulator is used
 // in-process (simulator.Map), never modified.
@@ -119,6 +121,9 @@ func (h *frontHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			copyResponse(w, rec, "", "")
 			return
 		}
+		if req, ok := method.Body.(*types.RegisterVM_Task); ok && h.authenticated(r) {
+			prepareRegister(req)
+		}
 		rec := h.forward(r, nil)
 		if task := finishedTask(rec); task != nil && task.Info.State == types.TaskInfoStateSuccess {
 			h.mu.Lock()
@@ -130,6 +135,31 @@ func (h *frontHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			h.mu.Unlock()
 		}
 		copyResponse(w, rec, "", "")
+	}
+}
+
+// prepareRegister creates the .nvram and vmware.log that the simulator's
+// RegisterVM_Task insists on opening (NotFound otherwise); vCenter needs only
+// the .vmx and creates the rest.
+func prepareRegister(req *types.RegisterVM_Task) {
+	vmx, err := localPath(req.Path)
+	if err != nil || filepath.Ext(vmx) != ".vmx" {
+		return
+	}
+	if _, err := os.Stat(vmx); err != nil {
+		return // NotFound, from the simulator
+	}
+	name := req.Name
+	if name == "" {
+		name = filepath.Base(filepath.Dir(vmx))
+	}
+	for _, p := range []string{filepath.Join(filepath.Dir(vmx), name+".nvram"), filepath.Join(filepath.Dir(vmx), "vmware.log")} {
+		f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE, 0o644)
+		if err != nil {
+			log.Printf("register %s: %v", req.Path, err)
+			continue
+		}
+		_ = f.Close()
 	}
 }
 
@@ -218,6 +248,7 @@ func (h *frontHandler) afterDiskCall(body interface{}, result types.AnyType) {
 		ensureNamed(req.DestName, capacity, "lsilogic")
 	}
 	ensureAllDisks()
+	ensureVMFiles()
 }
 
 func ensureNamed(datastorePath string, capacity int64, adapter string) {

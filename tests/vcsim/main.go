@@ -96,8 +96,9 @@ func main() {
 	model.Service.Listen = &url.URL{Host: "127.0.0.1:0", User: url.UserPassword(*user, *password)}
 	model.Service.RegisterEndpoints = true
 
-	// Give the disks the model created real files before anyone can connect.
+	// Give the disks and VMs the model created real files before anyone can connect.
 	ensureAllDisks()
+	ensureVMFiles()
 
 	server := model.Service.NewServer()
 	// The simulator starts serving inside NewServer and offers no hook in
