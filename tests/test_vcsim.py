@@ -29,6 +29,7 @@ from fixtures_vcsim import (
     create_vm,
     disconnect,
     find_by_name,
+    flat_path,
     get_properties,
     missing_toolchain,
     set_extra_config,
@@ -516,6 +517,41 @@ def test_query_needs_a_session(vcsim: VCSim) -> None:
                 anonymous.CreateSnapshot_Task(name="nope", memory=False, quiesce=False)
         finally:
             stub.DropConnections()
+
+
+def test_writes_through_the_vddk_standin_are_tracked(
+    vcsim: VCSim, vddk_libdir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The contract with tests/vddk_standin: same datastore mapping, descriptors it accepts,
+    its ctk log lines behind our change ids."""
+    import vddk
+    from fixtures_vddk import write_standin_config
+
+    config = write_standin_config(
+        tmp_path / "standin.conf", datastores=vcsim.datastores,
+        server=vcsim.host, user=vcsim.user, password=vcsim.password, thumbprint=vcsim.thumbprint)
+    monkeypatch.setenv("VDDK_STANDIN_CONFIG", str(config))
+    with connected(vcsim) as si:
+        vm = create_vm(si, unique("standin"), [32 * MiB], change_tracking=True)
+        [disk] = vm_disks(vm.config)
+        first = take_snapshot(si, vm, "first")
+        since = snapshot_disk(first, disk.key).backing.changeId
+        params = vddk.ConnectParams(server=vcsim.host, vmx_spec=f"moref={vm._moId}",
+                                    thumbprint=vcsim.thumbprint, user=vcsim.user, password=vcsim.password)
+        with vddk.open_library(vddk_libdir) as lib:
+            with lib.connect(params, read_only=False) as conn, conn.open(disk.backing.fileName, read_only=False) as d:
+                assert d.capacity == 32 * MiB
+                assert d.info.adapter_type == "lsilogic"
+                d.write_from(MiB, b"\xab" * 8192)
+                d.write_from(20 * MiB + 4096, b"\xcd" * 512)
+        second = take_snapshot(si, vm, "second")
+        areas, _ = changed_areas(vm, second, snapshot_disk(second, disk.key), since)
+        assert areas == [round_out(MiB, 8192), round_out(20 * MiB + 4096, 512)]
+        everything, _ = changed_areas(vm, second, snapshot_disk(second, disk.key), "*")
+        assert everything == areas
+    with open(flat_path(vcsim.local_path(disk.backing.fileName)), "rb") as f:
+        f.seek(MiB)
+        assert f.read(8192) == b"\xab" * 8192
 
 
 def test_injected_snapshot_faults(vcsim: VCSim) -> None:
