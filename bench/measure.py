@@ -1,0 +1,60 @@
+"""Running a command and measuring it: wall time, CPU time and peak RSS of the child (wait4)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+
+
+@dataclass
+class Run:
+    wall: float
+    cpu: float
+    rss_mib: float
+    rc: int
+    out: str = ""
+
+
+def run(cmd: list[str], env: dict | None = None, stdin: str | None = None, check: bool = True) -> Run:
+    t0 = time.monotonic()
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL)
+    if stdin is not None:
+        assert p.stdin
+        p.stdin.write(stdin.encode())
+        p.stdin.close()
+    out = p.stdout.read().decode() if p.stdout else ""
+    err = p.stderr.read().decode() if p.stderr else ""
+    _pid, status, ru = os.wait4(p.pid, 0)
+    wall = time.monotonic() - t0
+    p.returncode = os.waitstatus_to_exitcode(status)
+    if check and p.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed ({p.returncode}): {err.strip()[-500:]}")
+    return Run(wall, ru.ru_utime + ru.ru_stime, ru.ru_maxrss / 1024, p.returncode, out)
+
+
+def drop_caches() -> None:
+    subprocess.run(["sync"])
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+    except OSError:
+        pass
+
+
+def warm(path: str) -> None:
+    with open(path, "rb") as f:
+        while f.read(8 << 20):
+            pass
+
+
+def du(path: str) -> int:
+    total = 0
+    for dirpath, _d, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, f)).st_blocks * 512
+            except OSError:
+                pass
+    return total
