@@ -351,9 +351,12 @@ def create_vm(
     cluster: str = "DC0_C0",
     network: str | None = "VM Network",
     change_tracking: bool = False,
+    profile: str | None = None,
 ) -> vim.VirtualMachine:
     """Create a powered-off VM with one SCSI controller and thin disks of the given sizes in
-    bytes (their files land in ``[datastore] name/``), and a NIC on ``network``."""
+    bytes (their files land in ``[datastore] name/``), and a NIC on ``network``; ``profile``
+    (a storage profile id) is assigned to the VM home and every disk."""
+    profiles = ([vim.vm.DefinedProfileSpec(profileId=profile)] if profile else None)
     dc = find_by_name(si, vim.Datacenter, datacenter)
     pool = find_by_name(si, vim.ClusterComputeResource, cluster).resourcePool
     changes: list[vim.vm.device.VirtualDeviceSpec] = [
@@ -369,7 +372,8 @@ def create_vm(
             backing=vim.vm.device.VirtualDisk.FlatVer2BackingInfo(
                 fileName=f"[{datastore}]", diskMode="persistent", thinProvisioned=True),
         )
-        changes.append(vim.vm.device.VirtualDeviceSpec(operation="add", fileOperation="create", device=disk))
+        changes.append(vim.vm.device.VirtualDeviceSpec(
+            operation="add", fileOperation="create", device=disk, profile=profiles))
     if network is not None:
         nic = vim.vm.device.VirtualVmxnet3(
             key=-200,
@@ -380,7 +384,7 @@ def create_vm(
     config = vim.vm.ConfigSpec(
         name=name, guestId="otherGuest64", numCPUs=1, memoryMB=128,
         files=vim.vm.FileInfo(vmPathName=f"[{datastore}]"),
-        changeTrackingEnabled=change_tracking, deviceChange=changes,
+        changeTrackingEnabled=change_tracking, deviceChange=changes, vmProfile=profiles,
     )
     return wait_task(si, dc.vmFolder.CreateVM_Task(config=config, pool=pool))
 
@@ -388,6 +392,21 @@ def create_vm(
 def vm_disks(vm_or_snapshot_config: Any) -> list[vim.vm.device.VirtualDisk]:
     """The virtual disks of a ``config`` (of a VM or of a snapshot)."""
     return [d for d in vm_or_snapshot_config.hardware.device if isinstance(d, vim.vm.device.VirtualDisk)]
+
+
+@contextlib.contextmanager
+def pbm_content(info: VCSim, si: vim.ServiceInstance) -> Iterator[Any]:
+    """The storage-profile service (``pbm.ServiceInstanceContent``) of the logged-in session
+    ``si``; the session travels in the SOAP header, as with vCenter."""
+    from pyVmomi import pbm
+
+    cookie = si._stub.cookie.split(";", 1)[0].split("=", 1)[1].strip('"')
+    stub = SoapStubAdapter(host=info.host, port=info.port, path="/pbm", version="pbm.version.version11",
+                           sslContext=ssl_context(info), requestContext={"vcSessionCookie": cookie})
+    try:
+        yield pbm.ServiceInstance("ServiceInstance", stub).RetrieveContent()
+    finally:
+        stub.DropConnections()
 
 
 # --- disk files and changed-block tracking ------------------------------------------------------

@@ -32,6 +32,7 @@ from fixtures_vcsim import (
     flat_path,
     get_properties,
     missing_toolchain,
+    pbm_content,
     set_extra_config,
     vm_disks,
     wait_task,
@@ -357,6 +358,40 @@ def test_uploaded_vmx_is_left_alone(vcsim: VCSim) -> None:
         assert vm.name == name
         wait_task(si, vm.ReconfigVM_Task(spec=vim.vm.ConfigSpec(annotation="touched")))
         assert download(vcsim, si, f"[LocalDS_1] {name}/{name}.vmx") == ours
+
+
+def test_storage_profiles_of_vms_and_disks(vcsim: VCSim) -> None:
+    from pyVmomi import pbm
+
+    with connected(vcsim) as si, pbm_content(vcsim, si) as content:
+        manager = content.profileManager
+        ids = manager.PbmQueryProfile(resourceType=pbm.profile.ResourceType(resourceType="STORAGE"),
+                                      profileCategory="REQUIREMENT")
+        by_name = {p.name: p.profileId.uniqueId for p in manager.PbmRetrieveContent(profileIds=ids)}
+        gold, other = by_name["vSAN Default Storage Policy"], by_name["VVol No Requirements Policy"]
+
+        vm = create_vm(si, unique("pbm"), [MiB], profile=gold)
+        [disk] = vm_disks(vm.config)
+
+        def associated(key: str, kind: str = "virtualDiskId") -> list[str]:
+            ref = pbm.ServerObjectRef(objectType=kind, key=key)
+            return [p.uniqueId for p in manager.PbmQueryAssociatedProfile(entity=ref)]
+
+        assert associated(vm._moId, "virtualMachine") == [gold]
+        assert associated(f"{vm._moId}:{disk.key}") == [gold]
+
+        added = vim.vm.device.VirtualDisk(
+            key=-1, controllerKey=disk.controllerKey, unitNumber=1, capacityInKB=1024, capacityInBytes=MiB,
+            backing=vim.vm.device.VirtualDisk.FlatVer2BackingInfo(fileName="[LocalDS_0]", diskMode="persistent"))
+        wait_task(si, vm.ReconfigVM_Task(spec=vim.vm.ConfigSpec(deviceChange=[vim.vm.device.VirtualDeviceSpec(
+            operation="add", fileOperation="create", device=added,
+            profile=[vim.vm.DefinedProfileSpec(profileId=other)])])))
+        [new] = [d for d in vm_disks(vm.config) if d.key != disk.key]
+        results = manager.PbmQueryAssociatedProfiles(entities=[
+            pbm.ServerObjectRef(objectType="virtualDiskId", key=f"{vm._moId}:{k}") for k in (disk.key, new.key)])
+        assert [[p.uniqueId for p in r.profileId] for r in results] == [[gold], [other]]
+        entities = manager.PbmQueryAssociatedEntity(profile=pbm.profile.ProfileId(uniqueId=other))
+        assert [(e.objectType, e.key) for e in entities] == [("virtualDiskId", f"{vm._moId}:{new.key}")]
 
 
 # --- shutdown -----------------------------------------------------------------------------------

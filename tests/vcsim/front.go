@@ -11,7 +11,9 @@ package main
 //   - after calls that create or resize disks, gives every disk its files
 //     and every VM a .vmx and an .nvram with content;
 //   - serves datastore files (/folder) only to logged-in clients;
-//   - lets RegisterVM_Task register a .vmx without .nvram and vmware.log.
+//   - lets RegisterVM_Task register a .vmx without .nvram and vmware.log;
+//   - on /pbm: takes the session from the SOAP header, and answers which
+//     storage profiles VMs and disks have (pbm.go).
 //
 // Everything else passes through untouched. The simulator is used
 // in-process (simulator.Map), never modified.
@@ -25,6 +27,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"strconv"
 	"strings"
@@ -73,6 +76,10 @@ func (h *frontHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		h.next.ServeHTTP(w, r)
+		return
+	}
+	if r.Method == http.MethodPost && strings.HasPrefix(r.URL.Path, "/pbm") {
+		h.servePBM(w, r)
 		return
 	}
 	if r.Method != http.MethodPost || !strings.HasPrefix(r.URL.Path, "/sdk") {
@@ -124,10 +131,26 @@ func (h *frontHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if req, ok := method.Body.(*types.RegisterVM_Task); ok && h.authenticated(r) {
 			prepareRegister(req)
 		}
+		var disksBefore []int32
+		if req, ok := method.Body.(*types.ReconfigVM_Task); ok {
+			disksBefore = vmDiskKeys(req.This)
+		}
 		rec := h.forward(r, nil)
 		if task := finishedTask(rec); task != nil && task.Info.State == types.TaskInfoStateSuccess {
 			h.mu.Lock()
 			h.afterDiskCall(method.Body, task.Info.Result)
+			switch req := method.Body.(type) {
+			case *types.CreateVM_Task:
+				if vm, ok := task.Info.Result.(types.ManagedObjectReference); ok {
+					recordProfiles(vm, &req.Config, nil)
+				}
+			case *types.CreateChildVM_Task:
+				if vm, ok := task.Info.Result.(types.ManagedObjectReference); ok {
+					recordProfiles(vm, &req.Config, nil)
+				}
+			case *types.ReconfigVM_Task:
+				recordProfiles(req.This, &req.Spec, disksBefore)
+			}
 			h.mu.Unlock()
 		} else if rec.Code == http.StatusOK && !strings.HasSuffix(method.Name, "_Task") {
 			h.mu.Lock()
@@ -177,6 +200,31 @@ func finishedTask(rec *httptest.ResponseRecorder) *simulator.Task {
 	}
 	task, _ := simulator.Map.Get(types.ManagedObjectReference{Type: "Task", Value: string(m[1])}).(*simulator.Task)
 	return task
+}
+
+// servePBM serves the storage-profile endpoint (see pbm.go).
+func (h *frontHandler) servePBM(w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(r.Body)
+	_ = r.Body.Close()
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	r.Body = io.NopCloser(bytes.NewReader(body))
+	pbmSessionCookie(r, body)
+	method, err := simulator.UnmarshalBody(pbmTypeFunc, body)
+	if err == nil && h.authenticated(r) && answerPBM(w, method.Body) {
+		return
+	}
+	h.next.ServeHTTP(w, r)
+}
+
+// pbmTypeFunc finds PBM types, which are registered as "pbm:<name>".
+func pbmTypeFunc(name string) (reflect.Type, bool) {
+	if t, ok := types.TypeFunc()("pbm:" + name); ok {
+		return t, true
+	}
+	return types.TypeFunc()(name)
 }
 
 // snapshot takes a snapshot with change ids (see cbt.go). body, if not nil,
