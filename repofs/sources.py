@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Protocol
 
 from .vmdk import SECTOR, DescriptorError, FlatExtent, looks_like_vmdk, parse_descriptor
+from .vmdksparse import MAGIC as SPARSE_MAGIC, SparseVmdk, SparseVmdkError
 
 
 class SourceError(Exception):
@@ -166,6 +167,52 @@ class LocalImage:
             except OSError:
                 pass
         self.pieces = []
+
+
+class SparseImage:
+    """A monolithicSparse or streamOptimized VMDK (one file, grains, embedded descriptor)."""
+
+    def __init__(self, path: str, label: str | None = None):
+        try:
+            self.vmdk = SparseVmdk(path)
+        except SparseVmdkError as e:
+            raise SourceError(str(e)) from None
+        self.label = label or default_label(path)
+        self.capacity = self.vmdk.capacity
+        kind = "streamOptimized" if self.vmdk.compressed else "monolithicSparse"
+        self.info: dict[str, Any] = {"type": "file", "path": os.path.abspath(path), "format": f"vmdk ({kind})"}
+        self.extents_are_changes = False
+        self.changed: list[tuple[int, int]] | None = None
+
+    def limit_to_changes(self, changes: list[tuple[int, int]]) -> None:
+        self.extents_are_changes = True
+        self.changed = clip_extents(changes, self.capacity)
+
+    def extents(self) -> list[tuple[int, int]]:
+        return self.changed if self.changed is not None else self.vmdk.allocated()
+
+    def read(self, offset: int, size: int) -> bytes:
+        try:
+            return self.vmdk.read(offset, size)
+        except (SparseVmdkError, OSError) as e:
+            raise SourceError(f"{self.vmdk.path}: {e}") from None
+
+    def close(self) -> None:
+        self.vmdk.close()
+
+
+def open_image(path: str, label: str | None = None) -> LocalImage | SparseImage:
+    """The right source for a local image: raw, block device, flat or sparse VMDK."""
+    try:
+        with open(path, "rb") as f:
+            sparse = f.read(4) == SPARSE_MAGIC
+    except FileNotFoundError:
+        raise SourceError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise SourceError(f"{path} is a directory, not a disk image") from None
+    except PermissionError:
+        raise SourceError(f"{path}: permission denied") from None
+    return SparseImage(path, label) if sparse else LocalImage.open(path, label)
 
 
 def default_label(path: str) -> str:

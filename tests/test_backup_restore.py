@@ -141,3 +141,23 @@ def test_generations_json_and_unknown_names(cli, tmp_path):
     assert p.returncode == 8 and "nope" in p.stderr and "Traceback" not in p.stderr
     p = cli.run("restore", "vm:alpha", "--generation", "1999", "--to-dir", str(tmp_path / "o"), check=False)
     assert p.returncode == 8 and "1999" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("subformat", ["monolithicSparse", "streamOptimized"])
+def test_sparse_vmdk_inputs(cli, tmp_path, subformat):
+    raw = tmp_path / "src.img"
+    rng = random.Random(11)
+    with open(raw, "wb") as f:
+        f.write(rng.randbytes(3 << 20))
+        f.seek(9 << 20)
+        f.write(b"grain" * 30000)
+        f.truncate(16 << 20)
+    vmdk = tmp_path / "web.vmdk"
+    subprocess.run(["qemu-img", "convert", "-O", "vmdk", "-o", f"subformat={subformat}",
+                    str(raw), str(vmdk)], check=True)
+    report = json.loads(cli.run("backup", f"file:{vmdk}", "--vm", "sp", "--json").stdout)
+    disk = report["disks"][0]
+    assert disk["capacity"] == 16 << 20
+    assert disk["read_bytes"] <= 6 << 20  # only allocated grains were read
+    cli.run("restore", "vm:sp", "--to-dir", str(tmp_path / "out"))
+    assert images_equal(raw, tmp_path / "out" / "web.raw")
