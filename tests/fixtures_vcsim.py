@@ -99,6 +99,13 @@ def missing_toolchain() -> str | None:
     return None
 
 
+def vcsim_unavailable() -> str | None:
+    """Why no simulator can run here, or None (an up-to-date binary needs no toolchain)."""
+    if BINARY.exists() and not _stale():
+        return None
+    return missing_toolchain()
+
+
 def _stale() -> bool:
     if not BINARY.exists():
         return True
@@ -145,8 +152,11 @@ class VCSimProcess:
             self._stderr = open(self.tmpdir / "vcsim.stderr", "w+b")
         else:
             self._stderr = subprocess.DEVNULL
+        # The simulator holds stdin's read end: if this process dies without stopping it
+        # (kill -9 of pytest), the pipe closes and it stops on its own.
         self.process = subprocess.Popen(
-            [str(binary), *self.args], stdout=subprocess.PIPE, stderr=self._stderr, env=env,
+            [str(binary), "-exit-on-stdin-eof", *self.args],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, env=env,
         )
         try:
             line = self._read_line(START_TIMEOUT)
@@ -204,8 +214,9 @@ class VCSimProcess:
                     proc.kill()
                     proc.wait()
         finally:
-            if proc.stdout is not None:
-                proc.stdout.close()
+            for pipe in (proc.stdin, proc.stdout):
+                if pipe is not None:
+                    pipe.close()
             if self._stderr not in (None, subprocess.DEVNULL):
                 self._stderr.close()
                 self._stderr = None
@@ -225,7 +236,7 @@ def running_vcsim(*args: str, tmpdir: Path | None = None) -> Iterator[VCSim]:
 
 
 def _skip_without_toolchain() -> None:
-    reason = missing_toolchain()
+    reason = vcsim_unavailable()
     if reason:
         pytest.skip(f"test vCenter unavailable: {reason}")
 

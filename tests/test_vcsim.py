@@ -1,5 +1,6 @@
-"""The test vCenter (tests/vcsim) against pyVmomi: login, TLS pinning, disks with real files,
-changed-block tracking, clean shutdown."""
+"""The test vCenter (tests/vcsim) against pyVmomi: login, TLS pinning, disks and VM files with
+content, changed-block tracking, snapshot faults, storage profiles, the contract with the VDDK
+stand-in, clean shutdown. See docs/vcsim.md."""
 from __future__ import annotations
 
 import gc
@@ -18,10 +19,10 @@ from pyVmomi import SoapStubAdapter, vim, vmodl
 
 from fixtures_vcsim import (
     QUIESCE_FAULT_KEY,
-    SNAPSHOT_FAULT_KEY,
     SIMULATOR_API_VERSION,
-    VCSim,
+    SNAPSHOT_FAULT_KEY,
     TaskFailed,
+    VCSim,
     VCSimProcess,
     changed_areas,
     connect,
@@ -31,9 +32,9 @@ from fixtures_vcsim import (
     find_by_name,
     flat_path,
     get_properties,
-    missing_toolchain,
     pbm_content,
     set_extra_config,
+    vcsim_unavailable,
     vm_disks,
     wait_task,
     write_disk,
@@ -397,7 +398,7 @@ def test_storage_profiles_of_vms_and_disks(vcsim: VCSim) -> None:
 # --- shutdown -----------------------------------------------------------------------------------
 
 def test_sigterm_stops_and_removes_the_datastore_folders(tmp_path: Path) -> None:
-    reason = missing_toolchain()
+    reason = vcsim_unavailable()
     if reason:
         pytest.skip(f"test vCenter unavailable: {reason}")
     proc = VCSimProcess(tmpdir=tmp_path)
@@ -620,3 +621,32 @@ def test_snapshot_removal_leaves_no_snapshot(vcsim: VCSim) -> None:
         wait_task(si, first.RemoveSnapshot_Task(removeChildren=False, consolidate=True))
         assert vm.snapshot is None
         assert "snapshot" not in get_properties(si, vm, ["snapshot"])
+
+
+def test_stops_when_its_parent_goes_away(tmp_path: Path) -> None:
+    """The fixture's safety net: with -exit-on-stdin-eof the simulator stops when stdin
+    closes, as it does when the test process dies without stopping it."""
+    reason = vcsim_unavailable()
+    if reason:
+        pytest.skip(f"test vCenter unavailable: {reason}")
+    proc = VCSimProcess(tmpdir=tmp_path)
+    info = proc.start()
+    try:
+        assert proc.process is not None and proc.process.stdin is not None
+        proc.process.stdin.close()
+        assert proc.process.wait(timeout=30) == 0
+        assert not any(folder.exists() for folder in info.datastores.values())
+    finally:
+        proc.stop()
+
+
+def test_fresh_vcsim_is_a_process_of_its_own(vcsim: VCSim, fresh_vcsim: VCSim) -> None:
+    assert fresh_vcsim.pid != vcsim.pid and fresh_vcsim.server != vcsim.server
+    with connected(fresh_vcsim) as si:
+        vm = find_by_name(si, vim.VirtualMachine, "DC0_H0_VM0")
+        wait_task(si, vm.PowerOffVM_Task())
+        wait_task(si, vm.Destroy_Task())
+        with pytest.raises(LookupError):
+            find_by_name(si, vim.VirtualMachine, "DC0_H0_VM0")
+    with connected(vcsim) as si:
+        assert find_by_name(si, vim.VirtualMachine, "DC0_H0_VM0").name == "DC0_H0_VM0"

@@ -29,6 +29,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"log"
 	"net/url"
 	"os"
@@ -63,6 +64,8 @@ func main() {
 	pageSize := flag.Int64("cbt-page-size", defaultCBTPageSize,
 		"bytes of the disk covered by one QueryChangedDiskAreas answer")
 	trace := flag.Bool("trace", false, "log SOAP traffic to stderr")
+	stdinEOF := flag.Bool("exit-on-stdin-eof", false,
+		"stop as on SIGTERM when stdin reaches end of file (the parent that holds its other end died)")
 	flag.Parse()
 
 	log.SetPrefix("vcsim: ")
@@ -125,10 +128,17 @@ func main() {
 	}
 	fmt.Println(string(out))
 
+	stop := make(chan string, 1)
 	signals := make(chan os.Signal, 1)
 	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT)
-	sig := <-signals
-	log.Printf("%s: stopping", sig)
+	go func() { stop <- (<-signals).String() }()
+	if *stdinEOF {
+		go func() {
+			_, _ = io.Copy(io.Discard, os.Stdin)
+			stop <- "end of stdin"
+		}()
+	}
+	log.Printf("%s: stopping", <-stop)
 
 	// Close waits for requests in flight; a client blocked in WaitForUpdates
 	// would hold it forever, so give up waiting after a few seconds.
