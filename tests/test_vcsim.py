@@ -136,6 +136,16 @@ def test_unset_properties_read_as_none(vcsim: VCSim) -> None:
         assert vm.name  # the connection survived
 
 
+def test_a_crash_of_the_simulator_is_a_fault(vcsim: VCSim) -> None:
+    # SearchDatastore_Task without a searchSpec crashes the simulator's handler (a known gap);
+    # the client gets a SystemError instead of a dropped connection, and can go on.
+    with connected(vcsim) as si:
+        ds = find_by_name(si, vim.Datastore, "LocalDS_0")
+        with pytest.raises(vmodl.fault.SystemError):
+            ds.browser.SearchDatastore_Task(datastorePath="[LocalDS_0]")
+        assert ds.name == "LocalDS_0"
+
+
 # --- disks with real files ----------------------------------------------------------------------
 
 def qemu_img_info(path: Path) -> dict:

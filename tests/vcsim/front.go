@@ -120,12 +120,7 @@ func (h *frontHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.snapshot(w, r, req.This, req.Quiesce, nil, "")
 	default:
 		if !diskMethods[method.Name] {
-			rec, panicked := h.forwardSafely(r)
-			if panicked != nil {
-				answerPanic(w, method.Name, panicked)
-				return
-			}
-			copyResponse(w, rec, "", "")
+			copyResponse(w, h.forward(r, nil, method.Name), "", "")
 			return
 		}
 		if req, ok := method.Body.(*types.RegisterVM_Task); ok && h.authenticated(r) {
@@ -135,7 +130,7 @@ func (h *frontHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if req, ok := method.Body.(*types.ReconfigVM_Task); ok {
 			disksBefore = vmDiskKeys(req.This)
 		}
-		rec := h.forward(r, nil)
+		rec := h.forward(r, nil, method.Name)
 		if task := finishedTask(rec); task != nil && task.Info.State == types.TaskInfoStateSuccess {
 			h.mu.Lock()
 			h.afterDiskCall(method.Body, task.Info.Result)
@@ -248,7 +243,7 @@ func (h *frontHandler) snapshot(w http.ResponseWriter, r *http.Request, vm types
 	}
 	before := currentSnapshot(vm)
 	prepareSnapshot(vm)
-	rec := h.forward(r, body)
+	rec := h.forward(r, body, "CreateSnapshot_Task")
 	if after := currentSnapshot(vm); after != nil && (before == nil || *after != *before) {
 		if err := detachSnapshotConfig(*after); err != nil {
 			log.Printf("snapshot %s: %v", after, err)
@@ -310,32 +305,30 @@ func ensureNamed(datastorePath string, capacity int64, adapter string) {
 }
 
 // forward runs the request through the simulator and records the answer.
-func (h *frontHandler) forward(r *http.Request, body []byte) *httptest.ResponseRecorder {
+// body, if not nil, replaces the request's body. A crash of the simulator's
+// handler becomes an answer (see answerPanic) instead of a dropped connection.
+func (h *frontHandler) forward(r *http.Request, body []byte, method string) (rec *httptest.ResponseRecorder) {
 	if body != nil {
 		r = r.Clone(r.Context())
 		r.Body = io.NopCloser(bytes.NewReader(body))
 		r.ContentLength = int64(len(body))
 		r.Header.Set("Content-Length", strconv.Itoa(len(body)))
 	}
-	rec := httptest.NewRecorder()
+	defer func() {
+		if p := recover(); p != nil {
+			rec = httptest.NewRecorder()
+			answerPanic(rec, method, p)
+		}
+	}()
+	rec = httptest.NewRecorder()
 	h.next.ServeHTTP(rec, r)
 	return rec
 }
 
-// forwardSafely is forward for calls that may crash the simulator's handler.
-// Reading an unset property with PropertyCollector.Fetch (what pyVmomi does
-// for vm.snapshot on a VM without snapshots) indexes an empty slice there.
-func (h *frontHandler) forwardSafely(r *http.Request) (rec *httptest.ResponseRecorder, panicked interface{}) {
-	defer func() {
-		if p := recover(); p != nil {
-			rec, panicked = nil, p
-		}
-	}()
-	return h.forward(r, nil), nil
-}
-
-// answerPanic answers a call whose handler crashed: an unset property for
-// Fetch (what vCenter answers), a SystemError otherwise.
+// answerPanic answers a call whose handler crashed. Reading an unset property
+// with PropertyCollector.Fetch (what pyVmomi does for vm.snapshot on a VM
+// without snapshots) indexes an empty slice there: answer "unset", as vCenter
+// does. Anything else becomes a SystemError fault.
 func answerPanic(w http.ResponseWriter, method string, p interface{}) {
 	if method == "Fetch" {
 		writeSOAP(w, http.StatusOK, `<FetchResponse xmlns="urn:vim25"></FetchResponse>`)
@@ -353,7 +346,7 @@ func (h *frontHandler) authenticated(r *http.Request) bool {
 	req := r.Clone(r.Context())
 	req.Method = http.MethodPost
 	req.URL.Path, req.URL.RawQuery = "/sdk", ""
-	return h.forward(req, probe).Code == http.StatusOK
+	return h.forward(req, probe, "CurrentTime").Code == http.StatusOK
 }
 
 // copyResponse sends a recorded answer to the client, renaming the response
