@@ -363,10 +363,12 @@ def create_vm(
     network: str | None = "VM Network",
     change_tracking: bool = False,
     profile: str | None = None,
+    vapp: vim.VirtualApp | None = None,
 ) -> vim.VirtualMachine:
     """Create a powered-off VM with one SCSI controller and thin disks of the given sizes in
     bytes (their files land in ``[datastore] name/``), and a NIC on ``network``; ``profile``
-    (a storage profile id) is assigned to the VM home and every disk."""
+    (a storage profile id) is assigned to the VM home and every disk; with ``vapp`` the VM is
+    made inside that vApp (``CreateChildVM_Task``)."""
     profiles = ([vim.vm.DefinedProfileSpec(profileId=profile)] if profile else None)
     dc = find_by_name(si, vim.Datacenter, datacenter)
     pool = find_by_name(si, vim.ClusterComputeResource, cluster).resourcePool
@@ -397,7 +399,30 @@ def create_vm(
         files=vim.vm.FileInfo(vmPathName=f"[{datastore}]"),
         changeTrackingEnabled=change_tracking, deviceChange=changes, vmProfile=profiles,
     )
+    if vapp is not None:
+        return wait_task(si, vapp.CreateChildVM_Task(config=config))
     return wait_task(si, dc.vmFolder.CreateVM_Task(config=config, pool=pool))
+
+
+def create_vapp(
+    si: vim.ServiceInstance,
+    name: str,
+    config: vim.vApp.VAppConfigSpec | None = None,
+    *,
+    datacenter: str = "DC0",
+    cluster: str = "DC0_C0",
+) -> vim.VirtualApp:
+    """Create a vApp in the cluster's root resource pool (VMs: ``create_vm(..., vapp=...)``)."""
+    dc = find_by_name(si, vim.Datacenter, datacenter)
+    pool = find_by_name(si, vim.ClusterComputeResource, cluster).resourcePool
+
+    def allocation() -> vim.ResourceAllocationInfo:
+        return vim.ResourceAllocationInfo(reservation=0, limit=-1, expandableReservation=True,
+                                          shares=vim.SharesInfo(level="normal", shares=0))
+
+    resources = vim.ResourceConfigSpec(cpuAllocation=allocation(), memoryAllocation=allocation())
+    return pool.CreateVApp(name=name, resSpec=resources, configSpec=config or vim.vApp.VAppConfigSpec(),
+                           vmFolder=dc.vmFolder)
 
 
 def vm_disks(vm_or_snapshot_config: Any) -> list[vim.vm.device.VirtualDisk]:

@@ -27,6 +27,7 @@ from fixtures_vcsim import (
     changed_areas,
     connect,
     connected,
+    create_vapp,
     create_vm,
     disconnect,
     find_by_name,
@@ -403,6 +404,38 @@ def test_storage_profiles_of_vms_and_disks(vcsim: VCSim) -> None:
         assert [[p.uniqueId for p in r.profileId] for r in results] == [[gold], [other]]
         entities = manager.PbmQueryAssociatedEntity(profile=pbm.profile.ProfileId(uniqueId=other))
         assert [(e.objectType, e.key) for e in entities] == [("virtualDiskId", f"{vm._moId}:{new.key}")]
+
+
+def test_vapp_config_and_members(vcsim: VCSim) -> None:
+    name = unique("app")
+    spec = vim.vApp.VAppConfigSpec(
+        annotation="a vApp",
+        product=[vim.vApp.ProductSpec(operation="add", info=vim.vApp.ProductInfo(key=0, name="repofs", version="1"))],
+        property=[vim.vApp.PropertySpec(operation="add", info=vim.vApp.PropertyInfo(
+            key=1, id="ip", type="string", defaultValue="10.0.0.1", userConfigurable=True))],
+        ipAssignment=vim.vApp.IPAssignmentInfo(ipAllocationPolicy="fixedPolicy", ipProtocol="IPv4"),
+        eula=["be nice"])
+    with connected(vcsim) as si:
+        app = create_vapp(si, name, spec)
+        vm = create_vm(si, f"{name}-vm", [MiB], vapp=app)
+        assert vm.parentVApp == app and vm.resourcePool == app
+        config = app.vAppConfig
+        assert config.annotation == "a vApp"
+        assert [(p.key, p.name) for p in config.product] == [(0, "repofs")]
+        assert [(p.id, p.defaultValue) for p in config.property] == [("ip", "10.0.0.1")]
+        assert config.ipAssignment.ipAllocationPolicy == "fixedPolicy"
+        assert list(config.eula) == ["be nice"]
+        assert [(e.key, e.tag) for e in config.entityConfig] == [(vm, f"{name}-vm")]
+
+        app.UpdateVAppConfig(spec=vim.vApp.VAppConfigSpec(
+            property=[vim.vApp.PropertySpec(operation="edit", info=vim.vApp.PropertyInfo(
+                key=1, id="ip", type="string", defaultValue="10.0.0.2"))],
+            product=[vim.vApp.ProductSpec(operation="remove", removeKey=0)],
+            entityConfig=[vim.vApp.EntityConfigInfo(key=vm, tag="web", startOrder=2)]))
+        config = app.vAppConfig
+        assert [(p.id, p.defaultValue) for p in config.property] == [("ip", "10.0.0.2")]
+        assert list(config.product) == []
+        assert [(e.key, e.tag, e.startOrder) for e in config.entityConfig] == [(vm, "web", 2)]
 
 
 # --- shutdown -----------------------------------------------------------------------------------

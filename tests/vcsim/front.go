@@ -13,7 +13,9 @@ package main
 //   - serves datastore files (/folder) only to logged-in clients;
 //   - lets RegisterVM_Task register a .vmx without .nvram and vmware.log;
 //   - on /pbm: takes the session from the SOAP header, and answers which
-//     storage profiles VMs and disks have (pbm.go).
+//     storage profiles VMs and disks have (pbm.go);
+//   - keeps all of a vApp's config, answers UpdateVAppConfig, links child
+//     VMs to their vApp (vapp.go).
 //
 // Everything else passes through untouched. The simulator is used
 // in-process (simulator.Map), never modified.
@@ -118,6 +120,24 @@ func (h *frontHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.snapshot(w, r, req.This, req.QuiesceSpec != nil, createSnapshotBody(req), "CreateSnapshotEx_Task")
 	case *types.CreateSnapshot_Task:
 		h.snapshot(w, r, req.This, req.Quiesce, nil, "")
+	case *types.CreateVApp:
+		rec := h.forward(r, nil, method.Name)
+		if rec.Code == http.StatusOK {
+			h.mu.Lock()
+			afterCreateVApp(req, rec.Body.Bytes())
+			h.mu.Unlock()
+		}
+		copyResponse(w, rec, "", "")
+	case *types.UpdateVAppConfig:
+		app := vappOf(req.This)
+		if app == nil || !h.authenticated(r) {
+			copyResponse(w, h.forward(r, nil, method.Name), "", "") // the simulator's fault
+			return
+		}
+		h.mu.Lock()
+		updateVApp(app, &req.Spec, true)
+		h.mu.Unlock()
+		writeSOAP(w, http.StatusOK, `<UpdateVAppConfigResponse xmlns="urn:vim25"></UpdateVAppConfigResponse>`)
 	default:
 		if !diskMethods[method.Name] {
 			copyResponse(w, h.forward(r, nil, method.Name), "", "")
@@ -142,6 +162,7 @@ func (h *frontHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			case *types.CreateChildVM_Task:
 				if vm, ok := task.Info.Result.(types.ManagedObjectReference); ok {
 					recordProfiles(vm, &req.Config, nil)
+					afterCreateChildVM(req, vm)
 				}
 			case *types.ReconfigVM_Task:
 				recordProfiles(req.This, &req.Spec, disksBefore)
