@@ -24,7 +24,7 @@ from .mount import run as run_mount
 from .passphrase import read_passphrase
 from .progress import Progress
 from .restorefile import FORMATS, restore_to_dir
-from .sources import LocalImage, SourceError, load_changed_extents, sanitize_label
+from .sources import DiskSource, load_changed_extents, open_image, sanitize_label
 from .views import RepositoryView
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -96,8 +96,25 @@ def backup(sources: Annotated[list[str], typer.Argument(metavar="SOURCE...", hel
            repo: RepoOpt = None, password_file: PasswordFileOpt = None,
            changed_extents: Annotated[Optional[list[str]], typer.Option(
                "--changed-extents", help="JSON list of [offset, length] to read (LABEL=FILE with several disks).")] = None,
-           json_out: JsonOpt = False) -> None:
-    """Back up disks into a new generation."""
+           json_out: JsonOpt = False,
+           server: Annotated[Optional[str], typer.Option("--server", envvar="VSPHERE_SERVER", help="vCenter or ESXi host[:port] (vm: sources).")] = None,
+           user: Annotated[Optional[str], typer.Option("--user", envvar="VSPHERE_USER", help="vSphere user.")] = None,
+           vsphere_password_file: Annotated[Optional[str], typer.Option("--vsphere-password-file", envvar="VSPHERE_PASSWORD_FILE", help="File holding the vSphere password (else VSPHERE_PASSWORD, else a prompt).")] = None,
+           thumbprint: Annotated[Optional[str], typer.Option("--thumbprint", help="Pin the server certificate's SHA-1 thumbprint (AA:BB:...).")] = None,
+           insecure: Annotated[bool, typer.Option("--insecure", help="Do not verify the server certificate.")] = False,
+           ca_file: Annotated[Optional[str], typer.Option("--ca-file", help="Trust these CA certificates (PEM) for the server.")] = None,
+           quiesce: Annotated[bool, typer.Option("--quiesce", help="Quiesce the guest for the snapshot (retried once without).")] = False,
+           transport: Annotated[str, typer.Option("--transport", help="VDDK transport modes, in order of preference.")] = "nbdssl:nbd",
+           vddk_libdir: Annotated[Optional[str], typer.Option("--vddk-libdir", envvar="VDDK_LIBDIR", help="Directory of libvixDiskLib.so.")] = None,
+           vddk_in_process: Annotated[bool, typer.Option("--vddk-in-process", help="Run VixDiskLib in this process, not in a worker.")] = False,
+           dry_run: Annotated[bool, typer.Option("--dry-run", help="vm: sources: print what would be read, write nothing.")] = False) -> None:
+    """Back up disks (file:PATH ...) or vSphere VMs (vm:NAME ...) into new generations."""
+    if any(spec.partition(":")[0] in ("vm", "vapp", "ivd") for spec in sources):
+        _backup_vsphere(sources, repo, password_file, json_out, server=server, user=user,
+                        password_file=vsphere_password_file, thumbprint=thumbprint, insecure=insecure,
+                        ca_file=ca_file, quiesce=quiesce, transports=transport, vddk_libdir=vddk_libdir,
+                        vddk_isolated=not vddk_in_process, dry_run=dry_run)
+        return
     paths = []
     for spec in sources:
         kind, sep, rest = spec.partition(":")
@@ -107,11 +124,11 @@ def backup(sources: Annotated[list[str], typer.Argument(metavar="SOURCE...", hel
     if not vm:
         raise UsageProblem("give --vm NAME for file sources")
     repository = open_repository(repo, password_file)
-    images: list[LocalImage] = []
+    images: list[DiskSource] = []
     try:
         used: set[str] = set()
         for path in paths:
-            image = LocalImage.open(path)
+            image = open_image(path)
             label, n = image.label, 1
             while label in used:
                 label, n = f"{image.label}_{n}", n + 1
@@ -127,6 +144,61 @@ def backup(sources: Annotated[list[str], typer.Argument(metavar="SOURCE...", hel
         for image in images:
             image.close()
     _print_backup(report, json_out)
+
+
+def _backup_vsphere(targets: list[str], repo: str | None, repo_password_file: str | None,
+                    json_out: bool, **options: object) -> None:
+    """The vm:/vapp:/ivd: path of ``backup``: restore/ does the vSphere side, ingest writes."""
+    # Imported here: pyVmomi and VixDiskLib cost every other command their start-up time.
+    import vddk
+    from restore import errors as vsphere_errors, runner
+
+    exitcodes.register([(vsphere_errors.CredentialsMissing, exitcodes.USAGE),
+                        (vsphere_errors.VMNotFound, exitcodes.NOT_FOUND),
+                        (vsphere_errors.AmbiguousVM, exitcodes.NOT_FOUND),
+                        (vsphere_errors.UnsupportedTarget, exitcodes.UNSUPPORTED),
+                        (vsphere_errors.VSphereError, exitcodes.VSPHERE),
+                        (vddk.VddkError, exitcodes.VDDK)])
+    bad = [t for t in targets if not runner.is_vsphere_target(t)]
+    if bad:
+        raise UsageProblem(f"cannot mix {bad[0]!r} with vSphere targets: back up files separately")
+    opts = runner.Options(**options)  # type: ignore[arg-type]
+    # A dry run needs no repository, but reads one when given, to plan incremental reads.
+    repository = open_repository(repo, repo_password_file) if repo or not opts.dry_run else None
+    progress = Progress()
+
+    def ingest(vm: str, sources: list, metadata: dict) -> BackupReport:
+        if repository is None or opts.dry_run:
+            raise AssertionError("a dry run writes nothing")
+        report = ingest_backup(repository, vm, sources, metadata=metadata, progress=progress)
+        progress.finish()
+        return report
+
+    def previous(vm: str) -> dict[str, dict]:
+        gens = RepositoryView(repository).generations(vm) if repository is not None else []
+        return {d.label: dict(d.entry.source or {}) for d in gens[-1].disks} if gens else {}
+
+    def show(outcome: runner.Outcome) -> None:
+        if not json_out:
+            for line in runner.outcome_lines(outcome):
+                (typer.echo if outcome.ok else lambda t: typer.echo(t, err=True))(line)
+
+    try:
+        result = runner.run(targets, opts, ingest=ingest, previous=previous,
+                            chunk_size=repository.chunk_size if repository is not None and not opts.dry_run else None,
+                            on_event=lambda text: typer.echo(text, err=True), on_outcome=show)
+    except KeyboardInterrupt:
+        # typer turns Ctrl-C into a silent exit 130: say what became of the VM.
+        typer.echo("repofs: error: interrupted; the backup snapshot was removed, no generation written", err=True)
+        raise
+    for note in result.notes:
+        typer.echo(f"note: {note}", err=True)
+    if json_out:
+        _emit([runner.outcome_json(o) for o in result.outcomes])
+    if result.failed:
+        if len(result.outcomes) == 1:
+            raise result.failed[0].error  # type: ignore[misc]  # its own exit code
+        raise typer.Exit(exitcodes.FAILURE)
 
 
 def _print_backup(report: BackupReport, json_out: bool) -> None:
@@ -220,8 +292,10 @@ exitcodes.register([(MountError, exitcodes.FAILURE)])
 
 
 @app.command()
-def mount(first: Annotated[str, typer.Argument(metavar="[REPO] MOUNTPOINT")],
-          second: Annotated[Optional[str], typer.Argument(metavar="", show_default=False)] = None,
+def mount(first: Annotated[str, typer.Argument(metavar="[REPO]", show_default=False, help=(
+              "The repository; leave it out to take it from -r/REPOFS_REPOSITORY."))],
+          second: Annotated[Optional[str], typer.Argument(metavar="MOUNTPOINT", show_default=False,
+                                                          help="An empty directory.")] = None,
           repo: RepoOpt = None, password_file: PasswordFileOpt = None,
           foreground: Annotated[bool, typer.Option("--foreground", "-f", help="Stay in the foreground; log to stderr.")] = False,
           options: Annotated[Optional[list[str]], typer.Option(

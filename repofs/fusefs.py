@@ -338,10 +338,12 @@ class RepofsOperations(pyfuse3.Operations):
         disk = node.file.disk
         if disk is None:
             return node.file.read(off, size)
+        # Queue read-ahead before waiting for this read, so the next chunks decompress
+        # while this one does.
+        self._note_access(handle, off, max(0, min(size, disk.capacity - off)))
         data = disk.read_if_cached(off, size)
         if data is None:
             data = await self._in_thread(disk.read, self._read_limiter, node, off, size)
-        self._note_access(handle, off, len(data))
         return data
 
     async def release(self, fh: int) -> None:
