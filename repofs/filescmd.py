@@ -185,6 +185,34 @@ def build_app(open_repository: Callable[[str | None, str | None], object],
         typer.echo(f"{where}: {report.files} files, {report.dirs} directories, {report.links} symlinks, "
                    f"{report.bytes} bytes{skipped}", err=True)
 
+    @app.command("mount")
+    def mount_cmd(target: Annotated[str, typer.Argument(metavar="vm:NAME[@GEN]")],
+                  directory: Annotated[str, typer.Argument(metavar="DIR", help="Where DIR/<disk>/<volume> appear.")],
+                  from_dir: Annotated[Optional[str], typer.Option(
+                      "--from", help="A generation folder of an existing repofs mount (else one is started).")] = None,
+                  repo: RepoOpt = None, password_file: PasswordFileOpt = None) -> None:
+        """(root) Loop-mount every volume the kernel can mount read-only, without journal
+        replay; the others through the rootless reader. Prints the path each one took."""
+        from . import loopmount  # noqa: PLC0415 (root-only path)
+        exitcodes.register([(loopmount.LoopMountError, exitcodes.FAILURE)])
+        address = parse_address(target)
+        if address.path:
+            raise typer.BadParameter("files mount takes vm:NAME[@GENERATION], without a disk or path")
+
+        def report(p) -> None:
+            where = p.where or "-"
+            typer.echo(f"{p.disk}/{p.volume}\t{p.fstype or '-'}\t{p.how}\t{where}\t{p.detail}")
+
+        loopmount.mount(directory, gen_dir=from_dir, repo=repo, password_file=password_file,
+                        vm=address.vm, generation=address.generation, report=report)
+
+    @app.command("umount")
+    def umount_cmd(directory: Annotated[str, typer.Argument(metavar="DIR")]) -> None:
+        """Undo 'repofs files mount DIR': unmount, detach loop devices, end the private mount."""
+        from . import loopmount  # noqa: PLC0415
+        exitcodes.register([(loopmount.LoopMountError, exitcodes.FAILURE)])
+        loopmount.umount(directory)
+
     return app
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import errno
 import io
+import os
 import stat as st
 import threading
 from collections import OrderedDict
@@ -117,7 +118,8 @@ class Volume:
     """One addressable volume of a disk: a partition, the whole disk, or an LVM logical volume."""
     name: str                     # "p1", "whole", "vg0/root"
     disk: str
-    offset: int | None            # byte offset on the disk; None for logical volumes
+    offset: int | None            # byte offset on the disk when it is one contiguous range
+                                  # of it (None: an LV spread over segments or disks)
     size: int
     fstype: str | None            # ext, xfs, btrfs, ntfs, vfat, exfat, lvm2, luks, bitlocker, swap
     description: str              # partition type or VG, for listings
@@ -133,6 +135,22 @@ class DiskReader(Protocol):
     capacity: int
 
     def read(self, offset: int, size: int) -> bytes: ...
+
+
+class FileDisk:
+    """A disk read from a local file with ``pread``: a flat extent in a repofs mount (the loop
+    path's fallback) or a raw image (tests, benchmarks)."""
+
+    def __init__(self, path: str, label: str):
+        self.path, self.label = path, label
+        self._fd = os.open(path, os.O_RDONLY)
+        self.capacity = os.fstat(self._fd).st_size
+
+    def read(self, offset: int, size: int) -> bytes:
+        return os.pread(self._fd, max(0, min(size, self.capacity - offset)), offset)
+
+    def close(self) -> None:
+        os.close(self._fd)
 
 
 class DiskStream(AlignedStream):
@@ -269,12 +287,22 @@ def _logical_volumes(pvs: list[Volume]) -> list[Volume]:
             for pv, _dev in members:
                 pv.description = f"LVM2 PV of {vg_name}, VG incomplete or damaged ({_first_line(e)})"
             continue
-        home = members[0][0].disk
-        for lv in sorted(lvm.volume_group.lv, key=lambda lv: lv.name):
+        by_dev = {id(dev): pv for pv, dev in members}
+        vg = lvm.volume_group
+        for lv in sorted(vg.lv, key=lambda lv: lv.name):
             if not lv.is_visible or (lv.type or "").startswith("thin-pool"):
                 continue
             name = f"{vg_name}/{lv.name}"
             opener = (lambda lv=lv: lv.open())
+            home, offset = members[0][0].disk, None
+            segs = lv.segments
+            linear = len(segs) == 1 and segs[0].type == "striped" and len(segs[0].stripes) == 1
+            if linear:     # one contiguous range of one disk: the loop path can attach it
+                pv_meta = vg.physical_volumes[segs[0].stripes[0][0]]
+                pv = by_dev.get(id(pv_meta.dev))
+                if pv is not None and pv.offset is not None:
+                    home = pv.disk
+                    offset = pv.offset + (pv_meta.pe_start + segs[0].stripes[0][1] * vg.extent_size) * 512
             try:
                 fh = opener()
                 size = fh.size if getattr(fh, "size", None) is not None else fh.seek(0, io.SEEK_END)
@@ -285,8 +313,8 @@ def _logical_volumes(pvs: list[Volume]) -> list[Volume]:
                 size, fstype = 0, None
                 desc = f"LVM2 LV, unreadable ({_first_line(e)})"
             else:
-                desc = f"LVM2 LV ({lv.type or 'linear'})"
-            out.append(Volume(name, home, None, size, fstype, desc, opener))
+                desc = f"LVM2 LV ({'linear' if linear else lv.type or 'segmented'})"
+            out.append(Volume(name, home, offset, size, fstype, desc, opener))
     return out
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import random
+import stat as st
 import shutil
 import subprocess
 import sys
@@ -388,3 +389,79 @@ def guest_repo(guest_images: GuestImages, tmp_path_factory: pytest.TempPathFacto
     env.update(REPOFS_REPOSITORY=str(repo), REPOFS_PASSWORD_FILE=str(pw), PYTHONPATH=str(ROOT),
                PYTHONWARNINGS="error", LANG="C.UTF-8", TZ="UTC")
     return GuestRepo(repo, env, guest_images, {n: n for n in guest_images.images})
+
+
+# --- a filesystem snapshot, comparable between the rootless reader, the mount and the kernel --
+
+IGNORED = {"lost+found"}
+
+
+def snapshot_guest(g, root: str) -> dict[str, tuple]:
+    out: dict[str, tuple] = {}
+
+    def walk(rel: str) -> None:
+        for name, s in g.listdir(f"{root}/{rel}" if rel else root):
+            if not rel and name in IGNORED:
+                continue
+            path = f"{rel}/{name}" if rel else name
+            full = f"{root}/{path}"
+            if s.is_dir:
+                out[path] = ("dir", st.S_IMODE(s.mode), s.mtime_ns // 10**9)
+                walk(path)
+            elif s.is_symlink:
+                out[path] = ("link", g.readlink(full))
+            else:
+                f = g.open(full)
+                out[path] = ("file", st.S_IMODE(s.mode), s.mtime_ns // 10**9, f.read(0, s.size + 1))
+    walk("")
+    return out
+
+
+def snapshot_local(root: Path) -> dict[str, tuple]:
+    out: dict[str, tuple] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel_dir = os.path.relpath(dirpath, root)
+        if rel_dir == ".":
+            dirnames[:] = [d for d in dirnames if d not in IGNORED]
+            filenames = [f for f in filenames if f not in IGNORED]
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            rel = name if rel_dir == "." else f"{rel_dir}/{name}"
+            s = p.lstat()
+            if st.S_ISLNK(s.st_mode):
+                out[rel] = ("link", os.readlink(p))
+            elif st.S_ISDIR(s.st_mode):
+                out[rel] = ("dir", st.S_IMODE(s.st_mode), s.st_mtime_ns // 10**9)
+            else:
+                out[rel] = ("file", st.S_IMODE(s.st_mode), s.st_mtime_ns // 10**9, p.read_bytes())
+        dirnames[:] = [d for d in dirnames if not (Path(dirpath) / d).is_symlink()]
+    return out
+
+
+def expected(tree: Tree, posix: bool = True) -> dict[str, tuple]:
+    """What a snapshot of ``tree`` must show (directory modes are whatever mkdir gave)."""
+    out: dict[str, tuple] = {}
+    for p, data in tree.files.items():
+        out[p] = ("file", tree.modes.get(p, 0o644), tree.mtimes[p], data)
+    for d in tree.dirs:
+        out[d] = ("dir", None, tree.mtimes[d])
+    for p, target in tree.links.items():
+        out[p] = ("link", target)
+    if not posix:
+        out = {p: (v[0], None, *v[2:]) if v[0] != "link" else v for p, v in out.items()}
+    return out
+
+
+def same(snap: dict[str, tuple], want: dict[str, tuple]) -> None:
+    assert sorted(snap) == sorted(want)
+    for p, w in want.items():
+        got = snap[p]
+        if w[0] == "link":
+            assert got == w, p
+            continue
+        assert got[0] == w[0], p
+        if w[1] is not None:
+            assert got[1] == w[1], (p, oct(got[1]), oct(w[1]))
+        assert got[2] == w[2], (p, "mtime")
+        if w[0] == "file":
+            assert got[3] == w[3], (p, "content")

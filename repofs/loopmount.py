@@ -1,0 +1,389 @@
+"""``repofs files mount``: a generation's guest partitions under ``DIR/<disk>/<volume>`` with the
+kernel's own drivers (root), and the rootless reader where the kernel cannot.
+
+For each flat disk of a generation folder in a repofs FUSE mount (a private one started for
+the purpose, or one the user names with ``--from``):
+
+- volumes are found in user space (``guestfs``: MBR, GPT, LVM), so neither the kernel's
+  partition-table parsers nor device-mapper are needed (this machine's kernel has neither);
+- each volume the kernel can mount gets its own read-only loop device over its byte range of
+  the flat file (``losetup -r -o OFFSET --sizelimit SIZE``) and ``mount -o ro`` plus the
+  option that forbids journal replay (ext*: ``noload``, XFS: ``norecovery``, Btrfs:
+  ``rescue=nologreplay``): the backup is never written to, and what the guest had not yet
+  written back from its journal is not seen;
+- any other readable volume (vfat/NTFS/exFAT without a kernel driver, an LV in several
+  pieces, a kernel mount that failed) is served by ``repofs.guestfuse`` at the same place;
+- encrypted, swap and unknown volumes are listed as skipped, with the reason.
+
+Everything attached is written to a state file (``/run/repofs/files/<hash of DIR>.json``)
+before the next step, so ``repofs files umount DIR`` — and the error path of ``mount``
+itself, also on Ctrl-C or SIGTERM — detaches exactly what was attached, in reverse order.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+
+from .guestfs import GuestError, GuestGeneration, PartitionTableDamaged, Volume
+from .guestfuse import generation_from_dir
+from .views import LATEST, vm_folder_name
+
+STATE_DIR = "/run/repofs/files"
+
+# guestfs fstype -> (kernel filesystem type, mount options)
+KERNEL = {
+    "ext": ("ext4", "ro,noload"),          # ext4 driver mounts ext2/3 too
+    "xfs": ("xfs", "ro,norecovery"),
+    "btrfs": ("btrfs", "ro,rescue=nologreplay"),
+    "vfat": ("vfat", "ro"),
+    "ntfs": ("ntfs3", "ro"),
+    "exfat": ("exfat", "ro"),
+}
+
+
+class LoopMountError(Exception):
+    """Loop devices or kernel mounts could not be set up or torn down."""
+
+
+@dataclass
+class State:
+    dir: str
+    repo_mount: str | None = None          # the private repofs mount we started
+    loops: list[str] = field(default_factory=list)
+    mounts: list[str] = field(default_factory=list)     # kernel and guestfuse mounts, in order
+    made_dirs: list[str] = field(default_factory=list)
+
+    @staticmethod
+    def path_for(dir_: str) -> str:
+        return os.path.join(STATE_DIR, hashlib.sha256(dir_.encode()).hexdigest()[:16] + ".json")
+
+    def save(self) -> None:
+        os.makedirs(STATE_DIR, exist_ok=True)
+        path = self.path_for(self.dir)
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(asdict(self), f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, path)
+
+    @classmethod
+    def load(cls, dir_: str) -> "State | None":
+        try:
+            with open(cls.path_for(dir_)) as f:
+                return cls(**json.load(f))
+        except FileNotFoundError:
+            return None
+
+    def forget(self) -> None:
+        try:
+            os.unlink(self.path_for(self.dir))
+        except FileNotFoundError:
+            pass
+
+
+@dataclass
+class Placed:
+    """What became of one volume."""
+    disk: str
+    volume: str
+    fstype: str | None
+    how: str               # kernel, rootless or skipped
+    where: str | None
+    detail: str
+
+
+def _run(*cmd: str) -> str:
+    done = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    if done.returncode != 0:
+        text = (done.stderr or done.stdout).strip().splitlines()
+        raise LoopMountError(f"{' '.join(cmd[:2])}: {text[-1] if text else f'exit {done.returncode}'}")
+    return done.stdout.strip()
+
+
+def kernel_filesystems() -> set[str]:
+    try:
+        with open("/proc/filesystems") as f:
+            return {line.split()[-1] for line in f if line.strip()}
+    except OSError:
+        return set()
+
+
+def is_mounted(path: str) -> bool:
+    real = os.path.realpath(path)
+    with open("/proc/self/mountinfo", "rb") as f:
+        for line in f:
+            raw = re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8)]), line.split()[4])
+            if os.fsdecode(raw) == real:
+                return True
+    return False
+
+
+class _Signals:
+    """Ctrl-C, SIGTERM and SIGHUP during set-up unwind through the teardown, but never in
+    the middle of a step: a step (attach a loop device and record it, mount and record it) is
+    finished first, so nothing attached goes unrecorded."""
+    critical = False
+    pending: int | None = None
+
+    @classmethod
+    def install(cls) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, cls._handler)
+
+    @classmethod
+    def _handler(cls, signum, frame) -> None:
+        if cls.critical:
+            cls.pending = signum
+            return
+        raise KeyboardInterrupt
+
+    @classmethod
+    @contextlib.contextmanager
+    def step(cls):
+        cls.critical = True
+        try:
+            yield
+        finally:
+            cls.critical = False
+        if cls.pending is not None:
+            raise KeyboardInterrupt
+
+
+def mount(dir_: str, *, gen_dir: str | None = None, repo: str | None = None,
+          password_file: str | None = None, vm: str | None = None, generation: str | None = None,
+          report=None) -> list[Placed]:
+    """Mount a generation's volumes under ``dir_``. Either ``gen_dir`` (a generation folder of
+    a repofs mount) or ``repo`` + ``vm`` (+ ``generation``): then a private repofs mount is
+    started under /run/repofs and ended by ``umount``."""
+    if os.geteuid() != 0:
+        raise LoopMountError("repofs files mount needs root (loop devices, mount); "
+                             "without root use 'repofs files ls/get' or the mount's files/ folder")
+    real = os.path.realpath(dir_)
+    if not os.path.isdir(real):
+        raise LoopMountError(f"{dir_} is not a directory")
+    if State.load(real) is not None:
+        raise LoopMountError(f"{dir_} already holds a files mount: 'repofs files umount {dir_}' first")
+    state = State(real)
+    state.save()
+    _Signals.install()
+    try:
+        if gen_dir is None:
+            gen_dir = _start_repo_mount(state, repo, password_file, vm, generation)
+        placed = _attach_all(state, gen_dir, report)
+    except BaseException:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):   # a second Ctrl-C must
+            signal.signal(sig, signal.SIG_IGN)                      # not cut the teardown
+        for problem in teardown(state):
+            sys.stderr.write(f"repofs: warning: {problem} (state kept: run 'repofs files umount {dir_}')\n")
+        raise
+    return placed
+
+
+def _start_repo_mount(state: State, repo: str | None, password_file: str | None,
+                      vm: str | None, generation: str | None) -> str:
+    if not repo:
+        raise LoopMountError("no repository given: use --repo/-r, REPOFS_REPOSITORY or --from MOUNTDIR")
+    os.makedirs("/run/repofs", exist_ok=True)
+    mnt = tempfile.mkdtemp(prefix="repofs-files-", dir="/run/repofs")
+    state.repo_mount = mnt
+    state.save()
+    cmd = [sys.executable, "-m", "repofs.cli", "mount", os.path.abspath(repo), mnt]
+    if password_file:
+        cmd += ["--password-file", os.path.abspath(password_file)]
+    # stdin stays ours: a passphrase prompt still works; the mount forks once it is up
+    with _Signals.step():
+        done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if done.returncode != 0:
+        state.repo_mount = None if not is_mounted(mnt) else mnt
+        if state.repo_mount is None:
+            os.rmdir(mnt)
+        state.save()
+        text = done.stderr.strip().splitlines()
+        raise LoopMountError(text[-1].removeprefix("repofs: error: ") if text else "repofs mount failed")
+    vm_dir = os.path.join(mnt, vm_folder_name(vm or ""))
+    if not os.path.isdir(vm_dir):
+        from format.errors import VMNotFound  # noqa: PLC0415 (same error as the other commands)
+        raise VMNotFound(f"no generations of VM {vm!r} in this repository")
+    gen_dir = os.path.join(vm_dir, generation or LATEST)
+    if not os.path.isdir(gen_dir):
+        from format.errors import GenerationNotFound  # noqa: PLC0415
+        raise GenerationNotFound(f"VM {vm!r} has no generation {generation!r}")
+    return os.path.realpath(gen_dir)
+
+
+def _attach_all(state: State, gen_dir: str, report) -> list[Placed]:
+    gen = generation_from_dir(gen_dir)
+    try:     # our own descriptors on the flat files would keep the repository mount busy
+        return _attach_disks(state, gen, gen_dir, report)
+    finally:
+        for d in gen.disks:
+            d.close()
+
+
+def _attach_disks(state: State, gen, gen_dir: str, report) -> list[Placed]:
+    guest = GuestGeneration(gen)
+    flats = {d.label: d.path for d in gen.disks}
+    have = kernel_filesystems()
+    placed: list[Placed] = []
+    for label in guest.disk_labels():
+        try:
+            volumes = guest.volumes(label)
+        except PartitionTableDamaged as e:
+            volumes, damaged = [], Placed(label, "-", None, "skipped", None, str(e))
+            placed.append(damaged)
+            if report:
+                report(damaged)
+        for v in volumes:
+            p = _attach_one(state, guest, flats, v, have, gen_dir)
+            placed.append(p)
+            if report:
+                report(p)
+    return placed
+
+
+def _mkdirs(state: State, path: str) -> None:
+    missing = []
+    p = path
+    while not os.path.isdir(p):
+        missing.append(p)
+        p = os.path.dirname(p)
+    for d in reversed(missing):
+        os.mkdir(d, 0o755)
+        state.made_dirs.append(d)
+    state.save()
+
+
+def _attach_one(state: State, guest: GuestGeneration, flats: dict[str, str], v: Volume,
+                have: set[str], gen_dir: str) -> Placed:
+    def done(how: str, where: str | None, detail: str) -> Placed:
+        return Placed(v.disk, v.name, v.fstype, how, where, detail)
+
+    if v.fstype == "lvm2":
+        return done("skipped", None, f"LVM physical volume ({v.description}); its LVs are listed apart")
+    if not v.browsable:
+        try:
+            guest.tree(v.disk, v.name)
+        except GuestError as e:
+            return done("skipped", None, str(e))
+    where = os.path.join(state.dir, v.disk, *v.name.split("/"))
+    with _Signals.step():
+        _mkdirs(state, where)
+    why_not_kernel = None
+    ktype, opts = KERNEL.get(v.fstype or "", (None, None))
+    if ktype is None:
+        why_not_kernel = f"no kernel driver for {v.fstype}"
+    elif ktype not in have and not (ktype == "ntfs3" and "ntfs" in have):
+        why_not_kernel = f"this kernel has no {ktype} driver"
+    elif v.offset is None:
+        why_not_kernel = "the volume is not one contiguous range of a disk"
+    else:
+        with _Signals.step():
+            loop = _run("losetup", "-r", "-f", "--show", "-o", str(v.offset), "--sizelimit", str(v.size),
+                        flats[v.disk])
+            state.loops.append(loop)
+            state.save()
+        with _Signals.step():
+            try:
+                _run("mount", "-t", ktype, "-o", opts, loop, where)
+            except LoopMountError as e:
+                why_not_kernel = f"the kernel refused it ({e})"
+                _run("losetup", "-d", loop)
+                state.loops.remove(loop)
+                state.save()
+            else:
+                state.mounts.append(where)
+                state.save()
+        if why_not_kernel is None:
+            return done("kernel", where, f"{loop}, {ktype} -o {opts}")
+    # the rootless reader, as a small FUSE file system of its own
+    with _Signals.step():
+        state.mounts.append(where)      # recorded first: a crash right after leaves no orphan
+        state.save()
+        try:
+            _run(sys.executable, "-m", "repofs.guestfuse", gen_dir, f"{v.disk}/{v.name}", where)
+        except LoopMountError as e:
+            state.mounts.remove(where)
+            state.save()
+            return done("skipped", None, f"{why_not_kernel}; the rootless reader failed too ({e})")
+    return done("rootless", where, why_not_kernel or "")
+
+
+def teardown(state: State) -> list[str]:
+    """Undo everything ``state`` records, newest first; returns the problems (also kept in
+    the state file, which stays until everything is gone)."""
+    problems: list[str] = []
+    for where in reversed(list(state.mounts)):
+        if is_mounted(where):
+            if not _unmount(where):
+                problems.append(f"cannot unmount {where} (busy?)")
+                continue
+        state.mounts.remove(where)
+        state.save()
+    for loop in reversed(list(state.loops)):
+        if subprocess.run(["losetup", "-d", loop], capture_output=True).returncode != 0 and \
+                os.path.exists(f"/sys/block/{os.path.basename(loop)}/loop/backing_file"):
+            problems.append(f"cannot detach {loop}")
+            continue
+        state.loops.remove(loop)
+        state.save()
+    if not problems:
+        for d in reversed(list(state.made_dirs)):
+            try:
+                os.rmdir(d)
+            except OSError:
+                pass
+            state.made_dirs.remove(d)
+    if state.repo_mount and not problems:
+        mnt = state.repo_mount
+        # last resort for our private mount: detach it lazily, its server ends when idle
+        if is_mounted(mnt) and not _unmount(mnt) and \
+                subprocess.run(["fusermount3", "-u", "-z", mnt], capture_output=True).returncode != 0:
+            problems.append(f"cannot unmount the repository mount {mnt}")
+        else:
+            _wait_gone(mnt)
+            shutil.rmtree(mnt, ignore_errors=True) if not is_mounted(mnt) else None
+            state.repo_mount = None
+    if problems:
+        state.save()
+    else:
+        state.forget()
+    return problems
+
+
+def _unmount(where: str, tries: int = 20) -> bool:
+    """A just-detached loop device can keep its backing file busy for a moment: retry."""
+    for _ in range(tries):
+        for cmd in (["umount", where], ["fusermount3", "-u", where]):
+            if shutil.which(cmd[0]) and subprocess.run(cmd, capture_output=True).returncode == 0:
+                return True
+        if not is_mounted(where):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _wait_gone(mnt: str, timeout: float = 5.0) -> None:
+    end = time.monotonic() + timeout
+    while is_mounted(mnt) and time.monotonic() < end:
+        time.sleep(0.05)
+
+
+def umount(dir_: str) -> None:
+    real = os.path.realpath(dir_)
+    state = State.load(real)
+    if state is None:
+        raise LoopMountError(f"{dir_} holds no files mount (no state in {STATE_DIR})")
+    problems = teardown(state)
+    if problems:
+        raise LoopMountError("; ".join(problems) + f" (state kept: run 'repofs files umount {dir_}' again)")
