@@ -264,8 +264,8 @@ def ssl_context(info: VCSim) -> ssl.SSLContext:
     return ssl.create_default_context(cadata=info.cert_pem)
 
 
-# The govmomi 0.24.2 simulator serves the vSphere 6.5 API (urn:vim25/6.5).
-SIMULATOR_API_VERSION = "vim.version.version11"
+# Our simulator advertises the vSphere 6.7 API (urn:vim25/6.7), see tests/vcsim/main.go.
+SIMULATOR_API_VERSION = "vim.version.version12"
 
 
 def connect(info: VCSim, user: str | None = None, password: str | None = None) -> vim.ServiceInstance:

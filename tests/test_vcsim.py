@@ -633,6 +633,44 @@ def test_writes_through_the_vddk_standin_are_tracked(
         assert f.read(8192) == b"\xab" * 8192
 
 
+def test_first_class_disk_changed_blocks(vcsim: VCSim) -> None:
+    with connected(vcsim) as si:
+        manager = vim.vslm.vcenter.VStorageObjectManager("VStorageObjectManager", si._stub)
+        ds = find_by_name(si, vim.Datastore, "LocalDS_1")
+        spec = vim.vslm.CreateSpec(
+            name=unique("fcd-cbt"), capacityInMB=64,
+            backingSpec=vim.vslm.CreateSpec.DiskFileBackingSpec(datastore=ds, provisioningType="thin"))
+        disk = wait_task(si, manager.CreateDisk_Task(spec=spec))
+        fcd_id, path = disk.config.id, disk.config.backing.filePath
+        assert not manager.RetrieveVStorageObject(id=fcd_id, datastore=ds).config.changedBlockTrackingEnabled
+
+        untracked = wait_task(si, manager.VStorageObjectCreateSnapshot_Task(id=fcd_id, datastore=ds, description="a"))
+        assert not manager.RetrieveSnapshotDetails(id=fcd_id, datastore=ds, snapshotId=untracked).changedBlockTrackingId
+
+        manager.SetVStorageObjectControlFlags(id=fcd_id, datastore=ds, controlFlags=["enableChangedBlockTracking"])
+        assert manager.RetrieveVStorageObject(id=fcd_id, datastore=ds).config.changedBlockTrackingEnabled
+        first = wait_task(si, manager.VStorageObjectCreateSnapshot_Task(id=fcd_id, datastore=ds, description="1"))
+        details = manager.RetrieveSnapshotDetails(id=fcd_id, datastore=ds, snapshotId=first)
+        assert details.path == path and details.changedBlockTrackingId
+        write_disk(vcsim, path, 5 * MiB, b"changed" * 100)
+        second = wait_task(si, manager.VStorageObjectCreateSnapshot_Task(id=fcd_id, datastore=ds, description="2"))
+
+        info = manager.QueryChangedDiskAreas(id=fcd_id, datastore=ds, snapshotId=second, startOffset=0,
+                                             changeId=details.changedBlockTrackingId)
+        assert (info.startOffset, info.length) == (0, 64 * MiB)
+        assert [(a.start, a.length) for a in info.changedArea] == [round_out(5 * MiB, 700)]
+        everything = manager.QueryChangedDiskAreas(id=fcd_id, datastore=ds, snapshotId=second, startOffset=0,
+                                                   changeId="*")
+        assert [(a.start, a.length) for a in everything.changedArea] == [round_out(5 * MiB, 700)]
+        with pytest.raises(vim.fault.FileFault):
+            manager.QueryChangedDiskAreas(id=fcd_id, datastore=ds, snapshotId=untracked, startOffset=0,
+                                          changeId=details.changedBlockTrackingId)
+
+        wait_task(si, manager.DeleteSnapshot_Task(id=fcd_id, datastore=ds, snapshotId=first))
+        with pytest.raises(vim.fault.NotFound):
+            manager.RetrieveSnapshotDetails(id=fcd_id, datastore=ds, snapshotId=first)
+
+
 def test_injected_snapshot_faults(vcsim: VCSim) -> None:
     with connected(vcsim) as si:
         vm = create_vm(si, unique("faults"), [MiB], change_tracking=True)

@@ -278,42 +278,47 @@ func queryChangedDiskAreas(req *types.QueryChangedDiskAreas) (*types.DiskChangeI
 	if disk == nil || fileBacking(disk) == "" {
 		return nil, invalidArgument("deviceKey", fmt.Sprintf("no virtual disk with key %d in the snapshot", req.DeviceKey))
 	}
-	descPath, err := localPath(fileBacking(disk))
-	if err != nil {
-		return nil, fileFault(fileBacking(disk), err.Error())
-	}
-	capacity := diskCapacity(disk)
-	if req.StartOffset < 0 || req.StartOffset >= capacity {
-		return nil, invalidArgument("startOffset", fmt.Sprintf("startOffset %d is outside the disk (%d bytes)", req.StartOffset, capacity))
-	}
+	return changedAreas(fileBacking(disk), diskCapacity(disk), snapChangeID, req.StartOffset, req.ChangeId)
+}
 
-	end := req.StartOffset + cbtPageSize
+// changedAreas answers a changed-block query for the disk whose descriptor is
+// at datastorePath, of capacity bytes, as of a snapshot whose change id for it
+// is snapChangeID ("" when the snapshot was taken without tracking).
+func changedAreas(datastorePath string, capacity int64, snapChangeID string, startOffset int64, changeID string) (*types.DiskChangeInfo, *cbtFault) {
+	descPath, err := localPath(datastorePath)
+	if err != nil {
+		return nil, fileFault(datastorePath, err.Error())
+	}
+	if startOffset < 0 || startOffset >= capacity {
+		return nil, invalidArgument("startOffset", fmt.Sprintf("startOffset %d is outside the disk (%d bytes)", startOffset, capacity))
+	}
+	end := startOffset + cbtPageSize
 	if end > capacity {
 		end = capacity
 	}
 	var changed []extent
-	if req.ChangeId == "*" {
+	if changeID == "*" {
 		// Only this page's part of the file (from its 64 KiB boundary, as areas round out).
-		from := req.StartOffset / cbtGranularity * cbtGranularity
+		from := startOffset / cbtGranularity * cbtGranularity
 		changed, err = allocatedExtents(filepath.Join(filepath.Dir(descPath), flatName(descPath)), from, end)
 		if err != nil {
 			return nil, fileFault(descPath, err.Error())
 		}
 	} else {
 		ctk := ctkLogPath(descPath)
-		wantID, from, ok := parseChangeID(req.ChangeId)
+		wantID, from, ok := parseChangeID(changeID)
 		if !ok {
-			return nil, invalidArgument("changeId", fmt.Sprintf("malformed change id %q", req.ChangeId))
+			return nil, invalidArgument("changeId", fmt.Sprintf("malformed change id %q", changeID))
 		}
 		haveID, to, ok := parseChangeID(snapChangeID)
 		if !ok {
 			return nil, fileFault(ctk, "changed-block tracking was not enabled on this disk when the snapshot was taken")
 		}
 		if wantID != haveID {
-			return nil, fileFault(ctk, fmt.Sprintf("change id %q does not belong to this disk", req.ChangeId))
+			return nil, fileFault(ctk, fmt.Sprintf("change id %q does not belong to this disk", changeID))
 		}
 		if from > to {
-			return nil, fileFault(ctk, fmt.Sprintf("change id %q is newer than the snapshot", req.ChangeId))
+			return nil, fileFault(ctk, fmt.Sprintf("change id %q is newer than the snapshot", changeID))
 		}
 		size, err := ctkLogSize(descPath)
 		if err != nil || size < to {
@@ -325,8 +330,8 @@ func queryChangedDiskAreas(req *types.QueryChangedDiskAreas) (*types.DiskChangeI
 		}
 	}
 
-	info := &types.DiskChangeInfo{StartOffset: req.StartOffset, Length: end - req.StartOffset}
-	for _, e := range clip(normalize(changed, capacity), req.StartOffset, end) {
+	info := &types.DiskChangeInfo{StartOffset: startOffset, Length: end - startOffset}
+	for _, e := range clip(normalize(changed, capacity), startOffset, end) {
 		info.ChangedArea = append(info.ChangedArea, types.DiskChangeExtent{Start: e.start, Length: e.length})
 	}
 	return info, nil

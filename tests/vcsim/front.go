@@ -4,7 +4,8 @@ package main
 // vAPI (/rest) logins with wrong credentials, reads the SOAP method of each
 // /sdk request and
 //
-//   - answers QueryChangedDiskAreas itself (the simulator lacks it);
+//   - answers QueryChangedDiskAreas itself (the simulator lacks it), for
+//     VMs and first-class disks (cbt.go, fcd.go);
 //   - translates CreateSnapshotEx_Task (missing too) into CreateSnapshot_Task;
 //   - before a snapshot, issues change ids; after it, detaches the snapshot's
 //     config from the VM's;
@@ -104,18 +105,69 @@ func (h *frontHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 	switch req := method.Body.(type) {
 	case *types.QueryChangedDiskAreas:
+		h.answer(w, r, method.Name, func() *cbtFault {
+			info, fault := queryChangedDiskAreas(req)
+			if fault == nil {
+				writeDiskChangeInfo(w, method.Name, info)
+			}
+			return fault
+		})
+	case *types.VstorageObjectVCenterQueryChangedDiskAreas:
+		h.answer(w, r, method.Name, func() *cbtFault {
+			info, fault := fcdChangedAreas(req)
+			if fault == nil {
+				writeDiskChangeInfo(w, method.Name, info)
+			}
+			return fault
+		})
+	case *types.SetVStorageObjectControlFlags:
+		h.answer(w, r, method.Name, func() *cbtFault {
+			fault := setControlFlags(req.This, req.Datastore, req.Id, req.ControlFlags, true)
+			if fault == nil {
+				writeEmptyResponse(w, method.Name)
+			}
+			return fault
+		})
+	case *types.ClearVStorageObjectControlFlags:
+		h.answer(w, r, method.Name, func() *cbtFault {
+			fault := setControlFlags(req.This, req.Datastore, req.Id, req.ControlFlags, false)
+			if fault == nil {
+				writeEmptyResponse(w, method.Name)
+			}
+			return fault
+		})
+	case *types.RetrieveSnapshotDetails:
+		h.answer(w, r, method.Name, func() *cbtFault {
+			details, fault := snapshotDetails(req)
+			if fault == nil {
+				writeSnapshotDetails(w, details)
+			}
+			return fault
+		})
+	case *types.RetrieveVStorageObject:
+		rec := h.forward(r, nil, method.Name)
+		copyResponseBody(w, rec, markTracked(rec.Body.Bytes(), req.Id.Id))
+	case *types.VStorageObjectCreateSnapshot_Task:
 		if !h.authenticated(r) {
-			h.next.ServeHTTP(w, r) // NotAuthenticated, from the simulator
+			copyResponse(w, h.forward(r, nil, method.Name), "", "")
 			return
 		}
 		h.mu.Lock()
-		info, fault := queryChangedDiskAreas(req)
-		h.mu.Unlock()
-		if fault != nil {
-			writeFault(w, fault)
-			return
+		changeID := beforeFCDSnapshot(req)
+		rec := h.forward(r, nil, method.Name)
+		if task := finishedTask(rec); task != nil && task.Info.State == types.TaskInfoStateSuccess {
+			if id, ok := task.Info.Result.(*types.ID); ok && id != nil {
+				fcds.setSnapshot(req.Id.Id, id.Id, changeID, true)
+			}
 		}
-		writeDiskChangeInfo(w, info)
+		h.mu.Unlock()
+		copyResponse(w, rec, "", "")
+	case *types.DeleteSnapshot_Task:
+		rec := h.forward(r, nil, method.Name)
+		if task := finishedTask(rec); task != nil && task.Info.State == types.TaskInfoStateSuccess {
+			fcds.setSnapshot(req.Id.Id, req.SnapshotId.Id, "", false)
+		}
+		copyResponse(w, rec, "", "")
 	case *types.CreateSnapshotEx_Task:
 		h.snapshot(w, r, req.This, req.QuiesceSpec != nil, createSnapshotBody(req), "CreateSnapshotEx_Task")
 	case *types.CreateSnapshot_Task:
@@ -370,6 +422,22 @@ func (h *frontHandler) authenticated(r *http.Request) bool {
 	return h.forward(req, probe, "CurrentTime").Code == http.StatusOK
 }
 
+// answer runs one of our own answers for a logged-in client: f writes the
+// result, or returns the fault to send. Without a session the simulator
+// answers (NotAuthenticated).
+func (h *frontHandler) answer(w http.ResponseWriter, r *http.Request, method string, f func() *cbtFault) {
+	if !h.authenticated(r) {
+		copyResponse(w, h.forward(r, nil, method), "", "")
+		return
+	}
+	h.mu.Lock()
+	fault := f()
+	h.mu.Unlock()
+	if fault != nil {
+		writeFault(w, fault)
+	}
+}
+
 // copyResponse sends a recorded answer to the client, renaming the response
 // element when the request was translated.
 func copyResponse(w http.ResponseWriter, rec *httptest.ResponseRecorder, from, to string) {
@@ -377,6 +445,11 @@ func copyResponse(w http.ResponseWriter, rec *httptest.ResponseRecorder, from, t
 	if from != "" {
 		body = bytes.ReplaceAll(body, []byte(from), []byte(to))
 	}
+	copyResponseBody(w, rec, body)
+}
+
+// copyResponseBody sends a recorded answer with another body.
+func copyResponseBody(w http.ResponseWriter, rec *httptest.ResponseRecorder, body []byte) {
 	for k, v := range rec.Header() {
 		w.Header()[k] = v
 	}

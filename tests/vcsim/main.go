@@ -76,6 +76,13 @@ func main() {
 	simulator.Trace = *trace
 
 	model := simulator.VPX()
+	// Advertise vSphere 6.7 (API urn:vim25/6.7) rather than the model's 6.5:
+	// snapshots and changed-block queries of first-class disks exist from 6.7
+	// on, and clients only call what the server's version offers. The
+	// simulator itself does not look at versions.
+	about := &model.ServiceContent.About
+	about.Version, about.ApiVersion = "6.7.0", "6.7"
+	about.FullName = "VMware vCenter Server 6.7.0 build-" + about.Build
 	model.Datacenter = 1
 	model.Cluster = 1
 	model.ClusterHost = 2

@@ -32,15 +32,15 @@ func writeSOAP(w http.ResponseWriter, status int, body string) {
 	_, _ = w.Write([]byte(envelopeOpen + body + envelopeClose))
 }
 
-// writeDiskChangeInfo answers QueryChangedDiskAreas.
-func writeDiskChangeInfo(w http.ResponseWriter, info *types.DiskChangeInfo) {
+// writeDiskChangeInfo answers a changed-block query (method: its SOAP name).
+func writeDiskChangeInfo(w http.ResponseWriter, method string, info *types.DiskChangeInfo) {
 	var b bytes.Buffer
-	b.WriteString(`<QueryChangedDiskAreasResponse xmlns="urn:vim25"><returnval>`)
+	fmt.Fprintf(&b, `<%sResponse xmlns="urn:vim25"><returnval>`, method)
 	fmt.Fprintf(&b, "<startOffset>%d</startOffset><length>%d</length>", info.StartOffset, info.Length)
 	for _, a := range info.ChangedArea {
 		fmt.Fprintf(&b, "<changedArea><start>%d</start><length>%d</length></changedArea>", a.Start, a.Length)
 	}
-	b.WriteString(`</returnval></QueryChangedDiskAreasResponse>`)
+	fmt.Fprintf(&b, `</returnval></%sResponse>`, method)
 	writeSOAP(w, http.StatusOK, b.String())
 }
 
