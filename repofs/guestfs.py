@@ -486,7 +486,7 @@ def _open_xfs(fh: BinaryIO) -> _Node:
 
 def _open_btrfs(fh: BinaryIO) -> _Node:
     from dissect.btrfs import Btrfs  # noqa: PLC0415
-    return _InodeNode(Btrfs(fh).fs.root, "btrfs")
+    return _InodeNode(Btrfs(fh).root, "btrfs")     # the default subvolume, as the kernel mounts it
 
 
 def _open_ntfs(fh: BinaryIO) -> _Node:

@@ -6,6 +6,8 @@ fixed UUIDs, fixed times) and, where the tools allow it, without root.
 - ``mbr_ntfs``: MBR, p1 NTFS (``mkntfs`` on a partition image, populated through ``ntfs-3g``
   when FUSE works, else empty), p2 a LUKS header (encrypted, for the refusal).
 - ``whole_xfs``: XFS straight on the disk (no table), populated through a loop mount (root).
+- ``gpt_btrfs``: GPT, p1 Btrfs (``mkfs.btrfs --rootdir``).
+- ``broken_gpt``: a GPT whose header is seeded garbage.
 - ``gpt_lvm``: GPT, p1 an LVM PV (vg ``rfstest``, lv ``data``); the LV is never activated (no
   device-mapper here): ext4 is written at the LV's offset with ``mkfs.ext4 -E offset``.
 
@@ -283,6 +285,21 @@ def build_gpt_lvm(image: Path, work: Path, tree: Tree) -> None:
          "-d", str(src), str(image), f"{40 * 1024}k")
 
 
+def build_gpt_btrfs(image: Path, work: Path, tree: Tree) -> None:
+    _tool("mkfs.btrfs")
+    src = work / "btrfs-tree"
+    write_tree(tree, src)
+    part = work / "btrfs-part.img"
+    _blank(part, 128 * MiB)
+    _run("mkfs.btrfs", "-q", "-f", "-U", UUID, "-L", "guestbtrfs", "--rootdir", str(src), str(part))
+    _blank(image, 130 * MiB)
+    _sfdisk(image, "gpt", [f"label-id: {UUID}",
+                           f"start=2048, size={128 * 2048}, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, uuid={UUID[:-2]}04"])
+    with open(image, "r+b") as out, open(part, "rb") as inp:
+        out.seek(MiB)
+        shutil.copyfileobj(inp, out)
+
+
 def build_broken_gpt(image: Path, work: Path, tree: Tree, small: Tree) -> None:
     """A GPT whose header is overwritten with seeded garbage after its signature."""
     build_gpt_ext4(image, work, tree, small)
@@ -339,6 +356,7 @@ def guest_images(tmp_path_factory: pytest.TempPathFactory) -> GuestImages:
     _try(imgs, "mbr_ntfs", lambda i, w: build_mbr_ntfs(i, w, fat_tree))
     _try(imgs, "whole_xfs", lambda i, w: build_whole_xfs(i, w, small))
     _try(imgs, "gpt_lvm", lambda i, w: build_gpt_lvm(i, w, small))
+    _try(imgs, "gpt_btrfs", lambda i, w: build_gpt_btrfs(i, w, small))
     _try(imgs, "broken_gpt", lambda i, w: build_broken_gpt(i, w, small, small))
     return imgs
 

@@ -39,6 +39,7 @@ CASES = [  # volume, which tree, POSIX modes?
     ("gpt_ext4/p2", "small", True),
     ("whole_xfs/whole", "small", True),
     (f"gpt_lvm/{LVM_VG}/{LVM_LV}", "small", True),
+    ("gpt_btrfs/p1", "small", True),
     ("mbr_fat/p1", "fat_tree", False),
     ("mbr_ntfs/p1", "fat_tree", False),
 ]

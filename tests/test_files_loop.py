@@ -76,8 +76,9 @@ def test_loop_mount_matches_rootless_and_tears_down(guest_repo, guest_images, ta
         kernel_view = snapshot_local(target / vol)
         same(kernel_view, expected(tree, posix))
         assert kernel_view == snapshot_guest(gen, vol)          # the same answers, both paths
-    if "whole_xfs" in guest_images.images:
-        assert snapshot_local(target / "whole_xfs/whole") == snapshot_guest(gen, "whole_xfs/whole")
+    for vol in ("whole_xfs/whole", "gpt_btrfs/p1", f"gpt_lvm/{LVM_VG}/{LVM_LV}", "mbr_ntfs/p1"):
+        if vol.split("/")[0] in guest_images.images:
+            assert snapshot_local(target / vol) == snapshot_guest(gen, vol), vol
     # sparse file: same bytes through the kernel
     assert (target / "gpt_ext4/p1/sparse.img").read_bytes() == guest_images.tree.files["sparse.img"]
     # read-only, journal not replayed
