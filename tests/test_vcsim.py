@@ -438,6 +438,22 @@ def test_vapp_config_and_members(vcsim: VCSim) -> None:
         assert [(e.key, e.tag, e.startOrder) for e in config.entityConfig] == [(vm, "web", 2)]
 
 
+def test_vm_vapp_options_are_kept(vcsim: VCSim) -> None:
+    with connected(vcsim) as si:
+        vm = create_vm(si, unique("ovf"), [MiB])
+        assert vm.config.vAppConfig is None
+        options = vim.vApp.VmConfigSpec(
+            property=[vim.vApp.PropertySpec(operation="add", info=vim.vApp.PropertyInfo(
+                key=0, id="hostname", type="string", value="db1"))],
+            ovfEnvironmentTransport=["com.vmware.guestInfo"])
+        wait_task(si, vm.ReconfigVM_Task(spec=vim.vm.ConfigSpec(vAppConfig=options)))
+        config = vm.config.vAppConfig
+        assert [(p.id, p.value) for p in config.property] == [("hostname", "db1")]
+        assert list(config.ovfEnvironmentTransport) == ["com.vmware.guestInfo"]
+        wait_task(si, vm.ReconfigVM_Task(spec=vim.vm.ConfigSpec(vAppConfigRemoved=True)))
+        assert vm.config.vAppConfig is None
+
+
 # --- shutdown -----------------------------------------------------------------------------------
 
 def test_sigterm_stops_and_removes_the_datastore_folders(tmp_path: Path) -> None:

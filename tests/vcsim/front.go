@@ -210,14 +210,17 @@ func (h *frontHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			case *types.CreateVM_Task:
 				if vm, ok := task.Info.Result.(types.ManagedObjectReference); ok {
 					recordProfiles(vm, &req.Config, nil)
+					applyVMVAppConfig(vm, &req.Config)
 				}
 			case *types.CreateChildVM_Task:
 				if vm, ok := task.Info.Result.(types.ManagedObjectReference); ok {
 					recordProfiles(vm, &req.Config, nil)
+					applyVMVAppConfig(vm, &req.Config)
 					afterCreateChildVM(req, vm)
 				}
 			case *types.ReconfigVM_Task:
 				recordProfiles(req.This, &req.Spec, disksBefore)
+				applyVMVAppConfig(req.This, &req.Spec)
 			}
 			h.mu.Unlock()
 		} else if rec.Code == http.StatusOK && !strings.HasSuffix(method.Name, "_Task") {

@@ -76,6 +76,14 @@ func applyVAppSpec(cfg *types.VAppConfigInfo, spec *types.VAppConfigSpec, produc
 	if spec.ManagedBy != nil {
 		cfg.ManagedBy = spec.ManagedBy
 	}
+	applyVmConfigSpec(&cfg.VmConfigInfo, &spec.VmConfigSpec, products)
+	for _, e := range spec.EntityConfig {
+		setEntityConfig(cfg, e)
+	}
+}
+
+// applyVmConfigSpec applies the vApp options common to vApps and VMs.
+func applyVmConfigSpec(cfg *types.VmConfigInfo, spec *types.VmConfigSpec, products bool) {
 	if products {
 		var ops []arrayOp[types.VAppProductInfo]
 		for _, p := range spec.Product {
@@ -103,9 +111,37 @@ func applyVAppSpec(cfg *types.VAppConfigInfo, spec *types.VAppConfigSpec, produc
 	if spec.InstallBootStopDelay != 0 {
 		cfg.InstallBootStopDelay = spec.InstallBootStopDelay
 	}
-	for _, e := range spec.EntityConfig {
-		setEntityConfig(cfg, e)
+}
+
+// applyVMVAppConfig keeps a VM's own vApp options (ConfigSpec.vAppConfig,
+// vAppConfigRemoved), which the simulator drops.
+func applyVMVAppConfig(vmRef types.ManagedObjectReference, spec *types.VirtualMachineConfigSpec) {
+	vm, ok := simulator.Map.Get(vmRef).(*simulator.VirtualMachine)
+	if !ok || (spec.VAppConfig == nil && spec.VAppConfigRemoved == nil) {
+		return
 	}
+	simulator.Map.WithLock(vm, func() {
+		if vm.Config == nil {
+			return
+		}
+		var cfg *types.VmConfigInfo
+		if spec.VAppConfigRemoved == nil || !*spec.VAppConfigRemoved {
+			cfg = &types.VmConfigInfo{}
+			if old, ok := vm.Config.VAppConfig.(*types.VmConfigInfo); ok && old != nil {
+				copied := *old
+				cfg = &copied
+			}
+			if s, ok := spec.VAppConfig.(*types.VmConfigSpec); ok && s != nil {
+				applyVmConfigSpec(cfg, s, true)
+			}
+		}
+		var val types.BaseVmConfigInfo
+		if cfg != nil {
+			val = cfg
+		}
+		vm.Config.VAppConfig = val
+		simulator.Map.Update(vm, []types.PropertyChange{{Name: "config.vAppConfig", Val: val}})
+	})
 }
 
 // setEntityConfig replaces the entity config of e.Key, or adds it.
