@@ -1,0 +1,190 @@
+"""Write the disks of a generation through VixDiskLib: in parallel, holes skipped, data verified.
+
+Role: ``write_disks(conn, jobs, …)`` opens every target disk for writing (opens are serialized,
+as VixDiskLib requires), then runs a pool of threads over the pieces of all disks at once: each
+piece is read from its disk reader and written at its offset. Reads of one disk overlap each
+other and the writes of every disk (Safekeeping reads one block at a time per disk).
+
+Holes: only the reader's ``extents()`` are read, and a piece that turns out all zeros is not
+written — the new disk reads as zeros there already (thin, lazy-zeroed and eager-zeroed disks
+alike). Verification: the readers return only verified bytes (the repository re-hashes every
+chunk against its id; a mount does the same), so what reaches VixDiskLib is what was backed up;
+a chunk that fails its check stops the restore like a write error does.
+
+Pieces are the reader's chunk size (at most 4 MiB; the binding cuts requests to 2 MiB over NBD),
+aligned to disk offsets, widened to whole sectors. At most ``2 × threads`` pieces are in memory.
+A failure stops the submission of new pieces, lets those under way finish, closes the disks
+and raises ``DiskWriteFailed`` naming the disk and the offset.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+from .restoreerrors import DiskWriteFailed
+from .source import DiskReader, piece_size
+
+SECTOR = 512
+STEP = "write the disks"
+MAX_THREADS = 8
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class DiskJob:
+    label: str
+    path: str                # "[datastore] dir/disk.vmdk"
+    reader: DiskReader
+
+
+@dataclass
+class WrittenDisk:
+    label: str
+    path: str
+    capacity: int
+    data_bytes: int          # bytes in the reader's extents
+    written_bytes: int       # bytes written (zero pieces skipped)
+    skipped_zero_bytes: int
+    transport: str | None
+    seconds: float
+
+
+def pieces(extents: list[tuple[int, int]], size: int, capacity: int) -> Iterator[tuple[int, int]]:
+    """(offset, length) pieces covering ``extents``, cut at multiples of ``size``, whole sectors."""
+    for offset, length in sorted(extents):
+        start = offset - offset % SECTOR
+        end = min(offset + length, capacity)
+        end += -end % SECTOR
+        pos = start
+        while pos < end:
+            stop = min(end, (pos // size + 1) * size)
+            yield pos, stop - pos
+            pos = stop
+
+
+class _State:
+    def __init__(self, jobs: list[DiskJob], progress: Progress | None) -> None:
+        self.lock = threading.Lock()
+        self.progress = progress
+        self.done = {j.label: 0 for j in jobs}
+        self.written = {j.label: 0 for j in jobs}
+        self.zero = {j.label: 0 for j in jobs}
+        self.total = {j.label: sum(n for _, n in j.reader.extents()) for j in jobs}
+        self.failed = threading.Event()
+
+
+def write_disks(conn: Any, jobs: list[DiskJob], *, threads: int = 4,
+                progress: Progress | None = None) -> list[WrittenDisk]:
+    threads = max(1, min(MAX_THREADS, threads))
+    state = _State(jobs, progress)
+    opened: list[tuple[DiskJob, Any]] = []
+    started = time.monotonic()
+    try:
+        for job in jobs:
+            try:
+                opened.append((job, conn.open(job.path, read_only=False)))
+            except Exception as e:
+                raise DiskWriteFailed(STEP, f"cannot open {job.label} ({job.path}) for writing: {e}",
+                                      label=job.label, offset=0, cause=e) from e
+        work = _interleave([[(job, disk, off, n) for off, n in
+                             pieces(job.reader.extents(), piece_size(job.reader), job.reader.capacity)]
+                            for job, disk in opened])
+        _run(work, threads, state)
+        for job, disk in opened:
+            try:
+                disk.flush()
+            except Exception as e:
+                raise DiskWriteFailed(STEP, f"flush of {job.label} failed: {e}", label=job.label,
+                                      offset=0, cause=e) from e
+        seconds = time.monotonic() - started
+        return [WrittenDisk(job.label, job.path, job.reader.capacity, state.total[job.label],
+                            state.written[job.label], state.zero[job.label],
+                            getattr(disk, "transport_mode", None), seconds)
+                for job, disk in opened]
+    finally:
+        for _job, disk in opened:
+            try:
+                disk.close()
+            except Exception:  # the error on its way out matters more; the connection closes it
+                pass
+
+
+def _interleave(lists: list[list[Any]]) -> Iterator[Any]:
+    """Round-robin over the disks, so that all of them progress from the start."""
+    iters = [iter(x) for x in lists]
+    while iters:
+        alive = []
+        for it in iters:
+            item = next(it, None)
+            if item is not None:
+                yield item
+                alive.append(it)
+        iters = alive
+
+
+def _run(work: Iterator[Any], threads: int, state: _State) -> None:
+    zero_pieces: dict[int, bytes] = {}
+
+    def is_zero(data: bytes) -> bool:
+        zero = zero_pieces.get(len(data))
+        if zero is None:
+            zero = zero_pieces.setdefault(len(data), bytes(len(data)))
+        return data == zero
+
+    def one(job: DiskJob, disk: Any, offset: int, length: int) -> None:
+        if state.failed.is_set():
+            return
+        try:
+            data = job.reader.read(offset, length)
+        except Exception as e:
+            raise DiskWriteFailed(STEP, f"{job.label}: reading the backup at offset {offset} failed: {e}",
+                                  label=job.label, offset=offset, cause=e) from e
+        if len(data) < length:  # the tail of a disk whose capacity is not whole sectors
+            data = bytes(data) + bytes(length - len(data))
+        if is_zero(data):
+            with state.lock:
+                state.zero[job.label] += length
+                state.done[job.label] += length
+                done = state.done[job.label]
+        else:
+            try:
+                disk.write_from(offset, data)
+            except Exception as e:
+                raise DiskWriteFailed(STEP, f"{job.label}: VixDiskLib write at offset {offset} "
+                                      f"({job.path}) failed: {e}", label=job.label, offset=offset,
+                                      cause=e) from e
+            with state.lock:
+                state.written[job.label] += length
+                state.done[job.label] += length
+                done = state.done[job.label]
+        if state.progress:
+            state.progress(job.label, min(done, state.total[job.label]), state.total[job.label])
+
+    failure: BaseException | None = None
+    with ThreadPoolExecutor(threads, thread_name_prefix="restore-write") as pool:
+        pending: set[Future[None]] = set()
+        for item in work:
+            if len(pending) >= 2 * threads:
+                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                failure = failure or _first_error(finished)
+                if failure is not None:
+                    break
+            pending.add(pool.submit(one, *item))
+        if failure is not None:
+            state.failed.set()
+        finished, _ = wait(pending)
+        failure = failure or _first_error(finished)
+    if failure is not None:
+        raise failure
+
+
+def _first_error(futures: set[Future[None]]) -> BaseException | None:
+    for f in futures:
+        e = f.exception()
+        if e is not None:
+            return e
+    return None
