@@ -366,7 +366,8 @@ def create_vm(
     vapp: vim.VirtualApp | None = None,
 ) -> vim.VirtualMachine:
     """Create a powered-off VM with one SCSI controller and thin disks of the given sizes in
-    bytes (their files land in ``[datastore] name/``), and a NIC on ``network``; ``profile``
+    bytes (their files land in ``[datastore] name/``), and a NIC on ``network`` (any kind, see
+    ``nic_backing``); ``profile``
     (a storage profile id) is assigned to the VM home and every disk; with ``vapp`` the VM is
     made inside that vApp (``CreateChildVM_Task``)."""
     profiles = ([vim.vm.DefinedProfileSpec(profileId=profile)] if profile else None)
@@ -389,8 +390,7 @@ def create_vm(
             operation="add", fileOperation="create", device=disk, profile=profiles))
     if network is not None:
         nic = vim.vm.device.VirtualVmxnet3(
-            key=-200,
-            backing=vim.vm.device.VirtualEthernetCard.NetworkBackingInfo(deviceName=network),
+            key=-200, backing=nic_backing(si, network, datacenter),
             connectable=vim.vm.device.VirtualDevice.ConnectInfo(startConnected=True, connected=True),
         )
         changes.append(vim.vm.device.VirtualDeviceSpec(operation="add", device=nic))
@@ -402,6 +402,25 @@ def create_vm(
     if vapp is not None:
         return wait_task(si, vapp.CreateChildVM_Task(config=config))
     return wait_task(si, dc.vmFolder.CreateVM_Task(config=config, pool=pool))
+
+
+def nic_backing(si: vim.ServiceInstance, network: str, datacenter: str = "DC0") -> Any:
+    """The NIC backing for a network of the datacenter, by name: a standard network
+    (``VM Network``), a distributed port group (``DC0_DVPG0``) or an opaque network
+    (``DC0_NSX0``)."""
+    dc = find_by_name(si, vim.Datacenter, datacenter)
+    found = [n for n in dc.network if n.name == network]
+    if not found:
+        raise LookupError(f"no network {network!r} in {datacenter}")
+    net = found[0]
+    card = vim.vm.device.VirtualEthernetCard
+    if isinstance(net, vim.dvs.DistributedVirtualPortgroup):
+        return card.DistributedVirtualPortBackingInfo(port=vim.dvs.PortConnection(
+            portgroupKey=net.key, switchUuid=net.config.distributedVirtualSwitch.uuid))
+    if isinstance(net, vim.OpaqueNetwork):
+        return card.OpaqueNetworkBackingInfo(opaqueNetworkId=net.summary.opaqueNetworkId,
+                                             opaqueNetworkType=net.summary.opaqueNetworkType)
+    return card.NetworkBackingInfo(deviceName=network, network=net)
 
 
 def create_vapp(

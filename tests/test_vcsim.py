@@ -128,6 +128,23 @@ def test_datastore_folders_exist_and_match_the_inventory(vcsim: VCSim) -> None:
     assert urls == {name: str(folder) for name, folder in vcsim.datastores.items()}
 
 
+def test_networks_of_every_kind(vcsim: VCSim) -> None:
+    with connected(vcsim) as si:
+        dc = find_by_name(si, vim.Datacenter, vcsim.datacenter)
+        names = [n.name for n in dc.network]
+        assert len(names) == len(set(names))
+        assert {"VM Network", "DC0_DVPG0", "DC0_NSX0"} <= set(names)
+        kinds = {}
+        for network in ("VM Network", "DC0_DVPG0", "DC0_NSX0"):
+            vm = create_vm(si, unique("net"), [MiB], network=network)
+            [nic] = [d for d in vm.config.hardware.device if isinstance(d, vim.vm.device.VirtualEthernetCard)]
+            kinds[network] = type(nic.backing).__name__.rsplit(".", 1)[-1]
+            assert [n.name for n in vm.network] == [network]  # decodable, and the right one
+        assert kinds == {"VM Network": "NetworkBackingInfo",
+                         "DC0_DVPG0": "DistributedVirtualPortBackingInfo",
+                         "DC0_NSX0": "OpaqueNetworkBackingInfo"}
+
+
 def test_unset_properties_read_as_none(vcsim: VCSim) -> None:
     # pyVmomi reads vm.snapshot with PropertyCollector.Fetch, which crashes the simulator's
     # handler when the property is unset; our front handler answers "unset" instead.

@@ -368,6 +368,7 @@ func (h *frontHandler) afterDiskCall(body interface{}, result types.AnyType) {
 	}
 	ensureAllDisks()
 	ensureVMFiles()
+	fixVMNetworks()
 }
 
 func ensureNamed(datastorePath string, capacity int64, adapter string) {

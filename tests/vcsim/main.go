@@ -86,8 +86,9 @@ func main() {
 	model.Datacenter = 1
 	model.Cluster = 1
 	model.ClusterHost = 2
-	model.Host = 1 // one standalone host besides the cluster
-	model.Portgroup = 1
+	model.Host = 1          // one standalone host besides the cluster
+	model.Portgroup = 1     // distributed switch DVS0 with port group DC0_DVPG0
+	model.OpaqueNetwork = 1 // NSX-style opaque network DC0_NSX0
 	model.Datastore = *datastores
 	model.Machine = *machines
 	if err := model.Create(); err != nil {
@@ -109,6 +110,7 @@ func main() {
 	// Give the disks and VMs the model created real files before anyone can connect.
 	ensureAllDisks()
 	ensureVMFiles()
+	fixDatacenterNetworks()
 
 	server := model.Service.NewServer()
 	// The simulator starts serving inside NewServer and offers no hook in
