@@ -10,4 +10,5 @@ pytest_plugins: list[str] = [
     "fixtures_vcsim",
     "fixtures_vddk",
     "fixtures_mount",
+    "fixtures_vsphere",
 ]

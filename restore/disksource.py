@@ -1,0 +1,168 @@
+"""A vSphere disk as a backup source: the ``DiskSource`` shape the ingest reads, through VDDK.
+
+Role: ``VSphereDiskSource`` wraps an open VDDK disk (of the backup snapshot) with the plan of
+what to read (``changed.ReadPlan``) and the facts to record (``info``, which lands in the
+manifest's disk entry). It has the attributes and methods of ``repofs.sources.DiskSource``
+(``label``, ``capacity``, ``extents_are_changes``, ``info``, ``extents()``, ``read()``,
+``close()``) without importing it: the protocol is structural.
+
+Throughput: VDDK requests are at most ``MAX_REQUEST`` (2 MiB, the NBD limit). When the
+repository's chunk size is known, a thread per disk reads the chunks the ingest will ask for
+(the chunk-aligned cover of the extents, in order) ahead of it, into a small pool of reused
+buffers, so that VDDK reads of every disk overlap the ingest's hashing, compression and
+storage — and each other, up to ``read_ahead`` chunks per disk. A request that is not the
+expected next chunk drops the read-ahead and is read directly.
+
+Limits: one reader per disk (VDDK serializes calls on one handle anyway).
+"""
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Any, Iterable
+
+from .changed import ReadPlan, merge
+
+MAX_REQUEST = 2 << 20
+SECTOR = 512
+READ_AHEAD = 16
+_STOP = object()
+
+
+def chunk_cover(extents: Iterable[tuple[int, int]], chunk_size: int, capacity: int) -> list[tuple[int, int]]:
+    """The (offset, size) of each chunk that the extents touch, ascending, each once — the
+    same reads the ingest makes (chunk ``n`` is ``[n*cs, min((n+1)*cs, capacity))``)."""
+    out: list[tuple[int, int]] = []
+    last = -1
+    limit = -(-capacity // chunk_size)
+    for offset, length in sorted(extents):
+        if length <= 0:
+            continue
+        first = max(offset // chunk_size, last + 1)
+        end = min((offset + length - 1) // chunk_size, limit - 1)
+        for n in range(first, end + 1):
+            start = n * chunk_size
+            out.append((start, min(chunk_size, capacity - start)))
+        last = max(last, end)
+    return out
+
+
+class VSphereDiskSource:
+    """One disk of the snapshot, read through VDDK."""
+
+    def __init__(self, disk: Any, label: str, plan: ReadPlan, info: dict[str, Any], *,
+                 chunk_size: int | None = None, read_ahead: int = READ_AHEAD,
+                 on_read: Any = None) -> None:
+        self.disk = disk
+        self.label = label
+        self.capacity = int(disk.capacity)
+        self.extents_are_changes = plan.are_changes
+        self.plan = plan
+        self.info = info
+        self.bytes_read = 0
+        self._on_read = on_read
+        if plan.extents is None:
+            found = disk.allocated_extents(chunk_bytes=max(chunk_size or (1 << 20), 64 * SECTOR))
+            self._extents = clip(found, self.capacity)
+            self.info["read"]["planned_bytes"] = sum(n for _, n in self._extents)
+        else:
+            self._extents = clip(plan.extents, self.capacity)
+        self._direct = bytearray(MAX_REQUEST)
+        self._queue: queue.Queue[Any] | None = None
+        self._free: queue.Queue[bytearray] | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        if chunk_size:
+            self._start_read_ahead(chunk_cover(self._extents, chunk_size, self.capacity),
+                                   chunk_size, max(2, read_ahead))
+
+    # -- DiskSource ----------------------------------------------------------------------------
+
+    def extents(self) -> list[tuple[int, int]]:
+        return list(self._extents)
+
+    def read(self, offset: int, size: int) -> bytes:
+        if self._queue is not None:
+            item = self._queue.get()
+            if isinstance(item, BaseException):
+                self._halt()
+                raise item
+            if item is not _STOP and item[0] == offset and item[1] == size:
+                _, _, buf = item
+                data = bytes(memoryview(buf)[:size])
+                assert self._free is not None
+                self._free.put(buf)
+                return data
+            self._halt()  # the ingest asked for something else: read directly from now on
+        return self._read_direct(offset, size)
+
+    def close(self) -> None:
+        self._halt()
+        self.disk.close()
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def _read_into(self, offset: int, view: memoryview) -> None:
+        """Fill ``view`` from ``offset`` in requests of at most MAX_REQUEST; the tail past the
+        capacity (a chunk rounded up to whole sectors) reads as zeros."""
+        size = len(view)
+        end = min(offset + size, self.capacity)
+        aligned_end = end - end % SECTOR
+        pos = offset
+        while pos < aligned_end:
+            n = min(MAX_REQUEST, aligned_end - pos)
+            self.disk.read_into(pos, view[pos - offset:pos - offset + n])
+            pos += n
+        if pos < offset + size:
+            view[pos - offset:] = bytes(offset + size - pos)
+        self.bytes_read += size
+        if self._on_read:
+            self._on_read(self.label, size)
+
+    def _read_direct(self, offset: int, size: int) -> bytes:
+        if size > len(self._direct):
+            self._direct = bytearray(size)
+        view = memoryview(self._direct)[:size]
+        self._read_into(offset, view)
+        return bytes(view)
+
+    def _start_read_ahead(self, reads: list[tuple[int, int]], chunk_size: int, depth: int) -> None:
+        if not reads:
+            return
+        self._queue = queue.Queue()
+        self._free = queue.Queue()
+        for _ in range(depth):
+            self._free.put(bytearray(chunk_size))
+
+        def run() -> None:
+            assert self._queue is not None and self._free is not None
+            try:
+                for offset, size in reads:
+                    buf = self._free.get()
+                    if self._stop.is_set():
+                        return
+                    self._read_into(offset, memoryview(buf)[:size])
+                    self._queue.put((offset, size, buf))
+            except BaseException as e:  # handed to the reader, raised in its thread
+                self._queue.put(e)
+                return
+            self._queue.put(_STOP)
+
+        self._thread = threading.Thread(target=run, name=f"read-ahead {self.label}", daemon=True)
+        self._thread.start()
+
+    def _halt(self) -> None:
+        """Stop the read-ahead thread (it finishes its current request) and forget it."""
+        thread, self._thread = self._thread, None
+        self._stop.set()
+        if self._free is not None:
+            self._free.put(bytearray(0))  # wake it if it waits for a buffer
+        if thread is not None:
+            thread.join(timeout=60)
+        self._queue = None
+        self._free = None
+
+
+def clip(extents: Iterable[tuple[int, int]], capacity: int) -> list[tuple[int, int]]:
+    return merge([(max(0, o), min(capacity, o + n) - max(0, o)) for o, n in extents
+                  if min(capacity, o + n) > max(0, o)])
