@@ -385,11 +385,12 @@ class IsolatedDisk:
                 self._send("write", offset, 0, 0)
                 _raise_reply(self._recv())
                 return 0
-            pending: list[tuple[Any, ...]] = []
+            sent = received = 0
             error: tuple[Any, ...] | None = None
             for i, (off, n) in enumerate(pieces):
-                if i >= 2:
-                    reply = self._recv()  # slot i % 2 is free again
+                if sent - received == 2:  # wait until slot i % 2 is free again
+                    reply = self._recv()
+                    received += 1
                     if reply[0] != "ok":
                         error = reply
                         break
@@ -397,10 +398,10 @@ class IsolatedDisk:
                 start = off - offset
                 self._view[base:base + n] = src[start:start + n]
                 self._send("write", off, n, base)
-                pending.append((off, n))
-            outstanding = min(len(pending), 2)
-            for _ in range(outstanding):
+                sent += 1
+            while received < sent:
                 reply = self._recv()
+                received += 1
                 if reply[0] != "ok" and error is None:
                     error = reply
             if error is not None:

@@ -1,0 +1,199 @@
+"""The isolated variant: VixDiskLib in a worker process, data through shared memory.
+
+Same API as in-process; checks that data arrives byte for byte across several shared-memory
+windows, that errors come back as the same classes with code and text (also in the middle of a
+pipelined request, without desynchronizing the channel), that log records and stats lines
+cross the process boundary, and that a dead worker is reported, not waited for.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import pathlib
+import random
+import signal
+import threading
+from typing import Iterator
+
+import pytest
+
+import vddk
+from vddk import errors
+from fixtures_vddk import Standin
+
+MiB = 1 << 20
+
+
+def _random(n: int, seed: int) -> bytes:
+    return random.Random(seed).randbytes(n)
+
+
+@pytest.fixture
+def iso(vddk_libdir: pathlib.Path, standin: Standin) -> Iterator[vddk.IsolatedLibrary]:
+    """A worker with 1 MiB slots, so that a few MiB already span several windows."""
+    lib = vddk.IsolatedLibrary(vddk.find_library(vddk_libdir), window_bytes=MiB)
+    yield lib
+    lib.close()
+
+
+def test_open_library_isolated(vddk_libdir: pathlib.Path, standin: Standin) -> None:
+    with vddk.open_library(vddk_libdir, isolated=True) as lib:
+        assert isinstance(lib, vddk.IsolatedLibrary)
+        assert lib.pid != os.getpid()
+        assert lib.transport_modes() == ["file", "san", "hotadd", "nbdssl", "nbd"]
+        assert lib.has("QueryAllocatedBlocks") and not lib.has("Nonexistent")
+        assert lib.cleanup(standin.params()) == (0, 0)
+
+
+def test_byte_exact_read_and_write(iso: vddk.IsolatedLibrary, standin: Standin) -> None:
+    size = 16 * MiB
+    original = _random(size, 1)
+    path = standin.disk("vm1/disk.vmdk", size, original)
+    patch = _random(5 * MiB + 512, 2)
+    with iso.prepared(standin.params()), \
+            iso.connect(standin.params(), read_only=False, transports="nbd") as conn, \
+            conn.open(path, read_only=False) as disk:
+        assert disk.capacity == size and disk.transport_mode == "nbd"
+        assert disk.info.adapter_type == "lsilogic"
+        buf = bytearray(size)
+        assert disk.read_into(0, buf) == size
+        assert buf == original
+        assert disk.write_from(3 * MiB + 512, patch) == len(patch)
+        disk.flush()
+        expected = bytearray(original)
+        expected[3 * MiB + 512:3 * MiB + 512 + len(patch)] = patch
+        assert disk.read(0, size) == expected
+        assert disk.read(size - 512, 512) == expected[-512:]
+        assert disk.read_into(0, bytearray(0)) == 0
+        assert disk.write_from(0, b"") == 0
+    flat = (standin.datastore / "vm1" / "disk-flat.vmdk").read_bytes()
+    assert flat == expected
+    # Stats lines come from the worker process; ctk lines per library call (2 MiB pieces).
+    writes = [(int(w[2]), int(w[3])) for w in standin.stat_lines("write")]
+    assert sum(n for _, n in writes) == len(patch)
+    ctk = (standin.datastore / "vm1" / "disk-ctk.log").read_text().split()
+    assert [int(x) for x in ctk] == [v for w in writes for v in w]
+    assert [w[0] for w in standin.stat_lines()][-3:] == ["close", "disconnect", "end"]
+
+
+def test_errors_cross_the_process_boundary(iso: vddk.IsolatedLibrary, standin: Standin) -> None:
+    path = standin.disk("d.vmdk", 2 * MiB)
+    with pytest.raises(vddk.AuthenticationFailed) as info:
+        iso.connect(standin.params(password="nope"))
+    assert info.value.code == errors.VIX_E_HOST_USER_PERMISSIONS
+    assert info.value.call == "VixDiskLib_ConnectEx"
+    with iso.connect(standin.params()) as conn:
+        with pytest.raises(vddk.DiskNotFound):
+            conn.open("[LocalDS_0] missing.vmdk")
+        with conn.open(path) as disk:
+            with pytest.raises(vddk.OutOfRange) as out:
+                disk.read(2 * MiB, 512)
+            assert out.value.text == "One of the parameters supplied is out of range"
+            with pytest.raises(vddk.AlignmentError):
+                disk.read_into(100, bytearray(512))
+            with pytest.raises(vddk.ReadOnly):
+                disk.write_from(0, bytes(512))
+            with pytest.raises(vddk.Busy):
+                conn.close()
+            with pytest.raises(vddk.MetadataKeyNotFound):
+                disk.read_metadata("nope")
+            assert disk.read_metadata("adapterType") == "lsilogic"
+
+
+def test_failure_inside_a_pipelined_read(vddk_libdir: pathlib.Path, standin: Standin) -> None:
+    standin.configure(fail_read_after=1)
+    path = standin.disk("d.vmdk", 8 * MiB, _random(MiB, 3))
+    with vddk.IsolatedLibrary(vddk.find_library(vddk_libdir), window_bytes=MiB) as lib, \
+            lib.connect(standin.params()) as conn, conn.open(path) as disk:
+        with pytest.raises(vddk.IoFailure):
+            disk.read(0, 4 * MiB)  # the second window fails, the third was under way
+        # The channel is still in step.
+        assert disk.metadata_keys()[0] == "adapterType"
+        with pytest.raises(vddk.IoFailure):
+            disk.read(0, 512)
+
+
+def test_failure_inside_a_pipelined_write(vddk_libdir: pathlib.Path, standin: Standin) -> None:
+    standin.configure(fail_write_after=2)
+    path = standin.disk("d.vmdk", 8 * MiB)
+    data = _random(5 * MiB, 4)
+    with vddk.IsolatedLibrary(vddk.find_library(vddk_libdir), window_bytes=MiB) as lib, \
+            lib.connect(standin.params(), read_only=False) as conn, \
+            conn.open(path, read_only=False) as disk:
+        with pytest.raises(vddk.IoFailure):
+            disk.write_from(0, data)
+        assert disk.read(0, 2 * MiB) == data[:2 * MiB]
+        assert disk.read(2 * MiB, MiB) == bytes(MiB)
+
+
+def test_several_disks_in_parallel(iso: vddk.IsolatedLibrary, standin: Standin) -> None:
+    n, size = 3, 6 * MiB
+    contents = [_random(size, 20 + i) for i in range(n)]
+    paths = [standin.disk(f"vm{i}/d.vmdk", size, contents[i]) for i in range(n)]
+    results: dict[int, bytes] = {}
+    failures: list[BaseException] = []
+    with iso.connect(standin.params()) as conn:
+        disks = [conn.open(p) for p in paths]
+
+        def work(i: int) -> None:
+            try:
+                results[i] = disks[i].read(0, size)
+            except BaseException as e:  # noqa: BLE001
+                failures.append(e)
+
+        threads = [threading.Thread(target=work, args=(i,)) for i in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for d in disks:
+            d.close()
+    assert failures == []
+    assert [results[i] == contents[i] for i in range(n)] == [True] * n
+
+
+def test_extents_metadata_and_create(iso: vddk.IsolatedLibrary, standin: Standin,
+                                     tmp_path: pathlib.Path) -> None:
+    path = standin.disk("d.vmdk", 8 * MiB, b"\x01" * 4096, at=5 * MiB)
+    with iso.connect(standin.params()) as conn, conn.open(path) as disk:
+        assert disk.allocated_extents() == [(5 * MiB, MiB)]
+        assert disk.allocated_extents(chunk_bytes=64 << 10) == [(5 * MiB, 64 << 10)]
+    local = str(tmp_path / "made.vmdk")
+    with iso.connect(None, read_only=False) as conn:
+        conn.create(local, 4 * MiB)
+        with conn.open(local, read_only=False) as disk:
+            disk.write_metadata("repofs", "yes")
+            assert disk.read_metadata("repofs") == "yes"
+            assert disk.allocated_extents() == []
+
+
+def test_logs_are_relayed(vddk_libdir: pathlib.Path, standin: Standin,
+                          caplog: pytest.LogCaptureFixture) -> None:
+    standin.configure(log_credentials=1)
+    path = standin.disk("d.vmdk", MiB)
+    with caplog.at_level(logging.DEBUG, logger="vddk"):
+        with vddk.open_library(vddk_libdir, isolated=True) as lib:
+            with lib.connect(standin.params()) as conn:
+                conn.open(path).close()
+    messages = {(r.name, r.levelno, r.getMessage()) for r in caplog.records}
+    assert ("vddk.library", logging.DEBUG,
+            "VixDiskLib: opened [LocalDS_0] d.vmdk (2048 sectors, nbdssl, flags 4)") in messages
+    assert ("vddk.library", logging.DEBUG, "VixDiskLib: exiting") in messages
+    assert "password ***" in caplog.text and standin.settings["password"] not in caplog.text
+
+
+def test_dead_worker_is_reported(vddk_libdir: pathlib.Path, standin: Standin) -> None:
+    path = standin.disk("d.vmdk", MiB)
+    lib = vddk.IsolatedLibrary(vddk.find_library(vddk_libdir))
+    conn = lib.connect(standin.params())
+    disk = conn.open(path)
+    os.kill(lib.pid, signal.SIGKILL)
+    with pytest.raises(vddk.WorkerFailed) as info:
+        disk.read(0, 512)
+    assert "exited (status -9)" in str(info.value)
+    with pytest.raises(vddk.WorkerFailed):
+        conn.open(path)
+    disk.close()
+    with pytest.raises(vddk.WorkerFailed):
+        lib.close()
+    lib.close()
