@@ -464,6 +464,55 @@ def pbm_content(info: VCSim, si: vim.ServiceInstance) -> Iterator[Any]:
         stub.DropConnections()
 
 
+def vapi_call(info: VCSim, method: str, path: str, body: Any = None, *, session: str | None = None) -> Any:
+    """One call to the vAPI REST endpoint (``/rest/...``); without ``session`` it logs in with
+    basic authentication. Returns the decoded JSON (``None`` for an empty answer)."""
+    import base64
+    import http.client
+
+    headers = {"Accept": "application/json", "Content-Type": "application/json"}
+    if session:
+        headers["vmware-api-session-id"] = session
+    else:
+        token = base64.b64encode(f"{info.user}:{info.password}".encode()).decode()
+        headers["Authorization"] = f"Basic {token}"
+    conn = http.client.HTTPSConnection(info.host, info.port, context=ssl_context(info), timeout=60)
+    try:
+        conn.request(method, path, body=None if body is None else json.dumps(body), headers=headers)
+        reply = conn.getresponse()
+        data = reply.read()
+    finally:
+        conn.close()
+    if reply.status >= 300:
+        raise VCSimError(f"{method} {path}: HTTP {reply.status} {data[:200]!r}")
+    return json.loads(data) if data else None
+
+
+def attach_tag(info: VCSim, vm: vim.VirtualMachine, category: str, tag: str) -> str:
+    """Create the category and tag (vAPI tagging) if needed and attach the tag to ``vm``;
+    returns the tag's id."""
+    sid = vapi_call(info, "POST", "/rest/com/vmware/cis/session")["value"]
+    try:
+        base = "/rest/com/vmware/cis/tagging"
+        categories = {vapi_call(info, "GET", f"{base}/category/id:{c}", session=sid)["value"]["name"]: c
+                      for c in vapi_call(info, "GET", f"{base}/category", session=sid)["value"]}
+        category_id = categories.get(category) or vapi_call(info, "POST", f"{base}/category", {"create_spec": {
+            "name": category, "description": "", "cardinality": "MULTIPLE", "associable_types": []}},
+            session=sid)["value"]
+        tags = {}
+        for t in vapi_call(info, "GET", f"{base}/tag", session=sid)["value"]:
+            value = vapi_call(info, "GET", f"{base}/tag/id:{t}", session=sid)["value"]
+            if value["category_id"] == category_id:
+                tags[value["name"]] = t
+        tag_id = tags.get(tag) or vapi_call(info, "POST", f"{base}/tag", {"create_spec": {
+            "name": tag, "description": "", "category_id": category_id}}, session=sid)["value"]
+        vapi_call(info, "POST", f"{base}/tag-association/id:{tag_id}?~action=attach",
+                  {"object_id": {"id": vm._moId, "type": "VirtualMachine"}}, session=sid)
+        return tag_id
+    finally:
+        vapi_call(info, "DELETE", "/rest/com/vmware/cis/session", session=sid)
+
+
 # --- disk files and changed-block tracking ------------------------------------------------------
 
 def flat_path(descriptor: Path) -> Path:

@@ -24,6 +24,7 @@ from fixtures_vcsim import (
     TaskFailed,
     VCSim,
     VCSimProcess,
+    attach_tag,
     changed_areas,
     connect,
     connected,
@@ -35,6 +36,7 @@ from fixtures_vcsim import (
     get_properties,
     pbm_content,
     set_extra_config,
+    vapi_call,
     vcsim_unavailable,
     vm_disks,
     wait_task,
@@ -469,6 +471,28 @@ def test_vm_vapp_options_are_kept(vcsim: VCSim) -> None:
         assert list(config.ovfEnvironmentTransport) == ["com.vmware.guestInfo"]
         wait_task(si, vm.ReconfigVM_Task(spec=vim.vm.ConfigSpec(vAppConfigRemoved=True)))
         assert vm.config.vAppConfig is None
+
+
+def test_tags_through_vapi(vcsim: VCSim) -> None:
+    with connected(vcsim) as si:
+        vm = create_vm(si, unique("tagged"), [MiB])
+        sid = vapi_call(vcsim, "POST", "/rest/com/vmware/cis/session")["value"]
+        try:  # an empty listing is an empty list, as with vCenter
+            assert vapi_call(vcsim, "POST",
+                             "/rest/com/vmware/cis/tagging/tag-association?~action=list-attached-tags",
+                             {"object_id": {"id": vm._moId, "type": "VirtualMachine"}}, session=sid) == {"value": []}
+        finally:
+            vapi_call(vcsim, "DELETE", "/rest/com/vmware/cis/session", session=sid)
+        first = attach_tag(vcsim, vm, "backup", "nightly")
+        second = attach_tag(vcsim, vm, "backup", "keep-30d")
+        assert attach_tag(vcsim, vm, "backup", "nightly") == first  # found, not made twice
+    sid = vapi_call(vcsim, "POST", "/rest/com/vmware/cis/session")["value"]
+    try:
+        attached = vapi_call(vcsim, "POST", "/rest/com/vmware/cis/tagging/tag-association?~action=list-attached-tags",
+                             {"object_id": {"id": vm._moId, "type": "VirtualMachine"}}, session=sid)["value"]
+    finally:
+        vapi_call(vcsim, "DELETE", "/rest/com/vmware/cis/session", session=sid)
+    assert sorted(attached) == sorted([first, second])
 
 
 # --- shutdown -----------------------------------------------------------------------------------

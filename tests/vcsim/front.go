@@ -1,8 +1,8 @@
 package main
 
 // frontHandler sits in front of the simulator's HTTP handler. It refuses
-// vAPI (/rest) logins with wrong credentials, reads the SOAP method of each
-// /sdk request and
+// vAPI (/rest) logins with wrong credentials, answers empty vAPI listings as
+// vCenter does, reads the SOAP method of each /sdk request and
 //
 //   - answers QueryChangedDiskAreas itself (the simulator lacks it), for
 //     VMs and first-class disks (cbt.go, fcd.go);
@@ -79,6 +79,10 @@ func (h *frontHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		h.next.ServeHTTP(w, r)
+		return
+	}
+	if strings.HasPrefix(r.URL.Path, "/rest/") {
+		h.serveVAPI(w, r)
 		return
 	}
 	if r.Method == http.MethodPost && strings.HasPrefix(r.URL.Path, "/pbm") {
@@ -271,6 +275,21 @@ func finishedTask(rec *httptest.ResponseRecorder) *simulator.Task {
 	}
 	task, _ := simulator.Map.Get(types.ManagedObjectReference{Type: "Task", Value: string(m[1])}).(*simulator.Task)
 	return task
+}
+
+var vapiNullList = regexp.MustCompile(`^\{"value":null\}\s*$`)
+
+// serveVAPI passes vAPI calls to the simulator, which answers an empty list
+// with {"value":null} where vCenter answers {"value":[]}: listings (GET, and
+// the ~action=list* calls) get the empty list.
+func (h *frontHandler) serveVAPI(w http.ResponseWriter, r *http.Request) {
+	listing := r.Method == http.MethodGet || strings.HasPrefix(r.URL.Query().Get("~action"), "list")
+	rec := h.forward(r, nil, "vAPI "+r.URL.Path)
+	body := rec.Body.Bytes()
+	if listing && rec.Code == http.StatusOK && vapiNullList.Match(body) {
+		body = []byte(`{"value":[]}`)
+	}
+	copyResponseBody(w, rec, body)
 }
 
 // servePBM serves the storage-profile endpoint (see pbm.go).
