@@ -111,8 +111,10 @@ def create_spec(plan: Plan) -> vim.vm.ConfigSpec:
 
 
 def device_changes(plan: Plan, present: dict[tuple[str, int], int], *,
-                   controllers_only: bool = False) -> list[vim.vm.device.VirtualDeviceSpec]:
-    """Controllers (unless ``present``: (bus, number) -> key), disks, NICs, as "add" specs."""
+                   controllers_only: bool = False, disk_files: dict[str, str] | None = None
+                   ) -> list[vim.vm.device.VirtualDeviceSpec]:
+    """Controllers (unless ``present``: (bus, number) -> key), disks, NICs, as "add" specs.
+    ``disk_files``: label -> the new disk's file (``[ds] dir/name.vmdk``); else ``[ds]``."""
     changes: list[vim.vm.device.VirtualDeviceSpec] = []
     keys: dict[int, int] = {}      # saved controller key -> key in the spec
     next_key = -100
@@ -142,7 +144,8 @@ def device_changes(plan: Plan, present: dict[tuple[str, int], int], *,
     if controllers_only:
         return changes
     for d in plan.disks:
-        changes.append(_disk_spec(plan, d, keys.get(d.controller_key, d.controller_key), next_key))
+        file_name = (disk_files or {}).get(d.label) or f"[{d.datastore}]"
+        changes.append(_disk_spec(plan, d, keys.get(d.controller_key, d.controller_key), next_key, file_name))
         next_key -= 1
     for n in plan.nics:
         changes.append(_nic_spec(plan, n, next_key))
@@ -150,9 +153,10 @@ def device_changes(plan: Plan, present: dict[tuple[str, int], int], *,
     return changes
 
 
-def _disk_spec(plan: Plan, d: DiskPlacement, controller_key: int, key: int) -> vim.vm.device.VirtualDeviceSpec:
+def _disk_spec(plan: Plan, d: DiskPlacement, controller_key: int, key: int,
+               file_name: str) -> vim.vm.device.VirtualDeviceSpec:
     backing = vim.vm.device.VirtualDisk.FlatVer2BackingInfo(
-        fileName=f"[{d.datastore}]", diskMode="persistent",
+        fileName=file_name, diskMode="persistent",
         thinProvisioned=d.provisioning == "thin",
         eagerlyScrub=d.provisioning == "thick-eager-zeroed")
     if d.saved.get("write_through") is not None:

@@ -28,7 +28,7 @@ from pyVmomi.SoapAdapter import SoapStubAdapter
 from .errors import AmbiguousVM, VMNotFound
 from .inventory import find_vm, inventory_path
 from .metadata import SCHEMA, parse_datastore_path
-from .restoreerrors import PlacementError, SourceUnusable
+from .restoreerrors import PlacementError, SourceUnusable, VMExists
 from .session import Session
 from .source import GenerationSource, disk_by_label
 from .tasks import properties
@@ -455,18 +455,21 @@ def resolve(session: Session, source: GenerationSource, options: RestoreOptions)
         pass
     except AmbiguousVM as e:
         problems.add(f"several VMs are named {name!r} ({e}): give another --name")
+    conflicts: list[str] = []
     if existing is not None:
         on = existing.power_state == "poweredOn"
         if not options.overwrite:
-            problems.add(f"a VM named {name!r} exists ({existing.path}, {existing.moref}, "
+            conflicts.append(f"a VM named {name!r} exists ({existing.path}, {existing.moref}, "
                          f"{existing.power_state}): give another --name, or --overwrite to replace it"
                          + (" (with --force, as it is powered on)" if on else ""))
         elif on and not options.force:
-            problems.add(f"the VM {name!r} to overwrite is powered on ({existing.moref}): add --force "
-                         "to power it off and replace it")
+            conflicts.append(f"the VM {name!r} to overwrite is powered on ({existing.moref}): add "
+                             "--force to power it off and replace it")
 
     if problems:
-        raise PlacementError(problems)
+        raise PlacementError([*problems, *conflicts])
+    if conflicts:
+        raise VMExists("existing VM", "; ".join(conflicts))
     return Plan(source_vm=source.vm, generation=source.name, name=name, datacenter=dc,
                 datacenter_name=dc_name or "", folder=folder, folder_path=folder_path,
                 make_folders=make_folders, pool=pool, pool_path=pool_path, make_pools=make_pools,

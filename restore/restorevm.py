@@ -268,10 +268,39 @@ class _Restore:
         # An import may bring disks or NICs the .vmx still named: ours replace them.
         changes = [vim.vm.device.VirtualDeviceSpec(operation="remove", device=d) for d in devices
                    if isinstance(d, (vim.vm.device.VirtualDisk, vim.vm.device.VirtualEthernetCard))]
-        changes += configspec.device_changes(self.plan, configspec.present_controllers(devices))
+        changes += configspec.device_changes(self.plan, configspec.present_controllers(devices),
+                                             disk_files=self._disk_files())
         if changes:
             wait(self.si, self.vm.ReconfigVM_Task(spec=vim.vm.ConfigSpec(deviceChange=changes)),
                  f"add disks and NICs to {self.plan.name}")
+
+    def _disk_files(self) -> dict[str, str]:
+        """label -> a new file in the VM's own folder on the disk's datastore, named after
+        the VM. Explicit names, because a folder of the same name may belong to another VM
+        (the one set aside, or any other): its files must never be reused or deleted."""
+        vmx = properties(self.si, self.vm, ["config.files.vmPathName"]).get("config.files.vmPathName")
+        vm_ds, rel = parse_datastore_path(vmx)
+        directory = posixpath.dirname(rel)
+        out: dict[str, str] = {}
+        made: set[str] = {vm_ds}
+        taken: set[str] = set()
+        for d in self.plan.disks:
+            if d.datastore not in made:
+                path = f"[{d.datastore}] {directory}"
+                if not vmximport.exists(self.session, self.plan.datacenter_name, d.datastore,
+                                        f"{directory}/"):
+                    vmximport.make_directory(self.si, self.plan.datacenter, path)
+                    self.undo.append((path, lambda ds=d.datastore: self._delete_dir(ds, directory)))
+                made.add(d.datastore)
+            for n in range(1000):
+                name = f"{self.plan.name}{'' if n == 0 else f'_{n}'}.vmdk"
+                candidate = f"[{d.datastore}] {directory}/{name}"
+                if candidate not in taken and not vmximport.exists(
+                        self.session, self.plan.datacenter_name, d.datastore, f"{directory}/{name}"):
+                    break
+            taken.add(candidate)
+            out[d.label] = candidate
+        return out
 
     def _jobs(self) -> list[DiskJob]:
         devices = properties(self.si, self.vm, ["config.hardware.device"]).get("config.hardware.device") or []

@@ -1,0 +1,218 @@
+"""``repofs restore vm:NAME`` into the test vCenter, disks written through the VDDK stand-in.
+
+Each test backs up a VM of its own (unique names on the session's simulator) with
+``repofs backup vm:NAME``, restores it with ``repofs restore`` and judges the result through
+pyVmomi (what vCenter says) and ``qemu-img compare`` (the stand-in's files in the simulator's
+datastore folders against the backup restored to a raw file).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+from pyVmomi import vim
+
+from fixtures_restore import MiB, RestoreBed
+from fixtures_vsphere import unique
+
+VDDK_EXIT = 14
+BUSY_EXIT = 11
+NOT_FOUND_EXIT = 8
+
+
+def disks_by_unit(info: dict) -> dict[int, vim.vm.device.VirtualDisk]:
+    return {d.unitNumber: d for d in info["disks"]}
+
+
+def test_restore_to_a_new_name(restore_bed: RestoreBed) -> None:
+    b = restore_bed.backed_up("rs-new")
+    original = restore_bed.vm(b.vm)
+    name = unique("rs-new-copy")
+    proc = restore_bed.restore(f"vm:{b.vm}", "--name", name, "--json")
+    out = json.loads(proc.stdout)[0]
+    assert out["ok"] and out["vm"] == name
+    assert out["steps"][:3] == ["create the VM", "place disks and map networks", "prepare for access"]
+    info = restore_bed.vm(name)
+    assert info is not None and info["moref"] != original["moref"]
+    cfg, ocfg = info["config"], original["config"]
+    assert (cfg.hardware.numCPU, cfg.hardware.memoryMB, cfg.guestId) == \
+        (ocfg.hardware.numCPU, ocfg.hardware.memoryMB, ocfg.guestId)
+    assert [type(c).__name__ for c in info["controllers"]] == [type(c).__name__ for c in original["controllers"]]
+    # New identity by default.
+    assert cfg.uuid != ocfg.uuid and cfg.instanceUuid != ocfg.instanceUuid
+    assert info["nics"][0].macAddress != original["nics"][0].macAddress
+    # Disks: sizes, provisioning, contents.
+    got, want = disks_by_unit(info), disks_by_unit(original)
+    assert sorted(got) == sorted(want) == [0, 1]
+    for unit, disk in got.items():
+        assert disk.capacityInBytes == want[unit].capacityInBytes
+        assert disk.backing.thinProvisioned == want[unit].backing.thinProvisioned
+        label = f"scsi0-{unit}"
+        assert restore_bed.same_disk(disk.backing.fileName, b.raws[label]), label
+    # The NIC: same adapter, same network, connected at power-on as saved.
+    nic = info["nics"][0]
+    assert type(nic).__name__ == type(original["nics"][0]).__name__
+    assert nic.backing.deviceName == "VM Network"
+    assert nic.connectable.startConnected is True
+    assert info["power"] == "poweredOff" and not info["snapshots"]
+    # Holes were not written: the second disk (no data) saw no write at all.
+    stats = [line.split() for line in restore_bed.bed.stats.read_text().splitlines()]
+    written = {w[1] for w in stats if w[0] == "write"}
+    assert any(name in p for p in written)
+    assert not any(p.endswith(f"{name}_1.vmdk") for p in written)
+
+
+def test_two_vms_in_one_command_default_names(restore_bed: RestoreBed) -> None:
+    a = restore_bed.backed_up("rs-two-a", disks=(4 * MiB,), pieces={0: [(0, b"a" * 65536)]})
+    b = restore_bed.backed_up("rs-two-b", disks=(4 * MiB,), pieces={0: [(MiB, b"b" * 65536)]})
+    restore_bed.restore(f"vm:{a.vm}", f"vm:{b.vm}", "--power-on")
+    for backup in (a, b):
+        info = restore_bed.vm(f"{backup.vm}-restored-{backup.generation}")
+        assert info is not None and info["power"] == "poweredOn"
+        assert restore_bed.same_disk(info["disks"][0].backing.fileName, backup.raws["scsi0-0"])
+
+
+def test_overwrite_a_powered_off_vm(restore_bed: RestoreBed) -> None:
+    b = restore_bed.backed_up("rs-over")
+    before = restore_bed.vm(b.vm)
+    # The VM changes after the backup; the restore brings the backed-up disk back.
+    restore_bed.bed.write(restore_bed.bed.disk_path(b.vm, 0), [(MiB, b"changed!" * 1024)])
+    refused = restore_bed.restore(f"vm:{b.vm}", "--name", b.vm, check=False)
+    assert refused.returncode == BUSY_EXIT
+    assert "--overwrite" in refused.stderr and "existing VM" in refused.stderr
+    restore_bed.restore(f"vm:{b.vm}", "--name", b.vm, "--overwrite", "--recover-identity")
+    after = restore_bed.vm(b.vm)
+    assert after is not None and after["moref"] != before["moref"]
+    assert after["config"].uuid == before["config"].uuid  # --recover-identity
+    assert after["nics"][0].macAddress == before["nics"][0].macAddress
+    for unit, disk in disks_by_unit(after).items():
+        assert restore_bed.same_disk(disk.backing.fileName, b.raws[f"scsi0-{unit}"])
+    # Only one VM of that name, the replaced one is gone.
+    assert restore_bed.vm(b.vm)["moref"] == after["moref"]
+
+
+def test_powered_on_vm_is_refused_unless_forced(restore_bed: RestoreBed) -> None:
+    b = restore_bed.backed_up("rs-on", disks=(4 * MiB,), pieces={0: [(0, b"x" * 4096)]})
+    restore_bed.power(b.vm, True)
+    before = restore_bed.vm(b.vm)
+    refused = restore_bed.restore(f"vm:{b.vm}", "--name", b.vm, "--overwrite", check=False)
+    assert refused.returncode == BUSY_EXIT and "--force" in refused.stderr
+    still = restore_bed.vm(b.vm)
+    assert still["moref"] == before["moref"] and still["power"] == "poweredOn"
+    restore_bed.restore(f"vm:{b.vm}", "--name", b.vm, "--overwrite", "--force")
+    after = restore_bed.vm(b.vm)
+    assert after["moref"] != before["moref"] and after["power"] == "poweredOff"
+
+
+def test_import_from_the_saved_vmx(restore_bed: RestoreBed) -> None:
+    b = restore_bed.backed_up("rs-imp")
+    name = unique("rs-imp-copy")
+    out = json.loads(restore_bed.restore(f"vm:{b.vm}", "--name", name, "--import", "--json").stdout)[0]
+    assert out["steps"][0] == "import the VM"
+    info = restore_bed.vm(name)
+    assert info is not None
+    assert info["config"].hardware.memoryMB == 128 and len(info["nics"]) == 1
+    assert sorted(disks_by_unit(info)) == [0, 1]
+    for unit, disk in disks_by_unit(info).items():
+        assert restore_bed.same_disk(disk.backing.fileName, b.raws[f"scsi0-{unit}"])
+    vmx = restore_bed.local(info["config"].files.vmPathName).read_text()
+    assert f'displayName = "{name}"' in vmx
+
+
+def test_network_mapping(restore_bed: RestoreBed) -> None:
+    b = restore_bed.backed_up("rs-net", disks=(4 * MiB,), pieces={0: [(0, b"n" * 4096)]})
+    name = unique("rs-net-dvs")
+    restore_bed.restore(f"vm:{b.vm}", "--name", name, "--network", "VM Network=DC0_DVPG0")
+    nic = restore_bed.vm(name)["nics"][0]
+    assert isinstance(nic.backing, vim.vm.device.VirtualEthernetCard.DistributedVirtualPortBackingInfo)
+    assert nic.backing.port.portgroupKey and nic.backing.port.switchUuid
+    assert nic.connectable.startConnected is True
+    # OLD= : the NIC comes back disconnected, with a warning.
+    name2 = unique("rs-net-off")
+    proc = restore_bed.restore(f"vm:{b.vm}", "--name", name2, "--network", "VM Network=")
+    assert "disconnected" in proc.stdout
+    nic2 = restore_bed.vm(name2)["nics"][0]
+    assert nic2.connectable.startConnected is False
+
+
+def test_missing_datastore_and_network_reported_before_any_change(restore_bed: RestoreBed) -> None:
+    b = restore_bed.backed_up("rs-miss", disks=(4 * MiB,), pieces={0: [(0, b"m" * 4096)]})
+    before = restore_bed.inventory()
+    proc = restore_bed.restore(f"vm:{b.vm}", "--datastore", "NoSuchDS", "--network", "VM Network=NoSuchNet",
+                               "--datastore", "scsi9-9=LocalDS_1", check=False)
+    assert proc.returncode == NOT_FOUND_EXIT
+    err = proc.stderr
+    assert "check options" in err and "NoSuchDS" in err and "NoSuchNet" in err and "scsi9-9" in err
+    assert restore_bed.inventory() == before
+
+
+def test_dry_run_changes_nothing(restore_bed: RestoreBed) -> None:
+    b = restore_bed.backed_up("rs-dry")
+    before = restore_bed.inventory()
+    proc = restore_bed.restore(f"vm:{b.vm}", "--dry-run", "--datastore", "scsi0-1=LocalDS_1")
+    assert "dry run" in proc.stdout and "scsi0-1" in proc.stdout and "[LocalDS_1]" in proc.stdout
+    assert restore_bed.inventory() == before
+
+
+def test_disk_on_another_datastore(restore_bed: RestoreBed) -> None:
+    b = restore_bed.backed_up("rs-ds")
+    name = unique("rs-ds-copy")
+    restore_bed.restore(f"vm:{b.vm}", "--name", name, "--datastore", "scsi0-1=LocalDS_1")
+    disks = disks_by_unit(restore_bed.vm(name))
+    assert disks[0].backing.fileName.startswith("[LocalDS_0]")
+    assert disks[1].backing.fileName.startswith("[LocalDS_1]")
+    for unit, disk in disks.items():
+        assert restore_bed.same_disk(disk.backing.fileName, b.raws[f"scsi0-{unit}"])
+
+
+@pytest.mark.parametrize("transport", ["nbdssl:nbd", "san:nbdssl"])
+def test_vddk_fault_mid_disk_undoes_everything(restore_bed: RestoreBed, transport: str) -> None:
+    b = restore_bed.backed_up("rs-fault")
+    before = restore_bed.inventory()
+    restore_bed.bed.configure(fail_write_after=1)  # the second write fails
+    try:
+        name = unique("rs-fault-copy")
+        proc = restore_bed.restore(f"vm:{b.vm}", "--name", name, "--transport", transport,
+                                   "--threads", "1", check=False)
+    finally:
+        restore_bed.bed.configure()
+    assert proc.returncode == VDDK_EXIT, proc.stderr
+    assert "write the disks" in proc.stderr and "scsi0-0" in proc.stderr
+    assert "undone" in proc.stderr and "LEFT BEHIND" not in proc.stderr
+    assert restore_bed.vm(name) is None
+    assert restore_bed.inventory() == before          # no VM, no snapshot, no stray file
+    stats = restore_bed.bed.stats.read_text().splitlines()
+    prepared = [line for line in stats if line.startswith("prepare ")]
+    ended = [line for line in stats if line.startswith("end ")]
+    assert prepared and len(ended) >= len(prepared) and not ended[-1].endswith("unpaired")
+    assert restore_bed.bed.vcsim.password not in proc.stderr + proc.stdout
+
+
+def test_generation_without_vsphere_metadata_is_refused(restore_bed: RestoreBed, tmp_path) -> None:
+    image = tmp_path / "disk.raw"
+    image.write_bytes(os.urandom(65536))
+    restore_bed.bed.repofs("backup", f"file:{image}", "--vm", "plain-image")
+    proc = restore_bed.restore("vm:plain-image", check=False)
+    assert proc.returncode != 0 and "--to-dir" in proc.stderr
+
+
+def test_restore_from_a_mounted_generation_folder(restore_bed: RestoreBed, tmp_path) -> None:
+    if os.geteuid() != 0 or not os.path.exists("/dev/fuse"):
+        pytest.skip("real mounts need root and /dev/fuse")
+    b = restore_bed.backed_up("rs-from")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    restore_bed.bed.repofs("mount", str(restore_bed.bed.repo), str(mnt))
+    try:
+        folder = mnt / b.vm / "latest"
+        name = unique("rs-from-copy")
+        restore_bed.restore(f"vm:{b.vm}", "--from", str(folder), "--name", name)
+    finally:
+        subprocess.run([*restore_bed.bed.command()[:3], "umount", str(mnt)], env=restore_bed.bed.env(),
+                       capture_output=True, timeout=60)
+    info = restore_bed.vm(name)
+    assert info is not None
+    for unit, disk in disks_by_unit(info).items():
+        assert restore_bed.same_disk(disk.backing.fileName, b.raws[f"scsi0-{unit}"])
