@@ -11,4 +11,5 @@ pytest_plugins: list[str] = [
     "fixtures_vddk",
     "fixtures_mount",
     "fixtures_vsphere",
+    "fixtures_restore",
 ]
