@@ -197,3 +197,32 @@ def test_dead_worker_is_reported(vddk_libdir: pathlib.Path, standin: Standin) ->
     with pytest.raises(vddk.WorkerFailed):
         lib.close()
     lib.close()
+
+
+def test_shared_buffers_are_not_copied(iso: vddk.IsolatedLibrary, standin: Standin) -> None:
+    data = _random(3 * MiB, 30)
+    path = standin.disk("d.vmdk", 8 * MiB, data, at=MiB)
+    with iso.connect(standin.params(), read_only=False) as conn, \
+            conn.open(path, read_only=False) as disk:
+        buf = disk.buffer(4 * MiB)
+        assert disk.read_into(MiB, buf[:3 * MiB]) == 3 * MiB
+        assert buf[:3 * MiB] == data
+        # A slice in the middle of the shared buffer, larger than one window.
+        assert disk.read_into(2 * MiB, buf[512:512 + 2 * MiB]) == 2 * MiB
+        assert buf[512:512 + 2 * MiB] == data[MiB:3 * MiB]
+        buf[:MiB] = b"\x5a" * MiB
+        disk.write_from(6 * MiB, buf[:MiB])
+        assert disk.read(6 * MiB, MiB) == b"\x5a" * MiB
+        with pytest.raises(vddk.OutOfRange):
+            disk.read_into(8 * MiB, buf[:512])
+        del buf
+    writes = [(int(w[2]), int(w[3])) for w in standin.stat_lines("write")]
+    assert writes == [(6 * MiB, MiB)]
+
+
+def test_in_process_buffer_is_page_aligned(vddk_lib: vddk.Library, standin: Standin) -> None:
+    path = standin.disk("d.vmdk", MiB, b"\x11" * 512)
+    with vddk_lib.connect(standin.params()) as conn, conn.open(path) as disk:
+        buf = disk.buffer(4096)
+        disk.read_into(0, buf)
+        assert buf[:512] == b"\x11" * 512 and buf[512:] == bytes(3584)

@@ -13,6 +13,7 @@ otherwise). A write that fails part-way may have written its earlier pieces.
 from __future__ import annotations
 
 import logging
+import mmap
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -217,6 +218,11 @@ class Disk:
                     raise self._b.error(err, call)
                 done += n
         return size
+
+    def buffer(self, size: int) -> memoryview:
+        """A page-aligned buffer for this disk's I/O (the isolated disk's is shared memory,
+        so callers that use this work the same, without copies, in both variants)."""
+        return memoryview(mmap.mmap(-1, max(size, 1)))[:size]
 
     def read(self, offset: int, size: int) -> bytes:
         """``size`` bytes at ``offset`` (a convenience over ``read_into``)."""

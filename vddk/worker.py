@@ -14,7 +14,7 @@ Messages are length-prefixed pickles between our two processes only. The child's
 same logger names. Errors come back as the same exception classes, code and text.
 
 Limits: Linux (memfd, SCM_RIGHTS). Data is copied once between the shared area and the caller's
-buffer. Log records arrive asynchronously; all have arrived once ``close()`` returns.
+buffer, unless the buffer comes from ``IsolatedDisk.buffer()`` (shared with the worker itself). Log records arrive asynchronously; all have arrived once ``close()`` returns.
 """
 from __future__ import annotations
 
@@ -31,6 +31,8 @@ import sys
 import threading
 from typing import Any, Callable
 
+import cffi
+
 from vddk.disk import DiskInfo
 from vddk.errors import VddkError, WorkerFailed, error_class
 from vddk.library import load
@@ -42,6 +44,7 @@ logger = logging.getLogger("vddk.worker")
 WINDOW_BYTES = 8 << 20        # one slot of a disk's shared area
 _HEADER = struct.Struct("!I")
 _LOG_TAG = "\x1evddk-log\t"   # a stderr line that carries a log record
+_ffi = cffi.FFI()             # only to learn buffer addresses
 
 
 # ---- the wire ------------------------------------------------------------------------------
@@ -57,9 +60,9 @@ class _Channel:
         header = _HEADER.pack(len(data))
         if fds:
             socket.send_fds(self.sock, [header], list(fds))
+            self.sock.sendall(data)
         else:
-            self.sock.sendall(header)
-        self.sock.sendall(data)
+            self.sock.sendall(header + data)  # one segment: one wake-up on the other side
 
     def recv(self) -> tuple[Any, list[int]]:
         header, fds, _flags, _addr = socket.recv_fds(self.sock, _HEADER.size, 4)
@@ -321,6 +324,7 @@ class IsolatedDisk:
         self._chan: _Channel | None = _Channel(ours)
         self._view = memoryview(self._map)
         self._lock = threading.Lock()
+        self._buffers: list[tuple[int, int, int, mmap.mmap]] = []  # address, size, id, map
         self.info: DiskInfo = reply["info"]
         self.capacity: int = self.info.capacity
         self.transport_mode: str = reply["transport_mode"]
@@ -350,10 +354,43 @@ class IsolatedDisk:
             self._send(*msg)
             return _raise_reply(self._recv())
 
+    def buffer(self, size: int) -> memoryview:
+        """A buffer in memory shared with the worker: reads into it and writes from it (or
+        from any slice of it) are not copied. Valid until the disk is closed."""
+        memfd = os.memfd_create("vddk-buffer", os.MFD_CLOEXEC)
+        try:
+            os.ftruncate(memfd, max(size, 1))
+            area = mmap.mmap(memfd, max(size, 1))
+            with self._lock:
+                map_id = len(self._buffers)
+                if self._chan is None:
+                    raise WorkerFailed(f"{self.path} is closed")
+                self._chan.send(("map", map_id), fds=(memfd,))
+                _raise_reply(self._recv())
+        finally:
+            os.close(memfd)
+        address = int(_ffi.cast("uintptr_t", _ffi.from_buffer(area)))
+        self._buffers.append((address, size, map_id, area))
+        return memoryview(area)[:size]
+
+    def _in_shared(self, buffer: Any, size: int) -> tuple[int, int] | None:
+        """(buffer id, offset in it) when ``buffer`` lies inside one of our shared buffers."""
+        if not self._buffers or size == 0:
+            return None
+        address = int(_ffi.cast("uintptr_t", _ffi.from_buffer(buffer)))
+        for base, length, map_id, _area in self._buffers:
+            if base <= address and address + size <= base + length:
+                return map_id, address - base
+        return None
+
     def read_into(self, offset: int, buffer: Any) -> int:
         """Fill ``buffer`` from the disk at ``offset``; returns its size."""
         dest = memoryview(buffer).cast("B")
         size = dest.nbytes
+        shared = self._in_shared(dest, size)
+        if shared is not None:
+            self._rpc("read_at", offset, size, *shared)
+            return size
         pieces = _pieces(offset, size, self._slot)
         with self._lock:
             if not pieces:
@@ -379,6 +416,10 @@ class IsolatedDisk:
         """Write all of ``buffer`` to the disk at ``offset``; returns its size."""
         src = memoryview(buffer).cast("B")
         size = src.nbytes
+        shared = self._in_shared(src, size)
+        if shared is not None:
+            self._rpc("write_at", offset, size, *shared)
+            return size
         pieces = _pieces(offset, size, self._slot)
         with self._lock:
             if not pieces:
@@ -444,6 +485,12 @@ class IsolatedDisk:
                 self._chan = None
                 self._view.release()
                 self._map.close()
+                for *_ignored, area in self._buffers:
+                    try:
+                        area.close()
+                    except BufferError:
+                        pass  # the caller still holds a view; unmapped when it goes
+                self._buffers.clear()
                 self._conn._disks.discard(self)
         _raise_reply(reply)
 
@@ -474,9 +521,18 @@ class _StderrRecords(logging.Handler):
 
 def _serve_disk(chan: _Channel, disk: Any, area: mmap.mmap) -> None:
     view = memoryview(area)
+    buffers: dict[int, tuple[mmap.mmap, memoryview]] = {}
+
+    def map_buffer(map_id: int, *, fds: list[int]) -> None:
+        shared = mmap.mmap(fds[0], 0)
+        os.close(fds[0])
+        buffers[map_id] = (shared, memoryview(shared))
+
     handlers: dict[str, Callable[..., Any]] = {
         "read": lambda off, n, base: disk.read_into(off, view[base:base + n]),
         "write": lambda off, n, base: disk.write_from(off, view[base:base + n]),
+        "read_at": lambda off, n, i, at: disk.read_into(off, buffers[i][1][at:at + n]),
+        "write_at": lambda off, n, i, at: disk.write_from(off, buffers[i][1][at:at + n]),
         "flush": disk.flush,
         "extents": disk.allocated_extents,
         "keys": disk.metadata_keys,
@@ -487,12 +543,15 @@ def _serve_disk(chan: _Channel, disk: Any, area: mmap.mmap) -> None:
     try:
         while True:
             try:
-                msg, _ = chan.recv()
+                msg, fds = chan.recv()
             except (EOFError, OSError):
                 disk.close()
                 return
             try:
-                reply: tuple[Any, ...] = ("ok", handlers[msg[0]](*msg[1:]))
+                if msg[0] == "map":
+                    reply: tuple[Any, ...] = ("ok", map_buffer(*msg[1:], fds=fds))
+                else:
+                    reply = ("ok", handlers[msg[0]](*msg[1:]))
             except Exception as e:  # noqa: BLE001 - every failure goes back to the caller
                 reply = _reply_error(e)
             chan.send(reply)
@@ -501,6 +560,9 @@ def _serve_disk(chan: _Channel, disk: Any, area: mmap.mmap) -> None:
     finally:
         view.release()
         area.close()
+        for shared, shared_view in buffers.values():
+            shared_view.release()
+            shared.close()
         chan.close()
 
 

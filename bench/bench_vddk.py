@@ -1,0 +1,123 @@
+"""Throughput of the VixDiskLib binding against the stand-in, beside plain file I/O.
+
+Reads and writes the same file (a 1 GiB monolithicFlat disk, in the page cache after it is
+written) three ways in the same run: plain ``os.preadv``/``os.pwritev`` on the flat extent, the
+in-process binding (``Disk.read_into``/``write_from``) and the worker-process binding, each with
+the same buffer size; the worker both with the caller's own buffer (one copy through the shared
+area) and with a buffer from ``IsolatedDisk.buffer()`` (no copy, "shm"). Rounds alternate between the ways so that drift hits all of them; the
+best round of each counts. Prints MB/s and the ratio to plain I/O (targets: in-process >= 80%,
+worker >= 60%). No asserts.
+
+    .venv/bin/python bench/bench_vddk.py [--size-mib 1024] [--block-kib 1024] [--rounds 3]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any, Callable
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import vddk  # noqa: E402
+
+MiB = 1 << 20
+
+
+def build_standin() -> pathlib.Path:
+    out = ROOT / "build"
+    subprocess.run(["make", "-s", "-C", str(ROOT / "tests" / "vddk_standin"), f"OUT={out}"],
+                   check=True)
+    return out
+
+
+def make_disk(ds: pathlib.Path, size: int) -> pathlib.Path:
+    """A monolithicFlat disk full of pseudo-random data; returns the flat file."""
+    flat = ds / "bench-flat.vmdk"
+    (ds / "bench.vmdk").write_text(
+        "# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\n"
+        'createType="monolithicFlat"\n\n# Extent description\n'
+        f'RW {size // 512} FLAT "bench-flat.vmdk" 0\n\n# The Disk Data Base\n#DDB\n\n'
+        'ddb.adapterType = "lsilogic"\n')
+    block = os.urandom(16 * MiB)
+    with open(flat, "wb") as f:
+        for off in range(0, size, len(block)):
+            f.write(block[:min(len(block), size - off)])
+    return flat
+
+
+def timed(size: int, block: int, op: Callable[[int, Any], Any], buf: Any) -> float:
+    """MB/s of ``op(offset, buf)`` over the whole disk."""
+    start = time.perf_counter()
+    for off in range(0, size, block):
+        op(off, buf)
+    return size / (time.perf_counter() - start) / 1e6
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size-mib", type=int, default=1024)
+    ap.add_argument("--block-kib", type=int, default=1024)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--dir", default=None, help="where the test disk goes (default: /var/tmp)")
+    args = ap.parse_args()
+    size, block = args.size_mib * MiB, args.block_kib * 1024
+    libdir = build_standin()
+    with tempfile.TemporaryDirectory(prefix="bench-vddk-", dir=args.dir or "/var/tmp") as tmp:
+        ds = pathlib.Path(tmp)
+        flat = make_disk(ds, size)
+        conf = ds / "standin.conf"
+        conf.write_text(f"datastore.BenchDS={ds}\nserver=bench\nuser=u\npassword=p\n")
+        os.environ["VDDK_STANDIN_CONFIG"] = str(conf)
+        params = vddk.ConnectParams(server="bench", vmx_spec="moref=vm-1", user="u",
+                                    password="p")
+        buf = bytearray(block)
+        fd = os.open(flat, os.O_RDWR)
+        results: dict[str, list[float]] = {}
+        in_lib = vddk.open_library(libdir)
+        iso_lib = vddk.open_library(libdir, isolated=True)
+        try:
+            in_conn = in_lib.connect(params, read_only=False, transports="nbd")
+            iso_conn = iso_lib.connect(params, read_only=False, transports="nbd")
+            in_disk = in_conn.open("[BenchDS] bench.vmdk", read_only=False)
+            iso_disk = iso_conn.open("[BenchDS] bench.vmdk", read_only=False)
+            shared = iso_disk.buffer(block)
+            ways: dict[str, tuple[Callable[[int, Any], Any], Any]] = {
+                "read  plain os.preadv": (lambda off, b: os.preadv(fd, [b], off), buf),
+                "read  vddk in-process": (in_disk.read_into, buf),
+                "read  vddk worker": (iso_disk.read_into, buf),
+                "read  vddk worker shm": (iso_disk.read_into, shared),
+                "write plain os.pwritev": (lambda off, b: os.pwritev(fd, [b], off), buf),
+                "write vddk in-process": (in_disk.write_from, buf),
+                "write vddk worker": (iso_disk.write_from, buf),
+                "write vddk worker shm": (iso_disk.write_from, shared),
+            }
+            timed(size, block, ways["read  plain os.preadv"][0], buf)  # warm the page cache
+            for _ in range(args.rounds):
+                for name, (op, b) in ways.items():
+                    results.setdefault(name, []).append(timed(size, block, op, b))
+            del shared
+            for d, c in ((in_disk, in_conn), (iso_disk, iso_conn)):
+                d.close()
+                c.close()
+        finally:
+            os.close(fd)
+            iso_lib.close()
+            in_lib.close()
+    print(f"{size // MiB} MiB disk, {block // 1024} KiB buffers, best of {args.rounds} rounds, "
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+    for kind in ("read ", "write"):
+        plain = max(results[f"{kind} plain os.{'preadv' if kind == 'read ' else 'pwritev'}"])
+        for name, rounds in results.items():
+            if name.startswith(kind):
+                best = max(rounds)
+                print(f"  {name:24s} {best:8.0f} MB/s  {best / plain:6.1%} of plain")
+
+
+if __name__ == "__main__":
+    main()
