@@ -150,5 +150,5 @@ def standin(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> Iterator
 @pytest.fixture
 def vddk_lib(vddk_libdir: pathlib.Path, standin: Standin) -> Iterator[vddk.Library]:
     """The stand-in, initialized in this process with the ``standin`` configuration."""
-    with vddk.open_library(vddk_libdir) as lib:
+    with vddk.open_library(vddk_libdir, isolated=False) as lib:
         yield lib

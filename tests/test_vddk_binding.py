@@ -48,11 +48,11 @@ def test_calls_before_initex_are_refused(vddk_libdir: pathlib.Path, standin: Sta
 
 def test_one_library_per_process(vddk_libdir: pathlib.Path, vddk_lib: vddk.Library) -> None:
     with pytest.raises(vddk.Busy):
-        vddk.open_library(vddk_libdir)
+        vddk.open_library(vddk_libdir, isolated=False)
 
 
 def test_closed_library_refuses_calls(vddk_libdir: pathlib.Path, standin: Standin) -> None:
-    lib = vddk.open_library(vddk_libdir)
+    lib = vddk.open_library(vddk_libdir, isolated=False)
     lib.close()
     lib.close()
     with pytest.raises(vddk.InvalidArgument):
@@ -182,7 +182,7 @@ def test_thumbprint_is_case_insensitive(vddk_lib: vddk.Library, standin: Standin
 
 def test_cookie_login(vddk_libdir: pathlib.Path, standin: Standin) -> None:
     standin.configure(password=None, cookie="vmware_soap_session=abc")
-    with vddk.open_library(vddk_libdir) as lib:
+    with vddk.open_library(vddk_libdir, isolated=False) as lib:
         lib.connect(standin.params(password=None, cookie="vmware_soap_session=abc")).close()
         with pytest.raises(vddk.AuthenticationFailed):
             lib.connect(standin.params(password=None, cookie="vmware_soap_session=zzz"))
@@ -457,7 +457,7 @@ def test_prepared_is_a_no_op_locally(vddk_lib: vddk.Library, standin: Standin) -
 def test_injected_read_fault(vddk_libdir: pathlib.Path, standin: Standin) -> None:
     standin.configure(fail_read_after=2)
     path = standin.disk("d.vmdk", MiB)
-    with vddk.open_library(vddk_libdir) as lib, lib.connect(standin.params()) as conn, \
+    with vddk.open_library(vddk_libdir, isolated=False) as lib, lib.connect(standin.params()) as conn, \
             conn.open(path) as disk:
         disk.read(0, 512)
         disk.read(512, 512)
@@ -471,7 +471,7 @@ def test_injected_read_fault(vddk_libdir: pathlib.Path, standin: Standin) -> Non
 def test_injected_write_fault(vddk_libdir: pathlib.Path, standin: Standin) -> None:
     standin.configure(fail_write_after=1)
     path = standin.disk("d.vmdk", MiB)
-    with vddk.open_library(vddk_libdir) as lib, \
+    with vddk.open_library(vddk_libdir, isolated=False) as lib, \
             lib.connect(standin.params(), read_only=False) as conn, \
             conn.open(path, read_only=False) as disk:
         disk.write_from(0, b"\x01" * 512)
@@ -486,7 +486,7 @@ def test_dropped_connection(vddk_libdir: pathlib.Path, standin: Standin,
     standin.configure(drop_connection_after=3, delay_us=100)
     path = standin.disk("d.vmdk", MiB)
     with caplog.at_level(logging.WARNING, logger="vddk.library"):
-        with vddk.open_library(vddk_libdir) as lib:
+        with vddk.open_library(vddk_libdir, isolated=False) as lib:
             with lib.connect(standin.params()) as conn, conn.open(path) as disk:
                 for i in range(3):
                     disk.read(i * 512, 512)
@@ -559,7 +559,7 @@ def test_library_log_reaches_python_logging(vddk_libdir: pathlib.Path, standin: 
                                             caplog: pytest.LogCaptureFixture) -> None:
     path = standin.disk("vm1/d.vmdk", 2 * MiB)
     with caplog.at_level(logging.DEBUG, logger="vddk.library"):
-        with vddk.open_library(vddk_libdir) as lib, lib.connect(standin.params()) as conn:
+        with vddk.open_library(vddk_libdir, isolated=False) as lib, lib.connect(standin.params()) as conn:
             conn.open(path).close()
     messages = [(r.name, r.levelno, r.getMessage()) for r in caplog.records]
     assert ("vddk.library", logging.DEBUG,
@@ -573,7 +573,7 @@ def test_secrets_never_reach_the_log(vddk_libdir: pathlib.Path, standin: Standin
                                      caplog: pytest.LogCaptureFixture) -> None:
     standin.configure(log_credentials=1)
     with caplog.at_level(logging.DEBUG, logger="vddk"):
-        with vddk.open_library(vddk_libdir) as lib:
+        with vddk.open_library(vddk_libdir, isolated=False) as lib:
             lib.connect(standin.params()).close()
     assert "VixDiskLib: login backup@vsphere.local password ***" in caplog.text
     assert PASSWORD not in caplog.text
@@ -619,10 +619,10 @@ def test_bad_config_is_refused_at_init(vddk_libdir: pathlib.Path, standin: Stand
     standin.config.write_text("fail_read_after=soon\n")
     with caplog.at_level(logging.WARNING, logger="vddk.library"):
         with pytest.raises(vddk.InvalidArgument):
-            vddk.open_library(vddk_libdir)
+            vddk.open_library(vddk_libdir, isolated=False)
     assert "fail_read_after wants a number" in caplog.text
     standin.config.write_text("no_such_key=1\n")
     with pytest.raises(vddk.InvalidArgument):
-        vddk.open_library(vddk_libdir)
+        vddk.open_library(vddk_libdir, isolated=False)
     os.environ.pop("VDDK_STANDIN_CONFIG")
-    vddk.open_library(vddk_libdir).close()  # no configuration: local mode only
+    vddk.open_library(vddk_libdir, isolated=False).close()  # no configuration: local mode only

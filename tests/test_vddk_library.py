@@ -77,7 +77,7 @@ def test_missing_optional_symbols_degrade(tmp_path: pathlib.Path,
     write_standin_config(tmp_path / "c.conf", datastores={"DS": ds}, server="vc", user="u",
                          password="p")
     monkeypatch.setenv("VDDK_STANDIN_CONFIG", str(tmp_path / "c.conf"))
-    with vddk.open_library(libdir) as lib:
+    with vddk.open_library(libdir, isolated=False) as lib:
         assert not lib.has("QueryAllocatedBlocks") and not lib.has("AllocateConnectParams")
         assert lib.has("Flush")
         params = vddk.ConnectParams(server="vc", vmx_spec="moref=vm-1", user="u", password="p")

@@ -226,3 +226,11 @@ def test_in_process_buffer_is_page_aligned(vddk_lib: vddk.Library, standin: Stan
         buf = disk.buffer(4096)
         disk.read_into(0, buf)
         assert buf[:512] == b"\x11" * 512 and buf[512:] == bytes(3584)
+
+
+def test_isolated_by_default_when_ssl_is_loaded(vddk_libdir: pathlib.Path,
+                                                standin: Standin) -> None:
+    import ssl  # noqa: F401 - what a vCenter client has loaded
+
+    with vddk.open_library(vddk_libdir) as lib:
+        assert isinstance(lib, vddk.IsolatedLibrary)

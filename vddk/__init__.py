@@ -17,6 +17,7 @@ process), ``errors``. This package imports nothing else of repofs.
 from __future__ import annotations
 
 import os
+import sys
 from typing import Union
 
 from vddk.disk import Connection, Disk, DiskInfo
@@ -36,16 +37,19 @@ AnyLibrary = Union[Library, IsolatedLibrary]
 
 def open_library(libdir: str | os.PathLike[str] | None = None, *,
                  config_file: str | os.PathLike[str] | None = None,
-                 isolated: bool = False) -> AnyLibrary:
+                 isolated: bool | None = None) -> AnyLibrary:
     """Find, load and initialize VixDiskLib; use the result as a context manager.
 
     ``libdir``: the directory of libvixDiskLib.so (or the VDDK root); else ``$VDDK_LIBDIR``,
     else the usual install paths. ``config_file``: VixDiskLib's own configuration file.
-    ``isolated=True`` runs VixDiskLib in a worker process (same methods): use it whenever the
-    process also talks to vCenter through Python's ``ssl``, which clashes with VDDK's bundled
-    OpenSSL.
+    ``isolated=True`` runs VixDiskLib in a worker process (same methods), ``False`` in this
+    one. The default (None) isolates whenever Python's ``ssl`` is loaded in this process (as it
+    is in any process that talks to vCenter through pyvmomi): VDDK's bundled OpenSSL clashes
+    with it.
     """
     path = find_library(libdir)
+    if isolated is None:
+        isolated = "ssl" in sys.modules
     if isolated:
         return IsolatedLibrary(path, config_file=config_file)
     return Library(load(path), config_file=config_file)
