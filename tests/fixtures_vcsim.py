@@ -121,12 +121,16 @@ def build_vcsim() -> Path:
         if not _stale():
             return BINARY
         env = dict(os.environ, GO111MODULE="off", GOPATH=str(GOPATH), GOCACHE=str(BUILD / "gocache"))
+        # Build beside and rename: a simulator that another test run is executing keeps its file.
+        partial = BINARY.with_name(f"{BINARY.name}.building-{os.getpid()}")
         done = subprocess.run(
-            ["go", "build", "-o", str(BINARY), "."],
+            ["go", "build", "-o", str(partial), "."],
             cwd=SOURCES, env=env, capture_output=True, text=True, check=False,
         )
         if done.returncode != 0:
+            partial.unlink(missing_ok=True)
             raise VCSimError(f"go build of tests/vcsim failed:\n{done.stdout}{done.stderr}")
+        os.replace(partial, BINARY)
     return BINARY
 
 
