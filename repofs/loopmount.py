@@ -198,7 +198,9 @@ def _start_repo_mount(state: State, repo: str | None, password_file: str | None,
     mnt = tempfile.mkdtemp(prefix="repofs-files-", dir="/run/repofs")
     state.repo_mount = mnt
     state.save()
-    cmd = [sys.executable, "-m", "repofs.cli", "mount", os.path.abspath(repo), mnt]
+    # buffered flat files: the loop devices' small metadata reads then hit the FUSE page cache
+    # and its read-ahead (walking a tree measured twice as fast as with direct I/O)
+    cmd = [sys.executable, "-m", "repofs.cli", "mount", "--no-direct-io", os.path.abspath(repo), mnt]
     if password_file:
         cmd += ["--password-file", os.path.abspath(password_file)]
     # stdin stays ours: a passphrase prompt still works; the mount forks once it is up
@@ -293,6 +295,7 @@ def _attach_one(state: State, guest: GuestGeneration, flats: dict[str, str], v: 
                         flats[v.disk])
             state.loops.append(loop)
             state.save()
+        subprocess.run(["blockdev", "--setra", "2048", loop], capture_output=True)   # 1 MiB read-ahead
         with _Signals.step():
             try:
                 _run("mount", "-t", ktype, "-o", opts, loop, where)

@@ -3,6 +3,7 @@ model behind them (``repofs.guestfs``), on images built by ``fixtures_images``."
 from __future__ import annotations
 
 import os
+from types import SimpleNamespace
 
 import pytest
 
@@ -84,8 +85,30 @@ def test_bad_addresses_raise_named_errors(gen, guest_images):
 
 # --- the command line ------------------------------------------------------------------------
 
-def test_cli_ls_cat_stat(guest_repo, guest_images):
-    r = guest_repo
+@pytest.fixture
+def cli(guest_repo, capsysbinary, monkeypatch):
+    """The real ``repofs`` entry point, in-process (a subprocess per call costs ~1 s here)."""
+    from repofs.cli import main
+    for key in ("REPOFS_REPOSITORY", "REPOFS_PASSWORD_FILE"):
+        monkeypatch.setenv(key, guest_repo.env[key])
+
+    def run(*args: str, check: bool = True) -> SimpleNamespace:
+        try:
+            main(list(args))
+            code = 0
+        except SystemExit as e:
+            code = e.code
+        out, err = capsysbinary.readouterr()
+        if check and code:
+            raise AssertionError(f"repofs {' '.join(args)} exited {code}: {err.decode()}")
+        return SimpleNamespace(returncode=code, stdout=out, stderr=err)
+    return run
+
+
+def test_cli_ls_cat_stat(cli, guest_repo, guest_images):
+    r = SimpleNamespace(run=cli)
+    # one run through a real process: binary stdout, the console script's wiring
+    assert guest_repo.run("files", "cat", "vm:guest:gpt_ext4/p1/big.bin").stdout == guest_images.tree.files["big.bin"]
     disks = r.run("files", "ls", "vm:guest").stdout.decode().split()
     assert "gpt_ext4" in disks and "mbr_fat" in disks
     vols = r.run("files", "ls", "-l", "vm:guest@latest:gpt_ext4").stdout.decode().splitlines()
@@ -113,15 +136,15 @@ def test_cli_ls_cat_stat(guest_repo, guest_images):
     (["cat", "vm:guest:gpt_ext4/p1/deep"], 1, "is a directory"),
     (["ls", "guest:gpt_ext4"], 2, "unknown address"),
 ])
-def test_cli_errors_are_one_line(guest_repo, args, code, text):
-    proc = guest_repo.run("files", *args, check=False)
+def test_cli_errors_are_one_line(cli, args, code, text):
+    proc = cli("files", *args, check=False)
     err = proc.stderr.decode()
     assert proc.returncode == code, err
     assert err.count("\n") == 1 and err.startswith("repofs: error: ") and text in err
 
 
-def test_cli_get_keeps_names_modes_times_symlinks_and_holes(guest_repo, guest_images, tmp_path):
-    r = guest_repo
+def test_cli_get_keeps_names_modes_times_symlinks_and_holes(cli, guest_images, tmp_path):
+    r = SimpleNamespace(run=cli)
     r.run("files", "get", "vm:guest:gpt_ext4/p1", str(tmp_path))
     got = tmp_path / "p1"
     same(snapshot_local(got), expected(guest_images.tree))
@@ -140,8 +163,8 @@ def test_cli_get_keeps_names_modes_times_symlinks_and_holes(guest_repo, guest_im
     assert os.readlink(tmp_path / "dir-link") == "deep/d1"
 
 
-def test_cli_get_from_fat(guest_repo, guest_images, tmp_path):
-    guest_repo.run("files", "get", "vm:guest:mbr_fat/p1/deep", str(tmp_path))
+def test_cli_get_from_fat(cli, guest_images, tmp_path):
+    cli("files", "get", "vm:guest:mbr_fat/p1/deep", str(tmp_path))
     want = {p[len("deep/"):]: v for p, v in expected(guest_images.fat_tree, posix=False).items()
             if p.startswith("deep/")}
     same(snapshot_local(tmp_path / "deep"), want)

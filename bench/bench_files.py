@@ -1,0 +1,355 @@
+"""Guest files out of a backed-up disk image: repofs's three ways beside borg and restic, in one
+run on one image.
+
+    sudo .venv/bin/python bench/bench_files.py --size 1G
+
+Builds a GPT disk image whose ext4 partition holds a 100 MB file, a tree of many small files
+(seeded text and binaries) and filler, backs it up into a repofs, a borg and a restic
+repository, then measures for each way of reaching the guest files, with the page cache
+dropped before each step (caches inside the FUSE servers stay warm, as they would for a user):
+
+  setup  from the command to the partition being browsable (mount, loop device, kernel mount;
+         for the rootless reader: open the repository, read the partition table, open ext4)
+  list   listing the root directory of the ext4 partition
+  walk   walking the whole tree (readdir + lstat of every entry)
+  read   reading the 100 MB file
+
+Ways: `repofs files` rootless (in-process, the code behind `repofs files ls/get`),
+`repofs mount` + its `files/` folder (when the mount has one), `repofs files mount` (loop device +
+kernel ext4 over the repofs mount), `borg mount` + loop device + kernel ext4, `restic mount`
++ loop device + kernel ext4. Needs root; cleans up on exit.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+MiB = 1 << 20
+PY = str(ROOT / ".venv" / "bin" / "python")
+REPOFS = [PY, "-m", "repofs.cli"]
+PASS = "bench passphrase"
+VM = "bench"
+BIG = "data/file100M.bin"
+BIG_SIZE = 100 * 1000 * 1000
+PART_OFFSET = MiB
+
+
+def parse_size(text: str) -> int:
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    t = text.strip().lower().rstrip("b").rstrip("i")
+    return int(float(t[:-1]) * units[t[-1]]) if t[-1:] in units else int(t)
+
+
+def build_image(path: Path, size: int, seed: int, files: int) -> int:
+    """The image; returns the number of entries in the tree."""
+    rng = random.Random(seed)
+    words = "kernel nginx request session error info debug user the of and to in".split()
+    with tempfile.TemporaryDirectory(dir=path.parent) as tree:
+        t = Path(tree)
+        (t / "data").mkdir()
+        with open(t / BIG, "wb") as f:                    # 100 MB, half random, half text
+            left = BIG_SIZE
+            while left:
+                n = min(MiB, left)
+                f.write(rng.randbytes(n) if left % (2 * MiB) < MiB else
+                        (" ".join(rng.choice(words) for _ in range(n // 5)) + "\n").encode()[:n])
+                left -= n
+        entries = 2
+        for i in range(files):                            # many small files, nested 3 deep
+            d = t / "tree" / f"a{i % 20:02}" / f"b{i % 7}" / f"c{i % 5}"
+            if not d.exists():
+                d.mkdir(parents=True)
+                entries += 1
+            n = rng.randrange(512, 24 * 1024)
+            body = rng.randbytes(n) if i % 4 == 0 else \
+                (" ".join(rng.choice(words) for _ in range(n // 5)) + "\n").encode()[:n]
+            (d / f"file {i:06}.txt").write_bytes(body)
+            entries += 1
+        filler = int(size * 0.5) - BIG_SIZE - files * 12 * 1024
+        k = 0
+        while filler > 0:                                 # incompressible filler
+            n = min(64 * MiB, filler)
+            with open(t / "data" / f"filler{k}.bin", "wb") as f:
+                for _ in range(n // MiB):
+                    f.write(rng.randbytes(MiB))
+            filler -= n
+            k += 1
+            entries += 1
+        with open(path, "wb") as f:
+            f.truncate(size)
+        subprocess.run(["sfdisk", "-q", str(path)], input="label: gpt\n2048,,L\n", text=True, check=True)
+        subprocess.run(["mkfs.ext4", "-q", "-F", "-E", f"offset={PART_OFFSET}", "-d", tree, str(path),
+                        f"{(size - 2 * MiB) // 1024}k"], check=True)
+    return entries
+
+
+def drop_caches() -> None:
+    subprocess.run(["sync"])
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3\n")
+
+
+def mounted(path: Path) -> bool:
+    real = os.path.realpath(path)
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == real for line in f)
+
+
+def wait_for(path: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{path} did not appear")
+        time.sleep(0.02)
+
+
+def fuse_unmount(path: Path) -> None:
+    for args in (["-u"], ["-u", "-z"]):
+        for _ in range(20):
+            if not mounted(path):
+                return
+            if subprocess.run(["fusermount3", *args, str(path)], capture_output=True).returncode == 0:
+                break
+            time.sleep(0.1)
+
+
+@dataclass
+class Row:
+    name: str
+    setup: float = float("nan")
+    list: float = float("nan")
+    walk: float = float("nan")
+    read: float = float("nan")
+    entries: int = 0
+    note: str = ""
+
+
+def walk_local(root: Path) -> int:
+    n = 0
+    stack = [str(root)]
+    while stack:
+        d = stack.pop()
+        with os.scandir(d) as it:
+            for e in it:
+                e.stat(follow_symlinks=False)
+                n += 1
+                if e.is_dir(follow_symlinks=False):
+                    stack.append(e.path)
+    return n
+
+
+def read_local(path: Path) -> int:
+    total = 0
+    with open(path, "rb", buffering=0) as f:
+        while chunk := f.read(MiB):
+            total += len(chunk)
+    return total
+
+
+def measure_local(row: Row, root: Path) -> None:
+    drop_caches()
+    t = time.monotonic()
+    os.listdir(root)
+    row.list = time.monotonic() - t
+    drop_caches()
+    t = time.monotonic()
+    row.entries = walk_local(root)
+    row.walk = time.monotonic() - t
+    drop_caches()
+    t = time.monotonic()
+    assert read_local(root / BIG) == BIG_SIZE
+    row.read = time.monotonic() - t
+
+
+def rootless(repo: Path) -> Row:
+    from format.repository import Repository
+    from repofs.guestfs import GuestGeneration
+    from repofs.views import RepositoryView
+    row = Row("repofs files (rootless)")
+    drop_caches()
+    t = time.monotonic()
+    gen = GuestGeneration(RepositoryView(Repository.open(repo, PASS.encode())).generation(VM))
+    part = f"{gen.disk_labels()[0]}/p1"
+    gen.tree(gen.disk_labels()[0], "p1")
+    row.setup = time.monotonic() - t
+    t = time.monotonic()
+    gen.listdir(part)
+    row.list = time.monotonic() - t
+    drop_caches()
+    t = time.monotonic()
+    n, stack = 0, [part]
+    while stack:
+        d = stack.pop()
+        for name, s in gen.listdir(d):
+            n += 1
+            if s.is_dir:
+                stack.append(f"{d}/{name}")
+    row.walk, row.entries = time.monotonic() - t, n
+    drop_caches()
+    t = time.monotonic()
+    f, off = gen.open(f"{part}/{BIG}"), 0
+    while data := f.read(off, MiB):
+        off += len(data)
+    assert off == BIG_SIZE
+    row.read = time.monotonic() - t
+    return row
+
+
+def loop_over(row: Row, flat: Path, where: Path) -> None:
+    """A read-only loop device on the partition's range of ``flat``, mounted ro,noload."""
+    where.mkdir(parents=True, exist_ok=True)
+    size = os.path.getsize(flat) - PART_OFFSET - 33 * 512
+    loop = subprocess.run(["losetup", "-r", "-f", "--show", "-o", str(PART_OFFSET), "--sizelimit", str(size),
+                           str(flat)], capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        subprocess.run(["mount", "-t", "ext4", "-o", "ro,noload", loop, str(where)], check=True)
+        try:
+            measure_local(row, where)
+        finally:
+            subprocess.run(["umount", str(where)], check=True)
+    finally:
+        subprocess.run(["losetup", "-d", loop], capture_output=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", default="1G", help="disk image size (default 1G)")
+    ap.add_argument("--files", type=int, default=20000, help="small files in the tree (default 20000)")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--workdir", default=None)
+    ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--skip-peers", action="store_true")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("bench_files: needs root (loop devices, mounts, drop_caches)")
+    size = parse_size(args.size)
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-files-", dir="/var/tmp"))
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "pw").write_text(PASS + "\n")
+    env = {**os.environ, "REPOFS_PASSWORD_FILE": str(work / "pw"), "BORG_PASSPHRASE": PASS,
+           "RESTIC_PASSWORD": PASS, "PYTHONPATH": str(ROOT), "BORG_RELOCATED_REPO_ACCESS_IS_OK": "yes"}
+    env.pop("REPOFS_REPOSITORY", None)
+    image, repo, mnt = work / "disk.img", work / "repofs", work / "mnt"
+    rows: list[Row] = []
+    try:
+        t = time.monotonic()
+        entries = build_image(image, size, args.seed, args.files)
+        print(f"image {size / 2**30:.1f} GiB, {entries} entries, built in {time.monotonic() - t:.0f}s", flush=True)
+        subprocess.run([*REPOFS, "init", "-r", str(repo)], env=env, check=True, capture_output=True)
+        subprocess.run([*REPOFS, "backup", f"file:{image}", "--vm", VM, "-r", str(repo)], env=env, check=True,
+                       capture_output=True)
+        if not args.skip_peers:
+            subprocess.run(["borg", "init", "-e", "repokey-blake2", str(work / "borg")], env=env, check=True,
+                           capture_output=True)
+            subprocess.run(["borg", "create", "--compression", "zstd,3", f"{work / 'borg'}::a", str(image)],
+                           env=env, check=True, capture_output=True)
+            subprocess.run(["restic", "init", "-r", str(work / "restic")], env=env, check=True, capture_output=True)
+            subprocess.run(["restic", "-r", str(work / "restic"), "backup", "-q", str(image)], env=env, check=True,
+                           capture_output=True)
+        print("backed up", flush=True)
+        label = image.stem
+
+        # 1. rootless, in-process; plus the CLI's wall time to a first listing
+        rows.append(rootless(repo))
+        drop_caches()
+        t = time.monotonic()
+        subprocess.run([*REPOFS, "files", "ls", f"vm:{VM}:{label}/p1", "-r", str(repo)], env=env, check=True,
+                       capture_output=True)
+        rows[-1].note = f"`repofs files ls` from command start: {time.monotonic() - t:.2f}s"
+
+        # 2. repofs mount + files/
+        mnt.mkdir(exist_ok=True)
+        drop_caches()
+        t = time.monotonic()
+        subprocess.run([*REPOFS, "mount", str(repo), str(mnt)], env=env, check=True)
+        files_root = mnt / VM / "latest" / "files" / label / "p1"
+        try:
+            if (mnt / VM / "latest" / "files").exists():
+                os.listdir(files_root)
+                row = Row("repofs mount, files/", setup=time.monotonic() - t)
+                measure_local(row, files_root)
+                rows.append(row)
+            else:
+                rows.append(Row("repofs mount, files/", note="this mount has no files/ folder"))
+        finally:
+            fuse_unmount(mnt)
+
+        # 3. repofs files mount (loop + kernel ext4 over a private repofs mount)
+        target = work / "loop"
+        target.mkdir()
+        drop_caches()
+        t = time.monotonic()
+        subprocess.run([*REPOFS, "files", "mount", f"vm:{VM}", str(target), "-r", str(repo)], env=env,
+                       check=True, capture_output=True)
+        row = Row("repofs files mount (loop)", setup=time.monotonic() - t)
+        try:
+            measure_local(row, target / label / "p1")
+        finally:
+            subprocess.run([*REPOFS, "files", "umount", str(target)], env=env, check=True)
+        rows.append(row)
+
+        # 4./5. peers: FUSE mount of the backed-up image file + loop device + kernel ext4
+        if not args.skip_peers:
+            inner = str(image).lstrip("/")
+            for name, start, flat in [
+                ("borg mount + loop", lambda: subprocess.run(["borg", "mount", f"{work / 'borg'}::a", str(mnt)],
+                                                              env=env, check=True),
+                 lambda: mnt / inner),
+                ("restic mount + loop", lambda: subprocess.Popen(["restic", "-r", str(work / "restic"), "mount",
+                                                                  str(mnt)], env=env, stdout=subprocess.DEVNULL,
+                                                                 stderr=subprocess.DEVNULL),
+                 lambda: mnt / "snapshots" / "latest" / inner)]:
+                drop_caches()
+                t = time.monotonic()
+                proc = start()
+                try:
+                    wait_for(flat(), 120)
+                    row = Row(name)
+                    where = work / "peer"
+                    t_setup = time.monotonic() - t
+                    loop_over(row, flat(), where)
+                    row.setup = t_setup
+                    rows.append(row)
+                finally:
+                    fuse_unmount(mnt)
+                    if isinstance(proc, subprocess.Popen):
+                        proc.wait(timeout=60)
+                print(f"{name}: done", flush=True)
+    finally:
+        fuse_unmount(mnt)
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    report(rows, size, args.files)
+
+
+def report(rows: list[Row], size: int, files: int) -> None:
+    print()
+    print(f"ext4 partition of a {size / 2**30:.1f} GiB GPT disk, {files} small files + a 100 MB file; "
+          f"seconds, page cache dropped before each step")
+    print(f"{'':28} {'setup':>7} {'list /':>7} {'walk':>7} {'read 100MB':>10} {'entries':>8}")
+    for r in rows:
+        print(f"{r.name:28} {r.setup:7.2f} {r.list:7.3f} {r.walk:7.2f} {r.read:10.2f} {r.entries:8}  {r.note}")
+    peers = [r for r in rows if not r.name.startswith("repofs") and r.walk == r.walk]
+    if peers:
+        print()
+        print("ratios: peer time / repofs time (higher = repofs faster)")
+        print(f"{'':28} " + " ".join(f"{'walk vs ' + p.name.split()[0]:>16} {'read vs ' + p.name.split()[0]:>16}"
+                                     for p in peers))
+        for r in rows:
+            if not r.name.startswith("repofs") or r.walk != r.walk:
+                continue
+            print(f"{r.name:28} " + " ".join(f"{p.walk / r.walk:16.1f} {p.read / r.read:16.1f}" for p in peers))
+
+
+if __name__ == "__main__":
+    main()
