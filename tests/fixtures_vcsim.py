@@ -460,7 +460,7 @@ def pbm_content(info: VCSim, si: vim.ServiceInstance) -> Iterator[Any]:
     from pyVmomi import pbm
 
     cookie = si._stub.cookie.split(";", 1)[0].split("=", 1)[1].strip('"')
-    stub = SoapStubAdapter(host=info.host, port=info.port, path="/pbm", version="pbm.version.version11",
+    stub = SoapStubAdapter(host=info.host, port=info.port, path="/pbm/sdk", version="pbm.version.version11",
                            sslContext=ssl_context(info), requestContext={"vcSessionCookie": cookie})
     try:
         yield pbm.ServiceInstance("ServiceInstance", stub).RetrieveContent()

@@ -301,6 +301,9 @@ func (h *frontHandler) servePBM(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	r.Body = io.NopCloser(bytes.NewReader(body))
+	if r.URL.Path == "/pbm/sdk" {
+		r.URL.Path = "/pbm" // vCenter's path; the simulator serves PBM at /pbm only
+	}
 	pbmSessionCookie(r, body)
 	method, err := simulator.UnmarshalBody(pbmTypeFunc, body)
 	if err == nil && h.authenticated(r) && answerPBM(w, method.Body) {

@@ -1,7 +1,7 @@
 package main
 
 // Storage profiles (PBM) as a backup and a restore see them. The simulator's
-// PBM endpoint serves its profiles but
+// PBM endpoint serves its profiles (at /pbm; we add vCenter's /pbm/sdk) but
 //
 //   - authenticates by the HTTP session cookie only, while pyVmomi (like
 //     vCenter's own clients) sends the vim session as a SOAP header,
