@@ -324,9 +324,9 @@ def get_properties(si: vim.ServiceInstance, obj: Any, paths: Sequence[str]) -> d
 
 
 def wait_task(si: vim.ServiceInstance, task: vim.Task, timeout: float = TASK_TIMEOUT) -> Any:
-    """Wait for a task by polling ``info.state`` through the property collector (pyVim's
-    WaitForTask can raise TypeError on snapshot tasks here); return ``info.result``, raise
-    ``TaskFailed`` carrying ``info.error``."""
+    """Wait for a task by polling ``info.state`` through the property collector (only the
+    fields it needs: a simulator's odd ``info.entity`` cannot break it); return ``info.result``,
+    raise ``TaskFailed`` carrying ``info.error``."""
     deadline = time.monotonic() + timeout
     delay = 0.01
     while True:

@@ -749,6 +749,17 @@ def test_injected_snapshot_faults(vcsim: VCSim) -> None:
         assert len(vm.snapshot.rootSnapshotList[0].childSnapshotList) == 1
 
 
+def test_snapshot_tasks_name_the_vm(vcsim: VCSim) -> None:
+    from pyVim.task import WaitForTask
+
+    with connected(vcsim) as si:
+        vm = create_vm(si, unique("task-entity"), [MiB])
+        snapshot = take_snapshot(si, vm, "s")
+        task = snapshot.RemoveSnapshot_Task(removeChildren=False)
+        assert WaitForTask(task) == "success"  # reads info.entity, which must be a ManagedEntity
+        assert task.info.entity == vm and task.info.entityName == vm.name
+
+
 def test_snapshot_removal_leaves_no_snapshot(vcsim: VCSim) -> None:
     with connected(vcsim) as si:
         vm = create_vm(si, unique("cbt-remove"), [16 * MiB], change_tracking=True)

@@ -195,6 +195,10 @@ func (h *frontHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.mu.Unlock()
 		writeSOAP(w, http.StatusOK, `<UpdateVAppConfigResponse xmlns="urn:vim25"></UpdateVAppConfigResponse>`)
 	default:
+		if method.This.Type == "VirtualMachineSnapshot" && strings.HasSuffix(method.Name, "_Task") {
+			h.snapshotTask(w, r, method)
+			return
+		}
 		if !diskMethods[method.Name] {
 			copyResponse(w, h.forward(r, nil, method.Name), "", "")
 			return
@@ -348,6 +352,30 @@ func (h *frontHandler) snapshot(w http.ResponseWriter, r *http.Request, vm types
 		}
 	}
 	copyResponse(w, rec, "CreateSnapshot_TaskResponse", response)
+}
+
+// snapshotTask forwards a task of a snapshot (RemoveSnapshot_Task,
+// RevertToSnapshot_Task) and names the snapshot's VM as the task's entity, as
+// vCenter does: the simulator names the snapshot, which is no ManagedEntity,
+// and clients that read info.entity fail (pyVim's WaitForTask: TypeError).
+func (h *frontHandler) snapshotTask(w http.ResponseWriter, r *http.Request, method *simulator.Method) {
+	var vm *simulator.VirtualMachine
+	if snap, ok := simulator.Map.Get(method.This).(*simulator.VirtualMachineSnapshot); ok {
+		vm, _ = simulator.Map.Get(snap.Vm).(*simulator.VirtualMachine)
+	}
+	rec := h.forward(r, nil, method.Name)
+	if task := finishedTask(rec); task != nil && vm != nil {
+		var name string
+		simulator.Map.WithLock(vm, func() { name = vm.Name })
+		ref := vm.Self
+		simulator.Map.WithLock(task, func() {
+			simulator.Map.Update(task, []types.PropertyChange{
+				{Name: "info.entity", Val: &ref},
+				{Name: "info.entityName", Val: name},
+			})
+		})
+	}
+	copyResponse(w, rec, "", "")
 }
 
 // createSnapshotBody translates CreateSnapshotEx_Task into the simulator's CreateSnapshot_Task.
