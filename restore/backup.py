@@ -16,6 +16,7 @@ read-ahead of each source goes (the ingest takes them in turn).
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -36,19 +37,44 @@ Previous = Callable[[str], dict[str, dict[str, Any]]]
 
 
 class VddkProvider:
-    """VixDiskLib, loaded on first use; ``close()`` exits it."""
+    """VixDiskLib, loaded on first use (or ahead, in a thread, with ``start()``, so that
+    loading it — spawning the worker process — overlaps the login and the snapshot);
+    ``close()`` exits it."""
 
     def __init__(self, libdir: str | None, *, isolated: bool) -> None:
         self.libdir = libdir
         self.isolated = isolated
         self._lib: Any = None
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+
+    def _load(self) -> None:
+        try:
+            self._lib = vddk.open_library(self.libdir, isolated=self.isolated)
+        except BaseException as e:  # raised by get(), in the caller's thread
+            self._error = e
+
+    def start(self) -> None:
+        if self._thread is None and self._lib is None:
+            self._thread = threading.Thread(target=self._load, name="vddk-load", daemon=True)
+            self._thread.start()
 
     def get(self) -> Any:
-        if self._lib is None:
-            self._lib = vddk.open_library(self.libdir, isolated=self.isolated)
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        elif self._lib is None and self._error is None:
+            self._load()
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
         return self._lib
 
     def close(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        self._error = None
         if self._lib is not None:
             lib, self._lib = self._lib, None
             lib.close()

@@ -97,14 +97,21 @@ def run(targets: list[str], options: Options, *, ingest: Ingest, previous: Previ
     parsed = [(spec, *split_target(spec)) for spec in targets]
     credentials: Credentials = resolve_credentials(options.server, options.user, options.password_file)
     report = Run()
-    with Session.login(credentials, thumbprint=options.thumbprint, insecure=options.insecure,
-                       ca_file=options.ca_file) as session:
+    provider = VddkProvider(options.vddk_libdir, isolated=options.vddk_isolated)
+    if not options.dry_run:
+        provider.start()  # loads VixDiskLib while we log in and snapshot
+    try:
+        session = Session.login(credentials, thumbprint=options.thumbprint, insecure=options.insecure,
+                                ca_file=options.ca_file)
+    except BaseException:
+        provider.close()
+        raise
+    with session:
         try:
             tags: TagReader | None = TagReader(session, credentials)
         except TagsUnavailable as e:
             tags = None
             report.notes.append(f"tags will not be captured: {e}")
-        provider = VddkProvider(options.vddk_libdir, isolated=options.vddk_isolated)
         try:
             for spec, kind, value in parsed:
                 for outcome in _run_target(session, spec, kind, value, options, provider, ingest,
