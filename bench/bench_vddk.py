@@ -4,7 +4,8 @@ Reads and writes the same file (a 1 GiB monolithicFlat disk, in the page cache a
 written) three ways in the same run: plain ``os.preadv``/``os.pwritev`` on the flat extent, the
 in-process binding (``Disk.read_into``/``write_from``) and the worker-process binding, each with
 the same buffer size; the worker both with the caller's own buffer (one copy through the shared
-area) and with a buffer from ``IsolatedDisk.buffer()`` (no copy, "shm"). Rounds alternate between the ways so that drift hits all of them; the
+area), with read-ahead ("+ra", reads only) and with a buffer from ``IsolatedDisk.buffer()`` (no
+copy, "shm"). Rounds alternate between the ways so that drift hits all of them; the
 best round of each counts. Prints MB/s and the ratio to plain I/O (targets: in-process >= 80%,
 worker >= 60%). No asserts.
 
@@ -86,11 +87,13 @@ def main() -> None:
             iso_conn = iso_lib.connect(params, read_only=False, transports="nbd")
             in_disk = in_conn.open("[BenchDS] bench.vmdk", read_only=False)
             iso_disk = iso_conn.open("[BenchDS] bench.vmdk", read_only=False)
+            ra_disk = iso_conn.open("[BenchDS] bench.vmdk", readahead=True)
             shared = iso_disk.buffer(block)
             ways: dict[str, tuple[Callable[[int, Any], Any], Any]] = {
                 "read  plain os.preadv": (lambda off, b: os.preadv(fd, [b], off), buf),
                 "read  vddk in-process": (in_disk.read_into, buf),
                 "read  vddk worker": (iso_disk.read_into, buf),
+                "read  vddk worker +ra": (ra_disk.read_into, buf),
                 "read  vddk worker shm": (iso_disk.read_into, shared),
                 "write plain os.pwritev": (lambda off, b: os.pwritev(fd, [b], off), buf),
                 "write vddk in-process": (in_disk.write_from, buf),
@@ -102,6 +105,7 @@ def main() -> None:
                 for name, (op, b) in ways.items():
                     results.setdefault(name, []).append(timed(size, block, op, b))
             del shared
+            ra_disk.close()
             for d, c in ((in_disk, in_conn), (iso_disk, iso_conn)):
                 d.close()
                 c.close()

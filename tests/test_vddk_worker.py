@@ -234,3 +234,38 @@ def test_isolated_by_default_when_ssl_is_loaded(vddk_libdir: pathlib.Path,
 
     with vddk.open_library(vddk_libdir) as lib:
         assert isinstance(lib, vddk.IsolatedLibrary)
+
+
+def test_readahead_sequential_and_random(iso: vddk.IsolatedLibrary, standin: Standin) -> None:
+    size = 8 * MiB
+    data = _random(size, 40)
+    path = standin.disk("d.vmdk", size, data)
+    local = str(standin.datastore / "d.vmdk")
+    with iso.connect(standin.params(), read_only=False) as conn, \
+            conn.open(path, read_only=False, readahead=True) as disk:
+        buf = bytearray(MiB)
+        for off in range(0, size, MiB):          # sequential: served from the read-ahead
+            disk.read_into(off, buf)
+            assert buf == data[off:off + MiB]
+        for off in (5 * MiB, MiB, 7 * MiB):      # jumps: misses, still right
+            disk.read_into(off, buf)
+            assert buf == data[off:off + MiB]
+        disk.read_into(2 * MiB, buf)             # a read-ahead of [3, 4) MiB is under way...
+        disk.write_from(3 * MiB, b"\xee" * MiB)  # ...and this write must not be hidden by it
+        disk.read_into(3 * MiB, buf)
+        assert buf == b"\xee" * MiB
+        assert disk.metadata_keys()[0] == "adapterType"
+    reads = [(int(w[2]), int(w[3])) for w in standin.stat_lines("read") if w[1] == local]
+    # 8 sequential reads issue 7 read-aheads (none past the end); no read is issued twice.
+    assert reads[:8] == [(off, MiB) for off in range(0, size, MiB)]
+
+
+def test_readahead_failure_surfaces_on_the_real_read(vddk_libdir: pathlib.Path,
+                                                     standin: Standin) -> None:
+    standin.configure(fail_read_after=1)
+    path = standin.disk("d.vmdk", 4 * MiB)
+    with vddk.IsolatedLibrary(vddk.find_library(vddk_libdir), window_bytes=MiB) as lib, \
+            lib.connect(standin.params()) as conn, conn.open(path, readahead=True) as disk:
+        disk.read(0, MiB)        # its read-ahead of [1, 2) MiB fails quietly
+        with pytest.raises(vddk.IoFailure):
+            disk.read(MiB, MiB)  # and is retried, failing for real
