@@ -147,6 +147,28 @@ def test_networks_of_every_kind(vcsim: VCSim) -> None:
                          "DC0_NSX0": "OpaqueNetworkBackingInfo"}
 
 
+def test_custom_attributes_one_value_per_field(vcsim: VCSim) -> None:
+    with connected(vcsim) as si:
+        vm = create_vm(si, unique("attrs"), [MiB])
+        fields = si.content.customFieldsManager
+        field = fields.AddCustomFieldDef(name=unique("owner"), moType=vim.VirtualMachine)
+        fields.SetField(entity=vm, key=field.key, value="alice")
+        vm.setCustomValue(key=field.name, value="bob")
+        assert [(v.key, v.value) for v in vm.customValue] == [(field.key, "bob")]
+        assert [(v.key, v.value) for v in vm.summary.customValue] == [(field.key, "bob")]
+        assert field.name in [f.name for f in vm.availableField]
+
+
+def test_generated_macs_are_assigned(vcsim: VCSim) -> None:
+    with connected(vcsim) as si:
+        vm = create_vm(si, unique("mac"), [MiB])
+        [nic] = [d for d in vm.config.hardware.device if isinstance(d, vim.vm.device.VirtualEthernetCard)]
+        assert nic.macAddress and nic.addressType == "assigned"
+        model = find_by_name(si, vim.VirtualMachine, "DC0_H0_VM0")
+        assert all(d.addressType in ("assigned", "generated") for d in model.config.hardware.device
+                   if isinstance(d, vim.vm.device.VirtualEthernetCard))
+
+
 def test_unset_properties_read_as_none(vcsim: VCSim) -> None:
     # pyVmomi reads vm.snapshot with PropertyCollector.Fetch, which crashes the simulator's
     # handler when the property is unset; our front handler answers "unset" instead.

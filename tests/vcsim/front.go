@@ -15,6 +15,7 @@ package main
 //   - lets RegisterVM_Task register a .vmx without .nvram and vmware.log;
 //   - on /pbm: takes the session from the SOAP header, and answers which
 //     storage profiles VMs and disks have (pbm.go);
+//   - keeps one value per custom attribute (customfields.go);
 //   - keeps all of a vApp's config, answers UpdateVAppConfig, links child
 //     VMs to their vApp (vapp.go).
 //
@@ -176,6 +177,18 @@ func (h *frontHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.snapshot(w, r, req.This, req.QuiesceSpec != nil, createSnapshotBody(req), "CreateSnapshotEx_Task")
 	case *types.CreateSnapshot_Task:
 		h.snapshot(w, r, req.This, req.Quiesce, nil, "")
+	case *types.SetField:
+		rec := h.forward(r, nil, method.Name)
+		if rec.Code == http.StatusOK {
+			fixCustomValues(req.Entity)
+		}
+		copyResponse(w, rec, "", "")
+	case *types.SetCustomValue:
+		rec := h.forward(r, nil, method.Name)
+		if rec.Code == http.StatusOK {
+			fixCustomValues(req.This)
+		}
+		copyResponse(w, rec, "", "")
 	case *types.CreateVApp:
 		rec := h.forward(r, nil, method.Name)
 		if rec.Code == http.StatusOK {
@@ -417,8 +430,8 @@ func (h *frontHandler) afterDiskCall(body interface{}, result types.AnyType) {
 		ensureNamed(req.DestName, capacity, "lsilogic")
 	}
 	ensureAllDisks()
-	ensureVMFiles()
 	fixVMNetworks()
+	ensureVMFiles()
 }
 
 func ensureNamed(datastorePath string, capacity int64, adapter string) {

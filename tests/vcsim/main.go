@@ -109,8 +109,9 @@ func main() {
 
 	// Give the disks and VMs the model created real files before anyone can connect.
 	ensureAllDisks()
-	ensureVMFiles()
 	fixDatacenterNetworks()
+	fixVMNetworks()
+	ensureVMFiles()
 
 	server := model.Service.NewServer()
 	// The simulator starts serving inside NewServer and offers no hook in

@@ -24,7 +24,7 @@ func opaqueNetworks() map[string]types.ManagedObjectReference {
 	return out
 }
 
-// fixVMNetworks repairs every VM's network list (see above).
+// fixVMNetworks repairs every VM's network list (see above) and NIC address types.
 func fixVMNetworks() {
 	opaque := opaqueNetworks()
 	for _, e := range simulator.Map.All("VirtualMachine") {
@@ -33,6 +33,7 @@ func fixVMNetworks() {
 			continue
 		}
 		simulator.Map.WithLock(vm, func() {
+			assignAddressTypes(vm)
 			broken := false
 			var fixed []types.ManagedObjectReference
 			seen := map[types.ManagedObjectReference]bool{}
@@ -92,5 +93,23 @@ func fixDatacenterNetworks() {
 			}
 			simulator.Map.Update(dc, []types.PropertyChange{{Name: "network", Val: fixed}})
 		})
+	}
+}
+
+// assignAddressTypes marks MAC addresses the simulator generated as
+// "assigned" (by vCenter), as vCenter does; the simulator leaves
+// addressType empty, and a restore decides by it whether a MAC is the
+// VM's own ("manual") or may be regenerated.
+func assignAddressTypes(vm *simulator.VirtualMachine) {
+	if vm.Config == nil {
+		return
+	}
+	for _, dev := range vm.Config.Hardware.Device {
+		if nic, ok := dev.(types.BaseVirtualEthernetCard); ok {
+			card := nic.GetVirtualEthernetCard()
+			if card.AddressType == "" && card.MacAddress != "" {
+				card.AddressType = string(types.VirtualEthernetCardMacTypeAssigned)
+			}
+		}
 	}
 }
