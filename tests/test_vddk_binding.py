@@ -100,11 +100,17 @@ def test_local_create_write_read(vddk_lib: vddk.Library, tmp_path: pathlib.Path)
 def test_created_descriptor_satisfies_qemu_img(vddk_lib: vddk.Library,
                                                tmp_path: pathlib.Path) -> None:
     path = tmp_path / "judge.vmdk"
-    with vddk_lib.connect() as conn:
+    with vddk_lib.connect(None, read_only=False) as conn:
         conn.create(str(path), 4 * MiB)
+        with conn.open(str(path), read_only=False) as disk:
+            disk.write_metadata("repofs.note", "rewritten")  # the descriptor is rewritten
     out = subprocess.run(["qemu-img", "info", "--output=json", str(path)], check=True,
                          capture_output=True, text=True).stdout
     assert '"virtual-size": 4194304' in out and '"format": "vmdk"' in out
+    if shutil.which("vmdkinfo"):
+        info = subprocess.run(["vmdkinfo", str(path)], check=True, capture_output=True,
+                              text=True).stdout
+        assert "Monolithic flat" in info and "4194304 bytes" in info
 
 
 def test_create_refusals(vddk_lib: vddk.Library, standin: Standin, tmp_path: pathlib.Path) -> None:
@@ -569,6 +575,19 @@ def test_library_log_reaches_python_logging(vddk_libdir: pathlib.Path, standin: 
     assert ("vddk.library", logging.DEBUG, "VixDiskLib: exiting") in messages
 
 
+def test_warn_and_panic_callbacks(vddk_libdir: pathlib.Path, standin: Standin,
+                                  caplog: pytest.LogCaptureFixture) -> None:
+    standin.configure(panic_on_exit=1)
+    with caplog.at_level(logging.DEBUG, logger="vddk.library"):
+        with vddk.open_library(vddk_libdir, isolated=False) as lib:
+            with pytest.raises(vddk.DiskNotFound):
+                lib.connect(standin.params()).open("[LocalDS_0] none.vmdk")
+    levels = {r.getMessage(): r.levelno for r in caplog.records}
+    assert levels["VixDiskLib: cannot open [LocalDS_0] none.vmdk: The file was not found"] \
+        == logging.WARNING
+    assert levels["VixDiskLib: panic requested by panic_on_exit (1)"] == logging.CRITICAL
+
+
 def test_secrets_never_reach_the_log(vddk_libdir: pathlib.Path, standin: Standin,
                                      caplog: pytest.LogCaptureFixture) -> None:
     standin.configure(log_credentials=1)
@@ -626,3 +645,33 @@ def test_bad_config_is_refused_at_init(vddk_libdir: pathlib.Path, standin: Stand
         vddk.open_library(vddk_libdir, isolated=False)
     os.environ.pop("VDDK_STANDIN_CONFIG")
     vddk.open_library(vddk_libdir, isolated=False).close()  # no configuration: local mode only
+
+
+# -- round trip against a model ---------------------------------------------------------------
+
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+_SECTORS = 256  # a 128 KiB disk
+_writes = st.lists(
+    st.tuples(st.integers(0, _SECTORS - 1), st.integers(1, 64), st.integers(0, 255)),
+    min_size=1, max_size=12)
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(writes=_writes)
+def test_writes_round_trip_against_a_model(vddk_lib: vddk.Library, standin: Standin,
+                                           writes: list[tuple[int, int, int]]) -> None:
+    path = standin.disk("model.vmdk", _SECTORS * 512)  # fresh for every example
+    model = bytearray(_SECTORS * 512)
+    with vddk_lib.connect(standin.params(), read_only=False) as conn, \
+            conn.open(path, read_only=False) as disk:
+        for sector, count, fill in writes:
+            count = min(count, _SECTORS - sector)
+            data = bytes([fill]) * (count * 512)
+            disk.write_from(sector * 512, data)
+            model[sector * 512:(sector + count) * 512] = data
+        assert disk.read(0, len(model)) == model
+        for offset, length in disk.allocated_extents(chunk_bytes=64 << 10):
+            assert offset % (64 << 10) == 0 and length > 0
+    assert _flat(standin, "model.vmdk").read_bytes() == model

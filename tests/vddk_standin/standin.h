@@ -141,6 +141,7 @@ struct standin_config {
     long delay_us;
     long drop_connection_after;
     int log_credentials;       /* simulate a chatty library that logs secrets */
+    int panic_on_exit;         /* call the panic callback at Exit (and carry on) */
     char *stats;
 };
 

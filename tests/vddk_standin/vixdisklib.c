@@ -156,6 +156,8 @@ EXPORT void VixDiskLib_Exit(void)
     }
     pthread_mutex_unlock(&state_lock);
     stat_line("exit");
+    if (standin_cfg.panic_on_exit) /* the real library would abort after this */
+        emit(panic_fn, "VixDiskLib: panic requested by %s (%d)\n", "panic_on_exit", 1);
     emit(log_fn, "VixDiskLib: exiting\n");
     if (stats_fd >= 0)
         close(stats_fd);
