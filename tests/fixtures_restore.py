@@ -10,7 +10,6 @@ test vCenter says about a VM; ``same_disk(restored_vmdk, raw)`` is ``qemu-img co
 """
 from __future__ import annotations
 
-import json
 import random
 import subprocess
 from dataclasses import dataclass
@@ -18,7 +17,11 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import pytest
-from pyVmomi import vim
+from pyVmomi import vim, vmodl
+
+from format.repository import Repository
+from repofs.restorefile import restore_to_dir
+from repofs.views import RepositoryView
 
 from fixtures_vcsim import connect, disconnect, find_by_name, get_properties, wait_task
 from fixtures_vsphere import MiB, VSphereBed, unique
@@ -49,11 +52,11 @@ class RestoreBed:
         for index, writes in pieces.items():
             self.bed.write(self.bed.disk_path(name, index), writes)
         self.bed.backup(f"vm:{name}")
-        out = json.loads(self.bed.repofs("generations", name, "--json").stdout)
-        generation = out[-1]["generation"]
+        # The backup as the repository holds it, read in-process (the CLI's --to-dir path).
+        gen = RepositoryView(Repository.open(str(self.bed.repo), None)).generation(name)
         target = self.bed.tmp / f"expected-{name}"
-        self.bed.repofs("restore", f"vm:{name}", "--to-dir", str(target))
-        return Backup(name, generation, {p.stem: p for p in target.glob("*.raw")})
+        restore_to_dir(gen, str(target))
+        return Backup(name, gen.name, {p.stem: p for p in target.glob("*.raw")})
 
     def restore(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
         cmd = [*self.bed.command(*args)]
@@ -106,22 +109,32 @@ class RestoreBed:
         return proc.returncode == 0
 
     def inventory(self) -> dict[str, Any]:
-        """Every managed entity (type, name, parent) and every file of the datastore folders."""
+        """Every managed entity (type, moref, name) and every file of the datastore folders."""
         si = connect(self.vcsim)
         try:
-            view = si.content.viewManager.CreateContainerView(si.content.rootFolder, [vim.ManagedEntity], True)
+            content = si.content
+            view = content.viewManager.CreateContainerView(content.rootFolder, [vim.ManagedEntity], True)
             try:
-                entities = sorted(
-                    (type(e).__name__, e._moId,
-                     get_properties(si, e, ["name"]).get("name"))
-                    for e in view.view)
+                pc = vmodl.query.PropertyCollector
+                spec = pc.FilterSpec(
+                    objectSet=[pc.ObjectSpec(obj=view, skip=True, selectSet=[pc.TraversalSpec(
+                        name="view", path="view", skip=False, type=vim.view.ContainerView)])],
+                    propSet=[pc.PropertySpec(type=vim.ManagedEntity, pathSet=["name"])])
+                entities = []
+                result = content.propertyCollector.RetrievePropertiesEx([spec], pc.RetrieveOptions())
+                while result is not None:
+                    entities += [(type(o.obj).__name__, o.obj._moId, o.propSet[0].val if o.propSet else None)
+                                 for o in result.objects]
+                    if not result.token:
+                        break
+                    result = content.propertyCollector.ContinueRetrievePropertiesEx(result.token)
             finally:
                 view.Destroy()
         finally:
             disconnect(si)
         files = sorted(str(p.relative_to(folder)) for folder in self.vcsim.datastores.values()
                        for p in folder.rglob("*") if p.is_file() and p.name != "vmware.log")
-        return {"entities": entities, "files": files}
+        return {"entities": sorted(entities), "files": files}
 
 
 @pytest.fixture
