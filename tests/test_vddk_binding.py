@@ -387,6 +387,16 @@ def test_allocated_extents_odd_capacity_and_empty(vddk_lib: vddk.Library, standi
             assert disk.allocated_extents() == []
 
 
+def test_allocated_extents_when_the_library_cannot_tell(vddk_libdir: pathlib.Path,
+                                                        standin: Standin) -> None:
+    standin.configure(no_allocated_blocks=1)
+    path = standin.disk("d.vmdk", 4 * MiB)
+    with vddk.open_library(vddk_libdir, isolated=False) as lib, \
+            lib.connect(standin.params()) as conn, conn.open(path) as disk:
+        assert disk.allocated_extents() == [(0, 4 * MiB)]
+        assert disk.allocated_extents(offset=MiB, length=MiB) == [(MiB, MiB)]
+
+
 def test_query_allocated_blocks_rules(vddk_lib: vddk.Library, standin: Standin) -> None:
     """The library's own checks: chunk size >= 128 sectors, aligned start, whole chunks."""
     path = standin.disk("d.vmdk", 4 * MiB)

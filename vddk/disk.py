@@ -19,7 +19,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from vddk import abi
-from vddk.errors import AlignmentError, InvalidArgument, VIX_E_INVALID_ARG
+from vddk.errors import (
+    AlignmentError, InvalidArgument, VIX_E_DISK_NOTSUPPORTED, VIX_E_INVALID_ARG,
+    VIX_E_NOT_SUPPORTED,
+)
 from vddk.library import Bindings
 from vddk.params import ConnectParams, CParams
 
@@ -29,6 +32,7 @@ logger = logging.getLogger("vddk")
 OPEN_CLOSE_LOCK = threading.Lock()
 NBD_MAX_REQUEST = 2 << 20
 LOCAL_MAX_REQUEST = 64 << 20
+NOT_SUPPORTED_CODES = (VIX_E_NOT_SUPPORTED, VIX_E_DISK_NOTSUPPORTED)
 
 
 @dataclass(frozen=True)
@@ -245,7 +249,8 @@ class Disk:
                           length: int | None = None) -> list[tuple[int, int]]:
         """The ``(offset, length)`` byte ranges that hold data, merged, at chunk granularity.
 
-        Without QueryAllocatedBlocks (VDDK < 6.7) the whole range counts as allocated.
+        Without QueryAllocatedBlocks (VDDK < 6.7), or where the library says it cannot tell
+        for this disk ("not supported"), the whole range counts as allocated.
         """
         end = self.capacity if length is None else min(self.capacity, offset + length)
         if chunk_bytes % abi.SECTOR_SIZE or chunk_bytes < abi.MIN_CHUNK_SECTORS * abi.SECTOR_SIZE:
@@ -270,8 +275,12 @@ class Disk:
             s = start_s
             while s < end_s:
                 n = min(chunk * abi.MAX_CHUNK_NUMBER, end_s - s)
-                self._b.check(self._b.QueryAllocatedBlocks(handle, s, n, chunk, out),
-                              "VixDiskLib_QueryAllocatedBlocks")
+                err = self._b.QueryAllocatedBlocks(handle, s, n, chunk, out)
+                if err & 0xFFFF in NOT_SUPPORTED_CODES and not extents and s == start_s:
+                    # Some transports and disk types cannot tell (local files on real VDDK).
+                    logger.debug("%s: no allocation information, all counts as data", self.path)
+                    return [(offset, end - offset)]
+                self._b.check(err, "VixDiskLib_QueryAllocatedBlocks")
                 blocks = out[0]
                 try:
                     # blocks[1] in the declaration; the list really holds numBlocks entries

@@ -96,13 +96,16 @@ int config_load(const char *path, struct standin_config *cfg, char *err, size_t 
         else if (strcmp(key, "fail_write_after") == 0) num = &cfg->fail_write_after;
         else if (strcmp(key, "delay_us") == 0) num = &cfg->delay_us;
         else if (strcmp(key, "drop_connection_after") == 0) num = &cfg->drop_connection_after;
-        else if (strcmp(key, "log_credentials") == 0 || strcmp(key, "panic_on_exit") == 0) {
+        else if (strcmp(key, "log_credentials") == 0 || strcmp(key, "panic_on_exit") == 0 ||
+                 strcmp(key, "no_allocated_blocks") == 0) {
             long b = 0;
             if (parse_long(val, &b) != 0) {
                 snprintf(err, errlen, "%s:%d: %s wants a number", path, lineno, key);
                 rc = -1;
             }
-            *(key[0] == 'l' ? &cfg->log_credentials : &cfg->panic_on_exit) = b != 0;
+            int *flag = key[0] == 'l' ? &cfg->log_credentials
+                        : key[0] == 'p' ? &cfg->panic_on_exit : &cfg->no_allocated_blocks;
+            *flag = b != 0;
             continue;
         } else {
             snprintf(err, errlen, "%s:%d: unknown key '%s'", path, lineno, key);

@@ -142,6 +142,7 @@ struct standin_config {
     long drop_connection_after;
     int log_credentials;       /* simulate a chatty library that logs secrets */
     int panic_on_exit;         /* call the panic callback at Exit (and carry on) */
+    int no_allocated_blocks;   /* QueryAllocatedBlocks answers "not supported" */
     char *stats;
 };
 

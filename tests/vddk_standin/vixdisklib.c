@@ -780,6 +780,8 @@ EXPORT VixError VixDiskLib_QueryAllocatedBlocks(VixDiskLibHandle handle, uint64_
         return VIX_E_DISK_NOINIT;
     if (!valid_disk(handle))
         return VIX_E_INVALID_HANDLE;
+    if (standin_cfg.no_allocated_blocks) /* as some transports and disk types answer */
+        return VIX_E_NOT_SUPPORTED;
     if (blockList == NULL || chunkSize < VIXDISKLIB_MIN_CHUNK_SIZE || startSector % chunkSize)
         return VIX_E_INVALID_ARG;
     if (startSector > handle->sectors || numSectors > handle->sectors - startSector)
