@@ -29,6 +29,7 @@ import stat as st
 import struct
 import threading
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import BinaryIO, Callable, Iterator, Protocol
@@ -154,15 +155,59 @@ class FileDisk:
         os.close(self._fd)
 
 
+class _ReadAhead:
+    """Background chunk loads ahead of a sequential reader of a disk view: decrypting and
+    decompressing the next chunks on other cores while the reader copies this one. Needs the
+    view's ``needs_fetch``/``prefetch`` (a ``DiskView``); other readers go without."""
+    WINDOW = 8                  # chunks
+    MIN_READ = 128 * 1024       # smaller reads are metadata: no read-ahead
+
+    def __init__(self) -> None:
+        self._pool: ThreadPoolExecutor | None = None
+        self._inflight: set[tuple[int, int]] = set()
+        self._lock = threading.Lock()
+
+    def after(self, disk, end: int) -> None:
+        chunk_size = getattr(disk, "chunk_size", 0)
+        if not chunk_size or not hasattr(disk, "prefetch"):
+            return
+        first = end // chunk_size
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max(2, os.cpu_count() or 2), thread_name_prefix="guest-readahead")
+            for n in range(first, first + self.WINDOW):
+                key = (id(disk), n)
+                if key in self._inflight or not disk.needs_fetch(n):
+                    continue
+                self._inflight.add(key)
+                self._pool.submit(self._load, disk, n, key)
+
+    def _load(self, disk, n: int, key: tuple[int, int]) -> None:
+        try:
+            disk.prefetch(n)
+        finally:
+            with self._lock:
+                self._inflight.discard(key)
+
+
+_READ_AHEAD = _ReadAhead()
+
+
 class DiskStream(AlignedStream):
-    """A disk view as the file-like object the dissect readers take (``_read`` is the hook)."""
+    """A disk view as the file-like object the dissect readers take (``_read`` is the hook).
+    Large reads that continue the previous one start read-ahead of the following chunks."""
 
     def __init__(self, disk: DiskReader, align: int = 64 * 1024):
         super().__init__(disk.capacity, align)
         self.disk = disk
+        self._last_end = -1
 
     def _read(self, offset: int, length: int) -> bytes:
-        return self.disk.read(offset, length)
+        data = self.disk.read(offset, length)
+        if length >= _ReadAhead.MIN_READ and offset == self._last_end:
+            _READ_AHEAD.after(self.disk, offset + length)
+        self._last_end = offset + length
+        return data
 
 
 # ---------------------------------------------------------------------------------------------
