@@ -84,3 +84,45 @@ def test_missing_optional_symbols_degrade(tmp_path: pathlib.Path,
         with lib.connect(params) as conn, conn.open("[DS] d.vmdk") as disk:
             assert disk.allocated_extents() == [(0, 4 << 20)]
             assert disk.read(1 << 20, 512) == b"\x01" * 512
+
+
+# Offsets of the VDDK 6.7+ structs on LP64, as the real library lays them out.
+LAYOUT = {
+    "VixDiskLibConnectParams": (128, {"vmxSpec": 0, "serverName": 8, "thumbPrint": 16,
+                                      "privateUse": 24, "credType": 32, "creds": 40,
+                                      "port": 64, "nfcHostPort": 68, "reserved3": 72,
+                                      "reserved4": 80, "reserved5": 88, "spec": 96,
+                                      "specType": 120}),
+    "VixDiskLibInfo": (56, {"biosGeo": 0, "physGeo": 12, "capacity": 24, "adapterType": 32,
+                            "numLinks": 36, "parentFileNameHint": 40, "uuid": 48}),
+    "VixDiskLibBlockList": (24, {"numBlocks": 0, "blocks": 8}),
+    "VixDiskLibCreateParams": (24, {"diskType": 0, "adapterType": 4, "hwVersion": 8,
+                                    "capacity": 16}),
+}
+
+
+def test_cdef_layouts_match_the_abi() -> None:
+    ffi = vddk.abi.make_ffi()
+    for struct, (size, fields) in LAYOUT.items():
+        assert ffi.sizeof(struct) == size, struct
+        for name, offset in fields.items():
+            assert ffi.offsetof(struct, name) == offset, (struct, name)
+
+
+def test_standin_header_has_the_same_layouts(tmp_path: pathlib.Path) -> None:
+    """The stand-in's C declarations agree with the binding's cdef (the compiler says so)."""
+    lines = ['#include <stdio.h>', '#include <stddef.h>', '#include "standin.h"',
+             "int main(void) {"]
+    for struct, (size, fields) in LAYOUT.items():
+        lines.append(f'printf("%zu\\n", sizeof({struct}));')
+        for name in fields:
+            lines.append(f'printf("%zu\\n", offsetof({struct}, {name}));')
+    lines.append("return 0; }")
+    src = tmp_path / "layout.c"
+    src.write_text("\n".join(lines) + "\n")
+    exe = tmp_path / "layout"
+    subprocess.run(["gcc", f"-I{STANDIN_SRC}", "-o", str(exe), str(src)], check=True)
+    got = [int(x) for x in subprocess.run([str(exe)], check=True, capture_output=True,
+                                          text=True).stdout.split()]
+    expected = [v for size, fields in LAYOUT.values() for v in (size, *fields.values())]
+    assert got == expected
