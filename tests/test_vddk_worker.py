@@ -269,3 +269,16 @@ def test_readahead_failure_surfaces_on_the_real_read(vddk_libdir: pathlib.Path,
         disk.read(0, MiB)        # its read-ahead of [1, 2) MiB fails quietly
         with pytest.raises(vddk.IoFailure):
             disk.read(MiB, MiB)  # and is retried, failing for real
+
+
+def test_closed_disk_and_connection(iso: vddk.IsolatedLibrary, standin: Standin) -> None:
+    path = standin.disk("d.vmdk", MiB)
+    conn = iso.connect(standin.params())
+    disk = conn.open(path)
+    disk.close()
+    disk.close()
+    with pytest.raises(vddk.InvalidArgument):
+        disk.read(0, 512)
+    conn.close()
+    conn.close()
+    assert [w[0] for w in standin.stat_lines()][-3:] == ["open", "close", "disconnect"]

@@ -37,7 +37,9 @@ from typing import Any, Callable
 import cffi
 
 from vddk.disk import DiskInfo
-from vddk.errors import VddkError, WorkerFailed, error_class
+from vddk.errors import (
+    VIX_E_INVALID_ARG, InvalidArgument, VddkError, WorkerFailed, error_class,
+)
 from vddk.library import load
 from vddk.params import ConnectParams
 from vddk.session import Library
@@ -139,7 +141,7 @@ class IsolatedLibrary:
         self._stderr.start()
         self._open = True
         try:
-            self._has: dict[str, bool] = self.call(
+            self._has: dict[str, bool] = self._call(
                 "init", str(self.path), os.fspath(config_file) if config_file else None)
         except BaseException:
             self._shutdown()
@@ -159,7 +161,7 @@ class IsolatedLibrary:
             if line:
                 logger.warning("worker: %s", line)
 
-    def call(self, op: str, *args: Any, fds: tuple[int, ...] = ()) -> Any:
+    def _call(self, op: str, *args: Any, fds: tuple[int, ...] = ()) -> Any:
         """One request on the control channel."""
         with self._lock:
             if not self._open:
@@ -183,27 +185,27 @@ class IsolatedLibrary:
         return self._has.get(full, False)
 
     def transport_modes(self) -> list[str]:
-        return self.call("modes")
+        return self._call("modes")
 
     def connect(self, params: ConnectParams | None = None, *, read_only: bool = True,
                 snapshot_moref: str | None = None, transports: str | None = None
                 ) -> IsolatedConnection:
-        conn_id = self.call("connect", params, read_only, snapshot_moref, transports)
+        conn_id = self._call("connect", params, read_only, snapshot_moref, transports)
         conn = IsolatedConnection(self, conn_id, params, read_only)
         self._connections.add(conn)
         return conn
 
     def prepare_for_access(self, params: ConnectParams, identity: str = "repofs") -> None:
-        self.call("prepare", params, identity)
+        self._call("prepare", params, identity)
 
     def end_access(self, params: ConnectParams, identity: str = "repofs") -> None:
-        self.call("end", params, identity)
+        self._call("end", params, identity)
 
     def prepared(self, params: ConnectParams, identity: str = "repofs") -> _Prepared:
         return _Prepared(self, params, identity)
 
     def cleanup(self, params: ConnectParams) -> tuple[int, int]:
-        return tuple(self.call("cleanup", params))  # type: ignore[return-value]
+        return tuple(self._call("cleanup", params))  # type: ignore[return-value]
 
     @property
     def pid(self) -> int:
@@ -220,7 +222,7 @@ class IsolatedLibrary:
                 except VddkError:
                     logger.exception("disconnecting at exit failed")
         try:
-            self.call("exit")
+            self._call("exit")
         finally:
             self._shutdown()
 
@@ -282,12 +284,12 @@ class IsolatedConnection:
 
     def create(self, path: str, capacity: int, *, adapter: str = "lsilogic",
                hw_version: int = 14) -> None:
-        self._lib.call("create", self._id, path, capacity, adapter, hw_version)
+        self._lib._call("create", self._id, path, capacity, adapter, hw_version)
 
     def close(self) -> None:
         if self._id is None:
             return
-        self._lib.call("disconnect", self._id)
+        self._lib._call("disconnect", self._id)
         self._id = None
         self._lib._connections.discard(self)
 
@@ -320,7 +322,7 @@ class IsolatedDisk:
         try:
             os.ftruncate(memfd, 2 * self._slot)
             self._map = mmap.mmap(memfd, 2 * self._slot)
-            reply = lib.call("open", conn._id, path, read_only, unbuffered, single_link,
+            reply = lib._call("open", conn._id, path, read_only, unbuffered, single_link,
                              fds=(theirs.fileno(), memfd))
         except BaseException:
             ours.close()
@@ -344,7 +346,7 @@ class IsolatedDisk:
 
     def _send(self, *msg: Any) -> None:
         if self._chan is None:
-            raise WorkerFailed(f"{self.path} is closed")
+            raise InvalidArgument(VIX_E_INVALID_ARG, f"{self.path} is closed")
         try:
             self._chan.send(msg)
         except OSError:
@@ -380,7 +382,7 @@ class IsolatedDisk:
             with self._lock:
                 map_id = len(self._buffers)
                 if self._chan is None:
-                    raise WorkerFailed(f"{self.path} is closed")
+                    raise InvalidArgument(VIX_E_INVALID_ARG, f"{self.path} is closed")
                 self._settle()
                 self._chan.send(("map", map_id), fds=(memfd,))
                 _raise_reply(self._recv())
