@@ -434,7 +434,13 @@ def _ext_ns(seconds: int, extra: int) -> int:
     return ((seconds | (extra & 0b11) << 32) * 1_000_000_000) + (extra >> 2)
 
 
+_ITABLE_BLOCK = 64 * 1024       # inode-table bytes read at once (256 inodes of 256 bytes)
+_ITABLE_CACHED = 256            # blocks kept per filesystem (16 MiB)
+
+
 def _ext_raw_inode(fs, inum: int) -> bytes:
+    """An inode's bytes, sliced from a cached 64 KiB piece of its group's inode table
+    (neighbouring inodes are usually listed together)."""
     from dissect.extfs.c_ext import c_ext  # noqa: PLC0415
     sb = fs.sb
     group, index = divmod(inum - 1, sb.s_inodes_per_group)
@@ -442,8 +448,18 @@ def _ext_raw_inode(fs, inum: int) -> bytes:
     table = gd.bg_inode_table_lo
     if fs._group_desc_struct == c_ext.ext4_group_desc:
         table |= gd.bg_inode_table_hi << 32
-    fs.fh.seek(table * fs.block_size + index * sb.s_inode_size)
-    return fs.fh.read(sb.s_inode_size)
+    table_bytes = sb.s_inodes_per_group * sb.s_inode_size
+    pos = index * sb.s_inode_size
+    piece, inner = divmod(pos, _ITABLE_BLOCK)
+    cache = fs.__dict__.setdefault("_repofs_itable", OrderedDict())
+    key = (group, piece)
+    data = cache.get(key)
+    if data is None:
+        fs.fh.seek(table * fs.block_size + piece * _ITABLE_BLOCK)
+        data = cache[key] = fs.fh.read(min(_ITABLE_BLOCK, table_bytes - piece * _ITABLE_BLOCK))
+        if len(cache) > _ITABLE_CACHED:
+            cache.popitem(last=False)
+    return data[inner:inner + sb.s_inode_size]
 
 
 def _ext_stat(node) -> GuestStat:
