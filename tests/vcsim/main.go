@@ -1,27 +1,27 @@
 // Command vcsim is repofs' test vCenter: the govmomi simulator (Debian's
-// golang-github-vmware-govmomi-dev) served on loopback over TLS, plus what the
-// simulator lacks and a vSphere backup or restore depends on:
+// golang-github-vmware-govmomi-dev 0.24.2) served on loopback over TLS, plus
+// what the simulator lacks and a vSphere backup or restore depends on. All of
+// that sits in an HTTP handler placed in front of the simulator's own
+// (front.go); the simulator's code is not modified. docs/vcsim.md lists it;
+// the main parts:
 //
-//   - disks with real files: every virtual disk the simulator knows gets a
-//     monolithicFlat VMDK descriptor and a sparse flat extent of its capacity
-//     (disks.go), so the VDDK stand-in can read and write them;
-//   - changed-block tracking: change ids on snapshots and QueryChangedDiskAreas
-//     answered from a log of writes beside each disk (cbt.go);
-//   - CreateSnapshotEx_Task, translated to CreateSnapshot_Task (front.go);
-//   - answers for PropertyCollector.Fetch of unset properties, where the
-//     simulator's handler crashes (front.go);
-//   - credentials checked on vAPI (/rest) logins too (front.go).
-//
-// All of it sits in an HTTP handler placed in front of the simulator's own
-// handler (front.go); the simulator itself is not modified.
+//   - disks with real files: a monolithicFlat descriptor and a sparse flat
+//     extent of its capacity for every virtual disk (disks.go), which the VDDK
+//     stand-in reads and writes;
+//   - changed-block tracking, which the simulator does not have: change ids on
+//     snapshots and QueryChangedDiskAreas answered from a log of the writes
+//     beside each disk, for VMs (cbt.go) and first-class disks (fcd.go);
+//   - .vmx and .nvram files with content (vmx.go), storage profiles (pbm.go),
+//     vApp configs (vapp.go), networks (network.go), custom attributes
+//     (customfields.go), snapshot fault injection (faults.go).
 //
 // Build (no modules, no downloads):
 //
 //	cd tests/vcsim && GO111MODULE=off GOPATH=/usr/share/gocode go build -o ../../build/vcsim .
 //
-// Once it listens it prints one line of JSON on stdout (see docs/vcsim.md);
-// it serves until SIGTERM or SIGINT, then removes its datastore folders and
-// exits 0.
+// Once it listens it prints one line of JSON on stdout; it serves until
+// SIGTERM or SIGINT (or, with -exit-on-stdin-eof, the end of stdin), then
+// removes its datastore folders and exits 0.
 package main
 
 import (
@@ -59,7 +59,7 @@ type announcement struct {
 func main() {
 	user := flag.String("user", "administrator@vsphere.local", "user name that may log in")
 	password := flag.String("password", "repofs-vcsim", "password of -user")
-	machines := flag.Int("vm", 2, "VMs created in the cluster's resource pool")
+	machines := flag.Int("vm", 2, "VMs per resource pool of the model (the cluster's and the standalone host's)")
 	datastores := flag.Int("ds", 2, "local datastores (LocalDS_0, LocalDS_1, ...)")
 	pageSize := flag.Int64("cbt-page-size", defaultCBTPageSize,
 		"bytes of the disk covered by one QueryChangedDiskAreas answer")
@@ -92,14 +92,19 @@ func main() {
 	model.Datastore = *datastores
 	model.Machine = *machines
 	if err := model.Create(); err != nil {
+		model.Remove()
 		log.Fatalf("creating the inventory: %v", err)
 	}
-	// model.Remove deletes the datastore folders, on every way out below.
-	defer model.Remove()
+	// From here on every way out goes through model.Remove, which deletes the
+	// datastore folders.
+	fail := func(format string, args ...interface{}) {
+		model.Remove()
+		log.Fatalf(format, args...)
+	}
 
 	tlsConfig, certPEM, certDER, err := selfSignedTLS()
 	if err != nil {
-		log.Fatalf("certificate: %v", err)
+		fail("certificate: %v", err)
 	}
 	model.Service.TLS = tlsConfig
 	// Without a host the simulator advertises a non-loopback address; without
@@ -134,7 +139,7 @@ func main() {
 	}
 	out, err := json.Marshal(line)
 	if err != nil {
-		log.Fatalf("announcement: %v", err)
+		fail("announcement: %v", err)
 	}
 	fmt.Println(string(out))
 
