@@ -8,11 +8,15 @@ Fixtures:
 Helpers: ``connect(vcsim)`` returns a pyVmomi ``ServiceInstance`` with the certificate pinned
 (``disconnect(si)`` or ``connected(vcsim)`` end the session), ``wait_task(si, task)`` waits for a
 task through the property collector, ``get_properties(si, obj, paths)`` reads properties that may
-be unset, and ``running_vcsim(...)`` starts a simulator outside the fixtures.
+be unset, ``running_vcsim(...)`` starts a simulator outside the fixtures; inventory
+(``create_vm``, ``create_vapp``, ``nic_backing``, ``find_by_name``, ``vm_disks``), disk files and
+changed blocks (``write_disk``, ``changed_areas``, ``flat_path``, ``ctk_log_path``), storage
+profiles (``pbm_content``), vAPI and tags (``vapi_call``, ``attach_tag``), fault injection
+(``set_extra_config`` with ``QUIESCE_FAULT_KEY``/``SNAPSHOT_FAULT_KEY``).
 
 The binary is built into ``build/vcsim`` when missing or older than its Go sources, with the
 project's command (no Go modules, Debian's govmomi sources). Tests are skipped, with the reason,
-when ``go`` or those sources are missing. See docs/vcsim.md.
+when it cannot be built: ``go`` or those sources are missing. See docs/vcsim.md.
 """
 from __future__ import annotations
 
