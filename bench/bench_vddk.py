@@ -52,12 +52,25 @@ def make_disk(ds: pathlib.Path, size: int) -> pathlib.Path:
     return flat
 
 
-def timed(size: int, block: int, op: Callable[[int, Any], Any], buf: Any) -> float:
-    """MB/s of ``op(offset, buf)`` over the whole disk."""
+def child_cpu(pid: int | None) -> float:
+    """CPU seconds (user + system) used so far by process ``pid`` (0 without one)."""
+    if pid is None:
+        return 0.0
+    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def timed(size: int, block: int, op: Callable[[int, Any], Any], buf: Any,
+          worker: int | None = None) -> tuple[float, float]:
+    """MB/s of ``op(offset, buf)`` over the whole disk, and CPU seconds per GiB that it cost
+    (this process and the worker together)."""
+    cpu0, child0 = time.process_time(), child_cpu(worker)
     start = time.perf_counter()
     for off in range(0, size, block):
         op(off, buf)
-    return size / (time.perf_counter() - start) / 1e6
+    elapsed = time.perf_counter() - start
+    cpu = time.process_time() - cpu0 + child_cpu(worker) - child0
+    return size / elapsed / 1e6, cpu * (1 << 30) / size
 
 
 def main() -> None:
@@ -79,7 +92,7 @@ def main() -> None:
                                     password="p")
         buf = bytearray(block)
         fd = os.open(flat, os.O_RDWR)
-        results: dict[str, list[float]] = {}
+        results: dict[str, list[tuple[float, float]]] = {}
         in_lib = vddk.open_library(libdir)
         iso_lib = vddk.open_library(libdir, isolated=True)
         try:
@@ -103,7 +116,8 @@ def main() -> None:
             timed(size, block, ways["read  plain os.preadv"][0], buf)  # warm the page cache
             for _ in range(args.rounds):
                 for name, (op, b) in ways.items():
-                    results.setdefault(name, []).append(timed(size, block, op, b))
+                    pid = iso_lib.pid if "worker" in name else None
+                    results.setdefault(name, []).append(timed(size, block, op, b, pid))
             del shared
             ra_disk.close()
             for d, c in ((in_disk, in_conn), (iso_disk, iso_conn)):
@@ -115,12 +129,18 @@ def main() -> None:
             in_lib.close()
     print(f"{size // MiB} MiB disk, {block // 1024} KiB buffers, best of {args.rounds} rounds, "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+    print("  (CPU: seconds per GiB, this process and the worker together; on a busy machine the\n"
+          "   CPU figures say more than MB/s)")
     for kind in ("read ", "write"):
-        plain = max(results[f"{kind} plain os.{'preadv' if kind == 'read ' else 'pwritev'}"])
+        plain_name = f"{kind} plain os.{'preadv' if kind == 'read ' else 'pwritev'}"
+        plain = max(r[0] for r in results[plain_name])
+        plain_cpu = min(r[1] for r in results[plain_name])
         for name, rounds in results.items():
             if name.startswith(kind):
-                best = max(rounds)
-                print(f"  {name:24s} {best:8.0f} MB/s  {best / plain:6.1%} of plain")
+                best = max(r[0] for r in rounds)
+                cpu = min(r[1] for r in rounds)
+                print(f"  {name:24s} {best:8.0f} MB/s  {best / plain:6.1%} of plain   "
+                      f"CPU {cpu:5.2f} s/GiB  {plain_cpu / cpu:6.1%} of plain's efficiency")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ buffer, unless the buffer comes from ``IsolatedDisk.buffer()`` (shared with the 
 """
 from __future__ import annotations
 
+import array
 import json
 import logging
 import mmap
@@ -55,38 +56,47 @@ _ffi = cffi.FFI()             # only to learn buffer addresses
 # ---- the wire ------------------------------------------------------------------------------
 
 class _Channel:
-    """Length-prefixed pickled messages over a stream socket, with optional file descriptors."""
+    """Length-prefixed pickled messages over a stream socket, with optional file descriptors.
+
+    Receiving reads whatever has arrived (usually a whole small message in one system call)
+    and keeps the rest for the next message. Descriptors are handed out with the next message
+    received: right, since the requests that carry them ("open", "map") wait for their reply
+    before anything else is sent."""
+
+    _CHUNK = 1 << 16
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
+        self._pending = bytearray()
+        self._fds: list[int] = []
 
     def send(self, obj: Any, fds: tuple[int, ...] = ()) -> None:
         data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-        header = _HEADER.pack(len(data))
+        message = _HEADER.pack(len(data)) + data  # one segment: one wake-up on the other side
         if fds:
-            socket.send_fds(self.sock, [header], list(fds))
-            self.sock.sendall(data)
+            sent = self.sock.sendmsg(
+                [message], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+            if sent < len(message):
+                self.sock.sendall(message[sent:])
         else:
-            self.sock.sendall(header + data)  # one segment: one wake-up on the other side
+            self.sock.sendall(message)
+
+    def _fill(self, need: int) -> None:
+        while len(self._pending) < need:
+            data, fds, _flags, _addr = socket.recv_fds(self.sock, self._CHUNK, 4)
+            if not data:
+                raise EOFError
+            self._pending += data
+            self._fds += fds
 
     def recv(self) -> tuple[Any, list[int]]:
-        header, fds, _flags, _addr = socket.recv_fds(self.sock, _HEADER.size, 4)
-        if not header:
-            raise EOFError
-        header += self._exact(_HEADER.size - len(header))
-        (size,) = _HEADER.unpack(header)
-        return pickle.loads(self._exact(size)), fds
-
-    def _exact(self, size: int) -> bytes:
-        buf = bytearray(size)
-        view = memoryview(buf)
-        got = 0
-        while got < size:
-            n = self.sock.recv_into(view[got:])
-            if n == 0:
-                raise EOFError
-            got += n
-        return bytes(buf)
+        self._fill(_HEADER.size)
+        (size,) = _HEADER.unpack_from(self._pending)
+        self._fill(_HEADER.size + size)
+        body = bytes(self._pending[_HEADER.size:_HEADER.size + size])
+        del self._pending[:_HEADER.size + size]
+        fds, self._fds = self._fds, []
+        return pickle.loads(body), fds
 
     def close(self) -> None:
         self.sock.close()
