@@ -363,6 +363,8 @@ def test_vapi_login_checks_the_password(vcsim: VCSim) -> None:
     assert login("wrong") == 401
 
 
+# --- VM files, storage profiles, vApps, tags -------------------------------------------------------
+
 def download(vcsim: VCSim, si: vim.ServiceInstance, datastore_path: str, body: bytes | None = None) -> bytes:
     """GET (or PUT, with body) a datastore file over /folder with the session's cookie."""
     import urllib.parse
@@ -515,29 +517,6 @@ def test_tags_through_vapi(vcsim: VCSim) -> None:
     finally:
         vapi_call(vcsim, "DELETE", "/rest/com/vmware/cis/session", session=sid)
     assert sorted(attached) == sorted([first, second])
-
-
-# --- shutdown -----------------------------------------------------------------------------------
-
-def test_sigterm_stops_and_removes_the_datastore_folders(tmp_path: Path) -> None:
-    reason = vcsim_unavailable()
-    if reason:
-        pytest.skip(f"test vCenter unavailable: {reason}")
-    proc = VCSimProcess(tmpdir=tmp_path)
-    info = proc.start()
-    try:
-        folders = list(info.datastores.values())
-        assert all(f.is_dir() for f in folders)
-        assert all(f.is_relative_to(tmp_path) for f in folders)
-        with connected(info) as si:
-            create_vm(si, "before-shutdown")
-    finally:
-        status = proc.stop()
-    assert status == 0
-    assert not any(f.exists() for f in folders)
-    assert proc.process is not None and proc.process.poll() == 0
-    with pytest.raises(ProcessLookupError):
-        os.kill(info.pid, 0)
 
 
 # --- changed-block tracking ---------------------------------------------------------------------
@@ -794,6 +773,41 @@ def test_snapshot_removal_leaves_no_snapshot(vcsim: VCSim) -> None:
         assert "snapshot" not in get_properties(si, vm, ["snapshot"])
 
 
+# --- processes ------------------------------------------------------------------------------------
+
+def test_fresh_vcsim_is_a_process_of_its_own(vcsim: VCSim, fresh_vcsim: VCSim) -> None:
+    assert fresh_vcsim.pid != vcsim.pid and fresh_vcsim.server != vcsim.server
+    with connected(fresh_vcsim) as si:
+        vm = find_by_name(si, vim.VirtualMachine, "DC0_H0_VM0")
+        wait_task(si, vm.PowerOffVM_Task())
+        wait_task(si, vm.Destroy_Task())
+        with pytest.raises(LookupError):
+            find_by_name(si, vim.VirtualMachine, "DC0_H0_VM0")
+    with connected(vcsim) as si:
+        assert find_by_name(si, vim.VirtualMachine, "DC0_H0_VM0").name == "DC0_H0_VM0"
+
+
+def test_sigterm_stops_and_removes_the_datastore_folders(tmp_path: Path) -> None:
+    reason = vcsim_unavailable()
+    if reason:
+        pytest.skip(f"test vCenter unavailable: {reason}")
+    proc = VCSimProcess(tmpdir=tmp_path)
+    info = proc.start()
+    try:
+        folders = list(info.datastores.values())
+        assert all(f.is_dir() for f in folders)
+        assert all(f.is_relative_to(tmp_path) for f in folders)
+        with connected(info) as si:
+            create_vm(si, "before-shutdown")
+    finally:
+        status = proc.stop()
+    assert status == 0
+    assert not any(f.exists() for f in folders)
+    assert proc.process is not None and proc.process.poll() == 0
+    with pytest.raises(ProcessLookupError):
+        os.kill(info.pid, 0)
+
+
 def test_stops_when_its_parent_goes_away(tmp_path: Path) -> None:
     """The fixture's safety net: with -exit-on-stdin-eof the simulator stops when stdin
     closes, as it does when the test process dies without stopping it."""
@@ -809,15 +823,3 @@ def test_stops_when_its_parent_goes_away(tmp_path: Path) -> None:
         assert not any(folder.exists() for folder in info.datastores.values())
     finally:
         proc.stop()
-
-
-def test_fresh_vcsim_is_a_process_of_its_own(vcsim: VCSim, fresh_vcsim: VCSim) -> None:
-    assert fresh_vcsim.pid != vcsim.pid and fresh_vcsim.server != vcsim.server
-    with connected(fresh_vcsim) as si:
-        vm = find_by_name(si, vim.VirtualMachine, "DC0_H0_VM0")
-        wait_task(si, vm.PowerOffVM_Task())
-        wait_task(si, vm.Destroy_Task())
-        with pytest.raises(LookupError):
-            find_by_name(si, vim.VirtualMachine, "DC0_H0_VM0")
-    with connected(vcsim) as si:
-        assert find_by_name(si, vim.VirtualMachine, "DC0_H0_VM0").name == "DC0_H0_VM0"
