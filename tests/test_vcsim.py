@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -806,6 +807,21 @@ def test_sigterm_stops_and_removes_the_datastore_folders(tmp_path: Path) -> None
     assert proc.process is not None and proc.process.poll() == 0
     with pytest.raises(ProcessLookupError):
         os.kill(info.pid, 0)
+
+
+def test_sigint_stops_it_too(tmp_path: Path) -> None:
+    reason = vcsim_unavailable()
+    if reason:
+        pytest.skip(f"test vCenter unavailable: {reason}")
+    proc = VCSimProcess(tmpdir=tmp_path)
+    info = proc.start()
+    try:
+        assert proc.process is not None
+        proc.process.send_signal(signal.SIGINT)
+        assert proc.process.wait(timeout=30) == 0
+        assert not any(folder.exists() for folder in info.datastores.values())
+    finally:
+        proc.stop()
 
 
 def test_stops_when_its_parent_goes_away(tmp_path: Path) -> None:
