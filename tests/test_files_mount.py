@@ -1,0 +1,73 @@
+"""The mount's files/ folder: /<vm>/<generation>/files/<disk>/<volume>/… through a real FUSE
+mount, with the same answers as the rootless reader (and so as the kernel's loop mounts)."""
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+
+import pytest
+
+from fixtures_images import LVM_LV, LVM_VG, expected, same, snapshot_guest, snapshot_local
+from repofs.guestfs import GuestGeneration
+
+pytestmark = pytest.mark.skipif(not os.path.exists("/dev/fuse"), reason="no /dev/fuse")
+
+
+@pytest.fixture(scope="module")
+def mounted(guest_repo, tmp_path_factory):
+    mnt = tmp_path_factory.mktemp("files-mount")
+    guest_repo.run("mount", str(guest_repo.path), str(mnt))
+    try:
+        files = mnt / "guest" / "latest" / "files"
+        if not files.is_dir():
+            pytest.skip("this mount has no files/ folder")
+        yield files
+    finally:
+        guest_repo.run("umount", str(mnt), check=False)
+
+
+@pytest.fixture(scope="module")
+def gen(guest_repo):
+    return GuestGeneration(guest_repo.open_generation())
+
+
+def test_disks_and_volumes_are_folders(mounted, guest_images):
+    assert sorted(os.listdir(mounted)) == sorted(guest_images.images)
+    assert os.listdir(mounted / "gpt_ext4") == ["p1", "p2"]
+    if "gpt_lvm" in guest_images.images:
+        assert sorted(os.listdir(mounted / "gpt_lvm")) == ["p1", LVM_VG]
+        assert os.listdir(mounted / "gpt_lvm" / LVM_VG) == [LVM_LV]
+
+
+@pytest.mark.parametrize("volume,which,posix", [
+    ("gpt_ext4/p1", "tree", True), ("whole_xfs/whole", "small", True), ("gpt_btrfs/p1", "small", True),
+    (f"gpt_lvm/{LVM_VG}/{LVM_LV}", "small", True), ("mbr_fat/p1", "fat_tree", False),
+    ("mbr_ntfs/p1", "fat_tree", False)])
+def test_same_tree_as_the_rootless_reader(mounted, gen, guest_images, volume, which, posix):
+    guest_images.need(volume.split("/")[0])
+    if volume.startswith("mbr_ntfs") and not guest_images.ntfs_populated:
+        pytest.skip("NTFS volume is empty")
+    through_mount = snapshot_local(mounted / volume)
+    assert through_mount == snapshot_guest(gen, volume)
+    same(through_mount, expected(getattr(guest_images, which), posix))
+
+
+def test_cp_a_works_and_keeps_holes_readable(mounted, guest_images, tmp_path):
+    shutil.copytree(mounted / "gpt_ext4/p1", tmp_path / "copy", symlinks=True)
+    same(snapshot_local(tmp_path / "copy"), expected(guest_images.tree))
+    with open(mounted / "gpt_ext4/p1/sparse.img", "rb") as f:
+        f.seek(5 << 20)
+        assert f.read(8192) == guest_images.tree.files["sparse.img"][5 << 20:(5 << 20) + 8192]
+
+
+def test_unreadable_volumes_answer_with_an_errno(mounted):
+    with pytest.raises(OSError) as e:
+        os.listdir(mounted / "mbr_ntfs/p2")            # LUKS
+    assert e.value.errno == errno.EACCES
+    with pytest.raises(FileNotFoundError):
+        os.stat(mounted / "gpt_ext4/p9")
+    with pytest.raises(FileNotFoundError):
+        os.stat(mounted / "gpt_ext4/p1/missing")
+    with pytest.raises(OSError):
+        (mounted / "gpt_ext4/p1/hello.txt").write_bytes(b"x")
