@@ -730,6 +730,28 @@ def test_first_class_disk_changed_blocks(vcsim: VCSim) -> None:
             manager.RetrieveSnapshotDetails(id=fcd_id, datastore=ds, snapshotId=first)
 
 
+def test_concurrent_backups_of_several_vms(vcsim: VCSim) -> None:
+    """Snapshots, change ids and queries of several VMs at once stay per VM."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(n: int) -> list[tuple[int, int]]:
+        with connected(vcsim) as si:
+            vm = create_vm(si, unique(f"parallel{n}"), [64 * MiB], change_tracking=True)
+            [disk] = vm_disks(vm.config)
+            first = take_snapshot(si, vm, "first")
+            since = snapshot_disk(first, disk.key).backing.changeId
+            write_disk(vcsim, disk.backing.fileName, n * MiB, b"x" * 4096)
+            second = take_snapshot(si, vm, "second")
+            areas, _ = changed_areas(vm, second, snapshot_disk(second, disk.key), since)
+            for snapshot in (second, first):
+                wait_task(si, snapshot.RemoveSnapshot_Task(removeChildren=False))
+            return areas
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(one, range(8)))
+    assert results == [[round_out(n * MiB, 4096)] for n in range(8)]
+
+
 def test_injected_snapshot_faults(vcsim: VCSim) -> None:
     with connected(vcsim) as si:
         vm = create_vm(si, unique("faults"), [MiB], change_tracking=True)
