@@ -23,7 +23,7 @@ from typing import Any, Callable
 import vddk
 from pyVmomi import vim
 
-from . import changed, metadata as meta
+from . import changed, firstclass, metadata as meta
 from .disksource import VSphereDiskSource, clip
 from .session import Session
 from .snapshot import backup_snapshot, enable_change_tracking
@@ -213,3 +213,39 @@ def _read_disks(session: Session, vm: vim.VirtualMachine, snap: Any, doc: dict[s
                     disk.close()
                 except Exception:  # the connection's exit closes what is left and reports
                     pass
+
+
+def backup_ivd(session: Session, spec: str, *, provider: VddkProvider, ingest: Ingest | None,
+               previous: Previous, transports: str = DEFAULT_TRANSPORTS, dry_run: bool = False,
+               chunk_size: int | None = None, on_event: Callable[[str], None] | None = None) -> VMBackup:
+    """``ivd:NAME``: a first-class disk, stored as ``ivd-<NAME>`` with one disk ``disk``."""
+    si = session.si
+    disk = firstclass.find(si, spec)
+    name = disk.repository_name
+    result = VMBackup(vm=name, moref=disk.id, dry_run=dry_run)
+    if not disk.obj.config.changedBlockTrackingEnabled:
+        if dry_run:
+            result.notes.append("changed-block tracking is off; a backup would turn it on")
+        else:
+            result.change_tracking_enabled_now = firstclass.enable_change_tracking(si, disk)
+            result.notes.append("changed-block tracking was off: turned on")
+    with firstclass.snapshot(si, disk) as snap:
+        result.snapshot = snap.id
+        doc = firstclass.capture(session, disk, snap)
+        meta.check_serialisable(doc)
+        plan = firstclass.plan(si, disk, snap, previous(name).get(firstclass.LABEL))
+        if dry_run and plan.extents is not None:
+            result.disks.append(DiskPlan(firstclass.LABEL, disk.path, disk.capacity, plan.mode, plan.reason, plan.bytes))
+            return result
+        read = firstclass.read_disk(
+            session, disk, snap, doc, plan, provider=provider, transports=transports, chunk_size=chunk_size,
+            ingest=None if dry_run else (lambda sources: ingest(name, sources, doc)),  # type: ignore[misc]
+            make_source=VSphereDiskSource)
+        if dry_run:
+            result.disks.append(DiskPlan(firstclass.LABEL, disk.path, disk.capacity, plan.mode, plan.reason,
+                                         read["planned_bytes"]))
+        else:
+            result.report = read
+            result.disks.append(DiskPlan(firstclass.LABEL, disk.path, disk.capacity, plan.mode, plan.reason,
+                                         plan.bytes))
+    return result

@@ -19,8 +19,8 @@ from pyVmomi import vim
 
 import vddk
 
-from .backup import DEFAULT_TRANSPORTS, Ingest, Previous, VddkProvider, VMBackup, backup_vm
-from .errors import UnsupportedTarget, VMNotFound, AmbiguousVM
+from .backup import DEFAULT_TRANSPORTS, Ingest, Previous, VddkProvider, VMBackup, backup_ivd, backup_vm
+from .errors import AmbiguousVM, VMNotFound
 from .inventory import find_vm
 from .session import Credentials, Session, resolve_credentials
 from .tags import TagReader, TagsUnavailable
@@ -131,9 +131,12 @@ def _run_target(session: Session, spec: str, kind: str, value: str, options: Opt
                 chunk_size: int | None, tags: Any, on_event: Any) -> list[Outcome]:
     try:
         if kind == "ivd":
-            raise UnsupportedTarget(
-                f"{spec}: first-class disks are not backed up yet (the test vCenter has no "
-                "changed-block tracking for them); back up the VM they are attached to")
+            outcome = Outcome(spec)
+            outcome.result = backup_ivd(session, value, provider=provider, ingest=ingest,
+                                        previous=previous, transports=options.transports,
+                                        dry_run=options.dry_run, chunk_size=chunk_size, on_event=on_event)
+            outcome.vm = outcome.result.vm
+            return [outcome]
         if kind == "vapp":
             vapp = _find_vapp(session.si, value)
             vms = list(vapp.vm or [])

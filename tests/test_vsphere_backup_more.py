@@ -1,0 +1,127 @@
+"""More of ``repofs backup``'s vSphere side: vApps, first-class disks, snapshot faults and the
+quiesce retry, networks and attributes in the metadata, the session's options. Same harness
+as test_vsphere_backup.py (simulator + VDDK stand-in, CLI in a subprocess)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pyVmomi import vim
+
+from fixtures_vcsim import (QUIESCE_FAULT_KEY, SNAPSHOT_FAULT_KEY, connected, create_vapp, create_vm,
+                            find_by_name, set_extra_config, wait_task)
+from fixtures_vsphere import MiB, VSphereBed, unique
+from restore import firstclass
+from restore.session import Credentials, Session, normalize_thumbprint, resolve_credentials, split_server
+from restore.errors import CredentialsMissing
+from test_vsphere_backup import generations, manifest_json, restore_raw
+
+
+def test_quiesce_failure_is_retried_once_without(vsphere: VSphereBed) -> None:
+    name = unique("quiesce")
+    with connected(vsphere.vcsim) as si:
+        vm = create_vm(si, name, [4 * MiB], change_tracking=True)
+        set_extra_config(si, vm, QUIESCE_FAULT_KEY, "TRUE")
+    proc = vsphere.backup(f"vm:{name}", "--quiesce", "--json")
+    out = json.loads(proc.stdout)[0]
+    assert out["ok"] and any("taken without quiescing" in n for n in out["notes"])
+    md = manifest_json(vsphere, name, generations(vsphere, name)[0]["generation"])["metadata"]
+    assert md["snapshot"]["quiesced"] is False and md["snapshot"]["notes"]
+    assert vsphere.snapshots(name) == []
+
+
+def test_a_refused_snapshot_fails_the_vm_cleanly(vsphere: VSphereBed) -> None:
+    name = unique("nosnap")
+    with connected(vsphere.vcsim) as si:
+        vm = create_vm(si, name, [4 * MiB], change_tracking=True)
+        set_extra_config(si, vm, SNAPSHOT_FAULT_KEY, "TRUE")
+    proc = vsphere.backup(f"vm:{name}", check=False)
+    assert proc.returncode == 13
+    assert f"cannot snapshot {name}" in proc.stderr
+    assert generations(vsphere, name) == [] and vsphere.snapshots(name) == []
+
+
+def test_vapp_backs_up_each_member_with_the_vapp_config(vsphere: VSphereBed) -> None:
+    app = unique("vapp")
+    names = [unique("member"), unique("member")]
+    with connected(vsphere.vcsim) as si:
+        vapp = create_vapp(si, app)
+        for n in names:
+            create_vm(si, n, [2 * MiB], change_tracking=True, vapp=vapp)
+    proc = vsphere.backup(f"vapp:{app}")
+    for n in names:
+        assert f"{n}: generation" in proc.stdout
+        (gen,) = generations(vsphere, n)
+        md = manifest_json(vsphere, n, gen["generation"])["metadata"]
+        assert md["vapp"]["name"] == app and md["vapp"]["vapp_config"]
+        assert md["vapp"]["entity"] is not None
+        assert vsphere.snapshots(n) == []
+
+
+def test_first_class_disk_full_then_incremental(vsphere: VSphereBed, tmp_path: Path) -> None:
+    name = unique("fcd")
+    with connected(vsphere.vcsim) as si:
+        ds = find_by_name(si, vim.Datastore, "LocalDS_1")
+        spec = vim.vslm.CreateSpec(name=name, capacityInMB=16, backingSpec=vim.vslm.CreateSpec.DiskFileBackingSpec(
+            datastore=ds, provisioningType="thin"))
+        obj = wait_task(si, firstclass.manager(si).CreateDisk_Task(spec=spec))
+        path = obj.config.backing.filePath
+    local = vsphere.vcsim.local_path(path)
+    vsphere.write(local, [(MiB, b"1" * MiB), (9 * MiB, b"2" * MiB)])
+    first = json.loads(vsphere.backup(f"ivd:{name}", "--json").stdout)[0]
+    assert first["ok"] and first["vm"] == f"ivd-{name}" and first["disks"][0]["mode"] == "full"
+    vsphere.write(local, [(9 * MiB, b"3" * 65536)])
+    mark = vsphere.stat_count()
+    second = json.loads(vsphere.backup(f"ivd:{name}", "--json").stdout)[0]
+    assert second["disks"][0]["mode"] == "changed"
+    assert [(o, n) for _, o, n in vsphere.reads(mark)] == [(9 * MiB, MiB)]
+    gens = generations(vsphere, f"ivd-{name}")
+    got = restore_raw(vsphere, f"ivd-{name}", gens[-1]["generation"], tmp_path / "r")
+    want = bytearray(16 * MiB)
+    want[MiB:2 * MiB] = b"1" * MiB
+    want[9 * MiB:10 * MiB] = b"2" * MiB
+    want[9 * MiB:9 * MiB + 65536] = b"3" * 65536
+    assert got == bytes(want)
+    md = manifest_json(vsphere, f"ivd-{name}", gens[-1]["generation"])["metadata"]
+    assert md["kind"] == "ivd" and md["ivd"]["name"] == name and md["disks"][0]["file"] == path
+    with connected(vsphere.vcsim) as si:
+        assert firstclass.snapshots_of(si, firstclass.find(si, name)) == []
+
+
+def test_metadata_of_networks_profiles_and_attributes(vsphere: VSphereBed) -> None:
+    name = unique("meta")
+    with connected(vsphere.vcsim) as si:
+        vm = create_vm(si, name, [2 * MiB], change_tracking=True)
+        mgr = si.content.customFieldsManager
+        field = mgr.AddCustomFieldDef(name=unique("owner"), moType=vim.VirtualMachine)
+        mgr.SetField(entity=vm, key=field.key, value="team-a")
+    vsphere.backup(f"vm:{name}")
+    (gen,) = generations(vsphere, name)
+    md = manifest_json(vsphere, name, gen["generation"])["metadata"]
+    assert md["custom_attributes"] == {field.name: "team-a"}
+    assert isinstance(md["tags"], list)
+    assert md["networks"][0]["kind"] == "standard"
+    assert md["files"]["vmx_path"].endswith(f"{name}.vmx")
+    assert md["placement"]["compute_resource"] == "DC0_C0"
+
+
+def test_session_inputs(vsphere: VSphereBed) -> None:
+    assert split_server("vc.example.com") == ("vc.example.com", 443)
+    assert split_server("vc:8443") == ("vc", 8443)
+    assert split_server("https://vc.example.com/sdk") == ("vc.example.com", 443)
+    assert split_server("[::1]:9443") == ("::1", 9443)
+    assert normalize_thumbprint("aabbccddeeff00112233445566778899aabbccdd") == \
+        "AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD"
+    try:
+        resolve_credentials(None, None, None, env={}, interactive=False)
+    except CredentialsMissing as e:
+        assert "VSPHERE_SERVER" in str(e)
+    creds = resolve_credentials(None, None, None, interactive=False,
+                                env={"VSPHERE_SERVER": vsphere.vcsim.server, "VSPHERE_USER": vsphere.vcsim.user,
+                                     "VSPHERE_PASSWORD": vsphere.vcsim.password})
+    assert "password" not in repr(creds) or vsphere.vcsim.password not in repr(creds)
+    with Session.login(creds, insecure=True) as s:
+        assert s.cookie and s.trust.startswith("insecure") and s.thumbprint == vsphere.vcsim.thumbprint
+    with Session.login(Credentials(vsphere.vcsim.server, vsphere.vcsim.user, vsphere.vcsim.password),
+                       thumbprint=vsphere.vcsim.thumbprint.replace(":", "").lower()) as s:
+        assert s.is_vcenter
