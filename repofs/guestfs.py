@@ -541,6 +541,25 @@ def _fat_short_name(e) -> str:
     return base + dot + ext
 
 
+def _exfat_ns(stamp: int, centis: int, tz: int) -> int:
+    """An exFAT timestamp (DOS date and time, 10 ms increments, and a UTC offset in 15-minute
+    steps when bit 7 of ``tz`` is set; else local time, read as UTC)."""
+    if not stamp:
+        return 0
+    try:
+        dt = datetime(1980 + (stamp >> 25), (stamp >> 21) & 0xF, (stamp >> 16) & 0x1F,
+                      (stamp >> 11) & 0x1F, (stamp >> 5) & 0x3F, (stamp & 0x1F) * 2, tzinfo=timezone.utc)
+    except ValueError:
+        return 0
+    ns = int(dt.timestamp()) * 1_000_000_000 + centis * 10_000_000
+    if tz & 0x80:
+        offset = tz & 0x7F
+        if offset & 0x40:
+            offset -= 0x80
+        ns -= offset * 15 * 60 * 1_000_000_000
+    return ns
+
+
 class _ExFatNode(_Node):
     """dissect's exFAT reader keeps a dict of ``name -> (file entry, children)``."""
 
@@ -548,10 +567,18 @@ class _ExFatNode(_Node):
         self.exfat, self.name, self.entry, self.subtree, self.ino = exfat, name, entry, subtree, ino
 
     def stat(self) -> GuestStat:
+        m = self.entry.metadata if self.entry is not None else None
+        times = {}
+        if m is not None:
+            times = dict(mtime_ns=_exfat_ns(m.modified_time, m.modified_offset, m.modified_timezone),
+                         atime_ns=_exfat_ns(m.access_time, 0, m.access_timezone),
+                         ctime_ns=_exfat_ns(m.create_time, m.create_offset, m.create_timezone))
+        else:
+            times = dict(mtime_ns=0)
         if self.entry is None or self.subtree is not None:
-            return GuestStat(mode=st.S_IFDIR | 0o755, size=self.exfat.cluster_size, mtime_ns=0, ino=self.ino)
-        stream = self.entry.stream
-        return GuestStat(mode=st.S_IFREG | 0o644, size=stream.data_length, mtime_ns=0, ino=self.ino)
+            return GuestStat(mode=st.S_IFDIR | 0o755, size=self.exfat.cluster_size, ino=self.ino, **times)
+        mode = st.S_IFREG | (0o444 if m.attributes.read_only else 0o644)
+        return GuestStat(mode=mode, size=self.entry.stream.data_length, ino=self.ino, **times)
 
     def children(self) -> Iterator[tuple[str, _Node]]:
         for i, (name, (entry, sub)) in enumerate((self.subtree or {}).items()):

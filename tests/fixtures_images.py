@@ -6,6 +6,7 @@ fixed UUIDs, fixed times) and, where the tools allow it, without root.
 - ``mbr_ntfs``: MBR, p1 NTFS (``mkntfs`` on a partition image, populated through ``ntfs-3g``
   when FUSE works, else empty), p2 a LUKS header (encrypted, for the refusal).
 - ``whole_xfs``: XFS straight on the disk (no table), populated through a loop mount (root).
+- ``mbr_exfat``: MBR, p1 exFAT (``mkfs.exfat``, populated through ``mount.exfat-fuse``, root).
 - ``gpt_btrfs``: GPT, p1 Btrfs (``mkfs.btrfs --rootdir``).
 - ``broken_gpt``: a GPT whose header is seeded garbage.
 - ``gpt_lvm``: GPT, p1 an LVM PV (vg ``rfstest``, lv ``data``); the LV is never activated (no
@@ -300,6 +301,39 @@ def build_gpt_btrfs(image: Path, work: Path, tree: Tree) -> None:
         shutil.copyfileobj(inp, out)
 
 
+def build_mbr_exfat(image: Path, work: Path, tree: Tree) -> None:
+    """exFAT: ``mkfs.exfat`` on a partition image, populated through ``mount.exfat-fuse`` on a
+    loop device (root; this kernel has no exfat driver), then copied into the disk."""
+    _tool("mkfs.exfat"), _tool("mount.exfat-fuse")
+    if os.geteuid() != 0:
+        pytest.skip("populating exFAT needs a loop device (root)")
+    part = work / "exfat-part.img"
+    _blank(part, 40 * MiB)
+    _run("mkfs.exfat", "-L", "GUESTEXFAT", str(part))
+    mnt = work / "exfat-mnt"
+    mnt.mkdir()
+    dev = _losetup(part)
+    try:
+        _run("mount.exfat-fuse", dev, str(mnt))
+        try:
+            write_tree(tree, mnt / "x")
+            for p in os.listdir(mnt / "x"):
+                os.rename(mnt / "x" / p, mnt / p)
+            os.rmdir(mnt / "x")
+            for p, t in tree.mtimes.items():        # the renames above touched the top level
+                if "/" not in p:
+                    os.utime(mnt / p, (t, t))
+        finally:
+            _unmount_fuse(mnt)
+    finally:
+        subprocess.run(["losetup", "-d", dev], capture_output=True)
+    _blank(image, 44 * MiB)
+    _sfdisk(image, "dos", ["label-id: 0x5e1f0c2c", f"start=2048, size={40 * 2048}, type=7"])
+    with open(image, "r+b") as out, open(part, "rb") as inp:
+        out.seek(MiB)
+        shutil.copyfileobj(inp, out)
+
+
 def build_broken_gpt(image: Path, work: Path, tree: Tree, small: Tree) -> None:
     """A GPT whose header is overwritten with seeded garbage after its signature."""
     build_gpt_ext4(image, work, tree, small)
@@ -356,6 +390,7 @@ def guest_images(tmp_path_factory: pytest.TempPathFactory) -> GuestImages:
     _try(imgs, "mbr_ntfs", lambda i, w: build_mbr_ntfs(i, w, fat_tree))
     _try(imgs, "whole_xfs", lambda i, w: build_whole_xfs(i, w, small))
     _try(imgs, "gpt_lvm", lambda i, w: build_gpt_lvm(i, w, small))
+    _try(imgs, "mbr_exfat", lambda i, w: build_mbr_exfat(i, w, fat_tree))
     _try(imgs, "gpt_btrfs", lambda i, w: build_gpt_btrfs(i, w, small))
     _try(imgs, "broken_gpt", lambda i, w: build_broken_gpt(i, w, small, small))
     return imgs

@@ -43,6 +43,7 @@ CASES = [  # volume, which tree, POSIX modes?
     ("gpt_btrfs/p1", "small", True),
     ("mbr_fat/p1", "fat_tree", False),
     ("mbr_ntfs/p1", "fat_tree", False),
+    ("mbr_exfat/p1", "fat_tree", False),
 ]
 
 
