@@ -195,8 +195,14 @@ def _storage_profiles_at(session: Session, vm: Any, disk_keys: list[int], path: 
     stub = SoapStubAdapter(host=session.host, port=session.port, path=path,
                            version="pbm.version.version11", sslContext=session.context,
                            requestContext={"vcSessionCookie": session.cookie or ""})
-    stub.cookie = session.si._stub.cookie  # the simulator checks the SOAP session cookie itself
-    si = pbm.ServiceInstance("ServiceInstance", stub)
+    stub.cookie = session.si._stub.cookie
+    try:
+        return _query_profiles(pbm.ServiceInstance("ServiceInstance", stub), session, vm, disk_keys)
+    finally:
+        stub.DropConnections()
+
+
+def _query_profiles(si: Any, session: Session, vm: Any, disk_keys: list[int]) -> dict[str, list[dict[str, str]]]:
     content = si.RetrieveContent()
     about = session.si.content.about
     mgr = content.profileManager

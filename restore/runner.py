@@ -12,8 +12,11 @@ The repository stays on the caller's side: ``ingest`` and ``previous`` are calla
 """
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from pyVmomi import vim
 
@@ -96,6 +99,32 @@ def run(targets: list[str], options: Options, *, ingest: Ingest, previous: Previ
         on_outcome: Callable[[Outcome], None] | None = None) -> Run:
     parsed = [(spec, *split_target(spec)) for spec in targets]
     credentials: Credentials = resolve_credentials(options.server, options.user, options.password_file)
+    with _terminate_as_interrupt():
+        return _run(parsed, credentials, options, ingest=ingest, previous=previous, chunk_size=chunk_size,
+                    on_event=on_event, on_outcome=on_outcome)
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a service stopped, a job timed out) unwinds like Ctrl-C, so the snapshot of the
+    VM being read is removed instead of being left behind by a process killed on the spot."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(parsed: list[tuple[str, str, str]], credentials: Credentials, options: Options, *,
+         ingest: Ingest, previous: Previous, chunk_size: int | None,
+         on_event: Callable[[str], None] | None, on_outcome: Callable[[Outcome], None] | None) -> Run:
     report = Run()
     provider = VddkProvider(options.vddk_libdir, isolated=options.vddk_isolated)
     if not options.dry_run:

@@ -87,17 +87,20 @@ def _remove(si: Any, snapshot: vim.vm.Snapshot, what: str) -> None:
 
 @contextlib.contextmanager
 def _sigint_deferred() -> Iterator[list[int]]:
-    """Hold SIGINT back for the duration of the block (main thread only); re-raise after."""
+    """Hold SIGINT and SIGTERM back for the duration of the block (main thread only); raise
+    KeyboardInterrupt after it if one came."""
     if threading.current_thread() is not threading.main_thread():
         yield []
         return
     caught: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in signals}
     try:
         yield caught
     finally:
-        signal.signal(signal.SIGINT, previous)
-    if caught and previous not in (signal.SIG_IGN, None):
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if caught:
         raise KeyboardInterrupt
 
 

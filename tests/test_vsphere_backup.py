@@ -97,6 +97,7 @@ def test_full_then_incremental_backup_of_an_ext4_disk(vsphere: VSphereBed, tmp_p
     # Full: CBT is off, the backup turns it on; reads the allocated areas only.
     first = vsphere.backup(f"vm:{name}")
     assert "changed-block tracking was off: turned on" in first.stdout
+    assert "Traceback" not in first.stderr and "Exception ignored" not in first.stderr
     assert vsphere.snapshots(name) == []
     gens = generations(vsphere, name)
     assert len(gens) == 1
@@ -125,6 +126,13 @@ def test_full_then_incremental_backup_of_an_ext4_disk(vsphere: VSphereBed, tmp_p
     assert len(gens) == 2
     assert restore_raw(vsphere, name, gens[0]["generation"], tmp_path / "r1") == expected_disk(image1, DISK)
     assert restore_raw(vsphere, name, gens[1]["generation"], tmp_path / "r2") == expected_disk(image2, DISK)
+    if shutil.which("qemu-img"):  # the judge on the VMDK form of the generation too
+        bed_vmdk = tmp_path / "r2-vmdk"
+        vsphere.repofs("restore", f"vm:{name}", "--to-dir", str(bed_vmdk), "--format", "vmdk")
+        want = tmp_path / "want.raw"
+        want.write_bytes(expected_disk(image2, DISK))
+        subprocess.run(["qemu-img", "compare", "-f", "vmdk", "-F", "raw", str(bed_vmdk / "scsi0-0.vmdk"),
+                        str(want)], check=True, capture_output=True)
     got = tmp_path / "r2" / "scsi0-0.raw"
     fs = tmp_path / "fs.ext4"
     fs.write_bytes(got.read_bytes()[:len(image2)])
@@ -201,8 +209,9 @@ def test_snapshot_removed_after_a_vddk_fault(vsphere: VSphereBed) -> None:
     assert generations(vsphere, name) == []
 
 
-def test_snapshot_removed_after_an_interrupt(vsphere: VSphereBed) -> None:
-    name = unique("sigint")
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_snapshot_removed_after_an_interrupt(vsphere: VSphereBed, signum: int) -> None:
+    name = unique("signal")
     vsphere.create_vm(name, [32 * MiB], change_tracking=True)
     vsphere.write(vsphere.disk_path(name), [(o, b"y" * MiB) for o in range(0, 32 * MiB, MiB)])
     vsphere.configure(delay_us=200_000)  # 0.2 s per read: the backup takes seconds
@@ -214,14 +223,15 @@ def test_snapshot_removed_after_an_interrupt(vsphere: VSphereBed) -> None:
             time.sleep(0.05)
         assert vsphere.reads(), "the backup never started reading"
         assert vsphere.snapshots(name), "no snapshot while reading"
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         _, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
     assert proc.returncode == 130, err
-    assert "interrupted" in err
+    assert "interrupted; the backup snapshot was removed" in err
+    assert "Traceback" not in err and "Exception ignored" not in err
     assert vsphere.snapshots(name) == []
     assert generations(vsphere, name) == []
 

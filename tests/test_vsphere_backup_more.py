@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pyVmomi import vim
+from pyVmomi import pbm, vim
 
-from fixtures_vcsim import (QUIESCE_FAULT_KEY, SNAPSHOT_FAULT_KEY, connected, create_vapp, create_vm,
-                            find_by_name, set_extra_config, wait_task)
+from fixtures_vcsim import (QUIESCE_FAULT_KEY, SNAPSHOT_FAULT_KEY, attach_tag, connected, create_vapp, create_vm,
+                            find_by_name, pbm_content, set_extra_config, wait_task)
 from fixtures_vsphere import MiB, VSphereBed, unique
 from restore import firstclass
 from restore.session import Credentials, Session, normalize_thumbprint, resolve_credentials, split_server
@@ -88,21 +88,42 @@ def test_first_class_disk_full_then_incremental(vsphere: VSphereBed, tmp_path: P
         assert firstclass.snapshots_of(si, firstclass.find(si, name)) == []
 
 
-def test_metadata_of_networks_profiles_and_attributes(vsphere: VSphereBed) -> None:
-    name = unique("meta")
+def test_metadata_of_networks_profiles_tags_and_attributes(vsphere: VSphereBed) -> None:
+    dvs_vm, nsx_vm = unique("meta-dvs"), unique("meta-nsx")
     with connected(vsphere.vcsim) as si:
-        vm = create_vm(si, name, [2 * MiB], change_tracking=True)
-        mgr = si.content.customFieldsManager
-        field = mgr.AddCustomFieldDef(name=unique("owner"), moType=vim.VirtualMachine)
-        mgr.SetField(entity=vm, key=field.key, value="team-a")
-    vsphere.backup(f"vm:{name}")
-    (gen,) = generations(vsphere, name)
-    md = manifest_json(vsphere, name, gen["generation"])["metadata"]
+        with pbm_content(vsphere.vcsim, si) as content:
+            mgr = content.profileManager
+            ids = mgr.PbmQueryProfile(resourceType=pbm.profile.ResourceType(resourceType="STORAGE"),
+                                      profileCategory="REQUIREMENT")
+            gold = next(p for p in mgr.PbmRetrieveContent(profileIds=ids) if p.name == "vSAN Default Storage Policy")
+        vm = create_vm(si, dvs_vm, [2 * MiB], change_tracking=True, network="DC0_DVPG0",
+                       profile=gold.profileId.uniqueId)
+        create_vm(si, nsx_vm, [2 * MiB], change_tracking=True, network="DC0_NSX0")
+        fields = si.content.customFieldsManager
+        field = fields.AddCustomFieldDef(name=unique("owner"), moType=vim.VirtualMachine)
+        fields.SetField(entity=vm, key=field.key, value="team-a")
+        pg = next(n for n in find_by_name(si, vim.Datacenter, "DC0").network if n.name == "DC0_DVPG0")
+        pg_key, switch_uuid = pg.key, pg.config.distributedVirtualSwitch.uuid
+    tag_id = attach_tag(vsphere.vcsim, vm, "backup-policy", "nightly")
+    proc = vsphere.backup(f"vm:{dvs_vm}", f"vm:{nsx_vm}")
+    assert "Exception ignored" not in proc.stderr and "Warning" not in proc.stderr
+
+    md = manifest_json(vsphere, dvs_vm, generations(vsphere, dvs_vm)[0]["generation"])["metadata"]
     assert md["custom_attributes"] == {field.name: "team-a"}
-    assert isinstance(md["tags"], list)
-    assert md["networks"][0]["kind"] == "standard"
-    assert md["files"]["vmx_path"].endswith(f"{name}.vmx")
+    assert md["tags"] == [{"id": tag_id, "name": "nightly", "description": None, "category": "backup-policy",
+                           "category_id": md["tags"][0]["category_id"], "cardinality": "MULTIPLE"}]
+    (nic,) = md["networks"]
+    assert nic["kind"] == "distributed" and nic["portgroup_key"] == pg_key
+    assert nic["switch_uuid"] == switch_uuid and nic["network"] == "DC0_DVPG0"
+    assert md["storage_profile"] == [{"id": gold.profileId.uniqueId, "name": gold.name}]
+    assert md["disks"][0]["storage_profiles"] == [{"id": gold.profileId.uniqueId, "name": gold.name}]
+    assert md["files"]["vmx_path"].endswith(f"{dvs_vm}.vmx") and md["files"]["vmx"]
     assert md["placement"]["compute_resource"] == "DC0_C0"
+    assert md["warnings"] == []
+
+    md = manifest_json(vsphere, nsx_vm, generations(vsphere, nsx_vm)[0]["generation"])["metadata"]
+    (nic,) = md["networks"]
+    assert nic["kind"] == "opaque" and nic["opaque_network_id"] and nic["opaque_network_type"]
 
 
 def test_session_inputs(vsphere: VSphereBed) -> None:
