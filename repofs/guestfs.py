@@ -274,10 +274,12 @@ def _partition_table(disk: DiskReader, fh: DiskStream) -> list[Volume]:
             raise PartitionTableDamaged(f"disk {disk.label}: the GPT partition table is damaged "
                                         f"({_first_line(e)})") from None
         return [whole]           # 55AA alone is not proof of a table (e.g. a blank boot record)
+    numbers = _mbr_numbers(head, table) if type(table.scheme).__name__ == "MBR" else {}
     volumes = []
     for p in table.partitions:
         if not p.size or p.type == 0 or p.type in _CONTAINER_TYPES:
             continue
+        p.number = numbers.get(id(p), p.number)
         raw = getattr(p, "raw", None)
         if raw is not None and hasattr(raw, "last_lba"):
             # GPT's last LBA is inclusive; dissect.volume 3.18 leaves the last sector out
@@ -293,6 +295,26 @@ def _partition_table(disk: DiskReader, fh: DiskStream) -> list[Volume]:
     for v in volumes:
         v.fstype = probe_fstype(v.open())
     return volumes
+
+
+def _mbr_numbers(head: bytes, table) -> dict[int, int]:
+    """Partition numbers as Linux (and ``sfdisk``) give them: a primary partition is its slot
+    in the MBR (1-4), logical ones count from 5 in the order of the EBR chain. dissect numbers
+    logical partitions after the slot of their extended partition instead."""
+    primaries = {}
+    for slot in range(4):
+        entry = head[446 + 16 * slot:446 + 16 * slot + 16]
+        kind, start = entry[4], int.from_bytes(entry[8:12], "little")
+        if kind and kind not in _CONTAINER_TYPES:
+            primaries[start * 512] = slot + 1
+    numbers, logical = {}, 5
+    for p in table.partitions:
+        if p.offset in primaries:
+            numbers[id(p)] = primaries.pop(p.offset)
+        else:
+            numbers[id(p)] = logical
+            logical += 1
+    return numbers
 
 
 def fh_sector(table) -> int:

@@ -2,7 +2,8 @@
 fixed UUIDs, fixed times) and, where the tools allow it, without root.
 
 - ``gpt_ext4``: GPT, p1 ext4 (``mkfs.ext4 -d``) with the full tree, p2 ext4 with a small tree.
-- ``mbr_fat``: MBR, p1 FAT32 (``mkfs.vfat --offset`` + ``mcopy -s -m``), no symlinks or holes.
+- ``mbr_fat``: MBR, p1 FAT32 (``mkfs.vfat --offset`` + ``mcopy -s -m``), no symlinks or holes;
+  p2 extended holding the logical p5 (ext4, one file).
 - ``mbr_ntfs``: MBR, p1 NTFS (``mkntfs`` on a partition image, populated through ``ntfs-3g``
   when FUSE works, else empty), p2 a LUKS header (encrypted, for the refusal).
 - ``whole_xfs``: XFS straight on the disk (no table), populated through a loop mount (root).
@@ -152,7 +153,16 @@ def build_gpt_ext4(image: Path, work: Path, tree: Tree, small: Tree) -> None:
 def build_mbr_fat(image: Path, work: Path, tree: Tree) -> None:
     _tool("mkfs.vfat"), _tool("mcopy")
     _blank(image, 80 * MiB)
-    _sfdisk(image, "dos", ["label-id: 0x5e1f0c2a", f"start=2048, size={72 * 2048}, type=c"])
+    # p1 FAT32; p2 an extended partition holding logical p5 (ext4): Linux numbering
+    _sfdisk(image, "dos", ["label-id: 0x5e1f0c2a", f"start=2048, size={72 * 2048}, type=c",
+                           f"start={73 * 2048}, size={7 * 2048}, type=5",
+                           f"start={74 * 2048}, size={5 * 2048}, type=83"])
+    logical = work / "logical"
+    logical.mkdir()
+    (logical / "in a logical partition.txt").write_bytes(b"p5\n")
+    os.utime(logical / "in a logical partition.txt", (T0, T0))
+    _run("mkfs.ext4", "-q", "-F", "-U", UUID, "-E", f"offset={74 * MiB},hash_seed={UUID}", "-d", str(logical),
+         str(image), f"{5 * 1024}k")
     _run("mkfs.vfat", "-F", "32", "-s", "1", "-i", "5e1f0c2a", "-n", "GUESTFAT", "--invariant",
          "--offset", "2048", str(image), str(72 * 1024))
     src = work / "fat"

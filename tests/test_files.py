@@ -21,7 +21,8 @@ def gen(guest_repo):
 def test_volumes_are_named_by_partition_number_lvm_and_whole_disk(gen, guest_images):
     names = {d: [(v.name, v.fstype) for v in gen.volumes(d)] for d in gen.disk_labels() if d != "broken_gpt"}
     assert names["gpt_ext4"] == [("p1", "ext"), ("p2", "ext")]
-    assert names["mbr_fat"] == [("p1", "vfat")]
+    assert names["mbr_fat"] == [("p1", "vfat"), ("p5", "ext")]     # logical: numbered from 5
+    assert gen.read("mbr_fat/p5/in a logical partition.txt", 0, 10) == b"p5\n"
     assert names["mbr_ntfs"] == [("p1", "ntfs"), ("p2", "luks")]
     if "whole_xfs" in names:
         assert names["whole_xfs"] == [("whole", "xfs")]
