@@ -75,6 +75,13 @@ func main() {
 	cbtPageSize = *pageSize
 	simulator.Trace = *trace
 
+	// Signals are caught from the start: one that arrives while we set up (or
+	// right after the JSON line) still stops us cleanly.
+	stop := make(chan string, 2)
+	signals := make(chan os.Signal, 1)
+	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT)
+	go func() { stop <- (<-signals).String() }()
+
 	model := simulator.VPX()
 	// Advertise vSphere 6.7 (API urn:vim25/6.7) rather than the model's 6.5:
 	// snapshots and changed-block queries of first-class disks exist from 6.7
@@ -143,10 +150,6 @@ func main() {
 	}
 	fmt.Println(string(out))
 
-	stop := make(chan string, 1)
-	signals := make(chan os.Signal, 1)
-	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT)
-	go func() { stop <- (<-signals).String() }()
 	if *stdinEOF {
 		go func() {
 			_, _ = io.Copy(io.Discard, os.Stdin)
