@@ -88,6 +88,9 @@ class _Copier:
             self._remove(target)
             os.mkdir(target, 0o700)
         for name, child in self.src.listdir(path):
+            if name in ("", ".", "..") or "/" in name or "\0" in name:   # never leave target
+                self.report.skipped.append(f"{path}/{name!r}")
+                continue
             self.copy(f"{path.rstrip('/')}/{name}", child, os.path.join(target, name))
         # modes and times last: a read-only directory must be filled first, and writing its
         # entries would change its mtime

@@ -692,6 +692,10 @@ _OPENERS: dict[str, Callable[[BinaryIO], _Node]] = {
 }
 
 
+def _safe_name(name: str) -> bool:
+    return name not in ("", ".", "..") and "/" not in name and "\0" not in name
+
+
 class GuestTree:
     """One filesystem, addressed by path ("/" is its root). Thread-safe: the dissect readers
     share one seek position per volume, so every call runs under the tree's lock."""
@@ -735,7 +739,9 @@ class GuestTree:
     def _children(self, key: tuple[str, ...], node: _Node) -> dict[str, _Node]:
         found = self._dirs.get(key)
         if found is None:
-            found = dict(node.children())
+            # A damaged or hostile filesystem may hold names no path can carry ("..", "a/b"):
+            # they are left out, so nothing built from a listing can leave its directory.
+            found = {name: child for name, child in node.children() if _safe_name(name)}
             self._dirs[key] = found
             if len(self._dirs) > self.DIR_CACHE:
                 self._dirs.popitem(last=False)

@@ -170,3 +170,34 @@ def test_cli_get_from_fat(cli, guest_images, tmp_path):
     want = {p[len("deep/"):]: v for p, v in expected(guest_images.fat_tree, posix=False).items()
             if p.startswith("deep/")}
     same(snapshot_local(tmp_path / "deep"), want)
+
+
+def test_hostile_names_never_leave_the_target(tmp_path):
+    """A filesystem whose directory lists "..", "a/b" or "" cannot make `get` write outside."""
+    from repofs.extract import extract
+    from repofs.guestfs import GuestStat, GuestTree, _Node
+
+    class Leaf(_Node):
+        def stat(self):
+            return GuestStat(mode=0o100644, size=1, mtime_ns=0)
+
+        def stream(self):
+            import io
+            return io.BytesIO(b"x")
+
+    class Root(_Node):
+        def stat(self):
+            return GuestStat(mode=0o40755, size=4096, mtime_ns=0)
+
+        def children(self):
+            return iter([("..", Leaf()), ("a/b", Leaf()), ("", Leaf()), ("ok", Leaf())])
+
+    tree = GuestTree.__new__(GuestTree)
+    import threading
+    from collections import OrderedDict
+    tree.volume, tree.where, tree.root = None, "d/v", Root()
+    tree._lock, tree._dirs, tree._stats, tree._streams = threading.RLock(), OrderedDict(), {}, OrderedDict()
+    assert [n for n, _ in tree.listdir("")] == ["ok"]
+    (tmp_path / "dest").mkdir()
+    extract(tree, "/", str(tmp_path / "dest" / "out"))
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["dest", "ok", "out"]
