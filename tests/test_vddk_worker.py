@@ -282,3 +282,16 @@ def test_closed_disk_and_connection(iso: vddk.IsolatedLibrary, standin: Standin)
     conn.close()
     conn.close()
     assert [w[0] for w in standin.stat_lines()][-3:] == ["open", "close", "disconnect"]
+
+
+def test_worker_init_failure_is_reported_and_cleaned_up(vddk_libdir: pathlib.Path,
+                                                        standin: Standin,
+                                                        caplog: pytest.LogCaptureFixture) -> None:
+    standin.config.write_text("delay_us=later\n")
+    with caplog.at_level(logging.WARNING, logger="vddk.library"):
+        with pytest.raises(vddk.InvalidArgument) as info:
+            vddk.open_library(vddk_libdir, isolated=True)
+    assert info.value.call == "VixDiskLib_InitEx"
+    assert "delay_us wants a number" in caplog.text
+    with pytest.raises(vddk.LibraryNotFound):
+        vddk.IsolatedLibrary(vddk_libdir / "no-such-library.so")
