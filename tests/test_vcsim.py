@@ -639,6 +639,24 @@ def test_bad_change_ids_are_refused(vcsim: VCSim) -> None:
         assert query(one.backing.changeId) is not None  # the connection is still fine
 
 
+def test_switching_tracking_on_again_resets_it(vcsim: VCSim) -> None:
+    with connected(vcsim) as si:
+        vm = create_vm(si, unique("cbt-reset"), [16 * MiB])
+        wait_task(si, vm.ReconfigVM_Task(spec=vim.vm.ConfigSpec(changeTrackingEnabled=True)))
+        first = take_snapshot(si, vm, "first")
+        [disk] = vm_disks(first.config)
+        old = disk.backing.changeId
+        assert old
+        for on in (False, True):
+            wait_task(si, vm.ReconfigVM_Task(spec=vim.vm.ConfigSpec(changeTrackingEnabled=on)))
+        second = take_snapshot(si, vm, "second")
+        new = snapshot_disk(second, disk.key).backing.changeId
+        assert new.rpartition("/")[0] != old.rpartition("/")[0]
+        with pytest.raises(vim.fault.FileFault):  # a backup then reads the disk in full
+            vm.QueryChangedDiskAreas(snapshot=second, deviceKey=disk.key, startOffset=0, changeId=old)
+        assert changed_areas(vm, second, snapshot_disk(second, disk.key), new)[0] == []
+
+
 def test_query_needs_a_session(vcsim: VCSim) -> None:
     with connected(vcsim) as si:
         vm = create_vm(si, unique("cbt-auth"), [16 * MiB], change_tracking=True)

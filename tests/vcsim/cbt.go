@@ -9,8 +9,9 @@ package main
 // "<descriptor without .vmdk>-ctk.log" beside the descriptor.
 //
 // A change id is "<disk uuid>/<N>": the disk's ddb.uuid (so that an id of
-// another disk, or of a copy, is refused) and N, the byte length of the ctk
-// log when the id was issued. Ids are issued when a snapshot of a VM with
+// another disk, or of a copy, is refused; mixed with a count of how often
+// tracking was switched on again, which resets it) and N, the byte length of
+// the ctk log when the id was issued. Ids are issued when a snapshot of a VM with
 // changeTrackingEnabled is taken, and land on
 // snapshot.config.hardware.device[].backing.changeId (and on the VM's current
 // disks). QueryChangedDiskAreas(snapshot, deviceKey, startOffset, changeId)
@@ -22,6 +23,7 @@ package main
 
 import (
 	"bufio"
+	"crypto/sha1"
 	"errors"
 	"fmt"
 	"io"
@@ -69,7 +71,7 @@ func ctkLogSize(descPath string) (int64, error) {
 
 // issueChangeID returns a change id naming the disk's current position in its ctk log.
 func issueChangeID(descPath string) (string, error) {
-	id, err := diskIdentity(descPath)
+	id, err := trackingIdentity(descPath)
 	if err != nil {
 		return "", err
 	}
@@ -78,6 +80,62 @@ func issueChangeID(descPath string) (string, error) {
 		return "", err
 	}
 	return fmt.Sprintf("%s/%d", id, n), nil
+}
+
+// trackingEpochs counts, per disk, how often tracking was switched on again:
+// as with vCenter, that resets tracking, and the change ids issued before no
+// longer count. (Callers hold frontHandler.mu.)
+var trackingEpochs = map[string]int{}
+
+// trackingIdentity is the part of a disk's change ids before the slash: its
+// ddb.uuid mixed with its tracking epoch, in the same 16-byte notation.
+func trackingIdentity(descPath string) (string, error) {
+	uuid, err := diskIdentity(descPath)
+	if err != nil {
+		return "", err
+	}
+	if epoch := trackingEpochs[descPath]; epoch > 0 {
+		sum := sha1.Sum([]byte(fmt.Sprintf("%s/%d", uuid, epoch)))
+		return formatUUID(sum[:16]), nil
+	}
+	return uuid, nil
+}
+
+// resetTracking starts a new tracking epoch for the disk at datastorePath.
+func resetTracking(datastorePath string) {
+	if p, err := localPath(datastorePath); err == nil {
+		trackingEpochs[p]++
+	}
+}
+
+// trackingOn says whether the VM has changeTrackingEnabled.
+func trackingOn(vmRef types.ManagedObjectReference) bool {
+	vm, ok := simulator.Map.Get(vmRef).(*simulator.VirtualMachine)
+	if !ok {
+		return false
+	}
+	on := false
+	simulator.Map.WithLock(vm, func() {
+		on = vm.Config != nil && vm.Config.ChangeTrackingEnabled != nil && *vm.Config.ChangeTrackingEnabled
+	})
+	return on
+}
+
+// afterTrackingChange resets tracking of the VM's disks when a
+// reconfiguration switched it on.
+func afterTrackingChange(vmRef types.ManagedObjectReference, wasOn bool) {
+	if wasOn || !trackingOn(vmRef) {
+		return
+	}
+	vm, ok := simulator.Map.Get(vmRef).(*simulator.VirtualMachine)
+	if !ok {
+		return
+	}
+	var disks []diskFile
+	simulator.Map.WithLock(vm, func() { disks = vmDisks(vm.Config.Hardware.Device) })
+	for _, d := range disks {
+		resetTracking(d.datastorePath)
+	}
 }
 
 // parseChangeID splits "<uuid>/<N>".

@@ -92,9 +92,14 @@ func setControlFlags(this, datastore types.ManagedObjectReference, id types.ID, 
 		return fault
 	}
 	for _, f := range flags {
-		if f == cbtControlFlag {
-			fcds.setTracked(id.Id, on)
+		if f != cbtControlFlag {
+			continue
 		}
+		if on && !fcds.isTracked(id.Id) {
+			obj, _ := fcdObject(this, datastore, id)
+			resetTracking(fcdFile(obj)) // switched on again: earlier change ids no longer count
+		}
+		fcds.setTracked(id.Id, on)
 	}
 	return nil
 }

@@ -220,8 +220,10 @@ func (h *frontHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			prepareRegister(req)
 		}
 		var disksBefore []int32
+		trackingBefore := false
 		if req, ok := method.Body.(*types.ReconfigVM_Task); ok {
 			disksBefore = vmDiskKeys(req.This)
+			trackingBefore = trackingOn(req.This)
 		}
 		rec := h.forward(r, nil, method.Name)
 		if task := finishedTask(rec); task != nil && task.Info.State == types.TaskInfoStateSuccess {
@@ -242,6 +244,7 @@ func (h *frontHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			case *types.ReconfigVM_Task:
 				recordProfiles(req.This, &req.Spec, disksBefore)
 				applyVMVAppConfig(req.This, &req.Spec)
+				afterTrackingChange(req.This, trackingBefore)
 			}
 			h.mu.Unlock()
 		} else if rec.Code == http.StatusOK && !strings.HasSuffix(method.Name, "_Task") {
