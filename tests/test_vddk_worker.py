@@ -295,3 +295,11 @@ def test_worker_init_failure_is_reported_and_cleaned_up(vddk_libdir: pathlib.Pat
     assert "delay_us wants a number" in caplog.text
     with pytest.raises(vddk.LibraryNotFound):
         vddk.IsolatedLibrary(vddk_libdir / "no-such-library.so")
+
+
+def test_worker_sees_the_library_directory_first(vddk_libdir: pathlib.Path,
+                                                 standin: Standin) -> None:
+    with vddk.open_library(vddk_libdir, isolated=True) as lib:
+        environ = pathlib.Path(f"/proc/{lib.pid}/environ").read_bytes().split(b"\0")
+    paths = [e for e in environ if e.startswith(b"LD_LIBRARY_PATH=")]
+    assert paths and paths[0].split(b"=", 1)[1].split(b":")[0] == bytes(vddk_libdir.resolve())

@@ -133,6 +133,12 @@ class IsolatedLibrary:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (package_root, env.get("PYTHONPATH")) if p)
+        # VDDK 7+ finds its bundled libraries (OpenSSL, libstdc++ ...) only through
+        # LD_LIBRARY_PATH, which the dynamic loader reads once at start: set it for the child.
+        libdir = str(self.path.resolve().parent)
+        if libdir not in env.get("LD_LIBRARY_PATH", "").split(":"):
+            env["LD_LIBRARY_PATH"] = ":".join(
+                p for p in (libdir, env.get("LD_LIBRARY_PATH")) if p)
         try:
             self._proc = subprocess.Popen(
                 [sys.executable, "-c",
