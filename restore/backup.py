@@ -26,7 +26,7 @@ from pyVmomi import vim
 from . import changed, firstclass, metadata as meta
 from .disksource import VSphereDiskSource, clip
 from .session import Session
-from .snapshot import backup_snapshot, enable_change_tracking
+from .snapshot import SNAPSHOT_PREFIX, backup_snapshot, enable_change_tracking, snapshots_of
 from .tasks import properties
 
 DEFAULT_TRANSPORTS = "nbdssl:nbd"
@@ -129,6 +129,13 @@ def backup_vm(session: Session, vm: vim.VirtualMachine, *, provider: VddkProvide
             result.notes.append("changed-block tracking was off: turned on")
             say(f"{name}: changed-block tracking turned on")
 
+    stale = [n for n, _ in snapshots_of(si, vm) if n.startswith(SNAPSHOT_PREFIX)]
+    if stale:
+        # Left by a run that was killed (kill -9, a crash); another run may be using one right
+        # now, so they are reported, not removed.
+        result.notes.append(f"snapshot(s) {', '.join(stale)} were left by an earlier repofs run; "
+                            "if no backup of this VM is running, remove them (they grow with every write)")
+        say(f"{name}: {result.notes[-1]}")
     with backup_snapshot(si, vm, quiesce=quiesce, on_event=say) as snap:
         result.snapshot = snap.name
         result.notes.extend(snap.notes)
