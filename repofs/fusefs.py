@@ -54,7 +54,7 @@ class MountSettings:
     io_timeout: float = 30.0          # seconds a read may wait for storage before EIO
     refresh_interval: float = 1.0     # at most one re-read of the generation list per interval
     readahead_chunks: int = 8         # chunks prefetched ahead of a sequential reader
-    readahead_threads: int = 0        # 0: one per core (at least 2)
+    readahead_threads: int = 0         # 0: two per core, at least 4 (fetches wait on I/O too)
     read_threads: int = 16            # concurrent storage reads for requests
     direct_io: bool = True            # flat files bypass the page cache (see docs/mount.md)
 
@@ -125,7 +125,7 @@ class RepofsOperations(pyfuse3.Operations):
         self._refresh_lock = trio.Lock()
         self._read_limiter = trio.CapacityLimiter(self.settings.read_threads)
         self._ra_limiter = trio.CapacityLimiter(
-            self.settings.readahead_threads or max(2, os.cpu_count() or 2))
+            self.settings.readahead_threads or max(4, 2 * (os.cpu_count() or 2)))
         self._ra_inflight: set[tuple[int, int]] = set()
         self._reported: set[tuple[str, str, int]] = set()
         self._nursery: trio.Nursery | None = None

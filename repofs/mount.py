@@ -10,6 +10,8 @@ kernel mount and the start of the serving loop (nobody would answer).
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import logging.handlers
 import os
@@ -109,6 +111,7 @@ def run(view: RepositoryView, req: MountRequest) -> None:
     """Mount ``view`` at ``req.mountpoint`` and serve until unmounted or signalled.
     In the background mode the calling process exits (status 0) once the mount is up."""
     mountpoint = check_mountpoint(req.mountpoint)
+    _limit_malloc_arenas()
     ops = RepofsOperations(view, req.settings)
     options = set(pyfuse3.default_options) | {"ro", f"fsname={req.fsname}", "subtype=repofs"}
     options |= set(req.fuse_options)
@@ -157,6 +160,18 @@ async def _tune_read_ahead(mountpoint: str, kb: int) -> None:
         await trio.to_thread.run_sync(tune)
     except OSError as e:
         log.debug("cannot set read_ahead_kb: %s", e)
+
+
+def _limit_malloc_arenas(arenas: int = 2) -> None:
+    """Chunks (1 MiB) are allocated by worker threads and freed wherever they are evicted;
+    with glibc's default of 8 arenas per core the freed space scatters and resident memory
+    settled ~100-200 MiB above the cache size (measured: 256M cache, 3 GiB streamed: peak
+    RSS 496 MiB; with MALLOC_ARENA_MAX=2, 387 MiB). Must run before any thread starts."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(-8, arenas)  # M_ARENA_MAX
+    except (OSError, AttributeError):
+        pass
 
 
 def _daemonize() -> None:
