@@ -184,6 +184,9 @@ def mount(dir_: str, *, gen_dir: str | None = None, repo: str | None = None,
     except BaseException:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):   # a second Ctrl-C must
             signal.signal(sig, signal.SIG_IGN)                      # not cut the teardown
+        for proc in list(_STARTING):      # a reader still starting would mount after teardown
+            proc.communicate()
+            _STARTING.remove(proc)
         for problem in teardown(state):
             sys.stderr.write(f"repofs: warning: {problem} (state kept: run 'repofs files umount {dir_}')\n")
         raise
@@ -233,25 +236,51 @@ def _attach_all(state: State, gen_dir: str, report) -> list[Placed]:
             d.close()
 
 
+@dataclass
+class _Pending:
+    """A rootless reader being started (they start in parallel: each is a Python process)."""
+    proc: subprocess.Popen
+    volume: Volume
+    where: str
+    why_not_kernel: str
+
+
+_STARTING: list[subprocess.Popen] = []      # waited for before any teardown: no late mounts
+
+
 def _attach_disks(state: State, gen, gen_dir: str, report) -> list[Placed]:
     guest = GuestGeneration(gen)
     flats = {d.label: d.path for d in gen.disks}
     have = kernel_filesystems()
-    placed: list[Placed] = []
+    results: list[Placed | _Pending] = []
     for label in guest.disk_labels():
         try:
             volumes = guest.volumes(label)
         except PartitionTableDamaged as e:
-            volumes, damaged = [], Placed(label, "-", None, "skipped", None, str(e))
-            placed.append(damaged)
-            if report:
-                report(damaged)
+            results.append(Placed(label, "-", None, "skipped", None, str(e)))
+            continue
         for v in volumes:
-            p = _attach_one(state, guest, flats, v, have, gen_dir)
-            placed.append(p)
-            if report:
-                report(p)
+            results.append(_attach_one(state, guest, flats, v, have, gen_dir))
+    placed = [_settle(state, r) if isinstance(r, _Pending) else r for r in results]
+    if report:
+        for p in placed:
+            report(p)
     return placed
+
+
+def _settle(state: State, pending: _Pending) -> Placed:
+    v = pending.volume
+    with _Signals.step():
+        _, err = pending.proc.communicate()
+        _STARTING.remove(pending.proc)
+        if pending.proc.returncode == 0:
+            return Placed(v.disk, v.name, v.fstype, "rootless", pending.where, pending.why_not_kernel)
+        state.mounts.remove(pending.where)
+        state.save()
+    text = err.strip().splitlines()
+    why = text[-1].removeprefix("repofs: error: ") if text else f"exit {pending.proc.returncode}"
+    return Placed(v.disk, v.name, v.fstype, "skipped", None,
+                  f"{pending.why_not_kernel}; the rootless reader failed too ({why})")
 
 
 def _mkdirs(state: State, path: str) -> None:
@@ -267,7 +296,7 @@ def _mkdirs(state: State, path: str) -> None:
 
 
 def _attach_one(state: State, guest: GuestGeneration, flats: dict[str, str], v: Volume,
-                have: set[str], gen_dir: str) -> Placed:
+                have: set[str], gen_dir: str) -> "Placed | _Pending":
     def done(how: str, where: str | None, detail: str) -> Placed:
         return Placed(v.disk, v.name, v.fstype, how, where, detail)
 
@@ -309,17 +338,15 @@ def _attach_one(state: State, guest: GuestGeneration, flats: dict[str, str], v: 
                 state.save()
         if why_not_kernel is None:
             return done("kernel", where, f"{loop}, {ktype} -o {opts}")
-    # the rootless reader, as a small FUSE file system of its own
+    # the rootless reader, as a small FUSE file system of its own; it detaches once mounted
     with _Signals.step():
         state.mounts.append(where)      # recorded first: a crash right after leaves no orphan
         state.save()
-        try:
-            _run(sys.executable, "-m", "repofs.guestfuse", gen_dir, f"{v.disk}/{v.name}", where)
-        except LoopMountError as e:
-            state.mounts.remove(where)
-            state.save()
-            return done("skipped", None, f"{why_not_kernel}; the rootless reader failed too ({e})")
-    return done("rootless", where, why_not_kernel or "")
+        proc = subprocess.Popen([sys.executable, "-m", "repofs.guestfuse", gen_dir, f"{v.disk}/{v.name}", where],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                text=True)
+        _STARTING.append(proc)
+    return _Pending(proc, v, where, why_not_kernel or "")
 
 
 def teardown(state: State) -> list[str]:
