@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -79,13 +80,16 @@ def split_options(values: list[str]) -> tuple[list[str], dict[str, str]]:
 def check_mountpoint(path: str) -> str:
     real = os.path.realpath(path)
     try:
-        if not os.path.isdir(real):
-            raise MountError(f"mount point {path} is not a directory")
-        if os.path.ismount(real):
-            raise MountError(f"{path} is already a mount point")
+        st = os.stat(real)
+    except FileNotFoundError:
+        raise MountError(f"mount point {path} is not a directory (it does not exist)") from None
     except OSError as e:  # ENOTCONN: a FUSE mount whose process died
         raise MountError(f"mount point {path}: {e.strerror} (a stale mount? run "
                          f"'repofs umount {path}')") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise MountError(f"mount point {path} is not a directory")
+    if is_mounted(real):
+        raise MountError(f"{path} is already a mount point")
     return real
 
 

@@ -290,3 +290,17 @@ def test_signal_unmounts_cleanly(mount_source: MountSource, tmp_path: Path, sig:
         assert m.proc.wait(timeout=15) == 0, m.log()
         assert not is_mounted(m.path)
     assert "Traceback" not in m.log()
+
+
+def test_a_killed_mount_is_reported_and_can_be_unmounted(mount_source: MountSource, tmp_path: Path) -> None:
+    with mounted(mount_source, tmp_path / "mnt") as m:
+        m.proc.kill()
+        m.proc.wait(timeout=15)
+        with pytest.raises(OSError) as e:
+            os.listdir(m.path)
+        assert e.value.errno == errno.ENOTCONN
+        done = _run_cli(mount_source, "mount", str(mount_source.repo), str(m.path))
+        assert done.returncode == 1 and "stale mount" in done.stderr, done.stderr
+        done = _run_cli(mount_source, "umount", str(m.path))
+        assert done.returncode == 0, done.stderr
+        assert not is_mounted(m.path)
