@@ -283,7 +283,7 @@ def _partition_table(disk: DiskReader, fh: DiskStream) -> list[Volume]:
         raw = getattr(p, "raw", None)
         if raw is not None and hasattr(raw, "last_lba"):
             # GPT's last LBA is inclusive; dissect.volume 3.18 leaves the last sector out
-            p.size = (raw.last_lba - raw.first_lba + 1) * fh_sector(table)
+            p.size = (raw.last_lba - raw.first_lba + 1) * _sector_size(table)
         if p.offset + p.size > disk.capacity:
             raise PartitionTableDamaged(
                 f"disk {disk.label}: partition {p.number} ends at byte {p.offset + p.size}, "
@@ -317,7 +317,7 @@ def _mbr_numbers(head: bytes, table) -> dict[int, int]:
     return numbers
 
 
-def fh_sector(table) -> int:
+def _sector_size(table) -> int:
     return getattr(table, "sector_size", 512)
 
 
