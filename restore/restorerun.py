@@ -41,28 +41,38 @@ def run(targets: list[tuple[str, Callable[[], GenerationSource]]], options: Rest
     credentials = resolve_credentials(session_options.server, session_options.user,
                                       session_options.password_file)
     outcomes: list[Outcome] = []
+    provider = None if options.dry_run else VddkProvider(session_options.vddk_libdir,
+                                                         isolated=session_options.vddk_isolated)
+    if provider is not None:
+        provider.start()  # loads VixDiskLib (spawns its worker) while we log in and plan
+    try:
+        _run(targets, options, session_options, credentials, provider, outcomes, on_event,
+             on_progress, on_outcome)
+    finally:
+        if provider is not None:
+            provider.close()
+    return outcomes
+
+
+def _run(targets: list[tuple[str, Callable[[], GenerationSource]]], options: RestoreOptions,
+         session_options: Options, credentials: Any, provider: VddkProvider | None,
+         outcomes: list[Outcome], on_event: Say | None, on_progress: Progress | None,
+         on_outcome: Callable[[Outcome], None] | None) -> None:
     with Session.login(credentials, thumbprint=session_options.thumbprint,
                        insecure=session_options.insecure, ca_file=session_options.ca_file) as session:
-        provider = None if options.dry_run else VddkProvider(session_options.vddk_libdir,
-                                                             isolated=session_options.vddk_isolated)
-        try:
-            for target, load in targets:
-                outcome = Outcome(target)
-                try:
-                    source = load()
-                    outcome.result = restore_vm(session, source, options, provider=provider,
-                                                on_event=on_event, on_progress=on_progress)
-                except (vddk.LibraryNotFound, vddk.MissingSymbol):
-                    raise  # no VM can be written: stop the command
-                except Exception as e:
-                    outcome.error = e
-                outcomes.append(outcome)
-                if on_outcome:
-                    on_outcome(outcome)
-        finally:
-            if provider is not None:
-                provider.close()
-    return outcomes
+        for target, load in targets:
+            outcome = Outcome(target)
+            try:
+                source = load()
+                outcome.result = restore_vm(session, source, options, provider=provider,
+                                            on_event=on_event, on_progress=on_progress)
+            except (vddk.LibraryNotFound, vddk.MissingSymbol):
+                raise  # no VM can be written: stop the command
+            except Exception as e:
+                outcome.error = e
+            outcomes.append(outcome)
+            if on_outcome:
+                on_outcome(outcome)
 
 
 def _size(n: int) -> str:
