@@ -16,6 +16,7 @@ read-ahead of each source goes (the ingest takes them in turn).
 """
 from __future__ import annotations
 
+import signal
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -39,7 +40,12 @@ Previous = Callable[[str], dict[str, dict[str, Any]]]
 class VddkProvider:
     """VixDiskLib, loaded on first use (or ahead, in a thread, with ``start()``, so that
     loading it — spawning the worker process — overlaps the login and the snapshot);
-    ``close()`` exits it."""
+    ``close()`` exits it.
+
+    It is always loaded from a thread that blocks SIGINT and SIGTERM: the worker process (and
+    VixDiskLib's own threads) inherit that mask, so a Ctrl-C at the terminal, which reaches the
+    whole process group, interrupts only us — and we still need the worker to close the disks
+    in order before the snapshot is removed."""
 
     def __init__(self, libdir: str | None, *, isolated: bool) -> None:
         self.libdir = libdir
@@ -49,22 +55,22 @@ class VddkProvider:
         self._thread: threading.Thread | None = None
 
     def _load(self) -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         try:
             self._lib = vddk.open_library(self.libdir, isolated=self.isolated)
         except BaseException as e:  # raised by get(), in the caller's thread
             self._error = e
 
     def start(self) -> None:
-        if self._thread is None and self._lib is None:
+        if self._thread is None and self._lib is None and self._error is None:
             self._thread = threading.Thread(target=self._load, name="vddk-load", daemon=True)
             self._thread.start()
 
     def get(self) -> Any:
+        self.start()
         if self._thread is not None:
             self._thread.join()
             self._thread = None
-        elif self._lib is None and self._error is None:
-            self._load()
         if self._error is not None:
             error, self._error = self._error, None
             raise error

@@ -226,8 +226,9 @@ class Session:
         conn = http.client.HTTPSConnection(self.host, self.port, context=self.context,
                                            timeout=timeout)
         try:
-            conn.request("GET", path_and_query,
-                         headers={"Cookie": getattr(self.si._stub, "cookie", "") or ""})
+            # pyVmomi keeps the Set-Cookie value; a Cookie header carries only "name=value".
+            cookie = (getattr(self.si._stub, "cookie", "") or "").split(";", 1)[0].strip()
+            conn.request("GET", path_and_query, headers={"Cookie": cookie} if cookie else {})
             resp = conn.getresponse()
             body = resp.read()
             if resp.status != 200:

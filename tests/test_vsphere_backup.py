@@ -7,6 +7,7 @@ VDDK binding and the stand-in, whose datastores are the simulator's folders.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -209,21 +210,29 @@ def test_snapshot_removed_after_a_vddk_fault(vsphere: VSphereBed) -> None:
     assert generations(vsphere, name) == []
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_snapshot_removed_after_an_interrupt(vsphere: VSphereBed, signum: int) -> None:
+@pytest.mark.parametrize("signum, group", [(signal.SIGINT, False), (signal.SIGTERM, False),
+                                           (signal.SIGINT, True)],
+                         ids=["sigint", "sigterm", "ctrl-c-to-the-process-group"])
+def test_snapshot_removed_after_an_interrupt(vsphere: VSphereBed, signum: int, group: bool) -> None:
+    """SIGINT/SIGTERM to the CLI, and Ctrl-C at a terminal, which reaches the VDDK worker
+    process too (it must not die before the disks are closed in order)."""
     name = unique("signal")
     vsphere.create_vm(name, [32 * MiB], change_tracking=True)
     vsphere.write(vsphere.disk_path(name), [(o, b"y" * MiB) for o in range(0, 32 * MiB, MiB)])
     vsphere.configure(delay_us=200_000)  # 0.2 s per read: the backup takes seconds
     proc = subprocess.Popen(vsphere.command(f"vm:{name}"), env=vsphere.env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+                            stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+                            start_new_session=group)
     try:
         deadline = time.monotonic() + 60
         while not vsphere.reads() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
         assert vsphere.reads(), "the backup never started reading"
         assert vsphere.snapshots(name), "no snapshot while reading"
-        proc.send_signal(signum)
+        if group:
+            os.killpg(proc.pid, signum)
+        else:
+            proc.send_signal(signum)
         _, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
@@ -231,7 +240,7 @@ def test_snapshot_removed_after_an_interrupt(vsphere: VSphereBed, signum: int) -
             proc.wait()
     assert proc.returncode == 130, err
     assert "interrupted; the backup snapshot was removed" in err
-    assert "Traceback" not in err and "Exception ignored" not in err
+    assert "Traceback" not in err and "Exception ignored" not in err and "worker" not in err
     assert vsphere.snapshots(name) == []
     assert generations(vsphere, name) == []
 
