@@ -77,7 +77,7 @@ class RestoreBed:
             except LookupError:
                 return None
             p = get_properties(si, vm, ["config", "runtime.powerState", "snapshot", "parent",
-                                        "resourcePool"])
+                                        "resourcePool", "runtime.host"])
             config = p["config"]
             devices = list(config.hardware.device)
             return {"moref": vm._moId, "config": config, "devices": devices,
@@ -85,6 +85,8 @@ class RestoreBed:
                     "snapshots": p.get("snapshot"),
                     "folder": get_properties(si, p["parent"], ["name"]).get("name"),
                     "pool": get_properties(si, p["resourcePool"], ["name"]).get("name"),
+                    "host": get_properties(si, p["runtime.host"], ["name"]).get("name")
+                    if p.get("runtime.host") is not None else None,
                     "disks": [d for d in devices if isinstance(d, vim.vm.device.VirtualDisk)],
                     "nics": [d for d in devices if isinstance(d, vim.vm.device.VirtualEthernetCard)],
                     "controllers": [d for d in devices if isinstance(d, vim.vm.device.VirtualSCSIController)]}

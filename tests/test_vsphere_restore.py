@@ -67,7 +67,9 @@ def test_restore_to_a_new_name(restore_bed: RestoreBed) -> None:
 def test_two_vms_in_one_command_default_names(restore_bed: RestoreBed) -> None:
     a = restore_bed.backed_up("rs-two-a", disks=(4 * MiB,), pieces={0: [(0, b"a" * 65536)]})
     b = restore_bed.backed_up("rs-two-b", disks=(4 * MiB,), pieces={0: [(MiB, b"b" * 65536)]})
-    restore_bed.restore(f"vm:{a.vm}", f"vm:{b.vm}", "--power-on")
+    # A VM that cannot be restored does not stop the others; the exit status tells.
+    proc = restore_bed.restore(f"vm:{a.vm}", "vm:no-such-vm", f"vm:{b.vm}", "--power-on", check=False)
+    assert proc.returncode == 1 and "vm:no-such-vm: FAILED" in proc.stderr
     for backup in (a, b):
         info = restore_bed.vm(f"{backup.vm}-restored-{backup.generation}")
         assert info is not None and info["power"] == "poweredOn"
@@ -216,3 +218,56 @@ def test_restore_from_a_mounted_generation_folder(restore_bed: RestoreBed, tmp_p
     assert info is not None
     for unit, disk in disks_by_unit(info).items():
         assert restore_bed.same_disk(disk.backing.fileName, b.raws[f"scsi0-{unit}"])
+
+
+def _move_into_new_folder_and_pool(restore_bed: RestoreBed, vm_name: str, folder: str, pool: str) -> None:
+    from fixtures_vcsim import connected, find_by_name, wait_task
+    with connected(restore_bed.vcsim) as si:
+        vm = find_by_name(si, vim.VirtualMachine, vm_name)
+        dc = find_by_name(si, vim.Datacenter, "DC0")
+        f = dc.vmFolder.CreateFolder(folder)
+        wait_task(si, f.MoveIntoFolder_Task([vm]))
+        root = find_by_name(si, vim.ClusterComputeResource, "DC0_C0").resourcePool
+        alloc = vim.ResourceAllocationInfo(reservation=0, limit=-1, expandableReservation=True,
+                                           shares=vim.SharesInfo(level="normal", shares=0))
+        p = root.CreateResourcePool(pool, vim.ResourceConfigSpec(cpuAllocation=alloc, memoryAllocation=alloc))
+        # (the simulator has no MoveIntoResourcePool; a relocation to the pool does it)
+        wait_task(si, vm.RelocateVM_Task(spec=vim.vm.RelocateSpec(pool=p)))
+
+
+def _remove_folder_and_pool(restore_bed: RestoreBed, vm_name: str, folder: str, pool: str) -> None:
+    from fixtures_vcsim import connected, find_by_name, wait_task
+    with connected(restore_bed.vcsim) as si:
+        vm = find_by_name(si, vim.VirtualMachine, vm_name)
+        dc = find_by_name(si, vim.Datacenter, "DC0")
+        root = find_by_name(si, vim.ClusterComputeResource, "DC0_C0").resourcePool
+        wait_task(si, dc.vmFolder.MoveIntoFolder_Task([vm]))
+        wait_task(si, vm.RelocateVM_Task(spec=vim.vm.RelocateSpec(pool=root)))
+        wait_task(si, find_by_name(si, vim.Folder, folder).Destroy_Task())
+        wait_task(si, find_by_name(si, vim.ResourcePool, pool).Destroy_Task())
+        wait_task(si, vm.Destroy_Task())
+
+
+def test_missing_folder_and_resource_pool_are_recreated_and_undone_on_failure(restore_bed: RestoreBed) -> None:
+    b = restore_bed.backed_up("rs-place", disks=(4 * MiB,), pieces={0: [(0, b"p" * 2 * MiB)]})
+    folder, pool = unique("rs-folder"), unique("rs-pool")
+    _move_into_new_folder_and_pool(restore_bed, b.vm, folder, pool)
+    restore_bed.bed.backup(f"vm:{b.vm}")  # this generation remembers the folder and the pool
+    _remove_folder_and_pool(restore_bed, b.vm, folder, pool)
+    dry = restore_bed.restore(f"vm:{b.vm}", "--dry-run")
+    assert f"to create: {folder}" in dry.stdout and f"to create: {pool}" in dry.stdout
+    # A failure removes what the restore created, folder and pool included.
+    before = restore_bed.inventory()
+    restore_bed.bed.configure(fail_write_after=0)
+    try:
+        failed = restore_bed.restore(f"vm:{b.vm}", check=False)
+    finally:
+        restore_bed.bed.configure()
+    assert failed.returncode == VDDK_EXIT and "write the disks" in failed.stderr
+    assert restore_bed.inventory() == before
+    # Then for real: the VM lands in a new folder and pool of the saved names.
+    name = unique("rs-place-copy")
+    restore_bed.restore(f"vm:{b.vm}", "--name", name, "--host", "DC0_C0_H1")
+    info = restore_bed.vm(name)
+    assert info["folder"] == folder and info["pool"] == pool and info["host"] == "DC0_C0_H1"
+    assert restore_bed.same_disk(info["disks"][0].backing.fileName, b.raws["scsi0-0"])
