@@ -176,17 +176,22 @@ _BY_CODE: dict[int, type[VddkError]] = {
 }
 
 
-def error_from_code(code: int, text: str, call: str | None = None) -> VddkError:
-    """The exception for a VixError code (low 16 bits), of the class that names its cause."""
-    cls = _BY_CODE.get(code, VddkError)
+def make_error(cls: type[VddkError], code: int, text: str, call: str | None) -> VddkError:
+    """An instance of ``cls`` with exactly this code and text (bypassing the convenience
+    constructors of subclasses such as ``MissingSymbol``)."""
     error = VddkError.__new__(cls)
     VddkError.__init__(error, code, text, call)
     return error
 
 
-def error_class(name: str) -> type[VddkError]:
-    """An error class by name (the worker process sends errors across by name)."""
+def error_from_code(code: int, text: str, call: str | None = None) -> VddkError:
+    """The exception for a VixError code (low 16 bits), of the class that names its cause."""
+    return make_error(_BY_CODE.get(code, VddkError), code, text, call)
+
+
+def error_by_name(name: str, code: int, text: str, call: str | None) -> VddkError:
+    """Rebuild an error sent across by class name (from the worker process)."""
     cls = globals().get(name)
-    if isinstance(cls, type) and issubclass(cls, VddkError):
-        return cls
-    return VddkError
+    if not (isinstance(cls, type) and issubclass(cls, VddkError)):
+        cls = VddkError
+    return make_error(cls, code, text, call)

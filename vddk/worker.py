@@ -39,7 +39,7 @@ import cffi
 
 from vddk.disk import DiskInfo
 from vddk.errors import (
-    VIX_E_INVALID_ARG, InvalidArgument, VddkError, WorkerFailed, error_class,
+    VIX_E_INVALID_ARG, InvalidArgument, VddkError, WorkerFailed, error_by_name,
 )
 from vddk.library import load
 from vddk.params import ConnectParams
@@ -112,10 +112,7 @@ def _raise_reply(reply: tuple[Any, ...]) -> Any:
     if reply[0] == "ok":
         return reply[1]
     _tag, name, code, text, call = reply
-    cls = error_class(name)
-    error = VddkError.__new__(cls)
-    VddkError.__init__(error, code, text, call)
-    raise error
+    raise error_by_name(name, code, text, call)
 
 
 # ---- the parent's side ---------------------------------------------------------------------

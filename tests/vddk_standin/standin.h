@@ -147,14 +147,13 @@ struct standin_config {
 };
 
 struct descriptor {
-    char *text_before_ddb;     /* not used for rewriting; we regenerate */
     uint64_t sectors;
     uint64_t extent_offset;    /* sectors into the flat file */
     char *flat_name;
     int n_meta;
     char *meta_key[MAX_META];
     char *meta_val[MAX_META];
-    char *header;              /* everything up to the DDB, verbatim */
+    char *header;              /* everything before the first ddb.* line, verbatim */
 };
 
 extern struct standin_config standin_cfg;
