@@ -249,7 +249,10 @@ func renderVMX(vm *simulator.VirtualMachine) string {
 			case "manual":
 				l.set(key+".addressType", "static")
 				l.set(key+".address", "%s", e.MacAddress)
-			default:
+			case "generated": // by the host
+				l.set(key+".addressType", "generated")
+				l.set(key+".generatedAddress", "%s", e.MacAddress)
+			default: // "assigned": by vCenter
 				l.set(key+".addressType", "vpx")
 				l.set(key+".generatedAddress", "%s", e.MacAddress)
 			}
