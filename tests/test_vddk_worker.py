@@ -303,3 +303,15 @@ def test_worker_sees_the_library_directory_first(vddk_libdir: pathlib.Path,
         environ = pathlib.Path(f"/proc/{lib.pid}/environ").read_bytes().split(b"\0")
     paths = [e for e in environ if e.startswith(b"LD_LIBRARY_PATH=")]
     assert paths and paths[0].split(b"=", 1)[1].split(b":")[0] == bytes(vddk_libdir.resolve())
+
+
+def test_worker_stderr_is_relayed_and_masked(vddk_libdir: pathlib.Path, standin: Standin,
+                                            caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="vddk.worker"):
+        with vddk.open_library(vddk_libdir, isolated=True) as lib:
+            lib.connect(standin.params()).close()
+            # What a library printing on its own would look like, written in the worker.
+            pathlib.Path(f"/proc/{lib.pid}/fd/2").write_text(
+                f"chatty library: password={standin.settings['password']}\n")
+    assert "worker: chatty library: password=***" in caplog.text
+    assert str(standin.settings["password"]) not in caplog.text

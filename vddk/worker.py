@@ -42,6 +42,7 @@ from vddk.errors import (
     VIX_E_INVALID_ARG, InvalidArgument, VddkError, WorkerFailed, error_by_name,
 )
 from vddk.library import load
+from vddk.logbridge import forget_secrets, register_secret, scrub
 from vddk.params import ConnectParams
 from vddk.session import Library
 
@@ -167,15 +168,19 @@ class IsolatedLibrary:
             if line.startswith(_LOG_TAG):
                 try:
                     level, name, message = json.loads(line[len(_LOG_TAG):])
-                    logging.getLogger(name).log(level, "%s", message)
+                    logging.getLogger(name).log(level, "%s", scrub(message))
                     continue
                 except ValueError:
                     pass
-            if line:
-                logger.warning("worker: %s", line)
+            if line:  # e.g. the library printing on its own: masked like its log messages
+                logger.warning("worker: %s", scrub(line))
 
     def _call(self, op: str, *args: Any, fds: tuple[int, ...] = ()) -> Any:
         """One request on the control channel."""
+        for arg in args:
+            if isinstance(arg, ConnectParams):
+                register_secret(arg.password)
+                register_secret(arg.cookie)
         with self._lock:
             if not self._open:
                 raise WorkerFailed("the isolated library has been closed")
@@ -251,6 +256,7 @@ class IsolatedLibrary:
         self._stderr.join()
         assert self._proc.stderr is not None
         self._proc.stderr.close()
+        forget_secrets()
 
     def __enter__(self) -> IsolatedLibrary:
         return self
