@@ -516,9 +516,16 @@ class IsolatedDisk:
         return size
 
     def read(self, offset: int, size: int) -> bytes:
-        buf = bytearray(size)
-        self.read_into(offset, buf)
-        return bytes(buf)
+        """``size`` bytes at ``offset``; up to one slot, copied once (from the shared area)."""
+        if self.readahead or not 0 < size <= self._slot:
+            buf = bytearray(size)
+            self.read_into(offset, buf)
+            return bytes(buf)
+        with self._lock:
+            self._settle()
+            self._send("read", offset, size, 0)
+            _raise_reply(self._recv())
+            return bytes(self._view[:size])
 
     def flush(self) -> None:
         self._rpc("flush")
