@@ -32,6 +32,8 @@ from __future__ import annotations
 import base64
 import contextlib
 import posixpath
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
@@ -127,7 +129,8 @@ class _Restore:
             self._steps()
         except BaseException as e:
             error = e if isinstance(e, RestoreError) else None
-            done, left = self._rollback()
+            with _sigint_held():  # a second Ctrl-C must not cut the undo short
+                done, left = self._rollback()
             if error is not None:
                 error.rolled_back, error.leftovers = done, left
             else:
@@ -164,7 +167,7 @@ class _Restore:
                 self._write(lib, params, jobs)
             except BaseException as e:
                 try:
-                    with self.step("end access"):
+                    with _sigint_held(), self.step("end access"):
                         lib.end_access(params, IDENTITY)
                 except RestoreError as end:
                     e.add_note(str(end))
@@ -393,6 +396,19 @@ class _Restore:
             if "FileNotFound" in type(getattr(e, "fault", e)).__name__ or "FileNotFound" in str(e):
                 return
             raise
+
+
+@contextlib.contextmanager
+def _sigint_held() -> Iterator[None]:
+    """Ignore SIGINT for the block (main thread only): the error on its way out wins anyway."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: None)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _dirs_of(vmx_path: str | None, devices: list[Any]) -> set[tuple[str, str]]:

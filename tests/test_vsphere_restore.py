@@ -271,3 +271,48 @@ def test_missing_folder_and_resource_pool_are_recreated_and_undone_on_failure(re
     info = restore_bed.vm(name)
     assert info["folder"] == folder and info["pool"] == pool and info["host"] == "DC0_C0_H1"
     assert restore_bed.same_disk(info["disks"][0].backing.fileName, b.raws["scsi0-0"])
+
+
+def test_storage_profile(restore_bed: RestoreBed) -> None:
+    b = restore_bed.backed_up("rs-prof", disks=(4 * MiB,), pieces={0: [(0, b"s" * 4096)]})
+    missing = restore_bed.restore(f"vm:{b.vm}", "--storage-profile", "No Such Policy", check=False)
+    assert missing.returncode == NOT_FOUND_EXIT and "No Such Policy" in missing.stderr
+    assert "VVol No Requirements Policy" in missing.stderr  # the ones that exist are named
+    name = unique("rs-prof-copy")
+    proc = restore_bed.restore(f"vm:{b.vm}", "--name", name, "--storage-profile", "VVol No Requirements Policy")
+    assert restore_bed.vm(name) is not None, proc.stdout
+    dry = restore_bed.restore(f"vm:{b.vm}", "--dry-run", "--storage-profile", "VVol No Requirements Policy")
+    assert "profile VVol No Requirements Policy" in dry.stdout
+
+
+def test_interrupt_during_the_writes_undoes_everything(restore_bed: RestoreBed) -> None:
+    import signal
+    import time
+    b = restore_bed.backed_up("rs-int")
+    before = restore_bed.inventory()
+    restore_bed.bed.configure(delay_us=100_000)  # every VDDK call takes 0.1 s: time to interrupt
+    name = unique("rs-int-copy")
+    cmd = restore_bed.bed.command(f"vm:{b.vm}", "--name", name, "--threads", "1")
+    cmd[cmd.index("backup")] = "restore"
+    start = len(restore_bed.bed.stats.read_text().splitlines())
+    proc = subprocess.Popen(cmd, env=restore_bed.bed.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            lines = restore_bed.bed.stats.read_text().splitlines()[start:]
+            if any(line.startswith("write ") for line in lines):
+                break
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        restore_bed.bed.configure()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, err
+    assert restore_bed.vm(name) is None
+    assert restore_bed.inventory() == before
+    lines = restore_bed.bed.stats.read_text().splitlines()[start:]
+    assert any(line.startswith("end ") for line in lines)
