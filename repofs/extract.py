@@ -1,7 +1,7 @@
 """Copy guest files out of a generation onto the local filesystem, like ``cp -a``.
 
-Names, permission bits, modification and access times and symbolic links are kept (owners too
-when running as root); directories recurse; all-zero blocks are skipped so sparse files stay
+Names, permission bits, modification and access times, symbolic links and hard links (within
+what is extracted) are kept, owners too when running as root; directories recurse; all-zero blocks are skipped so sparse files stay
 sparse; nothing existing is overwritten unless ``force``. Device nodes, FIFOs and sockets are
 skipped and counted. Progress goes to a ``Progress`` callable (bytes of file data).
 """
@@ -68,6 +68,7 @@ class _Copier:
         self.src, self.report, self.force = src, report, force
         self.progress, self.total = progress, total
         self.as_root = os.geteuid() == 0
+        self.linked: dict[int, str] = {}      # guest inode -> first copy, to keep hard links
 
     def copy(self, path: str, s: GuestStat, target: str) -> None:
         if s.is_dir:
@@ -101,6 +102,13 @@ class _Copier:
 
     def _file(self, path: str, s: GuestStat, target: str) -> None:
         self._remove(target)
+        if s.nlink > 1 and s.ino:
+            first = self.linked.get(s.ino)
+            if first is not None:
+                os.link(first, target)      # a hard link in the guest stays one
+                self.report.files += 1
+                return
+            self.linked[s.ino] = target
         handle = self.src.open(path)
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:

@@ -53,6 +53,7 @@ class Tree:
     """What a guest filesystem should hold: path -> bytes, symlinks, modes, mtimes."""
     files: dict[str, bytes] = field(default_factory=dict)
     links: dict[str, str] = field(default_factory=dict)
+    hardlinks: dict[str, str] = field(default_factory=dict)  # new name -> existing file
     dirs: list[str] = field(default_factory=list)
     modes: dict[str, int] = field(default_factory=dict)
     mtimes: dict[str, int] = field(default_factory=dict)    # seconds
@@ -89,6 +90,7 @@ def make_tree(seed: int, *, symlinks: bool = True, sparse: bool = True, big: int
         t.files["sparse.img"] = bytes(data)
         t.sparse["sparse.img"] = runs
     if symlinks:
+        t.hardlinks["hard link to secret"] = "secret"
         t.links["rel-link"] = "hello.txt"
         t.links["abs-link"] = "/café/naïve ✓.txt"
         t.links["dir-link"] = "deep/d1"
@@ -116,6 +118,8 @@ def write_tree(tree: Tree, root: Path) -> None:
         os.chmod(f, tree.modes.get(p, 0o644))
     for p, target in tree.links.items():
         os.symlink(target, root / p)
+    for p, existing in tree.hardlinks.items():
+        os.link(root / existing, root / p)
     for p in sorted(tree.mtimes, key=lambda p: -p.count("/")):
         os.utime(root / p, (tree.mtimes[p], tree.mtimes[p]))
     for p in tree.links:
@@ -510,6 +514,8 @@ def expected(tree: Tree, posix: bool = True) -> dict[str, tuple]:
         out[d] = ("dir", None, tree.mtimes[d])
     for p, target in tree.links.items():
         out[p] = ("link", target)
+    for p, existing in tree.hardlinks.items():
+        out[p] = out[existing]
     if not posix:
         out = {p: (v[0], None, *v[2:]) if v[0] != "link" else v for p, v in out.items()}
     return out

@@ -150,6 +150,7 @@ def test_cli_get_keeps_names_modes_times_symlinks_and_holes(cli, guest_images, t
     r.run("files", "get", "vm:guest:gpt_ext4/p1", str(tmp_path))
     got = tmp_path / "p1"
     same(snapshot_local(got), expected(guest_images.tree))
+    assert (got / "secret").stat().st_ino == (got / "hard link to secret").stat().st_ino
     sparse = (got / "sparse.img").stat()
     assert sparse.st_blocks * 512 < sparse.st_size // 2          # holes stayed holes
     # refuses to overwrite, then --force does
