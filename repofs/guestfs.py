@@ -619,11 +619,13 @@ class _NtfsNode(_Node):
     def __init__(self, record):
         self.record = record
 
+    INTERIX = b"IntxLNK\x01"      # how ntfs-3g (and SFU) store symlinks made on Linux
+
     def stat(self) -> GuestStat:
         r = self.record
         si = r.attributes.STANDARD_INFORMATION
         times = si[0] if si else None
-        if r.is_symlink() or r.is_mount_point():
+        if r.is_symlink() or r.is_mount_point() or self._interix() is not None:
             mode, size = st.S_IFLNK | 0o777, len(self.link().encode())
         elif r.is_dir():
             mode, size = st.S_IFDIR | 0o755, 4096
@@ -634,7 +636,21 @@ class _NtfsNode(_Node):
                          mtime_ns=times.last_modification_time_ns if times else 0,
                          atime_ns=times.last_access_time_ns if times else 0,
                          ctime_ns=times.last_change_time_ns if times else 0,
-                         nlink=1, ino=r.segment)
+                         nlink=max(1, len(r.filenames(ignore_dos=True))), ino=r.segment)
+
+    def _interix(self) -> str | None:
+        """The target of an Interix symlink: a small system file holding a magic and the
+        UTF-16 target (only system files of that size are read)."""
+        if not hasattr(self, "_interix_target"):
+            self._interix_target = None
+            r = self.record
+            si = r.attributes.STANDARD_INFORMATION
+            if si and si[0].file_attributes & 0x4 and not r.is_dir() and r.has_stream("") \
+                    and 8 < r.size() <= 8 + 2 * 4096:
+                data = r.open().read()
+                if data.startswith(self.INTERIX):
+                    self._interix_target = data[8:].decode("utf-16-le", errors="surrogateescape")
+        return self._interix_target
 
     def children(self) -> Iterator[tuple[str, _Node]]:
         root = self.record.segment == 5
@@ -647,6 +663,9 @@ class _NtfsNode(_Node):
         return self.record.open() if self.record.has_stream("") else io.BytesIO(b"")
 
     def link(self) -> str:
+        interix = self._interix()
+        if interix is not None:
+            return interix
         target = self.record.reparse_point_substitute_name
         if target.startswith("\\??\\"):
             target = target[4:]

@@ -5,7 +5,8 @@ fixed UUIDs, fixed times) and, where the tools allow it, without root.
 - ``mbr_fat``: MBR, p1 FAT32 (``mkfs.vfat --offset`` + ``mcopy -s -m``), no symlinks or holes;
   p2 extended holding the logical p5 (ext4, one file).
 - ``mbr_ntfs``: MBR, p1 NTFS (``mkntfs`` on a partition image, populated through ``ntfs-3g``
-  when FUSE works, else empty), p2 a LUKS header (encrypted, for the refusal).
+  when FUSE works — its symlinks are Interix files, its hard links real —, else empty), p2 a
+  LUKS header (encrypted, for the refusal).
 - ``whole_xfs``: XFS straight on the disk (no table), populated through a loop mount (root).
 - ``mbr_exfat``: MBR, p1 exFAT (``mkfs.exfat``, populated through ``mount.exfat-fuse``, root).
 - ``gpt_btrfs``: GPT, p1 Btrfs (``mkfs.btrfs --rootdir``).
@@ -363,6 +364,7 @@ class GuestImages:
     tree: Tree
     small: Tree
     fat_tree: Tree
+    ntfs_tree: Tree
     images: dict[str, Path] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
     ntfs_populated: bool = False
@@ -398,10 +400,11 @@ def guest_images(tmp_path_factory: pytest.TempPathFactory) -> GuestImages:
     tree = make_tree(7)
     small = make_tree(8, big=64 * 1024, deep=3, sparse=False)
     fat_tree = make_tree(9, symlinks=False, sparse=False, big=MiB, deep=8)
-    imgs = GuestImages(d, tree, small, fat_tree)
+    ntfs_tree = make_tree(10, sparse=False, big=MiB, deep=8)     # ntfs-3g writes symlinks, hard links
+    imgs = GuestImages(d, tree, small, fat_tree, ntfs_tree)
     _try(imgs, "gpt_ext4", lambda i, w: build_gpt_ext4(i, w, tree, small))
     _try(imgs, "mbr_fat", lambda i, w: build_mbr_fat(i, w, fat_tree))
-    _try(imgs, "mbr_ntfs", lambda i, w: build_mbr_ntfs(i, w, fat_tree))
+    _try(imgs, "mbr_ntfs", lambda i, w: build_mbr_ntfs(i, w, ntfs_tree))
     _try(imgs, "whole_xfs", lambda i, w: build_whole_xfs(i, w, small))
     _try(imgs, "gpt_lvm", lambda i, w: build_gpt_lvm(i, w, small))
     _try(imgs, "mbr_exfat", lambda i, w: build_mbr_exfat(i, w, fat_tree))

@@ -43,7 +43,7 @@ CASES = [  # volume, which tree, POSIX modes?
     (f"gpt_lvm/{LVM_VG}/{LVM_LV}", "small", True),
     ("gpt_btrfs/p1", "small", True),
     ("mbr_fat/p1", "fat_tree", False),
-    ("mbr_ntfs/p1", "fat_tree", False),
+    ("mbr_ntfs/p1", "ntfs_tree", False),
     ("mbr_exfat/p1", "fat_tree", False),
 ]
 

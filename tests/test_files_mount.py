@@ -111,7 +111,7 @@ def test_disks_and_volumes_are_folders(mounted, guest_images):
 @pytest.mark.parametrize("volume,which,posix", [
     ("gpt_ext4/p1", "tree", True), ("whole_xfs/whole", "small", True), ("gpt_btrfs/p1", "small", True),
     (f"gpt_lvm/{LVM_VG}/{LVM_LV}", "small", True), ("mbr_fat/p1", "fat_tree", False),
-    ("mbr_ntfs/p1", "fat_tree", False), ("mbr_exfat/p1", "fat_tree", False)])
+    ("mbr_ntfs/p1", "ntfs_tree", False), ("mbr_exfat/p1", "fat_tree", False)])
 def test_same_tree_as_the_rootless_reader(mounted, gen, guest_images, volume, which, posix):
     guest_images.need(volume.split("/")[0])
     if volume.startswith("mbr_ntfs") and not guest_images.ntfs_populated:
