@@ -1,7 +1,8 @@
 """vSphere backup benchmark: ``repofs backup vm:NAME`` (test vCenter + VDDK stand-in) beside
 ``repofs backup file:IMAGE`` of the same data, full then incremental, same run.
 
-    python bench/bench_vsphere_backup.py --size 1G [--workdir /var/tmp] [--changes 0.01,0.05] [--in-process]
+    python bench/bench_vsphere_backup.py --size 1G [--workdir /var/tmp] [--changes 0.01,0.05]
+        [--repeat 3] [--in-process]
 
 The data set is bench/dataset.py's disk image (GPT + ext4, 60% filled with text, binaries,
 media and duplicates). It becomes the flat extent of a simulated VM's disk (holes kept); the
@@ -10,7 +11,8 @@ both sides) and records those writes in the disk's ctk log, where the simulator'
 tracking answers from. Each side runs: a full backup, an incremental with no change (its fixed
 cost), then one incremental per share in ``--changes``. Prints wall times, the full backup's
 throughput ratio vSphere/local (target >= 80%), and each incremental as fixed cost + time per
-changed MB (target: proportional to the changed bytes).
+changed MB (target: proportional to the changed bytes). The sources take turns for
+``--repeat`` rounds and the best round of each measurement is shown, as this machine is shared.
 The vSphere runs include everything a nightly run does: login, snapshot, metadata, changed
 areas, VDDK reads, snapshot removal.
 """
@@ -23,6 +25,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -67,11 +70,60 @@ def timed(cmd: list[str], env: dict, warm_path: str) -> Run:
     return run(cmd, env=env)
 
 
+def local_series(work: Path, rep: int, img: str, versions: list[str], steps: list, env: dict) -> tuple[list[Run], bool]:
+    """Full, no-change incremental, then one incremental per step, of ``file:IMAGE``."""
+    repo = str(work / f"repo-local-{rep}")
+    run(repofs("init", repo, "--encryption", "none"), env=env)
+    local_img = str(work / "local.img")
+    shutil.copyfile(img, local_img)
+    backup = repofs("backup", f"file:{local_img}", "--vm", "bench", "-r", repo)
+    empty = work / "no-changes.json"
+    empty.write_text("[]")
+    times = [timed(backup, env, local_img), timed([*backup, "--changed-extents", str(empty)], env, local_img)]
+    for (_share, _changes, path), version in zip(steps, versions[1:]):
+        shutil.copyfile(version, local_img)
+        times.append(timed([*backup, "--changed-extents", path], env, local_img))
+    shutil.rmtree(repo)
+    os.unlink(local_img)
+    return times, True
+
+
+def vsphere_series(work: Path, vc: Any, name: str, size: int, img: str, versions: list[str], steps: list,
+                   env: dict, common: list[str], extra: list[str]) -> tuple[list[Run], bool]:
+    """The same series for ``vm:NAME``; the guest's writes land in the flat file and its ctk log."""
+    with connected(vc) as si:
+        vm = create_vm(si, name, [size], change_tracking=True)
+        descriptor = vc.local_path(vm_disks(vm.config)[0].backing.fileName)
+    flat = descriptor.with_name(descriptor.name[:-5] + "-flat.vmdk")
+    copy_sparse(img, str(flat))
+    repo = str(work / f"repo-{name}")
+    run(repofs("init", repo, "--encryption", "none"), env=env)
+    backup = repofs("backup", f"vm:{name}", "-r", repo, *common, *extra)
+    times = [timed(backup, env, str(flat)), timed(backup, env, str(flat))]
+    for (_share, changes, _path), version in zip(steps, versions[1:]):
+        with open(version, "rb") as src, open(flat, "r+b") as dst, \
+                open(str(descriptor)[:-5] + "-ctk.log", "a") as ctk:
+            for off, n in changes:
+                src.seek(off)
+                os.pwrite(dst.fileno(), src.read(n), off)
+                ctk.write(f"{off} {n}\n")
+        times.append(timed(backup, env, str(flat)))
+    out = work / f"restore-{name}"
+    run(repofs("restore", f"vm:{name}", "--to-dir", str(out), "-r", repo), env=env)
+    ok = run(["cmp", versions[-1], str(next(out.glob("*.raw")))], check=False).rc == 0
+    shutil.rmtree(out)
+    shutil.rmtree(repo)
+    flat.write_bytes(b"")  # free the space; the VM is not used again
+    return times, ok
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", default="1G")
     ap.add_argument("--changes", default="0.01,0.05",
                     help="shares of the data changed by each incremental, in turn")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="rounds (sources interleaved); the best round of each measurement is shown")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--in-process", action="store_true", help="also measure VixDiskLib in-process")
     a = ap.parse_args()
@@ -94,28 +146,14 @@ def main() -> None:
             versions.append(nxt)
             prev = nxt
         print(f"# data set: {size} bytes, {allocated} allocated; incrementals change "
-              + ", ".join(f"{sum(n for _, n in c)} bytes ({s:.0%})" for s, c, _ in steps), flush=True)
+              + ", ".join(f"{sum(n for _, n in c)} bytes ({s:.0%})" for s, c, _ in steps)
+              + f"; {a.repeat} rounds, best of each shown; load average {os.getloadavg()[0]:.1f}", flush=True)
         libdir = build_standin()
         env = dict(os.environ, PYTHONPATH=str(ROOT))
-        rows = []
-
-        # Local image: full, an incremental with no change (the fixed cost), then the changes.
-        local_repo = str(work / "repo-local")
-        run(repofs("init", local_repo, "--encryption", "none"), env=env)
-        local_img = str(work / "local.img")
-        shutil.copyfile(img, local_img)
-        backup_local = repofs("backup", f"file:{local_img}", "--vm", "bench", "-r", local_repo)
-        empty = work / "no-changes.json"
-        empty.write_text("[]")
-        times = [timed(backup_local, env, local_img), timed([*backup_local, "--changed-extents", str(empty)], env, local_img)]
-        for (share, changes, path), version in zip(steps, versions[1:]):
-            shutil.copyfile(version, local_img)
-            times.append(timed([*backup_local, "--changed-extents", path], env, local_img))
-        rows.append(("local image", times, True))
-
         variants = [("vSphere (VDDK worker)", [])]
         if a.in_process:
             variants.append(("vSphere (VDDK in-process)", ["--vddk-in-process"]))
+        series: dict[str, list[tuple[list[Run], bool]]] = {"local image": []}
         with running_vcsim(tmpdir=work / "vcsim") as vc:
             pw = work / "vsphere-password"
             pw.write_text(vc.password)
@@ -124,31 +162,15 @@ def main() -> None:
             env_vs = dict(env, VDDK_STANDIN_CONFIG=str(conf))
             common = ["--server", vc.server, "--user", vc.user, "--vsphere-password-file", str(pw),
                       "--thumbprint", vc.thumbprint, "--vddk-libdir", str(libdir)]
-            for i, (label, extra) in enumerate(variants):
-                name = f"bench{i}"
-                with connected(vc) as si:
-                    vm = create_vm(si, name, [size], change_tracking=True)
-                    descriptor = vc.local_path(vm_disks(vm.config)[0].backing.fileName)
-                flat = descriptor.with_name(descriptor.name[:-5] + "-flat.vmdk")
-                copy_sparse(img, str(flat))
-                repo = str(work / f"repo-{name}")
-                run(repofs("init", repo, "--encryption", "none"), env=env)
-                backup_vm = repofs("backup", f"vm:{name}", "-r", repo, *common, *extra)
-                times = [timed(backup_vm, env_vs, str(flat)), timed(backup_vm, env_vs, str(flat))]
-                for (share, changes, path), version in zip(steps, versions[1:]):
-                    # The guest writes: the flat file changes, the ctk log records the writes.
-                    with open(version, "rb") as src, open(flat, "r+b") as dst, \
-                            open(str(descriptor)[:-5] + "-ctk.log", "a") as ctk:
-                        for off, n in changes:
-                            src.seek(off)
-                            os.pwrite(dst.fileno(), src.read(n), off)
-                            ctk.write(f"{off} {n}\n")
-                    times.append(timed(backup_vm, env_vs, str(flat)))
-                out = work / f"restore-{name}"
-                run(repofs("restore", f"vm:{name}", "--to-dir", str(out), "-r", repo), env=env)
-                ok = run(["cmp", versions[-1], str(next(out.glob("*.raw")))], check=False).rc == 0
-                shutil.rmtree(out)
-                rows.append((label, times, ok))
+            for rep in range(a.repeat):
+                series["local image"].append(local_series(work, rep, img, versions, steps, env))
+                for i, (label, extra) in enumerate(variants):
+                    series.setdefault(label, []).append(vsphere_series(
+                        work, vc, f"bench{rep}-{i}", size, img, versions, steps, env_vs, common, extra))
+        rows = []
+        for label, rounds in series.items():
+            best = [min((r[0][k] for r in rounds), key=lambda t: t.wall) for k in range(len(rounds[0][0]))]
+            rows.append((label, best, all(ok for _, ok in rounds)))
         report(rows, size, allocated, steps)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -220,7 +220,7 @@ def _read_disks(session: Session, vm: vim.VirtualMachine, snap: Any, doc: dict[s
             return ingest(result.vm, list(sources), doc)
         finally:
             for s in sources:
-                s._halt()
+                s.stop_read_ahead()
             for disk in opened:
                 try:
                     disk.close()

@@ -85,7 +85,7 @@ class VSphereDiskSource:
         if self._queue is not None:
             item = self._queue.get()
             if isinstance(item, BaseException):
-                self._halt()
+                self.stop_read_ahead()
                 raise item
             if item is not _STOP and item[0] == offset and item[1] == size:
                 _, _, buf = item
@@ -93,11 +93,11 @@ class VSphereDiskSource:
                 assert self._free is not None
                 self._free.put(buf)
                 return data
-            self._halt()  # the ingest asked for something else: read directly from now on
+            self.stop_read_ahead()  # the ingest asked for something else: read directly from now on
         return self._read_direct(offset, size)
 
     def close(self) -> None:
-        self._halt()
+        self.stop_read_ahead()
         self.disk.close()
 
     # -- reading -------------------------------------------------------------------------------
@@ -151,7 +151,7 @@ class VSphereDiskSource:
         self._thread = threading.Thread(target=run, name=f"read-ahead {self.label}", daemon=True)
         self._thread.start()
 
-    def _halt(self) -> None:
+    def stop_read_ahead(self) -> None:
         """Stop the read-ahead thread (it finishes its current request) and forget it."""
         thread, self._thread = self._thread, None
         self._stop.set()

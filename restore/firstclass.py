@@ -25,7 +25,7 @@ import vddk
 
 from .changed import ReadPlan, merge
 from .errors import AmbiguousVM, ChangeTrackingFailed, SnapshotFailed, SnapshotRemovalFailed, TaskFailed, VMNotFound
-from .snapshot import _sigint_deferred
+from .snapshot import signals_deferred
 from .tasks import fault_text, properties, wait
 from .vmodl_json import to_json
 
@@ -140,12 +140,12 @@ def snapshot(si: Any, disk: FirstClassDisk) -> Iterator[DiskSnapshot]:
     try:
         yield snap
     except BaseException as e:
-        with _sigint_deferred():
+        with signals_deferred():
             problem = delete()
         if problem is not None:
             e.add_note(str(problem))
         raise
-    with _sigint_deferred():
+    with signals_deferred():
         problem = delete()
     if problem is not None:
         raise problem
@@ -247,5 +247,5 @@ def read_disk(session: Any, disk: FirstClassDisk, snap: DiskSnapshot, doc: dict[
             return ingest([source]) if ingest else source.info["read"]
         finally:
             if source is not None:
-                source._halt()
+                source.stop_read_ahead()
             handle.close()

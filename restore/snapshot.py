@@ -86,7 +86,7 @@ def _remove(si: Any, snapshot: vim.vm.Snapshot, what: str) -> None:
 
 
 @contextlib.contextmanager
-def _sigint_deferred() -> Iterator[list[int]]:
+def signals_deferred() -> Iterator[list[int]]:
     """Hold SIGINT and SIGTERM back for the duration of the block (main thread only); raise
     KeyboardInterrupt after it if one came."""
     if threading.current_thread() is not threading.main_thread():
@@ -133,12 +133,12 @@ def backup_snapshot(si: Any, vm: vim.VirtualMachine, *, quiesce: bool = False,
         yield snapshot
     except BaseException as e:
         # Also when interrupted during the create task: find what it made by its name.
-        with _sigint_deferred():
+        with signals_deferred():
             removal = _cleanup(si, vm, vm_name, name, snap_obj)
         if removal is not None:
             e.add_note(str(removal))
         raise
-    with _sigint_deferred():
+    with signals_deferred():
         removal = _cleanup(si, vm, vm_name, name, snap_obj)
     snapshot.removed = removal is None
     if removal is not None:
