@@ -91,7 +91,7 @@ def _parse_changed(specs: list[str], labels: list[str]) -> dict[str, str]:
 
 
 @app.command()
-def backup(sources: Annotated[list[str], typer.Argument(metavar="SOURCE...", help="file:PATH (one per disk).")],
+def backup(sources: Annotated[list[str], typer.Argument(metavar="SOURCE...", help="file:PATH (one per disk), or vm:NAME / vapp:NAME / ivd:NAME (vSphere; several allowed).")],
            vm: Annotated[Optional[str], typer.Option("--vm", help="Name of the VM the disks belong to.")] = None,
            repo: RepoOpt = None, password_file: PasswordFileOpt = None,
            changed_extents: Annotated[Optional[list[str]], typer.Option(
