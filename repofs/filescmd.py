@@ -191,8 +191,10 @@ def build_app(open_repository: Callable[[str | None, str | None], object],
                   from_dir: Annotated[Optional[str], typer.Option(
                       "--from", help="A generation folder of an existing repofs mount (else one is started).")] = None,
                   repo: RepoOpt = None, password_file: PasswordFileOpt = None) -> None:
-        """(root) Loop-mount every volume the kernel can mount read-only, without journal
-        replay; the others through the rootless reader. Prints the path each one took."""
+        """(root) Mount every volume under DIR/<disk>/<volume>: kernel loop mounts where possible.
+
+        Read-only and without journal replay; volumes the kernel cannot mount are served by
+        the rootless reader at the same place. Prints the path each volume took."""
         from . import loopmount  # noqa: PLC0415 (root-only path)
         exitcodes.register([(loopmount.LoopMountError, exitcodes.FAILURE)])
         address = parse_address(target)
