@@ -6,12 +6,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from hypothesis import given, settings, strategies as st
 from pyVmomi import pbm, vim
 
 from fixtures_vcsim import (QUIESCE_FAULT_KEY, SNAPSHOT_FAULT_KEY, attach_tag, connected, create_vapp, create_vm,
                             find_by_name, pbm_content, set_extra_config, wait_task)
 from fixtures_vsphere import MiB, VSphereBed, unique
+from repofs.ingest import chunks_covering
 from restore import firstclass
+from restore.disksource import chunk_cover, clip
 from restore.session import Credentials, Session, normalize_thumbprint, resolve_credentials, split_server
 from restore.errors import CredentialsMissing
 from test_vsphere_backup import generations, manifest_json, restore_raw
@@ -172,3 +175,15 @@ def test_two_disks_and_a_stale_snapshot(vsphere: VSphereBed, tmp_path: Path) -> 
     want[5 * MiB:] = b"b" * MiB
     want[2 * MiB:2 * MiB + 65536] = b"c" * 65536
     assert (tmp_path / "r" / "scsi0-1.raw").read_bytes() == bytes(want)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 40 * MiB), st.integers(0, 5 * MiB)), max_size=20),
+       st.sampled_from([64 * 1024, MiB, 4 * MiB]), st.integers(1, 48 * MiB // 512))
+def test_read_ahead_follows_the_ingest(extents: list[tuple[int, int]], chunk: int, sectors: int) -> None:
+    """The read-ahead reads exactly the chunks the ingest will ask for, in its order; if the two
+    drifted apart, every read would fall back to a direct one (correct, but slower)."""
+    capacity = sectors * 512
+    clipped = clip(extents, capacity)
+    want = [(n * chunk, min(chunk, capacity - n * chunk)) for n in chunks_covering(clipped, chunk, capacity)]
+    assert chunk_cover(clipped, chunk, capacity) == want
