@@ -263,6 +263,7 @@ class _Restore:
         # What the .vmx cannot say, or what the server did not read from it.
         spec = configspec.hardware_spec(plan)
         spec.files = None
+        spec.version = None  # the .vmx's virtualHW.version; a reconfiguration cannot change it
         spec.deviceChange = []
         wait(self.si, vm.ReconfigVM_Task(spec=spec), f"configure the imported {plan.name}")
 
