@@ -181,7 +181,8 @@ def _nic_class(adapter: str) -> Any:
 
 def _nic_spec(plan: Plan, n: NicPlacement, key: int) -> vim.vm.device.VirtualDeviceSpec:
     E = vim.vm.device.VirtualEthernetCard
-    backing = n.backing if n.backing is not None else E.NetworkBackingInfo(deviceName=n.old_network or "")
+    backing = n.backing if n.backing is not None else \
+        (n.placeholder[1] if n.placeholder else E.NetworkBackingInfo(deviceName=n.old_network or ""))
     nic = _nic_class(n.adapter)(
         key=key, backing=backing, wakeOnLanEnabled=n.saved.get("wake_on_lan"),
         connectable=vim.vm.device.VirtualDevice.ConnectInfo(startConnected=False, connected=False,

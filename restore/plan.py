@@ -81,6 +81,7 @@ class NicPlacement:
     network: str | None          # the destination network's name, None: disconnected
     backing: Any                 # a vim BackingInfo, None: disconnected
     saved: dict[str, Any]
+    placeholder: tuple[str, Any] | None = None  # (name, backing) a disconnected NIC sits on
 
 
 @dataclass
@@ -150,7 +151,8 @@ class Plan:
             out.append(f"  disk {d.label}: {_size(d.capacity)} {d.provisioning} on [{d.datastore}]"
                        f"{prof}; {data}")
         for n in self.nics:
-            target = n.network if n.network is not None else "DISCONNECTED"
+            target = n.network if n.network is not None else \
+                f"DISCONNECTED (on {n.placeholder[0] if n.placeholder else '?'}, not connected at power-on)"
             out.append(f"  NIC {n.label or n.key} ({n.adapter}): {n.old_network} -> {target}")
         mode = self.options.transports
         out.append(f"  transport {mode}" + (", through a snapshot" if self.snapshot else ""))
@@ -439,8 +441,19 @@ def resolve(session: Session, source: GenerationSource, options: RestoreOptions)
                 warnings.append(f"NIC {n.get('label')}: no network {old!r} here and no --network "
                                 f"{old}=NEW: restored disconnected")
             new = None
+        placeholder = None
+        if backing is None:
+            # vSphere wants an existing network behind every NIC, connected or not.
+            standard = sorted(k for k, v in nets.items()
+                              if isinstance(v, vim.vm.device.VirtualEthernetCard.NetworkBackingInfo))
+            pick = (standard or sorted(nets) or [None])[0]
+            if pick is None:
+                problems.add(f"NIC {n.get('label')}: no network at all in {dc_name} to attach it to")
+            else:
+                placeholder = (pick, nets[pick])
         nics.append(NicPlacement(key=n["key"], label=n.get("label"), adapter=n.get("adapter", "VirtualVmxnet3"),
-                                 old_network=old, network=new, backing=backing, saved=n))
+                                 old_network=old, network=new, backing=backing, saved=n,
+                                 placeholder=placeholder))
 
     if options.import_vmx and not (meta.get("files") or {}).get("vmx"):
         problems.add("--import: the generation has no saved .vmx file")

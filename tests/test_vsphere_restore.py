@@ -316,3 +316,30 @@ def test_interrupt_during_the_writes_undoes_everything(restore_bed: RestoreBed) 
     assert restore_bed.inventory() == before
     lines = restore_bed.bed.stats.read_text().splitlines()[start:]
     assert any(line.startswith("end ") for line in lines)
+
+
+def test_a_saved_network_missing_here_leaves_the_nic_disconnected(restore_bed: RestoreBed) -> None:
+    """A generation from another vCenter, whose NIC was on a network this one lacks: made here
+    from a real backup's metadata with the network renamed, and the backed-up disks, through
+    the local-image ingest."""
+    from format.repository import Repository
+    from repofs.ingest import backup as ingest_backup
+    from repofs.sources import LocalImage
+    from repofs.views import RepositoryView
+
+    b = restore_bed.backed_up("rs-gone", disks=(4 * MiB,), pieces={0: [(0, b"g" * 8192)]})
+    repo = Repository.open(str(restore_bed.bed.repo), None)
+    meta = json.loads(json.dumps(RepositoryView(repo).generation(b.vm).metadata))
+    meta["networks"][0]["network"] = "Network Of Elsewhere"
+    images = [LocalImage.open(str(b.raws["scsi0-0"]))]
+    try:
+        ingest_backup(repo, b.vm, images, metadata=meta)
+    finally:
+        for image in images:
+            image.close()
+    name = unique("rs-gone-copy")
+    proc = restore_bed.restore(f"vm:{b.vm}", "--name", name)
+    assert "no network 'Network Of Elsewhere' here" in proc.stdout and "disconnected" in proc.stdout
+    info = restore_bed.vm(name)
+    assert info["nics"][0].connectable.startConnected is False
+    assert restore_bed.same_disk(info["disks"][0].backing.fileName, b.raws["scsi0-0"])
