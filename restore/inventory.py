@@ -51,17 +51,27 @@ def _all_vms(si: Any, path: str) -> list[tuple[vim.VirtualMachine, Any]]:
         view.Destroy()
 
 
-def inventory_path(si: Any, entity: Any) -> str:
-    """``/DC0/vm/folder/name`` of a managed entity (following ``parent``)."""
+def inventory_path(si: Any, entity: Any, cache: dict[str, dict[str, Any]] | None = None) -> str:
+    """``/DC0/vm/folder/name`` of a managed entity (following ``parent``); ``cache`` (moref ->
+    name and parent) saves the round trips for ancestors shared by several paths."""
     parts = []
     obj = entity
     while obj is not None:
-        props = properties(si, obj, ["name", "parent"])
+        props = name_and_parent(si, obj, cache)
         if "parent" not in props:  # the root folder
             break
         parts.append(props.get("name", "?"))
         obj = props.get("parent")
     return "/" + "/".join(reversed(parts))
+
+
+def name_and_parent(si: Any, obj: Any, cache: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    if cache is not None and obj._moId in cache:
+        return cache[obj._moId]
+    props = properties(si, obj, ["name", "parent"])
+    if cache is not None:
+        cache[obj._moId] = props
+    return props
 
 
 def _describe(si: Any, vms: list[vim.VirtualMachine]) -> str:

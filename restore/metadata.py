@@ -29,7 +29,7 @@ from pyVmomi import pbm, vim, vmodl
 from pyVmomi.SoapAdapter import SoapStubAdapter
 
 from .errors import MetadataError
-from .inventory import inventory_path
+from .inventory import inventory_path, name_and_parent
 from .session import Session
 from .tasks import properties
 from .vmodl_json import to_json
@@ -145,12 +145,12 @@ def describe_nic(nic: vim.vm.device.VirtualEthernetCard, names: dict[str, Any]) 
     return out
 
 
-def _datacenter_of(si: Any, entity: Any) -> Any:
+def _datacenter_of(si: Any, entity: Any, cache: dict[str, dict[str, Any]]) -> Any:
     obj = entity
     while obj is not None:
         if isinstance(obj, vim.Datacenter):
             return obj
-        obj = properties(si, obj, ["parent"]).get("parent")
+        obj = name_and_parent(si, obj, cache).get("parent")
     return None
 
 
@@ -244,9 +244,11 @@ def capture(session: Session, vm: vim.VirtualMachine, snapshot: Any | None,
         raise MetadataError(f"cannot read the configuration of {vm_props.get('name', vm._moId)}")
     name = vm_props.get("name", config.name)
 
-    # Placement.
-    dc = _datacenter_of(si, vm)
-    dc_name = properties(si, dc, ["name"]).get("name") if dc is not None else None
+    # Placement. Paths share ancestors: one round trip per inventory object.
+    seen: dict[str, dict[str, Any]] = {}
+    dc = _datacenter_of(si, vm, seen)
+    dc_name = name_and_parent(si, dc, seen).get("name") if dc is not None else None
+    ds_names = {d._moId: properties(si, d, ["name"]).get("name", d._moId) for d in vm_props.get("datastore") or []}
     parent = vm_props.get("parent")
     pool = vm_props.get("resourcePool")
     vapp = vm_props.get("parentVApp") or (pool if isinstance(pool, vim.VirtualApp) else None)
@@ -256,19 +258,18 @@ def capture(session: Session, vm: vim.VirtualMachine, snapshot: Any | None,
     placement = {
         "datacenter": dc_name,
         "datacenter_moref": dc._moId if dc is not None else None,
-        "folder_path": inventory_path(si, parent) if parent is not None else None,
+        "folder_path": inventory_path(si, parent, seen) if parent is not None else None,
         "folder_moref": parent._moId if parent is not None else None,
-        "resource_pool_path": inventory_path(si, pool) if pool is not None else None,
+        "resource_pool_path": inventory_path(si, pool, seen) if pool is not None else None,
         "resource_pool_moref": pool._moId if pool is not None else None,
         "host": host_props.get("name"),
         "host_moref": host._moId if host is not None else None,
         "compute_resource": properties(si, compute, ["name"]).get("name") if compute is not None else None,
         "compute_resource_moref": compute._moId if compute is not None else None,
-        "datastores": sorted(properties(si, d, ["name"]).get("name", d._moId)
-                             for d in vm_props.get("datastore") or []),
+        "datastores": sorted(ds_names.values()),
     }
     if dc is not None and parent is not None:
-        dc_path = inventory_path(si, dc)
+        dc_path = inventory_path(si, dc, seen)
         vm_root = dc_path + "/vm"
         fp = placement["folder_path"] or ""
         placement["folder_relative"] = fp[len(vm_root):].lstrip("/") if fp.startswith(vm_root) else fp
@@ -281,14 +282,13 @@ def capture(session: Session, vm: vim.VirtualMachine, snapshot: Any | None,
         for e in (getattr(vp.get("vAppConfig"), "entityConfig", None) or []):
             if e.key is not None and e.key._moId == vm._moId:
                 entity = to_json(e)
-        vapp_doc = {"name": vp.get("name"), "moref": vapp._moId, "path": inventory_path(si, vapp),
+        vapp_doc = {"name": vp.get("name"), "moref": vapp._moId, "path": inventory_path(si, vapp, seen),
                     "vapp_config": to_json(vp.get("vAppConfig")),
                     "resource_config": to_json(vp.get("config")), "entity": entity}
 
     # Devices, disks, NICs.
     devices = list(config.hardware.device or [])
     by_key = {d.key: d for d in devices}
-    ds_names = {d._moId: properties(si, d, ["name"]).get("name", d._moId) for d in vm_props.get("datastore") or []}
     disks, controllers, nics = [], [], []
     for d in devices:
         if isinstance(d, vim.vm.device.VirtualController):
