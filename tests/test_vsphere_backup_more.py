@@ -187,3 +187,34 @@ def test_read_ahead_follows_the_ingest(extents: list[tuple[int, int]], chunk: in
     clipped = clip(extents, capacity)
     want = [(n * chunk, min(chunk, capacity - n * chunk)) for n in chunks_covering(clipped, chunk, capacity)]
     assert chunk_cover(clipped, chunk, capacity) == want
+
+
+def test_independent_disks_are_skipped_and_said_so(vsphere: VSphereBed) -> None:
+    name = unique("indep")
+    with connected(vsphere.vcsim) as si:
+        vm = create_vm(si, name, [2 * MiB, 2 * MiB], change_tracking=True)
+        dev = [d for d in vm.config.hardware.device if isinstance(d, vim.vm.device.VirtualDisk)][1]
+        dev.backing.diskMode = "independent_persistent"
+        wait_task(si, vm.ReconfigVM_Task(spec=vim.vm.ConfigSpec(deviceChange=[
+            vim.vm.device.VirtualDeviceSpec(operation="edit", device=dev)])))
+    proc = vsphere.backup(f"vm:{name}")
+    assert "skipped scsi0-1" in proc.stdout and "independent disks are not in snapshots" in proc.stdout
+    (gen,) = generations(vsphere, name)
+    assert [d["label"] for d in gen["disks"]] == ["scsi0-0"]
+    md = manifest_json(vsphere, name, gen["generation"])["metadata"]
+    assert [d["backup_possible"] for d in md["disks"]] == [True, False]
+    assert any("scsi0-1 not backed up" in w for w in md["warnings"])
+
+
+def test_dry_run_without_change_tracking_changes_nothing(vsphere: VSphereBed) -> None:
+    name = unique("drycbt")
+    with connected(vsphere.vcsim) as si:
+        vm = create_vm(si, name, [8 * MiB])
+    vsphere.write(vsphere.disk_path(name), [(3 * MiB, b"q" * MiB)])
+    proc = vsphere.backup(f"vm:{name}", "--dry-run")
+    assert "a backup would turn it on" in proc.stdout
+    assert "would read scsi0-0" in proc.stdout and "1.0 MiB of 8.0 MiB" in proc.stdout
+    with connected(vsphere.vcsim) as si:
+        vm = find_by_name(si, vim.VirtualMachine, name)
+        assert not vm.config.changeTrackingEnabled
+    assert generations(vsphere, name) == [] and vsphere.snapshots(name) == []
