@@ -354,9 +354,16 @@ def resolve(session: Session, source: GenerationSource, options: RestoreOptions)
     vm_ds = options.datastore or saved_vm_ds or (saved_disks[0]["datastore"] if saved_disks else None)
     wanted_ds = {vm_ds} | {options.disk_datastores.get(d["label"]) or options.datastore or d.get("datastore")
                            for d in saved_disks}
+    reachable = None
+    if host is not None or compute is not None:
+        owner = host if host is not None else compute
+        reachable = {properties(si, d, ["name"]).get("name")
+                     for d in properties(si, owner, ["datastore"]).get("datastore") or []}
     for ds in sorted(x for x in wanted_ds if x):
         if ds not in datastores:
             problems.add(f"no datastore {ds!r} in {dc_name} (have: {', '.join(sorted(datastores))})")
+        elif reachable is not None and ds not in reachable:
+            problems.add(f"the datastore {ds} is not mounted on {host_name or inventory_path(si, compute)}")
     if not vm_ds:
         problems.add("no datastore for the VM's files: give --datastore")
 
@@ -409,6 +416,17 @@ def resolve(session: Session, source: GenerationSource, options: RestoreOptions)
             provisioning=d.get("provisioning") or "thin", mode=d.get("mode") or "persistent",
             controller_key=d["controller"]["key"], unit=d["unit"], profile=profile,
             data_bytes=data, reader=reader, saved=d))
+    # Room: thick disks take their capacity at once, thin ones what will be written.
+    need: dict[str, int] = {}
+    for d in disks:
+        need[d.datastore] = need.get(d.datastore, 0) + (d.data_bytes if d.provisioning == "thin" else d.capacity)
+        if d.saved.get("backing_type") not in (None, "FlatVer2BackingInfo"):
+            warnings.append(f"disk {d.label} was a {d.saved['backing_type']}: restored as a flat disk")
+    for ds, n in sorted(need.items()):
+        if ds in datastores:
+            free = getattr(properties(si, datastores[ds], ["summary"]).get("summary"), "freeSpace", None)
+            if free is not None and free < n:
+                problems.add(f"the datastore {ds} has {_size(free)} free, the disks need {_size(n)}")
     known = {d.label for d in disks}
     for r in source.disks:
         if r.label not in known:
