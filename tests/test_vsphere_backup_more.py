@@ -218,3 +218,21 @@ def test_dry_run_without_change_tracking_changes_nothing(vsphere: VSphereBed) ->
         vm = find_by_name(si, vim.VirtualMachine, name)
         assert not vm.config.changeTrackingEnabled
     assert generations(vsphere, name) == [] and vsphere.snapshots(name) == []
+
+
+def test_an_unusable_change_id_means_a_full_read(vsphere: VSphereBed, tmp_path: Path) -> None:
+    name = unique("ctkreset")
+    with connected(vsphere.vcsim) as si:
+        create_vm(si, name, [4 * MiB], change_tracking=True)
+    disk = vsphere.disk_path(name)
+    vsphere.write(disk, [(0, b"r" * MiB)])
+    vsphere.backup(f"vm:{name}")
+    # The tracking log is lost (what a host crash or a storage migration can do).
+    ctk = disk.with_name(disk.name[:-5] + "-ctk.log")
+    ctk.write_bytes(b"")
+    vsphere.write(disk, [(2 * MiB, b"s" * MiB)])
+    out = json.loads(vsphere.backup(f"vm:{name}", "--json").stdout)[0]
+    assert out["disks"][0]["mode"] == "full"
+    assert "unusable" in out["plan"][0]["reason"] and "read in full" in out["plan"][0]["reason"]
+    got = restore_raw(vsphere, name, generations(vsphere, name)[-1]["generation"], tmp_path / "r")
+    assert got == b"r" * MiB + bytes(MiB) + b"s" * MiB + bytes(MiB)
