@@ -110,6 +110,12 @@ class VMBackup:
     dry_run: bool = False
 
 
+def nbd_only(transports: str) -> bool:
+    """Unbuffered opens are much faster over NBD (ESXi 7.0U2 and later), and only NBD is asked."""
+    modes = [m for m in transports.lower().split(":") if m]
+    return bool(modes) and all(m in ("nbd", "nbdssl") for m in modes)
+
+
 def connect_params(session: Session, vm_moref: str) -> vddk.ConnectParams:
     return vddk.ConnectParams(server=session.host, port=session.port, vmx_spec=f"moref={vm_moref}",
                               thumbprint=session.thumbprint, user=session.user,
@@ -193,7 +199,7 @@ def _read_disks(session: Session, vm: vim.VirtualMachine, snap: Any, doc: dict[s
             lib.connect(params, read_only=True, snapshot_moref=snap.moref, transports=transports) as conn:
         try:
             for d in wanted:
-                disk = conn.open(d["file"], read_only=True)
+                disk = conn.open(d["file"], read_only=True, unbuffered=nbd_only(transports))
                 opened.append(disk)
                 if not d.get("uuid") and getattr(disk.info, "uuid", None):
                     d["uuid"] = disk.info.uuid  # the disk's ddb.uuid, where vCenter shows none

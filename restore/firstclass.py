@@ -234,7 +234,8 @@ def read_disk(session: Any, disk: FirstClassDisk, snap: DiskSnapshot, doc: dict[
     lib = provider.get()
     with lib.prepared(params, "repofs-backup"), \
             lib.connect(params, read_only=True, transports=transports) as conn:
-        handle = conn.open(disk.path, read_only=True)
+        handle = conn.open(disk.path, read_only=True,
+                           unbuffered=all(m in ("nbd", "nbdssl") for m in transports.lower().split(":") if m))
         source = None
         try:
             info = dict(doc["disks"][0])
