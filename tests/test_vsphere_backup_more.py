@@ -4,6 +4,7 @@ as test_vsphere_backup.py (simulator + VDDK stand-in, CLI in a subprocess)."""
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 from hypothesis import given, settings, strategies as st
@@ -236,3 +237,19 @@ def test_an_unusable_change_id_means_a_full_read(vsphere: VSphereBed, tmp_path: 
     assert "unusable" in out["plan"][0]["reason"] and "read in full" in out["plan"][0]["reason"]
     got = restore_raw(vsphere, name, generations(vsphere, name)[-1]["generation"], tmp_path / "r")
     assert got == b"r" * MiB + bytes(MiB) + b"s" * MiB + bytes(MiB)
+
+
+def test_missing_vixdisklib_stops_the_run_and_leaves_no_snapshot(vsphere: VSphereBed, tmp_path: Path) -> None:
+    names = [unique("novddk"), unique("novddk")]
+    with connected(vsphere.vcsim) as si:
+        for n in names:
+            create_vm(si, n, [2 * MiB], change_tracking=True)
+    empty = tmp_path / "no-vddk"
+    empty.mkdir()
+    args = vsphere.command(*(f"vm:{n}" for n in names))
+    args[args.index("--vddk-libdir") + 1] = str(empty)
+    proc = subprocess.run(args, env=vsphere.env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 14
+    assert "libvixDiskLib.so not found" in proc.stderr
+    for n in names:
+        assert vsphere.snapshots(n) == [] and generations(vsphere, n) == []
