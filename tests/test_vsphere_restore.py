@@ -274,15 +274,27 @@ def test_missing_folder_and_resource_pool_are_recreated_and_undone_on_failure(re
 
 
 def test_storage_profile(restore_bed: RestoreBed) -> None:
+    from pyVmomi import pbm
+
+    from fixtures_vcsim import connected, pbm_content
+
+    policy = "Host-local PMem Default Storage Policy"  # one no other test associates
     b = restore_bed.backed_up("rs-prof", disks=(4 * MiB,), pieces={0: [(0, b"s" * 4096)]})
     missing = restore_bed.restore(f"vm:{b.vm}", "--storage-profile", "No Such Policy", check=False)
     assert missing.returncode == NOT_FOUND_EXIT and "No Such Policy" in missing.stderr
-    assert "VVol No Requirements Policy" in missing.stderr  # the ones that exist are named
+    assert policy in missing.stderr  # the ones that exist are named
+    dry = restore_bed.restore(f"vm:{b.vm}", "--dry-run", "--storage-profile", policy)
+    assert f"profile {policy}" in dry.stdout
     name = unique("rs-prof-copy")
-    proc = restore_bed.restore(f"vm:{b.vm}", "--name", name, "--storage-profile", "VVol No Requirements Policy")
-    assert restore_bed.vm(name) is not None, proc.stdout
-    dry = restore_bed.restore(f"vm:{b.vm}", "--dry-run", "--storage-profile", "VVol No Requirements Policy")
-    assert "profile VVol No Requirements Policy" in dry.stdout
+    restore_bed.restore(f"vm:{b.vm}", "--name", name, "--storage-profile", policy)
+    info = restore_bed.vm(name)
+    with connected(restore_bed.vcsim) as si, pbm_content(restore_bed.vcsim, si) as content:
+        mgr = content.profileManager
+        ids = mgr.PbmQueryProfile(resourceType=pbm.profile.ResourceType(resourceType="STORAGE"))
+        want = next(p.profileId.uniqueId for p in mgr.PbmRetrieveContent(profileIds=ids) if p.name == policy)
+        for kind, key in (("virtualMachine", info["moref"]), ("virtualDiskId", f"{info['moref']}:{info['disks'][0].key}")):
+            got = mgr.PbmQueryAssociatedProfile(entity=pbm.ServerObjectRef(objectType=kind, key=key))
+            assert [p.uniqueId for p in got] == [want], kind
 
 
 def test_interrupt_during_the_writes_undoes_everything(restore_bed: RestoreBed) -> None:
