@@ -169,6 +169,12 @@ def _cleanup(si: Any, vm: vim.VirtualMachine, vm_name: str, name: str,
             _remove(si, target, f"remove snapshot {name} of {vm_name}")
         except Exception as e:  # every way out must try; report below
             failure = e
+    try:
+        # Anything else of ours under that unique name (a failed quiesced attempt that left one).
+        for moref in [m for n, m in snapshots_of(si, vm) if n == name]:
+            _remove(si, vim.vm.Snapshot(moref, si._stub), f"remove snapshot {name} of {vm_name}")
+    except Exception as e:
+        failure = failure or e
     if failure is not None:
         return SnapshotRemovalFailed(f"the snapshot {name} of {vm_name} could not be removed: "
                                      f"{failure}; remove it by hand")
