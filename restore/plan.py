@@ -216,7 +216,7 @@ def _split(path: str) -> list[str]:
     return [p for p in path.strip("/").split("/") if p]
 
 
-def _relative(saved_path: str | None, dc_name: str | None, root: str) -> list[str] | None:
+def _relative(saved_path: str | None, root: str) -> list[str] | None:
     """``/DC/<root>/a/b`` -> ["a", "b"] (whatever the datacenter was)."""
     if not saved_path:
         return None
@@ -234,279 +234,316 @@ class _Problems(list):
 
 def resolve(session: Session, source: GenerationSource, options: RestoreOptions) -> Plan:
     """The plan for restoring ``source``, or ``PlacementError`` listing every problem."""
-    si = session.si
     meta = source.metadata or {}
     if meta.get("schema") != SCHEMA:
         raise SourceUnusable("check options", f"{source.vm} generation {source.name} has no vSphere "
                              "metadata (it was not backed up from vCenter): restore it with --to-dir")
-    problems = _Problems()
-    warnings: list[str] = []
-    placement = meta.get("placement") or {}
-    name = options.name or default_name(source)
+    return _Resolver(session, source, options).plan()
 
-    # Datacenter.
-    dcs = _names(si, _children_of_type(si, si.content.rootFolder, vim.Datacenter))
-    dc_name = options.datacenter or placement.get("datacenter")
-    if dc_name not in dcs:
-        if options.datacenter:
-            problems.add(f"no datacenter {options.datacenter!r} (have: {', '.join(sorted(dcs))})")
-        elif len(dcs) == 1:
-            dc_name = next(iter(dcs))
-            warnings.append(f"the saved datacenter {placement.get('datacenter')!r} does not exist: "
-                            f"using {dc_name}")
-        else:
-            problems.add(f"the saved datacenter {placement.get('datacenter')!r} does not exist: "
-                         f"give --datacenter (have: {', '.join(sorted(dcs))})")
-    dc = dcs.get(dc_name or "")
-    if dc is None:
-        raise PlacementError(problems)
-    dc_path = inventory_path(si, dc).strip("/")
 
-    # Folder: --folder (relative to the datacenter's VM folder, or an inventory path).
-    folder = None
-    folder_path = ""
-    make_folders = None
-    if options.folder:
-        rel = _relative(options.folder, dc_name, "vm") if options.folder.startswith("/") else _split(options.folder)
-        if rel is None:
-            problems.add(f"--folder {options.folder}: not a path below /{dc_path}/vm")
-        else:
-            obj = _find_path(si, "/".join([dc_path, "vm", *rel]))
-            if not isinstance(obj, vim.Folder):
-                problems.add(f"no VM folder /{'/'.join([dc_path, 'vm', *rel])}")
+class _Resolver:
+    """One pass over the inventory; each method resolves one part and records its problems."""
+
+    def __init__(self, session: Session, source: GenerationSource, options: RestoreOptions) -> None:
+        self.session = session
+        self.si = session.si
+        self.source = source
+        self.options = options
+        self.meta: dict[str, Any] = source.metadata or {}
+        self.placement: dict[str, Any] = self.meta.get("placement") or {}
+        self.problems = _Problems()
+        self.warnings: list[str] = []
+        self.name = options.name or default_name(source)
+        self.compute: Any = None
+
+    def plan(self) -> Plan:
+        dc, dc_name = self.datacenter()
+        self.dc, self.dc_name = dc, dc_name
+        self.dc_path = inventory_path(self.si, dc).strip("/")
+        folder, folder_path, make_folders = self.folder()
+        pool, pool_path, make_pools = self.pool()
+        host = self.host()
+        datastores, vm_ds = self.datastores(host)
+        profiles, vm_profile = self.profiles()
+        disks = self.disks(datastores, vm_ds, profiles, vm_profile)
+        nics = self.nics()
+        if self.options.import_vmx and not (self.meta.get("files") or {}).get("vmx"):
+            self.problems.add("--import: the generation has no saved .vmx file")
+        existing, conflicts = self.existing()
+        if self.problems:
+            raise PlacementError([*self.problems, *conflicts])
+        if conflicts:
+            raise VMExists("existing VM", "; ".join(conflicts))
+        return Plan(source_vm=self.source.vm, generation=self.source.name, name=self.name,
+                    datacenter=dc, datacenter_name=dc_name, folder=folder, folder_path=folder_path,
+                    make_folders=make_folders, pool=pool, pool_path=pool_path, make_pools=make_pools,
+                    host=host, host_name=self.options.host, datastore=vm_ds or "", disks=disks,
+                    nics=nics, vm_profile=vm_profile, existing=existing,
+                    snapshot=needs_snapshot(self.options.transports), options=self.options,
+                    metadata=self.meta, warnings=self.warnings)
+
+    def datacenter(self) -> tuple[Any, str]:
+        """--datacenter, else the saved one, else the only one there is."""
+        si, saved = self.si, self.placement.get("datacenter")
+        dcs = _names(si, _children_of_type(si, si.content.rootFolder, vim.Datacenter))
+        name = self.options.datacenter or saved
+        if name not in dcs:
+            if self.options.datacenter:
+                self.problems.add(f"no datacenter {name!r} (have: {', '.join(sorted(dcs))})")
+            elif len(dcs) == 1:
+                name = next(iter(dcs))
+                self.warnings.append(f"the saved datacenter {saved!r} does not exist: using {name}")
             else:
-                folder, folder_path = obj, "/" + "/".join([dc_path, "vm", *rel])
-    else:
-        rel = _relative(placement.get("folder_path"), placement.get("datacenter"), "vm") or []
-        obj, path, missing = _nearest(si, f"{dc_path}/vm", rel)
+                self.problems.add(f"the saved datacenter {saved!r} does not exist: give --datacenter "
+                                  f"(have: {', '.join(sorted(dcs))})")
+        if name not in dcs:
+            raise PlacementError(self.problems)  # nothing else can be looked up without it
+        return dcs[name], name
+
+    def folder(self) -> tuple[Any, str, Creation | None]:
+        """--folder (below the datacenter's VM folder, or an inventory path) must exist; the
+        saved folder path is created where it is missing."""
+        si, option, base = self.si, self.options.folder, f"{self.dc_path}/vm"
+        if option:
+            rel = _relative(option, "vm") if option.startswith("/") else _split(option)
+            if rel is None:
+                self.problems.add(f"--folder {option}: not a path below /{base}")
+                return None, "", None
+            path = "/".join([base, *rel])
+            obj = _find_path(si, path)
+            if not isinstance(obj, vim.Folder):
+                self.problems.add(f"no VM folder /{path}")
+                return None, "", None
+            return obj, "/" + path, None
+        rel = _relative(self.placement.get("folder_path"), "vm") or []
+        obj, path, missing = _nearest(si, base, rel)
         if not isinstance(obj, vim.Folder):
-            problems.add(f"the VM folder of {dc_name} cannot be found")
-        else:
-            folder, folder_path = obj, path
-            if missing:
-                make_folders = Creation(obj, path, missing)
+            self.problems.add(f"the VM folder of {self.dc_name} cannot be found")
+            return None, "", None
+        return obj, path, Creation(obj, path, missing) if missing else None
 
-    # Resource pool: --resource-pool (path below the datacenter's host folder, or inventory
-    # path; a cluster or host names its root pool).
-    pool = None
-    pool_path = ""
-    make_pools = None
-    compute = None
-    if options.resource_pool:
-        rel = (_relative(options.resource_pool, dc_name, "host") if options.resource_pool.startswith("/")
-               else _split(options.resource_pool))
-        obj = _find_path(si, "/".join([dc_path, "host", *(rel or [])])) if rel is not None else None
-        if isinstance(obj, vim.ComputeResource):
-            compute, obj = obj, properties(si, obj, ["resourcePool"]).get("resourcePool")
-        if not isinstance(obj, vim.ResourcePool):
-            problems.add(f"no resource pool, cluster or host {options.resource_pool!r} in {dc_name}")
+    def pool(self) -> tuple[Any, str, Creation | None]:
+        """--resource-pool (below the datacenter's host folder, or an inventory path; a cluster
+        or host names its root pool) must exist; the saved pool is created below its cluster."""
+        si, option, base = self.si, self.options.resource_pool, f"{self.dc_path}/host"
+        pool, pool_path, make = None, "", None
+        if option:
+            rel = _relative(option, "host") if option.startswith("/") else _split(option)
+            obj = _find_path(si, "/".join([base, *rel])) if rel is not None else None
+            if isinstance(obj, vim.ComputeResource):
+                self.compute, obj = obj, properties(si, obj, ["resourcePool"]).get("resourcePool")
+            if not isinstance(obj, vim.ResourcePool):
+                self.problems.add(f"no resource pool, cluster or host {option!r} in {self.dc_name}")
+            else:
+                pool, pool_path = obj, inventory_path(si, obj)
         else:
-            pool, pool_path = obj, inventory_path(si, obj)
-    else:
-        rel = _relative(placement.get("resource_pool_path"), placement.get("datacenter"), "host")
-        if rel:
-            obj, path, missing = _nearest(si, f"{dc_path}/host", rel)
-            if isinstance(obj, vim.ComputeResource) and missing and missing[0] == "Resources":
-                obj = properties(si, obj, ["resourcePool"]).get("resourcePool")
-                path, missing = f"{path}/Resources", missing[1:]
-            if isinstance(obj, vim.ResourcePool):
-                pool, pool_path = obj, path
-                if missing:
-                    make_pools = Creation(obj, path, missing)
-                    if isinstance(obj, vim.VirtualApp):
-                        problems.add(f"cannot create resource pools inside the vApp {path}")
-        if pool is None:
-            problems.add(f"the saved resource pool {placement.get('resource_pool_path')!r} and its "
-                         f"cluster do not exist in {dc_name}: give --resource-pool")
-    if pool is not None and compute is None:
-        compute = properties(si, pool, ["owner"]).get("owner")
-    if meta.get("vapp"):
-        warnings.append(f"the VM was in the vApp {meta['vapp'].get('path')}: it is restored into "
-                        "the resource pool, outside any vApp")
+            saved = self.placement.get("resource_pool_path")
+            rel = _relative(saved, "host")
+            if rel:
+                obj, path, missing = _nearest(si, base, rel)
+                if isinstance(obj, vim.ComputeResource) and missing and missing[0] == "Resources":
+                    obj = properties(si, obj, ["resourcePool"]).get("resourcePool")
+                    path, missing = f"{path}/Resources", missing[1:]
+                if isinstance(obj, vim.ResourcePool):
+                    pool, pool_path = obj, path
+                    if missing:
+                        make = Creation(obj, path, missing)
+                        if isinstance(obj, vim.VirtualApp):
+                            self.problems.add(f"cannot create resource pools inside the vApp {path}")
+            if pool is None:
+                self.problems.add(f"the saved resource pool {saved!r} and its cluster do not exist "
+                                  f"in {self.dc_name}: give --resource-pool")
+        if pool is not None and self.compute is None:
+            self.compute = properties(si, pool, ["owner"]).get("owner")
+        if self.meta.get("vapp"):
+            self.warnings.append(f"the VM was in the vApp {self.meta['vapp'].get('path')}: it is "
+                                 "restored into the resource pool, outside any vApp")
+        return pool, pool_path, make
 
-    # Host.
-    host = None
-    host_name = None
-    if options.host:
-        hosts = _names(si, _children_of_type(si, dc.hostFolder, vim.HostSystem))
-        host = hosts.get(options.host)
+    def host(self) -> Any:
+        if not self.options.host:
+            return None
+        si, name = self.si, self.options.host
+        host = _names(si, _children_of_type(si, self.dc.hostFolder, vim.HostSystem)).get(name)
         if host is None:
-            problems.add(f"no host {options.host!r} in {dc_name}")
-        elif compute is not None and host not in (properties(si, compute, ["host"]).get("host") or []):
-            problems.add(f"the host {options.host} is not in {inventory_path(si, compute)}")
-        host_name = options.host
+            self.problems.add(f"no host {name!r} in {self.dc_name}")
+        elif self.compute is not None and host not in (properties(si, self.compute, ["host"]).get("host") or []):
+            self.problems.add(f"the host {name} is not in {inventory_path(si, self.compute)}")
+        return host
 
-    # Datastores.
-    datastores = _names(si, list(properties(si, dc, ["datastore"]).get("datastore") or []))
-    saved_disks = meta.get("disks") or []
-    labels = [d["label"] for d in saved_disks]
-    for label in options.disk_datastores:
-        if label not in labels:
-            problems.add(f"--datastore {label}=…: the VM has no disk {label} (disks: {', '.join(labels) or 'none'})")
-    vmx_path = (meta.get("files") or {}).get("vmx_path") or \
-        ((meta.get("config_full") or {}).get("files") or {}).get("vmPathName")
-    saved_vm_ds = None
-    if vmx_path:
-        try:
-            saved_vm_ds = parse_datastore_path(vmx_path)[0]
-        except ValueError:
-            pass
-    vm_ds = options.datastore or saved_vm_ds or (saved_disks[0]["datastore"] if saved_disks else None)
-    wanted_ds = {vm_ds} | {options.disk_datastores.get(d["label"]) or options.datastore or d.get("datastore")
-                           for d in saved_disks}
-    reachable = None
-    if host is not None or compute is not None:
-        owner = host if host is not None else compute
-        reachable = {properties(si, d, ["name"]).get("name")
-                     for d in properties(si, owner, ["datastore"]).get("datastore") or []}
-    for ds in sorted(x for x in wanted_ds if x):
-        if ds not in datastores:
-            problems.add(f"no datastore {ds!r} in {dc_name} (have: {', '.join(sorted(datastores))})")
-        elif reachable is not None and ds not in reachable:
-            problems.add(f"the datastore {ds} is not mounted on {host_name or inventory_path(si, compute)}")
-    if not vm_ds:
-        problems.add("no datastore for the VM's files: give --datastore")
+    def datastores(self, host: Any) -> tuple[dict[str, Any], str | None]:
+        """The datacenter's datastores by name, and the one for the VM's files; every datastore
+        named must exist and be mounted where the VM goes."""
+        si, options = self.si, self.options
+        datastores = _names(si, list(properties(si, self.dc, ["datastore"]).get("datastore") or []))
+        saved_disks = self.meta.get("disks") or []
+        labels = [d["label"] for d in saved_disks]
+        for label in options.disk_datastores:
+            if label not in labels:
+                self.problems.add(f"--datastore {label}=…: the VM has no disk {label} "
+                                  f"(disks: {', '.join(labels) or 'none'})")
+        vmx_path = (self.meta.get("files") or {}).get("vmx_path") or \
+            ((self.meta.get("config_full") or {}).get("files") or {}).get("vmPathName")
+        saved_vm_ds = None
+        if vmx_path:
+            try:
+                saved_vm_ds = parse_datastore_path(vmx_path)[0]
+            except ValueError:
+                pass
+        vm_ds = options.datastore or saved_vm_ds or (saved_disks[0]["datastore"] if saved_disks else None)
+        wanted = {vm_ds} | {options.disk_datastores.get(d["label"]) or options.datastore or d.get("datastore")
+                            for d in saved_disks}
+        owner = host if host is not None else self.compute
+        reachable = None if owner is None else {
+            properties(si, d, ["name"]).get("name")
+            for d in properties(si, owner, ["datastore"]).get("datastore") or []}
+        for ds in sorted(x for x in wanted if x):
+            if ds not in datastores:
+                self.problems.add(f"no datastore {ds!r} in {self.dc_name} (have: {', '.join(sorted(datastores))})")
+            elif reachable is not None and ds not in reachable:
+                self.problems.add(f"the datastore {ds} is not mounted on "
+                                  f"{self.options.host or inventory_path(si, self.compute)}")
+        if not vm_ds:
+            self.problems.add("no datastore for the VM's files: give --datastore")
+        return datastores, vm_ds
 
-    # Storage profiles.
-    profiles: dict[str, str] | None = None
-    vm_profile = None
-    if options.storage_profile or any(d.get("storage_profiles") for d in saved_disks) or meta.get("storage_profile"):
+    def profiles(self) -> tuple[dict[str, str] | None, tuple[str, str] | None]:
+        """Storage profiles by name (None: not needed or not readable) and the VM's."""
+        options, meta = self.options, self.meta
+        if not (options.storage_profile or meta.get("storage_profile")
+                or any(d.get("storage_profiles") for d in meta.get("disks") or [])):
+            return None, None
         try:
-            profiles = storage_profiles(session)
+            profiles = storage_profiles(self.session)
         except Exception as e:  # an absent endpoint: fatal only if the user asked for a profile
             if options.storage_profile:
-                problems.add(f"--storage-profile: the storage policy service cannot be read ({e})")
+                self.problems.add(f"--storage-profile: the storage policy service cannot be read ({e})")
             else:
-                warnings.append(f"saved storage profiles not applied: {e}")
-    if options.storage_profile and profiles is not None:
-        if options.storage_profile not in profiles:
-            problems.add(f"no storage profile {options.storage_profile!r} "
-                         f"(have: {', '.join(sorted(profiles))})")
-        else:
-            vm_profile = (profiles[options.storage_profile], options.storage_profile)
-    elif profiles is not None and meta.get("storage_profile"):
-        saved = meta["storage_profile"][0]["name"]
-        if saved in profiles:
-            vm_profile = (profiles[saved], saved)
-        else:
-            warnings.append(f"the saved VM storage profile {saved!r} does not exist: default used")
-
-    # Disks.
-    disks: list[DiskPlacement] = []
-    for d in saved_disks:
-        reader = disk_by_label(source, d["label"])
-        if reader is None and d.get("backup_possible", True):
-            problems.add(f"disk {d['label']} is in the metadata but the generation has no data for it")
-        elif reader is None:
-            warnings.append(f"disk {d['label']} was not backed up ({d.get('skip_reason')}): created empty")
-        elif reader.capacity != d["capacity_bytes"]:
-            problems.add(f"disk {d['label']}: the generation holds {reader.capacity} bytes, the "
-                         f"metadata says {d['capacity_bytes']}")
-        profile = vm_profile if options.storage_profile else None
-        if profile is None and profiles is not None and d.get("storage_profiles"):
-            saved = d["storage_profiles"][0]["name"]
+                self.warnings.append(f"saved storage profiles not applied: {e}")
+            return None, None
+        if options.storage_profile:
+            if options.storage_profile not in profiles:
+                self.problems.add(f"no storage profile {options.storage_profile!r} "
+                                  f"(have: {', '.join(sorted(profiles))})")
+                return profiles, None
+            return profiles, (profiles[options.storage_profile], options.storage_profile)
+        if meta.get("storage_profile"):
+            saved = meta["storage_profile"][0]["name"]
             if saved in profiles:
-                profile = (profiles[saved], saved)
-            else:
-                warnings.append(f"disk {d['label']}: the saved storage profile {saved!r} does not exist")
-        data = sum(n for _, n in reader.extents()) if reader is not None else 0
-        disks.append(DiskPlacement(
-            label=d["label"], capacity=d["capacity_bytes"],
-            datastore=options.disk_datastores.get(d["label"]) or options.datastore or d.get("datastore") or vm_ds or "",
-            provisioning=d.get("provisioning") or "thin", mode=d.get("mode") or "persistent",
-            controller_key=d["controller"]["key"], unit=d["unit"], profile=profile,
-            data_bytes=data, reader=reader, saved=d))
-    # Room: thick disks take their capacity at once, thin ones what will be written.
-    need: dict[str, int] = {}
-    for d in disks:
-        need[d.datastore] = need.get(d.datastore, 0) + (d.data_bytes if d.provisioning == "thin" else d.capacity)
-        if d.saved.get("backing_type") not in (None, "FlatVer2BackingInfo"):
-            warnings.append(f"disk {d.label} was a {d.saved['backing_type']}: restored as a flat disk")
-    for ds, n in sorted(need.items()):
-        if ds in datastores:
-            free = getattr(properties(si, datastores[ds], ["summary"]).get("summary"), "freeSpace", None)
-            if free is not None and free < n:
-                problems.add(f"the datastore {ds} has {_size(free)} free, the disks need {_size(n)}")
-    known = {d.label for d in disks}
-    for r in source.disks:
-        if r.label not in known:
-            warnings.append(f"the generation has data for {r.label}, which the metadata does not "
-                            "describe: not restored")
+                return profiles, (profiles[saved], saved)
+            self.warnings.append(f"the saved VM storage profile {saved!r} does not exist: default used")
+        return profiles, None
 
-    # Networks.
-    nets = network_backings(si, dc)
-    saved_nics = meta.get("networks") or []
-    saved_names = {n.get("network") for n in saved_nics}
-    for old, new in options.networks.items():
-        if old not in saved_names:
-            problems.add(f"--network {old}=…: the VM has no NIC on {old!r} "
-                         f"(its networks: {', '.join(sorted(x for x in saved_names if x)) or 'none'})")
-        if new and new not in nets:
-            problems.add(f"--network …={new}: no network {new!r} in {dc_name} "
-                         f"(have: {', '.join(sorted(nets))})")
-    nics: list[NicPlacement] = []
-    for n in saved_nics:
-        old = n.get("network")
-        new = options.networks.get(old, old) if old is not None else None
-        backing = nets.get(new) if new else None
-        if backing is None:
-            if old in options.networks and not new:
-                warnings.append(f"NIC {n.get('label')}: disconnected (--network {old}=)")
-            elif new in nets or old is None:
-                warnings.append(f"NIC {n.get('label')}: its {n.get('kind')} network cannot be "
-                                "mapped: restored disconnected")
-            elif old not in options.networks:
-                warnings.append(f"NIC {n.get('label')}: no network {old!r} here and no --network "
-                                f"{old}=NEW: restored disconnected")
-            new = None
-        placeholder = None
-        if backing is None:
-            # vSphere wants an existing network behind every NIC, connected or not.
-            standard = sorted(k for k, v in nets.items()
-                              if isinstance(v, vim.vm.device.VirtualEthernetCard.NetworkBackingInfo))
-            pick = (standard or sorted(nets) or [None])[0]
-            if pick is None:
-                problems.add(f"NIC {n.get('label')}: no network at all in {dc_name} to attach it to")
-            else:
-                placeholder = (pick, nets[pick])
-        nics.append(NicPlacement(key=n["key"], label=n.get("label"), adapter=n.get("adapter", "VirtualVmxnet3"),
-                                 old_network=old, network=new, backing=backing, saved=n,
-                                 placeholder=placeholder))
+    def disks(self, datastores: dict[str, Any], vm_ds: str | None, profiles: dict[str, str] | None,
+              vm_profile: tuple[str, str] | None) -> list[DiskPlacement]:
+        options = self.options
+        disks: list[DiskPlacement] = []
+        for d in self.meta.get("disks") or []:
+            reader = disk_by_label(self.source, d["label"])
+            if reader is None and d.get("backup_possible", True):
+                self.problems.add(f"disk {d['label']} is in the metadata but the generation has no data for it")
+            elif reader is None:
+                self.warnings.append(f"disk {d['label']} was not backed up ({d.get('skip_reason')}): created empty")
+            elif reader.capacity != d["capacity_bytes"]:
+                self.problems.add(f"disk {d['label']}: the generation holds {reader.capacity} bytes, "
+                                  f"the metadata says {d['capacity_bytes']}")
+            if d.get("backing_type") not in (None, "FlatVer2BackingInfo"):
+                self.warnings.append(f"disk {d['label']} was a {d['backing_type']}: restored as a flat disk")
+            profile = vm_profile if options.storage_profile else None
+            if profile is None and profiles is not None and d.get("storage_profiles"):
+                saved = d["storage_profiles"][0]["name"]
+                if saved in profiles:
+                    profile = (profiles[saved], saved)
+                else:
+                    self.warnings.append(f"disk {d['label']}: the saved storage profile {saved!r} does not exist")
+            disks.append(DiskPlacement(
+                label=d["label"], capacity=d["capacity_bytes"],
+                datastore=options.disk_datastores.get(d["label"]) or options.datastore or d.get("datastore")
+                or vm_ds or "",
+                provisioning=d.get("provisioning") or "thin", mode=d.get("mode") or "persistent",
+                controller_key=d["controller"]["key"], unit=d["unit"], profile=profile,
+                data_bytes=sum(n for _, n in reader.extents()) if reader is not None else 0,
+                reader=reader, saved=d))
+        # Room: thick disks take their capacity at once, thin ones what will be written.
+        need: dict[str, int] = {}
+        for p in disks:
+            need[p.datastore] = need.get(p.datastore, 0) + (p.data_bytes if p.provisioning == "thin" else p.capacity)
+        for ds, n in sorted(need.items()):
+            if ds in datastores:
+                free = getattr(properties(self.si, datastores[ds], ["summary"]).get("summary"), "freeSpace", None)
+                if free is not None and free < n:
+                    self.problems.add(f"the datastore {ds} has {_size(free)} free, the disks need {_size(n)}")
+        known = {p.label for p in disks}
+        for r in self.source.disks:
+            if r.label not in known:
+                self.warnings.append(f"the generation has data for {r.label}, which the metadata does "
+                                     "not describe: not restored")
+        return disks
 
-    if options.import_vmx and not (meta.get("files") or {}).get("vmx"):
-        problems.add("--import: the generation has no saved .vmx file")
+    def nics(self) -> list[NicPlacement]:
+        """Each saved NIC on its mapped network; disconnected (on a placeholder network: vSphere
+        wants an existing network behind every NIC) when that is missing or mapped to nothing."""
+        options, dc_name = self.options, self.dc_name
+        nets = network_backings(self.si, self.dc)
+        saved_nics = self.meta.get("networks") or []
+        saved_names = {n.get("network") for n in saved_nics}
+        for old, new in options.networks.items():
+            if old not in saved_names:
+                self.problems.add(f"--network {old}=…: the VM has no NIC on {old!r} "
+                                  f"(its networks: {', '.join(sorted(x for x in saved_names if x)) or 'none'})")
+            if new and new not in nets:
+                self.problems.add(f"--network …={new}: no network {new!r} in {dc_name} "
+                                  f"(have: {', '.join(sorted(nets))})")
+        standard = sorted(k for k, v in nets.items()
+                          if isinstance(v, vim.vm.device.VirtualEthernetCard.NetworkBackingInfo))
+        spare = (standard or sorted(nets) or [None])[0]
+        nics: list[NicPlacement] = []
+        for n in saved_nics:
+            label = n.get("label")
+            old = n.get("network")
+            new = options.networks.get(old, old) if old is not None else None
+            backing = nets.get(new) if new else None
+            placeholder = None
+            if backing is None:
+                if old in options.networks and not new:
+                    self.warnings.append(f"NIC {label}: disconnected (--network {old}=)")
+                elif new in nets or old is None:
+                    self.warnings.append(f"NIC {label}: its {n.get('kind')} network cannot be mapped: "
+                                         "restored disconnected")
+                elif old not in options.networks:
+                    self.warnings.append(f"NIC {label}: no network {old!r} here and no --network "
+                                         f"{old}=NEW: restored disconnected")
+                new = None
+                if spare is None:
+                    self.problems.add(f"NIC {label}: no network at all in {dc_name} to attach it to")
+                else:
+                    placeholder = (spare, nets[spare])
+            nics.append(NicPlacement(key=n["key"], label=label, adapter=n.get("adapter", "VirtualVmxnet3"),
+                                     old_network=old, network=new, backing=backing, saved=n,
+                                     placeholder=placeholder))
+        return nics
 
-    # The VM of the target name.
-    existing = None
-    try:
-        found = find_vm(si, name)
-        p = properties(si, found, ["runtime.powerState"])
-        existing = Existing(found, found._moId, str(p.get("runtime.powerState")), inventory_path(si, found))
-    except VMNotFound:
-        pass
-    except AmbiguousVM as e:
-        problems.add(f"several VMs are named {name!r} ({e}): give another --name")
-    conflicts: list[str] = []
-    if existing is not None:
-        on = existing.power_state == "poweredOn"
+    def existing(self) -> tuple[Existing | None, list[str]]:
+        """The VM of the target name, and why it stands in the way (if it does)."""
+        si, name, options = self.si, self.name, self.options
+        try:
+            found = find_vm(si, name)
+        except VMNotFound:
+            return None, []
+        except AmbiguousVM as e:
+            self.problems.add(f"several VMs are named {name!r} ({e}): give another --name")
+            return None, []
+        state = str(properties(si, found, ["runtime.powerState"]).get("runtime.powerState"))
+        existing = Existing(found, found._moId, state, inventory_path(si, found))
+        on = state == "poweredOn"
         if not options.overwrite:
-            conflicts.append(f"a VM named {name!r} exists ({existing.path}, {existing.moref}, "
-                         f"{existing.power_state}): give another --name, or --overwrite to replace it"
-                         + (" (with --force, as it is powered on)" if on else ""))
-        elif on and not options.force:
-            conflicts.append(f"the VM {name!r} to overwrite is powered on ({existing.moref}): add "
-                             "--force to power it off and replace it")
-
-    if problems:
-        raise PlacementError([*problems, *conflicts])
-    if conflicts:
-        raise VMExists("existing VM", "; ".join(conflicts))
-    return Plan(source_vm=source.vm, generation=source.name, name=name, datacenter=dc,
-                datacenter_name=dc_name or "", folder=folder, folder_path=folder_path,
-                make_folders=make_folders, pool=pool, pool_path=pool_path, make_pools=make_pools,
-                host=host, host_name=host_name, datastore=vm_ds or "", disks=disks, nics=nics,
-                vm_profile=vm_profile, existing=existing, snapshot=needs_snapshot(options.transports),
-                options=options, metadata=meta, warnings=warnings)
+            return existing, [f"a VM named {name!r} exists ({existing.path}, {existing.moref}, {state}): "
+                              "give another --name, or --overwrite to replace it"
+                              + (" (with --force, as it is powered on)" if on else "")]
+        if on and not options.force:
+            return existing, [f"the VM {name!r} to overwrite is powered on ({existing.moref}): add "
+                              "--force to power it off and replace it"]
+        return existing, []
 
 
 def network_backings(si: Any, dc: Any) -> dict[str, Any]:
