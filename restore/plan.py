@@ -124,6 +124,7 @@ class Plan:
     options: RestoreOptions
     metadata: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
+    privileges_checked: bool = False
 
     def lines(self) -> list[str]:
         """The plan as the CLI prints it for --dry-run."""
@@ -158,6 +159,8 @@ class Plan:
         out.append(f"  transport {mode}" + (", through a snapshot" if self.snapshot else ""))
         if self.options.power_on:
             out.append("  power on at the end")
+        if self.privileges_checked:
+            out.append("  privileges: the session may do every step (checked)")
         for w in self.warnings:
             out.append(f"  warning: {w}")
         return out
@@ -255,6 +258,7 @@ class _Resolver:
         self.warnings: list[str] = []
         self.name = options.name or default_name(source)
         self.compute: Any = None
+        self.privileges_checked = False
 
     def plan(self) -> Plan:
         dc, dc_name = self.datacenter()
@@ -270,6 +274,9 @@ class _Resolver:
         if self.options.import_vmx and not (self.meta.get("files") or {}).get("vmx"):
             self.problems.add("--import: the generation has no saved .vmx file")
         existing, conflicts = self.existing()
+        self.privileges(folder, pool, make_folders, make_pools, datastores,
+                        {d.datastore for d in disks} | {vm_ds}, {n.network for n in nics if n.network},
+                        existing)
         if self.problems:
             raise PlacementError([*self.problems, *conflicts])
         if conflicts:
@@ -280,7 +287,8 @@ class _Resolver:
                     host=host, host_name=self.options.host, datastore=vm_ds or "", disks=disks,
                     nics=nics, vm_profile=vm_profile, existing=existing,
                     snapshot=needs_snapshot(self.options.transports), options=self.options,
-                    metadata=self.meta, warnings=self.warnings)
+                    metadata=self.meta, warnings=self.warnings,
+                    privileges_checked=self.privileges_checked)
 
     def datacenter(self) -> tuple[Any, str]:
         """--datacenter, else the saved one, else the only one there is."""
@@ -522,6 +530,54 @@ class _Resolver:
                                      old_network=old, network=new, backing=backing, saved=n,
                                      placeholder=placeholder))
         return nics
+
+    def privileges(self, folder: Any, pool: Any, make_folders: Creation | None,
+                   make_pools: Creation | None, datastores: dict[str, Any], used_ds: set[str | None],
+                   used_nets: set[str], existing: Existing | None) -> None:
+        """Safekeeping's "check privileges": what the session may do where the restore acts
+        (the new VM inherits its folder's permissions). Servers without
+        ``HasPrivilegeOnEntities`` get a warning instead."""
+        if folder is None or pool is None:
+            return  # already reported
+        o = self.options
+        vm_privs = ["VirtualMachine.Config.AddNewDisk", "VirtualMachine.Config.AddRemoveDevice",
+                    "VirtualMachine.Config.EditDevice", "VirtualMachine.Config.Settings",
+                    "VirtualMachine.Provisioning.DiskRandomAccess", "VirtualMachine.Inventory.Delete",
+                    "VirtualMachine.Interact.PowerOff",
+                    "VirtualMachine.Inventory.Register" if o.import_vmx else "VirtualMachine.Inventory.Create"]
+        if o.power_on:
+            vm_privs.append("VirtualMachine.Interact.PowerOn")
+        if needs_snapshot(o.transports):
+            vm_privs += ["VirtualMachine.State.CreateSnapshot", "VirtualMachine.State.RemoveSnapshot"]
+        if make_folders:
+            vm_privs.append("Folder.Create")
+        wanted: list[tuple[Any, str, list[str]]] = [(folder, f"the folder {inventory_path(self.si, folder)}", vm_privs)]
+        wanted.append((pool, f"the resource pool {inventory_path(self.si, pool)}",
+                       ["Resource.AssignVMToPool"] + (["Resource.CreatePool"] if make_pools else [])))
+        for ds in sorted(x for x in used_ds if x and x in datastores):
+            wanted.append((datastores[ds], f"the datastore {ds}",
+                           ["Datastore.AllocateSpace"] + (["Datastore.FileManagement"] if o.import_vmx else [])))
+        nets = _names(self.si, list(properties(self.si, self.dc, ["network"]).get("network") or []))
+        for net in sorted(used_nets):
+            if net in nets:
+                wanted.append((nets[net], f"the network {net}", ["Network.Assign"]))
+        if existing is not None and o.overwrite:
+            wanted.append((existing.vm, f"the VM {existing.path} to replace",
+                           ["VirtualMachine.Config.Rename", "VirtualMachine.Inventory.Delete",
+                            "VirtualMachine.Interact.PowerOff", "VirtualMachine.Interact.PowerOn"]))
+        content = self.si.content
+        try:
+            session_key = content.sessionManager.currentSession.key
+            for entity, what, privs in wanted:
+                answer = content.authorizationManager.HasPrivilegeOnEntities(
+                    entity=[entity], sessionId=session_key, privId=privs)
+                for result in answer or []:
+                    denied = [p.privId for p in result.privAvailability or [] if not p.isGranted]
+                    if denied:
+                        self.problems.add(f"{self.session.user} lacks {', '.join(denied)} on {what}")
+            self.privileges_checked = True
+        except Exception as e:  # an older server or ESXi: tell, and let the steps find out
+            self.warnings.append(f"privileges not checked beforehand ({type(e).__name__})")
 
     def existing(self) -> tuple[Existing | None, list[str]]:
         """The VM of the target name, and why it stands in the way (if it does)."""

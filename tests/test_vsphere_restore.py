@@ -155,6 +155,7 @@ def test_dry_run_changes_nothing(restore_bed: RestoreBed) -> None:
     before = restore_bed.inventory()
     proc = restore_bed.restore(f"vm:{b.vm}", "--dry-run", "--datastore", "scsi0-1=LocalDS_1")
     assert "dry run" in proc.stdout and "scsi0-1" in proc.stdout and "[LocalDS_1]" in proc.stdout
+    assert "privileges: the session may do every step (checked)" in proc.stdout
     assert restore_bed.inventory() == before
 
 
