@@ -3,7 +3,7 @@
 For each disk the chunks to read are the chunk-aligned cover of the source's extents. Each
 read chunk is checked for zeros (a hole: never stored), hashed, and stored unless the
 repository already has it. Chunks not read come from the previous generation's index when
-the extents are changes, and are holes otherwise.
+the extents are changes, and are holes otherwise. The disks of a VM are read in parallel.
 
 Throughput: the calling thread reads; a pool of workers (one per core) hashes, compresses,
 encrypts and writes, with a bounded number of chunks in flight so memory does not grow with
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import os
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -81,6 +82,7 @@ class _DiskIngest:
         self.pool = pool
         self.in_flight = in_flight
         self.zero = bytes(repo.chunk_size)
+        self.stop = threading.Event()  # set when another disk failed: give up early
 
     def _store(self, data: bytes, known: set[bytes]) -> tuple[bytes | None, int]:
         if data == self.zero[:len(data)]:
@@ -103,6 +105,8 @@ class _DiskIngest:
                 known.add(cid)  # type: ignore[arg-type]
 
         for n in numbers:
+            if self.stop.is_set():
+                raise IngestError(f"disk {source.label}: stopped because another disk failed")
             offset, length = index.chunk_range(n)
             data = source.read(offset, length)
             report.read_bytes += length
@@ -129,16 +133,30 @@ def backup(repo: Repository, vm: str, sources: Sequence[DiskSource], *,
         parent_manifest = parent[1] if parent else None
         when_ns = time.time_ns()
         ingest = _DiskIngest(repo, pool, in_flight=workers * 3)
-        entries, reports = [], []
+        plans = []
         for source in sources:
             report = DiskReport(source.label, source.capacity)
             entry_parent = parent_manifest.disk(source.label) if parent_manifest else None
             index, numbers, known = _plan(repo, source, entry_parent, report)
+            plans.append((source, index, numbers, known, report))
+
+        def read_disk(plan: tuple) -> None:
+            source, index, numbers, known, report = plan
             total = sum(index.chunk_range(n)[1] for n in numbers) if progress else 0
             ingest.run(source, index, numbers, known, report, progress, total)
             report.data_bytes = sum(index.chunk_range(n)[1] for n, _ in index.stored())
-            reports.append(report)
-            entries.append((source, index, report))
+
+        # Disks are read in parallel (one reader thread each), sharing the workers.
+        with ThreadPoolExecutor(len(plans) or 1, thread_name_prefix="ingest-read") as readers:
+            futures = [readers.submit(read_disk, plan) for plan in plans]
+            try:
+                for fut in futures:
+                    fut.result()
+            except BaseException:
+                ingest.stop.set()
+                raise
+        entries = [(source, index, report) for source, index, _n, _k, report in plans]
+        reports = [report for *_rest, report in plans]
         repo.sync()  # every chunk durable before an index refers to it
         disks = []
         for source, index, report in entries:
