@@ -176,6 +176,9 @@ class _Restore:
                 lib.end_access(params, IDENTITY)
         with self.step("reconfigure backings"):
             self._reconfigure()
+        if plan.metadata.get("custom_attributes"):
+            with self.step("custom attributes"):
+                self._custom_attributes()
         if self.snapshot is not None:
             with self.step("remove the snapshot"):
                 wait(self.si, self.snapshot.RemoveSnapshot_Task(removeChildren=False, consolidate=True),
@@ -350,6 +353,20 @@ class _Restore:
         spec = configspec.reconnect_spec(self.plan, devices)
         if spec is not None:
             wait(self.si, self.vm.ReconfigVM_Task(spec=spec), f"reconfigure {self.plan.name}")
+
+    def _custom_attributes(self) -> None:
+        """The saved custom attribute values, for the fields that exist here (a missing field
+        is not created: a field definition is global, not this restore's to add)."""
+        mgr = self.si.content.customFieldsManager
+        fields = {f.name: f.key for f in properties(self.si, mgr, ["field"]).get("field") or []
+                  if f.managedObjectType in (None, vim.VirtualMachine)}
+        for name, value in sorted((self.plan.metadata.get("custom_attributes") or {}).items()):
+            if value is None:
+                continue
+            if name not in fields:
+                self.plan.warnings.append(f"custom attribute {name!r} not set: no such field here")
+                continue
+            mgr.SetField(entity=self.vm, key=fields[name], value=str(value))
 
     def _remove_replaced(self) -> None:
         vm, name, _on = self.set_aside  # type: ignore[misc]

@@ -356,3 +356,22 @@ def test_a_saved_network_missing_here_leaves_the_nic_disconnected(restore_bed: R
     info = restore_bed.vm(name)
     assert info["nics"][0].connectable.startConnected is False
     assert restore_bed.same_disk(info["disks"][0].backing.fileName, b.raws["scsi0-0"])
+
+
+def test_custom_attributes_come_back(restore_bed: RestoreBed) -> None:
+    from fixtures_vcsim import connected, find_by_name, get_properties
+
+    field_name = unique("rs-owner")
+    b_name = unique("rs-attr")
+    restore_bed.bed.create_vm(b_name, (4 * MiB,))
+    with connected(restore_bed.vcsim) as si:
+        mgr = si.content.customFieldsManager
+        field = mgr.AddCustomFieldDef(name=field_name, moType=vim.VirtualMachine)
+        mgr.SetField(entity=find_by_name(si, vim.VirtualMachine, b_name), key=field.key, value="team-a")
+    restore_bed.bed.backup(f"vm:{b_name}")
+    name = unique("rs-attr-copy")
+    out = json.loads(restore_bed.restore(f"vm:{b_name}", "--name", name, "--json").stdout)[0]
+    assert "custom attributes" in out["steps"]
+    with connected(restore_bed.vcsim) as si:
+        values = get_properties(si, find_by_name(si, vim.VirtualMachine, name), ["customValue"]).get("customValue")
+        assert [(v.key, v.value) for v in values or []] == [(field.key, "team-a")]
