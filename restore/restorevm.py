@@ -2,7 +2,8 @@
 
 The steps, in the order of VMware's Safekeeping ``RestoreVm``:
 
-  check options          resolve the placement (``plan.resolve``); every problem reported at once
+  check options          resolve the placement and check the privileges (``plan.resolve``);
+                         every problem reported at once
   existing VM            a VM of the target name is set aside (powered off with --force, renamed);
                          it is destroyed only once the restore has succeeded
   folders and resource pools   the saved ones that are missing are created
@@ -13,6 +14,7 @@ The steps, in the order of VMware's Safekeeping ``RestoreVm``:
   write the disks        ``diskwriter``: in parallel, holes skipped, verified data
   end access             always, also after a failed write
   reconfigure backings   NICs connected as saved, disks back in their saved mode
+  custom attributes      the saved values, for the fields that exist here
   remove the snapshot
   power on               when asked
   remove the replaced VM
