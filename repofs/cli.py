@@ -273,7 +273,8 @@ def restore(targets: Annotated[list[str], typer.Argument(metavar="vm:NAME...", h
             transport: Annotated[str, typer.Option("--transport", help="VDDK transport modes, in order of preference (san/hotadd write through a snapshot).")] = "nbdssl:nbd",
             vddk_libdir: Annotated[Optional[str], typer.Option("--vddk-libdir", envvar="VDDK_LIBDIR", help="Directory of libvixDiskLib.so.")] = None,
             vddk_in_process: Annotated[bool, typer.Option("--vddk-in-process", help="Run VixDiskLib in this process, not in a worker.")] = False,
-            threads: Annotated[int, typer.Option("--threads", help="Disk pieces read and written at once.")] = 4) -> None:
+            threads: Annotated[int, typer.Option("--threads", help="Disk pieces read and written at once.")] = 4,
+            verify_written: Annotated[bool, typer.Option("--verify-written", help="Read every written piece back through VixDiskLib and compare (twice the I/O).")] = False) -> None:
     """Restore VMs into vCenter (or, with --to-dir, a generation's disks to local files)."""
     vms = [_vm_target(t) for t in targets]
     if to_dir:
@@ -307,7 +308,7 @@ def restore(targets: Annotated[list[str], typer.Argument(metavar="vm:NAME...", h
                                   resource_pool=resource_pool, host=host, storage_profile=storage_profile,
                                   power_on=power_on, overwrite=overwrite, force=force, import_vmx=import_vmx,
                                   recover_identity=recover_identity, transports=transport, dry_run=dry_run,
-                                  workers=threads),
+                                  workers=threads, verify_written=verify_written),
                      datastores=datastore or [], networks=network or [],
                      session=dict(server=server, user=user, password_file=vsphere_password_file,
                                   thumbprint=thumbprint, insecure=insecure, ca_file=ca_file,

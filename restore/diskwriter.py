@@ -9,7 +9,8 @@ Holes: only the reader's ``extents()`` are read, and a piece that turns out all 
 written — the new disk reads as zeros there already (thin, lazy-zeroed and eager-zeroed disks
 alike). Verification: the readers return only verified bytes (the repository re-hashes every
 chunk against its id; a mount does the same), so what reaches VixDiskLib is what was backed up;
-a chunk that fails its check stops the restore like a write error does.
+a chunk that fails its check stops the restore like a write error does. On request
+(``read_back``) each written piece is read back through VixDiskLib and compared.
 
 Pieces are the reader's chunk size (at most 4 MiB; the binding cuts requests to 2 MiB over NBD),
 aligned to disk offsets, widened to whole sectors. At most ``2 × threads`` pieces are in memory.
@@ -75,12 +76,16 @@ class _State:
         self.zero = {j.label: 0 for j in jobs}
         self.total = {j.label: sum(n for _, n in j.reader.extents()) for j in jobs}
         self.failed = threading.Event()
+        self.read_back = False
 
 
 def write_disks(conn: Any, jobs: list[DiskJob], *, threads: int = 4,
-                progress: Progress | None = None) -> list[WrittenDisk]:
+                progress: Progress | None = None, read_back: bool = False) -> list[WrittenDisk]:
+    """Write every job's extents; ``read_back``: read each written piece back through
+    VixDiskLib and compare (``DiskWriteFailed`` on a difference) — twice the I/O."""
     threads = max(1, min(MAX_THREADS, threads))
     state = _State(jobs, progress)
+    state.read_back = read_back
     opened: list[tuple[DiskJob, Any]] = []
     started = time.monotonic()
     try:
@@ -157,6 +162,16 @@ def _run(work: Iterator[Any], threads: int, state: _State) -> None:
                 raise DiskWriteFailed(STEP, f"{job.label}: VixDiskLib write at offset {offset} "
                                       f"({job.path}) failed: {e}", label=job.label, offset=offset,
                                       cause=e) from e
+            if state.read_back:
+                back = bytearray(length)
+                try:
+                    disk.read_into(offset, back)
+                except Exception as e:
+                    raise DiskWriteFailed(STEP, f"{job.label}: reading back offset {offset} failed: {e}",
+                                          label=job.label, offset=offset, cause=e) from e
+                if back != data:
+                    raise DiskWriteFailed(STEP, f"{job.label}: the {length} bytes written at offset "
+                                          f"{offset} read back different", label=job.label, offset=offset)
             with state.lock:
                 state.written[job.label] += length
                 state.done[job.label] += length

@@ -55,6 +55,7 @@ class RestoreOptions:
     transports: str = "nbdssl:nbd"
     dry_run: bool = False
     workers: int = 4
+    verify_written: bool = False
 
 
 @dataclass

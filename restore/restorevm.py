@@ -11,6 +11,7 @@ The steps, in the order of VMware's Safekeeping ``RestoreVm``:
   place disks and map networks    disks (datastore, provisioning, profile) and NICs added
   snapshot               only when the transport needs one (san, hotadd)
   prepare for access     VixDiskLib_PrepareForAccess (vCenter disables relocation meanwhile)
+  connect                VixDiskLib_ConnectEx, read-write, with the session's cookie
   write the disks        ``diskwriter``: in parallel, holes skipped, verified data
   end access             always, also after a failed write
   reconfigure backings   NICs connected as saved, disks back in their saved mode
@@ -339,7 +340,8 @@ class _Restore:
                      f"({self.plan.options.transports})")
             try:
                 self.result.disks = write_disks(conn, jobs, threads=self.plan.options.workers,
-                                                progress=self.progress)
+                                                progress=self.progress,
+                                                read_back=self.plan.options.verify_written)
             except DiskWriteFailed:
                 raise
             except Exception as e:

@@ -162,7 +162,11 @@ def test_dry_run_changes_nothing(restore_bed: RestoreBed) -> None:
 def test_disk_on_another_datastore(restore_bed: RestoreBed) -> None:
     b = restore_bed.backed_up("rs-ds")
     name = unique("rs-ds-copy")
-    restore_bed.restore(f"vm:{b.vm}", "--name", name, "--datastore", "scsi0-1=LocalDS_1")
+    start = len(restore_bed.bed.stats.read_text().splitlines())
+    restore_bed.restore(f"vm:{b.vm}", "--name", name, "--datastore", "scsi0-1=LocalDS_1", "--verify-written")
+    stats = [line.split() for line in restore_bed.bed.stats.read_text().splitlines()[start:]]
+    written = sorted((w[1], w[2], w[3]) for w in stats if w[0] == "write")
+    assert written and written == sorted((r[1], r[2], r[3]) for r in stats if r[0] == "read")
     disks = disks_by_unit(restore_bed.vm(name))
     assert disks[0].backing.fileName.startswith("[LocalDS_0]")
     assert disks[1].backing.fileName.startswith("[LocalDS_1]")
