@@ -304,3 +304,22 @@ def test_a_killed_mount_is_reported_and_can_be_unmounted(mount_source: MountSour
         done = _run_cli(mount_source, "umount", str(m.path))
         assert done.returncode == 0, done.stderr
         assert not is_mounted(m.path)
+
+
+def test_a_backend_that_stops_answering_gives_eio(mount_source: MountSource, tmp_path: Path) -> None:
+    """A chunk file replaced by a FIFO: opening it blocks forever, like a hung backend."""
+    source = mount_source.copy(tmp_path / "repo")
+    stuck_offset = PART_OFFSET + 4 * CHUNK
+    path = _chunk_file(source.repo, stuck_offset)
+    path.unlink()
+    os.mkfifo(path)
+    image = mount_source.image.read_bytes()
+    with mounted(source, tmp_path / "mnt", "--io-timeout", "1", "--read-ahead", "0") as m:
+        with open(m.gen_dir / f"{DISK}-flat.vmdk", "rb", buffering=0) as f:
+            with pytest.raises(OSError) as e:
+                os.pread(f.fileno(), 4096, stuck_offset)
+            assert e.value.errno == errno.EIO
+            assert os.pread(f.fileno(), CHUNK, stuck_offset + CHUNK) == \
+                image[stuck_offset + CHUNK:stuck_offset + 2 * CHUNK]
+        assert os.listdir(m.path / VM)
+    assert "did not answer" in m.log()

@@ -261,3 +261,15 @@ def test_unexpected_errors_become_eio(ops_env, caplog) -> None:
     with caplog.at_level(logging.ERROR, logger="repofs.mount"):
         trio.run(main)
     assert any("internal error" in r.getMessage() for r in caplog.records)
+
+
+def test_option_parsing() -> None:
+    from repofs.mount import MountError, parse_size, split_options
+    assert parse_size("512M") == 512 << 20 and parse_size("2G") == 2 << 30
+    assert parse_size("1.5GiB") == 3 << 29 and parse_size("4096") == 4096
+    with pytest.raises(ValueError):
+        parse_size("lots")
+    fuse, ours = split_options(["allow_other,cache_size=1G", "io-timeout=5,ro"])
+    assert fuse == ["allow_other", "ro"] and ours == {"cache_size": "1G", "io_timeout": "5"}
+    with pytest.raises(MountError):
+        split_options(["rw"])
