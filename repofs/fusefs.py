@@ -70,11 +70,36 @@ class Node:
 
 
 @dataclass
+class Stream:
+    """One sequential reader within an open file (a loop device or several threads may
+    interleave several on one handle)."""
+    end: int                          # where the last read of this stream ended
+    streak: int = 0                   # reads that continued it
+    ahead: int = -1                   # highest chunk number already queued for read-ahead
+
+
+MAX_STREAMS = 8
+
+
+@dataclass
 class OpenFile:
     node: Node
-    last_end: int = -1
-    streak: int = 0                   # consecutive reads that continued the previous one
-    ahead: int = -1                   # highest chunk number already queued for read-ahead
+    streams: list[Stream] = field(default_factory=list)   # most recent last
+
+    def advance(self, off: int, length: int) -> Stream:
+        """The stream this read continues (or a new one), moved to the most recent place."""
+        for i, s in enumerate(self.streams):
+            if s.end == off:
+                del self.streams[i]
+                s.streak += 1
+                break
+        else:
+            s = Stream(off)
+            if len(self.streams) >= MAX_STREAMS:
+                del self.streams[0]
+        s.end = off + length
+        self.streams.append(s)
+        return s
 
 
 @dataclass
@@ -387,18 +412,17 @@ class RepofsOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EIO) from None
 
     def _note_access(self, handle: OpenFile, off: int, length: int) -> None:
-        """Sequential-access detection per handle; queues read-ahead for streaming readers."""
-        if off == handle.last_end:
-            handle.streak += 1
-        else:
-            handle.streak, handle.ahead = 0, -1
-        handle.last_end = off + length
+        """Sequential-access detection per stream of a handle; queues read-ahead for
+        streaming readers."""
         window = self.settings.readahead_chunks
-        if self._nursery is None or window <= 0 or length == 0 or handle.streak < 1:
+        if length == 0:
+            return
+        stream = handle.advance(off, length)
+        if self._nursery is None or window <= 0 or stream.streak < 1:
             return
         disk = handle.node.file.disk
         current = (off + length - 1) // disk.chunk_size
-        first = max(current + 1, handle.ahead + 1)
+        first = max(current + 1, stream.ahead + 1)
         last = min(current + window, disk.index.count - 1)
         key_base = id(disk)
         for n in range(first, last + 1):
@@ -407,7 +431,7 @@ class RepofsOperations(pyfuse3.Operations):
                 continue
             self._ra_inflight.add(key)
             self._nursery.start_soon(self._prefetch, disk, n, key)
-        handle.ahead = max(handle.ahead, last)
+        stream.ahead = max(stream.ahead, last)
 
     async def _prefetch(self, disk, number: int, key) -> None:
         try:

@@ -89,7 +89,8 @@ def check_mountpoint(path: str) -> str:
     if not stat.S_ISDIR(st.st_mode):
         raise MountError(f"mount point {path} is not a directory")
     if is_mounted(real):
-        raise MountError(f"{path} is already a mount point")
+        raise MountError(f"{path} is already a mount point (if its process died, run "
+                         f"'repofs umount {path}')")
     return real
 
 

@@ -300,7 +300,8 @@ def test_a_killed_mount_is_reported_and_can_be_unmounted(mount_source: MountSour
             os.listdir(m.path)
         assert e.value.errno == errno.ENOTCONN
         done = _run_cli(mount_source, "mount", str(mount_source.repo), str(m.path))
-        assert done.returncode == 1 and "stale mount" in done.stderr, done.stderr
+        assert done.returncode == 1 and "repofs umount" in done.stderr, done.stderr
+        assert done.stderr.count("\n") == 1
         done = _run_cli(mount_source, "umount", str(m.path))
         assert done.returncode == 0, done.stderr
         assert not is_mounted(m.path)

@@ -273,3 +273,24 @@ def test_option_parsing() -> None:
     assert fuse == ["allow_other", "ro"] and ours == {"cache_size": "1G", "io_timeout": "5"}
     with pytest.raises(MountError):
         split_options(["rw"])
+
+
+def test_interleaved_sequential_streams_each_get_read_ahead(ops_env) -> None:
+    ops, store, clock, gen, image, _ = ops_env
+    disk = ops.view.generation(VM).disk("d0")
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            ops.attach(nursery)
+            flat = await _lookup_path(ops, FOLDER, gen, "d0-flat.vmdk")
+            fh = (await ops.open(flat.st_ino, os.O_RDONLY, None)).fh
+            # two readers on one handle, at chunk 0 and chunk 18, alternating
+            for step in range(2):
+                for base in (0, 18 * CS):
+                    off = base + step * CS
+                    assert await ops.read(fh, off, CS) == image[off:off + CS]
+            with trio.fail_after(10):
+                while not (disk.chunk_is_cached(5) and disk.chunk_is_cached(20)):
+                    await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+    trio.run(main)
