@@ -324,3 +324,27 @@ def test_a_backend_that_stops_answering_gives_eio(mount_source: MountSource, tmp
                 image[stuck_offset + CHUNK:stuck_offset + 2 * CHUNK]
         assert os.listdir(m.path / VM)
     assert "did not answer" in m.log()
+
+
+def test_fstab_helper(mount_source: MountSource, tmp_path: Path) -> None:
+    """What mount(8) runs for a `fuse.repofs` line of /etc/fstab."""
+    needs_root_tools("fusermount3")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    env = {k: v for k, v in mount_source.env().items() if k != "REPOFS_PASSWORD_FILE"}
+    opts = f"rw,noauto,nofail,x-systemd.automount,ro,password_file={mount_source.password_file},cache_size=64M"
+    try:
+        done = subprocess.run([*repofs_cmd()[:2], "repofs.fstab", str(mount_source.repo), str(mnt),
+                               "-o", opts, "-t", "fuse.repofs"], env=env, capture_output=True,
+                              text=True, stdin=subprocess.DEVNULL, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert is_mounted(mnt)
+        assert os.readlink(mnt / VM / "latest") == mount_source.generation
+        with open("/proc/self/mountinfo") as f:
+            line = next(ln for ln in f if ln.split()[4] == str(mnt))
+        assert "fuse.repofs" in line and " ro," in line
+    finally:
+        end_mount(mnt, None)
+        deadline = time.monotonic() + 10
+        while _mount_processes(mnt) and time.monotonic() < deadline:
+            time.sleep(0.05)
