@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from .restoreerrors import DiskWriteFailed
-from .source import DiskReader, piece_size
+from .source import DiskReader, block_size, piece_size
 
 SECTOR = 512
 STEP = "write the disks"
@@ -95,7 +95,7 @@ def write_disks(conn: Any, jobs: list[DiskJob], *, threads: int = 4,
             except Exception as e:
                 raise DiskWriteFailed(STEP, f"cannot open {job.label} ({job.path}) for writing: {e}",
                                       label=job.label, offset=0, cause=e) from e
-        work = _interleave([[(job, disk, off, n) for off, n in
+        work = _interleave([[(job, disk, off, n, block_size(job.reader)) for off, n in
                              pieces(job.reader.extents(), piece_size(job.reader), job.reader.capacity)]
                             for job, disk in opened])
         _run(work, threads, state)
@@ -131,16 +131,31 @@ def _interleave(lists: list[list[Any]]) -> Iterator[Any]:
         iters = alive
 
 
+def _runs(data: bytes, block: int, is_zero: Callable[[memoryview], bool]) -> list[tuple[int, int]]:
+    """(start, length) of the maximal runs of ``block``-sized pieces of ``data`` not all zeros."""
+    view = memoryview(data)
+    runs: list[tuple[int, int]] = []
+    for start in range(0, len(data), block):
+        part = view[start:start + block]
+        if is_zero(part):
+            continue
+        if runs and runs[-1][0] + runs[-1][1] == start:
+            runs[-1] = (runs[-1][0], runs[-1][1] + len(part))
+        else:
+            runs.append((start, len(part)))
+    return runs
+
+
 def _run(work: Iterator[Any], threads: int, state: _State) -> None:
-    zero_pieces: dict[int, bytes] = {}
+    zero_blocks: dict[int, bytes] = {}
 
-    def is_zero(data: bytes) -> bool:
-        zero = zero_pieces.get(len(data))
+    def is_zero(part: memoryview) -> bool:
+        zero = zero_blocks.get(len(part))
         if zero is None:
-            zero = zero_pieces.setdefault(len(data), bytes(len(data)))
-        return data == zero
+            zero = zero_blocks.setdefault(len(part), bytes(len(part)))
+        return part == zero
 
-    def one(job: DiskJob, disk: Any, offset: int, length: int) -> None:
+    def one(job: DiskJob, disk: Any, offset: int, length: int, block: int) -> None:
         if state.failed.is_set():
             return
         try:
@@ -150,32 +165,32 @@ def _run(work: Iterator[Any], threads: int, state: _State) -> None:
                                   label=job.label, offset=offset, cause=e) from e
         if len(data) < length:  # the tail of a disk whose capacity is not whole sectors
             data = bytes(data) + bytes(length - len(data))
-        if is_zero(data):
-            with state.lock:
-                state.zero[job.label] += length
-                state.done[job.label] += length
-                done = state.done[job.label]
-        else:
+        view = memoryview(data)
+        written = 0
+        for start, n in _runs(data, block, is_zero):
+            at = offset + start
             try:
-                disk.write_from(offset, data)
+                disk.write_from(at, view[start:start + n])
             except Exception as e:
-                raise DiskWriteFailed(STEP, f"{job.label}: VixDiskLib write at offset {offset} "
-                                      f"({job.path}) failed: {e}", label=job.label, offset=offset,
+                raise DiskWriteFailed(STEP, f"{job.label}: VixDiskLib write at offset {at} "
+                                      f"({job.path}) failed: {e}", label=job.label, offset=at,
                                       cause=e) from e
+            written += n
             if state.read_back:
-                back = bytearray(length)
+                back = bytearray(n)
                 try:
-                    disk.read_into(offset, back)
+                    disk.read_into(at, back)
                 except Exception as e:
-                    raise DiskWriteFailed(STEP, f"{job.label}: reading back offset {offset} failed: {e}",
-                                          label=job.label, offset=offset, cause=e) from e
-                if back != data:
-                    raise DiskWriteFailed(STEP, f"{job.label}: the {length} bytes written at offset "
-                                          f"{offset} read back different", label=job.label, offset=offset)
-            with state.lock:
-                state.written[job.label] += length
-                state.done[job.label] += length
-                done = state.done[job.label]
+                    raise DiskWriteFailed(STEP, f"{job.label}: reading back offset {at} failed: {e}",
+                                          label=job.label, offset=at, cause=e) from e
+                if back != view[start:start + n]:
+                    raise DiskWriteFailed(STEP, f"{job.label}: the {n} bytes written at offset "
+                                          f"{at} read back different", label=job.label, offset=at)
+        with state.lock:
+            state.written[job.label] += written
+            state.zero[job.label] += length - written
+            state.done[job.label] += length
+            done = state.done[job.label]
         if state.progress:
             state.progress(job.label, min(done, state.total[job.label]), state.total[job.label])
 

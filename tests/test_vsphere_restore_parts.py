@@ -35,6 +35,20 @@ class MemoryDisk:
         return list(self._extents)
 
 
+def test_zero_blocks_inside_a_piece_are_not_written(vddk_lib: vddk.Library, standin: Standin) -> None:
+    block = 64 << 10
+    data = bytearray(4 * MiB)
+    data[0:block] = b"a" * block              # block 0
+    data[3 * block:5 * block] = b"b" * 2 * block   # blocks 3-4: one run
+    reader = MemoryDisk("scsi0-0", bytes(data), [(0, 4 * MiB)], chunk_size=block)
+    target = make_flat_disk(standin.datastore / "z.vmdk", 4 * MiB)
+    with vddk_lib.connect(None, read_only=False) as conn:
+        [done] = write_disks(conn, [DiskJob("scsi0-0", str(target), reader)])
+    assert target.with_name("z-flat.vmdk").read_bytes() == bytes(data)
+    assert sorted((int(w[2]), int(w[3])) for w in standin.stat_lines("write")) == [(0, block), (3 * block, 2 * block)]
+    assert done.written_bytes == 3 * block and done.skipped_zero_bytes == 4 * MiB - 3 * block
+
+
 def test_pieces_are_aligned_whole_sectors_within_the_disk() -> None:
     got = list(pieces([(100, 3 * MiB), (5 * MiB, 10)], MiB, 6 * MiB))
     assert got == [(0, MiB), (MiB, MiB), (2 * MiB, MiB), (3 * MiB, 512), (5 * MiB, 512)]
@@ -64,15 +78,16 @@ def test_writer_skips_holes_and_zero_pieces_and_writes_the_rest(vddk_lib: vddk.L
 
 def test_writer_failure_names_the_disk_and_offset(vddk_libdir, standin: Standin) -> None:
     standin.configure(fail_write_after=1)
-    data = random.Random(4).randbytes(4 * MiB)
-    reader = MemoryDisk("scsi0-1", data, [(0, 4 * MiB)])
-    target = make_flat_disk(standin.datastore / "f.vmdk", 4 * MiB)
+    data = random.Random(4).randbytes(8 * MiB)
+    reader = MemoryDisk("scsi0-1", data, [(0, 8 * MiB)])
+    target = make_flat_disk(standin.datastore / "f.vmdk", 8 * MiB)
     with vddk.open_library(vddk_libdir) as lib, lib.connect(None, read_only=False) as conn:
         with pytest.raises(DiskWriteFailed) as info:
             write_disks(conn, [DiskJob("scsi0-1", str(target), reader)], threads=1)
     e = info.value
-    assert e.step == "write the disks" and e.label == "scsi0-1" and e.offset == MiB
-    assert "scsi0-1" in str(e) and "offset 1048576" in str(e)
+    # Pieces of 4 MiB (the 1 MiB blocks of a piece go in one request): the second one fails.
+    assert e.step == "write the disks" and e.label == "scsi0-1" and e.offset == 4 * MiB
+    assert "scsi0-1" in str(e) and "offset 4194304" in str(e)
 
 
 def test_writer_runs_disks_side_by_side(vddk_lib: vddk.Library, standin: Standin) -> None:
@@ -80,9 +95,9 @@ def test_writer_runs_disks_side_by_side(vddk_lib: vddk.Library, standin: Standin
     jobs, expected = [], {}
     with vddk_lib.connect(None, read_only=False) as conn:
         for i in range(3):
-            data = rng.randbytes(3 * MiB)
-            target = make_flat_disk(standin.datastore / f"d{i}.vmdk", 3 * MiB)
-            jobs.append(DiskJob(f"scsi0-{i}", str(target), MemoryDisk(f"scsi0-{i}", data, [(0, 3 * MiB)])))
+            data = rng.randbytes(12 * MiB)
+            target = make_flat_disk(standin.datastore / f"d{i}.vmdk", 12 * MiB)
+            jobs.append(DiskJob(f"scsi0-{i}", str(target), MemoryDisk(f"scsi0-{i}", data, [(0, 12 * MiB)])))
             expected[target] = data
         progress: list[tuple[str, int, int]] = []
         write_disks(conn, jobs, threads=4, progress=lambda *a: progress.append(a))
