@@ -15,7 +15,7 @@ import typer
 from format.check import check as check_repository
 from format.repository import DEFAULT_CHUNK_SIZE, Repository
 
-from . import exitcodes
+from . import allocator, exitcodes
 from .filescmd import build_app as build_files_app
 from .fusefs import MountSettings
 from .ingest import BackupReport, backup as ingest_backup
@@ -472,6 +472,7 @@ app.add_typer(build_files_app(open_repository, RepoOpt, PasswordFileOpt), name="
 
 
 def main(argv: list[str] | None = None) -> None:
+    allocator.tune()
     try:
         rc = app(args=argv, standalone_mode=False, prog_name="repofs")
     except typer.Exit as e:
