@@ -463,25 +463,30 @@ _ITABLE_CACHED = 256            # blocks kept per filesystem (16 MiB)
 def _ext_raw_inode(fs, inum: int) -> bytes:
     """An inode's bytes, sliced from a cached 64 KiB piece of its group's inode table
     (neighbouring inodes are usually listed together)."""
-    from dissect.extfs.c_ext import c_ext  # noqa: PLC0415
-    sb = fs.sb
-    group, index = divmod(inum - 1, sb.s_inodes_per_group)
-    gd = fs._read_group_desc(group)
-    table = gd.bg_inode_table_lo
-    if fs._group_desc_struct == c_ext.ext4_group_desc:
-        table |= gd.bg_inode_table_hi << 32
-    table_bytes = sb.s_inodes_per_group * sb.s_inode_size
-    pos = index * sb.s_inode_size
+    geometry = fs.__dict__.get("_repofs_geometry")
+    if geometry is None:
+        sb = fs.sb
+        geometry = fs._repofs_geometry = (sb.s_inodes_per_group, sb.s_inode_size, {}, OrderedDict())
+    per_group, inode_size, tables, cache = geometry
+    group, index = divmod(inum - 1, per_group)
+    pos = index * inode_size
     piece, inner = divmod(pos, _ITABLE_BLOCK)
-    cache = fs.__dict__.setdefault("_repofs_itable", OrderedDict())
     key = (group, piece)
     data = cache.get(key)
     if data is None:
-        fs.fh.seek(table * fs.block_size + piece * _ITABLE_BLOCK)
-        data = cache[key] = fs.fh.read(min(_ITABLE_BLOCK, table_bytes - piece * _ITABLE_BLOCK))
+        table = tables.get(group)
+        if table is None:
+            from dissect.extfs.c_ext import c_ext  # noqa: PLC0415
+            gd = fs._read_group_desc(group)
+            block = gd.bg_inode_table_lo
+            if fs._group_desc_struct == c_ext.ext4_group_desc:
+                block |= gd.bg_inode_table_hi << 32
+            table = tables[group] = block * fs.block_size
+        fs.fh.seek(table + piece * _ITABLE_BLOCK)
+        data = cache[key] = fs.fh.read(min(_ITABLE_BLOCK, per_group * inode_size - piece * _ITABLE_BLOCK))
         if len(cache) > _ITABLE_CACHED:
             cache.popitem(last=False)
-    return data[inner:inner + sb.s_inode_size]
+    return data[inner:inner + inode_size]
 
 
 def _ext_stat(node) -> GuestStat:
