@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from pyVmomi import pbm, vim
+from pyVmomi import pbm, vim, vmodl
 from pyVmomi.SoapAdapter import SoapStubAdapter
 
 from .errors import AmbiguousVM, VMNotFound
@@ -194,9 +194,25 @@ def _children_of_type(si: Any, root: Any, kind: type) -> list[Any]:
 
 
 def _names(si: Any, objs: list[Any]) -> dict[str, Any]:
+    """name -> object for ``objs``, in one round trip (the first object of a name wins)."""
+    if not objs:
+        return {}
+    pc = vmodl.query.PropertyCollector
+    spec = pc.FilterSpec(objectSet=[pc.ObjectSpec(obj=o) for o in objs],
+                         propSet=[pc.PropertySpec(type=t, pathSet=["name"])
+                                  for t in {type(o) for o in objs}])
+    found: dict[str, str] = {}
+    result = si.content.propertyCollector.RetrievePropertiesEx([spec], pc.RetrieveOptions())
+    while result is not None:
+        for content in result.objects:
+            for prop in content.propSet:
+                found[content.obj._moId] = prop.val
+        if not result.token:
+            break
+        result = si.content.propertyCollector.ContinueRetrievePropertiesEx(result.token)
     out: dict[str, Any] = {}
     for o in objs:
-        name = properties(si, o, ["name"]).get("name")
+        name = found.get(o._moId)
         if name is not None and name not in out:
             out[name] = o
     return out
@@ -275,7 +291,7 @@ class _Resolver:
         if self.options.import_vmx and not (self.meta.get("files") or {}).get("vmx"):
             self.problems.add("--import: the generation has no saved .vmx file")
         existing, conflicts = self.existing()
-        self.privileges(folder, pool, make_folders, make_pools, datastores,
+        self.privileges(folder, folder_path, pool, pool_path, make_folders, make_pools, datastores,
                         {d.datastore for d in disks} | {vm_ds}, {n.network for n in nics if n.network},
                         existing)
         if self.problems:
@@ -403,9 +419,8 @@ class _Resolver:
         wanted = {vm_ds} | {options.disk_datastores.get(d["label"]) or options.datastore or d.get("datastore")
                             for d in saved_disks}
         owner = host if host is not None else self.compute
-        reachable = None if owner is None else {
-            properties(si, d, ["name"]).get("name")
-            for d in properties(si, owner, ["datastore"]).get("datastore") or []}
+        reachable = None if owner is None else set(
+            _names(si, list(properties(si, owner, ["datastore"]).get("datastore") or [])))
         for ds in sorted(x for x in wanted if x):
             if ds not in datastores:
                 self.problems.add(f"no datastore {ds!r} in {self.dc_name} (have: {', '.join(sorted(datastores))})")
@@ -532,7 +547,8 @@ class _Resolver:
                                      placeholder=placeholder))
         return nics
 
-    def privileges(self, folder: Any, pool: Any, make_folders: Creation | None,
+    def privileges(self, folder: Any, folder_path: str, pool: Any, pool_path: str,
+                   make_folders: Creation | None,
                    make_pools: Creation | None, datastores: dict[str, Any], used_ds: set[str | None],
                    used_nets: set[str], existing: Existing | None) -> None:
         """Safekeeping's "check privileges": what the session may do where the restore acts
@@ -552,8 +568,8 @@ class _Resolver:
             vm_privs += ["VirtualMachine.State.CreateSnapshot", "VirtualMachine.State.RemoveSnapshot"]
         if make_folders:
             vm_privs.append("Folder.Create")
-        wanted: list[tuple[Any, str, list[str]]] = [(folder, f"the folder {inventory_path(self.si, folder)}", vm_privs)]
-        wanted.append((pool, f"the resource pool {inventory_path(self.si, pool)}",
+        wanted: list[tuple[Any, str, list[str]]] = [(folder, f"the folder {folder_path}", vm_privs)]
+        wanted.append((pool, f"the resource pool {pool_path}",
                        ["Resource.AssignVMToPool"] + (["Resource.CreatePool"] if make_pools else [])))
         for ds in sorted(x for x in used_ds if x and x in datastores):
             wanted.append((datastores[ds], f"the datastore {ds}",
@@ -607,11 +623,7 @@ def network_backings(si: Any, dc: Any) -> dict[str, Any]:
     """Network name -> the NIC backing that connects to it (standard, distributed, opaque)."""
     out: dict[str, Any] = {}
     E = vim.vm.device.VirtualEthernetCard
-    for net in properties(si, dc, ["network"]).get("network") or []:
-        p = properties(si, net, ["name"])
-        name = p.get("name")
-        if name is None or name in out:
-            continue
+    for name, net in _names(si, list(properties(si, dc, ["network"]).get("network") or [])).items():
         if isinstance(net, vim.dvs.DistributedVirtualPortgroup):
             pg = properties(si, net, ["key", "config.distributedVirtualSwitch"])
             switch = pg.get("config.distributedVirtualSwitch")

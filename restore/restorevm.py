@@ -45,17 +45,18 @@ from pyVmomi import vim, vmodl
 
 from . import configspec, vmximport
 from .backup import VddkProvider, connect_params
-from .diskwriter import DiskJob, WrittenDisk, write_disks
+from .diskwriter import DiskJob, WrittenDisk, pieces, write_disks
 from .metadata import parse_datastore_path
 from .plan import Plan, RestoreOptions, resolve
 from .restoreerrors import DiskWriteFailed, RestoreError, StepFailed
 from .session import Session
-from .source import GenerationSource
+from .source import GenerationSource, piece_size
 from .tasks import fault_text, properties, wait
 
 IDENTITY = "repofs-restore"
 REPLACED_SUFFIX = "-repofs-replaced-"
 SNAPSHOT_NAME = "repofs-restore"
+PREFETCH_BYTES = 128 << 20
 
 Say = Callable[[str], None]
 Progress = Callable[[str, int, int], None]
@@ -128,9 +129,11 @@ class _Restore:
         self.result.steps.append(name)
 
     def run(self) -> None:
+        prefetch = _Prefetch(self.plan)
         try:
-            self._steps()
+            self._steps(prefetch)
         except BaseException as e:
+            prefetch.stop()
             error = e if isinstance(e, RestoreError) else None
             with _sigint_held():  # a second Ctrl-C must not cut the undo short
                 done, left = self._rollback()
@@ -140,9 +143,12 @@ class _Restore:
                 if left:
                     e.add_note(f"left behind (remove by hand): {', '.join(left)}")
             raise
+        finally:
+            prefetch.stop()
 
-    def _steps(self) -> None:
+    def _steps(self, prefetch: "_Prefetch") -> None:
         plan = self.plan
+        prefetch.start()
         if plan.existing is not None:
             with self.step("existing VM"):
                 self._set_aside()
@@ -167,6 +173,7 @@ class _Restore:
             with self.step("prepare for access"):
                 lib.prepare_for_access(params, IDENTITY)
             try:
+                prefetch.stop()
                 self._write(lib, params, jobs)
             except BaseException as e:
                 try:
@@ -418,6 +425,47 @@ class _Restore:
             if "FileNotFound" in type(getattr(e, "fault", e)).__name__ or "FileNotFound" in str(e):
                 return
             raise
+
+
+class _Prefetch:
+    """Reads the first pieces of every disk while vCenter creates the VM, so that their chunks
+    are decompressed and verified (and held by the reader's cache) when the writes start.
+    Bounded by ``budget`` bytes — under the default chunk cache of the views — and stopped as
+    soon as the writes begin; a read error here is left for the writer to meet and report."""
+
+    def __init__(self, plan: Plan, budget: int = PREFETCH_BYTES) -> None:
+        self.plan = plan
+        self.budget = budget
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        readers = [d.reader for d in self.plan.disks if d.reader is not None and d.data_bytes]
+        if not readers:
+            return
+        self._thread = threading.Thread(target=self._run, args=(readers,), name="restore-prefetch",
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self, readers: list[Any]) -> None:
+        share = self.budget // len(readers)
+        plans = [list(pieces(r.extents(), piece_size(r), r.capacity)) for r in readers]
+        for reader, todo in zip(readers, plans):
+            taken = 0
+            for offset, length in todo:
+                if self._stop.is_set() or taken >= share:
+                    break
+                try:
+                    reader.read(offset, length)
+                except Exception:
+                    return
+                taken += length
+
+    def stop(self) -> None:
+        self._stop.set()
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join()
 
 
 @contextlib.contextmanager
