@@ -272,7 +272,9 @@ def main() -> None:
         drop_caches()
         t = time.monotonic()
         subprocess.run([*REPOFS, "mount", str(repo), str(mnt)], env=env, check=True)
-        files_root = mnt / VM / "latest" / "files" / label / "p1"
+        # through the generation's own name: every path through the `latest` symlink costs a
+        # READLINK (FUSE does not cache symlinks here), which a path-based walk pays per entry
+        files_root = Path(os.path.realpath(mnt / VM / "latest")) / "files" / label / "p1"
         try:
             if (mnt / VM / "latest" / "files").exists():
                 os.listdir(files_root)
