@@ -12,8 +12,11 @@ chunk against its id; a mount does the same), so what reaches VixDiskLib is what
 a chunk that fails its check stops the restore like a write error does. On request
 (``read_back``) each written piece is read back through VixDiskLib and compared.
 
-Pieces are the reader's chunk size (at most 4 MiB; the binding cuts requests to 2 MiB over NBD),
+Pieces are about 4 MiB of whole chunks (the binding cuts requests to 2 MiB over NBD),
 aligned to disk offsets, widened to whole sectors. At most ``2 × threads`` pieces are in memory.
+A reader that streams its stored chunks in order (``iter_chunks(workers)``, as the repository's
+views do: fetched in parallel, verified, bypassing the shared cache — the path of a restore to
+files) is drained by one writer per disk that joins contiguous chunks into requests of a piece.
 A failure stops the submission of new pieces, lets those under way finish, closes the disks
 and raises ``DiskWriteFailed`` naming the disk and the offset.
 """
@@ -95,10 +98,15 @@ def write_disks(conn: Any, jobs: list[DiskJob], *, threads: int = 4,
             except Exception as e:
                 raise DiskWriteFailed(STEP, f"cannot open {job.label} ({job.path}) for writing: {e}",
                                       label=job.label, offset=0, cause=e) from e
-        work = _interleave([[(job, disk, off, n, block_size(job.reader)) for off, n in
-                             pieces(job.reader.extents(), piece_size(job.reader), job.reader.capacity)]
-                            for job, disk in opened])
-        _run(work, threads, state)
+        streaming = [(job, disk) for job, disk in opened if streams(job.reader)]
+        others = [(job, disk) for job, disk in opened if not streams(job.reader)]
+        if others:
+            work = _interleave([[(job, disk, off, n, block_size(job.reader)) for off, n in
+                                 pieces(job.reader.extents(), piece_size(job.reader), job.reader.capacity)]
+                                for job, disk in others])
+            _run(work, threads, state)
+        if streaming:
+            _stream(streaming, threads, state)
         for job, disk in opened:
             try:
                 disk.flush()
@@ -116,6 +124,91 @@ def write_disks(conn: Any, jobs: list[DiskJob], *, threads: int = 4,
                 disk.close()
             except Exception:  # the error on its way out matters more; the connection closes it
                 pass
+
+
+def streams(reader: Any) -> bool:
+    """Whether ``reader`` hands out its stored chunks in order, verified (``iter_chunks``)."""
+    return callable(getattr(reader, "iter_chunks", None))
+
+
+def _stream(opened: list[tuple[DiskJob, Any]], threads: int, state: _State) -> None:
+    """Readers that stream their stored chunks (fetched and verified by ``threads`` workers
+    in all): one writer per disk gathers contiguous chunks into requests of about a piece.
+    Stored chunks are never all zeros (the repository does not store those), so nothing is
+    compared against zeros here."""
+    per_disk = max(1, threads // len(opened))
+
+    def drain(job: DiskJob, disk: Any) -> None:
+        target = piece_size(job.reader)
+        start: int | None = None
+        parts: list[bytes] = []
+        size = 0
+
+        def write() -> None:
+            if start is None or not size:
+                return
+            data = parts[0] if len(parts) == 1 else b"".join(parts)
+            if len(data) % SECTOR:  # the tail of a disk whose capacity is not whole sectors
+                data = data + bytes(-len(data) % SECTOR)
+            try:
+                disk.write_from(start, data)
+            except Exception as e:
+                raise DiskWriteFailed(STEP, f"{job.label}: VixDiskLib write at offset {start} "
+                                      f"({job.path}) failed: {e}", label=job.label, offset=start,
+                                      cause=e) from e
+            if state.read_back:
+                back = bytearray(len(data))
+                try:
+                    disk.read_into(start, back)
+                except Exception as e:
+                    raise DiskWriteFailed(STEP, f"{job.label}: reading back offset {start} failed: {e}",
+                                          label=job.label, offset=start, cause=e) from e
+                if back != data:
+                    raise DiskWriteFailed(STEP, f"{job.label}: the {len(data)} bytes written at "
+                                          f"offset {start} read back different", label=job.label,
+                                          offset=start)
+            with state.lock:
+                state.written[job.label] += size
+                state.done[job.label] += size
+                done = state.done[job.label]
+            if state.progress:
+                state.progress(job.label, min(done, state.total[job.label]), state.total[job.label])
+
+        chunks = job.reader.iter_chunks(per_disk)
+        try:
+            while True:
+                try:
+                    item = next(chunks, None)
+                except Exception as e:
+                    raise DiskWriteFailed(STEP, f"{job.label}: reading the backup failed: {e}",
+                                          label=job.label, offset=getattr(e, "offset", start or 0),
+                                          cause=e) from e
+                if item is None or state.failed.is_set():
+                    break
+                offset, data = item
+                if start is not None and (offset != start + size or size + len(data) > target):
+                    write()
+                    start, parts, size = None, [], 0
+                if start is None:
+                    start = offset
+                parts.append(data)
+                size += len(data)
+            if not state.failed.is_set():
+                write()
+        except BaseException:
+            state.failed.set()
+            raise
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()  # stops its fetch workers
+
+    with ThreadPoolExecutor(len(opened), thread_name_prefix="restore-stream") as pool:
+        futures = [pool.submit(drain, job, disk) for job, disk in opened]
+        wait(futures)
+    failure = _first_error(set(futures))
+    if failure is not None:
+        raise failure
 
 
 def _interleave(lists: list[list[Any]]) -> Iterator[Any]:

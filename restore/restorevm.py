@@ -45,7 +45,7 @@ from pyVmomi import vim, vmodl
 
 from . import configspec, vmximport
 from .backup import VddkProvider, connect_params
-from .diskwriter import DiskJob, WrittenDisk, pieces, write_disks
+from .diskwriter import DiskJob, WrittenDisk, pieces, streams, write_disks
 from .metadata import parse_datastore_path
 from .plan import Plan, RestoreOptions, resolve
 from .restoreerrors import DiskWriteFailed, RestoreError, StepFailed
@@ -440,7 +440,9 @@ class _Prefetch:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        readers = [d.reader for d in self.plan.disks if d.reader is not None and d.data_bytes]
+        # Streaming readers bypass the cache: prefetching into it would be wasted.
+        readers = [d.reader for d in self.plan.disks
+                   if d.reader is not None and d.data_bytes and not streams(d.reader)]
         if not readers:
             return
         self._thread = threading.Thread(target=self._run, args=(readers,), name="restore-prefetch",
