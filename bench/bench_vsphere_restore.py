@@ -22,12 +22,14 @@ import sys
 import tempfile
 from pathlib import Path
 
+from pyVmomi import vim
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(HERE), str(ROOT / "tests"), str(ROOT)]
 from dataset import make_image, parse_size  # noqa: E402
 from measure import Run, run  # noqa: E402
-from fixtures_vcsim import connected, create_vm, find_by_name, running_vcsim, vm_disks  # noqa: E402
+from fixtures_vcsim import connected, create_vm, find_by_name, running_vcsim, vm_disks, wait_task  # noqa: E402
 from fixtures_vddk import build_standin, write_standin_config  # noqa: E402
 from bench_vsphere_backup import copy_sparse  # noqa: E402
 
@@ -87,6 +89,7 @@ def main() -> None:
             run(repofs("restore", "vm:bench", "--to-dir", str(out), "-r", repo), env=env)
             shutil.rmtree(out)
             run(repofs("restore", "vm:bench", "--name", "bench-warm", "-r", repo, *common), env=env)
+            drop_flat(vc, "bench-warm")
             for i in range(a.runs):
                 out = work / f"to-dir-{i}"
                 os.sync()
@@ -99,16 +102,27 @@ def main() -> None:
                     os.sync()
                     r = run(repofs("restore", "vm:bench", "--name", name, "-r", repo, "--threads",
                                    str(a.threads), *common, *extra), env=env)
-                    with connected(vc) as si:
-                        disk = vm_disks(find_by_name(si, type(vm), name).config)[0]
-                    flat = vc.local_path(disk.backing.fileName)
-                    flat = flat.with_name(flat.name[:-5] + "-flat.vmdk")
-                    ok = run(["cmp", img, str(flat)], check=False).rc == 0
-                    flat.unlink()  # keep the temporary space in check
+                    ok = run(["cmp", img, str(flat_of(vc, name))], check=False).rc == 0
+                    drop_flat(vc, name)
                     rows[label].append((r, ok))
         report(rows, size, allocated)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def flat_of(vc: object, name: str) -> Path:
+    """The local flat extent of the first disk of the VM ``name``."""
+    with connected(vc) as si:
+        disk = vm_disks(find_by_name(si, vim.VirtualMachine, name).config)[0]
+    desc = vc.local_path(disk.backing.fileName)  # type: ignore[attr-defined]
+    return desc.with_name(desc.name[:-5] + "-flat.vmdk")
+
+
+def drop_flat(vc: object, name: str) -> None:
+    """Destroy the restored VM (its files go with it): frees the datastore's space, in the
+    simulator's books as on the disk (which may be tmpfs)."""
+    with connected(vc) as si:
+        wait_task(si, find_by_name(si, vim.VirtualMachine, name).Destroy_Task())
 
 
 def report(rows: dict[str, list[tuple[Run, bool]]], size: int, allocated: int) -> None:
