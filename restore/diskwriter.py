@@ -22,6 +22,7 @@ and raises ``DiskWriteFailed`` naming the disk and the offset.
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -136,7 +137,8 @@ def _stream(opened: list[tuple[DiskJob, Any]], threads: int, state: _State) -> N
     in all): one writer per disk gathers contiguous chunks into requests of about a piece.
     Stored chunks are never all zeros (the repository does not store those), so nothing is
     compared against zeros here."""
-    per_disk = max(1, threads // len(opened))
+    # Fetching is decompression and hashing: more workers than cores only contend.
+    per_disk = max(1, min(threads, os.cpu_count() or 2) // len(opened))
 
     def drain(job: DiskJob, disk: Any) -> None:
         target = piece_size(job.reader)
