@@ -149,6 +149,8 @@ class _Restore:
     def _steps(self, prefetch: "_Prefetch") -> None:
         plan = self.plan
         prefetch.start()
+        # VixDiskLib before any change: a restore that cannot write must not begin.
+        lib = self.provider.get() if any(d.reader is not None and d.data_bytes for d in plan.disks) else None
         if plan.existing is not None:
             with self.step("existing VM"):
                 self._set_aside()
@@ -167,9 +169,8 @@ class _Restore:
         if plan.snapshot:
             with self.step("snapshot"):
                 self._snapshot()
-        lib = self.provider.get() if jobs else None
         params = connect_params(self.session, self.vm._moId)
-        if lib is not None:
+        if lib is not None and jobs:
             with self.step("prepare for access"):
                 lib.prepare_for_access(params, IDENTITY)
             try:

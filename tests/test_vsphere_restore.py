@@ -379,3 +379,15 @@ def test_custom_attributes_come_back(restore_bed: RestoreBed) -> None:
     with connected(restore_bed.vcsim) as si:
         values = get_properties(si, find_by_name(si, vim.VirtualMachine, name), ["customValue"]).get("customValue")
         assert [(v.key, v.value) for v in values or []] == [(field.key, "team-a")]
+
+
+def test_missing_vixdisklib_fails_before_any_change(restore_bed: RestoreBed, tmp_path) -> None:
+    b = restore_bed.backed_up("rs-novddk", disks=(4 * MiB,), pieces={0: [(0, b"v" * 4096)]})
+    before = restore_bed.inventory()
+    cmd = restore_bed.bed.command(f"vm:{b.vm}")
+    cmd[cmd.index("backup")] = "restore"
+    cmd[cmd.index("--vddk-libdir") + 1] = str(tmp_path)  # no library there
+    proc = subprocess.run(cmd, env=restore_bed.bed.env(), capture_output=True, text=True, timeout=120,
+                          stdin=subprocess.DEVNULL)
+    assert proc.returncode == VDDK_EXIT and "libvixDiskLib" in proc.stderr
+    assert restore_bed.inventory() == before
