@@ -305,9 +305,11 @@ def test_storage_profile(restore_bed: RestoreBed) -> None:
 def test_interrupt_during_the_writes_undoes_everything(restore_bed: RestoreBed) -> None:
     import signal
     import time
-    b = restore_bed.backed_up("rs-int")
+    # 24 MiB of data: six 4 MiB writes of 0.1 s each, one at a time — time to interrupt.
+    b = restore_bed.backed_up("rs-int", disks=(32 * MiB,),
+                              pieces={0: [(0, os.urandom(24 * MiB))]})
     before = restore_bed.inventory()
-    restore_bed.bed.configure(delay_us=100_000)  # every VDDK call takes 0.1 s: time to interrupt
+    restore_bed.bed.configure(delay_us=100_000)  # every VDDK call takes 0.1 s
     name = unique("rs-int-copy")
     cmd = restore_bed.bed.command(f"vm:{b.vm}", "--name", name, "--threads", "1")
     cmd[cmd.index("backup")] = "restore"
