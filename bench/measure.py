@@ -17,6 +17,7 @@ class Run:
 
 
 def run(cmd: list[str], env: dict | None = None, stdin: str | None = None, check: bool = True) -> Run:
+    os.sync()  # no writeback of earlier steps' dirty pages inside this measurement
     t0 = time.monotonic()
     p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL)
