@@ -23,6 +23,7 @@ and raises ``DiskWriteFailed`` naming the disk and the offset.
 from __future__ import annotations
 
 import os
+import queue
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -44,6 +45,65 @@ class DiskJob:
     label: str
     path: str                # "[datastore] dir/disk.vmdk"
     reader: DiskReader
+    feed: "ChunkFeed | None" = None   # a streaming reader's chunks, already under way
+
+
+class ChunkFeed:
+    """A streaming reader's ``iter_chunks(workers)`` run ahead in a thread, into a queue of at
+    most ``max_bytes``: the chunks of a disk are fetched and verified while vCenter is still
+    creating the VM. Iterate it once; ``close()`` stops it (also half-way) and frees its
+    workers. An error of the reader comes out of the iteration, where the writer meets it."""
+
+    _END = object()
+
+    def __init__(self, reader: Any, workers: int, max_bytes: int) -> None:
+        chunk = max(1, int(getattr(reader, "chunk_size", None) or (1 << 20)))
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=max(2, max_bytes // chunk))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(reader, workers),
+                                        name=f"restore-feed {reader.label}", daemon=True)
+        self._thread.start()
+
+    def _put(self, item: Any) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self, reader: Any, workers: int) -> None:
+        chunks = reader.iter_chunks(workers)
+        try:
+            for item in chunks:
+                if not self._put(item):
+                    return
+            self._put(self._END)
+        except BaseException as e:  # handed to the writer
+            self._put(e)
+        finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
+
+    def __iter__(self) -> Iterator[tuple[int, bytes]]:
+        while True:
+            item = self._queue.get()
+            if item is self._END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+
+    def close(self) -> None:
+        self._stop.set()
+        try:
+            while True:
+                self._queue.get_nowait()
+        except queue.Empty:
+            pass
+        self._thread.join()
 
 
 @dataclass
@@ -176,7 +236,7 @@ def _stream(opened: list[tuple[DiskJob, Any]], threads: int, state: _State) -> N
             if state.progress:
                 state.progress(job.label, min(done, state.total[job.label]), state.total[job.label])
 
-        chunks = job.reader.iter_chunks(per_disk)
+        chunks = iter(job.feed) if job.feed is not None else job.reader.iter_chunks(per_disk)
         try:
             while True:
                 try:
@@ -204,6 +264,8 @@ def _stream(opened: list[tuple[DiskJob, Any]], threads: int, state: _State) -> N
             close = getattr(chunks, "close", None)
             if close is not None:
                 close()  # stops its fetch workers
+            if job.feed is not None:
+                job.feed.close()
 
     with ThreadPoolExecutor(len(opened), thread_name_prefix="restore-stream") as pool:
         futures = [pool.submit(drain, job, disk) for job, disk in opened]

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import os
 import posixpath
 import signal
 import threading
@@ -45,7 +46,7 @@ from pyVmomi import vim, vmodl
 
 from . import configspec, vmximport
 from .backup import VddkProvider, connect_params
-from .diskwriter import DiskJob, WrittenDisk, pieces, streams, write_disks
+from .diskwriter import ChunkFeed, DiskJob, WrittenDisk, pieces, streams, write_disks
 from .metadata import parse_datastore_path
 from .plan import Plan, RestoreOptions, resolve
 from .restoreerrors import DiskWriteFailed, RestoreError, StepFailed
@@ -133,7 +134,7 @@ class _Restore:
         try:
             self._steps(prefetch)
         except BaseException as e:
-            prefetch.stop()
+            prefetch.close()
             error = e if isinstance(e, RestoreError) else None
             with _sigint_held():  # a second Ctrl-C must not cut the undo short
                 done, left = self._rollback()
@@ -144,7 +145,7 @@ class _Restore:
                     e.add_note(f"left behind (remove by hand): {', '.join(left)}")
             raise
         finally:
-            prefetch.stop()
+            prefetch.close()
 
     def _steps(self, prefetch: "_Prefetch") -> None:
         plan = self.plan
@@ -165,7 +166,7 @@ class _Restore:
                 self._create()
         with self.step("place disks and map networks"):
             self._place()
-        jobs = self._jobs()
+        jobs = self._jobs(prefetch.feeds)
         if plan.snapshot:
             with self.step("snapshot"):
                 self._snapshot()
@@ -320,7 +321,7 @@ class _Restore:
             out[d.label] = candidate
         return out
 
-    def _jobs(self) -> list[DiskJob]:
+    def _jobs(self, feeds: dict[str, Any]) -> list[DiskJob]:
         devices = properties(self.si, self.vm, ["config.hardware.device"]).get("config.hardware.device") or []
         disks = configspec.labelled_disks(devices)
         jobs = []
@@ -330,7 +331,7 @@ class _Restore:
                 raise StepFailed("place disks and map networks",
                                  f"the new VM has no disk {d.label} after the reconfiguration")
             if d.reader is not None and d.data_bytes:
-                jobs.append(DiskJob(d.label, disk.backing.fileName, d.reader))
+                jobs.append(DiskJob(d.label, disk.backing.fileName, d.reader, feeds.get(d.label)))
         return jobs
 
     def _snapshot(self) -> None:
@@ -429,21 +430,26 @@ class _Restore:
 
 
 class _Prefetch:
-    """Reads the first pieces of every disk while vCenter creates the VM, so that their chunks
-    are decompressed and verified (and held by the reader's cache) when the writes start.
-    Bounded by ``budget`` bytes — under the default chunk cache of the views — and stopped as
-    soon as the writes begin; a read error here is left for the writer to meet and report."""
+    """Gets the data moving while vCenter creates the VM: a streaming reader's chunk stream is
+    started (``ChunkFeed``, handed to the writer), another reader's first pieces are read into
+    its cache. Bounded by ``budget`` bytes in all — under the default chunk cache of the views;
+    a read error here is left for the writer to meet and report."""
 
     def __init__(self, plan: Plan, budget: int = PREFETCH_BYTES) -> None:
         self.plan = plan
         self.budget = budget
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.feeds: dict[str, ChunkFeed] = {}
 
     def start(self) -> None:
-        # Streaming readers bypass the cache: prefetching into it would be wasted.
-        readers = [d.reader for d in self.plan.disks
-                   if d.reader is not None and d.data_bytes and not streams(d.reader)]
+        with_data = [d.reader for d in self.plan.disks if d.reader is not None and d.data_bytes]
+        # Streaming readers bypass the cache: their chunk stream itself is started ahead.
+        streaming = [r for r in with_data if streams(r)]
+        workers = max(1, min(self.plan.options.workers, os.cpu_count() or 2) // max(1, len(streaming)))
+        for r in streaming:
+            self.feeds[r.label] = ChunkFeed(r, workers, self.budget // len(streaming))
+        readers = [r for r in with_data if not streams(r)]
         if not readers:
             return
         self._thread = threading.Thread(target=self._run, args=(readers,), name="restore-prefetch",
@@ -465,10 +471,17 @@ class _Prefetch:
                 taken += length
 
     def stop(self) -> None:
+        """Stop reading into the cache (the writes begin); the feeds go on, to the writers."""
         self._stop.set()
         thread, self._thread = self._thread, None
         if thread is not None:
             thread.join()
+
+    def close(self) -> None:
+        self.stop()
+        feeds, self.feeds = self.feeds, {}
+        for feed in feeds.values():
+            feed.close()
 
 
 @contextlib.contextmanager
