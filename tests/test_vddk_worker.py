@@ -315,3 +315,14 @@ def test_worker_stderr_is_relayed_and_masked(vddk_libdir: pathlib.Path, standin:
                 f"chatty library: password={standin.settings['password']}\n")
     assert "worker: chatty library: password=***" in caplog.text
     assert str(standin.settings["password"]) not in caplog.text
+
+
+def test_ctrl_c_at_the_terminal_does_not_kill_the_worker(iso: vddk.IsolatedLibrary, standin: Standin) -> None:
+    """SIGINT reaches the whole foreground process group; the worker must outlive it so the
+    parent can close its disks while it unwinds."""
+    data = _random(2 * MiB, 9)
+    path = standin.disk("vm1/sigint.vmdk", 2 * MiB, data)
+    with iso.connect(standin.params(), transports="nbd") as conn, conn.open(path) as disk:
+        os.kill(iso.pid, signal.SIGINT)
+        buf = bytearray(2 * MiB)
+        assert disk.read_into(0, buf) == 2 * MiB and buf == data

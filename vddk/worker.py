@@ -28,6 +28,7 @@ import mmap
 import os
 import pathlib
 import pickle
+import signal
 import socket
 import struct
 import subprocess
@@ -642,6 +643,10 @@ def _serve_disk(chan: _Channel, disk: Any, area: mmap.mmap) -> None:
 
 def child_main(fd: int) -> int:
     """The worker's main loop: serve the control channel until "exit" or EOF."""
+    # A Ctrl-C typed at the terminal reaches the whole process group. The parent decides
+    # when the disks are closed (it unwinds, closes them, then says "exit"); a worker that
+    # died on the same signal would leave them open. Its lifetime ends with the channel.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     handler = _StderrRecords()
     root = logging.getLogger()
     root.addHandler(handler)
