@@ -6,6 +6,7 @@ Tree, as in ``views``::
 
     /<vm folder>/latest -> <generation>
     /<vm folder>/<generation>/{<disk>.vmdk, <disk>-flat.vmdk, <vm>.vmx, <vm>.json}
+    /<vm folder>/<generation>/files/<disk>/<volume>/...   guest files (``repofs.guestmount``)
 
 Inode numbers are a hash of the entry's path (VM folder, manifest name, file name), so they
 are the same on every mount of the same repository. The root and the VM folders are
@@ -35,6 +36,7 @@ import trio
 
 from format.errors import RepoError
 
+from . import guestmount
 from .views import LATEST, DiskReadError, FileNode, GenerationView, RepositoryView, vm_folder_name
 
 log = logging.getLogger("repofs.mount")
@@ -61,12 +63,15 @@ class MountSettings:
 
 @dataclass
 class Node:
-    """One entry of the tree. ``kind`` is root, vm, gen, latest or file."""
+    """One entry of the tree. ``kind`` is root, vm, gen, latest, file or guest (below a
+    generation's ``files`` folder: ``path`` is disk/volume/…, ``gstat`` its guest metadata)."""
     inode: int
     kind: str
     vm: str | None = None
     gen: GenerationView | None = None
     file: FileNode | None = None
+    path: str | None = None
+    gstat: "guestmount.GuestStat | None" = None
 
 
 @dataclass
@@ -85,6 +90,7 @@ MAX_STREAMS = 8
 class OpenFile:
     node: Node
     streams: list[Stream] = field(default_factory=list)   # most recent last
+    guest: "guestmount.GuestFile | None" = None            # a file below files/
 
     def advance(self, off: int, length: int) -> Stream:
         """The stream this read continues (or a new one), moved to the most recent place."""
@@ -154,6 +160,7 @@ class RepofsOperations(pyfuse3.Operations):
         self._ra_inflight: set[tuple[int, int]] = set()
         self._reported: set[tuple[str, str, int]] = set()
         self._nursery: trio.Nursery | None = None
+        self._guest = guestmount.GuestFolders(self.settings.io_timeout, self._read_limiter)
 
     def attach(self, nursery: trio.Nursery) -> None:
         """Background work (read-ahead) runs in ``nursery``; without one there is none."""
@@ -169,8 +176,8 @@ class RepofsOperations(pyfuse3.Operations):
 
     def _remember(self, node: Node) -> Node:
         known = self._nodes.get(node.inode)
-        if known is not None and (known.kind, known.vm, known.gen, known.file and known.file.name) != \
-                (node.kind, node.vm, node.gen, node.file and node.file.name):
+        if known is not None and (known.kind, known.vm, known.gen, known.file and known.file.name, known.path) != \
+                (node.kind, node.vm, node.gen, node.file and node.file.name, node.path):
             # A 63-bit hash collision: astronomically unlikely; refuse rather than alias.
             log.error("inode collision between two entries of the tree; one is hidden")
             raise pyfuse3.FUSEError(errno.EIO)
@@ -193,6 +200,10 @@ class RepofsOperations(pyfuse3.Operations):
         return self._remember(Node(stable_inode("file", vm_folder_name(gen.vm), gen.manifest_name, f.name),
                                    "file", vm=gen.vm, gen=gen, file=f))
 
+    def _guest_node(self, gen: GenerationView, path: str, gstat) -> Node:
+        return self._remember(Node(stable_inode("guest", vm_folder_name(gen.vm), gen.manifest_name, path),
+                                   "guest", vm=gen.vm, gen=gen, path=path, gstat=gstat))
+
     def _children(self, node: Node) -> list[tuple[str, Node]]:
         if node.kind == "root":
             return [(vm_folder_name(vm), self._vm_node(vm)) for vm in self.view.vms()]
@@ -201,7 +212,9 @@ class RepofsOperations(pyfuse3.Operations):
             out = [(LATEST, self._latest_node(node.vm))] if gens else []
             return out + [(g.name, self._gen_node(g)) for g in gens]
         if node.kind == "gen":
-            return [(name, self._file_node(node.gen, f)) for name, f in sorted(node.gen.files().items())]
+            entries = [(name, self._file_node(node.gen, f)) for name, f in node.gen.files().items()]
+            entries.append((guestmount.FOLDER, self._guest_node(node.gen, "", guestmount.folder_stat(node.gen))))
+            return sorted(entries, key=lambda e: e[0])
         raise pyfuse3.FUSEError(errno.ENOTDIR)
 
     def _child(self, node: Node, name: str) -> Node:
@@ -220,6 +233,8 @@ class RepofsOperations(pyfuse3.Operations):
             f = node.gen.files().get(name)
             if f is not None:
                 return self._file_node(node.gen, f)
+            if name == guestmount.FOLDER:
+                return self._guest_node(node.gen, "", guestmount.folder_stat(node.gen))
         else:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         raise pyfuse3.FUSEError(errno.ENOENT)
@@ -252,6 +267,10 @@ class RepofsOperations(pyfuse3.Operations):
         a.st_uid, a.st_gid = self._uid, self._gid
         a.st_blksize = 4096
         timeout = LONG_TIMEOUT
+        if node.kind == "guest":
+            guestmount.fill_attrs(a, node.gstat)
+            a.entry_timeout = a.attr_timeout = timeout
+            return a
         if node.kind in ("root", "vm", "latest"):
             timeout = SHORT_TIMEOUT
             gens = self.view.generations(node.vm) if node.vm is not None else \
@@ -293,6 +312,9 @@ class RepofsOperations(pyfuse3.Operations):
             return self._attrs(parent)
         if text == "..":
             raise pyfuse3.FUSEError(errno.ENOENT)  # the kernel resolves ".." itself
+        if parent.kind == "guest":
+            path, gstat = await self._guest.lookup(parent.gen, parent.path, text)
+            return self._attrs(self._guest_node(parent.gen, path, gstat))
         await self._maybe_refresh(parent)
         return self._attrs(self._child(parent, text))
 
@@ -307,6 +329,8 @@ class RepofsOperations(pyfuse3.Operations):
     @_guarded
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext = None) -> bytes:
         node = self._node(inode)
+        if node.kind == "guest":
+            return os.fsencode(await self._guest.readlink(node.gen, node.path))
         if node.kind != "latest":
             raise pyfuse3.FUSEError(errno.EINVAL)
         gens = self.view.generations(node.vm)
@@ -319,9 +343,14 @@ class RepofsOperations(pyfuse3.Operations):
         node = self._node(inode)
         if node.kind in ("file", "latest"):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
-        await self._maybe_refresh(node)
+        if node.kind == "guest":
+            entries = [(name, self._guest_node(node.gen, path, gstat))
+                       for name, path, gstat in await self._guest.listdir(node.gen, node.path)]
+        else:
+            await self._maybe_refresh(node)
+            entries = self._children(node)
         fh = self._new_fh()
-        self._dirs[fh] = DirHandle(self._children(node))  # a snapshot: stable offsets
+        self._dirs[fh] = DirHandle(entries)  # a snapshot: stable offsets
         return fh
 
     @_guarded
@@ -340,10 +369,17 @@ class RepofsOperations(pyfuse3.Operations):
     @_guarded
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext = None) -> pyfuse3.FileInfo:
         node = self._node(inode)
-        if node.kind != "file":
-            raise pyfuse3.FUSEError(errno.EISDIR if node.kind != "latest" else errno.ELOOP)
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
             raise pyfuse3.FUSEError(errno.EROFS)
+        if node.kind == "guest":
+            handle = await self._guest.open(node.gen, node.path)
+            fh = self._new_fh()
+            self._files[fh] = OpenFile(node, guest=handle)
+            info = pyfuse3.FileInfo(fh=fh)
+            info.keep_cache = True  # a generation's guest files never change
+            return info
+        if node.kind != "file":
+            raise pyfuse3.FUSEError(errno.EISDIR if node.kind != "latest" else errno.ELOOP)
         disk = node.file.disk
         if disk is not None and not disk.index_loaded:
             await self._in_thread(lambda: disk.index, self._read_limiter, node)
@@ -360,6 +396,8 @@ class RepofsOperations(pyfuse3.Operations):
         if handle is None:
             raise pyfuse3.FUSEError(errno.EBADF)
         node = handle.node
+        if handle.guest is not None:
+            return await self._guest.read(handle.guest, node.path, off, size)
         disk = node.file.disk
         if disk is None:
             return node.file.read(off, size)

@@ -132,6 +132,10 @@ def test_from_an_existing_mount(guest_repo, guest_images, target, tmp_path):
         assert placements(proc.stdout)["gpt_ext4/p1"] == ("ext", "kernel")
         assert (target / "gpt_ext4/p1/日本語/ファイル.bin").read_bytes() == \
             guest_images.tree.files["日本語/ファイル.bin"]
+        files = Path(os.path.realpath(gen_dir)) / "files"
+        if files.is_dir():          # the same answers: kernel loop mount and the mount's files/
+            for vol in ("gpt_ext4/p1", "mbr_fat/p1"):
+                assert snapshot_local(target / vol) == snapshot_local(files / vol), vol
         guest_repo.run("files", "umount", str(target))
         assert loops_on(str(mnt)) == []
     finally:

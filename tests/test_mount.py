@@ -107,7 +107,7 @@ def test_tree_and_stat(shared_mount: Mount, mount_source: MountSource) -> None:
     assert sorted(os.listdir(root / VM)) == sorted(["latest", mount_source.generation])
     assert os.readlink(root / VM / "latest") == mount_source.generation
     gdir = shared_mount.gen_dir
-    assert sorted(os.listdir(gdir)) == sorted([f"{DISK}.vmdk", f"{DISK}-flat.vmdk", f"{VM}.vmx", f"{VM}.json"])
+    assert sorted(os.listdir(gdir)) == sorted([f"{DISK}.vmdk", f"{DISK}-flat.vmdk", f"{VM}.vmx", f"{VM}.json", "files"])
     for d in (root / VM, gdir):
         st = d.stat()
         assert stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o555

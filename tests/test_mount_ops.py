@@ -111,7 +111,7 @@ def test_tree_and_attributes(ops_env, monkeypatch) -> None:
         assert await ops.readlink(latest.st_ino, None) == gen.encode()
         gdir = await _lookup_path(ops, FOLDER, gen)
         names = await _listdir(ops, gdir.st_ino, monkeypatch)
-        assert names == sorted(["d0.vmdk", "d0-flat.vmdk", "vm%2Fone.vmx", "vm%2Fone.json"])
+        assert names == sorted(["d0.vmdk", "d0-flat.vmdk", "vm%2Fone.vmx", "vm%2Fone.json", "files"])
         flat = await _lookup_path(ops, FOLDER, gen, "d0-flat.vmdk")
         assert stat.S_IMODE(flat.st_mode) == 0o444 and flat.st_size == len(image)
         assert flat.st_blocks == -(-(7 * CS + 1000) // 512)   # 7 full chunks + the short last one
