@@ -998,10 +998,19 @@ class GuestGeneration:
             names = sorted(v.name for v in self.volumes(disk))
             if vg is not None:
                 names = [n.split("/", 1)[1] for n in names if n.startswith(vg + "/")]
-                return [(n, self.stat(f"{disk}/{vg}/{n}")) for n in names]
+                return [(n, self._listed(f"{disk}/{vg}/{n}")) for n in names]
             top = sorted({n.split("/", 1)[0] for n in names})
-            return [(n, self.stat(f"{disk}/{n}")) for n in top]
+            return [(n, self._listed(f"{disk}/{n}")) for n in top]
         return self.tree(disk, volume).listdir(inner)
+
+    def _listed(self, path: str) -> GuestStat:
+        """A volume's entry in its disk's listing: its root's metadata, or — when its
+        filesystem cannot be opened — a closed folder, so that one damaged volume does not
+        hide the others (entering it says why)."""
+        try:
+            return self.stat(path)
+        except GuestError:
+            return replace(self.dir_stat, mode=st.S_IFDIR | 0o000)
 
     def readlink(self, path: str) -> str:
         disk, volume, _vg, inner = self.locate(path)

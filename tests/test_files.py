@@ -202,3 +202,26 @@ def test_hostile_names_never_leave_the_target(tmp_path):
     (tmp_path / "dest").mkdir()
     extract(tree, "/", str(tmp_path / "dest" / "out"))
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["dest", "ok", "out"]
+
+
+def test_a_damaged_filesystem_does_not_hide_its_neighbours(guest_images, tmp_path):
+    """p2's ext4 superblock wiped: listing the disk still shows p1 and p2, p1 reads, and p2
+    says it is damaged (exit code 1 from the CLI)."""
+    import shutil as sh
+
+    from repofs.guestfs import FileDisk, FilesystemDamaged
+    image = tmp_path / "damaged.img"
+    sh.copy(guest_images.need("gpt_ext4"), image)
+    with open(image, "r+b") as f:
+        f.seek(66 * (1 << 20) + 1024)            # p2's superblock: magic kept, geometry zeroed
+        f.write(bytes(56) + b"\x53\xef")
+
+    class Gen:
+        vm, name, time_ns = "v", "g", 0
+        disks = [FileDisk(str(image), "d")]
+    g = GuestGeneration(Gen())
+    listing = dict(g.listdir("d"))
+    assert sorted(listing) == ["p1", "p2"] and listing["p2"].mode & 0o777 == 0
+    assert g.read("d/p1/hello.txt", 0, 100) == b"hello world\n"
+    with pytest.raises(FilesystemDamaged, match="d/p2: cannot read its ext filesystem"):
+        g.listdir("d/p2")
