@@ -225,3 +225,17 @@ def test_a_damaged_filesystem_does_not_hide_its_neighbours(guest_images, tmp_pat
     assert g.read("d/p1/hello.txt", 0, 100) == b"hello world\n"
     with pytest.raises(FilesystemDamaged, match="d/p2: cannot read its ext filesystem"):
         g.listdir("d/p2")
+
+
+@pytest.mark.parametrize("head,kind", [
+    (b"\xeb\x58\x90-FVE-FS-" + bytes(4085), "bitlocker"),
+    (b"LUKS\xba\xbe\x00\x01" + bytes(4088), "luks"),
+    (bytes(4086) + b"SWAPSPACE2", "swap"),
+    (bytes(512) + b"LABELONE" + bytes(16) + b"LVM2 001" + bytes(3552), "lvm2"),
+    (bytes(4096), None),
+])
+def test_volume_signatures(head, kind):
+    import io
+
+    from repofs.guestfs import probe_fstype
+    assert probe_fstype(io.BytesIO(head + bytes(0x11000))) == kind
