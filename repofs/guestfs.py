@@ -421,7 +421,7 @@ class _InodeNode(_Node):
             mode, uid, gid, nlink = raw.di_mode, raw.di_uid, raw.di_gid, raw.di_nlink or raw.di_onlink
         else:
             mode, uid, gid, nlink = n.mode, n.uid, n.gid, n.inode.nlink
-        return GuestStat(mode=mode, size=n.size if not st.S_ISDIR(mode) else max(n.size, 4096),
+        return GuestStat(mode=mode, size=n.size,
                          mtime_ns=n.mtime_ns, atime_ns=n.atime_ns, ctime_ns=n.ctime_ns,
                          uid=uid, gid=gid, nlink=nlink, ino=n.inum)
 
@@ -498,10 +498,7 @@ def _ext_stat(node) -> GuestStat:
         c_x, m_x, a_x = struct.unpack_from("<III", raw, 132)
     else:
         c_x = m_x = a_x = 0
-    size = size_lo | size_hi << 32
-    if st.S_ISDIR(mode):
-        size = max(size, 4096)
-    return GuestStat(mode=mode, size=size, mtime_ns=_ext_ns(mtime, m_x), atime_ns=_ext_ns(atime, a_x),
+    return GuestStat(mode=mode, size=size_lo | size_hi << 32, mtime_ns=_ext_ns(mtime, m_x), atime_ns=_ext_ns(atime, a_x),
                      ctime_ns=_ext_ns(ctime, c_x), uid=uid | uid_hi << 16, gid=gid | gid_hi << 16,
                      nlink=links, ino=node.inum)
 

@@ -476,7 +476,7 @@ def snapshot_guest(g, root: str) -> dict[str, tuple]:
             path = f"{rel}/{name}" if rel else name
             full = f"{root}/{path}"
             if s.is_dir:
-                out[path] = ("dir", st.S_IMODE(s.mode), s.mtime_ns // 10**9)
+                out[path] = ("dir", st.S_IMODE(s.mode), s.mtime_ns // 10**9, s.size)
                 walk(path)
             elif s.is_symlink:
                 out[path] = ("link", g.readlink(full))
@@ -501,7 +501,7 @@ def snapshot_local(root: Path) -> dict[str, tuple]:
             if st.S_ISLNK(s.st_mode):
                 out[rel] = ("link", os.readlink(p))
             elif st.S_ISDIR(s.st_mode):
-                out[rel] = ("dir", st.S_IMODE(s.st_mode), s.st_mtime_ns // 10**9)
+                out[rel] = ("dir", st.S_IMODE(s.st_mode), s.st_mtime_ns // 10**9, s.st_size)
             else:
                 out[rel] = ("file", st.S_IMODE(s.st_mode), s.st_mtime_ns // 10**9, p.read_bytes())
         dirnames[:] = [d for d in dirnames if not (Path(dirpath) / d).is_symlink()]
