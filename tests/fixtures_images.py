@@ -482,7 +482,8 @@ def snapshot_guest(g, root: str) -> dict[str, tuple]:
                 out[path] = ("link", g.readlink(full))
             else:
                 f = g.open(full)
-                out[path] = ("file", st.S_IMODE(s.mode), s.mtime_ns // 10**9, f.read(0, s.size + 1))
+                out[path] = ("file", st.S_IMODE(s.mode), s.mtime_ns // 10**9, f.read(0, s.size + 1),
+                             s.nlink, s.uid, s.gid)
     walk("")
     return out
 
@@ -503,7 +504,8 @@ def snapshot_local(root: Path) -> dict[str, tuple]:
             elif st.S_ISDIR(s.st_mode):
                 out[rel] = ("dir", st.S_IMODE(s.st_mode), s.st_mtime_ns // 10**9, s.st_size)
             else:
-                out[rel] = ("file", st.S_IMODE(s.st_mode), s.st_mtime_ns // 10**9, p.read_bytes())
+                out[rel] = ("file", st.S_IMODE(s.st_mode), s.st_mtime_ns // 10**9, p.read_bytes(),
+                            s.st_nlink, s.st_uid, s.st_gid)
         dirnames[:] = [d for d in dirnames if not (Path(dirpath) / d).is_symlink()]
     return out
 
