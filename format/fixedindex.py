@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from .errors import CorruptObject
 
@@ -91,3 +91,16 @@ class FixedIndex:
 
 def chunk_count(capacity: int, chunk_size: int) -> int:
     return -(-capacity // chunk_size)
+
+
+def chunks_touched(extents: Iterable[tuple[int, int]], chunk_size: int, capacity: int) -> Iterator[int]:
+    """Numbers of the chunks that the (offset, length) ``extents`` touch, ascending, each once."""
+    last = -1
+    limit = chunk_count(capacity, chunk_size)
+    for offset, length in sorted(extents):
+        if length <= 0:
+            continue
+        first = max(offset // chunk_size, last + 1)
+        end = min((offset + length - 1) // chunk_size, limit - 1)
+        yield from range(first, end + 1)
+        last = max(last, end)

@@ -21,7 +21,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Sequence
 
-from format.fixedindex import FixedIndex, chunk_count
+from format.fixedindex import FixedIndex, chunks_touched
 from format.manifest import DiskEntry, Manifest
 from format.repository import Repository
 
@@ -52,20 +52,6 @@ class BackupReport:
     manifest: str
     disks: list[DiskReport] = field(default_factory=list)
     seconds: float = 0.0
-
-
-def chunks_covering(extents: Iterable[tuple[int, int]], chunk_size: int, capacity: int) -> Iterator[int]:
-    """Chunk numbers touched by ``extents``, ascending, each once."""
-    last = -1
-    limit = chunk_count(capacity, chunk_size)
-    for offset, length in sorted(extents):
-        if length <= 0:
-            continue
-        first = max(offset // chunk_size, last + 1)
-        end = min((offset + length - 1) // chunk_size, limit - 1)
-        for n in range(first, end + 1):
-            yield n
-        last = max(last, end)
 
 
 def latest_generation(repo: Repository, vm: str) -> tuple[str, Manifest] | None:
@@ -188,9 +174,9 @@ def _plan(repo: Repository, source: DiskSource, parent: DiskEntry | None,
                               f"{parent_index.capacity} to {source.capacity}; read it in full")
         report.mode = "changed"
         return (FixedIndex(parent_index.capacity, cs, bytearray(parent_index.ids)),
-                list(chunks_covering(source.extents(), cs, source.capacity)), known)
+                list(chunks_touched(source.extents(), cs, source.capacity)), known)
     index = FixedIndex.empty(source.capacity, cs)
-    return index, list(chunks_covering(source.extents(), cs, source.capacity)), known
+    return index, list(chunks_touched(source.extents(), cs, source.capacity)), known
 
 
 def _iso(ns: int) -> str:

@@ -11,13 +11,14 @@ implementation of the same protocol, built by the CLI from restore/ and vddk/.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
 import re
 import stat
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Protocol
+from typing import Any, Iterable, Iterator, Protocol
 
 from .vmdk import SECTOR, DescriptorError, FlatExtent, looks_like_vmdk, parse_descriptor
 from .vmdksparse import MAGIC as SPARSE_MAGIC, SparseVmdk, SparseVmdkError
@@ -36,6 +37,19 @@ class DiskSource(Protocol):
     def extents(self) -> Iterable[tuple[int, int]]: ...
     def read(self, offset: int, size: int) -> bytes: ...
     def close(self) -> None: ...
+
+
+@contextlib.contextmanager
+def _opening(path: str) -> Iterator[None]:
+    """Opening an image: the OS's refusals as one-line SourceErrors."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise SourceError(f"{path}: no such file") from None
+    except PermissionError:
+        raise SourceError(f"{path}: permission denied") from None
+    except IsADirectoryError:
+        raise SourceError(f"{path} is a directory, not a disk image") from None
 
 
 def data_extents(fd: int, start: int, end: int) -> list[tuple[int, int]]:
@@ -89,7 +103,7 @@ class LocalImage:
 
     @classmethod
     def open(cls, path: str, label: str | None = None) -> "LocalImage":
-        try:
+        with _opening(path):
             is_vmdk = os.path.isfile(path) and looks_like_vmdk(path)
             if is_vmdk:
                 try:
@@ -107,12 +121,6 @@ class LocalImage:
                 capacity = _size_of(fd)
                 pieces = [_Piece(0, capacity, fd, 0, path)]
                 fmt = "raw"
-        except FileNotFoundError:
-            raise SourceError(f"{path}: no such file") from None
-        except PermissionError:
-            raise SourceError(f"{path}: permission denied") from None
-        except IsADirectoryError:
-            raise SourceError(f"{path} is a directory, not a disk image") from None
         name = label or default_label(path)
         return cls(name, capacity, pieces, {"type": "file", "path": os.path.abspath(path), "format": fmt})
 
@@ -203,15 +211,8 @@ class SparseImage:
 
 def open_image(path: str, label: str | None = None) -> LocalImage | SparseImage:
     """The right source for a local image: raw, block device, flat or sparse VMDK."""
-    try:
-        with open(path, "rb") as f:
-            sparse = f.read(4) == SPARSE_MAGIC
-    except FileNotFoundError:
-        raise SourceError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise SourceError(f"{path} is a directory, not a disk image") from None
-    except PermissionError:
-        raise SourceError(f"{path}: permission denied") from None
+    with _opening(path), open(path, "rb") as f:
+        sparse = f.read(4) == SPARSE_MAGIC
     return SparseImage(path, label) if sparse else LocalImage.open(path, label)
 
 

@@ -21,6 +21,8 @@ import queue
 import threading
 from typing import Any, Iterable
 
+from format.fixedindex import chunks_touched
+
 from .changed import ReadPlan, merge
 
 MAX_REQUEST = 2 << 20
@@ -32,19 +34,8 @@ _STOP = object()
 def chunk_cover(extents: Iterable[tuple[int, int]], chunk_size: int, capacity: int) -> list[tuple[int, int]]:
     """The (offset, size) of each chunk that the extents touch, ascending, each once — the
     same reads the ingest makes (chunk ``n`` is ``[n*cs, min((n+1)*cs, capacity))``)."""
-    out: list[tuple[int, int]] = []
-    last = -1
-    limit = -(-capacity // chunk_size)
-    for offset, length in sorted(extents):
-        if length <= 0:
-            continue
-        first = max(offset // chunk_size, last + 1)
-        end = min((offset + length - 1) // chunk_size, limit - 1)
-        for n in range(first, end + 1):
-            start = n * chunk_size
-            out.append((start, min(chunk_size, capacity - start)))
-        last = max(last, end)
-    return out
+    return [(n * chunk_size, min(chunk_size, capacity - n * chunk_size))
+            for n in chunks_touched(extents, chunk_size, capacity)]
 
 
 class VSphereDiskSource:

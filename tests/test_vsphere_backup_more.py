@@ -13,7 +13,7 @@ from pyVmomi import pbm, vim
 from fixtures_vcsim import (QUIESCE_FAULT_KEY, SNAPSHOT_FAULT_KEY, attach_tag, connected, create_vapp, create_vm,
                             find_by_name, pbm_content, set_extra_config, wait_task)
 from fixtures_vsphere import MiB, VSphereBed, unique
-from repofs.ingest import chunks_covering
+from format.fixedindex import chunks_touched
 from restore import firstclass
 from restore.disksource import chunk_cover, clip
 from restore.session import Credentials, Session, normalize_thumbprint, resolve_credentials, split_server
@@ -186,7 +186,7 @@ def test_read_ahead_follows_the_ingest(extents: list[tuple[int, int]], chunk: in
     drifted apart, every read would fall back to a direct one (correct, but slower)."""
     capacity = sectors * 512
     clipped = clip(extents, capacity)
-    want = [(n * chunk, min(chunk, capacity - n * chunk)) for n in chunks_covering(clipped, chunk, capacity)]
+    want = [(n * chunk, min(chunk, capacity - n * chunk)) for n in chunks_touched(clipped, chunk, capacity)]
     assert chunk_cover(clipped, chunk, capacity) == want
 
 
