@@ -34,6 +34,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+from dataset import parse_size  # noqa: E402
+from measure import drop_caches, mounted, wait_for  # noqa: E402
 MiB = 1 << 20
 PY = str(ROOT / ".venv" / "bin" / "python")
 REPOFS = [PY, "-m", "repofs.cli"]
@@ -44,10 +47,6 @@ BIG_SIZE = 100 * 1000 * 1000
 PART_OFFSET = MiB
 
 
-def parse_size(text: str) -> int:
-    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
-    t = text.strip().lower().rstrip("b").rstrip("i")
-    return int(float(t[:-1]) * units[t[-1]]) if t[-1:] in units else int(t)
 
 
 def build_image(path: Path, size: int, seed: int, files: int) -> int:
@@ -93,24 +92,10 @@ def build_image(path: Path, size: int, seed: int, files: int) -> int:
     return entries
 
 
-def drop_caches() -> None:
-    subprocess.run(["sync"])
-    with open("/proc/sys/vm/drop_caches", "w") as f:
-        f.write("3\n")
 
 
-def mounted(path: Path) -> bool:
-    real = os.path.realpath(path)
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split()[4] == real for line in f)
 
 
-def wait_for(path: Path, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{path} did not appear")
-        time.sleep(0.02)
 
 
 def fuse_unmount(path: Path) -> None:

@@ -4,7 +4,7 @@ and `repofs restore --to-dir`, in one run on one data set.
     sudo .venv/bin/python bench/bench_mount.py --size 1G      # 8G for the full run
 
 Builds a disk image (partition table + ext4 holding text, compressible and random files, and
-free space; `bench/dataset.py` when present, so it is the repository benchmark's data set),
+free space: `bench/dataset.py`, the repository benchmark's data set),
 backs it up into a repofs, a borg and a restic repository in a temporary folder, then for
 each mount measures:
   - cold sequential read of the whole disk file (mounted afresh, page cache dropped);
@@ -30,6 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+from dataset import make_image, parse_size  # noqa: E402
+from measure import drop_caches, mounted, wait_for  # noqa: E402
+
 MiB = 1 << 20
 REPOFS = [str(ROOT / ".venv" / "bin" / "python"), "-m", "repofs.cli"]
 PASS = "bench passphrase"
@@ -38,48 +42,10 @@ WINDOW = 64 * MiB
 RANDOM_READS = 2000
 
 
-def parse_size(text: str) -> int:
-    t = text.strip().lower().rstrip("b").rstrip("i")
-    mult = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}.get(t[-1:], 1)
-    return int(float(t.rstrip("kmgt")) * mult)
 
 
-def build_image(path: Path, size: int, seed: int) -> None:
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        from dataset import make_image  # the repository benchmark's data set
-    except ImportError:
-        make_image = None
-    if make_image is not None:
-        make_image(str(path), size, seed)
-        return
-    # Fallback: the same shape, simpler content.
-    rng = random.Random(seed)
-    with tempfile.TemporaryDirectory(dir=path.parent) as tree:
-        written, n = 0, 0
-        while written < size * 0.6:
-            kind, sz = n % 3, rng.randrange(64 << 10, 16 * MiB)
-            d = Path(tree, f"d{n % 17}")
-            d.mkdir(exist_ok=True)
-            if kind == 0:
-                data = ("".join(f"{i} log line {rng.random()}\n" for i in range(sz // 32))).encode()
-            elif kind == 1:
-                data = (rng.randbytes(4096) + bytes(4096)) * (sz // 8192)
-            else:
-                data = rng.randbytes(sz)
-            (d / f"f{n}").write_bytes(data)
-            written, n = written + len(data), n + 1
-        with open(path, "wb") as f:
-            f.truncate(size)
-        subprocess.run(["sfdisk", "-q", str(path)], input="label: gpt\n2048,,L\n", text=True, check=True)
-        subprocess.run(["mkfs.ext4", "-q", "-F", "-E", "offset=1048576", "-d", tree, str(path),
-                        f"{(size - 2 * MiB) // 1024}k"], check=True)
 
 
-def drop_caches() -> None:
-    subprocess.run(["sync"])
-    with open("/proc/sys/vm/drop_caches", "w") as f:
-        f.write("3\n")
 
 
 def timed(cmd: list[str], env: dict) -> float:
@@ -88,18 +54,8 @@ def timed(cmd: list[str], env: dict) -> float:
     return time.monotonic() - t0
 
 
-def mounted(path: Path) -> bool:
-    real = os.path.realpath(path)
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split()[4] == real for line in f)
 
 
-def wait_for(path: Path, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{path} did not appear")
-        time.sleep(0.05)
 
 
 def unmount(path: Path) -> None:
@@ -235,7 +191,7 @@ def main() -> None:
     results: list[Result] = []
     try:
         t0 = time.monotonic()
-        build_image(image, size, args.seed)
+        make_image(str(image), size, args.seed)
         print(f"image {size / 2**30:.1f} GiB built in {time.monotonic() - t0:.0f}s", flush=True)
         rng = random.Random(args.seed)
         base = MiB + min(256 * MiB, max(0, size // 4))    # inside the filesystem's data

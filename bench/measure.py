@@ -5,6 +5,7 @@ import os
 import subprocess
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass
@@ -36,12 +37,25 @@ def run(cmd: list[str], env: dict | None = None, stdin: str | None = None, check
 
 
 def drop_caches() -> None:
+    """Empty the page cache (root only). Fails loudly: a failed drop would make "cold" figures warm."""
     subprocess.run(["sync"])
-    try:
-        with open("/proc/sys/vm/drop_caches", "w") as f:
-            f.write("3\n")
-    except OSError:
-        pass
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3\n")
+
+
+def mounted(path: str | os.PathLike) -> bool:
+    real = os.path.realpath(path)
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == real for line in f)
+
+
+def wait_for(path: Path, timeout: float = 60) -> None:
+    """Wait until ``path`` exists (a mount coming up)."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{path} did not appear")
+        time.sleep(0.02)
 
 
 def warm(path: str) -> None:
