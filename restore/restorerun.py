@@ -19,7 +19,7 @@ import vddk
 from .backup import VddkProvider
 from .plan import RestoreOptions
 from .restorevm import Progress, RestoreResult, Say, restore_vm
-from .runner import Options
+from .runner import Options, error_text
 from .session import Session, resolve_credentials
 from .source import GenerationSource
 
@@ -104,9 +104,6 @@ def outcome_lines(outcome: Outcome) -> list[str]:
     return lines
 
 
-def error_text(error: BaseException | None) -> str:
-    text = str(error).strip().splitlines() if error is not None else []
-    return text[0] if text else type(error).__name__
 
 
 def outcome_json(outcome: Outcome) -> dict[str, Any]:
