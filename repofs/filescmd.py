@@ -14,7 +14,7 @@ import json
 import stat as st
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Annotated, Callable, Optional
 
 import typer
@@ -123,7 +123,7 @@ def build_app(open_repository: Callable[[str | None, str | None], object],
             entries = [(parts[-1], g.stat(address.path))]
             base = "/".join(parts[:-1])
         if json_out:
-            return _emit([{"name": n, **asdict(e), "type": _kind(e),
+            return _emit([{"name": n, **e._asdict(), "type": _kind(e),
                            **({"target": g.readlink(f"{base}/{n}")} if e.is_symlink else {})}
                           for n, e in entries])
         out = sys.stdout
@@ -156,7 +156,7 @@ def build_app(open_repository: Callable[[str | None, str | None], object],
         address = parse_address(target)
         g = guest(address, repo, password_file)
         s = g.stat(address.path)
-        doc = {"path": address.path, "type": _kind(s), **asdict(s)}
+        doc = {"path": address.path, "type": _kind(s), **s._asdict()}
         if s.is_symlink:
             doc["target"] = g.readlink(address.path)
         if json_out:

@@ -32,10 +32,11 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
-from typing import BinaryIO, Callable, Iterator, Protocol
+from typing import BinaryIO, Callable, Iterator, NamedTuple, Protocol
 
 from dissect.util.stream import AlignedStream, RangeStream
 
+from .ext4 import Ext4, Inode
 from .views import DiskReadError
 
 MAX_SYMLINK_HOPS = 40
@@ -90,8 +91,8 @@ class FilesystemDamaged(GuestError):
 # ---------------------------------------------------------------------------------------------
 # The model's values.
 
-@dataclass(frozen=True)
-class GuestStat:
+class GuestStat(NamedTuple):
+    """An entry's metadata (a tuple: a tree walk makes one per entry, so it must be cheap)."""
     mode: int            # full st_mode: type bits and permissions
     size: int
     mtime_ns: int
@@ -126,6 +127,7 @@ class Volume:
     fstype: str | None            # ext, xfs, btrfs, ntfs, vfat, exfat, lvm2, luks, bitlocker, swap
     description: str              # partition type or VG, for listings
     open: Callable[[], BinaryIO]  # a fresh stream over the volume's bytes
+    prefetch: Callable[[int, int], None] | None = None   # load (offset, length) of it ahead
 
     @property
     def browsable(self) -> bool:
@@ -161,6 +163,7 @@ class _ReadAhead:
     view's ``needs_fetch``/``prefetch`` (a ``DiskView``); other readers go without."""
     WINDOW = 8                  # chunks
     MIN_READ = 128 * 1024       # smaller reads are metadata: no read-ahead
+    THREADS = 4                 # loads wait on storage as much as they decode
 
     def __init__(self) -> None:
         self._pool: ThreadPoolExecutor | None = None
@@ -172,10 +175,14 @@ class _ReadAhead:
         if not chunk_size or not hasattr(disk, "prefetch"):
             return
         first = end // chunk_size
+        self.load(disk, range(first, first + self.WINDOW))
+
+    def load(self, disk, numbers) -> None:
+        """Load chunks ``numbers`` of ``disk`` in the background (those not yet cached)."""
         with self._lock:
             if self._pool is None:
-                self._pool = ThreadPoolExecutor(max(2, os.cpu_count() or 2), thread_name_prefix="guest-readahead")
-            for n in range(first, first + self.WINDOW):
+                self._pool = ThreadPoolExecutor(self.THREADS, thread_name_prefix="guest-readahead")
+            for n in numbers:
                 key = (id(disk), n)
                 if key in self._inflight or not disk.needs_fetch(n):
                     continue
@@ -191,6 +198,14 @@ class _ReadAhead:
 
 
 _READ_AHEAD = _ReadAhead()
+
+
+def _prefetcher(disk: DiskReader, base: int) -> Callable[[int, int], None] | None:
+    """Background loading of a volume's bytes (at ``base`` on ``disk``): filesystem metadata
+    about to be read, e.g. the subdirectories a listing just revealed."""
+    if not hasattr(disk, "prefetch") or not getattr(disk, "chunk_size", 0):
+        return None
+    return lambda offset, length: _READ_AHEAD.load(disk, disk.chunks_for(base + offset, length))
 
 
 class DiskStream(AlignedStream):
@@ -253,7 +268,7 @@ def probe_fstype(fh: BinaryIO) -> str | None:
 def _partition_table(disk: DiskReader, fh: DiskStream) -> list[Volume]:
     """The disk's partitions, or one ``whole`` volume when it has no partition table."""
     whole = Volume(WHOLE, disk.label, 0, disk.capacity, None, "whole disk",
-                   lambda: DiskStream(disk))
+                   lambda: DiskStream(disk), _prefetcher(disk, 0))
     fstype = probe_fstype(fh)
     if fstype is not None:       # a filesystem (or PV) straight on the disk: its boot sector
         return [replace(whole, fstype=fstype)]   # may look like an MBR, so check it first
@@ -290,7 +305,7 @@ def _partition_table(disk: DiskReader, fh: DiskStream) -> list[Volume]:
                 f"beyond the disk's {disk.capacity} bytes")
         volumes.append(Volume(f"p{p.number}", disk.label, p.offset, p.size, None,
                               p.name or p.type_name or str(p.type),
-                              _range_opener(disk, p.offset, p.size)))
+                              _range_opener(disk, p.offset, p.size), _prefetcher(disk, p.offset)))
     volumes.sort(key=lambda v: v.offset or 0)
     for v in volumes:
         v.fstype = probe_fstype(v.open())
@@ -407,15 +422,13 @@ class _Node:
 
 
 class _InodeNode(_Node):
-    """ext2/3/4, XFS and Btrfs inodes: POSIX modes, owners and nanosecond times."""
+    """XFS and Btrfs inodes: POSIX modes, owners and nanosecond times."""
 
     def __init__(self, inode, kind: str):
         self.inode, self.kind = inode, kind
 
     def stat(self) -> GuestStat:
         n = self.inode
-        if self.kind == "ext":
-            return _ext_stat(n)
         if self.kind == "xfs":
             raw = n.inode
             mode, uid, gid, nlink = raw.di_mode, raw.di_uid, raw.di_gid, raw.di_nlink or raw.di_onlink
@@ -428,8 +441,6 @@ class _InodeNode(_Node):
     def children(self) -> Iterator[tuple[str, _Node]]:
         if self.kind == "btrfs":
             entries = self.inode.iterdir()
-        elif self.kind == "ext":
-            entries = _ext_entries(self.inode)
         else:
             entries = ((child.filename, child) for child in self.inode.iterdir())
         for name, child in entries:
@@ -441,92 +452,6 @@ class _InodeNode(_Node):
 
     def link(self) -> str:
         return self.inode.link
-
-
-# ext2/3/4 metadata is parsed here with ``struct`` rather than through dissect's cstruct
-# definitions: a tree walk is mostly inode and directory-entry parsing, and this makes it
-# about three times faster. Same fields and the same rules as dissect.extfs (times with the
-# extra epoch bits and nanoseconds when inodes are larger than 128 bytes).
-_EXT_INODE_HEAD = struct.Struct("<HHIIIIIHH")   # mode uid size_lo atime ctime mtime dtime gid links
-_EXT_DIRENT2 = struct.Struct("<IHBB")           # inode rec_len name_len file_type
-_EXT_DIRENT = struct.Struct("<IHH")             # inode rec_len name_len (no file type)
-
-
-def _ext_ns(seconds: int, extra: int) -> int:
-    return ((seconds | (extra & 0b11) << 32) * 1_000_000_000) + (extra >> 2)
-
-
-_ITABLE_BLOCK = 64 * 1024       # inode-table bytes read at once (256 inodes of 256 bytes)
-_ITABLE_CACHED = 256            # blocks kept per filesystem (16 MiB)
-
-
-def _ext_raw_inode(fs, inum: int) -> bytes:
-    """An inode's bytes, sliced from a cached 64 KiB piece of its group's inode table
-    (neighbouring inodes are usually listed together)."""
-    geometry = fs.__dict__.get("_repofs_geometry")
-    if geometry is None:
-        sb = fs.sb
-        geometry = fs._repofs_geometry = (sb.s_inodes_per_group, sb.s_inode_size, {}, OrderedDict())
-    per_group, inode_size, tables, cache = geometry
-    group, index = divmod(inum - 1, per_group)
-    pos = index * inode_size
-    piece, inner = divmod(pos, _ITABLE_BLOCK)
-    key = (group, piece)
-    data = cache.get(key)
-    if data is None:
-        table = tables.get(group)
-        if table is None:
-            from dissect.extfs.c_ext import c_ext  # noqa: PLC0415
-            gd = fs._read_group_desc(group)
-            block = gd.bg_inode_table_lo
-            if fs._group_desc_struct == c_ext.ext4_group_desc:
-                block |= gd.bg_inode_table_hi << 32
-            table = tables[group] = block * fs.block_size
-        fs.fh.seek(table + piece * _ITABLE_BLOCK)
-        data = cache[key] = fs.fh.read(min(_ITABLE_BLOCK, per_group * inode_size - piece * _ITABLE_BLOCK))
-        if len(cache) > _ITABLE_CACHED:
-            cache.popitem(last=False)
-    return data[inner:inner + inode_size]
-
-
-def _ext_stat(node) -> GuestStat:
-    raw = _ext_raw_inode(node.extfs, node.inum)
-    mode, uid, size_lo, atime, ctime, mtime, _dtime, gid, links = _EXT_INODE_HEAD.unpack_from(raw)
-    (size_hi,) = struct.unpack_from("<I", raw, 108)
-    uid_hi, gid_hi = struct.unpack_from("<HH", raw, 120)
-    if len(raw) > 128:
-        c_x, m_x, a_x = struct.unpack_from("<III", raw, 132)
-    else:
-        c_x = m_x = a_x = 0
-    return GuestStat(mode=mode, size=size_lo | size_hi << 32, mtime_ns=_ext_ns(mtime, m_x), atime_ns=_ext_ns(atime, a_x),
-                     ctime_ns=_ext_ns(ctime, c_x), uid=uid | uid_hi << 16, gid=gid | gid_hi << 16,
-                     nlink=links, ino=node.inum)
-
-
-def _ext_entries(node) -> Iterator[tuple[str, object]]:
-    """A directory's entries in on-disk order, read linearly (as dissect.extfs does; hashed
-    directories keep their entries in ordinary blocks too)."""
-    from dissect.extfs.c_ext import FILETYPES, c_ext  # noqa: PLC0415
-    fs = node.extfs
-    if node.filetype != st.S_IFDIR:
-        raise NotADirectoryError(f"{node!r} is not a directory")
-    data = node.open().read()
-    has_type = fs._dirtype == c_ext.ext2_dir_entry_2
-    layout = _EXT_DIRENT2 if has_type else _EXT_DIRENT
-    limit = fs.sb.s_inodes_count
-    off, end = 0, len(data) - 12
-    while off < end:
-        if has_type:
-            inum, rec_len, name_len, ftype = layout.unpack_from(data, off)
-        else:
-            inum, rec_len, name_len = layout.unpack_from(data, off)
-            ftype = 0
-        if rec_len == 0:
-            break
-        if 0 < inum < limit:
-            name = data[off + 8:off + 8 + name_len].decode(errors="surrogateescape")
-            yield name, fs.get_inode(inum, name, FILETYPES.get(ftype) if ftype else None)
-        off += rec_len
 
 
 class _FatNode(_Node):
@@ -674,32 +599,54 @@ class _NtfsNode(_Node):
         return target.replace("\\", "/")
 
 
-def _open_ext(fh: BinaryIO) -> _Node:
-    from dissect.extfs import ExtFS  # noqa: PLC0415
-    return _InodeNode(ExtFS(fh).root, "ext")
+class _ExtNode(_Node):
+    """ext2/3/4, read by ``repofs.ext4`` (a tree walk is mostly inode and directory parsing)."""
+    __slots__ = ("fs", "inode")
+
+    def __init__(self, fs: Ext4, inode: Inode):
+        self.fs, self.inode = fs, inode
+
+    def stat(self) -> GuestStat:
+        i = self.inode
+        return GuestStat(i.mode, i.size, i.mtime_ns, i.atime_ns, i.ctime_ns, i.uid, i.gid, i.nlink, i.inum)
+
+    def children(self) -> Iterator[tuple[str, _Node]]:
+        fs = self.fs
+        return ((name, _ExtNode(fs, child)) for name, child in fs.listdir(self.inode))
+
+    def stream(self) -> BinaryIO:
+        return self.fs.open(self.inode)
+
+    def link(self) -> str:
+        return self.fs.readlink(self.inode)
 
 
-def _open_xfs(fh: BinaryIO) -> _Node:
+def _open_ext(fh: BinaryIO, volume: Volume) -> _Node:
+    fs = Ext4(fh, volume.prefetch)
+    return _ExtNode(fs, fs.root)
+
+
+def _open_xfs(fh: BinaryIO, volume: Volume) -> _Node:
     from dissect.xfs import XFS  # noqa: PLC0415
     return _InodeNode(XFS(fh).root, "xfs")
 
 
-def _open_btrfs(fh: BinaryIO) -> _Node:
+def _open_btrfs(fh: BinaryIO, volume: Volume) -> _Node:
     from dissect.btrfs import Btrfs  # noqa: PLC0415
     return _InodeNode(Btrfs(fh).root, "btrfs")     # the default subvolume, as the kernel mounts it
 
 
-def _open_ntfs(fh: BinaryIO) -> _Node:
+def _open_ntfs(fh: BinaryIO, volume: Volume) -> _Node:
     from dissect.ntfs import NTFS  # noqa: PLC0415
     return _NtfsNode(NTFS(fh).mft.get(5))
 
 
-def _open_fat(fh: BinaryIO) -> _Node:
+def _open_fat(fh: BinaryIO, volume: Volume) -> _Node:
     from dissect.fat import FATFS  # noqa: PLC0415
     return _FatNode(FATFS(fh).root, 1)
 
 
-def _open_exfat(fh: BinaryIO) -> _Node:
+def _open_exfat(fh: BinaryIO, volume: Volume) -> _Node:
     from dissect.fat import ExFAT  # noqa: PLC0415
     fs = ExFAT(fh)
     root = fs.files.get("/")
@@ -707,7 +654,7 @@ def _open_exfat(fh: BinaryIO) -> _Node:
 
 
 # The readers are imported when a volume of their kind is first opened (each costs ~0.1 s).
-_OPENERS: dict[str, Callable[[BinaryIO], _Node]] = {
+_OPENERS: dict[str, Callable[[BinaryIO, Volume], _Node]] = {
     "ext": _open_ext, "xfs": _open_xfs, "btrfs": _open_btrfs, "ntfs": _open_ntfs,
     "vfat": _open_fat, "exfat": _open_exfat,
 }
@@ -742,18 +689,13 @@ class GuestTree:
             what = {"swap": "swap space", None: "no filesystem repofs recognises"}.get(fstype, fstype)
             raise UnsupportedVolume(f"{self.where} holds {what} ({volume.description})")
         try:
-            self.root = opener(volume.open())
-            self.fstype = fstype if fstype != "ext" else f"ext{self._ext_version()}"
+            self.root = opener(volume.open(), volume)
+            self.fstype = fstype if fstype != "ext" else f"ext{self.root.fs.version}"
         except (GuestError, DiskReadError):
             raise
         except Exception as e:
             raise FilesystemDamaged(f"{self.where}: cannot read its {fstype} filesystem "
                                     f"({_first_line(e)})") from None
-
-    def _ext_version(self) -> int:
-        from dissect.extfs.extfs import EXT2, EXT3, EXT4  # noqa: PLC0415
-        kind = self.root.inode.extfs.type
-        return {EXT2: 2, EXT3: 3, EXT4: 4}.get(kind, 4)
 
     # -- resolution ------------------------------------------------------------------------
 
@@ -983,7 +925,7 @@ class GuestGeneration:
         if not inner:
             vol = next(v for v in self.volumes(disk) if v.name == volume)
             if not vol.browsable:    # shown as an empty, closed folder; listing it says why
-                return replace(self.dir_stat, mode=st.S_IFDIR | 0o000)
+                return self.dir_stat._replace(mode=st.S_IFDIR | 0o000)
         tree = self.tree(disk, volume)
         return tree.stat(inner, follow)
 
@@ -1007,7 +949,7 @@ class GuestGeneration:
         try:
             return self.stat(path)
         except GuestError:
-            return replace(self.dir_stat, mode=st.S_IFDIR | 0o000)
+            return self.dir_stat._replace(mode=st.S_IFDIR | 0o000)
 
     def readlink(self, path: str) -> str:
         disk, volume, _vg, inner = self.locate(path)
