@@ -23,7 +23,7 @@ from . import exitcodes
 from .extract import TargetExists, extract
 from .guestfs import (EncryptedVolume, FilesystemDamaged, GuestError, GuestGeneration,
                       GuestIsADirectory, GuestNotADirectory, GuestNotASymlink, GuestNotFound,
-                      GuestStat, PartitionTableDamaged, UnsupportedVolume)
+                      GuestStat, PartitionTableDamaged, UnsupportedFeature, UnsupportedVolume)
 from .progress import Progress
 from .views import RepositoryView
 
@@ -31,6 +31,7 @@ EXIT_CODES: list[tuple[type[BaseException], int]] = [
     (GuestNotFound, exitcodes.NOT_FOUND),
     (EncryptedVolume, exitcodes.UNSUPPORTED),
     (UnsupportedVolume, exitcodes.UNSUPPORTED),
+    (UnsupportedFeature, exitcodes.UNSUPPORTED),
     (PartitionTableDamaged, exitcodes.FAILURE),
     (FilesystemDamaged, exitcodes.FAILURE),
     (GuestIsADirectory, exitcodes.FAILURE),

@@ -36,7 +36,7 @@ from typing import BinaryIO, Callable, Iterator, NamedTuple, Protocol
 
 from dissect.util.stream import AlignedStream, RangeStream
 
-from .ext4 import Ext4, Inode
+from .ext4 import Ext4, Ext4Unsupported, Inode
 from .views import DiskReadError
 
 MAX_SYMLINK_HOPS = 40
@@ -81,6 +81,12 @@ class EncryptedVolume(GuestError):
 class UnsupportedVolume(GuestError):
     """No filesystem repofs can read: swap, unknown or empty, or an LVM physical volume."""
     errno = errno.EMEDIUMTYPE
+
+
+class UnsupportedFeature(GuestError):
+    """The filesystem uses a feature repofs does not read (ext4 inline data beyond the inode,
+    encrypted directories)."""
+    errno = errno.EOPNOTSUPP
 
 
 class FilesystemDamaged(GuestError):
@@ -762,6 +768,9 @@ class GuestTree:
                 return fn()
             except (GuestError, DiskReadError):
                 raise
+            except Ext4Unsupported as e:
+                raise UnsupportedFeature(f"{self.where}: {e}; repofs cannot read this part of the "
+                                         f"filesystem (use the loop mount)") from None
             except Exception as e:       # the reader tripped over the guest's structures
                 raise FilesystemDamaged(f"{self.where}: the {self.volume.fstype} filesystem is "
                                         f"damaged here ({type(e).__name__}: {_first_line(e)})") from None

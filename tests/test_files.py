@@ -396,3 +396,31 @@ def test_ext4_damaged_structures_raise_its_error(ext_images, tmp_path):
         Ext4(io.BytesIO(bytes(data)))
     with pytest.raises(Ext4Error, match="magic"):
         Ext4(io.BytesIO(bytes(8192)))
+
+
+def test_ext4_inline_data_beyond_the_inode_is_reported_unsupported_not_damaged(tmp_path):
+    """With ``inline_data``, a file under 60 bytes lives in i_block (read), a larger one in the
+    inode's extended attributes, which repofs does not read: it says so, it does not call the
+    filesystem damaged, and the rest of the tree still reads."""
+    import shutil as sh
+    import subprocess
+
+    from repofs.guestfs import FileDisk, UnsupportedFeature
+    if not sh.which("mkfs.ext4"):
+        pytest.skip("mkfs.ext4 (e2fsprogs) is not installed")
+    tree = tmp_path / "t"
+    tree.mkdir()
+    (tree / "tiny.txt").write_bytes(b"x" * 20)
+    (tree / "mid.txt").write_bytes(b"y" * 100)
+    image = tmp_path / "inline.img"
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-t", "ext4", "-O", "inline_data", "-I", "256", "-d", str(tree),
+                    str(image), "8M"], check=True, capture_output=True)
+
+    class Gen:
+        vm, name, time_ns = "v", "g", 0
+        disks = [FileDisk(str(image), "d")]
+    g = GuestGeneration(Gen())
+    assert sorted(n for n, _ in g.listdir("d/whole")) == ["lost+found", "mid.txt", "tiny.txt"]
+    assert g.read("d/whole/tiny.txt", 0, 100) == b"x" * 20
+    with pytest.raises(UnsupportedFeature, match="inline"):
+        g.read("d/whole/mid.txt", 0, 200)
