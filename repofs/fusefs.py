@@ -59,6 +59,7 @@ class MountSettings:
     readahead_threads: int = 0         # 0: two per core, at least 4 (fetches wait on I/O too)
     read_threads: int = 16            # concurrent storage reads for requests
     direct_io: bool = True            # flat files bypass the page cache (see docs/mount.md)
+    prefill: bool = False             # push guest metadata into the page cache (repofs.prefill)
 
 
 @dataclass
@@ -389,8 +390,8 @@ class RepofsOperations(pyfuse3.Operations):
         info = pyfuse3.FileInfo(fh=fh)
         info.keep_cache = True  # files of a generation never change
         info.direct_io = bool(disk is not None and self.settings.direct_io)
-        if disk is not None and not info.direct_io and node.inode not in self._prefills \
-                and self._nursery is not None:
+        if self.settings.prefill and disk is not None and not info.direct_io \
+                and node.inode not in self._prefills and self._nursery is not None:
             self._prefills[node.inode] = None
             self._nursery.start_soon(self._build_prefill, node)
         return info

@@ -78,7 +78,7 @@ def resident(fd: int, size: int, ranges: list[tuple[int, int]]) -> bool:
 def test_one_miss_makes_the_metadata_resident(mount_source: MountSource, tmp_path: Path) -> None:
     image = mount_source.image.read_bytes()
     ranges = partition_ranges(image)
-    with mounted(mount_source, tmp_path / "mnt", "--no-direct-io") as m:
+    with mounted(mount_source, tmp_path / "mnt", "--no-direct-io", "-o", "prefill=1") as m:
         flat = m.gen_dir / f"{DISK}-flat.vmdk"
         fd = os.open(flat, os.O_RDONLY)
         try:
