@@ -40,6 +40,8 @@ class _Ranges:
         if length <= 0:
             return
         length = min(length, self.limit - self.total)
+        if length <= 0:
+            raise _Full
         self.items.append((offset, length))
         self.total += length
         if self.total >= self.limit:

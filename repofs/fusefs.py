@@ -18,6 +18,8 @@ anything else runs in a worker thread (decrypt, decompress, hash) bounded by ``i
 a backend that stops answering costs an EIO, not a hung mount (the abandoned thread may run
 on). A sequential reader of a handle triggers read-ahead of the next chunks in background
 threads. A damaged chunk fails the reads that touch it with EIO, logged once per chunk.
+With ``prefill`` (buffered flat files only), the guests' ext metadata is pushed into a flat
+file's page cache after the first READ that misses it (``repofs.prefill``).
 """
 from __future__ import annotations
 

@@ -52,7 +52,6 @@ class Prefill:
         self._blobs = blobs
         self._clock = clock
         self.pushing = False
-        self.pushes = 0
         self._last_end = float("-inf")
         self._last_took = 0.0
 
@@ -63,6 +62,8 @@ class Prefill:
         ranges: list[tuple[int, int]] = []
         for base, size in volumes:
             left = LIMIT - sum(n for _, n in ranges)
+            if left <= 0:
+                break
             found = extmeta.metadata_ranges(lambda off, n, b=base: read(b + off, n), size, left)
             ranges += [_whole_pages(base + off, n, capacity) for off, n in found]
         ranges = extmeta.coalesce(ranges)
@@ -99,6 +100,5 @@ class Prefill:
         finally:
             self._last_end = self._clock()
             self._last_took = self._last_end - start
-            self.pushes += 1
             self.pushing = False
         log.debug("pushed %d bytes of metadata in %.3fs", self.bytes, self._last_took)
