@@ -19,7 +19,7 @@ from . import allocator, exitcodes
 from .filescmd import build_app as build_files_app
 from .fusefs import MountSettings
 from .ingest import BackupReport, backup as ingest_backup
-from .mount import MountError, MountRequest, parse_size, split_options, unmount as unmount_fs
+from .mount import MountError, MountRequest, fsname_of, parse_size, split_options, unmount as unmount_fs
 from .mount import run as run_mount
 from .passphrase import read_passphrase
 from .progress import Progress
@@ -456,9 +456,8 @@ def mount(first: Annotated[str, typer.Argument(metavar="[REPO]", show_default=Fa
     view = RepositoryView(repository, cache_bytes)
     settings = MountSettings(io_timeout=io_timeout, readahead_chunks=read_ahead, direct_io=direct_io,
                              prefill=prefill)
-    fsname = "repofs:" + os.path.abspath(repository.location).replace(",", "_")
     run_mount(view, MountRequest(mountpoint, foreground=foreground, fuse_options=fuse_opts,
-                                 settings=settings, fsname=fsname,
+                                 settings=settings, fsname=fsname_of(repository.location),
                                  log_file=os.path.abspath(log_file) if log_file else None))
 
 
