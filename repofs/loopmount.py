@@ -15,9 +15,9 @@ the purpose, or one the user names with ``--from``):
   pieces, a kernel mount that failed) is served by ``repofs.guestfuse`` at the same place;
 - encrypted, swap and unknown volumes are listed as skipped, with the reason.
 
-The private mount runs in a fork of the command, is buffered and pushes each ext volume's inode tables and directory blocks
-into the flat file's page cache on the first miss (``repofs.prefill``): a walk of the tree
-then costs no round trip through FUSE.
+The private mount runs in a fork of the command, is buffered, and pushes each ext volume's
+inode tables and directory blocks into the flat file's page cache on the first miss
+(``repofs.prefill``): a walk of the tree then costs no round trip through FUSE.
 
 Everything attached is written to a state file (``/run/repofs/files/<hash of DIR>.json``)
 before the next step, so ``repofs files umount DIR`` — and the error path of ``mount``
