@@ -19,7 +19,7 @@ from . import allocator, exitcodes
 from .filescmd import build_app as build_files_app
 from .fusefs import MountSettings
 from .ingest import BackupReport, backup as ingest_backup
-from .mount import MountError, MountRequest, parse_size, split_options, unmount as unmount_fs
+from .mount import MountError, MountRequest, fsname_of, parse_size, split_options, unmount as unmount_fs
 from .mount import run as run_mount
 from .passphrase import read_passphrase
 from .progress import Progress
@@ -425,7 +425,7 @@ def mount(first: Annotated[str, typer.Argument(metavar="[REPO]", show_default=Fa
           foreground: Annotated[bool, typer.Option("--foreground", "-f", help="Stay in the foreground; log to stderr.")] = False,
           options: Annotated[Optional[list[str]], typer.Option(
               "-o", help="Mount options: allow_other, allow_root, and our own as key=value "
-                         "(cache_size, io_timeout, password_file, read_ahead, direct_io=0|1).")] = None,
+                         "(cache_size, io_timeout, password_file, read_ahead, direct_io=0|1, prefill=0|1).")] = None,
           cache_size: Annotated[str, typer.Option("--cache-size", help="Chunk cache, bytes or e.g. 512M, 2G.")] = "256M",
           io_timeout: Annotated[float, typer.Option("--io-timeout", help="Seconds a read may wait for storage before EIO.")] = 30.0,
           read_ahead: Annotated[int, typer.Option("--read-ahead", help="Chunks prefetched ahead of a sequential reader (0: off).")] = 8,
@@ -441,6 +441,7 @@ def mount(first: Annotated[str, typer.Argument(metavar="[REPO]", show_default=Fa
         read_ahead = int(ours.pop("read_ahead", read_ahead))
         if "direct_io" in ours:
             direct_io = ours.pop("direct_io") not in ("0", "no", "false")
+        prefill = ours.pop("prefill", "0") not in ("0", "no", "false")
     except ValueError as e:
         raise UsageProblem(str(e)) from None
     password_file = ours.pop("password_file", None) or password_file
@@ -453,10 +454,10 @@ def mount(first: Annotated[str, typer.Argument(metavar="[REPO]", show_default=Fa
     # Read-ahead never claims more than half the cache, or it would evict what it fetched.
     read_ahead = min(read_ahead, max(0, cache_bytes // 2 // repository.chunk_size))
     view = RepositoryView(repository, cache_bytes)
-    settings = MountSettings(io_timeout=io_timeout, readahead_chunks=read_ahead, direct_io=direct_io)
-    fsname = "repofs:" + os.path.abspath(repository.location).replace(",", "_")
+    settings = MountSettings(io_timeout=io_timeout, readahead_chunks=read_ahead, direct_io=direct_io,
+                             prefill=prefill)
     run_mount(view, MountRequest(mountpoint, foreground=foreground, fuse_options=fuse_opts,
-                                 settings=settings, fsname=fsname,
+                                 settings=settings, fsname=fsname_of(repository.location),
                                  log_file=os.path.abspath(log_file) if log_file else None))
 
 

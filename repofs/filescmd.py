@@ -206,7 +206,8 @@ def build_app(open_repository: Callable[[str | None, str | None], object],
             where = p.where or "-"
             typer.echo(f"{p.disk}/{p.volume}\t{p.fstype or '-'}\t{p.how}\t{where}\t{p.detail}")
 
-        loopmount.mount(directory, gen_dir=from_dir, repo=repo, password_file=password_file,
+        open_repo = (lambda: open_repository(repo, password_file)) if repo else None
+        loopmount.mount(directory, gen_dir=from_dir, open_repo=open_repo,
                         vm=address.vm, generation=address.generation, report=report)
 
     @app.command("umount")

@@ -18,6 +18,8 @@ anything else runs in a worker thread (decrypt, decompress, hash) bounded by ``i
 a backend that stops answering costs an EIO, not a hung mount (the abandoned thread may run
 on). A sequential reader of a handle triggers read-ahead of the next chunks in background
 threads. A damaged chunk fails the reads that touch it with EIO, logged once per chunk.
+With ``prefill`` (buffered flat files only), the guests' ext metadata is pushed into a flat
+file's page cache after the first READ that misses it (``repofs.prefill``).
 """
 from __future__ import annotations
 
@@ -36,7 +38,7 @@ import trio
 
 from format.errors import RepoError
 
-from . import guestmount
+from . import guestmount, prefill
 from .views import LATEST, DiskReadError, FileNode, GenerationView, RepositoryView, vm_folder_name
 
 log = logging.getLogger("repofs.mount")
@@ -59,6 +61,7 @@ class MountSettings:
     readahead_threads: int = 0         # 0: two per core, at least 4 (fetches wait on I/O too)
     read_threads: int = 16            # concurrent storage reads for requests
     direct_io: bool = True            # flat files bypass the page cache (see docs/mount.md)
+    prefill: bool = False             # push guest metadata into the page cache (repofs.prefill)
 
 
 @dataclass
@@ -161,6 +164,7 @@ class RepofsOperations(pyfuse3.Operations):
         self._reported: set[tuple[str, str, int]] = set()
         self._nursery: trio.Nursery | None = None
         self._guest = guestmount.GuestFolders(self.settings.io_timeout, self._read_limiter)
+        self._prefills: dict[int, prefill.Prefill | None] = {}   # by flat file inode; None: none/not yet
 
     def attach(self, nursery: trio.Nursery) -> None:
         """Background work (read-ahead) runs in ``nursery``; without one there is none."""
@@ -388,6 +392,10 @@ class RepofsOperations(pyfuse3.Operations):
         info = pyfuse3.FileInfo(fh=fh)
         info.keep_cache = True  # files of a generation never change
         info.direct_io = bool(disk is not None and self.settings.direct_io)
+        if self.settings.prefill and disk is not None and not info.direct_io \
+                and node.inode not in self._prefills and self._nursery is not None:
+            self._prefills[node.inode] = None
+            self._nursery.start_soon(self._build_prefill, node)
         return info
 
     @_guarded
@@ -407,10 +415,16 @@ class RepofsOperations(pyfuse3.Operations):
         data = disk.read_if_cached(off, size)
         if data is None:
             data = await self._in_thread(disk.read, self._read_limiter, node, off, size)
+        pre = self._prefills.get(node.inode)
+        if pre is not None and pre.wants(off, size):
+            self._nursery.start_soon(self._push_prefill, pre)
         return data
 
     async def release(self, fh: int) -> None:
-        self._files.pop(fh, None)
+        handle = self._files.pop(fh, None)
+        if handle is not None and handle.node.inode in self._prefills and \
+                not any(h.node.inode == handle.node.inode for h in self._files.values()):
+            del self._prefills[handle.node.inode]     # its bytes are kept only while open
 
     @_guarded
     async def statfs(self, ctx: pyfuse3.RequestContext = None) -> pyfuse3.StatvfsData:
@@ -470,6 +484,34 @@ class RepofsOperations(pyfuse3.Operations):
             self._ra_inflight.add(key)
             self._nursery.start_soon(self._prefetch, disk, n, key)
         stream.ahead = max(stream.ahead, last)
+
+    async def _build_prefill(self, node: Node) -> None:
+        """In the background: the metadata of the flat file's ext volumes (``repofs.prefill``)."""
+        disk = node.file.disk
+
+        def build():
+            guest = guestmount.guest_of(node.gen)
+            volumes = [(v.offset, v.size) for v in guest.volumes(disk.label)
+                       if v.fstype == "ext" and v.offset is not None]
+            return prefill.Prefill.build(node.inode, disk.read, disk.capacity, volumes)
+        try:
+            with trio.move_on_after(self.settings.io_timeout):
+                pre = await trio.to_thread.run_sync(build, abandon_on_cancel=True, limiter=self._ra_limiter)
+                if pre is not None:
+                    log.debug("%s generation %s disk %s: %d bytes of guest metadata in %d ranges to push",
+                              node.vm, node.gen.name, disk.label, pre.bytes, len(pre.ranges))
+                if node.inode in self._prefills:      # not released meanwhile
+                    self._prefills[node.inode] = pre
+        except Exception as e:  # advisory, like read-ahead: reads work without it
+            log.debug("no metadata prefill for disk %s: %s", disk.label, e)
+
+    async def _push_prefill(self, pre: "prefill.Prefill") -> None:
+        try:
+            await trio.to_thread.run_sync(pre.push, limiter=self._ra_limiter)
+        except Exception as e:
+            log.debug("metadata prefill stopped: %s", e)
+            if pre.inode in self._prefills:
+                self._prefills[pre.inode] = None
 
     async def _prefetch(self, disk, number: int, key) -> None:
         try:

@@ -62,6 +62,11 @@ class MountRequest:
     fsname: str = "repofs"
 
 
+def fsname_of(location: str) -> str:
+    """The mount's source as mount(8) shows it."""
+    return "repofs:" + os.path.abspath(location).replace(",", "_")
+
+
 def split_options(values: list[str]) -> tuple[list[str], dict[str, str]]:
     """``-o a,b=c`` values -> (FUSE options, our key=value options)."""
     fuse, ours = [], {}
