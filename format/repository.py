@@ -31,7 +31,7 @@ from .errors import (CorruptObject, KeyMissing, ObjectMissing, RepositoryBusy,
                      RepositoryExists,
                      RepositoryNotFound, UnsupportedFormat)
 from .fixedindex import FixedIndex
-from .keys import KeyMaterial, unwrap, wrap
+from .keys import KeyMaterial, derive_ahead, unwrap, wrap
 from .manifest import Manifest
 from .sealed import HEADER, MAGIC_CHUNK, MAGIC_INDEX, MAGIC_MANIFEST, TAG_SIZE, Sealer
 
@@ -134,6 +134,16 @@ class Repository:
             raise KeyMissing(f"the key store of {path} is missing") from None
         keys = unwrap(keystore, config.id, passphrase)
         return cls(backend, config, keys, path)
+
+    @staticmethod
+    def derive_key_ahead(path: str | os.PathLike, passphrase: bytes) -> None:
+        """Start the passphrase's key derivation for the repository at ``path`` on a thread,
+        for an ``open`` that follows (format/keys.py, ``derive_ahead``); silent on any error."""
+        try:
+            document = LocalBackend(path).get(KEYSTORE)
+        except (ObjectMissing, OSError):
+            return
+        derive_ahead(document, passphrase)
 
     @staticmethod
     def is_encrypted(path: str | os.PathLike) -> bool:

@@ -10,22 +10,25 @@ import os
 import sys
 from typing import Annotated, Optional
 
-import typer
+from . import keyahead
 
-from format.check import check as check_repository
+if __name__ == "__main__":  # python -m repofs.cli: the key derivation overlaps the imports below
+    keyahead.start(sys.argv[1:])
+
+import typer  # noqa: E402  (after the early start, on purpose)
+
 from format.repository import DEFAULT_CHUNK_SIZE, Repository
 
 from . import allocator, exitcodes
 from .filescmd import build_app as build_files_app
-from .fusefs import MountSettings
 from .ingest import BackupReport, backup as ingest_backup
-from .mount import MountError, MountRequest, fsname_of, parse_size, split_options, unmount as unmount_fs
-from .mount import run as run_mount
 from .passphrase import read_passphrase
 from .progress import Progress
-from .restorefile import FORMATS, restore_to_dir
 from .sources import DiskSource, load_changed_extents, open_image, sanitize_label
 from .views import RepositoryView
+
+# Modules only some commands need (the FUSE stack: pyfuse3 and trio; the checker; the
+# restore writer) are imported inside those commands, so a backup does not pay for them.
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="repofs: VM backups in a deduplicated, compressed, encrypted repository you can mount.")
@@ -281,6 +284,7 @@ def restore(targets: Annotated[list[str], typer.Argument(metavar="vm:NAME...", h
         if len(vms) != 1:
             raise UsageProblem("--to-dir restores one VM at a time")
         vm = vms[0]
+        from .restorefile import FORMATS, restore_to_dir
         if fmt not in FORMATS:
             raise UsageProblem(f"unknown format {fmt!r}: use raw or vmdk")
         view = RepositoryView(open_repository(repo, password_file))
@@ -397,6 +401,7 @@ def check(repo: RepoOpt = None, password_file: PasswordFileOpt = None,
           read_data: Annotated[bool, typer.Option("--read-data", help="Decrypt and re-hash every chunk.")] = False,
           json_out: JsonOpt = False) -> None:
     """Verify the repository; exit 1 when anything is damaged."""
+    from format.check import check as check_repository
     repository = open_repository(repo, password_file)
     report = check_repository(repository, read_data=read_data)
     if json_out:
@@ -411,9 +416,6 @@ def check(repo: RepoOpt = None, password_file: PasswordFileOpt = None,
                    f"{report.chunks} chunks{' read and verified' if read_data else ''}")
     if not report.ok:
         raise typer.Exit(exitcodes.FAILURE)
-
-
-exitcodes.register([(MountError, exitcodes.FAILURE)])
 
 
 @app.command()
@@ -432,6 +434,9 @@ def mount(first: Annotated[str, typer.Argument(metavar="[REPO]", show_default=Fa
           direct_io: Annotated[bool, typer.Option("--direct-io/--no-direct-io", help="Flat disk files bypass the page cache (faster streaming).")] = True,
           log_file: Annotated[Optional[str], typer.Option("--log-file", help="Log here (default: stderr with -f, else syslog).")] = None) -> None:
     """Mount the repository read-only: one folder per VM, one per generation."""
+    from .fusefs import MountSettings
+    from .mount import MountRequest, fsname_of, parse_size, run as run_mount, split_options
+    _register_mount_errors()
     mountpoint = second if second is not None else first
     repo_path = first if second is not None else repo
     fuse_opts, ours = split_options(options or [])
@@ -465,7 +470,14 @@ def mount(first: Annotated[str, typer.Argument(metavar="[REPO]", show_default=Fa
 def umount(mountpoint: Annotated[str, typer.Argument(help="Where a repository is mounted.")],
            lazy: Annotated[bool, typer.Option("--lazy", "-z", help="Detach now, even if busy.")] = False) -> None:
     """End a mount made by 'repofs mount'."""
+    from .mount import unmount as unmount_fs
+    _register_mount_errors()
     unmount_fs(mountpoint, lazy=lazy)
+
+
+def _register_mount_errors() -> None:
+    from .mount import MountError
+    exitcodes.register([(MountError, exitcodes.FAILURE)])
 
 
 # `repofs files ...`: guest files of a generation (repofs/filescmd.py)
@@ -474,6 +486,7 @@ app.add_typer(build_files_app(open_repository, RepoOpt, PasswordFileOpt), name="
 
 def main(argv: list[str] | None = None) -> None:
     allocator.tune()
+    keyahead.start(sys.argv[1:] if argv is None else argv)
     try:
         rc = app(args=argv, standalone_mode=False, prog_name="repofs")
     except typer.Exit as e:

@@ -89,6 +89,26 @@ def test_wrong_passphrase_and_missing_key(backed_up, tmp_path):
     one_line_error(cli.run("generations", check=False), 6, "key store")
 
 
+def test_key_derived_ahead_serves_only_the_same_passphrase():
+    """The CLI starts the key derivation before it has parsed its command line; whatever it
+    guessed, the repository opens with the right passphrase only."""
+    from format.errors import WrongPassphrase
+    from format.keys import KeyMaterial, derive_ahead, unwrap, wrap
+    cheap = {"name": "argon2id", "time_cost": 1, "memory_kib": 8192, "parallelism": 1}
+    material = KeyMaterial.generate(True)
+    store = wrap(material, "repo-id", b"right", cheap)
+    for ahead, given in [(b"wrong", b"right"), (b"right", b"right")]:
+        derive_ahead(store, ahead)
+        assert unwrap(store, "repo-id", given) == material
+    for ahead, given in [(b"right", b"wrong"), (b"wrong", b"wrong")]:
+        derive_ahead(store, ahead)
+        with pytest.raises(WrongPassphrase):
+            unwrap(store, "repo-id", given)
+    derive_ahead(store, b"right")
+    with pytest.raises(WrongPassphrase):  # the key store is bound to its repository
+        unwrap(store, "another-repo", b"right")
+
+
 def test_unencrypted_only_by_name(tmp_path):
     repo = tmp_path / "plain"
     c = CLI(repo, cli_env(tmp_path, repo))
