@@ -18,6 +18,7 @@ import vddk
 
 from .backup import VddkProvider
 from .plan import RestoreOptions
+from .prefetch import Prefetch
 from .restorevm import Progress, RestoreResult, Say, restore_vm
 from .runner import Options, error_text
 from .session import Session, resolve_credentials
@@ -58,21 +59,46 @@ def _run(targets: list[tuple[str, Callable[[], GenerationSource]]], options: Res
          session_options: Options, credentials: Any, provider: VddkProvider | None,
          outcomes: list[Outcome], on_event: Say | None, on_progress: Progress | None,
          on_outcome: Callable[[Outcome], None] | None) -> None:
-    with Session.login(credentials, thumbprint=session_options.thumbprint,
-                       insecure=session_options.insecure, ca_file=session_options.ca_file) as session:
-        for target, load in targets:
-            outcome = Outcome(target)
-            try:
-                source = load()
-                outcome.result = restore_vm(session, source, options, provider=provider,
-                                            on_event=on_event, on_progress=on_progress)
-            except (vddk.LibraryNotFound, vddk.MissingSymbol):
-                raise  # no VM can be written: stop the command
-            except Exception as e:
-                outcome.error = e
-            outcomes.append(outcome)
-            if on_outcome:
-                on_outcome(outcome)
+    # The first generation is loaded, and its data set moving, before the login: the fetch
+    # runs beside the login and the vSphere steps.
+    first = _Loaded(*targets[0], options) if targets else None
+    try:
+        with Session.login(credentials, thumbprint=session_options.thumbprint,
+                           insecure=session_options.insecure, ca_file=session_options.ca_file) as session:
+            for i, (target, load) in enumerate(targets):
+                loaded = first if i == 0 and first is not None else _Loaded(target, load, options)
+                outcome = loaded.outcome
+                if outcome.error is None:
+                    try:
+                        outcome.result = restore_vm(session, loaded.source, options, provider=provider,
+                                                    on_event=on_event, on_progress=on_progress,
+                                                    prefetch=loaded.prefetch)
+                    except (vddk.LibraryNotFound, vddk.MissingSymbol):
+                        raise  # no VM can be written: stop the command
+                    except Exception as e:
+                        outcome.error = e
+                outcomes.append(outcome)
+                if on_outcome:
+                    on_outcome(outcome)
+    finally:
+        if first is not None and first.prefetch is not None:
+            first.prefetch.close()  # the login failed: it was never handed on
+
+
+class _Loaded:
+    """A target's generation, loaded (or the error of loading it), and its data under way."""
+
+    def __init__(self, target: str, load: Callable[[], GenerationSource], options: RestoreOptions) -> None:
+        self.outcome = Outcome(target)
+        self.source: Any = None
+        self.prefetch: Prefetch | None = None
+        try:
+            self.source = load()
+        except Exception as e:
+            self.outcome.error = e
+            return
+        if not options.dry_run:
+            self.prefetch = Prefetch(self.source.disks, options.workers).start()
 
 
 def _size(n: int) -> str:
