@@ -20,7 +20,7 @@ from typing import Any, Iterator, Sequence
 from .diskwriter import pieces, streams
 from .source import piece_size
 
-PREFETCH_BYTES = 256 << 20
+PREFETCH_BYTES = 128 << 20
 
 
 class ChunkFeed:

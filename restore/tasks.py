@@ -64,4 +64,4 @@ def wait(si: Any, task: vim.Task, what: str, timeout: float = DEFAULT_TIMEOUT) -
         if time.monotonic() > deadline:
             raise TaskTimeout(f"{what}: still {state} after {timeout:.0f} s (task {task._moId})")
         time.sleep(delay)
-        delay = min(delay * 1.5, 1.0)
+        delay = min(delay * 2, 1.0)
