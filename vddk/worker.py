@@ -139,7 +139,10 @@ class IsolatedLibrary:
         try:
             self._proc = subprocess.Popen(
                 [sys.executable, "-c",
-                 "import sys, vddk.worker; sys.exit(vddk.worker.child_main(int(sys.argv[1])))",
+                 # Once the library has exited and the channels are closed, the child's
+                 # interpreter teardown is time the parent would wait for: skip it.
+                 "import os, sys, vddk.worker; rc = vddk.worker.child_main(int(sys.argv[1])); "
+                 "sys.stderr.flush(); os._exit(rc)",
                  str(theirs.fileno())],
                 pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE, env=env, close_fds=True,
