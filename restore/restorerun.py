@@ -9,11 +9,9 @@ missing) are raised, as no VM could be restored.
 The generations are given as callables that load them (``load()``), so that a generation that
 cannot be read fails its own VM only; restore/ never sees the repository.
 
-Start-up order, for time: the credentials are checked, VixDiskLib starts loading (its worker
-process spawns) and the first generation is loaded with its data set moving (``prefetch``)
-before pyVmomi is even imported — this module imports only light ones at the top — so that
-fetching, decompressing and verifying the data (C code, off the GIL) runs beside the import,
-the login and the vSphere steps.
+Start-up order, for time: the credentials are checked and VixDiskLib starts loading (its
+worker process spawns) before pyVmomi is imported — this module imports only light ones at
+the top —, so that the spawn runs on the other core beside the import and the login.
 """
 from __future__ import annotations
 
@@ -25,7 +23,6 @@ import vddk
 from .credentials import resolve_credentials
 from .errors import error_text
 from .options import Options, RestoreOptions
-from .prefetch import Prefetch
 from .source import GenerationSource
 from .vddkprovider import VddkProvider
 
@@ -67,49 +64,25 @@ def _run(targets: list[tuple[str, Callable[[], GenerationSource]]], options: Res
          session_options: Options, credentials: Any, provider: VddkProvider | None,
          outcomes: list[Outcome], on_event: Say | None, on_progress: Progress | None,
          on_outcome: Callable[[Outcome], None] | None) -> None:
-    # The first generation is loaded, and its data set moving, before pyVmomi is imported and
-    # before the login: the fetch runs beside them and beside the vSphere steps.
-    first = _Loaded(*targets[0], options) if targets else None
-    try:
-        from .restorevm import restore_vm
-        from .session import Session
+    # pyVmomi only now: the VDDK worker process spawns on the other core meanwhile.
+    from .restorevm import restore_vm
+    from .session import Session
 
-        with Session.login(credentials, thumbprint=session_options.thumbprint,
-                           insecure=session_options.insecure, ca_file=session_options.ca_file) as session:
-            for i, (target, load) in enumerate(targets):
-                loaded = first if i == 0 and first is not None else _Loaded(target, load, options)
-                outcome = loaded.outcome
-                if outcome.error is None:
-                    try:
-                        outcome.result = restore_vm(session, loaded.source, options, provider=provider,
-                                                    on_event=on_event, on_progress=on_progress,
-                                                    prefetch=loaded.prefetch)
-                    except (vddk.LibraryNotFound, vddk.MissingSymbol):
-                        raise  # no VM can be written: stop the command
-                    except Exception as e:
-                        outcome.error = e
-                outcomes.append(outcome)
-                if on_outcome:
-                    on_outcome(outcome)
-    finally:
-        if first is not None and first.prefetch is not None:
-            first.prefetch.close()  # the login failed: it was never handed on
-
-
-class _Loaded:
-    """A target's generation, loaded (or the error of loading it), and its data under way."""
-
-    def __init__(self, target: str, load: Callable[[], GenerationSource], options: RestoreOptions) -> None:
-        self.outcome = Outcome(target)
-        self.source: Any = None
-        self.prefetch: Prefetch | None = None
-        try:
-            self.source = load()
-        except Exception as e:
-            self.outcome.error = e
-            return
-        if not options.dry_run:
-            self.prefetch = Prefetch(self.source.disks, options.workers).start()
+    with Session.login(credentials, thumbprint=session_options.thumbprint,
+                       insecure=session_options.insecure, ca_file=session_options.ca_file) as session:
+        for target, load in targets:
+            outcome = Outcome(target)
+            try:
+                source = load()
+                outcome.result = restore_vm(session, source, options, provider=provider,
+                                            on_event=on_event, on_progress=on_progress)
+            except (vddk.LibraryNotFound, vddk.MissingSymbol):
+                raise  # no VM can be written: stop the command
+            except Exception as e:
+                outcome.error = e
+            outcomes.append(outcome)
+            if on_outcome:
+                on_outcome(outcome)
 
 
 def _size(n: int) -> str:

@@ -83,20 +83,8 @@ class RestoreResult:
 
 def restore_vm(session: Session, source: GenerationSource, options: RestoreOptions, *,
                provider: VddkProvider | None, on_event: Say | None = None,
-               on_progress: Progress | None = None, prefetch: Prefetch | None = None) -> RestoreResult:
-    """Restore ``source`` as the options say; a dry run returns the plan and changes nothing.
-    ``prefetch``: the source's data already under way (``Prefetch(source.disks, …)``, started
-    by the caller before the login); closed here whatever happens."""
-    try:
-        return _restore_vm(session, source, options, provider, on_event, on_progress, prefetch)
-    finally:
-        if prefetch is not None:
-            prefetch.close()
-
-
-def _restore_vm(session: Session, source: GenerationSource, options: RestoreOptions,
-                provider: VddkProvider | None, on_event: Say | None, on_progress: Progress | None,
-                prefetch: Prefetch | None) -> RestoreResult:
+               on_progress: Progress | None = None) -> RestoreResult:
+    """Restore ``source`` as the options say; a dry run returns the plan and changes nothing."""
     started = time.monotonic()
     plan = resolve(session, source, options)
     for text in configspec.not_recreated(plan.metadata) if not options.import_vmx else []:
@@ -106,9 +94,10 @@ def _restore_vm(session: Session, source: GenerationSource, options: RestoreOpti
         return result
     if provider is None:
         raise StepFailed("check options", "no VixDiskLib to write the disks with")
-    if prefetch is None:
-        prefetch = Prefetch([d.reader for d in plan.disks if d.reader is not None and d.data_bytes],
-                            options.workers)
+    # The data starts moving once the plan holds (not before the login: fetch threads then
+    # slow the critical path — import, login, checks — down more than they gain).
+    prefetch = Prefetch([d.reader for d in plan.disks if d.reader is not None and d.data_bytes],
+                        options.workers)
     _Restore(session, plan, provider, result, on_event or (lambda _t: None), on_progress).run(prefetch)
     result.seconds = time.monotonic() - started
     return result
@@ -162,8 +151,7 @@ class _Restore:
 
     def _steps(self, prefetch: Prefetch) -> None:
         plan = self.plan
-        if not prefetch.started:
-            prefetch.start()
+        prefetch.start()
         # VixDiskLib before any change: a restore that cannot write must not begin.
         lib = self.provider.get() if any(d.reader is not None and d.data_bytes for d in plan.disks) else None
         if plan.existing is not None:
