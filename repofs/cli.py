@@ -336,10 +336,10 @@ def _restore_vsphere(vms: list[str], *, repo: str | None, password_file: str | N
     """The vCenter path of ``restore``: restore/ does the vSphere side; the generations come
     from the repository's views, or from a mounted generation folder (repofs.genfolder)."""
     # Imported here: pyVmomi and VixDiskLib cost every other command their start-up time.
+    # These modules do not import pyVmomi: restorerun does, once the data is on its way.
     import vddk
     from restore import errors as vsphere_errors, restoreerrors, restorerun
-    from restore.plan import RestoreOptions
-    from restore.runner import Options as SessionOptions
+    from restore.options import Options as SessionOptions, RestoreOptions
 
     from .genfolder import GenerationFolder
 

@@ -8,16 +8,14 @@ change id, capacity, uuid). Whatever happens after the snapshot exists — a vCe
 VDDK fault, Ctrl-C — the disks are closed, VDDK is disconnected, access is ended, and the
 snapshot is removed, in that order.
 
-``VddkProvider`` loads and initializes VixDiskLib on first use (a dry run of a VM whose
-changed areas vCenter can tell never needs it) and exits it once, at the end of the command.
+VixDiskLib comes from a ``vddkprovider.VddkProvider``: loaded on first use (a dry run of a VM
+whose changed areas vCenter can tell never needs it), exited once, at the end of the command.
 
 Limits: one VM at a time; the disks of a VM are read concurrently only as far as the
 read-ahead of each source goes (the ingest takes them in turn).
 """
 from __future__ import annotations
 
-import signal
-import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -28,62 +26,14 @@ from . import changed, firstclass, metadata as meta
 from .disksource import VSphereDiskSource, clip
 from .session import Session
 from .snapshot import SNAPSHOT_PREFIX, backup_snapshot, enable_change_tracking, snapshots_of
+from .options import DEFAULT_TRANSPORTS
 from .tasks import properties
+from .vddkprovider import VddkProvider
 
-DEFAULT_TRANSPORTS = "nbdssl:nbd"
 IDENTITY = "repofs-backup"
 
 Ingest = Callable[[str, list[VSphereDiskSource], dict[str, Any]], Any]
 Previous = Callable[[str], dict[str, dict[str, Any]]]
-
-
-class VddkProvider:
-    """VixDiskLib, loaded on first use (or ahead, in a thread, with ``start()``, so that
-    loading it — spawning the worker process — overlaps the login and the snapshot);
-    ``close()`` exits it.
-
-    It is always loaded from a thread that blocks SIGINT and SIGTERM: the worker process (and
-    VixDiskLib's own threads) inherit that mask, so a Ctrl-C at the terminal, which reaches the
-    whole process group, interrupts only us — and we still need the worker to close the disks
-    in order before the snapshot is removed."""
-
-    def __init__(self, libdir: str | None, *, isolated: bool) -> None:
-        self.libdir = libdir
-        self.isolated = isolated
-        self._lib: Any = None
-        self._error: BaseException | None = None
-        self._thread: threading.Thread | None = None
-
-    def _load(self) -> None:
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-        try:
-            self._lib = vddk.open_library(self.libdir, isolated=self.isolated)
-        except BaseException as e:  # raised by get(), in the caller's thread
-            self._error = e
-
-    def start(self) -> None:
-        if self._thread is None and self._lib is None and self._error is None:
-            self._thread = threading.Thread(target=self._load, name="vddk-load", daemon=True)
-            self._thread.start()
-
-    def get(self) -> Any:
-        self.start()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise error
-        return self._lib
-
-    def close(self) -> None:
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-        self._error = None
-        if self._lib is not None:
-            lib, self._lib = self._lib, None
-            lib.close()
 
 
 @dataclass

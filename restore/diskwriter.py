@@ -16,14 +16,15 @@ Pieces are about 4 MiB of whole chunks (the binding cuts requests to 2 MiB over 
 aligned to disk offsets, widened to whole sectors. At most ``2 × threads`` pieces are in memory.
 A reader that streams its stored chunks in order (``iter_chunks(workers)``, as the repository's
 views do: fetched in parallel, verified, bypassing the shared cache — the path of a restore to
-files) is drained by one writer per disk that joins contiguous chunks into requests of a piece.
+files) is drained by one thread per disk that copies contiguous chunks into requests of a piece,
+in buffers the disk writes without another copy (``writepipe``: shared with the VDDK worker),
+while a second thread per disk writes the previous request.
 A failure stops the submission of new pieces, lets those under way finish, closes the disks
 and raises ``DiskWriteFailed`` naming the disk and the offset.
 """
 from __future__ import annotations
 
 import os
-import queue
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -31,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from .restoreerrors import DiskWriteFailed
+from .writepipe import WritePipe
 from .source import DiskReader, block_size, piece_size
 
 SECTOR = 512
@@ -45,65 +47,7 @@ class DiskJob:
     label: str
     path: str                # "[datastore] dir/disk.vmdk"
     reader: DiskReader
-    feed: "ChunkFeed | None" = None   # a streaming reader's chunks, already under way
-
-
-class ChunkFeed:
-    """A streaming reader's ``iter_chunks(workers)`` run ahead in a thread, into a queue of at
-    most ``max_bytes``: the chunks of a disk are fetched and verified while vCenter is still
-    creating the VM. Iterate it once; ``close()`` stops it (also half-way) and frees its
-    workers. An error of the reader comes out of the iteration, where the writer meets it."""
-
-    _END = object()
-
-    def __init__(self, reader: Any, workers: int, max_bytes: int) -> None:
-        chunk = max(1, int(getattr(reader, "chunk_size", None) or (1 << 20)))
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=max(2, max_bytes // chunk))
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(reader, workers),
-                                        name=f"restore-feed {reader.label}", daemon=True)
-        self._thread.start()
-
-    def _put(self, item: Any) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _run(self, reader: Any, workers: int) -> None:
-        chunks = reader.iter_chunks(workers)
-        try:
-            for item in chunks:
-                if not self._put(item):
-                    return
-            self._put(self._END)
-        except BaseException as e:  # handed to the writer
-            self._put(e)
-        finally:
-            close = getattr(chunks, "close", None)
-            if close is not None:
-                close()
-
-    def __iter__(self) -> Iterator[tuple[int, bytes]]:
-        while True:
-            item = self._queue.get()
-            if item is self._END:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-
-    def close(self) -> None:
-        self._stop.set()
-        try:
-            while True:
-                self._queue.get_nowait()
-        except queue.Empty:
-            pass
-        self._thread.join()
+    feed: Any = None   # a streaming reader's chunks, already under way (prefetch.ChunkFeed)
 
 
 @dataclass
@@ -201,66 +145,32 @@ def _stream(opened: list[tuple[DiskJob, Any]], threads: int, state: _State) -> N
     per_disk = max(1, min(threads, os.cpu_count() or 2) // len(opened))
 
     def drain(job: DiskJob, disk: Any) -> None:
-        target = piece_size(job.reader)
-        start: int | None = None
-        parts: list[bytes] = []
-        size = 0
+        def write(start: int, data: memoryview) -> None:
+            _write(job, disk, start, data, state.read_back)
+            _account(state, job.label, len(data), 0, len(data))
 
-        def write() -> None:
-            if start is None or not size:
-                return
-            data = parts[0] if len(parts) == 1 else b"".join(parts)
-            if len(data) % SECTOR:  # the tail of a disk whose capacity is not whole sectors
-                data = data + bytes(-len(data) % SECTOR)
-            try:
-                disk.write_from(start, data)
-            except Exception as e:
-                raise DiskWriteFailed(STEP, f"{job.label}: VixDiskLib write at offset {start} "
-                                      f"({job.path}) failed: {e}", label=job.label, offset=start,
-                                      cause=e) from e
-            if state.read_back:
-                back = bytearray(len(data))
-                try:
-                    disk.read_into(start, back)
-                except Exception as e:
-                    raise DiskWriteFailed(STEP, f"{job.label}: reading back offset {start} failed: {e}",
-                                          label=job.label, offset=start, cause=e) from e
-                if back != data:
-                    raise DiskWriteFailed(STEP, f"{job.label}: the {len(data)} bytes written at "
-                                          f"offset {start} read back different", label=job.label,
-                                          offset=start)
-            with state.lock:
-                state.written[job.label] += size
-                state.done[job.label] += size
-                done = state.done[job.label]
-            if state.progress:
-                state.progress(job.label, min(done, state.total[job.label]), state.total[job.label])
-
+        pipe = WritePipe(disk, piece_size(job.reader), write, name=f"restore-write {job.label}")
         chunks = iter(job.feed) if job.feed is not None else job.reader.iter_chunks(per_disk)
+        offset = 0
         try:
-            while True:
+            while not state.failed.is_set():
                 try:
                     item = next(chunks, None)
                 except Exception as e:
                     raise DiskWriteFailed(STEP, f"{job.label}: reading the backup failed: {e}",
-                                          label=job.label, offset=getattr(e, "offset", start or 0),
+                                          label=job.label, offset=getattr(e, "offset", offset),
                                           cause=e) from e
-                if item is None or state.failed.is_set():
+                if item is None:
                     break
                 offset, data = item
-                if start is not None and (offset != start + size or size + len(data) > target):
-                    write()
-                    start, parts, size = None, [], 0
-                if start is None:
-                    start = offset
-                parts.append(data)
-                size += len(data)
+                pipe.add(offset, data)
             if not state.failed.is_set():
-                write()
+                pipe.finish()
         except BaseException:
             state.failed.set()
             raise
         finally:
+            pipe.abort()  # joins the writer: nothing writes once drain returns
             close = getattr(chunks, "close", None)
             if close is not None:
                 close()  # stops its fetch workers
@@ -273,6 +183,38 @@ def _stream(opened: list[tuple[DiskJob, Any]], threads: int, state: _State) -> N
     failure = _first_error(set(futures))
     if failure is not None:
         raise failure
+
+
+def _write(job: DiskJob, disk: Any, offset: int, data: memoryview, read_back: bool) -> None:
+    """One VixDiskLib write; with ``read_back`` (``--verify-written``) the range is read back
+    and compared."""
+    try:
+        disk.write_from(offset, data)
+    except Exception as e:
+        raise DiskWriteFailed(STEP, f"{job.label}: VixDiskLib write at offset {offset} "
+                              f"({job.path}) failed: {e}", label=job.label, offset=offset,
+                              cause=e) from e
+    if not read_back:
+        return
+    back = bytearray(len(data))
+    try:
+        disk.read_into(offset, back)
+    except Exception as e:
+        raise DiskWriteFailed(STEP, f"{job.label}: reading back offset {offset} failed: {e}",
+                              label=job.label, offset=offset, cause=e) from e
+    if back != data:
+        raise DiskWriteFailed(STEP, f"{job.label}: the {len(data)} bytes written at offset "
+                              f"{offset} read back different", label=job.label, offset=offset)
+
+
+def _account(state: _State, label: str, written: int, zero: int, done: int) -> None:
+    with state.lock:
+        state.written[label] += written
+        state.zero[label] += zero
+        state.done[label] += done
+        now = state.done[label]
+    if state.progress:
+        state.progress(label, min(now, state.total[label]), state.total[label])
 
 
 def _interleave(lists: list[list[Any]]) -> Iterator[Any]:
@@ -325,31 +267,9 @@ def _run(work: Iterator[Any], threads: int, state: _State) -> None:
         view = memoryview(data)
         written = 0
         for start, n in _runs(data, block, is_zero):
-            at = offset + start
-            try:
-                disk.write_from(at, view[start:start + n])
-            except Exception as e:
-                raise DiskWriteFailed(STEP, f"{job.label}: VixDiskLib write at offset {at} "
-                                      f"({job.path}) failed: {e}", label=job.label, offset=at,
-                                      cause=e) from e
+            _write(job, disk, offset + start, view[start:start + n], state.read_back)
             written += n
-            if state.read_back:
-                back = bytearray(n)
-                try:
-                    disk.read_into(at, back)
-                except Exception as e:
-                    raise DiskWriteFailed(STEP, f"{job.label}: reading back offset {at} failed: {e}",
-                                          label=job.label, offset=at, cause=e) from e
-                if back != view[start:start + n]:
-                    raise DiskWriteFailed(STEP, f"{job.label}: the {n} bytes written at offset "
-                                          f"{at} read back different", label=job.label, offset=at)
-        with state.lock:
-            state.written[job.label] += written
-            state.zero[job.label] += length - written
-            state.done[job.label] += length
-            done = state.done[job.label]
-        if state.progress:
-            state.progress(job.label, min(done, state.total[job.label]), state.total[job.label])
+        _account(state, job.label, written, length - written, length)
 
     failure: BaseException | None = None
     with ThreadPoolExecutor(threads, thread_name_prefix="restore-write") as pool:

@@ -28,34 +28,13 @@ from pyVmomi.SoapAdapter import SoapStubAdapter
 from .errors import AmbiguousVM, VMNotFound
 from .inventory import find_vm, inventory_path
 from .metadata import SCHEMA, parse_datastore_path
+from .options import RestoreOptions
 from .restoreerrors import PlacementError, SourceUnusable, VMExists
 from .session import Session
 from .source import GenerationSource, disk_by_label
 from .tasks import properties
 
 SNAPSHOT_TRANSPORTS = ("san", "hotadd")
-
-
-@dataclass
-class RestoreOptions:
-    name: str | None = None
-    datacenter: str | None = None
-    folder: str | None = None
-    resource_pool: str | None = None
-    host: str | None = None
-    datastore: str | None = None
-    disk_datastores: dict[str, str] = field(default_factory=dict)
-    storage_profile: str | None = None
-    networks: dict[str, str] = field(default_factory=dict)   # OLD -> NEW ("" = disconnect)
-    power_on: bool = False
-    overwrite: bool = False
-    force: bool = False
-    import_vmx: bool = False
-    recover_identity: bool = False
-    transports: str = "nbdssl:nbd"
-    dry_run: bool = False
-    workers: int = 4
-    verify_written: bool = False
 
 
 @dataclass

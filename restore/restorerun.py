@@ -1,6 +1,6 @@
 """``repofs restore vm:NAME [vm:OTHER …]`` against vCenter: one session, one outcome per VM.
 
-Role: log in once (the backup's session options, ``runner.Options``), load VixDiskLib on first
+Role: log in once (the backup's session options, ``options.Options``), load VixDiskLib on first
 use, and restore each generation in turn with ``restorevm.restore_vm``. A VM that fails does not
 stop the others; the caller gets an ``Outcome`` per target and decides the exit status.
 Session-wide failures (no credentials, an untrusted certificate, a refused login, VixDiskLib
@@ -8,20 +8,26 @@ missing) are raised, as no VM could be restored.
 
 The generations are given as callables that load them (``load()``), so that a generation that
 cannot be read fails its own VM only; restore/ never sees the repository.
+
+Start-up order, for time: the credentials are checked and VixDiskLib starts loading (its
+worker process spawns) before pyVmomi is imported — this module imports only light ones at
+the top —, so that the spawn runs on the other core beside the import and the login.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import vddk
 
-from .backup import VddkProvider
-from .plan import RestoreOptions
-from .restorevm import Progress, RestoreResult, Say, restore_vm
-from .runner import Options, error_text
-from .session import Session, resolve_credentials
+from .credentials import resolve_credentials
+from .errors import error_text
+from .options import Options, RestoreOptions
 from .source import GenerationSource
+from .vddkprovider import VddkProvider
+
+if TYPE_CHECKING:
+    from .restorevm import Progress, RestoreResult, Say
 
 
 @dataclass
@@ -58,6 +64,10 @@ def _run(targets: list[tuple[str, Callable[[], GenerationSource]]], options: Res
          session_options: Options, credentials: Any, provider: VddkProvider | None,
          outcomes: list[Outcome], on_event: Say | None, on_progress: Progress | None,
          on_outcome: Callable[[Outcome], None] | None) -> None:
+    # pyVmomi only now: the VDDK worker process spawns on the other core meanwhile.
+    from .restorevm import restore_vm
+    from .session import Session
+
     with Session.login(credentials, thumbprint=session_options.thumbprint,
                        insecure=session_options.insecure, ca_file=session_options.ca_file) as session:
         for target, load in targets:

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import os
 import posixpath
 import signal
 import threading
@@ -46,18 +45,18 @@ from pyVmomi import vim, vmodl
 
 from . import configspec, vmximport
 from .backup import VddkProvider, connect_params
-from .diskwriter import ChunkFeed, DiskJob, WrittenDisk, pieces, streams, write_disks
+from .diskwriter import DiskJob, WrittenDisk, write_disks
 from .metadata import parse_datastore_path
 from .plan import Plan, RestoreOptions, resolve
 from .restoreerrors import DiskWriteFailed, RestoreError, StepFailed
 from .session import Session
-from .source import GenerationSource, piece_size
+from .prefetch import Prefetch
+from .source import GenerationSource
 from .tasks import fault_text, properties, wait
 
 IDENTITY = "repofs-restore"
 REPLACED_SUFFIX = "-repofs-replaced-"
 SNAPSHOT_NAME = "repofs-restore"
-PREFETCH_BYTES = 128 << 20
 
 Say = Callable[[str], None]
 Progress = Callable[[str, int, int], None]
@@ -95,7 +94,11 @@ def restore_vm(session: Session, source: GenerationSource, options: RestoreOptio
         return result
     if provider is None:
         raise StepFailed("check options", "no VixDiskLib to write the disks with")
-    _Restore(session, plan, provider, result, on_event or (lambda _t: None), on_progress).run()
+    # The data starts moving once the plan holds (not before the login: fetch threads then
+    # slow the critical path — import, login, checks — down more than they gain).
+    prefetch = Prefetch([d.reader for d in plan.disks if d.reader is not None and d.data_bytes],
+                        options.workers)
+    _Restore(session, plan, provider, result, on_event or (lambda _t: None), on_progress).run(prefetch)
     result.seconds = time.monotonic() - started
     return result
 
@@ -129,8 +132,7 @@ class _Restore:
             raise StepFailed(name, _text(e), cause=e) from e
         self.result.steps.append(name)
 
-    def run(self) -> None:
-        prefetch = _Prefetch(self.plan)
+    def run(self, prefetch: Prefetch) -> None:
         try:
             self._steps(prefetch)
         except BaseException as e:
@@ -147,7 +149,7 @@ class _Restore:
         finally:
             prefetch.close()
 
-    def _steps(self, prefetch: "_Prefetch") -> None:
+    def _steps(self, prefetch: Prefetch) -> None:
         plan = self.plan
         prefetch.start()
         # VixDiskLib before any change: a restore that cannot write must not begin.
@@ -427,61 +429,6 @@ class _Restore:
             if "FileNotFound" in type(getattr(e, "fault", e)).__name__ or "FileNotFound" in str(e):
                 return
             raise
-
-
-class _Prefetch:
-    """Gets the data moving while vCenter creates the VM: a streaming reader's chunk stream is
-    started (``ChunkFeed``, handed to the writer), another reader's first pieces are read into
-    its cache. Bounded by ``budget`` bytes in all — under the default chunk cache of the views;
-    a read error here is left for the writer to meet and report."""
-
-    def __init__(self, plan: Plan, budget: int = PREFETCH_BYTES) -> None:
-        self.plan = plan
-        self.budget = budget
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.feeds: dict[str, ChunkFeed] = {}
-
-    def start(self) -> None:
-        with_data = [d.reader for d in self.plan.disks if d.reader is not None and d.data_bytes]
-        # Streaming readers bypass the cache: their chunk stream itself is started ahead.
-        streaming = [r for r in with_data if streams(r)]
-        workers = max(1, min(self.plan.options.workers, os.cpu_count() or 2) // max(1, len(streaming)))
-        for r in streaming:
-            self.feeds[r.label] = ChunkFeed(r, workers, self.budget // len(streaming))
-        readers = [r for r in with_data if not streams(r)]
-        if not readers:
-            return
-        self._thread = threading.Thread(target=self._run, args=(readers,), name="restore-prefetch",
-                                        daemon=True)
-        self._thread.start()
-
-    def _run(self, readers: list[Any]) -> None:
-        share = self.budget // len(readers)
-        plans = [list(pieces(r.extents(), piece_size(r), r.capacity)) for r in readers]
-        for reader, todo in zip(readers, plans):
-            taken = 0
-            for offset, length in todo:
-                if self._stop.is_set() or taken >= share:
-                    break
-                try:
-                    reader.read(offset, length)
-                except Exception:
-                    return
-                taken += length
-
-    def stop(self) -> None:
-        """Stop reading into the cache (the writes begin); the feeds go on, to the writers."""
-        self._stop.set()
-        thread, self._thread = self._thread, None
-        if thread is not None:
-            thread.join()
-
-    def close(self) -> None:
-        self.stop()
-        feeds, self.feeds = self.feeds, {}
-        for feed in feeds.values():
-            feed.close()
 
 
 @contextlib.contextmanager

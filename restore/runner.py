@@ -22,28 +22,16 @@ from pyVmomi import vim
 
 import vddk
 
-from .backup import DEFAULT_TRANSPORTS, Ingest, Previous, VddkProvider, VMBackup, backup_ivd, backup_vm
-from .errors import AmbiguousVM, VMNotFound
+from .backup import Ingest, Previous, VMBackup, backup_ivd, backup_vm
+from .errors import AmbiguousVM, VMNotFound, error_text
 from .inventory import find_vm
-from .session import Credentials, Session, resolve_credentials
+from .credentials import Credentials, resolve_credentials
+from .options import Options
+from .session import Session
 from .tags import TagReader, TagsUnavailable
+from .vddkprovider import VddkProvider
 
 TARGET_KINDS = ("vm", "vapp", "ivd")
-
-
-@dataclass
-class Options:
-    server: str | None = None
-    user: str | None = None
-    password_file: str | None = None
-    thumbprint: str | None = None
-    insecure: bool = False
-    ca_file: str | None = None
-    transports: str = DEFAULT_TRANSPORTS
-    vddk_libdir: str | None = None
-    vddk_isolated: bool = True
-    quiesce: bool = False
-    dry_run: bool = False
 
 
 @dataclass
@@ -230,11 +218,6 @@ def outcome_lines(outcome: Outcome) -> list[str]:
     for note in r.notes:
         lines.append(f"  note: {note}")
     return lines
-
-
-def error_text(error: BaseException | None) -> str:
-    text = str(error).strip().splitlines() if error is not None else []
-    return text[0] if text else type(error).__name__
 
 
 def outcome_json(outcome: Outcome) -> dict[str, Any]:

@@ -1,8 +1,6 @@
 """A logged-in vSphere session: where to connect, how to trust the server, how to log in.
 
-Role: resolve the server, user and password (options, then ``VSPHERE_SERVER``,
-``VSPHERE_USER``, ``VSPHERE_PASSWORD``, then a prompt on a terminal), decide how the TLS
-certificate is trusted, log in with pyVmomi, and hand out what VDDK needs to reuse the session
+Role: decide how the TLS certificate is trusted (the credentials come from ``credentials``), log in with pyVmomi, and hand out what VDDK needs to reuse the session
 (server, port, thumbprint, session cookie).
 
 Trust, in this order: ``insecure`` accepts any certificate (and says so in ``trust``); a pinned
@@ -18,64 +16,23 @@ this object and in pyVmomi's login call, never in a message or a log.
 """
 from __future__ import annotations
 
-import getpass
 import hashlib
 import http.client
 import os
 import re
 import socket
 import ssl
-import sys
 import urllib.parse
-from dataclasses import dataclass, field
 from typing import Any
 
 from pyVim import connect as pyvim_connect
 from pyVmomi import vim
 from pyVmomi.Security import ThumbprintMismatchException
 
-from .errors import (CertificateMismatch, CertificateUntrusted, ConnectionFailed,
-                     CredentialsMissing, LoginFailed)
+from .credentials import Credentials, resolve_credentials  # noqa: F401 - re-exported
+from .errors import CertificateMismatch, CertificateUntrusted, ConnectionFailed, LoginFailed
 
-ENV_SERVER = "VSPHERE_SERVER"
-ENV_USER = "VSPHERE_USER"
-ENV_PASSWORD = "VSPHERE_PASSWORD"
 CONNECT_TIMEOUT = 30.0
-
-
-@dataclass(frozen=True)
-class Credentials:
-    server: str
-    user: str
-    password: str = field(repr=False)
-
-
-def resolve_credentials(server: str | None, user: str | None, password_file: str | None, *,
-                        env: dict[str, str] | None = None, interactive: bool | None = None) -> Credentials:
-    """Options first, then the environment, then a prompt (only on a terminal)."""
-    env = os.environ if env is None else env
-    server = server or env.get(ENV_SERVER)
-    user = user or env.get(ENV_USER)
-    if not server:
-        raise CredentialsMissing(f"no vSphere server: give --server or set {ENV_SERVER}")
-    if not user:
-        raise CredentialsMissing(f"no vSphere user: give --user or set {ENV_USER}")
-    if password_file:
-        try:
-            with open(password_file, encoding="utf-8") as f:
-                password = f.readline().rstrip("\r\n")
-        except OSError as e:
-            raise CredentialsMissing(f"cannot read the password file {password_file}: {e.strerror}") from None
-    elif env.get(ENV_PASSWORD) is not None:
-        password = env[ENV_PASSWORD]
-    else:
-        if interactive is None:
-            interactive = sys.stdin.isatty()
-        if not interactive:
-            raise CredentialsMissing(
-                f"no vSphere password: give --password-file or set {ENV_PASSWORD}")
-        password = getpass.getpass(f"Password for {user} at {server}: ")
-    return Credentials(server, user, password)
 
 
 def split_server(server: str) -> tuple[str, int]:

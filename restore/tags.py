@@ -15,8 +15,9 @@ import json
 import urllib.parse
 from typing import Any
 
+from .credentials import Credentials
 from .errors import VSphereError
-from .session import Credentials, Session
+from .session import Session
 
 
 class TagsUnavailable(VSphereError):

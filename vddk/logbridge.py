@@ -11,18 +11,28 @@ Limits: messages longer than 4 KiB are truncated; the ``va_list`` is consumed on
 """
 from __future__ import annotations
 
+import functools
 import logging
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import cffi
+if TYPE_CHECKING:
+    import cffi
 
 logger = logging.getLogger("vddk.library")
 
 _MESSAGE_MAX = 4096
-_libc_ffi = cffi.FFI()
-_libc_ffi.cdef("int vsnprintf(char *str, size_t size, const char *format, void *ap);")
-_libc = _libc_ffi.dlopen(None)
+
+
+@functools.cache
+def _libc() -> tuple[Any, Any]:
+    """(ffi, libc) for vsnprintf — made on first use: a cffi.FFI costs its C parser's import
+    (~30 ms), which a process that only talks to the worker never needs."""
+    import cffi
+
+    ffi = cffi.FFI()
+    ffi.cdef("int vsnprintf(char *str, size_t size, const char *format, void *ap);")
+    return ffi, ffi.dlopen(None)
 
 _secrets: set[str] = set()
 _secrets_lock = threading.Lock()
@@ -52,8 +62,9 @@ def scrub(message: str) -> str:
 
 def format_va(ffi: cffi.FFI, fmt: Any, args: Any) -> str:
     """Format a C (fmt, va_list) pair with libc's vsnprintf."""
+    _libc_ffi, libc = _libc()
     buf = _libc_ffi.new("char[]", _MESSAGE_MAX)
-    n = _libc.vsnprintf(
+    n = libc.vsnprintf(
         buf, _MESSAGE_MAX, _libc_ffi.cast("const char *", ffi.cast("uintptr_t", fmt)),
         _libc_ffi.cast("void *", ffi.cast("uintptr_t", args)),
     )
@@ -64,6 +75,7 @@ def format_va(ffi: cffi.FFI, fmt: Any, args: Any) -> str:
 
 def make_callbacks(ffi: cffi.FFI) -> tuple[Any, Any, Any]:
     """The three C callbacks for InitEx. Keep them alive as long as the library is loaded."""
+    _libc()  # now, not in the first callback (an import on a library thread)
 
     def make(level: int) -> Any:
         def callback(fmt: Any, args: Any) -> None:

@@ -22,6 +22,7 @@ buffer, unless the buffer comes from ``IsolatedDisk.buffer()`` (shared with the 
 from __future__ import annotations
 
 import array
+import ctypes
 import json
 import logging
 import mmap
@@ -35,8 +36,6 @@ import subprocess
 import sys
 import threading
 from typing import Any, Callable
-
-import cffi
 
 from vddk.disk import DiskInfo
 from vddk.errors import (
@@ -52,7 +51,6 @@ logger = logging.getLogger("vddk.worker")
 WINDOW_BYTES = 8 << 20        # one slot of a disk's shared area
 _HEADER = struct.Struct("!I")
 _LOG_TAG = "\x1evddk-log\t"   # a stderr line that carries a log record
-_ffi = cffi.FFI()             # only to learn buffer addresses
 
 
 # ---- the wire ------------------------------------------------------------------------------
@@ -141,7 +139,10 @@ class IsolatedLibrary:
         try:
             self._proc = subprocess.Popen(
                 [sys.executable, "-c",
-                 "import sys, vddk.worker; sys.exit(vddk.worker.child_main(int(sys.argv[1])))",
+                 # Once the library has exited and the channels are closed, the child's
+                 # interpreter teardown is time the parent would wait for: skip it.
+                 "import os, sys, vddk.worker; rc = vddk.worker.child_main(int(sys.argv[1])); "
+                 "sys.stderr.flush(); os._exit(rc)",
                  str(theirs.fileno())],
                 pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE, env=env, close_fds=True,
@@ -408,7 +409,7 @@ class IsolatedDisk:
                 _raise_reply(self._recv())
         finally:
             os.close(memfd)
-        address = int(_ffi.cast("uintptr_t", _ffi.from_buffer(area)))
+        address = _address(area)
         self._buffers.append((address, size, map_id, area))
         return memoryview(area)[:size]
 
@@ -416,7 +417,10 @@ class IsolatedDisk:
         """(buffer id, offset in it) when ``buffer`` lies inside one of our shared buffers."""
         if not self._buffers or size == 0:
             return None
-        address = int(_ffi.cast("uintptr_t", _ffi.from_buffer(buffer)))
+        owner = getattr(buffer, "obj", None)  # a memoryview's mmap; only ours are looked at
+        if not any(owner is area for *_, area in self._buffers):
+            return None
+        address = _address(buffer)
         for base, length, map_id, _area in self._buffers:
             if base <= address and address + size <= base + length:
                 return map_id, address - base
@@ -574,6 +578,11 @@ class IsolatedDisk:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _address(buffer: Any) -> int:
+    """The address of a writable buffer (an mmap of ours, or a view of one)."""
+    return ctypes.addressof(ctypes.c_char.from_buffer(buffer))
 
 
 def _pieces(offset: int, size: int, step: int) -> list[tuple[int, int]]:
