@@ -224,15 +224,15 @@ def main() -> None:
     ap.add_argument("--size", default="1G", help="disk image size (default 1G)")
     ap.add_argument("--files", type=int, default=20000, help="small files in the tree (default 20000)")
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--workdir", default=None)
+    ap.add_argument("--workdir", default=None, help="where the run's own temporary folder is made (default /var/tmp)")
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--skip-peers", action="store_true")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench_files: needs root (loop devices, mounts, drop_caches)")
     size = parse_size(args.size)
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-files-", dir="/var/tmp"))
-    work.mkdir(parents=True, exist_ok=True)
+    os.makedirs(args.workdir or "/var/tmp", exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="bench-files-", dir=args.workdir or "/var/tmp"))
     (work / "pw").write_text(PASS + "\n")
     env = {**os.environ, "REPOFS_PASSWORD_FILE": str(work / "pw"), "BORG_PASSPHRASE": PASS,
            "RESTIC_PASSWORD": PASS, "PYTHONPATH": str(ROOT), "BORG_RELOCATED_REPO_ACCESS_IS_OK": "yes"}
