@@ -39,10 +39,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 from dataset import parse_size  # noqa: E402
-from measure import drop_caches, mounted, wait_for  # noqa: E402
+from measure import REPOFS, drop_caches, mounted, wait_for  # noqa: E402
 MiB = 1 << 20
-PY = str(ROOT / ".venv" / "bin" / "python")
-REPOFS = [PY, "-m", "repofs.cli"]
 PASS = "bench passphrase"
 VM = "bench"
 BIG = "data/file100M.bin"

@@ -32,10 +32,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 from dataset import make_image, parse_size  # noqa: E402
-from measure import drop_caches, mounted, wait_for  # noqa: E402
+from measure import REPOFS, drop_caches, mounted, wait_for  # noqa: E402
 
 MiB = 1 << 20
-REPOFS = [str(ROOT / ".venv" / "bin" / "python"), "-m", "repofs.cli"]
 PASS = "bench passphrase"
 VM = "bench"
 WINDOW = 64 * MiB

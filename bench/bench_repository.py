@@ -16,15 +16,10 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from dataset import change_list, make_image, parse_size  # noqa: E402
-from measure import du, run, warm  # noqa: E402
+from measure import du, repofs, run, warm  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-PY = os.path.join(os.path.dirname(HERE), ".venv", "bin", "python")
 PASS = "bench-passphrase"
-
-
-def repofs(*args: str) -> list[str]:
-    return [PY, "-m", "repofs.cli", *args]
 
 
 def main() -> None:

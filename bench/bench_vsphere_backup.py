@@ -31,16 +31,11 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(HERE), str(ROOT / "tests"), str(ROOT)]
 from dataset import change_list, make_image, parse_size  # noqa: E402
-from measure import Run, run, warm  # noqa: E402
+from measure import Run, repofs, run, warm  # noqa: E402
 from fixtures_vcsim import connected, create_vm, running_vcsim, vm_disks  # noqa: E402
 from fixtures_vddk import build_standin, write_standin_config  # noqa: E402
 
-PY = str(ROOT / ".venv" / "bin" / "python")
 MiB = 1 << 20
-
-
-def repofs(*args: str) -> list[str]:
-    return [PY, "-m", "repofs.cli", *args]
 
 
 def copy_sparse(src: str, dst: str) -> None:

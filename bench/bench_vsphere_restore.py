@@ -28,17 +28,12 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(HERE), str(ROOT / "tests"), str(ROOT)]
 from dataset import make_image, parse_size  # noqa: E402
-from measure import Run, run  # noqa: E402
+from measure import Run, repofs, run  # noqa: E402
 from fixtures_vcsim import connected, create_vm, find_by_name, running_vcsim, vm_disks, wait_task  # noqa: E402
 from fixtures_vddk import build_standin, write_standin_config  # noqa: E402
 from bench_vsphere_backup import copy_sparse  # noqa: E402
 
-PY = str(ROOT / ".venv" / "bin" / "python")
 MiB = 1 << 20
-
-
-def repofs(*args: str) -> list[str]:
-    return [PY, "-m", "repofs.cli", *args]
 
 
 def main() -> None:

@@ -7,6 +7,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+# The project's own interpreter and CLI, for every benchmark.
+PY = str(Path(__file__).resolve().parent.parent / ".venv" / "bin" / "python")
+REPOFS = [PY, "-m", "repofs.cli"]
+
+
+def repofs(*args: str) -> list[str]:
+    return [*REPOFS, *args]
+
 
 @dataclass
 class Run:
