@@ -85,6 +85,19 @@ async def _lookup_path(ops: RepofsOperations, *names: str) -> pyfuse3.EntryAttri
     return attr
 
 
+async def _open_flat(ops: RepofsOperations, gen: str) -> int:
+    """A read-only handle on the generation's flat disk file d0-flat.vmdk."""
+    flat = await _lookup_path(ops, FOLDER, gen, "d0-flat.vmdk")
+    return (await ops.open(flat.st_ino, os.O_RDONLY, None)).fh
+
+
+async def _until_cached(disk, *numbers: int) -> None:
+    """Wait (at most 10 s) until the read-ahead threads have landed these chunks."""
+    with trio.fail_after(10):
+        while not all(disk.chunk_is_cached(n) for n in numbers):
+            await trio.sleep(0.01)
+
+
 async def _listdir(ops: RepofsOperations, inode: int, monkeypatch) -> list[str]:
     names: list[str] = []
 
@@ -144,8 +157,7 @@ def test_reads_match_and_holes_cost_nothing(ops_env) -> None:
     rng = random.Random(1)
 
     async def main():
-        flat = await _lookup_path(ops, FOLDER, gen, "d0-flat.vmdk")
-        fh = (await ops.open(flat.st_ino, os.O_RDONLY, None)).fh
+        fh = await _open_flat(ops, gen)
         before = store.chunk_reads
         assert await ops.read(fh, 10 * CS, 3 * CS) == bytes(3 * CS)    # chunks 10-12: holes
         assert await ops.read(fh, 31 * CS - 10, 10) == bytes(10)
@@ -170,14 +182,11 @@ def test_sequential_reader_gets_read_ahead(ops_env) -> None:
     async def main():
         async with trio.open_nursery() as nursery:
             ops.attach(nursery)
-            flat = await _lookup_path(ops, FOLDER, gen, "d0-flat.vmdk")
-            fh = (await ops.open(flat.st_ino, os.O_RDONLY, None)).fh
+            fh = await _open_flat(ops, gen)
             assert await ops.read(fh, 0, CS) == image[:CS]
             assert await ops.read(fh, CS, CS) == image[CS:2 * CS]
             # chunks 2..5 were queued; wait for the background threads to land them
-            with trio.fail_after(10):
-                while not (disk.chunk_is_cached(2) and disk.chunk_is_cached(5)):
-                    await trio.sleep(0.01)
+            await _until_cached(disk, 2, 5)
             reads = store.chunk_reads
             assert await ops.read(fh, 2 * CS, 4 * CS) == image[2 * CS:6 * CS]
             assert store.chunk_reads == reads          # served from what read-ahead fetched
@@ -194,8 +203,7 @@ def test_damaged_chunk_is_eio_and_logged_once(ops_env, caplog) -> None:
     path.write_bytes(bytes(raw))
 
     async def main():
-        flat = await _lookup_path(ops, FOLDER, gen, "d0-flat.vmdk")
-        fh = (await ops.open(flat.st_ino, os.O_RDONLY, None)).fh
+        fh = await _open_flat(ops, gen)
         for _ in range(3):
             with pytest.raises(pyfuse3.FUSEError) as e:
                 await ops.read(fh, 5 * CS + 10, 100)
@@ -213,8 +221,7 @@ def test_backend_that_stops_answering_gives_eio(ops_env, caplog) -> None:
     ops, store, clock, gen, image, _ = ops_env
 
     async def main():
-        flat = await _lookup_path(ops, FOLDER, gen, "d0-flat.vmdk")
-        fh = (await ops.open(flat.st_ino, os.O_RDONLY, None)).fh
+        fh = await _open_flat(ops, gen)
         assert await ops.read(fh, 0, 100) == image[:100]     # chunk 0 now cached
         store.gate.clear()
         with trio.fail_after(5):
@@ -282,15 +289,12 @@ def test_interleaved_sequential_streams_each_get_read_ahead(ops_env) -> None:
     async def main():
         async with trio.open_nursery() as nursery:
             ops.attach(nursery)
-            flat = await _lookup_path(ops, FOLDER, gen, "d0-flat.vmdk")
-            fh = (await ops.open(flat.st_ino, os.O_RDONLY, None)).fh
+            fh = await _open_flat(ops, gen)
             # two readers on one handle, at chunk 0 and chunk 18, alternating
             for step in range(2):
                 for base in (0, 18 * CS):
                     off = base + step * CS
                     assert await ops.read(fh, off, CS) == image[off:off + CS]
-            with trio.fail_after(10):
-                while not (disk.chunk_is_cached(5) and disk.chunk_is_cached(20)):
-                    await trio.sleep(0.01)
+            await _until_cached(disk, 5, 20)
             nursery.cancel_scope.cancel()
     trio.run(main)
