@@ -26,7 +26,6 @@ import errno
 import io
 import os
 import stat as st
-import struct
 import threading
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
