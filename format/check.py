@@ -1,7 +1,7 @@
 """``check``: verify a repository's structure and, on request, every chunk's data.
 
 Structure: every manifest opens (authenticated), every index it names opens and matches its
-disk, every chunk an index names exists with a plausible size. ``read_data`` additionally
+disk, every chunk an index names (slot bases and pieces) exists with a plausible size. ``read_data`` additionally
 opens every referenced chunk (authenticate, decompress, re-hash against its id), each once
 however many generations share it, in parallel.
 
@@ -78,8 +78,8 @@ def check(repo: Repository, read_data: bool = False, workers: int = 2,
                 report.problems.append(Problem(f"indexes/{disk.index}",
                                                "index does not match the disk's capacity or chunk size", **where))
                 continue
-            for n, cid in index.stored():
-                refs[cid].append((manifest.vm, manifest.generation, disk.label, n * index.chunk_size))
+            for offset, cid in index.references():
+                refs[cid].append((manifest.vm, manifest.generation, disk.label, offset))
     report.chunks = len(refs)
 
     def probe(cid: bytes) -> str | None:

@@ -1,92 +1,234 @@
-"""The fixed index of one disk in one generation: chunk number -> chunk id, or a hole.
+"""The fixed index of one disk in one generation: chunk number -> chunk id, or a hole, and
+optionally patches: small changed pieces laid over a slot's chunk.
 
-Disks are cut into chunks of ``chunk_size`` bytes aligned to disk offsets, so the chunk
-holding an offset is ``offset // chunk_size`` — arithmetic, never a scan. The last chunk may
+Disks are cut into chunks of ``chunk_size`` bytes aligned to disk offsets, so the slot
+holding an offset is ``offset // chunk_size`` — arithmetic, never a scan. The last slot may
 be short (capacity not a multiple of the chunk size). A hole (an all-zero chunk) is stored
 as 32 zero bytes and is never read from storage.
+
+A slot's bytes are its base (the chunk the id names, or zeros for a hole) with its pieces,
+if any, copied over it in order. A piece is ``(offset inside the slot, length, id)``: the id
+names a chunk object of exactly ``length`` bytes, or is None for zeros. Pieces let an
+incremental backup with a change list store only the changed bytes of a slot instead of the
+whole chunk around them; the writer decides when a slot is better rewritten whole.
 
 Plaintext encoding (inside a sealed object with magic ``RFIX``), little-endian::
 
     0   8  capacity      disk size in bytes
     8   4  chunk size    bytes
-    12  4  reserved      0
+    12  4  flags         0: no patch table; 1: a patch table follows the ids
     16  8  count         ceil(capacity / chunk size)
-    24  32*count         chunk ids, in disk order; 32 zero bytes for a hole
+    24  32*count         base chunk ids, in disk order; 32 zero bytes for a hole
+    then, when flags = 1, the patch table:
+        8  patched       number of patched slots (>= 1)
+        per patched slot, slot numbers strictly ascending:
+            8  slot      slot number (< count)
+            4  pieces    number of pieces (>= 1)
+            4  reserved  0
+            per piece, applied in this order:
+                4   offset   inside the slot
+                4   length   > 0; offset + length <= the slot's length
+                32  id       chunk id of the piece's bytes; 32 zero bytes = zeros
 """
 from __future__ import annotations
 
+import hashlib
 import struct
-from dataclasses import dataclass
-from typing import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator
 
 from .errors import CorruptObject
 
 HEADER = struct.Struct("<QIIQ")
+PATCH_COUNT = struct.Struct("<Q")
+SLOT_HEADER = struct.Struct("<QII")
+PIECE = struct.Struct("<II32s")
 ID_SIZE = 32
 HOLE = bytes(ID_SIZE)
+FLAG_PATCHES = 1
+
+Piece = tuple[int, int, "bytes | None"]   # (offset inside the slot, length, chunk id or None = zeros)
 
 
 @dataclass
 class FixedIndex:
     capacity: int
     chunk_size: int
-    ids: bytearray  # count * 32 bytes
+    ids: bytearray  # count * 32 bytes: each slot's base
+    patches: dict[int, tuple[Piece, ...]] = field(default_factory=dict)
 
     @classmethod
     def empty(cls, capacity: int, chunk_size: int) -> "FixedIndex":
         return cls(capacity, chunk_size, bytearray(chunk_count(capacity, chunk_size) * ID_SIZE))
+
+    def copy(self) -> "FixedIndex":
+        return FixedIndex(self.capacity, self.chunk_size, bytearray(self.ids), dict(self.patches))
 
     @property
     def count(self) -> int:
         return len(self.ids) // ID_SIZE
 
     def chunk_from_offset(self, offset: int) -> tuple[int, int]:
-        """(chunk number, offset inside that chunk)."""
+        """(slot number, offset inside that slot)."""
         return divmod(offset, self.chunk_size)
 
     def chunk_range(self, number: int) -> tuple[int, int]:
-        """(disk offset, length) of chunk ``number``; the last may be short."""
+        """(disk offset, length) of slot ``number``; the last may be short."""
         start = number * self.chunk_size
         return start, min(self.chunk_size, self.capacity - start)
 
     def get(self, number: int) -> bytes | None:
+        """The slot's base chunk id (None: zeros). Its bytes are that only when ``pieces``
+        of the slot is empty."""
         cid = bytes(self.ids[number * ID_SIZE:(number + 1) * ID_SIZE])
         return None if cid == HOLE else cid
 
+    def pieces(self, number: int) -> tuple[Piece, ...]:
+        return self.patches.get(number, ())
+
     def set(self, number: int, chunk_id: bytes | None) -> None:
+        """Make the slot exactly the chunk ``chunk_id`` (None: zeros); drops its pieces."""
         self.ids[number * ID_SIZE:(number + 1) * ID_SIZE] = chunk_id if chunk_id else HOLE
+        self.patches.pop(number, None)
+
+    def set_pieces(self, number: int, pieces: Iterable[Piece]) -> None:
+        """Lay ``pieces`` over the slot's base (replacing earlier pieces)."""
+        pieces = tuple(pieces)
+        _, length = self.chunk_range(number)
+        for off, n, _cid in pieces:
+            if n <= 0 or off < 0 or off + n > length:
+                raise ValueError(f"piece ({off}, {n}) outside slot {number} of {length} bytes")
+        if pieces:
+            self.patches[number] = pieces
+        else:
+            self.patches.pop(number, None)
+
+    def is_hole(self, number: int) -> bool:
+        return number not in self.patches and self.ids[number * ID_SIZE:(number + 1) * ID_SIZE] == HOLE
+
+    def key(self, number: int) -> bytes | None:
+        """A name for the slot's bytes, for caches: the base id when the slot has no pieces,
+        else 33 bytes derived from base and pieces (never equal to a chunk id); None for zeros."""
+        pieces = self.patches.get(number)
+        if pieces is None:
+            return self.get(number)
+        h = hashlib.blake2b(self.ids[number * ID_SIZE:(number + 1) * ID_SIZE], digest_size=32)
+        for off, n, cid in pieces:
+            h.update(PIECE.pack(off, n, cid or HOLE))
+        return b"P" + h.digest()
+
+    def assemble(self, number: int, fetch: Callable[[bytes], bytes]) -> bytes:
+        """The slot's bytes, its chunks read with ``fetch(id)``: the base, pieces laid over it."""
+        _, length = self.chunk_range(number)
+        base = self.get(number)
+        pieces = self.patches.get(number)
+        if not pieces:
+            return fetch(base) if base else bytes(length)
+        buf = bytearray(fetch(base)) if base else bytearray(length)
+        if len(buf) != length:
+            raise CorruptObject(f"slot {number}", f"base chunk holds {len(buf)} bytes, not {length}")
+        for off, n, cid in pieces:
+            data = fetch(cid) if cid else bytes(n)
+            if len(data) != n:
+                raise CorruptObject(f"slot {number}", f"piece at {off} holds {len(data)} bytes, not {n}")
+            buf[off:off + n] = data
+        return bytes(buf)
+
+    def occupied(self) -> Iterator[int]:
+        """Numbers of the slots that are not all zeros by construction (a base or pieces)."""
+        ids = self.ids
+        patches = self.patches
+        for n in range(self.count):
+            if n in patches or ids[n * ID_SIZE:(n + 1) * ID_SIZE] != HOLE:
+                yield n
 
     def stored(self) -> Iterator[tuple[int, bytes]]:
-        """(chunk number, id) of every chunk that is not a hole."""
+        """(slot number, base id) of every slot whose base is not a hole."""
         ids = self.ids
         for n in range(self.count):
             cid = ids[n * ID_SIZE:(n + 1) * ID_SIZE]
             if cid != HOLE:
                 yield n, bytes(cid)
 
-    def resized(self, capacity: int) -> "FixedIndex":
-        """A copy for a disk of ``capacity`` bytes: chunks past the end dropped, new ones holes.
+    def references(self) -> Iterator[tuple[int, bytes]]:
+        """(disk offset, chunk id) of every stored object the index names: bases and pieces."""
+        for n, cid in self.stored():
+            yield n * self.chunk_size, cid
+        for n, pieces in sorted(self.patches.items()):
+            for off, _len, cid in pieces:
+                if cid is not None:
+                    yield n * self.chunk_size + off, cid
 
-        A chunk that was the short last chunk and is no longer last becomes part of the grown
-        disk; its id stays, which is right only if the caller re-reads it (ingest does)."""
+    def resized(self, capacity: int) -> "FixedIndex":
+        """A copy for a disk of ``capacity`` bytes: slots past the end dropped, new ones holes.
+
+        A slot that was the short last slot and is no longer last becomes part of the grown
+        disk; its content stays, which is right only if the caller re-reads it (ingest does)."""
         new = FixedIndex.empty(capacity, self.chunk_size)
         keep = min(len(new.ids), len(self.ids))
         new.ids[:keep] = self.ids[:keep]
+        new.patches = {n: p for n, p in self.patches.items() if n < new.count}
         return new
 
     def encode(self) -> bytes:
-        return HEADER.pack(self.capacity, self.chunk_size, 0, self.count) + bytes(self.ids)
+        flags = FLAG_PATCHES if self.patches else 0
+        parts = [HEADER.pack(self.capacity, self.chunk_size, flags, self.count), bytes(self.ids)]
+        if self.patches:
+            parts.append(PATCH_COUNT.pack(len(self.patches)))
+            for n in sorted(self.patches):
+                pieces = self.patches[n]
+                parts.append(SLOT_HEADER.pack(n, len(pieces), 0))
+                parts.extend(PIECE.pack(off, length, cid or HOLE) for off, length, cid in pieces)
+        return b"".join(parts)
 
     @classmethod
     def decode(cls, data: bytes, label: str) -> "FixedIndex":
         if len(data) < HEADER.size:
             raise CorruptObject(label, "index shorter than its header")
-        capacity, chunk_size, _reserved, count = HEADER.unpack_from(data)
-        if chunk_size == 0 or count != chunk_count(capacity, chunk_size):
+        capacity, chunk_size, flags, count = HEADER.unpack_from(data)
+        if chunk_size == 0 or count != chunk_count(capacity, chunk_size) or flags not in (0, FLAG_PATCHES):
             raise CorruptObject(label, "index header is inconsistent")
-        if len(data) != HEADER.size + count * ID_SIZE:
+        end = HEADER.size + count * ID_SIZE
+        if len(data) < end or (flags == 0 and len(data) != end):
             raise CorruptObject(label, "index length does not match its entry count")
-        return cls(capacity, chunk_size, bytearray(data[HEADER.size:]))
+        index = cls(capacity, chunk_size, bytearray(data[HEADER.size:end]))
+        if flags == FLAG_PATCHES:
+            index.patches = _decode_patches(data, end, index, label)
+        return index
+
+
+def _decode_patches(data: bytes, pos: int, index: FixedIndex, label: str) -> dict[int, tuple[Piece, ...]]:
+    def bad(reason: str) -> CorruptObject:
+        return CorruptObject(label, f"index patch table: {reason}")
+
+    try:
+        (patched,) = PATCH_COUNT.unpack_from(data, pos)
+        pos += PATCH_COUNT.size
+        if patched == 0 or patched > index.count:
+            raise bad("slot count out of range")
+        patches: dict[int, tuple[Piece, ...]] = {}
+        last = -1
+        for _ in range(patched):
+            n, npieces, reserved = SLOT_HEADER.unpack_from(data, pos)
+            pos += SLOT_HEADER.size
+            if n <= last or n >= index.count or npieces == 0 or reserved:
+                raise bad(f"slot entry {n} is out of order or malformed")
+            last = n
+            _, length = index.chunk_range(n)
+            if len(data) < pos + npieces * PIECE.size:
+                raise bad("truncated")
+            pieces = []
+            for off, plen, cid in PIECE.iter_unpack(data[pos:pos + npieces * PIECE.size]):
+                if plen == 0 or off + plen > length:
+                    raise bad(f"piece of slot {n} lies outside it")
+                pieces.append((off, plen, None if cid == HOLE else cid))
+            pos += npieces * PIECE.size
+            patches[n] = tuple(pieces)
+    except struct.error:
+        raise bad("truncated") from None
+    if pos != len(data):
+        raise bad("trailing bytes")
+    return patches
 
 
 def chunk_count(capacity: int, chunk_size: int) -> int:
@@ -104,3 +246,25 @@ def chunks_touched(extents: Iterable[tuple[int, int]], chunk_size: int, capacity
         end = min((offset + length - 1) // chunk_size, limit - 1)
         yield from range(first, end + 1)
         last = max(last, end)
+
+
+def slot_ranges(extents: Iterable[tuple[int, int]],
+                chunk_size: int) -> Iterator[tuple[int, list[tuple[int, int]]]]:
+    """(slot number, [(start, end) inside the slot, ascending]) for every slot the
+    (offset, length) ``extents`` touch, slots ascending. The extents must be sorted, apart
+    and inside the disk."""
+    current, ranges = -1, []  # type: ignore[var-annotated]
+    for offset, length in extents:
+        pos, end = offset, offset + length
+        while pos < end:
+            n = pos // chunk_size
+            base = n * chunk_size
+            stop = min(end, base + chunk_size)
+            if n != current:
+                if ranges:
+                    yield current, ranges
+                current, ranges = n, []
+            ranges.append((pos - base, stop - base))
+            pos = stop
+    if ranges:
+        yield current, ranges

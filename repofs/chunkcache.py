@@ -34,7 +34,9 @@ class ChunkCache:
                 self._data.move_to_end(cid)
             return data
 
-    def get(self, cid: bytes) -> bytes:
+    def get(self, cid: bytes, load: Callable[[bytes], bytes] | None = None) -> bytes:
+        """The bytes under ``cid``, fetched on a miss (by ``load`` when given: for entries
+        that are not chunks, e.g. an index slot assembled from pieces)."""
         while True:
             with self._lock:
                 data = self._data.get(cid)
@@ -49,7 +51,7 @@ class ChunkCache:
                     break
             waiter.wait()
         try:
-            data = self._fetch(cid)
+            data = (load or self._fetch)(cid)
         except BaseException:
             with self._lock:
                 self._loading.pop(cid).set()

@@ -5,6 +5,13 @@ read chunk is checked for zeros (a hole: never stored), hashed, and stored unles
 repository already has it. Chunks not read come from the previous generation's index when
 the extents are changes, and are holes otherwise. The disks of a VM are read in parallel.
 
+When the extents are changes (a change list, vSphere CBT), a slot whose changed bytes are a
+small part of it is not read whole: only its changed ranges are read and stored, as pieces
+laid over the slot's previous content (``format.fixedindex``). A slot is read and stored
+whole again once its pieces would cover more than ``PATCH_SHARE`` of it or number more than
+``MAX_PIECES``, which bounds what a reader of the slot fetches (base + pieces) to 1.5 times
+the slot.
+
 Throughput: the calling thread reads; a pool of workers (one per core) hashes, compresses,
 encrypts and writes, with a bounded number of chunks in flight so memory does not grow with
 the disk. Chunks are written without a per-file fsync; one filesystem sync makes them
@@ -21,13 +28,21 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
-from format.fixedindex import FixedIndex, chunks_touched
+from format.fixedindex import FixedIndex, Piece, chunks_touched, slot_ranges
 from format.manifest import DiskEntry, Manifest
 from format.repository import Repository
 
-from .sources import DiskSource
+from .sources import DiskSource, clip_extents
 
 Progress = Callable[[str, int, int], None]  # (disk label, bytes done, bytes to do)
+
+PATCH_SHARE = 0.5     # a slot's pieces may cover at most this share of it
+MAX_PIECES = 16       # and number at most this many
+PIECE_ALIGN = 4096    # pieces start and end on these boundaries (VDDK reads whole sectors)
+
+# One slot to read: its number, the ranges inside it to read as pieces (None: all of it),
+# and the previous pieces that stay under the new ones.
+Work = tuple[int, "tuple[tuple[int, int], ...] | None", "tuple[Piece, ...]"]
 
 
 class IngestError(Exception):
@@ -41,6 +56,7 @@ class DiskReport:
     read_bytes: int = 0
     new_bytes: int = 0
     new_chunks: int = 0
+    patched_slots: int = 0      # slots stored as pieces over their previous content
     data_bytes: int = 0
     mode: str = "full"          # "full", "changed" or "full (reason)"
 
@@ -78,31 +94,59 @@ class _DiskIngest:
             return cid, 0
         return cid, self.repo.put_chunk(cid, data, sync=False)
 
-    def run(self, source: DiskSource, index: FixedIndex, numbers: Iterable[int],
-            known: set[bytes], report: DiskReport, progress: Progress | None, total: int) -> None:
-        pending: collections.deque[tuple[int, Future]] = collections.deque()
+    def _store_pieces(self, datas: list[bytes], known: set[bytes]) -> list[tuple[bytes | None, int]]:
+        return [self._store(data, known) for data in datas]
 
-        def settle(n: int, fut: Future) -> None:
-            cid, stored = fut.result()
-            index.set(n, cid)
-            if stored:
-                report.new_bytes += stored
-                report.new_chunks += 1
-                known.add(cid)  # type: ignore[arg-type]
+    def run(self, source: DiskSource, index: FixedIndex, work: list[Work],
+            known: set[bytes], report: DiskReport, progress: Progress | None) -> None:
+        pending: collections.deque[tuple[Work, Future]] = collections.deque()
+        reads = _reads(index, work)
+        total = sum(n for _, n in reads)
+        source.prepare(reads)
 
-        for n in numbers:
+        def settle(item: Work, fut: Future) -> None:
+            n, ranges, kept = item
+            results = fut.result()
+            for cid, stored in results:
+                if stored:
+                    report.new_bytes += stored
+                    report.new_chunks += 1
+                    known.add(cid)  # type: ignore[arg-type]
+            if ranges is None:
+                index.set(n, results[0][0])
+            else:
+                index.set_pieces(n, kept + tuple((lo, hi - lo, cid) for (lo, hi), (cid, _) in zip(ranges, results)))
+                report.patched_slots += 1
+
+        for item in work:
             if self.stop.is_set():
                 raise IngestError(f"disk {source.label}: stopped because another disk failed")
-            offset, length = index.chunk_range(n)
-            data = source.read(offset, length)
-            report.read_bytes += length
-            pending.append((n, self.pool.submit(self._store, data, known)))
+            n, ranges, _kept = item
+            start, length = index.chunk_range(n)
+            if ranges is None:
+                datas = [source.read(start, length)]
+            else:
+                datas = [source.read(start + lo, hi - lo) for lo, hi in ranges]
+            report.read_bytes += sum(map(len, datas))
+            pending.append((item, self.pool.submit(self._store_pieces, datas, known)))
             while len(pending) >= self.in_flight:
                 settle(*pending.popleft())
             if progress:
                 progress(source.label, report.read_bytes, total)
         while pending:
             settle(*pending.popleft())
+
+
+def _reads(index: FixedIndex, work: list[Work]) -> list[tuple[int, int]]:
+    """The (disk offset, length) reads of ``work``, in the order they are made."""
+    reads = []
+    for n, ranges, _kept in work:
+        start, length = index.chunk_range(n)
+        if ranges is None:
+            reads.append((start, length))
+        else:
+            reads.extend((start + lo, hi - lo) for lo, hi in ranges)
+    return reads
 
 
 def backup(repo: Repository, vm: str, sources: Sequence[DiskSource], *,
@@ -123,14 +167,13 @@ def backup(repo: Repository, vm: str, sources: Sequence[DiskSource], *,
         for source in sources:
             report = DiskReport(source.label, source.capacity)
             entry_parent = parent_manifest.disk(source.label) if parent_manifest else None
-            index, numbers, known = _plan(repo, source, entry_parent, report)
-            plans.append((source, index, numbers, known, report))
+            index, work, known = _plan(repo, source, entry_parent, report)
+            plans.append((source, index, work, known, report))
 
         def read_disk(plan: tuple) -> None:
-            source, index, numbers, known, report = plan
-            total = sum(index.chunk_range(n)[1] for n in numbers) if progress else 0
-            ingest.run(source, index, numbers, known, report, progress, total)
-            report.data_bytes = sum(index.chunk_range(n)[1] for n, _ in index.stored())
+            source, index, work, known, report = plan
+            ingest.run(source, index, work, known, report, progress)
+            report.data_bytes = sum(index.chunk_range(n)[1] for n in index.occupied())
 
         # Disks are read in parallel (one reader thread each), sharing the workers.
         with ThreadPoolExecutor(len(plans) or 1, thread_name_prefix="ingest-read") as readers:
@@ -160,11 +203,11 @@ def backup(repo: Repository, vm: str, sources: Sequence[DiskSource], *,
 
 
 def _plan(repo: Repository, source: DiskSource, parent: DiskEntry | None,
-          report: DiskReport) -> tuple[FixedIndex, list[int], set[bytes]]:
-    """The starting index, the chunk numbers to read, and the chunk ids known to be stored."""
+          report: DiskReport) -> tuple[FixedIndex, list[Work], set[bytes]]:
+    """The starting index, the slots to read, and the chunk ids known to be stored."""
     cs = repo.chunk_size
     parent_index = repo.get_index(parent.index) if parent else None
-    known = {cid for _, cid in parent_index.stored()} if parent_index else set()
+    known = {cid for _, cid in parent_index.references()} if parent_index else set()
     if source.extents_are_changes:
         if parent_index is None:
             raise IngestError(f"disk {source.label}: changed extents were given but there is "
@@ -173,10 +216,30 @@ def _plan(repo: Repository, source: DiskSource, parent: DiskEntry | None,
             raise IngestError(f"disk {source.label}: capacity changed from "
                               f"{parent_index.capacity} to {source.capacity}; read it in full")
         report.mode = "changed"
-        return (FixedIndex(parent_index.capacity, cs, bytearray(parent_index.ids)),
-                list(chunks_touched(source.extents(), cs, source.capacity)), known)
+        index = parent_index.copy()
+        return index, [_patch_or_whole(index, n, ranges)
+                       for n, ranges in slot_ranges(clip_extents(source.extents(), source.capacity), cs)], known
     index = FixedIndex.empty(source.capacity, cs)
-    return index, list(chunks_touched(source.extents(), cs, source.capacity)), known
+    return index, [(n, None, ()) for n in chunks_touched(source.extents(), cs, source.capacity)], known
+
+
+def _patch_or_whole(index: FixedIndex, n: int, changed: list[tuple[int, int]]) -> Work:
+    """Slot ``n`` with ``changed`` ranges: as pieces over its previous content when they stay
+    small, else whole."""
+    _, length = index.chunk_range(n)
+    ranges: list[tuple[int, int]] = []
+    for lo, hi in changed:
+        lo, hi = lo - lo % PIECE_ALIGN, min(length, -(-hi // PIECE_ALIGN) * PIECE_ALIGN)
+        if ranges and lo <= ranges[-1][1]:
+            ranges[-1] = (ranges[-1][0], max(ranges[-1][1], hi))
+        else:
+            ranges.append((lo, hi))
+    kept = tuple(p for p in index.pieces(n)
+                 if not any(lo <= p[0] and p[0] + p[1] <= hi for lo, hi in ranges))
+    covered = sum(hi - lo for lo, hi in ranges) + sum(p[1] for p in kept)
+    if covered > length * PATCH_SHARE or len(ranges) + len(kept) > MAX_PIECES:
+        return n, None, ()
+    return n, tuple(ranges), kept
 
 
 def _iso(ns: int) -> str:

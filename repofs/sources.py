@@ -35,6 +35,8 @@ class DiskSource(Protocol):
     info: dict[str, Any]
 
     def extents(self) -> Iterable[tuple[int, int]]: ...
+    def prepare(self, reads: list[tuple[int, int]]) -> None:
+        """The (offset, size) reads that will follow, in order: a hint for read-ahead."""
     def read(self, offset: int, size: int) -> bytes: ...
     def close(self) -> None: ...
 
@@ -145,6 +147,9 @@ class LocalImage:
                 runs.append((p.disk_offset + off - p.file_offset, length))
         return runs
 
+    def prepare(self, reads: list[tuple[int, int]]) -> None:
+        pass  # local files: the kernel's read-ahead serves these reads
+
     def _check_size(self, p: _Piece) -> None:
         now = _size_of(p.fd)
         if not p.pad_short and now < p.file_offset + p.length:
@@ -198,6 +203,9 @@ class SparseImage:
 
     def extents(self) -> list[tuple[int, int]]:
         return self.changed if self.changed is not None else self.vmdk.allocated()
+
+    def prepare(self, reads: list[tuple[int, int]]) -> None:
+        pass  # local files: the kernel's read-ahead serves these reads
 
     def read(self, offset: int, size: int) -> bytes:
         try:

@@ -74,18 +74,27 @@ class DiskView:
         return self._index
 
     def _chunk(self, number: int) -> bytes | None:
-        cid = self.index.get(number)
-        if cid is None:
+        index = self.index
+        key = index.key(number)
+        if key is None:
             return None
+        cache = self.gen.repo.cache
         try:
-            return self.gen.repo.cache.get(cid)
+            if not index.pieces(number):
+                return cache.get(key)
+            # a slot stored as pieces: cached assembled; its parts are not cached again
+            return cache.get(key, lambda _key: index.assemble(number, self._part))
         except (CorruptObject, ObjectMissing) as e:
             raise DiskReadError(self.gen.vm, self.gen.name, self.label,
                                 number * self.chunk_size, e) from None
 
+    def _part(self, cid: bytes) -> bytes:
+        cached = self.gen.repo.cache.peek(cid)
+        return cached if cached is not None else self.gen.repo.store.get_chunk(cid)
+
     def chunk_is_cached(self, number: int) -> bool:
-        cid = self.index.get(number)
-        return cid is None or self.gen.repo.cache.peek(cid) is not None
+        key = self.index.key(number)
+        return key is None or self.gen.repo.cache.peek(key) is not None
 
     @property
     def index_loaded(self) -> bool:
@@ -108,11 +117,11 @@ class DiskView:
         while pos < end:
             number, inner = divmod(pos, cs)
             take = min(cs - inner, end - pos)
-            cid = index.get(number)
-            if cid is None:
+            key = index.key(number)
+            if key is None:
                 parts.append(bytes(take))
             else:
-                data = cache.peek(cid)
+                data = cache.peek(key)
                 if data is None:
                     return None
                 parts.append(data if inner == 0 and take == len(data) else data[inner:inner + take])
@@ -123,8 +132,8 @@ class DiskView:
         """Whether chunk ``number`` exists, is stored (not a hole) and is not cached."""
         if not 0 <= number < self.index.count:
             return False
-        cid = self.index.get(number)
-        return cid is not None and self.gen.repo.cache.peek(cid) is None
+        key = self.index.key(number)
+        return key is not None and self.gen.repo.cache.peek(key) is None
 
     def read(self, offset: int, size: int) -> bytes:
         """Bytes [offset, offset+size) clipped to the capacity; holes read as zeros."""
@@ -162,7 +171,7 @@ class DiskView:
     def extents(self) -> list[tuple[int, int]]:
         """(offset, length) runs that hold stored data; everything else is zeros."""
         runs: list[tuple[int, int]] = []
-        for n, _cid in self.index.stored():
+        for n in self.index.occupied():
             start, length = self.index.chunk_range(n)
             if runs and runs[-1][0] + runs[-1][1] == start:
                 runs[-1] = (runs[-1][0], runs[-1][1] + length)
@@ -177,12 +186,12 @@ class DiskView:
         """(offset, data) of every stored chunk in disk order, fetched by ``workers`` threads,
         verified (ids re-hashed) and bypassing the shared cache: for restores."""
         store = self.gen.repo.store
-        numbers = [(n, cid) for n, cid in self.index.stored()]
+        index = self.index
+        numbers = list(index.occupied())
 
-        def fetch(item: tuple[int, bytes]) -> tuple[int, bytes]:
-            n, cid = item
+        def fetch(n: int) -> tuple[int, bytes]:
             try:
-                return n, store.get_chunk(cid)
+                return n, index.assemble(n, store.get_chunk)
             except (CorruptObject, ObjectMissing) as e:
                 raise DiskReadError(self.gen.vm, self.gen.name, self.label, n * self.chunk_size, e) from None
 

@@ -6,12 +6,12 @@ manifest's disk entry). It has the attributes and methods of ``repofs.sources.Di
 (``label``, ``capacity``, ``extents_are_changes``, ``info``, ``extents()``, ``read()``,
 ``close()``) without importing it: the protocol is structural.
 
-Throughput: VDDK requests are at most ``MAX_REQUEST`` (2 MiB, the NBD limit). When the
-repository's chunk size is known, a thread per disk reads the chunks the ingest will ask for
-(the chunk-aligned cover of the extents, in order) ahead of it, into a small pool of reused
-buffers, so that VDDK reads of every disk overlap the ingest's hashing, compression and
-storage — and each other, up to ``read_ahead`` chunks per disk. A request that is not the
-expected next chunk drops the read-ahead and is read directly.
+Throughput: VDDK requests are at most ``MAX_REQUEST`` (2 MiB, the NBD limit). The ingest
+announces the reads it will make (``prepare``: whole chunks, or only the changed pieces of a
+chunk); a thread per disk then reads them ahead of it, into a small pool of reused buffers,
+so that VDDK reads of every disk overlap the ingest's hashing, compression and storage — and
+each other, up to ``read_ahead`` reads per disk. A request that is not the expected next one
+drops the read-ahead and is read directly.
 
 Limits: one reader per disk (VDDK serializes calls on one handle anyway).
 """
@@ -21,21 +21,12 @@ import queue
 import threading
 from typing import Any, Iterable
 
-from format.fixedindex import chunks_touched
-
 from .changed import ReadPlan, merge
 
 MAX_REQUEST = 2 << 20
 SECTOR = 512
 READ_AHEAD = 16
 _STOP = object()
-
-
-def chunk_cover(extents: Iterable[tuple[int, int]], chunk_size: int, capacity: int) -> list[tuple[int, int]]:
-    """The (offset, size) of each chunk that the extents touch, ascending, each once — the
-    same reads the ingest makes (chunk ``n`` is ``[n*cs, min((n+1)*cs, capacity))``)."""
-    return [(n * chunk_size, min(chunk_size, capacity - n * chunk_size))
-            for n in chunks_touched(extents, chunk_size, capacity)]
 
 
 class VSphereDiskSource:
@@ -63,14 +54,17 @@ class VSphereDiskSource:
         self._free: queue.Queue[bytearray] | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
-        if chunk_size:
-            self._start_read_ahead(chunk_cover(self._extents, chunk_size, self.capacity),
-                                   chunk_size, max(2, read_ahead))
+        self._depth = max(2, read_ahead)
 
     # -- DiskSource ----------------------------------------------------------------------------
 
     def extents(self) -> list[tuple[int, int]]:
         return list(self._extents)
+
+    def prepare(self, reads: list[tuple[int, int]]) -> None:
+        self.stop_read_ahead()
+        self._stop = threading.Event()
+        self._start_read_ahead(reads, self._depth)
 
     def read(self, offset: int, size: int) -> bytes:
         if self._queue is not None:
@@ -117,13 +111,14 @@ class VSphereDiskSource:
         self._read_into(offset, view)
         return bytes(view)
 
-    def _start_read_ahead(self, reads: list[tuple[int, int]], chunk_size: int, depth: int) -> None:
+    def _start_read_ahead(self, reads: list[tuple[int, int]], depth: int) -> None:
         if not reads:
             return
         self._queue = queue.Queue()
         self._free = queue.Queue()
+        biggest = max(n for _, n in reads)
         for _ in range(depth):
-            self._free.put(bytearray(chunk_size))
+            self._free.put(bytearray(biggest))
 
         def run() -> None:
             assert self._queue is not None and self._free is not None

@@ -113,15 +113,17 @@ def test_incremental_stores_only_changed_chunks(cli, tmp_path):
     d2 = second["disks"][0]
     assert d2["new_chunks"] == len(touched)
     assert stored_bytes(cli.repo) - before == d2["new_bytes"] <= len(touched) * ((1 << 20) + 100)
-    # with a change list: only those extents are read
+    # with a change list: only those extents are read, and stored as a piece of their chunk
     with open(img, "r+b") as f:
         f.seek(10 << 20)
         f.write(b"\xAB" * 4096)
     (tmp_path / "changes.json").write_text(json.dumps([[10 << 20, 4096]]))
+    before = stored_bytes(cli.repo)
     third = json.loads(cli.run("backup", f"file:{img}", "--vm", "inc", "--json",
                                "--changed-extents", str(tmp_path / "changes.json")).stdout)
     d3 = third["disks"][0]
-    assert d3["mode"] == "changed" and d3["read_bytes"] == 1 << 20 and d3["new_chunks"] == 1
+    assert d3["mode"] == "changed" and d3["read_bytes"] == 4096 and d3["new_chunks"] == 1
+    assert stored_bytes(cli.repo) - before < 64 << 10  # the piece, the index, the manifest
     assert first["disks"][0]["new_chunks"] == 64
     gens = json.loads(cli.run("generations", "inc", "--json").stdout)
     assert len(gens) == 3

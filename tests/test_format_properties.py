@@ -1,6 +1,8 @@
 """Round-trip properties of the frozen encodings: sealed objects, fixed indexes, manifests."""
 from __future__ import annotations
 
+import struct
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -78,6 +80,80 @@ def test_fixed_index_round_trip_and_arithmetic(capacity, chunk_pow, picks):
         n, inner = back.chunk_from_offset(off)
         start, length = back.chunk_range(n)
         assert start + inner == off and inner < length
+
+
+@st.composite
+def _patched_index(draw):
+    cs = 1 << draw(st.integers(12, 20))
+    capacity = draw(st.integers(1, 40 * cs))
+    idx = FixedIndex.empty(capacity, cs)
+    content = {}
+    for n in draw(st.lists(st.integers(0, idx.count - 1), max_size=12)):
+        _, length = idx.chunk_range(n)
+        pieces = []
+        for _ in range(draw(st.integers(1, 4))):
+            off = draw(st.integers(0, length - 1))
+            plen = draw(st.integers(1, length - off))
+            # a piece's id, in this test, spells its length and its fill byte
+            fill = draw(st.integers(1, 255))
+            cid = draw(st.sampled_from([None, struct.pack("<QB", plen, fill) + bytes(23)]))
+            pieces.append((off, plen, cid))
+        idx.set(n, draw(st.sampled_from([None, struct.pack("<QB", length, 7) + bytes(23)])))
+        idx.set_pieces(n, pieces)
+        content[n] = tuple(pieces)
+    return idx, content
+
+
+@given(_patched_index())
+@settings(max_examples=80)
+def test_index_patches_round_trip_and_assemble(case):
+    idx, content = case
+    back = FixedIndex.decode(idx.encode(), "i")
+    assert back.patches == {n: p for n, p in content.items()}
+    assert back.ids == idx.ids
+    assert back.encode() == idx.encode()
+    # assembling: the base, then each piece over it in order
+    def fetch(cid: bytes) -> bytes:
+        size, fill = struct.unpack_from("<QB", cid)
+        return bytes([fill]) * size
+
+    for n in range(back.count):
+        _, length = back.chunk_range(n)
+        want = bytearray(fetch(back.get(n)) if back.get(n) else bytes(length))
+        for off, plen, cid in back.pieces(n):
+            want[off:off + plen] = fetch(cid) if cid else bytes(plen)
+        assert back.assemble(n, fetch) == bytes(want)
+        assert (back.key(n) is None) == (not back.get(n) and not back.pieces(n))
+    refs = list(back.references())
+    assert len(refs) == sum(1 for _ in back.stored()) + sum(
+        1 for p in content.values() for _o, _l, cid in p if cid)
+
+
+def test_index_rejects_malformed_patch_tables():
+    idx = FixedIndex.empty(4 << 20, 1 << 20)
+    idx.set_pieces(1, [(4096, 4096, b"\x01" * 32)])
+    idx.set_pieces(3, [(0, 8192, None)])
+    good = idx.encode()
+    assert FixedIndex.decode(good, "i").patches == idx.patches
+    with pytest.raises(ValueError):
+        idx.set_pieces(2, [((1 << 20) - 10, 20, None)])      # past the slot's end
+    base = 24 + 4 * 32
+    bad_cases = [
+        good[:-1],                                            # truncated
+        good + b"\0",                                         # trailing bytes
+        good[:12] + bytes([2, 0, 0, 0]) + good[16:],          # unknown flag
+        good[:12] + bytes(4) + good[16:],                     # a table without the flag
+        good[:base] + (0).to_bytes(8, "little") + good[base + 8:],      # zero patched slots
+        good[:base + 8] + (9).to_bytes(8, "little") + good[base + 16:],  # slot past the end
+    ]
+    second = base + 8 + 16 + 40
+    bad_cases.append(good[:second] + (1).to_bytes(8, "little") + good[second + 8:])  # not ascending
+    piece = base + 8 + 16
+    bad_cases.append(good[:piece + 4] + (0).to_bytes(4, "little") + good[piece + 8:])  # empty piece
+    bad_cases.append(good[:piece] + ((1 << 20) - 100).to_bytes(4, "little") + good[piece + 4:])  # outside
+    for bad in bad_cases:
+        with pytest.raises(CorruptObject):
+            FixedIndex.decode(bad, "i")
 
 
 def test_index_rejects_inconsistent_headers():
