@@ -114,8 +114,12 @@ class _DiskIngest:
                     known.add(cid)  # type: ignore[arg-type]
             if ranges is None:
                 index.set(n, results[0][0])
+                return
+            pieces = kept + tuple((lo, hi - lo, cid) for (lo, hi), (cid, _) in zip(ranges, results))
+            if index.get(n) is None and not any(cid for _o, _l, cid in pieces):
+                index.set(n, None)  # zeros over a hole: still a hole
             else:
-                index.set_pieces(n, kept + tuple((lo, hi - lo, cid) for (lo, hi), (cid, _) in zip(ranges, results)))
+                index.set_pieces(n, pieces)
                 report.patched_slots += 1
 
         for item in work:

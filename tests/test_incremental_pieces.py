@@ -31,7 +31,7 @@ class Disk:
         self.rng = random.Random(21)
         self.img = tmp / "disk.img"
         data = bytearray(self.rng.randbytes(SIZE))
-        data[6 * MiB:7 * MiB] = bytes(MiB)      # chunk 6 is a hole
+        data[6 * MiB:8 * MiB] = bytes(2 * MiB)  # chunks 6 and 7 are holes
         self.img.write_bytes(bytes(data))
         self.versions: dict[str, Path] = {}
 
@@ -63,7 +63,7 @@ def test_change_list_stores_pieces_and_every_generation_reads_back(cli: CLI, tmp
     disk = Disk(cli, tmp_path)
     rnd = disk.rng.randbytes
     first = disk.backup()
-    assert first["new_chunks"] == 8 and first["patched_slots"] == 0
+    assert first["new_chunks"] == 7 and first["patched_slots"] == 0
 
     before = stored_bytes(cli.repo)
     second = disk.backup([
@@ -72,10 +72,12 @@ def test_change_list_stores_pieces_and_every_generation_reads_back(cli: CLI, tmp
         (6 * MiB + 65536, rnd(4096)),      # into the hole: a piece over zeros
         (4 * MiB, bytes(16384)),           # zeros over data: a zero piece, nothing stored
         (8 * MiB, rnd(5000)),              # all of the short last chunk: stored whole
+        (7 * MiB + 8192, bytes(4096)),     # zeros over the zeros of a hole: it stays a hole
     ])
     assert second["mode"] == "changed"
-    assert second["read_bytes"] == 12288 + 8192 + 4096 + 16384 + 5000
+    assert second["read_bytes"] == 12288 + 8192 + 4096 + 16384 + 5000 + 4096
     assert second["patched_slots"] == 5 and second["new_chunks"] == 5
+    assert second["data_bytes"] == first["data_bytes"] + MiB == 7 * MiB + 5000  # chunk 7: a hole
     # what the generation costs: the changed bytes (random, so incompressible), an index and a
     # manifest — not the 6 MiB of chunks around them
     assert stored_bytes(cli.repo) - before < 46000 + 24 * 1024
