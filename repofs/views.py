@@ -183,17 +183,25 @@ class DiskView:
         return self.entry.data_bytes
 
     def iter_chunks(self, workers: int = 2, lookahead: int = 8) -> Iterator[tuple[int, bytes]]:
-        """(offset, data) of every stored chunk in disk order, fetched by ``workers`` threads,
-        verified (ids re-hashed) and bypassing the shared cache: for restores."""
+        """(offset, data) of every slot that is not a hole, in disk order, fetched by
+        ``workers`` threads, verified (ids re-hashed) and bypassing the shared cache: for
+        restores onto zeros (a new file or disk). A slot that is pieces over a hole gives only
+        the span its pieces cover."""
         store = self.gen.repo.store
         index = self.index
         numbers = list(index.occupied())
 
         def fetch(n: int) -> tuple[int, bytes]:
             try:
-                return n, index.assemble(n, store.get_chunk)
+                data = index.assemble(n, store.get_chunk)
             except (CorruptObject, ObjectMissing) as e:
                 raise DiskReadError(self.gen.vm, self.gen.name, self.label, n * self.chunk_size, e) from None
+            start = n * self.chunk_size
+            if index.get(n) is None:  # pieces over zeros: only the span they cover
+                spans = [(off, off + length) for off, length, cid in index.pieces(n) if cid]
+                lo, hi = (min(a for a, _ in spans), max(b for _, b in spans)) if spans else (0, 0)
+                return start + lo, data[lo:hi]
+            return start, data
 
         with ThreadPoolExecutor(workers, thread_name_prefix="restore-read") as pool:
             pending = []
@@ -203,11 +211,12 @@ class DiskView:
                 if len(pending) >= lookahead:
                     break
             while pending:
-                n, data = pending.pop(0).result()
+                offset, data = pending.pop(0).result()
                 nxt = next(it, None)
                 if nxt is not None:
                     pending.append(pool.submit(fetch, nxt))
-                yield n * self.chunk_size, data
+                if data:
+                    yield offset, data
 
 
 @dataclass

@@ -4,6 +4,7 @@ file, through the mount — and damage to a piece is found and named."""
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 from pathlib import Path
@@ -95,6 +96,14 @@ def test_change_list_stores_pieces_and_every_generation_reads_back(cli: CLI, tmp
 
     disk.restores_exactly()
     assert cli.run("check", "--read-data").returncode == 0
+    # the restored file keeps the zeros around a piece over a hole as a hole
+    cli.run("restore", "vm:pc", "--to-dir", str(tmp_path / "sparse"), "--generation", list(disk.versions)[1])
+    fd = os.open(tmp_path / "sparse" / "disk.raw", os.O_RDONLY)
+    try:
+        assert os.lseek(fd, 6 * MiB, os.SEEK_DATA) == 6 * MiB + 65536
+        assert os.lseek(fd, 6 * MiB + 65536, os.SEEK_HOLE) == 6 * MiB + 65536 + 4096
+    finally:
+        os.close(fd)
 
     # the mount assembles the same bytes, at any offset
     gens = list(disk.versions)
