@@ -21,6 +21,19 @@ from .errors import ObjectMissing, StorageFull
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 SYNC_FILE_RANGE_WRITE = 2
+_sync_file_range = getattr(_libc, "sync_file_range", None)
+if _sync_file_range is not None:
+    _sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+
+
+def start_writeback(fd: int, offset: int = 0, length: int = 0) -> bool:
+    """Ask the kernel to start writing ``[offset, offset + length)`` of ``fd`` (length 0: to
+    the end) out to the disk, without waiting for it: a hint that makes a later fsync short.
+    May block while the disk's queue is full. False where the call does not exist."""
+    if _sync_file_range is None:
+        return False
+    _sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE)  # its errors do not matter
+    return True
 
 
 class _Writeback:
@@ -36,9 +49,6 @@ class _Writeback:
     LIMIT = 64
 
     def __init__(self) -> None:
-        self._call = getattr(_libc, "sync_file_range", None)
-        if self._call is not None:
-            self._call.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
         self._fds: queue.SimpleQueue[int] = queue.SimpleQueue()
         self._slots = threading.BoundedSemaphore(self.LIMIT)
         self._lock = threading.Lock()
@@ -46,7 +56,7 @@ class _Writeback:
 
     def take(self, fd: int) -> bool:
         """Take ``fd`` over (True: it will be closed here), or False: the caller closes it."""
-        if self._call is None or not self._slots.acquire(blocking=False):
+        if _sync_file_range is None or not self._slots.acquire(blocking=False):
             return False
         with self._lock:
             if self._thread is None:
@@ -59,7 +69,7 @@ class _Writeback:
         while True:
             fd = self._fds.get()
             try:
-                self._call(fd, 0, 0, SYNC_FILE_RANGE_WRITE)  # a hint: its errors do not matter
+                start_writeback(fd)
             finally:
                 os.close(fd)
                 self._slots.release()
