@@ -125,12 +125,7 @@ class _DiskIngest:
         for item in work:
             if self.stop.is_set():
                 raise IngestError(f"disk {source.label}: stopped because another disk failed")
-            n, ranges, _kept = item
-            start, length = index.chunk_range(n)
-            if ranges is None:
-                datas = [source.read(start, length)]
-            else:
-                datas = [source.read(start + lo, hi - lo) for lo, hi in ranges]
+            datas = [source.read(offset, length) for offset, length in _item_reads(index, item)]
             report.read_bytes += sum(map(len, datas))
             pending.append((item, self.pool.submit(self._store_pieces, datas, known)))
             while len(pending) >= self.in_flight:
@@ -143,14 +138,15 @@ class _DiskIngest:
 
 def _reads(index: FixedIndex, work: list[Work]) -> list[tuple[int, int]]:
     """The (disk offset, length) reads of ``work``, in the order they are made."""
-    reads = []
-    for n, ranges, _kept in work:
-        start, length = index.chunk_range(n)
-        if ranges is None:
-            reads.append((start, length))
-        else:
-            reads.extend((start + lo, hi - lo) for lo, hi in ranges)
-    return reads
+    return [read for item in work for read in _item_reads(index, item)]
+
+
+def _item_reads(index: FixedIndex, item: Work) -> list[tuple[int, int]]:
+    n, ranges, _kept = item
+    start, length = index.chunk_range(n)
+    if ranges is None:
+        return [(start, length)]
+    return [(start + lo, hi - lo) for lo, hi in ranges]
 
 
 def backup(repo: Repository, vm: str, sources: Sequence[DiskSource], *,
