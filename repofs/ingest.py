@@ -26,7 +26,7 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Sequence
 
 from format.fixedindex import FixedIndex, Piece, chunks_touched, slot_ranges
 from format.manifest import DiskEntry, Manifest
@@ -42,7 +42,7 @@ PIECE_ALIGN = 4096    # pieces start and end on these boundaries (VDDK reads who
 
 # One slot to read: its number, the ranges inside it to read as pieces (None: all of it),
 # and the previous pieces that stay under the new ones.
-Work = tuple[int, "tuple[tuple[int, int], ...] | None", "tuple[Piece, ...]"]
+Work = tuple[int, tuple[tuple[int, int], ...] | None, tuple[Piece, ...]]
 
 
 class IngestError(Exception):

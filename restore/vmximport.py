@@ -40,7 +40,7 @@ def prepare_vmx(text: str, name: str, *, recover_identity: bool) -> str:
     entries = _parse(text)
     disk_units = {m.group(0) for k, v in entries if (m := _DEVICE_UNIT.match(k))
                   and k.endswith(".fileName") and v.lower().endswith(".vmdk")}
-    lines = [f"# imported by repofs restore from a saved configuration"]
+    lines = ["# imported by repofs restore from a saved configuration"]
     for key, value in entries:
         if key.startswith(_DROP_ALWAYS):
             continue
