@@ -212,9 +212,7 @@ def _print_backup(report: BackupReport, json_out: bool) -> None:
         return
     typer.echo(f"{report.vm}: generation {report.generation} written in {report.seconds:.1f}s")
     for d in report.disks:
-        patched = f", {d.patched_slots} chunks updated by their changed pieces" if d.patched_slots else ""
-        typer.echo(f"  {d.label}: {d.capacity} bytes, {d.mode}, read {d.read_bytes}, "
-                   f"stored {d.new_bytes} new in {d.new_chunks} chunks{patched}")
+        typer.echo(f"  {d.summary()}")
 
 
 @app.command()

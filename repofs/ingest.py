@@ -60,6 +60,12 @@ class DiskReport:
     data_bytes: int = 0
     mode: str = "full"          # "full", "changed" or "full (reason)"
 
+    def summary(self) -> str:
+        """One line for people: what was read and stored."""
+        patched = f", {self.patched_slots} chunks updated by their changed pieces" if self.patched_slots else ""
+        return (f"{self.label}: {self.capacity} bytes, {self.mode}, read {self.read_bytes}, "
+                f"stored {self.new_bytes} new in {self.new_chunks} chunks{patched}")
+
 
 @dataclass
 class BackupReport:

@@ -211,8 +211,7 @@ def outcome_lines(outcome: Outcome) -> list[str]:
                          f"snapshot {r.snapshot} removed")
             reasons = {d.label: d.reason for d in r.disks}
             for d in rep.disks:
-                lines.append(f"  {d.label}: {d.capacity} bytes, {d.mode}, read {d.read_bytes}, "
-                             f"stored {d.new_bytes} new in {d.new_chunks} chunks ({reasons.get(d.label, '')})")
+                lines.append(f"  {d.summary()} ({reasons.get(d.label, '')})")
     for text in r.skipped:
         lines.append(f"  skipped {text}")
     for note in r.notes:
