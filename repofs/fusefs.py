@@ -491,7 +491,7 @@ class RepofsOperations(pyfuse3.Operations):
 
         def build():
             guest = guestmount.guest_of(node.gen)
-            volumes = [(v.offset, v.size) for v in guest.volumes(disk.label)
+            volumes = [(v.offset, v.open) for v in guest.volumes(disk.label)
                        if v.fstype == "ext" and v.offset is not None]
             return prefill.Prefill.build(node.inode, disk.read, disk.capacity, volumes)
         try:

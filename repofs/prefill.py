@@ -24,7 +24,7 @@ import mmap
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
+from typing import BinaryIO, Callable
 
 import pyfuse3
 
@@ -57,14 +57,15 @@ class Prefill:
 
     @classmethod
     def build(cls, inode: int, read: Callable[[int, int], bytes], capacity: int,
-              volumes: list[tuple[int, int]]) -> "Prefill | None":
-        """``volumes``: (offset, size) of the disk's ext volumes; None when nothing to push."""
+              volumes: list[tuple[int, Callable[[], BinaryIO]]]) -> "Prefill | None":
+        """``volumes``: (offset on the disk, opener of a stream over it) of the disk's ext
+        volumes; None when nothing to push."""
         ranges: list[tuple[int, int]] = []
-        for base, size in volumes:
+        for base, open_volume in volumes:
             left = LIMIT - sum(n for _, n in ranges)
             if left <= 0:
                 break
-            found = extmeta.metadata_ranges(lambda off, n, b=base: read(b + off, n), size, left)
+            found = extmeta.metadata_ranges(open_volume(), left)
             ranges += [_whole_pages(base + off, n, capacity) for off, n in found]
         ranges = extmeta.coalesce(ranges)
         if not ranges:

@@ -5,6 +5,7 @@ page-cache miss."""
 from __future__ import annotations
 
 import ctypes
+import io
 import mmap
 import os
 import re
@@ -21,7 +22,7 @@ PAGE = mmap.PAGESIZE
 def partition_ranges(image: bytes) -> list[tuple[int, int]]:
     """The metadata ranges of the test image's ext4 partition, as offsets of the disk."""
     part = image[PART_OFFSET:]
-    found = extmeta.metadata_ranges(lambda off, n: part[off:off + n], len(part), prefill.LIMIT)
+    found = extmeta.metadata_ranges(io.BytesIO(part), prefill.LIMIT)
     return [(PART_OFFSET + off, n) for off, n in found]
 
 
@@ -56,7 +57,7 @@ def test_metadata_ranges_are_the_walks_blocks(mount_source: MountSource, tmp_pat
     for rel in mount_source.tree:           # file contents are not metadata
         for b in (int(b) for b in debugfs(part, f"blocks /{rel}").split()):
             assert not inside(ranges, PART_OFFSET + b * block, 1), (rel, b)
-    assert extmeta.metadata_ranges(lambda off, n: bytes(n), len(image), prefill.LIMIT) == []
+    assert extmeta.metadata_ranges(io.BytesIO(bytes(len(image))), prefill.LIMIT) == []
 
 
 def resident(fd: int, size: int, ranges: list[tuple[int, int]]) -> bool:
