@@ -9,7 +9,7 @@ further up ends the search with what was found so far.
 """
 from __future__ import annotations
 
-from typing import BinaryIO
+from typing import BinaryIO, Callable
 
 from .ext4 import Ext4, Ext4Error
 
@@ -19,8 +19,9 @@ class _Full(Exception):
 
 
 class _Ranges:
-    def __init__(self, limit: int):
+    def __init__(self, limit: int, prefetch: Callable[[int, int], None] | None):
         self.limit = limit
+        self.prefetch = prefetch
         self.total = 0
         self.items: list[tuple[int, int]] = []
 
@@ -31,16 +32,21 @@ class _Ranges:
         if length <= 0:
             raise _Full
         self.items.append((offset, length))
+        if self.prefetch is not None:
+            self.prefetch(offset, length)
         self.total += length
         if self.total >= self.limit:
             raise _Full
 
 
-def metadata_ranges(fh: BinaryIO, limit: int) -> list[tuple[int, int]]:
+def metadata_ranges(fh: BinaryIO, limit: int,
+                    prefetch: Callable[[int, int], None] | None = None) -> list[tuple[int, int]]:
     """Sorted, coalesced (offset, length) ranges of the volume read from ``fh`` (a seekable
     stream over it), of at most ``limit`` bytes in all; [] when it is not an ext2/3/4 file
-    system."""
-    out = _Ranges(limit)
+    system. ``prefetch(offset, length)``, when given, is told of each range as soon as it is
+    found (to load it in the background while the search goes on: the inode tables it is
+    about to scan, the directories' blocks)."""
+    out = _Ranges(limit, prefetch)
     try:
         _collect(Ext4(fh), out)
     except (_Full, Ext4Error):
