@@ -20,7 +20,7 @@ import io
 import stat as st
 import struct
 from collections import OrderedDict
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, Iterator
 
 from dissect.util.stream import RunlistStream
 
@@ -36,6 +36,9 @@ _INCOMPAT_64BIT = 0x80
 _INCOMPAT_ENCRYPT = 0x10000
 _COMPAT_HAS_JOURNAL = 0x4
 _RO_COMPAT_SPARSE_SUPER = 0x1
+_RO_COMPAT_GDT_CSUM = 0x10
+_RO_COMPAT_METADATA_CSUM = 0x400
+_BG_INODE_UNINIT = 0x1
 
 _FL_EXTENTS = 0x80000
 _FL_INLINE_DATA = 0x10000000
@@ -61,6 +64,8 @@ _EXTENT = struct.Struct("<IHHI")                 # logical, len, start_hi, start
 _EXTENT_INDEX = struct.Struct("<IIH2x")          # logical, leaf_lo, leaf_hi
 _GD_TABLE_LO = struct.Struct("<I")               # bg_inode_table_lo at 8
 _GD_TABLE_HI = struct.Struct("<I")               # bg_inode_table_hi at 0x28 (64-byte descriptors)
+_U16 = struct.Struct("<H")   # group descriptor: bg_flags at 0x12, bg_itable_unused_lo/_hi at 0x1C/0x32;
+                             # inode: i_mode at 0, i_links_count at 0x1A
 
 
 class Ext4Error(Exception):
@@ -148,15 +153,19 @@ class Ext4:
                 return True
         return False
 
+    def _group_desc(self, group: int) -> bytes:
+        if group * self.inodes_per_group >= self.inodes_count:
+            raise Ext4Error(f"inode group {group} beyond the filesystem")
+        block, off = self._group_desc_block(group)
+        gd = self._read(block * self.block_size + off, self.desc_size)
+        if len(gd) < self.desc_size:
+            raise Ext4Error(f"group descriptor {group} beyond the volume")
+        return gd
+
     def _inode_table(self, group: int) -> int:
         table = self._tables.get(group)
         if table is None:
-            if group * self.inodes_per_group >= self.inodes_count:
-                raise Ext4Error(f"inode group {group} beyond the filesystem")
-            block, off = self._group_desc_block(group)
-            gd = self._read(block * self.block_size + off, self.desc_size)
-            if len(gd) < self.desc_size:
-                raise Ext4Error(f"group descriptor {group} beyond the volume")
+            gd = self._group_desc(group)
             table = _GD_TABLE_LO.unpack_from(gd, 8)[0]
             if self.desc_size >= 64:
                 table |= _GD_TABLE_HI.unpack_from(gd, 0x28)[0] << 32
@@ -206,18 +215,61 @@ class Ext4:
                      (ctime + ((c_x & 3) << 32)) * 1_000_000_000 + (c_x >> 2),
                      flags, blocks, data[off + 40:off + 100])
 
+    # -- where the metadata lies (what a walk of the whole tree reads) -------------------------
+
+    @property
+    def group_count(self) -> int:
+        return -(-self.inodes_count // self.inodes_per_group)
+
+    def descriptor_blocks(self) -> list[int]:
+        """The blocks holding the group descriptors (one run, or one block per meta group)."""
+        return sorted({self._group_desc_block(g)[0] for g in range(self.group_count)})
+
+    def inode_tables(self) -> list[tuple[int, int, int]]:
+        """(group, byte offset, inodes in use) of every group's inode table that has any. With group
+        descriptor checksums (``gdt_csum``/``metadata_csum``) the in-use part is what the
+        descriptor says (``INODE_UNINIT``, ``itable_unused``), as e2fsck and the kernel trust
+        it; without them a group's whole table counts."""
+        trusted = bool(self.ro_compat & (_RO_COMPAT_GDT_CSUM | _RO_COMPAT_METADATA_CSUM))
+        out = []
+        for g in range(self.group_count):
+            gd = self._group_desc(g)
+            per = min(self.inodes_per_group, self.inodes_count - g * self.inodes_per_group)
+            used = per
+            if trusted:
+                if _U16.unpack_from(gd, 0x12)[0] & _BG_INODE_UNINIT:
+                    continue
+                unused = _U16.unpack_from(gd, 0x1C)[0]
+                if self.desc_size >= 64:
+                    unused |= _U16.unpack_from(gd, 0x32)[0] << 16
+                used = max(0, per - unused)
+            if used:
+                out.append((g, self._inode_table(g), used))
+        return out
+
+    def directories(self) -> Iterator[Inode]:
+        """Every linked directory inode in the used part of the inode tables, in number order."""
+        raw, parse, ipg, u16 = self._raw_inode, self._parse, self.inodes_per_group, _U16.unpack_from
+        for group, _offset, used in self.inode_tables():
+            for inum in range(group * ipg + 1, group * ipg + used + 1):
+                data, off = raw(inum)
+                if u16(data, off)[0] & 0o170000 == st.S_IFDIR and u16(data, off + 0x1A)[0]:
+                    yield parse(inum, data, off)
+
     # -- block maps ----------------------------------------------------------------------
 
-    def runlist(self, ino: Inode) -> list[tuple[int | None, int]]:
-        """(first physical block or None for a hole, count) covering the inode's size."""
+    def runlist(self, ino: Inode, tree: list[int] | None = None) -> list[tuple[int | None, int]]:
+        """(first physical block or None for a hole, count) covering the inode's size; the
+        blocks of the map itself that were read (extent-tree nodes, indirect blocks) are
+        appended to ``tree`` when given."""
         wanted = -(-ino.size // self.block_size)
         if ino.flags & _FL_INLINE_DATA:
             raise Ext4Unsupported(f"inode {ino.inum} keeps its data inline (inline_data)")
         runs: list[tuple[int | None, int]] = []
         if ino.flags & _FL_EXTENTS:
-            self._extents(ino.iblock, runs, 0, ino.inum)
+            self._extents(ino.iblock, runs, 0, ino.inum, tree)
         else:
-            self._indirect(ino.iblock, runs, wanted)
+            self._indirect(ino.iblock, runs, wanted, tree)
         out: list[tuple[int | None, int]] = []
         pos = 0
         for logical, phys, count in runs:       # sorted by logical block, holes filled
@@ -237,7 +289,7 @@ class Ext4:
             out.append((None, wanted - pos))
         return out
 
-    def _extents(self, node: bytes, runs: list, depth_seen: int, inum: int) -> None:
+    def _extents(self, node: bytes, runs: list, depth_seen: int, inum: int, tree: list[int] | None = None) -> None:
         magic, entries, _max, depth = _EXTENT_HEADER.unpack_from(node, 0)
         if magic != _EXTENT_MAGIC or depth > 5 or depth_seen > 5 or 12 + 12 * entries > len(node):
             raise Ext4Error(f"inode {inum}: damaged extent tree")
@@ -254,9 +306,11 @@ class Ext4:
             block = lo | hi << 32
             if not 0 < block < self.block_count:
                 raise Ext4Error(f"inode {inum}: extent index points outside the volume")
-            self._extents(self._read(block * self.block_size, self.block_size), runs, depth_seen + 1, inum)
+            if tree is not None:
+                tree.append(block)
+            self._extents(self._read(block * self.block_size, self.block_size), runs, depth_seen + 1, inum, tree)
 
-    def _indirect(self, iblock: bytes, runs: list, wanted: int) -> None:
+    def _indirect(self, iblock: bytes, runs: list, wanted: int, tree: list[int] | None) -> None:
         """ext2/3 block maps: 12 direct pointers, then single, double and triple indirect."""
         per = self.block_size // 4
         pointers = struct.unpack_from("<15I", iblock)
@@ -272,12 +326,15 @@ class Ext4:
             if logical >= wanted:
                 return
             if p:
-                self._indirect_block(p, level, logical, runs, wanted)
+                self._indirect_block(p, level, logical, runs, wanted, tree)
             logical += span
 
-    def _indirect_block(self, block: int, level: int, logical: int, runs: list, wanted: int) -> None:
+    def _indirect_block(self, block: int, level: int, logical: int, runs: list, wanted: int,
+                        tree: list[int] | None) -> None:
         if not 0 < block < self.block_count:
             raise Ext4Error(f"an indirect block points outside the volume ({block})")
+        if tree is not None:
+            tree.append(block)
         per = self.block_size // 4
         pointers = struct.unpack_from(f"<{per}I", self._read(block * self.block_size, self.block_size))
         span = per ** (level - 1)
@@ -288,7 +345,7 @@ class Ext4:
                 if level == 1:
                     runs.append((logical, p, 1))
                 else:
-                    self._indirect_block(p, level - 1, logical, runs, wanted)
+                    self._indirect_block(p, level - 1, logical, runs, wanted, tree)
             logical += span
 
     def read_data(self, ino: Inode) -> bytes:

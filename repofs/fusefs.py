@@ -145,8 +145,12 @@ class RepofsOperations(pyfuse3.Operations):
     enable_acl = False
 
     def __init__(self, view: RepositoryView, settings: MountSettings | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic,
+                 on_prefill: Callable[[str], None] | None = None):
+        """``on_prefill(disk label)`` is called once a flat disk's metadata prefill has ended
+        (all pushed, nothing to push, or given up)."""
         super().__init__()
+        self._on_prefill = on_prefill
         self.view = view
         self.settings = settings or MountSettings()
         self._clock = clock
@@ -491,7 +495,7 @@ class RepofsOperations(pyfuse3.Operations):
 
         def build():
             guest = guestmount.guest_of(node.gen)
-            volumes = [(v.offset, v.size) for v in guest.volumes(disk.label)
+            volumes = [v for v in guest.volumes(disk.label)
                        if v.fstype == "ext" and v.offset is not None]
             return prefill.Prefill.build(node.inode, disk.read, disk.capacity, volumes)
         try:
@@ -504,6 +508,9 @@ class RepofsOperations(pyfuse3.Operations):
                     self._prefills[node.inode] = pre
         except Exception as e:  # advisory, like read-ahead: reads work without it
             log.debug("no metadata prefill for disk %s: %s", disk.label, e)
+        finally:
+            if self._on_prefill is not None:
+                self._on_prefill(disk.label)
 
     async def _push_prefill(self, pre: "prefill.Prefill") -> None:
         try:

@@ -16,12 +16,15 @@ from format.repository import Repository
 
 from .passphrase import read_passphrase
 
-# Commands whose first act is opening the repository given by -r/--repo or REPOFS_REPOSITORY.
-COMMANDS = ("backup", "restore", "generations", "check")
+# Commands whose first act is opening the repository given by -r/--repo or REPOFS_REPOSITORY
+# (every ``files`` command but ``umount`` and ``mount --from``, which read a mount instead).
+COMMANDS = ("backup", "restore", "generations", "check", "files")
 
 
 def start(argv: list[str]) -> None:
     if not argv or argv[0] not in COMMANDS:
+        return
+    if argv[0] == "files" and (len(argv) < 2 or argv[1] == "umount" or _option(argv, ("--from",))):
         return
     repo = _option(argv, ("-r", "--repo")) or os.environ.get("REPOFS_REPOSITORY")
     password_file = _option(argv, ("--password-file",))

@@ -30,6 +30,7 @@ import hashlib
 import json
 import os
 import re
+import select
 import shutil
 import signal
 import subprocess
@@ -47,6 +48,7 @@ from .mount import run as run_mount
 from .views import LATEST, RepositoryView, vm_folder_name
 
 STATE_DIR = "/run/repofs/files"
+PREFILL_WAIT = 1.0      # seconds set-up waits, at most, for the metadata prefill (_await_prefill)
 
 # guestfs fstype -> (kernel filesystem type, mount options)
 KERNEL = {
@@ -185,10 +187,13 @@ def mount(dir_: str, *, gen_dir: str | None = None, open_repo: Callable[[], obje
     state = State(real)
     state.save()
     _Signals.install()
+    prefilled = None
     try:
         if gen_dir is None:
-            gen_dir = _start_repo_mount(state, open_repo, vm, generation)
+            gen_dir, prefilled = _start_repo_mount(state, open_repo, vm, generation)
         placed = _attach_all(state, gen_dir, report)
+        if prefilled is not None:
+            _await_prefill(prefilled, {p.disk for p in placed if p.how == "kernel" and p.fstype == "ext"})
     except BaseException:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):   # a second Ctrl-C must
             signal.signal(sig, signal.SIG_IGN)                      # not cut the teardown
@@ -198,11 +203,16 @@ def mount(dir_: str, *, gen_dir: str | None = None, open_repo: Callable[[], obje
         for problem in teardown(state):
             sys.stderr.write(f"repofs: warning: {problem} (state kept: run 'repofs files umount {dir_}')\n")
         raise
+    finally:
+        if prefilled is not None:
+            os.close(prefilled)
     return placed
 
 
 def _start_repo_mount(state: State, open_repo: Callable[[], object] | None,
-                      vm: str | None, generation: str | None) -> str:
+                      vm: str | None, generation: str | None) -> tuple[str, int]:
+    """The generation folder in a private repofs mount, and the read end of a pipe on which
+    the mount names each flat disk whose metadata prefill has ended."""
     if open_repo is None:
         raise LoopMountError("no repository given: use --repo/-r, REPOFS_REPOSITORY or --from MOUNTDIR")
     repository = open_repo()          # the passphrase is read (or prompted for) here, once
@@ -211,7 +221,15 @@ def _start_repo_mount(state: State, open_repo: Callable[[], object] | None,
     state.repo_mount = mnt
     state.save()
     with _Signals.step():
-        error = _serve_in_background(repository, mnt)
+        error, prefilled = _serve_in_background(repository, mnt)
+    try:
+        return _generation_dir(state, mnt, error, vm, generation), prefilled
+    except BaseException:
+        os.close(prefilled)
+        raise
+
+
+def _generation_dir(state: State, mnt: str, error: str | None, vm: str | None, generation: str | None) -> str:
     if error is not None:
         state.repo_mount = None if not is_mounted(mnt) else mnt
         if state.repo_mount is None:
@@ -229,16 +247,24 @@ def _start_repo_mount(state: State, open_repo: Callable[[], object] | None,
     return os.path.realpath(gen_dir)
 
 
-def _serve_in_background(repository, mnt: str) -> str | None:
+def _serve_in_background(repository, mnt: str) -> tuple[str | None, int]:
     """``repofs mount`` of ``repository`` at ``mnt`` from a fork of this process (no second
     interpreter to start: ~0.5 s less set-up), which detaches into the background once the
-    kernel mount is up (``repofs.mount.run``). None then, else the child's one-line error.
+    kernel mount is up (``repofs.mount.run``). None then, else the child's one-line error;
+    and the read end of the pipe on which the mount names each flat disk whose metadata
+    prefill has ended (``_await_prefill``).
 
     The flat files are buffered: the loop devices' small metadata reads then hit the FUSE page
     cache and its read-ahead (walking a tree measured twice as fast as with direct I/O), and
     the guests' ext metadata is pushed into it on the first miss (``repofs.prefill``)."""
+    done_read, done_write = os.pipe()
+    os.set_blocking(done_write, False)      # the mount never waits for this command
+
+    def prefilled(label: str) -> None:
+        with contextlib.suppress(OSError):  # this command has returned: nobody listens
+            os.write(done_write, label.encode() + b"\n")
     request = MountRequest(mnt, settings=MountSettings(direct_io=False, prefill=True),
-                           fsname=fsname_of(repository.location))
+                           fsname=fsname_of(repository.location), on_prefill=prefilled)
     view = RepositoryView(repository)
     sys.stdout.flush()
     sys.stderr.flush()
@@ -248,6 +274,7 @@ def _serve_in_background(repository, mnt: str) -> str | None:
         status = 1
         try:
             os.close(read_end)
+            os.close(done_read)
             run_mount(view, request)
             status = 0
         except BaseException as e:    # noqa: BLE001 (reported to the parent, one line)
@@ -256,9 +283,28 @@ def _serve_in_background(repository, mnt: str) -> str | None:
         finally:
             os._exit(status)
     os.close(write_end)
+    os.close(done_write)
     status = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
     with os.fdopen(read_end, "rb") as f:    # the server keeps the write end: read only on failure
-        return None if status == 0 else (f.read().decode(errors="replace") or f"repofs mount failed ({status})")
+        return (None if status == 0 else (f.read().decode(errors="replace") or f"repofs mount failed ({status})"),
+                done_read)
+
+
+def _await_prefill(fd: int, disks: set[str]) -> None:
+    """Return once the private mount has pushed the metadata of ``disks`` (those holding a
+    kernel-mounted ext volume) into their flat files' page cache — so that a first walk of
+    the tree finds it there (``repofs.prefill``) — or after ``PREFILL_WAIT`` seconds."""
+    end = time.monotonic() + PREFILL_WAIT
+    pending, buffered = set(disks), b""
+    while pending:
+        left = end - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            return
+        data = os.read(fd, 4096)
+        if not data:                        # the mount has ended
+            return
+        *lines, buffered = (buffered + data).split(b"\n")
+        pending -= {line.decode(errors="replace") for line in lines}
 
 
 def _attach_all(state: State, gen_dir: str, report) -> list[Placed]:

@@ -22,6 +22,7 @@ import stat
 import subprocess
 import sys
 from dataclasses import dataclass, field
+from typing import Callable
 
 import pyfuse3
 import trio
@@ -60,6 +61,7 @@ class MountRequest:
     read_ahead_kb: int = 1024       # kernel read-ahead for buffered reads of the mount
     log_file: str | None = None
     fsname: str = "repofs"
+    on_prefill: Callable[[str], None] | None = None   # see RepofsOperations
 
 
 def fsname_of(location: str) -> str:
@@ -122,7 +124,7 @@ def run(view: RepositoryView, req: MountRequest) -> None:
     In the background mode the calling process exits (status 0) once the mount is up."""
     mountpoint = check_mountpoint(req.mountpoint)
     _limit_malloc_arenas()
-    ops = RepofsOperations(view, req.settings)
+    ops = RepofsOperations(view, req.settings, on_prefill=req.on_prefill)
     options = set(pyfuse3.default_options) | {"ro", f"fsname={req.fsname}", "subtype=repofs"}
     options |= set(req.fuse_options)
     try:

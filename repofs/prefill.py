@@ -6,11 +6,11 @@ blocks one small block at a time, and each miss in the page cache is a round tri
 -> FUSE -> this Python server (~0.5 ms on a loaded 2-core machine; a 20,000-file tree needed
 ~350 of them). Instead, when a flat file is first opened buffered, the bytes of every ext
 volume's metadata (``repofs.extmeta``: used inode tables, directory blocks; a few MiB per
-10,000 files, at most ``LIMIT``) are read once in the background, and the first READ request
-that touches them is answered and followed by a FUSE ``notify_store`` of all of them: the rest
-of the walk finds its blocks in the page cache. Should the kernel drop them (memory pressure),
-the next READ of a metadata block pushes them again, but pushes never take more than a tenth
-of a core.
+10,000 files, at most ``LIMIT``) are read once in the background, several chunks at a time,
+and each range is pushed into the page cache with a FUSE ``notify_store`` as soon as it is
+read: a walk started right after the mount finds its blocks there, or soon will. Should the
+kernel drop them (memory pressure), the next READ of a metadata block pushes them all again,
+but pushes never take more than a tenth of a core.
 
 The bytes pushed are the flat file's own bytes at those offsets, read through the same
 chunk cache as any READ, so what the kernel caches is always exactly the file's content;
@@ -21,20 +21,23 @@ from __future__ import annotations
 import bisect
 import logging
 import mmap
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import pyfuse3
 
 from . import extmeta
+
+if TYPE_CHECKING:
+    from .guestfs import Volume
 
 log = logging.getLogger("repofs.mount")
 
 PAGE = mmap.PAGESIZE      # the kernel keeps only whole pages of a store (or the file's last)
 LIMIT = 64 << 20          # bytes of metadata kept and pushed per flat disk
 DUTY = 10                 # a push again only after DUTY times the CPU time the last one took
+LOAD_THREADS = 4          # chunk loads wait on storage as much as they decode
 
 
 def _whole_pages(offset: int, length: int, capacity: int) -> tuple[int, int]:
@@ -44,35 +47,56 @@ def _whole_pages(offset: int, length: int, capacity: int) -> tuple[int, int]:
 
 
 class Prefill:
-    def __init__(self, inode: int, ranges: list[tuple[int, int]], blobs: list[bytes],
+    def __init__(self, inode: int, ranges: list[tuple[int, int]],
                  clock: Callable[[], float] = time.monotonic):
         self.inode = inode
         self.ranges = ranges
         self._starts = [off for off, _ in ranges]
-        self._blobs = blobs
+        self._blobs: list[bytes] = [b""] * len(ranges)
         self._clock = clock
-        self.pushing = False
+        self.pushing = True           # until loaded: the load pushes each range as it comes
         self._last_end = float("-inf")
         self._last_cpu = 0.0
 
     @classmethod
     def build(cls, inode: int, read: Callable[[int, int], bytes], capacity: int,
-              volumes: list[tuple[int, int]]) -> "Prefill | None":
-        """``volumes``: (offset, size) of the disk's ext volumes; None when nothing to push."""
+              volumes: "list[Volume]") -> "Prefill | None":
+        """``volumes``: the disk's ext volumes, each one contiguous range of it; None when
+        there is nothing to push. The volumes' chunks are loaded in the background as the
+        search finds them (``Volume.prefetch``); then this loads the ranges' bytes and pushes each
+        range into the page cache as soon as it is loaded: a walk that starts meanwhile finds
+        what has come so far."""
         ranges: list[tuple[int, int]] = []
-        for base, size in volumes:
+        for v in volumes:
             left = LIMIT - sum(n for _, n in ranges)
             if left <= 0:
                 break
-            found = extmeta.metadata_ranges(lambda off, n, b=base: read(b + off, n), size, left)
-            ranges += [_whole_pages(base + off, n, capacity) for off, n in found]
+            found = extmeta.metadata_ranges(v.open(), left, v.prefetch)
+            ranges += [_whole_pages(v.offset + off, n, capacity) for off, n in found]
         ranges = extmeta.coalesce(ranges)
         if not ranges:
             return None
+        pre = cls(inode, ranges)
+        pre._load(read)
+        return pre
+
+    def _load(self, read: Callable[[int, int], bytes]) -> None:
+        def one(i: int) -> float:
+            off, n = self.ranges[i]
+            data = self._blobs[i] = read(off, n)
+            cpu = time.thread_time()
+            try:
+                pyfuse3.notify_store(self.inode, off, data)
+            except OSError as e:       # the next miss pushes again
+                log.debug("metadata push at offset %d failed: %s", off, e)
+            return time.thread_time() - cpu
         # most ranges sit in chunks not yet cached: decrypt and decompress them side by side
-        with ThreadPoolExecutor(max(2, os.cpu_count() or 2)) as pool:
-            blobs = list(pool.map(lambda r: read(*r), ranges))
-        return cls(inode, ranges, blobs)
+        try:
+            with ThreadPoolExecutor(LOAD_THREADS) as pool:
+                self._last_cpu = sum(pool.map(one, range(len(self.ranges))))
+        finally:
+            self._last_end = self._clock()
+            self.pushing = False
 
     @property
     def bytes(self) -> int:

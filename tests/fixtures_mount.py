@@ -5,6 +5,8 @@ ended — and loop devices always detached — even when a test fails.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import mmap
 import os
 import random
 import shutil
@@ -249,3 +251,21 @@ def loop_devices() -> Iterator[LoopDevices]:
 def send_signal(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
     if proc.poll() is None:
         proc.send_signal(sig)
+
+
+def resident(fd: int, size: int, ranges: list[tuple[int, int]]) -> bool:
+    """Whether every page of ``ranges`` of the file open as ``fd`` is in the page cache
+    (mincore on a private mapping: it reads nothing)."""
+    page = mmap.PAGESIZE
+    libc = ctypes.CDLL(None, use_errno=True)
+    mm = mmap.mmap(fd, size, access=mmap.ACCESS_COPY)
+    try:
+        base = ctypes.c_char.from_buffer(mm)
+        pages = -(-size // page)
+        vec = (ctypes.c_ubyte * pages)()
+        if libc.mincore(ctypes.c_void_p(ctypes.addressof(base)), ctypes.c_size_t(size), vec) != 0:
+            raise OSError(ctypes.get_errno(), "mincore")
+        del base
+        return all(vec[p] & 1 for off, n in ranges for p in range(off // page, -(-(off + n) // page)))
+    finally:
+        mm.close()

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 
 from fixtures_images import LVM_LV, LVM_VG, expected, same, snapshot_guest, snapshot_local
+from fixtures_mount import resident
+from repofs import extmeta, prefill
 from repofs.guestfs import GuestGeneration
 from repofs.loopmount import State, is_mounted
 
@@ -93,6 +95,27 @@ def test_loop_mount_matches_rootless_and_tears_down(guest_repo, guest_images, ta
     r.run("files", "umount", str(target))
     assert leftovers(target) == []
     assert os.listdir(target) == []
+
+
+def test_returns_with_the_ext_metadata_in_the_page_cache(guest_repo, guest_images, target):
+    """A first walk right after the command finds the guest's inode tables and directories in
+    the flat file's page cache (repofs.prefill), holding the disk's own bytes."""
+    image = guest_images.need("gpt_ext4").read_bytes()
+    label = guest_repo.disks["gpt_ext4"]
+    ranges = [(v.offset + off, n) for v in GuestGeneration(guest_repo.open_generation()).volumes(label)
+              if v.fstype == "ext" for off, n in extmeta.metadata_ranges(v.open(), prefill.LIMIT)]
+    assert len(ranges) > 2
+    guest_repo.run("files", "mount", "vm:guest", str(target))
+    mnt = State.load(os.path.realpath(target)).repo_mount
+    flat = os.path.join(mnt, "guest", "latest", f"{label}-flat.vmdk")
+    fd = os.open(flat, os.O_RDONLY)
+    try:
+        assert resident(fd, len(image), ranges)
+        for off, n in ranges:              # from the page cache: the pushed bytes
+            assert os.pread(fd, n, off) == image[off:off + n], off
+    finally:
+        os.close(fd)
+    guest_repo.run("files", "umount", str(target))
 
 
 def test_errors_leave_nothing_attached(guest_repo, target):

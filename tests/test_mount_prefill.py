@@ -4,7 +4,7 @@ through a real mount those blocks become resident — with the image's own bytes
 page-cache miss."""
 from __future__ import annotations
 
-import ctypes
+import io
 import mmap
 import os
 import re
@@ -12,7 +12,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from fixtures_mount import DISK, PART_OFFSET, MountSource, mounted, needs_root_tools
+from fixtures_mount import DISK, PART_OFFSET, MountSource, mounted, needs_root_tools, resident
 from repofs import extmeta, prefill
 
 PAGE = mmap.PAGESIZE
@@ -21,7 +21,7 @@ PAGE = mmap.PAGESIZE
 def partition_ranges(image: bytes) -> list[tuple[int, int]]:
     """The metadata ranges of the test image's ext4 partition, as offsets of the disk."""
     part = image[PART_OFFSET:]
-    found = extmeta.metadata_ranges(lambda off, n: part[off:off + n], len(part), prefill.LIMIT)
+    found = extmeta.metadata_ranges(io.BytesIO(part), prefill.LIMIT)
     return [(PART_OFFSET + off, n) for off, n in found]
 
 
@@ -56,23 +56,7 @@ def test_metadata_ranges_are_the_walks_blocks(mount_source: MountSource, tmp_pat
     for rel in mount_source.tree:           # file contents are not metadata
         for b in (int(b) for b in debugfs(part, f"blocks /{rel}").split()):
             assert not inside(ranges, PART_OFFSET + b * block, 1), (rel, b)
-    assert extmeta.metadata_ranges(lambda off, n: bytes(n), len(image), prefill.LIMIT) == []
-
-
-def resident(fd: int, size: int, ranges: list[tuple[int, int]]) -> bool:
-    """Whether every page of ``ranges`` is in the page cache (mincore on a private mapping)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    mm = mmap.mmap(fd, size, access=mmap.ACCESS_COPY)
-    try:
-        base = ctypes.c_char.from_buffer(mm)
-        pages = -(-size // PAGE)
-        vec = (ctypes.c_ubyte * pages)()
-        if libc.mincore(ctypes.c_void_p(ctypes.addressof(base)), ctypes.c_size_t(size), vec) != 0:
-            raise OSError(ctypes.get_errno(), "mincore")
-        del base
-        return all(vec[p] & 1 for off, n in ranges for p in range(off // PAGE, -(-(off + n) // PAGE)))
-    finally:
-        mm.close()
+    assert extmeta.metadata_ranges(io.BytesIO(bytes(len(image))), prefill.LIMIT) == []
 
 
 def test_one_miss_makes_the_metadata_resident(mount_source: MountSource, tmp_path: Path) -> None:
