@@ -94,7 +94,7 @@ class LocalBackend:
     TMP_SUFFIX = ".tmp"
 
     def __init__(self, root: str | os.PathLike):
-        self.root = os.fspath(root)
+        self.root = os.path.abspath(root)  # a daemon's later chdir("/") must not move it
         self._made_dirs: set[str] = set()
 
     def path(self, name: str) -> str:

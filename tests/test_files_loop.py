@@ -118,6 +118,21 @@ def test_returns_with_the_ext_metadata_in_the_page_cache(guest_repo, guest_image
     guest_repo.run("files", "umount", str(target))
 
 
+def test_relative_repository_and_directory(guest_repo, target):
+    """Paths given relative to the working directory keep working in the private mount that
+    runs on after the command (a daemon's working directory is "/")."""
+    env = {k: v for k, v in guest_repo.env.items() if k != "REPOFS_REPOSITORY"}
+    rel_repo = os.path.relpath(guest_repo.path, target.parent)
+    proc = subprocess.run([sys.executable, "-m", "repofs.cli", "files", "mount", "vm:guest", target.name,
+                           "-r", rel_repo], env=env, cwd=target.parent, capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    try:
+        kernel = [v for v, (_fs, how) in placements(proc.stdout).items() if how == "kernel"]
+        assert kernel and all(os.listdir(target / v) for v in kernel)
+    finally:
+        guest_repo.run("files", "umount", target.name, cwd=target.parent)
+
+
 def test_errors_leave_nothing_attached(guest_repo, target):
     proc = guest_repo.run("files", "mount", "vm:nobody", str(target), check=False)
     err = proc.stderr.decode()
