@@ -159,17 +159,6 @@ class FixedIndex:
                 if cid is not None:
                     yield n * self.chunk_size + off, cid
 
-    def resized(self, capacity: int) -> "FixedIndex":
-        """A copy for a disk of ``capacity`` bytes: slots past the end dropped, new ones holes.
-
-        A slot that was the short last slot and is no longer last becomes part of the grown
-        disk; its content stays, which is right only if the caller re-reads it (ingest does)."""
-        new = FixedIndex.empty(capacity, self.chunk_size)
-        keep = min(len(new.ids), len(self.ids))
-        new.ids[:keep] = self.ids[:keep]
-        new.patches = {n: p for n, p in self.patches.items() if n < new.count}
-        return new
-
     def encode(self) -> bytes:
         flags = FLAG_PATCHES if self.patches else 0
         parts = [HEADER.pack(self.capacity, self.chunk_size, flags, self.count), bytes(self.ids)]
