@@ -32,6 +32,7 @@ from .vmdk import render_descriptor
 from .vmx import render_vmx
 
 LATEST = "latest"
+_MISSING = object()   # ``_gather``: a chunk that is not at hand
 
 
 class Store(Protocol):
@@ -107,26 +108,15 @@ class DiskView:
         index = self._index
         if index is None:
             return None
-        end = min(offset + size, self.capacity)
-        if offset >= end:
-            return b""
-        cs = self.chunk_size
         cache = self.gen.repo.cache
-        parts = []
-        pos = offset
-        while pos < end:
-            number, inner = divmod(pos, cs)
-            take = min(cs - inner, end - pos)
+
+        def cached(number: int) -> bytes | None | object:
             key = index.key(number)
             if key is None:
-                parts.append(bytes(take))
-            else:
-                data = cache.peek(key)
-                if data is None:
-                    return None
-                parts.append(data if inner == 0 and take == len(data) else data[inner:inner + take])
-            pos += take
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+                return None
+            data = cache.peek(key)
+            return _MISSING if data is None else data
+        return self._gather(offset, size, cached)
 
     def needs_fetch(self, number: int) -> bool:
         """Whether chunk ``number`` exists, is stored (not a hole) and is not cached."""
@@ -137,6 +127,13 @@ class DiskView:
 
     def read(self, offset: int, size: int) -> bytes:
         """Bytes [offset, offset+size) clipped to the capacity; holes read as zeros."""
+        data = self._gather(offset, size, self._chunk)
+        assert data is not None
+        return data
+
+    def _gather(self, offset: int, size: int, chunk: Callable[[int], "bytes | None | object"]) -> bytes | None:
+        """Bytes [offset, offset+size) clipped to the capacity from ``chunk(number)`` — a
+        slot's bytes, None for zeros, or ``_MISSING`` to give up (then None)."""
         end = min(offset + size, self.capacity)
         if offset >= end:
             return b""
@@ -146,10 +143,13 @@ class DiskView:
         while pos < end:
             number, inner = divmod(pos, cs)
             take = min(cs - inner, end - pos)
-            data = self._chunk(number)
+            data = chunk(number)
+            if data is _MISSING:
+                return None
             if data is None:
                 parts.append(bytes(take))
             else:
+                assert isinstance(data, bytes)
                 parts.append(data if inner == 0 and take == len(data) else data[inner:inner + take])
             pos += take
         return parts[0] if len(parts) == 1 else b"".join(parts)
