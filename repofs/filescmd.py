@@ -15,31 +15,38 @@ import stat as st
 import sys
 import time
 from dataclasses import dataclass
-from typing import Annotated, Callable, Optional
+from typing import TYPE_CHECKING, Annotated, Callable, Optional
 
 import typer
 
 from . import exitcodes
-from .extract import TargetExists, extract
-from .guestfs import (EncryptedVolume, FilesystemDamaged, GuestError, GuestGeneration,
-                      GuestIsADirectory, GuestNotADirectory, GuestNotASymlink, GuestNotFound,
-                      GuestStat, PartitionTableDamaged, UnsupportedFeature, UnsupportedVolume)
 from .progress import Progress
 from .views import RepositoryView
 
-EXIT_CODES: list[tuple[type[BaseException], int]] = [
-    (GuestNotFound, exitcodes.NOT_FOUND),
-    (EncryptedVolume, exitcodes.UNSUPPORTED),
-    (UnsupportedVolume, exitcodes.UNSUPPORTED),
-    (UnsupportedFeature, exitcodes.UNSUPPORTED),
-    (PartitionTableDamaged, exitcodes.FAILURE),
-    (FilesystemDamaged, exitcodes.FAILURE),
-    (GuestIsADirectory, exitcodes.FAILURE),
-    (GuestNotADirectory, exitcodes.FAILURE),
-    (GuestNotASymlink, exitcodes.FAILURE),
-    (GuestError, exitcodes.FAILURE),
-    (TargetExists, exitcodes.FAILURE),
-]
+if TYPE_CHECKING:
+    from .guestfs import GuestGeneration, GuestStat
+
+
+def _register_guest_errors() -> None:
+    """The guest readers' errors into the exit-code table. The readers (and dissect's) are
+    imported only by the commands that use them, not by every repofs command."""
+    from .extract import TargetExists
+    from .guestfs import (EncryptedVolume, FilesystemDamaged, GuestError, GuestIsADirectory,
+                          GuestNotADirectory, GuestNotASymlink, GuestNotFound, PartitionTableDamaged,
+                          UnsupportedFeature, UnsupportedVolume)
+    exitcodes.register([
+        (GuestNotFound, exitcodes.NOT_FOUND),
+        (EncryptedVolume, exitcodes.UNSUPPORTED),
+        (UnsupportedVolume, exitcodes.UNSUPPORTED),
+        (UnsupportedFeature, exitcodes.UNSUPPORTED),
+        (PartitionTableDamaged, exitcodes.FAILURE),
+        (FilesystemDamaged, exitcodes.FAILURE),
+        (GuestIsADirectory, exitcodes.FAILURE),
+        (GuestNotADirectory, exitcodes.FAILURE),
+        (GuestNotASymlink, exitcodes.FAILURE),
+        (GuestError, exitcodes.FAILURE),
+        (TargetExists, exitcodes.FAILURE),
+    ])
 
 
 @dataclass(frozen=True)
@@ -81,13 +88,14 @@ def _size(n: int) -> str:
 def build_app(open_repository: Callable[[str | None, str | None], object],
               repo_opt: object, password_opt: object) -> typer.Typer:
     """The ``files`` sub-app; ``open_repository`` and the shared option types come from the CLI."""
-    exitcodes.register(EXIT_CODES)
     app = typer.Typer(no_args_is_help=True, help="Guest files of a generation: list, read, extract; "
                       "loop-mount partitions (root).")
     RepoOpt, PasswordFileOpt = repo_opt, password_opt
     AddressArg = Annotated[str, typer.Argument(metavar="vm:NAME[@GEN][:DISK[/VOLUME[/path]]]")]
 
-    def guest(address: Address, repo: str | None, password_file: str | None) -> GuestGeneration:
+    def guest(address: Address, repo: str | None, password_file: str | None) -> "GuestGeneration":
+        from .guestfs import GuestGeneration  # noqa: PLC0415 (see _register_guest_errors)
+        _register_guest_errors()
         view = RepositoryView(open_repository(repo, password_file))
         return GuestGeneration(view.generation(address.vm, address.generation))
 
@@ -179,6 +187,7 @@ def build_app(open_repository: Callable[[str | None, str | None], object],
             raise typer.BadParameter("give at least DISK/VOLUME to extract (a volume extracts its whole tree)")
         g = guest(address, repo, password_file)
         progress = Progress()
+        from .extract import extract  # noqa: PLC0415
         where, report = extract(g, address.path, dest, force=force,
                                 progress=progress if progress.enabled else None)
         progress.finish()
@@ -197,6 +206,7 @@ def build_app(open_repository: Callable[[str | None, str | None], object],
         Read-only and without journal replay; volumes the kernel cannot mount are served by
         the rootless reader at the same place. Prints the path each volume took."""
         from . import loopmount  # noqa: PLC0415 (root-only path)
+        _register_guest_errors()
         exitcodes.register([(loopmount.LoopMountError, exitcodes.FAILURE)])
         address = parse_address(target)
         if address.path:
@@ -220,7 +230,7 @@ def build_app(open_repository: Callable[[str | None, str | None], object],
     return app
 
 
-def _kind(s: GuestStat) -> str:
+def _kind(s: "GuestStat") -> str:
     return "directory" if s.is_dir else "file" if s.is_file else "symlink" if s.is_symlink else "other"
 
 
