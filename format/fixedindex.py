@@ -103,9 +103,6 @@ class FixedIndex:
         else:
             self.patches.pop(number, None)
 
-    def is_hole(self, number: int) -> bool:
-        return number not in self.patches and self.ids[number * ID_SIZE:(number + 1) * ID_SIZE] == HOLE
-
     def key(self, number: int) -> bytes | None:
         """A name for the slot's bytes, for caches: the base id when the slot has no pieces,
         else 33 bytes derived from base and pieces (never equal to a chunk id); None for zeros."""
