@@ -106,9 +106,9 @@ class _DiskIngest:
     def run(self, source: DiskSource, index: FixedIndex, work: list[Work],
             known: set[bytes], report: DiskReport, progress: Progress | None) -> None:
         pending: collections.deque[tuple[Work, Future]] = collections.deque()
-        reads = _reads(index, work)
-        total = sum(n for _, n in reads)
-        source.prepare(reads)
+        reads = [_item_reads(index, item) for item in work]
+        source.prepare([read for item_reads in reads for read in item_reads])
+        total = sum(n for item_reads in reads for _, n in item_reads)
 
         def settle(item: Work, fut: Future) -> None:
             n, ranges, kept = item
@@ -128,10 +128,10 @@ class _DiskIngest:
                 index.set_pieces(n, pieces)
                 report.patched_slots += 1
 
-        for item in work:
+        for item, item_reads in zip(work, reads):
             if self.stop.is_set():
                 raise IngestError(f"disk {source.label}: stopped because another disk failed")
-            datas = [source.read(offset, length) for offset, length in _item_reads(index, item)]
+            datas = [source.read(offset, length) for offset, length in item_reads]
             report.read_bytes += sum(map(len, datas))
             pending.append((item, self.pool.submit(self._store_pieces, datas, known)))
             while len(pending) >= self.in_flight:
@@ -142,12 +142,8 @@ class _DiskIngest:
             settle(*pending.popleft())
 
 
-def _reads(index: FixedIndex, work: list[Work]) -> list[tuple[int, int]]:
-    """The (disk offset, length) reads of ``work``, in the order they are made."""
-    return [read for item in work for read in _item_reads(index, item)]
-
-
 def _item_reads(index: FixedIndex, item: Work) -> list[tuple[int, int]]:
+    """The (disk offset, length) reads one slot needs, in the order they are made."""
     n, ranges, _kept = item
     start, length = index.chunk_range(n)
     if ranges is None:
