@@ -1,5 +1,6 @@
-"""The fixed index of one disk in one generation: chunk number -> chunk id, or a hole, and
-optionally patches: small changed pieces laid over a slot's chunk.
+"""The fixed index of one disk in one generation: chunk number -> chunk id, or a hole,
+optionally patches (small changed pieces laid over a slot's chunk) and copies (byte ranges of
+the disk stored a second time, packed together, for readers of the guest's metadata).
 
 Disks are cut into chunks of ``chunk_size`` bytes aligned to disk offsets, so the slot
 holding an offset is ``offset // chunk_size`` — arithmetic, never a scan. The last slot may
@@ -12,11 +13,17 @@ names a chunk object of exactly ``length`` bytes, or is None for zeros. Pieces l
 incremental backup with a change list store only the changed bytes of a slot instead of the
 whole chunk around them; the writer decides when a slot is better rewritten whole.
 
+Copies (``Copies``) repeat the disk's bytes at some ranges — the guest file systems' metadata,
+chosen by the writer — in a *stream* of their own chunks, so that a reader of those ranges
+(a walk of a guest's tree) fetches a few MiB of packed metadata instead of every 1 MiB chunk
+that holds a directory block or an inode table. They add nothing: the bytes are the disk's.
+
 Plaintext encoding (inside a sealed object with magic ``RFIX``), little-endian::
 
     0   8  capacity      disk size in bytes
     8   4  chunk size    bytes
-    12  4  flags         0: no patch table; 1: a patch table follows the ids
+    12  4  flags         bit 0: a patch table follows the ids; bit 1: a copy table follows
+                         (after the patch table, if any); other bits: damaged
     16  8  count         ceil(capacity / chunk size)
     24  32*count         base chunk ids, in disk order; 32 zero bytes for a hole
     then, when flags = 1, the patch table:
@@ -29,9 +36,19 @@ Plaintext encoding (inside a sealed object with magic ``RFIX``), little-endian::
                 4   offset   inside the slot
                 4   length   > 0; offset + length <= the slot's length
                 32  id       chunk id of the piece's bytes; 32 zero bytes = zeros
+    then, when bit 1 is set, the copy table:
+        8  ranges        r >= 1
+        r times, offsets strictly ascending, ranges apart and inside the disk:
+            8  offset    disk offset
+            4  length    > 0
+            4  reserved  0
+        8  chunks        c = ceil(sum of lengths / chunk size)
+        32*c             ids of the stream's chunks: the ranges' bytes, concatenated in
+                         order, cut every ``chunk size`` bytes (the last chunk may be short)
 """
 from __future__ import annotations
 
+import bisect
 import hashlib
 import struct
 from dataclasses import dataclass, field
@@ -46,8 +63,58 @@ PIECE = struct.Struct("<II32s")
 ID_SIZE = 32
 HOLE = bytes(ID_SIZE)
 FLAG_PATCHES = 1
+FLAG_COPIES = 2
+COUNT = struct.Struct("<Q")
+COPY_RANGE = struct.Struct("<QII")
 
 Piece = tuple[int, int, "bytes | None"]   # (offset inside the slot, length, chunk id or None = zeros)
+
+
+@dataclass
+class Copies:
+    """Disk ranges ``(offset, length)`` — ascending, apart — whose bytes are also stored in
+    the stream chunks ``ids``: the ranges' bytes concatenated, cut every ``chunk_size``."""
+    ranges: list[tuple[int, int]]
+    ids: list[bytes]
+    chunk_size: int
+
+    def __post_init__(self) -> None:
+        self._starts = [off for off, _ in self.ranges]
+        self._stream: list[int] = []       # where each range starts in the stream
+        pos = 0
+        for _, length in self.ranges:
+            self._stream.append(pos)
+            pos += length
+        self.stream_size = pos
+
+    def stream_pos(self, offset: int, length: int) -> int | None:
+        """Where disk bytes [offset, offset + length) start in the stream, or None unless one
+        range holds them all."""
+        i = bisect.bisect_right(self._starts, offset) - 1
+        if i < 0 or length <= 0:
+            return None
+        start, size = self.ranges[i]
+        if offset + length > start + size:
+            return None
+        return self._stream[i] + offset - start
+
+    def stream_parts(self, pos: int, length: int) -> Iterator[tuple[int, int, int]]:
+        """(stream chunk number, offset in it, bytes) covering stream bytes [pos, pos+length)."""
+        cs = self.chunk_size
+        end = pos + length
+        while pos < end:
+            k, inner = divmod(pos, cs)
+            take = min(cs - inner, end - pos)
+            yield k, inner, take
+            pos += take
+
+    def disk_offset(self, pos: int) -> int:
+        """The disk offset of stream byte ``pos``."""
+        i = bisect.bisect_right(self._stream, pos) - 1
+        return self.ranges[i][0] + pos - self._stream[i]
+
+    def chunk_length(self, k: int) -> int:
+        return min(self.chunk_size, self.stream_size - k * self.chunk_size)
 
 
 @dataclass
@@ -56,12 +123,15 @@ class FixedIndex:
     chunk_size: int
     ids: bytearray  # count * 32 bytes: each slot's base
     patches: dict[int, tuple[Piece, ...]] = field(default_factory=dict)
+    copies: Copies | None = None
+
 
     @classmethod
     def empty(cls, capacity: int, chunk_size: int) -> "FixedIndex":
         return cls(capacity, chunk_size, bytearray(chunk_count(capacity, chunk_size) * ID_SIZE))
 
     def copy(self) -> "FixedIndex":
+        """The same slots (bases and pieces), without copies: those describe one generation."""
         return FixedIndex(self.capacity, self.chunk_size, bytearray(self.ids), dict(self.patches))
 
     @property
@@ -148,16 +218,26 @@ class FixedIndex:
                 yield n, bytes(cid)
 
     def references(self) -> Iterator[tuple[int, bytes]]:
-        """(disk offset, chunk id) of every stored object the index names: bases and pieces."""
+        """(disk offset, chunk id) of every stored object the index names: bases, pieces and
+        copy chunks (at the disk offset of their first byte)."""
         for n, cid in self.stored():
             yield n * self.chunk_size, cid
         for n, pieces in sorted(self.patches.items()):
             for off, _len, cid in pieces:
                 if cid is not None:
                     yield n * self.chunk_size + off, cid
+        if self.copies is not None:
+            yield from self.copy_references()
+
+    def copy_references(self) -> Iterator[tuple[int, bytes]]:
+        """(disk offset of its first byte, id) of every stored stream chunk of the copies."""
+        copies = self.copies
+        for k, cid in enumerate(copies.ids if copies else ()):
+            if cid != HOLE:
+                yield copies.disk_offset(k * copies.chunk_size), cid  # type: ignore[union-attr]
 
     def encode(self) -> bytes:
-        flags = FLAG_PATCHES if self.patches else 0
+        flags = (FLAG_PATCHES if self.patches else 0) | (FLAG_COPIES if self.copies else 0)
         parts = [HEADER.pack(self.capacity, self.chunk_size, flags, self.count), bytes(self.ids)]
         if self.patches:
             parts.append(PATCH_COUNT.pack(len(self.patches)))
@@ -165,6 +245,11 @@ class FixedIndex:
                 pieces = self.patches[n]
                 parts.append(SLOT_HEADER.pack(n, len(pieces), 0))
                 parts.extend(PIECE.pack(off, length, cid or HOLE) for off, length, cid in pieces)
+        if self.copies:
+            parts.append(COUNT.pack(len(self.copies.ranges)))
+            parts.extend(COPY_RANGE.pack(off, length, 0) for off, length in self.copies.ranges)
+            parts.append(COUNT.pack(len(self.copies.ids)))
+            parts.extend(self.copies.ids)
         return b"".join(parts)
 
     @classmethod
@@ -172,18 +257,53 @@ class FixedIndex:
         if len(data) < HEADER.size:
             raise CorruptObject(label, "index shorter than its header")
         capacity, chunk_size, flags, count = HEADER.unpack_from(data)
-        if chunk_size == 0 or count != chunk_count(capacity, chunk_size) or flags not in (0, FLAG_PATCHES):
+        if chunk_size == 0 or count != chunk_count(capacity, chunk_size) or flags & ~(FLAG_PATCHES | FLAG_COPIES):
             raise CorruptObject(label, "index header is inconsistent")
         end = HEADER.size + count * ID_SIZE
         if len(data) < end or (flags == 0 and len(data) != end):
             raise CorruptObject(label, "index length does not match its entry count")
         index = cls(capacity, chunk_size, bytearray(data[HEADER.size:end]))
-        if flags == FLAG_PATCHES:
-            index.patches = _decode_patches(data, end, index, label)
+        pos = end
+        if flags & FLAG_PATCHES:
+            index.patches, pos = _decode_patches(data, pos, index, label)
+        if flags & FLAG_COPIES:
+            index.copies, pos = _decode_copies(data, pos, index, label)
+        if pos != len(data):
+            raise CorruptObject(label, "index has trailing bytes")
         return index
 
 
-def _decode_patches(data: bytes, pos: int, index: FixedIndex, label: str) -> dict[int, tuple[Piece, ...]]:
+def _decode_copies(data: bytes, pos: int, index: FixedIndex, label: str) -> tuple[Copies, int]:
+    def bad(reason: str) -> CorruptObject:
+        return CorruptObject(label, f"index copy table: {reason}")
+
+    try:
+        (count,) = COUNT.unpack_from(data, pos)
+        pos += COUNT.size
+        if count == 0 or len(data) < pos + count * COPY_RANGE.size:
+            raise bad("range count out of range or truncated")
+        ranges = []
+        last_end = 0
+        for off, length, reserved in COPY_RANGE.iter_unpack(data[pos:pos + count * COPY_RANGE.size]):
+            if length == 0 or reserved or off < last_end or off + length > index.capacity \
+                    or (ranges and off == last_end):
+                raise bad(f"range at {off} is out of order, overlapping or outside the disk")
+            ranges.append((off, length))
+            last_end = off + length
+        pos += count * COPY_RANGE.size
+        (nids,) = COUNT.unpack_from(data, pos)
+        pos += COUNT.size
+        if nids != chunk_count(sum(n for _, n in ranges), index.chunk_size) or \
+                len(data) < pos + nids * ID_SIZE:
+            raise bad("chunk count does not match the ranges or is truncated")
+        ids = [bytes(data[p:p + ID_SIZE]) for p in range(pos, pos + nids * ID_SIZE, ID_SIZE)]  # HOLE: zeros
+        pos += nids * ID_SIZE
+    except struct.error:
+        raise bad("truncated") from None
+    return Copies(ranges, ids, index.chunk_size), pos
+
+
+def _decode_patches(data: bytes, pos: int, index: FixedIndex, label: str) -> tuple[dict[int, tuple[Piece, ...]], int]:
     def bad(reason: str) -> CorruptObject:
         return CorruptObject(label, f"index patch table: {reason}")
 
@@ -212,9 +332,7 @@ def _decode_patches(data: bytes, pos: int, index: FixedIndex, label: str) -> dic
             patches[n] = tuple(pieces)
     except struct.error:
         raise bad("truncated") from None
-    if pos != len(data):
-        raise bad("trailing bytes")
-    return patches
+    return patches, pos
 
 
 def chunk_count(capacity: int, chunk_size: int) -> int:

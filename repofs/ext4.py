@@ -5,8 +5,8 @@ superblock, group descriptors (incl. ``64bit`` and ``meta_bg`` layouts), inode r
 block maps (extent trees and ext2/3 indirect blocks), directories (linear and hashed — an
 htree's index blocks hold no live entries, so every block is read as a linear one) and
 symbolic links (fast ones inside the inode, slow ones in a block). Inode tables are read in
-runs of ``ITABLE_RUN`` bytes and kept, so the inodes of one directory cost one read, not one
-per inode.
+runs of ``ITABLE_RUN`` bytes (never past a group's in-use inodes) and kept, so the inodes of
+one directory cost one read, not one per inode.
 
 Read from ``fh`` (any seekable binary stream over the volume's bytes); the caller serialises
 calls. Times follow the kernel: a signed 32-bit seconds field plus the epoch bits and
@@ -119,8 +119,8 @@ class Ext4:
         self.first_meta_bg = _SB_FIRST_META_BG.unpack_from(sb, 0x104)[0]
         self.version = 4 if self.incompat & _INCOMPAT_EXTENTS else 3 if self.compat & _COMPAT_HAS_JOURNAL else 2
         self._dirent = _DIRENT2 if self.incompat & _INCOMPAT_FILETYPE else _DIRENT
-        self._tables: dict[int, int] = {}
-        self._runs: OrderedDict[int, bytes] = OrderedDict()
+        self._tables: dict[int, tuple[int, int]] = {}
+        self._runs: OrderedDict[tuple[int, int], bytes] = OrderedDict()
         self.root = self.inode(2)
         if not st.S_ISDIR(self.root.mode):
             raise Ext4Error("the root inode is not a directory")
@@ -162,26 +162,49 @@ class Ext4:
             raise Ext4Error(f"group descriptor {group} beyond the volume")
         return gd
 
-    def _inode_table(self, group: int) -> int:
+    def _inode_table(self, group: int) -> tuple[int, int]:
+        """(byte offset, bytes in use) of group ``group``'s inode table: the in-use part as
+        ``inode_tables`` tells it, in whole blocks."""
         table = self._tables.get(group)
         if table is None:
             gd = self._group_desc(group)
-            table = _GD_TABLE_LO.unpack_from(gd, 8)[0]
+            offset = _GD_TABLE_LO.unpack_from(gd, 8)[0]
             if self.desc_size >= 64:
-                table |= _GD_TABLE_HI.unpack_from(gd, 0x28)[0] << 32
-            if not 0 < table < self.block_count:
-                raise Ext4Error(f"group {group}'s inode table is at block {table}, outside the volume")
-            table = self._tables[group] = table * self.block_size
+                offset |= _GD_TABLE_HI.unpack_from(gd, 0x28)[0] << 32
+            if not 0 < offset < self.block_count:
+                raise Ext4Error(f"group {group}'s inode table is at block {offset}, outside the volume")
+            used = -(-self._used_inodes(group, gd) * self.inode_size // self.block_size) * self.block_size
+            table = self._tables[group] = (offset * self.block_size, used)
         return table
 
+    def _used_inodes(self, group: int, gd: bytes) -> int:
+        """Inodes of the group's table that may be in use. With group descriptor checksums
+        (``gdt_csum``/``metadata_csum``) what the descriptor says (``INODE_UNINIT``,
+        ``itable_unused``), as e2fsck and the kernel trust it; without them the whole table."""
+        per = min(self.inodes_per_group, self.inodes_count - group * self.inodes_per_group)
+        if not self.ro_compat & (_RO_COMPAT_GDT_CSUM | _RO_COMPAT_METADATA_CSUM):
+            return per
+        if _U16.unpack_from(gd, 0x12)[0] & _BG_INODE_UNINIT:
+            return 0
+        unused = _U16.unpack_from(gd, 0x1C)[0]
+        if self.desc_size >= 64:
+            unused |= _U16.unpack_from(gd, 0x32)[0] << 16
+        return max(0, per - unused)
+
     def _raw_inode(self, inum: int) -> tuple[bytes, int]:
-        """The inode-table run holding ``inum`` and the inode's offset in it."""
+        """The inode-table run holding ``inum`` and the inode's offset in it. Runs are
+        ``ITABLE_RUN`` bytes of one group's table, cut at the end of its in-use part (an
+        inode past it is read with the rest of the table)."""
         group, index = divmod(inum - 1, self.inodes_per_group)
-        pos = self._inode_table(group) + index * self.inode_size
+        table, used = self._inode_table(group)
+        pos = index * self.inode_size
         run, inner = divmod(pos, ITABLE_RUN)
-        data = self._runs.get(run)
-        if data is None:
-            data = self._runs[run] = self._read(run * ITABLE_RUN, ITABLE_RUN)
+        key = (group, run)
+        data = self._runs.get(key)
+        if data is None or inner + self.inode_size > len(data):
+            limit = used if pos + self.inode_size <= used else self.inodes_per_group * self.inode_size
+            start = table + run * ITABLE_RUN
+            data = self._runs[key] = self._read(start, min(ITABLE_RUN, limit - run * ITABLE_RUN))
             if len(self._runs) > ITABLE_RUNS_KEPT:
                 self._runs.popitem(last=False)
         if inner + self.inode_size > len(data):
@@ -226,25 +249,13 @@ class Ext4:
         return sorted({self._group_desc_block(g)[0] for g in range(self.group_count)})
 
     def inode_tables(self) -> list[tuple[int, int, int]]:
-        """(group, byte offset, inodes in use) of every group's inode table that has any. With group
-        descriptor checksums (``gdt_csum``/``metadata_csum``) the in-use part is what the
-        descriptor says (``INODE_UNINIT``, ``itable_unused``), as e2fsck and the kernel trust
-        it; without them a group's whole table counts."""
-        trusted = bool(self.ro_compat & (_RO_COMPAT_GDT_CSUM | _RO_COMPAT_METADATA_CSUM))
+        """(group, byte offset, inodes in use) of every group's inode table that has any
+        (``_used_inodes``)."""
         out = []
         for g in range(self.group_count):
-            gd = self._group_desc(g)
-            per = min(self.inodes_per_group, self.inodes_count - g * self.inodes_per_group)
-            used = per
-            if trusted:
-                if _U16.unpack_from(gd, 0x12)[0] & _BG_INODE_UNINIT:
-                    continue
-                unused = _U16.unpack_from(gd, 0x1C)[0]
-                if self.desc_size >= 64:
-                    unused |= _U16.unpack_from(gd, 0x32)[0] << 16
-                used = max(0, per - unused)
+            used = self._used_inodes(g, self._group_desc(g))
             if used:
-                out.append((g, self._inode_table(g), used))
+                out.append((g, self._inode_table(g)[0], used))
         return out
 
     def directories(self) -> Iterator[Inode]:

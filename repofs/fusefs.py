@@ -494,6 +494,9 @@ class RepofsOperations(pyfuse3.Operations):
         disk = node.file.disk
 
         def build():
+            copied = disk.copy_ranges()   # the backup found them: no search
+            if copied:
+                return prefill.Prefill.build(node.inode, disk.read, disk.capacity, ranges=copied)
             guest = guestmount.guest_of(node.gen)
             volumes = [v for v in guest.volumes(disk.label)
                        if v.fstype == "ext" and v.offset is not None]

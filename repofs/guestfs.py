@@ -133,6 +133,8 @@ class Volume:
     description: str              # partition type or VG, for listings
     open: Callable[[], BinaryIO]  # a fresh stream over the volume's bytes
     prefetch: Callable[[int, int], None] | None = None   # load (offset, length) of it ahead
+    open_pages: Callable[[], BinaryIO] | None = None     # the same, reading whole 4 KiB pages
+                                  # only (not 64 KiB): for a reader whose reads are blocks
 
     @property
     def browsable(self) -> bool:
@@ -207,10 +209,15 @@ _READ_AHEAD = _ReadAhead()
 
 def _prefetcher(disk: DiskReader, base: int) -> Callable[[int, int], None] | None:
     """Background loading of a volume's bytes (at ``base`` on ``disk``): filesystem metadata
-    about to be read, e.g. the subdirectories a listing just revealed."""
+    about to be read, e.g. the subdirectories a listing just revealed — unless the index
+    keeps them copied (then the copies' few chunks serve them)."""
     if not hasattr(disk, "prefetch") or not getattr(disk, "chunk_size", 0):
         return None
-    return lambda offset, length: _READ_AHEAD.load(disk, disk.chunks_for(base + offset, length))
+
+    def prefetch(offset: int, length: int) -> None:
+        if not disk.copied(base + offset, length):
+            _READ_AHEAD.load(disk, disk.chunks_for(base + offset, length))
+    return prefetch
 
 
 class DiskStream(AlignedStream):
@@ -235,6 +242,7 @@ class DiskStream(AlignedStream):
 
 _CONTAINER_TYPES = {0x05, 0x0F, 0x85}      # MBR extended partitions hold logical ones
 _LUKS = b"LUKS\xba\xbe"
+PAGE = 4096
 _BTRFS_MAGIC_AT = 0x10040
 
 
@@ -273,7 +281,7 @@ def probe_fstype(fh: BinaryIO) -> str | None:
 def _partition_table(disk: DiskReader, fh: DiskStream) -> list[Volume]:
     """The disk's partitions, or one ``whole`` volume when it has no partition table."""
     whole = Volume(WHOLE, disk.label, 0, disk.capacity, None, "whole disk",
-                   lambda: DiskStream(disk), _prefetcher(disk, 0))
+                   lambda: DiskStream(disk), _prefetcher(disk, 0), lambda: DiskStream(disk, PAGE))
     fstype = probe_fstype(fh)
     if fstype is not None:       # a filesystem (or PV) straight on the disk: its boot sector
         return [replace(whole, fstype=fstype)]   # may look like an MBR, so check it first
@@ -310,7 +318,8 @@ def _partition_table(disk: DiskReader, fh: DiskStream) -> list[Volume]:
                 f"beyond the disk's {disk.capacity} bytes")
         volumes.append(Volume(f"p{p.number}", disk.label, p.offset, p.size, None,
                               p.name or p.type_name or str(p.type),
-                              _range_opener(disk, p.offset, p.size), _prefetcher(disk, p.offset)))
+                              _range_opener(disk, p.offset, p.size), _prefetcher(disk, p.offset),
+                              _range_opener(disk, p.offset, p.size, PAGE)))
     volumes.sort(key=lambda v: v.offset or 0)
     for v in volumes:
         v.fstype = probe_fstype(v.open())
@@ -341,8 +350,10 @@ def _sector_size(table) -> int:
     return getattr(table, "sector_size", 512)
 
 
-def _range_opener(disk: DiskReader, offset: int, size: int) -> Callable[[], BinaryIO]:
-    return lambda: RangeStream(DiskStream(disk), offset, size)
+def _range_opener(disk: DiskReader, offset: int, size: int, align: int | None = None) -> Callable[[], BinaryIO]:
+    if align is None:
+        return lambda: RangeStream(DiskStream(disk), offset, size)
+    return lambda: RangeStream(DiskStream(disk, align), offset, size, align)
 
 
 def _first_line(e: BaseException) -> str:
@@ -627,7 +638,8 @@ class _ExtNode(_Node):
 
 
 def _open_ext(fh: BinaryIO, volume: Volume) -> _Node:
-    fs = Ext4(fh, volume.prefetch)
+    # ext reads whole blocks: page-sized reads stay inside the index's copies of its metadata
+    fs = Ext4(volume.open_pages() if volume.open_pages else fh, volume.prefetch)
     return _ExtNode(fs, fs.root)
 
 

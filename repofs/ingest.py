@@ -21,6 +21,7 @@ leaves, at worst, unreferenced chunks.
 from __future__ import annotations
 
 import collections
+import logging
 import os
 import threading
 import time
@@ -32,7 +33,10 @@ from format.fixedindex import FixedIndex, Piece, chunks_touched, slot_ranges
 from format.manifest import DiskEntry, Manifest
 from format.repository import Repository
 
+from . import metacopy
 from .sources import DiskSource, clip_extents
+
+log = logging.getLogger("repofs.backup")
 
 Progress = Callable[[str, int, int], None]  # (disk label, bytes done, bytes to do)
 
@@ -59,12 +63,14 @@ class DiskReport:
     patched_slots: int = 0      # slots stored as pieces over their previous content
     data_bytes: int = 0
     mode: str = "full"          # "full", "changed" or "full (reason)"
+    copied_bytes: int = 0       # guest metadata kept copied in the index (repofs.metacopy)
 
     def summary(self) -> str:
         """One line for people: what was read and stored."""
         patched = f", {self.patched_slots} chunks updated by their changed pieces" if self.patched_slots else ""
+        copied = f", {self.copied_bytes} bytes of guest metadata copied" if self.copied_bytes else ""
         return (f"{self.label}: {self.capacity} bytes, {self.mode}, read {self.read_bytes}, "
-                f"stored {self.new_bytes} new in {self.new_chunks} chunks{patched}")
+                f"stored {self.new_bytes} new in {self.new_chunks} chunks{patched}{copied}")
 
 
 @dataclass
@@ -102,6 +108,25 @@ class _DiskIngest:
 
     def _store_pieces(self, datas: list[bytes], known: set[bytes]) -> list[tuple[bytes | None, int]]:
         return [self._store(data, known) for data in datas]
+
+    def copy_metadata(self, source: DiskSource, index: FixedIndex, previous: FixedIndex | None,
+                      work: list[Work], known: set[bytes], report: DiskReport) -> None:
+        """Keep the guest's file-system metadata copied in the index (``repofs.metacopy``).
+        Only an accelerator for readers: if it fails, the generation goes without."""
+        def store(data: bytes) -> tuple[bytes | None, int]:
+            cid, stored = self._store(data, known)
+            if stored:
+                report.new_bytes += stored
+                report.new_chunks += 1
+                known.add(cid)  # type: ignore[arg-type]
+            return cid, stored
+        touched = metacopy.touched_ranges(index, work) if source.extents_are_changes else None
+        try:
+            index.copies = metacopy.build(self.repo, source.label, index, previous, touched, store)
+        except Exception as e:  # noqa: BLE001 (an optional copy never fails a backup)
+            log.warning("disk %s: guest metadata not copied (%s)", source.label, e)
+            index.copies = None
+        report.copied_bytes = index.copies.stream_size if index.copies else 0
 
     def run(self, source: DiskSource, index: FixedIndex, work: list[Work],
             known: set[bytes], report: DiskReport, progress: Progress | None) -> None:
@@ -169,13 +194,15 @@ def backup(repo: Repository, vm: str, sources: Sequence[DiskSource], *,
         for source in sources:
             report = DiskReport(source.label, source.capacity)
             entry_parent = parent_manifest.disk(source.label) if parent_manifest else None
-            index, work, known = _plan(repo, source, entry_parent, report)
-            plans.append((source, index, work, known, report))
+            parent_index = repo.get_index(entry_parent.index) if entry_parent else None
+            index, work, known = _plan(repo, source, parent_index, report)
+            plans.append((source, index, work, known, report, parent_index))
 
         def read_disk(plan: tuple) -> None:
-            source, index, work, known, report = plan
+            source, index, work, known, report, parent_index = plan
             ingest.run(source, index, work, known, report, progress)
             report.data_bytes = sum(index.chunk_range(n)[1] for n in index.occupied())
+            ingest.copy_metadata(source, index, parent_index, work, known, report)
 
         # Disks are read in parallel (one reader thread each), sharing the workers.
         with ThreadPoolExecutor(len(plans) or 1, thread_name_prefix="ingest-read") as readers:
@@ -186,8 +213,8 @@ def backup(repo: Repository, vm: str, sources: Sequence[DiskSource], *,
             except BaseException:
                 ingest.stop.set()
                 raise
-        entries = [(source, index, report) for source, index, _n, _k, report in plans]
-        reports = [report for *_rest, report in plans]
+        entries = [(source, index, report) for source, index, _n, _k, report, _p in plans]
+        reports = [plan[4] for plan in plans]
         repo.sync()  # every chunk durable before an index refers to it
         disks = []
         for source, index, report in entries:
@@ -204,11 +231,10 @@ def backup(repo: Repository, vm: str, sources: Sequence[DiskSource], *,
     return BackupReport(vm, manifest.generation, name, reports, time.monotonic() - started)
 
 
-def _plan(repo: Repository, source: DiskSource, parent: DiskEntry | None,
+def _plan(repo: Repository, source: DiskSource, parent_index: FixedIndex | None,
           report: DiskReport) -> tuple[FixedIndex, list[Work], set[bytes]]:
     """The starting index, the slots to read, and the chunk ids known to be stored."""
     cs = repo.chunk_size
-    parent_index = repo.get_index(parent.index) if parent else None
     known = {cid for _, cid in parent_index.references()} if parent_index else set()
     if source.extents_are_changes:
         if parent_index is None:

@@ -5,8 +5,10 @@ opened without direct I/O. A walk of the guest's tree then reads inode tables an
 blocks one small block at a time, and each miss in the page cache is a round trip loop device
 -> FUSE -> this Python server (~0.5 ms on a loaded 2-core machine; a 20,000-file tree needed
 ~350 of them). Instead, when a flat file is first opened buffered, the bytes of every ext
-volume's metadata (``repofs.extmeta``: used inode tables, directory blocks; a few MiB per
-10,000 files, at most ``LIMIT``) are read once in the background, several chunks at a time,
+volume's metadata (used inode tables, directory blocks; a few MiB per 10,000 files, at most
+``LIMIT``) are read once in the background: the ranges the backup copied into the index
+(``repofs.metacopy``; read from those copies' few chunks), or for a generation without
+copies what a search with ``repofs.extmeta`` finds (read several chunks at a time),
 and each range is pushed into the page cache with a FUSE ``notify_store`` as soon as it is
 read: a walk started right after the mount finds its blocks there, or soon will. Should the
 kernel drop them (memory pressure), the next READ of a metadata block pushes them all again,
@@ -60,20 +62,23 @@ class Prefill:
 
     @classmethod
     def build(cls, inode: int, read: Callable[[int, int], bytes], capacity: int,
-              volumes: "list[Volume]") -> "Prefill | None":
-        """``volumes``: the disk's ext volumes, each one contiguous range of it; None when
-        there is nothing to push. The volumes' chunks are loaded in the background as the
-        search finds them (``Volume.prefetch``); then this loads the ranges' bytes and pushes each
-        range into the page cache as soon as it is loaded: a walk that starts meanwhile finds
-        what has come so far."""
-        ranges: list[tuple[int, int]] = []
-        for v in volumes:
-            left = LIMIT - sum(n for _, n in ranges)
-            if left <= 0:
-                break
-            found = extmeta.metadata_ranges(v.open(), left, v.prefetch)
-            ranges += [_whole_pages(v.offset + off, n, capacity) for off, n in found]
-        ranges = extmeta.coalesce(ranges)
+              volumes: "list[Volume] | None" = None, ranges: list[tuple[int, int]] | None = None
+              ) -> "Prefill | None":
+        """What to push: ``ranges`` of the disk when given (the index's copies of the guest
+        metadata, found at backup), else what a search of ``volumes`` — the disk's ext volumes,
+        each one contiguous range of it — finds, their chunks loading in the background as it
+        finds them (``Volume.prefetch``); None when there is nothing to push. Then this loads
+        the ranges' bytes and pushes each range into the page cache as soon as it is loaded: a
+        walk that starts meanwhile finds what has come so far."""
+        if ranges is None:
+            ranges = []
+            for v in volumes or []:
+                left = LIMIT - sum(n for _, n in ranges)
+                if left <= 0:
+                    break
+                found = extmeta.metadata_ranges(v.open(), left, v.prefetch)
+                ranges += [(v.offset + off, n) for off, n in found]
+        ranges = extmeta.coalesce([_whole_pages(off, n, capacity) for off, n in ranges])
         if not ranges:
             return None
         pre = cls(inode, ranges)

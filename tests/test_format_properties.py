@@ -1,6 +1,7 @@
 """Round-trip properties of the frozen encodings: sealed objects, fixed indexes, manifests."""
 from __future__ import annotations
 
+import hashlib
 import struct
 
 import pytest
@@ -8,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from format.errors import CorruptObject, UnsupportedFormat
-from format.fixedindex import FixedIndex, chunk_count
+from format.fixedindex import Copies, FixedIndex, chunk_count
 from format.keys import KeyMaterial
 from format.manifest import DiskEntry, Manifest
 from format.sealed import MAGIC_CHUNK, MAGIC_INDEX, Sealer
@@ -141,7 +142,7 @@ def test_index_rejects_malformed_patch_tables():
     bad_cases = [
         good[:-1],                                            # truncated
         good + b"\0",                                         # trailing bytes
-        good[:12] + bytes([2, 0, 0, 0]) + good[16:],          # unknown flag
+        good[:12] + bytes([4, 0, 0, 0]) + good[16:],          # unknown flag
         good[:12] + bytes(4) + good[16:],                     # a table without the flag
         good[:base] + (0).to_bytes(8, "little") + good[base + 8:],      # zero patched slots
         good[:base + 8] + (9).to_bytes(8, "little") + good[base + 16:],  # slot past the end
@@ -151,6 +152,78 @@ def test_index_rejects_malformed_patch_tables():
     piece = base + 8 + 16
     bad_cases.append(good[:piece + 4] + (0).to_bytes(4, "little") + good[piece + 8:])  # empty piece
     bad_cases.append(good[:piece] + ((1 << 20) - 100).to_bytes(4, "little") + good[piece + 4:])  # outside
+    for bad in bad_cases:
+        with pytest.raises(CorruptObject):
+            FixedIndex.decode(bad, "i")
+
+
+@st.composite
+def _copied_index(draw):
+    """An index with copies over random ranges of a disk, and the disk's bytes."""
+    cs = draw(st.sampled_from([4096, 1 << 16]))
+    capacity = draw(st.integers(1, 6 * cs))
+    disk = bytes(draw(st.binary(min_size=capacity, max_size=capacity)))
+    cuts = sorted(draw(st.sets(st.integers(0, capacity), min_size=2, max_size=12)))
+    ranges = [(a, b - a) for a, b in zip(cuts[::2], cuts[1::2]) if b > a]
+    ranges = [r for i, r in enumerate(ranges) if i == 0 or r[0] > ranges[i - 1][0] + ranges[i - 1][1]]
+    if not ranges:
+        ranges = [(0, capacity)]
+    stream = b"".join(disk[o:o + n] for o, n in ranges)
+    chunks = {}
+    ids = []
+    for k in range(0, len(stream), cs):
+        data = stream[k:k + cs]
+        cid = hashlib.blake2b(data, digest_size=32).digest()
+        chunks[cid] = data
+        ids.append(cid)
+    idx = FixedIndex.empty(capacity, cs)
+    idx.copies = Copies(ranges, ids, cs)
+    return idx, disk, chunks
+
+
+@given(_copied_index(), st.data())
+@settings(max_examples=80)
+def test_index_copies_round_trip_and_locate(case, data):
+    idx, disk, chunks = case
+    back = FixedIndex.decode(idx.encode(), "i")
+    assert back.copies.ranges == idx.copies.ranges and back.copies.ids == idx.copies.ids
+    assert back.encode() == idx.encode()
+    assert back.copy().copies is None          # an incremental's starting point has none
+    # every read inside one range is found in the stream, with the disk's bytes
+    off = data.draw(st.integers(0, idx.capacity - 1))
+    length = data.draw(st.integers(1, idx.capacity - off))
+    pos = back.copies.stream_pos(off, length)
+    inside = any(o <= off and off + length <= o + n for o, n in back.copies.ranges)
+    assert (pos is not None) == inside
+    if pos is not None:
+        got = b"".join(chunks[back.copies.ids[k]][inner:inner + take]
+                       for k, inner, take in back.copies.stream_parts(pos, length))
+        assert got == disk[off:off + length]
+    for disk_off, cid in back.copy_references():   # each stream chunk starts at its disk offset
+        assert chunks[cid][:1] == disk[disk_off:disk_off + 1]
+
+
+def test_index_rejects_malformed_copy_tables():
+    idx = FixedIndex.empty(4 << 20, 1 << 20)
+    idx.copies = Copies([(4096, 8192), (1 << 20, 4096)], [b"\x01" * 32], 1 << 20)
+    good = idx.encode()
+    assert FixedIndex.decode(good, "i").copies.ranges == idx.copies.ranges
+    base = 24 + 4 * 32
+    r0, r1 = base + 8, base + 8 + 16
+
+    def at(pos: int, value: int, size: int) -> bytes:
+        return good[:pos] + value.to_bytes(size, "little") + good[pos + size:]
+    bad_cases = [
+        good[:-1], good + b"\0",                                  # truncated, trailing
+        at(base, 0, 8),                                           # no ranges
+        at(r0 + 8, 0, 4),                                         # empty range
+        at(r0 + 12, 1, 4),                                        # reserved set
+        at(r1, 4096, 8),                                          # overlapping the first
+        at(r1, 12288, 8),                                         # touching the first
+        at(r1, (4 << 20) - 100, 8),                               # past the disk's end
+        at(r1 + 16, 2, 8),                                        # chunk count off
+        good[:12] + bytes(4) + good[16:],                         # a table without the flag
+    ]
     for bad in bad_cases:
         with pytest.raises(CorruptObject):
             FixedIndex.decode(bad, "i")

@@ -1,0 +1,207 @@
+"""A backup keeps the guests' ext metadata copied in each disk's index (repofs.metacopy): the
+copies are the generation's own bytes, a walk of the guest's tree reads nothing else, an
+incremental keeps them when the metadata did not change and rebuilds them from the generation
+(not from the source) when it did, and damage to them is found."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from fixtures_repo import CLI, PASSPHRASE, make_ext4_image, write_tree
+
+from format.repository import Repository
+from repofs.guestfs import GuestGeneration
+from repofs.views import RepositoryView
+
+MiB = 1 << 20
+
+
+class CountingStore:
+    """A repository whose chunk reads are recorded."""
+
+    def __init__(self, repo: Repository):
+        self.repo = repo
+        self.fetched: list[bytes] = []
+
+    def manifests(self):
+        return self.repo.manifests()
+
+    def get_index(self, hex_id: str):
+        return self.repo.get_index(hex_id)
+
+    def get_chunk(self, cid: bytes) -> bytes:
+        self.fetched.append(cid)
+        return self.repo.get_chunk(cid)
+
+
+def open_view(cli: CLI) -> tuple[RepositoryView, CountingStore]:
+    store = CountingStore(Repository.open(cli.repo, PASSPHRASE.encode()))
+    return RepositoryView(store), store
+
+
+def backup(cli: CLI, img: Path, changes: list[tuple[int, int]] | None = None) -> dict:
+    args = ["backup", f"file:{img}", "--vm", "vm", "--json"]
+    if changes is not None:
+        cl = img.parent / "changes.json"
+        cl.write_text(json.dumps([list(c) for c in changes]))
+        args += ["--changed-extents", str(cl)]
+    return json.loads(cli.run(*args).stdout)
+
+
+def by_chunks(disk, off: int, n: int) -> bytes:
+    """The disk's bytes from its slots alone (the copies not consulted)."""
+    return disk._gather(off, n, disk._chunk)
+
+
+def walk(gen) -> dict[str, int]:
+    guest = GuestGeneration(gen)
+    root = f"{gen.disks[0].label}/p1"
+    out, stack = {}, [root]
+    while stack:
+        d = stack.pop()
+        for name, s in guest.listdir(d):
+            out[f"{d}/{name}"[len(root) + 1:]] = s.size if not s.is_dir else -1
+            if s.is_dir:
+                stack.append(f"{d}/{name}")
+    return out
+
+
+def diff_extents(a: Path, b: Path, block: int = 4096) -> list[tuple[int, int]]:
+    """Where two images of one size differ, in ``block`` units."""
+    out: list[tuple[int, int]] = []
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        off = 0
+        while True:
+            x, y = fa.read(block), fb.read(block)
+            if not x:
+                return out
+            if x != y:
+                if out and out[-1][0] + out[-1][1] == off:
+                    out[-1] = (out[-1][0], out[-1][1] + block)
+                else:
+                    out.append((off, block))
+            off += block
+
+
+def ext4_backup(cli: CLI, tmp_path: Path, seed: int, files: int, size_mib: int
+                ) -> tuple[Path, dict[str, bytes], dict]:
+    """An image with a GPT and ext4 holding a seeded tree, backed up: (image, files, report)."""
+    src = tmp_path / "tree"
+    tree = write_tree(src, seed=seed, files=files)
+    img = tmp_path / "disk.img"
+    make_ext4_image(img, size_mib, src)
+    return img, tree, backup(cli, img)
+
+
+def test_copies_are_the_disks_bytes_and_serve_a_walk(cli: CLI, tmp_path: Path):
+    img, files, report = ext4_backup(cli, tmp_path, seed=3, files=120, size_mib=64)
+    assert report["disks"][0]["copied_bytes"] > 0
+
+    view, store = open_view(cli)
+    gen = view.generation("vm")
+    disk = gen.disks[0]
+    copies = disk.index.copies
+    assert copies is not None and copies.ranges[0] == (0, 128 << 10)
+    image = img.read_bytes()
+    for off, n in copies.ranges:
+        assert off % 4096 == 0 and n % 4096 == 0
+        assert disk.read(off, n) == image[off:off + n]            # served by the copies
+        assert by_chunks(disk, off, n) == image[off:off + n]      # the same as the slots
+
+    # a walk of the whole tree, listing and stat-ing every entry, fetches only copy chunks
+    view, store = open_view(cli)
+    gen = view.generation("vm")
+    assert walk(gen) == walk_of_source(tmp_path / "tree")
+    assert store.fetched and set(store.fetched) <= set(copies.ids)
+    # and file contents still come from the disk's chunks, byte for byte
+    guest = GuestGeneration(gen)
+    disk = gen.disks[0]
+    some = sorted(files)[::17]
+    for path in some:
+        assert guest.open(f"{disk.label}/p1/{path}").read(0, len(files[path]) + 1) == files[path]
+
+
+def test_incremental_keeps_copies_when_metadata_is_unchanged(cli: CLI, tmp_path: Path):
+    img, _files, _report = ext4_backup(cli, tmp_path, seed=4, files=60, size_mib=64)
+    view, _ = open_view(cli)
+    first = view.generation("vm").disks[0].index.copies
+    # bytes changed outside every copied range (file data, free space)
+    end = first.ranges[-1][0] + first.ranges[-1][1]
+    change = (max(end, 40 * MiB), 8192)
+    with open(img, "r+b") as f:
+        f.seek(change[0])
+        f.write(b"\x5a" * change[1])
+    report = backup(cli, img, [change])
+    assert report["disks"][0]["copied_bytes"] == first.stream_size
+    view, _ = open_view(cli)
+    second = view.generation("vm").disks[0]
+    assert second.index.copies.ranges == first.ranges and second.index.copies.ids == first.ids
+    assert second.read(*change) == b"\x5a" * change[1]
+
+
+def test_incremental_rebuilds_copies_from_the_generation(cli: CLI, tmp_path: Path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    write_tree(one, seed=5, files=60)
+    write_tree(two, seed=6, files=150)
+    (two / "new folder ü").mkdir()
+    (two / "new folder ü" / "x").write_bytes(b"hello")
+    img, img2 = tmp_path / "disk.img", tmp_path / "disk2.img"
+    make_ext4_image(img, 64, one)
+    make_ext4_image(img2, 64, two)
+    backup(cli, img)
+    changes = diff_extents(img, img2)
+    v1 = tmp_path / "v1.img"
+    shutil.copyfile(img, v1)
+    shutil.copyfile(img2, img)
+    # a change the list leaves out, inside the metadata: the generation does not have it,
+    # so neither may its copies
+    view, _ = open_view(cli)
+    stray = next(page for off, n in view.generation("vm").disks[0].index.copies.ranges
+                 for page in range(off, off + n, 4096)
+                 if not any(o < page + 4096 and page < o + n for o, n in changes))
+    with open(img, "r+b") as f:
+        f.seek(stray)
+        f.write(b"\xee" * 512)
+    backup(cli, img, changes)
+
+    view, _ = open_view(cli)
+    old, new = view.generations("vm")
+    disk = new.disks[0]
+    copies = disk.index.copies
+    assert copies.ids != old.disks[0].index.copies.ids
+    for off, n in copies.ranges:
+        assert disk.read(off, n) == by_chunks(disk, off, n)
+    assert disk.read(stray, 512) != b"\xee" * 512
+    assert walk(new) == walk_of_source(two)
+    assert walk(old) != walk(new)
+    for off, n in old.disks[0].index.copies.ranges:               # the old generation is intact
+        assert old.disks[0].read(off, n) == v1.read_bytes()[off:off + n]
+
+
+def walk_of_source(root: Path) -> dict[str, int]:
+    out = {"lost+found": -1}
+    for p in root.rglob("*"):
+        out[str(p.relative_to(root))] = -1 if p.is_dir() else p.stat().st_size
+    return out
+
+
+def test_check_finds_a_damaged_copy(cli: CLI, tmp_path: Path):
+    ext4_backup(cli, tmp_path, seed=7, files=30, size_mib=32)
+    view, _ = open_view(cli)
+    disk = view.generation("vm").disks[0]
+    cid = disk.index.copies.ids[0]
+    assert cid not in {c for _, c in disk.index.stored()}       # a chunk of its own
+    path = cli.repo / "chunks" / cid.hex()[:2] / cid.hex()
+    data = bytearray(path.read_bytes())
+    data[-20] ^= 0xFF
+    path.write_bytes(bytes(data))
+    proc = cli.run("check", "--read-data", check=False)
+    assert proc.returncode == 1, proc.stderr
+    assert f"disk {disk.label}, offset 0: chunks/{cid.hex()[:2]}/{cid.hex()}" in proc.stdout + proc.stderr
+    # the copies only repeat the disk: its files stay readable from the slots
+    listing = cli.run("files", "ls", "vm:vm:disk/p1").stdout.split()
+    assert sorted(listing) == sorted(["dir0", "dir1", "dir2", "dir3", "dir4", "lost+found"])
+    view, store = open_view(cli)
+    assert walk(view.generation("vm")) == walk_of_source(tmp_path / "tree")
+    assert cid in store.fetched
