@@ -361,8 +361,9 @@ def _first_line(e: BaseException) -> str:
     return text[0] if text else type(e).__name__
 
 
-def _logical_volumes(pvs: list[Volume]) -> list[Volume]:
-    """LVM logical volumes of the physical volumes found, grouped by volume group."""
+def _logical_volumes(pvs: list[Volume], disk_of: Callable[[str], DiskReader]) -> list[Volume]:
+    """LVM logical volumes of the physical volumes found, grouped by volume group (a linear
+    one is also readable straight from its disk, ``disk_of(label)``, in whole pages)."""
     from dissect.volume.lvm import LVM2, LVM2Device  # noqa: PLC0415
     groups: dict[str, list[tuple[Volume, object]]] = {}
     for pv in pvs:
@@ -413,7 +414,8 @@ def _logical_volumes(pvs: list[Volume]) -> list[Volume]:
                 desc = f"LVM2 LV, unreadable ({_first_line(e)})"
             else:
                 desc = f"LVM2 LV ({'linear' if linear else lv.type or 'segmented'})"
-            out.append(Volume(name, home, offset, size, fstype, desc, opener))
+            pages = _range_opener(disk_of(home), offset, size, PAGE) if offset is not None and size else None
+            out.append(Volume(name, home, offset, size, fstype, desc, opener, open_pages=pages))
     return out
 
 
@@ -902,7 +904,7 @@ class GuestGeneration:
                 raise self._table_errors[disk]
             if any(v.fstype == "lvm2" for v in vols) and self._lvs is None:
                 pvs = [v for d in self.disk_labels() for v in self._table(d) if v.fstype == "lvm2"]
-                self._lvs = _logical_volumes(pvs)
+                self._lvs = _logical_volumes(pvs, self._disk)
             return vols + [lv for lv in self._lvs or [] if lv.disk == disk]
 
     def tree(self, disk: str, volume: str) -> GuestTree:

@@ -8,9 +8,10 @@ bytes a second time, packed into a stream of their own chunks, and the index nam
 (``repofs.views.DiskView.read``), and the mount pushes exactly those ranges into the page
 cache without searching the disk for them (``repofs.prefill``).
 
-What is copied, per disk, at most ``LIMIT`` bytes: the first 128 KiB of the disk (partition
-tables) and 64 KiB of each ext2/3/4 volume (boot block, superblock, group descriptors), and what
-``repofs.extmeta`` finds there (used inode tables, directory blocks and their maps), widened
+What is copied, per disk with an ext2/3/4 volume, at most ``LIMIT`` bytes: the first 128 KiB
+of the disk (partition tables), the first 64 KiB of every volume on it (what finding and
+probing the volumes reads, LVM labels and metadata included; for ext the boot block,
+superblock and group descriptors), and what ``repofs.extmeta`` finds in each ext volume (used inode tables, directory blocks and their maps), widened
 to whole 4 KiB pages of the volume and of the disk (what page-aligned readers read).
 
 The bytes are read from the new generation as stored — its index and chunks, never the
@@ -66,9 +67,11 @@ def find_ranges(disk: "_GenerationReader") -> list[tuple[int, int]]:
         volumes = guestfs.GuestGeneration(_OneDisk(disk)).volumes(disk.label)
     except guestfs.GuestError:
         return []
+    for v in volumes:           # what finding the volumes reads: probes, LVM labels
+        if v.offset is not None:
+            found.append((v.offset - v.offset % HEAD, HEAD + v.offset % HEAD))
     volumes = [v for v in volumes if v.fstype == "ext" and v.offset is not None]
     for v in volumes:
-        found.append((v.offset - v.offset % HEAD, HEAD + v.offset % HEAD))
         left = LIMIT - sum(n for _, n in found)
         if left <= 0:
             break

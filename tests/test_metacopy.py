@@ -8,6 +8,7 @@ import json
 import shutil
 from pathlib import Path
 
+from fixtures_images import PASSPHRASE as GUEST_PASSPHRASE
 from fixtures_repo import CLI, PASSPHRASE, make_ext4_image, write_tree
 
 from format.repository import Repository
@@ -205,3 +206,30 @@ def test_check_finds_a_damaged_copy(cli: CLI, tmp_path: Path):
     view, store = open_view(cli)
     assert walk(view.generation("vm")) == walk_of_source(tmp_path / "tree")
     assert cid in store.fetched
+
+
+def test_walks_of_guest_images_read_only_copies(guest_repo):
+    """The GPT + ext4 and the LVM images of the guest test set: every ext volume's walk reads
+    the copies' chunks and none of the disk's own chunks."""
+    def fresh():
+        store = CountingStore(Repository.open(guest_repo.path, GUEST_PASSPHRASE.encode()))
+        gen = RepositoryView(store).generation("guest")
+        return store, gen, GuestGeneration(gen)
+
+    walked = 0
+    for label in ("gpt_ext4", "gpt_lvm"):
+        if label not in guest_repo.disks:
+            continue
+        _, _, guest = fresh()
+        for name in [v.name for v in guest.volumes(label) if v.fstype == "ext"]:
+            store, gen, guest = fresh()
+            stack = [f"{label}/{name}"]
+            while stack:
+                d = stack.pop()
+                stack += [f"{d}/{entry}" for entry, s in guest.listdir(d) if s.is_dir]
+            walked += 1
+            index = gen.disk(label).index
+            own = {cid for _, cid in index.stored()} - set(index.copies.ids)
+            assert set(store.fetched) & set(index.copies.ids), name
+            assert not set(store.fetched) & own, name        # (an LVM scan reads other disks too)
+    assert walked >= 2
