@@ -75,6 +75,7 @@ class Node:
     file: FileNode | None = None
     path: str | None = None
     gstat: "guestmount.GuestStat | None" = None
+    attrs: pyfuse3.EntryAttributes | None = None   # a guest entry's, made once (they never change)
 
 
 @dataclass
@@ -133,7 +134,10 @@ def _guarded(handler):
 
 def stable_inode(*parts: str) -> int:
     """A 63-bit inode number derived from the entry's path; never the root's."""
-    h = hashlib.blake2b("\0".join(parts).encode("utf-8", "surrogateescape"), digest_size=8)
+    return _inode_of(hashlib.blake2b("\0".join(parts).encode("utf-8", "surrogateescape"), digest_size=8))
+
+
+def _inode_of(h: "hashlib._Hash") -> int:
     n = int.from_bytes(h.digest(), "little") & ((1 << 63) - 1)
     return n if n > ROOT_INODE else n + 2
 
@@ -156,6 +160,7 @@ class RepofsOperations(pyfuse3.Operations):
         self._clock = clock
         self._uid, self._gid = os.getuid(), os.getgid()
         self._nodes: dict[int, Node] = {ROOT_INODE: Node(ROOT_INODE, "root")}
+        self._guest_prefix: dict[str, "hashlib._Hash"] = {}   # by manifest name
         self._files: dict[int, OpenFile] = {}
         self._dirs: dict[int, DirHandle] = {}
         self._next_fh = 1
@@ -209,8 +214,19 @@ class RepofsOperations(pyfuse3.Operations):
                                    "file", vm=gen.vm, gen=gen, file=f))
 
     def _guest_node(self, gen: GenerationView, path: str, gstat) -> Node:
-        return self._remember(Node(stable_inode("guest", vm_folder_name(gen.vm), gen.manifest_name, path),
-                                   "guest", vm=gen.vm, gen=gen, path=path, gstat=gstat))
+        # a walk makes one per guest entry: the hash of the path's common prefix is kept
+        prefix = self._guest_prefix.get(gen.manifest_name)
+        if prefix is None:
+            prefix = self._guest_prefix[gen.manifest_name] = hashlib.blake2b(
+                f"guest\0{vm_folder_name(gen.vm)}\0{gen.manifest_name}\0".encode("utf-8", "surrogateescape"),
+                digest_size=8)
+        h = prefix.copy()
+        h.update(path.encode("utf-8", "surrogateescape"))
+        inode = _inode_of(h)            # = stable_inode("guest", vm folder, manifest, path)
+        known = self._nodes.get(inode)
+        if known is not None and known.gen is gen and known.path == path and known.kind == "guest":
+            return known
+        return self._remember(Node(inode, "guest", vm=gen.vm, gen=gen, path=path, gstat=gstat))
 
     def _children(self, node: Node) -> list[tuple[str, Node]]:
         if node.kind == "root":
@@ -269,6 +285,8 @@ class RepofsOperations(pyfuse3.Operations):
     # -- attributes --------------------------------------------------------------------------
 
     def _attrs(self, node: Node) -> pyfuse3.EntryAttributes:
+        if node.attrs is not None:
+            return node.attrs
         a = pyfuse3.EntryAttributes()
         a.st_ino = node.inode
         a.generation = 0
@@ -278,6 +296,7 @@ class RepofsOperations(pyfuse3.Operations):
         if node.kind == "guest":
             guestmount.fill_attrs(a, node.gstat)
             a.entry_timeout = a.attr_timeout = timeout
+            node.attrs = a
             return a
         if node.kind in ("root", "vm", "latest"):
             timeout = SHORT_TIMEOUT
