@@ -1,9 +1,10 @@
 """``check``: verify a repository's structure and, on request, every chunk's data.
 
 Structure: every manifest opens (authenticated), every index it names opens and matches its
-disk, every chunk an index names (slot bases and pieces) exists with a plausible size. ``read_data`` additionally
-opens every referenced chunk (authenticate, decompress, re-hash against its id), each once
-however many generations share it, in parallel.
+disk, every chunk an index names (slot bases, pieces, copy-stream chunks) exists with a
+plausible size. ``read_data`` additionally opens every referenced chunk (authenticate,
+decompress, re-hash against its id), each once however many generations share it, in
+parallel, and compares each index's copies with the bytes of the slots they repeat.
 
 Problems are reported with the generation, disk and disk offset they affect, so an
 administrator knows exactly which restores would fail.
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .errors import CorruptObject, ObjectMissing, RepoError, UnsupportedFormat
+from .fixedindex import HOLE, FixedIndex
 from .repository import MIN_OBJECT_SIZE, Repository, chunk_name, manifest_name
 
 
@@ -59,6 +61,7 @@ def check(repo: Repository, read_data: bool = False, workers: int = 2,
           progress: Callable[[int, int], None] | None = None) -> CheckReport:
     report = CheckReport()
     refs: dict[bytes, list[tuple[str, str, str, int]]] = defaultdict(list)
+    copies_to_compare: list[tuple[FixedIndex, dict]] = []
     for name in repo.manifest_names():
         try:
             manifest = repo.get_manifest(name)
@@ -80,6 +83,8 @@ def check(repo: Repository, read_data: bool = False, workers: int = 2,
                 continue
             for offset, cid in index.references():
                 refs[cid].append((manifest.vm, manifest.generation, disk.label, offset))
+            if read_data and index.copies is not None:
+                copies_to_compare.append((index, where))
     report.chunks = len(refs)
 
     def probe(cid: bytes) -> str | None:
@@ -102,7 +107,46 @@ def check(repo: Repository, read_data: bool = False, workers: int = 2,
                 report.problems.append(Problem(chunk_name(cid), reason, vm, gen, label, offset))
     if read_data:
         report.chunks_read = len(refs)
+        for index, where in copies_to_compare:
+            offset = _copies_differ(repo, index)
+            if offset is not None:
+                report.problems.append(Problem(
+                    "copy table", "the copied bytes differ from the disk's at this offset", offset=offset, **where))
     return report
+
+
+def _copies_differ(repo: Repository, index: FixedIndex) -> int | None:
+    """The first disk offset where the index's copies differ from its slots (None: they
+    agree, or a chunk involved is damaged, which the chunk probe reports)."""
+    copies = index.copies
+    assert copies is not None
+    stream: dict[int, bytes] = {}
+    slot: tuple[int, bytes] = (-1, b"")
+    try:
+        for off, length in copies.ranges:
+            pos = copies.stream_pos(off, length)
+            assert pos is not None
+            at = off
+            for k, inner, take in copies.stream_parts(pos, length):
+                if k not in stream:
+                    stream.clear()
+                    cid = copies.ids[k]
+                    stream[k] = repo.get_chunk(cid) if cid != HOLE else bytes(copies.chunk_length(k))
+                    if len(stream[k]) != copies.chunk_length(k):
+                        return copies.disk_offset(k * copies.chunk_size)
+                mine = stream[k][inner:inner + take]
+                for n in range(at // index.chunk_size, (at + take - 1) // index.chunk_size + 1):
+                    if slot[0] != n:
+                        slot = (n, index.assemble(n, repo.get_chunk))
+                    start = n * index.chunk_size
+                    lo, hi = max(at, start), min(at + take, start + index.chunk_size)
+                    a, b = slot[1][lo - start:hi - start], mine[lo - at:hi - at]
+                    if a != b:
+                        return lo + next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+                at += take
+    except (CorruptObject, ObjectMissing):
+        pass                       # reported by the chunk probe, with its place
+    return None
 
 
 def _reason(e: RepoError) -> str:
