@@ -432,6 +432,7 @@ def _ns(dt: datetime | None) -> int:
 
 class _Node:
     """A filesystem object: the only interface the tree uses."""
+    st: GuestStat | None = None       # ``stat()``, once the tree has asked for it
 
     def stat(self) -> GuestStat: raise NotImplementedError
     def children(self) -> Iterator[tuple[str, "_Node"]]: raise NotImplementedError
@@ -679,8 +680,11 @@ _OPENERS: dict[str, Callable[[BinaryIO, Volume], _Node]] = {
 }
 
 
+_UNSAFE_NAMES = frozenset(("", ".", ".."))
+
+
 def _safe_name(name: str) -> bool:
-    return name not in ("", ".", "..") and "/" not in name and "\0" not in name
+    return name not in _UNSAFE_NAMES and "/" not in name and "\0" not in name
 
 
 class GuestTree:
@@ -694,7 +698,6 @@ class GuestTree:
         self.where = f"{volume.disk}/{volume.name}"
         self._lock = threading.RLock()
         self._dirs: OrderedDict[tuple[str, ...], dict[str, _Node]] = OrderedDict()
-        self._stats: dict[int, GuestStat] = {}
         self._streams: OrderedDict[int, BinaryIO] = OrderedDict()
         fstype = volume.fstype
         if fstype in ("luks", "bitlocker"):
@@ -723,7 +726,8 @@ class GuestTree:
         if found is None:
             # A damaged or hostile filesystem may hold names no path can carry ("..", "a/b"):
             # they are left out, so nothing built from a listing can leave its directory.
-            found = {name: child for name, child in node.children() if _safe_name(name)}
+            found = {name: child for name, child in node.children()    # (_safe_name, inline:
+                     if name not in _UNSAFE_NAMES and "/" not in name and "\0" not in name}  # one per entry)
             self._dirs[key] = found
             if len(self._dirs) > self.DIR_CACHE:
                 self._dirs.popitem(last=False)
@@ -732,12 +736,9 @@ class GuestTree:
         return found
 
     def _stat(self, node: _Node) -> GuestStat:
-        s = self._stats.get(id(node))
+        s = node.st
         if s is None:
-            s = node.stat()
-            if len(self._stats) > 65536:
-                self._stats.clear()
-            self._stats[id(node)] = s
+            s = node.st = node.stat()
         return s
 
     def _resolve(self, path: str, follow: bool) -> tuple[tuple[str, ...], _Node]:
@@ -798,7 +799,8 @@ class GuestTree:
             key, node = self._resolve(path, True)
             if not self._stat(node).is_dir:
                 raise GuestNotADirectory(f"{self.where}/{path.strip('/')}: not a directory")
-            return sorted((name, self._stat(child)) for name, child in self._children(key, node).items())
+            stat = self._stat
+            return sorted([(name, stat(child)) for name, child in self._children(key, node).items()])
         return self._guard(run)
 
     def readlink(self, path: str) -> str:

@@ -197,7 +197,7 @@ def test_hostile_names_never_leave_the_target(tmp_path):
     import threading
     from collections import OrderedDict
     tree.volume, tree.where, tree.root = None, "d/v", Root()
-    tree._lock, tree._dirs, tree._stats, tree._streams = threading.RLock(), OrderedDict(), {}, OrderedDict()
+    tree._lock, tree._dirs, tree._streams = threading.RLock(), OrderedDict(), OrderedDict()
     assert [n for n, _ in tree.listdir("")] == ["ok"]
     (tmp_path / "dest").mkdir()
     extract(tree, "/", str(tmp_path / "dest" / "out"))
