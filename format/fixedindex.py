@@ -87,6 +87,17 @@ class Copies:
             pos += length
         self.stream_size = pos
 
+    def validate(self, capacity: int) -> None:
+        """Raise ValueError unless the ranges are what the format allows on a disk of
+        ``capacity`` bytes and the ids are as many as the stream's chunks."""
+        end = -1
+        for off, length in self.ranges:
+            if length <= 0 or off <= end or off + length > capacity or length >= 1 << 32:
+                raise ValueError(f"copy range ({off}, {length}) is out of order, empty or outside the disk")
+            end = off + length
+        if not self.ranges or len(self.ids) != chunk_count(self.stream_size, self.chunk_size):
+            raise ValueError("copy table without ranges, or its chunk count does not match them")
+
     def stream_pos(self, offset: int, length: int) -> int | None:
         """Where disk bytes [offset, offset + length) start in the stream, or None unless one
         range holds them all."""
@@ -246,6 +257,7 @@ class FixedIndex:
                 parts.append(SLOT_HEADER.pack(n, len(pieces), 0))
                 parts.extend(PIECE.pack(off, length, cid or HOLE) for off, length, cid in pieces)
         if self.copies:
+            self.copies.validate(self.capacity)
             parts.append(COUNT.pack(len(self.copies.ranges)))
             parts.extend(COPY_RANGE.pack(off, length, 0) for off, length in self.copies.ranges)
             parts.append(COUNT.pack(len(self.copies.ids)))

@@ -96,14 +96,27 @@ def find_ranges(disk: "_GenerationReader") -> list[tuple[int, int]]:
             start, end = off - off % PAGE, -(-(off + n) // PAGE) * PAGE        # volume pages
             start, end = v.offset + start, v.offset + end
             start, end = start - start % PAGE, -(-end // PAGE) * PAGE           # disk pages
-            found.append((start, min(end, disk.capacity) - start))
-    return _apart(found) if volumes else []
+            found.append((start, end - start))
+    if not volumes:
+        return []
+    ranges, total = [], 0
+    for off, n in _apart(found, disk.capacity):
+        n = min(n, LIMIT - total)
+        if n <= 0:
+            break
+        ranges.append((off, n))
+        total += n
+    return ranges
 
 
-def _apart(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Sorted and merged so that no two ranges touch or overlap."""
+def _apart(ranges: list[tuple[int, int]], capacity: int | None = None) -> list[tuple[int, int]]:
+    """Sorted, clipped to ``capacity`` and merged so that no two ranges touch or overlap."""
     out: list[tuple[int, int]] = []
-    for off, n in sorted(r for r in ranges if r[1] > 0):
+    for off, n in sorted(ranges):
+        if capacity is not None:
+            n = min(off + n, capacity) - off
+        if n <= 0:
+            continue
         if out and off <= out[-1][0] + out[-1][1]:
             out[-1] = (out[-1][0], max(out[-1][1], off + n - out[-1][0]))
         else:

@@ -227,6 +227,11 @@ def test_index_rejects_malformed_copy_tables():
     for bad in bad_cases:
         with pytest.raises(CorruptObject):
             FixedIndex.decode(bad, "i")
+    # and a writer cannot encode what a reader would reject
+    for ranges in ([(0, 4096), (4096, 4096)], [((4 << 20) - 100, 4096)], [(8192, 0)], []):
+        idx.copies = Copies(ranges, [b"\x01" * 32] * (1 if ranges else 0), 1 << 20)
+        with pytest.raises(ValueError):
+            idx.encode()
 
 
 def test_index_rejects_inconsistent_headers():

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 from fixtures_images import PASSPHRASE as GUEST_PASSPHRASE
@@ -254,3 +255,22 @@ def test_check_finds_copies_that_differ_from_the_disk(cli: CLI, tmp_path: Path):
     assert proc.returncode == 1
     assert "offset 5000: copy table: the copied bytes differ" in proc.stdout + proc.stderr
     assert cli.run("check").returncode == 0          # the structure is sound
+
+
+def test_a_small_whole_disk_ext_volume(cli: CLI, tmp_path: Path):
+    """An ext2 file system straight on a disk smaller than the 128 KiB copied from a disk's
+    start: the copies stay inside the disk, and the generation reads back."""
+    src = tmp_path / "tree"
+    (src / "d").mkdir(parents=True)
+    (src / "d" / "f.txt").write_bytes(b"tiny\n")
+    img = tmp_path / "disk.img"
+    subprocess.run(["mkfs.ext2", "-q", "-F", "-b", "1024", "-N", "16", "-d", str(src), str(img), "100k"],
+                   check=True, capture_output=True)
+    assert img.stat().st_size == 100 * 1024
+    backup(cli, img)
+    view, _ = open_view(cli)
+    disk = view.generation("vm").disks[0]
+    ranges = disk.index.copies.ranges
+    assert ranges[-1][0] + ranges[-1][1] <= disk.capacity
+    assert disk.read(0, disk.capacity) == img.read_bytes()
+    assert cli.run("files", "cat", "vm:vm:disk/whole/d/f.txt").stdout == "tiny\n"
