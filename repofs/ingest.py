@@ -184,7 +184,6 @@ def backup(repo: Repository, vm: str, sources: Sequence[DiskSource], *,
     if len(set(labels)) != len(labels):
         raise IngestError(f"two disks share a label: {labels}")
     started = time.monotonic()
-    metacopy.preload()
     workers = workers or max(2, os.cpu_count() or 2)
     with repo.vm_lock(vm), ThreadPoolExecutor(workers, thread_name_prefix="ingest") as pool:
         parent = latest_generation(repo, vm)

@@ -23,7 +23,6 @@ that lies inside the old copies and outside the changes served by the old copies
 from __future__ import annotations
 
 import logging
-import threading
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -41,21 +40,6 @@ DISK_HEAD = 128 << 10       # the start of the disk: partition tables, and what 
                             # whole disk reads (a Btrfs superblock's magic lies at 64 KiB)
 SLOTS_KEPT = 24             # slots of the new generation held while reading
 LOAD_THREADS = 2
-
-
-def preload() -> None:
-    """Start importing what ``build`` needs (~0.1 s: the guest readers, dissect's partition
-    tables) in a thread, so that it overlaps the reading of the disks."""
-    threading.Thread(target=_import_finders, name="metacopy-imports", daemon=True).start()
-
-
-def _import_finders() -> None:
-    try:
-        import dissect.volume.disk  # noqa: F401, PLC0415
-
-        from . import extmeta, guestfs  # noqa: F401, PLC0415
-    except Exception:  # noqa: BLE001 (build imports them again and reports)
-        pass
 
 
 def build(repo: Repository, label: str, index: FixedIndex, previous: FixedIndex | None,
