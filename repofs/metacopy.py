@@ -22,6 +22,7 @@ that lies inside the old copies and outside the changes served by the old copies
 """
 from __future__ import annotations
 
+import bisect
 import logging
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -155,6 +156,7 @@ class _GenerationReader:
                  touched: list[tuple[int, int]]):
         self.repo, self.label, self.index, self.old, self.touched = repo, label, index, old, touched
         self.capacity = index.capacity
+        self._touched_ends = [off + n for off, n in touched]   # ascending: the ranges are apart
         self._slots: OrderedDict[int, Future] = OrderedDict()
         self._stream: dict[int, bytes] = {}
         self._pool = ThreadPoolExecutor(LOAD_THREADS, thread_name_prefix="metacopy")
@@ -196,7 +198,12 @@ class _GenerationReader:
 
     def _old_covers(self, offset: int, size: int) -> bool:
         return self.old is not None and self.old.stream_pos(offset, size) is not None and \
-            not _overlap([(offset, size)], self.touched)
+            not self._touched(offset, size)
+
+    def _touched(self, offset: int, size: int) -> bool:
+        """Whether this backup wrote any byte of [offset, offset + size)."""
+        i = bisect.bisect_right(self._touched_ends, offset)   # the first range ending past offset
+        return i < len(self.touched) and self.touched[i][0] < offset + size
 
     def _from_old(self, offset: int, size: int) -> bytes | None:
         if not self._old_covers(offset, size):
