@@ -97,6 +97,7 @@ class _DiskIngest:
         self.in_flight = in_flight
         self.zero = bytes(repo.chunk_size)
         self.stop = threading.Event()  # set when another disk failed: give up early
+        self.copies_stored = False     # a copy of guest metadata stored a new chunk
 
     def _store(self, data: bytes, known: set[bytes]) -> tuple[bytes | None, int]:
         if data == self.zero[:len(data)]:
@@ -116,6 +117,7 @@ class _DiskIngest:
         def store(data: bytes) -> tuple[bytes | None, int]:
             cid, stored = self._store(data, known)
             if stored:
+                self.copies_stored = True
                 report.new_bytes += stored
                 report.new_chunks += 1
                 known.add(cid)  # type: ignore[arg-type]
@@ -202,20 +204,23 @@ def backup(repo: Repository, vm: str, sources: Sequence[DiskSource], *,
             source, index, work, known, report, parent_index = plan
             ingest.run(source, index, work, known, report, progress)
             report.data_bytes = sum(index.chunk_range(n)[1] for n in index.occupied())
+
+        def copy_metadata(plan: tuple) -> None:
+            source, index, work, known, report, parent_index = plan
             ingest.copy_metadata(source, index, parent_index, work, known, report)
 
-        # Disks are read in parallel (one reader thread each), sharing the workers.
-        with ThreadPoolExecutor(len(plans) or 1, thread_name_prefix="ingest-read") as readers:
-            futures = [readers.submit(read_disk, plan) for plan in plans]
-            try:
-                for fut in futures:
-                    fut.result()
-            except BaseException:
-                ingest.stop.set()
-                raise
+        # Disks are read in parallel (one reader thread each), sharing the workers. Then,
+        # while the repository's file system writes their chunks out, the guests' metadata
+        # is copied from them (the chunks are read back from the page cache).
+        with ThreadPoolExecutor(len(plans) + 1, thread_name_prefix="ingest-read") as readers:
+            _all(readers, read_disk, plans, ingest.stop)
+            syncing = readers.submit(repo.sync)
+            _all(readers, copy_metadata, plans, ingest.stop)
+            syncing.result()
         entries = [(source, index, report) for source, index, _n, _k, report, _p in plans]
         reports = [plan[4] for plan in plans]
-        repo.sync()  # every chunk durable before an index refers to it
+        if ingest.copies_stored:
+            repo.sync()  # the copies' new chunks too: every chunk durable before an index names it
         disks = []
         for source, index, report in entries:
             disks.append(DiskEntry(label=source.label, capacity=source.capacity,
@@ -229,6 +234,18 @@ def backup(repo: Repository, vm: str, sources: Sequence[DiskSource], *,
                             metadata=metadata or {})
         name = repo.put_manifest(manifest)
     return BackupReport(vm, manifest.generation, name, reports, time.monotonic() - started)
+
+
+def _all(pool: ThreadPoolExecutor, fn: Callable[[tuple], None], plans: list[tuple],
+         stop: threading.Event) -> None:
+    """``fn(plan)`` for every plan in ``pool``; the first failure stops the others."""
+    futures = [pool.submit(fn, plan) for plan in plans]
+    try:
+        for fut in futures:
+            fut.result()
+    except BaseException:
+        stop.set()
+        raise
 
 
 def _plan(repo: Repository, source: DiskSource, parent_index: FixedIndex | None,
