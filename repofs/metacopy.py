@@ -11,8 +11,9 @@ cache without searching the disk for them (``repofs.prefill``).
 What is copied, per disk with an ext2/3/4 volume, at most ``LIMIT`` bytes: the first 128 KiB
 of the disk (partition tables), the first 64 KiB of every volume on it (what finding and
 probing the volumes reads, LVM labels and metadata included; for ext the boot block,
-superblock and group descriptors), and what ``repofs.extmeta`` finds in each ext volume (used inode tables, directory blocks and their maps), widened
-to whole 4 KiB pages of the volume and of the disk (what page-aligned readers read).
+superblock and group descriptors), and what ``repofs.extmeta`` finds in each ext volume
+(used inode tables, directory blocks and their maps), widened to whole 4 KiB pages of the
+volume and of the disk (what page-aligned readers read).
 
 The bytes are read from the new generation as stored — its index and chunks, never the
 source again — so copies and chunks cannot disagree. A backup with a change list keeps the
@@ -23,7 +24,6 @@ that lies inside the old copies and outside the changes served by the old copies
 from __future__ import annotations
 
 import bisect
-import logging
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -31,8 +31,6 @@ from typing import Callable, Iterable, Iterator
 
 from format.fixedindex import HOLE, Copies, FixedIndex
 from format.repository import Repository
-
-log = logging.getLogger("repofs.backup")
 
 LIMIT = 64 << 20            # bytes copied per disk at most
 PAGE = 4096
