@@ -76,6 +76,8 @@ class Node:
     path: str | None = None
     gstat: "guestmount.GuestStat | None" = None
     attrs: pyfuse3.EntryAttributes | None = None   # a guest entry's, made once (they never change)
+    lookups: int = 0                  # references the kernel holds (lookups and readdirplus
+                                      # entries, less forgets): a guest node at 0 is dropped
 
 
 @dataclass
@@ -336,18 +338,31 @@ class RepofsOperations(pyfuse3.Operations):
         parent = self._node(parent_inode)
         text = os.fsdecode(name)
         if text == ".":
-            return self._attrs(parent)
+            return self._entry(parent)
         if text == "..":
             raise pyfuse3.FUSEError(errno.ENOENT)  # the kernel resolves ".." itself
         if parent.kind == "guest":
             path, gstat = await self._guest.lookup(parent.gen, parent.path, text)
-            return self._attrs(self._guest_node(parent.gen, path, gstat))
+            return self._entry(self._guest_node(parent.gen, path, gstat))
         await self._maybe_refresh(parent)
-        return self._attrs(self._child(parent, text))
+        return self._entry(self._child(parent, text))
+
+    def _entry(self, node: Node) -> pyfuse3.EntryAttributes:
+        """The attributes of a reply that gives the kernel one more reference to ``node``."""
+        node = self._nodes.setdefault(node.inode, node)   # (back, if forgotten meanwhile)
+        node.lookups += 1
+        return self._attrs(node)
 
     async def forget(self, inode_list) -> None:
-        # Nodes are tiny and their number is bounded by the tree; keep them.
-        return None
+        # Guest entries are as many as the guests' files: one is kept only while the kernel
+        # holds it. The others are few (VMs, generations, their files) and always kept.
+        for inode, nlookup in inode_list:
+            node = self._nodes.get(inode)
+            if node is None:
+                continue
+            node.lookups -= nlookup
+            if node.lookups <= 0 and node.kind == "guest":
+                del self._nodes[inode]
 
     @_guarded
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext = None) -> pyfuse3.EntryAttributes:
@@ -385,10 +400,13 @@ class RepofsOperations(pyfuse3.Operations):
         handle = self._dirs.get(fh)
         if handle is None:
             raise pyfuse3.FUSEError(errno.EBADF)
+        nodes = self._nodes
         for i in range(start_id, len(handle.entries)):
             name, node = handle.entries[i]
+            node = nodes.setdefault(node.inode, node)   # (back, if forgotten since opendir)
             if not pyfuse3.readdir_reply(token, os.fsencode(name), self._attrs(node), i + 1):
                 return
+            node.lookups += 1                           # an entry of READDIRPLUS is a lookup
 
     async def releasedir(self, fh: int) -> None:
         self._dirs.pop(fh, None)

@@ -139,3 +139,37 @@ def test_unreadable_volumes_answer_with_an_errno(mounted):
         os.stat(mounted / "gpt_ext4/p1/missing")
     with pytest.raises(OSError):
         (mounted / "gpt_ext4/p1/hello.txt").write_bytes(b"x")
+
+
+def _walk_inodes(root) -> dict[str, int]:
+    out = {}
+    for d, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = os.path.join(d, name)
+            out[os.path.relpath(path, root)] = os.lstat(path).st_ino
+    return out
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="dropping the kernel's caches needs root")
+def test_guest_entries_the_kernel_forgets_are_dropped(mounted, guest_images):
+    """The mount keeps a guest entry only while the kernel holds it (a file manager over a
+    large guest tree must not grow the mount without bound): after the kernel drops its
+    dentries and inodes, the mount's entry count (statvfs f_files) falls, and a second walk
+    finds the same entries with the same inode numbers."""
+    import time
+
+    root = mounted / "gpt_ext4/p1"
+    first = _walk_inodes(root)
+    held = os.statvfs(mounted).f_files
+    assert held > len(first)
+    fewer = held
+    for _ in range(50):                        # FORGETs reach the server asynchronously
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("2\n")
+        time.sleep(0.1)
+        fewer = os.statvfs(mounted).f_files
+        if fewer <= held - len(first) // 2:
+            break
+    assert fewer <= held - len(first) // 2, (held, fewer)
+    assert _walk_inodes(root) == first
+    same(snapshot_local(root), expected(guest_images.tree))
