@@ -26,7 +26,7 @@ Plaintext encoding (inside a sealed object with magic ``RFIX``), little-endian::
                          (after the patch table, if any); other bits: damaged
     16  8  count         ceil(capacity / chunk size)
     24  32*count         base chunk ids, in disk order; 32 zero bytes for a hole
-    then, when flags = 1, the patch table:
+    then, when bit 0 is set, the patch table:
         8  patched       number of patched slots (>= 1)
         per patched slot, slot numbers strictly ascending:
             8  slot      slot number (< count)
@@ -57,14 +57,13 @@ from typing import Callable, Iterable, Iterator
 from .errors import CorruptObject
 
 HEADER = struct.Struct("<QIIQ")
-PATCH_COUNT = struct.Struct("<Q")
+COUNT = struct.Struct("<Q")              # patched slots; copied ranges; stream chunks
 SLOT_HEADER = struct.Struct("<QII")
 PIECE = struct.Struct("<II32s")
 ID_SIZE = 32
 HOLE = bytes(ID_SIZE)
 FLAG_PATCHES = 1
 FLAG_COPIES = 2
-COUNT = struct.Struct("<Q")
 COPY_RANGE = struct.Struct("<QII")
 
 Piece = tuple[int, int, "bytes | None"]   # (offset inside the slot, length, chunk id or None = zeros)
@@ -126,6 +125,31 @@ class Copies:
 
     def chunk_length(self, k: int) -> int:
         return min(self.chunk_size, self.stream_size - k * self.chunk_size)
+
+    def chunk(self, k: int, fetch: Callable[[bytes], "bytes | None"]) -> bytes | None:
+        """Stream chunk ``k``: ``fetch(id)`` (None: not at hand), zeros for a hole id.
+        CorruptObject unless it holds exactly the chunk's length."""
+        cid = self.ids[k]
+        if cid == HOLE:
+            return bytes(self.chunk_length(k))
+        data = fetch(cid)
+        if data is not None and len(data) != self.chunk_length(k):
+            raise CorruptObject(f"copy stream chunk {k}", f"holds {len(data)} bytes, not {self.chunk_length(k)}")
+        return data
+
+    def read(self, offset: int, length: int, chunk: Callable[[int], "bytes | None"]) -> bytes | None:
+        """Disk bytes [offset, offset + length) from the stream, its chunk ``k`` given by
+        ``chunk(k)``; None unless one range holds them all and every chunk is at hand."""
+        pos = self.stream_pos(offset, length)
+        if pos is None:
+            return None
+        parts = []
+        for k, inner, take in self.stream_parts(pos, length):
+            data = chunk(k)
+            if data is None:
+                return None
+            parts.append(data[inner:inner + take])
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 @dataclass
@@ -251,7 +275,7 @@ class FixedIndex:
         flags = (FLAG_PATCHES if self.patches else 0) | (FLAG_COPIES if self.copies else 0)
         parts = [HEADER.pack(self.capacity, self.chunk_size, flags, self.count), bytes(self.ids)]
         if self.patches:
-            parts.append(PATCH_COUNT.pack(len(self.patches)))
+            parts.append(COUNT.pack(len(self.patches)))
             for n in sorted(self.patches):
                 pieces = self.patches[n]
                 parts.append(SLOT_HEADER.pack(n, len(pieces), 0))
@@ -292,27 +316,27 @@ def _decode_copies(data: bytes, pos: int, index: FixedIndex, label: str) -> tupl
     try:
         (count,) = COUNT.unpack_from(data, pos)
         pos += COUNT.size
-        if count == 0 or len(data) < pos + count * COPY_RANGE.size:
-            raise bad("range count out of range or truncated")
-        ranges = []
-        last_end = 0
-        for off, length, reserved in COPY_RANGE.iter_unpack(data[pos:pos + count * COPY_RANGE.size]):
-            if length == 0 or reserved or off < last_end or off + length > index.capacity \
-                    or (ranges and off == last_end):
-                raise bad(f"range at {off} is out of order, overlapping or outside the disk")
-            ranges.append((off, length))
-            last_end = off + length
-        pos += count * COPY_RANGE.size
+        table = data[pos:pos + count * COPY_RANGE.size]
+        if len(table) != count * COPY_RANGE.size:
+            raise bad("truncated")
+        entries = list(COPY_RANGE.iter_unpack(table))
+        pos += len(table)
+        if any(reserved for _off, _length, reserved in entries):
+            raise bad("a reserved field is set")
         (nids,) = COUNT.unpack_from(data, pos)
         pos += COUNT.size
-        if nids != chunk_count(sum(n for _, n in ranges), index.chunk_size) or \
-                len(data) < pos + nids * ID_SIZE:
-            raise bad("chunk count does not match the ranges or is truncated")
+        if len(data) < pos + nids * ID_SIZE:
+            raise bad("truncated")
         ids = [bytes(data[p:p + ID_SIZE]) for p in range(pos, pos + nids * ID_SIZE, ID_SIZE)]  # HOLE: zeros
         pos += nids * ID_SIZE
     except struct.error:
         raise bad("truncated") from None
-    return Copies(ranges, ids, index.chunk_size), pos
+    copies = Copies([(off, length) for off, length, _ in entries], ids, index.chunk_size)
+    try:
+        copies.validate(index.capacity)          # the rules a writer keeps are the reader's
+    except ValueError as e:
+        raise bad(str(e)) from None
+    return copies, pos
 
 
 def _decode_patches(data: bytes, pos: int, index: FixedIndex, label: str) -> tuple[dict[int, tuple[Piece, ...]], int]:
@@ -320,8 +344,8 @@ def _decode_patches(data: bytes, pos: int, index: FixedIndex, label: str) -> tup
         return CorruptObject(label, f"index patch table: {reason}")
 
     try:
-        (patched,) = PATCH_COUNT.unpack_from(data, pos)
-        pos += PATCH_COUNT.size
+        (patched,) = COUNT.unpack_from(data, pos)
+        pos += COUNT.size
         if patched == 0 or patched > index.count:
             raise bad("slot count out of range")
         patches: dict[int, tuple[Piece, ...]] = {}

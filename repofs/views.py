@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterator, Protocol
 
 from format.errors import CorruptObject, GenerationNotFound, ObjectMissing, VMNotFound
-from format.fixedindex import HOLE, FixedIndex
+from format.fixedindex import FixedIndex
 from format.manifest import DiskEntry, Manifest
 
 from .chunkcache import DEFAULT_CACHE_BYTES, ChunkCache
@@ -117,10 +117,11 @@ class DiskView:
             data = cache.peek(key)
             return _MISSING if data is None else data
 
-        def streamed(k: int) -> bytes | object:
-            cid = index.copies.ids[k]  # type: ignore[union-attr]
-            data = cache.peek(cid)
-            return _MISSING if data is None or len(data) != index.copies.chunk_length(k) else data  # type: ignore[union-attr]
+        def streamed(k: int) -> bytes | None:
+            try:
+                return index.copies.chunk(k, cache.peek)  # type: ignore[union-attr]
+            except CorruptObject:     # read() reports it, or reads the slots
+                return None
         data = self._copied(offset, size, streamed)
         if data is not _MISSING:
             return data  # type: ignore[return-value]
@@ -157,41 +158,22 @@ class DiskView:
         copies = self.index.copies
         return copies is not None and copies.stream_pos(offset, size) is not None
 
-    def _copied(self, offset: int, size: int, chunk: Callable[[int], "bytes | object"]) -> bytes | object:
+    def _copied(self, offset: int, size: int, chunk: Callable[[int], "bytes | None"]) -> bytes | object:
         """The bytes from the copies' stream (its chunks from ``chunk(k)``), or ``_MISSING``
         when they are not all inside one copied range or a stream chunk is not at hand."""
         copies = self._index.copies if self._index is not None else None
-        if copies is None:
-            return _MISSING
         size = min(offset + size, self.capacity) - offset
-        pos = copies.stream_pos(offset, size) if size > 0 else None
-        if pos is None:
-            return _MISSING
-        parts = []
-        for k, inner, take in copies.stream_parts(pos, size):
-            data = chunk(k)
-            if data is _MISSING:
-                return _MISSING
-            assert isinstance(data, bytes)
-            parts.append(data[inner:inner + take])
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+        data = copies.read(offset, size, chunk) if copies is not None and size > 0 else None
+        return _MISSING if data is None else data
 
-    def _stream_chunk(self, k: int) -> bytes:
+    def _stream_chunk(self, k: int) -> bytes | None:
         copies = self.index.copies
         assert copies is not None
-        cid = copies.ids[k]
-        if cid == HOLE:
-            return bytes(copies.chunk_length(k))
         try:
-            data = self.gen.repo.cache.get(cid)
+            return copies.chunk(k, self.gen.repo.cache.get)
         except (CorruptObject, ObjectMissing) as e:
             raise DiskReadError(self.gen.vm, self.gen.name, self.label,
                                 copies.disk_offset(k * copies.chunk_size), e) from None
-        if len(data) != copies.chunk_length(k):
-            raise DiskReadError(self.gen.vm, self.gen.name, self.label,
-                                copies.disk_offset(k * copies.chunk_size),
-                                CorruptObject("copy stream", f"chunk {k} holds {len(data)} bytes"))
-        return data
 
     def _gather(self, offset: int, size: int, chunk: Callable[[int], "bytes | None | object"]) -> bytes | None:
         """Bytes [offset, offset+size) clipped to the capacity from ``chunk(number)`` — a
