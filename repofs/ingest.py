@@ -122,7 +122,9 @@ class _DiskIngest:
                 report.new_chunks += 1
                 known.add(cid)  # type: ignore[arg-type]
             return cid, stored
-        touched = metacopy.touched_ranges(index, work) if source.extents_are_changes else None
+        # what this backup rewrote: in slot order, so ascending and never overlapping
+        touched = [read for item in work for read in _item_reads(index, item)] \
+            if source.extents_are_changes else None
         try:
             index.copies = metacopy.build(self.repo, source.label, index, previous, touched, store)
         except Exception as e:  # noqa: BLE001 (an optional copy never fails a backup)

@@ -45,7 +45,8 @@ def build(repo: Repository, label: str, index: FixedIndex, previous: FixedIndex 
           touched: list[tuple[int, int]] | None, store: Callable[[bytes], tuple[bytes | None, int]]
           ) -> Copies | None:
     """The copies for the new ``index`` of disk ``label``. ``touched``: the disk ranges this
-    backup wrote, sorted, when it started from ``previous`` (a change list), else None.
+    backup wrote — ascending, none overlapping — when it started from ``previous`` (a change
+    list), else None.
     ``store(data)`` stores a stream chunk: (id or None for zeros, bytes stored)."""
     old = previous.copies if previous is not None and touched is not None else None
     if old is not None and not _overlap(old.ranges, touched or []):
@@ -82,29 +83,15 @@ def find_ranges(disk: "_GenerationReader") -> list[tuple[int, int]]:
             found.append((start, end - start))
     if not volumes:
         return []
+    inside = [(off, min(off + n, disk.capacity) - off) for off, n in found if off < disk.capacity]
     ranges, total = [], 0
-    for off, n in _apart(found, disk.capacity):
+    for off, n in extmeta.coalesce(inside):     # apart: touching ranges become one
         n = min(n, LIMIT - total)
         if n <= 0:
             break
         ranges.append((off, n))
         total += n
     return ranges
-
-
-def _apart(ranges: list[tuple[int, int]], capacity: int | None = None) -> list[tuple[int, int]]:
-    """Sorted, clipped to ``capacity`` and merged so that no two ranges touch or overlap."""
-    out: list[tuple[int, int]] = []
-    for off, n in sorted(ranges):
-        if capacity is not None:
-            n = min(off + n, capacity) - off
-        if n <= 0:
-            continue
-        if out and off <= out[-1][0] + out[-1][1]:
-            out[-1] = (out[-1][0], max(out[-1][1], off + n - out[-1][0]))
-        else:
-            out.append((off, n))
-    return out
 
 
 def _overlap(a: list[tuple[int, int]], b: list[tuple[int, int]]) -> bool:
@@ -154,7 +141,7 @@ class _GenerationReader:
                  touched: list[tuple[int, int]]):
         self.repo, self.label, self.index, self.old, self.touched = repo, label, index, old, touched
         self.capacity = index.capacity
-        self._touched_ends = [off + n for off, n in touched]   # ascending: the ranges are apart
+        self._touched_ends = [off + n for off, n in touched]   # ascending: none overlap
         self._slots: OrderedDict[int, Future] = OrderedDict()
         self._stream: dict[int, bytes] = {}
         self._pool = ThreadPoolExecutor(LOAD_THREADS, thread_name_prefix="metacopy")
@@ -206,18 +193,14 @@ class _GenerationReader:
     def _from_old(self, offset: int, size: int) -> bytes | None:
         if not self._old_covers(offset, size):
             return None
-        old = self.old
-        assert old is not None
-        pos = old.stream_pos(offset, size)
-        assert pos is not None
-        parts = []
-        for k, inner, take in old.stream_parts(pos, size):
-            data = self._stream.get(k)
-            if data is None:
-                cid = old.ids[k]
-                data = self._stream[k] = bytes(old.chunk_length(k)) if cid == HOLE else self.repo.get_chunk(cid)
-            parts.append(data[inner:inner + take])
-        return b"".join(parts)
+        assert self.old is not None
+        return self.old.read(offset, size, self._old_chunk)
+
+    def _old_chunk(self, k: int) -> bytes | None:
+        data = self._stream.get(k)
+        if data is None:
+            data = self._stream[k] = self.old.chunk(k, self.repo.get_chunk)  # type: ignore[union-attr,assignment]
+        return data
 
     def _slot_future(self, n: int) -> Future:
         fut = self._slots.get(n)
@@ -231,16 +214,3 @@ class _GenerationReader:
 
     def _slot(self, n: int) -> bytes:
         return self._slot_future(n).result()
-
-
-def touched_ranges(index: FixedIndex, work: Iterable[tuple[int, tuple[tuple[int, int], ...] | None, tuple]]
-                   ) -> list[tuple[int, int]]:
-    """The disk ranges an ingest's work items rewrite: whole slots, or their pieces' ranges."""
-    out = []
-    for n, ranges, _kept in work:
-        start, length = index.chunk_range(n)
-        if ranges is None:
-            out.append((start, length))
-        else:
-            out.extend((start + lo, hi - lo) for lo, hi in ranges)
-    return _apart(out)
