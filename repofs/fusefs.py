@@ -136,7 +136,13 @@ def _guarded(handler):
 
 def stable_inode(*parts: str) -> int:
     """A 63-bit inode number derived from the entry's path; never the root's."""
-    return _inode_of(hashlib.blake2b("\0".join(parts).encode("utf-8", "surrogateescape"), digest_size=8))
+    return _inode_of(_path_hash(*parts))
+
+
+def _path_hash(*parts: str) -> "hashlib._Hash":
+    """The hash behind ``stable_inode``; ``_path_hash(*a, "")`` continued with ``b`` (a
+    ``copy()``, then ``update``) is ``_path_hash(*a, b)``."""
+    return hashlib.blake2b("\0".join(parts).encode("utf-8", "surrogateescape"), digest_size=8)
 
 
 def _inode_of(h: "hashlib._Hash") -> int:
@@ -219,9 +225,8 @@ class RepofsOperations(pyfuse3.Operations):
         # a walk makes one per guest entry: the hash of the path's common prefix is kept
         prefix = self._guest_prefix.get(gen.manifest_name)
         if prefix is None:
-            prefix = self._guest_prefix[gen.manifest_name] = hashlib.blake2b(
-                f"guest\0{vm_folder_name(gen.vm)}\0{gen.manifest_name}\0".encode("utf-8", "surrogateescape"),
-                digest_size=8)
+            prefix = self._guest_prefix[gen.manifest_name] = _path_hash(
+                "guest", vm_folder_name(gen.vm), gen.manifest_name, "")
         h = prefix.copy()
         h.update(path.encode("utf-8", "surrogateescape"))
         inode = _inode_of(h)            # = stable_inode("guest", vm folder, manifest, path)

@@ -726,8 +726,7 @@ class GuestTree:
         if found is None:
             # A damaged or hostile filesystem may hold names no path can carry ("..", "a/b"):
             # they are left out, so nothing built from a listing can leave its directory.
-            found = {name: child for name, child in node.children()    # (_safe_name, inline:
-                     if name not in _UNSAFE_NAMES and "/" not in name and "\0" not in name}  # one per entry)
+            found = {name: child for name, child in node.children() if _safe_name(name)}
             self._dirs[key] = found
             if len(self._dirs) > self.DIR_CACHE:
                 self._dirs.popitem(last=False)
