@@ -166,8 +166,8 @@ def measure_local(row: Row, root: Path) -> None:
 
 def rootless(repo: Path) -> Row:
     from format.repository import Repository
-    from repofs.guestfs import GuestGeneration
-    from repofs.views import RepositoryView
+    from repofs.guest.guestfs import GuestGeneration
+    from repofs.view.tree import RepositoryView
     row = Row("repofs files (rootless)")
     drop_caches()
     t = time.monotonic()

@@ -1,7 +1,7 @@
 """The repository's exceptions, named by their cause.
 
 Every error a user can meet while working with a repository is one of these; the CLI maps
-each class to one line of text and one exit code (see ``repofs/exitcodes.py``). Messages
+each class to one line of text and one exit code (see ``repofs/cli/exitcodes.py``). Messages
 never carry key material or passphrases.
 """
 

@@ -1,15 +1,15 @@
-"""restore: everything that talks to vSphere, in both directions. Imports format/ and vddk/,
-never repofs/ (the CLI wires the repository side in through callables and protocols).
+"""restore: everything that talks to vSphere, in both directions. Imports ``format/`` and
+``vddk/``, never ``repofs/`` (the CLI wires the repository side in through protocols).
 
-Shared: ``session`` (login, TLS trust, the session cookie for VDDK), ``inventory`` (finding a
-VM), ``tasks`` (waiting for tasks, reading properties), ``errors`` (the vSphere errors),
-``vmodl_json`` (vSphere objects to JSON and back).
+- ``vsphere`` shared by both directions: session (login, TLS trust, the session cookie for
+  VDDK), credentials, inventory (finding a VM), tasks, errors, vmodl JSON, options, tags,
+  loading VixDiskLib (docs/vsphere.md)
+- ``backup``  the vSphere backup: runner (one session, many targets) -> vmbackup (one VM) or
+  firstclass (a first-class disk) -> snapshot (CBT on, always removed), metadata capture,
+  changed (what to read), vddkdisk (a disk read through VDDK as the ingest's source)
+- ``vm``      the restore into vCenter: runner -> restorevm (the steps and undo stack), plan,
+  configspec, vmximport, diskwriter, prefetch, generation (what a restore consumes), errors
+  (docs/restore.md)
 
-Backup (docs/vsphere.md): ``runner`` (one session, many targets) -> ``backup`` (one VM, or a
-first-class disk with ``firstclass``) -> ``snapshot`` (CBT on, the snapshot always removed),
-``metadata`` (what a restore needs), ``tags``, ``changed`` (what to read), ``disksource`` (a
-disk read through VDDK as the ingest's ``DiskSource``).
-
-Restore (docs/restore.md): ``restorerun`` -> ``restorevm``, with ``plan``, ``configspec``,
-``vmximport``, ``diskwriter``, ``source`` and ``restoreerrors``.
+``backup`` and ``vm`` both build on ``vsphere`` and not on each other.
 """

@@ -13,3 +13,15 @@ pytest_plugins: list[str] = [
     "fixtures_vsphere",
     "fixtures_restore",
 ]
+
+# Property tests and fuzzers: a seeded, repeatable pass in CI (the same examples every run, no
+# time-based health checks on a shared 2-core machine); REPOFS_FUZZ=long for the long run.
+import os  # noqa: E402
+
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+settings.register_profile("ci", derandomize=True, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile("long", deadline=None, max_examples=20000,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.load_profile("long" if os.environ.get("REPOFS_FUZZ") == "long" else "ci")

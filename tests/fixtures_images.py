@@ -25,7 +25,6 @@ import stat as st
 import shutil
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -432,15 +431,15 @@ class GuestRepo:
 
     def open_generation(self):
         from format.repository import Repository
-        from repofs.views import RepositoryView
+        from repofs.view.tree import RepositoryView
         return RepositoryView(Repository.open(self.path, PASSPHRASE.encode())).generation("guest")
 
 
 @pytest.fixture(scope="session")
 def guest_repo(guest_images: GuestImages, tmp_path_factory: pytest.TempPathFactory) -> GuestRepo:
     from format.repository import Repository
-    from repofs.ingest import backup
-    from repofs.sources import LocalImage
+    from repofs.ingest.backup import backup
+    from repofs.ingest.sources import LocalImage
 
     d = tmp_path_factory.mktemp("guest-repo")
     repo = d / "repo"

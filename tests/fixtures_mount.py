@@ -83,8 +83,8 @@ def make_repo(path: Path, chunk_size: int = CHUNK):
 def backup_image(repo_path: Path, image: Path, vm: str = VM, label: str = DISK) -> str:
     """Back ``image`` up in-process; returns the generation name."""
     from format.repository import Repository
-    from repofs.ingest import backup
-    from repofs.sources import LocalImage
+    from repofs.ingest.backup import backup
+    from repofs.ingest.sources import LocalImage
 
     repo = Repository.open(repo_path, PASSPHRASE)
     src = LocalImage.open(str(image), label=label)

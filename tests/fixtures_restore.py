@@ -20,8 +20,8 @@ import pytest
 from pyVmomi import vim, vmodl
 
 from format.repository import Repository
-from repofs.restorefile import restore_to_dir
-from repofs.views import RepositoryView
+from repofs.view.export import restore_to_dir
+from repofs.view.tree import RepositoryView
 
 from fixtures_vcsim import connect, disconnect, find_by_name, get_properties, wait_task
 from fixtures_vsphere import MiB, VSphereBed, unique

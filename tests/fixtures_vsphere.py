@@ -23,7 +23,7 @@ from pyVmomi import vim
 import vddk
 from fixtures_vcsim import VCSim, connect, create_vm, disconnect, find_by_name
 from fixtures_vddk import build_standin, read_stats, write_standin_config
-from restore.snapshot import snapshots_of
+from restore.backup.snapshot import snapshots_of
 
 ROOT = Path(__file__).resolve().parent.parent
 REPOFS = [sys.executable, "-m", "repofs.cli"]

@@ -8,14 +8,13 @@ import random
 import signal
 import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
 from fixtures_repo import CLI, REPOFS, cli_env, images_equal
 from format.repository import Repository
-from repofs.ingest import backup
-from repofs.sources import LocalImage, SourceError
+from repofs.ingest.backup import backup
+from repofs.ingest.sources import LocalImage, SourceError
 
 
 def test_kill_9_at_20_moments_leaves_earlier_generations_intact(cli, tmp_path):

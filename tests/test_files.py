@@ -1,5 +1,5 @@
 """repofs files: guest files read rootlessly out of a generation (ls, cat, stat, get) and the
-model behind them (``repofs.guestfs``), on images built by ``fixtures_images``."""
+model behind them (``repofs.guest.guestfs``), on images built by ``fixtures_images``."""
 from __future__ import annotations
 
 import os
@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from fixtures_images import LVM_LV, LVM_VG, expected, same, snapshot_guest, snapshot_local
-from repofs.guestfs import (EncryptedVolume, GuestGeneration, GuestNotFound, PartitionTableDamaged,
+from repofs.guest.guestfs import (EncryptedVolume, GuestGeneration, GuestNotFound, PartitionTableDamaged,
                             UnsupportedVolume)
 
 # --- volumes -----------------------------------------------------------------------------------
@@ -90,7 +90,7 @@ def test_bad_addresses_raise_named_errors(gen, guest_images):
 @pytest.fixture
 def cli(guest_repo, capsysbinary, monkeypatch):
     """The real ``repofs`` entry point, in-process (a subprocess per call costs ~1 s here)."""
-    from repofs.cli import main
+    from repofs.cli.app import main
     for key in ("REPOFS_REPOSITORY", "REPOFS_PASSWORD_FILE"):
         monkeypatch.setenv(key, guest_repo.env[key])
 
@@ -175,8 +175,8 @@ def test_cli_get_from_fat(cli, guest_images, tmp_path):
 
 def test_hostile_names_never_leave_the_target(tmp_path):
     """A filesystem whose directory lists "..", "a/b" or "" cannot make `get` write outside."""
-    from repofs.extract import extract
-    from repofs.guestfs import GuestStat, GuestTree, _Node
+    from repofs.guest.extract import extract
+    from repofs.guest.guestfs import GuestStat, GuestTree, _Node
 
     class Leaf(_Node):
         def stat(self):
@@ -209,7 +209,7 @@ def test_a_damaged_filesystem_does_not_hide_its_neighbours(guest_images, tmp_pat
     says it is damaged (exit code 1 from the CLI)."""
     import shutil as sh
 
-    from repofs.guestfs import FileDisk, FilesystemDamaged
+    from repofs.guest.guestfs import FileDisk, FilesystemDamaged
     image = tmp_path / "damaged.img"
     sh.copy(guest_images.need("gpt_ext4"), image)
     with open(image, "r+b") as f:
@@ -237,7 +237,7 @@ def test_a_damaged_filesystem_does_not_hide_its_neighbours(guest_images, tmp_pat
 def test_volume_signatures(head, kind):
     import io
 
-    from repofs.guestfs import probe_fstype
+    from repofs.guest.guestfs import probe_fstype
     assert probe_fstype(io.BytesIO(head + bytes(0x11000))) == kind
 
 
@@ -333,7 +333,7 @@ def _local_snapshot(root, prefix=""):
 
 @pytest.mark.parametrize("variant", list(EXT_VARIANTS))
 def test_ext4_reader_gives_back_the_tree_byte_for_byte(ext_images, variant):
-    from repofs.ext4 import Ext4
+    from repofs.guest.ext4 import Ext4
     tree, images = ext_images
     with open(images[variant], "rb") as fh:
         fs = Ext4(fh)
@@ -352,7 +352,7 @@ def test_ext4_times_follow_the_kernel_past_2038_and_before_1970(ext_images, tmp_
     ``_extra`` word of nanoseconds << 2 | epoch bits), set with debugfs, decoded back."""
     import shutil as sh
     import subprocess
-    from repofs.ext4 import Ext4
+    from repofs.guest.ext4 import Ext4
     _tree, images = ext_images
     cases = {  # variant: {path: (mtime field, mtime_extra field or None, expected ns)}
         "ext4-64bit": {"/sparse.img": (2**32 - 300_000_001, 12_345_679 << 2, -300_000_000_987_654_321),   # 1960
@@ -375,7 +375,7 @@ def test_ext4_times_follow_the_kernel_past_2038_and_before_1970(ext_images, tmp_
 
 def test_ext4_large_directory_is_hashed_and_fully_listed(ext_images):
     import subprocess
-    from repofs.ext4 import Ext4
+    from repofs.guest.ext4 import Ext4
     _tree, images = ext_images
     out = subprocess.run(["debugfs", "-R", 'stat "/big dir"', str(images["ext4-64bit"])],
                          capture_output=True, text=True).stdout
@@ -387,7 +387,7 @@ def test_ext4_large_directory_is_hashed_and_fully_listed(ext_images):
 
 
 def test_ext4_damaged_structures_raise_its_error(ext_images, tmp_path):
-    from repofs.ext4 import Ext4, Ext4Error
+    from repofs.guest.ext4 import Ext4, Ext4Error
     _tree, images = ext_images
     data = bytearray(images["ext4-64bit"].read_bytes()[:1 << 20])
     data[1024 + 24:1024 + 28] = (40).to_bytes(4, "little")          # absurd block size
@@ -405,7 +405,7 @@ def test_ext4_inline_data_beyond_the_inode_is_reported_unsupported_not_damaged(t
     import shutil as sh
     import subprocess
 
-    from repofs.guestfs import FileDisk, UnsupportedFeature
+    from repofs.guest.guestfs import FileDisk, UnsupportedFeature
     if not sh.which("mkfs.ext4"):
         pytest.skip("mkfs.ext4 (e2fsprogs) is not installed")
     tree = tmp_path / "t"

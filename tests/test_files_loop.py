@@ -14,9 +14,10 @@ import pytest
 
 from fixtures_images import LVM_LV, LVM_VG, expected, same, snapshot_guest, snapshot_local
 from fixtures_mount import resident
-from repofs import extmeta, prefill
-from repofs.guestfs import GuestGeneration
-from repofs.loopmount import State, is_mounted
+from repofs.guest import extmeta
+from repofs.mount import prefill
+from repofs.guest.guestfs import GuestGeneration
+from repofs.guest.loopmount import State, is_mounted
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="loop devices and mount need root")
 

@@ -9,24 +9,19 @@ import shutil
 import pytest
 
 from fixtures_images import LVM_LV, LVM_VG, expected, same, snapshot_guest, snapshot_local
-from repofs.guestfs import GuestGeneration
-
-def _has_files_folder() -> bool:
-    import repofs.fusefs
-    return hasattr(repofs.fusefs, "guestmount")
+from repofs.guest.guestfs import GuestGeneration
 
 
 # --- the handlers called directly under trio: no kernel ----------------------------------------
 
-@pytest.mark.skipif(not _has_files_folder(), reason="the FUSE adapter has no files/ folder yet")
 def test_handlers_serve_the_guest_tree(guest_repo, guest_images, monkeypatch):
     import pyfuse3
     import trio
 
     from format.repository import Repository
     from fixtures_images import PASSPHRASE
-    from repofs.fusefs import MountSettings, RepofsOperations
-    from repofs.views import RepositoryView
+    from repofs.mount.fusefs import MountSettings, RepofsOperations
+    from repofs.view.tree import RepositoryView
 
     view = RepositoryView(Repository.open(guest_repo.path, PASSPHRASE.encode()), 64 << 20)
     ops = RepofsOperations(view, MountSettings(io_timeout=30))

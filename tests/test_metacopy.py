@@ -13,8 +13,8 @@ from fixtures_images import PASSPHRASE as GUEST_PASSPHRASE
 from fixtures_repo import CLI, PASSPHRASE, make_ext4_image, write_tree
 
 from format.repository import Repository
-from repofs.guestfs import GuestGeneration
-from repofs.views import RepositoryView
+from repofs.guest.guestfs import GuestGeneration
+from repofs.view.tree import RepositoryView
 
 MiB = 1 << 20
 

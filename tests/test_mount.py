@@ -99,7 +99,7 @@ def test_sixteen_concurrent_readers(shared_mount: Mount, mount_source: MountSour
 
 def test_tree_and_stat(shared_mount: Mount, mount_source: MountSource) -> None:
     from format.repository import Repository
-    from repofs.views import RepositoryView
+    from repofs.view.tree import RepositoryView
 
     gen = RepositoryView(Repository.open(mount_source.repo, b"mount test passphrase")).generation(VM)
     root = shared_mount.path
@@ -149,7 +149,7 @@ def test_inode_numbers_are_stable_across_mounts(mount_source: MountSource, tmp_p
 
 def _chunk_file(repo: Path, generation_offset: int) -> Path:
     from format.repository import Repository, chunk_name
-    from repofs.views import RepositoryView
+    from repofs.view.tree import RepositoryView
 
     view = RepositoryView(Repository.open(repo, b"mount test passphrase"))
     disk = view.generation(VM).disk(DISK)
@@ -334,7 +334,7 @@ def test_fstab_helper(mount_source: MountSource, tmp_path: Path) -> None:
     env = {k: v for k, v in mount_source.env().items() if k != "REPOFS_PASSWORD_FILE"}
     opts = f"rw,noauto,nofail,x-systemd.automount,ro,password_file={mount_source.password_file},cache_size=64M"
     try:
-        done = subprocess.run([*repofs_cmd()[:2], "repofs.fstab", str(mount_source.repo), str(mnt),
+        done = subprocess.run([*repofs_cmd()[:2], "repofs.cli.fstab", str(mount_source.repo), str(mnt),
                                "-o", opts, "-t", "fuse.repofs"], env=env, capture_output=True,
                               text=True, stdin=subprocess.DEVNULL, timeout=60)
         assert done.returncode == 0, done.stderr

@@ -15,8 +15,8 @@ import trio
 
 from fixtures_mount import PASSPHRASE, backup_image, make_repo
 from format.repository import Repository, chunk_name
-from repofs.fusefs import MountSettings, RepofsOperations
-from repofs.views import RepositoryView
+from repofs.mount.fusefs import MountSettings, RepofsOperations
+from repofs.view.tree import RepositoryView
 
 CS = 64 << 10
 VM = "vm/one"          # a "/" in a VM name shows as %2F
@@ -271,7 +271,7 @@ def test_unexpected_errors_become_eio(ops_env, caplog) -> None:
 
 
 def test_option_parsing() -> None:
-    from repofs.mount import MountError, parse_size, split_options
+    from repofs.mount.process import MountError, parse_size, split_options
     assert parse_size("512M") == 512 << 20 and parse_size("2G") == 2 << 30
     assert parse_size("1.5GiB") == 3 << 29 and parse_size("4096") == 4096
     with pytest.raises(ValueError):

@@ -1,5 +1,5 @@
-"""Guest metadata pushed into the page cache of a buffered flat file (``repofs.prefill``):
-``repofs.extmeta`` finds exactly the blocks a tree walk reads (checked against debugfs), and
+"""Guest metadata pushed into the page cache of a buffered flat file (``repofs.mount.prefill``):
+``repofs.guest.extmeta`` finds exactly the blocks a tree walk reads (checked against debugfs), and
 through a real mount those blocks become resident — with the image's own bytes — after one
 page-cache miss."""
 from __future__ import annotations
@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 from fixtures_mount import DISK, PART_OFFSET, MountSource, mounted, needs_root_tools, resident
-from repofs import extmeta, prefill
+from repofs.guest import extmeta
+from repofs.mount import prefill
 
 PAGE = mmap.PAGESIZE
 

@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from fixtures_mount import PASSPHRASE, backup_image, make_repo
 from format.repository import Repository
-from repofs.views import RepositoryView
+from repofs.view.tree import RepositoryView
 
 CS = 64 << 10
 

@@ -79,7 +79,7 @@ def generations(bed: VSphereBed, vm: str) -> list[dict]:
 
 def manifest_json(bed: VSphereBed, vm: str, generation: str) -> dict:
     """The generation's metadata as the views show it (<vm>.json), through a restore's view."""
-    import repofs.views as views
+    import repofs.view.tree as views
     from format.repository import Repository
     view = views.RepositoryView(Repository.open(str(bed.repo), None))
     gen = view.generation(vm, generation)
@@ -170,7 +170,7 @@ def test_full_then_incremental_backup_of_an_ext4_disk(vsphere: VSphereBed, tmp_p
     assert src["change_id"] == d["change_id"] and src["read"]["mode"] == "changed"
     assert src["read"]["base_change_id"] != src["change_id"]
     # The view renders <vm>.vmx from the metadata.
-    from restore.vmodl_json import from_json
+    from restore.vsphere.vmodl_json import from_json
     rebuilt = from_json(next(dev for dev in md["devices"] if dev["_vimtype"] == "vim.vm.device.VirtualDisk"))
     assert isinstance(rebuilt, vim.vm.device.VirtualDisk) and rebuilt.capacityInBytes == DISK
 

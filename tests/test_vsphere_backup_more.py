@@ -12,9 +12,9 @@ from pyVmomi import pbm, vim
 from fixtures_vcsim import (QUIESCE_FAULT_KEY, SNAPSHOT_FAULT_KEY, attach_tag, connected, create_vapp, create_vm,
                             find_by_name, pbm_content, set_extra_config, wait_task)
 from fixtures_vsphere import MiB, VSphereBed, unique
-from restore import firstclass
-from restore.session import Credentials, Session, normalize_thumbprint, resolve_credentials, split_server
-from restore.errors import CredentialsMissing
+from restore.backup import firstclass
+from restore.vsphere.session import Credentials, Session, normalize_thumbprint, resolve_credentials, split_server
+from restore.vsphere.errors import CredentialsMissing
 from test_vsphere_backup import generations, manifest_json, restore_raw
 
 

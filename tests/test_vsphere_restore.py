@@ -343,9 +343,9 @@ def test_a_saved_network_missing_here_leaves_the_nic_disconnected(restore_bed: R
     from a real backup's metadata with the network renamed, and the backed-up disks, through
     the local-image ingest."""
     from format.repository import Repository
-    from repofs.ingest import backup as ingest_backup
-    from repofs.sources import LocalImage
-    from repofs.views import RepositoryView
+    from repofs.ingest.backup import backup as ingest_backup
+    from repofs.ingest.sources import LocalImage
+    from repofs.view.tree import RepositoryView
 
     b = restore_bed.backed_up("rs-gone", disks=(4 * MiB,), pieces={0: [(0, b"g" * 8192)]})
     repo = Repository.open(str(restore_bed.bed.repo), None)

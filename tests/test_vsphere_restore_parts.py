@@ -1,6 +1,6 @@
 """The restore's parts without vCenter: the disk writer through the VDDK stand-in (local mode),
 the piece arithmetic, and the .vmx rewrite of an import. Fakes, not mocks: an in-memory disk
-reader with the protocol of restore/source.py."""
+reader with the protocol of restore/vm/generation.py."""
 from __future__ import annotations
 
 import random
@@ -9,9 +9,9 @@ import pytest
 
 import vddk
 from fixtures_vddk import Standin, make_flat_disk
-from restore.diskwriter import DiskJob, _interleave, pieces, write_disks
-from restore.restoreerrors import DiskWriteFailed
-from restore.vmximport import prepare_vmx
+from restore.vm.diskwriter import DiskJob, _interleave, pieces, write_disks
+from restore.vm.errors import DiskWriteFailed
+from restore.vm.vmximport import prepare_vmx
 
 MiB = 1 << 20
 

@@ -1,0 +1,55 @@
+"""The ``repofs`` command: the typer app, its command groups, and ``main()``.
+
+Errors are translated once, in ``main()``, through ``exitcodes``: one line on stderr and a
+distinct exit code, never a traceback. Each command group lives in its own module
+(``repository``, ``backup``, ``restore``, ``mount``, ``files``); modules that only some
+commands need (the FUSE stack, the checker, the vSphere layer) are imported inside them, so
+a backup does not pay for them.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from . import allocator, backup, exitcodes, keyahead, mount, repository, restore
+from .common import PasswordFileOpt, RepoOpt, open_repository
+from .files import build_app as build_files_app
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="repofs: VM backups in a deduplicated, compressed, encrypted repository you can mount.")
+
+app.command()(repository.init)
+app.command()(backup.backup)
+app.command()(repository.generations)
+app.command()(restore.restore)
+app.command()(repository.check)
+app.command()(mount.mount)
+app.command()(mount.umount)
+# `repofs files ...`: guest files of a generation (repofs/cli/files.py)
+app.add_typer(build_files_app(open_repository, RepoOpt, PasswordFileOpt), name="files")
+
+
+def main(argv: list[str] | None = None) -> None:
+    allocator.tune()
+    keyahead.start(sys.argv[1:] if argv is None else argv)
+    try:
+        rc = app(args=argv, standalone_mode=False, prog_name="repofs")
+    except typer.Exit as e:
+        rc = e.exit_code
+    except typer.Abort:
+        sys.stderr.write("repofs: error: interrupted\n")
+        rc = exitcodes.INTERRUPTED
+    except typer.TyperException as e:  # usage errors, typer's own or ours
+        sys.stderr.write(f"repofs: error: {e.format_message()}\n")
+        rc = exitcodes.USAGE
+    except KeyboardInterrupt:
+        sys.stderr.write("repofs: error: interrupted\n")
+        rc = exitcodes.INTERRUPTED
+    except Exception as e:  # translated once, here
+        rc = exitcodes.classify(e)
+        sys.stderr.write(f"repofs: error: {exitcodes.message(e)}\n")
+        if rc == exitcodes.INTERNAL and os.environ.get("REPOFS_DEBUG"):
+            raise
+    sys.exit(rc if isinstance(rc, int) else 0)

@@ -1,0 +1,148 @@
+"""``repofs backup``: local disk sources (file:PATH) or vSphere targets (vm:, vapp:, ivd:)."""
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from . import exitcodes
+from .common import JsonOpt, PasswordFileOpt, RepoOpt, UsageProblem, emit, open_repository
+from .progress import Progress
+from repofs.ingest.backup import BackupReport, backup as ingest_backup
+from repofs.ingest.sources import DiskSource, load_changed_extents, open_image, sanitize_label
+from repofs.view.tree import RepositoryView
+
+
+def _parse_changed(specs: list[str], labels: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for spec in specs:
+        label, sep, path = spec.partition("=")
+        if sep and label in labels:
+            out[label] = path
+        elif len(labels) == 1:
+            out[labels[0]] = spec
+        else:
+            raise UsageProblem("with several disks, give --changed-extents LABEL=FILE")
+    return out
+
+
+def backup(sources: Annotated[list[str], typer.Argument(metavar="SOURCE...", help="file:PATH (one per disk), or vm:NAME / vapp:NAME / ivd:NAME (vSphere; several allowed).")],
+           vm: Annotated[Optional[str], typer.Option("--vm", help="Name of the VM the disks belong to.")] = None,
+           repo: RepoOpt = None, password_file: PasswordFileOpt = None,
+           changed_extents: Annotated[Optional[list[str]], typer.Option(
+               "--changed-extents", help="JSON list of [offset, length] to read (LABEL=FILE with several disks).")] = None,
+           json_out: JsonOpt = False,
+           server: Annotated[Optional[str], typer.Option("--server", envvar="VSPHERE_SERVER", help="vCenter or ESXi host[:port] (vm: sources).")] = None,
+           user: Annotated[Optional[str], typer.Option("--user", envvar="VSPHERE_USER", help="vSphere user.")] = None,
+           vsphere_password_file: Annotated[Optional[str], typer.Option("--vsphere-password-file", envvar="VSPHERE_PASSWORD_FILE", help="File holding the vSphere password (else VSPHERE_PASSWORD, else a prompt).")] = None,
+           thumbprint: Annotated[Optional[str], typer.Option("--thumbprint", help="Pin the server certificate's SHA-1 thumbprint (AA:BB:...).")] = None,
+           insecure: Annotated[bool, typer.Option("--insecure", help="Do not verify the server certificate.")] = False,
+           ca_file: Annotated[Optional[str], typer.Option("--ca-file", help="Trust these CA certificates (PEM) for the server.")] = None,
+           quiesce: Annotated[bool, typer.Option("--quiesce", help="Quiesce the guest for the snapshot (retried once without).")] = False,
+           transport: Annotated[str, typer.Option("--transport", help="VDDK transport modes, in order of preference.")] = "nbdssl:nbd",
+           vddk_libdir: Annotated[Optional[str], typer.Option("--vddk-libdir", envvar="VDDK_LIBDIR", help="Directory of libvixDiskLib.so.")] = None,
+           vddk_in_process: Annotated[bool, typer.Option("--vddk-in-process", help="Run VixDiskLib in this process, not in a worker.")] = False,
+           dry_run: Annotated[bool, typer.Option("--dry-run", help="vm: sources: print what would be read, write nothing.")] = False) -> None:
+    """Back up disks (file:PATH ...) or vSphere VMs (vm:NAME ...) into new generations."""
+    if any(spec.partition(":")[0] in ("vm", "vapp", "ivd") for spec in sources):
+        _backup_vsphere(sources, repo, password_file, json_out, server=server, user=user,
+                        password_file=vsphere_password_file, thumbprint=thumbprint, insecure=insecure,
+                        ca_file=ca_file, quiesce=quiesce, transports=transport, vddk_libdir=vddk_libdir,
+                        vddk_isolated=not vddk_in_process, dry_run=dry_run)
+        return
+    paths = []
+    for spec in sources:
+        kind, sep, rest = spec.partition(":")
+        if kind != "file" or not sep or not rest:
+            raise UsageProblem(f"unknown source {spec!r}: use file:PATH")
+        paths.append(rest)
+    if not vm:
+        raise UsageProblem("give --vm NAME for file sources")
+    repository = open_repository(repo, password_file)
+    images: list[DiskSource] = []
+    try:
+        used: set[str] = set()
+        for path in paths:
+            image = open_image(path)
+            label, n = image.label, 1
+            while label in used:
+                label, n = f"{image.label}_{n}", n + 1
+            image.label = sanitize_label(label)
+            used.add(image.label)
+            images.append(image)
+        for label, path in _parse_changed(changed_extents or [], [i.label for i in images]).items():
+            next(i for i in images if i.label == label).limit_to_changes(load_changed_extents(path))
+        progress = Progress()
+        report = ingest_backup(repository, vm, images, progress=progress)
+        progress.finish()
+    finally:
+        for image in images:
+            image.close()
+    _print_backup(report, json_out)
+
+
+def _backup_vsphere(targets: list[str], repo: str | None, repo_password_file: str | None,
+                    json_out: bool, **options: object) -> None:
+    """The vm:/vapp:/ivd: path of ``backup``: restore/ does the vSphere side, ingest writes."""
+    # Imported here: pyVmomi and VixDiskLib cost every other command their start-up time.
+    import vddk
+    from restore.vsphere import errors as vsphere_errors
+    from restore.backup import runner
+
+    exitcodes.register([(vsphere_errors.CredentialsMissing, exitcodes.USAGE),
+                        (vsphere_errors.VMNotFound, exitcodes.NOT_FOUND),
+                        (vsphere_errors.AmbiguousVM, exitcodes.NOT_FOUND),
+                        (vsphere_errors.UnsupportedTarget, exitcodes.UNSUPPORTED),
+                        (vsphere_errors.VSphereError, exitcodes.VSPHERE),
+                        (vddk.VddkError, exitcodes.VDDK)])
+    bad = [t for t in targets if not runner.is_vsphere_target(t)]
+    if bad:
+        raise UsageProblem(f"cannot mix {bad[0]!r} with vSphere targets: back up files separately")
+    opts = runner.Options(**options)  # type: ignore[arg-type]
+    # A dry run needs no repository, but reads one when given, to plan incremental reads.
+    repository = open_repository(repo, repo_password_file) if repo or not opts.dry_run else None
+    progress = Progress()
+
+    def ingest(vm: str, sources: list, metadata: dict) -> BackupReport:
+        if repository is None or opts.dry_run:
+            raise AssertionError("a dry run writes nothing")
+        report = ingest_backup(repository, vm, sources, metadata=metadata, progress=progress)
+        progress.finish()
+        return report
+
+    def previous(vm: str) -> dict[str, dict]:
+        gens = RepositoryView(repository).generations(vm) if repository is not None else []
+        return {d.label: dict(d.entry.source or {}) for d in gens[-1].disks} if gens else {}
+
+    def show(outcome: runner.Outcome) -> None:
+        if not json_out:
+            for line in runner.outcome_lines(outcome):
+                (typer.echo if outcome.ok else lambda t: typer.echo(t, err=True))(line)
+
+    try:
+        result = runner.run(targets, opts, ingest=ingest, previous=previous,
+                            chunk_size=repository.chunk_size if repository is not None and not opts.dry_run else None,
+                            on_event=lambda text: typer.echo(text, err=True), on_outcome=show)
+    except KeyboardInterrupt:
+        # typer turns Ctrl-C into a silent exit 130: say what became of the VM.
+        typer.echo("repofs: error: interrupted; the backup snapshot was removed, no generation written", err=True)
+        raise
+    for note in result.notes:
+        typer.echo(f"note: {note}", err=True)
+    if json_out:
+        emit([runner.outcome_json(o) for o in result.outcomes])
+    if result.failed:
+        if len(result.outcomes) == 1:
+            raise result.failed[0].error  # type: ignore[misc]  # its own exit code
+        raise typer.Exit(exitcodes.FAILURE)
+
+
+def _print_backup(report: BackupReport, json_out: bool) -> None:
+    if json_out:
+        emit({"vm": report.vm, "generation": report.generation, "manifest": report.manifest,
+               "seconds": round(report.seconds, 3),
+               "disks": [vars(d) for d in report.disks]})
+        return
+    typer.echo(f"{report.vm}: generation {report.generation} written in {report.seconds:.1f}s")
+    for d in report.disks:
+        typer.echo(f"  {d.summary()}")

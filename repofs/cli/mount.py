@@ -1,0 +1,71 @@
+"""``repofs mount`` and ``umount``: the repository as a read-only file system."""
+from __future__ import annotations
+
+import os
+from typing import Annotated, Optional
+
+import typer
+
+from . import exitcodes
+from .common import PasswordFileOpt, RepoOpt, UsageProblem, open_repository
+from repofs.view.tree import RepositoryView
+
+
+def mount(first: Annotated[str, typer.Argument(metavar="[REPO]", show_default=False, help=(
+              "The repository; leave it out to take it from -r/REPOFS_REPOSITORY."))],
+          second: Annotated[Optional[str], typer.Argument(metavar="MOUNTPOINT", show_default=False,
+                                                          help="An empty directory.")] = None,
+          repo: RepoOpt = None, password_file: PasswordFileOpt = None,
+          foreground: Annotated[bool, typer.Option("--foreground", "-f", help="Stay in the foreground; log to stderr.")] = False,
+          options: Annotated[Optional[list[str]], typer.Option(
+              "-o", help="Mount options: allow_other, allow_root, and our own as key=value "
+                         "(cache_size, io_timeout, password_file, read_ahead, direct_io=0|1, prefill=0|1).")] = None,
+          cache_size: Annotated[str, typer.Option("--cache-size", help="Chunk cache, bytes or e.g. 512M, 2G.")] = "256M",
+          io_timeout: Annotated[float, typer.Option("--io-timeout", help="Seconds a read may wait for storage before EIO.")] = 30.0,
+          read_ahead: Annotated[int, typer.Option("--read-ahead", help="Chunks prefetched ahead of a sequential reader (0: off).")] = 8,
+          direct_io: Annotated[bool, typer.Option("--direct-io/--no-direct-io", help="Flat disk files bypass the page cache (faster streaming).")] = True,
+          log_file: Annotated[Optional[str], typer.Option("--log-file", help="Log here (default: stderr with -f, else syslog).")] = None) -> None:
+    """Mount the repository read-only: one folder per VM, one per generation."""
+    from repofs.mount.fusefs import MountSettings
+    from repofs.mount.process import MountRequest, fsname_of, parse_size, run as run_mount, split_options
+    _register_mount_errors()
+    mountpoint = second if second is not None else first
+    repo_path = first if second is not None else repo
+    fuse_opts, ours = split_options(options or [])
+    try:
+        cache_bytes = parse_size(ours.pop("cache_size", cache_size))
+        io_timeout = float(ours.pop("io_timeout", io_timeout))
+        read_ahead = int(ours.pop("read_ahead", read_ahead))
+        if "direct_io" in ours:
+            direct_io = ours.pop("direct_io") not in ("0", "no", "false")
+        prefill = ours.pop("prefill", "0") not in ("0", "no", "false")
+    except ValueError as e:
+        raise UsageProblem(str(e)) from None
+    password_file = ours.pop("password_file", None) or password_file
+    if ours:
+        raise UsageProblem(f"unknown mount option(s): {', '.join(sorted(ours))}")
+    if cache_bytes < (4 << 20) or io_timeout <= 0 or read_ahead < 0:
+        raise UsageProblem("--cache-size must be at least 4M, --io-timeout positive, --read-ahead >= 0")
+    # Absolute paths: the background process changes its directory to "/".
+    repository = open_repository(os.path.abspath(repo_path) if repo_path else None, password_file)
+    # Read-ahead never claims more than half the cache, or it would evict what it fetched.
+    read_ahead = min(read_ahead, max(0, cache_bytes // 2 // repository.chunk_size))
+    view = RepositoryView(repository, cache_bytes)
+    settings = MountSettings(io_timeout=io_timeout, readahead_chunks=read_ahead, direct_io=direct_io,
+                             prefill=prefill)
+    run_mount(view, MountRequest(mountpoint, foreground=foreground, fuse_options=fuse_opts,
+                                 settings=settings, fsname=fsname_of(repository.location),
+                                 log_file=os.path.abspath(log_file) if log_file else None))
+
+
+def umount(mountpoint: Annotated[str, typer.Argument(help="Where a repository is mounted.")],
+           lazy: Annotated[bool, typer.Option("--lazy", "-z", help="Detach now, even if busy.")] = False) -> None:
+    """End a mount made by 'repofs mount'."""
+    from repofs.mount.process import unmount as unmount_fs
+    _register_mount_errors()
+    unmount_fs(mountpoint, lazy=lazy)
+
+
+def _register_mount_errors() -> None:
+    from repofs.mount.process import MountError
+    exitcodes.register([(MountError, exitcodes.FAILURE)])

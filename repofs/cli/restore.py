@@ -1,0 +1,161 @@
+"""``repofs restore``: into vCenter, or a generation's disks to local files (--to-dir)."""
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from . import exitcodes
+from .common import JsonOpt, PasswordFileOpt, RepoOpt, UsageProblem, emit, open_repository, vm_target
+from .progress import Progress
+from repofs.view.tree import RepositoryView
+
+
+def restore(targets: Annotated[list[str], typer.Argument(metavar="vm:NAME...", help="The VMs to restore.")],
+            to_dir: Annotated[Optional[str], typer.Option("--to-dir", help="Write the disks as files here (no vCenter).")] = None,
+            generation: Annotated[Optional[str], typer.Option("--generation", "-g", help="Default: the latest.")] = None,
+            fmt: Annotated[str, typer.Option("--format", help="raw or vmdk (with --to-dir).")] = "raw",
+            repo: RepoOpt = None, password_file: PasswordFileOpt = None, json_out: JsonOpt = False,
+            name: Annotated[Optional[str], typer.Option("--name", help="Name of the restored VM (default: <vm>-restored-<generation>).")] = None,
+            datacenter: Annotated[Optional[str], typer.Option("--datacenter", help="Default: the saved one.")] = None,
+            folder: Annotated[Optional[str], typer.Option("--folder", help="VM folder, below the datacenter's (default: the saved one, created if missing).")] = None,
+            resource_pool: Annotated[Optional[str], typer.Option("--resource-pool", help="Resource pool, cluster or host path below the datacenter's host folder.")] = None,
+            host: Annotated[Optional[str], typer.Option("--host", help="ESXi host (default: vCenter's choice).")] = None,
+            datastore: Annotated[Optional[list[str]], typer.Option("--datastore", help="DS for the VM and its disks, or LABEL=DS for one disk (repeatable).")] = None,
+            storage_profile: Annotated[Optional[str], typer.Option("--storage-profile", help="Storage policy for the VM and its disks.")] = None,
+            network: Annotated[Optional[list[str]], typer.Option("--network", help="OLD=NEW network mapping (repeatable); OLD= leaves the NIC disconnected.")] = None,
+            power_on: Annotated[bool, typer.Option("--power-on", help="Power the VM on at the end.")] = False,
+            overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a VM of the same name (destroyed once the restore succeeded).")] = False,
+            force: Annotated[bool, typer.Option("--force", help="With --overwrite: also a powered-on VM.")] = False,
+            import_vmx: Annotated[bool, typer.Option("--import", help="Register the saved .vmx instead of creating from the saved configuration.")] = False,
+            recover_identity: Annotated[bool, typer.Option("--recover-identity", help="Keep the UUIDs and MAC addresses (default: new ones).")] = False,
+            dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; change nothing.")] = False,
+            from_dir: Annotated[Optional[str], typer.Option("--from", help="A generation folder of a mount, instead of the repository.")] = None,
+            server: Annotated[Optional[str], typer.Option("--server", envvar="VSPHERE_SERVER", help="vCenter host[:port].")] = None,
+            user: Annotated[Optional[str], typer.Option("--user", envvar="VSPHERE_USER", help="vSphere user.")] = None,
+            vsphere_password_file: Annotated[Optional[str], typer.Option("--vsphere-password-file", envvar="VSPHERE_PASSWORD_FILE", help="File holding the vSphere password (else VSPHERE_PASSWORD, else a prompt).")] = None,
+            thumbprint: Annotated[Optional[str], typer.Option("--thumbprint", help="Pin the server certificate's SHA-1 thumbprint (AA:BB:...).")] = None,
+            insecure: Annotated[bool, typer.Option("--insecure", help="Do not verify the server certificate.")] = False,
+            ca_file: Annotated[Optional[str], typer.Option("--ca-file", help="Trust these CA certificates (PEM) for the server.")] = None,
+            transport: Annotated[str, typer.Option("--transport", help="VDDK transport modes, in order of preference (san/hotadd write through a snapshot).")] = "nbdssl:nbd",
+            vddk_libdir: Annotated[Optional[str], typer.Option("--vddk-libdir", envvar="VDDK_LIBDIR", help="Directory of libvixDiskLib.so.")] = None,
+            vddk_in_process: Annotated[bool, typer.Option("--vddk-in-process", help="Run VixDiskLib in this process, not in a worker.")] = False,
+            threads: Annotated[int, typer.Option("--threads", help="Disk pieces read and written at once.")] = 4,
+            verify_written: Annotated[bool, typer.Option("--verify-written", help="Read every written piece back through VixDiskLib and compare (twice the I/O).")] = False) -> None:
+    """Restore VMs into vCenter (or, with --to-dir, a generation's disks to local files)."""
+    vms = [vm_target(t) for t in targets]
+    if to_dir:
+        if len(vms) != 1:
+            raise UsageProblem("--to-dir restores one VM at a time")
+        vm = vms[0]
+        from repofs.view.export import FORMATS, restore_to_dir
+        if fmt not in FORMATS:
+            raise UsageProblem(f"unknown format {fmt!r}: use raw or vmdk")
+        view = RepositoryView(open_repository(repo, password_file))
+        gen = view.generation(vm, generation)
+        progress = Progress()
+        done = restore_to_dir(gen, to_dir, fmt, progress=progress)
+        progress.finish()
+        if json_out:
+            emit({"vm": vm, "generation": gen.name, "disks": [vars(d) for d in done]})
+        else:
+            for d in done:
+                typer.echo(f"{d.label}: {', '.join(d.paths)} ({d.written_bytes} bytes of data)")
+        return
+    if name and len(vms) > 1:
+        raise UsageProblem("--name names one VM: restore the VMs one at a time")
+    if from_dir and len(vms) > 1:
+        raise UsageProblem("--from is one generation folder: restore one VM with it")
+    if force and not overwrite:
+        raise UsageProblem("--force only goes with --overwrite")
+    if threads < 1:
+        raise UsageProblem("--threads must be at least 1")
+    _restore_vsphere(vms, repo=repo, password_file=password_file, generation=generation,
+                     from_dir=from_dir, json_out=json_out,
+                     options=dict(name=name, datacenter=datacenter, folder=folder,
+                                  resource_pool=resource_pool, host=host, storage_profile=storage_profile,
+                                  power_on=power_on, overwrite=overwrite, force=force, import_vmx=import_vmx,
+                                  recover_identity=recover_identity, transports=transport, dry_run=dry_run,
+                                  workers=threads, verify_written=verify_written),
+                     datastores=datastore or [], networks=network or [],
+                     session=dict(server=server, user=user, password_file=vsphere_password_file,
+                                  thumbprint=thumbprint, insecure=insecure, ca_file=ca_file,
+                                  transports=transport, vddk_libdir=vddk_libdir,
+                                  vddk_isolated=not vddk_in_process, dry_run=dry_run))
+
+
+def _pairs(specs: list[str], option: str, *, allow_empty: bool) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for spec in specs:
+        old, sep, new = spec.partition("=")
+        if not sep or not old or (not new and not allow_empty):
+            raise UsageProblem(f"{option} {spec!r}: use {option} OLD=NEW")
+        out[old] = new
+    return out
+
+
+def _restore_vsphere(vms: list[str], *, repo: str | None, password_file: str | None,
+                     generation: str | None, from_dir: str | None, json_out: bool,
+                     options: dict, datastores: list[str], networks: list[str], session: dict) -> None:
+    """The vCenter path of ``restore``: restore/ does the vSphere side; the generations come
+    from the repository's views, or from a mounted generation folder (repofs.genfolder)."""
+    # Imported here: pyVmomi and VixDiskLib cost every other command their start-up time.
+    # These modules do not import pyVmomi: restorerun does, once the data is on its way.
+    import vddk
+    from restore.vsphere import errors as vsphere_errors
+    from restore.vm import errors as restoreerrors, runner as restorerun
+    from restore.vsphere.options import Options as SessionOptions, RestoreOptions
+
+    from repofs.view.folder import GenerationFolder
+
+    exitcodes.register([(vsphere_errors.CredentialsMissing, exitcodes.USAGE),
+                        (restoreerrors.PlacementError, exitcodes.NOT_FOUND),
+                        (restoreerrors.VMExists, exitcodes.BUSY),
+                        (restoreerrors.SourceUnusable, exitcodes.UNSUPPORTED),
+                        (restoreerrors.DiskWriteFailed, exitcodes.VDDK),
+                        (vsphere_errors.VMNotFound, exitcodes.NOT_FOUND),
+                        (vsphere_errors.AmbiguousVM, exitcodes.NOT_FOUND),
+                        (vsphere_errors.VSphereError, exitcodes.VSPHERE),
+                        (vddk.VddkError, exitcodes.VDDK)])
+    vm_datastore = [d for d in datastores if "=" not in d]
+    if len(vm_datastore) > 1:
+        raise UsageProblem("give one --datastore DS for the VM; per disk use --datastore LABEL=DS")
+    opts = RestoreOptions(**options, datastore=vm_datastore[0] if vm_datastore else None,
+                          disk_datastores=_pairs([d for d in datastores if "=" in d], "--datastore",
+                                                 allow_empty=False),
+                          networks=_pairs(networks, "--network", allow_empty=True))
+    opened: list = []
+    view = None if from_dir else RepositoryView(open_repository(repo, password_file))
+
+    def loader(vm: str):
+        def load():
+            if from_dir:
+                folder = GenerationFolder.open(from_dir, vm)
+                opened.append(folder)
+                return folder
+            assert view is not None
+            return view.generation(vm, generation)
+        return load
+
+    progress = Progress()
+
+    def show(outcome: restorerun.Outcome) -> None:
+        progress.finish()
+        if not json_out:
+            for line in restorerun.outcome_lines(outcome):
+                (typer.echo if outcome.ok else lambda t: typer.echo(t, err=True))(line)
+
+    try:
+        outcomes = restorerun.run([(f"vm:{vm}", loader(vm)) for vm in vms], opts,
+                                  SessionOptions(**session), on_event=lambda t: typer.echo(t, err=True),
+                                  on_progress=progress, on_outcome=show)
+    finally:
+        for folder in opened:
+            folder.close()
+    if json_out:
+        emit([restorerun.outcome_json(o) for o in outcomes])
+    failed = [o for o in outcomes if not o.ok]
+    if failed:
+        if len(outcomes) == 1:
+            raise failed[0].error  # type: ignore[misc]  # its own exit code
+        raise typer.Exit(exitcodes.FAILURE)

@@ -1,0 +1,85 @@
+"""Where an ext2/3/4 file system keeps what a walk of its tree reads: the superblock, the group
+descriptors, the used part of every inode table and every directory's blocks (with the
+extent-tree or indirect blocks that map them), as byte ranges of the volume.
+
+The ext structures are ``repofs.guest.ext4``'s to parse; this module only turns what it reports into
+ranges, within a byte budget. Only a hint for ``repofs.mount.prefill`` (the bytes pushed are always
+read from the disk itself): a directory whose map does not parse is left out, and damage
+further up ends the search with what was found so far.
+"""
+from __future__ import annotations
+
+from typing import BinaryIO, Callable
+
+from .ext4 import Ext4, Ext4Error
+
+
+class _Full(Exception):
+    """The byte budget is spent."""
+
+
+class _Ranges:
+    def __init__(self, limit: int, prefetch: Callable[[int, int], None] | None):
+        self.limit = limit
+        self.prefetch = prefetch
+        self.total = 0
+        self.items: list[tuple[int, int]] = []
+
+    def add(self, offset: int, length: int) -> None:
+        if length <= 0:
+            return
+        length = min(length, self.limit - self.total)
+        if length <= 0:
+            raise _Full
+        self.items.append((offset, length))
+        if self.prefetch is not None:
+            self.prefetch(offset, length)
+        self.total += length
+        if self.total >= self.limit:
+            raise _Full
+
+
+def metadata_ranges(fh: BinaryIO, limit: int,
+                    prefetch: Callable[[int, int], None] | None = None) -> list[tuple[int, int]]:
+    """Sorted, coalesced (offset, length) ranges of the volume read from ``fh`` (a seekable
+    stream over it), of at most ``limit`` bytes in all; [] when it is not an ext2/3/4 file
+    system. ``prefetch(offset, length)``, when given, is told of each range as soon as it is
+    found (to load it in the background while the search goes on: the inode tables it is
+    about to scan, the directories' blocks)."""
+    out = _Ranges(limit, prefetch)
+    try:
+        _collect(Ext4(fh), out)
+    except (_Full, Ext4Error):
+        pass
+    return coalesce(out.items)
+
+
+def coalesce(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    merged: list[tuple[int, int]] = []
+    for off, length in sorted(ranges):
+        if merged and off <= merged[-1][0] + merged[-1][1]:
+            last_off, last_len = merged[-1]
+            merged[-1] = (last_off, max(last_len, off + length - last_off))
+        else:
+            merged.append((off, length))
+    return merged
+
+
+def _collect(fs: Ext4, out: _Ranges) -> None:
+    bs = fs.block_size
+    out.add(0, 2048)                                   # boot block + superblock
+    for block in fs.descriptor_blocks():
+        out.add(block * bs, bs)
+    for _group, offset, used in fs.inode_tables():
+        out.add(offset, -(-used * fs.inode_size // bs) * bs)
+    for ino in fs.directories():
+        tree: list[int] = []
+        try:
+            runs = fs.runlist(ino, tree)
+        except Ext4Error:                              # incl. inline data: in the inode itself
+            continue
+        for block in tree:
+            out.add(block * bs, bs)
+        for phys, count in runs:
+            if phys is not None and phys + count <= fs.block_count:
+                out.add(phys * bs, count * bs)

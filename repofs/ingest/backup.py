@@ -1,0 +1,294 @@
+"""Backup ingest: turn disk sources into a new generation of a repository.
+
+For each disk the chunks to read are the chunk-aligned cover of the source's extents. Each
+read chunk is checked for zeros (a hole: never stored), hashed, and stored unless the
+repository already has it. Chunks not read come from the previous generation's index when
+the extents are changes, and are holes otherwise. The disks of a VM are read in parallel.
+
+When the extents are changes (a change list, vSphere CBT), a slot whose changed bytes are a
+small part of it is not read whole: only its changed ranges are read and stored, as pieces
+laid over the slot's previous content (``format.fixedindex``). A slot is read and stored
+whole again once its pieces would cover more than ``PATCH_SHARE`` of it or number more than
+``MAX_PIECES``, which bounds what a reader of the slot fetches (base + pieces) to 1.5 times
+the slot.
+
+Throughput: the calling thread reads; a pool of workers (one per core) hashes, compresses,
+encrypts and writes, with a bounded number of chunks in flight so memory does not grow with
+the disk. Chunks are written without a per-file fsync; one filesystem sync makes them
+durable before the index and the manifest (each fsynced) refer to them. A crash therefore
+leaves, at worst, unreferenced chunks.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+from format.fixedindex import FixedIndex, Piece, chunks_touched, slot_ranges
+from format.manifest import DiskEntry, Manifest
+from format.repository import Repository
+
+from . import metacopy
+from .sources import DiskSource, clip_extents
+
+log = logging.getLogger("repofs.backup")
+
+Progress = Callable[[str, int, int], None]  # (disk label, bytes done, bytes to do)
+
+PATCH_SHARE = 0.5     # a slot's pieces may cover at most this share of it
+MAX_PIECES = 16       # and number at most this many
+PIECE_ALIGN = 4096    # pieces start and end on these boundaries (VDDK reads whole sectors)
+
+# One slot to read: its number, the ranges inside it to read as pieces (None: all of it),
+# and the previous pieces that stay under the new ones.
+Work = tuple[int, tuple[tuple[int, int], ...] | None, tuple[Piece, ...]]
+
+
+class IngestError(Exception):
+    pass
+
+
+@dataclass
+class DiskReport:
+    label: str
+    capacity: int
+    read_bytes: int = 0
+    new_bytes: int = 0
+    new_chunks: int = 0
+    patched_slots: int = 0      # slots stored as pieces over their previous content
+    data_bytes: int = 0
+    mode: str = "full"          # "full", "changed" or "full (reason)"
+    copied_bytes: int = 0       # guest metadata kept copied in the index (repofs.metacopy)
+
+    def summary(self) -> str:
+        """One line for people: what was read and stored."""
+        patched = f", {self.patched_slots} chunks updated by their changed pieces" if self.patched_slots else ""
+        copied = f", {self.copied_bytes} bytes of guest metadata copied" if self.copied_bytes else ""
+        return (f"{self.label}: {self.capacity} bytes, {self.mode}, read {self.read_bytes}, "
+                f"stored {self.new_bytes} new in {self.new_chunks} chunks{patched}{copied}")
+
+
+@dataclass
+class BackupReport:
+    vm: str
+    generation: str
+    manifest: str
+    disks: list[DiskReport] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def latest_generation(repo: Repository, vm: str) -> tuple[str, Manifest] | None:
+    gens = [(m.time_ns, m.generation, name, m) for name, m in repo.manifests().items() if m.vm == vm]
+    if not gens:
+        return None
+    _t, _g, name, manifest = max(gens)
+    return name, manifest
+
+
+class _DiskIngest:
+    def __init__(self, repo: Repository, pool: ThreadPoolExecutor, in_flight: int):
+        self.repo = repo
+        self.pool = pool
+        self.in_flight = in_flight
+        self.zero = bytes(repo.chunk_size)
+        self.stop = threading.Event()  # set when another disk failed: give up early
+        self.copies_stored = False     # a copy of guest metadata stored a new chunk
+
+    def _store(self, data: bytes, known: set[bytes]) -> tuple[bytes | None, int]:
+        if data == self.zero[:len(data)]:
+            return None, 0
+        cid = self.repo.chunk_id(data)
+        if cid in known or self.repo.has_chunk(cid):
+            return cid, 0
+        return cid, self.repo.put_chunk(cid, data, sync=False)
+
+    def _store_pieces(self, datas: list[bytes], known: set[bytes]) -> list[tuple[bytes | None, int]]:
+        return [self._store(data, known) for data in datas]
+
+    def copy_metadata(self, source: DiskSource, index: FixedIndex, previous: FixedIndex | None,
+                      work: list[Work], known: set[bytes], report: DiskReport) -> None:
+        """Keep the guest's file-system metadata copied in the index (``repofs.ingest.metacopy``).
+        Only an accelerator for readers: if it fails, the generation goes without."""
+        def store(data: bytes) -> tuple[bytes | None, int]:
+            cid, stored = self._store(data, known)
+            if stored:
+                self.copies_stored = True
+                report.new_bytes += stored
+                report.new_chunks += 1
+                known.add(cid)  # type: ignore[arg-type]
+            return cid, stored
+        # what this backup rewrote: in slot order, so ascending and never overlapping
+        touched = [read for item in work for read in _item_reads(index, item)] \
+            if source.extents_are_changes else None
+        try:
+            index.copies = metacopy.build(self.repo, source.label, index, previous, touched, store)
+        except Exception as e:  # noqa: BLE001 (an optional copy never fails a backup)
+            log.warning("disk %s: guest metadata not copied (%s)", source.label, e)
+            index.copies = None
+        report.copied_bytes = index.copies.stream_size if index.copies else 0
+
+    def run(self, source: DiskSource, index: FixedIndex, work: list[Work],
+            known: set[bytes], report: DiskReport, progress: Progress | None) -> None:
+        pending: collections.deque[tuple[Work, Future]] = collections.deque()
+        reads = [_item_reads(index, item) for item in work]
+        source.prepare([read for item_reads in reads for read in item_reads])
+        total = sum(n for item_reads in reads for _, n in item_reads)
+
+        def settle(item: Work, fut: Future) -> None:
+            n, ranges, kept = item
+            results = fut.result()
+            for cid, stored in results:
+                if stored:
+                    report.new_bytes += stored
+                    report.new_chunks += 1
+                    known.add(cid)  # type: ignore[arg-type]
+            if ranges is None:
+                index.set(n, results[0][0])
+                return
+            pieces = kept + tuple((lo, hi - lo, cid) for (lo, hi), (cid, _) in zip(ranges, results))
+            if index.get(n) is None and not any(cid for _o, _l, cid in pieces):
+                index.set(n, None)  # zeros over a hole: still a hole
+            else:
+                index.set_pieces(n, pieces)
+                report.patched_slots += 1
+
+        for item, item_reads in zip(work, reads):
+            if self.stop.is_set():
+                raise IngestError(f"disk {source.label}: stopped because another disk failed")
+            datas = [source.read(offset, length) for offset, length in item_reads]
+            report.read_bytes += sum(map(len, datas))
+            pending.append((item, self.pool.submit(self._store_pieces, datas, known)))
+            while len(pending) >= self.in_flight:
+                settle(*pending.popleft())
+            if progress:
+                progress(source.label, report.read_bytes, total)
+        while pending:
+            settle(*pending.popleft())
+
+
+def _item_reads(index: FixedIndex, item: Work) -> list[tuple[int, int]]:
+    """The (disk offset, length) reads one slot needs, in the order they are made."""
+    n, ranges, _kept = item
+    start, length = index.chunk_range(n)
+    if ranges is None:
+        return [(start, length)]
+    return [(start + lo, hi - lo) for lo, hi in ranges]
+
+
+def backup(repo: Repository, vm: str, sources: Sequence[DiskSource], *,
+           metadata: dict | None = None, progress: Progress | None = None,
+           workers: int | None = None) -> BackupReport:
+    """Write a new generation of ``vm`` from ``sources``; returns what was done."""
+    labels = [s.label for s in sources]
+    if len(set(labels)) != len(labels):
+        raise IngestError(f"two disks share a label: {labels}")
+    started = time.monotonic()
+    workers = workers or max(2, os.cpu_count() or 2)
+    with repo.vm_lock(vm), ThreadPoolExecutor(workers, thread_name_prefix="ingest") as pool:
+        parent = latest_generation(repo, vm)
+        parent_manifest = parent[1] if parent else None
+        when_ns = time.time_ns()
+        ingest = _DiskIngest(repo, pool, in_flight=workers * 3)
+        plans = []
+        for source in sources:
+            report = DiskReport(source.label, source.capacity)
+            entry_parent = parent_manifest.disk(source.label) if parent_manifest else None
+            parent_index = repo.get_index(entry_parent.index) if entry_parent else None
+            index, work, known = _plan(repo, source, parent_index, report)
+            plans.append((source, index, work, known, report, parent_index))
+
+        def read_disk(plan: tuple) -> None:
+            source, index, work, known, report, parent_index = plan
+            ingest.run(source, index, work, known, report, progress)
+            report.data_bytes = sum(index.chunk_range(n)[1] for n in index.occupied())
+
+        def copy_metadata(plan: tuple) -> None:
+            source, index, work, known, report, parent_index = plan
+            ingest.copy_metadata(source, index, parent_index, work, known, report)
+
+        # Disks are read in parallel (one reader thread each), sharing the workers. Then,
+        # while the repository's file system writes their chunks out, the guests' metadata
+        # is copied from them (the chunks are read back from the page cache).
+        with ThreadPoolExecutor(len(plans) + 1, thread_name_prefix="ingest-read") as readers:
+            _all(readers, read_disk, plans, ingest.stop)
+            syncing = readers.submit(repo.sync)
+            _all(readers, copy_metadata, plans, ingest.stop)
+            syncing.result()
+        entries = [(source, index, report) for source, index, _n, _k, report, _p in plans]
+        reports = [plan[4] for plan in plans]
+        if ingest.copies_stored:
+            repo.sync()  # the copies' new chunks too: every chunk durable before an index names it
+        disks = []
+        for source, index, report in entries:
+            disks.append(DiskEntry(label=source.label, capacity=source.capacity,
+                                   chunk_size=repo.chunk_size, index=repo.put_index(index),
+                                   data_bytes=report.data_bytes, new_bytes=report.new_bytes,
+                                   new_chunks=report.new_chunks,
+                                   source={**source.info, "mode": report.mode}))
+        manifest = Manifest(vm=vm, generation=repo.new_generation_name(vm, when_ns),
+                            time=_iso(when_ns), time_ns=when_ns,
+                            parent=parent[0] if parent else None, disks=disks,
+                            metadata=metadata or {})
+        name = repo.put_manifest(manifest)
+    return BackupReport(vm, manifest.generation, name, reports, time.monotonic() - started)
+
+
+def _all(pool: ThreadPoolExecutor, fn: Callable[[tuple], None], plans: list[tuple],
+         stop: threading.Event) -> None:
+    """``fn(plan)`` for every plan in ``pool``; the first failure stops the others."""
+    futures = [pool.submit(fn, plan) for plan in plans]
+    try:
+        for fut in futures:
+            fut.result()
+    except BaseException:
+        stop.set()
+        raise
+
+
+def _plan(repo: Repository, source: DiskSource, parent_index: FixedIndex | None,
+          report: DiskReport) -> tuple[FixedIndex, list[Work], set[bytes]]:
+    """The starting index, the slots to read, and the chunk ids known to be stored."""
+    cs = repo.chunk_size
+    known = {cid for _, cid in parent_index.references()} if parent_index else set()
+    if source.extents_are_changes:
+        if parent_index is None:
+            raise IngestError(f"disk {source.label}: changed extents were given but there is "
+                              "no previous generation of this disk to apply them to")
+        if parent_index.capacity != source.capacity:
+            raise IngestError(f"disk {source.label}: capacity changed from "
+                              f"{parent_index.capacity} to {source.capacity}; read it in full")
+        report.mode = "changed"
+        index = parent_index.copy()
+        return index, [_patch_or_whole(index, n, ranges)
+                       for n, ranges in slot_ranges(clip_extents(source.extents(), source.capacity), cs)], known
+    index = FixedIndex.empty(source.capacity, cs)
+    return index, [(n, None, ()) for n in chunks_touched(source.extents(), cs, source.capacity)], known
+
+
+def _patch_or_whole(index: FixedIndex, n: int, changed: list[tuple[int, int]]) -> Work:
+    """Slot ``n`` with ``changed`` ranges: as pieces over its previous content when they stay
+    small, else whole."""
+    _, length = index.chunk_range(n)
+    ranges: list[tuple[int, int]] = []
+    for lo, hi in changed:
+        lo, hi = lo - lo % PIECE_ALIGN, min(length, -(-hi // PIECE_ALIGN) * PIECE_ALIGN)
+        if ranges and lo <= ranges[-1][1]:
+            ranges[-1] = (ranges[-1][0], max(ranges[-1][1], hi))
+        else:
+            ranges.append((lo, hi))
+    kept = tuple(p for p in index.pieces(n)
+                 if not any(lo <= p[0] and p[0] + p[1] <= hi for lo, hi in ranges))
+    covered = sum(hi - lo for lo, hi in ranges) + sum(p[1] for p in kept)
+    if covered > length * PATCH_SHARE or len(ranges) + len(kept) > MAX_PIECES:
+        return n, None, ()
+    return n, tuple(ranges), kept
+
+
+def _iso(ns: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ns // 1_000_000_000)) + \
+        f".{ns % 1_000_000_000 // 1000:06d}Z"

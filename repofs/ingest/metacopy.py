@@ -1,0 +1,216 @@
+"""Copies of the guests' file-system metadata, written with each disk's index.
+
+A walk of a guest's tree reads a few MiB of metadata — inode tables, directory blocks —
+scattered over the disk's 1 MiB chunks: 150 of them for a 20,000-file ext4 tree, each
+fetched, decrypted, decompressed and verified whole for a few KiB. So a backup stores those
+bytes a second time, packed into a stream of their own chunks, and the index names both
+(``format.fixedindex.Copies``); readers of those ranges fetch the stream instead
+(``repofs.views.DiskView.read``), and the mount pushes exactly those ranges into the page
+cache without searching the disk for them (``repofs.mount.prefill``).
+
+What is copied, per disk with an ext2/3/4 volume, at most ``LIMIT`` bytes: the first 128 KiB
+of the disk (partition tables), the first 64 KiB of every volume on it (what finding and
+probing the volumes reads, LVM labels and metadata included; for ext the boot block,
+superblock and group descriptors), and what ``repofs.guest.extmeta`` finds in each ext volume
+(used inode tables, directory blocks and their maps), widened to whole 4 KiB pages of the
+volume and of the disk (what page-aligned readers read).
+
+The bytes are read from the new generation as stored — its index and chunks, never the
+source again — so copies and chunks cannot disagree. A backup with a change list keeps the
+previous generation's copies when no changed byte falls inside them (the metadata did not
+change, so neither did what the search would find), else searches again with every read
+that lies inside the old copies and outside the changes served by the old copies.
+"""
+from __future__ import annotations
+
+import bisect
+from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator
+
+from format.fixedindex import HOLE, Copies, FixedIndex
+from format.repository import Repository
+
+LIMIT = 64 << 20            # bytes copied per disk at most
+PAGE = 4096
+HEAD = 64 << 10             # the start of each volume (boot block, superblock, descriptors)
+DISK_HEAD = 128 << 10       # the start of the disk: partition tables, and what a probe of the
+                            # whole disk reads (a Btrfs superblock's magic lies at 64 KiB)
+SLOTS_KEPT = 24             # slots of the new generation held while reading
+LOAD_THREADS = 2
+
+
+def build(repo: Repository, label: str, index: FixedIndex, previous: FixedIndex | None,
+          touched: list[tuple[int, int]] | None, store: Callable[[bytes], tuple[bytes | None, int]]
+          ) -> Copies | None:
+    """The copies for the new ``index`` of disk ``label``. ``touched``: the disk ranges this
+    backup wrote — ascending, none overlapping — when it started from ``previous`` (a change
+    list), else None.
+    ``store(data)`` stores a stream chunk: (id or None for zeros, bytes stored)."""
+    old = previous.copies if previous is not None and touched is not None else None
+    if old is not None and not _overlap(old.ranges, touched or []):
+        return old
+    with _GenerationReader(repo, label, index, old, touched or []) as reader:
+        ranges = find_ranges(reader)
+        if not ranges:
+            return None
+        ids = [store(chunk)[0] or HOLE for chunk in _cut(reader.read_ranges(ranges), repo.chunk_size)]
+    return Copies(ranges, ids, repo.chunk_size)
+
+
+def find_ranges(disk: "_GenerationReader") -> list[tuple[int, int]]:
+    """The disk ranges to copy: sorted, apart, whole pages, at most ``LIMIT`` bytes."""
+    from repofs.guest import extmeta, guestfs  # noqa: PLC0415 (only a backup of a disk needs them)
+    found: list[tuple[int, int]] = [(0, DISK_HEAD)]
+    try:
+        volumes = guestfs.GuestGeneration(_OneDisk(disk)).volumes(disk.label)
+    except guestfs.GuestError:
+        return []
+    for v in volumes:           # what finding the volumes reads: probes, LVM labels
+        if v.offset is not None:
+            found.append((v.offset - v.offset % HEAD, HEAD + v.offset % HEAD))
+    volumes = [v for v in volumes if v.fstype == "ext" and v.offset is not None]
+    for v in volumes:
+        left = LIMIT - sum(n for _, n in found)
+        if left <= 0:
+            break
+        fh = (v.open_pages or v.open)()
+        for off, n in extmeta.metadata_ranges(fh, left, lambda o, n, base=v.offset: disk.prefetch(base + o, n)):
+            start, end = off - off % PAGE, -(-(off + n) // PAGE) * PAGE        # volume pages
+            start, end = v.offset + start, v.offset + end
+            start, end = start - start % PAGE, -(-end // PAGE) * PAGE           # disk pages
+            found.append((start, end - start))
+    if not volumes:
+        return []
+    inside = [(off, min(off + n, disk.capacity) - off) for off, n in found if off < disk.capacity]
+    ranges, total = [], 0
+    for off, n in extmeta.coalesce(inside):     # apart: touching ranges become one
+        n = min(n, LIMIT - total)
+        if n <= 0:
+            break
+        ranges.append((off, n))
+        total += n
+    return ranges
+
+
+def _overlap(a: list[tuple[int, int]], b: list[tuple[int, int]]) -> bool:
+    """Whether any range of sorted ``a`` meets any of sorted ``b``."""
+    i = j = 0
+    while i < len(a) and j < len(b):
+        (ao, an), (bo, bn) = a[i], b[j]
+        if ao < bo + bn and bo < ao + an:
+            return True
+        if ao + an <= bo + bn:
+            i += 1
+        else:
+            j += 1
+    return False
+
+
+def _cut(parts: Iterable[bytes], size: int) -> Iterator[bytes]:
+    """The concatenation of ``parts`` in pieces of ``size`` bytes (the last may be short)."""
+    buf = bytearray()
+    for part in parts:
+        buf += part
+        while len(buf) >= size:
+            yield bytes(buf[:size])
+            del buf[:size]
+    if buf:
+        yield bytes(buf)
+
+
+@dataclass
+class _OneDisk:
+    """The one disk, as ``guestfs.GuestGeneration`` takes a generation."""
+    disk: "_GenerationReader"
+    vm: str = "backup"
+    name: str = "new"
+    time_ns: int = 0
+    disks: list = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.disks = [self.disk]
+
+
+class _GenerationReader:
+    """The new generation's bytes of one disk, read from its index (slots assembled from
+    stored chunks, a few kept) — or from the previous copies where no change touched them."""
+
+    def __init__(self, repo: Repository, label: str, index: FixedIndex, old: Copies | None,
+                 touched: list[tuple[int, int]]):
+        self.repo, self.label, self.index, self.old, self.touched = repo, label, index, old, touched
+        self.capacity = index.capacity
+        self._touched_ends = [off + n for off, n in touched]   # ascending: none overlap
+        self._slots: OrderedDict[int, Future] = OrderedDict()
+        self._stream: dict[int, bytes] = {}
+        self._pool = ThreadPoolExecutor(LOAD_THREADS, thread_name_prefix="metacopy")
+
+    def __enter__(self) -> "_GenerationReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._pool.shutdown(cancel_futures=True)
+
+    def read(self, offset: int, size: int) -> bytes:
+        end = min(offset + size, self.capacity)
+        if offset >= end:
+            return b""
+        old = self._from_old(offset, end - offset)
+        if old is not None:
+            return old
+        cs = self.index.chunk_size
+        parts = []
+        for n in range(offset // cs, (end - 1) // cs + 1):
+            start = n * cs
+            data = self._slot(n)
+            parts.append(data[max(offset, start) - start:min(end, start + cs) - start])
+        return b"".join(parts)
+
+    def prefetch(self, offset: int, size: int) -> None:
+        if size <= 0 or self._old_covers(offset, size):
+            return
+        cs = self.index.chunk_size
+        for n in range(offset // cs, (min(offset + size, self.capacity) - 1) // cs + 1):
+            self._slot_future(n)
+
+    def read_ranges(self, ranges: list[tuple[int, int]]) -> Iterator[bytes]:
+        """Each range's bytes, in order, the slots of the next ranges loading meanwhile."""
+        for i, (off, n) in enumerate(ranges):
+            for ahead_off, ahead_n in ranges[i + 1:i + 4]:
+                self.prefetch(ahead_off, ahead_n)
+            yield self.read(off, n)
+
+    def _old_covers(self, offset: int, size: int) -> bool:
+        return self.old is not None and self.old.stream_pos(offset, size) is not None and \
+            not self._touched(offset, size)
+
+    def _touched(self, offset: int, size: int) -> bool:
+        """Whether this backup wrote any byte of [offset, offset + size)."""
+        i = bisect.bisect_right(self._touched_ends, offset)   # the first range ending past offset
+        return i < len(self.touched) and self.touched[i][0] < offset + size
+
+    def _from_old(self, offset: int, size: int) -> bytes | None:
+        if not self._old_covers(offset, size):
+            return None
+        assert self.old is not None
+        return self.old.read(offset, size, self._old_chunk)
+
+    def _old_chunk(self, k: int) -> bytes | None:
+        data = self._stream.get(k)
+        if data is None:
+            data = self._stream[k] = self.old.chunk(k, self.repo.get_chunk)  # type: ignore[union-attr,assignment]
+        return data
+
+    def _slot_future(self, n: int) -> Future:
+        fut = self._slots.get(n)
+        if fut is None:
+            fut = self._slots[n] = self._pool.submit(self.index.assemble, n, self.repo.get_chunk)
+            while len(self._slots) > SLOTS_KEPT:
+                self._slots.popitem(last=False)
+        else:
+            self._slots.move_to_end(n)
+        return fut
+
+    def _slot(self, n: int) -> bytes:
+        return self._slot_future(n).result()

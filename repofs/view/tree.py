@@ -1,0 +1,376 @@
+"""Views of a repository: the read-only tree that the mount shows and the restore reads.
+
+    <vm>/                      one folder per VM (a "/" in a VM name shows as "%2F")
+      latest -> <generation>   link to the newest generation
+      <generation>/            e.g. 2026-11-25T140300Z; files never change
+        <disk>.vmdk            monolithicFlat descriptor naming the flat file
+        <disk>-flat.vmdk       the disk's bytes, readable at any offset
+        <vm>.vmx               the VM's configuration
+        <vm>.json              the generation's whole metadata document
+
+Plain synchronous Python, no FUSE: the mount translates these objects, the restore and the
+CLI read them directly. The store is anything with ``manifests()``, ``get_index(id)`` and
+``get_chunk(id)`` (a ``format.Repository``). Offset -> chunk is a division; holes are
+zeros without storage I/O; chunks go through one bounded ``ChunkCache``.
+"""
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable, Iterator, Protocol
+
+from format.errors import CorruptObject, GenerationNotFound, ObjectMissing, VMNotFound
+from format.fixedindex import FixedIndex
+from format.manifest import DiskEntry, Manifest
+
+from .chunkcache import DEFAULT_CACHE_BYTES, ChunkCache
+from repofs.vmdk.descriptor import render_descriptor
+from .vmx import render_vmx
+
+LATEST = "latest"
+_MISSING = object()   # ``_gather``: a chunk that is not at hand
+
+
+class Store(Protocol):
+    def manifests(self) -> dict[str, Manifest]: ...
+    def get_index(self, hex_id: str) -> FixedIndex: ...
+    def get_chunk(self, cid: bytes) -> bytes: ...
+
+
+class DiskReadError(Exception):
+    """A read touched a damaged or missing chunk."""
+
+    def __init__(self, vm: str, generation: str, disk: str, offset: int, cause: Exception):
+        super().__init__(f"{vm} generation {generation} disk {disk}: chunk at offset {offset} "
+                         f"is unreadable ({cause})")
+        self.vm, self.generation, self.disk, self.offset, self.cause = vm, generation, disk, offset, cause
+
+
+def vm_folder_name(vm: str) -> str:
+    return vm.replace("%", "%25").replace("/", "%2F") or "%00"
+
+
+class DiskView:
+    """One disk of one generation: a read-only byte array of ``capacity`` bytes."""
+
+    def __init__(self, gen: "GenerationView", entry: DiskEntry):
+        self.gen = gen
+        self.entry = entry
+        self.label = entry.label
+        self.capacity = entry.capacity
+        self.chunk_size = entry.chunk_size
+        self._index: FixedIndex | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def index(self) -> FixedIndex:
+        if self._index is None:
+            with self._lock:
+                if self._index is None:
+                    self._index = self.gen.repo.store.get_index(self.entry.index)
+        return self._index
+
+    def _chunk(self, number: int) -> bytes | None:
+        index = self.index
+        key = index.key(number)
+        if key is None:
+            return None
+        cache = self.gen.repo.cache
+        try:
+            if not index.pieces(number):
+                return cache.get(key)
+            # a slot stored as pieces: cached assembled; its parts are not cached again
+            return cache.get(key, lambda _key: index.assemble(number, self._part))
+        except (CorruptObject, ObjectMissing) as e:
+            raise DiskReadError(self.gen.vm, self.gen.name, self.label,
+                                number * self.chunk_size, e) from None
+
+    def _part(self, cid: bytes) -> bytes:
+        cached = self.gen.repo.cache.peek(cid)
+        return cached if cached is not None else self.gen.repo.store.get_chunk(cid)
+
+    def chunk_is_cached(self, number: int) -> bool:
+        key = self.index.key(number)
+        return key is None or self.gen.repo.cache.peek(key) is not None
+
+    @property
+    def index_loaded(self) -> bool:
+        return self._index is not None
+
+    def read_if_cached(self, offset: int, size: int) -> bytes | None:
+        """Like ``read`` but without any storage I/O: the bytes when every chunk they touch
+        is a hole or already cached (and the index is loaded), else None. Cheap enough to
+        call on an event loop."""
+        index = self._index
+        if index is None:
+            return None
+        cache = self.gen.repo.cache
+
+        def cached(number: int) -> bytes | None | object:
+            key = index.key(number)
+            if key is None:
+                return None
+            data = cache.peek(key)
+            return _MISSING if data is None else data
+
+        def streamed(k: int) -> bytes | None:
+            try:
+                return index.copies.chunk(k, cache.peek)  # type: ignore[union-attr]
+            except CorruptObject:     # read() reports it, or reads the slots
+                return None
+        data = self._copied(offset, size, streamed)
+        if data is not _MISSING:
+            return data  # type: ignore[return-value]
+        return self._gather(offset, size, cached)
+
+    def needs_fetch(self, number: int) -> bool:
+        """Whether chunk ``number`` exists, is stored (not a hole) and is not cached."""
+        if not 0 <= number < self.index.count:
+            return False
+        key = self.index.key(number)
+        return key is not None and self.gen.repo.cache.peek(key) is None
+
+    def read(self, offset: int, size: int) -> bytes:
+        """Bytes [offset, offset+size) clipped to the capacity; holes read as zeros. Bytes
+        inside one range of the index's copies come from the copies' stream (from the slots
+        if a stream chunk is damaged)."""
+        self.index  # noqa: B018 (loaded before the copies are consulted)
+        try:
+            data = self._copied(offset, size, self._stream_chunk)
+        except DiskReadError:   # a damaged copy: the slots hold the same bytes (check names it)
+            data = _MISSING
+        if data is _MISSING:
+            data = self._gather(offset, size, self._chunk)
+        assert isinstance(data, bytes)
+        return data
+
+    def copy_ranges(self) -> list[tuple[int, int]]:
+        """The disk ranges whose bytes the index also keeps packed (guest metadata)."""
+        copies = self.index.copies
+        return list(copies.ranges) if copies else []
+
+    def copied(self, offset: int, size: int) -> bool:
+        """Whether reading [offset, offset+size) needs none of the disk's own chunks."""
+        copies = self.index.copies
+        return copies is not None and copies.stream_pos(offset, size) is not None
+
+    def _copied(self, offset: int, size: int, chunk: Callable[[int], "bytes | None"]) -> bytes | object:
+        """The bytes from the copies' stream (its chunks from ``chunk(k)``), or ``_MISSING``
+        when they are not all inside one copied range or a stream chunk is not at hand."""
+        copies = self._index.copies if self._index is not None else None
+        size = min(offset + size, self.capacity) - offset
+        data = copies.read(offset, size, chunk) if copies is not None and size > 0 else None
+        return _MISSING if data is None else data
+
+    def _stream_chunk(self, k: int) -> bytes | None:
+        copies = self.index.copies
+        assert copies is not None
+        try:
+            return copies.chunk(k, self.gen.repo.cache.get)
+        except (CorruptObject, ObjectMissing) as e:
+            raise DiskReadError(self.gen.vm, self.gen.name, self.label,
+                                copies.disk_offset(k * copies.chunk_size), e) from None
+
+    def _gather(self, offset: int, size: int, chunk: Callable[[int], "bytes | None | object"]) -> bytes | None:
+        """Bytes [offset, offset+size) clipped to the capacity from ``chunk(number)`` — a
+        slot's bytes, None for zeros, or ``_MISSING`` to give up (then None)."""
+        end = min(offset + size, self.capacity)
+        if offset >= end:
+            return b""
+        cs = self.chunk_size
+        parts = []
+        pos = offset
+        while pos < end:
+            number, inner = divmod(pos, cs)
+            take = min(cs - inner, end - pos)
+            data = chunk(number)
+            if data is _MISSING:
+                return None
+            if data is None:
+                parts.append(bytes(take))
+            else:
+                assert isinstance(data, bytes)
+                parts.append(data if inner == 0 and take == len(data) else data[inner:inner + take])
+            pos += take
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def chunks_for(self, offset: int, size: int) -> range:
+        end = min(offset + size, self.capacity)
+        if offset >= end:
+            return range(0)
+        return range(offset // self.chunk_size, (end - 1) // self.chunk_size + 1)
+
+    def prefetch(self, number: int) -> None:
+        """Load chunk ``number`` into the cache (for read-ahead); errors surface on read."""
+        if 0 <= number < self.index.count:
+            try:
+                self._chunk(number)
+            except DiskReadError:
+                pass
+
+    def extents(self) -> list[tuple[int, int]]:
+        """(offset, length) runs that hold stored data; everything else is zeros."""
+        runs: list[tuple[int, int]] = []
+        for n in self.index.occupied():
+            start, length = self.index.chunk_range(n)
+            if runs and runs[-1][0] + runs[-1][1] == start:
+                runs[-1] = (runs[-1][0], runs[-1][1] + length)
+            else:
+                runs.append((start, length))
+        return runs
+
+    def stored_bytes(self) -> int:
+        return self.entry.data_bytes
+
+    def iter_chunks(self, workers: int = 2, lookahead: int = 8) -> Iterator[tuple[int, bytes]]:
+        """(offset, data) of every slot that is not a hole, in disk order, fetched by
+        ``workers`` threads, verified (ids re-hashed) and bypassing the shared cache: for
+        restores onto zeros (a new file or disk). A slot that is pieces over a hole gives only
+        the span its pieces cover."""
+        store = self.gen.repo.store
+        index = self.index
+        numbers = list(index.occupied())
+
+        def fetch(n: int) -> tuple[int, bytes]:
+            try:
+                data = index.assemble(n, store.get_chunk)
+            except (CorruptObject, ObjectMissing) as e:
+                raise DiskReadError(self.gen.vm, self.gen.name, self.label, n * self.chunk_size, e) from None
+            start = n * self.chunk_size
+            if index.get(n) is None:  # pieces over zeros: only the span they cover
+                spans = [(off, off + length) for off, length, cid in index.pieces(n) if cid]
+                lo, hi = (min(a for a, _ in spans), max(b for _, b in spans)) if spans else (0, 0)
+                return start + lo, data[lo:hi]
+            return start, data
+
+        with ThreadPoolExecutor(workers, thread_name_prefix="restore-read") as pool:
+            pending = []
+            it = iter(numbers)
+            for item in it:
+                pending.append(pool.submit(fetch, item))
+                if len(pending) >= lookahead:
+                    break
+            while pending:
+                offset, data = pending.pop(0).result()
+                nxt = next(it, None)
+                if nxt is not None:
+                    pending.append(pool.submit(fetch, nxt))
+                if data:
+                    yield offset, data
+
+
+@dataclass
+class FileNode:
+    """A regular file of a generation folder."""
+    name: str
+    size: int
+    stored: int                     # bytes of storage behind it (for st_blocks)
+    read: Callable[[int, int], bytes]
+    disk: DiskView | None = None    # set for flat extents
+
+
+class GenerationView:
+    def __init__(self, repo: "RepositoryView", manifest_name: str, manifest: Manifest):
+        self.repo = repo
+        self.manifest_name = manifest_name
+        self.manifest = manifest
+        self.vm = manifest.vm
+        self.name = manifest.generation
+        self.time_ns = manifest.time_ns
+        self.disks = [DiskView(self, d) for d in manifest.disks]
+        self._files: dict[str, FileNode] | None = None
+
+    @property
+    def metadata(self) -> dict:
+        return self.manifest.metadata
+
+    def disk(self, label: str) -> DiskView:
+        for d in self.disks:
+            if d.label == label:
+                return d
+        raise GenerationNotFound(f"{self.vm} generation {self.name} has no disk {label!r} "
+                                 f"(disks: {', '.join(d.label for d in self.disks)})")
+
+    def files(self) -> dict[str, FileNode]:
+        if self._files is None:
+            self._files = self._build_files()
+        return self._files
+
+    def _build_files(self) -> dict[str, FileNode]:
+        files: dict[str, FileNode] = {}
+        descriptors = []
+        for disk in self.disks:
+            flat = f"{disk.label}-flat.vmdk"
+            seed = f"{self.manifest_name}/{disk.label}"
+            disk_uuid = (disk.entry.source or {}).get("uuid") or str(uuid.uuid5(uuid.NAMESPACE_URL, seed))
+            desc = render_descriptor(disk.capacity, flat, cid=zlib.crc32(seed.encode()),
+                                     disk_uuid=disk_uuid,
+                                     adapter=(disk.entry.source or {}).get("adapter", "lsilogic"))
+            files[f"{disk.label}.vmdk"] = _static(f"{disk.label}.vmdk", desc)
+            files[flat] = FileNode(flat, disk.capacity, disk.stored_bytes(), disk.read, disk)
+            descriptors.append(f"{disk.label}.vmdk")
+        base = vm_folder_name(self.vm)
+        files[f"{base}.vmx"] = _static(f"{base}.vmx", render_vmx(self.vm, self.metadata, descriptors))
+        files[f"{base}.json"] = _static(f"{base}.json", self.json_document())
+        return files
+
+    def json_document(self) -> bytes:
+        m = self.manifest
+        doc = {"vm": m.vm, "generation": m.generation, "time": m.time, "manifest": self.manifest_name,
+               "parent": m.parent,
+               "disks": [{"label": d.label, "capacity": d.capacity, "chunk_size": d.chunk_size,
+                          "data_bytes": d.data_bytes, "new_bytes": d.new_bytes, "source": d.source}
+                         for d in m.disks],
+               "metadata": m.metadata}
+        return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
+
+
+def _static(name: str, data: bytes) -> FileNode:
+    return FileNode(name, len(data), len(data), lambda off, size: data[off:off + size])
+
+
+class RepositoryView:
+    """All VMs and generations of a store. ``refresh()`` picks up generations added since."""
+
+    def __init__(self, store: Store, cache_bytes: int = DEFAULT_CACHE_BYTES):
+        self.store = store
+        self.cache = ChunkCache(store.get_chunk, cache_bytes)
+        self._gens: dict[str, GenerationView] = {}
+        self._lock = threading.Lock()
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Pick up new generations and drop removed ones. Existing GenerationView objects
+        are kept (their files never change); the table is swapped whole, so readers on other
+        threads never see it half-updated."""
+        manifests = self.store.manifests()
+        with self._lock:
+            old = self._gens
+            self._gens = {name: old.get(name) or GenerationView(self, name, manifest)
+                          for name, manifest in manifests.items()}
+
+    def by_manifest(self, manifest_name: str) -> GenerationView | None:
+        return self._gens.get(manifest_name)
+
+    def vms(self) -> list[str]:
+        return sorted({g.vm for g in self._gens.values()})
+
+    def generations(self, vm: str) -> list[GenerationView]:
+        gens = [g for g in self._gens.values() if g.vm == vm]
+        return sorted(gens, key=lambda g: (g.time_ns, g.name))
+
+    def generation(self, vm: str, name: str | None = None) -> GenerationView:
+        gens = self.generations(vm)
+        if not gens:
+            raise VMNotFound(f"no generations of VM {vm!r} in this repository")
+        if name in (None, LATEST):
+            return gens[-1]
+        for g in gens:
+            if g.name == name or g.manifest_name == name:
+                return g
+        raise GenerationNotFound(f"VM {vm!r} has no generation {name!r} "
+                                 f"(newest: {gens[-1].name})")

@@ -1,0 +1,235 @@
+"""``repofs backup vm:NAME [vm:OTHER …]``: one session, many targets, one outcome per VM.
+
+Role: log in once, resolve each target (``vm:SPEC`` — see ``inventory.find_vm`` for the
+forms —, ``vapp:NAME`` for every VM of a vApp, ``ivd:NAME`` for a first-class disk), run
+``backup.backup_vm`` for each VM, and keep going when one fails: the caller gets an
+``Outcome`` per VM and decides the exit status. Session-wide failures (no credentials, an
+untrusted certificate, a refused login, VixDiskLib missing) are raised, as nothing can be
+done for any VM; Ctrl-C is raised too, after the current VM's snapshot is removed.
+
+The repository stays on the caller's side: ``ingest`` and ``previous`` are callables (see
+``backup.backup_vm``), so restore/ never imports repofs.
+"""
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+from pyVmomi import vim
+
+import vddk
+
+from .vmbackup import Ingest, Previous, VMBackup, backup_ivd, backup_vm
+from restore.vsphere.errors import AmbiguousVM, VMNotFound, error_text
+from restore.vsphere.inventory import find_vm
+from restore.vsphere.credentials import Credentials, resolve_credentials
+from restore.vsphere.options import Options
+from restore.vsphere.session import Session
+from restore.vsphere.tags import TagReader, TagsUnavailable
+from restore.vsphere.vddkprovider import VddkProvider
+
+TARGET_KINDS = ("vm", "vapp", "ivd")
+
+
+@dataclass
+class Outcome:
+    target: str
+    vm: str | None = None
+    result: VMBackup | None = None
+    error: BaseException | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass
+class Run:
+    outcomes: list[Outcome] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[Outcome]:
+        return [o for o in self.outcomes if not o.ok]
+
+
+def split_target(spec: str) -> tuple[str, str]:
+    kind, sep, value = spec.partition(":")
+    if not sep or kind not in TARGET_KINDS or not value:
+        raise ValueError(f"unknown target {spec!r}: use vm:NAME, vapp:NAME or ivd:NAME")
+    return kind, value
+
+
+def is_vsphere_target(spec: str) -> bool:
+    return spec.partition(":")[0] in TARGET_KINDS and ":" in spec
+
+
+def _find_vapp(si: Any, name: str) -> vim.VirtualApp:
+    content = si.content
+    view = content.viewManager.CreateContainerView(content.rootFolder, [vim.VirtualApp], True)
+    try:
+        found = [v for v in view.view if v.name == name]
+    finally:
+        view.Destroy()
+    if not found:
+        raise VMNotFound(f"no vApp named {name!r}")
+    if len(found) > 1:
+        raise AmbiguousVM(f"{len(found)} vApps are named {name!r}: "
+                          f"{', '.join(v._moId for v in found)}")
+    return found[0]
+
+
+def run(targets: list[str], options: Options, *, ingest: Ingest, previous: Previous,
+        chunk_size: int | None = None, on_event: Callable[[str], None] | None = None,
+        on_outcome: Callable[[Outcome], None] | None = None) -> Run:
+    parsed = [(spec, *split_target(spec)) for spec in targets]
+    credentials: Credentials = resolve_credentials(options.server, options.user, options.password_file)
+    with _terminate_as_interrupt():
+        return _run(parsed, credentials, options, ingest=ingest, previous=previous, chunk_size=chunk_size,
+                    on_event=on_event, on_outcome=on_outcome)
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a service stopped, a job timed out) unwinds like Ctrl-C, so the snapshot of the
+    VM being read is removed instead of being left behind by a process killed on the spot."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(parsed: list[tuple[str, str, str]], credentials: Credentials, options: Options, *,
+         ingest: Ingest, previous: Previous, chunk_size: int | None,
+         on_event: Callable[[str], None] | None, on_outcome: Callable[[Outcome], None] | None) -> Run:
+    report = Run()
+    provider = VddkProvider(options.vddk_libdir, isolated=options.vddk_isolated)
+    if not options.dry_run:
+        provider.start()  # loads VixDiskLib while we log in and snapshot
+    try:
+        session = Session.login(credentials, thumbprint=options.thumbprint, insecure=options.insecure,
+                                ca_file=options.ca_file)
+    except BaseException:
+        provider.close()
+        raise
+    with session:
+        try:
+            tags: TagReader | None = TagReader(session, credentials)
+        except TagsUnavailable as e:
+            tags = None
+            report.notes.append(f"tags will not be captured: {e}")
+        try:
+            for spec, kind, value in parsed:
+                for outcome in _run_target(session, spec, kind, value, options, provider, ingest,
+                                           previous, chunk_size, tags, on_event):
+                    report.outcomes.append(outcome)
+                    if on_outcome:
+                        on_outcome(outcome)
+        finally:
+            provider.close()
+            if tags is not None:
+                tags.close()
+    return report
+
+
+def _run_target(session: Session, spec: str, kind: str, value: str, options: Options,
+                provider: VddkProvider, ingest: Ingest, previous: Previous,
+                chunk_size: int | None, tags: Any, on_event: Any) -> list[Outcome]:
+    try:
+        if kind == "ivd":
+            outcome = Outcome(spec)
+            outcome.result = backup_ivd(session, value, provider=provider, ingest=ingest,
+                                        previous=previous, transports=options.transports,
+                                        dry_run=options.dry_run, chunk_size=chunk_size, on_event=on_event)
+            outcome.vm = outcome.result.vm
+            return [outcome]
+        if kind == "vapp":
+            vapp = _find_vapp(session.si, value)
+            vms = list(vapp.vm or [])
+            if not vms:
+                raise VMNotFound(f"the vApp {value!r} has no VMs")
+        else:
+            vms = [find_vm(session.si, value)]
+    except (vddk.LibraryNotFound, vddk.MissingSymbol):
+        raise
+    except Exception as e:  # this target fails; the others go on
+        return [Outcome(spec, error=e)]
+    outcomes = []
+    for vm in vms:
+        outcome = Outcome(spec)
+        try:
+            outcome.result = backup_vm(session, vm, provider=provider, ingest=ingest,
+                                       previous=previous, transports=options.transports,
+                                       quiesce=options.quiesce, dry_run=options.dry_run,
+                                       chunk_size=chunk_size, tags=tags, on_event=on_event)
+            outcome.vm = outcome.result.vm
+        except (vddk.LibraryNotFound, vddk.MissingSymbol):
+            raise  # no VM can be read: stop the command
+        except Exception as e:
+            outcome.error = e
+        outcomes.append(outcome)
+    return outcomes
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "? bytes"
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
+
+
+def outcome_lines(outcome: Outcome) -> list[str]:
+    """What the CLI prints for one VM."""
+    if not outcome.ok:
+        name = outcome.vm or outcome.target
+        return [f"{name}: FAILED: {error_text(outcome.error)}"]
+    r = outcome.result
+    assert r is not None
+    lines = []
+    if r.dry_run:
+        lines.append(f"{r.vm} ({r.moref}): dry run, nothing written")
+        for d in r.disks:
+            lines.append(f"  would read {d.label} {d.file}: {_size(d.planned_bytes)} of "
+                         f"{_size(d.capacity)}, {d.mode} ({d.reason})")
+    else:
+        rep = r.report
+        if rep is not None:
+            lines.append(f"{r.vm}: generation {rep.generation} written in {rep.seconds:.1f}s; "
+                         f"snapshot {r.snapshot} removed")
+            reasons = {d.label: d.reason for d in r.disks}
+            for d in rep.disks:
+                lines.append(f"  {d.summary()} ({reasons.get(d.label, '')})")
+    for text in r.skipped:
+        lines.append(f"  skipped {text}")
+    for note in r.notes:
+        lines.append(f"  note: {note}")
+    return lines
+
+
+def outcome_json(outcome: Outcome) -> dict[str, Any]:
+    out: dict[str, Any] = {"target": outcome.target, "vm": outcome.vm, "ok": outcome.ok}
+    if outcome.error is not None:
+        out["error"] = {"type": type(outcome.error).__name__, "message": error_text(outcome.error)}
+    r = outcome.result
+    if r is not None:
+        out.update(moref=r.moref, snapshot=r.snapshot, dry_run=r.dry_run, notes=r.notes,
+                   skipped=r.skipped, change_tracking_enabled_now=r.change_tracking_enabled_now,
+                   plan=[vars(d) for d in r.disks])
+        rep = r.report
+        if rep is not None:
+            out.update(generation=rep.generation, manifest=rep.manifest, seconds=round(rep.seconds, 3),
+                       disks=[vars(d) for d in rep.disks])
+    return out
