@@ -1,0 +1,123 @@
+"""Every command with every malformed input the suite knows: one line, a documented code.
+
+A sweep over the real ``repofs`` process: each case prepares a repository, an input file or
+a command line that is wrong in one way, and checks that the command ends with the exit code
+docs/cli.md gives for that kind of failure, prints exactly one line ``repofs: error: …`` on
+stderr, and never a traceback. Other tests check the behaviour behind each code; this one
+checks that no path leaks an exception.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from fixtures_repo import CLI
+
+USAGE, NO_REPOSITORY, REPOSITORY_EXISTS, BAD_PASSPHRASE, KEY_MISSING = 2, 3, 4, 5, 6
+DAMAGED, NOT_FOUND, SOURCE = 7, 8, 9
+MiB = 1 << 20
+
+
+@dataclass
+class World:
+    """A repository with one generation of a small image, and a scratch folder."""
+    cli: CLI
+    tmp: Path
+    image: Path
+    generation: str
+
+    def write(self, name: str, data: bytes | str) -> Path:
+        p = self.tmp / name
+        p.write_bytes(data.encode() if isinstance(data, str) else data)
+        return p
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> World:
+    from fixtures_repo import cli_env
+    tmp = tmp_path_factory.mktemp("sweep")
+    repo = tmp / "repo"
+    cli = CLI(repo, cli_env(tmp, repo))
+    cli.run("init", "--chunk-size", str(64 * 1024))
+    image = tmp / "disk.img"
+    image.write_bytes(os.urandom(MiB) + bytes(MiB))
+    gen = json.loads(cli.run("backup", f"file:{image}", "--vm", "pc", "--json").stdout)["generation"]
+    return World(cli, tmp, image, gen)
+
+
+def _copy_repo(w: World, name: str) -> Path:
+    import shutil
+    dst = w.tmp / name
+    if not dst.exists():
+        shutil.copytree(w.cli.repo, dst)
+    return dst
+
+
+# (case id, argv built from the world, expected code); argv may name a repository other than
+# the world's with -r, or set up a file first.
+Case = tuple[str, Callable[[World], list[str]], int]
+
+CASES: list[Case] = [
+    # command line
+    ("unknown-command", lambda w: ["frobnicate"], USAGE),
+    ("unknown-option", lambda w: ["generations", "--no-such-option"], USAGE),
+    ("backup-unknown-source-kind", lambda w: ["backup", "disk:/x", "--vm", "pc"], USAGE),
+    ("backup-file-without-vm", lambda w: ["backup", f"file:{w.image}"], USAGE),
+    ("restore-bad-target", lambda w: ["restore", "pc", "--to-dir", str(w.tmp / "o1")], USAGE),
+    ("restore-bad-format", lambda w: ["restore", "vm:pc", "--to-dir", str(w.tmp / "o2"), "--format", "qcow9"], USAGE),
+    ("init-bad-encryption", lambda w: ["init", str(w.tmp / "r-enc"), "--encryption", "rot13"], USAGE),
+    ("init-bad-chunk-size", lambda w: ["init", str(w.tmp / "r-cs"), "--chunk-size", "1000"], USAGE),
+    ("mount-bad-option", lambda w: ["mount", str(w.tmp / "mnt-none"), "-o", "frob=1"], USAGE),
+    # repositories
+    ("no-repository", lambda w: ["generations", "-r", str(w.tmp / "nowhere")], NO_REPOSITORY),
+    ("init-over-existing", lambda w: ["init", str(w.cli.repo)], REPOSITORY_EXISTS),
+    ("wrong-passphrase", lambda w: ["generations", "--password-file", str(w.write("wrong-pw", "nope\n"))], BAD_PASSPHRASE),
+    ("empty-password-file", lambda w: ["generations", "--password-file", str(w.write("empty-pw", "\n"))], BAD_PASSPHRASE),
+    ("missing-password-file", lambda w: ["generations", "--password-file", str(w.tmp / "no-pw")], BAD_PASSPHRASE),
+    ("key-store-missing", lambda w: _without_key(w), KEY_MISSING),
+    ("config-junk", lambda w: _with_config(w, "junk-config", b"\x00\xffnot json"), DAMAGED),
+    ("config-wrong-types", lambda w: _with_config(w, "typed-config", json.dumps(
+        {"format": "repofs-repository", "version": 1, "id": 7, "chunk_size": "big", "cipher": "aes-256-gcm"}).encode()), DAMAGED),
+    # names that are not there
+    ("unknown-vm", lambda w: ["generations", "nosuchvm"], NOT_FOUND),
+    ("unknown-generation", lambda w: ["restore", "vm:pc", "--to-dir", str(w.tmp / "o3"), "--generation", "1999-01-01T000000Z"], NOT_FOUND),
+    ("files-unknown-vm", lambda w: ["files", "ls", "vm:nosuchvm"], NOT_FOUND),
+    # sources
+    ("source-missing", lambda w: ["backup", f"file:{w.tmp / 'absent.img'}", "--vm", "pc"], SOURCE),
+    ("source-is-a-directory", lambda w: ["backup", f"file:{w.tmp}", "--vm", "pc"], SOURCE),
+    ("vmdk-descriptor-junk", lambda w: ["backup", f"file:{w.write('bad.vmdk', '# Disk DescriptorFile' + chr(10) + 'version=1' + chr(10) + 'RW notanumber FLAT x 0' + chr(10))}", "--vm", "pc"], SOURCE),
+    ("sparse-vmdk-junk-header", lambda w: ["backup", f"file:{w.write('sparse.vmdk', b'KDMV' + bytes(508))}", "--vm", "pc"], SOURCE),
+    ("change-list-not-json", lambda w: ["backup", f"file:{w.image}", "--vm", "pc", "--changed-extents", str(w.write("cl1.json", "[[0, 1"))], SOURCE),
+    ("change-list-wrong-shape", lambda w: ["backup", f"file:{w.image}", "--vm", "pc", "--changed-extents", str(w.write("cl2.json", '{"a": 1}'))], SOURCE),
+]
+
+
+def _without_key(w: World) -> list[str]:
+    repo = _copy_repo(w, "r-nokey")
+    key = repo / "keys" / "repokey"
+    if key.exists():
+        key.unlink()
+    return ["generations", "-r", str(repo)]
+
+
+def _with_config(w: World, name: str, data: bytes) -> list[str]:
+    repo = _copy_repo(w, f"r-{name}")
+    (repo / "config").write_bytes(data)
+    return ["generations", "-r", str(repo)]
+
+
+@pytest.mark.parametrize("case_id,argv,code", CASES, ids=[c[0] for c in CASES])
+def test_malformed_input_ends_with_one_line_and_its_code(world: World, case_id: str, argv, code: int) -> None:
+    proc = world.cli.run(*argv(world), check=False, timeout=120)
+    err = proc.stderr.strip().splitlines()
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.returncode == code, (proc.returncode, proc.stderr)
+    errors = [line for line in err if line.startswith("repofs: error: ")]
+    assert len(errors) == 1 and re.match(r"repofs: error: \S", errors[0]), proc.stderr
+    assert len(errors[0]) < 400  # one line a person reads, not a dump
