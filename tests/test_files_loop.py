@@ -17,7 +17,7 @@ from fixtures_mount import resident
 from repofs.guest import extmeta
 from repofs.mount import prefill
 from repofs.guest.guestfs import GuestGeneration
-from repofs.guest.loopmount import State, is_mounted
+from repofs.mount.loopmount import State, is_mounted
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="loop devices and mount need root")
 

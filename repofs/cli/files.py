@@ -205,7 +205,7 @@ def build_app(open_repository: Callable[[str | None, str | None], object],
 
         Read-only and without journal replay; volumes the kernel cannot mount are served by
         the rootless reader at the same place. Prints the path each volume took."""
-        from repofs.guest import loopmount  # noqa: PLC0415 (root-only path)
+        from repofs.mount import loopmount  # noqa: PLC0415 (root-only path)
         _register_guest_errors()
         exitcodes.register([(loopmount.LoopMountError, exitcodes.FAILURE)])
         address = parse_address(target)
@@ -223,7 +223,7 @@ def build_app(open_repository: Callable[[str | None, str | None], object],
     @app.command("umount")
     def umount_cmd(directory: Annotated[str, typer.Argument(metavar="DIR")]) -> None:
         """Undo 'repofs files mount DIR': unmount, detach loop devices, end the private mount."""
-        from repofs.guest import loopmount  # noqa: PLC0415
+        from repofs.mount import loopmount  # noqa: PLC0415
         exitcodes.register([(loopmount.LoopMountError, exitcodes.FAILURE)])
         loopmount.umount(directory)
 

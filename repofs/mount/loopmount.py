@@ -40,12 +40,13 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
-from repofs.mount.fusefs import MountSettings
-from .guestfs import GuestError, GuestGeneration, PartitionTableDamaged, Volume
-from .volumefs import generation_from_dir
-from repofs.mount.process import MountRequest, fsname_of
-from repofs.mount.process import run as run_mount
+from repofs.guest.guestfs import GuestError, GuestGeneration, PartitionTableDamaged, Volume
+from repofs.guest.volumefs import generation_from_dir
 from repofs.view.tree import LATEST, RepositoryView, vm_folder_name
+
+from .fusefs import MountSettings
+from .process import MountRequest, fsname_of
+from .process import run as run_mount
 
 STATE_DIR = "/run/repofs/files"
 PREFILL_WAIT = 1.0      # seconds set-up waits, at most, for the metadata prefill (_await_prefill)
