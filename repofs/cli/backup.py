@@ -85,16 +85,8 @@ def _backup_vsphere(targets: list[str], repo: str | None, repo_password_file: st
                     json_out: bool, **options: object) -> None:
     """The vm:/vapp:/ivd: path of ``backup``: restore/ does the vSphere side, ingest writes."""
     # Imported here: pyVmomi and VixDiskLib cost every other command their start-up time.
-    import vddk
-    from restore.vsphere import errors as vsphere_errors
     from restore.backup import runner
 
-    exitcodes.register([(vsphere_errors.CredentialsMissing, exitcodes.USAGE),
-                        (vsphere_errors.VMNotFound, exitcodes.NOT_FOUND),
-                        (vsphere_errors.AmbiguousVM, exitcodes.NOT_FOUND),
-                        (vsphere_errors.UnsupportedTarget, exitcodes.UNSUPPORTED),
-                        (vsphere_errors.VSphereError, exitcodes.VSPHERE),
-                        (vddk.VddkError, exitcodes.VDDK)])
     bad = [t for t in targets if not runner.is_vsphere_target(t)]
     if bad:
         raise UsageProblem(f"cannot mix {bad[0]!r} with vSphere targets: back up files separately")

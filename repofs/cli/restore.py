@@ -101,22 +101,11 @@ def _restore_vsphere(vms: list[str], *, repo: str | None, password_file: str | N
     from the repository's views, or from a mounted generation folder (repofs.genfolder)."""
     # Imported here: pyVmomi and VixDiskLib cost every other command their start-up time.
     # These modules do not import pyVmomi: restorerun does, once the data is on its way.
-    import vddk
-    from restore.vsphere import errors as vsphere_errors
-    from restore.vm import errors as restoreerrors, runner as restorerun
+    from restore.vm import runner as restorerun
     from restore.vsphere.options import Options as SessionOptions, RestoreOptions
 
     from repofs.view.folder import GenerationFolder
 
-    exitcodes.register([(vsphere_errors.CredentialsMissing, exitcodes.USAGE),
-                        (restoreerrors.PlacementError, exitcodes.NOT_FOUND),
-                        (restoreerrors.VMExists, exitcodes.BUSY),
-                        (restoreerrors.SourceUnusable, exitcodes.UNSUPPORTED),
-                        (restoreerrors.DiskWriteFailed, exitcodes.VDDK),
-                        (vsphere_errors.VMNotFound, exitcodes.NOT_FOUND),
-                        (vsphere_errors.AmbiguousVM, exitcodes.NOT_FOUND),
-                        (vsphere_errors.VSphereError, exitcodes.VSPHERE),
-                        (vddk.VddkError, exitcodes.VDDK)])
     vm_datastore = [d for d in datastores if "=" not in d]
     if len(vm_datastore) > 1:
         raise UsageProblem("give one --datastore DS for the VM; per disk use --datastore LABEL=DS")

@@ -24,6 +24,8 @@ from typing import BinaryIO, Callable, Iterator
 
 from dissect.util.stream import RunlistStream
 
+from repofs.errors import RepofsError
+
 SUPER_OFFSET = 1024
 MAGIC = 0xEF53
 ITABLE_RUN = 1 << 20            # inode-table bytes read at once
@@ -68,7 +70,7 @@ _U16 = struct.Struct("<H")   # group descriptor: bg_flags at 0x12, bg_itable_unu
                              # inode: i_mode at 0, i_links_count at 0x1A
 
 
-class Ext4Error(Exception):
+class Ext4Error(RepofsError):
     """The volume's ext structures do not parse (damage, or not ext at all)."""
 
 

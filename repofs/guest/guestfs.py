@@ -37,6 +37,7 @@ from dissect.util.stream import AlignedStream, RangeStream
 
 from .ext4 import Ext4, Ext4Unsupported, Inode
 from repofs.view.tree import DiskReadError
+from repofs.errors import RepofsError
 
 MAX_SYMLINK_HOPS = 40
 WHOLE = "whole"
@@ -45,7 +46,7 @@ WHOLE = "whole"
 # ---------------------------------------------------------------------------------------------
 # Errors: one small hierarchy, each carrying the errno the FUSE adapter answers with.
 
-class GuestError(Exception):
+class GuestError(RepofsError):
     """A guest file, volume or filesystem that cannot be served."""
     errno = errno.EIO
 

@@ -46,6 +46,7 @@ from .volumefs import generation_from_dir
 from repofs.mount.process import MountRequest, fsname_of
 from repofs.mount.process import run as run_mount
 from repofs.view.tree import LATEST, RepositoryView, vm_folder_name
+from repofs.errors import RepofsError
 
 STATE_DIR = "/run/repofs/files"
 PREFILL_WAIT = 1.0      # seconds set-up waits, at most, for the metadata prefill (_await_prefill)
@@ -61,7 +62,7 @@ KERNEL = {
 }
 
 
-class LoopMountError(Exception):
+class LoopMountError(RepofsError):
     """Loop devices or kernel mounts could not be set up or torn down."""
 
 

@@ -35,6 +35,7 @@ from format.repository import Repository
 
 from . import metacopy
 from .sources import DiskSource, clip_extents
+from repofs.errors import RepofsError
 
 log = logging.getLogger("repofs.backup")
 
@@ -49,8 +50,8 @@ PIECE_ALIGN = 4096    # pieces start and end on these boundaries (VDDK reads who
 Work = tuple[int, tuple[tuple[int, int], ...] | None, tuple[Piece, ...]]
 
 
-class IngestError(Exception):
-    pass
+class IngestError(RepofsError):
+    """The ingest cannot go on: a source answered other than it said it would."""
 
 
 @dataclass

@@ -22,9 +22,10 @@ from typing import Any, Iterable, Iterator, Protocol
 
 from repofs.vmdk.descriptor import SECTOR, DescriptorError, FlatExtent, looks_like_vmdk, parse_descriptor
 from repofs.vmdk.sparse import MAGIC as SPARSE_MAGIC, SparseVmdk, SparseVmdkError
+from repofs.errors import RepofsError
 
 
-class SourceError(Exception):
+class SourceError(RepofsError):
     """A source could not be opened or read (vanished, shrank, unreadable, malformed)."""
 
 

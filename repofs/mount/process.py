@@ -29,6 +29,7 @@ import trio
 
 from .fusefs import MountSettings, RepofsOperations
 from repofs.view.tree import RepositoryView
+from repofs.errors import RepofsError
 
 log = logging.getLogger("repofs.mount")
 
@@ -39,7 +40,7 @@ PASSTHROUGH_OPTIONS = {"allow_other", "allow_root", "default_permissions", "ro",
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)?\s*$", re.I)
 
 
-class MountError(Exception):
+class MountError(RepofsError):
     """The mount could not be made or ended (bad mount point, FUSE refused, umount failed)."""
 
 

@@ -15,6 +15,8 @@ import struct
 import zlib
 from dataclasses import dataclass
 
+from repofs.errors import RepofsError
+
 SECTOR = 512
 MAGIC = b"KDMV"
 HEADER = struct.Struct("<4sIIQQQQIQQQB4sH")
@@ -24,8 +26,8 @@ GD_AT_END = 0xFFFFFFFFFFFFFFFF
 MARKER = struct.Struct("<QI")
 
 
-class SparseVmdkError(ValueError):
-    pass
+class SparseVmdkError(RepofsError, ValueError):
+    """A hosted sparse extent that does not parse or points outside itself."""
 
 
 @dataclass(frozen=True)
