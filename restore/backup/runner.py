@@ -26,7 +26,7 @@ from .vmbackup import Ingest, Previous, VMBackup, backup_ivd, backup_vm
 from restore.vsphere.errors import AmbiguousVM, VMNotFound, error_text
 from restore.vsphere.inventory import find_vm
 from restore.vsphere.credentials import Credentials, resolve_credentials
-from restore.vsphere.options import Options
+from restore.vsphere.options import BackupOptions
 from restore.vsphere.session import Session
 from restore.vsphere.tags import TagReader, TagsUnavailable
 from restore.vsphere.vddkprovider import VddkProvider
@@ -82,11 +82,12 @@ def _find_vapp(si: Any, name: str) -> vim.VirtualApp:
     return found[0]
 
 
-def run(targets: list[str], options: Options, *, ingest: Ingest, previous: Previous,
+def run(targets: list[str], options: BackupOptions, *, ingest: Ingest, previous: Previous,
         chunk_size: int | None = None, on_event: Callable[[str], None] | None = None,
         on_outcome: Callable[[Outcome], None] | None = None) -> Run:
     parsed = [(spec, *split_target(spec)) for spec in targets]
-    credentials: Credentials = resolve_credentials(options.server, options.user, options.password_file)
+    credentials: Credentials = resolve_credentials(options.session.server, options.session.user,
+                                                   options.session.password_file)
     with _terminate_as_interrupt():
         return _run(parsed, credentials, options, ingest=ingest, previous=previous, chunk_size=chunk_size,
                     on_event=on_event, on_outcome=on_outcome)
@@ -110,16 +111,16 @@ def _terminate_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _run(parsed: list[tuple[str, str, str]], credentials: Credentials, options: Options, *,
+def _run(parsed: list[tuple[str, str, str]], credentials: Credentials, options: BackupOptions, *,
          ingest: Ingest, previous: Previous, chunk_size: int | None,
          on_event: Callable[[str], None] | None, on_outcome: Callable[[Outcome], None] | None) -> Run:
     report = Run()
-    provider = VddkProvider(options.vddk_libdir, isolated=options.vddk_isolated)
+    provider = VddkProvider(options.session.vddk_libdir, isolated=options.session.vddk_isolated)
     if not options.dry_run:
         provider.start()  # loads VixDiskLib while we log in and snapshot
     try:
-        session = Session.login(credentials, thumbprint=options.thumbprint, insecure=options.insecure,
-                                ca_file=options.ca_file)
+        session = Session.login(credentials, thumbprint=options.session.thumbprint,
+                                insecure=options.session.insecure, ca_file=options.session.ca_file)
     except BaseException:
         provider.close()
         raise
@@ -143,14 +144,14 @@ def _run(parsed: list[tuple[str, str, str]], credentials: Credentials, options: 
     return report
 
 
-def _run_target(session: Session, spec: str, kind: str, value: str, options: Options,
+def _run_target(session: Session, spec: str, kind: str, value: str, options: BackupOptions,
                 provider: VddkProvider, ingest: Ingest, previous: Previous,
                 chunk_size: int | None, tags: Any, on_event: Any) -> list[Outcome]:
     try:
         if kind == "ivd":
             outcome = Outcome(spec)
             outcome.result = backup_ivd(session, value, provider=provider, ingest=ingest,
-                                        previous=previous, transports=options.transports,
+                                        previous=previous, transports=options.session.transports,
                                         dry_run=options.dry_run, chunk_size=chunk_size, on_event=on_event)
             outcome.vm = outcome.result.vm
             return [outcome]
@@ -170,7 +171,7 @@ def _run_target(session: Session, spec: str, kind: str, value: str, options: Opt
         outcome = Outcome(spec)
         try:
             outcome.result = backup_vm(session, vm, provider=provider, ingest=ingest,
-                                       previous=previous, transports=options.transports,
+                                       previous=previous, transports=options.session.transports,
                                        quiesce=options.quiesce, dry_run=options.dry_run,
                                        chunk_size=chunk_size, tags=tags, on_event=on_event)
             outcome.vm = outcome.result.vm

@@ -135,7 +135,7 @@ class Plan:
             target = n.network if n.network is not None else \
                 f"DISCONNECTED (on {n.placeholder[0] if n.placeholder else '?'}, not connected at power-on)"
             out.append(f"  NIC {n.label or n.key} ({n.adapter}): {n.old_network} -> {target}")
-        mode = self.options.transports
+        mode = self.options.session.transports
         out.append(f"  transport {mode}" + (", through a snapshot" if self.snapshot else ""))
         if self.options.power_on:
             out.append("  power on at the end")
@@ -282,7 +282,7 @@ class _Resolver:
                     make_folders=make_folders, pool=pool, pool_path=pool_path, make_pools=make_pools,
                     host=host, host_name=self.options.host, datastore=vm_ds or "", disks=disks,
                     nics=nics, vm_profile=vm_profile, existing=existing,
-                    snapshot=needs_snapshot(self.options.transports), options=self.options,
+                    snapshot=needs_snapshot(self.options.session.transports), options=self.options,
                     metadata=self.meta, warnings=self.warnings,
                     privileges_checked=self.privileges_checked)
 
@@ -543,7 +543,7 @@ class _Resolver:
                     "VirtualMachine.Inventory.Register" if o.import_vmx else "VirtualMachine.Inventory.Create"]
         if o.power_on:
             vm_privs.append("VirtualMachine.Interact.PowerOn")
-        if needs_snapshot(o.transports):
+        if needs_snapshot(o.session.transports):
             vm_privs += ["VirtualMachine.State.CreateSnapshot", "VirtualMachine.State.RemoveSnapshot"]
         if make_folders:
             vm_privs.append("Folder.Create")

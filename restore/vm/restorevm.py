@@ -345,10 +345,10 @@ class _Restore:
         with self.step("connect"):
             conn = lib.connect(params, read_only=False,
                                snapshot_moref=self.snapshot._moId if self.snapshot is not None else None,
-                               transports=self.plan.options.transports)
+                               transports=self.plan.options.session.transports)
         try:
             self.say(f"{self.plan.name}: writing {len(jobs)} disk(s) through VixDiskLib "
-                     f"({self.plan.options.transports})")
+                     f"({self.plan.options.session.transports})")
             try:
                 self.result.disks = write_disks(conn, jobs, threads=self.plan.options.workers,
                                                 progress=self.progress,

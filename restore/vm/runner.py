@@ -1,6 +1,6 @@
 """``repofs restore vm:NAME [vm:OTHER …]`` against vCenter: one session, one outcome per VM.
 
-Role: log in once (the backup's session options, ``options.Options``), load VixDiskLib on first
+Role: log in once (``options.session``, as for a backup), load VixDiskLib on first
 use, and restore each generation in turn with ``restorevm.restore_vm``. A VM that fails does not
 stop the others; the caller gets an ``Outcome`` per target and decides the exit status.
 Session-wide failures (no credentials, an untrusted certificate, a refused login, VixDiskLib
@@ -22,7 +22,7 @@ import vddk
 
 from restore.vsphere.credentials import resolve_credentials
 from restore.vsphere.errors import error_text
-from restore.vsphere.options import Options, RestoreOptions
+from restore.vsphere.options import RestoreOptions
 from .generation import GenerationSource
 from restore.vsphere.vddkprovider import VddkProvider
 
@@ -41,9 +41,10 @@ class Outcome:
         return self.error is None
 
 
-def run(targets: list[tuple[str, Callable[[], GenerationSource]]], options: RestoreOptions,
-        session_options: Options, *, on_event: Say | None = None, on_progress: Progress | None = None,
+def run(targets: list[tuple[str, Callable[[], GenerationSource]]], options: RestoreOptions, *,
+        on_event: Say | None = None, on_progress: Progress | None = None,
         on_outcome: Callable[[Outcome], None] | None = None) -> list[Outcome]:
+    session_options = options.session
     credentials = resolve_credentials(session_options.server, session_options.user,
                                       session_options.password_file)
     outcomes: list[Outcome] = []
@@ -52,8 +53,7 @@ def run(targets: list[tuple[str, Callable[[], GenerationSource]]], options: Rest
     if provider is not None:
         provider.start()  # loads VixDiskLib (spawns its worker) while we log in and plan
     try:
-        _run(targets, options, session_options, credentials, provider, outcomes, on_event,
-             on_progress, on_outcome)
+        _run(targets, options, credentials, provider, outcomes, on_event, on_progress, on_outcome)
     finally:
         if provider is not None:
             provider.close()
@@ -61,15 +61,15 @@ def run(targets: list[tuple[str, Callable[[], GenerationSource]]], options: Rest
 
 
 def _run(targets: list[tuple[str, Callable[[], GenerationSource]]], options: RestoreOptions,
-         session_options: Options, credentials: Any, provider: VddkProvider | None,
+         credentials: Any, provider: VddkProvider | None,
          outcomes: list[Outcome], on_event: Say | None, on_progress: Progress | None,
          on_outcome: Callable[[Outcome], None] | None) -> None:
     # pyVmomi only now: the VDDK worker process spawns on the other core meanwhile.
     from .restorevm import restore_vm
     from restore.vsphere.session import Session
 
-    with Session.login(credentials, thumbprint=session_options.thumbprint,
-                       insecure=session_options.insecure, ca_file=session_options.ca_file) as session:
+    with Session.login(credentials, thumbprint=options.session.thumbprint,
+                       insecure=options.session.insecure, ca_file=options.session.ca_file) as session:
         for target, load in targets:
             outcome = Outcome(target)
             try:
