@@ -5,7 +5,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import exitcodes
+from . import exitcodes, outcomes
 from .common import JsonOpt, PasswordFileOpt, RepoOpt, UsageProblem, emit, open_repository
 from .progress import Progress
 from .sessionopts import (CaFileOpt, InsecureOpt, ServerOpt, ThumbprintOpt, TransportOpt, TRANSPORTS, UserOpt,
@@ -14,6 +14,7 @@ from repofs.ingest.backup import BackupReport, backup as ingest_backup
 from repofs.ingest.sources import DiskSource, load_changed_extents, open_image, sanitize_label
 from repofs.view.tree import RepositoryView
 from restore.vsphere.options import BackupOptions
+from restore.vsphere.outcome import Outcome
 
 
 def _parse_changed(specs: list[str], labels: list[str]) -> dict[str, str]:
@@ -106,9 +107,9 @@ def _backup_vsphere(targets: list[str], repo: str | None, repo_password_file: st
         gens = RepositoryView(repository).generations(vm) if repository is not None else []
         return {d.label: dict(d.entry.source or {}) for d in gens[-1].disks} if gens else {}
 
-    def show(outcome: runner.Outcome) -> None:
+    def show(outcome: Outcome) -> None:
         if not json_out:
-            for line in runner.outcome_lines(outcome):
+            for line in outcomes.backup_lines(outcome):
                 (typer.echo if outcome.ok else lambda t: typer.echo(t, err=True))(line)
 
     try:
@@ -122,7 +123,7 @@ def _backup_vsphere(targets: list[str], repo: str | None, repo_password_file: st
     for note in result.notes:
         typer.echo(f"note: {note}", err=True)
     if json_out:
-        emit([runner.outcome_json(o) for o in result.outcomes])
+        emit([outcomes.backup_json(o) for o in result.outcomes])
     if result.failed:
         if len(result.outcomes) == 1:
             raise result.failed[0].error  # type: ignore[misc]  # its own exit code

@@ -18,6 +18,8 @@ import errno
 import sys
 from typing import NamedTuple
 
+from repofs.errors import first_line
+
 OK = 0
 FAILURE = 1           # a command ran and found a problem (check with damage, some VMs failed)
 USAGE = 2             # bad command line (typer/click's own code)
@@ -113,19 +115,10 @@ def classify(exc: BaseException) -> int:
     return INTERNAL
 
 
-def first_line(text: str) -> str:
-    """The first non-empty line of ``text`` ("" if none): what a one-line report keeps of an
-    error message that may span lines (a server's fault text, a tool's stderr)."""
-    for line in text.strip().splitlines():
-        if line.strip():
-            return line.strip()
-    return ""
-
-
 def message(exc: BaseException) -> str:
     if isinstance(exc, KeyboardInterrupt):
         return "interrupted"
     if isinstance(exc, OSError) and exc.strerror:
         where = f"{exc.filename}: " if exc.filename else ""
         return f"{where}{exc.strerror}"
-    return first_line(str(exc)) or type(exc).__name__
+    return first_line(exc)

@@ -5,13 +5,14 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import exitcodes
+from . import exitcodes, outcomes
 from .common import JsonOpt, PasswordFileOpt, RepoOpt, UsageProblem, emit, open_repository, vm_target
 from .progress import Progress
 from .sessionopts import (CaFileOpt, InsecureOpt, ServerOpt, ThumbprintOpt, TransportOpt, TRANSPORTS, UserOpt,
                           VddkInProcessOpt, VddkLibdirOpt, VSpherePasswordFileOpt, session_options)
 from repofs.view.tree import RepositoryView
 from restore.vsphere.options import RestoreOptions
+from restore.vsphere.outcome import Outcome
 
 
 def restore(targets: Annotated[list[str], typer.Argument(metavar="vm:NAME...", help="The VMs to restore.")],
@@ -121,23 +122,23 @@ def _restore_vsphere(vms: list[str], *, repo: str | None, password_file: str | N
 
     progress = Progress()
 
-    def show(outcome: restorerun.Outcome) -> None:
+    def show(outcome: Outcome) -> None:
         progress.finish()
         if not json_out:
-            for line in restorerun.outcome_lines(outcome):
+            for line in outcomes.restore_lines(outcome):
                 (typer.echo if outcome.ok else lambda t: typer.echo(t, err=True))(line)
 
     try:
-        outcomes = restorerun.run([(f"vm:{vm}", loader(vm)) for vm in vms], options,
-                                  on_event=lambda t: typer.echo(t, err=True),
-                                  on_progress=progress, on_outcome=show)
+        results = restorerun.run([(f"vm:{vm}", loader(vm)) for vm in vms], options,
+                                 on_event=lambda t: typer.echo(t, err=True),
+                                 on_progress=progress, on_outcome=show)
     finally:
         for folder in opened:
             folder.close()
     if json_out:
-        emit([restorerun.outcome_json(o) for o in outcomes])
-    failed = [o for o in outcomes if not o.ok]
+        emit([outcomes.restore_json(o) for o in results])
+    failed = [o for o in results if not o.ok]
     if failed:
-        if len(outcomes) == 1:
+        if len(results) == 1:
             raise failed[0].error  # type: ignore[misc]  # its own exit code
         raise typer.Exit(exitcodes.FAILURE)

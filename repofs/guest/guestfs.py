@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import errno
 import io
-import os
 import stat as st
 import threading
 from collections import OrderedDict
@@ -37,7 +36,7 @@ from dissect.util.stream import AlignedStream, RangeStream
 
 from .ext4 import Ext4, Ext4Unsupported, Inode
 from repofs.view.tree import DiskReadError
-from repofs.errors import RepofsError
+from repofs.errors import RepofsError, first_line
 
 MAX_SYMLINK_HOPS = 40
 WHOLE = "whole"
@@ -147,22 +146,6 @@ class DiskReader(Protocol):
     capacity: int
 
     def read(self, offset: int, size: int) -> bytes: ...
-
-
-class FileDisk:
-    """A disk read from a local file with ``pread``: a flat extent in a repofs mount (the loop
-    path's fallback) or a raw image (tests, benchmarks)."""
-
-    def __init__(self, path: str, label: str):
-        self.path, self.label = path, label
-        self._fd = os.open(path, os.O_RDONLY)
-        self.capacity = os.fstat(self._fd).st_size
-
-    def read(self, offset: int, size: int) -> bytes:
-        return os.pread(self._fd, max(0, min(size, self.capacity - offset)), offset)
-
-    def close(self) -> None:
-        os.close(self._fd)
 
 
 class _ReadAhead:
@@ -301,7 +284,7 @@ def _partition_table(disk: DiskReader, fh: DiskStream) -> list[Volume]:
     except Exception as e:
         if has_gpt:
             raise PartitionTableDamaged(f"disk {disk.label}: the GPT partition table is damaged "
-                                        f"({_first_line(e)})") from None
+                                        f"({first_line(e)})") from None
         return [whole]           # 55AA alone is not proof of a table (e.g. a blank boot record)
     numbers = _mbr_numbers(head, table) if type(table.scheme).__name__ == "MBR" else {}
     volumes = []
@@ -357,11 +340,6 @@ def _range_opener(disk: DiskReader, offset: int, size: int, align: int | None = 
     return lambda: RangeStream(DiskStream(disk, align), offset, size, align)
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
-
-
 def _logical_volumes(pvs: list[Volume], disk_of: Callable[[str], DiskReader]) -> list[Volume]:
     """LVM logical volumes of the physical volumes found, grouped by volume group (a linear
     one is also readable straight from its disk, ``disk_of(label)``, in whole pages)."""
@@ -374,7 +352,7 @@ def _logical_volumes(pvs: list[Volume], disk_of: Callable[[str], DiskReader]) ->
         except DiskReadError:
             raise
         except Exception as e:
-            pv.fstype, pv.description = "lvm2-damaged", f"LVM2 PV, unreadable ({_first_line(e)})"
+            pv.fstype, pv.description = "lvm2-damaged", f"LVM2 PV, unreadable ({first_line(e)})"
             continue
         pv.description = f"LVM2 PV of {vg_name}"
         groups.setdefault(vg_name, []).append((pv, dev))
@@ -386,7 +364,7 @@ def _logical_volumes(pvs: list[Volume], disk_of: Callable[[str], DiskReader]) ->
             raise
         except Exception as e:
             for pv, _dev in members:
-                pv.description = f"LVM2 PV of {vg_name}, VG incomplete or damaged ({_first_line(e)})"
+                pv.description = f"LVM2 PV of {vg_name}, VG incomplete or damaged ({first_line(e)})"
             continue
         by_dev = {id(dev): pv for pv, dev in members}
         vg = lvm.volume_group
@@ -412,7 +390,7 @@ def _logical_volumes(pvs: list[Volume], disk_of: Callable[[str], DiskReader]) ->
                 raise
             except Exception as e:
                 size, fstype = 0, None
-                desc = f"LVM2 LV, unreadable ({_first_line(e)})"
+                desc = f"LVM2 LV, unreadable ({first_line(e)})"
             else:
                 desc = f"LVM2 LV ({'linear' if linear else lv.type or 'segmented'})"
             pages = _range_opener(disk_of(home), offset, size, PAGE) if offset is not None and size else None
@@ -718,7 +696,7 @@ class GuestTree:
             raise
         except Exception as e:
             raise FilesystemDamaged(f"{self.where}: cannot read its {fstype} filesystem "
-                                    f"({_first_line(e)})") from None
+                                    f"({first_line(e)})") from None
 
     # -- resolution ------------------------------------------------------------------------
 
@@ -787,7 +765,7 @@ class GuestTree:
                                          f"filesystem (use the loop mount)") from None
             except Exception as e:       # the reader tripped over the guest's structures
                 raise FilesystemDamaged(f"{self.where}: the {self.volume.fstype} filesystem is "
-                                        f"damaged here ({type(e).__name__}: {_first_line(e)})") from None
+                                        f"damaged here ({type(e).__name__}: {first_line(e)})") from None
 
     # -- the tree's interface --------------------------------------------------------------
 

@@ -42,9 +42,9 @@ from typing import Callable
 
 from repofs.mount.fusefs import MountSettings
 from .guestfs import GuestError, GuestGeneration, PartitionTableDamaged, Volume
-from .volumefs import generation_from_dir
 from repofs.mount.process import MountRequest, fsname_of
 from repofs.mount.process import run as run_mount
+from repofs.view.folder import GenerationFolder
 from repofs.view.tree import LATEST, RepositoryView, vm_folder_name
 from repofs.errors import RepofsError
 
@@ -309,7 +309,7 @@ def _await_prefill(fd: int, disks: set[str]) -> None:
 
 
 def _attach_all(state: State, gen_dir: str, report) -> list[Placed]:
-    gen = generation_from_dir(gen_dir)
+    gen = GenerationFolder.open(gen_dir)
     try:     # our own descriptors on the flat files would keep the repository mount busy
         return _attach_disks(state, gen, gen_dir, report)
     finally:

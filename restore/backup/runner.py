@@ -22,28 +22,17 @@ from pyVmomi import vim
 
 import vddk
 
-from .vmbackup import Ingest, Previous, VMBackup, backup_ivd, backup_vm
-from restore.vsphere.errors import AmbiguousVM, VMNotFound, error_text
+from .vmbackup import Ingest, Previous, backup_ivd, backup_vm
+from restore.vsphere.errors import AmbiguousVM, VMNotFound
 from restore.vsphere.inventory import find_vm
 from restore.vsphere.credentials import Credentials, resolve_credentials
 from restore.vsphere.options import BackupOptions
+from restore.vsphere.outcome import Outcome
 from restore.vsphere.session import Session
 from restore.vsphere.tags import TagReader, TagsUnavailable
 from restore.vsphere.vddkprovider import VddkProvider
 
 TARGET_KINDS = ("vm", "vapp", "ivd")
-
-
-@dataclass
-class Outcome:
-    target: str
-    vm: str | None = None
-    result: VMBackup | None = None
-    error: BaseException | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
 
 
 @dataclass
@@ -181,56 +170,3 @@ def _run_target(session: Session, spec: str, kind: str, value: str, options: Bac
             outcome.error = e
         outcomes.append(outcome)
     return outcomes
-
-
-def _size(n: int | None) -> str:
-    if n is None:
-        return "? bytes"
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n} bytes"
-
-
-def outcome_lines(outcome: Outcome) -> list[str]:
-    """What the CLI prints for one VM."""
-    if not outcome.ok:
-        name = outcome.vm or outcome.target
-        return [f"{name}: FAILED: {error_text(outcome.error)}"]
-    r = outcome.result
-    assert r is not None
-    lines = []
-    if r.dry_run:
-        lines.append(f"{r.vm} ({r.moref}): dry run, nothing written")
-        for d in r.disks:
-            lines.append(f"  would read {d.label} {d.file}: {_size(d.planned_bytes)} of "
-                         f"{_size(d.capacity)}, {d.mode} ({d.reason})")
-    else:
-        rep = r.report
-        if rep is not None:
-            lines.append(f"{r.vm}: generation {rep.generation} written in {rep.seconds:.1f}s; "
-                         f"snapshot {r.snapshot} removed")
-            reasons = {d.label: d.reason for d in r.disks}
-            for d in rep.disks:
-                lines.append(f"  {d.summary()} ({reasons.get(d.label, '')})")
-    for text in r.skipped:
-        lines.append(f"  skipped {text}")
-    for note in r.notes:
-        lines.append(f"  note: {note}")
-    return lines
-
-
-def outcome_json(outcome: Outcome) -> dict[str, Any]:
-    out: dict[str, Any] = {"target": outcome.target, "vm": outcome.vm, "ok": outcome.ok}
-    if outcome.error is not None:
-        out["error"] = {"type": type(outcome.error).__name__, "message": error_text(outcome.error)}
-    r = outcome.result
-    if r is not None:
-        out.update(moref=r.moref, snapshot=r.snapshot, dry_run=r.dry_run, notes=r.notes,
-                   skipped=r.skipped, change_tracking_enabled_now=r.change_tracking_enabled_now,
-                   plan=[vars(d) for d in r.disks])
-        rep = r.report
-        if rep is not None:
-            out.update(generation=rep.generation, manifest=rep.manifest, seconds=round(rep.seconds, 3),
-                       disks=[vars(d) for d in rep.disks])
-    return out

@@ -29,6 +29,7 @@ from restore.vsphere.errors import AmbiguousVM, VMNotFound
 from restore.vsphere.inventory import find_vm, inventory_path
 from restore.vsphere.vmmeta import SCHEMA, parse_datastore_path
 from restore.vsphere.options import RestoreOptions
+from restore.vsphere.outcome import size_text
 from .errors import PlacementError, SourceUnusable, VMExists
 from restore.vsphere.session import Session
 from .generation import GenerationSource, disk_by_label
@@ -127,9 +128,9 @@ class Plan:
             out.append(f"  VM storage profile {self.vm_profile[1]}")
         for d in self.disks:
             prof = f", profile {d.profile[1]}" if d.profile else ""
-            data = (f"{_size(d.data_bytes)} of data to write" if d.reader is not None
+            data = (f"{size_text(d.data_bytes)} of data to write" if d.reader is not None
                     else "no data in this generation: left empty")
-            out.append(f"  disk {d.label}: {_size(d.capacity)} {d.provisioning} on [{d.datastore}]"
+            out.append(f"  disk {d.label}: {size_text(d.capacity)} {d.provisioning} on [{d.datastore}]"
                        f"{prof}; {data}")
         for n in self.nics:
             target = n.network if n.network is not None else \
@@ -144,13 +145,6 @@ class Plan:
         for w in self.warnings:
             out.append(f"  warning: {w}")
         return out
-
-
-def _size(n: int) -> str:
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n} bytes"
 
 
 def default_name(source: GenerationSource) -> str:
@@ -475,7 +469,7 @@ class _Resolver:
             if ds in datastores:
                 free = getattr(properties(self.si, datastores[ds], ["summary"]).get("summary"), "freeSpace", None)
                 if free is not None and free < n:
-                    self.problems.add(f"the datastore {ds} has {_size(free)} free, the disks need {_size(n)}")
+                    self.problems.add(f"the datastore {ds} has {size_text(free)} free, the disks need {size_text(n)}")
         known = {p.label for p in disks}
         for r in self.source.disks:
             if r.label not in known:
