@@ -30,11 +30,12 @@ from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
-from typing import BinaryIO, Callable, Iterator, NamedTuple, Protocol
+from typing import BinaryIO, Callable, Iterable, Iterator, NamedTuple, Protocol
 
 from dissect.util.stream import AlignedStream, RangeStream
 
 from .ext4 import Ext4, Ext4Unsupported, Inode
+from repofs.view.readahead import ChunkedDisk, ReadAhead
 from repofs.view.tree import DiskReadError
 from repofs.errors import RepofsError, first_line
 
@@ -150,42 +151,36 @@ class DiskReader(Protocol):
 
 class _ReadAhead:
     """Background chunk loads ahead of a sequential reader of a disk view: decrypting and
-    decompressing the next chunks on other cores while the reader copies this one. Needs the
-    view's ``needs_fetch``/``prefetch`` (a ``DiskView``); other readers go without."""
+    decompressing the next chunks on other cores while the reader copies this one. Needs a
+    ``ChunkedDisk`` (a ``DiskView``); other readers go without. Which chunks: ``ReadAhead``."""
     WINDOW = 8                  # chunks
     MIN_READ = 128 * 1024       # smaller reads are metadata: no read-ahead
     THREADS = 4                 # loads wait on storage as much as they decode
 
     def __init__(self) -> None:
         self._pool: ThreadPoolExecutor | None = None
-        self._inflight: set[tuple[int, int]] = set()
+        self._claims = ReadAhead()
         self._lock = threading.Lock()
 
-    def after(self, disk, end: int) -> None:
-        chunk_size = getattr(disk, "chunk_size", 0)
-        if not chunk_size or not hasattr(disk, "prefetch"):
+    def after(self, disk: DiskReader, end: int) -> None:
+        if not isinstance(disk, ChunkedDisk) or not disk.chunk_size:
             return
-        first = end // chunk_size
+        first = end // disk.chunk_size
         self.load(disk, range(first, first + self.WINDOW))
 
-    def load(self, disk, numbers) -> None:
+    def load(self, disk: ChunkedDisk, numbers: Iterable[int]) -> None:
         """Load chunks ``numbers`` of ``disk`` in the background (those not yet cached)."""
         with self._lock:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.THREADS, thread_name_prefix="guest-readahead")
-            for n in numbers:
-                key = (id(disk), n)
-                if key in self._inflight or not disk.needs_fetch(n):
-                    continue
-                self._inflight.add(key)
-                self._pool.submit(self._load, disk, n, key)
+        for n in self._claims.claim(disk, numbers):
+            self._pool.submit(self._load, disk, n)
 
-    def _load(self, disk, n: int, key: tuple[int, int]) -> None:
+    def _load(self, disk: ChunkedDisk, n: int) -> None:
         try:
             disk.prefetch(n)
         finally:
-            with self._lock:
-                self._inflight.discard(key)
+            self._claims.release(disk, n)
 
 
 _READ_AHEAD = _ReadAhead()
@@ -195,12 +190,13 @@ def _prefetcher(disk: DiskReader, base: int) -> Callable[[int, int], None] | Non
     """Background loading of a volume's bytes (at ``base`` on ``disk``): filesystem metadata
     about to be read, e.g. the subdirectories a listing just revealed — unless the index
     keeps them copied (then the copies' few chunks serve them)."""
-    if not hasattr(disk, "prefetch") or not getattr(disk, "chunk_size", 0):
+    if not isinstance(disk, ChunkedDisk) or not disk.chunk_size:
         return None
+    chunked = disk
 
     def prefetch(offset: int, length: int) -> None:
-        if not disk.copied(base + offset, length):
-            _READ_AHEAD.load(disk, disk.chunks_for(base + offset, length))
+        if not chunked.copied(base + offset, length):
+            _READ_AHEAD.load(chunked, chunked.chunks_for(base + offset, length))
     return prefetch
 
 
