@@ -16,6 +16,7 @@ from fixtures_vsphere import MiB, VSphereBed, unique
 from restore.backup import firstclass
 from restore.vsphere.session import Credentials, Session, normalize_thumbprint, resolve_credentials, split_server
 from restore.vsphere.errors import CredentialsMissing
+from restore.vsphere.vmmeta import VMMetadata
 from test_vsphere_backup import generations, manifest_json, restore_raw
 
 
@@ -123,10 +124,15 @@ def test_metadata_of_networks_profiles_tags_and_attributes(vsphere: VSphereBed) 
     assert md["files"]["vmx_path"].endswith(f"{dvs_vm}.vmx") and md["files"]["vmx"]
     assert md["placement"]["compute_resource"] == "DC0_C0"
     assert md["warnings"] == []
+    # The typed schema reads the captured document and gives back the same JSON.
+    typed = VMMetadata.from_json(md)
+    assert typed.to_json() == md
+    assert typed.networks[0].portgroup_key == pg_key and typed.disks[0].storage_profiles[0]["name"] == gold.name
 
     md = manifest_json(vsphere, nsx_vm, generations(vsphere, nsx_vm)[0]["generation"])["metadata"]
     (nic,) = md["networks"]
     assert nic["kind"] == "opaque" and nic["opaque_network_id"] and nic["opaque_network_type"]
+    assert VMMetadata.from_json(md).to_json() == md
 
 
 def test_session_inputs(vsphere: VSphereBed) -> None:
