@@ -2,5 +2,5 @@
 (daemon, signals, unmount), the prefill of guest metadata and the ``files/`` folder of a
 generation. (The mount(8) helper for fstab is a command line: ``repofs.cli.fstab``.)
 
-Imports ``format/``, ``repofs.view`` and ``repofs.guest``.
+Imports ``format/``, ``repofs.view``, ``repofs.guest`` and ``repofs.daemon``.
 """
