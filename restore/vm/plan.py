@@ -28,7 +28,7 @@ from pyVmomi.SoapAdapter import SoapStubAdapter
 from restore.vsphere.errors import AmbiguousVM, VMNotFound
 from restore.vsphere.inventory import find_vm, inventory_path
 from restore.vsphere.errors import MetadataError
-from restore.vsphere.vmmeta import SCHEMA, VMMetadata, parse_datastore_path
+from restore.vsphere.vmmeta import SCHEMA, DiskMeta, NicMeta, VMMetadata, parse_datastore_path
 from restore.vsphere.options import RestoreOptions
 from restore.vsphere.outcome import size_text
 from .errors import PlacementError, SourceUnusable, VMExists
@@ -51,7 +51,7 @@ class DiskPlacement:
     profile: tuple[str, str] | None  # (id, name)
     data_bytes: int              # bytes in its extents (what will be written)
     reader: Any                  # DiskReader, or None when the generation has no data for it
-    saved: dict[str, Any]
+    saved: DiskMeta              # the saved disk record
 
 
 @dataclass
@@ -62,7 +62,7 @@ class NicPlacement:
     old_network: str | None
     network: str | None          # the destination network's name, None: disconnected
     backing: Any                 # a vim BackingInfo, None: disconnected
-    saved: dict[str, Any]
+    saved: NicMeta               # the saved NIC record
     placeholder: tuple[str, Any] | None = None  # (name, backing) a disconnected NIC sits on
 
 
@@ -104,7 +104,7 @@ class Plan:
     existing: Existing | None
     snapshot: bool               # the transports need a snapshot to write
     options: RestoreOptions
-    metadata: dict[str, Any]
+    metadata: VMMetadata         # the generation's, checked
     warnings: list[str] = field(default_factory=list)
     privileges_checked: bool = False
 
@@ -249,8 +249,7 @@ class _Resolver:
         self.si = session.si
         self.source = source
         self.options = options
-        self.meta: dict[str, Any] = source.metadata or {}   # as saved: what the config spec copies
-        self.doc = doc                                      # the same, checked and typed
+        self.doc = doc
         self.placement = doc.placement
         self.problems = _Problems()
         self.warnings: list[str] = []
@@ -285,7 +284,7 @@ class _Resolver:
                     host=host, host_name=self.options.host, datastore=vm_ds or "", disks=disks,
                     nics=nics, vm_profile=vm_profile, existing=existing,
                     snapshot=needs_snapshot(self.options.session.transports), options=self.options,
-                    metadata=self.meta, warnings=self.warnings,
+                    metadata=self.doc, warnings=self.warnings,
                     privileges_checked=self.privileges_checked)
 
     def datacenter(self) -> tuple[Any, str]:
@@ -468,7 +467,7 @@ class _Resolver:
                 provisioning=d.provisioning or "thin", mode=d.mode or "persistent",
                 controller_key=d.controller["key"], unit=d.unit, profile=profile,
                 data_bytes=sum(n for _, n in reader.extents()) if reader is not None else 0,
-                reader=reader, saved=d.to_json()))
+                reader=reader, saved=d))
         # Room: thick disks take their capacity at once, thin ones what will be written.
         need: dict[str, int] = {}
         for p in disks:
@@ -524,7 +523,7 @@ class _Resolver:
                 else:
                     placeholder = (spare, nets[spare])
             nics.append(NicPlacement(key=n.key, label=label, adapter=n.adapter or "VirtualVmxnet3",
-                                     old_network=old, network=new, backing=backing, saved=n.to_json(),
+                                     old_network=old, network=new, backing=backing, saved=n,
                                      placeholder=placeholder))
         return nics
 
