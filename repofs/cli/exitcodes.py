@@ -76,9 +76,7 @@ TABLE: tuple[Row, ...] = (
     Row("repofs.guest.guestfs", "GuestError", FAILURE),   # damaged tables and filesystems, wrong kinds
     Row("repofs.guest.ext4", "Ext4Error", FAILURE),
     Row("repofs.guest.extract", "TargetExists", FAILURE),
-    Row("repofs.guest.loopmount", "LoopMountError", FAILURE),
-    # repofs/: mounts
-    Row("repofs.mount.process", "MountError", FAILURE),
+    # repofs/: mounts (LoopMountError, MountError) and the rest: the root's code
     Row("repofs.errors", "RepofsError", FAILURE),
     # restore/: vSphere, both directions
     Row("restore.vsphere.errors", "CredentialsMissing", USAGE),
