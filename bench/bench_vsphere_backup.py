@@ -32,6 +32,7 @@ ROOT = HERE.parent
 sys.path[:0] = [str(HERE), str(ROOT / "tests"), str(ROOT)]
 from dataset import change_list, make_image, parse_size  # noqa: E402
 from measure import Run, repofs, run, warm  # noqa: E402
+from repofs.holes import data_extents  # noqa: E402
 from fixtures_vcsim import connected, create_vm, running_vcsim, vm_disks  # noqa: E402
 from fixtures_vddk import build_standin, write_standin_config  # noqa: E402
 
@@ -42,20 +43,10 @@ def copy_sparse(src: str, dst: str) -> None:
     """Copy ``src`` over ``dst`` keeping holes (only data runs are written)."""
     with open(src, "rb") as fi, open(dst, "r+b") as fo:
         fd = fi.fileno()
-        end = os.fstat(fd).st_size
-        pos = 0
-        while pos < end:
-            try:
-                data = os.lseek(fd, pos, os.SEEK_DATA)
-            except OSError:
-                break
-            hole = os.lseek(fd, data, os.SEEK_HOLE)
-            off = data
-            while off < hole:
-                n = min(8 * MiB, hole - off)
+        for data, length in data_extents(fd, 0, os.fstat(fd).st_size):
+            for off in range(data, data + length, 8 * MiB):
+                n = min(8 * MiB, data + length - off)
                 os.pwrite(fo.fileno(), os.pread(fd, n, off), off)
-                off += n
-            pos = hole
 
 
 def timed(cmd: list[str], env: dict, warm_path: str) -> Run:

@@ -15,6 +15,9 @@ import subprocess
 import sys
 import tempfile
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from repofs.holes import data_extents  # noqa: E402
+
 MiB = 1 << 20
 WORDS = ("the of and to in is that for it as was with be by on not he this are or his from at "
          "which but have an they you were her all she there would their we him been has when who "
@@ -111,15 +114,7 @@ def change_list(path: str, share: float, seed: int = 2, granularity: int = 64 <<
     rng = random.Random(seed)
     fd = os.open(path, os.O_RDWR)
     try:
-        runs, pos, end = [], 0, os.fstat(fd).st_size
-        while pos < end:
-            try:
-                data = os.lseek(fd, pos, os.SEEK_DATA)
-            except OSError:
-                break
-            hole = os.lseek(fd, data, os.SEEK_HOLE)
-            runs.append((data, hole - data))
-            pos = hole
+        runs = data_extents(fd, 0, os.fstat(fd).st_size)
         allocated = sum(n for _, n in runs)
         target = int(allocated * share)
         changes, done = [], 0

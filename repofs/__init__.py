@@ -13,5 +13,9 @@ only ``cli`` wires in ``restore/`` and ``vddk/``):
 - ``cli``    the ``repofs`` command: one module per command group, exit codes, passphrase,
              progress
 
+Three small modules beside them own one idea each: ``errors`` (``RepofsError``, the root of
+every family above, and ``first_line``), ``holes`` (where a local file holds data) and
+``daemon`` (a FUSE process detaching and stopping on signals).
+
 Everything here imports ``format/``; nothing here imports ``restore/`` or ``vddk/`` but ``cli``.
 """

@@ -7,8 +7,8 @@ Fixtures:
 
 Helpers: ``connect(vcsim)`` returns a pyVmomi ``ServiceInstance`` with the certificate pinned
 (``disconnect(si)`` or ``connected(vcsim)`` end the session), ``wait_task(si, task)`` waits for a
-task through the property collector, ``get_properties(si, obj, paths)`` reads properties that may
-be unset, ``running_vcsim(...)`` starts a simulator outside the fixtures; inventory
+task and ``get_properties(si, obj, paths)`` reads properties that may be unset (both the
+product's own, restore.vsphere.tasks), ``running_vcsim(...)`` starts a simulator outside the fixtures; inventory
 (``create_vm``, ``create_vapp``, ``nic_backing``, ``find_by_name``, ``vm_disks``), disk files and
 changed blocks (``write_disk``, ``changed_areas``, ``flat_path``, ``ctk_log_path``), storage
 profiles (``pbm_content``), vAPI and tags (``vapi_call``, ``attach_tag``), fault injection
@@ -36,7 +36,11 @@ from typing import Any, Iterator, Sequence
 
 import pytest
 from pyVim import connect as pyvim_connect
-from pyVmomi import SoapStubAdapter, vim, vmodl
+from pyVmomi import SoapStubAdapter, vim
+
+# The product's own task wait and property read, re-exported: the harness keeps no copy of them.
+from restore.vsphere.errors import TaskFailed  # noqa: F401
+from restore.vsphere.tasks import properties as get_properties, wait  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = ROOT / "tests" / "vcsim"
@@ -52,14 +56,6 @@ TASK_TIMEOUT = 120.0
 
 class VCSimError(Exception):
     """The simulator could not be built or did not start."""
-
-
-class TaskFailed(Exception):
-    """A vSphere task ended in error; ``fault`` is the vim fault it reported."""
-
-    def __init__(self, task: vim.Task, fault: Any) -> None:
-        super().__init__(f"{task._moId}: {getattr(fault, 'msg', None) or fault}")
-        self.fault = fault
 
 
 @dataclasses.dataclass(frozen=True)
@@ -310,40 +306,10 @@ def connected(info: VCSim) -> Iterator[vim.ServiceInstance]:
         disconnect(si)
 
 
-def get_properties(si: vim.ServiceInstance, obj: Any, paths: Sequence[str]) -> dict[str, Any]:
-    """Read properties of one managed object through the property collector; unset
-    properties are absent from the answer (reading them as attributes can fail here)."""
-    pc = si.content.propertyCollector
-    spec = vmodl.query.PropertyCollector.FilterSpec(
-        objectSet=[vmodl.query.PropertyCollector.ObjectSpec(obj=obj)],
-        propSet=[vmodl.query.PropertyCollector.PropertySpec(type=type(obj), pathSet=list(paths))],
-    )
-    result = pc.RetrievePropertiesEx([spec], vmodl.query.PropertyCollector.RetrieveOptions())
-    out: dict[str, Any] = {}
-    if result is not None:
-        for content in result.objects:
-            for prop in content.propSet:
-                out[prop.name] = prop.val
-    return out
-
-
 def wait_task(si: vim.ServiceInstance, task: vim.Task, timeout: float = TASK_TIMEOUT) -> Any:
-    """Wait for a task by polling ``info.state`` through the property collector (only the
-    fields it needs: a simulator's odd ``info.entity`` cannot break it); return ``info.result``,
-    raise ``TaskFailed`` carrying ``info.error``."""
-    deadline = time.monotonic() + timeout
-    delay = 0.01
-    while True:
-        props = get_properties(si, task, ["info.state", "info.error", "info.result"])
-        state = props.get("info.state")
-        if state == vim.TaskInfo.State.success:
-            return props.get("info.result")
-        if state == vim.TaskInfo.State.error:
-            raise TaskFailed(task, props.get("info.error"))
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"task {task._moId} still {state} after {timeout:.0f} s")
-        time.sleep(delay)
-        delay = min(delay * 2, 0.5)
+    """The product's own wait (restore.vsphere.tasks): ``info.result``, or ``TaskFailed``
+    carrying ``info.error``."""
+    return wait(si, task, f"task {task._moId}", timeout)
 
 
 # --- inventory helpers --------------------------------------------------------------------------

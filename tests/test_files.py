@@ -209,7 +209,8 @@ def test_a_damaged_filesystem_does_not_hide_its_neighbours(guest_images, tmp_pat
     says it is damaged (exit code 1 from the CLI)."""
     import shutil as sh
 
-    from repofs.guest.guestfs import FileDisk, FilesystemDamaged
+    from repofs.guest.guestfs import FilesystemDamaged
+    from repofs.view.folder import FileDisk
     image = tmp_path / "damaged.img"
     sh.copy(guest_images.need("gpt_ext4"), image)
     with open(image, "r+b") as f:
@@ -405,7 +406,8 @@ def test_ext4_inline_data_beyond_the_inode_is_reported_unsupported_not_damaged(t
     import shutil as sh
     import subprocess
 
-    from repofs.guest.guestfs import FileDisk, UnsupportedFeature
+    from repofs.guest.guestfs import UnsupportedFeature
+    from repofs.view.folder import FileDisk
     if not sh.which("mkfs.ext4"):
         pytest.skip("mkfs.ext4 (e2fsprogs) is not installed")
     tree = tmp_path / "t"

@@ -8,6 +8,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from fixtures_mount import PASSPHRASE, backup_image, make_repo
 from format.repository import Repository
+from repofs.view.folder import FileDisk
+from repofs.view.readahead import ChunkedDisk, ReadAhead
 from repofs.view.tree import RepositoryView
 
 CS = 64 << 10
@@ -49,6 +51,26 @@ def test_read_if_cached_never_touches_storage(disk) -> None:
     d.prefetch(0)
     assert d.read_if_cached(10, CS) == data[10:CS + 10]
     assert not d.needs_fetch(0)
+
+
+def test_read_ahead_claims_each_uncached_chunk_once(disk) -> None:
+    """The read-ahead shared by the mount and the guest readers, on a real disk view: holes and
+    cached chunks are never loaded, a chunk being loaded is not claimed twice, and a released
+    claim that is now cached stays unclaimed."""
+    view, data, tmp = disk
+    d = RepositoryView(Repository.open(tmp / "repo", PASSPHRASE), 4 << 20).generation("v").disk("d")
+    assert isinstance(d, ChunkedDisk)
+    plain = FileDisk(str(tmp / "d.img"), "d")
+    assert not isinstance(plain, ChunkedDisk)                   # plain files go without
+    plain.close()
+    ahead = ReadAhead()
+    assert ahead.claim(d, range(0, 6)) == [0, 3, 4]             # 1, 2, 5 are holes
+    assert ahead.claim(d, range(0, 8)) == [7]                   # 0, 3, 4 are in flight
+    for n in (0, 3, 4, 7):
+        d.prefetch(n)
+        ahead.release(d, n)
+    assert ahead.claim(d, range(0, 8)) == []                    # all cached now
+    assert d.read(0, 8 * CS) == data[:8 * CS]
 
 
 def test_refresh_adds_and_keeps_generations(disk) -> None:

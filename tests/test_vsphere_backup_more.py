@@ -7,6 +7,7 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
 from pyVmomi import pbm, vim
 
 from fixtures_vcsim import (QUIESCE_FAULT_KEY, SNAPSHOT_FAULT_KEY, attach_tag, connected, create_vapp, create_vm,
@@ -15,6 +16,7 @@ from fixtures_vsphere import MiB, VSphereBed, unique
 from restore.backup import firstclass
 from restore.vsphere.session import Credentials, Session, normalize_thumbprint, resolve_credentials, split_server
 from restore.vsphere.errors import CredentialsMissing
+from restore.vsphere.vmmeta import VMMetadata
 from test_vsphere_backup import generations, manifest_json, restore_raw
 
 
@@ -122,10 +124,15 @@ def test_metadata_of_networks_profiles_tags_and_attributes(vsphere: VSphereBed) 
     assert md["files"]["vmx_path"].endswith(f"{dvs_vm}.vmx") and md["files"]["vmx"]
     assert md["placement"]["compute_resource"] == "DC0_C0"
     assert md["warnings"] == []
+    # The typed schema reads the captured document and gives back the same JSON.
+    typed = VMMetadata.from_json(md)
+    assert typed.to_json() == md
+    assert typed.networks[0].portgroup_key == pg_key and typed.disks[0].storage_profiles[0]["name"] == gold.name
 
     md = manifest_json(vsphere, nsx_vm, generations(vsphere, nsx_vm)[0]["generation"])["metadata"]
     (nic,) = md["networks"]
     assert nic["kind"] == "opaque" and nic["opaque_network_id"] and nic["opaque_network_type"]
+    assert VMMetadata.from_json(md).to_json() == md
 
 
 def test_session_inputs(vsphere: VSphereBed) -> None:
@@ -135,14 +142,13 @@ def test_session_inputs(vsphere: VSphereBed) -> None:
     assert split_server("[::1]:9443") == ("::1", 9443)
     assert normalize_thumbprint("aabbccddeeff00112233445566778899aabbccdd") == \
         "AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD"
-    try:
+    with pytest.raises(CredentialsMissing, match="VSPHERE_SERVER"):
         resolve_credentials(None, None, None, env={}, interactive=False)
-    except CredentialsMissing as e:
-        assert "VSPHERE_SERVER" in str(e)
     creds = resolve_credentials(None, None, None, interactive=False,
                                 env={"VSPHERE_SERVER": vsphere.vcsim.server, "VSPHERE_USER": vsphere.vcsim.user,
                                      "VSPHERE_PASSWORD": vsphere.vcsim.password})
-    assert "password" not in repr(creds) or vsphere.vcsim.password not in repr(creds)
+    assert vsphere.vcsim.password and vsphere.vcsim.password not in repr(creds)
+    assert vsphere.vcsim.password not in str(creds)
     with Session.login(creds, insecure=True) as s:
         assert s.cookie and s.trust.startswith("insecure") and s.thumbprint == vsphere.vcsim.thumbprint
     with Session.login(Credentials(vsphere.vcsim.server, vsphere.vcsim.user, vsphere.vcsim.password),

@@ -12,14 +12,15 @@
 Modules: ``abi`` (declarations, symbol table), ``library`` (finding, loading), ``logbridge``
 (callbacks to logging), ``params`` (connection parameters), ``session`` (the library's life
 cycle), ``disk`` (connections and disks), ``worker`` (the same API with VixDiskLib in a child
-process), ``errors``. This package imports nothing else of repofs.
+process), ``api`` (that API as protocols, which callers depend on), ``errors``.
+This package imports nothing else of repofs.
 """
 from __future__ import annotations
 
 import os
 import sys
-from typing import Union
 
+from vddk.api import DiskConnection, DiskLibrary, VirtualDisk
 from vddk.disk import Connection, Disk, DiskInfo
 from vddk.errors import (
     AlignmentError, AlreadyExists, AuthenticationFailed, Busy, CertificateMismatch,
@@ -32,7 +33,7 @@ from vddk.params import ConnectParams
 from vddk.session import Library
 from vddk.worker import IsolatedConnection, IsolatedDisk, IsolatedLibrary
 
-AnyLibrary = Union[Library, IsolatedLibrary]
+AnyLibrary = DiskLibrary   # either Library (in process) or IsolatedLibrary (worker process)
 
 
 def open_library(libdir: str | os.PathLike[str] | None = None, *,
@@ -58,8 +59,8 @@ def open_library(libdir: str | os.PathLike[str] | None = None, *,
 __all__ = [
     "AlignmentError", "AlreadyExists", "AnyLibrary", "AuthenticationFailed", "Busy",
     "CertificateMismatch", "ConnectParams", "Connection", "ConnectionFailed", "ConnectionLost",
-    "Disk", "DiskInfo", "DiskNotFound", "ENV_LIBDIR", "InvalidArgument", "IoFailure",
+    "Disk", "DiskConnection", "DiskInfo", "DiskLibrary", "DiskNotFound", "ENV_LIBDIR", "InvalidArgument", "IoFailure",
     "IsolatedConnection", "IsolatedDisk", "IsolatedLibrary", "Library", "LibraryNotFound",
     "MetadataKeyNotFound", "MissingSymbol", "NotInitialized", "NotSupported", "OutOfRange",
-    "ReadOnly", "VddkError", "WorkerFailed", "find_library", "load", "open_library",
+    "ReadOnly", "VddkError", "VirtualDisk", "WorkerFailed", "find_library", "load", "open_library",
 ]

@@ -5,12 +5,16 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import exitcodes
+from . import exitcodes, outcomes
 from .common import JsonOpt, PasswordFileOpt, RepoOpt, UsageProblem, emit, open_repository
 from .progress import Progress
+from .sessionopts import (CaFileOpt, InsecureOpt, ServerOpt, ThumbprintOpt, TransportOpt, TRANSPORTS, UserOpt,
+                          VddkInProcessOpt, VddkLibdirOpt, VSpherePasswordFileOpt, session_options)
 from repofs.ingest.backup import BackupReport, backup as ingest_backup
 from repofs.ingest.sources import DiskSource, load_changed_extents, open_image, sanitize_label
 from repofs.view.tree import RepositoryView
+from restore.vsphere.options import BackupOptions
+from restore.vsphere.outcome import Outcome
 
 
 def _parse_changed(specs: list[str], labels: list[str]) -> dict[str, str]:
@@ -32,23 +36,21 @@ def backup(sources: Annotated[list[str], typer.Argument(metavar="SOURCE...", hel
            changed_extents: Annotated[Optional[list[str]], typer.Option(
                "--changed-extents", help="JSON list of [offset, length] to read (LABEL=FILE with several disks).")] = None,
            json_out: JsonOpt = False,
-           server: Annotated[Optional[str], typer.Option("--server", envvar="VSPHERE_SERVER", help="vCenter or ESXi host[:port] (vm: sources).")] = None,
-           user: Annotated[Optional[str], typer.Option("--user", envvar="VSPHERE_USER", help="vSphere user.")] = None,
-           vsphere_password_file: Annotated[Optional[str], typer.Option("--vsphere-password-file", envvar="VSPHERE_PASSWORD_FILE", help="File holding the vSphere password (else VSPHERE_PASSWORD, else a prompt).")] = None,
-           thumbprint: Annotated[Optional[str], typer.Option("--thumbprint", help="Pin the server certificate's SHA-1 thumbprint (AA:BB:...).")] = None,
-           insecure: Annotated[bool, typer.Option("--insecure", help="Do not verify the server certificate.")] = False,
-           ca_file: Annotated[Optional[str], typer.Option("--ca-file", help="Trust these CA certificates (PEM) for the server.")] = None,
+           server: ServerOpt = None, user: UserOpt = None,
+           vsphere_password_file: VSpherePasswordFileOpt = None, thumbprint: ThumbprintOpt = None,
+           insecure: InsecureOpt = False, ca_file: CaFileOpt = None,
            quiesce: Annotated[bool, typer.Option("--quiesce", help="Quiesce the guest for the snapshot (retried once without).")] = False,
-           transport: Annotated[str, typer.Option("--transport", help="VDDK transport modes, in order of preference.")] = "nbdssl:nbd",
-           vddk_libdir: Annotated[Optional[str], typer.Option("--vddk-libdir", envvar="VDDK_LIBDIR", help="Directory of libvixDiskLib.so.")] = None,
-           vddk_in_process: Annotated[bool, typer.Option("--vddk-in-process", help="Run VixDiskLib in this process, not in a worker.")] = False,
+           transport: TransportOpt = TRANSPORTS, vddk_libdir: VddkLibdirOpt = None,
+           vddk_in_process: VddkInProcessOpt = False,
            dry_run: Annotated[bool, typer.Option("--dry-run", help="vm: sources: print what would be read, write nothing.")] = False) -> None:
     """Back up disks (file:PATH ...) or vSphere VMs (vm:NAME ...) into new generations."""
     if any(spec.partition(":")[0] in ("vm", "vapp", "ivd") for spec in sources):
-        _backup_vsphere(sources, repo, password_file, json_out, server=server, user=user,
-                        password_file=vsphere_password_file, thumbprint=thumbprint, insecure=insecure,
-                        ca_file=ca_file, quiesce=quiesce, transports=transport, vddk_libdir=vddk_libdir,
-                        vddk_isolated=not vddk_in_process, dry_run=dry_run)
+        session = session_options(server=server, user=user, password_file=vsphere_password_file,
+                                  thumbprint=thumbprint, insecure=insecure, ca_file=ca_file,
+                                  transport=transport, vddk_libdir=vddk_libdir,
+                                  vddk_in_process=vddk_in_process)
+        _backup_vsphere(sources, repo, password_file, json_out,
+                        BackupOptions(session=session, quiesce=quiesce, dry_run=dry_run))
         return
     paths = []
     for spec in sources:
@@ -82,23 +84,14 @@ def backup(sources: Annotated[list[str], typer.Argument(metavar="SOURCE...", hel
 
 
 def _backup_vsphere(targets: list[str], repo: str | None, repo_password_file: str | None,
-                    json_out: bool, **options: object) -> None:
+                    json_out: bool, opts: BackupOptions) -> None:
     """The vm:/vapp:/ivd: path of ``backup``: restore/ does the vSphere side, ingest writes."""
     # Imported here: pyVmomi and VixDiskLib cost every other command their start-up time.
-    import vddk
-    from restore.vsphere import errors as vsphere_errors
     from restore.backup import runner
 
-    exitcodes.register([(vsphere_errors.CredentialsMissing, exitcodes.USAGE),
-                        (vsphere_errors.VMNotFound, exitcodes.NOT_FOUND),
-                        (vsphere_errors.AmbiguousVM, exitcodes.NOT_FOUND),
-                        (vsphere_errors.UnsupportedTarget, exitcodes.UNSUPPORTED),
-                        (vsphere_errors.VSphereError, exitcodes.VSPHERE),
-                        (vddk.VddkError, exitcodes.VDDK)])
     bad = [t for t in targets if not runner.is_vsphere_target(t)]
     if bad:
         raise UsageProblem(f"cannot mix {bad[0]!r} with vSphere targets: back up files separately")
-    opts = runner.Options(**options)  # type: ignore[arg-type]
     # A dry run needs no repository, but reads one when given, to plan incremental reads.
     repository = open_repository(repo, repo_password_file) if repo or not opts.dry_run else None
     progress = Progress()
@@ -114,9 +107,9 @@ def _backup_vsphere(targets: list[str], repo: str | None, repo_password_file: st
         gens = RepositoryView(repository).generations(vm) if repository is not None else []
         return {d.label: dict(d.entry.source or {}) for d in gens[-1].disks} if gens else {}
 
-    def show(outcome: runner.Outcome) -> None:
+    def show(outcome: Outcome) -> None:
         if not json_out:
-            for line in runner.outcome_lines(outcome):
+            for line in outcomes.backup_lines(outcome):
                 (typer.echo if outcome.ok else lambda t: typer.echo(t, err=True))(line)
 
     try:
@@ -130,7 +123,7 @@ def _backup_vsphere(targets: list[str], repo: str | None, repo_password_file: st
     for note in result.notes:
         typer.echo(f"note: {note}", err=True)
     if json_out:
-        emit([runner.outcome_json(o) for o in result.outcomes])
+        emit([outcomes.backup_json(o) for o in result.outcomes])
     if result.failed:
         if len(result.outcomes) == 1:
             raise result.failed[0].error  # type: ignore[misc]  # its own exit code

@@ -1,19 +1,24 @@
 """One table of exit codes: every error a command can end with, its code and its message.
 
-The CLI catches exceptions at one place and looks them up here by class (most specific
-first), printing one line ``repofs: error: <message>`` and exiting with the code. Anything
-not in the table is a bug: it exits with INTERNAL and still prints one line.
+The CLI catches exceptions at one place (``app.main``) and looks them up here by class, most
+specific first, printing one line ``repofs: error: <message>`` and exiting with the code.
+Anything not in the table is a bug: it exits with INTERNAL and still prints one line.
+
+Every row is declared here, once, at import; nothing adds rows at run time. Rows name their
+class by module path and class name, not by the class itself, so that the table costs nothing
+at start-up: the guest readers (dissect), pyVmomi and VixDiskLib stay unimported until a command
+needs them. A lookup only consults modules already in ``sys.modules`` -- an exception whose
+class's module was never imported cannot have been raised -- so it imports nothing either.
+Each family ends with its package's root (``RepoError``, ``RepofsError``, ``VSphereError``,
+``VddkError``), so a new error class has a code before it has a row of its own.
 """
 from __future__ import annotations
 
 import errno
-from typing import Iterable
+import sys
+from typing import NamedTuple
 
-from format import errors as fe
-
-from repofs.ingest.backup import IngestError
-from repofs.ingest.sources import SourceError
-from repofs.view.tree import DiskReadError
+from repofs.errors import first_line
 
 OK = 0
 FAILURE = 1           # a command ran and found a problem (check with damage, some VMs failed)
@@ -33,37 +38,74 @@ VDDK = 14             # VixDiskLib failed or is missing
 INTERNAL = 70
 INTERRUPTED = 130
 
-# (exception class, exit code); the first matching row wins.
-TABLE: list[tuple[type[BaseException], int]] = [
-    (fe.RepositoryNotFound, NO_REPOSITORY),
-    (fe.RepositoryExists, REPOSITORY_EXISTS),
-    (fe.WrongPassphrase, BAD_PASSPHRASE),
-    (fe.PassphraseRequired, BAD_PASSPHRASE),
-    (fe.KeyMissing, KEY_MISSING),
-    (fe.CorruptObject, DAMAGED),
-    (fe.ObjectMissing, DAMAGED),
-    (DiskReadError, DAMAGED),
-    (fe.VMNotFound, NOT_FOUND),
-    (fe.GenerationNotFound, NOT_FOUND),
-    (SourceError, SOURCE),
-    (IngestError, SOURCE),
-    (fe.StorageFull, NO_SPACE),
-    (fe.RepositoryBusy, BUSY),
-    (fe.UnsupportedFormat, UNSUPPORTED),
-]
+
+class Row(NamedTuple):
+    module: str       # where the class is defined
+    name: str         # its name there
+    code: int
 
 
-def register(rows: Iterable[tuple[type[BaseException], int]]) -> None:
-    """Add rows for the errors of another layer (vSphere, VDDK), ahead of the generic ones."""
-    TABLE[:0] = list(rows)
+# The first matching row wins: a class comes before its bases.
+TABLE: tuple[Row, ...] = (
+    # format/: the repository
+    Row("format.errors", "RepositoryNotFound", NO_REPOSITORY),
+    Row("format.errors", "RepositoryExists", REPOSITORY_EXISTS),
+    Row("format.errors", "WrongPassphrase", BAD_PASSPHRASE),
+    Row("format.errors", "PassphraseRequired", BAD_PASSPHRASE),
+    Row("format.errors", "KeyMissing", KEY_MISSING),
+    Row("format.errors", "CorruptObject", DAMAGED),
+    Row("format.errors", "ObjectMissing", DAMAGED),
+    Row("format.errors", "VMNotFound", NOT_FOUND),
+    Row("format.errors", "GenerationNotFound", NOT_FOUND),
+    Row("format.errors", "StorageFull", NO_SPACE),
+    Row("format.errors", "RepositoryBusy", BUSY),
+    Row("format.errors", "UnsupportedFormat", UNSUPPORTED),
+    Row("format.errors", "RepoError", FAILURE),
+    # repofs/: views, VMDK sources, ingest
+    Row("repofs.view.tree", "DiskReadError", DAMAGED),
+    Row("repofs.ingest.sources", "SourceError", SOURCE),
+    Row("repofs.ingest.backup", "IngestError", SOURCE),
+    Row("repofs.vmdk.descriptor", "DescriptorError", SOURCE),
+    Row("repofs.vmdk.sparse", "SparseVmdkError", SOURCE),
+    # repofs/: guest files
+    Row("repofs.guest.guestfs", "GuestNotFound", NOT_FOUND),
+    Row("repofs.guest.guestfs", "EncryptedVolume", UNSUPPORTED),
+    Row("repofs.guest.guestfs", "UnsupportedVolume", UNSUPPORTED),
+    Row("repofs.guest.guestfs", "UnsupportedFeature", UNSUPPORTED),
+    Row("repofs.guest.ext4", "Ext4Unsupported", UNSUPPORTED),
+    Row("repofs.guest.guestfs", "GuestError", FAILURE),   # damaged tables and filesystems, wrong kinds
+    Row("repofs.guest.ext4", "Ext4Error", FAILURE),
+    Row("repofs.guest.extract", "TargetExists", FAILURE),
+    # repofs/: mounts (LoopMountError, MountError) and the rest: the root's code
+    Row("repofs.errors", "RepofsError", FAILURE),
+    # restore/: vSphere, both directions
+    Row("restore.vsphere.errors", "CredentialsMissing", USAGE),
+    Row("restore.vm.errors", "PlacementError", NOT_FOUND),
+    Row("restore.vm.errors", "VMExists", BUSY),
+    Row("restore.vm.errors", "SourceUnusable", UNSUPPORTED),
+    Row("restore.vm.errors", "DiskWriteFailed", VDDK),
+    Row("restore.vsphere.errors", "VMNotFound", NOT_FOUND),
+    Row("restore.vsphere.errors", "AmbiguousVM", NOT_FOUND),
+    Row("restore.vsphere.errors", "UnsupportedTarget", UNSUPPORTED),
+    Row("restore.vsphere.errors", "VSphereError", VSPHERE),
+    # vddk/: VixDiskLib
+    Row("vddk.errors", "VddkError", VDDK),
+)
+
+
+def _loaded(row: Row) -> type[BaseException] | None:
+    """The row's class if its module is imported (else no such exception can exist)."""
+    module = sys.modules.get(row.module)
+    return getattr(module, row.name, None) if module is not None else None
 
 
 def classify(exc: BaseException) -> int:
     if isinstance(exc, KeyboardInterrupt):
         return INTERRUPTED
-    for cls, code in TABLE:
-        if isinstance(exc, cls):
-            return code
+    for row in TABLE:
+        cls = _loaded(row)
+        if cls is not None and isinstance(exc, cls):
+            return row.code
     if isinstance(exc, OSError):
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             return NO_SPACE
@@ -77,5 +119,4 @@ def message(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         where = f"{exc.filename}: " if exc.filename else ""
         return f"{where}{exc.strerror}"
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+    return first_line(exc)

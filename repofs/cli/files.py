@@ -19,34 +19,11 @@ from typing import TYPE_CHECKING, Annotated, Callable, Optional
 
 import typer
 
-from . import exitcodes
 from .progress import Progress
 from repofs.view.tree import RepositoryView
 
 if TYPE_CHECKING:
     from repofs.guest.guestfs import GuestGeneration, GuestStat
-
-
-def _register_guest_errors() -> None:
-    """The guest readers' errors into the exit-code table. The readers (and dissect's) are
-    imported only by the commands that use them, not by every repofs command."""
-    from repofs.guest.extract import TargetExists
-    from repofs.guest.guestfs import (EncryptedVolume, FilesystemDamaged, GuestError, GuestIsADirectory,
-                          GuestNotADirectory, GuestNotASymlink, GuestNotFound, PartitionTableDamaged,
-                          UnsupportedFeature, UnsupportedVolume)
-    exitcodes.register([
-        (GuestNotFound, exitcodes.NOT_FOUND),
-        (EncryptedVolume, exitcodes.UNSUPPORTED),
-        (UnsupportedVolume, exitcodes.UNSUPPORTED),
-        (UnsupportedFeature, exitcodes.UNSUPPORTED),
-        (PartitionTableDamaged, exitcodes.FAILURE),
-        (FilesystemDamaged, exitcodes.FAILURE),
-        (GuestIsADirectory, exitcodes.FAILURE),
-        (GuestNotADirectory, exitcodes.FAILURE),
-        (GuestNotASymlink, exitcodes.FAILURE),
-        (GuestError, exitcodes.FAILURE),
-        (TargetExists, exitcodes.FAILURE),
-    ])
 
 
 @dataclass(frozen=True)
@@ -94,8 +71,7 @@ def build_app(open_repository: Callable[[str | None, str | None], object],
     AddressArg = Annotated[str, typer.Argument(metavar="vm:NAME[@GEN][:DISK[/VOLUME[/path]]]")]
 
     def guest(address: Address, repo: str | None, password_file: str | None) -> "GuestGeneration":
-        from repofs.guest.guestfs import GuestGeneration  # noqa: PLC0415 (see _register_guest_errors)
-        _register_guest_errors()
+        from repofs.guest.guestfs import GuestGeneration  # noqa: PLC0415 (dissect: only the files commands pay for it)
         view = RepositoryView(open_repository(repo, password_file))
         return GuestGeneration(view.generation(address.vm, address.generation))
 
@@ -206,8 +182,6 @@ def build_app(open_repository: Callable[[str | None, str | None], object],
         Read-only and without journal replay; volumes the kernel cannot mount are served by
         the rootless reader at the same place. Prints the path each volume took."""
         from repofs.mount import loopmount  # noqa: PLC0415 (root-only path)
-        _register_guest_errors()
-        exitcodes.register([(loopmount.LoopMountError, exitcodes.FAILURE)])
         address = parse_address(target)
         if address.path:
             raise typer.BadParameter("files mount takes vm:NAME[@GENERATION], without a disk or path")
@@ -224,7 +198,6 @@ def build_app(open_repository: Callable[[str | None, str | None], object],
     def umount_cmd(directory: Annotated[str, typer.Argument(metavar="DIR")]) -> None:
         """Undo 'repofs files mount DIR': unmount, detach loop devices, end the private mount."""
         from repofs.mount import loopmount  # noqa: PLC0415
-        exitcodes.register([(loopmount.LoopMountError, exitcodes.FAILURE)])
         loopmount.umount(directory)
 
     return app

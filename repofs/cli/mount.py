@@ -6,7 +6,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import exitcodes
 from .common import PasswordFileOpt, RepoOpt, UsageProblem, open_repository
 from repofs.view.tree import RepositoryView
 
@@ -28,7 +27,6 @@ def mount(first: Annotated[str, typer.Argument(metavar="[REPO]", show_default=Fa
     """Mount the repository read-only: one folder per VM, one per generation."""
     from repofs.mount.fusefs import MountSettings
     from repofs.mount.process import MountRequest, fsname_of, parse_size, run as run_mount, split_options
-    _register_mount_errors()
     mountpoint = second if second is not None else first
     repo_path = first if second is not None else repo
     fuse_opts, ours = split_options(options or [])
@@ -62,10 +60,5 @@ def umount(mountpoint: Annotated[str, typer.Argument(help="Where a repository is
            lazy: Annotated[bool, typer.Option("--lazy", "-z", help="Detach now, even if busy.")] = False) -> None:
     """End a mount made by 'repofs mount'."""
     from repofs.mount.process import unmount as unmount_fs
-    _register_mount_errors()
     unmount_fs(mountpoint, lazy=lazy)
 
-
-def _register_mount_errors() -> None:
-    from repofs.mount.process import MountError
-    exitcodes.register([(MountError, exitcodes.FAILURE)])

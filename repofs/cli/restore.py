@@ -5,10 +5,14 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import exitcodes
+from . import exitcodes, outcomes
 from .common import JsonOpt, PasswordFileOpt, RepoOpt, UsageProblem, emit, open_repository, vm_target
 from .progress import Progress
+from .sessionopts import (CaFileOpt, InsecureOpt, ServerOpt, ThumbprintOpt, TransportOpt, TRANSPORTS, UserOpt,
+                          VddkInProcessOpt, VddkLibdirOpt, VSpherePasswordFileOpt, session_options)
 from repofs.view.tree import RepositoryView
+from restore.vsphere.options import RestoreOptions
+from restore.vsphere.outcome import Outcome
 
 
 def restore(targets: Annotated[list[str], typer.Argument(metavar="vm:NAME...", help="The VMs to restore.")],
@@ -31,15 +35,10 @@ def restore(targets: Annotated[list[str], typer.Argument(metavar="vm:NAME...", h
             recover_identity: Annotated[bool, typer.Option("--recover-identity", help="Keep the UUIDs and MAC addresses (default: new ones).")] = False,
             dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; change nothing.")] = False,
             from_dir: Annotated[Optional[str], typer.Option("--from", help="A generation folder of a mount, instead of the repository.")] = None,
-            server: Annotated[Optional[str], typer.Option("--server", envvar="VSPHERE_SERVER", help="vCenter host[:port].")] = None,
-            user: Annotated[Optional[str], typer.Option("--user", envvar="VSPHERE_USER", help="vSphere user.")] = None,
-            vsphere_password_file: Annotated[Optional[str], typer.Option("--vsphere-password-file", envvar="VSPHERE_PASSWORD_FILE", help="File holding the vSphere password (else VSPHERE_PASSWORD, else a prompt).")] = None,
-            thumbprint: Annotated[Optional[str], typer.Option("--thumbprint", help="Pin the server certificate's SHA-1 thumbprint (AA:BB:...).")] = None,
-            insecure: Annotated[bool, typer.Option("--insecure", help="Do not verify the server certificate.")] = False,
-            ca_file: Annotated[Optional[str], typer.Option("--ca-file", help="Trust these CA certificates (PEM) for the server.")] = None,
-            transport: Annotated[str, typer.Option("--transport", help="VDDK transport modes, in order of preference (san/hotadd write through a snapshot).")] = "nbdssl:nbd",
-            vddk_libdir: Annotated[Optional[str], typer.Option("--vddk-libdir", envvar="VDDK_LIBDIR", help="Directory of libvixDiskLib.so.")] = None,
-            vddk_in_process: Annotated[bool, typer.Option("--vddk-in-process", help="Run VixDiskLib in this process, not in a worker.")] = False,
+            server: ServerOpt = None, user: UserOpt = None,
+            vsphere_password_file: VSpherePasswordFileOpt = None, thumbprint: ThumbprintOpt = None,
+            insecure: InsecureOpt = False, ca_file: CaFileOpt = None, transport: TransportOpt = TRANSPORTS,
+            vddk_libdir: VddkLibdirOpt = None, vddk_in_process: VddkInProcessOpt = False,
             threads: Annotated[int, typer.Option("--threads", help="Disk pieces read and written at once.")] = 4,
             verify_written: Annotated[bool, typer.Option("--verify-written", help="Read every written piece back through VixDiskLib and compare (twice the I/O).")] = False) -> None:
     """Restore VMs into vCenter (or, with --to-dir, a generation's disks to local files)."""
@@ -70,18 +69,21 @@ def restore(targets: Annotated[list[str], typer.Argument(metavar="vm:NAME...", h
         raise UsageProblem("--force only goes with --overwrite")
     if threads < 1:
         raise UsageProblem("--threads must be at least 1")
+    vm_datastore = [d for d in datastore or [] if "=" not in d]
+    if len(vm_datastore) > 1:
+        raise UsageProblem("give one --datastore DS for the VM; per disk use --datastore LABEL=DS")
+    session = session_options(server=server, user=user, password_file=vsphere_password_file,
+                              thumbprint=thumbprint, insecure=insecure, ca_file=ca_file,
+                              transport=transport, vddk_libdir=vddk_libdir, vddk_in_process=vddk_in_process)
+    options = RestoreOptions(
+        session=session, name=name, datacenter=datacenter, folder=folder, resource_pool=resource_pool,
+        host=host, datastore=vm_datastore[0] if vm_datastore else None,
+        disk_datastores=_pairs([d for d in datastore or [] if "=" in d], "--datastore", allow_empty=False),
+        storage_profile=storage_profile, networks=_pairs(network or [], "--network", allow_empty=True),
+        power_on=power_on, overwrite=overwrite, force=force, import_vmx=import_vmx,
+        recover_identity=recover_identity, dry_run=dry_run, workers=threads, verify_written=verify_written)
     _restore_vsphere(vms, repo=repo, password_file=password_file, generation=generation,
-                     from_dir=from_dir, json_out=json_out,
-                     options=dict(name=name, datacenter=datacenter, folder=folder,
-                                  resource_pool=resource_pool, host=host, storage_profile=storage_profile,
-                                  power_on=power_on, overwrite=overwrite, force=force, import_vmx=import_vmx,
-                                  recover_identity=recover_identity, transports=transport, dry_run=dry_run,
-                                  workers=threads, verify_written=verify_written),
-                     datastores=datastore or [], networks=network or [],
-                     session=dict(server=server, user=user, password_file=vsphere_password_file,
-                                  thumbprint=thumbprint, insecure=insecure, ca_file=ca_file,
-                                  transports=transport, vddk_libdir=vddk_libdir,
-                                  vddk_isolated=not vddk_in_process, dry_run=dry_run))
+                     from_dir=from_dir, json_out=json_out, options=options)
 
 
 def _pairs(specs: list[str], option: str, *, allow_empty: bool) -> dict[str, str]:
@@ -96,34 +98,15 @@ def _pairs(specs: list[str], option: str, *, allow_empty: bool) -> dict[str, str
 
 def _restore_vsphere(vms: list[str], *, repo: str | None, password_file: str | None,
                      generation: str | None, from_dir: str | None, json_out: bool,
-                     options: dict, datastores: list[str], networks: list[str], session: dict) -> None:
+                     options: RestoreOptions) -> None:
     """The vCenter path of ``restore``: restore/ does the vSphere side; the generations come
     from the repository's views, or from a mounted generation folder (repofs.genfolder)."""
     # Imported here: pyVmomi and VixDiskLib cost every other command their start-up time.
     # These modules do not import pyVmomi: restorerun does, once the data is on its way.
-    import vddk
-    from restore.vsphere import errors as vsphere_errors
-    from restore.vm import errors as restoreerrors, runner as restorerun
-    from restore.vsphere.options import Options as SessionOptions, RestoreOptions
+    from restore.vm import runner as restorerun
 
     from repofs.view.folder import GenerationFolder
 
-    exitcodes.register([(vsphere_errors.CredentialsMissing, exitcodes.USAGE),
-                        (restoreerrors.PlacementError, exitcodes.NOT_FOUND),
-                        (restoreerrors.VMExists, exitcodes.BUSY),
-                        (restoreerrors.SourceUnusable, exitcodes.UNSUPPORTED),
-                        (restoreerrors.DiskWriteFailed, exitcodes.VDDK),
-                        (vsphere_errors.VMNotFound, exitcodes.NOT_FOUND),
-                        (vsphere_errors.AmbiguousVM, exitcodes.NOT_FOUND),
-                        (vsphere_errors.VSphereError, exitcodes.VSPHERE),
-                        (vddk.VddkError, exitcodes.VDDK)])
-    vm_datastore = [d for d in datastores if "=" not in d]
-    if len(vm_datastore) > 1:
-        raise UsageProblem("give one --datastore DS for the VM; per disk use --datastore LABEL=DS")
-    opts = RestoreOptions(**options, datastore=vm_datastore[0] if vm_datastore else None,
-                          disk_datastores=_pairs([d for d in datastores if "=" in d], "--datastore",
-                                                 allow_empty=False),
-                          networks=_pairs(networks, "--network", allow_empty=True))
     opened: list = []
     view = None if from_dir else RepositoryView(open_repository(repo, password_file))
 
@@ -139,23 +122,23 @@ def _restore_vsphere(vms: list[str], *, repo: str | None, password_file: str | N
 
     progress = Progress()
 
-    def show(outcome: restorerun.Outcome) -> None:
+    def show(outcome: Outcome) -> None:
         progress.finish()
         if not json_out:
-            for line in restorerun.outcome_lines(outcome):
+            for line in outcomes.restore_lines(outcome):
                 (typer.echo if outcome.ok else lambda t: typer.echo(t, err=True))(line)
 
     try:
-        outcomes = restorerun.run([(f"vm:{vm}", loader(vm)) for vm in vms], opts,
-                                  SessionOptions(**session), on_event=lambda t: typer.echo(t, err=True),
-                                  on_progress=progress, on_outcome=show)
+        results = restorerun.run([(f"vm:{vm}", loader(vm)) for vm in vms], options,
+                                 on_event=lambda t: typer.echo(t, err=True),
+                                 on_progress=progress, on_outcome=show)
     finally:
         for folder in opened:
             folder.close()
     if json_out:
-        emit([restorerun.outcome_json(o) for o in outcomes])
-    failed = [o for o in outcomes if not o.ok]
+        emit([outcomes.restore_json(o) for o in results])
+    failed = [o for o in results if not o.ok]
     if failed:
-        if len(outcomes) == 1:
+        if len(results) == 1:
             raise failed[0].error  # type: ignore[misc]  # its own exit code
         raise typer.Exit(exitcodes.FAILURE)

@@ -13,11 +13,12 @@ from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
 from .guestfs import GuestStat
+from repofs.errors import RepofsError
 
 BLOCK = 1 << 20
 
 
-class TargetExists(Exception):
+class TargetExists(RepofsError):
     """The destination already exists and ``--force`` was not given."""
 
 

@@ -24,19 +24,20 @@ from __future__ import annotations
 
 import errno
 import io
-import os
 import stat as st
 import threading
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
-from typing import BinaryIO, Callable, Iterator, NamedTuple, Protocol
+from typing import BinaryIO, Callable, Iterable, Iterator, NamedTuple, Protocol
 
 from dissect.util.stream import AlignedStream, RangeStream
 
 from .ext4 import Ext4, Ext4Unsupported, Inode
+from repofs.view.readahead import ChunkedDisk, ReadAhead
 from repofs.view.tree import DiskReadError
+from repofs.errors import RepofsError, first_line
 
 MAX_SYMLINK_HOPS = 40
 WHOLE = "whole"
@@ -45,7 +46,7 @@ WHOLE = "whole"
 # ---------------------------------------------------------------------------------------------
 # Errors: one small hierarchy, each carrying the errno the FUSE adapter answers with.
 
-class GuestError(Exception):
+class GuestError(RepofsError):
     """A guest file, volume or filesystem that cannot be served."""
     errno = errno.EIO
 
@@ -148,60 +149,38 @@ class DiskReader(Protocol):
     def read(self, offset: int, size: int) -> bytes: ...
 
 
-class FileDisk:
-    """A disk read from a local file with ``pread``: a flat extent in a repofs mount (the loop
-    path's fallback) or a raw image (tests, benchmarks)."""
-
-    def __init__(self, path: str, label: str):
-        self.path, self.label = path, label
-        self._fd = os.open(path, os.O_RDONLY)
-        self.capacity = os.fstat(self._fd).st_size
-
-    def read(self, offset: int, size: int) -> bytes:
-        return os.pread(self._fd, max(0, min(size, self.capacity - offset)), offset)
-
-    def close(self) -> None:
-        os.close(self._fd)
-
-
 class _ReadAhead:
     """Background chunk loads ahead of a sequential reader of a disk view: decrypting and
-    decompressing the next chunks on other cores while the reader copies this one. Needs the
-    view's ``needs_fetch``/``prefetch`` (a ``DiskView``); other readers go without."""
+    decompressing the next chunks on other cores while the reader copies this one. Needs a
+    ``ChunkedDisk`` (a ``DiskView``); other readers go without. Which chunks: ``ReadAhead``."""
     WINDOW = 8                  # chunks
     MIN_READ = 128 * 1024       # smaller reads are metadata: no read-ahead
     THREADS = 4                 # loads wait on storage as much as they decode
 
     def __init__(self) -> None:
         self._pool: ThreadPoolExecutor | None = None
-        self._inflight: set[tuple[int, int]] = set()
+        self._claims = ReadAhead()
         self._lock = threading.Lock()
 
-    def after(self, disk, end: int) -> None:
-        chunk_size = getattr(disk, "chunk_size", 0)
-        if not chunk_size or not hasattr(disk, "prefetch"):
+    def after(self, disk: DiskReader, end: int) -> None:
+        if not isinstance(disk, ChunkedDisk) or not disk.chunk_size:
             return
-        first = end // chunk_size
+        first = end // disk.chunk_size
         self.load(disk, range(first, first + self.WINDOW))
 
-    def load(self, disk, numbers) -> None:
+    def load(self, disk: ChunkedDisk, numbers: Iterable[int]) -> None:
         """Load chunks ``numbers`` of ``disk`` in the background (those not yet cached)."""
         with self._lock:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.THREADS, thread_name_prefix="guest-readahead")
-            for n in numbers:
-                key = (id(disk), n)
-                if key in self._inflight or not disk.needs_fetch(n):
-                    continue
-                self._inflight.add(key)
-                self._pool.submit(self._load, disk, n, key)
+        for n in self._claims.claim(disk, numbers):
+            self._pool.submit(self._load, disk, n)
 
-    def _load(self, disk, n: int, key: tuple[int, int]) -> None:
+    def _load(self, disk: ChunkedDisk, n: int) -> None:
         try:
             disk.prefetch(n)
         finally:
-            with self._lock:
-                self._inflight.discard(key)
+            self._claims.release(disk, n)
 
 
 _READ_AHEAD = _ReadAhead()
@@ -211,12 +190,13 @@ def _prefetcher(disk: DiskReader, base: int) -> Callable[[int, int], None] | Non
     """Background loading of a volume's bytes (at ``base`` on ``disk``): filesystem metadata
     about to be read, e.g. the subdirectories a listing just revealed — unless the index
     keeps them copied (then the copies' few chunks serve them)."""
-    if not hasattr(disk, "prefetch") or not getattr(disk, "chunk_size", 0):
+    if not isinstance(disk, ChunkedDisk) or not disk.chunk_size:
         return None
+    chunked = disk
 
     def prefetch(offset: int, length: int) -> None:
-        if not disk.copied(base + offset, length):
-            _READ_AHEAD.load(disk, disk.chunks_for(base + offset, length))
+        if not chunked.copied(base + offset, length):
+            _READ_AHEAD.load(chunked, chunked.chunks_for(base + offset, length))
     return prefetch
 
 
@@ -300,7 +280,7 @@ def _partition_table(disk: DiskReader, fh: DiskStream) -> list[Volume]:
     except Exception as e:
         if has_gpt:
             raise PartitionTableDamaged(f"disk {disk.label}: the GPT partition table is damaged "
-                                        f"({_first_line(e)})") from None
+                                        f"({first_line(e)})") from None
         return [whole]           # 55AA alone is not proof of a table (e.g. a blank boot record)
     numbers = _mbr_numbers(head, table) if type(table.scheme).__name__ == "MBR" else {}
     volumes = []
@@ -356,11 +336,6 @@ def _range_opener(disk: DiskReader, offset: int, size: int, align: int | None = 
     return lambda: RangeStream(DiskStream(disk, align), offset, size, align)
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
-
-
 def _logical_volumes(pvs: list[Volume], disk_of: Callable[[str], DiskReader]) -> list[Volume]:
     """LVM logical volumes of the physical volumes found, grouped by volume group (a linear
     one is also readable straight from its disk, ``disk_of(label)``, in whole pages)."""
@@ -373,7 +348,7 @@ def _logical_volumes(pvs: list[Volume], disk_of: Callable[[str], DiskReader]) ->
         except DiskReadError:
             raise
         except Exception as e:
-            pv.fstype, pv.description = "lvm2-damaged", f"LVM2 PV, unreadable ({_first_line(e)})"
+            pv.fstype, pv.description = "lvm2-damaged", f"LVM2 PV, unreadable ({first_line(e)})"
             continue
         pv.description = f"LVM2 PV of {vg_name}"
         groups.setdefault(vg_name, []).append((pv, dev))
@@ -385,7 +360,7 @@ def _logical_volumes(pvs: list[Volume], disk_of: Callable[[str], DiskReader]) ->
             raise
         except Exception as e:
             for pv, _dev in members:
-                pv.description = f"LVM2 PV of {vg_name}, VG incomplete or damaged ({_first_line(e)})"
+                pv.description = f"LVM2 PV of {vg_name}, VG incomplete or damaged ({first_line(e)})"
             continue
         by_dev = {id(dev): pv for pv, dev in members}
         vg = lvm.volume_group
@@ -411,7 +386,7 @@ def _logical_volumes(pvs: list[Volume], disk_of: Callable[[str], DiskReader]) ->
                 raise
             except Exception as e:
                 size, fstype = 0, None
-                desc = f"LVM2 LV, unreadable ({_first_line(e)})"
+                desc = f"LVM2 LV, unreadable ({first_line(e)})"
             else:
                 desc = f"LVM2 LV ({'linear' if linear else lv.type or 'segmented'})"
             pages = _range_opener(disk_of(home), offset, size, PAGE) if offset is not None and size else None
@@ -717,7 +692,7 @@ class GuestTree:
             raise
         except Exception as e:
             raise FilesystemDamaged(f"{self.where}: cannot read its {fstype} filesystem "
-                                    f"({_first_line(e)})") from None
+                                    f"({first_line(e)})") from None
 
     # -- resolution ------------------------------------------------------------------------
 
@@ -786,7 +761,7 @@ class GuestTree:
                                          f"filesystem (use the loop mount)") from None
             except Exception as e:       # the reader tripped over the guest's structures
                 raise FilesystemDamaged(f"{self.where}: the {self.volume.fstype} filesystem is "
-                                        f"damaged here ({type(e).__name__}: {_first_line(e)})") from None
+                                        f"damaged here ({type(e).__name__}: {first_line(e)})") from None
 
     # -- the tree's interface --------------------------------------------------------------
 

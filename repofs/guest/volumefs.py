@@ -17,34 +17,17 @@ import errno
 import os
 import stat as st
 import sys
-from dataclasses import dataclass
 
 import pyfuse3
 import trio
 
-from .guestfs import FileDisk, GuestError, GuestFile, GuestGeneration, GuestStat
+from .guestfs import GuestError, GuestFile, GuestGeneration, GuestStat
+from repofs.daemon import daemonize, stop_on_signals
+from repofs.errors import first_line
+from repofs.view.folder import GenerationFolder
 from repofs.view.tree import DiskReadError
 
 TIMEOUT = 3600.0     # a backup generation never changes: let the kernel cache for long
-
-
-@dataclass
-class _Gen:
-    """The bits of a generation ``GuestGeneration`` needs, made from a generation folder."""
-    vm: str
-    name: str
-    time_ns: int
-    disks: list
-
-
-def generation_from_dir(gen_dir: str) -> _Gen:
-    real = os.path.realpath(gen_dir)
-    disks = [FileDisk(os.path.join(real, n), n[:-len("-flat.vmdk")])
-             for n in sorted(os.listdir(real)) if n.endswith("-flat.vmdk")]
-    if not disks:
-        raise GuestError(f"{gen_dir} holds no <disk>-flat.vmdk: give a generation folder of a repofs mount")
-    return _Gen(os.path.basename(os.path.dirname(real)), os.path.basename(real),
-                os.stat(real).st_mtime_ns, disks)
 
 
 class GuestOperations(pyfuse3.Operations):
@@ -154,36 +137,22 @@ class GuestOperations(pyfuse3.Operations):
 
 
 def serve(gen_dir: str, volume: str, mountpoint: str, foreground: bool = False) -> None:
-    source = GuestGeneration(generation_from_dir(gen_dir))
+    source = GuestGeneration(GenerationFolder.open(gen_dir))
     source.listdir(volume)                # opens the filesystem: errors end here, before mounting
     ops = GuestOperations(source, volume)
     options = set(pyfuse3.default_options) | {"ro", f"fsname=repofs-guest:{volume}", "subtype=repofs-guest"}
     pyfuse3.init(ops, mountpoint, options)
     try:
         if not foreground:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            if os.fork():
-                os._exit(0)
-            os.setsid()
-            os.chdir("/")
-            devnull = os.open(os.devnull, os.O_RDWR)
-            for fd in (0, 1, 2):
-                os.dup2(devnull, fd)
+            daemonize()
         trio.run(_main)
     finally:
         pyfuse3.close(unmount=True)
 
 
 async def _main() -> None:
-    import signal  # noqa: PLC0415
     async with trio.open_nursery() as nursery:
-        async def stop() -> None:
-            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-                async for _ in signals:
-                    pyfuse3.terminate()
-                    return
-        nursery.start_soon(stop)
+        nursery.start_soon(stop_on_signals)
         await pyfuse3.main()
         nursery.cancel_scope.cancel()
 
@@ -198,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         serve(*args, foreground=foreground)
     except (GuestError, DiskReadError, OSError, RuntimeError) as e:
-        sys.stderr.write(f"repofs: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}\n")
+        sys.stderr.write(f"repofs: error: {first_line(e)}\n")
         return 1
     return 0
 

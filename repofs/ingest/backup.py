@@ -27,7 +27,7 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 from format.fixedindex import FixedIndex, Piece, chunks_touched, slot_ranges
 from format.manifest import DiskEntry, Manifest
@@ -35,6 +35,7 @@ from format.repository import Repository
 
 from . import metacopy
 from .sources import DiskSource, clip_extents
+from repofs.errors import RepofsError
 
 log = logging.getLogger("repofs.backup")
 
@@ -44,13 +45,15 @@ PATCH_SHARE = 0.5     # a slot's pieces may cover at most this share of it
 MAX_PIECES = 16       # and number at most this many
 PIECE_ALIGN = 4096    # pieces start and end on these boundaries (VDDK reads whole sectors)
 
-# One slot to read: its number, the ranges inside it to read as pieces (None: all of it),
-# and the previous pieces that stay under the new ones.
-Work = tuple[int, tuple[tuple[int, int], ...] | None, tuple[Piece, ...]]
+class Work(NamedTuple):
+    """One slot to read."""
+    slot: int
+    ranges: tuple[tuple[int, int], ...] | None   # inside the slot, read as pieces; None: all of it
+    kept: tuple[Piece, ...]                      # previous pieces that stay under the new ones
 
 
-class IngestError(Exception):
-    pass
+class IngestError(RepofsError):
+    """The ingest cannot go on: a source answered other than it said it would."""
 
 
 @dataclass
@@ -80,6 +83,16 @@ class BackupReport:
     manifest: str
     disks: list[DiskReport] = field(default_factory=list)
     seconds: float = 0.0
+
+
+class _DiskPlan(NamedTuple):
+    """One disk of a backup, from planning to its manifest entry."""
+    source: DiskSource
+    index: FixedIndex                 # the new index, filled as the slots are read
+    work: list[Work]                  # the slots to read
+    known: set[bytes]                 # chunk ids known to be stored
+    report: DiskReport
+    parent_index: FixedIndex | None   # the previous generation's, if any
 
 
 def latest_generation(repo: Repository, vm: str) -> tuple[str, Manifest] | None:
@@ -200,16 +213,15 @@ def backup(repo: Repository, vm: str, sources: Sequence[DiskSource], *,
             entry_parent = parent_manifest.disk(source.label) if parent_manifest else None
             parent_index = repo.get_index(entry_parent.index) if entry_parent else None
             index, work, known = _plan(repo, source, parent_index, report)
-            plans.append((source, index, work, known, report, parent_index))
+            plans.append(_DiskPlan(source, index, work, known, report, parent_index))
 
-        def read_disk(plan: tuple) -> None:
-            source, index, work, known, report, parent_index = plan
-            ingest.run(source, index, work, known, report, progress)
-            report.data_bytes = sum(index.chunk_range(n)[1] for n in index.occupied())
+        def read_disk(plan: _DiskPlan) -> None:
+            ingest.run(plan.source, plan.index, plan.work, plan.known, plan.report, progress)
+            plan.report.data_bytes = sum(plan.index.chunk_range(n)[1] for n in plan.index.occupied())
 
-        def copy_metadata(plan: tuple) -> None:
-            source, index, work, known, report, parent_index = plan
-            ingest.copy_metadata(source, index, parent_index, work, known, report)
+        def copy_metadata(plan: _DiskPlan) -> None:
+            ingest.copy_metadata(plan.source, plan.index, plan.parent_index, plan.work, plan.known,
+                                 plan.report)
 
         # Disks are read in parallel (one reader thread each), sharing the workers. Then,
         # while the repository's file system writes their chunks out, the guests' metadata
@@ -219,14 +231,14 @@ def backup(repo: Repository, vm: str, sources: Sequence[DiskSource], *,
             syncing = readers.submit(repo.sync)
             _all(readers, copy_metadata, plans, ingest.stop)
             syncing.result()
-        entries = [(source, index, report) for source, index, _n, _k, report, _p in plans]
-        reports = [plan[4] for plan in plans]
+        reports = [plan.report for plan in plans]
         if ingest.copies_stored:
             repo.sync()  # the copies' new chunks too: every chunk durable before an index names it
         disks = []
-        for source, index, report in entries:
+        for plan in plans:
+            source, report = plan.source, plan.report
             disks.append(DiskEntry(label=source.label, capacity=source.capacity,
-                                   chunk_size=repo.chunk_size, index=repo.put_index(index),
+                                   chunk_size=repo.chunk_size, index=repo.put_index(plan.index),
                                    data_bytes=report.data_bytes, new_bytes=report.new_bytes,
                                    new_chunks=report.new_chunks,
                                    source={**source.info, "mode": report.mode}))
@@ -238,7 +250,7 @@ def backup(repo: Repository, vm: str, sources: Sequence[DiskSource], *,
     return BackupReport(vm, manifest.generation, name, reports, time.monotonic() - started)
 
 
-def _all(pool: ThreadPoolExecutor, fn: Callable[[tuple], None], plans: list[tuple],
+def _all(pool: ThreadPoolExecutor, fn: Callable[[_DiskPlan], None], plans: list[_DiskPlan],
          stop: threading.Event) -> None:
     """``fn(plan)`` for every plan in ``pool``; the first failure stops the others."""
     futures = [pool.submit(fn, plan) for plan in plans]
@@ -267,7 +279,7 @@ def _plan(repo: Repository, source: DiskSource, parent_index: FixedIndex | None,
         return index, [_patch_or_whole(index, n, ranges)
                        for n, ranges in slot_ranges(clip_extents(source.extents(), source.capacity), cs)], known
     index = FixedIndex.empty(source.capacity, cs)
-    return index, [(n, None, ()) for n in chunks_touched(source.extents(), cs, source.capacity)], known
+    return index, [Work(n, None, ()) for n in chunks_touched(source.extents(), cs, source.capacity)], known
 
 
 def _patch_or_whole(index: FixedIndex, n: int, changed: list[tuple[int, int]]) -> Work:
@@ -285,8 +297,8 @@ def _patch_or_whole(index: FixedIndex, n: int, changed: list[tuple[int, int]]) -
                  if not any(lo <= p[0] and p[0] + p[1] <= hi for lo, hi in ranges))
     covered = sum(hi - lo for lo, hi in ranges) + sum(p[1] for p in kept)
     if covered > length * PATCH_SHARE or len(ranges) + len(kept) > MAX_PIECES:
-        return n, None, ()
-    return n, tuple(ranges), kept
+        return Work(n, None, ())
+    return Work(n, tuple(ranges), kept)
 
 
 def _iso(ns: int) -> str:

@@ -12,7 +12,6 @@ implementation of the same protocol, built by the CLI from restore/ and vddk/.
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 import re
@@ -22,9 +21,11 @@ from typing import Any, Iterable, Iterator, Protocol
 
 from repofs.vmdk.descriptor import SECTOR, DescriptorError, FlatExtent, looks_like_vmdk, parse_descriptor
 from repofs.vmdk.sparse import MAGIC as SPARSE_MAGIC, SparseVmdk, SparseVmdkError
+from repofs.errors import RepofsError
+from repofs.holes import data_extents
 
 
-class SourceError(Exception):
+class SourceError(RepofsError):
     """A source could not be opened or read (vanished, shrank, unreadable, malformed)."""
 
 
@@ -52,27 +53,6 @@ def _opening(path: str) -> Iterator[None]:
         raise SourceError(f"{path}: permission denied") from None
     except IsADirectoryError:
         raise SourceError(f"{path} is a directory, not a disk image") from None
-
-
-def data_extents(fd: int, start: int, end: int) -> list[tuple[int, int]]:
-    """The (offset, length) runs of ``fd`` between start and end that hold data."""
-    runs: list[tuple[int, int]] = []
-    pos = start
-    while pos < end:
-        try:
-            data = os.lseek(fd, pos, os.SEEK_DATA)
-        except OSError as e:
-            if e.errno == errno.ENXIO:
-                break
-            if e.errno == errno.EINVAL:  # no SEEK_DATA support: everything is data
-                return [(start, end - start)] if end > start else []
-            raise
-        if data >= end:
-            break
-        hole = min(os.lseek(fd, data, os.SEEK_HOLE), end)
-        runs.append((data, hole - data))
-        pos = hole
-    return runs
 
 
 def _size_of(fd: int) -> int:

@@ -3,5 +3,5 @@
 generation, and ``files mount`` (loopmount: the repository mounted, guest volumes on loop devices
 mounted by the kernel, read-only). (The mount(8) helper for fstab is a command line: ``repofs.cli.fstab``.)
 
-Imports ``format/``, ``repofs.view`` and ``repofs.guest``.
+Imports ``format/``, ``repofs.view``, ``repofs.guest`` and ``repofs.daemon``.
 """

@@ -39,6 +39,7 @@ import trio
 from format.errors import RepoError
 
 from . import guestfiles, prefill
+from repofs.view.readahead import ChunkedDisk, ReadAhead
 from repofs.view.tree import LATEST, DiskReadError, FileNode, GenerationView, RepositoryView, vm_folder_name
 
 log = logging.getLogger("repofs.mount")
@@ -177,7 +178,7 @@ class RepofsOperations(pyfuse3.Operations):
         self._read_limiter = trio.CapacityLimiter(self.settings.read_threads)
         self._ra_limiter = trio.CapacityLimiter(
             self.settings.readahead_threads or max(4, 2 * (os.cpu_count() or 2)))
-        self._ra_inflight: set[tuple[int, int]] = set()
+        self._read_ahead = ReadAhead()
         self._reported: set[tuple[str, str, int]] = set()
         self._nursery: trio.Nursery | None = None
         self._guest = guestfiles.GuestFolders(self.settings.io_timeout, self._read_limiter)
@@ -522,13 +523,8 @@ class RepofsOperations(pyfuse3.Operations):
         current = (off + length - 1) // disk.chunk_size
         first = max(current + 1, stream.ahead + 1)
         last = min(current + window, disk.index.count - 1)
-        key_base = id(disk)
-        for n in range(first, last + 1):
-            key = (key_base, n)
-            if key in self._ra_inflight or not disk.needs_fetch(n):
-                continue
-            self._ra_inflight.add(key)
-            self._nursery.start_soon(self._prefetch, disk, n, key)
+        for n in self._read_ahead.claim(disk, range(first, last + 1)):
+            self._nursery.start_soon(self._prefetch, disk, n)
         stream.ahead = max(stream.ahead, last)
 
     async def _build_prefill(self, node: Node) -> None:
@@ -565,7 +561,7 @@ class RepofsOperations(pyfuse3.Operations):
             if pre.inode in self._prefills:
                 self._prefills[pre.inode] = None
 
-    async def _prefetch(self, disk, number: int, key) -> None:
+    async def _prefetch(self, disk: ChunkedDisk, number: int) -> None:
         try:
             with trio.move_on_after(self.settings.io_timeout):
                 await trio.to_thread.run_sync(disk.prefetch, number, abandon_on_cancel=True,
@@ -573,4 +569,4 @@ class RepofsOperations(pyfuse3.Operations):
         except Exception as e:  # read-ahead is advisory: the real read reports errors
             log.debug("read-ahead of chunk %d failed: %s", number, e)
         finally:
-            self._ra_inflight.discard(key)
+            self._read_ahead.release(disk, number)

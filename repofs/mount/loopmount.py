@@ -41,7 +41,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 from repofs.guest.guestfs import GuestError, GuestGeneration, PartitionTableDamaged, Volume
-from repofs.guest.volumefs import generation_from_dir
+from repofs.view.folder import GenerationFolder
+from repofs.errors import RepofsError
 from repofs.view.tree import LATEST, RepositoryView, vm_folder_name
 
 from .fusefs import MountSettings
@@ -62,7 +63,7 @@ KERNEL = {
 }
 
 
-class LoopMountError(Exception):
+class LoopMountError(RepofsError):
     """Loop devices or kernel mounts could not be set up or torn down."""
 
 
@@ -309,7 +310,7 @@ def _await_prefill(fd: int, disks: set[str]) -> None:
 
 
 def _attach_all(state: State, gen_dir: str, report) -> list[Placed]:
-    gen = generation_from_dir(gen_dir)
+    gen = GenerationFolder.open(gen_dir)
     try:     # our own descriptors on the flat files would keep the repository mount busy
         return _attach_disks(state, gen, gen_dir, report)
     finally:

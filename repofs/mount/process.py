@@ -17,7 +17,6 @@ import logging.handlers
 import os
 import re
 import shutil
-import signal
 import stat
 import subprocess
 import sys
@@ -29,6 +28,8 @@ import trio
 
 from .fusefs import MountSettings, RepofsOperations
 from repofs.view.tree import RepositoryView
+from repofs.daemon import daemonize, stop_on_signals
+from repofs.errors import RepofsError
 
 log = logging.getLogger("repofs.mount")
 
@@ -39,7 +40,7 @@ PASSTHROUGH_OPTIONS = {"allow_other", "allow_root", "default_permissions", "ro",
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)?\s*$", re.I)
 
 
-class MountError(Exception):
+class MountError(RepofsError):
     """The mount could not be made or ended (bad mount point, FUSE refused, umount failed)."""
 
 
@@ -133,7 +134,7 @@ def run(view: RepositoryView, req: MountRequest) -> None:
         raise MountError(f"cannot mount at {req.mountpoint}: {e}") from None
     try:
         if not req.foreground:
-            _daemonize()
+            daemonize()
         _setup_logging(req)
         log.info("mounted %s at %s", req.fsname, mountpoint)
         trio.run(_serve, ops, mountpoint, req.read_ahead_kb)
@@ -145,19 +146,11 @@ def run(view: RepositoryView, req: MountRequest) -> None:
 async def _serve(ops: RepofsOperations, mountpoint: str, read_ahead_kb: int) -> None:
     async with trio.open_nursery() as nursery:
         ops.attach(nursery)
-        nursery.start_soon(_stop_on_signals)
+        nursery.start_soon(stop_on_signals, lambda sig: log.info("%s: unmounting", sig.name))
         if read_ahead_kb > 0:
             nursery.start_soon(_tune_read_ahead, mountpoint, read_ahead_kb)
         await pyfuse3.main()
         nursery.cancel_scope.cancel()
-
-
-async def _stop_on_signals() -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-        async for signum in signals:
-            log.info("%s: unmounting", signal.Signals(signum).name)
-            pyfuse3.terminate()
-            return
 
 
 async def _tune_read_ahead(mountpoint: str, kb: int) -> None:
@@ -184,19 +177,6 @@ def _limit_malloc_arenas(arenas: int = 2) -> None:
         libc.mallopt(-8, arenas)  # M_ARENA_MAX
     except (OSError, AttributeError):
         pass
-
-
-def _daemonize() -> None:
-    sys.stdout.flush()
-    sys.stderr.flush()
-    if os.fork():
-        os._exit(0)  # the mount is up; the parent's job is done
-    os.setsid()
-    os.chdir("/")
-    devnull = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(devnull, fd)
-    os.close(devnull)
 
 
 def _setup_logging(req: MountRequest) -> None:

@@ -1,6 +1,7 @@
 """A generation folder of a mount (``repofs mount``) as "a generation to restore" (``--from DIR``).
 
-Role: ``GenerationFolder.open(DIR)`` reads ``<vm>.json`` (the generation's whole document, see
+Role: the one reader of a mounted generation folder, for the restore and for the guest
+readers' own mounts (``guest.volumefs``, ``mount.loopmount``). ``GenerationFolder.open(DIR)`` reads ``<vm>.json`` (the generation's whole document, see
 ``views.GenerationView.json_document``) and opens each disk's ``<label>-flat.vmdk``. It has the
 shape restore/ consumes (``vm``, ``name``, ``metadata``, ``disks`` with ``label``,
 ``capacity``, ``chunk_size``, ``read``, ``extents``) without either side importing the other.
@@ -22,18 +23,24 @@ from typing import Any
 
 from format.errors import GenerationNotFound
 
+from repofs.holes import data_extents
 
-class FolderDisk:
-    def __init__(self, path: str, label: str, capacity: int, chunk_size: int | None) -> None:
+
+class FileDisk:
+    """A disk read from a local file with ``pread``: a flat extent of a generation folder (whose
+    size must be the ``capacity`` its document says), or a raw image (tests, benchmarks)."""
+
+    def __init__(self, path: str, label: str, capacity: int | None = None,
+                 chunk_size: int | None = None) -> None:
         self.path = path
         self.label = label
-        self.capacity = capacity
         self.chunk_size = chunk_size
         self._fd = os.open(path, os.O_RDONLY)
         size = os.fstat(self._fd).st_size
-        if size != capacity:
+        if capacity is not None and size != capacity:
             os.close(self._fd)
             raise GenerationNotFound(f"{path}: {size} bytes, the generation says {capacity}")
+        self.capacity = size
 
     def read(self, offset: int, size: int) -> bytes:
         size = max(0, min(size, self.capacity - offset))
@@ -48,19 +55,10 @@ class FolderDisk:
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def extents(self) -> list[tuple[int, int]]:
-        runs: list[tuple[int, int]] = []
-        pos = 0
         try:
-            while pos < self.capacity:
-                start = os.lseek(self._fd, pos, os.SEEK_DATA)
-                end = min(os.lseek(self._fd, start, os.SEEK_HOLE), self.capacity)
-                runs.append((start, end - start))
-                pos = end
-        except OSError as e:
-            if e.errno == errno.ENXIO:  # no data after pos
-                return runs
+            return data_extents(self._fd, 0, self.capacity)
+        except OSError:  # a file system that cannot say: all of it, zeros are skipped later
             return [(0, self.capacity)] if self.capacity else []
-        return runs
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -74,7 +72,8 @@ class GenerationFolder:
     vm: str
     name: str
     metadata: dict[str, Any]
-    disks: list[FolderDisk]
+    disks: list[FileDisk]
+    time_ns: int                  # the folder's mtime: the generation's time in a mount
 
     @classmethod
     def open(cls, directory: str, vm: str | None = None) -> "GenerationFolder":
@@ -95,13 +94,14 @@ class GenerationFolder:
         disks = []
         try:
             for d in doc["disks"]:
-                disks.append(FolderDisk(os.path.join(directory, f"{d['label']}-flat.vmdk"), d["label"],
+                disks.append(FileDisk(os.path.join(directory, f"{d['label']}-flat.vmdk"), d["label"],
                                         int(d["capacity"]), d.get("chunk_size")))
         except FileNotFoundError as e:
             for disk in disks:
                 disk.close()
             raise GenerationNotFound(f"{directory}: {e.filename} is missing") from None
-        return cls(directory, doc["vm"], doc["generation"], doc.get("metadata") or {}, disks)
+        return cls(directory, doc["vm"], doc["generation"], doc.get("metadata") or {}, disks,
+                   os.stat(directory).st_mtime_ns)
 
     def close(self) -> None:
         for d in self.disks:

@@ -30,6 +30,7 @@ from format.manifest import DiskEntry, Manifest
 from .chunkcache import DEFAULT_CACHE_BYTES, ChunkCache
 from repofs.vmdk.descriptor import render_descriptor
 from .vmx import render_vmx
+from repofs.errors import RepofsError
 
 LATEST = "latest"
 _MISSING = object()   # ``_gather``: a chunk that is not at hand
@@ -41,7 +42,7 @@ class Store(Protocol):
     def get_chunk(self, cid: bytes) -> bytes: ...
 
 
-class DiskReadError(Exception):
+class DiskReadError(RepofsError):
     """A read touched a damaged or missing chunk."""
 
     def __init__(self, vm: str, generation: str, disk: str, offset: int, cause: Exception):

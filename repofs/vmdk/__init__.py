@@ -1,5 +1,5 @@
 """The VMDK file format: monolithicFlat descriptors (rendered for the views, parsed for the
 ingest) and hosted sparse extents (monolithicSparse, streamOptimized) read as backup sources.
 
-Imports nothing of ours: every byte here comes from a file someone else wrote.
+Imports only ``repofs.errors`` of ours: every byte here comes from a file someone else wrote.
 """

@@ -14,11 +14,13 @@ import re
 import uuid as uuidlib
 from dataclasses import dataclass
 
+from repofs.errors import RepofsError
+
 SECTOR = 512
 
 
-class DescriptorError(ValueError):
-    pass
+class DescriptorError(RepofsError, ValueError):
+    """Not a VMDK descriptor, or one with extents repofs does not read."""
 
 
 def geometry(capacity: int) -> tuple[int, int, int]:

@@ -7,6 +7,16 @@ streamOptimized extents (flags bit 16) store each grain deflate-compressed behin
 marker (LBA u64, size u32), and keep the real header, with the grain directory's place, in a
 footer just before the end-of-stream marker. Only what a backup needs is implemented:
 capacity, allocated grains and reads.
+
+Why our own rather than ``dissect.hypervisor``'s VMDK (measured with bench/bench_libraries.py,
+a 1 GiB disk with 256 MiB of data from ``qemu-img convert``, whole-disk reads in 4 MiB, on a
+shared 2-core machine under load): monolithicSparse 341-348 MiB/s here against 120-125 MiB/s
+for dissect, the same bytes; streamOptimized undecided (112-209 MiB/s against 92-221 MiB/s
+over three runs: the load decided more than the reader). Neither reader bounds the header
+against the file: with a capacity of 2^60 sectors or 2^31 entries per grain table both try to
+allocate the whole table (MemoryError under a 2 GiB limit), and a grain directory past the end
+of the file ends ours with a ``struct.error`` and dissect's with an ``OSError``; so the library
+would not spare us those checks.
 """
 from __future__ import annotations
 
@@ -14,6 +24,8 @@ import os
 import struct
 import zlib
 from dataclasses import dataclass
+
+from repofs.errors import RepofsError
 
 SECTOR = 512
 MAGIC = b"KDMV"
@@ -24,8 +36,8 @@ GD_AT_END = 0xFFFFFFFFFFFFFFFF
 MARKER = struct.Struct("<QI")
 
 
-class SparseVmdkError(ValueError):
-    pass
+class SparseVmdkError(RepofsError, ValueError):
+    """A hosted sparse extent that does not parse or points outside itself."""
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """The metadata of a backup generation: everything a restore needs to rebuild the VM.
 
-Role: ``capture(session, vm, snapshot)`` returns one JSON-serialisable dict (schema
-``SCHEMA``, documented in docs/vsphere.md). The configuration is the snapshot's own
+Role: ``capture(session, vm, snapshot)`` builds the typed document (``vmmeta.VMMetadata``,
+schema ``SCHEMA``, documented in docs/vsphere.md) and returns its JSON form. The configuration is the snapshot's own
 (``snapshot.config``), so that devices, disk files and change ids are those of the disks that
 are read; the VM's placement (datacenter, folders, resource pool or vApp, host), networks per
 NIC, storage profiles, custom attributes, tags, and the ``.vmx`` and ``.nvram`` files are read
@@ -32,7 +32,8 @@ from restore.vsphere.errors import MetadataError
 from restore.vsphere.inventory import inventory_path, name_and_parent
 from restore.vsphere.session import Session
 from restore.vsphere.tasks import properties
-from restore.vsphere.vmmeta import SCHEMA, disk_label, parse_datastore_path, vim_name
+from restore.vsphere.vmmeta import (SCHEMA, DiskMeta, Files, NicMeta, Placement, VMIdentity, VMMetadata,
+                                    disk_label, parse_datastore_path, vim_name)
 from restore.vsphere.vmodl_json import to_json
 
 def provisioning(backing: Any) -> str:
@@ -43,7 +44,7 @@ def provisioning(backing: Any) -> str:
     return "thick-lazy-zeroed"
 
 
-def describe_disk(disk: vim.vm.device.VirtualDisk, controller: Any, datastores: dict[str, str]) -> dict[str, Any]:
+def describe_disk(disk: vim.vm.device.VirtualDisk, controller: Any, datastores: dict[str, str]) -> DiskMeta:
     """The restore-relevant facts of one virtual disk (as of the snapshot)."""
     backing = disk.backing
     file_name = getattr(backing, "fileName", None) or ""
@@ -56,38 +57,38 @@ def describe_disk(disk: vim.vm.device.VirtualDisk, controller: Any, datastores: 
     independent = str(getattr(backing, "diskMode", "")).startswith("independent")
     rdm_physical = (isinstance(backing, vim.vm.device.VirtualDisk.RawDiskMappingVer1BackingInfo)
                     and backing.compatibilityMode == "physicalMode")
-    return {
-        "label": disk_label(controller, disk.unitNumber),
-        "key": disk.key,
-        "device_label": disk.deviceInfo.label if disk.deviceInfo else None,
-        "uuid": getattr(backing, "uuid", None),
-        "capacity_bytes": capacity,
-        "mode": getattr(backing, "diskMode", None),
-        "provisioning": provisioning(backing),
-        "sharing": getattr(backing, "sharing", None),
-        "write_through": getattr(backing, "writeThrough", None),
-        "backing_type": vim_name(backing),
-        "controller": {
+    return DiskMeta.make(
+        label=disk_label(controller, disk.unitNumber),
+        key=disk.key,
+        device_label=disk.deviceInfo.label if disk.deviceInfo else None,
+        uuid=getattr(backing, "uuid", None),
+        capacity_bytes=capacity,
+        mode=getattr(backing, "diskMode", None),
+        provisioning=provisioning(backing),
+        sharing=getattr(backing, "sharing", None),
+        write_through=getattr(backing, "writeThrough", None),
+        backing_type=vim_name(backing),
+        controller={
             "key": disk.controllerKey,
             "type": vim_name(controller) if controller is not None else None,
             "bus": getattr(controller, "busNumber", None),
         },
-        "unit": disk.unitNumber,
-        "datastore": ds_name,
-        "datastore_moref": ds_moref,
-        "file": file_name,
-        "directory": posixpath.dirname(rel),
-        "change_id": getattr(backing, "changeId", None) or None,
-        "content_id": getattr(backing, "contentId", None),
-        "storage_io": to_json(disk.storageIOAllocation),
-        "backup_possible": not independent and not rdm_physical,
-        "skip_reason": ("independent disks are not in snapshots" if independent else
-                        "physical-mode RDMs cannot be snapshotted" if rdm_physical else None),
-        "storage_profiles": [],
-    }
+        unit=disk.unitNumber,
+        datastore=ds_name,
+        datastore_moref=ds_moref,
+        file=file_name,
+        directory=posixpath.dirname(rel),
+        change_id=getattr(backing, "changeId", None) or None,
+        content_id=getattr(backing, "contentId", None),
+        storage_io=to_json(disk.storageIOAllocation),
+        backup_possible=not independent and not rdm_physical,
+        skip_reason=("independent disks are not in snapshots" if independent else
+                     "physical-mode RDMs cannot be snapshotted" if rdm_physical else None),
+        storage_profiles=[],
+    )
 
 
-def describe_nic(nic: vim.vm.device.VirtualEthernetCard, names: dict[str, Any]) -> dict[str, Any]:
+def describe_nic(nic: vim.vm.device.VirtualEthernetCard, names: dict[str, Any]) -> NicMeta:
     backing = nic.backing
     out: dict[str, Any] = {
         "key": nic.key,
@@ -114,7 +115,7 @@ def describe_nic(nic: vim.vm.device.VirtualEthernetCard, names: dict[str, Any]) 
                    network_moref=backing.network._moId if backing.network is not None else None)
     else:
         out.update(kind=vim_name(backing) if backing is not None else "none")
-    return out
+    return NicMeta.make(**out)
 
 
 def _datacenter_of(si: Any, entity: Any, cache: dict[str, dict[str, Any]]) -> Any:
@@ -227,24 +228,25 @@ def capture(session: Session, vm: vim.VirtualMachine, snapshot: Any | None,
     host = vm_props.get("runtime.host")
     host_props = properties(si, host, ["name", "parent"]) if host is not None else {}
     compute = host_props.get("parent")
-    placement = {
-        "datacenter": dc_name,
-        "datacenter_moref": dc._moId if dc is not None else None,
-        "folder_path": inventory_path(si, parent, seen) if parent is not None else None,
-        "folder_moref": parent._moId if parent is not None else None,
-        "resource_pool_path": inventory_path(si, pool, seen) if pool is not None else None,
-        "resource_pool_moref": pool._moId if pool is not None else None,
-        "host": host_props.get("name"),
-        "host_moref": host._moId if host is not None else None,
-        "compute_resource": properties(si, compute, ["name"]).get("name") if compute is not None else None,
-        "compute_resource_moref": compute._moId if compute is not None else None,
-        "datastores": sorted(ds_names.values()),
-    }
+    place: dict[str, Any] = dict(
+        datacenter=dc_name,
+        datacenter_moref=dc._moId if dc is not None else None,
+        folder_path=inventory_path(si, parent, seen) if parent is not None else None,
+        folder_moref=parent._moId if parent is not None else None,
+        resource_pool_path=inventory_path(si, pool, seen) if pool is not None else None,
+        resource_pool_moref=pool._moId if pool is not None else None,
+        host=host_props.get("name"),
+        host_moref=host._moId if host is not None else None,
+        compute_resource=properties(si, compute, ["name"]).get("name") if compute is not None else None,
+        compute_resource_moref=compute._moId if compute is not None else None,
+        datastores=sorted(ds_names.values()),
+    )
     if dc is not None and parent is not None:
         dc_path = inventory_path(si, dc, seen)
         vm_root = dc_path + "/vm"
-        fp = placement["folder_path"] or ""
-        placement["folder_relative"] = fp[len(vm_root):].lstrip("/") if fp.startswith(vm_root) else fp
+        fp = place["folder_path"] or ""
+        place["folder_relative"] = fp[len(vm_root):].lstrip("/") if fp.startswith(vm_root) else fp
+    placement = Placement.make(**place)
 
     # vApp membership.
     vapp_doc = None
@@ -283,9 +285,9 @@ def capture(session: Session, vm: vim.VirtualMachine, snapshot: Any | None,
 
     # Storage profiles (PBM), best effort.
     try:
-        profiles = _storage_profiles(session, vm, [d["key"] for d in disks])
+        profiles = _storage_profiles(session, vm, [d.key for d in disks])
         for disk in disks:
-            disk["storage_profiles"] = profiles.get(str(disk["key"]), [])
+            disk.storage_profiles = profiles.get(str(disk.key), [])
         vm_profiles = profiles.get("vm", [])
     except Exception as e:  # an endpoint that is absent or refuses: record, go on
         vm_profiles = []
@@ -349,40 +351,41 @@ def capture(session: Session, vm: vim.VirtualMachine, snapshot: Any | None,
         "vAppConfig": to_json(config.vAppConfig),
     }
     about = si.content.about
-    return {
-        "schema": SCHEMA,
-        "kind": "vm",
-        "captured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "source": {"server": session.host, "port": session.port, "api_type": about.apiType,
-                   "api_version": about.apiVersion, "product": about.fullName,
-                   "instance_uuid": about.instanceUuid},
-        "vm": {"name": name, "moref": vm._moId, "uuid": config.uuid,
-               "instance_uuid": config.instanceUuid,
-               "power_state": str(vm_props.get("runtime.powerState")),
-               "template": config.template},
-        "placement": placement,
-        "vapp": vapp_doc,
-        "config": summary,
-        "config_full": to_json(config),
-        "controllers": controllers,
-        "devices": [to_json(d) for d in devices],
-        "disks": disks,
-        "networks": nics,
-        "storage_profile": vm_profiles,
-        "custom_attributes": custom,
-        "tags": tag_list,
-        "files": files,
-        "snapshot": None,
-        "warnings": warnings,
-    }
+    return VMMetadata.make(
+        schema=SCHEMA,
+        kind="vm",
+        captured_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        source={"server": session.host, "port": session.port, "api_type": about.apiType,
+                "api_version": about.apiVersion, "product": about.fullName,
+                "instance_uuid": about.instanceUuid},
+        vm=VMIdentity.make(name=name, moref=vm._moId, uuid=config.uuid, instance_uuid=config.instanceUuid,
+                           power_state=str(vm_props.get("runtime.powerState")), template=config.template),
+        placement=placement,
+        vapp=vapp_doc,
+        config=summary,
+        config_full=to_json(config),
+        controllers=controllers,
+        devices=[to_json(d) for d in devices],
+        disks=disks,
+        networks=nics,
+        storage_profile=vm_profiles,
+        custom_attributes=custom,
+        tags=tag_list,
+        files=Files.make(**files),
+        snapshot=None,
+        warnings=warnings,
+    ).to_json()
 
 
 def check_serialisable(doc: dict[str, Any]) -> None:
-    """Raise MetadataError if ``doc`` does not survive JSON (a bug to catch before writing)."""
+    """Raise MetadataError if ``doc`` does not survive JSON, or (a VM's) does not satisfy the
+    schema the restore reads it with: a bug to catch before writing."""
     try:
         json.dumps(doc)
     except (TypeError, ValueError) as e:
         raise MetadataError(f"the captured metadata is not JSON: {e}") from None
+    if doc.get("schema") == SCHEMA:
+        VMMetadata.from_json(doc)
 
 
 __all__ = ["SCHEMA", "capture", "check_serialisable", "describe_disk", "describe_nic",

@@ -22,28 +22,17 @@ from pyVmomi import vim
 
 import vddk
 
-from .vmbackup import Ingest, Previous, VMBackup, backup_ivd, backup_vm
-from restore.vsphere.errors import AmbiguousVM, VMNotFound, error_text
+from .vmbackup import Ingest, Previous, backup_ivd, backup_vm
+from restore.vsphere.errors import AmbiguousVM, VMNotFound
 from restore.vsphere.inventory import find_vm
 from restore.vsphere.credentials import Credentials, resolve_credentials
-from restore.vsphere.options import Options
+from restore.vsphere.options import BackupOptions
+from restore.vsphere.outcome import Outcome
 from restore.vsphere.session import Session
 from restore.vsphere.tags import TagReader, TagsUnavailable
 from restore.vsphere.vddkprovider import VddkProvider
 
 TARGET_KINDS = ("vm", "vapp", "ivd")
-
-
-@dataclass
-class Outcome:
-    target: str
-    vm: str | None = None
-    result: VMBackup | None = None
-    error: BaseException | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
 
 
 @dataclass
@@ -82,11 +71,12 @@ def _find_vapp(si: Any, name: str) -> vim.VirtualApp:
     return found[0]
 
 
-def run(targets: list[str], options: Options, *, ingest: Ingest, previous: Previous,
+def run(targets: list[str], options: BackupOptions, *, ingest: Ingest, previous: Previous,
         chunk_size: int | None = None, on_event: Callable[[str], None] | None = None,
         on_outcome: Callable[[Outcome], None] | None = None) -> Run:
     parsed = [(spec, *split_target(spec)) for spec in targets]
-    credentials: Credentials = resolve_credentials(options.server, options.user, options.password_file)
+    credentials: Credentials = resolve_credentials(options.session.server, options.session.user,
+                                                   options.session.password_file)
     with _terminate_as_interrupt():
         return _run(parsed, credentials, options, ingest=ingest, previous=previous, chunk_size=chunk_size,
                     on_event=on_event, on_outcome=on_outcome)
@@ -110,16 +100,16 @@ def _terminate_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _run(parsed: list[tuple[str, str, str]], credentials: Credentials, options: Options, *,
+def _run(parsed: list[tuple[str, str, str]], credentials: Credentials, options: BackupOptions, *,
          ingest: Ingest, previous: Previous, chunk_size: int | None,
          on_event: Callable[[str], None] | None, on_outcome: Callable[[Outcome], None] | None) -> Run:
     report = Run()
-    provider = VddkProvider(options.vddk_libdir, isolated=options.vddk_isolated)
+    provider = VddkProvider(options.session.vddk_libdir, isolated=options.session.vddk_isolated)
     if not options.dry_run:
         provider.start()  # loads VixDiskLib while we log in and snapshot
     try:
-        session = Session.login(credentials, thumbprint=options.thumbprint, insecure=options.insecure,
-                                ca_file=options.ca_file)
+        session = Session.login(credentials, thumbprint=options.session.thumbprint,
+                                insecure=options.session.insecure, ca_file=options.session.ca_file)
     except BaseException:
         provider.close()
         raise
@@ -143,14 +133,14 @@ def _run(parsed: list[tuple[str, str, str]], credentials: Credentials, options: 
     return report
 
 
-def _run_target(session: Session, spec: str, kind: str, value: str, options: Options,
+def _run_target(session: Session, spec: str, kind: str, value: str, options: BackupOptions,
                 provider: VddkProvider, ingest: Ingest, previous: Previous,
                 chunk_size: int | None, tags: Any, on_event: Any) -> list[Outcome]:
     try:
         if kind == "ivd":
             outcome = Outcome(spec)
             outcome.result = backup_ivd(session, value, provider=provider, ingest=ingest,
-                                        previous=previous, transports=options.transports,
+                                        previous=previous, transports=options.session.transports,
                                         dry_run=options.dry_run, chunk_size=chunk_size, on_event=on_event)
             outcome.vm = outcome.result.vm
             return [outcome]
@@ -170,7 +160,7 @@ def _run_target(session: Session, spec: str, kind: str, value: str, options: Opt
         outcome = Outcome(spec)
         try:
             outcome.result = backup_vm(session, vm, provider=provider, ingest=ingest,
-                                       previous=previous, transports=options.transports,
+                                       previous=previous, transports=options.session.transports,
                                        quiesce=options.quiesce, dry_run=options.dry_run,
                                        chunk_size=chunk_size, tags=tags, on_event=on_event)
             outcome.vm = outcome.result.vm
@@ -180,56 +170,3 @@ def _run_target(session: Session, spec: str, kind: str, value: str, options: Opt
             outcome.error = e
         outcomes.append(outcome)
     return outcomes
-
-
-def _size(n: int | None) -> str:
-    if n is None:
-        return "? bytes"
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n} bytes"
-
-
-def outcome_lines(outcome: Outcome) -> list[str]:
-    """What the CLI prints for one VM."""
-    if not outcome.ok:
-        name = outcome.vm or outcome.target
-        return [f"{name}: FAILED: {error_text(outcome.error)}"]
-    r = outcome.result
-    assert r is not None
-    lines = []
-    if r.dry_run:
-        lines.append(f"{r.vm} ({r.moref}): dry run, nothing written")
-        for d in r.disks:
-            lines.append(f"  would read {d.label} {d.file}: {_size(d.planned_bytes)} of "
-                         f"{_size(d.capacity)}, {d.mode} ({d.reason})")
-    else:
-        rep = r.report
-        if rep is not None:
-            lines.append(f"{r.vm}: generation {rep.generation} written in {rep.seconds:.1f}s; "
-                         f"snapshot {r.snapshot} removed")
-            reasons = {d.label: d.reason for d in r.disks}
-            for d in rep.disks:
-                lines.append(f"  {d.summary()} ({reasons.get(d.label, '')})")
-    for text in r.skipped:
-        lines.append(f"  skipped {text}")
-    for note in r.notes:
-        lines.append(f"  note: {note}")
-    return lines
-
-
-def outcome_json(outcome: Outcome) -> dict[str, Any]:
-    out: dict[str, Any] = {"target": outcome.target, "vm": outcome.vm, "ok": outcome.ok}
-    if outcome.error is not None:
-        out["error"] = {"type": type(outcome.error).__name__, "message": error_text(outcome.error)}
-    r = outcome.result
-    if r is not None:
-        out.update(moref=r.moref, snapshot=r.snapshot, dry_run=r.dry_run, notes=r.notes,
-                   skipped=r.skipped, change_tracking_enabled_now=r.change_tracking_enabled_now,
-                   plan=[vars(d) for d in r.disks])
-        rep = r.report
-        if rep is not None:
-            out.update(generation=rep.generation, manifest=rep.manifest, seconds=round(rep.seconds, 3),
-                       disks=[vars(d) for d in rep.disks])
-    return out

@@ -27,7 +27,7 @@ from typing import Any
 
 from pyVmomi import vim
 
-from restore.vsphere.vmmeta import CONTROLLER_BUS, disk_label, vim_name
+from restore.vsphere.vmmeta import CONTROLLER_BUS, VMMetadata, disk_label, vim_name
 from .plan import DiskPlacement, NicPlacement, Plan
 from restore.vsphere.vmodl_json import from_json
 
@@ -46,9 +46,9 @@ IGNORED_DEVICES = (vim.vm.device.VirtualController, vim.vm.device.VirtualDisk,
 
 
 
-def saved_devices(meta: dict[str, Any]) -> list[Any]:
+def saved_devices(meta: VMMetadata) -> list[Any]:
     out = []
-    for doc in meta.get("devices") or []:
+    for doc in meta.devices:
         try:
             out.append(from_json(doc))
         except Exception:  # a device type this pyVmomi does not know: not ours to recreate
@@ -56,7 +56,7 @@ def saved_devices(meta: dict[str, Any]) -> list[Any]:
     return out
 
 
-def not_recreated(meta: dict[str, Any]) -> list[str]:
+def not_recreated(meta: VMMetadata) -> list[str]:
     """Labels of saved devices that ``create_spec`` leaves out."""
     out = []
     for d in saved_devices(meta):
@@ -72,8 +72,8 @@ def _bus(controller: Any) -> str | None:
     return None
 
 
-def _extra_config(meta: dict[str, Any]) -> list[vim.option.OptionValue]:
-    extra = (meta.get("config") or {}).get("extraConfig") or {}
+def _extra_config(meta: VMMetadata) -> list[vim.option.OptionValue]:
+    extra = meta.config.get("extraConfig") or {}
     return [vim.option.OptionValue(key=k, value=v) for k, v in sorted(extra.items())
             if not any(k == p or (p.endswith(".") and k.startswith(p)) for p in VOLATILE_EXTRA)]
 
@@ -81,7 +81,7 @@ def _extra_config(meta: dict[str, Any]) -> list[vim.option.OptionValue]:
 def hardware_spec(plan: Plan) -> vim.vm.ConfigSpec:
     """Everything of the spec but the devices."""
     meta = plan.metadata
-    cfg = meta.get("config") or {}
+    cfg = meta.config
     spec = vim.vm.ConfigSpec(
         name=plan.name, guestId=cfg.get("guestId"), numCPUs=cfg.get("numCPU"),
         numCoresPerSocket=cfg.get("numCoresPerSocket"), memoryMB=cfg.get("memoryMB"),
@@ -93,8 +93,8 @@ def hardware_spec(plan: Plan) -> vim.vm.ConfigSpec:
         if cfg.get(key):
             setattr(spec, key, from_json(cfg[key]))
     if plan.options.recover_identity:
-        spec.uuid = meta.get("vm", {}).get("uuid") or cfg.get("uuid")
-        spec.instanceUuid = meta.get("vm", {}).get("instance_uuid") or cfg.get("instanceUuid")
+        spec.uuid = meta.vm.uuid or cfg.get("uuid")
+        spec.instanceUuid = meta.vm.instance_uuid or cfg.get("instanceUuid")
     if plan.vm_profile:
         spec.vmProfile = [vim.vm.DefinedProfileSpec(profileId=plan.vm_profile[0])]
     return spec
@@ -157,13 +157,13 @@ def _disk_spec(plan: Plan, d: DiskPlacement, controller_key: int, key: int,
         fileName=file_name, diskMode="persistent",
         thinProvisioned=d.provisioning == "thin",
         eagerlyScrub=d.provisioning == "thick-eager-zeroed")
-    if d.saved.get("write_through") is not None:
-        backing.writeThrough = d.saved["write_through"]
+    if d.saved.write_through is not None:
+        backing.writeThrough = d.saved.write_through
     disk = vim.vm.device.VirtualDisk(key=key, controllerKey=controller_key, unitNumber=d.unit,
                                      capacityInKB=-(-d.capacity // 1024), capacityInBytes=d.capacity,
                                      backing=backing)
-    if d.saved.get("storage_io"):
-        disk.storageIOAllocation = from_json(d.saved["storage_io"])
+    if d.saved.storage_io:
+        disk.storageIOAllocation = from_json(d.saved.storage_io)
     spec = vim.vm.device.VirtualDeviceSpec(operation="add", fileOperation="create", device=disk)
     if d.profile:
         spec.profile = [vim.vm.DefinedProfileSpec(profileId=d.profile[0])]
@@ -182,12 +182,12 @@ def _nic_spec(plan: Plan, n: NicPlacement, key: int) -> vim.vm.device.VirtualDev
     backing = n.backing if n.backing is not None else \
         (n.placeholder[1] if n.placeholder else E.NetworkBackingInfo(deviceName=n.old_network or ""))
     nic = _nic_class(n.adapter)(
-        key=key, backing=backing, wakeOnLanEnabled=n.saved.get("wake_on_lan"),
+        key=key, backing=backing, wakeOnLanEnabled=n.saved.wake_on_lan,
         connectable=vim.vm.device.VirtualDevice.ConnectInfo(startConnected=False, connected=False,
                                                             allowGuestControl=True))
-    if plan.options.recover_identity and n.saved.get("mac_address"):
+    if plan.options.recover_identity and n.saved.mac_address:
         nic.addressType = "manual"
-        nic.macAddress = n.saved["mac_address"]
+        nic.macAddress = n.saved.mac_address
     else:
         nic.addressType = "generated"
     return vim.vm.device.VirtualDeviceSpec(operation="add", device=nic)
@@ -216,10 +216,12 @@ def reconnect_spec(plan: Plan, devices: list[Any]) -> vim.vm.ConfigSpec | None:
     nics = [d for d in devices if isinstance(d, vim.vm.device.VirtualEthernetCard)]
     # The NICs were added in the plan's order; the VM lists them in that order too.
     for placed, nic in zip(plan.nics, sorted(nics, key=lambda d: d.key)):
-        if placed.network is None or not placed.saved.get("start_connected", True):
+        # a NIC without the field (an older capture) starts connected; one saved as null does not
+        start = True if "start_connected" in placed.saved.absent else placed.saved.start_connected
+        if placed.network is None or not start:
             continue
         nic.connectable = vim.vm.device.VirtualDevice.ConnectInfo(
-            startConnected=True, connected=bool(placed.saved.get("connected")), allowGuestControl=True)
+            startConnected=True, connected=bool(placed.saved.connected), allowGuestControl=True)
         changes.append(vim.vm.device.VirtualDeviceSpec(operation="edit", device=nic))
     disks = labelled_disks(devices)
     for d in plan.disks:

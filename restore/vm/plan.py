@@ -27,8 +27,10 @@ from pyVmomi.SoapAdapter import SoapStubAdapter
 
 from restore.vsphere.errors import AmbiguousVM, VMNotFound
 from restore.vsphere.inventory import find_vm, inventory_path
-from restore.vsphere.vmmeta import SCHEMA, parse_datastore_path
+from restore.vsphere.errors import MetadataError
+from restore.vsphere.vmmeta import SCHEMA, DiskMeta, NicMeta, VMMetadata, parse_datastore_path
 from restore.vsphere.options import RestoreOptions
+from restore.vsphere.outcome import size_text
 from .errors import PlacementError, SourceUnusable, VMExists
 from restore.vsphere.session import Session
 from .generation import GenerationSource, disk_by_label
@@ -49,7 +51,7 @@ class DiskPlacement:
     profile: tuple[str, str] | None  # (id, name)
     data_bytes: int              # bytes in its extents (what will be written)
     reader: Any                  # DiskReader, or None when the generation has no data for it
-    saved: dict[str, Any]
+    saved: DiskMeta              # the saved disk record
 
 
 @dataclass
@@ -60,7 +62,7 @@ class NicPlacement:
     old_network: str | None
     network: str | None          # the destination network's name, None: disconnected
     backing: Any                 # a vim BackingInfo, None: disconnected
-    saved: dict[str, Any]
+    saved: NicMeta               # the saved NIC record
     placeholder: tuple[str, Any] | None = None  # (name, backing) a disconnected NIC sits on
 
 
@@ -102,7 +104,7 @@ class Plan:
     existing: Existing | None
     snapshot: bool               # the transports need a snapshot to write
     options: RestoreOptions
-    metadata: dict[str, Any]
+    metadata: VMMetadata         # the generation's, checked
     warnings: list[str] = field(default_factory=list)
     privileges_checked: bool = False
 
@@ -127,15 +129,15 @@ class Plan:
             out.append(f"  VM storage profile {self.vm_profile[1]}")
         for d in self.disks:
             prof = f", profile {d.profile[1]}" if d.profile else ""
-            data = (f"{_size(d.data_bytes)} of data to write" if d.reader is not None
+            data = (f"{size_text(d.data_bytes)} of data to write" if d.reader is not None
                     else "no data in this generation: left empty")
-            out.append(f"  disk {d.label}: {_size(d.capacity)} {d.provisioning} on [{d.datastore}]"
+            out.append(f"  disk {d.label}: {size_text(d.capacity)} {d.provisioning} on [{d.datastore}]"
                        f"{prof}; {data}")
         for n in self.nics:
             target = n.network if n.network is not None else \
                 f"DISCONNECTED (on {n.placeholder[0] if n.placeholder else '?'}, not connected at power-on)"
             out.append(f"  NIC {n.label or n.key} ({n.adapter}): {n.old_network} -> {target}")
-        mode = self.options.transports
+        mode = self.options.session.transports
         out.append(f"  transport {mode}" + (", through a snapshot" if self.snapshot else ""))
         if self.options.power_on:
             out.append("  power on at the end")
@@ -144,13 +146,6 @@ class Plan:
         for w in self.warnings:
             out.append(f"  warning: {w}")
         return out
-
-
-def _size(n: int) -> str:
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n} bytes"
 
 
 def default_name(source: GenerationSource) -> str:
@@ -237,19 +232,25 @@ def resolve(session: Session, source: GenerationSource, options: RestoreOptions)
     if meta.get("schema") != SCHEMA:
         raise SourceUnusable("check options", f"{source.vm} generation {source.name} has no vSphere "
                              "metadata (it was not backed up from vCenter): restore it with --to-dir")
-    return _Resolver(session, source, options).plan()
+    try:
+        doc = VMMetadata.from_json(meta)
+    except MetadataError as e:
+        raise SourceUnusable("check options", f"{source.vm} generation {source.name}: its metadata "
+                             f"is malformed ({e})") from None
+    return _Resolver(session, source, options, doc).plan()
 
 
 class _Resolver:
     """One pass over the inventory; each method resolves one part and records its problems."""
 
-    def __init__(self, session: Session, source: GenerationSource, options: RestoreOptions) -> None:
+    def __init__(self, session: Session, source: GenerationSource, options: RestoreOptions,
+                 doc: VMMetadata) -> None:
         self.session = session
         self.si = session.si
         self.source = source
         self.options = options
-        self.meta: dict[str, Any] = source.metadata or {}
-        self.placement: dict[str, Any] = self.meta.get("placement") or {}
+        self.doc = doc
+        self.placement = doc.placement
         self.problems = _Problems()
         self.warnings: list[str] = []
         self.name = options.name or default_name(source)
@@ -267,7 +268,7 @@ class _Resolver:
         profiles, vm_profile = self.profiles()
         disks = self.disks(datastores, vm_ds, profiles, vm_profile)
         nics = self.nics()
-        if self.options.import_vmx and not (self.meta.get("files") or {}).get("vmx"):
+        if self.options.import_vmx and not self.doc.files.vmx:
             self.problems.add("--import: the generation has no saved .vmx file")
         existing, conflicts = self.existing()
         self.privileges(folder, folder_path, pool, pool_path, make_folders, make_pools, datastores,
@@ -282,13 +283,13 @@ class _Resolver:
                     make_folders=make_folders, pool=pool, pool_path=pool_path, make_pools=make_pools,
                     host=host, host_name=self.options.host, datastore=vm_ds or "", disks=disks,
                     nics=nics, vm_profile=vm_profile, existing=existing,
-                    snapshot=needs_snapshot(self.options.transports), options=self.options,
-                    metadata=self.meta, warnings=self.warnings,
+                    snapshot=needs_snapshot(self.options.session.transports), options=self.options,
+                    metadata=self.doc, warnings=self.warnings,
                     privileges_checked=self.privileges_checked)
 
     def datacenter(self) -> tuple[Any, str]:
         """--datacenter, else the saved one, else the only one there is."""
-        si, saved = self.si, self.placement.get("datacenter")
+        si, saved = self.si, self.placement.datacenter
         dcs = _names(si, _children_of_type(si, si.content.rootFolder, vim.Datacenter))
         name = self.options.datacenter or saved
         if name not in dcs:
@@ -319,7 +320,7 @@ class _Resolver:
                 self.problems.add(f"no VM folder /{path}")
                 return None, "", None
             return obj, "/" + path, None
-        rel = _relative(self.placement.get("folder_path"), "vm") or []
+        rel = _relative(self.placement.folder_path, "vm") or []
         obj, path, missing = _nearest(si, base, rel)
         if not isinstance(obj, vim.Folder):
             self.problems.add(f"the VM folder of {self.dc_name} cannot be found")
@@ -341,7 +342,7 @@ class _Resolver:
             else:
                 pool, pool_path = obj, inventory_path(si, obj)
         else:
-            saved = self.placement.get("resource_pool_path")
+            saved = self.placement.resource_pool_path
             rel = _relative(saved, "host")
             if rel:
                 obj, path, missing = _nearest(si, base, rel)
@@ -359,8 +360,8 @@ class _Resolver:
                                   f"in {self.dc_name}: give --resource-pool")
         if pool is not None and self.compute is None:
             self.compute = properties(si, pool, ["owner"]).get("owner")
-        if self.meta.get("vapp"):
-            self.warnings.append(f"the VM was in the vApp {self.meta['vapp'].get('path')}: it is "
+        if self.doc.vapp:
+            self.warnings.append(f"the VM was in the vApp {self.doc.vapp.get('path')}: it is "
                                  "restored into the resource pool, outside any vApp")
         return pool, pool_path, make
 
@@ -380,22 +381,22 @@ class _Resolver:
         named must exist and be mounted where the VM goes."""
         si, options = self.si, self.options
         datastores = _names(si, list(properties(si, self.dc, ["datastore"]).get("datastore") or []))
-        saved_disks = self.meta.get("disks") or []
-        labels = [d["label"] for d in saved_disks]
+        saved_disks = self.doc.disks
+        labels = [d.label for d in saved_disks]
         for label in options.disk_datastores:
             if label not in labels:
                 self.problems.add(f"--datastore {label}=…: the VM has no disk {label} "
                                   f"(disks: {', '.join(labels) or 'none'})")
-        vmx_path = (self.meta.get("files") or {}).get("vmx_path") or \
-            ((self.meta.get("config_full") or {}).get("files") or {}).get("vmPathName")
+        vmx_path = self.doc.files.vmx_path or \
+            ((self.doc.config_full or {}).get("files") or {}).get("vmPathName")
         saved_vm_ds = None
         if vmx_path:
             try:
                 saved_vm_ds = parse_datastore_path(vmx_path)[0]
             except ValueError:
                 pass
-        vm_ds = options.datastore or saved_vm_ds or (saved_disks[0]["datastore"] if saved_disks else None)
-        wanted = {vm_ds} | {options.disk_datastores.get(d["label"]) or options.datastore or d.get("datastore")
+        vm_ds = options.datastore or saved_vm_ds or (saved_disks[0].datastore if saved_disks else None)
+        wanted = {vm_ds} | {options.disk_datastores.get(d.label) or options.datastore or d.datastore
                             for d in saved_disks}
         owner = host if host is not None else self.compute
         reachable = None if owner is None else set(
@@ -412,9 +413,9 @@ class _Resolver:
 
     def profiles(self) -> tuple[dict[str, str] | None, tuple[str, str] | None]:
         """Storage profiles by name (None: not needed or not readable) and the VM's."""
-        options, meta = self.options, self.meta
-        if not (options.storage_profile or meta.get("storage_profile")
-                or any(d.get("storage_profiles") for d in meta.get("disks") or [])):
+        options, doc = self.options, self.doc
+        if not (options.storage_profile or doc.storage_profile
+                or any(d.storage_profiles for d in doc.disks)):
             return None, None
         try:
             profiles = storage_profiles(self.session)
@@ -430,8 +431,8 @@ class _Resolver:
                                   f"(have: {', '.join(sorted(profiles))})")
                 return profiles, None
             return profiles, (profiles[options.storage_profile], options.storage_profile)
-        if meta.get("storage_profile"):
-            saved = meta["storage_profile"][0]["name"]
+        if doc.storage_profile:
+            saved = doc.storage_profile[0].get("name")
             if saved in profiles:
                 return profiles, (profiles[saved], saved)
             self.warnings.append(f"the saved VM storage profile {saved!r} does not exist: default used")
@@ -441,30 +442,30 @@ class _Resolver:
               vm_profile: tuple[str, str] | None) -> list[DiskPlacement]:
         options = self.options
         disks: list[DiskPlacement] = []
-        for d in self.meta.get("disks") or []:
-            reader = disk_by_label(self.source, d["label"])
-            if reader is None and d.get("backup_possible", True):
-                self.problems.add(f"disk {d['label']} is in the metadata but the generation has no data for it")
+        for d in self.doc.disks:
+            reader = disk_by_label(self.source, d.label)
+            if reader is None and d.backup_possible:
+                self.problems.add(f"disk {d.label} is in the metadata but the generation has no data for it")
             elif reader is None:
-                self.warnings.append(f"disk {d['label']} was not backed up ({d.get('skip_reason')}): created empty")
-            elif reader.capacity != d["capacity_bytes"]:
-                self.problems.add(f"disk {d['label']}: the generation holds {reader.capacity} bytes, "
-                                  f"the metadata says {d['capacity_bytes']}")
-            if d.get("backing_type") not in (None, "FlatVer2BackingInfo"):
-                self.warnings.append(f"disk {d['label']} was a {d['backing_type']}: restored as a flat disk")
+                self.warnings.append(f"disk {d.label} was not backed up ({d.skip_reason}): created empty")
+            elif reader.capacity != d.capacity_bytes:
+                self.problems.add(f"disk {d.label}: the generation holds {reader.capacity} bytes, "
+                                  f"the metadata says {d.capacity_bytes}")
+            if d.backing_type not in (None, "FlatVer2BackingInfo"):
+                self.warnings.append(f"disk {d.label} was a {d.backing_type}: restored as a flat disk")
             profile = vm_profile if options.storage_profile else None
-            if profile is None and profiles is not None and d.get("storage_profiles"):
-                saved = d["storage_profiles"][0]["name"]
+            if profile is None and profiles is not None and d.storage_profiles:
+                saved = d.storage_profiles[0].get("name")
                 if saved in profiles:
                     profile = (profiles[saved], saved)
                 else:
-                    self.warnings.append(f"disk {d['label']}: the saved storage profile {saved!r} does not exist")
+                    self.warnings.append(f"disk {d.label}: the saved storage profile {saved!r} does not exist")
             disks.append(DiskPlacement(
-                label=d["label"], capacity=d["capacity_bytes"],
-                datastore=options.disk_datastores.get(d["label"]) or options.datastore or d.get("datastore")
+                label=d.label, capacity=d.capacity_bytes,
+                datastore=options.disk_datastores.get(d.label) or options.datastore or d.datastore
                 or vm_ds or "",
-                provisioning=d.get("provisioning") or "thin", mode=d.get("mode") or "persistent",
-                controller_key=d["controller"]["key"], unit=d["unit"], profile=profile,
+                provisioning=d.provisioning or "thin", mode=d.mode or "persistent",
+                controller_key=d.controller["key"], unit=d.unit, profile=profile,
                 data_bytes=sum(n for _, n in reader.extents()) if reader is not None else 0,
                 reader=reader, saved=d))
         # Room: thick disks take their capacity at once, thin ones what will be written.
@@ -475,7 +476,7 @@ class _Resolver:
             if ds in datastores:
                 free = getattr(properties(self.si, datastores[ds], ["summary"]).get("summary"), "freeSpace", None)
                 if free is not None and free < n:
-                    self.problems.add(f"the datastore {ds} has {_size(free)} free, the disks need {_size(n)}")
+                    self.problems.add(f"the datastore {ds} has {size_text(free)} free, the disks need {size_text(n)}")
         known = {p.label for p in disks}
         for r in self.source.disks:
             if r.label not in known:
@@ -488,8 +489,8 @@ class _Resolver:
         wants an existing network behind every NIC) when that is missing or mapped to nothing."""
         options, dc_name = self.options, self.dc_name
         nets = network_backings(self.si, self.dc)
-        saved_nics = self.meta.get("networks") or []
-        saved_names = {n.get("network") for n in saved_nics}
+        saved_nics = self.doc.networks
+        saved_names = {n.network for n in saved_nics}
         for old, new in options.networks.items():
             if old not in saved_names:
                 self.problems.add(f"--network {old}=…: the VM has no NIC on {old!r} "
@@ -502,8 +503,8 @@ class _Resolver:
         spare = (standard or sorted(nets) or [None])[0]
         nics: list[NicPlacement] = []
         for n in saved_nics:
-            label = n.get("label")
-            old = n.get("network")
+            label = n.label
+            old = n.network
             new = options.networks.get(old, old) if old is not None else None
             backing = nets.get(new) if new else None
             placeholder = None
@@ -511,7 +512,7 @@ class _Resolver:
                 if old in options.networks and not new:
                     self.warnings.append(f"NIC {label}: disconnected (--network {old}=)")
                 elif new in nets or old is None:
-                    self.warnings.append(f"NIC {label}: its {n.get('kind')} network cannot be mapped: "
+                    self.warnings.append(f"NIC {label}: its {n.kind} network cannot be mapped: "
                                          "restored disconnected")
                 elif old not in options.networks:
                     self.warnings.append(f"NIC {label}: no network {old!r} here and no --network "
@@ -521,7 +522,7 @@ class _Resolver:
                     self.problems.add(f"NIC {label}: no network at all in {dc_name} to attach it to")
                 else:
                     placeholder = (spare, nets[spare])
-            nics.append(NicPlacement(key=n["key"], label=label, adapter=n.get("adapter", "VirtualVmxnet3"),
+            nics.append(NicPlacement(key=n.key, label=label, adapter=n.adapter or "VirtualVmxnet3",
                                      old_network=old, network=new, backing=backing, saved=n,
                                      placeholder=placeholder))
         return nics
@@ -543,7 +544,7 @@ class _Resolver:
                     "VirtualMachine.Inventory.Register" if o.import_vmx else "VirtualMachine.Inventory.Create"]
         if o.power_on:
             vm_privs.append("VirtualMachine.Interact.PowerOn")
-        if needs_snapshot(o.transports):
+        if needs_snapshot(o.session.transports):
             vm_privs += ["VirtualMachine.State.CreateSnapshot", "VirtualMachine.State.RemoveSnapshot"]
         if make_folders:
             vm_privs.append("Folder.Create")

@@ -190,7 +190,7 @@ class _Restore:
                 lib.end_access(params, IDENTITY)
         with self.step("reconfigure backings"):
             self._reconfigure()
-        if plan.metadata.get("custom_attributes"):
+        if plan.metadata.custom_attributes:
             with self.step("custom attributes"):
                 self._custom_attributes()
         if self.snapshot is not None:
@@ -262,17 +262,17 @@ class _Restore:
 
     def _import(self) -> None:
         plan = self.plan
-        files = plan.metadata.get("files") or {}
+        files = plan.metadata.files
         ds, dc = plan.datastore, plan.datacenter_name
         directory = vmximport.free_directory(self.session, dc, ds, plan.name)
         vmx_rel = f"{directory}/{plan.name}.vmx"
         vmximport.make_directory(self.si, plan.datacenter, f"[{ds}] {directory}")
         self.undo.append((f"[{ds}] {directory}", lambda: self._delete_dir(ds, directory)))
-        text = vmximport.prepare_vmx(files["vmx"], plan.name, recover_identity=plan.options.recover_identity)
+        text = vmximport.prepare_vmx(files.vmx or "", plan.name, recover_identity=plan.options.recover_identity)
         vmximport.upload(self.session, dc, ds, vmx_rel, text.encode())
-        if files.get("nvram_b64"):
+        if files.nvram_b64:
             vmximport.upload(self.session, dc, ds, f"{directory}/{plan.name}.nvram",
-                             base64.b64decode(files["nvram_b64"]))
+                             base64.b64decode(files.nvram_b64))
         vm = wait(self.si, plan.folder.RegisterVM_Task(path=f"[{ds}] {vmx_rel}", name=plan.name,
                                                        asTemplate=False, pool=plan.pool, host=plan.host),
                   f"register [{ds}] {vmx_rel}")
@@ -345,10 +345,10 @@ class _Restore:
         with self.step("connect"):
             conn = lib.connect(params, read_only=False,
                                snapshot_moref=self.snapshot._moId if self.snapshot is not None else None,
-                               transports=self.plan.options.transports)
+                               transports=self.plan.options.session.transports)
         try:
             self.say(f"{self.plan.name}: writing {len(jobs)} disk(s) through VixDiskLib "
-                     f"({self.plan.options.transports})")
+                     f"({self.plan.options.session.transports})")
             try:
                 self.result.disks = write_disks(conn, jobs, threads=self.plan.options.workers,
                                                 progress=self.progress,
@@ -375,7 +375,7 @@ class _Restore:
         mgr = self.si.content.customFieldsManager
         fields = {f.name: f.key for f in properties(self.si, mgr, ["field"]).get("field") or []
                   if f.managedObjectType in (None, vim.VirtualMachine)}
-        for name, value in sorted((self.plan.metadata.get("custom_attributes") or {}).items()):
+        for name, value in sorted(self.plan.metadata.custom_attributes.items()):
             if value is None:
                 continue
             if name not in fields:

@@ -1,6 +1,6 @@
 """``repofs restore vm:NAME [vm:OTHER …]`` against vCenter: one session, one outcome per VM.
 
-Role: log in once (the backup's session options, ``options.Options``), load VixDiskLib on first
+Role: log in once (``options.session``, as for a backup), load VixDiskLib on first
 use, and restore each generation in turn with ``restorevm.restore_vm``. A VM that fails does not
 stop the others; the caller gets an ``Outcome`` per target and decides the exit status.
 Session-wide failures (no credentials, an untrusted certificate, a refused login, VixDiskLib
@@ -15,35 +15,24 @@ the top —, so that the spawn runs on the other core beside the import and the 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 import vddk
 
 from restore.vsphere.credentials import resolve_credentials
-from restore.vsphere.errors import error_text
-from restore.vsphere.options import Options, RestoreOptions
+from restore.vsphere.options import RestoreOptions
+from restore.vsphere.outcome import Outcome
 from .generation import GenerationSource
 from restore.vsphere.vddkprovider import VddkProvider
 
 if TYPE_CHECKING:
-    from .restorevm import Progress, RestoreResult, Say
+    from .restorevm import Progress, Say
 
 
-@dataclass
-class Outcome:
-    target: str
-    result: RestoreResult | None = None
-    error: BaseException | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-
-def run(targets: list[tuple[str, Callable[[], GenerationSource]]], options: RestoreOptions,
-        session_options: Options, *, on_event: Say | None = None, on_progress: Progress | None = None,
+def run(targets: list[tuple[str, Callable[[], GenerationSource]]], options: RestoreOptions, *,
+        on_event: Say | None = None, on_progress: Progress | None = None,
         on_outcome: Callable[[Outcome], None] | None = None) -> list[Outcome]:
+    session_options = options.session
     credentials = resolve_credentials(session_options.server, session_options.user,
                                       session_options.password_file)
     outcomes: list[Outcome] = []
@@ -52,8 +41,7 @@ def run(targets: list[tuple[str, Callable[[], GenerationSource]]], options: Rest
     if provider is not None:
         provider.start()  # loads VixDiskLib (spawns its worker) while we log in and plan
     try:
-        _run(targets, options, session_options, credentials, provider, outcomes, on_event,
-             on_progress, on_outcome)
+        _run(targets, options, credentials, provider, outcomes, on_event, on_progress, on_outcome)
     finally:
         if provider is not None:
             provider.close()
@@ -61,15 +49,15 @@ def run(targets: list[tuple[str, Callable[[], GenerationSource]]], options: Rest
 
 
 def _run(targets: list[tuple[str, Callable[[], GenerationSource]]], options: RestoreOptions,
-         session_options: Options, credentials: Any, provider: VddkProvider | None,
+         credentials: Any, provider: VddkProvider | None,
          outcomes: list[Outcome], on_event: Say | None, on_progress: Progress | None,
          on_outcome: Callable[[Outcome], None] | None) -> None:
     # pyVmomi only now: the VDDK worker process spawns on the other core meanwhile.
     from .restorevm import restore_vm
     from restore.vsphere.session import Session
 
-    with Session.login(credentials, thumbprint=session_options.thumbprint,
-                       insecure=session_options.insecure, ca_file=session_options.ca_file) as session:
+    with Session.login(credentials, thumbprint=options.session.thumbprint,
+                       insecure=options.session.insecure, ca_file=options.session.ca_file) as session:
         for target, load in targets:
             outcome = Outcome(target)
             try:
@@ -83,48 +71,3 @@ def _run(targets: list[tuple[str, Callable[[], GenerationSource]]], options: Res
             outcomes.append(outcome)
             if on_outcome:
                 on_outcome(outcome)
-
-
-def _size(n: int) -> str:
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n} bytes"
-
-
-def outcome_lines(outcome: Outcome) -> list[str]:
-    """What the CLI prints for one VM."""
-    if not outcome.ok:
-        return [f"{outcome.target}: FAILED: {error_text(outcome.error)}"]
-    r = outcome.result
-    assert r is not None
-    if r.dry_run:
-        return ["dry run, nothing changed:", *r.plan.lines()]
-    lines = [f"{r.source_vm} generation {r.generation}: restored as {r.vm} ({r.moref}) in {r.seconds:.1f}s"
-             + (", powered on" if r.powered_on else "")]
-    for d in r.disks:
-        rate = d.written_bytes / d.seconds / 2**20 if d.seconds > 0 else 0.0
-        lines.append(f"  {d.label} -> {d.path}: {_size(d.written_bytes)} written of {_size(d.capacity)} "
-                     f"({_size(d.skipped_zero_bytes)} of zeros skipped; transport {d.transport}; "
-                     f"{rate:.0f} MiB/s)")
-    if r.replaced:
-        lines.append(f"  replaced VM {r.replaced} destroyed")
-    for w in r.warnings:
-        lines.append(f"  warning: {w}")
-    return lines
-
-
-
-
-def outcome_json(outcome: Outcome) -> dict[str, Any]:
-    out: dict[str, Any] = {"target": outcome.target, "ok": outcome.ok}
-    if outcome.error is not None:
-        out["error"] = {"type": type(outcome.error).__name__, "message": error_text(outcome.error),
-                        "step": getattr(outcome.error, "step", None)}
-    r = outcome.result
-    if r is not None:
-        out.update(vm=r.vm, moref=r.moref, generation=r.generation, source_vm=r.source_vm,
-                   dry_run=r.dry_run, powered_on=r.powered_on, replaced=r.replaced,
-                   seconds=round(r.seconds, 3), steps=r.steps, warnings=r.warnings,
-                   plan=r.plan.lines(), disks=[vars(d) for d in r.disks])
-    return out

@@ -74,7 +74,3 @@ class MetadataError(VSphereError):
 class UnsupportedTarget(VSphereError):
     """The object kind (first-class disk, vApp) cannot be backed up against this server."""
 
-
-def error_text(error: BaseException | None) -> str:
-    text = str(error).strip().splitlines() if error is not None else []
-    return text[0] if text else type(error).__name__

@@ -1,8 +1,10 @@
-"""The options of the vSphere commands, as plain data (no pyVmomi: the CLI builds them before
-it imports the vSphere layer).
+"""The options of the vSphere commands, as typed, frozen data (no pyVmomi: the CLI builds them
+before it imports the vSphere layer).
 
-``Options``: the session and VixDiskLib (backup and restore alike); ``RestoreOptions``: what
-``repofs restore vm:`` does (docs/restore.md).
+``SessionOptions``: how to reach vCenter and read or write disks through VixDiskLib, the same
+for ``backup`` and ``restore``; ``BackupOptions`` and ``RestoreOptions``: one object per command,
+each holding its ``SessionOptions`` (docs/vsphere.md, docs/restore.md). The transport modes and
+the dry-run flag live in one place each: ``session.transports``, the command's ``dry_run``.
 """
 from __future__ import annotations
 
@@ -11,8 +13,8 @@ from dataclasses import dataclass, field
 DEFAULT_TRANSPORTS = "nbdssl:nbd"
 
 
-@dataclass
-class Options:
+@dataclass(frozen=True)
+class SessionOptions:
     server: str | None = None
     user: str | None = None
     password_file: str | None = None
@@ -22,12 +24,18 @@ class Options:
     transports: str = DEFAULT_TRANSPORTS
     vddk_libdir: str | None = None
     vddk_isolated: bool = True
+
+
+@dataclass(frozen=True)
+class BackupOptions:
+    session: SessionOptions = field(default_factory=SessionOptions)
     quiesce: bool = False
     dry_run: bool = False
 
 
-@dataclass
+@dataclass(frozen=True)
 class RestoreOptions:
+    session: SessionOptions = field(default_factory=SessionOptions)
     name: str | None = None
     datacenter: str | None = None
     folder: str | None = None
@@ -42,7 +50,6 @@ class RestoreOptions:
     force: bool = False
     import_vmx: bool = False
     recover_identity: bool = False
-    transports: str = DEFAULT_TRANSPORTS
     dry_run: bool = False
     workers: int = 4
     verify_written: bool = False

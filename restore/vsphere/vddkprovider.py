@@ -8,7 +8,6 @@ from __future__ import annotations
 import signal
 import threading
 from typing import Any
-
 import vddk
 
 
@@ -25,7 +24,7 @@ class VddkProvider:
     def __init__(self, libdir: str | None, *, isolated: bool) -> None:
         self.libdir = libdir
         self.isolated = isolated
-        self._lib: Any = None
+        self._lib: vddk.DiskLibrary | None = None
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
 
@@ -41,7 +40,7 @@ class VddkProvider:
             self._thread = threading.Thread(target=self._load, name="vddk-load", daemon=True)
             self._thread.start()
 
-    def get(self) -> Any:
+    def get(self) -> vddk.DiskLibrary:
         self.start()
         if self._thread is not None:
             self._thread.join()
@@ -49,6 +48,7 @@ class VddkProvider:
         if self._error is not None:
             error, self._error = self._error, None
             raise error
+        assert self._lib is not None
         return self._lib
 
     def close(self) -> None:

@@ -1,0 +1,91 @@
+"""What ``backup vm:`` and ``restore vm:`` print for each VM: lines for people, a JSON object
+for ``--json``. The runners in restore/ return ``restore.vsphere.outcome.Outcome`` objects and
+print nothing; this module turns them into text, so printing stays in the CLI.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from restore.vsphere.outcome import Outcome, size_text
+
+from repofs.errors import first_line
+
+
+def backup_lines(outcome: Outcome) -> list[str]:
+    """What the CLI prints for one VM a backup read (or planned to read)."""
+    if not outcome.ok:
+        name = outcome.vm or outcome.target
+        return [f"{name}: FAILED: {first_line(outcome.error)}"]
+    r = outcome.result
+    assert r is not None
+    lines = []
+    if r.dry_run:
+        lines.append(f"{r.vm} ({r.moref}): dry run, nothing written")
+        for d in r.disks:
+            lines.append(f"  would read {d.label} {d.file}: {size_text(d.planned_bytes)} of "
+                         f"{size_text(d.capacity)}, {d.mode} ({d.reason})")
+    else:
+        rep = r.report
+        if rep is not None:
+            lines.append(f"{r.vm}: generation {rep.generation} written in {rep.seconds:.1f}s; "
+                         f"snapshot {r.snapshot} removed")
+            reasons = {d.label: d.reason for d in r.disks}
+            for d in rep.disks:
+                lines.append(f"  {d.summary()} ({reasons.get(d.label, '')})")
+    for text in r.skipped:
+        lines.append(f"  skipped {text}")
+    for note in r.notes:
+        lines.append(f"  note: {note}")
+    return lines
+
+
+def backup_json(outcome: Outcome) -> dict[str, Any]:
+    out: dict[str, Any] = {"target": outcome.target, "vm": outcome.vm, "ok": outcome.ok}
+    if outcome.error is not None:
+        out["error"] = {"type": type(outcome.error).__name__, "message": first_line(outcome.error)}
+    r = outcome.result
+    if r is not None:
+        out.update(moref=r.moref, snapshot=r.snapshot, dry_run=r.dry_run, notes=r.notes,
+                   skipped=r.skipped, change_tracking_enabled_now=r.change_tracking_enabled_now,
+                   plan=[vars(d) for d in r.disks])
+        rep = r.report
+        if rep is not None:
+            out.update(generation=rep.generation, manifest=rep.manifest, seconds=round(rep.seconds, 3),
+                       disks=[vars(d) for d in rep.disks])
+    return out
+
+
+def restore_lines(outcome: Outcome) -> list[str]:
+    """What the CLI prints for one VM a restore wrote (or planned)."""
+    if not outcome.ok:
+        return [f"{outcome.target}: FAILED: {first_line(outcome.error)}"]
+    r = outcome.result
+    assert r is not None
+    if r.dry_run:
+        return ["dry run, nothing changed:", *r.plan.lines()]
+    lines = [f"{r.source_vm} generation {r.generation}: restored as {r.vm} ({r.moref}) in {r.seconds:.1f}s"
+             + (", powered on" if r.powered_on else "")]
+    for d in r.disks:
+        rate = d.written_bytes / d.seconds / 2**20 if d.seconds > 0 else 0.0
+        lines.append(f"  {d.label} -> {d.path}: {size_text(d.written_bytes)} written of {size_text(d.capacity)} "
+                     f"({size_text(d.skipped_zero_bytes)} of zeros skipped; transport {d.transport}; "
+                     f"{rate:.0f} MiB/s)")
+    if r.replaced:
+        lines.append(f"  replaced VM {r.replaced} destroyed")
+    for w in r.warnings:
+        lines.append(f"  warning: {w}")
+    return lines
+
+
+def restore_json(outcome: Outcome) -> dict[str, Any]:
+    out: dict[str, Any] = {"target": outcome.target, "ok": outcome.ok}
+    if outcome.error is not None:
+        out["error"] = {"type": type(outcome.error).__name__, "message": first_line(outcome.error),
+                        "step": getattr(outcome.error, "step", None)}
+    r = outcome.result
+    if r is not None:
+        out.update(vm=r.vm, moref=r.moref, generation=r.generation, source_vm=r.source_vm,
+                   dry_run=r.dry_run, powered_on=r.powered_on, replaced=r.replaced,
+                   seconds=round(r.seconds, 3), steps=r.steps, warnings=r.warnings,
+                   plan=r.plan.lines(), disks=[vars(d) for d in r.disks])
+    return out
