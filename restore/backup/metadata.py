@@ -26,9 +26,8 @@ import urllib.parse
 from typing import Any
 
 from pyVmomi import pbm, vim, vmodl
-from pyVmomi.SoapAdapter import SoapStubAdapter
 
-from restore.vsphere.errors import MetadataError
+from restore.vsphere.errors import CertificateError, MetadataError
 from restore.vsphere.inventory import inventory_path, name_and_parent
 from restore.vsphere.session import Session
 from restore.vsphere.tasks import properties
@@ -164,14 +163,8 @@ def _storage_profiles(session: Session, vm: Any, disk_keys: list[int]) -> dict[s
 
 
 def _storage_profiles_at(session: Session, vm: Any, disk_keys: list[int], path: str) -> dict[str, list[dict[str, str]]]:
-    stub = SoapStubAdapter(host=session.host, port=session.port, path=path,
-                           version="pbm.version.version11", sslContext=session.context,
-                           requestContext={"vcSessionCookie": session.cookie or ""})
-    stub.cookie = session.si._stub.cookie
-    try:
+    with session.soap_stub(path, "pbm.version.version11") as stub:
         return _query_profiles(pbm.ServiceInstance("ServiceInstance", stub), session, vm, disk_keys)
-    finally:
-        stub.DropConnections()
 
 
 def _query_profiles(si: Any, session: Session, vm: Any, disk_keys: list[int]) -> dict[str, list[dict[str, str]]]:
@@ -287,6 +280,8 @@ def capture(session: Session, vm: vim.VirtualMachine, snapshot: Any | None,
         for disk in disks:
             disk["storage_profiles"] = profiles.get(str(disk["key"]), [])
         vm_profiles = profiles.get("vm", [])
+    except CertificateError:
+        raise  # a man in the middle is not a missing endpoint: stop
     except Exception as e:  # an endpoint that is absent or refuses: record, go on
         vm_profiles = []
         warnings.append(f"storage profiles not read: {type(e).__name__}: {getattr(e, 'msg', e)}")
@@ -304,6 +299,8 @@ def capture(session: Session, vm: vim.VirtualMachine, snapshot: Any | None,
     if dc_name and vmx_path:
         try:
             files["vmx"] = _download(session, vmx_path, dc_name).decode("utf-8", "replace")
+        except CertificateError:
+            raise
         except Exception as e:
             warnings.append(f".vmx not downloaded from {vmx_path}: {e}")
     failures = []
@@ -312,6 +309,8 @@ def capture(session: Session, vm: vim.VirtualMachine, snapshot: Any | None,
             files["nvram_b64"] = base64.b64encode(_download(session, candidate, dc_name)).decode()
             files["nvram_path"] = candidate
             break
+        except CertificateError:
+            raise
         except Exception as e:
             failures.append(f"{candidate}: {e}")
     if failures and files["nvram_path"] is None:
@@ -329,6 +328,8 @@ def capture(session: Session, vm: vim.VirtualMachine, snapshot: Any | None,
     if tags is not None:
         try:
             tag_list = tags(vm._moId)
+        except CertificateError:
+            raise
         except Exception as e:
             warnings.append(f"tags not read: {e}")
     else:

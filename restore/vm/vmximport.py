@@ -13,7 +13,6 @@ the .vmx at all; the reconfiguration makes both behave the same.)
 """
 from __future__ import annotations
 
-import http.client
 import re
 import urllib.parse
 from typing import Any
@@ -83,15 +82,14 @@ def free_directory(session: Session, datacenter: str, datastore: str, name: str)
 
 def upload(session: Session, datacenter: str, datastore: str, rel: str, data: bytes,
            timeout: float = 120.0) -> None:
-    conn = http.client.HTTPSConnection(session.host, session.port, context=session.context,
-                                       timeout=timeout)
+    conn = session.https(timeout)
     try:
         conn.request("PUT", _folder_url(datacenter, datastore, rel), body=data,
-                     headers={"Cookie": getattr(session.si._stub, "cookie", "") or "",
+                     headers={**session.cookie_header(),
                               "Content-Type": "application/octet-stream",
                               "Content-Length": str(len(data))})
         resp = conn.getresponse()
-        resp.read()
+        resp.read(64 << 10)  # the answer's text is not used; bounded all the same
         if resp.status not in (200, 201, 204):
             raise OSError(f"upload of [{datastore}] {rel}: HTTP {resp.status} {resp.reason}")
     finally:

@@ -17,7 +17,9 @@ from typing import Any
 
 from .credentials import Credentials
 from .errors import VSphereError
-from .session import Session
+from .session import Session, read_bounded
+
+MAX_ANSWER = 4 << 20  # one vAPI answer (a tag, a category, a VM's tag ids)
 
 
 class TagsUnavailable(VSphereError):
@@ -35,8 +37,7 @@ class TagReader:
             raise TagsUnavailable("the vAPI login returned no session")
 
     def _call(self, method: str, path: str, body: Any = None, auth: str | None = None) -> Any:
-        conn = http.client.HTTPSConnection(self._session.host, self._session.port,
-                                           context=self._session.context, timeout=60)
+        conn = self._session.https(timeout=60)
         headers = {"Accept": "application/json"}
         if auth:
             headers["Authorization"] = auth
@@ -49,8 +50,8 @@ class TagReader:
         try:
             conn.request(method, path, body=data, headers=headers)
             resp = conn.getresponse()
-            raw = resp.read()
-        except OSError as e:
+            raw = read_bounded(resp, MAX_ANSWER, f"vAPI {path.split('?')[0]}")
+        except (OSError, http.client.HTTPException) as e:
             raise TagsUnavailable(f"vAPI {path.split('?')[0]}: {e}") from None
         finally:
             conn.close()
