@@ -97,3 +97,77 @@ def test_mount_process_keeps_no_secret_in_its_environment(mount_source: MountSou
     assert VSPHERE_SECRET.encode() not in environ and S3_SECRET.encode() not in environ
     assert b"PYTHONPATH=" in environ  # the rest of the environment is untouched
     assert env["REPOFS_PASSWORD"].encode() not in cmdline
+
+
+# --- password files ------------------------------------------------------------------------------
+
+from fixtures_repo import CLI  # noqa: E402
+from restore.vsphere.credentials import resolve_credentials  # noqa: E402
+from restore.vsphere.errors import CredentialsMissing  # noqa: E402
+from restore.vsphere.passwordfile import MAX_BYTES, PasswordFileError, read_password_file  # noqa: E402
+
+
+@pytest.mark.parametrize("content, secret", [
+    (b"plain\n", "plain"),
+    (b"crlf\r\n", "crlf"),
+    (b"many endings\r\n\n\r\r\n", "many endings"),
+    (b"  spaces\tand tabs \t\n", "  spaces\tand tabs \t"),
+    (b"two\nlines\n", "two\nlines"),
+    ("pässwörd €\n".encode(), "pässwörd €"),
+    (b"no newline", "no newline"),
+])
+def test_password_file_rule(tmp_path: pathlib.Path, content: bytes, secret: str) -> None:
+    """Both kinds of password file: trailing CR/LF stripped, everything else kept, UTF-8."""
+    path = tmp_path / "pw"
+    path.write_bytes(content)
+    path.chmod(0o600)
+    assert read_password_file(str(path)) == secret
+    creds = resolve_credentials("vc", "u", str(path), env={})
+    assert creds.password == secret
+    from repofs.cli.passphrase import read_passphrase
+    assert read_passphrase(str(path)) == secret.encode("utf-8")
+
+
+@pytest.mark.parametrize("content, why", [
+    (b"\r\n\n", "empty"), (b"\xff\xfepw\n", "not UTF-8"), (b"x" * (MAX_BYTES + 1), "larger than"),
+])
+def test_password_file_refusals_name_the_file_not_the_content(tmp_path: pathlib.Path,
+                                                              content: bytes, why: str) -> None:
+    path = tmp_path / "pw"
+    path.write_bytes(content)
+    path.chmod(0o600)
+    with pytest.raises(PasswordFileError, match=why) as info:
+        read_password_file(str(path))
+    assert str(path) in str(info.value) and "pw\n" not in str(info.value)
+    with pytest.raises(CredentialsMissing, match=why):
+        resolve_credentials("vc", "u", str(path), env={})
+
+
+@pytest.mark.parametrize("mode, warned", [(0o600, False), (0o400, False), (0o640, True),
+                                          (0o604, True), (0o620, True), (0o644, True)])
+def test_vsphere_password_file_open_to_others_is_warned(tmp_path: pathlib.Path,
+                                                        capsys: pytest.CaptureFixture[str],
+                                                        mode: int, warned: bool) -> None:
+    path = tmp_path / "vsphere-pw"
+    path.write_text("s3cret-vsphere\n")
+    path.chmod(mode)
+    assert resolve_credentials("vc", "u", str(path), env={}).password == "s3cret-vsphere"
+    err = capsys.readouterr().err
+    if warned:
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("repofs: warning: the password file")
+        assert f"{mode:04o}" in lines[0] and "chmod 600" in lines[0]
+        assert "s3cret" not in err
+    else:
+        assert err == ""
+
+
+def test_repository_password_file_open_to_others_is_warned_once(cli: CLI) -> None:
+    """The command works and says once (not once per read) that the file is exposed."""
+    pw = pathlib.Path(cli.env["REPOFS_PASSWORD_FILE"])
+    assert cli.run("generations").stderr == ""
+    pw.chmod(0o644)
+    proc = cli.run("generations")
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("repofs: warning: the password file "), lines
+    assert "group and others" in lines[0] and "0644" in lines[0]
