@@ -34,6 +34,9 @@ from restore.vsphere.tasks import properties
 from restore.vsphere.vmmeta import SCHEMA, disk_label, parse_datastore_path, vim_name
 from restore.vsphere.vmodl_json import to_json
 
+MAX_DISK_BYTES = 64 << 40  # 64 TiB: above the largest virtual disk vSphere makes (62 TB)
+
+
 def provisioning(backing: Any) -> str:
     if getattr(backing, "thinProvisioned", False):
         return "thin"
@@ -51,7 +54,10 @@ def describe_disk(disk: vim.vm.device.VirtualDisk, controller: Any, datastores: 
         ds_name, rel = parse_datastore_path(file_name)
     except ValueError:
         ds_name, rel = datastores.get(ds_moref or "", ""), file_name
-    capacity = disk.capacityInBytes or (disk.capacityInKB or 0) * 1024
+    capacity = int(disk.capacityInBytes or (disk.capacityInKB or 0) * 1024)
+    # The server's word for the size: a disk of no size, or larger than a virtual disk can be,
+    # is not read (its index would be sized by it).
+    impossible = not 0 < capacity <= MAX_DISK_BYTES
     independent = str(getattr(backing, "diskMode", "")).startswith("independent")
     rdm_physical = (isinstance(backing, vim.vm.device.VirtualDisk.RawDiskMappingVer1BackingInfo)
                     and backing.compatibilityMode == "physicalMode")
@@ -79,9 +85,11 @@ def describe_disk(disk: vim.vm.device.VirtualDisk, controller: Any, datastores: 
         "change_id": getattr(backing, "changeId", None) or None,
         "content_id": getattr(backing, "contentId", None),
         "storage_io": to_json(disk.storageIOAllocation),
-        "backup_possible": not independent and not rdm_physical,
+        "backup_possible": not independent and not rdm_physical and not impossible,
         "skip_reason": ("independent disks are not in snapshots" if independent else
-                        "physical-mode RDMs cannot be snapshotted" if rdm_physical else None),
+                        "physical-mode RDMs cannot be snapshotted" if rdm_physical else
+                        f"vCenter reports an impossible capacity of {capacity} bytes"
+                        if impossible else None),
         "storage_profiles": [],
     }
 
