@@ -150,20 +150,20 @@ class Interceptor:
         except OSError:
             pass
         self.listener.close()
-        with self._lock:
-            sockets = list(self._sockets)
-        for s in sockets:
-            try:
-                s.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked in recv
-            except OSError:
-                pass
-            try:
-                s.close()
-            except OSError:
-                pass
         self._accepting.join(10)
-        for t in self._threads:
-            t.join(10)
+        # Shut every socket (wakes threads blocked in recv), wait for the threads, then close
+        # what a thread registered meanwhile (one still in its handshake when we started).
+        for _ in range(2):
+            with self._lock:
+                sockets = list(self._sockets)
+            for s in sockets:
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                s.close()
+            for t in self._threads:
+                t.join(10)
 
 
 @pytest.fixture
@@ -274,3 +274,22 @@ def test_mitm_gets_no_cookie_when_soap_reconnects(interceptor: Interceptor, vcsi
         with pytest.raises(CertificateMismatch):
             session.content.about.apiType
     assert_nothing_sent(interceptor)
+
+
+def test_ca_verified_session_is_held_to_the_same_rule(interceptor: Interceptor, vcsim: VCSim,
+                                                       tmp_path: Path) -> None:
+    """Without a pin, trusted through --ca-file: later connections must verify as well."""
+    from restore.vsphere.errors import CertificateError
+    ca = tmp_path / "ca.pem"
+    ca.write_text(vcsim.cert_pem)
+    creds = Credentials(interceptor.server, vcsim.user, vcsim.password)
+    with Session.login(creds, ca_file=str(ca)) as session:
+        assert session.trust == "verified by the trusted authorities"
+        interceptor.passthrough = 0
+        before = interceptor.connections
+        with pytest.raises(CertificateError):
+            TagReader(session, creds)
+        with pytest.raises(CertificateError):
+            session.http_get("/folder/x/x.vmx?dcPath=DC0&dsName=LocalDS_0")
+    # The client refuses the interceptor's certificate inside the handshake itself.
+    assert interceptor.connections >= before + 2 and bytes(interceptor.captured) == b""
