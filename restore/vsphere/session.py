@@ -8,14 +8,14 @@ same server: datastore ``/folder`` transfers, the vAPI REST endpoint) and ``soap
 
 Trust, in this order: ``insecure`` accepts any certificate (and says so in ``trust``); a pinned
 ``thumbprint`` (SHA-1 of the served certificate, ``AA:BB:…``, case and colons ignored) must
-match the certificate the server presents;
-otherwise the certificate must verify against the system's authorities (or ``ca_file``) for
-the host name. Unless ``insecure``, every connection of the session, not only the login, must
-then present the very certificate the session logged in against (its SHA-1 thumbprint): a
-man in the middle who appears after the login gets a ``CertificateMismatch`` before a single
-byte of a request (credentials, cookie) is sent. We probe the certificate ourselves before logging in: pyVmomi would silently
-skip verification for loopback addresses, and a failed probe gives a message that names the
-served thumbprint, which is what the user needs to pin it.
+match the certificate the server presents; otherwise the certificate must verify against the
+system's authorities (or ``ca_file``) for the host name. Unless ``insecure``, every connection
+of the session, not only the first, must then present the very certificate the session logged
+in against (``PinnedHTTPSConnection``): a man in the middle who appears later gets a
+``CertificateMismatch`` before a single byte of a request (credentials, cookie) is sent.
+We probe the certificate ourselves before logging in: pyVmomi would silently skip verification
+for loopback addresses, and a failed probe gives a message that names the served thumbprint,
+which is what the user needs to pin it.
 
 Limits: one session per ``Session``; no SSO token or SAML login; the password lives only in
 this object and in pyVmomi's login call, never in a message or a log.
@@ -37,8 +37,8 @@ from pyVmomi import vim
 from pyVmomi.SoapAdapter import SoapStubAdapter
 
 from .credentials import Credentials, resolve_credentials  # noqa: F401 - re-exported
-from .errors import (AnswerTooLarge, CertificateError, CertificateMismatch, CertificateUntrusted, ConnectionFailed,
-                     LoginFailed)
+from .errors import (AnswerTooLarge, CertificateError, CertificateMismatch, CertificateUntrusted,
+                     ConnectionFailed, LoginFailed)
 
 CONNECT_TIMEOUT = 30.0
 # The largest file we download from a datastore (.vmx, .nvram: kilobytes in practice; an
@@ -239,8 +239,7 @@ class Session:
             # verification fails, which a pinned (unverifying) context never does. Our stub's
             # connections check the pin themselves, each time the pool opens one. (The API
             # version query before it carries neither credentials nor cookie.)
-            stub = pyvim_connect.SmartStubAdapter(host=host, port=port, sslContext=ctx,
-                                                  httpConnectionTimeout=CONNECT_TIMEOUT * 4)
+            stub = pyvim_connect.SmartStubAdapter(host=host, port=port, sslContext=ctx)
             stub.scheme = functools.partial(PinnedHTTPSConnection, pin=pin)
             si = vim.ServiceInstance("ServiceInstance", stub)
             si.content.sessionManager.Login(credentials.user, credentials.password, None)
