@@ -53,6 +53,7 @@ def tracked_vm(vcsim: VCSim) -> Any:
     ({"startOffset": 4096, "areas": []}, "the answer covers [4096, 8392704), not the offset asked for"),
     ({"length": 0, "areas": []}, "not the offset asked for"),
     ({"length": -5, "areas": []}, "not the offset asked for"),
+    ({"startOffset": -1, "length": 2, "areas": []}, "the answer covers [-1, 1)"),  # found by the long fuzz run
     ({"areas": [[512 * i, 512] for i in range(CAPACITY // 512)] + [[0, 512]]}, "16385 areas in 8388608 bytes"),
 ])
 def test_nonsense_changed_areas_are_refused(tracked_vm: Any, answer: dict, why: str) -> None:

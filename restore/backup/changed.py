@@ -77,7 +77,7 @@ def check_answer(info: Any, asked: int, capacity: int, disk: object) -> list[tup
     first thing wrong with it."""
     where = f"QueryChangedDiskAreas for disk {disk} at offset {asked}"
     start, length = int(info.startOffset), int(info.length)
-    if start > asked or start + length <= asked:
+    if start < 0 or start > asked or start + length <= asked:
         raise ChangedAreasRefused(f"{where}: the answer covers [{start}, {start + length}), "
                                   "not the offset asked for")
     end = min(start + length, capacity)
