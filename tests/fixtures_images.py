@@ -445,6 +445,7 @@ def guest_repo(guest_images: GuestImages, tmp_path_factory: pytest.TempPathFacto
     repo = d / "repo"
     pw = d / "passphrase"
     pw.write_text(PASSPHRASE + "\n")
+    pw.chmod(0o600)  # a password file others can read draws a warning
     # a cheap KDF keeps each CLI call fast; the format is the same
     r = Repository.init(repo, PASSPHRASE.encode(), kdf={"name": "argon2id", "time_cost": 1,
                                                       "memory_kib": 8 * 1024, "parallelism": 1})

@@ -129,6 +129,7 @@ def mount_source(tmp_path_factory: pytest.TempPathFactory) -> MountSource:
     gen = backup_image(repo, image)
     pw = work / "passphrase"
     pw.write_bytes(PASSPHRASE + b"\n")
+    pw.chmod(0o600)  # a password file others can read draws a warning
     return MountSource(image, tree, repo, gen, pw, work)
 
 

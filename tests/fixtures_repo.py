@@ -39,6 +39,7 @@ class CLI:
 def cli_env(tmp: Path, repo: Path) -> dict:
     pw = tmp / "passphrase"
     pw.write_text(PASSPHRASE + "\n")
+    pw.chmod(0o600)  # a password file others can read draws a warning
     env = {k: v for k, v in os.environ.items() if not k.startswith("REPOFS_")}
     env.update(REPOFS_REPOSITORY=str(repo), REPOFS_PASSWORD_FILE=str(pw),
                PYTHONPATH=str(ROOT), PYTHONWARNINGS="error")

@@ -140,6 +140,7 @@ def vsphere(vcsim: VCSim, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> It
     repo = tmp_path / "repo"
     pw = tmp_path / "vsphere-password"
     pw.write_text(vcsim.password + "\n")
+    pw.chmod(0o600)  # a password file others can read draws a warning
     bed = VSphereBed(vcsim, tmp_path, libdir, tmp_path / "standin.conf", tmp_path / "stats.log", repo, pw)
     bed.configure()
     monkeypatch.setenv("VDDK_STANDIN_CONFIG", str(bed.config))

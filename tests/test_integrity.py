@@ -79,6 +79,7 @@ def test_wrong_passphrase_and_missing_key(backed_up, tmp_path):
     cli, _ = backed_up
     bad = tmp_path / "bad"
     bad.write_text("not the passphrase\n")
+    bad.chmod(0o600)
     env = dict(cli.env, REPOFS_PASSWORD_FILE=str(bad))
     one_line_error(CLI(cli.repo, env).run("generations", check=False), 5, "wrong passphrase")
     env = {k: v for k, v in cli.env.items() if k != "REPOFS_PASSWORD_FILE"}

@@ -29,13 +29,14 @@ import mmap
 import os
 import pathlib
 import pickle
+import re
 import signal
 import socket
 import struct
 import subprocess
 import sys
 import threading
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from vddk.disk import DiskInfo
 from vddk.errors import (
@@ -117,6 +118,17 @@ def _raise_reply(reply: tuple[Any, ...]) -> Any:
 
 # ---- the parent's side ---------------------------------------------------------------------
 
+_SECRET_NAME = re.compile(r"PASSWORD|PASSPHRASE|SECRET|TOKEN", re.I)
+
+
+def child_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The worker's environment: the caller's without any variable that holds a secret
+    (``VSPHERE_PASSWORD``, ``REPOFS_PASSWORD``, ``AWS_SECRET_ACCESS_KEY`` ...). The worker
+    gets its credentials over the control socket; a variable would sit in its
+    ``/proc/<pid>/environ`` for as long as it runs."""
+    return {k: v for k, v in environ.items() if not _SECRET_NAME.search(k)}
+
+
 class IsolatedLibrary:
     """``Library``'s methods, with VixDiskLib running in a child process."""
 
@@ -127,7 +139,7 @@ class IsolatedLibrary:
         self.window_bytes = window_bytes
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         package_root = str(pathlib.Path(__file__).resolve().parent.parent)
-        env = dict(os.environ)
+        env = child_environment(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (package_root, env.get("PYTHONPATH")) if p)
         # VDDK 7+ finds its bundled libraries (OpenSSL, libstdc++ ...) only through

@@ -73,7 +73,8 @@ def backup(sources: Annotated[list[str], typer.Argument(metavar="SOURCE...", hel
             used.add(image.label)
             images.append(image)
         for label, path in _parse_changed(changed_extents or [], [i.label for i in images]).items():
-            next(i for i in images if i.label == label).limit_to_changes(load_changed_extents(path))
+            next(i for i in images if i.label == label).limit_to_changes(load_changed_extents(path),
+                                                                         origin=path)
         progress = Progress()
         report = ingest_backup(repository, vm, images, progress=progress)
         progress.finish()

@@ -34,7 +34,7 @@ def start(argv: list[str]) -> None:
     if not Repository.is_encrypted(repo):
         return
     try:
-        passphrase = read_passphrase(password_file)
+        passphrase = read_passphrase(password_file, quiet=True)  # the command warns
     except Exception:
         return  # the command itself reports it
     Repository.derive_key_ahead(repo, passphrase)

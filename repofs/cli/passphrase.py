@@ -1,5 +1,9 @@
 """Where the repository passphrase comes from: ``--password-file``/``REPOFS_PASSWORD_FILE``,
-``REPOFS_PASSWORD``, or a prompt on the terminal. It is never logged or echoed."""
+``REPOFS_PASSWORD``, or a prompt on the terminal. It is never logged or echoed.
+
+The password file rule (shared with the vSphere password file) lives in
+``restore.vsphere.passwordfile``: the CLI wires both sides, and neither format/ nor restore/
+may import the other's."""
 from __future__ import annotations
 
 import getpass
@@ -7,19 +11,20 @@ import os
 import sys
 
 from format.errors import PassphraseRequired
+from restore.vsphere.passwordfile import PasswordFileError, read_password_file
 
 
-def read_passphrase(password_file: str | None, *, confirm: bool = False) -> bytes:
+def read_passphrase(password_file: str | None, *, confirm: bool = False,
+                    quiet: bool = False) -> bytes:
+    """The passphrase as UTF-8 bytes. A password file is read as
+    ``restore.vsphere.passwordfile`` says (trailing CR/LF stripped, UTF-8, a warning when
+    others may read it; ``quiet`` leaves the warning to a later read)."""
     path = password_file or os.environ.get("REPOFS_PASSWORD_FILE")
     if path:
         try:
-            with open(path, "rb") as f:
-                value = f.read().rstrip(b"\r\n")
-        except OSError as e:
-            raise PassphraseRequired(f"cannot read the password file {path}: {e.strerror}") from None
-        if not value:
-            raise PassphraseRequired(f"the password file {path} is empty")
-        return value
+            return read_password_file(path, **({"warn": None} if quiet else {})).encode("utf-8")
+        except PasswordFileError as e:
+            raise PassphraseRequired(str(e)) from None
     env = os.environ.get("REPOFS_PASSWORD")
     if env:
         return env.encode()

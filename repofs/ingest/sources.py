@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import re
+import reprlib
 import stat
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Protocol
@@ -112,8 +113,11 @@ class LocalImage:
         length = ext.sectors * SECTOR
         return _Piece(disk_offset, length, fd, ext.offset * SECTOR, ext.path, pad_short=True)
 
-    def limit_to_changes(self, changes: list[tuple[int, int]]) -> None:
-        """Read only ``changes`` (e.g. from vSphere changed-block tracking)."""
+    def limit_to_changes(self, changes: list[tuple[int, int]], origin: str = "changed extents") -> None:
+        """Read only ``changes`` (e.g. from vSphere changed-block tracking); an extent beyond
+        the disk is refused (``SourceError`` naming ``origin`` and the entry), not clipped: a
+        list that does not fit the disk was made for another disk."""
+        check_extents(changes, self.capacity, origin)
         self.extents_are_changes = True
         self.changed = clip_extents(changes, self.capacity)
 
@@ -177,7 +181,8 @@ class SparseImage:
         self.extents_are_changes = False
         self.changed: list[tuple[int, int]] | None = None
 
-    def limit_to_changes(self, changes: list[tuple[int, int]]) -> None:
+    def limit_to_changes(self, changes: list[tuple[int, int]], origin: str = "changed extents") -> None:
+        check_extents(changes, self.capacity, origin)  # as LocalImage.limit_to_changes
         self.extents_are_changes = True
         self.changed = clip_extents(changes, self.capacity)
 
@@ -229,16 +234,77 @@ def clip_extents(extents: Iterable[tuple[int, int]], capacity: int) -> list[tupl
     return [(lo, hi - lo) for lo, hi in merged]
 
 
+# A change list names at most this many bytes of JSON (~2 million extents): the file is
+# someone else's output, and json builds the whole document in memory.
+MAX_CHANGE_LIST_BYTES = 64 << 20
+
+
+class _NotAnInteger:
+    """A JSON number that is not an integer (``1.5``, ``1e400``, ``NaN``), kept as its text so
+    that the error can show it."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+def _show(value: object) -> str:
+    """A bounded rendering of an entry for an error line (deep or long entries cut)."""
+    r = reprlib.Repr()
+    r.maxlevel, r.maxlist, r.maxstring, r.maxother = 2, 4, 40, 40
+    text = r.repr(value)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
 def load_changed_extents(path: str) -> list[tuple[int, int]]:
-    """A JSON list of [offset, length] pairs (the shape vSphere changed-block tracking reports)."""
+    """A JSON list of ``[offset, length]`` pairs of non-negative integers (the shape vSphere
+    changed-block tracking reports), in the file's order. Anything else — another shape, a
+    float, ``true``, a negative number, text beyond ``MAX_CHANGE_LIST_BYTES`` — is a
+    ``SourceError`` naming the first bad entry by index and value. Whether the extents fit the
+    disk is checked by ``limit_to_changes``, which knows its size."""
     try:
-        with open(path, encoding="utf-8") as f:
-            doc = json.load(f)
-        pairs = [(int(o), int(n)) for o, n in doc]
+        with open(path, "rb") as f:
+            raw = f.read(MAX_CHANGE_LIST_BYTES + 1)
     except FileNotFoundError:
         raise SourceError(f"{path}: no such file") from None
-    except (ValueError, TypeError):
-        raise SourceError(f"{path}: not a JSON list of [offset, length] pairs") from None
-    if any(o < 0 or n < 0 for o, n in pairs):
-        raise SourceError(f"{path}: offsets and lengths must not be negative")
+    except OSError as e:
+        raise SourceError(f"{path}: {e.strerror}") from None
+    if len(raw) > MAX_CHANGE_LIST_BYTES:
+        raise SourceError(f"{path}: larger than {MAX_CHANGE_LIST_BYTES} bytes: not a change list")
+    try:
+        doc = json.loads(raw.decode("utf-8"), parse_float=_NotAnInteger,
+                         parse_constant=_NotAnInteger)
+    except UnicodeDecodeError:
+        raise SourceError(f"{path}: not UTF-8 JSON") from None
+    except json.JSONDecodeError as e:
+        raise SourceError(f"{path}: not JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    except (ValueError, RecursionError) as e:  # integers of 4300+ digits, nesting too deep
+        why = "nested too deep" if isinstance(e, RecursionError) else "a number too long"
+        raise SourceError(f"{path}: not a change list ({why})") from None
+    if not isinstance(doc, list):
+        raise SourceError(f"{path}: not a JSON list of [offset, length] pairs "
+                          f"(the document is a {type(doc).__name__})")
+    pairs: list[tuple[int, int]] = []
+    for index, entry in enumerate(doc):
+        # type() rather than isinstance: true and false are ints to Python, not to us.
+        if not (isinstance(entry, list) and len(entry) == 2
+                and all(type(v) is int for v in entry)):
+            raise SourceError(f"{path}: entry {index} ({_show(entry)}) is not a pair "
+                              "[offset, length] of whole numbers")
+        offset, length = entry
+        if offset < 0 or length < 0:
+            raise SourceError(f"{path}: entry {index} ({_show(entry)}) is negative")
+        pairs.append((offset, length))
     return pairs
+
+
+def check_extents(extents: list[tuple[int, int]], capacity: int, origin: str) -> None:
+    """Raise SourceError at the first extent that does not lie inside [0, capacity)."""
+    for index, (offset, length) in enumerate(extents):
+        if offset < 0 or length < 0 or offset + length > capacity:
+            raise SourceError(f"{origin}: entry {index} ([{offset}, {length}]) ends at byte "
+                              f"{offset + length}, beyond the end of the disk ({capacity} bytes)"
+                              if offset >= 0 and length >= 0 else
+                              f"{origin}: entry {index} ([{offset}, {length}]) is negative")

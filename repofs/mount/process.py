@@ -6,7 +6,8 @@ Order matters for errors to reach the terminal: the repository is opened (passph
 and the kernel mount made in the calling process; only then does it fork into the
 background, so a wrong passphrase or a bad mount point ends the command with a message and a
 non-zero exit, and nothing is left mounted. Nothing may ``stat`` the mount point between the
-kernel mount and the start of the serving loop (nobody would answer).
+kernel mount and the start of the serving loop (nobody would answer). Secret variables
+(``REPOFS_PASSWORD``, ...) leave the environment before the mount (``secretenv``).
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from typing import Callable
 import pyfuse3
 import trio
 
+from . import secretenv
 from .fusefs import MountSettings, RepofsOperations
 from repofs.view.tree import RepositoryView
 from repofs.daemon import daemonize, stop_on_signals
@@ -124,6 +126,9 @@ def run(view: RepositoryView, req: MountRequest) -> None:
     """Mount ``view`` at ``req.mountpoint`` and serve until unmounted or signalled.
     In the background mode the calling process exits (status 0) once the mount is up."""
     mountpoint = check_mountpoint(req.mountpoint)
+    # The passphrase has been read: a process that serves for days keeps no secret in its
+    # environment (another process of the same user, or a child, could read it there).
+    secretenv.scrub()
     _limit_malloc_arenas()
     ops = RepofsOperations(view, req.settings, on_prefill=req.on_prefill)
     options = set(pyfuse3.default_options) | {"ro", f"fsname={req.fsname}", "subtype=repofs"}

@@ -15,6 +15,13 @@ extents, whether they are changes, and the reason in words. The rules:
 "Full" means every allocated area (``*``); when changed-block tracking is off even that is not
 available and the caller falls back to VDDK's allocated blocks (``extents=None``).
 
+The server's answers are checked (``ChangedAreasRefused``): an answer that does not cover
+the offset it was asked for, or holds an area that is negative, empty-or-negative in
+length, outside the range the answer covers, or beyond the end of the disk, or more areas than
+the range has sectors, or more than ``MAX_AREAS`` areas in all, is not used — the disk is then read in full (every allocated area from
+VDDK), and the plan's reason says which area of which answer was refused. Overlapping and
+unsorted areas inside the disk are harmless and merged.
+
 Limits: the loop is bounded (a server whose answers do not advance is an error).
 """
 from __future__ import annotations
@@ -28,6 +35,12 @@ from restore.vsphere.errors import ChangeTrackingFailed
 from restore.vsphere.tasks import fault_text
 
 MAX_QUERIES = 1_000_000
+MAX_AREAS = 1_000_000   # changed areas of one disk kept in memory (~100 MB of tuples)
+SECTOR = 512
+
+
+class ChangedAreasRefused(ChangeTrackingFailed):
+    """vCenter's QueryChangedDiskAreas answer does not describe the disk (see the module)."""
 
 
 @dataclass
@@ -58,6 +71,44 @@ def merge(extents: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return [(s, n) for s, n in out]
 
 
+def check_answer(info: Any, asked: int, capacity: int, disk: object) -> list[tuple[int, int]]:
+    """The areas of one QueryChangedDiskAreas answer (a ``DiskChangeInfo``, of a VM's disk
+    or of a first-class disk) to a query at ``asked``, or ``ChangedAreasRefused`` naming the
+    first thing wrong with it."""
+    where = f"QueryChangedDiskAreas for disk {disk} at offset {asked}"
+    start, length = int(info.startOffset), int(info.length)
+    if start < 0 or start > asked or start + length <= asked:
+        raise ChangedAreasRefused(f"{where}: the answer covers [{start}, {start + length}), "
+                                  "not the offset asked for")
+    end = min(start + length, capacity)
+    areas = list(info.changedArea or [])
+    if len(areas) > max(1, (end - start) // SECTOR):
+        raise ChangedAreasRefused(f"{where}: {len(areas)} areas in {end - start} bytes")
+    out = []
+    for i, area in enumerate(areas):
+        a_start, a_length = int(area.start), int(area.length)
+        if a_start < 0 or a_length <= 0 or a_start < start or a_start + a_length > end:
+            raise ChangedAreasRefused(
+                f"{where}: area {i} [{a_start}, {a_length}] is "
+                + ("negative or empty" if a_start < 0 or a_length <= 0 else
+                   f"beyond the end of the disk ({capacity} bytes)" if a_start + a_length > capacity
+                   else f"outside the answered range [{start}, {end})"))
+        out.append((a_start, a_length))
+    return out
+
+
+def collect(extents: list[tuple[int, int]], page: list[tuple[int, int]],
+            disk: object) -> list[tuple[int, int]]:
+    """``extents`` with one answer's areas added (merged within the answer; everything is
+    merged at the end), refused beyond ``MAX_AREAS``: memory stays bounded whatever the server
+    says, and a disk that fragmented is read in full instead."""
+    extents.extend(merge(page))
+    if len(extents) > MAX_AREAS:
+        raise ChangedAreasRefused(f"QueryChangedDiskAreas for disk {disk}: more than "
+                                  f"{MAX_AREAS} changed areas")
+    return extents
+
+
 def query_changed_areas(vm: vim.VirtualMachine, snapshot: Any, device_key: int, capacity: int,
                         change_id: str) -> list[tuple[int, int]]:
     """Every area changed since ``change_id`` (``"*"``: every allocated area), merged."""
@@ -68,13 +119,8 @@ def query_changed_areas(vm: vim.VirtualMachine, snapshot: Any, device_key: int, 
             return merge(extents)
         info = vm.QueryChangedDiskAreas(snapshot=snapshot, deviceKey=device_key,
                                         startOffset=offset, changeId=change_id)
-        for area in info.changedArea or []:
-            extents.append((int(area.start), int(area.length)))
-        end = int(info.startOffset) + int(info.length)
-        if end <= offset:
-            raise ChangeTrackingFailed(
-                f"QueryChangedDiskAreas for disk {device_key} did not advance past offset {offset}")
-        offset = end
+        extents = collect(extents, check_answer(info, offset, capacity, device_key), device_key)
+        offset = int(info.startOffset) + int(info.length)
     raise ChangeTrackingFailed(f"QueryChangedDiskAreas for disk {device_key}: too many pages")
 
 
@@ -92,6 +138,8 @@ def plan_disk(vm: vim.VirtualMachine, snapshot: Any, disk: dict[str, Any],
             except vmodl.MethodFault as e:
                 return ReadPlan(None, False, f"{reason}; allocated areas from VDDK "
                                              f"(QueryChangedDiskAreas *: {fault_text(e)})")
+            except ChangedAreasRefused as e:
+                return ReadPlan(None, False, f"{reason}; allocated areas from VDDK (refused: {e})")
         return ReadPlan(None, False, reason if tracking else
                         f"{reason}; changed-block tracking is off: allocated areas from VDDK")
 
@@ -112,4 +160,6 @@ def plan_disk(vm: vim.VirtualMachine, snapshot: Any, disk: dict[str, Any],
         extents = query_changed_areas(vm, snapshot, disk["key"], capacity, prev_id)
     except vmodl.MethodFault as e:
         return full(f"change id {prev_id} unusable ({fault_text(e)}): read in full")
+    except ChangedAreasRefused as e:
+        return full(f"changed areas since {prev_id} refused ({e}): read in full")
     return ReadPlan(extents, True, f"changed since {prev_id}", base_change_id=prev_id)

@@ -23,7 +23,7 @@ from pyVmomi import vim, vmodl
 
 import vddk
 
-from .changed import ReadPlan, merge
+from .changed import ChangedAreasRefused, ReadPlan, check_answer, collect, merge
 from restore.vsphere.errors import AmbiguousVM, ChangeTrackingFailed, SnapshotFailed, SnapshotRemovalFailed, TaskFailed, VMNotFound
 from .snapshot import signals_deferred
 from restore.vsphere.tasks import fault_text, properties, wait
@@ -166,11 +166,8 @@ def changed_areas(si: Any, disk: FirstClassDisk, snap: DiskSnapshot, change_id: 
         info = mgr.QueryChangedDiskAreas(id=vim.vslm.ID(id=disk.id), datastore=disk.datastore,
                                          snapshotId=vim.vslm.ID(id=snap.id), startOffset=offset,
                                          changeId=change_id)
-        extents += [(int(a.start), int(a.length)) for a in info.changedArea or []]
-        end = int(info.startOffset) + int(info.length)
-        if end <= offset:
-            raise ChangeTrackingFailed(f"QueryChangedDiskAreas for {disk.name} did not advance past {offset}")
-        offset = end
+        extents = collect(extents, check_answer(info, offset, capacity, disk.name), disk.name)
+        offset = int(info.startOffset) + int(info.length)
     raise ChangeTrackingFailed(f"QueryChangedDiskAreas for {disk.name}: too many pages")
 
 
@@ -181,6 +178,8 @@ def plan(si: Any, disk: FirstClassDisk, snap: DiskSnapshot, previous: dict[str, 
                 return ReadPlan(changed_areas(si, disk, snap, "*"), False, reason)
             except vmodl.MethodFault as e:
                 return ReadPlan(None, False, f"{reason}; allocated areas from VDDK ({fault_text(e)})")
+            except ChangedAreasRefused as e:
+                return ReadPlan(None, False, f"{reason}; allocated areas from VDDK (refused: {e})")
         return ReadPlan(None, False, f"{reason}; changed-block tracking gave no change id")
 
     if previous is None:
@@ -195,6 +194,8 @@ def plan(si: Any, disk: FirstClassDisk, snap: DiskSnapshot, previous: dict[str, 
                         base_change_id=prev_id)
     except vmodl.MethodFault as e:
         return full(f"change id {prev_id} unusable ({fault_text(e)}): read in full")
+    except ChangedAreasRefused as e:
+        return full(f"changed areas since {prev_id} refused ({e}): read in full")
 
 
 def capture(session: Any, disk: FirstClassDisk, snap: DiskSnapshot) -> dict[str, Any]:

@@ -26,15 +26,17 @@ import urllib.parse
 from typing import Any
 
 from pyVmomi import pbm, vim, vmodl
-from pyVmomi.SoapAdapter import SoapStubAdapter
 
-from restore.vsphere.errors import MetadataError
+from restore.vsphere.errors import CertificateError, MetadataError
 from restore.vsphere.inventory import inventory_path, name_and_parent
 from restore.vsphere.session import Session
 from restore.vsphere.tasks import properties
 from restore.vsphere.vmmeta import (SCHEMA, DiskMeta, Files, NicMeta, Placement, VMIdentity, VMMetadata,
                                     disk_label, parse_datastore_path, vim_name)
 from restore.vsphere.vmodl_json import to_json
+
+MAX_DISK_BYTES = 64 << 40  # 64 TiB: above the largest virtual disk vSphere makes (62 TB)
+
 
 def provisioning(backing: Any) -> str:
     if getattr(backing, "thinProvisioned", False):
@@ -53,7 +55,10 @@ def describe_disk(disk: vim.vm.device.VirtualDisk, controller: Any, datastores: 
         ds_name, rel = parse_datastore_path(file_name)
     except ValueError:
         ds_name, rel = datastores.get(ds_moref or "", ""), file_name
-    capacity = disk.capacityInBytes or (disk.capacityInKB or 0) * 1024
+    capacity = int(disk.capacityInBytes or (disk.capacityInKB or 0) * 1024)
+    # The server's word for the size: a disk of no size, or larger than a virtual disk can be,
+    # is not read (its index would be sized by it).
+    impossible = not 0 < capacity <= MAX_DISK_BYTES
     independent = str(getattr(backing, "diskMode", "")).startswith("independent")
     rdm_physical = (isinstance(backing, vim.vm.device.VirtualDisk.RawDiskMappingVer1BackingInfo)
                     and backing.compatibilityMode == "physicalMode")
@@ -81,9 +86,11 @@ def describe_disk(disk: vim.vm.device.VirtualDisk, controller: Any, datastores: 
         change_id=getattr(backing, "changeId", None) or None,
         content_id=getattr(backing, "contentId", None),
         storage_io=to_json(disk.storageIOAllocation),
-        backup_possible=not independent and not rdm_physical,
+        backup_possible=not independent and not rdm_physical and not impossible,
         skip_reason=("independent disks are not in snapshots" if independent else
-                     "physical-mode RDMs cannot be snapshotted" if rdm_physical else None),
+                     "physical-mode RDMs cannot be snapshotted" if rdm_physical else
+                     f"vCenter reports an impossible capacity of {capacity} bytes"
+                     if impossible else None),
         storage_profiles=[],
     )
 
@@ -165,14 +172,8 @@ def _storage_profiles(session: Session, vm: Any, disk_keys: list[int]) -> dict[s
 
 
 def _storage_profiles_at(session: Session, vm: Any, disk_keys: list[int], path: str) -> dict[str, list[dict[str, str]]]:
-    stub = SoapStubAdapter(host=session.host, port=session.port, path=path,
-                           version="pbm.version.version11", sslContext=session.context,
-                           requestContext={"vcSessionCookie": session.cookie or ""})
-    stub.cookie = session.si._stub.cookie
-    try:
+    with session.soap_stub(path, "pbm.version.version11") as stub:
         return _query_profiles(pbm.ServiceInstance("ServiceInstance", stub), session, vm, disk_keys)
-    finally:
-        stub.DropConnections()
 
 
 def _query_profiles(si: Any, session: Session, vm: Any, disk_keys: list[int]) -> dict[str, list[dict[str, str]]]:
@@ -289,6 +290,8 @@ def capture(session: Session, vm: vim.VirtualMachine, snapshot: Any | None,
         for disk in disks:
             disk.storage_profiles = profiles.get(str(disk.key), [])
         vm_profiles = profiles.get("vm", [])
+    except CertificateError:
+        raise  # a man in the middle is not a missing endpoint: stop
     except Exception as e:  # an endpoint that is absent or refuses: record, go on
         vm_profiles = []
         warnings.append(f"storage profiles not read: {type(e).__name__}: {getattr(e, 'msg', e)}")
@@ -306,6 +309,8 @@ def capture(session: Session, vm: vim.VirtualMachine, snapshot: Any | None,
     if dc_name and vmx_path:
         try:
             files["vmx"] = _download(session, vmx_path, dc_name).decode("utf-8", "replace")
+        except CertificateError:
+            raise
         except Exception as e:
             warnings.append(f".vmx not downloaded from {vmx_path}: {e}")
     failures = []
@@ -314,6 +319,8 @@ def capture(session: Session, vm: vim.VirtualMachine, snapshot: Any | None,
             files["nvram_b64"] = base64.b64encode(_download(session, candidate, dc_name)).decode()
             files["nvram_path"] = candidate
             break
+        except CertificateError:
+            raise
         except Exception as e:
             failures.append(f"{candidate}: {e}")
     if failures and files["nvram_path"] is None:
@@ -331,6 +338,8 @@ def capture(session: Session, vm: vim.VirtualMachine, snapshot: Any | None,
     if tags is not None:
         try:
             tag_list = tags(vm._moId)
+        except CertificateError:
+            raise
         except Exception as e:
             warnings.append(f"tags not read: {e}")
     else:

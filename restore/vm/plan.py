@@ -23,9 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pyVmomi import pbm, vim, vmodl
-from pyVmomi.SoapAdapter import SoapStubAdapter
 
-from restore.vsphere.errors import AmbiguousVM, VMNotFound
+from restore.vsphere.errors import AmbiguousVM, CertificateError, VMNotFound
 from restore.vsphere.inventory import find_vm, inventory_path
 from restore.vsphere.errors import MetadataError
 from restore.vsphere.vmmeta import SCHEMA, DiskMeta, NicMeta, VMMetadata, parse_datastore_path
@@ -419,6 +418,8 @@ class _Resolver:
             return None, None
         try:
             profiles = storage_profiles(self.session)
+        except CertificateError:
+            raise
         except Exception as e:  # an absent endpoint: fatal only if the user asked for a profile
             if options.storage_profile:
                 self.problems.add(f"--storage-profile: the storage policy service cannot be read ({e})")
@@ -623,17 +624,14 @@ def storage_profiles(session: Session) -> dict[str, str]:
     """Storage profile name -> id, through the PBM endpoint (vCenter /pbm/sdk, simulator /pbm)."""
     last: Exception | None = None
     for path in ("/pbm/sdk", "/pbm"):
-        stub = SoapStubAdapter(host=session.host, port=session.port, path=path,
-                               version="pbm.version.version11", sslContext=session.context,
-                               requestContext={"vcSessionCookie": session.cookie or ""})
-        stub.cookie = session.si._stub.cookie
         try:
-            content = pbm.ServiceInstance("ServiceInstance", stub).RetrieveContent()
-            mgr = content.profileManager
-            ids = mgr.PbmQueryProfile(resourceType=pbm.profile.ResourceType(resourceType="STORAGE"))
-            return {p.name: p.profileId.uniqueId for p in (mgr.PbmRetrieveContent(ids) if ids else [])}
+            with session.soap_stub(path, "pbm.version.version11") as stub:
+                content = pbm.ServiceInstance("ServiceInstance", stub).RetrieveContent()
+                mgr = content.profileManager
+                ids = mgr.PbmQueryProfile(resourceType=pbm.profile.ResourceType(resourceType="STORAGE"))
+                return {p.name: p.profileId.uniqueId for p in (mgr.PbmRetrieveContent(ids) if ids else [])}
+        except CertificateError:
+            raise  # a man in the middle is not a missing endpoint
         except Exception as e:
             last = e
-        finally:
-            stub.DropConnections()
     raise last or RuntimeError("no storage policy endpoint")

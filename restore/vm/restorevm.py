@@ -265,13 +265,14 @@ class _Restore:
         files = plan.metadata.files
         ds, dc = plan.datastore, plan.datacenter_name
         directory = vmximport.free_directory(self.session, dc, ds, plan.name)
-        vmx_rel = f"{directory}/{plan.name}.vmx"
+        file_name = vmximport.datastore_name(plan.name)  # a name is data, never a path
+        vmx_rel = f"{directory}/{file_name}.vmx"
         vmximport.make_directory(self.si, plan.datacenter, f"[{ds}] {directory}")
         self.undo.append((f"[{ds}] {directory}", lambda: self._delete_dir(ds, directory)))
         text = vmximport.prepare_vmx(files.vmx or "", plan.name, recover_identity=plan.options.recover_identity)
         vmximport.upload(self.session, dc, ds, vmx_rel, text.encode())
         if files.nvram_b64:
-            vmximport.upload(self.session, dc, ds, f"{directory}/{plan.name}.nvram",
+            vmximport.upload(self.session, dc, ds, f"{directory}/{file_name}.nvram",
                              base64.b64decode(files.nvram_b64))
         vm = wait(self.si, plan.folder.RegisterVM_Task(path=f"[{ds}] {vmx_rel}", name=plan.name,
                                                        asTemplate=False, pool=plan.pool, host=plan.host),

@@ -7,13 +7,19 @@ identity is recovered. ``free_directory`` finds a datastore folder that does not
 (``name``, ``name_1``, …), ``upload`` PUTs a file through the datastore HTTP endpoint
 (``/folder/<path>?dcPath=&dsName=``) with the session's cookie.
 
+Names are data: the VM's name (``--name``, or the saved one, which a vCenter user chose) becomes
+a datastore folder and file name only through ``datastore_name`` (one path component: ``/``,
+``\\``, ``%`` and control characters percent-encoded as vCenter does, no leading dot, at most
+``MAX_NAME_BYTES``), and a .vmx value only through ``vmx_value`` (``"``, ``|`` and control
+characters in the .vmx's ``|XX`` escapes): a name cannot leave the VM's folder or add a line to
+the .vmx.
+
 Why the disks and NICs leave the .vmx: a registered .vmx whose disk files do not exist yet is
 refused by ESXi, and the NICs' networks may not exist here. (The govmomi simulator does not read
 the .vmx at all; the reconfiguration makes both behave the same.)
 """
 from __future__ import annotations
 
-import http.client
 import re
 import urllib.parse
 from typing import Any
@@ -36,6 +42,33 @@ def _parse(text: str) -> list[tuple[str, str]]:
     return out
 
 
+MAX_NAME_BYTES = 200   # of a datastore file name made from a VM name (vCenter allows 80 chars)
+# Control characters: C0, DEL, C1 and the Unicode line separators (Python's splitlines, and
+# so our own .vmx parser, break lines at \x85, \u2028 and \u2029 too).
+_CONTROL = "\\x00-\\x1f\\x7f-\\x9f\\u2028\\u2029"
+_NOT_IN_FILE_NAME = re.compile(f"[/\\\\%{_CONTROL}]")
+_NOT_IN_VMX_VALUE = re.compile(f'["|{_CONTROL}]')
+
+
+def datastore_name(name: str) -> str:
+    """``name`` as one datastore folder or file name (see the module)."""
+    out = _NOT_IN_FILE_NAME.sub(lambda m: _escaped(m.group(), "%{:02x}"), name)
+    if out.startswith("."):
+        out = "%2e" + out[1:]
+    while len(out.encode("utf-8")) > MAX_NAME_BYTES:
+        out = out[:-1]
+    return out or "vm"
+
+
+def vmx_value(text: str) -> str:
+    """``text`` as the inside of a quoted .vmx value (``|XX`` escapes, as VMware writes)."""
+    return _NOT_IN_VMX_VALUE.sub(lambda m: _escaped(m.group(), "|{:02X}"), text)
+
+
+def _escaped(char: str, form: str) -> str:
+    return "".join(form.format(b) for b in char.encode("utf-8"))
+
+
 def prepare_vmx(text: str, name: str, *, recover_identity: bool) -> str:
     entries = _parse(text)
     disk_units = {m.group(0) for k, v in entries if (m := _DEVICE_UNIT.match(k))
@@ -50,12 +83,12 @@ def prepare_vmx(text: str, name: str, *, recover_identity: bool) -> str:
         if not recover_identity and key in _IDENTITY:
             continue
         if key == "displayName":
-            value = name
+            value = vmx_value(name)
         elif key == "nvram":
-            value = f"{name}.nvram"
+            value = vmx_value(f"{datastore_name(name)}.nvram")
         lines.append(f'{key} = "{value}"')
     if not any(k == "displayName" for k, _ in entries):
-        lines.append(f'displayName = "{name}"')
+        lines.append(f'displayName = "{vmx_value(name)}"')
     return "\n".join(lines) + "\n"
 
 
@@ -73,7 +106,8 @@ def exists(session: Session, datacenter: str, datastore: str, rel: str) -> bool:
 
 
 def free_directory(session: Session, datacenter: str, datastore: str, name: str) -> str:
-    """A folder name on the datastore for the VM that holds no .vmx yet."""
+    """A folder name on the datastore for the VM (``datastore_name``) that holds no .vmx yet."""
+    name = datastore_name(name)
     for n in range(100):
         candidate = name if n == 0 else f"{name}_{n}"
         if not exists(session, datacenter, datastore, f"{candidate}/{name}.vmx"):
@@ -83,15 +117,14 @@ def free_directory(session: Session, datacenter: str, datastore: str, name: str)
 
 def upload(session: Session, datacenter: str, datastore: str, rel: str, data: bytes,
            timeout: float = 120.0) -> None:
-    conn = http.client.HTTPSConnection(session.host, session.port, context=session.context,
-                                       timeout=timeout)
+    conn = session.https(timeout)
     try:
         conn.request("PUT", _folder_url(datacenter, datastore, rel), body=data,
-                     headers={"Cookie": getattr(session.si._stub, "cookie", "") or "",
+                     headers={**session.cookie_header(),
                               "Content-Type": "application/octet-stream",
                               "Content-Length": str(len(data))})
         resp = conn.getresponse()
-        resp.read()
+        resp.read(64 << 10)  # the answer's text is not used; bounded all the same
         if resp.status not in (200, 201, 204):
             raise OSError(f"upload of [{datastore}] {rel}: HTTP {resp.status} {resp.reason}")
     finally:

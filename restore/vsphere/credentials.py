@@ -3,7 +3,9 @@
 Role: ``resolve_credentials`` takes the options, then ``VSPHERE_SERVER``, ``VSPHERE_USER``,
 ``VSPHERE_PASSWORD``, then a prompt on a terminal. Apart from ``session`` (which logs in with
 them) so that a command can check them — and fail on missing ones — before it imports pyVmomi.
-The password is never part of a message or a ``repr``.
+The password is never part of a message or a ``repr``. A password file is read by the rule of
+``passwordfile`` (the whole file, trailing CR/LF stripped, UTF-8, a warning when others may read
+it).
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import sys
 from dataclasses import dataclass, field
 
 from .errors import CredentialsMissing
+from .passwordfile import PasswordFileError, read_password_file
 
 ENV_SERVER = "VSPHERE_SERVER"
 ENV_USER = "VSPHERE_USER"
@@ -38,10 +41,9 @@ def resolve_credentials(server: str | None, user: str | None, password_file: str
         raise CredentialsMissing(f"no vSphere user: give --user or set {ENV_USER}")
     if password_file:
         try:
-            with open(password_file, encoding="utf-8") as f:
-                password = f.readline().rstrip("\r\n")
-        except OSError as e:
-            raise CredentialsMissing(f"cannot read the password file {password_file}: {e.strerror}") from None
+            password = read_password_file(password_file)
+        except PasswordFileError as e:
+            raise CredentialsMissing(str(e)) from None
     elif env.get(ENV_PASSWORD) is not None:
         password = env[ENV_PASSWORD]
     else:

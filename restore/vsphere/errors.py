@@ -35,6 +35,10 @@ class CertificateUntrusted(CertificateError):
     """The served certificate does not verify against the trusted authorities."""
 
 
+class AnswerTooLarge(VSphereError):
+    """The server answered more bytes (or more items) than such an answer can hold."""
+
+
 class VMNotFound(VSphereError):
     """No VM matches the given name, path, moref or UUID."""
 

@@ -1,37 +1,62 @@
 """A logged-in vSphere session: where to connect, how to trust the server, how to log in.
 
-Role: decide how the TLS certificate is trusted (the credentials come from ``credentials``), log in with pyVmomi, and hand out what VDDK needs to reuse the session
-(server, port, thumbprint, session cookie).
+Role: decide how the TLS certificate is trusted (the credentials come from ``credentials``), log
+in with pyVmomi, hand out what VDDK needs to reuse the session (server, port, thumbprint,
+session cookie), and open every later connection of the session: ``https()`` (HTTP on the
+same server: datastore ``/folder`` transfers, the vAPI REST endpoint) and ``soap_stub()``
+(other SOAP endpoints: PBM). Nothing else in restore/ opens a socket to the server.
 
 Trust, in this order: ``insecure`` accepts any certificate (and says so in ``trust``); a pinned
 ``thumbprint`` (SHA-1 of the served certificate, ``AA:BB:…``, case and colons ignored) must
-match the certificate the server presents — pyVmomi checks it again on every connection;
-otherwise the certificate must verify against the system's authorities (or ``ca_file``) for
-the host name. We probe the certificate ourselves before logging in: pyVmomi would silently
-skip verification for loopback addresses, and a failed probe gives a message that names the
-served thumbprint, which is what the user needs to pin it.
+match the certificate the server presents; otherwise the certificate must verify against the
+system's authorities (or ``ca_file``) for the host name. Unless ``insecure``, every connection
+of the session, not only the first, must then present the very certificate the session logged
+in against (``PinnedHTTPSConnection``): a man in the middle who appears later gets a
+``CertificateMismatch`` before a single byte of a request (credentials, cookie) is sent.
+We probe the certificate ourselves before logging in: pyVmomi would silently skip verification
+for loopback addresses, and a failed probe gives a message that names the served thumbprint,
+which is what the user needs to pin it.
 
 Limits: one session per ``Session``; no SSO token or SAML login; the password lives only in
 this object and in pyVmomi's login call, never in a message or a log.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import http.client
 import re
 import socket
 import ssl
 import urllib.parse
-from typing import Any
+from typing import Any, Iterator
 
 from pyVim import connect as pyvim_connect
 from pyVmomi import vim
-from pyVmomi.Security import ThumbprintMismatchException
+from pyVmomi.SoapAdapter import SoapStubAdapter
 
 from .credentials import Credentials, resolve_credentials  # noqa: F401 - re-exported
-from .errors import CertificateMismatch, CertificateUntrusted, ConnectionFailed, LoginFailed
+from .errors import (AnswerTooLarge, CertificateError, CertificateMismatch, CertificateUntrusted,
+                     ConnectionFailed, LoginFailed)
 
 CONNECT_TIMEOUT = 30.0
+# The largest file we download from a datastore (.vmx, .nvram: kilobytes in practice; an
+# EFI .nvram is ~540 KiB): a server cannot make us hold more than this in memory.
+MAX_DOWNLOAD = 16 << 20
+
+
+def read_bounded(resp: http.client.HTTPResponse, limit: int, what: str) -> bytes:
+    """The body of ``resp``, refused when it is longer than ``limit`` bytes (read in steps, so
+    that neither a false Content-Length nor an endless chunked body can exhaust memory)."""
+    declared = resp.getheader("Content-Length")
+    if declared is not None and declared.strip().isdigit() and int(declared) > limit:
+        raise AnswerTooLarge(f"{what}: the server announces {int(declared)} bytes, more than "
+                             f"the {limit} accepted")
+    body = resp.read(limit + 1)
+    if len(body) > limit:
+        raise AnswerTooLarge(f"{what}: the server sent more than the {limit} bytes accepted")
+    return body
 
 
 def split_server(server: str) -> tuple[str, int]:
@@ -126,18 +151,80 @@ def _cookie_value(cookie_header: str | None) -> str | None:
     return m.group(1) if m else None
 
 
+class PinnedHTTPSConnection(http.client.HTTPSConnection):
+    """An HTTPS connection that, after the handshake and before any request, checks that the
+    server presents the certificate of ``pin`` (a SHA-1 thumbprint; None: no check)."""
+
+    def __init__(self, host: str, port: int | None = None, *, pin: str | None,
+                 context: ssl.SSLContext | None = None,
+                 timeout: float = socket._GLOBAL_DEFAULT_TIMEOUT) -> None:  # type: ignore[attr-defined]
+        super().__init__(host, port, context=context, timeout=timeout)
+        self._pin = pin
+
+    def connect(self) -> None:
+        try:
+            super().connect()
+        except ssl.SSLCertVerificationError as e:
+            raise CertificateUntrusted(f"the certificate of {self.host}:{self.port} does not "
+                                       f"verify ({e.verify_message})") from None
+        if self._pin is None:
+            return
+        der = self.sock.getpeercert(binary_form=True)
+        served = sha1_thumbprint(der) if der else "none"
+        if served != self._pin:
+            self.sock.close()
+            self.sock = None  # type: ignore[assignment]
+            raise CertificateMismatch(
+                f"{self.host}:{self.port} now presents a certificate with thumbprint {served}, "
+                f"not {self._pin} of the login: someone may be intercepting the connection; "
+                "nothing was sent")
+
+
+def _drop(stub: Any) -> None:
+    if stub is not None:
+        stub.DropConnections()
+
+
 class Session:
     """A logged-in session. Use as a context manager, or call ``close()``."""
 
     def __init__(self, si: vim.ServiceInstance, host: str, port: int, user: str,
-                 thumbprint: str, context: ssl.SSLContext, trust: str) -> None:
+                 thumbprint: str, context: ssl.SSLContext, trust: str,
+                 pinned: bool = True) -> None:
         self.si = si
         self.host = host
         self.port = port
         self.user = user
         self.thumbprint = thumbprint
-        self.context = context
+        self._context = context
+        self._pin = thumbprint if pinned else None  # None only with --insecure
         self.trust = trust
+
+    def https(self, timeout: float = 120.0) -> PinnedHTTPSConnection:
+        """A new HTTPS connection to the server, trusted as the login was (see the module)."""
+        return PinnedHTTPSConnection(self.host, self.port, context=self._context, pin=self._pin,
+                                     timeout=timeout)
+
+    def cookie_header(self) -> dict[str, str]:
+        """The session's ``Cookie`` header (pyVmomi keeps the whole Set-Cookie value; a Cookie
+        header carries only "name=value")."""
+        cookie = (getattr(self.si._stub, "cookie", "") or "").split(";", 1)[0].strip()
+        return {"Cookie": cookie} if cookie else {}
+
+    @contextlib.contextmanager
+    def soap_stub(self, path: str, version: str) -> Iterator[SoapStubAdapter]:
+        """A SOAP stub for another endpoint of the server (e.g. PBM at ``/pbm/sdk``) that
+        carries this session (cookie and ``vcSessionCookie`` header) and checks the pinned
+        certificate on each of its connections; dropped at the end of the block."""
+        stub = SoapStubAdapter(host=self.host, port=self.port, path=path, version=version,
+                               sslContext=self._context,
+                               requestContext={"vcSessionCookie": self.cookie or ""})
+        stub.scheme = functools.partial(PinnedHTTPSConnection, pin=self._pin)
+        stub.cookie = self.si._stub.cookie
+        try:
+            yield stub
+        finally:
+            stub.DropConnections()
 
     @classmethod
     def login(cls, credentials: Credentials, *, thumbprint: str | None = None,
@@ -145,24 +232,36 @@ class Session:
         host, port = split_server(credentials.server)
         ctx, served, trust = trust_context(host, port, thumbprint=thumbprint, insecure=insecure,
                                            ca_file=ca_file)
+        pin = None if insecure else served
+        stub = None
         try:
-            si = pyvim_connect.SmartConnect(
-                host=host, port=port, user=credentials.user, pwd=credentials.password,
-                sslContext=ctx, thumbprint=None if insecure else served)
-        except ThumbprintMismatchException as e:  # the certificate changed after our probe
-            raise CertificateMismatch(f"{host}:{port}: {e}") from None
+            # Not SmartConnect: its stub checks a thumbprint only when the context's own
+            # verification fails, which a pinned (unverifying) context never does. Our stub's
+            # connections check the pin themselves, each time the pool opens one. (The API
+            # version query before it carries neither credentials nor cookie.)
+            stub = pyvim_connect.SmartStubAdapter(host=host, port=port, sslContext=ctx)
+            stub.scheme = functools.partial(PinnedHTTPSConnection, pin=pin)
+            si = vim.ServiceInstance("ServiceInstance", stub)
+            si.content.sessionManager.Login(credentials.user, credentials.password, None)
+        except CertificateError:
+            _drop(stub)
+            raise
         except vim.fault.InvalidLogin:
+            _drop(stub)
             raise LoginFailed(f"{host}:{port} refused the login of {credentials.user!r}: "
                               "wrong user name or password") from None
         except vim.fault.VimFault as e:
+            _drop(stub)
             raise LoginFailed(f"{host}:{port} refused the login of {credentials.user!r}: "
                               f"{getattr(e, 'msg', None) or type(e).__name__}") from None
         except (OSError, ssl.SSLError, http.client.HTTPException) as e:
+            _drop(stub)
             raise ConnectionFailed(f"cannot reach {host}:{port}: {e}") from None
         except Exception as e:  # a server that is not vSphere: pyVmomi's protocol errors
+            _drop(stub)
             raise ConnectionFailed(f"{host}:{port} did not answer as a vSphere server: "
                                    f"{type(e).__name__}: {e}") from None
-        return cls(si, host, port, credentials.user, served, ctx, trust)
+        return cls(si, host, port, credentials.user, served, ctx, trust, pinned=not insecure)
 
     @property
     def content(self) -> Any:
@@ -177,19 +276,17 @@ class Session:
         """The session id, for VDDK's ``VIXDISKLIB_CRED_SESSIONID`` login."""
         return _cookie_value(getattr(self.si._stub, "cookie", None))
 
-    def http_get(self, path_and_query: str, timeout: float = 120.0) -> bytes:
-        """GET a path of the server (e.g. ``/folder/…``) with this session's cookie."""
-        conn = http.client.HTTPSConnection(self.host, self.port, context=self.context,
-                                           timeout=timeout)
+    def http_get(self, path_and_query: str, timeout: float = 120.0,
+                 limit: int = MAX_DOWNLOAD) -> bytes:
+        """GET a path of the server (e.g. ``/folder/…``) with this session's cookie; an answer
+        longer than ``limit`` bytes is refused (``AnswerTooLarge``), whatever it announces."""
+        conn = self.https(timeout)
         try:
-            # pyVmomi keeps the Set-Cookie value; a Cookie header carries only "name=value".
-            cookie = (getattr(self.si._stub, "cookie", "") or "").split(";", 1)[0].strip()
-            conn.request("GET", path_and_query, headers={"Cookie": cookie} if cookie else {})
+            conn.request("GET", path_and_query, headers=self.cookie_header())
             resp = conn.getresponse()
-            body = resp.read()
             if resp.status != 200:
                 raise FileNotFoundError(f"GET {path_and_query.split('?')[0]}: HTTP {resp.status} {resp.reason}")
-            return body
+            return read_bounded(resp, limit, f"GET {path_and_query.split('?')[0]}")
         finally:
             conn.close()
 

@@ -24,6 +24,7 @@ package main
 import (
 	"bufio"
 	"crypto/sha1"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -336,6 +337,9 @@ func queryChangedDiskAreas(req *types.QueryChangedDiskAreas) (*types.DiskChangeI
 	if disk == nil || fileBacking(disk) == "" {
 		return nil, invalidArgument("deviceKey", fmt.Sprintf("no virtual disk with key %d in the snapshot", req.DeviceKey))
 	}
+	if info := injectedChangedAreas(vm, req.StartOffset, diskCapacity(disk)); info != nil {
+		return info, nil
+	}
 	return changedAreas(fileBacking(disk), diskCapacity(disk), snapChangeID, req.StartOffset, req.ChangeId)
 }
 
@@ -475,4 +479,52 @@ func detachSnapshotConfig(snapRef types.ManagedObjectReference) error {
 		}
 	})
 	return err
+}
+
+// changedAreasKey, set in a VM's extraConfig (ReconfigVM_Task; "" turns it
+// off), replaces every QueryChangedDiskAreas answer for the VM's disks with
+// the JSON document it holds, verbatim:
+//
+//	{"startOffset": N, "length": N, "areas": [[start, length], ...]}
+//
+// (startOffset defaults to the requested one, length to the rest of the
+// disk), so that tests can see what a client does with a server's nonsense:
+// areas beyond the disk, negative, overlapping, outside the answer's range.
+const changedAreasKey = "repofs.vcsim.changedAreas"
+
+func injectedChangedAreas(vm *simulator.VirtualMachine, startOffset, capacity int64) *types.DiskChangeInfo {
+	value := ""
+	simulator.Map.WithLock(vm, func() {
+		if vm.Config == nil {
+			return
+		}
+		for _, o := range vm.Config.ExtraConfig {
+			if v := o.GetOptionValue(); v.Key == changedAreasKey {
+				value = fmt.Sprint(v.Value)
+			}
+		}
+	})
+	if value == "" {
+		return nil
+	}
+	var doc struct {
+		StartOffset *int64     `json:"startOffset"`
+		Length      *int64     `json:"length"`
+		Areas       [][2]int64 `json:"areas"`
+	}
+	if err := json.Unmarshal([]byte(value), &doc); err != nil {
+		log.Printf("%s: not JSON: %v", changedAreasKey, err)
+		return nil
+	}
+	info := &types.DiskChangeInfo{StartOffset: startOffset, Length: capacity - startOffset}
+	if doc.StartOffset != nil {
+		info.StartOffset = *doc.StartOffset
+	}
+	if doc.Length != nil {
+		info.Length = *doc.Length
+	}
+	for _, a := range doc.Areas {
+		info.ChangedArea = append(info.ChangedArea, types.DiskChangeExtent{Start: a[0], Length: a[1]})
+	}
+	return info
 }
