@@ -10,6 +10,8 @@ import errno
 from typing import Iterable
 
 from format import errors as fe
+from format.leases import LeaseLost
+from format.marks import GenerationProtected
 
 from repofs.ingest.backup import IngestError
 from repofs.ingest.sources import SourceError
@@ -49,6 +51,8 @@ TABLE: list[tuple[type[BaseException], int]] = [
     (IngestError, SOURCE),
     (fe.StorageFull, NO_SPACE),
     (fe.RepositoryBusy, BUSY),
+    (LeaseLost, BUSY),
+    (GenerationProtected, FAILURE),
     (fe.UnsupportedFormat, UNSUPPORTED),
 ]
 
