@@ -9,7 +9,8 @@ week 53 of the previous one). ``within`` keeps every generation younger than the
 counted back from the newest generation of the VM (not from now, so an old VM is not emptied
 by time alone). A generation kept by several rules lists them all. Protected generations are
 kept whatever the rules say. A policy that would keep nothing keeps the newest generation
-unless ``allow_empty``.
+unless ``allow_empty``; with the restic rules that happens only for the empty policy, which
+is refused unless ``allow_empty`` (then every unprotected generation goes: a VM retired).
 
 Pure: no repository access, so the tests feed it tables of times.
 """
@@ -109,7 +110,7 @@ def period_key(rule: str, time_ns: int) -> tuple[int, ...]:
 
 def apply(policy: Policy, generations: list[Generation], allow_empty: bool = False) -> list[Decision]:
     """A decision per generation of one VM, newest first."""
-    if policy.empty:
+    if policy.empty and not allow_empty:
         raise PolicyError("no keep rule given: refusing to forget every generation "
                           "(give --keep-last, --keep-daily, … or --keep-within)")
     ordered = sorted(generations, key=lambda g: (g.time_ns, g.name), reverse=True)

@@ -44,9 +44,11 @@ def forget(targets: Annotated[Optional[list[str]], typer.Argument(metavar="[vm:N
     try:
         policy = retention.Policy(keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly,
                                   keep_yearly, retention.Duration.parse(keep_within) if keep_within else None)
-        if policy.empty:
+        if policy.empty and not allow_empty:
             raise retention.PolicyError("no keep rule given: refusing to forget every generation "
                                         "(give --keep-last, --keep-daily, … or --keep-within)")
+        if policy.empty and not targets:
+            raise retention.PolicyError("--allow-empty without keep rules forgets whole VMs: name them (vm:NAME)")
     except retention.PolicyError as e:
         raise UsageProblem(str(e)) from None
     repository = open_repository(repo, password_file)
@@ -212,7 +214,7 @@ def diff(target: Annotated[str, typer.Argument(metavar="vm:NAME@GEN1", help="The
                      "changed_bytes": sum(n for _o, n in ranges)}
             if files and old is not None:
                 from repofs.guest.diff import diff_files
-                entry["files"] = diff_files(old, disk)
+                entry["files"] = diff_files(a, b, disk.label)
             disks.append(entry)
         removed = [d.label for d in a.disks if d.label not in {x.label for x in b.disks}]
     doc = {"vm": a.vm, "from": a.name, "to": b.name, "disks": disks, "removed_disks": removed}
