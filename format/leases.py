@@ -82,6 +82,9 @@ class Lease:
         return self
 
     def keep_alive(self) -> None:
+        """Start the renewing thread unless it runs (after ``fork`` it does not, in the child)."""
+        if self._thread is not None and self._thread.is_alive():
+            return
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._renew, name="lease", daemon=True)
         self._thread.start()

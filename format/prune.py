@@ -11,7 +11,10 @@ manifest written meanwhile references go back, the rest are deleted.
 Every step can be interrupted (kill -9): the batch record is written before the first move,
 every move and delete is idempotent, and the next run seals and sweeps what is left.
 ``REPOFS_PRUNE_KILL_AFTER=K`` (tests only) makes this process SIGKILL itself after K moves or
-deletions, a real kill at a chosen point.
+deletions, a real kill at a chosen point. ``REPOFS_PRUNE_FRESH_SECONDS`` (tests) changes how
+long before the oldest running backup's start objects count as fresh (default ``SKEW``);
+``-1`` condemns fresh objects too, which safety does not need: the sweep puts back whatever
+a generation written meanwhile references — the tests use it to exercise exactly that.
 
 Memory: the marks take about 7 bytes per referenced chunk (format/idset.py); listings are
 streamed folder by folder.
@@ -164,7 +167,8 @@ def prune(repo: Any, *, dry_run: bool = False, wait: float = 0.0,
 
         # 5. condemn
         backups = [lease_ for lease_ in others if lease_.kind == "backup"]
-        cutoff = min([now] + [lease_.since_ns - SKEW_NS for lease_ in backups])
+        fresh = _fresh_margin_ns()
+        cutoff = now if fresh < 0 else min([now] + [lease_.since_ns - fresh for lease_ in backups])
         batch = secrets.token_hex(16)
         record = {"state": "moving", "started_ns": now}
         if not dry_run:
@@ -221,6 +225,14 @@ def prune(repo: Any, *, dry_run: bool = False, wait: float = 0.0,
     finally:
         if not dry_run:
             lease.end()
+
+
+def _fresh_margin_ns() -> int:
+    value = os.environ.get("REPOFS_PRUNE_FRESH_SECONDS", "")
+    try:
+        return int(float(value) * 1e9) if value else SKEW_NS
+    except ValueError:
+        return SKEW_NS
 
 
 def _seal_all(repo: Any) -> list[tuple[str, dict]]:

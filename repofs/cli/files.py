@@ -96,7 +96,10 @@ def build_app(open_repository: Callable[[str | None, str | None], object],
     def guest(address: Address, repo: str | None, password_file: str | None) -> "GuestGeneration":
         from repofs.guest.guestfs import GuestGeneration  # noqa: PLC0415 (see _register_guest_errors)
         _register_guest_errors()
-        view = RepositoryView(open_repository(repo, password_file))
+        repository = open_repository(repo, password_file)
+        # held until the command ends: a generation forgotten meanwhile stays readable
+        atexit.register(repository.lease("reader").begin().end)
+        view = RepositoryView(repository)
         return GuestGeneration(view.generation(address.vm, address.generation))
 
     @app.command("ls")
