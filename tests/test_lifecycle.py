@@ -13,16 +13,10 @@ from pathlib import Path
 
 from fixtures_mount import (CHUNK, DISK, VM, MountSource, backup_image, build_image, mounted,
                             needs_root_tools)
-from fixtures_repo import CLI, cli_env
+from fixtures_lifecycle import small_cli
+from fixtures_repo import CLI
 
 from format.manifest import Manifest
-
-
-def small_cli(tmp_path: Path) -> CLI:
-    repo = tmp_path / "repo"
-    c = CLI(repo, cli_env(tmp_path, repo))
-    c.run("init", "--chunk-size", str(64 << 10), "--encryption", "none")   # no KDF per command: fast
-    return c
 
 
 def gens(cli: CLI) -> list[dict]:

@@ -8,6 +8,8 @@ import json
 
 import pytest
 
+from fixtures_lifecycle import small_cli
+
 from format.retention import Duration, Generation, Policy, PolicyError, apply
 
 
@@ -117,11 +119,12 @@ def test_duration_arithmetic_on_calendar_edges() -> None:
     assert Duration.parse("1d12h").before(dt.datetime(2024, 3, 1, 6, tzinfo=utc)) == dt.datetime(2024, 2, 28, 18, tzinfo=utc)
 
 
-def test_forget_cli_json_against_the_table(cli, tmp_path) -> None:
+def test_forget_cli_json_against_the_table(tmp_path) -> None:
     """The real command: generations written with ``backup --time`` at the table's times,
     ``forget --keep-weekly 5 --dry-run --json`` agrees with the table, then ``forget`` hides
     exactly the removed ones, and the last generation of a VM survives a policy that keeps
     nothing of it unless --allow-empty."""
+    cli = small_cli(tmp_path)
     image = tmp_path / "disk.img"
     image.write_bytes(b"\1" * 200_000)
     for t in TIMES:
