@@ -4,8 +4,8 @@ and the memory of prune's marks (format/idset.py) for 10 million ids measured di
     .venv/bin/python bench/bench_prune.py --sizes 100k,1M [--work DIR] [--idset 10M]
 
 Each repository is written directly through format/ (tiny chunks: the work of prune is per
-object, not per byte): one generation whose index names 90% of the chunks, the other 10% left
-unreferenced, so prune marks 0.9 N ids, walks N objects, and moves and deletes 0.1 N. The
+object, not per byte): one generation whose disks (at most ``DISK_SLOTS`` = 1 M chunks each: a
+1 TiB disk at 1 MiB chunks) name 90% of the chunks, the other 10% left unreferenced, so prune marks 0.9 N ids, walks N objects, and moves and deletes 0.1 N. The
 prune runs as a child process (the real CLI) and is measured with wait4 (bench/measure.py).
 Prints one line per size and an extrapolation to 10 M chunks.
 """
@@ -28,6 +28,7 @@ from format.manifest import DiskEntry, Manifest  # noqa: E402
 from format.repository import Repository  # noqa: E402
 
 CHUNK = 64 << 10
+DISK_SLOTS = 1_000_000
 
 
 def parse_count(text: str) -> int:
@@ -39,18 +40,21 @@ def parse_count(text: str) -> int:
 def build(path: Path, n: int) -> None:
     repo = Repository.init(path, None, encrypted=False, chunk_size=CHUNK)
     referenced = n * 9 // 10
-    index = FixedIndex.empty(referenced * CHUNK, CHUNK)
+    disks = []
+    index = None
     for k in range(n):
         data = k.to_bytes(8, "little") * 2          # tiny, distinct plaintexts
         cid = repo.chunk_id(data)
         repo.put_chunk(cid, data, sync=False)
         if k < referenced:
-            index.set(k, cid)
+            slot = k % DISK_SLOTS
+            if slot == 0:
+                index = FixedIndex.empty(min(DISK_SLOTS, referenced - k) * CHUNK, CHUNK)
+                disks.append(index)
+            index.set(slot, cid)
     repo.sync()
-    iid = repo.put_index(index)
-    now = time.time_ns()
-    repo.put_manifest(Manifest("bench", "g", "2026-01-01T00:00:00.000000Z", now, None,
-                               [DiskEntry("disk0", index.capacity, CHUNK, iid)]))
+    entries = [DiskEntry(f"disk{d}", ix.capacity, CHUNK, repo.put_index(ix)) for d, ix in enumerate(disks)]
+    repo.put_manifest(Manifest("bench", "g", "2026-01-01T00:00:00.000000Z", time.time_ns(), None, entries))
 
 
 def bench_idset(n: int) -> None:
