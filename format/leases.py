@@ -46,7 +46,18 @@ class LeaseInfo:
     vm: str | None
 
     def live(self, now_ns: int) -> bool:
-        return now_ns < self.expires_ns + SKEW_NS
+        """Not expired, and — for a lease of this host — its process still exists (a process
+        killed with SIGKILL cannot delete its lease; on doubt the lease counts as live)."""
+        if now_ns >= self.expires_ns + SKEW_NS:
+            return False
+        if self.host == socket.gethostname() and self.pid > 0:
+            try:
+                os.kill(self.pid, 0)
+            except ProcessLookupError:
+                return False
+            except OSError:
+                pass
+        return True
 
 
 class Lease:

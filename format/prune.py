@@ -193,7 +193,7 @@ def prune(repo: Any, *, dry_run: bool = False, wait: float = 0.0,
         fresh = _fresh_margin_ns()
         cutoff = now if fresh < 0 else min([now] + [lease_.since_ns - fresh for lease_ in backups])
         batch = secrets.token_hex(16)
-        record = {"state": "moving", "started_ns": now}
+        record = {"state": "moving", "started_ns": now, "owner": lease.name}
         if not dry_run:
             records.put(repo, PENDING, batch, records.MAGIC_BATCH, record)
         say("moving unreferenced objects aside")
@@ -224,7 +224,7 @@ def prune(repo: Any, *, dry_run: bool = False, wait: float = 0.0,
             report.freed_bytes = report.moved_bytes
             return report
         deadline = time.monotonic() + wait
-        pending = _seal_all(repo)
+        pending = _seal_all(repo, lease.name)
         # 7. sweep
         while True:
             writers_live = {lease_.name for lease_ in live_leases(repo) if lease_.kind == "backup"}
@@ -258,12 +258,17 @@ def _fresh_margin_ns() -> int:
         return SKEW_NS
 
 
-def _seal_all(repo: Any) -> list[tuple[str, dict]]:
-    """Every pending batch, sealed: those still "moving" (this run's, or a killed run's) get
-    the backup leases live now as their writers."""
+def _seal_all(repo: Any, me: str) -> list[tuple[str, dict]]:
+    """Every pending batch that is sealed or can be sealed now: this run's own, and those a
+    prune that no longer runs left "moving", get the backup leases live now as their writers.
+    A batch another running prune is still filling is left to it (sealing it now would miss
+    the backups that start before its last move)."""
     out = []
+    running = {lease_.name for lease_ in live_leases(repo) if lease_.kind == "prune"}
     for b, doc in records.read_all(repo, PENDING, records.MAGIC_BATCH):
         if doc.get("state") != "sealed":
+            if doc.get("owner") != me and doc.get("owner") in running:
+                continue
             writers = sorted(lease_.name for lease_ in live_leases(repo) if lease_.kind == "backup")
             doc = {"state": "sealed", "started_ns": doc.get("started_ns", 0),
                    "sealed_ns": time.time_ns(), "writers": writers}

@@ -199,15 +199,16 @@ class Repository:
         """The bytes of chunk or index ``name``, also while a prune has it moved aside in a
         trash batch (docs/format.md section 9.3): the original name, each batch, then the
         original name again (a sweep may have moved it back meanwhile)."""
-        try:
-            return self.backend.get(name)
-        except ObjectMissing:
-            pass
-        for batch in self.backend.list("pending"):
+        for _attempt in range(3):   # concurrent prunes may move it on between our looks
             try:
-                return self.backend.get(f"trash/{batch.rsplit('/', 1)[-1]}/{name}")
+                return self.backend.get(name)
             except ObjectMissing:
-                continue
+                pass
+            for batch in self.backend.list("pending"):
+                try:
+                    return self.backend.get(f"trash/{batch.rsplit('/', 1)[-1]}/{name}")
+                except ObjectMissing:
+                    continue
         return self.backend.get(name)
 
     # -- indexes ---------------------------------------------------------------------------
