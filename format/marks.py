@@ -46,9 +46,29 @@ def protected(repo: Any) -> set[str]:
             if doc.get("manifest") == name}
 
 
+def _authentic(repo: Any, folder: str, magic: bytes) -> set[str]:
+    """Names in ``folder`` whose record opens and names its manifest. Each name is read once
+    per Repository object (a listing runs every second in a mount): records of a name never
+    change in what matters here, and a name that goes away drops out of the listing."""
+    cache: dict[tuple[str, str], bool] = repo.__dict__.setdefault("_marks_seen", {})
+    out = set()
+    for name in records.names(repo, folder):
+        ok = cache.get((folder, name))
+        if ok is None:
+            try:
+                ok = records.get(repo, folder, name, magic).get("manifest") == name
+            except (records.ObjectMissing, records.CorruptObject):
+                continue
+            cache[(folder, name)] = ok
+        if ok:
+            out.add(name)
+    return out
+
+
 def forgotten(repo: Any) -> set[str]:
     """Manifest names of forgotten generations: a tombstone and no protection."""
-    return set(tombstones(repo)) - protected(repo)
+    return _authentic(repo, TOMBSTONES, records.MAGIC_TOMBSTONE) - \
+        _authentic(repo, PROTECTIONS, records.MAGIC_PROTECTION)
 
 
 def forget(repo: Any, manifest: str, vm: str, generation: str) -> None:
