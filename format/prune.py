@@ -280,7 +280,7 @@ def _seal_all(repo: Any, me: str) -> list[tuple[str, dict]]:
 def _sweep(repo: Any, batch: str, marks: IdSet, indexes: set[str], report: PruneReport,
            killer: _Killer) -> None:
     prefix = f"{TRASH}/{batch}/"
-    for full in list(repo.backend.list(f"{TRASH}/{batch}")):
+    for full in repo.backend.list(f"{TRASH}/{batch}"):   # streamed: a folder at a time
         name = full[len(prefix):]
         m = _OBJECT.match(name)
         if not m:
