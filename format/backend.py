@@ -86,6 +86,8 @@ class Backend(Protocol):
     def size(self, name: str) -> int: ...
     def list(self, prefix: str) -> Iterator[str]: ...
     def delete(self, name: str) -> None: ...
+    def rename(self, name: str, new_name: str) -> None: ...
+    def mtime_ns(self, name: str) -> int: ...
 
 
 class LocalBackend:
@@ -172,6 +174,32 @@ class LocalBackend:
     def delete(self, name: str) -> None:
         try:
             os.unlink(self.path(name))
+        except FileNotFoundError:
+            raise ObjectMissing(name) from None
+
+    def rename(self, name: str, new_name: str) -> None:
+        """Move object ``name`` to ``new_name`` atomically (replacing it); for prune's trash."""
+        final = self.path(new_name)
+        self._ensure_dir(os.path.dirname(final))
+        try:
+            os.rename(self.path(name), final)
+        except FileNotFoundError:
+            raise ObjectMissing(name) from None
+        _fsync_dir(os.path.dirname(final))
+
+    def remove_empty_folders(self, prefix: str) -> None:
+        """Remove the empty folders below and at ``prefix`` (after a prune's sweep)."""
+        base = self.path(prefix)
+        for dirpath, _dirs, _files in os.walk(base, topdown=False):
+            try:
+                os.rmdir(dirpath)
+            except OSError:
+                continue
+            self._made_dirs.discard(dirpath)
+
+    def mtime_ns(self, name: str) -> int:
+        try:
+            return os.stat(self.path(name)).st_mtime_ns
         except FileNotFoundError:
             raise ObjectMissing(name) from None
 

@@ -8,6 +8,13 @@ parallel, and compares each index's copies with the bytes of the slots they repe
 
 Problems are reported with the generation, disk and disk offset they affect, so an
 administrator knows exactly which restores would fail.
+
+Life cycle (docs/format.md section 9): objects a prune has moved aside (``trash/``) count
+as present; ``subset`` reads only part of the chunks (the n-th of m groups by id, or a random
+fraction); ``only_unverified``/``older_than_ns`` read the chunks the verification record
+(format/verified.py) says are due, and the chunks read are added to it. Chunks no visible
+generation references are counted (``unreferenced``) but are not damage: an interrupted
+backup leaves them, and prune frees them.
 """
 from __future__ import annotations
 
@@ -51,14 +58,46 @@ class CheckReport:
     chunks: int = 0
     chunks_read: int = 0
     problems: list[Problem] = field(default_factory=list)
+    unreferenced_chunks: int = 0     # stored, referenced by no visible generation
+    unreferenced_bytes: int = 0
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
 
+def _selector(subset: tuple[int, int] | float | None, only_unverified: bool,
+              older_than_ns: int | None, repo: Repository) -> Callable[[bytes], bool]:
+    """Which referenced chunks a ``read_data`` check reads."""
+    import random
+    import time
+
+    from . import verified
+    seen = verified.load(repo) if only_unverified or older_than_ns is not None else None
+    now = time.time_ns()
+    rng = random.Random()
+
+    def wanted(cid: bytes) -> bool:
+        if isinstance(subset, tuple) and int.from_bytes(cid[:4], "big") % subset[1] != subset[0] - 1:
+            return False
+        if isinstance(subset, float) and rng.random() >= subset:
+            return False
+        return seen is None or verified.due(cid, seen, older_than_ns, now)
+    return wanted
+
+
+def _size(repo: Repository, name: str) -> int:
+    """The size of ``name``, also while a prune holds it in a trash batch."""
+    try:
+        return repo.backend.size(name)
+    except ObjectMissing:
+        return len(repo.get_object(name))
+
+
 def check(repo: Repository, read_data: bool = False, workers: int = 2,
-          progress: Callable[[int, int], None] | None = None) -> CheckReport:
+          progress: Callable[[int, int], None] | None = None, *,
+          subset: tuple[int, int] | float | None = None, only_unverified: bool = False,
+          older_than_ns: int | None = None, record: bool = True) -> CheckReport:
     report = CheckReport()
     refs: dict[bytes, list[tuple[str, str, str, int]]] = defaultdict(list)
     copies_to_compare: list[tuple[FixedIndex, dict]] = []
@@ -86,12 +125,15 @@ def check(repo: Repository, read_data: bool = False, workers: int = 2,
             if read_data and index.copies is not None:
                 copies_to_compare.append((index, where))
     report.chunks = len(refs)
+    wanted = _selector(subset, only_unverified, older_than_ns, repo) if read_data else None
+    read_ok: list[bytes] = []
 
     def probe(cid: bytes) -> str | None:
         try:
-            if read_data:
+            if wanted is not None and wanted(cid):
                 repo.get_chunk(cid)
-            elif repo.backend.size(chunk_name(cid)) < MIN_OBJECT_SIZE:
+                read_ok.append(cid)
+            elif _size(repo, chunk_name(cid)) < MIN_OBJECT_SIZE:
                 return "too short to be a chunk"
         except (CorruptObject, ObjectMissing, UnsupportedFormat) as e:
             return _reason(e)
@@ -105,8 +147,22 @@ def check(repo: Repository, read_data: bool = False, workers: int = 2,
                 continue
             for vm, gen, label, offset in refs[cid]:
                 report.problems.append(Problem(chunk_name(cid), reason, vm, gen, label, offset))
+    for name in repo.backend.list("chunks"):
+        try:
+            cid = bytes.fromhex(name.rsplit("/", 1)[-1])
+        except ValueError:
+            continue
+        if cid not in refs:
+            report.unreferenced_chunks += 1
+            try:
+                report.unreferenced_bytes += repo.backend.size(name)
+            except ObjectMissing:
+                pass
     if read_data:
-        report.chunks_read = len(refs)
+        report.chunks_read = len(read_ok)
+        if record and read_ok:
+            from . import verified
+            verified.record(repo, read_ok)
         for index, where in copies_to_compare:
             offset = _copies_differ(repo, index)
             if offset is not None:

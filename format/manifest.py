@@ -10,7 +10,10 @@ Plaintext encoding (inside a sealed object with magic ``RFMF``): a UTF-8 JSON ob
      "disks": [{"label": "disk0", "capacity": 4294967296, "chunk_size": 1048576,
                 "index": "<64 hex: index object id>", "data_bytes": …, "new_bytes": …,
                 "new_chunks": …, "source": {…}}],
-     "metadata": {…}}                      # the VM's configuration; {} for local images
+     "metadata": {…},                      # the VM's configuration; {} for local images
+     "written_ns": 1795…}                  # when the backup really ran (absent in older
+                                           # manifests: then time_ns); time/time_ns may be
+                                           # set by ``backup --time``
 
 A generation exists exactly when its manifest object exists.
 """
@@ -46,12 +49,20 @@ class Manifest:
     parent: str | None
     disks: list[DiskEntry]
     metadata: dict[str, Any] = field(default_factory=dict)
+    written_ns: int | None = None
+
+    @property
+    def written(self) -> int:
+        """When the backup really ran (``time_ns`` for manifests older than the field)."""
+        return self.written_ns if isinstance(self.written_ns, int) else self.time_ns
 
     def disk(self, label: str) -> DiskEntry | None:
         return next((d for d in self.disks if d.label == label), None)
 
     def encode(self) -> bytes:
         doc = {"format": MANIFEST_FORMAT, **asdict(self)}
+        if self.written_ns is None:
+            del doc["written_ns"]      # byte for byte what writers before the field wrote
         return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
     @classmethod

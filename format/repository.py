@@ -8,6 +8,8 @@ Layout of the object namespace (see docs/format.md for every byte)::
     indexes/<id[:2]>/<id>       sealed fixed indexes, named by the keyed BLAKE3 of their plaintext
     manifests/<name>            sealed manifests, one per generation; name = 32 random hex digits
     locks/                      advisory lock files (local backend)
+    forgotten/ protected/ leases/ pending/ trash/ verified/
+                                the life cycle (format/marks.py, leases.py, prune.py, verified.py)
 
 The repository exists once ``config`` exists; ``init`` writes it last. Chunks and indexes are
 content-addressed, so concurrent writers at worst write the same bytes twice; manifests
@@ -32,6 +34,8 @@ from .errors import (CorruptObject, KeyMissing, ObjectMissing, RepositoryBusy,
                      RepositoryNotFound, UnsupportedFormat)
 from .fixedindex import FixedIndex
 from .keys import KeyMaterial, derive_ahead, unwrap, wrap
+from .leases import Lease
+from .marks import forgotten
 from .manifest import Manifest
 from .sealed import HEADER, MAGIC_CHUNK, MAGIC_INDEX, MAGIC_MANIFEST, TAG_SIZE, Sealer
 
@@ -186,10 +190,26 @@ class Repository:
     def get_chunk(self, cid: bytes) -> bytes:
         """The verified plaintext of chunk ``cid``: CorruptObject/ObjectMissing otherwise."""
         name = chunk_name(cid)
-        plain = self.sealer.open(MAGIC_CHUNK, cid, self.backend.get(name), name)
+        plain = self.sealer.open(MAGIC_CHUNK, cid, self.get_object(name), name)
         if self.sealer.object_id(plain) != cid:
             raise CorruptObject(name, "content does not match its id")
         return plain
+
+    def get_object(self, name: str) -> bytes:
+        """The bytes of chunk or index ``name``, also while a prune has it moved aside in a
+        trash batch (docs/format.md section 9.3): the original name, each batch, then the
+        original name again (a sweep may have moved it back meanwhile)."""
+        for _attempt in range(3):   # concurrent prunes may move it on between our looks
+            try:
+                return self.backend.get(name)
+            except ObjectMissing:
+                pass
+            for batch in self.backend.list("pending"):
+                try:
+                    return self.backend.get(f"trash/{batch.rsplit('/', 1)[-1]}/{name}")
+                except ObjectMissing:
+                    continue
+        return self.backend.get(name)
 
     # -- indexes ---------------------------------------------------------------------------
 
@@ -207,15 +227,21 @@ class Repository:
             iid = bytes.fromhex(hex_id)
         except ValueError:
             raise CorruptObject(name, "malformed index id") from None
-        plain = self.sealer.open(MAGIC_INDEX, iid, self.backend.get(name), name)
+        plain = self.sealer.open(MAGIC_INDEX, iid, self.get_object(name), name)
         if self.sealer.object_id(plain) != iid:
             raise CorruptObject(name, "content does not match its id")
         return FixedIndex.decode(plain, name)
 
     # -- manifests -------------------------------------------------------------------------
 
-    def manifest_names(self) -> list[str]:
+    def stored_manifest_names(self) -> list[str]:
+        """Every manifest in storage, forgotten generations included (prune, check)."""
         return sorted(n.split("/", 1)[1] for n in self.backend.list("manifests"))
+
+    def manifest_names(self) -> list[str]:
+        """The visible generations' manifests: forgotten ones are left out (section 9.1)."""
+        hidden = forgotten(self)
+        return [n for n in self.stored_manifest_names() if n not in hidden]
 
     def get_manifest(self, name: str) -> Manifest:
         cached = self._manifests.get(name)
@@ -249,6 +275,10 @@ class Repository:
         with self._manifest_lock:
             self._manifests[name] = manifest
         return name
+
+    def lease(self, kind: str, vm: str | None = None) -> Lease:
+        """A lease of this process (format/leases.py), not yet begun: ``with repo.lease(...)``."""
+        return Lease(self, kind, vm)
 
     # -- locking ---------------------------------------------------------------------------
 

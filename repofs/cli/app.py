@@ -13,7 +13,7 @@ import sys
 
 import typer
 
-from . import allocator, backup, exitcodes, keyahead, mount, repository, restore
+from . import allocator, backup, exitcodes, keyahead, lifecycle, mount, repository, restore
 from .common import PasswordFileOpt, RepoOpt, open_repository
 from .files import build_app as build_files_app
 
@@ -26,6 +26,9 @@ app.command()(repository.generations)
 app.command()(restore.restore)
 app.command()(repository.check)
 app.command()(mount.mount)
+for command in (lifecycle.forget, lifecycle.protect, lifecycle.unprotect, lifecycle.prune,
+                lifecycle.stats, lifecycle.diff):
+    app.command()(command)
 app.command()(mount.umount)
 # `repofs files ...`: guest files of a generation (repofs/cli/files.py)
 app.add_typer(build_files_app(open_repository, RepoOpt, PasswordFileOpt), name="files")

@@ -42,15 +42,17 @@ def backup(sources: Annotated[list[str], typer.Argument(metavar="SOURCE...", hel
            quiesce: Annotated[bool, typer.Option("--quiesce", help="Quiesce the guest for the snapshot (retried once without).")] = False,
            transport: TransportOpt = TRANSPORTS, vddk_libdir: VddkLibdirOpt = None,
            vddk_in_process: VddkInProcessOpt = False,
-           dry_run: Annotated[bool, typer.Option("--dry-run", help="vm: sources: print what would be read, write nothing.")] = False) -> None:
+           dry_run: Annotated[bool, typer.Option("--dry-run", help="vm: sources: print what would be read, write nothing.")] = False,
+           at_time: Annotated[Optional[str], typer.Option("--time", help="Record this time (ISO 8601, UTC unless it names a zone, e.g. 2025-01-31T02:00:00Z) as the generation's, for imports of older backups.")] = None) -> None:
     """Back up disks (file:PATH ...) or vSphere VMs (vm:NAME ...) into new generations."""
+    time_ns = parse_time(at_time) if at_time else None
     if any(spec.partition(":")[0] in ("vm", "vapp", "ivd") for spec in sources):
         session = session_options(server=server, user=user, password_file=vsphere_password_file,
                                   thumbprint=thumbprint, insecure=insecure, ca_file=ca_file,
                                   transport=transport, vddk_libdir=vddk_libdir,
                                   vddk_in_process=vddk_in_process)
         _backup_vsphere(sources, repo, password_file, json_out,
-                        BackupOptions(session=session, quiesce=quiesce, dry_run=dry_run))
+                        BackupOptions(session=session, quiesce=quiesce, dry_run=dry_run), time_ns=time_ns)
         return
     paths = []
     for spec in sources:
@@ -76,7 +78,7 @@ def backup(sources: Annotated[list[str], typer.Argument(metavar="SOURCE...", hel
             next(i for i in images if i.label == label).limit_to_changes(load_changed_extents(path),
                                                                          origin=path)
         progress = Progress()
-        report = ingest_backup(repository, vm, images, progress=progress)
+        report = ingest_backup(repository, vm, images, progress=progress, time_ns=time_ns)
         progress.finish()
     finally:
         for image in images:
@@ -84,8 +86,24 @@ def backup(sources: Annotated[list[str], typer.Argument(metavar="SOURCE...", hel
     _print_backup(report, json_out)
 
 
+def parse_time(text: str) -> int:
+    """Nanoseconds since the epoch from ISO 8601 (``2025-01-31T02:00:00Z``, ``…+01:00``, or
+    without a zone: UTC; also ``2025-01-31 02:00:00``)."""
+    import datetime as dt
+    try:
+        when = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageProblem(f"--time: not an ISO 8601 time: {text!r} (e.g. 2025-01-31T02:00:00Z)") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.timezone.utc)
+    seconds = int(when.timestamp())
+    if not 0 <= seconds < 1 << 33:
+        raise UsageProblem(f"--time: {text!r} is out of range")
+    return seconds * 1_000_000_000 + when.microsecond * 1000
+
+
 def _backup_vsphere(targets: list[str], repo: str | None, repo_password_file: str | None,
-                    json_out: bool, opts: BackupOptions) -> None:
+                    json_out: bool, opts: BackupOptions, time_ns: int | None = None) -> None:
     """The vm:/vapp:/ivd: path of ``backup``: restore/ does the vSphere side, ingest writes."""
     # Imported here: pyVmomi and VixDiskLib cost every other command their start-up time.
     from restore.backup import runner
@@ -100,7 +118,8 @@ def _backup_vsphere(targets: list[str], repo: str | None, repo_password_file: st
     def ingest(vm: str, sources: list, metadata: dict) -> BackupReport:
         if repository is None or opts.dry_run:
             raise AssertionError("a dry run writes nothing")
-        report = ingest_backup(repository, vm, sources, metadata=metadata, progress=progress)
+        report = ingest_backup(repository, vm, sources, metadata=metadata, progress=progress,
+                               time_ns=time_ns)
         progress.finish()
         return report
 

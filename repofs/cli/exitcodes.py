@@ -59,6 +59,8 @@ TABLE: tuple[Row, ...] = (
     Row("format.errors", "GenerationNotFound", NOT_FOUND),
     Row("format.errors", "StorageFull", NO_SPACE),
     Row("format.errors", "RepositoryBusy", BUSY),
+    Row("format.leases", "LeaseLost", BUSY),
+    Row("format.marks", "GenerationProtected", FAILURE),
     Row("format.errors", "UnsupportedFormat", UNSUPPORTED),
     Row("format.errors", "RepoError", FAILURE),
     # repofs/: views, VMDK sources, ingest

@@ -10,6 +10,7 @@ Thin commands: the work is in ``guestfs`` (reading), ``extract`` (copying out) a
 ``loopmount`` (the root path). The CLI module wires this sub-app in with ``build_app``
 (annotations are evaluated eagerly here: typer reads the closures' option types).
 """
+import atexit
 import json
 import stat as st
 import sys
@@ -72,7 +73,10 @@ def build_app(open_repository: Callable[[str | None, str | None], object],
 
     def guest(address: Address, repo: str | None, password_file: str | None) -> "GuestGeneration":
         from repofs.guest.guestfs import GuestGeneration  # noqa: PLC0415 (dissect: only the files commands pay for it)
-        view = RepositoryView(open_repository(repo, password_file))
+        repository = open_repository(repo, password_file)
+        # held until the command ends: a generation forgotten meanwhile stays readable
+        atexit.register(repository.lease("reader").begin().end)
+        view = RepositoryView(repository)
         return GuestGeneration(view.generation(address.vm, address.generation))
 
     @app.command("ls")

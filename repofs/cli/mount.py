@@ -48,12 +48,19 @@ def mount(first: Annotated[str, typer.Argument(metavar="[REPO]", show_default=Fa
     repository = open_repository(os.path.abspath(repo_path) if repo_path else None, password_file)
     # Read-ahead never claims more than half the cache, or it would evict what it fetched.
     read_ahead = min(read_ahead, max(0, cache_bytes // 2 // repository.chunk_size))
-    view = RepositoryView(repository, cache_bytes)
-    settings = MountSettings(io_timeout=io_timeout, readahead_chunks=read_ahead, direct_io=direct_io,
-                             prefill=prefill)
-    run_mount(view, MountRequest(mountpoint, foreground=foreground, fuse_options=fuse_opts,
-                                 settings=settings, fsname=fsname_of(repository.location),
-                                 log_file=os.path.abspath(log_file) if log_file else None))
+    # The mount holds a reader lease for its life: generations forgotten while it runs stay
+    # readable until it ends (docs/format.md 9.2). Written before the first listing.
+    lease = repository.lease("reader").begin()
+    try:
+        view = RepositoryView(repository, cache_bytes)
+        settings = MountSettings(io_timeout=io_timeout, readahead_chunks=read_ahead, direct_io=direct_io,
+                                 prefill=prefill)
+        run_mount(view, MountRequest(mountpoint, foreground=foreground, fuse_options=fuse_opts,
+                                     settings=settings, fsname=fsname_of(repository.location),
+                                     log_file=os.path.abspath(log_file) if log_file else None,
+                                     lease=lease))
+    finally:
+        lease.end()     # in the serving process (the parent of a background mount exits at once)
 
 
 def umount(mountpoint: Annotated[str, typer.Argument(help="Where a repository is mounted.")],

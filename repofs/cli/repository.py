@@ -1,6 +1,7 @@
 """``repofs init``, ``generations`` and ``check``: the repository itself."""
 from __future__ import annotations
 
+import datetime as dt
 import os
 from typing import Annotated, Optional
 
@@ -55,22 +56,62 @@ def generations(vm: Annotated[Optional[str], typer.Argument(help="Only this VM."
         typer.echo(f"{r['vm']}\t{r['generation']}\t{disks}")
 
 
+def _subset(text: str) -> tuple[int, int] | float:
+    text = text.strip()
+    try:
+        if text.endswith("%"):
+            pct = float(text[:-1])
+            if 0 < pct <= 100:
+                return pct / 100
+        else:
+            n, _slash, m = text.partition("/")
+            if 1 <= int(n) <= int(m):
+                return int(n), int(m)
+    except ValueError:
+        pass
+    raise UsageProblem(f"--read-data-subset: use N/M (1 <= N <= M) or a percentage like 10%, not {text!r}")
+
+
 def check(repo: RepoOpt = None, password_file: PasswordFileOpt = None,
           read_data: Annotated[bool, typer.Option("--read-data", help="Decrypt and re-hash every chunk.")] = False,
+          read_data_subset: Annotated[Optional[str], typer.Option("--read-data-subset", help="Read only part of the chunks: N/M (the N-th of M groups by id) or a percentage (10%).")] = None,
+          only_unverified: Annotated[bool, typer.Option("--only-unverified", help="Read only chunks no earlier check verified (see --older-than).")] = False,
+          older_than: Annotated[Optional[str], typer.Option("--older-than", help="With --only-unverified: also chunks verified longer ago than this (e.g. 30d).")] = None,
           json_out: JsonOpt = False) -> None:
     """Verify the repository; exit 1 when anything is damaged."""
+    import time
+
     from format.check import check as check_repository
+    from format.retention import Duration, PolicyError
+    subset = _subset(read_data_subset) if read_data_subset else None
+    older_ns = None
+    if older_than:
+        try:
+            now = dt.datetime.now(dt.timezone.utc)
+            older_ns = int((now - Duration.parse(older_than).before(now)).total_seconds() * 1e9)
+        except PolicyError as e:
+            raise UsageProblem(f"--older-than: {e}") from None
+    read = read_data or subset is not None or only_unverified or older_ns is not None
     repository = open_repository(repo, password_file)
-    report = check_repository(repository, read_data=read_data)
+    started = time.time_ns()
+    report = check_repository(repository, read_data=read, subset=subset,
+                              only_unverified=only_unverified or older_ns is not None,
+                              older_than_ns=older_ns)
     if json_out:
         emit({"ok": report.ok, "generations": report.generations, "disks": report.disks,
                "chunks": report.chunks, "chunks_read": report.chunks_read,
+               "unreferenced_chunks": report.unreferenced_chunks,
+               "unreferenced_bytes": report.unreferenced_bytes, "started_ns": started,
                "problems": [vars(p) | {"text": p.describe()} for p in report.problems]})
     else:
         for p in report.problems:
             typer.echo(f"DAMAGED {p.describe()}")
         state = "OK" if report.ok else f"{len(report.problems)} problem(s)"
+        read_text = f", {report.chunks_read} read and verified" if read else ""
         typer.echo(f"{state}: {report.generations} generations, {report.disks} disks, "
-                   f"{report.chunks} chunks{' read and verified' if read_data else ''}")
+                   f"{report.chunks} chunks{read_text}")
+        if report.unreferenced_chunks:
+            typer.echo(f"unreferenced (not damage; prune frees them): {report.unreferenced_chunks} chunks, "
+                       f"{report.unreferenced_bytes} bytes")
     if not report.ok:
         raise typer.Exit(exitcodes.FAILURE)

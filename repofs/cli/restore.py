@@ -50,11 +50,13 @@ def restore(targets: Annotated[list[str], typer.Argument(metavar="vm:NAME...", h
         from repofs.view.export import FORMATS, restore_to_dir
         if fmt not in FORMATS:
             raise UsageProblem(f"unknown format {fmt!r}: use raw or vmdk")
-        view = RepositoryView(open_repository(repo, password_file))
-        gen = view.generation(vm, generation)
-        progress = Progress()
-        done = restore_to_dir(gen, to_dir, fmt, progress=progress)
-        progress.finish()
+        repository = open_repository(repo, password_file)
+        with repository.lease("reader"):   # what it reads stays while it reads (docs/format.md 9.2)
+            view = RepositoryView(repository)
+            gen = view.generation(vm, generation)
+            progress = Progress()
+            done = restore_to_dir(gen, to_dir, fmt, progress=progress)
+            progress.finish()
         if json_out:
             emit({"vm": vm, "generation": gen.name, "disks": [vars(d) for d in done]})
         else:

@@ -195,17 +195,29 @@ def _item_reads(index: FixedIndex, item: Work) -> list[tuple[int, int]]:
 
 def backup(repo: Repository, vm: str, sources: Sequence[DiskSource], *,
            metadata: dict | None = None, progress: Progress | None = None,
-           workers: int | None = None) -> BackupReport:
-    """Write a new generation of ``vm`` from ``sources``; returns what was done."""
+           workers: int | None = None, time_ns: int | None = None) -> BackupReport:
+    """Write a new generation of ``vm`` from ``sources``; returns what was done.
+    ``time_ns`` records another time than now as the generation's (``backup --time``).
+
+    The backup holds a lease (format/leases.py) from before it chooses its parent until its
+    manifest is written, so a concurrent prune keeps what it reuses (docs/format.md 9.3)."""
     labels = [s.label for s in sources]
     if len(set(labels)) != len(labels):
         raise IngestError(f"two disks share a label: {labels}")
+    with repo.vm_lock(vm), repo.lease("backup", vm) as lease:
+        return _backup(repo, vm, sources, metadata, progress, workers, time_ns, lease)
+
+
+def _backup(repo: Repository, vm: str, sources: Sequence[DiskSource], metadata: dict | None,
+            progress: Progress | None, workers: int | None, time_ns: int | None,
+            lease) -> BackupReport:
     started = time.monotonic()
     workers = workers or max(2, os.cpu_count() or 2)
-    with repo.vm_lock(vm), ThreadPoolExecutor(workers, thread_name_prefix="ingest") as pool:
+    with ThreadPoolExecutor(workers, thread_name_prefix="ingest") as pool:
         parent = latest_generation(repo, vm)
         parent_manifest = parent[1] if parent else None
-        when_ns = time.time_ns()
+        written_ns = time.time_ns()
+        when_ns = written_ns if time_ns is None else time_ns
         ingest = _DiskIngest(repo, pool, in_flight=workers * 3)
         plans = []
         for source in sources:
@@ -245,7 +257,8 @@ def backup(repo: Repository, vm: str, sources: Sequence[DiskSource], *,
         manifest = Manifest(vm=vm, generation=repo.new_generation_name(vm, when_ns),
                             time=_iso(when_ns), time_ns=when_ns,
                             parent=parent[0] if parent else None, disks=disks,
-                            metadata=metadata or {})
+                            metadata=metadata or {}, written_ns=written_ns)
+        lease.assert_held()
         name = repo.put_manifest(manifest)
     return BackupReport(vm, manifest.generation, name, reports, time.monotonic() - started)
 

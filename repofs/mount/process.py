@@ -22,7 +22,7 @@ import stat
 import subprocess
 import sys
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import pyfuse3
 import trio
@@ -65,6 +65,7 @@ class MountRequest:
     log_file: str | None = None
     fsname: str = "repofs"
     on_prefill: Callable[[str], None] | None = None   # see RepofsOperations
+    lease: Any = None       # the repository lease held while serving (format/leases.py)
 
 
 def fsname_of(location: str) -> str:
@@ -140,6 +141,8 @@ def run(view: RepositoryView, req: MountRequest) -> None:
     try:
         if not req.foreground:
             daemonize()
+            if req.lease is not None:
+                req.lease.keep_alive()   # its renewing thread stayed in the parent
         _setup_logging(req)
         log.info("mounted %s at %s", req.fsname, mountpoint)
         trio.run(_serve, ops, mountpoint, req.read_ahead_kb)

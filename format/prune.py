@@ -1,0 +1,333 @@
+"""Prune: delete what no generation references, safely beside backups, readers and other
+prunes on any host (the protocol, and why it is safe: docs/format.md section 9.3).
+
+One run: write a ``prune`` lease; read manifests, tombstones and protections, *then* leases;
+delete the manifests of forgotten generations no live lease holds; mark every object the
+remaining manifests reference (``IdSet``: bounded memory); move unreferenced chunks and
+indexes into a trash batch ``trash/<b>/`` recorded in ``pending/<b>``; seal the batch with
+the backups running then; sweep every sealed batch whose backups have all ended — objects a
+manifest written meanwhile references go back, the rest are deleted.
+
+Every step can be interrupted (kill -9): the batch record is written before the first move,
+every move and delete is idempotent, and the next run seals and sweeps what is left.
+``REPOFS_PRUNE_KILL_AFTER=K`` (tests only) makes this process SIGKILL itself after K moves or
+deletions, a real kill at a chosen point. ``REPOFS_PRUNE_FRESH_SECONDS`` (tests) changes how
+long before the oldest running backup's start objects count as fresh (default ``SKEW``);
+``-1`` condemns fresh objects too, which safety does not need: the sweep puts back whatever
+a generation written meanwhile references — the tests use it to exercise exactly that.
+
+Memory: the marks take about 7 bytes per referenced chunk (format/idset.py); listings are
+streamed folder by folder.
+"""
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+from . import records
+from .errors import CorruptObject, ObjectMissing
+from .fixedindex import HEADER as INDEX_HEADER, HOLE, ID_SIZE, FixedIndex, chunk_count
+from .sealed import MAGIC_INDEX
+from .idset import IdSet
+from .leases import SKEW_NS, leases, live_leases
+from .marks import PROTECTIONS, TOMBSTONES, protected, tombstones
+
+PENDING = "pending"
+TRASH = "trash"
+TMP_AGE_NS = 86400 * 1_000_000_000
+EXPIRED_LEASE_AGE_NS = 86400 * 1_000_000_000
+_OBJECT = re.compile(r"^(chunks|indexes)/([0-9a-f]{2})/([0-9a-f]{64})$")
+
+
+class PruneAborted(Exception):
+    """Raised by the progress callback to stop a prune between steps (never half a step)."""
+
+
+@dataclass
+class PruneReport:
+    generations_removed: int = 0     # forgotten generations whose manifests were deleted
+    referenced_chunks: int = 0
+    moved_chunks: int = 0            # moved to the trash by this run
+    moved_indexes: int = 0
+    moved_bytes: int = 0
+    freed_chunks: int = 0            # deleted for good by this run's sweeps
+    freed_indexes: int = 0
+    freed_bytes: int = 0
+    restored: int = 0                # put back: a generation written meanwhile needs them
+    batches_swept: int = 0
+    batches_waiting: int = 0         # sealed batches whose backups still run
+    waiting_for: list[str] = field(default_factory=list)
+    temporaries_removed: int = 0
+    dry_run: bool = False
+
+
+class _Killer:
+    """Counts destructive steps; SIGKILLs this process after REPOFS_PRUNE_KILL_AFTER of them."""
+
+    def __init__(self) -> None:
+        value = os.environ.get("REPOFS_PRUNE_KILL_AFTER", "")
+        self.left = int(value) if value.isdigit() else -1
+
+    def step(self) -> None:
+        if self.left < 0:
+            return
+        if self.left == 0:
+            os.kill(os.getpid(), signal.SIGKILL)
+        self.left -= 1
+
+
+def _walk_objects(repo: Any, folder: str) -> Iterator[tuple[str, bytes]]:
+    for name in repo.backend.list(folder):
+        m = _OBJECT.match(name)
+        if m:
+            yield name, bytes.fromhex(m.group(3))
+
+
+def _mark(repo: Any, manifest_names: list[str], marks: IdSet, indexes: set[str]) -> None:
+    """Add what ``manifest_names`` reference to ``marks`` (chunks) and ``indexes`` (hex ids).
+    A manifest or index that cannot be read marks nothing more — and stops the prune: what
+    it references is unknown, so nothing may be deleted."""
+    for name in manifest_names:
+        try:
+            manifest = repo.get_manifest(name)
+        except ObjectMissing:
+            continue                    # deleted meanwhile by another prune
+        for disk in manifest.disks:
+            if disk.index in indexes:
+                continue
+            _mark_index(repo, disk.index, marks)   # CorruptObject/ObjectMissing stop the prune
+            indexes.add(disk.index)
+
+
+def _mark_index(repo: Any, hex_id: str, marks: IdSet) -> None:
+    """Mark what one index references. The id table is read in place from the plaintext
+    (no decoded copy of it: an index of a 10 TiB disk holds 320 MB of ids); only an index with
+    patches or copies is decoded whole, for its tables."""
+    name = f"indexes/{hex_id[:2]}/{hex_id}"
+    try:
+        iid = bytes.fromhex(hex_id)
+    except ValueError:
+        raise CorruptObject(name, "malformed index id") from None
+    plain = repo.sealer.open(MAGIC_INDEX, iid, repo.get_object(name), name)
+    if repo.sealer.object_id(plain) != iid:
+        raise CorruptObject(name, "content does not match its id")
+    if len(plain) < INDEX_HEADER.size:
+        raise CorruptObject(name, "index shorter than its header")
+    capacity, chunk_size, flags, count = INDEX_HEADER.unpack_from(plain)
+    if flags:
+        index = FixedIndex.decode(plain, name)
+        del plain
+        marks.add_ids(index.ids, skip=HOLE)
+        for _off, cid in index.references():
+            if _off >= 0 and cid is not None:
+                marks.add(cid)
+        return
+    if chunk_size == 0 or count != chunk_count(capacity, chunk_size) or \
+            len(plain) != INDEX_HEADER.size + count * ID_SIZE:
+        raise CorruptObject(name, "index header is inconsistent")
+    marks.add_ids(memoryview(plain)[INDEX_HEADER.size:], skip=HOLE)
+
+
+def prune(repo: Any, *, dry_run: bool = False, wait: float = 0.0,
+          progress: Callable[[str], None] | None = None) -> PruneReport:
+    """One prune run (docs/format.md 9.3). ``wait``: seconds to wait for running backups
+    before giving up on sweeping this run's batch (it is then swept by a later run)."""
+    report = PruneReport(dry_run=dry_run)
+    killer = _Killer()
+    say = progress or (lambda _text: None)
+    lease = repo.lease("prune")
+    if not dry_run:
+        lease.begin()
+    try:
+        # 2. state, in this order: manifests and marks, then leases
+        stored = repo.stored_manifest_names()
+        stones = tombstones(repo)
+        kept = protected(repo)
+        now = time.time_ns()
+        all_leases = live_leases(repo, now)
+        others = [lease_ for lease_ in all_leases if lease_.name != lease.name]
+        holders = [lease_.since_ns for lease_ in others if lease_.kind != "prune"]
+
+        def held(forgotten_ns: int) -> bool:
+            return any(since <= forgotten_ns + SKEW_NS for since in holders)
+
+        # 3. drop forgotten generations nobody holds
+        live_manifests = []
+        stored_set = set(stored)
+        for name in stored:
+            stone = stones.get(name)
+            if stone is not None and name not in kept and not held(stone.forgotten_ns):
+                report.generations_removed += 1
+                if not dry_run:
+                    records.delete(repo, "manifests", name)
+                    killer.step()
+                    records.delete(repo, TOMBSTONES, name)
+                continue
+            live_manifests.append(name)
+        if not dry_run:
+            for name in stones:
+                if name not in stored_set:
+                    records.delete(repo, TOMBSTONES, name)
+            for name in records.names(repo, PROTECTIONS):
+                if name not in stored_set and not repo.backend.exists(f"manifests/{name}"):
+                    records.delete(repo, PROTECTIONS, name)
+            for info in leases(repo):
+                if now > info.expires_ns + EXPIRED_LEASE_AGE_NS:
+                    records.delete(repo, "leases", info.name)
+        say(f"marking what {len(live_manifests)} generations reference")
+
+        # 4. mark
+        marks, indexes = IdSet(), set()
+        _mark(repo, live_manifests, marks, indexes)
+        marks.freeze()
+        report.referenced_chunks = len(marks)
+        read_manifests = set(live_manifests)
+
+        # 5. condemn
+        backups = [lease_ for lease_ in others if lease_.kind == "backup"]
+        fresh = _fresh_margin_ns()
+        cutoff = now if fresh < 0 else min([now] + [lease_.since_ns - fresh for lease_ in backups])
+        batch = secrets.token_hex(16)
+        record = {"state": "moving", "started_ns": now, "owner": lease.name}
+        if not dry_run:
+            records.put(repo, PENDING, batch, records.MAGIC_BATCH, record)
+        say("moving unreferenced objects aside")
+        for folder in ("indexes", "chunks"):
+            for name, oid in _walk_objects(repo, folder):
+                if (oid.hex() in indexes) if folder == "indexes" else (oid in marks):
+                    continue
+                try:
+                    if repo.backend.mtime_ns(name) >= cutoff:
+                        continue            # a running backup may have just written it
+                    size = repo.backend.size(name)
+                    if not dry_run:
+                        repo.backend.rename(name, f"{TRASH}/{batch}/{name}")
+                        killer.step()
+                except ObjectMissing:
+                    continue
+                if folder == "chunks":
+                    report.moved_chunks += 1
+                else:
+                    report.moved_indexes += 1
+                report.moved_bytes += size
+        if not dry_run:
+            report.temporaries_removed = _remove_old_temporaries(repo, now, killer)
+
+        # 6. seal (this batch and any a killed run left in state "moving")
+        if dry_run:
+            report.freed_chunks, report.freed_indexes = report.moved_chunks, report.moved_indexes
+            report.freed_bytes = report.moved_bytes
+            return report
+        deadline = time.monotonic() + wait
+        pending = _seal_all(repo, lease.name)
+        # 7. sweep
+        while True:
+            writers_live = {lease_.name for lease_ in live_leases(repo) if lease_.kind == "backup"}
+            ready = [(b, doc) for b, doc in pending if not set(doc.get("writers", ())) & writers_live]
+            waiting = [(b, doc) for b, doc in pending if set(doc.get("writers", ())) & writers_live]
+            if not waiting or time.monotonic() >= deadline:
+                break
+            time.sleep(min(2.0, max(0.1, deadline - time.monotonic())))
+        if ready:
+            new = [n for n in repo.stored_manifest_names() if n not in read_manifests]
+            _mark(repo, new, marks, indexes)
+            marks.freeze()
+        for b, _doc in ready:
+            say(f"sweeping batch {b}")
+            _sweep(repo, b, marks, indexes, report, killer)
+            report.batches_swept += 1
+        report.batches_waiting = len(waiting)
+        report.waiting_for = sorted({w for _b, doc in waiting for w in doc.get("writers", ())
+                                     if w in writers_live})
+        return report
+    finally:
+        if not dry_run:
+            lease.end()
+
+
+def _fresh_margin_ns() -> int:
+    value = os.environ.get("REPOFS_PRUNE_FRESH_SECONDS", "")
+    try:
+        return int(float(value) * 1e9) if value else SKEW_NS
+    except ValueError:
+        return SKEW_NS
+
+
+def _seal_all(repo: Any, me: str) -> list[tuple[str, dict]]:
+    """Every pending batch that is sealed or can be sealed now: this run's own, and those a
+    prune that no longer runs left "moving", get the backup leases live now as their writers.
+    A batch another running prune is still filling is left to it (sealing it now would miss
+    the backups that start before its last move)."""
+    out = []
+    running = {lease_.name for lease_ in live_leases(repo) if lease_.kind == "prune"}
+    for b, doc in records.read_all(repo, PENDING, records.MAGIC_BATCH):
+        if doc.get("state") != "sealed":
+            if doc.get("owner") != me and doc.get("owner") in running:
+                continue
+            writers = sorted(lease_.name for lease_ in live_leases(repo) if lease_.kind == "backup")
+            doc = {"state": "sealed", "started_ns": doc.get("started_ns", 0),
+                   "sealed_ns": time.time_ns(), "writers": writers}
+            records.put(repo, PENDING, b, records.MAGIC_BATCH, doc)
+        out.append((b, doc))
+    return out
+
+
+def _sweep(repo: Any, batch: str, marks: IdSet, indexes: set[str], report: PruneReport,
+           killer: _Killer) -> None:
+    prefix = f"{TRASH}/{batch}/"
+    for full in repo.backend.list(f"{TRASH}/{batch}"):   # streamed: a folder at a time
+        name = full[len(prefix):]
+        m = _OBJECT.match(name)
+        if not m:
+            continue
+        folder, oid = m.group(1), bytes.fromhex(m.group(3))
+        needed = (m.group(3) in indexes) if folder == "indexes" else (oid in marks)
+        try:
+            if needed:
+                if repo.backend.exists(name):
+                    repo.backend.delete(full)
+                else:
+                    repo.backend.rename(full, name)
+                report.restored += 1
+            else:
+                size = repo.backend.size(full)
+                repo.backend.delete(full)
+                if folder == "chunks":
+                    report.freed_chunks += 1
+                else:
+                    report.freed_indexes += 1
+                report.freed_bytes += size
+            killer.step()
+        except ObjectMissing:
+            continue                    # another prune swept it
+    records.delete(repo, PENDING, batch)
+    remove = getattr(repo.backend, "remove_empty_folders", None)
+    if remove is not None:
+        remove(f"{TRASH}/{batch}")
+
+
+def _remove_old_temporaries(repo: Any, now: int, killer: _Killer) -> int:
+    """Delete writers' ``.tmp`` files older than a day (left by killed writers)."""
+    root = getattr(repo.backend, "root", None)
+    if root is None:
+        return 0
+    removed = 0
+    for folder in ("chunks", "indexes", "manifests"):
+        for dirpath, _dirs, files in os.walk(os.path.join(root, folder)):
+            for f in files:
+                if not f.endswith(".tmp"):
+                    continue
+                path = os.path.join(dirpath, f)
+                try:
+                    if now - os.stat(path).st_mtime_ns > TMP_AGE_NS:
+                        os.unlink(path)
+                        removed += 1
+                        killer.step()
+                except OSError:
+                    continue
+    return removed

@@ -1,0 +1,231 @@
+"""``repofs forget``, ``protect``, ``unprotect``, ``prune``, ``stats``, ``diff``: the life
+cycle of a repository (docs/format.md section 9; docs/cli.md)."""
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Optional
+
+import typer
+
+from format import marks, retention
+from format.prune import PruneReport, prune as prune_repository
+from .common import JsonOpt, PasswordFileOpt, RepoOpt, UsageProblem, emit, open_repository
+from repofs.view.tree import GenerationView, RepositoryView
+
+
+def _gen_target(target: str) -> tuple[str, str | None]:
+    """``vm:NAME[@GEN]`` -> (NAME, GEN or None)."""
+    kind, sep, rest = target.partition(":")
+    if kind != "vm" or not sep or not rest:
+        raise UsageProblem(f"unknown target {target!r}: use vm:NAME or vm:NAME@GENERATION")
+    name, _at, gen = rest.rpartition("@") if "@" in rest else (rest, "", "")
+    if not name:
+        raise UsageProblem(f"unknown target {target!r}: use vm:NAME@GENERATION")
+    return name, gen or None
+
+
+def _time(ns: int) -> str:
+    return dt.datetime.fromtimestamp(ns // 1_000_000_000, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def forget(targets: Annotated[Optional[list[str]], typer.Argument(metavar="[vm:NAME...]", help="The VMs (default: every VM).")] = None,
+           keep_last: Annotated[int, typer.Option("--keep-last", help="Keep the N newest generations.")] = 0,
+           keep_hourly: Annotated[int, typer.Option("--keep-hourly", help="Keep the newest of each of the last N hours.")] = 0,
+           keep_daily: Annotated[int, typer.Option("--keep-daily", help="Keep the newest of each of the last N days.")] = 0,
+           keep_weekly: Annotated[int, typer.Option("--keep-weekly", help="… ISO weeks.")] = 0,
+           keep_monthly: Annotated[int, typer.Option("--keep-monthly", help="… months.")] = 0,
+           keep_yearly: Annotated[int, typer.Option("--keep-yearly", help="… years.")] = 0,
+           keep_within: Annotated[Optional[str], typer.Option("--keep-within", help="Keep generations younger than this (e.g. 30d, 1y6m) than the newest.")] = None,
+           dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be forgotten; change nothing.")] = False,
+           then_prune: Annotated[bool, typer.Option("--prune", help="Prune afterwards.")] = False,
+           allow_empty: Annotated[bool, typer.Option("--allow-empty", help="Allow forgetting every generation of a VM.")] = False,
+           repo: RepoOpt = None, password_file: PasswordFileOpt = None, json_out: JsonOpt = False) -> None:
+    """Forget generations by a retention policy, per VM (protected ones are always kept)."""
+    try:
+        policy = retention.Policy(keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly,
+                                  keep_yearly, retention.Duration.parse(keep_within) if keep_within else None)
+        if policy.empty and not allow_empty:
+            raise retention.PolicyError("no keep rule given: refusing to forget every generation "
+                                        "(give --keep-last, --keep-daily, … or --keep-within)")
+        if policy.empty and not targets:
+            raise retention.PolicyError("--allow-empty without keep rules forgets whole VMs: name them (vm:NAME)")
+    except retention.PolicyError as e:
+        raise UsageProblem(str(e)) from None
+    repository = open_repository(repo, password_file)
+    view = RepositoryView(repository)
+    vms = [_gen_target(t)[0] for t in targets] if targets else view.vms()
+    kept = marks.protected(repository)
+    out = []
+    for vm in vms:
+        gens = view.generations(vm)
+        if not gens:
+            view.generation(vm)        # VMNotFound
+        table = [retention.Generation(g.manifest_name, g.name, g.time_ns, g.manifest_name in kept) for g in gens]
+        decisions = retention.apply(policy, table, allow_empty=allow_empty)
+        row = {"vm": vm, "keep": [], "remove": []}
+        for d in decisions:
+            item = {"generation": d.generation.name, "manifest": d.generation.id,
+                    "time": _time(d.generation.time_ns), "reasons": d.reasons}
+            row["keep" if d.keep else "remove"].append(item)
+            if not d.keep and not dry_run:
+                marks.forget(repository, d.generation.id, vm, d.generation.name)
+        out.append(row)
+    report = None
+    if then_prune and not dry_run:
+        report = prune_repository(repository)
+    if json_out:
+        emit({"dry_run": dry_run, "vms": out, "prune": vars(report) if report else None})
+        return
+    for row in out:
+        typer.echo(f"{row['vm']}: keep {len(row['keep'])}, {'would remove' if dry_run else 'remove'} {len(row['remove'])}")
+        for item in row["keep"]:
+            typer.echo(f"  keep    {item['generation']:<24} {item['time']}  {', '.join(item['reasons'])}")
+        for item in row["remove"]:
+            typer.echo(f"  remove  {item['generation']:<24} {item['time']}")
+    if report:
+        _print_prune(report)
+
+
+def _resolve(view: RepositoryView, target: str) -> GenerationView:
+    vm, gen = _gen_target(target)
+    if gen is None:
+        raise UsageProblem(f"name the generation: {target}@GENERATION")
+    return view.generation(vm, gen)
+
+
+def protect(targets: Annotated[list[str], typer.Argument(metavar="vm:NAME@GEN...", help="Generations to protect.")],
+            repo: RepoOpt = None, password_file: PasswordFileOpt = None, json_out: JsonOpt = False) -> None:
+    """Protect generations from every retention policy."""
+    repository = open_repository(repo, password_file)
+    view = RepositoryView(repository)
+    done = []
+    for target in targets:
+        g = _resolve(view, target)
+        marks.protect(repository, g.manifest_name)
+        done.append({"vm": g.vm, "generation": g.name, "manifest": g.manifest_name})
+    _print_marked(done, "protected", json_out)
+
+
+def unprotect(targets: Annotated[list[str], typer.Argument(metavar="vm:NAME@GEN...", help="Generations to unprotect.")],
+              repo: RepoOpt = None, password_file: PasswordFileOpt = None, json_out: JsonOpt = False) -> None:
+    """Remove the protection of generations."""
+    repository = open_repository(repo, password_file)
+    view = RepositoryView(repository)
+    done = []
+    for target in targets:
+        g = _resolve(view, target)
+        marks.unprotect(repository, g.manifest_name)
+        done.append({"vm": g.vm, "generation": g.name, "manifest": g.manifest_name})
+    _print_marked(done, "unprotected", json_out)
+
+
+def _print_marked(done: list[dict], what: str, json_out: bool) -> None:
+    if json_out:
+        emit(done)
+    else:
+        for d in done:
+            typer.echo(f"{d['vm']} generation {d['generation']} {what}")
+
+
+def prune(repo: RepoOpt = None, password_file: PasswordFileOpt = None,
+          dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would be freed; change nothing.")] = False,
+          wait: Annotated[float, typer.Option("--wait", help="Seconds to wait for running backups so this run can free what it moved aside.")] = 0.0,
+          json_out: JsonOpt = False) -> None:
+    """Delete what no generation references; safe beside backups, mounts, restores and other prunes."""
+    if wait < 0:
+        raise UsageProblem("--wait must not be negative")
+    repository = open_repository(repo, password_file)
+    report = prune_repository(repository, dry_run=dry_run, wait=wait)
+    if json_out:
+        emit(vars(report))
+    else:
+        _print_prune(report)
+
+
+def _print_prune(r: PruneReport) -> None:
+    if r.dry_run:
+        typer.echo(f"would remove {r.generations_removed} forgotten generations and free "
+                   f"{r.freed_chunks} chunks, {r.freed_indexes} indexes, {r.freed_bytes} bytes")
+        return
+    typer.echo(f"removed {r.generations_removed} forgotten generations; freed {r.freed_chunks} chunks, "
+               f"{r.freed_indexes} indexes, {r.freed_bytes} bytes; {r.referenced_chunks} chunks referenced")
+    if r.restored:
+        typer.echo(f"{r.restored} objects put back (generations written meanwhile need them)")
+    if r.batches_waiting:
+        typer.echo(f"{r.batches_waiting} batch(es) moved aside wait for {len(r.waiting_for)} running "
+                   "backup(s); the next prune frees them")
+
+
+def stats(targets: Annotated[Optional[list[str]], typer.Argument(metavar="[vm:NAME[@GEN]...]", help="What to show (default: everything).")] = None,
+          repo: RepoOpt = None, password_file: PasswordFileOpt = None, json_out: JsonOpt = False) -> None:
+    """Logical and stored sizes, and what forgetting each generation would free."""
+    from format.stats import collect
+    repository = open_repository(repo, password_file)
+    with repository.lease("reader"):
+        view = RepositoryView(repository)
+        wanted = [_gen_target(t) for t in targets or []]
+        for vm, gen in wanted:
+            view.generation(vm, gen)          # VMNotFound / GenerationNotFound
+        everything = [(g.manifest_name, g.manifest) for vm in view.vms() for g in view.generations(vm)]
+        result = collect(repository, everything)
+
+    def shown(vm: str, gen: str | None) -> bool:
+        return not wanted or any(w == vm and (g is None or g == gen) for w, g in wanted)
+
+    vms = []
+    for v in result.vms:
+        if not shown(v.vm, None) and not any(shown(v.vm, g.generation) for g in v.generations):
+            continue
+        gens = [vars(g) for g in v.generations if shown(v.vm, g.generation)]
+        vms.append({"vm": v.vm, "chunks": v.chunks, "stored_bytes": v.stored_bytes,
+                    "unique_bytes": v.unique_bytes, "generations": gens})
+    doc = {"vms": vms, "total": {"chunks": result.chunks, "stored_bytes": result.stored_bytes,
+                                 "index_bytes": result.index_bytes, "logical_bytes": result.logical_bytes}}
+    if json_out:
+        emit(doc)
+        return
+    for v in vms:
+        typer.echo(f"{v['vm']}: {v['chunks']} chunks, {v['stored_bytes']} bytes stored, "
+                   f"{v['unique_bytes']} only this VM's")
+        for g in v["generations"]:
+            typer.echo(f"  {g['generation']:<24} logical {g['data_bytes']} of {g['capacity']}, "
+                       f"references {g['stored_bytes']} stored, unique {g['unique_bytes']}")
+    t = doc["total"]
+    typer.echo(f"total: {t['logical_bytes']} logical bytes in generations, {t['stored_bytes']} bytes "
+               f"stored in {t['chunks']} chunks (+{t['index_bytes']} in indexes)")
+
+
+def diff(target: Annotated[str, typer.Argument(metavar="vm:NAME@GEN1", help="The older generation.")],
+         other: Annotated[str, typer.Argument(metavar="GEN2", help="The newer generation (or 'latest').")],
+         files: Annotated[bool, typer.Option("--files/--no-files", help="Also compare guest ext2/3/4 files.")] = True,
+         repo: RepoOpt = None, password_file: PasswordFileOpt = None, json_out: JsonOpt = False) -> None:
+    """Which disk ranges (and guest files) changed between two generations of a VM."""
+    from format.diff import changed_ranges
+    repository = open_repository(repo, password_file)
+    with repository.lease("reader"):
+        view = RepositoryView(repository)
+        a = _resolve(view, target)
+        b = view.generation(a.vm, other)
+        disks = []
+        for disk in b.disks:
+            old = next((d for d in a.disks if d.label == disk.label), None)
+            ranges = changed_ranges(old.index if old else None, disk.index)
+            entry = {"label": disk.label, "changed": [[o, n] for o, n in ranges],
+                     "changed_bytes": sum(n for _o, n in ranges)}
+            if files and old is not None:
+                from repofs.guest.diff import diff_files
+                entry["files"] = diff_files(a, b, disk.label)
+            disks.append(entry)
+        removed = [d.label for d in a.disks if d.label not in {x.label for x in b.disks}]
+    doc = {"vm": a.vm, "from": a.name, "to": b.name, "disks": disks, "removed_disks": removed}
+    if json_out:
+        emit(doc)
+        return
+    for d in disks:
+        typer.echo(f"{d['label']}: {d['changed_bytes']} bytes in {len(d['changed'])} changed ranges")
+        for o, n in d["changed"]:
+            typer.echo(f"  {o:#x}+{n:#x}")
+        for f in d.get("files", []):
+            typer.echo(f"  {f['change']:<8} {f['path']}")
+    for label in removed:
+        typer.echo(f"{label}: removed")
