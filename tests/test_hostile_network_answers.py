@@ -73,9 +73,9 @@ def _disk(capacity: int) -> Any:
 def test_impossible_disk_capacity_is_not_read(capacity: int, possible: bool) -> None:
     controller = vim.vm.device.ParaVirtualSCSIController(key=1000, busNumber=0)
     doc = metadata.describe_disk(_disk(capacity), controller, {})
-    assert doc["backup_possible"] is possible
+    assert doc.backup_possible is possible
     if not possible:
-        assert doc["skip_reason"] == f"vCenter reports an impossible capacity of {capacity} bytes"
+        assert doc.skip_reason == f"vCenter reports an impossible capacity of {capacity} bytes"
 
 
 # --- names are data -------------------------------------------------------------------------------
