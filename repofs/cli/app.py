@@ -9,16 +9,60 @@ a backup does not pay for them.
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import time
+from importlib import metadata
+from typing import Annotated, Optional
 
 import typer
 
-from . import allocator, backup, exitcodes, keyahead, lifecycle, mount, repository, restore
+from . import allocator, backup, exitcodes, find, keyahead, lifecycle, mount, oplog, output, report, repository, restore
 from .common import PasswordFileOpt, RepoOpt, open_repository
 from .files import build_app as build_files_app
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}
+
+app = typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions_enable=False,
+                  rich_markup_mode=None, context_settings=HELP_OPTIONS, invoke_without_command=True,
                   help="repofs: VM backups in a deduplicated, compressed, encrypted repository you can mount.")
+
+
+def version() -> str:
+    try:
+        return metadata.version("repofs")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"repofs {version()}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _global(ctx: typer.Context,
+            repo: Annotated[Optional[str], typer.Option("--repo", "-r", help="Repository directory (here or after the command).")] = None,
+            password_file: Annotated[Optional[str], typer.Option("--password-file", help="File holding the repository passphrase.")] = None,
+            password_command: Annotated[Optional[str], typer.Option("--password-command", help="Command whose output is the repository passphrase.")] = None,
+            quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress, no summaries; errors only.")] = False,
+            verbose: Annotated[bool, typer.Option("--verbose", "-v", help="More detail in progress and summaries.")] = False,
+            show_version: Annotated[bool, typer.Option("--version", callback=_show_version, is_eager=True,
+                                                       help="Print the version and exit.")] = False) -> None:
+    """Options given before the command apply to it as if given after it."""
+    # The commands read these from the environment variables their own options fall back to,
+    # so `repofs -r R generations` and `repofs generations -r R` are the same command line.
+    for value, name in ((repo, "REPOFS_REPOSITORY"), (password_file, "REPOFS_PASSWORD_FILE"),
+                        (password_command, "REPOFS_PASSWORD_COMMAND")):
+        if value is not None:
+            os.environ[name] = value
+    if quiet or verbose:
+        output.set_level(quiet=quiet, verbose=verbose)
+    if ctx.invoked_subcommand is None:
+        typer.echo(ctx.get_help())
+        raise typer.Exit(0)
+
 
 app.command()(repository.init)
 app.command()(backup.backup)
@@ -30,29 +74,118 @@ for command in (lifecycle.forget, lifecycle.protect, lifecycle.unprotect, lifecy
                 lifecycle.stats, lifecycle.diff):
     app.command()(command)
 app.command()(mount.umount)
+app.command()(find.find)
+app.command()(report.report)
 # `repofs files ...`: guest files of a generation (repofs/cli/files.py)
-app.add_typer(build_files_app(open_repository, RepoOpt, PasswordFileOpt), name="files")
+app.add_typer(build_files_app(open_repository, RepoOpt, PasswordFileOpt), name="files",
+              context_settings=HELP_OPTIONS)
+
+
+def _value_name(param, typed: str | None) -> str:
+    """What an option's value is called in help: ``N`` for counts, else its long name's last word."""
+    if typed in ("<int>", "<int>..."):
+        return "N"
+    if typed in ("<float>",):
+        return "SECONDS" if "timeout" in param.name or "wait" in param.name else "NUMBER"
+    longs = [o for o in param.opts if o.startswith("--")]
+    return longs[0].lstrip("-").rpartition("-")[2].upper() if longs else "OPTION"
+
+
+def _tidy(command) -> None:
+    """Help as people read it: ``--repo REPO`` rather than typer's ``<str>``/``<list[str]>``, and
+    required arguments without braces (``vm:NAME[@GEN]...``, brackets kept as written)."""
+    import types
+    for param in command.params:
+        if param.param_type_name == "option":
+            if not (param.is_flag or param.count) and param.metavar is None:
+                def value_name(self, ctx) -> str:
+                    return _value_name(self, self.display_type(ctx))
+                param.display_type_rich = types.MethodType(value_name, param)
+        elif param.param_type_name == "argument":
+            param.display_type_rich = types.MethodType(lambda self, ctx: None, param)
+
+            def usage_name(self) -> str:
+                name = self.display_name_raw
+                if not self.required and not name.startswith("["):
+                    name = f"[{name}]"
+                return name + ("..." if self.nargs != 1 and not name.endswith("...") else "")
+            param._usage_display_name = types.MethodType(usage_name, param)
+    for sub in getattr(command, "commands", {}).values():
+        _tidy(sub)
+
+
+_command = None
+
+
+def command():
+    """The click command tree of the app, built once, with its help tidied."""
+    global _command
+    if _command is None:
+        _command = typer.main.get_command(app)
+        _tidy(_command)
+    return _command
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM: unwinds like Ctrl-C (temporary files removed, snapshots removed), exit 143."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated()
 
 
 def main(argv: list[str] | None = None) -> None:
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _terminate)
     allocator.tune()
-    keyahead.start(sys.argv[1:] if argv is None else argv)
+    args = sys.argv[1:] if argv is None else argv
+    keyahead.start(args)
+    started = time.time_ns()
+    error: str | None = None
+    rc: object = 0
     try:
-        rc = app(args=argv, standalone_mode=False, prog_name="repofs")
+        rc = command().main(args=args, standalone_mode=False, prog_name="repofs")
     except typer.Exit as e:
         rc = e.exit_code
     except typer.Abort:
-        sys.stderr.write("repofs: error: interrupted\n")
+        _say_error("interrupted")
         rc = exitcodes.INTERRUPTED
     except typer.TyperException as e:  # usage errors, typer's own or ours
-        sys.stderr.write(f"repofs: error: {e.format_message()}\n")
+        _say_error(e.format_message())
         rc = exitcodes.USAGE
+    except output.OperationInterrupted as e:
+        _say_error(f"{'terminated' if e.terminated else 'interrupted'}: {e.state}")
+        rc = exitcodes.TERMINATED if e.terminated else exitcodes.INTERRUPTED
+    except Terminated:
+        _say_error("terminated (SIGTERM)")
+        rc = exitcodes.TERMINATED
     except KeyboardInterrupt:
-        sys.stderr.write("repofs: error: interrupted\n")
+        _say_error("interrupted")
         rc = exitcodes.INTERRUPTED
     except Exception as e:  # translated once, here
         rc = exitcodes.classify(e)
-        sys.stderr.write(f"repofs: error: {exitcodes.message(e)}\n")
+        _say_error(exitcodes.message(e))
         if rc == exitcodes.INTERNAL and os.environ.get("REPOFS_DEBUG"):
             raise
-    sys.exit(rc if isinstance(rc, int) else 0)
+    rc = rc if isinstance(rc, int) else 0
+    if rc:
+        error = _last_error
+    oplog.record(_command_name(args), rc, error, started)
+    sys.exit(rc)
+
+
+_last_error: str | None = None
+
+
+def _say_error(text: str) -> None:
+    global _last_error
+    _last_error = text
+    sys.stderr.write(f"repofs: error: {text}\n")
+
+
+def _command_name(args: list[str]) -> str:
+    """The subcommand (and a sub-subcommand: ``files ls``) for the log of operations."""
+    words = [a for a in args if not a.startswith("-")]
+    if words and words[0] == "files" and len(words) > 1:
+        return f"files {words[1]}"
+    return words[0] if words else ""

@@ -5,13 +5,15 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import exitcodes, outcomes
-from .common import JsonOpt, PasswordFileOpt, RepoOpt, UsageProblem, emit, open_repository
+from . import exitcodes, output, outcomes, shapes
+from .common import JsonOpt, PasswordFileOpt, QuietOpt, RepoOpt, UsageProblem, emit, open_repository
 from .progress import Progress
+from .units import format_duration, format_rate, format_ratio, format_size
 from .sessionopts import (CaFileOpt, InsecureOpt, ServerOpt, ThumbprintOpt, TransportOpt, TRANSPORTS, UserOpt,
                           VddkInProcessOpt, VddkLibdirOpt, VSpherePasswordFileOpt, session_options)
-from repofs.ingest.backup import BackupReport, backup as ingest_backup
+from repofs.ingest.backup import BackupReport, backup as ingest_backup, latest_generation
 from repofs.ingest.sources import DiskSource, load_changed_extents, open_image, sanitize_label
+from repofs.view.targets import check_vm_name
 from repofs.view.tree import RepositoryView
 from restore.vsphere.options import BackupOptions
 from restore.vsphere.outcome import Outcome
@@ -42,9 +44,12 @@ def backup(sources: Annotated[list[str], typer.Argument(metavar="SOURCE...", hel
            quiesce: Annotated[bool, typer.Option("--quiesce", help="Quiesce the guest for the snapshot (retried once without).")] = False,
            transport: TransportOpt = TRANSPORTS, vddk_libdir: VddkLibdirOpt = None,
            vddk_in_process: VddkInProcessOpt = False,
-           dry_run: Annotated[bool, typer.Option("--dry-run", help="vm: sources: print what would be read, write nothing.")] = False,
+           dry_run: Annotated[bool, typer.Option("--dry-run", help="Print what would be read; write nothing.")] = False,
+           quiet: QuietOpt = False,
            at_time: Annotated[Optional[str], typer.Option("--time", help="Record this time (ISO 8601, UTC unless it names a zone, e.g. 2025-01-31T02:00:00Z) as the generation's, for imports of older backups.")] = None) -> None:
     """Back up disks (file:PATH ...) or vSphere VMs (vm:NAME ...) into new generations."""
+    if quiet:
+        output.set_level(quiet=True)
     time_ns = parse_time(at_time) if at_time else None
     if any(spec.partition(":")[0] in ("vm", "vapp", "ivd") for spec in sources):
         session = session_options(server=server, user=user, password_file=vsphere_password_file,
@@ -62,7 +67,8 @@ def backup(sources: Annotated[list[str], typer.Argument(metavar="SOURCE...", hel
         paths.append(rest)
     if not vm:
         raise UsageProblem("give --vm NAME for file sources")
-    repository = open_repository(repo, password_file)
+    check_vm_name(vm)
+    repository = open_repository(repo, password_file) if repo or not dry_run else None
     images: list[DiskSource] = []
     try:
         used: set[str] = set()
@@ -77,13 +83,75 @@ def backup(sources: Annotated[list[str], typer.Argument(metavar="SOURCE...", hel
         for label, path in _parse_changed(changed_extents or [], [i.label for i in images]).items():
             next(i for i in images if i.label == label).limit_to_changes(load_changed_extents(path),
                                                                          origin=path)
-        progress = Progress()
-        report = ingest_backup(repository, vm, images, progress=progress, time_ns=time_ns)
+        parent = latest_generation(repository, vm) if repository is not None else None
+        if dry_run:
+            _print_plan(vm, images, parent is not None, json_out)
+            return
+        assert repository is not None
+        progress = Progress(f"backup {vm}")
+        with output.interrupted(f"backup of VM {vm!r} stopped; no generation was written; chunks it "
+                                "stored are unreferenced until 'repofs prune'"):
+            report = ingest_backup(repository, vm, images, progress=progress, time_ns=time_ns)
         progress.finish()
     finally:
         for image in images:
             image.close()
-    _print_backup(report, json_out)
+    manifest = repository.manifests().get(report.manifest)
+    _print_backup(report, json_out, parent is not None, images,
+                  manifest.time_ns if manifest is not None else None)
+
+
+def _print_plan(vm: str, images: list[DiskSource], has_parent: bool, json_out: bool) -> None:
+    """``backup --dry-run`` of file sources: what would be read, nothing written."""
+    disks = []
+    for image in images:
+        planned = sum(n for _o, n in image.extents())
+        mode = "changed" if image.extents_are_changes else "full"
+        disks.append({"label": image.label, "capacity_bytes": image.capacity,
+                      "planned_bytes": planned, "mode": mode})
+    if json_out:
+        emit({"vm": vm, "dry_run": True, "incremental_possible": has_parent, "disks": disks})
+        return
+    typer.echo(f"{vm}: dry run, nothing written")
+    for d in disks:
+        typer.echo(f"  would read {d['label']}: {format_size(d['planned_bytes'])} of "
+                   f"{format_size(d['capacity_bytes'])} ({d['mode']})")
+
+
+def summary(report: BackupReport, has_parent: bool, images: list[DiskSource] | None = None) -> dict:
+    """The figures of a finished backup, as ``--json`` gives them and the summary prints them."""
+    read = sum(d.read_bytes for d in report.disks)
+    new = sum(d.new_bytes for d in report.disks)
+    plain = sum(getattr(d, "new_plain_bytes", 0) for d in report.disks)
+    incremental = any(d.mode == "changed" for d in report.disks)
+    if incremental:
+        why = None
+    elif not has_parent:
+        why = "first backup of this VM"
+    else:
+        reasons = [d.mode[len("full ("):-1] for d in report.disks if d.mode.startswith("full (")]
+        why = reasons[0] if reasons else "no change list given: every allocated byte read, unchanged chunks deduplicated"
+    return {"kind": "incremental" if incremental else "full", "full_reason": why,
+            "read_bytes": read, "new_bytes": new, "new_plain_bytes": plain,
+            "dedup_ratio": round(read / plain, 3) if plain else None,
+            "compression_ratio": round(plain / new, 3) if new else None,
+            "seconds": round(report.seconds, 3),
+            "bytes_per_second": int(read / report.seconds) if report.seconds > 0 else 0}
+
+
+def summary_lines(report: BackupReport, figures: dict) -> list[str]:
+    kind = figures["kind"] + (f" ({figures['full_reason']})" if figures["full_reason"] else "")
+    dedup = format_ratio(figures["dedup_ratio"]) if figures["dedup_ratio"] else "all deduplicated"
+    compression = format_ratio(figures["compression_ratio"]) if figures["compression_ratio"] else "-"
+    lines = [f"{report.vm}: generation {report.generation} written",
+             f"  kind:        {kind}",
+             f"  read:        {format_size(figures['read_bytes'])}",
+             f"  stored new:  {format_size(figures['new_bytes'])} (after dedup and compression)",
+             f"  dedup:       {dedup}   compression: {compression}",
+             f"  duration:    {format_duration(report.seconds)} at {format_rate(figures['read_bytes'], report.seconds)}"]
+    if output.verbose():
+        lines += [f"  {d.summary()}" for d in report.disks]
+    return lines
 
 
 def parse_time(text: str) -> int:
@@ -118,6 +186,7 @@ def _backup_vsphere(targets: list[str], repo: str | None, repo_password_file: st
     def ingest(vm: str, sources: list, metadata: dict) -> BackupReport:
         if repository is None or opts.dry_run:
             raise AssertionError("a dry run writes nothing")
+        check_vm_name(vm)
         report = ingest_backup(repository, vm, sources, metadata=metadata, progress=progress,
                                time_ns=time_ns)
         progress.finish()
@@ -150,12 +219,15 @@ def _backup_vsphere(targets: list[str], repo: str | None, repo_password_file: st
         raise typer.Exit(exitcodes.FAILURE)
 
 
-def _print_backup(report: BackupReport, json_out: bool) -> None:
+def _print_backup(report: BackupReport, json_out: bool, has_parent: bool,
+                  images: list[DiskSource], time_ns: int | None) -> None:
+    figures = summary(report, has_parent, images)
     if json_out:
         emit({"vm": report.vm, "generation": report.generation, "manifest": report.manifest,
-               "seconds": round(report.seconds, 3),
-               "disks": [vars(d) for d in report.disks]})
+              **(shapes.time_fields(time_ns) if time_ns is not None else {}),
+              **figures, "disks": [vars(d) for d in report.disks]})
         return
-    typer.echo(f"{report.vm}: generation {report.generation} written in {report.seconds:.1f}s")
-    for d in report.disks:
-        typer.echo(f"  {d.summary()}")
+    if output.quiet():
+        return
+    for line in summary_lines(report, figures):
+        typer.echo(line)

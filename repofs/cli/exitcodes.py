@@ -35,8 +35,11 @@ BUSY = 11
 UNSUPPORTED = 12
 VSPHERE = 13          # vCenter refused or failed
 VDDK = 14             # VixDiskLib failed or is missing
+PERMISSION = 15       # the repository (or a file the command must write) is not accessible to this user
+OUTPUT_EXISTS = 16    # a file the command would write exists (give --force to replace it)
 INTERNAL = 70
-INTERRUPTED = 130
+INTERRUPTED = 130     # Ctrl-C
+TERMINATED = 143      # SIGTERM (128 + 15), after the same clean-up as Ctrl-C
 
 
 class Row(NamedTuple):
@@ -77,7 +80,13 @@ TABLE: tuple[Row, ...] = (
     Row("repofs.guest.ext4", "Ext4Unsupported", UNSUPPORTED),
     Row("repofs.guest.guestfs", "GuestError", FAILURE),   # damaged tables and filesystems, wrong kinds
     Row("repofs.guest.ext4", "Ext4Error", FAILURE),
-    Row("repofs.guest.extract", "TargetExists", FAILURE),
+    Row("repofs.guest.extract", "TargetExists", OUTPUT_EXISTS),
+    # repofs/: names of VMs and generations, the repository path, output files
+    Row("repofs.view.targets", "TargetSyntaxError", USAGE),
+    Row("repofs.view.targets", "InvalidVMName", USAGE),
+    Row("repofs.view.targets", "AmbiguousGeneration", NOT_FOUND),
+    Row("repofs.cli.common", "NotARepository", NO_REPOSITORY),
+    Row("repofs.view.export", "OutputExists", OUTPUT_EXISTS),
     # repofs/: mounts (LoopMountError, MountError) and the rest: the root's code
     Row("repofs.errors", "RepofsError", FAILURE),
     # restore/: vSphere, both directions
@@ -111,6 +120,8 @@ def classify(exc: BaseException) -> int:
     if isinstance(exc, OSError):
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             return NO_SPACE
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return PERMISSION
         return FAILURE
     return INTERNAL
 

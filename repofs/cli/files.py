@@ -159,7 +159,7 @@ def build_app(open_repository: Callable[[str | None, str | None], object],
     @app.command("get")
     def get(target: AddressArg,
             dest: Annotated[str, typer.Argument(help="Where to write (an existing directory: inside it).")] = ".",
-            force: Annotated[bool, typer.Option("--force", "-f", help="Overwrite what exists.")] = False,
+            force: Annotated[bool, typer.Option("--force", help="Overwrite what exists.")] = False,
             repo: RepoOpt = None, password_file: PasswordFileOpt = None) -> None:
         """Extract a file or a whole directory (names, modes, times, symlinks kept)."""
         address = parse_address(target)

@@ -9,18 +9,24 @@ import typer
 
 from format.repository import DEFAULT_CHUNK_SIZE, Repository
 
-from . import exitcodes
+from . import exitcodes, shapes
+from .units import format_size, parse_size
 from .common import JsonOpt, PasswordFileOpt, RepoOpt, UsageProblem, emit, open_repository, repo_path
 from .passphrase import read_passphrase
+from repofs.view import targets
 from repofs.view.tree import RepositoryView
 
 
 def init(repo_arg: Annotated[Optional[str], typer.Argument(metavar="[REPO]", help="Directory to create.")] = None,
          repo: RepoOpt = None, password_file: PasswordFileOpt = None,
          encryption: Annotated[str, typer.Option(help="'aes-256-gcm', or 'none' for an unencrypted repository.")] = "aes-256-gcm",
-         chunk_size: Annotated[int, typer.Option(help="Chunk size in bytes.")] = DEFAULT_CHUNK_SIZE) -> None:
+         chunk_size: Annotated[str, typer.Option("--chunk-size", help="Chunk size: bytes or e.g. 1M, 4M.")] = f"{DEFAULT_CHUNK_SIZE >> 20}M") -> None:
     """Create a new repository."""
     path = repo_path(repo_arg or repo)
+    try:
+        chunk_bytes = parse_size(chunk_size)
+    except ValueError as e:
+        raise UsageProblem(f"--chunk-size: {e}") from None
     if encryption not in ("aes-256-gcm", "none"):
         raise UsageProblem(f"unknown encryption {encryption!r}: use 'aes-256-gcm' or 'none'")
     encrypted = encryption != "none"
@@ -28,32 +34,67 @@ def init(repo_arg: Annotated[Optional[str], typer.Argument(metavar="[REPO]", hel
         Repository.init(path, None)  # raises RepositoryExists before asking for a passphrase
     passphrase = read_passphrase(password_file, confirm=True) if encrypted else None
     try:
-        Repository.init(path, passphrase, encrypted=encrypted, chunk_size=chunk_size)
+        Repository.init(path, passphrase, encrypted=encrypted, chunk_size=chunk_bytes)
     except ValueError as e:
-        raise UsageProblem(str(e)) from None
+        raise UsageProblem(f"--chunk-size: {e}") from None
     typer.echo(f"created {'an encrypted' if encrypted else 'an UNENCRYPTED'} repository at {path}")
 
 
-def generations(vm: Annotated[Optional[str], typer.Argument(help="Only this VM.")] = None,
+def generations(target: Annotated[Optional[str], typer.Argument(metavar="[vm:NAME]", help="Only this VM.")] = None,
                 repo: RepoOpt = None, password_file: PasswordFileOpt = None, json_out: JsonOpt = False) -> None:
-    """List the generations in the repository."""
-    view = RepositoryView(open_repository(repo, password_file))
-    vms = [vm] if vm else view.vms()
+    """List the generations: VM, generation, time, kind, sizes, verified/protected markers."""
+    from format import marks, verified
+    repository = open_repository(repo, password_file)
+    view = RepositoryView(repository)
+    if target:
+        t = targets.parse(target if target.startswith("vm:") else f"vm:{target}", generation_allowed=False)
+        targets.resolve_vm(view, t.vm)          # unknown VM: the closest names
+        vms = [t.vm]
+    else:
+        vms = view.vms()
+    kept = marks.protected(repository)
+    seen = verified.load(repository)
     rows = []
     for name in vms:
         gens = view.generations(name)
-        if vm and not gens:
-            view.generation(name)  # raises VMNotFound
-        for g in gens:
-            rows.append({"vm": g.vm, "generation": g.name, "time": g.manifest.time, "manifest": g.manifest_name,
+        for i, g in enumerate(gens):
+            modes = [str((d.entry.source or {}).get("mode", "full")) for d in g.disks]
+            kind = "incremental" if any(m == "changed" for m in modes) else "full"
+            rows.append({**shapes.generation_ref(g), "kind": kind,
+                         "logical_bytes": sum(d.entry.data_bytes for d in g.disks),
+                         "capacity_bytes": sum(d.capacity for d in g.disks),
+                         "new_bytes": sum(d.entry.new_bytes for d in g.disks),
+                         "protected": g.manifest_name in kept,
+                         "verified": bool(seen) and _all_verified(g, seen),
+                         "latest": i == len(gens) - 1,
                          "disks": [{"label": d.label, "capacity": d.capacity, "data_bytes": d.entry.data_bytes}
                                    for d in g.disks]})
     if json_out:
         emit(rows)
         return
-    for r in rows:
-        disks = ", ".join(f"{d['label']} {d['capacity'] / 2**30:.2f} GiB" for d in r["disks"])
-        typer.echo(f"{r['vm']}\t{r['generation']}\t{disks}")
+    if not rows:
+        typer.echo("no generations yet: back up a VM with 'repofs backup'")
+        return
+    header = ("VM", "GENERATION", "TIME (UTC)", "KIND", "LOGICAL", "NEW STORED", "FLAGS")
+    table = [header] + [(r["vm"], r["generation"] + (" *" if r["latest"] else ""),
+                         r["time"].replace("T", " ").rstrip("Z"), r["kind"],
+                         format_size(r["logical_bytes"]), format_size(r["new_bytes"]),
+                         ",".join(f for f, on in (("verified", r["verified"]), ("protected", r["protected"])) if on) or "-")
+                        for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    right = {4, 5}
+    for row in table:
+        typer.echo("  ".join(cell.rjust(w) if i in right else cell.ljust(w)
+                             for i, (cell, w) in enumerate(zip(row, widths))).rstrip())
+    typer.echo(f"{len(rows)} generation(s) of {len({r['vm'] for r in rows})} VM(s); * latest")
+
+
+def _all_verified(g, seen: dict) -> bool:
+    from format.verified import PREFIX_HEX
+    try:
+        return all(cid[:PREFIX_HEX // 2] in seen for d in g.disks for _o, cid in d.index.references())
+    except Exception:  # noqa: BLE001 (a damaged index is check's to report, not the listing's)
+        return False
 
 
 def _subset(text: str) -> tuple[int, int] | float:
