@@ -59,6 +59,8 @@ def _global(ctx: typer.Context,
             os.environ[name] = value
     if quiet or verbose:
         output.set_level(quiet=quiet, verbose=verbose)
+    global _invoked
+    _invoked = ctx.invoked_subcommand or ""
     if ctx.invoked_subcommand is None:
         typer.echo(ctx.get_help())
         raise typer.Exit(0)
@@ -183,9 +185,9 @@ def _say_error(text: str) -> None:
     sys.stderr.write(f"repofs: error: {text}\n")
 
 
+_invoked = ""
+
+
 def _command_name(args: list[str]) -> str:
-    """The subcommand (and a sub-subcommand: ``files ls``) for the log of operations."""
-    words = [a for a in args if not a.startswith("-")]
-    if words and words[0] == "files" and len(words) > 1:
-        return f"files {words[1]}"
-    return words[0] if words else ""
+    """The subcommand, for the log of operations."""
+    return _invoked

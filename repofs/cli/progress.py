@@ -29,8 +29,10 @@ def _interval() -> float:
 class Progress:
     """``progress(label, done, total)``; ``finish()`` ends the line."""
 
-    def __init__(self, what: str = "progress", enabled: bool | None = None, tty: bool | None = None):
+    def __init__(self, what: str = "progress", enabled: bool | None = None, tty: bool | None = None,
+                 unit: str = "bytes"):
         self.what = what
+        self.unit = unit                # "bytes", or a noun for counts ("chunks")
         self.enabled = (not output.quiet()) if enabled is None else enabled
         self.tty = sys.stderr.isatty() if tty is None else tty
         self.interval = _interval()
@@ -66,8 +68,10 @@ class Progress:
             from rich.console import Console
             from rich.progress import (BarColumn, DownloadColumn, Progress as Bar, TaskProgressColumn,
                                        TextColumn, TimeRemainingColumn, TransferSpeedColumn)
-            self._bar = Bar(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
-                            DownloadColumn(binary_units=True), TransferSpeedColumn(),
+            from rich.progress import MofNCompleteColumn
+            amount = [DownloadColumn(binary_units=True), TransferSpeedColumn()] if self.unit == "bytes" \
+                else [MofNCompleteColumn(), TextColumn(self.unit)]
+            self._bar = Bar(TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), *amount,
                             TextColumn("ETA"), TimeRemainingColumn(),
                             console=Console(file=sys.stderr), transient=False,
                             refresh_per_second=5)
@@ -89,6 +93,9 @@ class Progress:
         eta = ""
         if total and done and done < total and elapsed > 0:
             eta = f", ETA {format_duration((total - done) / (done / elapsed))}"
+        if self.unit != "bytes":
+            rate = f"{done / elapsed:.0f} {self.unit}/s" if elapsed > 0 else ""
+            return f"{self._description()}: {pct}{done} of {total} {self.unit}, {rate}{eta}"
         return (f"{self._description()}: {pct}{format_size(done)} of {format_size(total)}, "
                 f"{format_rate(done, elapsed)}{eta}")
 

@@ -9,7 +9,7 @@ import typer
 
 from format.repository import DEFAULT_CHUNK_SIZE, Repository
 
-from . import exitcodes, shapes
+from . import exitcodes, output, shapes
 from .units import format_size, parse_size
 from .common import JsonOpt, PasswordFileOpt, RepoOpt, UsageProblem, emit, open_repository, repo_path
 from .passphrase import read_passphrase
@@ -135,9 +135,15 @@ def check(repo: RepoOpt = None, password_file: PasswordFileOpt = None,
     read = read_data or subset is not None or only_unverified or older_ns is not None
     repository = open_repository(repo, password_file)
     started = time.time_ns()
-    report = check_repository(repository, read_data=read, subset=subset,
-                              only_unverified=only_unverified or older_ns is not None,
-                              older_than_ns=older_ns)
+    from .progress import Progress
+    progress = Progress("check", unit="chunks")
+    with output.interrupted("check stopped; the repository is unchanged (chunks verified so far "
+                            "may not be recorded)"):
+        report = check_repository(repository, read_data=read, subset=subset,
+                                  only_unverified=only_unverified or older_ns is not None,
+                                  older_than_ns=older_ns,
+                                  progress=(lambda done, total: progress("check", done, total)) if read else None)
+    progress.finish()
     if json_out:
         emit({"ok": report.ok, "generations": report.generations, "disks": report.disks,
                "chunks": report.chunks, "chunks_read": report.chunks_read,
@@ -153,6 +159,6 @@ def check(repo: RepoOpt = None, password_file: PasswordFileOpt = None,
                    f"{report.chunks} chunks{read_text}")
         if report.unreferenced_chunks:
             typer.echo(f"unreferenced (not damage; prune frees them): {report.unreferenced_chunks} chunks, "
-                       f"{report.unreferenced_bytes} bytes")
+                       f"{format_size(report.unreferenced_bytes)}")
     if not report.ok:
         raise typer.Exit(exitcodes.FAILURE)
