@@ -24,9 +24,10 @@ LAST_OPERATIONS = 50
 def stats_document(repository, view: RepositoryView) -> dict[str, Any]:
     """The document ``repofs stats --json`` prints for the whole repository."""
     everything = [(g.manifest_name, g.manifest) for vm in view.vms() for g in view.generations(vm)]
+    times = {name: m.time_ns for name, m in everything}
     result = collect(repository, everything)
     vms = [{"vm": v.vm, "chunks": v.chunks, "stored_bytes": v.stored_bytes, "unique_bytes": v.unique_bytes,
-            "generations": [vars(g) for g in v.generations]} for v in result.vms]
+            "generations": [vars(g) | {"time_ns": times[g.manifest]} for g in v.generations]} for v in result.vms]
     return {"vms": vms, "total": {"chunks": result.chunks, "stored_bytes": result.stored_bytes,
                                   "index_bytes": result.index_bytes, "logical_bytes": result.logical_bytes}}
 
