@@ -146,24 +146,21 @@ def main(argv: list[str] | None = None) -> None:
     error: str | None = None
     rc: object = 0
     try:
-        rc = command().main(args=args, standalone_mode=False, prog_name="repofs")
+        # make_context/invoke rather than main(): typer's main() turns KeyboardInterrupt into a
+        # bare exit code, and Ctrl-C and SIGTERM must say what they stopped.
+        with command().make_context("repofs", list(args)) as ctx:
+            rc = command().invoke(ctx)
     except typer.Exit as e:
-        rc = e.exit_code
-    except typer.Abort:
-        _say_error("interrupted")
-        rc = exitcodes.INTERRUPTED
+        # typer turns KeyboardInterrupt (Ctrl-C, our SIGTERM) into a silent Exit(130)
+        cause = e.__cause__
+        rc = _interrupted(cause) if isinstance(cause, KeyboardInterrupt) else e.exit_code
+    except typer.Abort as e:       # click turns KeyboardInterrupt (Ctrl-C, our SIGTERM) into Abort
+        rc = _interrupted(e.__cause__ or e.__context__)
     except typer.TyperException as e:  # usage errors, typer's own or ours
         _say_error(e.format_message())
         rc = exitcodes.USAGE
-    except output.OperationInterrupted as e:
-        _say_error(f"{'terminated' if e.terminated else 'interrupted'}: {e.state}")
-        rc = exitcodes.TERMINATED if e.terminated else exitcodes.INTERRUPTED
-    except Terminated:
-        _say_error("terminated (SIGTERM)")
-        rc = exitcodes.TERMINATED
-    except KeyboardInterrupt:
-        _say_error("interrupted")
-        rc = exitcodes.INTERRUPTED
+    except KeyboardInterrupt as e:
+        rc = _interrupted(e)
     except Exception as e:  # translated once, here
         rc = exitcodes.classify(e)
         _say_error(exitcodes.message(e))
@@ -177,6 +174,15 @@ def main(argv: list[str] | None = None) -> None:
 
 
 _last_error: str | None = None
+
+
+def _interrupted(e: BaseException | None) -> int:
+    """One line for Ctrl-C or SIGTERM: what stopped and what state it left, and the code."""
+    terminated = isinstance(e, Terminated) or bool(getattr(e, "terminated", False))
+    what = "terminated (SIGTERM)" if terminated else "interrupted"
+    state = getattr(e, "state", None)
+    _say_error(f"{what}; {state}" if state else what)
+    return exitcodes.TERMINATED if terminated else exitcodes.INTERRUPTED
 
 
 def _say_error(text: str) -> None:

@@ -205,10 +205,10 @@ def _backup_vsphere(targets: list[str], repo: str | None, repo_password_file: st
         result = runner.run(targets, opts, ingest=ingest, previous=previous,
                             chunk_size=repository.chunk_size if repository is not None and not opts.dry_run else None,
                             on_event=lambda text: typer.echo(text, err=True), on_outcome=show)
-    except KeyboardInterrupt:
-        # typer turns Ctrl-C into a silent exit 130: say what became of the VM.
-        typer.echo("repofs: error: interrupted; the backup snapshot was removed, no generation written", err=True)
-        raise
+    except KeyboardInterrupt as e:
+        # say what became of the VM (app.main prints it, with the code of Ctrl-C or SIGTERM)
+        raise output.OperationInterrupted("the backup snapshot was removed, no generation written",
+                                          type(e).__name__ == "Terminated") from None
     for note in result.notes:
         typer.echo(f"note: {note}", err=True)
     if json_out:

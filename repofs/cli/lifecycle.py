@@ -84,7 +84,7 @@ def forget(vm_targets: Annotated[Optional[list[str]], typer.Argument(metavar="[v
 
 def _resolve(view: RepositoryView, target: str) -> GenerationView:
     vm, gen = _gen_target(target)
-    if gen is None and not target.endswith("@latest"):
+    if gen is None:
         raise UsageProblem(f"name the generation: {target}@GENERATION (or @latest)")
     return targets.resolve_generation(view, vm, gen)
 

@@ -49,7 +49,7 @@ class AmbiguousGeneration(RepofsError):
 @dataclass(frozen=True)
 class Target:
     vm: str
-    generation: str | None = None       # None: the newest
+    generation: str | None = None       # None: not named (the newest, or all, as the command says)
 
     def __str__(self) -> str:
         return f"vm:{self.vm}" + (f"@{self.generation}" if self.generation else "")
@@ -69,7 +69,7 @@ def parse(text: str, *, generation_allowed: bool = True) -> Target:
         raise TargetSyntaxError(f"unknown target {text!r}: use vm:NAME or vm:NAME@GENERATION")
     if gen and not generation_allowed:
         raise TargetSyntaxError(f"{text!r}: this command takes a VM, not a generation (use vm:{vm})")
-    return Target(vm, None if gen in ("", LATEST) else gen)
+    return Target(vm, gen or None)       # "latest" stays: for stats it is one generation, not all
 
 
 def check_vm_name(name: str) -> str:
