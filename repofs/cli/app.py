@@ -157,8 +157,12 @@ def main(argv: list[str] | None = None) -> None:
     except typer.Abort as e:       # click turns KeyboardInterrupt (Ctrl-C, our SIGTERM) into Abort
         rc = _interrupted(e.__cause__ or e.__context__)
     except typer.TyperException as e:  # usage errors, typer's own or ours
-        _say_error(e.format_message())
-        rc = exitcodes.USAGE
+        if type(e).__name__ == "NoArgsIsHelpError":    # `repofs files`: its help, like bare `repofs`
+            sys.stdout.write(e.format_message() + "\n")
+            rc = exitcodes.OK
+        else:
+            _say_error(e.format_message())
+            rc = exitcodes.USAGE
     except KeyboardInterrupt as e:
         rc = _interrupted(e)
     except Exception as e:  # translated once, here
