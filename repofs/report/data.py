@@ -9,6 +9,7 @@ operations and errors of this repository from the log of operations
 """
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -65,6 +66,6 @@ def gather(repository, operations: list[dict]) -> dict[str, Any]:
               "compression": round(plain / sealed, 3) if sealed else None,
               "overall": round(logical / stats["total"]["stored_bytes"], 3) if stats["total"]["stored_bytes"] else None}
     errors = [op for op in operations if op.get("exit_code")][-LAST_ERRORS:]
-    return {"repository": repository.location, "generated_ns": time.time_ns(), "stats": stats,
+    return {"repository": os.path.abspath(repository.location), "generated_ns": time.time_ns(), "stats": stats,
             "generations": gens, "ratios": ratios, "operations": operations[-LAST_OPERATIONS:],
             "errors": errors}

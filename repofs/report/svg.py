@@ -47,10 +47,11 @@ def timeline(vm: str, gens: list[dict]) -> str:
                          f'height="{H - PAD - y:.1f}" fill="{color}" data-bytes="{value}"><title>'
                          f'{escape(g["generation"])}: {what} {escape(format_size(value))} ({value} bytes)</title></rect>')
         if g["protected"]:
-            parts.append(f'<text x="{x:.1f}" y="{PAD - 6}" text-anchor="middle" font-size="12" class="protected">'
-                         f'&#x1F512;<title>{escape(g["generation"])} is protected</title></text>')
+            parts.append(f'<g class="protected"><circle cx="{x:.1f}" cy="{PAD - 10}" r="4" fill="#e15759"/>'
+                         f'<title>{escape(g["generation"])} is protected</title></g>')
     legend = ('<rect x="60" y="8" width="10" height="10" fill="#4e79a7"/><text x="74" y="17" font-size="11">logical size</text>'
-              '<rect x="170" y="8" width="10" height="10" fill="#f28e2b"/><text x="184" y="17" font-size="11">new stored bytes</text>')
+              '<rect x="170" y="8" width="10" height="10" fill="#f28e2b"/><text x="184" y="17" font-size="11">new stored bytes</text>'
+              '<circle cx="305" cy="13" r="4" fill="#e15759"/><text x="313" y="17" font-size="11">protected</text>')
     return (f'<svg class="plot timeline" role="img" aria-label="generations of {escape(vm, quote=True)}" '
             f'viewBox="0 0 {W} {H}" width="{W}" height="{H}" xmlns="http://www.w3.org/2000/svg">'
             + legend + "".join(parts) + "</svg>")
