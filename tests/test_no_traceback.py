@@ -21,6 +21,7 @@ from fixtures_repo import CLI
 
 USAGE, NO_REPOSITORY, REPOSITORY_EXISTS, BAD_PASSPHRASE, KEY_MISSING = 2, 3, 4, 5, 6
 DAMAGED, NOT_FOUND, SOURCE = 7, 8, 9
+OUTPUT_EXISTS = 16
 MiB = 1 << 20
 
 
@@ -95,7 +96,34 @@ CASES: list[Case] = [
     ("sparse-vmdk-junk-header", lambda w: ["backup", f"file:{w.write('sparse.vmdk', b'KDMV' + bytes(508))}", "--vm", "pc"], SOURCE),
     ("change-list-not-json", lambda w: ["backup", f"file:{w.image}", "--vm", "pc", "--changed-extents", str(w.write("cl1.json", "[[0, 1"))], SOURCE),
     ("change-list-wrong-shape", lambda w: ["backup", f"file:{w.image}", "--vm", "pc", "--changed-extents", str(w.write("cl2.json", '{"a": 1}'))], SOURCE),
+    # naming VMs and generations (repofs/view/targets.py)
+    ("target-without-vm-prefix", lambda w: ["stats", "pc@latest"], USAGE),
+    ("target-empty-generation", lambda w: ["protect", "vm:pc@"], USAGE),
+    ("protect-without-generation", lambda w: ["protect", "vm:pc"], USAGE),
+    ("generations-with-a-generation", lambda w: ["generations", "vm:pc@latest"], USAGE),
+    ("backup-vm-name-with-at", lambda w: ["backup", f"file:{w.image}", "--vm", "pc@2"], USAGE),
+    ("backup-vm-name-with-colon", lambda w: ["backup", f"file:{w.image}", "--vm", "db:1"], USAGE),
+    ("unknown-generation-prefix", lambda w: ["stats", "vm:pc@zzz"], NOT_FOUND),
+    ("unknown-vm-close-name", lambda w: ["find", "x", "vm:pcc"], NOT_FOUND),
+    # conventions
+    ("repository-is-a-file", lambda w: ["check", "-r", str(w.write("not-a-repo", "x"))], NO_REPOSITORY),
+    ("repository-below-a-file", lambda w: ["generations", "-r", str(w.write("plain", "x")) + "/repo"], NO_REPOSITORY),
+    ("global-repository-is-a-file", lambda w: ["-r", str(w.write("not-a-repo2", "x")), "generations"], NO_REPOSITORY),
+    ("chunk-size-not-a-size", lambda w: ["init", str(w.tmp / "r-cs2"), "--chunk-size", "lots"], USAGE),
+    ("password-command-fails", lambda w: ["--password-command", "false", "generations"], BAD_PASSPHRASE),
+    ("password-command-missing", lambda w: ["--password-command", "/nonexistent/pw", "generations"], BAD_PASSPHRASE),
+    ("report-without-output", lambda w: ["report"], USAGE),
+    ("report-over-existing-file", lambda w: ["report", "--html", str(w.write("exists.html", "mine"))], OUTPUT_EXISTS),
+    ("restore-over-existing-file", lambda w: _over_existing(w), OUTPUT_EXISTS),
+    ("find-bad-max-entries", lambda w: ["find", "x", "--max-entries", "0"], USAGE),
 ]
+
+
+def _over_existing(w: World) -> list[str]:
+    out = w.tmp / "o-exists"
+    out.mkdir(exist_ok=True)
+    (out / "disk.raw").write_bytes(b"keep")
+    return ["restore", "vm:pc", "--to-dir", str(out)]
 
 
 def _without_key(w: World) -> list[str]:

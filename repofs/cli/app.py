@@ -57,6 +57,9 @@ def _global(ctx: typer.Context,
                         (password_command, "REPOFS_PASSWORD_COMMAND")):
         if value is not None:
             os.environ[name] = value
+    if password_command is not None:    # said on the command line: it beats the environment's
+        os.environ.pop("REPOFS_PASSWORD_FILE", None)
+        os.environ.pop("REPOFS_PASSWORD", None)
     if quiet or verbose:
         output.set_level(quiet=quiet, verbose=verbose)
     global _invoked
