@@ -247,3 +247,34 @@ def test_sigterm_has_its_own_exit_code(world) -> None:
             proc.kill()
     assert proc.returncode == 143 and "repofs: error: terminated" in err, err
     assert "Traceback" not in err
+
+
+def test_lock_wait_retries_while_another_backup_holds_the_vm(world) -> None:
+    """The lock is held here, in the test's process, until the CLI says it waits for it."""
+    from format.repository import Repository
+    cli, tmp, image, _gens = world
+    repository = Repository.open(str(cli.repo), Path(cli.env["REPOFS_PASSWORD_FILE"]).read_text().rstrip("\n").encode())
+    with repository.vm_lock("locked"):
+        refused = cli.run("backup", f"file:{image}", "--vm", "locked", check=False)
+        assert refused.returncode == 11 and "another backup of locked" in refused.stderr
+        proc = subprocess.Popen([*REPOFS, "backup", f"file:{image}", "--vm", "locked", "--lock-wait", "10m"],
+                                env=cli.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            line = proc.stderr.readline()
+            assert line.startswith("waiting up to 10m00s for another backup of locked"), line
+        except BaseException:
+            proc.kill()
+            raise
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert "generation" in out
+
+
+def test_mount_refuses_a_non_empty_folder(world) -> None:
+    cli, tmp, _image, _gens = world
+    folder = tmp / "full"
+    folder.mkdir()
+    (folder / "mine").write_text("x")
+    proc = cli.run("mount", str(folder), check=False)
+    assert proc.returncode == 2 and "is not empty" in proc.stderr
+    assert (folder / "mine").read_text() == "x"

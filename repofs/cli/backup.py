@@ -8,7 +8,7 @@ import typer
 from . import exitcodes, output, outcomes, shapes
 from .common import JsonOpt, PasswordFileOpt, QuietOpt, RepoOpt, UsageProblem, emit, open_repository
 from .progress import Progress
-from .units import format_duration, format_rate, format_ratio, format_size
+from .units import format_duration, format_rate, format_ratio, format_size, parse_duration
 from .sessionopts import (CaFileOpt, InsecureOpt, ServerOpt, ThumbprintOpt, TransportOpt, TRANSPORTS, UserOpt,
                           VddkInProcessOpt, VddkLibdirOpt, VSpherePasswordFileOpt, session_options)
 from repofs.ingest.backup import BackupReport, backup as ingest_backup, latest_generation
@@ -46,10 +46,15 @@ def backup(sources: Annotated[list[str], typer.Argument(metavar="SOURCE...", hel
            vddk_in_process: VddkInProcessOpt = False,
            dry_run: Annotated[bool, typer.Option("--dry-run", help="Print what would be read; write nothing.")] = False,
            quiet: QuietOpt = False,
+           lock_wait: Annotated[str, typer.Option("--lock-wait", help="If another backup of the VM holds its lock, retry for this long (e.g. 30s, 5m).")] = "0",
            at_time: Annotated[Optional[str], typer.Option("--time", help="Record this time (ISO 8601, UTC unless it names a zone, e.g. 2025-01-31T02:00:00Z) as the generation's, for imports of older backups.")] = None) -> None:
     """Back up disks (file:PATH ...) or vSphere VMs (vm:NAME ...) into new generations."""
     if quiet:
         output.set_level(quiet=True)
+    try:
+        wait_s = parse_duration(lock_wait)
+    except ValueError as e:
+        raise UsageProblem(f"--lock-wait: {e}") from None
     time_ns = parse_time(at_time) if at_time else None
     if any(spec.partition(":")[0] in ("vm", "vapp", "ivd") for spec in sources):
         session = session_options(server=server, user=user, password_file=vsphere_password_file,
@@ -57,7 +62,8 @@ def backup(sources: Annotated[list[str], typer.Argument(metavar="SOURCE...", hel
                                   transport=transport, vddk_libdir=vddk_libdir,
                                   vddk_in_process=vddk_in_process)
         _backup_vsphere(sources, repo, password_file, json_out,
-                        BackupOptions(session=session, quiesce=quiesce, dry_run=dry_run), time_ns=time_ns)
+                        BackupOptions(session=session, quiesce=quiesce, dry_run=dry_run), time_ns=time_ns,
+                        lock_wait=wait_s)
         return
     paths = []
     for spec in sources:
@@ -91,7 +97,8 @@ def backup(sources: Annotated[list[str], typer.Argument(metavar="SOURCE...", hel
         progress = Progress(f"backup {vm}")
         with output.interrupted(f"backup of VM {vm!r} stopped; no generation was written; chunks it "
                                 "stored are unreferenced until 'repofs prune'"):
-            report = ingest_backup(repository, vm, images, progress=progress, time_ns=time_ns)
+            report = with_lock_wait(vm, wait_s, lambda: ingest_backup(repository, vm, images, progress=progress,
+                                                                       time_ns=time_ns))
         progress.finish()
     finally:
         for image in images:
@@ -99,6 +106,26 @@ def backup(sources: Annotated[list[str], typer.Argument(metavar="SOURCE...", hel
     manifest = repository.manifests().get(report.manifest)
     _print_backup(report, json_out, parent is not None, images,
                   manifest.time_ns if manifest is not None else None)
+
+
+def with_lock_wait(vm: str, wait_s: float, attempt):
+    """``attempt()``, retried while the VM's lock is held by another backup, for ``wait_s``.
+    A refused lock is taken before anything is written, so a retry starts clean."""
+    import time
+
+    from format.errors import RepositoryBusy
+    deadline = time.monotonic() + wait_s
+    said = False
+    while True:
+        try:
+            return attempt()
+        except RepositoryBusy:
+            if time.monotonic() >= deadline:
+                raise
+            if not said and not output.quiet():
+                typer.echo(f"waiting up to {format_duration(wait_s)} for another backup of {vm} to end", err=True)
+                said = True
+            time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
 
 
 def _print_plan(vm: str, images: list[DiskSource], has_parent: bool, json_out: bool) -> None:
@@ -171,7 +198,8 @@ def parse_time(text: str) -> int:
 
 
 def _backup_vsphere(targets: list[str], repo: str | None, repo_password_file: str | None,
-                    json_out: bool, opts: BackupOptions, time_ns: int | None = None) -> None:
+                    json_out: bool, opts: BackupOptions, time_ns: int | None = None,
+                    lock_wait: float = 0.0) -> None:
     """The vm:/vapp:/ivd: path of ``backup``: restore/ does the vSphere side, ingest writes."""
     # Imported here: pyVmomi and VixDiskLib cost every other command their start-up time.
     from restore.backup import runner
@@ -187,8 +215,8 @@ def _backup_vsphere(targets: list[str], repo: str | None, repo_password_file: st
         if repository is None or opts.dry_run:
             raise AssertionError("a dry run writes nothing")
         check_vm_name(vm)
-        report = ingest_backup(repository, vm, sources, metadata=metadata, progress=progress,
-                               time_ns=time_ns)
+        report = with_lock_wait(vm, lock_wait, lambda: ingest_backup(
+            repository, vm, sources, metadata=metadata, progress=progress, time_ns=time_ns))
         progress.finish()
         return report
 

@@ -87,6 +87,7 @@ TABLE: tuple[Row, ...] = (
     Row("repofs.view.targets", "AmbiguousGeneration", NOT_FOUND),
     Row("repofs.cli.common", "NotARepository", NO_REPOSITORY),
     Row("repofs.view.export", "OutputExists", OUTPUT_EXISTS),
+    Row("repofs.cli.mount", "MountBusy", BUSY),
     # repofs/: mounts (LoopMountError, MountError) and the rest: the root's code
     Row("repofs.errors", "RepofsError", FAILURE),
     # restore/: vSphere, both directions

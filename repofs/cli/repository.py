@@ -38,6 +38,8 @@ def init(repo_arg: Annotated[Optional[str], typer.Argument(metavar="[REPO]", hel
     except ValueError as e:
         raise UsageProblem(f"--chunk-size: {e}") from None
     typer.echo(f"created {'an encrypted' if encrypted else 'an UNENCRYPTED'} repository at {path}")
+    if encrypted:
+        typer.echo("keep the passphrase safe: without it nobody, not even you, can read these backups", err=True)
 
 
 def generations(target: Annotated[Optional[str], typer.Argument(metavar="[vm:NAME]", help="Only this VM.")] = None,
