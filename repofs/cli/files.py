@@ -10,6 +10,7 @@ Thin commands: the work is in ``guestfs`` (reading), ``extract`` (copying out) a
 ``loopmount`` (the root path). The CLI module wires this sub-app in with ``build_app``
 (annotations are evaluated eagerly here: typer reads the closures' option types).
 """
+import atexit
 import json
 import stat as st
 import sys
