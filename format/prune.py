@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 from . import records
-from .errors import CorruptObject, ObjectMissing
+from .errors import CorruptObject, ObjectMissing, RepoError
 from .fixedindex import HEADER as INDEX_HEADER, HOLE, ID_SIZE, FixedIndex, chunk_count
 from .sealed import MAGIC_INDEX
 from .idset import IdSet
@@ -44,7 +44,7 @@ EXPIRED_LEASE_AGE_NS = 86400 * 1_000_000_000
 _OBJECT = re.compile(r"^(chunks|indexes)/([0-9a-f]{2})/([0-9a-f]{64})$")
 
 
-class PruneAborted(Exception):
+class PruneAborted(RepoError):
     """Raised by the progress callback to stop a prune between steps (never half a step)."""
 
 

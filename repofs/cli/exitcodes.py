@@ -61,6 +61,8 @@ TABLE: tuple[Row, ...] = (
     Row("format.errors", "RepositoryBusy", BUSY),
     Row("format.leases", "LeaseLost", BUSY),
     Row("format.marks", "GenerationProtected", FAILURE),
+    Row("format.retention", "PolicyError", USAGE),
+    Row("format.secretfile", "PasswordFileError", USAGE),
     Row("format.errors", "UnsupportedFormat", UNSUPPORTED),
     Row("format.errors", "RepoError", FAILURE),
     # repofs/: views, VMDK sources, ingest
