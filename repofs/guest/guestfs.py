@@ -35,62 +35,15 @@ from typing import BinaryIO, Callable, Iterator, NamedTuple, Protocol
 
 from dissect.util.stream import AlignedStream, RangeStream
 
+from .errors import (EncryptedVolume, FilesystemDamaged, GuestError, GuestIsADirectory,  # noqa: F401
+                     GuestNotADirectory, GuestNotASymlink, GuestNotFound, NameEscapes,
+                     PartitionTableDamaged, UnsupportedFeature, UnsupportedVolume)
 from .ext4 import Ext4, Ext4Unsupported, Inode
+from .names import component
 from repofs.view.tree import DiskReadError
 
 MAX_SYMLINK_HOPS = 40
 WHOLE = "whole"
-
-
-# ---------------------------------------------------------------------------------------------
-# Errors: one small hierarchy, each carrying the errno the FUSE adapter answers with.
-
-class GuestError(Exception):
-    """A guest file, volume or filesystem that cannot be served."""
-    errno = errno.EIO
-
-
-class GuestNotFound(GuestError):
-    """An unknown disk, partition or path."""
-    errno = errno.ENOENT
-
-
-class GuestNotADirectory(GuestError):
-    errno = errno.ENOTDIR
-
-
-class GuestIsADirectory(GuestError):
-    errno = errno.EISDIR
-
-
-class GuestNotASymlink(GuestError):
-    errno = errno.EINVAL
-
-
-class PartitionTableDamaged(GuestError):
-    """A partition table is present but cannot be read or is inconsistent."""
-    errno = errno.EIO
-
-
-class EncryptedVolume(GuestError):
-    """LUKS or BitLocker: recognised, not opened (repofs holds no guest keys)."""
-    errno = errno.EACCES
-
-
-class UnsupportedVolume(GuestError):
-    """No filesystem repofs can read: swap, unknown or empty, or an LVM physical volume."""
-    errno = errno.EMEDIUMTYPE
-
-
-class UnsupportedFeature(GuestError):
-    """The filesystem uses a feature repofs does not read (ext4 inline data beyond the inode,
-    encrypted directories)."""
-    errno = errno.EOPNOTSUPP
-
-
-class FilesystemDamaged(GuestError):
-    """The filesystem reader failed on the volume's structures."""
-    errno = errno.EIO
 
 
 # ---------------------------------------------------------------------------------------------
@@ -107,6 +60,7 @@ class GuestStat(NamedTuple):
     gid: int = 0
     nlink: int = 1
     ino: int = 0
+    rdev: int = 0        # a device node's number (os.makedev), else 0
 
     @property
     def is_dir(self) -> bool:
@@ -375,6 +329,7 @@ def _logical_volumes(pvs: list[Volume], disk_of: Callable[[str], DiskReader]) ->
         except Exception as e:
             pv.fstype, pv.description = "lvm2-damaged", f"LVM2 PV, unreadable ({_first_line(e)})"
             continue
+        vg_name = component(vg_name)     # guest metadata: a name, never a path
         pv.description = f"LVM2 PV of {vg_name}"
         groups.setdefault(vg_name, []).append((pv, dev))
     out = []
@@ -392,7 +347,7 @@ def _logical_volumes(pvs: list[Volume], disk_of: Callable[[str], DiskReader]) ->
         for lv in sorted(vg.lv, key=lambda lv: lv.name):
             if not lv.is_visible or (lv.type or "").startswith("thin-pool"):
                 continue
-            name = f"{vg_name}/{lv.name}"
+            name = f"{vg_name}/{component(lv.name)}"
             opener = (lambda lv=lv: lv.open())
             home, offset = members[0][0].disk, None
             segs = lv.segments
@@ -627,7 +582,8 @@ class _ExtNode(_Node):
 
     def stat(self) -> GuestStat:
         i = self.inode
-        return GuestStat(i.mode, i.size, i.mtime_ns, i.atime_ns, i.ctime_ns, i.uid, i.gid, i.nlink, i.inum)
+        rdev = _ext_rdev(i.iblock) if st.S_ISCHR(i.mode) or st.S_ISBLK(i.mode) else 0
+        return GuestStat(i.mode, i.size, i.mtime_ns, i.atime_ns, i.ctime_ns, i.uid, i.gid, i.nlink, i.inum, rdev)
 
     def children(self) -> Iterator[tuple[str, _Node]]:
         fs = self.fs
@@ -638,6 +594,16 @@ class _ExtNode(_Node):
 
     def link(self) -> str:
         return self.fs.readlink(self.inode)
+
+
+def _ext_rdev(iblock: bytes) -> int:
+    """A device node's number as ext keeps it in ``i_block``: the old 16-bit form in word 0
+    (major << 8 | minor) when set, else the new form in word 1 (the kernel's
+    ``new_encode_dev``: minor's low byte, major, minor's high bits from bit 20)."""
+    old, new = int.from_bytes(iblock[0:4], "little"), int.from_bytes(iblock[4:8], "little")
+    if old:
+        return os.makedev((old >> 8) & 0xFF, old & 0xFF)
+    return os.makedev((new & 0xFFF00) >> 8, (new & 0xFF) | ((new >> 12) & 0xFFF00))
 
 
 def _open_ext(fh: BinaryIO, volume: Volume) -> _Node:
@@ -680,13 +646,6 @@ _OPENERS: dict[str, Callable[[BinaryIO, Volume], _Node]] = {
 }
 
 
-_UNSAFE_NAMES = frozenset(("", ".", ".."))
-
-
-def _safe_name(name: str) -> bool:
-    return name not in _UNSAFE_NAMES and "/" not in name and "\0" not in name
-
-
 class GuestTree:
     """One filesystem, addressed by path ("/" is its root). Thread-safe: the dissect readers
     share one seek position per volume, so every call runs under the tree's lock."""
@@ -725,8 +684,11 @@ class GuestTree:
         found = self._dirs.get(key)
         if found is None:
             # A damaged or hostile filesystem may hold names no path can carry ("..", "a/b"):
-            # they are left out, so nothing built from a listing can leave its directory.
-            found = {name: child for name, child in node.children() if _safe_name(name)}
+            # they are escaped (names.component), so nothing built from a listing can leave
+            # its directory; of two names that escape alike, the first is kept.
+            found = {}
+            for name, child in node.children():
+                found.setdefault(component(name), child)
             self._dirs[key] = found
             if len(self._dirs) > self.DIR_CACHE:
                 self._dirs.popitem(last=False)

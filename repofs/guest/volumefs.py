@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat as st
 import sys
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ import pyfuse3
 import trio
 
 from .guestfs import FileDisk, GuestError, GuestFile, GuestGeneration, GuestStat
+from .names import shown
 from repofs.view.tree import DiskReadError
 
 TIMEOUT = 3600.0     # a backup generation never changes: let the kernel cache for long
@@ -157,7 +159,12 @@ def serve(gen_dir: str, volume: str, mountpoint: str, foreground: bool = False) 
     source = GuestGeneration(generation_from_dir(gen_dir))
     source.listdir(volume)                # opens the filesystem: errors end here, before mounting
     ops = GuestOperations(source, volume)
-    options = set(pyfuse3.default_options) | {"ro", f"fsname=repofs-guest:{volume}", "subtype=repofs-guest"}
+    # a guest's files never act on the host (the same options as its kernel mounts); the
+    # volume's name comes from the guest and options are comma-separated: only a plain
+    # spelling of it goes into fsname, so no guest name can add an option
+    fsname = re.sub(r"[^A-Za-z0-9._/+-]", "_", volume)
+    options = set(pyfuse3.default_options) | {"ro", "nosuid", "nodev", "noexec",
+                                               f"fsname=repofs-guest:{fsname}", "subtype=repofs-guest"}
     pyfuse3.init(ops, mountpoint, options)
     try:
         if not foreground:
@@ -198,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         serve(*args, foreground=foreground)
     except (GuestError, DiskReadError, OSError, RuntimeError) as e:
-        sys.stderr.write(f"repofs: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}\n")
+        sys.stderr.write(f"repofs: error: {shown(str(e).splitlines()[0]) if str(e) else type(e).__name__}\n")
         return 1
     return 0
 

@@ -125,7 +125,8 @@ def run(view: RepositoryView, req: MountRequest) -> None:
     mountpoint = check_mountpoint(req.mountpoint)
     _limit_malloc_arenas()
     ops = RepofsOperations(view, req.settings, on_prefill=req.on_prefill)
-    options = set(pyfuse3.default_options) | {"ro", f"fsname={req.fsname}", "subtype=repofs"}
+    # nosuid,nodev: the files/ folder shows guests' own modes and device nodes
+    options = set(pyfuse3.default_options) | {"ro", "nosuid", "nodev", f"fsname={req.fsname}", "subtype=repofs"}
     options |= set(req.fuse_options)
     try:
         pyfuse3.init(ops, mountpoint, options)

@@ -1,0 +1,73 @@
+"""Names that come from a guest — partition, volume group, logical volume, file-system label,
+file name — are data, never paths. This module is the one place that turns them into path
+components, into text fit for a terminal, and that checks a path built from them stays
+under its parent.
+
+- ``component(name)``: the name as one path component. A name that already is one (not
+  empty, not ``.`` or ``..``, no ``/``, no NUL) is returned unchanged, so ordinary names —
+  systemd's ``\\x2d`` escapes included — keep their bytes. Any other name is escaped: each
+  ``/``, NUL and ``\\`` becomes ``\\xNN``, a name of only dots has its dots as ``\\x2e``, an
+  empty name is ``\\x00``. Escaped names are reachable (``repofs files get`` takes them as
+  listed) and never leave their folder; two hostile names may collide, and then the first
+  listed one is kept.
+- ``shown(text)``: text for human output (listings, ``stat``, one-line errors): control
+  characters (C0, DEL, C1), the Unicode bidirectional overrides and bytes that were not UTF-8
+  (surrogate escapes) are written as ``\\xNN`` / ``\\uNNNN``, so a guest cannot move the
+  cursor, retitle the terminal or reorder a line. ``--json`` output keeps the real name.
+- ``inside(parent, path)``: ``path`` resolved (symbolic links followed, as far as it exists)
+  must stay strictly under ``parent`` resolved; ``NameEscapes`` otherwise. Called before
+  anything is created or mounted at a path built from a guest name.
+"""
+from __future__ import annotations
+
+import os
+
+from .errors import NameEscapes
+
+_DOTS = frozenset((".", ".."))
+# Unicode format characters that reorder or hide text on a terminal (bidi embeddings,
+# overrides and isolates, the zero-width joiners are harmless and kept).
+_BIDI = frozenset(range(0x202A, 0x202F)) | frozenset(range(0x2066, 0x206A)) | {0x200E, 0x200F, 0x061C}
+
+
+def is_component(name: str) -> bool:
+    """True when ``name`` is usable as one path component as it is."""
+    return bool(name) and name not in _DOTS and "/" not in name and "\0" not in name
+
+
+def component(name: str) -> str:
+    """``name`` as one safe path component (unchanged when it already is one)."""
+    if is_component(name):
+        return name
+    if not name:
+        return "\\x00"
+    if name in _DOTS:
+        return "\\x2e" * len(name)
+    return "".join(f"\\x{ord(c):02x}" if c in "/\0\\" else c for c in name)
+
+
+def _shown_char(c: str) -> str:
+    o = ord(c)
+    if o < 0x20 or 0x7F <= o < 0xA0:
+        return f"\\x{o:02x}"
+    if 0xDC80 <= o <= 0xDCFF:              # a byte that was not UTF-8 (surrogateescape)
+        return f"\\x{o - 0xDC00:02x}"
+    if 0xD800 <= o <= 0xDFFF or o in _BIDI:
+        return f"\\u{o:04x}"
+    return c
+
+
+def shown(text: str) -> str:
+    """``text`` with every character that could act on a terminal written as an escape."""
+    if text.isprintable() and text.isascii():
+        return text                       # the common case, no copy
+    return "".join(_shown_char(c) for c in text)
+
+
+def inside(parent: str, path: str) -> str:
+    """``path`` resolved, after checking it stays strictly under ``parent`` resolved."""
+    top = os.path.realpath(parent)
+    real = os.path.realpath(path)
+    if real == top or os.path.commonpath([top, real]) != top:
+        raise NameEscapes(f"{shown(path)} would leave {shown(top)}: refused")
+    return real
