@@ -45,13 +45,14 @@ class ExtractReport:
     skipped: list[str] = field(default_factory=list)
 
 
-def total_bytes(src: GuestSource, path: str) -> int:
+def total_bytes(src: GuestSource, path: str, _above: frozenset[int] = frozenset()) -> int:
     s = src.stat(path)
     if s.is_file:
         return s.size
-    if not s.is_dir:
+    if not s.is_dir or (s.ino and s.ino in _above):      # a directory loop counts once
         return 0
-    return sum(c.size if c.is_file else total_bytes(src, f"{path}/{name}") if c.is_dir else 0
+    above = _above | {s.ino} if s.ino else _above
+    return sum(c.size if c.is_file else total_bytes(src, f"{path}/{name}", above) if c.is_dir else 0
                for name, c in src.listdir(path))
 
 
@@ -86,6 +87,8 @@ class _Copier:
         self.progress, self.total = progress, total
         self.as_root = os.geteuid() == 0
         self.linked: dict[int, str] = {}      # guest inode -> first copy, to keep hard links
+        self.above: set[int] = set()          # inodes of the directories being copied: a guest
+                                              # directory linked into itself is not followed
 
     def copy(self, path: str, s: GuestStat, target: str) -> None:
         if s.is_dir:
@@ -109,14 +112,21 @@ class _Copier:
             self.report.skipped.append(path)
 
     def _dir(self, path: str, s: GuestStat, target: str) -> None:
+        if s.ino and s.ino in self.above:
+            self.report.skipped.append(f"{path} (a directory loop)")
+            return
         if not os.path.isdir(target) or os.path.islink(target):
             self._remove(target)
             os.mkdir(target, 0o700)
-        for name, child in self.src.listdir(path):
-            if not is_component(name):          # never leave target (guestfs escapes these)
-                self.report.skipped.append(f"{path}/{name!r}")
-                continue
-            self.copy(f"{path.rstrip('/')}/{name}", child, os.path.join(target, name))
+        self.above.add(s.ino)
+        try:
+            for name, child in self.src.listdir(path):
+                if not is_component(name):          # never leave target (guestfs escapes these)
+                    self.report.skipped.append(f"{path}/{name!r}")
+                    continue
+                self.copy(f"{path.rstrip('/')}/{name}", child, os.path.join(target, name))
+        finally:
+            self.above.discard(s.ino)
         # modes and times last: a read-only directory must be filled first, and writing its
         # entries would change its mtime
         self._owner(target, s)
