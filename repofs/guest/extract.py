@@ -145,6 +145,7 @@ class _Copier:
             self.linked[s.ino] = target
         handle = self.src.open(path)
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        done = False
         try:
             offset = 0
             zero = bytes(BLOCK)
@@ -161,8 +162,11 @@ class _Copier:
                 if self.progress:
                     self.progress(path.rsplit("/", 1)[-1], self.report.bytes, self.total)
             os.ftruncate(fd, s.size)
+            done = True
         finally:
             os.close(fd)
+            if not done:                    # no half-written file is left behind
+                os.unlink(target)
         self._owner(target, s)
         os.chmod(target, safe_mode(s, self.keep_special))
         os.utime(target, ns=(s.atime_ns or s.mtime_ns, s.mtime_ns))

@@ -839,7 +839,8 @@ class GuestTree:
     def open(self, path: str) -> "GuestFile":
         """A handle on one file, resolved once (for reading a large file in pieces)."""
         node = self._guard(lambda: self._file(path))
-        return GuestFile(self, node, self.stat(path, follow=True))
+        self._guard(lambda: self._read_node(node, 0, 0))   # its block map read now: a damaged
+        return GuestFile(self, node, self.stat(path, follow=True))   # one fails before any copy
 
 
 class GuestFile:
