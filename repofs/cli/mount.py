@@ -19,7 +19,8 @@ def mount(first: Annotated[str, typer.Argument(metavar="[REPO]", show_default=Fa
           foreground: Annotated[bool, typer.Option("--foreground", "-f", help="Stay in the foreground; log to stderr.")] = False,
           options: Annotated[Optional[list[str]], typer.Option(
               "-o", help="Mount options: allow_other, allow_root, and our own as key=value "
-                         "(cache_size, io_timeout, password_file, read_ahead, direct_io=0|1, prefill=0|1).")] = None,
+                         "(cache_size, io_timeout, password_file, read_ahead, direct_io=0|1, prefill=0|1, "
+                         "uid, gid, umask: who may read a shared mount; see docs/mount.md).")] = None,
           cache_size: Annotated[str, typer.Option("--cache-size", help="Chunk cache, bytes or e.g. 512M, 2G.")] = "256M",
           io_timeout: Annotated[float, typer.Option("--io-timeout", help="Seconds a read may wait for storage before EIO.")] = 30.0,
           read_ahead: Annotated[int, typer.Option("--read-ahead", help="Chunks prefetched ahead of a sequential reader (0: off).")] = 8,
@@ -39,6 +40,7 @@ def mount(first: Annotated[str, typer.Argument(metavar="[REPO]", show_default=Fa
         if "direct_io" in ours:
             direct_io = ours.pop("direct_io") not in ("0", "no", "false")
         prefill = ours.pop("prefill", "0") not in ("0", "no", "false")
+        owner = {k: int(ours.pop(k), 8 if k == "umask" else 10) for k in ("uid", "gid", "umask") if k in ours}
     except ValueError as e:
         raise UsageProblem(str(e)) from None
     password_file = ours.pop("password_file", None) or password_file
@@ -52,7 +54,8 @@ def mount(first: Annotated[str, typer.Argument(metavar="[REPO]", show_default=Fa
     read_ahead = min(read_ahead, max(0, cache_bytes // 2 // repository.chunk_size))
     view = RepositoryView(repository, cache_bytes)
     settings = MountSettings(io_timeout=io_timeout, readahead_chunks=read_ahead, direct_io=direct_io,
-                             prefill=prefill)
+                             prefill=prefill, shared=bool({"allow_other", "allow_root"} & set(fuse_opts)),
+                             **owner)
     run_mount(view, MountRequest(mountpoint, foreground=foreground, fuse_options=fuse_opts,
                                  settings=settings, fsname=fsname_of(repository.location),
                                  log_file=os.path.abspath(log_file) if log_file else None))
