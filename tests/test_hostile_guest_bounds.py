@@ -205,3 +205,53 @@ def test_malformed_sparse_vmdk_is_a_bad_source(hostile, tmp_path, name, content,
     vmdk.write_bytes(content)
     proc = limited(hostile, "backup", f"file:{vmdk}", "--vm", f"sp-{name}")
     one_line_error(proc, 9, *words)
+
+
+def _mounts_under(prefix: str) -> list[str]:
+    with open("/proc/self/mountinfo") as f:
+        return [re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), line.split()[4]) for line in f
+                if prefix in re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), line.split()[4])]
+
+
+def test_the_mount_files_folder_answers_errnos_and_stays_up(hostile, tmp_path):
+    """The same image through the repository mount's files/ folder: the bomb and the huge
+    file fail with EIO, the big directory lists, the cycle is just a path; the mount lives on."""
+    if os.geteuid() != 0:
+        pytest.skip("FUSE mounts need root here")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    subprocess.run([sys.executable, "-m", "repofs.cli", "mount", str(mnt)], env=hostile, check=True,
+                   capture_output=True, timeout=TIMEOUT)
+    try:
+        vol = mnt / "bombs" / "latest" / "files" / "disk0" / "whole"
+        for name in ("bomb", "huge"):
+            with pytest.raises(OSError) as e:
+                (vol / name).read_bytes()
+            assert e.value.errno == 5
+        assert sorted(os.listdir(vol / "bigdir")) == ["a", "b", "c"]
+        assert (vol / "loopdir" / "sub" / "back" / "sub" / "y").read_bytes() == b"y\n"
+        assert "bomb" in os.listdir(vol)                       # still serving
+    finally:
+        subprocess.run([sys.executable, "-m", "repofs.cli", "umount", str(mnt)], env=hostile,
+                       capture_output=True, timeout=TIMEOUT)
+    assert _mounts_under(str(tmp_path)) == []
+
+
+def test_files_mount_of_the_image_leaves_the_host_untouched(hostile, tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("loop devices need root")
+    target = tmp_path / "host" / "mnt"
+    target.mkdir(parents=True)
+    proc = subprocess.run([sys.executable, "-m", "repofs.cli", "files", "mount", "vm:bombs", str(target)],
+                          env=hostile, capture_output=True, timeout=TIMEOUT)
+    try:
+        assert proc.returncode == 0, proc.stderr.decode()
+        assert os.listdir(tmp_path / "host") == ["mnt"]
+        mounted = _mounts_under(str(tmp_path))
+        assert mounted and all(m.startswith(str(target)) for m in mounted)
+        with pytest.raises(OSError):                          # the kernel refuses the bomb too
+            (target / "disk0" / "whole" / "bomb").read_bytes()
+    finally:
+        subprocess.run([sys.executable, "-m", "repofs.cli", "files", "umount", str(target)], env=hostile,
+                       capture_output=True, timeout=TIMEOUT)
+    assert _mounts_under(str(tmp_path)) == []
