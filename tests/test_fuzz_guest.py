@@ -201,6 +201,7 @@ def walk_guest(g, prefix: str) -> int:
 @pytest.mark.parametrize("kind", ["ext4", "ext2", "ext4-4k"])
 def test_fuzz_ext_structures(ext_seeds, kind):
     from repofs.guest.ext4 import Ext4, Ext4Error
+    from repofs.guest.extmeta import metadata_ranges
     seed = ext_seeds[kind]
     assert walk_ext(Ext4(io.BytesIO(seed.data))) > 40          # the seed itself reads whole
 
@@ -209,6 +210,9 @@ def test_fuzz_ext_structures(ext_seeds, kind):
     def case(patch):
         data = apply(seed, patch)
         with bounded():
+            # what a backup does with every guest volume (the metadata copies): never raises
+            ranges = metadata_ranges(io.BytesIO(data), 64 << 20)
+            assert sum(n for _o, n in ranges) <= 64 << 20
             try:
                 walk_ext(Ext4(io.BytesIO(data)))
             except Ext4Error:
