@@ -430,3 +430,20 @@ def test_fuzz_sparse_vmdk(vmdk_seeds, sub, tmp_path):
             finally:
                 v.close()
     case()
+
+
+# --- names ------------------------------------------------------------------------------------
+
+@given(st.text())
+@settings(max_examples=EXAMPLES * 10)
+def test_fuzz_names(name):
+    """Any guest name becomes one path component (itself when it already is one), and its
+    shown form holds nothing a terminal acts on."""
+    from repofs.guest.names import component, is_component, shown
+    c = component(name)
+    assert is_component(c) and os.path.basename(os.path.join("/top", c)) == c
+    assert os.path.normpath(os.path.join("/top", c)).startswith("/top/")
+    if is_component(name):
+        assert c == name
+    text = shown(name)
+    assert text.isprintable() and all(not 0xD800 <= ord(ch) <= 0xDFFF for ch in text)

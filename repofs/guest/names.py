@@ -10,9 +10,10 @@ under its parent.
   empty name is ``\\x00``. Escaped names are reachable (``repofs files get`` takes them as
   listed) and never leave their folder; two hostile names may collide, and then the first
   listed one is kept.
-- ``shown(text)``: text for human output (listings, ``stat``, one-line errors): control
-  characters (C0, DEL, C1), the Unicode bidirectional overrides and bytes that were not UTF-8
-  (surrogate escapes) are written as ``\\xNN`` / ``\\uNNNN``, so a guest cannot move the
+- ``shown(text)``: text for human output (listings, ``stat``, one-line errors): every
+  character Python does not call printable — control characters (C0, DEL, C1), format
+  characters such as the bidirectional overrides, line and paragraph separators — and bytes
+  that were not UTF-8 (surrogate escapes) are written as ``\\xNN`` / ``\\uNNNN``, so a guest cannot move the
   cursor, retitle the terminal or reorder a line. ``--json`` output keeps the real name.
 - ``inside(parent, path)``: ``path`` resolved (symbolic links followed, as far as it exists)
   must stay strictly under ``parent`` resolved; ``NameEscapes`` otherwise. Called before
@@ -25,9 +26,6 @@ import os
 from .errors import NameEscapes
 
 _DOTS = frozenset((".", ".."))
-# Unicode format characters that reorder or hide text on a terminal (bidi embeddings,
-# overrides and isolates, the zero-width joiners are harmless and kept).
-_BIDI = frozenset(range(0x202A, 0x202F)) | frozenset(range(0x2066, 0x206A)) | {0x200E, 0x200F, 0x061C}
 
 
 def is_component(name: str) -> bool:
@@ -47,14 +45,14 @@ def component(name: str) -> str:
 
 
 def _shown_char(c: str) -> str:
+    if c.isprintable():                   # letters, marks, symbols, spaces of every script
+        return c
     o = ord(c)
     if o < 0x20 or 0x7F <= o < 0xA0:
         return f"\\x{o:02x}"
     if 0xDC80 <= o <= 0xDCFF:              # a byte that was not UTF-8 (surrogateescape)
         return f"\\x{o - 0xDC00:02x}"
-    if 0xD800 <= o <= 0xDFFF or o in _BIDI:
-        return f"\\u{o:04x}"
-    return c
+    return f"\\u{o:04x}" if o <= 0xFFFF else f"\\U{o:08x}"   # format, separators, unassigned
 
 
 def shown(text: str) -> str:
