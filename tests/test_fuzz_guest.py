@@ -258,7 +258,7 @@ def test_fuzz_partition_tables_and_guest_tree(table_seeds, label):
         with bounded():
             try:
                 for v in g.volumes("d"):
-                    assert v.offset is None or 0 <= v.offset <= len(seed.data)
+                    assert v.offset is None or 0 <= v.offset and 0 < v.size and v.offset + v.size <= len(seed.data)
                     try:
                         walk_guest(g, f"d/{v.name}")
                     except GuestError:
@@ -360,6 +360,7 @@ def test_fuzz_lvm_metadata_text(edits):
             for v in g.volumes("d"):
                 for part in v.name.split("/"):
                     assert part and part not in (".", "..") and "\0" not in part
+                assert v.offset is None or 0 <= v.offset and v.offset + v.size <= 8 << 20
                 try:
                     walk_guest(g, f"d/{v.name}")
                 except GuestError:

@@ -266,10 +266,10 @@ def _partition_table(disk: DiskReader, fh: DiskStream) -> list[Volume]:
         if raw is not None and hasattr(raw, "last_lba"):
             # GPT's last LBA is inclusive; dissect.volume 3.18 leaves the last sector out
             p.size = (raw.last_lba - raw.first_lba + 1) * _sector_size(table)
-        if p.offset + p.size > disk.capacity:
+        if p.size <= 0 or p.offset < 0 or p.offset + p.size > disk.capacity:
             raise PartitionTableDamaged(
-                f"disk {disk.label}: partition {p.number} ends at byte {p.offset + p.size}, "
-                f"beyond the disk's {disk.capacity} bytes")
+                f"disk {disk.label}: partition {p.number} ({p.size} bytes at byte {p.offset}) "
+                f"does not lie within the disk's {disk.capacity} bytes")
         volumes.append(Volume(f"p{p.number}", disk.label, p.offset, p.size, None,
                               p.name or p.type_name or str(p.type),
                               _range_opener(disk, p.offset, p.size), _prefetcher(disk, p.offset),
@@ -385,19 +385,25 @@ def _logical_volumes(pvs: list[Volume], disk_of: Callable[[str], DiskReader]) ->
         by_dev = {id(dev): pv for pv, dev in members}
         vg = lvm.volume_group
         for lv in sorted(vg.lv, key=lambda lv: lv.name):
-            if not lv.is_visible or (lv.type or "").startswith("thin-pool"):
+            try:
+                if not lv.is_visible or (lv.type or "").startswith("thin-pool"):
+                    continue
+            except Exception:            # damaged LV metadata: nothing to show
                 continue
             name = f"{vg_name}/{component(lv.name)}"
             opener = (lambda lv=lv: lv.open())
             home, offset = members[0][0].disk, None
-            segs = lv.segments
-            linear = len(segs) == 1 and segs[0].type == "striped" and len(segs[0].stripes) == 1
-            if linear:     # one contiguous range of one disk: the loop path can attach it
-                pv_meta = vg.physical_volumes[segs[0].stripes[0][0]]
-                pv = by_dev.get(id(pv_meta.dev))
-                if pv is not None and pv.offset is not None:
-                    home = pv.disk
-                    offset = pv.offset + (pv_meta.pe_start + segs[0].stripes[0][1] * vg.extent_size) * 512
+            try:
+                segs = lv.segments
+                linear = len(segs) == 1 and segs[0].type == "striped" and len(segs[0].stripes) == 1
+                if linear:     # one contiguous range of one disk: the loop path can attach it
+                    pv_meta = vg.physical_volumes[segs[0].stripes[0][0]]
+                    pv = by_dev.get(id(pv_meta.dev))
+                    if pv is not None and pv.offset is not None:
+                        home = pv.disk
+                        offset = pv.offset + (pv_meta.pe_start + segs[0].stripes[0][1] * vg.extent_size) * 512
+            except Exception:            # metadata naming what it does not define: not linear
+                linear, offset = False, None
             try:
                 fh = opener()
                 size = fh.size if getattr(fh, "size", None) is not None else fh.seek(0, io.SEEK_END)
@@ -409,6 +415,8 @@ def _logical_volumes(pvs: list[Volume], disk_of: Callable[[str], DiskReader]) ->
                 desc = f"LVM2 LV, unreadable ({_first_line(e)})"
             else:
                 desc = f"LVM2 LV ({'linear' if linear else lv.type or 'segmented'})"
+            if offset is not None and not (0 <= offset and 0 < size and offset + size <= disk_of(home).capacity):
+                offset = None             # metadata placing it off its disk: read through dissect only
             pages = _range_opener(disk_of(home), offset, size, PAGE) if offset is not None and size else None
             out.append(Volume(name, home, offset, size, fstype, desc, opener, open_pages=pages))
     return out
