@@ -44,6 +44,7 @@ from repofs.view.tree import DiskReadError
 
 MAX_SYMLINK_HOPS = 40
 WHOLE = "whole"
+MAX_GPT_TABLE = 1 << 20          # bytes of GPT partition entries read (the usual table: 16 KiB)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -245,6 +246,12 @@ def _partition_table(disk: DiskReader, fh: DiskStream) -> list[Volume]:
     has_gpt = head[512:520] == b"EFI PART"
     if not has_mbr and not has_gpt:
         return [whole]
+    if has_gpt:
+        # dissect reads as many entries as the header says, each of the size it says
+        count, size = int.from_bytes(head[592:596], "little"), int.from_bytes(head[596:600], "little")
+        if not 128 <= size <= 4096 or count * size > MAX_GPT_TABLE:
+            raise PartitionTableDamaged(f"disk {disk.label}: the GPT partition table is damaged (its header "
+                                        f"claims {count} entries of {size} bytes)")
     from dissect.volume.disk import Disk   # noqa: PLC0415 (heavy; only disks with a table)
     try:
         fh.seek(0)
