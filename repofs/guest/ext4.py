@@ -148,7 +148,7 @@ class Ext4:
                             f"{self.inodes_per_group} inodes per group)")
         try:
             volume = fh.seek(0, io.SEEK_END)
-        except (OSError, ValueError):
+        except Exception:                            # a stream of unknown size: no bound from it
             volume = None
         if volume is not None and self.block_count * self.block_size > volume + self.block_size:
             raise Ext4Error(f"the filesystem claims {self.block_count} blocks of {self.block_size} bytes, "
