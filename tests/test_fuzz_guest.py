@@ -254,11 +254,12 @@ def test_fuzz_partition_tables_and_guest_tree(table_seeds, label):
     @settings(max_examples=EXAMPLES)
     @given(mutations(seed))
     def case(patch):
-        g = GuestGeneration(BytesGeneration([BytesDisk(apply(seed, patch))]))
+        data = apply(seed, patch)
+        g = GuestGeneration(BytesGeneration([BytesDisk(data)]))
         with bounded():
             try:
                 for v in g.volumes("d"):
-                    assert v.offset is None or 0 <= v.offset and 0 < v.size and v.offset + v.size <= len(seed.data)
+                    assert v.offset is None or 0 <= v.offset and 0 <= v.size and v.offset + v.size <= len(data)
                     try:
                         walk_guest(g, f"d/{v.name}")
                     except GuestError:
