@@ -449,3 +449,16 @@ def test_fuzz_names(name):
         assert c == name
     text = shown(name)
     assert text.isprintable() and all(not 0xD800 <= ord(ch) <= 0xDFFF for ch in text)
+
+
+@pytest.mark.parametrize("size", [0, 1 << 40, (1 << 20) - 4096 + 1])
+def test_lvm_metadata_that_does_not_fit_its_area_is_not_read(size):
+    """A raw location of 0 bytes (dissect would read the whole PV), 1 TiB, or one byte past
+    the area: the PV is listed as damaged, nothing is read for it."""
+    from repofs.guest.guestfs import GuestGeneration
+    pv = bytearray(lvm_pv(LVM_TEXT))
+    pv[4096 + 48:4096 + 56] = struct.pack("<Q", size)
+    g = GuestGeneration(BytesGeneration([BytesDisk(bytes(pv))]))
+    with bounded():
+        (whole,) = g.volumes("d")
+    assert whole.fstype == "lvm2-damaged" and "does not fit" in whole.description
