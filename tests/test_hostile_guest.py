@@ -212,3 +212,22 @@ def test_mount_files_folder_shows_escaped_names_under_nosuid(hostile, tmp_path):
     finally:
         repofs(hostile, "umount", str(mnt), check=False)
     assert mounts_under(str(tmp_path)) == []
+
+
+def test_every_guest_mount_is_nosuid_nodev_noexec_kernel_or_rootless(guest_repo, tmp_path):
+    """All the fixture images (ext4, FAT, NTFS, XFS, LVM, exFAT, Btrfs): kernel loop mounts
+    and the rootless FUSE fallback alike carry ro,nosuid,nodev,noexec."""
+    target = tmp_path / "all"
+    target.mkdir()
+    proc = guest_repo.run("files", "mount", "vm:guest", str(target), check=False)
+    try:
+        assert proc.returncode == 0, proc.stderr.decode()
+        hows = {line.split("\t")[2] for line in proc.stdout.decode().splitlines()}
+        assert "kernel" in hows
+        placed = mounts_under(str(target))
+        assert len(placed) >= 3
+        for where, opts in placed:
+            assert {"ro", "nosuid", "nodev", "noexec"} <= opts, (where, opts)
+    finally:
+        guest_repo.run("files", "umount", str(target), check=False)
+    assert mounts_under(str(tmp_path)) == []
