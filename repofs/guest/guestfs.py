@@ -34,17 +34,64 @@ from datetime import datetime, timezone
 from typing import BinaryIO, Callable, Iterator, NamedTuple, Protocol
 
 from dissect.util.stream import AlignedStream, RangeStream
-
-from .errors import (EncryptedVolume, FilesystemDamaged, GuestError, GuestIsADirectory,  # noqa: F401
-                     GuestNotADirectory, GuestNotASymlink, GuestNotFound, NameEscapes,
-                     PartitionTableDamaged, UnsupportedFeature, UnsupportedVolume)
-from .ext4 import Ext4, Ext4Unsupported, Inode
 from .names import component
+
+from .ext4 import Ext4, Ext4Unsupported, Inode
 from repofs.view.tree import DiskReadError
 
 MAX_SYMLINK_HOPS = 40
 WHOLE = "whole"
-MAX_GPT_TABLE = 1 << 20          # bytes of GPT partition entries read (the usual table: 16 KiB)
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors: one small hierarchy, each carrying the errno the FUSE adapter answers with.
+
+class GuestError(Exception):
+    """A guest file, volume or filesystem that cannot be served."""
+    errno = errno.EIO
+
+
+class GuestNotFound(GuestError):
+    """An unknown disk, partition or path."""
+    errno = errno.ENOENT
+
+
+class GuestNotADirectory(GuestError):
+    errno = errno.ENOTDIR
+
+
+class GuestIsADirectory(GuestError):
+    errno = errno.EISDIR
+
+
+class GuestNotASymlink(GuestError):
+    errno = errno.EINVAL
+
+
+class PartitionTableDamaged(GuestError):
+    """A partition table is present but cannot be read or is inconsistent."""
+    errno = errno.EIO
+
+
+class EncryptedVolume(GuestError):
+    """LUKS or BitLocker: recognised, not opened (repofs holds no guest keys)."""
+    errno = errno.EACCES
+
+
+class UnsupportedVolume(GuestError):
+    """No filesystem repofs can read: swap, unknown or empty, or an LVM physical volume."""
+    errno = errno.EMEDIUMTYPE
+
+
+class UnsupportedFeature(GuestError):
+    """The filesystem uses a feature repofs does not read (ext4 inline data beyond the inode,
+    encrypted directories)."""
+    errno = errno.EOPNOTSUPP
+
+
+class FilesystemDamaged(GuestError):
+    """The filesystem reader failed on the volume's structures."""
+    errno = errno.EIO
 
 
 # ---------------------------------------------------------------------------------------------
@@ -231,6 +278,9 @@ def probe_fstype(fh: BinaryIO) -> str | None:
     if fh.read(8) == b"_BHRfS_M":
         return "btrfs"
     return None
+
+
+MAX_GPT_TABLE = 1 << 20          # bytes of GPT partition entries read (the usual table: 16 KiB)
 
 
 def _partition_table(disk: DiskReader, fh: DiskStream) -> list[Volume]:

@@ -47,7 +47,6 @@ from typing import Callable
 
 from repofs.mount.fusefs import MountSettings
 from .guestfs import GuestError, GuestGeneration, PartitionTableDamaged, Volume
-from .names import component, inside
 from .volumefs import generation_from_dir
 from repofs.mount.process import MountRequest, fsname_of
 from repofs.mount.process import run as run_mount
@@ -73,6 +72,20 @@ KERNEL = {
 
 class LoopMountError(Exception):
     """Loop devices or kernel mounts could not be set up or torn down."""
+
+
+class VolumeFolderEscapes(LoopMountError):
+    """A volume's folder, built from names the guest chose, would lie outside DIR."""
+
+
+def inside(parent: str, path: str) -> str:
+    """``path`` resolved (links followed as far as it exists), after checking it stays
+    strictly under ``parent`` resolved: run before anything is made or mounted there."""
+    top = os.path.realpath(parent)
+    real = os.path.realpath(path)
+    if real == top or os.path.commonpath([top, real]) != top:
+        raise VolumeFolderEscapes(f"{path!r} would leave {top}: refused")
+    return real
 
 
 @dataclass
@@ -399,7 +412,7 @@ def _attach_one(state: State, guest: GuestGeneration, flats: dict[str, str], v: 
             return done("skipped", None, str(e))
     # Volume names come from the guest (LVM names); guestfs made each part one path component
     # (names.component), and the folder is checked to stay under DIR before and after it is made.
-    where = os.path.join(state.dir, component(v.disk), *(component(p) for p in v.name.split("/")))
+    where = os.path.join(state.dir, v.disk, *v.name.split("/"))
     inside(state.dir, where)
     with _Signals.step():
         _mkdirs(state, where)

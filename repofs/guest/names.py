@@ -1,7 +1,6 @@
 """Names that come from a guest — partition, volume group, logical volume, file-system label,
 file name — are data, never paths. This module is the one place that turns them into path
-components, into text fit for a terminal, and that checks a path built from them stays
-under its parent.
+components and into text fit for a terminal.
 
 - ``component(name)``: the name as one path component. A name that already is one (not
   empty, not ``.`` or ``..``, no ``/``, no NUL) is returned unchanged, so ordinary names —
@@ -15,15 +14,11 @@ under its parent.
   characters such as the bidirectional overrides, line and paragraph separators — and bytes
   that were not UTF-8 (surrogate escapes) are written as ``\\xNN`` / ``\\uNNNN``, so a guest cannot move the
   cursor, retitle the terminal or reorder a line. ``--json`` output keeps the real name.
-- ``inside(parent, path)``: ``path`` resolved (symbolic links followed, as far as it exists)
-  must stay strictly under ``parent`` resolved; ``NameEscapes`` otherwise. Called before
-  anything is created or mounted at a path built from a guest name.
+
+Paths built from these components are still checked where something is created or mounted
+(``repofs files mount``: ``loopmount.inside``).
 """
 from __future__ import annotations
-
-import os
-
-from .errors import NameEscapes
 
 _DOTS = frozenset((".", ".."))
 
@@ -60,12 +55,3 @@ def shown(text: str) -> str:
     if text.isprintable() and text.isascii():
         return text                       # the common case, no copy
     return "".join(_shown_char(c) for c in text)
-
-
-def inside(parent: str, path: str) -> str:
-    """``path`` resolved, after checking it stays strictly under ``parent`` resolved."""
-    top = os.path.realpath(parent)
-    real = os.path.realpath(path)
-    if real == top or os.path.commonpath([top, real]) != top:
-        raise NameEscapes(f"{shown(path)} would leave {shown(top)}: refused")
-    return real

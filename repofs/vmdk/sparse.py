@@ -7,12 +7,6 @@ streamOptimized extents (flags bit 16) store each grain deflate-compressed behin
 marker (LBA u64, size u32), and keep the real header, with the grain directory's place, in a
 footer just before the end-of-stream marker. Only what a backup needs is implemented:
 capacity, allocated grains and reads.
-
-The file is untrusted (it may come from a guest's owner): header fields are bounded
-(``MAX_CAPACITY``, ``MAX_GRAIN``, ``MAX_GTES``), every table is checked to lie inside the file
-and tables may not overlap, so memory follows the file's size, never the claimed capacity; a
-compressed grain inflates to one grain at most. Anything malformed raises ``SparseVmdkError``
-(a bad source: exit code 9).
 """
 from __future__ import annotations
 
@@ -36,8 +30,10 @@ class SparseVmdkError(ValueError):
     pass
 
 
-# Bounds on what a header may claim (an image is untrusted input: every size in it is checked
-# against these and against the file's own size before anything is allocated).
+# The file is untrusted (it may come from a guest's owner): header fields are bounded by these,
+# every table is checked to lie inside the file and tables may not overlap, so memory follows
+# the file's size, never the claimed capacity; a compressed grain inflates to one grain at
+# most. Anything malformed raises SparseVmdkError (a bad source: exit code 9).
 MAX_CAPACITY = 1 << 37         # sectors: 64 TiB, above vSphere's 62 TB disks
 MAX_GRAIN = 1 << 16            # sectors per grain (32 MiB; VMware writes 128)
 MAX_GTES = 1 << 16             # entries per grain table (VMware writes 512)
