@@ -40,7 +40,6 @@ def mount(first: Annotated[str, typer.Argument(metavar="[REPO]", show_default=Fa
         if "direct_io" in ours:
             direct_io = ours.pop("direct_io") not in ("0", "no", "false")
         prefill = ours.pop("prefill", "0") not in ("0", "no", "false")
-        owner = {k: int(ours.pop(k), 8 if k == "umask" else 10) for k in ("uid", "gid", "umask") if k in ours}
     except ValueError as e:
         raise UsageProblem(str(e)) from None
     password_file = ours.pop("password_file", None) or password_file
@@ -54,8 +53,7 @@ def mount(first: Annotated[str, typer.Argument(metavar="[REPO]", show_default=Fa
     read_ahead = min(read_ahead, max(0, cache_bytes // 2 // repository.chunk_size))
     view = RepositoryView(repository, cache_bytes)
     settings = MountSettings(io_timeout=io_timeout, readahead_chunks=read_ahead, direct_io=direct_io,
-                             prefill=prefill, shared=bool({"allow_other", "allow_root"} & set(fuse_opts)),
-                             **owner)
+                             prefill=prefill)
     run_mount(view, MountRequest(mountpoint, foreground=foreground, fuse_options=fuse_opts,
                                  settings=settings, fsname=fsname_of(repository.location),
                                  log_file=os.path.abspath(log_file) if log_file else None))

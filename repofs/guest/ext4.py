@@ -8,12 +8,6 @@ symbolic links (fast ones inside the inode, slow ones in a block). Inode tables 
 runs of ``ITABLE_RUN`` bytes (never past a group's in-use inodes) and kept, so the inodes of
 one directory cost one read, not one per inode.
 
-Read from ``fh`` (any seekable binary stream over the volume's bytes); the caller serialises
-calls. Times follow the kernel: a signed 32-bit seconds field plus the epoch bits and
-nanoseconds of the ``_extra`` field when the inode is large enough to hold it. Journals are
-not replayed. Not read: inline-data directories and files longer than the inode's 60 bytes
-(``Ext4Unsupported``), encrypted directories, extended attributes.
-
 The bytes are a guest's, so untrusted: the superblock's counts are checked against the
 volume's size before any per-group loop; a file's size against what its block map can
 address; an extent tree is walked with each node's depth one less than its parent's and each
@@ -22,6 +16,12 @@ indirect block is read once per map too, and a map may not name more data blocks
 volume has; a directory is read run by run (holes skipped), at most ``MAX_DIR_BYTES`` of
 data and ``MAX_DIR_ENTRIES`` entries. So memory and time follow what the volume holds,
 never what a field claims.
+
+Read from ``fh`` (any seekable binary stream over the volume's bytes); the caller serialises
+calls. Times follow the kernel: a signed 32-bit seconds field plus the epoch bits and
+nanoseconds of the ``_extra`` field when the inode is large enough to hold it. Journals are
+not replayed. Not read: inline-data directories and files longer than the inode's 60 bytes
+(``Ext4Unsupported``), encrypted directories, extended attributes.
 """
 from __future__ import annotations
 

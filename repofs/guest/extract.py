@@ -19,8 +19,8 @@ import stat as st
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
-from .guestfs import GuestStat
 from .names import is_component
+from .guestfs import GuestStat
 
 BLOCK = 1 << 20
 

@@ -372,44 +372,6 @@ def _first_line(e: BaseException) -> str:
     return text[0] if text else type(e).__name__
 
 
-MAX_LVM_METADATA = 16 << 20      # bytes of metadata text read (LVM writes far less than 1 MiB)
-
-
-def _check_lvm_label(fh: BinaryIO) -> None:
-    """Bound what dissect's LVM reader will read from a (guest-written) PV before it reads it:
-    the label is in one of the first four sectors and its two location lists end inside that
-    sector, each metadata area header's list ends inside its sector, and the current text is
-    at most ``MAX_LVM_METADATA`` bytes inside its area. dissect reads these lists until an
-    all-zero entry and the text whole, wherever that is."""
-    for i in range(4):
-        fh.seek(i * 512)
-        sector = fh.read(512)
-        if sector[:8] == b"LABELONE":
-            break
-    else:
-        raise ValueError("no LVM2 label")
-    at = int.from_bytes(sector[20:24], "little") + 40          # pv_header: uuid[32], size u64
-
-    def zero_ended(buf: bytes, start: int, width: int) -> int:
-        for pos in range(start, len(buf) - width + 1, width):
-            if not any(buf[pos:pos + 16]):
-                return pos + width
-        raise ValueError("an LVM location list does not end inside its sector")
-    areas_at = zero_ended(sector, at, 16)
-    end = zero_ended(sector, areas_at, 16)
-    for pos in range(areas_at, end - 16, 16):
-        mda = int.from_bytes(sector[pos:pos + 8], "little")
-        fh.seek(mda)
-        head = fh.read(512)
-        if len(head) < 512:
-            raise ValueError("an LVM metadata area lies past the end of the volume")
-        area = int.from_bytes(head[32:40], "little")
-        zero_ended(head, 40, 24)
-        offset, size = int.from_bytes(head[40:48], "little"), int.from_bytes(head[48:56], "little")
-        if not 0 < size <= MAX_LVM_METADATA or offset + size > area:   # (0 would read to the end)
-            raise ValueError(f"LVM metadata of {size} bytes at {offset} does not fit its area ({area} bytes)")
-
-
 def _logical_volumes(pvs: list[Volume], disk_of: Callable[[str], DiskReader]) -> list[Volume]:
     """LVM logical volumes of the physical volumes found, grouped by volume group (a linear
     one is also readable straight from its disk, ``disk_of(label)``, in whole pages)."""
@@ -477,6 +439,44 @@ def _logical_volumes(pvs: list[Volume], disk_of: Callable[[str], DiskReader]) ->
             pages = _range_opener(disk_of(home), offset, size, PAGE) if offset is not None and size else None
             out.append(Volume(name, home, offset, size, fstype, desc, opener, open_pages=pages))
     return out
+
+
+MAX_LVM_METADATA = 16 << 20      # bytes of metadata text read (LVM writes far less than 1 MiB)
+
+
+def _check_lvm_label(fh: BinaryIO) -> None:
+    """Bound what dissect's LVM reader will read from a (guest-written) PV before it reads it:
+    the label is in one of the first four sectors and its two location lists end inside that
+    sector, each metadata area header's list ends inside its sector, and the current text is
+    at most ``MAX_LVM_METADATA`` bytes inside its area. dissect reads these lists until an
+    all-zero entry and the text whole, wherever that is."""
+    for i in range(4):
+        fh.seek(i * 512)
+        sector = fh.read(512)
+        if sector[:8] == b"LABELONE":
+            break
+    else:
+        raise ValueError("no LVM2 label")
+    at = int.from_bytes(sector[20:24], "little") + 40          # pv_header: uuid[32], size u64
+
+    def zero_ended(buf: bytes, start: int, width: int) -> int:
+        for pos in range(start, len(buf) - width + 1, width):
+            if not any(buf[pos:pos + 16]):
+                return pos + width
+        raise ValueError("an LVM location list does not end inside its sector")
+    areas_at = zero_ended(sector, at, 16)
+    end = zero_ended(sector, areas_at, 16)
+    for pos in range(areas_at, end - 16, 16):
+        mda = int.from_bytes(sector[pos:pos + 8], "little")
+        fh.seek(mda)
+        head = fh.read(512)
+        if len(head) < 512:
+            raise ValueError("an LVM metadata area lies past the end of the volume")
+        area = int.from_bytes(head[32:40], "little")
+        zero_ended(head, 40, 24)
+        offset, size = int.from_bytes(head[40:48], "little"), int.from_bytes(head[48:56], "little")
+        if not 0 < size <= MAX_LVM_METADATA or offset + size > area:   # (0 would read to the end)
+            raise ValueError(f"LVM metadata of {size} bytes at {offset} does not fit its area ({area} bytes)")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -24,7 +24,6 @@ import pyfuse3
 import trio
 
 from .guestfs import FileDisk, GuestError, GuestFile, GuestGeneration, GuestStat
-from .names import shown
 from repofs.view.tree import DiskReadError
 
 TIMEOUT = 3600.0     # a backup generation never changes: let the kernel cache for long
@@ -205,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         serve(*args, foreground=foreground)
     except (GuestError, DiskReadError, OSError, RuntimeError) as e:
-        sys.stderr.write(f"repofs: error: {shown(str(e).splitlines()[0]) if str(e) else type(e).__name__}\n")
+        sys.stderr.write(f"repofs: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}\n")
         return 1
     return 0
 
