@@ -122,6 +122,7 @@ def hostile(tmp_path_factory):
     build_bombs(image, work)
     repo, pw = d / "repo", d / "pw"
     pw.write_text(PASSPHRASE + "\n")
+    pw.chmod(0o600)                 # a password file readable by others is warned about
     r = Repository.init(repo, PASSPHRASE.encode(), kdf={"name": "argon2id", "time_cost": 1,
                                                       "memory_kib": 8 * 1024, "parallelism": 1})
     source = LocalImage.open(str(image), label="disk0")
