@@ -16,6 +16,7 @@ import typer
 from . import allocator, backup, exitcodes, keyahead, lifecycle, mount, repository, restore
 from .common import PasswordFileOpt, RepoOpt, open_repository
 from .files import build_app as build_files_app
+from repofs.guest.names import shown
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="repofs: VM backups in a deduplicated, compressed, encrypted repository you can mount.")
@@ -45,14 +46,15 @@ def main(argv: list[str] | None = None) -> None:
         sys.stderr.write("repofs: error: interrupted\n")
         rc = exitcodes.INTERRUPTED
     except typer.TyperException as e:  # usage errors, typer's own or ours
-        sys.stderr.write(f"repofs: error: {e.format_message()}\n")
+        sys.stderr.write(f"repofs: error: {shown(e.format_message())}\n")
         rc = exitcodes.USAGE
     except KeyboardInterrupt:
         sys.stderr.write("repofs: error: interrupted\n")
         rc = exitcodes.INTERRUPTED
     except Exception as e:  # translated once, here
         rc = exitcodes.classify(e)
-        sys.stderr.write(f"repofs: error: {exitcodes.message(e)}\n")
+        # messages may carry guest names: control characters escaped (repofs.guest.names)
+        sys.stderr.write(f"repofs: error: {shown(exitcodes.message(e))}\n")
         if rc == exitcodes.INTERNAL and os.environ.get("REPOFS_DEBUG"):
             raise
     sys.exit(rc if isinstance(rc, int) else 0)
