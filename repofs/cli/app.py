@@ -13,7 +13,7 @@ import sys
 
 import typer
 
-from . import allocator, backup, exitcodes, keyahead, mount, repository, restore
+from . import allocator, backup, boot, exitcodes, keyahead, mount, repository, restore
 from .common import PasswordFileOpt, RepoOpt, open_repository
 from .files import build_app as build_files_app
 
@@ -27,6 +27,9 @@ app.command()(restore.restore)
 app.command()(repository.check)
 app.command()(mount.mount)
 app.command()(mount.umount)
+app.command()(boot.serve)
+app.command()(boot.boot)
+app.command()(boot.verify)
 # `repofs files ...`: guest files of a generation (repofs/cli/files.py)
 app.add_typer(build_files_app(open_repository, RepoOpt, PasswordFileOpt), name="files")
 

@@ -14,6 +14,10 @@ from format import errors as fe
 from repofs.ingest.backup import IngestError
 from repofs.ingest.sources import SourceError
 from repofs.view.tree import DiskReadError
+from repofs.boot.machine import MachineError, NoBootableDisk
+from repofs.boot.qemu import QemuMissing
+from repofs.boot.session import RestoreTargetExists
+from repofs.serve import AddressInUse, BadListenAddress, OverlayExists, ServeError
 
 OK = 0
 FAILURE = 1           # a command ran and found a problem (check with damage, some VMs failed)
@@ -50,6 +54,15 @@ TABLE: list[tuple[type[BaseException], int]] = [
     (fe.StorageFull, NO_SPACE),
     (fe.RepositoryBusy, BUSY),
     (fe.UnsupportedFormat, UNSUPPORTED),
+    # serve / boot (docs/boot.md)
+    (AddressInUse, BUSY),
+    (BadListenAddress, USAGE),
+    (OverlayExists, USAGE),
+    (RestoreTargetExists, USAGE),
+    (NoBootableDisk, NOT_FOUND),
+    (QemuMissing, UNSUPPORTED),
+    (MachineError, FAILURE),
+    (ServeError, FAILURE),
 ]
 
 
