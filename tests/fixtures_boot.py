@@ -51,8 +51,11 @@ for m in {' '.join(Path(m).name for m in MODULES)}; do insmod /lib/mod/$m.ko; do
 n=0
 while [ ! -b /dev/sda2 ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n+1)); done
 printf 'REPOFS-GUEST-WROTE\\n' > /tmp/record
-dd if=/tmp/record of=/dev/sda2 bs=512 count=1 conv=sync,notrunc 2>/dev/null
-sync
+if dd if=/tmp/record of=/dev/sda2 bs=512 count=1 conv=sync,notrunc 2>/dev/null && sync; then
+    echo REPOFS-GUEST-WROTE-OK > /dev/ttyS0
+else
+    echo "REPOFS-GUEST-NO-DISK $(ls /dev | tr '\\n' ' ')" > /dev/ttyS0
+fi
 echo {MARKER} > /dev/ttyS0
 poweroff -f
 """

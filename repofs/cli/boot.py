@@ -38,6 +38,11 @@ def _generation(target: str, repo: str | None, password_file: str | None) -> tup
     return view, view.generation(name, gen or None)
 
 
+def _say_accel(requested: str, chosen: str) -> None:
+    if requested == "auto" and chosen == "tcg":
+        sys.stderr.write("repofs: KVM is not available (/dev/kvm): emulating the CPU (TCG), much slower\n")
+
+
 def _machine_options(firmware, controller, max_memory, max_cpus, disks):
     from repofs.boot.machine import MachineOptions
     return MachineOptions(firmware=firmware, controller=controller, max_memory_mb=max_memory,
@@ -98,8 +103,7 @@ def boot(target: TargetArg,
                        network=network, vnc=vnc, console=console, keep_overlay=keep_overlay,
                        serial_log=serial_log)
     session = BootSession(gen, opts)
-    if session.accel == "tcg":
-        sys.stderr.write("repofs: KVM is not available: emulating the CPU (TCG), much slower\n")
+    _say_accel(accel, session.accel)
     session.start()
     try:
         sys.stderr.write(f"repofs: booted {gen.vm} {gen.name} ({session.accel})\n")
@@ -156,8 +160,7 @@ def verify(targets: Annotated[list[str], typer.Argument(metavar="vm:NAME[@GEN]..
         raise UsageProblem("--parallel is 1..64 and --timeout positive")
     from repofs.boot.qemu import choose_accel, find_qemu
     find_qemu()
-    if choose_accel(accel) == "tcg":
-        sys.stderr.write("repofs: KVM is not available: emulating the CPU (TCG), much slower\n")
+    _say_accel(accel, choose_accel(accel))
     gens = [_generation(t, repo, password_file)[1] for t in targets]
     repository = gens[0].repo.store if gens else None
     expect = Expectation(pattern, expect_port, script, timeout)
