@@ -174,3 +174,78 @@ def guest_image() -> Path:
 if __name__ == "__main__":   # python tests/fixtures_boot.py: build (or find) the guest
     print(build_guest())
     sys.exit(0)
+
+
+# -- accelerator, repositories and boots shared by tests/test_boot.py and tests/test_nbd.py --
+
+def _probe_kvm(image: Path, tmp: Path) -> bool:
+    """Whether KVM boots the guest here: /dev/kvm can exist and still fail (nested
+    virtualisation without the features SeaBIOS/SYSLINUX need: "KVM internal error")."""
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK) or shutil.which("qemu-system-x86_64") is None:
+        return False
+    serial = tmp / "probe-serial.log"
+    proc = subprocess.Popen(["qemu-system-x86_64", "-nodefaults", "-machine", "q35,accel=kvm", "-cpu", "host",
+                             "-m", "256", "-display", "none", "-serial", f"file:{serial}",
+                             "-drive", f"file={image},format=raw,if=none,id=d0,snapshot=on",
+                             "-device", "ide-hd,drive=d0,bus=ide.0"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    import selectors
+    import time
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stderr, selectors.EVENT_READ)
+    err = b""
+    deadline = time.monotonic() + 30
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if sel.select(0.2):
+                err += os.read(proc.stderr.fileno(), 4096)
+                if b"internal error" in err or b"failed" in err:
+                    return False
+            if serial.exists() and MARKER.encode() in serial.read_bytes():
+                return True
+        return False
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stderr.close()
+
+
+@pytest.fixture(scope="session")
+def boot_accel(guest_image: Path, tmp_path_factory) -> str:
+    """``kvm`` when it boots the guest here, else ``tcg`` (each boot then takes ~20 s);
+    REPOFS_BOOT_ACCEL chooses without the probe."""
+    if shutil.which("qemu-system-x86_64") is None:
+        pytest.skip("qemu-system-x86_64 is not installed")
+    forced = os.environ.get("REPOFS_BOOT_ACCEL")
+    if forced:
+        return forced
+    return "kvm" if _probe_kvm(guest_image, tmp_path_factory.mktemp("kvm-probe")) else "tcg"
+
+
+@pytest.fixture(scope="session")
+def boot_repo(guest_image: Path, tmp_path_factory):
+    """An encrypted repository with the guest as VM ``guest`` and, as VM ``wiped``, the same
+    disk with its boot sector zeroed."""
+    from fixtures_repo import CLI, cli_env
+    tmp = tmp_path_factory.mktemp("boot-repo")
+    repo = tmp / "repo"
+    cli = CLI(repo, cli_env(tmp, repo))
+    cli.run("init")
+    cli.run("backup", f"file:{guest_image}", "--vm", "guest")
+    wiped = tmp / "wiped.img"
+    shutil.copyfile(guest_image, wiped)
+    with open(wiped, "r+b") as f:
+        f.write(bytes(512))
+    cli.run("backup", f"file:{wiped}", "--vm", "wiped")
+    cli.source = guest_image          # type: ignore[attr-defined]
+    cli.tmp = tmp                     # type: ignore[attr-defined]
+    return cli
+
+
+def expected_after_boot(source: Path, out: Path) -> Path:
+    """``source`` with the guest's one write applied: what a booted disk must hold."""
+    shutil.copyfile(source, out)
+    with open(out, "r+b") as f:
+        f.seek(P2_START)
+        f.write(GUEST_RECORD)
+    return out
