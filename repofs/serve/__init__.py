@@ -6,10 +6,17 @@ repository; ``nbd.py`` is the protocol server.
 """
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 from repofs.view.tree import GenerationView
 
 from .nbd import AddressInUse, BadListenAddress, Export, NBDServer, ServeError
 from .overlay import FileOverlay, MemoryOverlay, Overlay, OverlayExists
+from .readahead import ReadAhead
+
+# read-ahead fetches wait on storage as much as on the CPU: two per core, at least 4
+_PREFETCH = ThreadPoolExecutor(max(4, 2 * (os.cpu_count() or 2)), thread_name_prefix="nbd-ahead")
 
 __all__ = ["AddressInUse", "BadListenAddress", "Export", "NBDServer", "ServeError", "OverlayExists",
            "exports"]
@@ -25,11 +32,12 @@ def exports(gen: GenerationView, labels: list[str] | None = None, *, writable: b
     out: list[Export] = []
     overlays: list[Overlay] = []
     for d in disks:
+        read = ReadAhead(d, _PREFETCH).read
         if not writable:
-            out.append(Export(d.label, d.capacity, d.read))
+            out.append(Export(d.label, d.capacity, read))
             continue
-        ov: Overlay = FileOverlay(d.read, d.capacity, overlay_dir_or_file) if overlay_dir_or_file \
-            else MemoryOverlay(d.read, d.capacity)
+        ov: Overlay = FileOverlay(read, d.capacity, overlay_dir_or_file) if overlay_dir_or_file \
+            else MemoryOverlay(read, d.capacity)
         overlays.append(ov)
         out.append(Export(d.label, d.capacity, ov.read, ov.write, ov.flush))
     return out, overlays

@@ -126,7 +126,8 @@ def parse_listen(where: str) -> tuple[int, object]:
 class NBDServer:
     """Serves ``exports`` on one listening socket from background threads until ``close()``."""
 
-    def __init__(self, exports: list[Export], listen: str, workers: int = 4):
+    def __init__(self, exports: list[Export], listen: str, workers: int = 0):
+        workers = workers or max(4, 2 * (os.cpu_count() or 2))
         if not exports:
             raise ServeError("nothing to export")
         self.exports = {e.name: e for e in exports}
