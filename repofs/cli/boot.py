@@ -38,6 +38,14 @@ def _generation(target: str, repo: str | None, password_file: str | None) -> tup
     return view, view.generation(name, gen or None)
 
 
+def _interrupt_on_sigterm() -> None:
+    """SIGTERM ends a boot like Ctrl-C: QEMU quit, the NBD server closed, temporaries removed
+    (QEMU runs in its own session, so nothing else would stop it)."""
+    def handler(_signum, _frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, handler)
+
+
 def _say_accel(requested: str, chosen: str) -> None:
     if requested == "auto" and chosen == "tcg":
         sys.stderr.write("repofs: KVM is not available (/dev/kvm): emulating the CPU (TCG), much slower\n")
@@ -104,6 +112,7 @@ def boot(target: TargetArg,
                        serial_log=serial_log)
     session = BootSession(gen, opts)
     _say_accel(accel, session.accel)
+    _interrupt_on_sigterm()
     session.start()
     try:
         sys.stderr.write(f"repofs: booted {gen.vm} {gen.name} ({session.accel})\n")
@@ -169,6 +178,7 @@ def verify(targets: Annotated[list[str], typer.Argument(metavar="vm:NAME[@GEN]..
         opts = BootOptions(_machine_options(firmware, controller, max_memory, max_cpus, None), accel=accel)
         return gen, verify_boot(gen, expect, opts)
 
+    _interrupt_on_sigterm()
     with ThreadPoolExecutor(parallel) as pool:
         results = list(pool.map(run, gens))
     rows = []
