@@ -50,6 +50,33 @@ class Expectation:
         return " and ".join(parts)
 
 
+class _SerialWatch:
+    """Reads the serial log incrementally; the pattern is searched in the new bytes plus the
+    last ``OVERLAP`` bytes before them (a line split across two reads is still found), and
+    reading stops after ``MAX_SERIAL`` bytes: a chatty guest costs bounded time and memory."""
+    OVERLAP = 64 << 10
+
+    def __init__(self, path: str, pattern: re.Pattern | None):
+        self.path, self.pattern = path, pattern
+        self.pos = 0
+        self.tail = b""
+
+    def seen(self) -> bool:
+        if self.pattern is None:
+            return True
+        if self.pos >= MAX_SERIAL:
+            return False
+        with open(self.path, "rb") as f:
+            f.seek(self.pos)
+            new = f.read(MAX_SERIAL - self.pos)
+        if not new:
+            return False
+        self.pos += len(new)
+        window = self.tail + new
+        self.tail = window[-self.OVERLAP:]
+        return self.pattern.search(window.decode(errors="replace")) is not None
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -92,14 +119,13 @@ def verify_boot(gen: GenerationView, expect: Expectation, opts: BootOptions) -> 
                                 "REPOFS_GUEST_PORT": str(host_port or "")}
             script = subprocess.Popen([expect.script], env=env, stdin=subprocess.DEVNULL,
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        serial = _SerialWatch(session.serial_log, expect.serial)
         seen = {"serial": expect.serial is None, "port": expect.port is None, "script": expect.script is None}
         deadline = session.started + expect.timeout
         powered_off = False
         while True:
             if not seen["serial"]:
-                with open(session.serial_log, "rb") as f:
-                    text = f.read(MAX_SERIAL).decode(errors="replace")
-                seen["serial"] = expect.serial.search(text) is not None  # type: ignore[union-attr]
+                seen["serial"] = serial.seen()
             if not seen["port"]:
                 seen["port"] = _port_answers(host_port)  # type: ignore[arg-type]
             if not seen["script"] and script is not None and script.poll() is not None:

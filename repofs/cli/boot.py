@@ -27,15 +27,23 @@ CpusOpt = Annotated[int, typer.Option("--max-cpus", help="Cap on the CPUs.")]
 DiskOpt = Annotated[Optional[list[str]], typer.Option("--disk", help="Only this disk (repeatable).")]
 
 
-def _generation(target: str, repo: str | None, password_file: str | None) -> tuple[RepositoryView, GenerationView]:
+def _target(target: str) -> tuple[str, str | None]:
+    """``vm:NAME[@GEN]`` -> (NAME, GEN or None); ``@`` splits at the last one."""
     kind, sep, rest = target.partition(":")
     if kind != "vm" or not sep or not rest:
         raise UsageProblem(f"unknown target {target!r}: use vm:NAME[@GEN]")
     name, at, gen = rest.rpartition("@")
     if not at:
-        name, gen = rest, None
+        name, gen = rest, ""
+    if not name:
+        raise UsageProblem(f"unknown target {target!r}: use vm:NAME[@GEN]")
+    return name, gen or None
+
+
+def _generation(target: str, repo: str | None, password_file: str | None) -> tuple[RepositoryView, GenerationView]:
+    name, gen = _target(target)
     view = RepositoryView(open_repository(repo, password_file))
-    return view, view.generation(name, gen or None)
+    return view, view.generation(name, gen)
 
 
 def _interrupt_on_sigterm() -> None:
@@ -170,8 +178,10 @@ def verify(targets: Annotated[list[str], typer.Argument(metavar="vm:NAME[@GEN]..
     from repofs.boot.qemu import choose_accel, find_qemu
     find_qemu()
     _say_accel(accel, choose_accel(accel))
-    gens = [_generation(t, repo, password_file)[1] for t in targets]
-    repository = gens[0].repo.store if gens else None
+    wanted = [_target(t) for t in targets]
+    view = RepositoryView(open_repository(repo, password_file))
+    gens = [view.generation(name, gen) for name, gen in wanted]
+    repository = view.store
     expect = Expectation(pattern, expect_port, script, timeout)
 
     def run(gen: GenerationView):

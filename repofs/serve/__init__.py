@@ -32,7 +32,7 @@ def exports(gen: GenerationView, labels: list[str] | None = None, *, writable: b
     out: list[Export] = []
     overlays: list[Overlay] = []
     for d in disks:
-        read = ReadAhead(d, _PREFETCH).read
+        read = ReadAhead(d, _PREFETCH, window=16).read
         if not writable:
             out.append(Export(d.label, d.capacity, read))
             continue

@@ -277,8 +277,14 @@ class NBDServer:
         slots = threading.Semaphore(INFLIGHT)
 
         def send(handle: int, err: int, data: bytes = b"") -> None:
-            with send_lock:
-                conn.sendall(_REPLY.pack(SIMPLE_REPLY_MAGIC, err, handle) + data)
+            header = _REPLY.pack(SIMPLE_REPLY_MAGIC, err, handle)
+            with send_lock:     # header and data in one call, without joining them (a copy)
+                sent = conn.sendmsg([header, data]) if data else conn.sendall(header) or len(header)
+                if sent < len(header):      # a signal cut it short: finish byte-exactly
+                    conn.sendall(header[sent:])
+                    sent = len(header)
+                if sent - len(header) < len(data):
+                    conn.sendall(memoryview(data)[sent - len(header):])
 
         def run(kind: int, handle: int, offset: int, length: int, payload: bytes) -> None:
             try:
