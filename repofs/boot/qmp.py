@@ -49,6 +49,8 @@ class QMP:
                 part = self._sock.recv(65536)
             except socket.timeout:
                 raise TimeoutError() from None
+            except OSError as e:
+                raise QMPError(f"QEMU's monitor went away ({e.strerror})") from None
             if not part:
                 raise QMPError("QEMU closed its monitor")
             self._buf += part
@@ -59,7 +61,10 @@ class QMP:
 
     def execute(self, command: str, **arguments: Any) -> Any:
         msg = {"execute": command} | ({"arguments": arguments} if arguments else {})
-        self._sock.sendall(json.dumps(msg).encode() + b"\n")
+        try:
+            self._sock.sendall(json.dumps(msg).encode() + b"\n")
+        except OSError as e:
+            raise QMPError(f"QEMU's monitor went away ({e.strerror})") from None
         while True:
             reply = self._read()
             if "event" in reply:

@@ -121,8 +121,10 @@ class BootSession:
             out.close()
         try:
             self.qmp = QMP(plan.qmp_socket, timeout=30)
-        except QMPError:
-            raise MachineError(f"QEMU did not start: {self.qemu_error() or 'no monitor'}") from None
+        except QMPError as e:
+            if self.proc.poll() is None:
+                time.sleep(0.5)         # its last words reach the log as it exits
+            raise MachineError(f"QEMU did not start: {self.qemu_error() or e}") from None
 
     def qemu_error(self) -> str:
         try:
@@ -132,6 +134,21 @@ class BootSession:
         except OSError:
             return ""
         return lines[-1].strip() if lines else ""
+
+    def accel_failed(self) -> str | None:
+        """Why KVM stopped the guest, when it did: /dev/kvm can exist and still fail (nested
+        virtualisation without the features real-mode firmware code needs); QEMU then
+        prints "KVM internal error" and pauses the VM forever."""
+        if self.accel != "kvm" or not self.dir:
+            return None
+        try:
+            with open(os.path.join(self.dir, "qemu.log"), "rb") as f:
+                text = f.read(1 << 16)
+        except OSError:
+            return None
+        if b"KVM internal error" in text or b"emulation failure" in text:
+            return "KVM failed to run the guest (KVM internal error): use --accel tcg"
+        return None
 
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

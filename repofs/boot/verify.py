@@ -136,6 +136,9 @@ def verify_boot(gen: GenerationView, expect: Expectation, opts: BootOptions) -> 
                 return result(True, time.monotonic() - session.started, "")
             if powered_off:
                 return result(False, None, f"the guest powered off without the sign ({expect.describe()})")
+            failed = session.accel_failed()
+            if failed:
+                return result(False, None, failed)
             if not session.running():
                 return result(False, None, f"QEMU ended: {session.qemu_error() or 'no reason given'}")
             if time.monotonic() > deadline:

@@ -109,6 +109,7 @@ def boot(target: TargetArg,
          timeout: Annotated[Optional[float], typer.Option("--timeout", help="Power off after this many seconds.")] = None,
          repo: RepoOpt = None, password_file: PasswordFileOpt = None) -> None:
     """Boot a generation in QEMU straight from the repository (writes go to an overlay)."""
+    from repofs.boot.machine import MachineError
     from repofs.boot.session import BootOptions, BootSession, RestoreTargetExists
     if serial_log and os.path.lexists(serial_log):
         raise UsageProblem(f"serial log {serial_log} already exists")
@@ -135,6 +136,9 @@ def boot(target: TargetArg,
                     sys.stderr.write(f"repofs: live restore done: the VM runs on {restore_to}\n")
             if not off:
                 off = session.wait_shutdown(0.2)
+                failed = session.accel_failed()
+                if failed:
+                    raise MachineError(failed)
             if off and session.mirror_state not in ("running", "ready"):
                 break
             if deadline is not None and time.monotonic() > deadline:
