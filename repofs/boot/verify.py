@@ -135,7 +135,10 @@ def verify_boot(gen: GenerationView, expect: Expectation, opts: BootOptions) -> 
             if all(seen.values()):
                 return result(True, time.monotonic() - session.started, "")
             if powered_off:
-                return result(False, None, f"the guest powered off without the sign ({expect.describe()})")
+                # the serial log is complete now; a script still judging it gets its time
+                script_pending = script is not None and not seen["script"] and script.poll() is None
+                if not (script_pending and seen["serial"] and seen["port"]):
+                    return result(False, None, f"the guest powered off without the sign ({expect.describe()})")
             failed = session.accel_failed()
             if failed:
                 return result(False, None, failed)
@@ -144,7 +147,10 @@ def verify_boot(gen: GenerationView, expect: Expectation, opts: BootOptions) -> 
             if time.monotonic() > deadline:
                 return result(False, None, f"no sign of life ({expect.describe()}) within {expect.timeout:g} s")
             # one more look at the signs after a power-off: the marker may precede it closely
-            powered_off = session.wait_shutdown(0.2)
+            if powered_off:
+                time.sleep(0.1)
+            else:
+                powered_off = session.wait_shutdown(0.2)
     finally:
         if script is not None and script.poll() is None:
             script.kill()
