@@ -42,6 +42,7 @@ def test_nbd_export_equals_restore_to_dir(boot_repo, tmp_path):
     sock = tmp_path / "nbd.sock"
     served = Served(boot_repo, "vm:guest", "--listen", f"unix:{sock}")
     try:
+        assert sock.stat().st_mode & 0o777 == 0o600          # decrypted disks: our user only
         r = subprocess.run(["qemu-img", "compare", _uri(sock), str(out / "guest.raw")],
                            capture_output=True, text=True)
         assert r.returncode == 0, r.stdout + r.stderr

@@ -147,6 +147,10 @@ class NBDServer:
                 raise AddressInUse(listen) from None
             raise
         self._unix_path = str(address) if family == socket.AF_UNIX else None
+        if self._unix_path:
+            # only our user may connect: the exports are decrypted disks. Before listen(), so
+            # no connection can come in under the default mode.
+            os.chmod(self._unix_path, 0o600)
         if family != socket.AF_UNIX:
             self.port = self._sock.getsockname()[1]
         self._sock.listen(64)
