@@ -13,7 +13,7 @@ import sys
 
 import typer
 
-from . import allocator, backup, exitcodes, keyahead, lifecycle, mount, repository, restore
+from . import allocator, backup, boot, exitcodes, keyahead, lifecycle, mount, repository, restore
 from .common import PasswordFileOpt, RepoOpt, open_repository
 from .files import build_app as build_files_app
 from repofs.guest.names import shown
@@ -31,6 +31,9 @@ for command in (lifecycle.forget, lifecycle.protect, lifecycle.unprotect, lifecy
                 lifecycle.stats, lifecycle.diff):
     app.command()(command)
 app.command()(mount.umount)
+app.command()(boot.serve)
+app.command()(boot.boot)
+app.command()(boot.verify)
 # `repofs files ...`: guest files of a generation (repofs/cli/files.py)
 app.add_typer(build_files_app(open_repository, RepoOpt, PasswordFileOpt), name="files")
 

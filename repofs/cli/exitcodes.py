@@ -80,6 +80,15 @@ TABLE: tuple[Row, ...] = (
     Row("repofs.guest.guestfs", "GuestError", FAILURE),   # damaged tables and filesystems, wrong kinds
     Row("repofs.guest.ext4", "Ext4Error", FAILURE),
     Row("repofs.guest.extract", "TargetExists", FAILURE),
+    # repofs/: NBD export and booting generations
+    Row("repofs.serve.nbd", "AddressInUse", BUSY),
+    Row("repofs.serve.nbd", "BadListenAddress", USAGE),
+    Row("repofs.serve.overlay", "OverlayExists", USAGE),
+    Row("repofs.boot.session", "RestoreTargetExists", USAGE),
+    Row("repofs.boot.machine", "NoBootableDisk", NOT_FOUND),
+    Row("repofs.boot.qemu", "QemuMissing", UNSUPPORTED),
+    Row("repofs.boot.machine", "MachineError", FAILURE),
+    Row("repofs.serve.nbd", "ServeError", FAILURE),
     # repofs/: mounts (LoopMountError, MountError) and the rest: the root's code
     Row("repofs.errors", "RepofsError", FAILURE),
     # restore/: vSphere, both directions

@@ -47,7 +47,8 @@ def generations(vm: Annotated[Optional[str], typer.Argument(help="Only this VM."
         for g in gens:
             rows.append({"vm": g.vm, "generation": g.name, "time": g.manifest.time, "manifest": g.manifest_name,
                          "disks": [{"label": d.label, "capacity": d.capacity, "data_bytes": d.entry.data_bytes}
-                                   for d in g.disks]})
+                                   for d in g.disks],
+                         "boot_verification": _boot_verification(view, g.manifest_name)})
     if json_out:
         emit(rows)
         return
@@ -70,6 +71,14 @@ def _subset(text: str) -> tuple[int, int] | float:
     except ValueError:
         pass
     raise UsageProblem(f"--read-data-subset: use N/M (1 <= N <= M) or a percentage like 10%, not {text!r}")
+def _boot_verification(view: RepositoryView, manifest: str) -> dict | None:
+    """The newest boot verification record of a generation (``repofs verify --boot``)."""
+    from format.verification import latest
+    rec = latest(view.store, manifest)  # type: ignore[arg-type]
+    if rec is None:
+        return None
+    return {"passed": rec.passed, "seconds": rec.seconds, "check": rec.check, "reason": rec.reason,
+            "accel": rec.accel, "time_ns": rec.time_ns}
 
 
 def check(repo: RepoOpt = None, password_file: PasswordFileOpt = None,
