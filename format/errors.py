@@ -65,3 +65,16 @@ class RepositoryBusy(RepoError):
 
 class StorageFull(RepoError):
     """The backend ran out of space; nothing half-written was left visible."""
+
+
+class RepositoryChanged(RepoError):
+    """The repository is not the one this client knew: another id at its location, another
+    cipher than remembered, or a key store that disagrees with the config."""
+
+
+class EncryptionMismatch(RepositoryChanged):
+    """The key store's cipher is not the config's (e.g. a key store swapped for ``none``)."""
+
+
+class UnencryptedRefused(RepositoryChanged):
+    """A passphrase was configured but the repository is unencrypted (not allowed unless asked)."""

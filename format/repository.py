@@ -19,20 +19,22 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
+import re
 import secrets
 import threading
 import time
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from .backend import Backend, LocalBackend
-from .errors import (CorruptObject, KeyMissing, ObjectMissing, RepositoryBusy,
-                     RepositoryExists,
-                     RepositoryNotFound, UnsupportedFormat)
+from .errors import (CorruptObject, EncryptionMismatch, KeyMissing, ObjectMissing, RepositoryBusy,
+                     RepositoryExists, RepositoryNotFound, UnsupportedFormat)
 from .fixedindex import FixedIndex
 from .keys import KeyMaterial, derive_ahead, unwrap, wrap
 from .manifest import Manifest
+from .security import KnownRepository
 from .sealed import HEADER, MAGIC_CHUNK, MAGIC_INDEX, MAGIC_MANIFEST, TAG_SIZE, Sealer
 
 REPO_FORMAT = "repofs-repository"
@@ -48,6 +50,9 @@ CONFIG = "config"
 KEYSTORE = "keys/repokey"
 GENERATION_TIME_FORMAT = "%Y-%m-%dT%H%M%SZ"
 MIN_OBJECT_SIZE = HEADER.size + min(TAG_SIZE.values())
+MANIFEST_NAME = re.compile(r"[0-9a-f]{32}")
+
+log = logging.getLogger("repofs.repository")
 
 
 @dataclass(frozen=True)
@@ -99,6 +104,8 @@ class Repository:
         self.sealer = Sealer(keys, config.zstd_level)
         self._manifests: dict[str, Manifest] = {}
         self._manifest_lock = threading.Lock()
+        self._warned: set[str] = set()
+        self.known: KnownRepository | None = None  # this client's record (format/security.py)
 
     # -- creation and opening --------------------------------------------------------------
 
@@ -122,7 +129,11 @@ class Repository:
         return cls(backend, config, keys, path)
 
     @classmethod
-    def open(cls, path: str | os.PathLike, passphrase: bytes | None) -> "Repository":
+    def open(cls, path: str | os.PathLike, passphrase: bytes | None, *,
+             security_folder: str | None = None) -> "Repository":
+        """Open the repository at ``path``. The key store's cipher must be the config's
+        (EncryptionMismatch otherwise). With ``security_folder``, the repository is checked
+        against this client's record of it and the record kept up to date (format/security.py)."""
         path = os.fspath(path)
         backend = LocalBackend(path)
         try:
@@ -135,8 +146,16 @@ class Repository:
             keystore = backend.get(KEYSTORE)
         except ObjectMissing:
             raise KeyMissing(f"the key store of {path} is missing") from None
+        known = KnownRepository(security_folder, config.id, path) if security_folder else None
+        if known is not None:
+            known.verify(config.cipher)
         keys = unwrap(keystore, config.id, passphrase)
-        return cls(backend, config, keys, path)
+        if keys.cipher != config.cipher:
+            raise EncryptionMismatch(f"the key store of {path} says cipher {keys.cipher!r} but the "
+                                     f"config says {config.cipher!r}: refusing to open it")
+        repository = cls(backend, config, keys, path)
+        repository.known = known
+        return repository
 
     @staticmethod
     def derive_key_ahead(path: str | os.PathLike, passphrase: bytes) -> None:
@@ -166,12 +185,26 @@ class Repository:
         return self.sealer.object_id(data)
 
     def has_chunk(self, cid: bytes) -> bool:
-        """Whether chunk ``cid`` is stored. A file too short to be an object (what a power
-        loss can leave of a chunk written without fsync) counts as absent."""
+        """Whether chunk ``cid`` is stored whole: its file holds the header and exactly the
+        payload and tag the header declares. A file cut short (what a power loss can leave of
+        a chunk written without fsync) or padded counts as absent, so a backup stores it again.
+        Costs one open and a 36-byte read; the payload is not authenticated (``get_chunk``
+        and ``check --read-data`` do that)."""
+        return self.stored_size(cid) is not None
+
+    def stored_size(self, cid: bytes) -> int | None:
+        """The size of chunk ``cid``'s object when its file is whole (see ``has_chunk``)."""
         try:
-            return self.backend.size(chunk_name(cid)) >= MIN_OBJECT_SIZE
+            head, size = self.backend.head(chunk_name(cid), HEADER.size)
         except ObjectMissing:
-            return False
+            return None
+        if len(head) < HEADER.size:
+            return None
+        magic, _v, _c, cipher, _r, _plain, payload_len, _n = HEADER.unpack(head)
+        if magic != MAGIC_CHUNK or cipher not in TAG_SIZE:
+            return None
+        expected = HEADER.size + payload_len + TAG_SIZE[cipher]
+        return size if size == expected else None
 
     def put_chunk(self, cid: bytes, plaintext: bytes | memoryview, *, sync: bool = True) -> int:
         """Seal and store a chunk; returns the stored size. With ``sync=False`` the caller
@@ -215,7 +248,13 @@ class Repository:
     # -- manifests -------------------------------------------------------------------------
 
     def manifest_names(self) -> list[str]:
+        """Every name below ``manifests/``, junk included (``check`` reports it)."""
         return sorted(n.split("/", 1)[1] for n in self.backend.list("manifests"))
+
+    def _warn_once(self, key: str, text: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning("repofs: warning: %s", text)
 
     def get_manifest(self, name: str) -> Manifest:
         cached = self._manifests.get(name)
@@ -229,8 +268,44 @@ class Repository:
         return manifest
 
     def manifests(self) -> dict[str, Manifest]:
-        """Every generation's manifest by manifest name (immutable, so cached)."""
-        return {n: self.get_manifest(n) for n in self.manifest_names()}
+        """Every readable generation's manifest by manifest name (immutable, so cached).
+
+        A damaged manifest, or a file in ``manifests/`` that is not one, costs its own
+        generation only: it is left out with a one-line warning (``check`` names it), so
+        the other VMs stay readable. With this client's record at hand, a VM whose newest
+        generation is older than the newest this client saw or wrote is reported (one line:
+        the newest manifests were deleted, a rollback), and newer ones are remembered."""
+        out: dict[str, Manifest] = {}
+        for n in self.manifest_names():
+            if not MANIFEST_NAME.fullmatch(n):
+                self._warn_once(n, f"manifests/{n!r} is not a manifest name; ignored (see `repofs check`)")
+                continue
+            try:
+                out[n] = self.get_manifest(n)
+            except (CorruptObject, UnsupportedFormat) as e:
+                self._warn_once(n, f"{e}; its generation is left out (see `repofs check`)")
+            except ObjectMissing:
+                pass  # deleted since it was listed
+        if self.known is not None:
+            self._note_latest(out.values())
+        return out
+
+    def _note_latest(self, manifests: Iterable[Manifest]) -> None:
+        assert self.known is not None
+        newest: dict[str, Manifest] = {}
+        for m in manifests:
+            if m.vm not in newest or (m.time_ns, m.generation) > (newest[m.vm].time_ns, newest[m.vm].generation):
+                newest[m.vm] = m
+        for vm, m in newest.items():
+            known = self.known.latest(vm)
+            if known is not None and known[0] > m.time_ns:
+                self._warn_once(f"rollback {vm}", f"the newest generation of {vm} is {m.generation}, but this "
+                                f"client saw {known[1]} before: newer generations were removed (a rollback?)")
+            else:
+                self.known.remember(vm, m.time_ns, m.generation)
+        for vm in self.known.vms_without(newest):
+            self._warn_once(f"rollback {vm}", f"{vm} has no generation left, but this client saw "
+                            f"{self.known.latest(vm)[1]} before: its generations were removed (a rollback?)")  # type: ignore[index]
 
     def new_generation_name(self, vm: str, when_ns: int) -> str:
         base = time.strftime(GENERATION_TIME_FORMAT, time.gmtime(when_ns // 1_000_000_000))
@@ -248,6 +323,8 @@ class Repository:
         self.backend.put(manifest_name(name), sealed)
         with self._manifest_lock:
             self._manifests[name] = manifest
+        if self.known is not None:
+            self.known.remember(manifest.vm, manifest.time_ns, manifest.generation)
         return name
 
     # -- locking ---------------------------------------------------------------------------

@@ -116,9 +116,9 @@ def test_unencrypted_only_by_name(tmp_path):
     img = tmp_path / "i.img"
     secret = b"VERY-SECRET-PAYLOAD" * 500
     img.write_bytes(secret)
-    c.run("backup", f"file:{img}", "--vm", "p")
     # no passphrase needed, data stored in clear (compressed), still integrity-checked
     env = {k: v for k, v in c.env.items() if k != "REPOFS_PASSWORD_FILE"}
+    CLI(repo, env).run("backup", f"file:{img}", "--vm", "p")
     assert CLI(repo, env).run("check", "--read-data").returncode == 0
     keystore = json.loads((repo / "keys" / "repokey").read_text())
     assert keystore["cipher"] == "none"

@@ -20,6 +20,14 @@ from .files import build_app as build_files_app
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="repofs: VM backups in a deduplicated, compressed, encrypted repository you can mount.")
 
+@app.callback()
+def _options(allow_unencrypted: bool = typer.Option(
+        False, "--allow-unencrypted", envvar="REPOFS_ALLOW_UNENCRYPTED",
+        help="Open an unencrypted repository even though a passphrase is configured.")) -> None:
+    if allow_unencrypted:
+        os.environ["REPOFS_ALLOW_UNENCRYPTED"] = "1"  # read by common.open_repository
+
+
 app.command()(repository.init)
 app.command()(backup.backup)
 app.command()(repository.generations)

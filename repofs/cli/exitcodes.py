@@ -11,7 +11,7 @@ from typing import Iterable
 
 from format import errors as fe
 
-from repofs.ingest.backup import IngestError
+from repofs.ingest.backup import IngestError, StoredChunkLost
 from repofs.ingest.sources import SourceError
 from repofs.view.tree import DiskReadError
 
@@ -30,6 +30,7 @@ BUSY = 11
 UNSUPPORTED = 12
 VSPHERE = 13          # vCenter refused or failed
 VDDK = 14             # VixDiskLib failed or is missing
+REPOSITORY_CHANGED = 15  # encryption downgrade, another repository at the path, unencrypted refused
 INTERNAL = 70
 INTERRUPTED = 130
 
@@ -39,6 +40,7 @@ TABLE: list[tuple[type[BaseException], int]] = [
     (fe.RepositoryExists, REPOSITORY_EXISTS),
     (fe.WrongPassphrase, BAD_PASSPHRASE),
     (fe.PassphraseRequired, BAD_PASSPHRASE),
+    (fe.RepositoryChanged, REPOSITORY_CHANGED),
     (fe.KeyMissing, KEY_MISSING),
     (fe.CorruptObject, DAMAGED),
     (fe.ObjectMissing, DAMAGED),
@@ -46,6 +48,7 @@ TABLE: list[tuple[type[BaseException], int]] = [
     (fe.VMNotFound, NOT_FOUND),
     (fe.GenerationNotFound, NOT_FOUND),
     (SourceError, SOURCE),
+    (StoredChunkLost, DAMAGED),
     (IngestError, SOURCE),
     (fe.StorageFull, NO_SPACE),
     (fe.RepositoryBusy, BUSY),
