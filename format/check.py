@@ -18,7 +18,7 @@ from typing import Callable
 
 from .errors import CorruptObject, ObjectMissing, RepoError, UnsupportedFormat
 from .fixedindex import HOLE, FixedIndex
-from .repository import MIN_OBJECT_SIZE, Repository, chunk_name, manifest_name
+from .repository import MANIFEST_NAME, MIN_OBJECT_SIZE, Repository, chunk_name, manifest_name
 
 
 @dataclass(frozen=True)
@@ -62,13 +62,21 @@ def check(repo: Repository, read_data: bool = False, workers: int = 2,
     report = CheckReport()
     refs: dict[bytes, list[tuple[str, str, str, int]]] = defaultdict(list)
     copies_to_compare: list[tuple[FixedIndex, dict]] = []
-    for name in repo.manifest_names():
+    names = repo.manifest_names()
+    for name in names:
+        if not MANIFEST_NAME.fullmatch(name):
+            report.problems.append(Problem(manifest_name(name), "not a manifest name (a stray file)"))
+            continue
         try:
             manifest = repo.get_manifest(name)
         except (CorruptObject, ObjectMissing, UnsupportedFormat) as e:
             report.problems.append(Problem(manifest_name(name), _reason(e)))
             continue
         report.generations += 1
+        if manifest.parent is not None and manifest.parent not in names:
+            report.problems.append(Problem(manifest_name(manifest.parent),
+                                           "missing: the parent of this generation was removed",
+                                           vm=manifest.vm, generation=manifest.generation))
         for disk in manifest.disks:
             report.disks += 1
             where = dict(vm=manifest.vm, generation=manifest.generation, disk=disk.label)
