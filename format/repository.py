@@ -50,6 +50,7 @@ CONFIG = "config"
 KEYSTORE = "keys/repokey"
 GENERATION_TIME_FORMAT = "%Y-%m-%dT%H%M%SZ"
 MIN_OBJECT_SIZE = HEADER.size + min(TAG_SIZE.values())
+MAX_MANIFEST_SIZE = 64 << 20   # plaintext; a VM's configuration is a few KiB
 MANIFEST_NAME = re.compile(r"[0-9a-f]{32}")
 
 log = logging.getLogger("repofs.repository")
@@ -219,7 +220,8 @@ class Repository:
     def get_chunk(self, cid: bytes) -> bytes:
         """The verified plaintext of chunk ``cid``: CorruptObject/ObjectMissing otherwise."""
         name = chunk_name(cid)
-        plain = self.sealer.open(MAGIC_CHUNK, cid, self.backend.get(name), name)
+        plain = self.sealer.open(MAGIC_CHUNK, cid, self.backend.get(name), name,
+                                 max_plain=self.config.chunk_size)
         if self.sealer.object_id(plain) != cid:
             raise CorruptObject(name, "content does not match its id")
         return plain
@@ -261,7 +263,8 @@ class Repository:
         if cached is not None:
             return cached
         obj = manifest_name(name)
-        plain = self.sealer.open(MAGIC_MANIFEST, name.encode(), self.backend.get(obj), obj)
+        plain = self.sealer.open(MAGIC_MANIFEST, name.encode(), self.backend.get(obj), obj,
+                                 max_plain=MAX_MANIFEST_SIZE)
         manifest = Manifest.decode(plain, obj)
         with self._manifest_lock:
             self._manifests[name] = manifest

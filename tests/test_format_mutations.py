@@ -1,0 +1,199 @@
+"""Tests that each kill one mutation of format/ that the rest of the suite let live: objects
+valid in every byte but one field (sealed with the real key, so the tag is right), and the
+durability order of the backend seen from outside the process (strace)."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+
+import blake3
+import pytest
+import zstandard
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from format.check import check
+from format.errors import CorruptObject, UnsupportedFormat
+from format.fixedindex import HEADER as INDEX_HEADER, HOLE, PIECE, SLOT_HEADER, COUNT, Copies, FixedIndex
+from format.keys import KeyMaterial
+from format.manifest import Manifest
+from format.repository import Repository, chunk_name, manifest_name
+from format.sealed import HEADER, MAGIC_CHUNK, MAGIC_MANIFEST, Sealer
+
+KEYS = KeyMaterial.generate(encrypted=True)
+SEALER = Sealer(KEYS)
+
+
+def seal_raw(magic: bytes, name: bytes, payload: bytes, *, version: int = 1, compression: int = 0,
+             plain_len: int | None = None, keys: KeyMaterial = KEYS) -> bytes:
+    """A sealed object with any header fields, authenticated with the real key."""
+    nonce = os.urandom(12)
+    header = HEADER.pack(magic, version, compression, 1, 0,
+                         len(payload) if plain_len is None else plain_len, len(payload), nonce)
+    return header + AESGCM(keys.enc_key).encrypt(nonce, payload, header + name)
+
+
+def test_seal_raw_builds_what_the_sealer_opens():
+    assert SEALER.open(MAGIC_CHUNK, b"n", seal_raw(MAGIC_CHUNK, b"n", b"abc"), "x") == b"abc"
+
+
+def test_another_object_version_is_refused_even_with_a_valid_tag():
+    with pytest.raises(UnsupportedFormat, match="version 2"):
+        SEALER.open(MAGIC_CHUNK, b"n", seal_raw(MAGIC_CHUNK, b"n", b"abc", version=2), "x")
+
+
+def test_unknown_compression_is_refused():
+    with pytest.raises(CorruptObject, match="compression"):
+        SEALER.open(MAGIC_CHUNK, b"n", seal_raw(MAGIC_CHUNK, b"n", b"abc", compression=7), "x")
+
+
+def test_zstd_frame_declaring_more_than_the_header_is_refused_before_decompressing():
+    # 512 MiB of zeros compress to a few KiB; an authenticated object that declares 3 bytes
+    # must not make the reader allocate 512 MiB first.
+    frame = zstandard.ZstdCompressor(write_content_size=True).compress(bytes(1 << 20))
+    big = bytearray(frame)
+    declared = zstandard.get_frame_parameters(frame).content_size
+    assert declared == 1 << 20
+    obj = seal_raw(MAGIC_CHUNK, b"n", bytes(big), compression=1, plain_len=3)
+    with pytest.raises(CorruptObject, match="declares"):
+        SEALER.open(MAGIC_CHUNK, b"n", obj, "x")
+    unsized = zstandard.ZstdCompressor(write_content_size=False).compress(b"a" * 100)
+    with pytest.raises(CorruptObject, match="declares"):
+        SEALER.open(MAGIC_CHUNK, b"n", seal_raw(MAGIC_CHUNK, b"n", unsized, compression=1, plain_len=100), "x")
+
+
+def test_plain_length_above_the_callers_bound_is_refused():
+    obj = seal_raw(MAGIC_CHUNK, b"n", b"a" * 100)
+    assert SEALER.open(MAGIC_CHUNK, b"n", obj, "x", max_plain=100) == b"a" * 100
+    with pytest.raises(CorruptObject, match="exceeds"):
+        SEALER.open(MAGIC_CHUNK, b"n", obj, "x", max_plain=99)
+
+
+def test_chunk_ids_are_keyed():
+    data = b"the same bytes"
+    assert SEALER.object_id(data) == blake3.blake3(data, key=KEYS.id_key).digest()
+    assert SEALER.object_id(data) != blake3.blake3(data).digest()
+    assert Sealer(KeyMaterial.generate(True)).object_id(data) != SEALER.object_id(data)
+
+
+@pytest.fixture
+def repo(tmp_path):
+    return Repository.init(tmp_path / "r", b"pw", kdf={"name": "argon2id", "time_cost": 1,
+                                                      "memory_kib": 8, "parallelism": 1})
+
+
+def test_a_chunk_whose_content_is_not_its_id_is_refused(repo):
+    good = b"A" * 5000
+    cid = repo.chunk_id(good)
+    # validly sealed under the chunk's name, but holding other bytes
+    repo.backend.put(chunk_name(cid), repo.sealer.seal(MAGIC_CHUNK, cid, b"B" * 5000))
+    with pytest.raises(CorruptObject, match="does not match its id"):
+        repo.get_chunk(cid)
+
+
+def _index_bytes(capacity: int, chunk_size: int, count: int | None = None, patches: bytes = b"") -> bytes:
+    n = -(-capacity // chunk_size)
+    flags = 1 if patches else 0
+    return INDEX_HEADER.pack(capacity, chunk_size, flags, n if count is None else count) + \
+        bytes(32 * n) + patches
+
+
+def test_index_entry_count_must_match_its_capacity():
+    FixedIndex.decode(_index_bytes(10 << 20, 1 << 20), "i")
+    with pytest.raises(CorruptObject, match="inconsistent"):
+        FixedIndex.decode(_index_bytes(10 << 20, 1 << 20, count=11) + bytes(32), "i")
+    with pytest.raises(CorruptObject, match="inconsistent"):
+        FixedIndex.decode(_index_bytes(10 << 20, 1 << 20, count=9)[:-32], "i")
+
+
+def _one_piece(slot: int, off: int, length: int) -> bytes:
+    return COUNT.pack(1) + SLOT_HEADER.pack(slot, 1, 0) + PIECE.pack(off, length, b"\x01" * 32)
+
+
+@pytest.mark.parametrize("off,length", [(0, 0xFFFFFFFF), (0xFFFFFFFF, 1), (0x80000000, 0x80000000)])
+def test_piece_fields_are_unsigned_and_bounded(off, length):
+    with pytest.raises(CorruptObject, match="outside"):
+        FixedIndex.decode(_index_bytes(4 << 20, 1 << 20, patches=_one_piece(0, off, length)), "i")
+
+
+def test_a_piece_may_not_run_past_a_short_last_slot():
+    capacity = (3 << 20) + 8192                     # last slot: 8 KiB
+    ok = FixedIndex.decode(_index_bytes(capacity, 1 << 20, patches=_one_piece(3, 4096, 4096)), "i")
+    assert ok.pieces(3) == ((4096, 4096, b"\x01" * 32),)
+    with pytest.raises(CorruptObject, match="outside"):
+        FixedIndex.decode(_index_bytes(capacity, 1 << 20, patches=_one_piece(3, 4096, 8192)), "i")
+
+
+def test_a_copy_stream_chunk_of_the_wrong_length_is_an_error_not_a_short_read():
+    copies = Copies([(0, 5000), (1 << 20, 3000)], [b"\x02" * 32, b"\x03" * 32], 4096)
+    fetched = {b"\x02" * 32: b"x" * 4096, b"\x03" * 32: b"y" * 3904}
+    assert copies.read(0, 5000, lambda k: copies.chunk(k, fetched.get)) == b"x" * 4096 + b"y" * 904
+    fetched[b"\x03" * 32] = b"y" * 100
+    with pytest.raises(CorruptObject, match="holds 100 bytes"):
+        copies.read(0, 5000, lambda k: copies.chunk(k, fetched.get))
+    assert copies.chunk(0, lambda cid: None) is None          # not at hand is not an error
+    hole = Copies([(0, 10)], [HOLE], 4096)
+    assert hole.chunk(0, lambda cid: pytest.fail("a hole is never fetched")) == bytes(10)
+
+
+def test_check_matches_each_index_to_its_manifest_entry(repo):
+    index = FixedIndex.empty(4 << 20, repo.chunk_size)
+    data = b"z" * repo.chunk_size
+    cid = repo.chunk_id(data)
+    repo.put_chunk(cid, data)
+    index.set(0, cid)
+    iid = repo.put_index(index)
+    from format.manifest import DiskEntry
+    for capacity, chunk_size, bad in [(4 << 20, repo.chunk_size, False), (8 << 20, repo.chunk_size, True),
+                                      (4 << 20, repo.chunk_size // 2, True)]:
+        m = Manifest("vm", f"g{capacity}-{chunk_size}", "t", 1, None,
+                     [DiskEntry("d", capacity, chunk_size, iid)])
+        name = repo.put_manifest(m)
+        report = check(repo)
+        assert any("capacity or chunk size" in p.reason for p in report.problems) == bad
+        repo.backend.delete(manifest_name(name))
+        repo._manifests.clear()
+
+
+# -- durability order -------------------------------------------------------------------------
+
+PUT = textwrap.dedent("""
+    import sys
+    from format.backend import LocalBackend
+    b = LocalBackend(sys.argv[1])
+    b.put("chunks/ab/object", b"x" * 100)
+""")
+
+
+def test_put_fsyncs_the_file_before_rename_and_the_folder_after(tmp_path):
+    root = tmp_path / "store"
+    root.mkdir()
+    trace = tmp_path / "trace"
+    subprocess.run(["strace", "-f", "-o", str(trace), "-e", "trace=openat,fsync,fdatasync,rename,renameat,renameat2",
+                    sys.executable, "-c", PUT, str(root)], check=True,
+                   env={**os.environ, "PYTHONPATH": os.getcwd()})
+    calls = trace.read_text().splitlines()
+    fd_names = {}
+    events = []
+    for line in calls:
+        m = re.search(r'openat\(AT_FDCWD, "([^"]+)", [^)]*\) += (\d+)', line)
+        if m:
+            fd_names[m.group(2)] = m.group(1)
+            continue
+        m = re.search(r"\b(fsync|fdatasync)\((\d+)\) += 0", line)
+        if m:
+            events.append(("fsync", fd_names.get(m.group(2), "?")))
+            continue
+        m = re.search(r'rename\w*\((?:AT_FDCWD, )?"([^"]+)", (?:AT_FDCWD, )?"([^"]+)"', line)
+        if m:
+            events.append(("rename", m.group(2)))
+    final = str(root / "chunks" / "ab" / "object")
+    rename = events.index(("rename", final))
+    tmp_syncs = [i for i, (kind, name) in enumerate(events)
+                 if kind == "fsync" and name.startswith(final + ".") and name.endswith(".tmp")]
+    dir_syncs = [i for i, e in enumerate(events) if e == ("fsync", str(root / "chunks" / "ab"))]
+    assert tmp_syncs and max(tmp_syncs) < rename, events
+    assert dir_syncs and max(dir_syncs) > rename, events
