@@ -30,6 +30,19 @@ class KeyMissing(RepoError):
     """The key store is absent or unreadable."""
 
 
+class KeyStoreInvalid(KeyMissing):
+    """The key store breaks a rule of its format (a field's size, a bound on the Argon2id
+    parameters): it is refused before anything is derived."""
+
+
+class KeySlotNotFound(RepoError):
+    """No key slot has that id."""
+
+
+class LastKeySlot(RepoError):
+    """Removing this key slot would leave no passphrase that opens the repository."""
+
+
 class PassphraseRequired(RepoError):
     pass
 

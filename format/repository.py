@@ -32,7 +32,7 @@ from .backend import Backend, LocalBackend
 from .errors import (CorruptObject, EncryptionMismatch, KeyMissing, ObjectMissing, RepositoryBusy,
                      RepositoryExists, RepositoryNotFound, UnsupportedFormat)
 from .fixedindex import FixedIndex
-from .keys import KeyMaterial, derive_ahead, unwrap, wrap
+from .keys import KeyMaterial, KeySlot, KeyStore, derive_ahead, wrap
 from .manifest import Manifest
 from .security import KnownRepository
 from .sealed import HEADER, MAGIC_CHUNK, MAGIC_INDEX, MAGIC_MANIFEST, TAG_SIZE, Sealer
@@ -103,6 +103,8 @@ class Repository:
         self.config = config
         self.location = location
         self.sealer = Sealer(keys, config.zstd_level)
+        self._keys = keys
+        self.key_slot: str | None = None   # the key slot the passphrase opened
         self._manifests: dict[str, Manifest] = {}
         self._manifest_lock = threading.Lock()
         self._warned: set[str] = set()
@@ -150,12 +152,13 @@ class Repository:
         known = KnownRepository(security_folder, config.id, path) if security_folder else None
         if known is not None:
             known.verify(config.cipher)
-        keys = unwrap(keystore, config.id, passphrase)
+        keys, slot = KeyStore.decode(keystore).open(config.id, passphrase)
         if keys.cipher != config.cipher:
             raise EncryptionMismatch(f"the key store of {path} says cipher {keys.cipher!r} but the "
                                      f"config says {config.cipher!r}: refusing to open it")
         repository = cls(backend, config, keys, path)
         repository.known = known
+        repository.key_slot = slot
         return repository
 
     @staticmethod
@@ -330,20 +333,61 @@ class Repository:
             self.known.remember(manifest.vm, manifest.time_ns, manifest.generation)
         return name
 
+    # -- key slots (passphrases) ----------------------------------------------------------------
+
+    def key_store(self) -> KeyStore:
+        return KeyStore.decode(self.backend.get(KEYSTORE))
+
+    @contextlib.contextmanager
+    def _key_store_update(self) -> Iterator[KeyStore]:
+        """The key store, to change; written back atomically (a crash leaves the old or the
+        new document, never a mix), serialized with other key commands."""
+        with self._lock_file("keys", "another key command is running"):
+            store = self.key_store()
+            yield store
+            self.backend.put(KEYSTORE, store.encode())
+
+    def add_key(self, passphrase: bytes, kdf: dict | None = None) -> str:
+        """A new key slot for ``passphrase``; returns its id."""
+        with self._key_store_update() as store:
+            taken = {s.id for s in store.slots}
+            slot_id = next(i for i in iter(lambda: secrets.token_hex(4), None) if i not in taken)
+            store.add(KeySlot.make(self._keys, self.config.id, passphrase, kdf, slot_id, _now()))
+        return slot_id
+
+    def change_key(self, slot_id: str, passphrase: bytes, kdf: dict | None = None) -> None:
+        """Rewrap slot ``slot_id`` for a new passphrase (the data is not touched)."""
+        with self._key_store_update() as store:
+            old = store.slot(slot_id)
+            store.replace(KeySlot.make(self._keys, self.config.id, passphrase, kdf or old.kdf, slot_id, _now()))
+
+    def remove_key(self, slot_id: str) -> None:
+        with self._key_store_update() as store:
+            store.remove(slot_id)
+
     # -- locking ---------------------------------------------------------------------------
 
     @contextlib.contextmanager
     def vm_lock(self, vm: str) -> Iterator[None]:
         """Exclusive per-VM lock held while a generation of ``vm`` is written."""
         tag = self.sealer.object_id(vm.encode()).hex()[:24]
+        with self._lock_file(f"vm-{tag}", f"another backup of {vm} is running"):
+            yield
+
+    @contextlib.contextmanager
+    def _lock_file(self, name: str, busy: str) -> Iterator[None]:
         lock_dir = os.path.join(self.location, "locks")
         os.makedirs(lock_dir, exist_ok=True)
-        fd = os.open(os.path.join(lock_dir, f"vm-{tag}"), os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(os.path.join(lock_dir, name), os.O_RDWR | os.O_CREAT, 0o600)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise RepositoryBusy(f"another backup of {vm} is running") from None
+                raise RepositoryBusy(busy) from None
             yield
         finally:
             os.close(fd)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

@@ -13,7 +13,7 @@ import sys
 
 import typer
 
-from . import allocator, backup, exitcodes, keyahead, mount, repository, restore
+from . import allocator, backup, exitcodes, key, keyahead, mount, repository, restore
 from .common import PasswordFileOpt, RepoOpt, open_repository
 from .files import build_app as build_files_app
 
@@ -35,6 +35,7 @@ app.command()(restore.restore)
 app.command()(repository.check)
 app.command()(mount.mount)
 app.command()(mount.umount)
+app.add_typer(key.app, name="key")  # `repofs key ...`: passphrases (repofs/cli/key.py)
 # `repofs files ...`: guest files of a generation (repofs/cli/files.py)
 app.add_typer(build_files_app(open_repository, RepoOpt, PasswordFileOpt), name="files")
 

@@ -42,6 +42,8 @@ TABLE: list[tuple[type[BaseException], int]] = [
     (fe.PassphraseRequired, BAD_PASSPHRASE),
     (fe.RepositoryChanged, REPOSITORY_CHANGED),
     (fe.KeyMissing, KEY_MISSING),
+    (fe.KeySlotNotFound, NOT_FOUND),
+    (fe.LastKeySlot, USAGE),
     (fe.CorruptObject, DAMAGED),
     (fe.ObjectMissing, DAMAGED),
     (DiskReadError, DAMAGED),
