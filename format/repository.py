@@ -32,7 +32,7 @@ from .backend import Backend, LocalBackend
 from .errors import (CorruptObject, EncryptionMismatch, KeyMissing, ObjectMissing, RepositoryBusy,
                      RepositoryExists, RepositoryNotFound, UnsupportedFormat)
 from .fixedindex import FixedIndex
-from .keys import KeyMaterial, KeySlot, KeyStore, derive_ahead, wrap
+from .keys import CIPHER_AES_GCM, CIPHER_NONE, KeyMaterial, KeySlot, KeyStore, derive_ahead, wrap
 from .manifest import Manifest
 from .security import KnownRepository
 from .sealed import HEADER, MAGIC_CHUNK, MAGIC_INDEX, MAGIC_MANIFEST, TAG_SIZE, Sealer
@@ -52,6 +52,7 @@ GENERATION_TIME_FORMAT = "%Y-%m-%dT%H%M%SZ"
 MIN_OBJECT_SIZE = HEADER.size + min(TAG_SIZE.values())
 MAX_MANIFEST_SIZE = 64 << 20   # plaintext; a VM's configuration is a few KiB
 MANIFEST_NAME = re.compile(r"[0-9a-f]{32}")
+REPO_ID = re.compile(r"[0-9a-f]{32}")
 
 log = logging.getLogger("repofs.repository")
 
@@ -72,16 +73,25 @@ class RepoConfig:
     def decode(cls, data: bytes) -> "RepoConfig":
         try:
             doc = json.loads(data)
+            if not isinstance(doc, dict):
+                raise TypeError
             if doc.get("format") != REPO_FORMAT:
                 raise RepositoryNotFound("not a repofs repository (config has another format)")
             if doc.get("version") != REPO_VERSION:
-                raise UnsupportedFormat(f"repository format version {doc.get('version')} is not supported")
-            chunk_size = int(doc["chunk_size"])
-            if not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE:
-                raise CorruptObject(CONFIG, f"chunk size {chunk_size} out of range")
-            return cls(str(doc["id"]), chunk_size, str(doc["cipher"]), int(doc.get("zstd_level", 3)))
-        except (ValueError, KeyError, TypeError, AttributeError):
+                raise UnsupportedFormat(f"repository format version {str(doc.get('version'))[:20]} is not supported")
+            chunk_size, repo_id, cipher = doc["chunk_size"], doc["id"], doc["cipher"]
+            zstd_level = doc.get("zstd_level", 3)
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
             raise CorruptObject(CONFIG, "the repository config is unreadable") from None
+        if type(chunk_size) is not int or not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE:
+            raise CorruptObject(CONFIG, f"chunk size {str(chunk_size)[:20]} out of range")
+        if not isinstance(repo_id, str) or not REPO_ID.fullmatch(repo_id):
+            raise CorruptObject(CONFIG, "the repository id is malformed")
+        if cipher not in (CIPHER_AES_GCM, CIPHER_NONE):
+            raise UnsupportedFormat(f"unknown cipher {str(cipher)[:40]!r} in the config")
+        if type(zstd_level) is not int or not 1 <= zstd_level <= 22:
+            raise CorruptObject(CONFIG, "the zstd level is out of range")
+        return cls(repo_id, chunk_size, cipher, zstd_level)
 
 
 def chunk_name(cid: bytes) -> str:
