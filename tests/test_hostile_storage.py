@@ -169,3 +169,28 @@ def test_deleting_the_newest_generation_is_noticed(cli, tmp_path):
     (cli.repo / "manifests" / gens[0]["manifest"]).unlink()
     p = cli.run("check", check=False)
     assert p.returncode == 1 and f"manifests/{gens[0]['manifest']}: missing" in p.stdout
+
+
+def test_a_chunk_the_storage_loses_after_writing_fails_the_backup(tmp_path):
+    """Storage that acknowledges a write and keeps less (a lying share, a cache lost at power
+    off): no real part does it on demand, so a backend that cuts each chunk short stands in."""
+    import pytest
+    from format.backend import LocalBackend
+    from format.repository import Repository
+    from repofs.ingest.backup import StoredChunkLost, backup
+    from repofs.ingest.sources import LocalImage
+
+    class LosingBackend(LocalBackend):
+        def put(self, name, data, *, sync=True):
+            super().put(name, bytes(data)[:-1] if name.startswith("chunks/") else data, sync=sync)
+
+    repo = Repository.init(tmp_path / "r", b"pw", kdf={"name": "argon2id", "time_cost": 1,
+                                                      "memory_kib": 64, "parallelism": 1})
+    repo.backend = LosingBackend(repo.location)
+    source = LocalImage.open(str(_image(tmp_path)))
+    try:
+        with pytest.raises(StoredChunkLost, match="no generation written"):
+            backup(repo, "a", [source])
+    finally:
+        source.close()
+    assert repo.manifest_names() == []
