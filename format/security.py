@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import secrets
 from typing import Iterable
@@ -32,6 +33,9 @@ from typing import Iterable
 from .errors import RepositoryChanged
 
 MAX_RECORD = 4096
+
+log = logging.getLogger("repofs.security")
+_unwritable_warned = False
 
 
 def default_folder() -> str:
@@ -56,11 +60,24 @@ def _read(path: str) -> str | None:
 
 
 def _write(path: str, text: str) -> None:
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    """Write one record atomically. A folder that cannot be written (a read-only home) costs
+    the protection, not the command: one warning per process."""
+    global _unwritable_warned
     tmp = f"{path}.{secrets.token_hex(4)}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text + "\n")
-    os.replace(tmp, path)
+    try:
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+        os.replace(tmp, path)
+    except OSError as e:
+        if not _unwritable_warned:
+            _unwritable_warned = True
+            log.warning("repofs: warning: cannot keep this client's record of the repository in %s (%s)",
+                        os.path.dirname(path), e.strerror)
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
 
 
 class KnownRepository:
