@@ -283,7 +283,7 @@ def _whole_chunks(repo: Repository, pool: ThreadPoolExecutor,
     """The chunks the previous generation's indexes name that are stored whole (one header
     read each, in parallel)."""
     ids = list({cid for index in parents if index is not None for _, cid in index.references()})
-    return {cid for cid, size in zip(ids, pool.map(repo.stored_size, ids, chunksize=64)) if size is not None}
+    return {cid for cid, size in zip(ids, pool.map(repo.stored_size, ids)) if size is not None}
 
 
 def _plan(repo: Repository, source: DiskSource, parent_index: FixedIndex | None,
