@@ -197,3 +197,36 @@ def test_put_fsyncs_the_file_before_rename_and_the_folder_after(tmp_path):
     dir_syncs = [i for i, e in enumerate(events) if e == ("fsync", str(root / "chunks" / "ab"))]
     assert tmp_syncs and max(tmp_syncs) < rename, events
     assert dir_syncs and max(dir_syncs) > rename, events
+
+
+def test_check_read_data_compares_copies_with_the_disk_bytes(repo):
+    from format.fixedindex import Copies
+    from format.manifest import DiskEntry
+    cs = repo.chunk_size
+    slot0, slot1 = os.urandom(cs), os.urandom(cs)
+    index = FixedIndex.empty(2 * cs, cs)
+    for n, data in enumerate((slot0, slot1)):
+        cid = repo.chunk_id(data)
+        repo.put_chunk(cid, data)
+        index.set(n, cid)
+
+    def with_copies(stream: bytes) -> list:
+        scid = repo.chunk_id(stream)
+        repo.put_chunk(scid, stream)
+        index.copies = Copies([(100, 50), (cs - 10, 30)], [scid], cs)
+        m = Manifest("vm", f"g{len(repo.manifest_names())}", "t", 1, None,
+                     [DiskEntry("d", 2 * cs, cs, repo.put_index(index))])
+        name = repo.put_manifest(m)
+        problems = check(repo, read_data=True).problems
+        repo.backend.delete(manifest_name(name))
+        repo._manifests.clear()
+        return problems
+
+    good = slot0[100:150] + slot0[cs - 10:] + slot1[:20]
+    assert with_copies(good) == []
+    for at in (0, 49, 50, 59, 60, 79):      # in the first range, before and after the slot boundary
+        bad = bytearray(good)
+        bad[at] ^= 1
+        problems = with_copies(bytes(bad))
+        expected = 100 + at if at < 50 else cs - 10 + (at - 50)
+        assert [(p.object, p.offset) for p in problems] == [("copy table", expected)], at
