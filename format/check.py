@@ -1,8 +1,9 @@
 """``check``: verify a repository's structure and, on request, every chunk's data.
 
 Structure: every manifest opens (authenticated), every index it names opens and matches its
-disk, every chunk an index names (slot bases, pieces, copy-stream chunks) exists with a
-plausible size. ``read_data`` additionally opens every referenced chunk (authenticate,
+disk, every chunk an index names (slot bases, pieces, copy-stream chunks) exists whole (its
+size is what its header declares), every manifest's parent exists, and nothing but manifests
+lies in ``manifests/``. ``read_data`` additionally opens every referenced chunk (authenticate,
 decompress, re-hash against its id), each once however many generations share it, in
 parallel, and compares each index's copies with the bytes of the slots they repeat.
 
@@ -18,7 +19,7 @@ from typing import Callable
 
 from .errors import CorruptObject, ObjectMissing, RepoError, UnsupportedFormat
 from .fixedindex import HOLE, FixedIndex
-from .repository import MANIFEST_NAME, MIN_OBJECT_SIZE, Repository, chunk_name, manifest_name
+from .repository import MANIFEST_NAME, Repository, chunk_name, manifest_name
 
 
 @dataclass(frozen=True)
@@ -99,8 +100,10 @@ def check(repo: Repository, read_data: bool = False, workers: int = 2,
         try:
             if read_data:
                 repo.get_chunk(cid)
-            elif repo.backend.size(chunk_name(cid)) < MIN_OBJECT_SIZE:
-                return "too short to be a chunk"
+            elif repo.stored_size(cid) is None:
+                # missing, or not whole: cut short by a power loss, padded, not a chunk
+                repo.backend.size(chunk_name(cid))  # ObjectMissing when absent
+                return "not whole: its size does not match its header"
         except (CorruptObject, ObjectMissing, UnsupportedFormat) as e:
             return _reason(e)
         return None

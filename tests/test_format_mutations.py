@@ -230,3 +230,68 @@ def test_check_read_data_compares_copies_with_the_disk_bytes(repo):
         problems = with_copies(bytes(bad))
         expected = 100 + at if at < 50 else cs - 10 + (at - 50)
         assert [(p.object, p.offset) for p in problems] == [("copy table", expected)], at
+
+
+def test_check_reports_each_kind_of_damage_with_its_place(repo):
+    from format.manifest import DiskEntry
+    cs = repo.chunk_size
+    datas = [os.urandom(cs) for _ in range(4)]
+    ids = [repo.chunk_id(d) for d in datas]
+    for cid, d in zip(ids, datas):
+        repo.put_chunk(cid, d)
+    index = FixedIndex.empty(5 * cs, cs)
+    for n, cid in enumerate(ids):
+        index.set(n, cid)
+    iid = repo.put_index(index)
+    first = repo.put_manifest(Manifest("vm", "g1", "t", 1, None, [DiskEntry("d", 5 * cs, cs, iid)]))
+    second = repo.put_manifest(Manifest("vm", "g2", "t", 2, first, [DiskEntry("d", 5 * cs, cs, iid),
+                                                                      DiskEntry("e", 5 * cs, cs, iid)]))
+    report = check(repo, read_data=True)
+    assert report.ok and (report.generations, report.disks, report.chunks, report.chunks_read) == (2, 3, 4, 4)
+    assert check(repo).chunks_read == 0
+    # damage: chunk 1 cut short, chunk 2 deleted, chunk 3 flipped (seen by --read-data only)
+    path = repo.backend.path(chunk_name(ids[1]))
+    os.truncate(path, 100)     # longer than a header: only the size says it is cut
+    repo.backend.delete(chunk_name(ids[2]))
+    p3 = repo.backend.path(chunk_name(ids[3]))
+    with open(p3, "r+b") as f:
+        f.seek(100)
+        byte = f.read(1)[0]
+        f.seek(100)
+        f.write(bytes([byte ^ 1]))
+    structure = check(repo)
+    assert not structure.ok
+    got = {(p.object, p.reason, p.vm, p.generation, p.disk, p.offset) for p in structure.problems}
+    assert got == {(chunk_name(ids[n]), reason, "vm", g, disk, n * cs)
+                   for n, reason in ((1, "not whole: its size does not match its header"), (2, "missing"))
+                   for g, disk in (("g1", "d"), ("g2", "d"), ("g2", "e"))}
+    full = check(repo, read_data=True, workers=3)
+    assert {(p.object, p.reason) for p in full.problems if p.object == chunk_name(ids[3])} == \
+        {(chunk_name(ids[3]), "authentication failed")}
+    assert len(full.problems) == 9 and full.chunks_read == 4
+    assert _text(structure, ids[1], "g1") == f"VM vm, generation g1, disk d, offset {cs}: {chunk_name(ids[1])}: " \
+        "not whole: its size does not match its header"
+    # a missing parent, a damaged manifest, a stray file, a missing index
+    repo.backend.delete(manifest_name(first))
+    repo.backend.put("manifests/stray", b"x")
+    repo._manifests.clear()
+    third = repo.put_manifest(Manifest("vm2", "g3", "t", 3, None, [DiskEntry("d", 5 * cs, cs, "ee" * 32)]))
+    report = check(repo)
+    by_object = {p.object: p for p in report.problems}
+    assert by_object[manifest_name(first)].reason.startswith("missing") and by_object[manifest_name(first)].generation == "g2"
+    assert by_object["manifests/stray"].reason.startswith("not a manifest name")
+    assert by_object[f"indexes/{'ee' * 32}"].reason == "missing" and by_object[f"indexes/{'ee' * 32}"].vm == "vm2"
+    assert report.generations == 2 and report.disks == 3
+    assert third
+
+
+def _text(report, cid, generation) -> str:
+    return next(p.describe() for p in report.problems
+                if p.object == chunk_name(cid) and p.generation == generation)
+
+
+def test_problem_describe():
+    from format.check import Problem
+    assert Problem("o", "r").describe() == "repository: o: r"
+    assert Problem("o", "r", "v", "g", "d", 0).describe() == "VM v, generation g, disk d, offset 0: o: r"
+    assert Problem("o", "r", vm="v", offset=5).describe() == "VM v, offset 5: o: r"
