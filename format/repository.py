@@ -182,6 +182,14 @@ class Repository:
         derive_ahead(document, passphrase)
 
     @staticmethod
+    def config_cipher(path: str | os.PathLike) -> str | None:
+        """The cipher the config at ``path`` declares; None when it cannot be read."""
+        try:
+            return RepoConfig.decode(LocalBackend(path).get(CONFIG)).cipher
+        except Exception:
+            return None
+
+    @staticmethod
     def is_encrypted(path: str | os.PathLike) -> bool:
         """Whether the repository at ``path`` needs a passphrase (False if unreadable)."""
         try:

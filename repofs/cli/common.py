@@ -50,7 +50,7 @@ def open_repository(repo: str | None, password_file: str | None) -> Repository:
         passphrase = read_passphrase(password_file)
     else:
         passphrase = None
-        if passphrase_configured(password_file) and os.path.exists(os.path.join(path, "config")) \
+        if passphrase_configured(password_file) and Repository.config_cipher(path) == "none" \
                 and not unencrypted_allowed():
             raise UnencryptedRefused(f"the repository at {path} is unencrypted but a passphrase is "
                                      "configured; give --allow-unencrypted if that is intended")
