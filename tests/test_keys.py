@@ -181,3 +181,39 @@ def test_several_slots_each_open_the_same_material():
     for pw, slot in ((b"one", store.slots[0].id), (b"two", "beef0001")):
         got, opened = KeyStore.decode(doc).open("rid", pw)
         assert (got.enc_key, got.id_key, opened) == (material.enc_key, material.id_key, slot)
+
+
+def test_repository_key_slots_in_process(tmp_path):
+    from format.errors import KeySlotNotFound, LastKeySlot, RepositoryBusy
+    from format.repository import Repository
+    path = tmp_path / "r"
+    Repository.init(path, b"one", kdf=FAST)
+    repo = Repository.open(path, b"one")
+    first = repo.key_slot
+    assert [s.id for s in repo.key_store().slots] == [first]
+    second = repo.add_key(b"two", FAST)
+    assert second != first and [s.id for s in repo.key_store().slots] == [first, second]
+    assert Repository.open(path, b"two").key_slot == second
+    created = repo.key_store().slot(second).created
+    assert len(created) == 20 and created.endswith("Z")
+    repo.change_key(first, b"three")
+    assert repo.key_store().slot(first).kdf == {k: v for k, v in FAST.items()}
+    with pytest.raises(WrongPassphrase):
+        Repository.open(path, b"one")
+    assert Repository.open(path, b"three").key_slot == first
+    assert [s.id for s in repo.key_store().slots] == [first, second]
+    with pytest.raises(KeySlotNotFound):
+        repo.remove_key("nope")
+    with pytest.raises(KeySlotNotFound):
+        repo.change_key("nope", b"x")
+    repo.remove_key(first)
+    assert [s.id for s in repo.key_store().slots] == [second]
+    with pytest.raises(LastKeySlot):
+        repo.remove_key(second)
+    opened = Repository.open(path, b"two")
+    assert opened.get_chunk is not None and opened.key_slot == second
+    import fcntl
+    with open(path / "locks" / "keys", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(RepositoryBusy):
+            repo.add_key(b"four", FAST)
