@@ -132,3 +132,26 @@ def test_open_without_a_record_never_writes_one(repo_and_folder):
     _generation(repo, "a", 1)
     repo.manifests()
     assert repo.known is None and not os.path.exists(folder)
+
+
+def test_record_layout_is_the_documented_one(tmp_path):
+    """docs/format.md, "Rollback and replacement": where each fact is kept."""
+    import hashlib
+    folder = tmp_path / "sec"
+    where = str(tmp_path / "r")
+    k = KnownRepository(str(folder), RID, where)
+    k.verify("aes-256-gcm")
+    k.remember("web01", 5, "g5")
+    tag = hashlib.sha256(where.encode()).hexdigest()
+    assert (folder / "locations" / tag).read_text() == RID + "\n"
+    assert (folder / RID / "cipher").read_text() == "aes-256-gcm\n"
+    assert (folder / RID / "location").read_text() == where + "\n"
+    vm_tag = hashlib.sha256(b"web01").hexdigest()
+    assert json.loads((folder / RID / "latest" / vm_tag).read_text()) == \
+        {"vm": "web01", "time_ns": 5, "generation": "g5"}
+    other = tmp_path / "sec2"
+    KnownRepository(str(other), RID2, where).adopt("none")
+    assert (other / "locations" / tag).read_text() == RID2 + "\n"
+    assert (other / RID2 / "cipher").read_text() == "none\n"
+    assert (other / RID2 / "location").read_text() == where + "\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sec", "sec2"]   # nothing elsewhere
