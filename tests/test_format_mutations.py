@@ -276,8 +276,22 @@ def test_check_reports_each_kind_of_damage_with_its_place(repo):
     repo.backend.put("manifests/stray", b"x")
     repo._manifests.clear()
     third = repo.put_manifest(Manifest("vm2", "g3", "t", 3, None, [DiskEntry("d", 5 * cs, cs, "ee" * 32)]))
-    report = check(repo)
+    damaged = repo.put_manifest(Manifest("vm3", "g4", "t", 4, None, []))
+    with open(repo.backend.path(manifest_name(damaged)), "r+b") as f:
+        f.seek(40)
+        byte = f.read(1)[0]
+        f.seek(40)
+        f.write(bytes([byte ^ 1]))
+    repo._manifests.clear()
+    calls = []
+    report = check(repo, progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(n, 4) for n in range(1, 5)]
     by_object = {p.object: p for p in report.problems}
+    from format.check import Problem
+    assert by_object[f"indexes/{'ee' * 32}"] == Problem(f"indexes/{'ee' * 32}", "missing", "vm2", "g3", "d")
+    assert by_object[manifest_name(damaged)] == Problem(manifest_name(damaged), "authentication failed")
+    assert by_object[manifest_name(first)] == Problem(manifest_name(first), "missing: the parent of this "
+                                                      "generation was removed", "vm", "g2")
     assert by_object[manifest_name(first)].reason.startswith("missing") and by_object[manifest_name(first)].generation == "g2"
     assert by_object["manifests/stray"].reason.startswith("not a manifest name")
     assert by_object[f"indexes/{'ee' * 32}"].reason == "missing" and by_object[f"indexes/{'ee' * 32}"].vm == "vm2"
