@@ -26,6 +26,7 @@ from typing import Callable
 
 from .errors import CorruptObject, ObjectMissing, RepoError, UnsupportedFormat
 from .fixedindex import HOLE, FixedIndex
+from .marks import tombstones
 from .repository import MANIFEST_NAME, Repository, chunk_name, manifest_name
 
 
@@ -103,6 +104,7 @@ def check(repo: Repository, read_data: bool = False, workers: int = 2,
     refs: dict[bytes, list[tuple[str, str, str, int]]] = defaultdict(list)
     copies_to_compare: list[tuple[FixedIndex, dict]] = []
     names = repo.manifest_names()
+    stones = tombstones(repo)  # forgotten on purpose: a parent that is gone by forget and prune
     for name in names:
         if not MANIFEST_NAME.fullmatch(name):
             report.problems.append(Problem(manifest_name(name), "not a manifest name (a stray file)"))
@@ -113,7 +115,7 @@ def check(repo: Repository, read_data: bool = False, workers: int = 2,
             report.problems.append(Problem(manifest_name(name), _reason(e)))
             continue
         report.generations += 1
-        if manifest.parent is not None and manifest.parent not in names:
+        if manifest.parent is not None and manifest.parent not in names and manifest.parent not in stones:
             report.problems.append(Problem(manifest_name(manifest.parent),
                                            "missing: the parent of this generation was removed",
                                            vm=manifest.vm, generation=manifest.generation))

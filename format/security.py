@@ -23,6 +23,7 @@ one.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -149,6 +150,16 @@ class KnownRepository:
             if record and record[0] not in present:
                 out.append(record[0])
         return sorted(out)
+
+    def lower(self, vm: str, newest: tuple[int, str] | None) -> None:
+        """This client forgot generations of ``vm`` itself: what remains newest is ``newest``
+        ((time_ns, generation), or None when none remains), not a rollback."""
+        path = os.path.join(self.dir, "latest", _tag(vm))
+        if newest is None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+            return
+        _write(path, json.dumps({"vm": vm, "time_ns": newest[0], "generation": newest[1]}))
 
     def remember(self, vm: str, time_ns: int, generation: str) -> None:
         """Remember a generation of ``vm`` when it is newer than the one remembered."""
