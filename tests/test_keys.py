@@ -25,6 +25,7 @@ FAST = {"name": "argon2id", "time_cost": 1, "memory_kib": 64, "parallelism": 1}
 def _pw(tmp_path, name: str, text: str):
     p = tmp_path / name
     p.write_text(text + "\n")
+    p.chmod(0o600)  # a password file others may read draws a warning line
     return p
 
 
