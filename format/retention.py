@@ -20,11 +20,13 @@ import datetime as dt
 import re
 from dataclasses import dataclass, field
 
+from .errors import RepoError
+
 PERIODS = ("hourly", "daily", "weekly", "monthly", "yearly")
 _DURATION = re.compile(r"^(?:(\d+)y)?(?:(\d+)m)?(?:(\d+)d)?(?:(\d+)h)?$")
 
 
-class PolicyError(ValueError):
+class PolicyError(RepoError, ValueError):
     """A policy that cannot be applied (no rule, a negative count, a bad duration)."""
 
 

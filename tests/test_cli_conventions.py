@@ -60,10 +60,10 @@ def test_restore_to_dir_refuses_to_overwrite_and_never_follows_a_planted_symlink
     (out / "link").mkdir()
     os.symlink(victim, out / "link" / "web01.raw")
     proc = cli.run("restore", "vm:web01", "--to-dir", str(out), check=False)
-    assert proc.returncode == 16 and "already exists" in proc.stderr and "--force" in proc.stderr
+    assert proc.returncode == 21 and "already exists" in proc.stderr and "--force" in proc.stderr
     assert kept.read_bytes() == b"precious"
     proc = cli.run("restore", "vm:web01", "--to-dir", str(out / "link"), check=False)
-    assert proc.returncode == 16 and not victim.exists()
+    assert proc.returncode == 21 and not victim.exists()
     # --force replaces the name itself (the symlink), never what it points to
     cli.run("restore", "vm:web01", "--to-dir", str(out / "link"), "--force")
     assert not victim.exists() and not (out / "link" / "web01.raw").is_symlink()

@@ -203,3 +203,33 @@ def test_prune_killed_at_seeded_points_leaves_a_consistent_repository(kill_after
     _verify(repo, results, tmp_path)
     visible = [n for n in r.manifest_names()]
     assert len(visible) == 2
+
+
+def test_moved_objects_wait_for_running_backups_and_a_killed_backup_blocks_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Objects moved aside while a backup runs are deleted only once it ended (the second
+    phase); a backup killed with SIGKILL on this host does not hold that back."""
+    from format.prune import prune
+    monkeypatch.setenv("REPOFS_PRUNE_FRESH_SECONDS", "-1")   # these chunks are seconds old
+    repo = tmp_path / "repo"
+    r = Repository.init(repo, None, encrypted=False, chunk_size=CHUNK)
+    for k in range(3):
+        data = bytes([k + 1]) * 5000
+        r.put_chunk(r.chunk_id(data), data)          # unreferenced: an interrupted backup's
+    lease = r.lease("backup", "a").begin()
+    try:
+        first = prune(r)
+        assert (first.moved_chunks, first.freed_chunks, first.batches_waiting) == (3, 0, 1)
+        assert first.waiting_for == [lease.name]
+        assert len(list(r.backend.list("trash"))) == 3 and r.get_chunk(r.chunk_id(bytes([1]) * 5000))
+    finally:
+        lease.end()
+    pid = os.fork()
+    if pid == 0:                      # a backup that dies without ending its lease
+        _open(repo).lease("backup", "b").begin()
+        os.kill(os.getpid(), signal.SIGKILL)
+    os.waitpid(pid, 0)
+    assert len(list(r.backend.list("leases"))) == 1
+    second = prune(r)
+    assert (second.freed_chunks, second.batches_waiting) == (3, 0)
+    assert not list(r.backend.list("trash")) and not list(r.backend.list("pending"))

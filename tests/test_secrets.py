@@ -104,7 +104,7 @@ def test_mount_process_keeps_no_secret_in_its_environment(mount_source: MountSou
 from fixtures_repo import CLI  # noqa: E402
 from restore.vsphere.credentials import resolve_credentials  # noqa: E402
 from restore.vsphere.errors import CredentialsMissing  # noqa: E402
-from restore.vsphere.passwordfile import MAX_BYTES, PasswordFileError, read_password_file  # noqa: E402
+from format.secretfile import MAX_BYTES, PasswordFileError, read_password_file  # noqa: E402
 
 
 @pytest.mark.parametrize("content, secret", [

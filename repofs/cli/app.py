@@ -17,9 +17,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import allocator, backup, exitcodes, find, keyahead, lifecycle, mount, oplog, output, report, repository, restore
+from . import allocator, backup, boot, exitcodes, find, key, keyahead, lifecycle, mount, oplog, output, report, repository, restore
 from .common import PasswordFileOpt, RepoOpt, open_repository
 from .files import build_app as build_files_app
+from repofs.guest.names import shown
 
 HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}
 
@@ -49,7 +50,10 @@ def _global(ctx: typer.Context,
             quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress, no summaries; errors only.")] = False,
             verbose: Annotated[bool, typer.Option("--verbose", "-v", help="More detail in progress and summaries.")] = False,
             show_version: Annotated[bool, typer.Option("--version", callback=_show_version, is_eager=True,
-                                                       help="Print the version and exit.")] = False) -> None:
+                                                       help="Print the version and exit.")] = False,
+            allow_unencrypted: Annotated[bool, typer.Option(
+                "--allow-unencrypted", envvar="REPOFS_ALLOW_UNENCRYPTED",
+                help="Open an unencrypted repository even though a passphrase is configured.")] = False) -> None:
     """Options given before the command apply to it as if given after it."""
     # The commands read these from the environment variables their own options fall back to,
     # so `repofs -r R generations` and `repofs generations -r R` are the same command line.
@@ -60,6 +64,8 @@ def _global(ctx: typer.Context,
     if password_command is not None:    # said on the command line: it beats the environment's
         os.environ.pop("REPOFS_PASSWORD_FILE", None)
         os.environ.pop("REPOFS_PASSWORD", None)
+    if allow_unencrypted:
+        os.environ["REPOFS_ALLOW_UNENCRYPTED"] = "1"  # read by common.open_repository
     if quiet or verbose:
         output.set_level(quiet=quiet, verbose=verbose)
     global _invoked
@@ -81,6 +87,10 @@ for command in (lifecycle.forget, lifecycle.protect, lifecycle.unprotect, lifecy
 app.command()(mount.umount)
 app.command()(find.find)
 app.command()(report.report)
+app.command()(boot.serve)
+app.command()(boot.boot)
+app.command()(boot.verify)
+app.add_typer(key.app, name="key", context_settings=HELP_OPTIONS)  # `repofs key ...`: passphrases (repofs/cli/key.py)
 # `repofs files ...`: guest files of a generation (repofs/cli/files.py)
 app.add_typer(build_files_app(open_repository, RepoOpt, PasswordFileOpt), name="files",
               context_settings=HELP_OPTIONS)
@@ -194,6 +204,8 @@ def _interrupted(e: BaseException | None) -> int:
 
 def _say_error(text: str) -> None:
     global _last_error
+    # messages may carry guest names: control characters escaped (repofs.guest.names)
+    text = shown(text)
     _last_error = text
     sys.stderr.write(f"repofs: error: {text}\n")
 

@@ -35,8 +35,9 @@ BUSY = 11
 UNSUPPORTED = 12
 VSPHERE = 13          # vCenter refused or failed
 VDDK = 14             # VixDiskLib failed or is missing
-PERMISSION = 15       # the repository (or a file the command must write) is not accessible to this user
-OUTPUT_EXISTS = 16    # a file the command would write exists (give --force to replace it)
+REPOSITORY_CHANGED = 15  # encryption downgrade, another repository at the path, unencrypted refused
+PERMISSION = 20       # the repository (or a file the command must write) is not accessible to this user
+OUTPUT_EXISTS = 21    # a file the command would write exists (give --force to replace it)
 INTERNAL = 70
 INTERRUPTED = 130     # Ctrl-C
 TERMINATED = 143      # SIGTERM (128 + 15), after the same clean-up as Ctrl-C
@@ -55,7 +56,10 @@ TABLE: tuple[Row, ...] = (
     Row("format.errors", "RepositoryExists", REPOSITORY_EXISTS),
     Row("format.errors", "WrongPassphrase", BAD_PASSPHRASE),
     Row("format.errors", "PassphraseRequired", BAD_PASSPHRASE),
+    Row("format.errors", "RepositoryChanged", REPOSITORY_CHANGED),
     Row("format.errors", "KeyMissing", KEY_MISSING),
+    Row("format.errors", "KeySlotNotFound", NOT_FOUND),
+    Row("format.errors", "LastKeySlot", USAGE),
     Row("format.errors", "CorruptObject", DAMAGED),
     Row("format.errors", "ObjectMissing", DAMAGED),
     Row("format.errors", "VMNotFound", NOT_FOUND),
@@ -64,11 +68,14 @@ TABLE: tuple[Row, ...] = (
     Row("format.errors", "RepositoryBusy", BUSY),
     Row("format.leases", "LeaseLost", BUSY),
     Row("format.marks", "GenerationProtected", FAILURE),
+    Row("format.retention", "PolicyError", USAGE),
+    Row("format.secretfile", "PasswordFileError", USAGE),
     Row("format.errors", "UnsupportedFormat", UNSUPPORTED),
     Row("format.errors", "RepoError", FAILURE),
     # repofs/: views, VMDK sources, ingest
     Row("repofs.view.tree", "DiskReadError", DAMAGED),
     Row("repofs.ingest.sources", "SourceError", SOURCE),
+    Row("repofs.ingest.backup", "StoredChunkLost", DAMAGED),
     Row("repofs.ingest.backup", "IngestError", SOURCE),
     Row("repofs.vmdk.descriptor", "DescriptorError", SOURCE),
     Row("repofs.vmdk.sparse", "SparseVmdkError", SOURCE),
@@ -88,6 +95,15 @@ TABLE: tuple[Row, ...] = (
     Row("repofs.cli.common", "NotARepository", NO_REPOSITORY),
     Row("repofs.view.export", "OutputExists", OUTPUT_EXISTS),
     Row("repofs.cli.mount", "MountBusy", BUSY),
+    # repofs/: NBD export and booting generations
+    Row("repofs.serve.nbd", "AddressInUse", BUSY),
+    Row("repofs.serve.nbd", "BadListenAddress", USAGE),
+    Row("repofs.serve.overlay", "OverlayExists", USAGE),
+    Row("repofs.boot.session", "RestoreTargetExists", USAGE),
+    Row("repofs.boot.machine", "NoBootableDisk", NOT_FOUND),
+    Row("repofs.boot.qemu", "QemuMissing", UNSUPPORTED),
+    Row("repofs.boot.machine", "MachineError", FAILURE),
+    Row("repofs.serve.nbd", "ServeError", FAILURE),
     # repofs/: mounts (LoopMountError, MountError) and the rest: the root's code
     Row("repofs.errors", "RepofsError", FAILURE),
     # restore/: vSphere, both directions

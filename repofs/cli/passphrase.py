@@ -2,9 +2,8 @@
 ``--password-command``/``REPOFS_PASSWORD_COMMAND`` (its standard output, as restic's),
 ``REPOFS_PASSWORD``, or a prompt on the terminal. It is never logged or echoed.
 
-The password file rule (shared with the vSphere password file) lives in
-``restore.vsphere.passwordfile``: the CLI wires both sides, and neither format/ nor restore/
-may import the other's."""
+The password file rule (shared with the vSphere password file, restore/vsphere/credentials.py)
+lives in ``format.secretfile``, below both sides."""
 from __future__ import annotations
 
 import getpass
@@ -14,13 +13,13 @@ import subprocess
 import sys
 
 from format.errors import PassphraseRequired
-from restore.vsphere.passwordfile import PasswordFileError, read_password_file
+from format.secretfile import PasswordFileError, read_password_file
 
 
 def read_passphrase(password_file: str | None, *, confirm: bool = False,
                     quiet: bool = False) -> bytes:
     """The passphrase as UTF-8 bytes. A password file is read as
-    ``restore.vsphere.passwordfile`` says (trailing CR/LF stripped, UTF-8, a warning when
+    ``format.secretfile`` says (trailing CR/LF stripped, UTF-8, a warning when
     others may read it; ``quiet`` leaves the warning to a later read)."""
     path = password_file or os.environ.get("REPOFS_PASSWORD_FILE")
     if path:

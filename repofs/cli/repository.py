@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from format.repository import DEFAULT_CHUNK_SIZE, Repository
+from format.security import KnownRepository, default_folder
 
 from . import exitcodes, output, shapes
 from .units import format_size, parse_size
@@ -34,9 +35,10 @@ def init(repo_arg: Annotated[Optional[str], typer.Argument(metavar="[REPO]", hel
         Repository.init(path, None)  # raises RepositoryExists before asking for a passphrase
     passphrase = read_passphrase(password_file, confirm=True) if encrypted else None
     try:
-        Repository.init(path, passphrase, encrypted=encrypted, chunk_size=chunk_bytes)
+        created = Repository.init(path, passphrase, encrypted=encrypted, chunk_size=chunk_bytes)
     except ValueError as e:
         raise UsageProblem(f"--chunk-size: {e}") from None
+    KnownRepository(default_folder(), created.config.id, path).adopt(created.config.cipher)
     typer.echo(f"created {'an encrypted' if encrypted else 'an UNENCRYPTED'} repository at {path}")
     if encrypted:
         typer.echo("keep the passphrase safe: without it nobody, not even you, can read these backups", err=True)
@@ -70,7 +72,8 @@ def generations(target: Annotated[Optional[str], typer.Argument(metavar="[vm:NAM
                          "verified": bool(seen) and _all_verified(g, seen),
                          "latest": i == len(gens) - 1,
                          "disks": [{"label": d.label, "capacity": d.capacity, "data_bytes": d.entry.data_bytes}
-                                   for d in g.disks]})
+                                   for d in g.disks],
+                         "boot_verification": _boot_verification(view, g.manifest_name)})
     if json_out:
         emit(rows)
         return
@@ -113,6 +116,14 @@ def _subset(text: str) -> tuple[int, int] | float:
     except ValueError:
         pass
     raise UsageProblem(f"--read-data-subset: use N/M (1 <= N <= M) or a percentage like 10%, not {text!r}")
+def _boot_verification(view: RepositoryView, manifest: str) -> dict | None:
+    """The newest boot verification record of a generation (``repofs verify --boot``)."""
+    from format.verification import latest
+    rec = latest(view.store, manifest)  # type: ignore[arg-type]
+    if rec is None:
+        return None
+    return {"passed": rec.passed, "seconds": rec.seconds, "check": rec.check, "reason": rec.reason,
+            "accel": rec.accel, "time_ns": rec.time_ns}
 
 
 def check(repo: RepoOpt = None, password_file: PasswordFileOpt = None,

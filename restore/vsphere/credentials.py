@@ -4,7 +4,7 @@ Role: ``resolve_credentials`` takes the options, then ``VSPHERE_SERVER``, ``VSPH
 ``VSPHERE_PASSWORD``, then a prompt on a terminal. Apart from ``session`` (which logs in with
 them) so that a command can check them — and fail on missing ones — before it imports pyVmomi.
 The password is never part of a message or a ``repr``. A password file is read by the rule of
-``passwordfile`` (the whole file, trailing CR/LF stripped, UTF-8, a warning when others may read
+``format.secretfile`` (the whole file, trailing CR/LF stripped, UTF-8, a warning when others may read
 it).
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass, field
 
 from .errors import CredentialsMissing
-from .passwordfile import PasswordFileError, read_password_file
+from format.secretfile import PasswordFileError, read_password_file
 
 ENV_SERVER = "VSPHERE_SERVER"
 ENV_USER = "VSPHERE_USER"

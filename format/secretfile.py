@@ -17,10 +17,12 @@ import stat
 import sys
 from typing import Callable
 
+from .errors import RepoError
+
 MAX_BYTES = 64 << 10  # a password, not a document
 
 
-class PasswordFileError(Exception):
+class PasswordFileError(RepoError):
     """The password file is missing, unreadable, empty, too large or not UTF-8 text."""
 
 
