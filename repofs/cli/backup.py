@@ -209,7 +209,7 @@ def _backup_vsphere(targets: list[str], repo: str | None, repo_password_file: st
         raise UsageProblem(f"cannot mix {bad[0]!r} with vSphere targets: back up files separately")
     # A dry run needs no repository, but reads one when given, to plan incremental reads.
     repository = open_repository(repo, repo_password_file) if repo or not opts.dry_run else None
-    progress = Progress()
+    progress = Progress("backup")
 
     def ingest(vm: str, sources: list, metadata: dict) -> BackupReport:
         if repository is None or opts.dry_run:

@@ -176,7 +176,7 @@ def build_app(open_repository: Callable[[str | None, str | None], object],
         if len(address.path.split("/")) < 2:
             raise typer.BadParameter("give at least DISK/VOLUME to extract (a volume extracts its whole tree)")
         g = guest(address, repo, password_file)
-        progress = Progress()
+        progress = Progress("get")
         from repofs.guest.extract import extract  # noqa: PLC0415
         where, report = extract(g, address.path, dest, force=force, keep_special=keep_special_modes,
                                 progress=progress if progress.enabled else None)

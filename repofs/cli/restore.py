@@ -143,7 +143,7 @@ def _restore_vsphere(vms: list[str], *, repo: str | None, password_file: str | N
             return view.generation(vm, generation)
         return load
 
-    progress = Progress()
+    progress = Progress("restore")
 
     def show(outcome: Outcome) -> None:
         progress.finish()

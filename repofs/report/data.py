@@ -2,7 +2,8 @@
 
 Sizes come from ``format.stats.collect`` over every visible generation (what ``repofs stats
 --json`` prints, field for field, under ``stats``), plus per generation its time, kind,
-protection, share of chunks verified by ``check`` and its new bytes before and after
+protection, share of chunks verified by ``check``, its latest boot test (``repofs verify
+--boot``, ``format.verification``) and its new bytes before and after
 compression (``new_plain_bytes``, recorded by backups since it exists); and the last
 operations and errors of this repository from the log of operations
 (``repofs.cli.oplog``). Reading is bounded by the repository (indexes, no chunk).
@@ -33,6 +34,19 @@ def stats_document(repository, view: RepositoryView) -> dict[str, Any]:
                                   "index_bytes": result.index_bytes, "logical_bytes": result.logical_bytes}}
 
 
+def _boot_test(repository, manifest: str) -> dict | None:
+    """The latest boot verification of a generation (``repofs verify --boot``), if any."""
+    try:
+        from format.verification import latest
+        v = latest(repository, manifest)
+    except Exception:  # noqa: BLE001 (a record that cannot be read is no result, not a failed report)
+        return None
+    if v is None:
+        return None
+    return {"result": "passed" if v.passed else "failed", "time_ns": v.time_ns, "check": v.check,
+            "reason": v.reason, "seconds": v.seconds}
+
+
 def gather(repository, operations: list[dict]) -> dict[str, Any]:
     view = RepositoryView(repository)
     stats = stats_document(repository, view)
@@ -54,7 +68,7 @@ def gather(repository, operations: list[dict]) -> dict[str, Any]:
                          if all(isinstance(p, int) for p in plain) else None,
                          "protected": g.manifest_name in kept,
                          "chunks": len(refs), "verified_chunks": checked,
-                         "boot_test": (g.metadata or {}).get("boot_test") if isinstance(g.metadata, dict) else None,
+                         "boot_test": _boot_test(repository, g.manifest_name),
                          "latest": False})
         if gens:
             gens[-1]["latest"] = True

@@ -90,7 +90,9 @@ def render(doc: dict[str, Any]) -> str:
             verified = (f'{g["verified_chunks"]}/{g["chunks"]}' if g["chunks"] else "-")
             vclass = "ok" if g["chunks"] and g["verified_chunks"] == g["chunks"] else "muted"
             boot = g.get("boot_test")
-            boot_text = escape(str(boot.get("result", boot))) if isinstance(boot, dict) else (escape(str(boot)) if boot else "-")
+            boot_text = (f'<span class="{"ok" if boot.get("result") == "passed" else "bad"}" '
+                         f'title="{escape(str(boot.get("reason") or ""), quote=True)}">{escape(str(boot.get("result")))}</span>'
+                         if isinstance(boot, dict) else "-")
             marks = " ".join(m for m, on in (("latest", g["latest"]), ("protected", g["protected"])) if on)
             out.append(f'<tr class="generation" data-generation="{escape(g["generation"], quote=True)}">'
                        f'<td>{escape(g["generation"])}</td><td>{escape(format_time(g["time_ns"]))}</td>'
