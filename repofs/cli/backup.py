@@ -177,7 +177,7 @@ def summary_lines(report: BackupReport, figures: dict) -> list[str]:
              f"  dedup:       {dedup}   compression: {compression}",
              f"  duration:    {format_duration(report.seconds)} at {format_rate(figures['read_bytes'], report.seconds)}"]
     if output.verbose():
-        lines += [f"  {d.summary()}" for d in report.disks]
+        lines += [f"  {outcomes.disk_summary(d)}" for d in report.disks]
     return lines
 
 
