@@ -109,3 +109,54 @@ def test_ctrl_c_says_what_it_stopped_and_what_it_left(repo: CLI, tmp_path: Path)
     assert doc["ok"] and doc["unreferenced_chunks"] > 0
     repo.run("prune")
     assert json.loads(repo.run("check", "--json").stdout)["unreferenced_chunks"] == 0
+
+
+def test_init_warns_and_asks_again_on_a_mismatch(tmp_path: Path) -> None:
+    """The passphrase prompt on a real terminal (the pty is the process's controlling one)."""
+    import fcntl
+    import termios
+    env = {k: v for k, v in cli_env(tmp_path, tmp_path / "repo").items()
+           if k not in ("REPOFS_PASSWORD_FILE", "REPOFS_PASSWORD")}
+    master, slave = pty.openpty()
+
+    def controlling_tty() -> None:
+        os.setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+    proc = subprocess.Popen([*REPOFS, "init", str(tmp_path / "repo")], env={**env, "TERM": "xterm"},
+                            stdin=slave, stdout=slave, stderr=slave, preexec_fn=controlling_tty)
+    os.close(slave)
+    out = b""
+    answers = [b"first\n", b"other\n", b"second\n", b"second\n"]
+
+    def read_until(marker: bytes, count: int = 1) -> None:
+        nonlocal out
+        while out.count(marker) < count:
+            ready, _, _ = select.select([master], [], [], 60)
+            assert ready, out
+            out += os.read(master, 4096)
+    try:
+        read_until(b"the data is lost")
+        for i, answer in enumerate(answers):
+            read_until(b"passphrase: ", i + 1)      # each prompt ends so: answer it once shown
+            os.write(master, answer)
+        proc.wait(timeout=120)
+        try:
+            while True:
+                ready, _, _ = select.select([master], [], [], 1)
+                if not ready:
+                    break
+                out += os.read(master, 4096)
+        except OSError:
+            pass
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+    text = out.decode("utf-8", "replace")
+    assert proc.returncode == 0, text
+    assert "do not match; try again" in text and "created an encrypted repository" in text
+    assert "first" not in text and "second" not in text          # never echoed
+    ok = subprocess.run([*REPOFS, "generations", "-r", str(tmp_path / "repo")], capture_output=True, text=True,
+                        env={**env, "REPOFS_PASSWORD": "second"}, timeout=120)
+    assert ok.returncode == 0 and "no generations yet" in ok.stdout, ok.stderr
