@@ -77,6 +77,7 @@ def test_generation_commands_json_matches_the_schema(world: World) -> None:
     validate("restore", world.json("restore", f"vm:web01@{first}", "--to-dir", str(out)))
     validate("files ls", world.json("files", "ls", "vm:web01"))
     validate("files stat", world.json("files", "stat", "vm:web01:web01/p1/etc/hostname"))
+    validate("key list", world.json("key", "list"))
 
 
 def test_find_reports_each_generation_with_its_size(world: World) -> None:

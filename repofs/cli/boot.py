@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import exitcodes
+from . import exitcodes, shapes
 from .common import JsonOpt, PasswordFileOpt, RepoOpt, UsageProblem, emit, open_repository
 from repofs.view.tree import GenerationView, RepositoryView
 
@@ -192,7 +192,7 @@ def verify(targets: Annotated[list[str], typer.Argument(metavar="vm:NAME[@GEN]..
     rows = []
     for gen, rec in results:
         put_verification(repository, rec)  # type: ignore[arg-type]
-        rows.append({"vm": gen.vm, "generation": gen.name, "manifest": gen.manifest_name,
+        rows.append({**shapes.generation_ref(gen),
                      "passed": rec.passed, "seconds": rec.seconds, "check": rec.check,
                      "reason": rec.reason, "accel": rec.accel})
     if json_out:
