@@ -150,7 +150,8 @@ def _terminate(signum: int, frame: object) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _terminate)
     allocator.tune()
     args = sys.argv[1:] if argv is None else argv
@@ -187,6 +188,8 @@ def main(argv: list[str] | None = None) -> None:
     if rc:
         error = _last_error
     oplog.record(_command_name(args), rc, error, started)
+    if previous is signal.SIG_DFL:      # main() called in a process of its own making (tests)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
     sys.exit(rc)
 
 
