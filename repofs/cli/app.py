@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 import time
 from importlib import metadata
 from typing import Annotated, Optional
@@ -151,8 +152,10 @@ def _terminate(signum: int, frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     previous = signal.getsignal(signal.SIGTERM)
-    if previous is signal.SIG_DFL:
+    if previous is signal.SIG_DFL and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminate)
+    else:
+        previous = None
     allocator.tune()
     args = sys.argv[1:] if argv is None else argv
     keyahead.start(args)
