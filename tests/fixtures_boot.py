@@ -36,6 +36,12 @@ P1_START, P1_SIZE = 1 * MiB, 48 * MiB
 P2_START, P2_SIZE = 49 * MiB, 8 * MiB
 MARKER = "REPOFS-GUEST-UP"
 GUEST_RECORD = b"REPOFS-GUEST-WROTE\n".ljust(512, b"\0")
+# a generation whose p2 holds SERVE_FLAG in its second sector serves the rest of that sector
+# as http://guest:SERVE_PORT/ for SERVE_SECONDS after the marker, then powers off
+SERVE_FLAG = "REPOFS-SERVE"
+SERVE_PORT = 8080
+SERVE_SECONDS = 60
+NET_MODULES = ["drivers/net/ethernet/intel/e1000/e1000"]
 # the modules /init loads, in dependency order (kernel/<path>.ko inside the package)
 MODULES = ["crypto/crct10dif_common", "crypto/crct10dif_generic", "lib/crc-t10dif", "lib/crc64",
            "crypto/crc64_rocksoft_generic", "lib/crc64-rocksoft", "block/t10-pi",
@@ -57,6 +63,19 @@ else
     echo "REPOFS-GUEST-NO-DISK $(ls /dev | tr '\\n' ' ')" > /dev/ttyS0
 fi
 echo {MARKER} > /dev/ttyS0
+# the second sector of p2 asks for a service: "{SERVE_FLAG}" then the page to serve
+if [ "$(dd if=/dev/sda2 bs=1 skip=512 count={len(SERVE_FLAG)} 2>/dev/null)" = {SERVE_FLAG} ]; then
+    insmod /lib/mod/e1000.ko
+    n=0
+    while ! ifconfig eth0 10.0.2.15 netmask 255.255.255.0 up 2>/dev/null && [ $n -lt 50 ]; do sleep 0.1; n=$((n+1)); done
+    n=0
+    while [ "$(cat /sys/class/net/eth0/carrier 2>/dev/null)" != 1 ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n+1)); done
+    mkdir -p /www
+    dd if=/dev/sda2 bs=512 skip=1 count=1 2>/dev/null | tr -d '\\000' | sed 1d > /www/index.html
+    httpd -p {SERVE_PORT} -h /www
+    echo REPOFS-GUEST-SERVING > /dev/ttyS0
+    sleep {SERVE_SECONDS}
+fi
 poweroff -f
 """
 SYSLINUX_CFG = "DEFAULT linux\nPROMPT 0\nTIMEOUT 0\nLABEL linux\n  KERNEL vmlinuz\n  " \
@@ -117,7 +136,7 @@ def build_guest() -> Path:
         if not f.exists():
             raise RuntimeError(f"{f} is missing (busybox-static, syslinux-common)")
     package = _kernel_package()
-    recipe = hashlib.sha256("\n".join([package, INIT, SYSLINUX_CFG, *MODULES, str(DISK_SIZE),
+    recipe = hashlib.sha256("\n".join([package, INIT, SYSLINUX_CFG, *MODULES, *NET_MODULES, str(DISK_SIZE),
                                        str(P1_START), str(P2_START),
                                        hashlib.sha256(busybox.read_bytes()).hexdigest()]).encode()).hexdigest()[:16]
     image = CACHE / recipe / "guest.img"
@@ -132,7 +151,7 @@ def build_guest() -> Path:
                ("bin/busybox", 0o100755, busybox.read_bytes()),
                ("bin/sh", 0o120777, b"busybox"),
                ("init", 0o100755, INIT.encode())]
-    for m in MODULES:
+    for m in MODULES + NET_MODULES:
         entries.append((f"lib/mod/{Path(m).name}.ko", 0o100644, (moddir / f"{m}.ko").read_bytes()))
     work = CACHE / recipe / "work"
     shutil.rmtree(work, ignore_errors=True)
@@ -248,4 +267,16 @@ def expected_after_boot(source: Path, out: Path) -> Path:
     with open(out, "r+b") as f:
         f.seek(P2_START)
         f.write(GUEST_RECORD)
+    return out
+
+
+def serving_image(source: Path, out: Path, page: str) -> Path:
+    """``source`` asking its ``/init`` to serve ``page`` on SERVE_PORT (see SERVE_FLAG)."""
+    sector = f"{SERVE_FLAG}\n{page}\n".encode()
+    if len(sector) > 512:
+        raise ValueError("the page must fit in one sector")
+    shutil.copyfile(source, out)
+    with open(out, "r+b") as f:
+        f.seek(P2_START + 512)
+        f.write(sector.ljust(512, b"\0"))
     return out
