@@ -42,13 +42,14 @@ class Expectation:
     script: str | None = None
     timeout: float = 60.0
 
-    def describe(self) -> str:
+    def describe(self, only: set[str] | None = None) -> str:
+        """The signs asked for (or those of them in ``only``), as recorded in ``check``."""
         parts = []
-        if self.serial is not None:
+        if self.serial is not None and (only is None or "serial" in only):
             parts.append(f"serial /{self.serial.pattern}/")
-        if self.port is not None:
+        if self.port is not None and (only is None or "port" in only):
             parts.append(f"port {self.port}")
-        if self.script is not None:
+        if self.script is not None and (only is None or "script" in only):
             parts.append(f"script {os.path.basename(self.script)}")
         return " and ".join(parts)
 
@@ -155,7 +156,9 @@ def verify_boot(gen: GenerationView, expect: Expectation, opts: BootOptions) -> 
     script: subprocess.Popen | None = None
     try:
         if expect.script is not None:
-            env = os.environ | {"REPOFS_SERIAL_LOG": session.serial_log,
+            # the script judges the guest; the repository's key is none of its business
+            env = {k: v for k, v in os.environ.items() if k != "REPOFS_PASSWORD_FILE"} | {
+                                "REPOFS_SERIAL_LOG": session.serial_log,
                                 "REPOFS_GUEST_PORT": str(host_port or ""),
                                 "REPOFS_VM": gen.vm, "REPOFS_GENERATION": gen.name}
             script_err = os.path.join(session.dir, "script.err")
@@ -165,6 +168,10 @@ def verify_boot(gen: GenerationView, expect: Expectation, opts: BootOptions) -> 
         serial = _SerialWatch(session.serial_log, expect.serial)
         seen = {"serial": expect.serial is None, "port": expect.port is None, "script": expect.script is None}
         deadline = session.started + expect.timeout
+
+        def missing() -> set[str]:
+            return {k for k, v in seen.items() if not v}
+
         powered_off = False
         while True:
             if not seen["serial"]:
@@ -183,14 +190,14 @@ def verify_boot(gen: GenerationView, expect: Expectation, opts: BootOptions) -> 
                 # the serial log is complete now; a script still judging it gets its time
                 script_pending = script is not None and not seen["script"] and script.poll() is None
                 if not (script_pending and seen["serial"] and seen["port"]):
-                    return result(False, None, f"the guest powered off without the sign ({expect.describe()})")
+                    return result(False, None, f"the guest powered off without the sign ({expect.describe(missing())})")
             failed = session.accel_failed()
             if failed:
                 return result(False, None, failed)
             if not session.running():
                 return result(False, None, f"QEMU ended: {session.qemu_error() or 'no reason given'}")
             if time.monotonic() > deadline:
-                return result(False, None, f"no sign of life ({expect.describe()}) within {expect.timeout:g} s")
+                return result(False, None, f"no sign of life ({expect.describe(missing())}) within {expect.timeout:g} s")
             # one more look at the signs after a power-off: the marker may precede it closely
             if powered_off:
                 time.sleep(0.1)

@@ -209,6 +209,7 @@ def verify(targets: Annotated[list[str], typer.Argument(metavar="vm:NAME[@GEN]..
             typer.echo(f"{r['vm']}\t{r['generation']}\t{state}")
     failed = [r for r in rows if not r["passed"]]
     if failed:
-        r = failed[0]
-        sys.stderr.write(f"repofs: error: {r['vm']} {r['generation']} did not boot: {r['reason']}\n")
+        # one line, naming every generation that failed (the others passed and are recorded)
+        said = "; ".join(f"{r['vm']} {r['generation']} did not boot: {r['reason']}" for r in failed)
+        sys.stderr.write(f"repofs: error: {said}\n")
         raise typer.Exit(exitcodes.FAILURE)
