@@ -360,3 +360,14 @@ def serving_image(source: Path, out: Path, page: str) -> Path:
         f.seek(P2_START + 512)
         f.write(sector.ljust(512, b"\0"))
     return out
+
+
+def pytest_collection_modifyitems(config, items):
+    """Boot tests marked ``slow`` (each boot ~25-40 s under TCG) run only with REPOFS_SLOW=1,
+    keeping the default run of the boot tests within a few minutes."""
+    if os.environ.get("REPOFS_SLOW") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow boot test: set REPOFS_SLOW=1 to run it")
+    for item in items:
+        if "slow" in item.keywords and item.fspath.basename.startswith("test_boot"):
+            item.add_marker(skip)
