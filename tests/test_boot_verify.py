@@ -66,6 +66,18 @@ def _health(tmp_path) -> tuple[str, dict]:
     return str(script), {"HEALTH_NOTES": str(notes)}
 
 
+def test_a_forwarded_port_is_no_answer_until_the_guest_answers(boot_repo, boot_accel):
+    # QEMU accepts every connection to the forwarded port from its first instant; within 5 s
+    # the guest has not even loaded its kernel, so nothing may count as an answer
+    r = boot_repo.run("verify", "--boot", "vm:guest", "--expect-port", "8081", "--timeout", "5",
+                      "--accel", boot_accel, "--json", check=False)
+    assert r.returncode == 1, r.stdout + r.stderr
+    [row] = json.loads(r.stdout)
+    assert row["passed"] is False and row["reason"] in (
+        "no sign of life (port 8081) within 5 s", "the guest powered off without the sign (port 8081)")
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("repofs: error: guest "), r.stderr
+
+
 def test_verify_two_generations_in_parallel_by_serial_port_and_script(boot_repo, boot_accel, app, tmp_path):
     script, extra = _health(tmp_path)
     env = dict(boot_repo.env, **extra)

@@ -155,7 +155,7 @@ def verify(targets: Annotated[list[str], typer.Argument(metavar="vm:NAME[@GEN]..
            boot_check: Annotated[bool, typer.Option("--boot", help="Boot each generation and wait for a sign of life.")] = False,
            expect_serial: Annotated[Optional[str], typer.Option("--expect-serial", help="Regular expression on the serial console.")] = None,
            expect_port: Annotated[Optional[int], typer.Option("--expect-port", help="A guest TCP port that must answer.")] = None,
-           script: Annotated[Optional[str], typer.Option("--script", help="A program whose exit status 0 is the sign.")] = None,
+           script: Annotated[Optional[str], typer.Option("--script", help="A program whose exit status 0 is the sign (its environment: docs/boot.md).")] = None,
            timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait for the sign.")] = 120.0,
            parallel: Annotated[int, typer.Option("--parallel", help="Generations booted at once.")] = 1,
            accel: AccelOpt = "auto", firmware: FirmwareOpt = None, controller: ControllerOpt = None,
