@@ -159,6 +159,16 @@ class BootSession:
 
     # -- live restore ----------------------------------------------------------------------
 
+    def check_restore_target(self, target: str) -> None:
+        """Before anything starts: a block device ``target`` must hold the boot disk and be
+        free (``live_restore`` checks again when it opens it)."""
+        try:
+            st = os.stat(target)
+        except FileNotFoundError:
+            return
+        if stat.S_ISBLK(st.st_mode):
+            _check_device(target, machine_for(self.gen, self.opts.machine).disks[0].capacity)
+
     def live_restore(self, target: str) -> None:
         assert self.qmp is not None and self.machine is not None
         capacity = self.machine.disks[0].capacity

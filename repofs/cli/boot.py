@@ -120,6 +120,8 @@ def boot(target: TargetArg,
                        network=network, vnc=vnc, console=console, keep_overlay=keep_overlay,
                        serial_log=serial_log)
     session = BootSession(gen, opts)
+    if restore_to:
+        session.check_restore_target(restore_to)
     _say_accel(accel, session.accel)
     _interrupt_on_sigterm()
     session.start()
