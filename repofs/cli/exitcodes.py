@@ -100,6 +100,7 @@ TABLE: tuple[Row, ...] = (
     Row("repofs.serve.nbd", "BadListenAddress", USAGE),
     Row("repofs.serve.overlay", "OverlayExists", USAGE),
     Row("repofs.boot.session", "RestoreTargetExists", USAGE),
+    Row("repofs.boot.session", "RestoreTargetUnfit", USAGE),
     Row("repofs.boot.machine", "NoBootableDisk", NOT_FOUND),
     Row("repofs.boot.qemu", "QemuMissing", UNSUPPORTED),
     Row("repofs.boot.machine", "MachineError", FAILURE),
