@@ -107,10 +107,10 @@ def resolve_vm(view: "RepositoryView", vm: str) -> list["GenerationView"]:
         return gens
     names = view.vms()
     if not names:
-        raise VMNotFound(f"no VM {vm!r}: the repository holds no generations yet")
+        raise VMNotFound(f"no generations of VM {vm!r}: the repository holds none yet")
     close = _close(vm, names)
     hint = f"; did you mean {', '.join('vm:' + n for n in close)}?" if close else ""
-    raise VMNotFound(f"no VM {vm!r} in this repository{hint} (list them: repofs generations)")
+    raise VMNotFound(f"no generations of VM {vm!r} in this repository{hint} (list them: repofs generations)")
 
 
 def resolve_generation(view: "RepositoryView", vm: str, generation: str | None = None) -> "GenerationView":
