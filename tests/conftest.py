@@ -12,6 +12,7 @@ pytest_plugins: list[str] = [
     "fixtures_mount",
     "fixtures_vsphere",
     "fixtures_restore",
+    "fixtures_s3",
 ]
 
 # Property tests and fuzzers: a seeded, repeatable pass in CI (the same examples every run, no
