@@ -4,7 +4,8 @@ Where hosts share nothing but the repository's storage (an S3 bucket), a backup 
 holds ``locks/vm-<t>`` (``t`` = first 24 hex digits of the keyed BLAKE3 of the VM's name,
 as for the local ``flock`` files) while it writes the generation. The object is JSON::
 
-    {"token": "<32 random hex digits>", "host": "<host name>", "pid": 1234, "ttl_s": 120}
+    {"token": "<32 random hex digits>", "host": "<host name>", "pid": 1234, "ttl_s": 120,
+     "boot": "<16 hex digits: SHA-256 of the kernel's boot id>"}
 
 - Taking it: create the object only if absent (``put_new``: ``If-None-Match: *`` on S3,
   ``link(2)`` locally), then read it back and compare the token, which catches a store that
@@ -14,7 +15,9 @@ as for the local ``flock`` files) while it writes the generation. The object is 
 - Expiry: the object's age is measured by the storage's own clock (``backend.age``: the
   answer's ``Date`` against the object's ``Last-Modified``), so the hosts' clocks never
   enter. A lock older than its ``ttl_s`` plus ``GRACE_S`` belongs to a host that died or
-  hangs; the next backup deletes it and takes the lock.
+  hangs; the next backup deletes it and takes the lock. A lock left by a process of this
+  same boot of this host that no longer runs (a backup killed, or one that lost the storage
+  and could not delete its lock) is stale at once: no need to wait for its expiry.
 - Releasing: delete the object if it is still ours.
 
 Limit: two hosts that find the same expired lock at the same moment may both delete and
@@ -24,6 +27,7 @@ paused between that check and the manifest's write for longer than the lock's li
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -55,7 +59,8 @@ class WriterLock:
         self.grace_s = grace_s
         self.token = secrets.token_hex(16)
         self._doc = (json.dumps({"token": self.token, "host": socket.gethostname(),
-                                 "pid": os.getpid(), "ttl_s": ttl_s}, sort_keys=True) + "\n").encode()
+                                 "pid": os.getpid(), "ttl_s": ttl_s, "boot": BOOT},
+                                sort_keys=True) + "\n").encode()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lost: BaseException | None = None
@@ -75,7 +80,7 @@ class WriterLock:
             except ObjectMissing:
                 continue  # released meanwhile: try again
             ttl = _number(holder.get("ttl_s"), self.ttl_s)
-            if age <= ttl + self.grace_s:
+            if age <= ttl + self.grace_s and not _dead_here(holder):
                 who = f" (host {holder.get('host')!s:.64}, pid {holder.get('pid')})" if holder else ""
                 raise RepositoryBusy(f"another backup of {self.label} is running{who}; its lock "
                                      f"expires {int(ttl + self.grace_s - age) + 1} s after its last renewal")
@@ -132,6 +137,34 @@ class WriterLock:
         except ValueError:
             return {}
         return doc if isinstance(doc, dict) else {}
+
+
+def _boot_tag() -> str:
+    """This boot of this host, as a tag that reveals neither (hashed boot id)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", "rb") as f:
+            return hashlib.sha256(f.read().strip()).hexdigest()[:16]
+    except OSError:
+        return ""
+
+
+BOOT = _boot_tag()
+
+
+def _dead_here(holder: dict) -> bool:
+    """Whether ``holder`` is a process of this boot of this host that no longer runs."""
+    pid = holder.get("pid")
+    if not BOOT or holder.get("boot") != BOOT or not isinstance(pid, int) or pid <= 0:
+        return False
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def _number(value: object, default: float) -> float:

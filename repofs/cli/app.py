@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Annotated, Optional
 
 import typer
 
@@ -19,6 +20,15 @@ from .files import build_app as build_files_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="repofs: VM backups in a deduplicated, compressed, encrypted repository you can mount.")
+
+@app.callback()
+def _options(s3_endpoint: Annotated[Optional[str], typer.Option(
+        "--s3-endpoint", metavar="URL", envvar="AWS_ENDPOINT_URL",
+        help="Endpoint of an S3-compatible store (MinIO, Ceph RGW, …) for s3:// repositories.")] = None) -> None:
+    """repofs: VM backups in a deduplicated, compressed, encrypted repository you can mount."""
+    if s3_endpoint:
+        os.environ["AWS_ENDPOINT_URL"] = s3_endpoint  # the S3 client and any child process read it
+
 
 app.command()(repository.init)
 app.command()(backup.backup)

@@ -8,12 +8,14 @@ from typing import Annotated, Optional
 
 import typer
 
+from format.location import is_remote
 from format.repository import Repository
+from format.s3backend import parse_url
 
 from .passphrase import read_passphrase
 
 RepoOpt = Annotated[Optional[str], typer.Option("--repo", "-r", envvar="REPOFS_REPOSITORY",
-                                                help="Repository directory.")]
+                                                help="Repository: a directory or s3://bucket/prefix.")]
 PasswordFileOpt = Annotated[Optional[str], typer.Option("--password-file", envvar="REPOFS_PASSWORD_FILE",
                                                         help="File holding the repository passphrase.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
@@ -31,6 +33,11 @@ def repo_path(repo: str | None) -> str:
 
 def open_repository(repo: str | None, password_file: str | None) -> Repository:
     path = repo_path(repo)
+    if is_remote(path):
+        try:
+            parse_url(path)
+        except ValueError as e:
+            raise UsageProblem(str(e)) from None
     passphrase = read_passphrase(password_file) if Repository.is_encrypted(path) else None
     return Repository.open(path, passphrase)
 

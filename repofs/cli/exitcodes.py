@@ -30,6 +30,9 @@ BUSY = 11
 UNSUPPORTED = 12
 VSPHERE = 13          # vCenter refused or failed
 VDDK = 14             # VixDiskLib failed or is missing
+STORAGE_UNAVAILABLE = 16  # object storage unreachable or failing after retries
+ACCESS_DENIED = 17    # object storage refused the credentials or the operation
+OBJECT_LOCKED = 18    # Object Lock retention forbids deleting or replacing an object
 INTERNAL = 70
 INTERRUPTED = 130
 
@@ -50,6 +53,9 @@ TABLE: list[tuple[type[BaseException], int]] = [
     (fe.StorageFull, NO_SPACE),
     (fe.RepositoryBusy, BUSY),
     (fe.UnsupportedFormat, UNSUPPORTED),
+    (fe.StorageUnavailable, STORAGE_UNAVAILABLE),
+    (fe.StorageAccessDenied, ACCESS_DENIED),
+    (fe.ObjectLocked, OBJECT_LOCKED),
 ]
 
 

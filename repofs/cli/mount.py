@@ -7,6 +7,8 @@ from typing import Annotated, Optional
 import typer
 
 from . import exitcodes
+from format.location import normalize
+
 from .common import PasswordFileOpt, RepoOpt, UsageProblem, open_repository
 from repofs.view.tree import RepositoryView
 
@@ -47,7 +49,7 @@ def mount(first: Annotated[str, typer.Argument(metavar="[REPO]", show_default=Fa
     if cache_bytes < (4 << 20) or io_timeout <= 0 or read_ahead < 0:
         raise UsageProblem("--cache-size must be at least 4M, --io-timeout positive, --read-ahead >= 0")
     # Absolute paths: the background process changes its directory to "/".
-    repository = open_repository(os.path.abspath(repo_path) if repo_path else None, password_file)
+    repository = open_repository(normalize(repo_path) if repo_path else None, password_file)
     # Read-ahead never claims more than half the cache, or it would evict what it fetched.
     read_ahead = min(read_ahead, max(0, cache_bytes // 2 // repository.chunk_size))
     view = RepositoryView(repository, cache_bytes)
