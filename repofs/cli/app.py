@@ -14,7 +14,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import allocator, backup, exitcodes, keyahead, mount, repository, restore
+from . import allocator, backup, copy, exitcodes, keyahead, mount, repository, restore
 from .common import PasswordFileOpt, RepoOpt, open_repository
 from .files import build_app as build_files_app
 
@@ -37,6 +37,7 @@ app.command()(restore.restore)
 app.command()(repository.check)
 app.command()(mount.mount)
 app.command()(mount.umount)
+app.command()(copy.copy)
 # `repofs files ...`: guest files of a generation (repofs/cli/files.py)
 app.add_typer(build_files_app(open_repository, RepoOpt, PasswordFileOpt), name="files")
 

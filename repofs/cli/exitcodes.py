@@ -10,6 +10,7 @@ import errno
 from typing import Iterable
 
 from format import errors as fe
+from format.copy import CopyRefused
 
 from repofs.ingest.backup import IngestError
 from repofs.ingest.sources import SourceError
@@ -56,6 +57,7 @@ TABLE: list[tuple[type[BaseException], int]] = [
     (fe.StorageUnavailable, STORAGE_UNAVAILABLE),
     (fe.StorageAccessDenied, ACCESS_DENIED),
     (fe.ObjectLocked, OBJECT_LOCKED),
+    (CopyRefused, UNSUPPORTED),
 ]
 
 
