@@ -49,7 +49,7 @@ SCHEME = "s3://"
 RETENTION_OBJECT = "object-lock"
 # Objects under retention in an immutable repository: what generations are made of. Leases,
 # locks and the life cycle's records are not: they must stay deletable.
-RETAINED_PREFIXES = ("config", "keys/", "chunks/", "indexes/", "manifests/")
+RETAINED_PREFIXES = ("config", "keys/", "chunks/", "indexes/", "manifests/", "object-lock")
 LISTED_PREFIX = "chunks/"
 DEFAULT_UPLOADS = 16
 DEFAULT_ATTEMPTS = 6
