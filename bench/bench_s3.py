@@ -4,9 +4,9 @@ network latency; and the bytes `repofs copy` sends.
     .venv/bin/python bench/bench_s3.py --size 1G [--rtt-ms 20]     # 8G for the full run (RAM!)
 
 The S3 store is moto's server (in memory: it needs RAM for the whole data set). Three
-targets: a local repository; moto on loopback; moto in a network namespace of the
-benchmark's own, reached through a veth pair whose two ends each delay packets by half of
-``--rtt-ms`` (``tc qdisc … netem``). For each: ``repofs backup`` of the data set (the
+targets: a local repository; moto on loopback; the same moto reached through a relay of the
+benchmark's own that holds every byte half of ``--rtt-ms`` in each direction (``tc netem``
+would be the tool, but this kernel has no ``sch_netem``: ``tc`` refuses the qdisc). For each: ``repofs backup`` of the data set (the
 repository's data set, bench/dataset.py), ``repofs restore --to-dir``, and a sequential read
 of the disk file through ``repofs mount``; wall time, throughput, and the client's CPU
 seconds per GB (user + system of the repofs process, from wait4). The ratio "with latency /
@@ -14,19 +14,21 @@ without" shows whether parallelism hides the round trips (target: ≥ 80%).
 
 Then ``repofs copy`` of a local repository holding 3 generations (the data set, then twice a
 few changes) to an empty S3 repository: the chunks and bytes it reports as sent against the
-chunks the target holds afterwards. Needs root (network namespace, FUSE); removes what it
-made on exit.
+chunks the target holds afterwards. Needs root (FUSE); removes what it made on exit.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import queue
 import random
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -38,22 +40,14 @@ from measure import REPOFS, mounted, run, wait_for  # noqa: E402
 
 PASS = "bench passphrase"
 VM = "bench"
-NS = f"repofs-bench-{os.getpid()}"
-HOST_IF, NS_IF = f"rfb{os.getpid() % 100000}h", f"rfb{os.getpid() % 100000}n"
-HOST_IP, NS_IP = "10.213.7.1", "10.213.7.2"
 KEY = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1"}
 MOTO = str(ROOT / ".venv" / "bin" / "moto_server")
 
 
-def sh(*cmd: str) -> None:
-    subprocess.run(cmd, check=True, capture_output=True)
-
-
 class Moto:
-    def __init__(self, host: str, port: int, netns: str | None = None):
-        prefix = ["ip", "netns", "exec", netns] if netns else []
+    def __init__(self, host: str, port: int):
         self.url = f"http://{host}:{port}"
-        self.proc = subprocess.Popen([*prefix, MOTO, "-H", host, "-p", str(port)],
+        self.proc = subprocess.Popen([MOTO, "-H", host, "-p", str(port)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 60
         while True:
@@ -80,25 +74,59 @@ class Moto:
             self.proc.kill()
 
 
-def make_netns(rtt_ms: float) -> None:
-    half = f"{rtt_ms / 2}ms"
-    sh("ip", "netns", "add", NS)
-    sh("ip", "link", "add", HOST_IF, "type", "veth", "peer", "name", NS_IF)
-    sh("ip", "link", "set", NS_IF, "netns", NS)
-    sh("ip", "addr", "add", f"{HOST_IP}/30", "dev", HOST_IF)
-    sh("ip", "link", "set", HOST_IF, "up")
-    sh("ip", "netns", "exec", NS, "ip", "addr", "add", f"{NS_IP}/30", "dev", NS_IF)
-    sh("ip", "netns", "exec", NS, "ip", "link", "set", NS_IF, "up")
-    sh("ip", "netns", "exec", NS, "ip", "link", "set", "lo", "up")
-    # a queue long enough for the bandwidth-delay product of a fast local link
-    sh("tc", "qdisc", "add", "dev", HOST_IF, "root", "netem", "delay", half, "limit", "100000")
-    sh("ip", "netns", "exec", NS, "tc", "qdisc", "add", "dev", NS_IF, "root", "netem", "delay", half,
-       "limit", "100000")
+class DelayRelay:
+    """A TCP relay on loopback that holds every byte ``half_rtt`` seconds in each direction:
+    the round trip of a distant store, in user space (this kernel has no ``sch_netem``, so
+    ``tc qdisc … netem`` is refused here). Bandwidth is not limited; only latency is added."""
 
+    def __init__(self, target: tuple[str, int], half_rtt: float):
+        self.target, self.half = target, half_rtt
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(256)
+        self.port = self.listener.getsockname()[1]
+        self.closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
 
-def remove_netns() -> None:
-    subprocess.run(["ip", "link", "del", HOST_IF], capture_output=True)
-    subprocess.run(["ip", "netns", "del", NS], capture_output=True)
+    def _accept(self) -> None:
+        while not self.closed:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            for a, b in ((client, upstream), (upstream, client)):
+                q: queue.SimpleQueue = queue.SimpleQueue()
+                threading.Thread(target=self._read, args=(a, q), daemon=True).start()
+                threading.Thread(target=self._write, args=(b, q), daemon=True).start()
+
+    def _read(self, sock: socket.socket, q: queue.SimpleQueue) -> None:
+        while True:
+            try:
+                data = sock.recv(1 << 18)
+            except OSError:
+                data = b""
+            q.put((time.monotonic() + self.half, data))
+            if not data:
+                return
+
+    def _write(self, sock: socket.socket, q: queue.SimpleQueue) -> None:
+        while True:
+            due, data = q.get()
+            delay = due - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            try:
+                if not data:
+                    sock.shutdown(socket.SHUT_WR)
+                    return
+                sock.sendall(data)
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.closed = True
+        self.listener.close()
 
 
 def measure_target(name: str, location: str, image: Path, work: Path, env: dict) -> dict:
@@ -180,15 +208,15 @@ def main() -> None:
     try:
         image = work / "disk0.img"
         make_image(str(image), parse_size(args.size))
-        make_netns(args.rtt_ms)
         near = Moto("127.0.0.1", 47311)
-        far = Moto(NS_IP, 47312, netns=NS)
-        servers += [near, far]
+        servers.append(near)
+        relay = DelayRelay(("127.0.0.1", 47311), args.rtt_ms / 2000)
+        far_url = f"http://127.0.0.1:{relay.port}"
         rows = [measure_target("local", str(work / "repo-local"), image, work, env),
                 measure_target("s3 loopback", near.bucket("bench-near"), image, work,
                                dict(env, AWS_ENDPOINT_URL=near.url)),
-                measure_target(f"s3 +{args.rtt_ms:g} ms RTT", far.bucket("bench-far"), image, work,
-                               dict(env, AWS_ENDPOINT_URL=far.url))]
+                measure_target(f"s3 +{args.rtt_ms:g} ms RTT", near.bucket("bench-far"), image, work,
+                               dict(env, AWS_ENDPOINT_URL=far_url))]
         print(f"data set {args.size}; MB/s and client CPU seconds per GB")
         print(f"{'target':22} {'backup':>8} {'cpu/GB':>7} {'restore':>8} {'cpu/GB':>7} {'mount':>8} {'cpu/GB':>7}")
         for r in rows:
@@ -210,7 +238,6 @@ def main() -> None:
                 subprocess.run(["fusermount3", "-u", "-z", str(m)], capture_output=True)
         for s in servers:
             s.stop()
-        remove_netns()
         shutil.rmtree(work, ignore_errors=True)
 
 

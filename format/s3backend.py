@@ -18,6 +18,14 @@ What makes it usable over a real network:
   is harmless (same name, same bytes). The listing is never kept across processes: a
   process takes it after it started (and after any lease it writes), which is what the
   life-cycle protocol of docs/format.md assumes of every existence check.
+- Indexes and manifests never change once written (an index is named by its content, a
+  manifest by 32 random hex digits and written once), so they are kept in a local cache
+  (``$XDG_CACHE_HOME/repofs/s3/<sha256 of the location>/``, or ``REPOFS_CACHE_DIR``) and
+  read from the store only once per host: listing generations then costs one listing
+  request instead of one request per generation. The cache is only an accelerator: what
+  it returns is authenticated by the repository like anything read from the store, a
+  deleted manifest is not listed and so never looked up, and losing the cache costs only
+  time. Several hosts share nothing but the bucket.
 - Retries with backoff (botocore's "standard" mode: throttling, 5xx, dropped connections);
   errors that no retry cures (wrong credentials, no bucket, access denied) end at once with
   a named error and one line of text. Nothing here logs or raises credentials.
@@ -34,6 +42,7 @@ the chunks stored (about 150 bytes per chunk).
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import os
 import threading
@@ -148,6 +157,7 @@ class S3Backend:
         self._listing: dict[str, int] | None = None
         self._listing_lock = threading.Lock()
         self._retention: Retention | None | bool = False   # False: not read yet
+        self.cache = _ObjectCache.for_location(self.location)
         self.written: set[str] = set()     # names this backend uploaded (retention extension)
 
     @classmethod
@@ -199,10 +209,17 @@ class S3Backend:
     # -- reads -----------------------------------------------------------------------------
 
     def get(self, name: str) -> bytes:
+        cached = self.cache.get(name) if self.cache else None
+        if cached is not None:
+            return cached
+
         def fetch() -> bytes:
             answer = self.client.get_object(Bucket=self.bucket, Key=self.key(name))
             return answer["Body"].read()
-        return self._call("read", name, fetch)
+        data = self._call("read", name, fetch)
+        if self.cache:
+            self.cache.put(name, data)
+        return data
 
     def head(self, name: str) -> dict:
         return self._call("read", name, self.client.head_object, Bucket=self.bucket, Key=self.key(name))
@@ -436,6 +453,55 @@ class S3Backend:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+
+
+class _ObjectCache:
+    """Local copies of the objects that never change (indexes, manifests), one file each."""
+
+    CACHED = ("indexes/", "manifests/")
+    MAX_OBJECT = 64 << 20
+
+    def __init__(self, root: str):
+        self.root = root
+
+    @classmethod
+    def for_location(cls, location: str) -> "_ObjectCache | None":
+        base = os.environ.get("REPOFS_CACHE_DIR") or os.path.join(
+            os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "repofs")
+        if base in ("", "none", "off"):
+            return None
+        return cls(os.path.join(base, "s3", hashlib.sha256(location.encode()).hexdigest()[:32]))
+
+    def _path(self, name: str) -> str | None:
+        if not name.startswith(self.CACHED):
+            return None
+        folder, _, leaf = name.partition("/")
+        if not leaf or not all(c in "0123456789abcdef/" for c in leaf) or ".." in leaf:
+            return None   # only names of the format's own shape
+        return os.path.join(self.root, folder, leaf.replace("/", "_"))
+
+    def get(self, name: str) -> bytes | None:
+        path = self._path(name)
+        if path is None:
+            return None
+        try:
+            with open(path, "rb") as f:
+                return f.read(self.MAX_OBJECT + 1)
+        except OSError:
+            return None
+
+    def put(self, name: str, data: bytes) -> None:
+        path = self._path(name)
+        if path is None or len(data) > self.MAX_OBJECT:
+            return
+        try:
+            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+            tmp = f"{path}.{os.getpid()}-{threading.get_ident()}.tmp"
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except OSError:
+            pass   # a cache that cannot be written costs only time
 
 
 class _Exists(RepoError):

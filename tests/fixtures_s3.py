@@ -136,6 +136,7 @@ class S3Server:
     process: subprocess.Popen | None = None
     log: Path | None = None
     made: list[str] = field(default_factory=list)
+    cache_dir: str = ""
     _clients: dict = field(default_factory=dict)
 
     def client(self, access_key: str | None = None, secret_key: str | None = None):
@@ -160,6 +161,7 @@ class S3Server:
         return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": self.access_key,
                 "AWS_SECRET_ACCESS_KEY": self.secret_key, "AWS_DEFAULT_REGION": REGION,
                 "REPOFS_S3_ATTEMPTS": "3", "AWS_CONFIG_FILE": os.devnull,
+                "REPOFS_CACHE_DIR": self.cache_dir,
                 "AWS_SHARED_CREDENTIALS_FILE": os.devnull}
 
     def new_location(self, locked: bool = False) -> str:
@@ -211,13 +213,15 @@ def _start_moto(tmp: Path) -> S3Server:
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     """The session's S3 store: moto on loopback, or the store named by REPOFS_TEST_S3_*."""
     endpoint = os.environ.get("REPOFS_TEST_S3_ENDPOINT")
+    cache = str(tmp_path_factory.mktemp("s3-cache"))
     if endpoint:
         yield S3Server(endpoint, os.environ.get("AWS_ACCESS_KEY_ID", ""),
                        os.environ.get("AWS_SECRET_ACCESS_KEY", ""),
                        bucket=os.environ["REPOFS_TEST_S3_BUCKET"],
-                       lock_bucket=os.environ.get("REPOFS_TEST_S3_LOCK_BUCKET"))
+                       lock_bucket=os.environ.get("REPOFS_TEST_S3_LOCK_BUCKET"), cache_dir=cache)
         return
     server = _start_moto(tmp_path_factory.mktemp("s3"))
+    server.cache_dir = cache
     try:
         yield server
     finally:

@@ -169,3 +169,25 @@ def test_store_stopped_during_restore_leaves_no_file_then_restore_succeeds(tmp_p
     s3.gate.open()
     cli.run("restore", "vm:vm1", "--to-dir", str(out))
     assert (out / "disk0.raw").read_bytes() == image.read_bytes()
+
+
+def test_indexes_and_manifests_are_read_once_per_host(tmp_path: Path, s3, monkeypatch) -> None:
+    from format.location import open_backend
+    monkeypatch.setenv("REPOFS_CACHE_DIR", str(tmp_path / "cache"))
+    location = s3.new_location()
+    writer = open_backend(location)
+    name = "manifests/" + "ab" * 16
+    writer.put(name, b"sealed manifest bytes")
+    writer.put("chunks/ab/" + "ab" * 32, b"chunk")
+    reader = open_backend(location)
+    assert reader.get(name) == b"sealed manifest bytes"
+    bucket, _, prefix = location[len("s3://"):].partition("/")
+    s3.client().delete_object(Bucket=bucket, Key=f"{prefix}/{name}")
+    s3.client().delete_object(Bucket=bucket, Key=f"{prefix}/chunks/ab/{'ab' * 32}")
+    assert open_backend(location).get(name) == b"sealed manifest bytes"   # from this host's cache
+    from format.errors import ObjectMissing
+    with pytest.raises(ObjectMissing):
+        open_backend(location).get(f"chunks/ab/{'ab' * 32}")              # chunks never cached
+    monkeypatch.setenv("REPOFS_CACHE_DIR", "off")
+    with pytest.raises(ObjectMissing):
+        open_backend(location).get(name)

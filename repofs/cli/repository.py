@@ -77,6 +77,8 @@ def check(repo: RepoOpt = None, password_file: PasswordFileOpt = None,
     """Verify the repository; exit 1 when anything is damaged."""
     from format.check import check as check_repository
     repository = open_repository(repo, password_file)
+    if getattr(repository.backend, "cache", None) is not None:
+        repository.backend.cache = None  # check the store itself, not this host's copies
     report = check_repository(repository, read_data=read_data)
     if json_out:
         emit({"ok": report.ok, "generations": report.generations, "disks": report.disks,
