@@ -134,9 +134,18 @@ def make_client(endpoint: str | None = None, *, attempts: int | None = None,
     config = Config(retries={"mode": "standard", "total_max_attempts": max(1, attempts)},
                     max_pool_connections=connections, connect_timeout=10, read_timeout=60,
                     s3={"addressing_style": "path"} if endpoint else None)
-    session = boto3.session.Session()
-    region = session.region_name or "us-east-1"
-    return session.client("s3", endpoint_url=endpoint, region_name=region, config=config)
+    with _session_lock:
+        global _session
+        if _session is None:
+            _session = boto3.session.Session()
+        region = _session.region_name or "us-east-1"
+        return _session.client("s3", endpoint_url=endpoint, region_name=region, config=config)
+
+
+# One session per process: it loads the service's model once (a new session per client
+# costs ~0.1 s); creating clients from it is serialized, as boto3 asks.
+_session = None
+_session_lock = threading.Lock()
 
 
 class S3Backend:
