@@ -423,6 +423,9 @@ class S3Backend:
             self.delete(new_name)
             raise
 
+    def remove_empty_folders(self, prefix: str) -> None:
+        """Nothing to do: S3 has no folders, only names."""
+
     # -- Object Lock -----------------------------------------------------------------------
 
     def retention(self) -> Retention | None:

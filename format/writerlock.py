@@ -35,7 +35,7 @@ import socket
 import threading
 from typing import Any
 
-from .errors import CorruptObject, ObjectMissing, RepositoryBusy
+from .errors import CorruptObject, ObjectMissing, RepoError, RepositoryBusy
 
 TTL_S = 120
 GRACE_S = 30
@@ -97,7 +97,9 @@ class WriterLock:
         try:
             if self._holder().get("token") == self.token:
                 self.backend.delete(self.name)
-        except ObjectMissing:
+        except RepoError:
+            # gone, or the storage is unreachable: the lock then expires (or, on this host,
+            # is found stale at once); a finished backup must not fail over it
             pass
 
     def __enter__(self) -> "WriterLock":

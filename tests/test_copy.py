@@ -92,13 +92,13 @@ def test_copy_s3_to_s3_resumes_after_the_store_went_away(tmp_path: Path, s3) -> 
     src = s3_cli(tmp_path, s3)
     src.run("init", "--chunk-size", str(CHUNK))
     image = tmp_path / "disk0.img"
-    random_image(image, 48, seed=12)
+    random_image(image, 24, seed=12)
     src.run("backup", f"file:{image}", "--vm", "vm1")
     dst = s3_cli(tmp_path, s3)
     dst.run("init", "--chunk-size", str(CHUNK))
     proc = subprocess.Popen([*REPOFS, "copy", "--to", str(dst.repo), "--json"], env=src.env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait_for_objects(s3, str(dst.repo), "chunks/", 60, proc)
+    _wait_for_objects(s3, str(dst.repo), "chunks/", 30, proc)
     s3.gate.close()
     out, err = proc.communicate(timeout=300)
     one_error_line(subprocess.CompletedProcess(proc.args, proc.returncode, out, err), 16)

@@ -129,10 +129,10 @@ def test_store_stopped_during_backup_then_next_backup_succeeds(tmp_path: Path, s
     random_image(small, 4, seed=1)
     cli.run("backup", f"file:{small}", "--vm", "vm0")
     image = tmp_path / "disk0.img"
-    random_image(image, 96, seed=2)
+    random_image(image, 40, seed=2)
     proc = subprocess.Popen([*__import__("fixtures_repo").REPOFS, "backup", f"file:{image}", "--vm", "vm1"],
                             env=cli.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait_for_objects(s3, cli.repo, "chunks/", 100, proc)
+    _wait_for_objects(s3, cli.repo, "chunks/", 40, proc)
     s3.gate.close()
     _out, err = proc.communicate(timeout=300)
     one_error_line(subprocess.CompletedProcess(proc.args, proc.returncode, _out, err), 16)
