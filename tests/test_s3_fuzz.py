@@ -38,8 +38,8 @@ def test_fuzz_lock_object(data: bytes) -> None:
     with tempfile.TemporaryDirectory() as root:
         backend = LocalBackend(root)
         backend.put("locks/vm-x", data)
-        old = os.stat(backend.path("locks/vm-x")).st_mtime - 10_000
-        os.utime(backend.path("locks/vm-x"), (old, old))   # expired for any ttl the object may claim
+        old = os.stat(backend.path("locks/vm-x")).st_mtime - 100_000
+        os.utime(backend.path("locks/vm-x"), (old, old))   # older than any ttl a holder may claim (a day)
         lock = WriterLock(backend, "locks/vm-x", "vm", ttl_s=60, grace_s=0)
         if len(data) > MAX_LOCK_BYTES:
             with pytest.raises(CorruptObject):

@@ -36,8 +36,9 @@ def test_concurrent_writers_every_generation_restores(tmp_path: Path, s3, seed: 
     procs = []
     for vm, n in jobs:
         time.sleep(rng.random() * 0.5)
+        host = dict(cli.env, REPOFS_CACHE_DIR=str(tmp_path / f"host{n}-cache"))   # nothing shared
         procs.append((vm, n, subprocess.Popen([*REPOFS, "backup", f"file:{tmp_path / f'img{n}' / 'disk0.img'}",
-                                               "--vm", vm, "--json"], env=cli.env, text=True,
+                                               "--vm", vm, "--json"], env=host, text=True,
                                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)))
     written: dict[str, int] = {}         # manifest name -> image number
     for vm, n, proc in procs:
