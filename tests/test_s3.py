@@ -191,3 +191,13 @@ def test_indexes_and_manifests_are_read_once_per_host(tmp_path: Path, s3, monkey
     monkeypatch.setenv("REPOFS_CACHE_DIR", "off")
     with pytest.raises(ObjectMissing):
         open_backend(location).get(name)
+
+
+def test_endpoint_option_and_init_over_a_repository(tmp_path: Path, s3) -> None:
+    cli = s3_cli(tmp_path, s3)
+    endpoint = cli.env.pop("AWS_ENDPOINT_URL")
+    cli.run("--s3-endpoint", endpoint, "init")
+    assert cli.run("--s3-endpoint", endpoint, "generations", "--json").stdout.strip() == "[]"
+    cli.env.pop("REPOFS_PASSWORD_FILE")      # refused before any passphrase is asked for
+    line = one_error_line(cli.run("--s3-endpoint", endpoint, "init", check=False), 4)
+    assert "already exists" in line

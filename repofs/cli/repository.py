@@ -6,7 +6,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from format.location import is_remote
+from format.errors import RepositoryExists
+from format.location import is_remote, open_backend
 from format.repository import DEFAULT_CHUNK_SIZE, Repository
 from format.s3backend import Retention
 
@@ -40,6 +41,8 @@ def init(repo_arg: Annotated[Optional[str], typer.Argument(metavar="[REPO]", hel
     encrypted = encryption != "none"
     if encrypted and not is_remote(path) and os.path.exists(os.path.join(path, "config")):
         Repository.init(path, None)  # raises RepositoryExists before asking for a passphrase
+    if encrypted and is_remote(path) and open_backend(path).exists("config"):
+        raise RepositoryExists(f"{path} already exists")  # before asking for a passphrase
     passphrase = read_passphrase(password_file, confirm=True) if encrypted else None
     try:
         Repository.init(path, passphrase, encrypted=encrypted, chunk_size=chunk_size, retention=retention)
