@@ -46,6 +46,7 @@ import hashlib
 import json
 import os
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
@@ -62,6 +63,7 @@ RETAINED_PREFIXES = ("config", "keys/", "chunks/", "indexes/", "manifests/", "ob
 LISTED_PREFIX = "chunks/"
 DEFAULT_UPLOADS = 16
 DEFAULT_ATTEMPTS = 6
+STREAM_ATTEMPTS = 3
 MODES = ("COMPLIANCE", "GOVERNANCE")
 
 _DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken",
@@ -223,8 +225,17 @@ class S3Backend:
             return cached
 
         def fetch() -> bytes:
-            answer = self.client.get_object(Bucket=self.bucket, Key=self.key(name))
-            return answer["Body"].read()
+            from botocore import exceptions as be
+            for attempt in range(1, STREAM_ATTEMPTS + 1):
+                answer = self.client.get_object(Bucket=self.bucket, Key=self.key(name))
+                try:
+                    return answer["Body"].read()
+                except (be.ResponseStreamingError, be.IncompleteReadError):
+                    # botocore retries requests, not a body cut off while it streams
+                    if attempt == STREAM_ATTEMPTS:
+                        raise
+                    time.sleep(0.2 * attempt)
+            raise AssertionError("unreachable")
         data = self._call("read", name, fetch)
         if self.cache:
             self.cache.put(name, data)
