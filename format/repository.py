@@ -249,6 +249,13 @@ class Repository:
 
     def stored_size(self, cid: bytes) -> int | None:
         """The size of chunk ``cid``'s object when its file is whole (see ``has_chunk``)."""
+        if getattr(self.backend, "atomic_writes", False):
+            # object storage: whole or absent, known from one listing (no request per chunk)
+            try:
+                listed = self.backend.size(chunk_name(cid))
+            except ObjectMissing:
+                return None
+            return listed if listed > HEADER.size else None
         try:
             head, size = self.backend.head(chunk_name(cid), HEADER.size)
         except ObjectMissing:

@@ -160,6 +160,9 @@ class S3Backend:
         self.client = client if client is not None else make_client(endpoint)
         self.location = f"{SCHEME}{bucket}/{prefix}".rstrip("/")
         self.parallelism = uploads
+        # An S3 PUT stores the whole object or nothing: a chunk that is listed is whole (no
+        # power loss leaves a cut file), so its presence in the listing is enough to trust it.
+        self.atomic_writes = True
         self._pool = ThreadPoolExecutor(uploads, thread_name_prefix="s3-upload")
         self._slots = threading.BoundedSemaphore(uploads * 2)
         self._pending: set[Future] = set()
@@ -241,8 +244,16 @@ class S3Backend:
             self.cache.put(name, data)
         return data
 
-    def head(self, name: str) -> dict:
+    def _head_object(self, name: str) -> dict:
         return self._call("read", name, self.client.head_object, Bucket=self.bucket, Key=self.key(name))
+
+    def head(self, name: str, n: int) -> tuple[bytes, int]:
+        """The first ``n`` bytes of ``name`` and its size (one ranged GET)."""
+        answer = self._call("read", name, self.client.get_object, Bucket=self.bucket, Key=self.key(name),
+                            Range=f"bytes=0-{max(0, n - 1)}")
+        total = answer.get("ContentRange", "").rpartition("/")[2]
+        data = answer["Body"].read()
+        return data, int(total) if total.isdigit() else len(data)
 
     def size(self, name: str) -> int:
         listing = self._listed(name)
@@ -251,7 +262,7 @@ class S3Backend:
             if size is None:
                 raise ObjectMissing(name)
             return size
-        return int(self.head(name)["ContentLength"])
+        return int(self._head_object(name)["ContentLength"])
 
     def exists(self, name: str) -> bool:
         try:
@@ -261,12 +272,12 @@ class S3Backend:
         return True
 
     def mtime_ns(self, name: str) -> int:
-        return int(self.head(name)["LastModified"].timestamp() * 1e9)
+        return int(self._head_object(name)["LastModified"].timestamp() * 1e9)
 
     def age(self, name: str) -> float:
         """Seconds since ``name`` was last written, by the storage's own clock (its answer's
         ``Date`` against the object's ``Last-Modified``), so hosts' clocks do not matter."""
-        answer = self.head(name)
+        answer = self._head_object(name)
         date = answer["ResponseMetadata"]["HTTPHeaders"].get("date")
         now = parsedate_to_datetime(date) if date else dt.datetime.now(dt.timezone.utc)
         return (now - answer["LastModified"]).total_seconds()
@@ -399,7 +410,7 @@ class S3Backend:
         """Remove ``name``. In a versioned (Object Lock) bucket every version is removed, so
         the bytes are really gone — or ``ObjectLocked`` when a retention forbids it."""
         if self.retention() is None:
-            self.head(name)  # S3 deletes silently what does not exist; we say so
+            self._head_object(name)  # S3 deletes silently what does not exist; we say so
             self._call("delete", name, self.client.delete_object, Bucket=self.bucket, Key=self.key(name))
             self._forget(name)
             return

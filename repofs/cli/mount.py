@@ -6,7 +6,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import exitcodes
 from format.location import normalize
 
 from .common import PasswordFileOpt, RepoOpt, UsageProblem, open_repository
