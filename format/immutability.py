@@ -61,7 +61,7 @@ def delete_unless_locked(backend: Any, names: Iterable[str]) -> tuple[int, list[
 
 def locked_until(backend: Any, name: str) -> dt.datetime | None:
     """The retention date of ``name`` as the storage reports it (None if it has none)."""
-    head = getattr(backend, "head", None)
+    head = getattr(backend, "object_info", None)
     if head is None:
         return None
     try:

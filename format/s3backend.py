@@ -244,7 +244,8 @@ class S3Backend:
             self.cache.put(name, data)
         return data
 
-    def _head_object(self, name: str) -> dict:
+    def object_info(self, name: str) -> dict:
+        """The object's metadata (HEAD): size, times, Object Lock retention."""
         return self._call("read", name, self.client.head_object, Bucket=self.bucket, Key=self.key(name))
 
     def head(self, name: str, n: int) -> tuple[bytes, int]:
@@ -262,7 +263,7 @@ class S3Backend:
             if size is None:
                 raise ObjectMissing(name)
             return size
-        return int(self._head_object(name)["ContentLength"])
+        return int(self.object_info(name)["ContentLength"])
 
     def exists(self, name: str) -> bool:
         try:
@@ -272,12 +273,12 @@ class S3Backend:
         return True
 
     def mtime_ns(self, name: str) -> int:
-        return int(self._head_object(name)["LastModified"].timestamp() * 1e9)
+        return int(self.object_info(name)["LastModified"].timestamp() * 1e9)
 
     def age(self, name: str) -> float:
         """Seconds since ``name`` was last written, by the storage's own clock (its answer's
         ``Date`` against the object's ``Last-Modified``), so hosts' clocks do not matter."""
-        answer = self._head_object(name)
+        answer = self.object_info(name)
         date = answer["ResponseMetadata"]["HTTPHeaders"].get("date")
         now = parsedate_to_datetime(date) if date else dt.datetime.now(dt.timezone.utc)
         return (now - answer["LastModified"]).total_seconds()
@@ -410,7 +411,7 @@ class S3Backend:
         """Remove ``name``. In a versioned (Object Lock) bucket every version is removed, so
         the bytes are really gone — or ``ObjectLocked`` when a retention forbids it."""
         if self.retention() is None:
-            self._head_object(name)  # S3 deletes silently what does not exist; we say so
+            self.object_info(name)  # S3 deletes silently what does not exist; we say so
             self._call("delete", name, self.client.delete_object, Bucket=self.bucket, Key=self.key(name))
             self._forget(name)
             return
