@@ -37,6 +37,7 @@ import sys
 import threading
 from typing import Any, Callable
 
+from vddk import abi
 from vddk.disk import DiskInfo
 from vddk.errors import (
     VIX_E_INVALID_ARG, InvalidArgument, VddkError, WorkerFailed, error_by_name,
@@ -304,8 +305,10 @@ class IsolatedConnection:
         return disk
 
     def create(self, path: str, capacity: int, *, adapter: str = "lsilogic",
-               hw_version: int = 14) -> None:
-        self._lib._call("create", self._id, path, capacity, adapter, hw_version)
+               hw_version: int = abi.HWVERSION_NEWEST, logical_sector_size: int = 512,
+               physical_sector_size: int = 512) -> None:
+        self._lib._call("create", self._id, path, capacity, adapter, hw_version,
+                        logical_sector_size, physical_sector_size)
 
     def close(self) -> None:
         if self._id is None:
@@ -715,8 +718,9 @@ def child_main(fd: int) -> int:
         "prepare": lambda params, identity: need().prepare_for_access(params, identity),
         "end": lambda params, identity: need().end_access(params, identity),
         "cleanup": lambda params: need().cleanup(params),
-        "create": lambda cid, path, cap, adapter, hw: connections[cid].create(
-            path, cap, adapter=adapter, hw_version=hw),
+        "create": lambda cid, path, cap, adapter, hw, lss, pss: connections[cid].create(
+            path, cap, adapter=adapter, hw_version=hw, logical_sector_size=lss,
+            physical_sector_size=pss),
         "exit": lambda: library.close() if library is not None else None,
     }
     while True:
