@@ -29,6 +29,7 @@ import mmap
 import os
 import pathlib
 import pickle
+import select
 import signal
 import socket
 import struct
@@ -66,10 +67,13 @@ class _Channel:
 
     _CHUNK = 1 << 16
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, timeout: float | None = None) -> None:
         self.sock = sock
         self._pending = bytearray()
         self._fds: list[int] = []
+        # The parent's side waits at most ``timeout`` seconds for a reply (a hung VixDiskLib
+        # call); the worker's side waits for requests as long as it takes.
+        self.timeout = timeout
 
     def send(self, obj: Any, fds: tuple[int, ...] = ()) -> None:
         data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
@@ -84,6 +88,10 @@ class _Channel:
 
     def _fill(self, need: int) -> None:
         while len(self._pending) < need:
+            if self.timeout is not None:
+                ready, _, _ = select.select([self.sock], [], [], self.timeout)
+                if not ready:
+                    raise CallTimedOut(self.timeout)
             data, fds, _flags, _addr = socket.recv_fds(self.sock, self._CHUNK, 4)
             if not data:
                 raise EOFError
@@ -101,6 +109,27 @@ class _Channel:
 
     def close(self) -> None:
         self.sock.close()
+
+
+class CallTimedOut(Exception):
+    """No reply within the call timeout (internal: turned into ``WorkerFailed``)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(seconds)
+        self.seconds = seconds
+
+
+ENV_CALL_TIMEOUT = "VDDK_CALL_TIMEOUT"
+DEFAULT_CALL_TIMEOUT = 900.0  # a VixDiskLib call slower than this is stuck (NFC, hot-add)
+
+
+def call_timeout() -> float:
+    """Seconds the parent waits for any one call (``$VDDK_CALL_TIMEOUT``, else 900)."""
+    try:
+        value = float(os.environ.get(ENV_CALL_TIMEOUT, DEFAULT_CALL_TIMEOUT))
+    except ValueError:
+        return DEFAULT_CALL_TIMEOUT
+    return value if value > 0 else DEFAULT_CALL_TIMEOUT
 
 
 def _reply_error(e: BaseException) -> tuple[Any, ...]:
@@ -150,7 +179,9 @@ class IsolatedLibrary:
             )
         finally:
             theirs.close()
-        self._ctl = _Channel(ours)
+        self._timeout = call_timeout()
+        self.dead = False  # killed after a call that did not return: nothing left to close
+        self._ctl = _Channel(ours, self._timeout)
         self._lock = threading.Lock()
         self._connections: set[IsolatedConnection] = set()
         self._stderr = threading.Thread(target=self._relay_logs, name="vddk-worker-stderr",
@@ -190,9 +221,22 @@ class IsolatedLibrary:
             try:
                 self._ctl.send((op, *args), fds)
                 reply, _ = self._ctl.recv()
+            except CallTimedOut as e:
+                raise self.hung(op, e.seconds) from None
             except (EOFError, OSError):
                 raise WorkerFailed(self._death_note()) from None
         return _raise_reply(reply)
+
+    def hung(self, op: str, seconds: float) -> WorkerFailed:
+        """A call did not return: the worker (and the VixDiskLib call stuck in it) is killed,
+        so that the caller can clean up (remove its snapshot) and every later call fails."""
+        self.dead = True
+        try:
+            self._proc.kill()
+        except OSError:
+            pass
+        return WorkerFailed(f"VixDiskLib did not answer within {seconds:g} s ({op}); "
+                            "its worker process was killed")
 
     def _death_note(self) -> str:
         try:
@@ -236,6 +280,9 @@ class IsolatedLibrary:
         """Disconnect what is left, Exit in the child, and wait for it (idempotent)."""
         if not self._open:
             return
+        if self.dead:
+            self._shutdown()
+            return
         for conn in list(self._connections):
             if not conn.closed:
                 try:
@@ -276,7 +323,8 @@ class _Prepared:
         self._lib.prepare_for_access(self._params, self._identity)
 
     def __exit__(self, *exc: object) -> None:
-        self._lib.end_access(self._params, self._identity)
+        if not self._lib.dead:  # a killed worker's host-side state is VixDiskLib_Cleanup's
+            self._lib.end_access(self._params, self._identity)
 
 
 class IsolatedConnection:
@@ -312,6 +360,9 @@ class IsolatedConnection:
 
     def close(self) -> None:
         if self._id is None:
+            return
+        if self._lib.dead:
+            self._id = None
             return
         self._lib._call("disconnect", self._id)
         self._id = None
@@ -356,7 +407,7 @@ class IsolatedDisk:
         finally:
             theirs.close()
             os.close(memfd)
-        self._chan: _Channel | None = _Channel(ours)
+        self._chan: _Channel | None = _Channel(ours, lib._timeout)
         self._view = memoryview(self._map)
         self._lock = threading.Lock()
         self._buffers: list[tuple[int, int, int, mmap.mmap]] = []  # address, size, id, map
@@ -380,6 +431,8 @@ class IsolatedDisk:
         assert self._chan is not None
         try:
             reply, _ = self._chan.recv()
+        except CallTimedOut as e:
+            raise self._lib.hung(f"{self.path}", e.seconds) from None
         except (EOFError, OSError):
             raise WorkerFailed(self._lib._death_note()) from None
         return reply

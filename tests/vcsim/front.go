@@ -390,13 +390,15 @@ func (h *frontHandler) snapshot(w http.ResponseWriter, r *http.Request, vm types
 	}
 	before := currentSnapshot(vm)
 	prepareSnapshot(vm)
+	pending := freezeDisks(vm) // harsh.go: the state the snapshot keeps, taken before it exists
 	rec := h.forward(r, body, "CreateSnapshot_Task")
 	if after := currentSnapshot(vm); after != nil && (before == nil || *after != *before) {
 		if err := detachSnapshotConfig(*after); err != nil {
 			log.Printf("snapshot %s: %v", after, err)
 		}
-		freezeSnapshot(vm, *after) // harsh.go: the snapshot's disks keep their state
+		pending.keep(*after)
 	}
+	pending.drop()
 	copyResponse(w, rec, "CreateSnapshot_TaskResponse", response)
 }
 

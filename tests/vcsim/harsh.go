@@ -84,16 +84,46 @@ func disksOfVM(vm *simulator.VirtualMachine) []string {
 	return out
 }
 
-// freezeSnapshot keeps the disks' state at the snapshot.
-func freezeSnapshot(vmRef, snapRef types.ManagedObjectReference) {
+// frozenDisks are copies of a VM's disks made just before a snapshot is
+// created, renamed to the snapshot's frozen files once it exists. Copying
+// before the snapshot exists means that no write the test makes once it sees
+// the snapshot can reach the copy.
+type frozenDisks struct{ pending map[string]string } // descriptor -> copy
+
+var frozenSeq int
+
+func freezeDisks(vmRef types.ManagedObjectReference) *frozenDisks {
+	f := &frozenDisks{pending: map[string]string{}}
 	vm := vmByRef(vmRef)
 	if vm == nil {
-		return
+		return f
 	}
 	for _, desc := range disksOfVM(vm) {
-		if err := sparseCopy(flatPath(desc), frozenPath(desc, snapRef.Value)); err != nil {
+		frozenSeq++
+		tmp := frozenPath(desc, fmt.Sprintf("pending%d", frozenSeq))
+		if err := sparseCopy(flatPath(desc), tmp); err != nil {
+			log.Printf("freeze %s: %v", desc, err)
+			continue
+		}
+		f.pending[desc] = tmp
+	}
+	return f
+}
+
+// keep makes the copies the frozen state of snapRef.
+func (f *frozenDisks) keep(snapRef types.ManagedObjectReference) {
+	for desc, tmp := range f.pending {
+		if err := os.Rename(tmp, frozenPath(desc, snapRef.Value)); err != nil {
 			log.Printf("freeze %s: %v", desc, err)
 		}
+	}
+	f.pending = map[string]string{}
+}
+
+// drop removes copies that no snapshot kept (the create failed).
+func (f *frozenDisks) drop() {
+	for _, tmp := range f.pending {
+		_ = os.Remove(tmp)
 	}
 }
 
@@ -206,20 +236,30 @@ func cannotTrack(vm *simulator.VirtualMachine) string {
 	return reason
 }
 
-// refusedTask is a failed task of the VM with a NotSupported fault.
+// refusedTask is a failed task of the VM with a NotSupported fault whose
+// localized message says why (the simulator's own says only the fault's type).
 func refusedTask(vm *simulator.VirtualMachine, name, message string) types.ManagedObjectReference {
+	fault := &types.NotSupported{}
 	task := simulator.CreateTask(vm, name, func(*simulator.Task) (types.AnyType, types.BaseMethodFault) {
-		return nil, &types.NotSupported{RuntimeFault: types.RuntimeFault{MethodFault: types.MethodFault{
-			FaultMessage: []types.LocalizableMessage{{Key: "repofs.vcsim.cbt", Message: message}}}}}
+		return nil, fault
 	})
-	return task.Run()
+	ref := task.Run()
+	simulator.Map.WithLock(task, func() {
+		simulator.Map.Update(task, []types.PropertyChange{
+			{Name: "info.error", Val: types.LocalizedMethodFault{Fault: fault, LocalizedMessage: message}},
+		})
+	})
+	return ref
 }
 
-// setConsolidationNeeded sets or clears runtime.consolidationNeeded.
+// setConsolidationNeeded sets or clears runtime.consolidationNeeded (the
+// whole runtime is replaced: the registry applies changes to top-level paths).
 func setConsolidationNeeded(vm *simulator.VirtualMachine, on bool) {
 	simulator.Map.WithLock(vm, func() {
+		runtime := vm.Runtime
 		v := on
-		simulator.Map.Update(vm, []types.PropertyChange{{Name: "runtime.consolidationNeeded", Val: &v}})
+		runtime.ConsolidationNeeded = &v
+		simulator.Map.Update(vm, []types.PropertyChange{{Name: "runtime", Val: runtime}})
 	})
 }
 
