@@ -129,7 +129,7 @@ def test_a_revert_means_a_full_read_with_the_reason(vsphere: VSphereBed, tmp_pat
 
 def test_a_revert_to_an_older_snapshot_is_seen_in_the_tree(vsphere: VSphereBed,
                                                            tmp_path: Path) -> None:
-    from restore.backup import trust
+    from restore.vsphere import changetrust as trust
     name = unique("tree")
     vsphere.create_vm(name, [DISK], change_tracking=True)
     with connected(vsphere.vcsim) as si:

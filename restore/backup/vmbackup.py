@@ -24,7 +24,7 @@ from pyVmomi import vim
 from . import changed, firstclass, metadata as meta
 from .vddkdisk import VSphereDiskSource, clip
 from restore.vsphere.session import Session
-from . import trust
+from restore.vsphere import changetrust as trust
 from .keepalive import cleanup_vddk, keepalive
 from .snapshot import (
     SNAPSHOT_PREFIX, backup_snapshot, enable_change_tracking, remove_orphans, reset_change_tracking,

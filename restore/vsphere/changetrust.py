@@ -1,4 +1,4 @@
-"""Whether vCenter's changed blocks can be trusted for this backup, and if not, why.
+"""Whether vCenter's changed blocks can be trusted, and if not, why (backup and Quick Rollback).
 
 Role: changed-block tracking answers what changed since a change id, but VMware documents
 conditions in which the answer is wrong without any fault. ``vm_state`` reads what the next
