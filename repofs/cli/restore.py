@@ -30,6 +30,7 @@ def restore(targets: Annotated[list[str], typer.Argument(metavar="vm:NAME...", h
             import_vmx: Annotated[bool, typer.Option("--import", help="Register the saved .vmx instead of creating from the saved configuration.")] = False,
             recover_identity: Annotated[bool, typer.Option("--recover-identity", help="Keep the UUIDs and MAC addresses (default: new ones).")] = False,
             dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; change nothing.")] = False,
+            in_place: Annotated[bool, typer.Option("--in-place", help="Quick Rollback: write back into the existing VM only the blocks that differ from the generation.")] = False,
             from_dir: Annotated[Optional[str], typer.Option("--from", help="A generation folder of a mount, instead of the repository.")] = None,
             server: Annotated[Optional[str], typer.Option("--server", envvar="VSPHERE_SERVER", help="vCenter host[:port].")] = None,
             user: Annotated[Optional[str], typer.Option("--user", envvar="VSPHERE_USER", help="vSphere user.")] = None,
@@ -66,8 +67,15 @@ def restore(targets: Annotated[list[str], typer.Argument(metavar="vm:NAME...", h
         raise UsageProblem("--name names one VM: restore the VMs one at a time")
     if from_dir and len(vms) > 1:
         raise UsageProblem("--from is one generation folder: restore one VM with it")
-    if force and not overwrite:
-        raise UsageProblem("--force only goes with --overwrite")
+    if in_place:
+        clash = [flag for flag, given in (("--overwrite", overwrite), ("--name", name), ("--import", import_vmx),
+                                          ("--datastore", datastore), ("--network", network), ("--folder", folder),
+                                          ("--resource-pool", resource_pool), ("--host", host),
+                                          ("--recover-identity", recover_identity)) if given]
+        if clash:
+            raise UsageProblem(f"--in-place writes into the existing VM: {clash[0]} does not apply")
+    elif force and not overwrite:
+        raise UsageProblem("--force only goes with --overwrite (or --in-place)")
     if threads < 1:
         raise UsageProblem("--threads must be at least 1")
     _restore_vsphere(vms, repo=repo, password_file=password_file, generation=generation,
@@ -76,7 +84,7 @@ def restore(targets: Annotated[list[str], typer.Argument(metavar="vm:NAME...", h
                                   resource_pool=resource_pool, host=host, storage_profile=storage_profile,
                                   power_on=power_on, overwrite=overwrite, force=force, import_vmx=import_vmx,
                                   recover_identity=recover_identity, transports=transport, dry_run=dry_run,
-                                  workers=threads, verify_written=verify_written),
+                                  workers=threads, verify_written=verify_written, in_place=in_place),
                      datastores=datastore or [], networks=network or [],
                      session=dict(server=server, user=user, password_file=vsphere_password_file,
                                   thumbprint=thumbprint, insecure=insecure, ca_file=ca_file,
@@ -111,6 +119,7 @@ def _restore_vsphere(vms: list[str], *, repo: str | None, password_file: str | N
     exitcodes.register([(vsphere_errors.CredentialsMissing, exitcodes.USAGE),
                         (restoreerrors.PlacementError, exitcodes.NOT_FOUND),
                         (restoreerrors.VMExists, exitcodes.BUSY),
+                        (restoreerrors.VMPoweredOn, exitcodes.BUSY),
                         (restoreerrors.SourceUnusable, exitcodes.UNSUPPORTED),
                         (restoreerrors.DiskWriteFailed, exitcodes.VDDK),
                         (vsphere_errors.VMNotFound, exitcodes.NOT_FOUND),

@@ -8,8 +8,8 @@ and also when it was interrupted while the create task was still running (the sn
 found again by its unique name). A second Ctrl-C during the removal is held back until the
 removal is done.
 
-Ownership: the snapshot's description carries ``OWNER_MARKER`` with the host, process id and
-start time of the run. ``remove_orphans`` (run before the next backup of the VM) removes the
+Ownership: the snapshot's description carries the owner marker (``restore.vsphere.ownership``)
+with the host, process id and start time of the run. ``remove_orphans`` (run before the next backup of the VM) removes the
 snapshots of ours that a killed run left: named with our prefix, marked, and either made by a
 process of this host that is gone, or older than ``ORPHAN_AGE``; others of our name are
 reported, not touched (another run may be reading them).
@@ -25,10 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import os
-import re
 import signal
-import socket
 import threading
 import time
 import uuid
@@ -38,15 +35,13 @@ from typing import Any, Callable, Iterator
 from pyVmomi import vim
 
 from restore.vsphere.errors import ChangeTrackingFailed, SnapshotFailed, SnapshotRemovalFailed, TaskFailed
+from restore.vsphere.ownership import ORPHAN_AGE, owner_description, owner_of
 from restore.vsphere.tasks import properties, wait
 
 SNAPSHOT_PREFIX = "repofs-backup-"
-OWNER_MARKER = "repofs-owner:"
-ORPHAN_AGE = datetime.timedelta(hours=12)  # longer than any backup of one VM should run
 CREATE_TIMEOUT = 1800.0
 REMOVE_TIMEOUT = 3600.0
 CONSOLIDATE_TIMEOUT = 3600.0
-_MARKER = re.compile(re.escape(OWNER_MARKER) + r" host=(\S+) pid=(\d+) started=(\S+)")
 
 
 @dataclass
@@ -92,23 +87,6 @@ def enable_change_tracking(si: Any, vm: vim.VirtualMachine) -> bool:
     return True
 
 
-def owner_description() -> str:
-    """The description of our snapshots: what they are, and who made them."""
-    started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    return (f"taken by repofs for a backup; removed afterwards\n"
-            f"{OWNER_MARKER} host={socket.gethostname()} pid={os.getpid()} started={started}")
-
-
-def _process_gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
-
-
 def remove_orphans(si: Any, vm: vim.VirtualMachine, *, max_age: datetime.timedelta = ORPHAN_AGE,
                    now: datetime.datetime | None = None) -> list[str]:
     """Remove snapshots of ours left by a killed run; return what was done, in words."""
@@ -123,14 +101,14 @@ def remove_orphans(si: Any, vm: vim.VirtualMachine, *, max_age: datetime.timedel
     for node in list(_walk(tree.rootSnapshotList)):
         if not node.name.startswith(SNAPSHOT_PREFIX):
             continue
-        m = _MARKER.search(node.description or "")
+        owner = owner_of(node.description)
         age = now - node.createTime if node.createTime is not None else None
-        if m is None:
+        if owner is None:
             notes.append(f"snapshot {node.name} has our name but not our marker: left alone; "
                          "remove it if it is not in use")
             continue
-        host, pid = m.group(1), int(m.group(2))
-        gone = host == socket.gethostname() and pid != os.getpid() and _process_gone(pid)
+        host, pid = owner.host, owner.pid
+        gone = owner.gone
         old = age is not None and age > max_age
         if not (gone or old):
             notes.append(f"snapshot {node.name} belongs to a run (pid {pid} on {host}) that may "
@@ -174,7 +152,8 @@ def reset_change_tracking(si: Any, vm: vim.VirtualMachine) -> None:
 
 
 def _create(si: Any, vm: vim.VirtualMachine, name: str, quiesce: bool, what: str) -> vim.vm.Snapshot:
-    task = vm.CreateSnapshot_Task(name=name, description=owner_description(),
+    task = vm.CreateSnapshot_Task(name=name, description=owner_description(
+                                      "taken by repofs for a backup; removed afterwards"),
                                   memory=False, quiesce=quiesce)
     return wait(si, task, what, timeout=CREATE_TIMEOUT)
 

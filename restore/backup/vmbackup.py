@@ -133,6 +133,7 @@ def backup_vm(session: Session, vm: vim.VirtualMachine, *, provider: VddkProvide
         doc["snapshot"] = {"moref": snap.moref, "name": snap.name, "quiesced": snap.quiesced,
                            "notes": list(snap.notes)}
         doc["change_tracking"] = {**record, "distrust": distrust}
+        doc["vm_state"] = state  # what the next backup and an in-place restore compare with
         meta.check_serialisable(doc)
         wanted = []
         for d in doc["disks"]:

@@ -66,6 +66,7 @@ def _run(targets: list[tuple[str, Callable[[], GenerationSource]]], options: Res
          on_outcome: Callable[[Outcome], None] | None) -> None:
     # pyVmomi only now: the VDDK worker process spawns on the other core meanwhile.
     from .restorevm import restore_vm
+    from .rollback import rollback_vm
     from restore.vsphere.session import Session
 
     with Session.login(credentials, thumbprint=session_options.thumbprint,
@@ -74,8 +75,13 @@ def _run(targets: list[tuple[str, Callable[[], GenerationSource]]], options: Res
             outcome = Outcome(target)
             try:
                 source = load()
-                outcome.result = restore_vm(session, source, options, provider=provider,
-                                            on_event=on_event, on_progress=on_progress)
+                if options.in_place and not options.dry_run:
+                    assert provider is not None
+                    outcome.result = rollback_vm(session, source, options, provider=provider,
+                                                 on_event=on_event)
+                else:
+                    outcome.result = restore_vm(session, source, options, provider=provider,
+                                                on_event=on_event, on_progress=on_progress)
             except (vddk.LibraryNotFound, vddk.MissingSymbol):
                 raise  # no VM can be written: stop the command
             except Exception as e:
@@ -98,6 +104,9 @@ def outcome_lines(outcome: Outcome) -> list[str]:
         return [f"{outcome.target}: FAILED: {error_text(outcome.error)}"]
     r = outcome.result
     assert r is not None
+    if not hasattr(r, "dry_run"):  # an in-place restore (rollback.RollbackResult)
+        from .rollback import outcome_lines as rollback_lines
+        return rollback_lines(r)
     if r.dry_run:
         return ["dry run, nothing changed:", *r.plan.lines()]
     lines = [f"{r.source_vm} generation {r.generation}: restored as {r.vm} ({r.moref}) in {r.seconds:.1f}s"
@@ -122,7 +131,12 @@ def outcome_json(outcome: Outcome) -> dict[str, Any]:
         out["error"] = {"type": type(outcome.error).__name__, "message": error_text(outcome.error),
                         "step": getattr(outcome.error, "step", None)}
     r = outcome.result
-    if r is not None:
+    if r is not None and not hasattr(r, "dry_run"):  # an in-place restore
+        out.update(vm=r.vm, moref=r.moref, generation=r.generation, source_vm=r.source_vm,
+                   in_place=True, powered_on=r.powered_on, seconds=round(r.seconds, 3),
+                   steps=r.steps, notes=r.notes, written_bytes=r.written_bytes,
+                   disks=[vars(d) for d in r.disks])
+    elif r is not None:
         out.update(vm=r.vm, moref=r.moref, generation=r.generation, source_vm=r.source_vm,
                    dry_run=r.dry_run, powered_on=r.powered_on, replaced=r.replaced,
                    seconds=round(r.seconds, 3), steps=r.steps, warnings=r.warnings,
