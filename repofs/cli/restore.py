@@ -71,7 +71,8 @@ def restore(targets: Annotated[list[str], typer.Argument(metavar="vm:NAME...", h
         clash = [flag for flag, given in (("--overwrite", overwrite), ("--name", name), ("--import", import_vmx),
                                           ("--datastore", datastore), ("--network", network), ("--folder", folder),
                                           ("--resource-pool", resource_pool), ("--host", host),
-                                          ("--recover-identity", recover_identity)) if given]
+                                          ("--recover-identity", recover_identity), ("--dry-run", dry_run),
+                                          ("--from", from_dir)) if given]
         if clash:
             raise UsageProblem(f"--in-place writes into the existing VM: {clash[0]} does not apply")
     elif force and not overwrite:
