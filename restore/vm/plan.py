@@ -29,6 +29,7 @@ from restore.vsphere.errors import AmbiguousVM, VMNotFound
 from restore.vsphere.inventory import find_vm, inventory_path
 from restore.vsphere.vmmeta import SCHEMA, parse_datastore_path
 from restore.vsphere.options import RestoreOptions
+from . import fidelity
 from .errors import PlacementError, SourceUnusable, VMExists
 from restore.vsphere.session import Session
 from .generation import GenerationSource, disk_by_label
@@ -237,6 +238,9 @@ def resolve(session: Session, source: GenerationSource, options: RestoreOptions)
     if meta.get("schema") != SCHEMA:
         raise SourceUnusable("check options", f"{source.vm} generation {source.name} has no vSphere "
                              "metadata (it was not backed up from vCenter): restore it with --to-dir")
+    refusal = fidelity.protection_refusal(meta)
+    if refusal:
+        raise SourceUnusable("check options", f"{source.vm} generation {source.name}: {refusal}")
     return _Resolver(session, source, options).plan()
 
 
@@ -354,6 +358,8 @@ class _Resolver:
                         make = Creation(obj, path, missing)
                         if isinstance(obj, vim.VirtualApp):
                             self.problems.add(f"cannot create resource pools inside the vApp {path}")
+            if pool is None and not saved and (self.meta.get("vm") or {}).get("template"):
+                pool, pool_path = self._template_pool()
             if pool is None:
                 self.problems.add(f"the saved resource pool {saved!r} and its cluster do not exist "
                                   f"in {self.dc_name}: give --resource-pool")
@@ -363,6 +369,25 @@ class _Resolver:
             self.warnings.append(f"the VM was in the vApp {self.meta['vapp'].get('path')}: it is "
                                  "restored into the resource pool, outside any vApp")
         return pool, pool_path, make
+
+    def _template_pool(self) -> tuple[Any, str]:
+        """A template belongs to no resource pool: its saved compute resource's root pool (or
+        the datacenter's first), where it is created before it is marked a template again."""
+        si = self.si
+        computes = _children_of_type(si, self.dc.hostFolder, vim.ComputeResource)
+        if not computes:
+            return None, ""
+        by_name = _names(si, computes)
+        saved = self.placement.get("compute_resource")
+        compute = by_name.get(saved) if isinstance(saved, str) else None
+        compute = compute or computes[0]
+        pool = properties(si, compute, ["resourcePool"]).get("resourcePool")
+        if pool is None:
+            return None, ""
+        path = inventory_path(si, pool)
+        self.warnings.append(f"a template has no resource pool: created in {path}, then marked "
+                             "a template")
+        return pool, path
 
     def host(self) -> Any:
         if not self.options.host:

@@ -43,7 +43,7 @@ from typing import Any, Callable, Iterator
 
 from pyVmomi import vim, vmodl
 
-from . import configspec, vmximport
+from . import configspec, fidelity, vmximport
 from restore.vsphere.vddkprovider import VddkProvider, connect_params
 from .diskwriter import DiskJob, WrittenDisk, write_disks
 from restore.vsphere.vmmeta import parse_datastore_path
@@ -166,6 +166,12 @@ class _Restore:
         else:
             with self.step("create the VM"):
                 self._create()
+            if (plan.metadata.get("files") or {}).get("nvram_b64"):
+                with self.step("restore the nvram"):
+                    where = fidelity.restore_nvram(self.session, self.vm, plan.datacenter_name,
+                                                   plan.metadata)
+                    if where:
+                        self.say(f"{plan.name}: saved .nvram written to {where}")
         with self.step("place disks and map networks"):
             self._place()
         jobs = self._jobs(prefetch.feeds)
@@ -198,7 +204,12 @@ class _Restore:
                 wait(self.si, self.snapshot.RemoveSnapshot_Task(removeChildren=False, consolidate=True),
                      f"remove the snapshot {SNAPSHOT_NAME} of {plan.name}")
                 self.snapshot = None
-        if plan.options.power_on:
+        if (plan.metadata.get("vm") or {}).get("template"):
+            with self.step("mark as template"):
+                self.vm.MarkAsTemplate()
+            if plan.options.power_on:
+                plan.warnings.append("a template is not powered on")
+        elif plan.options.power_on:
             with self.step("power on"):
                 wait(self.si, self.vm.PowerOnVM_Task(), f"power on {plan.name}")
                 self.result.powered_on = True
@@ -224,6 +235,11 @@ class _Restore:
                           lambda: wait(self.si, vm.Rename_Task(newName=self.plan.name),
                                        f"rename {ex.moref} back")))
         self.set_aside = (vm, self.plan.name, on)
+        if self.plan.options.recover_identity:
+            # The new VM takes the saved UUIDs and MACs: the original must not hold them too.
+            swap = fidelity.IdentitySwap(self.si, vm, aside)
+            swap.apply()
+            self.undo.append((f"UUIDs and MAC addresses of {ex.moref} given back", swap.undo))
         self.say(f"{self.plan.name}: the existing VM {ex.moref} is set aside as {aside} until the "
                  "restore has succeeded")
 
@@ -353,6 +369,8 @@ class _Restore:
                 self.result.disks = write_disks(conn, jobs, threads=self.plan.options.workers,
                                                 progress=self.progress,
                                                 read_back=self.plan.options.verify_written)
+                if self.plan.options.recover_identity:
+                    self._disk_uuids(conn, jobs)
             except DiskWriteFailed:
                 raise
             except Exception as e:
@@ -362,6 +380,15 @@ class _Restore:
                 conn.close()
             except Exception:
                 pass
+
+    def _disk_uuids(self, conn: Any, jobs: list[DiskJob]) -> None:
+        """The saved disk UUIDs into the new disks' metadata (``ddb.uuid``)."""
+        saved = {d.label: fidelity.ddb_uuid(d.saved.get("uuid")) for d in self.plan.disks}
+        for job in jobs:
+            value = saved.get(job.label)
+            if value:
+                with conn.open(job.path, read_only=False) as disk:
+                    disk.write_metadata("uuid", value)
 
     def _reconfigure(self) -> None:
         devices = properties(self.si, self.vm, ["config.hardware.device"]).get("config.hardware.device") or []

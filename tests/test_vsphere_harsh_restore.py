@@ -1,0 +1,134 @@
+"""Restore fidelity against the harsher test vCenter: what a restored VM keeps beyond its
+hardware — the .nvram (EFI variables) also without --import, EFI with secure boot, thick lazy-
+and eager-zeroed disks, disk UUIDs with --recover-identity, templates as templates — and what
+is refused (encrypted VMs, a vTPM) rather than restored without its protection; with
+--overwrite --recover-identity the set-aside original never shares the identity the new VM
+takes, and gets its own back when the restore fails.
+"""
+from __future__ import annotations
+
+import json
+
+from pyVmomi import vim
+
+from fixtures_restore import MiB, RestoreBed
+from fixtures_vcsim import connected, find_by_name, wait_task
+from fixtures_vsphere import unique
+
+UNSUPPORTED_EXIT = 12
+VDDK_EXIT = 14
+
+
+def _vm(si, name: str):
+    return find_by_name(si, vim.VirtualMachine, name)
+
+
+def _nvram(bed: RestoreBed, info: dict) -> bytes:
+    vmx = bed.local(info["config"].files.vmPathName)
+    return vmx.with_suffix(".nvram").read_bytes()
+
+
+def _ddb_uuid(bed: RestoreBed, datastore_path: str) -> str:
+    for line in bed.local(datastore_path).read_text().splitlines():
+        if line.startswith("ddb.uuid"):
+            return line.split("=", 1)[1].strip().strip('"').lower()
+    raise AssertionError(f"no ddb.uuid in {datastore_path}")
+
+
+def test_nvram_efi_secure_boot_and_thick_disks_come_back(restore_bed: RestoreBed) -> None:
+    name = unique("rs-efi")
+    bed = restore_bed.bed
+    with connected(bed.vcsim) as si:
+        from fixtures_vcsim import create_vm
+        vm = create_vm(si, name, [4 * MiB])
+        spec = vim.vm.ConfigSpec(
+            firmware="efi", bootOptions=vim.vm.BootOptions(efiSecureBootEnabled=True),
+            deviceChange=[vim.vm.device.VirtualDeviceSpec(
+                operation="add", fileOperation="create", device=vim.vm.device.VirtualDisk(
+                    key=-301 - u, controllerKey=vm.config.hardware.device[0].key
+                    if isinstance(vm.config.hardware.device[0], vim.vm.device.VirtualSCSIController)
+                    else next(d.key for d in vm.config.hardware.device
+                              if isinstance(d, vim.vm.device.VirtualSCSIController)),
+                    unitNumber=1 + u, capacityInKB=2048, capacityInBytes=2 * MiB,
+                    backing=vim.vm.device.VirtualDisk.FlatVer2BackingInfo(
+                        fileName="[LocalDS_0]", diskMode="persistent", thinProvisioned=False,
+                        eagerlyScrub=u == 1))) for u in range(2)])
+        wait_task(si, vm.ReconfigVM_Task(spec=spec))
+    bed.write(bed.disk_path(name, 0), [(MiB, b"efi!" * 4096)])
+    bed.backup(f"vm:{name}")
+    original = restore_bed.vm(name)
+    copy = unique("rs-efi-copy")
+    out = json.loads(restore_bed.restore(f"vm:{name}", "--name", copy, "--json").stdout)[0]
+    assert "restore the nvram" in out["steps"]
+    info = restore_bed.vm(copy)
+    assert _nvram(restore_bed, info) == _nvram(restore_bed, original)
+    assert info["config"].firmware == "efi"
+    assert info["config"].bootOptions.efiSecureBootEnabled is True
+    got = sorted((d.unitNumber, bool(d.backing.thinProvisioned), bool(d.backing.eagerlyScrub))
+                 for d in info["disks"])
+    assert got == [(0, True, False), (1, False, False), (2, False, True)]
+
+
+def test_disk_uuids_with_recover_identity(restore_bed: RestoreBed) -> None:
+    b = restore_bed.backed_up("rs-duuid", disks=(4 * MiB,), pieces={0: [(0, b"u" * 65536)]})
+    original = restore_bed.vm(b.vm)
+    want = _ddb_uuid(restore_bed, original["disks"][0].backing.fileName)
+    same = unique("rs-duuid-same")
+    restore_bed.restore(f"vm:{b.vm}", "--name", same, "--recover-identity")
+    info = restore_bed.vm(same)
+    assert _ddb_uuid(restore_bed, info["disks"][0].backing.fileName) == want
+    assert restore_bed.same_disk(info["disks"][0].backing.fileName, b.raws["scsi0-0"])
+    fresh = unique("rs-duuid-new")
+    restore_bed.restore(f"vm:{b.vm}", "--name", fresh)
+    info = restore_bed.vm(fresh)
+    assert _ddb_uuid(restore_bed, info["disks"][0].backing.fileName) != want
+
+
+def test_a_template_is_restored_as_a_template(restore_bed: RestoreBed) -> None:
+    b = restore_bed.backed_up("rs-tmpl", disks=(4 * MiB,), pieces={0: [(0, b"t" * 65536)]})
+    with connected(restore_bed.vcsim) as si:
+        _vm(si, b.vm).MarkAsTemplate()
+    restore_bed.bed.backup(f"vm:{b.vm}")
+    copy = unique("rs-tmpl-copy")
+    out = json.loads(restore_bed.restore(f"vm:{b.vm}", "--name", copy, "--power-on", "--json").stdout)[0]
+    assert out["steps"][-1] == "mark as template"
+    assert "a template is not powered on" in out["warnings"]
+    info = restore_bed.vm(copy)
+    assert info["config"].template is True and info["power"] == "poweredOff"
+
+
+def test_a_vm_with_a_vtpm_is_refused_not_restored_without_it(restore_bed: RestoreBed) -> None:
+    b = restore_bed.backed_up("rs-tpm", disks=(4 * MiB,), pieces={0: [(0, b"p" * 4096)]})
+    with connected(restore_bed.vcsim) as si:
+        wait_task(si, _vm(si, b.vm).ReconfigVM_Task(spec=vim.vm.ConfigSpec(deviceChange=[
+            vim.vm.device.VirtualDeviceSpec(operation="add", device=vim.vm.device.VirtualTPM(key=-400))])))
+    restore_bed.bed.backup(f"vm:{b.vm}")
+    before = restore_bed.inventory()
+    proc = restore_bed.restore(f"vm:{b.vm}", "--name", unique("rs-tpm-copy"), check=False)
+    assert proc.returncode == UNSUPPORTED_EXIT, proc.stderr
+    assert "virtual TPM" in proc.stderr and "Traceback" not in proc.stderr
+    assert restore_bed.inventory() == before
+
+
+def test_overwrite_with_recover_identity_never_shares_the_identity(restore_bed: RestoreBed) -> None:
+    """The original is set aside with fresh UUIDs and MACs while the new VM takes the saved
+    ones; when the restore fails, the original gets its own back."""
+    b = restore_bed.backed_up("rs-ident", disks=(4 * MiB,), pieces={0: [(0, b"i" * 2 * MiB)]})
+    before = restore_bed.vm(b.vm)
+    restore_bed.bed.configure(fail_write_after=0)
+    proc = restore_bed.restore(f"vm:{b.vm}", "--name", b.vm, "--overwrite", "--recover-identity",
+                               check=False)
+    assert proc.returncode == VDDK_EXIT, proc.stderr
+    assert "UUIDs and MAC addresses" in proc.stderr
+    back = restore_bed.vm(b.vm)
+    assert back["moref"] == before["moref"]
+    assert (back["config"].uuid, back["config"].instanceUuid) == \
+        (before["config"].uuid, before["config"].instanceUuid)
+    assert back["nics"][0].macAddress == before["nics"][0].macAddress
+    restore_bed.bed.configure()
+    out = json.loads(restore_bed.restore(f"vm:{b.vm}", "--name", b.vm, "--overwrite",
+                                         "--recover-identity", "--json").stdout)[0]
+    after = restore_bed.vm(b.vm)
+    assert after["moref"] != before["moref"] and out["replaced"]
+    assert after["config"].instanceUuid == before["config"].instanceUuid
+    assert after["nics"][0].macAddress == before["nics"][0].macAddress
