@@ -132,3 +132,34 @@ def test_overwrite_with_recover_identity_never_shares_the_identity(restore_bed: 
     assert after["moref"] != before["moref"] and out["replaced"]
     assert after["config"].instanceUuid == before["config"].instanceUuid
     assert after["nics"][0].macAddress == before["nics"][0].macAddress
+
+
+def test_a_datastore_without_room_is_refused_before_any_change(fresh_vcsim, tmp_path, monkeypatch) -> None:
+    """A thick disk larger than the datastore's free space: the plan says so, nothing is made.
+    On a simulator of its own: the simulator books the disk's size against its datastore."""
+    import os
+
+    from fixtures_vsphere import make_bed
+    bed = make_bed(fresh_vcsim, tmp_path / "bed", monkeypatch)
+    rb = RestoreBed(bed)
+    st = os.statvfs(fresh_vcsim.datastores["LocalDS_0"])
+    size = min(1 << 40, -(-2 * st.f_bavail * st.f_frsize // (1 << 30)) * (1 << 30))
+    name = unique("rs-full")
+    with connected(fresh_vcsim) as si:
+        from fixtures_vcsim import create_vm
+        vm = create_vm(si, name, [4 * MiB])
+        ctrl = next(d.key for d in vm.config.hardware.device
+                    if isinstance(d, vim.vm.device.VirtualSCSIController))
+        wait_task(si, vm.ReconfigVM_Task(spec=vim.vm.ConfigSpec(deviceChange=[
+            vim.vm.device.VirtualDeviceSpec(operation="add", fileOperation="create",
+                                            device=vim.vm.device.VirtualDisk(
+                key=-300, controllerKey=ctrl, unitNumber=1, capacityInKB=size // 1024,
+                capacityInBytes=size, backing=vim.vm.device.VirtualDisk.FlatVer2BackingInfo(
+                    fileName="[LocalDS_0]", diskMode="persistent", thinProvisioned=False)))])))
+    bed.write(bed.disk_path(name, 1), [(0, b"f" * 65536)])
+    bed.backup(f"vm:{name}")
+    before = rb.inventory()
+    proc = rb.restore(f"vm:{name}", "--name", unique("rs-full-copy"), check=False)
+    assert proc.returncode == 8, proc.stderr  # check options
+    assert "LocalDS_0 has" in proc.stderr and "free, the disks need" in proc.stderr
+    assert rb.inventory() == before
