@@ -163,3 +163,38 @@ def test_a_datastore_without_room_is_refused_before_any_change(fresh_vcsim, tmp_
     assert proc.returncode == 8, proc.stderr  # check options
     assert "LocalDS_0 has" in proc.stderr and "free, the disks need" in proc.stderr
     assert rb.inventory() == before
+
+
+def test_a_restore_killed_mid_write_is_named_by_the_next_run(restore_bed: RestoreBed) -> None:
+    """kill -9 while --overwrite writes: the original is left set aside under its
+    -repofs-replaced- name beside the incomplete copy; the next run of the same command
+    changes nothing and names both."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from fixtures_vddk import read_stats
+    b = restore_bed.backed_up("rs-kill", disks=(4 * MiB,), pieces={0: [(0, b"k" * 2 * MiB)]})
+    original = restore_bed.vm(b.vm)
+    bed = restore_bed.bed
+    bed.configure(hang_write_after=0)
+    cmd = bed.command(f"vm:{b.vm}", "--name", b.vm, "--overwrite")
+    cmd[cmd.index("backup")] = "restore"
+    proc = subprocess.Popen(cmd, env=bed.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not any(w[0] == "hang" for w in read_stats(bed.stats)):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    bed.configure()
+    before = restore_bed.inventory()
+    again = restore_bed.restore(f"vm:{b.vm}", "--name", b.vm, "--overwrite", check=False)
+    assert again.returncode == 11, again.stderr
+    assert f"{b.vm}-repofs-replaced-" in again.stderr and original["moref"] in again.stderr
+    assert "incomplete copy" in again.stderr
+    assert restore_bed.inventory() == before

@@ -38,6 +38,9 @@ from restore.vsphere.tasks import properties
 SNAPSHOT_TRANSPORTS = ("san", "hotadd")
 
 
+REPLACED_SUFFIX = "-repofs-replaced-"  # an existing VM set aside until the restore succeeded
+
+
 @dataclass
 class DiskPlacement:
     label: str
@@ -601,8 +604,19 @@ class _Resolver:
             self.warnings.append(f"privileges not checked beforehand ({type(e).__name__})")
 
     def existing(self) -> tuple[Existing | None, list[str]]:
-        """The VM of the target name, and why it stands in the way (if it does)."""
+        """The VM of the target name, and why it stands in the way (if it does). An original
+        that an interrupted restore (kill -9) set aside under ``<name>-repofs-replaced-…``
+        stops the restore, named with the VM that may be that run's incomplete one."""
         si, name, options = self.si, self.name, self.options
+        vms = _children_of_type(si, si.content.rootFolder, vim.VirtualMachine)
+        aside = sorted((n, vm._moId) for n, vm in _names(si, vms).items()
+                       if n.startswith(f"{name}{REPLACED_SUFFIX}"))
+        if aside:
+            left = ", ".join(f"{n} ({moref})" for n, moref in aside)
+            return None, [f"{left} is the original of {name!r} set aside by an interrupted "
+                          f"restore; a VM named {name!r}, if there is one, may be that restore's "
+                          "incomplete copy: check them, rename the original back or remove it, "
+                          "then restore again"]
         try:
             found = find_vm(si, name)
         except VMNotFound:

@@ -47,7 +47,7 @@ from . import configspec, fidelity, vmximport
 from restore.vsphere.vddkprovider import VddkProvider, connect_params
 from .diskwriter import DiskJob, WrittenDisk, write_disks
 from restore.vsphere.vmmeta import parse_datastore_path
-from .plan import Plan, RestoreOptions, resolve
+from .plan import REPLACED_SUFFIX, Plan, RestoreOptions, resolve
 from .errors import DiskWriteFailed, RestoreError, StepFailed
 from restore.vsphere.session import Session
 from .prefetch import Prefetch
@@ -55,7 +55,6 @@ from .generation import GenerationSource
 from restore.vsphere.tasks import fault_text, properties, wait
 
 IDENTITY = "repofs-restore"
-REPLACED_SUFFIX = "-repofs-replaced-"
 SNAPSHOT_NAME = "repofs-restore"
 
 Say = Callable[[str], None]

@@ -157,6 +157,7 @@ struct standin_config {
     int no_allocated_blocks;   /* QueryAllocatedBlocks answers "not supported" */
     long transient_read_faults; /* the next N reads fail with a lost NFC connection, then work */
     long hang_read_after;      /* -1: never; the read after N reads never returns */
+    long hang_write_after;     /* -1: never; the write after N writes never returns */
     char *stats;
 };
 

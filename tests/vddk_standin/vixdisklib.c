@@ -785,6 +785,12 @@ EXPORT VixError VixDiskLib_Write(VixDiskLibHandle handle, uint64_t startSector,
     if (e != VIX_OK)
         return e;
     long nth = __atomic_add_fetch(&write_calls, 1, __ATOMIC_SEQ_CST);
+    if (standin_cfg.hang_write_after >= 0 && nth > standin_cfg.hang_write_after) {
+        emit(warn_fn, "VixDiskLib: write %ld of %s hangs (injected)\n", nth, handle->path);
+        stat_line("hang %s", handle->path);
+        for (;;)
+            pause();
+    }
     if (standin_cfg.fail_write_after >= 0 && nth > standin_cfg.fail_write_after) {
         emit(warn_fn, "VixDiskLib: write %ld of %s fails (injected)\n", nth, handle->path);
         return VIX_E_FILE_ERROR;
