@@ -198,3 +198,23 @@ def test_a_restore_killed_mid_write_is_named_by_the_next_run(restore_bed: Restor
     assert f"{b.vm}-repofs-replaced-" in again.stderr and original["moref"] in again.stderr
     assert "incomplete copy" in again.stderr
     assert restore_bed.inventory() == before
+
+
+def test_tags_are_reapplied(restore_bed: RestoreBed) -> None:
+    from fixtures_vcsim import attach_tag, vapi_call
+    b = restore_bed.backed_up("rs-tags", disks=(4 * MiB,), pieces={0: [(0, b"g" * 4096)]})
+    with connected(restore_bed.vcsim) as si:
+        tag_id = attach_tag(restore_bed.vcsim, _vm(si, b.vm), "repofs-restore-cat", "gold")
+    restore_bed.bed.backup(f"vm:{b.vm}")
+    copy = unique("rs-tags-copy")
+    out = json.loads(restore_bed.restore(f"vm:{b.vm}", "--name", copy, "--json").stdout)[0]
+    assert "tags" in out["steps"] and not any("tag" in w for w in out["warnings"])
+    moref = restore_bed.vm(copy)["moref"]
+    sid = vapi_call(restore_bed.vcsim, "POST", "/rest/com/vmware/cis/session")["value"]
+    try:
+        attached = vapi_call(restore_bed.vcsim, "POST",
+                             "/rest/com/vmware/cis/tagging/tag-association?~action=list-attached-tags",
+                             {"object_id": {"id": moref, "type": "VirtualMachine"}}, session=sid)["value"]
+    finally:
+        vapi_call(restore_bed.vcsim, "DELETE", "/rest/com/vmware/cis/session", session=sid)
+    assert attached == [tag_id]

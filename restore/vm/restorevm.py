@@ -82,7 +82,7 @@ class RestoreResult:
 
 def restore_vm(session: Session, source: GenerationSource, options: RestoreOptions, *,
                provider: VddkProvider | None, on_event: Say | None = None,
-               on_progress: Progress | None = None) -> RestoreResult:
+               on_progress: Progress | None = None, tags: Any = None) -> RestoreResult:
     """Restore ``source`` as the options say; a dry run returns the plan and changes nothing."""
     started = time.monotonic()
     plan = resolve(session, source, options)
@@ -97,7 +97,9 @@ def restore_vm(session: Session, source: GenerationSource, options: RestoreOptio
     # slow the critical path — import, login, checks — down more than they gain).
     prefetch = Prefetch([d.reader for d in plan.disks if d.reader is not None and d.data_bytes],
                         options.workers)
-    _Restore(session, plan, provider, result, on_event or (lambda _t: None), on_progress).run(prefetch)
+    restore = _Restore(session, plan, provider, result, on_event or (lambda _t: None), on_progress)
+    restore.tags = tags
+    restore.run(prefetch)
     result.seconds = time.monotonic() - started
     return result
 
@@ -117,6 +119,7 @@ class _Restore:
         self.snapshot: Any = None
         self.set_aside: tuple[Any, str, bool] | None = None   # (vm, original name, was on)
         self.keep_dirs: set[tuple[str, str]] = set()         # the set-aside VM's folders
+        self.tags: Any = None   # a vAPI client (restore.vsphere.tags), or why there is none
 
     # -- the frame ---------------------------------------------------------------------------
 
@@ -203,6 +206,12 @@ class _Restore:
                 wait(self.si, self.snapshot.RemoveSnapshot_Task(removeChildren=False, consolidate=True),
                      f"remove the snapshot {SNAPSHOT_NAME} of {plan.name}")
                 self.snapshot = None
+        if plan.metadata.get("tags"):
+            if isinstance(self.tags, str) or self.tags is None:
+                plan.warnings.append(f"tags not re-applied: {self.tags or 'no vAPI login'}")
+            else:
+                with self.step("tags"):
+                    plan.warnings.extend(self.tags.reapply(self.vm._moId, plan.metadata["tags"]))
         if (plan.metadata.get("vm") or {}).get("template"):
             with self.step("mark as template"):
                 self.vm.MarkAsTemplate()
