@@ -145,6 +145,7 @@ def backup_vm(session: Session, vm: vim.VirtualMachine, *, provider: VddkProvide
             if d.get("sharing") == "sharingMultiWriter":
                 doc["warnings"].append(f"disk {d['label']} is a multi-writer disk: other VMs may "
                                        "write it while it is read")
+                note(doc["warnings"][-1])
         if not wanted:
             result.notes.append("the VM has no disks to back up: the generation holds its metadata only")
         facts = {"vm_state": state, "tracking": record, "distrust": distrust}
