@@ -218,3 +218,39 @@ def test_tags_are_reapplied(restore_bed: RestoreBed) -> None:
     finally:
         vapi_call(restore_bed.vcsim, "DELETE", "/rest/com/vmware/cis/session", session=sid)
     assert attached == [tag_id]
+
+
+def test_a_vapp_member_goes_back_into_its_vapp_made_again_when_gone(restore_bed: RestoreBed) -> None:
+    from fixtures_vcsim import create_vapp, create_vm
+    app, member = unique("rs-vapp"), unique("rs-member")
+    with connected(restore_bed.vcsim) as si:
+        vapp = create_vapp(si, app, vim.vApp.VAppConfigSpec(annotation="the gold application"))
+        vm = create_vm(si, member, [2 * MiB], change_tracking=True, vapp=vapp)
+        vapp.UpdateVAppConfig(spec=vim.vApp.VAppConfigSpec(entityConfig=[
+            vim.vApp.EntityConfigInfo(key=vm, startOrder=3, startDelay=7)]))
+    restore_bed.bed.write(restore_bed.bed.disk_path(member, 0), [(0, b"v" * 65536)])
+    restore_bed.bed.backup(f"vm:{member}")
+
+    def entity_of(si, vapp_name: str, vm_name: str):
+        app_obj = find_by_name(si, vim.VirtualApp, vapp_name)
+        target = _vm(si, vm_name)
+        return app_obj, next(e for e in app_obj.vAppConfig.entityConfig if e.key._moId == target._moId)
+
+    copy = unique("rs-vapp-copy")
+    out = json.loads(restore_bed.restore(f"vm:{member}", "--name", copy, "--json").stdout)[0]
+    assert not any("outside any vApp" in w for w in out["warnings"])
+    assert restore_bed.vm(copy)["pool"] == app
+    with connected(restore_bed.vcsim) as si:
+        _app, entity = entity_of(si, app, copy)
+        assert (entity.startOrder, entity.startDelay) == (3, 7)
+        wait_task(si, find_by_name(si, vim.VirtualApp, app).Destroy_Task())
+    again = unique("rs-vapp-again")
+    out = json.loads(restore_bed.restore(f"vm:{member}", "--name", again, "--json").stdout)[0]
+    assert "vApp" in out["steps"]
+    assert restore_bed.vm(again)["pool"] == app
+    with connected(restore_bed.vcsim) as si:
+        app_obj, entity = entity_of(si, app, again)
+        assert app_obj.vAppConfig.annotation == "the gold application"
+        assert entity.startOrder == 3
+    b = restore_bed.restore(f"vm:{member}", "--name", unique("rs-vapp-x"), "--json")
+    assert json.loads(b.stdout)[0]["ok"]

@@ -109,6 +109,12 @@ class Plan:
     metadata: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
     privileges_checked: bool = False
+    make_vapp: Creation | None = None   # the saved vApp, to recreate in ``pool`` (one name)
+
+    @property
+    def in_vapp(self) -> bool:
+        """The VM goes into a vApp (an existing one, or ``make_vapp``)."""
+        return self.make_vapp is not None or isinstance(self.pool, vim.VirtualApp)
 
     def lines(self) -> list[str]:
         """The plan as the CLI prints it for --dry-run."""
@@ -120,6 +126,8 @@ class Plan:
                                      if self.make_folders else "")
         pool = self.pool_path + (f" (to create: {'/'.join(self.make_pools.names)})"
                                  if self.make_pools else "")
+        if self.make_vapp is not None:
+            pool += f", in the vApp {self.make_vapp.names[0]} (to create)"
         out.append(f"  datacenter {self.datacenter_name}, folder {folder}")
         out.append(f"  resource pool {pool}, host {self.host_name or '(chosen by vCenter)'}")
         how = "import the saved .vmx, then add disks and NICs" if self.options.import_vmx \
@@ -262,6 +270,7 @@ class _Resolver:
         self.name = options.name or default_name(source)
         self.compute: Any = None
         self.privileges_checked = False
+        self.make_vapp: Creation | None = None
 
     def plan(self) -> Plan:
         dc, dc_name = self.datacenter()
@@ -291,7 +300,7 @@ class _Resolver:
                     nics=nics, vm_profile=vm_profile, existing=existing,
                     snapshot=needs_snapshot(self.options.transports), options=self.options,
                     metadata=self.meta, warnings=self.warnings,
-                    privileges_checked=self.privileges_checked)
+                    privileges_checked=self.privileges_checked, make_vapp=self.make_vapp)
 
     def datacenter(self) -> tuple[Any, str]:
         """--datacenter, else the saved one, else the only one there is."""
@@ -355,9 +364,13 @@ class _Resolver:
                 if isinstance(obj, vim.ComputeResource) and missing and missing[0] == "Resources":
                     obj = properties(si, obj, ["resourcePool"]).get("resourcePool")
                     path, missing = f"{path}/Resources", missing[1:]
+                vapp_name = (self.meta.get("vapp") or {}).get("name")
                 if isinstance(obj, vim.ResourcePool):
                     pool, pool_path = obj, path
-                    if missing:
+                    if missing and missing == [vapp_name] and not isinstance(obj, vim.VirtualApp):
+                        # The saved vApp is gone: made again, as a vApp, with its settings.
+                        self.make_vapp = Creation(obj, path, missing)
+                    elif missing:
                         make = Creation(obj, path, missing)
                         if isinstance(obj, vim.VirtualApp):
                             self.problems.add(f"cannot create resource pools inside the vApp {path}")
@@ -368,7 +381,7 @@ class _Resolver:
                                   f"in {self.dc_name}: give --resource-pool")
         if pool is not None and self.compute is None:
             self.compute = properties(si, pool, ["owner"]).get("owner")
-        if self.meta.get("vapp"):
+        if self.meta.get("vapp") and self.make_vapp is None and not isinstance(pool, vim.VirtualApp):
             self.warnings.append(f"the VM was in the vApp {self.meta['vapp'].get('path')}: it is "
                                  "restored into the resource pool, outside any vApp")
         return pool, pool_path, make

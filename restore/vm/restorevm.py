@@ -53,6 +53,7 @@ from restore.vsphere.session import Session
 from .prefetch import Prefetch
 from .generation import GenerationSource
 from restore.vsphere.tasks import fault_text, properties, wait
+from restore.vsphere.vmodl_json import from_json
 
 IDENTITY = "repofs-restore"
 SNAPSHOT_NAME = "repofs-restore"
@@ -162,6 +163,9 @@ class _Restore:
         if plan.make_folders or plan.make_pools:
             with self.step("folders and resource pools"):
                 self._make_inventory()
+        if plan.make_vapp is not None:
+            with self.step("vApp"):
+                self._make_vapp()
         if plan.options.import_vmx:
             with self.step("import the VM"):
                 self._import()
@@ -279,10 +283,32 @@ class _Restore:
 
     def _create(self) -> None:
         spec = configspec.create_spec(self.plan)
-        vm = wait(self.si, self.plan.folder.CreateVM_Task(config=spec, pool=self.plan.pool,
-                                                          host=self.plan.host),
-                  f"create the VM {self.plan.name}")
+        if isinstance(self.plan.pool, vim.VirtualApp):  # a vApp's VMs are its children
+            task = self.plan.pool.CreateChildVM_Task(config=spec, host=self.plan.host)
+        else:
+            task = self.plan.folder.CreateVM_Task(config=spec, pool=self.plan.pool,
+                                                  host=self.plan.host)
+        vm = wait(self.si, task, f"create the VM {self.plan.name}")
         self._remember_vm(vm)
+        if isinstance(self.plan.pool, vim.VirtualApp):
+            vapp_entity(self.si, self.plan.pool, vm, self.plan.metadata)
+
+    def _make_vapp(self) -> None:
+        """The saved vApp, made again where it was, with its resources and properties."""
+        plan = self.plan
+        assert plan.make_vapp is not None
+        saved = plan.metadata.get("vapp") or {}
+        name = plan.make_vapp.names[0]
+        res = from_json(saved["resource_config"]) if saved.get("resource_config") else None
+        spec = vim.ResourceConfigSpec(
+            cpuAllocation=getattr(res, "cpuAllocation", None) or _default_pool_spec().cpuAllocation,
+            memoryAllocation=getattr(res, "memoryAllocation", None) or _default_pool_spec().memoryAllocation)
+        config = vapp_config_spec(saved.get("vapp_config"))
+        vapp = plan.make_vapp.parent.CreateVApp(name=name, resSpec=spec, configSpec=config,
+                                                vmFolder=plan.folder)
+        path = f"{plan.make_vapp.parent_path}/{name}"
+        self.undo.append((f"vApp {path}", _destroyer(self.si, vapp, f"remove the vApp {path}")))
+        plan.pool, plan.pool_path = vapp, path
 
     def _import(self) -> None:
         plan = self.plan
@@ -498,6 +524,32 @@ def _dirs_of(vmx_path: str | None, devices: list[Any]) -> set[tuple[str, str]]:
 
 def _destroyer(si: Any, entity: Any, what: str) -> Callable[[], None]:
     return lambda: wait(si, entity.Destroy_Task(), what)
+
+
+def vapp_config_spec(saved: dict[str, Any] | None) -> vim.vApp.VAppConfigSpec:
+    """What of a saved ``VAppConfigInfo`` a new vApp takes: its product sections, properties,
+    IP assignment, annotation (the member VMs' entries come with each VM)."""
+    spec = vim.vApp.VAppConfigSpec()
+    if not saved:
+        return spec
+    info = from_json(saved)
+    Op = vim.option.ArrayUpdateSpec.Operation
+    spec.product = [vim.vApp.ProductSpec(operation=Op.add, info=p) for p in info.product or []]
+    spec.property = [vim.vApp.PropertySpec(operation=Op.add, info=p) for p in info.property or []]
+    spec.ipAssignment = info.ipAssignment
+    spec.annotation = info.annotation
+    return spec
+
+
+def vapp_entity(si: Any, vapp: Any, vm: Any, meta: dict[str, Any]) -> None:
+    """The VM's saved place in its vApp's start order (order, delays, actions)."""
+    saved = (meta.get("vapp") or {}).get("entity")
+    if not saved:
+        return
+    entity = from_json(saved)
+    entity.key = vm
+    entity.tag = None
+    vapp.UpdateVAppConfig(spec=vim.vApp.VAppConfigSpec(entityConfig=[entity]))
 
 
 def _default_pool_spec() -> vim.ResourceConfigSpec:
