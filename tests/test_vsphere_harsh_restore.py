@@ -254,3 +254,38 @@ def test_a_vapp_member_goes_back_into_its_vapp_made_again_when_gone(restore_bed:
         assert entity.startOrder == 3
     b = restore_bed.restore(f"vm:{member}", "--name", unique("rs-vapp-x"), "--json")
     assert json.loads(b.stdout)[0]["ok"]
+
+
+def test_a_first_class_disk_is_restored_as_one(restore_bed: RestoreBed) -> None:
+    from fixtures_vcsim import flat_path
+    from restore.backup import firstclass
+    bed = restore_bed.bed
+    name = unique("rs-fcd")
+    with connected(bed.vcsim) as si:
+        ds = find_by_name(si, vim.Datastore, "LocalDS_1")
+        obj = wait_task(si, firstclass.manager(si).CreateDisk_Task(spec=vim.vslm.CreateSpec(
+            name=name, capacityInMB=8, backingSpec=vim.vslm.CreateSpec.DiskFileBackingSpec(
+                datastore=ds, provisioningType="thin"))))
+    local = bed.vcsim.local_path(obj.config.backing.filePath)
+    bed.write(local, [(MiB, b"F" * MiB), (6 * MiB, b"D" * 65536)])
+    want = flat_path(local).read_bytes()
+    bed.backup(f"ivd:{name}")
+    copy = unique("rs-fcd-copy")
+    out = json.loads(restore_bed.restore(f"ivd:{name}", "--name", copy, "--datastore", "LocalDS_0",
+                                         "--json").stdout)[0]
+    assert out["ok"] and out["first_class_disk"] == copy and out["steps"] == ["create", "write"]
+    with connected(bed.vcsim) as si:
+        restored = firstclass.find(si, copy)
+        assert restored.datastore_name == "LocalDS_0" and restored.capacity == 8 * MiB
+        path = restored.path
+    assert flat_path(bed.vcsim.local_path(path)).read_bytes() == want
+    taken = restore_bed.restore(f"ivd:{name}", "--name", copy, "--datastore", "LocalDS_0", check=False)
+    assert taken.returncode == 11 and "first-class disk named" in taken.stderr
+    bed.configure(fail_write_after=0)
+    failed = restore_bed.restore(f"ivd:{name}", "--name", unique("rs-fcd-fail"), check=False)
+    assert failed.returncode == VDDK_EXIT and "undone: first-class disk" in failed.stderr
+    bed.configure()
+    with connected(bed.vcsim) as si:
+        import pytest
+        with pytest.raises(Exception, match="no first-class disk"):
+            firstclass.find(si, failed.stderr.split("first-class disk ")[-1].split(" ")[0])

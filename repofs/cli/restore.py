@@ -11,7 +11,7 @@ from .progress import Progress
 from repofs.view.tree import RepositoryView
 
 
-def restore(targets: Annotated[list[str], typer.Argument(metavar="vm:NAME...", help="The VMs to restore.")],
+def restore(targets: Annotated[list[str], typer.Argument(metavar="vm:NAME...", help="The VMs (or ivd:NAME first-class disks) to restore.")],
             to_dir: Annotated[Optional[str], typer.Option("--to-dir", help="Write the disks as files here (no vCenter).")] = None,
             generation: Annotated[Optional[str], typer.Option("--generation", "-g", help="Default: the latest.")] = None,
             fmt: Annotated[str, typer.Option("--format", help="raw or vmdk (with --to-dir).")] = "raw",
@@ -44,7 +44,8 @@ def restore(targets: Annotated[list[str], typer.Argument(metavar="vm:NAME...", h
             threads: Annotated[int, typer.Option("--threads", help="Disk pieces read and written at once.")] = 4,
             verify_written: Annotated[bool, typer.Option("--verify-written", help="Read every written piece back through VixDiskLib and compare (twice the I/O).")] = False) -> None:
     """Restore VMs into vCenter (or, with --to-dir, a generation's disks to local files)."""
-    vms = [vm_target(t) for t in targets]
+    # ivd:NAME, a first-class disk, is stored as ivd-NAME (restore/backup/firstclass.py).
+    vms = [f"ivd-{t[4:]}" if t.startswith("ivd:") and len(t) > 4 else vm_target(t) for t in targets]
     if to_dir:
         if len(vms) != 1:
             raise UsageProblem("--to-dir restores one VM at a time")

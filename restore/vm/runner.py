@@ -67,6 +67,7 @@ def _run(targets: list[tuple[str, Callable[[], GenerationSource]]], options: Res
     # pyVmomi only now: the VDDK worker process spawns on the other core meanwhile.
     from .restorevm import restore_vm
     from .rollback import rollback_vm
+    from .firstclass import is_first_class, restore_fcd
     from restore.vsphere.session import Session
 
     with Session.login(credentials, thumbprint=session_options.thumbprint,
@@ -76,7 +77,11 @@ def _run(targets: list[tuple[str, Callable[[], GenerationSource]]], options: Res
             outcome = Outcome(target)
             try:
                 source = load()
-                if options.in_place and not options.dry_run:
+                if is_first_class(source):
+                    assert provider is not None or options.dry_run
+                    outcome.result = restore_fcd(session, source, options, provider=provider,
+                                                 on_event=on_event)
+                elif options.in_place and not options.dry_run:
                     assert provider is not None
                     outcome.result = rollback_vm(session, source, options, provider=provider,
                                                  on_event=on_event)
@@ -134,6 +139,8 @@ def outcome_lines(outcome: Outcome) -> list[str]:
         return [f"{outcome.target}: FAILED: {error_text(outcome.error)}"]
     r = outcome.result
     assert r is not None
+    if hasattr(r, "lines") and not hasattr(r, "plan"):  # a first-class disk (firstclass.FcdResult)
+        return r.lines()
     if not hasattr(r, "dry_run"):  # an in-place restore (rollback.RollbackResult)
         from .rollback import outcome_lines as rollback_lines
         return rollback_lines(r)
@@ -161,7 +168,11 @@ def outcome_json(outcome: Outcome) -> dict[str, Any]:
         out["error"] = {"type": type(outcome.error).__name__, "message": error_text(outcome.error),
                         "step": getattr(outcome.error, "step", None)}
     r = outcome.result
-    if r is not None and not hasattr(r, "dry_run"):  # an in-place restore
+    if r is not None and hasattr(r, "lines") and not hasattr(r, "plan"):  # a first-class disk
+        out.update(first_class_disk=r.name, id=r.id, datastore=r.datastore, path=r.path,
+                   generation=r.generation, source=r.source, seconds=round(r.seconds, 3),
+                   steps=r.steps, disks=[vars(d) for d in r.disks])
+    elif r is not None and not hasattr(r, "dry_run"):  # an in-place restore
         out.update(vm=r.vm, moref=r.moref, generation=r.generation, source_vm=r.source_vm,
                    in_place=True, powered_on=r.powered_on, seconds=round(r.seconds, 3),
                    steps=r.steps, notes=r.notes, written_bytes=r.written_bytes,
