@@ -35,6 +35,12 @@ from . import vmximport
 TPM_TYPE = "vim.vm.device.VirtualTPM"
 
 
+def as_dict(meta: Any) -> dict[str, Any]:
+    """The metadata as its JSON document, whether given as one or as a typed record with
+    ``to_json`` (the fields read here are the document's)."""
+    return meta.to_json() if hasattr(meta, "to_json") else (meta or {})
+
+
 def _walk(value: Any) -> Any:
     if isinstance(value, dict):
         yield value
@@ -45,8 +51,9 @@ def _walk(value: Any) -> Any:
             yield from _walk(v)
 
 
-def protection_refusal(meta: dict[str, Any]) -> str | None:
+def protection_refusal(meta: Any) -> str | None:
     """Why the generation's VM cannot be restored as it was protected, or None."""
+    meta = as_dict(meta)
     full = meta.get("config_full") or {}
     if full.get("keyId"):
         provider = ((full["keyId"] or {}).get("providerId") or {}).get("id", "a key provider")
@@ -63,9 +70,9 @@ def protection_refusal(meta: dict[str, Any]) -> str | None:
     return None
 
 
-def restore_nvram(session: Any, vm: Any, datacenter_name: str, meta: dict[str, Any]) -> str | None:
+def restore_nvram(session: Any, vm: Any, datacenter_name: str, meta: Any) -> str | None:
     """Upload the saved .nvram over the new VM's; the datastore path written, or None."""
-    data_b64 = (meta.get("files") or {}).get("nvram_b64")
+    data_b64 = (as_dict(meta).get("files") or {}).get("nvram_b64")
     if not data_b64:
         return None
     vmx = properties(session.si, vm, ["config.files.vmPathName"]).get("config.files.vmPathName")

@@ -111,11 +111,6 @@ class Plan:
     privileges_checked: bool = False
     make_vapp: Creation | None = None   # the saved vApp, to recreate in ``pool`` (one name)
 
-    @property
-    def in_vapp(self) -> bool:
-        """The VM goes into a vApp (an existing one, or ``make_vapp``)."""
-        return self.make_vapp is not None or isinstance(self.pool, vim.VirtualApp)
-
     def lines(self) -> list[str]:
         """The plan as the CLI prints it for --dry-run."""
         out = [f"restore {self.source_vm} generation {self.generation} -> VM {self.name!r}"]

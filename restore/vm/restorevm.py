@@ -172,7 +172,7 @@ class _Restore:
         else:
             with self.step("create the VM"):
                 self._create()
-            if (plan.metadata.get("files") or {}).get("nvram_b64"):
+            if (fidelity.as_dict(plan.metadata).get("files") or {}).get("nvram_b64"):
                 with self.step("restore the nvram"):
                     where = fidelity.restore_nvram(self.session, self.vm, plan.datacenter_name,
                                                    plan.metadata)
@@ -210,13 +210,14 @@ class _Restore:
                 wait(self.si, self.snapshot.RemoveSnapshot_Task(removeChildren=False, consolidate=True),
                      f"remove the snapshot {SNAPSHOT_NAME} of {plan.name}")
                 self.snapshot = None
-        if plan.metadata.get("tags"):
+        doc = fidelity.as_dict(plan.metadata)
+        if doc.get("tags"):
             if isinstance(self.tags, str) or self.tags is None:
                 plan.warnings.append(f"tags not re-applied: {self.tags or 'no vAPI login'}")
             else:
                 with self.step("tags"):
-                    plan.warnings.extend(self.tags.reapply(self.vm._moId, plan.metadata["tags"]))
-        if (plan.metadata.get("vm") or {}).get("template"):
+                    plan.warnings.extend(self.tags.reapply(self.vm._moId, doc["tags"]))
+        if (doc.get("vm") or {}).get("template"):
             with self.step("mark as template"):
                 self.vm.MarkAsTemplate()
             if plan.options.power_on:
@@ -297,7 +298,7 @@ class _Restore:
         """The saved vApp, made again where it was, with its resources and properties."""
         plan = self.plan
         assert plan.make_vapp is not None
-        saved = plan.metadata.get("vapp") or {}
+        saved = fidelity.as_dict(plan.metadata).get("vapp") or {}
         name = plan.make_vapp.names[0]
         res = from_json(saved["resource_config"]) if saved.get("resource_config") else None
         spec = vim.ResourceConfigSpec(
@@ -541,9 +542,9 @@ def vapp_config_spec(saved: dict[str, Any] | None) -> vim.vApp.VAppConfigSpec:
     return spec
 
 
-def vapp_entity(si: Any, vapp: Any, vm: Any, meta: dict[str, Any]) -> None:
+def vapp_entity(si: Any, vapp: Any, vm: Any, meta: Any) -> None:
     """The VM's saved place in its vApp's start order (order, delays, actions)."""
-    saved = (meta.get("vapp") or {}).get("entity")
+    saved = (fidelity.as_dict(meta).get("vapp") or {}).get("entity")
     if not saved:
         return
     entity = from_json(saved)
