@@ -227,9 +227,19 @@ def test_a_killed_backup_leaves_a_snapshot_the_next_run_removes(vsphere: VSphere
         while not any(w[0] == "hang" for w in vsphere_stats(vsphere)):
             assert proc.poll() is None and time.monotonic() < deadline
             time.sleep(0.05)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
+        workers = children(proc.pid)
+        assert workers  # the VixDiskLib worker, stuck in its read
+        os.kill(proc.pid, signal.SIGKILL)  # the command alone, as a crash would
         proc.wait()
+        # The worker, stuck in a call that never returns, goes with its parent.
+        deadline = time.monotonic() + 30
+        while any(alive(pid) for pid in workers):
+            assert time.monotonic() < deadline, "the VixDiskLib worker outlived its parent"
+            time.sleep(0.1)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
     left = vsphere.snapshots(name)
     assert len(left) == 1 and left[0][0].startswith("repofs-backup-")
     vsphere.configure()
@@ -238,6 +248,21 @@ def test_a_killed_backup_leaves_a_snapshot_the_next_run_removes(vsphere: VSphere
                for n in out["notes"])
     assert vsphere.snapshots(name) == []
     assert latest(vsphere, name, tmp_path, "g1") == bytes(state)
+
+
+def children(pid: int) -> list[int]:
+    out = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        out += [int(c) for c in (task / "children").read_text().split()]
+    return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
 
 
 def vsphere_stats(bed: VSphereBed) -> list[list[str]]:

@@ -36,6 +36,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 from typing import Any, Callable
 
 from vddk import abi
@@ -706,12 +707,29 @@ def _serve_disk(chan: _Channel, disk: Any, area: mmap.mmap) -> None:
         chan.close()
 
 
+def _die_with_parent(period: float = 1.0) -> None:
+    """End the worker when its parent is gone (killed with -9). The closed channel says so
+    too, but nobody reads it while a VixDiskLib call hangs; a thread that watches the parent
+    process id runs meanwhile (calls release the GIL). Not PR_SET_PDEATHSIG: that follows
+    the parent *thread* that spawned us, which may be a short-lived loader thread."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(period)
+            if os.getppid() != parent:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="parent watch", daemon=True).start()
+
+
 def child_main(fd: int) -> int:
     """The worker's main loop: serve the control channel until "exit" or EOF."""
     # A Ctrl-C typed at the terminal reaches the whole process group. The parent decides
     # when the disks are closed (it unwinds, closes them, then says "exit"); a worker that
     # died on the same signal would leave them open. Its lifetime ends with the channel.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent()
     handler = _StderrRecords()
     root = logging.getLogger()
     root.addHandler(handler)
