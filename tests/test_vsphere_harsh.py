@@ -60,6 +60,8 @@ def test_guest_writes_during_the_backup_are_not_in_the_generation(vsphere: VSphe
                                                                    tmp_path: Path) -> None:
     name = unique("frozen")
     vsphere.create_vm(name, [DISK], change_tracking=True)
+    with connected(vsphere.vcsim) as si:  # a running guest
+        wait_task(si, find_by_name(si, vim.VirtualMachine, name).PowerOnVM_Task())
     state = bytearray(DISK)
     write(vsphere, name, [(o, pattern(o, MiB)) for o in range(0, DISK, 2 * MiB)], state)
     at_snapshot = bytes(state)
