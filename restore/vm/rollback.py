@@ -30,8 +30,10 @@ changed. A disk that was not in the generation is left as it is.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -351,8 +353,8 @@ class _Rollback:
                 # Both sides' data: what the disk holds now and what the generation holds.
                 areas = _union(disk.allocated_extents(), t.reader.extents(), t.capacity)
             buf = disk.buffer(size)
-            for offset, length in _pieces(areas, size, t.capacity):
-                want = t.reader.read(offset, length)
+            for offset, length, want in _read_ahead(t.reader, _pieces(areas, size, t.capacity),
+                                                    self.options.workers):
                 looked += length
                 if mode == "compared":
                     disk.read_into(offset, buf[:length])
@@ -393,6 +395,24 @@ class _Rollback:
             except Exception as e:
                 done.append(f"powering {self.name} on again failed ({e})")
         return done
+
+
+def _read_ahead(reader: Any, pieces: Iterator[tuple[int, int]],
+                workers: int) -> Iterator[tuple[int, int, bytes]]:
+    """``(offset, length, data)`` of the generation, in order, read by ``workers`` threads
+    ahead of the writer (decompression and hashing release the GIL); at most ``2 × workers``
+    pieces in memory."""
+    workers = max(1, workers)
+    with ThreadPoolExecutor(workers, thread_name_prefix="rollback-read") as pool:
+        window: collections.deque[tuple[int, int, Any]] = collections.deque()
+        for offset, length in pieces:
+            window.append((offset, length, pool.submit(reader.read, offset, length)))
+            if len(window) >= 2 * workers:
+                o, n, future = window.popleft()
+                yield o, n, future.result()
+        while window:
+            o, n, future = window.popleft()
+            yield o, n, future.result()
 
 
 def _union(a: list[tuple[int, int]], b: list[tuple[int, int]], capacity: int) -> list[tuple[int, int]]:
