@@ -18,7 +18,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import allocator, backup, boot, exitcodes, find, key, keyahead, lifecycle, mount, oplog, output, report, repository, restore
+from . import allocator, backup, boot, copy, exitcodes, find, key, keyahead, lifecycle, mount, oplog, output, report, repository, restore
 from .common import PasswordFileOpt, RepoOpt, open_repository
 from .files import build_app as build_files_app
 from repofs.guest.names import shown
@@ -54,7 +54,10 @@ def _global(ctx: typer.Context,
                                                        help="Print the version and exit.")] = False,
             allow_unencrypted: Annotated[bool, typer.Option(
                 "--allow-unencrypted", envvar="REPOFS_ALLOW_UNENCRYPTED",
-                help="Open an unencrypted repository even though a passphrase is configured.")] = False) -> None:
+                help="Open an unencrypted repository even though a passphrase is configured.")] = False,
+            s3_endpoint: Annotated[Optional[str], typer.Option(
+                "--s3-endpoint", metavar="URL", envvar="AWS_ENDPOINT_URL",
+                help="Endpoint of an S3-compatible store (MinIO, Ceph RGW, …) for s3:// repositories.")] = None) -> None:
     """Options given before the command apply to it as if given after it."""
     # The commands read these from the environment variables their own options fall back to,
     # so `repofs -r R generations` and `repofs generations -r R` are the same command line.
@@ -67,6 +70,8 @@ def _global(ctx: typer.Context,
         os.environ.pop("REPOFS_PASSWORD", None)
     if allow_unencrypted:
         os.environ["REPOFS_ALLOW_UNENCRYPTED"] = "1"  # read by common.open_repository
+    if s3_endpoint:
+        os.environ["AWS_ENDPOINT_URL"] = s3_endpoint  # the S3 client and any child process read it
     if quiet or verbose:
         output.set_level(quiet=quiet, verbose=verbose)
     global _invoked
@@ -92,6 +97,7 @@ app.command()(boot.serve)
 app.command()(boot.boot)
 app.command()(boot.verify)
 app.add_typer(key.app, name="key", context_settings=HELP_OPTIONS)  # `repofs key ...`: passphrases (repofs/cli/key.py)
+app.command()(copy.copy)
 # `repofs files ...`: guest files of a generation (repofs/cli/files.py)
 app.add_typer(build_files_app(open_repository, RepoOpt, PasswordFileOpt), name="files",
               context_settings=HELP_OPTIONS)

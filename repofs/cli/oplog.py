@@ -30,7 +30,7 @@ def path() -> str | None:
 def opened(repository_path: str) -> None:
     """The command works on this repository (called when it is opened)."""
     global _repository
-    _repository = os.path.abspath(repository_path)
+    _repository = repository_path if "://" in repository_path else os.path.abspath(repository_path)
 
 
 def record(command: str, exit_code: int, error: str | None, started_ns: int) -> None:
@@ -74,7 +74,7 @@ def read(repository_path: str, limit: int = 1000) -> list[dict]:
     where = path()
     if where is None:
         return []
-    wanted = os.path.abspath(repository_path)
+    wanted = repository_path if "://" in repository_path else os.path.abspath(repository_path)
     out = []
     try:
         with open(where, "rb") as f:
