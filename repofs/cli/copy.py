@@ -9,6 +9,7 @@ from format.copy import Copier, select
 from format.location import normalize
 from format.repository import Repository
 
+from .units import format_size
 from .common import (JsonOpt, PasswordFileOpt, RepoOpt, UsageProblem, emit, open_repository,
                      vm_target)
 from .passphrase import read_passphrase
@@ -52,4 +53,4 @@ def copy(targets: Annotated[Optional[list[str]], typer.Argument(
     for vm, gen, why in report.skipped:
         typer.echo(f"skipped {vm} {gen}: {why}")
     typer.echo(f"{len(report.copied)} generation(s) copied: {report.chunks_sent} chunks sent "
-               f"({report.bytes_sent} bytes), {report.chunks_present} already in the target")
+               f"({format_size(report.bytes_sent)}), {report.chunks_present} already in the target")
