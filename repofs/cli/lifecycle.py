@@ -3,12 +3,13 @@ cycle of a repository (docs/format.md section 9; docs/cli.md)."""
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Optional
+from typing import Annotated, Callable, Optional
 
 import typer
 
 from format import marks, retention
 from format.prune import PruneReport, prune as prune_repository
+from format.repository import Repository
 from .common import JsonOpt, PasswordFileOpt, RepoOpt, UsageProblem, emit, open_repository
 from repofs.view.tree import GenerationView, RepositoryView
 
@@ -100,27 +101,25 @@ def _resolve(view: RepositoryView, target: str) -> GenerationView:
 def protect(targets: Annotated[list[str], typer.Argument(metavar="vm:NAME@GEN...", help="Generations to protect.")],
             repo: RepoOpt = None, password_file: PasswordFileOpt = None, json_out: JsonOpt = False) -> None:
     """Protect generations from every retention policy."""
-    repository = open_repository(repo, password_file)
-    view = RepositoryView(repository)
-    done = []
-    for target in targets:
-        g = _resolve(view, target)
-        marks.protect(repository, g.manifest_name)
-        done.append({"vm": g.vm, "generation": g.name, "manifest": g.manifest_name})
-    _print_marked(done, "protected", json_out)
+    _mark(targets, repo, password_file, json_out, marks.protect, "protected")
 
 
 def unprotect(targets: Annotated[list[str], typer.Argument(metavar="vm:NAME@GEN...", help="Generations to unprotect.")],
               repo: RepoOpt = None, password_file: PasswordFileOpt = None, json_out: JsonOpt = False) -> None:
     """Remove the protection of generations."""
+    _mark(targets, repo, password_file, json_out, marks.unprotect, "unprotected")
+
+
+def _mark(targets: list[str], repo: str | None, password_file: str | None, json_out: bool,
+          mark: Callable[[Repository, str], None], done_word: str) -> None:
     repository = open_repository(repo, password_file)
     view = RepositoryView(repository)
     done = []
     for target in targets:
         g = _resolve(view, target)
-        marks.unprotect(repository, g.manifest_name)
+        mark(repository, g.manifest_name)
         done.append({"vm": g.vm, "generation": g.name, "manifest": g.manifest_name})
-    _print_marked(done, "unprotected", json_out)
+    _print_marked(done, done_word, json_out)
 
 
 def _print_marked(done: list[dict], what: str, json_out: bool) -> None:
