@@ -49,7 +49,9 @@ def env_for(tree: str) -> dict:
 
 
 def cli(tree: str, *args: str, check: bool = True):
-    return run([PY, "-m", "repofs.cli", *args], env=env_for(tree), check=check)
+    # "-m" puts the working directory first on the path: run from the tree, or every tree
+    # would run the code of the directory the benchmark was started from
+    return run([PY, "-m", "repofs.cli", *args], env=env_for(tree), check=check, cwd=tree)
 
 
 def root() -> bool:
