@@ -265,7 +265,8 @@ _LV_SECTION = """
 """
 
 
-def build_gpt_lvm(image: Path, work: Path, tree: Tree) -> None:
+def build_gpt_lvm(image: Path, work: Path, tree: Tree, extra=None) -> None:
+    """``extra(folder)``, when given, adds to the tree before mkfs (special files, odd names)."""
     _tool("pvcreate")
     if os.geteuid() != 0:
         pytest.skip("pvcreate needs a block device (loop, root)")
@@ -296,6 +297,8 @@ def build_gpt_lvm(image: Path, work: Path, tree: Tree) -> None:
         subprocess.run(["losetup", "-d", dev], capture_output=True)
     src = work / "lvm-tree"
     write_tree(tree, src)
+    if extra is not None:
+        extra(src)
     _run("mkfs.ext4", "-q", "-F", "-U", UUID, "-E", f"offset={MiB + pe_start},hash_seed={UUID}",
          "-d", str(src), str(image), f"{40 * 1024}k")
 
@@ -539,3 +542,46 @@ def same(snap: dict[str, tuple], want: dict[str, tuple]) -> None:
         assert got[2] == w[2], (p, "mtime")
         if w[0] == "file":
             assert got[3] == w[3], (p, "content")
+
+
+# --- hostile guests: LVM metadata rewritten on disk ------------------------------------------
+
+LVM_INITIAL_CRC = 0xF597A6CF
+
+
+def lvm_crc(data: bytes, initial: int = LVM_INITIAL_CRC) -> int:
+    """LVM's checksum: CRC-32 (the zlib polynomial) without the final inversion."""
+    import zlib
+    return ~zlib.crc32(data, ~initial & 0xFFFFFFFF) & 0xFFFFFFFF
+
+
+def rewrite_lvm_metadata(image: Path, pv_offset: int, edit) -> None:
+    """Replace the current metadata text of the PV at ``pv_offset`` by ``edit(text)``, with
+    its size and checksums recomputed as LVM writes them: what a guest with root can do to its
+    own disk. Layout (LVM2 on-disk format): label in sector 1, its pv_header names the
+    metadata areas; an area starts with mda_header (checksum, magic, version, start, size)
+    followed by raw_locn entries (offset, size, checksum, flags) of the text."""
+    import struct
+    with open(image, "r+b") as f:
+        f.seek(pv_offset + 512)
+        label = f.read(512)
+        assert label[:8] == b"LABELONE"
+        pvh = pv_offset + 512 + struct.unpack_from("<I", label, 20)[0]
+        f.seek(pvh + 32 + 8)
+        while struct.unpack("<QQ", f.read(16)) != (0, 0):     # data areas
+            pass
+        mda_at, _mda_size = struct.unpack("<QQ", f.read(16))
+        f.seek(pv_offset + mda_at)
+        head = bytearray(f.read(512))
+        start = struct.unpack_from("<Q", head, 24)[0]
+        off, size, crc, flags = struct.unpack_from("<QQII", head, 40)
+        f.seek(pv_offset + start + off)
+        raw = f.read(size)
+        assert lvm_crc(raw) == crc and lvm_crc(bytes(head[4:512])) == struct.unpack_from("<I", head)[0]
+        new = edit(raw.rstrip(b"\0").decode()).encode() + raw[len(raw.rstrip(b"\0")):]
+        f.seek(pv_offset + start + off)
+        f.write(new)
+        struct.pack_into("<QQII", head, 40, off, len(new), lvm_crc(new), flags)
+        struct.pack_into("<I", head, 0, lvm_crc(bytes(head[4:512])))
+        f.seek(pv_offset + mda_at)
+        f.write(head)

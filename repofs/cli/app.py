@@ -13,12 +13,21 @@ import sys
 
 import typer
 
-from . import allocator, backup, exitcodes, keyahead, lifecycle, mount, repository, restore
+from . import allocator, backup, boot, exitcodes, key, keyahead, lifecycle, mount, repository, restore
 from .common import PasswordFileOpt, RepoOpt, open_repository
 from .files import build_app as build_files_app
+from repofs.guest.names import shown
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="repofs: VM backups in a deduplicated, compressed, encrypted repository you can mount.")
+
+@app.callback()
+def _options(allow_unencrypted: bool = typer.Option(
+        False, "--allow-unencrypted", envvar="REPOFS_ALLOW_UNENCRYPTED",
+        help="Open an unencrypted repository even though a passphrase is configured.")) -> None:
+    if allow_unencrypted:
+        os.environ["REPOFS_ALLOW_UNENCRYPTED"] = "1"  # read by common.open_repository
+
 
 app.command()(repository.init)
 app.command()(backup.backup)
@@ -30,6 +39,10 @@ for command in (lifecycle.forget, lifecycle.protect, lifecycle.unprotect, lifecy
                 lifecycle.stats, lifecycle.diff):
     app.command()(command)
 app.command()(mount.umount)
+app.command()(boot.serve)
+app.command()(boot.boot)
+app.command()(boot.verify)
+app.add_typer(key.app, name="key")  # `repofs key ...`: passphrases (repofs/cli/key.py)
 # `repofs files ...`: guest files of a generation (repofs/cli/files.py)
 app.add_typer(build_files_app(open_repository, RepoOpt, PasswordFileOpt), name="files")
 
@@ -45,14 +58,15 @@ def main(argv: list[str] | None = None) -> None:
         sys.stderr.write("repofs: error: interrupted\n")
         rc = exitcodes.INTERRUPTED
     except typer.TyperException as e:  # usage errors, typer's own or ours
-        sys.stderr.write(f"repofs: error: {e.format_message()}\n")
+        sys.stderr.write(f"repofs: error: {shown(e.format_message())}\n")
         rc = exitcodes.USAGE
     except KeyboardInterrupt:
         sys.stderr.write("repofs: error: interrupted\n")
         rc = exitcodes.INTERRUPTED
     except Exception as e:  # translated once, here
         rc = exitcodes.classify(e)
-        sys.stderr.write(f"repofs: error: {exitcodes.message(e)}\n")
+        # messages may carry guest names: control characters escaped (repofs.guest.names)
+        sys.stderr.write(f"repofs: error: {shown(exitcodes.message(e))}\n")
         if rc == exitcodes.INTERNAL and os.environ.get("REPOFS_DEBUG"):
             raise
     sys.exit(rc if isinstance(rc, int) else 0)

@@ -35,6 +35,7 @@ BUSY = 11
 UNSUPPORTED = 12
 VSPHERE = 13          # vCenter refused or failed
 VDDK = 14             # VixDiskLib failed or is missing
+REPOSITORY_CHANGED = 15  # encryption downgrade, another repository at the path, unencrypted refused
 INTERNAL = 70
 INTERRUPTED = 130
 
@@ -52,7 +53,10 @@ TABLE: tuple[Row, ...] = (
     Row("format.errors", "RepositoryExists", REPOSITORY_EXISTS),
     Row("format.errors", "WrongPassphrase", BAD_PASSPHRASE),
     Row("format.errors", "PassphraseRequired", BAD_PASSPHRASE),
+    Row("format.errors", "RepositoryChanged", REPOSITORY_CHANGED),
     Row("format.errors", "KeyMissing", KEY_MISSING),
+    Row("format.errors", "KeySlotNotFound", NOT_FOUND),
+    Row("format.errors", "LastKeySlot", USAGE),
     Row("format.errors", "CorruptObject", DAMAGED),
     Row("format.errors", "ObjectMissing", DAMAGED),
     Row("format.errors", "VMNotFound", NOT_FOUND),
@@ -68,6 +72,7 @@ TABLE: tuple[Row, ...] = (
     # repofs/: views, VMDK sources, ingest
     Row("repofs.view.tree", "DiskReadError", DAMAGED),
     Row("repofs.ingest.sources", "SourceError", SOURCE),
+    Row("repofs.ingest.backup", "StoredChunkLost", DAMAGED),
     Row("repofs.ingest.backup", "IngestError", SOURCE),
     Row("repofs.vmdk.descriptor", "DescriptorError", SOURCE),
     Row("repofs.vmdk.sparse", "SparseVmdkError", SOURCE),
@@ -80,6 +85,16 @@ TABLE: tuple[Row, ...] = (
     Row("repofs.guest.guestfs", "GuestError", FAILURE),   # damaged tables and filesystems, wrong kinds
     Row("repofs.guest.ext4", "Ext4Error", FAILURE),
     Row("repofs.guest.extract", "TargetExists", FAILURE),
+    # repofs/: NBD export and booting generations
+    Row("repofs.serve.nbd", "AddressInUse", BUSY),
+    Row("repofs.serve.nbd", "BadListenAddress", USAGE),
+    Row("repofs.serve.overlay", "OverlayExists", USAGE),
+    Row("repofs.boot.session", "RestoreTargetExists", USAGE),
+    Row("repofs.boot.session", "RestoreTargetUnfit", USAGE),
+    Row("repofs.boot.machine", "NoBootableDisk", NOT_FOUND),
+    Row("repofs.boot.qemu", "QemuMissing", UNSUPPORTED),
+    Row("repofs.boot.machine", "MachineError", FAILURE),
+    Row("repofs.serve.nbd", "ServeError", FAILURE),
     # repofs/: mounts (LoopMountError, MountError) and the rest: the root's code
     Row("repofs.errors", "RepofsError", FAILURE),
     # restore/: vSphere, both directions

@@ -6,6 +6,10 @@ GENERATION defaults to the newest; VOLUME is ``p<N>`` (partition N of the MBR or
 ``whole`` (a disk without a partition table) or ``<vg>/<lv>`` (LVM). A VM name cannot contain
 ``:``; ``@`` splits at the last one.
 
+Guest names (disk labels, volumes, file names, link targets) are printed through
+``repofs.guest.names.shown`` in human output — control characters escaped, so a guest cannot
+drive the terminal — and as they are in ``--json`` (JSON escapes them).
+
 Thin commands: the work is in ``guestfs`` (reading), ``extract`` (copying out) and
 ``loopmount`` (the root path). The CLI module wires this sub-app in with ``build_app``
 (annotations are evaluated eagerly here: typer reads the closures' option types).
@@ -21,6 +25,7 @@ from typing import TYPE_CHECKING, Annotated, Callable, Optional
 import typer
 
 from .progress import Progress
+from repofs.guest.names import shown
 from repofs.view.tree import RepositoryView
 
 if TYPE_CHECKING:
@@ -93,7 +98,7 @@ def build_app(open_repository: Callable[[str | None, str | None], object],
             if json_out:
                 return _emit(rows)
             for r in rows:
-                typer.echo(f"{r['name']}\t{_size(r['capacity'])}" if long else r["name"])
+                typer.echo(f"{shown(r['name'])}\t{_size(r['capacity'])}" if long else shown(r["name"]))
             return
         if len(parts) == 1:
             rows = [{"name": v.name, "offset": v.offset, "size": v.size, "fstype": v.fstype,
@@ -101,8 +106,8 @@ def build_app(open_repository: Callable[[str | None, str | None], object],
             if json_out:
                 return _emit(rows)
             for r in rows:
-                typer.echo(f"{r['name']}\t{_size(r['size'])}\t{r['fstype'] or '-'}\t{r['description']}"
-                           if long else r["name"])
+                typer.echo(f"{shown(r['name'])}\t{_size(r['size'])}\t{r['fstype'] or '-'}\t{shown(r['description'])}"
+                           if long else shown(r["name"]))
             return
         s = g.stat(address.path, follow=True)
         if s.is_dir:
@@ -118,10 +123,10 @@ def build_app(open_repository: Callable[[str | None, str | None], object],
         out = sys.stdout
         for name, e in entries:
             if not long:
-                out.write(name + "\n")
+                out.write(shown(name) + "\n")
                 continue
-            link = f" -> {g.readlink(f'{base}/{name}')}" if e.is_symlink else ""
-            out.write(f"{mode_string(e.mode)} {e.uid:>5} {e.gid:>5} {e.size:>12} {_time(e.mtime_ns)} {name}{link}\n")
+            link = f" -> {shown(g.readlink(f'{base}/{name}'))}" if e.is_symlink else ""
+            out.write(f"{mode_string(e.mode)} {e.uid:>5} {e.gid:>5} {e.size:>12} {_time(e.mtime_ns)} {shown(name)}{link}\n")
 
     @app.command("cat")
     def cat(target: AddressArg, repo: RepoOpt = None, password_file: PasswordFileOpt = None) -> None:
@@ -150,7 +155,7 @@ def build_app(open_repository: Callable[[str | None, str | None], object],
             doc["target"] = g.readlink(address.path)
         if json_out:
             return _emit(doc)
-        typer.echo(f"  File: {address.path}{' -> ' + doc['target'] if s.is_symlink else ''}")
+        typer.echo(f"  File: {shown(address.path)}{' -> ' + shown(doc['target']) if s.is_symlink else ''}")
         typer.echo(f"  Type: {doc['type']}  Size: {s.size}  Inode: {s.ino}  Links: {s.nlink}")
         typer.echo(f"  Mode: {oct(st.S_IMODE(s.mode))} ({mode_string(s.mode)})  Uid: {s.uid}  Gid: {s.gid}")
         for label, ns in (("Modify", s.mtime_ns), ("Access", s.atime_ns), ("Change", s.ctime_ns)):
@@ -160,19 +165,24 @@ def build_app(open_repository: Callable[[str | None, str | None], object],
     def get(target: AddressArg,
             dest: Annotated[str, typer.Argument(help="Where to write (an existing directory: inside it).")] = ".",
             force: Annotated[bool, typer.Option("--force", "-f", help="Overwrite what exists.")] = False,
+            keep_special_modes: Annotated[bool, typer.Option(
+                "--keep-special-modes",
+                help="Keep the guest's setuid/setgid/sticky bits and make its device nodes and FIFOs "
+                     "(by default they are dropped and skipped: the guest is not trusted).")] = False,
             repo: RepoOpt = None, password_file: PasswordFileOpt = None) -> None:
-        """Extract a file or a whole directory (names, modes, times, symlinks kept)."""
+        """Extract a file or a whole directory (names, modes, times, symlinks kept; setuid/setgid
+        bits dropped and device nodes skipped unless --keep-special-modes)."""
         address = parse_address(target)
         if len(address.path.split("/")) < 2:
             raise typer.BadParameter("give at least DISK/VOLUME to extract (a volume extracts its whole tree)")
         g = guest(address, repo, password_file)
         progress = Progress()
         from repofs.guest.extract import extract  # noqa: PLC0415
-        where, report = extract(g, address.path, dest, force=force,
+        where, report = extract(g, address.path, dest, force=force, keep_special=keep_special_modes,
                                 progress=progress if progress.enabled else None)
         progress.finish()
         skipped = f", skipped {len(report.skipped)} special files" if report.skipped else ""
-        typer.echo(f"{where}: {report.files} files, {report.dirs} directories, {report.links} symlinks, "
+        typer.echo(f"{shown(where)}: {report.files} files, {report.dirs} directories, {report.links} symlinks, "
                    f"{report.bytes} bytes{skipped}", err=True)
 
     @app.command("mount")
@@ -192,7 +202,7 @@ def build_app(open_repository: Callable[[str | None, str | None], object],
 
         def report(p) -> None:
             where = p.where or "-"
-            typer.echo(f"{p.disk}/{p.volume}\t{p.fstype or '-'}\t{p.how}\t{where}\t{p.detail}")
+            typer.echo(shown(f"{p.disk}/{p.volume}") + f"\t{p.fstype or '-'}\t{p.how}\t{shown(where)}\t{shown(p.detail)}")
 
         open_repo = (lambda: open_repository(repo, password_file)) if repo else None
         loopmount.mount(directory, gen_dir=from_dir, open_repo=open_repo,

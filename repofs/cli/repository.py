@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from format.repository import DEFAULT_CHUNK_SIZE, Repository
+from format.security import KnownRepository, default_folder
 
 from . import exitcodes
 from .common import JsonOpt, PasswordFileOpt, RepoOpt, UsageProblem, emit, open_repository, repo_path
@@ -28,9 +29,10 @@ def init(repo_arg: Annotated[Optional[str], typer.Argument(metavar="[REPO]", hel
         Repository.init(path, None)  # raises RepositoryExists before asking for a passphrase
     passphrase = read_passphrase(password_file, confirm=True) if encrypted else None
     try:
-        Repository.init(path, passphrase, encrypted=encrypted, chunk_size=chunk_size)
+        created = Repository.init(path, passphrase, encrypted=encrypted, chunk_size=chunk_size)
     except ValueError as e:
         raise UsageProblem(str(e)) from None
+    KnownRepository(default_folder(), created.config.id, path).adopt(created.config.cipher)
     typer.echo(f"created {'an encrypted' if encrypted else 'an UNENCRYPTED'} repository at {path}")
 
 
@@ -47,7 +49,8 @@ def generations(vm: Annotated[Optional[str], typer.Argument(help="Only this VM."
         for g in gens:
             rows.append({"vm": g.vm, "generation": g.name, "time": g.manifest.time, "manifest": g.manifest_name,
                          "disks": [{"label": d.label, "capacity": d.capacity, "data_bytes": d.entry.data_bytes}
-                                   for d in g.disks]})
+                                   for d in g.disks],
+                         "boot_verification": _boot_verification(view, g.manifest_name)})
     if json_out:
         emit(rows)
         return
@@ -70,6 +73,14 @@ def _subset(text: str) -> tuple[int, int] | float:
     except ValueError:
         pass
     raise UsageProblem(f"--read-data-subset: use N/M (1 <= N <= M) or a percentage like 10%, not {text!r}")
+def _boot_verification(view: RepositoryView, manifest: str) -> dict | None:
+    """The newest boot verification record of a generation (``repofs verify --boot``)."""
+    from format.verification import latest
+    rec = latest(view.store, manifest)  # type: ignore[arg-type]
+    if rec is None:
+        return None
+    return {"passed": rec.passed, "seconds": rec.seconds, "check": rec.check, "reason": rec.reason,
+            "accel": rec.accel, "time_ns": rec.time_ns}
 
 
 def check(repo: RepoOpt = None, password_file: PasswordFileOpt = None,

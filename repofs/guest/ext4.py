@@ -8,6 +8,15 @@ symbolic links (fast ones inside the inode, slow ones in a block). Inode tables 
 runs of ``ITABLE_RUN`` bytes (never past a group's in-use inodes) and kept, so the inodes of
 one directory cost one read, not one per inode.
 
+The bytes are a guest's, so untrusted: the superblock's counts are checked against the
+volume's size before any per-group loop; a file's size against what its block map can
+address; an extent tree is walked with each node's depth one less than its parent's and each
+tree block read once (a block met twice is a loop or a shared node: ``Ext4Error``); an
+indirect block is read once per map too, and a map may not name more data blocks than the
+volume has; a directory is read run by run (holes skipped), at most ``MAX_DIR_BYTES`` of
+data and ``MAX_DIR_ENTRIES`` entries. So memory and time follow what the volume holds,
+never what a field claims.
+
 Read from ``fh`` (any seekable binary stream over the volume's bytes); the caller serialises
 calls. Times follow the kernel: a signed 32-bit seconds field plus the epoch bits and
 nanoseconds of the ``_extra`` field when the inode is large enough to hold it. Journals are
@@ -35,6 +44,11 @@ SUPER_OFFSET = 1024
 MAGIC = 0xEF53
 ITABLE_RUN = 1 << 20            # inode-table bytes read at once
 ITABLE_RUNS_KEPT = 64           # 64 MiB of inode tables at most
+# Bounds on what a (hostile) guest can make a listing cost: a directory's data actually read
+# (holes are skipped, never allocated) and its entries; a symlink's target.
+MAX_DIR_BYTES = 256 << 20
+MAX_DIR_ENTRIES = 1 << 20
+MAX_EXTENT_DEPTH = 5            # what the kernel allows (ext4_ext_check: depth <= 5)
 
 _INCOMPAT_FILETYPE = 0x2
 _INCOMPAT_META_BG = 0x10
@@ -123,6 +137,7 @@ class Ext4:
             self.desc_size = max(32, _SB_DESC_SIZE.unpack_from(sb, 0xFE)[0])
             blocks_lo |= _SB_BLOCKS_HI.unpack_from(sb, 0x150)[0] << 32
         self.block_count = blocks_lo
+        self._check_counts(fh)
         self.first_meta_bg = _SB_FIRST_META_BG.unpack_from(sb, 0x104)[0]
         self.version = 4 if self.incompat & _INCOMPAT_EXTENTS else 3 if self.compat & _COMPAT_HAS_JOURNAL else 2
         self._dirent = _DIRENT2 if self.incompat & _INCOMPAT_FILETYPE else _DIRENT
@@ -132,9 +147,34 @@ class Ext4:
         if not st.S_ISDIR(self.root.mode):
             raise Ext4Error("the root inode is not a directory")
 
+    def _check_counts(self, fh: BinaryIO) -> None:
+        """The superblock's counts against the volume (every per-group loop is bounded by them)."""
+        bits = 8 * self.block_size                   # a bitmap is one block
+        if not 8 <= self.blocks_per_group <= bits or self.inodes_per_group > bits:
+            raise Ext4Error(f"invalid group geometry ({self.blocks_per_group} blocks, "
+                            f"{self.inodes_per_group} inodes per group)")
+        try:
+            volume = fh.seek(0, io.SEEK_END)
+        except Exception:                            # a stream of unknown size: no bound from it
+            volume = None
+        if volume is not None and self.block_count * self.block_size > volume + self.block_size:
+            raise Ext4Error(f"the filesystem claims {self.block_count} blocks of {self.block_size} bytes, "
+                            f"more than the volume's {volume} bytes")
+        groups = -(-max(1, self.block_count - self.first_data_block) // self.blocks_per_group)
+        if not 2 <= self.inodes_count <= groups * self.inodes_per_group:
+            raise Ext4Error(f"invalid inode count {self.inodes_count} for {groups} groups")
+
     def _read(self, offset: int, size: int) -> bytes:
         self.fh.seek(offset)
         return self.fh.read(size)
+
+    def max_file_blocks(self, ino: Inode) -> int:
+        """The most blocks the inode's block map can address (extents: 2^32 logical blocks;
+        indirect maps: 12 + p + p^2 + p^3 with p pointers per block)."""
+        if ino.flags & _FL_EXTENTS:
+            return 1 << 32
+        p = self.block_size // 4
+        return 12 + p + p * p + p * p * p
 
     # -- inodes --------------------------------------------------------------------------
 
@@ -283,11 +323,15 @@ class Ext4:
         wanted = -(-ino.size // self.block_size)
         if ino.flags & _FL_INLINE_DATA:
             raise Ext4Unsupported(f"inode {ino.inum} keeps its data inline (inline_data)")
-        runs: list[tuple[int | None, int]] = []
+        if wanted > self.max_file_blocks(ino):
+            raise Ext4Error(f"inode {ino.inum} claims {ino.size} bytes, more than its block map can address")
+        runs: list = []
         if ino.flags & _FL_EXTENTS:
-            self._extents(ino.iblock, runs, 0, ino.inum, tree)
+            self._extents(ino.iblock, runs, None, ino.inum, tree, wanted, set())
         else:
-            self._indirect(ino.iblock, runs, wanted, tree)
+            self._indirect(ino.iblock, runs, wanted, tree, set())
+            if sum(c for _l, p, c in runs if p is not None) > self.block_count:
+                raise Ext4Error(f"inode {ino.inum}: its block map names more blocks than the volume has")
         out: list[tuple[int | None, int]] = []
         pos = 0
         for logical, phys, count in runs:       # sorted by logical block, holes filled
@@ -307,28 +351,43 @@ class Ext4:
             out.append((None, wanted - pos))
         return out
 
-    def _extents(self, node: bytes, runs: list, depth_seen: int, inum: int, tree: list[int] | None = None) -> None:
-        magic, entries, _max, depth = _EXTENT_HEADER.unpack_from(node, 0)
-        if magic != _EXTENT_MAGIC or depth > 5 or depth_seen > 5 or 12 + 12 * entries > len(node):
+    def _extents(self, node: bytes, runs: list, expect: int | None, inum: int, tree: list[int] | None = None,
+                 wanted: int | None = None, seen: set[int] | None = None) -> None:
+        """The extents of the tree at ``node`` into ``runs``. ``expect``: the depth the node
+        must have (its parent's minus one; None at the root); ``seen``: the tree blocks read
+        so far — each may be read once; extents from ``wanted`` on are not needed."""
+        magic, entries, most, depth = _EXTENT_HEADER.unpack_from(node, 0)
+        if (magic != _EXTENT_MAGIC or depth > MAX_EXTENT_DEPTH or (expect is not None and depth != expect)
+                or entries > most or 12 + 12 * entries > len(node)):
             raise Ext4Error(f"inode {inum}: damaged extent tree")
         if depth == 0:
             for i in range(entries):
                 logical, length, hi, lo = _EXTENT.unpack_from(node, 12 + 12 * i)
+                if wanted is not None and logical >= wanted:
+                    break
                 if length > 32768:                  # an uninitialised extent reads as zeros
                     runs.append((logical, None, length - 32768))
                 else:
                     runs.append((logical, lo | hi << 32, length))
             return
         for i in range(entries):
-            _logical, lo, hi = _EXTENT_INDEX.unpack_from(node, 12 + 12 * i)
+            logical, lo, hi = _EXTENT_INDEX.unpack_from(node, 12 + 12 * i)
+            if wanted is not None and logical >= wanted:
+                break
             block = lo | hi << 32
             if not 0 < block < self.block_count:
                 raise Ext4Error(f"inode {inum}: extent index points outside the volume")
+            if seen is not None:
+                if block in seen:
+                    raise Ext4Error(f"inode {inum}: extent tree block {block} is reached twice (a loop)")
+                seen.add(block)
             if tree is not None:
                 tree.append(block)
-            self._extents(self._read(block * self.block_size, self.block_size), runs, depth_seen + 1, inum, tree)
+            self._extents(self._read(block * self.block_size, self.block_size), runs, depth - 1, inum, tree,
+                          wanted, seen)
 
-    def _indirect(self, iblock: bytes, runs: list, wanted: int, tree: list[int] | None) -> None:
+    def _indirect(self, iblock: bytes, runs: list, wanted: int, tree: list[int] | None,
+                  seen: set[int] | None = None) -> None:
         """ext2/3 block maps: 12 direct pointers, then single, double and triple indirect."""
         per = self.block_size // 4
         pointers = struct.unpack_from("<15I", iblock)
@@ -344,13 +403,17 @@ class Ext4:
             if logical >= wanted:
                 return
             if p:
-                self._indirect_block(p, level, logical, runs, wanted, tree)
+                self._indirect_block(p, level, logical, runs, wanted, tree, seen)
             logical += span
 
     def _indirect_block(self, block: int, level: int, logical: int, runs: list, wanted: int,
-                        tree: list[int] | None) -> None:
+                        tree: list[int] | None, seen: set[int] | None = None) -> None:
         if not 0 < block < self.block_count:
             raise Ext4Error(f"an indirect block points outside the volume ({block})")
+        if seen is not None:
+            if block in seen:
+                raise Ext4Error(f"indirect block {block} is reached twice (a loop)")
+            seen.add(block)
         if tree is not None:
             tree.append(block)
         per = self.block_size // 4
@@ -361,23 +424,41 @@ class Ext4:
                 return
             if p:
                 if level == 1:
+                    if len(runs) >= self.block_count:
+                        raise Ext4Error("a block map names more blocks than the volume has")
                     runs.append((logical, p, 1))
                 else:
-                    self._indirect_block(p, level - 1, logical, runs, wanted, tree)
+                    self._indirect_block(p, level - 1, logical, runs, wanted, tree, seen)
             logical += span
 
     def read_data(self, ino: Inode) -> bytes:
-        """All of a (small) inode's data: directories and slow symlinks."""
-        bs = self.block_size
-        parts = []
+        """All of a small inode's data (slow symlinks: at most one block)."""
+        if ino.size > self.block_size:
+            raise Ext4Error(f"inode {ino.inum} claims {ino.size} bytes, more than a symbolic link holds")
+        return b"".join(data for _at, data in self._blocks(ino, self.block_size))[:ino.size]
+
+    def _blocks(self, ino: Inode, limit: int) -> Iterator[tuple[int, bytes]]:
+        """(byte position in the file, data) of the inode's allocated blocks, in pieces of at
+        most 1 MiB, cut at its size; holes are skipped (nothing is allocated for them). At most
+        ``limit`` bytes of data are read: more is ``Ext4Unsupported``."""
+        bs, pos, total = self.block_size, 0, 0
+        piece = max(1, ITABLE_RUN // bs)
         for phys, count in self.runlist(ino):
-            if phys is None:
-                parts.append(bytes(count * bs))
-            else:
+            if phys is not None:
                 if phys + count > self.block_count:
                     raise Ext4Error(f"inode {ino.inum}: data beyond the volume")
-                parts.append(self._read(phys * bs, count * bs))
-        return b"".join(parts)[:ino.size]
+                for i in range(0, count, piece):
+                    at = pos + i * bs
+                    n = min(piece, count - i) * bs
+                    n = min(n, ino.size - at)
+                    if n <= 0:
+                        return
+                    total += n
+                    if total > limit:
+                        raise Ext4Unsupported(f"inode {ino.inum} holds more than {limit} bytes of "
+                                              f"directory or link data, more than repofs reads")
+                    yield at, self._read((phys + i) * bs, n)
+            pos += count * bs
 
     # -- directories and links -----------------------------------------------------------
 
@@ -387,12 +468,14 @@ class Ext4:
             raise Ext4Error(f"inode {ino.inum} is not a directory")
         if ino.flags & _FL_ENCRYPT:
             raise Ext4Unsupported(f"directory inode {ino.inum} is encrypted")
-        data = self.read_data(ino)
         bs, layout, limit = self.block_size, self._dirent, self.inodes_count
         typed = layout is _DIRENT2
         found: list[tuple[bytes, int]] = []
-        for block in range(0, len(data), bs):
+        for data, block in ((d, b) for _at, d in self._blocks(ino, MAX_DIR_BYTES) for b in range(0, len(d), bs)):
             off, end = block, min(block + bs, len(data))
+            if len(found) > MAX_DIR_ENTRIES:
+                raise Ext4Unsupported(f"directory inode {ino.inum} has more than {MAX_DIR_ENTRIES} "
+                                      f"entries, more than repofs lists")
             while off <= end - 8:
                 if typed:
                     inum, rec_len, name_len, _ftype = layout.unpack_from(data, off)

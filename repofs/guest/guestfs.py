@@ -33,6 +33,7 @@ from datetime import datetime, timezone
 from typing import BinaryIO, Callable, Iterable, Iterator, NamedTuple, Protocol
 
 from dissect.util.stream import AlignedStream, RangeStream
+from .names import component
 
 from .ext4 import Ext4, Ext4Unsupported, Inode
 from repofs.view.readahead import ChunkedDisk, ReadAhead
@@ -108,6 +109,7 @@ class GuestStat(NamedTuple):
     gid: int = 0
     nlink: int = 1
     ino: int = 0
+    rdev: int = 0        # a device node's number (os.makedev), else 0
 
     @property
     def is_dir(self) -> bool:
@@ -258,6 +260,9 @@ def probe_fstype(fh: BinaryIO) -> str | None:
     return None
 
 
+MAX_GPT_TABLE = 1 << 20          # bytes of GPT partition entries read (the usual table: 16 KiB)
+
+
 def _partition_table(disk: DiskReader, fh: DiskStream) -> list[Volume]:
     """The disk's partitions, or one ``whole`` volume when it has no partition table."""
     whole = Volume(WHOLE, disk.label, 0, disk.capacity, None, "whole disk",
@@ -271,6 +276,12 @@ def _partition_table(disk: DiskReader, fh: DiskStream) -> list[Volume]:
     has_gpt = head[512:520] == b"EFI PART"
     if not has_mbr and not has_gpt:
         return [whole]
+    if has_gpt:
+        # dissect reads as many entries as the header says, each of the size it says
+        count, size = int.from_bytes(head[592:596], "little"), int.from_bytes(head[596:600], "little")
+        if not 128 <= size <= 4096 or count * size > MAX_GPT_TABLE:
+            raise PartitionTableDamaged(f"disk {disk.label}: the GPT partition table is damaged (its header "
+                                        f"claims {count} entries of {size} bytes)")
     from dissect.volume.disk import Disk   # noqa: PLC0415 (heavy; only disks with a table)
     try:
         fh.seek(0)
@@ -292,10 +303,10 @@ def _partition_table(disk: DiskReader, fh: DiskStream) -> list[Volume]:
         if raw is not None and hasattr(raw, "last_lba"):
             # GPT's last LBA is inclusive; dissect.volume 3.18 leaves the last sector out
             p.size = (raw.last_lba - raw.first_lba + 1) * _sector_size(table)
-        if p.offset + p.size > disk.capacity:
+        if p.size <= 0 or p.offset < 0 or p.offset + p.size > disk.capacity:
             raise PartitionTableDamaged(
-                f"disk {disk.label}: partition {p.number} ends at byte {p.offset + p.size}, "
-                f"beyond the disk's {disk.capacity} bytes")
+                f"disk {disk.label}: partition {p.number} ({p.size} bytes at byte {p.offset}) "
+                f"does not lie within the disk's {disk.capacity} bytes")
         volumes.append(Volume(f"p{p.number}", disk.label, p.offset, p.size, None,
                               p.name or p.type_name or str(p.type),
                               _range_opener(disk, p.offset, p.size), _prefetcher(disk, p.offset),
@@ -343,13 +354,16 @@ def _logical_volumes(pvs: list[Volume], disk_of: Callable[[str], DiskReader]) ->
     groups: dict[str, list[tuple[Volume, object]]] = {}
     for pv in pvs:
         try:
-            dev = LVM2Device(pv.open())
+            fh = pv.open()
+            _check_lvm_label(fh)
+            dev = LVM2Device(fh)
             vg_name = next(k for k, v in dev.metadata.items() if isinstance(v, dict))
         except DiskReadError:
             raise
         except Exception as e:
             pv.fstype, pv.description = "lvm2-damaged", f"LVM2 PV, unreadable ({first_line(e)})"
             continue
+        vg_name = component(vg_name)     # guest metadata: a name, never a path
         pv.description = f"LVM2 PV of {vg_name}"
         groups.setdefault(vg_name, []).append((pv, dev))
     out = []
@@ -365,19 +379,25 @@ def _logical_volumes(pvs: list[Volume], disk_of: Callable[[str], DiskReader]) ->
         by_dev = {id(dev): pv for pv, dev in members}
         vg = lvm.volume_group
         for lv in sorted(vg.lv, key=lambda lv: lv.name):
-            if not lv.is_visible or (lv.type or "").startswith("thin-pool"):
+            try:
+                if not lv.is_visible or (lv.type or "").startswith("thin-pool"):
+                    continue
+            except Exception:            # damaged LV metadata: nothing to show
                 continue
-            name = f"{vg_name}/{lv.name}"
+            name = f"{vg_name}/{component(lv.name)}"
             opener = (lambda lv=lv: lv.open())
             home, offset = members[0][0].disk, None
-            segs = lv.segments
-            linear = len(segs) == 1 and segs[0].type == "striped" and len(segs[0].stripes) == 1
-            if linear:     # one contiguous range of one disk: the loop path can attach it
-                pv_meta = vg.physical_volumes[segs[0].stripes[0][0]]
-                pv = by_dev.get(id(pv_meta.dev))
-                if pv is not None and pv.offset is not None:
-                    home = pv.disk
-                    offset = pv.offset + (pv_meta.pe_start + segs[0].stripes[0][1] * vg.extent_size) * 512
+            try:
+                segs = lv.segments
+                linear = len(segs) == 1 and segs[0].type == "striped" and len(segs[0].stripes) == 1
+                if linear:     # one contiguous range of one disk: the loop path can attach it
+                    pv_meta = vg.physical_volumes[segs[0].stripes[0][0]]
+                    pv = by_dev.get(id(pv_meta.dev))
+                    if pv is not None and pv.offset is not None:
+                        home = pv.disk
+                        offset = pv.offset + (pv_meta.pe_start + segs[0].stripes[0][1] * vg.extent_size) * 512
+            except Exception:            # metadata naming what it does not define: not linear
+                linear, offset = False, None
             try:
                 fh = opener()
                 size = fh.size if getattr(fh, "size", None) is not None else fh.seek(0, io.SEEK_END)
@@ -389,9 +409,49 @@ def _logical_volumes(pvs: list[Volume], disk_of: Callable[[str], DiskReader]) ->
                 desc = f"LVM2 LV, unreadable ({first_line(e)})"
             else:
                 desc = f"LVM2 LV ({'linear' if linear else lv.type or 'segmented'})"
+            if offset is not None and not (0 <= offset and 0 < size and offset + size <= disk_of(home).capacity):
+                offset = None             # metadata placing it off its disk: read through dissect only
             pages = _range_opener(disk_of(home), offset, size, PAGE) if offset is not None and size else None
             out.append(Volume(name, home, offset, size, fstype, desc, opener, open_pages=pages))
     return out
+
+
+MAX_LVM_METADATA = 16 << 20      # bytes of metadata text read (LVM writes far less than 1 MiB)
+
+
+def _check_lvm_label(fh: BinaryIO) -> None:
+    """Bound what dissect's LVM reader will read from a (guest-written) PV before it reads it:
+    the label is in one of the first four sectors and its two location lists end inside that
+    sector, each metadata area header's list ends inside its sector, and the current text is
+    at most ``MAX_LVM_METADATA`` bytes inside its area. dissect reads these lists until an
+    all-zero entry and the text whole, wherever that is."""
+    for i in range(4):
+        fh.seek(i * 512)
+        sector = fh.read(512)
+        if sector[:8] == b"LABELONE":
+            break
+    else:
+        raise ValueError("no LVM2 label")
+    at = int.from_bytes(sector[20:24], "little") + 40          # pv_header: uuid[32], size u64
+
+    def zero_ended(buf: bytes, start: int, width: int) -> int:
+        for pos in range(start, len(buf) - width + 1, width):
+            if not any(buf[pos:pos + 16]):
+                return pos + width
+        raise ValueError("an LVM location list does not end inside its sector")
+    areas_at = zero_ended(sector, at, 16)
+    end = zero_ended(sector, areas_at, 16)
+    for pos in range(areas_at, end - 16, 16):
+        mda = int.from_bytes(sector[pos:pos + 8], "little")
+        fh.seek(mda)
+        head = fh.read(512)
+        if len(head) < 512:
+            raise ValueError("an LVM metadata area lies past the end of the volume")
+        area = int.from_bytes(head[32:40], "little")
+        zero_ended(head, 40, 24)
+        offset, size = int.from_bytes(head[40:48], "little"), int.from_bytes(head[48:56], "little")
+        if not 0 < size <= MAX_LVM_METADATA or offset + size > area:   # (0 would read to the end)
+            raise ValueError(f"LVM metadata of {size} bytes at {offset} does not fit its area ({area} bytes)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -602,7 +662,8 @@ class _ExtNode(_Node):
 
     def stat(self) -> GuestStat:
         i = self.inode
-        return GuestStat(i.mode, i.size, i.mtime_ns, i.atime_ns, i.ctime_ns, i.uid, i.gid, i.nlink, i.inum)
+        rdev = _ext_rdev(i.iblock) if st.S_ISCHR(i.mode) or st.S_ISBLK(i.mode) else 0
+        return GuestStat(i.mode, i.size, i.mtime_ns, i.atime_ns, i.ctime_ns, i.uid, i.gid, i.nlink, i.inum, rdev)
 
     def children(self) -> Iterator[tuple[str, _Node]]:
         fs = self.fs
@@ -613,6 +674,19 @@ class _ExtNode(_Node):
 
     def link(self) -> str:
         return self.fs.readlink(self.inode)
+
+
+def _ext_rdev(iblock: bytes) -> int:
+    """A device node's number as ext keeps it in ``i_block``: the old 16-bit form in word 0
+    (major << 8 | minor) when set, else the new form in word 1 (the kernel's
+    ``new_encode_dev``: minor's low byte, major, minor's high bits from bit 20)."""
+    old, new = int.from_bytes(iblock[0:4], "little"), int.from_bytes(iblock[4:8], "little")
+    if old:
+        major, minor = (old >> 8) & 0xFF, old & 0xFF
+    else:
+        major, minor = (new & 0xFFF00) >> 8, (new & 0xFF) | ((new >> 12) & 0xFFF00)
+    # dev_t as glibc's makedev builds it (what os.mknod takes)
+    return ((major & 0xFFFFF000) << 32) | ((major & 0xFFF) << 8) | ((minor & 0xFFFFFF00) << 12) | (minor & 0xFF)
 
 
 def _open_ext(fh: BinaryIO, volume: Volume) -> _Node:
@@ -655,13 +729,6 @@ _OPENERS: dict[str, Callable[[BinaryIO, Volume], _Node]] = {
 }
 
 
-_UNSAFE_NAMES = frozenset(("", ".", ".."))
-
-
-def _safe_name(name: str) -> bool:
-    return name not in _UNSAFE_NAMES and "/" not in name and "\0" not in name
-
-
 class GuestTree:
     """One filesystem, addressed by path ("/" is its root). Thread-safe: the dissect readers
     share one seek position per volume, so every call runs under the tree's lock."""
@@ -700,8 +767,11 @@ class GuestTree:
         found = self._dirs.get(key)
         if found is None:
             # A damaged or hostile filesystem may hold names no path can carry ("..", "a/b"):
-            # they are left out, so nothing built from a listing can leave its directory.
-            found = {name: child for name, child in node.children() if _safe_name(name)}
+            # they are escaped (names.component), so nothing built from a listing can leave
+            # its directory; of two names that escape alike, the first is kept.
+            found = {}
+            for name, child in node.children():
+                found.setdefault(component(name), child)
             self._dirs[key] = found
             if len(self._dirs) > self.DIR_CACHE:
                 self._dirs.popitem(last=False)
@@ -812,7 +882,8 @@ class GuestTree:
     def open(self, path: str) -> "GuestFile":
         """A handle on one file, resolved once (for reading a large file in pieces)."""
         node = self._guard(lambda: self._file(path))
-        return GuestFile(self, node, self.stat(path, follow=True))
+        self._guard(lambda: self._read_node(node, 0, 0))   # its block map read now: a damaged
+        return GuestFile(self, node, self.stat(path, follow=True))   # one fails before any copy
 
 
 class GuestFile:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat as st
 import sys
 
@@ -140,7 +141,12 @@ def serve(gen_dir: str, volume: str, mountpoint: str, foreground: bool = False) 
     source = GuestGeneration(GenerationFolder.open(gen_dir))
     source.listdir(volume)                # opens the filesystem: errors end here, before mounting
     ops = GuestOperations(source, volume)
-    options = set(pyfuse3.default_options) | {"ro", f"fsname=repofs-guest:{volume}", "subtype=repofs-guest"}
+    # a guest's files never act on the host (the same options as its kernel mounts); the
+    # volume's name comes from the guest and options are comma-separated: only a plain
+    # spelling of it goes into fsname, so no guest name can add an option
+    fsname = re.sub(r"[^A-Za-z0-9._/+-]", "_", volume)
+    options = set(pyfuse3.default_options) | {"ro", "nosuid", "nodev", "noexec",
+                                               f"fsname=repofs-guest:{fsname}", "subtype=repofs-guest"}
     pyfuse3.init(ops, mountpoint, options)
     try:
         if not foreground:

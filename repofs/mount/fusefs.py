@@ -63,6 +63,17 @@ class MountSettings:
     read_threads: int = 16            # concurrent storage reads for requests
     direct_io: bool = True            # flat files bypass the page cache (see docs/mount.md)
     prefill: bool = False             # push guest metadata into the page cache (repofs.prefill)
+    # Who may read (the kernel checks modes: pyfuse3's default_permissions). ``shared``: the
+    # mount is open to other users (allow_other/allow_root); then by default only the owner
+    # reads (umask 077), and guest files under files/ show the mount's owner, not the guest's
+    # uids (which would hand a guest's files to whichever host user has the same uid).
+    shared: bool = False
+    uid: int | None = None            # owner of every entry (default: the mounting user)
+    gid: int | None = None
+    umask: int | None = None          # default 077 when shared, else 022
+
+    def mode_mask(self) -> int:
+        return 0o777 & ~(self.umask if self.umask is not None else 0o077 if self.shared else 0o022)
 
 
 @dataclass
@@ -167,7 +178,12 @@ class RepofsOperations(pyfuse3.Operations):
         self.view = view
         self.settings = settings or MountSettings()
         self._clock = clock
-        self._uid, self._gid = os.getuid(), os.getgid()
+        s = self.settings
+        self._uid = s.uid if s.uid is not None else os.getuid()
+        self._gid = s.gid if s.gid is not None else os.getgid()
+        self._mask = s.mode_mask()
+        self._dir_mode = stat.S_IFDIR | (0o555 & self._mask)
+        self._file_mode = stat.S_IFREG | (0o444 & self._mask)
         self._nodes: dict[int, Node] = {ROOT_INODE: Node(ROOT_INODE, "root")}
         self._guest_prefix: dict[str, "hashlib._Hash"] = {}   # by manifest name
         self._files: dict[int, OpenFile] = {}
@@ -303,6 +319,9 @@ class RepofsOperations(pyfuse3.Operations):
         timeout = LONG_TIMEOUT
         if node.kind == "guest":
             guestfiles.fill_attrs(a, node.gstat)
+            if self.settings.shared:      # the guest's uids mean nothing on this host
+                a.st_uid, a.st_gid = self._uid, self._gid
+                a.st_mode = stat.S_IFMT(a.st_mode) | (a.st_mode & self._mask)
             a.entry_timeout = a.attr_timeout = timeout
             node.attrs = a
             return a
@@ -316,18 +335,18 @@ class RepofsOperations(pyfuse3.Operations):
                 a.st_nlink = 1
                 a.st_size = len(gens[-1].name) if gens else 0
             else:
-                a.st_mode = DIR_MODE
+                a.st_mode = self._dir_mode
                 a.st_nlink = 2 + (len(self.view.vms()) if node.kind == "root" else len(gens))
                 a.st_size = 0
         elif node.kind == "gen":
             t = node.gen.time_ns
-            a.st_mode = DIR_MODE
+            a.st_mode = self._dir_mode
             a.st_nlink = 2
             a.st_size = 0
         else:
             f = node.file
             t = node.gen.time_ns
-            a.st_mode = FILE_MODE
+            a.st_mode = self._file_mode
             a.st_nlink = 1
             a.st_size = f.size
             a.st_blocks = -(-f.stored // 512)

@@ -7,7 +7,8 @@ the purpose, or one the user names with ``--from``):
 - volumes are found in user space (``guestfs``: MBR, GPT, LVM), so neither the kernel's
   partition-table parsers nor device-mapper are needed (this machine's kernel has neither);
 - each volume the kernel can mount gets its own read-only loop device over its byte range of
-  the flat file (``losetup -r -o OFFSET --sizelimit SIZE``) and ``mount -o ro`` plus the
+  the flat file (``losetup -r -o OFFSET --sizelimit SIZE``) and ``mount -o ro,nosuid,nodev,noexec``
+  (``GUEST_OPTIONS``: a guest's setuid files, device nodes and programs never act on the host) plus the
   option that forbids journal replay (ext*: ``noload``, XFS: ``norecovery``, Btrfs:
   ``rescue=nologreplay``): the backup is never written to, and what the guest had not yet
   written back from its journal is not seen;
@@ -18,6 +19,10 @@ the purpose, or one the user names with ``--from``):
 The private mount runs in a fork of the command, is buffered, and pushes each ext volume's
 inode tables and directory blocks into the flat file's page cache on the first miss
 (``repofs.mount.prefill``): a walk of the tree then costs no round trip through FUSE.
+
+Volume folders are ``DIR/<disk>/<volume>`` with every guest-given part escaped into one path
+component (``repofs.guest.names``) and checked to stay under DIR before anything is made or
+mounted there.
 
 Everything attached is written to a state file (``/run/repofs/files/<hash of DIR>.json``)
 before the next step, so ``repofs files umount DIR`` — and the error path of ``mount``
@@ -52,19 +57,37 @@ from .process import run as run_mount
 STATE_DIR = "/run/repofs/files"
 PREFILL_WAIT = 1.0      # seconds set-up waits, at most, for the metadata prefill (_await_prefill)
 
+# A guest's files never act on the host: no setuid/setgid, no device nodes, nothing executed
+# from them. Every guest mount (kernel or rootless) carries these.
+GUEST_OPTIONS = "ro,nosuid,nodev,noexec"
+
 # guestfs fstype -> (kernel filesystem type, mount options)
 KERNEL = {
-    "ext": ("ext4", "ro,noload"),          # ext4 driver mounts ext2/3 too
-    "xfs": ("xfs", "ro,norecovery"),
-    "btrfs": ("btrfs", "ro,rescue=nologreplay"),
-    "vfat": ("vfat", "ro"),
-    "ntfs": ("ntfs3", "ro"),
-    "exfat": ("exfat", "ro"),
+    "ext": ("ext4", f"{GUEST_OPTIONS},noload"),          # ext4 driver mounts ext2/3 too
+    "xfs": ("xfs", f"{GUEST_OPTIONS},norecovery"),
+    "btrfs": ("btrfs", f"{GUEST_OPTIONS},rescue=nologreplay"),
+    "vfat": ("vfat", GUEST_OPTIONS),
+    "ntfs": ("ntfs3", GUEST_OPTIONS),
+    "exfat": ("exfat", GUEST_OPTIONS),
 }
 
 
 class LoopMountError(RepofsError):
     """Loop devices or kernel mounts could not be set up or torn down."""
+
+
+class VolumeFolderEscapes(LoopMountError):
+    """A volume's folder, built from names the guest chose, would lie outside DIR."""
+
+
+def inside(parent: str, path: str) -> str:
+    """``path`` resolved (links followed as far as it exists), after checking it stays
+    strictly under ``parent`` resolved: run before anything is made or mounted there."""
+    top = os.path.realpath(parent)
+    real = os.path.realpath(path)
+    if real == top or os.path.commonpath([top, real]) != top:
+        raise VolumeFolderEscapes(f"{path!r} would leave {top}: refused")
+    return real
 
 
 @dataclass
@@ -389,9 +412,13 @@ def _attach_one(state: State, guest: GuestGeneration, flats: dict[str, str], v: 
             guest.tree(v.disk, v.name)
         except GuestError as e:
             return done("skipped", None, str(e))
+    # Volume names come from the guest (LVM names); guestfs made each part one path component
+    # (names.component), and the folder is checked to stay under DIR before and after it is made.
     where = os.path.join(state.dir, v.disk, *v.name.split("/"))
+    inside(state.dir, where)
     with _Signals.step():
         _mkdirs(state, where)
+    inside(state.dir, where)
     why_not_kernel = None
     ktype, opts = KERNEL.get(v.fstype or "", (None, None))
     if ktype is None:

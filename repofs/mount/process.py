@@ -39,6 +39,9 @@ FSTYPE = "fuse.repofs"
 # FUSE options a user may pass with -o (everything else is ours or refused).
 PASSTHROUGH_OPTIONS = {"allow_other", "allow_root", "default_permissions", "ro", "nosuid",
                        "nodev", "noexec", "noatime", "auto_unmount"}
+# Who may read a shared mount (docs/mount.md): kept with the FUSE options by split_options,
+# taken into MountSettings by run(), never passed to the kernel.
+ACCESS_OPTIONS = {"uid", "gid", "umask"}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)?\s*$", re.I)
 
 
@@ -81,11 +84,30 @@ def split_options(values: list[str]) -> tuple[list[str], dict[str, str]]:
             key, sep, arg = item.partition("=")
             if key in PASSTHROUGH_OPTIONS and not sep:
                 fuse.append(key)
+            elif key in ACCESS_OPTIONS and sep:
+                fuse.append(item)
             elif key in ("rw",):
                 raise MountError("repofs mounts are read-only; -o rw is not possible")
             else:
                 ours[key.replace("-", "_")] = arg if sep else ""
     return fuse, ours
+
+
+def _take_access(req: "MountRequest") -> list[str]:
+    """The FUSE options without ``uid=``/``gid=``/``umask=``, which go into the settings with
+    ``shared`` (allow_other/allow_root given): see ``MountSettings``."""
+    rest = []
+    for item in req.fuse_options:
+        key, _, value = item.partition("=")
+        if key not in ACCESS_OPTIONS:
+            rest.append(item)
+            continue
+        try:
+            setattr(req.settings, key, int(value, 8 if key == "umask" else 10))
+        except ValueError:
+            raise MountError(f"-o {item}: not a number ({'octal' if key == 'umask' else 'decimal'})") from None
+    req.settings.shared = bool({"allow_other", "allow_root"} & set(rest))
+    return rest
 
 
 def check_mountpoint(path: str) -> str:
@@ -131,9 +153,11 @@ def run(view: RepositoryView, req: MountRequest) -> None:
     # environment (another process of the same user, or a child, could read it there).
     secretenv.scrub()
     _limit_malloc_arenas()
+    fuse_options = _take_access(req)           # before the adapter reads the settings
     ops = RepofsOperations(view, req.settings, on_prefill=req.on_prefill)
-    options = set(pyfuse3.default_options) | {"ro", f"fsname={req.fsname}", "subtype=repofs"}
-    options |= set(req.fuse_options)
+    # nosuid,nodev: the files/ folder shows guests' own modes and device nodes
+    options = set(pyfuse3.default_options) | {"ro", "nosuid", "nodev", f"fsname={req.fsname}", "subtype=repofs"}
+    options |= set(fuse_options)
     try:
         pyfuse3.init(ops, mountpoint, options)
     except RuntimeError as e:
