@@ -145,7 +145,7 @@ def ab_restore(trees: list[str], work: str, img: str, rounds: int) -> None:
             if root():
                 drop_caches()
             r = cli(tree, "restore", f"vm:{VM}", "--to-dir", out, "-r", repos[tree])
-            restored = [os.path.join(out, n) for n in os.listdir(out) if n.endswith(".img")]
+            restored = [os.path.join(out, n) for n in os.listdir(out) if n.endswith(".raw")]
             same = bool(restored) and subprocess.run(["cmp", img, restored[0]], capture_output=True).returncode == 0
             print(f"round {rnd} {tree}: restore {r.wall:.2f} s = {size / r.wall / 1e6:.0f} MB/s "
                   f"({size / r.wall / 1e6 / limit:.0%} of fsync'd write), {r.cpu:.2f} CPU s, "
