@@ -25,10 +25,11 @@ class Run:
     out: str = ""
 
 
-def run(cmd: list[str], env: dict | None = None, stdin: str | None = None, check: bool = True) -> Run:
+def run(cmd: list[str], env: dict | None = None, stdin: str | None = None, check: bool = True,
+        cwd: str | None = None) -> Run:
     os.sync()  # no writeback of earlier steps' dirty pages inside this measurement
     t0 = time.monotonic()
-    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    p = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL)
     if stdin is not None:
         assert p.stdin

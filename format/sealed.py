@@ -58,6 +58,33 @@ ID_SIZE = 32
 MAX_PLAIN = 1 << 32
 
 
+# The compression decision. Whole chunks of media, archives or encrypted guest data do not
+# compress, and zstd spends about a quarter of its time on them for nothing (docs/performance.md,
+# "Compression decision"). A sample of SAMPLES pieces of SAMPLE_SIZE bytes spread over the
+# plaintext is compressed at zstd's fastest level first: when it does not shrink below
+# SAMPLE_RATIO of itself the object is stored uncompressed (compression 0 in its header, which
+# every reader already follows). Small objects are always tried whole.
+SAMPLE_SIZE = 4096
+SAMPLES = 8
+SAMPLE_RATIO = 0.97
+SAMPLE_MIN = 64 * 1024
+_sampler = threading.local()
+
+
+def worth_compressing(plaintext: bytes | memoryview) -> bool:
+    """Whether a sample of ``plaintext`` compresses well enough to compress all of it."""
+    n = len(plaintext)
+    if n < SAMPLE_MIN:
+        return True
+    step = n // SAMPLES
+    view = memoryview(plaintext)
+    sample = b"".join(view[i * step:i * step + SAMPLE_SIZE] for i in range(SAMPLES))
+    c = getattr(_sampler, "c", None)
+    if c is None:
+        c = _sampler.c = zstandard.ZstdCompressor(level=1, write_content_size=False)
+    return len(c.compress(sample)) < len(sample) * SAMPLE_RATIO
+
+
 class Sealer:
     """Seals and opens objects with one repository's keys. Safe to use from many threads."""
 
@@ -88,19 +115,28 @@ class Sealer:
             d = self._local.d = zstandard.ZstdDecompressor()
         return d
 
-    def seal(self, magic: bytes, name: bytes, plaintext: bytes | memoryview) -> bytes:
-        compressed = self._compressor().compress(plaintext)
-        if len(compressed) < len(plaintext):
-            compression, payload = COMPRESSION_ZSTD, compressed
-        else:
-            compression, payload = COMPRESSION_NONE, bytes(plaintext)
+    def seal(self, magic: bytes, name: bytes, plaintext: bytes | memoryview) -> bytearray:
+        """``header || payload || tag`` in one buffer: the payload is compressed only when
+        that pays (``worth_compressing``), and encrypted straight into the buffer, so a
+        1 MiB chunk is not copied once more to join the header to its ciphertext."""
+        payload: bytes | memoryview = plaintext
+        compression = COMPRESSION_NONE
+        if worth_compressing(plaintext):
+            compressed = self._compressor().compress(plaintext)
+            if len(compressed) < len(plaintext):
+                compression, payload = COMPRESSION_ZSTD, compressed
         nonce = secrets.token_bytes(12) if self._aead else ZERO_NONCE
-        header = HEADER.pack(magic, VERSION, compression, self._cipher, 0,
-                             len(plaintext), len(payload), nonce)
-        aad = header + name
+        out = bytearray(HEADER.size + len(payload) + TAG_SIZE[self._cipher])
+        HEADER.pack_into(out, 0, magic, VERSION, compression, self._cipher, 0,
+                         len(plaintext), len(payload), nonce)
+        aad = bytes(out[:HEADER.size]) + name
+        body = memoryview(out)[HEADER.size:]
         if self._aead is not None:
-            return header + self._aead.encrypt(nonce, payload, aad)
-        return b"".join((header, payload, blake3.blake3(aad + payload).digest()))
+            self._aead.encrypt_into(nonce, payload, aad, body)
+        else:
+            body[:len(payload)] = payload
+            body[len(payload):] = blake3.blake3(aad).update(payload).digest()
+        return out
 
     def open(self, magic: bytes, name: bytes, data: bytes, label: str, max_plain: int = MAX_PLAIN) -> bytes:
         """The plaintext of ``data``; raises CorruptObject naming ``label`` on any mismatch
