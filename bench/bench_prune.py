@@ -1,19 +1,38 @@
-"""Prune at scale: time and peak RSS of ``repofs prune`` on repositories of N synthetic chunks,
-and the memory of prune's marks (format/idset.py) for 10 million ids measured directly.
+"""Prune at scale, beside restic and borg: time and peak RSS of ``repofs prune``, ``restic
+prune`` and ``borg compact`` on repositories of the same number of chunks, half of them left
+unreferenced by forgetting one of two backups; and the memory of prune's marks alone.
 
-    .venv/bin/python bench/bench_prune.py --sizes 100k,1M [--work DIR] [--idset 10M]
+    .venv/bin/python bench/bench_prune.py --sizes 50k,200k [--work DIR] [--tools repofs,restic,borg] [--idset 10M]
 
-Each repository is written directly through format/ (tiny chunks: the work of prune is per
-object, not per byte): one generation whose disks (at most ``DISK_SLOTS`` = 1 M chunks each: a
-1 TiB disk at 1 MiB chunks) name 90% of the chunks, the other 10% left unreferenced, so prune marks 0.9 N ids, walks N objects, and moves and deletes 0.1 N. The
-prune runs as a child process (the real CLI) and is measured with wait4 (bench/measure.py).
-Prints one line per size and an extrapolation to 10 M chunks.
+For each size N, in one run:
+- repofs: an encrypted repository (default key derivation) written directly through
+  ``format/`` with N tiny distinct chunks (the work of prune is per object, not per byte):
+  generation ``a`` names the first N/2 in disks of at most ``DISK_SLOTS`` (1 M) slots,
+  generation ``b`` the other N/2; ``a`` is forgotten, then the real ``repofs prune --json``
+  runs as a child. Its objects were all written seconds ago, so the run sets
+  ``REPOFS_PRUNE_FRESH_SECONDS=0`` (no backup runs: "older than now" is the rule), else the
+  safety margin would leave every fresh object in place.
+- restic and borg: N small files of distinct content (each is one blob / chunk of its own) in
+  two trees ``a`` and ``b`` of N/2 files, one backup of each (``restic backup``; ``borg
+  create`` with default chunker: a file below the minimum chunk is one chunk), the backup of
+  ``a`` forgotten (``restic forget ID``; ``borg delete REPO::a``), then ``restic prune`` and
+  ``borg compact`` are measured (``borg delete`` is measured too: borg does part of the
+  freeing there). Both encrypted (restic always is; borg ``repokey-blake2``).
+Every measured command runs as a child measured with wait4 (bench/measure.py: wall, CPU,
+peak RSS — what ``/usr/bin/time -v`` reports). With two sizes or more, each tool's time and
+peak RSS are extrapolated linearly (from the two largest sizes) to 1 M and 10 M chunks, and the
+ratios printed; the extrapolated figures are marked "~".
+
+Keep the repositories on the same file system for every tool (``--work``; ``/dev/shm`` keeps a
+loaded disk out of the comparison).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -21,14 +40,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from measure import PY, repofs, run  # noqa: E402
+from measure import PY, Run, repofs, run  # noqa: E402
 
 from format.fixedindex import FixedIndex  # noqa: E402
 from format.manifest import DiskEntry, Manifest  # noqa: E402
+from format.marks import forget  # noqa: E402
 from format.repository import Repository  # noqa: E402
 
+ROOT = Path(__file__).resolve().parent.parent
 CHUNK = 64 << 10
 DISK_SLOTS = 1_000_000
+PASSWORD = "bench-prune-passphrase"
+FILES_PER_DIR = 1000
 
 
 def parse_count(text: str) -> int:
@@ -37,24 +60,92 @@ def parse_count(text: str) -> int:
     return int(float(text.rstrip("km")) * mult)
 
 
-def build(path: Path, n: int) -> None:
-    repo = Repository.init(path, None, encrypted=False, chunk_size=CHUNK)
-    referenced = n * 9 // 10
-    disks = []
-    index = None
+def payload(k: int) -> bytes:
+    """Tiny, distinct plaintexts (the same for every tool)."""
+    return b"bench-prune " + k.to_bytes(8, "little") * 2
+
+
+def repofs_env(path: Path, work: Path) -> dict:
+    return {**os.environ, "REPOFS_REPOSITORY": str(path), "REPOFS_PASSWORD": PASSWORD,
+            "REPOFS_SECURITY_DIR": str(work / "repofs-security"), "PYTHONPATH": str(ROOT),
+            "REPOFS_PRUNE_FRESH_SECONDS": "0"}
+
+
+def put_generation(repo: Repository, name: str, ids: list[bytes]) -> str:
+    entries = []
+    for d, start in enumerate(range(0, len(ids), DISK_SLOTS)):
+        part = ids[start:start + DISK_SLOTS]
+        index = FixedIndex.empty(len(part) * CHUNK, CHUNK)
+        for slot, cid in enumerate(part):
+            index.set(slot, cid)
+        entries.append(DiskEntry(f"disk{d}", index.capacity, CHUNK, repo.put_index(index)))
+    return repo.put_manifest(Manifest("bench", name, "2026-01-01T00:00:00.000000Z", time.time_ns(), None, entries))
+
+
+def build_repofs(path: Path, n: int) -> None:
+    """N chunks, two generations of N/2 each; the first forgotten."""
+    repo = Repository.init(path, PASSWORD.encode(), encrypted=True, chunk_size=CHUNK)
+    ids = []
     for k in range(n):
-        data = k.to_bytes(8, "little") * 2          # tiny, distinct plaintexts
+        data = payload(k)
         cid = repo.chunk_id(data)
         repo.put_chunk(cid, data, sync=False)
-        if k < referenced:
-            slot = k % DISK_SLOTS
-            if slot == 0:
-                index = FixedIndex.empty(min(DISK_SLOTS, referenced - k) * CHUNK, CHUNK)
-                disks.append(index)
-            index.set(slot, cid)
+        ids.append(cid)
     repo.sync()
-    entries = [DiskEntry(f"disk{d}", ix.capacity, CHUNK, repo.put_index(ix)) for d, ix in enumerate(disks)]
-    repo.put_manifest(Manifest("bench", "g", "2026-01-01T00:00:00.000000Z", time.time_ns(), None, entries))
+    first = put_generation(repo, "a", ids[:n // 2])
+    put_generation(repo, "b", ids[n // 2:])
+    forget(repo, first, "bench", "a")
+
+
+def write_tree(root: Path, ks: range) -> None:
+    for k in ks:
+        d = root / f"d{k // FILES_PER_DIR:05d}"
+        if k % FILES_PER_DIR == 0:
+            d.mkdir(parents=True, exist_ok=True)
+        (d / f"f{k:08d}").write_bytes(payload(k))
+
+
+def peer_env(work: Path) -> dict:
+    return {**os.environ, "RESTIC_PASSWORD": PASSWORD, "RESTIC_CACHE_DIR": str(work / "restic-cache"),
+            "BORG_PASSPHRASE": PASSWORD, "BORG_BASE_DIR": str(work / "borg-base"),
+            "BORG_RELOCATED_REPO_ACCESS_IS_OK": "yes"}
+
+
+def quiet(cmd: list[str], env: dict, cwd: Path) -> str:
+    return subprocess.run(cmd, env=env, cwd=cwd, check=True, capture_output=True, text=True).stdout
+
+
+def bench_restic(work: Path, data: Path) -> dict[str, Run]:
+    repo, env = work / "restic-repo", peer_env(work)
+    quiet(["restic", "-r", str(repo), "init"], env, data)
+    for tree in ("a", "b"):
+        quiet(["restic", "-r", str(repo), "backup", "--quiet", "--tag", tree, tree], env, data)
+    snaps = json.loads(quiet(["restic", "-r", str(repo), "snapshots", "--json", "--tag", "a"], env, data))
+    quiet(["restic", "-r", str(repo), "forget", snaps[0]["id"]], env, data)
+    out = {"prune": run(["restic", "-r", str(repo), "prune"], env=env)}
+    shutil.rmtree(repo)
+    return out
+
+
+def bench_borg(work: Path, data: Path) -> dict[str, Run]:
+    repo, env = work / "borg-repo", peer_env(work)
+    quiet(["borg", "init", "--encryption", "repokey-blake2", str(repo)], env, data)
+    for tree in ("a", "b"):
+        quiet(["borg", "create", f"{repo}::{tree}", tree], env, data)
+    out = {"delete": run(["borg", "delete", f"{repo}::a"], env=env),
+           "compact": run(["borg", "compact", str(repo)], env=env)}
+    shutil.rmtree(repo)
+    return out
+
+
+def bench_repofs(work: Path, n: int) -> dict[str, Run]:
+    path = work / f"repofs-repo-{n}"
+    build_repofs(path, n)
+    r = run(repofs("prune", "--json"), env=repofs_env(path, work))
+    report = json.loads(r.out)
+    assert report["generations_removed"] == 1 and report["freed_chunks"] == n // 2, report
+    shutil.rmtree(path)
+    return {"prune": r}
 
 
 def bench_idset(n: int) -> None:
@@ -63,40 +154,82 @@ def bench_idset(n: int) -> None:
             "from format.idset import IdSet\n"
             "s=IdSet(); t=time.monotonic()\n"
             "for k in range(%d): s.add(os.urandom(8) if k %% 4096 else os.urandom(32))\n"
-            "s.freeze(); print(len(s), round(time.monotonic()-t,1))\n" % (str(Path(__file__).resolve().parent.parent), n))
+            "s.freeze(); print(len(s), round(time.monotonic()-t,1))\n" % (str(ROOT), n))
     r = run([PY, "-c", code])
     print(f"idset {n:>11,} ids: {r.wall:7.1f} s, peak RSS {r.rss_mib:7.1f} MiB  ({r.out.strip()})")
 
 
+def extrapolate(points: list[tuple[int, float]], n: int) -> float:
+    (n1, v1), (n2, v2) = points[-2], points[-1]
+    return v2 + (v2 - v1) / (n2 - n1) * (n - n2)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", default="100k,1M")
+    ap.add_argument("--sizes", default="50k,200k")
     ap.add_argument("--work", default=None, help="where to build the repositories (default: a temp dir)")
-    ap.add_argument("--idset", default="10M", help="also measure the marks alone for this many ids ('' to skip)")
+    ap.add_argument("--tools", default="repofs,restic,borg")
+    ap.add_argument("--idset", default="", help="also measure the marks alone for this many ids")
     args = ap.parse_args()
-    work = Path(args.work or tempfile.mkdtemp(prefix="bench-prune-"))
-    results = []
-    for n in [parse_count(s) for s in args.sizes.split(",") if s]:
-        path = work / f"repo-{n}"
-        shutil.rmtree(path, ignore_errors=True)
-        t = time.monotonic()
-        build(path, n)
-        built = time.monotonic() - t
-        env = {**os.environ, "REPOFS_REPOSITORY": str(path), "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-        r = run(repofs("prune", "--json"), env=env)
-        results.append((n, r))
-        print(f"prune {n:>11,} chunks: {r.wall:7.1f} s, cpu {r.cpu:7.1f} s, peak RSS {r.rss_mib:7.1f} MiB "
-              f"(built in {built:.0f} s)", flush=True)
-        shutil.rmtree(path, ignore_errors=True)
-    if len(results) >= 2:
-        (n1, r1), (n2, r2) = results[0], results[-1]
-        per = (r2.rss_mib - r1.rss_mib) / (n2 - n1)
-        slope_t = (r2.wall - r1.wall) / (n2 - n1)
-        ten = 10_000_000
-        print(f"extrapolated to {ten:,} chunks: peak RSS {r2.rss_mib + per * (ten - n2):.0f} MiB, "
-              f"{r2.wall + slope_t * (ten - n2):.0f} s")
+    tools = [t for t in args.tools.split(",") if t]
+    work = Path(tempfile.mkdtemp(prefix="bench-prune-", dir=args.work))
+    # (tool, figure) -> [(n, wall, rss)]
+    series: dict[str, list[tuple[int, float, float]]] = {}
+    try:
+        for n in [parse_count(s) for s in args.sizes.split(",") if s]:
+            data = work / "data"
+            t = time.monotonic()
+            if {"restic", "borg"} & set(tools):
+                write_tree(data / "a", range(n // 2))
+                write_tree(data / "b", range(n // 2, n))
+            for tool in tools:
+                t = time.monotonic()
+                runs = {"repofs": lambda: bench_repofs(work, n), "restic": lambda: bench_restic(work, data),
+                        "borg": lambda: bench_borg(work, data)}[tool]()
+                built = time.monotonic() - t - sum(r.wall for r in runs.values())
+                for what, r in runs.items():
+                    key = f"{tool} {what}"
+                    series.setdefault(key, []).append((n, r.wall, r.rss_mib))
+                    print(f"{n:>9,} chunks  {key:<14} {r.wall:8.2f} s  cpu {r.cpu:8.2f} s  peak RSS "
+                          f"{r.rss_mib:7.1f} MiB   (set up in {built:.0f} s, load {os.getloadavg()[0]:.1f})", flush=True)
+            shutil.rmtree(data, ignore_errors=True)
+        if "borg delete" in series and "borg compact" in series:
+            series["borg delete+compact"] = [(n, w1 + w2, max(r1, r2)) for (n, w1, r1), (_n, w2, r2)
+                                             in zip(series["borg delete"], series["borg compact"])]
+        table(series)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     if args.idset:
         bench_idset(parse_count(args.idset))
+
+
+def table(series: dict[str, list[tuple[int, float, float]]]) -> None:
+    sizes = sorted({n for points in series.values() for n, _w, _r in points})
+    targets = sizes + ([1_000_000, 10_000_000] if len(sizes) >= 2 else [])
+    figures: dict[str, dict[int, tuple[float, float, bool]]] = {}
+    for key, points in series.items():
+        got = {n: (w, r, False) for n, w, r in points}
+        for n in targets:
+            if n not in got and len(points) >= 2:
+                got[n] = (max(0.0, extrapolate([(p[0], p[1]) for p in points], n)),
+                          max(0.0, extrapolate([(p[0], p[2]) for p in points], n)), True)
+        figures[key] = got
+    print("\n| chunks | tool | time s | peak RSS MiB | time / repofs | RSS / repofs |")
+    print("|---|---|---|---|---|---|")
+    base = figures.get("repofs prune", {})
+    for n in targets:
+        for key, got in figures.items():
+            if n not in got:
+                continue
+            w, r, est = got[n]
+            mark = "~" if est else ""
+            ratio = ""
+            if n in base and key != "repofs prune":
+                ratio = f"{w / base[n][0]:.2f}x | {r / base[n][1]:.2f}x"
+            else:
+                ratio = " | "
+            print(f"| {n:,} | {key} | {mark}{w:.2f} | {mark}{r:.1f} | {ratio} |")
+    print("(~ extrapolated linearly from the two largest measured sizes)")
 
 
 if __name__ == "__main__":
