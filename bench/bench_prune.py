@@ -3,12 +3,13 @@ prune`` and ``borg compact`` on repositories of the same number of chunks, half 
 unreferenced by forgetting one of two backups; and the memory of prune's marks alone.
 
     .venv/bin/python bench/bench_prune.py --sizes 50k,200k [--work DIR] [--tools repofs,restic,borg] [--idset 10M]
+    .venv/bin/python bench/bench_prune.py --marks 10M --disk-slots 1M,10M [--work DIR]
 
 For each size N, in one run:
 - repofs: an encrypted repository (default key derivation) written directly through
   ``format/`` with N tiny distinct chunks (the work of prune is per object, not per byte):
-  generation ``a`` names the first N/2 in disks of at most ``DISK_SLOTS`` (1 M) slots,
-  generation ``b`` the other N/2; ``a`` is forgotten, then the real ``repofs prune --json``
+  generation ``g0`` names the first N/2 in disks of at most ``DISK_SLOTS`` (1 M) slots,
+  generation ``g1`` the other N/2; ``g0`` is forgotten, then the real ``repofs prune --json``
   runs as a child. Its objects were all written seconds ago, so the run sets
   ``REPOFS_PRUNE_FRESH_SECONDS=0`` (no backup runs: "older than now" is the rule), else the
   safety margin would leave every fresh object in place.
@@ -22,6 +23,9 @@ Every measured command runs as a child measured with wait4 (bench/measure.py: wa
 peak RSS — what ``/usr/bin/time -v`` reports). With two sizes or more, each tool's time and
 peak RSS are extrapolated linearly (from the two largest sizes) to 1 M and 10 M chunks, and the
 ratios printed; the extrapolated figures are marked "~".
+
+``--marks N`` measures, rather than extrapolates, prune's peak memory at N chunks: indexes of
+random ids and no chunk objects (``bench_marks``).
 
 Keep the repositories on the same file system for every tool (``--work``; ``/dev/shm`` keeps a
 loaded disk out of the comparison).
@@ -49,6 +53,7 @@ from format.repository import Repository  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CHUNK = 64 << 10
+MARKS_CHUNK = 1 << 20
 DISK_SLOTS = 1_000_000
 PASSWORD = "bench-prune-passphrase"
 FILES_PER_DIR = 1000
@@ -71,20 +76,22 @@ def repofs_env(path: Path, work: Path) -> dict:
             "REPOFS_PRUNE_FRESH_SECONDS": "0"}
 
 
-def put_generation(repo: Repository, name: str, ids: list[bytes]) -> str:
+def put_generation(repo: Repository, name: str, ids: list[bytes], chunk: int = CHUNK) -> str:
     entries = []
     for d, start in enumerate(range(0, len(ids), DISK_SLOTS)):
         part = ids[start:start + DISK_SLOTS]
-        index = FixedIndex.empty(len(part) * CHUNK, CHUNK)
+        index = FixedIndex.empty(len(part) * chunk, chunk)
         for slot, cid in enumerate(part):
             index.set(slot, cid)
-        entries.append(DiskEntry(f"disk{d}", index.capacity, CHUNK, repo.put_index(index)))
+        entries.append(DiskEntry(f"disk{d}", index.capacity, chunk, repo.put_index(index)))
     return repo.put_manifest(Manifest("bench", name, "2026-01-01T00:00:00.000000Z", time.time_ns(), None, entries))
 
 
-def build_repofs(path: Path, n: int) -> None:
-    """N chunks, two generations of N/2 each; the first forgotten."""
-    repo = Repository.init(path, PASSWORD.encode(), encrypted=True, chunk_size=CHUNK)
+def build_repofs(path: Path, n: int, chunk: int = CHUNK, generations: int = 2) -> list[str]:
+    """N chunks in ``generations`` generations of N/generations each (``g0``, ``g1``, …);
+    the first forgotten when there are two (the others are returned, oldest first, for the
+    caller to forget)."""
+    repo = Repository.init(path, PASSWORD.encode(), encrypted=True, chunk_size=chunk)
     ids = []
     for k in range(n):
         data = payload(k)
@@ -92,9 +99,12 @@ def build_repofs(path: Path, n: int) -> None:
         repo.put_chunk(cid, data, sync=False)
         ids.append(cid)
     repo.sync()
-    first = put_generation(repo, "a", ids[:n // 2])
-    put_generation(repo, "b", ids[n // 2:])
-    forget(repo, first, "bench", "a")
+    per = n // generations
+    names = [put_generation(repo, f"g{g}", ids[g * per:(g + 1) * per if g < generations - 1 else n], chunk)
+             for g in range(generations)]
+    if generations == 2:
+        forget(repo, names[0], "bench", "g0")
+    return names
 
 
 def write_tree(root: Path, ks: range) -> None:
@@ -159,6 +169,29 @@ def bench_idset(n: int) -> None:
     print(f"idset {n:>11,} ids: {r.wall:7.1f} s, peak RSS {r.rss_mib:7.1f} MiB  ({r.out.strip()})")
 
 
+def bench_marks(work: Path, n: int, disk_slots: int) -> None:
+    """Prune's peak memory at ``n`` chunks, measured: one generation whose disks of at most
+    ``disk_slots`` slots name ``n`` random ids, and no chunk objects at all (what the ids name
+    does not matter to the mark phase; the walk of ``chunks/`` is streamed). So the run is the
+    key derivation, reading every index and marking ``n`` ids."""
+    path = work / f"marks-{n}-{disk_slots}"
+    repo = Repository.init(path, PASSWORD.encode(), encrypted=True, chunk_size=MARKS_CHUNK)
+    entries = []
+    for d, start in enumerate(range(0, n, disk_slots)):
+        slots = min(disk_slots, n - start)
+        index = FixedIndex(slots * MARKS_CHUNK, MARKS_CHUNK, bytearray(os.urandom(slots * 32)))
+        entries.append(DiskEntry(f"disk{d}", index.capacity, MARKS_CHUNK, repo.put_index(index)))
+        del index
+    repo.put_manifest(Manifest("bench", "g0", "2026-01-01T00:00:00.000000Z", time.time_ns(), None, entries))
+    del repo
+    r = run(repofs("prune", "--json"), env=repofs_env(path, work))
+    report = json.loads(r.out)
+    print(f"marks {n:>11,} ids in disks of at most {disk_slots:,} slots: {r.wall:7.1f} s, cpu {r.cpu:7.1f} s, "
+          f"peak RSS {r.rss_mib:7.1f} MiB (referenced {report['referenced_chunks']:,}, "
+          f"load {os.getloadavg()[0]:.1f})", flush=True)
+    shutil.rmtree(path)
+
+
 def extrapolate(points: list[tuple[int, float]], n: int) -> float:
     (n1, v1), (n2, v2) = points[-2], points[-1]
     return v2 + (v2 - v1) / (n2 - n1) * (n - n2)
@@ -170,9 +203,19 @@ def main() -> None:
     ap.add_argument("--work", default=None, help="where to build the repositories (default: a temp dir)")
     ap.add_argument("--tools", default="repofs,restic,borg")
     ap.add_argument("--idset", default="", help="also measure the marks alone for this many ids")
+    ap.add_argument("--marks", default="", help="only measure prune's peak memory at this many "
+                    "chunks (indexes of random ids, no chunk objects), e.g. 10M")
+    ap.add_argument("--disk-slots", default="1M", help="with --marks: slots per disk, e.g. 1M,10M")
     args = ap.parse_args()
     tools = [t for t in args.tools.split(",") if t]
     work = Path(tempfile.mkdtemp(prefix="bench-prune-", dir=args.work))
+    if args.marks:
+        try:
+            for slots in args.disk_slots.split(","):
+                bench_marks(work, parse_count(args.marks), parse_count(slots))
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return
     # (tool, figure) -> [(n, wall, rss)]
     series: dict[str, list[tuple[int, float, float]]] = {}
     try:
