@@ -3,7 +3,7 @@ prune`` and ``borg compact`` on repositories of the same number of chunks, half 
 unreferenced by forgetting one of two backups; and the memory of prune's marks alone.
 
     .venv/bin/python bench/bench_prune.py --sizes 50k,200k [--work DIR] [--tools repofs,restic,borg] [--idset 10M]
-    .venv/bin/python bench/bench_prune.py --marks 10M --disk-slots 1M,10M [--work DIR]
+    .venv/bin/python bench/bench_prune.py --marks 10M --disk-slots 1M,10M [--work DIR] [--tree OLD --tree .]
 
 For each size N, in one run:
 - repofs: an encrypted repository (default key derivation) written directly through
@@ -70,9 +70,11 @@ def payload(k: int) -> bytes:
     return b"bench-prune " + k.to_bytes(8, "little") * 2
 
 
-def repofs_env(path: Path, work: Path) -> dict:
+def repofs_env(path: Path, work: Path, tree: Path = ROOT) -> dict:
+    """The environment of the measured ``repofs`` commands; ``tree``: the checkout whose
+    code runs (another one to compare versions)."""
     return {**os.environ, "REPOFS_REPOSITORY": str(path), "REPOFS_PASSWORD": PASSWORD,
-            "REPOFS_SECURITY_DIR": str(work / "repofs-security"), "PYTHONPATH": str(ROOT),
+            "REPOFS_SECURITY_DIR": str(work / "repofs-security"), "PYTHONPATH": str(tree),
             "REPOFS_PRUNE_FRESH_SECONDS": "0"}
 
 
@@ -169,7 +171,7 @@ def bench_idset(n: int) -> None:
     print(f"idset {n:>11,} ids: {r.wall:7.1f} s, peak RSS {r.rss_mib:7.1f} MiB  ({r.out.strip()})")
 
 
-def bench_marks(work: Path, n: int, disk_slots: int) -> None:
+def bench_marks(work: Path, n: int, disk_slots: int, trees: list[Path]) -> None:
     """Prune's peak memory at ``n`` chunks, measured: one generation whose disks of at most
     ``disk_slots`` slots name ``n`` random ids, and no chunk objects at all (what the ids name
     does not matter to the mark phase; the walk of ``chunks/`` is streamed). So the run is the
@@ -184,11 +186,12 @@ def bench_marks(work: Path, n: int, disk_slots: int) -> None:
         del index
     repo.put_manifest(Manifest("bench", "g0", "2026-01-01T00:00:00.000000Z", time.time_ns(), None, entries))
     del repo
-    r = run(repofs("prune", "--json"), env=repofs_env(path, work))
-    report = json.loads(r.out)
-    print(f"marks {n:>11,} ids in disks of at most {disk_slots:,} slots: {r.wall:7.1f} s, cpu {r.cpu:7.1f} s, "
-          f"peak RSS {r.rss_mib:7.1f} MiB (referenced {report['referenced_chunks']:,}, "
-          f"load {os.getloadavg()[0]:.1f})", flush=True)
+    for tree in trees:
+        r = run(repofs("prune", "--json"), env=repofs_env(path, work, tree))
+        report = json.loads(r.out)
+        print(f"marks {n:>11,} ids in disks of at most {disk_slots:,} slots: {r.wall:7.1f} s, cpu {r.cpu:7.1f} s, "
+              f"peak RSS {r.rss_mib:7.1f} MiB (referenced {report['referenced_chunks']:,}, "
+              f"load {os.getloadavg()[0]:.1f}; code of {tree})", flush=True)
     shutil.rmtree(path)
 
 
@@ -206,13 +209,16 @@ def main() -> None:
     ap.add_argument("--marks", default="", help="only measure prune's peak memory at this many "
                     "chunks (indexes of random ids, no chunk objects), e.g. 10M")
     ap.add_argument("--disk-slots", default="1M", help="with --marks: slots per disk, e.g. 1M,10M")
+    ap.add_argument("--tree", action="append", default=[], help="with --marks: run the prune with "
+                    "this checkout's code (repeat to compare versions on the same repository)")
     args = ap.parse_args()
     tools = [t for t in args.tools.split(",") if t]
     work = Path(tempfile.mkdtemp(prefix="bench-prune-", dir=args.work))
     if args.marks:
         try:
             for slots in args.disk_slots.split(","):
-                bench_marks(work, parse_count(args.marks), parse_count(slots))
+                bench_marks(work, parse_count(args.marks), parse_count(slots),
+                            [Path(t).resolve() for t in args.tree] or [ROOT])
         finally:
             shutil.rmtree(work, ignore_errors=True)
         return
