@@ -1,21 +1,22 @@
 """Backups beside a prune: how much a running ``repofs prune`` slows a ``repofs backup`` into
 the same repository.
 
-    .venv/bin/python bench/bench_prune_beside.py --chunks 200k --image 256M --rounds 3 [--work DIR]
+    .venv/bin/python bench/bench_prune_beside.py --chunks 100k --image 256M --rounds 6 --prune-nice 0,19 [--work DIR]
 
 The repository (encrypted, 1 MiB chunks) is built through ``format/`` with ``--chunks`` tiny
-chunks in ``rounds + 1`` generations (bench/bench_prune.py ``build_repofs``), so that every
-round's prune has the same work: the round forgets one generation, and the prune marks the
-rest, walks every object and moves and deletes a generation's share. Each round:
+chunks in ``rounds × (values of --prune-nice) + 1`` generations (bench/bench_prune.py
+``build_repofs``), so that every prune has the same work: one generation is forgotten before
+it, and it marks the rest, walks every object and moves and deletes a generation's share.
+Each round:
 
 1. ``alone``: a full backup of a fresh image of ``--image`` bytes of random data (fresh: no
    chunk of it is in the repository yet), no prune running;
-2. ``beside``: a prune is started; once its lease is written (it has begun reading), a full
-   backup of another fresh image runs; the backup counts only if the prune was still running
-   when it ended (the prune's whole run is the work a backup must share the machine with).
+2. ``beside``, once per ``--prune-nice`` value: a prune is started (under ``nice -n``); once
+   its lease is written (it has begun reading), a full backup of another fresh image runs;
+   the backup counts only if the prune was still running when it ended.
 
-Prints each backup's wall and CPU time and the ratio beside/alone per round (the two backups
-of a round are run back to back, so the machine's other load is alike for both), and the
+Prints each backup's wall and CPU time and the ratio beside/alone per round (a round's
+backups run back to back, so the machine's other load is alike for them), and the
 prunes' times. The repository's objects are fresh, so the prunes run with
 ``REPOFS_PRUNE_FRESH_SECONDS=0`` (otherwise they would leave every object of the last five
 minutes alone); the objects a running backup writes are still protected by its lease.
@@ -59,13 +60,35 @@ def backup(path: Path, image: Path, env: dict, vm: str):
     return run(repofs("backup", f"file:{image}", "--vm", vm, "--json"), env=env)
 
 
+def beside_prune(path: Path, image: Path, env: dict, nice: int, vm: str):
+    """A backup of ``image`` while a prune runs: (the backup's Run, whether the prune was
+    still running when it ended, the prune's wall time, when the backup started, its report)."""
+    cmd = repofs("prune", "--json")
+    if nice:
+        cmd = ["nice", "-n", str(nice), *cmd]
+    t0 = time.monotonic()
+    prune = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    leases = path / "leases"
+    while prune.poll() is None and not (leases.is_dir() and any(leases.iterdir())):
+        time.sleep(0.05)
+    started = time.monotonic() - t0
+    beside = backup(path, image, env, vm)
+    overlapped = prune.poll() is None
+    out, err = prune.communicate()
+    prune_wall = time.monotonic() - t0
+    if prune.returncode != 0:
+        raise RuntimeError(f"prune failed: {err.strip()}")
+    return beside, overlapped, prune_wall, started, json.loads(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--chunks", default="200k", help="chunks in the repository being pruned")
     ap.add_argument("--image", default="256M", help="size of each backed-up image")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--work", default=None, help="where the repository and images live")
-    ap.add_argument("--prune-nice", type=int, default=0, help="run the prune under `nice -n N`")
+    ap.add_argument("--prune-nice", default="0", help="run the prune under `nice -n N`; a list "
+                    "(e.g. 0,19) runs one prune per value in each round, beside a backup each")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-beside-", dir=args.work))
     n, size = parse_count(args.chunks), parse_size(args.image)
@@ -73,44 +96,34 @@ def main() -> None:
     env = repofs_env(path, work)
     try:
         t = time.monotonic()
-        names = build_repofs(path, n, chunk=MIB, generations=args.rounds + 1)
-        print(f"repository of {n:,} chunks in {args.rounds + 1} generations built in "
+        nices = [int(v) for v in args.prune_nice.split(",")]
+        names = build_repofs(path, n, chunk=MIB, generations=args.rounds * len(nices) + 1)
+        print(f"repository of {n:,} chunks in {len(names)} generations built in "
               f"{time.monotonic() - t:.0f} s", flush=True)
         image = work / "disk.img"
-        ratios = []
+        ratios: dict[int, list[float]] = {nice: [] for nice in nices}
+        forgotten = 0
         for r in range(args.rounds):
             fresh_image(image, size)
             alone = backup(path, image, env, f"alone{r}")
-            repo = Repository.open(path, env["REPOFS_PASSWORD"].encode())
-            forget(repo, names[r], "bench", f"g{r}")
-            fresh_image(image, size)
-            cmd = repofs("prune", "--json")
-            if args.prune_nice:
-                cmd = ["nice", "-n", str(args.prune_nice), *cmd]
-            t0 = time.monotonic()
-            prune = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            leases = path / "leases"
-            while prune.poll() is None and not (leases.is_dir() and any(leases.iterdir())):
-                time.sleep(0.05)
-            started = time.monotonic() - t0
-            beside = backup(path, image, env, f"beside{r}")
-            overlapped = prune.poll() is None
-            out, err = prune.communicate()
-            prune_wall = time.monotonic() - t0
-            if prune.returncode != 0:
-                raise RuntimeError(f"prune failed: {err.strip()}")
-            report = json.loads(out)
-            ratio = beside.wall / alone.wall
-            if overlapped:
-                ratios.append(ratio)
-            print(f"round {r}: backup alone {alone.wall:6.2f} s (cpu {alone.cpu:5.2f}), beside a prune "
-                  f"{beside.wall:6.2f} s (cpu {beside.cpu:5.2f}) = {ratio:.2f}x"
-                  f"{'' if overlapped else ' (prune ended first: not counted)'}; prune {prune_wall:.1f} s "
-                  f"(backup started {started:.1f} s in), freed {report['freed_chunks']:,} chunks, "
-                  f"moved {report['moved_chunks']:,}, load {os.getloadavg()[0]:.1f}", flush=True)
-        if ratios:
-            print(f"beside/alone over {len(ratios)} rounds: min {min(ratios):.2f}x, "
-                  f"median {sorted(ratios)[len(ratios) // 2]:.2f}x, max {max(ratios):.2f}x")
+            line = f"round {r}: backup alone {alone.wall:6.2f} s (cpu {alone.cpu:5.2f})"
+            for nice in nices:
+                repo = Repository.open(path, env["REPOFS_PASSWORD"].encode())
+                forget(repo, names[forgotten], "bench", f"g{forgotten}")
+                forgotten += 1
+                fresh_image(image, size)
+                beside, overlapped, prune_wall, started, report = beside_prune(path, image, env, nice, f"beside{r}n{nice}")
+                ratio = beside.wall / alone.wall
+                if overlapped:
+                    ratios[nice].append(ratio)
+                line += (f"; beside a prune (nice {nice}) {beside.wall:6.2f} s (cpu {beside.cpu:5.2f}) = {ratio:.2f}x"
+                         f"{'' if overlapped else ' (prune ended first: not counted)'}, prune {prune_wall:.1f} s "
+                         f"(backup from {started:.1f} s), freed {report['freed_chunks']:,}")
+            print(f"{line}; load {os.getloadavg()[0]:.1f}", flush=True)
+        for nice, got in ratios.items():
+            if got:
+                print(f"prune at nice {nice}: beside/alone over {len(got)} rounds: min {min(got):.2f}x, "
+                      f"median {sorted(got)[len(got) // 2]:.2f}x, max {max(got):.2f}x")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
