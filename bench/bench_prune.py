@@ -187,7 +187,8 @@ def bench_marks(work: Path, n: int, disk_slots: int, trees: list[Path]) -> None:
     repo.put_manifest(Manifest("bench", "g0", "2026-01-01T00:00:00.000000Z", time.time_ns(), None, entries))
     del repo
     for tree in trees:
-        r = run(repofs("prune", "--json"), env=repofs_env(path, work, tree))
+        # cwd too: ``python -m`` puts the working directory before PYTHONPATH
+        r = run(repofs("prune", "--json"), env=repofs_env(path, work, tree), cwd=tree)
         report = json.loads(r.out)
         print(f"marks {n:>11,} ids in disks of at most {disk_slots:,} slots: {r.wall:7.1f} s, cpu {r.cpu:7.1f} s, "
               f"peak RSS {r.rss_mib:7.1f} MiB (referenced {report['referenced_chunks']:,}, "

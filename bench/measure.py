@@ -33,7 +33,8 @@ class Run:
 GNU_TIME = "/usr/bin/time"
 
 
-def run(cmd: list[str], env: dict | None = None, stdin: str | None = None, check: bool = True) -> Run:
+def run(cmd: list[str], env: dict | None = None, stdin: str | None = None, check: bool = True,
+        cwd: str | os.PathLike | None = None) -> Run:
     os.sync()  # no writeback of earlier steps' dirty pages inside this measurement
     rss_file = None
     if os.path.exists(GNU_TIME):
@@ -41,7 +42,7 @@ def run(cmd: list[str], env: dict | None = None, stdin: str | None = None, check
         os.close(fd)
         cmd = [GNU_TIME, "-f", "%M", "-o", rss_file, *cmd]
     t0 = time.monotonic()
-    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    p = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL)
     if stdin is not None:
         assert p.stdin
