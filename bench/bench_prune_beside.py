@@ -1,7 +1,7 @@
 """Backups beside a prune: how much a running ``repofs prune`` slows a ``repofs backup`` into
 the same repository.
 
-    .venv/bin/python bench/bench_prune_beside.py --chunks 100k --image 256M --rounds 6 --prune-nice 0,19 [--work DIR]
+    .venv/bin/python bench/bench_prune_beside.py --chunks 100k --image 256M --rounds 4 --prune-nice 0,10,19 [--work DIR]
 
 The repository (encrypted, 1 MiB chunks) is built through ``format/`` with ``--chunks`` tiny
 chunks in ``rounds × (values of --prune-nice) + 1`` generations (bench/bench_prune.py
@@ -11,7 +11,8 @@ Each round:
 
 1. ``alone``: a full backup of a fresh image of ``--image`` bytes of random data (fresh: no
    chunk of it is in the repository yet), no prune running;
-2. ``beside``, once per ``--prune-nice`` value: a prune is started (under ``nice -n``); once
+2. ``beside``, once per ``--prune-nice`` value: a prune is started (``repofs prune --nice N``;
+   until the option existed, the runs used ``nice -n N repofs prune``); once
    its lease is written (it has begun reading), a full backup of another fresh image runs;
    the backup counts only if the prune was still running when it ended.
 
@@ -63,9 +64,7 @@ def backup(path: Path, image: Path, env: dict, vm: str):
 def beside_prune(path: Path, image: Path, env: dict, nice: int, vm: str):
     """A backup of ``image`` while a prune runs: (the backup's Run, whether the prune was
     still running when it ended, the prune's wall time, when the backup started, its report)."""
-    cmd = repofs("prune", "--json")
-    if nice:
-        cmd = ["nice", "-n", str(nice), *cmd]
+    cmd = repofs("prune", "--json", "--nice", str(nice))
     t0 = time.monotonic()
     prune = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     leases = path / "leases"
@@ -87,8 +86,8 @@ def main() -> None:
     ap.add_argument("--image", default="256M", help="size of each backed-up image")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--work", default=None, help="where the repository and images live")
-    ap.add_argument("--prune-nice", default="0", help="run the prune under `nice -n N`; a list "
-                    "(e.g. 0,19) runs one prune per value in each round, beside a backup each")
+    ap.add_argument("--prune-nice", default="0,10", help="run the prune with `--nice N` (0: at the "
+                    "benchmark's priority); a list runs one prune per value in each round, beside a backup each")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-beside-", dir=args.work))
     n, size = parse_count(args.chunks), parse_size(args.image)
