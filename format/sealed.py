@@ -61,6 +61,10 @@ MAX_PLAIN = 1 << 32
 # What ``open_pages`` reads, decrypts and hands out at a time.
 PAGE = 1 << 20
 ZSTD_FRAME_HEADER_MAX = 18     # the largest zstd frame header: enough to read its content size
+# The largest zstd window ``open_pages`` accepts. Its frame is decompressed before the tag is
+# checked, so a forged frame can make it allocate this much before the object is refused
+# (zstd's own default limit; the sealer's levels use 8 MiB at most).
+MAX_PAGED_WINDOW = 1 << 27
 
 
 class Sealer:
@@ -189,7 +193,9 @@ class Sealer:
             if declared != plain_len:
                 raise CorruptObject(label, f"zstd frame declares {declared} bytes, header {plain_len}")
             payload.unread(first)
-            pages = self._decompressor().read_to_iter(payload, read_size=page, write_size=page)
+            # the frame is decompressed before its tag is checked: its window is bounded here
+            dctx = zstandard.ZstdDecompressor(max_window_size=MAX_PAGED_WINDOW)
+            pages = dctx.read_to_iter(payload, read_size=page, write_size=page)
         elif compression == COMPRESSION_NONE:
             pages = iter(lambda: payload.read(page), b"")
         else:
