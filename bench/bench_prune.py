@@ -9,8 +9,8 @@ For each size N, in one run:
 - repofs: an encrypted repository (default key derivation) written directly through
   ``format/`` with N tiny distinct chunks (the work of prune is per object, not per byte):
   generation ``g0`` names the first N/2 in disks of at most ``DISK_SLOTS`` (1 M) slots,
-  generation ``g1`` the other N/2; ``g0`` is forgotten, then the real ``repofs prune --json``
-  runs as a child. Its objects were all written seconds ago, so the run sets
+  generation ``g1`` the other N/2; ``g0`` is forgotten, then the real ``repofs prune --json
+  --nice 0`` runs as a child (at the peers' priority). Its objects were all written seconds ago, so the run sets
   ``REPOFS_PRUNE_FRESH_SECONDS=0`` (no backup runs: "older than now" is the rule), else the
   safety margin would leave every fresh object in place.
 - restic and borg: N small files of distinct content (each is one blob / chunk of its own) in
