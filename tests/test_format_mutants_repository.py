@@ -1,0 +1,104 @@
+"""What the mutation run of ``format/repository.py`` and ``format/keys.py`` found tested only
+by command-line tests in subprocesses (docs/security.md, "Mutation testing of the format"):
+creation bounds, the config probes the CLI asks before opening, generation names, the
+per-VM lock, key slots up to their limit. In process, on real repositories."""
+from __future__ import annotations
+
+import pytest
+
+from fixtures_mount import CHEAP_KDF, PASSPHRASE, make_repo
+from format import keys
+from format.errors import RepoError
+from format.fixedindex import FixedIndex
+from format.manifest import DiskEntry, Manifest
+from format.repository import (MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, Repository)
+
+CS = 64 << 10
+
+
+@pytest.mark.parametrize("size", [MIN_CHUNK_SIZE - 4096, MAX_CHUNK_SIZE + 4096, MIN_CHUNK_SIZE + 512])
+def test_chunk_sizes_outside_the_bounds_are_refused(tmp_path, size):
+    with pytest.raises(ValueError, match="multiple of 4 KiB between"):
+        Repository.init(tmp_path / "r", PASSPHRASE, kdf=CHEAP_KDF, chunk_size=size)
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("size", [MIN_CHUNK_SIZE, MAX_CHUNK_SIZE])
+def test_chunk_sizes_at_the_bounds_are_taken(tmp_path, size):
+    repo = Repository.init(tmp_path / "r", PASSPHRASE, kdf=CHEAP_KDF, chunk_size=size)
+    assert Repository.open(tmp_path / "r", PASSPHRASE).chunk_size == repo.chunk_size == size
+    for folder in ("chunks", "indexes", "manifests", "locks", "keys"):
+        assert (tmp_path / "r" / folder).is_dir()
+
+
+def test_init_refuses_a_folder_that_is_not_empty(tmp_path):
+    (tmp_path / "r").mkdir()
+    Repository.init(tmp_path / "empty", PASSPHRASE, kdf=CHEAP_KDF, chunk_size=CS)
+    (tmp_path / "r" / "file").write_bytes(b"x")
+    from format.errors import RepositoryExists
+    with pytest.raises(RepositoryExists, match="already exists and is not empty"):
+        Repository.init(tmp_path / "r", PASSPHRASE, kdf=CHEAP_KDF, chunk_size=CS)
+    with pytest.raises(RepositoryExists):
+        Repository.init(tmp_path / "empty", PASSPHRASE, kdf=CHEAP_KDF, chunk_size=CS)
+
+
+def test_config_probes(tmp_path):
+    make_repo(tmp_path / "enc", chunk_size=CS)
+    Repository.init(tmp_path / "plain", None, encrypted=False, chunk_size=CS)
+    assert Repository.config_cipher(tmp_path / "enc") == "aes-256-gcm"
+    assert Repository.config_cipher(tmp_path / "plain") == "none"
+    assert Repository.is_encrypted(tmp_path / "enc") is True
+    assert Repository.is_encrypted(tmp_path / "plain") is False
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "config").write_bytes(b"\x00garbage")
+    for bad in (tmp_path / "missing", tmp_path / "junk"):
+        assert Repository.config_cipher(bad) is None
+        assert Repository.is_encrypted(bad) is False
+
+
+def test_key_derived_ahead_opens_and_a_wrong_one_does_not(tmp_path):
+    make_repo(tmp_path / "r", chunk_size=CS)
+    Repository.derive_key_ahead(tmp_path / "r", b"wrong passphrase")
+    with pytest.raises(RepoError):
+        Repository.open(tmp_path / "r", b"wrong passphrase")
+    Repository.derive_key_ahead(tmp_path / "r", PASSPHRASE)
+    assert Repository.open(tmp_path / "r", PASSPHRASE).key_slot is not None
+    Repository.derive_key_ahead(tmp_path / "missing", PASSPHRASE)      # silent
+    Repository.derive_key_ahead(tmp_path / "r" / "config", PASSPHRASE)  # silent
+
+
+def test_generation_names_are_unique_per_vm(tmp_path):
+    repo = make_repo(tmp_path / "r", chunk_size=CS)
+    index = repo.put_index(FixedIndex.empty(CS, CS))
+    when = 1_767_225_600 * 10**9 + 999          # 2026-01-01T00:00:00Z
+    assert repo.new_generation_name("v", when) == "2026-01-01T000000Z"
+    for gen in ("2026-01-01T000000Z", "2026-01-01T000000Z.1"):
+        repo.put_manifest(Manifest("v", gen, "t", when, None, [DiskEntry("d", CS, CS, index)]))
+    assert repo.new_generation_name("v", when) == "2026-01-01T000000Z.2"
+    assert repo.new_generation_name("w", when) == "2026-01-01T000000Z"
+
+
+def test_a_vm_lock_excludes_a_second_writer_of_the_same_vm_only(tmp_path):
+    repo = make_repo(tmp_path / "r", chunk_size=CS)
+    other = Repository.open(tmp_path / "r", PASSPHRASE)
+    from format.errors import RepositoryBusy
+    with repo.vm_lock("web"):
+        with pytest.raises(RepositoryBusy, match="another backup of web is running"):
+            with other.vm_lock("web"):
+                pass
+        with other.vm_lock("db"):
+            pass
+    with other.vm_lock("web"):
+        pass
+
+
+def test_key_slots_up_to_the_limit(tmp_path):
+    repo = make_repo(tmp_path / "r", chunk_size=CS)
+    ids = {repo.key_store().slots[0].id}
+    for n in range(keys.MAX_SLOTS - 1):
+        ids.add(repo.add_key(b"pass %d" % n, CHEAP_KDF))
+    assert len(ids) == keys.MAX_SLOTS == len(repo.key_store().slots)
+    with pytest.raises(keys.KeyStoreInvalid, match=f"already holds {keys.MAX_SLOTS} key slots"):
+        repo.add_key(b"one too many", CHEAP_KDF)
+    assert len(repo.key_store().slots) == keys.MAX_SLOTS
+    assert Repository.open(tmp_path / "r", b"pass 30").key_slot in ids

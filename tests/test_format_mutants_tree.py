@@ -1,0 +1,138 @@
+"""What the mutation run of ``repofs/view/tree.py`` found tested only through real mounts
+(docs/security.md, "Mutation testing of the format"): the files of a generation folder (the
+descriptor, the flat extent, the ``.vmx`` and the ``.json``), generation lookup and its
+errors, and the names of VM folders. In process, on a real repository; the real mounts test
+the same files through the kernel."""
+from __future__ import annotations
+
+import json
+import random
+import uuid
+import zlib
+
+import pytest
+
+from fixtures_mount import PASSPHRASE, make_repo
+from format.errors import GenerationNotFound, VMNotFound
+from format.fixedindex import FixedIndex
+from format.manifest import DiskEntry, Manifest
+from format.repository import Repository
+from repofs.view.tree import RepositoryView, vm_folder_name
+
+CS = 64 << 10
+
+
+@pytest.fixture(scope="module")
+def repo_view(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("tree")
+    repo = make_repo(tmp / "repo", chunk_size=CS)
+    rng = random.Random(3)
+    data = {"a": rng.randbytes(CS) + bytes(CS) + rng.randbytes(700), "b": rng.randbytes(CS)}
+    entries = []
+    for label, source in (("a", {}), ("b", {"uuid": "6000c29a-1b2c-3d4e-5f60-718293a4b5c6",
+                                           "adapter": "pvscsi"})):
+        index = FixedIndex.empty(len(data[label]), CS)
+        for n in range(index.count):
+            chunk = data[label][n * CS:(n + 1) * CS]
+            if any(chunk):
+                cid = repo.chunk_id(chunk)
+                repo.put_chunk(cid, chunk)
+                index.set(n, cid)
+        entries.append(DiskEntry(label, len(data[label]), CS, repo.put_index(index),
+                                 data_bytes=7, new_bytes=8, new_chunks=1, source=source))
+    meta = {"config": {"version": "vmx-19", "guestId": "debian12_64Guest"}, "note": "kept"}
+    first = repo.put_manifest(Manifest("web/1", "2026-01-01T000000Z", "2026-01-01T00:00:00Z", 100,
+                                       None, entries, meta))
+    second = repo.put_manifest(Manifest("web/1", "2026-01-02T000000Z", "2026-01-02T00:00:00Z", 200,
+                                        first, entries[:1], {}))
+    other = repo.put_manifest(Manifest("db", "2026-01-01T000000Z", "2026-01-01T00:00:00Z", 150,
+                                       None, entries[1:], {}))
+    view = RepositoryView(Repository.open(tmp / "repo", PASSPHRASE), 4 << 20)
+    return view, data, {"first": first, "second": second, "other": other}
+
+
+def test_generation_folder_files(repo_view):
+    view, data, names = repo_view
+    gen = view.generation("web/1", "2026-01-01T000000Z")
+    files = gen.files()
+    assert sorted(files) == ["a-flat.vmdk", "a.vmdk", "b-flat.vmdk", "b.vmdk", "web%2F1.json", "web%2F1.vmx"]
+    assert gen.files() is files                          # built once
+    for label in "ab":
+        flat = files[f"{label}-flat.vmdk"]
+        assert flat.name == f"{label}-flat.vmdk" and flat.size == len(data[label])
+        assert flat.disk is gen.disk(label)
+        assert flat.read(0, flat.size + 10) == data[label]
+        assert flat.read(CS - 5, 10) == data[label][CS - 5:CS + 5]
+    assert files["a-flat.vmdk"].stored == gen.disk("a").stored_bytes() > 0
+    assert files["b-flat.vmdk"].stored == gen.disk("b").stored_bytes()
+    desc_a = files["a.vmdk"].read(0, 1 << 20).decode()
+    seed = f"{names['first']}/a"
+    assert f'RW {-(-len(data["a"]) // 512)} FLAT "a-flat.vmdk" 0' in desc_a
+    assert f"CID={zlib.crc32(seed.encode()):08x}" in desc_a
+    ddb = " ".join(f"{b:02x}" for b in uuid.uuid5(uuid.NAMESPACE_URL, seed).bytes)
+    assert f'ddb.uuid = "{ddb}"' in desc_a and 'ddb.adapterType = "lsilogic"' in desc_a
+    desc_b = files["b.vmdk"].read(0, 1 << 20).decode()
+    assert 'ddb.uuid = "60 00 c2 9a 1b 2c 3d 4e 5f 60 71 82 93 a4 b5 c6"' in desc_b
+    assert 'ddb.adapterType = "pvscsi"' in desc_b
+    assert files["a.vmdk"].size == files["a.vmdk"].stored == len(desc_a.encode())
+    assert files["a.vmdk"].disk is None
+    vmx = files["web%2F1.vmx"].read(0, 1 << 20).decode()
+    assert 'virtualHW.version = "19"' in vmx and 'guestOS = "debian12_64Guest"' in vmx
+    assert 'displayName = "web/1"' in vmx and '"a.vmdk"' in vmx and '"b.vmdk"' in vmx
+    assert files["web%2F1.vmx"].read(3, 5) == vmx.encode()[3:8]
+
+
+def test_the_json_file_is_the_whole_generation(repo_view):
+    view, data, names = repo_view
+    gen = view.generation("web/1", names["first"])
+    text = gen.files()["web%2F1.json"].read(0, 1 << 20)
+    assert text == gen.json_document() and text.endswith(b"}\n") and b'\n  "disks"' in text
+    doc = json.loads(text)
+    assert doc == {
+        "vm": "web/1", "generation": "2026-01-01T000000Z", "time": "2026-01-01T00:00:00Z",
+        "manifest": names["first"], "parent": None,
+        "disks": [{"label": "a", "capacity": len(data["a"]), "chunk_size": CS, "data_bytes": 7,
+                   "new_bytes": 8, "source": {}},
+                  {"label": "b", "capacity": len(data["b"]), "chunk_size": CS, "data_bytes": 7,
+                   "new_bytes": 8, "source": {"uuid": "6000c29a-1b2c-3d4e-5f60-718293a4b5c6",
+                                              "adapter": "pvscsi"}}],
+        "metadata": {"config": {"version": "vmx-19", "guestId": "debian12_64Guest"}, "note": "kept"}}
+    assert json.loads(view.generation("web/1").json_document())["parent"] == names["first"]
+    assert list(json.loads(text)) == sorted(doc)
+
+
+def test_generation_lookup_and_its_errors(repo_view):
+    view, _data, names = repo_view
+    assert view.vms() == ["db", "web/1"]
+    assert [g.name for g in view.generations("web/1")] == ["2026-01-01T000000Z", "2026-01-02T000000Z"]
+    assert view.generation("web/1").manifest_name == names["second"]
+    assert view.generation("web/1", "latest") is view.generation("web/1")
+    assert view.generation("web/1", names["first"]) is view.generation("web/1", "2026-01-01T000000Z")
+    assert view.by_manifest(names["other"]).vm == "db"
+    assert view.by_manifest("00" * 16) is None
+    assert view.generation("db").metadata == {}
+    with pytest.raises(VMNotFound, match="no generations of VM 'nope' in this repository"):
+        view.generation("nope")
+    with pytest.raises(GenerationNotFound,
+                       match=r"VM 'web/1' has no generation 'x' \(newest: 2026-01-02T000000Z\)"):
+        view.generation("web/1", "x")
+    with pytest.raises(GenerationNotFound,
+                       match=r"web/1 generation 2026-01-01T000000Z has no disk 'c' \(disks: a, b\)"):
+        view.generation("web/1", names["first"]).disk("c")
+
+
+def test_generations_with_equal_times_order_by_name(tmp_path):
+    repo = make_repo(tmp_path / "repo", chunk_size=CS)
+    index = repo.put_index(FixedIndex.empty(CS, CS))
+    for gen in ("g2", "g1", "g3"):
+        repo.put_manifest(Manifest("v", gen, "t", 5, None, [DiskEntry("d", CS, CS, index)]))
+    view = RepositoryView(Repository.open(tmp_path / "repo", PASSPHRASE))
+    assert [g.name for g in view.generations("v")] == ["g1", "g2", "g3"]
+    assert view.generation("v").name == "g3"
+    assert view.generation("v").disk("d").read(0, CS) == bytes(CS)
+
+
+@pytest.mark.parametrize("vm, folder", [("web", "web"), ("a/b", "a%2Fb"), ("50%", "50%25"),
+                                        ("%2F", "%252F"), ("", "%00")])
+def test_vm_folder_names_are_one_component_and_unambiguous(vm, folder):
+    assert vm_folder_name(vm) == folder
