@@ -136,3 +136,88 @@ def test_generations_with_equal_times_order_by_name(tmp_path):
                                         ("%2F", "%252F"), ("", "%00")])
 def test_vm_folder_names_are_one_component_and_unambiguous(vm, folder):
     assert vm_folder_name(vm) == folder
+
+
+@pytest.fixture
+def patched(tmp_path):
+    """A disk of four slots: slot 1 stored as pieces over a base, two ranges also kept as a
+    copy stream (guest metadata), and a disk without copies beside it."""
+    repo = make_repo(tmp_path / "repo", chunk_size=CS)
+    rng = random.Random(9)
+    base, piece = rng.randbytes(CS), rng.randbytes(300)
+    data = bytearray(rng.randbytes(4 * CS))
+    data[CS:2 * CS] = base
+    data[CS + 1000:CS + 1300] = piece
+    data[CS + 5000:CS + 5100] = bytes(100)
+    data = bytes(data)
+    index = FixedIndex.empty(len(data), CS)
+    for n in (0, 2, 3):
+        cid = repo.chunk_id(data[n * CS:(n + 1) * CS])
+        repo.put_chunk(cid, data[n * CS:(n + 1) * CS])
+        index.set(n, cid)
+    for chunk in (base, piece):
+        repo.put_chunk(repo.chunk_id(chunk), chunk)
+    index.set(1, repo.chunk_id(base))
+    index.set_pieces(1, [(1000, 300, repo.chunk_id(piece)), (5000, 100, None)])
+    ranges = [(100, 200), (2 * CS - 50, 100)]
+    stream = b"".join(data[off:off + n] for off, n in ranges)
+    repo.put_chunk(repo.chunk_id(stream), stream)
+    from format.fixedindex import Copies
+    index.copies = Copies(ranges, [repo.chunk_id(stream)], CS)
+    plain = FixedIndex.empty(len(data), CS)
+    for n in range(4):
+        plain.set(n, index.get(n))
+    disks = [DiskEntry("p", len(data), CS, repo.put_index(index)),
+             DiskEntry("q", len(data), CS, repo.put_index(plain))]
+    repo.put_manifest(Manifest("v", "g", "t", 1, None, disks))
+    return tmp_path / "repo", data, repo.chunk_id(stream), ranges
+
+
+def _disk(path, label="p"):
+    return RepositoryView(Repository.open(path, PASSPHRASE), 4 << 20).generation("v").disk(label)
+
+
+def test_a_slot_stored_as_pieces_reads_its_bytes(patched):
+    path, data, _stream, _ranges = patched
+    d = _disk(path)
+    assert d.read(CS, CS) == data[CS:2 * CS]
+    assert d.read(CS + 990, 400) == data[CS + 990:CS + 1390]
+    assert d.read(0, 4 * CS) == data
+    assert d.read_if_cached(CS + 990, 20) == data[CS + 990:CS + 1010]
+    repo = Repository.open(path, PASSPHRASE)
+    repo.backend.delete(f"chunks/{d.index.get(1).hex()[:2]}/{d.index.get(1).hex()}")
+    from repofs.view.tree import DiskReadError
+    with pytest.raises(DiskReadError):
+        _disk(path).read(CS, 10)
+
+
+def test_copied_ranges_read_from_the_copy_stream(patched):
+    path, data, stream_id, ranges = patched
+    d = _disk(path)
+    assert d.copy_ranges() == ranges
+    assert d.copied(100, 200) and d.copied(150, 10) and d.copied(2 * CS - 50, 100)
+    assert not d.copied(99, 2) and not d.copied(299, 2) and not d.copied(2 * CS - 50, 101)
+    assert not d.copied(0, 50)
+    q = _disk(path, "q")
+    assert q.copy_ranges() == [] and not q.copied(100, 10)
+    # the copied bytes need none of the disk's own chunks
+    repo = Repository.open(path, PASSPHRASE)
+    for n in (0, 1):
+        cid = d.index.get(n).hex()
+        repo.backend.delete(f"chunks/{cid[:2]}/{cid}")
+    fresh = _disk(path)
+    assert fresh.read(100, 200) == data[100:300]
+    assert fresh.read(2 * CS - 50, 100) == data[2 * CS - 50:2 * CS + 50]
+    assert fresh.read_if_cached(120, 30) == data[120:150]          # the stream chunk is cached
+    assert fresh.read_if_cached(0, 10) is None
+
+
+def test_a_damaged_copy_stream_falls_back_to_the_slots(patched):
+    path, data, stream_id, _ranges = patched
+    repo = Repository.open(path, PASSPHRASE)
+    name = f"chunks/{stream_id.hex()[:2]}/{stream_id.hex()}"
+    repo.backend.delete(name)
+    d = _disk(path)
+    assert d.read(100, 200) == data[100:300]
+    assert d.read(2 * CS - 50, 100) == data[2 * CS - 50:2 * CS + 50]
+    assert d.read_if_cached(100, 10) == data[100:110]              # slot 0 is cached now
