@@ -47,6 +47,7 @@ def test_iter_chunks_gives_every_stored_slot_in_order(disk, workers, lookahead):
 def test_chunks_for(disk):
     d, _ = disk
     assert d.chunks_for(0, 0) == range(0)
+    assert d.chunks_for(CS + 100, 0) == range(0)                    # empty, inside a slot
     assert d.chunks_for(0, 1) == range(0, 1)
     assert d.chunks_for(CS - 1, 2) == range(0, 2)
     assert d.chunks_for(CS, CS) == range(1, 2)
