@@ -441,3 +441,23 @@ def test_prune_frees_exactly_what_only_forgotten_generations_held(two_vms, monke
         index = fresh.get_index(fresh.manifests()[names[key]].disks[0].index)
         data = b"".join(index.assemble(n, fresh.get_chunk) for n in range(index.count))
         assert data == images[key]
+
+
+# --- retention ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("rule", ["last", "hourly", "daily", "weekly", "monthly", "yearly"])
+def test_every_negative_keep_count_is_refused(rule):
+    from format.retention import Policy, PolicyError
+    with pytest.raises(PolicyError, match="keep counts must not be negative"):
+        Policy(**{rule: -1})
+    assert not Policy(**{rule: 0}).__dict__.get("within")
+
+
+@pytest.mark.parametrize("text, shown", [("1y", "1y"), ("2m", "2m"), ("3d", "3d"), ("4h", "4h"),
+                                         ("1y2m3d4h", "1y2m3d4h"), ("0d", "0h")])
+def test_a_kept_within_reason_names_the_duration(text, shown):
+    from format.retention import Duration, Generation, Policy, apply
+    d = Duration.parse(text)
+    assert str(d) == shown
+    (decision,) = apply(Policy(within=d), [Generation("m", "g", 10**18)])
+    assert decision.keep and decision.reasons == [f"within {shown}"]

@@ -221,3 +221,13 @@ def test_a_damaged_copy_stream_falls_back_to_the_slots(patched):
     assert d.read(100, 200) == data[100:300]
     assert d.read(2 * CS - 50, 100) == data[2 * CS - 50:2 * CS + 50]
     assert d.read_if_cached(100, 10) == data[100:110]              # slot 0 is cached now
+
+
+def test_extents_merge_runs_of_any_length(tmp_path):
+    repo = make_repo(tmp_path / "repo", chunk_size=CS)
+    index = FixedIndex.empty(7 * CS - 5, CS)
+    for n in (0, 2, 3, 4, 6):
+        index.set(n, bytes([n + 1]) * 32)
+    repo.put_manifest(Manifest("v", "g", "t", 1, None, [DiskEntry("d", 7 * CS - 5, CS, repo.put_index(index))]))
+    d = RepositoryView(Repository.open(tmp_path / "repo", PASSPHRASE)).generation("v").disk("d")
+    assert d.extents() == [(0, CS), (2 * CS, 3 * CS), (6 * CS, CS - 5)]
