@@ -461,3 +461,65 @@ def test_a_kept_within_reason_names_the_duration(text, shown):
     assert str(d) == shown
     (decision,) = apply(Policy(within=d), [Generation("m", "g", 10**18)])
     assert decision.keep and decision.reasons == [f"within {shown}"]
+
+
+def _utc_ns(text: str) -> int:
+    import datetime as dt
+    return int(dt.datetime.fromisoformat(text).replace(tzinfo=dt.timezone.utc).timestamp()) * 10**9
+
+
+def test_refusals_say_what_to_give():
+    from format.retention import Duration, Policy, PolicyError, apply
+    with pytest.raises(PolicyError) as info:
+        Duration.parse("3w")
+    assert str(info.value) == "not a duration: '3w' (use e.g. 1y6m, 30d, 12h)"
+    with pytest.raises(PolicyError) as info:
+        apply(Policy(), [])
+    assert str(info.value) == ("no keep rule given: refusing to forget every generation "
+                               "(give --keep-last, --keep-daily, … or --keep-within)")
+
+
+@pytest.fixture
+def new_york(monkeypatch):
+    """A local time zone with daylight saving time: periods must stay UTC's."""
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_periods_and_within_are_utc_whatever_the_local_zone(new_york):
+    from format.retention import Duration, Generation, Policy, apply
+    # 04:30 UTC on 2 January is 23:30 on 1 January in New York: another day there
+    gens = [Generation("a", "a", _utc_ns("2026-01-02T04:30:00")), Generation("b", "b", _utc_ns("2026-01-02T00:10:00")),
+            Generation("c", "c", _utc_ns("2026-01-01T23:50:00"))]
+    keep = {d.generation.id for d in apply(Policy(daily=2), gens) if d.keep}
+    assert keep == {"a", "c"}
+    # New York moved its clocks on 8 March 2026: one calendar day there is 23 hours
+    newest = Generation("n", "n", _utc_ns("2026-03-08T12:00:00"))
+    edge = Generation("e", "e", _utc_ns("2026-03-07T12:30:00"))
+    decisions = apply(Policy(within=Duration.parse("1d")), [newest, edge])
+    assert [d.keep for d in decisions] == [True, True]
+
+
+def test_a_generation_in_the_last_nanosecond_of_an_hour_belongs_to_that_hour():
+    from format.retention import Generation, Policy, apply
+    hour = _utc_ns("2026-05-01T11:00:00")
+    gens = [Generation("late", "late", hour - 1), Generation("next", "next", hour + 500_000_000)]
+    assert all(d.keep for d in apply(Policy(hourly=2), gens))
+
+
+def test_weekly_periods_of_different_years_are_different():
+    from format.retention import Generation, Policy, apply
+    gens = [Generation("y1", "y1", _utc_ns("2025-03-05T00:00:00")),     # week 10 of 2025
+            Generation("y2", "y2", _utc_ns("2026-03-04T00:00:00"))]     # week 10 of 2026
+    assert all(d.keep for d in apply(Policy(weekly=2), gens))
+
+
+def test_within_keeps_exactly_up_to_its_edge():
+    from format.retention import Duration, Generation, Policy, apply
+    newest = _utc_ns("2026-05-01T12:00:00")
+    gens = [Generation("n", "n", newest), Generation("at", "at", newest - 3600 * 10**9),
+            Generation("before", "before", newest - 3601 * 10**9)]
+    assert [d.keep for d in apply(Policy(within=Duration.parse("1h")), gens)] == [True, True, False]
