@@ -523,3 +523,27 @@ def test_within_keeps_exactly_up_to_its_edge():
     gens = [Generation("n", "n", newest), Generation("at", "at", newest - 3600 * 10**9),
             Generation("before", "before", newest - 3601 * 10**9)]
     assert [d.keep for d in apply(Policy(within=Duration.parse("1h")), gens)] == [True, True, False]
+
+
+def test_stats_of_a_generation_with_two_disks_on_one_index_and_a_lost_chunk(tmp_path):
+    repo = make_repo(tmp_path / "repo", chunk_size=CS)
+    rng = random.Random(8)
+    blocks = [rng.randbytes(CS) for _ in range(2)]
+    index = FixedIndex.empty(2 * CS, CS)
+    for n, block in enumerate(blocks):
+        index.set(n, repo.chunk_id(block))
+        repo.put_chunk(repo.chunk_id(block), block)
+    iid = repo.put_index(index)
+    from format.manifest import DiskEntry, Manifest
+    m = Manifest("v", "g7", "2026-01-01T00:00:00Z", 1, None,
+                 [DiskEntry("d0", 2 * CS, CS, iid, data_bytes=5), DiskEntry("d1", 2 * CS, CS, iid, data_bytes=6)])
+    name = repo.put_manifest(m)
+    kept = repo.backend.size(chunk_name(repo.chunk_id(blocks[0])))
+    repo.backend.delete(chunk_name(repo.chunk_id(blocks[1])))
+    stats = collect(repo, [(name, m)])
+    (g,) = stats.vms[0].generations
+    assert (g.vm, g.generation, g.manifest, g.time) == ("v", "g7", name, "2026-01-01T00:00:00Z")
+    assert (g.capacity, g.data_bytes, g.chunks) == (4 * CS, 11, 2)
+    assert g.stored_bytes == g.unique_bytes == stats.stored_bytes == kept     # the lost chunk: 0 bytes
+    assert stats.index_bytes == repo.backend.size(f"indexes/{iid[:2]}/{iid}")
+    assert stats.chunks == 2 and stats.logical_bytes == 11

@@ -231,3 +231,29 @@ def test_extents_merge_runs_of_any_length(tmp_path):
     repo.put_manifest(Manifest("v", "g", "t", 1, None, [DiskEntry("d", 7 * CS - 5, CS, repo.put_index(index))]))
     d = RepositoryView(Repository.open(tmp_path / "repo", PASSPHRASE)).generation("v").disk("d")
     assert d.extents() == [(0, CS), (2 * CS, 3 * CS), (6 * CS, CS - 5)]
+
+
+def test_restore_reads_of_pieces_over_a_hole_and_of_a_damaged_chunk(tmp_path):
+    repo = make_repo(tmp_path / "repo", chunk_size=CS)
+    rng = random.Random(4)
+    full, p1, p2 = rng.randbytes(CS), rng.randbytes(100), rng.randbytes(50)
+    for chunk in (full, p1, p2):
+        repo.put_chunk(repo.chunk_id(chunk), chunk)
+    index = FixedIndex.empty(3 * CS, CS)
+    index.set(0, repo.chunk_id(full))
+    index.set_pieces(1, [(300, 100, repo.chunk_id(p1)), (1000, 50, repo.chunk_id(p2)), (2000, 10, None)])
+    index.set_pieces(2, [(0, 10, None)])                     # pieces of zeros over a hole: nothing
+    repo.put_manifest(Manifest("vm", "gen", "t", 1, None, [DiskEntry("d", 3 * CS, CS, repo.put_index(index))]))
+    d = RepositoryView(Repository.open(tmp_path / "repo", PASSPHRASE)).generation("vm").disk("d")
+    slot1 = bytearray(CS)
+    slot1[300:400], slot1[1000:1050] = p1, p2
+    for workers, lookahead in ((1, 1), (2, 2)):
+        assert list(d.iter_chunks(workers=workers, lookahead=lookahead)) == [
+            (0, full), (CS + 300, bytes(slot1[300:1050]))]
+    assert d.read(0, 3 * CS) == full + bytes(slot1) + bytes(CS)
+    repo.backend.delete(f"chunks/{repo.chunk_id(p2).hex()[:2]}/{repo.chunk_id(p2).hex()}")
+    from repofs.view.tree import DiskReadError
+    with pytest.raises(DiskReadError) as info:
+        list(d.iter_chunks())
+    assert str(info.value).startswith(f"vm generation gen disk d: chunk at offset {CS} is unreadable (object ")
+    assert str(info.value).endswith("is missing)")
