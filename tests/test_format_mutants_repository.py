@@ -102,3 +102,55 @@ def test_key_slots_up_to_the_limit(tmp_path):
         repo.add_key(b"one too many", CHEAP_KDF)
     assert len(repo.key_store().slots) == keys.MAX_SLOTS
     assert Repository.open(tmp_path / "r", b"pass 30").key_slot in ids
+
+
+def test_rollbacks_of_several_vms_are_each_reported_naming_what_this_client_saw(tmp_path, caplog):
+    import logging
+    make_repo(tmp_path / "r", chunk_size=CS)
+    writer = Repository.open(tmp_path / "r", PASSPHRASE)            # keeps no record
+    names = {}
+    for vm, t in (("a", 1), ("a", 2), ("b", 1), ("b", 2), ("c", 1), ("d", 1)):
+        names[vm, t] = writer.put_manifest(Manifest(vm, f"g{t}", "t", t, None, []))
+    folder = str(tmp_path / "sec")
+    assert len(Repository.open(tmp_path / "r", PASSPHRASE, security_folder=folder).manifests()) == 6
+    for key in (("a", 2), ("b", 2), ("c", 1), ("d", 1)):
+        writer.backend.delete(f"manifests/{names[key]}")
+    with caplog.at_level(logging.WARNING):
+        again = Repository.open(tmp_path / "r", PASSPHRASE, security_folder=folder)
+        assert sorted(m.vm for m in again.manifests().values()) == ["a", "b"]
+        again.manifests()
+    assert sorted(r.getMessage() for r in caplog.records) == [
+        f"repofs: warning: {vm} has no generation left, but this client saw g1 before: its generations "
+        "were removed (a rollback?)" for vm in "cd"] + [
+        f"repofs: warning: the newest generation of {vm} is g1, but this client saw g2 before: newer "
+        "generations were removed (a rollback?)" for vm in "ab"]
+
+
+def test_chunk_is_cached(tmp_path):
+    from repofs.view.tree import RepositoryView
+    repo = make_repo(tmp_path / "r", chunk_size=CS)
+    data = bytes(range(256)) * (CS // 256)
+    index = FixedIndex.empty(2 * CS, CS)
+    index.set(0, repo.chunk_id(data))
+    repo.put_chunk(repo.chunk_id(data), data)
+    repo.put_manifest(Manifest("v", "g", "t", 1, None, [DiskEntry("d", 2 * CS, CS, repo.put_index(index))]))
+    d = RepositoryView(Repository.open(tmp_path / "r", PASSPHRASE)).generation("v").disk("d")
+    assert not d.chunk_is_cached(0) and d.chunk_is_cached(1)        # a hole needs nothing
+    assert d.read(0, 10) == data[:10]
+    assert d.chunk_is_cached(0)
+
+
+def test_a_replaced_repository_is_refused_naming_the_records_to_remove(tmp_path):
+    import hashlib
+    import os
+    from format.errors import RepositoryChanged
+    from format.security import KnownRepository
+    folder, where = str(tmp_path / "sec"), str(tmp_path / "repo")
+    KnownRepository(folder, "aa" * 16, where).verify("aes-256-gcm")
+    with pytest.raises(RepositoryChanged) as info:
+        KnownRepository(folder, "bb" * 16, where).verify("aes-256-gcm")
+    tag = hashlib.sha256(where.encode()).hexdigest()
+    assert str(info.value) == (
+        f"the repository at {where} has id {'bb' * 16}, but this client knew id {'aa' * 16} there: it "
+        f"was replaced (if you re-created it, remove {os.path.join(folder, 'aa' * 16)} and "
+        f"{os.path.join(folder, 'locations', tag)})")
