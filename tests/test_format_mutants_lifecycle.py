@@ -282,7 +282,7 @@ def test_verification_records_round_trip_oldest_first(repo):
     assert verification.verifications(repo, "cd" * 32) == []
 
 
-@pytest.mark.parametrize("manifest", ["", "AB", "a" * 65, "ab/cd", "../ab"])
+@pytest.mark.parametrize("manifest", ["", "AB", "a" * 65, "ab/cd", "../ab", "aX"])
 def test_verification_manifest_names_are_checked(repo, manifest):
     with pytest.raises(ValueError, match="not a manifest name"):
         verification.put_verification(repo, _verif(manifest, 1))
@@ -293,12 +293,22 @@ def test_verification_manifest_names_are_checked(repo, manifest):
 def test_verification_record_moved_to_another_generation_is_refused(repo):
     m, other = "ab" * 32, "cd" * 32
     name = verification.put_verification(repo, _verif(m, 1))
-    repo.backend.put(name.replace(m, other), repo.backend.get(name))
-    with pytest.raises(CorruptObject):
+    moved = name.replace(m, other)
+    repo.backend.put(moved, repo.backend.get(name))
+    with pytest.raises(CorruptObject) as info:
         verification.verifications(repo, other)
-    repo.backend.put(f"verifications/{m}/x/y", b"junk")
-    with pytest.raises(CorruptObject, match="unexpected name"):
+    assert info.value.name == moved
+    repo.backend.put(name.rsplit("/", 1)[0] + "/" + "cd" * 16, repo.sealer.seal(
+        verification.MAGIC_VERIFICATION, f"{m}/{'cd' * 16}".encode(), b'{"format": "other"}'))
+    with pytest.raises(CorruptObject) as info:
         verification.verifications(repo, m)
+    assert (info.value.name, info.value.reason) == (f"verifications/{m}/{'cd' * 16}",
+                                                    "not a boot verification record")
+    repo.backend.delete(f"verifications/{m}/{'cd' * 16}")
+    repo.backend.put(f"verifications/{m}/x/y", b"junk")
+    with pytest.raises(CorruptObject) as info:
+        verification.verifications(repo, m)
+    assert (info.value.name, info.value.reason) == (f"verifications/{m}/x/y", "unexpected name")
 
 
 @pytest.mark.parametrize("doc, why", [
@@ -315,21 +325,26 @@ def test_verification_record_moved_to_another_generation_is_refused(repo):
      b' "seconds": "1", "check": "", "reason": "", "accel": "kvm"}', "malformed fields"),
 ])
 def test_verification_decode_refuses(doc, why):
-    with pytest.raises(CorruptObject, match=why):
+    with pytest.raises(CorruptObject) as info:
         verification.Verification.decode(doc, "ab", "label")
+    assert info.value.name == "label" and info.value.reason.startswith(why)
+    assert info.value.reason in ("not a JSON document", "not a boot verification record",
+                                 "names another generation", "missing or malformed fields", "malformed fields")
 
 
 def test_verification_record_size_is_bounded():
     big = verification.Verification("ab", 1, False, None, "c", "r" * verification.MAX_RECORD, "tcg")
-    with pytest.raises(ValueError, match="too large"):
+    with pytest.raises(ValueError) as info:
         big.encode()
+    assert str(info.value) == "verification record too large"
     fits = verification.Verification("ab", 1, True, 2, "c", "", "tcg")
     data = fits.encode()
     room = verification.MAX_RECORD - len(data)
     exact = verification.Verification("ab", 1, True, 2, "c", "r" * room, "tcg")
     assert verification.Verification.decode(exact.encode(), "ab", "l") == exact
-    with pytest.raises(CorruptObject, match="too large"):
+    with pytest.raises(CorruptObject) as info:
         verification.Verification.decode(data + b" " * (room + 1), "ab", "l")
+    assert (info.value.name, info.value.reason) == ("l", "record too large")
     assert verification.Verification.decode(data + b" " * room, "ab", "l") == fits
 
 

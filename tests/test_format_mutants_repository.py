@@ -138,6 +138,9 @@ def test_chunk_is_cached(tmp_path):
     assert not d.chunk_is_cached(0) and d.chunk_is_cached(1)        # a hole needs nothing
     assert d.read(0, 10) == data[:10]
     assert d.chunk_is_cached(0)
+    assert d.needs_fetch(1) is False and d.needs_fetch(2) is False and d.needs_fetch(-1) is False
+    d.prefetch(2)                                                   # past the end: nothing
+    d.prefetch(-1)
 
 
 def test_a_replaced_repository_is_refused_naming_the_records_to_remove(tmp_path):
@@ -154,3 +157,78 @@ def test_a_replaced_repository_is_refused_naming_the_records_to_remove(tmp_path)
         f"the repository at {where} has id {'bb' * 16}, but this client knew id {'aa' * 16} there: it "
         f"was replaced (if you re-created it, remove {os.path.join(folder, 'aa' * 16)} and "
         f"{os.path.join(folder, 'locations', tag)})")
+
+
+def test_key_slot_commands_refuse_with_their_reason_and_date_each_change(tmp_path):
+    import re
+    repo = make_repo(tmp_path / "r", chunk_size=CS)
+    (first,) = [s.id for s in repo.key_store().slots]
+    with pytest.raises(keys.KeySlotNotFound) as info:
+        repo.remove_key("00000000")
+    assert str(info.value) == "no key slot '00000000'"
+    with pytest.raises(keys.LastKeySlot) as info:
+        repo.remove_key(first)
+    assert str(info.value) == "refusing to remove the last key slot: the repository could not be opened"
+    repo.change_key(first, b"new passphrase")
+    (slot,) = repo.key_store().slots
+    assert slot.id == first and re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", slot.created)
+    assert Repository.open(tmp_path / "r", b"new passphrase").key_slot == first
+
+
+# --- this client's record (format/security.py) ---------------------------------------------------
+
+def test_the_record_folders_are_private_and_an_unwritable_one_warns_once(tmp_path, caplog, monkeypatch):
+    import logging
+    import os
+    import stat
+    from format import security
+    old = os.umask(0o022)
+    try:
+        k = security.KnownRepository(str(tmp_path / "sec"), "ab" * 16, str(tmp_path / "r"))
+        k.verify("aes-256-gcm")
+        k.remember("vm", 1, "g1")
+    finally:
+        os.umask(old)
+    for folder in (tmp_path / "sec" / ("ab" * 16), tmp_path / "sec" / ("ab" * 16) / "latest",
+                   tmp_path / "sec" / "locations"):
+        assert stat.S_IMODE(os.stat(folder).st_mode) == 0o700, folder
+    monkeypatch.setattr(security, "_unwritable_warned", False)
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    k = security.KnownRepository(str(blocker), "ab" * 16, str(tmp_path / "r"))
+    with caplog.at_level(logging.WARNING):
+        k.verify("aes-256-gcm")
+        k.remember("a", 1, "g")
+    assert [r.getMessage() for r in caplog.records] == [
+        f"repofs: warning: cannot keep this client's record of the repository in {blocker / ('ab' * 16)} "
+        "(Not a directory)"]
+
+
+def test_vm_names_that_are_not_utf8_are_remembered(tmp_path):
+    from format.security import KnownRepository
+    k = KnownRepository(str(tmp_path / "sec"), "ab" * 16, str(tmp_path / "r"))
+    name = b"vm-\xff".decode("utf-8", "surrogateescape")
+    k.remember(name, 5, "g5")
+    assert k.latest(name) == (5, "g5") and k.latest("vm-") is None
+
+
+def test_a_record_file_longer_than_its_bound_is_not_trusted(tmp_path):
+    import hashlib
+    import json
+    from format.security import MAX_RECORD, KnownRepository
+    k = KnownRepository(str(tmp_path / "sec"), "ab" * 16, str(tmp_path / "r"))
+    k.remember("vm", 5, "g5")
+    path = tmp_path / "sec" / ("ab" * 16) / "latest" / hashlib.sha256(b"vm").hexdigest()
+    path.write_text(" " * MAX_RECORD + json.dumps({"vm": "vm", "time_ns": 9, "generation": "g9"}))
+    assert k.latest("vm") is None
+
+
+@pytest.mark.parametrize("rid, ok", [("X1", False), ("a" * 64, True), ("a" * 65, False), ("0f", True)])
+def test_repository_ids_are_lower_hex_up_to_64_digits(tmp_path, rid, ok):
+    from format.errors import RepositoryChanged
+    from format.security import KnownRepository
+    if ok:
+        KnownRepository(str(tmp_path), rid, "r")
+    else:
+        with pytest.raises(RepositoryChanged, match="malformed id"):
+            KnownRepository(str(tmp_path), rid, "r")
