@@ -1,13 +1,20 @@
 """What the mutation run of ``format/repository.py`` and ``format/keys.py`` found tested only
 by command-line tests in subprocesses (docs/security.md, "Mutation testing of the format"):
 creation bounds, the config probes the CLI asks before opening, generation names, the
-per-VM lock, key slots up to their limit. In process, on real repositories."""
+per-VM lock, key slots up to their limit, this client's record of repositories, and the
+password files that open them (which kinds of file, the bound on what is read, the words of
+warnings and refusals). In process, on real repositories."""
 from __future__ import annotations
+
+import os
+import stat
+import threading
 
 import pytest
 
 from fixtures_mount import CHEAP_KDF, PASSPHRASE, make_repo
 from format import keys
+from format.secretfile import MAX_BYTES, PasswordFileError, exposure, read_password_file
 from format.errors import RepoError
 from format.fixedindex import FixedIndex
 from format.manifest import DiskEntry, Manifest
@@ -232,3 +239,68 @@ def test_repository_ids_are_lower_hex_up_to_64_digits(tmp_path, rid, ok):
     else:
         with pytest.raises(RepositoryChanged, match="malformed id"):
             KnownRepository(str(tmp_path), rid, "r")
+
+
+# --- password files (format/secretfile.py) ------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode, who", [(0o600, None), (0o400, None), (0o700, None), (0o640, "group"),
+                                       (0o620, "group"), (0o604, "others"), (0o602, "others"),
+                                       (0o644, "group and others"), (0o666, "group and others")])
+def test_exposure_in_words(mode, who):
+    assert exposure(stat.S_IFREG | mode) == who
+
+
+def test_the_bound_is_exact(tmp_path):
+    path = tmp_path / "pw"
+    path.write_bytes(b"x" * MAX_BYTES)
+    path.chmod(0o600)
+    assert read_password_file(str(path)) == "x" * MAX_BYTES
+    path.write_bytes(b"x" * (MAX_BYTES + 1))
+    with pytest.raises(PasswordFileError) as info:
+        read_password_file(str(path))
+    assert str(info.value) == f"the password file {path} is larger than {MAX_BYTES} bytes: not a password file"
+
+
+def test_a_device_that_never_ends_is_read_only_up_to_the_bound():
+    with pytest.raises(PasswordFileError, match="larger than"):
+        read_password_file("/dev/zero", warn=None)
+
+
+def test_only_files_fifos_and_character_devices_are_password_files(tmp_path):
+    with pytest.raises(PasswordFileError) as info:
+        read_password_file("/dev/null", warn=None)                   # a character device: read
+    assert str(info.value) == "the password file /dev/null is empty"
+    block = next((f"/dev/{n}" for n in sorted(os.listdir("/dev"))
+                  if n.startswith("loop") and stat.S_ISBLK(os.stat(f"/dev/{n}").st_mode)), None)
+    if block is not None:
+        with pytest.raises(PasswordFileError) as info:
+            read_password_file(block, warn=None)
+        assert str(info.value) == f"the password file {block} is not a file"
+    with pytest.raises(PasswordFileError) as info:
+        read_password_file(str(tmp_path / "missing"))
+    assert str(info.value) == f"cannot read the password file {tmp_path / 'missing'}: No such file or directory"
+
+
+def test_a_fifo_is_read_and_its_mode_not_warned_about(tmp_path):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    fifo.chmod(0o666)
+    writer = threading.Thread(target=lambda: fifo.write_bytes(b"from a pipe\n"))
+    writer.start()
+    warned: list[str] = []
+    try:
+        assert read_password_file(str(fifo), warn=warned.append) == "from a pipe"
+    finally:
+        writer.join(timeout=30)
+    assert warned == []
+
+
+def test_only_line_endings_are_stripped(tmp_path):
+    path = tmp_path / "pw"
+    path.write_bytes(b"XpassX\r\n")
+    path.chmod(0o640)
+    warned: list[str] = []
+    assert read_password_file(str(path), warn=warned.append) == "XpassX"
+    assert warned == [f"the password file {path} can be read or written by group (mode 0640); "
+                      f"make it private: chmod 600 {path}"]
