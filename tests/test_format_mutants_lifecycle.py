@@ -562,3 +562,77 @@ def test_stats_of_a_generation_with_two_disks_on_one_index_and_a_lost_chunk(tmp_
     assert g.stored_bytes == g.unique_bytes == stats.stored_bytes == kept     # the lost chunk: 0 bytes
     assert stats.index_bytes == repo.backend.size(f"indexes/{iid[:2]}/{iid}")
     assert stats.chunks == 2 and stats.logical_bytes == 11
+
+
+def _sealed_index(repo, plain: bytes, iid: bytes | None = None) -> str:
+    from format.sealed import MAGIC_INDEX
+    iid = iid or repo.sealer.object_id(plain)
+    repo.backend.put(f"indexes/{iid.hex()[:2]}/{iid.hex()}", repo.sealer.seal(MAGIC_INDEX, iid, plain))
+    return iid.hex()
+
+
+def test_prune_keeps_the_chunks_of_pieces_and_copies(repo, monkeypatch):
+    from format.fixedindex import Copies
+    from format.manifest import DiskEntry, Manifest
+    monkeypatch.setenv("REPOFS_PRUNE_FRESH_SECONDS", "-1")
+    rng = random.Random(6)
+    base, p0, p1, stream, stray = (rng.randbytes(n) for n in (CS, 100, 50, 300, 77))
+    for chunk in (base, p0, p1, stream, stray):
+        repo.put_chunk(repo.chunk_id(chunk), chunk)
+    index = FixedIndex.empty(2 * CS, CS)
+    index.set_pieces(0, [(0, 100, repo.chunk_id(p0)), (500, 10, None)])     # over a hole, at offset 0
+    index.set(1, repo.chunk_id(base))
+    index.set_pieces(1, [(200, 50, repo.chunk_id(p1))])
+    index.copies = Copies([(0, 300)], [repo.chunk_id(stream)], CS)
+    empty = FixedIndex.empty(0, CS)                      # a disk of no bytes: a bare header
+    repo.put_manifest(Manifest("v", "g", "t", 1, None, [DiskEntry("d", 2 * CS, CS, repo.put_index(index)),
+                                                         DiskEntry("e", 0, CS, repo.put_index(empty))]))
+    report = prune(repo)
+    assert report.referenced_chunks == 4 and (report.freed_chunks, report.freed_indexes) == (1, 0)
+    assert not repo.has_chunk(repo.chunk_id(stray))
+    assert all(repo.has_chunk(repo.chunk_id(c)) for c in (base, p0, p1, stream))
+
+
+@pytest.mark.parametrize("case, reason", [
+    ("short", "index shorter than its header"),
+    ("chunk size 0", "index header is inconsistent"),
+    ("count", "index header is inconsistent"),
+    ("length", "index header is inconsistent"),
+    ("not its id", "content does not match its id"),
+])
+def test_prune_stops_at_a_damaged_index_and_deletes_nothing(repo, monkeypatch, case, reason):
+    from format.fixedindex import HEADER
+    from format.manifest import DiskEntry, Manifest
+    monkeypatch.setenv("REPOFS_PRUNE_FRESH_SECONDS", "-1")
+    stray = b"unreferenced" * 10
+    repo.put_chunk(repo.chunk_id(stray), stray)
+    one = bytes([7]) * 32
+    plain = {"short": HEADER.pack(CS, CS, 0, 1)[:-1],
+             "chunk size 0": HEADER.pack(CS, 0, 0, 1) + one,
+             "count": HEADER.pack(2 * CS, CS, 0, 1) + one,
+             "length": HEADER.pack(CS, CS, 0, 1) + one + b"x",
+             "not its id": HEADER.pack(CS, CS, 0, 1) + one}[case]
+    iid = _sealed_index(repo, plain, bytes(31) + b"\x01" if case == "not its id" else None)
+    repo.put_manifest(Manifest("v", "g", "t", 1, None, [DiskEntry("d", CS, CS, iid)]))
+    with pytest.raises(CorruptObject) as info:
+        prune(repo)
+    assert (info.value.name, info.value.reason) == (f"indexes/{iid[:2]}/{iid}", reason)
+    assert repo.has_chunk(repo.chunk_id(stray)) and list(repo.backend.list("trash")) == []
+
+
+def test_prune_marks_past_a_manifest_deleted_meanwhile(repo, monkeypatch):
+    from format.manifest import DiskEntry, Manifest
+    from format.prune import _mark
+    from format.idset import IdSet
+    data = b"kept" * 100
+    repo.put_chunk(repo.chunk_id(data), data)
+    index = FixedIndex.empty(CS, CS)
+    index.set(0, repo.chunk_id(data))
+    iid = repo.put_index(index)
+    names = [repo.put_manifest(Manifest("v", f"g{k}", "t", k, None, [DiskEntry("d", CS, CS, iid)]))
+             for k in range(3)]
+    repo.backend.delete(f"manifests/{names[0]}")
+    repo._manifests.clear()
+    marks_, indexes = IdSet(), set()
+    _mark(repo, sorted(names, key=lambda n: n != names[0]), marks_, indexes)
+    assert indexes == {iid} and repo.chunk_id(data) in marks_
