@@ -636,3 +636,37 @@ def test_prune_marks_past_a_manifest_deleted_meanwhile(repo, monkeypatch):
     marks_, indexes = IdSet(), set()
     _mark(repo, sorted(names, key=lambda n: n != names[0]), marks_, indexes)
     assert indexes == {iid} and repo.chunk_id(data) in marks_
+
+
+def test_prune_finishes_a_batch_a_killed_prune_left_and_removes_old_temporaries(repo, monkeypatch):
+    from format.manifest import DiskEntry, Manifest
+    from format.prune import TMP_AGE_NS
+    monkeypatch.setenv("REPOFS_PRUNE_FRESH_SECONDS", "-1")
+    needed, gone = b"needed" * 50, b"gone" * 50
+    for chunk in (needed, gone):
+        repo.put_chunk(repo.chunk_id(chunk), chunk)
+    index = FixedIndex.empty(CS, CS)
+    index.set(0, repo.chunk_id(needed))
+    repo.put_manifest(Manifest("v", "g", "t", 1, None, [DiskEntry("d", CS, CS, repo.put_index(index))]))
+    # a prune killed while moving: its batch record says "moving", its owner's lease is gone
+    batch = "ab" * 16
+    records.put(repo, "pending", batch, records.MAGIC_BATCH, {"state": "moving", "started_ns": 1, "owner": "cd" * 16})
+    for chunk in (needed, gone):
+        name = chunk_name(repo.chunk_id(chunk))
+        repo.backend.rename(name, f"trash/{batch}/{name}")
+    root = repo.backend.root
+    old_tmp, new_tmp = os.path.join(root, "chunks", "x.tmp"), os.path.join(root, "manifests", "y.tmp")
+    kept = os.path.join(root, "chunks", "old-but-not-tmp")
+    for path in (old_tmp, new_tmp, kept):
+        with open(path, "wb") as f:
+            f.write(b"t")
+    old = (time.time_ns() - TMP_AGE_NS - 10**9)
+    os.utime(old_tmp, ns=(old, old))
+    os.utime(kept, ns=(old, old))
+    report = prune(repo)
+    assert report.temporaries_removed == 1 and not os.path.exists(old_tmp)
+    assert os.path.exists(new_tmp) and os.path.exists(kept)
+    assert report.restored == 1 and repo.has_chunk(repo.chunk_id(needed))
+    assert report.freed_chunks == 1 and not repo.has_chunk(repo.chunk_id(gone))
+    assert report.batches_swept == 2 and report.batches_waiting == 0 and report.waiting_for == []
+    assert records.names(repo, "pending") == [] and not os.path.exists(os.path.join(root, "trash", batch))
