@@ -106,3 +106,22 @@ def test_a_hole_in_the_copy_stream_reads_as_zeros():
     c, _disk, store = _copies()
     c.ids[1] = HOLE
     assert c.chunk(1, lambda cid: pytest.fail("a hole is not fetched")) == bytes(8000 - SCS)
+
+
+@pytest.mark.parametrize("piece", [(0, 0, None), (10, -1, None), (-1, 5, None), (SCS - 4, 5, None)])
+def test_a_piece_outside_its_slot_or_empty_is_refused(piece):
+    from format.fixedindex import FixedIndex
+    index = FixedIndex.empty(2 * SCS, SCS)
+    with pytest.raises(ValueError) as info:
+        index.set_pieces(1, [(0, 4, None), piece])
+    assert str(info.value) == f"piece ({piece[0]}, {piece[1]}) outside slot 1 of {SCS} bytes"
+    assert index.pieces(1) == ()
+
+
+def test_setting_no_pieces_drops_the_earlier_ones():
+    from format.fixedindex import FixedIndex
+    index = FixedIndex.empty(2 * SCS, SCS)
+    index.set_pieces(0, [(0, 4, None)])
+    index.set_pieces(1, [(SCS - 4, 4, bytes([3]) * 32)])
+    index.set_pieces(1, [])
+    assert index.pieces(1) == () and index.pieces(0) == ((0, 4, None),) and 1 not in index.patches
