@@ -16,7 +16,7 @@ import queue
 import secrets
 import threading
 import time
-from typing import Iterator, Protocol
+from typing import BinaryIO, Iterator, Protocol
 
 from .errors import ObjectMissing, StorageFull
 
@@ -118,6 +118,14 @@ class LocalBackend:
                 return f.read()
         except FileNotFoundError:
             raise ObjectMissing(name) from None
+
+    def open_stream(self, name: str) -> tuple[BinaryIO, int]:
+        """Object ``name`` opened for reading, and its size (the caller closes it)."""
+        try:
+            f = open(self.path(name), "rb")
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise ObjectMissing(name) from None
+        return f, os.fstat(f.fileno()).st_size
 
     def size(self, name: str) -> int:
         try:

@@ -13,7 +13,6 @@ import typer
 from format.errors import UnencryptedRefused
 from format.location import is_remote
 from format.repository import Repository
-from format.s3backend import parse_url
 from format.security import default_folder
 
 from repofs.errors import RepofsError
@@ -74,6 +73,7 @@ def open_repository(repo: str | None, password_file: str | None) -> Repository:
     refused unless allowed by name, so a storage attacker cannot swap one in unnoticed."""
     path = repo_path(repo)
     if is_remote(path):
+        from format.s3backend import parse_url  # object storage's modules only when it is used
         try:
             parse_url(path)
         except ValueError as e:

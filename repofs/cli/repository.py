@@ -10,7 +10,6 @@ import typer
 from format.errors import RepositoryExists
 from format.location import is_remote, open_backend
 from format.repository import DEFAULT_CHUNK_SIZE, Repository
-from format.s3backend import Retention
 from format.security import KnownRepository, default_folder
 
 from . import exitcodes, output, shapes
@@ -43,6 +42,7 @@ def init(repo_arg: Annotated[Optional[str], typer.Argument(metavar="[REPO]", hel
         if not is_remote(path):
             raise UsageProblem("--immutable needs an s3:// repository in a bucket with Object Lock")
         try:
+            from format.s3backend import Retention  # object storage only
             retention = Retention(lock_mode.upper(), immutable)
         except ValueError as e:
             raise UsageProblem(str(e)) from None
