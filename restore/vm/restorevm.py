@@ -419,7 +419,7 @@ class _Restore:
 
     def _disk_uuids(self, conn: Any, jobs: list[DiskJob]) -> None:
         """The saved disk UUIDs into the new disks' metadata (``ddb.uuid``)."""
-        saved = {d.label: fidelity.ddb_uuid(d.saved.get("uuid")) for d in self.plan.disks}
+        saved = {d.label: fidelity.ddb_uuid(d.saved.uuid) for d in self.plan.disks}
         for job in jobs:
             value = saved.get(job.label)
             if value:
