@@ -10,6 +10,7 @@ from format.location import normalize
 from format.repository import Repository
 
 from .units import format_size
+from .progress import Progress
 from .common import (JsonOpt, PasswordFileOpt, RepoOpt, UsageProblem, emit, open_repository,
                      vm_target)
 from .passphrase import read_passphrase
@@ -42,7 +43,11 @@ def copy(targets: Annotated[Optional[list[str]], typer.Argument(
             read_passphrase(password_file)
     target = Repository.open(target_location, passphrase)
     names = select(source, vms, generation)
-    report = Copier(source, target, verify=verify).copy(names)
+    progress = Progress("copy", unit="chunks")
+    try:
+        report = Copier(source, target, verify=verify, progress=progress).copy(names)
+    finally:
+        progress.finish()
     if json_out:
         emit({"copied": [list(c) for c in report.copied], "skipped": [list(s) for s in report.skipped],
               "chunks_read": report.chunks_read, "chunks_sent": report.chunks_sent,
