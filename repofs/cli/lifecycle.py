@@ -155,6 +155,10 @@ def _print_prune(r: PruneReport) -> None:
                f"{r.freed_indexes} indexes, {r.freed_bytes} bytes; {r.referenced_chunks} chunks referenced")
     if r.restored:
         typer.echo(f"{r.restored} objects put back (generations written meanwhile need them)")
+    if r.locked_manifests or r.locked_objects:
+        typer.echo(f"kept under Object Lock retention: {r.locked_manifests} forgotten generations, "
+                   f"{r.locked_objects} objects ({r.locked_bytes} bytes), until "
+                   f"{r.locked_until or 'an unknown date'} at least; a later prune removes them")
     if r.batches_waiting:
         typer.echo(f"{r.batches_waiting} batch(es) moved aside wait for {len(r.waiting_for)} running "
                    "backup(s); the next prune frees them")
