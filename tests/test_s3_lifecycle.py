@@ -161,27 +161,35 @@ def test_prune_beside_backups_in_other_processes_keeps_every_generation(
     cli = s3_cli(tmp_path, s3)
     cli.run("init", "--chunk-size", str(CHUNK))
     base = tmp_path / "base.img"
-    random_image(base, 2, seed=seed)
+    random_image(base, 4, seed=seed)
     images = {}
     cli.run("backup", f"file:{base}", "--vm", "vm1")
     cli.run("backup", f"file:{base}", "--vm", "vm2")
     # forget the first generations, then run backups (which reuse their chunks) and prunes that
     # condemn even fresh chunks, each a process with its own cache
     cli.run("forget", "--keep-last", "1", "--allow-empty", "vm:vm1", "vm:vm2")
-    procs = []
+    procs, moved = [], 0
     for i in range(3):
         image = tmp_path / f"img{i}.img"
-        _mutated(base, image, seed=seed * 100 + i, blocks=rng.randint(1, 6))
+        _mutated(base, image, seed=seed * 100 + i, blocks=rng.randint(8, 24))
         vm = f"vm{1 + i % 2}"
         env = _own_cache(cli, tmp_path, f"b{i}")
         procs.append((image, subprocess.Popen(
             [*_repofs(), "backup", f"file:{image}", "--vm", vm, "--json"], env=env,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
-        time.sleep(rng.random() * 0.5)
+        # let the backup upload some of its new chunks first, so the prune condemns them and
+        # its sweep has to put them back
+        before = len(_keys(s3, str(cli.repo), "chunks/"))
+        deadline = time.monotonic() + 60
+        while procs[-1][1].poll() is None and time.monotonic() < deadline and \
+                len(_keys(s3, str(cli.repo), "chunks/")) <= before:
+            time.sleep(0.05)
+        time.sleep(rng.random() * 0.3)
         prune_env = dict(_own_cache(cli, tmp_path, f"p{i}"), REPOFS_PRUNE_FRESH_SECONDS="-1")
         pruned = subprocess.run([*_repofs(), "prune", "--json"], env=prune_env,
                                 capture_output=True, text=True, timeout=300)
         assert pruned.returncode == 0, pruned.stderr
+        moved += json.loads(pruned.stdout)["moved_chunks"]
     for image, proc in procs:
         stdout, stderr = proc.communicate(timeout=300)
         assert proc.returncode == 0, stderr
@@ -190,6 +198,7 @@ def test_prune_beside_backups_in_other_processes_keeps_every_generation(
     final = subprocess.run([*_repofs(), "prune", "--json"], env=_own_cache(cli, tmp_path, "last"),
                            capture_output=True, text=True, timeout=300)
     assert final.returncode == 0, final.stderr
+    print(f"seed {seed}: prunes moved {moved} chunks aside beside running backups; last: {final.stdout}")
     for g in _generations(cli):
         image = images.get((g["vm"], g["generation"]), base)
         _restores(cli, tmp_path, g["vm"], g["generation"], image)
