@@ -6,8 +6,10 @@
 - With Object Lock, prune skips what retention keeps, says so (count and date, text and
   ``--json``), exits 0 and loses nothing; once a retention ended, a later prune removes it.
 - A prune beside backups in other processes (stand-ins for other hosts: own caches, own
-  listings) keeps every finished generation restorable. One seed in the default run;
-  ``REPOFS_S3_SOAK=N`` runs N.
+  listings) keeps every finished generation restorable. The backups read their disks slowly
+  and each prune starts once its backup has uploaded new chunks and condemns even fresh ones
+  (``REPOFS_PRUNE_FRESH_SECONDS=-1``), so the sweep's put-back path runs, not only the easy
+  one. One seed in the default run; ``REPOFS_S3_SOAK=N`` runs N.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import json
 import os
 import random
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -149,6 +152,25 @@ def test_prune_on_an_immutable_repository_reports_what_retention_keeps(tmp_path:
     assert "OK: 1 generations" in cli.run("check", "--read-data").stdout
 
 
+# A backup in a process of its own whose disk reads take a while (a slow source, as a real disk
+# over a network is): prunes then run while it has uploaded some chunks and not yet the rest.
+_SLOW_BACKUP = """
+import json, os, sys, time
+from format.repository import Repository
+from repofs.ingest.backup import backup
+from repofs.ingest.sources import LocalImage
+location, image, vm, delay = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+src = LocalImage.open(image)
+read = src.read
+def slow(offset, size):
+    time.sleep(delay)
+    return read(offset, size)
+src.read = slow
+report = backup(Repository.open(location, os.environ["PASSPHRASE"].encode()), vm, [src])
+print(json.dumps({"vm": report.vm, "generation": report.generation}))
+"""
+
+
 def _own_cache(cli, tmp: Path, name: str) -> dict:
     env = dict(cli.env, REPOFS_CACHE_DIR=str(tmp / f"cache-{name}"))
     return env
@@ -172,10 +194,11 @@ def test_prune_beside_backups_in_other_processes_keeps_every_generation(
     for i in range(3):
         image = tmp_path / f"img{i}.img"
         _mutated(base, image, seed=seed * 100 + i, blocks=rng.randint(8, 24))
-        vm = f"vm{1 + i % 2}"
+        vm = f"vm{1 + i}"          # one backup per VM at a time: their writer locks differ
         env = _own_cache(cli, tmp_path, f"b{i}")
+        env["PASSPHRASE"] = PASSPHRASE
         procs.append((image, subprocess.Popen(
-            [*_repofs(), "backup", f"file:{image}", "--vm", vm, "--json"], env=env,
+            [sys.executable, "-c", _SLOW_BACKUP, str(cli.repo), str(image), vm, "0.15"], env=env,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
         # let the backup upload some of its new chunks first, so the prune condemns them and
         # its sweep has to put them back
