@@ -122,7 +122,7 @@ def restore_fcd(session: Session, source: GenerationSource, options: RestoreOpti
     try:
         say(f"{name}: write")
         with lib.prepared(params, IDENTITY), \
-                lib.connect(params, read_only=False, transports=options.transports) as conn:
+                lib.connect(params, read_only=False, transports=options.session.transports) as conn:
             result.disks = write_disks(conn, [DiskJob(reader.label, result.path, reader)],
                                        threads=options.workers)
         result.steps.append("write")

@@ -391,7 +391,7 @@ class _Resolver:
         if not computes:
             return None, ""
         by_name = _names(si, computes)
-        saved = self.placement.get("compute_resource")
+        saved = self.placement.compute_resource
         compute = by_name.get(saved) if isinstance(saved, str) else None
         compute = compute or computes[0]
         pool = properties(si, compute, ["resourcePool"]).get("resourcePool")

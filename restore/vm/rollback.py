@@ -326,7 +326,7 @@ class _Rollback:
             lib.prepare_for_access(params, IDENTITY)
         try:
             with self.step("connect"):
-                conn = lib.connect(params, read_only=False, transports=self.options.transports)
+                conn = lib.connect(params, read_only=False, transports=self.options.session.transports)
             try:
                 for t in targets:
                     mode, reason, areas = plans[t.label]
