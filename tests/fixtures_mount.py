@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import hashlib
 import mmap
 import os
 import random
@@ -109,7 +110,7 @@ class MountSource:
                    PYTHONWARNINGS="error", TZ="UTC",
                    # copies share the repository id: each gets its own client record, or the
                    # original would look rolled back next to an extended copy
-                   REPOFS_SECURITY_DIR=f"{self.repo}-client")
+                   REPOFS_SECURITY_DIR=str(self.work / f"client-{hashlib.sha256(str(self.repo).encode()).hexdigest()[:12]}"))
         return env
 
     def copy(self, dest: Path) -> "MountSource":
