@@ -5,7 +5,8 @@ and the memory of prune's marks (format/idset.py) for 10 million ids measured di
 
 Each repository is written directly through format/ (tiny chunks: the work of prune is per
 object, not per byte): one generation whose disks (at most ``DISK_SLOTS`` = 1 M chunks each: a
-1 TiB disk at 1 MiB chunks) name 90% of the chunks, the other 10% left unreferenced, so prune marks 0.9 N ids, walks N objects, and moves and deletes 0.1 N. The
+1 TiB disk at 1 MiB chunks) name 90% of the chunks, the other 10% left unreferenced, so prune
+marks 0.9 N ids, walks N objects, and moves and deletes 0.1 N. The
 prune runs as a child process (the real CLI) and is measured with wait4 (bench/measure.py).
 Prints one line per size and an extrapolation to 10 M chunks.
 """
@@ -63,7 +64,8 @@ def bench_idset(n: int) -> None:
             "from format.idset import IdSet\n"
             "s=IdSet(); t=time.monotonic()\n"
             "for k in range(%d): s.add(os.urandom(8) if k %% 4096 else os.urandom(32))\n"
-            "s.freeze(); print(len(s), round(time.monotonic()-t,1))\n" % (str(Path(__file__).resolve().parent.parent), n))
+            "s.freeze(); print(len(s), round(time.monotonic()-t,1))\n"
+            % (str(Path(__file__).resolve().parent.parent), n))
     r = run([PY, "-c", code])
     print(f"idset {n:>11,} ids: {r.wall:7.1f} s, peak RSS {r.rss_mib:7.1f} MiB  ({r.out.strip()})")
 

@@ -140,7 +140,7 @@ def check(repo: Repository, read_data: bool = False, workers: int = 2,
         return None
 
     with ThreadPoolExecutor(workers if read_data else 1) as pool:
-        for done, (cid, reason) in enumerate(zip(refs, pool.map(probe, refs)), 1):
+        for done, (cid, reason) in enumerate(zip(refs, pool.map(probe, refs), strict=True), 1):
             if progress:
                 progress(done, len(refs))
             if reason is None:
@@ -198,7 +198,8 @@ def _copies_differ(repo: Repository, index: FixedIndex) -> int | None:
                     lo, hi = max(at, start), min(at + take, start + index.chunk_size)
                     a, b = slot[1][lo - start:hi - start], mine[lo - at:hi - at]
                     if a != b:
-                        return lo + next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+                        first = (i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y)
+                        return lo + next(first, min(len(a), len(b)))
                 at += take
     except (CorruptObject, ObjectMissing):
         pass                       # reported by the chunk probe, with its place

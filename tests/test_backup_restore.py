@@ -100,7 +100,7 @@ def test_incremental_stores_only_changed_chunks(cli, tmp_path):
     # change ~2%: 5 scattered 256 KiB writes = 1.25 MiB in 5 chunks
     changes = []
     with open(img, "r+b") as f:
-        for i in range(5):
+        for _ in range(5):
             off = rng.randrange(0, size - (256 << 10)) & ~4095
             f.seek(off)
             f.write(rng.randbytes(256 << 10))

@@ -25,7 +25,7 @@ def test_kill_9_at_20_moments_leaves_earlier_generations_intact(cli, tmp_path):
     good = tmp_path / "good.img"
     good.write_bytes(img.read_bytes())
     killed = 0
-    for moment in range(20):
+    for _round in range(20):
         # a new version of the disk each round, so the backup has real work to do
         with open(img, "r+b") as f:
             for _ in range(8):

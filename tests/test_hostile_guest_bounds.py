@@ -90,7 +90,7 @@ def build_bombs(image: Path, work: Path) -> None:
     levels = [block_of(image, f"/c{i}") for i in range(1, 6)]
     bomb = inode_at(image, "/bomb")
     with open(image, "r+b") as f:
-        for depth, (block, below) in enumerate(zip(levels, levels[1:] + [None]), start=0):
+        for depth, (block, below) in enumerate(zip(levels, levels[1:] + [None], strict=True), start=0):
             level = 4 - depth           # c1 is depth 4, ..., c5 is the leaf (depth 0)
             if below is None:
                 node = extent_node(0, [leaf(i, levels[0]) for i in range(PER_BLOCK)], PER_BLOCK)

@@ -9,7 +9,6 @@ import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import pytest
 
 from fixtures_boot import P2_START
 from fixtures_repo import REPOFS

@@ -17,7 +17,8 @@ Sequential readers can ask for read-ahead (``open(..., readahead=True)``): the w
 the next range while the parent copies the last one out.
 
 Limits: Linux (memfd, SCM_RIGHTS). Data is copied once between the shared area and the caller's
-buffer, unless the buffer comes from ``IsolatedDisk.buffer()`` (shared with the worker itself). Log records arrive asynchronously; all have arrived once ``close()`` returns.
+buffer, unless the buffer comes from ``IsolatedDisk.buffer()`` (shared with the worker itself).
+Log records arrive asynchronously; all have arrived once ``close()`` returns.
 """
 from __future__ import annotations
 

@@ -119,7 +119,8 @@ class Ext4:
         if len(sb) < 1024:
             raise Ext4Error("too small for an ext superblock")
         (self.inodes_count, blocks_lo, _r, _free_b, _free_i, self.first_data_block, log_bs, _log_cs,
-         self.blocks_per_group, _cpg, self.inodes_per_group, _mtime, _wtime, _mnt, _mc, magic) = _SB_A.unpack_from(sb, 0)
+         self.blocks_per_group, _cpg, self.inodes_per_group, _mtime, _wtime, _mnt, _mc,
+         magic) = _SB_A.unpack_from(sb, 0)
         if magic != MAGIC:
             raise Ext4Error("no ext superblock (bad magic)")
         if log_bs > 6:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import errno
 import io
+import os
 import stat as st
 import threading
 from collections import OrderedDict
@@ -248,7 +249,8 @@ def probe_fstype(fh: BinaryIO) -> str | None:
     if head[1080:1082] == b"\x53\xef":
         return "ext"
     for sector in range(4):
-        if head[sector * 512:sector * 512 + 8] == b"LABELONE" and head[sector * 512 + 24:sector * 512 + 32] == b"LVM2 001":
+        at = sector * 512
+        if head[at:at + 8] == b"LABELONE" and head[at + 24:at + 32] == b"LVM2 001":
             return "lvm2"
     if head[510:512] == b"\x55\xaa" and (head[54:59] in (b"FAT12", b"FAT16") or head[82:87] == b"FAT32"):
         return "vfat"
@@ -385,7 +387,7 @@ def _logical_volumes(pvs: list[Volume], disk_of: Callable[[str], DiskReader]) ->
             except Exception:            # damaged LV metadata: nothing to show
                 continue
             name = f"{vg_name}/{component(lv.name)}"
-            opener = (lambda lv=lv: lv.open())
+            opener = lv.open
             home, offset = members[0][0].disk, None
             try:
                 segs = lv.segments

@@ -163,14 +163,14 @@ class _DiskIngest:
             if ranges is None:
                 index.set(n, results[0][0])
                 return
-            pieces = kept + tuple((lo, hi - lo, cid) for (lo, hi), (cid, _) in zip(ranges, results))
+            pieces = kept + tuple((lo, hi - lo, cid) for (lo, hi), (cid, _) in zip(ranges, results, strict=True))
             if index.get(n) is None and not any(cid for _o, _l, cid in pieces):
                 index.set(n, None)  # zeros over a hole: still a hole
             else:
                 index.set_pieces(n, pieces)
                 report.patched_slots += 1
 
-        for item, item_reads in zip(work, reads):
+        for item, item_reads in zip(work, reads, strict=True):
             if self.stop.is_set():
                 raise IngestError(f"disk {source.label}: stopped because another disk failed")
             datas = [source.read(offset, length) for offset, length in item_reads]

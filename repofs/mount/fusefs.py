@@ -359,7 +359,8 @@ class RepofsOperations(pyfuse3.Operations):
     # -- operations --------------------------------------------------------------------------
 
     @_guarded
-    async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext = None) -> pyfuse3.EntryAttributes:
+    async def lookup(self, parent_inode: int, name: bytes,
+                     ctx: pyfuse3.RequestContext | None = None) -> pyfuse3.EntryAttributes:
         parent = self._node(parent_inode)
         text = os.fsdecode(name)
         if text == ".":
@@ -512,7 +513,7 @@ class RepofsOperations(pyfuse3.Operations):
     async def _in_thread(self, fn, limiter: trio.CapacityLimiter, node: Node, *args):
         """Run storage work in a worker thread, bounded by io_timeout; errors become EIO."""
         try:
-            with trio.move_on_after(self.settings.io_timeout) as scope:
+            with trio.move_on_after(self.settings.io_timeout):
                 return await trio.to_thread.run_sync(fn, *args, abandon_on_cancel=True, limiter=limiter)
             where = f" at offset {args[0]}" if args else ""
             log.error("%s generation %s disk %s: storage did not answer within %ss (read%s); "

@@ -124,7 +124,7 @@ class Prefill:
         """In a worker thread, after ``wants`` said yes: every range into the page cache."""
         cpu = time.thread_time()    # not the wall time: waits for page locks or a core cost nothing
         try:
-            for (off, _), data in zip(self.ranges, self._blobs):
+            for (off, _), data in zip(self.ranges, self._blobs, strict=True):
                 pyfuse3.notify_store(self.inode, off, data)
         finally:
             self._last_cpu = time.thread_time() - cpu

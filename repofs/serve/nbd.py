@@ -40,7 +40,8 @@ FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES = 1, 2
 CLIENT_FIXED_NEWSTYLE, CLIENT_NO_ZEROES = 1, 2
 OPT_EXPORT_NAME, OPT_ABORT, OPT_LIST, OPT_INFO, OPT_GO = 1, 2, 3, 6, 7
 REP_ACK, REP_SERVER, REP_INFO = 1, 2, 3
-REP_ERR_UNSUP, REP_ERR_POLICY, REP_ERR_INVALID, REP_ERR_UNKNOWN = (1 << 31) + 1, (1 << 31) + 2, (1 << 31) + 3, (1 << 31) + 6
+REP_ERR_UNSUP, REP_ERR_POLICY, REP_ERR_INVALID = (1 << 31) + 1, (1 << 31) + 2, (1 << 31) + 3
+REP_ERR_UNKNOWN = (1 << 31) + 6
 INFO_EXPORT, INFO_BLOCK_SIZE = 0, 3
 TF_HAS_FLAGS, TF_READ_ONLY, TF_SEND_FLUSH, TF_CAN_MULTI_CONN = 1, 2, 4, 256
 CMD_READ, CMD_WRITE, CMD_DISC, CMD_FLUSH = 0, 1, 2, 3
@@ -230,7 +231,7 @@ class NBDServer:
                 return None
             data = _recv(conn, length)
 
-            def reply(kind: int, payload: bytes = b"") -> None:
+            def reply(kind: int, payload: bytes = b"", option: int = option) -> None:
                 conn.sendall(struct.pack(">QIII", OPT_REPLY_MAGIC, option, kind, len(payload)) + payload)
 
             if option == OPT_EXPORT_NAME:

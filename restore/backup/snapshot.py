@@ -186,7 +186,8 @@ def _create_running(si: Any, vm: vim.VirtualMachine) -> bool:
         tasks = properties(si, vm, ["recentTask"]).get("recentTask") or []
         for t in tasks:
             p = properties(si, t, ["info.state", "info.descriptionId"])
-            if p.get("info.state") in ("queued", "running") and "snapshot" in str(p.get("info.descriptionId", "")).lower():
+            what = str(p.get("info.descriptionId", "")).lower()
+            if p.get("info.state") in ("queued", "running") and "snapshot" in what:
                 return True
     except Exception:
         return False
