@@ -14,7 +14,6 @@ import sys
 import typer
 
 from . import allocator, backup, boot, exitcodes, keyahead, lifecycle, mount, repository, restore
-from .common import PasswordFileOpt, RepoOpt, open_repository
 from .files import build_app as build_files_app
 from repofs.guest.names import shown
 
@@ -35,7 +34,7 @@ app.command()(boot.serve)
 app.command()(boot.boot)
 app.command()(boot.verify)
 # `repofs files ...`: guest files of a generation (repofs/cli/files.py)
-app.add_typer(build_files_app(open_repository, RepoOpt, PasswordFileOpt), name="files")
+app.add_typer(build_files_app(), name="files")
 
 
 def main(argv: list[str] | None = None) -> None:

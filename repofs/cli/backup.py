@@ -11,7 +11,7 @@ from .progress import Progress
 from .sessionopts import (CaFileOpt, InsecureOpt, ServerOpt, ThumbprintOpt, TransportOpt, TRANSPORTS, UserOpt,
                           VddkInProcessOpt, VddkLibdirOpt, VSpherePasswordFileOpt, session_options)
 from repofs.ingest.backup import BackupReport, backup as ingest_backup
-from repofs.ingest.sources import DiskSource, load_changed_extents, open_image, sanitize_label
+from repofs.ingest.sources import LocalImage, SparseImage, load_changed_extents, open_image, sanitize_label
 from repofs.view.tree import RepositoryView
 from restore.vsphere.options import BackupOptions
 from restore.vsphere.outcome import Outcome
@@ -63,7 +63,7 @@ def backup(sources: Annotated[list[str], typer.Argument(metavar="SOURCE...", hel
     if not vm:
         raise UsageProblem("give --vm NAME for file sources")
     repository = open_repository(repo, password_file)
-    images: list[DiskSource] = []
+    images: list[LocalImage | SparseImage] = []
     try:
         used: set[str] = set()
         for path in paths:

@@ -3,7 +3,7 @@ cycle of a repository (docs/format.md section 9; docs/cli.md)."""
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -55,14 +55,14 @@ def forget(targets: Annotated[Optional[list[str]], typer.Argument(metavar="[vm:N
     view = RepositoryView(repository)
     vms = [_gen_target(t)[0] for t in targets] if targets else view.vms()
     kept = marks.protected(repository)
-    out = []
+    out: list[dict[str, Any]] = []
     for vm in vms:
         gens = view.generations(vm)
         if not gens:
             view.generation(vm)        # VMNotFound
         table = [retention.Generation(g.manifest_name, g.name, g.time_ns, g.manifest_name in kept) for g in gens]
         decisions = retention.apply(policy, table, allow_empty=allow_empty)
-        row = {"vm": vm, "keep": [], "remove": []}
+        row: dict[str, Any] = {"vm": vm, "keep": [], "remove": []}
         for d in decisions:
             item = {"generation": d.generation.name, "manifest": d.generation.id,
                     "time": _time(d.generation.time_ns), "reasons": d.reasons}
@@ -172,22 +172,22 @@ def stats(targets: Annotated[Optional[list[str]], typer.Argument(metavar="[vm:NA
     def shown(vm: str, gen: str | None) -> bool:
         return not wanted or any(w == vm and (g is None or g == gen) for w, g in wanted)
 
-    vms = []
+    vms: list[dict[str, Any]] = []
     for v in result.vms:
         if not shown(v.vm, None) and not any(shown(v.vm, g.generation) for g in v.generations):
             continue
         gens = [vars(g) for g in v.generations if shown(v.vm, g.generation)]
         vms.append({"vm": v.vm, "chunks": v.chunks, "stored_bytes": v.stored_bytes,
                     "unique_bytes": v.unique_bytes, "generations": gens})
-    doc = {"vms": vms, "total": {"chunks": result.chunks, "stored_bytes": result.stored_bytes,
+    doc: dict[str, Any] = {"vms": vms, "total": {"chunks": result.chunks, "stored_bytes": result.stored_bytes,
                                  "index_bytes": result.index_bytes, "logical_bytes": result.logical_bytes}}
     if json_out:
         emit(doc)
         return
-    for v in vms:
-        typer.echo(f"{v['vm']}: {v['chunks']} chunks, {v['stored_bytes']} bytes stored, "
-                   f"{v['unique_bytes']} only this VM's")
-        for g in v["generations"]:
+    for row in vms:
+        typer.echo(f"{row['vm']}: {row['chunks']} chunks, {row['stored_bytes']} bytes stored, "
+                   f"{row['unique_bytes']} only this VM's")
+        for g in row["generations"]:
             typer.echo(f"  {g['generation']:<24} logical {g['data_bytes']} of {g['capacity']}, "
                        f"references {g['stored_bytes']} stored, unique {g['unique_bytes']}")
     t = doc["total"]
@@ -206,11 +206,11 @@ def diff(target: Annotated[str, typer.Argument(metavar="vm:NAME@GEN1", help="The
         view = RepositoryView(repository)
         a = _resolve(view, target)
         b = view.generation(a.vm, other)
-        disks = []
+        disks: list[dict[str, Any]] = []
         for disk in b.disks:
             old = next((d for d in a.disks if d.label == disk.label), None)
             ranges = changed_ranges(old.index if old else None, disk.index)
-            entry = {"label": disk.label, "changed": [[o, n] for o, n in ranges],
+            entry: dict[str, Any] = {"label": disk.label, "changed": [[o, n] for o, n in ranges],
                      "changed_bytes": sum(n for _o, n in ranges)}
             if files and old is not None:
                 from repofs.guest.diff import diff_files

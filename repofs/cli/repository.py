@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -39,7 +39,7 @@ def generations(vm: Annotated[Optional[str], typer.Argument(help="Only this VM."
     """List the generations in the repository."""
     view = RepositoryView(open_repository(repo, password_file))
     vms = [vm] if vm else view.vms()
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name in vms:
         gens = view.generations(name)
         if vm and not gens:
