@@ -21,11 +21,18 @@ from __future__ import annotations
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, TypedDict
 
 from .errors import CorruptObject, ObjectMissing, RepoError, UnsupportedFormat
 from .fixedindex import HOLE, FixedIndex
 from .repository import MIN_OBJECT_SIZE, Repository, chunk_name, manifest_name
+
+
+class _Where(TypedDict):
+    """Where in the repository a problem was found (``Problem``'s fields of the same names)."""
+    vm: str
+    generation: str
+    disk: str
 
 
 @dataclass(frozen=True)
@@ -100,7 +107,7 @@ def check(repo: Repository, read_data: bool = False, workers: int = 2,
           older_than_ns: int | None = None, record: bool = True) -> CheckReport:
     report = CheckReport()
     refs: dict[bytes, list[tuple[str, str, str, int]]] = defaultdict(list)
-    copies_to_compare: list[tuple[FixedIndex, dict]] = []
+    copies_to_compare: list[tuple[FixedIndex, _Where]] = []
     for name in repo.manifest_names():
         try:
             manifest = repo.get_manifest(name)
@@ -110,7 +117,7 @@ def check(repo: Repository, read_data: bool = False, workers: int = 2,
         report.generations += 1
         for disk in manifest.disks:
             report.disks += 1
-            where = dict(vm=manifest.vm, generation=manifest.generation, disk=disk.label)
+            where = _Where(vm=manifest.vm, generation=manifest.generation, disk=disk.label)
             try:
                 index = repo.get_index(disk.index)
             except (CorruptObject, ObjectMissing, UnsupportedFormat) as e:
@@ -164,10 +171,10 @@ def check(repo: Repository, read_data: bool = False, workers: int = 2,
             from . import verified
             verified.record(repo, read_ok)
         for index, where in copies_to_compare:
-            offset = _copies_differ(repo, index)
-            if offset is not None:
+            differ_at = _copies_differ(repo, index)
+            if differ_at is not None:
                 report.problems.append(Problem(
-                    "copy table", "the copied bytes differ from the disk's at this offset", offset=offset, **where))
+                    "copy table", "the copied bytes differ from the disk's at this offset", offset=differ_at, **where))
     return report
 
 

@@ -111,6 +111,7 @@ class Sealer:
             raise CorruptObject(label, f"size {len(data)} does not match its header")
         aad = data[:HEADER.size] + name
         body = memoryview(data)[HEADER.size:]
+        payload: bytes | memoryview
         if self._aead is not None:
             try:
                 payload = self._aead.decrypt(nonce, body, aad)
