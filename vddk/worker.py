@@ -238,7 +238,8 @@ class IsolatedLibrary:
         return _Prepared(self, params, identity)
 
     def cleanup(self, params: ConnectParams) -> tuple[int, int]:
-        return tuple(self._call("cleanup", params))  # type: ignore[return-value]
+        cleaned, remaining = self._call("cleanup", params)
+        return cleaned, remaining
 
     @property
     def pid(self) -> int:
@@ -550,7 +551,7 @@ class IsolatedDisk:
 
     def allocated_extents(self, chunk_bytes: int = 1 << 20, offset: int = 0,
                           length: int | None = None) -> list[tuple[int, int]]:
-        return [tuple(e) for e in self._rpc("extents", chunk_bytes, offset, length)]  # type: ignore[misc]
+        return [(start, size) for start, size in self._rpc("extents", chunk_bytes, offset, length)]
 
     def metadata_keys(self) -> list[str]:
         return self._rpc("keys")
@@ -646,7 +647,8 @@ def _serve_disk(chan: _Channel, disk: Any, area: mmap.mmap) -> None:
                 return
             try:
                 if msg[0] == "map":
-                    reply: tuple[Any, ...] = ("ok", map_buffer(*msg[1:], fds=fds))
+                    map_buffer(*msg[1:], fds=fds)
+                    reply: tuple[Any, ...] = ("ok", None)
                 else:
                     reply = ("ok", handlers[msg[0]](*msg[1:]))
             except Exception as e:  # noqa: BLE001 - every failure goes back to the caller
