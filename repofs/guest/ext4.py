@@ -503,6 +503,9 @@ class Ext4:
     def _announce(self, entries: list[tuple[str, Inode]]) -> None:
         """Tell ``prefetch`` where the subdirectories' data lies (those whose extents sit in
         the inode; deeper trees are found when read)."""
+        prefetch = self.prefetch
+        if prefetch is None:
+            return
         bs = self.block_size
         for _name, child in entries:
             if child.mode & 0o170000 == st.S_IFDIR and child.flags & _FL_EXTENTS:
@@ -515,7 +518,7 @@ class Ext4:
                         continue
                     for _logical, phys, count in runs:
                         if phys is not None:
-                            self.prefetch(phys * bs, count * bs)
+                            prefetch(phys * bs, count * bs)
 
     def readlink(self, ino: Inode) -> str:
         if not st.S_ISLNK(ino.mode):
