@@ -99,7 +99,7 @@ def verify_boot(gen: GenerationView, expect: Expectation, opts: BootOptions) -> 
     host_port = _free_port() if expect.port is not None else None
     opts.network = "isolated"
     opts.console, opts.vnc, opts.keep_overlay = False, None, None
-    if expect.port is not None:
+    if host_port is not None and expect.port is not None:
         opts.forward = [(host_port, expect.port)]
     session = BootSession(gen, opts)
 

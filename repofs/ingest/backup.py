@@ -85,7 +85,8 @@ class BackupReport:
     seconds: float = 0.0
 
 
-class _DiskPlan(NamedTuple):
+@dataclass(frozen=True)
+class _DiskPlan:
     """One disk of a backup, from planning to its manifest entry."""
     source: DiskSource
     index: FixedIndex                 # the new index, filled as the slots are read
@@ -159,7 +160,7 @@ class _DiskIngest:
                 if stored:
                     report.new_bytes += stored
                     report.new_chunks += 1
-                    known.add(cid)  # type: ignore[arg-type]
+                    known.add(cid)
             if ranges is None:
                 index.set(n, results[0][0])
                 return

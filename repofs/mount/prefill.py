@@ -73,6 +73,8 @@ class Prefill:
         if ranges is None:
             ranges = []
             for v in volumes or []:
+                if v.offset is None:        # (callers pass contiguous volumes only)
+                    continue
                 left = LIMIT - sum(n for _, n in ranges)
                 if left <= 0:
                     break

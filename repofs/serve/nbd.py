@@ -112,7 +112,7 @@ def _take_stale_socket(path: str, listen: str) -> None:
     raise AddressInUse(listen)
 
 
-def parse_listen(where: str) -> tuple[int, object]:
+def parse_listen(where: str) -> tuple[int, str | tuple[str, int]]:
     """``unix:PATH`` -> (AF_UNIX, path); ``HOST:PORT`` -> (AF_INET[6], (host, port))."""
     if where.startswith("unix:"):
         path = where[5:]
@@ -286,7 +286,11 @@ class NBDServer:
         def send(handle: int, err: int, data: bytes = b"") -> None:
             header = _REPLY.pack(SIMPLE_REPLY_MAGIC, err, handle)
             with send_lock:     # header and data in one call, without joining them (a copy)
-                sent = conn.sendmsg([header, data]) if data else conn.sendall(header) or len(header)
+                if data:
+                    sent = conn.sendmsg([header, data])
+                else:
+                    conn.sendall(header)
+                    sent = len(header)
                 if sent < len(header):      # a signal cut it short: finish byte-exactly
                     conn.sendall(header[sent:])
                     sent = len(header)
