@@ -26,7 +26,7 @@ from .generation import GenerationSource
 from restore.vsphere.vddkprovider import VddkProvider
 
 if TYPE_CHECKING:
-    from .restorevm import Progress, Say
+    from .restorevm import Progress, RestoreResult, Say
 
 
 def run(targets: list[tuple[str, Callable[[], GenerationSource]]], options: RestoreOptions, *,
@@ -59,7 +59,7 @@ def _run(targets: list[tuple[str, Callable[[], GenerationSource]]], options: Res
     with Session.login(credentials, thumbprint=options.session.thumbprint,
                        insecure=options.session.insecure, ca_file=options.session.ca_file) as session:
         for target, load in targets:
-            outcome = Outcome(target)
+            outcome: Outcome[RestoreResult] = Outcome(target)
             try:
                 source = load()
                 outcome.result = restore_vm(session, source, options, provider=provider,
