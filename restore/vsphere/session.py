@@ -220,7 +220,8 @@ class Session:
         stub = SoapStubAdapter(host=self.host, port=self.port, path=path, version=version,
                                sslContext=self._context,
                                requestContext={"vcSessionCookie": self.cookie or ""})
-        stub.scheme = functools.partial(PinnedHTTPSConnection, pin=self._pin)
+        # The stub calls ``scheme`` as a connection factory; its stub file names one class only.
+        stub.scheme = functools.partial(PinnedHTTPSConnection, pin=self._pin)  # type: ignore[assignment]
         stub.cookie = self.si._stub.cookie
         try:
             yield stub
