@@ -84,6 +84,7 @@ class Backend(Protocol):
     def sync(self) -> None: ...
     def exists(self, name: str) -> bool: ...
     def size(self, name: str) -> int: ...
+    def head(self, name: str, n: int) -> tuple[bytes, int]: ...
     def list(self, prefix: str) -> Iterator[str]: ...
     def delete(self, name: str) -> None: ...
     def rename(self, name: str, new_name: str) -> None: ...
@@ -114,6 +115,19 @@ class LocalBackend:
             return os.stat(self.path(name)).st_size
         except FileNotFoundError:
             raise ObjectMissing(name) from None
+
+    def head(self, name: str, n: int) -> tuple[bytes, int]:
+        """The first ``n`` bytes of object ``name`` and its size, from one open."""
+        try:
+            fd = os.open(self.path(name), os.O_RDONLY)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise ObjectMissing(name) from None
+        try:
+            return os.pread(fd, n, 0), os.fstat(fd).st_size
+        except IsADirectoryError:
+            raise ObjectMissing(name) from None
+        finally:
+            os.close(fd)
 
     def exists(self, name: str) -> bool:
         return os.path.exists(self.path(name))

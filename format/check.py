@@ -1,8 +1,9 @@
 """``check``: verify a repository's structure and, on request, every chunk's data.
 
 Structure: every manifest opens (authenticated), every index it names opens and matches its
-disk, every chunk an index names (slot bases, pieces, copy-stream chunks) exists with a
-plausible size. ``read_data`` additionally opens every referenced chunk (authenticate,
+disk, every chunk an index names (slot bases, pieces, copy-stream chunks) exists whole (its
+size is what its header declares), every manifest's parent exists, and nothing but manifests
+lies in ``manifests/``. ``read_data`` additionally opens every referenced chunk (authenticate,
 decompress, re-hash against its id), each once however many generations share it, in
 parallel, and compares each index's copies with the bytes of the slots they repeat.
 
@@ -25,7 +26,8 @@ from typing import Callable, TypedDict
 
 from .errors import CorruptObject, ObjectMissing, RepoError, UnsupportedFormat
 from .fixedindex import HOLE, FixedIndex
-from .repository import MIN_OBJECT_SIZE, Repository, chunk_name, manifest_name
+from .marks import tombstones
+from .repository import MANIFEST_NAME, Repository, chunk_name, manifest_name
 
 
 class _Where(TypedDict):
@@ -108,13 +110,22 @@ def check(repo: Repository, read_data: bool = False, workers: int = 2,
     report = CheckReport()
     refs: dict[bytes, list[tuple[str, str, str, int]]] = defaultdict(list)
     copies_to_compare: list[tuple[FixedIndex, _Where]] = []
-    for name in repo.manifest_names():
+    names = repo.manifest_names()
+    stones = tombstones(repo)  # forgotten on purpose: a parent that is gone by forget and prune
+    for name in names:
+        if not MANIFEST_NAME.fullmatch(name):
+            report.problems.append(Problem(manifest_name(name), "not a manifest name (a stray file)"))
+            continue
         try:
             manifest = repo.get_manifest(name)
         except (CorruptObject, ObjectMissing, UnsupportedFormat) as e:
             report.problems.append(Problem(manifest_name(name), _reason(e)))
             continue
         report.generations += 1
+        if manifest.parent is not None and manifest.parent not in names and manifest.parent not in stones:
+            report.problems.append(Problem(manifest_name(manifest.parent),
+                                           "missing: the parent of this generation was removed",
+                                           vm=manifest.vm, generation=manifest.generation))
         for disk in manifest.disks:
             report.disks += 1
             where = _Where(vm=manifest.vm, generation=manifest.generation, disk=disk.label)
@@ -140,8 +151,14 @@ def check(repo: Repository, read_data: bool = False, workers: int = 2,
             if wanted is not None and wanted(cid):
                 repo.get_chunk(cid)
                 read_ok.append(cid)
-            elif _size(repo, chunk_name(cid)) < MIN_OBJECT_SIZE:
-                return "too short to be a chunk"
+            elif repo.stored_size(cid) is None:
+                try:
+                    repo.backend.size(chunk_name(cid))
+                except ObjectMissing:
+                    repo.get_object(chunk_name(cid))  # held by a prune's trash batch, or missing
+                    return None
+                # present but not whole: cut short by a power loss, padded, not a chunk
+                return "not whole: its size does not match its header"
         except (CorruptObject, ObjectMissing, UnsupportedFormat) as e:
             return _reason(e)
         return None

@@ -30,6 +30,19 @@ class KeyMissing(RepoError):
     """The key store is absent or unreadable."""
 
 
+class KeyStoreInvalid(KeyMissing):
+    """The key store breaks a rule of its format (a field's size, a bound on the Argon2id
+    parameters): it is refused before anything is derived."""
+
+
+class KeySlotNotFound(RepoError):
+    """No key slot has that id."""
+
+
+class LastKeySlot(RepoError):
+    """Removing this key slot would leave no passphrase that opens the repository."""
+
+
 class PassphraseRequired(RepoError):
     pass
 
@@ -65,3 +78,16 @@ class RepositoryBusy(RepoError):
 
 class StorageFull(RepoError):
     """The backend ran out of space; nothing half-written was left visible."""
+
+
+class RepositoryChanged(RepoError):
+    """The repository is not the one this client knew: another id at its location, another
+    cipher than remembered, or a key store that disagrees with the config."""
+
+
+class EncryptionMismatch(RepositoryChanged):
+    """The key store's cipher is not the config's (e.g. a key store swapped for ``none``)."""
+
+
+class UnencryptedRefused(RepositoryChanged):
+    """A passphrase was configured but the repository is unencrypted (not allowed unless asked)."""

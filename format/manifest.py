@@ -67,15 +67,35 @@ class Manifest:
 
     @classmethod
     def decode(cls, data: bytes, label: str) -> "Manifest":
+        """The manifest in ``data``, every field of the type above (CorruptObject otherwise)."""
         try:
             doc = json.loads(data)
             fmt = doc.pop("format")
-        except (ValueError, KeyError, AttributeError):
+        except (ValueError, KeyError, AttributeError, TypeError, RecursionError):
             raise CorruptObject(label, "manifest is not a JSON object with a format") from None
-        if fmt != MANIFEST_FORMAT:
-            raise UnsupportedFormat(f"manifest {label} has format {fmt}")
+        if type(fmt) is not int or fmt != MANIFEST_FORMAT:
+            raise UnsupportedFormat(f"manifest {label} has format {str(fmt)[:20]}")
         try:
             disks = [DiskEntry(**d) for d in doc.pop("disks")]
-            return cls(disks=disks, **doc)
+            manifest = cls(disks=disks, **doc)
         except (TypeError, KeyError):
             raise CorruptObject(label, "manifest fields are malformed") from None
+        if not manifest._well_typed():
+            raise CorruptObject(label, "manifest fields have the wrong types or ranges")
+        return manifest
+
+    def _well_typed(self) -> bool:
+        def natural(v: object) -> bool:
+            return type(v) is int and 0 <= v < 1 << 63
+        if not (all(isinstance(v, str) for v in (self.vm, self.generation, self.time))
+                and natural(self.time_ns) and (self.parent is None or isinstance(self.parent, str))
+                and isinstance(self.metadata, dict) and isinstance(self.disks, list)):
+            return False
+        for d in self.disks:
+            if not (isinstance(d.label, str) and natural(d.capacity) and natural(d.chunk_size)
+                    and d.chunk_size > 0 and isinstance(d.index, str) and len(d.index) == 64
+                    and all(c in "0123456789abcdef" for c in d.index)
+                    and natural(d.data_bytes) and natural(d.new_bytes) and natural(d.new_chunks)
+                    and isinstance(d.source, dict)):
+                return False
+        return len({d.label for d in self.disks}) == len(self.disks)

@@ -35,7 +35,7 @@ from .fixedindex import HEADER as INDEX_HEADER, HOLE, ID_SIZE, FixedIndex, chunk
 from .sealed import MAGIC_INDEX
 from .idset import IdSet
 from .leases import SKEW_NS, leases, live_leases
-from .marks import PROTECTIONS, TOMBSTONES, protected, tombstones
+from .marks import PROTECTIONS, protected, tombstones
 
 PENDING = "pending"
 TRASH = "trash"
@@ -164,15 +164,13 @@ def prune(repo: Any, *, dry_run: bool = False, wait: float = 0.0,
             if stone is not None and name not in kept and not held(stone.forgotten_ns):
                 report.generations_removed += 1
                 if not dry_run:
+                    # the tombstone stays: the authenticated record that this generation was
+                    # forgotten on purpose, so that check tells a pruned parent from a deleted one
                     records.delete(repo, "manifests", name)
                     killer.step()
-                    records.delete(repo, TOMBSTONES, name)
                 continue
             live_manifests.append(name)
         if not dry_run:
-            for name in stones:
-                if name not in stored_set:
-                    records.delete(repo, TOMBSTONES, name)
             for name in records.names(repo, PROTECTIONS):
                 if name not in stored_set and not repo.backend.exists(f"manifests/{name}"):
                     records.delete(repo, PROTECTIONS, name)

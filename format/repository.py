@@ -21,22 +21,24 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
+import re
 import secrets
 import threading
 import time
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from .backend import Backend, LocalBackend
-from .errors import (CorruptObject, KeyMissing, ObjectMissing, RepositoryBusy,
-                     RepositoryExists,
-                     RepositoryNotFound, UnsupportedFormat)
+from .errors import (CorruptObject, EncryptionMismatch, KeyMissing, ObjectMissing, RepositoryBusy,
+                     RepositoryExists, RepositoryNotFound, UnsupportedFormat)
 from .fixedindex import FixedIndex
-from .keys import KeyMaterial, derive_ahead, unwrap, wrap
+from .keys import CIPHER_AES_GCM, CIPHER_NONE, KeyMaterial, KeySlot, KeyStore, derive_ahead, wrap
 from .leases import Lease
 from .marks import forgotten
 from .manifest import Manifest
+from .security import KnownRepository
 from .sealed import HEADER, MAGIC_CHUNK, MAGIC_INDEX, MAGIC_MANIFEST, TAG_SIZE, Sealer
 
 REPO_FORMAT = "repofs-repository"
@@ -52,6 +54,11 @@ CONFIG = "config"
 KEYSTORE = "keys/repokey"
 GENERATION_TIME_FORMAT = "%Y-%m-%dT%H%M%SZ"
 MIN_OBJECT_SIZE = HEADER.size + min(TAG_SIZE.values())
+MAX_MANIFEST_SIZE = 64 << 20   # plaintext; a VM's configuration is a few KiB
+MANIFEST_NAME = re.compile(r"[0-9a-f]{32}")
+REPO_ID = re.compile(r"[0-9a-f]{32}")
+
+log = logging.getLogger("repofs.repository")
 
 
 @dataclass(frozen=True)
@@ -70,16 +77,25 @@ class RepoConfig:
     def decode(cls, data: bytes) -> "RepoConfig":
         try:
             doc = json.loads(data)
+            if not isinstance(doc, dict):
+                raise TypeError
             if doc.get("format") != REPO_FORMAT:
                 raise RepositoryNotFound("not a repofs repository (config has another format)")
             if doc.get("version") != REPO_VERSION:
-                raise UnsupportedFormat(f"repository format version {doc.get('version')} is not supported")
-            chunk_size = int(doc["chunk_size"])
-            if not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE:
-                raise CorruptObject(CONFIG, f"chunk size {chunk_size} out of range")
-            return cls(str(doc["id"]), chunk_size, str(doc["cipher"]), int(doc.get("zstd_level", 3)))
-        except (ValueError, KeyError, TypeError, AttributeError):
+                raise UnsupportedFormat(f"repository format version {str(doc.get('version'))[:20]} is not supported")
+            chunk_size, repo_id, cipher = doc["chunk_size"], doc["id"], doc["cipher"]
+            zstd_level = doc.get("zstd_level", 3)
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
             raise CorruptObject(CONFIG, "the repository config is unreadable") from None
+        if type(chunk_size) is not int or not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE:
+            raise CorruptObject(CONFIG, f"chunk size {str(chunk_size)[:20]} out of range")
+        if not isinstance(repo_id, str) or not REPO_ID.fullmatch(repo_id):
+            raise CorruptObject(CONFIG, "the repository id is malformed")
+        if cipher not in (CIPHER_AES_GCM, CIPHER_NONE):
+            raise UnsupportedFormat(f"unknown cipher {str(cipher)[:40]!r} in the config")
+        if type(zstd_level) is not int or not 1 <= zstd_level <= 22:
+            raise CorruptObject(CONFIG, "the zstd level is out of range")
+        return cls(repo_id, chunk_size, cipher, zstd_level)
 
 
 def chunk_name(cid: bytes) -> str:
@@ -101,8 +117,12 @@ class Repository:
         self.config = config
         self.location = location
         self.sealer = Sealer(keys, config.zstd_level)
+        self._keys = keys
+        self.key_slot: str | None = None   # the key slot the passphrase opened
         self._manifests: dict[str, Manifest] = {}
         self._manifest_lock = threading.Lock()
+        self._warned: set[str] = set()
+        self.known: KnownRepository | None = None  # this client's record (format/security.py)
 
     # -- creation and opening --------------------------------------------------------------
 
@@ -126,7 +146,11 @@ class Repository:
         return cls(backend, config, keys, path)
 
     @classmethod
-    def open(cls, path: str | os.PathLike, passphrase: bytes | None) -> "Repository":
+    def open(cls, path: str | os.PathLike, passphrase: bytes | None, *,
+             security_folder: str | None = None) -> "Repository":
+        """Open the repository at ``path``. The key store's cipher must be the config's
+        (EncryptionMismatch otherwise). With ``security_folder``, the repository is checked
+        against this client's record of it and the record kept up to date (format/security.py)."""
         path = os.fspath(path)
         backend = LocalBackend(path)
         try:
@@ -139,8 +163,17 @@ class Repository:
             keystore = backend.get(KEYSTORE)
         except ObjectMissing:
             raise KeyMissing(f"the key store of {path} is missing") from None
-        keys = unwrap(keystore, config.id, passphrase)
-        return cls(backend, config, keys, path)
+        known = KnownRepository(security_folder, config.id, path) if security_folder else None
+        if known is not None:
+            known.verify(config.cipher)
+        keys, slot = KeyStore.decode(keystore).open(config.id, passphrase)
+        if keys.cipher != config.cipher:
+            raise EncryptionMismatch(f"the key store of {path} says cipher {keys.cipher!r} but the "
+                                     f"config says {config.cipher!r}: refusing to open it")
+        repository = cls(backend, config, keys, path)
+        repository.known = known
+        repository.key_slot = slot
+        return repository
 
     @staticmethod
     def derive_key_ahead(path: str | os.PathLike, passphrase: bytes) -> None:
@@ -151,6 +184,14 @@ class Repository:
         except (ObjectMissing, OSError):
             return
         derive_ahead(document, passphrase)
+
+    @staticmethod
+    def config_cipher(path: str | os.PathLike) -> str | None:
+        """The cipher the config at ``path`` declares; None when it cannot be read."""
+        try:
+            return RepoConfig.decode(LocalBackend(path).get(CONFIG)).cipher
+        except Exception:
+            return None
 
     @staticmethod
     def is_encrypted(path: str | os.PathLike) -> bool:
@@ -170,12 +211,26 @@ class Repository:
         return self.sealer.object_id(data)
 
     def has_chunk(self, cid: bytes) -> bool:
-        """Whether chunk ``cid`` is stored. A file too short to be an object (what a power
-        loss can leave of a chunk written without fsync) counts as absent."""
+        """Whether chunk ``cid`` is stored whole: its file holds the header and exactly the
+        payload and tag the header declares. A file cut short (what a power loss can leave of
+        a chunk written without fsync) or padded counts as absent, so a backup stores it again.
+        Costs one open and a 36-byte read; the payload is not authenticated (``get_chunk``
+        and ``check --read-data`` do that)."""
+        return self.stored_size(cid) is not None
+
+    def stored_size(self, cid: bytes) -> int | None:
+        """The size of chunk ``cid``'s object when its file is whole (see ``has_chunk``)."""
         try:
-            return self.backend.size(chunk_name(cid)) >= MIN_OBJECT_SIZE
+            head, size = self.backend.head(chunk_name(cid), HEADER.size)
         except ObjectMissing:
-            return False
+            return None
+        if len(head) < HEADER.size:
+            return None
+        magic, _v, _c, cipher, _r, _plain, payload_len, _n = HEADER.unpack(head)
+        if magic != MAGIC_CHUNK or cipher not in TAG_SIZE:
+            return None
+        expected = HEADER.size + payload_len + TAG_SIZE[cipher]
+        return size if size == expected else None
 
     def put_chunk(self, cid: bytes, plaintext: bytes | memoryview, *, sync: bool = True) -> int:
         """Seal and store a chunk; returns the stored size. With ``sync=False`` the caller
@@ -190,7 +245,8 @@ class Repository:
     def get_chunk(self, cid: bytes) -> bytes:
         """The verified plaintext of chunk ``cid``: CorruptObject/ObjectMissing otherwise."""
         name = chunk_name(cid)
-        plain = self.sealer.open(MAGIC_CHUNK, cid, self.get_object(name), name)
+        plain = self.sealer.open(MAGIC_CHUNK, cid, self.get_object(name), name,
+                                 max_plain=self.config.chunk_size)
         if self.sealer.object_id(plain) != cid:
             raise CorruptObject(name, "content does not match its id")
         return plain
@@ -235,7 +291,8 @@ class Repository:
     # -- manifests -------------------------------------------------------------------------
 
     def stored_manifest_names(self) -> list[str]:
-        """Every manifest in storage, forgotten generations included (prune, check)."""
+        """Every name below ``manifests/``: forgotten generations and junk included (prune,
+        ``check`` reports the junk)."""
         return sorted(n.split("/", 1)[1] for n in self.backend.list("manifests"))
 
     def manifest_names(self) -> list[str]:
@@ -243,20 +300,62 @@ class Repository:
         hidden = forgotten(self)
         return [n for n in self.stored_manifest_names() if n not in hidden]
 
+    def _warn_once(self, key: str, text: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning("repofs: warning: %s", text)
+
     def get_manifest(self, name: str) -> Manifest:
         cached = self._manifests.get(name)
         if cached is not None:
             return cached
         obj = manifest_name(name)
-        plain = self.sealer.open(MAGIC_MANIFEST, name.encode(), self.backend.get(obj), obj)
+        plain = self.sealer.open(MAGIC_MANIFEST, name.encode(), self.backend.get(obj), obj,
+                                 max_plain=MAX_MANIFEST_SIZE)
         manifest = Manifest.decode(plain, obj)
         with self._manifest_lock:
             self._manifests[name] = manifest
         return manifest
 
     def manifests(self) -> dict[str, Manifest]:
-        """Every generation's manifest by manifest name (immutable, so cached)."""
-        return {n: self.get_manifest(n) for n in self.manifest_names()}
+        """Every readable generation's manifest by manifest name (immutable, so cached).
+
+        A damaged manifest, or a file in ``manifests/`` that is not one, costs its own
+        generation only: it is left out with a one-line warning (``check`` names it), so
+        the other VMs stay readable. With this client's record at hand, a VM whose newest
+        generation is older than the newest this client saw or wrote is reported (one line:
+        the newest manifests were deleted, a rollback), and newer ones are remembered."""
+        out: dict[str, Manifest] = {}
+        for n in self.manifest_names():
+            if not MANIFEST_NAME.fullmatch(n):
+                self._warn_once(n, f"manifests/{n!r} is not a manifest name; ignored (see `repofs check`)")
+                continue
+            try:
+                out[n] = self.get_manifest(n)
+            except (CorruptObject, UnsupportedFormat) as e:
+                self._warn_once(n, f"{e}; its generation is left out (see `repofs check`)")
+            except ObjectMissing:
+                pass  # deleted since it was listed
+        if self.known is not None:
+            self._note_latest(out.values())
+        return out
+
+    def _note_latest(self, manifests: Iterable[Manifest]) -> None:
+        assert self.known is not None
+        newest: dict[str, Manifest] = {}
+        for m in manifests:
+            if m.vm not in newest or (m.time_ns, m.generation) > (newest[m.vm].time_ns, newest[m.vm].generation):
+                newest[m.vm] = m
+        for vm, m in newest.items():
+            known = self.known.latest(vm)
+            if known is not None and known[0] > m.time_ns:
+                self._warn_once(f"rollback {vm}", f"the newest generation of {vm} is {m.generation}, but this "
+                                f"client saw {known[1]} before: newer generations were removed (a rollback?)")
+            else:
+                self.known.remember(vm, m.time_ns, m.generation)
+        for vm in self.known.vms_without(newest):
+            self._warn_once(f"rollback {vm}", f"{vm} has no generation left, but this client saw "
+                            f"{self.known.latest(vm)[1]} before: its generations were removed (a rollback?)")  # type: ignore[index]
 
     def new_generation_name(self, vm: str, when_ns: int) -> str:
         base = time.strftime(GENERATION_TIME_FORMAT, time.gmtime(when_ns // 1_000_000_000))
@@ -274,11 +373,45 @@ class Repository:
         self.backend.put(manifest_name(name), sealed)
         with self._manifest_lock:
             self._manifests[name] = manifest
+        if self.known is not None:
+            self.known.remember(manifest.vm, manifest.time_ns, manifest.generation)
         return name
 
     def lease(self, kind: str, vm: str | None = None) -> Lease:
         """A lease of this process (format/leases.py), not yet begun: ``with repo.lease(...)``."""
         return Lease(self, kind, vm)
+
+    # -- key slots (passphrases) ----------------------------------------------------------------
+
+    def key_store(self) -> KeyStore:
+        return KeyStore.decode(self.backend.get(KEYSTORE))
+
+    @contextlib.contextmanager
+    def _key_store_update(self) -> Iterator[KeyStore]:
+        """The key store, to change; written back atomically (a crash leaves the old or the
+        new document, never a mix), serialized with other key commands."""
+        with self._lock_file("keys", "another key command is running"):
+            store = self.key_store()
+            yield store
+            self.backend.put(KEYSTORE, store.encode())
+
+    def add_key(self, passphrase: bytes, kdf: dict | None = None) -> str:
+        """A new key slot for ``passphrase``; returns its id."""
+        with self._key_store_update() as store:
+            taken = {s.id for s in store.slots}
+            slot_id = next(i for i in iter(lambda: secrets.token_hex(4), None) if i not in taken)
+            store.add(KeySlot.make(self._keys, self.config.id, passphrase, kdf, slot_id, _now()))
+        return slot_id
+
+    def change_key(self, slot_id: str, passphrase: bytes, kdf: dict | None = None) -> None:
+        """Rewrap slot ``slot_id`` for a new passphrase (the data is not touched)."""
+        with self._key_store_update() as store:
+            old = store.slot(slot_id)
+            store.replace(KeySlot.make(self._keys, self.config.id, passphrase, kdf or old.kdf, slot_id, _now()))
+
+    def remove_key(self, slot_id: str) -> None:
+        with self._key_store_update() as store:
+            store.remove(slot_id)
 
     # -- locking ---------------------------------------------------------------------------
 
@@ -286,14 +419,23 @@ class Repository:
     def vm_lock(self, vm: str) -> Iterator[None]:
         """Exclusive per-VM lock held while a generation of ``vm`` is written."""
         tag = self.sealer.object_id(vm.encode()).hex()[:24]
+        with self._lock_file(f"vm-{tag}", f"another backup of {vm} is running"):
+            yield
+
+    @contextlib.contextmanager
+    def _lock_file(self, name: str, busy: str) -> Iterator[None]:
         lock_dir = os.path.join(self.location, "locks")
         os.makedirs(lock_dir, exist_ok=True)
-        fd = os.open(os.path.join(lock_dir, f"vm-{tag}"), os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(os.path.join(lock_dir, name), os.O_RDWR | os.O_CREAT, 0o600)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise RepositoryBusy(f"another backup of {vm} is running") from None
+                raise RepositoryBusy(busy) from None
             yield
         finally:
             os.close(fd)
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

@@ -18,6 +18,11 @@ The associated data (``aad``) is the 36 header bytes followed by the object's na
 cannot be renamed or have its header altered without detection. Chunk ids are a keyed
 BLAKE3 hash of the plaintext and are re-checked by the reader of a chunk.
 
+A reader bounds what it allocates before decompressing: the header's plain length must not
+exceed what the caller allows (a chunk: the repository's chunk size), and a zstd frame must
+record its content size, equal to the header's plain length (python-zstandard sizes its
+output from the frame and ignores ``max_output_size`` when the frame records one).
+
 zstd compressor/decompressor objects are not safe to share between threads (a shared one
 crashed Python here): each thread gets its own.
 """
@@ -48,6 +53,9 @@ assert HEADER.size == 36
 TAG_SIZE = {CIPHER_ID_NONE: 32, CIPHER_ID_AES_GCM: 16}
 ZERO_NONCE = bytes(12)
 ID_SIZE = 32
+# The largest plaintext a reader accepts unless its caller says less: 4 GiB (an index of a
+# 64 TiB disk at 1 MiB chunks is 2 GiB).
+MAX_PLAIN = 1 << 32
 
 
 class Sealer:
@@ -94,8 +102,9 @@ class Sealer:
             return header + self._aead.encrypt(nonce, payload, aad)
         return b"".join((header, payload, blake3.blake3(aad + payload).digest()))
 
-    def open(self, magic: bytes, name: bytes, data: bytes, label: str) -> bytes:
-        """The plaintext of ``data``; raises CorruptObject naming ``label`` on any mismatch."""
+    def open(self, magic: bytes, name: bytes, data: bytes, label: str, max_plain: int = MAX_PLAIN) -> bytes:
+        """The plaintext of ``data``; raises CorruptObject naming ``label`` on any mismatch
+        (UnsupportedFormat for another format version). At most ``max_plain`` bytes."""
         if len(data) < HEADER.size:
             raise CorruptObject(label, "shorter than its header")
         m, version, compression, cipher, _reserved, plain_len, payload_len, nonce = \
@@ -106,6 +115,8 @@ class Sealer:
             raise UnsupportedFormat(f"object {label} has format version {version}")
         if cipher != self._cipher:
             raise CorruptObject(label, f"sealed with cipher {cipher}, repository uses {self._cipher}")
+        if plain_len > max_plain:
+            raise CorruptObject(label, f"plaintext length {plain_len} exceeds {max_plain}")
         tag_size = TAG_SIZE[cipher]
         if len(data) != HEADER.size + payload_len + tag_size:
             raise CorruptObject(label, f"size {len(data)} does not match its header")
@@ -122,6 +133,12 @@ class Sealer:
             if blake3.blake3(aad + payload).digest() != bytes(body[payload_len:]):
                 raise CorruptObject(label, "integrity tag mismatch")
         if compression == COMPRESSION_ZSTD:
+            try:
+                declared = zstandard.frame_content_size(payload)
+            except zstandard.ZstdError:
+                raise CorruptObject(label, "payload is not a zstd frame") from None
+            if declared != plain_len:
+                raise CorruptObject(label, f"zstd frame declares {declared} bytes, header {plain_len}")
             try:
                 plain = self._decompressor().decompress(payload, max_output_size=plain_len)
             except zstandard.ZstdError as e:

@@ -26,3 +26,14 @@ settings.register_profile("ci", derandomize=True, deadline=None,
 settings.register_profile("long", deadline=None, max_examples=20000,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 settings.load_profile("long" if os.environ.get("REPOFS_FUZZ") == "long" else "ci")
+
+
+# The client's per-user record of repositories (format/security.py) lives in a folder of this
+# test session, never in the user's ~/.config: tests create repositories at reused paths.
+import atexit  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
+if "REPOFS_SECURITY_DIR" not in os.environ:
+    os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="repofs-test-config-")
+    atexit.register(shutil.rmtree, os.environ["XDG_CONFIG_HOME"], ignore_errors=True)

@@ -106,7 +106,10 @@ class MountSource:
     def env(self) -> dict:
         env = {k: v for k, v in os.environ.items() if not k.startswith("REPOFS_")}
         env.update(REPOFS_PASSWORD_FILE=str(self.password_file), PYTHONPATH=str(ROOT),
-                   PYTHONWARNINGS="error", TZ="UTC")
+                   PYTHONWARNINGS="error", TZ="UTC",
+                   # copies share the repository id: each gets its own client record, or the
+                   # original would look rolled back next to an extended copy
+                   REPOFS_SECURITY_DIR=f"{self.repo}-client")
         return env
 
     def copy(self, dest: Path) -> "MountSource":

@@ -42,6 +42,7 @@ def cli_env(tmp: Path, repo: Path) -> dict:
     pw.chmod(0o600)  # a password file others can read draws a warning
     env = {k: v for k, v in os.environ.items() if not k.startswith("REPOFS_")}
     env.update(REPOFS_REPOSITORY=str(repo), REPOFS_PASSWORD_FILE=str(pw),
+               REPOFS_SECURITY_DIR=str(tmp / "security"),
                PYTHONPATH=str(ROOT), PYTHONWARNINGS="error")
     return env
 

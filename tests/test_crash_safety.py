@@ -7,7 +7,6 @@ import os
 import random
 import signal
 import subprocess
-import time
 
 import pytest
 
@@ -15,6 +14,24 @@ from fixtures_repo import CLI, REPOFS, cli_env, images_equal
 from format.repository import Repository
 from repofs.ingest.backup import backup
 from repofs.ingest.sources import LocalImage, SourceError
+
+
+# Where a backup is killed: (system call, its n-th call in one thread). Every backup makes
+# these calls (chunk files renamed by the workers; index, manifest and this client's record
+# renamed by the main thread, each put fsynced; one syncfs; the VM lock; the writeback hint
+# of a chunk), so each point is certain to be reached: the kill does not depend on timing.
+# strace delivers SIGKILL as the call is entered.
+KILL_POINTS = [("rename", 1), ("rename", 2), ("rename", 3), ("fsync", 1), ("fsync", 2),
+               ("syncfs", 1), ("write", 1), ("flock", 1), ("sync_file_range", 1), ("fsync", 3)]
+
+
+def killed_at(point: tuple[str, int], argv: list[str], env: dict) -> int:
+    """Run ``argv`` and SIGKILL it when one of its threads enters the point's system call for
+    the n-th time; the exit status."""
+    call, nth = point
+    return subprocess.run(["strace", "-f", "-o", "/dev/null", "-e", f"inject={call}:signal=KILL:when={nth}",
+                           *argv], env={**env, "PYTHONDONTWRITEBYTECODE": "1"},
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode
 
 
 def test_kill_9_at_20_moments_leaves_earlier_generations_intact(cli, tmp_path):
@@ -25,20 +42,16 @@ def test_kill_9_at_20_moments_leaves_earlier_generations_intact(cli, tmp_path):
     good = tmp_path / "good.img"
     good.write_bytes(img.read_bytes())
     killed = 0
-    for _round in range(20):
+    for moment in range(20):
         # a new version of the disk each round, so the backup has real work to do
         with open(img, "r+b") as f:
             for _ in range(8):
                 f.seek(rng.randrange(0, 47 << 20))
                 f.write(rng.randbytes(1 << 20))
-        proc = subprocess.Popen([*REPOFS, "backup", f"file:{img}", "--vm", "crash"], env=cli.env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.2, 1.6))
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            killed += 1
-        proc.wait()
-    assert killed >= 5, "the backups finished before they could be killed; make them bigger"
+        rc = killed_at(KILL_POINTS[moment % len(KILL_POINTS)], [*REPOFS, "backup", f"file:{img}", "--vm", "crash"],
+                       cli.env)
+        killed += rc == -signal.SIGKILL
+    assert killed == 20, "every backup is killed at its chosen system call"
     assert cli.run("check", "--read-data").returncode == 0
     gens = json.loads(cli.run("generations", "crash", "--json").stdout)
     cli.run("restore", "vm:crash", "--generation", gens[0]["generation"], "--to-dir", str(tmp_path / "o"))

@@ -205,3 +205,37 @@ def test_generation_forgotten_under_a_mount_stays_readable_until_it_ends(mount_s
     after = json.loads(repofs("prune", "--json").stdout)
     assert after["generations_removed"] == 1 and after["freed_chunks"] > 0
     assert json.loads(repofs("check", "--read-data", "--json").stdout)["ok"]
+
+
+def test_forget_and_prune_of_the_newest_is_neither_a_rollback_nor_damage(tmp_path):
+    """The client's record (docs/security.md, rollback) follows this client's own forget, and a
+    generation whose parent was forgotten and pruned is not reported as damaged by check."""
+    import os
+    import subprocess
+    import sys
+
+    from fixtures_repo import ROOT, cli_env
+    repo = tmp_path / "repo"
+    env = cli_env(tmp_path, repo)
+    env["REPOFS_SECURITY_DIR"] = str(tmp_path / "security")
+
+    def run(*args: str, code: int = 0) -> subprocess.CompletedProcess:
+        p = subprocess.run([sys.executable, "-m", "repofs.cli", *args], env=env, capture_output=True,
+                           text=True, cwd=ROOT, timeout=300)
+        assert p.returncode == code, (args, p.stdout, p.stderr)
+        return p
+    img = tmp_path / "disk.img"
+    run("init", "--chunk-size", "65536")
+    names = []
+    for i in range(3):
+        img.write_bytes(os.urandom(65536) * (i + 1) + bytes(65536))
+        names.append(json.loads(run("backup", f"file:{img}", "--vm", "pc", "--json").stdout)["generation"])
+    # the middle one is forgotten and pruned: the newest names it as its parent
+    run("forget", "vm:pc", "--keep-last", "1", "--keep-yearly", "0", "--prune")
+    assert [g["generation"] for g in json.loads(run("generations", "--json").stdout)] == [names[2]]
+    p = run("check")
+    assert "DAMAGED" not in p.stdout and "rollback" not in p.stderr
+    # and forgetting every generation of the VM on purpose is not a rollback either
+    run("forget", "vm:pc", "--allow-empty", "--prune")
+    p = run("generations")
+    assert "rollback" not in p.stderr, p.stderr

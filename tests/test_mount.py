@@ -221,6 +221,7 @@ def test_wrong_passphrase_fails_before_mounting(mount_source: MountSource, tmp_p
     mnt.mkdir()
     wrong = tmp_path / "wrong"
     wrong.write_text("not it\n")
+    wrong.chmod(0o600)
     env = {**mount_source.env(), "REPOFS_PASSWORD_FILE": str(wrong)}
     try:
         done = _run_cli(mount_source, "mount", str(mount_source.repo), str(mnt), env=env)

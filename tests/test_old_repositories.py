@@ -28,6 +28,8 @@ def old_repo(request, tmp_path: Path) -> tuple[CLI, dict]:
     shutil.copytree(DATA / request.param, repo)
     env = cli_env(tmp_path, repo)
     (tmp_path / "passphrase").write_text(EXPECTED["passphrase"] + "\n")
+    if not (repo / "keys" / "repokey").read_text().count("aes-256-gcm"):
+        env.pop("REPOFS_PASSWORD_FILE")  # a passphrase given for an unencrypted repository is refused
     return CLI(repo, env), EXPECTED["repositories"][request.param]
 
 

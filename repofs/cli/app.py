@@ -13,12 +13,20 @@ import sys
 
 import typer
 
-from . import allocator, backup, boot, exitcodes, keyahead, lifecycle, mount, repository, restore
+from . import allocator, backup, boot, exitcodes, key, keyahead, lifecycle, mount, repository, restore
 from .files import build_app as build_files_app
 from repofs.guest.names import shown
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="repofs: VM backups in a deduplicated, compressed, encrypted repository you can mount.")
+
+@app.callback()
+def _options(allow_unencrypted: bool = typer.Option(
+        False, "--allow-unencrypted", envvar="REPOFS_ALLOW_UNENCRYPTED",
+        help="Open an unencrypted repository even though a passphrase is configured.")) -> None:
+    if allow_unencrypted:
+        os.environ["REPOFS_ALLOW_UNENCRYPTED"] = "1"  # read by common.open_repository
+
 
 app.command()(repository.init)
 app.command()(backup.backup)
@@ -33,6 +41,7 @@ app.command()(mount.umount)
 app.command()(boot.serve)
 app.command()(boot.boot)
 app.command()(boot.verify)
+app.add_typer(key.app, name="key")  # `repofs key ...`: passphrases (repofs/cli/key.py)
 # `repofs files ...`: guest files of a generation (repofs/cli/files.py)
 app.add_typer(build_files_app(), name="files")
 

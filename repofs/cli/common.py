@@ -3,12 +3,15 @@ JSON output."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Annotated, Optional
 
 import typer
 
+from format.errors import UnencryptedRefused
 from format.repository import Repository
+from format.security import default_folder
 
 from .passphrase import read_passphrase
 
@@ -29,10 +32,29 @@ def repo_path(repo: str | None) -> str:
     return repo
 
 
+def passphrase_configured(password_file: str | None) -> bool:
+    return bool(password_file or os.environ.get("REPOFS_PASSWORD_FILE") or os.environ.get("REPOFS_PASSWORD"))
+
+
+def unencrypted_allowed() -> bool:
+    """``repofs --allow-unencrypted …`` (or REPOFS_ALLOW_UNENCRYPTED=1)."""
+    return os.environ.get("REPOFS_ALLOW_UNENCRYPTED") == "1"
+
+
 def open_repository(repo: str | None, password_file: str | None) -> Repository:
+    """Open the repository, checked against this user's record of it (format/security.py).
+    A user who configured a passphrase expects encryption: an unencrypted repository is then
+    refused unless allowed by name, so a storage attacker cannot swap one in unnoticed."""
     path = repo_path(repo)
-    passphrase = read_passphrase(password_file) if Repository.is_encrypted(path) else None
-    return Repository.open(path, passphrase)
+    if Repository.is_encrypted(path):
+        passphrase = read_passphrase(password_file)
+    else:
+        passphrase = None
+        if passphrase_configured(password_file) and Repository.config_cipher(path) == "none" \
+                and not unencrypted_allowed():
+            raise UnencryptedRefused(f"the repository at {path} is unencrypted but a passphrase is "
+                                     "configured; give --allow-unencrypted if that is intended")
+    return Repository.open(path, passphrase, security_folder=default_folder())
 
 
 def emit(obj: object) -> None:

@@ -35,6 +35,7 @@ BUSY = 11
 UNSUPPORTED = 12
 VSPHERE = 13          # vCenter refused or failed
 VDDK = 14             # VixDiskLib failed or is missing
+REPOSITORY_CHANGED = 15  # encryption downgrade, another repository at the path, unencrypted refused
 INTERNAL = 70
 INTERRUPTED = 130
 
@@ -52,7 +53,10 @@ TABLE: tuple[Row, ...] = (
     Row("format.errors", "RepositoryExists", REPOSITORY_EXISTS),
     Row("format.errors", "WrongPassphrase", BAD_PASSPHRASE),
     Row("format.errors", "PassphraseRequired", BAD_PASSPHRASE),
+    Row("format.errors", "RepositoryChanged", REPOSITORY_CHANGED),
     Row("format.errors", "KeyMissing", KEY_MISSING),
+    Row("format.errors", "KeySlotNotFound", NOT_FOUND),
+    Row("format.errors", "LastKeySlot", USAGE),
     Row("format.errors", "CorruptObject", DAMAGED),
     Row("format.errors", "ObjectMissing", DAMAGED),
     Row("format.errors", "VMNotFound", NOT_FOUND),
@@ -68,6 +72,7 @@ TABLE: tuple[Row, ...] = (
     # repofs/: views, VMDK sources, ingest
     Row("repofs.view.tree", "DiskReadError", DAMAGED),
     Row("repofs.ingest.sources", "SourceError", SOURCE),
+    Row("repofs.ingest.backup", "StoredChunkLost", DAMAGED),
     Row("repofs.ingest.backup", "IngestError", SOURCE),
     Row("repofs.vmdk.descriptor", "DescriptorError", SOURCE),
     Row("repofs.vmdk.sparse", "SparseVmdkError", SOURCE),

@@ -69,6 +69,10 @@ def forget(targets: Annotated[Optional[list[str]], typer.Argument(metavar="[vm:N
             row["keep" if d.keep else "remove"].append(item)
             if not d.keep and not dry_run:
                 marks.forget(repository, d.generation.id, vm, d.generation.name)
+        if row["remove"] and not dry_run and repository.known is not None:
+            # our own forget is not a rollback: the client's record follows it down
+            left = [(g.time_ns, g.name) for g in gens if g.name not in {r["generation"] for r in row["remove"]}]
+            repository.known.lower(vm, max(left) if left else None)
         out.append(row)
     report = None
     if then_prune and not dry_run:

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from format.repository import DEFAULT_CHUNK_SIZE, Repository
+from format.security import KnownRepository, default_folder
 
 from . import exitcodes
 from .common import JsonOpt, PasswordFileOpt, RepoOpt, UsageProblem, emit, open_repository, repo_path
@@ -28,9 +29,10 @@ def init(repo_arg: Annotated[Optional[str], typer.Argument(metavar="[REPO]", hel
         Repository.init(path, None)  # raises RepositoryExists before asking for a passphrase
     passphrase = read_passphrase(password_file, confirm=True) if encrypted else None
     try:
-        Repository.init(path, passphrase, encrypted=encrypted, chunk_size=chunk_size)
+        created = Repository.init(path, passphrase, encrypted=encrypted, chunk_size=chunk_size)
     except ValueError as e:
         raise UsageProblem(str(e)) from None
+    KnownRepository(default_folder(), created.config.id, path).adopt(created.config.cipher)
     typer.echo(f"created {'an encrypted' if encrypted else 'an UNENCRYPTED'} repository at {path}")
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import errno
 import io
-import os
 import stat as st
 import threading
 from collections import OrderedDict
@@ -684,8 +683,11 @@ def _ext_rdev(iblock: bytes) -> int:
     ``new_encode_dev``: minor's low byte, major, minor's high bits from bit 20)."""
     old, new = int.from_bytes(iblock[0:4], "little"), int.from_bytes(iblock[4:8], "little")
     if old:
-        return os.makedev((old >> 8) & 0xFF, old & 0xFF)
-    return os.makedev((new & 0xFFF00) >> 8, (new & 0xFF) | ((new >> 12) & 0xFFF00))
+        major, minor = (old >> 8) & 0xFF, old & 0xFF
+    else:
+        major, minor = (new & 0xFFF00) >> 8, (new & 0xFF) | ((new >> 12) & 0xFFF00)
+    # dev_t as glibc's makedev builds it (what os.mknod takes)
+    return ((major & 0xFFFFF000) << 32) | ((major & 0xFFF) << 8) | ((minor & 0xFFFFFF00) << 12) | (minor & 0xFF)
 
 
 def _open_ext(fh: BinaryIO, volume: Volume) -> _Node:

@@ -17,6 +17,14 @@ encrypts and writes, with a bounded number of chunks in flight so memory does no
 the disk. Chunks are written without a per-file fsync; one filesystem sync makes them
 durable before the index and the manifest (each fsynced) refer to them. A crash therefore
 leaves, at worst, unreferenced chunks.
+
+A new index never names a chunk the backup has not seen whole. The previous generation's
+chunks are not trusted blindly: each is probed once (its header read, its file's size
+compared with what the header declares) before the backup starts; one that is missing or cut
+short is stored again when the disk still holds its bytes, and a slot of a changed-extents
+backup that names one is read whole instead of patched. Chunks this backup wrote are stat-ed
+after the sync and must have the size that was written, else the backup fails before its
+index and manifest are written.
 """
 from __future__ import annotations
 
@@ -54,6 +62,10 @@ class Work(NamedTuple):
 
 class IngestError(RepofsError):
     """The ingest cannot go on: a source answered other than it said it would."""
+
+
+class StoredChunkLost(IngestError):
+    """A chunk this backup wrote is not there whole after the sync (storage lost it)."""
 
 
 @dataclass
@@ -112,6 +124,7 @@ class _DiskIngest:
         self.zero = bytes(repo.chunk_size)
         self.stop = threading.Event()  # set when another disk failed: give up early
         self.copies_stored = False     # a copy of guest metadata stored a new chunk
+        self.written: dict[bytes, int] = {}  # chunk id -> stored size, checked after the sync
 
     def _store(self, data: bytes, known: set[bytes]) -> tuple[bytes | None, int]:
         if data == self.zero[:len(data)]:
@@ -132,6 +145,7 @@ class _DiskIngest:
             cid, stored = self._store(data, known)
             if stored:
                 self.copies_stored = True
+                self.written[cid] = stored  # type: ignore[index]
                 report.new_bytes += stored
                 report.new_chunks += 1
                 known.add(cid)  # type: ignore[arg-type]
@@ -158,6 +172,7 @@ class _DiskIngest:
             results = fut.result()
             for cid, stored in results:
                 if stored:
+                    self.written[cid] = stored
                     report.new_bytes += stored
                     report.new_chunks += 1
                     known.add(cid)
@@ -183,6 +198,15 @@ class _DiskIngest:
                 progress(source.label, report.read_bytes, total)
         while pending:
             settle(*pending.popleft())
+
+    def verify_written(self) -> None:
+        """After the sync: every chunk this backup wrote has the size it was written with."""
+        for cid, size in self.written.items():
+            found = self.repo.stored_size(cid)
+            if found != size:
+                raise StoredChunkLost(f"chunk {cid.hex()} was written with {size} bytes but the storage "
+                                      f"holds {'no whole copy' if found is None else found}: "
+                                      "no generation written")
 
 
 def _item_reads(index: FixedIndex, item: Work) -> list[tuple[int, int]]:
@@ -221,11 +245,14 @@ def _backup(repo: Repository, vm: str, sources: Sequence[DiskSource], metadata: 
         when_ns = written_ns if time_ns is None else time_ns
         ingest = _DiskIngest(repo, pool, in_flight=workers * 3)
         plans = []
+        parents = []
         for source in sources:
-            report = DiskReport(source.label, source.capacity)
             entry_parent = parent_manifest.disk(source.label) if parent_manifest else None
-            parent_index = repo.get_index(entry_parent.index) if entry_parent else None
-            index, work, known = _plan(repo, source, parent_index, report)
+            parents.append(repo.get_index(entry_parent.index) if entry_parent else None)
+        whole = _whole_chunks(repo, pool, parents)
+        for source, parent_index in zip(sources, parents, strict=True):
+            report = DiskReport(source.label, source.capacity)
+            index, work, known = _plan(repo, source, parent_index, report, whole)
             plans.append(_DiskPlan(source, index, work, known, report, parent_index))
 
         def read_disk(plan: _DiskPlan) -> None:
@@ -247,6 +274,7 @@ def _backup(repo: Repository, vm: str, sources: Sequence[DiskSource], metadata: 
         reports = [plan.report for plan in plans]
         if ingest.copies_stored:
             repo.sync()  # the copies' new chunks too: every chunk durable before an index names it
+        ingest.verify_written()
         disks = []
         for plan in plans:
             source, report = plan.source, plan.report
@@ -276,11 +304,21 @@ def _all(pool: ThreadPoolExecutor, fn: Callable[[_DiskPlan], None], plans: list[
         raise
 
 
+def _whole_chunks(repo: Repository, pool: ThreadPoolExecutor,
+                  parents: Sequence[FixedIndex | None]) -> set[bytes]:
+    """The chunks the previous generation's indexes name that are stored whole (one header
+    read each, in parallel)."""
+    ids = list({cid for index in parents if index is not None for _, cid in index.references()})
+    return {cid for cid, size in zip(ids, pool.map(repo.stored_size, ids), strict=True) if size is not None}
+
+
 def _plan(repo: Repository, source: DiskSource, parent_index: FixedIndex | None,
-          report: DiskReport) -> tuple[FixedIndex, list[Work], set[bytes]]:
-    """The starting index, the slots to read, and the chunk ids known to be stored."""
+          report: DiskReport, whole: set[bytes] | None = None) -> tuple[FixedIndex, list[Work], set[bytes]]:
+    """The starting index, the slots to read, and the chunk ids known to be stored whole
+    (``whole``: the previous generation's chunks found whole; None: trust them all)."""
     cs = repo.chunk_size
-    known = {cid for _, cid in parent_index.references()} if parent_index else set()
+    named = {cid for _, cid in parent_index.references()} if parent_index else set()
+    known = named if whole is None else named & whole
     if source.extents_are_changes:
         if parent_index is None:
             raise IngestError(f"disk {source.label}: changed extents were given but there is "
@@ -290,8 +328,17 @@ def _plan(repo: Repository, source: DiskSource, parent_index: FixedIndex | None,
                               f"{parent_index.capacity} to {source.capacity}; read it in full")
         report.mode = "changed"
         index = parent_index.copy()
-        return index, [_patch_or_whole(index, n, ranges)
-                       for n, ranges in slot_ranges(clip_extents(source.extents(), source.capacity), cs)], known
+        work = {n: _patch_or_whole(index, n, ranges)
+                for n, ranges in slot_ranges(clip_extents(source.extents(), source.capacity), cs)}
+        if len(known) != len(named):   # slots naming a lost chunk are read again, whole
+            for n in index.occupied():
+                base = index.get(n)
+                if (base is not None and base not in known) or \
+                        any(cid is not None and cid not in known for _o, _l, cid in index.pieces(n)):
+                    work[n] = Work(n, None, ())
+            log.warning("disk %s: %d chunks of the previous generation are missing or damaged; "
+                        "the slots that name them are read again", source.label, len(named - known))
+        return index, [work[n] for n in sorted(work)], known
     index = FixedIndex.empty(source.capacity, cs)
     return index, [Work(n, None, ()) for n in chunks_touched(source.extents(), cs, source.capacity)], known
 
