@@ -20,6 +20,7 @@ def stored_bytes(repo: Path) -> int:
     return sum(f.stat().st_size for f in (repo / "chunks").rglob("*") if f.is_file())
 
 
+@pytest.mark.slow
 def test_sparse_4gib_ext4_round_trip(cli, tmp_path):
     tree = tmp_path / "tree"
     files = write_tree(tree, seed=1)

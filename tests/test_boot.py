@@ -15,6 +15,9 @@ import pytest
 from fixtures_boot import GUEST_RECORD, MARKER, P2_START, expected_after_boot
 from fixtures_repo import REPOFS
 
+# slow: each boots a guest in QEMU (TCG where there is no KVM: minutes)
+pytestmark = pytest.mark.slow
+
 TIMEOUT = "240"
 
 

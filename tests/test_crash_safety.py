@@ -15,6 +15,8 @@ from format.repository import Repository
 from repofs.ingest.backup import backup
 from repofs.ingest.sources import LocalImage, SourceError
 
+# slow: twenty backups killed with SIGKILL, a filled file system, concurrent backups
+pytestmark = pytest.mark.slow
 
 # Where a backup is killed: (system call, its n-th call in one thread). Every backup makes
 # these calls (chunk files renamed by the workers; index, manifest and this client's record

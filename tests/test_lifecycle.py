@@ -11,6 +11,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from fixtures_mount import (CHUNK, DISK, VM, MountSource, backup_image, build_image, mounted,
                             needs_root_tools)
 from fixtures_lifecycle import small_cli
@@ -174,6 +176,7 @@ def test_diff_names_changed_ranges_and_guest_files(mount_source: MountSource, tm
     assert ("changed", f"p1/{victim}") in changes
 
 
+@pytest.mark.slow
 def test_generation_forgotten_under_a_mount_stays_readable_until_it_ends(mount_source: MountSource,
                                                                           tmp_path: Path) -> None:
     needs_root_tools("fusermount3")

@@ -132,6 +132,7 @@ def test_tree_and_stat(shared_mount: Mount, mount_source: MountSource) -> None:
     assert e.value.errno in (errno.EROFS, errno.EACCES)
 
 
+@pytest.mark.slow
 def test_inode_numbers_are_stable_across_mounts(mount_source: MountSource, tmp_path: Path) -> None:
     def inodes(m: Mount) -> dict[str, int]:
         out = {}

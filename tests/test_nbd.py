@@ -9,6 +9,7 @@ import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
 
 from fixtures_boot import P2_START
 from fixtures_repo import REPOFS
@@ -35,6 +36,7 @@ def _uri(sock: Path, label: str = "guest") -> str:
     return f"nbd+unix:///{label}?socket={sock}"
 
 
+@pytest.mark.slow
 def test_nbd_export_equals_restore_to_dir(boot_repo, tmp_path):
     out = tmp_path / "restored"
     boot_repo.run("restore", "vm:guest", "--to-dir", str(out))
@@ -54,6 +56,7 @@ def test_nbd_export_equals_restore_to_dir(boot_repo, tmp_path):
     assert not sock.exists()
 
 
+@pytest.mark.slow
 def test_nbd_many_readers_at_once_get_the_same_bytes(boot_repo, tmp_path):
     sock = tmp_path / "nbd.sock"
     served = Served(boot_repo, "vm:guest@latest", "--listen", f"unix:{sock}")
@@ -71,6 +74,7 @@ def test_nbd_many_readers_at_once_get_the_same_bytes(boot_repo, tmp_path):
         assert filecmp.cmp(c, boot_repo.source, shallow=False)
 
 
+@pytest.mark.slow
 def test_nbd_writable_overlay_never_touches_the_repository(boot_repo, tmp_path):
     sock = tmp_path / "nbd.sock"
     overlay = tmp_path / "writes.raw"
