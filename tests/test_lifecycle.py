@@ -210,6 +210,7 @@ def test_generation_forgotten_under_a_mount_stays_readable_until_it_ends(mount_s
     assert json.loads(repofs("check", "--read-data", "--json").stdout)["ok"]
 
 
+@pytest.mark.slow
 def test_forget_and_prune_of_the_newest_is_neither_a_rollback_nor_damage(tmp_path):
     """The client's record (docs/security.md, rollback) follows this client's own forget, and a
     generation whose parent was forgotten and pruned is not reported as damaged by check."""
