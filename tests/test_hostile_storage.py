@@ -8,6 +8,8 @@ import random
 import shutil
 from pathlib import Path
 
+import pytest
+
 from fixtures_repo import CLI, cli_env, images_equal
 from test_integrity import one_line_error
 

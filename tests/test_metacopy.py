@@ -9,6 +9,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from fixtures_images import PASSPHRASE as GUEST_PASSPHRASE
 from fixtures_repo import CLI, PASSPHRASE, make_ext4_image, write_tree
 
