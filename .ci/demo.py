@@ -69,6 +69,7 @@ def main() -> None:
         work = Path(tmp)
         repo = work / "repo"
         (work / "passphrase").write_text("demo passphrase\n")
+        (work / "passphrase").chmod(0o600)  # a password file others can read draws a warning
         os.environ.update(REPOFS_REPOSITORY=str(repo), REPOFS_PASSWORD_FILE=str(work / "passphrase"))
 
         step("A disk image with a partition table and a real ext4 filesystem")
@@ -137,6 +138,7 @@ def vsphere_job(work: Path, versions: tuple[Path, Path]) -> None:
         conf = work / "standin.conf"
         write_standin_config(conf, datastores=vc.datastores, server=vc.host, thumbprint=vc.thumbprint)
         (work / "vsphere-password").write_text(vc.password + "\n")
+        (work / "vsphere-password").chmod(0o600)
         os.environ.update(VDDK_STANDIN_CONFIG=str(conf), VSPHERE_SERVER=vc.server, VSPHERE_USER=vc.user,
                           VSPHERE_PASSWORD_FILE=str(work / "vsphere-password"), VDDK_LIBDIR=str(libdir))
         pin = ["--thumbprint", vc.thumbprint]

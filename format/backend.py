@@ -15,6 +15,7 @@ import os
 import queue
 import secrets
 import threading
+import time
 from typing import Iterator, Protocol
 
 from .errors import ObjectMissing, StorageFull
@@ -89,6 +90,14 @@ class Backend(Protocol):
     def delete(self, name: str) -> None: ...
     def rename(self, name: str, new_name: str) -> None: ...
     def mtime_ns(self, name: str) -> int: ...
+
+
+class ConditionalBackend(Backend, Protocol):
+    """What a lock object needs on top (format/writerlock.py): create-if-absent, overwrite,
+    and the age of an object by the storage's own clock."""
+    def put_new(self, name: str, data: bytes) -> bool: ...
+    def replace(self, name: str, data: bytes) -> None: ...
+    def age(self, name: str) -> float: ...
 
 
 class LocalBackend:
@@ -214,6 +223,30 @@ class LocalBackend:
     def mtime_ns(self, name: str) -> int:
         try:
             return os.stat(self.path(name)).st_mtime_ns
+        except FileNotFoundError:
+            raise ObjectMissing(name) from None
+
+    def put_new(self, name: str, data: bytes) -> bool:
+        """Create ``name`` only if absent (a complete file linked into place); False if it was
+        there."""
+        tmp = f"{self.path(name)}.{os.getpid()}-{secrets.token_hex(4)}{self.TMP_SUFFIX}"
+        self.put(tmp[len(self.root) + 1:].replace(os.sep, "/"), data)
+        try:
+            os.link(tmp, self.path(name))
+        except FileExistsError:
+            return False
+        finally:
+            _unlink_quietly(tmp)
+        _fsync_dir(os.path.dirname(self.path(name)))
+        return True
+
+    def replace(self, name: str, data: bytes) -> None:
+        self.put(name, data)
+
+    def age(self, name: str) -> float:
+        """Seconds since ``name`` was last written."""
+        try:
+            return time.time() - os.stat(self.path(name)).st_mtime
         except FileNotFoundError:
             raise ObjectMissing(name) from None
 

@@ -144,11 +144,13 @@ def check(repo: Repository, read_data: bool = False, workers: int = 2,
                 copies_to_compare.append((index, where))
     report.chunks = len(refs)
     wanted = _selector(subset, only_unverified, older_than_ns, repo) if read_data else None
-    read_ok: list[bytes] = []
+    read_ok: list[bytes] = []   # read and verified: recorded as such
+    attempted: list[bytes] = []  # every chunk read, damaged ones included (chunks_read)
 
     def probe(cid: bytes) -> str | None:
         try:
             if wanted is not None and wanted(cid):
+                attempted.append(cid)
                 repo.get_chunk(cid)
                 read_ok.append(cid)
             elif repo.stored_size(cid) is None:
@@ -183,7 +185,7 @@ def check(repo: Repository, read_data: bool = False, workers: int = 2,
             except ObjectMissing:
                 pass
     if read_data:
-        report.chunks_read = len(read_ok)
+        report.chunks_read = len(attempted)
         if record and read_ok:
             from . import verified
             verified.record(repo, read_ok)

@@ -91,3 +91,20 @@ class EncryptionMismatch(RepositoryChanged):
 
 class UnencryptedRefused(RepositoryChanged):
     """A passphrase was configured but the repository is unencrypted (not allowed unless asked)."""
+
+
+class StorageUnavailable(RepoError):
+    """The storage did not answer, or kept failing after retries (a network or server fault);
+    nothing was committed by the operation that met it."""
+
+
+class StorageAccessDenied(RepoError):
+    """The storage refused the credentials or the operation (wrong key, no permission)."""
+
+
+class ObjectLocked(RepoError):
+    """The object is under retention (S3 Object Lock) and cannot be deleted or replaced yet."""
+
+    def __init__(self, name: str, message: str | None = None):
+        super().__init__(message or f"object {name} is locked by its retention period")
+        self.name = name

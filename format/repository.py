@@ -7,7 +7,8 @@ Layout of the object namespace (see docs/format.md for every byte)::
     chunks/<id[:2]>/<id>        sealed chunks, named by the hex keyed BLAKE3 of their plaintext
     indexes/<id[:2]>/<id>       sealed fixed indexes, named by the keyed BLAKE3 of their plaintext
     manifests/<name>            sealed manifests, one per generation; name = 32 random hex digits
-    locks/                      advisory lock files (local backend)
+    locks/                      advisory lock files (local backend), lock objects (S3: writerlock.py)
+    object-lock                 S3 only, in clear: the Object Lock retention of new objects
     forgotten/ protected/ leases/ pending/ trash/ verified/
                                 the life cycle (format/marks.py, leases.py, prune.py, verified.py)
 
@@ -31,14 +32,17 @@ from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 from .backend import Backend, LocalBackend
-from .errors import (CorruptObject, EncryptionMismatch, KeyMissing, ObjectMissing, RepositoryBusy,
-                     RepositoryExists, RepositoryNotFound, UnsupportedFormat)
+from .errors import (CorruptObject, EncryptionMismatch, KeyMissing, ObjectMissing, RepoError,
+                     RepositoryBusy, RepositoryExists, RepositoryNotFound, UnsupportedFormat)
 from .fixedindex import FixedIndex
+from .immutability import extend_retention
 from .keys import CIPHER_AES_GCM, CIPHER_NONE, KeyMaterial, KeySlot, KeyStore, derive_ahead, wrap
 from .leases import Lease
-from .marks import forgotten
+from .location import is_remote, open_backend
 from .manifest import Manifest
+from .marks import forgotten
 from .security import KnownRepository
+from .writerlock import WriterLock
 from .sealed import HEADER, MAGIC_CHUNK, MAGIC_INDEX, MAGIC_MANIFEST, TAG_SIZE, Sealer
 
 REPO_FORMAT = "repofs-repository"
@@ -123,13 +127,21 @@ class Repository:
         self._manifest_lock = threading.Lock()
         self._warned: set[str] = set()
         self.known: KnownRepository | None = None  # this client's record (format/security.py)
+        self._writer_locks: dict[str, WriterLock] = {}
 
     # -- creation and opening --------------------------------------------------------------
 
     @classmethod
     def init(cls, path: str | os.PathLike, passphrase: bytes | None, *, encrypted: bool = True,
-             chunk_size: int = DEFAULT_CHUNK_SIZE, kdf: dict | None = None) -> "Repository":
+             chunk_size: int = DEFAULT_CHUNK_SIZE, kdf: dict | None = None,
+             retention: object | None = None) -> "Repository":
+        """A new repository at ``path`` (a directory or ``s3://bucket/prefix``); ``retention``
+        (an ``s3backend.Retention``) makes an S3 repository immutable (docs/s3.md)."""
         path = os.fspath(path)
+        if is_remote(path):
+            return cls._init_remote(path, passphrase, encrypted, chunk_size, kdf, retention)
+        if retention is not None:
+            raise ValueError("Object Lock retention needs an s3:// repository")
         if os.path.exists(os.path.join(path, CONFIG)) or (os.path.isdir(path) and os.listdir(path)):
             raise RepositoryExists(f"{path} already exists and is not empty")
         if not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE or chunk_size % 4096:
@@ -146,13 +158,30 @@ class Repository:
         return cls(backend, config, keys, path)
 
     @classmethod
+    def _init_remote(cls, location: str, passphrase: bytes | None, encrypted: bool,
+                     chunk_size: int, kdf: dict | None, retention: object | None) -> "Repository":
+        if not MIN_CHUNK_SIZE <= chunk_size <= MAX_CHUNK_SIZE or chunk_size % 4096:
+            raise ValueError(f"chunk size must be a multiple of 4 KiB between "
+                             f"{MIN_CHUNK_SIZE} and {MAX_CHUNK_SIZE}")
+        backend = open_backend(location)
+        if next(iter(backend.list("")), None) is not None:
+            raise RepositoryExists(f"{location} already exists and is not empty")
+        if retention is not None:
+            backend.enable_retention(retention)  # type: ignore[attr-defined]
+        keys = KeyMaterial.generate(encrypted)
+        config = RepoConfig(secrets.token_hex(16), chunk_size, keys.cipher)
+        backend.put(KEYSTORE, wrap(keys, config.id, passphrase, kdf))
+        backend.put(CONFIG, config.encode())
+        return cls(backend, config, keys, location)
+
+    @classmethod
     def open(cls, path: str | os.PathLike, passphrase: bytes | None, *,
              security_folder: str | None = None) -> "Repository":
         """Open the repository at ``path``. The key store's cipher must be the config's
         (EncryptionMismatch otherwise). With ``security_folder``, the repository is checked
         against this client's record of it and the record kept up to date (format/security.py)."""
         path = os.fspath(path)
-        backend = LocalBackend(path)
+        backend = open_backend(path)
         try:
             config = RepoConfig.decode(backend.get(CONFIG))
         except ObjectMissing:
@@ -180,8 +209,8 @@ class Repository:
         """Start the passphrase's key derivation for the repository at ``path`` on a thread,
         for an ``open`` that follows (format/keys.py, ``derive_ahead``); silent on any error."""
         try:
-            document = LocalBackend(path).get(KEYSTORE)
-        except (ObjectMissing, OSError):
+            document = open_backend(path).get(KEYSTORE)
+        except (ObjectMissing, OSError, ValueError, RepoError):
             return
         derive_ahead(document, passphrase)
 
@@ -189,7 +218,7 @@ class Repository:
     def config_cipher(path: str | os.PathLike) -> str | None:
         """The cipher the config at ``path`` declares; None when it cannot be read."""
         try:
-            return RepoConfig.decode(LocalBackend(path).get(CONFIG)).cipher
+            return RepoConfig.decode(open_backend(path).get(CONFIG)).cipher
         except Exception:
             return None
 
@@ -197,7 +226,7 @@ class Repository:
     def is_encrypted(path: str | os.PathLike) -> bool:
         """Whether the repository at ``path`` needs a passphrase (False if unreadable)."""
         try:
-            return RepoConfig.decode(LocalBackend(path).get(CONFIG)).cipher != "none"
+            return RepoConfig.decode(open_backend(path).get(CONFIG)).cipher != "none"
         except Exception:
             return False
 
@@ -220,6 +249,13 @@ class Repository:
 
     def stored_size(self, cid: bytes) -> int | None:
         """The size of chunk ``cid``'s object when its file is whole (see ``has_chunk``)."""
+        if getattr(self.backend, "atomic_writes", False):
+            # object storage: whole or absent, known from one listing (no request per chunk)
+            try:
+                listed = self.backend.size(chunk_name(cid))
+            except ObjectMissing:
+                return None
+            return listed if listed > HEADER.size else None
         try:
             head, size = self.backend.head(chunk_name(cid), HEADER.size)
         except ObjectMissing:
@@ -368,6 +404,11 @@ class Repository:
 
     def put_manifest(self, manifest: Manifest) -> str:
         """Write ``manifest``; from this moment the generation exists. Returns its name."""
+        if getattr(self.backend, "retention", lambda: None)() is not None:
+            extend_retention(self.backend, self.generation_objects(manifest))
+        writer = self._writer_locks.get(manifest.vm)
+        if writer is not None:
+            writer.assert_held()
         name = secrets.token_hex(16)
         sealed = self.sealer.seal(MAGIC_MANIFEST, name.encode(), manifest.encode())
         self.backend.put(manifest_name(name), sealed)
@@ -413,17 +454,40 @@ class Repository:
         with self._key_store_update() as store:
             store.remove(slot_id)
 
+    def generation_objects(self, manifest: Manifest) -> Iterator[str]:
+        """Every object a generation needs besides its manifest: config, key store, its
+        indexes and every chunk they name."""
+        yield CONFIG
+        yield KEYSTORE
+        for disk in manifest.disks:
+            yield index_name(disk.index)
+            for _offset, cid in self.get_index(disk.index).references():
+                yield chunk_name(cid)
+
     # -- locking ---------------------------------------------------------------------------
 
     @contextlib.contextmanager
     def vm_lock(self, vm: str) -> Iterator[None]:
-        """Exclusive per-VM lock held while a generation of ``vm`` is written."""
+        """Exclusive per-VM lock held while a generation of ``vm`` is written: a ``flock``
+        file in a local repository, a lock object with expiry elsewhere (format/writerlock.py)."""
         tag = self.sealer.object_id(vm.encode()).hex()[:24]
+        if not isinstance(self.backend, LocalBackend):
+            with WriterLock(self.backend, f"locks/vm-{tag}", vm) as writer:
+                self._writer_locks[vm] = writer
+                try:
+                    yield
+                finally:
+                    self._writer_locks.pop(vm, None)
+            return
         with self._lock_file(f"vm-{tag}", f"another backup of {vm} is running"):
             yield
 
     @contextlib.contextmanager
     def _lock_file(self, name: str, busy: str) -> Iterator[None]:
+        if not isinstance(self.backend, LocalBackend):  # object storage: a lock object with expiry
+            with WriterLock(self.backend, f"locks/{name}", name):
+                yield
+            return
         lock_dir = os.path.join(self.location, "locks")
         os.makedirs(lock_dir, exist_ok=True)
         fd = os.open(os.path.join(lock_dir, name), os.O_RDWR | os.O_CREAT, 0o600)

@@ -13,6 +13,7 @@ pytest_plugins: list[str] = [
     "fixtures_vsphere",
     "fixtures_restore",
     "fixtures_boot",
+    "fixtures_s3",
 ]
 
 # Property tests and fuzzers: a seeded, repeatable pass in CI (the same examples every run, no

@@ -36,6 +36,12 @@ P1_START, P1_SIZE = 1 * MiB, 48 * MiB
 P2_START, P2_SIZE = 49 * MiB, 8 * MiB
 MARKER = "REPOFS-GUEST-UP"
 GUEST_RECORD = b"REPOFS-GUEST-WROTE\n".ljust(512, b"\0")
+# a generation whose p2 holds SERVE_FLAG in its second sector serves the rest of that sector
+# as http://guest:SERVE_PORT/ for SERVE_SECONDS after the marker, then powers off
+SERVE_FLAG = "REPOFS-SERVE"
+SERVE_PORT = 8080
+SERVE_SECONDS = 60
+NET_MODULES = ["drivers/net/ethernet/intel/e1000/e1000"]
 # the modules /init loads, in dependency order (kernel/<path>.ko inside the package)
 MODULES = ["crypto/crct10dif_common", "crypto/crct10dif_generic", "lib/crc-t10dif", "lib/crc64",
            "crypto/crc64_rocksoft_generic", "lib/crc64-rocksoft", "block/t10-pi",
@@ -57,10 +63,26 @@ else
     echo "REPOFS-GUEST-NO-DISK $(ls /dev | tr '\\n' ' ')" > /dev/ttyS0
 fi
 echo {MARKER} > /dev/ttyS0
+# the second sector of p2 asks for a service: "{SERVE_FLAG}" then the page to serve
+if [ "$(dd if=/dev/sda2 bs=1 skip=512 count={len(SERVE_FLAG)} 2>/dev/null)" = {SERVE_FLAG} ]; then
+    insmod /lib/mod/e1000.ko
+    n=0
+    while ! ifconfig eth0 10.0.2.15 netmask 255.255.255.0 up 2>/dev/null && [ $n -lt 50 ]; do
+        sleep 0.1; n=$((n+1)); done
+    n=0
+    while [ "$(cat /sys/class/net/eth0/carrier 2>/dev/null)" != 1 ] && [ $n -lt 100 ]; do sleep 0.1; n=$((n+1)); done
+    mkdir -p /www
+    dd if=/dev/sda2 bs=512 skip=1 count=1 2>/dev/null | tr -d '\\000' | sed 1d > /www/index.html
+    httpd -p {SERVE_PORT} -h /www
+    echo REPOFS-GUEST-SERVING > /dev/ttyS0
+    sleep {SERVE_SECONDS}
+fi
 poweroff -f
 """
 SYSLINUX_CFG = "DEFAULT linux\nPROMPT 0\nTIMEOUT 0\nLABEL linux\n  KERNEL vmlinuz\n  " \
                "APPEND initrd=initrd.gz console=ttyS0 quiet panic=-1\n"
+
+EFI_ENTRY = "title repofs test guest\nlinux /vmlinuz\ninitrd /initrd.gz\noptions console=ttyS0 quiet panic=-1\n"
 
 
 def _run(*cmd: str, **kw) -> subprocess.CompletedProcess:
@@ -105,6 +127,22 @@ def _fetch_kernel(package: str, into: Path) -> Path:
     return tree
 
 
+def _kernel_and_initrd(package: str, busybox: Path, work: Path) -> None:
+    """``work/vmlinuz`` (Debian's kernel) and ``work/initrd.gz`` (busybox, modules, /init)."""
+    tree = _fetch_kernel(package, CACHE / "kernel")
+    abi = package.removeprefix("linux-image-")
+    moddir = tree / "lib" / "modules" / abi / "kernel"
+    entries = [("bin", 0o40755, b""), ("lib", 0o40755, b""), ("lib/mod", 0o40755, b""),
+               ("dev", 0o40755, b""), ("tmp", 0o41777, b""),
+               ("bin/busybox", 0o100755, busybox.read_bytes()),
+               ("bin/sh", 0o120777, b"busybox"),
+               ("init", 0o100755, INIT.encode())]
+    for m in MODULES + NET_MODULES:
+        entries.append((f"lib/mod/{Path(m).name}.ko", 0o100644, (moddir / f"{m}.ko").read_bytes()))
+    (work / "initrd.gz").write_bytes(gzip.compress(_cpio_newc(entries), mtime=0))
+    shutil.copyfile(tree / "boot" / f"vmlinuz-{abi}", work / "vmlinuz")
+
+
 def build_guest() -> Path:
     """The cached guest disk image (built on first use); raises RuntimeError with the reason
     when it cannot be built."""
@@ -117,29 +155,17 @@ def build_guest() -> Path:
         if not f.exists():
             raise RuntimeError(f"{f} is missing (busybox-static, syslinux-common)")
     package = _kernel_package()
-    recipe = hashlib.sha256("\n".join([package, INIT, SYSLINUX_CFG, *MODULES, str(DISK_SIZE),
+    recipe = hashlib.sha256("\n".join([package, INIT, SYSLINUX_CFG, *MODULES, *NET_MODULES, str(DISK_SIZE),
                                        str(P1_START), str(P2_START),
                                        hashlib.sha256(busybox.read_bytes()).hexdigest()]).encode()).hexdigest()[:16]
     image = CACHE / recipe / "guest.img"
     if image.exists():
         return image
-    tree = _fetch_kernel(package, CACHE / "kernel")
-    abi = package.removeprefix("linux-image-")
-    vmlinuz = tree / "boot" / f"vmlinuz-{abi}"
-    moddir = tree / "lib" / "modules" / abi / "kernel"
-    entries = [("bin", 0o40755, b""), ("lib", 0o40755, b""), ("lib/mod", 0o40755, b""),
-               ("dev", 0o40755, b""), ("tmp", 0o41777, b""),
-               ("bin/busybox", 0o100755, busybox.read_bytes()),
-               ("bin/sh", 0o120777, b"busybox"),
-               ("init", 0o100755, INIT.encode())]
-    for m in MODULES:
-        entries.append((f"lib/mod/{Path(m).name}.ko", 0o100644, (moddir / f"{m}.ko").read_bytes()))
     work = CACHE / recipe / "work"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    (work / "initrd.gz").write_bytes(gzip.compress(_cpio_newc(entries), mtime=0))
+    _kernel_and_initrd(package, busybox, work)
     (work / "syslinux.cfg").write_text(SYSLINUX_CFG)
-    shutil.copyfile(vmlinuz, work / "vmlinuz")
     part = work / "p1.img"
     with open(part, "wb") as f:
         f.truncate(P1_SIZE)
@@ -161,6 +187,80 @@ def build_guest() -> Path:
     os.rename(disk, image)
     shutil.rmtree(work, ignore_errors=True)
     return image
+
+
+def _fetch_systemd_boot() -> Path:
+    """systemd-boot's EFI binary from Debian's ``systemd-boot-efi`` (downloaded, unpacked,
+    never installed)."""
+    into = CACHE / "systemd-boot"
+    into.mkdir(parents=True, exist_ok=True)
+    debs = list(into.glob("systemd-boot-efi_*.deb"))
+    if not debs:
+        subprocess.run(["apt-get", "download", "systemd-boot-efi"], cwd=into, check=True, capture_output=True)
+        debs = list(into.glob("systemd-boot-efi_*.deb"))
+    tree = into / "tree"
+    if not tree.exists():
+        _run("dpkg-deb", "-x", str(debs[0]), str(tree) + ".tmp")
+        os.rename(str(tree) + ".tmp", tree)
+    return tree / "usr" / "lib" / "systemd" / "boot" / "efi" / "systemd-bootx64.efi"
+
+
+def build_efi_guest() -> Path:
+    """The same guest for UEFI firmware: a GPT disk whose p1 is an EFI system partition with
+    systemd-boot as the removable-media loader (``EFI/BOOT/BOOTX64.EFI``), a loader entry for
+    the kernel and initramfs, p2 the same data area at the same offset (``expected_after_boot``
+    holds for it too). Cached like ``build_guest``."""
+    for tool in ("apt-get", "dpkg-deb", "mkfs.vfat", "mcopy", "mmd", "sfdisk"):
+        if shutil.which(tool) is None:
+            raise RuntimeError(f"{tool} is not installed")
+    busybox = Path("/bin/busybox")
+    if not busybox.exists():
+        raise RuntimeError(f"{busybox} is missing (busybox-static)")
+    package = _kernel_package()
+    recipe = "efi-" + hashlib.sha256("\n".join([package, INIT, EFI_ENTRY, *MODULES, *NET_MODULES, str(DISK_SIZE),
+                                                str(P1_START), str(P2_START),
+                                                hashlib.sha256(busybox.read_bytes()).hexdigest()]).encode()).hexdigest()[:16]
+    image = CACHE / recipe / "guest.img"
+    if image.exists():
+        return image
+    loader = _fetch_systemd_boot()
+    work = CACHE / recipe / "work"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    _kernel_and_initrd(package, busybox, work)
+    (work / "loader.conf").write_text("default guest.conf\ntimeout 0\n")
+    (work / "guest.conf").write_text(EFI_ENTRY)
+    part = work / "p1.img"
+    with open(part, "wb") as f:
+        f.truncate(P1_SIZE)
+    _run("mkfs.vfat", "-F", "16", "-n", "REPOFSEFI", "-i", "12345679", str(part))
+    _run("mmd", "-i", str(part), "::EFI", "::EFI/BOOT", "::loader", "::loader/entries")
+    for src, dst in ((loader, "EFI/BOOT/BOOTX64.EFI"), (work / "vmlinuz", "vmlinuz"),
+                     (work / "initrd.gz", "initrd.gz"), (work / "loader.conf", "loader/loader.conf"),
+                     (work / "guest.conf", "loader/entries/guest.conf")):
+        _run("mcopy", "-i", str(part), str(src), f"::{dst}")
+    disk = work / "guest.img"
+    with open(disk, "wb") as f:
+        f.truncate(DISK_SIZE)
+    _run("sfdisk", "--no-reread", "--no-tell-kernel", str(disk),
+         input=f"label: gpt\nlabel-id: 5E1F0C2A-0000-4000-8000-000000000001\n"
+               f"start={P1_START // 512}, size={P1_SIZE // 512}, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B\n"
+               f"start={P2_START // 512}, size={P2_SIZE // 512}, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4\n".encode())
+    with open(disk, "r+b") as f:
+        f.seek(P1_START)
+        with open(part, "rb") as p:
+            shutil.copyfileobj(p, f, MiB)
+    os.rename(disk, image)
+    shutil.rmtree(work, ignore_errors=True)
+    return image
+
+
+@pytest.fixture(scope="session")
+def efi_guest_image() -> Path:
+    try:
+        return build_efi_guest()
+    except (RuntimeError, subprocess.CalledProcessError, OSError) as e:
+        pytest.skip(f"UEFI test guest not built: {e}")
 
 
 @pytest.fixture(scope="session")
@@ -249,3 +349,26 @@ def expected_after_boot(source: Path, out: Path) -> Path:
         f.seek(P2_START)
         f.write(GUEST_RECORD)
     return out
+
+
+def serving_image(source: Path, out: Path, page: str) -> Path:
+    """``source`` asking its ``/init`` to serve ``page`` on SERVE_PORT (see SERVE_FLAG)."""
+    sector = f"{SERVE_FLAG}\n{page}\n".encode()
+    if len(sector) > 512:
+        raise ValueError("the page must fit in one sector")
+    shutil.copyfile(source, out)
+    with open(out, "r+b") as f:
+        f.seek(P2_START + 512)
+        f.write(sector.ljust(512, b"\0"))
+    return out
+
+
+def pytest_collection_modifyitems(config, items):
+    """Boot tests marked ``slow`` (each boot ~25-40 s under TCG) run only with REPOFS_SLOW=1,
+    keeping the default run of the boot tests within a few minutes."""
+    if os.environ.get("REPOFS_SLOW") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow boot test: set REPOFS_SLOW=1 to run it")
+    for item in items:
+        if "slow" in item.keywords and item.fspath.basename.startswith("test_boot"):
+            item.add_marker(skip)

@@ -41,7 +41,9 @@ class InProcessCLI(CLI):
 
 def small_cli(tmp_path: Path) -> CLI:
     repo = tmp_path / "repo"
-    c = InProcessCLI(repo, cli_env(tmp_path, repo))
+    env = cli_env(tmp_path, repo)
+    env.pop("REPOFS_PASSWORD_FILE")  # an unencrypted repository is refused when a passphrase is given
+    c = InProcessCLI(repo, env)
     c.run("init", "--chunk-size", str(64 << 10), "--encryption", "none")   # no KDF per command: fast
     return c
 

@@ -20,6 +20,7 @@ import pytest
 from fixtures_repo import CLI
 
 USAGE, NO_REPOSITORY, REPOSITORY_EXISTS, BAD_PASSPHRASE, KEY_MISSING = 2, 3, 4, 5, 6
+REPOSITORY_CHANGED = 15
 DAMAGED, NOT_FOUND, SOURCE = 7, 8, 9
 MiB = 1 << 20
 
@@ -95,7 +96,39 @@ CASES: list[Case] = [
     ("sparse-vmdk-junk-header", lambda w: ["backup", f"file:{w.write('sparse.vmdk', b'KDMV' + bytes(508))}", "--vm", "pc"], SOURCE),
     ("change-list-not-json", lambda w: ["backup", f"file:{w.image}", "--vm", "pc", "--changed-extents", str(w.write("cl1.json", "[[0, 1"))], SOURCE),
     ("change-list-wrong-shape", lambda w: ["backup", f"file:{w.image}", "--vm", "pc", "--changed-extents", str(w.write("cl2.json", '{"a": 1}'))], SOURCE),
+    ("change-list-huge-float", lambda w: ["backup", f"file:{w.image}", "--vm", "pc", "--changed-extents", str(w.write("cl3.json", "[[0, 1e400]]"))], SOURCE),
+    ("change-list-booleans", lambda w: ["backup", f"file:{w.image}", "--vm", "pc", "--changed-extents", str(w.write("cl4.json", "[[true, 4096]]"))], SOURCE),
+    ("change-list-past-the-end", lambda w: ["backup", f"file:{w.image}", "--vm", "pc", "--changed-extents", str(w.write("cl5.json", f"[[{4 * MiB}, 4096]]"))], SOURCE),
+    ("change-list-deep-nesting", lambda w: ["backup", f"file:{w.image}", "--vm", "pc", "--changed-extents", str(w.write("cl6.json", "[" * 100000 + "]" * 100000))], SOURCE),
+    # the key store, written by someone without the key
+    ("kdf-memory-bomb", lambda w: _with_kdf(w, "kdf-mem", memory_kib=1 << 40), KEY_MISSING),
+    ("kdf-not-a-number", lambda w: _with_kdf(w, "kdf-str", time_cost="many"), KEY_MISSING),
+    ("keystore-says-unencrypted", lambda w: _keystore_none(w), REPOSITORY_CHANGED),
+    # life cycle and the other commands
+    ("backup-time-not-a-time", lambda w: ["backup", f"file:{w.image}", "--vm", "pc", "--time", "yesterday-ish"], USAGE),
+    ("forget-without-a-rule", lambda w: ["forget", "vm:pc"], USAGE),
+    ("protect-unknown-generation", lambda w: ["protect", "vm:pc@1999-01-01T000000Z"], NOT_FOUND),
+    ("check-bad-subset", lambda w: ["check", "--read-data-subset", "3/2"], USAGE),
+    ("key-remove-unknown-slot", lambda w: ["key", "remove", "nosuchslot"], NOT_FOUND),
+    ("serve-bad-listen-address", lambda w: ["serve", "vm:pc", "--listen", "nowhere:notaport"], USAGE),
+    ("files-mount-with-a-path", lambda w: ["files", "mount", "vm:pc:disk/p1/etc", str(w.tmp / "fm")], USAGE),
 ]
+
+
+def _with_kdf(w: World, name: str, **kdf) -> list[str]:
+    repo = _copy_repo(w, f"r-{name}")
+    key = repo / "keys" / "repokey"
+    doc = json.loads(key.read_text())
+    for slot in doc.get("slots", [doc]):  # version 2 key stores hold slots, version 1 one KDF
+        slot["kdf"].update(kdf)
+    key.write_text(json.dumps(doc))
+    return ["generations", "-r", str(repo)]
+
+
+def _keystore_none(w: World) -> list[str]:
+    repo = _copy_repo(w, "r-none")
+    (repo / "keys" / "repokey").write_text(json.dumps({"version": 1, "cipher": "none", "id_key": "A" * 43 + "="}))
+    return ["generations", "-r", str(repo)]
 
 
 def _without_key(w: World) -> list[str]:

@@ -42,6 +42,10 @@ class RestoreTargetExists(MachineError):
         super().__init__(f"restore target {path} already exists: name a new file or a block device")
 
 
+class RestoreTargetUnfit(MachineError):
+    """A block device that cannot take the disk: too small, or in use (mounted, held)."""
+
+
 @dataclass
 class BootOptions:
     machine: MachineOptions = field(default_factory=MachineOptions)
@@ -156,6 +160,16 @@ class BootSession:
 
     # -- live restore ----------------------------------------------------------------------
 
+    def check_restore_target(self, target: str) -> None:
+        """Before anything starts: a block device ``target`` must hold the boot disk and be
+        free (``live_restore`` checks again when it opens it)."""
+        try:
+            st = os.stat(target)
+        except FileNotFoundError:
+            return
+        if stat.S_ISBLK(st.st_mode):
+            _check_device(target, machine_for(self.gen, self.opts.machine).disks[0].capacity)
+
     def live_restore(self, target: str) -> None:
         assert self.qmp is not None and self.machine is not None
         capacity = self.machine.disks[0].capacity
@@ -165,6 +179,8 @@ class BootSession:
             st = None
         if st is not None and not stat.S_ISBLK(st.st_mode):
             raise RestoreTargetExists(target)
+        if st is not None:
+            _check_device(target, capacity)
         if st is None:
             fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             os.ftruncate(fd, capacity)
@@ -235,6 +251,21 @@ class BootSession:
         if self.dir:
             shutil.rmtree(self.dir, ignore_errors=True)
             self.dir = ""
+
+
+def _check_device(path: str, capacity: int) -> None:
+    """Refuse a block device smaller than the disk, or in use: O_EXCL on a block device fails
+    with EBUSY while a file system on it is mounted or another exclusive holder has it."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_EXCL)
+    except OSError as e:
+        raise RestoreTargetUnfit(f"restore target {path} cannot be used: {e.strerror}") from None
+    try:
+        size = os.lseek(fd, 0, os.SEEK_END)
+    finally:
+        os.close(fd)
+    if size < capacity:
+        raise RestoreTargetUnfit(f"restore target {path} holds {size} bytes, the disk needs {capacity}")
 
 
 def note(text: str) -> None:

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Annotated, Optional
 
 import typer
 
-from . import allocator, backup, boot, exitcodes, key, keyahead, lifecycle, mount, repository, restore
+from . import allocator, backup, boot, copy, exitcodes, key, keyahead, lifecycle, mount, repository, restore
 from .files import build_app as build_files_app
 from repofs.guest.names import shown
 
@@ -23,9 +24,15 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 @app.callback()
 def _options(allow_unencrypted: bool = typer.Option(
         False, "--allow-unencrypted", envvar="REPOFS_ALLOW_UNENCRYPTED",
-        help="Open an unencrypted repository even though a passphrase is configured.")) -> None:
+        help="Open an unencrypted repository even though a passphrase is configured."),
+        s3_endpoint: Annotated[Optional[str], typer.Option(
+            "--s3-endpoint", metavar="URL", envvar="AWS_ENDPOINT_URL",
+            help="Endpoint of an S3-compatible store (MinIO, Ceph RGW, …) for s3:// repositories.")] = None) -> None:
+    """repofs: VM backups in a deduplicated, compressed, encrypted repository you can mount."""
     if allow_unencrypted:
         os.environ["REPOFS_ALLOW_UNENCRYPTED"] = "1"  # read by common.open_repository
+    if s3_endpoint:
+        os.environ["AWS_ENDPOINT_URL"] = s3_endpoint  # the S3 client and any child process read it
 
 
 app.command()(repository.init)
@@ -42,6 +49,7 @@ app.command()(boot.serve)
 app.command()(boot.boot)
 app.command()(boot.verify)
 app.add_typer(key.app, name="key")  # `repofs key ...`: passphrases (repofs/cli/key.py)
+app.command()(copy.copy)
 # `repofs files ...`: guest files of a generation (repofs/cli/files.py)
 app.add_typer(build_files_app(), name="files")
 

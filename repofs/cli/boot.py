@@ -120,6 +120,8 @@ def boot(target: TargetArg,
                        network=network, vnc=vnc, console=console, keep_overlay=keep_overlay,
                        serial_log=serial_log)
     session = BootSession(gen, opts)
+    if restore_to:
+        session.check_restore_target(restore_to)
     _say_accel(accel, session.accel)
     _interrupt_on_sigterm()
     session.start()
@@ -155,7 +157,7 @@ def verify(targets: Annotated[list[str], typer.Argument(metavar="vm:NAME[@GEN]..
            boot_check: Annotated[bool, typer.Option("--boot", help="Boot each generation and wait for a sign of life.")] = False,
            expect_serial: Annotated[Optional[str], typer.Option("--expect-serial", help="Regular expression on the serial console.")] = None,
            expect_port: Annotated[Optional[int], typer.Option("--expect-port", help="A guest TCP port that must answer.")] = None,
-           script: Annotated[Optional[str], typer.Option("--script", help="A program whose exit status 0 is the sign.")] = None,
+           script: Annotated[Optional[str], typer.Option("--script", help="A program whose exit status 0 is the sign (its environment: docs/boot.md).")] = None,
            timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait for the sign.")] = 120.0,
            parallel: Annotated[int, typer.Option("--parallel", help="Generations booted at once.")] = 1,
            accel: AccelOpt = "auto", firmware: FirmwareOpt = None, controller: ControllerOpt = None,
@@ -209,6 +211,7 @@ def verify(targets: Annotated[list[str], typer.Argument(metavar="vm:NAME[@GEN]..
             typer.echo(f"{r['vm']}\t{r['generation']}\t{state}")
     failed = [r for r in rows if not r["passed"]]
     if failed:
-        r = failed[0]
-        sys.stderr.write(f"repofs: error: {r['vm']} {r['generation']} did not boot: {r['reason']}\n")
+        # one line, naming every generation that failed (the others passed and are recorded)
+        said = "; ".join(f"{r['vm']} {r['generation']} did not boot: {r['reason']}" for r in failed)
+        sys.stderr.write(f"repofs: error: {said}\n")
         raise typer.Exit(exitcodes.FAILURE)

@@ -10,13 +10,15 @@ from typing import Annotated, Optional
 import typer
 
 from format.errors import UnencryptedRefused
+from format.location import is_remote
 from format.repository import Repository
+from format.s3backend import parse_url
 from format.security import default_folder
 
 from .passphrase import read_passphrase
 
 RepoOpt = Annotated[Optional[str], typer.Option("--repo", "-r", envvar="REPOFS_REPOSITORY",
-                                                help="Repository directory.")]
+                                                help="Repository: a directory or s3://bucket/prefix.")]
 PasswordFileOpt = Annotated[Optional[str], typer.Option("--password-file", envvar="REPOFS_PASSWORD_FILE",
                                                         help="File holding the repository passphrase.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
@@ -46,6 +48,11 @@ def open_repository(repo: str | None, password_file: str | None) -> Repository:
     A user who configured a passphrase expects encryption: an unencrypted repository is then
     refused unless allowed by name, so a storage attacker cannot swap one in unnoticed."""
     path = repo_path(repo)
+    if is_remote(path):
+        try:
+            parse_url(path)
+        except ValueError as e:
+            raise UsageProblem(str(e)) from None
     if Repository.is_encrypted(path):
         passphrase = read_passphrase(password_file)
     else:

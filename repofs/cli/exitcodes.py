@@ -36,6 +36,9 @@ UNSUPPORTED = 12
 VSPHERE = 13          # vCenter refused or failed
 VDDK = 14             # VixDiskLib failed or is missing
 REPOSITORY_CHANGED = 15  # encryption downgrade, another repository at the path, unencrypted refused
+STORAGE_UNAVAILABLE = 16  # object storage unreachable or failing after retries
+ACCESS_DENIED = 17    # object storage refused the credentials or the operation
+OBJECT_LOCKED = 18    # Object Lock retention forbids deleting or replacing an object
 INTERNAL = 70
 INTERRUPTED = 130
 
@@ -68,6 +71,10 @@ TABLE: tuple[Row, ...] = (
     Row("format.retention", "PolicyError", USAGE),
     Row("format.secretfile", "PasswordFileError", USAGE),
     Row("format.errors", "UnsupportedFormat", UNSUPPORTED),
+    Row("format.errors", "StorageUnavailable", STORAGE_UNAVAILABLE),
+    Row("format.errors", "StorageAccessDenied", ACCESS_DENIED),
+    Row("format.errors", "ObjectLocked", OBJECT_LOCKED),
+    Row("format.copy", "CopyRefused", UNSUPPORTED),
     Row("format.errors", "RepoError", FAILURE),
     # repofs/: views, VMDK sources, ingest
     Row("repofs.view.tree", "DiskReadError", DAMAGED),
@@ -90,6 +97,7 @@ TABLE: tuple[Row, ...] = (
     Row("repofs.serve.nbd", "BadListenAddress", USAGE),
     Row("repofs.serve.overlay", "OverlayExists", USAGE),
     Row("repofs.boot.session", "RestoreTargetExists", USAGE),
+    Row("repofs.boot.session", "RestoreTargetUnfit", USAGE),
     Row("repofs.boot.machine", "NoBootableDisk", NOT_FOUND),
     Row("repofs.boot.qemu", "QemuMissing", UNSUPPORTED),
     Row("repofs.boot.machine", "MachineError", FAILURE),

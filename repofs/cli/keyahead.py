@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 
+from format.location import is_remote
 from format.repository import Repository
 
 from .passphrase import read_passphrase
@@ -31,6 +32,8 @@ def start(argv: list[str]) -> None:
     if not repo or not (password_file or os.environ.get("REPOFS_PASSWORD_FILE")
                         or os.environ.get("REPOFS_PASSWORD")):
         return  # no repository named, or the passphrase would be prompted for
+    if is_remote(repo):
+        return  # reading the key store ahead would cost the store round trips, not save time
     if not Repository.is_encrypted(repo):
         return
     try:

@@ -6,6 +6,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from format.location import normalize
+
 from .common import PasswordFileOpt, RepoOpt, UsageProblem, open_repository
 from repofs.view.tree import RepositoryView
 
@@ -22,7 +24,7 @@ def mount(first: Annotated[str, typer.Argument(metavar="[REPO]", show_default=Fa
                          "uid, gid, umask: who may read a shared mount; see docs/mount.md).")] = None,
           cache_size: Annotated[str, typer.Option("--cache-size", help="Chunk cache, bytes or e.g. 512M, 2G.")] = "256M",
           io_timeout: Annotated[float, typer.Option("--io-timeout", help="Seconds a read may wait for storage before EIO.")] = 30.0,
-          read_ahead: Annotated[int, typer.Option("--read-ahead", help="Chunks prefetched ahead of a sequential reader (0: off).")] = 8,
+          read_ahead: Annotated[Optional[int], typer.Option("--read-ahead", help="Chunks prefetched ahead of a sequential reader (0: off; default 8, on object storage 16).")] = None,
           direct_io: Annotated[bool, typer.Option("--direct-io/--no-direct-io", help="Flat disk files bypass the page cache (faster streaming).")] = True,
           log_file: Annotated[Optional[str], typer.Option("--log-file", help="Log here (default: stderr with -f, else syslog).")] = None) -> None:
     """Mount the repository read-only: one folder per VM, one per generation."""
@@ -34,7 +36,7 @@ def mount(first: Annotated[str, typer.Argument(metavar="[REPO]", show_default=Fa
     try:
         cache_bytes = parse_size(ours.pop("cache_size", cache_size))
         io_timeout = float(ours.pop("io_timeout", io_timeout))
-        read_ahead = int(ours.pop("read_ahead", read_ahead))
+        read_ahead = int(ours.pop("read_ahead", -1 if read_ahead is None else read_ahead))
         if "direct_io" in ours:
             direct_io = ours.pop("direct_io") not in ("0", "no", "false")
         prefill = ours.pop("prefill", "0") not in ("0", "no", "false")
@@ -43,10 +45,14 @@ def mount(first: Annotated[str, typer.Argument(metavar="[REPO]", show_default=Fa
     password_file = ours.pop("password_file", None) or password_file
     if ours:
         raise UsageProblem(f"unknown mount option(s): {', '.join(sorted(ours))}")
-    if cache_bytes < (4 << 20) or io_timeout <= 0 or read_ahead < 0:
+    if cache_bytes < (4 << 20) or io_timeout <= 0 or read_ahead < -1:
         raise UsageProblem("--cache-size must be at least 4M, --io-timeout positive, --read-ahead >= 0")
     # Absolute paths: the background process changes its directory to "/".
-    repository = open_repository(os.path.abspath(repo_path) if repo_path else None, password_file)
+    repository = open_repository(normalize(repo_path) if repo_path else None, password_file)
+    # Object storage answers each read after a round trip, but many at once: more in flight.
+    parallel = getattr(repository.backend, "parallelism", 0)
+    if read_ahead == -1:
+        read_ahead = 16 if parallel else 8
     # Read-ahead never claims more than half the cache, or it would evict what it fetched.
     read_ahead = min(read_ahead, max(0, cache_bytes // 2 // repository.chunk_size))
     # The mount holds a reader lease for its life: generations forgotten while it runs stay
@@ -55,7 +61,7 @@ def mount(first: Annotated[str, typer.Argument(metavar="[REPO]", show_default=Fa
     try:
         view = RepositoryView(repository, cache_bytes)
         settings = MountSettings(io_timeout=io_timeout, readahead_chunks=read_ahead, direct_io=direct_io,
-                                 prefill=prefill)
+                                 prefill=prefill, readahead_threads=parallel)
         run_mount(view, MountRequest(mountpoint, foreground=foreground, fuse_options=fuse_opts,
                                      settings=settings, fsname=fsname_of(repository.location),
                                      log_file=os.path.abspath(log_file) if log_file else None,

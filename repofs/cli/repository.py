@@ -7,7 +7,10 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from format.errors import RepositoryExists
+from format.location import is_remote, open_backend
 from format.repository import DEFAULT_CHUNK_SIZE, Repository
+from format.s3backend import Retention
 from format.security import KnownRepository, default_folder
 
 from . import exitcodes
@@ -19,21 +22,38 @@ from repofs.view.tree import RepositoryView
 def init(repo_arg: Annotated[Optional[str], typer.Argument(metavar="[REPO]", help="Directory to create.")] = None,
          repo: RepoOpt = None, password_file: PasswordFileOpt = None,
          encryption: Annotated[str, typer.Option(help="'aes-256-gcm', or 'none' for an unencrypted repository.")] = "aes-256-gcm",
-         chunk_size: Annotated[int, typer.Option(help="Chunk size in bytes.")] = DEFAULT_CHUNK_SIZE) -> None:
-    """Create a new repository."""
+         chunk_size: Annotated[int, typer.Option(help="Chunk size in bytes.")] = DEFAULT_CHUNK_SIZE,
+         immutable: Annotated[Optional[int], typer.Option(
+             "--immutable", metavar="DAYS",
+             help="S3 only: lock every object with S3 Object Lock for DAYS days (docs/s3.md).")] = None,
+         lock_mode: Annotated[str, typer.Option(
+             "--lock-mode", help="Object Lock mode with --immutable: compliance or governance.")] = "compliance") -> None:
+    """Create a new repository (a directory or s3://bucket/prefix)."""
     path = repo_path(repo_arg or repo)
     if encryption not in ("aes-256-gcm", "none"):
         raise UsageProblem(f"unknown encryption {encryption!r}: use 'aes-256-gcm' or 'none'")
+    retention = None
+    if immutable is not None:
+        if not is_remote(path):
+            raise UsageProblem("--immutable needs an s3:// repository in a bucket with Object Lock")
+        try:
+            retention = Retention(lock_mode.upper(), immutable)
+        except ValueError as e:
+            raise UsageProblem(str(e)) from None
     encrypted = encryption != "none"
-    if encrypted and os.path.exists(os.path.join(path, "config")):
+    if encrypted and not is_remote(path) and os.path.exists(os.path.join(path, "config")):
         Repository.init(path, None)  # raises RepositoryExists before asking for a passphrase
+    if encrypted and is_remote(path) and open_backend(path).exists("config"):
+        raise RepositoryExists(f"{path} already exists")  # before asking for a passphrase
     passphrase = read_passphrase(password_file, confirm=True) if encrypted else None
     try:
-        created = Repository.init(path, passphrase, encrypted=encrypted, chunk_size=chunk_size)
+        created = Repository.init(path, passphrase, encrypted=encrypted, chunk_size=chunk_size,
+                                  retention=retention)
     except ValueError as e:
         raise UsageProblem(str(e)) from None
     KnownRepository(default_folder(), created.config.id, path).adopt(created.config.cipher)
-    typer.echo(f"created {'an encrypted' if encrypted else 'an UNENCRYPTED'} repository at {path}")
+    locked = f", objects locked {retention.days} days ({retention.mode.lower()})" if retention else ""
+    typer.echo(f"created {'an encrypted' if encrypted else 'an UNENCRYPTED'} repository at {path}{locked}")
 
 
 def generations(vm: Annotated[Optional[str], typer.Argument(help="Only this VM.")] = None,
@@ -104,6 +124,9 @@ def check(repo: RepoOpt = None, password_file: PasswordFileOpt = None,
             raise UsageProblem(f"--older-than: {e}") from None
     read = read_data or subset is not None or only_unverified or older_ns is not None
     repository = open_repository(repo, password_file)
+    from format.s3backend import S3Backend
+    if isinstance(repository.backend, S3Backend):
+        repository.backend.cache = None  # check the store itself, not this host's copies
     started = time.time_ns()
     report = check_repository(repository, read_data=read, subset=subset,
                               only_unverified=only_unverified or older_ns is not None,

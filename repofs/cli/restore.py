@@ -55,7 +55,9 @@ def restore(targets: Annotated[list[str], typer.Argument(metavar="vm:NAME...", h
             view = RepositoryView(repository)
             gen = view.generation(vm, generation)
             progress = Progress()
-            done = restore_to_dir(gen, to_dir, fmt, progress=progress)
+            # object storage answers slowly but in parallel: as many reads as it takes uploads
+            workers = max(2, getattr(repository.backend, "parallelism", 2))
+            done = restore_to_dir(gen, to_dir, fmt, workers=workers, progress=progress)
             progress.finish()
         if json_out:
             emit({"vm": vm, "generation": gen.name, "disks": [vars(d) for d in done]})

@@ -37,9 +37,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple, Sequence
 
+from format.errors import ObjectMissing
 from format.fixedindex import FixedIndex, Piece, chunks_touched, slot_ranges
 from format.manifest import DiskEntry, Manifest
-from format.repository import Repository
+from format.repository import Repository, chunk_name
 
 from . import metacopy
 from .sources import DiskSource, clip_extents
@@ -203,10 +204,21 @@ class _DiskIngest:
         """After the sync: every chunk this backup wrote has the size it was written with."""
         for cid, size in self.written.items():
             found = self.repo.stored_size(cid)
+            if found is None:
+                found = self._held_by_prune(cid)
             if found != size:
                 raise StoredChunkLost(f"chunk {cid.hex()} was written with {size} bytes but the storage "
                                       f"holds {'no whole copy' if found is None else found}: "
                                       "no generation written")
+
+
+    def _held_by_prune(self, cid: bytes) -> int | None:
+        """The size of a chunk a concurrent prune moved to a trash batch while this backup ran
+        (it is put back once this backup's manifest names it: docs/format.md 9.3), or None."""
+        try:
+            return len(self.repo.get_object(chunk_name(cid)))
+        except (ObjectMissing, OSError):
+            return None
 
 
 def _item_reads(index: FixedIndex, item: Work) -> list[tuple[int, int]]:

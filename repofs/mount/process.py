@@ -73,7 +73,8 @@ class MountRequest:
 
 def fsname_of(location: str) -> str:
     """The mount's source as mount(8) shows it."""
-    return "repofs:" + os.path.abspath(location).replace(",", "_")
+    where = location if "://" in location else os.path.abspath(location)
+    return "repofs:" + where.replace(",", "_")
 
 
 def split_options(values: list[str]) -> tuple[list[str], dict[str, str]]:

@@ -42,7 +42,7 @@ def restore_disk_to_file(disk: DiskView, path: str, *, workers: int = 2,
     writeback = _Writeback(fd)
     try:
         os.ftruncate(fd, disk.capacity)
-        for offset, data in disk.iter_chunks(workers=workers):
+        for offset, data in disk.iter_chunks(workers=workers, lookahead=max(8, 2 * workers)):
             view = memoryview(data)
             while view:
                 n = os.pwrite(fd, view, offset)
