@@ -17,7 +17,7 @@ import pytest
 from fixtures_boot import GUEST_RECORD, MARKER, P2_START, expected_after_boot
 from fixtures_repo import REPOFS
 
-# slow: each boots a guest in QEMU (TCG where there is no KVM: minutes)
+# slow: three boots in QEMU (outside the developer loop, -m "not slow"; CI runs them)
 pytestmark = pytest.mark.slow
 
 TIMEOUT = "240"

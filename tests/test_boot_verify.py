@@ -17,6 +17,9 @@ import pytest
 from fixtures_boot import MARKER, SERVE_PORT, serving_image
 from fixtures_repo import REPOFS
 
+# slow: five boots in QEMU (outside the developer loop, -m "not slow"; CI runs them)
+pytestmark = pytest.mark.slow
+
 TIMEOUT = "300"
 
 # the administrator's check: the page on the guest's port must say "healthy"; it also notes
