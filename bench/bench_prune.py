@@ -1,20 +1,42 @@
-"""Prune at scale: time and peak RSS of ``repofs prune`` on repositories of N synthetic chunks,
-and the memory of prune's marks (format/idset.py) for 10 million ids measured directly.
+"""Prune at scale, beside restic and borg: time and peak RSS of ``repofs prune``, ``restic
+prune`` and ``borg compact`` on repositories of the same number of chunks, half of them left
+unreferenced by forgetting one of two backups; and the memory of prune's marks alone.
 
-    .venv/bin/python bench/bench_prune.py --sizes 100k,1M [--work DIR] [--idset 10M]
+    .venv/bin/python bench/bench_prune.py --sizes 50k,200k [--work DIR] [--tools repofs,restic,borg] [--idset 10M]
+    .venv/bin/python bench/bench_prune.py --marks 10M --disk-slots 1M,10M [--work DIR] [--tree OLD --tree .]
 
-Each repository is written directly through format/ (tiny chunks: the work of prune is per
-object, not per byte): one generation whose disks (at most ``DISK_SLOTS`` = 1 M chunks each: a
-1 TiB disk at 1 MiB chunks) name 90% of the chunks, the other 10% left unreferenced, so prune
-marks 0.9 N ids, walks N objects, and moves and deletes 0.1 N. The
-prune runs as a child process (the real CLI) and is measured with wait4 (bench/measure.py).
-Prints one line per size and an extrapolation to 10 M chunks.
+For each size N, in one run:
+- repofs: an encrypted repository (default key derivation) written directly through
+  ``format/`` with N tiny distinct chunks (the work of prune is per object, not per byte):
+  generation ``g0`` names the first N/2 in disks of at most ``DISK_SLOTS`` (1 M) slots,
+  generation ``g1`` the other N/2; ``g0`` is forgotten, then the real ``repofs prune --json
+  --nice 0`` runs as a child (at the peers' priority). Its objects were all written seconds ago, so the run sets
+  ``REPOFS_PRUNE_FRESH_SECONDS=0`` (no backup runs: "older than now" is the rule), else the
+  safety margin would leave every fresh object in place.
+- restic and borg: N small files of distinct content (each is one blob / chunk of its own) in
+  two trees ``a`` and ``b`` of N/2 files, one backup of each (``restic backup``; ``borg
+  create`` with default chunker: a file below the minimum chunk is one chunk), the backup of
+  ``a`` forgotten (``restic forget ID``; ``borg delete REPO::a``), then ``restic prune`` and
+  ``borg compact`` are measured (``borg delete`` is measured too: borg does part of the
+  freeing there). Both encrypted (restic always is; borg ``repokey-blake2``).
+Every measured command runs as a child measured with wait4 (bench/measure.py: wall, CPU,
+peak RSS — what ``/usr/bin/time -v`` reports). With two sizes or more, each tool's time and
+peak RSS are extrapolated linearly (from the two largest sizes) to 1 M and 10 M chunks, and the
+ratios printed; the extrapolated figures are marked "~".
+
+``--marks N`` measures, rather than extrapolates, prune's peak memory at N chunks: indexes of
+random ids and no chunk objects (``bench_marks``).
+
+Keep the repositories on the same file system for every tool (``--work``; ``/dev/shm`` keeps a
+loaded disk out of the comparison).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -22,14 +44,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from measure import PY, repofs, run  # noqa: E402
+from measure import PY, Run, repofs, run  # noqa: E402
 
 from format.fixedindex import FixedIndex  # noqa: E402
 from format.manifest import DiskEntry, Manifest  # noqa: E402
+from format.marks import forget  # noqa: E402
 from format.repository import Repository  # noqa: E402
 
+ROOT = Path(__file__).resolve().parent.parent
 CHUNK = 64 << 10
+MARKS_CHUNK = 1 << 20
 DISK_SLOTS = 1_000_000
+PASSWORD = "bench-prune-passphrase"
+FILES_PER_DIR = 1000
 
 
 def parse_count(text: str) -> int:
@@ -38,24 +65,99 @@ def parse_count(text: str) -> int:
     return int(float(text.rstrip("km")) * mult)
 
 
-def build(path: Path, n: int) -> None:
-    repo = Repository.init(path, None, encrypted=False, chunk_size=CHUNK)
-    referenced = n * 9 // 10
-    disks = []
-    index = None
+def payload(k: int) -> bytes:
+    """Tiny, distinct plaintexts (the same for every tool)."""
+    return b"bench-prune " + k.to_bytes(8, "little") * 2
+
+
+def repofs_env(path: Path, work: Path, tree: Path = ROOT) -> dict:
+    """The environment of the measured ``repofs`` commands; ``tree``: the checkout whose
+    code runs (another one to compare versions)."""
+    return {**os.environ, "REPOFS_REPOSITORY": str(path), "REPOFS_PASSWORD": PASSWORD,
+            "REPOFS_SECURITY_DIR": str(work / "repofs-security"), "PYTHONPATH": str(tree),
+            "REPOFS_PRUNE_FRESH_SECONDS": "0"}
+
+
+def put_generation(repo: Repository, name: str, ids: list[bytes], chunk: int = CHUNK) -> str:
+    entries = []
+    for d, start in enumerate(range(0, len(ids), DISK_SLOTS)):
+        part = ids[start:start + DISK_SLOTS]
+        index = FixedIndex.empty(len(part) * chunk, chunk)
+        for slot, cid in enumerate(part):
+            index.set(slot, cid)
+        entries.append(DiskEntry(f"disk{d}", index.capacity, chunk, repo.put_index(index)))
+    return repo.put_manifest(Manifest("bench", name, "2026-01-01T00:00:00.000000Z", time.time_ns(), None, entries))
+
+
+def build_repofs(path: Path, n: int, chunk: int = CHUNK, generations: int = 2) -> list[str]:
+    """N chunks in ``generations`` generations of N/generations each (``g0``, ``g1``, …);
+    the first forgotten when there are two (the others are returned, oldest first, for the
+    caller to forget)."""
+    repo = Repository.init(path, PASSWORD.encode(), encrypted=True, chunk_size=chunk)
+    ids = []
     for k in range(n):
-        data = k.to_bytes(8, "little") * 2          # tiny, distinct plaintexts
+        data = payload(k)
         cid = repo.chunk_id(data)
         repo.put_chunk(cid, data, sync=False)
-        if k < referenced:
-            slot = k % DISK_SLOTS
-            if slot == 0:
-                index = FixedIndex.empty(min(DISK_SLOTS, referenced - k) * CHUNK, CHUNK)
-                disks.append(index)
-            index.set(slot, cid)
+        ids.append(cid)
     repo.sync()
-    entries = [DiskEntry(f"disk{d}", ix.capacity, CHUNK, repo.put_index(ix)) for d, ix in enumerate(disks)]
-    repo.put_manifest(Manifest("bench", "g", "2026-01-01T00:00:00.000000Z", time.time_ns(), None, entries))
+    per = n // generations
+    names = [put_generation(repo, f"g{g}", ids[g * per:(g + 1) * per if g < generations - 1 else n], chunk)
+             for g in range(generations)]
+    if generations == 2:
+        forget(repo, names[0], "bench", "g0")
+    return names
+
+
+def write_tree(root: Path, ks: range) -> None:
+    for k in ks:
+        d = root / f"d{k // FILES_PER_DIR:05d}"
+        if k % FILES_PER_DIR == 0:
+            d.mkdir(parents=True, exist_ok=True)
+        (d / f"f{k:08d}").write_bytes(payload(k))
+
+
+def peer_env(work: Path) -> dict:
+    return {**os.environ, "RESTIC_PASSWORD": PASSWORD, "RESTIC_CACHE_DIR": str(work / "restic-cache"),
+            "BORG_PASSPHRASE": PASSWORD, "BORG_BASE_DIR": str(work / "borg-base"),
+            "BORG_RELOCATED_REPO_ACCESS_IS_OK": "yes"}
+
+
+def quiet(cmd: list[str], env: dict, cwd: Path) -> str:
+    return subprocess.run(cmd, env=env, cwd=cwd, check=True, capture_output=True, text=True).stdout
+
+
+def bench_restic(work: Path, data: Path) -> dict[str, Run]:
+    repo, env = work / "restic-repo", peer_env(work)
+    quiet(["restic", "-r", str(repo), "init"], env, data)
+    for tree in ("a", "b"):
+        quiet(["restic", "-r", str(repo), "backup", "--quiet", "--tag", tree, tree], env, data)
+    snaps = json.loads(quiet(["restic", "-r", str(repo), "snapshots", "--json", "--tag", "a"], env, data))
+    quiet(["restic", "-r", str(repo), "forget", snaps[0]["id"]], env, data)
+    out = {"prune": run(["restic", "-r", str(repo), "prune"], env=env)}
+    shutil.rmtree(repo)
+    return out
+
+
+def bench_borg(work: Path, data: Path) -> dict[str, Run]:
+    repo, env = work / "borg-repo", peer_env(work)
+    quiet(["borg", "init", "--encryption", "repokey-blake2", str(repo)], env, data)
+    for tree in ("a", "b"):
+        quiet(["borg", "create", f"{repo}::{tree}", tree], env, data)
+    out = {"delete": run(["borg", "delete", f"{repo}::a"], env=env),
+           "compact": run(["borg", "compact", str(repo)], env=env)}
+    shutil.rmtree(repo)
+    return out
+
+
+def bench_repofs(work: Path, n: int) -> dict[str, Run]:
+    path = work / f"repofs-repo-{n}"
+    build_repofs(path, n)
+    r = run(repofs("prune", "--json", "--nice", "0"), env=repofs_env(path, work))   # the peers' priority
+    report = json.loads(r.out)
+    assert report["generations_removed"] == 1 and report["freed_chunks"] == n // 2, report
+    shutil.rmtree(path)
+    return {"prune": r}
 
 
 def bench_idset(n: int) -> None:
@@ -64,41 +166,127 @@ def bench_idset(n: int) -> None:
             "from format.idset import IdSet\n"
             "s=IdSet(); t=time.monotonic()\n"
             "for k in range(%d): s.add(os.urandom(8) if k %% 4096 else os.urandom(32))\n"
-            "s.freeze(); print(len(s), round(time.monotonic()-t,1))\n"
-            % (str(Path(__file__).resolve().parent.parent), n))
+            "s.freeze(); print(len(s), round(time.monotonic()-t,1))\n" % (str(ROOT), n))
     r = run([PY, "-c", code])
     print(f"idset {n:>11,} ids: {r.wall:7.1f} s, peak RSS {r.rss_mib:7.1f} MiB  ({r.out.strip()})")
 
 
+def bench_marks(work: Path, n: int, disk_slots: int, trees: list[Path]) -> None:
+    """Prune's peak memory at ``n`` chunks, measured: one generation whose disks of at most
+    ``disk_slots`` slots name ``n`` random ids, and no chunk objects at all (what the ids name
+    does not matter to the mark phase; the walk of ``chunks/`` is streamed). So the run is the
+    key derivation, reading every index and marking ``n`` ids."""
+    path = work / f"marks-{n}-{disk_slots}"
+    repo = Repository.init(path, PASSWORD.encode(), encrypted=True, chunk_size=MARKS_CHUNK)
+    entries = []
+    for d, start in enumerate(range(0, n, disk_slots)):
+        slots = min(disk_slots, n - start)
+        index = FixedIndex(slots * MARKS_CHUNK, MARKS_CHUNK, bytearray(os.urandom(slots * 32)))
+        entries.append(DiskEntry(f"disk{d}", index.capacity, MARKS_CHUNK, repo.put_index(index)))
+        del index
+    repo.put_manifest(Manifest("bench", "g0", "2026-01-01T00:00:00.000000Z", time.time_ns(), None, entries))
+    del repo
+    for tree in trees:
+        # cwd too: ``python -m`` puts the working directory before PYTHONPATH
+        r = run(repofs("prune", "--json"), env=repofs_env(path, work, tree), cwd=tree)
+        report = json.loads(r.out)
+        print(f"marks {n:>11,} ids in disks of at most {disk_slots:,} slots: {r.wall:7.1f} s, cpu {r.cpu:7.1f} s, "
+              f"peak RSS {r.rss_mib:7.1f} MiB (referenced {report['referenced_chunks']:,}, "
+              f"load {os.getloadavg()[0]:.1f}; code of {tree})", flush=True)
+    shutil.rmtree(path)
+
+
+def extrapolate(points: list[tuple[int, float]], n: int) -> float:
+    (n1, v1), (n2, v2) = points[-2], points[-1]
+    return v2 + (v2 - v1) / (n2 - n1) * (n - n2)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", default="100k,1M")
+    ap.add_argument("--sizes", default="50k,200k")
     ap.add_argument("--work", default=None, help="where to build the repositories (default: a temp dir)")
-    ap.add_argument("--idset", default="10M", help="also measure the marks alone for this many ids ('' to skip)")
+    ap.add_argument("--tools", default="repofs,restic,borg")
+    ap.add_argument("--idset", default="", help="also measure the marks alone for this many ids")
+    ap.add_argument("--marks", default="", help="only measure prune's peak memory at this many "
+                    "chunks (indexes of random ids, no chunk objects), e.g. 10M")
+    ap.add_argument("--disk-slots", default="1M", help="with --marks: slots per disk, e.g. 1M,10M")
+    ap.add_argument("--tree", action="append", default=[], help="with --marks: run the prune with "
+                    "this checkout's code (repeat to compare versions on the same repository)")
     args = ap.parse_args()
-    work = Path(args.work or tempfile.mkdtemp(prefix="bench-prune-"))
-    results = []
-    for n in [parse_count(s) for s in args.sizes.split(",") if s]:
-        path = work / f"repo-{n}"
-        shutil.rmtree(path, ignore_errors=True)
-        t = time.monotonic()
-        build(path, n)
-        built = time.monotonic() - t
-        env = {**os.environ, "REPOFS_REPOSITORY": str(path), "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-        r = run(repofs("prune", "--json"), env=env)
-        results.append((n, r))
-        print(f"prune {n:>11,} chunks: {r.wall:7.1f} s, cpu {r.cpu:7.1f} s, peak RSS {r.rss_mib:7.1f} MiB "
-              f"(built in {built:.0f} s)", flush=True)
-        shutil.rmtree(path, ignore_errors=True)
-    if len(results) >= 2:
-        (n1, r1), (n2, r2) = results[0], results[-1]
-        per = (r2.rss_mib - r1.rss_mib) / (n2 - n1)
-        slope_t = (r2.wall - r1.wall) / (n2 - n1)
-        ten = 10_000_000
-        print(f"extrapolated to {ten:,} chunks: peak RSS {r2.rss_mib + per * (ten - n2):.0f} MiB, "
-              f"{r2.wall + slope_t * (ten - n2):.0f} s")
+    tools = [t for t in args.tools.split(",") if t]
+    work = Path(tempfile.mkdtemp(prefix="bench-prune-", dir=args.work))
+    if args.marks:
+        try:
+            for slots in args.disk_slots.split(","):
+                bench_marks(work, parse_count(args.marks), parse_count(slots),
+                            [Path(t).resolve() for t in args.tree] or [ROOT])
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return
+    # (tool, figure) -> [(n, wall, rss)]
+    series: dict[str, list[tuple[int, float, float]]] = {}
+    try:
+        for n in [parse_count(s) for s in args.sizes.split(",") if s]:
+            data = work / "data"
+            t = time.monotonic()
+            if {"restic", "borg"} & set(tools):
+                write_tree(data / "a", range(n // 2))
+                write_tree(data / "b", range(n // 2, n))
+            for tool in tools:
+                t = time.monotonic()
+                if tool == "repofs":
+                    runs = bench_repofs(work, n)
+                elif tool == "restic":
+                    runs = bench_restic(work, data)
+                elif tool == "borg":
+                    runs = bench_borg(work, data)
+                else:
+                    raise KeyError(tool)
+                built = time.monotonic() - t - sum(r.wall for r in runs.values())
+                for what, r in runs.items():
+                    key = f"{tool} {what}"
+                    series.setdefault(key, []).append((n, r.wall, r.rss_mib))
+                    print(f"{n:>9,} chunks  {key:<14} {r.wall:8.2f} s  cpu {r.cpu:8.2f} s  peak RSS "
+                          f"{r.rss_mib:7.1f} MiB   (set up in {built:.0f} s, load {os.getloadavg()[0]:.1f})",
+                          flush=True)
+            shutil.rmtree(data, ignore_errors=True)
+        if "borg delete" in series and "borg compact" in series:
+            series["borg delete+compact"] = [(n, w1 + w2, max(r1, r2)) for (n, w1, r1), (_n, w2, r2)
+                                             in zip(series["borg delete"], series["borg compact"], strict=True)]
+        table(series)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     if args.idset:
         bench_idset(parse_count(args.idset))
+
+
+def table(series: dict[str, list[tuple[int, float, float]]]) -> None:
+    sizes = sorted({n for points in series.values() for n, _w, _r in points})
+    targets = sizes + ([1_000_000, 10_000_000] if len(sizes) >= 2 else [])
+    figures: dict[str, dict[int, tuple[float, float, bool]]] = {}
+    for key, points in series.items():
+        got = {n: (w, r, False) for n, w, r in points}
+        for n in targets:
+            if n not in got and len(points) >= 2:
+                got[n] = (max(0.0, extrapolate([(p[0], p[1]) for p in points], n)),
+                          max(0.0, extrapolate([(p[0], p[2]) for p in points], n)), True)
+        figures[key] = got
+    print("\n| chunks | tool | time s | peak RSS MiB | time / repofs | RSS / repofs |")
+    print("|---|---|---|---|---|---|")
+    base = figures.get("repofs prune", {})
+    for n in targets:
+        for key, got in figures.items():
+            if n not in got:
+                continue
+            w, r, est = got[n]
+            mark = "~" if est else ""
+            ratio = ""
+            if n in base and key != "repofs prune":
+                ratio = f"{w / base[n][0]:.2f}x | {r / base[n][1]:.2f}x"
+            else:
+                ratio = " | "
+            print(f"| {n:,} | {key} | {mark}{w:.2f} | {mark}{r:.1f} | {ratio} |")
+    print("(~ extrapolated linearly from the two largest measured sizes)")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import queue
 import secrets
 import threading
 import time
-from typing import Iterator, Protocol
+from typing import BinaryIO, Iterator, Protocol
 
 from .errors import ObjectMissing, StorageFull
 
@@ -81,7 +81,7 @@ _writeback = _Writeback()
 
 class Backend(Protocol):
     def get(self, name: str) -> bytes: ...
-    def put(self, name: str, data: bytes | memoryview, *, sync: bool = True) -> None: ...
+    def put(self, name: str, data: bytes | bytearray | memoryview, *, sync: bool = True) -> None: ...
     def sync(self) -> None: ...
     def exists(self, name: str) -> bool: ...
     def size(self, name: str) -> int: ...
@@ -119,6 +119,14 @@ class LocalBackend:
         except FileNotFoundError:
             raise ObjectMissing(name) from None
 
+    def open_stream(self, name: str) -> tuple[BinaryIO, int]:
+        """Object ``name`` opened for reading, and its size (the caller closes it)."""
+        try:
+            f = open(self.path(name), "rb")
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise ObjectMissing(name) from None
+        return f, os.fstat(f.fileno()).st_size
+
     def size(self, name: str) -> int:
         try:
             return os.stat(self.path(name)).st_size
@@ -141,7 +149,7 @@ class LocalBackend:
     def exists(self, name: str) -> bool:
         return os.path.exists(self.path(name))
 
-    def put(self, name: str, data: bytes | memoryview, *, sync: bool = True) -> None:
+    def put(self, name: str, data: bytes | bytearray | memoryview, *, sync: bool = True) -> None:
         """Store ``data`` under ``name`` atomically.
 
         With ``sync=False`` the file is renamed into place without fsync; the caller must call

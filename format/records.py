@@ -20,7 +20,7 @@ MAGIC_LEASE = b"RFLS"
 MAGIC_BATCH = b"RFPB"
 MAGIC_VERIFIED = b"RFVR"
 MAX_RECORD = 64 << 20
-_NAME = re.compile(r"^[0-9a-f]{2,64}$")
+_NAME = re.compile(r"[0-9a-f]{2,64}")     # whole names only (fullmatch): "$" would allow a "\n"
 
 
 def put(repo: Any, folder: str, name: str, magic: bytes, doc: dict) -> None:
@@ -31,7 +31,7 @@ def put(repo: Any, folder: str, name: str, magic: bytes, doc: dict) -> None:
 def get(repo: Any, folder: str, name: str, magic: bytes) -> dict:
     """The record ``folder/name``: ObjectMissing if absent, CorruptObject if damaged."""
     label = f"{folder}/{name}"
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise CorruptObject(label, "malformed record name")
     if repo.backend.size(label) > MAX_RECORD:
         raise CorruptObject(label, "record too large")
@@ -50,7 +50,7 @@ def names(repo: Any, folder: str) -> list[str]:
     out = []
     for full in repo.backend.list(folder):
         name = full.split("/", 1)[1] if "/" in full else full
-        if _NAME.match(name):
+        if _NAME.fullmatch(name):
             out.append(name)
     return sorted(out)
 

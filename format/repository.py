@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
 import json
 import logging
 import os
@@ -29,7 +30,7 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import BinaryIO, Callable, Iterable, Iterator, TypeVar
 
 from .backend import Backend, LocalBackend
 from .errors import (CorruptObject, EncryptionMismatch, KeyMissing, ObjectMissing, RepoError,
@@ -44,6 +45,8 @@ from .marks import forgotten
 from .security import KnownRepository
 from .writerlock import WriterLock
 from .sealed import HEADER, MAGIC_CHUNK, MAGIC_INDEX, MAGIC_MANIFEST, TAG_SIZE, Sealer
+
+_T = TypeVar("_T")
 
 REPO_FORMAT = "repofs-repository"
 REPO_VERSION = 1
@@ -291,17 +294,30 @@ class Repository:
         """The bytes of chunk or index ``name``, also while a prune has it moved aside in a
         trash batch (docs/format.md section 9.3): the original name, each batch, then the
         original name again (a sweep may have moved it back meanwhile)."""
+        return self._moved_aside(name, self.backend.get)
+
+    def open_object(self, name: str) -> tuple[BinaryIO, int]:
+        """A stream of chunk or index ``name`` and its size, found as ``get_object`` finds it,
+        for an object too large to hold whole (the caller closes it). A backend without
+        streams (no ``open_stream``) gives the whole object in memory."""
+        opener = getattr(self.backend, "open_stream", None)
+        if opener is None:
+            data = self.get_object(name)
+            return io.BytesIO(data), len(data)
+        return self._moved_aside(name, opener)
+
+    def _moved_aside(self, name: str, fetch: Callable[[str], _T]) -> _T:
         for _attempt in range(3):   # concurrent prunes may move it on between our looks
             try:
-                return self.backend.get(name)
+                return fetch(name)
             except ObjectMissing:
                 pass
             for batch in self.backend.list("pending"):
                 try:
-                    return self.backend.get(f"trash/{batch.rsplit('/', 1)[-1]}/{name}")
+                    return fetch(f"trash/{batch.rsplit('/', 1)[-1]}/{name}")
                 except ObjectMissing:
                     continue
-        return self.backend.get(name)
+        return fetch(name)
 
     # -- indexes ---------------------------------------------------------------------------
 

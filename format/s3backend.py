@@ -328,7 +328,7 @@ class S3Backend:
 
     # -- writes ----------------------------------------------------------------------------
 
-    def put(self, name: str, data: bytes | memoryview, *, sync: bool = True) -> None:
+    def put(self, name: str, data: bytes | bytearray | memoryview, *, sync: bool = True) -> None:
         """Store ``data`` under ``name``. With ``sync=False`` the upload runs in the
         background; ``sync()`` waits for it and raises its failure."""
         if self._failure is not None:

@@ -31,10 +31,12 @@ from __future__ import annotations
 import secrets
 import struct
 import threading
+from typing import BinaryIO, Iterator
 
 import blake3
 import zstandard
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers import AEADDecryptionContext, Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .errors import CorruptObject, UnsupportedFormat
@@ -56,6 +58,40 @@ ID_SIZE = 32
 # The largest plaintext a reader accepts unless its caller says less: 4 GiB (an index of a
 # 64 TiB disk at 1 MiB chunks is 2 GiB).
 MAX_PLAIN = 1 << 32
+# What ``open_pages`` reads, decrypts and hands out at a time.
+PAGE = 1 << 20
+ZSTD_FRAME_HEADER_MAX = 18     # the largest zstd frame header: enough to read its content size
+# The largest zstd window ``open_pages`` accepts. Its frame is decompressed before the tag is
+# checked, so a forged frame can make it allocate this much before the object is refused
+# (zstd's own default limit; the sealer's levels use 8 MiB at most).
+MAX_PAGED_WINDOW = 1 << 27
+
+
+# The compression decision. Whole chunks of media, archives or encrypted guest data do not
+# compress, and zstd spends about a quarter of its time on them for nothing (docs/performance.md,
+# "Compression decision"). A sample of SAMPLES pieces of SAMPLE_SIZE bytes spread over the
+# plaintext is compressed at zstd's fastest level first: when it does not shrink below
+# SAMPLE_RATIO of itself the object is stored uncompressed (compression 0 in its header, which
+# every reader already follows). Small objects are always tried whole.
+SAMPLE_SIZE = 4096
+SAMPLES = 8
+SAMPLE_RATIO = 0.97
+SAMPLE_MIN = 64 * 1024
+_sampler = threading.local()
+
+
+def worth_compressing(plaintext: bytes | memoryview) -> bool:
+    """Whether a sample of ``plaintext`` compresses well enough to compress all of it."""
+    n = len(plaintext)
+    if n < SAMPLE_MIN:
+        return True
+    step = n // SAMPLES
+    view = memoryview(plaintext)
+    sample = b"".join(view[i * step:i * step + SAMPLE_SIZE] for i in range(SAMPLES))
+    c = getattr(_sampler, "c", None)
+    if c is None:
+        c = _sampler.c = zstandard.ZstdCompressor(level=1, write_content_size=False)
+    return len(c.compress(sample)) < len(sample) * SAMPLE_RATIO
 
 
 class Sealer:
@@ -88,27 +124,37 @@ class Sealer:
             d = self._local.d = zstandard.ZstdDecompressor()
         return d
 
-    def seal(self, magic: bytes, name: bytes, plaintext: bytes | memoryview) -> bytes:
-        compressed = self._compressor().compress(plaintext)
-        if len(compressed) < len(plaintext):
-            compression, payload = COMPRESSION_ZSTD, compressed
-        else:
-            compression, payload = COMPRESSION_NONE, bytes(plaintext)
+    def seal(self, magic: bytes, name: bytes, plaintext: bytes | memoryview) -> bytearray:
+        """``header || payload || tag`` in one buffer: the payload is compressed only when
+        that pays (``worth_compressing``), and encrypted straight into the buffer, so a
+        1 MiB chunk is not copied once more to join the header to its ciphertext."""
+        payload: bytes | memoryview = plaintext
+        compression = COMPRESSION_NONE
+        if worth_compressing(plaintext):
+            compressed = self._compressor().compress(plaintext)
+            if len(compressed) < len(plaintext):
+                compression, payload = COMPRESSION_ZSTD, compressed
         nonce = secrets.token_bytes(12) if self._aead else ZERO_NONCE
-        header = HEADER.pack(magic, VERSION, compression, self._cipher, 0,
-                             len(plaintext), len(payload), nonce)
-        aad = header + name
+        out = bytearray(HEADER.size + len(payload) + TAG_SIZE[self._cipher])
+        HEADER.pack_into(out, 0, magic, VERSION, compression, self._cipher, 0,
+                         len(plaintext), len(payload), nonce)
+        aad = bytes(out[:HEADER.size]) + name
+        body = memoryview(out)[HEADER.size:]
         if self._aead is not None:
-            return header + self._aead.encrypt(nonce, payload, aad)
-        return b"".join((header, payload, blake3.blake3(aad + payload).digest()))
+            self._aead.encrypt_into(nonce, payload, aad, body)
+        else:
+            body[:len(payload)] = payload
+            body[len(payload):] = blake3.blake3(aad).update(payload).digest()
+        return out
 
-    def open(self, magic: bytes, name: bytes, data: bytes, label: str, max_plain: int = MAX_PLAIN) -> bytes:
-        """The plaintext of ``data``; raises CorruptObject naming ``label`` on any mismatch
-        (UnsupportedFormat for another format version). At most ``max_plain`` bytes."""
-        if len(data) < HEADER.size:
+    def _check_header(self, magic: bytes, head: bytes, size: int, label: str,
+                      max_plain: int) -> tuple[int, int, int, int, bytes]:
+        """The header's (compression, cipher, plain length, payload length, nonce) once every
+        rule ``open`` and ``open_pages`` share holds for an object of ``size`` bytes."""
+        if len(head) < HEADER.size:
             raise CorruptObject(label, "shorter than its header")
         m, version, compression, cipher, _reserved, plain_len, payload_len, nonce = \
-            HEADER.unpack_from(data)
+            HEADER.unpack_from(head)
         if m != magic:
             raise CorruptObject(label, f"bad magic {m!r}")
         if version != VERSION:
@@ -117,9 +163,15 @@ class Sealer:
             raise CorruptObject(label, f"sealed with cipher {cipher}, repository uses {self._cipher}")
         if plain_len > max_plain:
             raise CorruptObject(label, f"plaintext length {plain_len} exceeds {max_plain}")
-        tag_size = TAG_SIZE[cipher]
-        if len(data) != HEADER.size + payload_len + tag_size:
-            raise CorruptObject(label, f"size {len(data)} does not match its header")
+        if size != HEADER.size + payload_len + TAG_SIZE[cipher]:
+            raise CorruptObject(label, f"size {size} does not match its header")
+        return compression, cipher, plain_len, payload_len, nonce
+
+    def open(self, magic: bytes, name: bytes, data: bytes, label: str, max_plain: int = MAX_PLAIN) -> bytes:
+        """The plaintext of ``data``; raises CorruptObject naming ``label`` on any mismatch
+        (UnsupportedFormat for another format version). At most ``max_plain`` bytes."""
+        compression, _cipher, plain_len, payload_len, nonce = \
+            self._check_header(magic, data[:HEADER.size], len(data), label, max_plain)
         aad = data[:HEADER.size] + name
         body = memoryview(data)[HEADER.size:]
         payload: bytes | memoryview
@@ -150,3 +202,108 @@ class Sealer:
         if len(plain) != plain_len:
             raise CorruptObject(label, "plaintext length does not match its header")
         return plain
+
+    def open_pages(self, magic: bytes, name: bytes, stream: BinaryIO, size: int, label: str, *,
+                   object_id: bytes | None = None, max_plain: int = MAX_PLAIN,
+                   page: int = PAGE) -> Iterator[bytes]:
+        """The plaintext of the object of ``size`` bytes read from ``stream``, in pages of at
+        most ``page`` bytes, for objects too large to hold whole (the index of a 10 TiB disk at
+        1 MiB chunks is 320 MB): memory is a few pages whatever the object's size. The checks
+        are ``open``'s, and with ``object_id`` the keyed hash of the plaintext must be it —
+        but the tag and the hash can only be checked after the last page: **what the pages
+        hold is unauthenticated until the iteration ends without CorruptObject.** A caller may
+        only use them in ways that stay safe if the object turns out corrupt (prune adds the
+        ids to its marks: extra marks only keep objects, and a corrupt index stops the prune
+        before it condemns anything)."""
+        head = stream.read(HEADER.size)
+        compression, _cipher, plain_len, payload_len, nonce = \
+            self._check_header(magic, head, size, label, max_plain)
+        payload = _PayloadReader(stream, payload_len, head + name, nonce, self._keys.enc_key, label)
+        hasher = blake3.blake3(key=self._keys.id_key) if object_id is not None else None
+        total = 0
+        pages: Iterator[bytes]
+        if compression == COMPRESSION_ZSTD:
+            first = payload.read(ZSTD_FRAME_HEADER_MAX)
+            try:
+                declared = zstandard.frame_content_size(first)
+            except zstandard.ZstdError:
+                raise CorruptObject(label, "payload is not a zstd frame") from None
+            if declared != plain_len:
+                raise CorruptObject(label, f"zstd frame declares {declared} bytes, header {plain_len}")
+            payload.unread(first)
+            # the frame is decompressed before its tag is checked: its window is bounded here
+            dctx = zstandard.ZstdDecompressor(max_window_size=MAX_PAGED_WINDOW)
+            # read_to_iter takes any object with read(); its stub asks for IO[bytes]
+            pages = dctx.read_to_iter(payload, read_size=page, write_size=page)  # type: ignore[arg-type]
+        elif compression == COMPRESSION_NONE:
+            pages = iter(lambda: payload.read(page), b"")
+        else:
+            raise CorruptObject(label, f"unknown compression {compression}")
+        try:
+            for out in pages:
+                total += len(out)
+                if total > plain_len:
+                    raise CorruptObject(label, "plaintext length does not match its header")
+                if hasher is not None:
+                    hasher.update(out)
+                yield out
+        except zstandard.ZstdError as e:
+            raise CorruptObject(label, f"decompression failed ({e})") from None
+        payload.finish()
+        if total != plain_len:
+            raise CorruptObject(label, "plaintext length does not match its header")
+        if hasher is not None and hasher.digest() != object_id:
+            raise CorruptObject(label, "content does not match its id")
+
+
+class _PayloadReader:
+    """The payload of a sealed object read from a stream and decrypted as it goes (AES-256-GCM
+    in streaming mode, or the BLAKE3 tag of an unencrypted object hashed as it goes);
+    ``finish`` checks the tag. A file-like ``read`` for zstd's streaming decompressor."""
+
+    def __init__(self, stream: BinaryIO, length: int, aad: bytes, nonce: bytes,
+                 enc_key: bytes | None, label: str) -> None:
+        self._stream, self._left, self._label = stream, length, label
+        self._back = b""
+        self._dec: AEADDecryptionContext | None
+        if enc_key is not None:
+            self._dec = Cipher(algorithms.AES(enc_key), modes.GCM(nonce)).decryptor()
+            self._dec.authenticate_additional_data(aad)
+            self._mac = None
+        else:
+            self._dec = None
+            self._mac = blake3.blake3(aad)
+
+    def unread(self, data: bytes) -> None:
+        self._back = data + self._back
+
+    def read(self, n: int = -1) -> bytes:
+        if self._back:
+            cut = len(self._back) if n < 0 else n
+            out, self._back = self._back[:cut], self._back[cut:]
+            return out
+        want = self._left if n < 0 else min(n, self._left)
+        if want <= 0:
+            return b""
+        data = self._stream.read(want)
+        if len(data) != want:
+            raise CorruptObject(self._label, "shorter than its header says")
+        self._left -= want
+        if self._dec is not None:
+            return self._dec.update(data)
+        assert self._mac is not None        # __init__ sets one of the two
+        self._mac.update(data)
+        return data
+
+    def finish(self) -> None:
+        """Check the tag after the whole payload was read (CorruptObject otherwise)."""
+        if self._left:
+            raise CorruptObject(self._label, "payload not read to its end")
+        tag = self._stream.read(TAG_SIZE[CIPHER_ID_AES_GCM if self._dec is not None else CIPHER_ID_NONE])
+        if self._dec is not None:
+            try:
+                self._dec.finalize_with_tag(tag)
+            except (InvalidTag, ValueError):
+                raise CorruptObject(self._label, "authentication failed") from None
+        elif self._mac is None or self._mac.digest() != tag:     # (__init__ sets one of the two)
+            raise CorruptObject(self._label, "integrity tag mismatch")

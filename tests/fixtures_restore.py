@@ -84,7 +84,8 @@ class RestoreBed:
                     "power": str(p.get("runtime.powerState")),
                     "snapshots": p.get("snapshot"),
                     "folder": get_properties(si, p["parent"], ["name"]).get("name"),
-                    "pool": get_properties(si, p["resourcePool"], ["name"]).get("name"),
+                    "pool": get_properties(si, p["resourcePool"], ["name"]).get("name")
+                    if p.get("resourcePool") is not None else None,  # a template has none
                     "host": get_properties(si, p["runtime.host"], ["name"]).get("name")
                     if p.get("runtime.host") is not None else None,
                     "disks": [d for d in devices if isinstance(d, vim.vm.device.VirtualDisk)],

@@ -134,8 +134,9 @@ class VSphereBed:
             disk.flush()
 
 
-@pytest.fixture
-def vsphere(vcsim: VCSim, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[VSphereBed]:
+def make_bed(vcsim: VCSim, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> VSphereBed:
+    """A bed on the given simulator (the ``vsphere`` fixture's, or one a test runs itself)."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
     libdir = build_standin()
     repo = tmp_path / "repo"
     pw = tmp_path / "vsphere-password"
@@ -146,4 +147,9 @@ def vsphere(vcsim: VCSim, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> It
     monkeypatch.setenv("VDDK_STANDIN_CONFIG", str(bed.config))
     subprocess.run([*REPOFS, "init", str(repo), "--encryption", "none"], env=bed.env(), check=True,
                    capture_output=True)
-    yield bed
+    return bed
+
+
+@pytest.fixture
+def vsphere(vcsim: VCSim, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[VSphereBed]:
+    yield make_bed(vcsim, tmp_path, monkeypatch)

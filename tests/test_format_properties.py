@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import struct
 
 import pytest
@@ -14,6 +15,13 @@ from format.keys import KeyMaterial
 from format.manifest import DiskEntry, Manifest
 from format.sealed import MAGIC_CHUNK, MAGIC_INDEX, Sealer
 
+
+def _examples(n: int) -> int:
+    """A quarter of the examples for each mutant of a mutation run (docs/security.md); the full
+    number in the test run."""
+    return max(10, n // 4) if os.environ.get("MUTANT_UNDER_TEST") else n
+
+
 SEALERS = {
     "aes": Sealer(KeyMaterial.generate(encrypted=True)),
     "none": Sealer(KeyMaterial.generate(encrypted=False)),
@@ -23,7 +31,7 @@ SEALERS = {
 @pytest.mark.parametrize("kind", SEALERS)
 @given(data=st.binary(max_size=70_000)
        | st.builds(lambda n, b: b * n, st.integers(0, 5000), st.binary(min_size=1, max_size=16)))
-@settings(max_examples=60, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=_examples(60), suppress_health_check=[HealthCheck.too_slow])
 def test_chunk_codec_round_trip(kind, data):
     s = SEALERS[kind]
     cid = s.object_id(data)
@@ -33,7 +41,7 @@ def test_chunk_codec_round_trip(kind, data):
 
 @pytest.mark.parametrize("kind", SEALERS)
 @given(data=st.binary(min_size=1, max_size=5000), where=st.integers(min_value=0), bit=st.integers(0, 7))
-@settings(max_examples=80)
+@settings(max_examples=_examples(80))
 def test_any_flipped_bit_is_detected(kind, data, where, bit):
     s = SEALERS[kind]
     cid = s.object_id(data)
@@ -45,7 +53,7 @@ def test_any_flipped_bit_is_detected(kind, data, where, bit):
 
 
 @given(data=st.binary(min_size=1, max_size=2000))
-@settings(max_examples=30)
+@settings(max_examples=_examples(30))
 def test_object_bound_to_its_name_and_kind(data):
     s = SEALERS["aes"]
     cid = s.object_id(data)
@@ -60,7 +68,7 @@ def test_object_bound_to_its_name_and_kind(data):
 
 @given(capacity=st.integers(0, 1 << 40), chunk_pow=st.integers(16, 24),
        picks=st.lists(st.integers(min_value=0), max_size=20))
-@settings(max_examples=60)
+@settings(max_examples=_examples(60))
 def test_fixed_index_round_trip_and_arithmetic(capacity, chunk_pow, picks):
     cs = 1 << chunk_pow
     if chunk_count(capacity, cs) > 200_000:
@@ -108,7 +116,7 @@ def _patched_index(draw):
 
 
 @given(_patched_index())
-@settings(max_examples=80)
+@settings(max_examples=_examples(80))
 def test_index_patches_round_trip_and_assemble(case):
     idx, content = case
     back = FixedIndex.decode(idx.encode(), "i")
@@ -184,7 +192,7 @@ def _copied_index(draw):
 
 
 @given(_copied_index(), st.data())
-@settings(max_examples=80)
+@settings(max_examples=_examples(80))
 def test_index_copies_round_trip_and_locate(case, data):
     idx, disk, chunks = case
     back = FixedIndex.decode(idx.encode(), "i")
@@ -248,7 +256,7 @@ def test_index_rejects_inconsistent_headers():
 
 @given(vm=st.text(min_size=1, max_size=40),
        meta=st.dictionaries(st.text(max_size=10), st.integers() | st.text(max_size=20), max_size=5))
-@settings(max_examples=40)
+@settings(max_examples=_examples(40))
 def test_manifest_round_trip(vm, meta):
     m = Manifest(vm=vm, generation="2026-11-25T140300Z", time="t", time_ns=5, parent=None,
                  disks=[DiskEntry("disk0", 123, 1 << 20, "ab" * 32, source={"type": "file"})], metadata=meta)

@@ -579,7 +579,7 @@ def test_library_log_reaches_python_logging(vddk_libdir: pathlib.Path, standin: 
             conn.open(path).close()
     messages = [(r.name, r.levelno, r.getMessage()) for r in caplog.records]
     assert ("vddk.library", logging.DEBUG,
-            "VixDiskLib: stand-in 6.7 initialized with 1 datastore(s)") in messages
+            "VixDiskLib: stand-in 7.0 initialized with 1 datastore(s)") in messages
     assert ("vddk.library", logging.DEBUG,
             "VixDiskLib: opened [LocalDS_0] vm1/d.vmdk (4096 sectors, nbdssl, flags 4)") in messages
     assert ("vddk.library", logging.DEBUG, "VixDiskLib: exiting") in messages
@@ -640,7 +640,7 @@ def test_stats_lines(vddk_lib: vddk.Library, standin: Standin) -> None:
         ["disconnect", "vc.test"],
         ["end", "moref=vm-42", "repofs"],
     ]
-    assert standin.stat_lines()[0] == ["init", "6", "7"]
+    assert standin.stat_lines()[0] == ["init", "7", "0"]
 
 
 def test_bad_config_is_refused_at_init(vddk_libdir: pathlib.Path, standin: Standin,

@@ -93,11 +93,14 @@ LAYOUT = {
                                       "port": 64, "nfcHostPort": 68, "reserved3": 72,
                                       "reserved4": 80, "reserved5": 88, "spec": 96,
                                       "specType": 120}),
-    "VixDiskLibInfo": (56, {"biosGeo": 0, "physGeo": 12, "capacity": 24, "adapterType": 32,
-                            "numLinks": 36, "parentFileNameHint": 40, "uuid": 48}),
+    # VDDK 7.0 added the two uint32 sector sizes at the end of the info and create parameters.
+    "VixDiskLibInfo": (64, {"biosGeo": 0, "physGeo": 12, "capacity": 24, "adapterType": 32,
+                            "numLinks": 36, "parentFileNameHint": 40, "uuid": 48,
+                            "logicalSectorSize": 56, "physicalSectorSize": 60}),
     "VixDiskLibBlockList": (24, {"numBlocks": 0, "blocks": 8}),
-    "VixDiskLibCreateParams": (24, {"diskType": 0, "adapterType": 4, "hwVersion": 8,
-                                    "capacity": 16}),
+    "VixDiskLibCreateParams": (32, {"diskType": 0, "adapterType": 4, "hwVersion": 8,
+                                    "capacity": 16, "logicalSectorSize": 24,
+                                    "physicalSectorSize": 28}),
 }
 
 

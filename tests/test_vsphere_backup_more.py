@@ -162,12 +162,12 @@ def test_two_disks_and_a_stale_snapshot(vsphere: VSphereBed, tmp_path: Path) -> 
     name = unique("twodisks")
     with connected(vsphere.vcsim) as si:
         vm = create_vm(si, name, [4 * MiB, 6 * MiB], change_tracking=True)
-        # What a killed run leaves behind: reported, not removed (another run may own it).
+        # Our name without our marker: reported, not removed (we cannot tell whose it is).
         wait_task(si, vm.CreateSnapshot_Task(name="repofs-backup-backup-killed", memory=False, quiesce=False))
     vsphere.write(vsphere.disk_path(name, 0), [(0, b"a" * MiB)])
     vsphere.write(vsphere.disk_path(name, 1), [(5 * MiB, b"b" * MiB)])
     first = vsphere.backup(f"vm:{name}")
-    assert "repofs-backup-backup-killed were left by an earlier repofs run" in first.stdout
+    assert "repofs-backup-backup-killed has our name but not our marker" in first.stdout
     vsphere.write(vsphere.disk_path(name, 1), [(2 * MiB, b"c" * 65536)])
     mark = vsphere.stat_count()
     out = json.loads(vsphere.backup(f"vm:{name}", "--json").stdout)[0]

@@ -34,7 +34,8 @@ def test_restore_to_a_new_name(restore_bed: RestoreBed) -> None:
     proc = restore_bed.restore(f"vm:{b.vm}", "--name", name, "--json")
     out = json.loads(proc.stdout)[0]
     assert out["ok"] and out["vm"] == name
-    assert out["steps"][:3] == ["create the VM", "place disks and map networks", "prepare for access"]
+    assert out["steps"][:4] == ["create the VM", "restore the nvram", "place disks and map networks",
+                                "prepare for access"]
     info = restore_bed.vm(name)
     assert info is not None and info["moref"] != original["moref"]
     cfg, ocfg = info["config"], original["config"]

@@ -1,8 +1,15 @@
 """The VixDiskLib C ABI as cffi sees it: our declarations and the table of symbols.
 
-Role: the one place that knows the library's types, struct layouts (VDDK 6.7+; the connect
-parameters grew the vStorage-object spec in 6.7) and functions, which of them are required and
-since which VDDK version each exists. Nothing here loads anything.
+Role: the one place that knows the library's types, struct layouts and functions, which of
+them are required and since which VDDK version each exists. Nothing here loads anything.
+
+Layouts are VDDK 7.0's, the newest shape of each struct: the connect parameters grew the
+vStorage-object spec in 6.7; ``VixDiskLibInfo`` and ``VixDiskLibCreateParams`` grew
+``logicalSectorSize`` and ``physicalSectorSize`` (uint32 each, at the end) in 7.0, so the
+library of 7, 8 and 9 reads 32 bytes of create parameters and hands back a 64-byte info. We
+always allocate the 7.0 shape (a 6.x library reads the first 24 bytes of it and ignores the
+rest) and read the two sector sizes only from a library of major version 7 or later (a 6.x
+library's info ends before them: ``info_has_sector_sizes``).
 
 Limits: LP64 Linux. ``va_list`` in the log callbacks is declared as ``void *``: on x86_64 (an
 array type, so a pointer when passed) and aarch64 (a 32-byte struct, passed by reference) that
@@ -20,11 +27,26 @@ FLAG_OPEN_SINGLE_LINK = 2
 FLAG_OPEN_READ_ONLY = 4
 MIN_CHUNK_SECTORS = 128            # VIXDISKLIB_MIN_CHUNK_SIZE
 MAX_CHUNK_NUMBER = 512 * 1024      # VIXDISKLIB_MAX_CHUNK_NUMBER
+# The largest chunk we ask QueryAllocatedBlocks for (VIXDISKLIB_MAX_CHUNK_SIZE bounds it in the
+# library; we stay at or under 64 MiB, a bound every released library accepts). Larger wishes
+# are answered by querying at this size and rounding the answer out.
+MAX_CHUNK_SECTORS = 128 * 1024
 CRED_UID = 1
 CRED_SESSIONID = 2
 SPEC_VMX = 0
 SPEC_VSTORAGE_OBJECT = 1
 DISK_MONOLITHIC_FLAT = 2
+# Virtual hardware versions the header names for created disks (VIXDISKLIB_HWVERSION_*); the
+# newest one it defines is ESX65 = 13, and a value above it is not a version the header knows.
+HWVERSIONS = {"workstation4": 3, "workstation5": 4, "workstation6": 6, "esx30": 4, "esx4x": 7,
+              "esx50": 8, "esx51": 9, "esx55": 10, "esx60": 11, "esx65": 13}
+HWVERSION_NEWEST = max(HWVERSIONS.values())
+# Sector sizes a 7.0+ library accepts in the create parameters and reports in the info:
+# 512-byte logical sectors (512n and 512e disks) or 4096 (4Kn).
+LOGICAL_SECTOR_SIZES = (512, 4096)
+PHYSICAL_SECTOR_SIZES = (512, 4096)
+# The first library major version whose structs have the sector sizes.
+SECTOR_SIZES_SINCE = 7
 ADAPTERS = {"ide": 1, "buslogic": 2, "lsilogic": 3}
 ADAPTER_NAMES = {v: k for k, v in ADAPTERS.items()}
 MINIMUM_VDDK = "6.7"
@@ -69,6 +91,8 @@ typedef struct {
     int numLinks;
     char *parentFileNameHint;
     char *uuid;
+    uint32_t logicalSectorSize;   /* 7.0+ */
+    uint32_t physicalSectorSize;  /* 7.0+ */
 } VixDiskLibInfo;
 
 typedef struct { uint64_t offset; uint64_t length; } VixDiskLibBlock;
@@ -79,6 +103,8 @@ typedef struct {
     int adapterType;
     uint16_t hwVersion;
     uint64_t capacity;
+    uint32_t logicalSectorSize;   /* 7.0+ */
+    uint32_t physicalSectorSize;  /* 7.0+ */
 } VixDiskLibCreateParams;
 
 VixError VixDiskLib_InitEx(uint32_t major, uint32_t minor, VixDiskLibGenericLogFunc log,
@@ -161,6 +187,12 @@ SYMBOLS: tuple[Symbol, ...] = (
     Symbol("VixDiskLib_FreeBlockList", False, "6.7"),
     Symbol("VixDiskLib_AllocateConnectParams", False, "6.7"),
 )
+
+
+def info_has_sector_sizes(major: int | None) -> bool:
+    """Whether a library of this major version fills ``logicalSectorSize``/``physicalSectorSize``
+    in ``VixDiskLibInfo`` (unknown versions: no, the 6.7 shape is the safe reading)."""
+    return major is not None and major >= SECTOR_SIZES_SINCE
 
 
 def make_ffi() -> cffi.FFI:

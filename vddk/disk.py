@@ -46,6 +46,8 @@ class DiskInfo:
     links: int
     parent_hint: str | None
     uuid: str | None
+    logical_sector_size: int = abi.SECTOR_SIZE   # 4096 on a 4Kn disk (VDDK 7.0+ tells)
+    physical_sector_size: int = abi.SECTOR_SIZE  # 4096 on 512e and 4Kn disks
 
 
 def _check_aligned(what: str, value: int) -> None:
@@ -94,18 +96,41 @@ class Connection:
         return disk
 
     def create(self, path: str, capacity: int, *, adapter: str = "lsilogic",
-               hw_version: int = 14) -> None:
-        """Create a local monolithicFlat disk of ``capacity`` bytes (local mode only)."""
+               hw_version: int = abi.HWVERSION_NEWEST, logical_sector_size: int = 512,
+               physical_sector_size: int = 512) -> None:
+        """Create a local monolithicFlat disk of ``capacity`` bytes (local mode only).
+
+        ``hw_version`` is one the header defines (``abi.HWVERSIONS``; default the newest);
+        the sector sizes (7.0+ libraries) make a 512e (512/4096) or 4Kn (4096/4096) disk."""
         self._require_open()
         _check_aligned("capacity", capacity)
         if adapter not in abi.ADAPTERS:
             raise InvalidArgument(VIX_E_INVALID_ARG, f"unknown adapter type {adapter!r}")
+        if hw_version not in abi.HWVERSIONS.values():
+            raise InvalidArgument(VIX_E_INVALID_ARG,
+                                  f"hardware version {hw_version} is not one VixDiskLib defines "
+                                  f"(newest: {abi.HWVERSION_NEWEST})")
+        if (logical_sector_size not in abi.LOGICAL_SECTOR_SIZES
+                or physical_sector_size not in abi.PHYSICAL_SECTOR_SIZES
+                or physical_sector_size < logical_sector_size):
+            raise InvalidArgument(VIX_E_INVALID_ARG,
+                                  f"sector sizes {logical_sector_size}/{physical_sector_size} "
+                                  "are not 512/512, 512/4096 or 4096/4096")
+        if (logical_sector_size, physical_sector_size) != (512, 512) and not (
+                abi.info_has_sector_sizes(self._b.major)):
+            raise InvalidArgument(VIX_E_INVALID_ARG,
+                                  "4K sectors need VixDiskLib 7.0 or later")
+        if capacity % logical_sector_size:
+            raise AlignmentError(f"capacity {capacity} is not a multiple of the "
+                                 f"{logical_sector_size}-byte logical sector")
         ffi = self._b.ffi
-        cp = ffi.new("VixDiskLibCreateParams *")
+        cp = ffi.new("VixDiskLibCreateParams *")  # the 7.0 shape, zeroed
         cp.diskType = abi.DISK_MONOLITHIC_FLAT
         cp.adapterType = abi.ADAPTERS[adapter]
         cp.hwVersion = hw_version
         cp.capacity = capacity // abi.SECTOR_SIZE
+        cp.logicalSectorSize = logical_sector_size
+        cp.physicalSectorSize = physical_sector_size
         with OPEN_CLOSE_LOCK:
             err = self._b.Create(self._handle, path.encode(), cp, ffi.NULL, ffi.NULL)
         self._b.check(err, "VixDiskLib_Create")
@@ -173,6 +198,7 @@ class Disk:
         out = ffi.new("VixDiskLibInfo **")
         self._b.check(self._b.GetInfo(self._handle, out), "VixDiskLib_GetInfo")
         i = out[0]
+        sizes = abi.info_has_sector_sizes(self._b.major)
         try:
             return DiskInfo(
                 capacity=i.capacity * abi.SECTOR_SIZE,
@@ -183,6 +209,12 @@ class Disk:
                 parent_hint=(ffi.string(i.parentFileNameHint).decode()
                              if i.parentFileNameHint != ffi.NULL else None),
                 uuid=ffi.string(i.uuid).decode() if i.uuid != ffi.NULL else None,
+                # A 6.x library's info ends before these fields: not read there. 0 means the
+                # library did not say: 512.
+                logical_sector_size=(i.logicalSectorSize or abi.SECTOR_SIZE) if sizes
+                else abi.SECTOR_SIZE,
+                physical_sector_size=(i.physicalSectorSize or abi.SECTOR_SIZE) if sizes
+                else abi.SECTOR_SIZE,
             )
         finally:
             self._b.FreeInfo(i)
@@ -249,6 +281,10 @@ class Disk:
                           length: int | None = None) -> list[tuple[int, int]]:
         """The ``(offset, length)`` byte ranges that hold data, merged, at chunk granularity.
 
+        The library is asked about whole chunks only, as VMware's sample and nbdkit do: at most
+        ``MAX_CHUNK_NUMBER`` chunks a call, of at most ``MAX_CHUNK_SECTORS`` sectors (a larger
+        ``chunk_bytes`` is queried at that size and the answer rounded out). A last partial
+        chunk at the end of the range is not asked about: it counts as allocated.
         Without QueryAllocatedBlocks (VDDK < 6.7), or where the library says it cannot tell
         for this disk ("not supported"), the whole range counts as allocated.
         """
@@ -265,18 +301,19 @@ class Disk:
             return []
         if not self._b.has("QueryAllocatedBlocks"):
             return [(offset, end - offset)]
-        chunk = chunk_bytes // abi.SECTOR_SIZE
+        chunk = min(chunk_bytes // abi.SECTOR_SIZE, abi.MAX_CHUNK_SECTORS)
         start_s, end_s = offset // abi.SECTOR_SIZE, -(-end // abi.SECTOR_SIZE)
+        whole_end_s = start_s + (end_s - start_s) // chunk * chunk
         ffi = self._b.ffi
         out = ffi.new("VixDiskLibBlockList **")
-        extents: list[tuple[int, int]] = []
+        found: list[tuple[int, int]] = []
         with self._lock:
             handle = self._require_open()
             s = start_s
-            while s < end_s:
-                n = min(chunk * abi.MAX_CHUNK_NUMBER, end_s - s)
+            while s < whole_end_s:
+                n = min(chunk * abi.MAX_CHUNK_NUMBER, whole_end_s - s)
                 err = self._b.QueryAllocatedBlocks(handle, s, n, chunk, out)
-                if err & 0xFFFF in NOT_SUPPORTED_CODES and not extents and s == start_s:
+                if err & 0xFFFF in NOT_SUPPORTED_CODES and not found and s == start_s:
                     # Some transports and disk types cannot tell (local files on real VDDK).
                     logger.debug("%s: no allocation information, all counts as data", self.path)
                     return [(offset, end - offset)]
@@ -287,17 +324,17 @@ class Disk:
                     entries = ffi.cast("VixDiskLibBlock *", blocks.blocks)
                     for i in range(blocks.numBlocks):
                         b = entries[i]
-                        lo = b.offset * abi.SECTOR_SIZE
-                        hi = min((b.offset + b.length) * abi.SECTOR_SIZE, end)
-                        if extents and extents[-1][0] + extents[-1][1] >= lo:
-                            first = extents[-1][0]
-                            extents[-1] = (first, max(hi, extents[-1][0] + extents[-1][1]) - first)
-                        elif hi > lo:
-                            extents.append((lo, hi - lo))
+                        # Untrusted answer: clip to what was asked.
+                        lo = max(int(b.offset), s)
+                        hi = min(int(b.offset) + int(b.length), s + n)
+                        if hi > lo:
+                            found.append((lo * abi.SECTOR_SIZE, (hi - lo) * abi.SECTOR_SIZE))
                 finally:
                     self._b.FreeBlockList(blocks)
                 s += n
-        return extents
+        if whole_end_s < end_s:  # the tail the library was not asked about
+            found.append((whole_end_s * abi.SECTOR_SIZE, end - whole_end_s * abi.SECTOR_SIZE))
+        return _round_out(found, offset, end, chunk_bytes)
 
     # -- metadata -----------------------------------------------------------------------------
 
@@ -356,3 +393,23 @@ class Disk:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _round_out(extents: list[tuple[int, int]], base: int, end: int,
+               granule: int) -> list[tuple[int, int]]:
+    """``extents`` rounded out to multiples of ``granule`` from ``base``, clipped to ``end``,
+    sorted and merged."""
+    spans = []
+    for lo, n in extents:
+        a = base + (lo - base) // granule * granule
+        b = min(end, base + -(-(lo + n - base) // granule) * granule)
+        if b > a:
+            spans.append((a, b))
+    spans.sort()
+    merged: list[tuple[int, int]] = []
+    for a, b in spans:
+        if merged and a <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+        else:
+            merged.append((a, b))
+    return [(a, b - a) for a, b in merged]

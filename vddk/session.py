@@ -22,8 +22,8 @@ from vddk.params import ConnectParams, CParams
 
 logger = logging.getLogger("vddk")
 
-# The version we ask InitEx for: the connect-parameter layout we declare is VDDK 6.7's.
-INIT_VERSION = (6, 7)
+# The version we ask InitEx for is the library's ``Bindings.init_version``: 7.0 (the struct
+# layouts we declare) for a library of 7 or later, 6.7 for a 6.x library.
 _callbacks: dict[str, Any] = {}  # kept forever: the library may call them until unloaded
 
 
@@ -46,7 +46,8 @@ class Library:
                 raise Busy(VIX_E_OBJECT_IS_BUSY,
                            f"{bindings.path} is already initialized in this process; "
                            "share the open Library")
-            err = bindings.InitEx(INIT_VERSION[0], INIT_VERSION[1], log, warn, panic,
+            major, minor = bindings.init_version
+            err = bindings.InitEx(major, minor, log, warn, panic,
                                   bindings.libdir.encode(), config)
             bindings.check(err, "VixDiskLib_InitEx")
             bindings.initialized = True

@@ -31,14 +31,17 @@ import os
 import pathlib
 import pickle
 import re
+import select
 import signal
 import socket
 import struct
 import subprocess
 import sys
 import threading
+import time
 from typing import Any, Callable, Mapping
 
+from vddk import abi
 from vddk.disk import DiskInfo
 from vddk.errors import (
     VIX_E_INVALID_ARG, InvalidArgument, VddkError, WorkerFailed, error_by_name,
@@ -67,10 +70,13 @@ class _Channel:
 
     _CHUNK = 1 << 16
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, timeout: float | None = None) -> None:
         self.sock = sock
         self._pending = bytearray()
         self._fds: list[int] = []
+        # The parent's side waits at most ``timeout`` seconds for a reply (a hung VixDiskLib
+        # call); the worker's side waits for requests as long as it takes.
+        self.timeout = timeout
 
     def send(self, obj: Any, fds: tuple[int, ...] = ()) -> None:
         data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
@@ -85,6 +91,10 @@ class _Channel:
 
     def _fill(self, need: int) -> None:
         while len(self._pending) < need:
+            if self.timeout is not None:
+                ready, _, _ = select.select([self.sock], [], [], self.timeout)
+                if not ready:
+                    raise CallTimedOut(self.timeout)
             data, fds, _flags, _addr = socket.recv_fds(self.sock, self._CHUNK, 4)
             if not data:
                 raise EOFError
@@ -102,6 +112,27 @@ class _Channel:
 
     def close(self) -> None:
         self.sock.close()
+
+
+class CallTimedOut(Exception):
+    """No reply within the call timeout (internal: turned into ``WorkerFailed``)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(seconds)
+        self.seconds = seconds
+
+
+ENV_CALL_TIMEOUT = "VDDK_CALL_TIMEOUT"
+DEFAULT_CALL_TIMEOUT = 900.0  # a VixDiskLib call slower than this is stuck (NFC, hot-add)
+
+
+def call_timeout() -> float:
+    """Seconds the parent waits for any one call (``$VDDK_CALL_TIMEOUT``, else 900)."""
+    try:
+        value = float(os.environ.get(ENV_CALL_TIMEOUT, DEFAULT_CALL_TIMEOUT))
+    except ValueError:
+        return DEFAULT_CALL_TIMEOUT
+    return value if value > 0 else DEFAULT_CALL_TIMEOUT
 
 
 def _reply_error(e: BaseException) -> tuple[Any, ...]:
@@ -162,7 +193,9 @@ class IsolatedLibrary:
             )
         finally:
             theirs.close()
-        self._ctl = _Channel(ours)
+        self._timeout = call_timeout()
+        self.dead = False  # killed after a call that did not return: nothing left to close
+        self._ctl = _Channel(ours, self._timeout)
         self._lock = threading.Lock()
         self._connections: set[IsolatedConnection] = set()
         self._stderr = threading.Thread(target=self._relay_logs, name="vddk-worker-stderr",
@@ -202,9 +235,22 @@ class IsolatedLibrary:
             try:
                 self._ctl.send((op, *args), fds)
                 reply, _ = self._ctl.recv()
+            except CallTimedOut as e:
+                raise self.hung(op, e.seconds) from None
             except (EOFError, OSError):
                 raise WorkerFailed(self._death_note()) from None
         return _raise_reply(reply)
+
+    def hung(self, op: str, seconds: float) -> WorkerFailed:
+        """A call did not return: the worker (and the VixDiskLib call stuck in it) is killed,
+        so that the caller can clean up (remove its snapshot) and every later call fails."""
+        self.dead = True
+        try:
+            self._proc.kill()
+        except OSError:
+            pass
+        return WorkerFailed(f"VixDiskLib did not answer within {seconds:g} s ({op}); "
+                            "its worker process was killed")
 
     def _death_note(self) -> str:
         try:
@@ -249,6 +295,9 @@ class IsolatedLibrary:
         """Disconnect what is left, Exit in the child, and wait for it (idempotent)."""
         if not self._open:
             return
+        if self.dead:
+            self._shutdown()
+            return
         for conn in list(self._connections):
             if not conn.closed:
                 try:
@@ -289,7 +338,8 @@ class _Prepared:
         self._lib.prepare_for_access(self._params, self._identity)
 
     def __exit__(self, *exc: object) -> None:
-        self._lib.end_access(self._params, self._identity)
+        if not self._lib.dead:  # a killed worker's host-side state is VixDiskLib_Cleanup's
+            self._lib.end_access(self._params, self._identity)
 
 
 class IsolatedConnection:
@@ -318,11 +368,16 @@ class IsolatedConnection:
         return disk
 
     def create(self, path: str, capacity: int, *, adapter: str = "lsilogic",
-               hw_version: int = 14) -> None:
-        self._lib._call("create", self._id, path, capacity, adapter, hw_version)
+               hw_version: int = abi.HWVERSION_NEWEST, logical_sector_size: int = 512,
+               physical_sector_size: int = 512) -> None:
+        self._lib._call("create", self._id, path, capacity, adapter, hw_version,
+                        logical_sector_size, physical_sector_size)
 
     def close(self) -> None:
         if self._id is None:
+            return
+        if self._lib.dead:
+            self._id = None
             return
         self._lib._call("disconnect", self._id)
         self._id = None
@@ -367,7 +422,7 @@ class IsolatedDisk:
         finally:
             theirs.close()
             os.close(memfd)
-        self._chan: _Channel | None = _Channel(ours)
+        self._chan: _Channel | None = _Channel(ours, lib._timeout)
         self._view = memoryview(self._map)
         self._lock = threading.Lock()
         self._buffers: list[tuple[int, int, int, mmap.mmap]] = []  # address, size, id, map
@@ -391,6 +446,8 @@ class IsolatedDisk:
         assert self._chan is not None
         try:
             reply, _ = self._chan.recv()
+        except CallTimedOut as e:
+            raise self._lib.hung(f"{self.path}", e.seconds) from None
         except (EOFError, OSError):
             raise WorkerFailed(self._lib._death_note()) from None
         return reply
@@ -665,12 +722,29 @@ def _serve_disk(chan: _Channel, disk: Any, area: mmap.mmap) -> None:
         chan.close()
 
 
+def _die_with_parent(period: float = 1.0) -> None:
+    """End the worker when its parent is gone (killed with -9). The closed channel says so
+    too, but nobody reads it while a VixDiskLib call hangs; a thread that watches the parent
+    process id runs meanwhile (calls release the GIL). Not PR_SET_PDEATHSIG: that follows
+    the parent *thread* that spawned us, which may be a short-lived loader thread."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(period)
+            if os.getppid() != parent:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="parent watch", daemon=True).start()
+
+
 def child_main(fd: int) -> int:
     """The worker's main loop: serve the control channel until "exit" or EOF."""
     # A Ctrl-C typed at the terminal reaches the whole process group. The parent decides
     # when the disks are closed (it unwinds, closes them, then says "exit"); a worker that
     # died on the same signal would leave them open. Its lifetime ends with the channel.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent()
     handler = _StderrRecords()
     root = logging.getLogger()
     root.addHandler(handler)
@@ -730,8 +804,9 @@ def child_main(fd: int) -> int:
         "prepare": lambda params, identity: need().prepare_for_access(params, identity),
         "end": lambda params, identity: need().end_access(params, identity),
         "cleanup": lambda params: need().cleanup(params),
-        "create": lambda cid, path, cap, adapter, hw: connections[cid].create(
-            path, cap, adapter=adapter, hw_version=hw),
+        "create": lambda cid, path, cap, adapter, hw, lss, pss: connections[cid].create(
+            path, cap, adapter=adapter, hw_version=hw, logical_sector_size=lss,
+            physical_sector_size=pss),
         "exit": lambda: library.close() if library is not None else None,
     }
     while True:

@@ -108,6 +108,7 @@ TABLE: tuple[Row, ...] = (
     Row("restore.vsphere.errors", "CredentialsMissing", USAGE),
     Row("restore.vm.errors", "PlacementError", NOT_FOUND),
     Row("restore.vm.errors", "VMExists", BUSY),
+    Row("restore.vm.errors", "VMPoweredOn", BUSY),
     Row("restore.vm.errors", "SourceUnusable", UNSUPPORTED),
     Row("restore.vm.errors", "DiskWriteFailed", VDDK),
     Row("restore.vsphere.errors", "VMNotFound", NOT_FOUND),

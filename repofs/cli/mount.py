@@ -22,7 +22,7 @@ def mount(first: Annotated[str, typer.Argument(metavar="[REPO]", show_default=Fa
               "-o", help="Mount options: allow_other, allow_root, and our own as key=value "
                          "(cache_size, io_timeout, password_file, read_ahead, direct_io=0|1, prefill=0|1, "
                          "uid, gid, umask: who may read a shared mount; see docs/mount.md).")] = None,
-          cache_size: Annotated[str, typer.Option("--cache-size", help="Chunk cache, bytes or e.g. 512M, 2G.")] = "256M",
+          cache_size: Annotated[str, typer.Option("--cache-size", help="Chunk cache, bytes or e.g. 512M, 2G.")] = "192M",
           io_timeout: Annotated[float, typer.Option("--io-timeout", help="Seconds a read may wait for storage before EIO.")] = 30.0,
           read_ahead: Annotated[Optional[int], typer.Option("--read-ahead", help="Chunks prefetched ahead of a sequential reader (0: off; default 8, on object storage 16).")] = None,
           direct_io: Annotated[bool, typer.Option("--direct-io/--no-direct-io", help="Flat disk files bypass the page cache (faster streaming).")] = True,

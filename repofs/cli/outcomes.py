@@ -61,6 +61,10 @@ def restore_lines(outcome: Outcome) -> list[str]:
         return [f"{outcome.target}: FAILED: {first_line(outcome.error)}"]
     r = outcome.result
     assert r is not None
+    if hasattr(r, "lines") and not hasattr(r, "plan"):  # a first-class disk (firstclass.FcdResult)
+        return r.lines()
+    if not hasattr(r, "dry_run"):  # an in-place restore (rollback.RollbackResult)
+        return _rollback_lines(r)
     if r.dry_run:
         return ["dry run, nothing changed:", *r.plan.lines()]
     lines = [f"{r.source_vm} generation {r.generation}: restored as {r.vm} ({r.moref}) in {r.seconds:.1f}s"
@@ -83,9 +87,30 @@ def restore_json(outcome: Outcome) -> dict[str, Any]:
         out["error"] = {"type": type(outcome.error).__name__, "message": first_line(outcome.error),
                         "step": getattr(outcome.error, "step", None)}
     r = outcome.result
-    if r is not None:
+    if r is not None and hasattr(r, "lines") and not hasattr(r, "plan"):  # a first-class disk
+        out.update(first_class_disk=r.name, id=r.id, datastore=r.datastore, path=r.path,
+                   generation=r.generation, source=r.source, seconds=round(r.seconds, 3),
+                   steps=r.steps, disks=[vars(d) for d in r.disks])
+    elif r is not None and not hasattr(r, "dry_run"):  # an in-place restore
+        out.update(vm=r.vm, moref=r.moref, generation=r.generation, source_vm=r.source_vm,
+                   in_place=True, powered_on=r.powered_on, seconds=round(r.seconds, 3),
+                   steps=r.steps, notes=r.notes, written_bytes=r.written_bytes,
+                   disks=[vars(d) for d in r.disks])
+    elif r is not None:
         out.update(vm=r.vm, moref=r.moref, generation=r.generation, source_vm=r.source_vm,
                    dry_run=r.dry_run, powered_on=r.powered_on, replaced=r.replaced,
                    seconds=round(r.seconds, 3), steps=r.steps, warnings=r.warnings,
                    plan=r.plan.lines(), disks=[vars(d) for d in r.disks])
     return out
+
+def _rollback_lines(r: Any) -> list[str]:
+    """What the CLI prints for an in-place restore."""
+    lines = [f"{r.source_vm} generation {r.generation}: {r.vm} ({r.moref}) rolled back in place "
+             f"in {r.seconds:.1f}s, {r.written_bytes} bytes written"
+             + (", powered on" if r.powered_on else "")]
+    for d in r.disks:
+        lines.append(f"  {d.label}: {d.mode}, {d.written_bytes} bytes written of "
+                     f"{d.changed_bytes} {'changed' if d.mode == 'changed' else 'compared'} "
+                     f"({d.reason})")
+    lines += [f"  note: {n}" for n in r.notes]
+    return lines

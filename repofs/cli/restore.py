@@ -15,7 +15,7 @@ from restore.vsphere.options import RestoreOptions
 from restore.vsphere.outcome import Outcome
 
 
-def restore(targets: Annotated[list[str], typer.Argument(metavar="vm:NAME...", help="The VMs to restore.")],
+def restore(targets: Annotated[list[str], typer.Argument(metavar="vm:NAME...", help="The VMs (or ivd:NAME first-class disks) to restore.")],
             to_dir: Annotated[Optional[str], typer.Option("--to-dir", help="Write the disks as files here (no vCenter).")] = None,
             generation: Annotated[Optional[str], typer.Option("--generation", "-g", help="Default: the latest.")] = None,
             fmt: Annotated[str, typer.Option("--format", help="raw or vmdk (with --to-dir).")] = "raw",
@@ -34,6 +34,7 @@ def restore(targets: Annotated[list[str], typer.Argument(metavar="vm:NAME...", h
             import_vmx: Annotated[bool, typer.Option("--import", help="Register the saved .vmx instead of creating from the saved configuration.")] = False,
             recover_identity: Annotated[bool, typer.Option("--recover-identity", help="Keep the UUIDs and MAC addresses (default: new ones).")] = False,
             dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; change nothing.")] = False,
+            in_place: Annotated[bool, typer.Option("--in-place", help="Quick Rollback: write back into the existing VM only the blocks that differ from the generation.")] = False,
             from_dir: Annotated[Optional[str], typer.Option("--from", help="A generation folder of a mount, instead of the repository.")] = None,
             server: ServerOpt = None, user: UserOpt = None,
             vsphere_password_file: VSpherePasswordFileOpt = None, thumbprint: ThumbprintOpt = None,
@@ -42,7 +43,8 @@ def restore(targets: Annotated[list[str], typer.Argument(metavar="vm:NAME...", h
             threads: Annotated[int, typer.Option("--threads", help="Disk pieces read and written at once.")] = 4,
             verify_written: Annotated[bool, typer.Option("--verify-written", help="Read every written piece back through VixDiskLib and compare (twice the I/O).")] = False) -> None:
     """Restore VMs into vCenter (or, with --to-dir, a generation's disks to local files)."""
-    vms = [vm_target(t) for t in targets]
+    # ivd:NAME, a first-class disk, is stored as ivd-NAME (restore/backup/firstclass.py).
+    vms = [f"ivd-{t[4:]}" if t.startswith("ivd:") and len(t) > 4 else vm_target(t) for t in targets]
     if to_dir:
         if len(vms) != 1:
             raise UsageProblem("--to-dir restores one VM at a time")
@@ -69,8 +71,16 @@ def restore(targets: Annotated[list[str], typer.Argument(metavar="vm:NAME...", h
         raise UsageProblem("--name names one VM: restore the VMs one at a time")
     if from_dir and len(vms) > 1:
         raise UsageProblem("--from is one generation folder: restore one VM with it")
-    if force and not overwrite:
-        raise UsageProblem("--force only goes with --overwrite")
+    if in_place:
+        clash = [flag for flag, given in (("--overwrite", overwrite), ("--name", name), ("--import", import_vmx),
+                                          ("--datastore", datastore), ("--network", network), ("--folder", folder),
+                                          ("--resource-pool", resource_pool), ("--host", host),
+                                          ("--recover-identity", recover_identity), ("--dry-run", dry_run),
+                                          ("--from", from_dir)) if given]
+        if clash:
+            raise UsageProblem(f"--in-place writes into the existing VM: {clash[0]} does not apply")
+    elif force and not overwrite:
+        raise UsageProblem("--force only goes with --overwrite (or --in-place)")
     if threads < 1:
         raise UsageProblem("--threads must be at least 1")
     vm_datastore = [d for d in datastore or [] if "=" not in d]
@@ -85,7 +95,8 @@ def restore(targets: Annotated[list[str], typer.Argument(metavar="vm:NAME...", h
         disk_datastores=_pairs([d for d in datastore or [] if "=" in d], "--datastore", allow_empty=False),
         storage_profile=storage_profile, networks=_pairs(network or [], "--network", allow_empty=True),
         power_on=power_on, overwrite=overwrite, force=force, import_vmx=import_vmx,
-        recover_identity=recover_identity, dry_run=dry_run, workers=threads, verify_written=verify_written)
+        recover_identity=recover_identity, dry_run=dry_run, workers=threads, verify_written=verify_written,
+        in_place=in_place)
     _restore_vsphere(vms, repo=repo, password_file=password_file, generation=generation,
                      from_dir=from_dir, json_out=json_out, options=options)
 

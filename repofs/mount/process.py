@@ -200,14 +200,19 @@ async def _tune_read_ahead(mountpoint: str, kb: int) -> None:
         log.debug("cannot set read_ahead_kb: %s", e)
 
 
-def _limit_malloc_arenas(arenas: int = 2) -> None:
+def _limit_malloc_arenas(arenas: int = 2, mmap_threshold: int = 256 << 10) -> None:
     """Chunks (1 MiB) are allocated by worker threads and freed wherever they are evicted;
     with glibc's default of 8 arenas per core the freed space scatters and resident memory
     settled ~100-200 MiB above the cache size (measured: 256M cache, 3 GiB streamed: peak
-    RSS 496 MiB; with MALLOC_ARENA_MAX=2, 387 MiB). Must run before any thread starts."""
+    RSS 496 MiB; with MALLOC_ARENA_MAX=2, 387 MiB). A fixed mmap threshold (glibc otherwise
+    raises it to the size of the first freed chunk) gives every chunk-sized buffer its own
+    mapping, returned to the system when it is freed, so the freed chunks of a read cannot
+    pile up in an arena either (docs/performance.md, "Mount memory"). Must run before any
+    thread starts."""
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         libc.mallopt(-8, arenas)  # M_ARENA_MAX
+        libc.mallopt(-3, mmap_threshold)  # M_MMAP_THRESHOLD
     except (OSError, AttributeError):
         pass
 

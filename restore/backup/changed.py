@@ -6,8 +6,9 @@ Role: ``plan_disk(si, vm, snapshot, disk, previous)`` decides, for one disk desc
 extents, whether they are changes, and the reason in words. The rules:
 
 - no previous generation of this disk: all allocated areas (change id ``*``), "first backup";
-- the disk's capacity differs, or its uuid, or the previous change id is missing: read in full,
-  saying why;
+- the disk's capacity differs, or its uuid, or the previous change id is missing, or the changed
+  blocks cannot be trusted (``distrust``: a revert, tracking switched on with snapshots present —
+  see ``trust``): read in full, saying why;
 - otherwise ``QueryChangedDiskAreas(snapshot, key, offset, previous change id)``, called in a
   loop until ``startOffset + length`` covers the disk; a fault there (a reset change-tracking
   log, an id of another disk) means the id is unusable: read in full, saying why.
@@ -126,8 +127,10 @@ def query_changed_areas(vm: vim.VirtualMachine, snapshot: Any, device_key: int, 
 
 
 def plan_disk(vm: vim.VirtualMachine, snapshot: Any, disk: dict[str, Any],
-              previous: dict[str, Any] | None, *, tracking: bool) -> ReadPlan:
-    """The plan for one disk (``disk`` as in the metadata's ``disks`` list)."""
+              previous: dict[str, Any] | None, *, tracking: bool,
+              distrust: str | None = None) -> ReadPlan:
+    """The plan for one disk (``disk`` as in the metadata's ``disks`` list); ``distrust`` is
+    why the changed blocks cannot be trusted for this VM, if they cannot."""
     capacity = disk["capacity_bytes"]
     change_id = disk.get("change_id")
 
@@ -152,6 +155,8 @@ def plan_disk(vm: vim.VirtualMachine, snapshot: Any, disk: dict[str, Any],
     prev_uuid, uuid = previous.get("uuid"), disk.get("uuid")
     if prev_uuid and uuid and prev_uuid != uuid:
         return full(f"a different disk in this slot (uuid {uuid}, was {prev_uuid}): read in full")
+    if distrust:
+        return full(f"{distrust}: read in full")
     prev_id = previous.get("change_id")
     if not prev_id:
         return full("the previous generation has no change id: read in full")

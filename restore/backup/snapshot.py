@@ -8,6 +8,16 @@ and also when it was interrupted while the create task was still running (the sn
 found again by its unique name). A second Ctrl-C during the removal is held back until the
 removal is done.
 
+Ownership: the snapshot's description carries the owner marker (``restore.vsphere.ownership``)
+with the host, process id and start time of the run. ``remove_orphans`` (run before the next backup
+of the VM) removes the
+snapshots of ours that a killed run left: named with our prefix, marked, and either made by a
+process of this host that is gone, or older than ``ORPHAN_AGE``; others of our name are
+reported, not touched (another run may be reading them).
+
+Consolidation: a removal whose disk merge failed leaves ``runtime.consolidationNeeded``; the
+removal then runs ``ConsolidateVMDisks_Task`` and says so (``BackupSnapshot.consolidation``).
+
 Limits: memory is never included. A removal that fails is reported (``SnapshotRemovalFailed``)
 unless another error is already on its way out, which then wins and the removal failure is
 attached as a note.
@@ -15,6 +25,7 @@ attached as a note.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import signal
 import threading
 import time
@@ -25,11 +36,13 @@ from typing import Any, Callable, Iterator
 from pyVmomi import vim
 
 from restore.vsphere.errors import ChangeTrackingFailed, SnapshotFailed, SnapshotRemovalFailed, TaskFailed
+from restore.vsphere.ownership import ORPHAN_AGE, owner_description, owner_of
 from restore.vsphere.tasks import properties, wait
 
 SNAPSHOT_PREFIX = "repofs-backup-"
 CREATE_TIMEOUT = 1800.0
 REMOVE_TIMEOUT = 3600.0
+CONSOLIDATE_TIMEOUT = 3600.0
 
 
 @dataclass
@@ -41,6 +54,7 @@ class BackupSnapshot:
     quiesced: bool
     notes: list[str] = field(default_factory=list)  # e.g. "quiesce failed: …; taken without"
     removed: bool = False
+    consolidation: str | None = None  # what was done about consolidationNeeded, if anything
 
 
 def _walk(nodes: Any) -> Iterator[Any]:
@@ -74,8 +88,73 @@ def enable_change_tracking(si: Any, vm: vim.VirtualMachine) -> bool:
     return True
 
 
+def remove_orphans(si: Any, vm: vim.VirtualMachine, *, max_age: datetime.timedelta = ORPHAN_AGE,
+                   now: datetime.datetime | None = None) -> list[str]:
+    """Remove snapshots of ours left by a killed run; return what was done, in words."""
+    info = properties(si, vm, ["snapshot", "name"])
+    vm_name = info.get("name", vm._moId)
+    tree = info.get("snapshot")
+    if tree is None:
+        return []
+    if now is None:
+        now = si.CurrentTime()
+    notes = []
+    for node in list(_walk(tree.rootSnapshotList)):
+        if not node.name.startswith(SNAPSHOT_PREFIX):
+            continue
+        owner = owner_of(node.description)
+        age = now - node.createTime if node.createTime is not None else None
+        if owner is None:
+            notes.append(f"snapshot {node.name} has our name but not our marker: left alone; "
+                         "remove it if it is not in use")
+            continue
+        host, pid = owner.host, owner.pid
+        gone = owner.gone
+        old = age is not None and age > max_age
+        if not (gone or old):
+            notes.append(f"snapshot {node.name} belongs to a run (pid {pid} on {host}) that may "
+                         "still be reading it: left alone")
+            continue
+        why = (f"its run (pid {pid} on {host}) is gone" if gone
+               else f"it is {age} old, more than {max_age}")
+        try:
+            _remove(si, node.snapshot, f"remove orphaned snapshot {node.name} of {vm_name}")
+        except Exception as e:  # reported; the backup goes on with its own snapshot
+            notes.append(f"orphaned snapshot {node.name} ({why}) could not be removed: {e}")
+        else:
+            notes.append(f"removed orphaned snapshot {node.name}: {why}")
+    return notes
+
+
+def consolidate_if_needed(si: Any, vm: vim.VirtualMachine) -> str | None:
+    """Consolidate the VM's disks when vCenter says it is needed; what was done, in words."""
+    props = properties(si, vm, ["runtime.consolidationNeeded", "name"])
+    if not props.get("runtime.consolidationNeeded"):
+        return None
+    name = props.get("name", vm._moId)
+    try:
+        wait(si, vm.ConsolidateVMDisks_Task(), f"consolidate the disks of {name}",
+             timeout=CONSOLIDATE_TIMEOUT)
+    except TaskFailed as e:
+        return (f"the disks of {name} need consolidation after the snapshot removal, and it "
+                f"failed: {e}; consolidate them in vCenter")
+    return f"the disks of {name} needed consolidation after the snapshot removal: consolidated"
+
+
+def reset_change_tracking(si: Any, vm: vim.VirtualMachine) -> None:
+    """Switch tracking off and on again, with the snapshot cycle that makes it take effect."""
+    name = properties(si, vm, ["name"]).get("name", vm._moId)
+    try:
+        wait(si, vm.ReconfigVM_Task(spec=vim.vm.ConfigSpec(changeTrackingEnabled=False)),
+             f"switch changed-block tracking off on {name}")
+    except TaskFailed as e:
+        raise ChangeTrackingFailed(f"cannot reset changed-block tracking on {name}: {e}") from None
+    enable_change_tracking(si, vm)
+
+
 def _create(si: Any, vm: vim.VirtualMachine, name: str, quiesce: bool, what: str) -> vim.vm.Snapshot:
-    task = vm.CreateSnapshot_Task(name=name, description="taken by repofs for a backup; removed afterwards",
+    task = vm.CreateSnapshot_Task(name=name, description=owner_description(
+                                      "taken by repofs for a backup; removed afterwards"),
                                   memory=False, quiesce=quiesce)
     return wait(si, task, what, timeout=CREATE_TIMEOUT)
 
@@ -140,6 +219,11 @@ def backup_snapshot(si: Any, vm: vim.VirtualMachine, *, quiesce: bool = False,
         raise
     with signals_deferred():
         removal = _cleanup(si, vm, vm_name, name, snap_obj)
+        if removal is None:
+            try:
+                snapshot.consolidation = consolidate_if_needed(si, vm)
+            except Exception as e:  # the backup is good; the VM's state is reported
+                snapshot.consolidation = f"consolidationNeeded could not be checked: {e}"
     snapshot.removed = removal is None
     if removal is not None:
         raise removal

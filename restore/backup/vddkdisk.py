@@ -13,19 +13,28 @@ so that VDDK reads of every disk overlap the ingest's hashing, compression and s
 each other, up to ``read_ahead`` reads per disk. A request that is not the expected next one
 drops the read-ahead and is read directly.
 
+Transient faults: a read that fails with a lost NFC connection (``vddk.ConnectionLost``) is
+retried ``RETRIES`` times with exponential backoff, and said so; a hung call is the binding's
+to end (its call timeout kills the worker), which fails the read for good.
+
 Limits: one reader per disk (VDDK serializes calls on one handle anyway).
 """
 from __future__ import annotations
 
 import queue
 import threading
-from typing import Any, Iterable
+import time
+from typing import Any, Callable, Iterable
+
+import vddk
 
 from .changed import ReadPlan, merge
 
 MAX_REQUEST = 2 << 20
 SECTOR = 512
 READ_AHEAD = 16
+RETRIES = 4
+BACKOFF = 0.25  # seconds before the first retry; doubled each time
 _STOP = object()
 
 
@@ -34,7 +43,7 @@ class VSphereDiskSource:
 
     def __init__(self, disk: Any, label: str, plan: ReadPlan, info: dict[str, Any], *,
                  chunk_size: int | None = None, read_ahead: int = READ_AHEAD,
-                 on_read: Any = None) -> None:
+                 on_read: Any = None, on_event: Callable[[str], None] | None = None) -> None:
         self.disk = disk
         self.label = label
         self.capacity = int(disk.capacity)
@@ -43,6 +52,8 @@ class VSphereDiskSource:
         self.info = info
         self.bytes_read = 0
         self._on_read = on_read
+        self._say = on_event or (lambda text: None)
+        self.retries = 0
         if plan.extents is None:
             found = disk.allocated_extents(chunk_bytes=max(chunk_size or (1 << 20), 64 * SECTOR))
             self._extents = clip(found, self.capacity)
@@ -96,13 +107,26 @@ class VSphereDiskSource:
         pos = offset
         while pos < aligned_end:
             n = min(MAX_REQUEST, aligned_end - pos)
-            self.disk.read_into(pos, view[pos - offset:pos - offset + n])
+            self._read_retrying(pos, view[pos - offset:pos - offset + n])
             pos += n
         if pos < offset + size:
             view[pos - offset:] = bytes(offset + size - pos)
         self.bytes_read += size
         if self._on_read:
             self._on_read(self.label, size)
+
+    def _read_retrying(self, offset: int, view: memoryview) -> None:
+        for attempt in range(RETRIES + 1):
+            try:
+                self.disk.read_into(offset, view)
+                return
+            except vddk.ConnectionLost as e:
+                if attempt == RETRIES:
+                    raise
+                delay = BACKOFF * 2 ** attempt
+                self.retries += 1
+                self._say(f"{self.label}: read at {offset} failed ({e}); retrying in {delay:g} s")
+                time.sleep(delay)
 
     def _read_direct(self, offset: int, size: int) -> bytes:
         if size > len(self._direct):

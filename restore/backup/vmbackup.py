@@ -24,7 +24,12 @@ from pyVmomi import vim
 from . import changed, firstclass, metadata as meta
 from .vddkdisk import VSphereDiskSource, clip
 from restore.vsphere.session import Session
-from .snapshot import SNAPSHOT_PREFIX, backup_snapshot, enable_change_tracking, snapshots_of
+from restore.vsphere import changetrust as trust
+from .keepalive import cleanup_vddk, keepalive
+from .snapshot import (
+    SNAPSHOT_PREFIX, backup_snapshot, enable_change_tracking, remove_orphans, reset_change_tracking,
+)
+from restore.vsphere.errors import ChangeTrackingFailed
 from restore.vsphere.options import DEFAULT_TRANSPORTS
 from restore.vsphere.tasks import properties
 from restore.vsphere.vddkprovider import VddkProvider, connect_params
@@ -76,31 +81,60 @@ def backup_vm(session: Session, vm: vim.VirtualMachine, *, provider: VddkProvide
     name = props.get("name", vm._moId)
     result = VMBackup(vm=name, moref=vm._moId, dry_run=dry_run)
     say = on_event or (lambda text: None)
+
+    def note(text: str) -> None:
+        result.notes.append(text)
+        say(f"{name}: {text}")
+
+    if not dry_run:
+        # Ours, left by a killed run: removed before they grow further (see snapshot.py).
+        for text in remove_orphans(si, vm):
+            note(text)
+    before = previous(name)
+    state = trust.vm_state(si, vm, SNAPSHOT_PREFIX)
     tracking = bool(props.get("config.changeTrackingEnabled"))
+    record: dict[str, Any] = {"trusted": True, "why": None}
+    distrust: str | None = None
     if not tracking:
         if dry_run:
             result.notes.append("changed-block tracking is off; a backup would turn it on")
         else:
-            result.change_tracking_enabled_now = enable_change_tracking(si, vm)
-            tracking = True
-            result.notes.append("changed-block tracking was off: turned on")
-            say(f"{name}: changed-block tracking turned on")
-
-    stale = [n for n, _ in snapshots_of(si, vm) if n.startswith(SNAPSHOT_PREFIX)]
-    if stale:
-        # Left by a run that was killed (kill -9, a crash); another run may be using one right
-        # now, so they are reported, not removed.
-        result.notes.append(f"snapshot(s) {', '.join(stale)} were left by an earlier repofs run; "
-                            "if no backup of this VM is running, remove them (they grow with every write)")
-        say(f"{name}: {result.notes[-1]}")
+            try:
+                result.change_tracking_enabled_now = enable_change_tracking(si, vm)
+            except ChangeTrackingFailed as e:
+                # Hardware version, template, multi-writer disks: read what is allocated.
+                note(f"{e}; reading the allocated blocks of every disk instead")
+                record = {"trusted": False, "why": f"changed-block tracking unavailable: {e}"}
+            else:
+                tracking = True
+                note("changed-block tracking was off: turned on")
+                if state["snapshots"]:
+                    record = {"trusted": False, "why": trust.KB_1020128}
+                    note(trust.KB_1020128)
+    elif any(trust.tracking_needs_reset(p) for p in before.values()):
+        if state["snapshots"] or dry_run:
+            record = {"trusted": False, "why": trust.KB_1020128}
+            distrust = trust.KB_1020128
+            if not dry_run:
+                note(f"{trust.KB_1020128}; the VM still has snapshots: read in full again")
+        else:
+            reset_change_tracking(si, vm)
+            distrust = "changed-block tracking was reset now that the VM has no snapshots (KB 1020128)"
+            note(distrust)
+    if distrust is None and tracking and before:
+        distrust = trust.distrust(si, vm, next(iter(before.values())), state)
+        if distrust:
+            note(f"changed blocks not trusted: {distrust}")
+    state["taken_at"] = si.CurrentTime().isoformat()
     with backup_snapshot(si, vm, quiesce=quiesce, on_event=say) as snap:
         result.snapshot = snap.name
         result.notes.extend(snap.notes)
         doc = meta.capture(session, vm, snap.obj, tags=tags)
         doc["snapshot"] = {"moref": snap.moref, "name": snap.name, "quiesced": snap.quiesced,
                            "notes": list(snap.notes)}
+        doc["change_tracking"] = {**record, "distrust": distrust}
+        doc["vm_state"] = state  # what the next backup and an in-place restore compare with
         meta.check_serialisable(doc)
-        before = previous(name)
         wanted = []
         for d in doc["disks"]:
             if d["backup_possible"]:
@@ -108,11 +142,17 @@ def backup_vm(session: Session, vm: vim.VirtualMachine, *, provider: VddkProvide
             else:
                 result.skipped.append(f"{d['label']} ({d['file']}): {d['skip_reason']}")
                 doc["warnings"].append(f"disk {d['label']} not backed up: {d['skip_reason']}")
+            if d.get("sharing") == "sharingMultiWriter":
+                doc["warnings"].append(f"disk {d['label']} is a multi-writer disk: other VMs may "
+                                       "write it while it is read")
+                note(doc["warnings"][-1])
         if not wanted:
             result.notes.append("the VM has no disks to back up: the generation holds its metadata only")
+        facts = {"vm_state": state, "tracking": record, "distrust": distrust}
         if dry_run and all(_plan_needs_no_vddk(d, tracking) for d in wanted):
             for d in wanted:
-                plan = changed.plan_disk(vm, snap.obj, d, before.get(d["label"]), tracking=tracking)
+                plan = changed.plan_disk(vm, snap.obj, d, before.get(d["label"]), tracking=tracking,
+                                         distrust=distrust)
                 result.disks.append(_describe_plan(d, plan, d["capacity_bytes"]))
             return result
         if not wanted:
@@ -120,7 +160,10 @@ def backup_vm(session: Session, vm: vim.VirtualMachine, *, provider: VddkProvide
             return result
         result.report = _read_disks(session, vm, snap, doc, wanted, before, result, provider=provider,
                                     ingest=None if dry_run else ingest, transports=transports,
-                                    tracking=tracking, chunk_size=chunk_size)
+                                    tracking=tracking, chunk_size=chunk_size, facts=facts,
+                                    on_event=say)
+    if snap.consolidation:
+        note(snap.consolidation)
     return result
 
 
@@ -135,12 +178,16 @@ def _describe_plan(d: dict[str, Any], plan: changed.ReadPlan, capacity: int) -> 
 def _read_disks(session: Session, vm: vim.VirtualMachine, snap: Any, doc: dict[str, Any],
                 wanted: list[dict[str, Any]], before: dict[str, dict[str, Any]], result: VMBackup,
                 *, provider: VddkProvider, ingest: Ingest | None, transports: str, tracking: bool,
-                chunk_size: int | None) -> Any:
+                chunk_size: int | None, facts: dict[str, Any],
+                on_event: Callable[[str], None] | None = None) -> Any:
     lib = provider.get()
     params = connect_params(session, vm._moId)
     sources: list[VSphereDiskSource] = []
     opened: list[Any] = []
-    with lib.prepared(params, IDENTITY), \
+    cleaned = cleanup_vddk(lib, params)
+    if cleaned:
+        result.notes.append(cleaned)
+    with keepalive(session), lib.prepared(params, IDENTITY), \
             lib.connect(params, read_only=True, snapshot_moref=snap.moref, transports=transports) as conn:
         try:
             for d in wanted:
@@ -148,8 +195,10 @@ def _read_disks(session: Session, vm: vim.VirtualMachine, snap: Any, doc: dict[s
                 opened.append(disk)
                 if not d.get("uuid") and getattr(disk.info, "uuid", None):
                     d["uuid"] = disk.info.uuid  # the disk's ddb.uuid, where vCenter shows none
-                plan = changed.plan_disk(vm, snap.obj, d, before.get(d["label"]), tracking=tracking)
+                plan = changed.plan_disk(vm, snap.obj, d, before.get(d["label"]), tracking=tracking,
+                                         distrust=facts["distrust"])
                 info = dict(d)
+                info.update(vm_state=facts["vm_state"], tracking=facts["tracking"])
                 info.update(
                     type="vsphere", server=session.host, vm=result.vm, vm_moref=vm._moId,
                     snapshot=snap.moref, transport=disk.transport_mode,
@@ -162,7 +211,8 @@ def _read_disks(session: Session, vm: vim.VirtualMachine, snap: Any, doc: dict[s
                     result.disks.append(DiskPlan(d["label"], d["file"], d["capacity_bytes"],
                                                  plan.mode, plan.reason, planned))
                     continue
-                source = VSphereDiskSource(disk, d["label"], plan, info, chunk_size=chunk_size)
+                source = VSphereDiskSource(disk, d["label"], plan, info, chunk_size=chunk_size,
+                                           on_event=on_event)
                 sources.append(source)
                 result.disks.append(DiskPlan(d["label"], d["file"], d["capacity_bytes"], plan.mode,
                                              plan.reason, info["read"]["planned_bytes"]))

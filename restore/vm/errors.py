@@ -43,6 +43,10 @@ class VMExists(RestoreError):
     """A VM of the target name exists and the options do not allow replacing it."""
 
 
+class VMPoweredOn(RestoreError):
+    """An in-place restore would write the disks of a running VM (without ``--force``)."""
+
+
 class SourceUnusable(RestoreError):
     """The generation to restore lacks what a restore needs (metadata, a disk, a size)."""
 

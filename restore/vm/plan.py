@@ -30,6 +30,8 @@ from restore.vsphere.errors import MetadataError
 from restore.vsphere.vmmeta import SCHEMA, DiskMeta, NicMeta, VMMetadata, parse_datastore_path
 from restore.vsphere.options import RestoreOptions
 from restore.vsphere.outcome import size_text
+
+from . import fidelity
 from .errors import PlacementError, SourceUnusable, VMExists
 from restore.vsphere.session import Session
 from .generation import GenerationSource, disk_by_label
@@ -37,6 +39,9 @@ from restore.vsphere.required import required
 from restore.vsphere.tasks import properties
 
 SNAPSHOT_TRANSPORTS = ("san", "hotadd")
+
+
+REPLACED_SUFFIX = "-repofs-replaced-"  # an existing VM set aside until the restore succeeded
 
 
 @dataclass
@@ -107,6 +112,7 @@ class Plan:
     metadata: VMMetadata         # the generation's, checked
     warnings: list[str] = field(default_factory=list)
     privileges_checked: bool = False
+    make_vapp: Creation | None = None   # the saved vApp, to recreate in ``pool`` (one name)
 
     def lines(self) -> list[str]:
         """The plan as the CLI prints it for --dry-run."""
@@ -118,6 +124,8 @@ class Plan:
                                      if self.make_folders else "")
         pool = self.pool_path + (f" (to create: {'/'.join(self.make_pools.names)})"
                                  if self.make_pools else "")
+        if self.make_vapp is not None:
+            pool += f", in the vApp {self.make_vapp.names[0]} (to create)"
         out.append(f"  datacenter {self.datacenter_name}, folder {folder}")
         out.append(f"  resource pool {pool}, host {self.host_name or '(chosen by vCenter)'}")
         how = "import the saved .vmx, then add disks and NICs" if self.options.import_vmx \
@@ -232,6 +240,9 @@ def resolve(session: Session, source: GenerationSource, options: RestoreOptions)
     if meta.get("schema") != SCHEMA:
         raise SourceUnusable("check options", f"{source.vm} generation {source.name} has no vSphere "
                              "metadata (it was not backed up from vCenter): restore it with --to-dir")
+    refusal = fidelity.protection_refusal(meta)
+    if refusal:
+        raise SourceUnusable("check options", f"{source.vm} generation {source.name}: {refusal}")
     try:
         doc = VMMetadata.from_json(meta)
     except MetadataError as e:
@@ -250,12 +261,14 @@ class _Resolver:
         self.source = source
         self.options = options
         self.doc = doc
+        self.meta = source.metadata or {}   # the raw document, for the parts not typed (vApp, template)
         self.placement = doc.placement
         self.problems = _Problems()
         self.warnings: list[str] = []
         self.name = options.name or default_name(source)
         self.compute: Any = None
         self.privileges_checked = False
+        self.make_vapp: Creation | None = None
 
     def plan(self) -> Plan:
         dc, dc_name = self.datacenter()
@@ -285,7 +298,7 @@ class _Resolver:
                     nics=nics, vm_profile=vm_profile, existing=existing,
                     snapshot=needs_snapshot(self.options.session.transports), options=self.options,
                     metadata=self.doc, warnings=self.warnings,
-                    privileges_checked=self.privileges_checked)
+                    privileges_checked=self.privileges_checked, make_vapp=self.make_vapp)
 
     def datacenter(self) -> tuple[Any, str]:
         """--datacenter, else the saved one, else the only one there is."""
@@ -349,21 +362,46 @@ class _Resolver:
                 if isinstance(obj, vim.ComputeResource) and missing and missing[0] == "Resources":
                     obj = properties(si, obj, ["resourcePool"]).get("resourcePool")
                     path, missing = f"{path}/Resources", missing[1:]
+                vapp_name = (self.meta.get("vapp") or {}).get("name")
                 if isinstance(obj, vim.ResourcePool):
                     pool, pool_path = obj, path
-                    if missing:
+                    if missing and missing == [vapp_name] and not isinstance(obj, vim.VirtualApp):
+                        # The saved vApp is gone: made again, as a vApp, with its settings.
+                        self.make_vapp = Creation(obj, path, missing)
+                    elif missing:
                         make = Creation(obj, path, missing)
                         if isinstance(obj, vim.VirtualApp):
                             self.problems.add(f"cannot create resource pools inside the vApp {path}")
+            if pool is None and not saved and (self.meta.get("vm") or {}).get("template"):
+                pool, pool_path = self._template_pool()
             if pool is None:
                 self.problems.add(f"the saved resource pool {saved!r} and its cluster do not exist "
                                   f"in {self.dc_name}: give --resource-pool")
         if pool is not None and self.compute is None:
             self.compute = properties(si, pool, ["owner"]).get("owner")
-        if self.doc.vapp:
-            self.warnings.append(f"the VM was in the vApp {self.doc.vapp.get('path')}: it is "
+        if self.meta.get("vapp") and self.make_vapp is None and not isinstance(pool, vim.VirtualApp):
+            self.warnings.append(f"the VM was in the vApp {self.meta['vapp'].get('path')}: it is "
                                  "restored into the resource pool, outside any vApp")
         return pool, pool_path, make
+
+    def _template_pool(self) -> tuple[Any, str]:
+        """A template belongs to no resource pool: its saved compute resource's root pool (or
+        the datacenter's first), where it is created before it is marked a template again."""
+        si = self.si
+        computes = _children_of_type(si, self.dc.hostFolder, vim.ComputeResource)
+        if not computes:
+            return None, ""
+        by_name = _names(si, computes)
+        saved = self.placement.compute_resource
+        compute = by_name.get(saved) if isinstance(saved, str) else None
+        compute = compute or computes[0]
+        pool = properties(si, compute, ["resourcePool"]).get("resourcePool")
+        if pool is None:
+            return None, ""
+        path = inventory_path(si, pool)
+        self.warnings.append(f"a template has no resource pool: created in {path}, then marked "
+                             "a template")
+        return pool, path
 
     def host(self) -> Any:
         if not self.options.host:
@@ -584,8 +622,19 @@ class _Resolver:
             self.warnings.append(f"privileges not checked beforehand ({type(e).__name__})")
 
     def existing(self) -> tuple[Existing | None, list[str]]:
-        """The VM of the target name, and why it stands in the way (if it does)."""
+        """The VM of the target name, and why it stands in the way (if it does). An original
+        that an interrupted restore (kill -9) set aside under ``<name>-repofs-replaced-…``
+        stops the restore, named with the VM that may be that run's incomplete one."""
         si, name, options = self.si, self.name, self.options
+        vms = _children_of_type(si, si.content.rootFolder, vim.VirtualMachine)
+        aside = sorted((n, vm._moId) for n, vm in _names(si, vms).items()
+                       if n.startswith(f"{name}{REPLACED_SUFFIX}"))
+        if aside:
+            left = ", ".join(f"{n} ({moref})" for n, moref in aside)
+            return None, [f"{left} is the original of {name!r} set aside by an interrupted "
+                          f"restore; a VM named {name!r}, if there is one, may be that restore's "
+                          "incomplete copy: check them, rename the original back or remove it, "
+                          "then restore again"]
         try:
             found = find_vm(si, name)
         except VMNotFound:

@@ -44,20 +44,20 @@ from typing import Any, Callable, Iterator
 
 from pyVmomi import vim, vmodl
 
-from . import configspec, vmximport
+from . import configspec, fidelity, vmximport
 from restore.vsphere.vddkprovider import VddkProvider, connect_params
 from .diskwriter import DiskJob, WrittenDisk, write_disks
 from restore.vsphere.vmmeta import parse_datastore_path
-from .plan import Plan, RestoreOptions, resolve
+from .plan import REPLACED_SUFFIX, Plan, RestoreOptions, resolve
 from .errors import DiskWriteFailed, RestoreError, StepFailed
 from restore.vsphere.session import Session
 from .prefetch import Prefetch
 from .generation import GenerationSource
 from restore.vsphere.required import required
 from restore.vsphere.tasks import fault_text, properties, wait
+from restore.vsphere.vmodl_json import from_json
 
 IDENTITY = "repofs-restore"
-REPLACED_SUFFIX = "-repofs-replaced-"
 SNAPSHOT_NAME = "repofs-restore"
 
 Say = Callable[[str], None]
@@ -85,7 +85,7 @@ class RestoreResult:
 
 def restore_vm(session: Session, source: GenerationSource, options: RestoreOptions, *,
                provider: VddkProvider | None, on_event: Say | None = None,
-               on_progress: Progress | None = None) -> RestoreResult:
+               on_progress: Progress | None = None, tags: Any = None) -> RestoreResult:
     """Restore ``source`` as the options say; a dry run returns the plan and changes nothing."""
     started = time.monotonic()
     plan = resolve(session, source, options)
@@ -100,7 +100,9 @@ def restore_vm(session: Session, source: GenerationSource, options: RestoreOptio
     # slow the critical path — import, login, checks — down more than they gain).
     prefetch = Prefetch([d.reader for d in plan.disks if d.reader is not None and d.data_bytes],
                         options.workers)
-    _Restore(session, plan, provider, result, on_event or (lambda _t: None), on_progress).run(prefetch)
+    restore = _Restore(session, plan, provider, result, on_event or (lambda _t: None), on_progress)
+    restore.tags = tags
+    restore.run(prefetch)
     result.seconds = time.monotonic() - started
     return result
 
@@ -120,6 +122,7 @@ class _Restore:
         self.snapshot: Any = None
         self.set_aside: tuple[Any, str, bool] | None = None   # (vm, original name, was on)
         self.keep_dirs: set[tuple[str, str]] = set()         # the set-aside VM's folders
+        self.tags: Any = None   # a vAPI client (restore.vsphere.tags), or why there is none
 
     # -- the frame ---------------------------------------------------------------------------
 
@@ -162,12 +165,21 @@ class _Restore:
         if plan.make_folders or plan.make_pools:
             with self.step("folders and resource pools"):
                 self._make_inventory()
+        if plan.make_vapp is not None:
+            with self.step("vApp"):
+                self._make_vapp()
         if plan.options.import_vmx:
             with self.step("import the VM"):
                 self._import()
         else:
             with self.step("create the VM"):
                 self._create()
+            if (fidelity.as_dict(plan.metadata).get("files") or {}).get("nvram_b64"):
+                with self.step("restore the nvram"):
+                    where = fidelity.restore_nvram(self.session, self.vm, plan.datacenter_name,
+                                                   plan.metadata)
+                    if where:
+                        self.say(f"{plan.name}: saved .nvram written to {where}")
         with self.step("place disks and map networks"):
             self._place()
         jobs = self._jobs(prefetch.feeds)
@@ -200,7 +212,19 @@ class _Restore:
                 wait(self.si, self.snapshot.RemoveSnapshot_Task(removeChildren=False, consolidate=True),
                      f"remove the snapshot {SNAPSHOT_NAME} of {plan.name}")
                 self.snapshot = None
-        if plan.options.power_on:
+        doc = fidelity.as_dict(plan.metadata)
+        if doc.get("tags"):
+            if isinstance(self.tags, str) or self.tags is None:
+                plan.warnings.append(f"tags not re-applied: {self.tags or 'no vAPI login'}")
+            else:
+                with self.step("tags"):
+                    plan.warnings.extend(self.tags.reapply(self.vm._moId, doc["tags"]))
+        if (doc.get("vm") or {}).get("template"):
+            with self.step("mark as template"):
+                self.vm.MarkAsTemplate()
+            if plan.options.power_on:
+                plan.warnings.append("a template is not powered on")
+        elif plan.options.power_on:
             with self.step("power on"):
                 wait(self.si, self.vm.PowerOnVM_Task(), f"power on {plan.name}")
                 self.result.powered_on = True
@@ -226,6 +250,11 @@ class _Restore:
                           lambda: wait(self.si, vm.Rename_Task(newName=self.plan.name),
                                        f"rename {ex.moref} back")))
         self.set_aside = (vm, self.plan.name, on)
+        if self.plan.options.recover_identity:
+            # The new VM takes the saved UUIDs and MACs: the original must not hold them too.
+            swap = fidelity.IdentitySwap(self.si, vm, aside)
+            swap.apply()
+            self.undo.append((f"UUIDs and MAC addresses of {ex.moref} given back", swap.undo))
         self.say(f"{self.plan.name}: the existing VM {ex.moref} is set aside as {aside} until the "
                  "restore has succeeded")
 
@@ -257,10 +286,32 @@ class _Restore:
 
     def _create(self) -> None:
         spec = configspec.create_spec(self.plan)
-        vm = wait(self.si, self.plan.folder.CreateVM_Task(config=spec, pool=self.plan.pool,
-                                                          host=self.plan.host),
-                  f"create the VM {self.plan.name}")
+        if isinstance(self.plan.pool, vim.VirtualApp):  # a vApp's VMs are its children
+            task = self.plan.pool.CreateChildVM_Task(config=spec, host=self.plan.host)
+        else:
+            task = self.plan.folder.CreateVM_Task(config=spec, pool=self.plan.pool,
+                                                  host=self.plan.host)
+        vm = wait(self.si, task, f"create the VM {self.plan.name}")
         self._remember_vm(vm)
+        if isinstance(self.plan.pool, vim.VirtualApp):
+            vapp_entity(self.si, self.plan.pool, vm, self.plan.metadata)
+
+    def _make_vapp(self) -> None:
+        """The saved vApp, made again where it was, with its resources and properties."""
+        plan = self.plan
+        assert plan.make_vapp is not None
+        saved = fidelity.as_dict(plan.metadata).get("vapp") or {}
+        name = plan.make_vapp.names[0]
+        res = from_json(saved["resource_config"]) if saved.get("resource_config") else None
+        spec = vim.ResourceConfigSpec(
+            cpuAllocation=getattr(res, "cpuAllocation", None) or _default_pool_spec().cpuAllocation,
+            memoryAllocation=getattr(res, "memoryAllocation", None) or _default_pool_spec().memoryAllocation)
+        config = vapp_config_spec(saved.get("vapp_config"))
+        vapp = plan.make_vapp.parent.CreateVApp(name=name, resSpec=spec, configSpec=config,
+                                                vmFolder=plan.folder)
+        path = f"{plan.make_vapp.parent_path}/{name}"
+        self.undo.append((f"vApp {path}", _destroyer(self.si, vapp, f"remove the vApp {path}")))
+        plan.pool, plan.pool_path = vapp, path
 
     def _import(self) -> None:
         plan = self.plan
@@ -356,6 +407,8 @@ class _Restore:
                 self.result.disks = write_disks(conn, jobs, threads=self.plan.options.workers,
                                                 progress=self.progress,
                                                 read_back=self.plan.options.verify_written)
+                if self.plan.options.recover_identity:
+                    self._disk_uuids(conn, jobs)
             except DiskWriteFailed:
                 raise
             except Exception as e:
@@ -365,6 +418,15 @@ class _Restore:
                 conn.close()
             except Exception:
                 pass
+
+    def _disk_uuids(self, conn: Any, jobs: list[DiskJob]) -> None:
+        """The saved disk UUIDs into the new disks' metadata (``ddb.uuid``)."""
+        saved = {d.label: fidelity.ddb_uuid(d.saved.uuid) for d in self.plan.disks}
+        for job in jobs:
+            value = saved.get(job.label)
+            if value:
+                with conn.open(job.path, read_only=False) as disk:
+                    disk.write_metadata("uuid", value)
 
     def _reconfigure(self) -> None:
         devices = properties(self.si, self.vm, ["config.hardware.device"]).get("config.hardware.device") or []
@@ -466,6 +528,32 @@ def _dirs_of(vmx_path: str | None, devices: list[Any]) -> set[tuple[str, str]]:
 
 def _destroyer(si: Any, entity: Any, what: str) -> Callable[[], None]:
     return lambda: wait(si, entity.Destroy_Task(), what)
+
+
+def vapp_config_spec(saved: dict[str, Any] | None) -> vim.vApp.VAppConfigSpec:
+    """What of a saved ``VAppConfigInfo`` a new vApp takes: its product sections, properties,
+    IP assignment, annotation (the member VMs' entries come with each VM)."""
+    spec = vim.vApp.VAppConfigSpec()
+    if not saved:
+        return spec
+    info = from_json(saved)
+    Op = vim.option.ArrayUpdateSpec.Operation
+    spec.product = [vim.vApp.ProductSpec(operation=Op.add, info=p) for p in info.product or []]
+    spec.property = [vim.vApp.PropertySpec(operation=Op.add, info=p) for p in info.property or []]
+    spec.ipAssignment = info.ipAssignment
+    spec.annotation = info.annotation
+    return spec
+
+
+def vapp_entity(si: Any, vapp: Any, vm: Any, meta: Any) -> None:
+    """The VM's saved place in its vApp's start order (order, delays, actions)."""
+    saved = (fidelity.as_dict(meta).get("vapp") or {}).get("entity")
+    if not saved:
+        return
+    entity = from_json(saved)
+    entity.key = vm
+    entity.tag = None
+    vapp.UpdateVAppConfig(spec=vim.vApp.VAppConfigSpec(entityConfig=[entity]))
 
 
 def _default_pool_spec() -> vim.ResourceConfigSpec:

@@ -26,7 +26,9 @@ from .generation import GenerationSource
 from restore.vsphere.vddkprovider import VddkProvider
 
 if TYPE_CHECKING:
+    from .firstclass import FcdResult
     from .restorevm import Progress, RestoreResult, Say
+    from .rollback import RollbackResult
 
 
 def run(targets: list[tuple[str, Callable[[], GenerationSource]]], options: RestoreOptions, *,
@@ -54,16 +56,30 @@ def _run(targets: list[tuple[str, Callable[[], GenerationSource]]], options: Res
          on_outcome: Callable[[Outcome], None] | None) -> None:
     # pyVmomi only now: the VDDK worker process spawns on the other core meanwhile.
     from .restorevm import restore_vm
+    from .rollback import rollback_vm
+    from .firstclass import is_first_class, restore_fcd
     from restore.vsphere.session import Session
 
     with Session.login(credentials, thumbprint=options.session.thumbprint,
-                       insecure=options.session.insecure, ca_file=options.session.ca_file) as session:
+                       insecure=options.session.insecure, ca_file=options.session.ca_file) as session, \
+            _Tags(session, credentials) as tags:
         for target, load in targets:
-            outcome: Outcome[RestoreResult] = Outcome(target)
+            outcome: Outcome[RestoreResult | FcdResult | RollbackResult] = Outcome(target)
             try:
                 source = load()
-                outcome.result = restore_vm(session, source, options, provider=provider,
-                                            on_event=on_event, on_progress=on_progress)
+                if is_first_class(source):
+                    assert provider is not None or options.dry_run
+                    outcome.result = restore_fcd(session, source, options, provider=provider,
+                                                 on_event=on_event)
+                elif options.in_place and not options.dry_run:
+                    assert provider is not None
+                    outcome.result = rollback_vm(session, source, options, provider=provider,
+                                                 on_event=on_event)
+                else:
+                    outcome.result = restore_vm(session, source, options, provider=provider,
+                                                on_event=on_event, on_progress=on_progress,
+                                                tags=tags.get() if (source.metadata or {}).get("tags")
+                                                and not options.dry_run else None)
             except (vddk.LibraryNotFound, vddk.MissingSymbol):
                 raise  # no VM can be written: stop the command
             except Exception as e:
@@ -71,3 +87,30 @@ def _run(targets: list[tuple[str, Callable[[], GenerationSource]]], options: Res
             outcomes.append(outcome)
             if on_outcome:
                 on_outcome(outcome)
+
+
+class _Tags:
+    """The vAPI client for re-applying tags, logged in on first need; or why there is none."""
+
+    def __init__(self, session: Any, credentials: Any) -> None:
+        self._session, self._credentials = session, credentials
+        self._client: Any = None
+
+    def get(self) -> Any:
+        if self._client is None:
+            from restore.vsphere.tags import TagReader, TagsUnavailable
+            if not getattr(self._credentials, "password", None):
+                self._client = "no vAPI login (give the password, not only a session)"
+            else:
+                try:
+                    self._client = TagReader(self._session, self._credentials)
+                except TagsUnavailable as e:
+                    self._client = str(e)
+        return self._client
+
+    def __enter__(self) -> _Tags:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._client is not None and not isinstance(self._client, str):
+            self._client.close()

@@ -53,3 +53,4 @@ class RestoreOptions:
     dry_run: bool = False
     workers: int = 4
     verify_written: bool = False
+    in_place: bool = False   # Quick Rollback into the existing VM (restore.vm.rollback)

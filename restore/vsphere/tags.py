@@ -2,7 +2,10 @@
 
 Role: ``TagReader(session, credentials)`` logs in to vAPI once (HTTP basic authentication: the
 SOAP session cookie does not open a vAPI session) and answers ``reader(vm_moref)`` with the VM's
-tags as ``[{"id", "name", "category", "category_id", "cardinality"}]``; ``close()`` logs out.
+tags as ``[{"id", "name", "category", "category_id", "cardinality"}]``; ``reapply(vm_moref,
+saved)`` attaches saved tags to a restored VM (by id, else by category and name; a tag that
+does not exist here is reported, not created: tags are global, not a restore's to add);
+``close()`` logs out.
 
 Answers are untrusted: each is at most ``MAX_ANSWER`` bytes of JSON of the documented shape
 (``{"value": ...}``; ids and names are strings), at most ``MAX_TAGS`` tags per VM; anything
@@ -124,6 +127,35 @@ class TagReader:
                         "category_id": tag.get("category_id"), "category": cat.get("name"),
                         "cardinality": cat.get("cardinality")})
         return out
+
+    def _all_tags(self) -> dict[str, dict[str, Any]]:
+        """id -> tag (with its category's name as ``category``), every tag of the server."""
+        out = {}
+        for tag_id in (self._call("GET", "/rest/com/vmware/cis/tagging/tag") or {}).get("value") or []:
+            tag = dict(self._get("tag", tag_id))
+            cat = self._get("category", tag.get("category_id", "")) if tag.get("category_id") else {}
+            tag["category"] = cat.get("name")
+            out[tag_id] = tag
+        return out
+
+    def reapply(self, vm_moref: str, saved: list[dict[str, Any]]) -> list[str]:
+        """Attach the saved tags to ``vm_moref``; what could not be done, in words."""
+        if not saved:
+            return []
+        here = self._all_tags()
+        by_name = {(t.get("category"), t.get("name")): i for i, t in here.items()}
+        problems = []
+        for tag in saved:
+            tag_id = tag.get("id") if tag.get("id") in here else by_name.get(
+                (tag.get("category"), tag.get("name")))
+            if tag_id is None:
+                problems.append(f"tag {tag.get('category')}/{tag.get('name')} does not exist here: "
+                                "not re-applied")
+                continue
+            self._call("POST", f"/rest/com/vmware/cis/tagging/tag-association/id:"
+                       f"{urllib.parse.quote(tag_id)}?~action=attach",
+                       {"object_id": {"id": vm_moref, "type": "VirtualMachine"}})
+        return problems
 
     def close(self) -> None:
         if getattr(self, "_sid", None):

@@ -390,6 +390,9 @@ func changedAreas(datastorePath string, capacity int64, snapChangeID string, sta
 		if err != nil {
 			return nil, fileFault(ctk, err.Error())
 		}
+		if incompleteTracking[descPath] {
+			changed = nil // harsh.go: KB 1020128, incomplete without a fault
+		}
 	}
 
 	info := &types.DiskChangeInfo{StartOffset: startOffset, Length: end - startOffset}

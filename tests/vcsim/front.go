@@ -173,6 +173,24 @@ func (h *frontHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			fcds.setSnapshot(req.Id.Id, req.SnapshotId.Id, "", false)
 		}
 		copyResponse(w, rec, "", "")
+	case *types.RemoveAllSnapshots_Task:
+		rec := h.forward(r, nil, method.Name)
+		if vm := vmByRef(req.This); vm != nil {
+			if task := finishedTask(rec); task != nil && task.Info.State == types.TaskInfoStateSuccess {
+				h.mu.Lock()
+				dropFrozen(vm, "*")
+				h.mu.Unlock()
+			}
+		}
+		copyResponse(w, rec, "", "")
+	case *types.ConsolidateVMDisks_Task:
+		vm := vmByRef(req.This)
+		if vm == nil || !h.authenticated(r) {
+			copyResponse(w, h.forward(r, nil, method.Name), "", "")
+			return
+		}
+		ref := consolidateTask(vm)
+		writeSOAP(w, http.StatusOK, fmt.Sprintf(`<ConsolidateVMDisks_TaskResponse xmlns="urn:vim25"><returnval type="Task">%s</returnval></ConsolidateVMDisks_TaskResponse>`, escape(ref.Value)))
 	case *types.CreateSnapshotEx_Task:
 		h.snapshot(w, r, req.This, req.QuiesceSpec != nil, createSnapshotBody(req), "CreateSnapshotEx_Task")
 	case *types.CreateSnapshot_Task:
@@ -224,6 +242,14 @@ func (h *frontHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if req, ok := method.Body.(*types.ReconfigVM_Task); ok {
 			disksBefore = vmDiskKeys(req.This)
 			trackingBefore = trackingOn(req.This)
+			on := req.Spec.ChangeTrackingEnabled
+			if vm := vmByRef(req.This); vm != nil && on != nil && *on && !trackingBefore && h.authenticated(r) {
+				if why := cannotTrack(vm); why != "" { // harsh.go
+					ref := refusedTask(vm, "reconfigVM", why)
+					writeSOAP(w, http.StatusOK, fmt.Sprintf(`<ReconfigVM_TaskResponse xmlns="urn:vim25"><returnval type="Task">%s</returnval></ReconfigVM_TaskResponse>`, escape(ref.Value)))
+					return
+				}
+			}
 		}
 		rec := h.forward(r, nil, method.Name)
 		if task := finishedTask(rec); task != nil && task.Info.State == types.TaskInfoStateSuccess {
@@ -245,6 +271,9 @@ func (h *frontHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 				recordProfiles(req.This, &req.Spec, disksBefore)
 				applyVMVAppConfig(req.This, &req.Spec)
 				afterTrackingChange(req.This, trackingBefore)
+				if !trackingBefore && trackingOn(req.This) {
+					noteTrackingSwitchedOn(req.This) // harsh.go: KB 1020128
+				}
 			}
 			h.mu.Unlock()
 		} else if rec.Code == http.StatusOK && !strings.HasSuffix(method.Name, "_Task") {
@@ -361,12 +390,15 @@ func (h *frontHandler) snapshot(w http.ResponseWriter, r *http.Request, vm types
 	}
 	before := currentSnapshot(vm)
 	prepareSnapshot(vm)
+	pending := freezeDisks(vm) // harsh.go: the state the snapshot keeps, taken before it exists
 	rec := h.forward(r, body, "CreateSnapshot_Task")
 	if after := currentSnapshot(vm); after != nil && (before == nil || *after != *before) {
 		if err := detachSnapshotConfig(*after); err != nil {
 			log.Printf("snapshot %s: %v", after, err)
 		}
+		pending.keep(*after)
 	}
+	pending.drop()
 	copyResponse(w, rec, "CreateSnapshot_TaskResponse", response)
 }
 
@@ -380,6 +412,21 @@ func (h *frontHandler) snapshotTask(w http.ResponseWriter, r *http.Request, meth
 		vm, _ = simulator.Map.Get(snap.Vm).(*simulator.VirtualMachine)
 	}
 	rec := h.forward(r, nil, method.Name)
+	if task := finishedTask(rec); task != nil && vm != nil && task.Info.State == types.TaskInfoStateSuccess {
+		// harsh.go: the disks follow the snapshot tree.
+		h.mu.Lock()
+		switch method.Name {
+		case "RevertToSnapshot_Task":
+			revertDisks(vm, method.This.Value)
+			h.forward(r, revertEventBody(vm, method.This.Value), "PostEvent")
+		case "RemoveSnapshot_Task":
+			dropFrozen(vm, method.This.Value)
+			if wantsConsolidationFault(vm) {
+				setConsolidationNeeded(vm, true)
+			}
+		}
+		h.mu.Unlock()
+	}
 	if task := finishedTask(rec); task != nil && vm != nil {
 		var name string
 		simulator.Map.WithLock(vm, func() { name = vm.Name })

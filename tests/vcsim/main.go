@@ -64,6 +64,10 @@ func main() {
 	pageSize := flag.Int64("cbt-page-size", defaultCBTPageSize,
 		"bytes of the disk covered by one QueryChangedDiskAreas answer")
 	trace := flag.Bool("trace", false, "log SOAP traffic to stderr")
+	freeze := flag.Bool("freeze-snapshots", true,
+		"copy the disks at CreateSnapshot so that snapshots freeze data (costs a copy of each disk; off for benchmarks)")
+	idle := flag.Duration("session-idle-timeout", 0,
+		"expire sessions idle this long, as vCenter does after 30 minutes (0: never)")
 	stdinEOF := flag.Bool("exit-on-stdin-eof", false,
 		"stop as on SIGTERM when stdin reaches end of file (the parent that holds its other end died)")
 	flag.Parse()
@@ -74,6 +78,8 @@ func main() {
 	}
 	cbtPageSize = *pageSize
 	simulator.Trace = *trace
+	simulator.SessionIdleTimeout = *idle
+	freezeSnapshots = *freeze
 
 	// Signals are caught from the start: one that arrives while we set up (or
 	// right after the JSON line) still stops us cleanly.

@@ -45,6 +45,7 @@ void config_free(struct standin_config *cfg)
     free(cfg->stats);
     memset(cfg, 0, sizeof *cfg);
     cfg->fail_read_after = cfg->fail_write_after = cfg->drop_connection_after = -1;
+    cfg->hang_read_after = cfg->hang_write_after = -1;
 }
 
 int config_load(const char *path, struct standin_config *cfg, char *err, size_t errlen)
@@ -96,6 +97,9 @@ int config_load(const char *path, struct standin_config *cfg, char *err, size_t 
         else if (strcmp(key, "fail_write_after") == 0) num = &cfg->fail_write_after;
         else if (strcmp(key, "delay_us") == 0) num = &cfg->delay_us;
         else if (strcmp(key, "drop_connection_after") == 0) num = &cfg->drop_connection_after;
+        else if (strcmp(key, "transient_read_faults") == 0) num = &cfg->transient_read_faults;
+        else if (strcmp(key, "hang_read_after") == 0) num = &cfg->hang_read_after;
+        else if (strcmp(key, "hang_write_after") == 0) num = &cfg->hang_write_after;
         else if (strcmp(key, "log_credentials") == 0 || strcmp(key, "panic_on_exit") == 0 ||
                  strcmp(key, "no_allocated_blocks") == 0) {
             long b = 0;

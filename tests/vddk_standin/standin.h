@@ -1,5 +1,10 @@
-/* The stand-in libvixDiskLib: types of the public VixDiskLib ABI (VDDK 6.7+ layouts, written
+/* The stand-in libvixDiskLib: types of the public VixDiskLib ABI (VDDK 7.0+ layouts, written
  * from the documented C interface) and the internal pieces shared by the stand-in's files.
+ *
+ * VixDiskLibInfo and VixDiskLibCreateParams end with two uint32 sector sizes since 7.0. As the
+ * real library does, the stand-in reads and writes them only for a caller that announced 7.0 or
+ * later to InitEx; for such a caller it checks them (a caller that allocated the 6.7 shape
+ * hands it 8 bytes of whatever follows), and it allocates the info of the caller's shape.
  *
  * Limits: x86_64/aarch64 Linux (LP64); one flat extent per disk; no sparse or delta formats.
  */
@@ -46,6 +51,8 @@ typedef char Bool;
 #define VIXDISKLIB_FLAG_OPEN_READ_ONLY 4
 #define VIXDISKLIB_MIN_CHUNK_SIZE 128
 #define VIXDISKLIB_MAX_CHUNK_NUMBER (512 * 1024)
+#define STANDIN_MAX_CHUNK_SIZE (128 * 1024) /* sectors; the bound repofs stays under */
+#define VIXDISKLIB_HWVERSION_NEWEST 13     /* ESX65, the newest the header defines */
 
 typedef void VixDiskLibGenericLogFunc(const char *fmt, va_list args);
 typedef Bool (*VixDiskLibProgressFunc)(void *data, int percent);
@@ -110,7 +117,10 @@ typedef struct {
     int numLinks;
     char *parentFileNameHint;
     char *uuid;
+    uint32_t logicalSectorSize;  /* 7.0+ */
+    uint32_t physicalSectorSize; /* 7.0+ */
 } VixDiskLibInfo;
+#define INFO_SIZE_6_7 offsetof(VixDiskLibInfo, logicalSectorSize)
 
 typedef struct { uint64_t offset, length; } VixDiskLibBlock; /* sectors */
 typedef struct { uint32_t numBlocks; VixDiskLibBlock blocks[1]; } VixDiskLibBlockList;
@@ -120,6 +130,8 @@ typedef struct {
     VixDiskLibAdapterType adapterType;
     uint16_t hwVersion;
     uint64_t capacity; /* sectors */
+    uint32_t logicalSectorSize;  /* 7.0+ */
+    uint32_t physicalSectorSize; /* 7.0+ */
 } VixDiskLibCreateParams;
 
 typedef struct standin_conn *VixDiskLibConnection;
@@ -143,6 +155,9 @@ struct standin_config {
     int log_credentials;       /* simulate a chatty library that logs secrets */
     int panic_on_exit;         /* call the panic callback at Exit (and carry on) */
     int no_allocated_blocks;   /* QueryAllocatedBlocks answers "not supported" */
+    long transient_read_faults; /* the next N reads fail with a lost NFC connection, then work */
+    long hang_read_after;      /* -1: never; the read after N reads never returns */
+    long hang_write_after;     /* -1: never; the write after N writes never returns */
     char *stats;
 };
 

@@ -41,6 +41,7 @@ struct standin_conn {
     int read_only;
     char *server;
     char *transports;          /* what the caller asked for, or NULL */
+    char *snapshot;            /* the snapshot moref of ConnectEx, or NULL */
     long open_disks;           /* guarded by open_lock */
     long io_count;             /* atomic */
     int dropped;               /* atomic */
@@ -64,6 +65,8 @@ static int initialized;
 static VixDiskLibGenericLogFunc *log_fn, *warn_fn, *panic_fn;
 static int stats_fd = -1;
 static long read_calls, write_calls; /* atomic */
+static long transient_left;           /* atomic: injected transient read faults still to come */
+static uint32_t client_major, client_minor; /* what the caller announced to InitEx */
 static pthread_mutex_t open_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_mutex_t state_lock = PTHREAD_MUTEX_INITIALIZER;
 static char *prepared_spec[MAX_PREPARED];
@@ -114,8 +117,10 @@ EXPORT VixError VixDiskLib_InitEx(uint32_t major, uint32_t minor,
 {
     (void)libDir;
     (void)configFile;
-    if (major < 1 || major > 8)
+    if (major < 1 || major > 9)
         return VIX_E_NOT_SUPPORTED;
+    client_major = major;
+    client_minor = minor;
     log_fn = log;
     warn_fn = warn;
     panic_fn = panic;
@@ -133,6 +138,7 @@ EXPORT VixError VixDiskLib_InitEx(uint32_t major, uint32_t minor,
         }
     }
     __atomic_store_n(&read_calls, 0, __ATOMIC_SEQ_CST);
+    __atomic_store_n(&transient_left, standin_cfg.transient_read_faults, __ATOMIC_SEQ_CST);
     __atomic_store_n(&write_calls, 0, __ATOMIC_SEQ_CST);
     initialized = 1;
     emit(log_fn, "VixDiskLib: stand-in %u.%u initialized with %d datastore(s)\n", major, minor,
@@ -280,6 +286,7 @@ EXPORT VixError VixDiskLib_ConnectEx(const VixDiskLibConnectParams *params, Bool
     c->read_only = readOnly != 0;
     c->server = strdup(remote ? params->serverName : "local");
     c->transports = transportModes ? strdup(transportModes) : NULL;
+    c->snapshot = snapshotRef && *snapshotRef ? strdup(snapshotRef) : NULL;
     emit(log_fn, "VixDiskLib: connected to %s (read-only %d, snapshot %s, modes %s)\n", c->server,
          c->read_only, or_dash(snapshotRef), or_dash(transportModes));
     stat_line("connect %s %s %d %s %s", c->server, remote ? or_dash(params->vmxSpec) : "-",
@@ -310,6 +317,7 @@ EXPORT VixError VixDiskLib_Disconnect(VixDiskLibConnection connection)
     connection->magic = 0;
     free(connection->server);
     free(connection->transports);
+    free(connection->snapshot);
     free(connection);
     return VIX_OK;
 }
@@ -516,6 +524,25 @@ static VixError open_locked(struct standin_conn *c, const char *path, uint32_t f
                                    ? strdup(d->desc.flat_name)
                                    : sibling(d->path, d->desc.flat_name)) == NULL)
         e = VIX_E_OUT_OF_MEMORY;
+    if (e == VIX_OK && c->snapshot != NULL) {
+        /* A snapshot freezes the disk: what was written after CreateSnapshot went to a delta
+         * on a real host. The test vCenter keeps the frozen state in
+         * "<descriptor without .vmdk>-<snapshot moref>.frozen"; read that when it exists. */
+        size_t n = strlen(d->path);
+        char *frozen = malloc(n + strlen(c->snapshot) + 16);
+        if (frozen == NULL)
+            e = VIX_E_OUT_OF_MEMORY;
+        else {
+            snprintf(frozen, n + strlen(c->snapshot) + 16, "%.*s-%s.frozen",
+                     (int)(n > 5 ? n - 5 : n), d->path, c->snapshot);
+            if (access(frozen, F_OK) == 0) {
+                free(flat);
+                flat = frozen;
+                flags |= VIXDISKLIB_FLAG_OPEN_READ_ONLY; /* a snapshot's disk is not written */
+            } else
+                free(frozen);
+        }
+    }
     if (e == VIX_OK) {
         d->read_only = (flags & VIXDISKLIB_FLAG_OPEN_READ_ONLY) != 0;
         d->fd = open(flat, (d->read_only ? O_RDONLY : O_RDWR) | O_CLOEXEC);
@@ -622,7 +649,9 @@ EXPORT VixError VixDiskLib_GetInfo(VixDiskLibHandle handle, VixDiskLibInfo **inf
         return VIX_E_INVALID_HANDLE;
     if (info == NULL)
         return VIX_E_INVALID_ARG;
-    VixDiskLibInfo *i = calloc(1, sizeof *i);
+    /* The caller's shape: a 6.7 caller's info ends before the sector sizes. */
+    int v7 = client_major >= 7;
+    VixDiskLibInfo *i = calloc(1, v7 ? sizeof *i : INFO_SIZE_6_7);
     if (i == NULL)
         return VIX_E_OUT_OF_MEMORY;
     pthread_mutex_lock(&handle->meta_lock);
@@ -641,6 +670,10 @@ EXPORT VixError VixDiskLib_GetInfo(VixDiskLibHandle handle, VixDiskLibInfo **inf
     i->numLinks = 1;
     const char *uuid = descriptor_get(d, "uuid");
     i->uuid = uuid ? strdup(uuid) : NULL;
+    if (v7) {
+        i->logicalSectorSize = meta_u32(d, "logicalSectorSize", 512);
+        i->physicalSectorSize = meta_u32(d, "physicalSectorSize", i->logicalSectorSize);
+    }
     pthread_mutex_unlock(&handle->meta_lock);
     *info = i;
     return VIX_OK;
@@ -690,6 +723,21 @@ EXPORT VixError VixDiskLib_Read(VixDiskLibHandle handle, uint64_t startSector, u
     if (e != VIX_OK)
         return e;
     long nth = __atomic_add_fetch(&read_calls, 1, __ATOMIC_SEQ_CST);
+    if (standin_cfg.hang_read_after >= 0 && nth > standin_cfg.hang_read_after) {
+        /* A call that never returns, as a stuck NFC session does: only killing the process
+         * that made it ends it. */
+        emit(warn_fn, "VixDiskLib: read %ld of %s hangs (injected)\n", nth, handle->path);
+        stat_line("hang %s", handle->path);
+        for (;;)
+            pause();
+    }
+    if (__atomic_load_n(&transient_left, __ATOMIC_SEQ_CST) > 0 &&
+        __atomic_sub_fetch(&transient_left, 1, __ATOMIC_SEQ_CST) >= 0) {
+        emit(warn_fn, "VixDiskLib: NFC connection for %s reset (injected, transient)\n",
+             handle->path);
+        stat_line("transient %s", handle->path);
+        return VIX_E_HOST_TCP_CONN_LOST;
+    }
     if (standin_cfg.fail_read_after >= 0 && nth > standin_cfg.fail_read_after) {
         emit(warn_fn, "VixDiskLib: read %ld of %s fails (injected)\n", nth, handle->path);
         return VIX_E_FILE_ERROR;
@@ -737,6 +785,12 @@ EXPORT VixError VixDiskLib_Write(VixDiskLibHandle handle, uint64_t startSector,
     if (e != VIX_OK)
         return e;
     long nth = __atomic_add_fetch(&write_calls, 1, __ATOMIC_SEQ_CST);
+    if (standin_cfg.hang_write_after >= 0 && nth > standin_cfg.hang_write_after) {
+        emit(warn_fn, "VixDiskLib: write %ld of %s hangs (injected)\n", nth, handle->path);
+        stat_line("hang %s", handle->path);
+        for (;;)
+            pause();
+    }
     if (standin_cfg.fail_write_after >= 0 && nth > standin_cfg.fail_write_after) {
         emit(warn_fn, "VixDiskLib: write %ld of %s fails (injected)\n", nth, handle->path);
         return VIX_E_FILE_ERROR;
@@ -782,14 +836,15 @@ EXPORT VixError VixDiskLib_QueryAllocatedBlocks(VixDiskLibHandle handle, uint64_
         return VIX_E_INVALID_HANDLE;
     if (standin_cfg.no_allocated_blocks) /* as some transports and disk types answer */
         return VIX_E_NOT_SUPPORTED;
-    if (blockList == NULL || chunkSize < VIXDISKLIB_MIN_CHUNK_SIZE || startSector % chunkSize)
+    if (blockList == NULL || chunkSize < VIXDISKLIB_MIN_CHUNK_SIZE ||
+        chunkSize > STANDIN_MAX_CHUNK_SIZE || startSector % chunkSize)
         return VIX_E_INVALID_ARG;
     if (startSector > handle->sectors || numSectors > handle->sectors - startSector)
         return VIX_E_DISK_OUTOFRANGE;
-    /* Whole chunks only, except a last partial chunk that ends at the end of the disk. */
-    if (numSectors % chunkSize != 0 && startSector + numSectors != handle->sectors)
+    /* Whole chunks only, as the real library wants: a partial last chunk is the caller's. */
+    if (numSectors == 0 || numSectors % chunkSize != 0)
         return VIX_E_INVALID_ARG;
-    uint64_t nchunks = (numSectors + chunkSize - 1) / chunkSize;
+    uint64_t nchunks = numSectors / chunkSize;
     if (nchunks > VIXDISKLIB_MAX_CHUNK_NUMBER)
         return VIX_E_INVALID_ARG;
     size_t cap = 16;
@@ -954,6 +1009,25 @@ EXPORT VixError VixDiskLib_Create(const VixDiskLibConnection connection, const c
         return VIX_E_NOT_SUPPORTED;
     if (createParams->diskType != VIXDISKLIB_DISK_MONOLITHIC_FLAT)
         return VIX_E_NOT_SUPPORTED;
+    if (createParams->hwVersion > VIXDISKLIB_HWVERSION_NEWEST) {
+        emit(warn_fn, "VixDiskLib: hardware version %u is not one this library defines\n",
+             createParams->hwVersion);
+        return VIX_E_INVALID_ARG;
+    }
+    uint32_t lss = 512, pss = 512;
+    if (client_major >= 7) {
+        /* A 7.0 caller's parameters are 32 bytes: the sector sizes must be ones we know. A
+         * caller that allocated the 6.7 shape (24 bytes) lands here with stray bytes. */
+        lss = createParams->logicalSectorSize;
+        pss = createParams->physicalSectorSize;
+        if ((lss != 512 && lss != 4096) || (pss != 512 && pss != 4096) || pss < lss) {
+            emit(warn_fn, "VixDiskLib: invalid sector sizes %u/%u in the create parameters\n",
+                 lss, pss);
+            return VIX_E_INVALID_ARG;
+        }
+        if ((createParams->capacity * VIXDISKLIB_SECTOR_SIZE) % lss != 0)
+            return VIX_E_INVALID_ARG;
+    }
     size_t len = strlen(path);
     if (path[0] != '/' || len < 6 || strcmp(path + len - 5, ".vmdk") != 0 ||
         createParams->capacity == 0)
@@ -987,6 +1061,10 @@ EXPORT VixError VixDiskLib_Create(const VixDiskLibConnection connection, const c
         memset(u, 0x5a, sizeof u);
     if (rfd >= 0)
         close(rfd);
+    char sizes[128] = "";
+    if (lss != 512 || pss != 512)
+        snprintf(sizes, sizeof sizes,
+                 "ddb.logicalSectorSize = \"%u\"\nddb.physicalSectorSize = \"%u\"\n", lss, pss);
     char text[2048];
     int n = snprintf(text, sizeof text,
                      "# Disk DescriptorFile\n"
@@ -1007,11 +1085,14 @@ EXPORT VixError VixDiskLib_Create(const VixDiskLibConnection connection, const c
                      "ddb.geometry.heads = \"255\"\n"
                      "ddb.geometry.sectors = \"63\"\n"
                      "ddb.uuid = \"%02x %02x %02x %02x %02x %02x %02x %02x-%02x %02x %02x %02x %02x %02x %02x %02x\"\n"
-                     "ddb.virtualHWVersion = \"%u\"\n",
+                     "ddb.virtualHWVersion = \"%u\"\n"
+                     "%s",
                      (unsigned long long)sectors, flat_name, adapter_name(createParams->adapterType),
                      (unsigned long long)(cyl > 65535 ? 65535 : cyl), u[0], u[1], u[2], u[3], u[4],
                      u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13], u[14], u[15],
-                     createParams->hwVersion ? createParams->hwVersion : 14);
+                     createParams->hwVersion ? createParams->hwVersion
+                                             : VIXDISKLIB_HWVERSION_NEWEST,
+                     sizes);
     if (e == VIX_OK && write(dfd, text, n) != n)
         e = VIX_E_FILE_ERROR;
     if (e == VIX_OK && (fsync(dfd) != 0 || fsync(ffd) != 0))

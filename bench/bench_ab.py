@@ -1,0 +1,233 @@
+"""Two or more versions of repofs side by side on one data set, the versions interleaved in
+each round — to measure what a change costs or gains. One of:
+
+- ``--what backup``: a full backup, then an incremental with a change list (3% of the data);
+  wall and CPU seconds (user + system, wait4) and peak RSS of each, bytes stored. Also the
+  floor of the same run: the CPU seconds that keyed BLAKE3, zstd (the repository's level) and
+  AES-256-GCM alone take on the image's non-zero 1 MiB chunks, in this process, one core.
+- ``--what restore``: ``repofs restore --to-dir`` of a generation each tree backed up
+  itself (page cache dropped first when root), restored file compared with ``cmp``; and the
+  machine's fsync'd write speed of the same file size (``dd conv=fsync``) in the same round.
+- ``--what mount``: ``repofs mount`` of that generation, page cache dropped: 4 KiB random
+  reads of the flat file (p50/p99), a cold sequential read, the daemon's peak RSS.
+
+    flock /tmp/repofs-bench.lock .venv/bin/python bench/bench_ab.py --what backup --size 2G \\
+        --workdir /var/tmp OLD_TREE NEW_TREE     # OLD_TREE e.g. `git worktree add ../base COMMIT`
+
+Each tree is a checkout of this repository; its code runs with this venv's packages
+(PYTHONPATH=tree). ``--image`` reuses an image made by ``bench/dataset.py``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_mount import random_reads, sequential, unmount  # noqa: E402
+from dataset import change_list, make_image, parse_size  # noqa: E402
+from measure import PY, drop_caches, run, wait_for, warm  # noqa: E402
+
+MiB = 1 << 20
+VM = "bench"
+
+
+def env_for(tree: str) -> dict:
+    env = dict(os.environ, REPOFS_PASSWORD="bench", PYTHONPATH=tree)
+    env.pop("REPOFS_REPOSITORY", None)
+    env.pop("REPOFS_PASSWORD_FILE", None)
+    return env
+
+
+def cli(tree: str, *args: str, check: bool = True):
+    # "-m" puts the working directory first on the path: run from the tree, or every tree
+    # would run the code of the directory the benchmark was started from
+    return run([PY, "-m", "repofs.cli", *args], env=env_for(tree), check=check, cwd=tree)
+
+
+def root() -> bool:
+    return os.geteuid() == 0
+
+
+def floor_cpu(img: str, level: int = 2) -> tuple[float, int]:
+    """CPU seconds of keyed BLAKE3 + zstd + AES-256-GCM alone over the image's non-zero
+    chunks, and their bytes: what any backup of these bytes must at least spend."""
+    import blake3
+    import zstandard
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    key, aead = secrets.token_bytes(32), AESGCM(secrets.token_bytes(32))
+    z = zstandard.ZstdCompressor(level=level, write_content_size=True)
+    zero, cpu, total = bytes(MiB), 0.0, 0
+    with open(img, "rb") as f:
+        while chunk := f.read(MiB):
+            if chunk == zero[:len(chunk)]:
+                continue
+            t = time.process_time()
+            blake3.blake3(chunk, key=key).digest()
+            aead.encrypt(bytes(12), z.compress(chunk), b"")
+            cpu += time.process_time() - t
+            total += len(chunk)
+    return cpu, total
+
+
+def fsync_write_mbs(work: str, size: int) -> float:
+    """The machine's fsync'd sequential write speed for ``size`` bytes, MB/s."""
+    out = os.path.join(work, "dd.out")
+    t = time.monotonic()
+    subprocess.run(["dd", "if=/dev/zero", f"of={out}", "bs=4M", f"count={max(1, size // (4 * MiB))}",
+                    "conv=fsync"], check=True, capture_output=True)
+    mbs = size / (time.monotonic() - t) / 1e6
+    os.unlink(out)
+    return mbs
+
+
+def copy(src: str, dst: str) -> None:
+    subprocess.run(["cp", "--sparse=always", src, dst], check=True)  # holes stay holes
+
+
+def fresh_repo(tree: str, repo: str) -> None:
+    shutil.rmtree(repo, ignore_errors=True)
+    cli(tree, "init", "-r", repo)
+
+
+def ab_backup(trees: list[str], work: str, img: str, rounds: int) -> None:
+    gen1, gen2 = os.path.join(work, "gen1.img"), os.path.join(work, "gen2.img")
+    copy(img, gen1)
+    copy(img, gen2)
+    changes = os.path.join(work, "changes.json")
+    with open(changes, "w") as f:
+        json.dump(change_list(gen2, 0.03), f)
+    repo = os.path.join(work, "repo")
+    for rnd in range(1, rounds + 1):
+        warm(gen1)
+        fcpu, fbytes = floor_cpu(gen1)
+        print(f"round {rnd} floor: BLAKE3+zstd+AES-GCM {fcpu:.2f} CPU s on {fbytes / 1e9:.2f} GB "
+              f"({fcpu / fbytes * 1e9:.2f} CPU s/GB)", flush=True)
+        for tree in trees:
+            fresh_repo(tree, repo)
+            copy(gen1, img)
+            warm(img)
+            full = cli(tree, "backup", f"file:{img}", "--vm", VM, "-r", repo, "--json")
+            d1 = json.loads(full.out)["disks"][0]
+            copy(gen2, img)
+            warm(img)
+            inc = cli(tree, "backup", f"file:{img}", "--vm", VM, "-r", repo, "--json",
+                      "--changed-extents", changes)
+            d2 = json.loads(inc.out)["disks"][0]
+            print(f"round {rnd} {tree}: full {full.wall:.2f} s, {full.cpu:.2f} CPU s "
+                  f"({full.cpu / fbytes * 1e9:.2f} CPU s/GB = {full.cpu / fcpu:.2f}x floor), "
+                  f"{full.rss_mib:.0f} MiB; incremental {inc.wall:.2f} s ({inc.wall / full.wall:.1%}), "
+                  f"{inc.cpu:.2f} CPU s; stored {d1['new_bytes']} + {d2['new_bytes']} bytes", flush=True)
+
+
+def ab_restore(trees: list[str], work: str, img: str, rounds: int) -> None:
+    repos = {}
+    for i, tree in enumerate(trees):
+        repos[tree] = os.path.join(work, f"repo{i}")
+        fresh_repo(tree, repos[tree])
+        cli(tree, "backup", f"file:{img}", "--vm", VM, "-r", repos[tree])
+    size = os.path.getsize(img)
+    for rnd in range(1, rounds + 1):
+        limit = fsync_write_mbs(work, size)
+        print(f"round {rnd} machine: fsync'd write {limit:.0f} MB/s", flush=True)
+        for tree in trees:
+            out = os.path.join(work, "restored")
+            shutil.rmtree(out, ignore_errors=True)
+            if root():
+                drop_caches()
+            r = cli(tree, "restore", f"vm:{VM}", "--to-dir", out, "-r", repos[tree])
+            restored = [os.path.join(out, n) for n in os.listdir(out) if n.endswith(".raw")]
+            same = bool(restored) and subprocess.run(["cmp", img, restored[0]], capture_output=True).returncode == 0
+            print(f"round {rnd} {tree}: restore {r.wall:.2f} s = {size / r.wall / 1e6:.0f} MB/s "
+                  f"({size / r.wall / 1e6 / limit:.0%} of fsync'd write), {r.cpu:.2f} CPU s, "
+                  f"{r.rss_mib:.0f} MiB; restored = source: {'yes' if same else 'NO'}", flush=True)
+            shutil.rmtree(out, ignore_errors=True)
+
+
+def daemon_rss(mnt: Path) -> tuple[float, float]:
+    """(current, peak) resident MiB of the mount daemon serving ``mnt``."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            if str(mnt).encode() in cmd and b"mount" in cmd:
+                status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+                return int(status["VmRSS"].split()[0]) / 1024, int(status["VmHWM"].split()[0]) / 1024
+        except (OSError, KeyError, ValueError):
+            continue
+    return 0.0, 0.0
+
+
+def ab_mount(trees: list[str], work: str, img: str, rounds: int, extra: list[str]) -> None:
+    if not root():
+        sys.exit("bench_ab --what mount: needs root (FUSE, drop_caches)")
+    repos = {}
+    for i, tree in enumerate(trees):
+        repos[tree] = os.path.join(work, f"repo{i}")
+        fresh_repo(tree, repos[tree])
+        cli(tree, "backup", f"file:{img}", "--vm", VM, "-r", repos[tree])
+    size = os.path.getsize(img)
+    rng = random.Random(1)
+    base = min(MiB + size // 4, size - 64 * MiB)
+    offsets = [base + rng.randrange(64 * MiB // 4096) * 4096 for _ in range(2000)]
+    mnt = Path(work) / "mnt"
+    mnt.mkdir(exist_ok=True)
+    stem = Path(img).stem
+    for rnd in range(1, rounds + 1):
+        for tree in trees:
+            try:
+                drop_caches()
+                cli(tree, "mount", *extra, repos[tree], str(mnt))
+                flat = mnt / VM / "latest" / f"{stem}-flat.vmdk"
+                wait_for(flat)
+                _iops, p50, p99 = random_reads(flat, offsets)
+                unmount(mnt)
+                drop_caches()
+                cli(tree, "mount", *extra, repos[tree], str(mnt))
+                wait_for(flat)
+                mbs = sequential(flat)
+                rss, peak = daemon_rss(mnt)
+            finally:
+                unmount(mnt)
+            print(f"round {rnd} {tree}: cold random 4 KiB p50 {p50:.2f} ms p99 {p99:.2f} ms; cold sequential "
+                  f"{mbs:.0f} MB/s; daemon RSS {rss:.0f} MiB (peak {peak:.0f})", flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("trees", nargs="+", help="repository checkouts to compare")
+    ap.add_argument("--what", choices=("backup", "restore", "mount"), default="backup")
+    ap.add_argument("--size", default="1G")
+    ap.add_argument("--image", default=None, help="an existing data set image (bench/dataset.py)")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--workdir", default=None)
+    ap.add_argument("--mount-option", action="append", default=[], help="extra `repofs mount` option")
+    a = ap.parse_args()
+    trees = [str(Path(t).resolve()) for t in a.trees]
+    work = tempfile.mkdtemp(prefix="repofs-ab-", dir=a.workdir)
+    try:
+        img = os.path.join(work, "disk.img")
+        if a.image:
+            copy(a.image, img)
+        else:
+            make_image(img, parse_size(a.size))
+        if a.what == "backup":
+            ab_backup(trees, work, img, a.rounds)
+        elif a.what == "restore":
+            ab_restore(trees, work, img, a.rounds)
+        else:
+            ab_mount(trees, work, img, a.rounds, a.mount_option)
+    finally:
+        unmount(Path(work) / "mnt")
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""Backups beside a prune: how much a running ``repofs prune`` slows a ``repofs backup`` into
+the same repository.
+
+    .venv/bin/python bench/bench_prune_beside.py --chunks 100k --image 256M --rounds 4 --prune-nice 0,10,19 [--work DIR]
+
+The repository (encrypted, 1 MiB chunks) is built through ``format/`` with ``--chunks`` tiny
+chunks in ``rounds × (values of --prune-nice) + 1`` generations (bench/bench_prune.py
+``build_repofs``), so that every prune has the same work: one generation is forgotten before
+it, and it marks the rest, walks every object and moves and deletes a generation's share.
+Each round:
+
+1. ``alone``: a full backup of a fresh image of ``--image`` bytes of random data (fresh: no
+   chunk of it is in the repository yet), no prune running;
+2. ``beside``, once per ``--prune-nice`` value: a prune is started (``repofs prune --nice N``;
+   until the option existed, the runs used ``nice -n N repofs prune``); once
+   its lease is written (it has begun reading), a full backup of another fresh image runs;
+   the backup counts only if the prune was still running when it ended.
+
+Prints each backup's wall and CPU time and the ratio beside/alone per round (a round's
+backups run back to back, so the machine's other load is alike for them), and the
+prunes' times. The repository's objects are fresh, so the prunes run with
+``REPOFS_PRUNE_FRESH_SECONDS=0`` (otherwise they would leave every object of the last five
+minutes alone); the objects a running backup writes are still protected by its lease.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench_prune import build_repofs, parse_count, repofs_env  # noqa: E402
+from measure import repofs, run  # noqa: E402
+
+from format.marks import forget  # noqa: E402
+from format.repository import Repository  # noqa: E402
+
+MIB = 1 << 20
+
+
+def parse_size(text: str) -> int:
+    text = text.strip().upper()
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1], 1)
+    return int(float(text.rstrip("KMG")) * mult)
+
+
+def fresh_image(path: Path, size: int) -> None:
+    with open(path, "wb") as f:
+        for _ in range(size // (8 * MIB)):
+            f.write(os.urandom(8 * MIB))
+
+
+def backup(path: Path, image: Path, env: dict, vm: str):
+    return run(repofs("backup", f"file:{image}", "--vm", vm, "--json"), env=env)
+
+
+def beside_prune(path: Path, image: Path, env: dict, nice: int, vm: str):
+    """A backup of ``image`` while a prune runs: (the backup's Run, whether the prune was
+    still running when it ended, the prune's wall time, when the backup started, its report)."""
+    cmd = repofs("prune", "--json", "--nice", str(nice))
+    t0 = time.monotonic()
+    prune = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    leases = path / "leases"
+    while prune.poll() is None and not (leases.is_dir() and any(leases.iterdir())):
+        time.sleep(0.05)
+    started = time.monotonic() - t0
+    beside = backup(path, image, env, vm)
+    overlapped = prune.poll() is None
+    out, err = prune.communicate()
+    prune_wall = time.monotonic() - t0
+    if prune.returncode != 0:
+        raise RuntimeError(f"prune failed: {err.strip()}")
+    return beside, overlapped, prune_wall, started, json.loads(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--chunks", default="200k", help="chunks in the repository being pruned")
+    ap.add_argument("--image", default="256M", help="size of each backed-up image")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--work", default=None, help="where the repository and images live")
+    ap.add_argument("--prune-nice", default="0,10", help="run the prune with `--nice N` (0: at the "
+                    "benchmark's priority); a list runs one prune per value in each round, beside a backup each")
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-beside-", dir=args.work))
+    n, size = parse_count(args.chunks), parse_size(args.image)
+    path = work / "repo"
+    env = repofs_env(path, work)
+    try:
+        t = time.monotonic()
+        nices = [int(v) for v in args.prune_nice.split(",")]
+        names = build_repofs(path, n, chunk=MIB, generations=args.rounds * len(nices) + 1)
+        print(f"repository of {n:,} chunks in {len(names)} generations built in "
+              f"{time.monotonic() - t:.0f} s", flush=True)
+        image = work / "disk.img"
+        ratios: dict[int, list[float]] = {nice: [] for nice in nices}
+        forgotten = 0
+        for r in range(args.rounds):
+            fresh_image(image, size)
+            alone = backup(path, image, env, f"alone{r}")
+            line = f"round {r}: backup alone {alone.wall:6.2f} s (cpu {alone.cpu:5.2f})"
+            for nice in nices:
+                repo = Repository.open(path, env["REPOFS_PASSWORD"].encode())
+                forget(repo, names[forgotten], "bench", f"g{forgotten}")
+                forgotten += 1
+                fresh_image(image, size)
+                beside, overlapped, prune_wall, started, report = beside_prune(path, image, env, nice,
+                                                                               f"beside{r}n{nice}")
+                ratio = beside.wall / alone.wall
+                if overlapped:
+                    ratios[nice].append(ratio)
+                line += (f"; beside a prune (nice {nice}) {beside.wall:6.2f} s (cpu {beside.cpu:5.2f}) = {ratio:.2f}x"
+                         f"{'' if overlapped else ' (prune ended first: not counted)'}, prune {prune_wall:.1f} s "
+                         f"(backup from {started:.1f} s), freed {report['freed_chunks']:,}")
+            print(f"{line}; load {os.getloadavg()[0]:.1f}", flush=True)
+        for nice, got in ratios.items():
+            if got:
+                print(f"prune at nice {nice}: beside/alone over {len(got)} rounds: min {min(got):.2f}x, "
+                      f"median {sorted(got)[len(got) // 2]:.2f}x, max {max(got):.2f}x")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,145 @@
+"""Quick Rollback benchmark: ``repofs restore vm:NAME --in-place`` after the guest changed 3% of
+its disk, beside a full restore into vCenter (a new VM) of the same generation, same run.
+
+    python bench/bench_quick_rollback.py --size 8G [--workdir /var/tmp] [--runs 2] [--share 0.03]
+
+The data set is bench/dataset.py's disk image (GPT + ext4, 60% filled, the rest holes). It
+becomes the flat extent of a simulated VM's disk (test vCenter + VDDK stand-in) and is backed
+up once. Each run then changes ``--share`` of the disk's data in place, as a guest would
+(scattered 64 KiB-aligned runs, recorded in the disk's change-tracking log), and times:
+
+- the Quick Rollback of the VM to the generation (safety snapshot, changed-block query,
+  writes, snapshot removal — the whole command);
+- a full restore of the same generation as a new VM (``--name``), then destroyed.
+
+The test vCenter runs with ``-freeze-snapshots=false``: its model of a snapshot (a copy of each
+disk) would cost the rollback's safety snapshot a copy of the whole disk, where a real host
+starts a delta disk; the times are then repofs's own.
+
+then backs the VM up again (untimed), so that the next run's changes count from a generation
+of their own. The bytes each wrote are counted by the stand-in (its stats file), the changed
+bytes in changed-block tracking's 64 KiB blocks, and the rolled-back disk is compared with the
+image (``cmp``). Target: the rollback takes <= 10% of the full restore's
+time, and writes exactly the changed bytes.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from pyVmomi import vim
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path[:0] = [str(HERE), str(ROOT / "tests"), str(ROOT)]
+from dataset import change_list, make_image, parse_size  # noqa: E402
+from measure import Run, repofs, run  # noqa: E402
+from fixtures_vcsim import connected, create_vm, find_by_name, running_vcsim, vm_disks, wait_task  # noqa: E402
+from fixtures_vddk import build_standin, read_stats, write_standin_config  # noqa: E402
+from bench_vsphere_backup import copy_sparse  # noqa: E402
+
+MiB = 1 << 20
+
+
+def written_since(stats: Path, mark: int) -> tuple[int, int]:
+    """(bytes written, stat lines) in the stand-in's stats file after line ``mark``."""
+    lines = read_stats(stats)
+    return sum(int(w[3]) for w in lines[mark:] if w[0] == "write"), len(lines)
+
+
+def union_bytes(changes: list[list[int]], block: int = 64 << 10) -> int:
+    """Bytes of the ``block``-sized blocks the changes touch (changed-block tracking's unit)."""
+    spans = sorted((o - o % block, o + n + -(o + n) % block) for o, n in changes)
+    total, end = 0, -1
+    for lo, hi in spans:
+        if lo > end:
+            total += hi - lo
+            end = hi
+        elif hi > end:
+            total += hi - end
+            end = hi
+    return total
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", default="8G")
+    ap.add_argument("--runs", type=int, default=2)
+    ap.add_argument("--share", type=float, default=0.03, help="share of the data the guest changes")
+    ap.add_argument("--workdir", default=None)
+    a = ap.parse_args()
+    size = parse_size(a.size)
+    size -= size % MiB
+    work = Path(tempfile.mkdtemp(prefix="repofs-qrbench-", dir=a.workdir))
+    try:
+        img = str(work / "disk.img")
+        make_image(img, size)
+        allocated = os.stat(img).st_blocks * 512
+        libdir = build_standin()
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        # The test vCenter's frozen snapshot copies cost a copy of the disk per snapshot (a real
+        # host starts a delta disk): off, so that the times are repofs's.
+        with running_vcsim("-freeze-snapshots=false", tmpdir=work / "vcsim") as vc:
+            pw = work / "vsphere-password"
+            pw.write_text(vc.password)
+            conf, stats = work / "standin.conf", work / "stats.log"
+            write_standin_config(conf, datastores=vc.datastores, server=vc.host,
+                                 thumbprint=vc.thumbprint, stats=stats)
+            env = dict(env, VDDK_STANDIN_CONFIG=str(conf))
+            common = ["--server", vc.server, "--user", vc.user, "--vsphere-password-file", str(pw),
+                      "--thumbprint", vc.thumbprint, "--vddk-libdir", str(libdir)]
+            with connected(vc) as si:
+                vm = create_vm(si, "bench", [size], change_tracking=True)
+                descriptor = vc.local_path(vm_disks(vm.config)[0].backing.fileName)
+            flat = descriptor.with_name(descriptor.name[:-5] + "-flat.vmdk")
+            ctk = descriptor.with_name(descriptor.name[:-5] + "-ctk.log")
+            copy_sparse(img, str(flat))
+            repo = str(work / "repo")
+            run(repofs("init", repo, "--encryption", "none"), env=env)
+            run(repofs("backup", "vm:bench", "-r", repo, *common), env=env)
+            print(f"# data set: {size} bytes, {allocated} allocated; backed up as vm:bench", flush=True)
+            rows: list[tuple[Run, int, Run, int, int, bool]] = []
+            for i in range(a.runs):
+                # The guest changes its disk; the change-tracking log records it, as ESXi's does.
+                changes = change_list(str(flat), a.share, seed=10 + i)
+                with open(ctk, "a") as log:
+                    log.writelines(f"{o} {n}\n" for o, n in changes)
+                changed = union_bytes(changes)
+                mark = len(read_stats(stats))
+                rb = run(repofs("restore", "vm:bench", "--in-place", "-r", repo, *common), env=env)
+                rb_written, mark = written_since(stats, mark)
+                same = run(["cmp", img, str(flat)], check=False).rc == 0
+                name = f"bench-full-{i}"
+                full = run(repofs("restore", "vm:bench", "--name", name, "-r", repo, *common), env=env)
+                full_written, _ = written_since(stats, mark)
+                with connected(vc) as si:
+                    wait_task(si, find_by_name(si, vim.VirtualMachine, name).Destroy_Task())
+                rows.append((rb, rb_written, full, full_written, changed, same))
+                # A new generation (incremental, untimed): the next run's changes are counted
+                # from there, as changed-block tracking counts them from its change id.
+                run(repofs("backup", "vm:bench", "-r", repo, *common), env=env)
+                print(f"run {i}: rollback {rb.wall:.2f}s ({rb_written} bytes written, {changed} changed, "
+                      f"disk {'equal' if same else 'DIFFERENT'}); full restore {full.wall:.2f}s "
+                      f"({full_written} bytes written)", flush=True)
+        report(rows)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def report(rows: list[tuple[Run, int, Run, int, int, bool]]) -> None:
+    best_rb = min(r[0].wall for r in rows)
+    best_full = min(r[2].wall for r in rows)
+    print(f"\nQuick Rollback best {best_rb:.2f}s, full restore best {best_full:.2f}s: "
+          f"{best_rb / best_full:.1%} of the full restore's time (target <= 10%)")
+    exact = all(r[1] == r[4] for r in rows)
+    print(f"bytes written by the rollback equal the changed bytes in every run: {'yes' if exact else 'NO'}; "
+          f"disk equal to the generation after every rollback: {'yes' if all(r[5] for r in rows) else 'NO'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,291 @@
+"""Restore fidelity against the harsher test vCenter: what a restored VM keeps beyond its
+hardware — the .nvram (EFI variables) also without --import, EFI with secure boot, thick lazy-
+and eager-zeroed disks, disk UUIDs with --recover-identity, templates as templates — and what
+is refused (encrypted VMs, a vTPM) rather than restored without its protection; with
+--overwrite --recover-identity the set-aside original never shares the identity the new VM
+takes, and gets its own back when the restore fails.
+"""
+from __future__ import annotations
+
+import json
+
+from pyVmomi import vim
+
+from fixtures_restore import MiB, RestoreBed
+from fixtures_vcsim import connected, find_by_name, wait_task
+from fixtures_vsphere import unique
+
+UNSUPPORTED_EXIT = 12
+VDDK_EXIT = 14
+
+
+def _vm(si, name: str):
+    return find_by_name(si, vim.VirtualMachine, name)
+
+
+def _nvram(bed: RestoreBed, info: dict) -> bytes:
+    vmx = bed.local(info["config"].files.vmPathName)
+    return vmx.with_suffix(".nvram").read_bytes()
+
+
+def _ddb_uuid(bed: RestoreBed, datastore_path: str) -> str:
+    for line in bed.local(datastore_path).read_text().splitlines():
+        if line.startswith("ddb.uuid"):
+            return line.split("=", 1)[1].strip().strip('"').lower()
+    raise AssertionError(f"no ddb.uuid in {datastore_path}")
+
+
+def test_nvram_efi_secure_boot_and_thick_disks_come_back(restore_bed: RestoreBed) -> None:
+    name = unique("rs-efi")
+    bed = restore_bed.bed
+    with connected(bed.vcsim) as si:
+        from fixtures_vcsim import create_vm
+        vm = create_vm(si, name, [4 * MiB])
+        spec = vim.vm.ConfigSpec(
+            firmware="efi", bootOptions=vim.vm.BootOptions(efiSecureBootEnabled=True),
+            deviceChange=[vim.vm.device.VirtualDeviceSpec(
+                operation="add", fileOperation="create", device=vim.vm.device.VirtualDisk(
+                    key=-301 - u, controllerKey=vm.config.hardware.device[0].key
+                    if isinstance(vm.config.hardware.device[0], vim.vm.device.VirtualSCSIController)
+                    else next(d.key for d in vm.config.hardware.device
+                              if isinstance(d, vim.vm.device.VirtualSCSIController)),
+                    unitNumber=1 + u, capacityInKB=2048, capacityInBytes=2 * MiB,
+                    backing=vim.vm.device.VirtualDisk.FlatVer2BackingInfo(
+                        fileName="[LocalDS_0]", diskMode="persistent", thinProvisioned=False,
+                        eagerlyScrub=u == 1))) for u in range(2)])
+        wait_task(si, vm.ReconfigVM_Task(spec=spec))
+    bed.write(bed.disk_path(name, 0), [(MiB, b"efi!" * 4096)])
+    bed.backup(f"vm:{name}")
+    original = restore_bed.vm(name)
+    copy = unique("rs-efi-copy")
+    out = json.loads(restore_bed.restore(f"vm:{name}", "--name", copy, "--json").stdout)[0]
+    assert "restore the nvram" in out["steps"]
+    info = restore_bed.vm(copy)
+    assert _nvram(restore_bed, info) == _nvram(restore_bed, original)
+    assert info["config"].firmware == "efi"
+    assert info["config"].bootOptions.efiSecureBootEnabled is True
+    got = sorted((d.unitNumber, bool(d.backing.thinProvisioned), bool(d.backing.eagerlyScrub))
+                 for d in info["disks"])
+    assert got == [(0, True, False), (1, False, False), (2, False, True)]
+
+
+def test_disk_uuids_with_recover_identity(restore_bed: RestoreBed) -> None:
+    b = restore_bed.backed_up("rs-duuid", disks=(4 * MiB,), pieces={0: [(0, b"u" * 65536)]})
+    original = restore_bed.vm(b.vm)
+    want = _ddb_uuid(restore_bed, original["disks"][0].backing.fileName)
+    same = unique("rs-duuid-same")
+    restore_bed.restore(f"vm:{b.vm}", "--name", same, "--recover-identity")
+    info = restore_bed.vm(same)
+    assert _ddb_uuid(restore_bed, info["disks"][0].backing.fileName) == want
+    assert restore_bed.same_disk(info["disks"][0].backing.fileName, b.raws["scsi0-0"])
+    fresh = unique("rs-duuid-new")
+    restore_bed.restore(f"vm:{b.vm}", "--name", fresh)
+    info = restore_bed.vm(fresh)
+    assert _ddb_uuid(restore_bed, info["disks"][0].backing.fileName) != want
+
+
+def test_a_template_is_restored_as_a_template(restore_bed: RestoreBed) -> None:
+    b = restore_bed.backed_up("rs-tmpl", disks=(4 * MiB,), pieces={0: [(0, b"t" * 65536)]})
+    with connected(restore_bed.vcsim) as si:
+        _vm(si, b.vm).MarkAsTemplate()
+    restore_bed.bed.backup(f"vm:{b.vm}")
+    copy = unique("rs-tmpl-copy")
+    out = json.loads(restore_bed.restore(f"vm:{b.vm}", "--name", copy, "--power-on", "--json").stdout)[0]
+    assert out["steps"][-1] == "mark as template"
+    assert "a template is not powered on" in out["warnings"]
+    info = restore_bed.vm(copy)
+    assert info["config"].template is True and info["power"] == "poweredOff"
+
+
+def test_a_vm_with_a_vtpm_is_refused_not_restored_without_it(restore_bed: RestoreBed) -> None:
+    b = restore_bed.backed_up("rs-tpm", disks=(4 * MiB,), pieces={0: [(0, b"p" * 4096)]})
+    with connected(restore_bed.vcsim) as si:
+        wait_task(si, _vm(si, b.vm).ReconfigVM_Task(spec=vim.vm.ConfigSpec(deviceChange=[
+            vim.vm.device.VirtualDeviceSpec(operation="add", device=vim.vm.device.VirtualTPM(key=-400))])))
+    restore_bed.bed.backup(f"vm:{b.vm}")
+    before = restore_bed.inventory()
+    proc = restore_bed.restore(f"vm:{b.vm}", "--name", unique("rs-tpm-copy"), check=False)
+    assert proc.returncode == UNSUPPORTED_EXIT, proc.stderr
+    assert "virtual TPM" in proc.stderr and "Traceback" not in proc.stderr
+    assert restore_bed.inventory() == before
+
+
+def test_overwrite_with_recover_identity_never_shares_the_identity(restore_bed: RestoreBed) -> None:
+    """The original is set aside with fresh UUIDs and MACs while the new VM takes the saved
+    ones; when the restore fails, the original gets its own back."""
+    b = restore_bed.backed_up("rs-ident", disks=(4 * MiB,), pieces={0: [(0, b"i" * 2 * MiB)]})
+    before = restore_bed.vm(b.vm)
+    restore_bed.bed.configure(fail_write_after=0)
+    proc = restore_bed.restore(f"vm:{b.vm}", "--name", b.vm, "--overwrite", "--recover-identity",
+                               check=False)
+    assert proc.returncode == VDDK_EXIT, proc.stderr
+    assert "UUIDs and MAC addresses" in proc.stderr
+    back = restore_bed.vm(b.vm)
+    assert back["moref"] == before["moref"]
+    assert (back["config"].uuid, back["config"].instanceUuid) == \
+        (before["config"].uuid, before["config"].instanceUuid)
+    assert back["nics"][0].macAddress == before["nics"][0].macAddress
+    restore_bed.bed.configure()
+    out = json.loads(restore_bed.restore(f"vm:{b.vm}", "--name", b.vm, "--overwrite",
+                                         "--recover-identity", "--json").stdout)[0]
+    after = restore_bed.vm(b.vm)
+    assert after["moref"] != before["moref"] and out["replaced"]
+    assert after["config"].instanceUuid == before["config"].instanceUuid
+    assert after["nics"][0].macAddress == before["nics"][0].macAddress
+
+
+def test_a_datastore_without_room_is_refused_before_any_change(fresh_vcsim, tmp_path, monkeypatch) -> None:
+    """A thick disk larger than the datastore's free space: the plan says so, nothing is made.
+    On a simulator of its own: the simulator books the disk's size against its datastore."""
+    import os
+
+    from fixtures_vsphere import make_bed
+    bed = make_bed(fresh_vcsim, tmp_path / "bed", monkeypatch)
+    rb = RestoreBed(bed)
+    st = os.statvfs(fresh_vcsim.datastores["LocalDS_0"])
+    size = min(1 << 40, -(-2 * st.f_bavail * st.f_frsize // (1 << 30)) * (1 << 30))
+    name = unique("rs-full")
+    with connected(fresh_vcsim) as si:
+        from fixtures_vcsim import create_vm
+        vm = create_vm(si, name, [4 * MiB])
+        ctrl = next(d.key for d in vm.config.hardware.device
+                    if isinstance(d, vim.vm.device.VirtualSCSIController))
+        wait_task(si, vm.ReconfigVM_Task(spec=vim.vm.ConfigSpec(deviceChange=[
+            vim.vm.device.VirtualDeviceSpec(operation="add", fileOperation="create",
+                                            device=vim.vm.device.VirtualDisk(
+                key=-300, controllerKey=ctrl, unitNumber=1, capacityInKB=size // 1024,
+                capacityInBytes=size, backing=vim.vm.device.VirtualDisk.FlatVer2BackingInfo(
+                    fileName="[LocalDS_0]", diskMode="persistent", thinProvisioned=False)))])))
+    bed.write(bed.disk_path(name, 1), [(0, b"f" * 65536)])
+    bed.backup(f"vm:{name}")
+    before = rb.inventory()
+    proc = rb.restore(f"vm:{name}", "--name", unique("rs-full-copy"), check=False)
+    assert proc.returncode == 8, proc.stderr  # check options
+    assert "LocalDS_0 has" in proc.stderr and "free, the disks need" in proc.stderr
+    assert rb.inventory() == before
+
+
+def test_a_restore_killed_mid_write_is_named_by_the_next_run(restore_bed: RestoreBed) -> None:
+    """kill -9 while --overwrite writes: the original is left set aside under its
+    -repofs-replaced- name beside the incomplete copy; the next run of the same command
+    changes nothing and names both."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from fixtures_vddk import read_stats
+    b = restore_bed.backed_up("rs-kill", disks=(4 * MiB,), pieces={0: [(0, b"k" * 2 * MiB)]})
+    original = restore_bed.vm(b.vm)
+    bed = restore_bed.bed
+    bed.configure(hang_write_after=0)
+    cmd = bed.command(f"vm:{b.vm}", "--name", b.vm, "--overwrite")
+    cmd[cmd.index("backup")] = "restore"
+    proc = subprocess.Popen(cmd, env=bed.env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not any(w[0] == "hang" for w in read_stats(bed.stats)):
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    bed.configure()
+    before = restore_bed.inventory()
+    again = restore_bed.restore(f"vm:{b.vm}", "--name", b.vm, "--overwrite", check=False)
+    assert again.returncode == 11, again.stderr
+    assert f"{b.vm}-repofs-replaced-" in again.stderr and original["moref"] in again.stderr
+    assert "incomplete copy" in again.stderr
+    assert restore_bed.inventory() == before
+
+
+def test_tags_are_reapplied(restore_bed: RestoreBed) -> None:
+    from fixtures_vcsim import attach_tag, vapi_call
+    b = restore_bed.backed_up("rs-tags", disks=(4 * MiB,), pieces={0: [(0, b"g" * 4096)]})
+    with connected(restore_bed.vcsim) as si:
+        tag_id = attach_tag(restore_bed.vcsim, _vm(si, b.vm), "repofs-restore-cat", "gold")
+    restore_bed.bed.backup(f"vm:{b.vm}")
+    copy = unique("rs-tags-copy")
+    out = json.loads(restore_bed.restore(f"vm:{b.vm}", "--name", copy, "--json").stdout)[0]
+    assert "tags" in out["steps"] and not any("tag" in w for w in out["warnings"])
+    moref = restore_bed.vm(copy)["moref"]
+    sid = vapi_call(restore_bed.vcsim, "POST", "/rest/com/vmware/cis/session")["value"]
+    try:
+        attached = vapi_call(restore_bed.vcsim, "POST",
+                             "/rest/com/vmware/cis/tagging/tag-association?~action=list-attached-tags",
+                             {"object_id": {"id": moref, "type": "VirtualMachine"}}, session=sid)["value"]
+    finally:
+        vapi_call(restore_bed.vcsim, "DELETE", "/rest/com/vmware/cis/session", session=sid)
+    assert attached == [tag_id]
+
+
+def test_a_vapp_member_goes_back_into_its_vapp_made_again_when_gone(restore_bed: RestoreBed) -> None:
+    from fixtures_vcsim import create_vapp, create_vm
+    app, member = unique("rs-vapp"), unique("rs-member")
+    with connected(restore_bed.vcsim) as si:
+        vapp = create_vapp(si, app, vim.vApp.VAppConfigSpec(annotation="the gold application"))
+        vm = create_vm(si, member, [2 * MiB], change_tracking=True, vapp=vapp)
+        vapp.UpdateVAppConfig(spec=vim.vApp.VAppConfigSpec(entityConfig=[
+            vim.vApp.EntityConfigInfo(key=vm, startOrder=3, startDelay=7)]))
+    restore_bed.bed.write(restore_bed.bed.disk_path(member, 0), [(0, b"v" * 65536)])
+    restore_bed.bed.backup(f"vm:{member}")
+
+    def entity_of(si, vapp_name: str, vm_name: str):
+        app_obj = find_by_name(si, vim.VirtualApp, vapp_name)
+        target = _vm(si, vm_name)
+        return app_obj, next(e for e in app_obj.vAppConfig.entityConfig if e.key._moId == target._moId)
+
+    copy = unique("rs-vapp-copy")
+    out = json.loads(restore_bed.restore(f"vm:{member}", "--name", copy, "--json").stdout)[0]
+    assert not any("outside any vApp" in w for w in out["warnings"])
+    assert restore_bed.vm(copy)["pool"] == app
+    with connected(restore_bed.vcsim) as si:
+        _app, entity = entity_of(si, app, copy)
+        assert (entity.startOrder, entity.startDelay) == (3, 7)
+        wait_task(si, find_by_name(si, vim.VirtualApp, app).Destroy_Task())
+    again = unique("rs-vapp-again")
+    out = json.loads(restore_bed.restore(f"vm:{member}", "--name", again, "--json").stdout)[0]
+    assert "vApp" in out["steps"]
+    assert restore_bed.vm(again)["pool"] == app
+    with connected(restore_bed.vcsim) as si:
+        app_obj, entity = entity_of(si, app, again)
+        assert app_obj.vAppConfig.annotation == "the gold application"
+        assert entity.startOrder == 3
+    b = restore_bed.restore(f"vm:{member}", "--name", unique("rs-vapp-x"), "--json")
+    assert json.loads(b.stdout)[0]["ok"]
+
+
+def test_a_first_class_disk_is_restored_as_one(restore_bed: RestoreBed) -> None:
+    from fixtures_vcsim import flat_path
+    from restore.backup import firstclass
+    bed = restore_bed.bed
+    name = unique("rs-fcd")
+    with connected(bed.vcsim) as si:
+        ds = find_by_name(si, vim.Datastore, "LocalDS_1")
+        obj = wait_task(si, firstclass.manager(si).CreateDisk_Task(spec=vim.vslm.CreateSpec(
+            name=name, capacityInMB=8, backingSpec=vim.vslm.CreateSpec.DiskFileBackingSpec(
+                datastore=ds, provisioningType="thin"))))
+    local = bed.vcsim.local_path(obj.config.backing.filePath)
+    bed.write(local, [(MiB, b"F" * MiB), (6 * MiB, b"D" * 65536)])
+    want = flat_path(local).read_bytes()
+    bed.backup(f"ivd:{name}")
+    copy = unique("rs-fcd-copy")
+    out = json.loads(restore_bed.restore(f"ivd:{name}", "--name", copy, "--datastore", "LocalDS_0",
+                                         "--json").stdout)[0]
+    assert out["ok"] and out["first_class_disk"] == copy and out["steps"] == ["create", "write"]
+    with connected(bed.vcsim) as si:
+        restored = firstclass.find(si, copy)
+        assert restored.datastore_name == "LocalDS_0" and restored.capacity == 8 * MiB
+        path = restored.path
+    assert flat_path(bed.vcsim.local_path(path)).read_bytes() == want
+    taken = restore_bed.restore(f"ivd:{name}", "--name", copy, "--datastore", "LocalDS_0", check=False)
+    assert taken.returncode == 11 and "first-class disk named" in taken.stderr
+    bed.configure(fail_write_after=0)
+    failed = restore_bed.restore(f"ivd:{name}", "--name", unique("rs-fcd-fail"), check=False)
+    assert failed.returncode == VDDK_EXIT and "undone: first-class disk" in failed.stderr
+    bed.configure()
+    with connected(bed.vcsim) as si:
+        import pytest
+        with pytest.raises(Exception, match="no first-class disk"):
+            firstclass.find(si, failed.stderr.split("first-class disk ")[-1].split(" ")[0])
