@@ -6,6 +6,7 @@ backup, the mount browsed through a loop mount of the guest filesystem, a restor
 and the proof that its disk is identical."""
 from __future__ import annotations
 
+import json
 import os
 import random
 import shlex
@@ -82,7 +83,7 @@ def main() -> None:
         sh(*REPOFS, "backup", f"file:{img}", "--vm", "demo-vm")
         sh(*REPOFS, "generations")
         step("Restore the second generation to a file and compare it with the source")
-        gen2 = sh(*REPOFS, "generations", "demo-vm").stdout.strip().splitlines()[-1].split("\t")[1]
+        gen2 = json.loads(sh(*REPOFS, "generations", "vm:demo-vm", "--json").stdout)[-1]["generation"]
         sh(*REPOFS, "restore", "vm:demo-vm", "--generation", gen2, "--to-dir", str(work / "restored"))
         sh("qemu-img", "compare", str(img), str(work / "restored" / "demo-disk.raw"))
         step("Verify every chunk")
@@ -129,7 +130,7 @@ def vsphere_job(work: Path, versions: tuple[Path, Path]) -> None:
 
     first, second = versions
     # The first version: the disk before the files changed (restore generation 1 of demo-vm).
-    gen1 = sh(*REPOFS, "generations", "demo-vm").stdout.strip().splitlines()[0].split("\t")[1]
+    gen1 = json.loads(sh(*REPOFS, "generations", "vm:demo-vm", "--json").stdout)[0]["generation"]
     sh(*REPOFS, "restore", "vm:demo-vm", "--generation", gen1, "--to-dir", str(work / "v1"))
     shutil.copyfile(work / "v1" / "demo-disk.raw", first)
     libdir = build_standin()

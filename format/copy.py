@@ -79,7 +79,7 @@ class Copier:
     """Copies generations from ``source`` to ``target``; one per run."""
 
     def __init__(self, source: Repository, target: Repository, *, verify: bool = False,
-                 workers: int | None = None, progress: Callable[[CopyReport], None] | None = None):
+                 workers: int | None = None, progress: Callable[[str, int, int], None] | None = None):
         if source.chunk_size != target.chunk_size:
             raise CopyRefused(f"the target's chunk size ({target.chunk_size}) differs from the "
                               f"source's ({source.chunk_size}); create it with --chunk-size "
@@ -147,15 +147,21 @@ class Copier:
                 self.mapping[src] = dst
                 if was_sent:
                     sent.append(dst)
+            done = 0
+
+            def advance() -> None:
+                nonlocal done
+                settle(window.popleft())
+                done += 1
+                if self.progress:   # (label, chunks done, chunks of this batch)
+                    self.progress("chunks", done, len(ids))
             try:
                 for cid in ids:
                     window.append(pool.submit(self._transfer, cid))
                     if len(window) >= 4 * self.workers:
-                        settle(window.popleft())
-                        if self.progress:
-                            self.progress(self.report)
+                        advance()
                 while window:
-                    settle(window.popleft())
+                    advance()
             except BaseException:
                 for future in window:
                     future.cancel()

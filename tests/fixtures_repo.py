@@ -43,7 +43,8 @@ def cli_env(tmp: Path, repo: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith("REPOFS_")}
     env.update(REPOFS_REPOSITORY=str(repo), REPOFS_PASSWORD_FILE=str(pw),
                REPOFS_SECURITY_DIR=str(tmp / "security"),
-               PYTHONPATH=str(ROOT), PYTHONWARNINGS="error")
+               PYTHONPATH=str(ROOT), PYTHONWARNINGS="error",
+               REPOFS_LOG_FILE=str(tmp / "operations.jsonl"))   # the log of operations stays here
     return env
 
 

@@ -156,7 +156,7 @@ def test_cli_get_keeps_names_modes_times_symlinks_and_holes(cli, guest_images, t
     assert sparse.st_blocks * 512 < sparse.st_size // 2          # holes stayed holes
     # refuses to overwrite, then --force does
     proc = r.run("files", "get", "vm:guest:gpt_ext4/p1/hello.txt", str(got), check=False)
-    assert proc.returncode == 1 and "already exists" in proc.stderr.decode()
+    assert proc.returncode == 21 and "already exists" in proc.stderr.decode()
     (got / "hello.txt").write_bytes(b"changed")
     r.run("files", "get", "--force", "vm:guest:gpt_ext4/p1/hello.txt", str(got))
     assert (got / "hello.txt").read_bytes() == b"hello world\n"

@@ -91,7 +91,7 @@ def test_wrong_passphrase_and_missing_key(backed_up, tmp_path):
     env = {k: v for k, v in cli.env.items() if k != "REPOFS_PASSWORD_FILE"}
     one_line_error(CLI(cli.repo, env).run("generations", check=False), 5, "REPOFS_PASSWORD")
     env["REPOFS_PASSWORD"] = "correct horse battery staple"
-    assert CLI(cli.repo, env).run("generations").stdout.startswith("vm1")
+    assert [g["vm"] for g in json.loads(CLI(cli.repo, env).run("generations", "--json").stdout)] == ["vm1"]
     (cli.repo / "keys" / "repokey").unlink()
     one_line_error(cli.run("generations", check=False), 6, "key store")
 

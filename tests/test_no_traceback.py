@@ -22,6 +22,7 @@ from fixtures_repo import CLI
 USAGE, NO_REPOSITORY, REPOSITORY_EXISTS, BAD_PASSPHRASE, KEY_MISSING = 2, 3, 4, 5, 6
 REPOSITORY_CHANGED = 15
 DAMAGED, NOT_FOUND, SOURCE = 7, 8, 9
+OUTPUT_EXISTS = 21
 MiB = 1 << 20
 
 
@@ -112,6 +113,26 @@ CASES: list[Case] = [
     ("key-remove-unknown-slot", lambda w: ["key", "remove", "nosuchslot"], NOT_FOUND),
     ("serve-bad-listen-address", lambda w: ["serve", "vm:pc", "--listen", "nowhere:notaport"], USAGE),
     ("files-mount-with-a-path", lambda w: ["files", "mount", "vm:pc:disk/p1/etc", str(w.tmp / "fm")], USAGE),
+    # naming VMs and generations (repofs/view/targets.py)
+    ("target-without-vm-prefix", lambda w: ["stats", "pc@latest"], USAGE),
+    ("target-empty-generation", lambda w: ["protect", "vm:pc@"], USAGE),
+    ("protect-without-generation", lambda w: ["protect", "vm:pc"], USAGE),
+    ("generations-with-a-generation", lambda w: ["generations", "vm:pc@latest"], USAGE),
+    ("backup-vm-name-with-at", lambda w: ["backup", f"file:{w.image}", "--vm", "pc@2"], USAGE),
+    ("backup-vm-name-with-colon", lambda w: ["backup", f"file:{w.image}", "--vm", "db:1"], USAGE),
+    ("unknown-generation-prefix", lambda w: ["stats", "vm:pc@zzz"], NOT_FOUND),
+    ("unknown-vm-close-name", lambda w: ["find", "x", "vm:pcc"], NOT_FOUND),
+    # conventions
+    ("repository-is-a-file", lambda w: ["check", "-r", str(w.write("not-a-repo", "x"))], NO_REPOSITORY),
+    ("repository-below-a-file", lambda w: ["generations", "-r", str(w.write("plain", "x")) + "/repo"], NO_REPOSITORY),
+    ("global-repository-is-a-file", lambda w: ["-r", str(w.write("not-a-repo2", "x")), "generations"], NO_REPOSITORY),
+    ("chunk-size-not-a-size", lambda w: ["init", str(w.tmp / "r-cs2"), "--chunk-size", "lots"], USAGE),
+    ("password-command-fails", lambda w: ["--password-command", "false", "generations"], BAD_PASSPHRASE),
+    ("password-command-missing", lambda w: ["--password-command", "/nonexistent/pw", "generations"], BAD_PASSPHRASE),
+    ("report-without-output", lambda w: ["report"], USAGE),
+    ("report-over-existing-file", lambda w: ["report", "--html", str(w.write("exists.html", "mine"))], OUTPUT_EXISTS),
+    ("restore-over-existing-file", lambda w: _over_existing(w), OUTPUT_EXISTS),
+    ("find-bad-max-entries", lambda w: ["find", "x", "--max-entries", "0"], USAGE),
 ]
 
 
@@ -129,6 +150,12 @@ def _keystore_none(w: World) -> list[str]:
     repo = _copy_repo(w, "r-none")
     (repo / "keys" / "repokey").write_text(json.dumps({"version": 1, "cipher": "none", "id_key": "A" * 43 + "="}))
     return ["generations", "-r", str(repo)]
+
+def _over_existing(w: World) -> list[str]:
+    out = w.tmp / "o-exists"
+    out.mkdir(exist_ok=True)
+    (out / "disk.raw").write_bytes(b"keep")
+    return ["restore", "vm:pc", "--to-dir", str(out)]
 
 
 def _without_key(w: World) -> list[str]:

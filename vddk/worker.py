@@ -114,11 +114,11 @@ class _Channel:
         self.sock.close()
 
 
-class CallTimedOut(Exception):
+class CallTimedOut(WorkerFailed):
     """No reply within the call timeout (internal: turned into ``WorkerFailed``)."""
 
     def __init__(self, seconds: float) -> None:
-        super().__init__(seconds)
+        super().__init__(f"no reply from VixDiskLib within {seconds:g} s")
         self.seconds = seconds
 
 

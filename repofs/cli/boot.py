@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import exitcodes
+from . import exitcodes, shapes
 from .common import JsonOpt, PasswordFileOpt, RepoOpt, UsageProblem, emit, open_repository
 from repofs.view.tree import GenerationView, RepositoryView
 
@@ -28,16 +28,10 @@ DiskOpt = Annotated[Optional[list[str]], typer.Option("--disk", help="Only this 
 
 
 def _target(target: str) -> tuple[str, str | None]:
-    """``vm:NAME[@GEN]`` -> (NAME, GEN or None); ``@`` splits at the last one."""
-    kind, sep, rest = target.partition(":")
-    if kind != "vm" or not sep or not rest:
-        raise UsageProblem(f"unknown target {target!r}: use vm:NAME[@GEN]")
-    name, at, gen = rest.rpartition("@")
-    if not at:
-        name, gen = rest, ""
-    if not name:
-        raise UsageProblem(f"unknown target {target!r}: use vm:NAME[@GEN]")
-    return name, gen or None
+    """``vm:NAME[@GEN]`` -> (NAME, GEN or None) (repofs.view.targets, the one syntax)."""
+    from repofs.view.targets import parse
+    t = parse(target)
+    return t.vm, t.generation
 
 
 def _generation(target: str, repo: str | None, password_file: str | None) -> tuple[RepositoryView, GenerationView]:
@@ -200,7 +194,7 @@ def verify(targets: Annotated[list[str], typer.Argument(metavar="vm:NAME[@GEN]..
     rows = []
     for gen, rec in results:
         put_verification(repository, rec)  # type: ignore[arg-type]
-        rows.append({"vm": gen.vm, "generation": gen.name, "manifest": gen.manifest_name,
+        rows.append({**shapes.generation_ref(gen),
                      "passed": rec.passed, "seconds": rec.seconds, "check": rec.check,
                      "reason": rec.reason, "accel": rec.accel})
     if json_out:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import sys
 from typing import Annotated, Optional
 
@@ -12,9 +13,12 @@ import typer
 from format.errors import UnencryptedRefused
 from format.location import is_remote
 from format.repository import Repository
-from format.s3backend import parse_url
 from format.security import default_folder
 
+from repofs.errors import RepofsError
+from repofs.view import targets
+
+from . import oplog
 from .passphrase import read_passphrase
 
 RepoOpt = Annotated[Optional[str], typer.Option("--repo", "-r", envvar="REPOFS_REPOSITORY",
@@ -22,6 +26,11 @@ RepoOpt = Annotated[Optional[str], typer.Option("--repo", "-r", envvar="REPOFS_R
 PasswordFileOpt = Annotated[Optional[str], typer.Option("--password-file", envvar="REPOFS_PASSWORD_FILE",
                                                         help="File holding the repository passphrase.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output on stdout.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress and no summary; errors only.")]
+
+
+class NotARepository(RepofsError):
+    """The repository path names something that is not a directory (a file, a device)."""
 
 
 class UsageProblem(typer.BadParameter):
@@ -34,8 +43,23 @@ def repo_path(repo: str | None) -> str:
     return repo
 
 
+def check_repository_path(path: str) -> str:
+    """A typo that names a file is not a damaged repository: say what it is (exit 3)."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return path                 # the repository layer says "no repository at ..."
+    except NotADirectoryError:
+        raise NotARepository(f"{path}: a parent of this path is not a directory; "
+                             "give the repository's directory") from None
+    if not stat.S_ISDIR(mode):
+        raise NotARepository(f"{path} is a file, not a repository directory")
+    return path
+
+
 def passphrase_configured(password_file: str | None) -> bool:
-    return bool(password_file or os.environ.get("REPOFS_PASSWORD_FILE") or os.environ.get("REPOFS_PASSWORD"))
+    return bool(password_file or os.environ.get("REPOFS_PASSWORD_FILE") or os.environ.get("REPOFS_PASSWORD")
+                or os.environ.get("REPOFS_PASSWORD_COMMAND"))
 
 
 def unencrypted_allowed() -> bool:
@@ -49,10 +73,14 @@ def open_repository(repo: str | None, password_file: str | None) -> Repository:
     refused unless allowed by name, so a storage attacker cannot swap one in unnoticed."""
     path = repo_path(repo)
     if is_remote(path):
+        from format.s3backend import parse_url  # object storage's modules only when it is used
         try:
             parse_url(path)
         except ValueError as e:
             raise UsageProblem(str(e)) from None
+    else:
+        check_repository_path(path)
+    oplog.opened(path)
     if Repository.is_encrypted(path):
         passphrase = read_passphrase(password_file)
     else:
@@ -68,8 +96,6 @@ def emit(obj: object) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
-def vm_target(target: str) -> str:
-    kind, sep, name = target.partition(":")
-    if kind != "vm" or not sep or not name:
-        raise UsageProblem(f"unknown target {target!r}: use vm:NAME")
-    return name
+def vm_target(target: str) -> targets.Target:
+    """``vm:NAME[@GEN]`` (repofs.view.targets, the one syntax of every command)."""
+    return targets.parse(target)

@@ -9,6 +9,8 @@ from format.copy import Copier, select
 from format.location import normalize
 from format.repository import Repository
 
+from .units import format_size
+from .progress import Progress
 from .common import (JsonOpt, PasswordFileOpt, RepoOpt, UsageProblem, emit, open_repository,
                      vm_target)
 from .passphrase import read_passphrase
@@ -27,7 +29,7 @@ def copy(targets: Annotated[Optional[list[str]], typer.Argument(
          verify: Annotated[bool, typer.Option("--verify", help="Read every sent chunk back from the target.")] = False,
          repo: RepoOpt = None, password_file: PasswordFileOpt = None, json_out: JsonOpt = False) -> None:
     """Copy generations to another repository, sending only the chunks it lacks (resumable)."""
-    vms = [vm_target(t) for t in targets or []]
+    vms = [vm_target(t).vm for t in targets or []]
     if not to:
         raise UsageProblem("give the target repository with --to REPO")
     target_location = normalize(to)
@@ -41,7 +43,11 @@ def copy(targets: Annotated[Optional[list[str]], typer.Argument(
             read_passphrase(password_file)
     target = Repository.open(target_location, passphrase)
     names = select(source, vms, generation)
-    report = Copier(source, target, verify=verify).copy(names)
+    progress = Progress("copy", unit="chunks")
+    try:
+        report = Copier(source, target, verify=verify, progress=progress).copy(names)
+    finally:
+        progress.finish()
     if json_out:
         emit({"copied": [list(c) for c in report.copied], "skipped": [list(s) for s in report.skipped],
               "chunks_read": report.chunks_read, "chunks_sent": report.chunks_sent,
@@ -52,4 +58,4 @@ def copy(targets: Annotated[Optional[list[str]], typer.Argument(
     for vm, gen, why in report.skipped:
         typer.echo(f"skipped {vm} {gen}: {why}")
     typer.echo(f"{len(report.copied)} generation(s) copied: {report.chunks_sent} chunks sent "
-               f"({report.bytes_sent} bytes), {report.chunks_present} already in the target")
+               f"({format_size(report.bytes_sent)}), {report.chunks_present} already in the target")

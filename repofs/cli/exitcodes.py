@@ -39,8 +39,11 @@ REPOSITORY_CHANGED = 15  # encryption downgrade, another repository at the path,
 STORAGE_UNAVAILABLE = 16  # object storage unreachable or failing after retries
 ACCESS_DENIED = 17    # object storage refused the credentials or the operation
 OBJECT_LOCKED = 18    # Object Lock retention forbids deleting or replacing an object
+PERMISSION = 20       # the repository (or a file the command must write) is not accessible to this user
+OUTPUT_EXISTS = 21    # a file the command would write exists (give --force to replace it)
 INTERNAL = 70
-INTERRUPTED = 130
+INTERRUPTED = 130     # Ctrl-C
+TERMINATED = 143      # SIGTERM (128 + 15), after the same clean-up as Ctrl-C
 
 
 class Row(NamedTuple):
@@ -91,7 +94,14 @@ TABLE: tuple[Row, ...] = (
     Row("repofs.guest.ext4", "Ext4Unsupported", UNSUPPORTED),
     Row("repofs.guest.guestfs", "GuestError", FAILURE),   # damaged tables and filesystems, wrong kinds
     Row("repofs.guest.ext4", "Ext4Error", FAILURE),
-    Row("repofs.guest.extract", "TargetExists", FAILURE),
+    Row("repofs.guest.extract", "TargetExists", OUTPUT_EXISTS),
+    # repofs/: names of VMs and generations, the repository path, output files
+    Row("repofs.view.targets", "TargetSyntaxError", USAGE),
+    Row("repofs.view.targets", "InvalidVMName", USAGE),
+    Row("repofs.view.targets", "AmbiguousGeneration", NOT_FOUND),
+    Row("repofs.cli.common", "NotARepository", NO_REPOSITORY),
+    Row("repofs.view.export", "OutputExists", OUTPUT_EXISTS),
+    Row("repofs.cli.mount", "MountBusy", BUSY),
     # repofs/: NBD export and booting generations
     Row("repofs.serve.nbd", "AddressInUse", BUSY),
     Row("repofs.serve.nbd", "BadListenAddress", USAGE),
@@ -136,6 +146,8 @@ def classify(exc: BaseException) -> int:
     if isinstance(exc, OSError):
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             return NO_SPACE
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return PERMISSION
         return FAILURE
     return INTERNAL
 

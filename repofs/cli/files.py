@@ -172,7 +172,7 @@ def build_app() -> typer.Typer:
     @app.command("get")
     def get(target: AddressArg,
             dest: Annotated[str, typer.Argument(help="Where to write (an existing directory: inside it).")] = ".",
-            force: Annotated[bool, typer.Option("--force", "-f", help="Overwrite what exists.")] = False,
+            force: Annotated[bool, typer.Option("--force", help="Overwrite what exists.")] = False,
             keep_special_modes: Annotated[bool, typer.Option(
                 "--keep-special-modes",
                 help="Keep the guest's setuid/setgid/sticky bits and make its device nodes and FIFOs "
@@ -184,7 +184,7 @@ def build_app() -> typer.Typer:
         if len(address.path.split("/")) < 2:
             raise typer.BadParameter("give at least DISK/VOLUME to extract (a volume extracts its whole tree)")
         g = guest(address, repo, password_file)
-        progress = Progress()
+        progress = Progress("get")
         from repofs.guest.extract import extract  # noqa: PLC0415
         where, report = extract(g, address.path, dest, force=force, keep_special=keep_special_modes,
                                 progress=progress if progress.enabled else None)

@@ -12,7 +12,10 @@ import typer
 from format import marks, retention
 from format.prune import PruneReport, prune as prune_repository
 from format.repository import Repository
+from . import shapes
 from .common import JsonOpt, PasswordFileOpt, RepoOpt, UsageProblem, emit, open_repository
+from .units import format_size
+from repofs.view import targets
 from repofs.view.tree import GenerationView, RepositoryView
 
 
@@ -44,21 +47,16 @@ def _as_maintenance(nice: int) -> Iterator[None]:
 
 
 def _gen_target(target: str) -> tuple[str, str | None]:
-    """``vm:NAME[@GEN]`` -> (NAME, GEN or None)."""
-    kind, sep, rest = target.partition(":")
-    if kind != "vm" or not sep or not rest:
-        raise UsageProblem(f"unknown target {target!r}: use vm:NAME or vm:NAME@GENERATION")
-    name, _at, gen = rest.rpartition("@") if "@" in rest else (rest, "", "")
-    if not name:
-        raise UsageProblem(f"unknown target {target!r}: use vm:NAME@GENERATION")
-    return name, gen or None
+    """``vm:NAME[@GEN]`` -> (NAME, GEN or None) (repofs.view.targets)."""
+    t = targets.parse(target)
+    return t.vm, t.generation
 
 
 def _time(ns: int) -> str:
     return dt.datetime.fromtimestamp(ns // 1_000_000_000, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def forget(targets: Annotated[Optional[list[str]], typer.Argument(metavar="[vm:NAME...]", help="The VMs (default: every VM).")] = None,
+def forget(vm_targets: Annotated[Optional[list[str]], typer.Argument(metavar="[vm:NAME...]", help="The VMs (default: every VM).")] = None,
            keep_last: Annotated[int, typer.Option("--keep-last", help="Keep the N newest generations.")] = 0,
            keep_hourly: Annotated[int, typer.Option("--keep-hourly", help="Keep the newest of each of the last N hours.")] = 0,
            keep_daily: Annotated[int, typer.Option("--keep-daily", help="Keep the newest of each of the last N days.")] = 0,
@@ -77,25 +75,23 @@ def forget(targets: Annotated[Optional[list[str]], typer.Argument(metavar="[vm:N
         if policy.empty and not allow_empty:
             raise retention.PolicyError("no keep rule given: refusing to forget every generation "
                                         "(give --keep-last, --keep-daily, … or --keep-within)")
-        if policy.empty and not targets:
+        if policy.empty and not vm_targets:
             raise retention.PolicyError("--allow-empty without keep rules forgets whole VMs: name them (vm:NAME)")
     except retention.PolicyError as e:
         raise UsageProblem(str(e)) from None
     repository = open_repository(repo, password_file)
     view = RepositoryView(repository)
-    vms = [_gen_target(t)[0] for t in targets] if targets else view.vms()
+    vms = [_gen_target(t)[0] for t in vm_targets] if vm_targets else view.vms()
     kept = marks.protected(repository)
     out: list[dict[str, Any]] = []
     for vm in vms:
-        gens = view.generations(vm)
-        if not gens:
-            view.generation(vm)        # VMNotFound
+        gens = targets.resolve_vm(view, vm)      # VMNotFound, with the closest names
         table = [retention.Generation(g.manifest_name, g.name, g.time_ns, g.manifest_name in kept) for g in gens]
         decisions = retention.apply(policy, table, allow_empty=allow_empty)
         row: dict[str, Any] = {"vm": vm, "keep": [], "remove": []}
         for d in decisions:
-            item = {"generation": d.generation.name, "manifest": d.generation.id,
-                    "time": _time(d.generation.time_ns), "reasons": d.reasons}
+            item = {"vm": vm, "generation": d.generation.name, "manifest": d.generation.id,
+                    **shapes.time_fields(d.generation.time_ns), "reasons": d.reasons}
             row["keep" if d.keep else "remove"].append(item)
             if not d.keep and not dry_run:
                 marks.forget(repository, d.generation.id, vm, d.generation.name)
@@ -114,9 +110,9 @@ def forget(targets: Annotated[Optional[list[str]], typer.Argument(metavar="[vm:N
     for row in out:
         typer.echo(f"{row['vm']}: keep {len(row['keep'])}, {'would remove' if dry_run else 'remove'} {len(row['remove'])}")
         for item in row["keep"]:
-            typer.echo(f"  keep    {item['generation']:<24} {item['time']}  {', '.join(item['reasons'])}")
+            typer.echo(f"  keep    {item['generation']:<24} {_time(item['time_ns'])}  {', '.join(item['reasons'])}")
         for item in row["remove"]:
-            typer.echo(f"  remove  {item['generation']:<24} {item['time']}")
+            typer.echo(f"  remove  {item['generation']:<24} {_time(item['time_ns'])}")
     if report:
         _print_prune(report)
 
@@ -124,8 +120,8 @@ def forget(targets: Annotated[Optional[list[str]], typer.Argument(metavar="[vm:N
 def _resolve(view: RepositoryView, target: str) -> GenerationView:
     vm, gen = _gen_target(target)
     if gen is None:
-        raise UsageProblem(f"name the generation: {target}@GENERATION")
-    return view.generation(vm, gen)
+        raise UsageProblem(f"name the generation: {target}@GENERATION (or @latest)")
+    return targets.resolve_generation(view, vm, gen)
 
 
 def protect(targets: Annotated[list[str], typer.Argument(metavar="vm:NAME@GEN...", help="Generations to protect.")],
@@ -148,7 +144,7 @@ def _mark(targets: list[str], repo: str | None, password_file: str | None, json_
     for target in targets:
         g = _resolve(view, target)
         mark(repository, g.manifest_name)
-        done.append({"vm": g.vm, "generation": g.name, "manifest": g.manifest_name})
+        done.append(shapes.generation_ref(g))
     _print_marked(done, done_word, json_out)
 
 
@@ -168,9 +164,16 @@ def prune(repo: RepoOpt = None, password_file: PasswordFileOpt = None,
     """Delete what no generation references; safe beside backups, mounts, restores and other prunes."""
     if wait < 0:
         raise UsageProblem("--wait must not be negative")
+    from . import output
+
+    def step(text: str) -> None:
+        if not output.quiet():
+            typer.echo(f"prune: {text}", err=True)
     with _as_maintenance(nice):
         repository = open_repository(repo, password_file)
-        report = prune_repository(repository, dry_run=dry_run, wait=wait)
+        with output.interrupted("prune stopped between steps; nothing referenced was removed, "
+                                "the next prune finishes the work"):
+            report = prune_repository(repository, dry_run=dry_run, wait=wait, progress=step)
     if json_out:
         emit(vars(report))
     else:
@@ -180,10 +183,10 @@ def prune(repo: RepoOpt = None, password_file: PasswordFileOpt = None,
 def _print_prune(r: PruneReport) -> None:
     if r.dry_run:
         typer.echo(f"would remove {r.generations_removed} forgotten generations and free "
-                   f"{r.freed_chunks} chunks, {r.freed_indexes} indexes, {r.freed_bytes} bytes")
+                   f"{r.freed_chunks} chunks, {r.freed_indexes} indexes, {format_size(r.freed_bytes)}")
         return
     typer.echo(f"removed {r.generations_removed} forgotten generations; freed {r.freed_chunks} chunks, "
-               f"{r.freed_indexes} indexes, {r.freed_bytes} bytes; {r.referenced_chunks} chunks referenced")
+               f"{r.freed_indexes} indexes, {format_size(r.freed_bytes)}; {r.referenced_chunks} chunks referenced")
     if r.restored:
         typer.echo(f"{r.restored} objects put back (generations written meanwhile need them)")
     if r.batches_waiting:
@@ -191,16 +194,22 @@ def _print_prune(r: PruneReport) -> None:
                    "backup(s); the next prune frees them")
 
 
-def stats(targets: Annotated[Optional[list[str]], typer.Argument(metavar="[vm:NAME[@GEN]...]", help="What to show (default: everything).")] = None,
+def stats(vm_targets: Annotated[Optional[list[str]], typer.Argument(metavar="[vm:NAME[@GEN]...]", help="What to show (default: everything).")] = None,
           repo: RepoOpt = None, password_file: PasswordFileOpt = None, json_out: JsonOpt = False) -> None:
     """Logical and stored sizes, and what forgetting each generation would free."""
     from format.stats import collect
     repository = open_repository(repo, password_file)
     with repository.lease("reader"):
         view = RepositoryView(repository)
-        wanted = [_gen_target(t) for t in targets or []]
-        for vm, gen in wanted:
-            view.generation(vm, gen)          # VMNotFound / GenerationNotFound
+        wanted: list[tuple[str, str | None]] = []
+        for text in vm_targets or []:
+            vm, gen = _gen_target(text)
+            if gen is None:
+                targets.resolve_vm(view, vm)                  # VMNotFound, with the closest names
+                wanted.append((vm, None))
+            else:                                             # a unique prefix names one generation
+                wanted.append((vm, targets.resolve_generation(view, vm, gen).name))
+        times = {g.manifest_name: g.time_ns for vm in view.vms() for g in view.generations(vm)}
         everything = [(g.manifest_name, g.manifest) for vm in view.vms() for g in view.generations(vm)]
         result = collect(repository, everything)
 
@@ -211,7 +220,7 @@ def stats(targets: Annotated[Optional[list[str]], typer.Argument(metavar="[vm:NA
     for v in result.vms:
         if not shown(v.vm, None) and not any(shown(v.vm, g.generation) for g in v.generations):
             continue
-        gens = [vars(g) for g in v.generations if shown(v.vm, g.generation)]
+        gens = [vars(g) | {"time_ns": times[g.manifest]} for g in v.generations if shown(v.vm, g.generation)]
         vms.append({"vm": v.vm, "chunks": v.chunks, "stored_bytes": v.stored_bytes,
                     "unique_bytes": v.unique_bytes, "generations": gens})
     doc: dict[str, Any] = {"vms": vms, "total": {"chunks": result.chunks, "stored_bytes": result.stored_bytes,
@@ -220,14 +229,14 @@ def stats(targets: Annotated[Optional[list[str]], typer.Argument(metavar="[vm:NA
         emit(doc)
         return
     for row in vms:
-        typer.echo(f"{row['vm']}: {row['chunks']} chunks, {row['stored_bytes']} bytes stored, "
-                   f"{row['unique_bytes']} only this VM's")
+        typer.echo(f"{row['vm']}: {row['chunks']} chunks, {format_size(row['stored_bytes'])} stored, "
+                   f"{format_size(row['unique_bytes'])} only this VM's")
         for g in row["generations"]:
-            typer.echo(f"  {g['generation']:<24} logical {g['data_bytes']} of {g['capacity']}, "
-                       f"references {g['stored_bytes']} stored, unique {g['unique_bytes']}")
+            typer.echo(f"  {g['generation']:<24} logical {format_size(g['data_bytes'])} of {format_size(g['capacity'])}, "
+                       f"references {format_size(g['stored_bytes'])} stored, unique {format_size(g['unique_bytes'])}")
     t = doc["total"]
-    typer.echo(f"total: {t['logical_bytes']} logical bytes in generations, {t['stored_bytes']} bytes "
-               f"stored in {t['chunks']} chunks (+{t['index_bytes']} in indexes)")
+    typer.echo(f"total: {format_size(t['logical_bytes'])} logical in generations, {format_size(t['stored_bytes'])} "
+               f"stored in {t['chunks']} chunks (+{format_size(t['index_bytes'])} in indexes)")
 
 
 def diff(target: Annotated[str, typer.Argument(metavar="vm:NAME@GEN1", help="The older generation.")],
@@ -257,7 +266,7 @@ def diff(target: Annotated[str, typer.Argument(metavar="vm:NAME@GEN1", help="The
         emit(doc)
         return
     for d in disks:
-        typer.echo(f"{d['label']}: {d['changed_bytes']} bytes in {len(d['changed'])} changed ranges")
+        typer.echo(f"{d['label']}: {format_size(d['changed_bytes'])} in {len(d['changed'])} changed ranges")
         for o, n in d["changed"]:
             typer.echo(f"  {o:#x}+{n:#x}")
         for f in d.get("files", []):

@@ -9,7 +9,12 @@ import typer
 from format.location import normalize
 
 from .common import PasswordFileOpt, RepoOpt, UsageProblem, open_repository
+from repofs.errors import RepofsError
 from repofs.view.tree import RepositoryView
+
+
+class MountBusy(RepofsError):
+    """``umount`` of a mount that files or processes still use."""
 
 
 def mount(first: Annotated[str, typer.Argument(metavar="[REPO]", show_default=False, help=(
@@ -32,6 +37,13 @@ def mount(first: Annotated[str, typer.Argument(metavar="[REPO]", show_default=Fa
     from repofs.mount.process import MountRequest, fsname_of, parse_size, run as run_mount, split_options
     mountpoint = second if second is not None else first
     repo_path = first if second is not None else repo
+    try:
+        # Mounting over files hides them (and whatever uses them keeps the old ones): refuse.
+        if os.path.isdir(mountpoint) and os.listdir(mountpoint):
+            raise UsageProblem(f"{mountpoint} is not empty: mount on an empty directory "
+                               "(what it holds would be hidden while mounted)")
+    except PermissionError:
+        pass    # the mount itself reports what it cannot reach
     fuse_opts, ours = split_options(options or [])
     try:
         cache_bytes = parse_size(ours.pop("cache_size", cache_size))
@@ -73,6 +85,13 @@ def mount(first: Annotated[str, typer.Argument(metavar="[REPO]", show_default=Fa
 def umount(mountpoint: Annotated[str, typer.Argument(help="Where a repository is mounted.")],
            lazy: Annotated[bool, typer.Option("--lazy", "-z", help="Detach now, even if busy.")] = False) -> None:
     """End a mount made by 'repofs mount'."""
-    from repofs.mount.process import unmount as unmount_fs
-    unmount_fs(mountpoint, lazy=lazy)
+    from repofs.mount.process import MountError, unmount as unmount_fs
+    try:
+        unmount_fs(mountpoint, lazy=lazy)
+    except MountError as e:
+        if "busy" not in str(e).lower():
+            raise
+        raise MountBusy(f"{mountpoint} is in use: close the files and leave the shells that use it "
+                        f"('fuser -vm {mountpoint}' lists them) and try again, or detach it now and "
+                        f"let it end when the last user goes: repofs umount --lazy {mountpoint}") from None
 

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from restore.vsphere.outcome import Outcome, size_text
+from restore.vsphere.outcome import Outcome
+
+from .units import format_rate, format_size as size_text
 
 from repofs.errors import first_line
 
@@ -29,14 +31,31 @@ def backup_lines(outcome: Outcome) -> list[str]:
         if rep is not None:
             lines.append(f"{r.vm}: generation {rep.generation} written in {rep.seconds:.1f}s; "
                          f"snapshot {r.snapshot} removed")
+            read = sum(d.read_bytes for d in rep.disks)
+            new = sum(d.new_bytes for d in rep.disks)
+            plain = sum(getattr(d, "new_plain_bytes", 0) for d in rep.disks)
+            kind = "incremental" if any(d.mode == "changed" for d in rep.disks) else "full"
+            lines.append(f"  {kind}: read {size_text(read)}, stored {size_text(new)} new after dedup and "
+                         f"compression (dedup {read / plain:.2f}x, compression "
+                         f"{(plain / new if new else 0):.2f}x), {format_rate(read, rep.seconds)}"
+                         if plain else f"  {kind}: read {size_text(read)}, nothing new to store, "
+                                       f"{format_rate(read, rep.seconds)}")
             reasons = {d.label: d.reason for d in r.disks}
             for d in rep.disks:
-                lines.append(f"  {d.summary()} ({reasons.get(d.label, '')})")
+                lines.append(f"  {disk_summary(d)} ({reasons.get(d.label, '')})")
     for text in r.skipped:
         lines.append(f"  skipped {text}")
     for note in r.notes:
         lines.append(f"  note: {note}")
     return lines
+
+
+def disk_summary(d) -> str:
+    """One line for people about one disk of a backup (an ingest ``DiskReport``)."""
+    patched = f", {d.patched_slots} chunks updated by their changed pieces" if d.patched_slots else ""
+    copied = f", {size_text(d.copied_bytes)} of guest metadata copied" if d.copied_bytes else ""
+    return (f"{d.label}: {size_text(d.capacity)}, {d.mode}, read {size_text(d.read_bytes)}, "
+            f"stored {size_text(d.new_bytes)} new in {d.new_chunks} chunks{patched}{copied}")
 
 
 def backup_json(outcome: Outcome) -> dict[str, Any]:
@@ -70,10 +89,9 @@ def restore_lines(outcome: Outcome) -> list[str]:
     lines = [f"{r.source_vm} generation {r.generation}: restored as {r.vm} ({r.moref}) in {r.seconds:.1f}s"
              + (", powered on" if r.powered_on else "")]
     for d in r.disks:
-        rate = d.written_bytes / d.seconds / 2**20 if d.seconds > 0 else 0.0
         lines.append(f"  {d.label} -> {d.path}: {size_text(d.written_bytes)} written of {size_text(d.capacity)} "
                      f"({size_text(d.skipped_zero_bytes)} of zeros skipped; transport {d.transport}; "
-                     f"{rate:.0f} MiB/s)")
+                     f"{format_rate(d.written_bytes, d.seconds)})")
     if r.replaced:
         lines.append(f"  replaced VM {r.replaced} destroyed")
     for w in r.warnings:

@@ -3,26 +3,27 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
 
 from format.errors import RepositoryExists
 from format.location import is_remote, open_backend
 from format.repository import DEFAULT_CHUNK_SIZE, Repository
-from format.s3backend import Retention
 from format.security import KnownRepository, default_folder
 
-from . import exitcodes
+from . import exitcodes, output, shapes
+from .units import format_size, parse_size
 from .common import JsonOpt, PasswordFileOpt, RepoOpt, UsageProblem, emit, open_repository, repo_path
 from .passphrase import read_passphrase
+from repofs.view import targets
 from repofs.view.tree import RepositoryView
 
 
 def init(repo_arg: Annotated[Optional[str], typer.Argument(metavar="[REPO]", help="Directory to create.")] = None,
          repo: RepoOpt = None, password_file: PasswordFileOpt = None,
          encryption: Annotated[str, typer.Option(help="'aes-256-gcm', or 'none' for an unencrypted repository.")] = "aes-256-gcm",
-         chunk_size: Annotated[int, typer.Option(help="Chunk size in bytes.")] = DEFAULT_CHUNK_SIZE,
+         chunk_size: Annotated[str, typer.Option("--chunk-size", help="Chunk size: bytes or e.g. 1M, 4M.")] = f"{DEFAULT_CHUNK_SIZE >> 20}M",
          immutable: Annotated[Optional[int], typer.Option(
              "--immutable", metavar="DAYS",
              help="S3 only: lock every object with S3 Object Lock for DAYS days (docs/s3.md).")] = None,
@@ -30,6 +31,10 @@ def init(repo_arg: Annotated[Optional[str], typer.Argument(metavar="[REPO]", hel
              "--lock-mode", help="Object Lock mode with --immutable: compliance or governance.")] = "compliance") -> None:
     """Create a new repository (a directory or s3://bucket/prefix)."""
     path = repo_path(repo_arg or repo)
+    try:
+        chunk_bytes = parse_size(chunk_size)
+    except ValueError as e:
+        raise UsageProblem(f"--chunk-size: {e}") from None
     if encryption not in ("aes-256-gcm", "none"):
         raise UsageProblem(f"unknown encryption {encryption!r}: use 'aes-256-gcm' or 'none'")
     retention = None
@@ -37,6 +42,7 @@ def init(repo_arg: Annotated[Optional[str], typer.Argument(metavar="[REPO]", hel
         if not is_remote(path):
             raise UsageProblem("--immutable needs an s3:// repository in a bucket with Object Lock")
         try:
+            from format.s3backend import Retention  # object storage only
             retention = Retention(lock_mode.upper(), immutable)
         except ValueError as e:
             raise UsageProblem(str(e)) from None
@@ -47,36 +53,73 @@ def init(repo_arg: Annotated[Optional[str], typer.Argument(metavar="[REPO]", hel
         raise RepositoryExists(f"{path} already exists")  # before asking for a passphrase
     passphrase = read_passphrase(password_file, confirm=True) if encrypted else None
     try:
-        created = Repository.init(path, passphrase, encrypted=encrypted, chunk_size=chunk_size,
+        created = Repository.init(path, passphrase, encrypted=encrypted, chunk_size=chunk_bytes,
                                   retention=retention)
     except ValueError as e:
-        raise UsageProblem(str(e)) from None
+        raise UsageProblem(f"--chunk-size: {e}") from None
     KnownRepository(default_folder(), created.config.id, path).adopt(created.config.cipher)
     locked = f", objects locked {retention.days} days ({retention.mode.lower()})" if retention else ""
     typer.echo(f"created {'an encrypted' if encrypted else 'an UNENCRYPTED'} repository at {path}{locked}")
+    if encrypted:
+        typer.echo("keep the passphrase safe: without it nobody, not even you, can read these backups", err=True)
 
 
-def generations(vm: Annotated[Optional[str], typer.Argument(help="Only this VM.")] = None,
+def generations(target: Annotated[Optional[str], typer.Argument(metavar="[vm:NAME]", help="Only this VM.")] = None,
                 repo: RepoOpt = None, password_file: PasswordFileOpt = None, json_out: JsonOpt = False) -> None:
-    """List the generations in the repository."""
-    view = RepositoryView(open_repository(repo, password_file))
-    vms = [vm] if vm else view.vms()
-    rows: list[dict[str, Any]] = []
+    """List the generations: VM, generation, time, kind, sizes, verified/protected markers."""
+    from format import marks, verified
+    repository = open_repository(repo, password_file)
+    view = RepositoryView(repository)
+    if target:
+        t = targets.parse(target if target.startswith("vm:") else f"vm:{target}", generation_allowed=False)
+        targets.resolve_vm(view, t.vm)          # unknown VM: the closest names
+        vms = [t.vm]
+    else:
+        vms = view.vms()
+    kept = marks.protected(repository)
+    seen = verified.load(repository)
+    rows = []
     for name in vms:
         gens = view.generations(name)
-        if vm and not gens:
-            view.generation(name)  # raises VMNotFound
-        for g in gens:
-            rows.append({"vm": g.vm, "generation": g.name, "time": g.manifest.time, "manifest": g.manifest_name,
+        for i, g in enumerate(gens):
+            modes = [str((d.entry.source or {}).get("mode", "full")) for d in g.disks]
+            kind = "incremental" if any(m == "changed" for m in modes) else "full"
+            rows.append({**shapes.generation_ref(g), "kind": kind,
+                         "logical_bytes": sum(d.entry.data_bytes for d in g.disks),
+                         "capacity_bytes": sum(d.capacity for d in g.disks),
+                         "new_bytes": sum(d.entry.new_bytes for d in g.disks),
+                         "protected": g.manifest_name in kept,
+                         "verified": bool(seen) and _all_verified(g, seen),
+                         "latest": i == len(gens) - 1,
                          "disks": [{"label": d.label, "capacity": d.capacity, "data_bytes": d.entry.data_bytes}
                                    for d in g.disks],
                          "boot_verification": _boot_verification(view, g.manifest_name)})
     if json_out:
         emit(rows)
         return
-    for r in rows:
-        disks = ", ".join(f"{d['label']} {d['capacity'] / 2**30:.2f} GiB" for d in r["disks"])
-        typer.echo(f"{r['vm']}\t{r['generation']}\t{disks}")
+    if not rows:
+        typer.echo("no generations yet: back up a VM with 'repofs backup'")
+        return
+    header = ("VM", "GENERATION", "TIME (UTC)", "KIND", "LOGICAL", "NEW STORED", "FLAGS")
+    table = [header] + [(r["vm"], r["generation"] + (" *" if r["latest"] else ""),
+                         r["time"].replace("T", " ").rstrip("Z"), r["kind"],
+                         format_size(r["logical_bytes"]), format_size(r["new_bytes"]),
+                         ",".join(f for f, on in (("verified", r["verified"]), ("protected", r["protected"])) if on) or "-")
+                        for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    right = {4, 5}
+    for row in table:
+        typer.echo("  ".join(cell.rjust(w) if i in right else cell.ljust(w)
+                             for i, (cell, w) in enumerate(zip(row, widths, strict=False))).rstrip())
+    typer.echo(f"{len(rows)} generation(s) of {len({r['vm'] for r in rows})} VM(s); * latest")
+
+
+def _all_verified(g, seen: dict) -> bool:
+    from format.verified import PREFIX_HEX
+    try:
+        return all(cid[:PREFIX_HEX // 2] in seen for d in g.disks for _o, cid in d.index.references())
+    except Exception:  # noqa: BLE001 (a damaged index is check's to report, not the listing's)
+        return False
 
 
 def _subset(text: str) -> tuple[int, int] | float:
@@ -124,13 +167,20 @@ def check(repo: RepoOpt = None, password_file: PasswordFileOpt = None,
             raise UsageProblem(f"--older-than: {e}") from None
     read = read_data or subset is not None or only_unverified or older_ns is not None
     repository = open_repository(repo, password_file)
-    from format.s3backend import S3Backend
-    if isinstance(repository.backend, S3Backend):
-        repository.backend.cache = None  # check the store itself, not this host's copies
+    if getattr(repository.backend, "cache", None) is not None:
+        # check the store itself, not this host's copies (only the S3 backend has a cache; the
+        # CLI imports the S3 modules only for an s3:// repository, hence getattr, not isinstance)
+        repository.backend.cache = None  # type: ignore[attr-defined]
     started = time.time_ns()
-    report = check_repository(repository, read_data=read, subset=subset,
-                              only_unverified=only_unverified or older_ns is not None,
-                              older_than_ns=older_ns)
+    from .progress import Progress
+    progress = Progress("check", unit="chunks")
+    with output.interrupted("check stopped; the repository is unchanged (chunks verified so far "
+                            "may not be recorded)"):
+        report = check_repository(repository, read_data=read, subset=subset,
+                                  only_unverified=only_unverified or older_ns is not None,
+                                  older_than_ns=older_ns,
+                                  progress=(lambda done, total: progress("check", done, total)) if read else None)
+    progress.finish()
     if json_out:
         emit({"ok": report.ok, "generations": report.generations, "disks": report.disks,
                "chunks": report.chunks, "chunks_read": report.chunks_read,
@@ -146,6 +196,6 @@ def check(repo: RepoOpt = None, password_file: PasswordFileOpt = None,
                    f"{report.chunks} chunks{read_text}")
         if report.unreferenced_chunks:
             typer.echo(f"unreferenced (not damage; prune frees them): {report.unreferenced_chunks} chunks, "
-                       f"{report.unreferenced_bytes} bytes")
+                       f"{format_size(report.unreferenced_bytes)}")
     if not report.ok:
         raise typer.Exit(exitcodes.FAILURE)

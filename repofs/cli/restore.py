@@ -5,9 +5,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import exitcodes, outcomes
-from .common import JsonOpt, PasswordFileOpt, RepoOpt, UsageProblem, emit, open_repository, vm_target
+from . import exitcodes, output, outcomes, shapes
+from .common import JsonOpt, PasswordFileOpt, QuietOpt, RepoOpt, UsageProblem, emit, open_repository, vm_target
 from .progress import Progress
+from .units import format_duration, format_rate, format_size
 from .sessionopts import (CaFileOpt, InsecureOpt, ServerOpt, ThumbprintOpt, TransportOpt, TRANSPORTS, UserOpt,
                           VddkInProcessOpt, VddkLibdirOpt, VSpherePasswordFileOpt, session_options)
 from repofs.view.tree import RepositoryView
@@ -15,7 +16,7 @@ from restore.vsphere.options import RestoreOptions
 from restore.vsphere.outcome import Outcome
 
 
-def restore(targets: Annotated[list[str], typer.Argument(metavar="vm:NAME...", help="The VMs (or ivd:NAME first-class disks) to restore.")],
+def restore(targets: Annotated[list[str], typer.Argument(metavar="vm:NAME[@GEN]...", help="The VMs (or ivd:NAME first-class disks), and generations, to restore.")],
             to_dir: Annotated[Optional[str], typer.Option("--to-dir", help="Write the disks as files here (no vCenter).")] = None,
             generation: Annotated[Optional[str], typer.Option("--generation", "-g", help="Default: the latest.")] = None,
             fmt: Annotated[str, typer.Option("--format", help="raw or vmdk (with --to-dir).")] = "raw",
@@ -30,7 +31,8 @@ def restore(targets: Annotated[list[str], typer.Argument(metavar="vm:NAME...", h
             network: Annotated[Optional[list[str]], typer.Option("--network", help="OLD=NEW network mapping (repeatable); OLD= leaves the NIC disconnected.")] = None,
             power_on: Annotated[bool, typer.Option("--power-on", help="Power the VM on at the end.")] = False,
             overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a VM of the same name (destroyed once the restore succeeded).")] = False,
-            force: Annotated[bool, typer.Option("--force", help="With --overwrite: also a powered-on VM.")] = False,
+            force: Annotated[bool, typer.Option("--force", help="With --to-dir: replace existing files; with --overwrite: also a powered-on VM.")] = False,
+            quiet: QuietOpt = False,
             import_vmx: Annotated[bool, typer.Option("--import", help="Register the saved .vmx instead of creating from the saved configuration.")] = False,
             recover_identity: Annotated[bool, typer.Option("--recover-identity", help="Keep the UUIDs and MAC addresses (default: new ones).")] = False,
             dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; change nothing.")] = False,
@@ -43,12 +45,23 @@ def restore(targets: Annotated[list[str], typer.Argument(metavar="vm:NAME...", h
             threads: Annotated[int, typer.Option("--threads", help="Disk pieces read and written at once.")] = 4,
             verify_written: Annotated[bool, typer.Option("--verify-written", help="Read every written piece back through VixDiskLib and compare (twice the I/O).")] = False) -> None:
     """Restore VMs into vCenter (or, with --to-dir, a generation's disks to local files)."""
+    if quiet:
+        output.set_level(quiet=True)
     # ivd:NAME, a first-class disk, is stored as ivd-NAME (restore/backup/firstclass.py).
-    vms = [f"ivd-{t[4:]}" if t.startswith("ivd:") and len(t) > 4 else vm_target(t) for t in targets]
+    parsed = [vm_target(f"vm:ivd-{t[4:]}") if t.startswith("ivd:") and len(t) > 4 else vm_target(t) for t in targets]
+    gens = {t.generation for t in parsed if t.generation}
+    if gens and generation:
+        raise UsageProblem("give the generation once: vm:NAME@GEN or --generation, not both")
+    if len(gens) > 1 or (gens and len(parsed) > 1):
+        raise UsageProblem("vm:NAME@GEN names one generation: restore one VM at a time with it")
+    generation = generation or (gens.pop() if gens else None)
+    vms = [t.vm for t in parsed]
     if to_dir:
         if len(vms) != 1:
             raise UsageProblem("--to-dir restores one VM at a time")
         vm = vms[0]
+        import time
+
         from repofs.view.export import FORMATS, restore_to_dir
         if fmt not in FORMATS:
             raise UsageProblem(f"unknown format {fmt!r}: use raw or vmdk")
@@ -56,16 +69,24 @@ def restore(targets: Annotated[list[str], typer.Argument(metavar="vm:NAME...", h
         with repository.lease("reader"):   # what it reads stays while it reads (docs/format.md 9.2)
             view = RepositoryView(repository)
             gen = view.generation(vm, generation)
-            progress = Progress()
+            progress = Progress(f"restore {vm}")
+            started = time.monotonic()
             # object storage answers slowly but in parallel: as many reads as it takes uploads
             workers = max(2, getattr(repository.backend, "parallelism", 2))
-            done = restore_to_dir(gen, to_dir, fmt, workers=workers, progress=progress)
+            with output.interrupted(f"restore of {vm} generation {gen.name} to {to_dir} stopped; the disk "
+                                    "being written was removed, disks already restored stay"):
+                done = restore_to_dir(gen, to_dir, fmt, workers=workers, force=force, progress=progress)
             progress.finish()
+            seconds = time.monotonic() - started
+        written = sum(d.written_bytes for d in done)
         if json_out:
-            emit({"vm": vm, "generation": gen.name, "disks": [vars(d) for d in done]})
-        else:
+            emit({**shapes.generation_ref(gen), "seconds": round(seconds, 3), "written_bytes": written,
+                  "disks": [vars(d) for d in done]})
+        elif not output.quiet():
             for d in done:
-                typer.echo(f"{d.label}: {', '.join(d.paths)} ({d.written_bytes} bytes of data)")
+                typer.echo(f"{d.label}: {', '.join(d.paths)} ({format_size(d.written_bytes)} of data)")
+            typer.echo(f"{vm} generation {gen.name}: {format_size(written)} written in "
+                       f"{format_duration(seconds)} ({format_rate(written, seconds)})")
         return
     if name and len(vms) > 1:
         raise UsageProblem("--name names one VM: restore the VMs one at a time")
@@ -79,7 +100,7 @@ def restore(targets: Annotated[list[str], typer.Argument(metavar="vm:NAME...", h
                                           ("--from", from_dir)) if given]
         if clash:
             raise UsageProblem(f"--in-place writes into the existing VM: {clash[0]} does not apply")
-    elif force and not overwrite:
+    elif force and not overwrite and not to_dir:
         raise UsageProblem("--force only goes with --overwrite (or --in-place)")
     if threads < 1:
         raise UsageProblem("--threads must be at least 1")
@@ -135,7 +156,7 @@ def _restore_vsphere(vms: list[str], *, repo: str | None, password_file: str | N
             return view.generation(vm, generation)
         return load
 
-    progress = Progress()
+    progress = Progress("restore")
 
     def show(outcome: Outcome) -> None:
         progress.finish()

@@ -76,6 +76,7 @@ class DiskReport:
     read_bytes: int = 0
     new_bytes: int = 0
     new_chunks: int = 0
+    new_plain_bytes: int = 0    # the new chunks' bytes before compression and encryption
     patched_slots: int = 0      # slots stored as pieces over their previous content
     data_bytes: int = 0
     mode: str = "full"          # "full", "changed" or "full (reason)"
@@ -146,6 +147,7 @@ class _DiskIngest:
             cid, stored = self._store(data, known)
             if stored:
                 self.copies_stored = True
+                report.new_plain_bytes += len(data)
                 self.written[cid] = stored  # type: ignore[index]
                 report.new_bytes += stored
                 report.new_chunks += 1
@@ -171,8 +173,10 @@ class _DiskIngest:
         def settle(item: Work, fut: Future) -> None:
             n, ranges, kept = item
             results = fut.result()
-            for cid, stored in results:
+            plain = [index.chunk_range(n)[1]] if ranges is None else [hi - lo for lo, hi in ranges]
+            for (cid, stored), length in zip(results, plain, strict=True):
                 if stored:
+                    report.new_plain_bytes += length
                     self.written[cid] = stored
                     report.new_bytes += stored
                     report.new_chunks += 1
@@ -294,7 +298,8 @@ def _backup(repo: Repository, vm: str, sources: Sequence[DiskSource], metadata: 
                                    chunk_size=repo.chunk_size, index=repo.put_index(plan.index),
                                    data_bytes=report.data_bytes, new_bytes=report.new_bytes,
                                    new_chunks=report.new_chunks,
-                                   source={**source.info, "mode": report.mode}))
+                                   source={**source.info, "mode": report.mode,
+                                           "new_plain_bytes": report.new_plain_bytes}))
         manifest = Manifest(vm=vm, generation=repo.new_generation_name(vm, when_ns),
                             time=_iso(when_ns), time_ns=when_ns,
                             parent=parent[0] if parent else None, disks=disks,

@@ -2,8 +2,12 @@
 
 Holes stay holes (the output is a sparse file of the disk's capacity and only stored
 chunks are written). Every chunk is verified on the way (its id is re-hashed). Each disk is
-written to a temporary name, fsynced and renamed into place once complete, so a failed
-restore leaves no half-written disk under the final name. The written bytes are handed to the
+written to a temporary name of its own (random, created ``O_EXCL|O_NOFOLLOW``, mode 0600: a
+symlink or file planted at a guessable name is never followed nor reused), fsynced and moved
+into place once complete, and the folder is fsynced, so a failed restore leaves no
+half-written disk under the final name. An existing file of a final name is never replaced
+unless asked (``force``): every name is checked before anything is written, and the move
+itself is a ``link`` that fails if the name appeared meanwhile. The written bytes are handed to the
 disk as the restore goes (every ``WRITEBACK_STEP`` bytes, from a thread of their own), so the
 final fsync waits only for the last of them instead of the whole disk.
 """
@@ -11,11 +15,14 @@ from __future__ import annotations
 
 import os
 import queue
+import secrets
 import threading
 from dataclasses import dataclass
 from typing import Callable
 
 from format.backend import start_writeback
+
+from repofs.errors import RepofsError
 
 from .tree import DiskView, GenerationView
 
@@ -25,6 +32,10 @@ WRITEBACK_STEP = 32 << 20
 FORMATS = ("raw", "vmdk")
 
 
+class OutputExists(RepofsError):
+    """A file the restore would write exists already (and ``force`` was not given)."""
+
+
 @dataclass
 class RestoredDisk:
     label: str
@@ -32,13 +43,61 @@ class RestoredDisk:
     written_bytes: int
 
 
-def restore_disk_to_file(disk: DiskView, path: str, *, workers: int = 2,
+def _create_private(path: str) -> tuple[str, int]:
+    """A new file beside ``path`` under a random name: (its path, an fd open for writing)."""
+    directory, name = os.path.split(path)
+    for _attempt in range(16):
+        tmp = os.path.join(directory, f".{name}.{secrets.token_hex(6)}.repofs-partial")
+        try:
+            return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{directory}: cannot create a temporary file")
+
+
+def _place(tmp: str, path: str, force: bool) -> None:
+    """Move the finished ``tmp`` to ``path``: replacing it only with ``force``."""
+    if force:
+        os.rename(tmp, path)
+        return
+    try:
+        os.link(tmp, path)          # fails if anything (file, symlink) holds the name now
+    except FileExistsError:
+        os.unlink(tmp)
+        raise OutputExists(f"{path} already exists (use --force to overwrite)") from None
+    os.unlink(tmp)
+
+
+def _sync_dir(directory: str) -> None:
+    fd = os.open(directory or ".", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_file(path: str, data: bytes, *, force: bool = False) -> None:
+    """A small output file (a descriptor) by the same rules as the disks."""
+    tmp, fd = _create_private(path)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        os.unlink(tmp)
+        raise
+    os.close(fd)
+    _place(tmp, path, force)
+
+
+def restore_disk_to_file(disk: DiskView, path: str, *, workers: int = 2, force: bool = False,
                          progress: Callable[[str, int, int], None] | None = None) -> int:
     """Write ``disk`` to the raw file ``path``; returns bytes written (holes excluded)."""
-    tmp = f"{path}.repofs-partial"
     written = 0
     total = disk.stored_bytes()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    tmp, fd = _create_private(path)
     writeback = _Writeback(fd)
     try:
         os.ftruncate(fd, disk.capacity)
@@ -59,7 +118,7 @@ def restore_disk_to_file(disk: DiskView, path: str, *, workers: int = 2,
         os.unlink(tmp)
         raise
     os.close(fd)
-    os.rename(tmp, path)
+    _place(tmp, path, force)
     return written
 
 
@@ -92,27 +151,40 @@ class _Writeback:
             start_writeback(self.fd, *item)
 
 
+def output_names(gen: GenerationView, fmt: str) -> list[str]:
+    """The file names ``restore_to_dir`` writes for ``gen`` in ``fmt``."""
+    names = []
+    for disk in gen.disks:
+        names += [f"{disk.label}.raw"] if fmt == "raw" else [f"{disk.label}.vmdk", f"{disk.label}-flat.vmdk"]
+    return names
+
+
 def restore_to_dir(gen: GenerationView, directory: str, fmt: str = "raw", *, workers: int = 2,
+                   force: bool = False,
                    progress: Callable[[str, int, int], None] | None = None) -> list[RestoredDisk]:
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r} (choose {' or '.join(FORMATS)})")
-    os.makedirs(directory, exist_ok=True)
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    if not force:
+        for name in output_names(gen, fmt):
+            path = os.path.join(directory, name)
+            if os.path.lexists(path):
+                raise OutputExists(f"{path} already exists (use --force to overwrite)")
     done = []
-    for disk in gen.disks:
-        if fmt == "raw":
-            path = os.path.join(directory, f"{disk.label}.raw")
-            n = restore_disk_to_file(disk, path, workers=workers, progress=progress)
-            done.append(RestoredDisk(disk.label, [path], n))
-        else:
-            flat_name = f"{disk.label}-flat.vmdk"
-            flat = os.path.join(directory, flat_name)
-            n = restore_disk_to_file(disk, flat, workers=workers, progress=progress)
-            desc = os.path.join(directory, f"{disk.label}.vmdk")
-            node = gen.files()[f"{disk.label}.vmdk"]
-            with open(desc, "wb") as f:
-                f.write(node.read(0, node.size))
-            done.append(RestoredDisk(disk.label, [desc, flat], n))
+    try:
+        for disk in gen.disks:
+            if fmt == "raw":
+                path = os.path.join(directory, f"{disk.label}.raw")
+                n = restore_disk_to_file(disk, path, workers=workers, force=force, progress=progress)
+                done.append(RestoredDisk(disk.label, [path], n))
+            else:
+                flat_name = f"{disk.label}-flat.vmdk"
+                flat = os.path.join(directory, flat_name)
+                n = restore_disk_to_file(disk, flat, workers=workers, force=force, progress=progress)
+                desc = os.path.join(directory, f"{disk.label}.vmdk")
+                node = gen.files()[f"{disk.label}.vmdk"]
+                write_file(desc, node.read(0, node.size), force=force)
+                done.append(RestoredDisk(disk.label, [desc, flat], n))
+    finally:
+        _sync_dir(directory)        # the names of what was moved into place survive a crash
     return done
-
-
-

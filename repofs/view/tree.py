@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterator, Protocol
 
-from format.errors import CorruptObject, GenerationNotFound, ObjectMissing, VMNotFound
+from format.errors import CorruptObject, GenerationNotFound, ObjectMissing
 from format.fixedindex import FixedIndex
 from format.manifest import DiskEntry, Manifest
 
@@ -365,13 +365,7 @@ class RepositoryView:
         return sorted(gens, key=lambda g: (g.time_ns, g.name))
 
     def generation(self, vm: str, name: str | None = None) -> GenerationView:
-        gens = self.generations(vm)
-        if not gens:
-            raise VMNotFound(f"no generations of VM {vm!r} in this repository")
-        if name in (None, LATEST):
-            return gens[-1]
-        for g in gens:
-            if g.name == name or g.manifest_name == name:
-                return g
-        raise GenerationNotFound(f"VM {vm!r} has no generation {name!r} "
-                                 f"(newest: {gens[-1].name})")
+        """By name, manifest id or a unique prefix of either; newest for None/``latest``
+        (``repofs.view.targets``: the one resolver every command uses)."""
+        from .targets import resolve_generation
+        return resolve_generation(self, vm, name)
