@@ -9,6 +9,8 @@ import random
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from fixtures_repo import CLI, REPOFS, cli_env
 from test_s3 import _wait_for_objects, one_error_line, random_image, s3_cli
 
@@ -50,6 +52,7 @@ def _restores(cli: CLI, tmp: Path, images: list[bytes]) -> None:
         assert (out / "disk0.raw").read_bytes() == expected
 
 
+@pytest.mark.slow
 def test_copy_local_to_s3_to_local_sends_only_missing_chunks(tmp_path: Path, s3) -> None:
     src = CLI(tmp_path / "src", cli_env(tmp_path, tmp_path / "src"))
     src.run("init", "--chunk-size", str(CHUNK))

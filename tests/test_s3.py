@@ -41,6 +41,7 @@ def random_image(path: Path, mib: int, seed: int, holes: bool = True) -> None:
             f.write(bytes(1 << 20) if holes and i % 5 == 4 else rng.randbytes(1 << 20))
 
 
+@pytest.mark.slow
 def test_backup_incremental_restore_check_mount_files_on_s3(tmp_path: Path, s3) -> None:
     cli = s3_cli(tmp_path, s3)
     out = cli.run("init", "--chunk-size", str(CHUNK)).stdout
@@ -119,6 +120,7 @@ def _wait_for_objects(s3, location: str, prefix: str, count: int, proc: subproce
     raise AssertionError("the command wrote nothing")
 
 
+@pytest.mark.slow
 def test_store_stopped_during_backup_then_next_backup_succeeds(tmp_path: Path, s3) -> None:
     if s3.gate is None:
         pytest.skip("needs the loopback server")
