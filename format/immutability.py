@@ -11,6 +11,10 @@ parallel.
 
 ``delete_unless_locked`` is the deletion a prune uses on such a repository: it removes what
 it can and returns what retention still protects, with the date it ends, for the report.
+``locked_at_least_until`` tells from a listing alone (the object's time of writing) that an
+object is still locked, so prune skips it without a request: every object was written with
+``days + slack`` days of retention, and a retention can be extended, never shortened. The
+date it returns is a lower bound (a later backup may have extended it).
 """
 from __future__ import annotations
 
@@ -59,12 +63,25 @@ def delete_unless_locked(backend: Any, names: Iterable[str]) -> tuple[int, list[
     return deleted, kept
 
 
+def locked_at_least_until(backend: Any, mtime_ns: int,
+                          now: dt.datetime | None = None) -> dt.datetime | None:
+    """If an object written at ``mtime_ns`` (the storage's time) is certainly still locked:
+    the earliest date its retention can end; else None (unknown: try, and catch
+    ``ObjectLocked``). None too on a repository without retention."""
+    retention = getattr(backend, "retention", lambda: None)()
+    if retention is None:
+        return None
+    written = dt.datetime.fromtimestamp(mtime_ns / 1e9, dt.timezone.utc)
+    until = written + dt.timedelta(days=retention.days + retention.slack_days)
+    return until if until > (now or dt.datetime.now(dt.timezone.utc)) else None
+
+
 def locked_until(backend: Any, name: str) -> dt.datetime | None:
     """The retention date of ``name`` as the storage reports it (None if it has none)."""
-    head = getattr(backend, "object_info", None)
-    if head is None:
+    retained_until = getattr(backend, "retained_until", None)
+    if retained_until is None:
         return None
     try:
-        return head(name).get("ObjectLockRetainUntilDate")
+        return retained_until(name)
     except ObjectMissing:
         return None

@@ -16,11 +16,22 @@ long before the oldest running backup's start objects count as fresh (default ``
 ``-1`` condemns fresh objects too, which safety does not need: the sweep puts back whatever
 a generation written meanwhile references — the tests use it to exercise exactly that.
 
+On an S3 repository with Object Lock (docs/s3.md) the storage refuses to delete what is
+under retention, even to us. Such objects are skipped and reported (``locked_*`` in the
+report, with the latest date their retention is known to end), never an error: a forgotten
+generation whose manifest is locked stays marked — its chunks are locked as long as it is —
+and an unreferenced chunk written less than the retention ago is skipped from the listing's
+time alone, without a request. A later prune removes them once the retention ended.
+
+Listings: a backend with ``list_stat`` (S3) gives each object's size and time with the
+listing, so neither the condemning walk nor the sweep sends a request per object.
+
 Memory: the marks take about 7 bytes per referenced chunk (format/idset.py); indexes are read
 page by page and listings folder by folder, so neither grows with a disk or the repository.
 """
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 import os
 import re
@@ -31,10 +42,11 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 from . import records
-from .errors import CorruptObject, ObjectMissing, RepoError
+from .errors import CorruptObject, ObjectLocked, ObjectMissing, RepoError
 from .fixedindex import HEADER as INDEX_HEADER, HOLE, ID_SIZE, FixedIndex, chunk_count
 from .sealed import MAGIC_INDEX
 from .idset import IdSet
+from .immutability import locked_at_least_until, locked_until
 from .leases import SKEW_NS, leases, live_leases
 from .marks import PROTECTIONS, protected, tombstones
 
@@ -64,7 +76,21 @@ class PruneReport:
     batches_waiting: int = 0         # sealed batches whose backups still run
     waiting_for: list[str] = field(default_factory=list)
     temporaries_removed: int = 0
+    locked_manifests: int = 0        # forgotten generations whose manifest retention keeps
+    locked_objects: int = 0          # unreferenced chunks and indexes retention keeps
+    locked_bytes: int = 0
+    locked_until: str | None = None  # ISO 8601: the latest date their retention is known to end
     dry_run: bool = False
+
+    def note_locked(self, until: dt.datetime | None, size: int = 0, manifest: bool = False) -> None:
+        if manifest:
+            self.locked_manifests += 1
+        else:
+            self.locked_objects += 1
+            self.locked_bytes += size
+        if until is not None:
+            text = until.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+            self.locked_until = max(self.locked_until or text, text)
 
 
 class _Killer:
@@ -82,11 +108,22 @@ class _Killer:
         self.left -= 1
 
 
-def _walk_objects(repo: Any, folder: str) -> Iterator[tuple[str, bytes]]:
-    for name in repo.backend.list(folder):
+def _listing(backend: Any, folder: str) -> Iterator[tuple[str, int | None, int | None]]:
+    """(name, size, mtime_ns) below ``folder``; size and time None when the backend's listing
+    does not carry them (then they are asked for per object, where needed)."""
+    list_stat = getattr(backend, "list_stat", None)
+    if list_stat is not None:
+        yield from list_stat(folder)
+    else:
+        for name in backend.list(folder):
+            yield name, None, None
+
+
+def _walk_objects(repo: Any, folder: str) -> Iterator[tuple[str, bytes, int | None, int | None]]:
+    for name, size, mtime in _listing(repo.backend, folder):
         m = _OBJECT.match(name)
         if m:
-            yield name, bytes.fromhex(m.group(3))
+            yield name, bytes.fromhex(m.group(3)), size, mtime
 
 
 def _mark(repo: Any, manifest_names: list[str], marks: IdSet, indexes: set[str]) -> None:
@@ -199,7 +236,15 @@ def prune(repo: Any, *, dry_run: bool = False, wait: float = 0.0,
                 if not dry_run:
                     # the tombstone stays: the authenticated record that this generation was
                     # forgotten on purpose, so that check tells a pruned parent from a deleted one
-                    records.delete(repo, "manifests", name)
+                    try:
+                        records.delete(repo, "manifests", name)
+                    except ObjectLocked:
+                        # retention keeps it, and so every chunk it needs (they were locked at
+                        # least as long): it stays marked, and a later prune removes it
+                        report.generations_removed -= 1
+                        report.note_locked(locked_until(repo.backend, f"manifests/{name}"), manifest=True)
+                        live_manifests.append(name)
+                        continue
                     killer.step()
                 continue
             live_manifests.append(name)
@@ -229,17 +274,27 @@ def prune(repo: Any, *, dry_run: bool = False, wait: float = 0.0,
             records.put(repo, PENDING, batch, records.MAGIC_BATCH, record)
         say("moving unreferenced objects aside")
         for folder in ("indexes", "chunks"):
-            for name, oid in _walk_objects(repo, folder):
+            for name, oid, size, mtime in _walk_objects(repo, folder):
                 if (oid.hex() in indexes) if folder == "indexes" else (oid in marks):
                     continue
                 try:
-                    if repo.backend.mtime_ns(name) >= cutoff:
+                    if mtime is None:
+                        mtime = repo.backend.mtime_ns(name)
+                    if mtime >= cutoff:
                         continue            # a running backup may have just written it
-                    size = repo.backend.size(name)
+                    if size is None:
+                        size = repo.backend.size(name)
+                    until = locked_at_least_until(repo.backend, mtime)
+                    if until is not None:   # certainly still locked: no request spent on it
+                        report.note_locked(until, size)
+                        continue
                     if not dry_run:
                         repo.backend.rename(name, f"{TRASH}/{batch}/{name}")
                         killer.step()
                 except ObjectMissing:
+                    continue
+                except ObjectLocked:        # its retention was extended by a later backup
+                    report.note_locked(locked_until(repo.backend, name), size or 0)
                     continue
                 if folder == "chunks":
                     report.moved_chunks += 1
@@ -311,7 +366,32 @@ def _seal_all(repo: Any, me: str) -> list[tuple[str, dict]]:
 def _sweep(repo: Any, batch: str, marks: IdSet, indexes: set[str], report: PruneReport,
            killer: _Killer) -> None:
     prefix = f"{TRASH}/{batch}/"
-    for full in repo.backend.list(f"{TRASH}/{batch}"):   # streamed: a folder at a time
+    left = 0
+    doomed: list[tuple[str, str, int | None]] = []
+
+    def free() -> None:
+        nonlocal left
+        failures = _delete_many(repo.backend, [full for full, _f, _s in doomed])
+        for full, folder, size in doomed:
+            error = failures.get(full)
+            if isinstance(error, ObjectMissing):
+                continue                # another prune swept it
+            if isinstance(error, ObjectLocked):
+                # a bucket whose default retention locked the trash copy too: it stays, and
+                # so does the batch's record, for a later prune
+                report.note_locked(locked_until(repo.backend, full), size or 0)
+                left += 1
+                continue
+            if error is not None:
+                raise error
+            if folder == "chunks":
+                report.freed_chunks += 1
+            else:
+                report.freed_indexes += 1
+            report.freed_bytes += size or 0
+            killer.step()
+        doomed.clear()
+    for full, size, _mtime in _listing(repo.backend, f"{TRASH}/{batch}"):   # streamed
         name = full[len(prefix):]
         m = _OBJECT.match(name)
         if not m:
@@ -325,21 +405,37 @@ def _sweep(repo: Any, batch: str, marks: IdSet, indexes: set[str], report: Prune
                 else:
                     repo.backend.rename(full, name)
                 report.restored += 1
+                killer.step()
             else:
-                size = repo.backend.size(full)
-                repo.backend.delete(full)
-                if folder == "chunks":
-                    report.freed_chunks += 1
-                else:
-                    report.freed_indexes += 1
-                report.freed_bytes += size
-            killer.step()
+                if size is None:
+                    size = repo.backend.size(full)
+                doomed.append((full, folder, size))
+                if len(doomed) >= 1000:
+                    free()
         except ObjectMissing:
             continue                    # another prune swept it
+    free()
+    if left:
+        return
     records.delete(repo, PENDING, batch)
     remove = getattr(repo.backend, "remove_empty_folders", None)
     if remove is not None:
         remove(f"{TRASH}/{batch}")
+
+
+def _delete_many(backend: Any, names: list[str]) -> dict[str, RepoError]:
+    """Delete ``names``; the failures by name. One request per name, unless the backend
+    deletes many at once (S3: ``delete_many``)."""
+    many = getattr(backend, "delete_many", None)
+    if many is not None:
+        return many(names)
+    failures: dict[str, RepoError] = {}
+    for name in names:
+        try:
+            backend.delete(name)
+        except (ObjectMissing, ObjectLocked) as e:
+            failures[name] = e
+    return failures
 
 
 def _remove_old_temporaries(repo: Any, now: int, killer: _Killer) -> int:

@@ -286,10 +286,16 @@ class S3Backend:
 
     def list(self, prefix: str) -> Iterator[str]:
         """Names below the folder ``prefix`` (recursively); ``""``: every name."""
-        for name, _size in self._list(prefix):
+        for name, _size, _mtime in self._list(prefix):
             yield name
 
-    def _list(self, prefix: str) -> Iterator[tuple[str, int]]:
+    def list_stat(self, prefix: str) -> Iterator[tuple[str, int, int]]:
+        """(name, size, mtime_ns) below the folder ``prefix``, from the listing's own
+        ``Size`` and ``LastModified``: prune's sweep learns every object's age and size
+        without a request per object (``mtime_ns`` would cost a HEAD each)."""
+        return self._list(prefix)
+
+    def _list(self, prefix: str) -> Iterator[tuple[str, int, int]]:
         base = self.key(prefix.strip("/") + "/" if prefix.strip("/") else "")
         token = None
         while True:
@@ -298,7 +304,8 @@ class S3Backend:
                 kwargs["ContinuationToken"] = token
             page = self._call("list", prefix, self.client.list_objects_v2, **kwargs)
             for item in page.get("Contents", ()):
-                yield item["Key"][len(self.prefix):], int(item["Size"])
+                yield (item["Key"][len(self.prefix):], int(item["Size"]),
+                       int(item["LastModified"].timestamp() * 1e9))
             if not page.get("IsTruncated"):
                 return
             token = page.get("NextContinuationToken")
@@ -323,7 +330,7 @@ class S3Backend:
         shards = [f"{LISTED_PREFIX}{i:02x}" for i in range(256)]
         with ThreadPoolExecutor(min(16, self.parallelism), thread_name_prefix="s3-list") as pool:
             for part in pool.map(lambda shard: list(self._list(shard)), shards):
-                listing.update(part)
+                listing.update((name, size) for name, size, _mtime in part)
         return listing
 
     # -- writes ----------------------------------------------------------------------------
@@ -408,11 +415,13 @@ class S3Backend:
         if self._failure is not None:
             raise self._failure
 
-    def delete(self, name: str) -> None:
+    def delete(self, name: str, *, known: bool = False) -> None:
         """Remove ``name``. In a versioned (Object Lock) bucket every version is removed, so
-        the bytes are really gone — or ``ObjectLocked`` when a retention forbids it."""
+        the bytes are really gone — or ``ObjectLocked`` when a retention forbids it.
+        ``known``: the caller just saw it exist (no HEAD to tell a missing one)."""
         if self.retention() is None:
-            self.object_info(name)  # S3 deletes silently what does not exist; we say so
+            if not known:
+                self.object_info(name)  # S3 deletes silently what does not exist; we say so
             self._call("delete", name, self.client.delete_object, Bucket=self.bucket, Key=self.key(name))
             self._forget(name)
             return
@@ -423,6 +432,54 @@ class S3Backend:
             self._call("delete", name, self.client.delete_object, Bucket=self.bucket,
                        Key=self.key(name), VersionId=version)
         self._forget(name)
+
+    def delete_many(self, names: builtins.list[str]) -> dict[str, RepoError]:   # (list(): see _versions)
+        """Delete ``names`` (all in one folder: prune's trash batch) with one DeleteObjects
+        request per 1000 names instead of one request each; returns the failures by name
+        (``ObjectLocked`` for what a retention keeps). A name already gone is no failure:
+        S3 does not tell. In a versioned bucket the versions come from one listing of the
+        folder, and every version is deleted."""
+        failures: dict[str, RepoError] = {}
+        if not names:
+            return failures
+        wanted = {self.key(n): n for n in names}
+        targets: builtins.list[dict[str, str]]
+        if self.retention() is None:
+            targets = [{"Key": k} for k in wanted]
+        else:
+            folder = os.path.commonprefix(list(wanted))
+            targets = []
+            marker: dict[str, str] = {}
+            while True:
+                answer = self._call("list", folder[len(self.prefix):], self.client.list_object_versions,
+                                    Bucket=self.bucket, Prefix=folder, **marker)
+                targets += [{"Key": v["Key"], "VersionId": v["VersionId"]}
+                            for kind in ("Versions", "DeleteMarkers") for v in answer.get(kind, ())
+                            if v["Key"] in wanted]
+                if not answer.get("IsTruncated"):
+                    break
+                marker = {"KeyMarker": answer["NextKeyMarker"],
+                          "VersionIdMarker": answer.get("NextVersionIdMarker", "")}
+        for at in range(0, len(targets), 1000):
+            part = targets[at:at + 1000]
+            answer = self._call("delete", folder_of(part[0]["Key"])[len(self.prefix):],
+                                self.client.delete_objects, Bucket=self.bucket,
+                                Delete={"Objects": part, "Quiet": True})
+            for error in answer.get("Errors", ()):
+                name = wanted.get(error.get("Key", ""))
+                if name is None:
+                    continue
+                code = str(error.get("Code", ""))
+                if code in _DENIED and self.retention() is not None:
+                    failures[name] = ObjectLocked(name)
+                elif code in _MISSING:
+                    continue
+                else:
+                    failures[name] = StorageUnavailable(f"S3 failed to delete {self._where(name)}: {code}")
+        for name in names:
+            if name not in failures:
+                self._forget(name)
+        return failures
 
     def _forget(self, name: str) -> None:
         with self._listing_lock:
@@ -438,11 +495,17 @@ class S3Backend:
 
     def rename(self, name: str, new_name: str) -> None:
         """Copy then delete (S3 has no rename); a locked original stays and raises
-        ``ObjectLocked``, after the copy is removed again."""
+        ``ObjectLocked``, after the copy is removed again. A copy into a retained folder
+        (prune putting a chunk back) is locked like any object written there; a copy into
+        the trash is not, so that it can be deleted."""
+        kwargs: dict[str, Any] = {}
+        retention = self.retention() if new_name.startswith(RETAINED_PREFIXES) else None
+        if retention is not None:
+            kwargs = {"ObjectLockMode": retention.mode, "ObjectLockRetainUntilDate": retention.until()}
         self._call("copy", name, self.client.copy_object, Bucket=self.bucket, Key=self.key(new_name),
-                   CopySource={"Bucket": self.bucket, "Key": self.key(name)})
+                   CopySource={"Bucket": self.bucket, "Key": self.key(name)}, **kwargs)
         try:
-            self.delete(name)
+            self.delete(name, known=True)      # the copy found it
         except ObjectLocked:
             self.delete(new_name)
             raise
@@ -479,6 +542,10 @@ class S3Backend:
         self._retention = retention
         self._upload(RETENTION_OBJECT, retention.encode())
 
+    def retained_until(self, name: str) -> dt.datetime | None:
+        """The date the retention of ``name`` ends (None: it has none); one HEAD."""
+        return self.object_info(name).get("ObjectLockRetainUntilDate")
+
     def retain(self, name: str, until: dt.datetime) -> None:
         """Push the retention of ``name`` to ``until`` (never shortens: S3 refuses that)."""
         retention = self.retention()
@@ -489,6 +556,11 @@ class S3Backend:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+
+
+def folder_of(key: str) -> str:
+    """``a/b/c`` -> ``a/b/`` (for error messages)."""
+    return key.rpartition("/")[0] + "/"
 
 
 class _ObjectCache:

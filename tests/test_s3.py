@@ -28,7 +28,8 @@ def s3_cli(tmp: Path, s3, location: str | None = None, *, locked: bool = False) 
 
 def one_error_line(proc: subprocess.CompletedProcess, code: int) -> str:
     assert proc.returncode == code, (proc.returncode, proc.stdout, proc.stderr)
-    lines = proc.stderr.strip().splitlines()
+    # progress lines (plain, periodic: stderr is not a terminal) may come before the error
+    lines = [line for line in proc.stderr.strip().splitlines() if line.startswith("repofs")]
     assert len(lines) == 1 and lines[0].startswith("repofs: error: "), proc.stderr
     assert "Traceback" not in proc.stderr
     return lines[0]

@@ -29,7 +29,10 @@ def copy(targets: Annotated[Optional[list[str]], typer.Argument(
          verify: Annotated[bool, typer.Option("--verify", help="Read every sent chunk back from the target.")] = False,
          repo: RepoOpt = None, password_file: PasswordFileOpt = None, json_out: JsonOpt = False) -> None:
     """Copy generations to another repository, sending only the chunks it lacks (resumable)."""
-    vms = [vm_target(t).vm for t in targets or []]
+    parsed = [vm_target(t) for t in targets or []]
+    vms = [t.vm for t in parsed]
+    if generation is None and len(parsed) == 1 and parsed[0].generation:
+        generation = parsed[0].generation   # vm:NAME@GEN names the generation too
     if not to:
         raise UsageProblem("give the target repository with --to REPO")
     target_location = normalize(to)

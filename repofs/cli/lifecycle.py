@@ -184,14 +184,24 @@ def _print_prune(r: PruneReport) -> None:
     if r.dry_run:
         typer.echo(f"would remove {r.generations_removed} forgotten generations and free "
                    f"{r.freed_chunks} chunks, {r.freed_indexes} indexes, {format_size(r.freed_bytes)}")
+        _print_locked(r)
         return
     typer.echo(f"removed {r.generations_removed} forgotten generations; freed {r.freed_chunks} chunks, "
                f"{r.freed_indexes} indexes, {format_size(r.freed_bytes)}; {r.referenced_chunks} chunks referenced")
     if r.restored:
         typer.echo(f"{r.restored} objects put back (generations written meanwhile need them)")
+    _print_locked(r)
     if r.batches_waiting:
         typer.echo(f"{r.batches_waiting} batch(es) moved aside wait for {len(r.waiting_for)} running "
                    "backup(s); the next prune frees them")
+
+
+def _print_locked(r: PruneReport) -> None:
+    """What Object Lock retention kept (docs/s3.md): reported, not an error."""
+    if r.locked_manifests or r.locked_objects:
+        typer.echo(f"kept under Object Lock retention: {r.locked_manifests} forgotten generations, "
+                   f"{r.locked_objects} objects ({format_size(r.locked_bytes)}), until "
+                   f"{r.locked_until or 'an unknown date'} at least; a later prune removes them")
 
 
 def stats(vm_targets: Annotated[Optional[list[str]], typer.Argument(metavar="[vm:NAME[@GEN]...]", help="What to show (default: everything).")] = None,
