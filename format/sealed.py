@@ -159,8 +159,12 @@ class Sealer:
             raise CorruptObject(label, f"bad magic {m!r}")
         if version != VERSION:
             raise UnsupportedFormat(f"object {label} has format version {version}")
+        if compression not in (COMPRESSION_NONE, COMPRESSION_ZSTD):
+            raise CorruptObject(label, f"unknown compression {compression}")
         if cipher != self._cipher:
             raise CorruptObject(label, f"sealed with cipher {cipher}, repository uses {self._cipher}")
+        if _reserved != 0:
+            raise CorruptObject(label, f"reserved header byte is {_reserved}, not 0")
         if plain_len > max_plain:
             raise CorruptObject(label, f"plaintext length {plain_len} exceeds {max_plain}")
         if size != HEADER.size + payload_len + TAG_SIZE[cipher]:

@@ -27,10 +27,10 @@ SEALER = Sealer(KEYS)
 
 
 def seal_raw(magic: bytes, name: bytes, payload: bytes, *, version: int = 1, compression: int = 0,
-             plain_len: int | None = None, keys: KeyMaterial = KEYS) -> bytes:
+             plain_len: int | None = None, keys: KeyMaterial = KEYS, reserved: int = 0) -> bytes:
     """A sealed object with any header fields, authenticated with the real key."""
     nonce = os.urandom(12)
-    header = HEADER.pack(magic, version, compression, 1, 0,
+    header = HEADER.pack(magic, version, compression, 1, reserved,
                          len(payload) if plain_len is None else plain_len, len(payload), nonce)
     return header + AESGCM(keys.enc_key).encrypt(nonce, payload, header + name)
 
@@ -47,6 +47,12 @@ def test_another_object_version_is_refused_even_with_a_valid_tag():
 def test_unknown_compression_is_refused():
     with pytest.raises(CorruptObject, match="compression"):
         SEALER.open(MAGIC_CHUNK, b"n", seal_raw(MAGIC_CHUNK, b"n", b"abc", compression=7), "x")
+
+
+def test_a_reserved_header_byte_that_is_not_zero_is_refused():
+    # authenticated with the real key: only the reader's own check can refuse it
+    with pytest.raises(CorruptObject, match="reserved"):
+        SEALER.open(MAGIC_CHUNK, b"n", seal_raw(MAGIC_CHUNK, b"n", b"abc", reserved=1), "x")
 
 
 def test_zstd_frame_declaring_more_than_the_header_is_refused_before_decompressing():
