@@ -10,7 +10,8 @@ Boot (the guest of tests/fixtures_boot.py, built or taken from build/boot-guest/
   - the restored raw image booted by QEMU directly, same machine: time to the marker;
   - `repofs restore --to-dir` of the same generation, for scale.
 Read throughput (a `bench/dataset.py` image of --size, page cache dropped before each, needs
-root for the mount): `qemu-img bench` (sequential 2 MiB reads, 8 in flight) from `repofs serve` over a UNIX socket, against
+root for the mount): `qemu-img bench` (sequential 2 MiB reads, 8 in flight) from `repofs serve`
+over a UNIX socket, against
 `cat` of the flat file of `repofs mount`. Prints the medians; never asserts.
 """
 from __future__ import annotations

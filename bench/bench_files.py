@@ -349,8 +349,8 @@ def report(rows: list[Row], size: int, files: int) -> None:
         for r in rows:
             if not r.name.startswith("repofs") or r.walk != r.walk:
                 continue
-            print(f"{r.name:28} " + " ".join(f"{p.walk / r.walk:16.1f} {p.read / r.read:16.1f} {p.first / r.first:22.1f}"
-                                             for p in peers))
+            print(f"{r.name:28} " + " ".join(
+                f"{p.walk / r.walk:16.1f} {p.read / r.read:16.1f} {p.first / r.first:22.1f}" for p in peers))
 
 
 if __name__ == "__main__":

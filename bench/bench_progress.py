@@ -5,7 +5,8 @@ progress line, and with ``--quiet``, alternated, each into a fresh repository.
 
 Prints each run's wall time and CPU time (user + system, of the backup process and its
 threads) and the best of each side; the overhead is best(progress) / best(quiet) - 1. On a
-shared machine the CPU time is the steadier figure: wall time moves with other jobs' load. The image is random data (every chunk new, compressed and written), so the
+shared machine the CPU time is the steadier figure: wall time moves with other jobs' load. The image is
+random data (every chunk new, compressed and written), so the
 backup runs as fast as this machine writes chunks and the progress line is drawn most often
 per byte.
 """

@@ -234,18 +234,25 @@ def main() -> None:
                 write_tree(data / "b", range(n // 2, n))
             for tool in tools:
                 t = time.monotonic()
-                runs = {"repofs": lambda: bench_repofs(work, n), "restic": lambda: bench_restic(work, data),
-                        "borg": lambda: bench_borg(work, data)}[tool]()
+                if tool == "repofs":
+                    runs = bench_repofs(work, n)
+                elif tool == "restic":
+                    runs = bench_restic(work, data)
+                elif tool == "borg":
+                    runs = bench_borg(work, data)
+                else:
+                    raise KeyError(tool)
                 built = time.monotonic() - t - sum(r.wall for r in runs.values())
                 for what, r in runs.items():
                     key = f"{tool} {what}"
                     series.setdefault(key, []).append((n, r.wall, r.rss_mib))
                     print(f"{n:>9,} chunks  {key:<14} {r.wall:8.2f} s  cpu {r.cpu:8.2f} s  peak RSS "
-                          f"{r.rss_mib:7.1f} MiB   (set up in {built:.0f} s, load {os.getloadavg()[0]:.1f})", flush=True)
+                          f"{r.rss_mib:7.1f} MiB   (set up in {built:.0f} s, load {os.getloadavg()[0]:.1f})",
+                          flush=True)
             shutil.rmtree(data, ignore_errors=True)
         if "borg delete" in series and "borg compact" in series:
             series["borg delete+compact"] = [(n, w1 + w2, max(r1, r2)) for (n, w1, r1), (_n, w2, r2)
-                                             in zip(series["borg delete"], series["borg compact"])]
+                                             in zip(series["borg delete"], series["borg compact"], strict=True)]
         table(series)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -111,7 +111,8 @@ def main() -> None:
                 forget(repo, names[forgotten], "bench", f"g{forgotten}")
                 forgotten += 1
                 fresh_image(image, size)
-                beside, overlapped, prune_wall, started, report = beside_prune(path, image, env, nice, f"beside{r}n{nice}")
+                beside, overlapped, prune_wall, started, report = beside_prune(path, image, env, nice,
+                                                                               f"beside{r}n{nice}")
                 ratio = beside.wall / alone.wall
                 if overlapped:
                     ratios[nice].append(ratio)

@@ -6,7 +6,8 @@ network latency; and the bytes `repofs copy` sends.
 The S3 store is moto's server (in memory: it needs RAM for the whole data set). Three
 targets: a local repository; moto on loopback; the same moto reached through a relay of the
 benchmark's own that holds every byte half of ``--rtt-ms`` in each direction (``tc netem``
-would be the tool, but this kernel has no ``sch_netem``: ``tc`` refuses the qdisc). For each: ``repofs backup`` of the data set (the
+would be the tool, but this kernel has no ``sch_netem``: ``tc`` refuses the qdisc). For each:
+``repofs backup`` of the data set (the
 repository's data set, bench/dataset.py), ``repofs restore --to-dir``, and a sequential read
 of the disk file through ``repofs mount``; wall time, throughput, and the client's CPU
 seconds per GB (user + system of the repofs process, from wait4). The ratio "with latency /
@@ -56,7 +57,7 @@ class Moto:
                 return
             except OSError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("moto_server did not start")
+                    raise RuntimeError("moto_server did not start") from None
                 time.sleep(0.2)
 
     def bucket(self, name: str) -> str:

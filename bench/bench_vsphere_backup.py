@@ -66,7 +66,7 @@ def local_series(work: Path, rep: int, img: str, versions: list[str], steps: lis
     empty = work / "no-changes.json"
     empty.write_text("[]")
     times = [timed(backup, env, local_img), timed([*backup, "--changed-extents", str(empty)], env, local_img)]
-    for (_share, _changes, path), version in zip(steps, versions[1:]):
+    for (_share, _changes, path), version in zip(steps, versions[1:], strict=True):
         shutil.copyfile(version, local_img)
         times.append(timed([*backup, "--changed-extents", path], env, local_img))
     shutil.rmtree(repo)
@@ -86,7 +86,7 @@ def vsphere_series(work: Path, vc: Any, name: str, size: int, img: str, versions
     run(repofs("init", repo, "--encryption", "none"), env=env)
     backup = repofs("backup", f"vm:{name}", "-r", repo, *common, *extra)
     times = [timed(backup, env, str(flat)), timed(backup, env, str(flat))]
-    for (_share, changes, _path), version in zip(steps, versions[1:]):
+    for (_share, changes, _path), version in zip(steps, versions[1:], strict=True):
         with open(version, "rb") as src, open(flat, "r+b") as dst, \
                 open(str(descriptor)[:-5] + "-ctk.log", "a") as ctk:
             for off, n in changes:
@@ -175,15 +175,17 @@ def report(rows: list, size: int, allocated: int, steps: list) -> None:
     for name, times, _ok in rows[1:]:
         full, zero, *incs = times
         print(f"{name}: full backup throughput {local[0].wall / full.wall:.0%} of the local image's (target >= 80%)")
-        for (share, changes, _), t in zip(steps, incs):
+        for (share, changes, _), t in zip(steps, incs, strict=True):
             changed = sum(n for _, n in changes)
             print(f"  incremental of {changed / 1e6:.1f} MB ({share:.0%}): {t.wall:.2f} s = fixed {zero.wall:.2f} s "
-                  f"+ {t.wall - zero.wall:.2f} s ({(t.wall - zero.wall) / max(changed / 1e6, 1e-9) * 1000:.1f} ms/MB changed)")
+                  f"+ {t.wall - zero.wall:.2f} s "
+                  f"({(t.wall - zero.wall) / max(changed / 1e6, 1e-9) * 1000:.1f} ms/MB changed)")
     full, zero, *incs = local
-    for (share, changes, _), t in zip(steps, incs):
+    for (_share, changes, _), t in zip(steps, incs, strict=True):
         changed = sum(n for _, n in changes)
         print(f"local image incremental of {changed / 1e6:.1f} MB: {t.wall:.2f} s = fixed {zero.wall:.2f} s "
-              f"+ {t.wall - zero.wall:.2f} s ({(t.wall - zero.wall) / max(changed / 1e6, 1e-9) * 1000:.1f} ms/MB changed)")
+              f"+ {t.wall - zero.wall:.2f} s "
+              f"({(t.wall - zero.wall) / max(changed / 1e6, 1e-9) * 1000:.1f} ms/MB changed)")
 
 
 if __name__ == "__main__":

@@ -22,12 +22,19 @@ from __future__ import annotations
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, TypedDict
 
 from .errors import CorruptObject, ObjectMissing, RepoError, UnsupportedFormat
 from .fixedindex import HOLE, FixedIndex
 from .marks import tombstones
 from .repository import MANIFEST_NAME, Repository, chunk_name, manifest_name
+
+
+class _Where(TypedDict):
+    """Where in the repository a problem was found (``Problem``'s fields of the same names)."""
+    vm: str
+    generation: str
+    disk: str
 
 
 @dataclass(frozen=True)
@@ -102,7 +109,7 @@ def check(repo: Repository, read_data: bool = False, workers: int = 2,
           older_than_ns: int | None = None, record: bool = True) -> CheckReport:
     report = CheckReport()
     refs: dict[bytes, list[tuple[str, str, str, int]]] = defaultdict(list)
-    copies_to_compare: list[tuple[FixedIndex, dict]] = []
+    copies_to_compare: list[tuple[FixedIndex, _Where]] = []
     names = repo.manifest_names()
     stones = tombstones(repo)  # forgotten on purpose: a parent that is gone by forget and prune
     for name in names:
@@ -121,7 +128,7 @@ def check(repo: Repository, read_data: bool = False, workers: int = 2,
                                            vm=manifest.vm, generation=manifest.generation))
         for disk in manifest.disks:
             report.disks += 1
-            where = dict(vm=manifest.vm, generation=manifest.generation, disk=disk.label)
+            where = _Where(vm=manifest.vm, generation=manifest.generation, disk=disk.label)
             try:
                 index = repo.get_index(disk.index)
             except (CorruptObject, ObjectMissing, UnsupportedFormat) as e:
@@ -159,7 +166,7 @@ def check(repo: Repository, read_data: bool = False, workers: int = 2,
         return None
 
     with ThreadPoolExecutor(workers if read_data else 1) as pool:
-        for done, (cid, reason) in enumerate(zip(refs, pool.map(probe, refs)), 1):
+        for done, (cid, reason) in enumerate(zip(refs, pool.map(probe, refs), strict=True), 1):
             if progress:
                 progress(done, len(refs))
             if reason is None:
@@ -183,10 +190,10 @@ def check(repo: Repository, read_data: bool = False, workers: int = 2,
             from . import verified
             verified.record(repo, read_ok)
         for index, where in copies_to_compare:
-            offset = _copies_differ(repo, index)
-            if offset is not None:
+            differ_at = _copies_differ(repo, index)
+            if differ_at is not None:
                 report.problems.append(Problem(
-                    "copy table", "the copied bytes differ from the disk's at this offset", offset=offset, **where))
+                    "copy table", "the copied bytes differ from the disk's at this offset", offset=differ_at, **where))
     return report
 
 
@@ -217,7 +224,8 @@ def _copies_differ(repo: Repository, index: FixedIndex) -> int | None:
                     lo, hi = max(at, start), min(at + take, start + index.chunk_size)
                     a, b = slot[1][lo - start:hi - start], mine[lo - at:hi - at]
                     if a != b:
-                        return lo + next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+                        first = (i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y)
+                        return lo + next(first, min(len(a), len(b)))
                 at += take
     except (CorruptObject, ObjectMissing):
         pass                       # reported by the chunk probe, with its place

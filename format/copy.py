@@ -103,14 +103,15 @@ class Copier:
         """Pair the ids of a generation and of its copy, index by index."""
         if self.same_ids:
             return
-        for src_disk, dst_disk in zip(source_manifest.disks, target_manifest.disks):
+        # not strict: a target generation of other disks is simply not a copy to learn from
+        for src_disk, dst_disk in zip(source_manifest.disks, target_manifest.disks, strict=False):
             if src_disk.label != dst_disk.label:
                 return
             src = list(self.source.get_index(src_disk.index).references())
             dst = list(self.target.get_index(dst_disk.index).references())
-            if len(src) != len(dst) or any(a[0] != b[0] for a, b in zip(src, dst)):
+            if len(src) != len(dst) or any(a[0] != b[0] for a, b in zip(src, dst, strict=True)):
                 continue  # not a copy of this index after all: learn nothing from it
-            for (_o, s), (_p, d) in zip(src, dst):
+            for (_o, s), (_p, d) in zip(src, dst, strict=True):
                 self.mapping[s] = d
 
     # -- one chunk ---------------------------------------------------------------------------
@@ -208,7 +209,7 @@ class Copier:
                 for cid in sent:
                     self.target.get_chunk(cid)
             disks = []
-            for entry, index in zip(manifest.disks, indexes):
+            for entry, index in zip(manifest.disks, indexes, strict=True):
                 copied = remap(index, self.mapping.__getitem__) if not self.same_ids else index
                 iid = self.target.put_index(copied)
                 if self.target.get_index(iid).encode() != copied.encode():

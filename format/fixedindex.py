@@ -258,9 +258,9 @@ class FixedIndex:
         for n, cid in self.stored():
             yield n * self.chunk_size, cid
         for n, pieces in sorted(self.patches.items()):
-            for off, _len, cid in pieces:
-                if cid is not None:
-                    yield n * self.chunk_size + off, cid
+            for off, _len, piece in pieces:
+                if piece is not None:
+                    yield n * self.chunk_size + off, piece
         if self.copies is not None:
             yield from self.copy_references()
 

@@ -66,6 +66,7 @@ class IdSet:
         if self._sorted[b] != len(bucket):
             self._compact(b)
             bucket = self._buckets[b]
+            assert bucket is not None       # compacting sorts a bucket, never drops it
         key = cid[2:PREFIX]
         lo, hi = 0, len(bucket) // _REC
         while lo < hi:

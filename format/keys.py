@@ -82,10 +82,9 @@ def _kdf_params(kdf: object) -> tuple[int, int, int]:
         raise KeyStoreInvalid("the key store's key derivation is malformed")
     if kdf.get("name") != "argon2id":
         raise UnsupportedFormat(f"unknown key derivation {str(kdf.get('name'))[:40]!r}")
-    values = [kdf.get(k) for k in ("time_cost", "memory_kib", "parallelism")]
-    if not all(type(v) is int for v in values):
+    time_cost, memory_kib, parallelism = (kdf.get(k) for k in ("time_cost", "memory_kib", "parallelism"))
+    if not (type(time_cost) is int and type(memory_kib) is int and type(parallelism) is int):
         raise KeyStoreInvalid("the key store's key derivation parameters are not integers")
-    time_cost, memory_kib, parallelism = values
     if not (1 <= time_cost <= MAX_TIME_COST and 1 <= parallelism <= MAX_PARALLELISM
             and 8 * parallelism <= memory_kib <= MAX_MEMORY_KIB):
         raise KeyStoreInvalid(f"the key store's Argon2id parameters are out of bounds (time cost "

@@ -258,7 +258,7 @@ def prune(repo: Any, *, dry_run: bool = False, wait: float = 0.0,
         say(f"marking what {len(live_manifests)} generations reference")
 
         # 4. mark
-        marks, indexes = IdSet(), set()
+        marks, indexes = IdSet(), set[str]()
         _mark(repo, live_manifests, marks, indexes)
         marks.freeze()
         report.referenced_chunks = len(marks)

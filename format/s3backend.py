@@ -41,6 +41,7 @@ the chunks stored (about 150 bytes per chunk).
 """
 from __future__ import annotations
 
+import builtins
 import datetime as dt
 import hashlib
 import json
@@ -334,7 +335,7 @@ class S3Backend:
 
     # -- writes ----------------------------------------------------------------------------
 
-    def put(self, name: str, data: bytes | memoryview, *, sync: bool = True) -> None:
+    def put(self, name: str, data: bytes | bytearray | memoryview, *, sync: bool = True) -> None:
         """Store ``data`` under ``name``. With ``sync=False`` the upload runs in the
         background; ``sync()`` waits for it and raises its failure."""
         if self._failure is not None:
@@ -432,7 +433,7 @@ class S3Backend:
                        Key=self.key(name), VersionId=version)
         self._forget(name)
 
-    def delete_many(self, names: list[str]) -> dict[str, RepoError]:
+    def delete_many(self, names: builtins.list[str]) -> dict[str, RepoError]:   # (list(): see _versions)
         """Delete ``names`` (all in one folder: prune's trash batch) with one DeleteObjects
         request per 1000 names instead of one request each; returns the failures by name
         (``ObjectLocked`` for what a retention keeps). A name already gone is no failure:
@@ -442,11 +443,13 @@ class S3Backend:
         if not names:
             return failures
         wanted = {self.key(n): n for n in names}
+        targets: builtins.list[dict[str, str]]
         if self.retention() is None:
             targets = [{"Key": k} for k in wanted]
         else:
             folder = os.path.commonprefix(list(wanted))
-            targets, marker = [], {}
+            targets = []
+            marker: dict[str, str] = {}
             while True:
                 answer = self._call("list", folder[len(self.prefix):], self.client.list_object_versions,
                                     Bucket=self.bucket, Prefix=folder, **marker)
@@ -484,7 +487,7 @@ class S3Backend:
             if self._listing is not None:
                 self._listing.pop(name, None)
 
-    def _versions(self, name: str) -> list[str]:
+    def _versions(self, name: str) -> builtins.list[str]:     # (the class's list() shadows the builtin)
         key = self.key(name)
         answer = self._call("list", name, self.client.list_object_versions, Bucket=self.bucket, Prefix=key)
         return [v["VersionId"] for kind in ("Versions", "DeleteMarkers")

@@ -36,7 +36,7 @@ from typing import BinaryIO, Iterator
 import blake3
 import zstandard
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers import AEADDecryptionContext, Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .errors import CorruptObject, UnsupportedFormat
@@ -178,6 +178,7 @@ class Sealer:
             self._check_header(magic, data[:HEADER.size], len(data), label, max_plain)
         aad = data[:HEADER.size] + name
         body = memoryview(data)[HEADER.size:]
+        payload: bytes | memoryview
         if self._aead is not None:
             try:
                 payload = self._aead.decrypt(nonce, body, aad)
@@ -224,6 +225,7 @@ class Sealer:
         payload = _PayloadReader(stream, payload_len, head + name, nonce, self._keys.enc_key, label)
         hasher = blake3.blake3(key=self._keys.id_key) if object_id is not None else None
         total = 0
+        pages: Iterator[bytes]
         if compression == COMPRESSION_ZSTD:
             first = payload.read(ZSTD_FRAME_HEADER_MAX)
             try:
@@ -235,7 +237,8 @@ class Sealer:
             payload.unread(first)
             # the frame is decompressed before its tag is checked: its window is bounded here
             dctx = zstandard.ZstdDecompressor(max_window_size=MAX_PAGED_WINDOW)
-            pages = dctx.read_to_iter(payload, read_size=page, write_size=page)
+            # read_to_iter takes any object with read(); its stub asks for IO[bytes]
+            pages = dctx.read_to_iter(payload, read_size=page, write_size=page)  # type: ignore[arg-type]
         elif compression == COMPRESSION_NONE:
             pages = iter(lambda: payload.read(page), b"")
         else:
@@ -266,6 +269,7 @@ class _PayloadReader:
                  enc_key: bytes | None, label: str) -> None:
         self._stream, self._left, self._label = stream, length, label
         self._back = b""
+        self._dec: AEADDecryptionContext | None
         if enc_key is not None:
             self._dec = Cipher(algorithms.AES(enc_key), modes.GCM(nonce)).decryptor()
             self._dec.authenticate_additional_data(aad)
@@ -291,6 +295,7 @@ class _PayloadReader:
         self._left -= want
         if self._dec is not None:
             return self._dec.update(data)
+        assert self._mac is not None        # __init__ sets one of the two
         self._mac.update(data)
         return data
 
@@ -304,5 +309,5 @@ class _PayloadReader:
                 self._dec.finalize_with_tag(tag)
             except (InvalidTag, ValueError):
                 raise CorruptObject(self._label, "authentication failed") from None
-        elif self._mac.digest() != tag:
+        elif self._mac is None or self._mac.digest() != tag:     # (__init__ sets one of the two)
             raise CorruptObject(self._label, "integrity tag mismatch")

@@ -34,6 +34,9 @@ ROOT = Path(__file__).resolve().parent.parent
 MiB = 1 << 20
 T0 = 1_700_000_000          # fixed times (even seconds: FAT keeps 2 s steps)
 UUID = "5e1f0c2a-7d3b-4e59-9a61-0c2b3d4e5f60"
+# GPT partition type GUIDs: Linux file system data, Linux LVM
+LINUX_FS = "0FC63DAF-8483-4772-8E79-3D69D8477DE4"
+LINUX_LVM = "E6D6D379-F507-44C2-A23C-238F2A3DF928"
 PASSPHRASE = "files test passphrase"
 
 
@@ -142,8 +145,8 @@ def build_gpt_ext4(image: Path, work: Path, tree: Tree, small: Tree) -> None:
     _blank(image, 96 * MiB)
     # GPT with fixed disk and partition GUIDs so the image is the same on every run
     _sfdisk(image, "gpt", [f"label-id: {UUID}",
-                           f"start=2048, size={64 * 2048}, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, uuid={UUID[:-2]}01, name=root",
-                           f"start={66 * 2048}, size={24 * 2048}, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, uuid={UUID[:-2]}02, name=data"])
+                           f"start=2048, size={64 * 2048}, type={LINUX_FS}, uuid={UUID[:-2]}01, name=root",
+                           f"start={66 * 2048}, size={24 * 2048}, type={LINUX_FS}, uuid={UUID[:-2]}02, name=data"])
     src = work / "ext4-root"
     write_tree(tree, src)
     _run("mkfs.ext4", "-q", "-F", "-U", UUID, "-E", f"offset={MiB},hash_seed={UUID}", "-L", "root",
@@ -272,7 +275,7 @@ def build_gpt_lvm(image: Path, work: Path, tree: Tree, extra=None) -> None:
         pytest.skip("pvcreate needs a block device (loop, root)")
     _blank(image, 80 * MiB)
     _sfdisk(image, "gpt", [f"label-id: {UUID}",
-                           f"start=2048, size={76 * 2048}, type=E6D6D379-F507-44C2-A23C-238F2A3DF928, uuid={UUID[:-2]}03"])
+                           f"start=2048, size={76 * 2048}, type={LINUX_LVM}, uuid={UUID[:-2]}03"])
     dev = _losetup(image, MiB, 76 * MiB)
     lvm_env = {"LVM_SUPPRESS_FD_WARNINGS": "1"}
     conf = ("devices { use_devicesfile=0 filter=[\"a|^%s$|\", \"r|.*|\"] } "
@@ -312,7 +315,7 @@ def build_gpt_btrfs(image: Path, work: Path, tree: Tree) -> None:
     _run("mkfs.btrfs", "-q", "-f", "-U", UUID, "-L", "guestbtrfs", "--rootdir", str(src), str(part))
     _blank(image, 130 * MiB)
     _sfdisk(image, "gpt", [f"label-id: {UUID}",
-                           f"start=2048, size={128 * 2048}, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, uuid={UUID[:-2]}04"])
+                           f"start=2048, size={128 * 2048}, type={LINUX_FS}, uuid={UUID[:-2]}04"])
     with open(image, "r+b") as out, open(part, "rb") as inp:
         out.seek(MiB)
         shutil.copyfileobj(inp, out)

@@ -195,7 +195,7 @@ def _start_moto(tmp: Path) -> S3Server:
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
-                raise RuntimeError(f"moto_server did not start:\n{log.read_text()[-2000:]}")
+                raise RuntimeError(f"moto_server did not start:\n{log.read_text()[-2000:]}") from None
             time.sleep(0.2)
     import boto3
     iam = boto3.client("iam", endpoint_url=base, region_name=REGION,

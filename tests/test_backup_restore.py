@@ -20,6 +20,7 @@ def stored_bytes(repo: Path) -> int:
     return sum(f.stat().st_size for f in (repo / "chunks").rglob("*") if f.is_file())
 
 
+@pytest.mark.slow
 def test_sparse_4gib_ext4_round_trip(cli, tmp_path):
     tree = tmp_path / "tree"
     files = write_tree(tree, seed=1)
@@ -100,7 +101,7 @@ def test_incremental_stores_only_changed_chunks(cli, tmp_path):
     # change ~2%: 5 scattered 256 KiB writes = 1.25 MiB in 5 chunks
     changes = []
     with open(img, "r+b") as f:
-        for i in range(5):
+        for _ in range(5):
             off = rng.randrange(0, size - (256 << 10)) & ~4095
             f.seek(off)
             f.write(rng.randbytes(256 << 10))

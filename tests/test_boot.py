@@ -17,6 +17,9 @@ import pytest
 from fixtures_boot import GUEST_RECORD, MARKER, P2_START, expected_after_boot
 from fixtures_repo import REPOFS
 
+# slow: three boots in QEMU (outside the developer loop, -m "not slow"; CI runs them)
+pytestmark = pytest.mark.slow
+
 TIMEOUT = "240"
 
 

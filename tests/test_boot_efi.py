@@ -15,7 +15,8 @@ from fixtures_boot import MARKER, expected_after_boot
 pytestmark = pytest.mark.slow
 
 
-def test_uefi_guest_boots_with_ovmf_and_its_write_lands_in_the_overlay(boot_repo, boot_accel, efi_guest_image, tmp_path):
+def test_uefi_guest_boots_with_ovmf_and_its_write_lands_in_the_overlay(boot_repo, boot_accel, efi_guest_image,
+                                                                         tmp_path):
     boot_repo.run("backup", f"file:{efi_guest_image}", "--vm", "efi")
     log, overlay = tmp_path / "serial.log", tmp_path / "efi.qcow2"
     r = boot_repo.run("boot", "vm:efi", "--firmware", "efi", "--accel", boot_accel, "--timeout", "400",

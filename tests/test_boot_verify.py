@@ -17,6 +17,9 @@ import pytest
 from fixtures_boot import MARKER, SERVE_PORT, serving_image
 from fixtures_repo import REPOFS
 
+# slow: five boots in QEMU (outside the developer loop, -m "not slow"; CI runs them)
+pytestmark = pytest.mark.slow
+
 TIMEOUT = "300"
 
 # the administrator's check: the page on the guest's port must say "healthy"; it also notes
@@ -24,11 +27,13 @@ TIMEOUT = "300"
 HEALTH = f"""#!{sys.executable}
 import os, sys, time, urllib.request
 env = {{k: v for k, v in os.environ.items() if k.startswith("REPOFS_")}}
-with open(os.path.join(os.environ["HEALTH_NOTES"], os.environ["REPOFS_VM"] + "@" + os.environ["REPOFS_GENERATION"]), "w") as f:
+notes = os.path.join(os.environ["HEALTH_NOTES"], os.environ["REPOFS_VM"] + "@" + os.environ["REPOFS_GENERATION"])
+with open(notes, "w") as f:
     f.write(repr(env))
 while True:
     try:
-        page = urllib.request.urlopen("http://127.0.0.1:" + os.environ["REPOFS_GUEST_PORT"] + "/", timeout=5).read().decode()
+        url = "http://127.0.0.1:" + os.environ["REPOFS_GUEST_PORT"] + "/"
+        page = urllib.request.urlopen(url, timeout=5).read().decode()
         break
     except OSError:
         time.sleep(0.5)

@@ -93,6 +93,7 @@ def test_times_sizes_and_ids_share_one_shape_across_commands(world: World) -> No
     stats = world.json("stats")
     for g in stats["vms"][0]["generations"]:
         mine = gens[g["manifest"]]
-        assert (g["time_ns"], g["generation"], g["data_bytes"]) == (mine["time_ns"], mine["generation"], mine["logical_bytes"])
+        assert (g["time_ns"], g["generation"], g["data_bytes"]) == \
+            (mine["time_ns"], mine["generation"], mine["logical_bytes"])
     kept = world.json("forget", "--keep-last", "1", "--dry-run")["vms"][0]["keep"][0]
     assert (kept["time"], kept["time_ns"]) == (gens[kept["manifest"]]["time"], gens[kept["manifest"]]["time_ns"])

@@ -9,6 +9,8 @@ import random
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from fixtures_repo import CLI, REPOFS, cli_env
 from test_s3 import _wait_for_objects, one_error_line, random_image, s3_cli
 
@@ -44,12 +46,13 @@ def _three_generations(cli: CLI, tmp: Path, seed: int, mib: int = 12) -> list[by
 def _restores(cli: CLI, tmp: Path, images: list[bytes]) -> None:
     gens = json.loads(cli.run("generations", "vm1", "--json").stdout)
     assert len(gens) == len(images)
-    for gen, expected in zip(gens, images):
+    for gen, expected in zip(gens, images, strict=True):
         out = tmp / f"restored-{gen['generation']}-{random.getrandbits(32)}"
         cli.run("restore", "vm:vm1", "--to-dir", str(out), "--generation", gen["generation"])
         assert (out / "disk0.raw").read_bytes() == expected
 
 
+@pytest.mark.slow
 def test_copy_local_to_s3_to_local_sends_only_missing_chunks(tmp_path: Path, s3) -> None:
     src = CLI(tmp_path / "src", cli_env(tmp_path, tmp_path / "src"))
     src.run("init", "--chunk-size", str(CHUNK))

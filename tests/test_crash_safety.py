@@ -15,11 +15,14 @@ from format.repository import Repository
 from repofs.ingest.backup import backup
 from repofs.ingest.sources import LocalImage, SourceError
 
+# slow: twenty backups killed with SIGKILL, a filled file system, concurrent backups
+pytestmark = pytest.mark.slow
 
 # Where a backup is killed: (system call, its n-th call in one thread). Every backup makes
 # these calls (chunk files renamed by the workers; index, manifest and this client's record
 # renamed by the main thread, each put fsynced; one syncfs; the VM lock; the writeback hint
-# of a chunk), so each point is certain to be reached: the kill does not depend on timing. strace delivers SIGKILL as the call is entered.
+# of a chunk), so each point is certain to be reached: the kill does not depend on timing.
+# strace delivers SIGKILL as the call is entered.
 KILL_POINTS = [("rename", 1), ("rename", 2), ("rename", 3), ("fsync", 1), ("fsync", 2),
                ("syncfs", 1), ("write", 1), ("flock", 1), ("sync_file_range", 1), ("fsync", 3)]
 

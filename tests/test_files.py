@@ -48,7 +48,8 @@ CASES = [  # volume, which tree, POSIX modes?
 ]
 
 
-@pytest.mark.parametrize("volume,which,posix", CASES, ids=[c[0].split("/")[0] + "-" + c[0].split("/")[1] for c in CASES])
+@pytest.mark.parametrize("volume,which,posix", CASES,
+                         ids=[c[0].split("/")[0] + "-" + c[0].split("/")[1] for c in CASES])
 def test_rootless_tree_matches_what_was_written(gen, guest_images, volume, which, posix):
     guest_images.need(volume.split("/")[0])
     if volume.startswith("mbr_ntfs") and not guest_images.ntfs_populated:
@@ -366,7 +367,9 @@ def test_ext4_times_follow_the_kernel_past_2038_and_before_1970(ext_images, tmp_
         image = tmp_path / f"{variant}.img"
         sh.copy(images[variant], image)
         for path, (seconds, extra, _ns) in fields.items():
-            cmds = [f"sif {path} mtime {seconds:#x}"] + ([f"sif {path} mtime_extra {extra:#x}"] if extra is not None else [])
+            cmds = [f"sif {path} mtime {seconds:#x}"]
+            if extra is not None:
+                cmds.append(f"sif {path} mtime_extra {extra:#x}")
             for cmd in cmds:
                 subprocess.run(["debugfs", "-w", "-R", cmd, str(image)], check=True, capture_output=True)
         with open(image, "rb") as fh:

@@ -19,7 +19,9 @@ from repofs.mount import prefill
 from repofs.guest.guestfs import GuestGeneration
 from repofs.mount.loopmount import State, is_mounted
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="loop devices and mount need root")
+# slow: each test attaches loop devices and kernel-mounts the guest volumes (the rootless
+# reader, in test_files.py, stays in the developer loop)
+pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="loop devices and mount need root"), pytest.mark.slow]
 
 
 def loops_on(marker: str) -> list[str]:

@@ -36,7 +36,8 @@ def test_handlers_serve_the_guest_tree(guest_repo, guest_images, monkeypatch):
 
     async def listdir(inode):
         names = []
-        monkeypatch.setattr(pyfuse3, "readdir_reply", lambda token, name, attr, nxt: names.append(name.decode()) or True)
+        monkeypatch.setattr(pyfuse3, "readdir_reply",
+                            lambda token, name, attr, nxt: names.append(name.decode()) or True)
         fh = await ops.opendir(inode, None)
         await ops.readdir(fh, 0, None)
         await ops.releasedir(fh)

@@ -3,7 +3,6 @@ valid in every byte but one field (sealed with the real key, so the tag is right
 durability order of the backend seen from outside the process (strace)."""
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
@@ -21,7 +20,7 @@ from format.fixedindex import HEADER as INDEX_HEADER, HOLE, PIECE, SLOT_HEADER, 
 from format.keys import KeyMaterial
 from format.manifest import Manifest
 from format.repository import Repository, chunk_name, manifest_name
-from format.sealed import HEADER, MAGIC_CHUNK, MAGIC_MANIFEST, Sealer
+from format.sealed import HEADER, MAGIC_CHUNK, Sealer
 
 KEYS = KeyMaterial.generate(encrypted=True)
 SEALER = Sealer(KEYS)
@@ -243,14 +242,14 @@ def test_check_reports_each_kind_of_damage_with_its_place(repo):
     cs = repo.chunk_size
     datas = [os.urandom(cs) for _ in range(4)]
     ids = [repo.chunk_id(d) for d in datas]
-    for cid, d in zip(ids, datas):
+    for cid, d in zip(ids, datas, strict=True):
         repo.put_chunk(cid, d)
     index = FixedIndex.empty(5 * cs, cs)
     for n, cid in enumerate(ids):
         index.set(n, cid)
     iid = repo.put_index(index)
     first = repo.put_manifest(Manifest("vm", "g1", "t", 1, None, [DiskEntry("d", 5 * cs, cs, iid)]))
-    second = repo.put_manifest(Manifest("vm", "g2", "t", 2, first, [DiskEntry("d", 5 * cs, cs, iid),
+    repo.put_manifest(Manifest("vm", "g2", "t", 2, first, [DiskEntry("d", 5 * cs, cs, iid),
                                                                       DiskEntry("e", 5 * cs, cs, iid)]))
     report = check(repo, read_data=True)
     assert report.ok and (report.generations, report.disks, report.chunks, report.chunks_read) == (2, 3, 4, 4)
@@ -298,7 +297,8 @@ def test_check_reports_each_kind_of_damage_with_its_place(repo):
     assert by_object[manifest_name(damaged)] == Problem(manifest_name(damaged), "authentication failed")
     assert by_object[manifest_name(first)] == Problem(manifest_name(first), "missing: the parent of this "
                                                       "generation was removed", "vm", "g2")
-    assert by_object[manifest_name(first)].reason.startswith("missing") and by_object[manifest_name(first)].generation == "g2"
+    parent = by_object[manifest_name(first)]
+    assert parent.reason.startswith("missing") and parent.generation == "g2"
     assert by_object["manifests/stray"].reason.startswith("not a manifest name")
     assert by_object[f"indexes/{'ee' * 32}"].reason == "missing" and by_object[f"indexes/{'ee' * 32}"].vm == "vm2"
     assert report.generations == 2 and report.disks == 3

@@ -29,7 +29,8 @@ SEALERS = {
 
 
 @pytest.mark.parametrize("kind", SEALERS)
-@given(data=st.binary(max_size=70_000) | st.builds(lambda n, b: b * n, st.integers(0, 5000), st.binary(min_size=1, max_size=16)))
+@given(data=st.binary(max_size=70_000)
+       | st.builds(lambda n, b: b * n, st.integers(0, 5000), st.binary(min_size=1, max_size=16)))
 @settings(max_examples=_examples(60), suppress_health_check=[HealthCheck.too_slow])
 def test_chunk_codec_round_trip(kind, data):
     s = SEALERS[kind]
@@ -65,7 +66,8 @@ def test_object_bound_to_its_name_and_kind(data):
         s.open(MAGIC_CHUNK, cid, sealed[:-1], "truncated")
 
 
-@given(capacity=st.integers(0, 1 << 40), chunk_pow=st.integers(16, 24), picks=st.lists(st.integers(min_value=0), max_size=20))
+@given(capacity=st.integers(0, 1 << 40), chunk_pow=st.integers(16, 24),
+       picks=st.lists(st.integers(min_value=0), max_size=20))
 @settings(max_examples=_examples(60))
 def test_fixed_index_round_trip_and_arithmetic(capacity, chunk_pow, picks):
     cs = 1 << chunk_pow
@@ -172,7 +174,7 @@ def _copied_index(draw):
     capacity = draw(st.integers(1, 6 * cs))
     disk = bytes(draw(st.binary(min_size=capacity, max_size=capacity)))
     cuts = sorted(draw(st.sets(st.integers(0, capacity), min_size=2, max_size=12)))
-    ranges = [(a, b - a) for a, b in zip(cuts[::2], cuts[1::2]) if b > a]
+    ranges = [(a, b - a) for a, b in zip(cuts[::2], cuts[1::2], strict=False) if b > a]
     ranges = [r for i, r in enumerate(ranges) if i == 0 or r[0] > ranges[i - 1][0] + ranges[i - 1][1]]
     if not ranges:
         ranges = [(0, capacity)]
@@ -252,7 +254,8 @@ def test_index_rejects_inconsistent_headers():
         FixedIndex.decode(bytes(enc), "i")
 
 
-@given(vm=st.text(min_size=1, max_size=40), meta=st.dictionaries(st.text(max_size=10), st.integers() | st.text(max_size=20), max_size=5))
+@given(vm=st.text(min_size=1, max_size=40),
+       meta=st.dictionaries(st.text(max_size=10), st.integers() | st.text(max_size=20), max_size=5))
 @settings(max_examples=_examples(40))
 def test_manifest_round_trip(vm, meta):
     m = Manifest(vm=vm, generation="2026-11-25T140300Z", time="t", time_ns=5, parent=None,

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import resource
-import struct
 
 import pytest
 from hypothesis import given, settings

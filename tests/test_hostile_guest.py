@@ -160,6 +160,7 @@ def test_files_get_keeps_special_modes_when_asked(hostile, tmp_path):
     assert st.S_ISCHR((out / "null-dev").lstat().st_mode)
 
 
+@pytest.mark.slow
 def test_terminal_escapes_are_escaped_in_human_output_only(hostile):
     vol = f"vm:evil:disk0/{SHOWN_VG}/{SHOWN_LV}"
     for args in (("ls", vol), ("ls", "-l", vol)):
@@ -176,6 +177,7 @@ def test_terminal_escapes_are_escaped_in_human_output_only(hostile):
     assert ESCAPE_NAME in names                    # JSON carries the real name, escaped by JSON
 
 
+@pytest.mark.slow
 def test_files_mount_stays_in_its_folder_and_mounts_nosuid(hostile, tmp_path):
     host = tmp_path / "host"
     target = host / "a" / "b" / "mnt"
@@ -199,6 +201,7 @@ def test_files_mount_stays_in_its_folder_and_mounts_nosuid(hostile, tmp_path):
     assert mounts_under(str(tmp_path)) == []
 
 
+@pytest.mark.slow
 def test_mount_files_folder_shows_escaped_names_under_nosuid(hostile, tmp_path):
     mnt = tmp_path / "repo-mount"
     mnt.mkdir()
@@ -215,6 +218,7 @@ def test_mount_files_folder_shows_escaped_names_under_nosuid(hostile, tmp_path):
     assert mounts_under(str(tmp_path)) == []
 
 
+@pytest.mark.slow
 def test_every_guest_mount_is_nosuid_nodev_noexec_kernel_or_rootless(guest_repo, tmp_path):
     """All the fixture images (ext4, FAT, NTFS, XFS, LVM, exFAT, Btrfs): kernel loop mounts
     and the rootless FUSE fallback alike carry ro,nosuid,nodev,noexec."""

@@ -90,7 +90,7 @@ def build_bombs(image: Path, work: Path) -> None:
     levels = [block_of(image, f"/c{i}") for i in range(1, 6)]
     bomb = inode_at(image, "/bomb")
     with open(image, "r+b") as f:
-        for depth, (block, below) in enumerate(zip(levels, levels[1:] + [None]), start=0):
+        for depth, (block, below) in enumerate(zip(levels, levels[1:] + [None], strict=True), start=0):
             level = 4 - depth           # c1 is depth 4, ..., c5 is the leaf (depth 0)
             if below is None:
                 node = extent_node(0, [leaf(i, levels[0]) for i in range(PER_BLOCK)], PER_BLOCK)
@@ -158,6 +158,7 @@ def test_the_limit_leaves_room_for_an_honest_listing(hostile):
     assert {"bomb", "huge", "bigdir", "loopdir"} <= set(proc.stdout.decode().split())
 
 
+@pytest.mark.slow
 def test_extent_tree_fan_out_is_refused(hostile, tmp_path):
     proc = limited(hostile, "files", "cat", "vm:bombs:disk0/whole/bomb")
     one_line_error(proc, 1, "extent tree")
@@ -214,6 +215,7 @@ def _mounts_under(prefix: str) -> list[str]:
                 if prefix in re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), line.split()[4])]
 
 
+@pytest.mark.slow
 def test_the_mount_files_folder_answers_errnos_and_stays_up(hostile, tmp_path):
     """The same image through the repository mount's files/ folder: the bomb and the huge
     file fail with EIO, the big directory lists, the cycle is just a path; the mount lives on."""
@@ -238,6 +240,7 @@ def test_the_mount_files_folder_answers_errnos_and_stays_up(hostile, tmp_path):
     assert _mounts_under(str(tmp_path)) == []
 
 
+@pytest.mark.slow
 def test_files_mount_of_the_image_leaves_the_host_untouched(hostile, tmp_path):
     if os.geteuid() != 0:
         pytest.skip("loop devices need root")

@@ -72,7 +72,7 @@ def test_guest_files_of_a_shared_mount_show_the_mount_owner(mount_source, open_d
     with mounted(mount_source, open_dir / "mnt", "-o", "allow_other") as m:
         files = m.path / VM / "latest" / "files"
         found = []
-        for dirpath, dirnames, filenames in os.walk(files):
+        for dirpath, _dirnames, filenames in os.walk(files):
             for n in filenames:
                 found.append(os.lstat(os.path.join(dirpath, n)))
             if len(found) > 20:

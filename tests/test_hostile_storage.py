@@ -8,6 +8,8 @@ import random
 import shutil
 from pathlib import Path
 
+import pytest
+
 from fixtures_repo import CLI, cli_env, images_equal
 from test_integrity import one_line_error
 
@@ -151,6 +153,7 @@ def test_a_damaged_manifest_or_stray_file_costs_only_its_own_generation(cli, tmp
 
 # -- rollback ---------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_deleting_the_newest_generation_is_noticed(cli, tmp_path):
     img = _image(tmp_path)
     cli.run("backup", f"file:{img}", "--vm", "a")

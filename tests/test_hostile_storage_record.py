@@ -69,7 +69,8 @@ def test_a_damaged_record_is_not_trusted(tmp_path):
     k = KnownRepository(str(tmp_path), RID, str(tmp_path / "r"))
     k.remember("a", 10, "g10")
     (path,) = [os.path.join(k.dir, "latest", f) for f in os.listdir(os.path.join(k.dir, "latest"))]
-    for junk in (b"not json", b"[1]", b'{"vm": "a"}', b"\xff\xfe", json.dumps({"vm": "b", "time_ns": 1, "generation": "x"}).encode()):
+    other_vm = json.dumps({"vm": "b", "time_ns": 1, "generation": "x"}).encode()
+    for junk in (b"not json", b"[1]", b'{"vm": "a"}', b"\xff\xfe", other_vm):
         with open(path, "wb") as f:
             f.write(junk)
         assert k.latest("a") is None

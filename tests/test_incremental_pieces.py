@@ -9,6 +9,8 @@ import random
 import shutil
 from pathlib import Path
 
+import pytest
+
 from fixtures_mount import MountSource, mounted
 from fixtures_repo import CLI
 
@@ -60,6 +62,7 @@ class Disk:
             shutil.rmtree(out)
 
 
+@pytest.mark.slow
 def test_change_list_stores_pieces_and_every_generation_reads_back(cli: CLI, tmp_path: Path) -> None:
     disk = Disk(cli, tmp_path)
     rnd = disk.rng.randbytes
@@ -120,6 +123,7 @@ def test_change_list_stores_pieces_and_every_generation_reads_back(cli: CLI, tmp
                     assert f.read(n) == want[off:off + n], (gen, off)
 
 
+@pytest.mark.slow
 def test_a_damaged_piece_is_named_and_refused(cli: CLI, tmp_path: Path) -> None:
     disk = Disk(cli, tmp_path)
     disk.backup()

@@ -32,6 +32,7 @@ def backed_up(cli, tmp_path):
     return cli, img
 
 
+@pytest.mark.slow
 def test_corrupt_chunk_named_by_check_and_refused_by_restore(backed_up, tmp_path):
     cli, img = backed_up
     assert cli.run("check", "--read-data").returncode == 0
@@ -61,6 +62,7 @@ def test_missing_chunk_found_by_structure_check(backed_up):
     assert p.returncode == 1 and "DAMAGED" in p.stdout and "missing" in p.stdout and "vm1" in p.stdout
 
 
+@pytest.mark.slow
 def test_corrupt_index_and_manifest(backed_up, tmp_path):
     cli, _ = backed_up
     index = next(p for p in (cli.repo / "indexes").rglob("*") if p.is_file())
@@ -78,6 +80,7 @@ def test_corrupt_index_and_manifest(backed_up, tmp_path):
     assert all(line.startswith("repofs: warning:") for line in p.stderr.splitlines())
 
 
+@pytest.mark.slow
 def test_wrong_passphrase_and_missing_key(backed_up, tmp_path):
     cli, _ = backed_up
     bad = tmp_path / "bad"
@@ -113,6 +116,7 @@ def test_key_derived_ahead_serves_only_the_same_passphrase():
         unwrap(store, "another-repo", b"right")
 
 
+@pytest.mark.slow
 def test_unencrypted_only_by_name(tmp_path):
     repo = tmp_path / "plain"
     c = CLI(repo, cli_env(tmp_path, repo))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import random
 import secrets
 import signal
@@ -38,6 +37,7 @@ def _data_files(repo) -> dict[str, bytes]:
             if p.is_file() and p.parts[len(repo.parts)] in ("chunks", "indexes", "manifests", "config")}
 
 
+@pytest.mark.slow
 def test_add_passwd_list_remove(cli, tmp_path):
     img = tmp_path / "d.img"
     img.write_bytes(random.Random(3).randbytes(3 << 20))
@@ -85,6 +85,7 @@ def test_unencrypted_repository_has_no_keys(tmp_path):
 
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("call,nth", [("write", 1), ("fsync", 1), ("rename", 1), ("fsync", 2)])
 def test_kill_9_during_passwd_leaves_old_or_new_passphrase(cli, tmp_path, call, nth):
     new = _pw(tmp_path, "new", "after the change")

@@ -11,6 +11,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from fixtures_mount import (CHUNK, DISK, VM, MountSource, backup_image, build_image, mounted,
                             needs_root_tools)
 from fixtures_lifecycle import small_cli
@@ -137,7 +139,8 @@ def test_backup_time_is_recorded_beside_the_real_time(tmp_path: Path) -> None:
     from format.repository import Repository
     m = Repository.open(cli.repo, None).get_manifest(g["manifest"])
     assert m.time_ns == 1561931999 * 10**9 and m.written > m.time_ns + 10**9 * 86400 * 365
-    old = Manifest.decode(json.dumps({k: v for k, v in json.loads(m.encode()).items() if k != "written_ns"}).encode(), "old")
+    without = {k: v for k, v in json.loads(m.encode()).items() if k != "written_ns"}
+    old = Manifest.decode(json.dumps(without).encode(), "old")
     assert old.written == old.time_ns                   # manifests before the field still read
     bad = cli.run("backup", f"file:{img}", "--vm", "old", "--time", "yesterday", check=False)
     assert bad.returncode == 2 and "--time" in bad.stderr
@@ -173,6 +176,7 @@ def test_diff_names_changed_ranges_and_guest_files(mount_source: MountSource, tm
     assert ("changed", f"p1/{victim}") in changes
 
 
+@pytest.mark.slow
 def test_generation_forgotten_under_a_mount_stays_readable_until_it_ends(mount_source: MountSource,
                                                                           tmp_path: Path) -> None:
     needs_root_tools("fusermount3")
@@ -206,6 +210,7 @@ def test_generation_forgotten_under_a_mount_stays_readable_until_it_ends(mount_s
     assert json.loads(repofs("check", "--read-data", "--json").stdout)["ok"]
 
 
+@pytest.mark.slow
 def test_forget_and_prune_of_the_newest_is_neither_a_rollback_nor_damage(tmp_path):
     """The client's record (docs/security.md, rollback) follows this client's own forget, and a
     generation whose parent was forgotten and pruned is not reported as damaged by check."""

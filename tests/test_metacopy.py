@@ -9,6 +9,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from fixtures_images import PASSPHRASE as GUEST_PASSPHRASE
 from fixtures_repo import CLI, PASSPHRASE, make_ext4_image, write_tree
 
@@ -142,6 +144,7 @@ def test_incremental_keeps_copies_when_metadata_is_unchanged(cli: CLI, tmp_path:
     assert second.read(*change) == b"\x5a" * change[1]
 
 
+@pytest.mark.slow
 def test_incremental_rebuilds_copies_from_the_generation(cli: CLI, tmp_path: Path):
     one, two = tmp_path / "one", tmp_path / "two"
     write_tree(one, seed=5, files=60)

@@ -132,6 +132,7 @@ def test_tree_and_stat(shared_mount: Mount, mount_source: MountSource) -> None:
     assert e.value.errno in (errno.EROFS, errno.EACCES)
 
 
+@pytest.mark.slow
 def test_inode_numbers_are_stable_across_mounts(mount_source: MountSource, tmp_path: Path) -> None:
     def inodes(m: Mount) -> dict[str, int]:
         out = {}
@@ -169,7 +170,7 @@ def test_damaged_chunk_fails_only_its_range(mount_source: MountSource, tmp_path:
     with mounted(source, tmp_path / "mnt") as m:
         flat = m.gen_dir / f"{DISK}-flat.vmdk"
         with open(flat, "rb", buffering=0) as f:
-            for attempt in range(3):
+            for _attempt in range(3):
                 with pytest.raises(OSError) as e:
                     os.pread(f.fileno(), 4096, bad_offset + 100)
                 assert e.value.errno == errno.EIO

@@ -36,6 +36,7 @@ def _uri(sock: Path, label: str = "guest") -> str:
     return f"nbd+unix:///{label}?socket={sock}"
 
 
+@pytest.mark.slow
 def test_nbd_export_equals_restore_to_dir(boot_repo, tmp_path):
     out = tmp_path / "restored"
     boot_repo.run("restore", "vm:guest", "--to-dir", str(out))
@@ -55,6 +56,7 @@ def test_nbd_export_equals_restore_to_dir(boot_repo, tmp_path):
     assert not sock.exists()
 
 
+@pytest.mark.slow
 def test_nbd_many_readers_at_once_get_the_same_bytes(boot_repo, tmp_path):
     sock = tmp_path / "nbd.sock"
     served = Served(boot_repo, "vm:guest@latest", "--listen", f"unix:{sock}")
@@ -72,6 +74,7 @@ def test_nbd_many_readers_at_once_get_the_same_bytes(boot_repo, tmp_path):
         assert filecmp.cmp(c, boot_repo.source, shallow=False)
 
 
+@pytest.mark.slow
 def test_nbd_writable_overlay_never_touches_the_repository(boot_repo, tmp_path):
     sock = tmp_path / "nbd.sock"
     overlay = tmp_path / "writes.raw"

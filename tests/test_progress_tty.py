@@ -86,8 +86,8 @@ def test_quiet_prints_nothing_and_a_pipe_gets_plain_lines(repo: CLI, tmp_path: P
                           env={**repo.env, "REPOFS_PROGRESS_INTERVAL": "0"}, timeout=300)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stderr.splitlines()
-    assert lines and all(re.fullmatch(r"backup web01: [\d.]+% [\d.]+ [KMG]?i?B of 8\.0 MiB, [\d.]+ [KMG]?i?B/s(, ETA \S+)?", l)
-                         for l in lines), proc.stderr
+    shape = r"backup web01: [\d.]+% [\d.]+ [KMG]?i?B of 8\.0 MiB, [\d.]+ [KMG]?i?B/s(, ETA \S+)?"
+    assert lines and all(re.fullmatch(shape, line) for line in lines), proc.stderr
     assert lines[-1].startswith("backup web01: 100.0% 8.0 MiB of 8.0 MiB")
     assert "\r" not in proc.stderr and "\x1b" not in proc.stderr
 

@@ -25,6 +25,10 @@ from format.repository import Repository
 CHUNK = 64 << 10
 IMAGE = 16 * CHUNK + 12345        # a short last chunk
 SEEDS = int(os.environ.get("REPOFS_SOAK", "50"))
+# The developer loop (-m "not slow") runs the first two seeds (one of each prune mode) and two
+# kill points; the others are marked slow.
+QUICK_SEEDS = 2
+QUICK_KILLS = (0, 7)
 
 
 def _open(repo: Path) -> Repository:
@@ -125,7 +129,8 @@ def _verify(repo: Path, results: Path, tmp: Path) -> None:
     assert report.ok, [p.describe() for p in report.problems]
 
 
-@pytest.mark.parametrize("seed", range(SEEDS))
+@pytest.mark.parametrize("seed", [s if s < QUICK_SEEDS else pytest.param(s, marks=pytest.mark.slow)
+                                  for s in range(SEEDS)])
 def test_interleaved_backups_forgets_prunes_and_readers(seed: int, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     rng = random.Random(seed)
@@ -160,14 +165,15 @@ def test_interleaved_backups_forgets_prunes_and_readers(seed: int, tmp_path: Pat
                 pids.append(_child(_read, repo, results, random.Random(rng.random())))
             time.sleep(rng.random() * 0.02)
         codes = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in pids]
-        assert all(c in (0, 3) for c in codes), list(zip(ops, codes))
+        assert all(c in (0, 3) for c in codes), list(zip(ops, codes, strict=False))
     _prune(repo)          # no backup runs now: this sweeps every batch
     r = _open(repo)
     assert not list(r.backend.list("pending")) and not list(r.backend.list("trash"))
     _verify(repo, results, tmp_path)
 
 
-@pytest.mark.parametrize("kill_after", [0, 1, 2, 4, 7, 11, 15])
+@pytest.mark.parametrize("kill_after", [k if k in QUICK_KILLS else pytest.param(k, marks=pytest.mark.slow)
+                                        for k in (0, 1, 2, 4, 7, 11, 15)])
 def test_prune_killed_at_seeded_points_leaves_a_consistent_repository(kill_after: int, tmp_path: Path) -> None:
     """A real SIGKILL of a real prune after K moves or deletions; then every visible generation
     restores and checks, and the next prune finishes the work (nothing left in the trash,

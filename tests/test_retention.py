@@ -116,7 +116,8 @@ def test_duration_arithmetic_on_calendar_edges() -> None:
     utc = dt.timezone.utc
     assert Duration.parse("1m").before(dt.datetime(2023, 3, 31, tzinfo=utc)) == dt.datetime(2023, 3, 3, tzinfo=utc)
     assert Duration.parse("1y").before(dt.datetime(2024, 2, 29, tzinfo=utc)) == dt.datetime(2023, 3, 1, tzinfo=utc)
-    assert Duration.parse("1d12h").before(dt.datetime(2024, 3, 1, 6, tzinfo=utc)) == dt.datetime(2024, 2, 28, 18, tzinfo=utc)
+    assert (Duration.parse("1d12h").before(dt.datetime(2024, 3, 1, 6, tzinfo=utc))
+            == dt.datetime(2024, 2, 28, 18, tzinfo=utc))
 
 
 def test_forget_cli_json_against_the_table(tmp_path) -> None:

@@ -6,7 +6,6 @@ of a backup or a restore loses nothing and the next run succeeds.
 from __future__ import annotations
 
 import json
-import os
 import random
 import subprocess
 import time
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from fixtures_mount import build_image, mounted, MountSource, seeded_tree
-from fixtures_repo import CLI, PASSPHRASE, cli_env
+from fixtures_repo import CLI, cli_env
 
 CHUNK = 64 << 10
 
@@ -43,6 +42,7 @@ def random_image(path: Path, mib: int, seed: int, holes: bool = True) -> None:
             f.write(bytes(1 << 20) if holes and i % 5 == 4 else rng.randbytes(1 << 20))
 
 
+@pytest.mark.slow
 def test_backup_incremental_restore_check_mount_files_on_s3(tmp_path: Path, s3) -> None:
     cli = s3_cli(tmp_path, s3)
     out = cli.run("init", "--chunk-size", str(CHUNK)).stdout
@@ -63,7 +63,7 @@ def test_backup_incremental_restore_check_mount_files_on_s3(tmp_path: Path, s3) 
     assert 0 < sum(d["new_chunks"] for d in report["disks"]) <= 6, report
     gens = json.loads(cli.run("generations", "--json").stdout)
     assert [g["vm"] for g in gens] == ["vm1", "vm1"]
-    for gen, expected in zip(gens, (first, second)):
+    for gen, expected in zip(gens, (first, second), strict=True):
         out = tmp_path / f"out-{gen['generation']}"
         cli.run("restore", "vm:vm1", "--to-dir", str(out), "--generation", gen["generation"])
         assert (out / "disk0.raw").read_bytes() == expected
@@ -121,6 +121,7 @@ def _wait_for_objects(s3, location: str, prefix: str, count: int, proc: subproce
     raise AssertionError("the command wrote nothing")
 
 
+@pytest.mark.slow
 def test_store_stopped_during_backup_then_next_backup_succeeds(tmp_path: Path, s3) -> None:
     if s3.gate is None:
         pytest.skip("needs the loopback server")

@@ -46,7 +46,8 @@ def test_locked_generations_survive_the_repositorys_own_credentials(tmp_path: Pa
     bucket, prefix = _split(str(cli.repo))
     client = s3.client()          # the very key repofs writes with
     keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"]]
-    generation_objects = [k for k in keys if k[len(prefix):].startswith(("chunks/", "indexes/", "manifests/", "config", "keys/"))]
+    kinds = ("chunks/", "indexes/", "manifests/", "config", "keys/")
+    generation_objects = [k for k in keys if k[len(prefix):].startswith(kinds)]
     assert not [k for k in keys if k[len(prefix):].startswith("locks/")]   # the VM's lock was released
     for key in generation_objects:
         head = client.head_object(Bucket=bucket, Key=key)

@@ -28,7 +28,7 @@ def test_concurrent_writers_every_generation_restores(tmp_path: Path, s3, seed: 
     cli.run("init", "--chunk-size", str(CHUNK))
     jobs = [("a", 0), ("b", 1), ("c", 2), ("a", 3), ("b", 4)]     # (VM, image); a and b twice
     images = {}
-    for vm, n in jobs:
+    for _vm, n in jobs:
         path = tmp_path / f"img{n}" / "disk0.img"
         path.parent.mkdir()
         random_image(path, rng.randint(4, 10), seed * 100 + n)

@@ -250,7 +250,7 @@ def test_growing_a_disk_grows_the_flat_file_and_keeps_data(vcsim: VCSim) -> None
         with open(flat, "r+b") as f:
             f.seek(5 * MiB)
             f.write(b"repofs" * 100)
-        uuid_before = [l for l in descriptor.read_text().splitlines() if l.startswith("ddb.uuid")]
+        uuid_before = [line for line in descriptor.read_text().splitlines() if line.startswith("ddb.uuid")]
 
         disk.capacityInKB = 96 * 1024
         disk.capacityInBytes = 96 * MiB
@@ -262,7 +262,7 @@ def test_growing_a_disk_grows_the_flat_file_and_keeps_data(vcsim: VCSim) -> None
     with open(flat, "rb") as f:
         f.seek(5 * MiB)
         assert f.read(600) == b"repofs" * 100
-    assert [l for l in descriptor.read_text().splitlines() if l.startswith("ddb.uuid")] == uuid_before
+    assert [line for line in descriptor.read_text().splitlines() if line.startswith("ddb.uuid")] == uuid_before
 
 
 def test_added_disk_gets_files(vcsim: VCSim) -> None:
@@ -289,7 +289,8 @@ def test_virtual_disk_manager_disks_get_files_only_on_success(vcsim: VCSim) -> N
     with connected(vcsim) as si:
         dc = find_by_name(si, vim.Datacenter, vcsim.datacenter)
         vdm = si.content.virtualDiskManager
-        spec = vim.VirtualDiskManager.FileBackedVirtualDiskSpec(capacityKb=4096, adapterType="lsiLogic", diskType="thin")
+        spec = vim.VirtualDiskManager.FileBackedVirtualDiskSpec(capacityKb=4096, adapterType="lsiLogic",
+                                                                diskType="thin")
         name = f"[LocalDS_1] {folder}/loose.vmdk"
         with pytest.raises(TaskFailed):  # no such folder yet, as in vCenter
             wait_task(si, vdm.CreateVirtualDisk_Task(name=name, datacenter=dc, spec=spec))

@@ -116,7 +116,7 @@ def test_standin_header_has_the_same_layouts(tmp_path: pathlib.Path) -> None:
     """The stand-in's C declarations agree with the binding's cdef (the compiler says so)."""
     lines = ['#include <stdio.h>', '#include <stddef.h>', '#include "standin.h"',
              "int main(void) {"]
-    for struct, (size, fields) in LAYOUT.items():
+    for struct, (_size, fields) in LAYOUT.items():
         lines.append(f'printf("%zu\\n", sizeof({struct}));')
         for name in fields:
             lines.append(f'printf("%zu\\n", offsetof({struct}, {name}));')

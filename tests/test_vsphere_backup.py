@@ -88,6 +88,7 @@ def manifest_json(bed: VSphereBed, vm: str, generation: str) -> dict:
 
 # --- the main job -------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_full_then_incremental_backup_of_an_ext4_disk(vsphere: VSphereBed, tmp_path: Path) -> None:
     name = unique("ext4vm")
     vsphere.create_vm(name, [DISK])
@@ -175,6 +176,7 @@ def test_full_then_incremental_backup_of_an_ext4_disk(vsphere: VSphereBed, tmp_p
     assert isinstance(rebuilt, vim.vm.device.VirtualDisk) and rebuilt.capacityInBytes == DISK
 
 
+@pytest.mark.slow
 def test_a_grown_disk_is_read_in_full(vsphere: VSphereBed, tmp_path: Path) -> None:
     name = unique("grow")
     vsphere.create_vm(name, [8 * MiB], change_tracking=True)

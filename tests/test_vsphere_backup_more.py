@@ -61,6 +61,7 @@ def test_vapp_backs_up_each_member_with_the_vapp_config(vsphere: VSphereBed) -> 
         assert vsphere.snapshots(n) == []
 
 
+@pytest.mark.slow
 def test_first_class_disk_full_then_incremental(vsphere: VSphereBed, tmp_path: Path) -> None:
     name = unique("fcd")
     with connected(vsphere.vcsim) as si:
@@ -156,6 +157,7 @@ def test_session_inputs(vsphere: VSphereBed) -> None:
         assert s.is_vcenter
 
 
+@pytest.mark.slow
 def test_two_disks_and_a_stale_snapshot(vsphere: VSphereBed, tmp_path: Path) -> None:
     name = unique("twodisks")
     with connected(vsphere.vcsim) as si:
@@ -213,6 +215,7 @@ def test_dry_run_without_change_tracking_changes_nothing(vsphere: VSphereBed) ->
     assert generations(vsphere, name) == [] and vsphere.snapshots(name) == []
 
 
+@pytest.mark.slow
 def test_an_unusable_change_id_means_a_full_read(vsphere: VSphereBed, tmp_path: Path) -> None:
     name = unique("ctkreset")
     with connected(vsphere.vcsim) as si:

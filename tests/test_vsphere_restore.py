@@ -299,7 +299,8 @@ def test_storage_profile(restore_bed: RestoreBed) -> None:
         mgr = content.profileManager
         ids = mgr.PbmQueryProfile(resourceType=pbm.profile.ResourceType(resourceType="STORAGE"))
         want = next(p.profileId.uniqueId for p in mgr.PbmRetrieveContent(profileIds=ids) if p.name == policy)
-        for kind, key in (("virtualMachine", info["moref"]), ("virtualDiskId", f"{info['moref']}:{info['disks'][0].key}")):
+        disk_id = f"{info['moref']}:{info['disks'][0].key}"
+        for kind, key in (("virtualMachine", info["moref"]), ("virtualDiskId", disk_id)):
             got = mgr.PbmQueryAssociatedProfile(entity=pbm.ServerObjectRef(objectType=kind, key=key))
             assert [p.uniqueId for p in got] == [want], kind
 

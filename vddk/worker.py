@@ -17,7 +17,8 @@ Sequential readers can ask for read-ahead (``open(..., readahead=True)``): the w
 the next range while the parent copies the last one out.
 
 Limits: Linux (memfd, SCM_RIGHTS). Data is copied once between the shared area and the caller's
-buffer, unless the buffer comes from ``IsolatedDisk.buffer()`` (shared with the worker itself). Log records arrive asynchronously; all have arrived once ``close()`` returns.
+buffer, unless the buffer comes from ``IsolatedDisk.buffer()`` (shared with the worker itself).
+Log records arrive asynchronously; all have arrived once ``close()`` returns.
 """
 from __future__ import annotations
 
@@ -283,7 +284,8 @@ class IsolatedLibrary:
         return _Prepared(self, params, identity)
 
     def cleanup(self, params: ConnectParams) -> tuple[int, int]:
-        return tuple(self._call("cleanup", params))  # type: ignore[return-value]
+        cleaned, remaining = self._call("cleanup", params)
+        return cleaned, remaining
 
     @property
     def pid(self) -> int:
@@ -606,7 +608,7 @@ class IsolatedDisk:
 
     def allocated_extents(self, chunk_bytes: int = 1 << 20, offset: int = 0,
                           length: int | None = None) -> list[tuple[int, int]]:
-        return [tuple(e) for e in self._rpc("extents", chunk_bytes, offset, length)]  # type: ignore[misc]
+        return [(start, size) for start, size in self._rpc("extents", chunk_bytes, offset, length)]
 
     def metadata_keys(self) -> list[str]:
         return self._rpc("keys")
@@ -702,7 +704,8 @@ def _serve_disk(chan: _Channel, disk: Any, area: mmap.mmap) -> None:
                 return
             try:
                 if msg[0] == "map":
-                    reply: tuple[Any, ...] = ("ok", map_buffer(*msg[1:], fds=fds))
+                    map_buffer(*msg[1:], fds=fds)
+                    reply: tuple[Any, ...] = ("ok", None)
                 else:
                     reply = ("ok", handlers[msg[0]](*msg[1:]))
             except Exception as e:  # noqa: BLE001 - every failure goes back to the caller

@@ -82,7 +82,9 @@ class MachineOptions:
 
 def machine_for(gen: GenerationView, opts: MachineOptions) -> Machine:
     meta = gen.metadata or {}
-    config = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+    config = meta.get("config")
+    if not isinstance(config, dict):
+        config = {}
     firmware = FIRMWARE.get(str(opts.firmware or config.get("firmware") or "bios").lower())
     if firmware is None:
         raise MachineError(f"unknown firmware {opts.firmware or config.get('firmware')!r}: use bios or efi")
@@ -94,7 +96,9 @@ def machine_for(gen: GenerationView, opts: MachineOptions) -> Machine:
     for label in wanted:
         view = gen.disk(label)
         saved = described.get(label) or {}
-        ctl = saved.get("controller") if isinstance(saved.get("controller"), dict) else {}
+        ctl = saved.get("controller")
+        if not isinstance(ctl, dict):
+            ctl = {}
         controller = opts.controller or CONTROLLERS.get(str(ctl.get("type")), "ahci")
         if controller not in CONTROLLER_CHOICES:
             raise MachineError(f"unknown controller {controller!r}: use one of {', '.join(CONTROLLER_CHOICES)}")

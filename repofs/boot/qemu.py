@@ -85,7 +85,7 @@ def command(qemu: str, machine: Machine, plan: Plan) -> list[str]:
                 "-drive", f"if=pflash,format=raw,unit=1,file={plan.efi_vars}"]
     hbas: dict[tuple[str, int], str] = {}
     ahci_port = 0
-    for i, (slot, overlay) in enumerate(zip(machine.disks, plan.overlays)):
+    for i, (slot, overlay) in enumerate(zip(machine.disks, plan.overlays, strict=True)):
         cmd += ["-blockdev", f"driver=nbd,node-name=base{i},read-only=on,server.type=unix,"
                              f"server.path={plan.nbd_socket},export={slot.label}",
                 "-blockdev", f"driver=qcow2,node-name=disk{i},file.driver=file,"

@@ -119,7 +119,8 @@ class BootSession:
         open(self.serial_log, "wb").close()
         out = None if self.opts.console else open(os.path.join(self.dir, "qemu.log"), "wb")
         self.started = time.monotonic()
-        self.proc = subprocess.Popen(command(qemu, machine, plan), stdin=None if self.opts.console else subprocess.DEVNULL,
+        self.proc = subprocess.Popen(command(qemu, machine, plan),
+                                     stdin=None if self.opts.console else subprocess.DEVNULL,
                                      stdout=out, stderr=out if out else None, start_new_session=not self.opts.console)
         if out:
             out.close()

@@ -140,7 +140,7 @@ def verify_boot(gen: GenerationView, expect: Expectation, opts: BootOptions) -> 
     host_port = _free_port() if expect.port is not None else None
     opts.network = "isolated"
     opts.console, opts.vnc, opts.keep_overlay = False, None, None
-    if expect.port is not None:
+    if host_port is not None and expect.port is not None:
         opts.forward = [(host_port, expect.port)]
     session = BootSession(gen, opts)
 
@@ -197,7 +197,8 @@ def verify_boot(gen: GenerationView, expect: Expectation, opts: BootOptions) -> 
             if not session.running():
                 return result(False, None, f"QEMU ended: {session.qemu_error() or 'no reason given'}")
             if time.monotonic() > deadline:
-                return result(False, None, f"no sign of life ({expect.describe(missing())}) within {expect.timeout:g} s")
+                return result(False, None,
+                              f"no sign of life ({expect.describe(missing())}) within {expect.timeout:g} s")
             # one more look at the signs after a power-off: the marker may precede it closely
             if powered_off:
                 time.sleep(0.1)

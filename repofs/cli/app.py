@@ -19,7 +19,6 @@ from typing import Annotated, Optional
 import typer
 
 from . import allocator, backup, boot, copy, exitcodes, find, key, keyahead, lifecycle, mount, oplog, output, report, repository, restore
-from .common import PasswordFileOpt, RepoOpt, open_repository
 from .files import build_app as build_files_app
 from repofs.guest.names import shown
 
@@ -87,9 +86,9 @@ app.command()(repository.generations)
 app.command()(restore.restore)
 app.command()(repository.check)
 app.command()(mount.mount)
-for command in (lifecycle.forget, lifecycle.protect, lifecycle.unprotect, lifecycle.prune,
-                lifecycle.stats, lifecycle.diff):
-    app.command()(command)
+for lifecycle_command in (lifecycle.forget, lifecycle.protect, lifecycle.unprotect, lifecycle.prune,
+                          lifecycle.stats, lifecycle.diff):
+    app.command()(lifecycle_command)
 app.command()(mount.umount)
 app.command()(find.find)
 app.command()(report.report)
@@ -99,7 +98,7 @@ app.command()(boot.verify)
 app.add_typer(key.app, name="key", context_settings=HELP_OPTIONS)  # `repofs key ...`: passphrases (repofs/cli/key.py)
 app.command()(copy.copy)
 # `repofs files ...`: guest files of a generation (repofs/cli/files.py)
-app.add_typer(build_files_app(open_repository, RepoOpt, PasswordFileOpt), name="files",
+app.add_typer(build_files_app(), name="files",
               context_settings=HELP_OPTIONS)
 
 

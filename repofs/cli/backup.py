@@ -1,7 +1,7 @@
 """``repofs backup``: local disk sources (file:PATH) or vSphere targets (vm:, vapp:, ivd:)."""
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional, Sequence
 
 import typer
 
@@ -12,7 +12,8 @@ from .units import format_duration, format_rate, format_ratio, format_size, pars
 from .sessionopts import (CaFileOpt, InsecureOpt, ServerOpt, ThumbprintOpt, TransportOpt, TRANSPORTS, UserOpt,
                           VddkInProcessOpt, VddkLibdirOpt, VSpherePasswordFileOpt, session_options)
 from repofs.ingest.backup import BackupReport, backup as ingest_backup, latest_generation
-from repofs.ingest.sources import DiskSource, load_changed_extents, open_image, sanitize_label
+from repofs.ingest.sources import (DiskSource, LocalImage, SparseImage, load_changed_extents, open_image,
+                                   sanitize_label)
 from repofs.view.targets import check_vm_name
 from repofs.view.tree import RepositoryView
 from restore.vsphere.options import BackupOptions
@@ -75,7 +76,7 @@ def backup(sources: Annotated[list[str], typer.Argument(metavar="SOURCE...", hel
         raise UsageProblem("give --vm NAME for file sources")
     check_vm_name(vm)
     repository = open_repository(repo, password_file) if repo or not dry_run else None
-    images: list[DiskSource] = []
+    images: list[LocalImage | SparseImage] = []
     try:
         used: set[str] = set()
         for path in paths:
@@ -128,9 +129,9 @@ def with_lock_wait(vm: str, wait_s: float, attempt):
             time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
 
 
-def _print_plan(vm: str, images: list[DiskSource], has_parent: bool, json_out: bool) -> None:
+def _print_plan(vm: str, images: Sequence[DiskSource], has_parent: bool, json_out: bool) -> None:
     """``backup --dry-run`` of file sources: what would be read, nothing written."""
-    disks = []
+    disks: list[dict[str, Any]] = []
     for image in images:
         planned = sum(n for _o, n in image.extents())
         mode = "changed" if image.extents_are_changes else "full"
@@ -145,7 +146,7 @@ def _print_plan(vm: str, images: list[DiskSource], has_parent: bool, json_out: b
                    f"{format_size(d['capacity_bytes'])} ({d['mode']})")
 
 
-def summary(report: BackupReport, has_parent: bool, images: list[DiskSource] | None = None) -> dict:
+def summary(report: BackupReport, has_parent: bool, images: Sequence[DiskSource] | None = None) -> dict:
     """The figures of a finished backup, as ``--json`` gives them and the summary prints them."""
     read = sum(d.read_bytes for d in report.disks)
     new = sum(d.new_bytes for d in report.disks)
@@ -248,7 +249,7 @@ def _backup_vsphere(targets: list[str], repo: str | None, repo_password_file: st
 
 
 def _print_backup(report: BackupReport, json_out: bool, has_parent: bool,
-                  images: list[DiskSource], time_ns: int | None) -> None:
+                  images: Sequence[DiskSource], time_ns: int | None) -> None:
     figures = summary(report, has_parent, images)
     if json_out:
         emit({"vm": report.vm, "generation": report.generation, "manifest": report.manifest,

@@ -15,15 +15,17 @@ Thin commands: the work is in ``guestfs`` (reading), ``extract`` (copying out) a
 (annotations are evaluated eagerly here: typer reads the closures' option types).
 """
 import atexit
+import io
 import json
 import stat as st
 import sys
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Callable, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
+from .common import PasswordFileOpt, RepoOpt, open_repository
 from .progress import Progress
 from repofs.guest.names import shown
 from repofs.view.tree import RepositoryView
@@ -60,7 +62,7 @@ def _time(ns: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ns / 1e9))
 
 
-def _size(n: int) -> str:
+def _size(n: float) -> str:
     for unit in ("", "K", "M", "G", "T"):
         if n < 1024 or unit == "T":
             return f"{n:.0f}{unit}" if unit == "" else f"{n:.1f}{unit}"
@@ -68,13 +70,19 @@ def _size(n: int) -> str:
     return str(n)
 
 
-def build_app(open_repository: Callable[[str | None, str | None], object],
-              repo_opt: object, password_opt: object) -> typer.Typer:
-    """The ``files`` sub-app; ``open_repository`` and the shared option types come from the CLI."""
+AddressArg = Annotated[str, typer.Argument(metavar="vm:NAME[@GEN][:DISK[/VOLUME[/path]]]")]
+
+
+def _names_as_bytes() -> None:
+    """Guest names need not be UTF-8: what does not decode goes out as the bytes it was."""
+    if isinstance(sys.stdout, io.TextIOWrapper):
+        sys.stdout.reconfigure(errors="surrogateescape")
+
+
+def build_app() -> typer.Typer:
+    """The ``files`` sub-app."""
     app = typer.Typer(no_args_is_help=True, help="Guest files of a generation: list, read, extract; "
                       "loop-mount partitions (root).")
-    RepoOpt, PasswordFileOpt = repo_opt, password_opt
-    AddressArg = Annotated[str, typer.Argument(metavar="vm:NAME[@GEN][:DISK[/VOLUME[/path]]]")]
 
     def guest(address: Address, repo: str | None, password_file: str | None) -> "GuestGeneration":
         from repofs.guest.guestfs import GuestGeneration  # noqa: PLC0415 (dissect: only the files commands pay for it)
@@ -89,7 +97,7 @@ def build_app(open_repository: Callable[[str | None, str | None], object],
            long: Annotated[bool, typer.Option("--long", "-l", help="Modes, sizes, times.")] = False,
            json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False) -> None:
         """List disks, volumes, or a directory inside a guest filesystem."""
-        sys.stdout.reconfigure(errors="surrogateescape")   # guest names need not be UTF-8
+        _names_as_bytes()
         address = parse_address(target)
         g = guest(address, repo, password_file)
         parts = address.path.split("/") if address.path else []

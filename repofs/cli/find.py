@@ -12,6 +12,7 @@ a note. A volume that cannot be read is skipped with a note (``--verbose``: the 
 from __future__ import annotations
 
 import fnmatch
+import io
 import sys
 from typing import Annotated, Optional
 
@@ -107,7 +108,8 @@ def find(pattern: Annotated[str, typer.Argument(help="Shell pattern for the name
     if json_out:
         emit({"pattern": pattern, "generations": results, "notes": notes})
         return
-    sys.stdout.reconfigure(errors="surrogateescape")   # guest names need not be UTF-8
+    if isinstance(sys.stdout, io.TextIOWrapper):     # guest names need not be UTF-8
+        sys.stdout.reconfigure(errors="surrogateescape")
     for r in results:
         typer.echo(f"vm:{r['vm']}@{r['generation']} ({r['time'].replace('T', ' ').rstrip('Z')} UTC)")
         for m in r["matches"]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
-from typing import Annotated, Callable, Iterator, Optional
+from typing import Annotated, Any, Callable, Iterator, Optional
 
 import typer
 
@@ -83,12 +83,12 @@ def forget(vm_targets: Annotated[Optional[list[str]], typer.Argument(metavar="[v
     view = RepositoryView(repository)
     vms = [_gen_target(t)[0] for t in vm_targets] if vm_targets else view.vms()
     kept = marks.protected(repository)
-    out = []
+    out: list[dict[str, Any]] = []
     for vm in vms:
         gens = targets.resolve_vm(view, vm)      # VMNotFound, with the closest names
         table = [retention.Generation(g.manifest_name, g.name, g.time_ns, g.manifest_name in kept) for g in gens]
         decisions = retention.apply(policy, table, allow_empty=allow_empty)
-        row = {"vm": vm, "keep": [], "remove": []}
+        row: dict[str, Any] = {"vm": vm, "keep": [], "remove": []}
         for d in decisions:
             item = {"vm": vm, "generation": d.generation.name, "manifest": d.generation.id,
                     **shapes.time_fields(d.generation.time_ns), "reasons": d.reasons}
@@ -137,7 +137,7 @@ def unprotect(targets: Annotated[list[str], typer.Argument(metavar="vm:NAME@GEN.
 
 
 def _mark(targets: list[str], repo: str | None, password_file: str | None, json_out: bool,
-          mark: Callable[[Repository, str], None], done_word: str) -> None:
+          mark: Callable[[Repository, str], object], done_word: str) -> None:
     repository = open_repository(repo, password_file)
     view = RepositoryView(repository)
     done = []
@@ -211,7 +211,7 @@ def stats(vm_targets: Annotated[Optional[list[str]], typer.Argument(metavar="[vm
     repository = open_repository(repo, password_file)
     with repository.lease("reader"):
         view = RepositoryView(repository)
-        wanted = []
+        wanted: list[tuple[str, str | None]] = []
         for text in vm_targets or []:
             vm, gen = _gen_target(text)
             if gen is None:
@@ -226,22 +226,22 @@ def stats(vm_targets: Annotated[Optional[list[str]], typer.Argument(metavar="[vm
     def shown(vm: str, gen: str | None) -> bool:
         return not wanted or any(w == vm and (g is None or g == gen) for w, g in wanted)
 
-    vms = []
+    vms: list[dict[str, Any]] = []
     for v in result.vms:
         if not shown(v.vm, None) and not any(shown(v.vm, g.generation) for g in v.generations):
             continue
         gens = [vars(g) | {"time_ns": times[g.manifest]} for g in v.generations if shown(v.vm, g.generation)]
         vms.append({"vm": v.vm, "chunks": v.chunks, "stored_bytes": v.stored_bytes,
                     "unique_bytes": v.unique_bytes, "generations": gens})
-    doc = {"vms": vms, "total": {"chunks": result.chunks, "stored_bytes": result.stored_bytes,
+    doc: dict[str, Any] = {"vms": vms, "total": {"chunks": result.chunks, "stored_bytes": result.stored_bytes,
                                  "index_bytes": result.index_bytes, "logical_bytes": result.logical_bytes}}
     if json_out:
         emit(doc)
         return
-    for v in vms:
-        typer.echo(f"{v['vm']}: {v['chunks']} chunks, {format_size(v['stored_bytes'])} stored, "
-                   f"{format_size(v['unique_bytes'])} only this VM's")
-        for g in v["generations"]:
+    for row in vms:
+        typer.echo(f"{row['vm']}: {row['chunks']} chunks, {format_size(row['stored_bytes'])} stored, "
+                   f"{format_size(row['unique_bytes'])} only this VM's")
+        for g in row["generations"]:
             typer.echo(f"  {g['generation']:<24} logical {format_size(g['data_bytes'])} of {format_size(g['capacity'])}, "
                        f"references {format_size(g['stored_bytes'])} stored, unique {format_size(g['unique_bytes'])}")
     t = doc["total"]
@@ -260,11 +260,11 @@ def diff(target: Annotated[str, typer.Argument(metavar="vm:NAME@GEN1", help="The
         view = RepositoryView(repository)
         a = _resolve(view, target)
         b = view.generation(a.vm, other)
-        disks = []
+        disks: list[dict[str, Any]] = []
         for disk in b.disks:
             old = next((d for d in a.disks if d.label == disk.label), None)
             ranges = changed_ranges(old.index if old else None, disk.index)
-            entry = {"label": disk.label, "changed": [[o, n] for o, n in ranges],
+            entry: dict[str, Any] = {"label": disk.label, "changed": [[o, n] for o, n in ranges],
                      "changed_bytes": sum(n for _o, n in ranges)}
             if files and old is not None:
                 from repofs.guest.diff import diff_files

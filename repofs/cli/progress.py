@@ -14,6 +14,7 @@ import os
 import sys
 import threading
 import time
+from typing import Any
 
 from . import output
 from .units import format_duration, format_rate, format_size
@@ -40,8 +41,8 @@ class Progress:
         self._lock = threading.Lock()
         self._started = time.monotonic()
         self._last = self._started
-        self._bar = None
-        self._task = None
+        self._bar: Any = None         # a rich Progress, made at the first update on a terminal
+        self._task: Any = None
         self._printed = False
 
     def _totals(self) -> tuple[int, int]:

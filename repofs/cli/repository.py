@@ -110,7 +110,7 @@ def generations(target: Annotated[Optional[str], typer.Argument(metavar="[vm:NAM
     right = {4, 5}
     for row in table:
         typer.echo("  ".join(cell.rjust(w) if i in right else cell.ljust(w)
-                             for i, (cell, w) in enumerate(zip(row, widths))).rstrip())
+                             for i, (cell, w) in enumerate(zip(row, widths, strict=False))).rstrip())
     typer.echo(f"{len(rows)} generation(s) of {len({r['vm'] for r in rows})} VM(s); * latest")
 
 
@@ -168,7 +168,9 @@ def check(repo: RepoOpt = None, password_file: PasswordFileOpt = None,
     read = read_data or subset is not None or only_unverified or older_ns is not None
     repository = open_repository(repo, password_file)
     if getattr(repository.backend, "cache", None) is not None:
-        repository.backend.cache = None  # check the store itself, not this host's copies
+        # check the store itself, not this host's copies (only the S3 backend has a cache; the
+        # CLI imports the S3 modules only for an s3:// repository, hence getattr, not isinstance)
+        repository.backend.cache = None  # type: ignore[attr-defined]
     started = time.time_ns()
     from .progress import Progress
     progress = Progress("check", unit="chunks")

@@ -65,6 +65,7 @@ def diff_files(old_gen, new_gen, label: str) -> list[dict]:
             x, y = old.get(path), new.get(path)
             shown = f"{name}/{path}"
             if x is None:
+                assert y is not None            # the path came from one side or the other
                 changes.append({"change": "added", "path": shown, "size": y.size})
             elif y is None:
                 changes.append({"change": "removed", "path": shown, "size": x.size})

@@ -119,7 +119,8 @@ class Ext4:
         if len(sb) < 1024:
             raise Ext4Error("too small for an ext superblock")
         (self.inodes_count, blocks_lo, _r, _free_b, _free_i, self.first_data_block, log_bs, _log_cs,
-         self.blocks_per_group, _cpg, self.inodes_per_group, _mtime, _wtime, _mnt, _mc, magic) = _SB_A.unpack_from(sb, 0)
+         self.blocks_per_group, _cpg, self.inodes_per_group, _mtime, _wtime, _mnt, _mc,
+         magic) = _SB_A.unpack_from(sb, 0)
         if magic != MAGIC:
             raise Ext4Error("no ext superblock (bad magic)")
         if log_bs > 6:
@@ -502,6 +503,9 @@ class Ext4:
     def _announce(self, entries: list[tuple[str, Inode]]) -> None:
         """Tell ``prefetch`` where the subdirectories' data lies (those whose extents sit in
         the inode; deeper trees are found when read)."""
+        prefetch = self.prefetch
+        if prefetch is None:
+            return
         bs = self.block_size
         for _name, child in entries:
             if child.mode & 0o170000 == st.S_IFDIR and child.flags & _FL_EXTENTS:
@@ -514,7 +518,7 @@ class Ext4:
                         continue
                     for _logical, phys, count in runs:
                         if phys is not None:
-                            self.prefetch(phys * bs, count * bs)
+                            prefetch(phys * bs, count * bs)
 
     def readlink(self, ino: Inode) -> str:
         if not st.S_ISLNK(ino.mode):

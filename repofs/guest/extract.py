@@ -1,7 +1,8 @@
 """Copy guest files out of a generation onto the local filesystem, like ``cp -a``.
 
 Names, permission bits, modification and access times, symbolic links and hard links (within
-what is extracted) are kept, owners too when running as root; directories recurse; all-zero blocks are skipped so sparse files stay
+what is extracted) are kept, owners too when running as root; directories recurse; all-zero
+blocks are skipped so sparse files stay
 sparse; nothing existing is overwritten unless ``force``. Progress goes to a ``Progress``
 callable (bytes of file data).
 

@@ -248,7 +248,8 @@ def probe_fstype(fh: BinaryIO) -> str | None:
     if head[1080:1082] == b"\x53\xef":
         return "ext"
     for sector in range(4):
-        if head[sector * 512:sector * 512 + 8] == b"LABELONE" and head[sector * 512 + 24:sector * 512 + 32] == b"LVM2 001":
+        at = sector * 512
+        if head[at:at + 8] == b"LABELONE" and head[at + 24:at + 32] == b"LVM2 001":
             return "lvm2"
     if head[510:512] == b"\x55\xaa" and (head[54:59] in (b"FAT12", b"FAT16") or head[82:87] == b"FAT32"):
         return "vfat"
@@ -385,17 +386,17 @@ def _logical_volumes(pvs: list[Volume], disk_of: Callable[[str], DiskReader]) ->
             except Exception:            # damaged LV metadata: nothing to show
                 continue
             name = f"{vg_name}/{component(lv.name)}"
-            opener = (lambda lv=lv: lv.open())
+            opener = lv.open
             home, offset = members[0][0].disk, None
             try:
                 segs = lv.segments
                 linear = len(segs) == 1 and segs[0].type == "striped" and len(segs[0].stripes) == 1
                 if linear:     # one contiguous range of one disk: the loop path can attach it
                     pv_meta = vg.physical_volumes[segs[0].stripes[0][0]]
-                    pv = by_dev.get(id(pv_meta.dev))
-                    if pv is not None and pv.offset is not None:
-                        home = pv.disk
-                        offset = pv.offset + (pv_meta.pe_start + segs[0].stripes[0][1] * vg.extent_size) * 512
+                    member = by_dev.get(id(pv_meta.dev))
+                    if member is not None and member.offset is not None:
+                        home = member.disk
+                        offset = member.offset + (pv_meta.pe_start + segs[0].stripes[0][1] * vg.extent_size) * 512
             except Exception:            # metadata naming what it does not define: not linear
                 linear, offset = False, None
             try:
@@ -580,7 +581,7 @@ class _ExFatNode(_Node):
             times = dict(mtime_ns=0)
         if self.entry is None or self.subtree is not None:
             return GuestStat(mode=st.S_IFDIR | 0o755, size=self.exfat.cluster_size, ino=self.ino, **times)
-        mode = st.S_IFREG | (0o444 if m.attributes.read_only else 0o644)
+        mode = st.S_IFREG | (0o444 if self.entry.metadata.attributes.read_only else 0o644)
         return GuestStat(mode=mode, size=self.entry.stream.data_length, ino=self.ino, **times)
 
     def children(self) -> Iterator[tuple[str, _Node]]:
@@ -753,8 +754,8 @@ class GuestTree:
             what = {"swap": "swap space", None: "no filesystem repofs recognises"}.get(fstype, fstype)
             raise UnsupportedVolume(f"{self.where} holds {what} ({volume.description})")
         try:
-            self.root = opener(volume.open(), volume)
-            self.fstype = fstype if fstype != "ext" else f"ext{self.root.fs.version}"
+            self.root = root = opener(volume.open(), volume)
+            self.fstype = f"ext{root.fs.version}" if isinstance(root, _ExtNode) else fstype
         except (GuestError, DiskReadError):
             raise
         except Exception as e:
@@ -989,7 +990,7 @@ class GuestGeneration:
 
     def stat(self, path: str, follow: bool = False) -> GuestStat:
         disk, volume, _vg, inner = self.locate(path)
-        if volume is None:
+        if disk is None or volume is None:      # (a volume is always on a disk)
             return self.dir_stat
         if not inner:
             vol = next(v for v in self.volumes(disk) if v.name == volume)
@@ -1022,13 +1023,13 @@ class GuestGeneration:
 
     def readlink(self, path: str) -> str:
         disk, volume, _vg, inner = self.locate(path)
-        if volume is None or not inner:
+        if disk is None or volume is None or not inner:
             raise GuestNotASymlink(f"{path.strip('/')}: not a symbolic link")
         return self.tree(disk, volume).readlink(inner)
 
     def open(self, path: str) -> GuestFile:
         disk, volume, _vg, inner = self.locate(path)
-        if volume is None or not inner:
+        if disk is None or volume is None or not inner:
             raise GuestIsADirectory(f"{path.strip('/')}: is a directory")
         return self.tree(disk, volume).open(inner)
 

@@ -171,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write("usage: python -m repofs.guest.volumefs GENERATION_DIR DISK/VOLUME MOUNTPOINT\n")
         return 2
     try:
-        serve(*args, foreground=foreground)
+        gen_dir, volume, mountpoint = args
+        serve(gen_dir, volume, mountpoint, foreground=foreground)
     except (GuestError, DiskReadError, OSError, RuntimeError) as e:
         sys.stderr.write(f"repofs: error: {first_line(e)}\n")
         return 1

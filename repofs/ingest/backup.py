@@ -99,7 +99,8 @@ class BackupReport:
     seconds: float = 0.0
 
 
-class _DiskPlan(NamedTuple):
+@dataclass(frozen=True)
+class _DiskPlan:
     """One disk of a backup, from planning to its manifest entry."""
     source: DiskSource
     index: FixedIndex                 # the new index, filled as the slots are read
@@ -173,24 +174,24 @@ class _DiskIngest:
             n, ranges, kept = item
             results = fut.result()
             plain = [index.chunk_range(n)[1]] if ranges is None else [hi - lo for lo, hi in ranges]
-            for (cid, stored), length in zip(results, plain):
+            for (cid, stored), length in zip(results, plain, strict=True):
                 if stored:
                     report.new_plain_bytes += length
-                    self.written[cid] = stored  # type: ignore[index]
+                    self.written[cid] = stored
                     report.new_bytes += stored
                     report.new_chunks += 1
-                    known.add(cid)  # type: ignore[arg-type]
+                    known.add(cid)
             if ranges is None:
                 index.set(n, results[0][0])
                 return
-            pieces = kept + tuple((lo, hi - lo, cid) for (lo, hi), (cid, _) in zip(ranges, results))
+            pieces = kept + tuple((lo, hi - lo, cid) for (lo, hi), (cid, _) in zip(ranges, results, strict=True))
             if index.get(n) is None and not any(cid for _o, _l, cid in pieces):
                 index.set(n, None)  # zeros over a hole: still a hole
             else:
                 index.set_pieces(n, pieces)
                 report.patched_slots += 1
 
-        for item, item_reads in zip(work, reads):
+        for item, item_reads in zip(work, reads, strict=True):
             if self.stop.is_set():
                 raise IngestError(f"disk {source.label}: stopped because another disk failed")
             datas = [source.read(offset, length) for offset, length in item_reads]
@@ -265,7 +266,7 @@ def _backup(repo: Repository, vm: str, sources: Sequence[DiskSource], metadata: 
             entry_parent = parent_manifest.disk(source.label) if parent_manifest else None
             parents.append(repo.get_index(entry_parent.index) if entry_parent else None)
         whole = _whole_chunks(repo, pool, parents)
-        for source, parent_index in zip(sources, parents):
+        for source, parent_index in zip(sources, parents, strict=True):
             report = DiskReport(source.label, source.capacity)
             index, work, known = _plan(repo, source, parent_index, report, whole)
             plans.append(_DiskPlan(source, index, work, known, report, parent_index))
@@ -352,7 +353,7 @@ def _plan(repo: Repository, source: DiskSource, parent_index: FixedIndex | None,
                 base = index.get(n)
                 if (base is not None and base not in known) or \
                         any(cid is not None and cid not in known for _o, _l, cid in index.pieces(n)):
-                    work[n] = (n, None, ())
+                    work[n] = Work(n, None, ())
             log.warning("disk %s: %d chunks of the previous generation are missing or damaged; "
                         "the slots that name them are read again", source.label, len(named - known))
         return index, [work[n] for n in sorted(work)], known

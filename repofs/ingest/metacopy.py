@@ -76,9 +76,14 @@ def find_ranges(disk: "_GenerationReader") -> list[tuple[int, int]]:
         if left <= 0:
             break
         fh = (v.open_pages or v.open)()
-        for off, n in extmeta.metadata_ranges(fh, left, lambda o, n, base=v.offset: disk.prefetch(base + o, n)):
+        base = v.offset
+        assert base is not None             # kept above: contiguous volumes only
+
+        def prefetch(o: int, n: int, base: int = base) -> None:
+            disk.prefetch(base + o, n)
+        for off, n in extmeta.metadata_ranges(fh, left, prefetch):
             start, end = off - off % PAGE, -(-(off + n) // PAGE) * PAGE        # volume pages
-            start, end = v.offset + start, v.offset + end
+            start, end = base + start, base + end
             start, end = start - start % PAGE, -(-end // PAGE) * PAGE           # disk pages
             found.append((start, end - start))
     if not volumes:

@@ -40,7 +40,8 @@ from format.errors import RepoError
 
 from . import guestfiles, prefill
 from repofs.view.readahead import ChunkedDisk, ReadAhead
-from repofs.view.tree import LATEST, DiskReadError, FileNode, GenerationView, RepositoryView, vm_folder_name
+from repofs.view.tree import (LATEST, DiskReadError, DiskView, FileNode, GenerationView, RepositoryView,
+                              vm_folder_name)
 
 log = logging.getLogger("repofs.mount")
 
@@ -90,6 +91,29 @@ class Node:
     attrs: pyfuse3.EntryAttributes | None = None   # a guest entry's, made once (they never change)
     lookups: int = 0                  # references the kernel holds (lookups and readdirplus
                                       # entries, less forgets): a guest node at 0 is dropped
+
+    # The fields a node's kind sets when it is made (vm: all but root; gen: gen, file and guest;
+    # file: file; path: guest). Reading one the kind lacks is a bug of this module, not of the
+    # repository: an AssertionError, which ``_guarded`` logs and answers EIO.
+    @property
+    def vm_name(self) -> str:
+        assert self.vm is not None, f"{self.kind} node without a VM"
+        return self.vm
+
+    @property
+    def generation(self) -> GenerationView:
+        assert self.gen is not None, f"{self.kind} node without a generation"
+        return self.gen
+
+    @property
+    def file_node(self) -> FileNode:
+        assert self.file is not None, f"{self.kind} node without a file"
+        return self.file
+
+    @property
+    def guest_path(self) -> str:
+        assert self.path is not None, f"{self.kind} node without a guest path"
+        return self.path
 
 
 @dataclass
@@ -151,13 +175,13 @@ def stable_inode(*parts: str) -> int:
     return _inode_of(_path_hash(*parts))
 
 
-def _path_hash(*parts: str) -> "hashlib._Hash":
+def _path_hash(*parts: str) -> hashlib.blake2b:
     """The hash behind ``stable_inode``; ``_path_hash(*a, "")`` continued with ``b`` (a
     ``copy()``, then ``update``) is ``_path_hash(*a, b)``."""
     return hashlib.blake2b("\0".join(parts).encode("utf-8", "surrogateescape"), digest_size=8)
 
 
-def _inode_of(h: "hashlib._Hash") -> int:
+def _inode_of(h: hashlib.blake2b) -> int:
     n = int.from_bytes(h.digest(), "little") & ((1 << 63) - 1)
     return n if n > ROOT_INODE else n + 2
 
@@ -185,7 +209,7 @@ class RepofsOperations(pyfuse3.Operations):
         self._dir_mode = stat.S_IFDIR | (0o555 & self._mask)
         self._file_mode = stat.S_IFREG | (0o444 & self._mask)
         self._nodes: dict[int, Node] = {ROOT_INODE: Node(ROOT_INODE, "root")}
-        self._guest_prefix: dict[str, "hashlib._Hash"] = {}   # by manifest name
+        self._guest_prefix: dict[str, hashlib.blake2b] = {}   # by manifest name
         self._files: dict[int, OpenFile] = {}
         self._dirs: dict[int, DirHandle] = {}
         self._next_fh = 1
@@ -256,12 +280,13 @@ class RepofsOperations(pyfuse3.Operations):
         if node.kind == "root":
             return [(vm_folder_name(vm), self._vm_node(vm)) for vm in self.view.vms()]
         if node.kind == "vm":
-            gens = self.view.generations(node.vm)
-            out = [(LATEST, self._latest_node(node.vm))] if gens else []
+            gens = self.view.generations(node.vm_name)
+            out = [(LATEST, self._latest_node(node.vm_name))] if gens else []
             return out + [(g.name, self._gen_node(g)) for g in gens]
         if node.kind == "gen":
-            entries = [(name, self._file_node(node.gen, f)) for name, f in node.gen.files().items()]
-            entries.append((guestfiles.FOLDER, self._guest_node(node.gen, "", guestfiles.folder_stat(node.gen))))
+            gen = node.generation
+            entries = [(name, self._file_node(gen, f)) for name, f in gen.files().items()]
+            entries.append((guestfiles.FOLDER, self._guest_node(gen, "", guestfiles.folder_stat(gen))))
             return sorted(entries, key=lambda e: e[0])
         raise pyfuse3.FUSEError(errno.ENOTDIR)
 
@@ -271,18 +296,18 @@ class RepofsOperations(pyfuse3.Operations):
                 if vm_folder_name(vm) == name:
                     return self._vm_node(vm)
         elif node.kind == "vm":
-            gens = self.view.generations(node.vm)
+            gens = self.view.generations(node.vm_name)
             if name == LATEST and gens:
-                return self._latest_node(node.vm)
+                return self._latest_node(node.vm_name)
             for g in gens:
                 if g.name == name:
                     return self._gen_node(g)
         elif node.kind == "gen":
-            f = node.gen.files().get(name)
+            f = node.generation.files().get(name)
             if f is not None:
-                return self._file_node(node.gen, f)
+                return self._file_node(node.generation, f)
             if name == guestfiles.FOLDER:
-                return self._guest_node(node.gen, "", guestfiles.folder_stat(node.gen))
+                return self._guest_node(node.generation, "", guestfiles.folder_stat(node.generation))
         else:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         raise pyfuse3.FUSEError(errno.ENOENT)
@@ -318,6 +343,7 @@ class RepofsOperations(pyfuse3.Operations):
         a.st_blksize = 4096
         timeout = LONG_TIMEOUT
         if node.kind == "guest":
+            assert node.gstat is not None, "guest node without its guest metadata"
             guestfiles.fill_attrs(a, node.gstat)
             if self.settings.shared:      # the guest's uids mean nothing on this host
                 a.st_uid, a.st_gid = self._uid, self._gid
@@ -327,7 +353,7 @@ class RepofsOperations(pyfuse3.Operations):
             return a
         if node.kind in ("root", "vm", "latest"):
             timeout = SHORT_TIMEOUT
-            gens = self.view.generations(node.vm) if node.vm is not None else \
+            gens = self.view.generations(node.vm_name) if node.vm is not None else \
                 [g for vm in self.view.vms() for g in self.view.generations(vm)]
             t = max((g.time_ns for g in gens), default=0)
             if node.kind == "latest":
@@ -339,13 +365,13 @@ class RepofsOperations(pyfuse3.Operations):
                 a.st_nlink = 2 + (len(self.view.vms()) if node.kind == "root" else len(gens))
                 a.st_size = 0
         elif node.kind == "gen":
-            t = node.gen.time_ns
+            t = node.generation.time_ns
             a.st_mode = self._dir_mode
             a.st_nlink = 2
             a.st_size = 0
         else:
-            f = node.file
-            t = node.gen.time_ns
+            f = node.file_node
+            t = node.generation.time_ns
             a.st_mode = self._file_mode
             a.st_nlink = 1
             a.st_size = f.size
@@ -359,7 +385,8 @@ class RepofsOperations(pyfuse3.Operations):
     # -- operations --------------------------------------------------------------------------
 
     @_guarded
-    async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext = None) -> pyfuse3.EntryAttributes:
+    async def lookup(self, parent_inode: int, name: bytes,
+                     ctx: pyfuse3.RequestContext | None = None) -> pyfuse3.EntryAttributes:
         parent = self._node(parent_inode)
         text = os.fsdecode(name)
         if text == ".":
@@ -367,8 +394,8 @@ class RepofsOperations(pyfuse3.Operations):
         if text == "..":
             raise pyfuse3.FUSEError(errno.ENOENT)  # the kernel resolves ".." itself
         if parent.kind == "guest":
-            path, gstat = await self._guest.lookup(parent.gen, parent.path, text)
-            return self._entry(self._guest_node(parent.gen, path, gstat))
+            path, gstat = await self._guest.lookup(parent.generation, parent.guest_path, text)
+            return self._entry(self._guest_node(parent.generation, path, gstat))
         await self._maybe_refresh(parent)
         return self._entry(self._child(parent, text))
 
@@ -390,29 +417,29 @@ class RepofsOperations(pyfuse3.Operations):
                 del self._nodes[inode]
 
     @_guarded
-    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext = None) -> pyfuse3.EntryAttributes:
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext | None = None) -> pyfuse3.EntryAttributes:
         return self._attrs(self._node(inode))
 
     @_guarded
-    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext = None) -> bytes:
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext | None = None) -> bytes:
         node = self._node(inode)
         if node.kind == "guest":
-            return os.fsencode(await self._guest.readlink(node.gen, node.path))
+            return os.fsencode(await self._guest.readlink(node.generation, node.guest_path))
         if node.kind != "latest":
             raise pyfuse3.FUSEError(errno.EINVAL)
-        gens = self.view.generations(node.vm)
+        gens = self.view.generations(node.vm_name)
         if not gens:
             raise pyfuse3.FUSEError(errno.ENOENT)
         return os.fsencode(gens[-1].name)
 
     @_guarded
-    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext = None) -> int:
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext | None = None) -> int:
         node = self._node(inode)
         if node.kind in ("file", "latest"):
             raise pyfuse3.FUSEError(errno.ENOTDIR)
         if node.kind == "guest":
-            entries = [(name, self._guest_node(node.gen, path, gstat))
-                       for name, path, gstat in await self._guest.listdir(node.gen, node.path)]
+            entries = [(name, self._guest_node(node.generation, path, gstat))
+                       for name, path, gstat in await self._guest.listdir(node.generation, node.guest_path)]
         else:
             await self._maybe_refresh(node)
             entries = self._children(node)
@@ -437,12 +464,12 @@ class RepofsOperations(pyfuse3.Operations):
         self._dirs.pop(fh, None)
 
     @_guarded
-    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext = None) -> pyfuse3.FileInfo:
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext | None = None) -> pyfuse3.FileInfo:
         node = self._node(inode)
         if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
             raise pyfuse3.FUSEError(errno.EROFS)
         if node.kind == "guest":
-            handle = await self._guest.open(node.gen, node.path)
+            handle = await self._guest.open(node.generation, node.guest_path)
             fh = self._new_fh()
             self._files[fh] = OpenFile(node, guest=handle)
             info = pyfuse3.FileInfo(fh=fh)
@@ -450,7 +477,7 @@ class RepofsOperations(pyfuse3.Operations):
             return info
         if node.kind != "file":
             raise pyfuse3.FUSEError(errno.EISDIR if node.kind != "latest" else errno.ELOOP)
-        disk = node.file.disk
+        disk = node.file_node.disk
         if disk is not None and not disk.index_loaded:
             await self._in_thread(lambda: disk.index, self._read_limiter, node)
         fh = self._new_fh()
@@ -471,18 +498,18 @@ class RepofsOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EBADF)
         node = handle.node
         if handle.guest is not None:
-            return await self._guest.read(handle.guest, node.path, off, size)
-        disk = node.file.disk
+            return await self._guest.read(handle.guest, node.guest_path, off, size)
+        disk = node.file_node.disk
         if disk is None:
-            return node.file.read(off, size)
+            return node.file_node.read(off, size)
         # Queue read-ahead before waiting for this read, so the next chunks decompress
         # while this one does.
-        self._note_access(handle, off, max(0, min(size, disk.capacity - off)))
+        self._note_access(handle, disk, off, max(0, min(size, disk.capacity - off)))
         data = disk.read_if_cached(off, size)
         if data is None:
             data = await self._in_thread(disk.read, self._read_limiter, node, off, size)
         pre = self._prefills.get(node.inode)
-        if pre is not None and pre.wants(off, size):
+        if pre is not None and self._nursery is not None and pre.wants(off, size):
             self._nursery.start_soon(self._push_prefill, pre)
         return data
 
@@ -493,7 +520,7 @@ class RepofsOperations(pyfuse3.Operations):
             del self._prefills[handle.node.inode]     # its bytes are kept only while open
 
     @_guarded
-    async def statfs(self, ctx: pyfuse3.RequestContext = None) -> pyfuse3.StatvfsData:
+    async def statfs(self, ctx: pyfuse3.RequestContext | None = None) -> pyfuse3.StatvfsData:
         s = pyfuse3.StatvfsData()
         s.f_bsize = s.f_frsize = 4096
         s.f_blocks = s.f_bfree = s.f_bavail = 0
@@ -512,24 +539,25 @@ class RepofsOperations(pyfuse3.Operations):
     async def _in_thread(self, fn, limiter: trio.CapacityLimiter, node: Node, *args):
         """Run storage work in a worker thread, bounded by io_timeout; errors become EIO."""
         try:
-            with trio.move_on_after(self.settings.io_timeout) as scope:
+            with trio.move_on_after(self.settings.io_timeout):
                 return await trio.to_thread.run_sync(fn, *args, abandon_on_cancel=True, limiter=limiter)
             where = f" at offset {args[0]}" if args else ""
+            disk = node.file_node.disk
             log.error("%s generation %s disk %s: storage did not answer within %ss (read%s); "
-                      "returning EIO", node.vm, node.gen.name, node.file.disk.label,
+                      "returning EIO", node.vm, node.generation.name, disk.label if disk else "-",
                       self.settings.io_timeout, where)
             raise pyfuse3.FUSEError(errno.EIO)
         except DiskReadError as e:
-            key = (node.gen.manifest_name, e.disk, e.offset)
+            key = (node.generation.manifest_name, e.disk, e.offset)
             if key not in self._reported:
                 self._reported.add(key)
                 log.error("%s", e)
             raise pyfuse3.FUSEError(errno.EIO) from None
         except (RepoError, OSError) as e:
-            log.error("%s generation %s: %s", node.vm, node.gen.name, e)
+            log.error("%s generation %s: %s", node.vm, node.generation.name, e)
             raise pyfuse3.FUSEError(errno.EIO) from None
 
-    def _note_access(self, handle: OpenFile, off: int, length: int) -> None:
+    def _note_access(self, handle: OpenFile, disk: DiskView, off: int, length: int) -> None:
         """Sequential-access detection per stream of a handle; queues read-ahead for
         streaming readers."""
         window = self.settings.readahead_chunks
@@ -538,7 +566,6 @@ class RepofsOperations(pyfuse3.Operations):
         stream = handle.advance(off, length)
         if self._nursery is None or window <= 0 or stream.streak < 1:
             return
-        disk = handle.node.file.disk
         current = (off + length - 1) // disk.chunk_size
         first = max(current + 1, stream.ahead + 1)
         last = min(current + window, disk.index.count - 1)
@@ -548,13 +575,14 @@ class RepofsOperations(pyfuse3.Operations):
 
     async def _build_prefill(self, node: Node) -> None:
         """In the background: the metadata of the flat file's ext volumes (``repofs.mount.prefill``)."""
-        disk = node.file.disk
+        disk = node.file_node.disk
+        assert disk is not None, "prefill of a file that is not a disk"   # open() checked
 
         def build():
             copied = disk.copy_ranges()   # the backup found them: no search
             if copied:
                 return prefill.Prefill.build(node.inode, disk.read, disk.capacity, ranges=copied)
-            guest = guestfiles.guest_of(node.gen)
+            guest = guestfiles.guest_of(node.generation)
             volumes = [v for v in guest.volumes(disk.label)
                        if v.fstype == "ext" and v.offset is not None]
             return prefill.Prefill.build(node.inode, disk.read, disk.capacity, volumes)
@@ -563,7 +591,7 @@ class RepofsOperations(pyfuse3.Operations):
                 pre = await trio.to_thread.run_sync(build, abandon_on_cancel=True, limiter=self._ra_limiter)
                 if pre is not None:
                     log.debug("%s generation %s disk %s: %d bytes of guest metadata in %d ranges to push",
-                              node.vm, node.gen.name, disk.label, pre.bytes, len(pre.ranges))
+                              node.vm, node.generation.name, disk.label, pre.bytes, len(pre.ranges))
                 if node.inode in self._prefills:      # not released meanwhile
                     self._prefills[node.inode] = pre
         except Exception as e:  # advisory, like read-ahead: reads work without it

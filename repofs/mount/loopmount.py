@@ -420,7 +420,7 @@ def _attach_one(state: State, guest: GuestGeneration, flats: dict[str, str], v: 
         _mkdirs(state, where)
     inside(state.dir, where)
     why_not_kernel = None
-    ktype, opts = KERNEL.get(v.fstype or "", (None, None))
+    ktype, opts = KERNEL.get(v.fstype or "", (None, ""))
     if ktype is None:
         why_not_kernel = f"no kernel driver for {v.fstype}"
     elif ktype not in have and not (ktype == "ntfs3" and "ntfs" in have):

@@ -73,6 +73,8 @@ class Prefill:
         if ranges is None:
             ranges = []
             for v in volumes or []:
+                if v.offset is None:        # (callers pass contiguous volumes only)
+                    continue
                 left = LIMIT - sum(n for _, n in ranges)
                 if left <= 0:
                     break
@@ -124,7 +126,7 @@ class Prefill:
         """In a worker thread, after ``wants`` said yes: every range into the page cache."""
         cpu = time.thread_time()    # not the wall time: waits for page locks or a core cost nothing
         try:
-            for (off, _), data in zip(self.ranges, self._blobs):
+            for (off, _), data in zip(self.ranges, self._blobs, strict=True):
                 pyfuse3.notify_store(self.inode, off, data)
         finally:
             self._last_cpu = time.thread_time() - cpu

@@ -52,9 +52,9 @@ def gather(repository, operations: list[dict]) -> dict[str, Any]:
     stats = stats_document(repository, view)
     kept = marks.protected(repository)
     seen = verified.load(repository)
-    gens = []
+    gens: list[dict[str, Any]] = []
     for vm in view.vms():
-        for i, g in enumerate(view.generations(vm)):
+        for _i, g in enumerate(view.generations(vm)):
             refs = {cid for d in g.disks for _o, cid in d.index.references()}
             checked = sum(1 for cid in refs if cid[:verified.PREFIX_HEX // 2] in seen)
             modes = [str((d.entry.source or {}).get("mode", "full")) for d in g.disks]
@@ -73,11 +73,11 @@ def gather(repository, operations: list[dict]) -> dict[str, Any]:
         if gens:
             gens[-1]["latest"] = True
     known = [g for g in gens if g["new_plain_bytes"] is not None]
-    plain = sum(g["new_plain_bytes"] for g in known)
+    plain_bytes = sum(g["new_plain_bytes"] for g in known)
     sealed = sum(g["new_bytes"] for g in known)
     logical = stats["total"]["logical_bytes"]
-    ratios = {"dedup": round(logical / plain, 3) if plain and len(known) == len(gens) else None,
-              "compression": round(plain / sealed, 3) if sealed else None,
+    ratios = {"dedup": round(logical / plain_bytes, 3) if plain_bytes and len(known) == len(gens) else None,
+              "compression": round(plain_bytes / sealed, 3) if sealed else None,
               "overall": round(logical / stats["total"]["stored_bytes"], 3) if stats["total"]["stored_bytes"] else None}
     errors = [op for op in operations if op.get("exit_code")][-LAST_ERRORS:]
     return {"repository": os.path.abspath(repository.location), "generated_ns": time.time_ns(), "stats": stats,

@@ -40,7 +40,8 @@ FLAG_FIXED_NEWSTYLE, FLAG_NO_ZEROES = 1, 2
 CLIENT_FIXED_NEWSTYLE, CLIENT_NO_ZEROES = 1, 2
 OPT_EXPORT_NAME, OPT_ABORT, OPT_LIST, OPT_INFO, OPT_GO = 1, 2, 3, 6, 7
 REP_ACK, REP_SERVER, REP_INFO = 1, 2, 3
-REP_ERR_UNSUP, REP_ERR_POLICY, REP_ERR_INVALID, REP_ERR_UNKNOWN = (1 << 31) + 1, (1 << 31) + 2, (1 << 31) + 3, (1 << 31) + 6
+REP_ERR_UNSUP, REP_ERR_POLICY, REP_ERR_INVALID = (1 << 31) + 1, (1 << 31) + 2, (1 << 31) + 3
+REP_ERR_UNKNOWN = (1 << 31) + 6
 INFO_EXPORT, INFO_BLOCK_SIZE = 0, 3
 TF_HAS_FLAGS, TF_READ_ONLY, TF_SEND_FLUSH, TF_CAN_MULTI_CONN = 1, 2, 4, 256
 CMD_READ, CMD_WRITE, CMD_DISC, CMD_FLUSH = 0, 1, 2, 3
@@ -111,7 +112,7 @@ def _take_stale_socket(path: str, listen: str) -> None:
     raise AddressInUse(listen)
 
 
-def parse_listen(where: str) -> tuple[int, object]:
+def parse_listen(where: str) -> tuple[int, str | tuple[str, int]]:
     """``unix:PATH`` -> (AF_UNIX, path); ``HOST:PORT`` -> (AF_INET[6], (host, port))."""
     if where.startswith("unix:"):
         path = where[5:]
@@ -230,7 +231,7 @@ class NBDServer:
                 return None
             data = _recv(conn, length)
 
-            def reply(kind: int, payload: bytes = b"") -> None:
+            def reply(kind: int, payload: bytes = b"", option: int = option) -> None:
                 conn.sendall(struct.pack(">QIII", OPT_REPLY_MAGIC, option, kind, len(payload)) + payload)
 
             if option == OPT_EXPORT_NAME:
@@ -285,7 +286,11 @@ class NBDServer:
         def send(handle: int, err: int, data: bytes = b"") -> None:
             header = _REPLY.pack(SIMPLE_REPLY_MAGIC, err, handle)
             with send_lock:     # header and data in one call, without joining them (a copy)
-                sent = conn.sendmsg([header, data]) if data else conn.sendall(header) or len(header)
+                if data:
+                    sent = conn.sendmsg([header, data])
+                else:
+                    conn.sendall(header)
+                    sent = len(header)
                 if sent < len(header):      # a signal cut it short: finish byte-exactly
                     conn.sendall(header[sent:])
                     sent = len(header)

@@ -1,7 +1,8 @@
 """A generation folder of a mount (``repofs mount``) as "a generation to restore" (``--from DIR``).
 
 Role: the one reader of a mounted generation folder, for the restore and for the guest
-readers' own mounts (``guest.volumefs``, ``mount.loopmount``). ``GenerationFolder.open(DIR)`` reads ``<vm>.json`` (the generation's whole document, see
+readers' own mounts (``guest.volumefs``, ``mount.loopmount``). ``GenerationFolder.open(DIR)``
+reads ``<vm>.json`` (the generation's whole document, see
 ``views.GenerationView.json_document``) and opens each disk's ``<label>-flat.vmdk``. It has the
 shape restore/ consumes (``vm``, ``name``, ``metadata``, ``disks`` with ``label``,
 ``capacity``, ``chunk_size``, ``read``, ``extents``) without either side importing the other.

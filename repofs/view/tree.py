@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterator, Protocol
 
-from format.errors import CorruptObject, GenerationNotFound, ObjectMissing, VMNotFound
+from format.errors import CorruptObject, GenerationNotFound, ObjectMissing
 from format.fixedindex import FixedIndex
 from format.manifest import DiskEntry, Manifest
 

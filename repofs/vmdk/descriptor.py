@@ -76,7 +76,8 @@ class FlatExtent:
     offset: int    # in sectors, inside the extent file
 
 
-_EXTENT = re.compile(r'^(RW|RDONLY|NOACCESS)\s+(\d+)\s+(FLAT|SPARSE|ZERO|VMFS|VMFSSPARSE)(?:\s+"([^"]*)"(?:\s+(\d+))?)?\s*$')
+_EXTENT = re.compile(r'^(RW|RDONLY|NOACCESS)\s+(\d+)\s+(FLAT|SPARSE|ZERO|VMFS|VMFSSPARSE)'
+                     r'(?:\s+"([^"]*)"(?:\s+(\d+))?)?\s*$')
 
 
 def parse_descriptor(path: str) -> tuple[str, list[FlatExtent]]:

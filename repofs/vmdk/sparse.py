@@ -21,6 +21,7 @@ would not spare us those checks.
 from __future__ import annotations
 
 import array
+import itertools
 import os
 import struct
 import sys
@@ -132,7 +133,7 @@ class SparseVmdk:
             ends.append((gt_sector * SECTOR, gt_sector * SECTOR + gt_bytes))
             self.tables[t] = entries
         ends.sort()
-        for (_s0, e0), (s1, _e1) in zip(ends, ends[1:]):
+        for (_s0, e0), (s1, _e1) in itertools.pairwise(ends):
             if s1 < e0:          # shared or overlapping tables: one table read many times over
                 raise SparseVmdkError(f"{self.path}: grain tables overlap")
 

@@ -19,7 +19,8 @@ available and the caller falls back to VDDK's allocated blocks (``extents=None``
 The server's answers are checked (``ChangedAreasRefused``): an answer that does not cover
 the offset it was asked for, or holds an area that is negative, empty-or-negative in
 length, outside the range the answer covers, or beyond the end of the disk, or more areas than
-the range has sectors, or more than ``MAX_AREAS`` areas in all, is not used — the disk is then read in full (every allocated area from
+the range has sectors, or more than ``MAX_AREAS`` areas in all, is not used — the disk is then
+read in full (every allocated area from
 VDDK), and the plan's reason says which area of which answer was refused. Overlapping and
 unsorted areas inside the disk are harmless and merged.
 

@@ -24,7 +24,8 @@ from pyVmomi import vim, vmodl
 import vddk
 
 from .changed import ChangedAreasRefused, ReadPlan, check_answer, collect, merge
-from restore.vsphere.errors import AmbiguousVM, ChangeTrackingFailed, SnapshotFailed, SnapshotRemovalFailed, TaskFailed, VMNotFound
+from restore.vsphere.errors import (AmbiguousVM, ChangeTrackingFailed, SnapshotFailed, SnapshotRemovalFailed,
+                                    TaskFailed, VMNotFound)
 from .snapshot import signals_deferred
 from restore.vsphere.tasks import fault_text, properties, wait
 from restore.vsphere.vmodl_json import to_json
@@ -83,7 +84,8 @@ def find(si: Any, spec: str) -> FirstClassDisk:
                 continue
             obj = mgr.RetrieveVStorageObject(id=ident, datastore=ds)
             if by_id is not None or obj.config.name == spec:
-                found.append(FirstClassDisk(ident.id, obj.config.name, ds, properties(si, ds, ["name"]).get("name", ds._moId), obj))
+                ds_name = properties(si, ds, ["name"]).get("name", ds._moId)
+                found.append(FirstClassDisk(ident.id, obj.config.name, ds, ds_name, obj))
     if not found:
         raise VMNotFound(f"no first-class disk {'with id ' + by_id if by_id else 'named ' + repr(spec)}")
     if len(found) > 1:

@@ -50,7 +50,8 @@ def describe_disk(disk: vim.vm.device.VirtualDisk, controller: Any, datastores: 
     """The restore-relevant facts of one virtual disk (as of the snapshot)."""
     backing = disk.backing
     file_name = getattr(backing, "fileName", None) or ""
-    ds_moref = backing.datastore._moId if getattr(backing, "datastore", None) is not None else None
+    datastore = getattr(backing, "datastore", None)
+    ds_moref = datastore._moId if datastore is not None else None
     try:
         ds_name, rel = parse_datastore_path(file_name)
     except ValueError:
@@ -134,7 +135,7 @@ def _datacenter_of(si: Any, entity: Any, cache: dict[str, dict[str, Any]]) -> An
     return None
 
 
-def _portgroups(si: Any, dc: Any) -> dict[str, dict[str, str]]:
+def _portgroups(si: Any, dc: Any) -> dict[str, dict[str, str | None]]:
     """Distributed port group key -> name and switch name, in this datacenter."""
     content = si.content
     view = content.viewManager.CreateContainerView(dc or content.rootFolder,
@@ -192,7 +193,7 @@ def _query_profiles(si: Any, session: Session, vm: Any, disk_keys: list[int]) ->
     return out
 
 
-def _custom_attributes(si: Any, vm: Any) -> dict[str, str]:
+def _custom_attributes(si: Any, vm: Any) -> dict[str, Any]:
     values = properties(si, vm, ["customValue"]).get("customValue") or []
     mgr = si.content.customFieldsManager
     fields = {f.key: f.name for f in (properties(si, mgr, ["field"]).get("field") or [])} if mgr else {}
@@ -279,14 +280,14 @@ def capture(session: Session, vm: vim.VirtualMachine, snapshot: Any | None,
             for d in devices) else {}
     except vmodl.MethodFault as e:
         pgs = {}
-        warnings.append(f"distributed port groups not read: {e.msg}")
+        warnings.append(f"distributed port groups not read: {e.msg}")  # type: ignore[attr-defined]  # (stub lacks msg)
     for d in devices:
         if isinstance(d, vim.vm.device.VirtualEthernetCard):
             nics.append(describe_nic(d, {"portgroups": pgs}))
 
     # Storage profiles (PBM), best effort.
     try:
-        profiles = _storage_profiles(session, vm, [d.key for d in disks])
+        profiles = _storage_profiles(session, vm, [d.key for d in disks if d.key is not None])
         for disk in disks:
             disk.storage_profiles = profiles.get(str(disk.key), [])
         vm_profiles = profiles.get("vm", [])
@@ -314,7 +315,9 @@ def capture(session: Session, vm: vim.VirtualMachine, snapshot: Any | None,
         except Exception as e:
             warnings.append(f".vmx not downloaded from {vmx_path}: {e}")
     failures = []
-    for candidate in nvram_candidates if dc_name else []:
+    for candidate in nvram_candidates:
+        if not dc_name:                 # files are downloaded from a datacenter
+            break
         try:
             files["nvram_b64"] = base64.b64encode(_download(session, candidate, dc_name)).decode()
             files["nvram_path"] = candidate
@@ -333,7 +336,7 @@ def capture(session: Session, vm: vim.VirtualMachine, snapshot: Any | None,
         custom = _custom_attributes(si, vm)
     except vmodl.MethodFault as e:
         custom = {}
-        warnings.append(f"custom attributes not read: {e.msg}")
+        warnings.append(f"custom attributes not read: {e.msg}")  # type: ignore[attr-defined]  # (stub lacks msg)
     tag_list: list[dict[str, Any]] | None = None
     if tags is not None:
         try:

@@ -22,7 +22,7 @@ from pyVmomi import vim
 
 import vddk
 
-from .vmbackup import Ingest, Previous, backup_ivd, backup_vm
+from .vmbackup import Ingest, Previous, VMBackup, backup_ivd, backup_vm
 from restore.vsphere.errors import AmbiguousVM, VMNotFound
 from restore.vsphere.inventory import find_vm
 from restore.vsphere.credentials import Credentials, resolve_credentials
@@ -138,7 +138,7 @@ def _run_target(session: Session, spec: str, kind: str, value: str, options: Bac
                 chunk_size: int | None, tags: Any, on_event: Any) -> list[Outcome]:
     try:
         if kind == "ivd":
-            outcome = Outcome(spec)
+            outcome: Outcome[VMBackup] = Outcome(spec)
             outcome.result = backup_ivd(session, value, provider=provider, ingest=ingest,
                                         previous=previous, transports=options.session.transports,
                                         dry_run=options.dry_run, chunk_size=chunk_size, on_event=on_event)

@@ -9,7 +9,8 @@ found again by its unique name). A second Ctrl-C during the removal is held back
 removal is done.
 
 Ownership: the snapshot's description carries the owner marker (``restore.vsphere.ownership``)
-with the host, process id and start time of the run. ``remove_orphans`` (run before the next backup of the VM) removes the
+with the host, process id and start time of the run. ``remove_orphans`` (run before the next backup
+of the VM) removes the
 snapshots of ours that a killed run left: named with our prefix, marked, and either made by a
 process of this host that is gone, or older than ``ORPHAN_AGE``; others of our name are
 reported, not touched (another run may be reading them).
@@ -269,7 +270,8 @@ def _create_running(si: Any, vm: vim.VirtualMachine) -> bool:
         tasks = properties(si, vm, ["recentTask"]).get("recentTask") or []
         for t in tasks:
             p = properties(si, t, ["info.state", "info.descriptionId"])
-            if p.get("info.state") in ("queued", "running") and "snapshot" in str(p.get("info.descriptionId", "")).lower():
+            what = str(p.get("info.descriptionId", "")).lower()
+            if p.get("info.state") in ("queued", "running") and "snapshot" in what:
                 return True
     except Exception:
         return False

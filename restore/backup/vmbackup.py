@@ -249,7 +249,8 @@ def backup_ivd(session: Session, spec: str, *, provider: VddkProvider, ingest: I
         meta.check_serialisable(doc)
         plan = firstclass.plan(si, disk, snap, previous(name).get(firstclass.LABEL))
         if dry_run and plan.extents is not None:
-            result.disks.append(DiskPlan(firstclass.LABEL, disk.path, disk.capacity, plan.mode, plan.reason, plan.bytes))
+            result.disks.append(DiskPlan(firstclass.LABEL, disk.path, disk.capacity, plan.mode, plan.reason,
+                                         plan.bytes))
             return result
         read = firstclass.read_disk(
             session, disk, snap, doc, plan, provider=provider, transports=transports, chunk_size=chunk_size,

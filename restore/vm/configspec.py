@@ -214,8 +214,9 @@ def reconnect_spec(plan: Plan, devices: list[Any]) -> vim.vm.ConfigSpec | None:
     """NICs back to their saved connection state, disks back to their saved mode."""
     changes = []
     nics = [d for d in devices if isinstance(d, vim.vm.device.VirtualEthernetCard)]
-    # The NICs were added in the plan's order; the VM lists them in that order too.
-    for placed, nic in zip(plan.nics, sorted(nics, key=lambda d: d.key)):
+    # The NICs were added in the plan's order; the VM lists them in that order too. Not strict:
+    # a NIC the VM lost since (or one the server added) leaves the others to be reconnected.
+    for placed, nic in zip(plan.nics, sorted(nics, key=lambda d: d.key), strict=False):
         # a NIC without the field (an older capture) starts connected; one saved as null does not
         start = True if "start_connected" in placed.saved.absent else placed.saved.start_connected
         if placed.network is None or not start:

@@ -29,7 +29,7 @@ import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Protocol, TypeGuard
 
 from .errors import DiskWriteFailed
 from .writepipe import WritePipe
@@ -131,7 +131,13 @@ def write_disks(conn: Any, jobs: list[DiskJob], *, threads: int = 4,
                 pass
 
 
-def streams(reader: Any) -> bool:
+class StreamingReader(DiskReader, Protocol):
+    """A reader that hands out its stored chunks in order, verified (``view.tree.DiskView``)."""
+
+    def iter_chunks(self, workers: int = 2) -> Iterator[tuple[int, bytes]]: ...
+
+
+def streams(reader: Any) -> TypeGuard[StreamingReader]:
     """Whether ``reader`` hands out its stored chunks in order, verified (``iter_chunks``)."""
     return callable(getattr(reader, "iter_chunks", None))
 
@@ -149,8 +155,10 @@ def _stream(opened: list[tuple[DiskJob, Any]], threads: int, state: _State) -> N
             _write(job, disk, start, data, state.read_back)
             _account(state, job.label, len(data), 0, len(data))
 
-        pipe = WritePipe(disk, piece_size(job.reader), write, name=f"restore-write {job.label}")
-        chunks = iter(job.feed) if job.feed is not None else job.reader.iter_chunks(per_disk)
+        reader = job.reader
+        assert streams(reader)          # only streaming readers come here; the others go to _run
+        pipe = WritePipe(disk, piece_size(reader), write, name=f"restore-write {job.label}")
+        chunks = iter(job.feed) if job.feed is not None else reader.iter_chunks(per_disk)
         offset = 0
         try:
             while not state.failed.is_set():

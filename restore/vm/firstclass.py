@@ -76,7 +76,7 @@ def _datastore(si: Any, name: str) -> Any:
 
 
 def restore_fcd(session: Session, source: GenerationSource, options: RestoreOptions, *,
-                provider: VddkProvider, on_event: Say | None = None) -> FcdResult:
+                provider: VddkProvider | None, on_event: Say | None = None) -> FcdResult:
     say = on_event or (lambda _t: None)
     si = session.si
     started = time.monotonic()
@@ -103,6 +103,7 @@ def restore_fcd(session: Session, source: GenerationSource, options: RestoreOpti
     result = FcdResult(source.vm, source.name, name, "", ds_name, "")
     if options.dry_run:
         return result
+    assert provider is not None         # the runner makes one for every run but a dry one
     lib = provider.get()
     say(f"{name}: create")
     capacity_mb = -(-int(saved["capacity_bytes"]) // 2**20)

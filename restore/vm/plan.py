@@ -35,6 +35,7 @@ from . import fidelity
 from .errors import PlacementError, SourceUnusable, VMExists
 from restore.vsphere.session import Session
 from .generation import GenerationSource, disk_by_label
+from restore.vsphere.required import required
 from restore.vsphere.tasks import properties
 
 SNAPSHOT_TRANSPORTS = ("san", "hotadd")
@@ -51,7 +52,7 @@ class DiskPlacement:
     provisioning: str            # thin, thick-lazy-zeroed, thick-eager-zeroed
     mode: str                    # saved diskMode
     controller_key: int          # saved key of its controller
-    unit: int
+    unit: int | None            # (None: the server picks the controller's next free unit)
     profile: tuple[str, str] | None  # (id, name)
     data_bytes: int              # bytes in its extents (what will be written)
     reader: Any                  # DiskReader, or None when the generation has no data for it
@@ -284,7 +285,7 @@ class _Resolver:
             self.problems.add("--import: the generation has no saved .vmx file")
         existing, conflicts = self.existing()
         self.privileges(folder, folder_path, pool, pool_path, make_folders, make_pools, datastores,
-                        {d.datastore for d in disks} | {vm_ds}, {n.network for n in nics if n.network},
+                        {vm_ds, *(d.datastore for d in disks)}, {n.network for n in nics if n.network},
                         existing)
         if self.problems:
             raise PlacementError([*self.problems, *conflicts])
@@ -530,6 +531,8 @@ class _Resolver:
         nets = network_backings(self.si, self.dc)
         saved_nics = self.doc.networks
         saved_names = {n.network for n in saved_nics}
+        old: str | None                 # (below: a saved NIC's network, None if it had none)
+        new: str | None                 # (below: None when a NIC is restored disconnected)
         for old, new in options.networks.items():
             if old not in saved_names:
                 self.problems.add(f"--network {old}=…: the VM has no NIC on {old!r} "
@@ -539,7 +542,8 @@ class _Resolver:
                                   f"(have: {', '.join(sorted(nets))})")
         standard = sorted(k for k, v in nets.items()
                           if isinstance(v, vim.vm.device.VirtualEthernetCard.NetworkBackingInfo))
-        spare = (standard or sorted(nets) or [None])[0]
+        anywhere = standard or sorted(nets)
+        spare = anywhere[0] if anywhere else None
         nics: list[NicPlacement] = []
         for n in saved_nics:
             label = n.label
@@ -603,9 +607,11 @@ class _Resolver:
                             "VirtualMachine.Interact.PowerOff", "VirtualMachine.Interact.PowerOn"]))
         content = self.si.content
         try:
-            session_key = content.sessionManager.currentSession.key
+            manager = required(content.sessionManager, "session manager")
+            session_key = required(manager.currentSession, "current session").key
+            authorization = required(content.authorizationManager, "authorization manager")
             for entity, what, privs in wanted:
-                answer = content.authorizationManager.HasPrivilegeOnEntities(
+                answer = authorization.HasPrivilegeOnEntities(
                     entity=[entity], sessionId=session_key, privId=privs)
                 for result in answer or []:
                     denied = [p.privId for p in result.privAvailability or [] if not p.isGranted]
@@ -661,7 +667,7 @@ def network_backings(si: Any, dc: Any) -> dict[str, Any]:
             out[name] = E.DistributedVirtualPortBackingInfo(
                 port=vim.dvs.PortConnection(portgroupKey=pg.get("key"), switchUuid=uuid))
         elif isinstance(net, vim.OpaqueNetwork):
-            s = properties(si, net, ["summary"]).get("summary")
+            s = required(properties(si, net, ["summary"]).get("summary"), f"summary of the network {name}")
             out[name] = E.OpaqueNetworkBackingInfo(opaqueNetworkId=s.opaqueNetworkId,
                                                    opaqueNetworkType=s.opaqueNetworkType)
         else:

@@ -108,7 +108,7 @@ class Prefetch:
     def _run(self, readers: list[Any]) -> None:
         share = self.budget // len(readers)
         plans = [list(pieces(r.extents(), piece_size(r), r.capacity)) for r in readers]
-        for reader, todo in zip(readers, plans):
+        for reader, todo in zip(readers, plans, strict=True):
             taken = 0
             for offset, length in todo:
                 if self._stop.is_set() or taken >= share:

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import posixpath
 import signal
 import threading
@@ -52,6 +53,7 @@ from .errors import DiskWriteFailed, RestoreError, StepFailed
 from restore.vsphere.session import Session
 from .prefetch import Prefetch
 from .generation import GenerationSource
+from restore.vsphere.required import required
 from restore.vsphere.tasks import fault_text, properties, wait
 from restore.vsphere.vmodl_json import from_json
 
@@ -352,7 +354,7 @@ class _Restore:
         the VM. Explicit names, because a folder of the same name may belong to another VM
         (the one set aside, or any other): its files must never be reused or deleted."""
         vmx = properties(self.si, self.vm, ["config.files.vmPathName"]).get("config.files.vmPathName")
-        vm_ds, rel = parse_datastore_path(vmx)
+        vm_ds, rel = parse_datastore_path(required(vmx, "path of the new VM's .vmx file"))
         directory = posixpath.dirname(rel)
         out: dict[str, str] = {}
         made: set[str] = {vm_ds}
@@ -363,7 +365,7 @@ class _Restore:
                 if not vmximport.exists(self.session, self.plan.datacenter_name, d.datastore,
                                         f"{directory}/"):
                     vmximport.make_directory(self.si, self.plan.datacenter, path)
-                    self.undo.append((path, lambda ds=d.datastore: self._delete_dir(ds, directory)))
+                    self.undo.append((path, functools.partial(self._delete_dir, d.datastore, directory)))
                 made.add(d.datastore)
             for n in range(1000):
                 name = f"{self.plan.name}{'' if n == 0 else f'_{n}'}.vmdk"
@@ -435,7 +437,7 @@ class _Restore:
     def _custom_attributes(self) -> None:
         """The saved custom attribute values, for the fields that exist here (a missing field
         is not created: a field definition is global, not this restore's to add)."""
-        mgr = self.si.content.customFieldsManager
+        mgr = required(self.si.content.customFieldsManager, "custom fields manager")
         fields = {f.name: f.key for f in properties(self.si, mgr, ["field"]).get("field") or []
                   if f.managedObjectType in (None, vim.VirtualMachine)}
         for name, value in sorted(self.plan.metadata.custom_attributes.items()):
@@ -485,7 +487,7 @@ class _Restore:
         if not directory or (ds, directory) in self.keep_dirs:
             return
         try:
-            wait(self.si, self.si.content.fileManager.DeleteDatastoreFile_Task(
+            wait(self.si, required(self.si.content.fileManager, "file manager").DeleteDatastoreFile_Task(
                 name=f"[{ds}] {directory}", datacenter=self.plan.datacenter),
                 f"delete [{ds}] {directory}")
         except Exception as e:
@@ -508,8 +510,8 @@ def _sigint_held() -> Iterator[None]:
 
 
 def _dirs_of(vmx_path: str | None, devices: list[Any]) -> set[tuple[str, str]]:
-    paths = [vmx_path] + [d.backing.fileName for d in devices
-                          if isinstance(d, vim.vm.device.VirtualDisk) and getattr(d.backing, "fileName", None)]
+    files = (getattr(d.backing, "fileName", None) for d in devices if isinstance(d, vim.vm.device.VirtualDisk))
+    paths = [vmx_path] + [f for f in files if f]
     out = set()
     for p in paths:
         if not p:

@@ -259,6 +259,9 @@ class _Rollback:
                 problems.append(f"disk {reader.label} has {capacity} bytes, the generation "
                                 f"{reader.capacity}")
                 continue
+            if not isinstance(disk.backing, vim.vm.device.VirtualDevice.FileBackingInfo):
+                problems.append(f"disk {reader.label} is not backed by a file")
+                continue
             targets.append(_Target(reader.label, disk.key, disk.backing.fileName, capacity, reader,
                                    (saved.get(reader.label) or {}).get("change_id")))
         if problems:
@@ -301,13 +304,14 @@ class _Rollback:
             now = changetrust.vm_state(self.si, self.vm, SNAPSHOT_PREFIX)
             # our own safety snapshot is not a revert target
             why = changetrust.distrust(self.si, self.vm, previous, now)
-        plans = {}
+        plans: dict[str, tuple[str, str, list[tuple[int, int]] | None]] = {}
         for t in targets:
+            reason: str | None
             if why is None and not t.change_id:
                 reason = "the generation has no change id for this disk"
             else:
                 reason = why
-            if reason is None:
+            if reason is None and t.change_id:       # (no reason: a change id and trust in it)
                 try:
                     areas = changed_since(self.vm, self.snapshot, t.key, t.capacity, t.change_id)
                 except (vmodl.MethodFault, ValueError) as e:

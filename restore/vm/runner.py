@@ -26,7 +26,9 @@ from .generation import GenerationSource
 from restore.vsphere.vddkprovider import VddkProvider
 
 if TYPE_CHECKING:
-    from .restorevm import Progress, Say
+    from .firstclass import FcdResult
+    from .restorevm import Progress, RestoreResult, Say
+    from .rollback import RollbackResult
 
 
 def run(targets: list[tuple[str, Callable[[], GenerationSource]]], options: RestoreOptions, *,
@@ -62,7 +64,7 @@ def _run(targets: list[tuple[str, Callable[[], GenerationSource]]], options: Res
                        insecure=options.session.insecure, ca_file=options.session.ca_file) as session, \
             _Tags(session, credentials) as tags:
         for target, load in targets:
-            outcome = Outcome(target)
+            outcome: Outcome[RestoreResult | FcdResult | RollbackResult] = Outcome(target)
             try:
                 source = load()
                 if is_first_class(source):

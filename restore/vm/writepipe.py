@@ -83,7 +83,7 @@ class WritePipe:
             except queue.Empty:
                 self._raise()
                 if not self._thread.is_alive():
-                    raise RuntimeError("the disk writer stopped")
+                    raise RuntimeError("the disk writer stopped") from None
 
     def _submit(self) -> None:
         buf, n = self._buf, self._fill

@@ -13,6 +13,7 @@ import getpass
 import os
 import sys
 from dataclasses import dataclass, field
+from typing import Mapping
 
 from .errors import CredentialsMissing
 from format.secretfile import PasswordFileError, read_password_file
@@ -30,11 +31,11 @@ class Credentials:
 
 
 def resolve_credentials(server: str | None, user: str | None, password_file: str | None, *,
-                        env: dict[str, str] | None = None, interactive: bool | None = None) -> Credentials:
+                        env: Mapping[str, str] | None = None, interactive: bool | None = None) -> Credentials:
     """Options first, then the environment, then a prompt (only on a terminal)."""
-    env = os.environ if env is None else env
-    server = server or env.get(ENV_SERVER)
-    user = user or env.get(ENV_USER)
+    environ: Mapping[str, str] = os.environ if env is None else env
+    server = server or environ.get(ENV_SERVER)
+    user = user or environ.get(ENV_USER)
     if not server:
         raise CredentialsMissing(f"no vSphere server: give --server or set {ENV_SERVER}")
     if not user:
@@ -44,8 +45,8 @@ def resolve_credentials(server: str | None, user: str | None, password_file: str
             password = read_password_file(password_file)
         except PasswordFileError as e:
             raise CredentialsMissing(str(e)) from None
-    elif env.get(ENV_PASSWORD) is not None:
-        password = env[ENV_PASSWORD]
+    elif environ.get(ENV_PASSWORD) is not None:
+        password = environ[ENV_PASSWORD]
     else:
         if interactive is None:
             interactive = sys.stdin.isatty()

@@ -78,3 +78,8 @@ class MetadataError(VSphereError):
 class UnsupportedTarget(VSphereError):
     """The object kind (first-class disk, vApp) cannot be backed up against this server."""
 
+
+
+class AnswerIncomplete(VSphereError):
+    """The server's answer lacks a part the operation needs (a manager of its service content,
+    a field of an object): pyVmomi makes every such part optional, the server must not."""

@@ -37,6 +37,7 @@ from pyVmomi import vim
 from pyVmomi.SoapAdapter import SoapStubAdapter
 
 from .credentials import Credentials, resolve_credentials  # noqa: F401 - re-exported
+from .required import required
 from .errors import (AnswerTooLarge, CertificateError, CertificateMismatch, CertificateUntrusted,
                      ConnectionFailed, LoginFailed)
 
@@ -173,7 +174,7 @@ class PinnedHTTPSConnection(http.client.HTTPSConnection):
         served = sha1_thumbprint(der) if der else "none"
         if served != self._pin:
             self.sock.close()
-            self.sock = None  # type: ignore[assignment]
+            self.sock = None
             raise CertificateMismatch(
                 f"{self.host}:{self.port} now presents a certificate with thumbprint {served}, "
                 f"not {self._pin} of the login: someone may be intercepting the connection; "
@@ -219,7 +220,8 @@ class Session:
         stub = SoapStubAdapter(host=self.host, port=self.port, path=path, version=version,
                                sslContext=self._context,
                                requestContext={"vcSessionCookie": self.cookie or ""})
-        stub.scheme = functools.partial(PinnedHTTPSConnection, pin=self._pin)
+        # The stub calls ``scheme`` as a connection factory; its stub file names one class only.
+        stub.scheme = functools.partial(PinnedHTTPSConnection, pin=self._pin)  # type: ignore[assignment]
         stub.cookie = self.si._stub.cookie
         try:
             yield stub
@@ -242,7 +244,7 @@ class Session:
             stub = pyvim_connect.SmartStubAdapter(host=host, port=port, sslContext=ctx)
             stub.scheme = functools.partial(PinnedHTTPSConnection, pin=pin)
             si = vim.ServiceInstance("ServiceInstance", stub)
-            si.content.sessionManager.Login(credentials.user, credentials.password, None)
+            required(si.content.sessionManager, "session manager").Login(credentials.user, credentials.password, None)
         except CertificateError:
             _drop(stub)
             raise

@@ -89,8 +89,8 @@ class TagReader:
         headers = {"Accept": "application/json"}
         if auth:
             headers["Authorization"] = auth
-        elif getattr(self, "_sid", None):
-            headers["vmware-api-session-id"] = self._sid
+        elif sid := getattr(self, "_sid", None):
+            headers["vmware-api-session-id"] = sid
         data = None
         if body is not None:
             data = json.dumps(body).encode()

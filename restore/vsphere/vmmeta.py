@@ -48,7 +48,7 @@ def parse_datastore_path(path: str) -> tuple[str, str]:
     return name, rest.strip()
 
 
-def disk_label(controller: Any, unit: int) -> str:
+def disk_label(controller: Any, unit: int | None) -> str:
     for cls, bus in CONTROLLER_BUS:
         if isinstance(controller, cls):
             return f"{bus}{controller.busNumber}-{unit}"

@@ -43,7 +43,8 @@ def to_json(obj: Any) -> Any:
             out[prop.name] = value
         return out
     if isinstance(obj, VmomiSupport.binary):
-        return base64.b64encode(bytes(obj)).decode()
+        # VmomiSupport.binary is a bytes subclass; its stub does not say so
+        return base64.b64encode(bytes(obj)).decode()  # type: ignore[call-overload]
     if isinstance(obj, (list, tuple)):
         return [to_json(v) for v in obj]
     if isinstance(obj, datetime.datetime):

@@ -38,7 +38,8 @@ def ext4_image(path: Path, tmp: Path, seed: int) -> None:
         words = " ".join(rng.choice(["alpha", "beta", "gamma", "delta"]) for _ in range(200))
         (tree / "srv" / "data" / f"f{i:02d}.txt").write_text(words + "\n")
     subprocess.run(["mkfs.ext4", "-q", "-F", "-b", "1024", "-d", str(tree), "-L", "root",
-                    "-U", "8c0ffee0-0000-4000-8000-000000000001", "-E", "hash_seed=8c0ffee0-0000-4000-8000-000000000002",
+                    "-U", "8c0ffee0-0000-4000-8000-000000000001",
+                    "-E", "hash_seed=8c0ffee0-0000-4000-8000-000000000002",
                     str(path), "2048k"], check=True, env={**os.environ, "E2FSPROGS_FAKE_TIME": "1764547200"})
 
 
