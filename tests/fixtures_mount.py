@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,6 +31,10 @@ IMAGE_MIB = 40
 PART_OFFSET = 1 * MiB
 VM = "vm1"
 DISK = "disk0"
+
+def _tag(repo: object) -> str:
+    """A short name for a repository location (a path or an s3:// URL) usable in a folder name."""
+    return hashlib.sha256(str(repo).encode()).hexdigest()[:12]
 
 
 def needs_root_tools(*tools: str) -> None:
@@ -110,7 +115,7 @@ class MountSource:
                    PYTHONWARNINGS="error", TZ="UTC",
                    # copies share the repository id: each gets its own client record, or the
                    # original would look rolled back next to an extended copy
-                   REPOFS_SECURITY_DIR=str(self.work / f"client-{hashlib.sha256(str(self.repo).encode()).hexdigest()[:12]}"))
+                   REPOFS_SECURITY_DIR=str(self.work / f"client-{_tag(self.repo)}"))
         return env
 
     def copy(self, dest: Path) -> "MountSource":
