@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,6 +30,7 @@ IMAGE_MIB = 40
 PART_OFFSET = 1 * MiB
 VM = "vm1"
 DISK = "disk0"
+
 
 def _tag(repo: object) -> str:
     """A short name for a repository location (a path or an s3:// URL) usable in a folder name."""
