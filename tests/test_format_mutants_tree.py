@@ -114,7 +114,7 @@ def test_generation_lookup_and_its_errors(repo_view):
     with pytest.raises(VMNotFound, match="no generations of VM 'nope' in this repository"):
         view.generation("nope")
     with pytest.raises(GenerationNotFound,
-                       match=r"VM 'web/1' has no generation 'x' \(newest: 2026-01-02T000000Z\)"):
+                       match=r"VM 'web/1' has no generation 'x'; newest: 2026-01-02T000000Z"):
         view.generation("web/1", "x")
     with pytest.raises(GenerationNotFound,
                        match=r"web/1 generation 2026-01-01T000000Z has no disk 'c' \(disks: a, b\)"):

@@ -57,7 +57,7 @@ def _mutated(src: Path, dst: Path, seed: int, blocks: int = 6) -> None:
 
 
 def _restores(cli, tmp: Path, vm: str, generation: str, image: Path) -> None:
-    out = tmp / f"out-{vm}-{generation}"
+    out = tmp / f"out-{vm}-{generation}-{os.urandom(3).hex()}"  # a generation may be restored twice
     cli.run("restore", f"vm:{vm}", "--to-dir", str(out), "--generation", generation)
     disks = sorted(out.glob("*.raw"))
     assert len(disks) == 1, disks

@@ -42,8 +42,8 @@ def mount(first: Annotated[str, typer.Argument(metavar="[REPO]", show_default=Fa
         if os.path.isdir(mountpoint) and os.listdir(mountpoint):
             raise UsageProblem(f"{mountpoint} is not empty: mount on an empty directory "
                                "(what it holds would be hidden while mounted)")
-    except PermissionError:
-        pass    # the mount itself reports what it cannot reach
+    except OSError:
+        pass    # unreadable, or a mount whose process died: the mount itself reports it (with what to do)
     fuse_opts, ours = split_options(options or [])
     try:
         cache_bytes = parse_size(ours.pop("cache_size", cache_size))
