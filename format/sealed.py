@@ -189,12 +189,7 @@ class Sealer:
             if blake3.blake3(aad + payload).digest() != bytes(body[payload_len:]):
                 raise CorruptObject(label, "integrity tag mismatch")
         if compression == COMPRESSION_ZSTD:
-            try:
-                declared = zstandard.frame_content_size(payload)
-            except zstandard.ZstdError:
-                raise CorruptObject(label, "payload is not a zstd frame") from None
-            if declared != plain_len:
-                raise CorruptObject(label, f"zstd frame declares {declared} bytes, header {plain_len}")
+            _check_frame_size(payload, plain_len, label)
             try:
                 plain = self._decompressor().decompress(payload, max_output_size=plain_len)
             except zstandard.ZstdError as e:
@@ -228,12 +223,7 @@ class Sealer:
         pages: Iterator[bytes]
         if compression == COMPRESSION_ZSTD:
             first = payload.read(ZSTD_FRAME_HEADER_MAX)
-            try:
-                declared = zstandard.frame_content_size(first)
-            except zstandard.ZstdError:
-                raise CorruptObject(label, "payload is not a zstd frame") from None
-            if declared != plain_len:
-                raise CorruptObject(label, f"zstd frame declares {declared} bytes, header {plain_len}")
+            _check_frame_size(first, plain_len, label)
             payload.unread(first)
             # the frame is decompressed before its tag is checked: its window is bounded here
             dctx = zstandard.ZstdDecompressor(max_window_size=MAX_PAGED_WINDOW)
@@ -311,3 +301,14 @@ class _PayloadReader:
                 raise CorruptObject(self._label, "authentication failed") from None
         elif self._mac is None or self._mac.digest() != tag:     # (__init__ sets one of the two)
             raise CorruptObject(self._label, "integrity tag mismatch")
+
+
+def _check_frame_size(frame: bytes | memoryview, plain_len: int, label: str) -> None:
+    """A zstd frame must record its content size, equal to the header's plaintext length:
+    checked before decompressing, so a frame cannot make a reader allocate more."""
+    try:
+        declared = zstandard.frame_content_size(frame)
+    except zstandard.ZstdError:
+        raise CorruptObject(label, "payload is not a zstd frame") from None
+    if declared != plain_len:
+        raise CorruptObject(label, f"zstd frame declares {declared} bytes, header {plain_len}")
