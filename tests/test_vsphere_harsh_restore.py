@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 
-from pyVmomi import vim
+from pyVmomi import vim, vmodl
 
 from fixtures_restore import MiB, RestoreBed
 from fixtures_vcsim import connected, find_by_name, wait_task
@@ -84,17 +84,50 @@ def test_disk_uuids_with_recover_identity(restore_bed: RestoreBed) -> None:
     assert _ddb_uuid(restore_bed, info["disks"][0].backing.fileName) != want
 
 
-def test_a_template_is_restored_as_a_template(restore_bed: RestoreBed) -> None:
-    b = restore_bed.backed_up("rs-tmpl", disks=(4 * MiB,), pieces={0: [(0, b"t" * 65536)]})
-    with connected(restore_bed.vcsim) as si:
-        _vm(si, b.vm).MarkAsTemplate()
-    restore_bed.bed.backup(f"vm:{b.vm}")
+def test_a_template_is_backed_up_without_a_snapshot_and_restored_as_one(restore_bed: RestoreBed) -> None:
+    """vCenter refuses to snapshot a template (the test vCenter too): the backup reads the
+    template's own disks, every allocated block, says why, and the restore makes a template
+    whose disk is the original's byte for byte."""
+    import pytest
+    from fixtures_vcsim import flat_path
+    from test_vsphere_backup import generations, manifest_json
+    bed = restore_bed.bed
+    name = unique("rs-tmpl")
+    bed.create_vm(name, [8 * MiB])
+    bed.write(bed.disk_path(name, 0), [(MiB, b"t" * 65536), (5 * MiB, bytes(range(256)) * 4096)])
+    with connected(bed.vcsim) as si:
+        vm = _vm(si, name)
+        vm.MarkAsTemplate()
+        with pytest.raises(vmodl.fault.NotSupported):
+            vm.CreateSnapshot_Task(name="not-for-templates", memory=False, quiesce=False)
+    original = flat_path(bed.disk_path(name, 0)).read_bytes()
+    mark = bed.stat_count()
+    out = json.loads(bed.backup(f"vm:{name}", "--json").stdout)[0]
+    assert out["ok"] and out["snapshot"] is None, out
+    assert out["plan"][0]["mode"] == "full" and "a template" in out["plan"][0]["reason"]
+    assert any("without a snapshot" in n for n in out["notes"]), out["notes"]
+    # the allocated blocks and nothing else: the two 1 MiB chunks that hold data, of eight
+    assert sum(n for _, _, n in bed.reads(mark)) == 2 * MiB
+    gen = generations(bed, name)[-1]["generation"]
+    md = manifest_json(bed, name, gen)
+    assert md["metadata"]["snapshot"] is None and md["metadata"]["vm"]["template"] is True
+    assert md["metadata"]["change_tracking"]["trusted"] is False
+    assert "a template" in md["metadata"]["change_tracking"]["why"]
+    assert md["disks"][0]["read"]["mode"] == "full" and "a template" in md["disks"][0]["read"]["reason"]
+    assert md["disks"][0]["snapshot"] is None
+    with connected(bed.vcsim) as si:
+        assert _vm(si, name).snapshot is None       # nothing was taken, nothing is left
     copy = unique("rs-tmpl-copy")
-    out = json.loads(restore_bed.restore(f"vm:{b.vm}", "--name", copy, "--power-on", "--json").stdout)[0]
+    out = json.loads(restore_bed.restore(f"vm:{name}", "--name", copy, "--power-on", "--json").stdout)[0]
     assert out["steps"][-1] == "mark as template"
     assert "a template is not powered on" in out["warnings"]
     info = restore_bed.vm(copy)
     assert info["config"].template is True and info["power"] == "poweredOff"
+    restored = flat_path(restore_bed.local(info["disks"][0].backing.fileName))
+    assert restored.read_bytes() == original
+    # a second backup reads in full again (a template tracks nothing) and still restores
+    again = json.loads(bed.backup(f"vm:{name}", "--json").stdout)[0]
+    assert again["ok"] and again["plan"][0]["mode"] == "full"
 
 
 def test_a_vm_with_a_vtpm_is_refused_not_restored_without_it(restore_bed: RestoreBed) -> None:

@@ -30,7 +30,7 @@ def backup_lines(outcome: Outcome) -> list[str]:
         rep = r.report
         if rep is not None:
             lines.append(f"{r.vm}: generation {rep.generation} written in {rep.seconds:.1f}s; "
-                         f"snapshot {r.snapshot} removed")
+                         + (f"snapshot {r.snapshot} removed" if r.snapshot else "read without a snapshot"))
             read = sum(d.read_bytes for d in rep.disks)
             new = sum(d.new_bytes for d in rep.disks)
             plain = sum(getattr(d, "new_plain_bytes", 0) for d in rep.disks)

@@ -8,6 +8,12 @@ change id, capacity, uuid). Whatever happens after the snapshot exists — a vCe
 VDDK fault, Ctrl-C — the disks are closed, VDDK is disconnected, access is ended, and the
 snapshot is removed, in that order.
 
+A template is read without a snapshot: vCenter refuses to snapshot one (it is never powered
+on, its disks do not change while it is a template), and it cannot track changes. VDDK opens
+the template's own disks read-only, every allocated block is read, and the reason
+(``TEMPLATE_READ``) is said in the output, in each disk's ``source.read.reason`` and in the
+metadata (``change_tracking``, ``warnings``; ``snapshot`` is null).
+
 VixDiskLib comes from a ``vddkprovider.VddkProvider``: loaded on first use (a dry run of a VM
 whose changed areas vCenter can tell never needs it), exited once, at the end of the command.
 
@@ -35,6 +41,9 @@ from restore.vsphere.tasks import properties
 from restore.vsphere.vddkprovider import VddkProvider, connect_params
 
 IDENTITY = "repofs-backup"
+TEMPLATE_READ = ("a template: vCenter neither snapshots one nor tracks its changes, and its disks "
+                 "do not change while it is one; its own disks are read without a snapshot, every "
+                 "allocated block")
 
 Ingest = Callable[[str, list[VSphereDiskSource], dict[str, Any]], Any]
 Previous = Callable[[str], dict[str, dict[str, Any]]]
@@ -72,12 +81,23 @@ def nbd_only(transports: str) -> bool:
 
 
 
+@dataclass
+class TemplateDisks:
+    """What a backup of a template reads from instead of a snapshot: the template itself."""
+    moref: None = None
+    name: None = None
+    obj: None = None
+    quiesced: bool = False
+    notes: list[str] = field(default_factory=list)
+    consolidation: None = None
+
+
 def backup_vm(session: Session, vm: vim.VirtualMachine, *, provider: VddkProvider,
               ingest: Ingest | None, previous: Previous, transports: str = DEFAULT_TRANSPORTS,
               quiesce: bool = False, dry_run: bool = False, chunk_size: int | None = None,
               tags: Any = None, on_event: Callable[[str], None] | None = None) -> VMBackup:
     si = session.si
-    props = properties(si, vm, ["name", "config.changeTrackingEnabled"])
+    props = properties(si, vm, ["name", "config.changeTrackingEnabled", "config.template"])
     name = props.get("name", vm._moId)
     result = VMBackup(vm=name, moref=vm._moId, dry_run=dry_run)
     say = on_event or (lambda text: None)
@@ -86,6 +106,10 @@ def backup_vm(session: Session, vm: vim.VirtualMachine, *, provider: VddkProvide
         result.notes.append(text)
         say(f"{name}: {text}")
 
+    if props.get("config.template"):
+        return _backup_template(session, vm, result, note, provider=provider, ingest=ingest,
+                                previous=previous, transports=transports, dry_run=dry_run,
+                                chunk_size=chunk_size, tags=tags, on_event=say)
     if not dry_run:
         # Ours, left by a killed run: removed before they grow further (see snapshot.py).
         for text in remove_orphans(si, vm):
@@ -167,6 +191,43 @@ def backup_vm(session: Session, vm: vim.VirtualMachine, *, provider: VddkProvide
     return result
 
 
+def _backup_template(session: Session, vm: vim.VirtualMachine, result: VMBackup,
+                     note: Callable[[str], None], *, provider: VddkProvider, ingest: Ingest | None,
+                     previous: Previous, transports: str, dry_run: bool, chunk_size: int | None,
+                     tags: Any, on_event: Callable[[str], None]) -> VMBackup:
+    """A template: no snapshot, no change tracking, every allocated block of its own disks."""
+    si = session.si
+    note(TEMPLATE_READ)
+    before = previous(result.vm)
+    state = trust.vm_state(si, vm, SNAPSHOT_PREFIX)
+    state["taken_at"] = si.CurrentTime().isoformat()
+    record: dict[str, Any] = {"trusted": False, "why": TEMPLATE_READ}
+    doc = meta.capture(session, vm, None, tags=tags)
+    doc["snapshot"] = None
+    doc["change_tracking"] = {**record, "distrust": TEMPLATE_READ}
+    doc["vm_state"] = state
+    doc["warnings"].append(f"read without a snapshot: {TEMPLATE_READ}")
+    meta.check_serialisable(doc)
+    wanted = []
+    for d in doc["disks"]:
+        if d["backup_possible"]:
+            wanted.append(d)
+        else:
+            result.skipped.append(f"{d['label']} ({d['file']}): {d['skip_reason']}")
+            doc["warnings"].append(f"disk {d['label']} not backed up: {d['skip_reason']}")
+    if not wanted:
+        result.notes.append("the VM has no disks to back up: the generation holds its metadata only")
+        result.report = None if dry_run else ingest(result.vm, [], doc)  # type: ignore[misc]
+        return result
+    facts = {"vm_state": state, "tracking": record, "distrust": TEMPLATE_READ,
+             "plan": changed.ReadPlan(None, False, TEMPLATE_READ)}
+    result.report = _read_disks(session, vm, TemplateDisks(), doc, wanted, before, result,
+                                provider=provider, ingest=None if dry_run else ingest,
+                                transports=transports, tracking=False, chunk_size=chunk_size,
+                                facts=facts, on_event=on_event)
+    return result
+
+
 def _plan_needs_no_vddk(disk: dict[str, Any], tracking: bool) -> bool:
     return tracking and bool(disk.get("change_id"))
 
@@ -195,8 +256,8 @@ def _read_disks(session: Session, vm: vim.VirtualMachine, snap: Any, doc: dict[s
                 opened.append(disk)
                 if not d.get("uuid") and getattr(disk.info, "uuid", None):
                     d["uuid"] = disk.info.uuid  # the disk's ddb.uuid, where vCenter shows none
-                plan = changed.plan_disk(vm, snap.obj, d, before.get(d["label"]), tracking=tracking,
-                                         distrust=facts["distrust"])
+                plan = facts.get("plan") or changed.plan_disk(
+                    vm, snap.obj, d, before.get(d["label"]), tracking=tracking, distrust=facts["distrust"])
                 info = dict(d)
                 info.update(vm_state=facts["vm_state"], tracking=facts["tracking"])
                 info.update(

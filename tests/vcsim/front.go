@@ -377,6 +377,10 @@ func (h *frontHandler) snapshot(w http.ResponseWriter, r *http.Request, vm types
 		h.next.ServeHTTP(w, r)
 		return
 	}
+	if fault := templateSnapshotFault(vm); fault != nil { // harsh.go
+		writeFault(w, fault)
+		return
+	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	response := "CreateSnapshot_TaskResponse"

@@ -18,6 +18,9 @@ package main
 //     snapshot present.
 //   - Tracking cannot be switched on for a VM of hardware version < 7, a
 //     template, or a VM with a multi-writer disk: the reconfiguration fails.
+//   - A template cannot be snapshotted: CreateSnapshot_Task and
+//     CreateSnapshotEx_Task on one fail at once with NotSupported, as vCenter
+//     answers for a method a template does not allow (the simulator snapshots it).
 //   - extraConfig repofs.vcsim.consolidationFault = "TRUE": a snapshot removal
 //     succeeds but leaves runtime.consolidationNeeded set, as a removal whose
 //     disk merge failed does; ConsolidateVMDisks_Task clears it.
@@ -283,4 +286,20 @@ func consolidateTask(vm *simulator.VirtualMachine) types.ManagedObjectReference 
 		return nil, nil
 	})
 	return task.Run()
+}
+
+// templateSnapshotFault is the fault vCenter answers to a snapshot of a
+// template, or nil when vmRef is no template: a template is never powered on
+// and its disks do not change, so it has no snapshots to take.
+func templateSnapshotFault(vmRef types.ManagedObjectReference) *cbtFault {
+	vm := vmByRef(vmRef)
+	if vm == nil {
+		return nil
+	}
+	template := false
+	simulator.Map.WithLock(vm, func() { template = vm.Config != nil && vm.Config.Template })
+	if !template {
+		return nil
+	}
+	return &cbtFault{kind: "NotSupported", message: "The operation is not supported on the object."}
 }
