@@ -120,3 +120,42 @@ def test_duplicate_labels_and_unbounded_nesting_are_refused():
         VMMetadata.from_json(_broken("config_full", deep))
     with pytest.raises(MetadataError, match="expected an object"):
         VMMetadata.from_json([DOC])
+
+
+VAPP = {"name": "app", "moref": "resgroup-v9", "path": "/DC0/host/C0/Resources/app",
+        "vapp_config": {"_vimtype": "vim.vApp.VAppConfigInfo", "annotation": "gold"},
+        "resource_config": None,
+        "entity": {"_vimtype": "vim.vApp.EntityConfigInfo",
+                   "key": {"_moref": "vm-42", "_vimtype": "vim.VirtualMachine"}, "tag": "web01",
+                   "startOrder": 2, "startDelay": 30, "waitingForGuest": True, "startAction": "powerOn",
+                   "stopDelay": 45, "stopAction": "guestShutdown", "destroyWithParent": False}}
+
+
+def test_a_vapp_members_start_up_settings_are_typed_and_round_trip():
+    doc = _broken("vapp", copy.deepcopy(VAPP))
+    meta = VMMetadata.from_json(doc)
+    entity = meta.vapp.entity
+    assert (entity.startOrder, entity.startDelay, entity.waitingForGuest, entity.startAction,
+            entity.stopDelay, entity.stopAction, entity.destroyWithParent) == \
+        (2, 30, True, "powerOn", 45, "guestShutdown", False)
+    assert meta.vapp.path == "/DC0/host/C0/Resources/app"
+    assert json.dumps(meta.to_json(), sort_keys=True) == json.dumps(doc, sort_keys=True)
+    older = _broken("vapp", {"name": "app", "entity": None})      # a capture without an entry
+    assert VMMetadata.from_json(older).to_json()["vapp"] == {"name": "app", "entity": None}
+
+
+@pytest.mark.parametrize("field,value,named", [
+    ("startOrder", -1, "vapp.entity.startOrder: -1 is out of range"),
+    ("startDelay", 1 << 40, "vapp.entity.startDelay"),
+    ("stopDelay", "30", "vapp.entity.stopDelay: expected an integer"),
+    ("startAction", "reboot", "vapp.entity.startAction: 'reboot' is not one of none, powerOn"),
+    ("stopAction", "x" * 10_000, "vapp.entity.stopAction"),
+    ("waitingForGuest", "yes", "vapp.entity.waitingForGuest: expected true or false"),
+    ("key", "vm-42", "vapp.entity.key: expected an object"),
+])
+def test_a_vapp_entry_out_of_vsphere_s_bounds_is_refused(field, value, named):
+    vapp = copy.deepcopy(VAPP)
+    vapp["entity"][field] = value
+    with pytest.raises(MetadataError) as refused:
+        VMMetadata.from_json(_broken("vapp", vapp))
+    assert named in str(refused.value) and len(str(refused.value)) < 300

@@ -257,25 +257,48 @@ def test_a_vapp_member_goes_back_into_its_vapp_made_again_when_gone(restore_bed:
     from fixtures_vcsim import create_vapp, create_vm
     app, member = unique("rs-vapp"), unique("rs-member")
     with connected(restore_bed.vcsim) as si:
-        vapp = create_vapp(si, app, vim.vApp.VAppConfigSpec(annotation="the gold application"))
+        dns = vim.vApp.PropertyInfo(key=1, id="dns", type="string", value="10.0.0.53", defaultValue="")
+        vapp = create_vapp(si, app, vim.vApp.VAppConfigSpec(annotation="the gold application", property=[
+            vim.vApp.PropertySpec(operation="add", info=dns)]))
         vm = create_vm(si, member, [2 * MiB], change_tracking=True, vapp=vapp)
+        # every start-up setting away from the default a new member gets (order 1, 120 s,
+        # powerOn, powerOff, no waiting, destroyed with the vApp)
         vapp.UpdateVAppConfig(spec=vim.vApp.VAppConfigSpec(entityConfig=[
-            vim.vApp.EntityConfigInfo(key=vm, startOrder=3, startDelay=7)]))
+            vim.vApp.EntityConfigInfo(key=vm, startOrder=3, startDelay=7, waitingForGuest=True,
+                                      startAction="none", stopDelay=11, stopAction="guestShutdown",
+                                      destroyWithParent=False)]))
     restore_bed.bed.write(restore_bed.bed.disk_path(member, 0), [(0, b"v" * 65536)])
     restore_bed.bed.backup(f"vm:{member}")
+    from test_vsphere_backup import generations, manifest_json
+    saved = manifest_json(restore_bed.bed, member, generations(restore_bed.bed, member)[-1]["generation"])
+    assert saved["metadata"]["vapp"]["entity"]["stopAction"] == "guestShutdown"
+    want = (3, 7, True, "none", 11, "guestShutdown", False)
 
     def entity_of(si, vapp_name: str, vm_name: str):
         app_obj = find_by_name(si, vim.VirtualApp, vapp_name)
         target = _vm(si, vm_name)
-        return app_obj, next(e for e in app_obj.vAppConfig.entityConfig if e.key._moId == target._moId)
+        e = next(e for e in app_obj.vAppConfig.entityConfig if e.key._moId == target._moId)
+        return app_obj, (e.startOrder, e.startDelay, e.waitingForGuest, e.startAction, e.stopDelay,
+                         e.stopAction, e.destroyWithParent)
 
+    def vapp_properties(si, vapp_name: str) -> dict[str, str]:
+        app_obj = find_by_name(si, vim.VirtualApp, vapp_name)
+        return {p.id: p.value for p in app_obj.vAppConfig.property or []}
+
+    with connected(restore_bed.vcsim) as si:   # since the backup: dns removed, ntp added
+        find_by_name(si, vim.VirtualApp, app).UpdateVAppConfig(spec=vim.vApp.VAppConfigSpec(property=[
+            vim.vApp.PropertySpec(operation="remove", removeKey=1),
+            vim.vApp.PropertySpec(operation="add", info=vim.vApp.PropertyInfo(
+                key=2, id="ntp", type="string", value="10.0.0.123", defaultValue=""))]))
     copy = unique("rs-vapp-copy")
     out = json.loads(restore_bed.restore(f"vm:{member}", "--name", copy, "--json").stdout)[0]
     assert not any("outside any vApp" in w for w in out["warnings"])
+    assert any("lacked properties" in w and "dns" in w for w in out["warnings"]), out["warnings"]
     assert restore_bed.vm(copy)["pool"] == app
     with connected(restore_bed.vcsim) as si:
         _app, entity = entity_of(si, app, copy)
-        assert (entity.startOrder, entity.startDelay) == (3, 7)
+        assert entity == want
+        assert vapp_properties(si, app) == {"ntp": "10.0.0.123", "dns": "10.0.0.53"}
         wait_task(si, find_by_name(si, vim.VirtualApp, app).Destroy_Task())
     again = unique("rs-vapp-again")
     out = json.loads(restore_bed.restore(f"vm:{member}", "--name", again, "--json").stdout)[0]
@@ -284,7 +307,8 @@ def test_a_vapp_member_goes_back_into_its_vapp_made_again_when_gone(restore_bed:
     with connected(restore_bed.vcsim) as si:
         app_obj, entity = entity_of(si, app, again)
         assert app_obj.vAppConfig.annotation == "the gold application"
-        assert entity.startOrder == 3
+        assert entity == want
+        assert vapp_properties(si, app) == {"dns": "10.0.0.53"}
     b = restore_bed.restore(f"vm:{member}", "--name", unique("rs-vapp-x"), "--json")
     assert json.loads(b.stdout)[0]["ok"]
 

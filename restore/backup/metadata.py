@@ -31,8 +31,8 @@ from restore.vsphere.errors import CertificateError, MetadataError
 from restore.vsphere.inventory import inventory_path, name_and_parent
 from restore.vsphere.session import Session
 from restore.vsphere.tasks import properties
-from restore.vsphere.vmmeta import (SCHEMA, DiskMeta, Files, NicMeta, Placement, VMIdentity, VMMetadata,
-                                    disk_label, parse_datastore_path, vim_name)
+from restore.vsphere.vmmeta import (SCHEMA, DiskMeta, Files, NicMeta, Placement, VAppEntity, VAppMeta,
+                                    VMIdentity, VMMetadata, disk_label, parse_datastore_path, vim_name)
 from restore.vsphere.vmodl_json import to_json
 
 MAX_DISK_BYTES = 64 << 40  # 64 TiB: above the largest virtual disk vSphere makes (62 TB)
@@ -257,10 +257,12 @@ def capture(session: Session, vm: vim.VirtualMachine, snapshot: Any | None,
         entity = None
         for e in (getattr(vp.get("vAppConfig"), "entityConfig", None) or []):
             if e.key is not None and e.key._moId == vm._moId:
-                entity = to_json(e)
-        vapp_doc = {"name": vp.get("name"), "moref": vapp._moId, "path": inventory_path(si, vapp, seen),
-                    "vapp_config": to_json(vp.get("vAppConfig")),
-                    "resource_config": to_json(vp.get("config")), "entity": entity}
+                # the start-up settings: order, delays, actions, waiting for the guest, and
+                # whether the VM goes with its vApp; checked as the restore will read them
+                entity = VAppEntity.from_json(to_json(e), "vapp.entity")
+        vapp_doc = VAppMeta.make(name=vp.get("name"), moref=vapp._moId, path=inventory_path(si, vapp, seen),
+                                 vapp_config=to_json(vp.get("vAppConfig")),
+                                 resource_config=to_json(vp.get("config")), entity=entity)
 
     # Devices, disks, NICs.
     devices = list(config.hardware.device or [])

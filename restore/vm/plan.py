@@ -13,8 +13,11 @@ datacenter, folder, resource pool, datastores and networks. A saved network that
 destination lacks and that ``--network`` does not map leaves its NIC disconnected, with a
 warning (the VM comes back, off the network, rather than not at all).
 
-Limits: vApp membership is not recreated (the VM goes into the resource pool; a warning says
-so); storage profiles are looked up by name through the PBM endpoint, best effort for saved
+A VM that was in a vApp goes back into it, or into the vApp made again where it was when it
+is gone (``make_vapp``); a ``--resource-pool`` elsewhere puts it outside any vApp, with a
+warning.
+
+Limits: storage profiles are looked up by name through the PBM endpoint, best effort for saved
 ones, required for ``--storage-profile``.
 """
 from __future__ import annotations
@@ -261,7 +264,6 @@ class _Resolver:
         self.source = source
         self.options = options
         self.doc = doc
-        self.meta = source.metadata or {}   # the raw document, for the parts not typed (vApp, template)
         self.placement = doc.placement
         self.problems = _Problems()
         self.warnings: list[str] = []
@@ -362,7 +364,7 @@ class _Resolver:
                 if isinstance(obj, vim.ComputeResource) and missing and missing[0] == "Resources":
                     obj = properties(si, obj, ["resourcePool"]).get("resourcePool")
                     path, missing = f"{path}/Resources", missing[1:]
-                vapp_name = (self.meta.get("vapp") or {}).get("name")
+                vapp_name = self.doc.vapp.name if self.doc.vapp is not None else None
                 if isinstance(obj, vim.ResourcePool):
                     pool, pool_path = obj, path
                     if missing and missing == [vapp_name] and not isinstance(obj, vim.VirtualApp):
@@ -372,15 +374,15 @@ class _Resolver:
                         make = Creation(obj, path, missing)
                         if isinstance(obj, vim.VirtualApp):
                             self.problems.add(f"cannot create resource pools inside the vApp {path}")
-            if pool is None and not saved and (self.meta.get("vm") or {}).get("template"):
+            if pool is None and not saved and self.doc.vm.template:
                 pool, pool_path = self._template_pool()
             if pool is None:
                 self.problems.add(f"the saved resource pool {saved!r} and its cluster do not exist "
                                   f"in {self.dc_name}: give --resource-pool")
         if pool is not None and self.compute is None:
             self.compute = properties(si, pool, ["owner"]).get("owner")
-        if self.meta.get("vapp") and self.make_vapp is None and not isinstance(pool, vim.VirtualApp):
-            self.warnings.append(f"the VM was in the vApp {self.meta['vapp'].get('path')}: it is "
+        if self.doc.vapp is not None and self.make_vapp is None and not isinstance(pool, vim.VirtualApp):
+            self.warnings.append(f"the VM was in the vApp {self.doc.vapp.path}: it is "
                                  "restored into the resource pool, outside any vApp")
         return pool, pool_path, make
 

@@ -47,7 +47,7 @@ from pyVmomi import vim, vmodl
 from . import configspec, fidelity, vmximport
 from restore.vsphere.vddkprovider import VddkProvider, connect_params
 from .diskwriter import DiskJob, WrittenDisk, write_disks
-from restore.vsphere.vmmeta import parse_datastore_path
+from restore.vsphere.vmmeta import VMMetadata, parse_datastore_path
 from .plan import REPLACED_SUFFIX, Plan, RestoreOptions, resolve
 from .errors import DiskWriteFailed, RestoreError, StepFailed
 from restore.vsphere.session import Session
@@ -295,6 +295,12 @@ class _Restore:
         self._remember_vm(vm)
         if isinstance(self.plan.pool, vim.VirtualApp):
             vapp_entity(self.si, self.plan.pool, vm, self.plan.metadata)
+            if self.plan.make_vapp is None:     # an existing vApp: made again, it has them all
+                added = vapp_properties(self.si, self.plan.pool, self.plan.metadata)
+                if added:
+                    self.plan.warnings.append(
+                        f"the vApp {self.plan.pool_path} lacked properties it had at the backup "
+                        f"({', '.join(added)}): added with their saved values")
 
     def _make_vapp(self) -> None:
         """The saved vApp, made again where it was, with its resources and properties."""
@@ -545,15 +551,48 @@ def vapp_config_spec(saved: dict[str, Any] | None) -> vim.vApp.VAppConfigSpec:
     return spec
 
 
-def vapp_entity(si: Any, vapp: Any, vm: Any, meta: Any) -> None:
-    """The VM's saved place in its vApp's start order (order, delays, actions)."""
-    saved = (fidelity.as_dict(meta).get("vapp") or {}).get("entity")
-    if not saved:
+def vapp_entity(si: Any, vapp: Any, vm: Any, meta: VMMetadata) -> None:
+    """The VM's saved start-up settings in its vApp: start order and delay, start and stop
+    actions, stop delay, waiting for the guest, destroyed with the vApp. Built from the checked
+    record, field by field, for the new VM (the saved key is the old VM; the tag is vCenter's)."""
+    saved = meta.vapp.entity if meta.vapp is not None else None
+    if saved is None:
         return
-    entity = from_json(saved)
-    entity.key = vm
-    entity.tag = None
+    entity = vim.vApp.EntityConfigInfo(key=vm)
+    for name in ("startOrder", "startDelay", "waitingForGuest", "startAction", "stopDelay",
+                 "stopAction", "destroyWithParent"):
+        value = getattr(saved, name)
+        if value is not None:
+            setattr(entity, name, value)
     vapp.UpdateVAppConfig(spec=vim.vApp.VAppConfigSpec(entityConfig=[entity]))
+
+
+def vapp_properties(si: Any, vapp: Any, meta: VMMetadata) -> list[str]:
+    """The vApp's own properties (what its members' OVF environment carries) that the backup
+    saw and the existing vApp lacks, added with their saved values; the ids added. Those it has
+    are left as they are: the vApp is its other members' too, and may have been set since."""
+    saved = meta.vapp.vapp_config if meta.vapp is not None else None
+    if not saved:
+        return []
+    info = from_json(saved)
+    now = properties(si, vapp, ["vAppConfig"]).get("vAppConfig")
+    have = list(getattr(now, "property", None) or [])
+
+    def ident(p: Any) -> tuple[Any, Any, Any]:
+        return (p.classId or None, p.instanceId or None, p.id)
+    present = {ident(p) for p in have}
+    key = max((p.key for p in have), default=0)
+    specs = []
+    for p in info.property or []:
+        if ident(p) in present:
+            continue
+        key += 1        # keys are the vApp's own: a fresh one, never a member of the list
+        p.key = key
+        specs.append(vim.vApp.PropertySpec(operation=vim.option.ArrayUpdateSpec.Operation.add, info=p))
+        present.add(ident(p))
+    if specs:
+        vapp.UpdateVAppConfig(spec=vim.vApp.VAppConfigSpec(property=specs))
+    return [s.info.id for s in specs]
 
 
 def _default_pool_spec() -> vim.ResourceConfigSpec:

@@ -4,8 +4,8 @@ The backup writes it (``restore.backup.metadata.capture``), the restore reads it
 (``restore.vm``); docs/vsphere.md lists its fields. Disk labels (the names of the disks in
 the repository) are ``<bus><n>-<unit>``, e.g. ``scsi0-0``.
 
-The typed schema: ``VMMetadata`` and its records (``VMIdentity``, ``Placement``, ``DiskMeta``,
-``NicMeta``, ``Files``). ``VMMetadata.from_json(doc)`` checks an untrusted document (it comes
+The typed schema: ``VMMetadata`` and its records (``VMIdentity``, ``Placement``, ``VAppMeta``
+with ``VAppEntity``, ``DiskMeta``, ``NicMeta``, ``Files``). ``VMMetadata.from_json(doc)`` checks an untrusted document (it comes
 from the repository's storage, or from a folder given to ``restore --from``): every known field
 has its type checked, strings, lists and nesting are bounded, disk labels are names (never
 paths); the first problem raises ``MetadataError`` naming the field
@@ -116,6 +116,53 @@ class Placement(_Record):
     datastores: list[str] = field(default_factory=list)
 
 
+# A vApp member's start-up settings: vSphere's own enumerations (vim.vApp.EntityConfigInfo),
+# and xsd:int numbers; a restore hands them back to vCenter, so nothing else is accepted.
+START_ACTIONS = ("none", "powerOn")
+STOP_ACTIONS = ("none", "powerOff", "guestShutdown", "suspend")
+INT32_MAX = (1 << 31) - 1
+
+
+@dataclass
+class VAppEntity(_Record):
+    """This VM's entry in its vApp's start order, a ``vim.vApp.EntityConfigInfo`` in the JSON
+    form of ``vmodl_json`` (hence the camelCase keys; ``_vimtype`` is kept as an extra key).
+    ``key`` is the VM's moref at the backup (``{"_moref": …}``): a restore sets its new VM's."""
+    key: dict[str, Any] | None = None
+    tag: str | None = None
+    startOrder: int | None = None
+    startDelay: int | None = None
+    waitingForGuest: bool | None = None
+    startAction: str | None = None
+    stopDelay: int | None = None
+    stopAction: str | None = None
+    destroyWithParent: bool | None = None
+
+    def check(self, where: str) -> None:
+        for name in ("startOrder", "startDelay", "stopDelay"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= INT32_MAX:
+                raise MetadataError(f"{where}.{name}: {value} is out of range (0 to {INT32_MAX})")
+        for name, allowed in (("startAction", START_ACTIONS), ("stopAction", STOP_ACTIONS)):
+            value = getattr(self, name)
+            if value is not None and value not in allowed:
+                raise MetadataError(f"{where}.{name}: {value[:80]!r} is not one of {', '.join(allowed)}")
+
+
+@dataclass
+class VAppMeta(_Record):
+    """The vApp the VM was in: its name, moref and inventory path, its own configuration
+    (``vapp_config``: the vApp's ``VAppConfigInfo`` — products, properties, IP assignment,
+    annotation, every member's entry; ``resource_config``: its CPU and memory allocation), both
+    in the JSON form, and this VM's start-up settings (``entity``)."""
+    name: str = ""
+    moref: str | None = None
+    path: str | None = None
+    vapp_config: dict[str, Any] | None = None
+    resource_config: dict[str, Any] | None = None
+    entity: VAppEntity | None = None
+
+
 @dataclass
 class DiskMeta(_Record):
     label: str = ""
@@ -182,7 +229,7 @@ class VMMetadata(_Record):
     source: dict[str, Any] = field(default_factory=dict)
     vm: VMIdentity = field(default_factory=VMIdentity)
     placement: Placement = field(default_factory=Placement)
-    vapp: dict[str, Any] | None = None
+    vapp: VAppMeta | None = None
     config: dict[str, Any] = field(default_factory=dict)
     config_full: dict[str, Any] | None = None
     controllers: list[dict[str, Any]] = field(default_factory=list)
@@ -201,6 +248,8 @@ class VMMetadata(_Record):
         meta = _load_record(cls, doc, where)
         if meta.schema != SCHEMA:
             raise MetadataError(f"schema: {meta.schema!r} is not {SCHEMA!r}")
+        if meta.vapp is not None and meta.vapp.entity is not None:
+            meta.vapp.entity.check("vapp.entity")
         seen: set[str] = set()
         for i, d in enumerate(meta.disks):
             if not _LABEL.match(d.label):
