@@ -346,3 +346,54 @@ def test_a_first_class_disk_is_restored_as_one(restore_bed: RestoreBed) -> None:
         import pytest
         with pytest.raises(Exception, match="no first-class disk"):
             firstclass.find(si, failed.stderr.split("first-class disk ")[-1].split(" ")[0])
+
+
+def test_a_first_class_disk_keeps_its_storage_profile(restore_bed: RestoreBed) -> None:
+    """The profile a first-class disk has (PBM, object type virtualDiskUUID) is recorded by the
+    backup and given to the restored disk (VslmCreateSpec.profile), found by its name;
+    --storage-profile chooses another, and one that does not exist is refused before anything
+    is made."""
+    from pyVmomi import pbm
+    from fixtures_vcsim import flat_path, pbm_content
+    from restore.backup import firstclass
+    from test_vsphere_backup import generations, manifest_json
+    bed = restore_bed.bed
+    name = unique("rs-fcdp")
+    with connected(bed.vcsim) as si, pbm_content(bed.vcsim, si) as content:
+        mgr = content.profileManager
+        ids = mgr.PbmQueryProfile(resourceType=pbm.profile.ResourceType(resourceType="STORAGE"))
+        by_name = {p.name: p.profileId.uniqueId for p in mgr.PbmRetrieveContent(profileIds=ids)}
+        gold, other = "vSAN Default Storage Policy", "VVol No Requirements Policy"
+        ds = find_by_name(si, vim.Datastore, "LocalDS_1")
+        obj = wait_task(si, firstclass.manager(si).CreateDisk_Task(spec=vim.vslm.CreateSpec(
+            name=name, capacityInMB=4, profile=[vim.vm.DefinedProfileSpec(profileId=by_name[gold])],
+            backingSpec=vim.vslm.CreateSpec.DiskFileBackingSpec(datastore=ds, provisioningType="thin"))))
+    local = bed.vcsim.local_path(obj.config.backing.filePath)
+    bed.write(local, [(MiB, b"P" * 65536)])
+    want = flat_path(local).read_bytes()
+    bed.backup(f"ivd:{name}")
+    saved = manifest_json(bed, f"ivd-{name}", generations(bed, f"ivd-{name}")[-1]["generation"])
+    assert saved["metadata"]["disks"][0]["storage_profiles"] == [{"id": by_name[gold], "name": gold}]
+
+    def profile_of(disk_name: str) -> list[str]:
+        with connected(bed.vcsim) as si, pbm_content(bed.vcsim, si) as content:
+            disk = firstclass.find(si, disk_name)
+            got = content.profileManager.PbmQueryAssociatedProfile(
+                entity=pbm.ServerObjectRef(objectType="virtualDiskUUID", key=disk.id))
+            return [p.uniqueId for p in got]
+
+    copy = unique("rs-fcdp-copy")
+    out = json.loads(restore_bed.restore(f"ivd:{name}", "--name", copy, "--json").stdout)[0]
+    assert out["ok"] and out["storage_profile"] == gold and out["warnings"] == []
+    assert profile_of(copy) == [by_name[gold]]
+    with connected(bed.vcsim) as si:
+        path = firstclass.find(si, copy).path
+    assert flat_path(bed.vcsim.local_path(path)).read_bytes() == want
+    chosen = unique("rs-fcdp-other")
+    restore_bed.restore(f"ivd:{name}", "--name", chosen, "--storage-profile", other)
+    assert profile_of(chosen) == [by_name[other]]
+    before = restore_bed.inventory()
+    missing = restore_bed.restore(f"ivd:{name}", "--name", unique("rs-fcdp-no"),
+                                  "--storage-profile", "No Such Policy", check=False)
+    assert missing.returncode == 8 and "No Such Policy" in missing.stderr and gold in missing.stderr
+    assert "Traceback" not in missing.stderr and restore_bed.inventory() == before

@@ -108,7 +108,8 @@ def restore_json(outcome: Outcome) -> dict[str, Any]:
     if r is not None and hasattr(r, "lines") and not hasattr(r, "plan"):  # a first-class disk
         out.update(first_class_disk=r.name, id=r.id, datastore=r.datastore, path=r.path,
                    generation=r.generation, source=r.source, seconds=round(r.seconds, 3),
-                   steps=r.steps, disks=[vars(d) for d in r.disks])
+                   steps=r.steps, disks=[vars(d) for d in r.disks],
+                   storage_profile=r.storage_profile, warnings=r.warnings)
     elif r is not None and not hasattr(r, "dry_run"):  # an in-place restore
         out.update(vm=r.vm, moref=r.moref, generation=r.generation, source_vm=r.source_vm,
                    in_place=True, powered_on=r.powered_on, seconds=round(r.seconds, 3),

@@ -24,8 +24,9 @@ from pyVmomi import vim, vmodl
 import vddk
 
 from .changed import ChangedAreasRefused, ReadPlan, check_answer, collect, merge
-from restore.vsphere.errors import (AmbiguousVM, ChangeTrackingFailed, SnapshotFailed, SnapshotRemovalFailed,
-                                    TaskFailed, VMNotFound)
+from restore.vsphere.errors import (AmbiguousVM, CertificateError, ChangeTrackingFailed, SnapshotFailed,
+                                    SnapshotRemovalFailed, TaskFailed, VMNotFound)
+from .metadata import storage_profiles
 from .snapshot import signals_deferred
 from restore.vsphere.tasks import fault_text, properties, wait
 from restore.vsphere.vmodl_json import to_json
@@ -212,6 +213,14 @@ def capture(session: Any, disk: FirstClassDisk, snap: DiskSnapshot) -> dict[str,
         "consumers": [c.id for c in cfg.consumerId or []] if getattr(cfg, "consumerId", None) else [],
         "storage_profiles": [],
     }
+    warnings: list[str] = []
+    try:
+        # PBM knows a first-class disk by its id (object type virtualDiskUUID).
+        record["storage_profiles"] = storage_profiles(session, [(LABEL, "virtualDiskUUID", disk.id)])[LABEL]
+    except CertificateError:
+        raise  # a man in the middle is not a missing endpoint: stop
+    except Exception as e:  # an endpoint that is absent or refuses: record, go on
+        warnings.append(f"storage profile not read: {type(e).__name__}: {getattr(e, 'msg', e)}")
     return {
         "schema": SCHEMA, "kind": "ivd",
         "captured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -223,7 +232,7 @@ def capture(session: Any, disk: FirstClassDisk, snap: DiskSnapshot) -> dict[str,
         "disks": [record],
         "snapshot": {"id": snap.id, "name": snap.name, "path": snap.path},
         "files": {},
-        "warnings": [],
+        "warnings": warnings,
     }
 
 

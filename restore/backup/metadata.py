@@ -162,31 +162,33 @@ def _download(session: Session, datastore_path: str, dc_name: str) -> bytes:
 
 def _storage_profiles(session: Session, vm: Any, disk_keys: list[int]) -> dict[str, list[dict[str, str]]]:
     """PBM profiles of the VM (key "vm") and of each disk (key str(device key))."""
+    refs = [("vm", "virtualMachine", vm._moId)]
+    refs += [(str(k), "virtualDiskId", f"{vm._moId}:{k}") for k in disk_keys]
+    return storage_profiles(session, refs)
+
+
+def storage_profiles(session: Session, refs: list[tuple[str, str, str]]) -> dict[str, list[dict[str, str]]]:
+    """PBM profiles of each object given as (name, PBM object type, key), by name: a VM home
+    (``virtualMachine``, its moref), a VM's disk (``virtualDiskId``, ``vm-42:2000``), a
+    first-class disk (``virtualDiskUUID``, its id)."""
     # vCenter serves PBM at /pbm/sdk, the govmomi simulator at /pbm: try both.
     for path in ("/pbm/sdk", "/pbm"):
         try:
-            return _storage_profiles_at(session, vm, disk_keys, path)
+            with session.soap_stub(path, "pbm.version.version11") as stub:
+                return _query_profiles(pbm.ServiceInstance("ServiceInstance", stub), session, refs)
         except http.client.HTTPException as e:
             if "404" not in str(e):
                 raise
     raise MetadataError("no storage policy (PBM) endpoint")
 
 
-def _storage_profiles_at(session: Session, vm: Any, disk_keys: list[int], path: str) -> dict[str, list[dict[str, str]]]:
-    with session.soap_stub(path, "pbm.version.version11") as stub:
-        return _query_profiles(pbm.ServiceInstance("ServiceInstance", stub), session, vm, disk_keys)
-
-
-def _query_profiles(si: Any, session: Session, vm: Any, disk_keys: list[int]) -> dict[str, list[dict[str, str]]]:
+def _query_profiles(si: Any, session: Session, refs: list[tuple[str, str, str]]) -> dict[str, list[dict[str, str]]]:
     content = si.RetrieveContent()
     about = session.si.content.about
     mgr = content.profileManager
     out: dict[str, list[dict[str, str]]] = {}
-    refs = [("vm", pbm.ServerObjectRef(key=vm._moId, objectType="virtualMachine",
-                                       serverUuid=about.instanceUuid))]
-    refs += [(str(k), pbm.ServerObjectRef(key=f"{vm._moId}:{k}", objectType="virtualDiskId",
-                                          serverUuid=about.instanceUuid)) for k in disk_keys]
-    for name, ref in refs:
+    for name, kind, key in refs:
+        ref = pbm.ServerObjectRef(key=key, objectType=kind, serverUuid=about.instanceUuid)
         ids = mgr.PbmQueryAssociatedProfile(ref) or []
         profiles = mgr.PbmRetrieveContent(ids) if ids else []
         out[name] = [{"id": p.profileId.uniqueId, "name": p.name} for p in profiles]
@@ -403,4 +405,4 @@ def check_serialisable(doc: dict[str, Any]) -> None:
 
 
 __all__ = ["SCHEMA", "capture", "check_serialisable", "describe_disk", "describe_nic",
-           "disk_label", "parse_datastore_path", "provisioning"]
+           "disk_label", "parse_datastore_path", "provisioning", "storage_profiles"]

@@ -5,13 +5,18 @@ The steps:
   check options   the generation is a first-class disk's (``repofs.vsphere.ivd/1``); the
                   datastore (``--datastore``, else the saved one) exists; no first-class disk of
                   the target name (``--name``, else ``<name>-restored-<generation>``) is on it
-  create          ``VStorageObjectManager.CreateDisk_Task``: the saved capacity and provisioning
+  create          ``VStorageObjectManager.CreateDisk_Task``: the saved capacity and provisioning,
+                  and the storage profile (``VslmCreateSpec.profile``): ``--storage-profile``,
+                  else the saved one, found here by its name as for a VM's disks (a storage
+                  policy's id is its vCenter's); a saved one that does not exist here is a
+                  warning (the datastore's default applies), a ``--storage-profile`` that does
+                  not is an error at ``check options``
   write           through VixDiskLib with a vStorage-object spec (the new disk's id and its
                   datastore), the data only (a new disk reads as zeros elsewhere)
 
 A failure after the create deletes the new disk (``DeleteVStorageObject_Task``) and says so.
 
-Limits: the disk is restored alone, attached to no VM; its storage profile is not set.
+Limits: the disk is restored alone, attached to no VM.
 """
 from __future__ import annotations
 
@@ -30,6 +35,8 @@ from restore.vsphere.vddkprovider import VddkProvider
 from .diskwriter import DiskJob, WrittenDisk, write_disks
 from .errors import PlacementError, RestoreError, SourceUnusable, StepFailed, VMExists
 from .generation import GenerationSource
+from .plan import storage_profiles
+from restore.vsphere.errors import CertificateError
 
 SCHEMA = "repofs.vsphere.ivd/1"
 IDENTITY = "repofs-restore"
@@ -48,12 +55,15 @@ class FcdResult:
     disks: list[WrittenDisk] = field(default_factory=list)
     seconds: float = 0.0
     steps: list[str] = field(default_factory=list)
+    storage_profile: str | None = None      # the name of the profile the new disk was given
+    warnings: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
         written = sum(d.written_bytes for d in self.disks)
+        profile = f", storage profile {self.storage_profile}" if self.storage_profile else ""
         return [f"{self.source} generation {self.generation}: restored as the first-class disk "
-                f"{self.name} (id {self.id}) on {self.datastore} in {self.seconds:.1f}s, "
-                f"{written} bytes written"]
+                f"{self.name} (id {self.id}) on {self.datastore}{profile} in {self.seconds:.1f}s, "
+                f"{written} bytes written", *(f"  warning: {w}" for w in self.warnings)]
 
 
 def is_first_class(source: GenerationSource) -> bool:
@@ -73,6 +83,36 @@ def _datastore(si: Any, name: str) -> Any:
     finally:
         view.Destroy()
     return None
+
+
+def _profile(session: Session, saved: dict[str, Any],
+             options: RestoreOptions) -> tuple[tuple[str, str] | None, list[str]]:
+    """The storage profile (id, name) the new disk takes, and the warnings (see the module)."""
+    wanted = options.storage_profile
+    recorded = saved.get("storage_profiles")
+    first = recorded[0] if isinstance(recorded, list) and recorded else None
+    saved_name = first.get("name") if isinstance(first, dict) else None
+    if not isinstance(saved_name, str):
+        saved_name = None
+    if not wanted and not saved_name:
+        return None, []
+    try:
+        names = storage_profiles(session)
+    except CertificateError:
+        raise  # a man in the middle is not a missing endpoint
+    except Exception as e:  # an absent endpoint: fatal only if the user asked for a profile
+        if wanted:
+            raise PlacementError([f"--storage-profile: the storage policy service cannot be read ({e})"]) from None
+        return None, [f"the saved storage profile {saved_name[:200]!r} not applied: {e}"]
+    if wanted:
+        if wanted not in names:
+            raise PlacementError([f"no storage profile {wanted!r} (have: {', '.join(sorted(names))})"])
+        return (names[wanted], wanted), []
+    assert saved_name is not None
+    if saved_name in names:
+        return (names[saved_name], saved_name), []
+    return None, [f"the saved storage profile {saved_name[:200]!r} does not exist here: the "
+                  "datastore's default applies"]
 
 
 def restore_fcd(session: Session, source: GenerationSource, options: RestoreOptions, *,
@@ -100,7 +140,9 @@ def restore_fcd(session: Session, source: GenerationSource, options: RestoreOpti
         if mgr.RetrieveVStorageObject(id=ident, datastore=ds).config.name == name:
             raise VMExists("check options", f"a first-class disk named {name!r} is on {ds_name} "
                            f"(id {ident.id}): give another --name")
-    result = FcdResult(source.vm, source.name, name, "", ds_name, "")
+    profile, warnings = _profile(session, saved, options)
+    result = FcdResult(source.vm, source.name, name, "", ds_name, "",
+                       storage_profile=profile[1] if profile else None, warnings=warnings)
     if options.dry_run:
         return result
     assert provider is not None         # the runner makes one for every run but a dry one
@@ -110,6 +152,8 @@ def restore_fcd(session: Session, source: GenerationSource, options: RestoreOpti
     spec = vim.vslm.CreateSpec(name=name, capacityInMB=capacity_mb,
                                backingSpec=vim.vslm.CreateSpec.DiskFileBackingSpec(
                                    datastore=ds, provisioningType=saved.get("provisioning") or "thin"))
+    if profile is not None:
+        spec.profile = [vim.vm.DefinedProfileSpec(profileId=profile[0])]
     try:
         obj = wait(si, mgr.CreateDisk_Task(spec=spec), f"create the first-class disk {name}")
     except Exception as e:

@@ -464,6 +464,7 @@ func (h *frontHandler) afterDiskCall(body interface{}, result types.AnyType) {
 			if b, ok := obj.Config.Backing.(*types.BaseConfigInfoDiskFileBackingInfo); ok {
 				ensureNamed(b.FilePath, obj.Config.CapacityInMB*1024*1024, "lsilogic")
 			}
+			recordDiskProfiles(obj.Config.Id.Id, req.Spec.Profile) // pbm.go
 		}
 	case *types.CreateVirtualDisk_Task:
 		capacity, adapter := int64(0), "lsilogic"

@@ -12,7 +12,10 @@ package main
 //     ReconfigVM_Task and answer those two queries from them.
 //
 // Entities are keyed as PBM names them: "vm-42" (objectType virtualMachine,
-// the VM home) and "vm-42:2000" (objectType virtualDiskId, a disk's key).
+// the VM home) and "vm-42:2000" (objectType virtualDiskId, a disk's key); a
+// first-class disk by its id (objectType virtualDiskUUID), whose profile
+// CreateDisk_Task's VslmCreateSpec.profile sets (the simulator drops it too),
+// stored under "fcd:<id>".
 
 import (
 	"bytes"
@@ -139,13 +142,31 @@ func recordProfiles(vmRef types.ManagedObjectReference, spec *types.VirtualMachi
 	}
 }
 
+// fcdPrefix marks the store's keys of first-class disks.
+const fcdPrefix = "fcd:"
+
+// recordDiskProfiles notes the profiles a first-class disk was created with.
+func recordDiskProfiles(id string, specs []types.BaseVirtualMachineProfileSpec) {
+	if ids, ok := profileIDs(specs); ok {
+		profiles.set(fcdPrefix+id, ids)
+	}
+}
+
+// storeKey is the store's key of a PBM entity.
+func storeKey(ref pbmtypes.PbmServerObjectRef) string {
+	if ref.ObjectType == string(pbmtypes.PbmObjectTypeVirtualDiskUUID) {
+		return fcdPrefix + ref.Key
+	}
+	return ref.Key
+}
+
 // answerPBM answers the association queries; false leaves the call to the simulator.
 func answerPBM(w http.ResponseWriter, body interface{}) bool {
 	var out bytes.Buffer
 	switch req := body.(type) {
 	case *pbmtypes.PbmQueryAssociatedProfile:
 		out.WriteString(`<PbmQueryAssociatedProfileResponse xmlns="urn:pbm">`)
-		for _, id := range profiles.get(req.Entity.Key) {
+		for _, id := range profiles.get(storeKey(req.Entity)) {
 			fmt.Fprintf(&out, `<returnval><uniqueId>%s</uniqueId></returnval>`, escape(id))
 		}
 		out.WriteString(`</PbmQueryAssociatedProfileResponse>`)
@@ -158,7 +179,7 @@ func answerPBM(w http.ResponseWriter, body interface{}) bool {
 				fmt.Fprintf(&out, `<serverUuid>%s</serverUuid>`, escape(e.ServerUuid))
 			}
 			out.WriteString(`</object>`)
-			for _, id := range profiles.get(e.Key) {
+			for _, id := range profiles.get(storeKey(e)) {
 				fmt.Fprintf(&out, `<profileId><uniqueId>%s</uniqueId></profileId>`, escape(id))
 			}
 			out.WriteString(`</returnval>`)
@@ -168,7 +189,9 @@ func answerPBM(w http.ResponseWriter, body interface{}) bool {
 		out.WriteString(`<PbmQueryAssociatedEntityResponse xmlns="urn:pbm">`)
 		for _, key := range profiles.keysWith(req.Profile.UniqueId) {
 			kind := "virtualMachine"
-			if strings.Contains(key, ":") {
+			if strings.HasPrefix(key, fcdPrefix) {
+				kind, key = string(pbmtypes.PbmObjectTypeVirtualDiskUUID), strings.TrimPrefix(key, fcdPrefix)
+			} else if strings.Contains(key, ":") {
 				kind = "virtualDiskId"
 			}
 			if req.EntityType != "" && req.EntityType != kind {
