@@ -143,6 +143,32 @@ def test_a_vm_with_a_vtpm_is_refused_not_restored_without_it(restore_bed: Restor
     assert restore_bed.inventory() == before
 
 
+def test_a_vm_whose_only_encrypted_part_is_one_disk_is_refused_naming_it(restore_bed: RestoreBed) -> None:
+    """One disk encrypted (the VM's home is not): the backup records the disk's key provider,
+    and the restore refuses the VM naming that disk, before any change."""
+    b = restore_bed.backed_up("rs-crypt", disks=(4 * MiB, 2 * MiB), pieces={0: [(0, b"c" * 4096)]})
+    key = vim.encryption.CryptoKeyId(keyId="k-1", providerId=vim.encryption.KeyProviderId(id="kmip-test"))
+    with connected(restore_bed.vcsim) as si:
+        vm = _vm(si, b.vm)
+        disk = [d for d in vm.config.hardware.device if isinstance(d, vim.vm.device.VirtualDisk)][1]
+        wait_task(si, vm.ReconfigVM_Task(spec=vim.vm.ConfigSpec(deviceChange=[
+            vim.vm.device.VirtualDeviceSpec(
+                operation="edit", device=disk, backing=vim.vm.device.VirtualDeviceSpec.BackingSpec(
+                    crypto=vim.encryption.CryptoSpecEncrypt(cryptoKeyId=key)))])))
+    restore_bed.bed.backup(f"vm:{b.vm}")
+    from test_vsphere_backup import generations, manifest_json
+    md = manifest_json(restore_bed.bed, b.vm, generations(restore_bed.bed, b.vm)[-1]["generation"])["metadata"]
+    assert md["vm"]["encryption"] is None
+    assert [d["encryption"] for d in md["disks"]] == [None, {"key_id": "k-1", "provider": "kmip-test"}]
+    before = restore_bed.inventory()
+    proc = restore_bed.restore(f"vm:{b.vm}", "--name", unique("rs-crypt-copy"), check=False)
+    assert proc.returncode == UNSUPPORTED_EXIT, proc.stderr
+    error = [line for line in proc.stderr.splitlines() if line.startswith("repofs: error:")]
+    assert len(error) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "disk scsi0-1 (" in error[0] and "scsi0-0" not in error[0] and "kmip-test" in error[0]
+    assert restore_bed.inventory() == before
+
+
 def test_overwrite_with_recover_identity_never_shares_the_identity(restore_bed: RestoreBed) -> None:
     """The original is set aside with fresh UUIDs and MACs while the new VM takes the saved
     ones; when the restore fails, the original gets its own back."""

@@ -93,7 +93,17 @@ def describe_disk(disk: vim.vm.device.VirtualDisk, controller: Any, datastores: 
                      f"vCenter reports an impossible capacity of {capacity} bytes"
                      if impossible else None),
         storage_profiles=[],
+        encryption=encryption_of(getattr(backing, "keyId", None)),
     )
+
+
+def encryption_of(key_id: Any) -> dict[str, Any] | None:
+    """A ``CryptoKeyId`` as the metadata records it: the key's id and its key provider (both
+    identifiers at the key server, not key material), or None when not encrypted."""
+    if key_id is None or not getattr(key_id, "keyId", None):
+        return None
+    provider = getattr(key_id, "providerId", None)
+    return {"key_id": key_id.keyId, "provider": getattr(provider, "id", None)}
 
 
 def describe_nic(nic: vim.vm.device.VirtualEthernetCard, names: dict[str, Any]) -> NicMeta:
@@ -375,7 +385,8 @@ def capture(session: Session, vm: vim.VirtualMachine, snapshot: Any | None,
                 "api_version": about.apiVersion, "product": about.fullName,
                 "instance_uuid": about.instanceUuid},
         vm=VMIdentity.make(name=name, moref=vm._moId, uuid=config.uuid, instance_uuid=config.instanceUuid,
-                           power_state=str(vm_props.get("runtime.powerState")), template=config.template),
+                           power_state=str(vm_props.get("runtime.powerState")), template=config.template,
+                           encryption=encryption_of(config.keyId)),
         placement=placement,
         vapp=vapp_doc,
         config=summary,

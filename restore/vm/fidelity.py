@@ -2,8 +2,8 @@
 
 Role: the pieces of a restore that make the new VM the saved one in more than its hardware:
 
-- ``protection_refusal``: an encrypted VM (VM Encryption: a ``keyId`` on the VM or a disk) or
-  one with a virtual TPM (whose secrets live in the encrypted ``.nvram``) is refused with the
+- ``protection_refusal``: an encrypted VM (VM Encryption: a ``keyId`` on the VM or on any one
+  of its disks, named with its key provider) or one with a virtual TPM (whose secrets live in the encrypted ``.nvram``) is refused with the
   reason; restoring it unencrypted would silently drop its protection, and a key provider is
   not something repofs takes yet;
 - ``restore_nvram``: the saved ``.nvram`` (EFI variables: boot entries, secure-boot keys and
@@ -51,9 +51,29 @@ def _walk(value: Any) -> Any:
             yield from _walk(v)
 
 
+def _provider(encryption: Any) -> str:
+    provider = encryption.get("provider") if isinstance(encryption, dict) else None
+    return f"key provider {provider[:100]}" if isinstance(provider, str) and provider else "a key provider"
+
+
 def protection_refusal(meta: Any) -> str | None:
-    """Why the generation's VM cannot be restored as it was protected, or None."""
+    """Why the generation's VM cannot be restored as it was protected, or None.
+
+    The capture records encryption (``vm.encryption``, each disk's ``encryption``); documents
+    written before it are read for the same facts in the saved configuration and devices."""
     meta = as_dict(meta)
+    vm = meta.get("vm") if isinstance(meta.get("vm"), dict) else {}
+    if vm.get("encryption"):
+        return (f"the VM was encrypted (VM Encryption, {_provider(vm['encryption'])}): repofs does "
+                "not restore encrypted VMs, and will not restore one unencrypted")
+    disks = [d for d in meta.get("disks") or [] if isinstance(d, dict) and d.get("encryption")]
+    if disks:
+        names = ", ".join(f"{d.get('label')}" + (f" ({str(d['device_label'])[:80]})" if d.get("device_label") else "")
+                          for d in disks[:8])
+        one = len(disks) == 1
+        return (f"{'disk' if one else 'disks'} {names} of the VM {'was' if one else 'were'} encrypted (VM "
+                f"Encryption, {_provider(disks[0]['encryption'])}): repofs does not restore "
+                "encrypted disks, and will not restore one unencrypted")
     full = meta.get("config_full") or {}
     if full.get("keyId"):
         provider = ((full["keyId"] or {}).get("providerId") or {}).get("id", "a key provider")

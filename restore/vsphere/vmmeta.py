@@ -98,6 +98,7 @@ class VMIdentity(_Record):
     instance_uuid: str | None = None
     power_state: str | None = None
     template: bool | None = None
+    encryption: dict[str, Any] | None = None     # VM Encryption: {key_id, provider}, or null
 
 
 @dataclass
@@ -187,6 +188,7 @@ class DiskMeta(_Record):
     backup_possible: bool = True
     skip_reason: str | None = None
     storage_profiles: list[dict[str, Any]] = field(default_factory=list)
+    encryption: dict[str, Any] | None = None     # this disk's: {key_id, provider}, or null
 
 
 @dataclass

@@ -270,6 +270,7 @@ func (h *frontHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			case *types.ReconfigVM_Task:
 				recordProfiles(req.This, &req.Spec, disksBefore)
 				applyVMVAppConfig(req.This, &req.Spec)
+				applyDiskEncryption(req.This, &req.Spec) // harsh.go
 				afterTrackingChange(req.This, trackingBefore)
 				if !trackingBefore && trackingOn(req.This) {
 					noteTrackingSwitchedOn(req.This) // harsh.go: KB 1020128

@@ -18,6 +18,10 @@ package main
 //     snapshot present.
 //   - Tracking cannot be switched on for a VM of hardware version < 7, a
 //     template, or a VM with a multi-writer disk: the reconfiguration fails.
+//   - Encrypting a disk (a device edit with backing.crypto = CryptoSpecEncrypt)
+//     shows the key in the disk's backing (keyId), as vCenter does; the
+//     simulator ignores the crypto spec. Only what a backup and a restore read
+//     of it is modelled: the data stays as it is.
 //   - A template cannot be snapshotted: CreateSnapshot_Task and
 //     CreateSnapshotEx_Task on one fail at once with NotSupported, as vCenter
 //     answers for a method a template does not allow (the simulator snapshots it).
@@ -302,4 +306,45 @@ func templateSnapshotFault(vmRef types.ManagedObjectReference) *cbtFault {
 		return nil
 	}
 	return &cbtFault{kind: "NotSupported", message: "The operation is not supported on the object."}
+}
+
+// applyDiskEncryption gives each disk that a device edit of spec encrypts the
+// key it is encrypted with (its backing's keyId).
+func applyDiskEncryption(vmRef types.ManagedObjectReference, spec *types.VirtualMachineConfigSpec) {
+	vm := vmByRef(vmRef)
+	if vm == nil {
+		return
+	}
+	keys := map[int32]types.CryptoKeyId{}
+	for _, change := range spec.DeviceChange {
+		c := change.GetVirtualDeviceConfigSpec()
+		if c.Backing == nil || c.Operation != types.VirtualDeviceConfigSpecOperationEdit {
+			continue
+		}
+		if enc, ok := c.Backing.Crypto.(*types.CryptoSpecEncrypt); ok {
+			if _, disk := c.Device.(*types.VirtualDisk); disk {
+				keys[c.Device.GetVirtualDevice().Key] = enc.CryptoKeyId
+			}
+		}
+	}
+	if len(keys) == 0 {
+		return
+	}
+	simulator.Map.WithLock(vm, func() {
+		if vm.Config == nil {
+			return
+		}
+		for _, dev := range vm.Config.Hardware.Device {
+			d, ok := dev.(*types.VirtualDisk)
+			if !ok {
+				continue
+			}
+			id, ok := keys[d.Key]
+			if b, flat := d.Backing.(*types.VirtualDiskFlatVer2BackingInfo); ok && flat {
+				key := id
+				b.KeyId = &key
+			}
+		}
+		simulator.Map.Update(vm, []types.PropertyChange{{Name: "config.hardware.device", Val: vm.Config.Hardware.Device}})
+	})
 }
