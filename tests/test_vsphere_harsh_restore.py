@@ -389,7 +389,8 @@ def test_a_first_class_disk_keeps_its_storage_profile(restore_bed: RestoreBed) -
         mgr = content.profileManager
         ids = mgr.PbmQueryProfile(resourceType=pbm.profile.ResourceType(resourceType="STORAGE"))
         by_name = {p.name: p.profileId.uniqueId for p in mgr.PbmRetrieveContent(profileIds=ids)}
-        gold, other = "vSAN Default Storage Policy", "VVol No Requirements Policy"
+        # policies whose associated entities no other test counts
+        gold, other = "vSAN Default Storage Policy", "Host-local PMem Default Storage Policy"
         ds = find_by_name(si, vim.Datastore, "LocalDS_1")
         obj = wait_task(si, firstclass.manager(si).CreateDisk_Task(spec=vim.vslm.CreateSpec(
             name=name, capacityInMB=4, profile=[vim.vm.DefinedProfileSpec(profileId=by_name[gold])],
