@@ -296,7 +296,12 @@ class _Restore:
         if isinstance(self.plan.pool, vim.VirtualApp):
             vapp_entity(self.si, self.plan.pool, vm, self.plan.metadata)
             if self.plan.make_vapp is None:     # an existing vApp: made again, it has them all
-                added = vapp_properties(self.si, self.plan.pool, self.plan.metadata)
+                try:
+                    added = vapp_properties(self.si, self.plan.pool, self.plan.metadata)
+                except Exception as e:  # the VM is restored; the vApp's settings are secondary
+                    added = []
+                    self.plan.warnings.append(f"the vApp {self.plan.pool_path}'s saved properties "
+                                              f"could not be added back: {_text(e)}")
                 if added:
                     self.plan.warnings.append(
                         f"the vApp {self.plan.pool_path} lacked properties it had at the backup "
