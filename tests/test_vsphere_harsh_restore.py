@@ -101,14 +101,19 @@ def test_a_template_is_backed_up_without_a_snapshot_and_restored_as_one(restore_
         with pytest.raises(vmodl.fault.NotSupported):
             vm.CreateSnapshot_Task(name="not-for-templates", memory=False, quiesce=False)
     original = flat_path(bed.disk_path(name, 0)).read_bytes()
+    dry = bed.backup(f"vm:{name}", "--dry-run")
+    assert "a template" in dry.stdout and "would read scsi0-0" in dry.stdout, dry.stdout
     mark = bed.stat_count()
     out = json.loads(bed.backup(f"vm:{name}", "--json").stdout)[0]
+    text = bed.backup(f"vm:{name}").stdout        # a second generation, said in words
+    assert "read without a snapshot" in text and "snapshot None" not in text, text
     assert out["ok"] and out["snapshot"] is None, out
     assert out["plan"][0]["mode"] == "full" and "a template" in out["plan"][0]["reason"]
     assert any("without a snapshot" in n for n in out["notes"]), out["notes"]
-    # the allocated blocks and nothing else: the two 1 MiB chunks that hold data, of eight
-    assert sum(n for _, _, n in bed.reads(mark)) == 2 * MiB
-    gen = generations(bed, name)[-1]["generation"]
+    # the allocated blocks and nothing else: the two 1 MiB chunks that hold data, of eight,
+    # at each of the two backups
+    assert sum(n for _, _, n in bed.reads(mark)) == 2 * 2 * MiB
+    gen = generations(bed, name)[0]["generation"]
     md = manifest_json(bed, name, gen)
     assert md["metadata"]["snapshot"] is None and md["metadata"]["vm"]["template"] is True
     assert md["metadata"]["change_tracking"]["trusted"] is False
