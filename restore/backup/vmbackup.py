@@ -159,17 +159,7 @@ def backup_vm(session: Session, vm: vim.VirtualMachine, *, provider: VddkProvide
         doc["change_tracking"] = {**record, "distrust": distrust}
         doc["vm_state"] = state  # what the next backup and an in-place restore compare with
         meta.check_serialisable(doc)
-        wanted = []
-        for d in doc["disks"]:
-            if d["backup_possible"]:
-                wanted.append(d)
-            else:
-                result.skipped.append(f"{d['label']} ({d['file']}): {d['skip_reason']}")
-                doc["warnings"].append(f"disk {d['label']} not backed up: {d['skip_reason']}")
-            if d.get("sharing") == "sharingMultiWriter":
-                doc["warnings"].append(f"disk {d['label']} is a multi-writer disk: other VMs may "
-                                       "write it while it is read")
-                note(doc["warnings"][-1])
+        wanted = _disks_to_read(doc, result, note)
         if not wanted:
             result.notes.append("the VM has no disks to back up: the generation holds its metadata only")
         facts = {"vm_state": state, "tracking": record, "distrust": distrust}
@@ -208,13 +198,7 @@ def _backup_template(session: Session, vm: vim.VirtualMachine, result: VMBackup,
     doc["vm_state"] = state
     doc["warnings"].append(f"read without a snapshot: {TEMPLATE_READ}")
     meta.check_serialisable(doc)
-    wanted = []
-    for d in doc["disks"]:
-        if d["backup_possible"]:
-            wanted.append(d)
-        else:
-            result.skipped.append(f"{d['label']} ({d['file']}): {d['skip_reason']}")
-            doc["warnings"].append(f"disk {d['label']} not backed up: {d['skip_reason']}")
+    wanted = _disks_to_read(doc, result, note)
     if not wanted:
         result.notes.append("the VM has no disks to back up: the generation holds its metadata only")
         result.report = None if dry_run else ingest(result.vm, [], doc)  # type: ignore[misc]
@@ -226,6 +210,24 @@ def _backup_template(session: Session, vm: vim.VirtualMachine, result: VMBackup,
                                 transports=transports, tracking=False, chunk_size=chunk_size,
                                 facts=facts, on_event=on_event)
     return result
+
+
+def _disks_to_read(doc: dict[str, Any], result: VMBackup,
+                   note: Callable[[str], None]) -> list[dict[str, Any]]:
+    """The disks of ``doc`` that can be read; the others skipped, with the reason, in the
+    result and the metadata's warnings, and multi-writer disks warned about."""
+    wanted = []
+    for d in doc["disks"]:
+        if d["backup_possible"]:
+            wanted.append(d)
+        else:
+            result.skipped.append(f"{d['label']} ({d['file']}): {d['skip_reason']}")
+            doc["warnings"].append(f"disk {d['label']} not backed up: {d['skip_reason']}")
+        if d.get("sharing") == "sharingMultiWriter":
+            doc["warnings"].append(f"disk {d['label']} is a multi-writer disk: other VMs may "
+                                   "write it while it is read")
+            note(doc["warnings"][-1])
+    return wanted
 
 
 def _plan_needs_no_vddk(disk: dict[str, Any], tracking: bool) -> bool:
