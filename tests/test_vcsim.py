@@ -792,6 +792,26 @@ def test_injected_snapshot_faults(vcsim: VCSim) -> None:
         assert len(vm.snapshot.rootSnapshotList[0].childSnapshotList) == 1
 
 
+def test_a_template_is_not_snapshotted_and_an_encrypted_disk_shows_its_key(vcsim: VCSim) -> None:
+    with connected(vcsim) as si:
+        vm = create_vm(si, unique("tmpl"), [MiB, MiB])
+        disk = [d for d in vm.config.hardware.device if isinstance(d, vim.vm.device.VirtualDisk)][1]
+        key = vim.encryption.CryptoKeyId(keyId="k-9", providerId=vim.encryption.KeyProviderId(id="kms"))
+        wait_task(si, vm.ReconfigVM_Task(spec=vim.vm.ConfigSpec(deviceChange=[vim.vm.device.VirtualDeviceSpec(
+            operation="edit", device=disk, backing=vim.vm.device.VirtualDeviceSpec.BackingSpec(
+                crypto=vim.encryption.CryptoSpecEncrypt(cryptoKeyId=key)))])))
+        keys = [d.backing.keyId for d in vm.config.hardware.device if isinstance(d, vim.vm.device.VirtualDisk)]
+        assert keys[0] is None and (keys[1].keyId, keys[1].providerId.id) == ("k-9", "kms")
+        vm.MarkAsTemplate()
+        with pytest.raises(vmodl.fault.NotSupported):
+            vm.CreateSnapshot_Task(name="s", memory=False, quiesce=False)
+        with pytest.raises(vmodl.fault.NotSupported):
+            vm.CreateSnapshotEx_Task(name="s", memory=False)
+        assert vm.snapshot is None
+        vm.MarkAsVirtualMachine(pool=find_by_name(si, vim.ClusterComputeResource, "DC0_C0").resourcePool)
+        take_snapshot(si, vm, "a VM again")
+
+
 def test_snapshot_tasks_name_the_vm(vcsim: VCSim) -> None:
     from pyVim.task import WaitForTask
 
