@@ -242,3 +242,33 @@ def test_the_sealed_index_of_a_2_tib_sparse_disk_is_small_and_reads_back(tmp_pat
     back = repo.get_index(iid)
     assert back.ids == index.ids and back.ids.held_bytes <= len(written) * PAGE_BYTES
     assert [n for n, _ in back.stored()] == sorted(written)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_changed_ranges_skip_equal_pages_and_miss_no_change(seed: int) -> None:
+    """``format.diff`` passes over pages equal on both sides: what it reports is what a slot
+    by slot comparison of the keys reports, pieces and page edges included."""
+    from format.diff import changed_ranges
+    rng = random.Random(seed)
+    count = rng.choice([PAGE_SLOTS - 1, 3 * PAGE_SLOTS, 7 * PAGE_SLOTS + 5])
+    old = _sample_index(rng, count)
+    new = old.copy()
+    edges = [n for k in range(1, count // PAGE_SLOTS + 1) for n in (k * PAGE_SLOTS - 1, k * PAGE_SLOTS)]
+    for n in rng.sample([n for n in edges if n < count] + list(range(count)), 12):
+        choice = rng.random()
+        if choice < 0.4:
+            new.set(n, rng.randbytes(32))
+        elif choice < 0.7:
+            new.set_pieces(n, [(0, 64, rng.randbytes(32))])
+        else:
+            new.set(n, None)
+    want: list[tuple[int, int]] = []
+    for n in range(new.count):
+        start, length = new.chunk_range(n)
+        if old.key(n) != new.key(n):
+            if want and sum(want[-1]) == start:
+                want[-1] = (want[-1][0], want[-1][1] + length)
+            else:
+                want.append((start, length))
+    assert changed_ranges(old, new) == want
+    assert changed_ranges(old, old.copy()) == []
