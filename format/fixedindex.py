@@ -18,6 +18,11 @@ chosen by the writer — in a *stream* of their own chunks, so that a reader of 
 (a walk of a guest's tree) fetches a few MiB of packed metadata instead of every 1 MiB chunk
 that holds a directory block or an inode table. They add nothing: the bytes are the disk's.
 
+An index grows with its disk (32 bytes per slot: 64 MiB at 2 TiB), mostly holes on a sparse
+disk: the ids are an ``IdTable`` (``format.idtable``) that holds the pages of written slots
+only, ``encoding`` hands the plaintext out in pieces and ``IndexDecoder`` takes it in pieces,
+so that no reader or writer joins it whole (``format.indexobject`` seals and opens them).
+
 Plaintext encoding (inside a sealed object with magic ``RFIX``), little-endian::
 
     0   8  capacity      disk size in bytes
@@ -296,12 +301,12 @@ class FixedIndex:
         tables = b"".join(parts)
         head = HEADER.pack(self.capacity, self.chunk_size, flags, self.count)
 
-        def pieces() -> Iterator[bytes | bytearray]:
+        def stream() -> Iterator[bytes | bytearray]:
             yield head
             yield from self.ids.pages()
             if tables:
                 yield tables
-        return len(head) + self.ids.nbytes + len(tables), pieces()
+        return len(head) + self.ids.nbytes + len(tables), stream()
 
     def encode(self) -> bytes:
         """The plaintext whole (see ``encoding`` for a large index)."""
@@ -329,7 +334,8 @@ class IndexDecoder:
         self._on_ids = on_ids
         self._head = bytearray()
         self._header: tuple[int, int, int, int] | None = None
-        self._table: IdTable | None = None
+        self._flags = 0
+        self._table = IdTable(0)
         self._count = 0             # the header's slot count
         self._page = 0              # the next page of the id table
         self._carry = bytearray()   # the part of that page fed so far
@@ -351,12 +357,13 @@ class IndexDecoder:
             self._left -= take
             view = view[take:]
         if view:
-            if not self._header[2]:     # type: ignore[index]  (set by _start)
+            if not self._flags:         # no table follows the ids: nothing may
                 raise CorruptObject(self._label, "index header is inconsistent")
             self._tail += view
 
     def _start(self) -> None:
         capacity, chunk_size, flags, count = self._header = HEADER.unpack(self._head)
+        self._flags = flags
         if chunk_size == 0 or count != chunk_count(capacity, chunk_size) or flags & ~(FLAG_PATCHES | FLAG_COPIES):
             raise CorruptObject(self._label, "index header is inconsistent")
         self._table = IdTable(count)                # pages held only with keep_ids
@@ -380,7 +387,7 @@ class IndexDecoder:
         if self._on_ids is not None:
             self._on_ids(page)
         if self._keep:
-            self._table.put_page(self._page, page)   # type: ignore[union-attr]  (set by _start)
+            self._table.put_page(self._page, page)
         self._page += 1
 
     def finish(self) -> "FixedIndex":
@@ -390,7 +397,6 @@ class IndexDecoder:
         if self._left:
             raise CorruptObject(label, "index length does not match its entry count")
         capacity, chunk_size, flags, _count = self._header
-        assert self._table is not None
         index = FixedIndex(capacity, chunk_size, self._table)
         tail, pos = bytes(self._tail), 0
         self._tail = bytearray()

@@ -149,7 +149,8 @@ class IdTable:
                 return False
         return True
 
-    __hash__ = None  # type: ignore[assignment]  (mutable)
+    # mutable: not hashable
+    __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
         return f"IdTable({self.count} slots, {len(self._pages)} of {self.page_count} pages held)"
