@@ -157,8 +157,8 @@ def main() -> None:
                 same = len(restored) == 1 and same_sparse(image, restored[0])
                 shutil.rmtree(out, ignore_errors=True)
                 m, read_ok = mount_peak(tree, repo, mnt, image, offsets, size, Path(image).stem)
-                print(f"{label} {tree}: peak RSS backup {b.rss_mib:.0f} MiB ({b.wall:.1f} s), "
-                      f"restore {r.rss_mib:.0f} MiB ({r.wall:.1f} s), mount {m:.0f} MiB; "
+                print(f"{label} {tree}: peak RSS backup {b.rss_mib:.0f} MiB ({b.wall:.1f} s, {b.cpu:.1f} CPU s), "
+                      f"restore {r.rss_mib:.0f} MiB ({r.wall:.1f} s, {r.cpu:.1f} CPU s), mount {m:.0f} MiB; "
                       f"restored = source: {'yes' if same else 'NO'}; mount reads = source: "
                       f"{'yes' if read_ok else 'NO'} ({time.monotonic() - t0:.0f} s)", flush=True)
                 shutil.rmtree(repo, ignore_errors=True)
