@@ -143,7 +143,8 @@ class Sealer:
         (the index of a 2 TiB disk is 64 MiB, mostly holes). The parts are hashed and
         compressed as they come, so memory is the compressed payload and the sealed object,
         never the plaintext whole. Always compressed: one zstd frame recording its content
-        size (64 MiB of random ids grow by 1.5 KB, 0.002%; 64 MiB of holes shrink to 2 KB). ``open`` and ``open_pages`` read it like any other object."""
+        size (64 MiB of random ids grow by 1.5 KB, 0.002%; 64 MiB of holes shrink to 2 KB).
+        ``open`` and ``open_pages`` read it like any other object."""
         hasher = blake3.blake3(key=self._keys.id_key)
         # a compressor of its own: a compressobj holds its context until the flush, and the
         # thread's compressor is the one chunks are sealed with
