@@ -22,6 +22,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from format.errors import CorruptObject
 from format.fixedindex import Copies, FixedIndex, IndexDecoder
@@ -272,3 +274,36 @@ def test_changed_ranges_skip_equal_pages_and_miss_no_change(seed: int) -> None:
                 want.append((start, length))
     assert changed_ranges(old, new) == want
     assert changed_ranges(old, old.copy()) == []
+
+
+_VALID = _sample_index(random.Random(11), PAGE_SLOTS + 9).encode()
+
+
+def _outcome(decode) -> object:
+    try:
+        index = decode()
+    except CorruptObject:
+        return "corrupt"
+    return index.encode()
+
+
+@given(st.integers(0, len(_VALID) - 1), st.integers(1, 255), st.integers(0, 8),
+       st.lists(st.integers(1, 3 * PAGE_BYTES), min_size=1, max_size=8), st.integers(-40, 40))
+@settings(max_examples=200)
+def test_damaged_bytes_decode_alike_whole_and_in_pieces(where, xor, width, steps, resize) -> None:
+    """Any damage (bytes flipped, the plaintext cut or padded): the decoder fed in pieces
+    gives what a decoder fed at once gives — the same index, or CorruptObject."""
+    data = bytearray(_VALID)
+    for i in range(where, min(len(data), where + width + 1)):
+        data[i] ^= xor
+    data = data[:len(data) + resize] if resize < 0 else data + bytes(resize)
+
+    def in_pieces() -> FixedIndex:
+        decoder = IndexDecoder("i")
+        pos, k = 0, 0
+        while pos < len(data):
+            decoder.feed(data[pos:pos + steps[k % len(steps)]])
+            pos += steps[k % len(steps)]
+            k += 1
+        return decoder.finish()
+    assert _outcome(in_pieces) == _outcome(lambda: FixedIndex.decode(bytes(data), "i"))
