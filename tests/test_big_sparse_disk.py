@@ -19,6 +19,7 @@ import os
 import random
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -119,7 +120,7 @@ def _mount_peak(cli: CLI, mnt: Path, image: Path, offsets: list[int]) -> int:
         for _ in range(3000):
             if proc.poll() is not None or (is_mounted(mnt) and flat.exists()):
                 break
-            subprocess.run(["sleep", "0.02"])
+            time.sleep(0.02)
         assert proc.poll() is None and flat.exists(), "the mount did not come up"
         size = image.stat().st_size
         rng = random.Random(5)
