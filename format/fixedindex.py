@@ -358,7 +358,7 @@ class IndexDecoder:
             view = view[take:]
         if view:
             if not self._flags:         # no table follows the ids: nothing may
-                raise CorruptObject(self._label, "index header is inconsistent")
+                raise CorruptObject(self._label, "index length does not match its entry count")
             self._tail += view
 
     def _start(self) -> None:

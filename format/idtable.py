@@ -137,7 +137,25 @@ class IdTable:
         table._pages = {k: bytearray(page) for k, page in self._pages.items()}
         return table
 
+    # The table also behaves as the bytes it encodes to, for small tables (tests, tools):
+    # ``len``, ``bytes()``, comparison with bytes, ``cid in table`` (slot-aligned).
+
+    def __len__(self) -> int:
+        return self.nbytes
+
+    def __bytes__(self) -> bytes:
+        return b"".join(self.pages())
+
+    def __contains__(self, cid: object) -> bool:
+        if not isinstance(cid, (bytes, bytearray)) or len(cid) != ID_SIZE:
+            return False
+        if cid == HOLE:
+            return sum(1 for _ in self.stored()) < self.count
+        return any(found == cid for _, found in self.stored())
+
     def __eq__(self, other: object) -> bool:
+        if isinstance(other, (bytes, bytearray, memoryview)):
+            return len(other) == self.nbytes and bytes(self) == bytes(other)
         if not isinstance(other, IdTable):
             return NotImplemented
         if self.count != other.count:

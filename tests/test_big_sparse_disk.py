@@ -308,3 +308,12 @@ def test_damaged_bytes_decode_alike_whole_and_in_pieces(where, xor, width, steps
             k += 1
         return decoder.finish()
     assert _outcome(in_pieces) == _outcome(lambda: FixedIndex.decode(bytes(data), "i"))
+
+
+def test_an_id_table_behaves_as_the_bytes_it_encodes_to() -> None:
+    a, b = bytes([1]) * 32, bytes([2]) * 32
+    table = IdTable.from_bytes(a + HOLE + a)
+    assert table == a + HOLE + a and table == bytearray(a + HOLE + a) and table != a + a + HOLE
+    assert bytes(table) == a + HOLE + a and len(table) == 96
+    assert a in table and HOLE in table and b not in table and a[:31] not in table
+    assert HOLE not in IdTable.from_bytes(a + b) and IdTable(2) == bytes(64)
