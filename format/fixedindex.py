@@ -18,6 +18,11 @@ chosen by the writer — in a *stream* of their own chunks, so that a reader of 
 (a walk of a guest's tree) fetches a few MiB of packed metadata instead of every 1 MiB chunk
 that holds a directory block or an inode table. They add nothing: the bytes are the disk's.
 
+An index grows with its disk (32 bytes per slot: 64 MiB at 2 TiB), mostly holes on a sparse
+disk: the ids are an ``IdTable`` (``format.idtable``) that holds the pages of written slots
+only, ``encoding`` hands the plaintext out in pieces and ``IndexDecoder`` takes it in pieces,
+so that no reader or writer joins it whole (``format.indexobject`` seals and opens them).
+
 Plaintext encoding (inside a sealed object with magic ``RFIX``), little-endian::
 
     0   8  capacity      disk size in bytes
@@ -50,18 +55,18 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import heapq
 import struct
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
 from .errors import CorruptObject
+from .idtable import HOLE, ID_SIZE, PAGE_SLOTS, IdTable
 
 HEADER = struct.Struct("<QIIQ")
 COUNT = struct.Struct("<Q")              # patched slots; copied ranges; stream chunks
 SLOT_HEADER = struct.Struct("<QII")
 PIECE = struct.Struct("<II32s")
-ID_SIZE = 32
-HOLE = bytes(ID_SIZE)
 FLAG_PATCHES = 1
 FLAG_COPIES = 2
 COPY_RANGE = struct.Struct("<QII")
@@ -156,22 +161,25 @@ class Copies:
 class FixedIndex:
     capacity: int
     chunk_size: int
-    ids: bytearray  # count * 32 bytes: each slot's base
+    ids: IdTable  # each slot's base (bytes-like given here: its encoding, converted)
     patches: dict[int, tuple[Piece, ...]] = field(default_factory=dict)
     copies: Copies | None = None
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.ids, IdTable):
+            self.ids = IdTable.from_bytes(self.ids)
 
     @classmethod
     def empty(cls, capacity: int, chunk_size: int) -> "FixedIndex":
-        return cls(capacity, chunk_size, bytearray(chunk_count(capacity, chunk_size) * ID_SIZE))
+        return cls(capacity, chunk_size, IdTable(chunk_count(capacity, chunk_size)))
 
     def copy(self) -> "FixedIndex":
         """The same slots (bases and pieces), without copies: those describe one generation."""
-        return FixedIndex(self.capacity, self.chunk_size, bytearray(self.ids), dict(self.patches))
+        return FixedIndex(self.capacity, self.chunk_size, self.ids.copy(), dict(self.patches))
 
     @property
     def count(self) -> int:
-        return len(self.ids) // ID_SIZE
+        return self.ids.count
 
     def chunk_from_offset(self, offset: int) -> tuple[int, int]:
         """(slot number, offset inside that slot)."""
@@ -185,7 +193,7 @@ class FixedIndex:
     def get(self, number: int) -> bytes | None:
         """The slot's base chunk id (None: zeros). Its bytes are that only when ``pieces``
         of the slot is empty."""
-        cid = bytes(self.ids[number * ID_SIZE:(number + 1) * ID_SIZE])
+        cid = self.ids.get(number)
         return None if cid == HOLE else cid
 
     def pieces(self, number: int) -> tuple[Piece, ...]:
@@ -193,7 +201,7 @@ class FixedIndex:
 
     def set(self, number: int, chunk_id: bytes | None) -> None:
         """Make the slot exactly the chunk ``chunk_id`` (None: zeros); drops its pieces."""
-        self.ids[number * ID_SIZE:(number + 1) * ID_SIZE] = chunk_id if chunk_id else HOLE
+        self.ids.set(number, chunk_id if chunk_id else HOLE)
         self.patches.pop(number, None)
 
     def set_pieces(self, number: int, pieces: Iterable[Piece]) -> None:
@@ -214,7 +222,7 @@ class FixedIndex:
         pieces = self.patches.get(number)
         if pieces is None:
             return self.get(number)
-        h = hashlib.blake2b(self.ids[number * ID_SIZE:(number + 1) * ID_SIZE], digest_size=32)
+        h = hashlib.blake2b(self.ids.get(number), digest_size=32)
         for off, n, cid in pieces:
             h.update(PIECE.pack(off, n, cid or HOLE))
         return b"P" + h.digest()
@@ -237,26 +245,27 @@ class FixedIndex:
         return bytes(buf)
 
     def occupied(self) -> Iterator[int]:
-        """Numbers of the slots that are not all zeros by construction (a base or pieces)."""
-        ids = self.ids
-        patches = self.patches
-        for n in range(self.count):
-            if n in patches or ids[n * ID_SIZE:(n + 1) * ID_SIZE] != HOLE:
+        """Numbers of the slots that are not all zeros by construction (a base or pieces),
+        ascending. Visits the held pages of the id table only, not every slot of the disk."""
+        last = -1
+        for n in heapq.merge((n for n, _ in self.ids.stored()), sorted(self.patches)):
+            if n != last:
                 yield n
+                last = n
 
     def stored(self) -> Iterator[tuple[int, bytes]]:
         """(slot number, base id) of every slot whose base is not a hole."""
-        ids = self.ids
-        for n in range(self.count):
-            cid = ids[n * ID_SIZE:(n + 1) * ID_SIZE]
-            if cid != HOLE:
-                yield n, bytes(cid)
+        return self.ids.stored()
 
     def references(self) -> Iterator[tuple[int, bytes]]:
         """(disk offset, chunk id) of every stored object the index names: bases, pieces and
         copy chunks (at the disk offset of their first byte)."""
         for n, cid in self.stored():
             yield n * self.chunk_size, cid
+        yield from self.table_references()
+
+    def table_references(self) -> Iterator[tuple[int, bytes]]:
+        """``references`` of the patch and copy tables alone (not the slots' bases)."""
         for n, pieces in sorted(self.patches.items()):
             for off, _len, piece in pieces:
                 if piece is not None:
@@ -271,9 +280,12 @@ class FixedIndex:
             if cid != HOLE:
                 yield copies.disk_offset(k * copies.chunk_size), cid  # type: ignore[union-attr]
 
-    def encode(self) -> bytes:
+    def encoding(self) -> tuple[int, Iterator[bytes | bytearray]]:
+        """(length, pieces) of the index's plaintext, the pieces in order: the header, the id
+        table page by page (holes from one shared page of zeros), the tables. Nothing the
+        size of the disk is joined (an index of a 2 TiB disk is 64 MiB)."""
         flags = (FLAG_PATCHES if self.patches else 0) | (FLAG_COPIES if self.copies else 0)
-        parts = [HEADER.pack(self.capacity, self.chunk_size, flags, self.count), bytes(self.ids)]
+        parts = []
         if self.patches:
             parts.append(COUNT.pack(len(self.patches)))
             for n in sorted(self.patches):
@@ -286,25 +298,113 @@ class FixedIndex:
             parts.extend(COPY_RANGE.pack(off, length, 0) for off, length in self.copies.ranges)
             parts.append(COUNT.pack(len(self.copies.ids)))
             parts.extend(self.copies.ids)
-        return b"".join(parts)
+        tables = b"".join(parts)
+        head = HEADER.pack(self.capacity, self.chunk_size, flags, self.count)
+
+        def stream() -> Iterator[bytes | bytearray]:
+            yield head
+            yield from self.ids.pages()
+            if tables:
+                yield tables
+        return len(head) + self.ids.nbytes + len(tables), stream()
+
+    def encode(self) -> bytes:
+        """The plaintext whole (see ``encoding`` for a large index)."""
+        return b"".join(self.encoding()[1])
 
     @classmethod
     def decode(cls, data: bytes, label: str) -> "FixedIndex":
-        if len(data) < HEADER.size:
-            raise CorruptObject(label, "index shorter than its header")
-        capacity, chunk_size, flags, count = HEADER.unpack_from(data)
+        decoder = IndexDecoder(label)
+        decoder.feed(data)
+        return decoder.finish()
+
+
+class IndexDecoder:
+    """Decodes an index's plaintext fed in pieces of any size (``feed``, then ``finish``):
+    the id table is kept page by page, pages of holes not held (``format.idtable``), so a
+    reader never holds the plaintext of a large index whole. With ``on_ids`` each page of
+    the id table (whole 32-byte ids) is also handed to it as it arrives; ``keep_ids=False``
+    keeps none of them (a caller that only needs to see the ids: prune's marks). Every rule
+    of the format is checked; CorruptObject names ``label`` and the cause."""
+
+    def __init__(self, label: str, *, keep_ids: bool = True,
+                 on_ids: Callable[[bytes | bytearray | memoryview], None] | None = None) -> None:
+        self._label = label
+        self._keep = keep_ids
+        self._on_ids = on_ids
+        self._head = bytearray()
+        self._header: tuple[int, int, int, int] | None = None
+        self._flags = 0
+        self._table = IdTable(0)
+        self._count = 0             # the header's slot count
+        self._page = 0              # the next page of the id table
+        self._carry = bytearray()   # the part of that page fed so far
+        self._left = 0              # id table bytes still to come
+        self._tail = bytearray()    # the patch and copy tables
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data).cast("B")
+        if self._header is None:
+            take = HEADER.size - len(self._head)
+            self._head += view[:take]
+            view = view[take:]
+            if len(self._head) < HEADER.size:
+                return
+            self._start()
+        if self._left:
+            take = min(self._left, len(view))
+            self._feed_ids(view[:take])
+            self._left -= take
+            view = view[take:]
+        if view:
+            if not self._flags:         # no table follows the ids: nothing may
+                raise CorruptObject(self._label, "index length does not match its entry count")
+            self._tail += view
+
+    def _start(self) -> None:
+        capacity, chunk_size, flags, count = self._header = HEADER.unpack(self._head)
+        self._flags = flags
         if chunk_size == 0 or count != chunk_count(capacity, chunk_size) or flags & ~(FLAG_PATCHES | FLAG_COPIES):
-            raise CorruptObject(label, "index header is inconsistent")
-        end = HEADER.size + count * ID_SIZE
-        if len(data) < end or (flags == 0 and len(data) != end):
+            raise CorruptObject(self._label, "index header is inconsistent")
+        self._table = IdTable(count)                # pages held only with keep_ids
+        self._count = count
+        self._left = count * ID_SIZE
+
+    def _feed_ids(self, view: memoryview) -> None:
+        while view:
+            size = min(PAGE_SLOTS, self._count - self._page * PAGE_SLOTS) * ID_SIZE
+            want = size - len(self._carry)
+            if not self._carry and len(view) >= size:
+                self._take_page(view[:size])        # a whole page in one piece: no copy here
+            else:
+                self._carry += view[:want]
+                if len(self._carry) == size:
+                    self._take_page(self._carry)
+                    self._carry = bytearray()
+            view = view[want:]
+
+    def _take_page(self, page: bytes | bytearray | memoryview) -> None:
+        if self._on_ids is not None:
+            self._on_ids(page)
+        if self._keep:
+            self._table.put_page(self._page, page)
+        self._page += 1
+
+    def finish(self) -> "FixedIndex":
+        label = self._label
+        if self._header is None:
+            raise CorruptObject(label, "index shorter than its header")
+        if self._left:
             raise CorruptObject(label, "index length does not match its entry count")
-        index = cls(capacity, chunk_size, bytearray(data[HEADER.size:end]))
-        pos = end
+        capacity, chunk_size, flags, _count = self._header
+        index = FixedIndex(capacity, chunk_size, self._table)
+        tail, pos = bytes(self._tail), 0
+        self._tail = bytearray()
         if flags & FLAG_PATCHES:
-            index.patches, pos = _decode_patches(data, pos, index, label)
+            index.patches, pos = _decode_patches(tail, pos, index, label)
         if flags & FLAG_COPIES:
-            index.copies, pos = _decode_copies(data, pos, index, label)
-        if pos != len(data):
+            index.copies, pos = _decode_copies(tail, pos, index, label)
+        if pos != len(tail):
             raise CorruptObject(label, "index has trailing bytes")
         return index
 

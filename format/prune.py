@@ -32,7 +32,6 @@ page by page and listings folder by folder, so neither grows with a disk or the 
 from __future__ import annotations
 
 import datetime as dt
-import itertools
 import os
 import re
 import secrets
@@ -42,9 +41,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 from . import records
-from .errors import CorruptObject, ObjectLocked, ObjectMissing, RepoError
-from .fixedindex import HEADER as INDEX_HEADER, HOLE, ID_SIZE, FixedIndex, chunk_count
-from .sealed import MAGIC_INDEX
+from .errors import ObjectLocked, ObjectMissing, RepoError
+from .fixedindex import HOLE
+from .indexobject import index_id, read_index
 from .idset import IdSet
 from .immutability import locked_at_least_until, locked_until
 from .leases import SKEW_NS, leases, live_leases
@@ -143,64 +142,20 @@ def _mark(repo: Any, manifest_names: list[str], marks: IdSet, indexes: set[str])
 
 
 def _mark_index(repo: Any, hex_id: str, marks: IdSet) -> None:
-    """Mark what one index references. The object is read, decrypted and hashed page by page
-    (``Sealer.open_pages``) and the id table marked as it streams: memory is a few pages
-    whatever the disk's size (an index of a 10 TiB disk at 1 MiB chunks holds 320 MB of ids).
-    The pages are authenticated only at the end; marking them first is safe, because extra
-    marks only keep objects and a corrupt index stops the prune before anything is condemned.
-    Only an index with patches or copies is decoded whole, for its tables."""
+    """Mark what one index references. The object is read, decrypted, hashed and decoded page
+    by page (``format/indexobject.py``), the id table marked as it streams and not kept:
+    memory is a few pages whatever the disk's size (an index of a 10 TiB disk at 1 MiB chunks
+    holds 320 MB of ids), and the patch and copy tables. The pages are authenticated only at
+    the end; marking them first is safe, because extra marks only keep objects and a corrupt
+    index stops the prune before anything is condemned."""
     name = f"indexes/{hex_id[:2]}/{hex_id}"
-    try:
-        iid = bytes.fromhex(hex_id)
-    except ValueError:
-        raise CorruptObject(name, "malformed index id") from None
+    iid = index_id(hex_id, name)
     stream, size = repo.open_object(name)
     with stream:
-        pages = repo.sealer.open_pages(MAGIC_INDEX, iid, stream, size, name, object_id=iid)
-        head = b""
-        for page in pages:
-            head += page
-            if len(head) >= INDEX_HEADER.size:
-                break
-        if len(head) < INDEX_HEADER.size:
-            for _rest in pages:     # the tag and id checks first: corrupt or just short
-                pass
-            raise CorruptObject(name, "index shorter than its header")
-        capacity, chunk_size, flags, count = INDEX_HEADER.unpack_from(head)
-        if flags:
-            pages.close()
-            stream.seek(0)
-            _mark_decoded(repo, name, iid, stream.read(), marks)
-            return
-        if chunk_size == 0 or count != chunk_count(capacity, chunk_size):
-            raise CorruptObject(name, "index header is inconsistent")
-        table = count * ID_SIZE
-        carry = head[INDEX_HEADER.size:]
-        seen = len(carry)
-        for page in itertools.chain([b""], pages):     # b"": the ids in the header's page
-            seen += len(page)
-            if seen > table:
-                raise CorruptObject(name, "index header is inconsistent")
-            data = carry + page if carry else page
-            cut = len(data) - len(data) % ID_SIZE
-            marks.add_ids(memoryview(data)[:cut], skip=HOLE)
-            carry = data[cut:]
-        if seen != table:
-            raise CorruptObject(name, "index header is inconsistent")
-
-
-def _mark_decoded(repo: Any, name: str, iid: bytes, sealed: bytes, marks: IdSet) -> None:
-    """An index with patches or copies: opened and decoded whole."""
-    plain = repo.sealer.open(MAGIC_INDEX, iid, sealed, name)
-    del sealed
-    if repo.sealer.object_id(plain) != iid:
-        raise CorruptObject(name, "content does not match its id")
-    index = FixedIndex.decode(plain, name)
-    del plain
-    marks.add_ids(index.ids, skip=HOLE)
-    for _off, cid in index.references():
-        if _off >= 0 and cid is not None:
-            marks.add(cid)
+        index = read_index(repo.sealer, iid, stream, size, name, keep_ids=False,
+                           on_ids=lambda ids: marks.add_ids(ids, skip=HOLE))
+    for _off, cid in index.table_references():
+        marks.add(cid)
 
 
 def prune(repo: Any, *, dry_run: bool = False, wait: float = 0.0,

@@ -37,6 +37,7 @@ from .errors import (CorruptObject, EncryptionMismatch, KeyMissing, ObjectMissin
                      RepositoryBusy, RepositoryExists, RepositoryNotFound, UnsupportedFormat)
 from .fixedindex import FixedIndex
 from .immutability import extend_retention
+from .indexobject import index_id, read_index, seal_index
 from .keys import CIPHER_AES_GCM, CIPHER_NONE, KeyMaterial, KeySlot, KeyStore, derive_ahead, wrap
 from .leases import Lease
 from .location import is_remote, open_backend
@@ -44,7 +45,7 @@ from .manifest import Manifest
 from .marks import forgotten
 from .security import KnownRepository
 from .writerlock import WriterLock
-from .sealed import HEADER, MAGIC_CHUNK, MAGIC_INDEX, MAGIC_MANIFEST, TAG_SIZE, Sealer
+from .sealed import HEADER, MAGIC_CHUNK, MAGIC_MANIFEST, TAG_SIZE, Sealer
 
 _T = TypeVar("_T")
 
@@ -322,23 +323,21 @@ class Repository:
     # -- indexes ---------------------------------------------------------------------------
 
     def put_index(self, index: FixedIndex) -> str:
-        plain = index.encode()
-        iid = self.sealer.object_id(plain)
+        """Store ``index`` (sealed in pieces: ``format/indexobject.py``); returns its hex id."""
+        iid, sealed = seal_index(self.sealer, index)
         name = index_name(iid.hex())
         if not self.backend.exists(name):
-            self.backend.put(name, self.sealer.seal(MAGIC_INDEX, iid, plain))
+            self.backend.put(name, sealed)
         return iid.hex()
 
     def get_index(self, hex_id: str) -> FixedIndex:
+        """The authenticated index ``hex_id``, read from a stream of its object page by page
+        (``format/indexobject.py``): memory follows the disk's allocated slots, not its size."""
         name = index_name(hex_id)
-        try:
-            iid = bytes.fromhex(hex_id)
-        except ValueError:
-            raise CorruptObject(name, "malformed index id") from None
-        plain = self.sealer.open(MAGIC_INDEX, iid, self.get_object(name), name)
-        if self.sealer.object_id(plain) != iid:
-            raise CorruptObject(name, "content does not match its id")
-        return FixedIndex.decode(plain, name)
+        iid = index_id(hex_id, name)
+        stream, size = self.open_object(name)
+        with stream:
+            return read_index(self.sealer, iid, stream, size, name)
 
     # -- manifests -------------------------------------------------------------------------
 

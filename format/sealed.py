@@ -31,7 +31,7 @@ from __future__ import annotations
 import secrets
 import struct
 import threading
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Iterable, Iterator
 
 import blake3
 import zstandard
@@ -134,10 +134,41 @@ class Sealer:
             compressed = self._compressor().compress(plaintext)
             if len(compressed) < len(plaintext):
                 compression, payload = COMPRESSION_ZSTD, compressed
+        return self._seal_payload(magic, name, compression, len(plaintext), payload)
+
+    def seal_parts(self, magic: bytes, plain_len: int,
+                   parts: Iterable[bytes | bytearray | memoryview]) -> tuple[bytes, bytearray]:
+        """(object id, sealed object) of an object named by its id (an index) whose
+        plaintext of ``plain_len`` bytes comes in ``parts``, for plaintexts too large to join
+        (the index of a 2 TiB disk is 64 MiB, mostly holes). The parts are hashed and
+        compressed as they come, so memory is the compressed payload and the sealed object,
+        never the plaintext whole. Always compressed: one zstd frame recording its content
+        size (64 MiB of random ids grow by 1.5 KB, 0.002%; 64 MiB of holes shrink to 2 KB).
+        ``open`` and ``open_pages`` read it like any other object."""
+        hasher = blake3.blake3(key=self._keys.id_key)
+        # a compressor of its own: a compressobj holds its context until the flush, and the
+        # thread's compressor is the one chunks are sealed with
+        cobj = zstandard.ZstdCompressor(level=self._level, write_content_size=True).compressobj(size=plain_len)
+        out = []
+        total = 0
+        for part in parts:
+            hasher.update(part)
+            total += len(part)
+            out.append(cobj.compress(part))
+        out.append(cobj.flush())
+        if total != plain_len:
+            raise ValueError(f"the parts hold {total} bytes, not {plain_len}")
+        payload = b"".join(out)
+        del out
+        oid = hasher.digest()
+        return oid, self._seal_payload(magic, oid, COMPRESSION_ZSTD, plain_len, payload)
+
+    def _seal_payload(self, magic: bytes, name: bytes, compression: int, plain_len: int,
+                      payload: bytes | memoryview) -> bytearray:
         nonce = secrets.token_bytes(12) if self._aead else ZERO_NONCE
         out = bytearray(HEADER.size + len(payload) + TAG_SIZE[self._cipher])
         HEADER.pack_into(out, 0, magic, VERSION, compression, self._cipher, 0,
-                         len(plaintext), len(payload), nonce)
+                         plain_len, len(payload), nonce)
         aad = bytes(out[:HEADER.size]) + name
         body = memoryview(out)[HEADER.size:]
         if self._aead is not None:

@@ -598,7 +598,7 @@ def test_prune_keeps_the_chunks_of_pieces_and_copies(repo, monkeypatch):
     ("short", "index shorter than its header"),
     ("chunk size 0", "index header is inconsistent"),
     ("count", "index header is inconsistent"),
-    ("length", "index header is inconsistent"),
+    ("length", "index length does not match its entry count"),
     ("not its id", "content does not match its id"),
 ])
 def test_prune_stops_at_a_damaged_index_and_deletes_nothing(repo, monkeypatch, case, reason):

@@ -1,5 +1,5 @@
 """Prune reads indexes page by page (format/prune.py ``_mark_index`` over
-``Sealer.open_pages``): what it keeps and deletes is what a whole decode of the same indexes
+``format/indexobject.py``): what it keeps and deletes is what a whole decode of the same indexes
 says, across page boundaries that cut ids in two, for stored (random ids), compressed (mostly
 holes) and patched indexes, encrypted or not; an index corrupted in its last page stops the
 prune before anything is moved.
@@ -57,8 +57,8 @@ def test_prune_keeps_exactly_what_a_large_index_names(tmp_path: Path, monkeypatc
     repo = _repo(tmp_path, encrypted)
     rng = random.Random(7)
     index = FixedIndex.empty(SLOTS * CHUNK, CHUNK)
-    if layout != "holes":           # stored uncompressed: every slot a random id
-        index.ids[:] = rng.randbytes(SLOTS * 32)
+    if layout != "holes":           # every slot a random id
+        index = FixedIndex(SLOTS * CHUNK, CHUNK, rng.randbytes(SLOTS * 32))
     # real chunks at slots around every page boundary (a page's first and last ids are cut)
     page_slots = sealed.PAGE // 32
     kept_slots = sorted({s for p in range(1, 4) for s in range(p * page_slots - 3, p * page_slots + 3)
@@ -67,7 +67,7 @@ def test_prune_keeps_exactly_what_a_large_index_names(tmp_path: Path, monkeypatc
     for k, slot in enumerate(kept_slots):
         kept[slot] = _chunk(repo, k)
         index.set(slot, kept[slot])
-    if layout == "patched":         # decoded whole: the patch table names a chunk of its own
+    if layout == "patched":         # the patch table names a chunk of its own
         piece = _chunk(repo, 10_000)
         index.set_pieces(5, [(0, 4096, piece)])
         kept[-1] = piece
@@ -82,16 +82,14 @@ def test_prune_keeps_exactly_what_a_large_index_names(tmp_path: Path, monkeypatc
     assert {cid.hex() for cid in kept.values()} <= after
     assert after == before - {cid.hex() for cid in garbage}
     assert report.freed_chunks == len(garbage)
-    assert report.referenced_chunks == len({bytes(index.ids[i:i + 32]) for i in range(0, len(index.ids), 32)}
-                                           - {bytes(32)}) + (layout == "patched")
+    assert report.referenced_chunks == len({cid for _n, cid in index.stored()}) + (layout == "patched")
 
 
 @pytest.mark.parametrize("encrypted", [True, False])
 def test_an_index_corrupt_in_its_last_page_stops_prune_before_any_move(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, encrypted: bool) -> None:
     repo = _repo(tmp_path, encrypted)
-    index = FixedIndex.empty(SLOTS * CHUNK, CHUNK)
-    index.ids[:] = os.urandom(SLOTS * 32)
+    index = FixedIndex(SLOTS * CHUNK, CHUNK, os.urandom(SLOTS * 32))
     index.set(0, _chunk(repo, 0))
     garbage = _chunk(repo, 1)
     repo.sync()

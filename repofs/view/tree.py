@@ -234,7 +234,6 @@ class DiskView:
         the span its pieces cover."""
         store = self.gen.repo.store
         index = self.index
-        numbers = list(index.occupied())
 
         def fetch(n: int) -> tuple[int, bytes]:
             try:
@@ -250,7 +249,7 @@ class DiskView:
 
         with ThreadPoolExecutor(workers, thread_name_prefix="restore-read") as pool:
             pending = []
-            it = iter(numbers)
+            it = index.occupied()     # not listed: a list would grow with the disk's data
             for item in it:
                 pending.append(pool.submit(fetch, item))
                 if len(pending) >= lookahead:
