@@ -12,6 +12,7 @@ import re
 import subprocess
 import sys
 
+import pytest
 import typer
 
 from conftest import ROOT
@@ -20,11 +21,12 @@ from repofs.cli.app import COMMANDS, GROUPS
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 
-# modules that only other commands need: a backup must not import them
+# modules that only other commands need, and pydantic (typer's coercion of values that are
+# already text or flags: repofs/cli/textparams.py): a backup must not import them
 OTHERS = ("repofs.cli.lifecycle", "repofs.cli.boot", "repofs.cli.files", "repofs.cli.copy",
           "repofs.cli.find", "repofs.cli.key", "repofs.cli.report", "repofs.cli.restore",
           "repofs.cli.mount", "format.prune", "format.retention", "format.copy", "repofs.guest.guestfs",
-          "pyVmomi", "vddk")
+          "pyVmomi", "vddk", "pydantic")
 
 
 def _probe(argv: list[str]) -> dict:
@@ -81,3 +83,25 @@ def test_a_mistyped_command_is_a_usage_error_with_a_suggestion():
     out = subprocess.run([*REPOFS, "bakup"], capture_output=True, text=True, timeout=120, env=ENV)
     assert out.returncode == 2
     assert out.stderr == "repofs: error: No such command 'bakup'. Did you mean 'backup'?\n"
+
+
+@pytest.mark.parametrize(("value", "expected"), [("1", True), ("true", True), ("0", False), ("no", False)])
+def test_a_flag_from_its_environment_variable_is_still_coerced(monkeypatch, value, expected):
+    """Values that are not yet text or a flag (a flag's environment variable) take typer's
+    own coercion."""
+    from repofs.cli.app import command
+    monkeypatch.setenv("REPOFS_ALLOW_UNENCRYPTED", value)
+    ctx = command().make_context("repofs", ["--repo", "/nowhere", "generations"])
+    assert ctx.params["allow_unencrypted"] is expected and ctx.params["repo"] == "/nowhere"
+
+
+def test_texts_and_lists_of_texts_arrive_as_typer_gives_them():
+    from repofs.cli.app import command
+    root = command()
+    ctx = root.make_context("repofs", ["backup"])
+    backup = root.get_command(ctx, "backup")
+    sub = backup.make_context("backup", ["file:/a", "file:/b", "--vm", "v", "--changed-extents", "c.json"],
+                              parent=ctx)
+    assert sub.params["sources"] == ["file:/a", "file:/b"] and sub.params["vm"] == "v"
+    assert sub.params["changed_extents"] == ["c.json"] and sub.params["server"] is None
+    assert sub.params["dry_run"] is False and sub.params["lock_wait"] == "0"

@@ -19,7 +19,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import allocator, exitcodes, keyahead, oplog, output
+from . import allocator, exitcodes, keyahead, oplog, output, textparams
 from .lazygroup import CommandTable, LazyGroup
 from repofs.guest.names import shown
 
@@ -141,8 +141,10 @@ def _value_name(param, typed: str | None) -> str:
 
 def _tidy(command) -> None:
     """Help as people read it: ``--repo REPO`` rather than typer's ``<str>``/``<list[str]>``, and
-    required arguments without braces (``vm:NAME[@GEN]...``, brackets kept as written)."""
+    required arguments without braces (``vm:NAME[@GEN]...``, brackets kept as written); text
+    parameters checked without pydantic (``textparams``)."""
     import types
+    textparams.install(command, HELP_OPTIONS["help_option_names"])
     for param in command.params:
         if param.param_type_name == "option":
             if not (param.is_flag or param.count) and param.metavar is None:
