@@ -172,6 +172,7 @@ def command():
     global _command
     if _command is None:
         group = typer.main.get_command(app)
+        assert isinstance(group, LazyGroup)
         _tidy(group)
         group.commands = CommandTable(list(COMMANDS), _build)
         _command = group

@@ -28,7 +28,7 @@ except ImportError:          # another typer: leave its coercion alone
 _LIST_OF_TEXT = list[str]
 
 if RuntimeParam is not None:
-    class _Plain(RuntimeParam):  # type: ignore[misc,valid-type]
+    class _Plain(RuntimeParam):
         """Text, a list of texts, or a flag, as click parsed it; anything else as typer would."""
 
         def _coerce_value(self, value: Any, param: Any, ctx: Any) -> Any:
