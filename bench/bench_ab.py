@@ -1,7 +1,8 @@
 """Two or more versions of repofs side by side on one data set, the versions interleaved in
 each round — to measure what a change costs or gains. One of:
 
-- ``--what backup``: a full backup, then an incremental with a change list (3% of the data);
+- ``--what backup``: a full backup, then an incremental with a change list (3% of the data;
+  ``--cold-parent``: the full backup's chunks dropped from the page cache before it);
   wall and CPU seconds (user + system, wait4) and peak RSS of each, bytes stored. Also the
   floor of the same run: the CPU seconds that keyed BLAKE3, zstd (the repository's level) and
   AES-256-GCM alone take on the image's non-zero 1 MiB chunks, in this process, one core.
@@ -112,7 +113,20 @@ def fresh_repo(tree: str, repo: str) -> None:
     cli(tree, "init", "-r", repo)
 
 
-def ab_backup(trees: list[str], work: str, img: str, rounds: int) -> None:
+def evict_chunks(repo: str) -> None:
+    """Drop the repository's chunk files from the page cache (theirs only; other users' pages
+    stay): a parent generation written days before the incremental that follows it."""
+    os.sync()
+    for folder, _dirs, files in os.walk(os.path.join(repo, "chunks")):
+        for name in files:
+            fd = os.open(os.path.join(folder, name), os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
+def ab_backup(trees: list[str], work: str, img: str, rounds: int, cold_parent: bool = False) -> None:
     gen1, gen2 = os.path.join(work, "gen1.img"), os.path.join(work, "gen2.img")
     copy(img, gen1)
     copy(img, gen2)
@@ -136,6 +150,8 @@ def ab_backup(trees: list[str], work: str, img: str, rounds: int) -> None:
             d1 = json.loads(full.out)["disks"][0]
             copy(gen2, img)
             warm(img)
+            if cold_parent:
+                evict_chunks(repo)
             inc = cli(tree, "backup", f"file:{img}", "--vm", VM, "-r", repo, "--json",
                       "--changed-extents", changes)
             d2 = json.loads(inc.out)["disks"][0]
@@ -237,6 +253,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--mount-option", action="append", default=[], help="extra `repofs mount` option")
+    ap.add_argument("--cold-parent", action="store_true",
+                    help="backup: the full backup's chunks out of the page cache before the incremental")
     ap.add_argument("--no-bytecode-cache", action="store_true",
                     help="run the trees as the environment says (PYTHONDONTWRITEBYTECODE: compiled anew each time)")
     a = ap.parse_args()
@@ -252,7 +270,7 @@ def main() -> None:
         else:
             make_image(img, parse_size(a.size))
         if a.what == "backup":
-            ab_backup(trees, work, img, a.rounds)
+            ab_backup(trees, work, img, a.rounds, a.cold_parent)
         elif a.what == "restore":
             ab_restore(trees, work, img, a.rounds)
         else:

@@ -23,8 +23,8 @@ only once probed (its header read, its file's size compared with what the header
 ``Repository.stored_size``) or written by this backup. A full backup probes each chunk it
 reads (on the workers); the previous generation's chunks are not trusted blindly. A backup
 with changed extents keeps the previous generation's chunks outside the changes, so it probes
-each of those once, on a thread of its own while the disks are read (the wall time hides the
-probe; its CPU, ~8 us a chunk on local storage, remains); then a slot that names one found
+each of those once, on threads of their own while the disks are read (the wall time hides
+the probe; its CPU, ~8 us a chunk in the page cache, ~30-75 us out of it, remains); then a slot that names one found
 missing or cut short is read again, whole, and guest-metadata copies that name one are made
 anew. Chunks this backup wrote are stat-ed after the sync and must have the size that was
 written, else the backup fails before its index and manifest are written.
@@ -351,37 +351,44 @@ def _all(pool: ThreadPoolExecutor, fn: Callable[[_DiskPlan], None], plans: list[
 
 class _ParentProbe:
     """The previous generation's chunks that the new indexes keep, each probed once
-    (``Repository.stored_size``) on a thread of its own while the disks are read: those
+    (``Repository.stored_size``) by threads of their own while the disks are read: those
     found whole join ``known``; ``lost()`` waits for the end and names the others.
 
-    One thread, not the workers: the probe's tasks queued ahead of the chunks to store would
-    hold the reading back for as long as the probe takes (seconds for a disk of millions of
-    chunks) instead of running beside it. Stops early when ``stop`` is set."""
+    Threads of its own, not the workers: probe tasks queued ahead of the chunks to store
+    would hold the reading back for as long as the probe takes (seconds for millions of
+    chunks) instead of running beside it. ``THREADS`` of them because a parent written days
+    ago is no longer in the page cache: each probe then waits for one small read of the
+    storage (~1 ms here), and several in flight keep its queue busy (634 cold chunks: 0.5-0.8
+    s with one thread, 0.03-0.13 s with 8; docs/performance.md). Stops early when ``stop``
+    is set."""
+
+    THREADS = 8
 
     def __init__(self, repo: Repository, known: set[bytes], stop: threading.Event, ids: set[bytes]):
         self._repo, self._known, self._stop = repo, known, stop
-        self._ids = ids
+        self._ids = list(ids)
         self._lost: set[bytes] | None = None
-        self._thread: ThreadPoolExecutor | None = None
-        self._future: Future | None = None
+        self._threads: ThreadPoolExecutor | None = None
+        self._futures: list[Future] = []
 
     def __enter__(self) -> "_ParentProbe":
         if self._ids:
-            self._thread = ThreadPoolExecutor(1, thread_name_prefix="ingest-probe")
-            self._future = self._thread.submit(self._probe)
+            n = min(self.THREADS, -(-len(self._ids) // 64))    # >= 64 chunks a thread
+            self._threads = ThreadPoolExecutor(n, thread_name_prefix="ingest-probe")
+            self._futures = [self._threads.submit(self._probe, self._ids[i::n]) for i in range(n)]
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._thread is not None:
+        if self._threads is not None:
             if exc[0] is not None:
                 self._stop.set()
-            self._thread.shutdown()
+            self._threads.shutdown()
 
-    def _probe(self) -> set[bytes]:
+    def _probe(self, ids: list[bytes]) -> set[bytes]:
         lost = set()
         stored_size, known = self._repo.stored_size, self._known
-        for i, cid in enumerate(self._ids):
-            if i % 1024 == 0 and self._stop.is_set():
+        for i, cid in enumerate(ids):
+            if i % 256 == 0 and self._stop.is_set():
                 raise IngestError("stopped because a disk failed")
             if stored_size(cid) is None:
                 lost.add(cid)
@@ -392,7 +399,7 @@ class _ParentProbe:
     def lost(self) -> set[bytes]:
         """The probed chunks found missing or cut short (waits for the probe to end)."""
         if self._lost is None:
-            self._lost = self._future.result() if self._future is not None else set()
+            self._lost = set().union(*(f.result() for f in self._futures))
         return self._lost
 
 
