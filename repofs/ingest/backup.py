@@ -24,9 +24,9 @@ only once probed (its header read, its file's size compared with what the header
 reads (on the workers); the previous generation's chunks are not trusted blindly. A backup
 with changed extents keeps the previous generation's chunks outside the changes, so it probes
 each of those once, on threads of their own while the disks are read (the wall time hides
-the probe; its CPU, ~8 us a chunk in the page cache, ~30-75 us out of it, remains); then a slot that names one found
-missing or cut short is read again, whole, and guest-metadata copies that name one are made
-anew. Chunks this backup wrote are stat-ed after the sync and must have the size that was
+the probe; its CPU, ~8 us a chunk in the page cache, ~30-75 us out of it, remains); then a
+slot that names one found missing or cut short is read again, whole, and guest-metadata
+copies that name one are made anew. Chunks this backup wrote are stat-ed after the sync and must have the size that was
 written, else the backup fails before its index and manifest are written.
 """
 from __future__ import annotations
@@ -144,7 +144,7 @@ class _DiskIngest:
 
     def copy_metadata(self, source: DiskSource, index: FixedIndex, previous: FixedIndex | None,
                       work: list[Work], known: set[bytes], report: DiskReport,
-                      lost: set[bytes] = frozenset()) -> None:  # type: ignore[assignment]
+                      lost: set[bytes] | None = None) -> None:
         """Keep the guest's file-system metadata copied in the index (``repofs.ingest.metacopy``).
         Only an accelerator for readers: if it fails, the generation goes without. Previous
         copies that name a ``lost`` chunk are not kept: the search starts anew."""
