@@ -83,9 +83,10 @@ def _global(ctx: typer.Context,
 
 
 # The commands, in the order `repofs --help` lists them: name -> (module of repofs.cli, the
-# command's function; for a group, its typer sub-app or the function that builds it). A command's module is imported only when the
-# command runs or its help is shown (repofs/cli/lazygroup.py), so `repofs backup` does not
-# pay for the prune, the boot server or the files commands.
+# command's function; for a group in GROUPS, its typer sub-app or the function that builds
+# it). A command's module is imported only when the command runs or its help is shown
+# (repofs/cli/lazygroup.py), so `repofs backup` does not pay for the prune, the boot server
+# or the files commands.
 COMMANDS: dict[str, tuple[str, str]] = {
     "init": ("repository", "init"),
     "backup": ("backup", "backup"),
@@ -109,8 +110,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "key": ("key", "app"),              # `repofs key ...`: passphrases (repofs/cli/key.py)
     "files": ("files", "build_app"),    # `repofs files ...`: guest files of a generation
 }
-
-
 GROUPS = {"key", "files"}
 
 
