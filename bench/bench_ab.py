@@ -1,7 +1,8 @@
 """Two or more versions of repofs side by side on one data set, the versions interleaved in
 each round — to measure what a change costs or gains. One of:
 
-- ``--what backup``: a full backup, then an incremental with a change list (3% of the data);
+- ``--what backup``: a full backup, then an incremental with a change list (3% of the data;
+  ``--cold-parent``: the full backup's chunks dropped from the page cache before it);
   wall and CPU seconds (user + system, wait4) and peak RSS of each, bytes stored. Also the
   floor of the same run: the CPU seconds that keyed BLAKE3, zstd (the repository's level) and
   AES-256-GCM alone take on the image's non-zero 1 MiB chunks, in this process, one core.
@@ -16,6 +17,13 @@ each round — to measure what a change costs or gains. One of:
 
 Each tree is a checkout of this repository; its code runs with this venv's packages
 (PYTHONPATH=tree). ``--image`` reuses an image made by ``bench/dataset.py``.
+
+Bytecode: an installed repofs runs from compiled bytecode, so the trees do here too — cached
+in the work folder (PYTHONPYCACHEPREFIX; the trees are not written to), filled by an
+unmeasured warm-up round. Without it (``--no-bytecode-cache``, or PYTHONDONTWRITEBYTECODE in
+the environment with no cache) every command compiles the tree's sources first: ~0.1 CPU s
+that grows with the code base and is not what a user pays. ``--what backup`` ends with the
+median of each tree's figures over the rounds, and each tree's ratio to the first tree's.
 """
 from __future__ import annotations
 
@@ -25,6 +33,7 @@ import os
 import random
 import secrets
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -40,10 +49,16 @@ MiB = 1 << 20
 VM = "bench"
 
 
+PYCACHE: str | None = None   # where the trees' bytecode is cached (main() sets it)
+
+
 def env_for(tree: str) -> dict:
     env = dict(os.environ, REPOFS_PASSWORD="bench", PYTHONPATH=tree)
     env.pop("REPOFS_REPOSITORY", None)
     env.pop("REPOFS_PASSWORD_FILE", None)
+    if PYCACHE is not None:
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env["PYTHONPYCACHEPREFIX"] = PYCACHE
     return env
 
 
@@ -98,7 +113,20 @@ def fresh_repo(tree: str, repo: str) -> None:
     cli(tree, "init", "-r", repo)
 
 
-def ab_backup(trees: list[str], work: str, img: str, rounds: int) -> None:
+def evict_chunks(repo: str) -> None:
+    """Drop the repository's chunk files from the page cache (theirs only; other users' pages
+    stay): a parent generation written days before the incremental that follows it."""
+    os.sync()
+    for folder, _dirs, files in os.walk(os.path.join(repo, "chunks")):
+        for name in files:
+            fd = os.open(os.path.join(folder, name), os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
+def ab_backup(trees: list[str], work: str, img: str, rounds: int, cold_parent: bool = False) -> None:
     gen1, gen2 = os.path.join(work, "gen1.img"), os.path.join(work, "gen2.img")
     copy(img, gen1)
     copy(img, gen2)
@@ -106,11 +134,14 @@ def ab_backup(trees: list[str], work: str, img: str, rounds: int) -> None:
     with open(changes, "w") as f:
         json.dump(change_list(gen2, 0.03), f)
     repo = os.path.join(work, "repo")
-    for rnd in range(1, rounds + 1):
+    figures: dict[str, list[tuple[float, float, float, float]]] = {tree: [] for tree in trees}
+    first = 0 if PYCACHE is None else -1     # round 0: the warm-up that compiles the bytecode
+    for rnd in range(first + 1, rounds + 1):
         warm(gen1)
         fcpu, fbytes = floor_cpu(gen1)
-        print(f"round {rnd} floor: BLAKE3+zstd+AES-GCM {fcpu:.2f} CPU s on {fbytes / 1e9:.2f} GB "
-              f"({fcpu / fbytes * 1e9:.2f} CPU s/GB)", flush=True)
+        if rnd > 0:
+            print(f"round {rnd} floor: BLAKE3+zstd+AES-GCM {fcpu:.2f} CPU s on {fbytes / 1e9:.2f} GB "
+                  f"({fcpu / fbytes * 1e9:.2f} CPU s/GB)", flush=True)
         for tree in trees:
             fresh_repo(tree, repo)
             copy(gen1, img)
@@ -119,13 +150,26 @@ def ab_backup(trees: list[str], work: str, img: str, rounds: int) -> None:
             d1 = json.loads(full.out)["disks"][0]
             copy(gen2, img)
             warm(img)
+            if cold_parent:
+                evict_chunks(repo)
             inc = cli(tree, "backup", f"file:{img}", "--vm", VM, "-r", repo, "--json",
                       "--changed-extents", changes)
             d2 = json.loads(inc.out)["disks"][0]
+            if rnd <= 0:
+                continue
+            figures[tree].append((full.wall, full.cpu, inc.wall, inc.cpu))
             print(f"round {rnd} {tree}: full {full.wall:.2f} s, {full.cpu:.2f} CPU s "
                   f"({full.cpu / fbytes * 1e9:.2f} CPU s/GB = {full.cpu / fcpu:.2f}x floor), "
                   f"{full.rss_mib:.0f} MiB; incremental {inc.wall:.2f} s ({inc.wall / full.wall:.1%}), "
                   f"{inc.cpu:.2f} CPU s; stored {d1['new_bytes']} + {d2['new_bytes']} bytes", flush=True)
+    medians = {tree: [statistics.median(col) for col in zip(*rows, strict=True)]
+               for tree, rows in figures.items() if rows}
+    ref = medians.get(trees[0])
+    for tree, (fw, fc, iw, ic) in medians.items():
+        ratio = (f" = {fw / ref[0]:.2f}x / {fc / ref[1]:.2f}x / {iw / ref[2]:.2f}x / {ic / ref[3]:.2f}x "
+                 f"the first tree") if ref and tree != trees[0] else ""
+        print(f"median of {rounds} rounds {tree}: full {fw:.2f} s, {fc:.2f} CPU s; incremental "
+              f"{iw:.2f} s, {ic:.3f} CPU s{ratio}", flush=True)
 
 
 def ab_restore(trees: list[str], work: str, img: str, rounds: int) -> None:
@@ -209,9 +253,16 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--mount-option", action="append", default=[], help="extra `repofs mount` option")
+    ap.add_argument("--cold-parent", action="store_true",
+                    help="backup: the full backup's chunks out of the page cache before the incremental")
+    ap.add_argument("--no-bytecode-cache", action="store_true",
+                    help="run the trees as the environment says (PYTHONDONTWRITEBYTECODE: compiled anew each time)")
     a = ap.parse_args()
     trees = [str(Path(t).resolve()) for t in a.trees]
     work = tempfile.mkdtemp(prefix="repofs-ab-", dir=a.workdir)
+    global PYCACHE
+    if not a.no_bytecode_cache:
+        PYCACHE = os.path.join(work, "pycache")
     try:
         img = os.path.join(work, "disk.img")
         if a.image:
@@ -219,7 +270,7 @@ def main() -> None:
         else:
             make_image(img, parse_size(a.size))
         if a.what == "backup":
-            ab_backup(trees, work, img, a.rounds)
+            ab_backup(trees, work, img, a.rounds, a.cold_parent)
         elif a.what == "restore":
             ab_restore(trees, work, img, a.rounds)
         else:

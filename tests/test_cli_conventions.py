@@ -233,7 +233,9 @@ def test_sigterm_has_its_own_exit_code(world) -> None:
     cli, tmp, _image, _gens = world
     env = {k: v for k, v in cli.env.items() if k != "REPOFS_PASSWORD_FILE"}
     marker = tmp / "asked"
-    proc = subprocess.Popen([*REPOFS, "--password-command", f"sh -c 'touch {marker}; sleep 60'", "generations"],
+    # the sleep must not hold the test's stderr pipe: communicate() would wait for its end
+    proc = subprocess.Popen([*REPOFS, "--password-command", f"sh -c 'touch {marker}; exec sleep 60 2>/dev/null'",
+                             "generations"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         for _ in range(600):

@@ -115,6 +115,56 @@ def test_changed_extents_backup_rereads_slots_whose_chunks_were_deleted(cli, tmp
     assert images_equal(img, tmp_path / "o" / "disk.raw")
 
 
+def _latest_index(cli: CLI, vm: str):
+    from format.repository import Repository
+    from fixtures_repo import PASSPHRASE
+    repo = Repository.open(cli.repo, PASSPHRASE.encode())
+    gens = json.loads(cli.run("generations", vm, "--json").stdout)
+    manifest = repo.get_manifest(gens[-1]["manifest"])
+    return repo, repo.get_index(manifest.disks[0].index)
+
+
+def test_a_patched_slot_whose_base_was_deleted_is_read_again_whole(cli, tmp_path):
+    """The change falls inside the slot whose chunk is gone: laying pieces over it would name
+    the lost chunk. The probe runs while the slots are read; the slot is read again, whole."""
+    img = _image(tmp_path, mib=6)
+    cli.run("backup", f"file:{img}", "--vm", "a")
+    repo, first = _latest_index(cli, "a")
+    lost = first.get(2)
+    (cli.repo / "chunks" / lost.hex()[:2] / lost.hex()).unlink()
+    change = (2 * first.chunk_size + 8192, 4096)
+    with open(img, "r+b") as f:
+        f.seek(change[0])
+        f.write(b"y" * change[1])
+    changes = tmp_path / "changes.json"
+    changes.write_text(json.dumps([list(change)]))
+    p = cli.run("backup", f"file:{img}", "--vm", "a", "--changed-extents", str(changes), "--json")
+    assert "missing or damaged" in p.stderr
+    report = json.loads(p.stdout)["disks"][0]
+    assert report["new_chunks"] >= 1
+    repo, second = _latest_index(cli, "a")
+    assert second.pieces(2) == () and second.get(2) != lost
+    assert all(repo.stored_size(cid) is not None for _o, cid in second.references())
+    gens = json.loads(cli.run("generations", "a", "--json").stdout)
+    cli.run("restore", "vm:a", "--generation", gens[-1]["generation"], "--to-dir", str(tmp_path / "o"))
+    assert images_equal(img, tmp_path / "o" / "disk.raw")
+
+
+def test_a_full_backup_probes_the_chunks_it_reads_not_the_parents_name(cli, tmp_path):
+    """A full backup over a parent stores again a chunk the parent names that was cut short."""
+    img = _image(tmp_path, mib=4)
+    cli.run("backup", f"file:{img}", "--vm", "a")
+    _repo, first = _latest_index(cli, "a")
+    cut = first.get(1)
+    os.truncate(cli.repo / "chunks" / cut.hex()[:2] / cut.hex(), 100)
+    report = json.loads(cli.run("backup", f"file:{img}", "--vm", "a", "--json").stdout)["disks"][0]
+    assert report["new_chunks"] == 1
+    repo, second = _latest_index(cli, "a")
+    assert second.get(1) == cut and repo.stored_size(cut) is not None
+    cli.run("restore", "vm:a", "--to-dir", str(tmp_path / "o"))
+    assert images_equal(img, tmp_path / "o" / "disk.raw")
+
+
 # -- one bad manifest -------------------------------------------------------------------------
 
 def _flip(path: Path, offset: int) -> None:

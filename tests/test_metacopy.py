@@ -191,6 +191,32 @@ def walk_of_source(root: Path) -> dict[str, int]:
     return out
 
 
+def test_incremental_does_not_keep_copies_that_name_a_lost_chunk(cli: CLI, tmp_path: Path):
+    """The copies' own chunks are the previous generation's too: one deleted, the copies are
+    made anew rather than kept (a new index never names a chunk the backup has not seen whole)."""
+    img, _files, _report = ext4_backup(cli, tmp_path, seed=4, files=60, size_mib=64)
+    view, _ = open_view(cli)
+    first = view.generation("vm").disks[0].index.copies
+    lost = first.ids[-1]
+    assert lost not in {c for _, c in view.generation("vm").disks[0].index.stored()}
+    (cli.repo / "chunks" / lost.hex()[:2] / lost.hex()).unlink()
+    end = first.ranges[-1][0] + first.ranges[-1][1]
+    change = (max(end, 40 * MiB), 8192)     # outside every copied range: the copies would be kept
+    with open(img, "r+b") as f:
+        f.seek(change[0])
+        f.write(b"\x5a" * change[1])
+    report = backup(cli, img, [change])
+    assert report["disks"][0]["copied_bytes"] == first.stream_size
+    repo = Repository.open(cli.repo, PASSPHRASE.encode())
+    view, _ = open_view(cli)
+    second = view.generation("vm").disks[0]
+    assert second.index.copies.ranges == first.ranges
+    assert all(repo.stored_size(cid) is not None for _o, cid in second.index.references())
+    image = img.read_bytes()
+    for off, n in second.index.copies.ranges:
+        assert second.read(off, n) == image[off:off + n]
+
+
 def test_check_finds_a_damaged_copy(cli: CLI, tmp_path: Path):
     ext4_backup(cli, tmp_path, seed=7, files=30, size_mib=32)
     view, _ = open_view(cli)

@@ -2,34 +2,36 @@
 
 Errors are translated once, in ``main()``, through ``exitcodes``: one line on stderr and a
 distinct exit code, never a traceback. Each command group lives in its own module
-(``repository``, ``backup``, ``restore``, ``mount``, ``files``); modules that only some
-commands need (the FUSE stack, the checker, the vSphere layer) are imported inside them, so
-a backup does not pay for them.
+(``repository``, ``backup``, ``restore``, ``mount``, ``files``, ...), named in ``COMMANDS``
+and imported only when one of its commands runs or its help is shown (``lazygroup``); modules
+that only some commands of a module need (the FUSE stack, the checker, the vSphere layer)
+are imported inside them, so a backup does not pay for them.
 """
 from __future__ import annotations
 
+import importlib
 import os
 import signal
 import sys
 import threading
 import time
-from importlib import metadata
 from typing import Annotated, Optional
 
 import typer
 
-from . import allocator, backup, boot, copy, exitcodes, find, key, keyahead, lifecycle, mount, oplog, output, report, repository, restore
-from .files import build_app as build_files_app
+from . import allocator, exitcodes, keyahead, oplog, output, textparams
+from .lazygroup import CommandTable, LazyGroup
 from repofs.guest.names import shown
 
 HELP_OPTIONS = {"help_option_names": ["-h", "--help"]}
 
-app = typer.Typer(add_completion=False, no_args_is_help=False, pretty_exceptions_enable=False,
+app = typer.Typer(cls=LazyGroup, add_completion=False, no_args_is_help=False, pretty_exceptions_enable=False,
                   rich_markup_mode=None, context_settings=HELP_OPTIONS, invoke_without_command=True,
                   help="repofs: VM backups in a deduplicated, compressed, encrypted repository you can mount.")
 
 
 def version() -> str:
+    from importlib import metadata  # noqa: PLC0415 (~10 ms of email parsing: only --version pays)
     try:
         return metadata.version("repofs")
     except metadata.PackageNotFoundError:
@@ -80,26 +82,50 @@ def _global(ctx: typer.Context,
         raise typer.Exit(0)
 
 
-app.command()(repository.init)
-app.command()(backup.backup)
-app.command()(repository.generations)
-app.command()(restore.restore)
-app.command()(repository.check)
-app.command()(mount.mount)
-for lifecycle_command in (lifecycle.forget, lifecycle.protect, lifecycle.unprotect, lifecycle.prune,
-                          lifecycle.stats, lifecycle.diff):
-    app.command()(lifecycle_command)
-app.command()(mount.umount)
-app.command()(find.find)
-app.command()(report.report)
-app.command()(boot.serve)
-app.command()(boot.boot)
-app.command()(boot.verify)
-app.add_typer(key.app, name="key", context_settings=HELP_OPTIONS)  # `repofs key ...`: passphrases (repofs/cli/key.py)
-app.command()(copy.copy)
-# `repofs files ...`: guest files of a generation (repofs/cli/files.py)
-app.add_typer(build_files_app(), name="files",
-              context_settings=HELP_OPTIONS)
+# The commands, in the order `repofs --help` lists them: name -> (module of repofs.cli, the
+# command's function; for a group in GROUPS, its typer sub-app or the function that builds
+# it). A command's module is imported only when the command runs or its help is shown
+# (repofs/cli/lazygroup.py), so `repofs backup` does not pay for the prune, the boot server
+# or the files commands.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "init": ("repository", "init"),
+    "backup": ("backup", "backup"),
+    "generations": ("repository", "generations"),
+    "restore": ("restore", "restore"),
+    "check": ("repository", "check"),
+    "mount": ("mount", "mount"),
+    "forget": ("lifecycle", "forget"),
+    "protect": ("lifecycle", "protect"),
+    "unprotect": ("lifecycle", "unprotect"),
+    "prune": ("lifecycle", "prune"),
+    "stats": ("lifecycle", "stats"),
+    "diff": ("lifecycle", "diff"),
+    "umount": ("mount", "umount"),
+    "find": ("find", "find"),
+    "report": ("report", "report"),
+    "serve": ("boot", "serve"),
+    "boot": ("boot", "boot"),
+    "verify": ("boot", "verify"),
+    "copy": ("copy", "copy"),
+    "key": ("key", "app"),              # `repofs key ...`: passphrases (repofs/cli/key.py)
+    "files": ("files", "build_app"),    # `repofs files ...`: guest files of a generation
+}
+GROUPS = {"key", "files"}
+
+
+def _build(name: str) -> typer.core._click.Command:
+    """The click command ``name``, built as typer builds a registered command or sub-app."""
+    module_name, attribute = COMMANDS[name]
+    found = getattr(importlib.import_module(f"{__package__}.{module_name}"), attribute)
+    holder = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
+    if name in GROUPS:
+        sub = found if isinstance(found, typer.Typer) else found()
+        holder.add_typer(sub, name=name, context_settings=HELP_OPTIONS)
+    else:
+        holder.command(name=name)(found)
+    built = typer.main.get_group(holder).commands[name]
+    _tidy(built)
+    return built
 
 
 def _value_name(param, typed: str | None) -> str:
@@ -114,8 +140,10 @@ def _value_name(param, typed: str | None) -> str:
 
 def _tidy(command) -> None:
     """Help as people read it: ``--repo REPO`` rather than typer's ``<str>``/``<list[str]>``, and
-    required arguments without braces (``vm:NAME[@GEN]...``, brackets kept as written)."""
+    required arguments without braces (``vm:NAME[@GEN]...``, brackets kept as written); text
+    parameters checked without pydantic (``textparams``)."""
     import types
+    textparams.install(command, HELP_OPTIONS["help_option_names"])
     for param in command.params:
         if param.param_type_name == "option":
             if not (param.is_flag or param.count) and param.metavar is None:
@@ -142,8 +170,11 @@ def command():
     """The click command tree of the app, built once, with its help tidied."""
     global _command
     if _command is None:
-        _command = typer.main.get_command(app)
-        _tidy(_command)
+        group = typer.main.get_command(app)
+        assert isinstance(group, LazyGroup)
+        _tidy(group)
+        group.commands = CommandTable(list(COMMANDS), _build)
+        _command = group
     return _command
 
 

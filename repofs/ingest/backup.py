@@ -18,13 +18,16 @@ the disk. Chunks are written without a per-file fsync; one filesystem sync makes
 durable before the index and the manifest (each fsynced) refer to them. A crash therefore
 leaves, at worst, unreferenced chunks.
 
-A new index never names a chunk the backup has not seen whole. The previous generation's
-chunks are not trusted blindly: each is probed once (its header read, its file's size
-compared with what the header declares) before the backup starts; one that is missing or cut
-short is stored again when the disk still holds its bytes, and a slot of a changed-extents
-backup that names one is read whole instead of patched. Chunks this backup wrote are stat-ed
-after the sync and must have the size that was written, else the backup fails before its
-index and manifest are written.
+A new index never names a chunk the backup has not seen whole. A chunk counts as stored
+only once probed (its header read, its file's size compared with what the header declares:
+``Repository.stored_size``) or written by this backup. A full backup probes each chunk it
+reads (on the workers); the previous generation's chunks are not trusted blindly. A backup
+with changed extents keeps the previous generation's chunks outside the changes, so it probes
+each of those once, on threads of their own while the disks are read (the wall time hides
+the probe; its CPU, ~8 us a chunk in the page cache, ~30-75 us out of it, remains); then a
+slot that names one found missing or cut short is read again, whole, and guest-metadata
+copies that name one are made anew. Chunks this backup wrote are stat-ed after the sync and must have the size that was
+written, else the backup fails before its index and manifest are written.
 """
 from __future__ import annotations
 
@@ -35,7 +38,7 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, NamedTuple, Sequence
+from typing import Callable, Iterator, NamedTuple, Sequence
 
 from format.errors import ObjectMissing
 from format.fixedindex import FixedIndex, Piece, chunks_touched, slot_ranges
@@ -105,7 +108,7 @@ class _DiskPlan:
     source: DiskSource
     index: FixedIndex                 # the new index, filled as the slots are read
     work: list[Work]                  # the slots to read
-    known: set[bytes]                 # chunk ids known to be stored
+    known: set[bytes]                 # chunk ids known to be stored whole (shared by the disks)
     report: DiskReport
     parent_index: FixedIndex | None   # the previous generation's, if any
 
@@ -140,9 +143,14 @@ class _DiskIngest:
         return [self._store(data, known) for data in datas]
 
     def copy_metadata(self, source: DiskSource, index: FixedIndex, previous: FixedIndex | None,
-                      work: list[Work], known: set[bytes], report: DiskReport) -> None:
+                      work: list[Work], known: set[bytes], report: DiskReport,
+                      lost: set[bytes] | None = None) -> None:
         """Keep the guest's file-system metadata copied in the index (``repofs.ingest.metacopy``).
-        Only an accelerator for readers: if it fails, the generation goes without."""
+        Only an accelerator for readers: if it fails, the generation goes without. Previous
+        copies that name a ``lost`` chunk are not kept: the search starts anew."""
+        if previous is not None and previous.copies is not None and lost and \
+                any(cid in lost for _o, cid in previous.copy_references()):
+            previous = None
         def store(data: bytes) -> tuple[bytes | None, int]:
             cid, stored = self._store(data, known)
             if stored:
@@ -155,7 +163,7 @@ class _DiskIngest:
             return cid, stored
         # what this backup rewrote: in slot order, so ascending and never overlapping
         touched = [read for item in work for read in _item_reads(index, item)] \
-            if source.extents_are_changes else None
+            if source.extents_are_changes and previous is not None else None
         try:
             index.copies = metacopy.build(self.repo, source.label, index, previous, touched, store)
         except Exception as e:  # noqa: BLE001 (an optional copy never fails a backup)
@@ -164,11 +172,13 @@ class _DiskIngest:
         report.copied_bytes = index.copies.stream_size if index.copies else 0
 
     def run(self, source: DiskSource, index: FixedIndex, work: list[Work],
-            known: set[bytes], report: DiskReport, progress: Progress | None) -> None:
+            known: set[bytes], report: DiskReport, progress: Progress | None,
+            again: Callable[[], list[Work]] | None = None) -> None:
+        """Read and store the slots of ``work``; then, if given, the slots ``again()`` returns
+        once the first pass is done (slots to read again whole)."""
         pending: collections.deque[tuple[Work, Future]] = collections.deque()
-        reads = [_item_reads(index, item) for item in work]
-        source.prepare([read for item_reads in reads for read in item_reads])
-        total = sum(n for item_reads in reads for _, n in item_reads)
+        patched: set[int] = set()     # slots this run laid pieces over
+        total = 0
 
         def settle(item: Work, fut: Future) -> None:
             n, ranges, kept = item
@@ -183,26 +193,39 @@ class _DiskIngest:
                     known.add(cid)
             if ranges is None:
                 index.set(n, results[0][0])
+                if n in patched:        # read again whole: no longer patched
+                    patched.discard(n)
+                    report.patched_slots -= 1
                 return
             pieces = kept + tuple((lo, hi - lo, cid) for (lo, hi), (cid, _) in zip(ranges, results, strict=True))
             if index.get(n) is None and not any(cid for _o, _l, cid in pieces):
                 index.set(n, None)  # zeros over a hole: still a hole
             else:
                 index.set_pieces(n, pieces)
+                patched.add(n)
                 report.patched_slots += 1
 
-        for item, item_reads in zip(work, reads, strict=True):
-            if self.stop.is_set():
-                raise IngestError(f"disk {source.label}: stopped because another disk failed")
-            datas = [source.read(offset, length) for offset, length in item_reads]
-            report.read_bytes += sum(map(len, datas))
-            pending.append((item, self.pool.submit(self._store_pieces, datas, known)))
-            while len(pending) >= self.in_flight:
+        def read(items: list[Work]) -> None:
+            nonlocal total
+            reads = [_item_reads(index, item) for item in items]
+            source.prepare([read for item_reads in reads for read in item_reads])
+            total += sum(n for item_reads in reads for _, n in item_reads)
+            for item, item_reads in zip(items, reads, strict=True):
+                if self.stop.is_set():
+                    raise IngestError(f"disk {source.label}: stopped because another disk failed")
+                datas = [source.read(offset, length) for offset, length in item_reads]
+                report.read_bytes += sum(map(len, datas))
+                pending.append((item, self.pool.submit(self._store_pieces, datas, known)))
+                while len(pending) >= self.in_flight:
+                    settle(*pending.popleft())
+                if progress:
+                    progress(source.label, report.read_bytes, total)
+            while pending:
                 settle(*pending.popleft())
-            if progress:
-                progress(source.label, report.read_bytes, total)
-        while pending:
-            settle(*pending.popleft())
+
+        read(work)
+        if again is not None and (redo := again()):
+            read(redo)
 
     def verify_written(self) -> None:
         """After the sync: every chunk this backup wrote has the size it was written with."""
@@ -260,29 +283,34 @@ def _backup(repo: Repository, vm: str, sources: Sequence[DiskSource], metadata: 
         written_ns = time.time_ns()
         when_ns = written_ns if time_ns is None else time_ns
         ingest = _DiskIngest(repo, pool, in_flight=workers * 3)
+        known: set[bytes] = set()    # chunks seen whole: probed, or written by this backup
         plans = []
-        parents = []
         for source in sources:
             entry_parent = parent_manifest.disk(source.label) if parent_manifest else None
-            parents.append(repo.get_index(entry_parent.index) if entry_parent else None)
-        whole = _whole_chunks(repo, pool, parents)
-        for source, parent_index in zip(sources, parents, strict=True):
+            parent_index = repo.get_index(entry_parent.index) if entry_parent else None
             report = DiskReport(source.label, source.capacity)
-            index, work, known = _plan(repo, source, parent_index, report, whole)
+            index, work = _plan(repo, source, parent_index, report)
             plans.append(_DiskPlan(source, index, work, known, report, parent_index))
+        # what the new indexes keep of the previous ones, probed while the disks are read
+        probe = _ParentProbe(repo, known, ingest.stop,
+                             {cid for plan in plans if plan.source.extents_are_changes
+                              for cid in _kept(plan.index, plan.parent_index, plan.work)})
 
         def read_disk(plan: _DiskPlan) -> None:
-            ingest.run(plan.source, plan.index, plan.work, plan.known, plan.report, progress)
+            again = (lambda: _read_again(plan, probe.lost(), ingest.written)) \
+                if plan.source.extents_are_changes else None
+            ingest.run(plan.source, plan.index, plan.work, plan.known, plan.report, progress, again)
             plan.report.data_bytes = sum(plan.index.chunk_range(n)[1] for n in plan.index.occupied())
 
         def copy_metadata(plan: _DiskPlan) -> None:
+            lost = probe.lost() if plan.source.extents_are_changes else set()
             ingest.copy_metadata(plan.source, plan.index, plan.parent_index, plan.work, plan.known,
-                                 plan.report)
+                                 plan.report, lost - ingest.written.keys())
 
         # Disks are read in parallel (one reader thread each), sharing the workers. Then,
         # while the repository's file system writes their chunks out, the guests' metadata
         # is copied from them (the chunks are read back from the page cache).
-        with ThreadPoolExecutor(len(plans) + 1, thread_name_prefix="ingest-read") as readers:
+        with probe, ThreadPoolExecutor(len(plans) + 1, thread_name_prefix="ingest-read") as readers:
             _all(readers, read_disk, plans, ingest.stop)
             syncing = readers.submit(repo.sync)
             _all(readers, copy_metadata, plans, ingest.stop)
@@ -321,22 +349,98 @@ def _all(pool: ThreadPoolExecutor, fn: Callable[[_DiskPlan], None], plans: list[
         raise
 
 
-def _whole_chunks(repo: Repository, pool: ThreadPoolExecutor,
-                  parents: Sequence[FixedIndex | None]) -> set[bytes]:
-    """The chunks the previous generation's indexes name that are stored whole: one header
-    read each on local storage (~10 µs; a thread pool cost more than the reads it spread),
-    one listing on object storage (``Repository.stored_size``)."""
-    ids = {cid for index in parents if index is not None for _, cid in index.references()}
-    return {cid for cid in ids if repo.stored_size(cid) is not None}
+class _ParentProbe:
+    """The previous generation's chunks that the new indexes keep, each probed once
+    (``Repository.stored_size``) by threads of their own while the disks are read: those
+    found whole join ``known``; ``lost()`` waits for the end and names the others.
+
+    Threads of its own, not the workers: probe tasks queued ahead of the chunks to store
+    would hold the reading back for as long as the probe takes (seconds for millions of
+    chunks) instead of running beside it. ``THREADS`` of them because a parent written days
+    ago is no longer in the page cache: each probe then waits for one small read of the
+    storage (~1 ms here), and several in flight keep its queue busy (634 cold chunks: 0.5-0.8
+    s with one thread, 0.03-0.13 s with 8; docs/performance.md). Stops early when ``stop``
+    is set."""
+
+    THREADS = 8
+
+    def __init__(self, repo: Repository, known: set[bytes], stop: threading.Event, ids: set[bytes]):
+        self._repo, self._known, self._stop = repo, known, stop
+        self._ids = list(ids)
+        self._lost: set[bytes] | None = None
+        self._threads: ThreadPoolExecutor | None = None
+        self._futures: list[Future] = []
+
+    def __enter__(self) -> "_ParentProbe":
+        if self._ids:
+            n = min(self.THREADS, -(-len(self._ids) // 64))    # >= 64 chunks a thread
+            self._threads = ThreadPoolExecutor(n, thread_name_prefix="ingest-probe")
+            self._futures = [self._threads.submit(self._probe, self._ids[i::n]) for i in range(n)]
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._threads is not None:
+            if exc[0] is not None:
+                self._stop.set()
+            self._threads.shutdown()
+
+    def _probe(self, ids: list[bytes]) -> set[bytes]:
+        lost = set()
+        stored_size, known = self._repo.stored_size, self._known
+        for i, cid in enumerate(ids):
+            if i % 256 == 0 and self._stop.is_set():
+                raise IngestError("stopped because a disk failed")
+            if stored_size(cid) is None:
+                lost.add(cid)
+            else:
+                known.add(cid)
+        return lost
+
+    def lost(self) -> set[bytes]:
+        """The probed chunks found missing or cut short (waits for the probe to end)."""
+        if self._lost is None:
+            self._lost = set().union(*(f.result() for f in self._futures))
+        return self._lost
+
+
+def _kept(index: FixedIndex, parent: FixedIndex | None, work: list[Work]) -> Iterator[bytes]:
+    """The ids of the previous generation's chunks that the new ``index`` (a copy of
+    ``parent``'s slots) still names once ``work`` is done: bases and pieces of the slots not
+    read whole, and the stream chunks of the guest-metadata copies it may keep."""
+    whole = {item.slot for item in work if item.ranges is None}
+    for n in index.occupied():
+        if n in whole:
+            continue
+        base = index.get(n)
+        if base is not None:
+            yield base
+        for _o, _l, cid in index.pieces(n):
+            if cid is not None:
+                yield cid
+    if parent is not None:
+        for _off, cid in parent.copy_references():
+            yield cid
+
+
+def _read_again(plan: _DiskPlan, lost: set[bytes], written: dict[bytes, int]) -> list[Work]:
+    """The slots of ``plan``'s new index that name a chunk found lost (and not stored again
+    by this backup since): to be read again, whole."""
+    lost = lost - written.keys()
+    if not lost:
+        return []
+    index = plan.index
+    again = [Work(n, None, ()) for n in index.occupied()
+             if index.get(n) in lost or any(cid in lost for _o, _l, cid in index.pieces(n))]
+    log.warning("disk %s: %d chunks of the previous generation are missing or damaged; "
+                "the %d slots that name them are read again", plan.source.label, len(lost), len(again))
+    return again
 
 
 def _plan(repo: Repository, source: DiskSource, parent_index: FixedIndex | None,
-          report: DiskReport, whole: set[bytes] | None = None) -> tuple[FixedIndex, list[Work], set[bytes]]:
-    """The starting index, the slots to read, and the chunk ids known to be stored whole
-    (``whole``: the previous generation's chunks found whole; None: trust them all)."""
+          report: DiskReport) -> tuple[FixedIndex, list[Work]]:
+    """The starting index and the slots to read. Chunks the starting index names come from
+    ``parent_index`` and are probed while the slots are read (``_ParentProbe``)."""
     cs = repo.chunk_size
-    named = {cid for _, cid in parent_index.references()} if parent_index else set()
-    known = named if whole is None else named & whole
     if source.extents_are_changes:
         if parent_index is None:
             raise IngestError(f"disk {source.label}: changed extents were given but there is "
@@ -346,19 +450,11 @@ def _plan(repo: Repository, source: DiskSource, parent_index: FixedIndex | None,
                               f"{parent_index.capacity} to {source.capacity}; read it in full")
         report.mode = "changed"
         index = parent_index.copy()
-        work = {n: _patch_or_whole(index, n, ranges)
-                for n, ranges in slot_ranges(clip_extents(source.extents(), source.capacity), cs)}
-        if len(known) != len(named):   # slots naming a lost chunk are read again, whole
-            for n in index.occupied():
-                base = index.get(n)
-                if (base is not None and base not in known) or \
-                        any(cid is not None and cid not in known for _o, _l, cid in index.pieces(n)):
-                    work[n] = Work(n, None, ())
-            log.warning("disk %s: %d chunks of the previous generation are missing or damaged; "
-                        "the slots that name them are read again", source.label, len(named - known))
-        return index, [work[n] for n in sorted(work)], known
+        work = [_patch_or_whole(index, n, ranges)
+                for n, ranges in slot_ranges(clip_extents(source.extents(), source.capacity), cs)]
+        return index, sorted(work, key=lambda item: item.slot)
     index = FixedIndex.empty(source.capacity, cs)
-    return index, [Work(n, None, ()) for n in chunks_touched(source.extents(), cs, source.capacity)], known
+    return index, [Work(n, None, ()) for n in chunks_touched(source.extents(), cs, source.capacity)]
 
 
 def _patch_or_whole(index: FixedIndex, n: int, changed: list[tuple[int, int]]) -> Work:
