@@ -18,8 +18,10 @@ _BUCKETS = 1 << 16
 
 
 def _sorted_unique(data: bytes | bytearray) -> bytearray:
-    recs = sorted({bytes(data[i:i + _REC]) for i in range(0, len(data), _REC)})
-    return bytearray(b"".join(recs))
+    if len(data) == _REC:
+        return bytearray(data)
+    whole = bytes(data)     # slices of bytes are bytes (hashable), with no conversion each
+    return bytearray(b"".join(sorted({whole[i:i + _REC] for i in range(0, len(whole), _REC)})))
 
 
 class IdSet:
@@ -38,12 +40,19 @@ class IdSet:
 
     def add_ids(self, ids: bytes | bytearray | memoryview, skip: bytes = b"") -> None:
         """Add every 32-byte id packed in ``ids`` (e.g. an index's id table), except ``skip``."""
-        view = memoryview(ids)
-        for pos in range(0, len(view), 32):
-            cid = bytes(view[pos:pos + PREFIX])
-            if skip and view[pos:pos + 32] == skip:
+        data = bytes(ids)      # one copy of the page: slicing bytes is cheaper than a view
+        buckets, done = self._buckets, self._sorted
+        head = skip[:PREFIX]
+        for pos in range(0, len(data) - 31, 32):
+            if skip and data[pos:pos + PREFIX] == head and data[pos:pos + 32] == skip:
                 continue
-            self.add(cid)
+            b = (data[pos] << 8) | data[pos + 1]
+            bucket = buckets[b]
+            if bucket is None:
+                bucket = buckets[b] = bytearray()
+            bucket += data[pos + 2:pos + PREFIX]
+            if len(bucket) > 2 * done[b] + 64 * _REC:
+                self._compact(b)
 
     def _compact(self, b: int) -> None:
         bucket = self._buckets[b]
@@ -56,7 +65,7 @@ class IdSet:
         """Sort every bucket; call once before ``__contains__``."""
         for b, bucket in enumerate(self._buckets):
             if bucket is not None and self._sorted[b] != len(bucket):
-                if len(bucket) == _REC:     # one record: sorted as it is (most buckets of a small set)
+                if len(bucket) == _REC:     # one record: sorted as it is (many buckets of a small set)
                     self._sorted[b] = _REC
                 else:
                     self._compact(b)
