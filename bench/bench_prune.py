@@ -2,7 +2,7 @@
 prune`` and ``borg compact`` on repositories of the same number of chunks, half of them left
 unreferenced by forgetting one of two backups; and the memory of prune's marks alone.
 
-    .venv/bin/python bench/bench_prune.py --sizes 50k,200k [--work DIR] [--tools repofs,restic,borg] [--idset 10M]
+    .venv/bin/python bench/bench_prune.py --sizes 50k,200k [--work DIR] [--tools repofs,restic,borg] [--idset 10M] [--tree . --tree OLD]
     .venv/bin/python bench/bench_prune.py --marks 10M --disk-slots 1M,10M [--work DIR] [--tree OLD --tree .]
 
 For each size N, in one run:
@@ -23,6 +23,11 @@ Every measured command runs as a child measured with wait4 (bench/measure.py: wa
 peak RSS — what ``/usr/bin/time -v`` reports). With two sizes or more, each tool's time and
 peak RSS are extrapolated linearly (from the two largest sizes) to 1 M and 10 M chunks, and the
 ratios printed; the extrapolated figures are marked "~".
+
+``--tree`` runs ``repofs prune`` with each checkout's code in turn on copies of the same
+repository (the first tree's figure is "repofs prune", the ratios refer to it): before and
+after a change, side by side in one run. Every tree is byte-compiled first, as an installed
+package is.
 
 ``--marks N`` measures, rather than extrapolates, prune's peak memory at N chunks: indexes of
 random ids and no chunk objects (``bench_marks``).
