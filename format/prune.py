@@ -334,8 +334,9 @@ OBJECT_FOLDERS = ("indexes", "chunks")
 _SHARDS = [f"{k:02x}" for k in range(256)]       # objects live in <folder>/<2 hex digits>/
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 # Threads that work on folders side by side. Their time is mostly system calls (stat, rename,
-# unlink), which run without the GIL: with a few of them the kernel work of several folders
-# overlaps. More than a few only queue on the same cores and directory locks.
+# unlink), which run without the GIL, so the kernel work of several folders overlaps; more
+# than a few gain nothing (a rename between folders takes the file system's rename lock, one
+# at a time; worker processes measured no faster than these threads).
 WORKERS = max(1, min(4, os.cpu_count() or 1))
 
 
@@ -351,12 +352,19 @@ def _unreferenced(folder: str, shard: str, names: list[str], marks: IdSet, index
 
 def _each_shard(work: Callable[[str, str], Any]) -> list[Any]:
     """``work(folder, shard)`` for every shard of both object folders, on ``WORKERS`` threads;
-    the results in order. An exception in one is raised here once all have stopped."""
+    the results in order. On an exception (or Ctrl-C) no further shard starts; it is raised
+    once the shards under way have finished."""
     jobs = [(folder, shard) for folder in OBJECT_FOLDERS for shard in _SHARDS]
     if WORKERS == 1:
         return [work(folder, shard) for folder, shard in jobs]
     with ThreadPoolExecutor(WORKERS, thread_name_prefix="prune") as pool:
-        return list(pool.map(lambda job: work(*job), jobs))
+        futures = [pool.submit(work, folder, shard) for folder, shard in jobs]
+        try:
+            return [future.result() for future in futures]
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
 
 
 def _condemn_folders(repo: Any, batch: str, marks: IdSet, indexes: set[str], cutoff: int,

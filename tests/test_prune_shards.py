@@ -169,3 +169,32 @@ def test_hex_prefixes_answer_as_the_id_set(seed):
             if cid[0] == first:
                 assert (cid.hex()[:16] in prefixes) == (cid in s)
         assert len(prefixes) == sum(1 for cid in set(c[:idset.PREFIX] for c in added) if cid[0] == first)
+
+
+def test_a_shard_that_fails_stops_the_prune_before_the_seal(tmp_path, monkeypatch):
+    """An I/O error in one shard (a fault root cannot cause on a healthy file system, hence
+    the patched listing) stops the prune before anything is sealed or deleted: every object
+    stays readable, from its name or the trash, and the next prune finishes the work."""
+    from format import backend as backend_module
+    from format import records
+    monkeypatch.setenv("REPOFS_PRUNE_FRESH_SECONDS", "-1")
+    gone, kept = _build(tmp_path / "r", seed=8)
+    repo = Repository.open(tmp_path / "r", PASSPHRASE)
+    bad = chunk_name(repo.chunk_id(gone[0])).split("/")[1]
+    names = backend_module.LocalFolder.names
+
+    def failing(folder):
+        if folder.name == f"chunks/{bad}":
+            raise OSError(5, "Input/output error")
+        return names(folder)
+    monkeypatch.setattr(backend_module.LocalFolder, "names", failing)
+    with pytest.raises(OSError):
+        prune(repo)
+    batches = records.read_all(repo, "pending", records.MAGIC_BATCH)
+    assert [doc["state"] for _b, doc in batches] == ["moving"]
+    assert all(repo.get_chunk(repo.chunk_id(data)) == data for data in gone + kept)
+    monkeypatch.setattr(backend_module.LocalFolder, "names", names)
+    report = prune(repo)
+    assert report.batches_swept == 2 and report.freed_chunks == len(gone)
+    assert all(repo.get_chunk(repo.chunk_id(data)) == data for data in kept)
+    assert records.names(repo, "pending") == []
