@@ -28,6 +28,9 @@ listing, so neither the condemning walk nor the sweep sends a request per object
 
 Memory: the marks take about 7 bytes per referenced chunk (format/idset.py); indexes are read
 page by page and listings folder by folder, so neither grows with a disk or the repository.
+On a local repository each worker thread (``WORKERS``: at most 4, one per core) also holds one
+shard's part of the marks as a set of hex prefixes and that shard's listing: 1/256 of each,
+about 9 MiB a thread at 10 M chunks.
 """
 from __future__ import annotations
 
