@@ -309,7 +309,8 @@ def table(series: dict[str, list[tuple[int, float, float]]]) -> None:
             mark = "~" if est else ""
             ratio = ""
             if n in base and key != "repofs prune":
-                ratio = f"{w / base[n][0]:.2f}x | {r / base[n][1]:.2f}x"
+                ratio = " | ".join(f"{mine / theirs:.2f}x" if theirs > 0 else "n/a"   # a flat figure
+                                   for mine, theirs in ((w, base[n][0]), (r, base[n][1])))  # can extrapolate to 0
             else:
                 ratio = " | "
             print(f"| {n:,} | {key} | {mark}{w:.2f} | {mark}{r:.1f} | {ratio} |")
