@@ -2,7 +2,8 @@
 prune`` and ``borg compact`` on repositories of the same number of chunks, half of them left
 unreferenced by forgetting one of two backups; and the memory of prune's marks alone.
 
-    .venv/bin/python bench/bench_prune.py --sizes 50k,200k [--work DIR] [--tools repofs,restic,borg] [--idset 10M] [--tree . --tree OLD]
+    .venv/bin/python bench/bench_prune.py --sizes 50k,200k [--work DIR] [--tools repofs,restic,borg] [--idset 10M]
+        [--tree . --tree OLD]
     .venv/bin/python bench/bench_prune.py --marks 10M --disk-slots 1M,10M [--work DIR] [--tree OLD --tree .]
 
 For each size N, in one run:

@@ -311,7 +311,8 @@ class LocalFolder:
     def names(self) -> tuple[list[str], list[str]]:
         """The names in the folder: (objects, writers' temporary files). Sub-folders are
         listed too, and fail ``stat`` as missing objects."""
-        objects, temporaries = [], []
+        objects: list[str] = []
+        temporaries: list[str] = []
         for n in os.listdir(self.fd):
             (temporaries if n.endswith(LocalBackend.TMP_SUFFIX) else objects).append(n)
         return objects, temporaries
