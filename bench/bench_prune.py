@@ -3,6 +3,7 @@ prune`` and ``borg compact`` on repositories of the same number of chunks, half 
 unreferenced by forgetting one of two backups; and the memory of prune's marks alone.
 
     .venv/bin/python bench/bench_prune.py --sizes 50k,200k [--work DIR] [--tools repofs,restic,borg] [--idset 10M]
+        [--tree . --tree OLD]
     .venv/bin/python bench/bench_prune.py --marks 10M --disk-slots 1M,10M [--work DIR] [--tree OLD --tree .]
 
 For each size N, in one run:
@@ -23,6 +24,11 @@ Every measured command runs as a child measured with wait4 (bench/measure.py: wa
 peak RSS — what ``/usr/bin/time -v`` reports). With two sizes or more, each tool's time and
 peak RSS are extrapolated linearly (from the two largest sizes) to 1 M and 10 M chunks, and the
 ratios printed; the extrapolated figures are marked "~".
+
+``--tree`` runs ``repofs prune`` with each checkout's code in turn on copies of the same
+repository (the first tree's figure is "repofs prune", the ratios refer to it): before and
+after a change, side by side in one run. Every tree is byte-compiled first, as an installed
+package is.
 
 ``--marks N`` measures, rather than extrapolates, prune's peak memory at N chunks: indexes of
 random ids and no chunk objects (``bench_marks``).
@@ -72,10 +78,19 @@ def payload(k: int) -> bytes:
 
 def repofs_env(path: Path, work: Path, tree: Path = ROOT) -> dict:
     """The environment of the measured ``repofs`` commands; ``tree``: the checkout whose
-    code runs (another one to compare versions)."""
+    code runs (another one to compare versions). Its modules run from bytecode compiled
+    beforehand (``compile_tree``), as an installed package's do."""
     return {**os.environ, "REPOFS_REPOSITORY": str(path), "REPOFS_PASSWORD": PASSWORD,
             "REPOFS_SECURITY_DIR": str(work / "repofs-security"), "PYTHONPATH": str(tree),
             "REPOFS_PRUNE_FRESH_SECONDS": "0"}
+
+
+def compile_tree(tree: Path) -> None:
+    """Byte-compile ``tree``'s packages (``__pycache__``, ignored by git), as installing them
+    does: in an environment with ``PYTHONDONTWRITEBYTECODE`` every start would otherwise
+    compile every module of ours again — some 0.3 s of CPU the peers do not pay."""
+    quiet([PY, "-m", "compileall", "-q", *[p for p in ("format", "repofs", "restore", "vddk")
+                                          if (tree / p).is_dir()]], dict(os.environ), tree)
 
 
 def put_generation(repo: Repository, name: str, ids: list[bytes], chunk: int = CHUNK) -> str:
@@ -150,14 +165,22 @@ def bench_borg(work: Path, data: Path) -> dict[str, Run]:
     return out
 
 
-def bench_repofs(work: Path, n: int) -> dict[str, Run]:
-    path = work / f"repofs-repo-{n}"
+def bench_repofs(work: Path, n: int, trees: list[Path]) -> dict[str, Run]:
+    """``repofs prune`` of one repository of ``n`` chunks, once per tree (each on a fresh copy,
+    built once): the figure of the first tree is "prune", the others' "prune [tree]"."""
+    path, copy = work / f"repofs-repo-{n}", work / f"repofs-repo-{n}-run"
     build_repofs(path, n)
-    r = run(repofs("prune", "--json", "--nice", "0"), env=repofs_env(path, work))   # the peers' priority
-    report = json.loads(r.out)
-    assert report["generations_removed"] == 1 and report["freed_chunks"] == n // 2, report
+    out = {}
+    for k, tree in enumerate(trees):
+        shutil.copytree(path, copy, symlinks=True)
+        # the peers' priority (--nice 0); cwd: ``python -m`` puts it before PYTHONPATH
+        r = run(repofs("prune", "--json", "--nice", "0"), env=repofs_env(copy, work, tree), cwd=tree)
+        report = json.loads(r.out)
+        assert report["generations_removed"] == 1 and report["freed_chunks"] == n // 2, report
+        shutil.rmtree(copy)
+        out["prune" if k == 0 else f"prune [{tree}]"] = r
     shutil.rmtree(path)
-    return {"prune": r}
+    return out
 
 
 def bench_idset(n: int) -> None:
@@ -186,6 +209,8 @@ def bench_marks(work: Path, n: int, disk_slots: int, trees: list[Path]) -> None:
         del index
     repo.put_manifest(Manifest("bench", "g0", "2026-01-01T00:00:00.000000Z", time.time_ns(), None, entries))
     del repo
+    for k in range(256):    # empty shard folders: the walk compares them with the marks all the same
+        (path / "chunks" / f"{k:02x}").mkdir(parents=True, exist_ok=True)
     for tree in trees:
         # cwd too: ``python -m`` puts the working directory before PYTHONPATH
         r = run(repofs("prune", "--json"), env=repofs_env(path, work, tree), cwd=tree)
@@ -210,16 +235,19 @@ def main() -> None:
     ap.add_argument("--marks", default="", help="only measure prune's peak memory at this many "
                     "chunks (indexes of random ids, no chunk objects), e.g. 10M")
     ap.add_argument("--disk-slots", default="1M", help="with --marks: slots per disk, e.g. 1M,10M")
-    ap.add_argument("--tree", action="append", default=[], help="with --marks: run the prune with "
-                    "this checkout's code (repeat to compare versions on the same repository)")
+    ap.add_argument("--tree", action="append", default=[], help="run the prune with this "
+                    "checkout's code (repeat to compare versions on the same repository; with "
+                    "--sizes the first is the one the ratios refer to)")
     args = ap.parse_args()
     tools = [t for t in args.tools.split(",") if t]
     work = Path(tempfile.mkdtemp(prefix="bench-prune-", dir=args.work))
+    trees = [Path(t).resolve() for t in args.tree] or [ROOT]
+    for tree in trees:
+        compile_tree(tree)
     if args.marks:
         try:
             for slots in args.disk_slots.split(","):
-                bench_marks(work, parse_count(args.marks), parse_count(slots),
-                            [Path(t).resolve() for t in args.tree] or [ROOT])
+                bench_marks(work, parse_count(args.marks), parse_count(slots), trees)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         return
@@ -235,7 +263,7 @@ def main() -> None:
             for tool in tools:
                 t = time.monotonic()
                 if tool == "repofs":
-                    runs = bench_repofs(work, n)
+                    runs = bench_repofs(work, n, trees)
                 elif tool == "restic":
                     runs = bench_restic(work, data)
                 elif tool == "borg":
@@ -282,7 +310,8 @@ def table(series: dict[str, list[tuple[int, float, float]]]) -> None:
             mark = "~" if est else ""
             ratio = ""
             if n in base and key != "repofs prune":
-                ratio = f"{w / base[n][0]:.2f}x | {r / base[n][1]:.2f}x"
+                ratio = " | ".join(f"{mine / theirs:.2f}x" if theirs > 0 else "n/a"   # a flat figure
+                                   for mine, theirs in ((w, base[n][0]), (r, base[n][1])))  # can extrapolate to 0
             else:
                 ratio = " | "
             print(f"| {n:,} | {key} | {mark}{w:.2f} | {mark}{r:.1f} | {ratio} |")

@@ -14,13 +14,18 @@ import errno
 import os
 import queue
 import secrets
+import stat
 import threading
 import time
 from typing import BinaryIO, Iterator, Protocol
 
 from .errors import ObjectMissing, StorageFull
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# The C library the interpreter is linked with: its symbols are the process's own (no search
+# for the library file, which runs ldconfig: tens of milliseconds at every start).
+_libc = ctypes.CDLL(None, use_errno=True)
+if not hasattr(_libc, "syncfs"):
+    _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 SYNC_FILE_RANGE_WRITE = 2
 _sync_file_range = getattr(_libc, "sync_file_range", None)
 if _sync_file_range is not None:
@@ -228,6 +233,18 @@ class LocalBackend:
                 continue
             self._made_dirs.discard(dirpath)
 
+    def open_folder(self, name: str, *, create: bool = False) -> "LocalFolder | None":
+        """Folder ``name`` opened for work on many of its objects at once (prune), or None if
+        it does not exist (``create``: made first)."""
+        path = self.path(name)
+        if create:
+            self._ensure_dir(path)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return LocalFolder(name, fd)
+
     def mtime_ns(self, name: str) -> int:
         try:
             return os.stat(self.path(name)).st_mtime_ns
@@ -265,6 +282,67 @@ class LocalBackend:
             os.makedirs(directory, exist_ok=True)
             _fsync_dir(os.path.dirname(directory))
         self._made_dirs.add(directory)
+
+
+class LocalFolder:
+    """One folder of a ``LocalBackend`` held open as a directory descriptor, so that work on
+    many of its objects names each relative to it: no path is joined, resolved or looked up
+    from the root per object (prune handles millions of objects this way). Names are bare
+    file names inside the folder; the methods are thread-safe (each is one system call).
+
+    Moves are not fsynced one by one: ``sync`` makes every earlier move into or unlink in
+    this folder durable at once (the caller says when it needs that)."""
+
+    def __init__(self, name: str, fd: int):
+        self.name = name
+        self.fd = fd
+
+    def __enter__(self) -> "LocalFolder":
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def names(self) -> tuple[list[str], list[str]]:
+        """The names in the folder: (objects, writers' temporary files). Sub-folders are
+        listed too, and fail ``stat`` as missing objects."""
+        objects: list[str] = []
+        temporaries: list[str] = []
+        for n in os.listdir(self.fd):
+            (temporaries if n.endswith(LocalBackend.TMP_SUFFIX) else objects).append(n)
+        return objects, temporaries
+
+    def stat(self, name: str) -> tuple[int, int]:
+        """(size, mtime_ns) of the object ``name``, from one ``fstatat``."""
+        try:
+            st = os.stat(name, dir_fd=self.fd, follow_symlinks=False)
+        except (FileNotFoundError, NotADirectoryError):
+            raise ObjectMissing(f"{self.name}/{name}") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise ObjectMissing(f"{self.name}/{name}")
+        return st.st_size, st.st_mtime_ns
+
+    def move(self, name: str, other: "LocalFolder") -> None:
+        """Move object ``name`` into folder ``other`` under the same name (replacing it)."""
+        try:
+            os.rename(name, name, src_dir_fd=self.fd, dst_dir_fd=other.fd)
+        except FileNotFoundError:
+            raise ObjectMissing(f"{self.name}/{name}") from None
+
+    def delete(self, name: str) -> None:
+        try:
+            os.unlink(name, dir_fd=self.fd)
+        except FileNotFoundError:
+            raise ObjectMissing(f"{self.name}/{name}") from None
+
+    def sync(self) -> None:
+        """Make the folder's entries durable (fsync of the directory)."""
+        os.fsync(self.fd)
 
 
 def _fsync_dir(directory: str) -> None:

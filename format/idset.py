@@ -18,8 +18,10 @@ _BUCKETS = 1 << 16
 
 
 def _sorted_unique(data: bytes | bytearray) -> bytearray:
-    recs = sorted({bytes(data[i:i + _REC]) for i in range(0, len(data), _REC)})
-    return bytearray(b"".join(recs))
+    if len(data) == _REC:
+        return bytearray(data)
+    whole = bytes(data)     # slices of bytes are bytes (hashable), with no conversion each
+    return bytearray(b"".join(sorted({whole[i:i + _REC] for i in range(0, len(whole), _REC)})))
 
 
 class IdSet:
@@ -38,12 +40,19 @@ class IdSet:
 
     def add_ids(self, ids: bytes | bytearray | memoryview, skip: bytes = b"") -> None:
         """Add every 32-byte id packed in ``ids`` (e.g. an index's id table), except ``skip``."""
-        view = memoryview(ids)
-        for pos in range(0, len(view), 32):
-            cid = bytes(view[pos:pos + PREFIX])
-            if skip and view[pos:pos + 32] == skip:
+        data = bytes(ids)      # one copy of the page: slicing bytes is cheaper than a view
+        buckets, done = self._buckets, self._sorted
+        head = skip[:PREFIX]
+        for pos in range(0, len(data) - 31, 32):
+            if skip and data[pos:pos + PREFIX] == head and data[pos:pos + 32] == skip:
                 continue
-            self.add(cid)
+            b = (data[pos] << 8) | data[pos + 1]
+            bucket = buckets[b]
+            if bucket is None:
+                bucket = buckets[b] = bytearray()
+            bucket += data[pos + 2:pos + PREFIX]
+            if len(bucket) > 2 * done[b] + 64 * _REC:
+                self._compact(b)
 
     def _compact(self, b: int) -> None:
         bucket = self._buckets[b]
@@ -56,7 +65,10 @@ class IdSet:
         """Sort every bucket; call once before ``__contains__``."""
         for b, bucket in enumerate(self._buckets):
             if bucket is not None and self._sorted[b] != len(bucket):
-                self._compact(b)
+                if len(bucket) == _REC:     # one record: sorted as it is (many buckets of a small set)
+                    self._sorted[b] = _REC
+                else:
+                    self._compact(b)
 
     def __contains__(self, cid: bytes) -> bool:
         b = (cid[0] << 8) | cid[1]
@@ -79,6 +91,21 @@ class IdSet:
             else:
                 return True
         return False
+
+    def hex_prefixes(self, first: int) -> set[str]:
+        """The kept prefixes of the ids whose first byte is ``first``, each as 16 lowercase hex
+        digits (``PREFIX`` bytes): what a walk of the folder of ids starting with that byte
+        compares names with, ``name[:16] in prefixes``, one set lookup a name (the same
+        one-sided answer as ``in``). Memory: about 80 bytes a prefix, for 1/256 of the set."""
+        out: set[str] = set()
+        width = 2 * _REC
+        for b in range(first << 8, (first + 1) << 8):
+            bucket = self._buckets[b]
+            if not bucket:
+                continue
+            head, text = f"{b:04x}", bucket.hex()
+            out.update(head + text[i:i + width] for i in range(0, len(text), width))
+        return out
 
     def __len__(self) -> int:
         self.freeze()

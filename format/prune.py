@@ -28,6 +28,9 @@ listing, so neither the condemning walk nor the sweep sends a request per object
 
 Memory: the marks take about 7 bytes per referenced chunk (format/idset.py); indexes are read
 page by page and listings folder by folder, so neither grows with a disk or the repository.
+On a local repository each worker thread (``WORKERS``: at most 4, one per core) also holds one
+shard's part of the marks as a set of hex prefixes and that shard's listing: 1/256 of each,
+about 9 MiB a thread at 10 M chunks.
 """
 from __future__ import annotations
 
@@ -36,7 +39,9 @@ import os
 import re
 import secrets
 import signal
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -98,13 +103,18 @@ class _Killer:
     def __init__(self) -> None:
         value = os.environ.get("REPOFS_PRUNE_KILL_AFTER", "")
         self.left = int(value) if value.isdigit() else -1
+        self._lock = threading.Lock()       # steps are counted from several threads
+
+    def armed(self) -> bool:
+        return self.left >= 0
 
     def step(self) -> None:
         if self.left < 0:
             return
-        if self.left == 0:
-            os.kill(os.getpid(), signal.SIGKILL)
-        self.left -= 1
+        with self._lock:
+            if self.left == 0:
+                os.kill(os.getpid(), signal.SIGKILL)
+            self.left -= 1
 
 
 def _listing(backend: Any, folder: str) -> Iterator[tuple[str, int | None, int | None]]:
@@ -228,36 +238,14 @@ def prune(repo: Any, *, dry_run: bool = False, wait: float = 0.0,
         if not dry_run:
             records.put(repo, PENDING, batch, records.MAGIC_BATCH, record)
         say("moving unreferenced objects aside")
-        for folder in ("indexes", "chunks"):
-            for name, oid, size, mtime in _walk_objects(repo, folder):
-                if (oid.hex() in indexes) if folder == "indexes" else (oid in marks):
-                    continue
-                try:
-                    if mtime is None:
-                        mtime = repo.backend.mtime_ns(name)
-                    if mtime >= cutoff:
-                        continue            # a running backup may have just written it
-                    if size is None:
-                        size = repo.backend.size(name)
-                    until = locked_at_least_until(repo.backend, mtime)
-                    if until is not None:   # certainly still locked: no request spent on it
-                        report.note_locked(until, size)
-                        continue
-                    if not dry_run:
-                        repo.backend.rename(name, f"{TRASH}/{batch}/{name}")
-                        killer.step()
-                except ObjectMissing:
-                    continue
-                except ObjectLocked:        # its retention was extended by a later backup
-                    report.note_locked(locked_until(repo.backend, name), size or 0)
-                    continue
-                if folder == "chunks":
-                    report.moved_chunks += 1
-                else:
-                    report.moved_indexes += 1
-                report.moved_bytes += size
+        if getattr(repo.backend, "open_folder", None) is not None:
+            _condemn_folders(repo, batch, marks, indexes, cutoff, now, report, killer, dry_run)
+            walked: tuple[str, ...] = OBJECT_FOLDERS      # their temporaries went on the way
+        else:
+            _condemn_listed(repo, batch, marks, indexes, cutoff, report, killer, dry_run)
+            walked = ()
         if not dry_run:
-            report.temporaries_removed = _remove_old_temporaries(repo, now, killer)
+            report.temporaries_removed += _remove_old_temporaries(repo, now, killer, walked)
 
         # 6. seal (this batch and any a killed run left in state "moving")
         if dry_run:
@@ -274,13 +262,14 @@ def prune(repo: Any, *, dry_run: bool = False, wait: float = 0.0,
             if not waiting or time.monotonic() >= deadline:
                 break
             time.sleep(min(2.0, max(0.1, deadline - time.monotonic())))
+        new = []
         if ready:
             new = [n for n in repo.stored_manifest_names() if n not in read_manifests]
             _mark(repo, new, marks, indexes)
             marks.freeze()
         for b, _doc in ready:
             say(f"sweeping batch {b}")
-            _sweep(repo, b, marks, indexes, report, killer)
+            _sweep(repo, b, marks, indexes, report, killer, unreferenced=b == batch and not new)
             report.batches_swept += 1
         report.batches_waiting = len(waiting)
         report.waiting_for = sorted({w for _b, doc in waiting for w in doc.get("writers", ())
@@ -297,6 +286,138 @@ def _fresh_margin_ns() -> int:
         return int(float(value) * 1e9) if value else SKEW_NS
     except ValueError:
         return SKEW_NS
+
+
+OBJECT_FOLDERS = ("indexes", "chunks")
+_SHARDS = [f"{k:02x}" for k in range(256)]       # objects live in <folder>/<2 hex digits>/
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+# Threads that work on folders side by side. Their time is mostly system calls (stat, rename,
+# unlink), which run without the GIL, so the kernel work of several folders overlaps; more
+# than a few gain nothing (a rename between folders takes the file system's rename lock, one
+# at a time; worker processes measured no faster than these threads).
+WORKERS = max(1, min(4, os.cpu_count() or 1))
+
+
+def _unreferenced(folder: str, shard: str, names: list[str], marks: IdSet, indexes: set[str]) -> list[str]:
+    """The names of ``folder/shard`` that the marks do not name (not yet checked to be ids).
+    Chunks are compared by their first 8 bytes in hex against the shard's part of the marks
+    as a set: one set lookup a name, no object made per name."""
+    if folder == "indexes":
+        return [n for n in names if n not in indexes]
+    marked = marks.hex_prefixes(int(shard, 16))
+    return [n for n in names if n[:16] not in marked]
+
+
+def _each_shard(work: Callable[[str, str], Any]) -> list[Any]:
+    """``work(folder, shard)`` for every shard of both object folders, on ``WORKERS`` threads;
+    the results in order. On an exception (or Ctrl-C) no further shard starts; it is raised
+    once the shards under way have finished."""
+    jobs = [(folder, shard) for folder in OBJECT_FOLDERS for shard in _SHARDS]
+    if WORKERS == 1:
+        return [work(folder, shard) for folder, shard in jobs]
+    with ThreadPoolExecutor(WORKERS, thread_name_prefix="prune") as pool:
+        futures = [pool.submit(work, folder, shard) for folder, shard in jobs]
+        try:
+            return [future.result() for future in futures]
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+
+
+def _condemn_folders(repo: Any, batch: str, marks: IdSet, indexes: set[str], cutoff: int,
+                     now: int, report: PruneReport, killer: _Killer, dry_run: bool) -> None:
+    """Step 5 on a backend with folders (LocalBackend): shard by shard, each folder held open,
+    one ``stat`` per unreferenced object (its time and size) and one ``rename`` into the
+    batch, names relative to the two open folders. Memory: one shard's listing per thread.
+    The moves are not made durable one by one: a move lost in a crash leaves the object at its
+    name, where the next prune finds it again (docs/format.md 9.3). Writers' ``.tmp`` files
+    older than a day are deleted on the way (not in a dry run)."""
+    backend = repo.backend
+    killing = killer.armed()
+
+    def work(folder: str, shard: str) -> tuple[int, int, int]:
+        moved = size_sum = removed = 0
+        src = backend.open_folder(f"{folder}/{shard}")
+        if src is None:
+            return 0, 0, 0
+        dst = None
+        try:
+            objects, temporaries = src.names()
+            for name in temporaries if not dry_run else ():
+                try:
+                    if now - src.stat(name)[1] > TMP_AGE_NS:
+                        src.delete(name)
+                        removed += 1
+                        if killing:
+                            killer.step()
+                except ObjectMissing:
+                    continue
+            for name in _unreferenced(folder, shard, objects, marks, indexes):
+                if not _HEX64.fullmatch(name):
+                    continue
+                try:
+                    size, mtime = src.stat(name)
+                    if mtime >= cutoff:
+                        continue        # a running backup may have just written it
+                    if not dry_run:
+                        if dst is None:
+                            dst = backend.open_folder(f"{TRASH}/{batch}/{folder}/{shard}", create=True)
+                        src.move(name, dst)
+                        if killing:
+                            killer.step()
+                except ObjectMissing:
+                    continue            # another prune moved it, or it is no file
+                moved += 1
+                size_sum += size
+        finally:
+            src.close()
+            if dst is not None:
+                dst.close()
+        return moved, size_sum, removed
+
+    for (folder, _shard), (moved, size_sum, removed) in zip(
+            [(f, s) for f in OBJECT_FOLDERS for s in _SHARDS], _each_shard(work), strict=True):
+        if folder == "chunks":
+            report.moved_chunks += moved
+        else:
+            report.moved_indexes += moved
+        report.moved_bytes += size_sum
+        report.temporaries_removed += removed
+
+
+def _condemn_listed(repo: Any, batch: str, marks: IdSet, indexes: set[str], cutoff: int,
+                    report: PruneReport, killer: _Killer, dry_run: bool) -> None:
+    """Step 5 on any backend: from its listing (with sizes and times where the listing has
+    them: S3), one object at a time; what Object Lock retention keeps is skipped and reported."""
+    for folder in OBJECT_FOLDERS:
+        for name, oid, size, mtime in _walk_objects(repo, folder):
+            if (oid.hex() in indexes) if folder == "indexes" else (oid in marks):
+                continue
+            try:
+                if mtime is None:
+                    mtime = repo.backend.mtime_ns(name)
+                if mtime >= cutoff:
+                    continue            # a running backup may have just written it
+                if size is None:
+                    size = repo.backend.size(name)
+                until = locked_at_least_until(repo.backend, mtime)
+                if until is not None:   # certainly still locked: no request spent on it
+                    report.note_locked(until, size)
+                    continue
+                if not dry_run:
+                    repo.backend.rename(name, f"{TRASH}/{batch}/{name}")
+                    killer.step()
+            except ObjectMissing:
+                continue
+            except ObjectLocked:        # its retention was extended by a later backup
+                report.note_locked(locked_until(repo.backend, name), size or 0)
+                continue
+            if folder == "chunks":
+                report.moved_chunks += 1
+            else:
+                report.moved_indexes += 1
+            report.moved_bytes += size
 
 
 def _seal_all(repo: Any, me: str) -> list[tuple[str, dict]]:
@@ -319,7 +440,77 @@ def _seal_all(repo: Any, me: str) -> list[tuple[str, dict]]:
 
 
 def _sweep(repo: Any, batch: str, marks: IdSet, indexes: set[str], report: PruneReport,
-           killer: _Killer) -> None:
+           killer: _Killer, unreferenced: bool = False) -> None:
+    """Step 7 for one batch. ``unreferenced``: every object in it is known not to be marked
+    (this run's own batch, when no manifest appeared since the marks were made), so none is
+    looked up again."""
+    if getattr(repo.backend, "open_folder", None) is not None:
+        _sweep_folders(repo, batch, marks, indexes, report, killer, unreferenced)
+    else:
+        _sweep_listed(repo, batch, marks, indexes, report, killer)
+
+
+def _put_back(backend: Any, name: str, trashed: str) -> None:
+    """Step 7 for an object a manifest written meanwhile references: back to its name (durably:
+    the batch's record is deleted after this), or, when it exists there again, the trash copy
+    deleted."""
+    if backend.exists(name):
+        backend.delete(trashed)
+    else:
+        backend.rename(trashed, name)
+
+
+def _sweep_folders(repo: Any, batch: str, marks: IdSet, indexes: set[str], report: PruneReport,
+                   killer: _Killer, unreferenced: bool) -> None:
+    """Step 7 on a backend with folders (LocalBackend), shard by shard on ``WORKERS`` threads:
+    one ``stat`` (the size freed) and one ``unlink`` per object, relative to the open folder."""
+    backend = repo.backend
+    prefix = f"{TRASH}/{batch}"
+    killing = killer.armed()
+
+    def work(folder: str, shard: str) -> tuple[int, int, int]:
+        freed = size_sum = restored = 0
+        trash = backend.open_folder(f"{prefix}/{folder}/{shard}")
+        if trash is None:
+            return 0, 0, 0
+        with trash:
+            names = [n for n in trash.names()[0] if _HEX64.fullmatch(n)]
+            needed = set() if unreferenced else set(names).difference(
+                _unreferenced(folder, shard, names, marks, indexes))
+            for name in names:
+                try:
+                    if name in needed:
+                        _put_back(backend, f"{folder}/{shard}/{name}", f"{trash.name}/{name}")
+                        restored += 1
+                        if killing:
+                            killer.step()
+                        continue
+                    size, _mtime = trash.stat(name)
+                    trash.delete(name)
+                except ObjectMissing:
+                    continue            # another prune swept it
+                freed += 1
+                size_sum += size
+                if killing:
+                    killer.step()
+        return freed, size_sum, restored
+
+    for (folder, _shard), (freed, size_sum, restored) in zip(
+            [(f, s) for f in OBJECT_FOLDERS for s in _SHARDS], _each_shard(work), strict=True):
+        if folder == "chunks":
+            report.freed_chunks += freed
+        else:
+            report.freed_indexes += freed
+        report.freed_bytes += size_sum
+        report.restored += restored
+    records.delete(repo, PENDING, batch)
+    backend.remove_empty_folders(prefix)
+
+
+def _sweep_listed(repo: Any, batch: str, marks: IdSet, indexes: set[str], report: PruneReport,
+                  killer: _Killer) -> None:
+    """Step 7 on any backend, from its listing of the batch; deletions many at a time where
+    the backend can (S3 ``DeleteObjects``); what retention keeps stays, and so does the record."""
     prefix = f"{TRASH}/{batch}/"
     left = 0
     doomed: list[tuple[str, str, int | None]] = []
@@ -355,10 +546,7 @@ def _sweep(repo: Any, batch: str, marks: IdSet, indexes: set[str], report: Prune
         needed = (m.group(3) in indexes) if folder == "indexes" else (oid in marks)
         try:
             if needed:
-                if repo.backend.exists(name):
-                    repo.backend.delete(full)
-                else:
-                    repo.backend.rename(full, name)
+                _put_back(repo.backend, name, full)
                 report.restored += 1
                 killer.step()
             else:
@@ -393,14 +581,19 @@ def _delete_many(backend: Any, names: list[str]) -> dict[str, RepoError]:
     return failures
 
 
-def _remove_old_temporaries(repo: Any, now: int, killer: _Killer) -> int:
-    """Delete writers' ``.tmp`` files older than a day (left by killed writers)."""
+def _remove_old_temporaries(repo: Any, now: int, killer: _Killer, walked: tuple[str, ...] = ()) -> int:
+    """Delete writers' ``.tmp`` files older than a day (left by killed writers), except in
+    the shards of the folders ``walked`` (the condemning walk did those)."""
     root = getattr(repo.backend, "root", None)
     if root is None:
         return 0
     removed = 0
+    shards = set(_SHARDS)
     for folder in ("chunks", "indexes", "manifests"):
-        for dirpath, _dirs, files in os.walk(os.path.join(root, folder)):
+        top = os.path.join(root, folder)
+        for dirpath, dirs, files in os.walk(top):
+            if folder in walked and dirpath == top:
+                dirs[:] = [d for d in dirs if d not in shards]
             for f in files:
                 if not f.endswith(".tmp"):
                     continue

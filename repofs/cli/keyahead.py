@@ -19,7 +19,7 @@ from .passphrase import read_passphrase
 
 # Commands whose first act is opening the repository given by -r/--repo or REPOFS_REPOSITORY
 # (every ``files`` command but ``umount`` and ``mount --from``, which read a mount instead).
-COMMANDS = ("backup", "restore", "generations", "check", "files")
+COMMANDS = ("backup", "restore", "generations", "check", "files", "prune")
 
 
 def start(argv: list[str]) -> None:
