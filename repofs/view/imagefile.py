@@ -89,8 +89,10 @@ class ImageWriter:
             if self._buffer is not None:
                 self._buffer.close()
             self._buffer = mmap.mmap(-1, -(-n // ALIGN) * ALIGN)   # page-aligned, reused
-        if not self._direct_on:
-            self._set_direct(True)
+        if not self._direct_on and not self._set_direct(True):
+            self.direct = False
+            self._buffered(offset, view)
+            return
         self._buffer[:n] = view
         done = 0
         with memoryview(self._buffer) as whole, whole[:n] as aligned:
