@@ -28,6 +28,10 @@ from .tree import DiskView, GenerationView
 
 FORMATS = ("raw", "vmdk")
 
+# Fetch threads of a local restore: one per core for the decryption, decompression and
+# hashing, and two more whose chunk files are being read meanwhile (a cold repository).
+DEFAULT_WORKERS = (os.cpu_count() or 2) + 2
+
 
 class OutputExists(RepofsError):
     """A file the restore would write exists already (and ``force`` was not given)."""
