@@ -8,7 +8,7 @@ into place once complete, and the folder is fsynced, so a failed restore leaves 
 half-written disk under the final name. An existing file of a final name is never replaced
 unless asked (``force``): every name is checked before anything is written, and the move
 itself is a ``link`` that fails if the name appeared meanwhile. Chunks are fetched, decrypted,
-decompressed and verified by a pool of threads (zstd, AES-GCM and BLAKE3 release the GIL)
+decompressed and verified by a pool of threads (zstd and BLAKE3 run without the GIL)
 and written in disk order by ``ImageWriter`` (``imagefile.py``): past the page cache where the
 file system allows it, so the final fsync has little left to wait for and the restore does not
 evict the machine's cache. Memory: ``lookahead`` chunks in flight plus one write buffer.
