@@ -8,7 +8,8 @@ each round — to measure what a change costs or gains. One of:
   AES-256-GCM alone take on the image's non-zero 1 MiB chunks, in this process, one core.
 - ``--what restore``: ``repofs restore --to-dir`` of a generation each tree backed up
   itself (page cache dropped first when root), restored file compared with ``cmp``; and the
-  machine's fsync'd write speed of the same file size (``dd conv=fsync``) in the same round.
+  machine's fsync'd write speed of the same file size (``dd conv=fsync``) right before each
+  restore. The restore's speed is quoted over the disk's size (as dd's) and over its data.
 - ``--what mount``: ``repofs mount`` of that generation, page cache dropped: 4 KiB random
   reads of the flat file (p50/p99), a cold sequential read, the daemon's peak RSS.
 
@@ -180,18 +181,21 @@ def ab_restore(trees: list[str], work: str, img: str, rounds: int) -> None:
         cli(tree, "backup", f"file:{img}", "--vm", VM, "-r", repos[tree])
     size = os.path.getsize(img)
     for rnd in range(1, rounds + 1):
-        limit = fsync_write_mbs(work, size)
-        print(f"round {rnd} machine: fsync'd write {limit:.0f} MB/s", flush=True)
         for tree in trees:
+            # the machine's speed right before each restore: on a shared machine it moves by
+            # 2x within a minute, and a figure from another moment would judge the noise
+            limit = fsync_write_mbs(work, size)
             out = os.path.join(work, "restored")
             shutil.rmtree(out, ignore_errors=True)
             if root():
                 drop_caches()
-            r = cli(tree, "restore", f"vm:{VM}", "--to-dir", out, "-r", repos[tree])
+            r = cli(tree, "restore", f"vm:{VM}", "--to-dir", out, "-r", repos[tree], "--json")
+            data = json.loads(r.out)["written_bytes"]
             restored = [os.path.join(out, n) for n in os.listdir(out) if n.endswith(".raw")]
             same = bool(restored) and subprocess.run(["cmp", img, restored[0]], capture_output=True).returncode == 0
-            print(f"round {rnd} {tree}: restore {r.wall:.2f} s = {size / r.wall / 1e6:.0f} MB/s "
-                  f"({size / r.wall / 1e6 / limit:.0%} of fsync'd write), {r.cpu:.2f} CPU s, "
+            print(f"round {rnd} {tree}: fsync'd write {limit:.0f} MB/s; restore {r.wall:.2f} s = "
+                  f"{size / r.wall / 1e6:.0f} MB/s of disk ({size / r.wall / 1e6 / limit:.0%} of fsync'd write), "
+                  f"{data / r.wall / 1e6:.0f} MB/s of data ({data / 1e9:.2f} GB), {r.cpu:.2f} CPU s, "
                   f"{r.rss_mib:.0f} MiB; restored = source: {'yes' if same else 'NO'}", flush=True)
             shutil.rmtree(out, ignore_errors=True)
 

@@ -62,7 +62,7 @@ def restore(targets: Annotated[list[str], typer.Argument(metavar="vm:NAME[@GEN].
         vm = vms[0]
         import time
 
-        from repofs.view.export import FORMATS, restore_to_dir
+        from repofs.view.export import DEFAULT_WORKERS, FORMATS, restore_to_dir
         if fmt not in FORMATS:
             raise UsageProblem(f"unknown format {fmt!r}: use raw or vmdk")
         repository = open_repository(repo, password_file)
@@ -72,7 +72,7 @@ def restore(targets: Annotated[list[str], typer.Argument(metavar="vm:NAME[@GEN].
             progress = Progress(f"restore {vm}")
             started = time.monotonic()
             # object storage answers slowly but in parallel: as many reads as it takes uploads
-            workers = max(2, getattr(repository.backend, "parallelism", 2))
+            workers = max(DEFAULT_WORKERS, getattr(repository.backend, "parallelism", 2))
             with output.interrupted(f"restore of {vm} generation {gen.name} to {to_dir} stopped; the disk "
                                     "being written was removed, disks already restored stay"):
                 done = restore_to_dir(gen, to_dir, fmt, workers=workers, force=force, progress=progress)

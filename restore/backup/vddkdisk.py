@@ -61,8 +61,9 @@ class VSphereDiskSource:
         else:
             self._extents = clip(plan.extents, self.capacity)
         self._direct = bytearray(MAX_REQUEST)
+        self._buffers: list[memoryview] | None = None   # the read-ahead's, kept across prepares
         self._queue: queue.Queue[Any] | None = None
-        self._free: queue.Queue[bytearray] | None = None
+        self._free: queue.Queue[memoryview] | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._depth = max(2, read_ahead)
@@ -85,7 +86,7 @@ class VSphereDiskSource:
                 raise item
             if item is not _STOP and item[0] == offset and item[1] == size:
                 _, _, buf = item
-                data = bytes(memoryview(buf)[:size])
+                data = bytes(buf[:size])
                 assert self._free is not None
                 self._free.put(buf)
                 return data
@@ -141,8 +142,15 @@ class VSphereDiskSource:
         self._queue = queue.Queue()
         self._free = queue.Queue()
         biggest = max(n for _, n in reads)
-        for _ in range(depth):
-            self._free.put(bytearray(biggest))
+        if self._buffers is None or len(self._buffers[0]) < biggest or len(self._buffers) < depth:
+            # the disk's own buffers where it has them: for VixDiskLib in its worker process
+            # that is memory shared with the worker, which reads straight into it (a plain
+            # buffer would be filled by a second copy out of the worker's area)
+            make = getattr(self.disk, "buffer", None)
+            self._buffers = [make(biggest) if make is not None else memoryview(bytearray(biggest))
+                             for _ in range(depth)]
+        for buf in self._buffers:
+            self._free.put(buf)
 
         def run() -> None:
             assert self._queue is not None and self._free is not None
@@ -151,7 +159,7 @@ class VSphereDiskSource:
                     buf = self._free.get()
                     if self._stop.is_set():
                         return
-                    self._read_into(offset, memoryview(buf)[:size])
+                    self._read_into(offset, buf[:size])
                     self._queue.put((offset, size, buf))
             except BaseException as e:  # handed to the reader, raised in its thread
                 self._queue.put(e)
@@ -166,9 +174,11 @@ class VSphereDiskSource:
         thread, self._thread = self._thread, None
         self._stop.set()
         if self._free is not None:
-            self._free.put(bytearray(0))  # wake it if it waits for a buffer
+            self._free.put(memoryview(bytearray(0)))  # wake it if it waits for a buffer
         if thread is not None:
             thread.join(timeout=60)
+            if thread.is_alive():    # still in a read into one of the buffers: never reuse them
+                self._buffers = None
         self._queue = None
         self._free = None
 
