@@ -48,6 +48,7 @@ from restore.vsphere.session import Session
 from restore.vsphere.tasks import fault_text, properties, wait
 from restore.vsphere.vddkprovider import VddkProvider, connect_params
 from restore.vsphere.vmmeta import disk_label
+from . import steps
 from .errors import DiskWriteFailed, RestoreError, SourceUnusable, StepFailed, VMPoweredOn
 from .generation import GenerationSource, piece_size
 
@@ -172,18 +173,9 @@ class _Rollback:
         self.was_on = False
         self.result: RollbackResult | None = None
 
-    @contextlib.contextmanager
-    def step(self, name: str) -> Iterator[None]:
-        self.say(f"{self.name}: {name}")
-        try:
-            yield
-        except RestoreError:
-            raise
-        except (vmodl.MethodFault, Exception) as e:
-            raise StepFailed(name, fault_text(e) if isinstance(e, vmodl.MethodFault) else str(e),
-                             cause=e) from e
-        if self.result is not None:
-            self.result.steps.append(name)
+    def step(self, name: str) -> contextlib.AbstractContextManager[None]:
+        return steps.step(name, lambda: self.say(f"{self.name}: {name}"),
+                          self.result.steps if self.result is not None else None)
 
     def run(self) -> RollbackResult:
         started = time.monotonic()
@@ -193,14 +185,19 @@ class _Rollback:
             except VMNotFound as e:
                 raise SourceUnusable("find the VM", f"{e}: --in-place restores into the VM "
                                      "the generation was taken of") from None
+            # Everything the run decides on, in one round trip; the snapshot tree as the
+            # backup recorded it, before a snapshot of ours exists (changetrust).
             props = properties(self.si, self.vm, ["name", "runtime.powerState",
                                                   "config.hardware.device",
-                                                  "config.changeTrackingEnabled"])
+                                                  "config.changeTrackingEnabled", "snapshot"])
             self.name = props.get("name", self.vm._moId)
             targets = self._match(props.get("config.hardware.device") or [])
         self.result = RollbackResult(self.source.vm, self.source.name, self.name, self.vm._moId)
         self.result.steps.append("find the VM")
-        self._leftovers()
+        tree = props.get("snapshot")
+        if self._leftovers(tree):
+            tree = properties(self.si, self.vm, ["snapshot"]).get("snapshot")
+        state = changetrust.state_of(tree, SNAPSHOT_PREFIX)
         self.was_on = props.get("runtime.powerState") == "poweredOn"
         if self.was_on:
             if not self.options.force:
@@ -216,7 +213,7 @@ class _Rollback:
                     description=owner_description(
                         "taken by repofs before an in-place restore; reverted to on failure"),
                     memory=False, quiesce=False), f"snapshot {self.name}")
-            plans = self._plan(targets, bool(props.get("config.changeTrackingEnabled")))
+            plans = self._plan(targets, bool(props.get("config.changeTrackingEnabled")), state)
             self._write(lib, targets, plans)
         except BaseException as e:
             undone = self._undo()
@@ -269,10 +266,11 @@ class _Rollback:
                                  + ": --in-place needs the generation's disks; restore a new VM")
         return targets
 
-    def _leftovers(self) -> None:
-        """A safety snapshot that a killed run left: revert to it (the disks as before that
-        run) and remove it. One of a run that may still be going stops this one."""
-        tree = properties(self.si, self.vm, ["snapshot"]).get("snapshot")
+    def _leftovers(self, tree: Any) -> bool:
+        """A safety snapshot that a killed run left (in ``tree``, the VM's ``snapshot``):
+        revert to it (the disks as before that run) and remove it; whether there was one.
+        One of a run that may still be going stops this one."""
+        found = False
         for node in list(_walk(tree.rootSnapshotList if tree else [])):
             if not node.name.startswith(SNAPSHOT_PREFIX):
                 continue
@@ -292,17 +290,19 @@ class _Rollback:
             self.result.notes.append(
                 f"the safety snapshot {node.name} of a killed in-place restore (pid {owner.pid}) "
                 "was reverted to and removed: the disks were as before that run")
+            found = True
+        return found
 
-    def _plan(self, targets: list[_Target], tracking: bool) -> dict[str, tuple[str, str, Any]]:
-        """Per disk: (mode, reason, areas or None for compare)."""
+    def _plan(self, targets: list[_Target], tracking: bool,
+              now: dict[str, Any]) -> dict[str, tuple[str, str, Any]]:
+        """Per disk: (mode, reason, areas or None for compare); ``now`` is the VM's
+        ``changetrust`` state, read before the safety snapshot."""
         doc = self.source.metadata
         why = None
         if not tracking:
             why = "changed-block tracking is off on the VM"
         else:
             previous = {"vm_state": doc.get("vm_state"), "tracking": doc.get("change_tracking")}
-            now = changetrust.vm_state(self.si, self.vm, SNAPSHOT_PREFIX)
-            # our own safety snapshot is not a revert target
             why = changetrust.distrust(self.si, self.vm, previous, now)
         plans: dict[str, tuple[str, str, list[tuple[int, int]] | None]] = {}
         for t in targets:

@@ -54,9 +54,9 @@ def _run(targets: list[tuple[str, Callable[[], GenerationSource]]], options: Res
          credentials: Any, provider: VddkProvider | None,
          outcomes: list[Outcome], on_event: Say | None, on_progress: Progress | None,
          on_outcome: Callable[[Outcome], None] | None) -> None:
-    # pyVmomi only now: the VDDK worker process spawns on the other core meanwhile.
-    from .restorevm import restore_vm
-    from .rollback import rollback_vm
+    # pyVmomi only now: the VDDK worker process spawns on the other core meanwhile. The
+    # restore of a new VM (plan, config spec, disk writer …) is imported only by the commands
+    # that restore one: Quick Rollback does not need it.
     from .firstclass import is_first_class, restore_fcd
     from restore.vsphere.session import Session
 
@@ -72,10 +72,12 @@ def _run(targets: list[tuple[str, Callable[[], GenerationSource]]], options: Res
                     outcome.result = restore_fcd(session, source, options, provider=provider,
                                                  on_event=on_event)
                 elif options.in_place and not options.dry_run:
+                    from .rollback import rollback_vm
                     assert provider is not None
                     outcome.result = rollback_vm(session, source, options, provider=provider,
                                                  on_event=on_event)
                 else:
+                    from .restorevm import restore_vm
                     outcome.result = restore_vm(session, source, options, provider=provider,
                                                 on_event=on_event, on_progress=on_progress,
                                                 tags=tags.get() if (source.metadata or {}).get("tags")

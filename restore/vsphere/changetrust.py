@@ -43,7 +43,11 @@ def _walk(nodes: Any) -> Any:
 def vm_state(si: Any, vm: vim.VirtualMachine, own_prefix: str) -> dict[str, Any]:
     """The snapshot tree as the next backup compares it: the current snapshot and every
     snapshot that is not ours, with their creation times (ISO 8601)."""
-    info = properties(si, vm, ["snapshot"]).get("snapshot")
+    return state_of(properties(si, vm, ["snapshot"]).get("snapshot"), own_prefix)
+
+
+def state_of(info: Any, own_prefix: str) -> dict[str, Any]:
+    """``vm_state`` of a VM's ``snapshot`` property already read (None: no snapshot)."""
     if info is None:
         return {"current_snapshot": None, "snapshots": []}
     snaps = [{"moref": n.snapshot._moId, "name": n.name,
