@@ -142,6 +142,8 @@ def test_a_failed_write_reverts_to_the_safety_snapshot(vsphere: VSphereBed) -> N
     vsphere.configure(fail_write_after=1)
     proc = rollback(vsphere, name, check=False)
     assert proc.returncode == 14, proc.stderr  # VDDK
+    # the second write fails (the pieces are written while the next ones are read): named
+    assert "scsi0-0 at offset 2097152:" in proc.stderr, proc.stderr
     assert "reverted to its safety snapshot" in proc.stderr
     vsphere.configure()
     assert disk_bytes(vsphere, name) == bytes(now)

@@ -51,6 +51,7 @@ from restore.vsphere.vmmeta import disk_label
 from . import steps
 from .errors import DiskWriteFailed, RestoreError, SourceUnusable, StepFailed, VMPoweredOn
 from .generation import GenerationSource, piece_size
+from .writepipe import WritePipe
 
 IDENTITY = "repofs-rollback"
 SNAPSHOT_PREFIX = "repofs-rollback-"
@@ -352,28 +353,51 @@ class _Rollback:
         written = looked = 0
         disk = conn.open(t.path, read_only=False)
         offset = 0
+        pipe: WritePipe | None = None
+        failed_at: list[int] = []   # where a write of the pipe's thread failed
+
+        def write(at: int, view: memoryview) -> None:
+            try:
+                disk.write_from(at, view)
+            except BaseException:
+                failed_at.append(at)
+                raise
+
         try:
             if areas is None:
                 # Both sides' data: what the disk holds now and what the generation holds.
                 areas = _union(disk.allocated_extents(), t.reader.extents(), t.capacity)
-            buf = disk.buffer(size)
-            for offset, length, want in _read_ahead(t.reader, _pieces(areas, size, t.capacity),
-                                                    self.options.workers):
-                looked += length
-                if mode == "compared":
+            pieces = _read_ahead(t.reader, _pieces(areas, size, t.capacity), self.options.workers)
+            if mode == "compared":
+                # The disk is read and written by this thread alone, piece by piece.
+                buf = disk.buffer(size)
+                for offset, length, want in pieces:
+                    looked += length
                     disk.read_into(offset, buf[:length])
                     if buf[:length] == want:
                         continue
-                buf[:length] = want
-                disk.write_from(offset, buf[:length])
-                written += length
+                    buf[:length] = want
+                    disk.write_from(offset, buf[:length])
+                    written += length
+            else:
+                # Every piece is written: each is copied into a buffer shared with VixDiskLib
+                # while the buffer before it is being written, and the next pieces are read.
+                pipe = WritePipe(disk, size, write, name="rollback-write")
+                for offset, length, want in pieces:
+                    looked += length
+                    pipe.add(offset, want)
+                    written += length
+                pipe.finish()
             disk.flush()
         except RestoreError:
             raise
         except Exception as e:
+            offset = failed_at[0] if failed_at else offset
             raise DiskWriteFailed("write the disks", f"{t.label} at offset {offset}: {e}",
                                   label=t.label, offset=offset, cause=e) from e
         finally:
+            if pipe is not None:
+                pipe.abort()   # (joins its thread: nothing writes to the disk once it is closed)
             disk.close()
         return RolledBackDisk(t.label, t.path, t.capacity, mode, reason, looked, written,
                               time.monotonic() - started)

@@ -15,6 +15,7 @@ the top —, so that the spawn runs on the other core beside the import and the 
 """
 from __future__ import annotations
 
+import gc
 from typing import TYPE_CHECKING, Any, Callable
 
 import vddk
@@ -59,6 +60,15 @@ def _run(targets: list[tuple[str, Callable[[], GenerationSource]]], options: Res
     # that restore one: Quick Rollback does not need it.
     from .firstclass import is_first_class, restore_fcd
     from restore.vsphere.session import Session
+    if options.in_place and not options.dry_run:
+        from .rollback import rollback_vm
+    else:
+        from .restorevm import restore_vm
+    # What the imports made (modules, pyVmomi's thousands of types) lives until the process
+    # ends: out of the cycle collector's sight, so that neither its collections during the
+    # restore nor the interpreter's teardown walk it again (the teardown's collections cost a
+    # Quick Rollback a tenth of its time).
+    gc.freeze()
 
     with Session.login(credentials, thumbprint=options.session.thumbprint,
                        insecure=options.session.insecure, ca_file=options.session.ca_file) as session, \
@@ -72,12 +82,10 @@ def _run(targets: list[tuple[str, Callable[[], GenerationSource]]], options: Res
                     outcome.result = restore_fcd(session, source, options, provider=provider,
                                                  on_event=on_event)
                 elif options.in_place and not options.dry_run:
-                    from .rollback import rollback_vm
                     assert provider is not None
                     outcome.result = rollback_vm(session, source, options, provider=provider,
                                                  on_event=on_event)
                 else:
-                    from .restorevm import restore_vm
                     outcome.result = restore_vm(session, source, options, provider=provider,
                                                 on_event=on_event, on_progress=on_progress,
                                                 tags=tags.get() if (source.metadata or {}).get("tags")
