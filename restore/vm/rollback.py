@@ -45,7 +45,7 @@ from restore.vsphere.inventory import find_vm
 from restore.vsphere.options import RestoreOptions
 from restore.vsphere.ownership import owner_description, owner_of
 from restore.vsphere.session import Session
-from restore.vsphere.tasks import fault_text, properties, wait
+from restore.vsphere.tasks import content, fault_text, properties, wait
 from restore.vsphere.vddkprovider import VddkProvider, connect_params
 from restore.vsphere.vmmeta import disk_label
 from . import steps
@@ -100,7 +100,7 @@ def _find(si: Any, source: GenerationSource) -> Any:
     vm_doc = source.metadata.get("vm") or {}
     uuid = vm_doc.get("instance_uuid")
     if uuid:
-        found = si.content.searchIndex.FindByUuid(uuid=uuid, vmSearch=True, instanceUuid=True)
+        found = content(si).searchIndex.FindByUuid(uuid=uuid, vmSearch=True, instanceUuid=True)
         if found is not None:
             return found
     return find_vm(si, vm_doc.get("name") or source.vm)

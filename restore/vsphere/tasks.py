@@ -5,8 +5,8 @@ Role: ``wait(si, task, what)`` returns the task's ``info.result`` once it succee
 passes. pyVim's ``WaitForTask`` is not used: it dereferences ``info.entity``, which breaks on
 snapshot tasks against the simulator. ``properties(si, obj, paths)`` reads properties in one
 round trip; unset ones are absent (reading them as attributes can fail on some servers).
-``collector(si)`` is the session's property collector, read once per session (every
-``si.content`` is a round trip of its own).
+``content(si)`` is the session's service content, read once per session (every ``si.content``
+is a round trip of its own); ``collector(si)`` its property collector.
 
 How ``wait`` waits: one read of the task first (most tasks of a restore against the test
 vCenter, and many against a real one, have ended by then); otherwise the server is asked to
@@ -33,23 +33,29 @@ DEFAULT_TIMEOUT = 600.0
 MAX_WAIT_SECONDS = 30
 TASK_PATHS = ("info.state", "info.error", "info.result")
 
-# The session's property collector, by the session's stub (gone with it).
-_collectors: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+# The session's service content, by the session's stub (gone with it).
+_contents: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
+def content(si: Any) -> Any:
+    """The service content of the session ``si`` (``si.content``), read once per session:
+    every ``si.content`` is a round trip of its own, and it never changes."""
+    stub = getattr(si, "_stub", None)
+    try:
+        found = _contents.get(stub) if stub is not None else None
+    except TypeError:  # a stub that cannot be weakly referenced: not cached
+        stub = None
+        found = None
+    if found is None:
+        found = si.content
+        if stub is not None:
+            _contents[stub] = found
+    return found
 
 
 def collector(si: Any) -> Any:
-    """The property collector of the session ``si`` (its service content is read once)."""
-    stub = getattr(si, "_stub", None)
-    try:
-        pc = _collectors.get(stub) if stub is not None else None
-    except TypeError:  # a stub that cannot be weakly referenced: not cached
-        stub = None
-        pc = None
-    if pc is None:
-        pc = si.content.propertyCollector
-        if stub is not None:
-            _collectors[stub] = pc
-    return pc
+    """The property collector of the session ``si``."""
+    return content(si).propertyCollector
 
 
 def properties(si: Any, obj: Any, paths: Sequence[str]) -> dict[str, Any]:
