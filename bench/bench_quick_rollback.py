@@ -147,9 +147,9 @@ def main() -> None:
                 # A new generation (incremental, untimed): the next run's changes are counted
                 # from there, as changed-block tracking counts them from its change id.
                 run(repofs("backup", "vm:bench", "-r", repo, *common), env=env)
-                print(f"run {i}: rollback {rb.wall:.2f}s ({rb_written} bytes written, {changed} changed, "
-                      f"disk {'equal' if same else 'DIFFERENT'}); full restore {full.wall:.2f}s "
-                      f"({full_written} bytes written)", flush=True)
+                print(f"run {i}: rollback {rb.wall:.2f}s, CPU {rb.cpu:.2f}s ({rb_written} bytes written, "
+                      f"{changed} changed, disk {'equal' if same else 'DIFFERENT'}); full restore "
+                      f"{full.wall:.2f}s, CPU {full.cpu:.2f}s ({full_written} bytes written)", flush=True)
         report(rows, before)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -162,7 +162,9 @@ def report(rows: list[tuple[Run, int, Run, int, int, bool]],
     print(f"\nQuick Rollback best {best_rb:.2f}s, full restore best {best_full:.2f}s: "
           f"{best_rb / best_full:.1%} of the full restore's time (target <= 10%)")
     print("per run, rollback / full restore: "
-          + ", ".join(f"{r[0].wall / r[2].wall:.1%}" for r in rows))
+          + ", ".join(f"{r[0].wall / r[2].wall:.1%}" for r in rows)
+          + "; in CPU seconds (the command and its VDDK worker): "
+          + ", ".join(f"{r[0].cpu / r[2].cpu:.1%}" for r in rows))
     if before:
         best_old = min(b[0].wall for b in before)
         print(f"the other checkout's rollback: best {best_old:.2f}s = {best_old / best_full:.1%} of "
