@@ -45,7 +45,7 @@ from typing import Any, Callable, Iterator
 from pyVmomi import vim
 
 from . import configspec, fidelity, steps, vmximport
-from .steps import describe
+from .steps import describe as _text  # a cause in one line, as the step frame gives it
 from restore.vsphere.vddkprovider import VddkProvider, connect_params
 from .diskwriter import DiskJob, WrittenDisk, write_disks
 from restore.vsphere.vmmeta import parse_datastore_path
@@ -405,7 +405,7 @@ class _Restore:
             except DiskWriteFailed:
                 raise
             except Exception as e:
-                raise StepFailed("write the disks", describe(e), cause=e) from e
+                raise StepFailed("write the disks", _text(e), cause=e) from e
         finally:
             try:
                 conn.close()
@@ -450,7 +450,7 @@ class _Restore:
             self.say(f"{name}: the replaced VM {vm._moId} is destroyed")
         except Exception as e:
             self.plan.warnings.append(f"the replaced VM {vm._moId} could not be destroyed "
-                                      f"({describe(e)}): remove it by hand")
+                                      f"({_text(e)}): remove it by hand")
 
     # -- undo --------------------------------------------------------------------------------
 
@@ -461,7 +461,7 @@ class _Restore:
                 action()
                 done.append(what)
             except Exception as e:
-                left.append(f"{what} ({describe(e)})")
+                left.append(f"{what} ({_text(e)})")
         self.undo.clear()
         return done, left
 
