@@ -33,7 +33,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -327,31 +327,52 @@ class _Rollback:
     def _write(self, lib: Any, targets: list[_Target], plans: dict[str, tuple[str, str, Any]]) -> None:
         assert self.result is not None
         params = connect_params(self.session, self.vm._moId)
-        with self.step("prepare for access"):
-            lib.prepare_for_access(params, IDENTITY)
+        # The first disk's changed pieces start being read (decompressed, verified) now,
+        # while VixDiskLib prepares, connects and opens: on a real vCenter that takes seconds.
+        early: _ReadAhead | None = None
+        first = next((t for t in targets if plans[t.label][0] == "changed"), None)
+        if first is not None:
+            early = _ReadAhead(first.reader, _pieces(plans[first.label][2], piece_size(first.reader),
+                                                     first.capacity), self.options.workers)
         try:
-            with self.step("connect"):
-                conn = lib.connect(params, read_only=False, transports=self.options.session.transports)
+            with self.step("prepare for access"):
+                lib.prepare_for_access(params, IDENTITY)
             try:
-                for t in targets:
-                    mode, reason, areas = plans[t.label]
-                    self.say(f"{self.name}: {t.label}: {mode} ({reason})")
-                    self.result.disks.append(self._write_disk(conn, t, mode, reason, areas))
-            finally:
+                with self.step("connect"):
+                    conn = lib.connect(params, read_only=False,
+                                       transports=self.options.session.transports)
                 try:
-                    conn.close()
-                except Exception:
-                    pass
+                    for t in targets:
+                        mode, reason, areas = plans[t.label]
+                        self.say(f"{self.name}: {t.label}: {mode} ({reason})")
+                        ahead, early = (early, None) if t is first else (None, early)
+                        self.result.disks.append(self._write_disk(conn, t, mode, reason, areas,
+                                                                  ahead))
+                finally:
+                    try:
+                        conn.close()
+                    except Exception:
+                        pass
+            finally:
+                with self.step("end access"):
+                    lib.end_access(params, IDENTITY)
         finally:
-            with self.step("end access"):
-                lib.end_access(params, IDENTITY)
+            if early is not None:
+                early.close()
 
     def _write_disk(self, conn: Any, t: _Target, mode: str, reason: str,
-                    areas: list[tuple[int, int]] | None) -> RolledBackDisk:
+                    areas: list[tuple[int, int]] | None,
+                    ahead: _ReadAhead | None = None) -> RolledBackDisk:
+        """Write one disk; ``ahead``: its pieces' reads, already started."""
         started = time.monotonic()
         size = piece_size(t.reader)
         written = looked = 0
-        disk = conn.open(t.path, read_only=False)
+        try:
+            disk = conn.open(t.path, read_only=False)
+        except BaseException:
+            if ahead is not None:
+                ahead.close()
+            raise
         offset = 0
         pipe: WritePipe | None = None
         failed_at: list[int] = []   # where a write of the pipe's thread failed
@@ -367,7 +388,9 @@ class _Rollback:
             if areas is None:
                 # Both sides' data: what the disk holds now and what the generation holds.
                 areas = _union(disk.allocated_extents(), t.reader.extents(), t.capacity)
-            pieces = _read_ahead(t.reader, _pieces(areas, size, t.capacity), self.options.workers)
+            if ahead is None:
+                ahead = _ReadAhead(t.reader, _pieces(areas, size, t.capacity), self.options.workers)
+            pieces = iter(ahead)
             if mode == "compared":
                 # The disk is read and written by this thread alone, piece by piece.
                 buf = disk.buffer(size)
@@ -398,6 +421,8 @@ class _Rollback:
         finally:
             if pipe is not None:
                 pipe.abort()   # (joins its thread: nothing writes to the disk once it is closed)
+            if ahead is not None:
+                ahead.close()
             disk.close()
         return RolledBackDisk(t.label, t.path, t.capacity, mode, reason, looked, written,
                               time.monotonic() - started)
@@ -425,22 +450,39 @@ class _Rollback:
         return done
 
 
-def _read_ahead(reader: Any, pieces: Iterator[tuple[int, int]],
-                workers: int) -> Iterator[tuple[int, int, bytes]]:
-    """``(offset, length, data)`` of the generation, in order, read by ``workers`` threads
-    ahead of the writer (decompression and hashing release the GIL); at most ``2 × workers``
-    pieces in memory."""
-    workers = max(1, workers)
-    with ThreadPoolExecutor(workers, thread_name_prefix="rollback-read") as pool:
-        window: collections.deque[tuple[int, int, Any]] = collections.deque()
-        for offset, length in pieces:
-            window.append((offset, length, pool.submit(reader.read, offset, length)))
-            if len(window) >= 2 * workers:
-                o, n, future = window.popleft()
-                yield o, n, future.result()
-        while window:
-            o, n, future = window.popleft()
-            yield o, n, future.result()
+class _ReadAhead:
+    """``(offset, length, data)`` of the generation's ``pieces``, in order, read by ``workers``
+    threads ahead of the writer (decompression and hashing release the GIL); the first reads
+    start at once. At most ``2 × workers`` pieces in memory. ``close()`` drops what was not
+    taken and waits for the reads under way (idempotent)."""
+
+    def __init__(self, reader: Any, pieces: Iterator[tuple[int, int]], workers: int) -> None:
+        self._reader = reader
+        self._pieces = pieces
+        self._depth = 2 * max(1, workers)
+        self._pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="rollback-read")
+        self._window: collections.deque[tuple[int, int, Future[bytes]]] = collections.deque()
+        self._fill()
+
+    def _fill(self) -> None:
+        while len(self._window) < self._depth:
+            piece = next(self._pieces, None)
+            if piece is None:
+                return
+            offset, length = piece
+            self._window.append((offset, length, self._pool.submit(self._reader.read, offset, length)))
+
+    def __iter__(self) -> Iterator[tuple[int, int, bytes]]:
+        while self._window:
+            offset, length, future = self._window.popleft()
+            self._fill()
+            yield offset, length, future.result()
+
+    def close(self) -> None:
+        for *_, future in self._window:
+            future.cancel()
+        self._window.clear()
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _union(a: list[tuple[int, int]], b: list[tuple[int, int]], capacity: int) -> list[tuple[int, int]]:
