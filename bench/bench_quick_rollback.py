@@ -2,6 +2,7 @@
 its disk, beside a full restore into vCenter (a new VM) of the same generation, same run.
 
     python bench/bench_quick_rollback.py --size 8G [--workdir /var/tmp] [--runs 2] [--share 0.03]
+                                         [--before DIR]
 
 The data set is bench/dataset.py's disk image (GPT + ext4, 60% filled, the rest holes). It
 becomes the flat extent of a simulated VM's disk (test vCenter + VDDK stand-in) and is backed
@@ -10,17 +11,21 @@ up once. Each run then changes ``--share`` of the disk's data in place, as a gue
 
 - the Quick Rollback of the VM to the generation (safety snapshot, changed-block query,
   writes, snapshot removal — the whole command);
-- a full restore of the same generation as a new VM (``--name``), then destroyed.
-
-The test vCenter runs with ``-freeze-snapshots=false``: its model of a snapshot (a copy of each
-disk) would cost the rollback's safety snapshot a copy of the whole disk, where a real host
-starts a delta disk; the times are then repofs's own.
+- a full restore of the same generation as a new VM (``--name``), then destroyed;
 
 then backs the VM up again (untimed), so that the next run's changes count from a generation
 of their own. The bytes each wrote are counted by the stand-in (its stats file), the changed
 bytes in changed-block tracking's 64 KiB blocks, and the rolled-back disk is compared with the
-image (``cmp``). Target: the rollback takes <= 10% of the full restore's
-time, and writes exactly the changed bytes.
+image (``cmp``). Target: the rollback takes <= 10% of the full restore's time, and writes
+exactly the changed bytes.
+
+With ``--before DIR`` (another checkout, e.g. ``git worktree add --detach DIR main``), each run
+also times that checkout's rollback, just before this checkout's, on a change of its own of the
+same share, and a backup (untimed) follows it: the two side by side under the same load.
+
+The test vCenter runs with ``-freeze-snapshots=false``: its model of a snapshot (a copy of each
+disk) would cost the rollback's safety snapshot a copy of the whole disk, where a real host
+starts a delta disk; the times are then repofs's own.
 """
 from __future__ import annotations
 
@@ -71,6 +76,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=2)
     ap.add_argument("--share", type=float, default=0.03, help="share of the data the guest changes")
     ap.add_argument("--workdir", default=None)
+    ap.add_argument("--before", default=None, help="another checkout whose rollback is timed beside")
     a = ap.parse_args()
     size = parse_size(a.size)
     size -= size % MiB
@@ -104,7 +110,25 @@ def main() -> None:
             run(repofs("backup", "vm:bench", "-r", repo, *common), env=env)
             print(f"# data set: {size} bytes, {allocated} allocated; backed up as vm:bench", flush=True)
             rows: list[tuple[Run, int, Run, int, int, bool]] = []
+            before: list[tuple[Run, int, int, bool]] = []
             for i in range(a.runs):
+                if a.before:
+                    # The other checkout's rollback first, on a change of its own.
+                    changes = change_list(str(flat), a.share, seed=100 + i)
+                    with open(ctk, "a") as log:
+                        log.writelines(f"{o} {n}\n" for o, n in changes)
+                    mark = len(read_stats(stats))
+                    old = run(repofs("restore", "vm:bench", "--in-place", "-r", repo, *common),
+                              env=dict(env, PYTHONPATH=str(Path(a.before).resolve())),
+                              cwd=a.before)
+                    old_written, _ = written_since(stats, mark)
+                    old_same = run(["cmp", img, str(flat)], check=False).rc == 0
+                    before.append((old, old_written, union_bytes(changes), old_same))
+                    print(f"run {i}: rollback of {a.before} {old.wall:.2f}s ({old_written} bytes "
+                          f"written, disk {'equal' if old_same else 'DIFFERENT'})", flush=True)
+                    # A generation after it (untimed): changed-block tracking counts this
+                    # checkout's changes from there, not those and the rollback's writes.
+                    run(repofs("backup", "vm:bench", "-r", repo, *common), env=env)
                 # The guest changes its disk; the change-tracking log records it, as ESXi's does.
                 changes = change_list(str(flat), a.share, seed=10 + i)
                 with open(ctk, "a") as log:
@@ -123,19 +147,32 @@ def main() -> None:
                 # A new generation (incremental, untimed): the next run's changes are counted
                 # from there, as changed-block tracking counts them from its change id.
                 run(repofs("backup", "vm:bench", "-r", repo, *common), env=env)
-                print(f"run {i}: rollback {rb.wall:.2f}s ({rb_written} bytes written, {changed} changed, "
-                      f"disk {'equal' if same else 'DIFFERENT'}); full restore {full.wall:.2f}s "
-                      f"({full_written} bytes written)", flush=True)
-        report(rows)
+                print(f"run {i}: rollback {rb.wall:.2f}s, CPU {rb.cpu:.2f}s ({rb_written} bytes written, "
+                      f"{changed} changed, disk {'equal' if same else 'DIFFERENT'}); full restore "
+                      f"{full.wall:.2f}s, CPU {full.cpu:.2f}s ({full_written} bytes written)", flush=True)
+        report(rows, before)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def report(rows: list[tuple[Run, int, Run, int, int, bool]]) -> None:
+def report(rows: list[tuple[Run, int, Run, int, int, bool]],
+           before: list[tuple[Run, int, int, bool]]) -> None:
     best_rb = min(r[0].wall for r in rows)
     best_full = min(r[2].wall for r in rows)
     print(f"\nQuick Rollback best {best_rb:.2f}s, full restore best {best_full:.2f}s: "
           f"{best_rb / best_full:.1%} of the full restore's time (target <= 10%)")
+    print("per run, rollback / full restore: "
+          + ", ".join(f"{r[0].wall / r[2].wall:.1%}" for r in rows)
+          + "; in CPU seconds (the command and its VDDK worker): "
+          + ", ".join(f"{r[0].cpu / r[2].cpu:.1%}" for r in rows))
+    if before:
+        best_old = min(b[0].wall for b in before)
+        print(f"the other checkout's rollback: best {best_old:.2f}s = {best_old / best_full:.1%} of "
+              f"the full restore; this checkout's / the other's: {best_rb / best_old:.2f} "
+              f"(per run: {', '.join(f'{r[0].wall / b[0].wall:.2f}' for r, b in zip(rows, before, strict=True))}); "
+              f"CPU {min(r[0].cpu for r in rows):.2f}s / {min(b[0].cpu for b in before):.2f}s; "
+              f"it wrote its changed bytes: {'yes' if all(b[1] == b[2] for b in before) else 'NO'}, "
+              f"disk equal: {'yes' if all(b[3] for b in before) else 'NO'}")
     exact = all(r[1] == r[4] for r in rows)
     print(f"bytes written by the rollback equal the changed bytes in every run: {'yes' if exact else 'NO'}; "
           f"disk equal to the generation after every rollback: {'yes' if all(r[5] for r in rows) else 'NO'}")

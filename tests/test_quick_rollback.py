@@ -142,6 +142,8 @@ def test_a_failed_write_reverts_to_the_safety_snapshot(vsphere: VSphereBed) -> N
     vsphere.configure(fail_write_after=1)
     proc = rollback(vsphere, name, check=False)
     assert proc.returncode == 14, proc.stderr  # VDDK
+    # the second write fails (the pieces are written while the next ones are read): named
+    assert "scsi0-0 at offset 2097152:" in proc.stderr, proc.stderr
     assert "reverted to its safety snapshot" in proc.stderr
     vsphere.configure()
     assert disk_bytes(vsphere, name) == bytes(now)
@@ -178,3 +180,13 @@ def test_a_killed_rollback_is_undone_by_the_next_run(vsphere: VSphereBed) -> Non
     assert any(f"of a killed in-place restore (pid {proc.pid})" in n for n in out["notes"])
     assert disk_bytes(vsphere, name) == bytes(gen)
     assert vsphere.snapshots(name) == []
+
+
+def test_a_vm_the_repository_does_not_hold_is_one_error_line(vsphere: VSphereBed) -> None:
+    """The generation is loaded in a thread while the session logs in: a VM the repository
+    does not hold is still one error line and its exit code."""
+    name = unique("notheld")
+    proc = rollback(vsphere, name, check=False)
+    assert proc.returncode == 8, proc.stderr  # NOT_FOUND
+    assert proc.stderr.splitlines() == [f"repofs: error: no generations of VM {name!r}: the "
+                                        "repository holds none yet"]

@@ -42,9 +42,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
-from pyVmomi import vim, vmodl
+from pyVmomi import vim
 
-from . import configspec, fidelity, vmximport
+from . import configspec, fidelity, steps, vmximport
+from .steps import describe as _text  # a cause in one line, as the step frame gives it
 from restore.vsphere.vddkprovider import VddkProvider, connect_params
 from .diskwriter import DiskJob, WrittenDisk, write_disks
 from restore.vsphere.vmmeta import VMMetadata, parse_datastore_path
@@ -54,7 +55,7 @@ from restore.vsphere.session import Session
 from .prefetch import Prefetch
 from .generation import GenerationSource
 from restore.vsphere.required import required
-from restore.vsphere.tasks import fault_text, properties, wait
+from restore.vsphere.tasks import properties, wait
 from restore.vsphere.vmodl_json import from_json
 
 IDENTITY = "repofs-restore"
@@ -126,16 +127,8 @@ class _Restore:
 
     # -- the frame ---------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def step(self, name: str) -> Iterator[None]:
-        self.say(f"{self.plan.name}: {name}")
-        try:
-            yield
-        except RestoreError:
-            raise
-        except (vmodl.MethodFault, Exception) as e:
-            raise StepFailed(name, _text(e), cause=e) from e
-        self.result.steps.append(name)
+    def step(self, name: str) -> contextlib.AbstractContextManager[None]:
+        return steps.step(name, lambda: self.say(f"{self.plan.name}: {name}"), self.result.steps)
 
     def run(self, prefetch: Prefetch) -> None:
         try:
@@ -605,10 +598,3 @@ def _default_pool_spec() -> vim.ResourceConfigSpec:
         return vim.ResourceAllocationInfo(reservation=0, limit=-1, expandableReservation=True,
                                           shares=vim.SharesInfo(level="normal", shares=0))
     return vim.ResourceConfigSpec(cpuAllocation=alloc(), memoryAllocation=alloc())
-
-
-def _text(e: BaseException) -> str:
-    if isinstance(e, vmodl.MethodFault):
-        return fault_text(e)
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__

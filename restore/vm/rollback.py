@@ -33,7 +33,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -45,11 +45,13 @@ from restore.vsphere.inventory import find_vm
 from restore.vsphere.options import RestoreOptions
 from restore.vsphere.ownership import owner_description, owner_of
 from restore.vsphere.session import Session
-from restore.vsphere.tasks import fault_text, properties, wait
+from restore.vsphere.tasks import content, fault_text, properties, wait
 from restore.vsphere.vddkprovider import VddkProvider, connect_params
 from restore.vsphere.vmmeta import disk_label
+from . import steps
 from .errors import DiskWriteFailed, RestoreError, SourceUnusable, StepFailed, VMPoweredOn
 from .generation import GenerationSource, piece_size
+from .writepipe import WritePipe
 
 IDENTITY = "repofs-rollback"
 SNAPSHOT_PREFIX = "repofs-rollback-"
@@ -98,7 +100,7 @@ def _find(si: Any, source: GenerationSource) -> Any:
     vm_doc = source.metadata.get("vm") or {}
     uuid = vm_doc.get("instance_uuid")
     if uuid:
-        found = si.content.searchIndex.FindByUuid(uuid=uuid, vmSearch=True, instanceUuid=True)
+        found = content(si).searchIndex.FindByUuid(uuid=uuid, vmSearch=True, instanceUuid=True)
         if found is not None:
             return found
     return find_vm(si, vm_doc.get("name") or source.vm)
@@ -172,18 +174,9 @@ class _Rollback:
         self.was_on = False
         self.result: RollbackResult | None = None
 
-    @contextlib.contextmanager
-    def step(self, name: str) -> Iterator[None]:
-        self.say(f"{self.name}: {name}")
-        try:
-            yield
-        except RestoreError:
-            raise
-        except (vmodl.MethodFault, Exception) as e:
-            raise StepFailed(name, fault_text(e) if isinstance(e, vmodl.MethodFault) else str(e),
-                             cause=e) from e
-        if self.result is not None:
-            self.result.steps.append(name)
+    def step(self, name: str) -> contextlib.AbstractContextManager[None]:
+        return steps.step(name, lambda: self.say(f"{self.name}: {name}"),
+                          self.result.steps if self.result is not None else None)
 
     def run(self) -> RollbackResult:
         started = time.monotonic()
@@ -193,14 +186,19 @@ class _Rollback:
             except VMNotFound as e:
                 raise SourceUnusable("find the VM", f"{e}: --in-place restores into the VM "
                                      "the generation was taken of") from None
+            # Everything the run decides on, in one round trip; the snapshot tree as the
+            # backup recorded it, before a snapshot of ours exists (changetrust).
             props = properties(self.si, self.vm, ["name", "runtime.powerState",
                                                   "config.hardware.device",
-                                                  "config.changeTrackingEnabled"])
+                                                  "config.changeTrackingEnabled", "snapshot"])
             self.name = props.get("name", self.vm._moId)
             targets = self._match(props.get("config.hardware.device") or [])
         self.result = RollbackResult(self.source.vm, self.source.name, self.name, self.vm._moId)
         self.result.steps.append("find the VM")
-        self._leftovers()
+        tree = props.get("snapshot")
+        if self._leftovers(tree):
+            tree = properties(self.si, self.vm, ["snapshot"]).get("snapshot")
+        state = changetrust.state_of(tree, SNAPSHOT_PREFIX)
         self.was_on = props.get("runtime.powerState") == "poweredOn"
         if self.was_on:
             if not self.options.force:
@@ -216,7 +214,7 @@ class _Rollback:
                     description=owner_description(
                         "taken by repofs before an in-place restore; reverted to on failure"),
                     memory=False, quiesce=False), f"snapshot {self.name}")
-            plans = self._plan(targets, bool(props.get("config.changeTrackingEnabled")))
+            plans = self._plan(targets, bool(props.get("config.changeTrackingEnabled")), state)
             self._write(lib, targets, plans)
         except BaseException as e:
             undone = self._undo()
@@ -269,10 +267,11 @@ class _Rollback:
                                  + ": --in-place needs the generation's disks; restore a new VM")
         return targets
 
-    def _leftovers(self) -> None:
-        """A safety snapshot that a killed run left: revert to it (the disks as before that
-        run) and remove it. One of a run that may still be going stops this one."""
-        tree = properties(self.si, self.vm, ["snapshot"]).get("snapshot")
+    def _leftovers(self, tree: Any) -> bool:
+        """A safety snapshot that a killed run left (in ``tree``, the VM's ``snapshot``):
+        revert to it (the disks as before that run) and remove it; whether there was one.
+        One of a run that may still be going stops this one."""
+        found = False
         for node in list(_walk(tree.rootSnapshotList if tree else [])):
             if not node.name.startswith(SNAPSHOT_PREFIX):
                 continue
@@ -292,17 +291,19 @@ class _Rollback:
             self.result.notes.append(
                 f"the safety snapshot {node.name} of a killed in-place restore (pid {owner.pid}) "
                 "was reverted to and removed: the disks were as before that run")
+            found = True
+        return found
 
-    def _plan(self, targets: list[_Target], tracking: bool) -> dict[str, tuple[str, str, Any]]:
-        """Per disk: (mode, reason, areas or None for compare)."""
+    def _plan(self, targets: list[_Target], tracking: bool,
+              now: dict[str, Any]) -> dict[str, tuple[str, str, Any]]:
+        """Per disk: (mode, reason, areas or None for compare); ``now`` is the VM's
+        ``changetrust`` state, read before the safety snapshot."""
         doc = self.source.metadata
         why = None
         if not tracking:
             why = "changed-block tracking is off on the VM"
         else:
             previous = {"vm_state": doc.get("vm_state"), "tracking": doc.get("change_tracking")}
-            now = changetrust.vm_state(self.si, self.vm, SNAPSHOT_PREFIX)
-            # our own safety snapshot is not a revert target
             why = changetrust.distrust(self.si, self.vm, previous, now)
         plans: dict[str, tuple[str, str, list[tuple[int, int]] | None]] = {}
         for t in targets:
@@ -326,54 +327,102 @@ class _Rollback:
     def _write(self, lib: Any, targets: list[_Target], plans: dict[str, tuple[str, str, Any]]) -> None:
         assert self.result is not None
         params = connect_params(self.session, self.vm._moId)
-        with self.step("prepare for access"):
-            lib.prepare_for_access(params, IDENTITY)
+        # The first disk's changed pieces start being read (decompressed, verified) now,
+        # while VixDiskLib prepares, connects and opens: on a real vCenter that takes seconds.
+        early: _ReadAhead | None = None
+        first = next((t for t in targets if plans[t.label][0] == "changed"), None)
+        if first is not None:
+            early = _ReadAhead(first.reader, _pieces(plans[first.label][2], piece_size(first.reader),
+                                                     first.capacity), self.options.workers)
         try:
-            with self.step("connect"):
-                conn = lib.connect(params, read_only=False, transports=self.options.session.transports)
+            with self.step("prepare for access"):
+                lib.prepare_for_access(params, IDENTITY)
             try:
-                for t in targets:
-                    mode, reason, areas = plans[t.label]
-                    self.say(f"{self.name}: {t.label}: {mode} ({reason})")
-                    self.result.disks.append(self._write_disk(conn, t, mode, reason, areas))
-            finally:
+                with self.step("connect"):
+                    conn = lib.connect(params, read_only=False,
+                                       transports=self.options.session.transports)
                 try:
-                    conn.close()
-                except Exception:
-                    pass
+                    for t in targets:
+                        mode, reason, areas = plans[t.label]
+                        self.say(f"{self.name}: {t.label}: {mode} ({reason})")
+                        ahead, early = (early, None) if t is first else (None, early)
+                        self.result.disks.append(self._write_disk(conn, t, mode, reason, areas,
+                                                                  ahead))
+                finally:
+                    try:
+                        conn.close()
+                    except Exception:
+                        pass
+            finally:
+                with self.step("end access"):
+                    lib.end_access(params, IDENTITY)
         finally:
-            with self.step("end access"):
-                lib.end_access(params, IDENTITY)
+            if early is not None:
+                early.close()
 
     def _write_disk(self, conn: Any, t: _Target, mode: str, reason: str,
-                    areas: list[tuple[int, int]] | None) -> RolledBackDisk:
+                    areas: list[tuple[int, int]] | None,
+                    ahead: _ReadAhead | None = None) -> RolledBackDisk:
+        """Write one disk; ``ahead``: its pieces' reads, already started."""
         started = time.monotonic()
         size = piece_size(t.reader)
         written = looked = 0
-        disk = conn.open(t.path, read_only=False)
+        try:
+            disk = conn.open(t.path, read_only=False)
+        except BaseException:
+            if ahead is not None:
+                ahead.close()
+            raise
         offset = 0
+        pipe: WritePipe | None = None
+        failed_at: list[int] = []   # where a write of the pipe's thread failed
+
+        def write(at: int, view: memoryview) -> None:
+            try:
+                disk.write_from(at, view)
+            except BaseException:
+                failed_at.append(at)
+                raise
+
         try:
             if areas is None:
                 # Both sides' data: what the disk holds now and what the generation holds.
                 areas = _union(disk.allocated_extents(), t.reader.extents(), t.capacity)
-            buf = disk.buffer(size)
-            for offset, length, want in _read_ahead(t.reader, _pieces(areas, size, t.capacity),
-                                                    self.options.workers):
-                looked += length
-                if mode == "compared":
+            if ahead is None:
+                ahead = _ReadAhead(t.reader, _pieces(areas, size, t.capacity), self.options.workers)
+            pieces = iter(ahead)
+            if mode == "compared":
+                # The disk is read and written by this thread alone, piece by piece.
+                buf = disk.buffer(size)
+                for offset, length, want in pieces:
+                    looked += length
                     disk.read_into(offset, buf[:length])
                     if buf[:length] == want:
                         continue
-                buf[:length] = want
-                disk.write_from(offset, buf[:length])
-                written += length
+                    buf[:length] = want
+                    disk.write_from(offset, buf[:length])
+                    written += length
+            else:
+                # Every piece is written: each is copied into a buffer shared with VixDiskLib
+                # while the buffer before it is being written, and the next pieces are read.
+                pipe = WritePipe(disk, size, write, name="rollback-write")
+                for offset, length, want in pieces:
+                    looked += length
+                    pipe.add(offset, want)
+                    written += length
+                pipe.finish()
             disk.flush()
         except RestoreError:
             raise
         except Exception as e:
+            offset = failed_at[0] if failed_at else offset
             raise DiskWriteFailed("write the disks", f"{t.label} at offset {offset}: {e}",
                                   label=t.label, offset=offset, cause=e) from e
         finally:
+            if pipe is not None:
+                pipe.abort()   # (joins its thread: nothing writes to the disk once it is closed)
+            if ahead is not None:
+                ahead.close()
             disk.close()
         return RolledBackDisk(t.label, t.path, t.capacity, mode, reason, looked, written,
                               time.monotonic() - started)
@@ -401,22 +450,39 @@ class _Rollback:
         return done
 
 
-def _read_ahead(reader: Any, pieces: Iterator[tuple[int, int]],
-                workers: int) -> Iterator[tuple[int, int, bytes]]:
-    """``(offset, length, data)`` of the generation, in order, read by ``workers`` threads
-    ahead of the writer (decompression and hashing release the GIL); at most ``2 × workers``
-    pieces in memory."""
-    workers = max(1, workers)
-    with ThreadPoolExecutor(workers, thread_name_prefix="rollback-read") as pool:
-        window: collections.deque[tuple[int, int, Any]] = collections.deque()
-        for offset, length in pieces:
-            window.append((offset, length, pool.submit(reader.read, offset, length)))
-            if len(window) >= 2 * workers:
-                o, n, future = window.popleft()
-                yield o, n, future.result()
-        while window:
-            o, n, future = window.popleft()
-            yield o, n, future.result()
+class _ReadAhead:
+    """``(offset, length, data)`` of the generation's ``pieces``, in order, read by ``workers``
+    threads ahead of the writer (decompression and hashing release the GIL); the first reads
+    start at once. At most ``2 × workers`` pieces in memory. ``close()`` drops what was not
+    taken and waits for the reads under way (idempotent)."""
+
+    def __init__(self, reader: Any, pieces: Iterator[tuple[int, int]], workers: int) -> None:
+        self._reader = reader
+        self._pieces = pieces
+        self._depth = 2 * max(1, workers)
+        self._pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="rollback-read")
+        self._window: collections.deque[tuple[int, int, Future[bytes]]] = collections.deque()
+        self._fill()
+
+    def _fill(self) -> None:
+        while len(self._window) < self._depth:
+            piece = next(self._pieces, None)
+            if piece is None:
+                return
+            offset, length = piece
+            self._window.append((offset, length, self._pool.submit(self._reader.read, offset, length)))
+
+    def __iter__(self) -> Iterator[tuple[int, int, bytes]]:
+        while self._window:
+            offset, length, future = self._window.popleft()
+            self._fill()
+            yield offset, length, future.result()
+
+    def close(self) -> None:
+        for *_, future in self._window:
+            future.cancel()
+        self._window.clear()
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _union(a: list[tuple[int, int]], b: list[tuple[int, int]], capacity: int) -> list[tuple[int, int]]:

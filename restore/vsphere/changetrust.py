@@ -27,7 +27,7 @@ from typing import Any
 
 from pyVmomi import vim, vmodl
 
-from restore.vsphere.tasks import properties
+from restore.vsphere.tasks import content, properties
 
 REVERT_EVENT = "com.vmware.vc.vm.VmStateRevertedToSnapshot"
 KB_1020128 = ("changed-block tracking was switched on while the VM had snapshots; its answers "
@@ -43,7 +43,11 @@ def _walk(nodes: Any) -> Any:
 def vm_state(si: Any, vm: vim.VirtualMachine, own_prefix: str) -> dict[str, Any]:
     """The snapshot tree as the next backup compares it: the current snapshot and every
     snapshot that is not ours, with their creation times (ISO 8601)."""
-    info = properties(si, vm, ["snapshot"]).get("snapshot")
+    return state_of(properties(si, vm, ["snapshot"]).get("snapshot"), own_prefix)
+
+
+def state_of(info: Any, own_prefix: str) -> dict[str, Any]:
+    """``vm_state`` of a VM's ``snapshot`` property already read (None: no snapshot)."""
     if info is None:
         return {"current_snapshot": None, "snapshots": []}
     snaps = [{"moref": n.snapshot._moId, "name": n.name,
@@ -56,7 +60,7 @@ def vm_state(si: Any, vm: vim.VirtualMachine, own_prefix: str) -> dict[str, Any]
 
 def revert_events(si: Any, vm: vim.VirtualMachine, since: datetime.datetime | None) -> list[str]:
     """vCenter's revert events of ``vm`` after ``since`` (all when None), as text."""
-    manager = si.content.eventManager
+    manager = content(si).eventManager
     spec = vim.event.EventFilterSpec(
         entity=vim.event.EventFilterSpec.ByEntity(entity=vm, recursion="self"),
         # the event is an EventEx; some servers filter by the class name only

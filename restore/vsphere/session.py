@@ -38,6 +38,7 @@ from pyVmomi.SoapAdapter import SoapStubAdapter
 
 from .credentials import Credentials, resolve_credentials  # noqa: F401 - re-exported
 from .required import required
+from .tasks import content
 from .errors import (AnswerTooLarge, CertificateError, CertificateMismatch, CertificateUntrusted,
                      ConnectionFailed, LoginFailed)
 
@@ -244,7 +245,7 @@ class Session:
             stub = pyvim_connect.SmartStubAdapter(host=host, port=port, sslContext=ctx)
             stub.scheme = functools.partial(PinnedHTTPSConnection, pin=pin)
             si = vim.ServiceInstance("ServiceInstance", stub)
-            required(si.content.sessionManager, "session manager").Login(credentials.user, credentials.password, None)
+            required(content(si).sessionManager, "session manager").Login(credentials.user, credentials.password, None)
         except CertificateError:
             _drop(stub)
             raise
@@ -267,7 +268,7 @@ class Session:
 
     @property
     def content(self) -> Any:
-        return self.si.content
+        return content(self.si)
 
     @property
     def is_vcenter(self) -> bool:
@@ -296,9 +297,10 @@ class Session:
         if self.si is None:
             return
         try:
-            pyvim_connect.Disconnect(self.si)
+            content(self.si).sessionManager.Logout()
         except Exception:  # logging out of a server that is gone is not worth an error
             pass
+        _drop(self.si._stub)
         self.si = None  # type: ignore[assignment]
 
     def __enter__(self) -> "Session":
