@@ -3,9 +3,9 @@
 Role: the pieces of a restore that make the new VM the saved one in more than its hardware:
 
 - ``protection_refusal``: an encrypted VM (VM Encryption: a ``keyId`` on the VM or on any one
-  of its disks, named with its key provider) or one with a virtual TPM (whose secrets live in the encrypted ``.nvram``) is refused with the
-  reason; restoring it unencrypted would silently drop its protection, and a key provider is
-  not something repofs takes yet;
+  of its disks, named with its key provider) or one with a virtual TPM (whose secrets live in
+  the encrypted ``.nvram``) is refused with the reason; restoring it unencrypted would
+  silently drop its protection, and a key provider is not something repofs takes yet;
 - ``restore_nvram``: the saved ``.nvram`` (EFI variables: boot entries, secure-boot keys and
   databases) written over the new VM's, also when the VM is created from its configuration;
 - ``ddb_uuid``: a disk's saved UUID in the form VixDiskLib's metadata (``ddb.uuid``) takes, to

@@ -103,7 +103,7 @@ def _profile(session: Session, saved: dict[str, Any],
     except Exception as e:  # an absent endpoint: fatal only if the user asked for a profile
         if wanted:
             raise PlacementError([f"--storage-profile: the storage policy service cannot be read ({e})"]) from None
-        return None, [f"the saved storage profile {saved_name[:200]!r} not applied: {e}"]
+        return None, [f"the saved storage profile {(saved_name or '')[:200]!r} not applied: {e}"]
     if wanted:
         if wanted not in names:
             raise PlacementError([f"no storage profile {wanted!r} (have: {', '.join(sorted(names))})"])

@@ -581,6 +581,7 @@ def vapp_properties(si: Any, vapp: Any, meta: VMMetadata) -> list[str]:
     present = {ident(p) for p in have}
     key = max((p.key for p in have), default=0)
     specs = []
+    added: list[str] = []
     for p in info.property or []:
         if ident(p) in present:
             continue
@@ -588,9 +589,10 @@ def vapp_properties(si: Any, vapp: Any, meta: VMMetadata) -> list[str]:
         p.key = key
         specs.append(vim.vApp.PropertySpec(operation=vim.option.ArrayUpdateSpec.Operation.add, info=p))
         present.add(ident(p))
+        added.append(str(p.id))
     if specs:
         vapp.UpdateVAppConfig(spec=vim.vApp.VAppConfigSpec(property=specs))
-    return [s.info.id for s in specs]
+    return added
 
 
 def _default_pool_spec() -> vim.ResourceConfigSpec:

@@ -5,10 +5,10 @@ The backup writes it (``restore.backup.metadata.capture``), the restore reads it
 the repository) are ``<bus><n>-<unit>``, e.g. ``scsi0-0``.
 
 The typed schema: ``VMMetadata`` and its records (``VMIdentity``, ``Placement``, ``VAppMeta``
-with ``VAppEntity``, ``DiskMeta``, ``NicMeta``, ``Files``). ``VMMetadata.from_json(doc)`` checks an untrusted document (it comes
-from the repository's storage, or from a folder given to ``restore --from``): every known field
-has its type checked, strings, lists and nesting are bounded, disk labels are names (never
-paths); the first problem raises ``MetadataError`` naming the field
+with ``VAppEntity``, ``DiskMeta``, ``NicMeta``, ``Files``). ``VMMetadata.from_json(doc)`` checks an
+untrusted document (it comes from the repository's storage, or from a folder given to
+``restore --from``): every known field has its type checked, strings, lists and nesting are
+bounded, disk labels are names (never paths); the first problem raises ``MetadataError`` naming the field
 (``disks[1].capacity_bytes: expected an integer``). ``to_json()`` gives back the same JSON: a
 key the schema does not know is kept as it was (``extra``), a key that was absent stays absent,
 so that documents of older and newer captures pass through unchanged.
