@@ -13,6 +13,12 @@ from repofs.errors import RepofsError
 from repofs.view.tree import RepositoryView
 
 
+# On object storage: the deepest read-ahead of one stream (chunks; half the cache at most)
+# and the fetches in flight at once (each waits a round trip, holding one chunk or none).
+OBJECT_STORE_READ_AHEAD_LIMIT = 64
+OBJECT_STORE_FETCHES = 32
+
+
 class MountBusy(RepofsError):
     """``umount`` of a mount that files or processes still use."""
 
@@ -29,7 +35,7 @@ def mount(first: Annotated[str, typer.Argument(metavar="[REPO]", show_default=Fa
                          "uid, gid, umask: who may read a shared mount; see docs/mount.md).")] = None,
           cache_size: Annotated[str, typer.Option("--cache-size", help="Chunk cache, bytes or e.g. 512M, 2G.")] = "192M",
           io_timeout: Annotated[float, typer.Option("--io-timeout", help="Seconds a read may wait for storage before EIO.")] = 30.0,
-          read_ahead: Annotated[Optional[int], typer.Option("--read-ahead", help="Chunks prefetched ahead of a sequential reader (0: off; default 8, on object storage 16).")] = None,
+          read_ahead: Annotated[Optional[int], typer.Option("--read-ahead", help="Chunks prefetched ahead of a sequential reader (0: off; default 8; on object storage 16, deepening to 64 while the reader waits).")] = None,
           direct_io: Annotated[bool, typer.Option("--direct-io/--no-direct-io", help="Flat disk files bypass the page cache (faster streaming).")] = True,
           log_file: Annotated[Optional[str], typer.Option("--log-file", help="Log here (default: stderr with -f, else syslog).")] = None) -> None:
     """Mount the repository read-only: one folder per VM, one per generation."""
@@ -61,19 +67,23 @@ def mount(first: Annotated[str, typer.Argument(metavar="[REPO]", show_default=Fa
         raise UsageProblem("--cache-size must be at least 4M, --io-timeout positive, --read-ahead >= 0")
     # Absolute paths: the background process changes its directory to "/".
     repository = open_repository(normalize(repo_path) if repo_path else None, password_file)
-    # Object storage answers each read after a round trip, but many at once: more in flight.
+    # Object storage answers each read after a round trip, but many at once: more in flight,
+    # and a read-ahead that deepens while a reader still waits (view.readahead.Window).
     parallel = getattr(repository.backend, "parallelism", 0)
     if read_ahead == -1:
         read_ahead = 16 if parallel else 8
+    limit = max(read_ahead, OBJECT_STORE_READ_AHEAD_LIMIT) if parallel and read_ahead else read_ahead
     # Read-ahead never claims more than half the cache, or it would evict what it fetched.
-    read_ahead = min(read_ahead, max(0, cache_bytes // 2 // repository.chunk_size))
+    half = max(0, cache_bytes // 2 // repository.chunk_size)
+    read_ahead, limit = min(read_ahead, half), min(limit, half)
     # The mount holds a reader lease for its life: generations forgotten while it runs stay
     # readable until it ends (docs/format.md 9.2). Written before the first listing.
     lease = repository.lease("reader").begin()
     try:
         view = RepositoryView(repository, cache_bytes)
-        settings = MountSettings(io_timeout=io_timeout, readahead_chunks=read_ahead, direct_io=direct_io,
-                                 prefill=prefill, readahead_threads=parallel)
+        settings = MountSettings(io_timeout=io_timeout, readahead_chunks=read_ahead, readahead_limit=limit,
+                                 direct_io=direct_io, prefill=prefill,
+                                 readahead_threads=OBJECT_STORE_FETCHES if parallel else 0)
         run_mount(view, MountRequest(mountpoint, foreground=foreground, fuse_options=fuse_opts,
                                      settings=settings, fsname=fsname_of(repository.location),
                                      log_file=os.path.abspath(log_file) if log_file else None,
