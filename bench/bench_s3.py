@@ -1,21 +1,28 @@
 """Backup, restore and mount read on S3 beside the local backend, with and without added
 network latency; and the bytes `repofs copy` sends.
 
-    .venv/bin/python bench/bench_s3.py --size 1G [--rtt-ms 20]     # 8G for the full run (RAM!)
+    flock /tmp/repofs-bench.lock .venv/bin/python bench/bench_s3.py --size 1G [--rtt-ms 20] \
+        [--mount-rounds 3] [--relay-control] [--no-copy] [--work /var/tmp]   # 8G: RAM!
 
-The S3 store is moto's server (in memory: it needs RAM for the whole data set). Three
-targets: a local repository; moto on loopback; the same moto reached through a relay of the
-benchmark's own that holds every byte half of ``--rtt-ms`` in each direction (``tc netem``
-would be the tool, but this kernel has no ``sch_netem``: ``tc`` refuses the qdisc). For each:
-``repofs backup`` of the data set (the
-repository's data set, bench/dataset.py), ``repofs restore --to-dir``, and a sequential read
-of the disk file through ``repofs mount``; wall time, throughput, and the client's CPU
-seconds per GB (user + system of the repofs process, from wait4). The ratio "with latency /
-without" shows whether parallelism hides the round trips (target: ≥ 80%).
+The S3 store is moto's server (in memory: it needs RAM for the whole data set, once per
+target; and it closes the connection after every answer, so each request opens a new one).
+Targets: a local repository; moto on loopback; with ``--relay-control`` moto behind the
+relay with nothing added (what the relay itself costs); the same moto behind a relay of the
+benchmark's own, in a process of its own, that holds every byte half of ``--rtt-ms`` in
+each direction (``tc netem`` would be the tool, but this kernel has no ``sch_netem``, nor
+``fq`` for BPF-timed departures: ``tc`` refuses both). For each: ``repofs backup`` of the
+data set (bench/dataset.py), ``repofs restore --to-dir`` compared with ``cmp``; then
+``--mount-rounds`` rounds, the targets interleaved in each, of a cold sequential read
+(1 MiB reads) of the disk file through a fresh ``repofs mount`` (default settings), the
+first round compared with ``cmp``. Wall time, throughput, the client's CPU seconds per GB
+(user + system of the repofs process, from wait4), the mount's peak RSS (VmHWM); the mount
+figures are medians of the rounds. The ratio "with latency / without" shows whether
+parallelism hides the round trips (target: ≥ 80%).
 
-Then ``repofs copy`` of a local repository holding 3 generations (the data set, then twice a
-few changes) to an empty S3 repository: the chunks and bytes it reports as sent against the
-chunks the target holds afterwards. Needs root (FUSE); removes what it made on exit.
+Then (unless ``--no-copy``) ``repofs copy`` of a local repository holding 3 generations (the
+data set, then twice a few changes) to an empty S3 repository: the chunks and bytes it
+reports as sent against the chunks the target holds afterwards. Needs root (FUSE); removes
+what it made on exit.
 """
 from __future__ import annotations
 
