@@ -248,8 +248,10 @@ def main() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("REPOFS_", "AWS_"))}
     pw = work / "pass"
     pw.write_text(PASS + "\n")
-    # a cache of indexes and manifests of its own: another run's would make the first reads warm
-    env.update(KEY, REPOFS_PASSWORD_FILE=str(pw), PYTHONPATH=str(ROOT), REPOFS_CACHE_DIR=str(work / "cache"))
+    # a cache of indexes and manifests of its own (another run's would make the first reads
+    # warm), and client records of its own (the buckets' names are the same in every run)
+    env.update(KEY, REPOFS_PASSWORD_FILE=str(pw), PYTHONPATH=str(ROOT), REPOFS_CACHE_DIR=str(work / "cache"),
+               REPOFS_SECURITY_DIR=str(work / "security"))
     try:
         image = work / "disk0.img"
         make_image(str(image), parse_size(args.size))
