@@ -1,21 +1,28 @@
 """Backup, restore and mount read on S3 beside the local backend, with and without added
 network latency; and the bytes `repofs copy` sends.
 
-    .venv/bin/python bench/bench_s3.py --size 1G [--rtt-ms 20]     # 8G for the full run (RAM!)
+    flock /tmp/repofs-bench.lock .venv/bin/python bench/bench_s3.py --size 1G [--rtt-ms 20] \
+        [--mount-rounds 3] [--relay-control] [--no-copy] [--work /var/tmp]   # 8G: RAM!
 
-The S3 store is moto's server (in memory: it needs RAM for the whole data set). Three
-targets: a local repository; moto on loopback; the same moto reached through a relay of the
-benchmark's own that holds every byte half of ``--rtt-ms`` in each direction (``tc netem``
-would be the tool, but this kernel has no ``sch_netem``: ``tc`` refuses the qdisc). For each:
-``repofs backup`` of the data set (the
-repository's data set, bench/dataset.py), ``repofs restore --to-dir``, and a sequential read
-of the disk file through ``repofs mount``; wall time, throughput, and the client's CPU
-seconds per GB (user + system of the repofs process, from wait4). The ratio "with latency /
-without" shows whether parallelism hides the round trips (target: ≥ 80%).
+The S3 store is moto's server (in memory: it needs RAM for the whole data set, once per
+target; and it closes the connection after every answer, so each request opens a new one).
+Targets: a local repository; moto on loopback; with ``--relay-control`` moto behind the
+relay with nothing added (what the relay itself costs); the same moto behind a relay of the
+benchmark's own, in a process of its own, that holds every byte half of ``--rtt-ms`` in
+each direction (``tc netem`` would be the tool, but this kernel has no ``sch_netem``, nor
+``fq`` for BPF-timed departures: ``tc`` refuses both). For each: ``repofs backup`` of the
+data set (bench/dataset.py), ``repofs restore --to-dir`` compared with ``cmp``; then
+``--mount-rounds`` rounds, the targets interleaved in each, of a cold sequential read
+(1 MiB reads) of the disk file through a fresh ``repofs mount`` (default settings), the
+first round compared with ``cmp``. Wall time, throughput, the client's CPU seconds per GB
+(user + system of the repofs process, from wait4), the mount's peak RSS (VmHWM); the mount
+figures are medians of the rounds. The ratio "with latency / without" shows whether
+parallelism hides the round trips (target: ≥ 80%).
 
-Then ``repofs copy`` of a local repository holding 3 generations (the data set, then twice a
-few changes) to an empty S3 repository: the chunks and bytes it reports as sent against the
-chunks the target holds afterwards. Needs root (FUSE); removes what it made on exit.
+Then (unless ``--no-copy``) ``repofs copy`` of a local repository holding 3 generations (the
+data set, then twice a few changes) to an empty S3 repository: the chunks and bytes it
+reports as sent against the chunks the target holds afterwards. Needs root (FUSE); removes
+what it made on exit.
 """
 from __future__ import annotations
 
@@ -26,6 +33,7 @@ import queue
 import random
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -78,24 +86,33 @@ class Moto:
 class DelayRelay:
     """A TCP relay on loopback that holds every byte ``half_rtt`` seconds in each direction:
     the round trip of a distant store, in user space (this kernel has no ``sch_netem``, so
-    ``tc qdisc … netem`` is refused here). Bandwidth is not limited; only latency is added."""
+    ``tc qdisc … netem`` is refused here). Bandwidth is not limited; only latency is added.
+
+    It runs in a process of its own, so that its threads do not compete with the benchmark's
+    reader for one interpreter lock, and it sets ``TCP_NODELAY`` on both sides as the client
+    (urllib3) does: a relay that let Nagle's algorithm hold back the tail of an answer until
+    the previous segment is acknowledged would add delayed-ACK stalls that netem does not."""
 
     def __init__(self, target: tuple[str, int], half_rtt: float):
         self.target, self.half = target, half_rtt
-        self.listener = socket.socket()
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(256)
-        self.port = self.listener.getsockname()[1]
-        self.closed = False
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while not self.closed:
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(256)
+        self.port = listener.getsockname()[1]
+        self.pid = os.fork()
+        if self.pid == 0:
             try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
+                self._accept(listener)
+            finally:
+                os._exit(0)
+        listener.close()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            client, _ = listener.accept()
             upstream = socket.create_connection(self.target)
+            for sock in (client, upstream):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             for a, b in ((client, upstream), (upstream, client)):
                 q: queue.SimpleQueue = queue.SimpleQueue()
                 threading.Thread(target=self._read, args=(a, q), daemon=True).start()
@@ -125,9 +142,18 @@ class DelayRelay:
             except OSError:
                 return
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU the relay has used so far (from /proc)."""
+        with open(f"/proc/{self.pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def close(self) -> None:
-        self.closed = True
-        self.listener.close()
+        try:
+            os.kill(self.pid, 15)
+            os.waitpid(self.pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
 
 
 def measure_target(name: str, location: str, image: Path, work: Path, env: dict) -> dict:
@@ -141,9 +167,19 @@ def measure_target(name: str, location: str, image: Path, work: Path, env: dict)
     if subprocess.run(["cmp", "-s", str(image), str(restored)]).returncode != 0:
         raise RuntimeError(f"{name}: the restored disk differs from the image")
     shutil.rmtree(out)
-    mnt = work / f"mnt-{name}"
-    mnt.mkdir()
-    proc = subprocess.Popen([*REPOFS, "mount", "-f", location, str(mnt)], env=env,
+    return {"target": name, "location": location, "env": env,
+            "backup_MBps": image.stat().st_size / 1e6 / b.wall, "backup_cpu_s_per_GB": b.cpu / size_gb,
+            "restore_MBps": image.stat().st_size / 1e6 / r.wall, "restore_cpu_s_per_GB": r.cpu / size_gb,
+            "mount": []}
+
+
+def measure_mount(target: dict, image: Path, work: Path, verify: bool) -> None:
+    """One cold sequential read (1 MiB reads) of the disk's flat file through a fresh
+    ``repofs mount`` of the target, appended to ``target["mount"]`` as (MB/s, CPU s per GB,
+    the mount process's peak RSS in MiB). ``verify``: then compare the file with the image."""
+    mnt = work / "mnt"
+    mnt.mkdir(exist_ok=True)
+    proc = subprocess.Popen([*REPOFS, "mount", "-f", target["location"], str(mnt)], env=target["env"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for(mnt / VM / "latest")
@@ -152,15 +188,16 @@ def measure_target(name: str, location: str, image: Path, work: Path, env: dict)
         with open(flat, "rb", buffering=0) as f:
             while f.read(1 << 20):
                 pass
-        mount_wall = time.monotonic() - t0
+        wall = time.monotonic() - t0
+        with open(f"/proc/{proc.pid}/status") as f:
+            hwm_kib = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+        if verify and subprocess.run(["cmp", "-s", str(image), str(flat)]).returncode != 0:
+            raise RuntimeError(f"{target['target']}: the mounted disk differs from the image")
     finally:
         subprocess.run(["fusermount3", "-u", str(mnt)], capture_output=True)
         _pid, _status, ru = os.wait4(proc.pid, 0)
-    mount_cpu = ru.ru_utime + ru.ru_stime
-    return {"target": name,
-            "backup_MBps": image.stat().st_size / 1e6 / b.wall, "backup_cpu_s_per_GB": b.cpu / size_gb,
-            "restore_MBps": image.stat().st_size / 1e6 / r.wall, "restore_cpu_s_per_GB": r.cpu / size_gb,
-            "mount_MBps": image.stat().st_size / 1e6 / mount_wall, "mount_cpu_s_per_GB": mount_cpu / size_gb}
+    size = image.stat().st_size
+    target["mount"].append((size / 1e6 / wall, (ru.ru_utime + ru.ru_stime) / (size / 1e9), hwm_kib / 1024))
 
 
 def measure_copy(image: Path, work: Path, env: dict, moto: Moto) -> dict:
@@ -198,45 +235,76 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", default="1G", help="data set size (default 1G)")
     ap.add_argument("--rtt-ms", type=float, default=20.0)
+    ap.add_argument("--mount-rounds", type=int, default=3,
+                    help="cold reads through a fresh mount of each target, interleaved (default 3)")
+    ap.add_argument("--relay-control", action="store_true",
+                    help="also a target behind the relay with no added latency (the relay's own cost)")
+    ap.add_argument("--no-copy", action="store_true", help="skip the repofs copy measurement")
     ap.add_argument("--work", default=None, help="folder for the data set and local repositories")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-s3-", dir=args.work))
     servers: list[Moto] = []
+    relays: list[DelayRelay] = []
     env = {k: v for k, v in os.environ.items() if not k.startswith(("REPOFS_", "AWS_"))}
     pw = work / "pass"
     pw.write_text(PASS + "\n")
-    env.update(KEY, REPOFS_PASSWORD_FILE=str(pw), PYTHONPATH=str(ROOT))
+    # a cache of indexes and manifests of its own (another run's would make the first reads
+    # warm), and client records of its own (the buckets' names are the same in every run)
+    env.update(KEY, REPOFS_PASSWORD_FILE=str(pw), PYTHONPATH=str(ROOT), REPOFS_CACHE_DIR=str(work / "cache"),
+               REPOFS_SECURITY_DIR=str(work / "security"))
     try:
         image = work / "disk0.img"
         make_image(str(image), parse_size(args.size))
         near = Moto("127.0.0.1", 47311)
         servers.append(near)
-        relay = DelayRelay(("127.0.0.1", 47311), args.rtt_ms / 2000)
-        far_url = f"http://127.0.0.1:{relay.port}"
+        far = DelayRelay(("127.0.0.1", 47311), args.rtt_ms / 2000)
+        relays.append(far)
         rows = [measure_target("local", str(work / "repo-local"), image, work, env),
                 measure_target("s3 loopback", near.bucket("bench-near"), image, work,
-                               dict(env, AWS_ENDPOINT_URL=near.url)),
-                measure_target(f"s3 +{args.rtt_ms:g} ms RTT", near.bucket("bench-far"), image, work,
-                               dict(env, AWS_ENDPOINT_URL=far_url))]
-        print(f"data set {args.size}; MB/s and client CPU seconds per GB")
-        print(f"{'target':22} {'backup':>8} {'cpu/GB':>7} {'restore':>8} {'cpu/GB':>7} {'mount':>8} {'cpu/GB':>7}")
+                               dict(env, AWS_ENDPOINT_URL=near.url))]
+        if args.relay_control:
+            control = DelayRelay(("127.0.0.1", 47311), 0.0)
+            relays.append(control)
+            rows.append(measure_target("s3 relay, +0 ms", near.bucket("bench-relay"), image, work,
+                                       dict(env, AWS_ENDPOINT_URL=f"http://127.0.0.1:{control.port}")))
+        relay_cpu = far.cpu_seconds()
+        rows.append(measure_target(f"s3 +{args.rtt_ms:g} ms RTT", near.bucket("bench-far"), image, work,
+                                   dict(env, AWS_ENDPOINT_URL=f"http://127.0.0.1:{far.port}")))
+        relay_cpu = far.cpu_seconds() - relay_cpu
+        for n in range(args.mount_rounds):
+            for r in rows:
+                measure_mount(r, image, work, verify=n == 0)
+                print(f"mount read, round {n + 1}, {r['target']:22} {r['mount'][-1][0]:6.0f} MB/s "
+                      f"{r['mount'][-1][1]:5.1f} CPU s/GB, peak RSS {r['mount'][-1][2]:.0f} MiB "
+                      f"(load {os.getloadavg()[0]:.1f})", flush=True)
+        for r in rows:
+            r["mount_MBps"] = statistics.median(m[0] for m in r["mount"])
+            r["mount_cpu_s_per_GB"] = statistics.median(m[1] for m in r["mount"])
+            r["mount_rss"] = max(m[2] for m in r["mount"])
+        print(f"data set {args.size}; MB/s and client CPU seconds per GB (mount: median of "
+              f"{args.mount_rounds} interleaved rounds, and the highest peak RSS)")
+        print(f"{'target':22} {'backup':>8} {'cpu/GB':>7} {'restore':>8} {'cpu/GB':>7} {'mount':>8} "
+              f"{'cpu/GB':>7} {'RSS MiB':>8}")
         for r in rows:
             print(f"{r['target']:22} {r['backup_MBps']:8.0f} {r['backup_cpu_s_per_GB']:7.1f} "
                   f"{r['restore_MBps']:8.0f} {r['restore_cpu_s_per_GB']:7.1f} "
-                  f"{r['mount_MBps']:8.0f} {r['mount_cpu_s_per_GB']:7.1f}")
-        near_row, far_row = rows[1], rows[2]
+                  f"{r['mount_MBps']:8.0f} {r['mount_cpu_s_per_GB']:7.1f} {r['mount_rss']:8.0f}")
+        near_row, far_row = rows[1], rows[-1]
         for what in ("backup", "restore", "mount"):
             ratio = far_row[f"{what}_MBps"] / near_row[f"{what}_MBps"]
             print(f"{what}: {ratio:.0%} of the loopback throughput with {args.rtt_ms:g} ms added (target ≥ 80%)")
-        copy = measure_copy(image, work, dict(env, AWS_ENDPOINT_URL=near.url), near)
-        print(f"copy of {copy['generations']} generations to an empty S3 repository: "
-              f"{copy['chunks_sent']} chunks ({copy['bytes_sent']} bytes) sent; the target holds "
-              f"{copy['target_chunks']} chunks ({copy['target_chunk_bytes']} bytes); "
-              f"{copy['seconds']} s; a second copy sent {copy['second_run_chunks_sent']} chunks")
+        print(f"the relay's own CPU during the +{args.rtt_ms:g} ms backup and restore: {relay_cpu:.1f} s")
+        if not args.no_copy:
+            copy = measure_copy(image, work, dict(env, AWS_ENDPOINT_URL=near.url), near)
+            print(f"copy of {copy['generations']} generations to an empty S3 repository: "
+                  f"{copy['chunks_sent']} chunks ({copy['bytes_sent']} bytes) sent; the target holds "
+                  f"{copy['target_chunks']} chunks ({copy['target_chunk_bytes']} bytes); "
+                  f"{copy['seconds']} s; a second copy sent {copy['second_run_chunks_sent']} chunks")
     finally:
-        for m in work.glob("mnt-*"):
-            if mounted(m):
-                subprocess.run(["fusermount3", "-u", "-z", str(m)], capture_output=True)
+        if mounted(work / "mnt"):
+            subprocess.run(["fusermount3", "-u", "-z", str(work / "mnt")], capture_output=True)
+        for relay in relays:
+            relay.close()
         for s in servers:
             s.stop()
         shutil.rmtree(work, ignore_errors=True)

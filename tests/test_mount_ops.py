@@ -12,6 +12,7 @@ from pathlib import Path
 import pyfuse3
 import pytest
 import trio
+import trio.testing
 
 from fixtures_mount import PASSPHRASE, backup_image, make_repo
 from format.repository import Repository, chunk_name
@@ -298,3 +299,111 @@ def test_interleaved_sequential_streams_each_get_read_ahead(ops_env) -> None:
             await _until_cached(disk, 5, 20)
             nursery.cancel_scope.cancel()
     trio.run(main)
+
+
+class GatedStore(Store):
+    """A store whose chunk reads all wait at one gate (storage that has not answered yet),
+    counting how many wait at once."""
+
+    def __init__(self, repo: Repository):
+        super().__init__(repo)
+        self.waiting = 0
+        self.most_waiting = 0
+        self._count = threading.Lock()
+
+    def get_chunk(self, cid):
+        with self._count:
+            self.waiting += 1
+            self.most_waiting = max(self.most_waiting, self.waiting)
+        try:
+            self.gate.wait()
+            return self.repo.get_chunk(cid)
+        finally:
+            with self._count:
+                self.waiting -= 1
+                self.chunk_reads += 1
+
+
+@pytest.fixture
+def dense_env(tmp_path: Path):
+    """A 64-chunk disk of random data (no holes) behind a gated store."""
+    image = tmp_path / "dense.img"
+    image.write_bytes(random.Random(7).randbytes(64 * CS))
+    make_repo(tmp_path / "repo", chunk_size=CS)
+    gen = backup_image(tmp_path / "repo", image, vm=VM, label="d0")
+    store = GatedStore(Repository.open(tmp_path / "repo", PASSPHRASE))
+    return store, gen, image.read_bytes()
+
+
+def _loaded_ahead_of_waiting_reader(dense_env, start: int, limit: int) -> int:
+    """Chunks loaded in all for a reader with five sequential one-chunk reads in flight at
+    once while storage answers none of them (every read waits for its chunk)."""
+    store, gen, image = dense_env
+    view = RepositoryView(store, 8 << 20)
+    ops = RepofsOperations(view, MountSettings(io_timeout=30, readahead_chunks=start,
+                                               readahead_limit=limit))
+    disk = view.generation(VM).disk("d0")
+    got: dict[int, bytes] = {}
+
+    async def reader(fh: int, n: int) -> None:
+        got[n] = await ops.read(fh, n * CS, CS)
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            ops.attach(nursery)
+            fh = await _open_flat(ops, gen)
+            disk.index  # noqa: B018 (loaded before the gate closes)
+            store.gate.clear()
+            async with trio.open_nursery() as readers:
+                for n in range(5):        # in order: each enters the handler before the next
+                    readers.start_soon(reader, fh, n)
+                    await trio.testing.wait_all_tasks_blocked()
+                store.gate.set()
+            with trio.fail_after(10):
+                while nursery.child_tasks:      # the loads ahead
+                    await trio.sleep(0.01)
+    trio.run(main)
+    assert all(got[n] == image[n * CS:(n + 1) * CS] for n in range(5))
+    return store.chunk_reads
+
+
+def test_read_ahead_deepens_while_the_reader_waits_up_to_its_limit(dense_env) -> None:
+    """Storage slower than the reader (object storage's round trip): read-ahead doubles its
+    depth at each read that still waits — 2, 4, 8 chunks ahead — and never beyond the limit."""
+    # read 1 starts the stream (chunks 2-3 ahead), reads 2-4 wait: 4-6, 7-11, 12 (limit 8)
+    assert _loaded_ahead_of_waiting_reader(dense_env, start=2, limit=8) == 13
+
+
+def test_read_ahead_without_a_limit_keeps_its_depth(dense_env) -> None:
+    """The default (local storage): the depth stays what was asked, waits or not."""
+    assert _loaded_ahead_of_waiting_reader(dense_env, start=2, limit=0) == 7
+
+
+def test_a_read_over_several_chunks_fetches_them_at_once(dense_env) -> None:
+    """One large read on slow storage waits for one round trip, not one per chunk."""
+    store, gen, image = dense_env
+    view = RepositoryView(store, 8 << 20)
+    ops = RepofsOperations(view, MountSettings(io_timeout=30, readahead_chunks=0, readahead_threads=4))
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            ops.attach(nursery)
+            fh = await _open_flat(ops, gen)
+            view.generation(VM).disk("d0").index  # noqa: B018
+            store.gate.clear()
+            result: list[bytes] = []
+
+            async def read() -> None:
+                result.append(await ops.read(fh, 10 * CS + 100, 4 * CS))
+            nursery.start_soon(read)
+            with trio.fail_after(10):
+                while store.waiting < 5:      # chunks 10-14: all asked for before any answer
+                    await trio.sleep(0.01)
+            store.gate.set()
+            with trio.fail_after(10):
+                while not result:
+                    await trio.sleep(0.01)
+            assert result[0] == image[10 * CS + 100:14 * CS + 100]
+            nursery.cancel_scope.cancel()
+    trio.run(main)
+    assert store.most_waiting == 5

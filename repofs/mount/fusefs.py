@@ -17,7 +17,9 @@ Reads of a flat disk: bytes whose chunks are holes or cached are answered on the
 anything else runs in a worker thread (decrypt, decompress, hash) bounded by ``io_timeout``:
 a backend that stops answering costs an EIO, not a hung mount (the abandoned thread may run
 on). A sequential reader of a handle triggers read-ahead of the next chunks in background
-threads. A damaged chunk fails the reads that touch it with EIO, logged once per chunk.
+threads, as deep as that reader needs (``view.readahead.Window``: deeper while it still
+waits for storage, up to ``readahead_limit``); the chunks of one read that spans several are
+loaded in parallel. A damaged chunk fails the reads that touch it with EIO, logged once per chunk.
 With ``prefill`` (buffered flat files only), the guests' ext metadata is pushed into a flat
 file's page cache after the first READ that misses it (``repofs.mount.prefill``).
 """
@@ -39,7 +41,7 @@ import trio
 from format.errors import RepoError
 
 from . import guestfiles, prefill
-from repofs.view.readahead import ChunkedDisk, ReadAhead
+from repofs.view.readahead import ChunkedDisk, ReadAhead, Window
 from repofs.view.tree import (LATEST, DiskReadError, DiskView, FileNode, GenerationView, RepositoryView,
                               vm_folder_name)
 
@@ -60,6 +62,7 @@ class MountSettings:
     io_timeout: float = 30.0          # seconds a read may wait for storage before EIO
     refresh_interval: float = 1.0     # at most one re-read of the generation list per interval
     readahead_chunks: int = 8         # chunks prefetched ahead of a sequential reader
+    readahead_limit: int = 0          # the most it grows to while the reader waits (0: no growth)
     readahead_threads: int = 0         # 0: two per core, at least 4 (fetches wait on I/O too)
     read_threads: int = 16            # concurrent storage reads for requests
     direct_io: bool = True            # flat files bypass the page cache (see docs/mount.md)
@@ -123,6 +126,7 @@ class Stream:
     end: int                          # where the last read of this stream ended
     streak: int = 0                   # reads that continued it
     ahead: int = -1                   # highest chunk number already queued for read-ahead
+    depth: int = 0                    # chunks it loads ahead now (0: not sequential yet)
 
 
 MAX_STREAMS = 8
@@ -219,6 +223,8 @@ class RepofsOperations(pyfuse3.Operations):
         self._ra_limiter = trio.CapacityLimiter(
             self.settings.readahead_threads or max(4, 2 * (os.cpu_count() or 2)))
         self._read_ahead = ReadAhead()
+        self._window = Window(self.settings.readahead_chunks,
+                              max(self.settings.readahead_chunks, self.settings.readahead_limit))
         self._reported: set[tuple[str, str, int]] = set()
         self._nursery: trio.Nursery | None = None
         self._guest = guestfiles.GuestFolders(self.settings.io_timeout, self._read_limiter)
@@ -504,9 +510,10 @@ class RepofsOperations(pyfuse3.Operations):
             return node.file_node.read(off, size)
         # Queue read-ahead before waiting for this read, so the next chunks decompress
         # while this one does.
-        self._note_access(handle, disk, off, max(0, min(size, disk.capacity - off)))
         data = disk.read_if_cached(off, size)
+        self._note_access(handle, disk, off, max(0, min(size, disk.capacity - off)), waits=data is None)
         if data is None:
+            self._load_rest(disk, off, size)
             data = await self._in_thread(disk.read, self._read_limiter, node, off, size)
         pre = self._prefills.get(node.inode)
         if pre is not None and self._nursery is not None and pre.wants(off, size):
@@ -557,21 +564,36 @@ class RepofsOperations(pyfuse3.Operations):
             log.error("%s generation %s: %s", node.vm, node.generation.name, e)
             raise pyfuse3.FUSEError(errno.EIO) from None
 
-    def _note_access(self, handle: OpenFile, disk: DiskView, off: int, length: int) -> None:
+    def _note_access(self, handle: OpenFile, disk: DiskView, off: int, length: int, waits: bool) -> None:
         """Sequential-access detection per stream of a handle; queues read-ahead for
-        streaming readers."""
-        window = self.settings.readahead_chunks
+        streaming readers. ``waits``: this read needs storage (not all cached)."""
         if length == 0:
             return
         stream = handle.advance(off, length)
-        if self._nursery is None or window <= 0 or stream.streak < 1:
+        if self._nursery is None or self._window.start <= 0 or stream.streak < 1:
             return
         current = (off + length - 1) // disk.chunk_size
+        if stream.depth == 0:
+            stream.depth = self._window.start
+        elif waits and off // disk.chunk_size <= stream.ahead:
+            # it had been asked for and is not here yet: the loads ahead are too few to
+            # cover the storage's answer time at this reader's pace
+            stream.depth = self._window.grown(stream.depth)
         first = max(current + 1, stream.ahead + 1)
-        last = min(current + window, disk.index.count - 1)
+        last = min(current + stream.depth, disk.index.count - 1)
         for n in self._read_ahead.claim(disk, range(first, last + 1)):
             self._nursery.start_soon(self._prefetch, disk, n)
         stream.ahead = max(stream.ahead, last)
+
+    def _load_rest(self, disk: DiskView, off: int, size: int) -> None:
+        """A read that spans several chunks: load all but its first in the background, so
+        that their fetches overlap instead of following one another (one round trip each on
+        object storage)."""
+        numbers = disk.chunks_for(off, size)
+        if len(numbers) < 2 or self._nursery is None or disk.copied(off, size):
+            return
+        for n in self._read_ahead.claim(disk, numbers[1:]):
+            self._nursery.start_soon(self._prefetch, disk, n)
 
     async def _build_prefill(self, node: Node) -> None:
         """In the background: the metadata of the flat file's ext volumes (``repofs.mount.prefill``)."""

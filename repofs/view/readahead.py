@@ -6,10 +6,18 @@ to load: those not cached (``needs_fetch``) and not already being loaded for any
 loads run (nursery or pool) and when a reader counts as sequential stay with each of them.
 A load must ``release`` its claim when it ends, failed or not: read-ahead is advisory, and the
 real read reports errors.
+
+How far ahead a stream loads is a ``Window``: it starts at a fixed depth and doubles whenever
+the reader still finds the chunk it asked for not loaded yet (the loads ahead did not cover
+the storage's answer time), up to a limit the caller derives from its memory budget. On a
+local disk the decoding is what the reader waits for, more depth does not help, and the
+limit is the start; on object storage every load waits one round trip, and the depth that
+hides it (throughput × round trip) depends on the network, so it is found, not configured.
 """
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from typing import Iterable, Protocol, runtime_checkable
 
 
@@ -25,6 +33,22 @@ class ChunkedDisk(Protocol):
     def prefetch(self, number: int) -> None: ...
     def chunks_for(self, offset: int, size: int) -> range: ...
     def copied(self, offset: int, size: int) -> bool: ...
+
+
+@dataclass(frozen=True)
+class Window:
+    """The depth of read-ahead of one sequential stream, in chunks: ``start`` when the stream
+    is found, doubled by ``grown`` after each read that had to wait for a chunk already asked
+    for, never above ``limit`` (which bounds the memory the loads ahead hold)."""
+    start: int
+    limit: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.start <= self.limit:
+            raise ValueError(f"read-ahead window {self.start} outside 0..{self.limit}")
+
+    def grown(self, depth: int) -> int:
+        return min(self.limit, max(1, 2 * depth))
 
 
 class ReadAhead:
