@@ -1,1 +1,222 @@
-"""placeholder"""
+"""Objects moved between repositories and objects valid but for one field: in-process tests
+that the mutation run of ``format/`` sees (docs/security.md, "Mutation testing of the format").
+
+- ``format/copy.py``: generations copied from one repository to another with its own keys,
+  read back byte for byte, with the report a user reads (what was read, sent, skipped), the
+  ids learned from an earlier copy, and the refusals of ``select`` and of another chunk size.
+- sealed objects, manifests and records that are right in every field but one: each is
+  refused with the cause named, and the right one reads back byte for byte.
+
+Everything runs on real repositories in temporary folders; the command-line tests of the
+same code (``test_copy.py``) run in subprocesses, which the mutation run does not see.
+"""
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from fixtures_mount import CHEAP_KDF, PASSPHRASE
+from format.copy import CopyRefused, Copier, remap, select
+from format.errors import GenerationNotFound, VMNotFound
+from format.fixedindex import HOLE, Copies, FixedIndex
+from format.manifest import DiskEntry, Manifest
+from format.repository import Repository, chunk_name
+
+CS = 64 << 10
+
+
+def _repo(path, chunk_size: int = CS) -> Repository:
+    Repository.init(path, PASSPHRASE, kdf=CHEAP_KDF, chunk_size=chunk_size)
+    return Repository.open(path, PASSPHRASE)
+
+
+def _disk_bytes(repo: Repository, manifest: Manifest, label: str) -> bytes:
+    entry = manifest.disk(label)
+    assert entry is not None
+    index = repo.get_index(entry.index)
+    return b"".join(index.assemble(n, repo.get_chunk) for n in range(index.count))
+
+
+class _Source:
+    """A source repository whose generations are built slot by slot, with the disk bytes each
+    generation must read back as."""
+
+    def __init__(self, path, seed: int = 1):
+        self.repo = _repo(path)
+        self.rng = random.Random(seed)
+        self.images: dict[str, dict[str, bytes]] = {}      # manifest name -> label -> bytes
+
+    def chunk(self, data: bytes) -> bytes:
+        cid = self.repo.chunk_id(data)
+        self.repo.put_chunk(cid, data)
+        return cid
+
+    def generation(self, vm: str, gen: str, t: int, slots: list[bytes | None], parent: str | None = None,
+                   *, piece: bool = False, copies: bool = False, tail: int = 0) -> str:
+        """A one-disk generation: ``slots`` (None: a hole), a last slot of ``tail`` bytes when
+        given, a piece over slot 0 and a copy stream over its first bytes when asked."""
+        capacity = len(slots) * CS + tail
+        index = FixedIndex.empty(capacity, CS)
+        image = bytearray(capacity)
+        for n, data in enumerate(slots):
+            if data is not None:
+                index.set(n, self.chunk(data))
+                image[n * CS:n * CS + len(data)] = data
+        if tail:
+            data = self.rng.randbytes(tail)
+            index.set(len(slots), self.chunk(data))
+            image[len(slots) * CS:] = data
+        if piece:
+            patch = self.rng.randbytes(300)
+            index.set_pieces(0, [(100, 300, self.chunk(patch)), (1000, 24, None)])
+            image[100:400] = patch
+            image[1000:1024] = bytes(24)
+        if copies:
+            stream = bytes(image[0:5000])
+            index.copies = Copies([(0, 5000)], [self.chunk(stream)], CS)
+        manifest = Manifest(vm, gen, f"2026-01-0{t}T00:00:00Z", t, parent,
+                            [DiskEntry("d0", capacity, CS, self.repo.put_index(index))],
+                            metadata={"k": vm})
+        name = self.repo.put_manifest(manifest)
+        self.images[name] = {"d0": bytes(image)}
+        return name
+
+
+def _target_of(target: Repository, vm: str, gen: str) -> tuple[str, Manifest]:
+    (hit,) = [(n, m) for n, m in target.manifests().items() if (m.vm, m.generation) == (vm, gen)]
+    return hit
+
+
+def test_copy_rebuilds_each_generation_in_the_target_byte_for_byte(tmp_path):
+    src = _Source(tmp_path / "src")
+    blocks = [src.rng.randbytes(CS) for _ in range(5)]
+    g1 = src.generation("v", "g1", 1, [blocks[0], None, blocks[1]], piece=True, copies=True, tail=777)
+    g2 = src.generation("v", "g2", 2, [blocks[0], blocks[2], blocks[1]], parent=g1)
+    w1 = src.generation("w", "w1", 3, [blocks[3], blocks[0]])
+    target = _repo(tmp_path / "dst")
+    said: list[tuple[str, int, int]] = []
+    names = select(src.repo, [], None)
+    assert names == [g1, g2, w1]                              # oldest first, every VM
+    report = Copier(src.repo, target, workers=1, progress=lambda *a: said.append(a)).copy(names)
+    assert report.copied == [("v", "g1"), ("v", "g2"), ("w", "w1")] and report.skipped == []
+    # g1: 3 base chunks (blocks 0, 1, the tail), the piece, the stream; g2: block 2; w1: block 3
+    assert report.chunks_read == report.chunks_sent == 7 and report.chunks_present == 0
+    sources = src.repo.manifests()
+    sent_sizes = 0
+    for name, (vm, gen) in zip(names, report.copied):
+        tname, copy = _target_of(target, vm, gen)
+        original = sources[name]
+        assert _disk_bytes(target, copy, "d0") == src.images[name]["d0"]
+        assert (copy.time, copy.time_ns, copy.metadata) == (original.time, original.time_ns, original.metadata)
+        assert copy.disks[0].index != original.disks[0].index      # the target's own ids
+        t_index = target.get_index(copy.disks[0].index)
+        s_index = src.repo.get_index(original.disks[0].index)
+        assert [o for o, _c in t_index.references()] == [o for o, _c in s_index.references()]
+        for _o, cid in t_index.references():
+            assert not src.repo.has_chunk(cid)                 # another key, another name
+    _, c1 = _target_of(target, "v", "g1")
+    _, c2 = _target_of(target, "v", "g2")
+    assert c2.parent == _target_of(target, "v", "g1")[0] and c1.parent is None
+    t1 = target.get_index(c1.disks[0].index)
+    assert t1.get(1) is None and t1.pieces(0)[1] == (1000, 24, None)     # holes stay holes
+    assert t1.copies is not None and t1.copies.ranges == [(0, 5000)]
+    for cid in {c for m in target.manifests().values()
+                for _o, c in target.get_index(m.disks[0].index).references()}:
+        sent_sizes += target.backend.size(chunk_name(cid))
+    assert report.bytes_sent == sent_sizes
+    assert said and said[-1][0] == "chunks" and all(done <= total for _l, done, total in said)
+    assert [s for s in said if s[1] == s[2]]                  # each batch reported to its end
+
+    again = Copier(src.repo, target).copy(select(src.repo, ["v"], None))
+    assert again.copied == [] and again.chunks_read == again.chunks_sent == 0
+    assert again.skipped == [("v", "g1", "already in the target"), ("v", "g2", "already in the target")]
+
+
+def test_a_later_copy_reads_only_the_chunks_new_since_the_last(tmp_path):
+    src = _Source(tmp_path / "src", seed=2)
+    blocks = [src.rng.randbytes(CS) for _ in range(4)]
+    g1 = src.generation("v", "g1", 1, [blocks[0], blocks[1], blocks[2]])
+    target = _repo(tmp_path / "dst")
+    Copier(src.repo, target).copy([g1])
+    g2 = src.generation("v", "g2", 2, [blocks[0], blocks[3], blocks[2]], parent=g1)
+    report = Copier(src.repo, target).copy(select(src.repo, ["v"], "latest"))
+    assert report.copied == [("v", "g2")]
+    assert (report.chunks_read, report.chunks_sent) == (1, 1)     # blocks 0 and 2 were learned
+    assert _disk_bytes(target, _target_of(target, "v", "g2")[1], "d0") == src.images[g2]["d0"]
+
+
+def test_chunks_the_target_holds_already_are_not_sent(tmp_path):
+    src = _Source(tmp_path / "src", seed=3)
+    a, b = src.rng.randbytes(CS), src.rng.randbytes(CS)
+    g1 = src.generation("v", "g1", 1, [a, b])
+    target = _repo(tmp_path / "dst")
+    target.put_chunk(target.chunk_id(a), a)                  # the target has ``a`` of its own
+    report = Copier(src.repo, target).copy([g1])
+    assert (report.chunks_read, report.chunks_sent, report.chunks_present) == (2, 1, 1)
+    assert report.bytes_sent == target.backend.size(chunk_name(target.chunk_id(b)))
+    assert _disk_bytes(target, _target_of(target, "v", "g1")[1], "d0") == src.images[g1]["d0"]
+
+
+def test_a_target_generation_of_the_same_name_is_not_overwritten(tmp_path):
+    src = _Source(tmp_path / "src", seed=4)
+    g1 = src.generation("v", "g1", 1, [src.rng.randbytes(CS)])
+    target = _repo(tmp_path / "dst")
+    other = Manifest("v", "g1", "2026-02-01T00:00:00Z", 9, None, [])
+    name = target.put_manifest(other)
+    report = Copier(src.repo, target).copy([g1])
+    assert report.copied == [] and report.chunks_read == 0
+    assert report.skipped == [("v", "g1", "the target has another generation of that name")]
+    assert target.manifests() == {name: other}
+
+
+def test_many_chunks_pass_through_a_bounded_window(tmp_path):
+    src = _Source(tmp_path / "src", seed=5)
+    slots = [src.rng.randbytes(CS // 8) + bytes(CS - CS // 8) for _ in range(11)]
+    g1 = src.generation("v", "g1", 1, slots)
+    target = _repo(tmp_path / "dst")
+    said: list[tuple[str, int, int]] = []
+    report = Copier(src.repo, target, workers=1, progress=lambda *a: said.append(a)).copy([g1])
+    assert [done for _l, done, _t in said] == list(range(1, 12)) and {t for *_x, t in said} == {11}
+    assert report.chunks_sent == 11
+    assert _disk_bytes(target, _target_of(target, "v", "g1")[1], "d0") == src.images[g1]["d0"]
+
+
+def test_copy_to_another_chunk_size_is_refused_naming_both(tmp_path):
+    src = _repo(tmp_path / "src")
+    target = _repo(tmp_path / "dst", chunk_size=2 * CS)
+    with pytest.raises(CopyRefused) as info:
+        Copier(src, target)
+    assert str(info.value) == (f"the target's chunk size ({2 * CS}) differs from the source's ({CS}); "
+                               f"create it with --chunk-size {CS}")
+
+
+def test_select_names_what_it_cannot_find(tmp_path):
+    src = _Source(tmp_path / "src", seed=6)
+    data = src.rng.randbytes(CS)
+    w1 = src.generation("w", "w1", 1, [data])
+    v2 = src.generation("v", "g2", 3, [data])
+    v1 = src.generation("v", "g1", 2, [data])
+    assert select(src.repo, [], None) == [w1, v1, v2]
+    assert select(src.repo, ["v"], "latest") == [v2]
+    assert select(src.repo, ["v", "w"], "latest") == [w1, v2]
+    assert select(src.repo, ["v"], "g1") == [v1]
+    with pytest.raises(VMNotFound, match="no generations of 'x' in the source repository"):
+        select(src.repo, ["x"], None)
+    with pytest.raises(GenerationNotFound, match="v has no generation 'g9'"):
+        select(src.repo, ["v"], "g9")
+
+
+def test_remap_renames_every_reference_and_keeps_holes():
+    index = FixedIndex.empty(3 * CS, CS)
+    a, b, c, d = (bytes([k]) * 32 for k in (1, 2, 3, 4))
+    index.set(0, a)
+    index.set_pieces(2, [(0, 10, b), (10, 5, None)])
+    index.copies = Copies([(0, 100), (CS, 100)], [c, HOLE], 150)
+    new = remap(index, lambda cid: bytes([cid[0] + 16]) * 32)
+    assert new.get(0) == bytes([17]) * 32 and new.get(1) is None and new.get(2) is None
+    assert new.pieces(2) == ((0, 10, bytes([18]) * 32), (10, 5, None))
+    assert new.copies is not None and new.copies.ids == [bytes([19]) * 32, HOLE]
+    assert new.copies.ranges == [(0, 100), (CS, 100)] and new.copies.chunk_size == 150
+    assert (new.capacity, new.chunk_size) == (3 * CS, CS)
+    assert index.get(0) == a and d not in new.ids                # the original is left alone
