@@ -220,3 +220,67 @@ def test_remap_renames_every_reference_and_keeps_holes():
     assert new.copies.ranges == [(0, 100), (CS, 100)] and new.copies.chunk_size == 150
     assert (new.capacity, new.chunk_size) == (3 * CS, CS)
     assert index.get(0) == a and d not in new.ids                # the original is left alone
+
+
+# --- records kept beside the generations -------------------------------------------------------
+
+def test_the_verification_record_says_which_chunks_are_due(tmp_path):
+    from format import records, verified
+    repo = _repo(tmp_path / "r")
+    a, b, c = bytes([0x11]) * 32, bytes([0x11]) + bytes([0x22]) * 31, bytes([0x33]) * 32
+    assert verified.load(repo) == {}
+    verified.record(repo, [a, b], when_ns=1000)
+    verified.record(repo, [a, c], when_ns=5000)
+    seen = verified.load(repo)
+    assert seen == {a[:8]: 5000, b[:8]: 1000, c[:8]: 5000}
+    assert records.names(repo, verified.FOLDER) == ["11", "33"]
+    assert verified.due(bytes([0x44]) * 32, seen, None, 10_000)              # never verified
+    assert not verified.due(b, seen, None, 10_000)                           # verified: not again
+    assert verified.due(b, seen, 8999, 10_000) and not verified.due(b, seen, 9000, 10_000)
+    assert not verified.due(a, seen, 8999, 10_000)
+    # malformed entries count as never verified; the newest of two entries for one id counts
+    records.put(repo, verified.FOLDER, "44", records.MAGIC_VERIFIED, {"shard": "44", "chunks": [
+        ["44" * 8, 7], ["44" * 8, 9], ["55" * 8, 3], ["45" * 8, 2], ["zz", 1], ["46" * 7, 1], ["47" * 9, 1],
+        [None, 1], ["48" * 8, "x"], ["49" * 8], "4a" * 8, 17]})
+    again = verified.load(repo)
+    assert again[bytes([0x44]) * 8] == 9 and again[bytes([0x55]) * 8] == 3 and again[bytes([0x45]) * 8] == 2
+    assert len(again) == 6                                    # a, b, c and those three
+    repo.backend.put("verified/66", b"damaged")               # a damaged record: its chunks are due
+    assert verified.load(repo) == again
+
+
+def test_a_client_that_forgot_generations_itself_lowers_what_it_remembers(tmp_path):
+    from format.security import KnownRepository
+    known = KnownRepository(str(tmp_path / "sec"), "ab" * 8, str(tmp_path / "repo"))
+    known.remember("web/01", 50, "g50")
+    known.lower("web/01", (20, "g20"))
+    assert known.latest("web/01") == (20, "g20")
+    assert known.latest("other") is None
+    known.remember("web/01", 30, "g30")
+    assert known.latest("web/01") == (30, "g30")
+    known.lower("web/01", None)
+    assert known.latest("web/01") is None and known.vms_without([]) == []
+    known.lower("web/01", None)                               # nothing left to remove: fine
+    known.lower("db", (7, "g7"))
+    assert known.latest("db") == (7, "g7") and known.vms_without(["web/01"]) == ["db"]
+    (tag,) = __import__("os").listdir(tmp_path / "sec" / ("ab" * 8) / "latest")
+    assert len(tag) == 64 and "/" not in tag
+
+
+def test_a_location_is_an_absolute_path_or_an_s3_address(tmp_path, monkeypatch):
+    from format.location import is_remote, normalize
+    monkeypatch.chdir(tmp_path)
+    assert normalize("repo") == str(tmp_path / "repo") and normalize(tmp_path / "x") == str(tmp_path / "x")
+    assert normalize("s3://bucket/p") == "s3://bucket/p" and is_remote("s3://b")
+    assert not is_remote("s3:/b") and not is_remote("./s3://b")
+
+
+def test_a_generation_needs_its_config_key_store_indexes_and_every_chunk(tmp_path):
+    src = _Source(tmp_path / "src", seed=9)
+    name = src.generation("v", "g", 1, [src.rng.randbytes(CS), None], piece=True, copies=True)
+    manifest = src.repo.manifests()[name]
+    objects = list(src.repo.generation_objects(manifest))
+    index = src.repo.get_index(manifest.disks[0].index)
+    assert objects[:3] == ["config", "keys/repokey", f"indexes/{manifest.disks[0].index[:2]}/{manifest.disks[0].index}"]
+    assert objects[3:] == [chunk_name(cid) for _o, cid in index.references()] and len(objects) == 6
+    assert all(src.repo.backend.exists(o) for o in objects)
