@@ -284,3 +284,172 @@ def test_a_generation_needs_its_config_key_store_indexes_and_every_chunk(tmp_pat
     assert objects[:3] == ["config", "keys/repokey", f"indexes/{manifest.disks[0].index[:2]}/{manifest.disks[0].index}"]
     assert objects[3:] == [chunk_name(cid) for _o, cid in index.references()] and len(objects) == 6
     assert all(src.repo.backend.exists(o) for o in objects)
+
+
+# --- sealed objects valid but for one field -----------------------------------------------------
+
+import io  # noqa: E402
+
+import blake3  # noqa: E402
+import zstandard  # noqa: E402
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: E402
+
+from format.errors import CorruptObject, UnsupportedFormat  # noqa: E402
+from format.keys import KeyMaterial  # noqa: E402
+from format.sealed import (HEADER, MAGIC_CHUNK, MAGIC_INDEX, MAGIC_MANIFEST, MAX_PLAIN, Sealer,  # noqa: E402
+                           worth_compressing)
+
+SEALERS = {"aes": Sealer(KeyMaterial.generate(encrypted=True)), "none": Sealer(KeyMaterial.generate(encrypted=False))}
+NAME = b"\x01" * 32
+
+
+def _raw(kind: str, payload: bytes, *, magic: bytes = MAGIC_CHUNK, name: bytes = NAME, version: int = 1,
+         compression: int = 0, cipher: int | None = None, reserved: int = 0, plain_len: int | None = None) -> bytes:
+    """An object with any header fields, its tag right for them (made with the real key)."""
+    sealer = SEALERS[kind]
+    keys = sealer._keys
+    cid = {"aes": 1, "none": 0}[kind] if cipher is None else cipher
+    nonce = __import__("os").urandom(12) if kind == "aes" else bytes(12)
+    header = HEADER.pack(magic, version, compression, cid, reserved,
+                         len(payload) if plain_len is None else plain_len, len(payload), nonce)
+    if kind == "aes":
+        return header + AESGCM(keys.enc_key).encrypt(nonce, payload, header + name)
+    return header + payload + blake3.blake3(header + name + payload).digest()
+
+
+def _outcome(kind: str, data: bytes, *, name: bytes = NAME, max_plain: int = MAX_PLAIN,
+             object_id: bytes | None = None, page: int = 1000) -> tuple[str, bytes | str]:
+    """What ``open`` and ``open_pages`` make of ``data`` — they must agree: ("ok", the
+    plaintext), ("CorruptObject", its reason) or ("UnsupportedFormat", its message)."""
+    sealer = SEALERS[kind]
+    outcomes: list[tuple[str, bytes | str]] = []
+    for how in ("open", "pages"):
+        try:
+            if how == "open":
+                got = sealer.open(MAGIC_CHUNK, name, data, "L", max_plain=max_plain)
+                if object_id is not None and sealer.object_id(got) != object_id:
+                    raise CorruptObject("L", "content does not match its id")
+            else:
+                got = b"".join(sealer.open_pages(MAGIC_CHUNK, name, io.BytesIO(data), len(data), "L",
+                                                 object_id=object_id, max_plain=max_plain, page=page))
+            outcomes.append(("ok", got))
+        except CorruptObject as e:
+            assert e.name == "L"
+            # the library's words after "decompression failed (" differ between its two APIs
+            reason = "decompression failed (…)" if e.reason.startswith("decompression failed (") else e.reason
+            outcomes.append(("CorruptObject", reason))
+        except UnsupportedFormat as e:
+            outcomes.append(("UnsupportedFormat", str(e)))
+    assert outcomes[0] == outcomes[1], outcomes
+    return outcomes[0]
+
+
+def _open_both(kind: str, data: bytes, **kw) -> bytes:
+    what, value = _outcome(kind, data, **kw)
+    assert what == "ok", value
+    assert isinstance(value, bytes)
+    return value
+
+
+def _reason(kind: str, data: bytes, **kw) -> str:
+    what, value = _outcome(kind, data, **kw)
+    assert what != "ok"
+    assert isinstance(value, str)
+    return value
+
+
+@pytest.mark.parametrize("kind", ["aes", "none"])
+@pytest.mark.parametrize("plain", [b"", b"x", bytes(5000), random.Random(3).randbytes(70_000),
+                                   random.Random(4).randbytes(3000) * 40])
+def test_a_sealed_object_reads_back_byte_for_byte(kind, plain):
+    sealer = SEALERS[kind]
+    sealed = bytes(sealer.seal(MAGIC_CHUNK, NAME, plain))
+    head = HEADER.unpack_from(sealed)
+    assert head[0] == MAGIC_CHUNK and head[1] == 1 and head[3] == {"aes": 1, "none": 0}[kind] and head[4] == 0
+    assert head[5] == len(plain) and len(sealed) == HEADER.size + head[6] + {"aes": 16, "none": 32}[kind]
+    assert (head[7] == bytes(12)) == (kind == "none")
+    compressible = plain and len(zstandard.ZstdCompressor().compress(plain)) < len(plain) * 0.9
+    assert head[2] == (1 if compressible else 0)
+    assert _open_both(kind, sealed, object_id=sealer.object_id(plain)) == plain
+    assert sealer.encrypted == (kind == "aes")
+
+
+@pytest.mark.parametrize("kind", ["aes", "none"])
+def test_each_header_field_is_checked(kind):
+    tag_error = {"aes": "authentication failed", "none": "integrity tag mismatch"}[kind]
+    other_cipher = {"aes": 0, "none": 1}[kind]
+    assert _open_both(kind, _raw(kind, b"abc")) == b"abc"
+    assert _reason(kind, _raw(kind, b"abc", magic=MAGIC_INDEX)) == "bad magic b'RFIX'"
+    assert _reason(kind, _raw(kind, b"abc", version=2)) == "object L has format version 2"
+    assert _reason(kind, _raw(kind, b"abc", version=0)) == "object L has format version 0"
+    assert _reason(kind, _raw(kind, b"abc", compression=2)) == "unknown compression 2"
+    assert _reason(kind, _raw(kind, b"abc", cipher=other_cipher)) == \
+        f"sealed with cipher {other_cipher}, repository uses {1 - other_cipher}"
+    assert _reason(kind, _raw(kind, b"abc", reserved=1)) == "reserved header byte is 1, not 0"
+    assert _reason(kind, _raw(kind, b"abc", plain_len=4)) == "plaintext length does not match its header"
+    assert _reason(kind, _raw(kind, b"abc", plain_len=2)) == "plaintext length does not match its header"
+    assert _open_both(kind, _raw(kind, b"abc"), max_plain=3) == b"abc"
+    assert _reason(kind, _raw(kind, b"abc"), max_plain=2) == "plaintext length 3 exceeds 2"
+    good = _raw(kind, b"abc")
+    assert _reason(kind, good + b"\0") == f"size {len(good) + 1} does not match its header"
+    assert _reason(kind, good[:-1]) == f"size {len(good) - 1} does not match its header"
+    assert _reason(kind, good[:HEADER.size - 1]) == "shorter than its header"
+    assert _reason(kind, good, name=b"\x02" * 32) == tag_error
+    for at in (HEADER.size, len(good) - 1, 30):                # payload, tag, nonce
+        flipped = bytearray(good)
+        flipped[at] ^= 1
+        assert _reason(kind, bytes(flipped)) == tag_error
+    assert _reason(kind, good, object_id=b"\0" * 32) == "content does not match its id"
+
+
+@pytest.mark.parametrize("kind", ["aes", "none"])
+def test_a_zstd_payload_must_declare_the_headers_length(kind):
+    plain = b"compressible " * 500
+    frame = zstandard.ZstdCompressor(write_content_size=True).compress(plain)
+    assert _open_both(kind, _raw(kind, frame, compression=1, plain_len=len(plain))) == plain
+    assert _reason(kind, _raw(kind, frame, compression=1, plain_len=len(plain) - 1)) == \
+        f"zstd frame declares {len(plain)} bytes, header {len(plain) - 1}"
+    unsized = zstandard.ZstdCompressor(write_content_size=False).compress(plain)
+    assert _reason(kind, _raw(kind, unsized, compression=1, plain_len=len(plain))).startswith("zstd frame declares ")
+    assert _reason(kind, _raw(kind, b"not a frame at all", compression=1, plain_len=5)) == "payload is not a zstd frame"
+    broken = bytearray(frame)
+    broken[-5:] = b"\xff" * 5
+    assert _reason(kind, _raw(kind, bytes(broken), compression=1, plain_len=len(plain))) == \
+        "decompression failed (…)"
+
+
+def test_pages_of_a_long_object_are_at_most_a_page():
+    sealer = SEALERS["aes"]
+    for plain in (random.Random(5).randbytes(9000), b"z" * 9000):
+        sealed = bytes(sealer.seal(MAGIC_MANIFEST, b"m", plain))
+        pages = list(sealer.open_pages(MAGIC_MANIFEST, b"m", io.BytesIO(sealed), len(sealed), "L", page=1000))
+        assert b"".join(pages) == plain and all(0 < len(p) <= 1000 for p in pages) and len(pages) >= 9
+    sealed = bytes(sealer.seal(MAGIC_MANIFEST, b"m", b"q" * 10))
+    with pytest.raises(CorruptObject, match="shorter than its header says"):
+        list(sealer.open_pages(MAGIC_MANIFEST, b"m", io.BytesIO(sealed[:-20]), len(sealed), "L"))
+    with pytest.raises(CorruptObject, match="authentication failed"):   # the tag cut off
+        list(sealer.open_pages(MAGIC_MANIFEST, b"m", io.BytesIO(sealed[:-1]), len(sealed), "L"))
+
+
+def test_only_what_compresses_is_compressed():
+    rng = random.Random(8)
+    assert worth_compressing(rng.randbytes(1000))                     # small objects are tried whole
+    assert worth_compressing(rng.randbytes(64 * 1024 - 1))
+    assert not worth_compressing(rng.randbytes(64 * 1024))
+    assert worth_compressing(bytes(64 * 1024))
+    mostly = bytearray(rng.randbytes(1 << 20))
+    for k in range(8):                                                # the sample spans the whole
+        start = k * (len(mostly) // 8)
+        mostly[start:start + 4096] = bytes(4096)
+    assert worth_compressing(bytes(mostly))
+    sealer = SEALERS["none"]
+    noise = rng.randbytes(200_000)
+    assert HEADER.unpack_from(sealer.seal(MAGIC_CHUNK, NAME, noise))[2] == 0
+    assert HEADER.unpack_from(sealer.seal(MAGIC_CHUNK, NAME, bytes(200_000)))[2] == 1
+    assert HEADER.unpack_from(sealer.seal(MAGIC_CHUNK, NAME, rng.randbytes(100)))[2] == 0   # zstd would grow it
+
+
+def test_object_ids_are_the_keyed_hash_of_the_content():
+    a, b = SEALERS["aes"], SEALERS["none"]
+    assert a.object_id(b"x") == blake3.blake3(b"x", key=a._keys.id_key).digest()
+    assert a.object_id(b"x") != b.object_id(b"x") and len(a.object_id(memoryview(b"x"))) == 32
