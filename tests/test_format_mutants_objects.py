@@ -453,3 +453,95 @@ def test_object_ids_are_the_keyed_hash_of_the_content():
     a, b = SEALERS["aes"], SEALERS["none"]
     assert a.object_id(b"x") == blake3.blake3(b"x", key=a._keys.id_key).digest()
     assert a.object_id(b"x") != b.object_id(b"x") and len(a.object_id(memoryview(b"x"))) == 32
+
+
+# --- manifests valid but for one field ----------------------------------------------------------
+
+import json  # noqa: E402
+
+_DISK = {"label": "d0", "capacity": 4096, "chunk_size": 4096, "index": "0a" * 32, "data_bytes": 1,
+         "new_bytes": 2, "new_chunks": 3, "source": {"path": "x"}}
+_DOC = {"format": 1, "vm": "v", "generation": "g", "time": "t", "time_ns": 5, "parent": None,
+        "disks": [_DISK], "metadata": {"m": 1}, "written_ns": 9}
+
+
+def _decoded(**changes):
+    doc = json.loads(json.dumps(_DOC))
+    disk_changes = changes.pop("disk", {})
+    doc.update(changes)
+    for key, value in disk_changes.items():
+        if value is _DROP:
+            del doc["disks"][0][key]
+        else:
+            doc["disks"][0][key] = value
+    for key in [k for k, v in doc.items() if v is _DROP]:
+        del doc[key]
+    return Manifest.decode(json.dumps(doc).encode(), "manifests/ab")
+
+
+_DROP = object()
+
+
+def test_a_manifest_reads_back_field_for_field():
+    m = _decoded()
+    assert m == Manifest("v", "g", "t", 5, None, [DiskEntry("d0", 4096, 4096, "0a" * 32, 1, 2, 3, {"path": "x"})],
+                         {"m": 1}, 9)
+    assert m.written == 9 and m.disk("d0") is m.disks[0] and m.disk("d1") is None
+    assert _decoded(written_ns=_DROP).written == 5 and _decoded(written_ns=None).written == 5
+    assert json.loads(m.encode()) == _DOC
+    assert m.encode() == json.dumps(_DOC, sort_keys=True, separators=(",", ":")).encode()
+    old = _decoded(written_ns=_DROP)
+    assert b"written_ns" not in old.encode() and Manifest.decode(old.encode(), "x") == old
+    assert _decoded(time_ns=(1 << 63) - 1, parent="p", disks=[]).time_ns == (1 << 63) - 1
+    defaults = _decoded(disk={"data_bytes": _DROP, "new_bytes": _DROP, "new_chunks": _DROP, "source": _DROP})
+    assert defaults.disks[0] == DiskEntry("d0", 4096, 4096, "0a" * 32)
+
+
+@pytest.mark.parametrize("data", [b"", b"nul", b"[]", b"[1]", b'"s"', b"{}", b'{"vm": "v"}', b"[" * 100000])
+def test_what_is_not_a_manifest_object_is_refused(data):
+    from format.errors import CorruptObject
+    with pytest.raises(CorruptObject) as info:
+        Manifest.decode(data, "manifests/ab")
+    assert (info.value.name, info.value.reason) == ("manifests/ab", "manifest is not a JSON object with a format")
+
+
+@pytest.mark.parametrize("fmt, shown", [(2, "2"), (0, "0"), ("1", "1"), (True, "True"), (1.0, "1.0"),
+                                        ("x" * 30, "x" * 20), (None, "None")])
+def test_another_manifest_format_is_unsupported(fmt, shown):
+    from format.errors import UnsupportedFormat
+    with pytest.raises(UnsupportedFormat) as info:
+        _decoded(format=fmt)
+    assert str(info.value) == f"manifest manifests/ab has format {shown}"
+
+
+@pytest.mark.parametrize("changes", [
+    {"disks": _DROP}, {"vm": _DROP}, {"extra": 1}, {"disk": {"extra": 1}}, {"disk": {"label": _DROP}},
+    {"disks": [5]}, {"disks": 5},
+])
+def test_a_manifest_without_its_fields_is_malformed(changes):
+    from format.errors import CorruptObject
+    with pytest.raises(CorruptObject) as info:
+        _decoded(**changes)
+    assert info.value.reason == "manifest fields are malformed"
+
+
+@pytest.mark.parametrize("changes", [
+    {"vm": 1}, {"generation": None}, {"time": 5}, {"time_ns": -1}, {"time_ns": 1 << 63}, {"time_ns": True},
+    {"time_ns": 5.0}, {"time_ns": "5"}, {"parent": 5}, {"metadata": []}, {"metadata": None},
+    {"disk": {"label": 1}}, {"disk": {"capacity": -1}}, {"disk": {"capacity": 1 << 63}},
+    {"disk": {"chunk_size": 0}}, {"disk": {"chunk_size": -4096}}, {"disk": {"chunk_size": 4096.0}},
+    {"disk": {"index": "0a" * 31}}, {"disk": {"index": "0a" * 32 + "0"}}, {"disk": {"index": "0A" * 32}},
+    {"disk": {"index": "0g" * 32}}, {"disk": {"index": 5}}, {"disk": {"data_bytes": -1}},
+    {"disk": {"new_bytes": "2"}}, {"disk": {"new_chunks": None}}, {"disk": {"source": []}},
+    {"disks": [_DISK, _DISK]},
+])
+def test_a_manifest_field_of_the_wrong_type_or_range_is_refused(changes):
+    from format.errors import CorruptObject
+    with pytest.raises(CorruptObject) as info:
+        _decoded(**changes)
+    assert (info.value.name, info.value.reason) == ("manifests/ab", "manifest fields have the wrong types or ranges")
+
+
+def test_two_disks_with_their_own_labels_are_fine():
+    m = _decoded(disks=[_DISK, dict(_DISK, label="d1", index="f" * 64, capacity=0)])
+    assert [d.label for d in m.disks] == ["d0", "d1"] and m.disk("d1").capacity == 0
