@@ -545,3 +545,67 @@ def test_a_manifest_field_of_the_wrong_type_or_range_is_refused(changes):
 def test_two_disks_with_their_own_labels_are_fine():
     m = _decoded(disks=[_DISK, dict(_DISK, label="d1", index="f" * 64, capacity=0)])
     assert [d.label for d in m.disks] == ["d0", "d1"] and m.disk("d1").capacity == 0
+
+
+# --- the key derived ahead ----------------------------------------------------------------------
+
+def _join_derivations() -> None:
+    import threading
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and thread.name == "kdf-ahead":
+            thread.join()
+
+
+def test_a_key_derived_ahead_saves_the_derivation_once_and_only_for_its_inputs(monkeypatch):
+    """What derive_ahead buys is one Argon2id run fewer on the command's path; counted here
+    as runs of the derivation (never as time)."""
+    from format import keys
+    material = KeyMaterial.generate(True)
+    store = keys.wrap(material, "rid", b"right", CHEAP_KDF)
+    other = keys.wrap(material, "rid", b"right", dict(CHEAP_KDF, time_cost=2))
+    runs: list[tuple[bytes, tuple[int, int, int]]] = []
+    real = keys._argon2id
+
+    def counted(passphrase, params, salt):
+        runs.append((passphrase, params))
+        return real(passphrase, params, salt)
+    monkeypatch.setattr(keys, "_argon2id", counted)
+    monkeypatch.setattr(keys, "_ahead", None)
+    keys.derive_ahead(store, b"right")
+    keys.derive_ahead(store, b"right")                     # already under way: not twice
+    assert keys.unwrap(store, "rid", b"right") == material
+    _join_derivations()
+    assert runs == [(b"right", (1, 8192, 1))]
+    assert keys.unwrap(store, "rid", b"right") == material   # used once: derived again
+    assert len(runs) == 2
+    for ahead, doc, params in [(b"wrong", store, (1, 8192, 1)), (b"right", other, (2, 8192, 1))]:
+        runs.clear()
+        keys.derive_ahead(doc, ahead)
+        assert keys.unwrap(store, "rid", b"right") == material
+        _join_derivations()
+        assert sorted(runs) == sorted([(ahead, params), (b"right", (1, 8192, 1))])
+    runs.clear()
+    plain = keys.wrap(KeyMaterial.generate(False), "rid", None)
+    for doc in (plain, b"not a key store", b"{}"):
+        keys.derive_ahead(doc, b"right")
+    _join_derivations()
+    assert runs == []
+
+    def failing(passphrase, params, salt):
+        runs.append((passphrase, params))
+        if len(runs) == 1:
+            raise MemoryError("no memory for the derivation ahead")
+        return real(passphrase, params, salt)
+    monkeypatch.setattr(keys, "_argon2id", failing)
+    keys.derive_ahead(store, b"right")
+    assert keys.unwrap(store, "rid", b"right") == material  # the failure ahead: derived again
+    assert len(runs) == 2
+
+
+def test_the_boot_tag_is_a_hash_of_the_boot_id():
+    import hashlib
+    from format import writerlock
+    with open("/proc/sys/kernel/random/boot_id", "rb") as f:
+        boot_id = f.read()
+    assert writerlock._boot_tag() == hashlib.sha256(boot_id.strip()).hexdigest()[:16] == writerlock.BOOT
+    assert boot_id.strip().decode() not in writerlock.BOOT
