@@ -349,9 +349,9 @@ def test_a_killed_prune_leaves_what_the_next_finishes(repo, monkeypatch):
     with pytest.raises(Killed):
         prune(repo)
     assert kills == [os.getpid()] and len(_trash(repo)) == 3        # killed at the step after 2
-    monkeypatch.setenv("REPOFS_PRUNE_KILL_AFTER", "x")          # not a count: no kill
     monkeypatch.undo()
     monkeypatch.setenv("REPOFS_PRUNE_FRESH_SECONDS", "-1")
+    monkeypatch.setenv("REPOFS_PRUNE_KILL_AFTER", "-1")         # not a count: no kill
     for lease in leases(repo):                                  # the killed run's lease
         records.delete(repo, "leases", lease.name)
     report = prune(repo)
