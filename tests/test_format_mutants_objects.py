@@ -240,10 +240,11 @@ def test_the_verification_record_says_which_chunks_are_due(tmp_path):
     assert not verified.due(a, seen, 8999, 10_000)
     # malformed entries count as never verified; the newest of two entries for one id counts
     records.put(repo, verified.FOLDER, "44", records.MAGIC_VERIFIED, {"shard": "44", "chunks": [
-        ["44" * 8, 7], ["44" * 8, 9], ["55" * 8, 3], ["45" * 8, 2], ["zz", 1], ["46" * 7, 1], ["47" * 9, 1],
-        [None, 1], ["48" * 8, "x"], ["49" * 8], "4a" * 8, 17]})
+        ["44" * 8, 9], ["zz", 1], ["44" * 8, 7], ["46" * 7, 1], ["55" * 8, 0], ["47" * 9, 1], [None, 1],
+        ["48" * 8, "x"], ["49" * 8], "4a" * 8, 17, ["45" * 8, 2]]})
+    records.put(repo, verified.FOLDER, "77", records.MAGIC_VERIFIED, {"shard": "77"})     # no chunks
     again = verified.load(repo)
-    assert again[bytes([0x44]) * 8] == 9 and again[bytes([0x55]) * 8] == 3 and again[bytes([0x45]) * 8] == 2
+    assert again[bytes([0x44]) * 8] == 9 and again[bytes([0x55]) * 8] == 0 and again[bytes([0x45]) * 8] == 2
     assert len(again) == 6                                    # a, b, c and those three
     repo.backend.put("verified/66", b"damaged")               # a damaged record: its chunks are due
     assert verified.load(repo) == again
