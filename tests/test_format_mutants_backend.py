@@ -96,19 +96,24 @@ def test_a_lock_of_a_process_of_this_boot_that_is_gone_is_stale_at_once(backend)
 
 
 @pytest.mark.parametrize("holder", [
-    {"pid": "parent", "boot": "this"},         # alive
+    {"pid": "alive", "boot": "this"},
     {"pid": "self", "boot": "this"},           # this very process (a second lock of its own)
     {"pid": "dead", "boot": "another"},        # another boot: its pids say nothing here
     {"pid": "dead", "boot": None},
     {"pid": 0, "boot": "this"}, {"pid": -5, "boot": "this"}, {"pid": "12", "boot": "this"},
 ])
 def test_a_lock_of_a_live_or_unknown_process_is_respected(backend, holder):
-    pids = {"parent": os.getppid(), "self": os.getpid(), "dead": _dead_pid()}
-    boots = {"this": BOOT, "another": "f" * 16, None: None}
-    pid = pids.get(holder["pid"], holder["pid"])
-    _plant(backend, token="t", host=socket.gethostname(), pid=pid, ttl_s=120, boot=boots[holder["boot"]])
-    with pytest.raises(RepositoryBusy, match="is running"):
-        WriterLock(backend, NAME, "db").acquire()
+    alive = subprocess.Popen(["sleep", "60"])       # a live holder of our own, never a signal's victim
+    try:
+        pids = {"alive": alive.pid, "self": os.getpid(), "dead": _dead_pid()}
+        boots = {"this": BOOT, "another": "f" * 16, None: None}
+        pid = pids.get(holder["pid"], holder["pid"])
+        _plant(backend, token="t", host=socket.gethostname(), pid=pid, ttl_s=120, boot=boots[holder["boot"]])
+        with pytest.raises(RepositoryBusy, match="is running"):
+            WriterLock(backend, NAME, "db").acquire()
+    finally:
+        alive.kill()
+        alive.wait()
 
 
 @pytest.mark.parametrize("content", [b"not json", b"[1, 2]", b"{}"])
