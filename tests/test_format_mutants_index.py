@@ -275,3 +275,146 @@ def test_the_format_is_little_endian_and_unsigned():
     assert HEADER.format == "<QIIQ" and SLOT_HEADER.format == "<QII" and PIECE.format == "<II32s"
     assert COUNT.format == "<Q" and COPY_RANGE.format == "<QII"
     assert struct.calcsize(PIECE.format) == 40 and HOLE == bytes(32)
+
+
+# --- check: an index against its manifest, its chunks, its copies --------------------------------
+
+from fixtures_mount import CHEAP_KDF, PASSPHRASE  # noqa: E402
+from format import verified  # noqa: E402
+from format.check import Problem, check  # noqa: E402
+from format.manifest import DiskEntry, Manifest  # noqa: E402
+from format.repository import Repository, chunk_name, manifest_name  # noqa: E402
+from format.sealed import MAGIC_MANIFEST  # noqa: E402
+
+RCS = 64 << 10
+
+
+@pytest.fixture
+def repo(tmp_path):
+    Repository.init(tmp_path / "r", PASSPHRASE, kdf=CHEAP_KDF, chunk_size=RCS)
+    return Repository.open(tmp_path / "r", PASSPHRASE)
+
+
+def _slots(repo, datas: list[bytes | None], capacity: int | None = None) -> FixedIndex:
+    index = FixedIndex.empty(capacity or len(datas) * RCS, RCS)
+    for n, data in enumerate(datas):
+        if data is not None:
+            cid = repo.chunk_id(data)
+            repo.put_chunk(cid, data)
+            index.set(n, cid)
+    return index
+
+
+def _put(repo, data: bytes) -> bytes:
+    cid = repo.chunk_id(data)
+    repo.put_chunk(cid, data)
+    return cid
+
+
+def _generation(repo, index: FixedIndex, gen: str = "g", parent: str | None = None, disks: int = 1) -> str:
+    iid = repo.put_index(index)
+    return repo.put_manifest(Manifest("v", gen, "t", 1, parent,
+                                      [DiskEntry(f"d{k}", index.capacity, RCS, iid) for k in range(disks)]))
+
+
+def test_check_counts_what_no_generation_references(repo):
+    rng = __import__("random").Random(1)
+    _generation(repo, _slots(repo, [rng.randbytes(RCS), None]))
+    strays = [_put(repo, rng.randbytes(1000 + k)) for k in range(2)]
+    repo.backend.put("chunks/ab/notes-not-a-chunk", b"x")
+    report = check(repo)
+    assert report.ok and (report.chunks, report.unreferenced_chunks) == (1, 2)
+    assert report.unreferenced_bytes == sum(repo.backend.size(chunk_name(c)) for c in strays)
+
+
+def test_check_goes_on_past_each_problem(repo):
+    rng = __import__("random").Random(2)
+    repo.backend.put("manifests/000-stray", b"x")                       # sorts first
+    good = _slots(repo, [rng.randbytes(RCS)])
+    iid = repo.put_index(good)
+    other = _slots(repo, [rng.randbytes(RCS), rng.randbytes(RCS)])
+    oid = repo.put_index(other)
+    repo.put_manifest(Manifest("v", "g", "t", 1, None, [
+        DiskEntry("a", RCS, RCS, "ee" * 32),                             # a missing index
+        DiskEntry("b", 2 * RCS, RCS, iid),                               # another capacity
+        DiskEntry("c", 2 * RCS, RCS, oid)]))
+    report = check(repo)
+    assert report.generations == 1 and report.disks == 3 and report.chunks == 2
+    assert report.problems == [
+        Problem("manifests/000-stray", "not a manifest name (a stray file)"),
+        Problem(f"indexes/{'ee' * 32}", "missing", "v", "g", "a"),
+        Problem(f"indexes/{iid}", "index does not match the disk's capacity or chunk size", "v", "g", "b")]
+
+
+def test_check_names_a_manifest_of_another_format(repo):
+    name = "ab" * 16
+    repo.backend.put(manifest_name(name), repo.sealer.seal(MAGIC_MANIFEST, name.encode(), b'{"format": 2}'))
+    (problem,) = check(repo).problems
+    assert problem.object == manifest_name(name) and problem.reason.endswith("has format 2")
+
+
+def _read_prefixes(repo) -> set[bytes]:
+    return set(verified.load(repo))
+
+
+def test_check_reads_the_chunks_it_is_asked_to(repo):
+    rng = __import__("random").Random(3)
+    datas = [rng.randbytes(RCS // 4) + bytes(RCS - RCS // 4) for _ in range(12)]
+    index = _slots(repo, datas)
+    _generation(repo, index)
+    ids = [cid for _n, cid in index.stored()]
+    groups = []
+    for n in (1, 2, 3):
+        before = _read_prefixes(repo)
+        report = check(repo, read_data=True, subset=(n, 3), record=False)
+        assert _read_prefixes(repo) == before                            # not recorded
+        expected = {cid for cid in ids if int.from_bytes(cid[:4], "big") % 3 == n - 1}
+        assert report.chunks_read == len(expected)
+        check(repo, read_data=True, subset=(n, 3))
+        groups.append({cid[:8] for cid in expected})
+        assert _read_prefixes(repo) == set().union(*groups)
+    assert set().union(*groups) == {cid[:8] for cid in ids} and sum(map(len, groups)) == len(ids)
+    assert check(repo, read_data=True, subset=0.0).chunks_read == 0
+    assert check(repo, read_data=True, subset=1.0).chunks_read == len(ids)
+    assert check(repo, read_data=True, only_unverified=True).chunks_read == 0          # all verified now
+    verified.record(repo, ids[:5], when_ns=1)                                          # long ago
+    assert check(repo, read_data=True, only_unverified=True).chunks_read == 0
+    assert check(repo, read_data=True, older_than_ns=3600 * 10**9).chunks_read == 5
+    assert check(repo, read_data=True, older_than_ns=3600 * 10**9).chunks_read == 0    # read: recorded
+    assert check(repo).chunks_read == 0
+
+
+def test_check_compares_copies_in_every_slot_they_cross(repo):
+    rng = __import__("random").Random(4)
+    slots = [rng.randbytes(RCS) for _ in range(4)] + [None]
+    index = _slots(repo, slots)
+    disk = b"".join(s or bytes(RCS) for s in slots)
+
+    def problems(ranges: list[tuple[int, int]], stream: bytes, ids: list[bytes] | None = None) -> list:
+        ids = ids or [_put(repo, stream[k:k + RCS]) for k in range(0, len(stream), RCS)]
+        index.copies = Copies(list(ranges), ids, RCS)
+        name = _generation(repo, index, gen=f"g{len(repo.manifest_names())}")
+        found = check(repo, read_data=True).problems
+        repo.backend.delete(manifest_name(name))
+        repo._manifests.clear()
+        return found
+
+    # the first range lies in slot 1 alone; the second crosses the two stream chunks and
+    # slots 1 to 3, ending one byte into slot 3; the third lies in slot 4's zeros
+    ranges = [(RCS + 100, 50), (RCS + 1000, 2 * RCS - 999), (4 * RCS + 10, 20)]
+    good = b"".join(disk[o:o + n] for o, n in ranges)
+    assert len(good) == 2 * RCS - 929 and problems(ranges, good) == []
+    for at, offset in [(0, RCS + 100), (50, RCS + 1000), (RCS, 2 * RCS + 950), (2 * RCS - 950, 3 * RCS),
+                       (2 * RCS - 949, 4 * RCS + 10), (2 * RCS - 930, 4 * RCS + 29)]:
+        bad = bytearray(good)
+        bad[at] ^= 0xFF
+        assert problems(ranges, bytes(bad)) == [
+            Problem("copy table", "the copied bytes differ from the disk's at this offset", "v",
+                    f"g{len(repo.manifest_names())}", "d0", offset)], at
+    short = good[:-1]                                  # the second stream chunk a byte short
+    ids = [_put(repo, short[:RCS]), _put(repo, short[RCS:])]
+    assert [p.offset for p in problems(ranges, b"", ids)] == [2 * RCS + 950]
+    zeros = [(4 * RCS + 10, 20)]
+    assert problems(zeros, b"", [HOLE]) == []                                 # zeros over zeros
+    index.set(4, _put(repo, rng.randbytes(RCS)))
+    assert [p.offset for p in problems(zeros, b"", [HOLE])] == [4 * RCS + 10]  # zeros over data
