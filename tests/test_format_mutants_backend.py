@@ -230,3 +230,23 @@ def test_put_new_creates_once_and_leaves_no_temporary(backend):
     with pytest.raises(ObjectMissing) as info:
         backend.age("locks/b")
     assert info.value.name == "locks/b"
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_writes_without_fsync_leave_no_open_file_behind(backend):
+    """Files written with ``sync=False`` are handed to the writeback thread, which closes them:
+    a backup of a large disk must not run out of descriptors."""
+    backend.put("chunks/aa/warm", b"w", sync=False)           # the thread runs from here on
+    backend.sync()
+    deadline = time.monotonic() + 10
+    before = _open_fds()
+    for k in range(40):
+        backend.put(f"chunks/aa/{k:04d}", bytes([k]) * 5000, sync=False)
+    backend.sync()
+    while _open_fds() > before and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert _open_fds() <= before
+    assert all(backend.get(f"chunks/aa/{k:04d}") == bytes([k]) * 5000 for k in range(40))

@@ -30,7 +30,7 @@ import pytest
 
 from fixtures_mount import CHEAP_KDF, PASSPHRASE
 from format import records
-from format.errors import ObjectLocked, ObjectMissing
+from format.errors import CorruptObject, ObjectLocked, ObjectMissing
 from format.fixedindex import FixedIndex
 from format.immutability import (Kept, delete_unless_locked, extend_retention, locked_at_least_until,
                                  locked_until)
@@ -571,3 +571,30 @@ def _dead_pid() -> int:
     proc.wait()
     return proc.pid
 
+
+
+def test_a_protection_record_names_its_generation_and_time(repo):
+    before = time.time_ns()
+    protect(repo, "ab" * 16)
+    doc = records.get(repo, PROTECTIONS, "ab" * 16, records.MAGIC_PROTECTION)
+    assert set(doc) == {"manifest", "protected_ns"} and doc["manifest"] == "ab" * 16
+    assert before <= doc["protected_ns"] <= time.time_ns()
+
+
+@pytest.mark.parametrize("case, reason", [("not its id", "content does not match its id"),
+                                          ("bad table", "index patch table: slot count out of range")])
+def test_prune_stops_at_a_damaged_index_with_patches_and_deletes_nothing(repo, monkeypatch, case, reason):
+    from format.fixedindex import COUNT, HEADER
+    from format.sealed import MAGIC_INDEX
+    monkeypatch.setenv("REPOFS_PRUNE_FRESH_SECONDS", "-1")
+    stray = _chunk(repo, b"unreferenced" * 10, age_s=3600)
+    table = COUNT.pack(0) if case == "bad table" else COUNT.pack(1) + bytes(16) + bytes(40)
+    plain = HEADER.pack(CS, CS, 1, 1) + bytes([7]) * 32 + table
+    iid = repo.sealer.object_id(plain) if case == "bad table" else bytes(31) + b"\x01"
+    name = index_name(iid.hex())
+    repo.backend.put(name, repo.sealer.seal(MAGIC_INDEX, iid, plain))
+    repo.put_manifest(Manifest("v", "g", "t", 1, None, [DiskEntry("d", CS, CS, iid.hex())]))
+    with pytest.raises(CorruptObject) as info:
+        prune(repo)
+    assert (info.value.name, info.value.reason) == (name, reason)
+    assert repo.has_chunk(stray) and _trash(repo) == []
