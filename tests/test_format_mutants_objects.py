@@ -610,3 +610,16 @@ def test_the_boot_tag_is_a_hash_of_the_boot_id():
         boot_id = f.read()
     assert writerlock._boot_tag() == hashlib.sha256(boot_id.strip()).hexdigest()[:16] == writerlock.BOOT
     assert boot_id.strip().decode() not in writerlock.BOOT
+
+
+def test_an_unencrypted_repository_takes_no_passphrase(tmp_path):
+    Repository.init(tmp_path / "plain", None, encrypted=False, chunk_size=CS)
+    repo = Repository.open(tmp_path / "plain", None)
+    with pytest.raises(UnsupportedFormat) as info:
+        repo.add_key(b"a passphrase", CHEAP_KDF)
+    assert str(info.value) == "an unencrypted repository has no passphrases"
+    from format.keys import KeySlot
+    store = repo.key_store()
+    with pytest.raises(UnsupportedFormat) as info:        # a slot made elsewhere is refused too
+        store.add(KeySlot("ab12cd34", dict(CHEAP_KDF), bytes(16), bytes(12), bytes(48)))
+    assert str(info.value) == "an unencrypted repository has no passphrases" and store.slots == []
