@@ -52,7 +52,7 @@ def test_a_lock_is_exclusive_names_its_holder_and_is_released(backend):
         assert doc == {"token": first.token, "host": socket.gethostname(), "pid": os.getpid(),
                        "ttl_s": 120, "boot": BOOT}
         assert len(first.token) == 32 and len(BOOT) == 16 and int(BOOT, 16) >= 0
-        assert backend.get(NAME).endswith(b"}\n")
+        assert backend.get(NAME) == (json.dumps(doc, sort_keys=True) + "\n").encode()
         with pytest.raises(RepositoryBusy) as info:
             WriterLock(backend, NAME, "web01").acquire()
         assert str(info.value) == (f"another backup of web01 is running (host {socket.gethostname()}, "
@@ -73,7 +73,8 @@ def test_a_lock_is_exclusive_names_its_holder_and_is_released(backend):
     (100, 45, False),        # the holder's own ttl counts, not ours
     ("x", 45, False), (True, 45, False), (-1, 45, False), (86401, 45, False),  # ours then: 120
     ("x", 155, True),
-    (86400, 45, False),
+    (86400, 45, False), (86400, 155, False), (86401, 155, True),
+    (1, 100, True), (0, 100, False),
 ])
 def test_an_expired_lock_is_taken_over(backend, ttl, age, taken):
     _plant(backend, token="other", host="elsewhere", pid=1, ttl_s=ttl, boot="0" * 16)
@@ -203,7 +204,10 @@ class _Flapping(LocalBackend):
     """A lock that is always there when created and gone when read (released and re-taken by
     others between our looks)."""
 
+    tries = 0
+
     def put_new(self, name: str, data: bytes) -> bool:
+        self.tries += 1
         return False
 
     def get(self, name: str) -> bytes:
@@ -211,9 +215,35 @@ class _Flapping(LocalBackend):
 
 
 def test_a_lock_that_keeps_changing_hands_is_given_up(tmp_path):
+    backend = _Flapping(tmp_path)
     with pytest.raises(RepositoryBusy) as info:
-        WriterLock(_Flapping(tmp_path), NAME, "db").acquire()
+        WriterLock(backend, NAME, "db").acquire()
     assert str(info.value) == "could not take the lock of db: it keeps changing hands"
+    assert backend.tries == 3
+
+
+class _ReleasedMeanwhile(LocalBackend):
+    """The lock is there at the first try and released before it is read: the next try takes it."""
+
+    def __init__(self, root):
+        super().__init__(root)
+        self.tries = 0
+
+    def put_new(self, name: str, data: bytes) -> bool:
+        self.tries += 1
+        return self.tries > 1 and super().put_new(name, data)
+
+
+def test_a_lock_released_between_two_looks_is_taken_at_the_next(tmp_path):
+    backend = _ReleasedMeanwhile(tmp_path)
+    with WriterLock(backend, NAME, "db") as lock:
+        assert backend.tries == 2 and json.loads(backend.get(NAME))["token"] == lock.token
+
+
+def test_a_lock_never_taken_releases_nothing(backend):
+    _plant(backend, token="other")
+    WriterLock(backend, NAME, "db").release()
+    assert json.loads(backend.get(NAME)) == {"token": "other"}
 
 
 def test_put_new_creates_once_and_leaves_no_temporary(backend):

@@ -150,10 +150,13 @@ def test_chunks_the_target_holds_already_are_not_sent(tmp_path):
     src = _Source(tmp_path / "src", seed=3)
     a, b = src.rng.randbytes(CS), src.rng.randbytes(CS)
     g1 = src.generation("v", "g1", 1, [a, b])
+    c = src.rng.randbytes(CS)
+    g1 = src.generation("v", "g1b", 2, [a, b, c])
     target = _repo(tmp_path / "dst")
-    target.put_chunk(target.chunk_id(a), a)                  # the target has ``a`` of its own
-    report = Copier(src.repo, target).copy([g1])
-    assert (report.chunks_read, report.chunks_sent, report.chunks_present) == (2, 1, 1)
+    for data in (a, c):
+        target.put_chunk(target.chunk_id(data), data)        # the target has ``a`` and ``c`` of its own
+    report = Copier(src.repo, target, verify=True).copy([g1])
+    assert (report.chunks_read, report.chunks_sent, report.chunks_present) == (3, 1, 2)
     assert report.bytes_sent == target.backend.size(chunk_name(target.chunk_id(b)))
     assert _disk_bytes(target, _target_of(target, "v", "g1")[1], "d0") == src.images[g1]["d0"]
 
@@ -164,10 +167,12 @@ def test_a_target_generation_of_the_same_name_is_not_overwritten(tmp_path):
     target = _repo(tmp_path / "dst")
     other = Manifest("v", "g1", "2026-02-01T00:00:00Z", 9, None, [])
     name = target.put_manifest(other)
-    report = Copier(src.repo, target).copy([g1])
-    assert report.copied == [] and report.chunks_read == 0
+    g2 = src.generation("v", "g2", 2, [src.rng.randbytes(CS)])
+    report = Copier(src.repo, target).copy([g1, g2])
+    assert report.copied == [("v", "g2")] and report.chunks_read == 1
     assert report.skipped == [("v", "g1", "the target has another generation of that name")]
-    assert target.manifests() == {name: other}
+    assert target.manifests()[name] == other
+    assert _disk_bytes(target, _target_of(target, "v", "g2")[1], "d0") == src.images[g2]["d0"]
 
 
 def test_many_chunks_pass_through_a_bounded_window(tmp_path):
@@ -623,3 +628,41 @@ def test_an_unencrypted_repository_takes_no_passphrase(tmp_path):
     with pytest.raises(UnsupportedFormat) as info:        # a slot made elsewhere is refused too
         store.add(KeySlot("ab12cd34", dict(CHEAP_KDF), bytes(16), bytes(12), bytes(48)))
     assert str(info.value) == "an unencrypted repository has no passphrases" and store.slots == []
+
+
+def test_a_target_generation_that_only_looks_like_a_copy_teaches_nothing(tmp_path):
+    src = _Source(tmp_path / "src", seed=11)
+    blocks = [src.rng.randbytes(CS) for _ in range(3)]
+    g1 = src.generation("v", "g1", 1, [blocks[0], blocks[1]])
+    target = _repo(tmp_path / "dst")
+    # the target has a generation of the same VM, name and time, of another shape: not a copy
+    other = FixedIndex.empty(3 * CS, CS)
+    junk = src.rng.randbytes(CS)
+    other.set(0, target.chunk_id(junk))
+    target.put_chunk(target.chunk_id(junk), junk)
+    target.put_manifest(Manifest("v", "g1", "2026-01-01T00:00:00Z", 1, None,
+                                 [DiskEntry("d0", 3 * CS, CS, target.put_index(other))]))
+    g2 = src.generation("v", "g2", 2, [blocks[0], blocks[2]], parent=g1)
+    report = Copier(src.repo, target).copy([g1, g2])
+    assert report.copied == [("v", "g2")] and report.skipped == [("v", "g1", "already in the target")]
+    assert report.chunks_read == 2                                     # nothing was learned
+    assert _disk_bytes(target, _target_of(target, "v", "g2")[1], "d0") == src.images[g2]["d0"]
+
+
+def test_a_target_that_shares_the_sources_keys_needs_no_reading(tmp_path):
+    """A repository copied as files (rsync off site) names chunks as the source does."""
+    import shutil
+    src = _Source(tmp_path / "src", seed=12)
+    a, b, c = (src.rng.randbytes(CS) for _ in range(3))
+    src.generation("v", "g1", 1, [a, b])
+    shutil.copytree(tmp_path / "src", tmp_path / "dst")
+    g2 = src.generation("v", "g2", 2, [a, c])
+    target = Repository.open(tmp_path / "dst", PASSPHRASE)
+    copier = Copier(src.repo, target)
+    assert copier.same_ids
+    report = copier.copy(select(src.repo, ["v"], None))
+    assert report.copied == [("v", "g2")] and report.skipped == [("v", "g1", "already in the target")]
+    assert (report.chunks_present, report.chunks_read, report.chunks_sent) == (1, 1, 1)
+    copy = _target_of(target, "v", "g2")[1]
+    assert copy.disks[0].index == src.repo.manifests()[g2].disks[0].index          # the same index
+    assert _disk_bytes(target, copy, "d0") == src.images[g2]["d0"]

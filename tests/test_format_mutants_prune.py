@@ -495,7 +495,9 @@ def test_trash_that_retention_locked_stays_with_its_batch_until_a_later_prune(re
     assert later.freed_chunks == 1 and records.names(repo, PENDING) == [] and _trash(repo) == []
 
 
-def test_note_locked_keeps_the_latest_date_in_utc():
+def test_note_locked_keeps_the_latest_date_in_utc(monkeypatch):
+    monkeypatch.setenv("TZ", "America/New_York")               # the host's zone plays no part
+    time.tzset()
     report = PruneReport()
     east = dt.timezone(dt.timedelta(hours=5))
     report.note_locked(dt.datetime(2030, 1, 2, 8, 0, 0, tzinfo=east), 10)
@@ -504,7 +506,10 @@ def test_note_locked_keeps_the_latest_date_in_utc():
     assert report.locked_until == "2030-01-02T03:00:00Z"
     report.note_locked(dt.datetime(2030, 1, 2, 3, 0, 1, tzinfo=dt.timezone.utc))
     assert report.locked_until == "2030-01-02T03:00:01Z"
-    assert (report.locked_objects, report.locked_bytes, report.locked_manifests) == (3, 15, 1)
+    report.note_locked(None, manifest=True)
+    assert (report.locked_objects, report.locked_bytes, report.locked_manifests) == (3, 15, 2)
+    monkeypatch.undo()
+    time.tzset()
 
 
 def test_retention_of_what_a_generation_needs_is_extended_once(tmp_path):
