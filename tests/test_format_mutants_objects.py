@@ -158,7 +158,7 @@ def test_chunks_the_target_holds_already_are_not_sent(tmp_path):
     report = Copier(src.repo, target, verify=True).copy([g1])
     assert (report.chunks_read, report.chunks_sent, report.chunks_present) == (3, 1, 2)
     assert report.bytes_sent == target.backend.size(chunk_name(target.chunk_id(b)))
-    assert _disk_bytes(target, _target_of(target, "v", "g1")[1], "d0") == src.images[g1]["d0"]
+    assert _disk_bytes(target, _target_of(target, "v", "g1b")[1], "d0") == src.images[g1]["d0"]
 
 
 def test_a_target_generation_of_the_same_name_is_not_overwritten(tmp_path):
