@@ -418,3 +418,18 @@ def test_check_compares_copies_in_every_slot_they_cross(repo):
     assert problems(zeros, b"", [HOLE]) == []                                 # zeros over zeros
     index.set(4, _put(repo, rng.randbytes(RCS)))
     assert [p.offset for p in problems(zeros, b"", [HOLE])] == [4 * RCS + 10]  # zeros over data
+
+
+def test_a_slot_key_depends_on_that_slot_alone():
+    one, two = FixedIndex.empty(3 * CS, CS), FixedIndex.empty(3 * CS, CS)
+    for index, next_base in ((one, B), (two, C)):
+        index.set(0, A)
+        index.set_pieces(0, [(5, 5, B)])
+        index.set(1, next_base)
+    assert one.key(0) == two.key(0) and one.key(1) != two.key(1)
+    assert list(FixedIndex.empty(CS, CS).copy_references()) == []
+
+
+def test_an_empty_extent_touches_no_chunk_wherever_it_is():
+    assert list(chunks_touched([(5 * CS + 1, 0), (2 * CS + 7, 0)], CS, 10 * CS)) == []
+    assert list(chunks_touched([(5 * CS + 1, 0), (5 * CS + 2, 1)], CS, 10 * CS)) == [5]

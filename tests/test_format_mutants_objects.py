@@ -666,3 +666,22 @@ def test_a_target_that_shares_the_sources_keys_needs_no_reading(tmp_path):
     copy = _target_of(target, "v", "g2")[1]
     assert copy.disks[0].index == src.repo.manifests()[g2].disks[0].index          # the same index
     assert _disk_bytes(target, copy, "d0") == src.images[g2]["d0"]
+
+
+def test_a_third_generation_of_the_same_second_gets_the_next_number(tmp_path):
+    repo = _repo(tmp_path / "r")
+    when = 1_767_225_600 * 10**9
+    assert repo.new_generation_name("v", when) == "2026-01-01T000000Z"
+    repo.put_manifest(Manifest("v", "2026-01-01T000000Z", "t", when, None, []))
+    assert repo.new_generation_name("v", when) == "2026-01-01T000000Z.1"
+
+
+def test_a_lease_not_renewed_in_time_says_so(tmp_path):
+    from format.leases import SKEW_NS, LeaseLost
+    repo = _repo(tmp_path / "r")
+    lease = repo.lease("backup")
+    lease.renewed_ns = __import__("time").time_ns() - (lease.ttl_ns - SKEW_NS) - 10**9
+    with pytest.raises(LeaseLost) as info:
+        lease.assert_held()
+    assert str(info.value) == ("this process could not renew its lease on the repository in time; "
+                               "nothing was committed")
