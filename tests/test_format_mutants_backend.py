@@ -112,6 +112,7 @@ def test_a_lock_of_a_live_or_unknown_process_is_respected(backend, holder):
         _plant(backend, token="t", host=socket.gethostname(), pid=pid, ttl_s=120, boot=boots[holder["boot"]])
         with pytest.raises(RepositoryBusy, match="is running"):
             WriterLock(backend, NAME, "db").acquire()
+        assert alive.poll() is None                 # asked whether it lives, not signalled
     finally:
         alive.kill()
         alive.wait()

@@ -239,6 +239,8 @@ def test_the_verification_record_says_which_chunks_are_due(tmp_path):
     seen = verified.load(repo)
     assert seen == {a[:8]: 5000, b[:8]: 1000, c[:8]: 5000}
     assert records.names(repo, verified.FOLDER) == ["11", "33"]
+    assert records.get(repo, verified.FOLDER, "11", records.MAGIC_VERIFIED) == {       # docs/format.md 9.4
+        "shard": "11", "chunks": sorted([[a[:8].hex(), 5000], [b[:8].hex(), 1000]])}
     assert verified.due(bytes([0x44]) * 32, seen, None, 10_000)              # never verified
     assert not verified.due(b, seen, None, 10_000)                           # verified: not again
     assert verified.due(b, seen, 8999, 10_000) and not verified.due(b, seen, 9000, 10_000)
