@@ -281,3 +281,11 @@ def test_writes_without_fsync_leave_no_open_file_behind(backend):
         time.sleep(0.02)
     assert _open_fds() <= before
     assert all(backend.get(f"chunks/aa/{k:04d}") == bytes([k]) * 5000 for k in range(40))
+
+
+def test_a_missing_object_is_named_by_every_reader(backend):
+    for read in (backend.get, backend.open_stream, backend.size, backend.mtime_ns, backend.age,
+                 lambda n: backend.head(n, 10), backend.delete):
+        with pytest.raises(ObjectMissing) as info:
+            read("chunks/aa/gone")
+        assert info.value.name == "chunks/aa/gone"

@@ -433,10 +433,12 @@ def test_pages_of_a_long_object_are_at_most_a_page():
         pages = list(sealer.open_pages(MAGIC_MANIFEST, b"m", io.BytesIO(sealed), len(sealed), "L", page=1000))
         assert b"".join(pages) == plain and all(0 < len(p) <= 1000 for p in pages) and len(pages) >= 9
     sealed = bytes(sealer.seal(MAGIC_MANIFEST, b"m", b"q" * 10))
-    with pytest.raises(CorruptObject, match="shorter than its header says"):
+    with pytest.raises(CorruptObject) as info:
         list(sealer.open_pages(MAGIC_MANIFEST, b"m", io.BytesIO(sealed[:-20]), len(sealed), "L"))
-    with pytest.raises(CorruptObject, match="authentication failed"):   # the tag cut off
+    assert (info.value.name, info.value.reason) == ("L", "shorter than its header says")
+    with pytest.raises(CorruptObject) as info:                         # the tag cut off
         list(sealer.open_pages(MAGIC_MANIFEST, b"m", io.BytesIO(sealed[:-1]), len(sealed), "L"))
+    assert (info.value.name, info.value.reason) == ("L", "authentication failed")
 
 
 def test_only_what_compresses_is_compressed():
@@ -539,7 +541,7 @@ def test_a_manifest_without_its_fields_is_malformed(changes):
     {"disk": {"label": 1}}, {"disk": {"capacity": -1}}, {"disk": {"capacity": 1 << 63}},
     {"disk": {"chunk_size": 0}}, {"disk": {"chunk_size": -4096}}, {"disk": {"chunk_size": 4096.0}},
     {"disk": {"index": "0a" * 31}}, {"disk": {"index": "0a" * 32 + "0"}}, {"disk": {"index": "0A" * 32}},
-    {"disk": {"index": "0g" * 32}}, {"disk": {"index": 5}}, {"disk": {"data_bytes": -1}},
+    {"disk": {"index": "0g" * 32}}, {"disk": {"index": "X" * 64}}, {"disk": {"index": 5}}, {"disk": {"data_bytes": -1}},
     {"disk": {"new_bytes": "2"}}, {"disk": {"new_chunks": None}}, {"disk": {"source": []}},
     {"disks": [_DISK, _DISK]},
 ])
@@ -553,6 +555,7 @@ def test_a_manifest_field_of_the_wrong_type_or_range_is_refused(changes):
 def test_two_disks_with_their_own_labels_are_fine():
     m = _decoded(disks=[_DISK, dict(_DISK, label="d1", index="f" * 64, capacity=0)])
     assert [d.label for d in m.disks] == ["d0", "d1"] and m.disk("d1").capacity == 0
+    assert _decoded(disk={"chunk_size": 1}).disks[0].chunk_size == 1      # odd, but of the right type
 
 
 # --- the key derived ahead ----------------------------------------------------------------------

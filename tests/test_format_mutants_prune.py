@@ -586,6 +586,36 @@ def test_a_protection_record_names_its_generation_and_time(repo):
     assert before <= doc["protected_ns"] <= time.time_ns()
 
 
+def test_holes_are_not_counted_as_referenced_chunks(repo, monkeypatch):
+    monkeypatch.setenv("REPOFS_PRUNE_FRESH_SECONDS", "-1")
+    a, b = _chunk(repo, b"a" * 900), _chunk(repo, b"b" * 900)
+    index = FixedIndex.empty(3 * CS, CS)
+    index.set(0, a)
+    index.set(2, b)
+    repo.put_manifest(Manifest("v", "g", "t", 1, None, [DiskEntry("d", 3 * CS, CS, repo.put_index(index))]))
+    assert prune(repo).referenced_chunks == 2
+
+
+class _SweptMeanwhile(LocalBackend):
+    """Another prune sweeps the first trash object between our listing and our look at it."""
+
+    def list(self, prefix: str):
+        for n, name in enumerate(super().list(prefix)):
+            if prefix.startswith(TRASH) and n == 0:
+                super().delete(name)
+            yield name
+
+
+def test_a_sweep_goes_on_past_an_object_another_prune_swept(repo, monkeypatch):
+    monkeypatch.setenv("REPOFS_PRUNE_FRESH_SECONDS", "-1")
+    cids = [_chunk(repo, bytes([k]) * 700, age_s=3600) for k in range(3)]
+    repo.backend = _SweptMeanwhile(repo.backend.root)
+    report = prune(repo)
+    assert report.moved_chunks == 3 and report.freed_chunks == 2         # the third: freed by the other
+    assert not any(repo.has_chunk(c) for c in cids) and _trash(repo) == []
+    assert records.names(repo, PENDING) == []
+
+
 @pytest.mark.parametrize("case, reason", [("not its id", "content does not match its id"),
                                           ("bad table", "index patch table: slot count out of range")])
 def test_prune_stops_at_a_damaged_index_with_patches_and_deletes_nothing(repo, monkeypatch, case, reason):
