@@ -633,3 +633,45 @@ def test_prune_stops_at_a_damaged_index_with_patches_and_deletes_nothing(repo, m
         prune(repo)
     assert (info.value.name, info.value.reason) == (name, reason)
     assert repo.has_chunk(stray) and _trash(repo) == []
+
+
+@pytest.mark.parametrize("compressible", [True, False])
+def test_ids_that_straddle_the_pages_of_a_large_index_are_marked_whole(repo, monkeypatch, compressible):
+    """The id table is read a page (1 MiB) at a time; the id at slot 32767 crosses the first
+    page's end. Random ids around it make the index incompressible, zeros elsewhere do not."""
+    monkeypatch.setenv("REPOFS_PRUNE_FRESH_SECONDS", "-1")
+    slots = 40_000
+    index = FixedIndex.empty(slots * CS, CS)
+    near = range(32_760, 32_776)
+    cids = {n: _chunk(repo, n.to_bytes(4, "big") * 10, age_s=3600) for n in near}
+    for n, cid in cids.items():
+        index.set(n, cid)
+    if not compressible:
+        rng = __import__("random").Random(9)
+        for n in range(0, slots, 3):
+            if n not in cids:
+                index.set(n, rng.randbytes(32))                  # ids of chunks never stored
+    stray = _chunk(repo, b"stray" * 100, age_s=3600)
+    repo.put_manifest(Manifest("v", "g", "t", 1, None,
+                               [DiskEntry("d", slots * CS, CS, repo.put_index(index))]))
+    report = prune(repo)
+    assert all(repo.has_chunk(cid) for cid in cids.values()) and not repo.has_chunk(stray)
+    assert report.freed_chunks == 1
+
+
+def test_locked_trash_holds_back_only_itself(repo, monkeypatch):
+    monkeypatch.setenv("REPOFS_PRUNE_FRESH_SECONDS", "-1")
+    backend = repo.backend = _LockingBackend(repo.backend.root, days=1)
+    cids = [_chunk(repo, bytes([k]) * 800, age_s=3 * 86400) for k in range(6)]
+    until = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=5)
+    locked = chunk_name(cids[2])
+    real_rename = backend.rename
+
+    def rename(name, new_name):                  # the bucket's default retention, on one object
+        real_rename(name, new_name)
+        if name == locked:
+            backend.until[new_name] = until
+    backend.rename = rename
+    report = prune(repo)
+    assert report.moved_chunks == 6 and report.freed_chunks == 5 and report.locked_objects == 1
+    assert sum(repo.backend.exists(f"{TRASH}/{b}/{locked}") for b in records.names(repo, PENDING)) == 1
