@@ -242,6 +242,8 @@ def test_slot_keys_name_the_bytes_of_the_slot():
     assert list(index.occupied()) == [0, 1, 2]
     assert list(FixedIndex.empty(2 * CS, CS).occupied()) == []
     copy = index.copy()
+    assert (copy.capacity, copy.chunk_size, copy.ids, copy.patches) == (index.capacity, index.chunk_size,
+                                                                        index.ids, index.patches)
     copy.set(0, C)
     assert index.get(0) == A and copy.pieces(1) == index.pieces(1) and copy.copies is None
 

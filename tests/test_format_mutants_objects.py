@@ -532,7 +532,15 @@ def test_a_manifest_without_its_fields_is_malformed(changes):
     from format.errors import CorruptObject
     with pytest.raises(CorruptObject) as info:
         _decoded(**changes)
-    assert info.value.reason == "manifest fields are malformed"
+    assert (info.value.name, info.value.reason) == ("manifests/ab", "manifest fields are malformed")
+
+
+def test_a_file_in_manifests_that_is_not_one_costs_nothing_else(tmp_path):
+    src = _Source(tmp_path / "src", seed=13)
+    src.repo.backend.put("manifests/000-not-a-manifest", b"x")           # sorts first
+    name = src.generation("v", "g", 1, [src.rng.randbytes(CS)])
+    fresh = Repository.open(tmp_path / "src", PASSPHRASE)
+    assert list(fresh.manifests()) == [name]
 
 
 @pytest.mark.parametrize("changes", [
