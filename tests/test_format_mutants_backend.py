@@ -285,7 +285,7 @@ def test_writes_without_fsync_leave_no_open_file_behind(backend):
 
 def test_a_missing_object_is_named_by_every_reader(backend):
     for read in (backend.get, backend.open_stream, backend.size, backend.mtime_ns, backend.age,
-                 lambda n: backend.head(n, 10), backend.delete):
+                 lambda n: backend.head(n, 10), backend.delete, lambda n: backend.rename(n, "chunks/aa/x")):
         with pytest.raises(ObjectMissing) as info:
             read("chunks/aa/gone")
         assert info.value.name == "chunks/aa/gone"

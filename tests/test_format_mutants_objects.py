@@ -698,3 +698,20 @@ def test_a_lease_not_renewed_in_time_says_so(tmp_path):
         lease.assert_held()
     assert str(info.value) == ("this process could not renew its lease on the repository in time; "
                                "nothing was committed")
+
+
+def test_a_key_store_says_why_it_does_not_open():
+    from format import keys
+    from format.errors import KeyStoreInvalid, WrongPassphrase
+    material = KeyMaterial.generate(True)
+    store = keys.wrap(material, "rid", b"right", CHEAP_KDF)
+    for given, words in [(b"wrong", "wrong passphrase"),
+                         (None, "this repository is encrypted and no passphrase was given")]:
+        with pytest.raises(WrongPassphrase) as info:
+            keys.unwrap(store, "rid", given)
+        assert str(info.value) == words
+    plain = keys.unwrap(keys.wrap(KeyMaterial.generate(False), "rid", None), "rid", None)
+    assert (plain.cipher, plain.enc_key) == ("none", None) and len(plain.id_key) == 32
+    with pytest.raises(KeyStoreInvalid) as info:
+        keys.KeySlot.from_json({"id": "ab"})
+    assert str(info.value) == "a key slot is malformed"
