@@ -715,3 +715,35 @@ def test_a_key_store_says_why_it_does_not_open():
     with pytest.raises(KeyStoreInvalid) as info:
         keys.KeySlot.from_json({"id": "ab"})
     assert str(info.value) == "a key slot is malformed"
+
+
+def test_an_index_that_is_not_its_id_or_not_an_id_is_named(tmp_path):
+    from format.errors import CorruptObject
+    from format.sealed import MAGIC_INDEX
+    repo = _repo(tmp_path / "r")
+    with pytest.raises(CorruptObject) as info:
+        repo.get_index("zz" * 32)
+    assert (info.value.name, info.value.reason) == (f"indexes/zz/{'zz' * 32}", "malformed index id")
+    plain = FixedIndex.empty(CS, CS).encode()
+    other = "ab" * 32
+    repo.backend.put(f"indexes/ab/{other}", repo.sealer.seal(MAGIC_INDEX, bytes.fromhex(other), plain))
+    with pytest.raises(CorruptObject) as info:
+        repo.get_index(other)
+    assert (info.value.name, info.value.reason) == (f"indexes/ab/{other}", "content does not match its id")
+    repo.backend.put(f"indexes/ab/{other}", b"x" * 100)
+    with pytest.raises(CorruptObject) as info:
+        repo.get_index(other)
+    assert info.value.name == f"indexes/ab/{other}"
+
+
+def test_each_damaged_manifest_is_warned_about_once(tmp_path, caplog):
+    src = _Source(tmp_path / "src", seed=14)
+    good = src.generation("v", "g", 1, [src.rng.randbytes(CS)])
+    for name in ("ab" * 16, "cd" * 16):
+        src.repo.backend.put(f"manifests/{name}", b"damaged" * 10)
+    fresh = Repository.open(tmp_path / "src", PASSPHRASE)
+    with caplog.at_level("WARNING"):
+        assert list(fresh.manifests()) == [good]
+        assert list(fresh.manifests()) == [good]
+    said = [r.getMessage() for r in caplog.records if "left out" in r.getMessage()]
+    assert len(said) == 2 and any("ab" * 16 in s for s in said) and any("cd" * 16 in s for s in said)
