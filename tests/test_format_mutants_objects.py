@@ -104,7 +104,7 @@ def test_copy_rebuilds_each_generation_in_the_target_byte_for_byte(tmp_path):
     assert report.chunks_read == report.chunks_sent == 7 and report.chunks_present == 0
     sources = src.repo.manifests()
     sent_sizes = 0
-    for name, (vm, gen) in zip(names, report.copied):
+    for name, (vm, gen) in zip(names, report.copied, strict=True):
         tname, copy = _target_of(target, vm, gen)
         original = sources[name]
         assert _disk_bytes(target, copy, "d0") == src.images[name]["d0"]
