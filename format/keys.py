@@ -171,12 +171,13 @@ class KeySlot:
     @classmethod
     def make(cls, material: KeyMaterial, repo_id: str, passphrase: bytes | None,
              kdf: dict | None = None, slot_id: str | None = None, created: str = "") -> "KeySlot":
+        if material.enc_key is None:    # checked first: no passphrase is asked for, or derived
+            raise UnsupportedFormat("an unencrypted repository has no passphrases")
         if not passphrase:
             raise WrongPassphrase("an encrypted repository needs a non-empty passphrase")
         kdf = {k: v for k, v in dict(kdf or DEFAULT_KDF).items() if k != "salt"}
         _kdf_params(kdf)
         salt, nonce = secrets.token_bytes(SALT_SIZE), secrets.token_bytes(NONCE_SIZE)
-        assert material.enc_key is not None
         wrapped = AESGCM(_derive(passphrase, kdf, salt)).encrypt(
             nonce, material.enc_key + material.id_key, repo_id.encode())
         return cls(slot_id or secrets.token_hex(4), kdf, salt, nonce, wrapped, created)

@@ -599,6 +599,7 @@ def test_prune_keeps_the_chunks_of_pieces_and_copies(repo, monkeypatch):
     ("chunk size 0", "index header is inconsistent"),
     ("count", "index header is inconsistent"),
     ("length", "index length does not match its entry count"),
+    ("short table", "index length does not match its entry count"),
     ("not its id", "content does not match its id"),
 ])
 def test_prune_stops_at_a_damaged_index_and_deletes_nothing(repo, monkeypatch, case, reason):
@@ -612,6 +613,7 @@ def test_prune_stops_at_a_damaged_index_and_deletes_nothing(repo, monkeypatch, c
              "chunk size 0": HEADER.pack(CS, 0, 0, 1) + one,
              "count": HEADER.pack(2 * CS, CS, 0, 1) + one,
              "length": HEADER.pack(CS, CS, 0, 1) + one + b"x",
+             "short table": HEADER.pack(2 * CS, CS, 0, 2) + one,
              "not its id": HEADER.pack(CS, CS, 0, 1) + one}[case]
     iid = _sealed_index(repo, plain, bytes(31) + b"\x01" if case == "not its id" else None)
     repo.put_manifest(Manifest("v", "g", "t", 1, None, [DiskEntry("d", CS, CS, iid)]))

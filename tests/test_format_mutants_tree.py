@@ -13,10 +13,10 @@ import zlib
 import pytest
 
 from fixtures_mount import PASSPHRASE, make_repo
-from format.errors import GenerationNotFound, VMNotFound
+from format.errors import GenerationNotFound, ObjectMissing, VMNotFound
 from format.fixedindex import FixedIndex
 from format.manifest import DiskEntry, Manifest
-from format.repository import Repository
+from format.repository import Repository, chunk_name
 from repofs.view.tree import RepositoryView, vm_folder_name
 
 CS = 64 << 10
@@ -257,3 +257,9 @@ def test_restore_reads_of_pieces_over_a_hole_and_of_a_damaged_chunk(tmp_path):
         list(d.iter_chunks())
     assert str(info.value).startswith(f"vm generation gen disk d: chunk at offset {CS} is unreadable (object ")
     assert str(info.value).endswith("is missing)")
+    fresh = RepositoryView(Repository.open(tmp_path / "repo", PASSPHRASE)).generation("vm").disk("d")
+    with pytest.raises(DiskReadError) as info:               # a read names the same, field by field
+        fresh.read(CS + 5, 10)
+    e = info.value
+    assert (e.vm, e.generation, e.disk, e.offset) == ("vm", "gen", "d", CS)
+    assert isinstance(e.cause, ObjectMissing) and e.cause.name == chunk_name(repo.chunk_id(p2))
