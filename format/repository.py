@@ -377,6 +377,8 @@ class Repository:
         generation is older than the newest this client saw or wrote is reported (one line:
         the newest manifests were deleted, a rollback), and newer ones are remembered."""
         out: dict[str, Manifest] = {}
+        # the record as it stood before the listing (see KnownRepository.snapshot)
+        seen = self.known.snapshot() if self.known is not None else None
         for n in self.manifest_names():
             if not MANIFEST_NAME.fullmatch(n):
                 self._warn_once(n, f"manifests/{n!r} is not a manifest name; ignored (see `repofs check`)")
@@ -387,26 +389,26 @@ class Repository:
                 self._warn_once(n, f"{e}; its generation is left out (see `repofs check`)")
             except ObjectMissing:
                 pass  # deleted since it was listed
-        if self.known is not None:
-            self._note_latest(out.values())
+        if seen is not None:
+            self._note_latest(out.values(), seen)
         return out
 
-    def _note_latest(self, manifests: Iterable[Manifest]) -> None:
+    def _note_latest(self, manifests: Iterable[Manifest], seen: dict[str, tuple[int, str]]) -> None:
         assert self.known is not None
         newest: dict[str, Manifest] = {}
         for m in manifests:
             if m.vm not in newest or (m.time_ns, m.generation) > (newest[m.vm].time_ns, newest[m.vm].generation):
                 newest[m.vm] = m
         for vm, m in newest.items():
-            known = self.known.latest(vm)
+            known = seen.get(vm)
             if known is not None and known[0] > m.time_ns:
                 self._warn_once(f"rollback {vm}", f"the newest generation of {vm} is {m.generation}, but this "
                                 f"client saw {known[1]} before: newer generations were removed (a rollback?)")
             else:
                 self.known.remember(vm, m.time_ns, m.generation)
-        for vm in self.known.vms_without(newest):
+        for vm in sorted(set(seen).difference(newest)):
             self._warn_once(f"rollback {vm}", f"{vm} has no generation left, but this client saw "
-                            f"{self.known.latest(vm)[1]} before: its generations were removed (a rollback?)")  # type: ignore[index]
+                            f"{seen[vm][1]} before: its generations were removed (a rollback?)")
 
     def new_generation_name(self, vm: str, when_ns: int) -> str:
         base = time.strftime(GENERATION_TIME_FORMAT, time.gmtime(when_ns // 1_000_000_000))

@@ -29,7 +29,6 @@ import json
 import logging
 import os
 import secrets
-from typing import Iterable
 
 from .errors import RepositoryChanged
 
@@ -137,19 +136,22 @@ class KnownRepository:
             pass
         return None
 
-    def vms_without(self, present: Iterable[str]) -> list[str]:
-        """The VMs this client remembers a generation of that are not in ``present``."""
-        present = set(present)
+    def snapshot(self) -> dict[str, tuple[int, str]]:
+        """Every VM's remembered newest generation, ``{vm: (time_ns, generation)}``, as the
+        records stand now. Taken *before* a listing of the manifests, it can name only
+        generations that listing must show: a record is written after its manifest, so a
+        record written by another process of this client after the snapshot is not compared
+        with a listing that could predate its manifest."""
         try:
             names = os.listdir(os.path.join(self.dir, "latest"))
         except OSError:
-            return []
-        out = []
+            return {}
+        out: dict[str, tuple[int, str]] = {}
         for name in names:
             record = self._record(os.path.join(self.dir, "latest", name))
-            if record and record[0] not in present:
-                out.append(record[0])
-        return sorted(out)
+            if record:
+                out[record[0]] = (record[1], record[2])
+        return out
 
     def lower(self, vm: str, newest: tuple[int, str] | None) -> None:
         """This client forgot generations of ``vm`` itself: what remains newest is ``newest``

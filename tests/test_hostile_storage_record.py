@@ -54,14 +54,14 @@ def test_malformed_ids_never_become_paths(tmp_path, bad):
 
 def test_latest_is_monotonic_and_per_vm(tmp_path):
     k = KnownRepository(str(tmp_path), RID, str(tmp_path / "r"))
-    assert k.latest("a") is None and k.vms_without([]) == []
+    assert k.latest("a") is None and k.snapshot() == {}
     k.remember("a", 10, "g10")
     k.remember("a", 5, "g5")           # older: ignored
     k.remember("../b", 7, "g7")        # names are data, not paths
     assert k.latest("a") == (10, "g10") and k.latest("../b") == (7, "g7")
     k.remember("a", 11, "g11")
     assert k.latest("a") == (11, "g11")
-    assert k.vms_without(["a"]) == ["../b"] and k.vms_without(["a", "../b"]) == []
+    assert k.snapshot() == {"a": (11, "g11"), "../b": (7, "g7")}
     assert all(len(f) == 64 for f in os.listdir(os.path.join(str(tmp_path), RID, "latest")))
 
 
@@ -125,6 +125,30 @@ def test_rollback_warnings(repo_and_folder, caplog):
     assert any("b has no generation left" in t and "g5" in t for t in texts)
     # the remembered latest did not go back
     assert KnownRepository(folder, again.config.id, str(path)).latest("a") == (2, "g2")
+
+
+def test_a_generation_another_process_writes_during_a_listing_is_no_rollback(repo_and_folder, caplog):
+    """Two commands of one client at once: one lists the manifests, the other writes a VM's
+    first generations and records them meanwhile. The first must not take the record, newer
+    than its listing, for a rollback."""
+    path, folder = repo_and_folder
+    Repository.open(path, b"pw", security_folder=folder)     # the client knows the repository
+    lister = Repository.open(path, b"pw", security_folder=folder)
+    writer = Repository.open(path, b"pw", security_folder=folder)
+    listed = lister.manifest_names
+
+    def names_then_a_write():
+        names = listed()
+        _generation(writer, "c", 1)
+        _generation(writer, "a", 3)
+        writer.manifests()                  # the other command records both
+        return names
+    lister.manifest_names = names_then_a_write  # type: ignore[method-assign]
+    _generation(writer, "a", 2)
+    with caplog.at_level(logging.WARNING):
+        assert {m.generation for m in lister.manifests().values()} == {"g2"}
+    assert not caplog.records
+    assert KnownRepository(folder, lister.config.id, str(path)).snapshot() == {"a": (3, "g3"), "c": (1, "g1")}
 
 
 def test_open_without_a_record_never_writes_one(repo_and_folder):
