@@ -308,17 +308,17 @@ def _unreferenced(folder: str, shard: str, names: list[str], marks: IdSet, index
     return [n for n in names if n[:16] not in marked]
 
 
-def _each_shard(work: Callable[[str, str], Any]) -> list[Any]:
+def _each_shard(work: Callable[[str, str], Any]) -> list[tuple[str, Any]]:
     """``work(folder, shard)`` for every shard of both object folders, on ``WORKERS`` threads;
-    the results in order. On an exception (or Ctrl-C) no further shard starts; it is raised
-    once the shards under way have finished."""
+    ``(folder, result)`` in order. On an exception (or Ctrl-C) no further shard starts; it is
+    raised once the shards under way have finished."""
     jobs = [(folder, shard) for folder in OBJECT_FOLDERS for shard in _SHARDS]
     if WORKERS == 1:
-        return [work(folder, shard) for folder, shard in jobs]
+        return [(folder, work(folder, shard)) for folder, shard in jobs]
     with ThreadPoolExecutor(WORKERS, thread_name_prefix="prune") as pool:
         futures = [pool.submit(work, folder, shard) for folder, shard in jobs]
         try:
-            return [future.result() for future in futures]
+            return [(folder, future.result()) for (folder, _shard), future in zip(jobs, futures, strict=True)]
         except BaseException:
             for future in futures:
                 future.cancel()
@@ -376,8 +376,7 @@ def _condemn_folders(repo: Any, batch: str, marks: IdSet, indexes: set[str], cut
                 dst.close()
         return moved, size_sum, removed
 
-    for (folder, _shard), (moved, size_sum, removed) in zip(
-            [(f, s) for f in OBJECT_FOLDERS for s in _SHARDS], _each_shard(work), strict=True):
+    for folder, (moved, size_sum, removed) in _each_shard(work):
         if folder == "chunks":
             report.moved_chunks += moved
         else:
@@ -495,8 +494,7 @@ def _sweep_folders(repo: Any, batch: str, marks: IdSet, indexes: set[str], repor
                     killer.step()
         return freed, size_sum, restored
 
-    for (folder, _shard), (freed, size_sum, restored) in zip(
-            [(f, s) for f in OBJECT_FOLDERS for s in _SHARDS], _each_shard(work), strict=True):
+    for folder, (freed, size_sum, restored) in _each_shard(work):
         if folder == "chunks":
             report.freed_chunks += freed
         else:
