@@ -114,6 +114,16 @@ def fresh_repo(tree: str, repo: str) -> None:
     cli(tree, "init", "-r", repo)
 
 
+def backed_up(trees: list[str], work: str, img: str) -> dict[str, str]:
+    """Each tree's fresh repository holding one backup of ``img`` (made by that tree)."""
+    repos = {}
+    for i, tree in enumerate(trees):
+        repos[tree] = os.path.join(work, f"repo{i}")
+        fresh_repo(tree, repos[tree])
+        cli(tree, "backup", f"file:{img}", "--vm", VM, "-r", repos[tree])
+    return repos
+
+
 def evict_chunks(repo: str) -> None:
     """Drop the repository's chunk files from the page cache (theirs only; other users' pages
     stay): a parent generation written days before the incremental that follows it."""
@@ -174,11 +184,7 @@ def ab_backup(trees: list[str], work: str, img: str, rounds: int, cold_parent: b
 
 
 def ab_restore(trees: list[str], work: str, img: str, rounds: int) -> None:
-    repos = {}
-    for i, tree in enumerate(trees):
-        repos[tree] = os.path.join(work, f"repo{i}")
-        fresh_repo(tree, repos[tree])
-        cli(tree, "backup", f"file:{img}", "--vm", VM, "-r", repos[tree])
+    repos = backed_up(trees, work, img)
     size = os.path.getsize(img)
     for rnd in range(1, rounds + 1):
         for tree in trees:
@@ -216,11 +222,7 @@ def daemon_rss(mnt: Path) -> tuple[float, float]:
 def ab_mount(trees: list[str], work: str, img: str, rounds: int, extra: list[str]) -> None:
     if not root():
         sys.exit("bench_ab --what mount: needs root (FUSE, drop_caches)")
-    repos = {}
-    for i, tree in enumerate(trees):
-        repos[tree] = os.path.join(work, f"repo{i}")
-        fresh_repo(tree, repos[tree])
-        cli(tree, "backup", f"file:{img}", "--vm", VM, "-r", repos[tree])
+    repos = backed_up(trees, work, img)
     size = os.path.getsize(img)
     rng = random.Random(1)
     base = min(MiB + size // 4, size - 64 * MiB)
