@@ -105,9 +105,10 @@ class Gate:
 
     def _pump(self, a: socket.socket, b: socket.socket) -> None:
         sel = selectors.DefaultSelector()
-        sel.register(a, selectors.EVENT_READ, b)
-        sel.register(b, selectors.EVENT_READ, a)
         try:
+            # inside the try: the gate may close both sockets before this thread runs
+            sel.register(a, selectors.EVENT_READ, b)
+            sel.register(b, selectors.EVENT_READ, a)
             while True:
                 for key, _ in sel.select(timeout=5):
                     data = key.fileobj.recv(1 << 16)  # type: ignore[union-attr]
