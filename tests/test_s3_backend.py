@@ -812,3 +812,82 @@ def test_a_backend_from_a_url_and_the_environment(store_, monkeypatch):
     backend.close()
     assert isinstance(ObjectMissing("x"), RepoError)
     assert LISTED_PREFIX == "chunks/"
+
+
+# -- a repository on S3 -----------------------------------------------------------------------
+
+KDF = {"name": "argon2id", "time_cost": 1, "memory_kib": 8192, "parallelism": 1}
+
+
+@pytest.fixture
+def s3_env(store_: Store, monkeypatch: pytest.MonkeyPatch) -> Store:
+    """This process's environment pointing at the store, as a user's would."""
+    for k in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(k, raising=False)
+    for k, v in {"AWS_ENDPOINT_URL": store_.relay.endpoint, "AWS_ACCESS_KEY_ID": store_.access_key,
+                 "AWS_SECRET_ACCESS_KEY": store_.secret_key, "AWS_DEFAULT_REGION": REGION,
+                 "REPOFS_S3_ATTEMPTS": "2", "AWS_CONFIG_FILE": os.devnull,
+                 "AWS_SHARED_CREDENTIALS_FILE": os.devnull}.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setattr(s3backend, "_session", None)     # credentials are read once per session
+    return store_
+
+
+def test_a_repository_is_created_on_s3_only_where_nothing_is(s3_env):
+    from format.fixedindex import FixedIndex
+    from format.manifest import DiskEntry, Manifest
+    from format.repository import MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, Repository, chunk_name
+    from format.errors import RepositoryExists
+    bucket = s3_env.bucket()
+    location = f"s3://{bucket}/r1"
+    for size in (MIN_CHUNK_SIZE - 4096, MAX_CHUNK_SIZE + 4096, (1 << 20) + 1):
+        with pytest.raises(ValueError, match="^chunk size must be a multiple of 4 KiB between "):
+            Repository.init(location, b"pw", kdf=KDF, chunk_size=size)
+    assert s3_env.admin.list_objects_v2(Bucket=bucket).get("KeyCount") == 0
+    repo = Repository.init(location, b"pw", kdf=KDF, chunk_size=64 << 10)
+    written = s3_env.admin.list_objects_v2(Bucket=bucket, Prefix="r1/")["Contents"]
+    assert sorted(o["Key"] for o in written) == ["r1/config", "r1/keys/repokey"]
+    assert repo.chunk_size == 64 << 10 and repo.config.cipher == "aes-256-gcm"
+    with pytest.raises(RepositoryExists, match=f"^{location} already exists and is not empty$"):
+        Repository.init(location, b"pw", kdf=KDF, chunk_size=64 << 10)
+    # a chunk stored is found by the listing (whole or absent on S3), a missing one is not
+    data = os.urandom(64 << 10)
+    cid = repo.chunk_id(data)
+    assert not repo.has_chunk(cid) and repo.stored_size(cid) is None
+    stored = repo.put_chunk(cid, data)
+    assert repo.has_chunk(cid) and repo.stored_size(cid) == stored
+    index = FixedIndex.empty(64 << 10, 64 << 10)
+    index.set(0, cid)
+    iid = repo.put_index(index)
+    name = repo.put_manifest(Manifest("vm1", "g1", "t", 1, None, [DiskEntry("d0", 64 << 10, 64 << 10, iid)]))
+    again = Repository.open(location, b"pw")
+    assert again.config.id == repo.config.id and again.chunk_size == 64 << 10
+    assert again.get_chunk(cid) == data and again.manifest_names() == [name]
+    assert Repository.is_encrypted(location) and Repository.config_cipher(location) == "aes-256-gcm"
+    # a chunk cut short on the store (which S3 never leaves: a PUT is whole) is still trusted
+    # from the listing only when longer than a header
+    s3_env.admin.put_object(Bucket=bucket, Key="r1/" + chunk_name(cid), Body=b"x" * 36)
+    fresh = Repository.open(location, b"pw")
+    assert not fresh.has_chunk(cid)
+    s3_env.admin.put_object(Bucket=bucket, Key="r1/" + chunk_name(cid), Body=b"x" * 37)
+    assert Repository.open(location, b"pw").stored_size(cid) == 37
+    # unencrypted, in another prefix of the same bucket: no passphrase
+    plain = Repository.init(f"s3://{bucket}/r2", None, encrypted=False, chunk_size=MAX_CHUNK_SIZE)
+    assert plain.config.cipher == "none" and plain.chunk_size == MAX_CHUNK_SIZE
+    assert not Repository.is_encrypted(f"s3://{bucket}/r2")
+    assert Repository.open(f"s3://{bucket}/r2", None).config.id == plain.config.id
+
+
+def test_an_immutable_repository_on_s3(s3_env):
+    from format.repository import Repository
+    from format.errors import StorageAccessDenied as Denied
+    plain = s3_env.bucket()
+    with pytest.raises(Denied, match="was not created with Object Lock enabled"):
+        Repository.init(f"s3://{plain}/r", b"pw", kdf=KDF, retention=Retention("GOVERNANCE", 2))
+    assert s3_env.admin.list_objects_v2(Bucket=plain).get("KeyCount") == 0     # nothing written
+    locked = s3_env.bucket(locked=True)
+    repo = Repository.init(f"s3://{locked}/r", b"pw", kdf=KDF, chunk_size=64 << 10,
+                           retention=Retention("COMPLIANCE", 3))
+    assert repo.backend.retention() == Retention("COMPLIANCE", 3)   # type: ignore[attr-defined]
+    for key in ("r/config", "r/keys/repokey", "r/object-lock"):
+        assert s3_env.admin.head_object(Bucket=locked, Key=key)["ObjectLockMode"] == "COMPLIANCE"
