@@ -31,7 +31,7 @@ import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 
@@ -54,7 +54,7 @@ class FaultRelay:
         self.target = target
         self.requests: list[tuple[str, str]] = []
         self.headers: list[dict[str, str]] = []
-        self.plan: list[tuple[str, int, str]] = []
+        self.plan: list[tuple] = []
         self.lock = threading.Lock()
         relay = self
 
@@ -71,7 +71,8 @@ class FaultRelay:
                     relay.requests.append((self.command, self.path))
                     relay.headers.append({k.lower(): v for k, v in self.headers.items()})
                     fault = relay.plan.pop(0) if relay.plan else None
-                if fault is not None and fault[0] == "truncate" and self.command != "GET":
+                if fault is not None and fault[0] in ("truncate", "edit") and self.command not in (
+                        "GET", "HEAD"):
                     with relay.lock:
                         relay.plan.insert(0, fault)
                     fault = None
@@ -98,6 +99,9 @@ class FaultRelay:
                     upstream.close()
                 if fault is not None and fault[0] == "truncate":
                     data = data.replace(b"<IsTruncated>false</IsTruncated>", b"<IsTruncated>true</IsTruncated>")
+                    fault = None
+                if fault is not None and fault[0] == "edit":
+                    headers = fault[1](headers)
                     fault = None
                 self.send_response_only(status)      # the server's own Date and Server
                 for k, v in headers:
@@ -133,9 +137,15 @@ class FaultRelay:
             self.plan += [("cut", 0, "")] * n
 
     def truncate(self) -> None:
-        """The next listing answer (GET) says more pages follow."""
+        """The next read's answer (a listing: GET) says more pages follow."""
         with self.lock:
             self.plan.append(("truncate", 0, ""))
+
+    def edit(self, change: Callable[[list[tuple[str, str]]], list[tuple[str, str]]]) -> None:
+        """The next read's answer (GET, HEAD) has its headers changed by ``change`` (a server's clock,
+        a header a server leaves out)."""
+        with self.lock:
+            self.plan.append(("edit", change))
 
     def reset(self) -> None:
         with self.lock:
@@ -387,6 +397,8 @@ def test_create_if_absent_replace_and_delete(backend, store_):
     backend.replace("leases/l1", b"renewed")
     assert backend.get("leases/l1") == b"renewed"
     assert -5 <= backend.age("leases/l1") < 300
+    info = backend.object_info("leases/l1")
+    assert backend.mtime_ns("leases/l1") == int(info["LastModified"].timestamp() * 1e9)
     assert abs(backend.mtime_ns("leases/l1") / 1e9 - dt.datetime.now().timestamp()) < 300
     backend.put("manifests/m", b"one")
     backend.put("manifests/m", b"two")
@@ -404,6 +416,30 @@ def test_create_if_absent_replace_and_delete(backend, store_):
     assert backend.put_new("leases/l1", b"again")
     backend.remove_empty_folders("leases")
     assert backend.get("leases/l1") == b"again"
+
+
+def test_an_age_is_told_by_the_storages_clock(backend, store_):
+    """A lease's or lock's age compares the object's time with the storage's own clock (its
+    answer's Date), so that a host whose clock is wrong does not take over a live lock."""
+    from email.utils import formatdate
+    backend.put("locks/vm", b"held")
+    ahead = formatdate(dt.datetime.now(dt.timezone.utc).timestamp() + 1000, usegmt=True)
+    store_.relay.edit(lambda headers: [(k, ahead if k.lower() == "date" else v) for k, v in headers])
+    assert 990 < backend.age("locks/vm") < 1300
+    # a store that sends no Date: this host's clock
+    store_.relay.edit(lambda headers: [(k, v) for k, v in headers if k.lower() != "date"])
+    assert -5 < backend.age("locks/vm") < 300
+
+
+def test_a_ranged_read_without_a_content_range_is_its_own_size(backend, store_):
+    data = bytes(range(200))
+    backend.put("chunks/aa/aa1", data)
+    store_.relay.edit(lambda headers: [(k, v) for k, v in headers if k.lower() != "content-range"])
+    assert backend.head("chunks/aa/aa1", 36) == (data[:36], 36)
+    store_.relay.fail(500, "InternalError", 3)
+    with pytest.raises(StorageUnavailable, match=rf"^S3 failed to read s3://{backend.bucket}/some/repo/"
+                       "chunks/aa/aa1: InternalError: injected$"):
+        backend.head("chunks/aa/aa1", 36)
 
 
 def test_rename_copies_then_deletes(backend):
