@@ -838,6 +838,8 @@ def test_a_backend_from_a_url_and_the_environment(store_, monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL", store_.relay.endpoint)
     c = make_client(attempts=4, connections=8)
     assert c.meta.endpoint_url == store_.relay.endpoint
+    assert c.meta.config.s3 == {"addressing_style": "path"}    # a custom endpoint: path style
+    assert make_client(attempts=1).meta.config.retries["total_max_attempts"] == 1
     assert c.meta.config.retries["total_max_attempts"] == 4 and c.meta.config.max_pool_connections == 8
     assert make_client("http://127.0.0.1:1").meta.endpoint_url == "http://127.0.0.1:1"
     monkeypatch.delenv("AWS_ENDPOINT_URL")
@@ -845,6 +847,14 @@ def test_a_backend_from_a_url_and_the_environment(store_, monkeypatch):
     aws = make_client()
     assert aws.meta.config.s3 is None and aws.meta.config.retries["total_max_attempts"] == 6
     assert make_client(attempts=0).meta.config.retries["total_max_attempts"] == 6
+    # the region: the configured one, else us-east-1 (a custom store accepts any)
+    for k in ("AWS_DEFAULT_REGION", "AWS_REGION"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setattr(s3backend, "_session", None)
+    assert make_client().meta.region_name == "us-east-1"
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-3")
+    monkeypatch.setattr(s3backend, "_session", None)
+    assert make_client().meta.region_name == "eu-west-3"
     backend.close()
     assert isinstance(ObjectMissing("x"), RepoError)
     assert LISTED_PREFIX == "chunks/"
