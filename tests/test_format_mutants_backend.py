@@ -289,3 +289,47 @@ def test_a_missing_object_is_named_by_every_reader(backend):
         with pytest.raises(ObjectMissing) as info:
             read("chunks/aa/gone")
         assert info.value.name == "chunks/aa/gone"
+
+
+def test_an_open_folder_names_what_is_missing_and_follows_no_link(backend, tmp_path):
+    """Prune's sweep works through open folders: a link planted in the storage is not taken
+    for the file it points to (its size, its removal), a sub-folder is no object, and what is
+    missing is named by its folder and name."""
+    backend.put("chunks/aa/aa01", b"x" * 10)
+    outside = tmp_path / "outside"
+    outside.write_bytes(b"y" * 5000)
+    os.symlink(outside, backend.path("chunks/aa/aa02"))
+    os.mkdir(backend.path("chunks/aa/sub"))
+    with backend.open_folder("chunks/aa") as folder, backend.open_folder("trash/b1", create=True) as trash:
+        assert folder.stat("aa01")[0] == 10
+        for name in ("aa02", "sub", "aa03"):
+            with pytest.raises(ObjectMissing) as info:
+                folder.stat(name)
+            assert info.value.name == f"chunks/aa/{name}"
+        with pytest.raises(ObjectMissing) as info:
+            folder.move("aa03", trash)
+        assert info.value.name == "chunks/aa/aa03"
+        with pytest.raises(ObjectMissing) as info:
+            folder.delete("aa03")
+        assert info.value.name == "chunks/aa/aa03"
+        folder.move("aa01", trash)
+        assert trash.stat("aa01")[0] == 10
+        assert outside.read_bytes() == b"y" * 5000
+    assert backend.open_folder("chunks/zz") is None
+
+
+def test_empty_folders_go_after_a_sweep_and_can_be_written_again(backend):
+    for i in range(10):
+        backend.put(f"chunks/{i:02x}/{i:02x}01", b"kept")      # folders that stay
+        backend.put(f"chunks/{i + 16:02x}/{i + 16:02x}01", b"gone")
+    for i in range(10):
+        backend.delete(f"chunks/{i + 16:02x}/{i + 16:02x}01")
+    os.makedirs(backend.path("chunks/ff/deeper"))
+    backend.remove_empty_folders("chunks")
+    assert sorted(os.listdir(backend.path("chunks"))) == [f"{i:02x}" for i in range(10)]
+    # a folder removed is made again by the next write into it
+    backend.put("chunks/10/1002", b"again")
+    assert backend.get("chunks/10/1002") == b"again"
+    backend.put("chunks/ff/ff02", b"again", sync=False)
+    backend.sync()
+    assert backend.get("chunks/ff/ff02") == b"again"
