@@ -535,12 +535,19 @@ def test_a_manifest_without_its_fields_is_malformed(changes):
     assert (info.value.name, info.value.reason) == ("manifests/ab", "manifest fields are malformed")
 
 
-def test_a_file_in_manifests_that_is_not_one_costs_nothing_else(tmp_path):
+def test_a_file_in_manifests_that_is_not_one_costs_nothing_else(tmp_path, caplog):
     src = _Source(tmp_path / "src", seed=13)
     src.repo.backend.put("manifests/000-not-a-manifest", b"x")           # sorts first
+    src.repo.backend.put("manifests/001-not-one-either", b"x")
     name = src.generation("v", "g", 1, [src.rng.randbytes(CS)])
     fresh = Repository.open(tmp_path / "src", PASSPHRASE)
-    assert list(fresh.manifests()) == [name]
+    with caplog.at_level("WARNING"):
+        assert list(fresh.manifests()) == [name]
+        assert list(fresh.manifests()) == [name]
+    # one line per such file, once per repository opened, naming it
+    assert [r.getMessage() for r in caplog.records] == [
+        f"repofs: warning: manifests/{n!r} is not a manifest name; ignored (see `repofs check`)"
+        for n in ("000-not-a-manifest", "001-not-one-either")]
 
 
 @pytest.mark.parametrize("changes", [
