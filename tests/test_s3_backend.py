@@ -714,6 +714,44 @@ def test_an_immutable_repository_locks_what_generations_are_made_of(store_):
     assert pushed is not None and abs(pushed - later) < dt.timedelta(seconds=2)
 
 
+def test_a_delete_in_a_versioned_bucket_removes_every_version_and_marker(store_):
+    backend = _locked(store_)
+    backend.put("leases/l1", b"one")
+    backend.replace("leases/l1", b"two")
+    store_.admin.delete_object(Bucket=backend.bucket, Key="repo/leases/l1")     # a delete marker
+    store_.admin.put_object(Bucket=backend.bucket, Key="repo/leases/l1", Body=b"three")
+    backend.delete("leases/l1")
+    left = store_.admin.list_object_versions(Bucket=backend.bucket, Prefix="repo/leases/")
+    assert not left.get("Versions") and not left.get("DeleteMarkers")
+    # only a marker left (the object deleted by another client): the marker goes too
+    backend.put("leases/l2", b"one")
+    store_.admin.delete_object(Bucket=backend.bucket, Key="repo/leases/l2")
+    assert backend._versions("leases/l2") != []
+    backend.delete("leases/l2")
+    left = store_.admin.list_object_versions(Bucket=backend.bucket, Prefix="repo/leases/")
+    assert not left.get("Versions") and not left.get("DeleteMarkers")
+    with pytest.raises(ObjectMissing) as missing:
+        backend.delete("leases/l2")
+    assert missing.value.name == "leases/l2"
+
+
+def test_failed_copies_and_retention_changes_are_named(store_):
+    backend = _locked(store_)
+    backend.put("chunks/aa/aa1", b"x")
+    store_.relay.fail(500, "InternalError", 3)
+    with pytest.raises(StorageUnavailable) as failed:
+        backend.rename("chunks/aa/aa1", "trash/b/chunks/aa/aa1")
+    assert str(failed.value) == (f"S3 failed to copy s3://{backend.bucket}/repo/chunks/aa/aa1: "
+                                 "InternalError: injected")
+    store_.relay.fail(500, "InternalError", 3)
+    later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=30)
+    with pytest.raises(StorageUnavailable) as failed:
+        backend.retain("chunks/aa/aa1", later)
+    assert str(failed.value) == (f"S3 failed to lock s3://{backend.bucket}/repo/chunks/aa/aa1: "
+                                 "InternalError: injected")
+    assert backend.get("chunks/aa/aa1") == b"x"
+
+
 def test_locked_objects_are_reported_by_rename_and_delete_many(store_):
     backend = _locked(store_)
     backend.put("chunks/aa/aa1", b"kept")
@@ -792,6 +830,7 @@ def test_locations_are_parsed_strictly():
     assert parse_url("s3://bkt/") == ("bkt", "")
     assert parse_url("s3://my-bucket.x/a/b/") == ("my-bucket.x", "a/b/")
     assert parse_url("s3://bkt//a/b//") == ("bkt", "a/b/")
+    assert parse_url("s3://bkt/X1/X") == ("bkt", "X1/X/")
     assert parse_url("s3://" + "b" * 63 + "/p") == ("b" * 63, "p/")
     for bad in ("s3:/bkt", "bkt/p", "s3://ab/p", "s3://" + "b" * 64, "s3://b_k/p", "s3://b k/p",
                 "s3://bkt/a//b", "s3://bkt/a/../b", "s3://bkt/./a", "s3:///p", "S3://bkt"):
