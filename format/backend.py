@@ -80,8 +80,17 @@ class _Writeback:
                 os.close(fd)
                 self._slots.release()
 
+    def _after_fork(self) -> None:
+        """In a child process: the thread was not forked with it, so a writer's descriptors
+        would wait for it for ever (64 leaked, then every writer closing its own): start anew."""
+        self._fds = queue.SimpleQueue()
+        self._slots = threading.BoundedSemaphore(self.LIMIT)
+        self._lock = threading.Lock()
+        self._thread = None
+
 
 _writeback = _Writeback()
+os.register_at_fork(after_in_child=_writeback._after_fork)
 
 
 class Backend(Protocol):

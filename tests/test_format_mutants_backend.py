@@ -333,3 +333,31 @@ def test_empty_folders_go_after_a_sweep_and_can_be_written_again(backend):
     backend.put("chunks/ff/ff02", b"again", sync=False)
     backend.sync()
     assert backend.get("chunks/ff/ff02") == b"again"
+
+
+def test_a_process_forked_after_writes_closes_its_own_files(backend):
+    """The writeback thread is not forked with its process: a child (a daemon, a worker)
+    that writes without fsync must still close every file it wrote."""
+    backend.put("chunks/aa/warm", b"w", sync=False)           # the parent's thread runs
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:                                              # the child: report, never return
+        code = 1
+        try:
+            before = _open_fds()
+            for k in range(100):
+                backend.put(f"chunks/bb/{k:04d}", bytes([k]) * 100, sync=False)
+            backend.sync()
+            deadline = time.monotonic() + 20
+            while _open_fds() > before and time.monotonic() < deadline:
+                time.sleep(0.02)
+            os.write(write, str(_open_fds() - before).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write)
+    with os.fdopen(read, "rb") as answer:
+        grown = answer.read()
+    _, status = os.waitpid(pid, 0)
+    assert status == 0 and grown == b"0"
+    assert all(backend.get(f"chunks/bb/{k:04d}") == bytes([k]) * 100 for k in range(100))
