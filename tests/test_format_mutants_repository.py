@@ -304,3 +304,29 @@ def test_only_line_endings_are_stripped(tmp_path):
     assert read_password_file(str(path), warn=warned.append) == "XpassX"
     assert warned == [f"the password file {path} can be read or written by group (mode 0640); "
                       f"make it private: chmod 600 {path}"]
+
+
+def test_a_chunk_read_back_is_bounded_by_the_chunk_size_and_checked_against_its_id(tmp_path):
+    """A chunk object is authentic only as the chunk it is named for: longer than the
+    repository's chunk size, or holding other bytes under a valid seal, it is refused with
+    its object's name and the reason."""
+    from format.errors import CorruptObject
+    from format.repository import chunk_name
+    from format.sealed import MAGIC_CHUNK
+    repo = Repository.init(tmp_path / "r", PASSPHRASE, kdf=CHEAP_KDF, chunk_size=CS)
+    good = os.urandom(CS)
+    cid = repo.chunk_id(good)
+    repo.put_chunk(cid, good)
+    assert repo.get_chunk(cid) == good
+    long = good + b"x"                       # sealed under its own id, one byte too long
+    lid = repo.chunk_id(long)
+    repo.backend.put(chunk_name(lid), repo.sealer.seal(MAGIC_CHUNK, lid, long))
+    with pytest.raises(CorruptObject) as info:
+        repo.get_chunk(lid)
+    assert (info.value.name, info.value.reason) == (chunk_name(lid), f"plaintext length {CS + 1} exceeds {CS}")
+    other = b"B" * 5000                      # validly sealed under the name, other bytes
+    oid = repo.chunk_id(b"A" * 5000)
+    repo.backend.put(chunk_name(oid), repo.sealer.seal(MAGIC_CHUNK, oid, other))
+    with pytest.raises(CorruptObject) as info:
+        repo.get_chunk(oid)
+    assert (info.value.name, info.value.reason) == (chunk_name(oid), "content does not match its id")
