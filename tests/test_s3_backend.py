@@ -752,6 +752,23 @@ def test_failed_copies_and_retention_changes_are_named(store_):
     assert backend.get("chunks/aa/aa1") == b"x"
 
 
+def test_refused_lease_renewals_and_lock_probes_are_named(store_):
+    backend = S3Backend(store_.bucket(), "repo", client=store_.client(attempts=1))
+    backend.put("leases/l1", b"one")
+    store_.relay.fail(500, "InternalError")
+    with pytest.raises(StorageUnavailable) as failed:
+        backend.replace("leases/l1", b"two")
+    assert str(failed.value) == f"S3 failed to write s3://{backend.bucket}/repo/leases/l1: InternalError: injected"
+    assert backend.get("leases/l1") == b"one"
+    # asking whether the bucket has Object Lock: a refusal is a refusal, not "no lock"
+    store_.relay.fail(403, "AccessDenied")
+    with pytest.raises(StorageAccessDenied) as denied:
+        backend.enable_retention(Retention("GOVERNANCE", 3))
+    assert str(denied.value) == (f"S3 refused to read s3://{backend.bucket}/repo: AccessDenied "
+                                 "(check the credentials and the bucket's policy)")
+    assert not backend.exists("object-lock")
+
+
 def test_locked_objects_are_reported_by_rename_and_delete_many(store_):
     backend = _locked(store_)
     backend.put("chunks/aa/aa1", b"kept")
