@@ -330,3 +330,26 @@ def test_a_chunk_read_back_is_bounded_by_the_chunk_size_and_checked_against_its_
     with pytest.raises(CorruptObject) as info:
         repo.get_chunk(oid)
     assert (info.value.name, info.value.reason) == (chunk_name(oid), "content does not match its id")
+
+
+def test_a_chunk_file_of_another_kind_or_cipher_is_not_a_stored_chunk(tmp_path):
+    """A backup trusts a chunk it finds whole (header, payload and tag of the declared
+    lengths); a file there whose header is not a chunk's, or names an unknown cipher, is
+    not one, whatever its length: the backup stores the chunk again."""
+    from format.repository import chunk_name
+    from format.sealed import HEADER, MAGIC_CHUNK, MAGIC_INDEX
+    repo = Repository.init(tmp_path / "r", PASSPHRASE, kdf=CHEAP_KDF, chunk_size=CS)
+    data = os.urandom(CS)
+    cid = repo.chunk_id(data)
+    size = repo.put_chunk(cid, data)
+    assert repo.has_chunk(cid) and repo.stored_size(cid) == size
+    sealed = repo.backend.get(chunk_name(cid))
+    fields = list(HEADER.unpack(sealed[:HEADER.size]))
+    assert fields[0] == MAGIC_CHUNK
+    for at, value in ((0, MAGIC_INDEX), (3, 0x7f)):          # another kind; an unknown cipher
+        changed = list(fields)
+        changed[at] = value
+        repo.backend.put(chunk_name(cid), HEADER.pack(*changed) + sealed[HEADER.size:])
+        assert not repo.has_chunk(cid) and repo.stored_size(cid) is None
+    repo.backend.put(chunk_name(cid), sealed)
+    assert repo.stored_size(cid) == size
