@@ -735,6 +735,29 @@ def test_a_delete_in_a_versioned_bucket_removes_every_version_and_marker(store_)
     assert missing.value.name == "leases/l2"
 
 
+def test_a_batch_delete_in_a_versioned_bucket_takes_every_page_of_versions(store_):
+    """Prune empties a trash batch of more than a listing page: every version and delete
+    marker of every name goes, over as many pages of the version listing as there are."""
+    backend = _locked(store_)
+    names = [f"trash/b1/chunks/00/{i:06x}" for i in range(1001)]
+    store_.fill(backend.bucket, {"repo/" + n: b"t" for n in names})
+    store_.admin.put_object(Bucket=backend.bucket, Key="repo/" + names[0], Body=b"second version")
+    store_.admin.delete_object(Bucket=backend.bucket, Key="repo/" + names[1])     # a marker
+    store_.fill(backend.bucket, {"repo/trash/b2/chunks/00/000001": b"another batch"})
+    store_.relay.reset()
+    assert backend.delete_many(names) == {}
+    assert len([p for m, p in store_.relay.requests if m == "GET" and "versions" in p]) == 2   # two pages
+    left = store_.admin.list_object_versions(Bucket=backend.bucket, Prefix="repo/trash/")
+    assert [v["Key"] for v in left.get("Versions", [])] == ["repo/trash/b2/chunks/00/000001"]
+    assert not left.get("DeleteMarkers")
+    # a version listing that fails is named by its folder
+    store_.relay.fail(500, "InternalError", 3)
+    with pytest.raises(StorageUnavailable) as failed:
+        backend.delete_many(["trash/b2/chunks/00/000001"])
+    assert str(failed.value) == (f"S3 failed to list s3://{backend.bucket}/repo/trash/b2/chunks/00/000001: "
+                                 "InternalError: injected")
+
+
 def test_failed_copies_and_retention_changes_are_named(store_):
     backend = _locked(store_)
     backend.put("chunks/aa/aa1", b"x")
