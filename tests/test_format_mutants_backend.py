@@ -315,7 +315,18 @@ def test_an_open_folder_names_what_is_missing_and_follows_no_link(backend, tmp_p
         folder.move("aa01", trash)
         assert trash.stat("aa01")[0] == 10
         assert outside.read_bytes() == b"y" * 5000
-    assert backend.open_folder("chunks/zz") is None
+        # a writer's temporary file is told apart from the objects
+        with open(backend.path("chunks/aa/aa05") + f".123-ab{LocalBackend.TMP_SUFFIX}", "wb"):
+            pass
+        objects, temporaries = folder.names()
+        assert sorted(objects) == ["aa02", "sub"]
+        assert temporaries == [f"aa05.123-ab{LocalBackend.TMP_SUFFIX}"]
+    folder.close()                                    # a second close is harmless
+    trash.close()
+    os.fstat(1)                                       # (and closed nothing else)
+    assert backend.open_folder("chunks/zz") is None   # not there: not made
+    assert not os.path.exists(backend.path("chunks/zz"))
+    assert backend.open_folder("trash/b1/aa01") is None   # a file is no folder
 
 
 def test_empty_folders_go_after_a_sweep_and_can_be_written_again(backend):
