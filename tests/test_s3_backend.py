@@ -442,9 +442,13 @@ def test_a_ranged_read_without_a_content_range_is_its_own_size(backend, store_):
         backend.head("chunks/aa/aa1", 36)
 
 
-def test_rename_copies_then_deletes(backend):
+def test_rename_copies_then_deletes(backend, store_):
     backend.put("chunks/aa/aa1", b"payload")
+    assert backend.retention() is None
+    store_.relay.reset()
     backend.rename("chunks/aa/aa1", "trash/b1/chunks/aa/aa1")
+    # a copy and a delete, no HEAD: prune moves every condemned object this way
+    assert [m for m, _ in store_.relay.requests] == ["PUT", "DELETE"]
     assert backend.get("trash/b1/chunks/aa/aa1") == b"payload"
     assert not backend.exists("chunks/aa/aa1")
     assert set(backend.list("")) == {"trash/b1/chunks/aa/aa1"}
