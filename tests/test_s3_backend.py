@@ -355,6 +355,23 @@ def test_a_chunk_listing_of_more_than_a_page_is_taken_per_shard(backend, store_)
     assert store_.relay.requests == []           # taken once
 
 
+def test_repositories_sharing_a_bucket_see_only_their_own_chunks(store_):
+    """Two repositories under prefixes of the same length in one bucket: a chunk stored by
+    one is not taken for stored by the other (its backup would name a chunk it lacks)."""
+    bucket = store_.bucket()
+    one = S3Backend(bucket, "r1/", client=store_.client())
+    two = S3Backend(bucket, "r2/", client=store_.client(attempts=1))
+    one.put("chunks/aa/aa01", b"only in r1")
+    two.put("indexes/aa/aa02", b"r2 has no chunk")
+    assert one.exists("chunks/aa/aa01")
+    assert not two.exists("chunks/aa/aa01") and two._listing == {}
+    again = S3Backend(bucket, "r2/", client=store_.client(attempts=1))
+    store_.relay.fail(500, "InternalError")
+    with pytest.raises(StorageUnavailable) as failed:
+        again.exists("chunks/aa/aa01")
+    assert str(failed.value) == f"S3 failed to list s3://{bucket}/r2/chunks/: InternalError: injected"
+
+
 def test_background_uploads_are_visible_after_sync_and_their_failure_stops_the_writer(store_):
     backend = S3Backend(store_.bucket(), "r", client=store_.client(attempts=1), uploads=2)
     blobs = {f"chunks/{i:02x}/{i:02x}aa": os.urandom(1000 + i) for i in range(12)}
