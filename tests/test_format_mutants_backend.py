@@ -327,6 +327,9 @@ def test_an_open_folder_names_what_is_missing_and_follows_no_link(backend, tmp_p
     assert backend.open_folder("chunks/zz") is None   # not there: not made
     assert not os.path.exists(backend.path("chunks/zz"))
     assert backend.open_folder("trash/b1/aa01") is None   # a file is no folder
+    with pytest.raises(ObjectMissing) as info:           # and a folder is no object
+        backend.head("chunks/aa", 36)
+    assert info.value.name == "chunks/aa"
 
 
 def test_empty_folders_go_after_a_sweep_and_can_be_written_again(backend):
