@@ -754,6 +754,11 @@ def test_a_delete_in_a_versioned_bucket_removes_every_version_and_marker(store_)
     with pytest.raises(ObjectMissing) as missing:
         backend.delete("leases/l2")
     assert missing.value.name == "leases/l2"
+    backend.put("leases/l3", b"x")
+    store_.relay.fail(500, "InternalError", 3)
+    with pytest.raises(StorageUnavailable) as failed:
+        backend.delete("leases/l3")
+    assert str(failed.value) == f"S3 failed to list s3://{backend.bucket}/repo/leases/l3: InternalError: injected"
 
 
 def test_a_batch_delete_in_a_versioned_bucket_takes_every_page_of_versions(store_):
@@ -994,6 +999,8 @@ def test_a_repository_is_created_on_s3_only_where_nothing_is(s3_env):
     written = s3_env.admin.list_objects_v2(Bucket=bucket, Prefix="r1/")["Contents"]
     assert sorted(o["Key"] for o in written) == ["r1/config", "r1/keys/repokey"]
     assert repo.chunk_size == 64 << 10 and repo.config.cipher == "aes-256-gcm"
+    assert repo.location == location
+    assert [slot.kdf for slot in repo.key_store().slots] == [KDF]     # the parameters asked for
     with pytest.raises(RepositoryExists, match=f"^{location} already exists and is not empty$"):
         Repository.init(location, b"pw", kdf=KDF, chunk_size=64 << 10)
     # a chunk stored is found by the listing (whole or absent on S3), a missing one is not
