@@ -318,6 +318,10 @@ def test_listing_is_recursive_below_its_folder_and_complete_past_a_page(backend,
     assert all(abs(mtime / 1e9 - dt.datetime.now().timestamp()) < 3600 for _, mtime in stat.values())
     assert set(backend.list("indexes")) == {"indexes/aa/aa1"}
     assert list(backend.list("nothing")) == []
+    store_.relay.fail(500, "InternalError", 3)
+    with pytest.raises(StorageUnavailable) as failed:
+        list(backend.list("indexes"))
+    assert str(failed.value) == f"S3 failed to list s3://{backend.bucket}/some/repo/indexes: InternalError: injected"
     # one DeleteObjects per 1000 names; a name already gone is no failure
     victims = [n for n in names if n.startswith("chunks/01/")] + ["chunks/01/01ffffff"]
     store_.relay.reset()
