@@ -502,6 +502,22 @@ def test_indexes_and_manifests_are_read_from_the_store_once_per_host(backend, st
     again.close()
 
 
+def test_without_a_host_cache_every_read_asks_the_store(store_, monkeypatch):
+    monkeypatch.setenv("REPOFS_CACHE_DIR", "none")
+    backend = S3Backend(store_.bucket(), "", client=store_.client())
+    assert backend.cache is None
+    backend.put("indexes/ab/ab12", b"index")
+    store_.relay.reset()
+    assert backend.get("indexes/ab/ab12") == b"index" and backend.get("indexes/ab/ab12") == b"index"
+    assert [m for m, _ in store_.relay.requests] == ["GET", "GET"]
+    # a refused read of the retention object is a refusal, named, not "no retention"
+    fresh = S3Backend(backend.bucket, "", client=store_.client())
+    store_.relay.fail(403, "AccessDenied")
+    with pytest.raises(StorageAccessDenied) as denied:
+        fresh.retention()
+    assert str(denied.value).startswith(f"S3 refused to read s3://{backend.bucket}/object-lock: AccessDenied")
+
+
 def test_the_cache_keeps_only_names_of_the_formats_shape(tmp_path, monkeypatch):
     cache = _ObjectCache(str(tmp_path / "c"))
     for name in ("indexes/../../etc/x", "indexes/AB", "indexes/", "manifests/a b", "config",
