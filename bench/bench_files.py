@@ -309,6 +309,7 @@ def main() -> None:
     os.makedirs(args.workdir or "/var/tmp", exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="bench-files-", dir=args.workdir or "/var/tmp"))
     (work / "pw").write_text(PASS + "\n")
+    (work / "pw").chmod(0o600)
     if args.cold_walk:
         image = Path(args.image) if args.image else work / "disk.img"
         try:
