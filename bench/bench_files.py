@@ -242,12 +242,16 @@ def timed_find(where: Path) -> tuple[float, int]:
     return time.monotonic() - t, out.count(b"\n")
 
 
-def cold_walk(trees: list[str], work: Path, image: Path, rounds: int) -> None:
-    """The issue's cold walk of a loop-mounted guest through a plain mount, per tree and round."""
+def cold_walk(trees: list[str], work: Path, image: Path, rounds: int, keep: Path | None = None) -> None:
+    """The issue's cold walk of a loop-mounted guest through a plain mount, per tree and round.
+    ``keep``: each tree's repository is kept there (and reused when present: backed up
+    beforehand, the measured part is only mounts and walks)."""
     repos = {}
     for i, tree in enumerate(trees):
-        repo = repos[tree] = work / f"repo{i}"
+        repo = repos[tree] = (keep or work) / f"repo{i}"
         env = tree_env(tree, work)
+        if keep is not None and (repo / "config").exists():
+            continue
         subprocess.run([PY, "-m", "repofs.cli", "init", "-r", str(repo)], env=env, cwd=tree, check=True,
                        capture_output=True)
         subprocess.run([PY, "-m", "repofs.cli", "backup", f"file:{image}", "--vm", VM, "-r", str(repo)],
@@ -285,6 +289,8 @@ def cold_walk(trees: list[str], work: Path, image: Path, rounds: int) -> None:
             print(f"round {rnd} {tree}: find | wc -l = {n1} / {n2} entries; first walk (fresh mount) "
                   f"{first:.3f} s, again (page cache dropped) {again:.3f} s", flush=True)
     for tree, rows in figures.items():
+        if not rows:
+            continue
         print(f"median of {rounds} rounds {tree}: first {statistics.median(r[0] for r in rows):.3f} s, "
               f"again {statistics.median(r[1] for r in rows):.3f} s", flush=True)
 
@@ -302,6 +308,7 @@ def main() -> None:
     ap.add_argument("--trees", nargs="+", default=[str(ROOT)], help="--cold-walk: checkouts to compare")
     ap.add_argument("--rounds", type=int, default=2, help="--cold-walk: rounds (default 2)")
     ap.add_argument("--image", default=None, help="--cold-walk: the image, built there if missing, kept")
+    ap.add_argument("--repos", default=None, help="--cold-walk: keep the trees' repositories there, reuse them")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench_files: needs root (loop devices, mounts, drop_caches)")
@@ -318,7 +325,8 @@ def main() -> None:
                 entries = build_image(image, size, args.seed, args.files)
                 print(f"image {size / 2**30:.1f} GiB, {entries} entries, built in {time.monotonic() - t:.0f}s",
                       flush=True)
-            cold_walk([str(Path(t).resolve()) for t in args.trees], work, image, args.rounds)
+            cold_walk([str(Path(t).resolve()) for t in args.trees], work, image, args.rounds,
+                      Path(args.repos) if args.repos else None)
         finally:
             fuse_unmount(work / "mnt")
             shutil.rmtree(work, ignore_errors=True)
