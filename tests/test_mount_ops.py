@@ -442,3 +442,36 @@ def test_a_read_inside_the_metadata_copies_loads_all_of_them(mount_source: Mount
                 assert sum(view.cache.peek(cid) is not None for cid in copies.ids) <= 1
             nursery.cancel_scope.cancel()
     trio.run(main)
+
+
+def test_reads_through_the_metadata_copies_load_no_disk_chunks_ahead(mount_source: MountSource) -> None:
+    # A kernel walking a loop-mounted guest reads inode tables and directories block after
+    # block: a "sequential" stream of the flat file, but served from the copies. Loading the
+    # disk's own chunks ahead of it would be wasted work that pushes the copies out.
+    fetched: list[bytes] = []
+
+    class Recording(Store):
+        def get_chunk(self, cid):
+            fetched.append(cid)
+            return super().get_chunk(cid)
+
+    store = Recording(Repository.open(mount_source.repo, PASSPHRASE))
+    view = RepositoryView(store, 8 << 20)
+    ops = RepofsOperations(view, MountSettings(io_timeout=5, readahead_chunks=4))
+    disk = view.generation("vm1").disk(DISK)
+    copies = disk.index.copies
+    start, length = max(copies.ranges, key=lambda r: r[1])      # the longest copied range
+    assert length >= 4 * 4096
+    image = mount_source.image.read_bytes()
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            ops.attach(nursery)
+            flat = await _lookup_path(ops, "vm1", mount_source.generation, f"{DISK}-flat.vmdk")
+            fh = (await ops.open(flat.st_ino, os.O_RDONLY, None)).fh
+            for off in range(start, start + length - 4096 + 1, 4096):
+                assert await ops.read(fh, off, 4096) == image[off:off + 4096]
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.cancel_scope.cancel()
+    trio.run(main)
+    assert fetched and set(fetched) <= set(copies.ids)
