@@ -34,6 +34,7 @@ import logging
 import os
 import stat
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -231,7 +232,8 @@ class RepofsOperations(pyfuse3.Operations):
         self._nursery: trio.Nursery | None = None
         self._guest = guestfiles.GuestFolders(self.settings.io_timeout, self._read_limiter)
         self._prefills: dict[int, prefill.Prefill | None] = {}   # by flat file inode; None: none/not yet
-        self._copies_loaded: set[DiskView] = set()   # disks whose metadata copies were loaded
+        # disks whose metadata copies were loaded (weak: a generation pruned meanwhile goes)
+        self._copies_loaded: weakref.WeakSet[DiskView] = weakref.WeakSet()
 
     def attach(self, nursery: trio.Nursery) -> None:
         """Background work (read-ahead) runs in ``nursery``; without one there is none."""
