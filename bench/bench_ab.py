@@ -10,8 +10,10 @@ each round — to measure what a change costs or gains. One of:
   itself (page cache dropped first when root), restored file compared with ``cmp``; and the
   machine's fsync'd write speed of the same file size (``dd conv=fsync``) right before each
   restore. The restore's speed is quoted over the disk's size (as dd's) and over its data.
+  ``--restic``: restic's restore of the same image in every round too (page cache dropped).
 - ``--what mount``: ``repofs mount`` of that generation, page cache dropped: 4 KiB random
-  reads of the flat file (p50/p99), a cold sequential read, the daemon's peak RSS.
+  reads of the flat file (p50/p99/p99.9, and how many took over 2 ms), a cold sequential
+  read, the daemon's peak RSS.
 
     flock /tmp/repofs-bench.lock .venv/bin/python bench/bench_ab.py --what backup --size 2G \\
         --workdir /var/tmp OLD_TREE NEW_TREE     # OLD_TREE e.g. `git worktree add ../base COMMIT`
@@ -42,7 +44,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_mount import random_reads, sequential, unmount  # noqa: E402
+from bench_mount import random_latencies, sequential, unmount  # noqa: E402
 from dataset import change_list, make_image, parse_size  # noqa: E402
 from measure import PY, drop_caches, run, wait_for, warm  # noqa: E402
 
@@ -183,10 +185,31 @@ def ab_backup(trees: list[str], work: str, img: str, rounds: int, cold_parent: b
               f"{iw:.2f} s, {ic:.3f} CPU s{ratio}", flush=True)
 
 
-def ab_restore(trees: list[str], work: str, img: str, rounds: int) -> None:
+def restic_restore(work: str, img: str) -> None:
+    """``restic restore`` of ``img`` (backed up once, encrypted as ours), page cache dropped
+    first, in the same round as the trees' restores: the peer of the restore target."""
+    env = dict(os.environ, RESTIC_PASSWORD="bench")
+    repo, out = os.path.join(work, "restic"), os.path.join(work, "restic-out")
+    if not os.path.isdir(repo):
+        subprocess.run(["restic", "init", "-q", "-r", repo], env=env, check=True, capture_output=True)
+        subprocess.run(["restic", "backup", "-q", "-r", repo, img], env=env, check=True, capture_output=True)
+    shutil.rmtree(out, ignore_errors=True)
+    if root():
+        drop_caches()
+    r = run(["restic", "restore", "-q", "-r", repo, "latest", "--target", out], env=env)
+    restored = os.path.join(out, img.lstrip("/"))
+    same = subprocess.run(["cmp", img, restored], capture_output=True).returncode == 0
+    print(f"  restic restore {r.wall:.2f} s = {os.path.getsize(img) / r.wall / 1e6:.0f} MB/s of disk, "
+          f"{r.cpu:.2f} CPU s, {r.rss_mib:.0f} MiB; restored = source: {'yes' if same else 'NO'}", flush=True)
+    shutil.rmtree(out, ignore_errors=True)
+
+
+def ab_restore(trees: list[str], work: str, img: str, rounds: int, restic: bool = False) -> None:
     repos = backed_up(trees, work, img)
     size = os.path.getsize(img)
     for rnd in range(1, rounds + 1):
+        if restic:
+            restic_restore(work, img)
         for tree in trees:
             # the machine's speed right before each restore: on a shared machine it moves by
             # 2x within a minute, and a figure from another moment would judge the noise
@@ -237,7 +260,10 @@ def ab_mount(trees: list[str], work: str, img: str, rounds: int, extra: list[str
                 cli(tree, "mount", *extra, repos[tree], str(mnt))
                 flat = mnt / VM / "latest" / f"{stem}-flat.vmdk"
                 wait_for(flat)
-                _iops, p50, p99 = random_reads(flat, offsets)
+                _wall, lat = random_latencies(flat, offsets)
+                q = statistics.quantiles(lat, n=1000)
+                p50, p99, p999 = q[499] * 1e3, q[989] * 1e3, q[998] * 1e3
+                slow = sum(t > 0.002 for t in lat)
                 unmount(mnt)
                 drop_caches()
                 cli(tree, "mount", *extra, repos[tree], str(mnt))
@@ -246,7 +272,8 @@ def ab_mount(trees: list[str], work: str, img: str, rounds: int, extra: list[str
                 rss, peak = daemon_rss(mnt)
             finally:
                 unmount(mnt)
-            print(f"round {rnd} {tree}: cold random 4 KiB p50 {p50:.2f} ms p99 {p99:.2f} ms; cold sequential "
+            print(f"round {rnd} {tree}: cold random 4 KiB p50 {p50:.2f} ms p99 {p99:.2f} ms p99.9 {p999:.2f} ms "
+                  f"({slow} of {len(lat)} reads over 2 ms); cold sequential "
                   f"{mbs:.0f} MB/s; daemon RSS {rss:.0f} MiB (peak {peak:.0f})", flush=True)
 
 
@@ -259,6 +286,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--mount-option", action="append", default=[], help="extra `repofs mount` option")
+    ap.add_argument("--restic", action="store_true",
+                    help="restore: also restic's restore of the same image in every round (the peer)")
     ap.add_argument("--cold-parent", action="store_true",
                     help="backup: the full backup's chunks out of the page cache before the incremental")
     ap.add_argument("--no-bytecode-cache", action="store_true",
@@ -278,7 +307,7 @@ def main() -> None:
         if a.what == "backup":
             ab_backup(trees, work, img, a.rounds, a.cold_parent)
         elif a.what == "restore":
-            ab_restore(trees, work, img, a.rounds)
+            ab_restore(trees, work, img, a.rounds, a.restic)
         else:
             ab_mount(trees, work, img, a.rounds, a.mount_option)
     finally:

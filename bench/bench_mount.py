@@ -82,8 +82,8 @@ def sequential(path: Path) -> float:
     return total / (time.monotonic() - t0) / 1e6
 
 
-def random_reads(path: Path, offsets: list[int]) -> tuple[float, float, float]:
-    """(IOPS, p50 ms, p99 ms) of 4 KiB preads at ``offsets``."""
+def random_latencies(path: Path, offsets: list[int]) -> tuple[float, list[float]]:
+    """(wall seconds, each read's seconds) of 4 KiB preads at ``offsets``, one after another."""
     lat = []
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -95,6 +95,12 @@ def random_reads(path: Path, offsets: list[int]) -> tuple[float, float, float]:
         wall = time.monotonic() - t0
     finally:
         os.close(fd)
+    return wall, lat
+
+
+def random_reads(path: Path, offsets: list[int]) -> tuple[float, float, float]:
+    """(IOPS, p50 ms, p99 ms) of 4 KiB preads at ``offsets``."""
+    wall, lat = random_latencies(path, offsets)
     q = statistics.quantiles(lat, n=100)
     return len(offsets) / wall, q[49] * 1e3, q[98] * 1e3
 

@@ -1,7 +1,7 @@
 """vSphere restore benchmark: ``repofs restore vm:NAME`` (test vCenter + VDDK stand-in) beside
 ``repofs restore vm:NAME --to-dir`` of the same generation, same run.
 
-    python bench/bench_vsphere_restore.py --size 1G [--workdir /var/tmp] [--runs 2] [--in-process]
+    python bench/bench_vsphere_restore.py --size 1G [--workdir /var/tmp] [--runs 2] [--in-process] [--image IMG]
 
 The data set is bench/dataset.py's disk image (GPT + ext4, 60% filled with text, binaries,
 media and duplicates, the rest holes). It becomes the flat extent of a simulated VM's disk and is
@@ -43,13 +43,19 @@ def main() -> None:
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--threads", type=int, default=4, help="repofs restore --threads (vSphere side)")
     ap.add_argument("--in-process", action="store_true", help="also measure VixDiskLib in-process")
+    ap.add_argument("--image", default=None, help="an existing data set image (bench/dataset.py); --size is its size")
     a = ap.parse_args()
-    size = parse_size(a.size)
+    size = parse_size(a.size) if a.image is None else os.path.getsize(a.image)
     size -= size % MiB
     work = Path(tempfile.mkdtemp(prefix="repofs-vsrbench-", dir=a.workdir))
     try:
         img = str(work / "disk.img")
-        make_image(img, size)
+        if a.image is not None:
+            with open(img, "wb") as f:
+                f.truncate(size)
+            copy_sparse(a.image, img)
+        else:
+            make_image(img, size)
         allocated = os.stat(img).st_blocks * 512
         libdir = build_standin()
         env = dict(os.environ, PYTHONPATH=str(ROOT))

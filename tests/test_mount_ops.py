@@ -14,7 +14,7 @@ import pytest
 import trio
 import trio.testing
 
-from fixtures_mount import PASSPHRASE, backup_image, make_repo
+from fixtures_mount import DISK, PART_OFFSET, PASSPHRASE, MountSource, backup_image, make_repo
 from format.repository import Repository, chunk_name
 from repofs.mount.fusefs import MountSettings, RepofsOperations
 from repofs.view.tree import RepositoryView
@@ -407,3 +407,71 @@ def test_a_read_over_several_chunks_fetches_them_at_once(dense_env) -> None:
             nursery.cancel_scope.cancel()
     trio.run(main)
     assert store.most_waiting == 5
+
+
+@pytest.mark.parametrize("cache_mib", [8, 1], ids=["copies-fit", "copies-too-large"])
+def test_a_read_inside_the_metadata_copies_loads_all_of_them(mount_source: MountSource, cache_mib: int) -> None:
+    # A loop-mounted guest file system starts with its superblock (inside the copies) and then
+    # walks them one small read after another: the first such read loads every copy chunk in
+    # the background — unless the copies would take more than a quarter of the cache.
+    store = Store(Repository.open(mount_source.repo, PASSPHRASE))
+    view = RepositoryView(store, cache_mib << 20)
+    ops = RepofsOperations(view, MountSettings(io_timeout=5))
+    disk = view.generation("vm1").disk(DISK)
+    copies = disk.index.copies
+    assert copies is not None and len(copies.ids) > 2
+    image = mount_source.image.read_bytes()
+    last_off, last_len = copies.ranges[-1]
+    assert (copies.stream_size <= view.cache.max_bytes // 4) is (cache_mib == 8)
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            ops.attach(nursery)
+            flat = await _lookup_path(ops, "vm1", mount_source.generation, f"{DISK}-flat.vmdk")
+            fh = (await ops.open(flat.st_ino, os.O_RDONLY, None)).fh
+            assert await ops.read(fh, PART_OFFSET, 4096) == image[PART_OFFSET:PART_OFFSET + 4096]
+            if copies.stream_size <= view.cache.max_bytes // 4:
+                with trio.fail_after(10):
+                    while any(view.cache.peek(cid) is None for cid in copies.ids):
+                        await trio.sleep(0.01)
+                reads = store.chunk_reads
+                assert await ops.read(fh, last_off, last_len) == image[last_off:last_off + last_len]
+                assert store.chunk_reads == reads       # served from what was loaded
+            else:
+                await trio.testing.wait_all_tasks_blocked()
+                assert sum(view.cache.peek(cid) is not None for cid in copies.ids) <= 1
+            nursery.cancel_scope.cancel()
+    trio.run(main)
+
+
+def test_reads_through_the_metadata_copies_load_no_disk_chunks_ahead(mount_source: MountSource) -> None:
+    # A kernel walking a loop-mounted guest reads inode tables and directories block after
+    # block: a "sequential" stream of the flat file, but served from the copies. Loading the
+    # disk's own chunks ahead of it would be wasted work that pushes the copies out.
+    fetched: list[bytes] = []
+
+    class Recording(Store):
+        def get_chunk(self, cid):
+            fetched.append(cid)
+            return super().get_chunk(cid)
+
+    store = Recording(Repository.open(mount_source.repo, PASSPHRASE))
+    view = RepositoryView(store, 8 << 20)
+    ops = RepofsOperations(view, MountSettings(io_timeout=5, readahead_chunks=4))
+    disk = view.generation("vm1").disk(DISK)
+    copies = disk.index.copies
+    start, length = max(copies.ranges, key=lambda r: r[1])      # the longest copied range
+    assert length >= 4 * 4096
+    image = mount_source.image.read_bytes()
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            ops.attach(nursery)
+            flat = await _lookup_path(ops, "vm1", mount_source.generation, f"{DISK}-flat.vmdk")
+            fh = (await ops.open(flat.st_ino, os.O_RDONLY, None)).fh
+            for off in range(start, start + length - 4096 + 1, 4096):
+                assert await ops.read(fh, off, 4096) == image[off:off + 4096]
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.cancel_scope.cancel()
+    trio.run(main)
+    assert fetched and set(fetched) <= set(copies.ids)

@@ -12,6 +12,7 @@ import os
 import pathlib
 import random
 import signal
+import subprocess
 import threading
 from typing import Iterator
 
@@ -326,3 +327,50 @@ def test_ctrl_c_at_the_terminal_does_not_kill_the_worker(iso: vddk.IsolatedLibra
         os.kill(iso.pid, signal.SIGINT)
         buf = bytearray(2 * MiB)
         assert disk.read_into(0, buf) == 2 * MiB and buf == data
+
+
+def _cached_bytes(path: pathlib.Path) -> int:
+    """Bytes of ``path`` in the page cache (util-linux fincore)."""
+    out = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)],
+                         capture_output=True, text=True, check=True).stdout
+    return int(out.split()[0])
+
+
+def _uncached(path: pathlib.Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("unbuffered", [True, False], ids=["unbuffered", "buffered"])
+def test_unbuffered_open_writes_past_the_page_cache(iso: vddk.IsolatedLibrary, standin: Standin,
+                                                    unbuffered: bool) -> None:
+    # The stand-in honours VIXDISKLIB_FLAG_OPEN_UNBUFFERED as a host that does not cache for
+    # the caller: aligned I/O with O_DIRECT, unaligned I/O through the cache; bytes exact both ways.
+    size = 8 * MiB
+    original = _random(size, 40)
+    path = standin.disk("u.vmdk", size, original)
+    flat = standin.datastore / "u-flat.vmdk"
+    _uncached(flat)
+    data, tail = _random(4 * MiB, 41), _random(1000, 42)
+    expected = bytearray(original)
+    expected[MiB:5 * MiB] = data
+    with iso.connect(standin.params(), read_only=False, transports="nbd") as conn, \
+            conn.open(path, read_only=False, unbuffered=unbuffered) as disk:
+        buf = disk.buffer(4 * MiB)
+        buf[:] = data
+        assert disk.write_from(MiB, buf) == 4 * MiB
+        disk.flush()
+        del buf
+        assert (_cached_bytes(flat) == 0) is unbuffered
+        assert disk.read(MiB, 4 * MiB) == data
+        assert (_cached_bytes(flat) == 0) is unbuffered
+        # a piece that is not whole pages: written through the page cache, still exact
+        disk.write_from(7 * MiB + 512, tail + bytes(24))
+        expected[7 * MiB + 512:7 * MiB + 512 + 1024] = tail + bytes(24)
+        disk.flush()
+        assert disk.read(0, size) == expected
+    assert flat.read_bytes() == expected

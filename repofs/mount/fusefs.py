@@ -20,6 +20,8 @@ on). A sequential reader of a handle triggers read-ahead of the next chunks in b
 threads, as deep as that reader needs (``view.readahead.Window``: deeper while it still
 waits for storage, up to ``readahead_limit``); the chunks of one read that spans several are
 loaded in parallel. A damaged chunk fails the reads that touch it with EIO, logged once per chunk.
+The first uncached read inside a disk's metadata copies (a guest file system mounted or
+walked through a loop device) loads all of the copies into the cache in the background.
 With ``prefill`` (buffered flat files only), the guests' ext metadata is pushed into a flat
 file's page cache after the first READ that misses it (``repofs.mount.prefill``).
 """
@@ -32,6 +34,7 @@ import logging
 import os
 import stat
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -229,6 +232,8 @@ class RepofsOperations(pyfuse3.Operations):
         self._nursery: trio.Nursery | None = None
         self._guest = guestfiles.GuestFolders(self.settings.io_timeout, self._read_limiter)
         self._prefills: dict[int, prefill.Prefill | None] = {}   # by flat file inode; None: none/not yet
+        # disks whose metadata copies were loaded (weak: a generation pruned meanwhile goes)
+        self._copies_loaded: weakref.WeakSet[DiskView] = weakref.WeakSet()
 
     def attach(self, nursery: trio.Nursery) -> None:
         """Background work (read-ahead) runs in ``nursery``; without one there is none."""
@@ -514,6 +519,7 @@ class RepofsOperations(pyfuse3.Operations):
         self._note_access(handle, disk, off, max(0, min(size, disk.capacity - off)), waits=data is None)
         if data is None:
             self._load_rest(disk, off, size)
+            self._load_copies(disk, off, size)
             data = await self._in_thread(disk.read, self._read_limiter, node, off, size)
         pre = self._prefills.get(node.inode)
         if pre is not None and self._nursery is not None and pre.wants(off, size):
@@ -572,6 +578,12 @@ class RepofsOperations(pyfuse3.Operations):
         stream = handle.advance(off, length)
         if self._nursery is None or self._window.start <= 0 or stream.streak < 1:
             return
+        if disk.copied(off, length):
+            # served from the guests' metadata copies: a file system reading its inode
+            # tables or directories block after block (a loop-mounted walk), not a stream of
+            # the disk's data — loading the disk's chunks ahead of it would only push the
+            # copies out of the cache (a walk of 80,000 files loaded ~1,800 chunks so)
+            return
         current = (off + length - 1) // disk.chunk_size
         if stream.depth == 0:
             stream.depth = self._window.start
@@ -594,6 +606,26 @@ class RepofsOperations(pyfuse3.Operations):
             return
         for n in self._read_ahead.claim(disk, numbers[1:]):
             self._nursery.start_soon(self._prefetch, disk, n)
+
+    def _load_copies(self, disk: DiskView, off: int, size: int) -> None:
+        """A read inside the guests' metadata copies that is not cached (a kernel mounting or
+        walking the guest file system through a loop device, one small read after another):
+        load every chunk of the copies in the background, once per disk, so that the walk's
+        reads find them cached instead of each waiting for the next one. Only when the copies
+        take at most a quarter of the cache (a few MiB for 100,000 files)."""
+        if self._nursery is None or disk in self._copies_loaded or not disk.copied(off, size):
+            return
+        self._copies_loaded.add(disk)
+        for k in disk.copies_to_load(self.view.cache.max_bytes // 4):
+            self._nursery.start_soon(self._load_copy, disk, k)
+
+    async def _load_copy(self, disk: DiskView, k: int) -> None:
+        try:
+            with trio.move_on_after(self.settings.io_timeout):
+                await trio.to_thread.run_sync(disk.load_copy, k, abandon_on_cancel=True,
+                                              limiter=self._ra_limiter)
+        except Exception as e:  # advisory, like read-ahead: the read reports errors
+            log.debug("loading copy chunk %d of disk %s failed: %s", k, disk.label, e)
 
     async def _build_prefill(self, node: Node) -> None:
         """In the background: the metadata of the flat file's ext volumes (``repofs.mount.prefill``)."""

@@ -25,6 +25,7 @@ from typing import Callable, Iterator, Protocol
 
 from format.errors import CorruptObject, GenerationNotFound, ObjectMissing
 from format.fixedindex import FixedIndex
+from format.idtable import HOLE
 from format.manifest import DiskEntry, Manifest
 
 from .chunkcache import DEFAULT_CACHE_BYTES, ChunkCache
@@ -198,6 +199,23 @@ class DiskView:
                 parts.append(data if inner == 0 and take == len(data) else data[inner:inner + take])
             pos += take
         return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def copies_to_load(self, budget: int) -> list[int]:
+        """The stream chunks of the index's copies (the guests' metadata) that are stored and
+        not cached; none when the whole stream is larger than ``budget`` bytes."""
+        copies = self.index.copies
+        if copies is None or copies.stream_size > budget:
+            return []
+        peek = self.gen.repo.cache.peek
+        return [k for k, cid in enumerate(copies.ids) if cid != HOLE and peek(cid) is None]
+
+    def load_copy(self, k: int) -> None:
+        """Load stream chunk ``k`` of the copies into the cache (read-ahead: a damaged one is
+        reported by the read that needs it, which then reads the disk's own chunks)."""
+        try:
+            self._stream_chunk(k)
+        except DiskReadError:
+            pass
 
     def chunks_for(self, offset: int, size: int) -> range:
         end = min(offset + size, self.capacity)

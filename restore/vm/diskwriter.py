@@ -88,9 +88,11 @@ class _State:
 
 
 def write_disks(conn: Any, jobs: list[DiskJob], *, threads: int = 4,
-                progress: Progress | None = None, read_back: bool = False) -> list[WrittenDisk]:
+                progress: Progress | None = None, read_back: bool = False,
+                unbuffered: bool = False) -> list[WrittenDisk]:
     """Write every job's extents; ``read_back``: read each written piece back through
-    VixDiskLib and compare (``DiskWriteFailed`` on a difference) — twice the I/O."""
+    VixDiskLib and compare (``DiskWriteFailed`` on a difference) — twice the I/O;
+    ``unbuffered``: open the disks with VIXDISKLIB_FLAG_OPEN_UNBUFFERED (NBD only)."""
     threads = max(1, min(MAX_THREADS, threads))
     state = _State(jobs, progress)
     state.read_back = read_back
@@ -99,7 +101,7 @@ def write_disks(conn: Any, jobs: list[DiskJob], *, threads: int = 4,
     try:
         for job in jobs:
             try:
-                opened.append((job, conn.open(job.path, read_only=False)))
+                opened.append((job, conn.open(job.path, read_only=False, unbuffered=unbuffered)))
             except Exception as e:
                 raise DiskWriteFailed(STEP, f"cannot open {job.label} ({job.path}) for writing: {e}",
                                       label=job.label, offset=0, cause=e) from e

@@ -169,7 +169,7 @@ def restore_fcd(session: Session, source: GenerationSource, options: RestoreOpti
         with lib.prepared(params, IDENTITY), \
                 lib.connect(params, read_only=False, transports=options.session.transports) as conn:
             result.disks = write_disks(conn, [DiskJob(reader.label, result.path, reader)],
-                                       threads=options.workers)
+                                       threads=options.workers, unbuffered=options.session.unbuffered)
         result.steps.append("write")
     except BaseException as e:
         err = e if isinstance(e, RestoreError) else StepFailed("write", str(e), cause=e)

@@ -410,7 +410,8 @@ class _Restore:
             try:
                 self.result.disks = write_disks(conn, jobs, threads=self.plan.options.workers,
                                                 progress=self.progress,
-                                                read_back=self.plan.options.verify_written)
+                                                read_back=self.plan.options.verify_written,
+                                                unbuffered=self.plan.options.session.unbuffered)
                 if self.plan.options.recover_identity:
                     self._disk_uuids(conn, jobs)
             except DiskWriteFailed:

@@ -25,6 +25,14 @@ class SessionOptions:
     vddk_libdir: str | None = None
     vddk_isolated: bool = True
 
+    @property
+    def unbuffered(self) -> bool:
+        """Whether disks are opened with VIXDISKLIB_FLAG_OPEN_UNBUFFERED: only NBD is asked
+        for, where the host's own caching slows reads and writes (ESXi 7.0U2 and later); the
+        flag would slow hotadd."""
+        modes = [m for m in self.transports.lower().split(":") if m]
+        return bool(modes) and all(m in ("nbd", "nbdssl") for m in modes)
+
 
 @dataclass(frozen=True)
 class BackupOptions:

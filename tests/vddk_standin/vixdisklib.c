@@ -8,10 +8,15 @@
  * opens absolute paths. Faults (failed reads/writes, slowness, dropped connections) are
  * injected by configuration, and every I/O can be recorded in a stats file.
  *
+ * A disk opened with VIXDISKLIB_FLAG_OPEN_UNBUFFERED is read and written with O_DIRECT where
+ * the buffer, offset and length allow it (4 KiB aligned), as a host that does not cache for
+ * the caller: the writes of a restore then cost this machine no page-cache copy and no
+ * writeback at Flush, as they would not cost the backup host on a real ESXi.
+ *
  * Limits: monolithicFlat descriptors with one FLAT extent; Create makes only those; no SAN or
  * hotadd (their names are listed, never chosen); no async I/O.
  */
-#define _GNU_SOURCE /* SEEK_DATA, SEEK_HOLE */
+#define _GNU_SOURCE /* SEEK_DATA, SEEK_HOLE, O_DIRECT */
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -53,6 +58,7 @@ struct standin_disk {
     char *path;                /* the local descriptor path */
     char *ctk_path;
     int fd;
+    int dfd;                   /* the same file with O_DIRECT (unbuffered opens), or -1 */
     int read_only;
     uint64_t sectors;
     uint64_t base;             /* byte offset of the extent in the flat file */
@@ -498,6 +504,8 @@ static void free_disk(struct standin_disk *d)
 {
     if (d->fd >= 0)
         close(d->fd);
+    if (d->dfd >= 0)
+        close(d->dfd);
     descriptor_free(&d->desc);
     pthread_mutex_destroy(&d->meta_lock);
     free(d->path);
@@ -513,6 +521,7 @@ static VixError open_locked(struct standin_conn *c, const char *path, uint32_t f
     if (d == NULL)
         return VIX_E_OUT_OF_MEMORY;
     d->fd = -1;
+    d->dfd = -1;
     pthread_mutex_init(&d->meta_lock, NULL);
     VixError e = map_path(c, path, &d->path);
     if (e == VIX_OK)
@@ -549,6 +558,9 @@ static VixError open_locked(struct standin_conn *c, const char *path, uint32_t f
         if (d->fd < 0)
             e = errno == ENOENT ? VIX_E_FILE_NOT_FOUND
                 : errno == EACCES || errno == EROFS ? VIX_E_FILE_READ_ONLY : VIX_E_FILE_ERROR;
+        /* A file system without O_DIRECT (tmpfs) refuses the open: buffered I/O then. */
+        else if (flags & VIXDISKLIB_FLAG_OPEN_UNBUFFERED)
+            d->dfd = open(flat, (d->read_only ? O_RDONLY : O_RDWR) | O_DIRECT | O_CLOEXEC);
     }
     free(flat);
     if (e != VIX_OK) {
@@ -593,6 +605,18 @@ EXPORT VixError VixDiskLib_Open(const VixDiskLibConnection connection, const cha
     stat_line("open %s %u %s", d->path, flags, d->transport);
     *handle = d;
     return VIX_OK;
+}
+
+#define DIRECT_ALIGN 4096 /* the largest logical block size O_DIRECT may require */
+
+/* The descriptor for I/O of ``len`` bytes at ``buf`` and file offset ``off``: the O_DIRECT one
+ * when the disk has it and all three are aligned, else the buffered one. */
+static int io_fd(const struct standin_disk *d, const void *buf, off_t off, size_t len)
+{
+    if (d->dfd >= 0 && (uintptr_t)buf % DIRECT_ALIGN == 0 && off % DIRECT_ALIGN == 0 &&
+        len % DIRECT_ALIGN == 0)
+        return d->dfd;
+    return d->fd;
 }
 
 static int valid_disk(const struct standin_disk *d)
@@ -745,7 +769,8 @@ EXPORT VixError VixDiskLib_Read(VixDiskLibHandle handle, uint64_t startSector, u
     size_t len = numSectors * VIXDISKLIB_SECTOR_SIZE, done = 0;
     off_t off = (off_t)(handle->base + startSector * VIXDISKLIB_SECTOR_SIZE);
     while (done < len) {
-        ssize_t r = pread(handle->fd, readBuffer + done, len - done, off + (off_t)done);
+        ssize_t r = pread(io_fd(handle, readBuffer + done, off + (off_t)done, len - done),
+                          readBuffer + done, len - done, off + (off_t)done);
         if (r < 0 && errno == EINTR)
             continue;
         if (r < 0)
@@ -798,7 +823,8 @@ EXPORT VixError VixDiskLib_Write(VixDiskLibHandle handle, uint64_t startSector,
     size_t len = numSectors * VIXDISKLIB_SECTOR_SIZE, done = 0;
     off_t off = (off_t)(handle->base + startSector * VIXDISKLIB_SECTOR_SIZE);
     while (done < len) {
-        ssize_t r = pwrite(handle->fd, writeBuffer + done, len - done, off + (off_t)done);
+        ssize_t r = pwrite(io_fd(handle, writeBuffer + done, off + (off_t)done, len - done),
+                           writeBuffer + done, len - done, off + (off_t)done);
         if (r < 0 && errno == EINTR)
             continue;
         if (r <= 0)
