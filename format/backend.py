@@ -19,7 +19,6 @@ import threading
 import time
 from typing import BinaryIO, Iterator, Protocol
 
-from .directwrite import ScratchBuffers, write_new
 from .errors import ObjectMissing, StorageFull
 
 # The C library the interpreter is linked with: its symbols are the process's own (no search
@@ -114,14 +113,6 @@ class LocalBackend:
     def __init__(self, root: str | os.PathLike):
         self.root = os.path.abspath(root)  # a daemon's later chdir("/") must not move it
         self._made_dirs: set[str] = set()
-        self._scratch = ScratchBuffers()
-        self.direct = True   # objects from ``scratch`` written past the page cache (until refused)
-
-    def scratch(self, size: int) -> memoryview:
-        """This thread's page-aligned buffer of at least ``size`` bytes, valid until its next
-        call: an object built in it and given to ``put(..., sync=False)`` is written past the
-        page cache (``format.directwrite``)."""
-        return self._scratch.get(size)
 
     def path(self, name: str) -> str:
         return os.path.join(self.root, *name.split("/"))
@@ -169,8 +160,7 @@ class LocalBackend:
         With ``sync=False`` the file is renamed into place without fsync; the caller must call
         ``sync()`` before anything durable refers to it (ingest does this for chunks, so a
         backup pays one filesystem sync instead of one fsync per chunk); its writeback starts
-        at once: ``data`` built in this thread's ``scratch`` buffer is written past the page
-        cache (``format.directwrite``), other data in the background (``_Writeback``)."""
+        at once, in the background (``_Writeback``)."""
         final = self.path(name)
         directory = os.path.dirname(final)
         self._ensure_dir(directory)
@@ -179,17 +169,13 @@ class LocalBackend:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             handed_over = False
             try:
-                if not sync and self.direct and self._scratch.owns(data):
-                    assert isinstance(data, memoryview)     # (what ``owns`` checked)
-                    self.direct = write_new(fd, data)
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                if sync:
+                    os.fsync(fd)
                 else:
-                    view = memoryview(data)
-                    while view:
-                        view = view[os.write(fd, view):]
-                    if sync:
-                        os.fsync(fd)
-                    else:
-                        handed_over = _writeback.take(fd)
+                    handed_over = _writeback.take(fd)
             finally:
                 if not handed_over:
                     os.close(fd)

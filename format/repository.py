@@ -275,11 +275,7 @@ class Repository:
     def put_chunk(self, cid: bytes, plaintext: bytes | memoryview, *, sync: bool = True) -> int:
         """Seal and store a chunk; returns the stored size. With ``sync=False`` the caller
         calls ``sync()`` before referring to the chunk from an index."""
-        # a local backend's reused page-aligned buffer: no allocation, and the chunk goes to
-        # the disk past the page cache (format/directwrite.py)
-        scratch = None if sync else getattr(self.backend, "scratch", None)
-        out = scratch(self.sealer.sealed_size_max(len(plaintext))) if scratch is not None else None
-        sealed = self.sealer.seal(MAGIC_CHUNK, cid, plaintext, out)
+        sealed = self.sealer.seal(MAGIC_CHUNK, cid, plaintext)
         self.backend.put(chunk_name(cid), sealed, sync=sync)
         return len(sealed)
 

@@ -80,7 +80,7 @@ SAMPLE_MIN = 64 * 1024
 _sampler = threading.local()
 
 
-def worth_compressing(plaintext: bytes | bytearray | memoryview) -> bool:
+def worth_compressing(plaintext: bytes | memoryview) -> bool:
     """Whether a sample of ``plaintext`` compresses well enough to compress all of it."""
     n = len(plaintext)
     if n < SAMPLE_MIN:
@@ -124,27 +124,17 @@ class Sealer:
             d = self._local.d = zstandard.ZstdDecompressor()
         return d
 
-    def sealed_size_max(self, plain_len: int) -> int:
-        """The most bytes the sealed object of ``plain_len`` bytes of plaintext can take (a
-        payload is never stored larger than its plaintext)."""
-        return HEADER.size + plain_len + TAG_SIZE[self._cipher]
-
-    def seal(self, magic: bytes, name: bytes, plaintext: bytes | bytearray | memoryview,
-             out: memoryview | None = None) -> bytearray | memoryview:
+    def seal(self, magic: bytes, name: bytes, plaintext: bytes | memoryview) -> bytearray:
         """``header || payload || tag`` in one buffer: the payload is compressed only when
         that pays (``worth_compressing``), and encrypted straight into the buffer, so a
-        1 MiB chunk is not copied once more to join the header to its ciphertext.
-
-        With ``out`` (at least ``sealed_size_max`` bytes: a caller's reused buffer, e.g. the
-        page-aligned one a chunk is written from past the page cache) the object is built in
-        its first bytes and that slice is returned; nothing is allocated for it."""
-        payload: bytes | bytearray | memoryview = plaintext
+        1 MiB chunk is not copied once more to join the header to its ciphertext."""
+        payload: bytes | memoryview = plaintext
         compression = COMPRESSION_NONE
         if worth_compressing(plaintext):
             compressed = self._compressor().compress(plaintext)
             if len(compressed) < len(plaintext):
                 compression, payload = COMPRESSION_ZSTD, compressed
-        return self._seal_payload(magic, name, compression, len(plaintext), payload, out)
+        return self._seal_payload(magic, name, compression, len(plaintext), payload)
 
     def seal_parts(self, magic: bytes, plain_len: int,
                    parts: Iterable[bytes | bytearray | memoryview]) -> tuple[bytes, bytearray]:
@@ -171,22 +161,12 @@ class Sealer:
         payload = b"".join(out)
         del out
         oid = hasher.digest()
-        sealed = self._seal_payload(magic, oid, COMPRESSION_ZSTD, plain_len, payload)
-        assert isinstance(sealed, bytearray)    # built in a buffer of its own (no ``into``)
-        return oid, sealed
+        return oid, self._seal_payload(magic, oid, COMPRESSION_ZSTD, plain_len, payload)
 
     def _seal_payload(self, magic: bytes, name: bytes, compression: int, plain_len: int,
-                      payload: bytes | bytearray | memoryview,
-                      into: memoryview | None = None) -> bytearray | memoryview:
+                      payload: bytes | memoryview) -> bytearray:
         nonce = secrets.token_bytes(12) if self._aead else ZERO_NONCE
-        size = HEADER.size + len(payload) + TAG_SIZE[self._cipher]
-        out: bytearray | memoryview
-        if into is None:
-            out = bytearray(size)
-        elif len(into) < size:
-            raise ValueError(f"a sealed object of {size} bytes does not fit a buffer of {len(into)}")
-        else:
-            out = into[:size]
+        out = bytearray(HEADER.size + len(payload) + TAG_SIZE[self._cipher])
         HEADER.pack_into(out, 0, magic, VERSION, compression, self._cipher, 0,
                          plain_len, len(payload), nonce)
         aad = bytes(out[:HEADER.size]) + name

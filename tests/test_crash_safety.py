@@ -20,12 +20,11 @@ pytestmark = pytest.mark.slow
 
 # Where a backup is killed: (system call, its n-th call in one thread). Every backup makes
 # these calls (chunk files renamed by the workers; index, manifest and this client's record
-# renamed by the main thread, each put fsynced; one syncfs; the VM lock; a chunk's bytes,
-# written past the page cache or, where the file system refuses that, through it: pwrite
-# either way), so each point is certain to be reached: the kill does not depend on timing.
+# renamed by the main thread, each put fsynced; one syncfs; the VM lock; the writeback hint
+# of a chunk), so each point is certain to be reached: the kill does not depend on timing.
 # strace delivers SIGKILL as the call is entered.
 KILL_POINTS = [("rename", 1), ("rename", 2), ("rename", 3), ("fsync", 1), ("fsync", 2),
-               ("syncfs", 1), ("write", 1), ("flock", 1), ("pwrite64", 1), ("fsync", 3)]
+               ("syncfs", 1), ("write", 1), ("flock", 1), ("sync_file_range", 1), ("fsync", 3)]
 
 
 def killed_at(point: tuple[str, int], argv: list[str], env: dict) -> int:
