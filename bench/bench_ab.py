@@ -88,19 +88,31 @@ def floor_cpu(img: str, level: int = 2) -> tuple[float, float, int]:
     from format.sealed import worth_compressing
     key, aead = secrets.token_bytes(32), AESGCM(secrets.token_bytes(32))
     z = zstandard.ZstdCompressor(level=level, write_content_size=True)
+    def floor(chunk: bytes) -> float:
+        t = time.process_time()
+        blake3.blake3(chunk, key=key).digest()
+        aead.encrypt(bytes(12), z.compress(chunk), b"")
+        return time.process_time() - t
+
+    def decided_floor(chunk: bytes) -> float:
+        t = time.process_time()
+        blake3.blake3(chunk, key=key).digest()
+        aead.encrypt(bytes(12), z.compress(chunk) if worth_compressing(chunk) else chunk, b"")
+        return time.process_time() - t
+
     zero, cpu, decided, total = bytes(MiB), 0.0, 0.0, 0
     with open(img, "rb") as f:
         while chunk := f.read(MiB):
             if chunk == zero[:len(chunk)]:
                 continue
-            t = time.process_time()
-            blake3.blake3(chunk, key=key).digest()
-            aead.encrypt(bytes(12), z.compress(chunk), b"")
-            cpu += time.process_time() - t
-            t = time.process_time()
-            blake3.blake3(chunk, key=key).digest()
-            aead.encrypt(bytes(12), z.compress(chunk) if worth_compressing(chunk) else chunk, b"")
-            decided += time.process_time() - t
+            # the second pass over a chunk finds it in the CPU's caches: each goes first in
+            # turn, or the first would pay for fetching every chunk (measured: ~0.9 CPU s of 3.9)
+            if total // MiB % 2:
+                decided += decided_floor(chunk)
+                cpu += floor(chunk)
+            else:
+                cpu += floor(chunk)
+                decided += decided_floor(chunk)
             total += len(chunk)
     return cpu, decided, total
 
