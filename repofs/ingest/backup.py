@@ -14,9 +14,12 @@ the slot.
 
 Throughput: the calling thread reads; a pool of workers (one per core) hashes, compresses,
 encrypts and writes, with a bounded number of chunks in flight so memory does not grow with
-the disk. Chunks are written without a per-file fsync; one filesystem sync makes them
-durable before the index and the manifest (each fsynced) refer to them. A crash therefore
-leaves, at worst, unreferenced chunks.
+the disk. A local image's whole slots are read into reused page-aligned buffers, past the
+page cache when they are not cached (``directread``); chunks are sealed into the writing
+thread's own aligned buffer and written past the cache (``format.directwrite``). Chunks
+are written without a per-file fsync; one filesystem sync makes them durable before the
+index and the manifest (each fsynced) refer to them. A crash therefore leaves, at worst,
+unreferenced chunks.
 
 A new index never names a chunk the backup has not seen whole. A chunk counts as stored
 only once probed (its header read, its file's size compared with what the header declares:
@@ -33,6 +36,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import mmap
 import os
 import threading
 import time
@@ -46,6 +50,7 @@ from format.manifest import DiskEntry, Manifest
 from format.repository import Repository, chunk_name
 
 from . import metacopy
+from .directread import AlignedBuffers, is_zero
 from .sources import DiskSource, clip_extents
 from repofs.errors import RepofsError
 
@@ -130,16 +135,20 @@ class _DiskIngest:
         self.stop = threading.Event()  # set when another disk failed: give up early
         self.copies_stored = False     # a copy of guest metadata stored a new chunk
         self.written: dict[bytes, int] = {}  # chunk id -> stored size, checked after the sync
+        # whole slots of sources that read into memory of ours (local images): reused,
+        # page-aligned, as many as the reads in flight (``directread``)
+        self.buffers = AlignedBuffers(repo.chunk_size)
 
-    def _store(self, data: bytes, known: set[bytes]) -> tuple[bytes | None, int]:
-        if data == self.zero[:len(data)]:
+    def _store(self, data: bytes | memoryview, known: set[bytes]) -> tuple[bytes | None, int]:
+        if is_zero(data) if isinstance(data, memoryview) else data == self.zero[:len(data)]:
             return None, 0
         cid = self.repo.chunk_id(data)
         if cid in known or self.repo.has_chunk(cid):
             return cid, 0
         return cid, self.repo.put_chunk(cid, data, sync=False)
 
-    def _store_pieces(self, datas: list[bytes], known: set[bytes]) -> list[tuple[bytes | None, int]]:
+    def _store_pieces(self, datas: list[bytes | memoryview],
+                      known: set[bytes]) -> list[tuple[bytes | None, int]]:
         return [self._store(data, known) for data in datas]
 
     def copy_metadata(self, source: DiskSource, index: FixedIndex, previous: FixedIndex | None,
@@ -176,13 +185,16 @@ class _DiskIngest:
             again: Callable[[], list[Work]] | None = None) -> None:
         """Read and store the slots of ``work``; then, if given, the slots ``again()`` returns
         once the first pass is done (slots to read again whole)."""
-        pending: collections.deque[tuple[Work, Future]] = collections.deque()
+        pending: collections.deque[tuple[Work, mmap.mmap | None, Future]] = collections.deque()
         patched: set[int] = set()     # slots this run laid pieces over
         total = 0
+        read_into = getattr(source, "read_into", None)
 
-        def settle(item: Work, fut: Future) -> None:
+        def settle(item: Work, buf: mmap.mmap | None, fut: Future) -> None:
             n, ranges, kept = item
             results = fut.result()
+            if buf is not None:
+                self.buffers.give(buf)
             plain = [index.chunk_range(n)[1]] if ranges is None else [hi - lo for lo, hi in ranges]
             for (cid, stored), length in zip(results, plain, strict=True):
                 if stored:
@@ -213,9 +225,17 @@ class _DiskIngest:
             for item, item_reads in zip(items, reads, strict=True):
                 if self.stop.is_set():
                     raise IngestError(f"disk {source.label}: stopped because another disk failed")
-                datas = [source.read(offset, length) for offset, length in item_reads]
+                buf = None
+                datas: list[bytes | memoryview]
+                if read_into is not None and item.ranges is None:
+                    (offset, length), = item_reads
+                    buf = self.buffers.take()
+                    datas = [memoryview(buf)[:length]]
+                    read_into(offset, datas[0])
+                else:
+                    datas = [source.read(offset, length) for offset, length in item_reads]
                 report.read_bytes += sum(map(len, datas))
-                pending.append((item, self.pool.submit(self._store_pieces, datas, known)))
+                pending.append((item, buf, self.pool.submit(self._store_pieces, datas, known)))
                 while len(pending) >= self.in_flight:
                     settle(*pending.popleft())
                 if progress:

@@ -12,6 +12,7 @@ implementation of the same protocol, built by the CLI from restore/ and vddk/.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -24,6 +25,8 @@ from repofs.vmdk.descriptor import SECTOR, DescriptorError, FlatExtent, looks_li
 from repofs.vmdk.sparse import MAGIC as SPARSE_MAGIC, SparseVmdk, SparseVmdkError
 from repofs.errors import RepofsError
 from repofs.holes import data_extents
+
+from .directread import ALIGN, open_direct, read_into
 
 
 class SourceError(RepofsError):
@@ -72,6 +75,7 @@ class _Piece:
     file_offset: int
     path: str
     pad_short: bool = False  # a flat extent shorter than its descriptor says reads as zeros
+    dfd: int | None = None   # the same file opened for direct reads (None: refused, or off)
 
 
 @dataclass
@@ -102,7 +106,7 @@ class LocalImage:
             else:
                 fd = os.open(path, os.O_RDONLY)
                 capacity = _size_of(fd)
-                pieces = [_Piece(0, capacity, fd, 0, path)]
+                pieces = [_Piece(0, capacity, fd, 0, path, dfd=open_direct(path))]
                 fmt = "raw"
         name = label or default_label(path)
         return cls(name, capacity, pieces, {"type": "file", "path": os.path.abspath(path), "format": fmt})
@@ -111,7 +115,8 @@ class LocalImage:
     def _open_extent(ext: FlatExtent, disk_offset: int) -> _Piece:
         fd = os.open(ext.path, os.O_RDONLY)
         length = ext.sectors * SECTOR
-        return _Piece(disk_offset, length, fd, ext.offset * SECTOR, ext.path, pad_short=True)
+        return _Piece(disk_offset, length, fd, ext.offset * SECTOR, ext.path, pad_short=True,
+                      dfd=open_direct(ext.path))
 
     def limit_to_changes(self, changes: list[tuple[int, int]], origin: str = "changed extents") -> None:
         """Read only ``changes`` (e.g. from vSphere changed-block tracking); an extent beyond
@@ -157,12 +162,42 @@ class LocalImage:
             out.append(data)
         return out[0] if len(out) == 1 else b"".join(out)
 
+    def read_into(self, offset: int, buf: memoryview) -> None:
+        """``read(offset, len(buf))`` into ``buf`` (page-aligned memory, e.g. from
+        ``directread.AlignedBuffers``): bytes not in the page cache are read past it
+        (``repofs.ingest.directread``), so that a backup neither pays for filling the cache
+        nor pushes out what the machine keeps there."""
+        end = offset + len(buf)
+        for p in self.pieces:
+            lo, hi = max(offset, p.disk_offset), min(end, p.disk_offset + p.length)
+            if lo >= hi:
+                continue
+            view = buf[lo - offset:hi - offset]
+            at = p.file_offset + lo - p.disk_offset
+            # directly only into aligned memory (a later extent of a flat VMDK may begin
+            # inside a chunk)
+            dfd = p.dfd if (lo - offset) % ALIGN == 0 else None
+            try:
+                got = read_into(p.fd, dfd, at, view)
+            except OSError as e:
+                if e.errno != errno.EINVAL or dfd is None:
+                    raise SourceError(f"{p.path}: read failed at offset {lo}: {e.strerror}") from None
+                os.close(dfd)        # this file system wants another alignment: the cache
+                p.dfd = None
+                got = read_into(p.fd, None, at, view)
+            if got < len(view):
+                self._check_size(p)
+                view[got:] = bytes(len(view) - got)
+
     def close(self) -> None:
         for p in self.pieces:
-            try:
-                os.close(p.fd)
-            except OSError:
-                pass
+            for fd in (p.fd, p.dfd):
+                if fd is None:
+                    continue
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
         self.pieces = []
 
 
