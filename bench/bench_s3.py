@@ -31,6 +31,7 @@ import json
 import os
 import queue
 import random
+import resource
 import shutil
 import socket
 import statistics
@@ -54,9 +55,20 @@ MOTO = str(ROOT / ".venv" / "bin" / "moto_server")
 
 
 class Moto:
-    def __init__(self, host: str, port: int):
+    """moto's server. With ``store`` (a folder), objects are kept in files there rather than
+    in memory (moto spills each object larger than ``MOTO_S3_DEFAULT_KEY_BUFFER_SIZE`` to an
+    unlinked temporary file; with 1 byte, all of them): the 8 GiB data set, several times
+    over, does not fit in memory beside other work. Every object then holds a file
+    descriptor, so the server's limit is raised (root may raise the hard limit too)."""
+
+    def __init__(self, host: str, port: int, store: Path | None = None):
         self.url = f"http://{host}:{port}"
-        self.proc = subprocess.Popen([MOTO, "-H", host, "-p", str(port)],
+        env = dict(os.environ)
+        if store is not None:
+            store.mkdir(parents=True, exist_ok=True)
+            env.update(MOTO_S3_DEFAULT_KEY_BUFFER_SIZE="1", TMPDIR=str(store))
+        self.proc = subprocess.Popen([MOTO, "-H", host, "-p", str(port)], env=env,
+                                     preexec_fn=_many_files,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 60
         while True:
@@ -67,6 +79,11 @@ class Moto:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError("moto_server did not start") from None
                 time.sleep(0.2)
+
+    def reset(self) -> None:
+        """Forget every bucket and object (moto's own API)."""
+        urllib.request.urlopen(urllib.request.Request(f"{self.url}/moto-api/reset", method="POST"),
+                               timeout=60).read()
 
     def bucket(self, name: str) -> str:
         import boto3
@@ -81,6 +98,21 @@ class Moto:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+
+
+def _many_files() -> None:
+    want = 1 << 20
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, want))
+    except (ValueError, OSError):
+        _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 class DelayRelay:
@@ -206,13 +238,23 @@ def measure_copy(image: Path, work: Path, env: dict, moto: Moto) -> dict:
     run([*REPOFS, "init"], env=env)
     rng = random.Random(5)
     size = image.stat().st_size
-    for g in range(3):
-        if g:
-            with open(image, "r+b") as f:
-                for _ in range(16):
-                    f.seek(rng.randrange(size - (1 << 20)) & ~4095)
-                    f.write(rng.randbytes(256 << 10))
-        run([*REPOFS, "backup", f"file:{image}", "--vm", VM], env=env)
+    saved: list[tuple[int, bytes]] = []     # the data set's own bytes, put back at the end
+    try:
+        for g in range(3):
+            if g:
+                with open(image, "r+b") as f:
+                    for _ in range(16):
+                        at = rng.randrange(size - (1 << 20)) & ~4095
+                        f.seek(at)
+                        saved.append((at, f.read(256 << 10)))
+                        f.seek(at)
+                        f.write(rng.randbytes(256 << 10))
+            run([*REPOFS, "backup", f"file:{image}", "--vm", VM], env=env)
+    finally:
+        with open(image, "r+b") as f:
+            for at, data in reversed(saved):
+                f.seek(at)
+                f.write(data)
     target = moto.bucket("copy-target")
     run([*REPOFS, "init", target], env=dict(env, REPOFS_REPOSITORY=target))
     c = run([*REPOFS, "copy", "--to", target, "--json"], env=env)
@@ -231,6 +273,33 @@ def measure_copy(image: Path, work: Path, env: dict, moto: Moto) -> dict:
             "seconds": round(c.wall, 1), "second_run_chunks_sent": again["chunks_sent"]}
 
 
+def sweep_uploads(values: list[int], rounds: int, moto: Moto, relay: DelayRelay, rtt_ms: float,
+                  image: Path, work: Path, env: dict) -> None:
+    """Backups of the data set with each REPOFS_S3_UPLOADS value, on loopback and through the
+    relay, interleaved round by round; moto emptied before each (one repository at a time)."""
+    size = image.stat().st_size
+    results: dict[tuple[int, str], list[tuple[float, float]]] = {}
+    targets = (("loopback", moto.url), (f"+{rtt_ms:g} ms", f"http://127.0.0.1:{relay.port}"))
+    for n in range(rounds):
+        for value in values:
+            for t, (label, url) in enumerate(targets):
+                moto.reset()
+                location = moto.bucket("bench-sweep")
+                target_env = dict(env, REPOFS_S3_UPLOADS=str(value), AWS_ENDPOINT_URL=url, REPOFS_REPOSITORY=location,
+                                  REPOFS_CACHE_DIR=str(work / f"cache-{n}-{value}-{t}"))
+                run([*REPOFS, "init"], env=target_env)
+                b = run([*REPOFS, "backup", f"file:{image}", "--vm", VM], env=target_env)
+                results.setdefault((value, label), []).append((size / 1e6 / b.wall, b.cpu / (size / 1e9)))
+                print(f"round {n + 1}, uploads {value:3}, {label:9}: backup {size / 1e6 / b.wall:6.0f} MB/s, "
+                      f"{b.cpu / (size / 1e9):4.1f} CPU s/GB (load {os.getloadavg()[0]:.1f})", flush=True)
+    print(f"{'uploads':>7} {'loopback MB/s':>22} {f'+{rtt_ms:g} ms MB/s':>22} {'ratio of medians':>17}")
+    for value in values:
+        near = [r[0] for r in results[(value, targets[0][0])]]
+        far = [r[0] for r in results[(value, targets[1][0])]]
+        print(f"{value:7} {' / '.join(f'{x:.0f}' for x in near):>22} {' / '.join(f'{x:.0f}' for x in far):>22} "
+              f"{statistics.median(far) / statistics.median(near):17.0%}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", default="1G", help="data set size (default 1G)")
@@ -241,6 +310,17 @@ def main() -> None:
                     help="also a target behind the relay with no added latency (the relay's own cost)")
     ap.add_argument("--no-copy", action="store_true", help="skip the repofs copy measurement")
     ap.add_argument("--work", default=None, help="folder for the data set and local repositories")
+    ap.add_argument("--image", default=None,
+                    help="an existing data set image (bench/dataset.py) instead of making one; "
+                         "the copy measurement changes it and puts the bytes back")
+    ap.add_argument("--moto-store", choices=("disk", "memory"), default="disk",
+                    help="where moto keeps objects (default disk: files in the work folder)")
+    ap.add_argument("--uploads", type=int, default=None,
+                    help="REPOFS_S3_UPLOADS for every S3 target (default: the backend's own)")
+    ap.add_argument("--uploads-sweep", default=None, metavar="N,N,...",
+                    help="only compare backups with these REPOFS_S3_UPLOADS values, loopback and "
+                         "+rtt interleaved, --sweep-rounds times (moto emptied before each)")
+    ap.add_argument("--sweep-rounds", type=int, default=2)
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-s3-", dir=args.work))
     servers: list[Moto] = []
@@ -252,18 +332,28 @@ def main() -> None:
     # warm), and client records of its own (the buckets' names are the same in every run)
     env.update(KEY, REPOFS_PASSWORD_FILE=str(pw), PYTHONPATH=str(ROOT), REPOFS_CACHE_DIR=str(work / "cache"),
                REPOFS_SECURITY_DIR=str(work / "security"))
+    if args.uploads:
+        env["REPOFS_S3_UPLOADS"] = str(args.uploads)
     try:
-        image = work / "disk0.img"
-        make_image(str(image), parse_size(args.size))
-        near = Moto("127.0.0.1", 47311)
+        if args.image:
+            image = Path(args.image).resolve()
+        else:
+            image = work / "disk0.img"
+            make_image(str(image), parse_size(args.size))
+        port = free_port()
+        near = Moto("127.0.0.1", port, work / "moto" if args.moto_store == "disk" else None)
         servers.append(near)
-        far = DelayRelay(("127.0.0.1", 47311), args.rtt_ms / 2000)
+        far = DelayRelay(("127.0.0.1", port), args.rtt_ms / 2000)
         relays.append(far)
+        if args.uploads_sweep:
+            sweep_uploads([int(v) for v in args.uploads_sweep.split(",")], args.sweep_rounds,
+                          near, far, args.rtt_ms, image, work, env)
+            return
         rows = [measure_target("local", str(work / "repo-local"), image, work, env),
                 measure_target("s3 loopback", near.bucket("bench-near"), image, work,
                                dict(env, AWS_ENDPOINT_URL=near.url))]
         if args.relay_control:
-            control = DelayRelay(("127.0.0.1", 47311), 0.0)
+            control = DelayRelay(("127.0.0.1", port), 0.0)
             relays.append(control)
             rows.append(measure_target("s3 relay, +0 ms", near.bucket("bench-relay"), image, work,
                                        dict(env, AWS_ENDPOINT_URL=f"http://127.0.0.1:{control.port}")))
