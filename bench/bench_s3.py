@@ -385,6 +385,11 @@ def main() -> None:
             print(f"{what}: {ratio:.0%} of the loopback throughput with {args.rtt_ms:g} ms added (target ≥ 80%)")
         print(f"the relay's own CPU during the +{args.rtt_ms:g} ms backup and restore: {relay_cpu:.1f} s")
         if not args.no_copy:
+            # the targets are measured: their storage goes before the copy's (disk space at 8 GiB)
+            near.reset()
+            for r in rows:
+                if not r["location"].startswith("s3://"):
+                    shutil.rmtree(r["location"], ignore_errors=True)
             copy = measure_copy(image, work, dict(env, AWS_ENDPOINT_URL=near.url), near)
             print(f"copy of {copy['generations']} generations to an empty S3 repository: "
                   f"{copy['chunks_sent']} chunks ({copy['bytes_sent']} bytes) sent; the target holds "
