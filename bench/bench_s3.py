@@ -273,31 +273,34 @@ def measure_copy(image: Path, work: Path, env: dict, moto: Moto) -> dict:
             "seconds": round(c.wall, 1), "second_run_chunks_sent": again["chunks_sent"]}
 
 
-def sweep_uploads(values: list[int], rounds: int, moto: Moto, relay: DelayRelay, rtt_ms: float,
-                  image: Path, work: Path, env: dict) -> None:
-    """Backups of the data set with each REPOFS_S3_UPLOADS value, on loopback and through the
-    relay, interleaved round by round; moto emptied before each (one repository at a time)."""
+def sweep_uploads(values: list[int], trees: list[str], rounds: int, moto: Moto, relay: DelayRelay,
+                  rtt_ms: float, image: Path, work: Path, env: dict) -> None:
+    """Backups of the data set with each REPOFS_S3_UPLOADS value and each tree of the code
+    (``PYTHONPATH``; a tree from before the variable existed uses its own default), on
+    loopback and through the relay, interleaved round by round; moto emptied before each
+    (one repository at a time)."""
     size = image.stat().st_size
-    results: dict[tuple[int, str], list[tuple[float, float]]] = {}
+    results: dict[tuple[str, int, str], list[float]] = {}
     targets = (("loopback", moto.url), (f"+{rtt_ms:g} ms", f"http://127.0.0.1:{relay.port}"))
+    cases = [(tree, value) for tree in trees for value in values]
     for n in range(rounds):
-        for value in values:
+        for c, (tree, value) in enumerate(cases):
             for t, (label, url) in enumerate(targets):
                 moto.reset()
                 location = moto.bucket("bench-sweep")
                 target_env = dict(env, REPOFS_S3_UPLOADS=str(value), AWS_ENDPOINT_URL=url, REPOFS_REPOSITORY=location,
-                                  REPOFS_CACHE_DIR=str(work / f"cache-{n}-{value}-{t}"))
+                                  REPOFS_CACHE_DIR=str(work / f"cache-{n}-{c}-{t}"), PYTHONPATH=tree)
                 run([*REPOFS, "init"], env=target_env)
                 b = run([*REPOFS, "backup", f"file:{image}", "--vm", VM], env=target_env)
-                results.setdefault((value, label), []).append((size / 1e6 / b.wall, b.cpu / (size / 1e9)))
-                print(f"round {n + 1}, uploads {value:3}, {label:9}: backup {size / 1e6 / b.wall:6.0f} MB/s, "
+                results.setdefault((tree, value, label), []).append(size / 1e6 / b.wall)
+                print(f"round {n + 1}, {tree}, uploads {value:3}, {label:9}: backup {size / 1e6 / b.wall:6.0f} MB/s, "
                       f"{b.cpu / (size / 1e9):4.1f} CPU s/GB (load {os.getloadavg()[0]:.1f})", flush=True)
-    print(f"{'uploads':>7} {'loopback MB/s':>22} {f'+{rtt_ms:g} ms MB/s':>22} {'ratio of medians':>17}")
-    for value in values:
-        near = [r[0] for r in results[(value, targets[0][0])]]
-        far = [r[0] for r in results[(value, targets[1][0])]]
-        print(f"{value:7} {' / '.join(f'{x:.0f}' for x in near):>22} {' / '.join(f'{x:.0f}' for x in far):>22} "
-              f"{statistics.median(far) / statistics.median(near):17.0%}")
+    print(f"{'tree, uploads':>30} {'loopback MB/s':>18} {f'+{rtt_ms:g} ms MB/s':>18} {'ratio of medians':>17}")
+    for tree, value in cases:
+        near = results[(tree, value, targets[0][0])]
+        far = results[(tree, value, targets[1][0])]
+        print(f"{tree[-24:] + ', ' + str(value):>30} {' / '.join(f'{x:.0f}' for x in near):>18} "
+              f"{' / '.join(f'{x:.0f}' for x in far):>18} {statistics.median(far) / statistics.median(near):17.0%}")
 
 
 def main() -> None:
@@ -321,6 +324,8 @@ def main() -> None:
                     help="only compare backups with these REPOFS_S3_UPLOADS values, loopback and "
                          "+rtt interleaved, --sweep-rounds times (moto emptied before each)")
     ap.add_argument("--sweep-rounds", type=int, default=2)
+    ap.add_argument("--trees", default=None, metavar="DIR,DIR",
+                    help="with --uploads-sweep: the code to run (worktrees, e.g. before and after a change)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-s3-", dir=args.work))
     servers: list[Moto] = []
@@ -346,7 +351,8 @@ def main() -> None:
         far = DelayRelay(("127.0.0.1", port), args.rtt_ms / 2000)
         relays.append(far)
         if args.uploads_sweep:
-            sweep_uploads([int(v) for v in args.uploads_sweep.split(",")], args.sweep_rounds,
+            trees = [str(Path(t).resolve()) for t in args.trees.split(",")] if args.trees else [str(ROOT)]
+            sweep_uploads([int(v) for v in args.uploads_sweep.split(",")], trees, args.sweep_rounds,
                           near, far, args.rtt_ms, image, work, env)
             return
         rows = [measure_target("local", str(work / "repo-local"), image, work, env),
