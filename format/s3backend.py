@@ -166,7 +166,7 @@ def _expect_continue_for_large_bodies(request: Any, **_kwargs: Any) -> None:
     on a 20 ms link a chunk's PUT took 72-80 ms with it and 41-48 ms without (moto behind
     the benchmark's relay, bench/bench_s3.py). What the wait saves — a body sent for nothing
     when the store refuses the request — is at most ``EXPECT_CONTINUE_FROM`` bytes here; AWS's
-    own SDKs for Go and Kotlin draw the line at the same 2 MB. ``Expect`` is not signed
+    SDK for Kotlin draws the line at the same 2 MB by default. ``Expect`` is not signed
     (SigV4 leaves it out), so removing it after signing is safe."""
     headers = request.headers
     if headers.get("Expect") is None:
