@@ -2,10 +2,13 @@
 network latency; and the bytes `repofs copy` sends.
 
     flock /tmp/repofs-bench.lock .venv/bin/python bench/bench_s3.py --size 1G [--rtt-ms 20] \
-        [--mount-rounds 3] [--relay-control] [--no-copy] [--work /var/tmp]   # 8G: RAM!
+        [--mount-rounds 3] [--relay-control] [--no-copy] [--work /var/tmp] [--image IMAGE] \
+        [--uploads N]
+    ... --image IMAGE --uploads-sweep 16,32 [--sweep-rounds 2] [--trees OLD,NEW]   # backups only
 
-The S3 store is moto's server (in memory: it needs RAM for the whole data set, once per
-target; and it closes the connection after every answer, so each request opens a new one).
+The S3 store is moto's server (objects kept in files in the work folder unless
+``--moto-store memory``: the 8 GiB data set needs ~4 GB of disk per S3 target; it closes the
+connection after every answer, so each request opens a new one).
 Targets: a local repository; moto on loopback; with ``--relay-control`` moto behind the
 relay with nothing added (what the relay itself costs); the same moto behind a relay of the
 benchmark's own, in a process of its own, that holds every byte half of ``--rtt-ms`` in
@@ -18,6 +21,9 @@ first round compared with ``cmp``. Wall time, throughput, the client's CPU secon
 (user + system of the repofs process, from wait4), the mount's peak RSS (VmHWM); the mount
 figures are medians of the rounds. The ratio "with latency / without" shows whether
 parallelism hides the round trips (target: ≥ 80%).
+
+``--uploads-sweep`` measures only backups, for each ``REPOFS_S3_UPLOADS`` value (and each
+worktree of ``--trees``), on loopback and through the relay, interleaved.
 
 Then (unless ``--no-copy``) ``repofs copy`` of a local repository holding 3 generations (the
 data set, then twice a few changes) to an empty S3 repository: the chunks and bytes it
