@@ -2,10 +2,13 @@
 network latency; and the bytes `repofs copy` sends.
 
     flock /tmp/repofs-bench.lock .venv/bin/python bench/bench_s3.py --size 1G [--rtt-ms 20] \
-        [--mount-rounds 3] [--relay-control] [--no-copy] [--work /var/tmp]   # 8G: RAM!
+        [--mount-rounds 3] [--relay-control] [--no-copy] [--work /var/tmp] [--image IMAGE] \
+        [--uploads N]
+    ... --image IMAGE --uploads-sweep 16,32 [--sweep-rounds 2] [--trees OLD,NEW]   # backups only
 
-The S3 store is moto's server (in memory: it needs RAM for the whole data set, once per
-target; and it closes the connection after every answer, so each request opens a new one).
+The S3 store is moto's server (objects kept in files in the work folder unless
+``--moto-store memory``: the 8 GiB data set needs ~4 GB of disk per S3 target; it closes the
+connection after every answer, so each request opens a new one).
 Targets: a local repository; moto on loopback; with ``--relay-control`` moto behind the
 relay with nothing added (what the relay itself costs); the same moto behind a relay of the
 benchmark's own, in a process of its own, that holds every byte half of ``--rtt-ms`` in
@@ -19,6 +22,9 @@ first round compared with ``cmp``. Wall time, throughput, the client's CPU secon
 figures are medians of the rounds. The ratio "with latency / without" shows whether
 parallelism hides the round trips (target: ≥ 80%).
 
+``--uploads-sweep`` measures only backups, for each ``REPOFS_S3_UPLOADS`` value (and each
+worktree of ``--trees``), on loopback and through the relay, interleaved.
+
 Then (unless ``--no-copy``) ``repofs copy`` of a local repository holding 3 generations (the
 data set, then twice a few changes) to an empty S3 repository: the chunks and bytes it
 reports as sent against the chunks the target holds afterwards. Needs root (FUSE); removes
@@ -31,6 +37,7 @@ import json
 import os
 import queue
 import random
+import resource
 import shutil
 import socket
 import statistics
@@ -54,9 +61,20 @@ MOTO = str(ROOT / ".venv" / "bin" / "moto_server")
 
 
 class Moto:
-    def __init__(self, host: str, port: int):
+    """moto's server. With ``store`` (a folder), objects are kept in files there rather than
+    in memory (moto spills each object larger than ``MOTO_S3_DEFAULT_KEY_BUFFER_SIZE`` to an
+    unlinked temporary file; with 1 byte, all of them): the 8 GiB data set, several times
+    over, does not fit in memory beside other work. Every object then holds a file
+    descriptor, so the server's limit is raised (root may raise the hard limit too)."""
+
+    def __init__(self, host: str, port: int, store: Path | None = None):
         self.url = f"http://{host}:{port}"
-        self.proc = subprocess.Popen([MOTO, "-H", host, "-p", str(port)],
+        env = dict(os.environ)
+        if store is not None:
+            store.mkdir(parents=True, exist_ok=True)
+            env.update(MOTO_S3_DEFAULT_KEY_BUFFER_SIZE="1", TMPDIR=str(store))
+        self.proc = subprocess.Popen([MOTO, "-H", host, "-p", str(port)], env=env,
+                                     preexec_fn=_many_files,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 60
         while True:
@@ -67,6 +85,11 @@ class Moto:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError("moto_server did not start") from None
                 time.sleep(0.2)
+
+    def reset(self) -> None:
+        """Forget every bucket and object (moto's own API)."""
+        urllib.request.urlopen(urllib.request.Request(f"{self.url}/moto-api/reset", method="POST"),
+                               timeout=60).read()
 
     def bucket(self, name: str) -> str:
         import boto3
@@ -81,6 +104,21 @@ class Moto:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+
+
+def _many_files() -> None:
+    want = 1 << 20
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, want))
+    except (ValueError, OSError):
+        _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 class DelayRelay:
@@ -206,13 +244,23 @@ def measure_copy(image: Path, work: Path, env: dict, moto: Moto) -> dict:
     run([*REPOFS, "init"], env=env)
     rng = random.Random(5)
     size = image.stat().st_size
-    for g in range(3):
-        if g:
-            with open(image, "r+b") as f:
-                for _ in range(16):
-                    f.seek(rng.randrange(size - (1 << 20)) & ~4095)
-                    f.write(rng.randbytes(256 << 10))
-        run([*REPOFS, "backup", f"file:{image}", "--vm", VM], env=env)
+    saved: list[tuple[int, bytes]] = []     # the data set's own bytes, put back at the end
+    try:
+        for g in range(3):
+            if g:
+                with open(image, "r+b") as f:
+                    for _ in range(16):
+                        at = rng.randrange(size - (1 << 20)) & ~4095
+                        f.seek(at)
+                        saved.append((at, f.read(256 << 10)))
+                        f.seek(at)
+                        f.write(rng.randbytes(256 << 10))
+            run([*REPOFS, "backup", f"file:{image}", "--vm", VM], env=env)
+    finally:
+        with open(image, "r+b") as f:
+            for at, data in reversed(saved):
+                f.seek(at)
+                f.write(data)
     target = moto.bucket("copy-target")
     run([*REPOFS, "init", target], env=dict(env, REPOFS_REPOSITORY=target))
     c = run([*REPOFS, "copy", "--to", target, "--json"], env=env)
@@ -231,6 +279,36 @@ def measure_copy(image: Path, work: Path, env: dict, moto: Moto) -> dict:
             "seconds": round(c.wall, 1), "second_run_chunks_sent": again["chunks_sent"]}
 
 
+def sweep_uploads(values: list[int], trees: list[str], rounds: int, moto: Moto, relay: DelayRelay,
+                  rtt_ms: float, image: Path, work: Path, env: dict) -> None:
+    """Backups of the data set with each REPOFS_S3_UPLOADS value and each tree of the code
+    (``PYTHONPATH``; a tree from before the variable existed uses its own default), on
+    loopback and through the relay, interleaved round by round; moto emptied before each
+    (one repository at a time)."""
+    size = image.stat().st_size
+    results: dict[tuple[str, int, str], list[float]] = {}
+    targets = (("loopback", moto.url), (f"+{rtt_ms:g} ms", f"http://127.0.0.1:{relay.port}"))
+    cases = [(tree, value) for tree in trees for value in values]
+    for n in range(rounds):
+        for c, (tree, value) in enumerate(cases):
+            for t, (label, url) in enumerate(targets):
+                moto.reset()
+                location = moto.bucket("bench-sweep")
+                target_env = dict(env, REPOFS_S3_UPLOADS=str(value), AWS_ENDPOINT_URL=url, REPOFS_REPOSITORY=location,
+                                  REPOFS_CACHE_DIR=str(work / f"cache-{n}-{c}-{t}"), PYTHONPATH=tree)
+                run([*REPOFS, "init"], env=target_env)
+                b = run([*REPOFS, "backup", f"file:{image}", "--vm", VM], env=target_env)
+                results.setdefault((tree, value, label), []).append(size / 1e6 / b.wall)
+                print(f"round {n + 1}, {tree}, uploads {value:3}, {label:9}: backup {size / 1e6 / b.wall:6.0f} MB/s, "
+                      f"{b.cpu / (size / 1e9):4.1f} CPU s/GB (load {os.getloadavg()[0]:.1f})", flush=True)
+    print(f"{'tree, uploads':>30} {'loopback MB/s':>18} {f'+{rtt_ms:g} ms MB/s':>18} {'ratio of medians':>17}")
+    for tree, value in cases:
+        near = results[(tree, value, targets[0][0])]
+        far = results[(tree, value, targets[1][0])]
+        print(f"{tree[-24:] + ', ' + str(value):>30} {' / '.join(f'{x:.0f}' for x in near):>18} "
+              f"{' / '.join(f'{x:.0f}' for x in far):>18} {statistics.median(far) / statistics.median(near):17.0%}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", default="1G", help="data set size (default 1G)")
@@ -241,6 +319,19 @@ def main() -> None:
                     help="also a target behind the relay with no added latency (the relay's own cost)")
     ap.add_argument("--no-copy", action="store_true", help="skip the repofs copy measurement")
     ap.add_argument("--work", default=None, help="folder for the data set and local repositories")
+    ap.add_argument("--image", default=None,
+                    help="an existing data set image (bench/dataset.py) instead of making one; "
+                         "the copy measurement changes it and puts the bytes back")
+    ap.add_argument("--moto-store", choices=("disk", "memory"), default="disk",
+                    help="where moto keeps objects (default disk: files in the work folder)")
+    ap.add_argument("--uploads", type=int, default=None,
+                    help="REPOFS_S3_UPLOADS for every S3 target (default: the backend's own)")
+    ap.add_argument("--uploads-sweep", default=None, metavar="N,N,...",
+                    help="only compare backups with these REPOFS_S3_UPLOADS values, loopback and "
+                         "+rtt interleaved, --sweep-rounds times (moto emptied before each)")
+    ap.add_argument("--sweep-rounds", type=int, default=2)
+    ap.add_argument("--trees", default=None, metavar="DIR,DIR",
+                    help="with --uploads-sweep: the code to run (worktrees, e.g. before and after a change)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-s3-", dir=args.work))
     servers: list[Moto] = []
@@ -252,18 +343,29 @@ def main() -> None:
     # warm), and client records of its own (the buckets' names are the same in every run)
     env.update(KEY, REPOFS_PASSWORD_FILE=str(pw), PYTHONPATH=str(ROOT), REPOFS_CACHE_DIR=str(work / "cache"),
                REPOFS_SECURITY_DIR=str(work / "security"))
+    if args.uploads:
+        env["REPOFS_S3_UPLOADS"] = str(args.uploads)
     try:
-        image = work / "disk0.img"
-        make_image(str(image), parse_size(args.size))
-        near = Moto("127.0.0.1", 47311)
+        if args.image:
+            image = Path(args.image).resolve()
+        else:
+            image = work / "disk0.img"
+            make_image(str(image), parse_size(args.size))
+        port = free_port()
+        near = Moto("127.0.0.1", port, work / "moto" if args.moto_store == "disk" else None)
         servers.append(near)
-        far = DelayRelay(("127.0.0.1", 47311), args.rtt_ms / 2000)
+        far = DelayRelay(("127.0.0.1", port), args.rtt_ms / 2000)
         relays.append(far)
+        if args.uploads_sweep:
+            trees = [str(Path(t).resolve()) for t in args.trees.split(",")] if args.trees else [str(ROOT)]
+            sweep_uploads([int(v) for v in args.uploads_sweep.split(",")], trees, args.sweep_rounds,
+                          near, far, args.rtt_ms, image, work, env)
+            return
         rows = [measure_target("local", str(work / "repo-local"), image, work, env),
                 measure_target("s3 loopback", near.bucket("bench-near"), image, work,
                                dict(env, AWS_ENDPOINT_URL=near.url))]
         if args.relay_control:
-            control = DelayRelay(("127.0.0.1", 47311), 0.0)
+            control = DelayRelay(("127.0.0.1", port), 0.0)
             relays.append(control)
             rows.append(measure_target("s3 relay, +0 ms", near.bucket("bench-relay"), image, work,
                                        dict(env, AWS_ENDPOINT_URL=f"http://127.0.0.1:{control.port}")))
@@ -295,6 +397,11 @@ def main() -> None:
             print(f"{what}: {ratio:.0%} of the loopback throughput with {args.rtt_ms:g} ms added (target ≥ 80%)")
         print(f"the relay's own CPU during the +{args.rtt_ms:g} ms backup and restore: {relay_cpu:.1f} s")
         if not args.no_copy:
+            # the targets are measured: their storage goes before the copy's (disk space at 8 GiB)
+            near.reset()
+            for r in rows:
+                if not r["location"].startswith("s3://"):
+                    shutil.rmtree(r["location"], ignore_errors=True)
             copy = measure_copy(image, work, dict(env, AWS_ENDPOINT_URL=near.url), near)
             print(f"copy of {copy['generations']} generations to an empty S3 repository: "
                   f"{copy['chunks_sent']} chunks ({copy['bytes_sent']} bytes) sent; the target holds "

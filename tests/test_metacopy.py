@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -303,3 +304,47 @@ def test_a_small_whole_disk_ext_volume(cli: CLI, tmp_path: Path):
     assert ranges[-1][0] + ranges[-1][1] <= disk.capacity
     assert disk.read(0, disk.capacity) == img.read_bytes()
     assert cli.run("files", "cat", "vm:vm:disk/whole/d/f.txt").stdout == "tiny\n"
+
+
+@pytest.mark.parametrize("store_threads", [False, True], ids=["local", "object-storage"])
+def test_reading_the_copied_ranges_loads_each_slot_once(cli: CLI, tmp_path: Path, monkeypatch,
+                                                        store_threads: bool):
+    """The second pass over the copied ranges (after the search) loads each slot once, ahead of
+    the reader, even when it needs more slots than are kept: a slot is not dropped before it
+    is read, and one read is not kept to be loaded again. On object storage (a backend with
+    ``parallelism``) several loads are in flight at once; the bytes are the image's either way."""
+    from repofs.ingest import metacopy
+    src = tmp_path / "tree"
+    write_tree(src, seed=6, files=40)
+    img = tmp_path / "disk.img"
+    make_ext4_image(img, 48, src)
+    with open(img, "r+b") as f:        # every slot holds data, so every slot is a load
+        for k in range(48):
+            f.seek(k * MiB + MiB - 2048)
+            f.write(k.to_bytes(4, "big") * 512)
+    backup(cli, img)
+    repo = Repository.open(cli.repo, PASSPHRASE.encode())
+    if store_threads:
+        monkeypatch.setattr(repo.backend, "parallelism", 16, raising=False)
+    index = RepositoryView(repo).generation("vm").disks[0].index
+    loads: list[bytes] = []
+    fetch = repo.get_chunk
+    # on object storage the first 8 loads must be in flight together (each waits for the
+    # others, as a store's answers wait for a round trip); two at a time would never get there
+    together = threading.Barrier(8 if store_threads else 1, timeout=30)
+
+    def counted(cid: bytes) -> bytes:
+        loads.append(cid)
+        if len(loads) <= together.parties:
+            together.wait()
+        return fetch(cid)
+    monkeypatch.setattr(repo, "get_chunk", counted)
+    # per slot: two small ranges and one across the boundary with the next slot
+    ranges = sorted((k * MiB + o, n) for k in range(47)
+                    for o, n in ((0, 4096), (MiB // 2, 8192), (MiB - 4096, 8192)))
+    assert len({off // MiB for off, _ in ranges}) > metacopy.SLOTS_KEPT
+    image = img.read_bytes()
+    with metacopy._GenerationReader(repo, "disk", index, None, []) as reader:
+        got = list(reader.read_ranges(ranges))
+    assert got == [image[off:off + n] for off, n in ranges]
+    assert len(loads) == 48       # slots 0-47, each once

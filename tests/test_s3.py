@@ -236,3 +236,50 @@ def test_endpoint_option_and_init_over_a_repository(tmp_path: Path, s3) -> None:
     cli.env.pop("REPOFS_PASSWORD_FILE")      # refused before any passphrase is asked for
     line = one_error_line(cli.run("--s3-endpoint", endpoint, "init", check=False), 4)
     assert "already exists" in line
+
+
+def test_uploads_of_a_chunk_do_not_wait_for_100_continue(tmp_path: Path, s3) -> None:
+    """A chunk's PUT sends its body at once (no ``Expect: 100-continue``: that wait costs a
+    round trip per upload); a body of 2 MiB or more still asks first. Both arrive whole."""
+    from format.location import open_backend
+    backend = open_backend(s3.new_location())
+    sent: dict[str, bytes | None] = {}
+
+    def record(request, **_kwargs) -> None:    # registered after the backend's own handler
+        expect = request.headers.get("Expect")
+        sent[request.url.rpartition("/")[2]] = expect.encode() if isinstance(expect, str) else expect
+    backend.client.meta.events.register("before-send.s3.PutObject", record)
+    small, large = random.Random(1).randbytes(1 << 20), random.Random(2).randbytes(3 << 20)
+    backend.put("chunks/ab/" + "ab" * 32, small)
+    backend.put("chunks/cd/" + "cd" * 32, large)
+    backend.put("chunks/ef/" + "ef" * 32, small, sync=False)
+    backend.sync()
+    assert sent == {"ab" * 32: None, "cd" * 32: b"100-continue", "ef" * 32: None}
+    again = open_backend(backend.location)
+    assert again.get("chunks/ab/" + "ab" * 32) == small
+    assert again.get("chunks/cd/" + "cd" * 32) == large
+    assert again.get("chunks/ef/" + "ef" * 32) == small
+
+
+@pytest.mark.parametrize("locked", [False, True], ids=["plain", "immutable"])
+def test_parallel_uploads_read_the_retention_once(tmp_path: Path, s3, locked: bool) -> None:
+    """The first uploads of a backup all need the repository's retention at once: one GET of
+    the ``object-lock`` object answers them all (each upload thread used to send its own)."""
+    from format.location import open_backend
+    from format.s3backend import RETENTION_OBJECT, Retention
+    location = s3.new_location(locked=locked)
+    if locked:
+        open_backend(location).enable_retention(Retention("GOVERNANCE", 1))
+    backend = open_backend(location)
+    asked: list[str] = []
+    backend.client.meta.events.register(
+        "before-parameter-build.s3.GetObject", lambda params, **_kw: asked.append(params["Key"]))
+    data = {f"chunks/{i:02x}/{i:02x}" + "0" * 62: random.Random(i).randbytes(4096) for i in range(48)}
+    for name, body in data.items():
+        backend.put(name, body, sync=False)
+    backend.sync()
+    assert [key for key in asked if key.endswith(RETENTION_OBJECT)] == [backend.key(RETENTION_OBJECT)]
+    if locked:
+        name = next(iter(data))
+        assert backend.retained_until(name) is not None
+    assert all(open_backend(location).get(name) == body for name, body in data.items())
