@@ -35,8 +35,8 @@ random ids and no chunk objects (``bench_marks``).
 
 Keep the repositories on the same file system for every tool (``--work``; ``/dev/shm`` keeps a
 loaded disk out of the comparison). The peers' input trees are written after repofs's
-repository is gone, so that at 1 M chunks (some 4 GB of tiny files per tool) one tool's files
-are on ``--work`` at a time.
+repository is built, in ``--data`` (default: ``--work``): at 1 M chunks they are some 4 GB of
+tiny files, which need not take memory in ``/dev/shm`` beside repofs's repository and its copies.
 
 ``--lock FILE --priority N``: a run at 1 M chunks builds for many minutes and measures for a
 few; on a shared machine it takes the benchmark lock (``flock`` on FILE) only around each
@@ -56,6 +56,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable, Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -75,8 +76,9 @@ FILES_PER_DIR = 1000
 
 
 class Measured:
-    """How measured commands run: under the benchmark lock (``flock`` on ``lock``, held only
-    while one runs) and at niceness ``priority`` (None: the script's own)."""
+    """How measured commands run: at niceness ``priority`` (None: the script's own), under the
+    benchmark lock (``flock`` on ``lock``) taken by ``held`` around all of one size's
+    measurements, after all of its set-up."""
 
     lock: str | None = None
     priority: int | None = None
@@ -85,11 +87,21 @@ class Measured:
     def run(cls, cmd: list[str], **kw) -> Run:
         if cls.priority is not None:
             cmd = ["nice", "-n", str(cls.priority - os.getpriority(os.PRIO_PROCESS, 0)), *cmd]
-        with contextlib.ExitStack() as stack:
-            if cls.lock is not None:
-                f = stack.enter_context(open(cls.lock, "a"))
-                fcntl.flock(f, fcntl.LOCK_EX)       # released when the file closes
-            return run(cmd, **kw)
+        return run(cmd, **kw)
+
+    @classmethod
+    @contextlib.contextmanager
+    def held(cls) -> Iterator[None]:
+        if cls.lock is None:
+            yield
+            return
+        with open(cls.lock, "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)       # released when the file closes
+            yield
+
+
+# A tool's measurements, ready to run once its repository is set up: (figure, command runner).
+Steps = list[tuple[str, Callable[[], Run]]]
 
 
 def parse_count(text: str) -> int:
@@ -169,45 +181,47 @@ def quiet(cmd: list[str], env: dict, cwd: Path) -> str:
     return subprocess.run(cmd, env=env, cwd=cwd, check=True, capture_output=True, text=True).stdout
 
 
-def bench_restic(work: Path, data: Path) -> dict[str, Run]:
+def prepare_restic(work: Path, data: Path) -> Steps:
     repo, env = work / "restic-repo", peer_env(work)
     quiet(["restic", "-r", str(repo), "init"], env, data)
     for tree in ("a", "b"):
         quiet(["restic", "-r", str(repo), "backup", "--quiet", "--tag", tree, tree], env, data)
     snaps = json.loads(quiet(["restic", "-r", str(repo), "snapshots", "--json", "--tag", "a"], env, data))
     quiet(["restic", "-r", str(repo), "forget", snaps[0]["id"]], env, data)
-    out = {"prune": Measured.run(["restic", "-r", str(repo), "prune"], env=env)}
-    shutil.rmtree(repo)
-    return out
+    return [("restic prune", lambda: Measured.run(["restic", "-r", str(repo), "prune"], env=env))]
 
 
-def bench_borg(work: Path, data: Path) -> dict[str, Run]:
+def prepare_borg(work: Path, data: Path) -> Steps:
     repo, env = work / "borg-repo", peer_env(work)
     quiet(["borg", "init", "--encryption", "repokey-blake2", str(repo)], env, data)
     for tree in ("a", "b"):
         quiet(["borg", "create", f"{repo}::{tree}", tree], env, data)
-    out = {"delete": Measured.run(["borg", "delete", f"{repo}::a"], env=env),
-           "compact": Measured.run(["borg", "compact", str(repo)], env=env)}
-    shutil.rmtree(repo)
-    return out
+    return [("borg delete", lambda: Measured.run(["borg", "delete", f"{repo}::a"], env=env)),
+            ("borg compact", lambda: Measured.run(["borg", "compact", str(repo)], env=env))]
 
 
-def bench_repofs(work: Path, n: int, trees: list[Path]) -> dict[str, Run]:
-    """``repofs prune`` of one repository of ``n`` chunks, once per tree (each on a fresh copy,
-    built once): the figure of the first tree is "prune", the others' "prune [tree]"."""
-    path, copy = work / f"repofs-repo-{n}", work / f"repofs-repo-{n}-run"
+def prepare_repofs(work: Path, n: int, trees: list[Path]) -> Steps:
+    """``repofs prune`` of one repository of ``n`` chunks, once per tree, each on a copy of it
+    (built once, copied beforehand): the figure of the first tree is "repofs prune", the
+    others' "repofs prune [tree]"."""
+    path = work / f"repofs-repo-{n}"
     build_repofs(path, n)
-    out = {}
+    steps: Steps = []
     for k, tree in enumerate(trees):
-        shutil.copytree(path, copy, symlinks=True)
-        # the peers' priority (--nice 0); cwd: ``python -m`` puts it before PYTHONPATH
-        r = Measured.run(repofs("prune", "--json", "--nice", "0"), env=repofs_env(copy, work, tree), cwd=tree)
-        report = json.loads(r.out)
-        assert report["generations_removed"] == 1 and report["freed_chunks"] == n // 2, report
-        shutil.rmtree(copy)
-        out["prune" if k == 0 else f"prune [{tree}]"] = r
-    shutil.rmtree(path)
-    return out
+        copy = work / f"repofs-repo-{n}-{k}"
+        if k < len(trees) - 1:
+            shutil.copytree(path, copy, symlinks=True)
+        else:
+            path.rename(copy)
+
+        def step(copy: Path = copy, tree: Path = tree) -> Run:
+            # the peers' priority (--nice 0); cwd: ``python -m`` puts it before PYTHONPATH
+            r = Measured.run(repofs("prune", "--json", "--nice", "0"), env=repofs_env(copy, work, tree), cwd=tree)
+            report = json.loads(r.out)
+            assert report["generations_removed"] == 1 and report["freed_chunks"] == n // 2, report
+            return r
+        steps.append(("repofs prune" if k == 0 else f"repofs prune [{tree}]", step))
+    return steps
 
 
 def bench_idset(n: int) -> None:
@@ -240,7 +254,8 @@ def bench_marks(work: Path, n: int, disk_slots: int, trees: list[Path]) -> None:
         (path / "chunks" / f"{k:02x}").mkdir(parents=True, exist_ok=True)
     for tree in trees:
         # cwd too: ``python -m`` puts the working directory before PYTHONPATH
-        r = Measured.run(repofs("prune", "--json"), env=repofs_env(path, work, tree), cwd=tree)
+        with Measured.held():
+            r = Measured.run(repofs("prune", "--json"), env=repofs_env(path, work, tree), cwd=tree)
         report = json.loads(r.out)
         print(f"marks {n:>11,} ids in disks of at most {disk_slots:,} slots: {r.wall:7.1f} s, cpu {r.cpu:7.1f} s, "
               f"peak RSS {r.rss_mib:7.1f} MiB (referenced {report['referenced_chunks']:,}, "
@@ -257,6 +272,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="50k,200k")
     ap.add_argument("--work", default=None, help="where to build the repositories (default: a temp dir)")
+    ap.add_argument("--data", default=None, help="where to write the peers' input trees (default: "
+                    "--work; they are only read by the untimed backups, e.g. /var/tmp beside a /dev/shm --work)")
     ap.add_argument("--tools", default="repofs,restic,borg")
     ap.add_argument("--idset", default="", help="also measure the marks alone for this many ids")
     ap.add_argument("--marks", default="", help="only measure prune's peak memory at this many "
@@ -285,28 +302,29 @@ def main() -> None:
     series: dict[str, list[tuple[int, float, float]]] = {}
     try:
         for n in [parse_count(s) for s in args.sizes.split(",") if s]:
-            data = work / "data"
+            # every tool's set-up first (untimed, outside the lock), then all measurements
+            data = Path(tempfile.mkdtemp(prefix="bench-prune-data-", dir=args.data or work)) / "data"
+            steps: Steps = []
+            t = time.monotonic()
             for tool in tools:
-                t = time.monotonic()
-                if tool in ("restic", "borg") and not data.exists():
+                if tool == "repofs":
+                    steps += prepare_repofs(work, n, trees)
+                    continue
+                if not data.exists():
                     write_tree(data / "a", range(n // 2))
                     write_tree(data / "b", range(n // 2, n))
-                if tool == "repofs":
-                    runs = bench_repofs(work, n, trees)
-                elif tool == "restic":
-                    runs = bench_restic(work, data)
-                elif tool == "borg":
-                    runs = bench_borg(work, data)
-                else:
-                    raise KeyError(tool)
-                built = time.monotonic() - t - sum(r.wall for r in runs.values())
-                for what, r in runs.items():
-                    key = f"{tool} {what}"
+                steps += {"restic": prepare_restic, "borg": prepare_borg}[tool](work, data)
+            shutil.rmtree(data.parent, ignore_errors=True)
+            print(f"{n:>9,} chunks  set up in {time.monotonic() - t:.0f} s", flush=True)
+            with Measured.held():
+                for key, step in steps:
+                    r = step()
                     series.setdefault(key, []).append((n, r.wall, r.rss_mib))
                     print(f"{n:>9,} chunks  {key:<14} {r.wall:8.2f} s  cpu {r.cpu:8.2f} s  peak RSS "
-                          f"{r.rss_mib:7.1f} MiB   (set up in {built:.0f} s, load {os.getloadavg()[0]:.1f})",
-                          flush=True)
-            shutil.rmtree(data, ignore_errors=True)
+                          f"{r.rss_mib:7.1f} MiB   (load {os.getloadavg()[0]:.1f})", flush=True)
+            for leftover in work.iterdir():
+                if leftover.name != "repofs-security":
+                    shutil.rmtree(leftover, ignore_errors=True)
         if "borg delete" in series and "borg compact" in series:
             series["borg delete+compact"] = [(n, w1 + w2, max(r1, r2)) for (n, w1, r1), (_n, w2, r2)
                                              in zip(series["borg delete"], series["borg compact"], strict=True)]
