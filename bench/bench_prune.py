@@ -39,9 +39,12 @@ repository is built, in ``--data`` (default: ``--work``): at 1 M chunks they are
 tiny files, which need not take memory in ``/dev/shm`` beside repofs's repository and its copies.
 
 ``--lock FILE --priority N``: a run at 1 M chunks builds for many minutes and measures for a
-few; on a shared machine it takes the benchmark lock (``flock`` on FILE) only around each
-measured command, and runs each measured command (every tool alike) at niceness N, e.g.
-``--lock /tmp/repofs-bench.lock --priority -10`` with the script itself at ``nice -n 10``.
+few; on a shared machine it builds every tool's repository of one size first, then takes the
+benchmark lock (``flock`` on FILE) only while it measures them all, and runs each measured
+command (every tool alike) at niceness N, e.g. ``--lock /tmp/repofs-bench.lock --priority -10``.
+``--rounds K`` measures each size K times from one set-up, each round on a copy of it (every
+tool's repository, cache and security folder as the set-up left them; repofs's once per tree)
+under one hold of the lock, and prints a table per round.
 """
 from __future__ import annotations
 
@@ -100,8 +103,9 @@ class Measured:
             yield
 
 
-# A tool's measurements, ready to run once its repository is set up: (figure, command runner).
-Steps = list[tuple[str, Callable[[], Run]]]
+# A tool's measurements, ready to run once its repository is set up: (figure, command runner
+# given the round's copy of the set-up folder).
+Steps = list[tuple[str, Callable[[Path], Run]]]
 
 
 def parse_count(text: str) -> int:
@@ -182,46 +186,64 @@ def quiet(cmd: list[str], env: dict, cwd: Path) -> str:
 
 
 def prepare_restic(work: Path, data: Path) -> Steps:
+    """restic's repository (and cache) in ``work``: two backups, the first forgotten."""
     repo, env = work / "restic-repo", peer_env(work)
     quiet(["restic", "-r", str(repo), "init"], env, data)
     for tree in ("a", "b"):
         quiet(["restic", "-r", str(repo), "backup", "--quiet", "--tag", tree, tree], env, data)
     snaps = json.loads(quiet(["restic", "-r", str(repo), "snapshots", "--json", "--tag", "a"], env, data))
     quiet(["restic", "-r", str(repo), "forget", snaps[0]["id"]], env, data)
-    return [("restic prune", lambda: Measured.run(["restic", "-r", str(repo), "prune"], env=env))]
+    return [("restic prune", lambda root: Measured.run(["restic", "-r", str(root / "restic-repo"), "prune"],
+                                                       env=peer_env(root)))]
 
 
 def prepare_borg(work: Path, data: Path) -> Steps:
+    """borg's repository (and its base folder) in ``work``: two archives."""
     repo, env = work / "borg-repo", peer_env(work)
     quiet(["borg", "init", "--encryption", "repokey-blake2", str(repo)], env, data)
     for tree in ("a", "b"):
         quiet(["borg", "create", f"{repo}::{tree}", tree], env, data)
-    return [("borg delete", lambda: Measured.run(["borg", "delete", f"{repo}::a"], env=env)),
-            ("borg compact", lambda: Measured.run(["borg", "compact", str(repo)], env=env))]
+    return [("borg delete", lambda root: Measured.run(["borg", "delete", f"{root / 'borg-repo'}::a"],
+                                                      env=peer_env(root))),
+            ("borg compact", lambda root: Measured.run(["borg", "compact", str(root / "borg-repo")],
+                                                       env=peer_env(root)))]
 
 
 def prepare_repofs(work: Path, n: int, trees: list[Path]) -> Steps:
-    """``repofs prune`` of one repository of ``n`` chunks, once per tree, each on a copy of it
-    (built once, copied beforehand): the figure of the first tree is "repofs prune", the
+    """``repofs prune`` of one repository of ``n`` chunks (``repofs_original``), once per tree,
+    each on a copy of it (``copy_round``): the figure of the first tree is "repofs prune", the
     others' "repofs prune [tree]"."""
-    path = work / f"repofs-repo-{n}"
-    build_repofs(path, n)
+    build_repofs(work / repofs_original(n), n)
     steps: Steps = []
     for k, tree in enumerate(trees):
-        copy = work / f"repofs-repo-{n}-{k}"
-        if k < len(trees) - 1:
-            shutil.copytree(path, copy, symlinks=True)
-        else:
-            path.rename(copy)
-
-        def step(copy: Path = copy, tree: Path = tree) -> Run:
+        def step(root: Path, k: int = k, tree: Path = tree) -> Run:
             # the peers' priority (--nice 0); cwd: ``python -m`` puts it before PYTHONPATH
-            r = Measured.run(repofs("prune", "--json", "--nice", "0"), env=repofs_env(copy, work, tree), cwd=tree)
+            r = Measured.run(repofs("prune", "--json", "--nice", "0"),
+                             env=repofs_env(root / f"{repofs_original(n)}-{k}", root, tree), cwd=tree)
             report = json.loads(r.out)
             assert report["generations_removed"] == 1 and report["freed_chunks"] == n // 2, report
             return r
         steps.append(("repofs prune" if k == 0 else f"repofs prune [{tree}]", step))
     return steps
+
+
+def repofs_original(n: int) -> str:
+    return f"repofs-repo-{n}"
+
+
+def copy_round(setup: Path, root: Path, n: int, trees: int, last: bool) -> None:
+    """One round's copy of a size's set-up: every tool's state (repositories, caches, security
+    folders) as the set-up left it, and repofs's repository once per tree (in the last round
+    the original itself is the last tree's), so that every round measures the same work."""
+    original = repofs_original(n)
+    shutil.copytree(setup, root, symlinks=True, ignore=lambda d, names: [original] if Path(d) == setup else [])
+    if not (setup / original).exists():
+        return
+    for k in range(trees):
+        if last and k == trees - 1:
+            (setup / original).rename(root / f"{original}-{k}")
+        else:
+            shutil.copytree(setup / original, root / f"{original}-{k}", symlinks=True)
 
 
 def bench_idset(n: int) -> None:
@@ -275,11 +297,13 @@ def main() -> None:
     ap.add_argument("--data", default=None, help="where to write the peers' input trees (default: "
                     "--work; they are only read by the untimed backups, e.g. /var/tmp beside a /dev/shm --work)")
     ap.add_argument("--tools", default="repofs,restic,borg")
+    ap.add_argument("--rounds", type=int, default=1, help="measure each size this many times, each round "
+                    "on a copy of one set-up (under one hold of --lock each)")
     ap.add_argument("--idset", default="", help="also measure the marks alone for this many ids")
     ap.add_argument("--marks", default="", help="only measure prune's peak memory at this many "
                     "chunks (indexes of random ids, no chunk objects), e.g. 10M")
     ap.add_argument("--disk-slots", default="1M", help="with --marks: slots per disk, e.g. 1M,10M")
-    ap.add_argument("--lock", default=None, help="take this flock only around each measured command")
+    ap.add_argument("--lock", default=None, help="take this flock only around each round of measurements")
     ap.add_argument("--priority", type=int, default=None, help="niceness of the measured commands, e.g. -10")
     ap.add_argument("--tree", action="append", default=[], help="run the prune with this "
                     "checkout's code (repeat to compare versions on the same repository; with "
@@ -298,37 +322,45 @@ def main() -> None:
         finally:
             shutil.rmtree(work, ignore_errors=True)
         return
-    # (tool, figure) -> [(n, wall, rss)]
-    series: dict[str, list[tuple[int, float, float]]] = {}
+    # per round: (tool, figure) -> [(n, wall, rss)]
+    rounds: list[dict[str, list[tuple[int, float, float]]]] = [{} for _ in range(args.rounds)]
     try:
         for n in [parse_count(s) for s in args.sizes.split(",") if s]:
-            # every tool's set-up first (untimed, outside the lock), then all measurements
+            # every tool's set-up first (untimed, outside the lock); then per round a copy of
+            # it, and all the round's measurements under one hold of the lock
+            setup = work / f"setup-{n}"
+            setup.mkdir()
             data = Path(tempfile.mkdtemp(prefix="bench-prune-data-", dir=args.data or work)) / "data"
             steps: Steps = []
             t = time.monotonic()
             for tool in tools:
                 if tool == "repofs":
-                    steps += prepare_repofs(work, n, trees)
+                    steps += prepare_repofs(setup, n, trees)
                     continue
                 if not data.exists():
                     write_tree(data / "a", range(n // 2))
                     write_tree(data / "b", range(n // 2, n))
-                steps += {"restic": prepare_restic, "borg": prepare_borg}[tool](work, data)
+                steps += {"restic": prepare_restic, "borg": prepare_borg}[tool](setup, data)
             shutil.rmtree(data.parent, ignore_errors=True)
             print(f"{n:>9,} chunks  set up in {time.monotonic() - t:.0f} s", flush=True)
-            with Measured.held():
-                for key, step in steps:
-                    r = step()
-                    series.setdefault(key, []).append((n, r.wall, r.rss_mib))
-                    print(f"{n:>9,} chunks  {key:<14} {r.wall:8.2f} s  cpu {r.cpu:8.2f} s  peak RSS "
-                          f"{r.rss_mib:7.1f} MiB   (load {os.getloadavg()[0]:.1f})", flush=True)
-            for leftover in work.iterdir():
-                if leftover.name != "repofs-security":
-                    shutil.rmtree(leftover, ignore_errors=True)
-        if "borg delete" in series and "borg compact" in series:
-            series["borg delete+compact"] = [(n, w1 + w2, max(r1, r2)) for (n, w1, r1), (_n, w2, r2)
-                                             in zip(series["borg delete"], series["borg compact"], strict=True)]
-        table(series)
+            for rnd in range(args.rounds):
+                root = work / f"round-{n}-{rnd}"
+                copy_round(setup, root, n, len(trees), last=rnd == args.rounds - 1)
+                with Measured.held():
+                    for key, step in steps:
+                        r = step(root)
+                        rounds[rnd].setdefault(key, []).append((n, r.wall, r.rss_mib))
+                        print(f"{n:>9,} chunks  {key:<14} {r.wall:8.2f} s  cpu {r.cpu:8.2f} s  peak RSS "
+                              f"{r.rss_mib:7.1f} MiB   (round {rnd}, load {os.getloadavg()[0]:.1f})", flush=True)
+                shutil.rmtree(root, ignore_errors=True)
+            shutil.rmtree(setup, ignore_errors=True)
+        for rnd, series in enumerate(rounds):
+            if "borg delete" in series and "borg compact" in series:
+                series["borg delete+compact"] = [(n, w1 + w2, max(r1, r2)) for (n, w1, r1), (_n, w2, r2)
+                                                 in zip(series["borg delete"], series["borg compact"], strict=True)]
+            if args.rounds > 1:
+                print(f"\nround {rnd}:")
+            table(series)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if args.idset:
