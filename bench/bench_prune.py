@@ -34,11 +34,23 @@ package is.
 random ids and no chunk objects (``bench_marks``).
 
 Keep the repositories on the same file system for every tool (``--work``; ``/dev/shm`` keeps a
-loaded disk out of the comparison).
+loaded disk out of the comparison). The peers' input trees are written after repofs's
+repository is built, in ``--data`` (default: ``--work``): at 1 M chunks they are some 4 GB of
+tiny files, which need not take memory in ``/dev/shm`` beside repofs's repository and its copies.
+
+``--lock FILE --priority N``: a run at 1 M chunks builds for many minutes and measures for a
+few; on a shared machine it builds every tool's repository of one size first, then takes the
+benchmark lock (``flock`` on FILE) only while it measures them all, and runs each measured
+command (every tool alike) at niceness N, e.g. ``--lock /tmp/repofs-bench.lock --priority -10``.
+``--rounds K`` measures each size K times from one set-up, each round on a copy of it (every
+tool's repository, cache and security folder as the set-up left them; repofs's once per tree)
+under one hold of the lock, and prints a table per round.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -47,6 +59,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable, Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -63,6 +76,36 @@ MARKS_CHUNK = 1 << 20
 DISK_SLOTS = 1_000_000
 PASSWORD = "bench-prune-passphrase"
 FILES_PER_DIR = 1000
+
+
+class Measured:
+    """How measured commands run: at niceness ``priority`` (None: the script's own), under the
+    benchmark lock (``flock`` on ``lock``) taken by ``held`` around all of one size's
+    measurements, after all of its set-up."""
+
+    lock: str | None = None
+    priority: int | None = None
+
+    @classmethod
+    def run(cls, cmd: list[str], **kw) -> Run:
+        if cls.priority is not None:
+            cmd = ["nice", "-n", str(cls.priority - os.getpriority(os.PRIO_PROCESS, 0)), *cmd]
+        return run(cmd, **kw)
+
+    @classmethod
+    @contextlib.contextmanager
+    def held(cls) -> Iterator[None]:
+        if cls.lock is None:
+            yield
+            return
+        with open(cls.lock, "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)       # released when the file closes
+            yield
+
+
+# A tool's measurements, ready to run once its repository is set up: (figure, command runner
+# given the round's copy of the set-up folder).
+Steps = list[tuple[str, Callable[[Path], Run]]]
 
 
 def parse_count(text: str) -> int:
@@ -142,45 +185,65 @@ def quiet(cmd: list[str], env: dict, cwd: Path) -> str:
     return subprocess.run(cmd, env=env, cwd=cwd, check=True, capture_output=True, text=True).stdout
 
 
-def bench_restic(work: Path, data: Path) -> dict[str, Run]:
+def prepare_restic(work: Path, data: Path) -> Steps:
+    """restic's repository (and cache) in ``work``: two backups, the first forgotten."""
     repo, env = work / "restic-repo", peer_env(work)
     quiet(["restic", "-r", str(repo), "init"], env, data)
     for tree in ("a", "b"):
         quiet(["restic", "-r", str(repo), "backup", "--quiet", "--tag", tree, tree], env, data)
     snaps = json.loads(quiet(["restic", "-r", str(repo), "snapshots", "--json", "--tag", "a"], env, data))
     quiet(["restic", "-r", str(repo), "forget", snaps[0]["id"]], env, data)
-    out = {"prune": run(["restic", "-r", str(repo), "prune"], env=env)}
-    shutil.rmtree(repo)
-    return out
+    return [("restic prune", lambda root: Measured.run(["restic", "-r", str(root / "restic-repo"), "prune"],
+                                                       env=peer_env(root)))]
 
 
-def bench_borg(work: Path, data: Path) -> dict[str, Run]:
+def prepare_borg(work: Path, data: Path) -> Steps:
+    """borg's repository (and its base folder) in ``work``: two archives."""
     repo, env = work / "borg-repo", peer_env(work)
     quiet(["borg", "init", "--encryption", "repokey-blake2", str(repo)], env, data)
     for tree in ("a", "b"):
         quiet(["borg", "create", f"{repo}::{tree}", tree], env, data)
-    out = {"delete": run(["borg", "delete", f"{repo}::a"], env=env),
-           "compact": run(["borg", "compact", str(repo)], env=env)}
-    shutil.rmtree(repo)
-    return out
+    return [("borg delete", lambda root: Measured.run(["borg", "delete", f"{root / 'borg-repo'}::a"],
+                                                      env=peer_env(root))),
+            ("borg compact", lambda root: Measured.run(["borg", "compact", str(root / "borg-repo")],
+                                                       env=peer_env(root)))]
 
 
-def bench_repofs(work: Path, n: int, trees: list[Path]) -> dict[str, Run]:
-    """``repofs prune`` of one repository of ``n`` chunks, once per tree (each on a fresh copy,
-    built once): the figure of the first tree is "prune", the others' "prune [tree]"."""
-    path, copy = work / f"repofs-repo-{n}", work / f"repofs-repo-{n}-run"
-    build_repofs(path, n)
-    out = {}
+def prepare_repofs(work: Path, n: int, trees: list[Path]) -> Steps:
+    """``repofs prune`` of one repository of ``n`` chunks (``repofs_original``), once per tree,
+    each on a copy of it (``copy_round``): the figure of the first tree is "repofs prune", the
+    others' "repofs prune [tree]"."""
+    build_repofs(work / repofs_original(n), n)
+    steps: Steps = []
     for k, tree in enumerate(trees):
-        shutil.copytree(path, copy, symlinks=True)
-        # the peers' priority (--nice 0); cwd: ``python -m`` puts it before PYTHONPATH
-        r = run(repofs("prune", "--json", "--nice", "0"), env=repofs_env(copy, work, tree), cwd=tree)
-        report = json.loads(r.out)
-        assert report["generations_removed"] == 1 and report["freed_chunks"] == n // 2, report
-        shutil.rmtree(copy)
-        out["prune" if k == 0 else f"prune [{tree}]"] = r
-    shutil.rmtree(path)
-    return out
+        def step(root: Path, k: int = k, tree: Path = tree) -> Run:
+            # the peers' priority (--nice 0); cwd: ``python -m`` puts it before PYTHONPATH
+            r = Measured.run(repofs("prune", "--json", "--nice", "0"),
+                             env=repofs_env(root / f"{repofs_original(n)}-{k}", root, tree), cwd=tree)
+            report = json.loads(r.out)
+            assert report["generations_removed"] == 1 and report["freed_chunks"] == n // 2, report
+            return r
+        steps.append(("repofs prune" if k == 0 else f"repofs prune [{tree}]", step))
+    return steps
+
+
+def repofs_original(n: int) -> str:
+    return f"repofs-repo-{n}"
+
+
+def copy_round(setup: Path, root: Path, n: int, trees: int, last: bool) -> None:
+    """One round's copy of a size's set-up: every tool's state (repositories, caches, security
+    folders) as the set-up left it, and repofs's repository once per tree (in the last round
+    the original itself is the last tree's), so that every round measures the same work."""
+    original = repofs_original(n)
+    shutil.copytree(setup, root, symlinks=True, ignore=lambda d, names: [original] if Path(d) == setup else [])
+    if not (setup / original).exists():
+        return
+    for k in range(trees):
+        if last and k == trees - 1:
+            (setup / original).rename(root / f"{original}-{k}")
+        else:
+            shutil.copytree(setup / original, root / f"{original}-{k}", symlinks=True)
 
 
 def bench_idset(n: int) -> None:
@@ -213,7 +276,8 @@ def bench_marks(work: Path, n: int, disk_slots: int, trees: list[Path]) -> None:
         (path / "chunks" / f"{k:02x}").mkdir(parents=True, exist_ok=True)
     for tree in trees:
         # cwd too: ``python -m`` puts the working directory before PYTHONPATH
-        r = run(repofs("prune", "--json"), env=repofs_env(path, work, tree), cwd=tree)
+        with Measured.held():
+            r = Measured.run(repofs("prune", "--json"), env=repofs_env(path, work, tree), cwd=tree)
         report = json.loads(r.out)
         print(f"marks {n:>11,} ids in disks of at most {disk_slots:,} slots: {r.wall:7.1f} s, cpu {r.cpu:7.1f} s, "
               f"peak RSS {r.rss_mib:7.1f} MiB (referenced {report['referenced_chunks']:,}, "
@@ -230,11 +294,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="50k,200k")
     ap.add_argument("--work", default=None, help="where to build the repositories (default: a temp dir)")
+    ap.add_argument("--data", default=None, help="where to write the peers' input trees (default: "
+                    "--work; they are only read by the untimed backups, e.g. /var/tmp beside a /dev/shm --work)")
     ap.add_argument("--tools", default="repofs,restic,borg")
+    ap.add_argument("--rounds", type=int, default=1, help="measure each size this many times, each round "
+                    "on a copy of one set-up (under one hold of --lock each)")
     ap.add_argument("--idset", default="", help="also measure the marks alone for this many ids")
     ap.add_argument("--marks", default="", help="only measure prune's peak memory at this many "
                     "chunks (indexes of random ids, no chunk objects), e.g. 10M")
     ap.add_argument("--disk-slots", default="1M", help="with --marks: slots per disk, e.g. 1M,10M")
+    ap.add_argument("--lock", default=None, help="take this flock only around each round of measurements")
+    ap.add_argument("--priority", type=int, default=None, help="niceness of the measured commands, e.g. -10")
     ap.add_argument("--tree", action="append", default=[], help="run the prune with this "
                     "checkout's code (repeat to compare versions on the same repository; with "
                     "--sizes the first is the one the ratios refer to)")
@@ -242,6 +312,7 @@ def main() -> None:
     tools = [t for t in args.tools.split(",") if t]
     work = Path(tempfile.mkdtemp(prefix="bench-prune-", dir=args.work))
     trees = [Path(t).resolve() for t in args.tree] or [ROOT]
+    Measured.lock, Measured.priority = args.lock, args.priority
     for tree in trees:
         compile_tree(tree)
     if args.marks:
@@ -251,37 +322,45 @@ def main() -> None:
         finally:
             shutil.rmtree(work, ignore_errors=True)
         return
-    # (tool, figure) -> [(n, wall, rss)]
-    series: dict[str, list[tuple[int, float, float]]] = {}
+    # per round: (tool, figure) -> [(n, wall, rss)]
+    rounds: list[dict[str, list[tuple[int, float, float]]]] = [{} for _ in range(args.rounds)]
     try:
         for n in [parse_count(s) for s in args.sizes.split(",") if s]:
-            data = work / "data"
+            # every tool's set-up first (untimed, outside the lock); then per round a copy of
+            # it, and all the round's measurements under one hold of the lock
+            setup = work / f"setup-{n}"
+            setup.mkdir()
+            data = Path(tempfile.mkdtemp(prefix="bench-prune-data-", dir=args.data or work)) / "data"
+            steps: Steps = []
             t = time.monotonic()
-            if {"restic", "borg"} & set(tools):
-                write_tree(data / "a", range(n // 2))
-                write_tree(data / "b", range(n // 2, n))
             for tool in tools:
-                t = time.monotonic()
                 if tool == "repofs":
-                    runs = bench_repofs(work, n, trees)
-                elif tool == "restic":
-                    runs = bench_restic(work, data)
-                elif tool == "borg":
-                    runs = bench_borg(work, data)
-                else:
-                    raise KeyError(tool)
-                built = time.monotonic() - t - sum(r.wall for r in runs.values())
-                for what, r in runs.items():
-                    key = f"{tool} {what}"
-                    series.setdefault(key, []).append((n, r.wall, r.rss_mib))
-                    print(f"{n:>9,} chunks  {key:<14} {r.wall:8.2f} s  cpu {r.cpu:8.2f} s  peak RSS "
-                          f"{r.rss_mib:7.1f} MiB   (set up in {built:.0f} s, load {os.getloadavg()[0]:.1f})",
-                          flush=True)
-            shutil.rmtree(data, ignore_errors=True)
-        if "borg delete" in series and "borg compact" in series:
-            series["borg delete+compact"] = [(n, w1 + w2, max(r1, r2)) for (n, w1, r1), (_n, w2, r2)
-                                             in zip(series["borg delete"], series["borg compact"], strict=True)]
-        table(series)
+                    steps += prepare_repofs(setup, n, trees)
+                    continue
+                if not data.exists():
+                    write_tree(data / "a", range(n // 2))
+                    write_tree(data / "b", range(n // 2, n))
+                steps += {"restic": prepare_restic, "borg": prepare_borg}[tool](setup, data)
+            shutil.rmtree(data.parent, ignore_errors=True)
+            print(f"{n:>9,} chunks  set up in {time.monotonic() - t:.0f} s", flush=True)
+            for rnd in range(args.rounds):
+                root = work / f"round-{n}-{rnd}"
+                copy_round(setup, root, n, len(trees), last=rnd == args.rounds - 1)
+                with Measured.held():
+                    for key, step in steps:
+                        r = step(root)
+                        rounds[rnd].setdefault(key, []).append((n, r.wall, r.rss_mib))
+                        print(f"{n:>9,} chunks  {key:<14} {r.wall:8.2f} s  cpu {r.cpu:8.2f} s  peak RSS "
+                              f"{r.rss_mib:7.1f} MiB   (round {rnd}, load {os.getloadavg()[0]:.1f})", flush=True)
+                shutil.rmtree(root, ignore_errors=True)
+            shutil.rmtree(setup, ignore_errors=True)
+        for rnd, series in enumerate(rounds):
+            if "borg delete" in series and "borg compact" in series:
+                series["borg delete+compact"] = [(n, w1 + w2, max(r1, r2)) for (n, w1, r1), (_n, w2, r2)
+                                                 in zip(series["borg delete"], series["borg compact"], strict=True)]
+            if args.rounds > 1:
+                print(f"\nround {rnd}:")
+            table(series)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if args.idset:

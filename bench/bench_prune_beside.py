@@ -2,6 +2,7 @@
 the same repository.
 
     .venv/bin/python bench/bench_prune_beside.py --chunks 100k --image 256M --rounds 4 --prune-nice 0,10,19 [--work DIR]
+        [--tree OLD]
 
 The repository (encrypted, 1 MiB chunks) is built through ``format/`` with ``--chunks`` tiny
 chunks in ``rounds × (values of --prune-nice) + 1`` generations (bench/bench_prune.py
@@ -21,6 +22,9 @@ backups run back to back, so the machine's other load is alike for them), and th
 prunes' times. The repository's objects are fresh, so the prunes run with
 ``REPOFS_PRUNE_FRESH_SECONDS=0`` (otherwise they would leave every object of the last five
 minutes alone); the objects a running backup writes are still protected by its lease.
+
+``--tree OLD`` runs both commands with another checkout's code (e.g. the code before a change,
+``git worktree add --detach``), to set runs of two versions side by side.
 """
 from __future__ import annotations
 
@@ -36,7 +40,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench_prune import build_repofs, parse_count, repofs_env  # noqa: E402
+from bench_prune import ROOT, build_repofs, compile_tree, parse_count, repofs_env  # noqa: E402
 from measure import repofs, run  # noqa: E402
 
 from format.marks import forget  # noqa: E402
@@ -58,7 +62,8 @@ def fresh_image(path: Path, size: int) -> None:
 
 
 def backup(path: Path, image: Path, env: dict, vm: str):
-    return run(repofs("backup", f"file:{image}", "--vm", vm, "--json"), env=env)
+    # cwd: ``python -m`` puts the working directory before PYTHONPATH
+    return run(repofs("backup", f"file:{image}", "--vm", vm, "--json"), env=env, cwd=env["PYTHONPATH"])
 
 
 def beside_prune(path: Path, image: Path, env: dict, nice: int, vm: str):
@@ -66,7 +71,8 @@ def beside_prune(path: Path, image: Path, env: dict, nice: int, vm: str):
     still running when it ended, the prune's wall time, when the backup started, its report)."""
     cmd = repofs("prune", "--json", "--nice", str(nice))
     t0 = time.monotonic()
-    prune = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    prune = subprocess.Popen(cmd, env=env, cwd=env["PYTHONPATH"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
     leases = path / "leases"
     while prune.poll() is None and not (leases.is_dir() and any(leases.iterdir())):
         time.sleep(0.05)
@@ -86,14 +92,16 @@ def main() -> None:
     ap.add_argument("--image", default="256M", help="size of each backed-up image")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--work", default=None, help="where the repository and images live")
+    ap.add_argument("--tree", default=None, help="run repofs with this checkout's code (default: this one)")
     ap.add_argument("--prune-nice", default="0,10", help="run the prune with `--nice N` (0: at the "
                     "benchmark's priority); a list runs one prune per value in each round, beside a backup each")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-beside-", dir=args.work))
     n, size = parse_count(args.chunks), parse_size(args.image)
     path = work / "repo"
-    env = repofs_env(path, work)
+    env = repofs_env(path, work, Path(args.tree).resolve() if args.tree else ROOT)
     try:
+        compile_tree(Path(env["PYTHONPATH"]))
         t = time.monotonic()
         nices = [int(v) for v in args.prune_nice.split(",")]
         names = build_repofs(path, n, chunk=MIB, generations=args.rounds * len(nices) + 1)

@@ -198,3 +198,48 @@ def test_a_shard_that_fails_stops_the_prune_before_the_seal(tmp_path, monkeypatc
     assert report.batches_swept == 2 and report.freed_chunks == len(gone)
     assert all(repo.get_chunk(repo.chunk_id(data)) == data for data in kept)
     assert records.names(repo, "pending") == []
+
+
+@pytest.mark.parametrize("other", ["none", "before our listing", "after our listing"])
+def test_the_own_batch_sweep_reports_exactly_the_bytes_it_freed(tmp_path, monkeypatch, other):
+    """The sweep of a run's own batch takes the sizes the condemning walk saw instead of a
+    second ``stat`` per object; when another prune sweeps part of a shard of the batch at the
+    same moment (simulated: it takes the middle object of every shard holding two or more,
+    just before or just after our listing), each object is counted by the one that deleted it."""
+    from format import backend as backend_module
+    monkeypatch.setenv("REPOFS_PRUNE_FRESH_SECONDS", "-1")
+    gone, kept = _build(tmp_path / "r", seed=11)
+    repo = Repository.open(tmp_path / "r", PASSPHRASE)
+    sizes = {chunk_name(repo.chunk_id(data)): repo.backend.size(chunk_name(repo.chunk_id(data))) for data in gone}
+    listed, stat = backend_module.LocalFolder.names, backend_module.LocalFolder.stat
+    taken: dict[str, int] = {}
+    trash_stats = []
+
+    def names(folder):
+        objects, temporaries = listed(folder)
+        if other != "none" and folder.name.startswith("trash/") and "/chunks/" in folder.name and len(objects) >= 2:
+            name = sorted(objects)[len(objects) // 2]
+            taken[name] = os.stat(name, dir_fd=folder.fd).st_size
+            os.unlink(name, dir_fd=folder.fd)
+            if other == "before our listing":
+                objects = [n for n in objects if n != name]
+        return objects, temporaries
+
+    def counted_stat(folder, name):
+        if folder.name.startswith("trash/"):
+            trash_stats.append(name)
+        return stat(folder, name)
+    monkeypatch.setattr(backend_module.LocalFolder, "names", names)
+    monkeypatch.setattr(backend_module.LocalFolder, "stat", counted_stat)
+    report = prune(repo)
+    index_bytes = report.moved_bytes - sum(sizes.values())
+    assert report.moved_chunks == len(gone) and report.moved_indexes == 1 and index_bytes > 0
+    assert (other == "none") == (not taken)
+    assert report.freed_chunks == len(gone) - len(taken)
+    assert report.freed_bytes == report.moved_bytes - sum(taken.values())
+    # the shards another prune swept before our listing are the only ones stat'ed again
+    assert len(trash_stats) == (0 if other != "before our listing" else
+                                sum(1 for n in sizes if n.split("/")[1] in {s[:2] for s in taken}) - len(taken))
+    assert all(repo.get_chunk(repo.chunk_id(data)) == data for data in kept)
+    assert not any(repo.has_chunk(repo.chunk_id(data)) for data in gone)
+    assert not os.listdir(tmp_path / "r" / "trash")
