@@ -19,7 +19,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from . import allocator, exitcodes, keyahead, oplog, output, textparams
+from repofs import allocator
+from . import exitcodes, keyahead, oplog, output, textparams
 from .lazygroup import CommandTable, LazyGroup
 from repofs.guest.names import shown
 

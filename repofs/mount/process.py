@@ -11,8 +11,6 @@ kernel mount and the start of the serving loop (nobody would answer). Secret var
 """
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import logging
 import logging.handlers
 import os
@@ -28,6 +26,7 @@ import pyfuse3
 import trio
 
 from . import secretenv
+from repofs import allocator
 from .fusefs import MountSettings, RepofsOperations
 from repofs.view.tree import RepositoryView
 from repofs.daemon import daemonize, stop_on_signals
@@ -153,7 +152,8 @@ def run(view: RepositoryView, req: MountRequest) -> None:
     # The passphrase has been read: a process that serves for days keeps no secret in its
     # environment (another process of the same user, or a child, could read it there).
     secretenv.scrub()
-    _limit_malloc_arenas()
+    allocator.tune_daemon()
+    view.cache.on_evict = allocator.Releaser().freed
     fuse_options = _take_access(req)           # before the adapter reads the settings
     ops = RepofsOperations(view, req.settings, on_prefill=req.on_prefill)
     # nosuid,nodev: the files/ folder shows guests' own modes and device nodes
@@ -198,23 +198,6 @@ async def _tune_read_ahead(mountpoint: str, kb: int) -> None:
         await trio.to_thread.run_sync(tune)
     except OSError as e:
         log.debug("cannot set read_ahead_kb: %s", e)
-
-
-def _limit_malloc_arenas(arenas: int = 2, mmap_threshold: int = 256 << 10) -> None:
-    """Chunks (1 MiB) are allocated by worker threads and freed wherever they are evicted;
-    with glibc's default of 8 arenas per core the freed space scatters and resident memory
-    settled ~100-200 MiB above the cache size (measured: 256M cache, 3 GiB streamed: peak
-    RSS 496 MiB; with MALLOC_ARENA_MAX=2, 387 MiB). A fixed mmap threshold (glibc otherwise
-    raises it to the size of the first freed chunk) gives every chunk-sized buffer its own
-    mapping, returned to the system when it is freed, so the freed chunks of a read cannot
-    pile up in an arena either (docs/performance.md, "Mount memory"). Must run before any
-    thread starts."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt(-8, arenas)  # M_ARENA_MAX
-        libc.mallopt(-3, mmap_threshold)  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):
-        pass
 
 
 def _setup_logging(req: MountRequest) -> None:

@@ -1,7 +1,9 @@
 """A bounded, thread-safe cache of chunk plaintexts, shared by every reader of a view.
 
 Least-recently-used eviction by bytes. Concurrent requests for the same chunk wait for one
-fetch instead of fetching it twice. Fetch errors are not cached.
+fetch instead of fetching it twice. Fetch errors are not cached. ``on_evict``, when set, is
+told how many bytes each insertion evicted (outside the cache's lock): the mount daemon
+returns freed memory to the system with it (``repofs.allocator.Releaser``).
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ class ChunkCache:
         self._loading: dict[bytes, threading.Event] = {}
         self.hits = 0
         self.misses = 0
+        self.on_evict: Callable[[int], None] | None = None
 
     @property
     def size(self) -> int:
@@ -57,18 +60,24 @@ class ChunkCache:
                 self._loading.pop(cid).set()
             raise
         with self._lock:
-            self._insert(cid, data)
+            evicted = self._insert(cid, data)
             self._loading.pop(cid).set()
+        if evicted and self.on_evict is not None:
+            self.on_evict(evicted)
         return data
 
-    def _insert(self, cid: bytes, data: bytes) -> None:
+    def _insert(self, cid: bytes, data: bytes) -> int:
+        """Insert under the lock; the bytes evicted to make room."""
         if len(data) > self.max_bytes:
-            return
+            return 0
+        evicted = 0
         old = self._data.pop(cid, None)
         if old is not None:
             self._bytes -= len(old)
         self._data[cid] = data
         self._bytes += len(data)
         while self._bytes > self.max_bytes:
-            _, evicted = self._data.popitem(last=False)
-            self._bytes -= len(evicted)
+            _, gone = self._data.popitem(last=False)
+            self._bytes -= len(gone)
+            evicted += len(gone)
+        return evicted
