@@ -16,7 +16,7 @@ each round — to measure what a change costs or gains. One of:
   ``--restic``: restic's restore of the same image in every round too (page cache dropped).
 - ``--what mount``: ``repofs mount`` of that generation, page cache dropped: 4 KiB random
   reads of the flat file (p50/p99/p99.9, and how many took over 2 ms), a cold sequential
-  read, the daemon's peak RSS.
+  read and the daemon's CPU seconds during it, the daemon's RSS and peak RSS.
 
     flock /tmp/repofs-bench.lock .venv/bin/python bench/bench_ab.py --what backup --size 2G \\
         --workdir /var/tmp OLD_TREE NEW_TREE     # OLD_TREE e.g. `git worktree add ../base COMMIT`
@@ -272,17 +272,34 @@ def ab_restore(trees: list[str], work: str, img: str, rounds: int, restic: bool 
             shutil.rmtree(out, ignore_errors=True)
 
 
-def daemon_rss(mnt: Path) -> tuple[float, float]:
-    """(current, peak) resident MiB of the mount daemon serving ``mnt``."""
+def daemon_pid(mnt: Path) -> int | None:
+    """The process id of the mount daemon serving ``mnt``."""
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            if str(mnt).encode() in cmd and b"mount" in cmd:
-                status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
-                return int(status["VmRSS"].split()[0]) / 1024, int(status["VmHWM"].split()[0]) / 1024
-        except (OSError, KeyError, ValueError):
+        except OSError:
             continue
-    return 0.0, 0.0
+        if str(mnt).encode() in cmd and b"mount" in cmd:
+            return int(pid)
+    return None
+
+
+def daemon_rss(pid: int | None) -> tuple[float, float]:
+    """(current, peak) resident MiB of process ``pid``."""
+    try:
+        status = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+        return int(status["VmRSS"].split()[0]) / 1024, int(status["VmHWM"].split()[0]) / 1024
+    except (OSError, KeyError, ValueError):
+        return 0.0, 0.0
+
+
+def daemon_cpu(pid: int | None) -> float:
+    """User + system CPU seconds process ``pid`` has used so far."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def ab_mount(trees: list[str], work: str, img: str, rounds: int, extra: list[str]) -> None:
@@ -311,13 +328,16 @@ def ab_mount(trees: list[str], work: str, img: str, rounds: int, extra: list[str
                 drop_caches()
                 cli(tree, "mount", *extra, repos[tree], str(mnt))
                 wait_for(flat)
+                pid = daemon_pid(mnt)
+                cpu0 = daemon_cpu(pid)
                 mbs = sequential(flat)
-                rss, peak = daemon_rss(mnt)
+                cpu = daemon_cpu(pid) - cpu0
+                rss, peak = daemon_rss(pid)
             finally:
                 unmount(mnt)
             print(f"round {rnd} {tree}: cold random 4 KiB p50 {p50:.2f} ms p99 {p99:.2f} ms p99.9 {p999:.2f} ms "
                   f"({slow} of {len(lat)} reads over 2 ms); cold sequential "
-                  f"{mbs:.0f} MB/s; daemon RSS {rss:.0f} MiB (peak {peak:.0f})", flush=True)
+                  f"{mbs:.0f} MB/s, daemon CPU {cpu:.2f} s; daemon RSS {rss:.0f} MiB (peak {peak:.0f})", flush=True)
 
 
 def main() -> None:
