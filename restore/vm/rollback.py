@@ -50,7 +50,7 @@ from restore.vsphere.vddkprovider import VddkProvider, connect_params
 from restore.vsphere.vmmeta import disk_label
 from . import steps
 from .errors import DiskWriteFailed, RestoreError, SourceUnusable, StepFailed, VMPoweredOn
-from .generation import GenerationSource, piece_size
+from .generation import GenerationSource, block_size, piece_size
 from .writepipe import WritePipe
 
 IDENTITY = "repofs-rollback"
@@ -136,13 +136,15 @@ def changed_since(vm: Any, snapshot: Any, key: int, capacity: int,
 
 
 def _pieces(areas: list[tuple[int, int]], size: int, capacity: int) -> Iterator[tuple[int, int]]:
-    """Whole-sector pieces of at most ``size`` bytes covering ``areas``."""
+    """Whole-sector pieces covering ``areas``, cut at the multiples of ``size``: with ``size``
+    a multiple of the reader's chunk size, a piece lies within whole chunks, and a piece of
+    one chunk is read without a copy (the chunk's bytes themselves)."""
     for offset, length in areas:
         start = offset - offset % SECTOR
         end = min(capacity, offset + length + (-(offset + length)) % SECTOR)
         pos = start
         while pos < end:
-            stop = min(end, pos + size)
+            stop = min(end, (pos // size + 1) * size)
             yield pos, stop - pos
             pos = stop
 
@@ -332,7 +334,7 @@ class _Rollback:
         early: _ReadAhead | None = None
         first = next((t for t in targets if plans[t.label][0] == "changed"), None)
         if first is not None:
-            early = _ReadAhead(first.reader, _pieces(plans[first.label][2], piece_size(first.reader),
+            early = _ReadAhead(first.reader, _pieces(plans[first.label][2], block_size(first.reader),
                                                      first.capacity), self.options.workers)
         try:
             with self.step("prepare for access"):
@@ -389,7 +391,11 @@ class _Rollback:
                 # Both sides' data: what the disk holds now and what the generation holds.
                 areas = _union(disk.allocated_extents(), t.reader.extents(), t.capacity)
             if ahead is None:
-                ahead = _ReadAhead(t.reader, _pieces(areas, size, t.capacity), self.options.workers)
+                # Changed areas are read a chunk at a time (no piece joins chunks: no copy but
+                # the one into the write buffers); compared ones in pieces the size of the
+                # disk reads they are compared with.
+                unit = block_size(t.reader) if mode == "changed" else size
+                ahead = _ReadAhead(t.reader, _pieces(areas, unit, t.capacity), self.options.workers)
             pieces = iter(ahead)
             if mode == "compared":
                 # The disk is read and written by this thread alone, piece by piece.
@@ -453,13 +459,13 @@ class _Rollback:
 class _ReadAhead:
     """``(offset, length, data)`` of the generation's ``pieces``, in order, read by ``workers``
     threads ahead of the writer (decompression and hashing release the GIL); the first reads
-    start at once. At most ``2 × workers`` pieces in memory. ``close()`` drops what was not
+    start at once. At most ``4 × workers`` pieces in memory. ``close()`` drops what was not
     taken and waits for the reads under way (idempotent)."""
 
     def __init__(self, reader: Any, pieces: Iterator[tuple[int, int]], workers: int) -> None:
         self._reader = reader
         self._pieces = pieces
-        self._depth = 2 * max(1, workers)
+        self._depth = 4 * max(1, workers)
         self._pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="rollback-read")
         self._window: collections.deque[tuple[int, int, Future[bytes]]] = collections.deque()
         self._fill()
