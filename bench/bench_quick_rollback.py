@@ -2,12 +2,14 @@
 its disk, beside a full restore into vCenter (a new VM) of the same generation, same run.
 
     python bench/bench_quick_rollback.py --size 8G [--workdir /var/tmp] [--runs 2] [--share 0.03]
-                                         [--before DIR]
+                                         [--before DIR] [--lock FILE --priority N] [--image IMG]
 
 The data set is bench/dataset.py's disk image (GPT + ext4, 60% filled, the rest holes). It
 becomes the flat extent of a simulated VM's disk (test vCenter + VDDK stand-in) and is backed
-up once. Each run then changes ``--share`` of the disk's data in place, as a guest would
-(scattered 64 KiB-aligned runs, recorded in the disk's change-tracking log), and times:
+up once (``--image IMG``: a data set image made before, ``python bench/dataset.py IMG --size
+8G``, read only — the benchmarks of a session need not make one each). Each run then changes
+``--share`` of the disk's data in place, as a guest would (scattered 64 KiB-aligned runs,
+recorded in the disk's change-tracking log), and times:
 
 - the Quick Rollback of the VM to the generation (safety snapshot, changed-block query,
   writes, snapshot removal — the whole command);
@@ -106,6 +108,7 @@ def main() -> None:
     ap.add_argument("--share", type=float, default=0.03, help="share of the data the guest changes")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--before", default=None, help="another checkout whose rollback is timed beside")
+    ap.add_argument("--image", default=None, help="an existing data set image (bench/dataset.py), read only")
     ap.add_argument("--lock", default=None, help="benchmark lock file, held around each run's timed part only")
     ap.add_argument("--priority", type=int, default=None, help="niceness of the timed part (and the test vCenter)")
     a = ap.parse_args()
@@ -113,8 +116,12 @@ def main() -> None:
     size -= size % MiB
     work = Path(tempfile.mkdtemp(prefix="repofs-qrbench-", dir=a.workdir))
     try:
-        img = str(work / "disk.img")
-        make_image(img, size)
+        if a.image:
+            img = str(Path(a.image).resolve())
+            size = os.stat(img).st_size
+        else:
+            img = str(work / "disk.img")
+            make_image(img, size)
         allocated = os.stat(img).st_blocks * 512
         libdir = build_standin()
         env = dict(os.environ, PYTHONPATH=str(ROOT))
