@@ -216,3 +216,21 @@ def test_a_vm_the_repository_does_not_hold_is_one_error_line(vsphere: VSphereBed
     assert proc.returncode == 8, proc.stderr  # NOT_FOUND
     assert proc.stderr.splitlines() == [f"repofs: error: no generations of VM {name!r}: the "
                                         "repository holds none yet"]
+
+
+def test_pieces_lie_within_chunks_and_cover_no_sector_twice() -> None:
+    """The rollback's read pieces: cut at chunk boundaries (a piece of one chunk is the cached
+    chunk itself), whole sectors, and areas that widen into the same sector write it once."""
+    from restore.vm.rollback import _pieces
+    areas = [(0, 100), (100, 412), (1000, 10), (MiB - 4096, 2 * MiB + 8192)]
+    got = list(_pieces(areas, MiB, 16 * MiB))
+    assert got == [(0, 512), (512, 512), (MiB - 4096, 4096), (MiB, MiB), (2 * MiB, MiB),
+                   (3 * MiB, 4096)]
+    assert all(o // MiB == (o + n - 1) // MiB and o % 512 == n % 512 == 0 for o, n in got)
+    # the bytes asked for are covered, once each
+    covered = [b for o, n in got for b in range(o, o + n, 512)]
+    assert len(covered) == len(set(covered))
+    ends = [b for start, length in areas for b in (start, start + length - 1)]
+    assert all(any(o <= b < o + n for o, n in got) for b in ends)
+    # clipped to the capacity
+    assert list(_pieces([(15 * MiB, 4 * MiB)], MiB, 16 * MiB)) == [(15 * MiB, MiB)]

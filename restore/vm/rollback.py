@@ -113,15 +113,19 @@ def _find(si: Any, source: GenerationSource) -> Any:
 def _pieces(areas: Iterable[tuple[int, int]], size: int, capacity: int) -> Iterator[tuple[int, int]]:
     """Whole-sector pieces covering ``areas``, cut at the multiples of ``size``: with ``size``
     a multiple of the reader's chunk size, a piece lies within whole chunks, and a piece of
-    one chunk is read without a copy (the chunk's bytes themselves)."""
+    one chunk is read without a copy (the chunk's bytes themselves). ``areas`` come in disk
+    order; an area that, widened to whole sectors, overlaps the pieces before it gives only
+    the rest (a sector is never written twice)."""
+    done = 0
     for offset, length in areas:
-        start = offset - offset % SECTOR
+        start = max(offset - offset % SECTOR, done)
         end = min(capacity, offset + length + (-(offset + length)) % SECTOR)
         pos = start
         while pos < end:
             stop = min(end, (pos // size + 1) * size)
             yield pos, stop - pos
             pos = stop
+        done = max(done, end)
 
 
 def rollback_vm(session: Session, source: GenerationSource, options: RestoreOptions, *,
