@@ -124,9 +124,9 @@ def restore(targets: Annotated[list[str], typer.Argument(metavar="vm:NAME[@GEN].
 
 
 def rollback_cache_bytes(threads: int) -> int:
-    """The chunk cache of a Quick Rollback: room for the chunks of its read-ahead window
-    (2 pieces of ~4 MiB per thread, each touching up to 5 chunks of 1 MiB), so that a chunk
-    two neighbouring pieces share is read once."""
+    """The chunk cache of a Quick Rollback: more than the chunks of its read-ahead window (4
+    pieces of at most a chunk per thread with changed blocks, 2 of ~4 MiB when comparing), so
+    that a chunk two neighbouring pieces share is read once."""
     return max(32 << 20, 2 * threads * (6 << 20))
 
 

@@ -311,7 +311,7 @@ class _Rollback:
         if first is not None:
             early = _ReadAhead(first.reader, _pieces(plans[first.label][2].start(),
                                                      block_size(first.reader), first.capacity),
-                               self.options.workers)
+                               self.options.workers, per_worker=4)
         try:
             with self.step("prepare for access"):
                 lib.prepare_for_access(params, IDENTITY)
@@ -373,7 +373,7 @@ class _Rollback:
                     # Changed areas are read a chunk at a time (no piece joins chunks: no copy
                     # but the one into the write buffers).
                     ahead = _ReadAhead(t.reader, _pieces(areas, block_size(t.reader), t.capacity),
-                                       self.options.workers)
+                                       self.options.workers, per_worker=4)
                 # Every piece is written: each is copied into a buffer shared with VixDiskLib
                 # while the buffer before it is being written, and the next pieces are read.
                 pipe = WritePipe(disk, size, write, name="rollback-write")
@@ -448,14 +448,16 @@ class _Rollback:
 class _ReadAhead:
     """``(offset, length, data)`` of the generation's ``pieces``, in order, read by ``workers``
     threads ahead of the writer (decompression and hashing release the GIL); the first reads
-    start at once. At most ``4 × workers`` pieces in memory. An error of ``pieces`` (their
-areas' source) is raised after the pieces before it. ``close()`` drops what was not
-    taken and waits for the reads under way (idempotent)."""
+    start at once. At most ``per_worker × workers`` pieces in memory (4 for chunk-sized
+    pieces, 2 for the larger ones of compare mode). An error of ``pieces`` (their areas'
+    source) is raised after the pieces before it. ``close()`` drops what was not taken and
+    waits for the reads under way (idempotent)."""
 
-    def __init__(self, reader: Any, pieces: Iterator[tuple[int, int]], workers: int) -> None:
+    def __init__(self, reader: Any, pieces: Iterator[tuple[int, int]], workers: int,
+                 per_worker: int = 2) -> None:
         self._reader = reader
         self._pieces = pieces
-        self._depth = 4 * max(1, workers)
+        self._depth = per_worker * max(1, workers)
         self._pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="rollback-read")
         self._window: collections.deque[tuple[int, int, Future[bytes]]] = collections.deque()
         self._error: Exception | None = None   # of ``pieces``: raised after the pieces before it
