@@ -217,7 +217,8 @@ class Sealer:
                 raise CorruptObject(label, "authentication failed") from None
         else:
             payload = body[:payload_len]
-            if blake3.blake3(aad + payload).digest() != bytes(body[payload_len:]):
+            # (the payload hashed where it lies: ``aad + payload`` would copy it first)
+            if blake3.blake3(aad).update(payload).digest() != bytes(body[payload_len:]):
                 raise CorruptObject(label, "integrity tag mismatch")
         if compression == COMPRESSION_ZSTD:
             _check_frame_size(payload, plain_len, label)

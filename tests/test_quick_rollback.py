@@ -13,7 +13,7 @@ import time
 
 from pyVmomi import vim
 
-from fixtures_vcsim import connected, find_by_name, flat_path, wait_task
+from fixtures_vcsim import connected, find_by_name, flat_path, set_extra_config, wait_task
 from fixtures_vddk import read_stats
 from fixtures_vsphere import REPOFS, MiB, VSphereBed, unique
 from test_vsphere_harsh import pattern, write
@@ -110,6 +110,32 @@ def test_two_controllers_four_disks_and_a_powered_on_vm(vsphere: VSphereBed) -> 
         assert find_by_name(si, vim.VirtualMachine, name).runtime.powerState == "poweredOn"
 
 
+def test_changed_areas_unusable_part_way_mean_compare_from_there(vsphere: VSphereBed) -> None:
+    """The changed areas come page by page, and are written as they come: a page that does
+    not advance, after a first page whose areas were written, turns the disk to compare mode;
+    what was written stays (it is the generation's), the rest is found by comparing."""
+    name, (gen,) = a_backed_up_vm(vsphere, [DISK])
+    changes = [(MiB, pattern(11, 192 * 1024)), (7 * MiB, pattern(12, 128 * 1024))]
+    write(vsphere, name, changes)
+    # every answer: "[0, 2 MiB) holds one changed area" (the first change); the second page,
+    # asked for at 2 MiB, answers [0, 2 MiB) again: it does not advance
+    with connected(vsphere.vcsim) as si:
+        set_extra_config(si, find_by_name(si, vim.VirtualMachine, name), "repofs.vcsim.changedAreas",
+                         json.dumps({"startOffset": 0, "length": 2 * MiB, "areas": [[MiB, 192 * 1024]]}))
+    mark = vsphere.stat_count()
+    proc = rollback(vsphere, name)
+    (d,) = json.loads(proc.stdout)[0]["disks"]
+    assert d["mode"] == "compared" and "did not advance" in d["reason"], d
+    assert ": changed (" in proc.stderr and ": compared (" in proc.stderr, proc.stderr
+    # the first change written from its changed area, the second found by comparing (which
+    # writes the whole piece around it); the first, compared again, is equal by then
+    first, second = (len(b) for _, b in changes)
+    assert first + second <= d["written_bytes"] <= first + 4 * MiB
+    assert d["written_bytes"] == written(vsphere, mark)
+    assert disk_bytes(vsphere, name) == gen
+    assert vsphere.snapshots(name) == []
+
+
 def test_untrusted_changed_blocks_mean_compare_and_write_what_differs(vsphere: VSphereBed) -> None:
     """A revert since the generation: changed-block tracking would miss what the revert put
     back, so every block is compared; only those that differ are written."""
@@ -190,3 +216,21 @@ def test_a_vm_the_repository_does_not_hold_is_one_error_line(vsphere: VSphereBed
     assert proc.returncode == 8, proc.stderr  # NOT_FOUND
     assert proc.stderr.splitlines() == [f"repofs: error: no generations of VM {name!r}: the "
                                         "repository holds none yet"]
+
+
+def test_pieces_lie_within_chunks_and_cover_no_sector_twice() -> None:
+    """The rollback's read pieces: cut at chunk boundaries (a piece of one chunk is the cached
+    chunk itself), whole sectors, and areas that widen into the same sector write it once."""
+    from restore.vm.rollback import _pieces
+    areas = [(0, 100), (100, 412), (1000, 10), (MiB - 4096, 2 * MiB + 8192)]
+    got = list(_pieces(areas, MiB, 16 * MiB))
+    assert got == [(0, 512), (512, 512), (MiB - 4096, 4096), (MiB, MiB), (2 * MiB, MiB),
+                   (3 * MiB, 4096)]
+    assert all(o // MiB == (o + n - 1) // MiB and o % 512 == n % 512 == 0 for o, n in got)
+    # the bytes asked for are covered, once each
+    covered = [b for o, n in got for b in range(o, o + n, 512)]
+    assert len(covered) == len(set(covered))
+    ends = [b for start, length in areas for b in (start, start + length - 1)]
+    assert all(any(o <= b < o + n for o, n in got) for b in ends)
+    # clipped to the capacity
+    assert list(_pieces([(15 * MiB, 4 * MiB)], MiB, 16 * MiB)) == [(15 * MiB, MiB)]

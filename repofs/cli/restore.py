@@ -11,6 +11,7 @@ from .progress import Progress
 from .units import format_duration, format_rate, format_size
 from .sessionopts import (CaFileOpt, InsecureOpt, ServerOpt, ThumbprintOpt, TransportOpt, TRANSPORTS, UserOpt,
                           VddkInProcessOpt, VddkLibdirOpt, VSpherePasswordFileOpt, session_options)
+from repofs.view.chunkcache import DEFAULT_CACHE_BYTES
 from repofs.view.tree import RepositoryView
 from restore.vsphere.options import RestoreOptions
 from restore.vsphere.outcome import Outcome
@@ -122,6 +123,13 @@ def restore(targets: Annotated[list[str], typer.Argument(metavar="vm:NAME[@GEN].
                      from_dir=from_dir, json_out=json_out, options=options)
 
 
+def rollback_cache_bytes(threads: int) -> int:
+    """The chunk cache of a Quick Rollback: more than the chunks of its read-ahead window (4
+    pieces of at most a chunk per thread with changed blocks, 2 of ~4 MiB when comparing), so
+    that a chunk two neighbouring pieces share is read once."""
+    return max(32 << 20, 2 * threads * (6 << 20))
+
+
 def _pairs(specs: list[str], option: str, *, allow_empty: bool) -> dict[str, str]:
     out: dict[str, str] = {}
     for spec in specs:
@@ -144,7 +152,12 @@ def _restore_vsphere(vms: list[str], *, repo: str | None, password_file: str | N
     from repofs.view.folder import GenerationFolder
 
     opened: list = []
-    view = None if from_dir else RepositoryView(open_repository(repo, password_file))
+    # Quick Rollback reads each chunk it needs once, in disk order, never again: a small cache
+    # (what a piece shares with the next) keeps reusing the same memory, where the views'
+    # default 256 MiB would hold every chunk read, each in fresh pages the kernel must fault
+    # in and zero (a fifth of the rollback's read threads' CPU, measured with perf).
+    cache_bytes = rollback_cache_bytes(options.workers) if options.in_place else DEFAULT_CACHE_BYTES
+    view = None if from_dir else RepositoryView(open_repository(repo, password_file), cache_bytes)
 
     def loader(vm: str):
         def load():

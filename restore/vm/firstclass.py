@@ -34,11 +34,10 @@ from restore.vsphere.tasks import fault_text, properties, wait
 from restore.vsphere.vddkprovider import VddkProvider
 from .diskwriter import DiskJob, WrittenDisk, write_disks
 from .errors import PlacementError, RestoreError, SourceUnusable, StepFailed, VMExists
-from .generation import GenerationSource
+from .generation import FIRST_CLASS_SCHEMA as SCHEMA, GenerationSource, is_first_class  # noqa: F401 (re-exported)
 from .plan import storage_profiles
 from restore.vsphere.errors import CertificateError
 
-SCHEMA = "repofs.vsphere.ivd/1"
 IDENTITY = "repofs-restore"
 
 Say = Callable[[str], None]
@@ -64,10 +63,6 @@ class FcdResult:
         return [f"{self.source} generation {self.generation}: restored as the first-class disk "
                 f"{self.name} (id {self.id}) on {self.datastore}{profile} in {self.seconds:.1f}s, "
                 f"{written} bytes written", *(f"  warning: {w}" for w in self.warnings)]
-
-
-def is_first_class(source: GenerationSource) -> bool:
-    return (source.metadata or {}).get("schema") == SCHEMA
 
 
 def _manager(si: Any) -> Any:

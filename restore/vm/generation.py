@@ -14,6 +14,8 @@ from __future__ import annotations
 from typing import Any, Protocol, Sequence
 
 DEFAULT_PIECE = 1 << 20
+# The metadata schema of a first-class disk's generation (restore/backup/firstclass.py).
+FIRST_CLASS_SCHEMA = "repofs.vsphere.ivd/1"
 
 
 class DiskReader(Protocol):
@@ -30,6 +32,11 @@ class GenerationSource(Protocol):
     name: str                    # the generation's name
     metadata: dict[str, Any]     # the captured document (restore.metadata.SCHEMA)
     disks: Sequence[DiskReader]
+
+
+def is_first_class(source: GenerationSource) -> bool:
+    """Whether ``source`` is a first-class disk's generation (not a VM's)."""
+    return (source.metadata or {}).get("schema") == FIRST_CLASS_SCHEMA
 
 
 def block_size(reader: Any) -> int:

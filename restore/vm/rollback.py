@@ -11,10 +11,14 @@ The steps:
                          again at the end)
   safety snapshot        ``repofs-rollback-…`` with the owner marker: what a failure reverts to
   what differs           per disk, the areas written since the generation's snapshot:
-                         ``QueryChangedDiskAreas(safety snapshot, key, the generation's change id)``;
-                         when changed-block tracking cannot be trusted (off, no change id, a
-                         fault, a revert since the generation, KB 1020128 — see
-                         ``changetrust``), every area that holds data on either side, read
+                         ``QueryChangedDiskAreas(safety snapshot, key, the generation's change id)``,
+                         page after page in a thread (``changedareas``), the first pages' areas
+                         read and written while the later ones are asked for; when
+                         changed-block tracking cannot be trusted (off, no change id, a revert
+                         since the generation, KB 1020128 — see ``changetrust``) or its answer
+                         cannot be used (a fault, pages that do not advance, areas out of
+                         order — also after some areas were written: they hold the
+                         generation's bytes), every area that holds data on either side, read
                          through VixDiskLib and compared with the generation piece by piece
   write                  the generation's bytes over those areas, zeros included (the disk
                          holds data there now)
@@ -35,9 +39,9 @@ import contextlib
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
-from pyVmomi import vim, vmodl
+from pyVmomi import vim
 
 from restore.vsphere import changetrust
 from restore.vsphere.errors import VMNotFound
@@ -45,18 +49,18 @@ from restore.vsphere.inventory import find_vm
 from restore.vsphere.options import RestoreOptions
 from restore.vsphere.ownership import owner_description, owner_of
 from restore.vsphere.session import Session
-from restore.vsphere.tasks import content, fault_text, properties, wait
+from restore.vsphere.tasks import content, properties, wait
 from restore.vsphere.vddkprovider import VddkProvider, connect_params
 from restore.vsphere.vmmeta import disk_label
 from . import steps
+from .changedareas import ChangedAreas, ChangedAreasUnusable
 from .errors import DiskWriteFailed, RestoreError, SourceUnusable, StepFailed, VMPoweredOn
-from .generation import GenerationSource, piece_size
+from .generation import GenerationSource, block_size, piece_size
 from .writepipe import WritePipe
 
 IDENTITY = "repofs-rollback"
 SNAPSHOT_PREFIX = "repofs-rollback-"
 SECTOR = 512
-MAX_QUERIES = 1_000_000
 
 Say = Callable[[str], None]
 
@@ -106,45 +110,22 @@ def _find(si: Any, source: GenerationSource) -> Any:
     return find_vm(si, vm_doc.get("name") or source.vm)
 
 
-def changed_since(vm: Any, snapshot: Any, key: int, capacity: int,
-                  change_id: str) -> list[tuple[int, int]]:
-    """The areas of disk ``key`` written between ``change_id`` and ``snapshot``, merged."""
-    areas: list[tuple[int, int]] = []
-    offset = 0
-    for _ in range(MAX_QUERIES):
-        if offset >= capacity:
-            break
-        info = vm.QueryChangedDiskAreas(snapshot=snapshot, deviceKey=key, startOffset=offset,
-                                        changeId=change_id)
-        for a in info.changedArea or []:
-            start, length = int(a.start), int(a.length)
-            if length > 0 and 0 <= start < capacity:  # an answer is bounded by the disk
-                areas.append((start, min(length, capacity - start)))
-        end = int(info.startOffset) + int(info.length)
-        if end <= offset:
-            raise ValueError(f"QueryChangedDiskAreas did not advance past offset {offset}")
-        offset = end
-    else:
-        raise ValueError("QueryChangedDiskAreas: too many pages")
-    merged: list[list[int]] = []
-    for start, length in sorted(areas):
-        if merged and start <= merged[-1][0] + merged[-1][1]:
-            merged[-1][1] = max(merged[-1][1], start + length - merged[-1][0])
-        else:
-            merged.append([start, length])
-    return [(s, n) for s, n in merged]
-
-
-def _pieces(areas: list[tuple[int, int]], size: int, capacity: int) -> Iterator[tuple[int, int]]:
-    """Whole-sector pieces of at most ``size`` bytes covering ``areas``."""
+def _pieces(areas: Iterable[tuple[int, int]], size: int, capacity: int) -> Iterator[tuple[int, int]]:
+    """Whole-sector pieces covering ``areas``, cut at the multiples of ``size``: with ``size``
+    a multiple of the reader's chunk size, a piece lies within whole chunks, and a piece of
+    one chunk is read without a copy (the chunk's bytes themselves). ``areas`` come in disk
+    order; an area that, widened to whole sectors, overlaps the pieces before it gives only
+    the rest (a sector is never written twice)."""
+    done = 0
     for offset, length in areas:
-        start = offset - offset % SECTOR
+        start = max(offset - offset % SECTOR, done)
         end = min(capacity, offset + length + (-(offset + length)) % SECTOR)
         pos = start
         while pos < end:
-            stop = min(end, pos + size)
+            stop = min(end, (pos // size + 1) * size)
             yield pos, stop - pos
             pos = stop
+        done = max(done, end)
 
 
 def rollback_vm(session: Session, source: GenerationSource, options: RestoreOptions, *,
@@ -296,8 +277,8 @@ class _Rollback:
 
     def _plan(self, targets: list[_Target], tracking: bool,
               now: dict[str, Any]) -> dict[str, tuple[str, str, Any]]:
-        """Per disk: (mode, reason, areas or None for compare); ``now`` is the VM's
-        ``changetrust`` state, read before the safety snapshot."""
+        """Per disk: (mode, reason, its ``ChangedAreas`` or None for compare); ``now`` is the
+        VM's ``changetrust`` state, read before the safety snapshot."""
         doc = self.source.metadata
         why = None
         if not tracking:
@@ -305,7 +286,7 @@ class _Rollback:
         else:
             previous = {"vm_state": doc.get("vm_state"), "tracking": doc.get("change_tracking")}
             why = changetrust.distrust(self.si, self.vm, previous, now)
-        plans: dict[str, tuple[str, str, list[tuple[int, int]] | None]] = {}
+        plans: dict[str, tuple[str, str, ChangedAreas | None]] = {}
         for t in targets:
             reason: str | None
             if why is None and not t.change_id:
@@ -313,14 +294,10 @@ class _Rollback:
             else:
                 reason = why
             if reason is None and t.change_id:       # (no reason: a change id and trust in it)
-                try:
-                    areas = changed_since(self.vm, self.snapshot, t.key, t.capacity, t.change_id)
-                except (vmodl.MethodFault, ValueError) as e:
-                    text = fault_text(e) if isinstance(e, vmodl.MethodFault) else str(e)
-                    reason = f"the generation's change id is unusable ({text})"
-                else:
-                    plans[t.label] = ("changed", f"changed since {t.change_id}", areas)
-                    continue
+                # asked for page by page once the disk's writes begin (the first disk's now)
+                plans[t.label] = ("changed", f"changed since {t.change_id}",
+                                  ChangedAreas(self.vm, self.snapshot, t.key, t.capacity, t.change_id))
+                continue
             plans[t.label] = ("compared", f"{reason}: every block compared", None)
         return plans
 
@@ -332,8 +309,9 @@ class _Rollback:
         early: _ReadAhead | None = None
         first = next((t for t in targets if plans[t.label][0] == "changed"), None)
         if first is not None:
-            early = _ReadAhead(first.reader, _pieces(plans[first.label][2], piece_size(first.reader),
-                                                     first.capacity), self.options.workers)
+            early = _ReadAhead(first.reader, _pieces(plans[first.label][2].start(),
+                                                     block_size(first.reader), first.capacity),
+                               self.options.workers, per_worker=4)
         try:
             with self.step("prepare for access"):
                 lib.prepare_for_access(params, IDENTITY)
@@ -359,11 +337,15 @@ class _Rollback:
         finally:
             if early is not None:
                 early.close()
+            for _mode, _reason, areas in plans.values():
+                if areas is not None:
+                    areas.close()
 
     def _write_disk(self, conn: Any, t: _Target, mode: str, reason: str,
-                    areas: list[tuple[int, int]] | None,
+                    areas: ChangedAreas | None,
                     ahead: _ReadAhead | None = None) -> RolledBackDisk:
-        """Write one disk; ``ahead``: its pieces' reads, already started."""
+        """Write one disk; ``ahead``: its pieces' reads, already started. Changed areas that
+        turn out unusable part-way: what was written stays, every block is compared."""
         started = time.monotonic()
         size = piece_size(t.reader)
         written = looked = 0
@@ -385,16 +367,38 @@ class _Rollback:
                 raise
 
         try:
-            if areas is None:
-                # Both sides' data: what the disk holds now and what the generation holds.
-                areas = _union(disk.allocated_extents(), t.reader.extents(), t.capacity)
-            if ahead is None:
-                ahead = _ReadAhead(t.reader, _pieces(areas, size, t.capacity), self.options.workers)
-            pieces = iter(ahead)
+            if mode == "changed":
+                assert areas is not None
+                if ahead is None:
+                    # Changed areas are read a chunk at a time (no piece joins chunks: no copy
+                    # but the one into the write buffers).
+                    ahead = _ReadAhead(t.reader, _pieces(areas, block_size(t.reader), t.capacity),
+                                       self.options.workers, per_worker=4)
+                # Every piece is written: each is copied into a buffer shared with VixDiskLib
+                # while the buffer before it is being written, and the next pieces are read.
+                pipe = WritePipe(disk, size, write, name="rollback-write")
+                unusable: ChangedAreasUnusable | None = None
+                try:
+                    for offset, length, want in ahead:
+                        looked += length
+                        pipe.add(offset, want)
+                        written += length
+                except ChangedAreasUnusable as e:
+                    unusable = e
+                pipe.finish()
+                if unusable is not None:
+                    ahead.close()
+                    ahead = None
+                    mode, reason = "compared", (f"the generation's change id is unusable "
+                                                f"({unusable}): every block compared")
+                    self.say(f"{self.name}: {t.label}: {mode} ({reason})")
             if mode == "compared":
-                # The disk is read and written by this thread alone, piece by piece.
+                # Both sides' data: what the disk holds now and what the generation holds,
+                # read and written by this thread alone, piece by piece.
+                both = _union(disk.allocated_extents(), t.reader.extents(), t.capacity)
+                ahead = _ReadAhead(t.reader, _pieces(both, size, t.capacity), self.options.workers)
                 buf = disk.buffer(size)
-                for offset, length, want in pieces:
+                for offset, length, want in ahead:
                     looked += length
                     disk.read_into(offset, buf[:length])
                     if buf[:length] == want:
@@ -402,15 +406,6 @@ class _Rollback:
                     buf[:length] = want
                     disk.write_from(offset, buf[:length])
                     written += length
-            else:
-                # Every piece is written: each is copied into a buffer shared with VixDiskLib
-                # while the buffer before it is being written, and the next pieces are read.
-                pipe = WritePipe(disk, size, write, name="rollback-write")
-                for offset, length, want in pieces:
-                    looked += length
-                    pipe.add(offset, want)
-                    written += length
-                pipe.finish()
             disk.flush()
         except RestoreError:
             raise
@@ -453,20 +448,28 @@ class _Rollback:
 class _ReadAhead:
     """``(offset, length, data)`` of the generation's ``pieces``, in order, read by ``workers``
     threads ahead of the writer (decompression and hashing release the GIL); the first reads
-    start at once. At most ``2 × workers`` pieces in memory. ``close()`` drops what was not
-    taken and waits for the reads under way (idempotent)."""
+    start at once. At most ``per_worker × workers`` pieces in memory (4 for chunk-sized
+    pieces, 2 for the larger ones of compare mode). An error of ``pieces`` (their areas'
+    source) is raised after the pieces before it. ``close()`` drops what was not taken and
+    waits for the reads under way (idempotent)."""
 
-    def __init__(self, reader: Any, pieces: Iterator[tuple[int, int]], workers: int) -> None:
+    def __init__(self, reader: Any, pieces: Iterator[tuple[int, int]], workers: int,
+                 per_worker: int = 2) -> None:
         self._reader = reader
         self._pieces = pieces
-        self._depth = 2 * max(1, workers)
+        self._depth = per_worker * max(1, workers)
         self._pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="rollback-read")
         self._window: collections.deque[tuple[int, int, Future[bytes]]] = collections.deque()
+        self._error: Exception | None = None   # of ``pieces``: raised after the pieces before it
         self._fill()
 
     def _fill(self) -> None:
-        while len(self._window) < self._depth:
-            piece = next(self._pieces, None)
+        while self._error is None and len(self._window) < self._depth:
+            try:
+                piece = next(self._pieces, None)
+            except Exception as e:
+                self._error = e
+                return
             if piece is None:
                 return
             offset, length = piece
@@ -477,6 +480,9 @@ class _ReadAhead:
             offset, length, future = self._window.popleft()
             self._fill()
             yield offset, length, future.result()
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
 
     def close(self) -> None:
         for *_, future in self._window:

@@ -25,7 +25,7 @@ import vddk
 from restore.vsphere.credentials import resolve_credentials
 from restore.vsphere.options import RestoreOptions
 from restore.vsphere.outcome import Outcome
-from .generation import GenerationSource
+from .generation import GenerationSource, is_first_class
 from restore.vsphere.vddkprovider import VddkProvider
 
 if TYPE_CHECKING:
@@ -59,8 +59,7 @@ def _run(targets: list[tuple[str, Callable[[], GenerationSource]]], options: Res
          on_outcome: Callable[[Outcome], None] | None) -> None:
     # pyVmomi only now: the VDDK worker process spawns on the other core meanwhile. The
     # restore of a new VM (plan, config spec, disk writer …) is imported only by the commands
-    # that restore one: Quick Rollback does not need it.
-    from .firstclass import is_first_class, restore_fcd
+    # that restore one, that of a first-class disk only for one: Quick Rollback needs neither.
     from restore.vsphere.session import Session
     if options.in_place and not options.dry_run:
         from .rollback import rollback_vm
@@ -85,6 +84,7 @@ def _run(targets: list[tuple[str, Callable[[], GenerationSource]]], options: Res
                 try:
                     source = first.get() if i == 0 and first is not None else load()
                     if is_first_class(source):
+                        from .firstclass import restore_fcd
                         assert provider is not None or options.dry_run
                         outcome.result = restore_fcd(session, source, options, provider=provider,
                                                      on_event=on_event)
