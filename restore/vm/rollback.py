@@ -350,7 +350,7 @@ class _Rollback:
         size = piece_size(t.reader)
         written = looked = 0
         try:
-            disk = conn.open(t.path, read_only=False)
+            disk = conn.open(t.path, read_only=False, unbuffered=self.options.session.unbuffered)
         except BaseException:
             if ahead is not None:
                 ahead.close()
