@@ -27,14 +27,16 @@ from typing import Any, Iterator
 
 from pyVmomi import vmodl
 
+from restore.vsphere.errors import VSphereError
 from restore.vsphere.tasks import fault_text
 
 MAX_QUERIES = 1_000_000
 _END = object()
 
 
-class ChangedAreasUnusable(Exception):
-    """vCenter's changed areas for the disk cannot be used past some point (the text says why)."""
+class ChangedAreasUnusable(VSphereError):
+    """vCenter's changed areas for the disk cannot be used past some point (the text says why).
+    The rollback catches it and compares instead; were it ever to escape, it is a vSphere error."""
 
 
 class ChangedAreas:
