@@ -14,6 +14,7 @@ pytest_plugins: list[str] = [
     "fixtures_restore",
     "fixtures_boot",
     "fixtures_s3",
+    "fixtures_pagecache",
 ]
 
 # Property tests and fuzzers: a seeded, repeatable pass in CI (the same examples every run, no

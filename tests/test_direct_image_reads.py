@@ -4,7 +4,6 @@ the same bytes every way, compared with the file's, and a backup that restores e
 from __future__ import annotations
 
 import mmap
-import os
 import random
 import subprocess
 from pathlib import Path
@@ -18,27 +17,12 @@ from repofs.ingest.sources import LocalImage
 from repofs.view.export import restore_disk_to_file
 from repofs.view.tree import RepositoryView
 
+from fixtures_pagecache import cached_bytes, evict
 from fixtures_repo import images_equal
 
 MiB = 1 << 20
 PROBES = 64 * 1024     # what reading a file's header leaves cached, read-ahead included
 FAST_KDF = {"name": "argon2id", "time_cost": 1, "memory_kib": 64, "parallelism": 1}
-
-
-def cached_bytes(path: Path) -> int:
-    proc = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)],
-                          capture_output=True, text=True, check=True)
-    return int(proc.stdout.split()[0])
-
-
-def evict(path: Path) -> None:
-    """Drop ``path``'s pages from the page cache (written out first)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
 
 
 def on_page_cache_fs(path: Path) -> bool:
@@ -130,20 +114,6 @@ def test_flat_vmdk_extents_at_any_offset_read_the_same_bytes(tmp_path):
         assert source.read(0, source.capacity) == expected
     finally:
         source.close()
-
-
-@pytest.fixture
-def ramfs(tmp_path):
-    """A ramfs: a real file system without direct I/O (root only)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting ramfs needs root")
-    mnt = tmp_path / "ramfs"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "ramfs", "-o", "size=64m", "ramfs", str(mnt)], check=True)
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", str(mnt)], check=True)
 
 
 def test_an_image_on_a_file_system_without_direct_io_reads_the_same(ramfs):

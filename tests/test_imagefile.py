@@ -16,6 +16,7 @@ from repofs.view.export import restore_disk_to_file
 from repofs.view.imagefile import ALIGN, ImageWriter
 from repofs.view.tree import RepositoryView
 
+from fixtures_pagecache import cached_bytes
 from fixtures_repo import PASSPHRASE, images_equal
 
 MiB = 1 << 20
@@ -78,12 +79,6 @@ def data_runs(path: Path) -> list[tuple[int, int]]:
     return runs
 
 
-def cached_bytes(path: Path) -> int:
-    proc = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)],
-                          capture_output=True, text=True, check=True)
-    return int(proc.stdout.split()[0])
-
-
 @pytest.mark.parametrize("direct", [True, False], ids=["direct", "buffered"])
 def test_pieces_at_any_alignment_land_byte_for_byte_and_holes_stay_holes(tmp_path, direct):
     parts = pieces(7)
@@ -123,20 +118,6 @@ def test_restored_disk_is_not_left_in_the_page_cache(cli, tmp_path, direct):
     assert written == 40 * MiB
     assert cached_bytes(out) == 0
     assert images_equal(img, out)
-
-
-@pytest.fixture
-def ramfs(tmp_path):
-    """A ramfs: a real file system without direct I/O (root only)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting ramfs needs root")
-    mnt = tmp_path / "ramfs"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "ramfs", "-o", "size=64m", "ramfs", str(mnt)], check=True)
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", str(mnt)], check=True)
 
 
 def test_file_system_without_direct_io_gets_the_same_bytes(ramfs):

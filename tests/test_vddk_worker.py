@@ -12,7 +12,6 @@ import os
 import pathlib
 import random
 import signal
-import subprocess
 import threading
 from typing import Iterator
 
@@ -20,6 +19,7 @@ import pytest
 
 import vddk
 from vddk import errors
+from fixtures_pagecache import cached_bytes, evict
 from fixtures_vddk import Standin
 
 MiB = 1 << 20
@@ -329,22 +329,6 @@ def test_ctrl_c_at_the_terminal_does_not_kill_the_worker(iso: vddk.IsolatedLibra
         assert disk.read_into(0, buf) == 2 * MiB and buf == data
 
 
-def _cached_bytes(path: pathlib.Path) -> int:
-    """Bytes of ``path`` in the page cache (util-linux fincore)."""
-    out = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)],
-                         capture_output=True, text=True, check=True).stdout
-    return int(out.split()[0])
-
-
-def _uncached(path: pathlib.Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-
-
 @pytest.mark.parametrize("unbuffered", [True, False], ids=["unbuffered", "buffered"])
 def test_unbuffered_open_writes_past_the_page_cache(iso: vddk.IsolatedLibrary, standin: Standin,
                                                     unbuffered: bool) -> None:
@@ -354,7 +338,7 @@ def test_unbuffered_open_writes_past_the_page_cache(iso: vddk.IsolatedLibrary, s
     original = _random(size, 40)
     path = standin.disk("u.vmdk", size, original)
     flat = standin.datastore / "u-flat.vmdk"
-    _uncached(flat)
+    evict(flat)
     data, tail = _random(4 * MiB, 41), _random(1000, 42)
     expected = bytearray(original)
     expected[MiB:5 * MiB] = data
@@ -365,9 +349,9 @@ def test_unbuffered_open_writes_past_the_page_cache(iso: vddk.IsolatedLibrary, s
         assert disk.write_from(MiB, buf) == 4 * MiB
         disk.flush()
         del buf
-        assert (_cached_bytes(flat) == 0) is unbuffered
+        assert (cached_bytes(flat) == 0) is unbuffered
         assert disk.read(MiB, 4 * MiB) == data
-        assert (_cached_bytes(flat) == 0) is unbuffered
+        assert (cached_bytes(flat) == 0) is unbuffered
         # a piece that is not whole pages: written through the page cache, still exact
         disk.write_from(7 * MiB + 512, tail + bytes(24))
         expected[7 * MiB + 512:7 * MiB + 512 + 1024] = tail + bytes(24)
