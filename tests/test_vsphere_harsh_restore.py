@@ -8,11 +8,15 @@ takes, and gets its own back when the restore fails.
 from __future__ import annotations
 
 import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
 
+import pytest
 from pyVmomi import vim, vmodl
 
 from fixtures_restore import MiB, RestoreBed
-from fixtures_vcsim import connected, find_by_name, wait_task
+from fixtures_vcsim import VCSim, connected, find_by_name, wait_task
 from fixtures_vsphere import unique
 
 UNSUPPORTED_EXIT = 12
@@ -198,20 +202,37 @@ def test_overwrite_with_recover_identity_never_shares_the_identity(restore_bed: 
     assert after["nics"][0].macAddress == before["nics"][0].macAddress
 
 
-def test_a_datastore_without_room_is_refused_before_any_change(fresh_vcsim, tmp_path, monkeypatch) -> None:
-    """A thick disk larger than the datastore's free space: the plan says so, nothing is made.
-    On a simulator of its own: the simulator books the disk's size against its datastore."""
-    import os
+@pytest.fixture
+def small_vcsim(tmp_path: Path) -> Iterator[VCSim]:
+    """A simulator of its own whose datastores sit on a 256 MiB tmpfs: it reports the free
+    space of its folders, so what is free no longer depends on the host's disk."""
+    from fixtures_vcsim import _skip_without_toolchain, running_vcsim
+    _skip_without_toolchain()
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256m", "tmpfs", str(mnt)]).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (not root?)")
+    try:
+        with running_vcsim(tmpdir=mnt) as info:
+            yield info
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
+
+def test_a_datastore_without_room_is_refused_before_any_change(small_vcsim, tmp_path, monkeypatch) -> None:
+    """A thick disk larger than the datastore's free space: the plan says so, nothing is made.
+    The simulator books a thick disk's size against its datastore, so after adding one of
+    1 GiB its 256 MiB datastore reports less free than the restored copy needs."""
     from fixtures_vsphere import make_bed
-    bed = make_bed(fresh_vcsim, tmp_path / "bed", monkeypatch)
+    bed = make_bed(small_vcsim, tmp_path / "bed", monkeypatch)
     rb = RestoreBed(bed)
-    st = os.statvfs(fresh_vcsim.datastores["LocalDS_0"])
-    size = min(1 << 40, -(-2 * st.f_bavail * st.f_frsize // (1 << 30)) * (1 << 30))
+    size = 1 << 30
     name = unique("rs-full")
-    with connected(fresh_vcsim) as si:
+    with connected(small_vcsim) as si:
         from fixtures_vcsim import create_vm
         vm = create_vm(si, name, [4 * MiB])
+        ds = find_by_name(si, vim.Datastore, "LocalDS_0")
+        assert 0 < ds.summary.freeSpace < size, "the datastore must start with less free than the disk"
         ctrl = next(d.key for d in vm.config.hardware.device
                     if isinstance(d, vim.vm.device.VirtualSCSIController))
         wait_task(si, vm.ReconfigVM_Task(spec=vim.vm.ConfigSpec(deviceChange=[
@@ -225,7 +246,7 @@ def test_a_datastore_without_room_is_refused_before_any_change(fresh_vcsim, tmp_
     before = rb.inventory()
     proc = rb.restore(f"vm:{name}", "--name", unique("rs-full-copy"), check=False)
     assert proc.returncode == 8, proc.stderr  # check options
-    assert "LocalDS_0 has" in proc.stderr and "free, the disks need" in proc.stderr
+    assert "LocalDS_0 has" in proc.stderr and "free, the disks need 1.0 GiB" in proc.stderr
     assert rb.inventory() == before
 
 
