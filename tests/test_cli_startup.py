@@ -105,3 +105,75 @@ def test_texts_and_lists_of_texts_arrive_as_typer_gives_them():
     assert sub.params["sources"] == ["file:/a", "file:/b"] and sub.params["vm"] == "v"
     assert sub.params["changed_extents"] == ["c.json"] and sub.params["server"] is None
     assert sub.params["dry_run"] is False and sub.params["lock_wait"] == "0"
+
+
+def test_a_restore_with_a_number_option_does_not_import_pydantic(tmp_path):
+    """``--threads 3`` (and its default) become numbers without typer's pydantic coercion:
+    a Quick Rollback's start-up does not pay for it."""
+    missing = tmp_path / "no-repository"
+    for extra in ([], ["--threads", "3"]):
+        found = _probe(["restore", "vm:x", "-r", str(missing), *extra])
+        assert "pydantic" not in found["others"] and found["built"] == ["restore"], (extra, found)
+
+
+def test_numbers_arrive_as_typer_gives_them():
+    from repofs.cli.app import command
+    root = command()
+    ctx = root.make_context("repofs", ["restore"])
+    restore = root.get_command(ctx, "restore")
+    assert restore.make_context("restore", ["vm:x"], parent=ctx).params["threads"] == 4
+    sub = restore.make_context("restore", ["vm:x", "--threads", "007"], parent=ctx)
+    assert sub.params["threads"] == 7 and type(sub.params["threads"]) is int
+    for bad in ("1e3", "three", "1.5"):
+        with pytest.raises(typer.BadParameter, match="valid integer"):   # typer's own message
+            restore.make_context("restore", ["vm:x", "--threads", bad], parent=ctx)
+    for other, number in ((" 2", 2), ("1.0", 1)):      # typer's own leniency, kept
+        assert restore.make_context("restore", ["vm:x", "--threads", other], parent=ctx).params["threads"] == number
+
+
+def test_the_plain_number_check_agrees_with_typers_coercion():
+    """Every text the plain check turns into a number, typer's coercion turns into the same
+    number of the same type; everything else is left to typer."""
+    from typing import Optional
+
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+    from typer._coercion import build_runtime_param, resolve_type_descriptor
+    from typer.models import OptionInfo
+
+    from repofs.cli.textparams import _Plain
+
+    kinds = (int, Optional[int], float, Optional[float])
+    plain = {k: _Plain(parameter_info=OptionInfo(), annotation=k) for k in kinds}
+    typers = {k: build_runtime_param(resolve_type_descriptor(k, OptionInfo())) for k in kinds}
+
+    class Param:
+        def __init__(self, kind):
+            self.type_descriptor = resolve_type_descriptor(kind, OptionInfo())
+            self.name, self.opts, self.secondary_opts, self.param_type_name = "n", ["--n"], [], "option"
+            self.human_readable_name = "--n"
+
+        def get_error_hint(self, ctx):
+            return "'--n'"
+
+    texts = st.one_of(st.from_regex(r"\A[+-]?[0-9]{0,25}(\.[0-9]{0,5})?\Z"),
+                      st.text(alphabet="0123456789+-.e_x ", max_size=8), st.integers(), st.floats())
+
+    def agree(kind, value):
+        try:
+            ours = plain[kind]._coerce_value(value, param=Param(kind), ctx=None)
+        except typer.BadParameter:
+            ours = "refused"
+        try:
+            theirs = typers[kind]._coerce_value(value, param=Param(kind), ctx=None)
+        except typer.BadParameter:
+            theirs = "refused"
+        assert ours == theirs or (ours != ours and theirs != theirs), (kind, value, ours, theirs)
+        assert type(ours) is type(theirs), (kind, value, ours, theirs)
+
+    for kind in kinds:
+        for value in ("0", "12", "-3", "+3", "007", "1.", ".5", "-.5", "1.5", "00.10", "",
+                      "99999999999999999999999", 4, 4.0, -0.0):
+            agree(kind, value)
+    settings(max_examples=400, derandomize=True, deadline=None)(
+        given(st.sampled_from(kinds), texts)(agree))()

@@ -3,12 +3,15 @@
 typer coerces each parameter's value through a pydantic ``TypeAdapter`` built on first use;
 the first one imports pydantic and builds its core schema: ~0.1 CPU s of every command's
 start-up, a fifth of all an incremental backup costs (docs/performance.md, "CLI start-up").
-Nearly all our parameters are text (``str``, ``Optional[str]``, ``list[str]``) or flags,
-which click already hands over as text or as ``True``/``False``: for those values the check
-is that they are, and a list comes back as a list, as typer's coercion gives it. Any other
-value (a flag's value from an environment variable, say), and parameters of every other kind
-(numbers, choices, paths, files, custom parsers or click types), go through typer's own
-coercion, built when first needed.
+Nearly all our parameters are text (``str``, ``Optional[str]``, ``list[str]``), flags, or
+numbers without bounds (``int``, ``float``, optional or not, such as ``restore --threads``).
+Click hands text over as text and flags as ``True``/``False``: for those the check is that
+they are, and a list comes back as a list, as typer's coercion gives it. A number given as
+plain digits (``12``, ``-3``; ``2.5`` for a decimal) becomes that number, and a default that
+already is one stays. Any other value (``1e3``, ``0x10``, ``1_000``, a flag's value from an
+environment variable), a value typer would refuse, and parameters of every other kind
+(bounded numbers, choices, paths, files, custom parsers or click types) go through typer's
+own coercion, built when first needed: its answer and its error message are typer's.
 
 Limits: this relies on typer's parameter internals (``type_descriptor``, ``_runtime_param``,
 ``get_help_option``, ``typer._coercion``; typer 0.29). If a typer release changes them,
@@ -17,7 +20,8 @@ slower start-up (``test_cli_startup.py`` notices: a backup then imports pydantic
 """
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import Any, Optional
 
 try:
     from typer._click import Context
@@ -26,6 +30,10 @@ except ImportError:          # another typer: leave its coercion alone
     RuntimeParam = None      # type: ignore[assignment,misc]
 
 _LIST_OF_TEXT = list[str]
+_WHOLE = re.compile(r"[+-]?[0-9]+")
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
+_INTS = (int, Optional[int])
+_FLOATS = (float, Optional[float])
 
 if RuntimeParam is not None:
     class _Plain(RuntimeParam):
@@ -38,6 +46,16 @@ if RuntimeParam is not None:
             if kind == _LIST_OF_TEXT and isinstance(value, (list, tuple)) and \
                     all(isinstance(v, str) for v in value):
                 return list(value)
+            if kind in _INTS:
+                if type(value) is int:
+                    return value
+                if isinstance(value, str) and _WHOLE.fullmatch(value):
+                    return int(value)
+            if kind in _FLOATS:
+                if type(value) is float:
+                    return value
+                if isinstance(value, str) and _DECIMAL.fullmatch(value):
+                    return float(value)
             return build_runtime_param(param.type_descriptor)._coerce_value(value, param=param, ctx=ctx)
 
 
@@ -47,6 +65,8 @@ def _plain(descriptor: Any) -> bool:
         return False
     if descriptor.is_file or descriptor.is_path or descriptor.is_choice:
         return False
+    if descriptor.annotation in _INTS or descriptor.annotation in _FLOATS:
+        return getattr(info, "min", None) is None and getattr(info, "max", None) is None
     return descriptor.annotation in (str, bool) or descriptor.annotation == _LIST_OF_TEXT
 
 
