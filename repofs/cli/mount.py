@@ -13,11 +13,12 @@ from repofs.errors import RepofsError
 from repofs.view.tree import RepositoryView
 
 
-# The chunk cache by default. The daemon's peak resident memory is the cache plus ~50 MiB
-# (interpreter, libraries, chunks being decoded) on a local repository, and plus ~100 MiB on
-# object storage (botocore and its service model, connections, fetches in flight): with
-# these sizes both stay under 256 MiB (docs/mount.md; docs/s3.md, "Measurements").
-LOCAL_CACHE = 192 << 20
+# The chunk cache by default. The daemon's peak resident memory is the cache plus ~70-80 MiB
+# (interpreter, libraries, chunks being decoded, the heap's slack between two releases) on a
+# local repository, and plus ~100-110 MiB on object storage (botocore and its service model,
+# connections, fetches in flight): with these sizes both stay under 256 MiB (docs/mount.md;
+# docs/s3.md, "Measurements"; 263-271 MiB with a 192 MiB cache over 8 GiB, measured).
+LOCAL_CACHE = 160 << 20
 OBJECT_STORE_CACHE = 128 << 20
 # On object storage: the deepest read-ahead of one stream (chunks; half the cache at most)
 # and the fetches in flight at once (each waits a round trip, holding one chunk or none).
@@ -39,7 +40,7 @@ def mount(first: Annotated[str, typer.Argument(metavar="[REPO]", show_default=Fa
               "-o", help="Mount options: allow_other, allow_root, and our own as key=value "
                          "(cache_size, io_timeout, password_file, read_ahead, direct_io=0|1, prefill=0|1, "
                          "uid, gid, umask: who may read a shared mount; see docs/mount.md).")] = None,
-          cache_size: Annotated[Optional[str], typer.Option("--cache-size", show_default=False, help="Chunk cache, bytes or e.g. 512M, 2G (default 192M; on object storage 128M).")] = None,
+          cache_size: Annotated[Optional[str], typer.Option("--cache-size", show_default=False, help="Chunk cache, bytes or e.g. 512M, 2G (default 160M; on object storage 128M).")] = None,
           io_timeout: Annotated[float, typer.Option("--io-timeout", help="Seconds a read may wait for storage before EIO.")] = 30.0,
           read_ahead: Annotated[Optional[int], typer.Option("--read-ahead", help="Chunks prefetched ahead of a sequential reader (0: off; default 8; on object storage 16, deepening to 64 while the reader waits).")] = None,
           direct_io: Annotated[bool, typer.Option("--direct-io/--no-direct-io", help="Flat disk files bypass the page cache (faster streaming).")] = True,
