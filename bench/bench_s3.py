@@ -11,9 +11,8 @@ The S3 store is moto's server (objects kept in files in the work folder unless
 connection after every answer, so each request opens a new one).
 Targets: a local repository; moto on loopback; with ``--relay-control`` moto behind the
 relay with nothing added (what the relay itself costs); the same moto behind a relay of the
-benchmark's own (``bench/delayrelay``, in Go, built into ``build/`` with the Go toolchain
-``.ci/setup`` installs), that holds every byte half of ``--rtt-ms`` in each direction
-(``tc netem`` would be the tool, but this kernel has no ``sch_netem``, nor
+benchmark's own, in a process of its own, that holds every byte half of ``--rtt-ms`` in
+each direction (``tc netem`` would be the tool, but this kernel has no ``sch_netem``, nor
 ``fq`` for BPF-timed departures: ``tc`` refuses both). For each: ``repofs backup`` of the
 data set (bench/dataset.py), ``repofs restore --to-dir`` compared with ``cmp``; then
 ``--mount-rounds`` rounds, the targets interleaved in each, of a cold sequential read
@@ -22,7 +21,9 @@ first round compared with ``cmp``. Wall time, throughput, the client's CPU secon
 (user + system of the repofs process, from wait4), the mount's peak RSS (VmHWM); the mount
 figures are medians of the rounds. The ratio "with latency / without" shows whether
 parallelism hides the round trips (target: ≥ 80%); with ``--relay-control`` also the ratio
-against the relay with nothing added, which takes the relay's own cost out of it.
+against the relay with nothing added, which takes the relay's own cost out of it (the relay
+spends ~2 CPU seconds per GB it carries, most of it the kernel's loopback TCP and copies: a
+relay written in Go measured the same, 22.4 CPU seconds for an 8 GiB backup and restore).
 
 ``--uploads-sweep`` measures only backups, for each ``REPOFS_S3_UPLOADS`` value (and each
 worktree of ``--trees``), on loopback and through the relay, interleaved.
@@ -37,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import queue
 import random
 import resource
 import shutil
@@ -45,12 +47,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-HERE = ROOT / "bench"
 sys.path.insert(0, str(ROOT / "bench"))
 from dataset import make_image, parse_size  # noqa: E402
 from measure import REPOFS, mounted, run, wait_for  # noqa: E402
@@ -127,25 +129,59 @@ class DelayRelay:
     the round trip of a distant store, in user space (this kernel has no ``sch_netem``, so
     ``tc qdisc … netem`` is refused here). Bandwidth is not limited; only latency is added.
 
-    The relay is ``bench/delayrelay`` (Go, built into ``build/`` on first use): a process of
-    its own whose CPU stays small beside the client it measures (the Python relay it replaced
-    used 17-22 CPU seconds during an 8 GiB backup and restore, on the same two cores, which
-    counted against the +RTT targets). It sets ``TCP_NODELAY`` on both sides as the client
+    It runs in a process of its own, so that its threads do not compete with the benchmark's
+    reader for one interpreter lock, and it sets ``TCP_NODELAY`` on both sides as the client
     (urllib3) does: a relay that let Nagle's algorithm hold back the tail of an answer until
     the previous segment is acknowledged would add delayed-ACK stalls that netem does not."""
 
     def __init__(self, target: tuple[str, int], half_rtt: float):
         self.target, self.half = target, half_rtt
-        self.proc = subprocess.Popen([str(delayrelay_binary()), "-target", f"{target[0]}:{target[1]}",
-                                      "-half-rtt", f"{half_rtt * 1e6:.0f}us"],
-                                     stdout=subprocess.PIPE, text=True)
-        self.pid = self.proc.pid
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline().split()
-        if line[:1] != ["port"]:
-            self.close()
-            raise RuntimeError(f"delayrelay did not start: {line}")
-        self.port = int(line[1])
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(256)
+        self.port = listener.getsockname()[1]
+        self.pid = os.fork()
+        if self.pid == 0:
+            try:
+                self._accept(listener)
+            finally:
+                os._exit(0)
+        listener.close()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            client, _ = listener.accept()
+            upstream = socket.create_connection(self.target)
+            for sock in (client, upstream):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            for a, b in ((client, upstream), (upstream, client)):
+                q: queue.SimpleQueue = queue.SimpleQueue()
+                threading.Thread(target=self._read, args=(a, q), daemon=True).start()
+                threading.Thread(target=self._write, args=(b, q), daemon=True).start()
+
+    def _read(self, sock: socket.socket, q: queue.SimpleQueue) -> None:
+        while True:
+            try:
+                data = sock.recv(1 << 18)
+            except OSError:
+                data = b""
+            q.put((time.monotonic() + self.half, data))
+            if not data:
+                return
+
+    def _write(self, sock: socket.socket, q: queue.SimpleQueue) -> None:
+        while True:
+            due, data = q.get()
+            delay = due - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            try:
+                if not data:
+                    sock.shutdown(socket.SHUT_WR)
+                    return
+                sock.sendall(data)
+            except OSError:
+                return
 
     def cpu_seconds(self) -> float:
         """User + system CPU the relay has used so far (from /proc)."""
@@ -154,21 +190,11 @@ class DelayRelay:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-        self.proc.wait()
-
-
-def delayrelay_binary() -> Path:
-    """``build/delayrelay``, built from ``bench/delayrelay`` when missing or older."""
-    src = HERE / "delayrelay"
-    out = ROOT / "build" / "delayrelay"
-    newest = max(p.stat().st_mtime for p in src.glob("*.go"))
-    if not out.exists() or out.stat().st_mtime < newest:
-        out.parent.mkdir(exist_ok=True)
-        env = dict(os.environ, GO111MODULE="off", GOCACHE=str(ROOT / "build" / "gocache"))
-        subprocess.run(["go", "build", "-o", str(out), "."], cwd=src, env=env, check=True)
-    return out
+        try:
+            os.kill(self.pid, 15)
+            os.waitpid(self.pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
 
 
 def measure_target(name: str, location: str, image: Path, work: Path, env: dict) -> dict:
