@@ -6,16 +6,26 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
+from fixtures_mount import CHEAP_KDF, PASSPHRASE
 from format.check import Problem, check
 from format.fixedindex import Copies
-from test_format_mutants_index import RCS, _generation, _put, _slots, repo  # noqa: F401  (repo: the fixture)
+from format.repository import Repository
+from test_format_mutants_index import RCS, _generation, _put, _slots
+
+
+@pytest.fixture
+def repo(tmp_path):
+    Repository.init(tmp_path / "r", PASSPHRASE, kdf=CHEAP_KDF, chunk_size=RCS)
+    return Repository.open(tmp_path / "r", PASSPHRASE)
 
 
 def test_copies_ending_one_byte_before_the_disks_end_are_compared_to_that_byte(repo):
     rng = random.Random(6)
-    slots = [rng.randbytes(RCS) for _ in range(2)]
+    slots: list[bytes | None] = [rng.randbytes(RCS) for _ in range(2)]
     index = _slots(repo, slots)
-    disk = b"".join(slots)
+    disk = b"".join(s or b"" for s in slots)
     ranges = [(RCS + 10, RCS - 11)]                   # up to the disk's last byte but one
     good = disk[RCS + 10:2 * RCS - 1]
     index.copies = Copies(ranges, [_put(repo, good)], RCS)

@@ -16,7 +16,9 @@ import datetime as dt
 import os
 import time
 
-from fixtures_mount import PASSPHRASE
+import pytest
+
+from fixtures_mount import CHEAP_KDF, PASSPHRASE
 from format import records
 from format.immutability import locked_at_least_until
 from format.manifest import DiskEntry, Manifest
@@ -24,10 +26,16 @@ from format.fixedindex import FixedIndex
 from format.marks import TOMBSTONES
 from format.prune import PENDING, TRASH, prune
 from format.repository import Repository, chunk_name, index_name
-from test_format_mutants_prune import (CS, S, _chunk, _ListingBackend, _LockingBackend, _set_mtime, _trash,
-                                       repo)  # noqa: F401  (repo: the fixture)
+from test_format_mutants_prune import CS, S, _chunk, _ListingBackend, _LockingBackend, _set_mtime, _trash
 
 S3_DELETE_LIMIT = 1000          # keys in one DeleteObjects request
+
+
+@pytest.fixture
+def repo(tmp_path, monkeypatch):
+    monkeypatch.delenv("REPOFS_PRUNE_KILL_AFTER", raising=False)
+    Repository.init(tmp_path / "repo", PASSPHRASE, kdf=CHEAP_KDF, chunk_size=CS)
+    return Repository.open(tmp_path / "repo", PASSPHRASE)
 
 
 class _SortedListing(_ListingBackend):
