@@ -73,3 +73,25 @@ def test_in_answers_for_whole_slots_only():
     assert (a + b)[16:48] not in IdTable.from_bytes(a + b)          # ids are slot-aligned
     assert None not in table and 7 not in table and "x" * ID_SIZE not in table
     assert bytearray(a) in table
+
+
+def test_tables_are_equal_when_their_slots_are_whatever_pages_they_hold():
+    a, b = bytes([1]) * ID_SIZE, bytes([2]) * ID_SIZE
+    count = 2 * PAGE_SLOTS + 3
+    table = IdTable.from_bytes(a + HOLE + a)
+    assert table == a + HOLE + a and table == bytearray(a + HOLE + a) and table == memoryview(a + HOLE + a)
+    assert table != a + a + HOLE and table != a + HOLE and table != a + HOLE + a + HOLE
+    held_holes = IdTable(count)
+    held_holes.set(PAGE_SLOTS + 1, a)
+    held_holes.set(PAGE_SLOTS + 1, HOLE)             # page 1 held, all holes
+    assert held_holes == IdTable(count) and IdTable(count) == held_holes
+    one = IdTable(count)
+    one.set(PAGE_SLOTS + 1, a)
+    assert one != IdTable(count) and IdTable(count) != one     # a page held on one side only
+    other = IdTable(count)
+    other.set(PAGE_SLOTS + 1, b)
+    assert one != other                              # the same page held on both, one id differs
+    assert IdTable(2) != IdTable(3) and IdTable(count) != IdTable(count + 1)
+    same = IdTable(count)
+    same.set(PAGE_SLOTS + 1, a)
+    assert one == same
