@@ -95,3 +95,27 @@ def test_tables_are_equal_when_their_slots_are_whatever_pages_they_hold():
     same = IdTable(count)
     same.set(PAGE_SLOTS + 1, a)
     assert one == same
+
+
+def test_occupied_lists_every_slot_with_a_base_or_pieces_from_the_first():
+    index = FixedIndex.empty(5 * 4096, 4096)
+    index.set(1, bytes([1]) * ID_SIZE)                       # slot 0 is a hole
+    index.set_pieces(3, [(0, 10, bytes([2]) * ID_SIZE)])
+    index.set(3, bytes([3]) * ID_SIZE)                       # base and pieces: listed once
+    assert list(index.occupied()) == [1, 3]
+
+
+def test_ids_added_a_page_at_a_time_are_all_members_even_in_one_crowded_bucket():
+    """Prune marks an index's id table a page at a time (``add_ids``); ids that share their
+    first two bytes share a bucket, which is re-sorted as it grows."""
+    from format.idset import IdSet
+    rng = random.Random(8)
+    crowded = [b"\xab\xcd" + rng.randbytes(ID_SIZE - 2) for _ in range(200)]
+    others = [rng.randbytes(ID_SIZE) for _ in range(50)]
+    marks = IdSet()
+    marks.add_ids(b"".join(crowded[:100] + [HOLE] + others), skip=HOLE)
+    marks.add_ids(b"".join(crowded[100:]), skip=HOLE)
+    marks.freeze()
+    assert all(cid in marks for cid in crowded + others)
+    assert HOLE not in marks and len(marks) == 250
+    assert b"\xab\xcd" + bytes(ID_SIZE - 2) not in marks
