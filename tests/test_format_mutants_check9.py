@@ -1,14 +1,17 @@
 """``check`` (format/check.py) in the mutation run's reach (docs/security.md, "Mutation testing
-of the format"): copies whose range ends one byte before the disk's end compare clean, and
-a stray file among the chunks does not stop the count of unreferenced chunks.
+of the format"): copies whose range ends one byte before the disk's end compare clean, a
+stray file among the chunks does not stop the count of unreferenced chunks, and chunks are
+read at most ``workers`` at a time (without ``read_data``, probed one at a time).
 """
 from __future__ import annotations
 
 import random
+import threading
 
 import pytest
 
 from fixtures_mount import CHEAP_KDF, PASSPHRASE
+from format.backend import LocalBackend
 from format.check import Problem, check
 from format.fixedindex import Copies
 from format.repository import Repository
@@ -47,3 +50,45 @@ def test_a_stray_file_among_the_chunks_does_not_stop_the_count_of_unreferenced_o
     report = check(repo)
     assert report.problems == [] and report.unreferenced_chunks == 3
     assert report.unreferenced_bytes == sum(repo.backend.size(f"chunks/{c.hex()[:2]}/{c.hex()}") for c in stray)
+
+
+class _CountingReads(LocalBackend):
+    """Counts the chunk reads running at once; each is held a moment unless one more than
+    ``bound`` runs, so a run over the bound is seen, not timed."""
+
+    def __init__(self, root, bound: int):
+        super().__init__(root)
+        self.bound, self.running, self.peak = bound, 0, 0
+        self._lock, self._over = threading.Lock(), threading.Event()
+
+    def _counted(self, name: str, call):
+        if not name.startswith("chunks/"):
+            return call()
+        with self._lock:
+            self.running += 1
+            self.peak = max(self.peak, self.running)
+            if self.running > self.bound:
+                self._over.set()
+        try:
+            self._over.wait(0.02)
+            return call()
+        finally:
+            with self._lock:
+                self.running -= 1
+
+    def get(self, name: str) -> bytes:
+        return self._counted(name, lambda: super(_CountingReads, self).get(name))
+
+    def head(self, name: str, length: int):
+        return self._counted(name, lambda: super(_CountingReads, self).head(name, length))
+
+
+@pytest.mark.parametrize("read_data, workers, bound", [(True, 3, 3), (True, 1, 1), (False, 3, 1)])
+def test_chunks_are_read_at_most_workers_at_a_time(repo, read_data, workers, bound):
+    rng = random.Random(7)
+    _generation(repo, _slots(repo, [rng.randbytes(RCS) for _ in range(12)]))
+    repo.backend = _CountingReads(repo.backend.root, bound)
+    report = check(repo, read_data=read_data, workers=workers)
+    assert report.problems == [] and report.chunks == 12
+    assert report.chunks_read == (12 if read_data else 0)
+    assert 1 <= repo.backend.peak <= bound
