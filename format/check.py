@@ -95,14 +95,6 @@ def _selector(subset: tuple[int, int] | float | None, only_unverified: bool,
     return wanted
 
 
-def _size(repo: Repository, name: str) -> int:
-    """The size of ``name``, also while a prune holds it in a trash batch."""
-    try:
-        return repo.backend.size(name)
-    except ObjectMissing:
-        return len(repo.get_object(name))
-
-
 def check(repo: Repository, read_data: bool = False, workers: int = 2,
           progress: Callable[[int, int], None] | None = None, *,
           subset: tuple[int, int] | float | None = None, only_unverified: bool = False,
