@@ -50,7 +50,9 @@ def test_a_writeback_reset_as_in_a_forked_child_closes_every_descriptor_it_takes
 def test_an_open_folder_syncs_after_moves(tmp_path):
     backend = LocalBackend(tmp_path)
     backend.put("chunks/aa/one", b"1")
-    with backend.open_folder("chunks/aa") as src, backend.open_folder("trash/aa", create=True) as dst:
+    src_folder, dst_folder = backend.open_folder("chunks/aa"), backend.open_folder("trash/aa", create=True)
+    assert src_folder is not None and dst_folder is not None
+    with src_folder as src, dst_folder as dst:
         src.move("one", dst)
         dst.sync()
         src.sync()
