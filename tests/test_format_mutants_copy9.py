@@ -162,7 +162,11 @@ def test_an_index_that_reads_back_differently_stops_the_copy_before_its_manifest
     monkeypatch.setattr(target, "get_index", lying)
     written: list[str] = []
     real_put = target.put_index
-    monkeypatch.setattr(target, "put_index", lambda index: written.append(real_put(index)) or written[-1])
+
+    def recorded(index: FixedIndex) -> str:
+        written.append(real_put(index))
+        return written[-1]
+    monkeypatch.setattr(target, "put_index", recorded)
     try:
         Copier(src, target).copy([g1])
     except CorruptObject as e:
