@@ -1,0 +1,42 @@
+"""What the mutation run of ``format/repository.py`` found untested in the ninth session
+(docs/security.md, "Mutation testing of the format"): a key slot added to a repository —
+a new id, the key derivation asked for, its creation time in UTC whatever the local time
+zone — and that its passphrase opens the repository."""
+from __future__ import annotations
+
+import calendar
+import re
+import time
+
+import pytest
+
+from fixtures_mount import CHEAP_KDF, PASSPHRASE
+from format.keys import KeyStore
+from format.repository import KEYSTORE, Repository
+
+
+@pytest.fixture
+def far_time_zone(monkeypatch):
+    """Local time nine hours ahead of UTC, for the duration of the test."""
+    monkeypatch.setenv("TZ", "XYZ-9")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def test_an_added_key_slot_is_new_uses_the_kdf_asked_for_and_is_dated_in_utc(tmp_path, far_time_zone):
+    Repository.init(tmp_path / "repo", PASSPHRASE, kdf=CHEAP_KDF)
+    repo = Repository.open(tmp_path / "repo", PASSPHRASE)
+    (first,) = KeyStore.decode(repo.backend.get(KEYSTORE)).slots
+    kdf = dict(CHEAP_KDF, time_cost=2)
+    slot_id = repo.add_key(b"second passphrase", kdf)
+    store = KeyStore.decode(repo.backend.get(KEYSTORE))
+    assert [s.id for s in store.slots] == [first.id, slot_id]
+    added = store.slots[1]
+    assert re.fullmatch(r"[0-9a-f]{1,16}", slot_id) and slot_id != first.id
+    assert {k: added.kdf[k] for k in kdf} == kdf
+    created = calendar.timegm(time.strptime(added.created, "%Y-%m-%dT%H:%M:%SZ"))
+    assert abs(created - time.time()) < 3600               # UTC, not the local +09:00
+    again = Repository.open(tmp_path / "repo", b"second passphrase")
+    assert again.key_slot == slot_id and again.config.id == repo.config.id
