@@ -58,3 +58,38 @@ def test_an_open_folder_syncs_after_moves(tmp_path):
         src.sync()
         assert dst.names() == (["one"], [])
     assert backend.get("trash/aa/one") == b"1" and not backend.exists("chunks/aa/one")
+
+
+def test_a_writer_closes_its_own_file_when_the_writeback_is_full(monkeypatch):
+    """While the disk is busy the hint blocks (made to here: the disk cannot be made busy on
+    demand); after ``LIMIT`` descriptors waiting, ``take`` refuses at once (the writer closes
+    its file itself) instead of waiting; once the disk moves, every descriptor taken is closed.
+    The thread is a daemon: one waiting for work must not keep the process from ending."""
+    import threading
+    gate = threading.Event()
+    real = backend_mod.start_writeback
+
+    def busy(fd: int, *a: int) -> bool:
+        gate.wait()
+        return real(fd, *a)
+    monkeypatch.setattr(backend_mod, "start_writeback", busy)
+    wb = _Writeback()
+    safety = threading.Timer(10, gate.set)      # a take that waited would wait for ever
+    safety.start()
+    pipes = [os.pipe() for _ in range(wb.LIMIT + 1)]
+    try:
+        assert [wb.take(w) for _r, w in pipes[:-1]] == [True] * wb.LIMIT
+        assert wb._thread is not None and wb._thread.daemon
+        refused = wb.take(pipes[-1][1])
+        stuck = not gate.is_set()
+        gate.set()
+        assert refused is False and stuck
+        os.close(pipes[-1][1])                  # the caller's to close
+        for r, _w in pipes[:-1]:
+            ready, _, _ = select.select([r], [], [], 10)
+            assert ready and os.read(r, 1) == b""
+    finally:
+        gate.set()
+        safety.cancel()
+        for r, _w in pipes:
+            os.close(r)
