@@ -78,6 +78,8 @@ def test_copies_to_load_lists_the_stored_stream_chunks_not_yet_cached(view_and_i
     # and the copied range now reads without storage I/O, byte for byte
     start, length = copies.ranges[0]
     assert disk.read_if_cached(start, length) == images["copied"][start:start + length]
+    # one byte of a stored slot not cached, but copied in the loaded stream: no I/O either
+    assert disk.read_if_cached(2 * CS + 10, 1) == images["copied"][2 * CS + 10:2 * CS + 11]
     assert disk.read(0, 3 * CS) == images["copied"]
 
 
