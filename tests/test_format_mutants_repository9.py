@@ -40,3 +40,13 @@ def test_an_added_key_slot_is_new_uses_the_kdf_asked_for_and_is_dated_in_utc(tmp
     assert abs(created - time.time()) < 3600               # UTC, not the local +09:00
     again = Repository.open(tmp_path / "repo", b"second passphrase")
     assert again.key_slot == slot_id and again.config.id == repo.config.id
+
+
+def test_a_generation_is_named_for_the_second_its_time_falls_in(tmp_path):
+    """The name is the whole second of the generation's time, never the next one, even in
+    the last nanosecond of a second (where a float division would round up)."""
+    Repository.init(tmp_path / "repo", PASSPHRASE, kdf=CHEAP_KDF)
+    repo = Repository.open(tmp_path / "repo", PASSPHRASE)
+    second = calendar.timegm((2026, 12, 31, 23, 59, 59, 0, 0, 0))
+    assert repo.new_generation_name("web", second * 1_000_000_000 + 999_999_999) == "2026-12-31T235959Z"
+    assert repo.new_generation_name("web", (second + 1) * 1_000_000_000) == "2027-01-01T000000Z"
