@@ -93,3 +93,28 @@ def test_a_writer_closes_its_own_file_when_the_writeback_is_full(monkeypatch):
         safety.cancel()
         for r, _w in pipes:
             os.close(r)
+
+
+def test_a_failing_sync_names_the_error_and_the_repository(tmp_path, monkeypatch):
+    """``syncfs`` failing (a disk that reports an I/O error: made to here, no real disk here
+    fails on demand) raises the system's error for the repository's folder, never passes."""
+    import ctypes
+    import errno
+
+    synced: list[bool] = []
+
+    class FailingLibc:
+        @staticmethod
+        def syncfs(fd: int) -> int:
+            # the file system synced is the repository's: the descriptor is its folder's
+            synced.append(isinstance(fd, int) and os.path.samestat(os.fstat(fd), os.stat(tmp_path)))
+            ctypes.set_errno(errno.EIO)
+            return -1
+    backend = LocalBackend(tmp_path)
+    backend.put("chunks/aa/one", b"1", sync=False)
+    monkeypatch.setattr(backend_mod, "_libc", FailingLibc())
+    with pytest.raises(OSError) as info:
+        backend.sync()
+    error = info.value
+    assert (error.errno, error.strerror, error.filename) == (errno.EIO, os.strerror(errno.EIO), str(tmp_path))
+    assert synced == [True]

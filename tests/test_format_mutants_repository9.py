@@ -12,6 +12,7 @@ import pytest
 
 from fixtures_mount import CHEAP_KDF, PASSPHRASE
 from format.keys import KeyStore
+from format.manifest import Manifest
 from format.repository import KEYSTORE, Repository
 
 
@@ -50,3 +51,15 @@ def test_a_generation_is_named_for_the_second_its_time_falls_in(tmp_path):
     second = calendar.timegm((2026, 12, 31, 23, 59, 59, 0, 0, 0))
     assert repo.new_generation_name("web", second * 1_000_000_000 + 999_999_999) == "2026-12-31T235959Z"
     assert repo.new_generation_name("web", (second + 1) * 1_000_000_000) == "2027-01-01T000000Z"
+
+
+def test_generations_of_the_same_second_take_the_next_free_number(tmp_path):
+    Repository.init(tmp_path / "repo", PASSPHRASE, kdf=CHEAP_KDF)
+    repo = Repository.open(tmp_path / "repo", PASSPHRASE)
+    when = calendar.timegm((2026, 6, 1, 12, 0, 0, 0, 0, 0)) * 1_000_000_000
+    base = "2026-06-01T120000Z"
+    assert repo.new_generation_name("web", when) == base
+    for gen in (base, f"{base}.1"):
+        repo.put_manifest(Manifest("web", gen, "2026-06-01T12:00:00Z", when, None, [], {}))
+    assert repo.new_generation_name("web", when) == f"{base}.2"
+    assert repo.new_generation_name("db", when) == base           # per VM
