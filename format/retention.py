@@ -110,6 +110,9 @@ def period_key(rule: str, time_ns: int) -> tuple[int, ...]:
     raise ValueError(rule)
 
 
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+
+
 def apply(policy: Policy, generations: list[Generation], allow_empty: bool = False) -> list[Decision]:
     """A decision per generation of one VM, newest first."""
     if policy.empty and not allow_empty:
@@ -123,8 +126,13 @@ def apply(policy: Policy, generations: list[Generation], allow_empty: bool = Fal
     last_key: dict[str, tuple[int, ...] | None] = {rule: None for rule in PERIODS}
     cutoff_ns = None
     if policy.within is not None:
-        newest = dt.datetime.fromtimestamp(ordered[0].time_ns / 1e9, dt.timezone.utc)
-        cutoff_ns = int(policy.within.before(newest).timestamp() * 1_000_000_000)
+        # In whole nanoseconds: the calendar step on the newest time's whole second, its
+        # fraction carried over exactly (through floats, half of all times put the newest
+        # generation outside its own "within 0h").
+        seconds, fraction = divmod(ordered[0].time_ns, 1_000_000_000)
+        newest = dt.datetime.fromtimestamp(seconds, dt.timezone.utc)
+        back = policy.within.before(newest) - _EPOCH
+        cutoff_ns = (back.days * 86_400 + back.seconds) * 1_000_000_000 + fraction
     for i, d in enumerate(decisions):
         g = d.generation
         if g.protected:

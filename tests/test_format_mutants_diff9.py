@@ -106,13 +106,24 @@ def test_no_rule_and_allow_empty_forgets_the_newest_too():
     assert [d.keep for d in apply(Policy(), _generations(2)[:1], allow_empty=True)] == [False]
 
 
-def test_a_policy_that_keeps_nothing_else_keeps_the_newest_and_says_why():
+def test_keep_within_0h_keeps_the_newest_by_that_rule_at_any_nanosecond():
     """``--keep-within 0h`` keeps what is as young as the newest generation. Times are in
-    nanoseconds and the window is counted on the calendar; whichever rule keeps the newest,
-    it is kept, with its reason, and only it."""
+    nanoseconds and the window is counted on the calendar in whole nanoseconds: the newest is
+    kept by the rule itself, and only it."""
     for newest in (1_700_000_000 * 10**9, 1_700_002_071_269_749_820, 1_700_008_308_397_299_875):
         gens = [Generation(f"m{k}", f"g{k}", newest - 3600 * 10**9 * (2 - k)) for k in range(3)]
         decisions = apply(Policy(within=Duration.parse("0h")), gens)
         assert [d.keep for d in decisions] == [True, False, False]
-        assert decisions[0].reasons in (["within 0h"], ["newest of the VM"])
+        assert decisions[0].reasons == ["within 0h"]
         assert decisions[1].reasons == [] and decisions[2].reasons == []
+
+
+def test_keep_within_counts_back_to_the_nanosecond():
+    """A generation exactly the duration older than the newest is within it; one nanosecond
+    older is not, at any fraction of a second."""
+    day = 86_400 * 10**9
+    for newest in (1_700_000_000 * 10**9, 1_700_002_071_269_749_821, 1_700_008_308_397_299_999):
+        gens = [Generation("new", "g2", newest), Generation("edge", "g1", newest - day),
+                Generation("past", "g0", newest - day - 1)]
+        decisions = apply(Policy(within=Duration.parse("1d")), gens)
+        assert [(d.generation.id, d.keep) for d in decisions] == [("new", True), ("edge", True), ("past", False)]
