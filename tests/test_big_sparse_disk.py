@@ -31,6 +31,7 @@ from format.fixedindex import Copies, FixedIndex, IndexDecoder
 from format.idtable import HOLE, PAGE_BYTES, PAGE_SLOTS, IdTable
 from format.repository import Repository, index_name
 
+from fixtures_index import slot_by_slot_changes
 from fixtures_mount import end_mount, is_mounted, needs_root_tools
 from fixtures_repo import REPOFS, CLI, cli_env
 
@@ -265,15 +266,7 @@ def test_changed_ranges_skip_equal_pages_and_miss_no_change(seed: int) -> None:
             new.set_pieces(n, [(0, 64, rng.randbytes(32))])
         else:
             new.set(n, None)
-    want: list[tuple[int, int]] = []
-    for n in range(new.count):
-        start, length = new.chunk_range(n)
-        if old.key(n) != new.key(n):
-            if want and sum(want[-1]) == start:
-                want[-1] = (want[-1][0], want[-1][1] + length)
-            else:
-                want.append((start, length))
-    assert changed_ranges(old, new) == want
+    assert changed_ranges(old, new) == slot_by_slot_changes(old, new)
     assert changed_ranges(old, old.copy()) == []
 
 

@@ -20,6 +20,8 @@ from format.fixedindex import FixedIndex
 from format.idtable import PAGE_SLOTS
 from format.retention import Duration, Generation, Policy, apply
 
+from fixtures_index import slot_by_slot_changes
+
 CS = 4096
 COUNT = 3 * PAGE_SLOTS + 5          # three whole pages of ids and five slots
 CAPACITY = COUNT * CS - 100         # a short last slot
@@ -37,18 +39,6 @@ def _index(ids: dict[int, bytes], pieces: dict[int, list] | None = None) -> Fixe
     for n, laid in (pieces or {}).items():
         index.set_pieces(n, laid)
     return index
-
-
-def _slot_by_slot(old: FixedIndex, new: FixedIndex) -> list[tuple[int, int]]:
-    want: list[tuple[int, int]] = []
-    for n in range(new.count):
-        start, length = new.chunk_range(n)
-        if old.key(n) != new.key(n):
-            if want and sum(want[-1]) == start:
-                want[-1] = (want[-1][0], want[-1][1] + length)
-            else:
-                want.append((start, length))
-    return want
 
 
 PIECE = (0, 512, bytes([9]) * 32)
@@ -77,10 +67,10 @@ CASES = {
 @pytest.mark.parametrize("case", CASES)
 def test_changed_ranges_are_the_slots_whose_keys_differ(case):
     old, new = CASES[case]
-    want = _slot_by_slot(old, new)
+    want = slot_by_slot_changes(old, new)
     assert want                                     # each case has a change to find
     assert changed_ranges(old, new) == want
-    assert changed_ranges(new, old) == _slot_by_slot(new, old)
+    assert changed_ranges(new, old) == slot_by_slot_changes(new, old)
     assert changed_ranges(old, old) == [] and changed_ranges(new, new.copy()) == []
 
 
@@ -89,7 +79,7 @@ def test_every_page_held_on_one_side_only_is_compared():
     for k in range(3):
         old, new = _index(BASE), _index(_without_page(k))
         got = changed_ranges(old, new)
-        assert got == _slot_by_slot(old, new)
+        assert got == slot_by_slot_changes(old, new)
         assert {n * CS for n in IN_PAGE[k]} == {start for start, _l in got if start // CS in IN_PAGE[k]}
 
 

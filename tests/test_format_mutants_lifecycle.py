@@ -17,6 +17,7 @@ import time
 import pytest
 
 from fixtures_mount import PASSPHRASE, backup_image, make_repo
+from fixtures_timezone import in_time_zone
 from format import idset, leases, marks, records, verification
 from format.diff import changed_ranges
 from format.errors import CorruptObject, ObjectMissing, RepoError
@@ -498,11 +499,7 @@ def test_refusals_say_what_to_give():
 @pytest.fixture
 def new_york(monkeypatch):
     """A local time zone with daylight saving time: periods must stay UTC's."""
-    monkeypatch.setenv("TZ", "America/New_York")
-    time.tzset()
-    yield
-    monkeypatch.undo()
-    time.tzset()
+    yield from in_time_zone(monkeypatch, "America/New_York")
 
 
 def test_periods_and_within_are_utc_whatever_the_local_zone(new_york):

@@ -11,6 +11,7 @@ import time
 import pytest
 
 from fixtures_mount import CHEAP_KDF, PASSPHRASE
+from fixtures_timezone import in_time_zone
 from format.keys import KeyStore
 from format.manifest import Manifest
 from format.repository import KEYSTORE, Repository
@@ -19,11 +20,7 @@ from format.repository import KEYSTORE, Repository
 @pytest.fixture
 def far_time_zone(monkeypatch):
     """Local time nine hours ahead of UTC, for the duration of the test."""
-    monkeypatch.setenv("TZ", "XYZ-9")
-    time.tzset()
-    yield
-    monkeypatch.undo()
-    time.tzset()
+    yield from in_time_zone(monkeypatch, "XYZ-9")
 
 
 def test_an_added_key_slot_is_new_uses_the_kdf_asked_for_and_is_dated_in_utc(tmp_path, far_time_zone):
