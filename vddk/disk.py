@@ -21,7 +21,7 @@ from typing import Any
 from vddk import abi
 from vddk.errors import (
     AlignmentError, InvalidArgument, VIX_E_DISK_NOTSUPPORTED, VIX_E_INVALID_ARG,
-    VIX_E_NOT_SUPPORTED, VddkError,
+    VIX_E_NOT_SUPPORTED,
 )
 from vddk.library import Bindings
 from vddk.params import ConnectParams, CParams
@@ -176,7 +176,6 @@ class Disk:
         self.path = path
         self.read_only = bool(flags & abi.FLAG_OPEN_READ_ONLY)
         self._lock = threading.Lock()
-        self._ended: list[int | BaseException] = []  # begun writes' outcomes, oldest first
         ffi = bindings.ffi
         out = ffi.new("VixDiskLibHandle *")
         with OPEN_CLOSE_LOCK:
@@ -241,23 +240,6 @@ class Disk:
         """Write all of ``buffer`` (any buffer) to the disk at ``offset``; returns its size."""
         cbuf = self._b.ffi.from_buffer("uint8_t[]", buffer)
         return self._transfer(offset, cbuf, self._b.Write, "VixDiskLib_Write")
-
-    def begin_write(self, offset: int, buffer: Any) -> None:
-        """As the isolated disk's: here the write is done at once, and its outcome (size or
-        error) is what the matching ``end_write()`` returns or raises."""
-        try:
-            self._ended.append(self.write_from(offset, buffer))
-        except VddkError as e:
-            self._ended.append(e)
-
-    def end_write(self) -> int:
-        """The oldest begun write's size, or its error raised."""
-        if not self._ended:
-            raise InvalidArgument(VIX_E_INVALID_ARG, "no write was begun")
-        outcome = self._ended.pop(0)
-        if isinstance(outcome, BaseException):
-            raise outcome
-        return outcome
 
     def _transfer(self, offset: int, cbuf: Any, fn: Any, call: str) -> int:
         size = len(cbuf)

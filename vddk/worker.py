@@ -403,7 +403,6 @@ class IsolatedDisk:
         self._lib = lib
         self.readahead = readahead
         self._ahead: tuple[int, int, int] | None = None  # a read under way: offset, size, slot
-        self._begun: list[int] = []  # sizes of the writes begun and not ended, oldest first
         self._conn = conn
         self.path = path
         self.read_only = read_only
@@ -453,26 +452,11 @@ class IsolatedDisk:
             raise WorkerFailed(self._lib._death_note()) from None
         return reply
 
-    def _settle(self, *, keep_errors: bool = False) -> None:
-        """Collect the begun writes, then a read-ahead still under way (dropped). Called with
-        the lock held; see ``_end_writes`` for ``keep_errors``."""
-        self._end_writes(keep_errors=keep_errors)
+    def _settle(self) -> None:
+        """Collect (and drop) a read-ahead still under way. Called with the lock held."""
         if self._ahead is not None:
             self._ahead = None
             self._recv()
-
-    def _end_writes(self, *, keep_errors: bool = False) -> None:
-        """Collect every begun write; the first failure is raised once all are collected,
-        unless ``keep_errors`` (a close: the disk closes whatever its writes did). A begun
-        write is never behind a read-ahead (``begin_write`` collects that first)."""
-        error: tuple[Any, ...] | None = None
-        while self._begun:
-            self._begun.pop(0)
-            reply = self._recv()
-            if reply[0] != "ok" and error is None:
-                error = reply
-        if error is not None and not keep_errors:
-            _raise_reply(error)
 
     def _rpc(self, *msg: Any) -> Any:
         with self._lock:
@@ -583,38 +567,11 @@ class IsolatedDisk:
                 _raise_reply(error)
         return size
 
-    def begin_write(self, offset: int, buffer: Any) -> None:
-        """Start writing ``buffer`` (a slice of one of ``buffer()``'s areas, left unchanged
-        until the write has ended) at ``offset``, and return without waiting: the worker
-        takes the next begun write as soon as one ends, with no round trip between them.
-        Writes end in the order they began; ``end_write()`` waits for the oldest."""
-        src = memoryview(buffer).cast("B")
-        size = src.nbytes
-        shared = self._in_shared(src, size)
-        if shared is None:
-            raise InvalidArgument(VIX_E_INVALID_ARG, "begin_write needs a buffer from buffer()")
-        with self._lock:
-            if self._ahead is not None:
-                self._ahead = None
-                self._recv()
-            self._send("write_at", offset, size, *shared)
-            self._begun.append(size)
-
-    def end_write(self) -> int:
-        """Wait until the oldest begun write has ended: its size, or its error raised."""
-        with self._lock:
-            if not self._begun:
-                raise InvalidArgument(VIX_E_INVALID_ARG, "no write was begun")
-            size = self._begun.pop(0)
-            _raise_reply(self._recv())
-            return size
-
     def _read_ahead(self, offset: int, dest: memoryview) -> int:
         """A read of at most one slot; then the next range of the same size is requested
         before this one is copied out, so that the worker reads while we copy."""
         size = dest.nbytes
         with self._lock:
-            self._end_writes()
             base = -1
             if self._ahead is not None:
                 ahead_offset, ahead_size, ahead_base = self._ahead
@@ -668,7 +625,7 @@ class IsolatedDisk:
             if self._chan is None:
                 return
             try:
-                self._settle(keep_errors=True)
+                self._settle()
                 self._chan.send(("close",))
                 reply = self._recv()
             except (OSError, WorkerFailed):

@@ -153,18 +153,13 @@ def _stream(opened: list[tuple[DiskJob, Any]], threads: int, state: _State) -> N
     per_disk = max(1, min(threads, os.cpu_count() or 2) // len(opened))
 
     def drain(job: DiskJob, disk: Any) -> None:
-        def write(start: int, data: memoryview) -> None:   # each read back: one at a time
+        def write(start: int, data: memoryview) -> None:
             _write(job, disk, start, data, state.read_back)
             _account(state, job.label, len(data), 0, len(data))
 
-        def written(start: int, n: int) -> None:
-            _account(state, job.label, n, 0, n)
-
         reader = job.reader
         assert streams(reader)          # only streaming readers come here; the others go to _run
-        pipe = WritePipe(disk, piece_size(reader), write if state.read_back else None,
-                         written=written, failed=lambda at, e: _write_failed(job, at, e),
-                         name=f"restore-write {job.label}")
+        pipe = WritePipe(disk, piece_size(reader), write, name=f"restore-write {job.label}")
         chunks = iter(job.feed) if job.feed is not None else reader.iter_chunks(per_disk)
         offset = 0
         try:
@@ -206,7 +201,9 @@ def _write(job: DiskJob, disk: Any, offset: int, data: memoryview, read_back: bo
     try:
         disk.write_from(offset, data)
     except Exception as e:
-        raise _write_failed(job, offset, e) from e
+        raise DiskWriteFailed(STEP, f"{job.label}: VixDiskLib write at offset {offset} "
+                              f"({job.path}) failed: {e}", label=job.label, offset=offset,
+                              cause=e) from e
     if not read_back:
         return
     back = bytearray(len(data))
@@ -218,16 +215,6 @@ def _write(job: DiskJob, disk: Any, offset: int, data: memoryview, read_back: bo
     if back != data:
         raise DiskWriteFailed(STEP, f"{job.label}: the {len(data)} bytes written at offset "
                               f"{offset} read back different", label=job.label, offset=offset)
-
-
-def _write_failed(job: DiskJob, offset: int, error: BaseException) -> BaseException:
-    if not isinstance(error, Exception):   # KeyboardInterrupt and the like: as they are
-        return error
-    failure = DiskWriteFailed(STEP, f"{job.label}: VixDiskLib write at offset {offset} "
-                              f"({job.path}) failed: {error}", label=job.label, offset=offset,
-                              cause=error)
-    failure.__cause__ = error
-    return failure
 
 
 def _account(state: _State, label: str, written: int, zero: int, done: int) -> None:

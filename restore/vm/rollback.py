@@ -359,9 +359,12 @@ class _Rollback:
         pipe: WritePipe | None = None
         failed_at: list[int] = []   # where a write of the pipe's thread failed
 
-        def failed(at: int, error: BaseException) -> BaseException:
-            failed_at.append(at)
-            return error
+        def write(at: int, view: memoryview) -> None:
+            try:
+                disk.write_from(at, view)
+            except BaseException:
+                failed_at.append(at)
+                raise
 
         try:
             if mode == "changed":
@@ -373,7 +376,7 @@ class _Rollback:
                                        self.options.workers, per_worker=4)
                 # Every piece is written: each is copied into a buffer shared with VixDiskLib
                 # while the buffer before it is being written, and the next pieces are read.
-                pipe = WritePipe(disk, size, failed=failed, name="rollback-write")
+                pipe = WritePipe(disk, size, write, name="rollback-write")
                 unusable: ChangedAreasUnusable | None = None
                 try:
                     for offset, length, want in ahead:

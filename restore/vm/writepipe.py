@@ -1,67 +1,47 @@
 """Requests to one disk assembled in buffers that are written while the next one fills.
 
-Role: ``WritePipe(disk, size)`` gathers (offset, data) pieces that arrive in disk order into
-requests of at most ``size`` bytes — contiguous pieces join the current request, a gap starts a
-new one — and hands each full request to a thread of its own that writes it. The buffers come
-from ``disk.buffer(n)``: for VixDiskLib in its worker process that is memory shared with the
-worker, so a request is copied once (piece -> buffer) and never again; in-process it is a
-reusable page-aligned area, so no request allocates (and faults in) fresh memory. While the
-thread writes one buffer, the caller fills the next: the copy, the fetch of the next chunks and
-the write overlap.
-
-Two ways of writing:
-
-- pipelined (the default): the thread begins each request with ``disk.begin_write`` and ends
-  it with ``disk.end_write``, with up to ``depth - 1`` begun at once. The worker process finds
-  the next request waiting when one ends: no round trip between two writes. ``written(offset,
-  n)`` is called as each one ends; a failure is raised as ``failed(offset, error)`` makes it
-  (the error itself by default).
-- ``write=`` a function ``write(offset, view)`` that writes one request and returns when it is
-  done (for example a write that is read back and compared).
+Role: ``WritePipe(disk, size, write)`` gathers (offset, data) pieces that arrive in disk order
+into requests of at most ``size`` bytes — contiguous pieces join the current request, a gap
+starts a new one — and hands each full request to a thread of its own that calls
+``write(offset, view)``. The buffers come from ``disk.buffer(n)`` where the disk offers it: for
+VixDiskLib in its worker process that is memory shared with the worker, so a request is copied
+once (piece -> buffer) and never again; in-process it is a reusable page-aligned area, so no
+request allocates (and faults in) fresh memory. While the thread writes one buffer, the caller
+fills the next: the copy, the fetch of the next chunks and the write overlap.
 
 A request whose length is not whole sectors (the tail of a disk) is padded with zeros to the
-next sector. ``finish()`` writes what is left and waits; the first error is raised from the
-next ``add`` or from ``finish``. ``abort()`` stops after the requests under way. Both join the
-thread: once they return, nothing writes to the disk any more.
+next sector. ``finish()`` writes what is left and waits; the first error of ``write`` is
+raised from the next ``add`` or from ``finish``. ``abort()`` stops after the request under way.
+Both join the thread: once they return, nothing writes to the disk any more.
 """
 from __future__ import annotations
 
-import collections
 import queue
 import threading
 from typing import Any, Callable
 
 SECTOR = 512
-DEPTH = 6
-
-Request = tuple[int, int, memoryview]   # offset, length (padded), buffer
+DEPTH = 3   # buffers per disk: one filling, one being written, one ready to go
 
 
 class WritePipe:
-    def __init__(self, disk: Any, size: int,
-                 write: Callable[[int, memoryview], None] | None = None, *,
-                 written: Callable[[int, int], None] | None = None,
-                 failed: Callable[[int, BaseException], BaseException] | None = None,
+    def __init__(self, disk: Any, size: int, write: Callable[[int, memoryview], None], *,
                  name: str = "restore-write", depth: int = DEPTH) -> None:
         self.size = size
-        self._disk = disk
         self._write = write
-        self._written = written
-        self._failed = failed
         room = size + SECTOR  # the padding of a tail
+        make = getattr(disk, "buffer", None)
         self._free: queue.Queue[memoryview] = queue.Queue()
         self._count = max(2, depth)
         for _ in range(self._count):
-            self._free.put(disk.buffer(room))
-        self._todo: queue.Queue[Request | None] = queue.Queue()
+            self._free.put(make(room) if make is not None else memoryview(bytearray(room)))
+        self._todo: queue.Queue[tuple[int, int, memoryview] | None] = queue.Queue()
         self._error: BaseException | None = None
         self._stop = threading.Event()
         self._buf: memoryview | None = None
         self._start = 0
         self._fill = 0
-        self._thread = threading.Thread(
-            target=self._run_each if write is not None else self._run_pipelined,
-            name=name, daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     # -- the caller's side -------------------------------------------------------------------
@@ -74,7 +54,7 @@ class WritePipe:
             self._submit()
         if n > self.size:  # larger than a request: written as it is, after what is queued
             self._drain()
-            self._write_now(offset, memoryview(bytes(data) + bytes(-n % SECTOR)))
+            self._write(offset, memoryview(bytes(data) + bytes(-n % SECTOR)))
             return
         if self._buf is None:
             self._buf = self._take()
@@ -121,18 +101,6 @@ class WritePipe:
             self._free.put(b)
         self._raise()
 
-    def _write_now(self, offset: int, view: memoryview) -> None:
-        """One request written by the caller's thread (nothing else is under way)."""
-        if self._write is not None:
-            self._write(offset, view)
-            return
-        try:
-            self._disk.write_from(offset, view)
-        except BaseException as e:
-            raise self._failure(offset, e) from e
-        if self._written is not None:
-            self._written(offset, len(view))
-
     def _close(self) -> None:
         self._todo.put(None)
         self._thread.join()
@@ -143,17 +111,7 @@ class WritePipe:
             self._stop.set()
             raise error
 
-    def _failure(self, offset: int, error: BaseException) -> BaseException:
-        return self._failed(offset, error) if self._failed is not None else error
-
-    def _fail(self, error: BaseException) -> None:
-        """Keep the first error (raised in the caller's thread) and stop writing."""
-        if self._error is None:
-            self._error = error
-        self._stop.set()
-
-    def _run_each(self) -> None:
-        assert self._write is not None
+    def _run(self) -> None:
         while True:
             item = self._todo.get()
             if item is None:
@@ -162,43 +120,7 @@ class WritePipe:
             if not self._stop.is_set():
                 try:
                     self._write(offset, buf[:n])
-                except BaseException as e:
-                    self._fail(e)
-            self._free.put(buf)
-
-    def _run_pipelined(self) -> None:
-        under_way: collections.deque[Request] = collections.deque()
-        while True:
-            # End the oldest write when the pipeline is full, or when nothing new is queued
-            # (its buffer may be what the caller waits for).
-            if under_way and (len(under_way) >= self._count - 1 or self._todo.empty()):
-                self._end_oldest(under_way)
-                continue
-            item = self._todo.get()
-            if item is None:
-                break
-            offset, n, buf = item
-            if self._stop.is_set():
-                self._free.put(buf)
-                continue
-            try:
-                self._disk.begin_write(offset, buf[:n])
-            except BaseException as e:
-                self._fail(self._failure(offset, e))
-                self._free.put(buf)
-                continue
-            under_way.append(item)
-        while under_way:
-            self._end_oldest(under_way)
-
-    def _end_oldest(self, under_way: collections.deque[Request]) -> None:
-        offset, n, buf = under_way.popleft()
-        try:
-            self._disk.end_write()
-        except BaseException as e:
-            self._fail(self._failure(offset, e))
-        else:
-            if self._written is not None:
-                self._written(offset, n)
-        finally:
+                except BaseException as e:  # raised in the caller's thread
+                    self._error = e
+                    self._stop.set()
             self._free.put(buf)
