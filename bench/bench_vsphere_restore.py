@@ -2,6 +2,7 @@
 ``repofs restore vm:NAME --to-dir`` of the same generation, same run.
 
     python bench/bench_vsphere_restore.py --size 1G [--workdir /var/tmp] [--runs 2] [--in-process] [--image IMG]
+                                          [--before DIR]
 
 The data set is bench/dataset.py's disk image (GPT + ext4, 60% filled with text, binaries,
 media and duplicates, the rest holes). It becomes the flat extent of a simulated VM's disk and is
@@ -12,6 +13,11 @@ target every run. Page cache and bytecode: one untimed run of each side first, s
 warm repository and start from compiled modules. The machine may be shared: runs alternate
 and the best of each side is compared. Prints wall times, throughput over the disk's stored data, the ratio vSphere /
 to-dir (target >= 80%) and whether every restored disk equals the image (``cmp``).
+
+With ``--before DIR`` (another checkout, e.g. ``git worktree add --detach DIR main``), every
+round also restores into vCenter with that checkout's code, right after this one's, and the
+report gives this checkout's vSphere time over the other's, round by round: a change measured
+side by side under the same load (this machine's disk speed alone varies 2x between minutes).
 """
 from __future__ import annotations
 
@@ -34,6 +40,7 @@ from fixtures_vddk import build_standin, write_standin_config  # noqa: E402
 from bench_vsphere_backup import copy_sparse  # noqa: E402
 
 MiB = 1 << 20
+BEFORE = "vSphere, checkout "
 
 
 def main() -> None:
@@ -44,6 +51,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=4, help="repofs restore --threads (vSphere side)")
     ap.add_argument("--in-process", action="store_true", help="also measure VixDiskLib in-process")
     ap.add_argument("--image", default=None, help="an existing data set image (bench/dataset.py); --size is its size")
+    ap.add_argument("--before", default=None, help="another checkout whose vSphere restore runs beside")
     a = ap.parse_args()
     size = parse_size(a.size) if a.image is None else os.path.getsize(a.image)
     size -= size % MiB
@@ -79,18 +87,23 @@ def main() -> None:
             run(repofs("backup", "vm:bench", "-r", repo, *common), env=env)
             print(f"# data set: {size} bytes, {allocated} allocated; backed up as vm:bench", flush=True)
 
-            variants = [("vSphere (VDDK worker)", [])]
+            variants: list[tuple[str, list[str], dict[str, str]]] = [("vSphere (VDDK worker)", [], env)]
             if a.in_process:
-                variants.append(("vSphere (VDDK in-process)", ["--vddk-in-process"]))
+                variants.append(("vSphere (VDDK in-process)", ["--vddk-in-process"], env))
+            if a.before:
+                before = str(Path(a.before).resolve())
+                variants.append((f"{BEFORE}{Path(before).name}", [], dict(env, PYTHONPATH=before)))
             rows: dict[str, list[tuple[Run, bool]]] = {"to-dir (local raw file)": []}
-            rows.update({label: [] for label, _ in variants})
+            rows.update({label: [] for label, _extra, _env in variants})
             # One untimed warm-up of each side, so that neither pays for a cold page cache or
             # for compiling its modules.
             out = work / "warm"
             run(repofs("restore", "vm:bench", "--to-dir", str(out), "-r", repo), env=env)
             shutil.rmtree(out)
-            run(repofs("restore", "vm:bench", "--name", "bench-warm", "-r", repo, *common), env=env)
-            drop_flat(vc, "bench-warm")
+            for j, (_label, _extra, venv) in enumerate(variants):
+                run(repofs("restore", "vm:bench", "--name", f"bench-warm-{j}", "-r", repo, *common),
+                    env=venv)
+                drop_flat(vc, f"bench-warm-{j}")
             for i in range(a.runs):
                 out = work / f"to-dir-{i}"
                 os.sync()
@@ -98,11 +111,11 @@ def main() -> None:
                 ok = run(["cmp", img, str(out / "scsi0-0.raw")], check=False).rc == 0
                 shutil.rmtree(out)
                 rows["to-dir (local raw file)"].append((r, ok))
-                for j, (label, extra) in enumerate(variants):
+                for j, (label, extra, venv) in enumerate(variants):
                     name = f"bench-r{i}-{j}"
                     os.sync()
                     r = run(repofs("restore", "vm:bench", "--name", name, "-r", repo, "--threads",
-                                   str(a.threads), *common, *extra), env=env)
+                                   str(a.threads), *common, *extra), env=venv)
                     ok = run(["cmp", img, str(flat_of(vc, name))], check=False).rc == 0
                     drop_flat(vc, name)
                     rows[label].append((r, ok))
@@ -143,6 +156,12 @@ def report(rows: dict[str, list[tuple[Run, bool]]], size: int, allocated: int) -
     for name, b in best.items():
         if name.startswith("vSphere"):
             print(f"{name}: {local / b:.0%} of the to-dir restore's throughput (target >= 80%)")
+    for name, runs in rows.items():
+        if name.startswith(BEFORE):
+            ours = rows["vSphere (VDDK worker)"]
+            print(f"this checkout's vSphere restore / {name[len(BEFORE):]}'s, round by round: "
+                  + ", ".join(f"{r.wall / o.wall:.2f}" for (r, _), (o, _) in zip(ours, runs, strict=True))
+                  + f" (CPU: {', '.join(f'{r.cpu / o.cpu:.2f}' for (r, _), (o, _) in zip(ours, runs, strict=True))})")
 
 
 if __name__ == "__main__":
