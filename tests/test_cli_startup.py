@@ -177,3 +177,41 @@ def test_the_plain_number_check_agrees_with_typers_coercion():
             agree(kind, value)
     settings(max_examples=400, derandomize=True, deadline=None)(
         given(st.sampled_from(kinds), texts)(agree))()
+
+
+def test_the_imports_run_without_the_cycle_collector_and_the_command_with_it():
+    """``launch`` turns the collector off before the command modules are imported (they make
+    objects that live until the end), and ``app.main`` turns it back on, with what the
+    imports made frozen, before the command runs: a long-running command (a mount, a backup
+    of hours) collects its cycles as any program does."""
+    code = ("import gc, sys\n"
+            "from repofs.cli import keyahead, app\n"
+            "seen = []\n"
+            "keyahead.start = lambda argv: seen.append(['derive', gc.isenabled()])\n"
+            "real = app.command\n"
+            "def command():\n"
+            "    seen.append(['command', gc.isenabled(), gc.get_freeze_count() > 0])\n"
+            "    return real()\n"
+            "app.command = command\n"
+            "sys.argv = ['repofs', '--version']\n"
+            "from repofs.cli.launch import main\n"
+            "try:\n"
+            "    main()\n"
+            "except SystemExit:\n"
+            "    pass\n"
+            "print(json.dumps(seen))\n")
+    out = subprocess.run([sys.executable, "-c", "import json\n" + code], env=ENV, cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout
+    seen = json.loads(out.splitlines()[-1])
+    assert seen[0] == ["derive", False]                 # launch: before the command modules
+    assert ["command", True, True] in seen              # app.main: on again, the imports frozen
+    assert all(entry != ["command", False, False] for entry in seen)
+
+
+def test_the_console_script_enters_through_launch():
+    import tomllib
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["repofs"] == "repofs.cli.launch:main"
+    out = subprocess.run([sys.executable, "-m", "repofs.cli", "--version"], env=ENV, cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout
+    assert out.startswith("repofs ")

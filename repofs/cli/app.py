@@ -9,6 +9,7 @@ are imported inside them, so a backup does not pay for them.
 """
 from __future__ import annotations
 
+import gc
 import importlib
 import os
 import signal
@@ -194,6 +195,11 @@ def main(argv: list[str] | None = None) -> None:
     else:
         previous = None
     allocator.tune()
+    if not gc.isenabled():
+        # Started by ``launch`` with the collector off for the imports: what they made stays
+        # until the end, out of the collector's sight; it is back on for the command.
+        gc.freeze()
+        gc.enable()
     args = sys.argv[1:] if argv is None else argv
     keyahead.start(args)
     started = time.time_ns()

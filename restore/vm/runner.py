@@ -60,16 +60,22 @@ def _run(targets: list[tuple[str, Callable[[], GenerationSource]]], options: Res
     # pyVmomi only now: the VDDK worker process spawns on the other core meanwhile. The
     # restore of a new VM (plan, config spec, disk writer …) is imported only by the commands
     # that restore one, that of a first-class disk only for one: Quick Rollback needs neither.
-    from restore.vsphere.session import Session
-    if options.in_place and not options.dry_run:
-        from .rollback import rollback_vm
-    else:
-        from .restorevm import restore_vm
-    # What the imports made (modules, pyVmomi's thousands of types) lives until the process
-    # ends: out of the cycle collector's sight, so that neither its collections during the
-    # restore nor the interpreter's teardown walk it again (the teardown's collections cost a
-    # Quick Rollback a tenth of its time).
-    gc.freeze()
+    # What the imports make (modules, pyVmomi's thousands of types) lives until the process
+    # ends: the cycle collector is off while they are made, then they are put out of its
+    # sight, so that neither its collections during the restore nor the interpreter's teardown
+    # walk them again (the teardown's collections cost a Quick Rollback a tenth of its time).
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        from restore.vsphere.session import Session
+        if options.in_place and not options.dry_run:
+            from .rollback import rollback_vm
+        else:
+            from .restorevm import restore_vm
+        gc.freeze()
+    finally:
+        if collecting:
+            gc.enable()
 
     # The first generation is read (its manifest, from the repository's storage) while the
     # session logs in: both mostly wait for answers.
