@@ -21,6 +21,10 @@ each round — to measure what a change costs or gains. One of:
     flock /tmp/repofs-bench.lock .venv/bin/python bench/bench_ab.py --what backup --size 2G \\
         --workdir /var/tmp OLD_TREE NEW_TREE     # OLD_TREE e.g. `git worktree add ../base COMMIT`
 
+The trees take turns going first: in the given order in odd rounds, reversed in even ones
+(the command measured second in a round can be ~20% slower for that alone), so give an even
+``--rounds``.
+
 Each tree is a checkout of this repository; its code runs with this venv's packages
 (PYTHONPATH=tree). ``--image`` reuses an image made by ``bench/dataset.py``.
 
@@ -173,6 +177,14 @@ def evict_file(path: str) -> None:
         os.close(fd)
 
 
+def in_turn(trees: list[str], rnd: int) -> list[str]:
+    """The trees in the order of round ``rnd``: as given in odd rounds, reversed in even ones.
+    The same code measured second in every round of ``--what backup`` ran ~1.2x slower than
+    measured first (2 GiB, three rounds each way, 1 Dec 2026): an order fixed for all rounds
+    makes that a difference between the trees."""
+    return trees if rnd % 2 else trees[::-1]
+
+
 def ab_backup(trees: list[str], work: str, img: str, rounds: int, cold_parent: bool = False,
               cold_image: bool = False) -> None:
     gen1, gen2 = os.path.join(work, "gen1.img"), os.path.join(work, "gen2.img")
@@ -191,7 +203,7 @@ def ab_backup(trees: list[str], work: str, img: str, rounds: int, cold_parent: b
             print(f"round {rnd} floor: BLAKE3+zstd+AES-GCM {fcpu:.2f} CPU s on {fbytes / 1e9:.2f} GB "
                   f"({fcpu / fbytes * 1e9:.2f} CPU s/GB); with zstd only where the backup's decision "
                   f"compresses {fdecided:.2f} CPU s ({fdecided / fbytes * 1e9:.2f} CPU s/GB)", flush=True)
-        for tree in trees:
+        for tree in in_turn(trees, rnd):
             fresh_repo(tree, repo)
             copy(gen1, img)
             if cold_image:
@@ -253,7 +265,7 @@ def ab_restore(trees: list[str], work: str, img: str, rounds: int, restic: bool 
     for rnd in range(1, rounds + 1):
         if restic:
             restic_restore(work, img)
-        for tree in trees:
+        for tree in in_turn(trees, rnd):
             # the machine's speed right before each restore: on a shared machine it moves by
             # 2x within a minute, and a figure from another moment would judge the noise
             limit = fsync_write_mbs(work, size)
@@ -314,7 +326,7 @@ def ab_mount(trees: list[str], work: str, img: str, rounds: int, extra: list[str
     mnt.mkdir(exist_ok=True)
     stem = Path(img).stem
     for rnd in range(1, rounds + 1):
-        for tree in trees:
+        for tree in in_turn(trees, rnd):
             try:
                 drop_caches()
                 cli(tree, "mount", *extra, repos[tree], str(mnt))
