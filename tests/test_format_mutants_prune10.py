@@ -68,3 +68,36 @@ def test_a_store_without_local_folders_removes_no_temporaries(tmp_path, monkeypa
     repo.backend = NoFolders(repo.backend)
     assert prune(repo).temporaries_removed == 0
     assert os.path.exists(left)     # not the store's business: no object of the repository
+
+
+def test_old_temporaries_in_one_shard_are_each_counted(tmp_path, monkeypatch):
+    """The condemning walk removes a shard's old temporaries: two in one shard count two."""
+    monkeypatch.setenv("REPOFS_PRUNE_FRESH_SECONDS", "-1")
+    make_repo(tmp_path / "r")
+    repo = Repository.open(tmp_path / "r", PASSPHRASE)
+    shard = os.path.join(repo.backend.root, "chunks", "ab")
+    old = [_file(os.path.join(shard, "ab" + "0" * 62 + f".{i}-1.tmp"), old=True) for i in (1, 2)]
+    assert prune(repo).temporaries_removed == 2
+    assert not any(os.path.exists(p) for p in old)
+
+
+def test_a_shard_walk_passes_over_what_it_must_not_move_and_goes_on(tmp_path, monkeypatch):
+    """In one shard, among unreferenced objects: names that are no object ids, and objects
+    newer than the cutoff (a running backup's), stay where they are, and every old
+    unreferenced object after them in the listing is still condemned and freed."""
+    monkeypatch.setenv("REPOFS_PRUNE_FRESH_SECONDS", "-1")
+    make_repo(tmp_path / "r")
+    repo = Repository.open(tmp_path / "r", PASSPHRASE)
+    shard = os.path.join(repo.backend.root, "chunks", "cd")
+    old = [_file(os.path.join(shard, "cd" + f"{i:062x}"), old=True) for i in range(24)]
+    junk = [_file(os.path.join(shard, f"cd-notes-{i}"), old=True) for i in range(3)]
+    future = time.time_ns() + 3600 * 10**9
+    fresh = []
+    for i in range(3):
+        path = _file(os.path.join(shard, "cd" + "f" * 58 + f"{i:04x}"), old=False)
+        os.utime(path, ns=(future, future))
+        fresh.append(path)
+    report = prune(repo)
+    assert report.moved_chunks == len(old) and report.freed_chunks == len(old)
+    assert not any(os.path.exists(p) for p in old)
+    assert all(os.path.exists(p) for p in junk + fresh)
