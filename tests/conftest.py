@@ -39,3 +39,13 @@ import tempfile  # noqa: E402
 if "REPOFS_SECURITY_DIR" not in os.environ:
     os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="repofs-test-config-")
     atexit.register(shutil.rmtree, os.environ["XDG_CONFIG_HOME"], ignore_errors=True)
+
+
+# A suite started in the background by a shell without job control (`cmd &` in a script, or
+# under nohup) inherits SIGINT ignored, and every command it starts would too (Python keeps an
+# ignored SIGINT ignored): the tests of Ctrl-C need it as a terminal delivers it. A handler in
+# this process is reset to the default in each child at exec.
+import signal  # noqa: E402
+
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
