@@ -87,3 +87,30 @@ def test_ids_seen_but_not_kept() -> None:
     index = decoder.finish()
     assert b"".join(seen) == b"".join(ids)
     assert all(index.get(n) is None for n in range(SLOTS))
+
+
+def test_pages_are_kept_as_they_were_fed_when_the_buffer_is_used_again() -> None:
+    """A reader feeds the decoder from one buffer it refills (a file read into the same
+    memory): the decoded ids are what was fed, not what the buffer holds later."""
+    ids = _ids(6)
+    plain = _plain(ids, False)
+    buffer = bytearray(PAGE_SLOTS * 32)              # a page a read: pages pass uncopied
+    decoder = IndexDecoder("x")
+    decoder.feed(plain[:HEADER.size])
+    for pos in range(HEADER.size, len(plain), len(buffer)):
+        piece = plain[pos:pos + len(buffer)]
+        buffer[:len(piece)] = piece
+        decoder.feed(memoryview(buffer)[:len(piece)])
+        buffer[:] = b"\xee" * len(buffer)           # the next read overwrites it
+    assert decoder.finish().encode() == plain
+
+
+def test_an_id_table_refuses_slots_past_its_end() -> None:
+    from format.idtable import IdTable
+    table = IdTable(3)
+    table.set(2, b"\x01" * 32)
+    with pytest.raises(IndexError):
+        table.set(3, b"\x02" * 32)
+    with pytest.raises(IndexError):
+        table.get(3)
+    assert table.get(2) == b"\x01" * 32
