@@ -215,3 +215,22 @@ def test_the_console_script_enters_through_launch():
     out = subprocess.run([sys.executable, "-m", "repofs.cli", "--version"], env=ENV, cwd=ROOT,
                          capture_output=True, text=True, check=True).stdout
     assert out.startswith("repofs ")
+
+
+def test_the_key_store_is_read_ahead_once_per_command_line(tmp_path, monkeypatch):
+    """The entry point and ``app.main`` both start the derivation ahead; the repository's
+    key store is read for it once."""
+    from format.repository import Repository
+    from repofs.cli import keyahead
+    calls = []
+    monkeypatch.setattr(keyahead, "_started_for", None)
+    monkeypatch.setattr(Repository, "is_encrypted", staticmethod(lambda path: True))
+    monkeypatch.setattr(Repository, "derive_key_ahead",
+                        staticmethod(lambda path, passphrase: calls.append((str(path), passphrase))))
+    monkeypatch.setenv("REPOFS_PASSWORD", "pw")
+    argv = ["backup", "file:x", "-r", str(tmp_path)]
+    keyahead.start(argv)
+    keyahead.start(list(argv))
+    assert calls == [(str(tmp_path), b"pw")]
+    keyahead.start(["generations", "-r", str(tmp_path)])     # another command line: looked at
+    assert len(calls) == 2

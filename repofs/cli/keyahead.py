@@ -22,7 +22,16 @@ from .passphrase import read_passphrase
 COMMANDS = ("backup", "restore", "generations", "check", "files", "prune")
 
 
+_started_for: list[str] | None = None   # the command line ``start`` last looked at
+
+
 def start(argv: list[str]) -> None:
+    """Start the derivation for the command line ``argv`` (once: the entry point and
+    ``app.main`` both call this, and a second look would read the key store again)."""
+    global _started_for
+    if argv == _started_for:
+        return
+    _started_for = list(argv)
     if not argv or argv[0] not in COMMANDS:
         return
     if argv[0] == "files" and (len(argv) < 2 or argv[1] == "umount" or _option(argv, ("--from",))):
