@@ -53,7 +53,7 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_mount import random_latencies, sequential, unmount  # noqa: E402
 from dataset import change_list, make_image, parse_size  # noqa: E402
-from measure import PY, drop_caches, run, wait_for, warm  # noqa: E402
+from measure import PY, drop_caches, in_turn, run, wait_for, warm  # noqa: E402
 
 MiB = 1 << 20
 VM = "bench"
@@ -175,14 +175,6 @@ def evict_file(path: str) -> None:
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     finally:
         os.close(fd)
-
-
-def in_turn(trees: list[str], rnd: int) -> list[str]:
-    """The trees in the order of round ``rnd``: as given in odd rounds, reversed in even ones.
-    The same code measured second in every round of ``--what backup`` ran ~1.2x slower than
-    measured first (2 GiB, three rounds each way, 1 Dec 2026): an order fixed for all rounds
-    makes that a difference between the trees."""
-    return trees if rnd % 2 else trees[::-1]
 
 
 def ab_backup(trees: list[str], work: str, img: str, rounds: int, cold_parent: bool = False,

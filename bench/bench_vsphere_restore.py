@@ -15,9 +15,10 @@ and the best of each side is compared. Prints wall times, throughput over the di
 to-dir (target >= 80%) and whether every restored disk equals the image (``cmp``).
 
 With ``--before DIR`` (another checkout, e.g. ``git worktree add --detach DIR main``), every
-round also restores into vCenter with that checkout's code, right after this one's, and the
-report gives this checkout's vSphere time over the other's, round by round: a change measured
-side by side under the same load (this machine's disk speed alone varies 2x between minutes).
+round also restores into vCenter with that checkout's code, beside this one's (the vSphere
+restores take turns going first, round by round: give an even ``--runs``), and the report
+gives this checkout's vSphere time over the other's, round by round: a change measured side
+by side under the same load (this machine's disk speed alone varies 2x between minutes).
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path[:0] = [str(HERE), str(ROOT / "tests"), str(ROOT)]
 from dataset import make_image, parse_size  # noqa: E402
-from measure import Run, repofs, run  # noqa: E402
+from measure import Run, in_turn, repofs, run  # noqa: E402
 from fixtures_vcsim import connected, create_vm, find_by_name, running_vcsim, vm_disks, wait_task  # noqa: E402
 from fixtures_vddk import build_standin, write_standin_config  # noqa: E402
 from bench_vsphere_backup import copy_sparse  # noqa: E402
@@ -111,7 +112,7 @@ def main() -> None:
                 ok = run(["cmp", img, str(out / "scsi0-0.raw")], check=False).rc == 0
                 shutil.rmtree(out)
                 rows["to-dir (local raw file)"].append((r, ok))
-                for j, (label, extra, venv) in enumerate(variants):
+                for j, (label, extra, venv) in in_turn(list(enumerate(variants)), i + 1):
                     name = f"bench-r{i}-{j}"
                     os.sync()
                     r = run(repofs("restore", "vm:bench", "--name", name, "-r", repo, "--threads",
