@@ -12,7 +12,7 @@ import random
 import pytest
 
 from format.fixedindex import COUNT, HEADER, HOLE, PIECE, SLOT_HEADER, FixedIndex, IndexDecoder
-from format.idtable import PAGE_SLOTS
+from format.idtable import PAGE_SLOTS, IdTable
 
 CS = 4096
 SLOTS = 3 * PAGE_SLOTS + 17          # three whole pages and a short one
@@ -106,7 +106,6 @@ def test_pages_are_kept_as_they_were_fed_when_the_buffer_is_used_again() -> None
 
 
 def test_an_id_table_refuses_slots_past_its_end() -> None:
-    from format.idtable import IdTable
     table = IdTable(3)
     table.set(2, b"\x01" * 32)
     with pytest.raises(IndexError):
