@@ -245,6 +245,10 @@ def s3(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Serve
         monkeypatch.setenv(k, v)
     for k in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
         monkeypatch.delenv(k, raising=False)
+    # The client's session reads the credentials once per process: one made under another
+    # test's environment would sign this test's requests with that test's keys.
+    from format import s3backend
+    monkeypatch.setattr(s3backend, "_session", None)
     yield s3_server
     if s3_server.gate is not None and s3_server.gate._listener is None:
         s3_server.gate.open()
