@@ -1,0 +1,170 @@
+"""What the storage layer promises that only a failure or a second process shows: a lease's
+liveness check never disturbs the process it looks at (format/leases.py); prune's reading of
+an index holds none of its ids (format/indexobject.py, ``keep_ids=False``); an object put
+without saying otherwise is durable when ``put`` returns, and a put that fails leaves no
+temporary file behind (format/backend.py, ``LocalBackend.put``).
+"""
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from format.backend import LocalBackend
+from format.errors import StorageFull
+from format.fixedindex import HOLE, FixedIndex
+from format.idtable import PAGE_SLOTS
+from format.indexobject import index_id, read_index
+from format.leases import LeaseInfo
+from format.repository import Repository, index_name
+
+KDF = {"name": "argon2id", "time_cost": 1, "memory_kib": 64, "parallelism": 1}
+
+
+# -- leases -------------------------------------------------------------------------------------
+
+def test_checking_a_lease_of_this_host_leaves_its_process_running(tmp_path: Path) -> None:
+    """Prune asks whether a lease's process still exists; asking must not signal it (a
+    backup or a mount of this host, looked at by a prune, goes on)."""
+    ready = tmp_path / "ready"
+    # A process that would end on any signal it does not ignore (SIGHUP's default ends it).
+    child = subprocess.Popen([sys.executable, "-c",
+                              "import pathlib, signal, sys, time\n"
+                              "signal.signal(signal.SIGHUP, lambda *a: sys.exit(3))\n"
+                              f"pathlib.Path({str(ready)!r}).write_text('x')\n"
+                              "time.sleep(60)\n"])
+    try:
+        deadline = time.monotonic() + 20
+        while not ready.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        now = time.time_ns()
+        lease = LeaseInfo("locks/lease-x", "backup", now, now + 60_000_000_000,
+                          socket.gethostname(), child.pid, "vm1")
+        assert lease.live(now)
+        time.sleep(0.2)
+        assert child.poll() is None, "the liveness check signalled the lease's process"
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    # once the process is gone, its lease is no longer live
+    assert not lease.live(time.time_ns())
+
+
+# -- indexes ------------------------------------------------------------------------------------
+
+def test_an_index_read_for_its_ids_alone_holds_none_of_them(tmp_path: Path) -> None:
+    """Prune's marks read each index only to see its ids (``keep_ids=False``): every id
+    reaches ``on_ids``, and the index it gets back holds no id in memory."""
+    repo = Repository.init(tmp_path / "repo", b"pw", kdf=KDF, chunk_size=1 << 16)
+    rng = random.Random(11)
+    slots = 2 * PAGE_SLOTS + 5
+    index = FixedIndex.empty(slots * (1 << 16), 1 << 16)
+    ids = [HOLE if n % 5 == 0 else rng.randbytes(32) for n in range(slots)]
+    for n, cid in enumerate(ids):
+        index.set(n, cid)
+    hex_id = repo.put_index(index)
+    name = index_name(hex_id)
+    iid = index_id(hex_id, name)
+
+    def read(keep: bool) -> tuple[FixedIndex, list[bytes]]:
+        seen: list[bytes] = []
+        stream, size = repo.open_object(name)
+        with stream:
+            got = read_index(repo.sealer, iid, stream, size, name, keep_ids=keep,
+                             on_ids=lambda page: seen.append(bytes(page)))
+        return got, seen
+
+    kept, seen = read(True)
+    assert kept.ids.held_bytes > 0 and [kept.ids.get(n) for n in range(slots)] == ids
+    bare, seen_bare = read(False)
+    assert bare.ids.held_bytes == 0
+    assert b"".join(seen_bare) == b"".join(seen) == b"".join(ids)
+    assert bare.count == slots
+
+
+# -- local objects ------------------------------------------------------------------------------
+
+def test_a_put_is_durable_when_it_returns_unless_told_otherwise(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """``put(name, data)`` (manifests, indexes, the config) syncs the file and its folder
+    before it returns: what a power loss cannot take back once the caller goes on. A power
+    loss cannot be made here, so the syncs are counted."""
+    backend = LocalBackend(tmp_path / "objects")
+    backend.put("manifests/first", b"made the folder")
+    synced: list[int] = []
+    real = os.fsync
+
+    def counted(fd: int) -> None:
+        synced.append(fd)
+        real(fd)
+    monkeypatch.setattr(os, "fsync", counted)
+    backend.put("manifests/m1", b"a manifest")
+    assert len(synced) == 2                          # the file, then its folder
+    assert (tmp_path / "objects" / "manifests" / "m1").read_bytes() == b"a manifest"
+    synced.clear()
+    backend.put("chunks/ab/abcd", b"a chunk", sync=False)
+    backend.sync()
+    assert (tmp_path / "objects" / "chunks" / "ab" / "abcd").read_bytes() == b"a chunk"
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path):
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)]).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (not root?)")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
+@pytest.mark.parametrize("sync", [True, False])
+def test_a_put_that_finds_the_disk_full_leaves_no_temporary_file(small_fs: Path, sync: bool) -> None:
+    backend = LocalBackend(small_fs)
+    backend.put("chunks/aa/first", b"x" * 1000)
+    with pytest.raises(StorageFull):
+        backend.put("chunks/aa/too-big", os.urandom(2 << 20), sync=sync)
+    assert sorted(os.listdir(small_fs / "chunks" / "aa")) == ["first"]
+    assert list(backend.list("chunks")) == ["chunks/aa/first"]
+
+
+def test_files_handed_to_the_background_writeback_are_closed_there_once(tmp_path: Path) -> None:
+    """A chunk put without a sync hands its open file to the writeback thread, which starts
+    its writeback and closes it; the writer does not close it too (a second close would hit
+    whatever file reused the number). After the puts, every file is closed exactly once:
+    the thread takes new ones, and the process holds no descriptor more than before."""
+    from format import backend as backend_module
+    writeback = backend_module._writeback
+    if backend_module._sync_file_range is None:
+        pytest.skip("no sync_file_range here: writers close their own files")
+    backend = LocalBackend(tmp_path / "objects")
+
+    def settled() -> bool:
+        deadline = time.monotonic() + 10
+        while writeback._slots._value < writeback.LIMIT and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return writeback._slots._value == writeback.LIMIT
+
+    backend.put("chunks/00/warm", b"w", sync=False)       # the thread exists before we count
+    assert settled()
+    before = len(os.listdir("/proc/self/fd"))
+    datas = {f"chunks/{n:02x}/obj{n}": os.urandom(1000 + n) for n in range(12)}
+    for name, data in datas.items():
+        backend.put(name, data, sync=False)
+        # a file opened now may get the number of the one just handed over
+        with open(tmp_path / f"other{name[-2:]}", "wb") as other:
+            other.write(b"still mine")
+    backend.sync()
+    assert settled()
+    assert writeback._thread is not None and writeback._thread.is_alive()
+    assert len(os.listdir("/proc/self/fd")) == before
+    for name, data in datas.items():
+        assert (tmp_path / "objects" / name).read_bytes() == data
