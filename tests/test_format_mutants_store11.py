@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from format.backend import LocalBackend
-from format.errors import StorageFull
+from format.errors import CorruptObject, StorageFull
 from format.fixedindex import HOLE, FixedIndex
 from format.idtable import PAGE_SLOTS
 from format.indexobject import index_id, read_index
@@ -168,3 +168,40 @@ def test_files_handed_to_the_background_writeback_are_closed_there_once(tmp_path
     assert len(os.listdir("/proc/self/fd")) == before
     for name, data in datas.items():
         assert (tmp_path / "objects" / name).read_bytes() == data
+
+
+def test_a_malformed_index_name_is_named_in_its_error(tmp_path: Path) -> None:
+    """A manifest (or a junk file in ``indexes/``) naming an index that no id can be: the
+    error names the object and says why, as every damaged object's does."""
+    repo = Repository.init(tmp_path / "repo", b"pw", kdf=KDF, chunk_size=1 << 16)
+    for bad in ("zz" * 32, "ab" * 31, "abc"):
+        with pytest.raises(CorruptObject) as caught:
+            repo.get_index(bad)
+        assert str(caught.value) == f"object {index_name(bad)} is damaged: malformed index id"
+        assert caught.value.name == index_name(bad)
+
+
+class _SlowLocal(LocalBackend):
+    """Storage whose lease writes take a while (a slow share): a renewal is still under way
+    when the lease ends."""
+
+    def put(self, name: str, data: bytes | bytearray | memoryview, *, sync: bool = True) -> None:
+        if name.startswith("leases/"):
+            time.sleep(0.3)
+        super().put(name, data, sync=sync)
+
+
+def test_an_ended_lease_stays_deleted_when_a_renewal_was_under_way(tmp_path: Path) -> None:
+    """``end()`` waits for the renewal under way before it deletes the lease: else that
+    renewal writes it back, and the lease outlives its process by a whole TTL (a prune keeps
+    what it would protect)."""
+    from format import leases
+    repo = Repository.init(tmp_path / "repo", b"pw", kdf=KDF, chunk_size=1 << 16)
+    slow = _SlowLocal(repo.backend.root)          # type: ignore[attr-defined]
+    repo.backend = slow
+    lease = leases.Lease(repo, "reader", ttl_ns=40_000_000)   # renewed every 10 ms
+    lease.begin()
+    time.sleep(0.05)                               # a renewal has begun and waits on storage
+    lease.end()
+    time.sleep(0.6)                                # what was under way has finished
+    assert leases.leases(repo) == []
