@@ -205,3 +205,25 @@ def test_an_ended_lease_stays_deleted_when_a_renewal_was_under_way(tmp_path: Pat
     lease.end()
     time.sleep(0.6)                                # what was under way has finished
     assert leases.leases(repo) == []
+
+
+def test_an_id_table_misused_says_how() -> None:
+    """The id table's refusals name the slot, the page and the sizes involved: what a
+    developer reading a failed run needs (every caller checks first, so only a mistake of
+    ours reaches them)."""
+    from format.idtable import ID_SIZE, IdTable
+    with pytest.raises(ValueError) as caught:
+        IdTable(-1)
+    assert str(caught.value) == "a negative slot count"
+    table = IdTable(PAGE_SLOTS + 3)
+    for call in (lambda: table.get(PAGE_SLOTS + 3), lambda: table.set(-1, b"\x01" * ID_SIZE)):
+        with pytest.raises(IndexError) as out:
+            call()
+        assert str(out.value) in (f"slot {PAGE_SLOTS + 3} outside a table of {PAGE_SLOTS + 3}",
+                                  f"slot -1 outside a table of {PAGE_SLOTS + 3}")
+    with pytest.raises(ValueError) as short:
+        table.set(0, b"\x01" * 31)
+    assert str(short.value) == "a chunk id is 32 bytes"
+    with pytest.raises(ValueError) as page:
+        table.put_page(1, b"\x02" * (4 * ID_SIZE))
+    assert str(page.value) == f"page 1 of the id table is {3 * ID_SIZE} bytes, not {4 * ID_SIZE}"
