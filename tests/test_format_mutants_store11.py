@@ -227,3 +227,45 @@ def test_an_id_table_misused_says_how() -> None:
     with pytest.raises(ValueError) as page:
         table.put_page(1, b"\x02" * (4 * ID_SIZE))
     assert str(page.value) == f"page 1 of the id table is {3 * ID_SIZE} bytes, not {4 * ID_SIZE}"
+
+
+def test_a_batch_being_filled_is_recorded_as_the_format_says_and_left_to_its_prune(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Step 5 of prune (docs/format.md): before the first move, ``pending/<b>`` holds
+    ``{"state": "moving", "started_ns": T, "owner": <the prune's lease>}``, which another
+    implementation's prune reads: while that owner runs, another prune leaves the batch to
+    it (a foreign seal would miss a backup that starts before the owner's last move)."""
+    from format import prune as prune_module
+    from format import records
+    from format.leases import leases
+    from format.manifest import DiskEntry, Manifest
+    monkeypatch.setenv("REPOFS_PRUNE_FRESH_SECONDS", "-1")
+    monkeypatch.delenv("REPOFS_PRUNE_KILL_AFTER", raising=False)
+    repo = Repository.init(tmp_path / "repo", b"pw", kdf=KDF, chunk_size=1 << 16)
+    kept = repo.chunk_id(b"k" * 1000)
+    repo.put_chunk(kept, b"k" * 1000)
+    index = FixedIndex.empty(1 << 16, 1 << 16)
+    index.set(0, kept)
+    repo.put_manifest(Manifest("v", "g1", "t", 1, None, [DiskEntry("d", 1 << 16, 1 << 16,
+                                                                   repo.put_index(index))]))
+    gone = repo.chunk_id(b"g" * 1000)
+    repo.put_chunk(gone, b"g" * 1000)
+    seen: list[tuple[str, dict, list[str], list[str]]] = []
+    real = prune_module._condemn_folders
+
+    def condemn(*args, **kwargs):  # type: ignore[no-untyped-def]
+        (batch, doc), = records.read_all(repo, prune_module.PENDING, records.MAGIC_BATCH)
+        running = [lease.name for lease in leases(repo) if lease.kind == "prune"]
+        sealed = [b for b, d in prune_module._seal_all(repo, "another-prune") if d.get("state") == "sealed"]
+        seen.append((batch, doc, running, sealed))
+        return real(*args, **kwargs)
+    monkeypatch.setattr(prune_module, "_condemn_folders", condemn)
+    report = prune_module.prune(repo)
+    (batch, doc, running, sealed), = seen
+    assert len(running) == 1
+    assert len(batch) == 32 and int(batch, 16) >= 0 and batch == batch.lower()   # 32 hex digits
+    assert set(doc) == {"state", "started_ns", "owner"}
+    assert doc["state"] == "moving" and doc["owner"] == running[0]
+    assert type(doc["started_ns"]) is int and doc["started_ns"] > 0
+    assert sealed == []                                   # left to the prune that fills it
+    assert report.freed_chunks == 1 and not repo.has_chunk(gone) and repo.has_chunk(kept)
