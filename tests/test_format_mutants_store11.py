@@ -269,3 +269,62 @@ def test_a_batch_being_filled_is_recorded_as_the_format_says_and_left_to_its_pru
     assert type(doc["started_ns"]) is int and doc["started_ns"] > 0
     assert sealed == []                                   # left to the prune that fills it
     assert report.freed_chunks == 1 and not repo.has_chunk(gone) and repo.has_chunk(kept)
+
+
+def test_the_kill_hook_can_land_at_every_destructive_step_and_the_next_prune_finishes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """REPOFS_PRUNE_KILL_AFTER=N kills prune before its destructive step N+1 (0: before the
+    first), moves and deletions alike: the seeded kill -9 tests rely on it to stop prune
+    between two deletions of its sweep. Here the SIGKILL is caught before it lands; after
+    each stop, a prune without the hook finishes the work."""
+    import signal as signal_module
+    from format import prune as prune_module
+    from format.leases import leases
+    from format import records
+
+    class Killed(Exception):
+        pass
+
+    real_kill = os.kill
+
+    def fake_kill(pid: int, sig: int) -> None:
+        if sig != signal_module.SIGKILL:
+            real_kill(pid, sig)                       # a lease's liveness probe
+            return
+        raise Killed
+    def one_shard(repo: Repository) -> list[bytes]:
+        """Three chunks of one shard (ids are keyed: each repository has its own): the
+        shard's moves and deletions then run in one thread, one after the other."""
+        by_shard: dict[bytes, list[bytes]] = {}
+        k = 0
+        while not any(len(v) == 3 for v in by_shard.values()):
+            data = k.to_bytes(4, "big") * 250
+            by_shard.setdefault(repo.chunk_id(data)[:1], []).append(data)
+            k += 1
+        return next(v for v in by_shard.values() if len(v) == 3)
+    in_trash: dict[int, int] = {}
+    for n in range(12):
+        monkeypatch.setenv("REPOFS_PRUNE_FRESH_SECONDS", "-1")
+        repo = Repository.init(tmp_path / f"repo{n}", b"pw", kdf=KDF, chunk_size=1 << 16)
+        datas = one_shard(repo)
+        cids = [repo.chunk_id(data) for data in datas]
+        for cid, data in zip(cids, datas):
+            repo.put_chunk(cid, data)
+        monkeypatch.setenv("REPOFS_PRUNE_KILL_AFTER", str(n))
+        monkeypatch.setattr(os, "kill", fake_kill)
+        try:
+            prune_module.prune(repo)
+        except Killed:
+            in_trash[n] = len(list(repo.backend.list(prune_module.TRASH)))
+        monkeypatch.setattr(os, "kill", real_kill)
+        monkeypatch.setenv("REPOFS_PRUNE_KILL_AFTER", "")
+        for lease in leases(repo):                    # the stopped run's lease
+            records.delete(repo, "leases", lease.name)
+        prune_module.prune(repo)
+        assert not any(repo.has_chunk(c) for c in cids)
+        assert records.names(repo, prune_module.PENDING) == []
+        assert list(repo.backend.list(prune_module.TRASH)) == []
+    # N=0 stops after the first move, each later count one step later: the three moves,
+    # then the sweep's three deletions one by one, then the steps after it (the trash empty)
+    assert sorted(in_trash) == list(range(len(in_trash))) and len(in_trash) < 12
+    assert [in_trash[n] for n in range(6)] == [1, 2, 3, 2, 1, 0]
