@@ -308,7 +308,7 @@ def test_the_kill_hook_can_land_at_every_destructive_step_and_the_next_prune_fin
         repo = Repository.init(tmp_path / f"repo{n}", b"pw", kdf=KDF, chunk_size=1 << 16)
         datas = one_shard(repo)
         cids = [repo.chunk_id(data) for data in datas]
-        for cid, data in zip(cids, datas):
+        for cid, data in zip(cids, datas, strict=True):
             repo.put_chunk(cid, data)
         monkeypatch.setenv("REPOFS_PRUNE_KILL_AFTER", str(n))
         monkeypatch.setattr(os, "kill", fake_kill)
