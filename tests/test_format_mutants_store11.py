@@ -328,3 +328,71 @@ def test_the_kill_hook_can_land_at_every_destructive_step_and_the_next_prune_fin
     # then the sweep's three deletions one by one, then the steps after it (the trash empty)
     assert sorted(in_trash) == list(range(len(in_trash))) and len(in_trash) < 12
     assert [in_trash[n] for n in range(6)] == [1, 2, 3, 2, 1, 0]
+
+
+def test_prune_on_a_one_cpu_machine_frees_the_same(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With one CPU prune walks the shards in its own thread (``WORKERS`` is the CPU count):
+    the same objects go, the same stay."""
+    from format import prune as prune_module
+    from format.manifest import DiskEntry, Manifest
+    monkeypatch.setenv("REPOFS_PRUNE_FRESH_SECONDS", "-1")
+    monkeypatch.delenv("REPOFS_PRUNE_KILL_AFTER", raising=False)
+    monkeypatch.setattr(prune_module, "WORKERS", 1)
+    repo = Repository.init(tmp_path / "repo", b"pw", kdf=KDF, chunk_size=1 << 16)
+    datas = [bytes([k]) * 700 for k in range(8)]
+    cids = [repo.chunk_id(d) for d in datas]
+    for cid, data in zip(cids, datas, strict=True):
+        repo.put_chunk(cid, data)
+    index = FixedIndex.empty(3 << 16, 1 << 16)
+    for n in range(3):
+        index.set(n, cids[n])
+    repo.put_manifest(Manifest("v", "g1", "t", 1, None, [DiskEntry("d", 3 << 16, 1 << 16,
+                                                                   repo.put_index(index))]))
+    report = prune_module.prune(repo)
+    assert report.freed_chunks == 5
+    assert [repo.has_chunk(c) for c in cids] == [True] * 3 + [False] * 5
+
+
+def test_prune_marks_without_holding_any_index(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Prune's marks see each index's ids as they stream past and keep none of them: its
+    memory is the marks, not the indexes (10 M chunks in 256 MiB, docs/performance.md)."""
+    from format import prune as prune_module
+    from format.manifest import DiskEntry, Manifest
+    monkeypatch.setenv("REPOFS_PRUNE_FRESH_SECONDS", "-1")
+    repo = Repository.init(tmp_path / "repo", b"pw", kdf=KDF, chunk_size=1 << 16)
+    for g in range(3):
+        index = FixedIndex.empty(4 << 16, 1 << 16)
+        for n in range(4):
+            data = bytes([g, n]) * 300
+            cid = repo.chunk_id(data)
+            repo.put_chunk(cid, data)
+            index.set(n, cid)
+        repo.put_manifest(Manifest("v", f"g{g}", "t", 1 + g, None,
+                                   [DiskEntry("d", 4 << 16, 1 << 16, repo.put_index(index))]))
+    held: list[int] = []
+    real = prune_module.read_index
+
+    def watched(*args, **kwargs):  # type: ignore[no-untyped-def]
+        got = real(*args, **kwargs)
+        held.append(got.ids.held_bytes)
+        return got
+    monkeypatch.setattr(prune_module, "read_index", watched)
+    report = prune_module.prune(repo)
+    assert held == [0, 0, 0]
+    assert report.referenced_chunks == 12 and report.freed_chunks == 0
+
+
+def test_a_process_that_exits_holding_a_writer_lock_ends(tmp_path: Path) -> None:
+    """The lock's renewing thread never keeps a process alive: a backup that ends (or dies
+    of an error) without releasing its lock still exits; the lock then expires."""
+    repo = tmp_path / "repo"
+    Repository.init(repo, b"pw", kdf=KDF, chunk_size=1 << 16)
+    code = ("import sys\n"
+            "from format.backend import LocalBackend\n"
+            "from format.writerlock import WriterLock\n"
+            f"lock = WriterLock(LocalBackend({str(repo)!r}), 'locks/vm-x', 'x')\n"
+            "lock.acquire()\n"
+            "print('held', flush=True)\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=os.getcwd(), capture_output=True,
+                          text=True, timeout=30)
+    assert done.returncode == 0 and done.stdout == "held\n"
