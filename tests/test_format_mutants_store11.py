@@ -396,3 +396,15 @@ def test_a_process_that_exits_holding_a_writer_lock_ends(tmp_path: Path) -> None
     done = subprocess.run([sys.executable, "-c", code], cwd=os.getcwd(), capture_output=True,
                           text=True, timeout=30)
     assert done.returncode == 0 and done.stdout == "held\n"
+
+
+def test_a_policy_that_would_keep_nothing_keeps_the_newest_generation() -> None:
+    """The last line of defence of ``forget``: whatever a policy built in code says (here a
+    negative ``within``, which the command line cannot give), the newest generation of a VM
+    stays, and the table says why."""
+    from format.retention import Duration, Generation, Policy, apply
+    gens = [Generation(f"m{k}", f"g{k}", (k + 1) * 3_600_000_000_000) for k in range(3)]
+    decisions = apply(Policy(within=Duration(hours=-1)), gens)
+    assert [(d.generation.name, d.keep, d.reasons) for d in decisions] == [
+        ("g2", True, ["newest of the VM"]), ("g1", False, []), ("g0", False, [])]
+    assert [d.keep for d in apply(Policy(within=Duration(hours=-1)), gens, allow_empty=True)] == [False] * 3
