@@ -408,3 +408,27 @@ def test_a_policy_that_would_keep_nothing_keeps_the_newest_generation() -> None:
     assert [(d.generation.name, d.keep, d.reasons) for d in decisions] == [
         ("g2", True, ["newest of the VM"]), ("g1", False, []), ("g0", False, [])]
     assert [d.keep for d in apply(Policy(within=Duration(hours=-1)), gens, allow_empty=True)] == [False] * 3
+
+
+def test_background_uploads_are_forgotten_once_they_end(s3) -> None:  # type: ignore[no-untyped-def]
+    """A backup's chunks go up in the background; each upload, once ended, is no longer held
+    (a night's backup makes hundreds of thousands), and ``sync`` returns once all have ended."""
+    from format.location import open_backend
+    backend = open_backend(s3.new_location())
+    try:
+        datas = {f"chunks/{n:02x}/c{n}": os.urandom(100 + n) for n in range(20)}
+        for name, data in datas.items():
+            backend.put(name, data, sync=False)
+        import threading
+        syncing = threading.Thread(target=backend.sync, daemon=True)
+        syncing.start()
+        syncing.join(30)
+        assert not syncing.is_alive(), "sync() did not return once the uploads had ended"
+        deadline = time.monotonic() + 10
+        while backend._pending and time.monotonic() < deadline:      # type: ignore[attr-defined]
+            time.sleep(0.01)
+        assert backend._pending == set()                             # type: ignore[attr-defined]
+        for name, data in datas.items():
+            assert backend.get(name) == data
+    finally:
+        backend.close()                                              # type: ignore[attr-defined]
