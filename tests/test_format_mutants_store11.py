@@ -432,3 +432,40 @@ def test_background_uploads_are_forgotten_once_they_end(s3) -> None:  # type: ig
             assert backend.get(name) == data
     finally:
         backend.close()                                              # type: ignore[attr-defined]
+
+
+def test_a_lock_of_another_users_process_is_not_taken_for_dead(tmp_path: Path) -> None:
+    """Two users back up into one repository from one host: a backup that may not signal
+    the other's process (PermissionError) must count that lock's holder as running, never
+    as dead (its lock would be taken and two backups of one VM would run). The check runs
+    in a child that drops root after its imports."""
+    code = ("import os\n"
+            "from format.writerlock import BOOT, _dead_here\n"
+            "os.setgid(65534)\n"
+            "os.setuid(65534)\n"
+            "print(BOOT != '', _dead_here({'pid': 1, 'boot': BOOT}), flush=True)\n")
+    if os.geteuid() != 0:
+        pytest.skip("needs root to become another user")
+    done = subprocess.run([sys.executable, "-c", code], cwd=os.getcwd(), capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "True False\n"
+
+
+def test_a_held_writer_lock_is_renewed_before_it_would_expire(tmp_path: Path) -> None:
+    """A backup's lock object is rewritten while the backup runs, well within its lifetime
+    (every quarter of it), so that no other host finds it expired."""
+    from format.writerlock import WriterLock
+    backend = LocalBackend(tmp_path / "repo")
+    lock = WriterLock(backend, "locks/vm-x", "x", ttl_s=2.0)
+    lock.acquire()
+    try:
+        path = Path(backend.path("locks/vm-x"))
+        first = path.stat().st_mtime_ns
+        deadline = time.monotonic() + 2.0              # the lock's lifetime
+        while path.stat().st_mtime_ns == first and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert path.stat().st_mtime_ns != first, "not renewed within the lock's lifetime"
+    finally:
+        lock.release()
+    assert not backend.exists("locks/vm-x")
