@@ -469,3 +469,22 @@ def test_a_held_writer_lock_is_renewed_before_it_would_expire(tmp_path: Path) ->
     finally:
         lock.release()
     assert not backend.exists("locks/vm-x")
+
+
+def test_the_client_record_of_a_repository_is_utf8_whatever_the_locale(tmp_path: Path) -> None:
+    """The client remembers each repository (its id, cipher, location) in files of its own;
+    a location with letters beyond ASCII (a folder ``Sicherung-ä``) is written in UTF-8
+    also where the process's locale is plain ASCII (a cron job's ``LC_ALL=C``)."""
+    location = "/srv/backups/Sicherung-\u00e4"
+    code = ("import sys\n"
+            "from format.security import KnownRepository\n"
+            f"KnownRepository({str(tmp_path / 'sec')!r}, 'ab' * 16, {ascii(location)}).adopt('aes-256-gcm')\n"
+            "print(sys.getfilesystemencoding(), flush=True)\n")
+    env = dict(os.environ, LC_ALL="C", PYTHONUTF8="0")
+    env.pop("PYTHONIOENCODING", None)
+    done = subprocess.run([sys.executable, "-c", code], cwd=os.getcwd(), capture_output=True,
+                          text=True, timeout=60, env=env)
+    assert done.returncode == 0, done.stderr
+    written = [p for p in (tmp_path / "sec").rglob("location")]
+    assert len(written) == 1
+    assert written[0].read_bytes().decode("utf-8") == location + "\n"
