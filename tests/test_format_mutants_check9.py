@@ -92,3 +92,16 @@ def test_chunks_are_read_at_most_workers_at_a_time(repo, read_data, workers, bou
     assert report.problems == [] and report.chunks == 12
     assert report.chunks_read == (12 if read_data else 0)
     assert 1 <= repo.backend.peak <= bound
+
+
+@pytest.mark.parametrize("workers, bound", [(None, 2), (3, 3)])
+def test_read_data_reads_chunks_in_parallel(repo, workers, bound):
+    """``check --read-data`` reads on several threads (two by default, as the command line
+    has it), not one after the other: each read here is held a moment, so reads that
+    overlap are seen."""
+    rng = random.Random(8)
+    _generation(repo, _slots(repo, [rng.randbytes(RCS) for _ in range(16)]))
+    repo.backend = _CountingReads(repo.backend.root, bound)
+    report = check(repo, read_data=True) if workers is None else check(repo, read_data=True, workers=workers)
+    assert report.problems == [] and report.chunks_read == 16
+    assert 2 <= repo.backend.peak <= bound
