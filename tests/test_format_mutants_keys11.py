@@ -193,11 +193,24 @@ def test_a_slot_is_written_as_docs_format_says() -> None:
     back = KeySlot.from_json(doc)
     assert back == slot and back.open("rid", b"pw") == material
     made = KeySlot.make(material, "rid", b"pw", dict(FAST, salt="ignored"))
+    assert made.created == "" and KeyStore.new(material, "rid", b"pw", FAST).slots[0].created == ""
     assert len(made.id) == 8 and int(made.id, 16) >= 0 and "salt" not in made.kdf
     assert made.open("rid", b"pw") == material and made.open("other-repo", b"pw") is None
     store = json.loads(KeyStore(keys.CIPHER_AES_GCM, [slot]).encode())
     assert store == {"version": 2, "cipher": "aes-256-gcm", "slots": [doc]}
     assert repr(material) == "KeyMaterial(cipher='aes-256-gcm')"
+
+
+def test_a_version_1_key_store_reads_as_one_slot_named_0() -> None:
+    """A key store of version 1 (one passphrase, before slots) keeps its fields at the top
+    level; read, it is one slot whose id is ``0`` (what ``key list`` shows for it)."""
+    doc = _doc()
+    slot = doc["slots"][0]
+    v1 = {"version": 1, "cipher": "aes-256-gcm", "kdf": slot["kdf"], "nonce": slot["nonce"],
+          "wrapped": slot["wrapped"]}
+    store = KeyStore.decode(json.dumps(v1).encode())
+    assert [s.id for s in store.slots] == ["0"] and store.slots[0].created == ""
+    assert store.open("rid", b"pw")[1] == "0"
 
 
 def test_the_default_derivation_is_the_documented_one() -> None:
