@@ -119,7 +119,9 @@ def test_an_unencrypted_key_store_is_checked_too() -> None:
         with pytest.raises(error) as caught:
             unwrap(json.dumps(broken).encode(), "rid", None)
         assert type(caught.value) is error and str(caught.value) == text
-    assert unwrap(store.encode(), "rid", b"anything").id_key == store.id_key
+    opened = unwrap(store.encode(), "rid", b"anything")
+    assert (opened.cipher, opened.enc_key, opened.id_key) == ("none", None, store.id_key)
+    assert store.slots == [] and KeyStore.decode(store.encode()).slots == []
 
 
 def test_unreadable_and_oversized_key_stores() -> None:
@@ -249,3 +251,24 @@ def test_a_derivation_ahead_serves_one_open_with_the_same_inputs(monkeypatch: py
     keys.derive_ahead(KeyStore.new(KeyMaterial.generate(False), "rid", None).encode(), b"pw")
     keys.derive_ahead(b"junk", b"pw")
     assert len(calls) == 4                              # nothing to derive for these
+
+
+def test_a_derivation_ahead_that_fails_leaves_the_open_to_derive_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The thread deriving ahead may fail (no memory for Argon2id at that moment): the open
+    then derives itself, and reports its own outcome."""
+    material = KeyMaterial.generate(True)
+    document = wrap(material, "rid", b"pw", FAST)
+    real = keys._argon2id
+    failures = [MemoryError("no memory for Argon2id")]
+
+    def once_failing(passphrase: bytes, params: tuple, salt: bytes) -> bytes:
+        if failures:
+            raise failures.pop()
+        return real(passphrase, params, salt)
+    monkeypatch.setattr(keys, "_argon2id", once_failing)
+    monkeypatch.setattr(keys, "_ahead", None)
+    keys.derive_ahead(document, b"pw")
+    assert keys._ahead is not None
+    keys._ahead.join()
+    assert keys._ahead.kek is None and failures == []
+    assert unwrap(document, "rid", b"pw") == material
