@@ -196,6 +196,7 @@ def test_a_slot_is_written_as_docs_format_says() -> None:
     assert back == slot and back.open("rid", b"pw") == material
     made = KeySlot.make(material, "rid", b"pw", dict(FAST, salt="ignored"))
     assert made.created == "" and KeyStore.new(material, "rid", b"pw", FAST).slots[0].created == ""
+    assert KeyStore.new(material, "rid", b"pw", FAST, created="2026-12-02").slots[0].created == "2026-12-02"
     assert len(made.id) == 8 and int(made.id, 16) >= 0 and "salt" not in made.kdf
     assert made.open("rid", b"pw") == material and made.open("other-repo", b"pw") is None
     store = json.loads(KeyStore(keys.CIPHER_AES_GCM, [slot]).encode())
