@@ -488,3 +488,70 @@ def test_the_client_record_of_a_repository_is_utf8_whatever_the_locale(tmp_path:
     written = [p for p in (tmp_path / "sec").rglob("location")]
     assert len(written) == 1
     assert written[0].read_bytes().decode("utf-8") == location + "\n"
+
+
+# -- the S3 backend ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("value, uploads", [("1000", 256), ("256", 256), ("257", 256), ("0", 1), ("1", 1),
+                                            ("7", 7), ("-3", 1), ("many", 32), (None, 32)])
+def test_uploads_at_once_from_the_environment_are_bounded(value: str | None, uploads: int,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from format.s3backend import DEFAULT_UPLOADS, uploads_from_environment
+    if value is None:
+        monkeypatch.delenv("REPOFS_S3_UPLOADS", raising=False)
+    else:
+        monkeypatch.setenv("REPOFS_S3_UPLOADS", value)
+    assert DEFAULT_UPLOADS == 32
+    assert uploads_from_environment() == uploads
+
+
+def test_an_unreachable_endpoint_names_the_step_and_the_object(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket as socket_module
+    from format import s3backend
+    from format.errors import StorageUnavailable
+    from format.s3backend import S3Backend, make_client
+    monkeypatch.setattr(s3backend, "_session", None)       # credentials read from here
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLEEXAMPLE00")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-a-secret-of-anyone")
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    with socket_module.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]               # closed again: nothing listens there
+    nowhere = S3Backend("bkt", "pre/", client=make_client(f"http://127.0.0.1:{port}", attempts=1))
+    try:
+        for call, verb, name in ((lambda: nowhere.object_info("chunks/ab/x"), "read", "chunks/ab/x"),
+                                 (lambda: nowhere.mtime_ns("manifests/m"), "read", "manifests/m")):
+            with pytest.raises(StorageUnavailable) as caught:
+                call()
+            assert str(caught.value) == (f"cannot reach the S3 endpoint to {verb} s3://bkt/pre/{name} "
+                                         f"(EndpointConnectionError)")
+    finally:
+        nowhere.close()
+
+
+def test_s3_objects_deleted_are_gone_and_listed_times_are_the_stored_ones(s3) -> None:  # type: ignore[no-untyped-def]
+    """A chunk deleted is absent at once for this backend too (its listing and what it wrote
+    forget it); a listing's times are the store's own (prune ages objects by them); a
+    closed backend has finished every upload it began."""
+    from format.errors import ObjectMissing
+    from format.location import open_backend
+    location = s3.new_location()
+    backend = open_backend(location)
+    name = "chunks/ab/" + "ab" * 32
+    backend.put(name, b"chunk")
+    assert backend.size(name) == 5                      # the listing is taken, and holds it
+    backend.delete(name)
+    assert not backend.exists(name)
+    with pytest.raises(ObjectMissing):
+        backend.size(name)
+    backend.put("manifests/m1", b"m")
+    (listed_name, size, mtime), = list(backend.list_stat("manifests"))
+    assert (listed_name, size) == ("manifests/m1", 1)
+    assert mtime == backend.mtime_ns("manifests/m1")
+    late = {f"chunks/{n:02x}/" + f"{n:02x}" * 32: os.urandom(3000) for n in range(8)}
+    for k, v in late.items():
+        backend.put(k, v, sync=False)
+    backend.close()                                     # without a sync first
+    other = open_backend(location)
+    for k, v in late.items():
+        assert other.get(k) == v
