@@ -544,6 +544,12 @@ def test_s3_objects_deleted_are_gone_and_listed_times_are_the_stored_ones(s3) ->
     assert not backend.exists(name)
     with pytest.raises(ObjectMissing):
         backend.size(name)
+    batch = [f"chunks/cd/{n:02x}" + "cd" * 31 for n in range(3)]
+    for k in batch:
+        backend.put(k, b"trash")
+    assert all(backend.exists(k) for k in batch)        # in the listing
+    assert backend.delete_many(batch) == {}
+    assert not any(backend.exists(k) for k in batch)
     backend.put("manifests/m1", b"m")
     (listed_name, size, mtime), = list(backend.list_stat("manifests"))
     assert (listed_name, size) == ("manifests/m1", 1)
@@ -555,3 +561,14 @@ def test_s3_objects_deleted_are_gone_and_listed_times_are_the_stored_ones(s3) ->
     other = open_backend(location)
     for k, v in late.items():
         assert other.get(k) == v
+
+
+def test_a_piece_of_the_wrong_length_names_its_slot() -> None:
+    from format.fixedindex import FixedIndex as Index
+    cid = b"\x07" * 32
+    index = Index.empty(4 << 16, 1 << 16)
+    index.patches[2] = [(100, 10, cid)]
+    with pytest.raises(CorruptObject) as caught:
+        index.assemble(2, lambda _cid: b"x" * 9)
+    assert str(caught.value) == "object slot 2 is damaged: piece at 100 holds 9 bytes, not 10"
+    assert index.assemble(2, lambda _cid: b"y" * 10)[100:110] == b"y" * 10
