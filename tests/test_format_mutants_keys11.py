@@ -213,6 +213,7 @@ def test_a_version_1_key_store_reads_as_one_slot_named_0() -> None:
           "wrapped": slot["wrapped"]}
     store = KeyStore.decode(json.dumps(v1).encode())
     assert [s.id for s in store.slots] == ["0"] and store.slots[0].created == ""
+    assert store.cipher == "aes-256-gcm"
     assert store.open("rid", b"pw")[1] == "0"
 
 
@@ -273,3 +274,11 @@ def test_a_derivation_ahead_that_fails_leaves_the_open_to_derive_again(monkeypat
     keys._ahead.join()
     assert keys._ahead.kek is None and failures == []
     assert unwrap(document, "rid", b"pw") == material
+
+
+def test_slot_ids_of_one_to_sixteen_letters_and_digits_are_read() -> None:
+    for slot_id in ("a", "Z9", "a" * 16, "0123456789abcdef"):
+        doc = _doc()
+        doc["slots"][0]["id"] = slot_id
+        store = KeyStore.decode(json.dumps(doc).encode())
+        assert store.slots[0].id == slot_id and store.open("rid", b"pw")[1] == slot_id

@@ -130,8 +130,11 @@ def small_fs(tmp_path: Path):
 def test_a_put_that_finds_the_disk_full_leaves_no_temporary_file(small_fs: Path, sync: bool) -> None:
     backend = LocalBackend(small_fs)
     backend.put("chunks/aa/first", b"x" * 1000)
-    with pytest.raises(StorageFull):
+    open_before = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(StorageFull) as caught:
         backend.put("chunks/aa/too-big", os.urandom(2 << 20), sync=sync)
+    assert str(caught.value) == f"no space left in {small_fs} while writing chunks/aa/too-big"
+    assert len(os.listdir("/proc/self/fd")) == open_before           # its file closed too
     assert sorted(os.listdir(small_fs / "chunks" / "aa")) == ["first"]
     assert list(backend.list("chunks")) == ["chunks/aa/first"]
 
@@ -572,3 +575,27 @@ def test_a_piece_of_the_wrong_length_names_its_slot() -> None:
         index.assemble(2, lambda _cid: b"x" * 9)
     assert str(caught.value) == "object slot 2 is damaged: piece at 100 holds 9 bytes, not 10"
     assert index.assemble(2, lambda _cid: b"y" * 10)[100:110] == b"y" * 10
+
+
+def test_a_writers_temporary_file_is_named_as_docs_format_says(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """``<name>.<pid>-<8 hex>.tmp`` (docs/format.md): what prune recognises as a writer's
+    temporary file to delete when it is a day old. Seen here as a failed rename leaves it to
+    be removed."""
+    import errno as errno_module
+    import re
+    from format import backend as backend_module
+    backend = LocalBackend(tmp_path / "objects")
+    removed: list[str] = []
+    real_unlink = backend_module._unlink_quietly
+    monkeypatch.setattr(backend_module, "_unlink_quietly", lambda p: (removed.append(p), real_unlink(p))[1])
+
+    def refuse(src: str, dst: str) -> None:
+        raise OSError(errno_module.EIO, "refused", dst)
+    monkeypatch.setattr(os, "rename", refuse)
+    with pytest.raises(OSError):
+        backend.put("chunks/ab/" + "ab" * 32, b"data")
+    final = backend.path("chunks/ab/" + "ab" * 32)
+    assert len(removed) == 1
+    assert re.fullmatch(re.escape(final) + rf"\.{os.getpid()}-[0-9a-f]{{8}}\.tmp", removed[0])
+    assert not os.path.exists(removed[0])
