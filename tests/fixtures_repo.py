@@ -5,18 +5,33 @@ Images are made without root and deterministically: ``sfdisk`` on an image file,
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 REPOFS = [sys.executable, "-m", "repofs.cli"]
 PASSPHRASE = "correct horse battery staple"
+
+
+@contextlib.contextmanager
+def small_tmpfs(mnt: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` (``mount -o size=``) mounted at the new folder ``mnt``: storage that
+    fills up for real. Skips the test where mounting is not allowed (not root)."""
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)]).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (not root?)")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
 
 
 @dataclass

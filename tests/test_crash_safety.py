@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from fixtures_repo import CLI, REPOFS, cli_env, images_equal
+from fixtures_repo import CLI, REPOFS, cli_env, images_equal, small_tmpfs
 from format.repository import Repository
 from repofs.ingest.backup import backup
 from repofs.ingest.sources import LocalImage, SourceError
@@ -81,12 +81,8 @@ def test_image_shrinking_mid_read_writes_no_generation(tmp_path):
 
 @pytest.fixture
 def small_fs(tmp_path):
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mnt)]).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (not root?)")
-    yield mnt
-    subprocess.run(["umount", str(mnt)], check=True)
+    with small_tmpfs(tmp_path / "small", "6m") as mnt:
+        yield mnt
 
 
 def test_full_disk_is_a_clear_error_and_no_half_generation(small_fs, tmp_path):

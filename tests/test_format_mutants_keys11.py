@@ -63,12 +63,11 @@ def test_a_malformed_key_derivation_is_refused_in_one_exact_line(kdf: object, er
     assert type(caught.value) is error and str(caught.value) == text
 
 
-def _doc(passphrase: bytes = b"pw") -> dict:
-    return json.loads(wrap(KeyMaterial.generate(True), "rid", passphrase, FAST))
+def _doc() -> dict:
+    return json.loads(wrap(KeyMaterial.generate(True), "rid", b"pw", FAST))
 
 
-def _b64(b: bytes) -> str:
-    return base64.b64encode(b).decode()
+_b64 = keys._b64
 
 
 @pytest.mark.parametrize("mutate, error, text", [

@@ -1,8 +1,11 @@
-"""What the storage layer promises that only a failure or a second process shows: a lease's
-liveness check never disturbs the process it looks at (format/leases.py); prune's reading of
-an index holds none of its ids (format/indexobject.py, ``keep_ids=False``); an object put
-without saying otherwise is durable when ``put`` returns, and a put that fails leaves no
-temporary file behind (format/backend.py, ``LocalBackend.put``).
+"""Promises of the storage layer that only a failure, a second process or a later reader
+shows, each written for a mutant of the mutation run that survived the tests before it:
+leases and writer locks (liveness checks that never signal, renewals, locks of other users'
+processes, a process that exits holding one), local objects (durable puts, a full disk, the
+writers' temporary files, the writeback thread), prune (its batch record, its kill hook, one
+CPU, marks that hold no index), indexes and the id table, the retention policy's last
+defence, the client's record of a repository, and the S3 backend (uploads, errors, deletes,
+listed times).
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -24,6 +28,7 @@ from format.idtable import PAGE_SLOTS
 from format.indexobject import index_id, read_index
 from format.leases import LeaseInfo
 from format.repository import Repository, index_name
+from fixtures_repo import small_tmpfs
 
 KDF = {"name": "argon2id", "time_cost": 1, "memory_kib": 64, "parallelism": 1}
 
@@ -108,22 +113,15 @@ def test_a_put_is_durable_when_it_returns_unless_told_otherwise(tmp_path: Path,
     backend.put("manifests/m1", b"a manifest")
     assert len(synced) == 2                          # the file, then its folder
     assert (tmp_path / "objects" / "manifests" / "m1").read_bytes() == b"a manifest"
-    synced.clear()
     backend.put("chunks/ab/abcd", b"a chunk", sync=False)
     backend.sync()
     assert (tmp_path / "objects" / "chunks" / "ab" / "abcd").read_bytes() == b"a chunk"
 
 
 @pytest.fixture
-def small_fs(tmp_path: Path):
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)]).returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (not root?)")
-    try:
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    with small_tmpfs(tmp_path / "small", "1m") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", str(mnt)], check=True)
 
 
 @pytest.mark.parametrize("sync", [True, False])
@@ -280,7 +278,6 @@ def test_the_kill_hook_can_land_at_every_destructive_step_and_the_next_prune_fin
     first), moves and deletions alike: the seeded kill -9 tests rely on it to stop prune
     between two deletions of its sweep. Here the SIGKILL is caught before it lands; after
     each stop, a prune without the hook finishes the work."""
-    import signal as signal_module
     from format import prune as prune_module
     from format.leases import leases
     from format import records
@@ -291,10 +288,11 @@ def test_the_kill_hook_can_land_at_every_destructive_step_and_the_next_prune_fin
     real_kill = os.kill
 
     def fake_kill(pid: int, sig: int) -> None:
-        if sig != signal_module.SIGKILL:
+        if sig != signal.SIGKILL:
             real_kill(pid, sig)                       # a lease's liveness probe
             return
         raise Killed
+
     def one_shard(repo: Repository) -> list[bytes]:
         """Three chunks of one shard (ids are keyed: each repository has its own): the
         shard's moves and deletions then run in one thread, one after the other."""
@@ -390,8 +388,7 @@ def test_a_process_that_exits_holding_a_writer_lock_ends(tmp_path: Path) -> None
     of an error) without releasing its lock still exits; the lock then expires."""
     repo = tmp_path / "repo"
     Repository.init(repo, b"pw", kdf=KDF, chunk_size=1 << 16)
-    code = ("import sys\n"
-            "from format.backend import LocalBackend\n"
+    code = ("from format.backend import LocalBackend\n"
             "from format.writerlock import WriterLock\n"
             f"lock = WriterLock(LocalBackend({str(repo)!r}), 'locks/vm-x', 'x')\n"
             "lock.acquire()\n"
@@ -479,10 +476,8 @@ def test_the_client_record_of_a_repository_is_utf8_whatever_the_locale(tmp_path:
     a location with letters beyond ASCII (a folder ``Sicherung-ä``) is written in UTF-8
     also where the process's locale is plain ASCII (a cron job's ``LC_ALL=C``)."""
     location = "/srv/backups/Sicherung-\u00e4"
-    code = ("import sys\n"
-            "from format.security import KnownRepository\n"
-            f"KnownRepository({str(tmp_path / 'sec')!r}, 'ab' * 16, {ascii(location)}).adopt('aes-256-gcm')\n"
-            "print(sys.getfilesystemencoding(), flush=True)\n")
+    code = ("from format.security import KnownRepository\n"
+            f"KnownRepository({str(tmp_path / 'sec')!r}, 'ab' * 16, {ascii(location)}).adopt('aes-256-gcm')\n")
     env = dict(os.environ, LC_ALL="C", PYTHONUTF8="0")
     env.pop("PYTHONIOENCODING", None)
     done = subprocess.run([sys.executable, "-c", code], cwd=os.getcwd(), capture_output=True,
@@ -509,7 +504,6 @@ def test_uploads_at_once_from_the_environment_are_bounded(value: str | None, upl
 
 
 def test_an_unreachable_endpoint_names_the_step_and_the_object(monkeypatch: pytest.MonkeyPatch) -> None:
-    import socket as socket_module
     from format import s3backend
     from format.errors import StorageUnavailable
     from format.s3backend import S3Backend, make_client
@@ -517,7 +511,7 @@ def test_an_unreachable_endpoint_names_the_step_and_the_object(monkeypatch: pyte
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAEXAMPLEEXAMPLE00")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-a-secret-of-anyone")
     monkeypatch.delenv("AWS_PROFILE", raising=False)
-    with socket_module.socket() as s:
+    with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]               # closed again: nothing listens there
     nowhere = S3Backend("bkt", "pre/", client=make_client(f"http://127.0.0.1:{port}", attempts=1))
@@ -567,9 +561,8 @@ def test_s3_objects_deleted_are_gone_and_listed_times_are_the_stored_ones(s3) ->
 
 
 def test_a_piece_of_the_wrong_length_names_its_slot() -> None:
-    from format.fixedindex import FixedIndex as Index
     cid = b"\x07" * 32
-    index = Index.empty(4 << 16, 1 << 16)
+    index = FixedIndex.empty(4 << 16, 1 << 16)
     index.patches[2] = [(100, 10, cid)]
     with pytest.raises(CorruptObject) as caught:
         index.assemble(2, lambda _cid: b"x" * 9)
