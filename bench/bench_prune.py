@@ -185,35 +185,40 @@ def quiet(cmd: list[str], env: dict, cwd: Path) -> str:
     return subprocess.run(cmd, env=env, cwd=cwd, check=True, capture_output=True, text=True).stdout
 
 
-def prepare_restic(work: Path, data: Path) -> Steps:
-    """restic's repository (and cache) in ``work``: two backups, the first forgotten."""
+def prepare_restic(work: Path, data: Path | None) -> Steps:
+    """restic's repository (and cache) in ``work``: two backups, the first forgotten (``data``
+    None: kept from an earlier run, only the steps are made)."""
     repo, env = work / "restic-repo", peer_env(work)
-    quiet(["restic", "-r", str(repo), "init"], env, data)
-    for tree in ("a", "b"):
-        quiet(["restic", "-r", str(repo), "backup", "--quiet", "--tag", tree, tree], env, data)
-    snaps = json.loads(quiet(["restic", "-r", str(repo), "snapshots", "--json", "--tag", "a"], env, data))
-    quiet(["restic", "-r", str(repo), "forget", snaps[0]["id"]], env, data)
+    if data is not None:
+        quiet(["restic", "-r", str(repo), "init"], env, data)
+        for tree in ("a", "b"):
+            quiet(["restic", "-r", str(repo), "backup", "--quiet", "--tag", tree, tree], env, data)
+        snaps = json.loads(quiet(["restic", "-r", str(repo), "snapshots", "--json", "--tag", "a"], env, data))
+        quiet(["restic", "-r", str(repo), "forget", snaps[0]["id"]], env, data)
     return [("restic prune", lambda root: Measured.run(["restic", "-r", str(root / "restic-repo"), "prune"],
                                                        env=peer_env(root)))]
 
 
-def prepare_borg(work: Path, data: Path) -> Steps:
-    """borg's repository (and its base folder) in ``work``: two archives."""
+def prepare_borg(work: Path, data: Path | None) -> Steps:
+    """borg's repository (and its base folder) in ``work``: two archives (``data`` None: kept
+    from an earlier run, only the steps are made)."""
     repo, env = work / "borg-repo", peer_env(work)
-    quiet(["borg", "init", "--encryption", "repokey-blake2", str(repo)], env, data)
-    for tree in ("a", "b"):
-        quiet(["borg", "create", f"{repo}::{tree}", tree], env, data)
+    if data is not None:
+        quiet(["borg", "init", "--encryption", "repokey-blake2", str(repo)], env, data)
+        for tree in ("a", "b"):
+            quiet(["borg", "create", f"{repo}::{tree}", tree], env, data)
     return [("borg delete", lambda root: Measured.run(["borg", "delete", f"{root / 'borg-repo'}::a"],
                                                       env=peer_env(root))),
             ("borg compact", lambda root: Measured.run(["borg", "compact", str(root / "borg-repo")],
                                                        env=peer_env(root)))]
 
 
-def prepare_repofs(work: Path, n: int, trees: list[Path]) -> Steps:
+def prepare_repofs(work: Path, n: int, trees: list[Path], build: bool = True) -> Steps:
     """``repofs prune`` of one repository of ``n`` chunks (``repofs_original``), once per tree,
     each on a copy of it (``copy_round``): the figure of the first tree is "repofs prune", the
-    others' "repofs prune [tree]"."""
-    build_repofs(work / repofs_original(n), n)
+    others' "repofs prune [tree]". ``build`` False: the repository was kept from an earlier run."""
+    if build:
+        build_repofs(work / repofs_original(n), n)
     steps: Steps = []
     for k, tree in enumerate(trees):
         def step(root: Path, k: int = k, tree: Path = tree) -> Run:
@@ -234,7 +239,8 @@ def repofs_original(n: int) -> str:
 def copy_round(setup: Path, root: Path, n: int, trees: int, last: bool) -> None:
     """One round's copy of a size's set-up: every tool's state (repositories, caches, security
     folders) as the set-up left it, and repofs's repository once per tree (in the last round
-    the original itself is the last tree's), so that every round measures the same work."""
+    the original itself is the last tree's, unless the set-up is kept: ``last`` False), so
+    that every round measures the same work."""
     original = repofs_original(n)
     shutil.copytree(setup, root, symlinks=True, ignore=lambda d, names: [original] if Path(d) == setup else [])
     if not (setup / original).exists():
@@ -305,6 +311,9 @@ def main() -> None:
     ap.add_argument("--disk-slots", default="1M", help="with --marks: slots per disk, e.g. 1M,10M")
     ap.add_argument("--lock", default=None, help="take this flock only around each round of measurements")
     ap.add_argument("--priority", type=int, default=None, help="niceness of the measured commands, e.g. -10")
+    ap.add_argument("--keep", default=None, help="keep every size's set-up in this folder (setup-N) "
+                    "and use it again when a later run finds it complete: a 1 M set-up takes tens of "
+                    "minutes, its measurements seconds")
     ap.add_argument("--tree", action="append", default=[], help="run the prune with this "
                     "checkout's code (repeat to compare versions on the same repository; with "
                     "--sizes the first is the one the ratios refer to)")
@@ -328,24 +337,29 @@ def main() -> None:
         for n in [parse_count(s) for s in args.sizes.split(",") if s]:
             # every tool's set-up first (untimed, outside the lock); then per round a copy of
             # it, and all the round's measurements under one hold of the lock
-            setup = work / f"setup-{n}"
-            setup.mkdir()
+            setup = Path(args.keep) / f"setup-{n}-{','.join(tools)}" if args.keep else work / f"setup-{n}"
+            kept = (setup / "complete").exists()
+            if not kept:
+                shutil.rmtree(setup, ignore_errors=True)    # an unfinished one of an earlier run
+                setup.mkdir(parents=True)
             data = Path(tempfile.mkdtemp(prefix="bench-prune-data-", dir=args.data or work)) / "data"
             steps: Steps = []
             t = time.monotonic()
             for tool in tools:
                 if tool == "repofs":
-                    steps += prepare_repofs(setup, n, trees)
+                    steps += prepare_repofs(setup, n, trees, build=not kept)
                     continue
-                if not data.exists():
+                if not kept and not data.exists():
                     write_tree(data / "a", range(n // 2))
                     write_tree(data / "b", range(n // 2, n))
-                steps += {"restic": prepare_restic, "borg": prepare_borg}[tool](setup, data)
+                steps += {"restic": prepare_restic, "borg": prepare_borg}[tool](setup, None if kept else data)
             shutil.rmtree(data.parent, ignore_errors=True)
-            print(f"{n:>9,} chunks  set up in {time.monotonic() - t:.0f} s", flush=True)
+            (setup / "complete").touch()
+            print(f"{n:>9,} chunks  {'kept set-up of ' + str(setup) if kept else 'set up'} in "
+                  f"{time.monotonic() - t:.0f} s", flush=True)
             for rnd in range(args.rounds):
                 root = work / f"round-{n}-{rnd}"
-                copy_round(setup, root, n, len(trees), last=rnd == args.rounds - 1)
+                copy_round(setup, root, n, len(trees), last=rnd == args.rounds - 1 and not args.keep)
                 with Measured.held():
                     for key, step in steps:
                         r = step(root)
@@ -353,7 +367,8 @@ def main() -> None:
                         print(f"{n:>9,} chunks  {key:<14} {r.wall:8.2f} s  cpu {r.cpu:8.2f} s  peak RSS "
                               f"{r.rss_mib:7.1f} MiB   (round {rnd}, load {os.getloadavg()[0]:.1f})", flush=True)
                 shutil.rmtree(root, ignore_errors=True)
-            shutil.rmtree(setup, ignore_errors=True)
+            if not args.keep:
+                shutil.rmtree(setup, ignore_errors=True)
         for rnd, series in enumerate(rounds):
             if "borg delete" in series and "borg compact" in series:
                 series["borg delete+compact"] = [(n, w1 + w2, max(r1, r2)) for (n, w1, r1), (_n, w2, r2)

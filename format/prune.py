@@ -28,26 +28,28 @@ listing, so neither the condemning walk nor the sweep sends a request per object
 
 Memory: the marks take about 7 bytes per referenced chunk (format/idset.py); indexes are read
 page by page and listings folder by folder, so neither grows with a disk or the repository.
-On a local repository each worker thread (``WORKERS``: at most 4, one per core) also holds one
-shard's part of the marks as a set of hex prefixes and that shard's listing: 1/256 of each,
-about 9 MiB a thread at 10 M chunks; and the run keeps 4 bytes per object it moves (the sizes
-its own sweep reports without a second ``stat``): 40 MB if 10 M objects go.
+On a local repository the shards are walked in forked worker processes (``WORKERS``: at most 4,
+one per core; format/forkpool.py), which share the marks with the prune copy-on-write; each
+holds one shard's part of the marks as a set of hex prefixes and that shard's listing: 1/256
+of each, about 9 MiB a worker at 10 M chunks; and the run keeps 4 bytes per object it moves
+(the sizes its own sweep reports without a second ``stat``): 40 MB if 10 M objects go.
 """
 from __future__ import annotations
 
 import datetime as dt
+import mmap
 import os
 from array import array
 import re
 import secrets
 import signal
+import socket
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
-from . import records
+from . import forkpool, records
 from .errors import ObjectLocked, ObjectMissing, RepoError
 from .fixedindex import HOLE
 from .indexobject import index_id, read_index
@@ -100,23 +102,42 @@ class PruneReport:
 
 
 class _Killer:
-    """Counts destructive steps; SIGKILLs this process after REPOFS_PRUNE_KILL_AFTER of them."""
+    """Counts destructive steps; SIGKILLs the prune after REPOFS_PRUNE_KILL_AFTER of them.
+    Steps made in worker processes (``share`` before they fork) count in memory shared with
+    them; the worker that makes the last one kills the prune's process, then itself (the
+    kernel kills the other workers with their parent)."""
 
     def __init__(self) -> None:
         value = os.environ.get("REPOFS_PRUNE_KILL_AFTER", "")
         self.left = int(value) if value.isdigit() else -1
-        self._lock = threading.Lock()       # steps are counted from several threads
+        self._lock: Any = threading.Lock()
+        self._owner = os.getpid()
+        self._shared: mmap.mmap | None = None   # the count, once workers share it
 
     def armed(self) -> bool:
         return self.left >= 0
+
+    def share(self) -> None:
+        if self.left < 0 or self._shared is not None:
+            return
+        import multiprocessing      # tests only: a lock that forked workers share
+        self._lock = multiprocessing.get_context("fork").Lock()
+        self._shared = mmap.mmap(-1, 8)
+        self._shared[:] = self.left.to_bytes(8, "little")
 
     def step(self) -> None:
         if self.left < 0:
             return
         with self._lock:
-            if self.left == 0:
+            left = self.left if self._shared is None else int.from_bytes(self._shared[:], "little")
+            if left == 0:
+                if os.getpid() != self._owner:
+                    os.kill(self._owner, signal.SIGKILL)
                 os.kill(os.getpid(), signal.SIGKILL)
-            self.left -= 1
+            if self._shared is None:
+                self.left = left - 1
+            else:
+                self._shared[:] = (left - 1).to_bytes(8, "little")
 
 
 def _listing(backend: Any, folder: str) -> Iterator[tuple[str, int | None, int | None]]:
@@ -241,8 +262,20 @@ def prune(repo: Any, *, dry_run: bool = False, wait: float = 0.0,
             records.put(repo, PENDING, batch, records.MAGIC_BATCH, record)
         say("moving unreferenced objects aside")
         moved_sizes: dict[tuple[str, str], array | None] = {}
+        workers = 1
         if getattr(repo.backend, "open_folder", None) is not None:
-            moved_sizes = _condemn_folders(repo, batch, marks, indexes, cutoff, now, report, killer, dry_run)
+            workers = _workers(repo.backend)
+            if workers > 1:
+                killer.share()
+
+            def started(pids: list[int]) -> None:
+                # who moves objects into the batch besides this process: another prune seals
+                # it only once none of them runs (_seal_all)
+                if pids and not dry_run:
+                    records.put(repo, PENDING, batch, records.MAGIC_BATCH,
+                                {**record, "host": socket.gethostname(), "workers": pids})
+            moved_sizes = _condemn_folders(repo, batch, marks, indexes, cutoff, now, report, killer,
+                                           dry_run, workers, started)
             walked: tuple[str, ...] = OBJECT_FOLDERS      # their temporaries went on the way
         else:
             _condemn_listed(repo, batch, marks, indexes, cutoff, report, killer, dry_run)
@@ -273,7 +306,7 @@ def prune(repo: Any, *, dry_run: bool = False, wait: float = 0.0,
         for b, _doc in ready:
             say(f"sweeping batch {b}")
             _sweep(repo, b, marks, indexes, report, killer, unreferenced=b == batch and not new,
-                   sizes=moved_sizes if b == batch else {})
+                   sizes=moved_sizes if b == batch else {}, workers=workers)
             report.batches_swept += 1
         report.batches_waiting = len(waiting)
         report.waiting_for = sorted({w for _b, doc in waiting for w in doc.get("writers", ())
@@ -295,11 +328,13 @@ def _fresh_margin_ns() -> int:
 OBJECT_FOLDERS = ("indexes", "chunks")
 _SHARDS = [f"{k:02x}" for k in range(256)]       # objects live in <folder>/<2 hex digits>/
 _HEX64 = re.compile(r"[0-9a-f]{64}")
-# Threads that work on folders side by side. Their time is mostly system calls (stat, rename,
-# unlink), which run without the GIL, so the kernel work of several folders overlaps; more
-# than a few gain nothing (a rename between folders takes the file system's rename lock, one
-# at a time; worker processes measured no faster than these threads).
+# Worker processes that walk shards side by side (format/forkpool.py: processes, because the
+# work is short system calls, and two threads making them hand the GIL to each other at every
+# call). More than a few gain nothing: a rename between folders takes the file system's rename
+# lock, one at a time. A repository estimated below ``FORK_FROM`` objects is walked in this
+# process, one shard after the other (forking costs more than such a walk).
 WORKERS = max(1, min(4, os.cpu_count() or 1))
+FORK_FROM = 20_000
 
 
 def _unreferenced(folder: str, shard: str, names: list[str], marks: IdSet, indexes: set[str]) -> list[str]:
@@ -312,28 +347,44 @@ def _unreferenced(folder: str, shard: str, names: list[str], marks: IdSet, index
     return [n for n in names if n[:16] not in marked]
 
 
-def _each_shard(work: Callable[[str, str], Any]) -> list[tuple[str, str, Any]]:
-    """``work(folder, shard)`` for every shard of both object folders, on ``WORKERS`` threads;
-    ``(folder, shard, result)`` in order. On an exception (or Ctrl-C) no further shard starts; it is
-    raised once the shards under way have finished."""
-    jobs = [(folder, shard) for folder in OBJECT_FOLDERS for shard in _SHARDS]
+def _workers(backend: Any) -> int:
+    """How many processes walk the shards: ``WORKERS``, or 1 (this process) when one shard's
+    listing says the repository holds fewer than ``FORK_FROM`` objects
+    (``REPOFS_PRUNE_FORK_FROM``, tests: another threshold)."""
     if WORKERS == 1:
+        return 1
+    value = os.environ.get("REPOFS_PRUNE_FORK_FROM", "")
+    threshold = int(value) if value.isdigit() else FORK_FROM
+    folder = backend.open_folder("chunks/00")
+    if folder is None:
+        return WORKERS if threshold == 0 else 1
+    with folder:
+        estimate = len(folder.names()[0]) * len(_SHARDS)
+    return WORKERS if estimate >= threshold else 1
+
+
+def _each_shard(work: Callable[[str, str], Any], workers: int,
+                started: Callable[[list[int]], None] | None = None) -> list[tuple[str, str, Any]]:
+    """``work(folder, shard)`` for every shard of both object folders, in ``workers``
+    processes (1: in this one); ``(folder, shard, result)`` in order. ``started(pids)``: the
+    workers' process ids, before any of them starts. On an exception (or Ctrl-C) no further
+    shard starts; it is raised once the shards under way have finished."""
+    jobs = [(folder, shard) for folder in OBJECT_FOLDERS for shard in _SHARDS]
+    if workers == 1:
+        if started is not None:
+            started([])
         return [(folder, shard, work(folder, shard)) for folder, shard in jobs]
-    with ThreadPoolExecutor(WORKERS, thread_name_prefix="prune") as pool:
-        futures = [pool.submit(work, folder, shard) for folder, shard in jobs]
-        try:
-            return [(folder, shard, future.result()) for (folder, shard), future in zip(jobs, futures, strict=True)]
-        except BaseException:
-            for future in futures:
-                future.cancel()
-            raise
+    results = forkpool.run(jobs, work, workers, started)
+    return [(folder, shard, result) for (folder, shard), result in zip(jobs, results, strict=True)]
 
 
 def _condemn_folders(repo: Any, batch: str, marks: IdSet, indexes: set[str], cutoff: int, now: int,
-                     report: PruneReport, killer: _Killer, dry_run: bool) -> dict[tuple[str, str], array | None]:
-    """Step 5 on a backend with folders (LocalBackend): shard by shard, each folder held open,
+                     report: PruneReport, killer: _Killer, dry_run: bool, workers: int = 1,
+                     started: Callable[[list[int]], None] | None = None) -> dict[tuple[str, str], array | None]:
+    """Step 5 on a backend with folders (LocalBackend): shard by shard (in ``workers``
+    processes; ``started`` as for ``_each_shard``), each folder held open,
     one ``stat`` per unreferenced object (its time and size) and one ``rename`` into the
-    batch, names relative to the two open folders. Memory: one shard's listing per thread.
+    batch, names relative to the two open folders. Memory: one shard's listing per worker.
     The moves are not made durable one by one: a move lost in a crash leaves the object at its
     name, where the next prune finds it again (docs/format.md 9.3). Writers' ``.tmp`` files
     older than a day are deleted on the way (not in a dry run).
@@ -387,7 +438,7 @@ def _condemn_folders(repo: Any, batch: str, marks: IdSet, indexes: set[str], cut
         return moved, size_sum, removed, _sizes_by_name(done)
 
     out: dict[tuple[str, str], array | None] = {}
-    for folder, shard, (moved, size_sum, removed, sizes) in _each_shard(work):
+    for folder, shard, (moved, size_sum, removed, sizes) in _each_shard(work, workers, started):
         if folder == "chunks":
             report.moved_chunks += moved
         else:
@@ -454,7 +505,7 @@ def _seal_all(repo: Any, me: str) -> list[tuple[str, dict]]:
     running = {lease_.name for lease_ in live_leases(repo) if lease_.kind == "prune"}
     for b, doc in records.read_all(repo, PENDING, records.MAGIC_BATCH):
         if doc.get("state") != "sealed":
-            if doc.get("owner") != me and doc.get("owner") in running:
+            if doc.get("owner") != me and (doc.get("owner") in running or _workers_alive(doc)):
                 continue
             writers = sorted(lease_.name for lease_ in live_leases(repo) if lease_.kind == "backup")
             doc = {"state": "sealed", "started_ns": doc.get("started_ns", 0),
@@ -464,14 +515,47 @@ def _seal_all(repo: Any, me: str) -> list[tuple[str, dict]]:
     return out
 
 
+def _workers_alive(doc: dict) -> bool:
+    """Whether a worker process that a batch's record names (``host``, ``workers``) may still
+    run: one of this host that still exists and is not a zombie. The kernel kills a prune's
+    workers when the prune ends, but a rename one had under way still finishes; until they are
+    gone the batch is not sealed. On doubt (a malformed record) they count as running."""
+    pids = doc.get("workers")
+    if not pids or doc.get("host") != socket.gethostname():
+        return False
+    if not isinstance(pids, list):
+        return True
+    return any(not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0 or _runs(pid) for pid in pids)
+
+
+def _runs(pid: int) -> bool:
+    """Process ``pid`` exists and has not ended (a zombie has: nothing reaps it where PID 1
+    does not reap orphans, as in many containers)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat_line = f.read()
+    except FileNotFoundError:
+        return False
+    except OSError:             # no /proc: whether the process exists at all
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except OSError:
+            pass
+        return True
+    state = stat_line[stat_line.rfind(b")") + 2:][:1]
+    return state not in (b"Z", b"X")
+
+
 def _sweep(repo: Any, batch: str, marks: IdSet, indexes: set[str], report: PruneReport,
            killer: _Killer, unreferenced: bool = False,
-           sizes: dict[tuple[str, str], array | None] | None = None) -> None:
+           sizes: dict[tuple[str, str], array | None] | None = None, workers: int = 1) -> None:
     """Step 7 for one batch. ``unreferenced``: every object in it is known not to be marked
     (this run's own batch, when no manifest appeared since the marks were made), so none is
     looked up again. ``sizes``: what ``_condemn_folders`` returned, for this run's own batch."""
     if getattr(repo.backend, "open_folder", None) is not None:
-        _sweep_folders(repo, batch, marks, indexes, report, killer, unreferenced, sizes or {})
+        _sweep_folders(repo, batch, marks, indexes, report, killer, unreferenced, sizes or {}, workers)
     else:
         _sweep_listed(repo, batch, marks, indexes, report, killer)
 
@@ -487,8 +571,9 @@ def _put_back(backend: Any, name: str, trashed: str) -> None:
 
 
 def _sweep_folders(repo: Any, batch: str, marks: IdSet, indexes: set[str], report: PruneReport,
-                   killer: _Killer, unreferenced: bool, sizes: dict[tuple[str, str], array | None]) -> None:
-    """Step 7 on a backend with folders (LocalBackend), shard by shard on ``WORKERS`` threads:
+                   killer: _Killer, unreferenced: bool, sizes: dict[tuple[str, str], array | None],
+                   workers: int = 1) -> None:
+    """Step 7 on a backend with folders (LocalBackend), shard by shard in ``workers`` processes:
     one ``unlink`` per object, relative to the open folder, and one ``stat`` before it for the
     size freed — except in this run's own batch, whose sizes the condemning walk kept
     (``sizes``). Only this run moves objects into its batch and other prunes only take them
@@ -531,7 +616,7 @@ def _sweep_folders(repo: Any, batch: str, marks: IdSet, indexes: set[str], repor
                     killer.step()
         return freed, size_sum, restored
 
-    for folder, _shard, (freed, size_sum, restored) in _each_shard(work):
+    for folder, _shard, (freed, size_sum, restored) in _each_shard(work, workers):
         if folder == "chunks":
             report.freed_chunks += freed
         else:

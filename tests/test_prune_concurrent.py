@@ -5,7 +5,10 @@ After every interleaving, every visible generation restores byte for byte (``cmp
 image it was made from) and ``check --read-data`` passes; no reader ever read a wrong byte.
 The default run has 50 seeds; ``REPOFS_SOAK=N`` runs N. Half the seeds run prune with
 ``REPOFS_PRUNE_FRESH_SECONDS=-1``, which moves even a running backup's fresh chunks aside, so
-the sweep's put-back path (docs/format.md 9.3) is exercised, not only the easy one.
+the sweep's put-back path (docs/format.md 9.3) is exercised, not only the easy one. Half the
+seeds, and half the kill points, walk the shards in worker processes
+(``REPOFS_PRUNE_FORK_FROM=0``; a repository this small is otherwise walked in the prune's own
+process), so that a prune whose workers are killed with it, mid-move, is exercised too.
 """
 from __future__ import annotations
 
@@ -136,6 +139,8 @@ def test_interleaved_backups_forgets_prunes_and_readers(seed: int, tmp_path: Pat
     rng = random.Random(seed)
     if seed % 2:
         monkeypatch.setenv("REPOFS_PRUNE_FRESH_SECONDS", "-1")
+    if seed % 4 >= 2 or seed == 0:
+        monkeypatch.setenv("REPOFS_PRUNE_FORK_FROM", "0")
     repo, results = tmp_path / "repo", tmp_path / "results"
     results.mkdir()
     Repository.init(repo, None, encrypted=False, chunk_size=CHUNK)
@@ -174,10 +179,15 @@ def test_interleaved_backups_forgets_prunes_and_readers(seed: int, tmp_path: Pat
 
 @pytest.mark.parametrize("kill_after", [k if k in QUICK_KILLS else pytest.param(k, marks=pytest.mark.slow)
                                         for k in (0, 1, 2, 4, 7, 11, 15)])
-def test_prune_killed_at_seeded_points_leaves_a_consistent_repository(kill_after: int, tmp_path: Path) -> None:
+@pytest.mark.parametrize("walk", ["in process", "worker processes"])
+def test_prune_killed_at_seeded_points_leaves_a_consistent_repository(kill_after: int, walk: str, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """A real SIGKILL of a real prune after K moves or deletions; then every visible generation
     restores and checks, and the next prune finishes the work (nothing left in the trash,
-    nothing unreferenced left)."""
+    nothing unreferenced left). With worker processes, the worker that makes the K-th step
+    kills the prune, and the kernel its other workers."""
+    if walk == "worker processes":
+        monkeypatch.setenv("REPOFS_PRUNE_FORK_FROM", "0")
     rng = random.Random(kill_after)
     repo, results = tmp_path / "repo", tmp_path / "results"
     results.mkdir()
