@@ -4,7 +4,7 @@ unreferenced by forgetting one of two backups; and the memory of prune's marks a
 
     .venv/bin/python bench/bench_prune.py --sizes 50k,200k [--work DIR] [--tools repofs,restic,borg] [--idset 10M]
         [--tree . --tree OLD]
-    .venv/bin/python bench/bench_prune.py --marks 10M --disk-slots 1M,10M [--work DIR] [--tree OLD --tree .]
+    .venv/bin/python bench/bench_prune.py --marks 10M --disk-slots 1M,10M [--work DIR] [--tree OLD --tree .] [--fork]
 
 For each size N, in one run:
 - repofs: an encrypted repository (default key derivation) written directly through
@@ -263,11 +263,13 @@ def bench_idset(n: int) -> None:
     print(f"idset {n:>11,} ids: {r.wall:7.1f} s, peak RSS {r.rss_mib:7.1f} MiB  ({r.out.strip()})")
 
 
-def bench_marks(work: Path, n: int, disk_slots: int, trees: list[Path]) -> None:
+def bench_marks(work: Path, n: int, disk_slots: int, trees: list[Path], fork: bool = False) -> None:
     """Prune's peak memory at ``n`` chunks, measured: one generation whose disks of at most
     ``disk_slots`` slots name ``n`` random ids, and no chunk objects at all (what the ids name
     does not matter to the mark phase; the walk of ``chunks/`` is streamed). So the run is the
-    key derivation, reading every index and marking ``n`` ids."""
+    key derivation, reading every index and marking ``n`` ids. ``fork``: the walk forks its
+    worker processes all the same (``REPOFS_PRUNE_FORK_FROM=0``; a repository this size with
+    its objects would), and the figure to read is the summed PSS of the prune and its workers."""
     path = work / f"marks-{n}-{disk_slots}"
     repo = Repository.init(path, PASSWORD.encode(), encrypted=True, chunk_size=MARKS_CHUNK)
     entries = []
@@ -282,12 +284,16 @@ def bench_marks(work: Path, n: int, disk_slots: int, trees: list[Path]) -> None:
         (path / "chunks" / f"{k:02x}").mkdir(parents=True, exist_ok=True)
     for tree in trees:
         # cwd too: ``python -m`` puts the working directory before PYTHONPATH
+        env = repofs_env(path, work, tree)
+        if fork:
+            env["REPOFS_PRUNE_FORK_FROM"] = "0"
         with Measured.held():
-            r = Measured.run(repofs("prune", "--json"), env=repofs_env(path, work, tree), cwd=tree)
+            r = Measured.run(repofs("prune", "--json"), env=env, cwd=tree, tree_memory=True)
         report = json.loads(r.out)
         print(f"marks {n:>11,} ids in disks of at most {disk_slots:,} slots: {r.wall:7.1f} s, cpu {r.cpu:7.1f} s, "
-              f"peak RSS {r.rss_mib:7.1f} MiB (referenced {report['referenced_chunks']:,}, "
-              f"load {os.getloadavg()[0]:.1f}; code of {tree})", flush=True)
+              f"peak RSS {r.rss_mib:7.1f} MiB, peak PSS of it and its workers {r.tree_pss_mib:7.1f} MiB "
+              f"(referenced {report['referenced_chunks']:,}, "
+              f"load {os.getloadavg()[0]:.1f}; code of {tree}{'; walk forked' if fork else ''})", flush=True)
     shutil.rmtree(path)
 
 
@@ -309,6 +315,8 @@ def main() -> None:
     ap.add_argument("--marks", default="", help="only measure prune's peak memory at this many "
                     "chunks (indexes of random ids, no chunk objects), e.g. 10M")
     ap.add_argument("--disk-slots", default="1M", help="with --marks: slots per disk, e.g. 1M,10M")
+    ap.add_argument("--fork", action="store_true", help="with --marks: the walk forks its worker processes "
+                    "as it would for a repository of that size with its objects")
     ap.add_argument("--lock", default=None, help="take this flock only around each round of measurements")
     ap.add_argument("--priority", type=int, default=None, help="niceness of the measured commands, e.g. -10")
     ap.add_argument("--keep", default=None, help="keep every size's set-up in this folder (setup-N) "
@@ -327,7 +335,7 @@ def main() -> None:
     if args.marks:
         try:
             for slots in args.disk_slots.split(","):
-                bench_marks(work, parse_count(args.marks), parse_count(slots), trees)
+                bench_marks(work, parse_count(args.marks), parse_count(slots), trees, args.fork)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         return

@@ -25,6 +25,37 @@ class Run:
     rss_mib: float
     rc: int
     out: str = ""
+    tree_pss_mib: float | None = None   # with ``tree_memory``: the peak of the summed PSS
+
+
+def _descendants(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo += [int(c) for c in f.read().split()]
+        except OSError:
+            continue
+    return out
+
+
+def tree_pss_kib(pid: int) -> int:
+    """The proportional set size of process ``pid`` and all its descendants, summed: memory
+    that several of them share (a fork's copy-on-write pages) counts once in all."""
+    total = 0
+    for p in _descendants(pid):
+        try:
+            with open(f"/proc/{p}/smaps_rollup") as f:
+                for line in f:
+                    if line.startswith("Pss:"):
+                        total += int(line.split()[1])
+                        break
+        except OSError:
+            continue
+    return total
 
 
 # wait4's ru_maxrss of a child counts the RSS its process had when it exec'd, i.e. the
@@ -35,7 +66,10 @@ GNU_TIME = "/usr/bin/time"
 
 
 def run(cmd: list[str], env: dict | None = None, stdin: str | None = None, check: bool = True,
-        cwd: str | os.PathLike | None = None) -> Run:
+        cwd: str | os.PathLike | None = None, tree_memory: bool = False) -> Run:
+    """``tree_memory``: also sample, every 20 ms, the summed PSS of the command and every process
+    it forks (``Run.tree_pss_mib``: the peak seen), for commands whose work is split among
+    processes (the peak RSS is only the largest one's)."""
     os.sync()  # no writeback of earlier steps' dirty pages inside this measurement
     rss_file = None
     if os.path.exists(GNU_TIME):
@@ -49,8 +83,23 @@ def run(cmd: list[str], env: dict | None = None, stdin: str | None = None, check
         assert p.stdin
         p.stdin.write(stdin.encode())
         p.stdin.close()
+    peak_pss = 0
+    sampler = None
+    if tree_memory:
+        import threading
+        done = threading.Event()
+
+        def sample() -> None:
+            nonlocal peak_pss
+            while not done.wait(0.02):
+                peak_pss = max(peak_pss, tree_pss_kib(p.pid))
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
     out = p.stdout.read().decode() if p.stdout else ""
     err = p.stderr.read().decode() if p.stderr else ""
+    if sampler is not None:
+        done.set()
+        sampler.join()
     _pid, status, ru = os.wait4(p.pid, 0)
     wall = time.monotonic() - t0
     p.returncode = os.waitstatus_to_exitcode(status)
@@ -63,7 +112,8 @@ def run(cmd: list[str], env: dict | None = None, stdin: str | None = None, check
         os.unlink(rss_file)
         if lines and lines[-1].isdigit():
             rss_kib = int(lines[-1])
-    return Run(wall, ru.ru_utime + ru.ru_stime, rss_kib / 1024, p.returncode, out)
+    return Run(wall, ru.ru_utime + ru.ru_stime, rss_kib / 1024, p.returncode, out,
+               peak_pss / 1024 if tree_memory else None)
 
 
 def drop_caches() -> None:
