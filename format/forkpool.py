@@ -21,7 +21,6 @@ an answer (killed) raises ``WorkerDied``.
 """
 from __future__ import annotations
 
-import ctypes
 import mmap
 import os
 import pickle
@@ -110,6 +109,7 @@ def _worker(k: int, processes: int, jobs: Sequence[tuple[Any, ...]], work: Calla
 
 
 def _die_with_parent() -> None:
+    import ctypes       # in the worker only
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
         os._exit(1)
