@@ -17,6 +17,10 @@ Each round:
    its lease is written (it has begun reading), a full backup of another fresh image runs;
    the backup counts only if the prune was still running when it ended.
 
+With ``--control`` each round also runs the same backup alone a second time (of another
+fresh image, no prune): its ratio to the first is the measure's own spread, the yardstick for
+the beside/alone ratios.
+
 Prints each backup's wall and CPU time and the ratio beside/alone per round (a round's
 backups run back to back, so the machine's other load is alike for them), and the
 prunes' times. The repository's objects are fresh, so the prunes run with
@@ -91,6 +95,8 @@ def main() -> None:
     ap.add_argument("--chunks", default="200k", help="chunks in the repository being pruned")
     ap.add_argument("--image", default="256M", help="size of each backed-up image")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--control", action="store_true", help="also run a second backup alone each round: its "
+                    "ratio to the first is what the measure varies by with no prune at all")
     ap.add_argument("--work", default=None, help="where the repository and images live")
     ap.add_argument("--tree", default=None, help="run repofs with this checkout's code (default: this one)")
     ap.add_argument("--prune-nice", default="0,10", help="run the prune with `--nice N` (0: at the "
@@ -109,11 +115,17 @@ def main() -> None:
               f"{time.monotonic() - t:.0f} s", flush=True)
         image = work / "disk.img"
         ratios: dict[int, list[float]] = {nice: [] for nice in nices}
+        controls: list[float] = []
         forgotten = 0
         for r in range(args.rounds):
             fresh_image(image, size)
             alone = backup(path, image, env, f"alone{r}")
             line = f"round {r}: backup alone {alone.wall:6.2f} s (cpu {alone.cpu:5.2f})"
+            if args.control:    # the same backup again, no prune: the spread of the measure itself
+                fresh_image(image, size)
+                again = backup(path, image, env, f"again{r}")
+                controls.append(again.wall / alone.wall)
+                line += f"; alone again {again.wall:6.2f} s (cpu {again.cpu:5.2f}) = {controls[-1]:.2f}x"
             for nice in nices:
                 repo = Repository.open(path, env["REPOFS_PASSWORD"].encode())
                 forget(repo, names[forgotten], "bench", f"g{forgotten}")
@@ -128,6 +140,10 @@ def main() -> None:
                          f"{'' if overlapped else ' (prune ended first: not counted)'}, prune {prune_wall:.1f} s "
                          f"(backup from {started:.1f} s), freed {report['freed_chunks']:,}")
             print(f"{line}; load {os.getloadavg()[0]:.1f}", flush=True)
+        if controls:
+            print(f"control (a second backup alone): again/alone over {len(controls)} rounds: "
+                  f"min {min(controls):.2f}x, median {sorted(controls)[len(controls) // 2]:.2f}x, "
+                  f"max {max(controls):.2f}x")
         for nice, got in ratios.items():
             if got:
                 print(f"prune at nice {nice}: beside/alone over {len(got)} rounds: min {min(got):.2f}x, "
