@@ -333,7 +333,7 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 # call). More than a few gain nothing: a rename between folders takes the file system's rename
 # lock, one at a time. A repository estimated below ``FORK_FROM`` objects is walked in this
 # process, one shard after the other (forking costs more than such a walk).
-WORKERS = max(1, min(4, os.cpu_count() or 1))
+WORKERS = max(1, min(4, len(os.sched_getaffinity(0))))     # the cores this process may use
 FORK_FROM = 20_000
 
 

@@ -144,3 +144,16 @@ def test_workers_of_another_host_or_ended_ones_do_not_hold_a_batch() -> None:
         live.kill()
         live.wait()
     assert not prune_module._runs(zombie) and not prune_module._runs(live.pid)
+
+
+@pytest.mark.skipif(not shutil.which("taskset"), reason="needs taskset (util-linux)")
+def test_a_prune_confined_to_one_core_walks_in_its_own_process() -> None:
+    """The workers are as many as the cores the process may run on (its CPU affinity, as a
+    container's cpuset or ``taskset`` sets it), not the machine's: confined to one, none is
+    forked."""
+    code = "import format.prune as p; print(p.WORKERS)"
+    one = subprocess.run(["taskset", "-c", "0", sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                         text=True, check=True)
+    assert one.stdout.strip() == "1"
+    every = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert every.stdout.strip() == str(max(1, min(4, len(os.sched_getaffinity(0)))))
