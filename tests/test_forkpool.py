@@ -75,7 +75,8 @@ def test_a_failing_job_raises_and_no_worker_starts_another(tmp_path: Path) -> No
         forkpool.run([(k,) for k in range(12)], work, 2, workers)
     ran = sorted(int(p.name.split("-")[1]) for p in tmp_path.iterdir())
     # worker 0 did 0, 2, 4 and stopped there; worker 1 finished job 1 and started no other
-    assert ran == [0, 1, 2, 4]
+    # (or, when it came to its first job after job 4 had failed, started none at all)
+    assert ran in ([0, 1, 2, 4], [0, 2, 4])
     assert workers.all_reaped()
 
 
