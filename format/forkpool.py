@@ -69,7 +69,11 @@ def run(jobs: Sequence[tuple[Any, ...]], work: Callable[..., Any], processes: in
         finally:
             os.close(go_w)                  # the workers wake: start, or end
             go_w = -1
-        return _collect(jobs, workers, stop, reaped)
+        try:
+            return _collect(jobs, workers, stop, reaped)
+        except BaseException:
+            stop[1] = 1                     # whatever stopped the collecting: no further job
+            raise
     finally:
         os.close(go_r)
         if go_w >= 0:
