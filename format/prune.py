@@ -271,7 +271,7 @@ def prune(repo: Any, *, dry_run: bool = False, wait: float = 0.0,
             def started(pids: list[int]) -> None:
                 # who moves objects into the batch besides this process: another prune seals
                 # it only once none of them runs (_seal_all)
-                if pids and not dry_run:
+                if not dry_run:
                     records.put(repo, PENDING, batch, records.MAGIC_BATCH,
                                 {**record, "host": socket.gethostname(), "workers": pids})
             moved_sizes = _condemn_folders(repo, batch, marks, indexes, cutoff, now, report, killer,
@@ -367,12 +367,11 @@ def _each_shard(work: Callable[[str, str], Any], workers: int,
                 started: Callable[[list[int]], None] | None = None) -> list[tuple[str, str, Any]]:
     """``work(folder, shard)`` for every shard of both object folders, in ``workers``
     processes (1: in this one); ``(folder, shard, result)`` in order. ``started(pids)``: the
-    workers' process ids, before any of them starts. On an exception (or Ctrl-C) no further
-    shard starts; it is raised once the shards under way have finished."""
+    workers' process ids, before any of them starts (not called when none is forked). On an
+    exception (or Ctrl-C) no further shard starts; it is raised once the shards under way have
+    finished."""
     jobs = [(folder, shard) for folder in OBJECT_FOLDERS for shard in _SHARDS]
     if workers == 1:
-        if started is not None:
-            started([])
         return [(folder, shard, work(folder, shard)) for folder, shard in jobs]
     results = forkpool.run(jobs, work, workers, started)
     return [(folder, shard, result) for (folder, shard), result in zip(jobs, results, strict=True)]
