@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, strategies as st
 
 from format import prune as prune_module
 from format import records
@@ -157,3 +158,24 @@ def test_a_prune_confined_to_one_core_walks_in_its_own_process() -> None:
     assert one.stdout.strip() == "1"
     every = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert every.stdout.strip() == str(max(1, min(4, len(os.sched_getaffinity(0)))))
+
+
+_json = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=8),
+                     lambda inner: st.lists(inner, max_size=4)
+                     | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+                     max_leaves=12)
+
+
+@given(workers=_json, other_host=st.booleans())
+def test_any_workers_value_a_record_holds_is_answered_without_error(workers: object, other_host: bool) -> None:
+    """A batch record is written by another prune (authenticated, but any JSON value can sit
+    in ``workers``): the check answers every value, and a value that is not a list of positive
+    process ids holds the batch on this host; on another host nothing does."""
+    host = socket.gethostname() + ("-other" if other_host else "")
+    got = prune_module._workers_alive({"host": host, "workers": workers})
+    assert isinstance(got, bool)
+    if other_host or not workers:
+        assert got is False
+    elif not isinstance(workers, list) or any(not isinstance(p, int) or isinstance(p, bool) or p <= 0
+                                              for p in workers):
+        assert got is True
