@@ -4,6 +4,8 @@ on one data set, the versions interleaved — to measure what a change costs a b
     flock /tmp/repofs-bench.lock .venv/bin/python bench/bench_ab_backup.py --size 8G \\
         --workdir /var/tmp OLD_TREE NEW_TREE        # e.g. a `git worktree` of an older commit
 
+``--image IMG`` copies an existing data set image (``bench/dataset.py``) instead of making one.
+
 Each tree is a checkout of this repository; its code runs with this venv's packages. Prints,
 per round and tree: wall seconds of the full and the incremental backup, the incremental as a
 share of the full, and the bytes each stored.
@@ -39,11 +41,15 @@ def main() -> None:
     ap.add_argument("--size", default="1G")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--workdir", default=None)
+    ap.add_argument("--image", default=None, help="an existing data set image (bench/dataset.py), copied")
     a = ap.parse_args()
     work = tempfile.mkdtemp(prefix="repofs-ab-", dir=a.workdir)
     try:
         img, gen1, gen2 = (os.path.join(work, n) for n in ("disk.img", "gen1.img", "gen2.img"))
-        make_image(img, parse_size(a.size))
+        if a.image:
+            subprocess.run(["cp", "--sparse=always", a.image, img], check=True)  # holes stay holes
+        else:
+            make_image(img, parse_size(a.size))
         shutil.copyfile(img, gen1)
         shutil.copyfile(img, gen2)
         changes = os.path.join(work, "changes.json")

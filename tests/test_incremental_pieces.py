@@ -86,16 +86,26 @@ def test_change_list_stores_pieces_and_every_generation_reads_back(cli: CLI, tmp
     # manifest — not the 6 MiB of chunks around them
     assert stored_bytes(cli.repo) - before < 46000 + 24 * 1024
 
+    before = stored_bytes(cli.repo)
     third = disk.backup([
         (MiB, rnd(65536)),                 # covers chunk 1's earlier piece: that one is dropped
         (MiB + 100000, rnd(4096)),         # unaligned: read as [98304, 106496)
-        (5 * MiB + 4096, rnd(600 * 1024)),  # more than half of chunk 5: stored whole again
+        (5 * MiB + 4096, rnd(600 * 1024)),  # most of chunk 5: still a piece, not the whole chunk
     ])
-    assert third["read_bytes"] == 65536 + 8192 + MiB
-    assert third["patched_slots"] == 1 and third["new_chunks"] == 3
+    assert third["read_bytes"] == 65536 + 8192 + 600 * 1024
+    assert third["patched_slots"] == 2 and third["new_chunks"] == 3
+    # the changed bytes and no others: the 420 KiB of chunk 5 around its piece are not stored again
+    assert stored_bytes(cli.repo) - before < 65536 + 8192 + 600 * 1024 + 24 * 1024
 
-    fourth = disk.backup()                 # no change list: every chunk read, whole again
-    assert fourth["patched_slots"] == 0 and fourth["mode"] == "full"
+    fourth = disk.backup([
+        (5 * MiB, rnd(500 * 1024)),        # with the 600 KiB piece it keeps: more than chunk 5
+        (2 * MiB, rnd(MiB)),               # all of chunk 2: its own new base
+    ])
+    assert fourth["read_bytes"] == 2 * MiB
+    assert fourth["patched_slots"] == 0 and fourth["new_chunks"] == 2
+
+    fifth = disk.backup()                  # no change list: every chunk read, whole again
+    assert fifth["patched_slots"] == 0 and fifth["mode"] == "full"
 
     disk.restores_exactly()
     assert cli.run("check", "--read-data").returncode == 0

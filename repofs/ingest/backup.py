@@ -8,9 +8,10 @@ the extents are changes, and are holes otherwise. The disks of a VM are read in 
 When the extents are changes (a change list, vSphere CBT), a slot whose changed bytes are a
 small part of it is not read whole: only its changed ranges are read and stored, as pieces
 laid over the slot's previous content (``format.fixedindex``). A slot is read and stored
-whole again once its pieces would cover more than ``PATCH_SHARE`` of it or number more than
-``MAX_PIECES``, which bounds what a reader of the slot fetches (base + pieces) to 1.5 times
-the slot.
+whole again once its pieces' lengths would add up to all of it or they would number more than
+``MAX_PIECES``: an incremental stores only the bytes that changed (a slot changed whole is
+its own new base), and a reader of a slot fetches less than twice its length (base +
+pieces), in at most ``MAX_PIECES`` + 1 chunks.
 
 Throughput: the calling thread reads; a pool of workers (one per core) hashes, compresses,
 encrypts and writes, with a bounded number of chunks in flight so memory does not grow with
@@ -58,8 +59,7 @@ log = logging.getLogger("repofs.backup")
 
 Progress = Callable[[str, int, int], None]  # (disk label, bytes done, bytes to do)
 
-PATCH_SHARE = 0.5     # a slot's pieces may cover at most this share of it
-MAX_PIECES = 16       # and number at most this many
+MAX_PIECES = 16       # a slot's pieces number at most this many, their lengths add up to less than it
 PIECE_ALIGN = 4096    # pieces start and end on these boundaries (VDDK reads whole sectors)
 
 class Work(NamedTuple):
@@ -478,8 +478,10 @@ def _plan(repo: Repository, source: DiskSource, parent_index: FixedIndex | None,
 
 
 def _patch_or_whole(index: FixedIndex, n: int, changed: list[tuple[int, int]]) -> Work:
-    """Slot ``n`` with ``changed`` ranges: as pieces over its previous content when they stay
-    small, else whole."""
+    """Slot ``n`` with ``changed`` ranges: as pieces over its previous content, with the earlier
+    pieces they do not cover, while all of them add up to less than the slot and number at most
+    ``MAX_PIECES``; else whole (then only the bytes the changes do not cover, if any, are
+    stored again)."""
     _, length = index.chunk_range(n)
     ranges: list[tuple[int, int]] = []
     for lo, hi in changed:
@@ -491,7 +493,7 @@ def _patch_or_whole(index: FixedIndex, n: int, changed: list[tuple[int, int]]) -
     kept = tuple(p for p in index.pieces(n)
                  if not any(lo <= p[0] and p[0] + p[1] <= hi for lo, hi in ranges))
     covered = sum(hi - lo for lo, hi in ranges) + sum(p[1] for p in kept)
-    if covered > length * PATCH_SHARE or len(ranges) + len(kept) > MAX_PIECES:
+    if covered >= length or len(ranges) + len(kept) > MAX_PIECES:
         return Work(n, None, ())
     return Work(n, tuple(ranges), kept)
 
