@@ -24,6 +24,7 @@ from typing import Any
 
 from . import records
 from .errors import RepoError
+from .processes import running
 
 FOLDER = "leases"
 TTL_NS = 600 * 1_000_000_000
@@ -46,18 +47,12 @@ class LeaseInfo:
     vm: str | None
 
     def live(self, now_ns: int) -> bool:
-        """Not expired, and — for a lease of this host — its process still exists (a process
-        killed with SIGKILL cannot delete its lease; on doubt the lease counts as live)."""
+        """Not expired, and — for a lease of this host — its process still runs (a process
+        killed with SIGKILL cannot delete its lease; a zombie has ended; on doubt the lease
+        counts as live: ``format.processes``)."""
         if now_ns >= self.expires_ns + SKEW_NS:
             return False
-        if self.host == socket.gethostname() and self.pid > 0:
-            try:
-                os.kill(self.pid, 0)
-            except ProcessLookupError:
-                return False
-            except OSError:
-                pass
-        return True
+        return not (self.host == socket.gethostname() and self.pid > 0 and not running(self.pid))
 
 
 class Lease:

@@ -57,6 +57,7 @@ from .idset import IdSet
 from .immutability import locked_at_least_until, locked_until
 from .leases import SKEW_NS, leases, live_leases
 from .marks import PROTECTIONS, protected, tombstones
+from .processes import running
 
 PENDING = "pending"
 TRASH = "trash"
@@ -524,27 +525,7 @@ def _workers_alive(doc: dict) -> bool:
         return False
     if not isinstance(pids, list):
         return True
-    return any(not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0 or _runs(pid) for pid in pids)
-
-
-def _runs(pid: int) -> bool:
-    """Process ``pid`` exists and has not ended (a zombie has: nothing reaps it where PID 1
-    does not reap orphans, as in many containers)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat_line = f.read()
-    except FileNotFoundError:
-        return False
-    except OSError:             # no /proc: whether the process exists at all
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except OSError:
-            pass
-        return True
-    state = stat_line[stat_line.rfind(b")") + 2:][:1]
-    return state not in (b"Z", b"X")
+    return any(not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0 or running(pid) for pid in pids)
 
 
 def _sweep(repo: Any, batch: str, marks: IdSet, indexes: set[str], report: PruneReport,

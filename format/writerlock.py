@@ -36,6 +36,7 @@ import threading
 from typing import Any
 
 from .errors import CorruptObject, ObjectMissing, RepoError, RepositoryBusy
+from .processes import running
 
 TTL_S = 120
 GRACE_S = 30
@@ -154,19 +155,12 @@ BOOT = _boot_tag()
 
 
 def _dead_here(holder: dict) -> bool:
-    """Whether ``holder`` is a process of this boot of this host that no longer runs."""
+    """Whether ``holder`` is a process of this boot of this host that no longer runs (a zombie
+    has ended; another user's process runs: ``format.processes``)."""
     pid = holder.get("pid")
     if not BOOT or holder.get("boot") != BOOT or not isinstance(pid, int) or pid <= 0:
         return False
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+    return pid != os.getpid() and not running(pid)
 
 
 def _number(value: object, default: float) -> float:

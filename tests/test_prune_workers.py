@@ -19,6 +19,7 @@ from hypothesis import given, strategies as st
 
 from format import prune as prune_module
 from format import records
+from format.processes import running
 from format.prune import prune
 from format.repository import Repository
 from test_prune_shards import PASSPHRASE, _build, _files
@@ -127,11 +128,11 @@ def test_workers_of_another_host_or_ended_ones_do_not_hold_a_batch() -> None:
     live = subprocess.Popen(["sleep", "60"])
     try:
         deadline = time.monotonic() + 10
-        while prune_module._runs(zombie):       # ended, not yet waited for: a zombie
+        while running(zombie):       # ended, not yet waited for: a zombie
             assert time.monotonic() < deadline
             time.sleep(0.01)
         assert os.path.exists(f"/proc/{zombie}")
-        assert prune_module._runs(live.pid)
+        assert running(live.pid)
         assert not prune_module._workers_alive({"host": host, "workers": [zombie]})
         assert prune_module._workers_alive({"host": host, "workers": [zombie, live.pid]})
         assert not prune_module._workers_alive({"host": host + "-other", "workers": [live.pid]})
@@ -144,7 +145,7 @@ def test_workers_of_another_host_or_ended_ones_do_not_hold_a_batch() -> None:
         os.waitpid(zombie, 0)
         live.kill()
         live.wait()
-    assert not prune_module._runs(zombie) and not prune_module._runs(live.pid)
+    assert not running(zombie) and not running(live.pid)
 
 
 @pytest.mark.skipif(not shutil.which("taskset"), reason="needs taskset (util-linux)")

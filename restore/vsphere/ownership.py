@@ -17,6 +17,8 @@ import re
 import socket
 from dataclasses import dataclass
 
+from format.processes import running
+
 OWNER_MARKER = "repofs-owner:"
 ORPHAN_AGE = datetime.timedelta(hours=12)  # longer than any one run should take
 _MARKER = re.compile(re.escape(OWNER_MARKER) + r" host=(\S+) pid=(\d+) started=(\S+)")
@@ -30,16 +32,9 @@ class Owner:
 
     @property
     def gone(self) -> bool:
-        """The run ran on this host and its process no longer exists."""
-        if self.host != socket.gethostname() or self.pid == os.getpid():
-            return False
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False
-        return False
+        """The run ran on this host and its process no longer runs (a zombie has ended:
+        ``format.processes``)."""
+        return self.host == socket.gethostname() and self.pid != os.getpid() and not running(self.pid)
 
 
 def owner_description(what: str) -> str:
