@@ -27,8 +27,9 @@ only once probed (its header read, its file's size compared with what the header
 ``Repository.stored_size``) or written by this backup. A full backup probes each chunk it
 reads (on the workers); the previous generation's chunks are not trusted blindly. A backup
 with changed extents keeps the previous generation's chunks outside the changes, so it probes
-each of those once, on threads of their own while the disks are read (the wall time hides
-the probe; its CPU, ~8 us a chunk in the page cache, ~30-75 us out of it, remains); then a
+each of those once while the disks are read, beside the workers (``parentprobe``: threads,
+or worker processes for thousands of chunks on a local repository; the wall time hides the
+probe, its CPU, ~8 us a chunk in the page cache, ~30-75 us out of it, remains); then a
 slot that names one found missing or cut short is read again, whole, and guest-metadata
 copies that name one are made anew. Chunks this backup wrote are stat-ed after the sync and must have the size that was
 written, else the backup fails before its index and manifest are written.
@@ -52,6 +53,7 @@ from format.repository import Repository, chunk_name
 
 from . import metacopy
 from .directread import AlignedBuffers, is_zero
+from .parentprobe import ParentProbe
 from .sources import DiskSource, clip_extents
 from repofs.errors import RepofsError
 
@@ -312,7 +314,7 @@ def _backup(repo: Repository, vm: str, sources: Sequence[DiskSource], metadata: 
             index, work = _plan(repo, source, parent_index, report)
             plans.append(_DiskPlan(source, index, work, known, report, parent_index))
         # what the new indexes keep of the previous ones, probed while the disks are read
-        probe = _ParentProbe(repo, known, ingest.stop,
+        probe = ParentProbe(repo, known, ingest.stop,
                              {cid for plan in plans if plan.source.extents_are_changes
                               for cid in _kept(plan.index, plan.parent_index, plan.work)})
 
@@ -369,60 +371,6 @@ def _all(pool: ThreadPoolExecutor, fn: Callable[[_DiskPlan], None], plans: list[
         raise
 
 
-class _ParentProbe:
-    """The previous generation's chunks that the new indexes keep, each probed once
-    (``Repository.stored_size``) by threads of their own while the disks are read: those
-    found whole join ``known``; ``lost()`` waits for the end and names the others.
-
-    Threads of its own, not the workers: probe tasks queued ahead of the chunks to store
-    would hold the reading back for as long as the probe takes (seconds for millions of
-    chunks) instead of running beside it. ``THREADS`` of them because a parent written days
-    ago is no longer in the page cache: each probe then waits for one small read of the
-    storage (~1 ms here), and several in flight keep its queue busy (634 cold chunks: 0.5-0.8
-    s with one thread, 0.03-0.13 s with 8; docs/performance.md). Stops early when ``stop``
-    is set."""
-
-    THREADS = 8
-
-    def __init__(self, repo: Repository, known: set[bytes], stop: threading.Event, ids: set[bytes]):
-        self._repo, self._known, self._stop = repo, known, stop
-        self._ids = list(ids)
-        self._lost: set[bytes] | None = None
-        self._threads: ThreadPoolExecutor | None = None
-        self._futures: list[Future] = []
-
-    def __enter__(self) -> "_ParentProbe":
-        if self._ids:
-            n = min(self.THREADS, -(-len(self._ids) // 64))    # >= 64 chunks a thread
-            self._threads = ThreadPoolExecutor(n, thread_name_prefix="ingest-probe")
-            self._futures = [self._threads.submit(self._probe, self._ids[i::n]) for i in range(n)]
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._threads is not None:
-            if exc[0] is not None:
-                self._stop.set()
-            self._threads.shutdown()
-
-    def _probe(self, ids: list[bytes]) -> set[bytes]:
-        lost = set()
-        stored_size, known = self._repo.stored_size, self._known
-        for i, cid in enumerate(ids):
-            if i % 256 == 0 and self._stop.is_set():
-                raise IngestError("stopped because a disk failed")
-            if stored_size(cid) is None:
-                lost.add(cid)
-            else:
-                known.add(cid)
-        return lost
-
-    def lost(self) -> set[bytes]:
-        """The probed chunks found missing or cut short (waits for the probe to end)."""
-        if self._lost is None:
-            self._lost = set().union(*(f.result() for f in self._futures))
-        return self._lost
-
-
 def _kept(index: FixedIndex, parent: FixedIndex | None, work: list[Work]) -> Iterator[bytes]:
     """The ids of the previous generation's chunks that the new ``index`` (a copy of
     ``parent``'s slots) still names once ``work`` is done: bases and pieces of the slots not
@@ -459,7 +407,7 @@ def _read_again(plan: _DiskPlan, lost: set[bytes], written: dict[bytes, int]) ->
 def _plan(repo: Repository, source: DiskSource, parent_index: FixedIndex | None,
           report: DiskReport) -> tuple[FixedIndex, list[Work]]:
     """The starting index and the slots to read. Chunks the starting index names come from
-    ``parent_index`` and are probed while the slots are read (``_ParentProbe``)."""
+    ``parent_index`` and are probed while the slots are read (``parentprobe``)."""
     cs = repo.chunk_size
     if source.extents_are_changes:
         if parent_index is None:
