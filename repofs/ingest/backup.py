@@ -16,8 +16,10 @@ pieces), in at most ``MAX_PIECES`` + 1 chunks.
 Throughput: the calling thread reads; a pool of workers (one per core) hashes, compresses,
 encrypts and writes, with a bounded number of chunks in flight so memory does not grow with
 the disk. A local image's whole slots are read into reused page-aligned buffers, past the
-page cache when they are not cached (``directread``); chunks are sealed into the writing
-thread's own aligned buffer and written past the cache (``format.directwrite``). Chunks
+page cache when they are not cached (``directread``); chunks are written through the page
+cache, their writeback started at once (``format.backend``: written past the cache, each
+worker would wait for the device on every chunk: tried more than once, slower each time,
+docs/performance.md). Chunks
 are written without a per-file fsync; one filesystem sync makes them durable before the
 index and the manifest (each fsynced) refer to them. A crash therefore leaves, at worst,
 unreferenced chunks.
