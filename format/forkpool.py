@@ -1,5 +1,6 @@
 """Work on many folders at once in forked worker processes, for jobs that are mostly short
-system calls (prune's walk: ``stat``, ``rename``, ``unlink`` of each object).
+system calls (prune's walk: ``stat``, ``rename``, ``unlink`` of each object; a backup's probe of
+the chunks it keeps from the previous generation: ``open``, ``read``, ``fstat``, ``close``).
 
 Threads do not suit such work: each system call gives up the GIL and takes it back, and with
 two threads every call becomes a hand-over between them (a futex wake and a context switch),
