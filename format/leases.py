@@ -52,7 +52,7 @@ class LeaseInfo:
         counts as live: ``format.processes``)."""
         if now_ns >= self.expires_ns + SKEW_NS:
             return False
-        return not (self.host == socket.gethostname() and self.pid > 0 and not running(self.pid))
+        return not (self.host == socket.gethostname() and not running(self.pid))
 
 
 class Lease:

@@ -525,7 +525,7 @@ def _workers_alive(doc: dict) -> bool:
         return False
     if not isinstance(pids, list):
         return True
-    return any(not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0 or running(pid) for pid in pids)
+    return any(not isinstance(pid, int) or isinstance(pid, bool) or running(pid) for pid in pids)
 
 
 def _sweep(repo: Any, batch: str, marks: IdSet, indexes: set[str], report: PruneReport,

@@ -158,7 +158,7 @@ def _dead_here(holder: dict) -> bool:
     """Whether ``holder`` is a process of this boot of this host that no longer runs (a zombie
     has ended; another user's process runs: ``format.processes``)."""
     pid = holder.get("pid")
-    if not BOOT or holder.get("boot") != BOOT or not isinstance(pid, int) or pid <= 0:
+    if not BOOT or holder.get("boot") != BOOT or not isinstance(pid, int):
         return False
     return pid != os.getpid() and not running(pid)
 

@@ -84,6 +84,7 @@ TABLE: tuple[Row, ...] = (
     Row("repofs.ingest.sources", "SourceError", SOURCE),
     Row("repofs.ingest.backup", "StoredChunkLost", DAMAGED),
     Row("repofs.ingest.backup", "IngestError", SOURCE),
+    Row("repofs.ingest.parentprobe", "ProbeStopped", SOURCE),
     Row("repofs.vmdk.descriptor", "DescriptorError", SOURCE),
     Row("repofs.vmdk.sparse", "SparseVmdkError", SOURCE),
     # repofs/: guest files
