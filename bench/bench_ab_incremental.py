@@ -18,32 +18,24 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from dataset import change_list, make_image, parse_size  # noqa: E402
-from measure import warm  # noqa: E402
+from measure import run, warm  # noqa: E402
 
 PASS = "bench"
 
 
 def backup(tree: str, repo: str, img: str, extra: list[str]) -> tuple[float, float, dict]:
-    cmd = [sys.executable, "-m", "repofs.cli", "backup", f"file:{img}", "--vm", "bench", "-r", repo,
-           "--json", *extra]
-    env = dict(os.environ, REPOFS_PASSWORD=PASS, PYTHONPATH=tree)
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    t = time.monotonic()
-    out = subprocess.run(cmd, env=env, cwd=tree, check=True, capture_output=True, text=True).stdout
-    wall = time.monotonic() - t
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return wall, cpu, json.loads(out)["disks"][0]
+    """Wall and CPU seconds (the command and its children) of one backup, and its disk's report."""
+    r = run([sys.executable, "-m", "repofs.cli", "backup", f"file:{img}", "--vm", "bench", "-r", repo,
+             "--json", *extra], env=dict(os.environ, REPOFS_PASSWORD=PASS, PYTHONPATH=tree), cwd=tree)
+    return r.wall, r.cpu, json.loads(r.out)["disks"][0]
 
 
 def copy_repo(src: str, dst: str) -> None:
