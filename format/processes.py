@@ -32,7 +32,7 @@ def running(pid: int) -> bool:
 def _exists(pid: int) -> bool:
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):    # OverflowError: no process id is that large
         return False
     except OSError:             # PermissionError: someone else's process
         pass

@@ -71,6 +71,16 @@ def test_a_process_that_was_waited_for_no_longer_runs() -> None:
     assert not running(p.pid)
 
 
+def test_a_pid_larger_than_any_process_id_does_not_run() -> None:
+    """Ids come from lease, lock and batch records that anyone with write access to the
+    storage may have written: one too large for the kernel is no process, not a crash."""
+    for pid in (2**31, 2**63, 2**70):
+        assert not running(pid)
+    assert not _lease(2**70).live(time.time_ns())
+    assert not prune_module._workers_alive({"host": HOST, "workers": [2**64]})
+    assert Owner(HOST, 2**64, "2026-12-02T00:00:00Z").gone
+
+
 def test_a_pid_that_names_no_single_process_counts_as_running() -> None:
     # kill(0, 0) would signal our own group: on doubt, running — never taken for dead
     assert running(0) and running(-1)
