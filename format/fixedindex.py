@@ -156,6 +156,41 @@ class Copies:
             parts.append(data[inner:inner + take])
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
+    def chunks_meeting(self, spans: Iterable[tuple[int, int]]) -> set[int]:
+        """The stream chunks holding a byte of any disk span ``(offset, length)``."""
+        cs, out = self.chunk_size, set[int]()
+        for offset, length in spans:
+            i = max(0, bisect.bisect_right(self._starts, offset) - 1)
+            while i < len(self.ranges) and self.ranges[i][0] < offset + length:
+                start, size = self.ranges[i]
+                lo, hi = max(start, offset), min(start + size, offset + length)
+                if lo < hi:
+                    first = self._stream[i] + lo - start
+                    out.update(range(first // cs, (first + hi - lo - 1) // cs + 1))
+                i += 1
+        return out
+
+    def without(self, dropped: set[int]) -> "Copies | None":
+        """This table with stream chunks ``dropped`` left out: their disk bytes are no longer
+        copied (ranges are cut around them), and every other chunk keeps its id — whole
+        chunks leave the stream, so each kept one still starts at a multiple of the chunk
+        size and holds the same bytes. None when nothing is left."""
+        cs = self.chunk_size
+        ranges: list[tuple[int, int]] = []
+        for (start, size), first in zip(self.ranges, self._stream, strict=True):
+            pos, end = first, first + size
+            while pos < end:
+                stop = min(end, (pos // cs + 1) * cs)
+                if pos // cs not in dropped:
+                    offset = start + pos - first
+                    if ranges and sum(ranges[-1]) == offset:      # the same range, next chunk
+                        ranges[-1] = (ranges[-1][0], ranges[-1][1] + stop - pos)
+                    else:
+                        ranges.append((offset, stop - pos))
+                pos = stop
+        ids = [cid for k, cid in enumerate(self.ids) if k not in dropped]
+        return Copies(ranges, ids, cs) if ranges else None
+
 
 @dataclass
 class FixedIndex:

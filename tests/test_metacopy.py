@@ -348,3 +348,66 @@ def test_reading_the_copied_ranges_loads_each_slot_once(cli: CLI, tmp_path: Path
         got = list(reader.read_ranges(ranges))
     assert got == [image[off:off + n] for off, n in ranges]
     assert len(loads) == 48       # slots 0-47, each once
+
+
+def small_chunk_backup(tmp_path: Path) -> tuple[CLI, Path, dict]:
+    """An ext4 image backed up into a repository of 64 KiB chunks, so that its copies' stream
+    spans several chunks: (cli, image, report)."""
+    from fixtures_repo import cli_env
+    repo = tmp_path / "repo64k"
+    cli = CLI(repo, cli_env(tmp_path, repo))
+    cli.run("init", "--chunk-size", str(64 << 10))
+    src = tmp_path / "tree"
+    write_tree(src, seed=8, files=150)
+    img = tmp_path / "disk.img"
+    make_ext4_image(img, 64, src)
+    return cli, img, backup(cli, img)
+
+
+def test_incremental_leaves_out_the_copy_chunks_its_changes_meet(tmp_path: Path):
+    """Changed bytes inside the copies: the stream chunk holding them is left out, the others
+    are kept under their ids — no copy stored again, no search — and every byte still reads
+    as the generation's."""
+    cli, img, _ = small_chunk_backup(tmp_path)
+    view, _ = open_view(cli)
+    first = view.generation("vm").disks[0].index.copies
+    assert first.ranges[0] == (0, 128 << 10) and len(first.ids) >= 5
+    # bytes 96-104 KiB: unused space between the GPT and the partition, inside the first
+    # copied range, in the stream's second chunk
+    change = (96 << 10, 8192)
+    new_bytes = bytes(range(256)) * 32
+    with open(img, "r+b") as f:
+        f.seek(change[0])
+        f.write(new_bytes)
+    report = backup(cli, img, [change])
+    assert report["disks"][0]["new_chunks"] == 1                  # the changed bytes alone
+    view, _ = open_view(cli)
+    old, new = view.generations("vm")
+    disk = new.disks[0]
+    copies = disk.index.copies
+    assert copies.ids == [first.ids[0], *first.ids[2:]]
+    assert copies.ranges[0] == (0, 64 << 10) and copies.stream_pos(*change) is None
+    assert copies.stream_size == first.stream_size - (64 << 10)
+    assert report["disks"][0]["copied_bytes"] == copies.stream_size
+    image = img.read_bytes()
+    assert disk.read(*change) == new_bytes
+    for off, n in copies.ranges:
+        assert disk.read(off, n) == by_chunks(disk, off, n) == image[off:off + n]
+    assert walk(new) == walk(old) == walk_of_source(tmp_path / "tree")
+
+
+def test_incremental_searches_anew_when_its_changes_meet_many_copy_chunks(tmp_path: Path):
+    """Changes inside more than a quarter of the copies' stream chunks: the copies are made
+    anew from the generation — here the bytes were rewritten unchanged, so the search finds
+    the same ranges and the same chunks, where leaving chunks out would have dropped them."""
+    cli, img, _ = small_chunk_backup(tmp_path)
+    view, _ = open_view(cli)
+    first = view.generation("vm").disks[0].index.copies
+    cs = first.chunk_size
+    many = len(first.ids) // 4 + 1
+    changes = sorted((first.disk_offset(k * cs) // 4096 * 4096, 4096) for k in range(many))
+    report = backup(cli, img, changes)
+    view, _ = open_view(cli)
+    copies = view.generation("vm").disks[0].index.copies
+    assert copies.ranges == first.ranges and copies.ids == first.ids
+    assert report["disks"][0]["copied_bytes"] == first.stream_size

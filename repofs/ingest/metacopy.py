@@ -18,8 +18,14 @@ volume and of the disk (what page-aligned readers read).
 The bytes are read from the new generation as stored — its index and chunks, never the
 source again — so copies and chunks cannot disagree. A backup with a change list keeps the
 previous generation's copies when no changed byte falls inside them (the metadata did not
-change, so neither did what the search would find), else searches again with every read
-that lies inside the old copies and outside the changes served by the old copies.
+change, so neither did what the search would find). When changed bytes fall inside them, it
+leaves out the stream chunks that hold those bytes and keeps the rest as they are (the
+changed metadata is then read from the disk's chunks, like anything not copied): no copy is
+stored again for a change the incremental stores anyway, and no search runs — the search
+reads every inode table and directory through the generation, a quarter of a second for the
+8 GiB data set, whatever the change. Only when more than a quarter of the stream's chunks
+would go does it search again, with every read that lies inside the old copies and outside
+the changes served by the old copies.
 """
 from __future__ import annotations
 
@@ -40,6 +46,8 @@ DISK_HEAD = 128 << 10       # the start of the disk: partition tables, and what 
 SLOTS_KEPT = 24             # slots of the new generation held while reading
 LOAD_THREADS = 2            # slots loaded at once from a local repository (its page cache)
 STORE_LOAD_THREADS = 12     # ... from object storage, where each waits for a round trip
+CARRY_SHARE = 4             # a change list that rewrites bytes of at most 1/CARRY_SHARE of the
+                            # previous copies' stream chunks drops those chunks; more: search anew
 
 
 def build(repo: Repository, label: str, index: FixedIndex, previous: FixedIndex | None,
@@ -50,8 +58,12 @@ def build(repo: Repository, label: str, index: FixedIndex, previous: FixedIndex 
     list), else None.
     ``store(data)`` stores a stream chunk: (id or None for zeros, bytes stored)."""
     old = previous.copies if previous is not None and touched is not None else None
-    if old is not None and not _overlap(old.ranges, touched or []):
-        return old
+    if old is not None:
+        if not _overlap(old.ranges, touched or []):
+            return old
+        dropped = old.chunks_meeting(touched or [])
+        if len(dropped) * CARRY_SHARE <= len(old.ids):
+            return old.without(dropped)
     with _GenerationReader(repo, label, index, old, touched or []) as reader:
         ranges = find_ranges(reader)
         if not ranges:
