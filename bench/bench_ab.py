@@ -53,7 +53,7 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_mount import random_latencies, sequential, unmount  # noqa: E402
 from dataset import change_list, make_image, parse_size  # noqa: E402
-from measure import PY, drop_caches, in_turn, run, wait_for, warm  # noqa: E402
+from measure import PY, as_installed, drop_caches, in_turn, run, wait_for, warm  # noqa: E402
 
 MiB = 1 << 20
 VM = "bench"
@@ -66,10 +66,7 @@ def env_for(tree: str) -> dict:
     env = dict(os.environ, REPOFS_PASSWORD="bench", PYTHONPATH=tree)
     env.pop("REPOFS_REPOSITORY", None)
     env.pop("REPOFS_PASSWORD_FILE", None)
-    if PYCACHE is not None:
-        env.pop("PYTHONDONTWRITEBYTECODE", None)
-        env["PYTHONPYCACHEPREFIX"] = PYCACHE
-    return env
+    return as_installed(env, PYCACHE) if PYCACHE is not None else env
 
 
 def cli(tree: str, *args: str, check: bool = True):

@@ -11,7 +11,9 @@ backup is made once, by the first tree. Each round copies that repository (its c
 hard-linked: nothing writes a stored chunk in place; the copies are deleted only at the end, so
 that no files are freed just before a timed run) and times each tree's incremental on its own
 copy: wall and CPU seconds (the command and its children), the bytes it stored. Prints each
-round, then the medians and their ratio.
+round, then the medians and their ratio. The trees run from compiled bytecode, as an installed
+copy does (``measure.as_installed``; an unmeasured round 0 compiles it), unless
+``--no-bytecode-cache``.
 """
 from __future__ import annotations
 
@@ -26,15 +28,21 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from dataset import change_list, make_image, parse_size  # noqa: E402
-from measure import run, warm  # noqa: E402
+from measure import as_installed, run, warm  # noqa: E402
 
 PASS = "bench"
+PYCACHE: str | None = None      # the trees' bytecode (main() sets it): see measure.as_installed
+
+
+def env_for(tree: str) -> dict:
+    env = dict(os.environ, REPOFS_PASSWORD=PASS, PYTHONPATH=tree)
+    return as_installed(env, PYCACHE) if PYCACHE is not None else env
 
 
 def backup(tree: str, repo: str, img: str, extra: list[str]) -> tuple[float, float, dict]:
     """Wall and CPU seconds (the command and its children) of one backup, and its disk's report."""
     r = run([sys.executable, "-m", "repofs.cli", "backup", f"file:{img}", "--vm", "bench", "-r", repo,
-             "--json", *extra], env=dict(os.environ, REPOFS_PASSWORD=PASS, PYTHONPATH=tree), cwd=tree)
+             "--json", *extra], env=env_for(tree), cwd=tree)
     return r.wall, r.cpu, json.loads(r.out)["disks"][0]
 
 
@@ -57,8 +65,13 @@ def main() -> None:
     ap.add_argument("--size", default="1G", help="without --image: the data set made")
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--workdir", default=None)
+    ap.add_argument("--no-bytecode-cache", action="store_true",
+                    help="run the trees as the environment says (PYTHONDONTWRITEBYTECODE: compiled anew each time)")
     a = ap.parse_args()
     work = tempfile.mkdtemp(prefix="repofs-abi-", dir=a.workdir)
+    global PYCACHE
+    if not a.no_bytecode_cache:
+        PYCACHE = os.path.join(work, "pycache")
     try:
         img, gen2 = os.path.join(work, "disk.img"), os.path.join(work, "gen2.img")
         if a.image:
@@ -71,18 +84,21 @@ def main() -> None:
             json.dump(change_list(gen2, 0.03), f)
         full = os.path.join(work, "full")
         subprocess.run([sys.executable, "-m", "repofs.cli", "init", "-r", full], cwd=a.trees[0], check=True,
-                       env=dict(os.environ, REPOFS_PASSWORD=PASS, PYTHONPATH=a.trees[0]), capture_output=True)
+                       env=env_for(a.trees[0]), capture_output=True)
         wall, _cpu, _d = backup(a.trees[0], full, img, [])
         print(f"# full backup by {a.trees[0]}: {wall:.2f} s", flush=True)
         os.replace(gen2, img)           # the disk moves on to version 2
         warm(img)
         times: dict[str, list[tuple[float, float]]] = {t: [] for t in a.trees}
-        for rnd in range(1, a.rounds + 1):
+        # round 0, not counted: each tree's incremental once, which compiles its bytecode
+        for rnd in range(0 if PYCACHE else 1, a.rounds + 1):
             order = a.trees if rnd % 2 else a.trees[::-1]   # neither tree always goes first
             for tree in order:
                 repo = os.path.join(work, f"r{rnd}-{a.trees.index(tree)}")
                 copy_repo(full, repo)
                 wall, cpu, d = backup(tree, repo, img, ["--changed-extents", changes])
+                if rnd == 0:
+                    continue
                 times[tree].append((wall, cpu))
                 print(f"round {rnd} {tree}: incremental {wall:.2f} s, CPU {cpu:.2f} s, "
                       f"stored {d['new_bytes']} bytes", flush=True)
