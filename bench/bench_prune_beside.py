@@ -22,8 +22,9 @@ fresh image, no prune): its ratio to the first is the measure's own spread, the 
 the beside/alone ratios.
 
 Prints each backup's wall and CPU time and the ratio beside/alone per round (a round's
-backups run back to back, so the machine's other load is alike for them), and the
-prunes' times. The repository's objects are fresh, so the prunes run with
+backups run back to back, so the machine's other load is alike for them; their order is
+reversed every other round, as the later backups of a round ran slower with no prune at all),
+and the prunes' times. The repository's objects are fresh, so the prunes run with
 ``REPOFS_PRUNE_FRESH_SECONDS=0`` (otherwise they would leave every object of the last five
 minutes alone); the objects a running backup writes are still protected by its lease.
 
@@ -118,36 +119,51 @@ def main() -> None:
         controls: list[float] = []
         forgotten = 0
         for r in range(args.rounds):
-            fresh_image(image, size)
-            alone = backup(path, image, env, f"alone{r}")
-            line = f"round {r}: backup alone {alone.wall:6.2f} s (cpu {alone.cpu:5.2f})"
+            # the round's backups, in turn: the alone ones first in even rounds, last in odd ones
+            # (the later backups of a round were up to 1.25x slower with no prune at all)
+            jobs: list[tuple[str, int]] = [("alone", 0)]
             if args.control:    # the same backup again, no prune: the spread of the measure itself
+                jobs.append(("again", 0))
+            jobs += [("beside", nice) for nice in nices]
+            if r % 2:
+                jobs = jobs[::-1]
+            runs, texts = {}, {}
+            for kind, nice in jobs:
                 fresh_image(image, size)
-                again = backup(path, image, env, f"again{r}")
-                controls.append(again.wall / alone.wall)
-                line += f"; alone again {again.wall:6.2f} s (cpu {again.cpu:5.2f}) = {controls[-1]:.2f}x"
-            for nice in nices:
+                if kind != "beside":
+                    runs[kind] = backup(path, image, env, f"{kind}{r}")
+                    continue
                 repo = Repository.open(path, env["REPOFS_PASSWORD"].encode())
                 forget(repo, names[forgotten], "bench", f"g{forgotten}")
                 forgotten += 1
-                fresh_image(image, size)
                 beside, overlapped, prune_wall, started, report = beside_prune(path, image, env, nice,
                                                                                f"beside{r}n{nice}")
+                runs[nice] = beside
+                texts[nice] = (overlapped,
+                               f"{'' if overlapped else ' (prune ended first: not counted)'}, prune "
+                               f"{prune_wall:.1f} s (backup from {started:.1f} s), freed {report['freed_chunks']:,}")
+            alone = runs["alone"]
+            line = f"round {r}: backup alone {alone.wall:6.2f} s (cpu {alone.cpu:5.2f})"
+            if args.control:
+                again = runs["again"]
+                controls.append(again.wall / alone.wall)
+                line += f"; alone again {again.wall:6.2f} s (cpu {again.cpu:5.2f}) = {controls[-1]:.2f}x"
+            for nice, (overlapped, text) in texts.items():
+                beside = runs[nice]
                 ratio = beside.wall / alone.wall
                 if overlapped:
                     ratios[nice].append(ratio)
-                line += (f"; beside a prune (nice {nice}) {beside.wall:6.2f} s (cpu {beside.cpu:5.2f}) = {ratio:.2f}x"
-                         f"{'' if overlapped else ' (prune ended first: not counted)'}, prune {prune_wall:.1f} s "
-                         f"(backup from {started:.1f} s), freed {report['freed_chunks']:,}")
-            print(f"{line}; load {os.getloadavg()[0]:.1f}", flush=True)
+                line += (f"; beside a prune (nice {nice}) {beside.wall:6.2f} s "
+                         f"(cpu {beside.cpu:5.2f}) = {ratio:.2f}x{text}")
+            print(f"{line}; load {os.getloadavg()[0]:.1f}{'' if r % 2 == 0 else ' (order reversed)'}", flush=True)
         if controls:
             print(f"control (a second backup alone): again/alone over {len(controls)} rounds: "
                   f"min {min(controls):.2f}x, median {sorted(controls)[len(controls) // 2]:.2f}x, "
                   f"max {max(controls):.2f}x")
         for nice, got in ratios.items():
             if got:
-                print(f"prune at nice {nice}: beside/alone over {len(got)} rounds: min {min(got):.2f}x, "
-                      f"median {sorted(got)[len(got) // 2]:.2f}x, max {max(got):.2f}x")
+                print(f"prune at nice {nice}: beside/alone over {len(got)} rounds: "
+                      f"min {min(got):.2f}x, median {sorted(got)[len(got) // 2]:.2f}x, max {max(got):.2f}x")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
