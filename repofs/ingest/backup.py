@@ -44,7 +44,7 @@ import mmap
 import os
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, NamedTuple, Sequence
 
@@ -55,7 +55,7 @@ from format.repository import Repository, chunk_name
 
 from . import metacopy
 from .directread import AlignedBuffers, is_zero
-from .parentprobe import ParentProbe
+from .parentprobe import ParentProbe, ProbeStopped
 from .sources import DiskSource, clip_extents
 from repofs.errors import RepofsError
 
@@ -79,6 +79,11 @@ class IngestError(RepofsError):
 
 class StoredChunkLost(IngestError):
     """A chunk this backup wrote is not there whole after the sync (storage lost it)."""
+
+
+class StoppedEarly(IngestError):
+    """This disk's backup gave up because another disk's failed (that failure is the one
+    reported)."""
 
 
 @dataclass
@@ -228,7 +233,7 @@ class _DiskIngest:
             total += sum(n for item_reads in reads for _, n in item_reads)
             for item, item_reads in zip(items, reads, strict=True):
                 if self.stop.is_set():
-                    raise IngestError(f"disk {source.label}: stopped because another disk failed")
+                    raise StoppedEarly(f"disk {source.label}: stopped because another disk failed")
                 buf = None
                 datas: list[bytes | memoryview]
                 if read_into is not None and item.ranges is None:
@@ -363,14 +368,21 @@ def _backup(repo: Repository, vm: str, sources: Sequence[DiskSource], metadata: 
 
 def _all(pool: ThreadPoolExecutor, fn: Callable[[_DiskPlan], None], plans: list[_DiskPlan],
          stop: threading.Event) -> None:
-    """``fn(plan)`` for every plan in ``pool``; the first failure stops the others."""
+    """``fn(plan)`` for every plan in ``pool``. The first failure, on whichever disk, stops
+    the others at once (``stop``: a disk that fails within seconds does not wait for the
+    others to be read to their end), and is the one raised once they have stopped — not the
+    "stopped" errors it caused in them."""
     futures = [pool.submit(fn, plan) for plan in plans]
     try:
-        for fut in futures:
-            fut.result()
-    except BaseException:
-        stop.set()
-        raise
+        wait(futures, return_when=FIRST_EXCEPTION)
+    finally:
+        failed = [f for f in futures if f.done() and f.exception() is not None]
+        if failed or not all(f.done() for f in futures):     # a failure, or Ctrl-C meanwhile
+            stop.set()
+            wait(futures)
+    if failed:
+        errors = [e for f in failed if (e := f.exception()) is not None]
+        raise next((e for e in errors if not isinstance(e, (StoppedEarly, ProbeStopped))), errors[0])
 
 
 def _kept(index: FixedIndex, parent: FixedIndex | None, work: list[Work]) -> Iterator[bytes]:
