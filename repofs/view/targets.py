@@ -20,14 +20,11 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol, TypeVar
 
 from format.errors import GenerationNotFound, VMNotFound
 
 from repofs.errors import RepofsError
-
-if TYPE_CHECKING:
-    from .tree import GenerationView, RepositoryView
 
 LATEST = "latest"
 SUGGESTIONS = 3
@@ -44,6 +41,27 @@ class InvalidVMName(RepofsError):
 
 class AmbiguousGeneration(RepofsError):
     """A generation prefix that more than one generation of the VM starts with."""
+
+
+class Generation(Protocol):
+    """What resolving needs of a generation (``repofs.view.tree.GenerationView`` has it)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def manifest_name(self) -> str: ...
+
+
+G = TypeVar("G", bound=Generation)
+
+
+class Generations(Protocol[G]):
+    """What resolving needs of a repository's generations (``RepositoryView`` has it)."""
+
+    def vms(self) -> list[str]: ...
+
+    def generations(self, vm: str) -> list[G]: ...
 
 
 @dataclass(frozen=True)
@@ -100,7 +118,7 @@ def _close(word: str, names: list[str]) -> list[str]:
     return close
 
 
-def resolve_vm(view: "RepositoryView", vm: str) -> list["GenerationView"]:
+def resolve_vm(view: Generations[G], vm: str) -> list[G]:
     """The generations of ``vm``, oldest first; ``VMNotFound`` naming the closest VMs."""
     gens = view.generations(vm)
     if gens:
@@ -113,7 +131,7 @@ def resolve_vm(view: "RepositoryView", vm: str) -> list["GenerationView"]:
     raise VMNotFound(f"no generations of VM {vm!r} in this repository{hint} (list them: repofs generations)")
 
 
-def resolve_generation(view: "RepositoryView", vm: str, generation: str | None = None) -> "GenerationView":
+def resolve_generation(view: Generations[G], vm: str, generation: str | None = None) -> G:
     """One generation of ``vm``: the newest for None/``latest``; else by name, manifest id,
     or a unique prefix of either."""
     gens = resolve_vm(view, vm)
@@ -135,7 +153,7 @@ def resolve_generation(view: "RepositoryView", vm: str, generation: str | None =
                              f"(list them: repofs generations vm:{vm})")
 
 
-def resolve(view: "RepositoryView", target: str | Target) -> "GenerationView":
+def resolve(view: Generations[G], target: str | Target) -> G:
     """``vm:NAME[@GEN]`` (text or parsed) -> its generation."""
     t = parse(target) if isinstance(target, str) else target
     return resolve_generation(view, t.vm, t.generation)

@@ -28,6 +28,7 @@ from format.fixedindex import FixedIndex
 from format.idtable import HOLE
 from format.manifest import DiskEntry, Manifest
 
+from .targets import resolve_generation
 from .chunkcache import DEFAULT_CACHE_BYTES, ChunkCache
 from repofs.vmdk.descriptor import render_descriptor
 from .vmx import render_vmx
@@ -384,5 +385,4 @@ class RepositoryView:
     def generation(self, vm: str, name: str | None = None) -> GenerationView:
         """By name, manifest id or a unique prefix of either; newest for None/``latest``
         (``repofs.view.targets``: the one resolver every command uses)."""
-        from .targets import resolve_generation
         return resolve_generation(self, vm, name)
