@@ -59,9 +59,9 @@ def build(repo: Repository, label: str, index: FixedIndex, previous: FixedIndex 
     ``store(data)`` stores a stream chunk: (id or None for zeros, bytes stored)."""
     old = previous.copies if previous is not None and touched is not None else None
     if old is not None:
-        if not _overlap(old.ranges, touched or []):
-            return old
         dropped = old.chunks_meeting(touched or [])
+        if not dropped:             # no changed byte in the copies: kept as they are
+            return old
         if len(dropped) * CARRY_SHARE <= len(old.ids):
             return old.without(dropped)
     with _GenerationReader(repo, label, index, old, touched or []) as reader:
@@ -110,20 +110,6 @@ def find_ranges(disk: "_GenerationReader") -> list[tuple[int, int]]:
         ranges.append((off, n))
         total += n
     return ranges
-
-
-def _overlap(a: list[tuple[int, int]], b: list[tuple[int, int]]) -> bool:
-    """Whether any range of sorted ``a`` meets any of sorted ``b``."""
-    i = j = 0
-    while i < len(a) and j < len(b):
-        (ao, an), (bo, bn) = a[i], b[j]
-        if ao < bo + bn and bo < ao + an:
-            return True
-        if ao + an <= bo + bn:
-            i += 1
-        else:
-            j += 1
-    return False
 
 
 def _cut(parts: Iterable[bytes], size: int) -> Iterator[bytes]:
