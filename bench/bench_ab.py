@@ -53,7 +53,7 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_mount import random_latencies, sequential, unmount  # noqa: E402
 from dataset import change_list, make_image, parse_size  # noqa: E402
-from measure import PY, as_installed, drop_caches, in_turn, run, wait_for, warm  # noqa: E402
+from measure import PY, add_bytecode_option, as_installed, drop_caches, in_turn, run, wait_for, warm  # noqa: E402
 
 MiB = 1 << 20
 VM = "bench"
@@ -66,7 +66,7 @@ def env_for(tree: str) -> dict:
     env = dict(os.environ, REPOFS_PASSWORD="bench", PYTHONPATH=tree)
     env.pop("REPOFS_REPOSITORY", None)
     env.pop("REPOFS_PASSWORD_FILE", None)
-    return as_installed(env, PYCACHE) if PYCACHE is not None else env
+    return as_installed(env, PYCACHE)
 
 
 def cli(tree: str, *args: str, check: bool = True):
@@ -356,8 +356,7 @@ def main() -> None:
                     help="backup: the image dropped from the page cache before each backup (not warmed)")
     ap.add_argument("--cold-parent", action="store_true",
                     help="backup: the full backup's chunks out of the page cache before the incremental")
-    ap.add_argument("--no-bytecode-cache", action="store_true",
-                    help="run the trees as the environment says (PYTHONDONTWRITEBYTECODE: compiled anew each time)")
+    add_bytecode_option(ap)
     a = ap.parse_args()
     trees = [str(Path(t).resolve()) for t in a.trees]
     work = tempfile.mkdtemp(prefix="repofs-ab-", dir=a.workdir)

@@ -28,7 +28,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from dataset import change_list, make_image, parse_size  # noqa: E402
-from measure import as_installed, run, warm  # noqa: E402
+from measure import add_bytecode_option, as_installed, run, warm  # noqa: E402
 
 PASS = "bench"
 PYCACHE: str | None = None      # the trees' bytecode (main() sets it): see measure.as_installed
@@ -36,7 +36,7 @@ PYCACHE: str | None = None      # the trees' bytecode (main() sets it): see meas
 
 def env_for(tree: str) -> dict:
     env = dict(os.environ, REPOFS_PASSWORD=PASS, PYTHONPATH=tree)
-    return as_installed(env, PYCACHE) if PYCACHE is not None else env
+    return as_installed(env, PYCACHE)
 
 
 def backup(tree: str, repo: str, img: str, extra: list[str]) -> tuple[float, float, dict]:
@@ -65,8 +65,7 @@ def main() -> None:
     ap.add_argument("--size", default="1G", help="without --image: the data set made")
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--workdir", default=None)
-    ap.add_argument("--no-bytecode-cache", action="store_true",
-                    help="run the trees as the environment says (PYTHONDONTWRITEBYTECODE: compiled anew each time)")
+    add_bytecode_option(ap)
     a = ap.parse_args()
     work = tempfile.mkdtemp(prefix="repofs-abi-", dir=a.workdir)
     global PYCACHE

@@ -22,7 +22,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from dataset import change_list, make_image, parse_size  # noqa: E402
-from measure import Run, as_installed, du, repofs, run, warm  # noqa: E402
+from measure import Run, add_bytecode_option, as_installed, du, repofs, run, warm  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PASS = "bench-passphrase"
@@ -34,8 +34,7 @@ def main() -> None:
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--chunk-sizes", default="1M", help="repofs chunk sizes to compare")
     ap.add_argument("--no-peers", action="store_true")
-    ap.add_argument("--no-bytecode-cache", action="store_true",
-                    help="run repofs as the environment says (PYTHONDONTWRITEBYTECODE: compiled anew each time)")
+    add_bytecode_option(ap)
     ap.add_argument("--image", default=None, help="an existing data set image (bench/dataset.py), copied")
     a = ap.parse_args()
     work = tempfile.mkdtemp(prefix="repofs-bench-", dir=a.workdir)

@@ -1,6 +1,7 @@
 """Running a command and measuring it: wall time, CPU time and peak RSS of the child (wait4)."""
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import tempfile
@@ -14,13 +15,21 @@ PY = str(Path(__file__).resolve().parent.parent / ".venv" / "bin" / "python")
 REPOFS = [PY, "-m", "repofs.cli"]
 
 
-def as_installed(env: dict, cache: str | os.PathLike) -> dict:
+def add_bytecode_option(ap: argparse.ArgumentParser) -> None:
+    """``--no-bytecode-cache``: run repofs as the environment says (``as_installed`` not used)."""
+    ap.add_argument("--no-bytecode-cache", action="store_true",
+                    help="run repofs as the environment says (PYTHONDONTWRITEBYTECODE: compiled anew each time)")
+
+
+def as_installed(env: dict, cache: str | os.PathLike | None) -> dict:
     """``env`` for running repofs as an installed copy runs: from compiled bytecode, cached
     under ``cache`` (PYTHONPYCACHEPREFIX: no checkout is written to), even where the
     environment says PYTHONDONTWRITEBYTECODE — with it, every command would first compile the
     sources it imports (~0.1–0.2 CPU s, growing with the code base), which no user pays. The
     first command that imports a module compiles it: give each code path an unmeasured run
-    first where that matters."""
+    first where that matters. ``cache`` None: ``env`` as it is."""
+    if cache is None:
+        return env
     env = dict(env, PYTHONPYCACHEPREFIX=os.fspath(cache))
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     return env
