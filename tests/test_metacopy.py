@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from fixtures_images import PASSPHRASE as GUEST_PASSPHRASE
-from fixtures_repo import CLI, PASSPHRASE, make_ext4_image, write_tree
+from fixtures_repo import CLI, PASSPHRASE, cli_env, make_ext4_image, write_tree
 
 from format.repository import Repository
 from repofs.guest.guestfs import GuestGeneration
@@ -353,7 +353,6 @@ def test_reading_the_copied_ranges_loads_each_slot_once(cli: CLI, tmp_path: Path
 def small_chunk_backup(tmp_path: Path) -> tuple[CLI, Path, dict]:
     """An ext4 image backed up into a repository of 64 KiB chunks, so that its copies' stream
     spans several chunks: (cli, image, report)."""
-    from fixtures_repo import cli_env
     repo = tmp_path / "repo64k"
     cli = CLI(repo, cli_env(tmp_path, repo))
     cli.run("init", "--chunk-size", str(64 << 10))
