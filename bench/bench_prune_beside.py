@@ -24,9 +24,14 @@ the beside/alone ratios.
 Prints each backup's wall and CPU time and the ratio beside/alone per round (a round's
 backups run back to back, so the machine's other load is alike for them; their order is
 reversed every other round, as the later backups of a round ran slower with no prune at all),
-and the prunes' times. The repository's objects are fresh, so the prunes run with
-``REPOFS_PRUNE_FRESH_SECONDS=0`` (otherwise they would leave every object of the last five
-minutes alone); the objects a running backup writes are still protected by its lease.
+and the prunes' times. At the end: the ratios' medians, and the median wall time of all the
+backups beside a prune against that of all the backups with none (alone and, with
+``--control``, again) — on a shared machine a backup's time moves by up to 1.7x between rounds
+with no prune at all, so one round's ratio says little and the pooled medians say what the
+prune costs. Each image is fsynced before its backup, so that its writeback is not timed.
+
+The repository's objects are fresh, so the prunes run with ``REPOFS_PRUNE_FRESH_SECONDS=0``
+(otherwise they would leave every object of the last five minutes alone); the objects a running backup writes are still protected by its lease.
 
 ``--tree OLD`` runs both commands with another checkout's code (e.g. the code before a change,
 ``git worktree add --detach``), to set runs of two versions side by side.
@@ -42,6 +47,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from statistics import median
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -61,9 +67,13 @@ def parse_size(text: str) -> int:
 
 
 def fresh_image(path: Path, size: int) -> None:
+    """Random bytes, on the disk before the backup starts: without the fsync the image's own
+    writeback ran during the timed backup, a cost of the benchmark's, not of the prune's."""
     with open(path, "wb") as f:
         for _ in range(size // (8 * MIB)):
             f.write(os.urandom(8 * MIB))
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def backup(path: Path, image: Path, env: dict, vm: str):
@@ -117,6 +127,7 @@ def main() -> None:
         image = work / "disk.img"
         ratios: dict[int, list[float]] = {nice: [] for nice in nices}
         controls: list[float] = []
+        walls: dict[int | str, list[float]] = {"none": []}   # every counted backup's wall time
         forgotten = 0
         for r in range(args.rounds):
             # the round's backups, in turn: the alone ones first in even rounds, last in odd ones
@@ -143,6 +154,7 @@ def main() -> None:
                                f"{'' if overlapped else ' (prune ended first: not counted)'}, prune "
                                f"{prune_wall:.1f} s (backup from {started:.1f} s), freed {report['freed_chunks']:,}")
             alone = runs["alone"]
+            walls["none"] += [runs[k].wall for k in ("alone", "again") if k in runs]
             line = f"round {r}: backup alone {alone.wall:6.2f} s (cpu {alone.cpu:5.2f})"
             if args.control:
                 again = runs["again"]
@@ -153,17 +165,28 @@ def main() -> None:
                 ratio = beside.wall / alone.wall
                 if overlapped:
                     ratios[nice].append(ratio)
+                    walls.setdefault(nice, []).append(beside.wall)
                 line += (f"; beside a prune (nice {nice}) {beside.wall:6.2f} s "
                          f"(cpu {beside.cpu:5.2f}) = {ratio:.2f}x{text}")
             print(f"{line}; load {os.getloadavg()[0]:.1f}{'' if r % 2 == 0 else ' (order reversed)'}", flush=True)
         if controls:
             print(f"control (a second backup alone): again/alone over {len(controls)} rounds: "
-                  f"min {min(controls):.2f}x, median {sorted(controls)[len(controls) // 2]:.2f}x, "
+                  f"min {min(controls):.2f}x, median {median(controls):.2f}x, "
                   f"max {max(controls):.2f}x")
         for nice, got in ratios.items():
             if got:
-                print(f"prune at nice {nice}: beside/alone over {len(got)} rounds: "
-                      f"min {min(got):.2f}x, median {sorted(got)[len(got) // 2]:.2f}x, max {max(got):.2f}x")
+                line = (f"prune at nice {nice}: beside/alone over {len(got)} rounds: "
+                        f"min {min(got):.2f}x, median {median(got):.2f}x, max {max(got):.2f}x")
+                if controls:    # what is left of the median once the measure's own drift is taken out
+                    line += f"; median beside / median again {median(got) / median(controls):.2f}x"
+                print(line)
+                # Pooled: the backups' times themselves move by up to 1.7x between rounds on a
+                # shared machine, so a round's ratio is mostly that; the medians of all the
+                # backups with and without a prune beside them are what the prune changes.
+                print(f"prune at nice {nice}: median backup beside a prune {median(walls[nice]):.2f} s "
+                      f"({len(walls[nice])}) against {median(walls['none']):.2f} s with none "
+                      f"({len(walls['none'])}, alone{' and again' if controls else ''}) = "
+                      f"{median(walls[nice]) / median(walls['none']):.2f}x")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
