@@ -31,7 +31,8 @@ with no prune at all, so one round's ratio says little and the pooled medians sa
 prune costs. Each image is fsynced before its backup, so that its writeback is not timed.
 
 The repository's objects are fresh, so the prunes run with ``REPOFS_PRUNE_FRESH_SECONDS=0``
-(otherwise they would leave every object of the last five minutes alone); the objects a running backup writes are still protected by its lease.
+(otherwise they would leave every object of the last five minutes alone); the objects a
+running backup writes are still protected by its lease.
 
 ``--tree OLD`` runs both commands with another checkout's code (e.g. the code before a change,
 ``git worktree add --detach``), to set runs of two versions side by side.
