@@ -53,18 +53,13 @@ from statistics import median
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench_prune import ROOT, build_repofs, compile_tree, parse_count, repofs_env  # noqa: E402
+from dataset import parse_size  # noqa: E402
 from measure import repofs, run  # noqa: E402
 
 from format.marks import forget  # noqa: E402
 from format.repository import Repository  # noqa: E402
 
 MIB = 1 << 20
-
-
-def parse_size(text: str) -> int:
-    text = text.strip().upper()
-    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1], 1)
-    return int(float(text.rstrip("KMG")) * mult)
 
 
 def fresh_image(path: Path, size: int) -> None:
@@ -128,7 +123,9 @@ def main() -> None:
         image = work / "disk.img"
         ratios: dict[int, list[float]] = {nice: [] for nice in nices}
         controls: list[float] = []
-        walls: dict[int | str, list[float]] = {"none": []}   # every counted backup's wall time
+        # every counted backup's wall time: with no prune, and beside a prune at each niceness
+        alone_walls: list[float] = []
+        beside_walls: dict[int, list[float]] = {nice: [] for nice in nices}
         forgotten = 0
         for r in range(args.rounds):
             # the round's backups, in turn: the alone ones first in even rounds, last in odd ones
@@ -155,7 +152,7 @@ def main() -> None:
                                f"{'' if overlapped else ' (prune ended first: not counted)'}, prune "
                                f"{prune_wall:.1f} s (backup from {started:.1f} s), freed {report['freed_chunks']:,}")
             alone = runs["alone"]
-            walls["none"] += [runs[k].wall for k in ("alone", "again") if k in runs]
+            alone_walls += [runs[k].wall for k in ("alone", "again") if k in runs]
             line = f"round {r}: backup alone {alone.wall:6.2f} s (cpu {alone.cpu:5.2f})"
             if args.control:
                 again = runs["again"]
@@ -166,7 +163,7 @@ def main() -> None:
                 ratio = beside.wall / alone.wall
                 if overlapped:
                     ratios[nice].append(ratio)
-                    walls.setdefault(nice, []).append(beside.wall)
+                    beside_walls[nice].append(beside.wall)
                 line += (f"; beside a prune (nice {nice}) {beside.wall:6.2f} s "
                          f"(cpu {beside.cpu:5.2f}) = {ratio:.2f}x{text}")
             print(f"{line}; load {os.getloadavg()[0]:.1f}{'' if r % 2 == 0 else ' (order reversed)'}", flush=True)
@@ -184,10 +181,11 @@ def main() -> None:
                 # Pooled: the backups' times themselves move by up to 1.7x between rounds on a
                 # shared machine, so a round's ratio is mostly that; the medians of all the
                 # backups with and without a prune beside them are what the prune changes.
-                print(f"prune at nice {nice}: median backup beside a prune {median(walls[nice]):.2f} s "
-                      f"({len(walls[nice])}) against {median(walls['none']):.2f} s with none "
-                      f"({len(walls['none'])}, alone{' and again' if controls else ''}) = "
-                      f"{median(walls[nice]) / median(walls['none']):.2f}x")
+                walls = beside_walls[nice]
+                print(f"prune at nice {nice}: median backup beside a prune {median(walls):.2f} s "
+                      f"({len(walls)}) against {median(alone_walls):.2f} s with none "
+                      f"({len(alone_walls)}, alone{' and again' if controls else ''}) = "
+                      f"{median(walls) / median(alone_walls):.2f}x")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
