@@ -231,5 +231,5 @@ def remap(index: FixedIndex, new_id: Callable[[bytes], bytes]) -> FixedIndex:
     if index.copies is not None:
         copies = Copies(list(index.copies.ranges),
                         [cid if cid == HOLE else new_id(cid) for cid in index.copies.ids],
-                        index.copies.chunk_size)
+                        index.copies.chunk_size, index.copies.gaps, index.copies.length)
     return FixedIndex(index.capacity, index.chunk_size, ids, patches, copies)

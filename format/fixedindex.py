@@ -28,7 +28,8 @@ Plaintext encoding (inside a sealed object with magic ``RFIX``), little-endian::
     0   8  capacity      disk size in bytes
     8   4  chunk size    bytes
     12  4  flags         bit 0: a patch table follows the ids; bit 1: a copy table follows
-                         (after the patch table, if any); other bits: damaged
+                         (after the patch table, if any); bit 2 (only with bit 1): the copy
+                         ranges' third field is a gap; other bits: damaged
     16  8  count         ceil(capacity / chunk size)
     24  32*count         base chunk ids, in disk order; 32 zero bytes for a hole
     then, when bit 0 is set, the patch table:
@@ -46,10 +47,16 @@ Plaintext encoding (inside a sealed object with magic ``RFIX``), little-endian::
         r times, offsets strictly ascending, ranges apart and inside the disk:
             8  offset    disk offset
             4  length    > 0
-            4  reserved  0
-        8  chunks        c = ceil(sum of lengths / chunk size)
-        32*c             ids of the stream's chunks: the ranges' bytes, concatenated in
-                         order, cut every ``chunk size`` bytes (the last chunk may be short)
+            4  gap       bit 2: stream bytes no range uses, before this range; else 0
+        8  length        only with bit 2: the stream's length, at least the sum of the
+                         ranges' lengths and gaps (the rest: unused); without bit 2 the
+                         stream's length is the sum of the ranges' lengths
+        8  chunks        c = ceil(stream length / chunk size)
+        32*c             ids of the stream's chunks: the ranges' bytes (after their gaps),
+                         in order, cut every ``chunk size`` bytes (the last chunk may be
+                         short); a chunk holding no range byte: 32 zero bytes
+    An index with bit 2 is sealed as version 2 (``format.indexobject``), so that readers
+    older than gaps refuse it as unsupported instead of reading it wrong.
 """
 from __future__ import annotations
 
@@ -69,6 +76,7 @@ SLOT_HEADER = struct.Struct("<QII")
 PIECE = struct.Struct("<II32s")
 FLAG_PATCHES = 1
 FLAG_COPIES = 2
+FLAG_COPY_GAPS = 4                       # the copy ranges' third field is the gap before each
 COPY_RANGE = struct.Struct("<QII")
 
 Piece = tuple[int, int, "bytes | None"]   # (offset inside the slot, length, chunk id or None = zeros)
@@ -77,30 +85,61 @@ Piece = tuple[int, int, "bytes | None"]   # (offset inside the slot, length, chu
 @dataclass
 class Copies:
     """Disk ranges ``(offset, length)`` — ascending, apart — whose bytes are also stored in
-    the stream chunks ``ids``: the ranges' bytes concatenated, cut every ``chunk_size``."""
+    the stream chunks ``ids``: the ranges' bytes in order, cut every ``chunk_size``. With
+    ``gaps`` (an index with flag bit 2), ``gaps[i]`` stream bytes that no range uses lie
+    before range ``i``: what an incremental cut out of the copies (``cut``), so that every
+    other byte keeps its place and every chunk its id. A chunk holding no range byte is a
+    hole (zeros, never read)."""
     ranges: list[tuple[int, int]]
     ids: list[bytes]
     chunk_size: int
+    gaps: list[int] | None = None
+    length: int | None = None          # with gaps: the stream's length, its tail maybe unused
 
     def __post_init__(self) -> None:
         self._starts = [off for off, _ in self.ranges]
         self._stream: list[int] = []       # where each range starts in the stream
         pos = 0
-        for _, length in self.ranges:
+        gaps = self.gaps if self.gaps is not None else [0] * len(self.ranges)
+        for (_, length), gap in zip(self.ranges, gaps, strict=True):
+            pos += gap
             self._stream.append(pos)
             pos += length
-        self.stream_size = pos
+        self.ranges_end = pos
+        self.stream_size = pos if self.length is None else max(pos, self.length)
+
+    @property
+    def copied_size(self) -> int:
+        """The disk bytes the copies hold (the stream less its gaps)."""
+        return sum(length for _, length in self.ranges)
 
     def validate(self, capacity: int) -> None:
-        """Raise ValueError unless the ranges are what the format allows on a disk of
-        ``capacity`` bytes and the ids are as many as the stream's chunks."""
+        """Raise ValueError unless the ranges (and gaps) are what the format allows on a disk
+        of ``capacity`` bytes and the ids are as many as the stream's chunks, those that
+        hold no range byte holes."""
         end = -1
         for off, length in self.ranges:
             if length <= 0 or off <= end or off + length > capacity or length >= 1 << 32:
                 raise ValueError(f"copy range ({off}, {length}) is out of order, empty or outside the disk")
             end = off + length
+        if self.gaps is not None and (len(self.gaps) != len(self.ranges)
+                                      or any(not 0 <= g < 1 << 32 for g in self.gaps)):
+            raise ValueError("copy table gaps do not match its ranges")
+        if (self.length is not None) != (self.gaps is not None) or \
+                (self.length is not None and not self.ranges_end <= self.length < 1 << 63):
+            raise ValueError("copy table stream length is missing, or shorter than its ranges")
         if not self.ranges or len(self.ids) != chunk_count(self.stream_size, self.chunk_size):
             raise ValueError("copy table without ranges, or its chunk count does not match them")
+        if self.gaps is not None:
+            used = self._used_chunks()
+            if any(cid != HOLE for k, cid in enumerate(self.ids) if k not in used):
+                raise ValueError("a stream chunk that holds no copied byte is not a hole")
+
+    def _used_chunks(self) -> set[int]:
+        cs, used = self.chunk_size, set[int]()
+        for (_, length), pos in zip(self.ranges, self._stream, strict=True):
+            used.update(range(pos // cs, (pos + length - 1) // cs + 1))
+        return used
 
     def stream_pos(self, offset: int, length: int) -> int | None:
         """Where disk bytes [offset, offset + length) start in the stream, or None unless one
@@ -124,9 +163,15 @@ class Copies:
             pos += take
 
     def disk_offset(self, pos: int) -> int:
-        """The disk offset of stream byte ``pos``."""
+        """The disk offset of stream byte ``pos``, or of the first copied byte after it when
+        ``pos`` lies in a gap."""
         i = bisect.bisect_right(self._stream, pos) - 1
-        return self.ranges[i][0] + pos - self._stream[i]
+        if i < 0:
+            return self.ranges[0][0]
+        start, length = self.ranges[i]
+        if pos < self._stream[i] + length or i + 1 == len(self.ranges):
+            return start + pos - self._stream[i]
+        return self.ranges[i + 1][0]
 
     def chunk_length(self, k: int) -> int:
         return min(self.chunk_size, self.stream_size - k * self.chunk_size)
@@ -156,40 +201,50 @@ class Copies:
             parts.append(data[inner:inner + take])
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
-    def chunks_meeting(self, spans: Iterable[tuple[int, int]]) -> set[int]:
-        """The stream chunks holding a byte of any disk span ``(offset, length)``."""
-        cs, out = self.chunk_size, set[int]()
-        for offset, length in spans:
-            i = max(0, bisect.bisect_right(self._starts, offset) - 1)
-            while i < len(self.ranges) and self.ranges[i][0] < offset + length:
-                start, size = self.ranges[i]
-                lo, hi = max(start, offset), min(start + size, offset + length)
-                if lo < hi:
-                    first = self._stream[i] + lo - start
-                    out.update(range(first // cs, (first + hi - lo - 1) // cs + 1))
-                i += 1
-        return out
-
-    def without(self, dropped: set[int]) -> "Copies | None":
-        """This table with stream chunks ``dropped`` left out: their disk bytes are no longer
-        copied (ranges are cut around them), and every other chunk keeps its id — whole
-        chunks leave the stream, so each kept one still starts at a multiple of the chunk
-        size and holds the same bytes. None when nothing is left."""
-        cs = self.chunk_size
-        ranges: list[tuple[int, int]] = []
-        for (start, size), first in zip(self.ranges, self._stream, strict=True):
-            pos, end = first, first + size
-            while pos < end:
-                stop = min(end, (pos // cs + 1) * cs)
-                if pos // cs not in dropped:
-                    offset = start + pos - first
-                    if ranges and sum(ranges[-1]) == offset:      # the same range, next chunk
-                        ranges[-1] = (ranges[-1][0], ranges[-1][1] + stop - pos)
+    def cut(self, spans: Iterable[tuple[int, int]]) -> "Copies | None":
+        """This table with the disk bytes of ``spans`` (``(offset, length)``) no longer
+        copied: they leave the ranges (a range may split) and become gaps, every other byte
+        keeps its place in the stream (whose length stays) and every chunk its id, but a
+        chunk left without a copied byte becomes a hole. ``self`` when no span meets a
+        range; None when nothing is left."""
+        spans = sorted((o, o + n) for o, n in spans if n > 0)
+        kept: list[tuple[int, int, int]] = []       # (disk offset, length, stream position)
+        changed, j = False, 0
+        for (start, size), pos in zip(self.ranges, self._stream, strict=True):
+            end = start + size
+            while j < len(spans) and spans[j][1] <= start:
+                j += 1
+            at, k = start, j
+            while at < end:
+                if k < len(spans) and spans[k][0] < end:
+                    lo, hi = max(spans[k][0], at), min(spans[k][1], end)
+                    if lo < hi:
+                        changed = True
+                    if at < lo:
+                        kept.append((at, lo - at, pos + at - start))
+                    at = max(at, hi)
+                    if spans[k][1] <= end:
+                        k += 1
                     else:
-                        ranges.append((offset, stop - pos))
-                pos = stop
-        ids = [cid for k, cid in enumerate(self.ids) if k not in dropped]
-        return Copies(ranges, ids, cs) if ranges else None
+                        break
+                else:
+                    kept.append((at, end - at, pos + at - start))
+                    break
+        if not changed:
+            return self
+        if not kept:
+            return None
+        ranges = [(off, length) for off, length, _ in kept]
+        gaps, last = [], 0
+        for _off, length, pos in kept:
+            gaps.append(pos - last)
+            last = pos + length
+        cs = self.chunk_size
+        used = set[int]()
+        for _, length, pos in kept:
+            used.update(range(pos // cs, (pos + length - 1) // cs + 1))
+        ids = [cid if k in used else HOLE for k, cid in enumerate(self.ids)]
+        return Copies(ranges, ids, cs, gaps, self.stream_size)
 
 
 @dataclass
@@ -320,6 +375,8 @@ class FixedIndex:
         table page by page (holes from one shared page of zeros), the tables. Nothing the
         size of the disk is joined (an index of a 2 TiB disk is 64 MiB)."""
         flags = (FLAG_PATCHES if self.patches else 0) | (FLAG_COPIES if self.copies else 0)
+        if self.copies and self.copies.gaps is not None:
+            flags |= FLAG_COPY_GAPS
         parts = []
         if self.patches:
             parts.append(COUNT.pack(len(self.patches)))
@@ -330,7 +387,11 @@ class FixedIndex:
         if self.copies:
             self.copies.validate(self.capacity)
             parts.append(COUNT.pack(len(self.copies.ranges)))
-            parts.extend(COPY_RANGE.pack(off, length, 0) for off, length in self.copies.ranges)
+            gaps = self.copies.gaps or [0] * len(self.copies.ranges)
+            parts.extend(COPY_RANGE.pack(off, length, gap)
+                         for (off, length), gap in zip(self.copies.ranges, gaps, strict=True))
+            if self.copies.gaps is not None:
+                parts.append(COUNT.pack(self.copies.stream_size))
             parts.append(COUNT.pack(len(self.copies.ids)))
             parts.extend(self.copies.ids)
         tables = b"".join(parts)
@@ -399,7 +460,9 @@ class IndexDecoder:
     def _start(self) -> None:
         capacity, chunk_size, flags, count = self._header = HEADER.unpack(self._head)
         self._flags = flags
-        if chunk_size == 0 or count != chunk_count(capacity, chunk_size) or flags & ~(FLAG_PATCHES | FLAG_COPIES):
+        if (chunk_size == 0 or count != chunk_count(capacity, chunk_size)
+                or flags & ~(FLAG_PATCHES | FLAG_COPIES | FLAG_COPY_GAPS)
+                or (flags & FLAG_COPY_GAPS and not flags & FLAG_COPIES)):
             raise CorruptObject(self._label, "index header is inconsistent")
         self._table = IdTable(count)                # pages held only with keep_ids
         self._count = count
@@ -438,13 +501,14 @@ class IndexDecoder:
         if flags & FLAG_PATCHES:
             index.patches, pos = _decode_patches(tail, pos, index, label)
         if flags & FLAG_COPIES:
-            index.copies, pos = _decode_copies(tail, pos, index, label)
+            index.copies, pos = _decode_copies(tail, pos, index, label, bool(flags & FLAG_COPY_GAPS))
         if pos != len(tail):
             raise CorruptObject(label, "index has trailing bytes")
         return index
 
 
-def _decode_copies(data: bytes, pos: int, index: FixedIndex, label: str) -> tuple[Copies, int]:
+def _decode_copies(data: bytes, pos: int, index: FixedIndex, label: str,
+                   gapped: bool) -> tuple[Copies, int]:
     def bad(reason: str) -> CorruptObject:
         return CorruptObject(label, f"index copy table: {reason}")
 
@@ -456,8 +520,12 @@ def _decode_copies(data: bytes, pos: int, index: FixedIndex, label: str) -> tupl
             raise bad("truncated")
         entries = list(COPY_RANGE.iter_unpack(table))
         pos += len(table)
-        if any(reserved for _off, _length, reserved in entries):
+        if not gapped and any(reserved for _off, _length, reserved in entries):
             raise bad("a reserved field is set")
+        length = None
+        if gapped:
+            (length,) = COUNT.unpack_from(data, pos)
+            pos += COUNT.size
         (nids,) = COUNT.unpack_from(data, pos)
         pos += COUNT.size
         if len(data) < pos + nids * ID_SIZE:
@@ -466,7 +534,8 @@ def _decode_copies(data: bytes, pos: int, index: FixedIndex, label: str) -> tupl
         pos += nids * ID_SIZE
     except struct.error:
         raise bad("truncated") from None
-    copies = Copies([(off, length) for off, length, _ in entries], ids, index.chunk_size)
+    copies = Copies([(off, length) for off, length, _ in entries], ids, index.chunk_size,
+                    [gap for _off, _length, gap in entries] if gapped else None, length)
     try:
         copies.validate(index.capacity)          # the rules a writer keeps are the reader's
     except ValueError as e:

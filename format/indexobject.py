@@ -21,7 +21,7 @@ from typing import BinaryIO, Callable
 
 from .errors import CorruptObject
 from .fixedindex import FixedIndex, IndexDecoder
-from .sealed import MAGIC_INDEX, MAX_PLAIN, Sealer
+from .sealed import INDEX_VERSION_GAPS, MAGIC_INDEX, MAX_PLAIN, VERSION, Sealer
 
 
 def index_id(hex_id: str, label: str) -> bytes:
@@ -36,9 +36,12 @@ def index_id(hex_id: str, label: str) -> bytes:
 
 
 def seal_index(sealer: Sealer, index: FixedIndex) -> tuple[bytes, bytearray]:
-    """(index id, sealed object) of ``index``."""
+    """(index id, sealed object) of ``index``: version 2 when its copy table has gaps (which
+    readers before them cannot follow), else version 1, as every other object."""
     plain_len, parts = index.encoding()
-    return sealer.seal_parts(MAGIC_INDEX, plain_len, parts)
+    gapped = index.copies is not None and index.copies.gaps is not None
+    return sealer.seal_parts(MAGIC_INDEX, plain_len, parts,
+                             version=INDEX_VERSION_GAPS if gapped else VERSION)
 
 
 def read_index(sealer: Sealer, iid: bytes, stream: BinaryIO, size: int, label: str, *,

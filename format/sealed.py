@@ -3,7 +3,7 @@
 An object on the backend is ``header || payload || tag`` (all integers little-endian)::
 
     0   4  magic            b"RFCK" chunk, b"RFIX" index, b"RFMF" manifest
-    4   1  version          1
+    4   1  version          1; 2 for an index whose copy table has gaps (``format.fixedindex``)
     5   1  compression      0 none, 1 zstd (one frame, content size recorded)
     6   1  cipher           0 none, 1 AES-256-GCM
     7   1  reserved         0
@@ -46,6 +46,9 @@ MAGIC_CHUNK = b"RFCK"
 MAGIC_INDEX = b"RFIX"
 MAGIC_MANIFEST = b"RFMF"
 VERSION = 1
+INDEX_VERSION_GAPS = 2
+# the versions a reader follows, for objects with more than version 1 (any other: UnsupportedFormat)
+VERSIONS = {MAGIC_INDEX: (VERSION, INDEX_VERSION_GAPS)}
 COMPRESSION_NONE = 0
 COMPRESSION_ZSTD = 1
 CIPHER_ID_NONE = 0
@@ -137,7 +140,8 @@ class Sealer:
         return self._seal_payload(magic, name, compression, len(plaintext), payload)
 
     def seal_parts(self, magic: bytes, plain_len: int,
-                   parts: Iterable[bytes | bytearray | memoryview]) -> tuple[bytes, bytearray]:
+                   parts: Iterable[bytes | bytearray | memoryview], *,
+                   version: int = VERSION) -> tuple[bytes, bytearray]:
         """(object id, sealed object) of an object named by its id (an index) whose
         plaintext of ``plain_len`` bytes comes in ``parts``, for plaintexts too large to join
         (the index of a 2 TiB disk is 64 MiB, mostly holes). The parts are hashed and
@@ -161,13 +165,15 @@ class Sealer:
         payload = b"".join(out)
         del out
         oid = hasher.digest()
-        return oid, self._seal_payload(magic, oid, COMPRESSION_ZSTD, plain_len, payload)
+        return oid, self._seal_payload(magic, oid, COMPRESSION_ZSTD, plain_len, payload, version)
 
     def _seal_payload(self, magic: bytes, name: bytes, compression: int, plain_len: int,
-                      payload: bytes | memoryview) -> bytearray:
+                      payload: bytes | memoryview, version: int = VERSION) -> bytearray:
+        if version not in VERSIONS.get(magic, (VERSION,)):
+            raise ValueError(f"no version {version} of {magic!r} objects")
         nonce = secrets.token_bytes(12) if self._aead else ZERO_NONCE
         out = bytearray(HEADER.size + len(payload) + TAG_SIZE[self._cipher])
-        HEADER.pack_into(out, 0, magic, VERSION, compression, self._cipher, 0,
+        HEADER.pack_into(out, 0, magic, version, compression, self._cipher, 0,
                          plain_len, len(payload), nonce)
         aad = bytes(out[:HEADER.size]) + name
         body = memoryview(out)[HEADER.size:]
@@ -188,7 +194,7 @@ class Sealer:
             HEADER.unpack_from(head)
         if m != magic:
             raise CorruptObject(label, f"bad magic {m!r}")
-        if version != VERSION:
+        if version not in VERSIONS.get(magic, (VERSION,)):
             raise UnsupportedFormat(f"object {label} has format version {version}")
         if compression not in (COMPRESSION_NONE, COMPRESSION_ZSTD):
             raise CorruptObject(label, f"unknown compression {compression}")

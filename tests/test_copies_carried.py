@@ -1,9 +1,10 @@
-"""A copy table without some of its stream chunks (``Copies.without``, ``chunks_meeting``;
-docs/format.md section 6, "what writers do" of the copy table): an incremental whose changes
-fall inside the copies leaves out the stream chunks holding them and keeps the others under
-their ids. That is only right if the table left is one the format allows and its stream,
-cut at the chunk size as a reader cuts it, is exactly the kept chunks' bytes — checked here
-on seeded random tables over a random disk, with each chunk named by the hash of its bytes.
+"""A copy table with changed bytes cut out (``Copies.cut``; docs/format.md section 6, the
+copy table's gaps and "what writers do"): an incremental whose changes fall inside the copies
+cuts exactly those bytes out of the ranges and keeps every other byte where it lies in the
+stream, every chunk under its id. That is only right if the table left is one the format
+allows, reads the disk's bytes wherever it still claims to, and encodes and decodes to itself
+— checked here on seeded random tables over a random disk, cut again and again, each chunk
+named by the hash of its bytes.
 """
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import random
 
 import pytest
 
-from format.fixedindex import HOLE, Copies, FixedIndex, chunk_count
+from format.errors import CorruptObject
+from format.fixedindex import COPY_RANGE, FLAG_COPY_GAPS, HEADER, HOLE, Copies, FixedIndex
 
 CS = 4 << 10
 CAPACITY = 1 << 20
@@ -22,19 +24,16 @@ def named(data: bytes) -> bytes:
     return HOLE if not any(data) else hashlib.blake2b(data, digest_size=32).digest()
 
 
-def table(rng: random.Random, disk: bytes) -> Copies:
-    """Random ranges, apart, of 1 byte to 5 chunks; ids named after the stream's chunks."""
+def table(rng: random.Random, disk: bytes) -> tuple[Copies, bytes]:
+    """Random ranges, apart, of 1 byte to 5 chunks; ids named after the stream's chunks:
+    (table, stream)."""
     ranges, pos = [], rng.randrange(0, 2 * CS)
     while pos < CAPACITY - 1 and len(ranges) < rng.randrange(1, 24):
         length = min(rng.randrange(1, 5 * CS), CAPACITY - pos)
         ranges.append((pos, length))
         pos += length + rng.randrange(1, 3 * CS)
-    return Copies(ranges, stream_ids(ranges, disk), CS)
-
-
-def stream_ids(ranges: list[tuple[int, int]], disk: bytes) -> list[bytes]:
     stream = b"".join(disk[o:o + n] for o, n in ranges)
-    return [named(stream[k:k + CS]) for k in range(0, len(stream), CS)]
+    return Copies(ranges, [named(stream[k:k + CS]) for k in range(0, len(stream), CS)], CS), stream
 
 
 def covered(ranges: list[tuple[int, int]]) -> set[int]:
@@ -49,63 +48,97 @@ def random_disk(rng: random.Random) -> bytes:
     return bytes(disk)
 
 
+def roundtrip(copies: Copies) -> Copies:
+    index = FixedIndex.empty(CAPACITY, CS)
+    index.copies = copies
+    again = FixedIndex.decode(index.encode(), "disk").copies
+    assert again is not None
+    return again
+
+
 @pytest.mark.parametrize("seed", range(40))
-def test_a_table_without_chunks_is_valid_and_its_stream_is_the_kept_chunks(seed: int):
+def test_cuts_leave_a_valid_table_that_reads_the_disk_under_the_same_ids(seed: int):
     rng = random.Random(seed)
     disk = random_disk(rng)
-    old = table(rng, disk)
-    old.validate(CAPACITY)
-    count = len(old.ids)
-    dropped = set(rng.sample(range(count), rng.randrange(0, count + 1)))
-    new = old.without(dropped)
-    if len(dropped) == count:
-        assert new is None
-        return
-    assert new is not None
-    new.validate(CAPACITY)                   # ascending, apart, inside, count matches
-    assert new.ids == [cid for k, cid in enumerate(old.ids) if k not in dropped]
-    assert stream_ids(new.ranges, disk) == new.ids    # the same bytes under the same ids
-    gone = {old.disk_offset(p) for k in dropped
-            for p in range(k * CS, k * CS + old.chunk_length(k))}
-    assert covered(new.ranges) == covered(old.ranges) - gone
-    # it encodes and decodes as any copy table
-    index = FixedIndex.empty(CAPACITY, CS)
-    index.copies = new
-    again = FixedIndex.decode(index.encode(), "disk").copies
-    assert again is not None and again.ranges == new.ranges and again.ids == new.ids
-    # a read through the table left gives the disk's bytes
-    stream = b"".join(disk[o:o + n] for o, n in new.ranges)
-    for o, n in new.ranges:
-        inner = rng.randrange(0, n)
-        size = rng.randrange(1, n - inner + 1)
-        assert new.read(o + inner, size, lambda k: stream[k * CS:(k + 1) * CS]) == \
-            disk[o + inner:o + inner + size]
+    copies, stream = table(rng, disk)
+    first = copies
+    for _ in range(4):                       # cuts on cuts, as incrementals make them
+        spans = [(rng.randrange(0, CAPACITY), rng.randrange(1, 6 * CS)) for _ in range(rng.randrange(0, 5))]
+        gone = covered(spans)
+        new = copies.cut(spans)
+        if new is copies:                    # nothing met: the same table
+            assert not covered(copies.ranges) & gone
+            continue
+        if new is None:                      # nothing left
+            assert covered(copies.ranges) <= gone
+            return
+        new.validate(CAPACITY)               # ascending, apart, inside, counts, dead chunks holes
+        assert covered(new.ranges) == covered(copies.ranges) - gone
+        assert new.stream_size == first.stream_size and len(new.ids) == len(first.ids)
+        assert new.copied_size == len(covered(new.ranges))
+        for k, cid in enumerate(new.ids):    # the same chunks, or holes where nothing is left
+            assert cid in (first.ids[k], HOLE)
+        assert roundtrip(new) == new
+        for o, n in new.ranges:              # read through the first stream: the disk's bytes
+            inner = rng.randrange(0, n)
+            size = rng.randrange(1, n - inner + 1)
+            assert new.read(o + inner, size, lambda k: stream[k * CS:(k + 1) * CS]) == \
+                disk[o + inner:o + inner + size]
+        for o, n in spans:                   # and nothing inside a cut
+            assert all(new.stream_pos(b, 1) is None for b in range(o, o + n, 512))
+        copies = new
 
 
-@pytest.mark.parametrize("seed", range(40))
-def test_the_chunks_a_change_meets_are_those_holding_its_bytes(seed: int):
-    rng = random.Random(1000 + seed)
-    old = table(rng, random_disk(rng))
-    spans = []
-    for _ in range(rng.randrange(0, 6)):
-        at = rng.randrange(0, CAPACITY)
-        spans.append((at, rng.randrange(1, 6 * CS)))
-    want = set()
-    for i, (o, n) in enumerate(old.ranges):
-        base = sum(length for _o, length in old.ranges[:i])
-        for b in range(o, o + n):
-            if any(so <= b < so + sn for so, sn in spans):
-                want.add((base + b - o) // CS)
-    assert old.chunks_meeting(spans) == want
-
-
-def test_dropping_a_middle_chunk_splits_its_range_and_keeps_the_rest():
+def test_a_cut_in_a_range_splits_it_and_a_chunk_left_empty_becomes_a_hole():
     disk = random.Random(7).randbytes(CAPACITY)
-    old = Copies([(0, 3 * CS), (5 * CS, CS + 100)], [], CS)
-    old = Copies(old.ranges, stream_ids(old.ranges, disk), CS)
-    assert chunk_count(old.stream_size, CS) == 5
-    new = old.without({1, 3})
+    ranges = [(0, 3 * CS), (5 * CS, CS + 100)]
+    stream = b"".join(disk[o:o + n] for o, n in ranges)
+    old = Copies(ranges, [named(stream[k:k + CS]) for k in range(0, len(stream), CS)], CS)
+    new = old.cut([(CS, CS), (5 * CS, CS)])
     assert new is not None
-    assert new.ranges == [(0, CS), (2 * CS, CS), (6 * CS, 100)]
-    assert new.ids == [old.ids[0], old.ids[2], old.ids[4]]
-    assert old.without({0, 1, 2, 3, 4}) is None
+    assert new.ranges == [(0, CS), (2 * CS, CS), (6 * CS, 100)] and new.gaps == [0, CS, CS]
+    assert new.ids == [old.ids[0], HOLE, old.ids[2], HOLE, old.ids[4]]
+    assert new.stream_size == old.stream_size and new.copied_size == 2 * CS + 100
+    assert new.disk_offset(CS) == 2 * CS          # a gap's byte: the next copied one's offset
+    assert old.cut([(7 * CS, CS)]) is old
+    assert old.cut([(0, 8 * CS)]) is None
+
+
+def encoded(copies: Copies) -> bytearray:
+    index = FixedIndex.empty(CAPACITY, CS)
+    index.copies = copies
+    return bytearray(index.encode())
+
+
+def test_the_format_rules_of_gaps_are_the_readers():
+    disk = random.Random(8).randbytes(CAPACITY)
+    ranges = [(0, 3 * CS), (5 * CS, 2 * CS)]
+    stream = b"".join(disk[o:o + n] for o, n in ranges)
+    old = Copies(ranges, [named(stream[k:k + CS]) for k in range(0, len(stream), CS)], CS)
+    cut = old.cut([(CS, CS)])
+    assert cut is not None
+    data = encoded(cut)
+    assert FixedIndex.decode(bytes(data), "d").copies == cut
+    capacity, cs, flags, count = HEADER.unpack_from(data)
+    table = HEADER.size + 32 * count + 8                  # the first copy range
+    # a gap without flag bit 2 is a reserved field set: damaged
+    plain = bytearray(data)
+    HEADER.pack_into(plain, 0, capacity, cs, flags & ~FLAG_COPY_GAPS, count)
+    with pytest.raises(CorruptObject):
+        FixedIndex.decode(bytes(plain), "d")
+    # flag bit 2 without a copy table: damaged
+    bare = bytearray(encoded(old))[:HEADER.size + 32 * count]
+    HEADER.pack_into(bare, 0, capacity, cs, FLAG_COPY_GAPS, count)
+    with pytest.raises(CorruptObject, match="header"):
+        FixedIndex.decode(bytes(bare), "d")
+    # a gap that moves a range past the stream's length; a chunk holding no range byte with an
+    # id; a stream length shorter than the ranges: damaged
+    off, length, _gap = COPY_RANGE.unpack_from(data, table + COPY_RANGE.size)
+    for mutate in (lambda b: COPY_RANGE.pack_into(b, table + COPY_RANGE.size, off, length, 9 * CS),
+                   lambda b: b.__setitem__(slice(len(b) - 4 * 32, len(b) - 3 * 32), b"\x01" * 32),
+                   lambda b: b.__setitem__(slice(table + 3 * COPY_RANGE.size, table + 3 * COPY_RANGE.size + 8),
+                                           (CS).to_bytes(8, "little"))):
+        bad = bytearray(data)
+        mutate(bad)
+        with pytest.raises(CorruptObject, match="copy table"):
+            FixedIndex.decode(bytes(bad), "d")

@@ -754,3 +754,23 @@ def test_each_damaged_manifest_is_warned_about_once(tmp_path, caplog):
         assert list(fresh.manifests()) == [good]
     said = [r.getMessage() for r in caplog.records if "left out" in r.getMessage()]
     assert len(said) == 2 and any("ab" * 16 in s for s in said) and any("cd" * 16 in s for s in said)
+
+
+@pytest.mark.parametrize("kind", ["aes", "none"])
+def test_an_index_may_be_version_2_and_nothing_else_may(kind):
+    """Version 2 exists for indexes alone (a copy table with gaps, which readers before it
+    cannot follow): an index of version 1 or 2 opens, version 3 is unsupported, as is a chunk
+    or a manifest of version 2; a sealer refuses to write a version it does not have."""
+    sealer = SEALERS[kind]
+    for version in (1, 2):
+        data = _raw(kind, b"abc", magic=MAGIC_INDEX, version=version)
+        assert sealer.open(MAGIC_INDEX, NAME, data, "L") == b"abc"
+        assert b"".join(sealer.open_pages(MAGIC_INDEX, NAME, io.BytesIO(data), len(data), "L")) == b"abc"
+    with pytest.raises(UnsupportedFormat, match="format version 3"):
+        sealer.open(MAGIC_INDEX, NAME, _raw(kind, b"abc", magic=MAGIC_INDEX, version=3), "L")
+    with pytest.raises(UnsupportedFormat, match="format version 2"):
+        sealer.open(MAGIC_MANIFEST, NAME, _raw(kind, b"abc", magic=MAGIC_MANIFEST, version=2), "L")
+    oid, sealed = sealer.seal_parts(MAGIC_INDEX, 3, [b"abc"], version=2)
+    assert sealed[4] == 2 and sealer.open(MAGIC_INDEX, oid, bytes(sealed), "L") == b"abc"
+    with pytest.raises(ValueError):
+        sealer.seal_parts(MAGIC_INDEX, 3, [b"abc"], version=3)

@@ -135,6 +135,21 @@ def _valid_index() -> bytes:
 VALID_INDEX = _valid_index()
 
 
+def _gapped_index() -> bytes:
+    """An index whose copy table has gaps (flag bit 2, an incremental's cut copies)."""
+    from format.fixedindex import Copies
+    index = FixedIndex.empty((5 << 16) + 4096, 1 << 16)
+    index.set(0, b"\x01" * 32)
+    copies = Copies([(0, 5000), (1 << 17, 3000), (3 << 16, 70000)],
+                    [b"\x04" * 32, b"\x05" * 32], 1 << 16).cut([(4096, 4096), (1 << 17, 100)])
+    assert copies is not None and copies.gaps is not None
+    index.copies = copies
+    return index.encode()
+
+
+GAPPED_INDEX = _gapped_index()
+
+
 def _index(data: bytes) -> None:
     try:
         index = FixedIndex.decode(data, "i")
@@ -147,6 +162,13 @@ def _index(data: bytes) -> None:
         for off, plen, _cid in index.pieces(n):
             assert 0 <= off and 0 < plen and off + plen <= length
     list(index.references())
+    if index.copies is not None:        # every copied range reads from chunks of the stream
+        copies = index.copies
+        for off, n in copies.ranges:
+            pos = copies.stream_pos(off, n)
+            assert pos is not None and 0 <= pos and pos + n <= copies.stream_size
+            for k, _inner, _take in copies.stream_parts(pos, n):
+                assert k < len(copies.ids)
 
 
 @given(st.binary(max_size=2000))
@@ -155,11 +177,14 @@ def test_fuzz_index_any_bytes(data):
     _index(data)
 
 
-@given(st.integers(0, len(VALID_INDEX) - 1), st.integers(1, 255), st.integers(0, 8))
+@pytest.mark.parametrize("valid", [VALID_INDEX, GAPPED_INDEX], ids=["dense", "gapped"])
+@given(st.floats(0, 1, exclude_max=True), st.integers(1, 255), st.integers(0, 8))
 @settings(max_examples=EXAMPLES)
-def test_fuzz_index_flipped_byte(where, xor, width):
-    data = bytearray(VALID_INDEX)
-    for i in range(where, min(len(data), where + width + 1)):
+def test_fuzz_index_flipped_byte(valid, where, xor, width):
+    """Bytes flipped anywhere in an index (its copy table dense, or with gaps)."""
+    data = bytearray(valid)
+    start = int(where * len(data))
+    for i in range(start, min(len(data), start + width + 1)):
         data[i] ^= xor
     _index(bytes(data))
 
@@ -257,3 +282,15 @@ def test_fuzz_authenticated_payload_with_lying_lengths(prefix, body, plain_len):
             SEALER.open(MAGIC_INDEX, b"n", obj, "i", max_plain=1 << 20)
         except (CorruptObject, UnsupportedFormat):
             pass
+
+
+@given(st.integers(0, (len(GAPPED_INDEX) - 24 - 6 * 32) // 4 - 1),
+       st.sampled_from([0, 1, 4095, 2**31, 2**32 - 1]))
+@settings(max_examples=EXAMPLES)
+def test_fuzz_gapped_index_word_set_to_extremes(word, value):
+    """Any 4-byte word of the tables (gaps, lengths, the stream's length, counts) set to an
+    extreme value."""
+    data = bytearray(GAPPED_INDEX)
+    at = 24 + 6 * 32 + 4 * word
+    data[at:at + 4] = value.to_bytes(4, "little")
+    _index(bytes(data))

@@ -146,7 +146,7 @@ def test_incremental_keeps_copies_when_metadata_is_unchanged(cli: CLI, tmp_path:
 
 
 @pytest.mark.slow
-def test_incremental_rebuilds_copies_from_the_generation(cli: CLI, tmp_path: Path):
+def test_incremental_copies_are_the_generations_bytes(cli: CLI, tmp_path: Path):
     one, two = tmp_path / "one", tmp_path / "two"
     write_tree(one, seed=5, files=60)
     write_tree(two, seed=6, files=150)
@@ -175,7 +175,7 @@ def test_incremental_rebuilds_copies_from_the_generation(cli: CLI, tmp_path: Pat
     old, new = view.generations("vm")
     disk = new.disks[0]
     copies = disk.index.copies
-    assert copies.ids != old.disks[0].index.copies.ids
+    assert copies != old.disks[0].index.copies
     for off, n in copies.ranges:
         assert disk.read(off, n) == by_chunks(disk, off, n)
     assert disk.read(stray, 512) != b"\xee" * 512
@@ -363,14 +363,14 @@ def small_chunk_backup(tmp_path: Path) -> tuple[CLI, Path, dict]:
     return cli, img, backup(cli, img)
 
 
-def test_incremental_leaves_out_the_copy_chunks_its_changes_meet(tmp_path: Path):
-    """Changed bytes inside the copies: the stream chunk holding them is left out, the others
-    are kept under their ids — no copy stored again, no search — and every byte still reads
-    as the generation's."""
+def test_incremental_cuts_its_changes_out_of_the_copies(tmp_path: Path):
+    """Changed bytes inside the copies: exactly those bytes leave the copied ranges, as a gap
+    of the stream, and every stream chunk keeps its id — no copy stored again, no search —
+    and every byte still reads as the generation's."""
     cli, img, _ = small_chunk_backup(tmp_path)
     view, _ = open_view(cli)
     first = view.generation("vm").disks[0].index.copies
-    assert first.ranges[0] == (0, 128 << 10) and len(first.ids) >= 5
+    assert first.ranges[0] == (0, 128 << 10) and len(first.ids) >= 5 and first.gaps is None
     # bytes 96-104 KiB: unused space between the GPT and the partition, inside the first
     # copied range, in the stream's second chunk
     change = (96 << 10, 8192)
@@ -384,29 +384,64 @@ def test_incremental_leaves_out_the_copy_chunks_its_changes_meet(tmp_path: Path)
     old, new = view.generations("vm")
     disk = new.disks[0]
     copies = disk.index.copies
-    assert copies.ids == [first.ids[0], *first.ids[2:]]
-    assert copies.ranges[0] == (0, 64 << 10) and copies.stream_pos(*change) is None
-    assert copies.stream_size == first.stream_size - (64 << 10)
-    assert report["disks"][0]["copied_bytes"] == copies.stream_size
+    assert copies.ids == first.ids and copies.stream_size == first.stream_size
+    assert copies.ranges[:2] == [(0, 96 << 10), (104 << 10, 24 << 10)] and copies.gaps[:3] == [0, 8192, 0]
+    assert copies.ranges[2:] == first.ranges[1:] and copies.stream_pos(*change) is None
+    assert report["disks"][0]["copied_bytes"] == copies.copied_size == first.copied_size - 8192
     image = img.read_bytes()
     assert disk.read(*change) == new_bytes
     for off, n in copies.ranges:
         assert disk.read(off, n) == by_chunks(disk, off, n) == image[off:off + n]
     assert walk(new) == walk(old) == walk_of_source(tmp_path / "tree")
+    # the index is sealed as version 2: a reader before gaps refuses it as unsupported
+    path = next((cli.repo / "indexes").glob(f"*/{new.disks[0].entry.index}"))
+    assert path.read_bytes()[4] == 2
+    old_path = next((cli.repo / "indexes").glob(f"*/{old.disks[0].entry.index}"))
+    assert old_path.read_bytes()[4] == 1
+    # an off-site copy (other keys, so other ids) keeps the gaps, and reads the same
+    off = CLI(tmp_path / "off", cli_env(tmp_path, tmp_path / "off"))
+    off.run("init", "--chunk-size", str(64 << 10))
+    CLI(cli.repo, cli.env).run("copy", "--to", str(off.repo))
+    copied = RepositoryView(Repository.open(off.repo, PASSPHRASE.encode())).generations("vm")[-1]
+    there = copied.disks[0]
+    assert there.index.copies.ranges == copies.ranges and there.index.copies.gaps == copies.gaps
+    for off_, n in copies.ranges:
+        assert there.read(off_, n) == image[off_:off_ + n]
+    assert walk(copied) == walk_of_source(tmp_path / "tree")
 
 
-def test_incremental_searches_anew_when_its_changes_meet_many_copy_chunks(tmp_path: Path):
-    """Changes inside more than a quarter of the copies' stream chunks: the copies are made
-    anew from the generation — here the bytes were rewritten unchanged, so the search finds
-    the same ranges and the same chunks, where leaving chunks out would have dropped them."""
+def changes_covering(copies, share: float, skip: int = 0) -> list[tuple[int, int]]:
+    """Whole 4 KiB pages of the copied ranges, in disk order from the ``skip``-th copied byte
+    on, until they hold more than ``share`` of the stream's length."""
+    want, out, seen = share * copies.stream_size, [], 0
+    for off, n in copies.ranges:
+        for page in range(off, off + n, 4096):
+            seen += 4096
+            if seen <= skip:
+                continue
+            out.append((page, 4096))
+            if len(out) * 4096 > want:
+                return out
+    return out
+
+
+def test_incremental_searches_anew_once_less_than_half_is_still_copied(tmp_path: Path):
+    """Cuts add up over incrementals, measured against the stream's length (which a cut
+    keeps): a first change cutting 30% of it keeps the cut copies, a second cutting 30% more
+    leaves less than half, so the copies are made anew from the generation — here the bytes
+    were rewritten unchanged, so the search finds the same ranges and the same chunks."""
     cli, img, _ = small_chunk_backup(tmp_path)
     view, _ = open_view(cli)
     first = view.generation("vm").disks[0].index.copies
-    cs = first.chunk_size
-    many = len(first.ids) // 4 + 1
-    changes = sorted((first.disk_offset(k * cs) // 4096 * 4096, 4096) for k in range(many))
-    report = backup(cli, img, changes)
+    one = changes_covering(first, 0.3)
+    backup(cli, img, one)
     view, _ = open_view(cli)
-    copies = view.generation("vm").disks[0].index.copies
-    assert copies.ranges == first.ranges and copies.ids == first.ids
+    cut = view.generations("vm")[-1].disks[0].index.copies
+    assert cut.gaps is not None and cut.stream_size == first.stream_size
+    assert first.copied_size - cut.copied_size == 4096 * len(one)
+    two = changes_covering(first, 0.3, skip=4096 * len(one))
+    report = backup(cli, img, two)
+    view, _ = open_view(cli)
+    copies = view.generations("vm")[-1].disks[0].index.copies
+    assert copies.ranges == first.ranges and copies.ids == first.ids and copies.gaps is None
     assert report["disks"][0]["copied_bytes"] == first.stream_size

@@ -187,7 +187,7 @@ class _DiskIngest:
         except Exception as e:  # noqa: BLE001 (an optional copy never fails a backup)
             log.warning("disk %s: guest metadata not copied (%s)", source.label, e)
             index.copies = None
-        report.copied_bytes = index.copies.stream_size if index.copies else 0
+        report.copied_bytes = index.copies.copied_size if index.copies else 0
 
     def run(self, source: DiskSource, index: FixedIndex, work: list[Work],
             known: set[bytes], report: DiskReport, progress: Progress | None,

@@ -19,13 +19,18 @@ The bytes are read from the new generation as stored — its index and chunks, n
 source again — so copies and chunks cannot disagree. A backup with a change list keeps the
 previous generation's copies when no changed byte falls inside them (the metadata did not
 change, so neither did what the search would find). When changed bytes fall inside them, it
-leaves out the stream chunks that hold those bytes and keeps the rest as they are (the
-changed metadata is then read from the disk's chunks, like anything not copied): no copy is
-stored again for a change the incremental stores anyway, and no search runs — the search
-reads every inode table and directory through the generation, a quarter of a second for the
-8 GiB data set, whatever the change. Only when more than a quarter of the stream's chunks
-would go does it search again, with every read that lies inside the old copies and outside
-the changes served by the old copies.
+cuts exactly those bytes out of the copied ranges and keeps everything else where it lies in
+the stream, every stream chunk under its id (``Copies.cut``: the cut bytes become gaps of the
+stream, an index version 2): the changed metadata is then read from the disk's slots — from
+the pieces this incremental stores for it, which hold the changed bytes and little else — so
+no byte is stored twice and no search runs (the search reads every inode table and directory
+through the generation, a quarter of a second for the 8 GiB data set, whatever the change).
+Metadata the guest adds is written, so it lies in the changed bytes too (a search would add
+little else: the blocks after a new directory's, which the kernel reads ahead). Cuts add up
+over incrementals; once less than half of the stream is still copied bytes, the backup
+searches again (the copies packed anew, as a full backup makes them), with every read that
+lies inside the old copies and outside the changes
+served by the old copies.
 """
 from __future__ import annotations
 
@@ -46,8 +51,8 @@ DISK_HEAD = 128 << 10       # the start of the disk: partition tables, and what 
 SLOTS_KEPT = 24             # slots of the new generation held while reading
 LOAD_THREADS = 2            # slots loaded at once from a local repository (its page cache)
 STORE_LOAD_THREADS = 12     # ... from object storage, where each waits for a round trip
-CARRY_SHARE = 4             # a change list that rewrites bytes of at most 1/CARRY_SHARE of the
-                            # previous copies' stream chunks drops those chunks; more: search anew
+LIVE_SHARE = 2              # copies cut by changes are kept while at least 1/LIVE_SHARE of
+                            # their stream is still copied bytes; less: search anew
 
 
 def build(repo: Repository, label: str, index: FixedIndex, previous: FixedIndex | None,
@@ -59,11 +64,11 @@ def build(repo: Repository, label: str, index: FixedIndex, previous: FixedIndex 
     ``store(data)`` stores a stream chunk: (id or None for zeros, bytes stored)."""
     old = previous.copies if previous is not None and touched is not None else None
     if old is not None:
-        dropped = old.chunks_meeting(touched or [])
-        if not dropped:             # no changed byte in the copies: kept as they are
+        kept = old.cut(touched or [])
+        if kept is old:             # no changed byte in the copies: kept as they are
             return old
-        if len(dropped) * CARRY_SHARE <= len(old.ids):
-            return old.without(dropped)
+        if kept is not None and kept.copied_size * LIVE_SHARE >= kept.stream_size:
+            return kept
     with _GenerationReader(repo, label, index, old, touched or []) as reader:
         ranges = find_ranges(reader)
         if not ranges:
