@@ -23,7 +23,11 @@ mounted `ro,noload`, the page cache dropped, then `find MOUNT | wc -l` timed: on
 mount (*first*: the mount's own cache cold too) and again after dropping the page cache
 (*again*: only the kernel's caches cold). Several checkouts side by side, interleaved per
 round (``--trees OLD NEW``; each backs up the image with its own code); ``--image`` keeps
-the image between runs (building 80,000 files takes minutes):
+the image between runs (building 80,000 files takes minutes). With ``--change`` the walks are
+of an incremental: after the full backup, the guest's files change through the kernel's ext4
+(files added in new folders, rewritten, deleted, moved: ``guest_change``), and each tree
+backs the changed image up with the blocks that differ as its change list, printing what it
+stored and how much guest metadata its index keeps copied:
 
     flock /tmp/repofs-bench.lock nice -n -10 .venv/bin/python bench/bench_files.py --cold-walk \
         --size 2G --files 80000 --image /var/tmp/walk80k.img --trees OLD_TREE NEW_TREE
@@ -36,6 +40,7 @@ kernel ext4 over the repofs mount), `borg mount` + loop device + kernel ext4, `r
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import shutil
@@ -242,10 +247,61 @@ def timed_find(where: Path) -> tuple[float, int]:
     return time.monotonic() - t, out.count(b"\n")
 
 
-def cold_walk(trees: list[str], work: Path, image: Path, rounds: int, keep: Path | None = None) -> None:
+def guest_change(image: Path, changed: Path, seed: int) -> list[tuple[int, int]]:
+    """A day's work of the guest, on a copy of ``image`` made at ``changed``: through the
+    kernel's ext4 (a read-write loop mount), 2,000 new files in 40 new folders, 400 files
+    rewritten, 200 deleted, 100 moved to other folders. Returns where the two images differ,
+    in 4 KiB blocks (what changed-block tracking would report)."""
+    subprocess.run(["cp", "--sparse=always", str(image), str(changed)], check=True)
+    where = changed.parent / "rw"
+    where.mkdir(exist_ok=True)
+    size = os.path.getsize(changed) - PART_OFFSET - 33 * 512
+    loop = subprocess.run(["losetup", "-f", "--show", "-o", str(PART_OFFSET), "--sizelimit", str(size),
+                           str(changed)], capture_output=True, text=True, check=True).stdout.strip()
+    rng = random.Random(seed)
+    try:
+        subprocess.run(["mount", "-t", "ext4", loop, str(where)], check=True)
+        try:
+            files = sorted(p for p in (where / "tree").rglob("*.txt"))
+            for i in range(2000):
+                d = where / "tree" / f"new{i % 40:02}"
+                d.mkdir(exist_ok=True)
+                (d / f"added {i:05}.txt").write_bytes(rng.randbytes(rng.randrange(512, 16 * 1024)))
+            picked = rng.sample(files, 700)
+            for p in picked[:400]:
+                p.write_bytes(rng.randbytes(rng.randrange(512, 24 * 1024)))
+            for p in picked[400:600]:
+                p.unlink()
+            for k, p in enumerate(picked[600:]):
+                p.rename(where / "tree" / f"new{k % 40:02}" / f"moved {p.name}")
+        finally:
+            subprocess.run(["umount", str(where)], check=True)
+    finally:
+        subprocess.run(["losetup", "-d", loop], capture_output=True)
+    extents: list[tuple[int, int]] = []
+    with open(image, "rb") as a, open(changed, "rb") as b:
+        off = 0
+        while True:
+            x, y = a.read(MiB), b.read(MiB)
+            if not x and not y:
+                break
+            if x != y:
+                for o in range(0, max(len(x), len(y)), 4096):
+                    if x[o:o + 4096] != y[o:o + 4096]:
+                        if extents and sum(extents[-1]) == off + o:
+                            extents[-1] = (extents[-1][0], extents[-1][1] + 4096)
+                        else:
+                            extents.append((off + o, 4096))
+            off += MiB
+    return extents
+
+
+def cold_walk(trees: list[str], work: Path, image: Path, rounds: int, keep: Path | None = None,
+              change: bool = False) -> None:
     """The issue's cold walk of a loop-mounted guest through a plain mount, per tree and round.
     ``keep``: each tree's repository is kept there (and reused when present: backed up
-    beforehand, the measured part is only mounts and walks)."""
+    beforehand, the measured part is only mounts and walks). ``change``: the walks are of an
+    incremental made after ``guest_change`` (its change list given), not of the full backup."""
     repos = {}
     for i, tree in enumerate(trees):
         repo = repos[tree] = (keep or work) / f"repo{i}"
@@ -256,6 +312,19 @@ def cold_walk(trees: list[str], work: Path, image: Path, rounds: int, keep: Path
                        capture_output=True)
         subprocess.run([PY, "-m", "repofs.cli", "backup", f"file:{image}", "--vm", VM, "-r", str(repo)],
                        env=env, cwd=tree, check=True, capture_output=True)
+    if change:
+        (work / "changed").mkdir(exist_ok=True)
+        changed = work / "changed" / image.name
+        extents = guest_change(image, changed, seed=5)
+        (work / "changes.json").write_text(json.dumps([list(e) for e in extents]))
+        print(f"guest change: {len(extents)} extents, {sum(n for _, n in extents)} bytes", flush=True)
+        for tree in trees:
+            out = subprocess.run([PY, "-m", "repofs.cli", "backup", f"file:{changed}", "--vm", VM, "-r",
+                                  str(repos[tree]), "--changed-extents", str(work / "changes.json"), "--json"],
+                                 env=tree_env(tree, work), cwd=tree, check=True, capture_output=True).stdout
+            d = json.loads(out)["disks"][0]
+            print(f"incremental {tree}: stored {d['new_bytes']} bytes in {d['new_chunks']} chunks, "
+                  f"guest metadata copied {d['copied_bytes']} bytes", flush=True)
     mnt, where = work / "mnt", work / "guest"
     mnt.mkdir(exist_ok=True)
     where.mkdir(exist_ok=True)
@@ -309,6 +378,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, help="--cold-walk: rounds (default 2)")
     ap.add_argument("--image", default=None, help="--cold-walk: the image, built there if missing, kept")
     ap.add_argument("--repos", default=None, help="--cold-walk: keep the trees' repositories there, reuse them")
+    ap.add_argument("--change", action="store_true",
+                    help="--cold-walk: walk an incremental made after a day's change of the guest's files")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench_files: needs root (loop devices, mounts, drop_caches)")
@@ -326,7 +397,7 @@ def main() -> None:
                 print(f"image {size / 2**30:.1f} GiB, {entries} entries, built in {time.monotonic() - t:.0f}s",
                       flush=True)
             cold_walk([str(Path(t).resolve()) for t in args.trees], work, image, args.rounds,
-                      Path(args.repos) if args.repos else None)
+                      Path(args.repos) if args.repos else None, args.change)
         finally:
             fuse_unmount(work / "mnt")
             shutil.rmtree(work, ignore_errors=True)

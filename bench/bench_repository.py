@@ -67,12 +67,14 @@ def main() -> None:
         print(f"# image {parse_size(a.size)} bytes, {allocated} allocated, change list {changed_bytes} bytes "
               f"in {len(changes)} extents", flush=True)
         limit: Run | None = None
+        growth: dict[str, int] = {}     # per chunk size: the incremental's growth in bytes stored
         for cs in a.chunk_sizes.split(","):
             r = os.path.join(work, f"repofs-{cs}")
             run(repofs("init", "-r", r, "--chunk-size", str(parse_size(cs))), env=env)
             warm(img)
             full = run(repofs("backup", f"file:{img}", "--vm", "bench", "-r", r), env=env)
             stored_full = du(r)
+            bytes_full = du(r, apparent=True)
             shutil.copyfile(img2, img)  # the disk moves on to version 2
             warm(img)
             inc = run(repofs("backup", f"file:{img}", "--vm", "bench", "-r", r, "--changed-extents",
@@ -87,9 +89,15 @@ def main() -> None:
                 os.unlink(copy)
             shutil.copyfile(gen1, img)
             rows.append((f"repofs {cs}", full, inc, res, stored_full, du(r), ok))
+            growth.setdefault(cs, du(r, apparent=True) - bytes_full)
         if not a.no_peers:
             rows += peers(work, img, img2, gen1, env)
         report(rows, parse_size(a.size), allocated, changed_bytes, limit)
+        union = len(set().union(*(range(o // 4096, -(-(o + n) // 4096)) for o, n in changes))) * 4096
+        for cs, grown in growth.items():
+            print(f"repofs {cs}: the incremental's stored bytes grew by {grown / 1e6:.2f} MB (disk blocks: "
+                  f"the table's columns) for a change list of {changed_bytes / 1e6:.2f} MB, "
+                  f"{union / 1e6:.2f} MB once overlapping extents count once (target: no more)")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -165,14 +165,17 @@ def warm(path: str) -> None:
             pass
 
 
-def du(path: str) -> int:
+def du(path: str, *, apparent: bool = False) -> int:
+    """The disk blocks the files below ``path`` take, or with ``apparent`` their sizes (the
+    bytes stored, without the file system's rounding up to whole blocks)."""
     total = 0
     for dirpath, _d, files in os.walk(path):
         for f in files:
             try:
-                total += os.lstat(os.path.join(dirpath, f)).st_blocks * 512
+                st = os.lstat(os.path.join(dirpath, f))
             except OSError:
-                pass
+                continue
+            total += st.st_size if apparent else st.st_blocks * 512
     return total
 
 

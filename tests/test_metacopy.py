@@ -15,6 +15,7 @@ import pytest
 from fixtures_images import PASSPHRASE as GUEST_PASSPHRASE
 from fixtures_repo import CLI, PASSPHRASE, cli_env, make_ext4_image, write_tree
 
+from format.fixedindex import HOLE
 from format.repository import Repository
 from repofs.guest.guestfs import GuestGeneration
 from repofs.view.tree import RepositoryView
@@ -445,3 +446,33 @@ def test_incremental_searches_anew_once_less_than_half_is_still_copied(tmp_path:
     copies = view.generations("vm")[-1].disks[0].index.copies
     assert copies.ranges == first.ranges and copies.ids == first.ids and copies.gaps is None
     assert report["disks"][0]["copied_bytes"] == first.stream_size
+
+
+def test_a_slot_read_whole_keeps_its_copies_where_they_are_its_bytes(cli: CLI, tmp_path: Path):
+    """A change list of 17 pages in one slot makes the backup read that slot whole: the copies
+    lose the listed pages only, the rest of the slot's copied bytes are kept after being
+    compared with what was read — and a page that changed without being listed (read with the
+    slot) is cut too, so the copies never disagree with the slots."""
+    img, _files, _report = ext4_backup(cli, tmp_path, seed=9, files=120, size_mib=64)
+    view, _ = open_view(cli)
+    first = view.generation("vm").disks[0].index.copies
+    copied = {p for off, n in first.ranges for p in range(off, off + n, 4096)}
+    slot = max(range(1, 8), key=lambda s: sum(1 for p in copied if p // MiB == s))
+    listed = [slot * MiB + k * 16384 for k in range(17)]        # apart: 17 pieces, too many
+    stray = next(p for p in sorted(copied) if p // MiB == slot and p not in listed)
+    with open(img, "r+b") as f:                                  # listed: rewritten unchanged
+        f.seek(stray)
+        f.write(b"\xee" * 512)
+    report = backup(cli, img, [(p, 4096) for p in listed])
+    assert report["disks"][0]["patched_slots"] == 0              # the slot was read whole
+    view, _ = open_view(cli)
+    disk = view.generations("vm")[-1].disks[0]
+    copies = disk.index.copies
+    lost = {p for p in copied if p in listed or p == stray}
+    assert copies.copied_size == first.copied_size - 4096 * len(lost)
+    assert copies.stream_size == first.stream_size and copies.stream_pos(stray, 512) is None
+    assert all(cid in (first.ids[k], HOLE) for k, cid in enumerate(copies.ids))   # no search
+    image = img.read_bytes()
+    for off, n in copies.ranges:
+        assert disk.read(off, n) == by_chunks(disk, off, n) == image[off:off + n]
+    assert disk.read(stray, 512) == b"\xee" * 512

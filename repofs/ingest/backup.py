@@ -180,10 +180,11 @@ class _DiskIngest:
                 known.add(cid)  # type: ignore[arg-type]
             return cid, stored
         # what this backup rewrote: in slot order, so ascending and never overlapping
-        touched = [read for item in work for read in _item_reads(index, item)] \
-            if source.extents_are_changes and previous is not None else None
+        incremental = source.extents_are_changes and previous is not None
+        touched = [read for item in work for read in _item_reads(index, item)] if incremental else None
+        changed = _changed_spans(index, source) if incremental else None
         try:
-            index.copies = metacopy.build(self.repo, source.label, index, previous, touched, store)
+            index.copies = metacopy.build(self.repo, source.label, index, previous, touched, store, changed)
         except Exception as e:  # noqa: BLE001 (an optional copy never fails a backup)
             log.warning("disk %s: guest metadata not copied (%s)", source.label, e)
             index.copies = None
@@ -439,12 +440,9 @@ def _plan(repo: Repository, source: DiskSource, parent_index: FixedIndex | None,
     return index, [Work(n, None, ()) for n in chunks_touched(source.extents(), cs, source.capacity)]
 
 
-def _patch_or_whole(index: FixedIndex, n: int, changed: list[tuple[int, int]]) -> Work:
-    """Slot ``n`` with ``changed`` ranges: as pieces over its previous content, with the earlier
-    pieces they do not cover, while all of them add up to less than the slot and number at most
-    ``MAX_PIECES``; else whole (then only the bytes the changes do not cover, if any, are
-    stored again)."""
-    _, length = index.chunk_range(n)
+def _widened(changed: list[tuple[int, int]], length: int) -> list[tuple[int, int]]:
+    """A slot's changed ``(start, end)`` ranges widened to ``PIECE_ALIGN`` boundaries, clipped
+    to its ``length``, those that then touch joined."""
     ranges: list[tuple[int, int]] = []
     for lo, hi in changed:
         lo, hi = lo - lo % PIECE_ALIGN, min(length, -(-hi // PIECE_ALIGN) * PIECE_ALIGN)
@@ -452,6 +450,25 @@ def _patch_or_whole(index: FixedIndex, n: int, changed: list[tuple[int, int]]) -
             ranges[-1] = (ranges[-1][0], max(ranges[-1][1], hi))
         else:
             ranges.append((lo, hi))
+    return ranges
+
+
+def _changed_spans(index: FixedIndex, source: DiskSource) -> list[tuple[int, int]]:
+    """The disk spans ``(offset, length)`` a change list says changed, widened as pieces are:
+    ascending, apart. Inside a slot read whole they are less than what was read."""
+    cs = index.chunk_size
+    return [(n * cs + lo, hi - lo)
+            for n, ranges in slot_ranges(clip_extents(source.extents(), source.capacity), cs)
+            for lo, hi in _widened(ranges, index.chunk_range(n)[1])]
+
+
+def _patch_or_whole(index: FixedIndex, n: int, changed: list[tuple[int, int]]) -> Work:
+    """Slot ``n`` with ``changed`` ranges: as pieces over its previous content, with the earlier
+    pieces they do not cover, while all of them add up to less than the slot and number at most
+    ``MAX_PIECES``; else whole (then only the bytes the changes do not cover, if any, are
+    stored again)."""
+    _, length = index.chunk_range(n)
+    ranges = _widened(changed, length)
     kept = tuple(p for p in index.pieces(n)
                  if not any(lo <= p[0] and p[0] + p[1] <= hi for lo, hi in ranges))
     covered = sum(hi - lo for lo, hi in ranges) + sum(p[1] for p in kept)

@@ -19,13 +19,17 @@ The bytes are read from the new generation as stored — its index and chunks, n
 source again — so copies and chunks cannot disagree. A backup with a change list keeps the
 previous generation's copies when no changed byte falls inside them (the metadata did not
 change, so neither did what the search would find). When changed bytes fall inside them, it
-cuts exactly those bytes out of the copied ranges and keeps everything else where it lies in
+cuts exactly those bytes — the change list's, widened to pages as pieces are — out of the
+copied ranges and keeps everything else where it lies in
 the stream, every stream chunk under its id (``Copies.cut``: the cut bytes become gaps of the
 stream, an index version 2): the changed metadata is then read from the disk's slots — from
 the pieces this incremental stores for it, which hold the changed bytes and little else — so
 no byte is stored twice and no search runs (the search reads every inode table and directory
 through the generation, a quarter of a second for the 8 GiB data set, whatever the change).
-Metadata the guest adds is written, so it lies in the changed bytes too (a search would add
+A slot read whole (its pieces would be too many) holds bytes beyond the change list: the
+copied ones among them are compared with what was read, and any page that differs is cut
+too (``_verified``), so the copies never disagree with the slots. Metadata the guest adds is
+written, so it lies in the changed bytes too (a search would add
 little else: the blocks after a new directory's, which the kernel reads ahead). Cuts add up
 over incrementals; once less than half of the stream is still copied bytes, the backup
 searches again (the copies packed anew, as a full backup makes them), with every read that
@@ -56,15 +60,18 @@ LIVE_SHARE = 2              # copies cut by changes are kept while at least 1/LI
 
 
 def build(repo: Repository, label: str, index: FixedIndex, previous: FixedIndex | None,
-          touched: list[tuple[int, int]] | None, store: Callable[[bytes], tuple[bytes | None, int]]
-          ) -> Copies | None:
+          touched: list[tuple[int, int]] | None, store: Callable[[bytes], tuple[bytes | None, int]],
+          changed: list[tuple[int, int]] | None = None) -> Copies | None:
     """The copies for the new ``index`` of disk ``label``. ``touched``: the disk ranges this
     backup wrote — ascending, none overlapping — when it started from ``previous`` (a change
-    list), else None.
+    list), else None; ``changed``: those of them the change list names (ascending, apart;
+    None: all of ``touched``) — a slot read whole is touched beyond its changes.
     ``store(data)`` stores a stream chunk: (id or None for zeros, bytes stored)."""
     old = previous.copies if previous is not None and touched is not None else None
     if old is not None:
-        kept = old.cut(touched or [])
+        kept = old.cut(changed if changed is not None else touched or [])
+        if kept is not None and changed is not None:
+            kept = _verified(repo, label, index, kept, _subtract(touched or [], changed))
         if kept is old:             # no changed byte in the copies: kept as they are
             return old
         if kept is not None and kept.copied_size * LIVE_SHARE >= kept.stream_size:
@@ -75,6 +82,67 @@ def build(repo: Repository, label: str, index: FixedIndex, previous: FixedIndex 
             return None
         ids = [store(chunk)[0] or HOLE for chunk in _cut(reader.read_ranges(ranges), repo.chunk_size)]
     return Copies(ranges, ids, repo.chunk_size)
+
+
+def _verified(repo: Repository, label: str, index: FixedIndex, copies: Copies,
+              reread: list[tuple[int, int]]) -> Copies | None:
+    """``copies`` less the pages that differ from the new generation's where it read bytes
+    again beyond its change list (``reread``: the rest of the slots it read whole). Those
+    bytes were not said to change, so they should be the copies' — but the slots hold what
+    was read, and the copies may never say otherwise."""
+    check = _intersect(copies.ranges, reread)
+    if not check:
+        return copies
+    stream: dict[int, bytes | None] = {}
+
+    def chunk(k: int) -> bytes | None:
+        if k not in stream:
+            stream[k] = copies.chunk(k, repo.get_chunk)
+        return stream[k]
+    differ: list[tuple[int, int]] = []
+    with _GenerationReader(repo, label, index, None, []) as reader:
+        for (off, n), new in zip(check, reader.read_ranges(check), strict=True):
+            old = copies.read(off, n, chunk)
+            if old == new:
+                continue
+            for p in range(0, n, PAGE):
+                if old is None or old[p:p + PAGE] != new[p:p + PAGE]:
+                    differ.append((off + p, min(PAGE, n - p)))
+    return copies.cut(differ) if differ else copies
+
+
+def _subtract(spans: list[tuple[int, int]], minus: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The parts of ``spans`` outside ``minus`` (both ``(offset, length)``, ascending, apart)."""
+    out: list[tuple[int, int]] = []
+    j = 0
+    for off, n in spans:
+        at, end = off, off + n
+        while j < len(minus) and sum(minus[j]) <= at:
+            j += 1
+        k = j
+        while at < end and k < len(minus) and minus[k][0] < end:
+            if minus[k][0] > at:
+                out.append((at, minus[k][0] - at))
+            at = max(at, sum(minus[k]))
+            k += 1
+        if at < end:
+            out.append((at, end - at))
+    return out
+
+
+def _intersect(a: list[tuple[int, int]], b: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The spans both ``a`` and ``b`` cover (``(offset, length)``, ascending, apart)."""
+    out: list[tuple[int, int]] = []
+    i = j = 0
+    while i < len(a) and j < len(b):
+        lo, hi = max(a[i][0], b[j][0]), min(sum(a[i]), sum(b[j]))
+        if lo < hi:
+            out.append((lo, hi - lo))
+        if sum(a[i]) < sum(b[j]):
+            i += 1
+        else:
+            j += 1
+    return out
 
 
 def find_ranges(disk: "_GenerationReader") -> list[tuple[int, int]]:
