@@ -193,6 +193,62 @@ class Copies:
         pos = self.stream_pos(offset, length)
         if pos is None:
             return None
+        return self.read_stream(pos, length, chunk)
+
+    def segments(self, offset: int, length: int) -> list[tuple[int, int, int | None]]:
+        """Disk bytes [offset, offset + length) cut where copied ranges start and end, in
+        order: (disk offset, bytes, stream position; None where not copied)."""
+        out: list[tuple[int, int, int | None]] = []
+        end = offset + length
+        i = max(0, bisect.bisect_right(self._starts, offset) - 1)
+        pos = offset
+        while pos < end:
+            while i < len(self.ranges) and sum(self.ranges[i]) <= pos:
+                i += 1
+            if i == len(self.ranges) or self.ranges[i][0] >= end:
+                out.append((pos, end - pos, None))
+                break
+            start, size = self.ranges[i]
+            if start > pos:
+                out.append((pos, start - pos, None))
+                pos = start
+            take = min(start + size, end) - pos
+            out.append((pos, take, self._stream[i] + pos - start))
+            pos += take
+        return out
+
+    def cut_spans(self) -> list[tuple[int, int]]:
+        """Disk spans ``(offset, length)`` where the bytes cut out of the copies most likely
+        lie — where a reader finds the guest metadata an incremental stored as pieces, to
+        load ahead. A gap's bytes lie between the two ranges it separates: all the space
+        between them when it is at most twice the gap (a range cut in the middle: exactly
+        it), else that much at each end of it; the table does not say where ranges cut out
+        whole lay, so those may be missed (a hint only: readers fetch what they miss)."""
+        if self.gaps is None:
+            return []
+        out: list[tuple[int, int]] = []
+        prev_end = 0
+        for (start, length), gap in zip(self.ranges, self.gaps, strict=True):
+            if gap:
+                if start - prev_end <= 2 * gap:
+                    out.append((prev_end, start - prev_end))
+                else:
+                    out += [(prev_end, gap), (start - gap, gap)]
+            prev_end = start + length
+        return [(o, n) for o, n in out if n > 0]
+
+    def meets(self, offset: int, length: int) -> bool:
+        """Whether any byte of [offset, offset + length) is copied."""
+        i = max(0, bisect.bisect_right(self._starts, offset) - 1)
+        while i < len(self.ranges) and self.ranges[i][0] < offset + length:
+            if sum(self.ranges[i]) > offset:
+                return True
+            i += 1
+        return False
+
+    def read_stream(self, pos: int, length: int, chunk: Callable[[int], "bytes | None"]) -> bytes | None:
+        """Stream bytes [pos, pos + length), chunk ``k`` given by ``chunk(k)``; None unless
+        every chunk is at hand."""
         parts = []
         for k, inner, take in self.stream_parts(pos, length):
             data = chunk(k)
@@ -305,6 +361,15 @@ class FixedIndex:
             self.patches[number] = pieces
         else:
             self.patches.pop(number, None)
+
+    def piece_covering(self, number: int, offset: int, length: int) -> Piece | None:
+        """The piece of slot ``number`` that alone holds its bytes [offset, offset + length)
+        — the last one laid over any of them, when it covers them all — else None."""
+        for piece in reversed(self.patches.get(number, ())):
+            off, n, _cid = piece
+            if off < offset + length and offset < off + n:
+                return piece if off <= offset and offset + length <= off + n else None
+        return None
 
     def key(self, number: int) -> bytes | None:
         """A name for the slot's bytes, for caches: the base id when the slot has no pieces,

@@ -142,3 +142,37 @@ def test_the_format_rules_of_gaps_are_the_readers():
         mutate(bad)
         with pytest.raises(CorruptObject, match="copy table"):
             FixedIndex.decode(bytes(bad), "d")
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_segments_cut_a_read_where_copied_ranges_start_and_end(seed: int):
+    """``segments`` covers the read in order, each part copied (at the stream position a
+    range gives it) or not, and ``meets`` says whether any part is; ``cut_spans`` holds every
+    byte a cut took out."""
+    rng = random.Random(2000 + seed)
+    disk = random_disk(rng)
+    copies, stream = table(rng, disk)
+    cut = copies.cut([(rng.randrange(0, CAPACITY), rng.randrange(1, 6 * CS)) for _ in range(3)])
+    for c in (copies, cut):
+        if c is None:
+            continue
+        inside = covered(c.ranges)
+        for _ in range(50):
+            off = rng.randrange(0, CAPACITY - 1)
+            n = rng.randrange(1, min(8 * CS, CAPACITY - off) + 1)
+            segments = c.segments(off, n)
+            assert segments[0][0] == off and sum(s[1] for s in segments) == n
+            assert all(a[0] + a[1] == b[0] for a, b in zip(segments, segments[1:], strict=False))
+            for s_off, s_n, pos in segments:
+                assert all((b in inside) == (pos is not None) for b in range(s_off, s_off + s_n, 97))
+                if pos is not None:
+                    assert c.read_stream(pos, s_n, lambda k: stream[k * CS:(k + 1) * CS]) == disk[s_off:s_off + s_n]
+            assert c.meets(off, n) == any(pos is not None for *_x, pos in segments)
+    # bytes cut out of the middle of a range lie in the spans a reader loads ahead for them
+    (start, length) = max(copies.ranges, key=lambda r: r[1])
+    if length > 2:
+        middle = copies.cut([(start + length // 3, max(1, length // 3))])
+        assert middle is not None and middle is not copies
+        gone = covered(copies.ranges) - covered(middle.ranges)
+        assert gone and gone <= covered(middle.cut_spans())
+

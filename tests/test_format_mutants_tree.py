@@ -212,6 +212,16 @@ def test_copied_ranges_read_from_the_copy_stream(patched):
     assert fresh.read_if_cached(0, 10) is None
 
 
+def test_a_read_meets_the_copies_when_any_byte_is_copied(patched):
+    path, data, _stream_id, ranges = patched
+    d = _disk(path)
+    (first, flen), *_ = ranges
+    assert d.meets_copies(first - 1, 2) and d.meets_copies(first + flen - 1, 2) and d.meets_copies(0, 2 * CS)
+    assert not d.meets_copies(first - 50, 50) and not d.meets_copies(first + flen, 1)
+    assert d.read(first - 10, flen + 20) == data[first - 10:first + flen + 10]   # copies and slots joined
+    assert not _disk(path, "q").meets_copies(first, 10)
+
+
 def test_a_damaged_copy_stream_falls_back_to_the_slots(patched):
     path, data, stream_id, _ranges = patched
     repo = Repository.open(path, PASSPHRASE)

@@ -394,6 +394,20 @@ def test_incremental_cuts_its_changes_out_of_the_copies(tmp_path: Path):
     for off, n in copies.ranges:
         assert disk.read(off, n) == by_chunks(disk, off, n) == image[off:off + n]
     assert walk(new) == walk(old) == walk_of_source(tmp_path / "tree")
+    # the cut bytes come from the piece the incremental stored, not from the slot's base under
+    # it; a read across the cut joins the copies and the piece; a mount loads that piece with
+    # the copies
+    view, store = open_view(cli)
+    disk = view.generations("vm")[-1].disks[0]
+    (piece,) = [cid for _o, _n, cid in disk.index.pieces(change[0] // disk.chunk_size)]
+    assert disk.in_pieces(*change) and not disk.in_pieces(change[0], change[1] + 4096)
+    assert disk.cut_pieces_to_load(1 << 20) == [piece]
+    assert disk.read(*change) == new_bytes and store.fetched == [piece]
+    view, store = open_view(cli)
+    disk = view.generations("vm")[-1].disks[0]
+    assert disk.read(64 << 10, 64 << 10) == image[64 << 10:128 << 10]
+    assert piece in store.fetched and set(store.fetched) <= {piece, *copies.ids}
+    assert disk.index.get(change[0] // disk.chunk_size) not in store.fetched
     # the index is sealed as version 2: a reader before gaps refuses it as unsupported
     path = next((cli.repo / "indexes").glob(f"*/{new.disks[0].entry.index}"))
     assert path.read_bytes()[4] == 2

@@ -36,7 +36,7 @@ import stat
 import time
 import weakref
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Any, Callable
 
 import pyfuse3
 import trio
@@ -578,11 +578,12 @@ class RepofsOperations(pyfuse3.Operations):
         stream = handle.advance(off, length)
         if self._nursery is None or self._window.start <= 0 or stream.streak < 1:
             return
-        if disk.copied(off, length):
+        if disk.meets_copies(off, length) or disk.in_pieces(off, length):
             # served from the guests' metadata copies: a file system reading its inode
             # tables or directories block after block (a loop-mounted walk), not a stream of
             # the disk's data — loading the disk's chunks ahead of it would only push the
-            # copies out of the cache (a walk of 80,000 files loaded ~1,800 chunks so)
+            # copies out of the cache (a walk of 80,000 files loaded ~1,800 chunks so); or
+            # from an incremental's pieces, which hold what it cut out of the copies
             return
         current = (off + length - 1) // disk.chunk_size
         if stream.depth == 0:
@@ -602,7 +603,7 @@ class RepofsOperations(pyfuse3.Operations):
         that their fetches overlap instead of following one another (one round trip each on
         object storage)."""
         numbers = disk.chunks_for(off, size)
-        if len(numbers) < 2 or self._nursery is None or disk.copied(off, size):
+        if len(numbers) < 2 or self._nursery is None or disk.copied(off, size) or disk.in_pieces(off, size):
             return
         for n in self._read_ahead.claim(disk, numbers[1:]):
             self._nursery.start_soon(self._prefetch, disk, n)
@@ -613,19 +614,22 @@ class RepofsOperations(pyfuse3.Operations):
         load every chunk of the copies in the background, once per disk, so that the walk's
         reads find them cached instead of each waiting for the next one. Only when the copies
         take at most a quarter of the cache (a few MiB for 100,000 files)."""
-        if self._nursery is None or disk in self._copies_loaded or not disk.copied(off, size):
+        if self._nursery is None or disk in self._copies_loaded or not disk.meets_copies(off, size):
             return
         self._copies_loaded.add(disk)
         for k in disk.copies_to_load(self.view.cache.max_bytes // 4):
-            self._nursery.start_soon(self._load_copy, disk, k)
+            self._nursery.start_soon(self._load_ahead, disk, disk.load_copy, k)
+        # and the pieces holding the metadata an incremental cut out of them
+        for cid in disk.cut_pieces_to_load(self.view.cache.max_bytes // 8):
+            self._nursery.start_soon(self._load_ahead, disk, disk.load_piece, cid)
 
-    async def _load_copy(self, disk: DiskView, k: int) -> None:
+    async def _load_ahead(self, disk: DiskView, load: Callable[[Any], None], what: Any) -> None:
+        """``load(what)`` in a read-ahead thread: a chunk of the copies, or a piece."""
         try:
             with trio.move_on_after(self.settings.io_timeout):
-                await trio.to_thread.run_sync(disk.load_copy, k, abandon_on_cancel=True,
-                                              limiter=self._ra_limiter)
+                await trio.to_thread.run_sync(load, what, abandon_on_cancel=True, limiter=self._ra_limiter)
         except Exception as e:  # advisory, like read-ahead: the read reports errors
-            log.debug("loading copy chunk %d of disk %s failed: %s", k, disk.label, e)
+            log.debug("loading ahead for disk %s failed: %s", disk.label, e)
 
     async def _build_prefill(self, node: Node) -> None:
         """In the background: the metadata of the flat file's ext volumes (``repofs.mount.prefill``)."""

@@ -125,10 +125,12 @@ class DiskView:
                 return index.copies.chunk(k, cache.peek)  # type: ignore[union-attr]
             except CorruptObject:     # read() reports it, or reads the slots
                 return None
-        data = self._copied(offset, size, streamed)
+        def peek(cid: bytes, _offset: int) -> bytes | None:
+            return cache.peek(cid)
+        data = self._copied(offset, size, streamed, cached, peek)
         if data is not _MISSING:
             return data  # type: ignore[return-value]
-        return self._gather(offset, size, cached)
+        return self._pieces(offset, size, cached, peek)
 
     def needs_fetch(self, number: int) -> bool:
         """Whether chunk ``number`` exists, is stored (not a hole) and is not cached."""
@@ -143,11 +145,11 @@ class DiskView:
         if a stream chunk is damaged)."""
         self.index  # noqa: B018 (loaded before the copies are consulted)
         try:
-            data = self._copied(offset, size, self._stream_chunk)
+            data = self._copied(offset, size, self._stream_chunk, self._chunk, self._piece)
         except DiskReadError:   # a damaged copy: the slots hold the same bytes (check names it)
             data = _MISSING
         if data is _MISSING:
-            data = self._gather(offset, size, self._chunk)
+            data = self._pieces(offset, size, self._chunk, self._piece)
         assert isinstance(data, bytes)
         return data
 
@@ -161,13 +163,90 @@ class DiskView:
         copies = self.index.copies
         return copies is not None and copies.stream_pos(offset, size) is not None
 
-    def _copied(self, offset: int, size: int, chunk: Callable[[int], "bytes | None"]) -> bytes | object:
-        """The bytes from the copies' stream (its chunks from ``chunk(k)``), or ``_MISSING``
-        when they are not all inside one copied range or a stream chunk is not at hand."""
+    def meets_copies(self, offset: int, size: int) -> bool:
+        """Whether any byte of [offset, offset+size) is copied: a read of the guest's
+        file-system metadata (the rest of it, what an incremental cut out of the copies, in
+        its pieces), not a stream of the disk's data to read ahead of."""
+        copies = self.index.copies
+        return copies is not None and copies.meets(offset, size)
+
+    def in_pieces(self, offset: int, size: int) -> bool:
+        """Whether every byte of [offset, offset+size) lies in a piece that alone holds it
+        (an incremental's changed bytes): a read of a few KiB, not of the slots under it."""
+        index, cs = self.index, self.chunk_size
+        if not index.patches or size <= 0:
+            return False
+        pos, end = offset, min(offset + size, self.capacity)
+        while pos < end:
+            number, inner = divmod(pos, cs)
+            take = min(cs - inner, end - pos)
+            if index.piece_covering(number, inner, take) is None:
+                return False
+            pos += take
+        return pos > offset
+
+    def _copied(self, offset: int, size: int, chunk: Callable[[int], "bytes | None"],
+                slot: Callable[[int], "bytes | None | object"],
+                piece: Callable[[bytes, int], "bytes | None"]) -> bytes | object:
+        """The bytes of a read that meets the copies: the copied parts from the copies'
+        stream (its chunks from ``chunk(k)``), the others — the bytes an incremental cut out
+        of the copies, or what lies between them — from the slots (``slot(n)``, as
+        ``_gather`` takes it), a part inside one piece from that piece alone (``piece(id,
+        disk offset)``: its chunk, not the slot's base under it). ``_MISSING`` when the read
+        meets no copied byte or something is not at hand."""
         copies = self._index.copies if self._index is not None else None
         size = min(offset + size, self.capacity) - offset
-        data = copies.read(offset, size, chunk) if copies is not None and size > 0 else None
-        return _MISSING if data is None else data
+        if copies is None or size <= 0:
+            return _MISSING
+        segments = copies.segments(offset, size)
+        if all(pos is None for _off, _n, pos in segments):
+            return _MISSING
+        parts = []
+        for off, n, pos in segments:
+            data = copies.read_stream(pos, n, chunk) if pos is not None else self._pieces(off, n, slot, piece)
+            if data is None:
+                return _MISSING
+            parts.append(data)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _pieces(self, offset: int, size: int, slot: Callable[[int], "bytes | None | object"],
+                piece: Callable[[bytes, int], "bytes | None"]) -> bytes | None:
+        """Bytes [offset, offset+size) clipped to the capacity from the slots, those inside one
+        piece from the piece alone (an incremental's changed bytes, e.g. the guest metadata it
+        cut out of the copies: a few KiB, not the 1 MiB base under them); None when something
+        is not at hand."""
+        index, cs = self.index, self.chunk_size
+        if not index.patches:
+            return self._gather(offset, size, slot)
+        parts = []
+        pos, end = offset, min(offset + size, self.capacity)
+        while pos < end:
+            number, inner = divmod(pos, cs)
+            take = min(cs - inner, end - pos)
+            covering = index.piece_covering(number, inner, take)
+            if covering is not None:
+                off, n, cid = covering
+                data = piece(cid, number * cs + off) if cid else bytes(n)
+                if data is None:
+                    return None
+                if len(data) != n:
+                    short = CorruptObject(f"slot {number}", f"piece at {off} holds {len(data)} bytes, not {n}")
+                    raise DiskReadError(self.gen.vm, self.gen.name, self.label, number * cs + off, short)
+                parts.append(data[inner - off:inner - off + take])
+            else:
+                got = self._gather(pos, take, slot)
+                if got is None:
+                    return None
+                parts.append(got)
+            pos += take
+        return parts[0] if len(parts) == 1 else b"".join(parts) if parts else b""
+
+    def _piece(self, cid: bytes, offset: int) -> bytes:
+        """A piece's chunk, cached like any chunk (a walk reads the same ones again)."""
+        try:
+            return self.gen.repo.cache.get(cid)
+        except (CorruptObject, ObjectMissing) as e:
+            raise DiskReadError(self.gen.vm, self.gen.name, self.label, offset, e) from None
 
     def _stream_chunk(self, k: int) -> bytes | None:
         copies = self.index.copies
@@ -209,6 +288,33 @@ class DiskView:
             return []
         peek = self.gen.repo.cache.peek
         return [k for k, cid in enumerate(copies.ids) if cid != HOLE and peek(cid) is None]
+
+    def cut_pieces_to_load(self, budget: int) -> list[bytes]:
+        """The ids of the pieces holding what an incremental cut out of the copies (the guest
+        metadata it changed) that are not cached; none when they add up to more than
+        ``budget`` bytes."""
+        copies, index = self.index.copies, self.index
+        if copies is None or not index.patches:
+            return []
+        cs, peek = self.chunk_size, self.gen.repo.cache.peek
+        ids: dict[bytes, int] = {}
+        for off, n in copies.cut_spans():
+            for number in range(off // cs, (off + n - 1) // cs + 1):
+                for p_off, p_len, cid in index.pieces(number):
+                    start = number * cs + p_off
+                    if cid and start < off + n and off < start + p_len:
+                        ids[cid] = p_len
+        if sum(ids.values()) > budget:
+            return []
+        return [cid for cid in ids if peek(cid) is None]
+
+    def load_piece(self, cid: bytes) -> None:
+        """Load piece ``cid`` into the cache (read-ahead: a damaged one is reported by the
+        read that needs it)."""
+        try:
+            self._piece(cid, 0)
+        except DiskReadError:
+            pass
 
     def load_copy(self, k: int) -> None:
         """Load stream chunk ``k`` of the copies into the cache (read-ahead: a damaged one is
