@@ -34,7 +34,10 @@ holds the lock for about a minute per run instead of the whole set-up.
 
 With ``--before DIR`` (another checkout, e.g. ``git worktree add --detach DIR main``), each run
 also times that checkout's rollback, just before this checkout's, on a change of its own of the
-same share, and a backup (untimed) follows it: the two side by side under the same load.
+same share, and a backup (untimed) follows it: the two side by side under the same load. Both
+trees back up into the one repository, so the other checkout must read what this one writes:
+one from before index version 2 (docs/format.md section 6) fails its rollback ("has format
+version 2") once this checkout's backup has cut changes out of the guest-metadata copies.
 
 The test vCenter runs with ``-freeze-snapshots=false``: its model of a snapshot (a copy of each
 disk) would cost the rollback's safety snapshot a copy of the whole disk, where a real host
