@@ -67,6 +67,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
+from . import spans as spans_
 from .errors import CorruptObject
 from .idtable import HOLE, ID_SIZE, PAGE_SLOTS, IdTable
 
@@ -131,15 +132,10 @@ class Copies:
         if not self.ranges or len(self.ids) != chunk_count(self.stream_size, self.chunk_size):
             raise ValueError("copy table without ranges, or its chunk count does not match them")
         if self.gaps is not None:
-            used = self._used_chunks()
+            used = _chunks_holding([(length, pos) for (_, length), pos
+                                    in zip(self.ranges, self._stream, strict=True)], self.chunk_size)
             if any(cid != HOLE for k, cid in enumerate(self.ids) if k not in used):
                 raise ValueError("a stream chunk that holds no copied byte is not a hole")
-
-    def _used_chunks(self) -> set[int]:
-        cs, used = self.chunk_size, set[int]()
-        for (_, length), pos in zip(self.ranges, self._stream, strict=True):
-            used.update(range(pos // cs, (pos + length - 1) // cs + 1))
-        return used
 
     def stream_pos(self, offset: int, length: int) -> int | None:
         """Where disk bytes [offset, offset + length) start in the stream, or None unless one
@@ -263,44 +259,32 @@ class Copies:
         keeps its place in the stream (whose length stays) and every chunk its id, but a
         chunk left without a copied byte becomes a hole. ``self`` when no span meets a
         range; None when nothing is left."""
-        spans = sorted((o, o + n) for o, n in spans if n > 0)
-        kept: list[tuple[int, int, int]] = []       # (disk offset, length, stream position)
-        changed, j = False, 0
-        for (start, size), pos in zip(self.ranges, self._stream, strict=True):
-            end = start + size
-            while j < len(spans) and spans[j][1] <= start:
-                j += 1
-            at, k = start, j
-            while at < end:
-                if k < len(spans) and spans[k][0] < end:
-                    lo, hi = max(spans[k][0], at), min(spans[k][1], end)
-                    if lo < hi:
-                        changed = True
-                    if at < lo:
-                        kept.append((at, lo - at, pos + at - start))
-                    at = max(at, hi)
-                    if spans[k][1] <= end:
-                        k += 1
-                    else:
-                        break
-                else:
-                    kept.append((at, end - at, pos + at - start))
-                    break
-        if not changed:
+        kept_spans = spans_.subtract(self.ranges, spans_.merge(spans))
+        if sum(n for _, n in kept_spans) == self.copied_size:
             return self
-        if not kept:
+        if not kept_spans:
             return None
+        kept = []                                   # (disk offset, length, stream position)
+        for off, n in kept_spans:
+            i = bisect.bisect_right(self._starts, off) - 1
+            kept.append((off, n, self._stream[i] + off - self.ranges[i][0]))
         ranges = [(off, length) for off, length, _ in kept]
         gaps, last = [], 0
         for _off, length, pos in kept:
             gaps.append(pos - last)
             last = pos + length
-        cs = self.chunk_size
-        used = set[int]()
-        for _, length, pos in kept:
-            used.update(range(pos // cs, (pos + length - 1) // cs + 1))
+        used = _chunks_holding([(length, pos) for _, length, pos in kept], self.chunk_size)
         ids = [cid if k in used else HOLE for k, cid in enumerate(self.ids)]
-        return Copies(ranges, ids, cs, gaps, self.stream_size)
+        return Copies(ranges, ids, self.chunk_size, gaps, self.stream_size)
+
+
+def _chunks_holding(parts: list[tuple[int, int]], chunk_size: int) -> set[int]:
+    """The numbers of the stream chunks that hold a byte of ``parts`` ((length, stream
+    position) each)."""
+    used = set[int]()
+    for length, pos in parts:
+        used.update(range(pos // chunk_size, (pos + length - 1) // chunk_size + 1))
+    return used
 
 
 @dataclass

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from fixtures_mount import DISK, PART_OFFSET, MountSource, mounted, needs_root_tools, resident
+from format import spans
 from repofs.guest import extmeta
 from repofs.mount import prefill
 
@@ -42,7 +43,7 @@ def test_metadata_ranges_are_the_walks_blocks(mount_source: MountSource, tmp_pat
     part.write_bytes(image[PART_OFFSET:])
     ranges = partition_ranges(image)
     block = int(re.search(r"Block size:\s+(\d+)", debugfs(part, "stats")).group(1))
-    assert ranges == extmeta.coalesce(ranges) and len(ranges) > 1
+    assert ranges == spans.merge(ranges) and len(ranges) > 1
     dirs = {"/"} | {"/" + str(Path(rel).parents[i]) for rel in mount_source.tree
                     for i in range(len(Path(rel).parents) - 1)}
     for d in sorted(dirs):

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import BinaryIO, Callable
 
+from format import spans
+
 from .ext4 import Ext4, Ext4Error
 
 
@@ -57,18 +59,7 @@ def metadata_ranges(fh: BinaryIO, limit: int,
         _collect(Ext4(fh), out)
     except (_Full, Ext4Error):
         pass
-    return coalesce(out.items)
-
-
-def coalesce(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    merged: list[tuple[int, int]] = []
-    for off, length in sorted(ranges):
-        if merged and off <= merged[-1][0] + merged[-1][1]:
-            last_off, last_len = merged[-1]
-            merged[-1] = (last_off, max(last_len, off + length - last_off))
-        else:
-            merged.append((off, length))
-    return merged
+    return spans.merge(out.items)
 
 
 def _collect(fs: Ext4, out: _Ranges) -> None:

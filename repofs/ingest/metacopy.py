@@ -44,6 +44,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
+from format import spans
 from format.fixedindex import HOLE, Copies, FixedIndex
 from format.repository import Repository
 
@@ -71,7 +72,7 @@ def build(repo: Repository, label: str, index: FixedIndex, previous: FixedIndex 
     if old is not None:
         kept = old.cut(changed if changed is not None else touched or [])
         if kept is not None and changed is not None:
-            kept = _verified(repo, label, index, kept, _subtract(touched or [], changed))
+            kept = _verified(repo, label, index, kept, spans.subtract(touched or [], changed))
         if kept is old:             # no changed byte in the copies: kept as they are
             return old
         if kept is not None and kept.copied_size * LIVE_SHARE >= kept.stream_size:
@@ -90,7 +91,7 @@ def _verified(repo: Repository, label: str, index: FixedIndex, copies: Copies,
     again beyond its change list (``reread``: the rest of the slots it read whole). Those
     bytes were not said to change, so they should be the copies' — but the slots hold what
     was read, and the copies may never say otherwise."""
-    check = _intersect(copies.ranges, reread)
+    check = spans.intersect(copies.ranges, reread)
     if not check:
         return copies
     stream: dict[int, bytes | None] = {}
@@ -109,40 +110,6 @@ def _verified(repo: Repository, label: str, index: FixedIndex, copies: Copies,
                 if old is None or old[p:p + PAGE] != new[p:p + PAGE]:
                     differ.append((off + p, min(PAGE, n - p)))
     return copies.cut(differ) if differ else copies
-
-
-def _subtract(spans: list[tuple[int, int]], minus: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """The parts of ``spans`` outside ``minus`` (both ``(offset, length)``, ascending, apart)."""
-    out: list[tuple[int, int]] = []
-    j = 0
-    for off, n in spans:
-        at, end = off, off + n
-        while j < len(minus) and sum(minus[j]) <= at:
-            j += 1
-        k = j
-        while at < end and k < len(minus) and minus[k][0] < end:
-            if minus[k][0] > at:
-                out.append((at, minus[k][0] - at))
-            at = max(at, sum(minus[k]))
-            k += 1
-        if at < end:
-            out.append((at, end - at))
-    return out
-
-
-def _intersect(a: list[tuple[int, int]], b: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """The spans both ``a`` and ``b`` cover (``(offset, length)``, ascending, apart)."""
-    out: list[tuple[int, int]] = []
-    i = j = 0
-    while i < len(a) and j < len(b):
-        lo, hi = max(a[i][0], b[j][0]), min(sum(a[i]), sum(b[j]))
-        if lo < hi:
-            out.append((lo, hi - lo))
-        if sum(a[i]) < sum(b[j]):
-            i += 1
-        else:
-            j += 1
-    return out
 
 
 def find_ranges(disk: "_GenerationReader") -> list[tuple[int, int]]:
@@ -176,7 +143,7 @@ def find_ranges(disk: "_GenerationReader") -> list[tuple[int, int]]:
         return []
     inside = [(off, min(off + n, disk.capacity) - off) for off, n in found if off < disk.capacity]
     ranges, total = [], 0
-    for off, n in extmeta.coalesce(inside):     # apart: touching ranges become one
+    for off, n in spans.merge(inside):     # apart: touching ranges become one
         n = min(n, LIMIT - total)
         if n <= 0:
             break

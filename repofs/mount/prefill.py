@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Callable
 
 import pyfuse3
 
+from format import spans
 from repofs.guest import extmeta
 
 if TYPE_CHECKING:
@@ -80,7 +81,7 @@ class Prefill:
                     break
                 found = extmeta.metadata_ranges(v.open(), left, v.prefetch)
                 ranges += [(v.offset + off, n) for off, n in found]
-        ranges = extmeta.coalesce([_whole_pages(off, n, capacity) for off, n in ranges])
+        ranges = spans.merge([_whole_pages(off, n, capacity) for off, n in ranges])
         if not ranges:
             return None
         pre = cls(inode, ranges)

@@ -33,6 +33,8 @@ from typing import Any
 
 from pyVmomi import vim, vmodl
 
+from format.spans import merge
+
 from restore.vsphere.errors import ChangeTrackingFailed
 from restore.vsphere.tasks import fault_text
 
@@ -59,18 +61,6 @@ class ReadPlan:
     @property
     def bytes(self) -> int | None:
         return None if self.extents is None else sum(n for _, n in self.extents)
-
-
-def merge(extents: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    out: list[list[int]] = []
-    for start, length in sorted(extents):
-        if length <= 0:
-            continue
-        if out and start <= out[-1][0] + out[-1][1]:
-            out[-1][1] = max(out[-1][1], start + length - out[-1][0])
-        else:
-            out.append([start, length])
-    return [(s, n) for s, n in out]
 
 
 def check_answer(info: Any, asked: int, capacity: int, disk: object) -> list[tuple[int, int]]:

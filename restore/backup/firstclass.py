@@ -22,8 +22,9 @@ from typing import Any, Callable, Iterator
 from pyVmomi import vim, vmodl
 
 import vddk
+from format.spans import merge
 
-from .changed import ChangedAreasRefused, ReadPlan, check_answer, collect, merge
+from .changed import ChangedAreasRefused, ReadPlan, check_answer, collect
 from restore.vsphere.errors import (AmbiguousVM, CertificateError, ChangeTrackingFailed, SnapshotFailed,
                                     SnapshotRemovalFailed, TaskFailed, VMNotFound)
 from .metadata import storage_profiles

@@ -28,7 +28,9 @@ from typing import Any, Callable, Iterable
 
 import vddk
 
-from .changed import ReadPlan, merge
+from format.spans import merge
+
+from .changed import ReadPlan
 
 MAX_REQUEST = 2 << 20
 SECTOR = 512
