@@ -15,7 +15,7 @@ def covered(items: list[tuple[int, int]]) -> set[int]:
 
 def is_normal(items: list[tuple[int, int]]) -> bool:
     return all(n > 0 for _, n in items) and all(
-        a[0] + a[1] < b[0] for a, b in zip(items, items[1:]))
+        a[0] + a[1] < b[0] for a, b in zip(items, items[1:], strict=False))
 
 
 def some_spans(rng: random.Random) -> list[tuple[int, int]]:

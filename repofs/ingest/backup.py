@@ -71,6 +71,8 @@ class Work(NamedTuple):
     slot: int
     ranges: tuple[tuple[int, int], ...] | None   # inside the slot, read as pieces; None: all of it
     kept: tuple[Piece, ...]                      # previous pieces that stay under the new ones
+    changed: tuple[tuple[int, int], ...] = ()    # inside the slot: what the change list names,
+                                                 # widened as pieces are (in ``ranges``, if any)
 
 
 class IngestError(RepofsError):
@@ -182,7 +184,7 @@ class _DiskIngest:
         # what this backup rewrote: in slot order, so ascending and never overlapping
         incremental = source.extents_are_changes and previous is not None
         touched = [read for item in work for read in _item_reads(index, item)] if incremental else None
-        changed = _changed_spans(index, source) if incremental else None
+        changed = [span for item in work for span in _item_changes(index, item)] if incremental else None
         try:
             index.copies = metacopy.build(self.repo, source.label, index, previous, touched, store, changed)
         except Exception as e:  # noqa: BLE001 (an optional copy never fails a backup)
@@ -201,7 +203,7 @@ class _DiskIngest:
         read_into = getattr(source, "read_into", None)
 
         def settle(item: Work, buf: mmap.mmap | None, fut: Future) -> None:
-            n, ranges, kept = item
+            n, ranges, kept = item.slot, item.ranges, item.kept
             results = fut.result()
             if buf is not None:
                 self.buffers.give(buf)
@@ -280,11 +282,17 @@ class _DiskIngest:
 
 def _item_reads(index: FixedIndex, item: Work) -> list[tuple[int, int]]:
     """The (disk offset, length) reads one slot needs, in the order they are made."""
-    n, ranges, _kept = item
-    start, length = index.chunk_range(n)
-    if ranges is None:
+    start, length = index.chunk_range(item.slot)
+    if item.ranges is None:
         return [(start, length)]
-    return [(start + lo, hi - lo) for lo, hi in ranges]
+    return [(start + lo, hi - lo) for lo, hi in item.ranges]
+
+
+def _item_changes(index: FixedIndex, item: Work) -> list[tuple[int, int]]:
+    """The (disk offset, length) spans of one slot that its change list names, widened as
+    pieces are: all of its reads, unless it is read whole."""
+    start = index.chunk_range(item.slot)[0]
+    return [(start + lo, hi - lo) for lo, hi in item.changed]
 
 
 def backup(repo: Repository, vm: str, sources: Sequence[DiskSource], *,
@@ -453,15 +461,6 @@ def _widened(changed: list[tuple[int, int]], length: int) -> list[tuple[int, int
     return ranges
 
 
-def _changed_spans(index: FixedIndex, source: DiskSource) -> list[tuple[int, int]]:
-    """The disk spans ``(offset, length)`` a change list says changed, widened as pieces are:
-    ascending, apart. Inside a slot read whole they are less than what was read."""
-    cs = index.chunk_size
-    return [(n * cs + lo, hi - lo)
-            for n, ranges in slot_ranges(clip_extents(source.extents(), source.capacity), cs)
-            for lo, hi in _widened(ranges, index.chunk_range(n)[1])]
-
-
 def _patch_or_whole(index: FixedIndex, n: int, changed: list[tuple[int, int]]) -> Work:
     """Slot ``n`` with ``changed`` ranges: as pieces over its previous content, with the earlier
     pieces they do not cover, while all of them add up to less than the slot and number at most
@@ -473,8 +472,8 @@ def _patch_or_whole(index: FixedIndex, n: int, changed: list[tuple[int, int]]) -
                  if not any(lo <= p[0] and p[0] + p[1] <= hi for lo, hi in ranges))
     covered = sum(hi - lo for lo, hi in ranges) + sum(p[1] for p in kept)
     if covered >= length or len(ranges) + len(kept) > MAX_PIECES:
-        return Work(n, None, ())
-    return Work(n, tuple(ranges), kept)
+        return Work(n, None, (), tuple(ranges))
+    return Work(n, tuple(ranges), kept, tuple(ranges))
 
 
 def _iso(ns: int) -> str:
