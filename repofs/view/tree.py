@@ -173,17 +173,9 @@ class DiskView:
     def in_pieces(self, offset: int, size: int) -> bool:
         """Whether every byte of [offset, offset+size) lies in a piece that alone holds it
         (an incremental's changed bytes): a read of a few KiB, not of the slots under it."""
-        index, cs = self.index, self.chunk_size
-        if not index.patches or size <= 0:
-            return False
-        pos, end = offset, min(offset + size, self.capacity)
-        while pos < end:
-            number, inner = divmod(pos, cs)
-            take = min(cs - inner, end - pos)
-            if index.piece_covering(number, inner, take) is None:
-                return False
-            pos += take
-        return pos > offset
+        index = self.index
+        parts = list(self._slot_parts(offset, size)) if index.patches else []
+        return bool(parts) and all(index.piece_covering(*part) is not None for part in parts)
 
     def _copied(self, offset: int, size: int, chunk: Callable[[int], "bytes | None"],
                 slot: Callable[[int], "bytes | None | object"],
@@ -219,10 +211,7 @@ class DiskView:
         if not index.patches:
             return self._gather(offset, size, slot)
         parts = []
-        pos, end = offset, min(offset + size, self.capacity)
-        while pos < end:
-            number, inner = divmod(pos, cs)
-            take = min(cs - inner, end - pos)
+        for number, inner, take in self._slot_parts(offset, size):
             covering = index.piece_covering(number, inner, take)
             if covering is not None:
                 off, n, cid = covering
@@ -234,11 +223,10 @@ class DiskView:
                     raise DiskReadError(self.gen.vm, self.gen.name, self.label, number * cs + off, short)
                 parts.append(data[inner - off:inner - off + take])
             else:
-                got = self._gather(pos, take, slot)
+                got = self._gather(number * cs + inner, take, slot)
                 if got is None:
                     return None
                 parts.append(got)
-            pos += take
         return parts[0] if len(parts) == 1 else b"".join(parts) if parts else b""
 
     def _piece(self, cid: bytes, offset: int) -> bytes:
@@ -260,15 +248,8 @@ class DiskView:
     def _gather(self, offset: int, size: int, chunk: Callable[[int], "bytes | None | object"]) -> bytes | None:
         """Bytes [offset, offset+size) clipped to the capacity from ``chunk(number)`` — a
         slot's bytes, None for zeros, or ``_MISSING`` to give up (then None)."""
-        end = min(offset + size, self.capacity)
-        if offset >= end:
-            return b""
-        cs = self.chunk_size
         parts = []
-        pos = offset
-        while pos < end:
-            number, inner = divmod(pos, cs)
-            take = min(cs - inner, end - pos)
+        for number, inner, take in self._slot_parts(offset, size):
             data = chunk(number)
             if data is _MISSING:
                 return None
@@ -277,8 +258,18 @@ class DiskView:
             else:
                 assert isinstance(data, bytes)
                 parts.append(data if inner == 0 and take == len(data) else data[inner:inner + take])
+        return parts[0] if len(parts) == 1 else b"".join(parts) if parts else b""
+
+    def _slot_parts(self, offset: int, size: int) -> Iterator[tuple[int, int, int]]:
+        """(slot number, offset in it, bytes) covering [offset, offset+size) clipped to the
+        capacity, in order."""
+        cs = self.chunk_size
+        pos, end = offset, min(offset + size, self.capacity)
+        while pos < end:
+            number, inner = divmod(pos, cs)
+            take = min(cs - inner, end - pos)
+            yield number, inner, take
             pos += take
-        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def copies_to_load(self, budget: int) -> list[int]:
         """The stream chunks of the index's copies (the guests' metadata) that are stored and
