@@ -55,7 +55,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT / "tests"))
 from dataset import parse_size  # noqa: E402
+from fixtures_repo import diff_extents  # noqa: E402
 from measure import PY, REPOFS, drop_caches, mounted, wait_for  # noqa: E402
 MiB = 1 << 20
 PASS = "bench passphrase"
@@ -278,22 +280,7 @@ def guest_change(image: Path, changed: Path, seed: int) -> list[tuple[int, int]]
             subprocess.run(["umount", str(where)], check=True)
     finally:
         subprocess.run(["losetup", "-d", loop], capture_output=True)
-    extents: list[tuple[int, int]] = []
-    with open(image, "rb") as a, open(changed, "rb") as b:
-        off = 0
-        while True:
-            x, y = a.read(MiB), b.read(MiB)
-            if not x and not y:
-                break
-            if x != y:
-                for o in range(0, max(len(x), len(y)), 4096):
-                    if x[o:o + 4096] != y[o:o + 4096]:
-                        if extents and sum(extents[-1]) == off + o:
-                            extents[-1] = (extents[-1][0], extents[-1][1] + 4096)
-                        else:
-                            extents.append((off + o, 4096))
-            off += MiB
-    return extents
+    return diff_extents(image, changed)
 
 
 def cold_walk(trees: list[str], work: Path, image: Path, rounds: int, keep: Path | None = None,

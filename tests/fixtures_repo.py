@@ -106,3 +106,24 @@ def make_ext4_image(path: Path, size_mib: int, tree: Path, table: str = "gpt") -
 
 def images_equal(a: Path, b: Path) -> bool:
     return subprocess.run(["cmp", "-s", str(a), str(b)]).returncode == 0
+
+
+def diff_extents(a: Path, b: Path, block: int = 4096) -> list[tuple[int, int]]:
+    """Where two images of one size differ, in ``block`` units, joined where they touch:
+    what changed-block tracking would report."""
+    out: list[tuple[int, int]] = []
+    step = max(block, 1 << 20) // block * block
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        off = 0
+        while True:
+            x, y = fa.read(step), fb.read(step)
+            if not x and not y:
+                return out
+            if x != y:
+                for o in range(0, max(len(x), len(y)), block):
+                    if x[o:o + block] != y[o:o + block]:
+                        if out and sum(out[-1]) == off + o:
+                            out[-1] = (out[-1][0], out[-1][1] + block)
+                        else:
+                            out.append((off + o, block))
+            off += step

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from fixtures_images import PASSPHRASE as GUEST_PASSPHRASE
-from fixtures_repo import CLI, PASSPHRASE, cli_env, make_ext4_image, write_tree
+from fixtures_repo import CLI, PASSPHRASE, cli_env, diff_extents, make_ext4_image, write_tree
 
 from format.fixedindex import HOLE
 from format.repository import Repository
@@ -71,23 +71,6 @@ def walk(gen) -> dict[str, int]:
             if s.is_dir:
                 stack.append(f"{d}/{name}")
     return out
-
-
-def diff_extents(a: Path, b: Path, block: int = 4096) -> list[tuple[int, int]]:
-    """Where two images of one size differ, in ``block`` units."""
-    out: list[tuple[int, int]] = []
-    with open(a, "rb") as fa, open(b, "rb") as fb:
-        off = 0
-        while True:
-            x, y = fa.read(block), fb.read(block)
-            if not x:
-                return out
-            if x != y:
-                if out and out[-1][0] + out[-1][1] == off:
-                    out[-1] = (out[-1][0], out[-1][1] + block)
-                else:
-                    out.append((off, block))
-            off += block
 
 
 def ext4_backup(cli: CLI, tmp_path: Path, seed: int, files: int, size_mib: int

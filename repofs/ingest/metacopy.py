@@ -15,26 +15,25 @@ superblock and group descriptors), and what ``repofs.guest.extmeta`` finds in ea
 (used inode tables, directory blocks and their maps), widened to whole 4 KiB pages of the
 volume and of the disk (what page-aligned readers read).
 
-The bytes are read from the new generation as stored — its index and chunks, never the
-source again — so copies and chunks cannot disagree. A backup with a change list keeps the
-previous generation's copies when no changed byte falls inside them (the metadata did not
-change, so neither did what the search would find). When changed bytes fall inside them, it
-cuts exactly those bytes — the change list's, widened to pages as pieces are — out of the
-copied ranges and keeps everything else where it lies in
-the stream, every stream chunk under its id (``Copies.cut``: the cut bytes become gaps of the
-stream, an index version 2): the changed metadata is then read from the disk's slots — from
-the pieces this incremental stores for it, which hold the changed bytes and little else — so
-no byte is stored twice and no search runs (the search reads every inode table and directory
-through the generation, a quarter of a second for the 8 GiB data set, whatever the change).
-A slot read whole (its pieces would be too many) holds bytes beyond the change list: the
-copied ones among them are compared with what was read, and any page that differs is cut
-too (``_verified``), so the copies never disagree with the slots. Metadata the guest adds is
-written, so it lies in the changed bytes too (a search would add
-little else: the blocks after a new directory's, which the kernel reads ahead). Cuts add up
-over incrementals; once less than half of the stream is still copied bytes, the backup
-searches again (the copies packed anew, as a full backup makes them), with every read that
-lies inside the old copies and outside the changes
-served by the old copies.
+The bytes are read from the new generation as stored — its index and chunks, never the source
+again — so copies and chunks cannot disagree. A backup with a change list keeps the previous
+generation's copies when no changed byte falls inside them (the metadata did not change, so
+neither did what the search would find). When changed bytes fall inside them, it cuts exactly
+those bytes — the change list's, widened to pages as pieces are — out of the copied ranges
+and keeps everything else where it lies in the stream, every stream chunk under its id
+(``Copies.cut``: the cut bytes become gaps of the stream, an index version 2): the changed
+metadata is then read from the disk's slots — from the pieces this incremental stores for it,
+which hold the changed bytes and little else — so no byte is stored twice and no search runs
+(the search reads every inode table and directory through the generation, a quarter of a
+second for the 8 GiB data set, whatever the change). A slot read whole (its pieces would be
+too many) holds bytes beyond the change list: the copied ones among them are compared with
+what was read, and any page that differs is cut too (``_verified``), so the copies never
+disagree with the slots. Metadata the guest adds is written, so it lies in the changed bytes
+too (a search would add little else: the blocks after a new directory's, which the kernel
+reads ahead). Cuts add up over incrementals; once less than half of the stream is still
+copied bytes, the backup searches again (the copies packed anew, as a full backup makes
+them), with every read that lies inside the old copies and outside the changes served by the
+old copies.
 """
 from __future__ import annotations
 
