@@ -100,6 +100,7 @@ class Backend(Protocol):
     def exists(self, name: str) -> bool: ...
     def size(self, name: str) -> int: ...
     def head(self, name: str, n: int) -> tuple[bytes, int]: ...
+    def read_range(self, name: str, offset: int, n: int) -> tuple[bytes, int]: ...
     def list(self, prefix: str) -> Iterator[str]: ...
     def delete(self, name: str) -> None: ...
     def rename(self, name: str, new_name: str) -> None: ...
@@ -149,12 +150,17 @@ class LocalBackend:
 
     def head(self, name: str, n: int) -> tuple[bytes, int]:
         """The first ``n`` bytes of object ``name`` and its size, from one open."""
+        return self.read_range(name, 0, n)
+
+    def read_range(self, name: str, offset: int, n: int) -> tuple[bytes, int]:
+        """Bytes [offset, offset + n) of object ``name`` (fewer past its end) and its size,
+        from one open."""
         try:
             fd = os.open(self.path(name), os.O_RDONLY)
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise ObjectMissing(name) from None
         try:
-            return os.pread(fd, n, 0), os.fstat(fd).st_size
+            return os.pread(fd, n, offset), os.fstat(fd).st_size
         except IsADirectoryError:
             raise ObjectMissing(name) from None
         finally:

@@ -171,30 +171,76 @@ class Sealer:
                       payload: bytes | memoryview, version: int = VERSION) -> bytearray:
         if version not in VERSIONS.get(magic, (VERSION,)):
             raise ValueError(f"no version {version} of {magic!r} objects")
-        nonce = secrets.token_bytes(12) if self._aead else ZERO_NONCE
+        nonce = self.new_nonce()
         out = bytearray(HEADER.size + len(payload) + TAG_SIZE[self._cipher])
         HEADER.pack_into(out, 0, magic, version, compression, self._cipher, 0,
                          plain_len, len(payload), nonce)
-        aad = bytes(out[:HEADER.size]) + name
-        body = memoryview(out)[HEADER.size:]
-        if self._aead is not None:
-            self._aead.encrypt_into(nonce, payload, aad, body)
-        else:
-            body[:len(payload)] = payload
-            body[len(payload):] = blake3.blake3(aad).update(payload).digest()
+        self.seal_into(nonce, payload, bytes(out[:HEADER.size]) + name, memoryview(out)[HEADER.size:])
         return out
 
-    def _check_header(self, magic: bytes, head: bytes, size: int, label: str,
-                      max_plain: int) -> tuple[int, int, int, int, bytes]:
+    @property
+    def cipher(self) -> int:
+        """The cipher id objects are sealed with (``CIPHER_ID_*``)."""
+        return self._cipher
+
+    def new_nonce(self) -> bytes:
+        return secrets.token_bytes(12) if self._aead else ZERO_NONCE
+
+    def seal_into(self, nonce: bytes, data: bytes | memoryview, aad: bytes,
+                  dest: memoryview) -> None:
+        """``data ‖ tag`` into ``dest`` (exactly that long): encrypted and authenticated with
+        ``aad`` (cipher 1), or as is with ``BLAKE3(aad ‖ data)`` (cipher 0)."""
+        if self._aead is not None:
+            self._aead.encrypt_into(nonce, data, aad, dest)
+        else:
+            dest[:len(data)] = data
+            dest[len(data):] = blake3.blake3(aad).update(data).digest()
+
+    def open_sealed(self, nonce: bytes, body: bytes | memoryview, aad: bytes, label: str) -> bytes | memoryview:
+        """The data of ``body`` (``data ‖ tag``, as ``seal_into`` made it), CorruptObject
+        naming ``label`` unless its tag holds."""
+        if self._aead is not None:
+            try:
+                return self._aead.decrypt(nonce, body, aad)
+            except InvalidTag:
+                raise CorruptObject(label, "authentication failed") from None
+        cut = len(body) - TAG_SIZE[CIPHER_ID_NONE]
+        data = memoryview(body)[:max(0, cut)]
+        # (the data hashed where it lies: ``aad + data`` would copy it first)
+        if cut < 0 or blake3.blake3(aad).update(data).digest() != bytes(memoryview(body)[cut:]):
+            raise CorruptObject(label, "integrity tag mismatch")
+        return data
+
+    def decompress(self, data: bytes | memoryview, plain_len: int, label: str) -> bytes:
+        """One zstd frame that records its content size, equal to ``plain_len`` (checked
+        first, so it bounds the allocation), decompressed."""
+        _check_frame_size(data, plain_len, label)
+        try:
+            plain = self._decompressor().decompress(data, max_output_size=plain_len)
+        except zstandard.ZstdError as e:
+            raise CorruptObject(label, f"decompression failed ({e})") from None
+        if len(plain) != plain_len:
+            raise CorruptObject(label, "plaintext length does not match its header")
+        return plain
+
+    def compress(self, data: bytes | memoryview) -> bytes:
+        """One zstd frame recording its content size, at the sealer's level."""
+        return self._compressor().compress(data)
+
+    def check_header(self, magic: bytes, head: bytes | memoryview, size: int, label: str,
+                     max_plain: int, versions: tuple[int, ...] | None = None
+                     ) -> tuple[int, int, int, int, bytes]:
         """The header's (compression, cipher, plain length, payload length, nonce) once every
-        rule ``open`` and ``open_pages`` share holds for an object of ``size`` bytes."""
+        rule ``open`` and ``open_pages`` share holds for an object of ``size`` bytes, its
+        version one of ``versions`` (by default those ``VERSIONS`` gives its magic)."""
         if len(head) < HEADER.size:
             raise CorruptObject(label, "shorter than its header")
         m, version, compression, cipher, _reserved, plain_len, payload_len, nonce = \
             HEADER.unpack_from(head)
         if m != magic:
             raise CorruptObject(label, f"bad magic {m!r}")
-        if version not in VERSIONS.get(magic, (VERSION,)):
+        allowed = versions if versions is not None else VERSIONS.get(magic, (VERSION,))
+        if version not in allowed:
             raise UnsupportedFormat(f"object {label} has format version {version}")
         if compression not in (COMPRESSION_NONE, COMPRESSION_ZSTD):
             raise CorruptObject(label, f"unknown compression {compression}")
@@ -212,26 +258,10 @@ class Sealer:
         """The plaintext of ``data``; raises CorruptObject naming ``label`` on any mismatch
         (UnsupportedFormat for another format version). At most ``max_plain`` bytes."""
         compression, _cipher, plain_len, payload_len, nonce = \
-            self._check_header(magic, data[:HEADER.size], len(data), label, max_plain)
-        aad = data[:HEADER.size] + name
-        body = memoryview(data)[HEADER.size:]
-        payload: bytes | memoryview
-        if self._aead is not None:
-            try:
-                payload = self._aead.decrypt(nonce, body, aad)
-            except InvalidTag:
-                raise CorruptObject(label, "authentication failed") from None
-        else:
-            payload = body[:payload_len]
-            # (the payload hashed where it lies: ``aad + payload`` would copy it first)
-            if blake3.blake3(aad).update(payload).digest() != bytes(body[payload_len:]):
-                raise CorruptObject(label, "integrity tag mismatch")
+            self.check_header(magic, data[:HEADER.size], len(data), label, max_plain)
+        payload = self.open_sealed(nonce, memoryview(data)[HEADER.size:], data[:HEADER.size] + name, label)
         if compression == COMPRESSION_ZSTD:
-            _check_frame_size(payload, plain_len, label)
-            try:
-                plain = self._decompressor().decompress(payload, max_output_size=plain_len)
-            except zstandard.ZstdError as e:
-                raise CorruptObject(label, f"decompression failed ({e})") from None
+            plain = self.decompress(payload, plain_len, label)
         elif compression == COMPRESSION_NONE:
             plain = bytes(payload)
         else:
@@ -254,7 +284,7 @@ class Sealer:
         before it condemns anything)."""
         head = stream.read(HEADER.size)
         compression, _cipher, plain_len, payload_len, nonce = \
-            self._check_header(magic, head, size, label, max_plain)
+            self.check_header(magic, head, size, label, max_plain)
         payload = _PayloadReader(stream, payload_len, head + name, nonce, self._keys.enc_key, label)
         hasher = blake3.blake3(key=self._keys.id_key) if object_id is not None else None
         total = 0

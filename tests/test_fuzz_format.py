@@ -17,11 +17,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from format import frames
 from format.errors import CorruptObject, KeyMissing, RepositoryNotFound, UnsupportedFormat
 from format.fixedindex import FixedIndex
 from format.keys import KeyMaterial, KeyStore, wrap
 from format.manifest import DiskEntry, Manifest
 from format.repository import RepoConfig
+from format.sealed import HEADER as SEALED_HEADER
 from format.sealed import MAGIC_CHUNK, MAGIC_INDEX, Sealer
 
 LONG = os.environ.get("REPOFS_FUZZ") == "long"
@@ -294,3 +296,56 @@ def test_fuzz_gapped_index_word_set_to_extremes(word, value):
     at = 24 + 6 * 32 + 4 * word
     data[at:at + 4] = value.to_bytes(4, "little")
     _index(bytes(data))
+
+
+# -- framed chunks (chunk object version 2) ----------------------------------------------------
+
+FRAMED_PLAIN = (b"compresses " * 9000)[:70_000] + os.urandom(70_000)       # 3 frames, mixed
+FRAMED_ID = SEALER.object_id(FRAMED_PLAIN)
+FRAMED = bytes(frames.seal_chunk(SEALER, FRAMED_ID, FRAMED_PLAIN))
+
+
+def _framed(data: bytes, offset: int = 0, length: int = 1 << 20) -> None:
+    """Whole and in part: only CorruptObject or UnsupportedFormat, never more than asked."""
+    try:
+        plain = frames.open_chunk(SEALER, FRAMED_ID, data, "c", 1 << 20)
+        assert len(plain) <= 1 << 20
+    except (CorruptObject, UnsupportedFormat):
+        pass
+    try:
+        part = frames.open_part(SEALER, FRAMED_ID, lambda pos, n: (data[pos:pos + n], len(data)),
+                                "c", 1 << 20, offset, length)
+        assert part is None or len(part) <= length
+    except (CorruptObject, UnsupportedFormat):
+        pass
+
+
+@given(st.integers(0, len(FRAMED) - 1), st.integers(1, 255), st.integers(0, 200_000))
+@settings(max_examples=EXAMPLES)
+def test_fuzz_framed_chunk_flipped_byte(where, xor, offset):
+    data = bytearray(FRAMED)
+    data[where] ^= xor
+    _framed(bytes(data), offset, 5000)
+
+
+@given(st.integers(0, (SEALED_HEADER.size + 8 + 3 * 8) // 4 - 1),
+       st.sampled_from([0, 1, 4095, 4096, 65536, 2**31, 2**32 - 1]), st.integers(0, 200_000))
+@settings(max_examples=EXAMPLES)
+def test_fuzz_framed_chunk_table_word_set_to_extremes(word, value, offset):
+    """Any 4-byte word of the header and frame table (frame size, count, stored lengths)
+    set to an extreme value."""
+    data = bytearray(FRAMED)
+    data[4 * word:4 * word + 4] = value.to_bytes(4, "little")
+    _framed(bytes(data), offset, 70_000)
+
+
+@given(st.binary(max_size=400), st.integers(0, 2**20))
+@settings(max_examples=EXAMPLES)
+def test_fuzz_framed_chunk_any_bytes_after_a_valid_header(tail, offset):
+    _framed(FRAMED[:36] + tail, offset, 100)
+
+
+def test_valid_framed_chunk_round_trips():
+    assert frames.open_chunk(SEALER, FRAMED_ID, FRAMED, "c", 1 << 20) == FRAMED_PLAIN
+    read = lambda pos, n: (FRAMED[pos:pos + n], len(FRAMED))  # noqa: E731
+    assert frames.open_part(SEALER, FRAMED_ID, read, "c", 1 << 20, 65_000, 10_000) == FRAMED_PLAIN[65_000:75_000]
