@@ -293,21 +293,20 @@ class Repository:
             raise CorruptObject(name, "content does not match its id")
         return plain
 
-    def get_chunk_part(self, cid: bytes, offset: int, length: int) -> bytes:
+    def get_chunk_part(self, cid: bytes, offset: int, length: int) -> bytes | None:
         """Plaintext bytes [offset, offset + length) of chunk ``cid``, reading only the frames
-        that hold them when the chunk is framed and the repository encrypted (each frame is
-        authenticated; the chunk's id is not re-computed: the key vouches for the frame's
-        place in it). Otherwise the chunk is read whole and verified (``get_chunk``)."""
-        if self.sealer.encrypted:
-            name = chunk_name(cid)
-            try:
-                part = frames.open_part(self.sealer, cid, partial(self.backend.read_range, name), name,
-                                        self.config.chunk_size, offset, length)
-            except ObjectMissing:       # maybe moved aside by a prune: get_chunk looks there
-                part = None
-            if part is not None:
-                return part
-        return self.get_chunk(cid)[offset:offset + length]
+        that hold them (each authenticated; the chunk's id is not re-computed: the key vouches
+        for the frame's place in it) — or None when that cannot be done: the chunk is not
+        framed (version 1), the repository not encrypted, or the chunk moved aside by a prune
+        (``get_chunk`` reads it whole and looks there too). CorruptObject for damage."""
+        if not self.sealer.encrypted or self.config.chunk_size <= frames.FRAME_SIZE:
+            return None             # (chunks of at most a frame are never framed)
+        name = chunk_name(cid)
+        try:
+            return frames.open_part(self.sealer, cid, partial(self.backend.read_range, name), name,
+                                    self.config.chunk_size, offset, length)
+        except ObjectMissing:
+            return None
 
     def get_object(self, name: str) -> bytes:
         """The bytes of chunk or index ``name``, also while a prune has it moved aside in a

@@ -40,6 +40,10 @@ class CountingStore:
         self.fetched.append(cid)
         return self.repo.get_chunk(cid)
 
+    def get_chunk_part(self, cid: bytes, offset: int, length: int) -> bytes | None:
+        self.fetched.append(cid)
+        return self.repo.get_chunk_part(cid, offset, length)
+
 
 def open_view(cli: CLI) -> tuple[RepositoryView, CountingStore]:
     store = CountingStore(Repository.open(cli.repo, PASSPHRASE.encode()))

@@ -39,6 +39,7 @@ class Store:
     def __init__(self, repo: Repository):
         self.repo = repo
         self.chunk_reads = 0
+        self.part_reads = 0         # reads of part of a chunk that read only its frames
         self.gate = threading.Event()
         self.gate.set()
 
@@ -52,6 +53,13 @@ class Store:
         self.gate.wait()
         self.chunk_reads += 1
         return self.repo.get_chunk(cid)
+
+    def get_chunk_part(self, cid, offset, length):
+        self.gate.wait()
+        self.chunk_reads += 1
+        part = self.repo.get_chunk_part(cid, offset, length)
+        self.part_reads += part is not None
+        return part
 
 
 @pytest.fixture
@@ -322,6 +330,42 @@ class GatedStore(Store):
             with self._count:
                 self.waiting -= 1
                 self.chunk_reads += 1
+
+
+def test_random_reads_fetch_only_the_frames_holding_them(tmp_path: Path) -> None:
+    """1 MiB chunks (framed): reads of 4 KiB that continue no stream read the 64 KiB frames
+    holding them, not their chunks, and are cached as frames; a stream reads whole chunks."""
+    big = 1 << 20
+    image = tmp_path / "big.img"
+    image.write_bytes(random.Random(3).randbytes(4 * big))
+    data = image.read_bytes()
+    make_repo(tmp_path / "repo", chunk_size=big)
+    gen = backup_image(tmp_path / "repo", image, vm=VM, label="d0")
+    store = Store(Repository.open(tmp_path / "repo", PASSPHRASE))
+    ops = RepofsOperations(RepositoryView(store, 64 << 20), MountSettings(readahead_chunks=2))
+    disk = ops.view.generation(VM).disk("d0")
+    rng = random.Random(4)
+    offsets = [rng.randrange(0, 3 * big) & ~4095 for _ in range(60)]
+
+    async def main():
+        fh = await _open_flat(ops, gen)
+        frames_seen = set()
+        for off in offsets:
+            assert await ops.read(fh, off, 4096) == data[off:off + 4096]
+            frames_seen.add(off // (64 << 10))
+        # one fetch per frame met, each only part of its chunk; no chunk loaded whole
+        assert store.part_reads == store.chunk_reads == len(frames_seen)
+        assert not any(disk.chunk_is_cached(n) for n in range(4))
+        for off in offsets[:10]:                     # again: from the cached frames
+            assert await ops.read(fh, off, 4096) == data[off:off + 4096]
+        assert store.chunk_reads == len(frames_seen)
+        # a stream: its first read may take frames, then whole chunks
+        reads = store.part_reads
+        for off in range(3 * big, 4 * big, 128 << 10):
+            assert await ops.read(fh, off, 128 << 10) == data[off:off + (128 << 10)]
+        assert store.part_reads - reads <= 2 and disk.chunk_is_cached(3)
+        await ops.release(fh)
+    trio.run(main)
 
 
 @pytest.fixture

@@ -58,6 +58,9 @@ LINK_MODE = stat.S_IFLNK | 0o777
 # generation folders and their files never change.
 SHORT_TIMEOUT = 1.0
 LONG_TIMEOUT = 3600.0
+# a read at most this long that continues no stream reads only the frames holding it
+# (``DiskView.read_frames``); longer ones, and streams, read whole chunks
+RANDOM_READ_MAX = 256 * 1024
 
 
 @dataclass
@@ -516,8 +519,13 @@ class RepofsOperations(pyfuse3.Operations):
         # Queue read-ahead before waiting for this read, so the next chunks decompress
         # while this one does.
         data = disk.read_if_cached(off, size)
-        self._note_access(handle, disk, off, max(0, min(size, disk.capacity - off)), waits=data is None)
-        if data is None:
+        streaming = self._note_access(handle, disk, off, max(0, min(size, disk.capacity - off)),
+                                      waits=data is None)
+        if data is None and not streaming and size <= RANDOM_READ_MAX and disk.framed_read_pays(off, size):
+            # a random read: only the frames holding it, not its whole chunks
+            self._load_copies(disk, off, size)
+            data = await self._in_thread(disk.read_frames, self._read_limiter, node, off, size)
+        elif data is None:
             self._load_rest(disk, off, size)
             self._load_copies(disk, off, size)
             data = await self._in_thread(disk.read, self._read_limiter, node, off, size)
@@ -570,21 +578,24 @@ class RepofsOperations(pyfuse3.Operations):
             log.error("%s generation %s: %s", node.vm, node.generation.name, e)
             raise pyfuse3.FUSEError(errno.EIO) from None
 
-    def _note_access(self, handle: OpenFile, disk: DiskView, off: int, length: int, waits: bool) -> None:
+    def _note_access(self, handle: OpenFile, disk: DiskView, off: int, length: int, waits: bool) -> bool:
         """Sequential-access detection per stream of a handle; queues read-ahead for
-        streaming readers. ``waits``: this read needs storage (not all cached)."""
+        streaming readers. ``waits``: this read needs storage (not all cached). Whether the
+        read continues a stream."""
         if length == 0:
-            return
+            return False
         stream = handle.advance(off, length)
-        if self._nursery is None or self._window.start <= 0 or stream.streak < 1:
-            return
+        if stream.streak < 1:
+            return False
+        if self._nursery is None or self._window.start <= 0:
+            return True
         if disk.meets_copies(off, length) or disk.in_pieces(off, length):
             # served from the guests' metadata copies: a file system reading its inode
             # tables or directories block after block (a loop-mounted walk), not a stream of
             # the disk's data — loading the disk's chunks ahead of it would only push the
             # copies out of the cache (a walk of 80,000 files loaded ~1,800 chunks so); or
             # from an incremental's pieces, which hold what it cut out of the copies
-            return
+            return True
         current = (off + length - 1) // disk.chunk_size
         if stream.depth == 0:
             stream.depth = self._window.start
@@ -597,6 +608,7 @@ class RepofsOperations(pyfuse3.Operations):
         for n in self._read_ahead.claim(disk, range(first, last + 1)):
             self._nursery.start_soon(self._prefetch, disk, n)
         stream.ahead = max(stream.ahead, last)
+        return True
 
     def _load_rest(self, disk: DiskView, off: int, size: int) -> None:
         """A read that spans several chunks: load all but its first in the background, so
