@@ -59,7 +59,7 @@ LINK_MODE = stat.S_IFLNK | 0o777
 SHORT_TIMEOUT = 1.0
 LONG_TIMEOUT = 3600.0
 # a read at most this long that continues no stream reads only the frames holding it
-# (``DiskView.read_frames``); longer ones, and streams, read whole chunks
+# (``DiskView.read_part``); longer ones, and streams, read whole chunks
 RANDOM_READ_MAX = 256 * 1024
 
 
@@ -524,7 +524,7 @@ class RepofsOperations(pyfuse3.Operations):
         if data is None and not streaming and size <= RANDOM_READ_MAX and disk.framed_read_pays(off, size):
             # a random read: only the frames holding it, not its whole chunks
             self._load_copies(disk, off, size)
-            data = await self._in_thread(disk.read_frames, self._read_limiter, node, off, size)
+            data = await self._in_thread(disk.read_part, self._read_limiter, node, off, size)
         elif data is None:
             self._load_rest(disk, off, size)
             self._load_copies(disk, off, size)

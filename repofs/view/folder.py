@@ -55,6 +55,9 @@ class FileDisk:
             size -= len(data)
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
+    def read_part(self, offset: int, size: int) -> bytes:
+        return self.read(offset, size)
+
     def extents(self) -> list[tuple[int, int]]:
         try:
             return data_extents(self._fd, 0, self.capacity)

@@ -40,8 +40,13 @@ LATEST = "latest"
 _MISSING = object()   # ``_gather``: a chunk that is not at hand
 
 
+def _given(data: bytes) -> Callable[[bytes], bytes]:
+    """A cache loader that has ``data`` at hand."""
+    return lambda _key: data
+
+
 class _NotFramed(Exception):
-    """A chunk that cannot be read in part (``DiskView.read_frames``): read it whole."""
+    """A chunk that cannot be read in part (``DiskView.read_part``): read it whole."""
 
 
 class Store(Protocol):
@@ -100,17 +105,21 @@ class DiskView:
                                 number * self.chunk_size, e) from None
 
     def framed_read_pays(self, offset: int, size: int) -> bool:
-        """Whether ``read_frames`` could serve this read from less than its chunk: it lies in
-        one slot, and the repository's chunks are larger than a frame."""
-        return self.chunk_size > FRAME_SIZE and len(self.chunks_for(offset, size)) == 1
+        """Whether ``read_part`` may serve this read from less than its chunk: it lies in one
+        slot, takes at most half of it, and the repository's chunks are larger than a frame."""
+        return self.chunk_size > FRAME_SIZE and size <= self.chunk_size // 2 and \
+            len(self.chunks_for(offset, size)) == 1
 
-    def read_frames(self, offset: int, size: int) -> bytes:
-        """Like ``read``, for a small read that starts no stream (a random read): a slot
+    def read_part(self, offset: int, size: int) -> bytes:
+        """Like ``read``, for a reader that will not read the rest of the chunk soon (a
+        random read through the mount, a Quick Rollback writing back a changed area): a slot
         that is not cached gives only the 64 KiB frames that hold the bytes asked for
         (``Repository.get_chunk_part``: a sixteenth of a 1 MiB chunk read, authenticated
-        and decompressed), cached as frames. Slots with pieces, chunks that are not framed
-        and reads of the guest metadata's copies go the way ``read`` goes."""
-        if self.meets_copies(offset, size) or self.in_pieces(offset, size):
+        and decompressed), cached as frames. Reads over more than half a chunk or several,
+        slots with pieces, chunks that are not framed and reads of the guest metadata's
+        copies go the way ``read`` goes."""
+        if not self.framed_read_pays(offset, size) or self.meets_copies(offset, size) or \
+                self.in_pieces(offset, size):
             return self.read(offset, size)
         parts = []
         for number, inner, take in self._slot_parts(offset, size):
@@ -135,22 +144,25 @@ class DiskView:
             return whole[inner:inner + take]
         if index.pieces(number):
             raise _NotFramed
-        store = self.gen.repo.store
-
-        def frame(k: int) -> Callable[[bytes], bytes]:
-            def load(_key: bytes) -> bytes:
-                data = store.get_chunk_part(key, k * FRAME_SIZE, FRAME_SIZE)
-                if data is None:
-                    raise _NotFramed
-                return data
-            return load
         first, last = inner // FRAME_SIZE, (inner + take - 1) // FRAME_SIZE
-        try:
-            got = [cache.get(b"F" + key + k.to_bytes(2, "little"), frame(k)) for k in range(first, last + 1)]
-        except (CorruptObject, ObjectMissing) as e:
-            raise DiskReadError(self.gen.vm, self.gen.name, self.label, number * self.chunk_size, e) from None
+        keys = [b"F" + key + k.to_bytes(2, "little") for k in range(first, last + 1)]
+        got = [cache.peek(k) for k in keys]
+        if any(data is None for data in got):
+            # the frames not cached, from the first to the last of them, in one read
+            lo = next(i for i, data in enumerate(got) if data is None)
+            hi = max(i for i, data in enumerate(got) if data is None)
+            try:
+                span = self.gen.repo.store.get_chunk_part(key, (first + lo) * FRAME_SIZE,
+                                                          (hi - lo + 1) * FRAME_SIZE)
+            except (CorruptObject, ObjectMissing) as e:
+                raise DiskReadError(self.gen.vm, self.gen.name, self.label, number * self.chunk_size, e) from None
+            if span is None:
+                raise _NotFramed
+            for i in range(lo, hi + 1):
+                got[i] = cache.get(keys[i], _given(span[(i - lo) * FRAME_SIZE:(i - lo + 1) * FRAME_SIZE]))
         start = inner - first * FRAME_SIZE
-        joined = got[0] if len(got) == 1 else b"".join(got)
+        frames = [data for data in got if data is not None]      # (all of them, by now)
+        joined = frames[0] if len(frames) == 1 else b"".join(frames)
         return joined[start:start + take]
 
     def _part(self, cid: bytes) -> bytes:

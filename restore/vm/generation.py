@@ -24,6 +24,11 @@ class DiskReader(Protocol):
 
     def read(self, offset: int, size: int) -> bytes: ...
 
+    def read_part(self, offset: int, size: int) -> bytes:
+        """``read``, for a reader that will not read the rest of the block soon: a reader
+        may then fetch less than the whole block it stores the bytes in."""
+        ...
+
     def extents(self) -> list[tuple[int, int]]: ...
 
 

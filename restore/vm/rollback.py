@@ -43,6 +43,8 @@ from typing import Any, Callable, Iterable, Iterator
 
 from pyVmomi import vim
 
+from format.spans import merge
+
 from restore.vsphere import changetrust
 from restore.vsphere.errors import VMNotFound
 from restore.vsphere.inventory import find_vm
@@ -309,8 +311,8 @@ class _Rollback:
         early: _ReadAhead | None = None
         first = next((t for t in targets if plans[t.label][0] == "changed"), None)
         if first is not None:
-            early = _ReadAhead(first.reader, _pieces(plans[first.label][2].start(),
-                                                     block_size(first.reader), first.capacity),
+            early = _ReadAhead(first.reader.read_part, _pieces(plans[first.label][2].start(),
+                                                               block_size(first.reader), first.capacity),
                                self.options.workers, per_worker=4)
         try:
             with self.step("prepare for access"):
@@ -372,7 +374,7 @@ class _Rollback:
                 if ahead is None:
                     # Changed areas are read a chunk at a time (no piece joins chunks: no copy
                     # but the one into the write buffers).
-                    ahead = _ReadAhead(t.reader, _pieces(areas, block_size(t.reader), t.capacity),
+                    ahead = _ReadAhead(t.reader.read_part, _pieces(areas, block_size(t.reader), t.capacity),
                                        self.options.workers, per_worker=4)
                 # Every piece is written: each is copied into a buffer shared with VixDiskLib
                 # while the buffer before it is being written, and the next pieces are read.
@@ -396,7 +398,7 @@ class _Rollback:
                 # Both sides' data: what the disk holds now and what the generation holds,
                 # read and written by this thread alone, piece by piece.
                 both = _union(disk.allocated_extents(), t.reader.extents(), t.capacity)
-                ahead = _ReadAhead(t.reader, _pieces(both, size, t.capacity), self.options.workers)
+                ahead = _ReadAhead(t.reader.read, _pieces(both, size, t.capacity), self.options.workers)
                 buf = disk.buffer(size)
                 for offset, length, want in ahead:
                     looked += length
@@ -446,16 +448,18 @@ class _Rollback:
 
 
 class _ReadAhead:
-    """``(offset, length, data)`` of the generation's ``pieces``, in order, read by ``workers``
-    threads ahead of the writer (decompression and hashing release the GIL); the first reads
-    start at once. At most ``per_worker × workers`` pieces in memory (4 for chunk-sized
-    pieces, 2 for the larger ones of compare mode). An error of ``pieces`` (their areas'
-    source) is raised after the pieces before it. ``close()`` drops what was not taken and
-    waits for the reads under way (idempotent)."""
+    """``(offset, length, data)`` of the generation's ``pieces``, in order, read with
+    ``read(offset, length)`` — a changed area's ``read_part``, which may fetch only the
+    frames holding it; compare mode's large pieces' ``read`` — by ``workers`` threads ahead
+    of the writer (decompression and hashing release the GIL); the first reads start at once.
+    At most ``per_worker × workers`` pieces in memory (4 for chunk-sized pieces, 2 for the
+    larger ones of compare mode). An error of ``pieces`` (their areas' source) is raised
+    after the pieces before it. ``close()`` drops what was not taken and waits for the reads
+    under way (idempotent)."""
 
-    def __init__(self, reader: Any, pieces: Iterator[tuple[int, int]], workers: int,
+    def __init__(self, read: Callable[[int, int], bytes], pieces: Iterator[tuple[int, int]], workers: int,
                  per_worker: int = 2) -> None:
-        self._reader = reader
+        self._read = read
         self._pieces = pieces
         self._depth = per_worker * max(1, workers)
         self._pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="rollback-read")
@@ -473,7 +477,7 @@ class _ReadAhead:
             if piece is None:
                 return
             offset, length = piece
-            self._window.append((offset, length, self._pool.submit(self._reader.read, offset, length)))
+            self._window.append((offset, length, self._pool.submit(self._read, offset, length)))
 
     def __iter__(self) -> Iterator[tuple[int, int, bytes]]:
         while self._window:
@@ -492,11 +496,5 @@ class _ReadAhead:
 
 
 def _union(a: list[tuple[int, int]], b: list[tuple[int, int]], capacity: int) -> list[tuple[int, int]]:
-    spans = sorted((o, min(capacity, o + n)) for o, n in [*a, *b] if n > 0 and o < capacity)
-    out: list[list[int]] = []
-    for lo, hi in spans:
-        if out and lo <= out[-1][1]:
-            out[-1][1] = max(out[-1][1], hi)
-        else:
-            out.append([lo, hi])
-    return [(lo, hi - lo) for lo, hi in out]
+    """The spans ``a`` or ``b`` cover, clipped to ``capacity``: ascending, apart."""
+    return merge((o, min(capacity, o + n) - o) for o, n in [*a, *b] if o < capacity)
