@@ -23,7 +23,7 @@ is what they can trust).
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 
 from .errors import CorruptObject
@@ -87,7 +87,7 @@ def seal_chunk(sealer: Sealer, cid: bytes, plaintext: bytes | memoryview,
 
 
 @dataclass
-class _Layout:
+class Layout:
     """A framed chunk's header and table, checked: where each frame lies in the object."""
     plain_len: int
     nonce: bytes
@@ -102,7 +102,7 @@ class _Layout:
 
 def _layout(sealer: Sealer, cid: bytes, head: bytes | memoryview, size: int, label: str,
             max_plain: int, more: Callable[[int], bytes] | None = None,
-            whole: bool = False) -> _Layout | None:
+            whole: bool = False) -> Layout | None:
     """The layout of the chunk object of ``size`` bytes that starts with ``head`` (the header
     and, with ``more(n)`` to read the object's bytes up to ``n``, maybe not all of the
     table), or None for a version 1 object. CorruptObject for anything the format forbids.
@@ -145,10 +145,10 @@ def _layout(sealer: Sealer, cid: bytes, head: bytes | memoryview, size: int, lab
     starts.append(pos)
     if pos != HEADER.size + payload_len:
         raise CorruptObject(label, "frame lengths do not add up to the payload")
-    return _Layout(plain_len, nonce, frame_size, kinds, starts, aad)
+    return Layout(plain_len, nonce, frame_size, kinds, starts, aad)
 
 
-def _open_frame(sealer: Sealer, lay: _Layout, i: int, body: bytes | memoryview, label: str) -> bytes:
+def _open_frame(sealer: Sealer, lay: Layout, i: int, body: bytes | memoryview, label: str) -> bytes:
     data = sealer.open_sealed(frame_nonce(lay.nonce, i + 1), body, lay.aad + FRAME_NUMBER.pack(i),
                               f"{label} frame {i}")
     want = lay.frame_len(i)
@@ -174,20 +174,42 @@ def open_chunk(sealer: Sealer, cid: bytes, data: bytes, label: str, max_plain: i
 
 
 def open_part(sealer: Sealer, cid: bytes, read: Callable[[int, int], tuple[bytes, int]], label: str,
-              max_plain: int, offset: int, length: int) -> bytes | None:
+              max_plain: int, offset: int, length: int,
+              layouts: MutableMapping[bytes, Layout] | None = None) -> bytes | None:
     """Plaintext bytes [offset, offset + length) of a framed chunk, reading the object with
     ``read(position, bytes)`` → (bytes, object size): the header and table, then only the
-    frames holding them, each authenticated. None for a version 1 chunk (read it whole)."""
-    first, size = read(0, FIRST_READ)
-    have = bytearray(first)
-
-    def more(n: int) -> bytes:
-        if n > len(have):
-            have.extend(read(len(have), n - len(have))[0])
-        return bytes(have)
-    lay = _layout(sealer, cid, first, size, label, max_plain, more)
+    frames holding them, each authenticated. None for a version 1 chunk (read it whole).
+    ``layouts``: tables read before, by chunk id (kept there for the next read of the same
+    chunk, which then reads its frames alone); a frame that fails under a table kept there
+    is read again with the table read anew (the object may have been stored again)."""
+    lay = layouts.get(cid) if layouts is not None else None
+    have = bytearray()
     if lay is None:
-        return None
+        first, size = read(0, FIRST_READ)
+        have += first
+
+        def more(n: int) -> bytes:
+            if n > len(have):
+                have.extend(read(len(have), n - len(have))[0])
+            return bytes(have)
+        lay = _layout(sealer, cid, first, size, label, max_plain, more)
+        if lay is None:
+            return None
+        if layouts is not None:
+            layouts[cid] = lay
+    elif layouts is not None:
+        try:
+            return _frames(sealer, lay, read, label, offset, length, have)
+        except CorruptObject:
+            layouts.pop(cid, None)
+            return open_part(sealer, cid, read, label, max_plain, offset, length, layouts)
+    return _frames(sealer, lay, read, label, offset, length, have)
+
+
+def _frames(sealer: Sealer, lay: Layout, read: Callable[[int, int], tuple[bytes, int]], label: str,
+            offset: int, length: int, have: bytearray) -> bytes:
+    """Plaintext bytes [offset, offset + length) from the frames holding them: from ``have``
+    (the object's first bytes, already read) or read."""
     end = min(offset + length, lay.plain_len)
     if offset >= end:
         return b""

@@ -64,6 +64,7 @@ CONFIG = "config"
 KEYSTORE = "keys/repokey"
 GENERATION_TIME_FORMAT = "%Y-%m-%dT%H%M%SZ"
 MIN_OBJECT_SIZE = HEADER.size + min(TAG_SIZE.values())
+FRAME_TABLES_KEPT = 4096        # ~1.3 KB each in memory: ~5 MiB; all forgotten when full
 MAX_MANIFEST_SIZE = 64 << 20   # plaintext; a VM's configuration is a few KiB
 MANIFEST_NAME = re.compile(r"[0-9a-f]{32}")
 REPO_ID = re.compile(r"[0-9a-f]{32}")
@@ -134,6 +135,9 @@ class Repository:
         self._warned: set[str] = set()
         self.known: KnownRepository | None = None  # this client's record (format/security.py)
         self._writer_locks: dict[str, WriterLock] = {}
+        # framed chunks' tables read by ``get_chunk_part``, by chunk id: a later part of the
+        # same chunk is then one read of its frames
+        self._frame_tables: dict[bytes, frames.Layout] = {}
 
     # -- creation and opening --------------------------------------------------------------
 
@@ -302,9 +306,11 @@ class Repository:
         if not self.sealer.encrypted or self.config.chunk_size <= frames.FRAME_SIZE:
             return None             # (chunks of at most a frame are never framed)
         name = chunk_name(cid)
+        if len(self._frame_tables) >= FRAME_TABLES_KEPT:
+            self._frame_tables.clear()
         try:
             return frames.open_part(self.sealer, cid, partial(self.backend.read_range, name), name,
-                                    self.config.chunk_size, offset, length)
+                                    self.config.chunk_size, offset, length, self._frame_tables)
         except ObjectMissing:
             return None
 

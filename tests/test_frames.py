@@ -113,3 +113,22 @@ def test_the_repository_frames_chunks_larger_than_a_frame_and_reads_their_parts(
         assert repo.get_chunk_part(small_id, offset % F, length) is None
     repo.backend.delete(chunk_name(big_id))
     assert repo.get_chunk_part(big_id, 0, 10) is None
+
+
+def test_a_kept_table_makes_a_later_part_one_read_and_a_stale_one_is_read_anew():
+    sealer, rng = SEALERS["aes-gcm"], random.Random(9)
+    data = plaintext(rng, 1 << 20)
+    cid = sealer.object_id(data)
+    obj = bytes(frames.seal_chunk(sealer, cid, data))
+    kept: dict[bytes, frames.Layout] = {}
+    log: list[tuple[int, int]] = []
+    assert frames.open_part(sealer, cid, reader(obj, log), "c", 1 << 20, 5 * F, 100, kept) == data[5 * F:5 * F + 100]
+    assert len(log) == 2 and cid in kept                   # the table, then the frame
+    log.clear()
+    assert frames.open_part(sealer, cid, reader(obj, log), "c", 1 << 20, 9 * F, 100, kept) == data[9 * F:9 * F + 100]
+    assert len(log) == 1                                    # the frame alone
+    # the chunk stored again meanwhile (another nonce, other frame places): read anew
+    again = bytes(frames.seal_chunk(sealer, cid, data))
+    log.clear()
+    assert frames.open_part(sealer, cid, reader(again, log), "c", 1 << 20, 9 * F, 100, kept) == data[9 * F:9 * F + 100]
+    assert len(log) == 3
