@@ -166,11 +166,20 @@ def open_chunk(sealer: Sealer, cid: bytes, data: bytes, label: str, max_plain: i
     if lay is None:
         return sealer.open(MAGIC_CHUNK, cid, data, label, max_plain)
     view = memoryview(data)
-    plain = b"".join(_open_frame(sealer, lay, i, view[lay.starts[i]:lay.starts[i + 1]], label)
-                     for i in range(len(lay.kinds)))
-    if len(plain) != lay.plain_len:
-        raise CorruptObject(label, "plaintext length does not match its header")
-    return plain
+    # every frame opened into one buffer: a join of 16 frames' own buffers costs more than
+    # the frames (fresh memory faulted in twice)
+    out = bytearray(lay.plain_len)
+    dest = memoryview(out)
+    tag = TAG_SIZE[sealer.cipher]
+    for i, kind in enumerate(lay.kinds):
+        body = view[lay.starts[i]:lay.starts[i + 1]]
+        at, want = i * lay.frame_size, lay.frame_len(i)
+        if kind == COMPRESSION_NONE and len(body) - tag == want:
+            sealer.open_sealed_into(frame_nonce(lay.nonce, i + 1), body, lay.aad + FRAME_NUMBER.pack(i),
+                                    f"{label} frame {i}", dest[at:at + want])
+        else:
+            dest[at:at + want] = _open_frame(sealer, lay, i, body, label)
+    return bytes(out)
 
 
 def open_part(sealer: Sealer, cid: bytes, read: Callable[[int, int], tuple[bytes, int]], label: str,

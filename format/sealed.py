@@ -211,6 +211,17 @@ class Sealer:
             raise CorruptObject(label, "integrity tag mismatch")
         return data
 
+    def open_sealed_into(self, nonce: bytes, body: bytes | memoryview, aad: bytes, label: str,
+                         dest: memoryview) -> None:
+        """``open_sealed`` into ``dest``, exactly as long as the data (no buffer of its own)."""
+        if self._aead is not None:
+            try:
+                self._aead.decrypt_into(nonce, body, aad, dest)
+            except InvalidTag:
+                raise CorruptObject(label, "authentication failed") from None
+        else:
+            dest[:] = self.open_sealed(nonce, body, aad, label)
+
     def decompress(self, data: bytes | memoryview, plain_len: int, label: str) -> bytes:
         """One zstd frame that records its content size, equal to ``plain_len`` (checked
         first, so it bounds the allocation), decompressed."""
