@@ -358,6 +358,8 @@ def test_random_reads_fetch_only_the_frames_holding_them(tmp_path: Path) -> None
         assert not any(disk.chunk_is_cached(n) for n in range(4))
         for off in offsets[:10]:                     # again: from the cached frames
             assert await ops.read(fh, off, 4096) == data[off:off + 4096]
+            # (found without storage I/O: answered on the event loop)
+            assert disk.read_if_cached(off + 100, 3000) == data[off + 100:off + 3100]
         assert store.chunk_reads == len(frames_seen)
         # a stream: its first read may take frames, then whole chunks
         reads = store.part_reads

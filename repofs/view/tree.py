@@ -121,19 +121,20 @@ class DiskView:
         if not self.framed_read_pays(offset, size) or self.meets_copies(offset, size) or \
                 self.in_pieces(offset, size):
             return self.read(offset, size)
-        parts = []
-        for number, inner, take in self._slot_parts(offset, size):
-            try:
-                parts.append(self._framed(number, inner, take))
-            except _NotFramed:
-                data = self._chunk(number)
-                parts.append(bytes(take) if data is None else data[inner:inner + take])
-        return parts[0] if len(parts) == 1 else b"".join(parts) if parts else b""
+        number, inner, take = next(self._slot_parts(offset, size))     # (one: framed_read_pays)
+        try:
+            part = self._framed(number, inner, take)
+        except _NotFramed:
+            data = self._chunk(number)
+            return bytes(take) if data is None else data[inner:inner + take]
+        assert part is not None             # (fetched)
+        return part
 
-    def _framed(self, number: int, inner: int, take: int) -> bytes:
+    def _framed(self, number: int, inner: int, take: int, fetch: bool = True) -> bytes | None:
         """Bytes [inner, inner + take) of slot ``number`` from its cached chunk, or from the
         frames that hold them (cached under ``b"F" ‖ id ‖ frame number``: 35 bytes, never a
-        chunk id nor a slot's key). _NotFramed when the slot cannot be read so."""
+        chunk id nor a slot's key). _NotFramed when the slot cannot be read so. Without
+        ``fetch``, None unless all of it is cached."""
         index = self.index
         key = index.key(number)
         if key is None:
@@ -147,6 +148,8 @@ class DiskView:
         first, last = inner // FRAME_SIZE, (inner + take - 1) // FRAME_SIZE
         keys = [b"F" + key + k.to_bytes(2, "little") for k in range(first, last + 1)]
         got = [cache.peek(k) for k in keys]
+        if not fetch and any(data is None for data in got):
+            return None
         if any(data is None for data in got):
             # the frames not cached, from the first to the last of them, in one read
             lo = next(i for i, data in enumerate(got) if data is None)
@@ -203,7 +206,12 @@ class DiskView:
         data = self._copied(offset, size, streamed, cached, peek)
         if data is not _MISSING:
             return data  # type: ignore[return-value]
-        return self._pieces(offset, size, cached, peek)
+        got = self._pieces(offset, size, cached, peek)
+        if got is None and self.framed_read_pays(offset, size) and not self.meets_copies(offset, size):
+            number, inner, take = next(self._slot_parts(offset, size))
+            if not index.patches.get(number):
+                return self._framed(number, inner, take, fetch=False)     # frames read before
+        return got
 
     def needs_fetch(self, number: int) -> bool:
         """Whether chunk ``number`` exists, is stored (not a hole) and is not cached."""
