@@ -281,8 +281,7 @@ class Repository:
     def put_chunk(self, cid: bytes, plaintext: bytes | memoryview, *, sync: bool = True) -> int:
         """Seal and store a chunk; returns the stored size. With ``sync=False`` the caller
         calls ``sync()`` before referring to the chunk from an index."""
-        sealed = frames.seal_chunk(self.sealer, cid, plaintext) if len(plaintext) > frames.FRAME_SIZE \
-            else self.sealer.seal(MAGIC_CHUNK, cid, plaintext)
+        sealed = frames.chunk_object(self.sealer, cid, plaintext)
         self.backend.put(chunk_name(cid), sealed, sync=sync)
         return len(sealed)
 
@@ -302,9 +301,12 @@ class Repository:
         that hold them (each authenticated; the chunk's id is not re-computed: the key vouches
         for the frame's place in it) — or None when that cannot be done: the chunk is not
         framed (version 1), the repository not encrypted, or the chunk moved aside by a prune
-        (``get_chunk`` reads it whole and looks there too). CorruptObject for damage."""
-        if not self.sealer.encrypted or self.config.chunk_size <= frames.FRAME_SIZE:
-            return None             # (chunks of at most a frame are never framed)
+        (``get_chunk`` reads it whole and looks there too), or the storage answers each read
+        after a round trip (object storage: two reads where the whole chunk is one).
+        CorruptObject for damage."""
+        if not self.sealer.encrypted or self.config.chunk_size <= frames.FRAME_SIZE or \
+                getattr(self.backend, "round_trip_reads", False):
+            return None
         name = chunk_name(cid)
         if len(self._frame_tables) >= FRAME_TABLES_KEPT:
             self._frame_tables.clear()

@@ -209,6 +209,10 @@ class S3Backend:
         # An S3 PUT stores the whole object or nothing: a chunk that is listed is whole (no
         # power loss leaves a cut file), so its presence in the listing is enough to trust it.
         self.atomic_writes = True
+        # Each ranged GET is a round trip: a part of a chunk read as its header and table,
+        # then its frames, takes two where the whole chunk takes one (the repository reads
+        # chunks whole here).
+        self.round_trip_reads = True
         self._pool = ThreadPoolExecutor(uploads, thread_name_prefix="s3-upload")
         self._slots = threading.BoundedSemaphore(uploads * 2)
         self._pending: set[Future] = set()

@@ -127,13 +127,15 @@ class Sealer:
             d = self._local.d = zstandard.ZstdDecompressor()
         return d
 
-    def seal(self, magic: bytes, name: bytes, plaintext: bytes | memoryview) -> bytearray:
+    def seal(self, magic: bytes, name: bytes, plaintext: bytes | memoryview,
+             compress: bool | None = None) -> bytearray:
         """``header || payload || tag`` in one buffer: the payload is compressed only when
-        that pays (``worth_compressing``), and encrypted straight into the buffer, so a
-        1 MiB chunk is not copied once more to join the header to its ciphertext."""
+        that pays (``worth_compressing``, or ``compress`` when the caller has asked it), and
+        encrypted straight into the buffer, so a 1 MiB chunk is not copied once more to join
+        the header to its ciphertext."""
         payload: bytes | memoryview = plaintext
         compression = COMPRESSION_NONE
-        if worth_compressing(plaintext):
+        if worth_compressing(plaintext) if compress is None else compress:
             compressed = self._compressor().compress(plaintext)
             if len(compressed) < len(plaintext):
                 compression, payload = COMPRESSION_ZSTD, compressed

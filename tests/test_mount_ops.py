@@ -15,6 +15,7 @@ import trio
 import trio.testing
 
 from fixtures_mount import DISK, PART_OFFSET, PASSPHRASE, MountSource, backup_image, make_repo
+from format.frames import FRAME_SIZE
 from format.repository import Repository, chunk_name
 from repofs.mount.fusefs import MountSettings, RepofsOperations
 from repofs.view.tree import RepositoryView
@@ -333,8 +334,8 @@ class GatedStore(Store):
 
 
 def test_random_reads_fetch_only_the_frames_holding_them(tmp_path: Path) -> None:
-    """1 MiB chunks (framed): reads of 4 KiB that continue no stream read the 64 KiB frames
-    holding them, not their chunks, and are cached as frames; a stream reads whole chunks."""
+    """1 MiB chunks of random data (framed): reads of 4 KiB that continue no stream read the
+    128 KiB frames holding them, not their chunks, and are cached as frames; a stream reads whole chunks."""
     big = 1 << 20
     image = tmp_path / "big.img"
     image.write_bytes(random.Random(3).randbytes(4 * big))
@@ -352,7 +353,7 @@ def test_random_reads_fetch_only_the_frames_holding_them(tmp_path: Path) -> None
         frames_seen = set()
         for off in offsets:
             assert await ops.read(fh, off, 4096) == data[off:off + 4096]
-            frames_seen.add(off // (64 << 10))
+            frames_seen.add(off // FRAME_SIZE)
         # one fetch per frame met, each only part of its chunk; no chunk loaded whole
         assert store.part_reads == store.chunk_reads == len(frames_seen)
         assert not any(disk.chunk_is_cached(n) for n in range(4))
