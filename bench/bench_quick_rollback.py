@@ -39,6 +39,10 @@ trees back up into the one repository, so the other checkout must read what this
 one from before index version 2 (docs/format.md section 6) fails its rollback ("has format
 version 2") once this checkout's backup has cut changes out of the guest-metadata copies.
 
+The repository is unencrypted unless ``--encrypted`` (a passphrase, as ``repofs init``'s
+default): only an encrypted repository reads a piece from the 128 KiB frames that hold it
+instead of its whole chunk (docs/format.md section 5, "Framed chunks").
+
 The test vCenter runs with ``-freeze-snapshots=false``: its model of a snapshot (a copy of each
 disk) would cost the rollback's safety snapshot a copy of the whole disk, where a real host
 starts a delta disk; the times are then repofs's own.
@@ -114,6 +118,7 @@ def main() -> None:
     ap.add_argument("--image", default=None, help="an existing data set image (bench/dataset.py), read only")
     ap.add_argument("--lock", default=None, help="benchmark lock file, held around each run's timed part only")
     ap.add_argument("--priority", type=int, default=None, help="niceness of the timed part (and the test vCenter)")
+    ap.add_argument("--encrypted", action="store_true", help="an encrypted repository (else --encryption none)")
     a = ap.parse_args()
     size = parse_size(a.size)
     size -= size % MiB
@@ -129,6 +134,10 @@ def main() -> None:
         libdir = build_standin()
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env.pop("REPOFS_PASSWORD_FILE", None)
+        env.pop("REPOFS_PASSWORD_COMMAND", None)
+        if a.encrypted:
+            env["REPOFS_PASSWORD"] = "bench"
         # The test vCenter's frozen snapshot copies cost a copy of the disk per snapshot (a real
         # host starts a delta disk): off, so that the times are repofs's.
         nice = os.getpriority(os.PRIO_PROCESS, 0)
@@ -151,7 +160,7 @@ def main() -> None:
             ctk = descriptor.with_name(descriptor.name[:-5] + "-ctk.log")
             copy_sparse(img, str(flat))
             repo = str(work / "repo")
-            run(repofs("init", repo, "--encryption", "none"), env=env)
+            run(repofs("init", repo, *(() if a.encrypted else ("--encryption", "none"))), env=env)
             run(repofs("backup", "vm:bench", "-r", repo, *common), env=env)
             print(f"# data set: {size} bytes, {allocated} allocated; backed up as vm:bench", flush=True)
             rows: list[tuple[Run, int, Run, int, int, bool]] = []
