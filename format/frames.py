@@ -55,10 +55,9 @@ def chunk_object(sealer: Sealer, cid: bytes, plaintext: bytes | memoryview) -> b
     they are) when the repository is encrypted, the chunk is longer than a frame and a sample
     of it does not compress (media, archives, encrypted guest data); otherwise sealed whole
     (version 1). Frames of a chunk that compresses would each compress on their own, and
-    worse: +1.3% stored on the benchmark data set at 128 KiB frames, +2.7% at 64 KiB, where a
-    random read of such a chunk reads a third of a MiB or less anyway. An unencrypted
-    repository's readers read chunks whole (section 5 of docs/format.md), so frames would only
-    cost there."""
+    worse: +1.3% stored on the benchmark data set at 128 KiB frames, +2.7% at 64 KiB
+    (``bench/bench_frames.py``). An unencrypted repository's readers read chunks whole
+    (section 5 of docs/format.md), so frames would only cost there."""
     compress = worth_compressing(plaintext)
     if sealer.encrypted and len(plaintext) > FRAME_SIZE and not compress:
         return seal_chunk(sealer, cid, plaintext, compress=False)
