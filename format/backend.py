@@ -123,6 +123,8 @@ class LocalBackend:
     def __init__(self, root: str | os.PathLike):
         self.root = os.path.abspath(root)  # a daemon's later chdir("/") must not move it
         self._made_dirs: set[str] = set()
+        self._unsynced_dirs: set[str] = set()   # made by puts without sync, entry not yet durable
+        self._dirs_lock = threading.Lock()
 
     def path(self, name: str) -> str:
         return os.path.join(self.root, *name.split("/"))
@@ -178,7 +180,7 @@ class LocalBackend:
         at once, in the background (``_Writeback``)."""
         final = self.path(name)
         directory = os.path.dirname(final)
-        self._ensure_dir(directory)
+        self._ensure_dir(directory, sync)
         tmp = f"{final}.{os.getpid()}-{secrets.token_hex(4)}{self.TMP_SUFFIX}"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -204,7 +206,10 @@ class LocalBackend:
             raise
 
     def sync(self) -> None:
-        """Make every earlier write durable (syncfs of the repository's filesystem)."""
+        """Make every earlier write durable (syncfs of the repository's filesystem), the
+        folders made for them included."""
+        with self._dirs_lock:
+            made = set(self._unsynced_dirs)
         fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
         try:
             if _libc.syncfs(fd) != 0:
@@ -212,6 +217,8 @@ class LocalBackend:
                 raise OSError(err, os.strerror(err), self.root)
         finally:
             os.close(fd)
+        with self._dirs_lock:
+            self._unsynced_dirs -= made
 
     def list(self, prefix: str) -> Iterator[str]:
         """Names below the folder ``prefix`` (recursively), temporary files excluded."""
@@ -231,7 +238,7 @@ class LocalBackend:
     def rename(self, name: str, new_name: str) -> None:
         """Move object ``name`` to ``new_name`` atomically (replacing it); for prune's trash."""
         final = self.path(new_name)
-        self._ensure_dir(os.path.dirname(final))
+        self._ensure_dir(os.path.dirname(final), True)
         try:
             os.rename(self.path(name), final)
         except FileNotFoundError:
@@ -246,14 +253,16 @@ class LocalBackend:
                 os.rmdir(dirpath)
             except OSError:
                 continue
-            self._made_dirs.discard(dirpath)
+            with self._dirs_lock:
+                self._made_dirs.discard(dirpath)
+                self._unsynced_dirs.discard(dirpath)
 
     def open_folder(self, name: str, *, create: bool = False) -> "LocalFolder | None":
         """Folder ``name`` opened for work on many of its objects at once (prune), or None if
         it does not exist (``create``: made first)."""
         path = self.path(name)
         if create:
-            self._ensure_dir(path)
+            self._ensure_dir(path, True)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
         except (FileNotFoundError, NotADirectoryError):
@@ -290,13 +299,23 @@ class LocalBackend:
         except FileNotFoundError:
             raise ObjectMissing(name) from None
 
-    def _ensure_dir(self, directory: str) -> None:
-        if directory in self._made_dirs:
+    def _ensure_dir(self, directory: str, sync: bool) -> None:
+        """``directory`` made if missing. Its entry in its parent is made durable at once for
+        a put with ``sync``; for one without, by the ``sync()`` its caller owes anyway, or by
+        the first put with ``sync`` into it. (A first backup into a new repository makes the
+        256 folders of chunks: an fsync of ``chunks`` for each stalled a worker for
+        milliseconds, on the file system's journal or its buffers.)"""
+        if directory in self._made_dirs and not (sync and directory in self._unsynced_dirs):
             return
-        if not os.path.isdir(directory):
-            os.makedirs(directory, exist_ok=True)
-            _fsync_dir(os.path.dirname(directory))
-        self._made_dirs.add(directory)
+        with self._dirs_lock:
+            if directory not in self._made_dirs:
+                if not os.path.isdir(directory):
+                    os.makedirs(directory, exist_ok=True)
+                    self._unsynced_dirs.add(directory)
+                self._made_dirs.add(directory)
+            if sync and directory in self._unsynced_dirs:
+                _fsync_dir(os.path.dirname(directory))
+                self._unsynced_dirs.discard(directory)
 
 
 class LocalFolder:

@@ -204,6 +204,53 @@ def test_put_fsyncs_the_file_before_rename_and_the_folder_after(tmp_path):
     assert dir_syncs and max(dir_syncs) > rename, events
 
 
+DEFERRED = textwrap.dedent("""
+    import sys
+    from format.backend import LocalBackend
+    b = LocalBackend(sys.argv[1])
+    b.put("chunks/cd/one", b"x" * 100, sync=False)       # folder cd made, its entry not synced
+    b.put("chunks/ef/one", b"x" * 100, sync=False)
+    b.sync()                                              # syncfs: both folders durable
+    b.put("chunks/ef/two", b"x" * 100)                    # no fsync of chunks needed for ef
+    b.put("chunks/0a/one", b"x" * 100, sync=False)
+    b.put("chunks/0a/two", b"x" * 100)                    # durable put into an unsynced folder
+""")
+
+
+def test_folders_made_for_deferred_writes_are_made_durable_by_sync_or_the_first_durable_put(tmp_path):
+    """A first backup makes the 256 folders of chunks with writes that are synced together at
+    the end (syncfs): no fsync of ``chunks`` per folder then. A durable put into such a folder
+    before that sync fsyncs ``chunks`` first, so its object's path is durable when it returns."""
+    root = tmp_path / "store"
+    root.mkdir()
+    trace = tmp_path / "trace"
+    subprocess.run(["strace", "-f", "-o", str(trace), "-e", "trace=openat,fsync,syncfs,renameat,rename,renameat2",
+                    sys.executable, "-c", DEFERRED, str(root)], check=True,
+                   env={**os.environ, "PYTHONPATH": os.getcwd()})
+    fd_names: dict[str, str] = {}
+    events = []
+    for line in trace.read_text().splitlines():
+        m = re.search(r'openat\(AT_FDCWD, "([^"]+)", [^)]*\) += (\d+)', line)
+        if m:
+            fd_names[m.group(2)] = m.group(1)
+            continue
+        m = re.search(r"\b(fsync|syncfs)\((\d+)\) += 0", line)
+        if m:
+            events.append((m.group(1), fd_names.get(m.group(2), "?")))
+            continue
+        m = re.search(r'rename\w*\((?:AT_FDCWD, )?"([^"]+)", (?:AT_FDCWD, )?"([^"]+)"', line)
+        if m:
+            events.append(("rename", m.group(2)))
+    chunks = str(root / "chunks")
+    syncfs = events.index(("syncfs", str(root)))
+    parent_syncs = [i for i, e in enumerate(events) if e == ("fsync", chunks)]
+    # none before the syncfs (two folders made without one); then exactly one, for 0a, before
+    # the durable put into it is renamed into place
+    assert len(parent_syncs) == 1 and parent_syncs[0] > syncfs, events
+    assert parent_syncs[0] < events.index(("rename", str(root / "chunks" / "0a" / "two"))), events
+    assert parent_syncs[0] > events.index(("rename", str(root / "chunks" / "0a" / "one"))), events
+
+
 def test_check_read_data_compares_copies_with_the_disk_bytes(repo):
     from format.fixedindex import Copies
     from format.manifest import DiskEntry
