@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import blake3
 import pytest
@@ -173,28 +174,37 @@ PUT = textwrap.dedent("""
 """)
 
 
-def test_put_fsyncs_the_file_before_rename_and_the_folder_after(tmp_path):
+def _durability_events(script: str, tmp_path) -> tuple[Path, list[tuple[str, str]]]:
+    """Run ``script`` (a LocalBackend at the folder given as its argument) under strace: the
+    store's root and its fsyncs (fdatasync counted as fsync), syncfs calls and renames, in
+    order, each with the path it was about."""
     root = tmp_path / "store"
     root.mkdir()
     trace = tmp_path / "trace"
-    subprocess.run(["strace", "-f", "-o", str(trace), "-e", "trace=openat,fsync,fdatasync,rename,renameat,renameat2",
-                    sys.executable, "-c", PUT, str(root)], check=True,
+    subprocess.run(["strace", "-f", "-o", str(trace), "-e",
+                    "trace=openat,fsync,fdatasync,syncfs,rename,renameat,renameat2",
+                    sys.executable, "-c", script, str(root)], check=True,
                    env={**os.environ, "PYTHONPATH": os.getcwd()})
-    calls = trace.read_text().splitlines()
-    fd_names = {}
+    fd_names: dict[str, str] = {}
     events = []
-    for line in calls:
+    for line in trace.read_text().splitlines():
         m = re.search(r'openat\(AT_FDCWD, "([^"]+)", [^)]*\) += (\d+)', line)
         if m:
             fd_names[m.group(2)] = m.group(1)
             continue
-        m = re.search(r"\b(fsync|fdatasync)\((\d+)\) += 0", line)
+        m = re.search(r"\b(fsync|fdatasync|syncfs)\((\d+)\) += 0", line)
         if m:
-            events.append(("fsync", fd_names.get(m.group(2), "?")))
+            kind = "syncfs" if m.group(1) == "syncfs" else "fsync"
+            events.append((kind, fd_names.get(m.group(2), "?")))
             continue
         m = re.search(r'rename\w*\((?:AT_FDCWD, )?"([^"]+)", (?:AT_FDCWD, )?"([^"]+)"', line)
         if m:
             events.append(("rename", m.group(2)))
+    return root, events
+
+
+def test_put_fsyncs_the_file_before_rename_and_the_folder_after(tmp_path):
+    root, events = _durability_events(PUT, tmp_path)
     final = str(root / "chunks" / "ab" / "object")
     rename = events.index(("rename", final))
     tmp_syncs = [i for i, (kind, name) in enumerate(events)
@@ -221,26 +231,7 @@ def test_folders_made_for_deferred_writes_are_made_durable_by_sync_or_the_first_
     """A first backup makes the 256 folders of chunks with writes that are synced together at
     the end (syncfs): no fsync of ``chunks`` per folder then. A durable put into such a folder
     before that sync fsyncs ``chunks`` first, so its object's path is durable when it returns."""
-    root = tmp_path / "store"
-    root.mkdir()
-    trace = tmp_path / "trace"
-    subprocess.run(["strace", "-f", "-o", str(trace), "-e", "trace=openat,fsync,syncfs,renameat,rename,renameat2",
-                    sys.executable, "-c", DEFERRED, str(root)], check=True,
-                   env={**os.environ, "PYTHONPATH": os.getcwd()})
-    fd_names: dict[str, str] = {}
-    events = []
-    for line in trace.read_text().splitlines():
-        m = re.search(r'openat\(AT_FDCWD, "([^"]+)", [^)]*\) += (\d+)', line)
-        if m:
-            fd_names[m.group(2)] = m.group(1)
-            continue
-        m = re.search(r"\b(fsync|syncfs)\((\d+)\) += 0", line)
-        if m:
-            events.append((m.group(1), fd_names.get(m.group(2), "?")))
-            continue
-        m = re.search(r'rename\w*\((?:AT_FDCWD, )?"([^"]+)", (?:AT_FDCWD, )?"([^"]+)"', line)
-        if m:
-            events.append(("rename", m.group(2)))
+    root, events = _durability_events(DEFERRED, tmp_path)
     chunks = str(root / "chunks")
     syncfs = events.index(("syncfs", str(root)))
     parent_syncs = [i for i, e in enumerate(events) if e == ("fsync", chunks)]
