@@ -19,6 +19,8 @@ import argparse
 import os
 import sys
 import time
+from functools import partial
+from typing import Callable
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from dataset import parse_size  # noqa: E402
@@ -66,16 +68,17 @@ def main() -> None:
     compressible = [worth_compressing(c) for c in chunks]
     print(f"# {len(chunks)} chunks of 1 MiB from {a.image} (every {a.every}th MiB), "
           f"{sum(compressible)} of them compress")
-    ways: list[tuple[str, object]] = [("version 1", lambda cid, c: sealer.seal(MAGIC_CHUNK, cid, c))]
+    ways: list[tuple[str, Callable[[bytes, bytes], bytearray]]] = [
+        ("version 1", lambda cid, c: sealer.seal(MAGIC_CHUNK, cid, c))]
     for text in a.frame_sizes.split(","):
         fs = parse_size(text)
         ways.append((f"all framed, {fs >> 10} KiB frames",
-                     lambda cid, c, fs=fs: frames.seal_chunk(sealer, cid, c, fs)))
+                     partial(frames.seal_chunk, sealer, frame_size=fs)))
     ways.append((f"as the writer does ({frames.FRAME_SIZE >> 10} KiB)",
                  lambda cid, c: frames.chunk_object(sealer, cid, c)))
     base = None
     for name, seal in ways:
-        objects = [(cid, seal(cid, c)) for cid, c in zip(ids, chunks, strict=True)]   # type: ignore[operator]
+        objects = [(cid, seal(cid, c)) for cid, c in zip(ids, chunks, strict=True)]
         stored = sum(len(o) for _, o in objects)
         base = base or stored
         split = {kind: [o for o, k in zip(objects, compressible, strict=True) if k == kind] for kind in (True, False)}

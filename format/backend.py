@@ -180,7 +180,7 @@ class LocalBackend:
         at once, in the background (``_Writeback``)."""
         final = self.path(name)
         directory = os.path.dirname(final)
-        self._ensure_dir(directory, sync)
+        self._ensure_dir(directory, sync=sync)
         tmp = f"{final}.{os.getpid()}-{secrets.token_hex(4)}{self.TMP_SUFFIX}"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -238,7 +238,7 @@ class LocalBackend:
     def rename(self, name: str, new_name: str) -> None:
         """Move object ``name`` to ``new_name`` atomically (replacing it); for prune's trash."""
         final = self.path(new_name)
-        self._ensure_dir(os.path.dirname(final), True)
+        self._ensure_dir(os.path.dirname(final), sync=True)
         try:
             os.rename(self.path(name), final)
         except FileNotFoundError:
@@ -262,7 +262,7 @@ class LocalBackend:
         it does not exist (``create``: made first)."""
         path = self.path(name)
         if create:
-            self._ensure_dir(path, True)
+            self._ensure_dir(path, sync=True)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
         except (FileNotFoundError, NotADirectoryError):
@@ -299,7 +299,7 @@ class LocalBackend:
         except FileNotFoundError:
             raise ObjectMissing(name) from None
 
-    def _ensure_dir(self, directory: str, sync: bool) -> None:
+    def _ensure_dir(self, directory: str, *, sync: bool) -> None:
         """``directory`` made if missing. Its entry in its parent is made durable at once for
         a put with ``sync``; for one without, by the ``sync()`` its caller owes anyway, or by
         the first put with ``sync`` into it. (A first backup into a new repository makes the

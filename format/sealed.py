@@ -135,7 +135,9 @@ class Sealer:
         the header to its ciphertext."""
         payload: bytes | memoryview = plaintext
         compression = COMPRESSION_NONE
-        if worth_compressing(plaintext) if compress is None else compress:
+        if compress is None:
+            compress = worth_compressing(plaintext)
+        if compress:
             compressed = self._compressor().compress(plaintext)
             if len(compressed) < len(plaintext):
                 compression, payload = COMPRESSION_ZSTD, compressed

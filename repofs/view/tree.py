@@ -115,9 +115,9 @@ class DiskView:
         random read through the mount, a Quick Rollback writing back a changed area): a slot
         that is not cached gives only the 128 KiB frames that hold the bytes asked for
         (``Repository.get_chunk_part``: an eighth of a 1 MiB chunk read and authenticated),
-        cached as frames. Reads over more than half a chunk or several,
-        slots with pieces, chunks that are not framed and reads of the guest metadata's
-        copies go the way ``read`` goes."""
+        cached as frames. Reads over more than half a chunk or several, slots with pieces,
+        chunks that are not framed and reads of the guest metadata's copies go the way
+        ``read`` goes."""
         if not self.framed_read_pays(offset, size) or self.meets_copies(offset, size) or \
                 self.in_pieces(offset, size):
             return self.read(offset, size)
