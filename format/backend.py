@@ -9,7 +9,6 @@ Other backends (object storage) implement the same small protocol.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 import queue
@@ -25,6 +24,7 @@ from .errors import ObjectMissing, StorageFull
 # for the library file, which runs ldconfig: tens of milliseconds at every start).
 _libc = ctypes.CDLL(None, use_errno=True)
 if not hasattr(_libc, "syncfs"):
+    import ctypes.util
     _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 SYNC_FILE_RANGE_WRITE = 2
 _sync_file_range = getattr(_libc, "sync_file_range", None)

@@ -22,7 +22,6 @@ No effect outside glibc.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import threading
 
 M_TRIM_THRESHOLD = -1
@@ -36,8 +35,10 @@ RELEASE_EVERY = 16 << 20          # evicted bytes between two releases of free h
 
 
 def _libc() -> ctypes.CDLL | None:
+    """The C library the interpreter is linked with (its symbols are the process's own: no
+    search for the library file, which can run ``ldconfig``)."""
     try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return ctypes.CDLL(None)
     except OSError:
         return None
 

@@ -218,6 +218,31 @@ def test_a_vm_the_repository_does_not_hold_is_one_error_line(vsphere: VSphereBed
                                         "repository holds none yet"]
 
 
+def test_a_wrong_passphrase_ends_the_rollback_before_any_vcenter_call(vsphere: VSphereBed,
+                                                                       tmp_path) -> None:
+    """The repository opens (its key derived) on a thread while pyVmomi is imported: a wrong
+    passphrase is still its own error line and exit code, and nothing is done to the VM —
+    no safety snapshot, no write."""
+    repo = tmp_path / "encrypted"
+    env = vsphere.env(REPOFS_REPOSITORY=str(repo), REPOFS_PASSWORD="right")
+    subprocess.run([*REPOFS, "init", str(repo)], env=env, check=True, capture_output=True,
+                   stdin=subprocess.DEVNULL)
+    name = unique("wrongpass")
+    vsphere.create_vm(name, [4 * MiB], change_tracking=True)
+    write(vsphere, name, [(0, pattern(7, MiB))])
+    subprocess.run(vsphere.command(f"vm:{name}"), env=env, check=True, capture_output=True,
+                   stdin=subprocess.DEVNULL)
+    write(vsphere, name, [(MiB, pattern(8, 64 * 1024))])
+    before, mark = disk_bytes(vsphere, name), vsphere.stat_count()
+    proc = rollback(vsphere, name, check=False, env=dict(env, REPOFS_PASSWORD="wrong"))
+    assert proc.returncode == 5, proc.stderr  # BAD_PASSPHRASE
+    assert len(proc.stderr.splitlines()) == 1 and "passphrase" in proc.stderr, proc.stderr
+    assert vsphere.snapshots(name) == [] and disk_bytes(vsphere, name) == before
+    assert written(vsphere, mark) == 0
+    assert json.loads(rollback(vsphere, name, env=env).stdout)[0]["ok"]
+    assert disk_bytes(vsphere, name) != before
+
+
 def test_pieces_lie_within_chunks_and_cover_no_sector_twice() -> None:
     """The rollback's read pieces: cut at chunk boundaries (a piece of one chunk is the cached
     chunk itself), whole sectors, and areas that widen into the same sector write it once."""

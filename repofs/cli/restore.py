@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 import typer
 
 from . import exitcodes, output, outcomes, shapes
-from .common import JsonOpt, PasswordFileOpt, QuietOpt, RepoOpt, UsageProblem, emit, open_repository, vm_target
+from .common import JsonOpt, PasswordFileOpt, QuietOpt, RepoOpt, UsageProblem, emit, open_repository, opening_repository, vm_target
 from .progress import Progress
 from .units import format_duration, format_rate, format_size
 from .sessionopts import (CaFileOpt, InsecureOpt, ServerOpt, ThumbprintOpt, TransportOpt, TRANSPORTS, UserOpt,
@@ -157,7 +157,14 @@ def _restore_vsphere(vms: list[str], *, repo: str | None, password_file: str | N
     # default 256 MiB would hold every chunk read, each in fresh pages the kernel must fault
     # in and zero (a fifth of the rollback's read threads' CPU, measured with perf).
     cache_bytes = rollback_cache_bytes(options.workers) if options.in_place else DEFAULT_CACHE_BYTES
-    view = None if from_dir else RepositoryView(open_repository(repo, password_file), cache_bytes)
+    # The repository opens (its key derived) on a thread while the restore imports pyVmomi;
+    # the restore waits for it before it logs in (``ready``).
+    opening = None if from_dir else opening_repository(repo, password_file)
+    views: list[RepositoryView] = []
+
+    def ready() -> None:
+        if opening is not None:
+            views.append(RepositoryView(opening(), cache_bytes))
 
     def loader(vm: str):
         def load():
@@ -165,8 +172,7 @@ def _restore_vsphere(vms: list[str], *, repo: str | None, password_file: str | N
                 folder = GenerationFolder.open(from_dir, vm)
                 opened.append(folder)
                 return folder
-            assert view is not None
-            return view.generation(vm, generation)
+            return views[0].generation(vm, generation)
         return load
 
     progress = Progress("restore")
@@ -180,7 +186,7 @@ def _restore_vsphere(vms: list[str], *, repo: str | None, password_file: str | N
     try:
         results = restorerun.run([(f"vm:{vm}", loader(vm)) for vm in vms], options,
                                  on_event=lambda t: typer.echo(t, err=True),
-                                 on_progress=progress, on_outcome=show)
+                                 on_progress=progress, on_outcome=show, ready=ready)
     finally:
         for folder in opened:
             folder.close()

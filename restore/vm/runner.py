@@ -11,8 +11,10 @@ cannot be read fails its own VM only; restore/ never sees the repository.
 
 Start-up order, for time: the credentials are checked and VixDiskLib starts loading (its
 worker process spawns) before pyVmomi is imported — this module imports only light ones at
-the top —, so that the spawn runs on the other core beside the import and the login. The first
-generation is loaded in a thread while the session logs in.
+the top —, so that the spawn runs on the other core beside the import and the login. The caller's
+own preparation (the CLI's repository opening, its key derived on a thread) finishes beside the
+import too: ``ready`` waits for it before the login. The first generation is loaded in a thread
+while the session logs in.
 """
 from __future__ import annotations
 
@@ -36,7 +38,11 @@ if TYPE_CHECKING:
 
 def run(targets: list[tuple[str, Callable[[], GenerationSource]]], options: RestoreOptions, *,
         on_event: Say | None = None, on_progress: Progress | None = None,
-        on_outcome: Callable[[Outcome], None] | None = None) -> list[Outcome]:
+        on_outcome: Callable[[Outcome], None] | None = None,
+        ready: Callable[[], None] | None = None) -> list[Outcome]:
+    """``ready``: called once pyVmomi is imported, before the login and the first ``load()``:
+    what the caller started before (the repository opening, its key being derived) finishes
+    beside the import, and what it raises ends the command before any vCenter call."""
     session_options = options.session
     credentials = resolve_credentials(session_options.server, session_options.user,
                                       session_options.password_file)
@@ -46,7 +52,7 @@ def run(targets: list[tuple[str, Callable[[], GenerationSource]]], options: Rest
     if provider is not None:
         provider.start()  # loads VixDiskLib (spawns its worker) while we log in and plan
     try:
-        _run(targets, options, credentials, provider, outcomes, on_event, on_progress, on_outcome)
+        _run(targets, options, credentials, provider, outcomes, on_event, on_progress, on_outcome, ready)
     finally:
         if provider is not None:
             provider.close()
@@ -56,7 +62,7 @@ def run(targets: list[tuple[str, Callable[[], GenerationSource]]], options: Rest
 def _run(targets: list[tuple[str, Callable[[], GenerationSource]]], options: RestoreOptions,
          credentials: Any, provider: VddkProvider | None,
          outcomes: list[Outcome], on_event: Say | None, on_progress: Progress | None,
-         on_outcome: Callable[[Outcome], None] | None) -> None:
+         on_outcome: Callable[[Outcome], None] | None, ready: Callable[[], None] | None) -> None:
     # pyVmomi only now: the VDDK worker process spawns on the other core meanwhile. The
     # restore of a new VM (plan, config spec, disk writer …) is imported only by the commands
     # that restore one, that of a first-class disk only for one: Quick Rollback needs neither.
@@ -77,6 +83,8 @@ def _run(targets: list[tuple[str, Callable[[], GenerationSource]]], options: Res
         if collecting:
             gc.enable()
 
+    if ready is not None:
+        ready()
     # The first generation is read (its manifest, from the repository's storage) while the
     # session logs in: both mostly wait for answers.
     first = _Loading(targets[0][1]) if targets else None
